@@ -1,0 +1,550 @@
+//! Command-line interface: argument parsing and thin wrappers over the library.
+//!
+//! Exit codes: 0 success (or accept), 1 decline (or nothing found), 2 usage
+//! or environment error (clap's own usage errors also exit 2).
+
+mod demo;
+mod output;
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::hub::{Hub, IssueRequest};
+use crate::keys::{PublicKey, Role};
+use crate::policy::Reason;
+use crate::reader::{self, InitOptions, Reader};
+use crate::record;
+use crate::token::{self, Scope, Token, WalletId};
+use crate::wallet::{PayRequest, Wallet};
+use crate::{currency, hub, wallet};
+
+/// Offline payment reader: tokens by sound or QR, offline checks, durable queue.
+#[derive(Debug, Parser)]
+#[command(name = "sonotap", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the main job end to end in a scratch directory: issue, pay, accept, decline
+    Demo {
+        /// Keep the demo's files in DIR instead of a temporary directory
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
+    /// Operator hub: issuer keys and credentials
+    #[command(subcommand)]
+    Hub(HubCommand),
+    /// Phone wallet simulator: keys, credential, payment tokens
+    #[command(subcommand)]
+    Wallet(WalletCommand),
+    /// Reader: offline acceptance and the durable record queue
+    #[command(subcommand)]
+    Reader(ReaderCommand),
+    /// Look inside token files
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HubCommand {
+    /// Create the issuer key (DIR/issuer.pub) and the hub database
+    Init {
+        /// Hub data directory
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Key id of the first issuer key
+        #[arg(long, default_value_t = 1)]
+        key_id: u8,
+    },
+    /// Issue an offline credential to a wallet
+    Issue(IssueArgs),
+}
+
+#[derive(Debug, Args)]
+struct IssueArgs {
+    /// Hub data directory
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// The wallet's public key file (W/wallet.pub)
+    #[arg(long, value_name = "WALLET.pub")]
+    wallet_key: PathBuf,
+    /// Most the wallet may spend offline, in minor units
+    #[arg(long, value_name = "N")]
+    limit: u32,
+    /// Most one payment may authorise, in minor units
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    per_payment: u32,
+    /// Hours of validity
+    #[arg(long, value_name = "H", value_parser = clap::value_parser!(u16).range(1..))]
+    valid_hours: u16,
+    /// Where the credential may be spent: transit, vending or group:N
+    #[arg(long, default_value = "transit")]
+    scope: Scope,
+    /// ISO 4217 currency: letters (EUR) or number (978)
+    #[arg(long, default_value = "EUR", value_parser = currency::parse)]
+    currency: u16,
+    /// Start of validity, Unix seconds (default: now)
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    valid_from: Option<u64>,
+    /// Where to write the credential (115 bytes)
+    #[arg(long, value_name = "CRED")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum WalletCommand {
+    /// Create a wallet key pair (W/wallet.pub)
+    New {
+        /// Wallet directory
+        #[arg(long, value_name = "W")]
+        dir: PathBuf,
+    },
+    /// Install a credential issued by the hub
+    AddCredential {
+        /// Wallet directory
+        #[arg(long, value_name = "W")]
+        dir: PathBuf,
+        /// Credential file from `sonotap hub issue`
+        credential: PathBuf,
+    },
+    /// Make a payment token (advances the counter and running total first)
+    Pay {
+        /// Wallet directory
+        #[arg(long, value_name = "W")]
+        dir: PathBuf,
+        /// Amount to authorise, minor units
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        amount: u32,
+        /// Token time, Unix seconds (default: now)
+        #[arg(long, value_name = "UNIX_SECONDS")]
+        at: Option<u64>,
+        /// Bind the token to this reader id (default: any reader)
+        #[arg(long, value_name = "ID")]
+        reader: Option<String>,
+        /// Where to write the token
+        #[arg(long, value_name = "TOKEN")]
+        out: PathBuf,
+        /// Write the token as hex text instead of 199 raw bytes
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Show the wallet's id, credential, counter and running total
+    Show {
+        /// Wallet directory
+        #[arg(long, value_name = "W")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReaderCommand {
+    /// Create a reader: key pair (R/reader.pub), database, configuration
+    Init {
+        /// Reader data directory
+        #[arg(long, value_name = "R")]
+        data: PathBuf,
+        /// Reader id (A-Z a-z 0-9 . _ -, at most 64)
+        #[arg(long)]
+        id: String,
+        /// Issuer public key to trust (DIR/issuer.pub)
+        #[arg(long, value_name = "ISSUER.pub")]
+        trust: PathBuf,
+        /// Scope served: transit, vending or group:N
+        #[arg(long, default_value = "transit")]
+        scope: Scope,
+        /// ISO 4217 currency: letters (EUR) or number (978)
+        #[arg(long, default_value = "EUR", value_parser = currency::parse)]
+        currency: u16,
+        /// Allowed difference between token time and reader time, seconds
+        #[arg(long, default_value_t = reader::DEFAULT_CLOCK_SKEW_SECS)]
+        clock_skew_secs: u32,
+        /// Fixed fare charged when no amount is given (default: what the token authorises)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        fare: Option<u32>,
+    },
+    /// Check a token offline; on accept, commit the record before answering
+    Accept {
+        /// Reader data directory
+        #[arg(long, value_name = "R")]
+        data: PathBuf,
+        /// Amount to charge, minor units (default: the fare, else the amount authorised)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        amount: Option<u32>,
+        /// Reader time, Unix seconds (default: now)
+        #[arg(long, value_name = "UNIX_SECONDS")]
+        at: Option<u64>,
+        /// Token file: raw bytes or hex text; - for standard input
+        token: PathBuf,
+    },
+    /// List the record queue
+    Queue {
+        /// Reader data directory
+        #[arg(long, value_name = "R")]
+        data: PathBuf,
+        /// One JSON object per record and line
+        #[arg(long)]
+        json: bool,
+        /// Only records the hub has not acknowledged
+        #[arg(long)]
+        unsynced: bool,
+    },
+    /// Verify the hash chain and signatures of the records kept
+    Verify {
+        /// Reader data directory
+        #[arg(long, value_name = "R")]
+        data: PathBuf,
+    },
+    /// Trust another issuer key (key rotation)
+    Trust {
+        /// Reader data directory
+        #[arg(long, value_name = "R")]
+        data: PathBuf,
+        /// Issuer public key file
+        key: PathBuf,
+    },
+    /// Put a wallet on this reader's deny list
+    Deny {
+        /// Reader data directory
+        #[arg(long, value_name = "R")]
+        data: PathBuf,
+        /// Wallet id (16 hex digits)
+        #[arg(long)]
+        wallet: WalletId,
+        /// Why (kept with the entry)
+        #[arg(long, default_value = "denied by operator")]
+        reason: String,
+    },
+    /// Take a wallet off this reader's deny list
+    Allow {
+        /// Reader data directory
+        #[arg(long, value_name = "R")]
+        data: PathBuf,
+        /// Wallet id (16 hex digits)
+        #[arg(long)]
+        wallet: WalletId,
+    },
+    /// Print the acceptance checks in the order they run
+    Policy,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Decode a token's fields as JSON, without checking signatures
+    Inspect {
+        /// Token file: raw bytes or hex text; - for standard input
+        token: PathBuf,
+    },
+}
+
+/// Parses the command line, runs it, and maps errors to exit code 2.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sonotap: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo { keep } => demo::run(keep.as_deref()),
+        Command::Hub(command) => run_hub(command),
+        Command::Wallet(command) => run_wallet(command),
+        Command::Reader(command) => run_reader(command),
+        Command::Token(TokenCommand::Inspect { token }) => {
+            let bytes = read_token_file(&token)?;
+            let token = Token::decode(&bytes).context("not a valid v1 token")?;
+            println!("{}", output::inspect_json(&token));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_hub(command: HubCommand) -> Result<ExitCode> {
+    match command {
+        HubCommand::Init { data, key_id } => {
+            Hub::init(&data, key_id, clock(None)?)?;
+            let public = data.join(hub::ISSUER_PUB_FILE);
+            println!(
+                "hub initialised: issuer key id {key_id}, public key {}",
+                public.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Issue(args) => {
+            let hub = Hub::open(&args.data)?;
+            let wallet = PublicKey::read(&args.wallet_key, Role::Wallet)?;
+            let now = clock(None)?;
+            let request = IssueRequest {
+                scope: args.scope,
+                currency: args.currency,
+                offline_limit: args.limit,
+                per_payment_cap: args.per_payment,
+                valid_from: unix_u32(args.valid_from.unwrap_or(now))?,
+                valid_hours: args.valid_hours,
+            };
+            let credential = hub.issue(&wallet, request, now)?;
+            crate::fsutil::replace_atomic(&args.out, &credential.encode(), 0o644)
+                .with_context(|| format!("cannot write {}", args.out.display()))?;
+            println!("{}", output::credential_json(&credential));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
+    match command {
+        WalletCommand::New { dir } => {
+            let wallet = Wallet::create(&dir)?;
+            println!(
+                "wallet {} created; public key {}",
+                wallet.id(),
+                dir.join(wallet::PUB_FILE).display()
+            );
+        }
+        WalletCommand::AddCredential { dir, credential } => {
+            let mut wallet = Wallet::open(&dir)?;
+            let credential = wallet.add_credential(&credential)?;
+            println!("{}", output::credential_json(&credential));
+        }
+        WalletCommand::Pay {
+            dir,
+            amount,
+            at,
+            reader,
+            out,
+            hex,
+        } => {
+            let reader_tag = match reader {
+                Some(id) => {
+                    reader::check_reader_id(&id).map_err(|e| anyhow!(e))?;
+                    token::reader_tag(&id)
+                }
+                None => 0,
+            };
+            let mut wallet = Wallet::open(&dir)?;
+            let payment = wallet.pay(PayRequest {
+                amount,
+                at: unix_u32(clock(at)?)?,
+                reader_tag,
+            })?;
+            for warning in &payment.warnings {
+                eprintln!("sonotap: warning: {warning}; a reader will decline this token");
+            }
+            let bytes = payment.token.encode();
+            let content = match hex {
+                true => format!("{}\n", ::hex::encode(bytes)).into_bytes(),
+                false => bytes.to_vec(),
+            };
+            crate::fsutil::replace_atomic(&out, &content, 0o644)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{}", output::payment_json(&payment.token));
+        }
+        WalletCommand::Show { dir } => {
+            let wallet = Wallet::open(&dir)?;
+            println!("{}", output::wallet_json(&wallet));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
+    match command {
+        ReaderCommand::Init {
+            data,
+            id,
+            trust,
+            scope,
+            currency,
+            clock_skew_secs,
+            fare,
+        } => {
+            let issuer = PublicKey::read(&trust, Role::Issuer)?;
+            let options = InitOptions {
+                id,
+                scope,
+                currency,
+                clock_skew_secs,
+                fare,
+            };
+            let reader = Reader::init(&data, &options, &issuer, clock(None)?)?;
+            println!(
+                "reader {} initialised: {} {}, trusts issuer key {}; public key {}",
+                reader.config().id,
+                scope,
+                currency::name(currency),
+                issuer.key_id().unwrap_or(1),
+                data.join(reader::PUB_FILE).display()
+            );
+        }
+        ReaderCommand::Accept {
+            data,
+            amount,
+            at,
+            token,
+        } => {
+            // Read the token before opening the reader so that a missing file
+            // is an environment error, not a decline.
+            let bytes = read_token_file(&token)?;
+            let mut reader = Reader::open(&data)?;
+            let outcome = reader.present(&bytes, amount.and_then(NonZeroU32::new), clock(at)?)?;
+            println!("{}", output::decision_json(&outcome));
+            return Ok(match outcome.decision {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::from(1),
+            });
+        }
+        ReaderCommand::Queue {
+            data,
+            json,
+            unsynced,
+        } => {
+            let reader = Reader::open(&data)?;
+            let records = reader.db().records(unsynced)?;
+            let mut out = io::stdout().lock();
+            if json {
+                for record in &records {
+                    writeln!(out, "{}", output::record_json(record))?;
+                }
+            } else {
+                let summary = reader.db().summary()?;
+                output::queue_table(&mut out, &records, &summary, reader.config().currency)?;
+            }
+        }
+        ReaderCommand::Verify { data } => {
+            let reader = Reader::open(&data)?;
+            let records = reader.db().records(false)?;
+            let start = records
+                .first()
+                .map_or((0, record::GENESIS_HASH), |r| (r.seq - 1, r.prev_hash));
+            let key = reader.public_key();
+            match record::verify_chain(&reader.config().id, key.verifying_key(), start, &records) {
+                Ok((last, _)) => println!(
+                    "chain intact: {} records (seq {}..={last}), hashes and reader signatures verify",
+                    records.len(),
+                    start.0 + 1
+                ),
+                Err(e) => {
+                    println!("chain broken: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        ReaderCommand::Trust { data, key } => {
+            let issuer = PublicKey::read(&key, Role::Issuer)?;
+            let mut reader = Reader::open(&data)?;
+            reader.trust(&issuer, clock(None)?)?;
+            println!(
+                "reader {} now trusts issuer key {}",
+                reader.config().id,
+                issuer.key_id().unwrap_or(1)
+            );
+        }
+        ReaderCommand::Deny {
+            data,
+            wallet,
+            reason,
+        } => {
+            let reader = Reader::open(&data)?;
+            reader.db().deny(wallet, &reason, clock(None)?)?;
+            println!("wallet {wallet} denied at reader {}", reader.config().id);
+        }
+        ReaderCommand::Allow { data, wallet } => {
+            let reader = Reader::open(&data)?;
+            match reader.db().allow(wallet)? {
+                true => println!("wallet {wallet} allowed again"),
+                false => println!("wallet {wallet} was not denied"),
+            }
+        }
+        ReaderCommand::Policy => {
+            for (n, reason) in Reason::ALL.iter().enumerate() {
+                println!("{:>2}. {:<26} {}", n + 1, reason.as_str(), reason.rule());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The evaluation time: `--at` if given, else the system clock.
+fn clock(at: Option<u64>) -> Result<u64> {
+    match at {
+        Some(at) => Ok(at),
+        None => Ok(SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("the system clock is before 1970")?
+            .as_secs()),
+    }
+}
+
+/// Tokens carry 32-bit Unix times.
+fn unix_u32(at: u64) -> Result<u32> {
+    u32::try_from(at).map_err(|_| anyhow!("time {at} is past 2106, beyond what token v1 can carry"))
+}
+
+/// Reads a token: raw bytes, or hex text (as `--hex` and the decoders print);
+/// `-` reads standard input. Anything else is passed on as-is, to be declined
+/// as malformed.
+fn read_token_file(path: &Path) -> Result<Vec<u8>> {
+    let bytes = if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        io::stdin()
+            .take(64 * 1024)
+            .read_to_end(&mut bytes)
+            .context("cannot read the token from standard input")?;
+        bytes
+    } else {
+        let meta = fs::metadata(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?;
+        if meta.len() > 64 * 1024 {
+            bail!(
+                "token file {} is {} bytes; a token is at most {}",
+                path.display(),
+                meta.len(),
+                token::TOKEN_LEN
+            );
+        }
+        fs::read(path).with_context(|| format!("cannot read token file {}", path.display()))?
+    };
+    Ok(decode_hex_text(&bytes).unwrap_or(bytes))
+}
+
+/// Hex text with optional surrounding whitespace; `None` if it is not that.
+fn decode_hex_text(bytes: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    if text.is_empty() || text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    ::hex::decode(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_text_tokens_are_decoded_binary_ones_kept() {
+        assert_eq!(decode_hex_text(b"01ff\n"), Some(vec![0x01, 0xff]));
+        assert_eq!(decode_hex_text(b"\x01\xff"), None);
+        assert_eq!(decode_hex_text(b"abc"), None);
+        assert_eq!(decode_hex_text(b""), None);
+    }
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,165 @@
+//! What the CLI prints: JSON lines for programs, a table for people.
+
+use std::io::{self, Write};
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::currency;
+use crate::policy::Reason;
+use crate::reader::Outcome;
+use crate::record::Record;
+use crate::store::QueueSummary;
+use crate::token::{Credential, Token};
+use crate::wallet::Wallet;
+
+/// The answer of `reader accept`: field order as documented.
+#[derive(Serialize)]
+struct DecisionLine {
+    decision: &'static str,
+    reason: Option<Reason>,
+    wallet: Option<String>,
+    amount: Option<u32>,
+    counter: Option<u32>,
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+pub(super) fn decision_json(outcome: &Outcome) -> String {
+    let (decision, reason, seq, detail) = match &outcome.decision {
+        Ok(committed) => ("accept", None, Some(committed.seq), None),
+        Err(decline) => (
+            "decline",
+            Some(decline.reason),
+            None,
+            Some(decline.detail.clone()),
+        ),
+    };
+    to_line(&DecisionLine {
+        decision,
+        reason,
+        wallet: outcome.wallet.map(|w| w.to_string()),
+        amount: outcome.amount,
+        counter: outcome.counter,
+        seq,
+        detail,
+    })
+}
+
+fn credential_value(credential: &Credential) -> Value {
+    let terms = &credential.terms;
+    json!({
+        "wallet": terms.wallet_id().to_string(),
+        "issuer_key_id": terms.issuer_key_id,
+        "scope": terms.scope.to_string(),
+        "currency": currency::name(terms.currency),
+        "offline_limit": terms.offline_limit,
+        "per_payment_cap": terms.per_payment_cap,
+        "valid_from": terms.valid_from,
+        "valid_until": terms.valid_until(),
+    })
+}
+
+pub(super) fn credential_json(credential: &Credential) -> String {
+    to_line(&credential_value(credential))
+}
+
+pub(super) fn payment_json(token: &Token) -> String {
+    let p = &token.payment;
+    to_line(&json!({
+        "wallet": token.wallet_id().to_string(),
+        "amount": p.amount,
+        "counter": p.counter,
+        "total_before": p.total_before,
+        "timestamp": p.timestamp,
+        "bytes": token.encode().len(),
+    }))
+}
+
+pub(super) fn inspect_json(token: &Token) -> String {
+    let p = &token.payment;
+    to_line(&json!({
+        "version": crate::token::VERSION,
+        "credential": credential_value(&token.credential),
+        "payment": {
+            "amount": p.amount,
+            "counter": p.counter,
+            "total_before": p.total_before,
+            "timestamp": p.timestamp,
+            "reader_tag": format!("{:08x}", p.reader_tag),
+        },
+        "signatures_checked": false,
+    }))
+}
+
+pub(super) fn wallet_json(wallet: &Wallet) -> String {
+    to_line(&json!({
+        "wallet": wallet.id().to_string(),
+        "counter": wallet.state().counter,
+        "running_total": wallet.state().running_total,
+        "credential": wallet.credential().map(credential_value),
+    }))
+}
+
+pub(super) fn record_json(record: &Record) -> String {
+    to_line(&json!({
+        "seq": record.seq,
+        "at": record.at,
+        "kind": record.kind,
+        "wallet": record.wallet.to_string(),
+        "counter": record.counter,
+        "amount": record.amount,
+        "synced": record.synced_at.is_some(),
+        "synced_at": record.synced_at,
+        "hash": hex::encode(record.hash),
+        "prev_hash": hex::encode(record.prev_hash),
+        "token": hex::encode(&record.token),
+    }))
+}
+
+pub(super) fn queue_table(
+    out: &mut impl Write,
+    records: &[Record],
+    summary: &QueueSummary,
+    currency_code: u16,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:>6}  {:<20}  {:<6}  {:<16}  {:>7}  {:>8}  synced",
+        "seq", "time (UTC)", "kind", "wallet", "counter", "amount"
+    )?;
+    for r in records {
+        writeln!(
+            out,
+            "{:>6}  {:<20}  {:<6}  {:<16}  {:>7}  {:>8}  {}",
+            r.seq,
+            utc(r.at),
+            r.kind.as_str(),
+            r.wallet.to_string(),
+            r.counter,
+            r.amount,
+            if r.synced_at.is_some() { "yes" } else { "no" }
+        )?;
+    }
+    writeln!(
+        out,
+        "{} records kept, {} waiting for the hub ({} {} minor units), last seq {}",
+        summary.records,
+        summary.unsynced,
+        summary.unsynced_amount,
+        currency::name(currency_code),
+        summary.head_seq
+    )
+}
+
+/// `2026-11-21T19:40:00Z`
+pub(super) fn utc(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn to_line(value: &impl Serialize) -> String {
+    // Serialising these plain structures cannot fail; say so if it ever does.
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}

@@ -1,0 +1,461 @@
+//! One test per decline reason, and the boundaries between accept and decline.
+
+use super::*;
+use crate::token::{Credential, CredentialTerms, PaymentTerms, reader_tag};
+use ed25519_dalek::SigningKey;
+
+const NOW: u64 = 1_800_000_000;
+const SKEW: u32 = 300;
+
+fn issuer() -> SigningKey {
+    SigningKey::from_bytes(&[1; 32])
+}
+
+fn wallet() -> SigningKey {
+    SigningKey::from_bytes(&[2; 32])
+}
+
+fn keys() -> TrustedKeys {
+    let mut keys = TrustedKeys::default();
+    keys.insert(1, issuer().verifying_key());
+    keys
+}
+
+fn policy() -> ReaderPolicy {
+    ReaderPolicy {
+        reader_tag: reader_tag("gate-1"),
+        scope: Scope::Transit,
+        currency: 978,
+        clock_skew_secs: SKEW,
+    }
+}
+
+fn terms() -> CredentialTerms {
+    CredentialTerms {
+        issuer_key_id: 1,
+        scope: Scope::Transit,
+        currency: 978,
+        wallet_key: wallet().verifying_key().to_bytes(),
+        offline_limit: 1_000,
+        per_payment_cap: 300,
+        valid_from: (NOW - 3600) as u32,
+        valid_hours: 24,
+    }
+}
+
+fn payment() -> PaymentTerms {
+    PaymentTerms {
+        amount: 250,
+        counter: 5,
+        total_before: 0,
+        timestamp: NOW as u32,
+        reader_tag: 0,
+    }
+}
+
+fn credential(terms: CredentialTerms) -> Credential {
+    terms.sign(&issuer()).expect("valid terms")
+}
+
+fn token_bytes(terms: CredentialTerms, payment: PaymentTerms) -> Vec<u8> {
+    Token::sign(credential(terms), payment, &wallet())
+        .expect("wallet key matches")
+        .encode()
+        .to_vec()
+}
+
+/// Runs both stages the way the store does.
+fn evaluate(
+    bytes: &[u8],
+    history: WalletHistory,
+    charge: Option<u32>,
+    now: u64,
+) -> Result<Approval, Decline> {
+    let authentic = authenticate(bytes, &keys())?;
+    decide(
+        &authentic,
+        &history,
+        &policy(),
+        charge.and_then(NonZeroU32::new),
+        now,
+    )
+}
+
+fn reason(result: Result<Approval, Decline>) -> Option<Reason> {
+    result.err().map(|d| d.reason)
+}
+
+fn fresh() -> WalletHistory {
+    WalletHistory::default()
+}
+
+#[test]
+fn a_good_token_is_accepted_for_its_authorised_amount() {
+    let approval = evaluate(&token_bytes(terms(), payment()), fresh(), None, NOW).expect("accept");
+    assert_eq!(
+        approval,
+        Approval {
+            charge: 250,
+            running_total: 250
+        }
+    );
+}
+
+#[test]
+fn the_reader_may_charge_less_than_authorised() {
+    let approval =
+        evaluate(&token_bytes(terms(), payment()), fresh(), Some(180), NOW).expect("accept");
+    assert_eq!(approval.charge, 180);
+    // The wallet counts what it authorised, so the running total does too.
+    assert_eq!(approval.running_total, 250);
+}
+
+#[test]
+fn declines_malformed_truncated_and_padded_tokens() {
+    let good = token_bytes(terms(), payment());
+    assert_eq!(
+        reason(evaluate(&good[..150], fresh(), None, NOW)),
+        Some(Reason::Malformed)
+    );
+    let mut padded = good.clone();
+    padded.push(0);
+    assert_eq!(
+        reason(evaluate(&padded, fresh(), None, NOW)),
+        Some(Reason::Malformed)
+    );
+    assert_eq!(
+        reason(evaluate(&[], fresh(), None, NOW)),
+        Some(Reason::Malformed)
+    );
+}
+
+#[test]
+fn declines_unknown_issuer_key() {
+    let bytes = token_bytes(
+        CredentialTerms {
+            issuer_key_id: 9,
+            ..terms()
+        },
+        payment(),
+    );
+    let decline = evaluate(&bytes, fresh(), None, NOW).expect_err("unknown key");
+    assert_eq!(decline.reason, Reason::UnknownIssuerKey);
+    assert!(decline.detail.contains("key id 9"), "{}", decline.detail);
+}
+
+#[test]
+fn declines_a_credential_from_another_issuer_under_a_trusted_key_id() {
+    let forged = CredentialTerms { ..terms() }
+        .sign(&SigningKey::from_bytes(&[66; 32]))
+        .expect("valid terms");
+    let bytes = Token::sign(forged, payment(), &wallet())
+        .expect("sign")
+        .encode();
+    assert_eq!(
+        reason(evaluate(&bytes, fresh(), None, NOW)),
+        Some(Reason::BadSignature)
+    );
+}
+
+#[test]
+fn declines_a_flipped_bit_in_the_payment() {
+    let mut bytes = token_bytes(terms(), payment());
+    bytes[crate::token::CREDENTIAL_LEN + 3] ^= 0x01; // lowest bit of the amount
+    assert_eq!(
+        reason(evaluate(&bytes, fresh(), None, NOW)),
+        Some(Reason::BadSignature)
+    );
+}
+
+#[test]
+fn declines_denied_wallet() {
+    let history = WalletHistory {
+        denied: true,
+        ..fresh()
+    };
+    let decline =
+        evaluate(&token_bytes(terms(), payment()), history, None, NOW).expect_err("denied");
+    assert_eq!(decline.reason, Reason::WalletDenied);
+}
+
+#[test]
+fn declines_wrong_scope_currency_and_reader_binding() {
+    let vending = token_bytes(
+        CredentialTerms {
+            scope: Scope::Vending,
+            ..terms()
+        },
+        payment(),
+    );
+    assert_eq!(
+        reason(evaluate(&vending, fresh(), None, NOW)),
+        Some(Reason::WrongScope)
+    );
+    let dollars = token_bytes(
+        CredentialTerms {
+            currency: 840,
+            ..terms()
+        },
+        payment(),
+    );
+    assert_eq!(
+        reason(evaluate(&dollars, fresh(), None, NOW)),
+        Some(Reason::WrongScope)
+    );
+    let elsewhere = token_bytes(
+        terms(),
+        PaymentTerms {
+            reader_tag: reader_tag("gate-2"),
+            ..payment()
+        },
+    );
+    assert_eq!(
+        reason(evaluate(&elsewhere, fresh(), None, NOW)),
+        Some(Reason::WrongScope)
+    );
+    let here = token_bytes(
+        terms(),
+        PaymentTerms {
+            reader_tag: reader_tag("gate-1"),
+            ..payment()
+        },
+    );
+    assert!(evaluate(&here, fresh(), None, NOW).is_ok());
+}
+
+#[test]
+fn credential_validity_edges() {
+    let t = terms();
+    let from = u64::from(t.valid_from);
+    let until = t.valid_until();
+    // A token made at the reader's time, so only the credential window matters.
+    let at = |now: u64| {
+        token_bytes(
+            t,
+            PaymentTerms {
+                timestamp: now as u32,
+                ..payment()
+            },
+        )
+    };
+    assert_eq!(
+        reason(evaluate(&at(from - 1), fresh(), None, from - 1)),
+        Some(Reason::CredentialNotYetValid)
+    );
+    assert!(evaluate(&at(from), fresh(), None, from).is_ok());
+    assert!(evaluate(&at(until - 1), fresh(), None, until - 1).is_ok());
+    assert_eq!(
+        reason(evaluate(&at(until), fresh(), None, until)),
+        Some(Reason::CredentialExpired)
+    );
+    assert_eq!(
+        reason(evaluate(&at(until + 86_400), fresh(), None, until + 86_400)),
+        Some(Reason::CredentialExpired)
+    );
+}
+
+#[test]
+fn skew_window_edges() {
+    let at = |offset: i64| {
+        let timestamp = (NOW as i64 + offset) as u32;
+        token_bytes(
+            terms(),
+            PaymentTerms {
+                timestamp,
+                ..payment()
+            },
+        )
+    };
+    let skew = i64::from(SKEW);
+    assert!(evaluate(&at(skew), fresh(), None, NOW).is_ok());
+    assert_eq!(
+        reason(evaluate(&at(skew + 1), fresh(), None, NOW)),
+        Some(Reason::FutureToken)
+    );
+    assert!(evaluate(&at(-skew), fresh(), None, NOW).is_ok());
+    assert_eq!(
+        reason(evaluate(&at(-skew - 1), fresh(), None, NOW)),
+        Some(Reason::StaleToken)
+    );
+}
+
+#[test]
+fn the_same_token_twice_is_replayed() {
+    let bytes = token_bytes(terms(), payment());
+    let first = evaluate(&bytes, fresh(), None, NOW).expect("first tap");
+    // What the store records after the first tap.
+    let after = WalletHistory {
+        denied: false,
+        last_counter: Some(5),
+        credential_total: first.running_total,
+    };
+    assert_eq!(
+        reason(evaluate(&bytes, after, None, NOW)),
+        Some(Reason::Replayed)
+    );
+}
+
+#[test]
+fn lower_or_equal_counter_is_replayed_higher_is_not() {
+    let history = WalletHistory {
+        last_counter: Some(5),
+        ..fresh()
+    };
+    let with_counter = |counter| {
+        token_bytes(
+            terms(),
+            PaymentTerms {
+                counter,
+                ..payment()
+            },
+        )
+    };
+    assert_eq!(
+        reason(evaluate(&with_counter(4), history, None, NOW)),
+        Some(Reason::Replayed)
+    );
+    assert_eq!(
+        reason(evaluate(&with_counter(5), history, None, NOW)),
+        Some(Reason::Replayed)
+    );
+    assert!(evaluate(&with_counter(6), history, None, NOW).is_ok());
+}
+
+#[test]
+fn counter_cannot_wrap_around() {
+    let exhausted = WalletHistory {
+        last_counter: Some(u32::MAX),
+        ..fresh()
+    };
+    let with_counter = |counter| {
+        token_bytes(
+            terms(),
+            PaymentTerms {
+                counter,
+                ..payment()
+            },
+        )
+    };
+    // Counter 0 is not even canonical; 1 after u32::MAX is a replay.
+    let mut zero = with_counter(1);
+    zero[crate::token::CREDENTIAL_LEN + 4..crate::token::CREDENTIAL_LEN + 8]
+        .copy_from_slice(&[0; 4]);
+    assert_eq!(
+        reason(evaluate(&zero, exhausted, None, NOW)),
+        Some(Reason::Malformed)
+    );
+    assert_eq!(
+        reason(evaluate(&with_counter(1), exhausted, None, NOW)),
+        Some(Reason::Replayed)
+    );
+    assert_eq!(
+        reason(evaluate(&with_counter(u32::MAX), exhausted, None, NOW)),
+        Some(Reason::Replayed)
+    );
+    let nearly = WalletHistory {
+        last_counter: Some(u32::MAX - 1),
+        ..fresh()
+    };
+    assert!(evaluate(&with_counter(u32::MAX), nearly, None, NOW).is_ok());
+}
+
+#[test]
+fn payment_cap_edges_and_overcharge() {
+    let with_amount = |amount| {
+        token_bytes(
+            terms(),
+            PaymentTerms {
+                amount,
+                ..payment()
+            },
+        )
+    };
+    assert!(evaluate(&with_amount(300), fresh(), None, NOW).is_ok());
+    assert_eq!(
+        reason(evaluate(&with_amount(301), fresh(), None, NOW)),
+        Some(Reason::OverPaymentCap)
+    );
+    let decline = evaluate(&with_amount(200), fresh(), Some(201), NOW).expect_err("overcharge");
+    assert_eq!(decline.reason, Reason::OverPaymentCap);
+    assert!(decline.detail.contains("charge 201"), "{}", decline.detail);
+    assert!(evaluate(&with_amount(200), fresh(), Some(200), NOW).is_ok());
+}
+
+#[test]
+fn offline_limit_reached_exactly_is_accepted_one_more_is_not() {
+    let with = |amount, total_before| {
+        token_bytes(
+            terms(),
+            PaymentTerms {
+                amount,
+                total_before,
+                ..payment()
+            },
+        )
+    };
+    assert_eq!(
+        evaluate(&with(300, 700), fresh(), None, NOW).map(|a| a.running_total),
+        Ok(1_000)
+    );
+    assert_eq!(
+        reason(evaluate(&with(300, 701), fresh(), None, NOW)),
+        Some(Reason::OverOfflineLimit)
+    );
+}
+
+#[test]
+fn a_wallet_understating_its_running_total_is_held_to_what_the_reader_saw() {
+    let seen = WalletHistory {
+        last_counter: Some(4),
+        credential_total: 900,
+        ..fresh()
+    };
+    // The wallet claims it spent nothing so far; the reader saw 900.
+    let bytes = token_bytes(
+        terms(),
+        PaymentTerms {
+            amount: 200,
+            total_before: 0,
+            ..payment()
+        },
+    );
+    assert_eq!(
+        reason(evaluate(&bytes, seen, None, NOW)),
+        Some(Reason::OverOfflineLimit)
+    );
+}
+
+#[test]
+fn reasons_are_listed_in_check_order() {
+    let stateful: Vec<Reason> = RULES.iter().map(|r| r.reason).collect();
+    assert_eq!(&Reason::ALL[3..], stateful.as_slice());
+    let codes: Vec<String> = Reason::ALL
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("json"))
+        .collect();
+    for (reason, code) in Reason::ALL.iter().zip(&codes) {
+        assert_eq!(code, &format!("\"{}\"", reason.as_str()));
+    }
+}
+
+#[test]
+fn first_failing_check_wins() {
+    // Expired and over the cap and denied: denied comes first.
+    let bytes = token_bytes(
+        terms(),
+        PaymentTerms {
+            amount: 300,
+            total_before: 999,
+            ..payment()
+        },
+    );
+    let history = WalletHistory {
+        denied: true,
+        last_counter: Some(10),
+        credential_total: 0,
+    };
+    assert_eq!(
+        reason(evaluate(&bytes, history, None, NOW + 10 * 86_400)),
+        Some(Reason::WalletDenied)
+    );
+}

@@ -1,0 +1,460 @@
+//! The reader's durable state in SQLite: record queue, wallet state, deny list, trusted keys.
+//!
+//! Every accept runs as one `BEGIN IMMEDIATE` transaction (read the wallet's
+//! history, decide, append the signed record, advance the wallet state,
+//! commit with `synchronous=FULL`), so a decision and its record are never
+//! apart, two processes never charge the same token, and nothing is actuated
+//! before the record is on disk.
+
+pub mod sqlite;
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite_migration::M;
+
+use crate::policy::{self, Authentic, Decline, ReaderPolicy, TrustedKeys, WalletHistory};
+use crate::record::{GENESIS_HASH, Record, RecordBody, RecordKind};
+use crate::token::WalletId;
+
+pub use sqlite::StoreError;
+
+/// Schema versions of the reader database, oldest first. Append only.
+static MIGRATIONS: [M<'static>; 1] = [M::up(
+    "CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE trusted_keys (
+        key_id INTEGER PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
+        public_key BLOB NOT NULL CHECK (length(public_key) = 32),
+        added_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE deny_list (
+        wallet_id BLOB PRIMARY KEY CHECK (length(wallet_id) = 8),
+        reason TEXT NOT NULL,
+        added_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE wallet_state (
+        wallet_id BLOB PRIMARY KEY CHECK (length(wallet_id) = 8),
+        last_counter INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE credential_totals (
+        credential BLOB PRIMARY KEY CHECK (length(credential) = 32),
+        wallet_id BLOB NOT NULL,
+        running_total INTEGER NOT NULL,
+        valid_until INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE chain_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL CHECK (length(hash) = 32)
+    ) STRICT;
+    CREATE TABLE records (
+        seq INTEGER PRIMARY KEY CHECK (seq >= 1),
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        wallet_id BLOB NOT NULL CHECK (length(wallet_id) = 8),
+        counter INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        token BLOB NOT NULL,
+        prev_hash BLOB NOT NULL CHECK (length(prev_hash) = 32),
+        hash BLOB NOT NULL CHECK (length(hash) = 32),
+        signature BLOB NOT NULL CHECK (length(signature) = 64),
+        synced_at INTEGER
+    ) STRICT;
+    CREATE INDEX records_unsynced ON records (seq) WHERE synced_at IS NULL;",
+)];
+
+/// The newest schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Who signs the records: the reader's id and its secret key.
+pub struct RecordSigner<'a> {
+    /// The reader id, as in the record body.
+    pub reader_id: &'a str,
+    /// The reader's signing key.
+    pub key: &'a SigningKey,
+}
+
+/// An accepted payment, on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// The amount charged.
+    pub charge: u32,
+    /// The wallet's running total under its credential afterwards.
+    pub running_total: u64,
+}
+
+/// Counts for an operator: how much is waiting for the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueSummary {
+    /// All records kept.
+    pub records: u64,
+    /// Records the hub has not acknowledged.
+    pub unsynced: u64,
+    /// Sum of unsynced amounts.
+    pub unsynced_amount: u64,
+    /// The last sequence number used.
+    pub head_seq: u64,
+}
+
+/// An open reader database.
+pub struct ReaderDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl ReaderDb {
+    /// Creates a new database (or opens one that exists) and migrates it.
+    pub fn create(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, true)
+    }
+
+    /// Opens an existing database; a missing file is an error, not a new database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, create: bool) -> Result<Self, StoreError> {
+        let conn = sqlite::open(path, &MIGRATIONS, create, "run `sonotap reader init` first")?;
+        Ok(Self {
+            conn,
+            path: path.into(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |e| StoreError::from_sqlite(&self.path, e)
+    }
+
+    /// Reads a value from the metadata table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Writes a value to the metadata table.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// Trusts an issuer key under its key id (replacing an older key with that id).
+    pub fn trust_key(&self, key_id: u8, key: &VerifyingKey, now: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO trusted_keys (key_id, public_key, added_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key_id) DO UPDATE SET public_key = excluded.public_key,
+                                                    added_at = excluded.added_at",
+                params![key_id, key.as_bytes().as_slice(), sqlite::int(now)],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// The issuer keys this reader trusts.
+    pub fn trusted_keys(&self) -> Result<TrustedKeys, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key_id, public_key FROM trusted_keys")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .map_err(self.err())?;
+        let mut keys = TrustedKeys::default();
+        for row in rows {
+            let (id, bytes) = row.map_err(self.err())?;
+            let id = sqlite::unsigned::<u8>(&self.path, "issuer key id", id)?;
+            let bytes = sqlite::blob::<32>(&self.path, "issuer key", bytes)?;
+            let key = VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                StoreError::inconsistent(&self.path, format!("trusted key {id} is not a valid key"))
+            })?;
+            keys.insert(id, key);
+        }
+        Ok(keys)
+    }
+
+    /// Puts a wallet on the deny list.
+    pub fn deny(&self, wallet: WalletId, reason: &str, now: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO deny_list (wallet_id, reason, added_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (wallet_id) DO UPDATE SET reason = excluded.reason",
+                params![wallet.0.as_slice(), reason, sqlite::int(now)],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// Takes a wallet off the deny list; returns whether it was on it.
+    pub fn allow(&self, wallet: WalletId) -> Result<bool, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM deny_list WHERE wallet_id = ?1",
+                [wallet.0.as_slice()],
+            )
+            .map(|n| n > 0)
+            .map_err(self.err())
+    }
+
+    /// Decides on an authentic token and, if it is accepted, commits the
+    /// signed record and the wallet's new state before returning.
+    ///
+    /// The outer `Result` is the store failing (nothing was charged); the
+    /// inner one is the policy's decision.
+    pub fn commit_payment(
+        &mut self,
+        signer: &RecordSigner<'_>,
+        token: &Authentic,
+        policy: &ReaderPolicy,
+        charge: Option<NonZeroU32>,
+        now: u64,
+    ) -> Result<Result<Committed, Decline>, StoreError> {
+        let path = self.path.clone();
+        let err = |e| StoreError::from_sqlite(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let history = wallet_history(&tx, &path, token)?;
+        let approval = match policy::decide(token, &history, policy, charge, now) {
+            Ok(approval) => approval,
+            Err(decline) => return Ok(Err(decline)), // the transaction rolls back on drop
+        };
+        let (head_seq, head_hash) = chain_head(&tx, &path)?;
+        let payment = token.token().payment;
+        let terms = token.token().credential.terms;
+        let body = RecordBody {
+            reader_id: signer.reader_id,
+            seq: head_seq + 1,
+            at: now,
+            kind: RecordKind::Charge,
+            amount: approval.charge,
+            token: token.bytes(),
+            prev_hash: head_hash,
+        };
+        let hash = body.hash();
+        let wallet = token.wallet();
+        tx.execute(
+            "INSERT INTO records (seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                sqlite::int(body.seq),
+                sqlite::int(now),
+                body.kind.as_str(),
+                wallet.0.as_slice(),
+                payment.counter,
+                approval.charge,
+                token.bytes().as_slice(),
+                head_hash.as_slice(),
+                hash.as_slice(),
+                body.sign(signer.key).as_slice(),
+            ],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            params![sqlite::int(body.seq), hash.as_slice()],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "INSERT INTO wallet_state (wallet_id, last_counter, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (wallet_id) DO UPDATE SET last_counter = excluded.last_counter,
+                                                   updated_at = excluded.updated_at",
+            params![wallet.0.as_slice(), payment.counter, sqlite::int(now)],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "INSERT INTO credential_totals (credential, wallet_id, running_total, valid_until)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (credential) DO UPDATE SET running_total = excluded.running_total",
+            params![
+                token.token().credential.digest().as_slice(),
+                wallet.0.as_slice(),
+                sqlite::int(approval.running_total),
+                sqlite::int(terms.valid_until()),
+            ],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Ok(Committed {
+            seq: body.seq,
+            charge: approval.charge,
+            running_total: approval.running_total,
+        }))
+    }
+
+    /// Records in sequence order; `unsynced_only` keeps those the hub has not acknowledged.
+    pub fn records(&self, unsynced_only: bool) -> Result<Vec<Record>, StoreError> {
+        let sql = if unsynced_only {
+            "SELECT seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature, synced_at
+             FROM records WHERE synced_at IS NULL ORDER BY seq"
+        } else {
+            "SELECT seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature, synced_at
+             FROM records ORDER BY seq"
+        };
+        let mut stmt = self.conn.prepare(sql).map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(RawRecord {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    kind: r.get(2)?,
+                    wallet: r.get(3)?,
+                    counter: r.get(4)?,
+                    amount: r.get(5)?,
+                    token: r.get(6)?,
+                    prev_hash: r.get(7)?,
+                    hash: r.get(8)?,
+                    signature: r.get(9)?,
+                    synced_at: r.get(10)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.map(|row| row.map_err(self.err())?.into_record(&self.path))
+            .collect()
+    }
+
+    /// Queue depth and totals.
+    pub fn summary(&self) -> Result<QueueSummary, StoreError> {
+        let (records, unsynced, unsynced_amount): (i64, i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT count(*),
+                        count(*) FILTER (WHERE synced_at IS NULL),
+                        coalesce(sum(amount) FILTER (WHERE synced_at IS NULL), 0)
+                 FROM records",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(self.err())?;
+        let (head_seq, _) = chain_head(&self.conn, &self.path)?;
+        Ok(QueueSummary {
+            records: sqlite::unsigned(&self.path, "record count", records)?,
+            unsynced: sqlite::unsigned(&self.path, "unsynced count", unsynced)?,
+            unsynced_amount: sqlite::unsigned(&self.path, "unsynced amount", unsynced_amount)?,
+            head_seq,
+        })
+    }
+}
+
+fn wallet_history(
+    tx: &Transaction<'_>,
+    path: &Path,
+    token: &Authentic,
+) -> Result<WalletHistory, StoreError> {
+    let err = |e| StoreError::from_sqlite(path, e);
+    let wallet = token.wallet();
+    let denied = tx
+        .query_row(
+            "SELECT 1 FROM deny_list WHERE wallet_id = ?1",
+            [wallet.0.as_slice()],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(err)?
+        .is_some();
+    let last_counter = tx
+        .query_row(
+            "SELECT last_counter FROM wallet_state WHERE wallet_id = ?1",
+            [wallet.0.as_slice()],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map_err(err)?
+        .map(|c| sqlite::unsigned::<u32>(path, "wallet counter", c))
+        .transpose()?;
+    let credential_total = tx
+        .query_row(
+            "SELECT running_total FROM credential_totals WHERE credential = ?1",
+            [token.token().credential.digest().as_slice()],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map_err(err)?
+        .map(|t| sqlite::unsigned::<u64>(path, "running total", t))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(WalletHistory {
+        denied,
+        last_counter,
+        credential_total,
+    })
+}
+
+fn chain_head(conn: &Connection, path: &Path) -> Result<(u64, [u8; 32]), StoreError> {
+    let head = conn
+        .query_row("SELECT seq, hash FROM chain_head WHERE id = 1", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
+        .optional()
+        .map_err(|e| StoreError::from_sqlite(path, e))?;
+    match head {
+        None => Ok((0, GENESIS_HASH)),
+        Some((seq, hash)) => Ok((
+            sqlite::unsigned(path, "chain head", seq)?,
+            sqlite::blob(path, "chain head hash", hash)?,
+        )),
+    }
+}
+
+/// A row as SQLite returns it, before its invariants are checked.
+struct RawRecord {
+    seq: i64,
+    at: i64,
+    kind: String,
+    wallet: Vec<u8>,
+    counter: i64,
+    amount: i64,
+    token: Vec<u8>,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+    signature: Vec<u8>,
+    synced_at: Option<i64>,
+}
+
+impl RawRecord {
+    fn into_record(self, path: &Path) -> Result<Record, StoreError> {
+        Ok(Record {
+            seq: sqlite::unsigned(path, "sequence number", self.seq)?,
+            at: sqlite::unsigned(path, "record time", self.at)?,
+            kind: RecordKind::from_name(&self.kind).ok_or_else(|| {
+                StoreError::inconsistent(path, format!("unknown record kind {:?}", self.kind))
+            })?,
+            wallet: WalletId(sqlite::blob(path, "wallet id", self.wallet)?),
+            counter: sqlite::unsigned(path, "counter", self.counter)?,
+            amount: sqlite::unsigned(path, "amount", self.amount)?,
+            token: self.token,
+            prev_hash: sqlite::blob(path, "previous hash", self.prev_hash)?,
+            hash: sqlite::blob(path, "record hash", self.hash)?,
+            signature: sqlite::blob(path, "record signature", self.signature)?,
+            synced_at: self
+                .synced_at
+                .map(|t| sqlite::unsigned(path, "sync time", t))
+                .transpose()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+//! Opening SQLite databases the one durable way, with errors a person can act on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite_migration::{M, Migrations};
+use thiserror::Error;
+
+/// How long a writer waits for another process's lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_millis(2_000);
+
+/// Why a database could not be opened or used.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Opening an existing database, but there is none.
+    #[error("database {path} does not exist ({hint})")]
+    Missing {
+        /// The file looked for.
+        path: PathBuf,
+        /// What creates it.
+        hint: &'static str,
+    },
+    /// Not a SQLite file, or damaged.
+    #[error(
+        "database {path} is corrupt or not a SQLite database ({detail}); \
+         keep the file for recovery and restore from backup"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        detail: String,
+    },
+    /// Written by a newer sonotap.
+    #[error(
+        "database {path} has schema version {found}, newer than this sonotap supports \
+         ({supported}); upgrade sonotap"
+    )]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this build knows.
+        supported: usize,
+    },
+    /// Another process holds the write lock.
+    #[error("database {path} is locked by another process (waited {} ms)", BUSY_TIMEOUT.as_millis())]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The content breaks an invariant sonotap relies on.
+    #[error("database {path} is inconsistent: {detail}")]
+    Inconsistent {
+        /// The file.
+        path: PathBuf,
+        /// Which invariant.
+        detail: String,
+    },
+    /// Any other SQLite failure (disk full, read-only file system, ...).
+    #[error("database {path}: {source}")]
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// Sorts a SQLite error into the cases an operator handles differently.
+    pub fn from_sqlite(path: &Path, source: rusqlite::Error) -> Self {
+        let code = match &source {
+            rusqlite::Error::SqliteFailure(e, _) => Some(e.code),
+            _ => None,
+        };
+        match code {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt {
+                path: path.into(),
+                detail: source.to_string(),
+            },
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                StoreError::Locked { path: path.into() }
+            }
+            _ => StoreError::Sqlite {
+                path: path.into(),
+                source,
+            },
+        }
+    }
+
+    /// An invariant violation found while reading rows.
+    pub fn inconsistent(path: &Path, detail: impl Into<String>) -> Self {
+        StoreError::Inconsistent {
+            path: path.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Opens (and, with `create`, makes) a database: WAL, `synchronous=FULL`,
+/// foreign keys on, a busy timeout, and the schema migrated to the latest
+/// of `migrations`. A database from a newer build is refused untouched.
+pub fn open(
+    path: &Path,
+    migrations: &'static [M<'static>],
+    create: bool,
+    missing_hint: &'static str,
+) -> Result<Connection, StoreError> {
+    let err = |e| StoreError::from_sqlite(path, e);
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    } else if !path.exists() {
+        return Err(StoreError::Missing {
+            path: path.into(),
+            hint: missing_hint,
+        });
+    }
+    let mut conn = Connection::open_with_flags(path, flags).map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    // The first statement that reads the file is where corruption shows.
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(err)?;
+    if found > migrations.len() as i64 || found < 0 {
+        return Err(StoreError::TooNew {
+            path: path.into(),
+            found,
+            supported: migrations.len(),
+        });
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::inconsistent(
+            path,
+            format!("cannot switch to WAL journal mode (got {mode})"),
+        ));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(err)?;
+    Migrations::from_slice(migrations)
+        .to_latest(&mut conn)
+        .map_err(|e| match e {
+            rusqlite_migration::Error::RusqliteError { err: source, .. } => {
+                StoreError::from_sqlite(path, source)
+            }
+            other => StoreError::inconsistent(path, format!("schema migration failed: {other}")),
+        })?;
+    Ok(conn)
+}
+
+/// Reads a fixed-size blob column, reporting a wrong size as inconsistency.
+pub fn blob<const N: usize>(
+    path: &Path,
+    what: &str,
+    bytes: Vec<u8>,
+) -> Result<[u8; N], StoreError> {
+    <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| {
+        StoreError::inconsistent(
+            path,
+            format!("{what} is {} bytes, expected {N}", bytes.len()),
+        )
+    })
+}
+
+/// Converts a stored integer to the unsigned type the domain uses.
+pub fn unsigned<T: TryFrom<i64>>(path: &Path, what: &str, value: i64) -> Result<T, StoreError> {
+    T::try_from(value)
+        .map_err(|_| StoreError::inconsistent(path, format!("{what} {value} is out of range")))
+}
+
+/// SQLite integers are signed; every value sonotap stores fits (times,
+/// sequence numbers and totals are far below 2^63), so saturating only
+/// guards against nonsense input.
+pub fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
