@@ -24,3 +24,6 @@ pub mod record;
 pub mod store;
 pub mod token;
 pub mod wallet;
+
+#[cfg(test)]
+mod testkit;

@@ -1,68 +1,9 @@
 //! One test per decline reason, and the boundaries between accept and decline.
 
 use super::*;
-use crate::token::{Credential, CredentialTerms, PaymentTerms, reader_tag};
+use crate::testkit::*;
+use crate::token::{CredentialTerms, PaymentTerms, reader_tag};
 use ed25519_dalek::SigningKey;
-
-const NOW: u64 = 1_800_000_000;
-const SKEW: u32 = 300;
-
-fn issuer() -> SigningKey {
-    SigningKey::from_bytes(&[1; 32])
-}
-
-fn wallet() -> SigningKey {
-    SigningKey::from_bytes(&[2; 32])
-}
-
-fn keys() -> TrustedKeys {
-    let mut keys = TrustedKeys::default();
-    keys.insert(1, issuer().verifying_key());
-    keys
-}
-
-fn policy() -> ReaderPolicy {
-    ReaderPolicy {
-        reader_tag: reader_tag("gate-1"),
-        scope: Scope::Transit,
-        currency: 978,
-        clock_skew_secs: SKEW,
-    }
-}
-
-fn terms() -> CredentialTerms {
-    CredentialTerms {
-        issuer_key_id: 1,
-        scope: Scope::Transit,
-        currency: 978,
-        wallet_key: wallet().verifying_key().to_bytes(),
-        offline_limit: 1_000,
-        per_payment_cap: 300,
-        valid_from: (NOW - 3600) as u32,
-        valid_hours: 24,
-    }
-}
-
-fn payment() -> PaymentTerms {
-    PaymentTerms {
-        amount: 250,
-        counter: 5,
-        total_before: 0,
-        timestamp: NOW as u32,
-        reader_tag: 0,
-    }
-}
-
-fn credential(terms: CredentialTerms) -> Credential {
-    terms.sign(&issuer()).expect("valid terms")
-}
-
-fn token_bytes(terms: CredentialTerms, payment: PaymentTerms) -> Vec<u8> {
-    Token::sign(credential(terms), payment, &wallet())
-        .expect("wallet key matches")
-        .encode()
-        .to_vec()
-}
 
 /// Runs both stages the way the store does.
 fn evaluate(

@@ -1,1 +1,248 @@
+//! The store against real SQLite files: durability settings, chain, and damaged databases.
 
+use super::*;
+use crate::policy::{Reason, authenticate};
+use crate::record::verify_chain;
+use crate::testkit::*;
+use crate::token::PaymentTerms;
+
+const READER: &str = "gate-1";
+
+fn reader_key() -> SigningKey {
+    SigningKey::from_bytes(&[9; 32])
+}
+
+fn fresh_db(dir: &tempfile::TempDir) -> ReaderDb {
+    let db = ReaderDb::create(&dir.path().join("reader.db")).expect("create");
+    db.trust_key(1, &issuer().verifying_key(), NOW)
+        .expect("trust");
+    db
+}
+
+fn tap(db: &mut ReaderDb, counter: u32, amount: u32) -> Result<Committed, Decline> {
+    let bytes = token_bytes(
+        terms(),
+        PaymentTerms {
+            counter,
+            amount,
+            ..payment()
+        },
+    );
+    let token = authenticate(&bytes, &db.trusted_keys().expect("keys")).expect("authentic");
+    let key = reader_key();
+    let signer = RecordSigner {
+        reader_id: READER,
+        key: &key,
+    };
+    db.commit_payment(&signer, &token, &policy(), None, NOW)
+        .expect("store works")
+}
+
+#[test]
+fn database_uses_wal_and_full_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = fresh_db(&dir);
+    let mode: String = db
+        .conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("pragma");
+    let sync: i64 = db
+        .conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .expect("pragma");
+    assert_eq!(mode, "wal");
+    assert_eq!(sync, 2, "synchronous=FULL");
+}
+
+#[test]
+fn accepted_payments_are_chained_signed_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    let first = tap(&mut db, 1, 100).expect("accept");
+    let second = tap(&mut db, 2, 200).expect("accept");
+    assert_eq!((first.seq, second.seq), (1, 2));
+    // Both tokens claim total_before 0; the reader holds the wallet to what it saw.
+    assert_eq!(second.running_total, 300);
+    let records = db.records(false).expect("records");
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].amount, 200);
+    assert_eq!(records[1].counter, 2);
+    let end = verify_chain(
+        READER,
+        &reader_key().verifying_key(),
+        (0, GENESIS_HASH),
+        &records,
+    );
+    assert_eq!(end, Ok((2, records[1].hash)));
+    let summary = db.summary().expect("summary");
+    assert_eq!(
+        summary,
+        QueueSummary {
+            records: 2,
+            unsynced: 2,
+            unsynced_amount: 300,
+            head_seq: 2
+        }
+    );
+}
+
+#[test]
+fn a_decline_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    tap(&mut db, 3, 100).expect("accept");
+    let replay = tap(&mut db, 3, 100).expect_err("same counter");
+    assert_eq!(replay.reason, Reason::Replayed);
+    let older = tap(&mut db, 2, 100).expect_err("older counter");
+    assert_eq!(older.reason, Reason::Replayed);
+    assert_eq!(db.records(false).expect("records").len(), 1);
+    assert_eq!(db.summary().expect("summary").head_seq, 1);
+}
+
+#[test]
+fn the_running_total_seen_carries_across_taps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    // Limit 1000: a wallet that always claims total_before 0 is still stopped.
+    for counter in 1..=4 {
+        tap(&mut db, counter, 250).expect("within limit");
+    }
+    let decline = tap(&mut db, 5, 250).expect_err("over");
+    assert_eq!(decline.reason, Reason::OverOfflineLimit);
+}
+
+#[test]
+fn deny_list_is_consulted_and_can_be_lifted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    let wallet_id = crate::token::WalletId::of_key(&wallet().verifying_key().to_bytes());
+    db.deny(wallet_id, "cloned phone", NOW).expect("deny");
+    assert_eq!(
+        tap(&mut db, 1, 100).expect_err("denied").reason,
+        Reason::WalletDenied
+    );
+    assert!(db.allow(wallet_id).expect("allow"));
+    assert!(tap(&mut db, 1, 100).is_ok());
+}
+
+#[test]
+fn records_survive_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut db = fresh_db(&dir);
+        tap(&mut db, 1, 100).expect("accept");
+    }
+    let mut db = ReaderDb::open(&dir.path().join("reader.db")).expect("reopen");
+    assert_eq!(db.records(false).expect("records").len(), 1);
+    assert_eq!(
+        tap(&mut db, 1, 100).expect_err("replay").reason,
+        Reason::Replayed
+    );
+    assert_eq!(tap(&mut db, 2, 100).expect("accept").seq, 2);
+}
+
+#[test]
+fn missing_database_is_not_silently_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("reader.db");
+    let err = ReaderDb::open(&path).err().expect("missing");
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn garbage_file_is_reported_corrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("reader.db");
+    std::fs::write(&path, vec![0x5a; 8192]).expect("write");
+    let err = ReaderDb::open(&path).err().expect("corrupt");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+#[test]
+fn damaged_pages_are_reported_corrupt_not_panicked_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("reader.db");
+    {
+        let mut db = fresh_db(&dir);
+        for counter in 1..=20 {
+            tap(&mut db, counter, 10).expect("accept");
+        }
+        db.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .expect("checkpoint");
+    }
+    let mut bytes = std::fs::read(&path).expect("read");
+    // Keep the 100-byte header, trash every page after the first.
+    let page = 4096.min(bytes.len());
+    for b in &mut bytes[page..] {
+        *b = 0xa5;
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let result = ReaderDb::open(&path).and_then(|db| db.records(false).map(|_| ()));
+    let err = result.err().expect("must fail");
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt { .. } | StoreError::Inconsistent { .. }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn database_from_a_newer_version_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("reader.db");
+    drop(fresh_db(&dir));
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.pragma_update(None, "user_version", 99).expect("bump");
+    }
+    let err = ReaderDb::open(&path).err().expect("too new");
+    assert!(
+        matches!(
+            err,
+            StoreError::TooNew {
+                found: 99,
+                supported: SCHEMA_VERSION,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade sonotap"), "{err}");
+    let conn = Connection::open(&path).expect("raw open");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("read");
+    assert_eq!(version, 99, "the newer database was left as it was");
+}
+
+#[test]
+fn a_locked_database_gives_a_clear_error_and_charges_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    let other = Connection::open(dir.path().join("reader.db")).expect("second connection");
+    other.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let bytes = token_bytes(terms(), payment());
+    let token = authenticate(&bytes, &keys()).expect("authentic");
+    let key = reader_key();
+    let signer = RecordSigner {
+        reader_id: READER,
+        key: &key,
+    };
+    let err = db
+        .commit_payment(&signer, &token, &policy(), None, NOW)
+        .err()
+        .expect("locked");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    other.execute_batch("ROLLBACK").expect("unlock");
+    assert!(db.records(false).expect("records").is_empty());
+    assert!(
+        db.commit_payment(&signer, &token, &policy(), None, NOW)
+            .expect("store")
+            .is_ok()
+    );
+}

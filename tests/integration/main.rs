@@ -1,0 +1,7 @@
+//! sonotap's one integration test binary (as ripgrep does): each module
+//! drives the real `sonotap` executable or the library against real files.
+
+mod cli_flow;
+mod crash;
+mod protocol_vectors;
+mod util;

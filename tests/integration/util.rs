@@ -1,0 +1,58 @@
+//! Helpers: run the real binary in a scratch directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `sonotap` binary cargo built for this test run.
+pub fn sonotap() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sonotap"))
+}
+
+/// A scratch directory with shorthands for running commands in it.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `sonotap ARGS` in the scratch directory.
+    pub fn run(&self, args: &[&str]) -> Output {
+        sonotap()
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("sonotap runs")
+    }
+
+    /// Runs and requires success, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "sonotap {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+}
+
+/// The JSON object on the last line of stdout.
+pub fn last_json(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
