@@ -181,7 +181,7 @@ fn damaged_pages_are_reported_corrupt_not_panicked_on() {
     }
     std::fs::write(&path, &bytes).expect("write");
     let result = ReaderDb::open(&path).and_then(|db| db.records(false).map(|_| ()));
-    let err = result.err().expect("must fail");
+    let err = result.expect_err("must fail");
     assert!(
         matches!(
             err,
@@ -235,8 +235,7 @@ fn a_locked_database_gives_a_clear_error_and_charges_nothing() {
     };
     let err = db
         .commit_payment(&signer, &token, &policy(), None, NOW)
-        .err()
-        .expect("locked");
+        .expect_err("locked");
     assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     other.execute_batch("ROLLBACK").expect("unlock");
     assert!(db.records(false).expect("records").is_empty());

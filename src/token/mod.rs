@@ -29,6 +29,9 @@ pub const CREDENTIAL_LEN: usize = 115;
 pub const PAYMENT_LEN: usize = 84;
 /// Encoded length of a whole token.
 pub const TOKEN_LEN: usize = CREDENTIAL_LEN + PAYMENT_LEN;
+// The budget every transport is designed around (BRIEF §2).
+const _: () = assert!(TOKEN_LEN <= 200);
+
 /// Length of the credential's signed part (everything before its signature).
 const CREDENTIAL_SIGNED_LEN: usize = CREDENTIAL_LEN - 64;
 /// Length of the token's wallet-signed part (everything before the wallet signature).
@@ -429,10 +432,10 @@ impl Token {
         };
         // The version byte is checked first so that a future, longer token
         // version is reported as such rather than as a length error.
-        if let Some(&version) = bytes.first() {
-            if version != VERSION {
-                return Err(FormatError::UnsupportedVersion(version));
-            }
+        if let Some(&version) = bytes.first()
+            && version != VERSION
+        {
+            return Err(FormatError::UnsupportedVersion(version));
         }
         if bytes.len() != TOKEN_LEN {
             return Err(wrong_length);

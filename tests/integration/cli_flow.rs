@@ -1,1 +1,532 @@
-mod x {}
+//! The CLI end to end, as an operator and a rider would use it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::util::{Scratch, last_json};
+
+/// Hub, wallet with a credential (limit 500, cap 300, valid 24 h from `FROM`), reader gate-1.
+const FROM: u64 = 1_800_000_000;
+
+fn setup() -> Scratch {
+    let s = Scratch::new();
+    s.ok(&["hub", "init", "--data", "hub"]);
+    assert!(s.path("hub/issuer.pub").exists());
+    s.ok(&["wallet", "new", "--dir", "w"]);
+    assert!(s.path("w/wallet.pub").exists());
+    s.ok(&[
+        "hub",
+        "issue",
+        "--data",
+        "hub",
+        "--wallet-key",
+        "w/wallet.pub",
+        "--limit",
+        "500",
+        "--per-payment",
+        "300",
+        "--valid-hours",
+        "24",
+        "--scope",
+        "transit",
+        "--valid-from",
+        &FROM.to_string(),
+        "--out",
+        "cred",
+    ]);
+    s.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
+    s.ok(&[
+        "reader",
+        "init",
+        "--data",
+        "r",
+        "--id",
+        "gate-1",
+        "--trust",
+        "hub/issuer.pub",
+    ]);
+    assert!(s.path("r/reader.pub").exists());
+    s
+}
+
+fn at(offset: u64) -> String {
+    (FROM + offset).to_string()
+}
+
+fn pay(s: &Scratch, amount: u32, offset: u64, out: &str) {
+    s.ok(&[
+        "wallet",
+        "pay",
+        "--dir",
+        "w",
+        "--amount",
+        &amount.to_string(),
+        "--at",
+        &at(offset),
+        "--out",
+        out,
+    ]);
+}
+
+/// `reader accept` at FROM + offset; returns (exit code, JSON).
+fn accept(s: &Scratch, token: &str, offset: u64, extra: &[&str]) -> (i32, serde_json::Value) {
+    let when = at(offset);
+    let mut args = vec!["reader", "accept", "--data", "r", "--at", when.as_str()];
+    args.extend_from_slice(extra);
+    args.push(token);
+    let out = s.run(&args);
+    (out.status.code().expect("exit code"), last_json(&out))
+}
+
+fn reason(json: &serde_json::Value) -> &str {
+    json["reason"].as_str().unwrap_or("<none>")
+}
+
+#[test]
+fn pay_accept_replay_and_over_limit_through_the_cli() {
+    let s = setup();
+    pay(&s, 250, 60, "t1");
+    let (code, json) = accept(&s, "t1", 61, &[]);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["decision"], "accept");
+    assert_eq!(json["reason"], serde_json::Value::Null);
+    assert_eq!(json["amount"], 250);
+    assert_eq!(json["counter"], 1);
+    assert_eq!(json["seq"], 1);
+    assert_eq!(json["wallet"].as_str().map(str::len), Some(16));
+
+    // A rider who taps twice: same token, declined, not charged again.
+    let (code, json) = accept(&s, "t1", 62, &[]);
+    assert_eq!((code, reason(&json)), (1, "replayed"), "{json}");
+    assert_eq!(json["decision"], "decline");
+
+    pay(&s, 250, 120, "t2");
+    let (code, json) = accept(&s, "t2", 121, &[]);
+    assert_eq!((code, json["seq"].as_u64()), (0, Some(2)), "{json}");
+    pay(&s, 1, 180, "t3"); // 501 > 500
+    let (code, json) = accept(&s, "t3", 181, &[]);
+    assert_eq!((code, reason(&json)), (1, "over_offline_limit"), "{json}");
+
+    let queue = s.ok(&["reader", "queue", "--data", "r", "--json"]);
+    let records: Vec<serde_json::Value> = queue
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(records.len(), 2, "declines are not queued: {queue}");
+    assert_eq!(records[0]["amount"], 250);
+    assert_eq!(records[1]["counter"], 2);
+    assert_eq!(records[1]["prev_hash"], records[0]["hash"]);
+    let table = s.ok(&["reader", "queue", "--data", "r"]);
+    assert!(
+        table.contains("2 records kept, 2 waiting for the hub (500 EUR"),
+        "{table}"
+    );
+    let verified = s.ok(&["reader", "verify", "--data", "r"]);
+    assert!(
+        verified.starts_with("chain intact: 2 records"),
+        "{verified}"
+    );
+}
+
+#[test]
+fn flipped_bit_truncated_and_padded_tokens_are_declined() {
+    let s = setup();
+    pay(&s, 100, 60, "good");
+    let good = fs::read(s.path("good")).expect("token");
+    assert_eq!(good.len(), 199);
+
+    let mut flipped = good.clone();
+    flipped[150] ^= 0x10; // inside the payment part
+    fs::write(s.path("flipped"), &flipped).expect("write");
+    let (code, json) = accept(&s, "flipped", 61, &[]);
+    assert_eq!((code, reason(&json)), (1, "bad_signature"), "{json}");
+
+    let mut sig_flipped = good.clone();
+    sig_flipped[60] ^= 0x01; // inside the issuer signature
+    fs::write(s.path("sig"), &sig_flipped).expect("write");
+    let (code, json) = accept(&s, "sig", 61, &[]);
+    assert_eq!((code, reason(&json)), (1, "bad_signature"), "{json}");
+
+    fs::write(s.path("short"), &good[..198]).expect("write");
+    let (code, json) = accept(&s, "short", 61, &[]);
+    assert_eq!((code, reason(&json)), (1, "malformed"), "{json}");
+
+    let mut padded = good.clone();
+    padded.push(0);
+    fs::write(s.path("padded"), &padded).expect("write");
+    let (code, json) = accept(&s, "padded", 61, &[]);
+    assert_eq!((code, reason(&json)), (1, "malformed"), "{json}");
+
+    fs::write(s.path("empty"), b"").expect("write");
+    let (code, json) = accept(&s, "empty", 61, &[]);
+    assert_eq!((code, reason(&json)), (1, "malformed"), "{json}");
+
+    // None of that consumed the good token.
+    let (code, json) = accept(&s, "good", 61, &[]);
+    assert_eq!(code, 0, "{json}");
+}
+
+#[test]
+fn tokens_from_another_issuer_are_declined() {
+    let s = setup();
+    // Another operator's hub, with the same key id 1 (a forgery under a trusted id)...
+    s.ok(&["hub", "init", "--data", "rogue"]);
+    // ...and one with key id 2, which gate-1 has never heard of.
+    s.ok(&["hub", "init", "--data", "other", "--key-id", "2"]);
+    for (hub, expected) in [("rogue", "bad_signature"), ("other", "unknown_issuer_key")] {
+        let wallet = format!("w-{hub}");
+        s.ok(&["wallet", "new", "--dir", &wallet]);
+        let pubkey = format!("{wallet}/wallet.pub");
+        s.ok(&[
+            "hub",
+            "issue",
+            "--data",
+            hub,
+            "--wallet-key",
+            &pubkey,
+            "--limit",
+            "500",
+            "--per-payment",
+            "300",
+            "--valid-hours",
+            "24",
+            "--valid-from",
+            &at(0),
+            "--out",
+            "c",
+        ]);
+        s.ok(&["wallet", "add-credential", "--dir", &wallet, "c"]);
+        s.ok(&[
+            "wallet",
+            "pay",
+            "--dir",
+            &wallet,
+            "--amount",
+            "100",
+            "--at",
+            &at(60),
+            "--out",
+            "t",
+        ]);
+        let (code, json) = accept(&s, "t", 61, &[]);
+        assert_eq!((code, reason(&json)), (1, expected), "{hub}: {json}");
+    }
+    // Trusting the second issuer's key (a key rotation) makes its tokens good.
+    s.ok(&["reader", "trust", "--data", "r", "other/issuer.pub"]);
+    s.ok(&[
+        "wallet",
+        "pay",
+        "--dir",
+        "w-other",
+        "--amount",
+        "100",
+        "--at",
+        &at(70),
+        "--out",
+        "t",
+    ]);
+    let (code, json) = accept(&s, "t", 71, &[]);
+    assert_eq!(code, 0, "{json}");
+}
+
+#[test]
+fn credential_used_after_expiry_or_before_start_is_declined() {
+    let s = setup();
+    let after = 24 * 3600 + 10;
+    pay(&s, 100, after, "late");
+    let (code, json) = accept(&s, "late", after, &[]);
+    assert_eq!((code, reason(&json)), (1, "credential_expired"), "{json}");
+    // The last second of validity is still good.
+    pay(&s, 100, 24 * 3600 - 1, "edge");
+    let (code, json) = accept(&s, "edge", 24 * 3600 - 1, &[]);
+    assert_eq!(code, 0, "{json}");
+    s.ok(&[
+        "wallet",
+        "pay",
+        "--dir",
+        "w",
+        "--amount",
+        "100",
+        "--at",
+        &(FROM - 10).to_string(),
+        "--out",
+        "early",
+    ]);
+    let out = s.run(&[
+        "reader",
+        "accept",
+        "--data",
+        "r",
+        "--at",
+        &(FROM - 10).to_string(),
+        "early",
+    ]);
+    assert_eq!(last_json(&out)["reason"], "credential_not_yet_valid");
+}
+
+#[test]
+fn clock_skew_window_and_reader_binding() {
+    let s = setup();
+    pay(&s, 10, 1000, "t");
+    let (_, json) = accept(&s, "t", 1000 - 301, &[]);
+    assert_eq!(reason(&json), "future_token", "{json}");
+    let (_, json) = accept(&s, "t", 1000 + 301, &[]);
+    assert_eq!(reason(&json), "stale_token", "{json}");
+    let (code, _) = accept(&s, "t", 1000 + 300, &[]);
+    assert_eq!(code, 0);
+
+    s.ok(&[
+        "wallet",
+        "pay",
+        "--dir",
+        "w",
+        "--amount",
+        "10",
+        "--at",
+        &at(1100),
+        "--reader",
+        "gate-2",
+        "--out",
+        "b2",
+    ]);
+    let (_, json) = accept(&s, "b2", 1100, &[]);
+    assert_eq!(reason(&json), "wrong_scope", "{json}");
+    s.ok(&[
+        "wallet",
+        "pay",
+        "--dir",
+        "w",
+        "--amount",
+        "10",
+        "--at",
+        &at(1100),
+        "--reader",
+        "gate-1",
+        "--out",
+        "b1",
+    ]);
+    let (code, _) = accept(&s, "b1", 1100, &[]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn charge_limits_scope_and_deny_list() {
+    let s = setup();
+    pay(&s, 301, 10, "big");
+    let (_, json) = accept(&s, "big", 10, &[]);
+    assert_eq!(reason(&json), "over_payment_cap", "{json}");
+    pay(&s, 100, 20, "t");
+    let (_, json) = accept(&s, "t", 20, &["--amount", "101"]);
+    assert_eq!(reason(&json), "over_payment_cap", "{json}");
+    let (code, json) = accept(&s, "t", 20, &["--amount", "80"]);
+    assert_eq!((code, json["amount"].as_u64()), (0, Some(80)), "{json}");
+
+    let wallet = json["wallet"].as_str().expect("wallet id").to_string();
+    s.ok(&["reader", "deny", "--data", "r", "--wallet", &wallet]);
+    // The wallet has authorised 301 + 100 so far; 50 more stays within 500.
+    pay(&s, 50, 30, "t");
+    let (_, json) = accept(&s, "t", 30, &[]);
+    assert_eq!(reason(&json), "wallet_denied", "{json}");
+    s.ok(&["reader", "allow", "--data", "r", "--wallet", &wallet]);
+    let (code, _) = accept(&s, "t", 30, &[]);
+    assert_eq!(code, 0);
+
+    s.ok(&[
+        "reader",
+        "init",
+        "--data",
+        "v",
+        "--id",
+        "vend-1",
+        "--scope",
+        "vending",
+        "--trust",
+        "hub/issuer.pub",
+    ]);
+    pay(&s, 100, 40, "t");
+    let out = s.run(&["reader", "accept", "--data", "v", "--at", &at(40), "t"]);
+    assert_eq!(last_json(&out)["reason"], "wrong_scope");
+}
+
+#[test]
+fn hex_tokens_and_standard_input_are_read() {
+    let s = setup();
+    s.ok(&[
+        "wallet",
+        "pay",
+        "--dir",
+        "w",
+        "--amount",
+        "10",
+        "--at",
+        &at(5),
+        "--hex",
+        "--out",
+        "t.hex",
+    ]);
+    let text = fs::read_to_string(s.path("t.hex")).expect("hex");
+    assert_eq!(text.trim().len(), 398);
+    let (code, json) = accept(&s, "t.hex", 5, &[]);
+    assert_eq!(code, 0, "{json}");
+    let inspect = s.ok(&["token", "inspect", "t.hex"]);
+    assert!(inspect.contains("\"counter\":1"), "{inspect}");
+}
+
+#[test]
+fn environment_errors_exit_2_with_a_clear_message() {
+    let s = setup();
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    let out = s.run(&["reader", "accept", "--data", "r", "no-such-token"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot read token file no-such-token"),
+        "{}",
+        stderr(&out)
+    );
+
+    pay(&s, 10, 5, "t");
+    let out = s.run(&["reader", "accept", "--data", "nowhere", "t"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("sonotap reader init"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Wrong key type: a wallet key offered as the issuer key.
+    let out = s.run(&[
+        "reader",
+        "init",
+        "--data",
+        "r2",
+        "--id",
+        "g",
+        "--trust",
+        "w/wallet.pub",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("holds a wallet public key, expected an issuer public key"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A secret key other users can read is refused.
+    fs::set_permissions(s.path("r/reader.key"), fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = s.run(&["reader", "accept", "--data", "r", "t"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    fs::set_permissions(s.path("r/reader.key"), fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    // A corrupt database: an error, not a panic, and not a decline.
+    fs::write(s.path("r/reader.db"), vec![0xa5; 4096]).expect("trash");
+    let _ = fs::remove_file(s.path("r/reader.db-wal"));
+    let _ = fs::remove_file(s.path("r/reader.db-shm"));
+    let out = s.run(&["reader", "accept", "--data", "r", "t"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"));
+
+    // Usage errors are exit 2 too, and init never replaces a reader.
+    assert_eq!(s.run(&["reader", "accept"]).status.code(), Some(2));
+    assert_eq!(
+        s.run(&["wallet", "pay", "--dir", "w", "--amount", "0", "--out", "x"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let out = s.run(&["hub", "init", "--data", "hub"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("refusing to replace"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn secrets_are_private_and_public_keys_readable() {
+    let s = setup();
+    for secret in ["hub/issuer.key", "w/wallet.key", "r/reader.key"] {
+        let mode = fs::metadata(s.path(secret))
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{secret}");
+    }
+    for public in ["hub/issuer.pub", "w/wallet.pub", "r/reader.pub"] {
+        let text = fs::read_to_string(s.path(public)).expect("exists");
+        assert!(text.starts_with("sonotap "), "{public}: {text}");
+    }
+}
+
+#[test]
+fn wallet_counter_survives_and_never_repeats() {
+    let s = setup();
+    pay(&s, 10, 1, "a");
+    pay(&s, 10, 2, "b");
+    let show = s.ok(&["wallet", "show", "--dir", "w"]);
+    assert!(
+        show.contains("\"counter\":2") && show.contains("\"running_total\":20"),
+        "{show}"
+    );
+    // A new credential restarts the running total but not the counter.
+    s.ok(&[
+        "hub",
+        "issue",
+        "--data",
+        "hub",
+        "--wallet-key",
+        "w/wallet.pub",
+        "--limit",
+        "900",
+        "--per-payment",
+        "300",
+        "--valid-hours",
+        "48",
+        "--valid-from",
+        &at(0),
+        "--out",
+        "cred2",
+    ]);
+    s.ok(&["wallet", "add-credential", "--dir", "w", "cred2"]);
+    let json: serde_json::Value = serde_json::from_str(
+        s.ok(&[
+            "wallet",
+            "pay",
+            "--dir",
+            "w",
+            "--amount",
+            "10",
+            "--at",
+            &at(3),
+            "--out",
+            "c",
+        ])
+        .trim(),
+    )
+    .expect("json");
+    assert_eq!(
+        (json["counter"].as_u64(), json["total_before"].as_u64()),
+        (Some(3), Some(0))
+    );
+}
+
+#[test]
+fn demo_runs_on_embedded_defaults() {
+    let s = Scratch::new();
+    let out = s.ok(&["demo", "--keep", "d"]);
+    for expected in [
+        "ACCEPT, record 1",
+        "DECLINE replayed",
+        "DECLINE over_offline_limit",
+        "DECLINE bad_signature",
+        "DECLINE malformed",
+        "chain verified",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(s.path("d/gate-1/reader.db").exists());
+}

@@ -1,6 +1,6 @@
 //! Helpers: run the real binary in a scratch directory.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// The `sonotap` binary cargo built for this test run.
@@ -51,8 +51,4 @@ pub fn last_json(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }
