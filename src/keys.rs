@@ -139,7 +139,7 @@ impl fmt::Debug for SecretKey {
 impl SecretKey {
     /// A fresh key from the operating system's random source.
     ///
-    /// `key_id` is required for issuer keys and refused for the others.
+    /// Issuer keys get `key_id` (1 if none is given); other roles have none.
     pub fn generate(role: Role, key_id: Option<u8>) -> io::Result<Self> {
         let mut seed = Zeroizing::new([0u8; 32]);
         getrandom::fill(seed.as_mut()).map_err(|e| io::Error::other(e.to_string()))?;

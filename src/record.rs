@@ -181,24 +181,45 @@ pub enum ChainError {
     },
 }
 
-/// Verifies consecutive records: hashes, links and signatures. `prev` is the
-/// sequence number and hash before the first record (`(0, GENESIS_HASH)` for
-/// a reader's whole history).
-pub fn verify_chain<'a>(
-    reader_id: &str,
-    reader_key: &VerifyingKey,
-    prev: (u64, [u8; 32]),
-    records: impl IntoIterator<Item = &'a Record>,
-) -> Result<(u64, [u8; 32]), ChainError> {
-    let (mut last_seq, mut last_hash) = prev;
-    for record in records {
+/// Verifies records one at a time, in order: hashes, links and signatures.
+///
+/// Incremental, so a reader's whole history or a hub's batch can be checked
+/// as it streams past, in constant memory.
+pub struct ChainVerifier<'a> {
+    reader_id: &'a str,
+    reader_key: &'a VerifyingKey,
+    head: Option<(u64, [u8; 32])>,
+}
+
+impl<'a> ChainVerifier<'a> {
+    /// Starts after `prev` (sequence number and hash of the last trusted
+    /// record; `(0, GENESIS_HASH)` for a reader's whole history), or, with
+    /// `None`, at whatever the first record says precedes it (a history
+    /// whose older records were pruned after the hub acknowledged them).
+    pub fn new(
+        reader_id: &'a str,
+        reader_key: &'a VerifyingKey,
+        prev: Option<(u64, [u8; 32])>,
+    ) -> Self {
+        Self {
+            reader_id,
+            reader_key,
+            head: prev,
+        }
+    }
+
+    /// Checks the next record.
+    pub fn push(&mut self, record: &Record) -> Result<(), ChainError> {
+        let (last_seq, last_hash) = self
+            .head
+            .unwrap_or((record.seq.saturating_sub(1), record.prev_hash));
         if record.seq != last_seq + 1 {
             return Err(ChainError::Gap {
                 after: last_seq,
                 found: record.seq,
             });
         }
-        let body = record.body(reader_id);
+        let body = record.body(self.reader_id);
         if body.hash() != record.hash {
             return Err(ChainError::Altered { seq: record.seq });
         }
@@ -208,13 +229,32 @@ pub fn verify_chain<'a>(
                 prev: last_seq,
             });
         }
-        reader_key
+        self.reader_key
             .verify_strict(&body.encode(), &Signature::from_bytes(&record.signature))
             .map_err(|_| ChainError::BadSignature { seq: record.seq })?;
-        last_seq = record.seq;
-        last_hash = record.hash;
+        self.head = Some((record.seq, record.hash));
+        Ok(())
     }
-    Ok((last_seq, last_hash))
+
+    /// The last record verified (or the starting point).
+    pub fn head(&self) -> Option<(u64, [u8; 32])> {
+        self.head
+    }
+}
+
+/// Verifies consecutive records after `prev` (see [`ChainVerifier::new`]) and
+/// returns the sequence number and hash of the last one.
+pub fn verify_chain<'a>(
+    reader_id: &str,
+    reader_key: &VerifyingKey,
+    prev: (u64, [u8; 32]),
+    records: impl IntoIterator<Item = &'a Record>,
+) -> Result<(u64, [u8; 32]), ChainError> {
+    let mut verifier = ChainVerifier::new(reader_id, reader_key, Some(prev));
+    for record in records {
+        verifier.push(record)?;
+    }
+    Ok(verifier.head().unwrap_or(prev))
 }
 
 #[cfg(test)]
@@ -288,6 +328,24 @@ mod tests {
         records[1].hash = records[1].body("gate-1").hash();
         let err = verify_chain("gate-1", &key.verifying_key(), (0, GENESIS_HASH), &records);
         assert_eq!(err, Err(ChainError::BadSignature { seq: 2 }));
+    }
+
+    #[test]
+    fn a_pruned_history_verifies_from_its_first_kept_record() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let records = chain(&key, 6);
+        let verifying = key.verifying_key();
+        let mut verifier = ChainVerifier::new("gate-1", &verifying, None);
+        for record in &records[3..] {
+            verifier.push(record).expect("intact");
+        }
+        assert_eq!(verifier.head(), Some((6, records[5].hash)));
+        let mut verifier = ChainVerifier::new("gate-1", &verifying, None);
+        verifier.push(&records[3]).expect("first kept");
+        assert_eq!(
+            verifier.push(&records[5]),
+            Err(ChainError::Gap { after: 4, found: 6 })
+        );
     }
 
     #[test]

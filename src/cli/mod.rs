@@ -20,7 +20,7 @@ use crate::hub::{Hub, IssueRequest};
 use crate::keys::{PublicKey, Role};
 use crate::policy::Reason;
 use crate::reader::{self, InitOptions, Reader};
-use crate::record;
+use crate::record::{self, ChainVerifier};
 use crate::token::{self, Scope, Token, WalletId};
 use crate::wallet::{PayRequest, Wallet};
 use crate::{currency, hub, wallet};
@@ -413,34 +413,44 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
             unsynced,
         } => {
             let reader = Reader::open(&data)?;
-            let records = reader.db().records(unsynced)?;
             let mut out = io::stdout().lock();
             if json {
-                for record in &records {
-                    writeln!(out, "{}", output::record_json(record))?;
-                }
+                reader.db().for_each_record(unsynced, |record| {
+                    writeln!(out, "{}", output::record_json(&record)).map_err(anyhow::Error::from)
+                })?;
             } else {
+                output::queue_header(&mut out)?;
+                reader.db().for_each_record(unsynced, |record| {
+                    output::queue_row(&mut out, &record).map_err(anyhow::Error::from)
+                })?;
                 let summary = reader.db().summary()?;
-                output::queue_table(&mut out, &records, &summary, reader.config().currency)?;
+                output::queue_summary(&mut out, &summary, reader.config().currency)?;
             }
         }
         ReaderCommand::Verify { data } => {
             let reader = Reader::open(&data)?;
-            let records = reader.db().records(false)?;
-            let start = records
-                .first()
-                .map_or((0, record::GENESIS_HASH), |r| (r.seq - 1, r.prev_hash));
             let key = reader.public_key();
-            match record::verify_chain(&reader.config().id, key.verifying_key(), start, &records) {
-                Ok((last, _)) => println!(
-                    "chain intact: {} records (seq {}..={last}), hashes and reader signatures verify",
-                    records.len(),
-                    start.0 + 1
-                ),
-                Err(e) => {
-                    println!("chain broken: {e}");
-                    return Ok(ExitCode::from(1));
-                }
+            let mut verifier = ChainVerifier::new(&reader.config().id, key.verifying_key(), None);
+            let (mut count, mut first) = (0u64, None);
+            let walked = reader.db().for_each_record(false, |record| {
+                first.get_or_insert(record.seq);
+                count += 1;
+                verifier.push(&record).map_err(anyhow::Error::from)
+            });
+            match walked {
+                Ok(()) => match (first, verifier.head()) {
+                    (Some(first), Some((last, _))) => println!(
+                        "chain intact: {count} records (seq {first}..={last}), hashes and reader signatures verify"
+                    ),
+                    _ => println!("chain intact: no records yet"),
+                },
+                Err(e) => match e.downcast::<record::ChainError>() {
+                    Ok(broken) => {
+                        println!("chain broken: {broken}");
+                        return Ok(ExitCode::from(1));
+                    }
+                    Err(other) => return Err(other),
+                },
             }
         }
         ReaderCommand::Trust { data, key } => {

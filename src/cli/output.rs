@@ -119,30 +119,33 @@ pub(super) fn record_json(record: &Record) -> String {
     }))
 }
 
-pub(super) fn queue_table(
-    out: &mut impl Write,
-    records: &[Record],
-    summary: &QueueSummary,
-    currency_code: u16,
-) -> io::Result<()> {
+pub(super) fn queue_header(out: &mut impl Write) -> io::Result<()> {
     writeln!(
         out,
         "{:>6}  {:<20}  {:<6}  {:<16}  {:>7}  {:>8}  synced",
         "seq", "time (UTC)", "kind", "wallet", "counter", "amount"
-    )?;
-    for r in records {
-        writeln!(
-            out,
-            "{:>6}  {:<20}  {:<6}  {:<16}  {:>7}  {:>8}  {}",
-            r.seq,
-            utc(r.at),
-            r.kind.as_str(),
-            r.wallet.to_string(),
-            r.counter,
-            r.amount,
-            if r.synced_at.is_some() { "yes" } else { "no" }
-        )?;
-    }
+    )
+}
+
+pub(super) fn queue_row(out: &mut impl Write, r: &Record) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:>6}  {:<20}  {:<6}  {:<16}  {:>7}  {:>8}  {}",
+        r.seq,
+        utc(r.at),
+        r.kind.as_str(),
+        r.wallet.to_string(),
+        r.counter,
+        r.amount,
+        if r.synced_at.is_some() { "yes" } else { "no" }
+    )
+}
+
+pub(super) fn queue_summary(
+    out: &mut impl Write,
+    summary: &QueueSummary,
+    currency_code: u16,
+) -> io::Result<()> {
     writeln!(
         out,
         "{} records kept, {} waiting for the hub ({} {} minor units), last seq {}",

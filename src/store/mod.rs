@@ -306,6 +306,21 @@ impl ReaderDb {
 
     /// Records in sequence order; `unsynced_only` keeps those the hub has not acknowledged.
     pub fn records(&self, unsynced_only: bool) -> Result<Vec<Record>, StoreError> {
+        let mut records = Vec::new();
+        self.for_each_record(unsynced_only, |record| {
+            records.push(record);
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(records)
+    }
+
+    /// Streams records in sequence order to `visit`, in constant memory
+    /// however long the queue is.
+    pub fn for_each_record<E: From<StoreError>>(
+        &self,
+        unsynced_only: bool,
+        mut visit: impl FnMut(Record) -> Result<(), E>,
+    ) -> Result<(), E> {
         let sql = if unsynced_only {
             "SELECT seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature, synced_at
              FROM records WHERE synced_at IS NULL ORDER BY seq"
@@ -314,8 +329,9 @@ impl ReaderDb {
              FROM records ORDER BY seq"
         };
         let mut stmt = self.conn.prepare(sql).map_err(self.err())?;
-        let rows = stmt
-            .query_map([], |r| {
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            let raw = (|| {
                 Ok(RawRecord {
                     seq: r.get(0)?,
                     at: r.get(1)?,
@@ -329,10 +345,11 @@ impl ReaderDb {
                     signature: r.get(9)?,
                     synced_at: r.get(10)?,
                 })
-            })
+            })()
             .map_err(self.err())?;
-        rows.map(|row| row.map_err(self.err())?.into_record(&self.path))
-            .collect()
+            visit(raw.into_record(&self.path)?)?;
+        }
+        Ok(())
     }
 
     /// Queue depth and totals.

@@ -530,3 +530,32 @@ fn demo_runs_on_embedded_defaults() {
     }
     assert!(s.path("d/gate-1/reader.db").exists());
 }
+
+#[test]
+fn verify_reports_edited_and_deleted_records_in_the_database() {
+    let s = setup();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        pay(&s, 10, 10 + i as u64, name);
+        assert_eq!(accept(&s, name, 20, &[]).0, 0);
+    }
+    let verified = s.ok(&["reader", "verify", "--data", "r"]);
+    assert!(
+        verified.contains("chain intact: 3 records (seq 1..=3)"),
+        "{verified}"
+    );
+
+    let db = rusqlite::Connection::open(s.path("r/reader.db")).expect("open");
+    db.execute("UPDATE records SET amount = 1 WHERE seq = 2", [])
+        .expect("edit");
+    let out = s.run(&["reader", "verify", "--data", "r"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("record 2 was altered"));
+
+    db.execute("UPDATE records SET amount = 10 WHERE seq = 2", [])
+        .expect("restore");
+    db.execute("DELETE FROM records WHERE seq = 2", [])
+        .expect("delete");
+    let out = s.run(&["reader", "verify", "--data", "r"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gap: record 3 follows record 1"));
+}
