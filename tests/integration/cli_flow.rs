@@ -14,26 +14,7 @@ fn setup() -> Scratch {
     assert!(s.path("hub/issuer.pub").exists());
     s.ok(&["wallet", "new", "--dir", "w"]);
     assert!(s.path("w/wallet.pub").exists());
-    s.ok(&[
-        "hub",
-        "issue",
-        "--data",
-        "hub",
-        "--wallet-key",
-        "w/wallet.pub",
-        "--limit",
-        "500",
-        "--per-payment",
-        "300",
-        "--valid-hours",
-        "24",
-        "--scope",
-        "transit",
-        "--valid-from",
-        &FROM.to_string(),
-        "--out",
-        "cred",
-    ]);
+    issue(&s, "hub", "w", 500, 24, "cred");
     s.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
     s.ok(&[
         "reader",
@@ -53,19 +34,43 @@ fn at(offset: u64) -> String {
     (FROM + offset).to_string()
 }
 
-fn pay(s: &Scratch, amount: u32, offset: u64, out: &str) {
+/// `hub issue` from `hub` to the wallet in `wallet`: cap 300, valid from FROM.
+fn issue(s: &Scratch, hub: &str, wallet: &str, limit: u32, hours: u32, out: &str) {
+    let key = format!("{wallet}/wallet.pub");
+    let (limit, hours) = (limit.to_string(), hours.to_string());
+    let from = FROM.to_string();
     s.ok(&[
-        "wallet",
-        "pay",
-        "--dir",
-        "w",
-        "--amount",
-        &amount.to_string(),
-        "--at",
-        &at(offset),
+        "hub",
+        "issue",
+        "--data",
+        hub,
+        "--wallet-key",
+        &key,
+        "--limit",
+        &limit,
+        "--per-payment",
+        "300",
+        "--valid-hours",
+        &hours,
+        "--valid-from",
+        &from,
         "--out",
         out,
     ]);
+}
+
+/// `wallet pay` from the wallet in `dir` at absolute time `when`, with extra options.
+fn pay_with(s: &Scratch, dir: &str, amount: u32, when: u64, out: &str, extra: &[&str]) -> String {
+    let (amount, when) = (amount.to_string(), when.to_string());
+    let mut args = vec![
+        "wallet", "pay", "--dir", dir, "--amount", &amount, "--at", &when, "--out", out,
+    ];
+    args.extend_from_slice(extra);
+    s.ok(&args)
+}
+
+fn pay(s: &Scratch, amount: u32, offset: u64, out: &str) {
+    pay_with(s, "w", amount, FROM + offset, out, &[]);
 }
 
 /// `reader accept` at FROM + offset; returns (exit code, JSON).
@@ -176,55 +181,15 @@ fn tokens_from_another_issuer_are_declined() {
     for (hub, expected) in [("rogue", "bad_signature"), ("other", "unknown_issuer_key")] {
         let wallet = format!("w-{hub}");
         s.ok(&["wallet", "new", "--dir", &wallet]);
-        let pubkey = format!("{wallet}/wallet.pub");
-        s.ok(&[
-            "hub",
-            "issue",
-            "--data",
-            hub,
-            "--wallet-key",
-            &pubkey,
-            "--limit",
-            "500",
-            "--per-payment",
-            "300",
-            "--valid-hours",
-            "24",
-            "--valid-from",
-            &at(0),
-            "--out",
-            "c",
-        ]);
+        issue(&s, hub, &wallet, 500, 24, "c");
         s.ok(&["wallet", "add-credential", "--dir", &wallet, "c"]);
-        s.ok(&[
-            "wallet",
-            "pay",
-            "--dir",
-            &wallet,
-            "--amount",
-            "100",
-            "--at",
-            &at(60),
-            "--out",
-            "t",
-        ]);
+        pay_with(&s, &wallet, 100, FROM + 60, "t", &[]);
         let (code, json) = accept(&s, "t", 61, &[]);
         assert_eq!((code, reason(&json)), (1, expected), "{hub}: {json}");
     }
     // Trusting the second issuer's key (a key rotation) makes its tokens good.
     s.ok(&["reader", "trust", "--data", "r", "other/issuer.pub"]);
-    s.ok(&[
-        "wallet",
-        "pay",
-        "--dir",
-        "w-other",
-        "--amount",
-        "100",
-        "--at",
-        &at(70),
-        "--out",
-        "t",
-    ]);
+    pay_with(&s, "w-other", 100, FROM + 70, "t", &[]);
     let (code, json) = accept(&s, "t", 71, &[]);
     assert_eq!(code, 0, "{json}");
 }
@@ -240,18 +205,7 @@ fn credential_used_after_expiry_or_before_start_is_declined() {
     pay(&s, 100, 24 * 3600 - 1, "edge");
     let (code, json) = accept(&s, "edge", 24 * 3600 - 1, &[]);
     assert_eq!(code, 0, "{json}");
-    s.ok(&[
-        "wallet",
-        "pay",
-        "--dir",
-        "w",
-        "--amount",
-        "100",
-        "--at",
-        &(FROM - 10).to_string(),
-        "--out",
-        "early",
-    ]);
+    pay_with(&s, "w", 100, FROM - 10, "early", &[]);
     let out = s.run(&[
         "reader",
         "accept",
@@ -275,36 +229,10 @@ fn clock_skew_window_and_reader_binding() {
     let (code, _) = accept(&s, "t", 1000 + 300, &[]);
     assert_eq!(code, 0);
 
-    s.ok(&[
-        "wallet",
-        "pay",
-        "--dir",
-        "w",
-        "--amount",
-        "10",
-        "--at",
-        &at(1100),
-        "--reader",
-        "gate-2",
-        "--out",
-        "b2",
-    ]);
+    pay_with(&s, "w", 10, FROM + 1100, "b2", &["--reader", "gate-2"]);
     let (_, json) = accept(&s, "b2", 1100, &[]);
     assert_eq!(reason(&json), "wrong_scope", "{json}");
-    s.ok(&[
-        "wallet",
-        "pay",
-        "--dir",
-        "w",
-        "--amount",
-        "10",
-        "--at",
-        &at(1100),
-        "--reader",
-        "gate-1",
-        "--out",
-        "b1",
-    ]);
+    pay_with(&s, "w", 10, FROM + 1100, "b1", &["--reader", "gate-1"]);
     let (code, _) = accept(&s, "b1", 1100, &[]);
     assert_eq!(code, 0);
 }
@@ -351,23 +279,25 @@ fn charge_limits_scope_and_deny_list() {
 #[test]
 fn hex_tokens_and_standard_input_are_read() {
     let s = setup();
-    s.ok(&[
-        "wallet",
-        "pay",
-        "--dir",
-        "w",
-        "--amount",
-        "10",
-        "--at",
-        &at(5),
-        "--hex",
-        "--out",
-        "t.hex",
-    ]);
+    pay_with(&s, "w", 10, FROM + 5, "t.hex", &["--hex"]);
     let text = fs::read_to_string(s.path("t.hex")).expect("hex");
     assert_eq!(text.trim().len(), 398);
     let (code, json) = accept(&s, "t.hex", 5, &[]);
     assert_eq!(code, 0, "{json}");
+    pay(&s, 10, 6, "raw");
+    let out = crate::util::sonotap()
+        .args(["reader", "accept", "--data", "r", "--at", &at(6), "-"])
+        .current_dir(s.dir.path())
+        .stdin(fs::File::open(s.path("raw")).expect("token"))
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(last_json(&out)["counter"], 2);
     let inspect = s.ok(&["token", "inspect", "t.hex"]);
     assert!(inspect.contains("\"counter\":1"), "{inspect}");
 }
@@ -473,41 +403,10 @@ fn wallet_counter_survives_and_never_repeats() {
         "{show}"
     );
     // A new credential restarts the running total but not the counter.
-    s.ok(&[
-        "hub",
-        "issue",
-        "--data",
-        "hub",
-        "--wallet-key",
-        "w/wallet.pub",
-        "--limit",
-        "900",
-        "--per-payment",
-        "300",
-        "--valid-hours",
-        "48",
-        "--valid-from",
-        &at(0),
-        "--out",
-        "cred2",
-    ]);
+    issue(&s, "hub", "w", 900, 48, "cred2");
     s.ok(&["wallet", "add-credential", "--dir", "w", "cred2"]);
-    let json: serde_json::Value = serde_json::from_str(
-        s.ok(&[
-            "wallet",
-            "pay",
-            "--dir",
-            "w",
-            "--amount",
-            "10",
-            "--at",
-            &at(3),
-            "--out",
-            "c",
-        ])
-        .trim(),
-    )
-    .expect("json");
+    let json: serde_json::Value =
+        serde_json::from_str(pay_with(&s, "w", 10, FROM + 3, "c", &[]).trim()).expect("json");
     assert_eq!(
         (json["counter"].as_u64(), json["total_before"].as_u64()),
         (Some(3), Some(0))
