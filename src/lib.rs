@@ -13,6 +13,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod audio;
 pub mod cli;
 pub mod currency;
 pub mod fsutil;
@@ -21,6 +22,7 @@ pub mod keys;
 pub mod policy;
 pub mod reader;
 pub mod record;
+pub mod sim;
 pub mod store;
 pub mod token;
 pub mod wallet;

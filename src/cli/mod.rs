@@ -4,6 +4,7 @@
 //! or environment error (clap's own usage errors also exit 2).
 
 mod demo;
+mod modem;
 mod output;
 
 use std::fs;
@@ -53,6 +54,9 @@ enum Command {
     /// Look inside token files
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Acoustic modem: record, and (soon) encode, decode and listen
+    #[command(subcommand)]
+    Modem(modem::ModemCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +268,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Hub(command) => run_hub(command),
         Command::Wallet(command) => run_wallet(command),
         Command::Reader(command) => run_reader(command),
+        Command::Modem(command) => modem::run(command),
         Command::Token(TokenCommand::Inspect { token }) => {
             let bytes = read_token_file(&token)?;
             let token = Token::decode(&bytes).context("not a valid v1 token")?;

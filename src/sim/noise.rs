@@ -1,0 +1,191 @@
+//! Synthetic noises of a station: white, pink, speech babble, and the
+//! station mix of pink, babble and drifting brake-squeal tones (BRIEF §3).
+
+use std::f64::consts::PI;
+
+use rand::RngExt;
+use rand_distr::StandardNormal;
+use rand_pcg::Pcg64Mcg;
+
+use super::filter::Biquad;
+
+/// Which noise to add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoiseKind {
+    /// Flat spectrum.
+    White,
+    /// −3 dB per octave, like most ambient noise.
+    Pink,
+    /// Several people talking at once.
+    Babble,
+    /// Pink + babble + squeal tones drifting between 2 and 9 kHz.
+    Station,
+}
+
+impl NoiseKind {
+    /// Every kind, for benchmarks.
+    pub const ALL: [NoiseKind; 4] = [
+        NoiseKind::White,
+        NoiseKind::Pink,
+        NoiseKind::Babble,
+        NoiseKind::Station,
+    ];
+
+    /// Short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            NoiseKind::White => "white",
+            NoiseKind::Pink => "pink",
+            NoiseKind::Babble => "babble",
+            NoiseKind::Station => "station",
+        }
+    }
+}
+
+/// `len` samples of unit-power noise of `kind` at `rate` Hz.
+pub fn generate(kind: NoiseKind, len: usize, rate: u32, rng: &mut Pcg64Mcg) -> Vec<f32> {
+    let rate = f64::from(rate);
+    let mut noise = match kind {
+        NoiseKind::White => white(len, rng),
+        NoiseKind::Pink => pink(len, rng),
+        NoiseKind::Babble => babble(len, rate, rng),
+        NoiseKind::Station => {
+            let pink = normalised(pink(len, rng));
+            let babble = normalised(babble(len, rate, rng));
+            let squeal = normalised(squeal(len, rate, rng));
+            // Power shares: pink 1/2, babble 1/4, squeal 1/4.
+            (0..len)
+                .map(|i| 0.707 * pink[i] + 0.5 * babble[i] + 0.5 * squeal[i])
+                .collect()
+        }
+    };
+    normalise(&mut noise);
+    noise
+}
+
+/// Mean power of a signal.
+pub fn power(samples: &[f32]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len() as f64
+}
+
+fn normalise(samples: &mut [f32]) {
+    let p = power(samples);
+    if p > 0.0 {
+        let k = (1.0 / p.sqrt()) as f32;
+        samples.iter_mut().for_each(|s| *s *= k);
+    }
+}
+
+fn normalised(mut samples: Vec<f32>) -> Vec<f32> {
+    normalise(&mut samples);
+    samples
+}
+
+fn white(len: usize, rng: &mut Pcg64Mcg) -> Vec<f32> {
+    (0..len)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect()
+}
+
+/// Paul Kellet's pink-noise filter applied to white noise.
+fn pink(len: usize, rng: &mut Pcg64Mcg) -> Vec<f32> {
+    let mut b = [0.0f64; 7];
+    (0..len)
+        .map(|_| {
+            let w: f64 = rng.sample(StandardNormal);
+            b[0] = 0.99886 * b[0] + w * 0.0555179;
+            b[1] = 0.99332 * b[1] + w * 0.0750759;
+            b[2] = 0.96900 * b[2] + w * 0.1538520;
+            b[3] = 0.86650 * b[3] + w * 0.3104856;
+            b[4] = 0.55000 * b[4] + w * 0.5329522;
+            b[5] = -0.7616 * b[5] - w * 0.0168980;
+            let out = b[0] + b[1] + b[2] + b[3] + b[4] + b[5] + b[6] + w * 0.5362;
+            b[6] = w * 0.115926;
+            out as f32
+        })
+        .collect()
+}
+
+/// Six talkers: noise through two moving formant filters, switched on and
+/// off at a syllable rate, band-limited like speech.
+fn babble(len: usize, rate: f64, rng: &mut Pcg64Mcg) -> Vec<f32> {
+    let mut sum = vec![0.0f32; len];
+    for _ in 0..6 {
+        let source = pink(len, rng);
+        let mut f1 = Biquad::band_pass(rng.random_range(300.0..900.0), rate, 3.0);
+        let mut f2 = Biquad::band_pass(rng.random_range(900.0..2_800.0), rate, 4.0);
+        let mut lp = Biquad::low_pass(4_000.0, rate, 0.707);
+        let syllable_hz = rng.random_range(3.0..6.0);
+        let phase = rng.random_range(0.0..2.0 * PI);
+        let level = rng.random_range(0.5f32..1.0);
+        for (i, out) in sum.iter_mut().enumerate() {
+            let s = f64::from(source[i]);
+            let voiced = f1.step(s) + 0.6 * f2.step(s);
+            let t = i as f64 / rate;
+            let envelope = (PI * syllable_hz * t + phase).sin().abs().powf(1.5);
+            *out += level * lp.step(voiced * envelope) as f32;
+        }
+    }
+    sum
+}
+
+/// One to three squeal tones whose pitch drifts slowly between 2 and 9 kHz.
+fn squeal(len: usize, rate: f64, rng: &mut Pcg64Mcg) -> Vec<f32> {
+    let mut sum = vec![0.0f32; len];
+    let tones = rng.random_range(1..=3);
+    for _ in 0..tones {
+        let centre = rng.random_range(2_500.0..8_500.0);
+        let depth = rng.random_range(50.0..500.0);
+        let drift_hz = rng.random_range(0.1..0.8);
+        let drift_phase = rng.random_range(0.0..2.0 * PI);
+        let mut phase = 0.0f64;
+        for (i, out) in sum.iter_mut().enumerate() {
+            let t = i as f64 / rate;
+            let freq = (centre + depth * (2.0 * PI * drift_hz * t + drift_phase).sin())
+                .clamp(2_000.0, 9_000.0);
+            phase += 2.0 * PI * freq / rate;
+            let swell = 0.6 + 0.4 * (2.0 * PI * 0.7 * t + drift_phase).sin();
+            *out += (swell * phase.sin()) as f32;
+        }
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Share of power above `freq` Hz, by a crude high-pass.
+    fn share_above(samples: &[f32], freq: f64, rate: f64) -> f64 {
+        let mut hp = Biquad::high_pass(freq, rate, 0.707);
+        let mut high = samples.to_vec();
+        hp.run(&mut high);
+        power(&high) / power(samples)
+    }
+
+    #[test]
+    fn every_kind_has_unit_power_and_is_reproducible() {
+        for kind in NoiseKind::ALL {
+            let a = generate(kind, 48_000, 48_000, &mut Pcg64Mcg::seed_from_u64(7));
+            let b = generate(kind, 48_000, 48_000, &mut Pcg64Mcg::seed_from_u64(7));
+            assert_eq!(a, b, "{kind:?}");
+            assert!((power(&a) - 1.0).abs() < 1e-3, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn pink_and_station_noise_are_mostly_low_frequency() {
+        let mut rng = Pcg64Mcg::seed_from_u64(1);
+        let white = generate(NoiseKind::White, 96_000, 48_000, &mut rng);
+        let pink = generate(NoiseKind::Pink, 96_000, 48_000, &mut rng);
+        let station = generate(NoiseKind::Station, 96_000, 48_000, &mut rng);
+        let above = |s: &[f32]| share_above(s, 12_000.0, 48_000.0);
+        assert!(above(&white) > 0.4, "white {}", above(&white));
+        assert!(above(&pink) < 0.1, "pink {}", above(&pink));
+        assert!(above(&station) < 0.1, "station {}", above(&station));
+    }
+}
