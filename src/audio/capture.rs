@@ -32,6 +32,10 @@ pub enum CaptureEvent {
 
 /// A running capture stream; dropping it stops the stream.
 pub struct Capture {
+    // Declared (so dropped) before the stream: dropping the stream joins
+    // cpal's worker thread, which may be waiting in `send` on a full queue;
+    // with the receiver gone that send fails and the worker can exit.
+    events: Receiver<CaptureEvent>,
     _stream: cpal::Stream,
     /// The device's id, e.g. `alsa:sonotap_test`.
     pub device: String,
@@ -39,7 +43,6 @@ pub struct Capture {
     pub rate: u32,
     /// Channels the device delivers (downmixed to mono).
     pub channels: u16,
-    events: Receiver<CaptureEvent>,
 }
 
 impl Capture {
@@ -70,11 +73,11 @@ impl Capture {
             .play()
             .map_err(|e| AudioError::Device(format!("{id}: cannot start capture: {e}")))?;
         Ok(Self {
+            events,
             _stream: stream,
             device: id,
             rate: config.sample_rate,
             channels: config.channels,
-            events,
         })
     }
 

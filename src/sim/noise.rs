@@ -20,15 +20,18 @@ pub enum NoiseKind {
     Babble,
     /// Pink + babble + squeal tones drifting between 2 and 9 kHz.
     Station,
+    /// Notes with harmonics, chords and a beat: music, for false-alarm tests.
+    Music,
 }
 
 impl NoiseKind {
     /// Every kind, for benchmarks.
-    pub const ALL: [NoiseKind; 4] = [
+    pub const ALL: [NoiseKind; 5] = [
         NoiseKind::White,
         NoiseKind::Pink,
         NoiseKind::Babble,
         NoiseKind::Station,
+        NoiseKind::Music,
     ];
 
     /// Short name for tables.
@@ -38,6 +41,7 @@ impl NoiseKind {
             NoiseKind::Pink => "pink",
             NoiseKind::Babble => "babble",
             NoiseKind::Station => "station",
+            NoiseKind::Music => "music",
         }
     }
 }
@@ -58,6 +62,7 @@ pub fn generate(kind: NoiseKind, len: usize, rate: u32, rng: &mut Pcg64Mcg) -> V
                 .map(|i| 0.707 * pink[i] + 0.5 * babble[i] + 0.5 * squeal[i])
                 .collect()
         }
+        NoiseKind::Music => music(len, rate, rng),
     };
     normalise(&mut noise);
     noise
@@ -152,6 +157,42 @@ fn squeal(len: usize, rate: f64, rng: &mut Pcg64Mcg) -> Vec<f32> {
         }
     }
     sum
+}
+
+/// Random melodies and chords: notes from an equal-tempered scale between
+/// 65 Hz and 4 kHz, each with eight harmonics up to 16 kHz (bright
+/// instruments reach the modem's bands), a plucked envelope, and a drum
+/// hit (a noise burst) on every beat.
+fn music(len: usize, rate: f64, rng: &mut Pcg64Mcg) -> Vec<f32> {
+    let mut out = vec![0.0f32; len];
+    let beat = (rate * rng.random_range(0.3..0.6)) as usize;
+    let mut start = 0;
+    while start < len {
+        for _ in 0..rng.random_range(1..=3) {
+            let semitone: i32 = rng.random_range(-33..=39); // around A4
+            let freq = 440.0 * 2f64.powf(f64::from(semitone) / 12.0);
+            let note_len = (beat * rng.random_range(1..=4)).min(len - start);
+            for (n, out) in out[start..start + note_len].iter_mut().enumerate() {
+                let t = n as f64 / rate;
+                let envelope = (-t * 4.0).exp();
+                let mut v = 0.0;
+                for h in 1..=8 {
+                    let f = freq * f64::from(h);
+                    if f < 16_000.0 {
+                        v += (2.0 * PI * f * t).sin() / f64::from(h);
+                    }
+                }
+                *out += (envelope * v * 0.3) as f32;
+            }
+        }
+        let hit = (rate * 0.05) as usize;
+        for n in 0..hit.min(len - start) {
+            let decay = (-(n as f64) / (rate * 0.01)).exp();
+            out[start + n] += (decay * rng.sample::<f64, _>(StandardNormal) * 0.5) as f32;
+        }
+        start += beat;
+    }
+    out
 }
 
 #[cfg(test)]
