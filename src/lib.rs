@@ -19,6 +19,7 @@ pub mod currency;
 pub mod fsutil;
 pub mod hub;
 pub mod keys;
+pub mod modem;
 pub mod policy;
 pub mod reader;
 pub mod record;

@@ -54,7 +54,7 @@ enum Command {
     /// Look inside token files
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Acoustic modem: record, and (soon) encode, decode and listen
+    /// Acoustic modem: encode, decode, listen, record
     #[command(subcommand)]
     Modem(modem::ModemCommand),
 }
@@ -141,6 +141,12 @@ enum WalletCommand {
         /// Write the token as hex text instead of 199 raw bytes
         #[arg(long)]
         hex: bool,
+        /// Also render the token as sound, as the phone would play it
+        #[arg(long, value_name = "FILE.wav")]
+        wav: Option<PathBuf>,
+        /// Modem profile for --wav: fast or robust
+        #[arg(long, default_value = "fast", value_parser = modem::parse_profile)]
+        profile: crate::modem::Profile,
     },
     /// Show the wallet's id, credential, counter and running total
     Show {
@@ -332,6 +338,8 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             reader,
             out,
             hex,
+            wav,
+            profile,
         } => {
             let reader_tag = match reader {
                 Some(id) => {
@@ -356,6 +364,9 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             };
             crate::fsutil::replace_atomic(&out, &content, 0o644)
                 .with_context(|| format!("cannot write {}", out.display()))?;
+            if let Some(wav) = wav {
+                modem::write_wav(&bytes, profile, crate::modem::INTERNAL_RATE, &wav)?;
+            }
             println!("{}", output::payment_json(&payment.token));
         }
         WalletCommand::Show { dir } => {

@@ -1,17 +1,96 @@
 //! `sonotap modem …`: sound in and out for operators, installers and tests.
 
-use std::path::PathBuf;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use serde_json::json;
 
 use crate::audio::capture::{Capture, CaptureEvent};
-use crate::audio::wav;
+use crate::audio::wav::{self, WavChunks};
+use crate::modem::{self, Decoder, Profile, Reception};
+use crate::sim::{self, Channel, NoiseKind, Room};
+
+/// Parses a noise name for clap.
+fn parse_noise(name: &str) -> Result<NoiseKind, String> {
+    NoiseKind::ALL
+        .into_iter()
+        .find(|k| k.name() == name)
+        .ok_or_else(|| format!("unknown noise {name:?}: expected white, pink, babble or station"))
+}
+
+/// Parses `fast` or `robust` for clap.
+pub(super) fn parse_profile(name: &str) -> Result<Profile, String> {
+    Profile::from_name(name)
+        .ok_or_else(|| format!("unknown profile {name:?}: expected fast or robust"))
+}
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ModemCommand {
+    /// Render payload bytes from standard input as sound (what a wallet app plays)
+    Encode {
+        /// fast (near-ultrasonic, for gates) or robust (for loud, reverberant rooms)
+        #[arg(long, default_value = "fast", value_parser = parse_profile)]
+        profile: Profile,
+        /// Sample rate of the WAV file
+        #[arg(long, default_value_t = modem::INTERNAL_RATE)]
+        rate: u32,
+        /// Where to write the sound (16-bit mono WAV)
+        #[arg(long, value_name = "FILE.wav")]
+        out: PathBuf,
+    },
+    /// Decode every payload in a WAV file: one line of hex each, in order
+    Decode {
+        /// Any WAV file hound reads: 8/16/24/32-bit integer or float, mono or stereo, any rate
+        file: PathBuf,
+        /// One JSON object per payload, with its profile and position
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode from a capture device as payloads arrive, until stopped
+    Listen {
+        /// Capture device: an ALSA PCM name (hw:1,0, default), a cpal id (alsa:…) or a description
+        #[arg(long)]
+        device: Option<String>,
+        /// One JSON object per payload, with its profile and position
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many seconds of audio (default: run until stopped)
+        #[arg(long, value_name = "SECONDS")]
+        seconds: Option<f64>,
+    },
+    /// Pass a WAV file through a simulated room and microphone (noise, reverb, clock offset)
+    Simulate {
+        /// The sound as the phone would play it
+        input: PathBuf,
+        /// Noise: white, pink, babble or station (pink + babble + squeal tones)
+        #[arg(long, default_value = "station", value_parser = parse_noise)]
+        noise: NoiseKind,
+        /// Signal-to-noise ratio over the whole band while the signal plays, dB
+        #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
+        snr: f32,
+        /// Reverberation time of the room, seconds (0: none)
+        #[arg(long, default_value_t = 0.0)]
+        rt60: f32,
+        /// Direct-to-reverberant ratio, dB
+        #[arg(long, default_value_t = 6.0, allow_negative_numbers = true)]
+        drr: f32,
+        /// Sender clock error, parts per million
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        ppm: f64,
+        /// Receiver sample rate
+        #[arg(long, default_value_t = 48_000)]
+        rate: u32,
+        /// Seed for every random choice (the same seed gives the same file)
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where to write what the microphone hears
+        #[arg(long, value_name = "FILE.wav")]
+        out: PathBuf,
+    },
     /// Record what a capture device hears to a WAV file (to check level, noise, clipping)
     Record {
         /// Capture device: an ALSA PCM name (hw:1,0, default), a cpal id (alsa:…) or a description
@@ -28,6 +107,61 @@ pub(super) enum ModemCommand {
 
 pub(super) fn run(command: ModemCommand) -> Result<ExitCode> {
     match command {
+        ModemCommand::Encode { profile, rate, out } => {
+            let mut payload = Vec::new();
+            io::stdin()
+                .take(modem::MAX_PAYLOAD as u64 + 1)
+                .read_to_end(&mut payload)
+                .context("cannot read the payload from standard input")?;
+            let seconds = write_wav(&payload, profile, rate, &out)?;
+            println!(
+                "{} bytes as {} profile: {seconds:.3} s of sound at {rate} Hz in {}",
+                payload.len(),
+                profile.name(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ModemCommand::Decode { file, json } => decode_file(&file, json),
+        ModemCommand::Listen {
+            device,
+            json,
+            seconds,
+        } => listen(device.as_deref(), json, seconds),
+        ModemCommand::Simulate {
+            input,
+            noise,
+            snr,
+            rt60,
+            drr,
+            ppm,
+            rate,
+            seed,
+            out,
+        } => {
+            let (samples, in_rate) = wav::read_mono(&input)?;
+            if samples.len() > 600 * in_rate as usize {
+                bail!("{} is longer than 10 minutes", input.display());
+            }
+            let channel = Channel {
+                room: (rt60 > 0.0).then_some(Room { rt60, drr_db: drr }),
+                clock_ppm: ppm,
+                rx_rate: rate,
+                noise,
+                snr_db: snr,
+                ..Channel::default()
+            };
+            let received = sim::transmit(&samples, in_rate, &channel, seed);
+            wav::write_mono_16(&out, &received.samples, received.rate)?;
+            println!(
+                "{}: {} noise at {snr} dB SNR, rt60 {rt60} s, {ppm} ppm, {rate} Hz; signal at {:.3}..{:.3} s",
+                out.display(),
+                noise.name(),
+                received.signal_start as f64 / f64::from(rate),
+                received.signal_end as f64 / f64::from(rate)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         ModemCommand::Record {
             device,
             seconds,
@@ -36,18 +170,119 @@ pub(super) fn run(command: ModemCommand) -> Result<ExitCode> {
     }
 }
 
-fn record(device: Option<&str>, seconds: f64, out: &std::path::Path) -> Result<ExitCode> {
+/// Encodes `payload` and writes it as a 16-bit WAV; returns the air time.
+pub(super) fn write_wav(payload: &[u8], profile: Profile, rate: u32, out: &Path) -> Result<f64> {
+    let samples = modem::encode(payload, profile, rate)?;
+    wav::write_mono_16(out, &samples, rate)?;
+    Ok(samples.len() as f64 / f64::from(rate))
+}
+
+fn print_reception(out: &mut impl Write, reception: &Reception, json: bool) -> io::Result<()> {
+    if json {
+        let seconds = |samples: u64| samples as f64 / f64::from(modem::INTERNAL_RATE);
+        let line = json!({
+            "payload_hex": hex::encode(&reception.payload),
+            "profile": reception.profile.name(),
+            "start_s": seconds(reception.start),
+            "end_s": seconds(reception.end),
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(out, "{}", hex::encode(&reception.payload))?;
+    }
+    out.flush()
+}
+
+fn decode_file(path: &Path, json: bool) -> Result<ExitCode> {
+    let mut chunks = WavChunks::open(path)?;
+    let mut decoder = Decoder::new(chunks.rate()).with_context(|| {
+        format!(
+            "{}: cannot decode audio at {} Hz",
+            path.display(),
+            chunks.rate()
+        )
+    })?;
+    let mut out = io::stdout().lock();
+    let mut found = 0usize;
+    while let Some(chunk) = chunks.next_chunk()? {
+        for reception in decoder.push_receptions(&chunk) {
+            print_reception(&mut out, &reception, json)?;
+            found += 1;
+        }
+    }
+    for reception in decoder.finish() {
+        print_reception(&mut out, &reception, json)?;
+        found += 1;
+    }
+    if found == 0 {
+        eprintln!(
+            "sonotap: no payload found in {} ({:.1} s of audio)",
+            path.display(),
+            chunks.duration_secs()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A capture device that delivers nothing for this long is broken, not quiet.
+const SILENT_DEVICE: Duration = Duration::from_secs(10);
+
+fn listen(device: Option<&str>, json: bool, seconds: Option<f64>) -> Result<ExitCode> {
+    let capture = Capture::start(device)?;
+    let mut decoder = Decoder::new(capture.rate).with_context(|| {
+        format!(
+            "{} captures at {} Hz, too low for the modem",
+            capture.device, capture.rate
+        )
+    })?;
+    eprintln!(
+        "sonotap: listening on {} at {} Hz",
+        capture.device, capture.rate
+    );
+    let limit = seconds.map(|s| (s.max(0.0) * f64::from(capture.rate)) as u64);
+    let mut heard = 0u64;
+    let mut out = io::stdout().lock();
+    let mut found = 0usize;
+    loop {
+        match capture.events().recv_timeout(SILENT_DEVICE) {
+            Ok(CaptureEvent::Samples(chunk)) => {
+                heard += chunk.len() as u64;
+                for reception in decoder.push_receptions(&chunk) {
+                    print_reception(&mut out, &reception, json)?;
+                    found += 1;
+                }
+            }
+            Ok(CaptureEvent::Error(e)) => eprintln!("sonotap: warning: {}: {e}", capture.device),
+            Err(_) => bail!(
+                "{} delivered no audio for {} s",
+                capture.device,
+                SILENT_DEVICE.as_secs()
+            ),
+        }
+        if limit.is_some_and(|limit| heard >= limit) {
+            for reception in decoder.finish() {
+                print_reception(&mut out, &reception, json)?;
+                found += 1;
+            }
+            return Ok(if found > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+    }
+}
+
+fn record(device: Option<&str>, seconds: f64, out: &Path) -> Result<ExitCode> {
     if !(seconds > 0.0 && seconds <= 3600.0) {
         bail!("--seconds must be more than 0 and at most 3600");
     }
     let capture = Capture::start(device)?;
     let wanted = (seconds * f64::from(capture.rate)) as usize;
     let mut samples = Vec::with_capacity(wanted);
-    // A device that stops delivering must not hang the command.
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds * 2.0 + 5.0);
     while samples.len() < wanted {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match capture.events().recv_timeout(left) {
+        match capture.events().recv_timeout(SILENT_DEVICE) {
             Ok(CaptureEvent::Samples(chunk)) => samples.extend_from_slice(&chunk),
             Ok(CaptureEvent::Error(e)) => eprintln!(
                 "sonotap: warning: {}: {e} (samples may be missing)",

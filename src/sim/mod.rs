@@ -3,11 +3,10 @@
 //! reverberation, clock offset, a 44.1 kHz receiver, unknown gain, a random
 //! start inside continuous noise, and white, pink, babble or station noise at
 //! a given signal-to-noise ratio over the whole band. Seeded, so every trial
-//! is reproducible.
+//! is reproducible. Resampling is the modem's own band-limited resampler.
 
 pub mod filter;
 pub mod noise;
-pub mod resample;
 pub mod reverb;
 
 use rand::{RngExt, SeedableRng};
@@ -82,7 +81,9 @@ pub fn transmit(signal: &[f32], tx_rate: u32, channel: &Channel, seed: u64) -> R
             f.run(&mut sound);
         }
     }
-    let mut sound = resample::resample(&sound, tx_rate, channel.rx_rate, channel.clock_ppm);
+    // A sender clock `ppm` fast plays its nominal rate's samples faster.
+    let sender_rate = f64::from(tx_rate) * (1.0 + channel.clock_ppm * 1e-6);
+    let mut sound = crate::modem::resample::resample(&sound, sender_rate, f64::from(channel.rx_rate));
     let direct_len = sound.len();
     if let Some(room) = channel.room {
         let h = reverb::impulse_response(room, channel.rx_rate, &mut rng);

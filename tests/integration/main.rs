@@ -4,5 +4,7 @@
 mod audio_capture;
 mod cli_flow;
 mod crash;
+mod modem_cli;
 mod protocol_vectors;
+mod signals;
 mod util;

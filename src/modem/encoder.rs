@@ -1,0 +1,155 @@
+//! Encoder: payload bytes to PCM (what the wallet app runs).
+//!
+//! Frame = chirp preamble, then (DQPSK only) one reference symbol, then the
+//! data symbols, overlap-added with their cross-fades. The chirp is scaled to
+//! the RMS of the data part and the whole frame to a peak of [`PEAK`].
+
+use super::ModemError;
+use super::framing;
+use super::modulation;
+use super::ofdm::Ofdm;
+use super::preamble;
+use super::profile::{INTERNAL_RATE, Params, Profile};
+use super::resample::resample;
+
+/// Peak amplitude of the rendered frame (full scale is 1.0).
+pub const PEAK: f32 = 0.8;
+/// Lowest and highest sample rates accepted for output or input.
+pub(crate) const RATE_RANGE: (u32, u32) = (8_000, 768_000);
+
+/// Checks that `rate` can carry `profile`'s band.
+pub(crate) fn check_rate(rate: u32, profile: Profile) -> Result<(), ModemError> {
+    let p = profile.params();
+    if rate < RATE_RANGE.0 || rate > RATE_RANGE.1 || (rate as f32) / 2.0 < p.chirp_f1 + 500.0 {
+        return Err(ModemError::UnsupportedRate {
+            rate,
+            profile: profile.name(),
+        });
+    }
+    Ok(())
+}
+
+/// Air time in seconds of a `len`-byte payload (the same at any output rate).
+pub fn air_time(len: usize, profile: Profile) -> Result<f64, ModemError> {
+    let p = profile.params();
+    if len == 0 {
+        return Err(ModemError::EmptyPayload);
+    }
+    if len > framing::MAX_PAYLOAD {
+        return Err(ModemError::PayloadTooLong {
+            len,
+            max: framing::MAX_PAYLOAD,
+        });
+    }
+    Ok(p.frame_len(framing::stream_len(len, &p)) as f64 / INTERNAL_RATE as f64)
+}
+
+fn render(payload: &[u8], p: &Params) -> Result<Vec<f32>, ModemError> {
+    let stream = framing::build_stream(payload, p)?;
+    let cells = modulation::cells_from_bytes(&stream, p);
+    let spectra = modulation::spectra(&cells, p);
+    let ofdm = Ofdm::new(p.fft, p.cp, p.ramp);
+    let step = ofdm.symbol_len();
+    let mut out = vec![0f32; p.chirp_len + spectra.len() * step + p.ramp];
+    for (m, spec) in spectra.iter().enumerate() {
+        let at = p.chirp_len + m * step;
+        for (o, v) in out[at..].iter_mut().zip(ofdm.synthesize(spec)) {
+            *o += v;
+        }
+    }
+    let data = &out[p.chirp_len..];
+    let rms = (data.iter().map(|v| v * v).sum::<f32>() / data.len().max(1) as f32).sqrt();
+    let chirp_amp = rms * std::f32::consts::SQRT_2;
+    for (o, c) in out.iter_mut().zip(preamble::chirp(p)) {
+        *o += c * chirp_amp;
+    }
+    let peak = out.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if peak > 0.0 {
+        let g = PEAK / peak;
+        out.iter_mut().for_each(|v| *v *= g);
+    }
+    Ok(out)
+}
+
+/// Renders `payload` (1..=256 bytes) as mono PCM at `sample_rate` Hz,
+/// samples in -1..=1.
+pub fn encode(payload: &[u8], profile: Profile, sample_rate: u32) -> Result<Vec<f32>, ModemError> {
+    check_rate(sample_rate, profile)?;
+    let pcm = render(payload, &profile.params())?;
+    if sample_rate == INTERNAL_RATE {
+        return Ok(pcm);
+    }
+    let mut out = resample(&pcm, INTERNAL_RATE as f64, sample_rate as f64);
+    // Resampling can overshoot slightly; keep the promise of -1..=1.
+    out.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_air_times_meet_the_targets() {
+        let fast = air_time(199, Profile::Fast).expect("fast");
+        let robust = air_time(199, Profile::Robust).expect("robust");
+        assert!(fast <= 0.45, "fast {fast}");
+        assert!(robust <= 2.0, "robust {robust}");
+        assert!(air_time(0, Profile::Fast).is_err());
+        assert!(air_time(257, Profile::Fast).is_err());
+        assert!(air_time(256, Profile::Robust).is_ok());
+    }
+
+    #[test]
+    fn output_has_the_announced_length_and_level() {
+        for profile in Profile::ALL {
+            let pcm = encode(&[7u8; 199], profile, 48_000).expect("encode");
+            let secs = air_time(199, profile).expect("air time");
+            assert_eq!(pcm.len(), (secs * 48_000.0).round() as usize);
+            let peak = pcm.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!((peak - PEAK).abs() < 1e-4);
+            let at_44k1 = encode(&[7u8; 199], profile, 44_100).expect("encode 44.1");
+            assert!((at_44k1.len() as f64 - secs * 44_100.0).abs() < 2.0);
+        }
+    }
+
+    #[test]
+    fn rejects_rates_that_cannot_carry_the_band() {
+        assert!(matches!(
+            encode(&[1], Profile::Fast, 32_000),
+            Err(ModemError::UnsupportedRate { rate: 32_000, .. })
+        ));
+        assert!(encode(&[1], Profile::Robust, 0).is_err());
+        assert!(encode(&[1], Profile::Robust, 44_100).is_ok());
+    }
+
+    #[test]
+    fn energy_stays_in_the_profile_band() {
+        use realfft::RealFftPlanner;
+        for profile in Profile::ALL {
+            let p = profile.params();
+            let pcm = encode(&[0x33; 64], profile, 48_000).expect("encode");
+            let n = pcm.len().next_power_of_two();
+            let mut x = pcm.clone();
+            x.resize(n, 0.0);
+            let fft = RealFftPlanner::<f32>::new().plan_fft_forward(n);
+            let mut spec = fft.make_output_vec();
+            fft.process(&mut x, &mut spec).expect("fft");
+            let hz = 48_000.0 / n as f32;
+            let (mut inside, mut outside) = (0f32, 0f32);
+            for (k, v) in spec.iter().enumerate() {
+                let f = k as f32 * hz;
+                if f >= p.chirp_f0 - 1_000.0 && f <= p.chirp_f1 + 1_000.0 {
+                    inside += v.norm_sqr();
+                } else {
+                    outside += v.norm_sqr();
+                }
+            }
+            let ratio_db = 10.0 * (outside / inside).log10();
+            assert!(
+                ratio_db < -30.0,
+                "{profile:?}: out-of-band {ratio_db:.1} dB"
+            );
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Transmission profiles: band, symbol shape, modulation and code rate.
+//!
+//! Every figure here is part of the over-the-air format (docs/modem.md); a
+//! phone implementation must use the same numbers. All sample counts are at
+//! the modem's internal rate, [`INTERNAL_RATE`].
+
+/// The rate every signal is generated and analysed at, Hz. Other rates are
+/// reached by resampling.
+pub const INTERNAL_RATE: u32 = 48_000;
+
+/// Which signal to send: a speed / robustness trade-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Profile {
+    /// Near-ultrasonic (14.1–19.3 kHz) multicarrier DQPSK, about 0.43 s for a
+    /// 199-byte token: for gates, where the phone is held close.
+    Fast,
+    /// Audible-high (10.0–17.9 kHz) multicarrier 16-FSK, about 1.9 s for a
+    /// 199-byte token: for loud, reverberant rooms.
+    Robust,
+}
+
+impl Profile {
+    /// Both profiles, in the order the decoder reports them.
+    pub const ALL: [Profile; 2] = [Profile::Fast, Profile::Robust];
+
+    /// The profile's name as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Fast => "fast",
+            Profile::Robust => "robust",
+        }
+    }
+
+    /// Parses a command-line name (`fast` or `robust`).
+    pub fn from_name(name: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The band the profile's data carriers occupy, Hz (lowest and highest
+    /// carrier), e.g. to pick a microphone filter.
+    pub fn band_hz(self) -> (f32, f32) {
+        self.params().band_hz()
+    }
+
+    /// The profile's numeric parameters.
+    pub(crate) fn params(self) -> Params {
+        match self {
+            Profile::Fast => Params {
+                id: 1,
+                fft: 4096,
+                cp: 256,
+                ramp: 64,
+                backoff: 48,
+                first_bin: 1152,
+                bins: 512,
+                modulation: Modulation::Dqpsk,
+                chirp_len: 2048,
+                chirp_f0: 13_500.0,
+                chirp_f1: 19_400.0,
+                parity_percent: 80,
+                header_parity: 10,
+                threshold: 0.22,
+            },
+            Profile::Robust => Params {
+                id: 2,
+                fft: 2048,
+                cp: 256,
+                ramp: 64,
+                backoff: 96,
+                first_bin: 427,
+                bins: 336,
+                modulation: Modulation::Mfsk { bits: 4 },
+                chirp_len: 4096,
+                chirp_f0: 10_000.0,
+                chirp_f1: 17_900.0,
+                parity_percent: 90,
+                header_parity: 10,
+                threshold: 0.15,
+            },
+        }
+    }
+}
+
+/// How bits ride on the carriers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Modulation {
+    /// Differential QPSK per carrier between consecutive symbols (2 bits per
+    /// carrier per symbol); a known reference symbol comes first.
+    Dqpsk,
+    /// Non-coherent M-ary FSK: carriers form groups of 2^bits, one carrier
+    /// per group is lit each symbol.
+    Mfsk {
+        /// Bits per group and symbol.
+        bits: usize,
+    },
+}
+
+/// Numeric parameters of a profile (see [`Profile::params`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Params {
+    /// Profile number carried in the header.
+    pub id: u8,
+    /// FFT size (useful symbol length), samples.
+    pub fft: usize,
+    /// Cyclic prefix, samples.
+    pub cp: usize,
+    /// Raised-cosine cross-fade between symbols, samples (within the prefix).
+    pub ramp: usize,
+    /// How far before the end of the prefix the receiver's FFT window starts.
+    pub backoff: usize,
+    /// First FFT bin used.
+    pub first_bin: usize,
+    /// Number of consecutive bins used.
+    pub bins: usize,
+    /// Modulation of the bins.
+    pub modulation: Modulation,
+    /// Preamble chirp length, samples.
+    pub chirp_len: usize,
+    /// Chirp start frequency, Hz.
+    pub chirp_f0: f32,
+    /// Chirp end frequency, Hz.
+    pub chirp_f1: f32,
+    /// Reed–Solomon parity bytes per 100 data bytes in the body.
+    pub parity_percent: usize,
+    /// Parity bytes of the header codeword.
+    pub header_parity: usize,
+    /// Normalised preamble correlation needed to attempt a decode.
+    pub threshold: f32,
+}
+
+impl Params {
+    /// Samples per symbol including the prefix.
+    pub fn symbol_len(&self) -> usize {
+        self.fft + self.cp
+    }
+
+    /// Bits carried by one cell (carrier or carrier group) of one symbol.
+    pub fn bits_per_cell(&self) -> usize {
+        match self.modulation {
+            Modulation::Dqpsk => 2,
+            Modulation::Mfsk { bits } => bits,
+        }
+    }
+
+    /// Cells per symbol.
+    pub fn cells_per_symbol(&self) -> usize {
+        match self.modulation {
+            Modulation::Dqpsk => self.bins,
+            Modulation::Mfsk { bits } => self.bins >> bits,
+        }
+    }
+
+    /// Symbols before the data that carry no bits (the DQPSK reference).
+    pub fn reference_symbols(&self) -> usize {
+        match self.modulation {
+            Modulation::Dqpsk => 1,
+            Modulation::Mfsk { .. } => 0,
+        }
+    }
+
+    /// Data symbols needed for `bytes` stream bytes.
+    pub fn data_symbols(&self, bytes: usize) -> usize {
+        let cells = (bytes * 8).div_ceil(self.bits_per_cell());
+        cells.div_ceil(self.cells_per_symbol())
+    }
+
+    /// Total frame length in samples for a stream of `bytes` bytes: chirp,
+    /// reference and data symbols, and the final cross-fade.
+    pub fn frame_len(&self, bytes: usize) -> usize {
+        self.chirp_len
+            + (self.reference_symbols() + self.data_symbols(bytes)) * self.symbol_len()
+            + self.ramp
+    }
+
+    /// The band the profile occupies, Hz (lowest, highest bin centre).
+    pub fn band_hz(&self) -> (f32, f32) {
+        let bin = INTERNAL_RATE as f32 / self.fft as f32;
+        (
+            self.first_bin as f32 * bin,
+            (self.first_bin + self.bins - 1) as f32 * bin,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bands_stay_inside_the_speaker_band_and_below_nyquist_at_44k1() {
+        for p in Profile::ALL {
+            let q = p.params();
+            let (lo, hi) = q.band_hz();
+            assert!(lo >= 9_000.0 && hi <= 19_500.0, "{p:?}: {lo}..{hi}");
+            assert!(q.chirp_f0 < q.chirp_f1 && q.chirp_f1 <= 19_500.0);
+            assert!(q.ramp + q.backoff <= q.cp);
+            assert_eq!(q.bins % (q.bits_per_cell().max(1)), 0);
+            if let Modulation::Mfsk { bits } = q.modulation {
+                assert_eq!(q.bins % (1 << bits), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in Profile::ALL {
+            assert_eq!(Profile::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Profile::from_name("slow"), None);
+    }
+}

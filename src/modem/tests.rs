@@ -1,0 +1,259 @@
+//! End-to-end tests: encoder → simulated channel (`crate::sim`, with the
+//! phone speaker's band limits) → streaming decoder, with fixed seeds. Each
+//! runs a handful of trials; the statistics are the benchmark's
+//! (`cargo bench --bench modem`).
+
+use rand::{RngExt, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+
+use super::*;
+use crate::sim::{self, Channel, NoiseKind, Room};
+
+/// A near-noiseless channel to build conditions from.
+fn clean() -> Channel {
+    Channel {
+        snr_db: 60.0,
+        lead_secs: (0.0, 0.3),
+        ..Channel::default()
+    }
+}
+
+/// Sends `payload` through `ch`, feeds the capture in random-size chunks,
+/// returns everything the decoder emitted.
+fn run(profile: Profile, payload: &[u8], ch: &Channel, seed: u64) -> Vec<Reception> {
+    run_timed(profile, payload, ch, seed).0
+}
+
+/// [`run`], also returning the decoder's time and the capture's duration.
+fn run_timed(
+    profile: Profile,
+    payload: &[u8],
+    ch: &Channel,
+    seed: u64,
+) -> (Vec<Reception>, std::time::Duration, f64) {
+    let tx = encode(payload, profile, 48_000).expect("encode");
+    let rx = sim::transmit(&tx, 48_000, ch, seed).samples;
+    let started = std::time::Instant::now();
+    let mut dec = Decoder::new(ch.rx_rate).expect("decoder");
+    let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0xabc);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < rx.len() {
+        let end = (at + rng.random_range(1..=9_000)).min(rx.len());
+        out.extend(dec.push_receptions(&rx[at..end]));
+        at = end;
+    }
+    out.extend(dec.finish());
+    (out, started.elapsed(), rx.len() as f64 / ch.rx_rate as f64)
+}
+
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    (0..len).map(|_| rng.random::<u8>()).collect()
+}
+
+fn token(seed: u64) -> Vec<u8> {
+    bytes(seed, 199)
+}
+
+fn assert_exactly(profile: Profile, ch: &Channel, seeds: std::ops::Range<u64>) {
+    for seed in seeds {
+        let payload = token(seed);
+        let got = run(profile, &payload, ch, seed);
+        assert_eq!(
+            got.len(),
+            1,
+            "{profile:?} seed {seed}: {} receptions under {ch:?}",
+            got.len()
+        );
+        assert_eq!(got[0].payload, payload);
+        assert_eq!(got[0].profile, profile);
+    }
+}
+
+#[test]
+fn clean_round_trip_both_profiles_and_lengths() {
+    for profile in Profile::ALL {
+        for (seed, len) in [(1u64, 1usize), (2, 17), (3, 199), (4, 256)] {
+            let payload = bytes(seed, len);
+            let got = run(profile, &payload, &clean(), seed);
+            assert_eq!(got.len(), 1, "{profile:?} len {len}");
+            assert_eq!(got[0].payload, payload);
+        }
+    }
+}
+
+#[test]
+fn fast_with_a_44k1_receiver_and_300_ppm_either_way() {
+    for (ppm, seed) in [(300.0, 10u64), (-300.0, 11)] {
+        let ch = Channel {
+            snr_db: 10.0,
+            noise: NoiseKind::Station,
+            clock_ppm: ppm,
+            rx_rate: 44_100,
+            ..clean()
+        };
+        assert_exactly(Profile::Fast, &ch, seed..seed + 1);
+    }
+}
+
+#[test]
+fn fast_in_station_noise_and_a_small_room() {
+    let ch = Channel {
+        noise: NoiseKind::Station,
+        snr_db: 5.0,
+        room: Some(Room { rt60: 0.4, drr_db: 6.0 }),
+        ..clean()
+    };
+    assert_exactly(Profile::Fast, &ch, 20..22);
+}
+
+#[test]
+fn robust_in_loud_station_noise() {
+    let ch = Channel {
+        noise: NoiseKind::Station,
+        snr_db: -10.0,
+        clock_ppm: 200.0,
+        rx_rate: 44_100,
+        ..clean()
+    };
+    assert_exactly(Profile::Robust, &ch, 30..31);
+}
+
+#[test]
+fn robust_in_a_hall() {
+    let ch = Channel {
+        noise: NoiseKind::Station,
+        snr_db: 5.0,
+        room: Some(Room { rt60: 2.0, drr_db: 0.0 }),
+        ..clean()
+    };
+    assert_exactly(Profile::Robust, &ch, 40..41);
+}
+
+#[test]
+fn back_to_back_frames_and_repeats() {
+    let a = token(50);
+    let b = token(51);
+    let mut tx = encode(&a, Profile::Fast, 48_000).expect("a");
+    tx.extend(vec![0.0; 4_800]);
+    tx.extend(encode(&b, Profile::Robust, 48_000).expect("b"));
+    tx.extend(vec![0.0; 4_800]);
+    // `a` again: a repeat within the dedup window is not emitted twice.
+    tx.extend(encode(&a, Profile::Fast, 48_000).expect("a again"));
+    let ch = Channel {
+        snr_db: 20.0,
+        ..clean()
+    };
+    let rx = sim::transmit(&tx, 48_000, &ch, 52).samples;
+    let mut dec = Decoder::new(48_000).expect("decoder");
+    let mut got = dec.push(&rx);
+    got.extend(dec.finish().into_iter().map(|r| r.payload));
+    assert_eq!(got, vec![a, b]);
+}
+
+#[test]
+fn noise_alone_never_yields_a_payload_and_memory_stays_bounded() {
+    let mut rng = Pcg64Mcg::seed_from_u64(60);
+    let mut dec = Decoder::new(44_100).expect("decoder");
+    let mut max_buffer = 0;
+    for second in 0..12 {
+        let kind = if second % 2 == 0 {
+            NoiseKind::Station
+        } else {
+            NoiseKind::White
+        };
+        let n = sim::noise::generate(kind, 44_100, 44_100, &mut rng);
+        assert!(dec.push(&n).is_empty());
+        max_buffer = max_buffer.max(dec.buffered());
+    }
+    assert!(dec.finish().is_empty());
+    let bound = (decoder::MAX_BUFFER_SECONDS * 48_000.0) as usize + 48_000;
+    assert!(max_buffer <= bound, "{max_buffer}");
+}
+
+#[test]
+fn payload_arrives_within_100_ms_of_the_frame_end() {
+    for profile in Profile::ALL {
+        let payload = token(80);
+        let tx = encode(&payload, profile, 48_000).expect("encode");
+        let ch = Channel {
+            snr_db: 20.0,
+            ..clean()
+        };
+        let rx = sim::transmit(&tx, 48_000, &ch, 81);
+        let frame_end = rx.signal_end;
+        let rx = rx.samples;
+        let mut dec = Decoder::new(48_000).expect("decoder");
+        let mut fed = 0;
+        let mut arrived = None;
+        for chunk in rx.chunks(480) {
+            fed += chunk.len();
+            if !dec.push(chunk).is_empty() {
+                arrived = Some(fed);
+                break;
+            }
+        }
+        let arrived = arrived.expect("decoded");
+        let late = arrived.saturating_sub(frame_end) as f64 / 48_000.0;
+        assert!(late <= 0.1, "{profile:?}: {late:.3} s after the frame");
+    }
+}
+
+#[test]
+fn any_sender_rate_to_any_receiver_rate() {
+    let payload = token(90);
+    for (tx_rate, rx_rate) in [(44_100u32, 48_000u32), (48_000, 96_000), (96_000, 44_100)] {
+        for profile in Profile::ALL {
+            let tx = encode(&payload, profile, tx_rate).expect("encode");
+            let rx = resample::resample(&tx, tx_rate as f64, rx_rate as f64);
+            let mut dec = Decoder::new(rx_rate).expect("decoder");
+            let mut got = dec.push(&rx);
+            got.extend(dec.finish().into_iter().map(|r| r.payload));
+            assert_eq!(
+                got,
+                vec![payload.clone()],
+                "{profile:?} {tx_rate} -> {rx_rate}"
+            );
+        }
+    }
+}
+
+#[test]
+fn decoder_can_move_to_a_capture_thread() {
+    fn send<T: Send>() {}
+    send::<Decoder>();
+}
+
+#[test]
+fn hostile_input_does_not_panic() {
+    let mut dec = Decoder::new(48_000).expect("decoder");
+    assert!(dec.push(&[]).is_empty());
+    assert!(dec.push(&[f32::NAN; 10_000]).is_empty());
+    assert!(
+        dec.push(&[f32::INFINITY, f32::NEG_INFINITY, 1e30])
+            .is_empty()
+    );
+    assert!(dec.push(&vec![0.0; 100_000]).is_empty());
+    // Hard-clipped square wave.
+    let square: Vec<f32> = (0..50_000)
+        .map(|i| if i / 7 % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    assert!(dec.push(&square).is_empty());
+    assert!(Decoder::new(0).is_err());
+    assert!(Decoder::new(16_000).is_err());
+    assert!(Decoder::with_profiles(16_000, &[]).is_ok());
+}
+
+#[test]
+fn clipped_and_quiet_signals_still_decode() {
+    let payload = token(70);
+    let tx = encode(&payload, Profile::Fast, 48_000).expect("encode");
+    for gain in [0.001f32, 4.0] {
+        let rx: Vec<f32> = tx.iter().map(|v| (v * gain).clamp(-1.0, 1.0)).collect();
+        let mut dec = Decoder::new(48_000).expect("decoder");
+        let mut got = dec.push(&rx);
+        got.extend(dec.finish().into_iter().map(|r| r.payload));
+        assert_eq!(got, vec![payload.clone()], "gain {gain}");
+    }
+}

@@ -1,0 +1,370 @@
+//! The modem through the real binary: encode, decode, listen on a real ALSA
+//! capture device, and the token path from phone to reader by sound.
+
+use std::fs;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use hound::{SampleFormat, WavSpec, WavWriter};
+
+use crate::audio_capture::{alsa_test_device, write_raw};
+use crate::util::{Scratch, last_json, sonotap};
+
+fn encode(s: &Scratch, payload: &[u8], profile: &str, rate: u32, out: &str) {
+    let mut child = sonotap()
+        .args([
+            "modem",
+            "encode",
+            "--profile",
+            profile,
+            "--rate",
+            &rate.to_string(),
+            "--out",
+            out,
+        ])
+        .current_dir(s.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(payload)
+        .expect("payload");
+    assert!(
+        child.wait().expect("wait").success(),
+        "encode {profile} at {rate} Hz"
+    );
+}
+
+fn decode(s: &Scratch, file: &str) -> Output {
+    s.run(&["modem", "decode", file])
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Rewrites a mono 16-bit WAV in another layout.
+fn relayout(s: &Scratch, from: &str, to: &str, spec: WavSpec, gain: f32) {
+    let (samples, rate) = sonotap::audio::wav::read_mono(&s.path(from)).expect("read");
+    let spec = WavSpec {
+        sample_rate: rate,
+        ..spec
+    };
+    let mut w = WavWriter::create(s.path(to), spec).expect("create");
+    for &x in &samples {
+        let x = (x * gain).clamp(-1.0, 1.0);
+        for _ in 0..spec.channels {
+            match spec.sample_format {
+                SampleFormat::Float => w.write_sample(x).expect("write"),
+                SampleFormat::Int => {
+                    let max = ((1i64 << (spec.bits_per_sample - 1)) - 1) as f32;
+                    w.write_sample((x * max) as i32).expect("write")
+                }
+            }
+        }
+    }
+    w.finalize().expect("finalize");
+}
+
+#[test]
+fn encode_then_decode_round_trips_both_profiles_at_both_rates() {
+    let s = Scratch::new();
+    for (profile, rate) in [
+        ("fast", 48_000),
+        ("fast", 44_100),
+        ("robust", 48_000),
+        ("robust", 44_100),
+    ] {
+        let data = payload(199, rate as u8);
+        let file = format!("{profile}-{rate}.wav");
+        encode(&s, &data, profile, rate, &file);
+        let out = decode(&s, &file);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{profile} at {rate}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(lines(&out), vec![hex::encode(&data)], "{profile} at {rate}");
+    }
+    // The largest payload a frame carries, and a one-byte one.
+    for len in [1, 256] {
+        let data = payload(len, 9);
+        encode(&s, &data, "fast", 48_000, "len.wav");
+        assert_eq!(
+            lines(&decode(&s, "len.wav")),
+            vec![hex::encode(&data)],
+            "{len} bytes"
+        );
+    }
+}
+
+#[test]
+fn every_wav_layout_decodes() {
+    let s = Scratch::new();
+    let data = payload(199, 3);
+    encode(&s, &data, "fast", 48_000, "mono16.wav");
+    let layouts = [
+        (
+            "stereo24.wav",
+            WavSpec {
+                channels: 2,
+                sample_rate: 0,
+                bits_per_sample: 24,
+                sample_format: SampleFormat::Int,
+            },
+        ),
+        (
+            "float32.wav",
+            WavSpec {
+                channels: 1,
+                sample_rate: 0,
+                bits_per_sample: 32,
+                sample_format: SampleFormat::Float,
+            },
+        ),
+        (
+            "stereo-float.wav",
+            WavSpec {
+                channels: 2,
+                sample_rate: 0,
+                bits_per_sample: 32,
+                sample_format: SampleFormat::Float,
+            },
+        ),
+    ];
+    for (name, spec) in layouts {
+        relayout(&s, "mono16.wav", name, spec, 1.0);
+        assert_eq!(lines(&decode(&s, name)), vec![hex::encode(&data)], "{name}");
+    }
+    // A recording at a rate the phone did not use: 96 kHz, via the simulator.
+    let out = s.run(&[
+        "modem",
+        "simulate",
+        "mono16.wav",
+        "--snr",
+        "30",
+        "--rate",
+        "96000",
+        "--out",
+        "96k.wav",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        lines(&decode(&s, "96k.wav")),
+        vec![hex::encode(&data)],
+        "96 kHz"
+    );
+}
+
+#[test]
+fn a_token_paid_by_sound_is_accepted_by_the_reader() {
+    let s = Scratch::new();
+    s.ok(&["hub", "init", "--data", "hub"]);
+    s.ok(&["wallet", "new", "--dir", "w"]);
+    s.ok(&[
+        "hub",
+        "issue",
+        "--data",
+        "hub",
+        "--wallet-key",
+        "w/wallet.pub",
+        "--limit",
+        "500",
+        "--per-payment",
+        "300",
+        "--valid-hours",
+        "24",
+        "--out",
+        "cred",
+    ]);
+    s.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
+    s.ok(&[
+        "reader",
+        "init",
+        "--data",
+        "r",
+        "--id",
+        "gate-1",
+        "--trust",
+        "hub/issuer.pub",
+    ]);
+    s.ok(&[
+        "wallet", "pay", "--dir", "w", "--amount", "250", "--out", "t.bin", "--wav", "t.wav",
+    ]);
+    // Through a noisy station at 44.1 kHz, as a gate's microphone hears it.
+    s.ok(&[
+        "modem",
+        "simulate",
+        "t.wav",
+        "--noise",
+        "station",
+        "--snr",
+        "15",
+        "--rate",
+        "44100",
+        "--out",
+        "heard.wav",
+    ]);
+    let heard = lines(&decode(&s, "heard.wav"));
+    assert_eq!(heard.len(), 1);
+    assert_eq!(
+        hex::decode(&heard[0]).expect("hex"),
+        fs::read(s.path("t.bin")).expect("token")
+    );
+    fs::write(s.path("heard.hex"), &heard[0]).expect("write");
+    let out = s.run(&["reader", "accept", "--data", "r", "heard.hex"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(last_json(&out)["amount"], 250);
+}
+
+#[test]
+fn listen_decodes_from_a_file_backed_alsa_capture_device() {
+    let s = Scratch::new();
+    let data = payload(199, 42);
+    encode(&s, &data, "fast", 48_000, "token.wav");
+    // Raw S16_LE mono at 48 kHz: a second of room noise, the token, more noise.
+    s.ok(&[
+        "modem",
+        "simulate",
+        "token.wav",
+        "--noise",
+        "babble",
+        "--snr",
+        "20",
+        "--out",
+        "room.wav",
+    ]);
+    let mut reader = hound::WavReader::open(s.path("room.wav")).expect("wav");
+    let room: Vec<i16> = reader
+        .samples::<i16>()
+        .map(|x| x.expect("sample"))
+        .collect();
+    let mut raw = vec![0i16; 48_000];
+    raw.extend_from_slice(&room);
+    raw.extend(std::iter::repeat_n(0, 48_000));
+    write_raw(&s.path("capture.raw"), &raw);
+    alsa_test_device(s.dir.path(), &s.path("capture.raw"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_sonotap"))
+        .args([
+            "modem",
+            "listen",
+            "--device",
+            "sonotap_test",
+            "--seconds",
+            "3",
+        ])
+        .current_dir(s.dir.path())
+        .env("HOME", s.dir.path())
+        .output()
+        .expect("listen runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&out), vec![hex::encode(&data)], "heard once, exactly");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listening on alsa:sonotap_test at 48000 Hz")
+    );
+}
+
+#[test]
+fn bad_audio_gives_a_clear_answer_and_no_payload() {
+    let s = Scratch::new();
+    let silent = vec![0.0f32; 48_000 * 3];
+    sonotap::audio::wav::write_mono_16(&s.path("silence.wav"), &silent, 48_000).expect("write");
+    let out = decode(&s, "silence.wav");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no payload found"));
+
+    // Clipped hard: the signal driven 20 dB into the rails still carries the payload or nothing.
+    let data = payload(199, 5);
+    encode(&s, &data, "robust", 48_000, "robust.wav");
+    relayout(
+        &s,
+        "robust.wav",
+        "clipped.wav",
+        WavSpec {
+            channels: 1,
+            sample_rate: 0,
+            bits_per_sample: 16,
+            sample_format: SampleFormat::Int,
+        },
+        10.0,
+    );
+    let out = decode(&s, "clipped.wav");
+    assert!(
+        lines(&out).iter().all(|l| *l == hex::encode(&data)),
+        "never a wrong payload"
+    );
+
+    fs::write(s.path("empty.wav"), b"").expect("write");
+    fs::write(s.path("notes.wav"), "this is not audio").expect("write");
+    for file in ["empty.wav", "notes.wav", "missing.wav"] {
+        let out = decode(&s, file);
+        assert_eq!(out.status.code(), Some(2), "{file}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not a readable WAV file"),
+            "{file}"
+        );
+    }
+    // Too many bytes for one frame is refused, not truncated.
+    let mut child = sonotap()
+        .args(["modem", "encode", "--out", "big.wav"])
+        .current_dir(s.dir.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&[7; 300])
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn ten_minutes_of_station_noise_yield_nothing_and_finish() {
+    let s = Scratch::new();
+    use rand::SeedableRng;
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(10);
+    let minute: Vec<f32> = sonotap::sim::noise::generate(
+        sonotap::sim::NoiseKind::Station,
+        48_000 * 60,
+        48_000,
+        &mut rng,
+    )
+    .iter()
+    .map(|x| (x * 0.25).clamp(-1.0, 1.0))
+    .collect();
+    let ten: Vec<f32> = minute.iter().copied().cycle().take(48_000 * 600).collect();
+    sonotap::audio::wav::write_mono_16(&s.path("ten.wav"), &ten, 48_000).expect("write");
+    let out = decode(&s, "ten.wav");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(out.stdout.is_empty());
+}
