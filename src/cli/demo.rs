@@ -14,8 +14,10 @@ use anyhow::{Context, Result, bail};
 
 use super::{clock, output, unix_u32};
 use crate::hub::{Hub, IssueRequest};
+use crate::modem::{self, Decoder, Profile};
 use crate::reader::{InitOptions, Outcome, Reader};
 use crate::record;
+use crate::sim::{self, Channel, NoiseKind, Room};
 use crate::token::Scope;
 use crate::wallet::{PayRequest, Wallet};
 
@@ -132,9 +134,57 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     tap("token cut short by noise", &first[..120])?;
     println!();
 
+    // The real path: another rider's phone plays its token, the gate's
+    // microphone hears it through a noisy, reverberant station, and the modem
+    // decodes it.
+    let mut rider2 = Wallet::create(&dir.join("wallet-2"))?;
+    let credential2 = hub.issue(&rider2.public_key(), request, now)?;
+    let credential2_path = dir.join("credential-2");
+    crate::fsutil::replace_atomic(&credential2_path, &credential2.encode(), 0o644)?;
+    rider2.add_credential(&credential2_path)?;
+    let by_sound = rider2
+        .pay(PayRequest {
+            amount: 120,
+            at: unix_u32(now)?,
+            reader_tag: 0,
+        })?
+        .token
+        .encode()
+        .to_vec();
+    let sound = modem::encode(&by_sound, Profile::Fast, modem::INTERNAL_RATE)?;
+    let station = Channel {
+        noise: NoiseKind::Station,
+        snr_db: 5.0,
+        room: Some(Room {
+            rt60: 0.4,
+            drr_db: 12.0,
+        }),
+        rx_rate: 44_100,
+        clock_ppm: 200.0,
+        ..Channel::default()
+    };
+    let heard = sim::transmit(&sound, modem::INTERNAL_RATE, &station, 7);
+    let mut decoder = Decoder::new(heard.rate)?;
+    let mut payloads = Vec::new();
+    for chunk in heard.samples.chunks(heard.rate as usize / 100) {
+        payloads.extend(decoder.push(chunk));
+    }
+    payloads.extend(decoder.finish().into_iter().map(|r| r.payload));
+    println!(
+        "6. by sound: a second rider's phone plays its token ({:.2} s, fast profile); the gate hears \
+         {:.1} s of a station (5 dB SNR, RT60 0.4 s) at 44.1 kHz and decodes {} payload(s)",
+        sound.len() as f64 / f64::from(modem::INTERNAL_RATE),
+        heard.samples.len() as f64 / f64::from(heard.rate),
+        payloads.len()
+    );
+    for payload in &payloads {
+        tap("token heard over the air", payload)?;
+    }
+    println!();
+
     let records = gate.db().records(false)?;
     let summary = gate.db().summary()?;
-    println!("6. gate-1 queue (what the hub will receive):");
+    println!("7. gate-1 queue (what the hub will receive):");
     let mut out = std::io::stdout().lock();
     output::queue_header(&mut out)?;
     for record in &records {

@@ -423,6 +423,8 @@ fn demo_runs_on_embedded_defaults() {
         "DECLINE over_offline_limit",
         "DECLINE bad_signature",
         "DECLINE malformed",
+        "decodes 1 payload(s)",
+        "ACCEPT, record 3",
         "chain verified",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
