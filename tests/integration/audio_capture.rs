@@ -34,21 +34,16 @@ fn record_captures_the_file_backed_alsa_device_sample_exactly() {
         .collect();
     write_raw(&s.path("in.raw"), &pattern);
     alsa_test_device(s.dir.path(), &s.path("in.raw"));
-    let out = crate::util::sonotap()
-        .args([
-            "modem",
-            "record",
-            "--device",
-            "sonotap_test",
-            "--seconds",
-            "0.5",
-            "--out",
-            "rec.wav",
-        ])
-        .current_dir(s.dir.path())
-        .env("HOME", s.dir.path())
-        .output()
-        .expect("runs");
+    let out = s.run_with_home(&[
+        "modem",
+        "record",
+        "--device",
+        "sonotap_test",
+        "--seconds",
+        "0.5",
+        "--out",
+        "rec.wav",
+    ]);
     assert!(
         out.status.success(),
         "record failed: {}",
@@ -74,21 +69,16 @@ fn an_unknown_device_is_named_with_the_ones_that_exist() {
     let s = Scratch::new();
     write_raw(&s.path("in.raw"), &[0; 480]);
     alsa_test_device(s.dir.path(), &s.path("in.raw"));
-    let out = crate::util::sonotap()
-        .args([
-            "modem",
-            "record",
-            "--device",
-            "no-such-mic",
-            "--seconds",
-            "0.1",
-            "--out",
-            "x.wav",
-        ])
-        .current_dir(s.dir.path())
-        .env("HOME", s.dir.path())
-        .output()
-        .expect("runs");
+    let out = s.run_with_home(&[
+        "modem",
+        "record",
+        "--device",
+        "no-such-mic",
+        "--seconds",
+        "0.1",
+        "--out",
+        "x.wav",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -10,23 +10,10 @@ const FROM: u64 = 1_800_000_000;
 
 fn setup() -> Scratch {
     let s = Scratch::new();
-    s.ok(&["hub", "init", "--data", "hub"]);
-    assert!(s.path("hub/issuer.pub").exists());
-    s.ok(&["wallet", "new", "--dir", "w"]);
-    assert!(s.path("w/wallet.pub").exists());
-    issue(&s, "hub", "w", 500, 24, "cred");
-    s.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
-    s.ok(&[
-        "reader",
-        "init",
-        "--data",
-        "r",
-        "--id",
-        "gate-1",
-        "--trust",
-        "hub/issuer.pub",
-    ]);
-    assert!(s.path("r/reader.pub").exists());
+    s.provision(Some(FROM));
+    for key in ["hub/issuer.pub", "w/wallet.pub", "r/reader.pub"] {
+        assert!(s.path(key).exists(), "{key}");
+    }
     s
 }
 

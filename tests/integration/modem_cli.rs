@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use hound::{SampleFormat, WavSpec, WavWriter};
 
@@ -173,35 +173,7 @@ fn every_wav_layout_decodes() {
 #[test]
 fn a_token_paid_by_sound_is_accepted_by_the_reader() {
     let s = Scratch::new();
-    s.ok(&["hub", "init", "--data", "hub"]);
-    s.ok(&["wallet", "new", "--dir", "w"]);
-    s.ok(&[
-        "hub",
-        "issue",
-        "--data",
-        "hub",
-        "--wallet-key",
-        "w/wallet.pub",
-        "--limit",
-        "500",
-        "--per-payment",
-        "300",
-        "--valid-hours",
-        "24",
-        "--out",
-        "cred",
-    ]);
-    s.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
-    s.ok(&[
-        "reader",
-        "init",
-        "--data",
-        "r",
-        "--id",
-        "gate-1",
-        "--trust",
-        "hub/issuer.pub",
-    ]);
+    s.provision(None);
     s.ok(&[
         "wallet", "pay", "--dir", "w", "--amount", "250", "--out", "t.bin", "--wav", "t.wav",
     ]);
@@ -259,19 +231,14 @@ fn listen_decodes_from_a_file_backed_alsa_capture_device() {
     write_raw(&s.path("capture.raw"), &raw);
     alsa_test_device(s.dir.path(), &s.path("capture.raw"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_sonotap"))
-        .args([
-            "modem",
-            "listen",
-            "--device",
-            "sonotap_test",
-            "--seconds",
-            "3",
-        ])
-        .current_dir(s.dir.path())
-        .env("HOME", s.dir.path())
-        .output()
-        .expect("listen runs");
+    let out = s.run_with_home(&[
+        "modem",
+        "listen",
+        "--device",
+        "sonotap_test",
+        "--seconds",
+        "3",
+    ]);
     assert_eq!(
         out.status.code(),
         Some(0),

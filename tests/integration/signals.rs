@@ -19,7 +19,11 @@ fn every_modem_recording_yields_exactly_its_expected_payloads() {
         let expected_text = std::fs::read_to_string(wav.with_extension("hex"))
             .unwrap_or_else(|_| panic!("{} has no .hex sidecar", wav.display()));
         let expected: Vec<&str> = expected_text.lines().filter(|l| !l.is_empty()).collect();
-        let out = sonotap().args(["modem", "decode"]).arg(&wav).output().expect("runs");
+        let out = sonotap()
+            .args(["modem", "decode"])
+            .arg(&wav)
+            .output()
+            .expect("runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let got: Vec<&str> = stdout.lines().collect();
         assert_eq!(got, expected, "{}", wav.display());

@@ -33,6 +33,57 @@ impl Scratch {
             .expect("sonotap runs")
     }
 
+    /// Runs `sonotap ARGS` with the scratch directory as `HOME`, so the
+    /// `.asoundrc` written there defines the ALSA devices it sees.
+    pub fn run_with_home(&self, args: &[&str]) -> Output {
+        sonotap()
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("sonotap runs")
+    }
+
+    /// A hub, a wallet `w` holding a credential (limit 500, 300 per payment,
+    /// 24 h from `valid_from` or now), and reader `r` (gate-1) trusting the hub.
+    pub fn provision(&self, valid_from: Option<u64>) {
+        self.ok(&["hub", "init", "--data", "hub"]);
+        self.ok(&["wallet", "new", "--dir", "w"]);
+        let from = valid_from.map(|t| t.to_string());
+        let mut issue = vec![
+            "hub",
+            "issue",
+            "--data",
+            "hub",
+            "--wallet-key",
+            "w/wallet.pub",
+            "--limit",
+            "500",
+            "--per-payment",
+            "300",
+            "--valid-hours",
+            "24",
+            "--out",
+            "cred",
+        ];
+        if let Some(from) = &from {
+            issue.extend(["--valid-from", from.as_str()]);
+        }
+        self.ok(&issue);
+        self.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
+        let reader = [
+            "reader",
+            "init",
+            "--data",
+            "r",
+            "--id",
+            "gate-1",
+            "--trust",
+            "hub/issuer.pub",
+        ];
+        self.ok(&reader);
+    }
+
     /// Runs and requires success, returning stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
