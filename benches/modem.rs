@@ -157,7 +157,7 @@ fn sonotap_trial(profile: Profile, channel: &Channel, seed: u64) -> Trial {
     }
     got.extend(decoder.finish().into_iter().map(|r| r.payload));
     Trial {
-        ok: got.iter().any(|p| *p == payload),
+        ok: got.contains(&payload),
         false_payloads: got.iter().filter(|p| **p != payload).count(),
     }
 }
@@ -287,7 +287,7 @@ fn main() {
                 for (i, piece) in rx.samples.chunks(chunk).enumerate() {
                     let before = Instant::now();
                     let got = decoder.push(piece);
-                    if emitted_at.is_none() && got.iter().any(|p| *p == payload) {
+                    if emitted_at.is_none() && got.contains(&payload) {
                         // Audio time at the end of this chunk, minus the frame's end,
                         // plus the time this chunk took to process.
                         let audio_end = ((i + 1) * chunk) as f64 / f64::from(rx_rate);

@@ -176,7 +176,12 @@ mod tests {
 
     /// Unit-power white Gaussian noise.
     fn white(len: usize, seed: u64) -> Vec<f32> {
-        noise::generate(NoiseKind::White, len, 48_000, &mut Pcg64Mcg::seed_from_u64(seed))
+        noise::generate(
+            NoiseKind::White,
+            len,
+            48_000,
+            &mut Pcg64Mcg::seed_from_u64(seed),
+        )
     }
 
     #[test]

@@ -102,7 +102,10 @@ fn fast_in_station_noise_and_a_small_room() {
     let ch = Channel {
         noise: NoiseKind::Station,
         snr_db: 5.0,
-        room: Some(Room { rt60: 0.4, drr_db: 6.0 }),
+        room: Some(Room {
+            rt60: 0.4,
+            drr_db: 6.0,
+        }),
         ..clean()
     };
     assert_exactly(Profile::Fast, &ch, 20..22);
@@ -125,7 +128,10 @@ fn robust_in_a_hall() {
     let ch = Channel {
         noise: NoiseKind::Station,
         snr_db: 5.0,
-        room: Some(Room { rt60: 2.0, drr_db: 0.0 }),
+        room: Some(Room {
+            rt60: 2.0,
+            drr_db: 0.0,
+        }),
         ..clean()
     };
     assert_exactly(Profile::Robust, &ch, 40..41);

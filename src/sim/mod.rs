@@ -83,7 +83,8 @@ pub fn transmit(signal: &[f32], tx_rate: u32, channel: &Channel, seed: u64) -> R
     }
     // A sender clock `ppm` fast plays its nominal rate's samples faster.
     let sender_rate = f64::from(tx_rate) * (1.0 + channel.clock_ppm * 1e-6);
-    let mut sound = crate::modem::resample::resample(&sound, sender_rate, f64::from(channel.rx_rate));
+    let mut sound =
+        crate::modem::resample::resample(&sound, sender_rate, f64::from(channel.rx_rate));
     let direct_len = sound.len();
     if let Some(room) = channel.room {
         let h = reverb::impulse_response(room, channel.rx_rate, &mut rng);
