@@ -21,6 +21,7 @@ pub mod hub;
 pub mod keys;
 pub mod modem;
 pub mod policy;
+pub mod qr;
 pub mod reader;
 pub mod record;
 pub mod sim;

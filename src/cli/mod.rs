@@ -6,6 +6,7 @@
 mod demo;
 mod modem;
 mod output;
+mod qr;
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -54,9 +55,12 @@ enum Command {
     /// Look inside token files
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Acoustic modem: encode, decode, listen, record
+    /// Acoustic modem: encode, decode, listen, record, simulate
     #[command(subcommand)]
     Modem(modem::ModemCommand),
+    /// QR codes: decode from camera frames and images, render tokens
+    #[command(subcommand)]
+    Qr(qr::QrCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +151,9 @@ enum WalletCommand {
         /// Modem profile for --wav: fast or robust
         #[arg(long, default_value = "fast", value_parser = modem::parse_profile)]
         profile: crate::modem::Profile,
+        /// Also render the token as a QR code, as the phone would show it
+        #[arg(long, value_name = "FILE.png")]
+        qr: Option<PathBuf>,
     },
     /// Show the wallet's id, credential, counter and running total
     Show {
@@ -275,6 +282,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Wallet(command) => run_wallet(command),
         Command::Reader(command) => run_reader(command),
         Command::Modem(command) => modem::run(command),
+        Command::Qr(command) => qr::run(command),
         Command::Token(TokenCommand::Inspect { token }) => {
             let bytes = read_token_file(&token)?;
             let token = Token::decode(&bytes).context("not a valid v1 token")?;
@@ -340,6 +348,7 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             hex,
             wav,
             profile,
+            qr,
         } => {
             let reader_tag = match reader {
                 Some(id) => {
@@ -366,6 +375,9 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
                 .with_context(|| format!("cannot write {}", out.display()))?;
             if let Some(wav) = wav {
                 modem::write_wav(&bytes, profile, crate::modem::INTERNAL_RATE, &wav)?;
+            }
+            if let Some(png) = qr {
+                qr::write_png(&bytes, &png)?;
             }
             println!("{}", output::payment_json(&payment.token));
         }

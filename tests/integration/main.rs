@@ -6,5 +6,6 @@ mod cli_flow;
 mod crash;
 mod modem_cli;
 mod protocol_vectors;
+mod qr_cli;
 mod signals;
 mod util;

@@ -1,0 +1,222 @@
+//! QR benchmark: per-frame decode time at 640×480, 1280×720 and 1920×1080
+//! (median, p99, max) on synthetic camera frames, and the read rate on the
+//! corpus under `signals/qr/`, side by side with zbar (`zbarimg`) and
+//! zxing-cpp (`ZXingReader`) when they are installed.
+//!
+//! Run: `cargo bench --bench qr` (set `QR_BENCH_FRAMES` for frames per size).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sonotap::qr::synth::{self, Effects, Scene};
+use sonotap::qr::{DecodeOptions, Decoder, GreyImage, load_image};
+
+/// The effect mixes timed at each size, cycled through.
+fn effect_mixes() -> Vec<Effects> {
+    let d = Effects::default();
+    vec![
+        d.clone(),
+        Effects {
+            tilt_deg: 30.0,
+            ..d.clone()
+        },
+        Effects {
+            motion_px: 5.0,
+            ..d.clone()
+        },
+        Effects {
+            glare: 2,
+            ..d.clone()
+        },
+        Effects {
+            moire: true,
+            ..d.clone()
+        },
+        Effects {
+            dark_mode: true,
+            ..d.clone()
+        },
+        Effects {
+            contrast: 0.3,
+            ..d.clone()
+        },
+        Effects {
+            occlusion: true,
+            ..d.clone()
+        },
+    ]
+}
+
+fn frames(width: usize, height: usize, count: usize) -> Vec<GreyImage> {
+    let mixes = effect_mixes();
+    (0..count)
+        .filter_map(|i| {
+            let effects = mixes[i % mixes.len()].clone();
+            let scene = Scene {
+                name: format!("bench-{i}"),
+                width,
+                height,
+                codes: 1,
+                effects: effects.clone(),
+            };
+            let sample = synth::render(&scene, 1000 + i as u64).ok()?;
+            // Store and reload as the camera would compress it.
+            match effects.jpeg_quality {
+                Some(q) => {
+                    let bytes = synth::jpeg_bytes(&sample.image, q).ok()?;
+                    sonotap::qr::source::load_image_bytes(&bytes, "bench").ok()
+                }
+                None => Some(sample.image),
+            }
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn time_decoder(name: &str, decoder: &Decoder, frames: &[GreyImage]) {
+    let mut times = Vec::with_capacity(frames.len());
+    let mut read = 0;
+    for f in frames {
+        let t = Instant::now();
+        let codes = decoder.decode(f.as_frame());
+        times.push(t.elapsed());
+        if !codes.is_empty() {
+            read += 1;
+        }
+    }
+    times.sort();
+    let (w, h) = frames
+        .first()
+        .map(|f| (f.width(), f.height()))
+        .unwrap_or((0, 0));
+    println!(
+        "{name:>9} {w:>4}x{h:<4} frames {:>3}  read {:>3}  median {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms",
+        frames.len(),
+        read,
+        ms(percentile(&times, 0.5)),
+        ms(percentile(&times, 0.99)),
+        ms(times.last().copied().unwrap_or_default()),
+    );
+}
+
+fn corpus() -> Vec<(PathBuf, Vec<Vec<u8>>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("signals/qr");
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if ext != "png" && ext != "jpg" {
+            continue;
+        }
+        let Ok(hex) = std::fs::read_to_string(p.with_extension("hex")) else {
+            continue;
+        };
+        let payloads = hex
+            .lines()
+            .filter_map(|l| hex::decode(l.trim()).ok())
+            .collect();
+        out.push((p, payloads));
+    }
+    out.sort();
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Runs an external reader printing raw payload bytes; `None` if absent.
+fn external(tool: &str, args: &[&str], file: &Path) -> Option<Vec<u8>> {
+    let out = Command::new(tool).args(args).arg(file).output().ok()?;
+    Some(out.stdout)
+}
+
+fn main() {
+    let per_size: usize = std::env::var("QR_BENCH_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    println!("# per-frame decode time (default options: stop at first code, 100 ms budget)");
+    let gate = Decoder::new(DecodeOptions::default());
+    let thorough = Decoder::new(DecodeOptions::thorough());
+    for (w, h) in [(640, 480), (1280, 720), (1920, 1080)] {
+        let fs = frames(w, h, per_size);
+        time_decoder("gate", &gate, &fs);
+        time_decoder("thorough", &thorough, &fs);
+        let blank = vec![GreyImage::filled(w, h, 128).unwrap_or_else(|_| fs[0].clone()); 8];
+        time_decoder("no-code", &gate, &blank);
+    }
+
+    println!("\n# read rate on signals/qr (codes read / codes in view)");
+    let files = corpus();
+    let total: usize = files.iter().map(|(_, p)| p.len()).sum();
+    let mut ours = 0;
+    let mut zbar: Option<usize> = Some(0);
+    let mut zxing: Option<usize> = Some(0);
+    let mut misses = Vec::new();
+    for (path, payloads) in &files {
+        let Ok(img) = load_image(path) else { continue };
+        let found: Vec<Vec<u8>> = thorough
+            .decode(img.as_frame())
+            .into_iter()
+            .map(|c| c.payload)
+            .collect();
+        let got = payloads.iter().filter(|p| found.contains(p)).count();
+        if got < payloads.len() {
+            misses.push(
+                path.file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        ours += got;
+        if let Some(n) = zbar.as_mut() {
+            match external("zbarimg", &["-q", "--raw", "-Sbinary"], path) {
+                Some(out) => *n += payloads.iter().filter(|p| contains(&out, p)).count(),
+                None => zbar = None,
+            }
+        }
+        if let Some(n) = zxing.as_mut() {
+            match external("ZXingReader", &["-bytes"], path) {
+                Some(out) => *n += payloads.iter().filter(|p| contains(&out, p)).count(),
+                None => zxing = None,
+            }
+        }
+    }
+    let rate = |n: usize| 100.0 * n as f64 / total.max(1) as f64;
+    println!("files {}  codes {total}", files.len());
+    println!(
+        "sonotap (rqrr + preparation)  {ours:>3}/{total}  {:5.1}%",
+        rate(ours)
+    );
+    match zbar {
+        Some(n) => println!(
+            "zbar (zbarimg)                {n:>3}/{total}  {:5.1}%",
+            rate(n)
+        ),
+        None => println!("zbar (zbarimg)                not installed"),
+    }
+    match zxing {
+        Some(n) => println!(
+            "zxing-cpp (ZXingReader)       {n:>3}/{total}  {:5.1}%",
+            rate(n)
+        ),
+        None => println!("zxing-cpp (ZXingReader)       not installed"),
+    }
+    println!("sonotap missed: {misses:?}");
+}

@@ -1,0 +1,616 @@
+//! The decode pipeline: a fixed sequence of preparation strategies, each
+//! handing a binarised image to rqrr, within a per-frame budget.
+//!
+//! Order (cheapest and most likely first): up to four regions of interest
+//! (edge-dense blobs, cropped at full resolution, upscaled twice when
+//! small), each thresholded against its local mean in both polarities and
+//! box-blurred; then the whole frame, downscaled to at most `max_side`, in
+//! the attempt order of [`WHOLE_FRAME`] (chosen greedily on the corpus);
+//! then 1/1.6 resolution (big or very blurred codes); then small frames
+//! upscaled twice; then full-resolution tiles of large frames. Before each
+//! attempt the elapsed time is checked against the budget, and every image
+//! handed to rqrr is at most `max_side` (or twice 400) pixels a side, so one
+//! frame costs the budget plus at most one bounded rqrr pass.
+
+use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use rqrr::PreparedImage;
+
+use super::prepare::{self, Bitmap, Rect};
+use super::{GreyFrame, GreyImage};
+
+/// How hard to look at one frame.
+#[derive(Clone, Debug)]
+pub struct DecodeOptions {
+    /// Longest side of the image rqrr sees; larger frames are downscaled
+    /// (and searched again tile by tile at full resolution if time allows).
+    /// rqrr's cost grows faster than linearly with size.
+    pub max_side: usize,
+    /// Time after which no further strategy is started. One strategy
+    /// already running finishes, so the worst case is the budget plus one
+    /// rqrr pass on a `max_side` image.
+    pub budget: Duration,
+    /// Keep trying strategies after one has found a code (to collect every
+    /// code in view, e.g. for the CLI); a gate stops at the first hit.
+    pub find_all: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            max_side: 1280,
+            budget: Duration::from_millis(100),
+            find_all: false,
+        }
+    }
+}
+
+impl DecodeOptions {
+    /// Options for reading every code in a still image (CLI, tests): all
+    /// strategies run within a larger budget.
+    pub fn thorough() -> Self {
+        Self {
+            find_all: true,
+            budget: Duration::from_millis(160),
+            ..Self::default()
+        }
+    }
+}
+
+/// One code read from a frame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedCode {
+    /// The payload bytes (byte mode, any binary content).
+    pub payload: Vec<u8>,
+    /// The code's corners in the original frame's pixels, in the code's own
+    /// orientation: top-left, top-right, bottom-right, bottom-left.
+    pub corners: [[f32; 2]; 4],
+    /// Which strategy read it (for diagnostics and the benchmark).
+    pub strategy: &'static str,
+}
+
+/// Decodes frames with fixed options; cheap to create and reuse.
+#[derive(Clone, Debug, Default)]
+pub struct Decoder {
+    options: DecodeOptions,
+}
+
+/// Decodes one frame with [`DecodeOptions::thorough`]: every code in view.
+pub fn decode_frame(frame: GreyFrame<'_>) -> Vec<DecodedCode> {
+    Decoder::new(DecodeOptions::thorough()).decode(frame)
+}
+
+/// A code as rqrr reports it in a working image's pixels.
+struct Found {
+    payload: Vec<u8>,
+    corners: [[f32; 2]; 4],
+}
+
+/// Decodes every grid rqrr detects in a prepared image (a macro because
+/// rqrr's buffer type is not nameable outside the crate).
+macro_rules! collect_grids {
+    ($img:expr) => {{
+        let mut out = Vec::new();
+        for grid in $img.detect_grids() {
+            let mut payload = Vec::new();
+            if grid.decode_to(&mut payload).is_ok() {
+                let corners = grid.bounds.map(|p| [p.x as f32, p.y as f32]);
+                out.push(Found { payload, corners });
+            }
+        }
+        out
+    }};
+}
+
+/// Runs rqrr's grid detection and decoding on a prepared bitmap. A panic
+/// inside rqrr (it asserts on some inputs) is caught and counts as "no code".
+fn rqrr_bitmap(bits: &Bitmap) -> Vec<Found> {
+    catch_unwind(AssertUnwindSafe(|| {
+        let mut img = PreparedImage::prepare_from_bitmap(bits.width(), bits.height(), |x, y| {
+            bits.is_dark(x, y)
+        });
+        collect_grids!(img)
+    }))
+    .unwrap_or_default()
+}
+
+/// Runs rqrr with its own row-average threshold on a grey image.
+fn rqrr_grey(image: &GreyImage) -> Vec<Found> {
+    catch_unwind(AssertUnwindSafe(|| {
+        let w = image.width();
+        let data = image.data();
+        let mut img =
+            PreparedImage::prepare_from_greyscale(w, image.height(), |x, y| data[y * w + x]);
+        collect_grids!(img)
+    }))
+    .unwrap_or_default()
+}
+
+/// Where a working image sits in the original frame.
+#[derive(Clone, Copy, Debug)]
+struct Placement {
+    scale: f32,
+    dx: f32,
+    dy: f32,
+}
+
+impl Placement {
+    fn map(&self, [x, y]: [f32; 2]) -> [f32; 2] {
+        [
+            (x + 0.5) * self.scale - 0.5 + self.dx,
+            (y + 0.5) * self.scale - 0.5 + self.dy,
+        ]
+    }
+}
+
+/// Collects codes across strategies, deduplicated by payload.
+struct Collector {
+    seen: HashSet<Vec<u8>>,
+    codes: Vec<DecodedCode>,
+}
+
+impl Collector {
+    fn add(&mut self, found: Vec<Found>, at: Placement, strategy: &'static str) -> usize {
+        let mut new = 0;
+        for f in found {
+            if self.seen.insert(f.payload.clone()) {
+                self.codes.push(DecodedCode {
+                    corners: f.corners.map(|c| at.map(c)),
+                    payload: f.payload,
+                    strategy,
+                });
+                new += 1;
+            }
+        }
+        new
+    }
+}
+
+/// Window radius for the adaptive threshold: large enough to span a finder
+/// pattern of a code filling the image, small enough to follow glare.
+fn threshold_radius(image: &GreyImage) -> usize {
+    (image.width().min(image.height()) / 14).clamp(6, 48)
+}
+
+/// One attempt: a name and a way to produce candidates from a working image.
+#[derive(Clone, Copy)]
+enum Attempt {
+    Adaptive {
+        blur: usize,
+        offset: u8,
+        inverted: bool,
+    },
+    Native {
+        inverted: bool,
+    },
+}
+
+impl Attempt {
+    fn run(self, image: &GreyImage) -> Vec<Found> {
+        match self {
+            Attempt::Adaptive {
+                blur,
+                offset,
+                inverted,
+            } => {
+                // Invert the grey image, not the bitmap: a dark quiet zone
+                // must become light, and flat areas must stay light.
+                let mut src = if blur > 0 {
+                    prepare::box_blur(image, blur)
+                } else {
+                    image.clone()
+                };
+                if inverted {
+                    prepare::invert(&mut src);
+                }
+                let bits = prepare::adaptive_threshold(&src, threshold_radius(&src), offset);
+                rqrr_bitmap(&bits)
+            }
+            Attempt::Native { inverted } => {
+                if inverted {
+                    let mut inv = image.clone();
+                    prepare::invert(&mut inv);
+                    rqrr_grey(&inv)
+                } else {
+                    rqrr_grey(image)
+                }
+            }
+        }
+    }
+}
+
+/// The whole-frame attempts in order, with their names. The order was
+/// chosen greedily on the corpus: each attempt reads the most frames the
+/// ones before it missed (see docs/qr.md).
+const WHOLE_FRAME: [(&str, Attempt); 8] = [
+    (
+        "adaptive",
+        Attempt::Adaptive {
+            blur: 0,
+            offset: 8,
+            inverted: false,
+        },
+    ),
+    (
+        "blurred",
+        Attempt::Adaptive {
+            blur: 1,
+            offset: 4,
+            inverted: false,
+        },
+    ),
+    (
+        "adaptive-inverted",
+        Attempt::Adaptive {
+            blur: 0,
+            offset: 8,
+            inverted: true,
+        },
+    ),
+    (
+        "blurred-strict",
+        Attempt::Adaptive {
+            blur: 1,
+            offset: 14,
+            inverted: false,
+        },
+    ),
+    (
+        "blurred-inverted",
+        Attempt::Adaptive {
+            blur: 1,
+            offset: 14,
+            inverted: true,
+        },
+    ),
+    (
+        "blurred-mid",
+        Attempt::Adaptive {
+            blur: 1,
+            offset: 8,
+            inverted: false,
+        },
+    ),
+    ("native", Attempt::Native { inverted: false }),
+    ("native-inverted", Attempt::Native { inverted: true }),
+];
+
+/// The attempts on each region of interest.
+const ROI: [(&str, Attempt); 3] = [
+    (
+        "roi",
+        Attempt::Adaptive {
+            blur: 0,
+            offset: 8,
+            inverted: false,
+        },
+    ),
+    (
+        "roi-inverted",
+        Attempt::Adaptive {
+            blur: 0,
+            offset: 8,
+            inverted: true,
+        },
+    ),
+    (
+        "roi-blurred",
+        Attempt::Adaptive {
+            blur: 1,
+            offset: 4,
+            inverted: false,
+        },
+    ),
+];
+
+/// The half-resolution attempts.
+const HALF: [(&str, Attempt); 2] = [
+    (
+        "half",
+        Attempt::Adaptive {
+            blur: 0,
+            offset: 4,
+            inverted: false,
+        },
+    ),
+    (
+        "half-inverted",
+        Attempt::Adaptive {
+            blur: 0,
+            offset: 4,
+            inverted: true,
+        },
+    ),
+];
+
+/// The attempts on a small frame upscaled twice.
+const UPSCALED: [(&str, Attempt); 2] = [
+    (
+        "upscaled",
+        Attempt::Adaptive {
+            blur: 1,
+            offset: 6,
+            inverted: false,
+        },
+    ),
+    (
+        "upscaled-inverted",
+        Attempt::Adaptive {
+            blur: 1,
+            offset: 6,
+            inverted: true,
+        },
+    ),
+];
+
+/// The full-resolution tile attempts.
+const TILE: [(&str, Attempt); 3] = [
+    (
+        "tile",
+        Attempt::Adaptive {
+            blur: 0,
+            offset: 8,
+            inverted: false,
+        },
+    ),
+    (
+        "tile-blurred",
+        Attempt::Adaptive {
+            blur: 1,
+            offset: 4,
+            inverted: false,
+        },
+    ),
+    (
+        "tile-inverted",
+        Attempt::Adaptive {
+            blur: 0,
+            offset: 8,
+            inverted: true,
+        },
+    ),
+];
+
+impl Decoder {
+    /// A decoder with the given options.
+    pub fn new(options: DecodeOptions) -> Self {
+        Self { options }
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &DecodeOptions {
+        &self.options
+    }
+
+    /// Reads the codes in one frame: each payload once, with its corners in
+    /// the frame's pixels. Never takes much longer than the budget; an
+    /// empty result means no code was read.
+    pub fn decode(&self, frame: GreyFrame<'_>) -> Vec<DecodedCode> {
+        let start = Instant::now();
+        let opts = &self.options;
+        let out_of_time = || start.elapsed() >= opts.budget;
+        let mut collector = Collector {
+            seen: HashSet::new(),
+            codes: Vec::new(),
+        };
+        let done = |c: &Collector| !opts.find_all && !c.codes.is_empty();
+
+        // Regions of interest first: crops around edge-dense blobs, at
+        // full resolution (or shrunk to max_side), are far cheaper for rqrr.
+        for rect in prepare::regions_of_interest(frame, 16, 2, 4) {
+            let Some(crop) = prepare::crop(frame, rect) else {
+                continue;
+            };
+            let sub = prepare::downscale(crop.as_frame(), opts.max_side);
+            // A small crop (a code far away, or a VGA camera) is upscaled
+            // twice so its modules reach the size rqrr needs.
+            let (mut img, scale) = if sub.scale <= 1.0 && crop.width().max(crop.height()) <= 400 {
+                (prepare::upscale2(&sub.image), 0.5)
+            } else {
+                (sub.image, sub.scale)
+            };
+            prepare::contrast_stretch(&mut img, 1.0, 99.0);
+            let at = Placement {
+                scale,
+                dx: rect.x as f32,
+                dy: rect.y as f32,
+            };
+            for (name, attempt) in ROI {
+                if done(&collector) || out_of_time() {
+                    return collector.codes;
+                }
+                collector.add(attempt.run(&img), at, name);
+            }
+        }
+
+        let scaled = prepare::downscale(frame, opts.max_side);
+        let mut work = scaled.image;
+        prepare::contrast_stretch(&mut work, 1.0, 99.0);
+        let whole = Placement {
+            scale: scaled.scale,
+            dx: 0.0,
+            dy: 0.0,
+        };
+        for (name, attempt) in WHOLE_FRAME {
+            if done(&collector) || out_of_time() {
+                return collector.codes;
+            }
+            collector.add(attempt.run(&work), whole, name);
+        }
+
+        // Half resolution: heavy blur, large codes, strong moiré.
+        if work.width().min(work.height()) >= 120 && !done(&collector) && !out_of_time() {
+            let half = prepare::downscale_by(work.as_frame(), 1.6);
+            let mut himg = half.image;
+            prepare::contrast_stretch(&mut himg, 1.0, 99.0);
+            let at = Placement {
+                scale: scaled.scale * half.scale,
+                dx: 0.0,
+                dy: 0.0,
+            };
+            for (name, attempt) in HALF {
+                if done(&collector) || out_of_time() {
+                    return collector.codes;
+                }
+                collector.add(attempt.run(&himg), at, name);
+            }
+        }
+
+        // Small frames: twice the size, for codes with modules of 2–4 pixels.
+        if scaled.scale <= 1.0 && work.width().max(work.height()) <= opts.max_side / 2 {
+            let mut big = prepare::upscale2(&work);
+            prepare::contrast_stretch(&mut big, 1.0, 99.0);
+            let at = Placement {
+                scale: 0.5,
+                dx: 0.0,
+                dy: 0.0,
+            };
+            for (name, attempt) in UPSCALED {
+                if done(&collector) || out_of_time() {
+                    return collector.codes;
+                }
+                collector.add(attempt.run(&big), at, name);
+            }
+        }
+
+        // Full-resolution tiles when the frame was shrunk noticeably: small
+        // codes whose modules the downscale made too fine.
+        if scaled.scale > 1.25 {
+            let side = opts.max_side.max(64);
+            let rects: Vec<Rect> = prepare::tiles(frame.width(), frame.height(), side, side / 3);
+            for rect in rects {
+                let Some(mut tile) = prepare::crop(frame, rect) else {
+                    continue;
+                };
+                prepare::contrast_stretch(&mut tile, 1.0, 99.0);
+                let at = Placement {
+                    scale: 1.0,
+                    dx: rect.x as f32,
+                    dy: rect.y as f32,
+                };
+                for (name, attempt) in TILE {
+                    if done(&collector) || out_of_time() {
+                        return collector.codes;
+                    }
+                    collector.add(attempt.run(&tile), at, name);
+                }
+            }
+        }
+        collector.codes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decoder that never runs out of time: read assertions must not
+    /// depend on how loaded the test machine is (speed is the benchmark's).
+    fn unhurried(find_all: bool) -> Decoder {
+        Decoder::new(DecodeOptions {
+            budget: Duration::from_secs(600),
+            find_all,
+            ..DecodeOptions::default()
+        })
+    }
+    use crate::qr::encode::render_token;
+    use crate::qr::prepare::invert;
+
+    fn payload(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Pastes a rendered code into a larger grey frame at (x0, y0).
+    fn place(code: &GreyImage, w: usize, h: usize, x0: usize, y0: usize, bg: u8) -> GreyImage {
+        let mut data = vec![bg; w * h];
+        for y in 0..code.height() {
+            for x in 0..code.width() {
+                data[(y0 + y) * w + x0 + x] = code.get(x, y).unwrap();
+            }
+        }
+        GreyImage::new(w, h, data).unwrap()
+    }
+
+    #[test]
+    fn reads_a_clean_binary_token_with_corners_in_frame_pixels() {
+        let p = payload(199, 7);
+        let code = render_token(&p, 5, 4).unwrap();
+        let frame = place(&code, 1280, 720, 300, 100, 255);
+        let got = unhurried(false).decode(frame.as_frame());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, p);
+        // Code area (without quiet zone) starts at 300 + 4*5 = 320.
+        let [tl, _, br, _] = got[0].corners;
+        let size = (code.width() - 40) as f32;
+        assert!(
+            (tl[0] - 320.0).abs() < 8.0 && (tl[1] - 120.0).abs() < 8.0,
+            "{tl:?}"
+        );
+        assert!((br[0] - (320.0 + size)).abs() < 8.0, "{br:?}");
+    }
+
+    #[test]
+    fn reads_an_inverted_code() {
+        let p = payload(199, 9);
+        let mut code = render_token(&p, 4, 4).unwrap();
+        invert(&mut code);
+        let frame = place(&code, 640, 480, 100, 100, 0);
+        let got = unhurried(false).decode(frame.as_frame());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, p);
+        assert!(got[0].strategy.contains("inverted"));
+    }
+
+    #[test]
+    fn returns_every_code_once() {
+        let a = payload(199, 1);
+        let b = payload(120, 2);
+        let ca = render_token(&a, 4, 4).unwrap();
+        let cb = render_token(&b, 4, 4).unwrap();
+        let mut frame = place(&ca, 1280, 720, 20, 20, 255);
+        for y in 0..cb.height() {
+            for x in 0..cb.width() {
+                let i = (300 + y) * 1280 + 700 + x;
+                frame.data_mut()[i] = cb.get(x, y).unwrap();
+            }
+        }
+        let got = unhurried(true).decode(frame.as_frame());
+        let mut payloads: Vec<_> = got.iter().map(|c| c.payload.clone()).collect();
+        payloads.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(payloads, want);
+    }
+
+    #[test]
+    fn empty_and_noise_frames_give_nothing_quickly() {
+        let blank = GreyImage::filled(1920, 1080, 200).unwrap();
+        let t = Instant::now();
+        assert!(decode_frame(blank.as_frame()).is_empty());
+        let mut state = 12345u32;
+        let noise: Vec<u8> = (0..1920 * 1080)
+            .map(|_| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (state >> 24) as u8
+            })
+            .collect();
+        let noise = GreyImage::new(1920, 1080, noise).unwrap();
+        assert!(decode_frame(noise.as_frame()).is_empty());
+        // Generous: debug-profile tests on a shared machine.
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn placement_maps_back_to_source_pixels() {
+        let p = Placement {
+            scale: 2.0,
+            dx: 10.0,
+            dy: 20.0,
+        };
+        assert_eq!(p.map([0.0, 0.0]), [10.5, 20.5]);
+    }
+}
