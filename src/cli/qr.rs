@@ -34,21 +34,19 @@ pub(super) enum QrCommand {
 pub(super) fn run(command: QrCommand) -> Result<ExitCode> {
     match command {
         QrCommand::Decode { json, images } => {
-            let stdout = io::stdout();
-            let mut out = stdout.lock();
-            match decode_files(&images, json, &mut out) {
-                Ok(0) => Ok(ExitCode::from(1)),
-                Ok(_) => Ok(ExitCode::SUCCESS),
-                Err(e) => {
-                    let _ = out.flush();
-                    eprintln!("error: {e:#}");
-                    Ok(ExitCode::from(2))
-                }
+            // An unreadable file is an error (exit 2, reported by cli::main)
+            // after the codes of the files before it have been printed.
+            match decode_files(&images, json, &mut io::stdout().lock())? {
+                0 => Ok(ExitCode::from(1)),
+                _ => Ok(ExitCode::SUCCESS),
             }
         }
         QrCommand::Encode { out } => {
+            // A QR code holds at most 2953 bytes; read a little more so that
+            // an oversized payload is refused rather than cut.
             let mut payload = Vec::new();
             io::stdin()
+                .take(4096)
                 .read_to_end(&mut payload)
                 .context("reading the payload from standard input")?;
             write_png(&payload, &out)?;
