@@ -195,13 +195,16 @@ fn print_reception(out: &mut impl Write, reception: &Reception, json: bool) -> i
 
 fn decode_file(path: &Path, json: bool) -> Result<ExitCode> {
     let mut chunks = WavChunks::open(path)?;
-    let mut decoder = Decoder::new(chunks.rate()).with_context(|| {
-        format!(
-            "{}: cannot decode audio at {} Hz",
+    let Ok(mut decoder) = Decoder::for_rate(chunks.rate()) else {
+        // Valid audio that cannot carry a payload: "none found", not an error.
+        eprintln!(
+            "sonotap: no payload found in {}: audio at {} Hz cannot hold the modem's bands \
+             (robust reaches 17.9 kHz, fast 19.5 kHz; record at 44.1 or 48 kHz)",
             path.display(),
             chunks.rate()
-        )
-    })?;
+        );
+        return Ok(ExitCode::from(1));
+    };
     let mut out = io::stdout().lock();
     let mut found = 0usize;
     while let Some(chunk) = chunks.next_chunk()? {
@@ -230,7 +233,7 @@ const SILENT_DEVICE: Duration = Duration::from_secs(10);
 
 fn listen(device: Option<&str>, json: bool, seconds: Option<f64>) -> Result<ExitCode> {
     let capture = Capture::start(device)?;
-    let mut decoder = Decoder::new(capture.rate).with_context(|| {
+    let mut decoder = Decoder::for_rate(capture.rate).with_context(|| {
         format!(
             "{} captures at {} Hz, too low for the modem",
             capture.device, capture.rate

@@ -109,6 +109,22 @@ impl Decoder {
         Decoder::with_profiles(sample_rate, &Profile::ALL)
     }
 
+    /// A decoder for every profile whose band audio at `sample_rate` can
+    /// hold (at 32 kHz, none: such a recording cannot carry a payload).
+    pub fn for_rate(sample_rate: u32) -> Result<Decoder, ModemError> {
+        let fitting: Vec<Profile> = Profile::ALL
+            .into_iter()
+            .filter(|&p| super::encoder::check_rate(sample_rate, p).is_ok())
+            .collect();
+        if fitting.is_empty() {
+            return Err(ModemError::UnsupportedRate {
+                rate: sample_rate,
+                profile: "any",
+            });
+        }
+        Decoder::with_profiles(sample_rate, &fitting)
+    }
+
     /// A decoder listening only for `profiles` (cheaper when the profile is
     /// known). Profiles whose band the input rate cannot hold are refused.
     pub fn with_profiles(sample_rate: u32, profiles: &[Profile]) -> Result<Decoder, ModemError> {

@@ -282,6 +282,19 @@ fn bad_audio_gives_a_clear_answer_and_no_payload() {
         "never a wrong payload"
     );
 
+    // A recording at a rate too low for either band is "no payload", said
+    // plainly; a rate that holds only the robust band still decodes it.
+    sonotap::audio::wav::write_mono_16(&s.path("16k.wav"), &vec![0.0; 16_000], 16_000)
+        .expect("write");
+    let out = decode(&s, "16k.wav");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot hold the modem's bands"));
+    encode(&s, &data, "robust", 38_000, "robust-38k.wav");
+    assert_eq!(
+        lines(&decode(&s, "robust-38k.wav")),
+        vec![hex::encode(&data)]
+    );
+
     fs::write(s.path("empty.wav"), b"").expect("write");
     fs::write(s.path("notes.wav"), "this is not audio").expect("write");
     for file in ["empty.wav", "notes.wav", "missing.wav"] {
