@@ -127,17 +127,32 @@ fn find_device(host: &cpal::Host, name: Option<&str>) -> Result<cpal::Device, Au
     )))
 }
 
-/// Mono 16-bit at 48 kHz when the device offers it (what the file-backed
-/// test device and most USB microphones do), else the device's default.
+/// The best stream the device offers for the modem: 48 kHz, else 44.1 kHz
+/// (the modem's bands need at least ~40 kHz), preferring mono and 16-bit
+/// (what the file-backed test device and most USB microphones give), then
+/// any channel count and sample format cpal converts; else the device's
+/// default configuration.
 fn choose_config(device: &cpal::Device) -> Result<cpal::SupportedStreamConfig, AudioError> {
-    if let Ok(ranges) = device.supported_input_configs() {
-        for range in ranges {
-            if range.channels() == 1
-                && range.sample_format() == SampleFormat::I16
-                && let Some(config) = range.try_with_sample_rate(PREFERRED_RATE)
-            {
-                return Ok(config);
-            }
+    let ranges: Vec<_> = device
+        .supported_input_configs()
+        .map(|ranges| ranges.collect())
+        .unwrap_or_default();
+    let usable = |f: SampleFormat| {
+        matches!(
+            f,
+            SampleFormat::I16 | SampleFormat::I32 | SampleFormat::F32 | SampleFormat::U8
+        )
+    };
+    for rate in [PREFERRED_RATE, 44_100] {
+        let mut candidates: Vec<_> = ranges
+            .iter()
+            .filter(|r| usable(r.sample_format()))
+            .filter_map(|r| r.try_with_sample_rate(rate))
+            .collect();
+        // Mono before stereo, 16-bit before other formats.
+        candidates.sort_by_key(|c| (c.channels(), c.sample_format() != SampleFormat::I16));
+        if let Some(best) = candidates.into_iter().next() {
+            return Ok(best);
         }
     }
     device
