@@ -263,3 +263,37 @@ fn clipped_and_quiet_signals_still_decode() {
         assert_eq!(got, vec![payload.clone()], "gain {gain}");
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Garbage of every kind, in chunks of every size, at any rate the
+    /// decoder takes: never a panic, never a payload.
+    #[test]
+    fn random_garbage_in_random_chunks_never_panics_or_yields_a_payload(
+        rate in proptest::sample::select(vec![38_000u32, 44_100, 48_000, 96_000]),
+        values in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::num::f32::ANY,
+                -1.0f32..1.0,
+                proptest::strategy::Just(0.0f32),
+            ],
+            0..60_000,
+        ),
+        cuts in proptest::collection::vec(1usize..5_000, 1..40),
+    ) {
+        let mut decoder = Decoder::for_rate(rate).expect("rate the decoder takes");
+        let mut at = 0;
+        let mut emitted = 0;
+        for cut in cuts.iter().cycle() {
+            if at >= values.len() {
+                break;
+            }
+            let end = (at + cut).min(values.len());
+            emitted += decoder.push(&values[at..end]).len();
+            at = end;
+        }
+        emitted += decoder.finish().len();
+        proptest::prop_assert_eq!(emitted, 0);
+    }
+}
