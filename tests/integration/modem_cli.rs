@@ -8,7 +8,7 @@ use std::process::{Output, Stdio};
 use hound::{SampleFormat, WavSpec, WavWriter};
 
 use crate::audio_capture::{alsa_test_device, write_raw};
-use crate::util::{Scratch, last_json, sonotap};
+use crate::util::{Scratch, sonotap};
 
 fn encode(s: &Scratch, payload: &[u8], profile: &str, rate: u32, out: &str) {
     let mut child = sonotap()
@@ -193,14 +193,7 @@ fn a_token_paid_by_sound_is_accepted_by_the_reader() {
     ]);
     let heard = lines(&decode(&s, "heard.wav"));
     assert_eq!(heard.len(), 1);
-    assert_eq!(
-        hex::decode(&heard[0]).expect("hex"),
-        fs::read(s.path("t.bin")).expect("token")
-    );
-    fs::write(s.path("heard.hex"), &heard[0]).expect("write");
-    let out = s.run(&["reader", "accept", "--data", "r", "heard.hex"]);
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(last_json(&out)["amount"], 250);
+    s.assert_reader_accepts(&heard[0], "t.bin", 250);
 }
 
 #[test]

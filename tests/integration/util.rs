@@ -84,6 +84,22 @@ impl Scratch {
         self.ok(&reader);
     }
 
+    /// Checks that `hex_line` (a decoder's output) is the token in
+    /// `token_file`, and that reader `r` accepts it for `amount`.
+    pub fn assert_reader_accepts(&self, hex_line: &str, token_file: &str, amount: u64) {
+        let token = std::fs::read(self.path(token_file)).expect("token file");
+        assert_eq!(hex::decode(hex_line).expect("hex"), token);
+        std::fs::write(self.path("decoded.hex"), hex_line).expect("write");
+        let out = self.run(&["reader", "accept", "--data", "r", "decoded.hex"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(last_json(&out)["amount"], amount);
+    }
+
     /// Runs and requires success, returning stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
