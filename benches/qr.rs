@@ -113,27 +113,7 @@ fn time_decoder(name: &str, decoder: &Decoder, frames: &[GreyImage]) {
 
 fn corpus() -> Vec<(PathBuf, Vec<Vec<u8>>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("signals/qr");
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if ext != "png" && ext != "jpg" {
-            continue;
-        }
-        let Ok(hex) = std::fs::read_to_string(p.with_extension("hex")) else {
-            continue;
-        };
-        let payloads = hex
-            .lines()
-            .filter_map(|l| hex::decode(l.trim()).ok())
-            .collect();
-        out.push((p, payloads));
-    }
-    out.sort();
-    out
+    sonotap::qr::synth::read_corpus(&dir).expect("signals/qr is a readable corpus")
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

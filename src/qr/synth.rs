@@ -9,7 +9,7 @@
 //! modules on a dark screen), a finger-like blob over part of the code (not
 //! the finder patterns), sensor noise and JPEG re-encoding.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::{ExtendedColorType, ImageEncoder, codecs::jpeg::JpegEncoder};
 use rand::{RngExt, SeedableRng};
@@ -826,10 +826,45 @@ pub fn corpus_scenes() -> Vec<Scene> {
     out
 }
 
+/// One corpus image and the payloads it must yield.
+pub type CorpusEntry = (PathBuf, Vec<Vec<u8>>);
+
+/// Reads a corpus written by [`write_corpus`]: each PNG/JPEG image in `dir`
+/// with its expected payloads, sorted by name. An image without a readable
+/// `NAME.hex`, or a line that is not hex, is an error, never skipped.
+pub fn read_corpus(dir: &Path) -> Result<Vec<CorpusEntry>, QrError> {
+    let io = |what: &Path| {
+        let what = what.display().to_string();
+        move |source| QrError::Io { what, source }
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if ext != "png" && ext != "jpg" {
+            continue;
+        }
+        let sidecar = path.with_extension("hex");
+        let text = std::fs::read_to_string(&sidecar).map_err(io(&sidecar))?;
+        let payloads = text
+            .lines()
+            .map(|line| {
+                hex::decode(line.trim()).map_err(|e| QrError::Io {
+                    what: sidecar.display().to_string(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        out.push((path, payloads));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Generates the corpus into `dir`: one image per scene plus `NAME.hex`
 /// with one expected payload per line (lowercase hex). Returns the image
 /// paths. Deterministic for a given `seed`.
-pub fn write_corpus(dir: &Path, seed: u64) -> Result<Vec<std::path::PathBuf>, QrError> {
+pub fn write_corpus(dir: &Path, seed: u64) -> Result<Vec<PathBuf>, QrError> {
     std::fs::create_dir_all(dir).map_err(|e| QrError::Io {
         what: dir.display().to_string(),
         source: e,

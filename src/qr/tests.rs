@@ -20,25 +20,7 @@ pub(crate) fn corpus_dir() -> PathBuf {
 
 /// Image files of the corpus with their expected payloads, sorted by name.
 pub(crate) fn corpus_files() -> Vec<(PathBuf, Vec<Vec<u8>>)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(corpus_dir()) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if ext != "png" && ext != "jpg" {
-            continue;
-        }
-        let hex = std::fs::read_to_string(path.with_extension("hex")).unwrap();
-        let payloads = hex
-            .lines()
-            .map(|l| hex::decode(l.trim()).unwrap())
-            .collect();
-        out.push((path, payloads));
-    }
-    out.sort();
-    out
+    super::synth::read_corpus(&corpus_dir()).expect("signals/qr is a readable corpus")
 }
 
 #[test]

@@ -2,41 +2,27 @@
 //! capture device, and the token path from phone to reader by sound.
 
 use std::fs;
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use hound::{SampleFormat, WavSpec, WavWriter};
 
 use crate::audio_capture::{alsa_test_device, write_raw};
-use crate::util::{Scratch, sonotap};
+use crate::util::Scratch;
 
 fn encode(s: &Scratch, payload: &[u8], profile: &str, rate: u32, out: &str) {
-    let mut child = sonotap()
-        .args([
-            "modem",
-            "encode",
-            "--profile",
-            profile,
-            "--rate",
-            &rate.to_string(),
-            "--out",
-            out,
-        ])
-        .current_dir(s.dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(payload)
-        .expect("payload");
-    assert!(
-        child.wait().expect("wait").success(),
-        "encode {profile} at {rate} Hz"
-    );
+    let rate_text = rate.to_string();
+    let args = [
+        "modem",
+        "encode",
+        "--profile",
+        profile,
+        "--rate",
+        &rate_text,
+        "--out",
+        out,
+    ];
+    let result = s.run_with_stdin(&args, payload);
+    assert!(result.status.success(), "encode {profile} at {rate} Hz");
 }
 
 fn decode(s: &Scratch, file: &str) -> Output {
@@ -299,20 +285,7 @@ fn bad_audio_gives_a_clear_answer_and_no_payload() {
         );
     }
     // Too many bytes for one frame is refused, not truncated.
-    let mut child = sonotap()
-        .args(["modem", "encode", "--out", "big.wav"])
-        .current_dir(s.dir.path())
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&[7; 300])
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+    let out = s.run_with_stdin(&["modem", "encode", "--out", "big.wav"], &[7; 300]);
     assert_eq!(out.status.code(), Some(2));
 }
 

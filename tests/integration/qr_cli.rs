@@ -2,27 +2,14 @@
 //! bad images refused with a clear error.
 
 use std::fs;
-use std::io::Write;
-use std::process::Stdio;
 
-use crate::util::{Scratch, last_json, sonotap};
+use crate::util::{Scratch, last_json};
 
 #[test]
 fn encode_then_decode_gives_payload_text_and_corners() {
     let s = Scratch::new();
-    let mut child = sonotap()
-        .args(["qr", "encode", "--out", "hello.png"])
-        .current_dir(s.dir.path())
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"hello, gate")
-        .expect("write");
-    assert!(child.wait().expect("wait").success());
+    let written = s.run_with_stdin(&["qr", "encode", "--out", "hello.png"], b"hello, gate");
+    assert!(written.status.success());
     let out = s.run(&["qr", "decode", "--json", "hello.png"]);
     assert_eq!(
         out.status.code(),

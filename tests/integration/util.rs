@@ -1,7 +1,8 @@
 //! Helpers: run the real binary in a scratch directory.
 
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// The `sonotap` binary cargo built for this test run.
 pub fn sonotap() -> Command {
@@ -31,6 +32,25 @@ impl Scratch {
             .current_dir(self.dir.path())
             .output()
             .expect("sonotap runs")
+    }
+
+    /// Runs `sonotap ARGS` with `input` on standard input.
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = sonotap()
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sonotap runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("input written");
+        child.wait_with_output().expect("sonotap finishes")
     }
 
     /// Runs `sonotap ARGS` with the scratch directory as `HOME`, so the
