@@ -26,6 +26,7 @@ pub mod reader;
 pub mod record;
 pub mod sim;
 pub mod store;
+pub mod sync;
 pub mod token;
 pub mod wallet;
 

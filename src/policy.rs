@@ -170,6 +170,11 @@ impl TrustedKeys {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+
+    /// The keys, by ascending key id.
+    pub fn iter(&self) -> impl Iterator<Item = (u8, &VerifyingKey)> {
+        self.keys.iter().map(|(id, key)| (*id, key))
+    }
 }
 
 /// A token whose format and both signatures have been checked.

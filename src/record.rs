@@ -23,6 +23,9 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 pub enum RecordKind {
     /// An accepted payment: the wallet is charged `amount`.
     Charge,
+    /// Cancels an earlier charge of the same token at this reader (the
+    /// gate or vending machine could not deliver): `amount` is refunded.
+    Void,
 }
 
 impl RecordKind {
@@ -30,6 +33,16 @@ impl RecordKind {
     pub fn code(self) -> u8 {
         match self {
             RecordKind::Charge => 1,
+            RecordKind::Void => 2,
+        }
+    }
+
+    /// Reads the one-byte code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(RecordKind::Charge),
+            2 => Some(RecordKind::Void),
+            _ => None,
         }
     }
 
@@ -37,6 +50,7 @@ impl RecordKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RecordKind::Charge => "charge",
+            RecordKind::Void => "void",
         }
     }
 
@@ -44,6 +58,7 @@ impl RecordKind {
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "charge" => Some(RecordKind::Charge),
+            "void" => Some(RecordKind::Void),
             _ => None,
         }
     }

@@ -63,7 +63,7 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     println!("files in {}", dir.display());
     println!();
 
-    let hub = Hub::init(&dir.join("hub"), 1, now)?;
+    let mut hub = Hub::init(&dir.join("hub"), 1, now)?;
     println!(
         "1. operator: hub initialised, issuer key 1 = {}",
         hex::encode(hub.issuer_public().to_bytes())

@@ -304,7 +304,7 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         HubCommand::Issue(args) => {
-            let hub = Hub::open(&args.data)?;
+            let mut hub = Hub::open(&args.data)?;
             let wallet = PublicKey::read(&args.wallet_key, Role::Wallet)?;
             let now = clock(None)?;
             let request = IssueRequest {

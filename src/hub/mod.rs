@@ -1,53 +1,42 @@
-//! The operator's hub: issuer keys and credential issuance.
+//! The operator's hub: issuer keys, credential issuance, reader
+//! registration, batch clearing and the deny list.
 //!
 //! Layout of `DIR/`: `issuer.key` (0600, the active issuer key and its key
-//! id), `issuer.pub` (what readers trust), `hub.db` (SQLite: issuer keys and
-//! a log of every credential issued, which clearing later checks spending
-//! against).
+//! id), `issuer.pub` (what readers trust), and the state: `hub.db` (SQLite,
+//! the default) or a PostgreSQL database ([`backend::HubBackend`]).
+//!
+//! Everything that arrives (uploads over HTTP, imported batch files) goes
+//! through [`Hub::receive`]: decode, check the registered reader's
+//! signatures ([`verify`]), store idempotently with the clearing rules
+//! ([`ledger`], [`clearing`]), then sign the acknowledgement.
+
+pub mod backend;
+pub mod clearing;
+pub mod ledger;
+pub mod server;
+pub mod sqlite;
+pub mod verify;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, params};
-use rusqlite_migration::M;
+use ed25519_dalek::VerifyingKey;
 use thiserror::Error;
 
 use crate::fsutil;
 use crate::keys::{KeyFileError, PublicKey, Role, SecretKey};
+use crate::policy::TrustedKeys;
 use crate::store::StoreError;
-use crate::store::sqlite;
-use crate::token::{Credential, CredentialTerms, FormatError, Scope};
+use crate::sync::wire::{Ack, Batch, DenyAction, DenyEntry, KeySet, WireError};
+use crate::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
+use backend::{HubBackend, Report};
+use ledger::{DenySigner, IngestReport, IngestStatus, Via};
+use verify::BatchRefused;
 
 /// Active issuer secret key.
 pub const ISSUER_KEY_FILE: &str = "issuer.key";
 /// Active issuer public key, for readers.
 pub const ISSUER_PUB_FILE: &str = "issuer.pub";
-/// Hub database.
-pub const DB_FILE: &str = "hub.db";
-
-static MIGRATIONS: [M<'static>; 1] = [M::up(
-    "CREATE TABLE issuer_keys (
-        key_id INTEGER PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
-        public_key BLOB NOT NULL CHECK (length(public_key) = 32),
-        created_at INTEGER NOT NULL,
-        retired_at INTEGER
-    ) STRICT;
-    CREATE TABLE credentials (
-        digest BLOB PRIMARY KEY CHECK (length(digest) = 32),
-        wallet_id BLOB NOT NULL CHECK (length(wallet_id) = 8),
-        issuer_key_id INTEGER NOT NULL REFERENCES issuer_keys (key_id),
-        scope TEXT NOT NULL,
-        currency INTEGER NOT NULL,
-        offline_limit INTEGER NOT NULL,
-        per_payment_cap INTEGER NOT NULL,
-        valid_from INTEGER NOT NULL,
-        valid_until INTEGER NOT NULL,
-        credential BLOB NOT NULL,
-        issued_at INTEGER NOT NULL
-    ) STRICT;
-    CREATE INDEX credentials_by_wallet ON credentials (wallet_id);",
-)];
-
 /// Why the hub cannot do what was asked.
 #[derive(Debug, Error)]
 pub enum HubError {
@@ -74,6 +63,38 @@ pub enum HubError {
     /// The requested credential terms are not encodable.
     #[error("cannot issue this credential: {0}")]
     Terms(String),
+    /// A reader id is registered with another key.
+    #[error("reader {reader} is registered with a different key; refusing to replace it")]
+    ReaderKeyMismatch {
+        /// The reader id.
+        reader: String,
+    },
+    /// A batch from a reader the hub does not know.
+    #[error("reader {reader} is not registered (run `sonotap hub reader add`)")]
+    UnknownReader {
+        /// The reader id named in the batch.
+        reader: String,
+    },
+    /// Bytes that are not a valid message.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A batch whose signatures do not verify.
+    #[error(transparent)]
+    Refused(#[from] BatchRefused),
+    /// A batch that contradicts records already stored.
+    #[error(
+        "batch from {reader} conflicts with stored record {seq} (same sequence number, other \
+         contents); nothing stored, incident recorded"
+    )]
+    Conflict {
+        /// The reader.
+        reader: String,
+        /// The first conflicting record.
+        seq: u64,
+    },
+    /// A database backend other than SQLite failed, or is not available.
+    #[error("hub database: {0}")]
+    Backend(String),
 }
 
 /// What an operator grants a wallet.
@@ -93,11 +114,49 @@ pub struct IssueRequest {
     pub valid_hours: u16,
 }
 
+/// What the hub answers for a received batch.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// The signed acknowledgement for the reader.
+    pub ack: Ack,
+    /// What was stored and flagged.
+    pub report: IngestReport,
+}
+
 /// An open hub directory.
 pub struct Hub {
     issuer: SecretKey,
-    db: Connection,
-    db_path: PathBuf,
+    backend: Box<dyn HubBackend>,
+}
+
+/// Signs deny entries and acknowledgements with the active issuer key.
+struct IssuerSigner<'a>(&'a SecretKey);
+
+impl IssuerSigner<'_> {
+    fn key_id(&self) -> u8 {
+        self.0.key_id().unwrap_or(1)
+    }
+}
+
+impl DenySigner for IssuerSigner<'_> {
+    fn sign(
+        &self,
+        version: u64,
+        action: DenyAction,
+        wallet: WalletId,
+        at: u64,
+        reason: &str,
+    ) -> Result<DenyEntry, HubError> {
+        Ok(DenyEntry::sign(
+            version,
+            action,
+            wallet,
+            at,
+            reason,
+            self.key_id(),
+            self.0.signing_key(),
+        )?)
+    }
 }
 
 impl Hub {
@@ -113,37 +172,52 @@ impl Hub {
         };
         fsutil::create_private_dir(dir).map_err(io_err)?;
         let issuer = SecretKey::generate(Role::Issuer, Some(key_id)).map_err(io_err)?;
-        let db_path = dir.join(DB_FILE);
-        let db = sqlite::open(&db_path, &MIGRATIONS, true, "run `sonotap hub init` first")?;
-        db.execute(
-            "INSERT INTO issuer_keys (key_id, public_key, created_at) VALUES (?1, ?2, ?3)",
-            params![
-                key_id,
-                issuer.public().to_bytes().as_slice(),
-                sqlite::int(now)
-            ],
-        )
-        .map_err(|e| StoreError::from_sqlite(&db_path, e))?;
+        let mut backend = sqlite::SqliteHub::open(dir, true)?;
+        backend.add_issuer_key(key_id, &issuer.public().to_bytes(), now)?;
         // The secret last: its presence marks a complete hub.
         issuer.public().write(&dir.join(ISSUER_PUB_FILE))?;
         issuer.write_new(&key_path)?;
         Ok(Self {
             issuer,
-            db,
-            db_path,
+            backend: Box::new(backend),
         })
     }
 
-    /// Opens an existing hub directory.
+    /// Opens an existing hub directory with its SQLite database.
     pub fn open(dir: &Path) -> Result<Self, HubError> {
         let issuer = SecretKey::read(&dir.join(ISSUER_KEY_FILE), Role::Issuer)?;
-        let db_path = dir.join(DB_FILE);
-        let db = sqlite::open(&db_path, &MIGRATIONS, false, "run `sonotap hub init` first")?;
+        let backend = sqlite::SqliteHub::open(dir, false)?;
         Ok(Self {
             issuer,
-            db,
-            db_path,
+            backend: Box::new(backend),
         })
+    }
+
+    /// Opens a hub directory's key with the state in another backend.
+    pub fn with_backend(
+        dir: &Path,
+        mut backend: Box<dyn HubBackend>,
+        now: u64,
+    ) -> Result<Self, HubError> {
+        let issuer = SecretKey::read(&dir.join(ISSUER_KEY_FILE), Role::Issuer)?;
+        let key_id = issuer.key_id().unwrap_or(1);
+        let public = issuer.public().to_bytes();
+        match backend.issuer_keys()?.iter().find(|(id, _)| *id == key_id) {
+            Some((_, key)) if *key == public => {}
+            Some(_) => {
+                return Err(HubError::Backend(format!(
+                    "{} holds another key under issuer key id {key_id}",
+                    backend.describe()
+                )));
+            }
+            None => backend.add_issuer_key(key_id, &public, now)?,
+        }
+        Ok(Self { issuer, backend })
+    }
+
+    /// Where the state lives, for logs.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
     }
 
     /// The active issuer public key.
@@ -153,7 +227,7 @@ impl Hub {
 
     /// Signs a credential for `wallet` and logs it.
     pub fn issue(
-        &self,
+        &mut self,
         wallet: &PublicKey,
         request: IssueRequest,
         now: u64,
@@ -177,26 +251,92 @@ impl Hub {
         let credential = terms
             .sign(self.issuer.signing_key())
             .map_err(|e: FormatError| HubError::Terms(e.to_string()))?;
-        self.db
-            .execute(
-                "INSERT OR IGNORE INTO credentials (digest, wallet_id, issuer_key_id, scope, currency,
-                     offline_limit, per_payment_cap, valid_from, valid_until, credential, issued_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    credential.digest().as_slice(),
-                    terms.wallet_id().0.as_slice(),
-                    terms.issuer_key_id,
-                    terms.scope.to_string(),
-                    terms.currency,
-                    terms.offline_limit,
-                    terms.per_payment_cap,
-                    terms.valid_from,
-                    sqlite::int(terms.valid_until()),
-                    credential.encode().as_slice(),
-                    sqlite::int(now),
-                ],
-            )
-            .map_err(|e| StoreError::from_sqlite(&self.db_path, e))?;
+        self.backend.log_credential(&credential, now)?;
         Ok(credential)
+    }
+
+    /// Registers a reader by id and public key.
+    pub fn add_reader(&mut self, id: &str, key: &PublicKey, now: u64) -> Result<bool, HubError> {
+        crate::reader::check_reader_id(id).map_err(HubError::Terms)?;
+        self.backend.add_reader(id, &key.to_bytes(), now)
+    }
+
+    /// The issuer keys readers should trust.
+    pub fn trusted_keys(&mut self) -> Result<TrustedKeys, HubError> {
+        let mut keys = TrustedKeys::default();
+        for (id, bytes) in self.backend.issuer_keys()? {
+            let key = VerifyingKey::from_bytes(&bytes)
+                .map_err(|_| HubError::Backend(format!("issuer key {id} is not a valid key")))?;
+            keys.insert(id, key);
+        }
+        Ok(keys)
+    }
+
+    /// The current key set, signed by the active key.
+    pub fn key_set(&mut self) -> Result<KeySet, HubError> {
+        let keys = self.backend.issuer_keys()?;
+        // The set only grows while no key is retired, so its size is its version.
+        let version = keys.len() as u64;
+        let signer = IssuerSigner(&self.issuer);
+        Ok(KeySet::sign(
+            version,
+            keys,
+            &[(signer.key_id(), self.issuer.signing_key())],
+        )?)
+    }
+
+    /// Checks, stores and acknowledges an encoded batch (upload or import).
+    pub fn receive(&mut self, bytes: &[u8], via: Via, now_ms: u64) -> Result<Receipt, HubError> {
+        let batch = Batch::decode(bytes)?;
+        let reader_key = self
+            .backend
+            .reader_key(&batch.reader_id)?
+            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+            .ok_or_else(|| HubError::UnknownReader {
+                reader: batch.reader_id.clone(),
+            })?;
+        let issuers = self.trusted_keys()?;
+        let checked = verify::check_batch(batch, &reader_key, &issuers)?;
+        let signer = IssuerSigner(&self.issuer);
+        let report = self.backend.ingest(&checked, &signer, via, now_ms / 1000)?;
+        if let IngestStatus::Conflict { seq } = report.status {
+            return Err(HubError::Conflict {
+                reader: checked.batch.reader_id.clone(),
+                seq,
+            });
+        }
+        let ack = Ack::for_batch(
+            &checked.batch,
+            now_ms,
+            signer.key_id(),
+            self.issuer.signing_key(),
+        )?;
+        Ok(Receipt { ack, report })
+    }
+
+    /// An operator denies (or allows again) a wallet.
+    pub fn set_deny(
+        &mut self,
+        action: DenyAction,
+        wallet: WalletId,
+        reason: &str,
+        now: u64,
+    ) -> Result<DenyEntry, HubError> {
+        let signer = IssuerSigner(&self.issuer);
+        self.backend.set_deny(&signer, action, wallet, reason, now)
+    }
+
+    /// The newest deny-list version and the encoded entries after `since`.
+    pub fn deny_entries(
+        &mut self,
+        since: u64,
+        limit: u32,
+    ) -> Result<(u64, Vec<Vec<u8>>), HubError> {
+        self.backend.deny_entries(since, limit)
+    }
+
+    /// Totals, flags and incidents.
+    pub fn report(&mut self) -> Result<Report, HubError> {
+        self.backend.report()
     }
 }

@@ -7,6 +7,7 @@
 //! before the record is on disk.
 
 pub mod sqlite;
+mod sync;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use crate::record::{GENESIS_HASH, Record, RecordBody, RecordKind};
 use crate::token::WalletId;
 
 pub use sqlite::StoreError;
+pub use sync::{Pruned, SyncState};
 
 /// Schema versions of the reader database, oldest first. Append only.
 static MIGRATIONS: [M<'static>; 1] = [M::up(
@@ -321,15 +323,27 @@ impl ReaderDb {
         unsynced_only: bool,
         mut visit: impl FnMut(Record) -> Result<(), E>,
     ) -> Result<(), E> {
-        let sql = if unsynced_only {
-            "SELECT seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature, synced_at
-             FROM records WHERE synced_at IS NULL ORDER BY seq"
+        let clause = if unsynced_only {
+            "WHERE synced_at IS NULL ORDER BY seq"
         } else {
-            "SELECT seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature, synced_at
-             FROM records ORDER BY seq"
+            "ORDER BY seq"
         };
-        let mut stmt = self.conn.prepare(sql).map_err(self.err())?;
-        let mut rows = stmt.query([]).map_err(self.err())?;
+        self.records_where(clause, [], &mut visit)
+    }
+
+    /// Streams the records selected by `clause` (after `FROM records`).
+    fn records_where<E: From<StoreError>>(
+        &self,
+        clause: &str,
+        params: impl rusqlite::Params,
+        visit: &mut impl FnMut(Record) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let sql = format!(
+            "SELECT seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature, synced_at
+             FROM records {clause}"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
+        let mut rows = stmt.query(params).map_err(self.err())?;
         while let Some(r) = rows.next().map_err(self.err())? {
             let raw = (|| {
                 Ok(RawRecord {

@@ -10,7 +10,7 @@
 //! This module only encodes, decodes, signs and verifies signatures; whether
 //! a token is *acceptable* (keys, time, counters, limits) is `policy`'s job.
 
-mod wire;
+pub(crate) mod wire;
 
 use std::fmt;
 use std::str::FromStr;
@@ -342,8 +342,15 @@ impl Credential {
     /// Checks the issuer signature with `verify_strict` (no weak keys, no
     /// malleable signatures).
     pub fn verify(&self, issuer: &VerifyingKey) -> Result<(), ed25519_dalek::SignatureError> {
-        let message = signed_message(CREDENTIAL_DOMAIN, &self.terms.encode_signed_part());
-        issuer.verify_strict(&message, &Signature::from_bytes(&self.issuer_signature))
+        issuer.verify_strict(
+            &self.signed_message(),
+            &Signature::from_bytes(&self.issuer_signature),
+        )
+    }
+
+    /// The exact message the issuer signed (for batch verification at the hub).
+    pub fn signed_message(&self) -> Vec<u8> {
+        signed_message(CREDENTIAL_DOMAIN, &self.terms.encode_signed_part())
     }
 }
 
@@ -471,8 +478,15 @@ impl Token {
     /// with `verify_strict`. Does not check the credential's own signature.
     pub fn verify_payment(&self) -> Result<(), ed25519_dalek::SignatureError> {
         let wallet = VerifyingKey::from_bytes(&self.credential.terms.wallet_key)?;
-        let message = signed_message(PAYMENT_DOMAIN, &self.encode()[..PAYMENT_SIGNED_LEN]);
-        wallet.verify_strict(&message, &Signature::from_bytes(&self.wallet_signature))
+        wallet.verify_strict(
+            &self.payment_message(),
+            &Signature::from_bytes(&self.wallet_signature),
+        )
+    }
+
+    /// The exact message the wallet signed (for batch verification at the hub).
+    pub fn payment_message(&self) -> Vec<u8> {
+        signed_message(PAYMENT_DOMAIN, &self.encode()[..PAYMENT_SIGNED_LEN])
     }
 
     /// The wallet that made this token.

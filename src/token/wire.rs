@@ -36,6 +36,26 @@ impl<'a> Cursor<'a> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
+    pub(crate) fn u64(&mut self) -> Result<u64, Truncated> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// The next `n` bytes.
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
+        if n > self.buf.len() {
+            return Err(Truncated);
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// A one-byte length followed by that many bytes.
+    pub(crate) fn short_bytes(&mut self) -> Result<&'a [u8], Truncated> {
+        let n = self.u8()?;
+        self.take(usize::from(n))
+    }
+
     /// Bytes not consumed yet; a canonical parser requires zero.
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len()

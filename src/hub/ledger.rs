@@ -1,0 +1,397 @@
+//! Ingesting a checked batch, written once for every database backend.
+//!
+//! A backend provides a [`Ledger`]: primitive reads and writes inside one
+//! database transaction. [`ingest`] decides (idempotency, chain links,
+//! deduplication, clearing rules, deny entries) and the backend commits,
+//! so a batch is stored whole or not at all, and the acknowledgement is
+//! only signed after the commit.
+
+use serde::Serialize;
+
+use super::HubError;
+use super::clearing::{self, Context, Finding, Payment};
+use super::verify::{CheckedBatch, CheckedRecord};
+use crate::record::RecordKind;
+use crate::sync::wire::{DenyAction, DenyEntry, Totals};
+use crate::token::WalletId;
+
+/// How a batch reached the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// Uploaded over HTTP(S).
+    Network,
+    /// Imported from a batch file.
+    Import,
+}
+
+impl Via {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Network => "network",
+            Via::Import => "import",
+        }
+    }
+}
+
+/// A stored record's chain fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// The hash it names as its predecessor's.
+    pub prev_hash: [u8; 32],
+    /// Its own hash.
+    pub hash: [u8; 32],
+}
+
+/// What the hub noticed about a reader's records that is not wallet fraud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKind {
+    /// A record at a stored sequence number with other contents was offered.
+    Edited,
+    /// A record does not name its stored predecessor's hash.
+    Unchained,
+    /// The reader accepted a token whose signatures do not verify.
+    InvalidToken,
+    /// The same token was charged again (at another reader, or twice).
+    DuplicateToken,
+    /// A void names no charge of that token at that reader.
+    VoidWithoutCharge,
+}
+
+impl IncidentKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::Edited => "edited",
+            IncidentKind::Unchained => "unchained",
+            IncidentKind::InvalidToken => "invalid_token",
+            IncidentKind::DuplicateToken => "duplicate_token",
+            IncidentKind::VoidWithoutCharge => "void_without_charge",
+        }
+    }
+}
+
+/// Signs deny-list entries on the hub's behalf.
+pub trait DenySigner {
+    /// Signs the entry with the given version.
+    fn sign(
+        &self,
+        version: u64,
+        action: DenyAction,
+        wallet: WalletId,
+        at: u64,
+        reason: &str,
+    ) -> Result<DenyEntry, HubError>;
+}
+
+/// Primitive operations inside one backend transaction.
+pub trait Ledger {
+    /// The stored record `(reader, seq)`'s chain fields.
+    fn link(&mut self, reader: &str, seq: u64) -> Result<Option<Link>, HubError>;
+    /// Stores a record (its token and payment facts are stored separately).
+    fn insert_record(
+        &mut self,
+        reader: &str,
+        record: &CheckedRecord,
+        received_at: u64,
+    ) -> Result<(), HubError>;
+    /// Stores the batch's receipt row.
+    fn insert_batch(
+        &mut self,
+        reader: &str,
+        first: u64,
+        last: u64,
+        totals: &Totals,
+        last_hash: &[u8; 32],
+        via: Via,
+        at: u64,
+    ) -> Result<(), HubError>;
+    /// The payment with this token, if seen.
+    fn payment(&mut self, token_hash: &[u8; 32]) -> Result<Option<Payment>, HubError>;
+    /// Payments of `wallet` with `counter`.
+    fn payments_with_counter(
+        &mut self,
+        wallet: WalletId,
+        counter: u32,
+    ) -> Result<Vec<Payment>, HubError>;
+    /// The payments with the nearest lower and higher counters under `credential`.
+    fn neighbours(
+        &mut self,
+        credential: &[u8; 32],
+        counter: u32,
+    ) -> Result<(Option<Payment>, Option<Payment>), HubError>;
+    /// Stores a new payment with its first charge.
+    fn insert_payment(
+        &mut self,
+        payment: &Payment,
+        charged: u32,
+        token: &[u8],
+    ) -> Result<(), HubError>;
+    /// Adjusts a payment's net charge (negative for a void); returns the new net charge.
+    fn adjust_charge(&mut self, token_hash: &[u8; 32], delta: i64) -> Result<i64, HubError>;
+    /// Net charges of every payment under `credential`.
+    fn credential_charged(&mut self, credential: &[u8; 32]) -> Result<u64, HubError>;
+    /// Records a fraud finding against `wallet`.
+    fn insert_flag(
+        &mut self,
+        wallet: WalletId,
+        finding: &Finding,
+        evidence: &str,
+        at: u64,
+    ) -> Result<(), HubError>;
+    /// Records an incident.
+    fn insert_incident(
+        &mut self,
+        reader: &str,
+        seq: u64,
+        kind: IncidentKind,
+        detail: &str,
+        at: u64,
+    ) -> Result<(), HubError>;
+    /// The newest deny-list version (0 when empty).
+    fn deny_version(&mut self) -> Result<u64, HubError>;
+    /// Whether the wallet's latest deny-list entry denies it.
+    fn is_denied(&mut self, wallet: WalletId) -> Result<bool, HubError>;
+    /// Appends a signed deny-list entry.
+    fn insert_deny(&mut self, entry: &DenyEntry, evidence: &str) -> Result<(), HubError>;
+}
+
+/// What happened to an uploaded or imported batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IngestReport {
+    /// `stored` (new records), `duplicate` (all seen before), or `conflict`.
+    pub status: IngestStatus,
+    /// Records stored now.
+    pub new_records: u32,
+    /// Records that were already stored, identically.
+    pub already_stored: u32,
+    /// Wallets newly flagged and denied.
+    pub flagged: Vec<String>,
+    /// Incidents noted (chain breaks, duplicates, invalid tokens).
+    pub incidents: u32,
+}
+
+/// The outcome class of an ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestStatus {
+    /// At least one record was new.
+    Stored,
+    /// Every record was already stored identically: a retry.
+    Duplicate,
+    /// A record differs from the stored one at its sequence number; nothing
+    /// was stored but the incident.
+    Conflict {
+        /// The first differing sequence number.
+        seq: u64,
+    },
+}
+
+/// Stores a checked batch: idempotently, with the clearing rules applied.
+pub fn ingest(
+    ledger: &mut dyn Ledger,
+    checked: &CheckedBatch,
+    signer: &dyn DenySigner,
+    via: Via,
+    now: u64,
+) -> Result<IngestReport, HubError> {
+    let batch = &checked.batch;
+    let reader = batch.reader_id.as_str();
+    let mut report = IngestReport {
+        status: IngestStatus::Stored,
+        new_records: 0,
+        already_stored: 0,
+        flagged: Vec::new(),
+        incidents: 0,
+    };
+
+    // Idempotency: a record already stored must be byte-identical (same hash).
+    let mut fresh = Vec::with_capacity(checked.records.len());
+    for record in &checked.records {
+        match ledger.link(reader, record.seq)? {
+            None => fresh.push(record),
+            Some(link) if link.hash == record.hash => report.already_stored += 1,
+            Some(_) => {
+                let detail = format!(
+                    "record {} offered with contents that differ from the stored record",
+                    record.seq
+                );
+                ledger.insert_incident(reader, record.seq, IncidentKind::Edited, &detail, now)?;
+                report.status = IngestStatus::Conflict { seq: record.seq };
+                report.incidents = 1;
+                return Ok(report);
+            }
+        }
+    }
+    if fresh.is_empty() {
+        report.status = IngestStatus::Duplicate;
+        return Ok(report);
+    }
+
+    // Links to stored neighbours outside the batch (inside, they chain by construction).
+    if batch.first_seq > 1
+        && let Some(before) = ledger.link(reader, batch.first_seq - 1)?
+        && before.hash != batch.prev_hash
+    {
+        let detail = format!(
+            "record {} does not name the stored record {}'s hash",
+            batch.first_seq,
+            batch.first_seq - 1
+        );
+        ledger.insert_incident(
+            reader,
+            batch.first_seq,
+            IncidentKind::Unchained,
+            &detail,
+            now,
+        )?;
+        report.incidents += 1;
+    }
+    let last_hash = checked.records.last().map_or(batch.prev_hash, |r| r.hash);
+    if let Some(after) = ledger.link(reader, batch.last_seq() + 1)?
+        && after.prev_hash != last_hash
+    {
+        let detail = format!(
+            "stored record {} does not name record {}'s hash",
+            batch.last_seq() + 1,
+            batch.last_seq()
+        );
+        ledger.insert_incident(
+            reader,
+            batch.last_seq() + 1,
+            IncidentKind::Unchained,
+            &detail,
+            now,
+        )?;
+        report.incidents += 1;
+    }
+
+    for record in fresh {
+        ledger.insert_record(reader, record, now)?;
+        report.new_records += 1;
+        let (payment, offline_limit) = match &record.payment {
+            Ok(p) => p,
+            Err(why) => {
+                let detail =
+                    format!("the reader accepted a token that fails the hub's checks: {why}");
+                ledger.insert_incident(
+                    reader,
+                    record.seq,
+                    IncidentKind::InvalidToken,
+                    &detail,
+                    now,
+                )?;
+                report.incidents += 1;
+                continue;
+            }
+        };
+        match record.kind {
+            RecordKind::Charge => {
+                if let Some(first) = ledger.payment(&record.token_hash)? {
+                    let detail = format!(
+                        "token already charged at {} #{}; counted once",
+                        first.reader, first.seq
+                    );
+                    ledger.insert_incident(
+                        reader,
+                        record.seq,
+                        IncidentKind::DuplicateToken,
+                        &detail,
+                        now,
+                    )?;
+                    report.incidents += 1;
+                    continue;
+                }
+                let same_counter = ledger.payments_with_counter(payment.wallet, payment.counter)?;
+                let (before, after) = ledger.neighbours(&payment.credential, payment.counter)?;
+                ledger.insert_payment(payment, record.amount, &record.token)?;
+                let ctx = Context {
+                    same_counter: &same_counter,
+                    before: before.as_ref(),
+                    after: after.as_ref(),
+                    credential_charged: ledger.credential_charged(&payment.credential)?,
+                    offline_limit: *offline_limit,
+                };
+                let findings = clearing::check(payment, &ctx);
+                if !findings.is_empty() && flag(ledger, signer, payment.wallet, &findings, now)? {
+                    report.flagged.push(hex::encode(payment.wallet.0));
+                }
+            }
+            RecordKind::Void => {
+                let charged_here = ledger
+                    .payment(&record.token_hash)?
+                    .is_some_and(|p| p.reader == reader && p.seq < record.seq);
+                if charged_here {
+                    ledger.adjust_charge(&record.token_hash, -i64::from(record.amount))?;
+                } else {
+                    let detail = "void of a token this reader did not charge before; ignored";
+                    ledger.insert_incident(
+                        reader,
+                        record.seq,
+                        IncidentKind::VoidWithoutCharge,
+                        detail,
+                        now,
+                    )?;
+                    report.incidents += 1;
+                }
+            }
+        }
+    }
+    ledger.insert_batch(
+        reader,
+        batch.first_seq,
+        batch.last_seq(),
+        &batch.totals(),
+        &last_hash,
+        via,
+        now,
+    )?;
+    Ok(report)
+}
+
+/// Stores the findings and, if the wallet is not denied yet, appends a
+/// signed deny entry. Returns whether the wallet was newly denied.
+fn flag(
+    ledger: &mut dyn Ledger,
+    signer: &dyn DenySigner,
+    wallet: WalletId,
+    findings: &[Finding],
+    now: u64,
+) -> Result<bool, HubError> {
+    let evidence = serde_json::to_string(findings).unwrap_or_default();
+    for finding in findings {
+        ledger.insert_flag(wallet, finding, &evidence, now)?;
+    }
+    if ledger.is_denied(wallet)? {
+        return Ok(false);
+    }
+    let reason = findings.first().map_or("fraud", |f| f.rule.as_str());
+    set_deny(
+        ledger,
+        signer,
+        DenyAction::Deny,
+        wallet,
+        reason,
+        &evidence,
+        now,
+    )?;
+    Ok(true)
+}
+
+/// Appends a signed deny-list entry (for clearing and for operators).
+pub fn set_deny(
+    ledger: &mut dyn Ledger,
+    signer: &dyn DenySigner,
+    action: DenyAction,
+    wallet: WalletId,
+    reason: &str,
+    evidence: &str,
+    now: u64,
+) -> Result<DenyEntry, HubError> {
+    let version = ledger.deny_version()? + 1;
+    let entry = signer.sign(version, action, wallet, now, reason)?;
+    ledger.insert_deny(&entry, evidence)?;
+    Ok(entry)
+}

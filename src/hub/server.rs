@@ -1,0 +1,318 @@
+//! `sonotap hub serve`: the hub's HTTP API (documented in `docs/sync.md`).
+//!
+//! A thin axum layer over [`Hub`]: every request becomes one call into the
+//! hub on a blocking thread (SQLite and signature checks are synchronous),
+//! under one lock, so batches are stored one at a time in arrival order.
+//! TLS (rustls) is required on any address but loopback.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::ledger::{IngestStatus, Via};
+use super::{Hub, HubError};
+
+/// Largest accepted request body: a full batch is about 2.8 MB.
+pub const MAX_BODY: usize = 4 << 20;
+/// Most deny-list entries per response; readers ask again for the rest.
+pub const DENY_PAGE: u32 = 1000;
+
+/// Where and how to listen.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to bind (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key; required unless `listen` is loopback.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Plain HTTP was asked for on a non-loopback address.
+    #[error(
+        "refusing plain HTTP on {0}: give --tls-cert and --tls-key, or listen on 127.0.0.1 / ::1"
+    )]
+    PlainOffLoopback(SocketAddr),
+    /// The certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Binding or serving failed.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+type Shared = Arc<Mutex<Hub>>;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An error answer: a stable code, a message, and the HTTP status.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.1, "message": self.2 });
+        (self.0, axum::Json(body)).into_response()
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        let (status, code) = match &e {
+            HubError::Wire(_) => (StatusCode::BAD_REQUEST, "malformed"),
+            HubError::UnknownReader { .. } => (StatusCode::FORBIDDEN, "unknown_reader"),
+            HubError::Refused(_) => (StatusCode::FORBIDDEN, "bad_signature"),
+            HubError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "hub_unavailable"),
+        };
+        ApiError(status, code, e.to_string())
+    }
+}
+
+async fn with_hub<T: Send + 'static>(
+    hub: Shared,
+    f: impl FnOnce(&mut Hub) -> Result<T, HubError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let mut guard = hub
+            .lock()
+            .map_err(|_| HubError::Backend("an earlier request panicked".into()))?;
+        f(&mut guard)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(ApiError::from)
+}
+
+/// Answer to `POST /v1/batches`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UploadAnswer {
+    /// `stored` or `duplicate`.
+    pub status: String,
+    /// The signed acknowledgement, hex.
+    pub ack: String,
+    /// Records stored by this upload.
+    pub new_records: u32,
+    /// Records that were already stored.
+    pub already_stored: u32,
+    /// Wallets flagged by this upload (hex ids).
+    pub flagged: Vec<String>,
+}
+
+async fn upload(
+    State(hub): State<Shared>,
+    body: Bytes,
+) -> Result<axum::Json<UploadAnswer>, ApiError> {
+    let receipt = with_hub(hub, move |hub| hub.receive(&body, Via::Network, now_ms())).await?;
+    let ack = receipt
+        .ack
+        .encode()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let status = match receipt.report.status {
+        IngestStatus::Duplicate => "duplicate",
+        _ => "stored",
+    };
+    Ok(axum::Json(UploadAnswer {
+        status: status.into(),
+        ack: hex::encode(ack),
+        new_records: receipt.report.new_records,
+        already_stored: receipt.report.already_stored,
+        flagged: receipt.report.flagged,
+    }))
+}
+
+/// Query of `GET /v1/deny`.
+#[derive(Debug, Deserialize)]
+struct Since {
+    #[serde(default)]
+    since: u64,
+}
+
+/// Answer to `GET /v1/deny`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DenyAnswer {
+    /// The newest version at the hub.
+    pub version: u64,
+    /// Signed entries after `since`, hex, in version order.
+    pub entries: Vec<String>,
+    /// Whether more entries follow this page.
+    pub more: bool,
+}
+
+async fn deny(
+    State(hub): State<Shared>,
+    Query(q): Query<Since>,
+) -> Result<axum::Json<DenyAnswer>, ApiError> {
+    let (version, entries) = with_hub(hub, move |hub| hub.deny_entries(q.since, DENY_PAGE)).await?;
+    let more = q.since + (entries.len() as u64) < version;
+    Ok(axum::Json(DenyAnswer {
+        version,
+        entries: entries.into_iter().map(hex::encode).collect(),
+        more,
+    }))
+}
+
+/// Answer to `GET /v1/keys`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeysAnswer {
+    /// Key-set version.
+    pub version: u64,
+    /// The signed key set, hex.
+    pub key_set: String,
+}
+
+async fn keys(State(hub): State<Shared>) -> Result<axum::Json<KeysAnswer>, ApiError> {
+    let set = with_hub(hub, |hub| hub.key_set()).await?;
+    let bytes = set
+        .encode()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(axum::Json(KeysAnswer {
+        version: set.version,
+        key_set: hex::encode(bytes),
+    }))
+}
+
+/// Answer to `GET /v1/time`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TimeAnswer {
+    /// Hub time, Unix milliseconds.
+    pub unix_ms: u64,
+}
+
+async fn time() -> axum::Json<TimeAnswer> {
+    axum::Json(TimeAnswer { unix_ms: now_ms() })
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see docs/sync.md".into(),
+    )
+}
+
+/// The API routes over a hub.
+pub fn router(hub: Hub) -> Router {
+    let shared: Shared = Arc::new(Mutex::new(hub));
+    Router::new()
+        .route("/v1/batches", post(upload))
+        .route("/v1/deny", get(deny))
+        .route("/v1/keys", get(keys))
+        .route("/v1/time", get(time))
+        .route(
+            "/v1/health",
+            get(|| async { axum::Json(json!({ "ok": true })) }),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect())
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "{}: no certificate",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", key.display())))?;
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Binds and returns the bound address and the server future, which runs
+/// until `shutdown` completes.
+pub async fn bind(
+    hub: Hub,
+    options: &ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, impl Future<Output = Result<(), ServeError>>), ServeError> {
+    let acceptor = match &options.tls {
+        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        None if options.listen.ip().is_loopback() => None,
+        None => return Err(ServeError::PlainOffLoopback(options.listen)),
+    };
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| ServeError::Io(format!("bind {}", options.listen), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Io("local address".into(), e))?;
+    let app = router(hub);
+    let fut = async move {
+        match acceptor {
+            None => axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|e| ServeError::Io("serve".into(), e)),
+            Some(acceptor) => serve_tls(listener, acceptor, app, shutdown).await,
+        }
+    };
+    Ok((addr, fut))
+}
+
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing_warn(&format!("accept: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+            else {
+                return; // a failed handshake concerns only that client
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+fn tracing_warn(message: &str) {
+    eprintln!("sonotap hub: {message}");
+}

@@ -1,0 +1,795 @@
+//! The sync formats: reader batches, hub acknowledgements, deny-list entries
+//! and issuer key sets.
+//!
+//! Each is a canonical binary encoding (fixed-width big-endian fields, short
+//! byte strings with a one-byte length, nothing after the last field) that
+//! starts with its own domain tag and ends with the signature over
+//! everything before it, so a message of one kind can never be taken for
+//! another. `docs/sync.md` documents the layouts byte by byte.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use thiserror::Error;
+
+use crate::policy::TrustedKeys;
+use crate::record::{RecordBody, RecordKind};
+use crate::token::WalletId;
+use crate::token::wire::{Cursor, Truncated};
+
+/// First bytes of a batch, and of what its reader signs.
+pub const BATCH_DOMAIN: &[u8] = b"sonotap/v1/batch\0";
+/// First bytes of a hub acknowledgement.
+pub const ACK_DOMAIN: &[u8] = b"sonotap/v1/ack\0";
+/// First bytes of a deny-list entry.
+pub const DENY_DOMAIN: &[u8] = b"sonotap/v1/deny\0";
+/// First bytes of an issuer key set.
+pub const KEYSET_DOMAIN: &[u8] = b"sonotap/v1/keyset\0";
+/// The most records one batch may carry (about 2.8 MB of 199-byte tokens).
+pub const MAX_BATCH_RECORDS: usize = 10_000;
+
+/// Why bytes are not a valid sync message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WireError {
+    /// The bytes end before the layout does.
+    #[error("{what} is truncated")]
+    Truncated {
+        /// The message kind.
+        what: &'static str,
+    },
+    /// Bytes after the last field.
+    #[error("{what} has {extra} trailing bytes")]
+    Trailing {
+        /// The message kind.
+        what: &'static str,
+        /// How many.
+        extra: usize,
+    },
+    /// The bytes do not start with the kind's domain tag.
+    #[error("not a {what} (wrong domain tag)")]
+    Domain {
+        /// The message kind expected.
+        what: &'static str,
+    },
+    /// A field is out of range or the message contradicts itself.
+    #[error("invalid {what}: {detail}")]
+    Invalid {
+        /// The message kind.
+        what: &'static str,
+        /// Which field and why.
+        detail: String,
+    },
+    /// The signature does not verify under the named key.
+    #[error("{what}: bad signature")]
+    BadSignature {
+        /// The message kind.
+        what: &'static str,
+    },
+    /// Signed by an issuer key this side does not trust.
+    #[error("{what} is signed by issuer key {key_id}, which is not trusted here")]
+    UnknownKey {
+        /// The message kind.
+        what: &'static str,
+        /// The key id named.
+        key_id: u8,
+    },
+}
+
+fn truncated(what: &'static str) -> impl Fn(Truncated) -> WireError {
+    move |_| WireError::Truncated { what }
+}
+
+fn invalid(what: &'static str, detail: impl Into<String>) -> WireError {
+    WireError::Invalid {
+        what,
+        detail: detail.into(),
+    }
+}
+
+fn expect_domain(c: &mut Cursor<'_>, domain: &[u8], what: &'static str) -> Result<(), WireError> {
+    match c.take(domain.len()) {
+        Ok(tag) if tag == domain => Ok(()),
+        _ => Err(WireError::Domain { what }),
+    }
+}
+
+fn expect_end(c: &Cursor<'_>, what: &'static str) -> Result<(), WireError> {
+    match c.remaining() {
+        0 => Ok(()),
+        extra => Err(WireError::Trailing { what, extra }),
+    }
+}
+
+fn push_short(out: &mut Vec<u8>, bytes: &[u8], what: &'static str) -> Result<(), WireError> {
+    let len = u8::try_from(bytes.len()).map_err(|_| {
+        invalid(
+            what,
+            format!("a field of {} bytes (at most 255)", bytes.len()),
+        )
+    })?;
+    out.push(len);
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+fn short_string(c: &mut Cursor<'_>, what: &'static str) -> Result<String, WireError> {
+    let bytes = c.short_bytes().map_err(truncated(what))?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| invalid(what, "a text field is not UTF-8"))
+}
+
+/// Count and sums of a run of records: what both ends reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    /// Number of records.
+    pub count: u32,
+    /// Sum of charge amounts, minor units.
+    pub charged: u64,
+    /// Sum of void amounts, minor units.
+    pub voided: u64,
+}
+
+impl Totals {
+    /// Adds one record.
+    pub fn add(&mut self, kind: RecordKind, amount: u32) {
+        self.count = self.count.saturating_add(1);
+        match kind {
+            RecordKind::Charge => self.charged = self.charged.saturating_add(u64::from(amount)),
+            RecordKind::Void => self.voided = self.voided.saturating_add(u64::from(amount)),
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.count.to_be_bytes());
+        out.extend_from_slice(&self.charged.to_be_bytes());
+        out.extend_from_slice(&self.voided.to_be_bytes());
+    }
+
+    fn decode(c: &mut Cursor<'_>, what: &'static str) -> Result<Self, WireError> {
+        let t = truncated(what);
+        Ok(Self {
+            count: c.u32().map_err(&t)?,
+            charged: c.u64().map_err(&t)?,
+            voided: c.u64().map_err(&t)?,
+        })
+    }
+}
+
+/// One record in a batch: the chain fields are implied by its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// Reader time of the decision, Unix seconds.
+    pub at: u64,
+    /// What the record does.
+    pub kind: RecordKind,
+    /// Amount, minor units.
+    pub amount: u32,
+    /// The token exactly as presented.
+    pub token: Vec<u8>,
+    /// The reader's signature over the record body.
+    pub signature: [u8; 64],
+}
+
+/// A reader's signed run of consecutive records: the unit of upload and export.
+///
+/// Its idempotency key is `(reader_id, first_seq, last_seq)`; its content is
+/// pinned by the hash of its last record, which chains over all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The reader that made the records.
+    pub reader_id: String,
+    /// Sequence number of the first record.
+    pub first_seq: u64,
+    /// Hash of the record before the first one ([`crate::record::GENESIS_HASH`] at the start).
+    pub prev_hash: [u8; 32],
+    /// The records, in sequence order.
+    pub records: Vec<BatchRecord>,
+    /// Reader time when the batch was made, Unix seconds.
+    pub created_at: u64,
+    /// The reader's signature over everything above.
+    pub signature: [u8; 64],
+}
+
+/// A record of a batch with its implied sequence number and hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainedRecord<'a> {
+    /// The record body, as the reader signed it.
+    pub body: RecordBody<'a>,
+    /// Hash of the body.
+    pub hash: [u8; 32],
+    /// The reader's signature.
+    pub signature: &'a [u8; 64],
+}
+
+impl Batch {
+    const WHAT: &'static str = "batch";
+
+    /// Builds and signs a batch.
+    pub fn seal(
+        reader_id: &str,
+        first_seq: u64,
+        prev_hash: [u8; 32],
+        records: Vec<BatchRecord>,
+        created_at: u64,
+        reader_key: &SigningKey,
+    ) -> Result<Self, WireError> {
+        let mut batch = Self {
+            reader_id: reader_id.to_owned(),
+            first_seq,
+            prev_hash,
+            records,
+            created_at,
+            signature: [0; 64],
+        };
+        let signed = batch.signed_part()?;
+        batch.signature = reader_key.sign(&signed).to_bytes();
+        Ok(batch)
+    }
+
+    /// Sequence number of the last record.
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq
+            .saturating_add(self.records.len() as u64)
+            .saturating_sub(1)
+    }
+
+    /// Count and sums of the records.
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for r in &self.records {
+            totals.add(r.kind, r.amount);
+        }
+        totals
+    }
+
+    /// The records with their sequence numbers, bodies and hashes, in order.
+    pub fn chained(&self) -> Vec<ChainedRecord<'_>> {
+        let mut prev = self.prev_hash;
+        let mut out = Vec::with_capacity(self.records.len());
+        for (i, r) in self.records.iter().enumerate() {
+            let body = RecordBody {
+                reader_id: &self.reader_id,
+                seq: self.first_seq + i as u64,
+                at: r.at,
+                kind: r.kind,
+                amount: r.amount,
+                token: &r.token,
+                prev_hash: prev,
+            };
+            let hash = body.hash();
+            prev = hash;
+            out.push(ChainedRecord {
+                body,
+                hash,
+                signature: &r.signature,
+            });
+        }
+        out
+    }
+
+    /// Hash of the last record (or `prev_hash` of an empty batch).
+    pub fn last_hash(&self) -> [u8; 32] {
+        self.chained().last().map_or(self.prev_hash, |r| r.hash)
+    }
+
+    fn check(&self) -> Result<(), WireError> {
+        let what = Self::WHAT;
+        if self.reader_id.is_empty() {
+            return Err(invalid(what, "empty reader id"));
+        }
+        if self.records.is_empty() || self.records.len() > MAX_BATCH_RECORDS {
+            return Err(invalid(
+                what,
+                format!(
+                    "{} records (a batch holds 1 to {MAX_BATCH_RECORDS})",
+                    self.records.len()
+                ),
+            ));
+        }
+        if self.first_seq == 0
+            || self
+                .first_seq
+                .checked_add(self.records.len() as u64)
+                .is_none()
+        {
+            return Err(invalid(
+                what,
+                format!("first sequence number {}", self.first_seq),
+            ));
+        }
+        Ok(())
+    }
+
+    fn signed_part(&self) -> Result<Vec<u8>, WireError> {
+        self.check()?;
+        let what = Self::WHAT;
+        let mut out = Vec::with_capacity(128 + self.records.len() * 280);
+        out.extend_from_slice(BATCH_DOMAIN);
+        push_short(&mut out, self.reader_id.as_bytes(), what)?;
+        out.extend_from_slice(&self.first_seq.to_be_bytes());
+        self.totals().encode(&mut out);
+        out.extend_from_slice(&self.prev_hash);
+        for r in &self.records {
+            out.extend_from_slice(&r.at.to_be_bytes());
+            out.push(r.kind.code());
+            out.extend_from_slice(&r.amount.to_be_bytes());
+            push_short(&mut out, &r.token, what)?;
+            out.extend_from_slice(&r.signature);
+        }
+        out.extend_from_slice(&self.created_at.to_be_bytes());
+        Ok(out)
+    }
+
+    /// The canonical encoding, signature last.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = self.signed_part()?;
+        out.extend_from_slice(&self.signature);
+        Ok(out)
+    }
+
+    /// Parses a batch. Checks the layout and that the stated totals match
+    /// the records; [`Batch::verify`] checks the signature.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let what = Self::WHAT;
+        let t = truncated(what);
+        let mut c = Cursor::new(bytes);
+        expect_domain(&mut c, BATCH_DOMAIN, what)?;
+        let reader_id = short_string(&mut c, what)?;
+        let first_seq = c.u64().map_err(&t)?;
+        let stated = Totals::decode(&mut c, what)?;
+        if stated.count as usize > MAX_BATCH_RECORDS {
+            return Err(invalid(
+                what,
+                format!("{} records (at most {MAX_BATCH_RECORDS})", stated.count),
+            ));
+        }
+        let prev_hash = c.array().map_err(&t)?;
+        let mut records = Vec::with_capacity(stated.count as usize);
+        for _ in 0..stated.count {
+            let at = c.u64().map_err(&t)?;
+            let code = c.u8().map_err(&t)?;
+            let kind = RecordKind::from_code(code)
+                .ok_or_else(|| invalid(what, format!("unknown record kind {code}")))?;
+            let amount = c.u32().map_err(&t)?;
+            let token = c.short_bytes().map_err(&t)?.to_vec();
+            let signature = c.array().map_err(&t)?;
+            records.push(BatchRecord {
+                at,
+                kind,
+                amount,
+                token,
+                signature,
+            });
+        }
+        let created_at = c.u64().map_err(&t)?;
+        let signature = c.array().map_err(&t)?;
+        expect_end(&c, what)?;
+        let batch = Self {
+            reader_id,
+            first_seq,
+            prev_hash,
+            records,
+            created_at,
+            signature,
+        };
+        batch.check()?;
+        let actual = batch.totals();
+        if actual != stated {
+            return Err(invalid(
+                what,
+                format!(
+                    "stated totals (count {}, charged {}, voided {}) do not match its records \
+                     (count {}, charged {}, voided {})",
+                    stated.count,
+                    stated.charged,
+                    stated.voided,
+                    actual.count,
+                    actual.charged,
+                    actual.voided
+                ),
+            ));
+        }
+        Ok(batch)
+    }
+
+    /// Checks the reader's signature over the whole batch (`verify_strict`).
+    pub fn verify(&self, reader_key: &VerifyingKey) -> Result<(), WireError> {
+        let signed = self.signed_part()?;
+        reader_key
+            .verify_strict(&signed, &Signature::from_bytes(&self.signature))
+            .map_err(|_| WireError::BadSignature { what: Self::WHAT })
+    }
+}
+
+/// The hub's signed receipt for a batch: the reader may mark these records
+/// synced (and later prune them) only on a receipt that verifies and matches
+/// what it sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The reader whose records these are.
+    pub reader_id: String,
+    /// First sequence number acknowledged.
+    pub first_seq: u64,
+    /// Last sequence number acknowledged.
+    pub last_seq: u64,
+    /// What the hub counted in that range.
+    pub totals: Totals,
+    /// Hash of the last record, as the hub computed it.
+    pub last_hash: [u8; 32],
+    /// Hub time at acknowledgement, Unix milliseconds.
+    pub hub_time_ms: u64,
+    /// The issuer key that signed.
+    pub key_id: u8,
+    /// The issuer's signature over everything above.
+    pub signature: [u8; 64],
+}
+
+impl Ack {
+    const WHAT: &'static str = "acknowledgement";
+
+    /// The receipt for `batch`, signed by the issuer key `key_id`.
+    pub fn for_batch(
+        batch: &Batch,
+        hub_time_ms: u64,
+        key_id: u8,
+        issuer: &SigningKey,
+    ) -> Result<Self, WireError> {
+        let mut ack = Self {
+            reader_id: batch.reader_id.clone(),
+            first_seq: batch.first_seq,
+            last_seq: batch.last_seq(),
+            totals: batch.totals(),
+            last_hash: batch.last_hash(),
+            hub_time_ms,
+            key_id,
+            signature: [0; 64],
+        };
+        ack.signature = issuer.sign(&ack.signed_part()?).to_bytes();
+        Ok(ack)
+    }
+
+    fn signed_part(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(ACK_DOMAIN);
+        push_short(&mut out, self.reader_id.as_bytes(), Self::WHAT)?;
+        out.extend_from_slice(&self.first_seq.to_be_bytes());
+        out.extend_from_slice(&self.last_seq.to_be_bytes());
+        self.totals.encode(&mut out);
+        out.extend_from_slice(&self.last_hash);
+        out.extend_from_slice(&self.hub_time_ms.to_be_bytes());
+        out.push(self.key_id);
+        Ok(out)
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = self.signed_part()?;
+        out.extend_from_slice(&self.signature);
+        Ok(out)
+    }
+
+    /// Parses a receipt; [`Ack::verify`] checks it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let what = Self::WHAT;
+        let t = truncated(what);
+        let mut c = Cursor::new(bytes);
+        expect_domain(&mut c, ACK_DOMAIN, what)?;
+        let ack = Self {
+            reader_id: short_string(&mut c, what)?,
+            first_seq: c.u64().map_err(&t)?,
+            last_seq: c.u64().map_err(&t)?,
+            totals: Totals::decode(&mut c, what)?,
+            last_hash: c.array().map_err(&t)?,
+            hub_time_ms: c.u64().map_err(&t)?,
+            key_id: c.u8().map_err(&t)?,
+            signature: c.array().map_err(&t)?,
+        };
+        expect_end(&c, what)?;
+        Ok(ack)
+    }
+
+    /// Checks the issuer's signature and that the receipt is for exactly
+    /// `batch` (same reader, range, totals and last hash).
+    pub fn verify(&self, batch: &Batch, issuers: &TrustedKeys) -> Result<(), WireError> {
+        let what = Self::WHAT;
+        let key = issuers.get(self.key_id).ok_or(WireError::UnknownKey {
+            what,
+            key_id: self.key_id,
+        })?;
+        key.verify_strict(
+            &self.signed_part()?,
+            &Signature::from_bytes(&self.signature),
+        )
+        .map_err(|_| WireError::BadSignature { what })?;
+        let expected = (
+            batch.reader_id.as_str(),
+            batch.first_seq,
+            batch.last_seq(),
+            batch.totals(),
+            batch.last_hash(),
+        );
+        let got = (
+            self.reader_id.as_str(),
+            self.first_seq,
+            self.last_seq,
+            self.totals,
+            self.last_hash,
+        );
+        if expected != got {
+            return Err(invalid(
+                what,
+                format!(
+                    "it acknowledges {} records {}..={} (count {}, charged {}), \
+                     not the batch sent ({} records {}..={}, count {}, charged {})",
+                    got.0,
+                    got.1,
+                    got.2,
+                    got.3.count,
+                    got.3.charged,
+                    expected.0,
+                    expected.1,
+                    expected.2,
+                    expected.3.count,
+                    expected.3.charged
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a deny-list entry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyAction {
+    /// Decline the wallet from now on.
+    Deny,
+    /// Lift an earlier denial.
+    Allow,
+}
+
+impl DenyAction {
+    fn code(self) -> u8 {
+        match self {
+            DenyAction::Deny => 1,
+            DenyAction::Allow => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(DenyAction::Deny),
+            2 => Some(DenyAction::Allow),
+            _ => None,
+        }
+    }
+}
+
+/// One versioned, issuer-signed change to the deny list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyEntry {
+    /// Position in the hub's deny-list history, from 1.
+    pub version: u64,
+    /// Deny or allow.
+    pub action: DenyAction,
+    /// The wallet.
+    pub wallet: WalletId,
+    /// Hub time of the change, Unix seconds.
+    pub at: u64,
+    /// Why (a reason code such as `counter_reused`, or an operator's note).
+    pub reason: String,
+    /// The issuer key that signed.
+    pub key_id: u8,
+    /// The issuer's signature over everything above.
+    pub signature: [u8; 64],
+}
+
+impl DenyEntry {
+    const WHAT: &'static str = "deny-list entry";
+
+    /// Makes and signs an entry.
+    pub fn sign(
+        version: u64,
+        action: DenyAction,
+        wallet: WalletId,
+        at: u64,
+        reason: &str,
+        key_id: u8,
+        issuer: &SigningKey,
+    ) -> Result<Self, WireError> {
+        let mut entry = Self {
+            version,
+            action,
+            wallet,
+            at,
+            reason: reason.to_owned(),
+            key_id,
+            signature: [0; 64],
+        };
+        entry.signature = issuer.sign(&entry.signed_part()?).to_bytes();
+        Ok(entry)
+    }
+
+    fn signed_part(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = Vec::with_capacity(64 + self.reason.len());
+        out.extend_from_slice(DENY_DOMAIN);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.push(self.action.code());
+        out.extend_from_slice(&self.wallet.0);
+        out.extend_from_slice(&self.at.to_be_bytes());
+        push_short(&mut out, self.reason.as_bytes(), Self::WHAT)?;
+        out.push(self.key_id);
+        Ok(out)
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = self.signed_part()?;
+        out.extend_from_slice(&self.signature);
+        Ok(out)
+    }
+
+    /// Parses an entry; [`DenyEntry::verify`] checks it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let what = Self::WHAT;
+        let t = truncated(what);
+        let mut c = Cursor::new(bytes);
+        expect_domain(&mut c, DENY_DOMAIN, what)?;
+        let version = c.u64().map_err(&t)?;
+        let code = c.u8().map_err(&t)?;
+        let action = DenyAction::from_code(code)
+            .ok_or_else(|| invalid(what, format!("action code {code}")))?;
+        let entry = Self {
+            version,
+            action,
+            wallet: WalletId(c.array().map_err(&t)?),
+            at: c.u64().map_err(&t)?,
+            reason: short_string(&mut c, what)?,
+            key_id: c.u8().map_err(&t)?,
+            signature: c.array().map_err(&t)?,
+        };
+        expect_end(&c, what)?;
+        if entry.version == 0 {
+            return Err(invalid(what, "version 0 (versions start at 1)"));
+        }
+        Ok(entry)
+    }
+
+    /// Checks the issuer's signature.
+    pub fn verify(&self, issuers: &TrustedKeys) -> Result<(), WireError> {
+        let what = Self::WHAT;
+        let key = issuers.get(self.key_id).ok_or(WireError::UnknownKey {
+            what,
+            key_id: self.key_id,
+        })?;
+        key.verify_strict(
+            &self.signed_part()?,
+            &Signature::from_bytes(&self.signature),
+        )
+        .map_err(|_| WireError::BadSignature { what })
+    }
+}
+
+/// The hub's versioned set of issuer keys, signed by every key in it.
+///
+/// A reader adopts a newer set when at least one signature is by a key it
+/// already trusts, so a key can be rotated in while the old one still signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySet {
+    /// Version, from 1; readers only move forward.
+    pub version: u64,
+    /// `(key id, public key)`, ascending key ids.
+    pub keys: Vec<(u8, [u8; 32])>,
+    /// `(key id, signature)` over the version and keys.
+    pub signatures: Vec<(u8, [u8; 64])>,
+}
+
+impl KeySet {
+    const WHAT: &'static str = "key set";
+
+    /// Makes a key set signed by each of `signers` (`(key id, key)`).
+    pub fn sign(
+        version: u64,
+        keys: Vec<(u8, [u8; 32])>,
+        signers: &[(u8, &SigningKey)],
+    ) -> Result<Self, WireError> {
+        let mut set = Self {
+            version,
+            keys,
+            signatures: Vec::new(),
+        };
+        let message = set.signed_part()?;
+        set.signatures = signers
+            .iter()
+            .map(|(id, key)| (*id, key.sign(&message).to_bytes()))
+            .collect();
+        Ok(set)
+    }
+
+    fn signed_part(&self) -> Result<Vec<u8>, WireError> {
+        let what = Self::WHAT;
+        if self.keys.is_empty() {
+            return Err(invalid(what, "no keys"));
+        }
+        if !self.keys.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err(invalid(what, "key ids not strictly ascending"));
+        }
+        let count = u8::try_from(self.keys.len()).map_err(|_| invalid(what, "over 255 keys"))?;
+        let mut out = Vec::with_capacity(32 + self.keys.len() * 33);
+        out.extend_from_slice(KEYSET_DOMAIN);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.push(count);
+        for (id, key) in &self.keys {
+            out.push(*id);
+            out.extend_from_slice(key);
+        }
+        Ok(out)
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = self.signed_part()?;
+        let count = u8::try_from(self.signatures.len())
+            .map_err(|_| invalid(Self::WHAT, "over 255 signatures"))?;
+        out.push(count);
+        for (id, sig) in &self.signatures {
+            out.push(*id);
+            out.extend_from_slice(sig);
+        }
+        Ok(out)
+    }
+
+    /// Parses a key set; [`KeySet::verify`] checks it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let what = Self::WHAT;
+        let t = truncated(what);
+        let mut c = Cursor::new(bytes);
+        expect_domain(&mut c, KEYSET_DOMAIN, what)?;
+        let version = c.u64().map_err(&t)?;
+        let n = c.u8().map_err(&t)?;
+        let mut keys = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            keys.push((c.u8().map_err(&t)?, c.array().map_err(&t)?));
+        }
+        let m = c.u8().map_err(&t)?;
+        let mut signatures = Vec::with_capacity(usize::from(m));
+        for _ in 0..m {
+            signatures.push((c.u8().map_err(&t)?, c.array().map_err(&t)?));
+        }
+        expect_end(&c, what)?;
+        let set = Self {
+            version,
+            keys,
+            signatures,
+        };
+        set.signed_part()?;
+        Ok(set)
+    }
+
+    /// Checks that a key this side trusts signed the set, and that every key
+    /// in it is a valid, non-weak ed25519 key. Returns the new trusted keys.
+    pub fn verify(&self, trusted: &TrustedKeys) -> Result<TrustedKeys, WireError> {
+        let what = Self::WHAT;
+        let message = self.signed_part()?;
+        let mut next = TrustedKeys::default();
+        for (id, bytes) in &self.keys {
+            let key = VerifyingKey::from_bytes(bytes)
+                .map_err(|_| invalid(what, format!("key {id} is not a valid ed25519 key")))?;
+            if key.is_weak() {
+                return Err(invalid(what, format!("key {id} is a weak key")));
+            }
+            next.insert(*id, key);
+        }
+        let vouched = self.signatures.iter().any(|(id, sig)| {
+            trusted.get(*id).is_some_and(|key| {
+                key.verify_strict(&message, &Signature::from_bytes(sig))
+                    .is_ok()
+            })
+        });
+        if vouched {
+            Ok(next)
+        } else {
+            Err(WireError::BadSignature { what })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
