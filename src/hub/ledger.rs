@@ -73,6 +73,25 @@ impl IncidentKind {
     }
 }
 
+/// The receipt row of a stored batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRow<'a> {
+    /// The reader.
+    pub reader: &'a str,
+    /// First sequence number.
+    pub first: u64,
+    /// Last sequence number.
+    pub last: u64,
+    /// Count and sums.
+    pub totals: Totals,
+    /// Hash of the last record.
+    pub last_hash: [u8; 32],
+    /// Upload or import.
+    pub via: Via,
+    /// Hub time, Unix seconds.
+    pub at: u64,
+}
+
 /// Signs deny-list entries on the hub's behalf.
 pub trait DenySigner {
     /// Signs the entry with the given version.
@@ -98,16 +117,7 @@ pub trait Ledger {
         received_at: u64,
     ) -> Result<(), HubError>;
     /// Stores the batch's receipt row.
-    fn insert_batch(
-        &mut self,
-        reader: &str,
-        first: u64,
-        last: u64,
-        totals: &Totals,
-        last_hash: &[u8; 32],
-        via: Via,
-        at: u64,
-    ) -> Result<(), HubError>;
+    fn insert_batch(&mut self, row: &BatchRow<'_>) -> Result<(), HubError>;
     /// The payment with this token, if seen.
     fn payment(&mut self, token_hash: &[u8; 32]) -> Result<Option<Payment>, HubError>;
     /// Payments of `wallet` with `counter`.
@@ -339,15 +349,15 @@ pub fn ingest(
             }
         }
     }
-    ledger.insert_batch(
+    ledger.insert_batch(&BatchRow {
         reader,
-        batch.first_seq,
-        batch.last_seq(),
-        &batch.totals(),
-        &last_hash,
+        first: batch.first_seq,
+        last: batch.last_seq(),
+        totals: batch.totals(),
+        last_hash,
         via,
-        now,
-    )?;
+        at: now,
+    })?;
     Ok(report)
 }
 

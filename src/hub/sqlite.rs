@@ -9,11 +9,11 @@ use rusqlite_migration::M;
 use super::HubError;
 use super::backend::{FlagRow, HubBackend, IncidentRow, ReaderReport, Report};
 use super::clearing::{Finding, Payment};
-use super::ledger::{self, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via};
+use super::ledger::{self, BatchRow, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via};
 use super::verify::{CheckedBatch, CheckedRecord};
 use crate::store::StoreError;
 use crate::store::sqlite;
-use crate::sync::wire::{DenyAction, DenyEntry, Totals};
+use crate::sync::wire::{DenyAction, DenyEntry};
 use crate::token::{Credential, WalletId};
 
 /// The hub database file in a hub directory.
@@ -144,9 +144,13 @@ struct SqliteLedger<'a> {
     path: &'a Path,
 }
 
-fn payment_row(
-    r: &Row<'_>,
-) -> rusqlite::Result<(Vec<u8>, Vec<u8>, i64, Vec<u8>, i64, i64, String, i64)> {
+/// A `payments` row as SQLite returns it, in [`PAYMENT_COLUMNS`] order.
+type PaymentTuple = (Vec<u8>, Vec<u8>, i64, Vec<u8>, i64, i64, String, i64);
+
+/// A per-reader summary row: id, count, charged, voided, first, last, last received.
+type ReaderTuple = (String, i64, i64, i64, Option<i64>, Option<i64>, Option<i64>);
+
+fn payment_row(r: &Row<'_>) -> rusqlite::Result<PaymentTuple> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -167,10 +171,7 @@ impl SqliteLedger<'_> {
         store_err(self.path)
     }
 
-    fn to_payment(
-        &self,
-        row: (Vec<u8>, Vec<u8>, i64, Vec<u8>, i64, i64, String, i64),
-    ) -> Result<Payment, HubError> {
+    fn to_payment(&self, row: PaymentTuple) -> Result<Payment, HubError> {
         let p = self.path;
         Ok(Payment {
             token_hash: sqlite::blob(p, "token hash", row.0)?,
@@ -250,16 +251,16 @@ impl Ledger for SqliteLedger<'_> {
             .map_err(self.err())
     }
 
-    fn insert_batch(
-        &mut self,
-        reader: &str,
-        first: u64,
-        last: u64,
-        totals: &Totals,
-        last_hash: &[u8; 32],
-        via: Via,
-        at: u64,
-    ) -> Result<(), HubError> {
+    fn insert_batch(&mut self, row: &BatchRow<'_>) -> Result<(), HubError> {
+        let BatchRow {
+            reader,
+            first,
+            last,
+            totals,
+            last_hash,
+            via,
+            at,
+        } = *row;
         self.tx
             .execute(
                 "INSERT OR REPLACE INTO batches (reader_id, first_seq, last_seq, count, charged,
@@ -635,7 +636,7 @@ impl HubBackend for SqliteHub {
         let path = self.path.clone();
         let err = store_err(&path);
         let mut readers = Vec::new();
-        let rows: Vec<(String, i64, i64, i64, Option<i64>, Option<i64>, Option<i64>)> = self
+        let rows: Vec<ReaderTuple> = self
             .conn
             .prepare(
                 "SELECT r.reader_id,
