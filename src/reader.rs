@@ -16,6 +16,7 @@ use thiserror::Error;
 use crate::fsutil;
 use crate::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use crate::policy::{self, Decline, ReaderPolicy, TrustedKeys};
+use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS};
 use crate::store::{Committed, ReaderDb, RecordSigner, StoreError};
 use crate::token::{self, Scope, WalletId};
 
@@ -268,6 +269,45 @@ impl Reader {
         trust_issuer(&self.db, issuer, now)?;
         self.keys = self.db.trusted_keys()?;
         Ok(())
+    }
+
+    /// The reader id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// The database, for the uplink's writes (marking synced, pruning, deny list).
+    pub fn db_mut(&mut self) -> &mut ReaderDb {
+        &mut self.db
+    }
+
+    /// Re-reads the trusted issuer keys after the uplink replaced them.
+    pub fn reload_keys(&mut self) -> Result<(), ReaderError> {
+        self.keys = self.db.trusted_keys()?;
+        Ok(())
+    }
+
+    /// The oldest unsynced records after sequence number `after` (at most
+    /// `limit`) as a batch signed by this reader, or `None` when there are none.
+    pub fn next_batch(&self, after: u64, limit: usize, now: u64) -> Result<Option<Batch>, ReaderError> {
+        let records = self.db.unsynced_run(after, limit.clamp(1, MAX_BATCH_RECORDS))?;
+        let Some(first) = records.first() else {
+            return Ok(None);
+        };
+        let (first_seq, prev_hash) = (first.seq, first.prev_hash);
+        let records = records
+            .into_iter()
+            .map(|r| BatchRecord {
+                at: r.at,
+                kind: r.kind,
+                amount: r.amount,
+                token: r.token,
+                signature: r.signature,
+            })
+            .collect();
+        Batch::seal(&self.config.id, first_seq, prev_hash, records, now, self.key.signing_key())
+            .map(Some)
+            .map_err(|e| StoreError::inconsistent(self.db.path(), e.to_string()).into())
     }
 
     /// The tap path: authenticate, decide, and commit the record before returning.

@@ -7,6 +7,7 @@ mod demo;
 mod modem;
 mod output;
 mod qr;
+mod sync;
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -76,6 +77,32 @@ enum HubCommand {
     },
     /// Issue an offline credential to a wallet
     Issue(IssueArgs),
+    /// Serve the hub's HTTP API: batch upload, deny list, key set, time
+    Serve(sync::ServeArgs),
+    /// Register readers
+    #[command(subcommand)]
+    Reader(sync::HubReaderCommand),
+    /// Deny a wallet at every reader (after each reader's next sync)
+    Deny(sync::DenyArgs),
+    /// Lift a wallet's denial
+    Allow(sync::DenyArgs),
+    /// Per-reader totals, flagged wallets, gaps and incidents
+    Report {
+        /// Hub data directory
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// One JSON document instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a batch file exported on site (same checks as an upload)
+    Import {
+        /// Hub data directory
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The file from `sonotap reader export`
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +215,17 @@ enum ReaderCommand {
         /// Fixed fare charged when no amount is given (default: what the token authorises)
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         fare: Option<u32>,
+    },
+    /// Upload queued records to the hub, fetch its deny list and keys (one round)
+    Sync(sync::SyncArgs),
+    /// Write every unsynced record to a signed batch file, for `hub import`
+    Export {
+        /// Reader data directory
+        #[arg(long, value_name = "R")]
+        data: PathBuf,
+        /// The batch file to write
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Check a token offline; on accept, commit the record before answering
     Accept {
@@ -303,6 +341,12 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        HubCommand::Serve(args) => sync::serve(args),
+        HubCommand::Reader(command) => sync::reader_add(command),
+        HubCommand::Deny(args) => sync::deny(args, crate::sync::wire::DenyAction::Deny),
+        HubCommand::Allow(args) => sync::deny(args, crate::sync::wire::DenyAction::Allow),
+        HubCommand::Report { data, json } => sync::report(&data, json),
+        HubCommand::Import { data, file } => sync::import(&data, &file),
         HubCommand::Issue(args) => {
             let mut hub = Hub::open(&args.data)?;
             let wallet = PublicKey::read(&args.wallet_key, Role::Wallet)?;
@@ -391,6 +435,8 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
 
 fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
     match command {
+        ReaderCommand::Sync(args) => return sync::sync(args),
+        ReaderCommand::Export { data, out } => return sync::export(&data, &out),
         ReaderCommand::Init {
             data,
             id,

@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod clearing;
 pub mod ledger;
+mod open;
 pub mod server;
 pub mod sqlite;
 pub mod verify;
@@ -32,6 +33,8 @@ use crate::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
 use backend::{HubBackend, Report};
 use ledger::{DenySigner, IngestReport, IngestStatus, Via};
 use verify::BatchRefused;
+
+pub use open::open_database;
 
 /// Active issuer secret key.
 pub const ISSUER_KEY_FILE: &str = "issuer.key";

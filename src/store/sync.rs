@@ -43,14 +43,14 @@ pub struct Pruned {
 }
 
 impl ReaderDb {
-    /// The oldest unsynced records, in order, at most `limit`, stopping
-    /// before any gap so that they form one batch.
-    pub fn unsynced_run(&self, limit: usize) -> Result<Vec<Record>, StoreError> {
+    /// The oldest unsynced records after sequence number `after`, in order,
+    /// at most `limit`, stopping before any gap so that they form one batch.
+    pub fn unsynced_run(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         let mut out: Vec<Record> = Vec::new();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.records_where(
-            "WHERE synced_at IS NULL ORDER BY seq LIMIT ?1",
-            [limit],
+            "WHERE synced_at IS NULL AND seq > ?1 ORDER BY seq LIMIT ?2",
+            [sqlite::int(after), limit],
             &mut |record: Record| {
                 if out.last().is_none_or(|prev| prev.seq + 1 == record.seq) {
                     out.push(record);

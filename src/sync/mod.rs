@@ -6,3 +6,6 @@
 //! decisions out over HTTP and SQLite.
 
 pub mod wire;
+pub mod client;
+pub mod plan;
+pub mod export;

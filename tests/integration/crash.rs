@@ -20,7 +20,7 @@ const NOW: u64 = 1_800_000_000;
 #[test]
 fn sigkill_during_accepts_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hub = Hub::init(&dir.path().join("hub"), 1, NOW).expect("hub");
+    let mut hub = Hub::init(&dir.path().join("hub"), 1, NOW).expect("hub");
     let mut wallet = Wallet::create(&dir.path().join("w")).expect("wallet");
     let request = IssueRequest {
         scope: Scope::Transit,

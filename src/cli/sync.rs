@@ -1,0 +1,329 @@
+//! `hub serve|reader add|deny|allow|report|import` and `reader sync|export`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::hub::backend::Report;
+use crate::hub::ledger::{IngestStatus, Via};
+use crate::hub::server::{self, ServeOptions};
+use crate::hub::{Hub, HubError};
+use crate::keys::{PublicKey, Role};
+use crate::reader::Reader;
+use crate::sync::client::{self, HubClient, Progress, SyncOptions};
+use crate::sync::export;
+use crate::sync::wire::DenyAction;
+use crate::token::WalletId;
+
+/// `sonotap hub serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Hub data directory
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Address to listen on (plain HTTP only on loopback; port 0 picks one)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// PEM certificate chain for HTTPS
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// State database: postgres://… (default: DIR/hub.db, SQLite)
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+}
+
+/// `sonotap hub reader …`.
+#[derive(Debug, Subcommand)]
+pub enum HubReaderCommand {
+    /// Register a reader's public key so the hub accepts its batches
+    Add {
+        /// Hub data directory
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Reader id, as in its reader.toml
+        #[arg(long)]
+        id: String,
+        /// The reader's public key file (R/reader.pub)
+        #[arg(long, value_name = "READER.pub")]
+        key: PathBuf,
+    },
+}
+
+/// `sonotap hub deny|allow`.
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    /// Hub data directory
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Wallet id (16 hex digits)
+    #[arg(long, value_name = "ID")]
+    wallet: String,
+    /// Why, for the record
+    #[arg(long, default_value = "operator")]
+    reason: String,
+}
+
+/// `sonotap reader sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Reader data directory
+    #[arg(long, value_name = "R")]
+    data: PathBuf,
+    /// Hub base URL, e.g. https://hub.example:8443 or http://127.0.0.1:8443
+    #[arg(long, value_name = "URL")]
+    hub: String,
+    /// PEM file with the hub's CA certificate (default: public web roots)
+    #[arg(long, value_name = "PEM")]
+    hub_ca: Option<PathBuf>,
+    /// Records per batch
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: u32,
+    /// Keep acknowledged records this long before pruning
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// Timeout for each request to the hub
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Attempts before giving up (with exponential backoff and jitter between)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    attempts: u32,
+}
+
+/// `sonotap hub serve`: runs until SIGINT or SIGTERM.
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let now = super::clock(None)?;
+    let hub = crate::hub::open_database(&args.data, args.database.as_deref(), now)?;
+    let where_ = hub.describe();
+    let options = ServeOptions {
+        listen: args.listen,
+        tls: args.tls_cert.zip(args.tls_key),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        };
+        let (addr, server) = server::bind(hub, &options, shutdown).await?;
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        // The first line is the address (tests and scripts read it).
+        println!("listening on {scheme}://{addr} (state: {where_})");
+        server.await?;
+        println!("hub stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sonotap hub reader add`.
+pub fn reader_add(command: HubReaderCommand) -> Result<ExitCode> {
+    let HubReaderCommand::Add { data, id, key } = command;
+    let key = PublicKey::read(&key, Role::Reader)?;
+    let mut hub = Hub::open(&data)?;
+    let new = hub.add_reader(&id, &key, super::clock(None)?)?;
+    match new {
+        true => println!("reader {id} registered"),
+        false => println!("reader {id} was already registered with this key"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_wallet(text: &str) -> Result<WalletId> {
+    let bytes = hex::decode(text.trim()).ok().and_then(|b| <[u8; 8]>::try_from(b).ok());
+    match bytes {
+        Some(b) => Ok(WalletId(b)),
+        None => bail!("wallet id {text:?} is not 16 hex digits"),
+    }
+}
+
+/// `sonotap hub deny|allow`.
+pub fn deny(args: DenyArgs, action: DenyAction) -> Result<ExitCode> {
+    let wallet = parse_wallet(&args.wallet)?;
+    let mut hub = Hub::open(&args.data)?;
+    let entry = hub.set_deny(action, wallet, &args.reason, super::clock(None)?)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "version": entry.version,
+            "action": entry.action,
+            "wallet": hex::encode(entry.wallet.0),
+            "reason": entry.reason,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sonotap hub report`.
+pub fn report(data: &Path, json: bool) -> Result<ExitCode> {
+    let mut hub = Hub::open(data)?;
+    let report = hub.report()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(report: &Report) {
+    println!("{:<20} {:>9} {:>12} {:>10} {:>7} {:>7}  gaps", "reader", "records", "charged", "voided", "first", "last");
+    for r in &report.readers {
+        let seq = |s: Option<u64>| s.map_or("-".to_owned(), |s| s.to_string());
+        let gaps: Vec<String> = r.gaps.iter().map(|(a, b)| format!("{a}..={b}")).collect();
+        println!(
+            "{:<20} {:>9} {:>12} {:>10} {:>7} {:>7}  {}",
+            r.reader,
+            r.records,
+            r.charged,
+            r.voided,
+            seq(r.first_seq),
+            seq(r.last_seq),
+            if gaps.is_empty() { "none".to_owned() } else { gaps.join(", ") }
+        );
+    }
+    println!("flagged wallets: {}", report.flagged.len());
+    for f in &report.flagged {
+        let state = if f.denied { "denied" } else { "allowed" };
+        println!("  {} {} ({state}): {}", f.wallet, f.rule, f.detail);
+    }
+    println!("incidents: {}", report.incidents.len());
+    for i in &report.incidents {
+        println!("  {} #{} {}: {}", i.reader, i.seq, i.kind, i.detail);
+    }
+    println!("deny-list version: {}", report.deny_version);
+}
+
+/// `sonotap hub import`: the same checks and idempotency as an upload.
+pub fn import(data: &Path, file: &Path) -> Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let batches = export::decode_file(&bytes).with_context(|| format!("{} is not a sonotap batch file", file.display()))?;
+    let mut hub = Hub::open(data)?;
+    let mut failed = false;
+    for (i, batch) in batches.iter().enumerate() {
+        let now_ms = super::clock(None)?.saturating_mul(1000);
+        match hub.receive(batch, Via::Import, now_ms) {
+            Ok(receipt) => {
+                let status = match receipt.report.status {
+                    IngestStatus::Duplicate => "duplicate",
+                    _ => "stored",
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "batch": i + 1,
+                        "reader": receipt.ack.reader_id,
+                        "first_seq": receipt.ack.first_seq,
+                        "last_seq": receipt.ack.last_seq,
+                        "count": receipt.ack.totals.count,
+                        "charged": receipt.ack.totals.charged,
+                        "status": status,
+                        "new_records": receipt.report.new_records,
+                        "flagged": receipt.report.flagged,
+                    })
+                );
+            }
+            Err(e @ (HubError::Wire(_) | HubError::Refused(_) | HubError::UnknownReader { .. } | HubError::Conflict { .. })) => {
+                eprintln!("sonotap: batch {}: refused: {e}", i + 1);
+                failed = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `sonotap reader sync`: one round, retried with backoff.
+pub fn sync(args: SyncArgs) -> Result<ExitCode> {
+    let hub = HubClient::new(&args.hub, args.hub_ca.as_deref(), args.timeout)?;
+    let mut reader = Reader::open(&args.data)?;
+    let options = SyncOptions {
+        batch_size: args.batch_size as usize,
+        retention: args.retention,
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut backoff = crate::sync::plan::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut progress = |p: Progress| {
+            if let Some(bar) = &bar {
+                bar.set_length(p.total);
+                bar.set_position(p.done);
+            }
+        };
+        match client::sync_once(&mut reader, &hub, &options, &mut progress) {
+            Ok(report) => {
+                if let Some(bar) = &bar {
+                    bar.finish_and_clear();
+                }
+                println!("{}", serde_json::to_string(&report)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) if attempt < args.attempts => {
+                let wait = backoff.failed(jitter());
+                eprintln!("sonotap: sync attempt {attempt} failed: {e}; retrying in {} ms", wait.as_millis());
+                std::thread::sleep(wait);
+            }
+            Err(e) => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                eprintln!("sonotap: sync failed after {attempt} attempts: {e}");
+                eprintln!("sonotap: unacknowledged records stay queued; nothing was lost");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+}
+
+fn jitter() -> f64 {
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) => (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
+    }
+}
+
+/// `sonotap reader export`: every unsynced record, as signed batches in one file.
+pub fn export(data: &Path, out: &Path) -> Result<ExitCode> {
+    let reader = Reader::open(data)?;
+    let now = super::clock(None)?;
+    let (batches, totals) = export::build(&reader, now)?;
+    let bytes = export::encode_file(&batches)?;
+    crate::fsutil::replace_atomic(out, &bytes, 0o600).with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "file": out.display().to_string(),
+            "batches": batches.len(),
+            "records": totals.count,
+            "charged": totals.charged,
+            "voided": totals.voided,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,452 @@
+//! The reader's uplink: carries out [`super::plan`]'s steps over HTTP(S) and
+//! the reader database.
+//!
+//! Records are marked synced only on an acknowledgement that the issuer
+//! signed and that names exactly the batch sent (reader, range, count, sums,
+//! last hash); anything else from the hub (a timeout, a 5xx, a lie) leaves
+//! them queued for the next attempt. The uplink opens its own database
+//! connection, so taps on the reader's connection are never blocked for
+//! longer than one short write.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use super::plan::{Outcome, Plan, Step};
+use super::wire::{Ack, DenyEntry, KeySet, WireError};
+use crate::hub::server::{DenyAnswer, KeysAnswer, TimeAnswer, UploadAnswer};
+use crate::reader::{Reader, ReaderError};
+use crate::store::{Pruned, StoreError};
+
+/// Largest answer read from the hub (a page of deny entries is ~100 kB).
+const MAX_ANSWER: u64 = 8 << 20;
+
+/// Why a sync step failed. Every case leaves unacknowledged records queued.
+#[derive(Debug, Error)]
+pub enum SyncError {
+    /// The hub could not be reached or did not answer in time.
+    #[error("hub {url}: {detail}")]
+    Transport {
+        /// The request URL.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The hub answered with an error.
+    #[error("hub {url} answered {status} {code}: {message}")]
+    Refused {
+        /// The request URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The hub's error code (`unknown_reader`, `bad_signature`, `conflict`, ...).
+        code: String,
+        /// The hub's message.
+        message: String,
+    },
+    /// The hub's answer does not parse or does not verify: nothing is applied.
+    #[error("hub {url} sent an answer that cannot be trusted: {detail}")]
+    BadAnswer {
+        /// The request URL.
+        url: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The reader's own state.
+    #[error(transparent)]
+    Reader(#[from] ReaderError),
+    /// The reader database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The CA file for the hub's certificate.
+    #[error("hub CA certificate {path}: {detail}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// An HTTP(S) client for one hub.
+pub struct HubClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl HubClient {
+    /// A client for `base` (e.g. `https://hub.example:8443`), trusting the
+    /// PEM certificates in `ca` (or the public web roots without it), with
+    /// `timeout` for each whole request.
+    pub fn new(base: &str, ca: Option<&Path>, timeout: Duration) -> Result<Self, SyncError> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(path) = ca {
+            let ca_err = |detail: String| SyncError::Ca {
+                path: path.display().to_string(),
+                detail,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| ca_err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_err("no certificate in the file".into()));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
+        }
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            agent,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn answer<T: DeserializeOwned>(
+        url: &str,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, SyncError> {
+        let mut response = result.map_err(|e| SyncError::Transport {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_string()
+            .map_err(|e| SyncError::Transport {
+                url: url.to_owned(),
+                detail: format!("reading the answer: {e}"),
+            })?;
+        if status != 200 {
+            let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+            let field = |k: &str| {
+                parsed
+                    .as_ref()
+                    .and_then(|v| v.get(k))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            return Err(SyncError::Refused {
+                url: url.to_owned(),
+                status,
+                code: field("error").unwrap_or_else(|| "http_error".into()),
+                message: field("message").unwrap_or_else(|| text.chars().take(200).collect()),
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| SyncError::BadAnswer {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// `GET /v1/time`: the hub's clock, and the local time it corresponds to.
+    pub fn time(&self) -> Result<(u64, u64), SyncError> {
+        let url = self.url("/v1/time");
+        let before = now_ms();
+        let answer: TimeAnswer = Self::answer(&url, self.agent.get(&url).call())?;
+        let after = now_ms();
+        Ok((answer.unix_ms, before / 2 + after / 2))
+    }
+
+    /// `POST /v1/batches`.
+    pub fn upload(&self, batch: &[u8]) -> Result<UploadAnswer, SyncError> {
+        let url = self.url("/v1/batches");
+        let request = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .send(batch);
+        Self::answer(&url, request)
+    }
+
+    /// `GET /v1/keys`.
+    pub fn keys(&self) -> Result<KeysAnswer, SyncError> {
+        let url = self.url("/v1/keys");
+        Self::answer(&url, self.agent.get(&url).call())
+    }
+
+    /// `GET /v1/deny?since=V`.
+    pub fn deny(&self, since: u64) -> Result<DenyAnswer, SyncError> {
+        let url = self.url(&format!("/v1/deny?since={since}"));
+        Self::answer(&url, self.agent.get(&url).call())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How the uplink behaves.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Records per batch.
+    pub batch_size: usize,
+    /// How long acknowledged records are kept before pruning.
+    pub retention: Duration,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 2_000,
+            retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SyncReport {
+    /// Batches the hub acknowledged.
+    pub batches: u64,
+    /// Records acknowledged.
+    pub records: u64,
+    /// Of those, records the hub already had (a retried upload).
+    pub already_stored: u64,
+    /// Sum of acknowledged charges.
+    pub charged: u64,
+    /// Hub clock minus reader clock, milliseconds.
+    pub clock_offset_ms: i64,
+    /// Issuer key-set version in use afterwards.
+    pub keyset_version: u64,
+    /// Deny-list version applied afterwards.
+    pub deny_version: u64,
+    /// Deny-list entries applied in this round.
+    pub deny_entries: u64,
+    /// What pruning removed.
+    pub pruned: Pruned,
+    /// Records still queued.
+    pub queued: u64,
+}
+
+/// Progress of uploads, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Records acknowledged so far this round.
+    pub done: u64,
+    /// Records queued when the round started.
+    pub total: u64,
+}
+
+/// Carries out one step; `Ok(more)` for an upload says whether more remain.
+fn run_step(
+    step: Step,
+    reader: &mut Reader,
+    hub: &HubClient,
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<bool, SyncError> {
+    let now = now_ms() / 1000;
+    match step {
+        Step::CheckClock => {
+            let (hub_ms, local_ms) = hub.time()?;
+            let offset = i64::try_from(hub_ms).unwrap_or(i64::MAX) - i64::try_from(local_ms).unwrap_or(0);
+            reader.db().note_sync(now, Some(offset), Some("sync in progress"))?;
+            report.clock_offset_ms = offset;
+            Ok(false)
+        }
+        Step::Upload => {
+            let Some(batch) = reader.next_batch(0, options.batch_size, now)? else {
+                return Ok(false);
+            };
+            let bytes = batch.encode().map_err(|e| SyncError::Store(StoreError::inconsistent(reader.db().path(), e.to_string())))?;
+            let answer = hub.upload(&bytes)?;
+            let url = hub.url("/v1/batches");
+            let bad = |detail: String| SyncError::BadAnswer {
+                url: url.clone(),
+                detail,
+            };
+            let ack_bytes = hex::decode(&answer.ack).map_err(|e| bad(format!("ack is not hex: {e}")))?;
+            let ack = Ack::decode(&ack_bytes).map_err(|e: WireError| bad(e.to_string()))?;
+            let issuers = reader.db().trusted_keys()?;
+            ack.verify(&batch, &issuers).map_err(|e| bad(e.to_string()))?;
+            reader.db_mut().mark_synced(ack.first_seq, ack.last_seq, now)?;
+            report.batches += 1;
+            report.records += u64::from(ack.totals.count);
+            report.already_stored += u64::from(answer.already_stored);
+            report.charged += ack.totals.charged;
+            Ok(batch.records.len() >= options.batch_size)
+        }
+        Step::FetchKeys => {
+            let answer = hub.keys()?;
+            let state = reader.db().sync_state()?;
+            if answer.version > state.keyset_version {
+                let url = hub.url("/v1/keys");
+                let bytes = hex::decode(&answer.key_set).map_err(|e| SyncError::BadAnswer {
+                    url: url.clone(),
+                    detail: e.to_string(),
+                })?;
+                let set = KeySet::decode(&bytes)
+                    .and_then(|set| {
+                        let trusted = reader.db().trusted_keys().map_err(|e| WireError::Invalid {
+                            what: "key set",
+                            detail: e.to_string(),
+                        })?;
+                        set.verify(&trusted).map(|keys| (set.version, keys))
+                    })
+                    .map_err(|e| SyncError::BadAnswer {
+                        url,
+                        detail: e.to_string(),
+                    })?;
+                reader.db_mut().replace_trusted_keys(&set.1, set.0, now)?;
+                reader.reload_keys()?;
+            }
+            report.keyset_version = reader.db().sync_state()?.keyset_version;
+            Ok(false)
+        }
+        Step::FetchDeny => {
+            let mut version = reader.db().sync_state()?.deny_version;
+            let issuers = reader.db().trusted_keys()?;
+            loop {
+                let answer = hub.deny(version)?;
+                let url = hub.url("/v1/deny");
+                let mut entries = Vec::with_capacity(answer.entries.len());
+                for hex_entry in &answer.entries {
+                    let entry = hex::decode(hex_entry)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| DenyEntry::decode(&b).map_err(|e| e.to_string()))
+                        .and_then(|e| e.verify(&issuers).map(|()| e).map_err(|e| e.to_string()))
+                        .map_err(|detail| SyncError::BadAnswer {
+                            url: url.clone(),
+                            detail,
+                        })?;
+                    entries.push(entry);
+                }
+                let applied = reader.db_mut().apply_deny_entries(&entries)?;
+                report.deny_entries += applied.saturating_sub(version);
+                let progressed = applied > version;
+                version = applied;
+                if !answer.more || !progressed {
+                    break;
+                }
+            }
+            report.deny_version = version;
+            Ok(false)
+        }
+        Step::Prune => {
+            let cutoff = now.saturating_sub(options.retention.as_secs());
+            report.pruned = reader.db_mut().prune(cutoff, cutoff)?;
+            Ok(false)
+        }
+        Step::Sleep(_) => Ok(false),
+    }
+}
+
+/// One full round (clock, uploads, keys, deny list, prune), stopping at the
+/// first failure. `progress` is told after each acknowledged batch.
+pub fn sync_once(
+    reader: &mut Reader,
+    hub: &HubClient,
+    options: &SyncOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<SyncReport, SyncError> {
+    let total = reader.db().summary()?.unsynced;
+    let mut report = SyncReport::default();
+    let mut plan = Plan::new(Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let result = loop {
+        let step = plan.current();
+        if let Step::Sleep(_) = step {
+            break Ok(());
+        }
+        match run_step(step, reader, hub, options, &mut report) {
+            Ok(more) => {
+                if step == Step::Upload {
+                    progress(Progress {
+                        done: report.records,
+                        total,
+                    });
+                }
+                plan.next(Outcome::Done { more }, 0.0);
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let now = now_ms() / 1000;
+    match result {
+        Ok(()) => {
+            reader.db().note_sync(now, None, None)?;
+            report.queued = reader.db().summary()?.unsynced;
+            Ok(report)
+        }
+        Err(e) => {
+            reader.db().note_sync(now, None, Some(&e.to_string()))?;
+            Err(e)
+        }
+    }
+}
+
+/// The background uplink for the daemon: opens its own connection to the
+/// reader in `dir`, syncs every `interval`, backs off on failure, and
+/// returns when `stop` is set (checked at least every 100 ms).
+pub fn run_loop(
+    dir: &Path,
+    hub: &HubClient,
+    options: &SyncOptions,
+    interval: Duration,
+    stop: &AtomicBool,
+    mut on_round: impl FnMut(Result<&SyncReport, &SyncError>),
+) -> Result<(), SyncError> {
+    let mut reader = Reader::open(dir)?;
+    let mut plan = Plan::new(interval, Duration::from_millis(500), Duration::from_secs(300));
+    let mut seed = now_ms() | 1;
+    let mut report = SyncReport::default();
+    while !stop.load(Ordering::Relaxed) {
+        let step = plan.current();
+        // xorshift: jitter needs spread, not secrecy.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let unit = (seed >> 11) as f64 / (1u64 << 53) as f64;
+        let outcome = match step {
+            Step::Sleep(wait) => {
+                let until = Instant::now() + wait;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
+                }
+                report = SyncReport::default();
+                Outcome::Done { more: false }
+            }
+            _ => match run_step(step, &mut reader, hub, options, &mut report) {
+                Ok(more) => {
+                    if step == Step::Prune {
+                        let now = now_ms() / 1000;
+                        reader.db().note_sync(now, None, None)?;
+                        report.queued = reader.db().summary()?.unsynced;
+                        on_round(Ok(&report));
+                    }
+                    Outcome::Done { more }
+                }
+                Err(e) => {
+                    let now = now_ms() / 1000;
+                    reader.db().note_sync(now, None, Some(&e.to_string()))?;
+                    on_round(Err(&e));
+                    Outcome::Failed
+                }
+            },
+        };
+        plan.next(outcome, unit);
+    }
+    Ok(())
+}

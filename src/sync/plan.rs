@@ -1,0 +1,180 @@
+//! What the uplink does next: a pure state machine, no I/O, no clock.
+//!
+//! The loop in [`super::client`] asks [`Plan::next`] for a [`Step`], carries
+//! it out, and reports the [`Outcome`]. One round is: check the hub's clock,
+//! upload batches until none is left, fetch the key set, fetch the deny-list
+//! delta, prune, then sleep for the interval. Any failure ends the round and
+//! sleeps for an exponential backoff with full jitter (a uniformly random
+//! wait up to `min(cap, base · 2^attempt)`), so a fleet of readers coming
+//! back online does not hit the hub in lockstep.
+
+use std::time::Duration;
+
+/// Exponential backoff with full jitter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starts at `base`, doubling up to `cap`.
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The wait after one more failure; `unit` is a uniform random number in `[0, 1)`.
+    pub fn failed(&mut self, unit: f64) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    /// Failures in a row so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Resets after a success.
+    pub fn succeeded(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// One thing for the loop to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Ask the hub for its time; store the offset.
+    CheckClock,
+    /// Upload the oldest unsynced batch.
+    Upload,
+    /// Fetch and adopt a newer issuer key set.
+    FetchKeys,
+    /// Fetch and apply deny-list entries after the reader's version.
+    FetchDeny,
+    /// Delete acknowledged records older than the retention period.
+    Prune,
+    /// The round is over (for a one-shot sync: stop).
+    Sleep(Duration),
+}
+
+/// How a step went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; for an upload, whether unsynced records remain.
+    Done {
+        /// More to upload right away.
+        more: bool,
+    },
+    /// Failed; the round ends with a backoff.
+    Failed,
+}
+
+/// The uplink's state between steps.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    interval: Duration,
+    backoff: Backoff,
+    current: Step,
+}
+
+impl Plan {
+    /// A plan that syncs every `interval` and backs off from `base` up to `cap`.
+    pub fn new(interval: Duration, base: Duration, cap: Duration) -> Self {
+        Self {
+            interval,
+            backoff: Backoff::new(base, cap),
+            current: Step::CheckClock,
+        }
+    }
+
+    /// The step to carry out now.
+    pub fn current(&self) -> Step {
+        self.current
+    }
+
+    /// Failures in a row.
+    pub fn failures(&self) -> u32 {
+        self.backoff.attempts()
+    }
+
+    /// Moves on after `outcome` of the current step; `unit` is a uniform
+    /// random number in `[0, 1)` for the jitter.
+    pub fn next(&mut self, outcome: Outcome, unit: f64) -> Step {
+        self.current = match (self.current, outcome) {
+            (Step::Sleep(_), _) => Step::CheckClock,
+            (_, Outcome::Failed) => Step::Sleep(self.backoff.failed(unit)),
+            (Step::CheckClock, Outcome::Done { .. }) => Step::Upload,
+            (Step::Upload, Outcome::Done { more: true }) => Step::Upload,
+            (Step::Upload, Outcome::Done { more: false }) => Step::FetchKeys,
+            (Step::FetchKeys, Outcome::Done { .. }) => Step::FetchDeny,
+            (Step::FetchDeny, Outcome::Done { .. }) => Step::Prune,
+            (Step::Prune, Outcome::Done { .. }) => {
+                self.backoff.succeeded();
+                Step::Sleep(self.interval)
+            }
+        };
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn full_jitter_stays_under_a_doubling_ceiling_up_to_the_cap() {
+        let mut b = Backoff::new(100 * MS, 1_000 * MS);
+        assert_eq!(b.failed(0.999_999), (100 * MS).mul_f64(0.999_999));
+        assert_eq!(b.failed(0.5), 100 * MS);
+        assert_eq!(b.failed(0.5), 200 * MS);
+        assert_eq!(b.failed(0.5), 400 * MS);
+        assert_eq!(b.failed(0.5), 500 * MS); // capped at 1 s
+        for _ in 0..100 {
+            assert!(b.failed(1.0) <= 1_000 * MS);
+        }
+        assert_eq!(b.failed(0.0), Duration::ZERO);
+        b.succeeded();
+        assert_eq!(b.failed(1.0), 100 * MS);
+    }
+
+    #[test]
+    fn a_round_uploads_until_empty_then_fetches_prunes_and_sleeps() {
+        let mut p = Plan::new(30_000 * MS, 100 * MS, 10_000 * MS);
+        let done = |more| Outcome::Done { more };
+        assert_eq!(p.current(), Step::CheckClock);
+        assert_eq!(p.next(done(false), 0.5), Step::Upload);
+        assert_eq!(p.next(done(true), 0.5), Step::Upload);
+        assert_eq!(p.next(done(false), 0.5), Step::FetchKeys);
+        assert_eq!(p.next(done(false), 0.5), Step::FetchDeny);
+        assert_eq!(p.next(done(false), 0.5), Step::Prune);
+        assert_eq!(p.next(done(false), 0.5), Step::Sleep(30_000 * MS));
+        assert_eq!(p.next(done(false), 0.5), Step::CheckClock);
+    }
+
+    #[test]
+    fn a_failure_anywhere_backs_off_longer_each_time_and_restarts_the_round() {
+        let mut p = Plan::new(30_000 * MS, 100 * MS, 10_000 * MS);
+        assert_eq!(p.next(Outcome::Done { more: false }, 0.5), Step::Upload);
+        assert_eq!(p.next(Outcome::Failed, 1.0), Step::Sleep(100 * MS));
+        assert_eq!(p.next(Outcome::Done { more: false }, 0.5), Step::CheckClock);
+        assert_eq!(p.next(Outcome::Failed, 1.0), Step::Sleep(200 * MS));
+        assert_eq!(p.failures(), 2);
+        p.next(Outcome::Done { more: false }, 0.5);
+        for step in [Step::Upload, Step::FetchKeys, Step::FetchDeny, Step::Prune] {
+            assert_eq!(p.next(Outcome::Done { more: false }, 0.5), step);
+        }
+        assert_eq!(p.next(Outcome::Done { more: false }, 0.5), Step::Sleep(30_000 * MS));
+        assert_eq!(p.failures(), 0);
+    }
+}
