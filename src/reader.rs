@@ -16,8 +16,8 @@ use thiserror::Error;
 use crate::fsutil;
 use crate::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use crate::policy::{self, Decline, ReaderPolicy, TrustedKeys};
-use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS};
 use crate::store::{Committed, ReaderDb, RecordSigner, StoreError};
+use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS};
 use crate::token::{self, Scope, WalletId};
 
 /// Configuration file name inside the data directory.
@@ -289,8 +289,15 @@ impl Reader {
 
     /// The oldest unsynced records after sequence number `after` (at most
     /// `limit`) as a batch signed by this reader, or `None` when there are none.
-    pub fn next_batch(&self, after: u64, limit: usize, now: u64) -> Result<Option<Batch>, ReaderError> {
-        let records = self.db.unsynced_run(after, limit.clamp(1, MAX_BATCH_RECORDS))?;
+    pub fn next_batch(
+        &self,
+        after: u64,
+        limit: usize,
+        now: u64,
+    ) -> Result<Option<Batch>, ReaderError> {
+        let records = self
+            .db
+            .unsynced_run(after, limit.clamp(1, MAX_BATCH_RECORDS))?;
         let Some(first) = records.first() else {
             return Ok(None);
         };
@@ -305,9 +312,16 @@ impl Reader {
                 signature: r.signature,
             })
             .collect();
-        Batch::seal(&self.config.id, first_seq, prev_hash, records, now, self.key.signing_key())
-            .map(Some)
-            .map_err(|e| StoreError::inconsistent(self.db.path(), e.to_string()).into())
+        Batch::seal(
+            &self.config.id,
+            first_seq,
+            prev_hash,
+            records,
+            now,
+            self.key.signing_key(),
+        )
+        .map(Some)
+        .map_err(|e| StoreError::inconsistent(self.db.path(), e.to_string()).into())
     }
 
     /// The tap path: authenticate, decide, and commit the record before returning.

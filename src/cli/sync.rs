@@ -112,17 +112,22 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
                 _ = term.recv() => {},
             }
         };
         let (addr, server) = server::bind(hub, &options, shutdown).await?;
-        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         // The first line is the address (tests and scripts read it).
         println!("listening on {scheme}://{addr} (state: {where_})");
         server.await?;
@@ -146,7 +151,9 @@ pub fn reader_add(command: HubReaderCommand) -> Result<ExitCode> {
 }
 
 fn parse_wallet(text: &str) -> Result<WalletId> {
-    let bytes = hex::decode(text.trim()).ok().and_then(|b| <[u8; 8]>::try_from(b).ok());
+    let bytes = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 8]>::try_from(b).ok());
     match bytes {
         Some(b) => Ok(WalletId(b)),
         None => bail!("wallet id {text:?} is not 16 hex digits"),
@@ -183,7 +190,10 @@ pub fn report(data: &Path, json: bool) -> Result<ExitCode> {
 }
 
 fn print_report(report: &Report) {
-    println!("{:<20} {:>9} {:>12} {:>10} {:>7} {:>7}  gaps", "reader", "records", "charged", "voided", "first", "last");
+    println!(
+        "{:<20} {:>9} {:>12} {:>10} {:>7} {:>7}  gaps",
+        "reader", "records", "charged", "voided", "first", "last"
+    );
     for r in &report.readers {
         let seq = |s: Option<u64>| s.map_or("-".to_owned(), |s| s.to_string());
         let gaps: Vec<String> = r.gaps.iter().map(|(a, b)| format!("{a}..={b}")).collect();
@@ -195,7 +205,11 @@ fn print_report(report: &Report) {
             r.voided,
             seq(r.first_seq),
             seq(r.last_seq),
-            if gaps.is_empty() { "none".to_owned() } else { gaps.join(", ") }
+            if gaps.is_empty() {
+                "none".to_owned()
+            } else {
+                gaps.join(", ")
+            }
         );
     }
     println!("flagged wallets: {}", report.flagged.len());
@@ -213,7 +227,8 @@ fn print_report(report: &Report) {
 /// `sonotap hub import`: the same checks and idempotency as an upload.
 pub fn import(data: &Path, file: &Path) -> Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let batches = export::decode_file(&bytes).with_context(|| format!("{} is not a sonotap batch file", file.display()))?;
+    let batches = export::decode_file(&bytes)
+        .with_context(|| format!("{} is not a sonotap batch file", file.display()))?;
     let mut hub = Hub::open(data)?;
     let mut failed = false;
     for (i, batch) in batches.iter().enumerate() {
@@ -239,14 +254,23 @@ pub fn import(data: &Path, file: &Path) -> Result<ExitCode> {
                     })
                 );
             }
-            Err(e @ (HubError::Wire(_) | HubError::Refused(_) | HubError::UnknownReader { .. } | HubError::Conflict { .. })) => {
+            Err(
+                e @ (HubError::Wire(_)
+                | HubError::Refused(_)
+                | HubError::UnknownReader { .. }
+                | HubError::Conflict { .. }),
+            ) => {
                 eprintln!("sonotap: batch {}: refused: {e}", i + 1);
                 failed = true;
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `sonotap reader sync`: one round, retried with backoff.
@@ -265,7 +289,8 @@ pub fn sync(args: SyncArgs) -> Result<ExitCode> {
         );
         bar
     });
-    let mut backoff = crate::sync::plan::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut backoff =
+        crate::sync::plan::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -285,7 +310,10 @@ pub fn sync(args: SyncArgs) -> Result<ExitCode> {
             }
             Err(e) if attempt < args.attempts => {
                 let wait = backoff.failed(jitter());
-                eprintln!("sonotap: sync attempt {attempt} failed: {e}; retrying in {} ms", wait.as_millis());
+                eprintln!(
+                    "sonotap: sync attempt {attempt} failed: {e}; retrying in {} ms",
+                    wait.as_millis()
+                );
                 std::thread::sleep(wait);
             }
             Err(e) => {
@@ -314,7 +342,8 @@ pub fn export(data: &Path, out: &Path) -> Result<ExitCode> {
     let now = super::clock(None)?;
     let (batches, totals) = export::build(&reader, now)?;
     let bytes = export::encode_file(&batches)?;
-    crate::fsutil::replace_atomic(out, &bytes, 0o600).with_context(|| format!("cannot write {}", out.display()))?;
+    crate::fsutil::replace_atomic(out, &bytes, 0o600)
+        .with_context(|| format!("cannot write {}", out.display()))?;
     println!(
         "{}",
         serde_json::json!({

@@ -262,8 +262,11 @@ fn run_step(
     match step {
         Step::CheckClock => {
             let (hub_ms, local_ms) = hub.time()?;
-            let offset = i64::try_from(hub_ms).unwrap_or(i64::MAX) - i64::try_from(local_ms).unwrap_or(0);
-            reader.db().note_sync(now, Some(offset), Some("sync in progress"))?;
+            let offset =
+                i64::try_from(hub_ms).unwrap_or(i64::MAX) - i64::try_from(local_ms).unwrap_or(0);
+            reader
+                .db()
+                .note_sync(now, Some(offset), Some("sync in progress"))?;
             report.clock_offset_ms = offset;
             Ok(false)
         }
@@ -271,18 +274,24 @@ fn run_step(
             let Some(batch) = reader.next_batch(0, options.batch_size, now)? else {
                 return Ok(false);
             };
-            let bytes = batch.encode().map_err(|e| SyncError::Store(StoreError::inconsistent(reader.db().path(), e.to_string())))?;
+            let bytes = batch.encode().map_err(|e| {
+                SyncError::Store(StoreError::inconsistent(reader.db().path(), e.to_string()))
+            })?;
             let answer = hub.upload(&bytes)?;
             let url = hub.url("/v1/batches");
             let bad = |detail: String| SyncError::BadAnswer {
                 url: url.clone(),
                 detail,
             };
-            let ack_bytes = hex::decode(&answer.ack).map_err(|e| bad(format!("ack is not hex: {e}")))?;
+            let ack_bytes =
+                hex::decode(&answer.ack).map_err(|e| bad(format!("ack is not hex: {e}")))?;
             let ack = Ack::decode(&ack_bytes).map_err(|e: WireError| bad(e.to_string()))?;
             let issuers = reader.db().trusted_keys()?;
-            ack.verify(&batch, &issuers).map_err(|e| bad(e.to_string()))?;
-            reader.db_mut().mark_synced(ack.first_seq, ack.last_seq, now)?;
+            ack.verify(&batch, &issuers)
+                .map_err(|e| bad(e.to_string()))?;
+            reader
+                .db_mut()
+                .mark_synced(ack.first_seq, ack.last_seq, now)?;
             report.batches += 1;
             report.records += u64::from(ack.totals.count);
             report.already_stored += u64::from(answer.already_stored);
@@ -300,10 +309,11 @@ fn run_step(
                 })?;
                 let set = KeySet::decode(&bytes)
                     .and_then(|set| {
-                        let trusted = reader.db().trusted_keys().map_err(|e| WireError::Invalid {
-                            what: "key set",
-                            detail: e.to_string(),
-                        })?;
+                        let trusted =
+                            reader.db().trusted_keys().map_err(|e| WireError::Invalid {
+                                what: "key set",
+                                detail: e.to_string(),
+                            })?;
                         set.verify(&trusted).map(|keys| (set.version, keys))
                     })
                     .map_err(|e| SyncError::BadAnswer {
@@ -409,7 +419,11 @@ pub fn run_loop(
     mut on_round: impl FnMut(Result<&SyncReport, &SyncError>),
 ) -> Result<(), SyncError> {
     let mut reader = Reader::open(dir)?;
-    let mut plan = Plan::new(interval, Duration::from_millis(500), Duration::from_secs(300));
+    let mut plan = Plan::new(
+        interval,
+        Duration::from_millis(500),
+        Duration::from_secs(300),
+    );
     let mut seed = now_ms() | 1;
     let mut report = SyncReport::default();
     while !stop.load(Ordering::Relaxed) {

@@ -90,7 +90,13 @@ mod tests {
             assert!(decode_file(&file[..len]).is_err(), "length {len}");
         }
         file.push(0);
-        assert!(matches!(decode_file(&file), Err(WireError::Trailing { .. })));
-        assert!(matches!(decode_file(b"sonotap/v1/batch\0xx"), Err(WireError::Domain { .. })));
+        assert!(matches!(
+            decode_file(&file),
+            Err(WireError::Trailing { .. })
+        ));
+        assert!(matches!(
+            decode_file(b"sonotap/v1/batch\0xx"),
+            Err(WireError::Domain { .. })
+        ));
     }
 }

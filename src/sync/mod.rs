@@ -5,7 +5,7 @@
 //! fetch the deny list), and [`client`] is the thin loop that carries its
 //! decisions out over HTTP and SQLite.
 
-pub mod wire;
 pub mod client;
-pub mod plan;
 pub mod export;
+pub mod plan;
+pub mod wire;

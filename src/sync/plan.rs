@@ -174,7 +174,10 @@ mod tests {
         for step in [Step::Upload, Step::FetchKeys, Step::FetchDeny, Step::Prune] {
             assert_eq!(p.next(Outcome::Done { more: false }, 0.5), step);
         }
-        assert_eq!(p.next(Outcome::Done { more: false }, 0.5), Step::Sleep(30_000 * MS));
+        assert_eq!(
+            p.next(Outcome::Done { more: false }, 0.5),
+            Step::Sleep(30_000 * MS)
+        );
         assert_eq!(p.failures(), 0);
     }
 }

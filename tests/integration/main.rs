@@ -8,4 +8,5 @@ mod modem_cli;
 mod protocol_vectors;
 mod qr_cli;
 mod signals;
+mod sync;
 mod util;

@@ -1,0 +1,619 @@
+//! Store-and-forward against a real hub process on 127.0.0.1: the issue's
+//! scenario (a cloned wallet at two readers), then faults: the hub killed
+//! mid-upload, the network dropping a response, the same batch twice, a
+//! batch relabelled with another reader's identity, a hub that lies.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sonotap::hub::{Hub, IssueRequest};
+use sonotap::keys::{PublicKey, Role, SecretKey};
+use sonotap::reader::Reader;
+use sonotap::sync::export;
+use sonotap::sync::wire::Batch;
+use sonotap::token::Scope;
+use sonotap::wallet::{PayRequest, Wallet};
+
+use crate::util::{Scratch, last_json, sonotap};
+
+/// A `sonotap hub serve` process, killed when dropped.
+struct HubProcess {
+    child: Child,
+    url: String,
+    port: u16,
+}
+
+impl HubProcess {
+    fn start(s: &Scratch, port: u16) -> Self {
+        let mut child = sonotap()
+            .args([
+                "hub",
+                "serve",
+                "--data",
+                "hub",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .current_dir(s.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("hub starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("hub prints its address");
+        let url = line.split_whitespace().nth(2).expect("address").to_owned();
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        Self { child, url, port }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const NOW: u64 = 1_790_000_000;
+
+/// Hub `hub`, readers `ra` (gate-a) and `rb` (gate-b) registered with it.
+fn site() -> Scratch {
+    let s = Scratch::new();
+    s.ok(&["hub", "init", "--data", "hub"]);
+    for (dir, id) in [("ra", "gate-a"), ("rb", "gate-b")] {
+        s.ok(&[
+            "reader",
+            "init",
+            "--data",
+            dir,
+            "--id",
+            id,
+            "--trust",
+            "hub/issuer.pub",
+        ]);
+        let key = format!("{dir}/reader.pub");
+        s.ok(&[
+            "hub", "reader", "add", "--data", "hub", "--id", id, "--key", &key,
+        ]);
+    }
+    s
+}
+
+/// A wallet in `dir` with a credential (limit `limit`, 300 per payment).
+fn wallet(s: &Scratch, dir: &str, limit: u32) -> Wallet {
+    let mut hub = Hub::open(&s.path("hub")).expect("hub");
+    let mut w = Wallet::create(&s.path(dir)).expect("wallet");
+    let request = IssueRequest {
+        scope: Scope::Transit,
+        currency: 978,
+        offline_limit: limit,
+        per_payment_cap: 300,
+        valid_from: (NOW - 3600) as u32,
+        valid_hours: 48,
+    };
+    let credential = hub.issue(&w.public_key(), request, NOW).expect("issue");
+    let path = s.path(&format!("{dir}.cred"));
+    std::fs::write(&path, credential.encode()).expect("write");
+    w.add_credential(&path).expect("credential");
+    w
+}
+
+/// Pays `amount` at reader `dir` at time `at`; returns the decision's reason (None = accepted).
+fn tap(s: &Scratch, w: &mut Wallet, reader: &str, amount: u32, at: u64) -> Option<String> {
+    let token = w
+        .pay(PayRequest {
+            amount,
+            at: at as u32,
+            reader_tag: 0,
+        })
+        .expect("pay")
+        .token
+        .encode();
+    let mut r = Reader::open(&s.path(reader)).expect("reader");
+    let outcome = r.present(&token, None, at).expect("present");
+    outcome.decision.err().map(|d| d.reason.as_str().to_owned())
+}
+
+fn sync(s: &Scratch, reader: &str, url: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "reader",
+        "sync",
+        "--data",
+        reader,
+        "--hub",
+        url,
+        "--timeout",
+        "5s",
+    ];
+    args.extend_from_slice(extra);
+    s.run(&args)
+}
+
+fn report(s: &Scratch) -> serde_json::Value {
+    serde_json::from_str(&s.ok(&["hub", "report", "--data", "hub", "--json"])).expect("json")
+}
+
+fn reader_row<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["readers"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["reader"] == id))
+        .expect("reader row")
+}
+
+fn unsynced(s: &Scratch, reader: &str) -> u64 {
+    Reader::open(&s.path(reader))
+        .expect("reader")
+        .db()
+        .summary()
+        .expect("summary")
+        .unsynced
+}
+
+#[test]
+fn cloned_wallet_is_flagged_at_the_hub_and_then_declined_by_reader_a() {
+    let s = site();
+    let hub = HubProcess::start(&s, 0);
+    let mut honest = wallet(&s, "honest", 5_000);
+    let mut cloned = wallet(&s, "phone", 5_000);
+    // The clone: a byte-for-byte copy of the phone's wallet, taken before it pays.
+    copy_dir(&s.path("phone"), &s.path("clone"));
+    let mut clone = Wallet::open(&s.path("clone")).expect("clone");
+
+    assert_eq!(tap(&s, &mut cloned, "ra", 250, NOW), None);
+    assert_eq!(
+        tap(&s, &mut clone, "rb", 200, NOW + 5),
+        None,
+        "offline, reader B cannot know"
+    );
+    assert_eq!(tap(&s, &mut honest, "ra", 250, NOW + 10), None);
+    assert_eq!(tap(&s, &mut honest, "rb", 250, NOW + 20), None);
+
+    for reader in ["ra", "rb"] {
+        let out = sync(&s, reader, &hub.url, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(last_json(&out)["records"], 2);
+        assert_eq!(unsynced(&s, reader), 0);
+    }
+    let r = report(&s);
+    assert_eq!(reader_row(&r, "gate-a")["records"], 2);
+    assert_eq!(reader_row(&r, "gate-b")["records"], 2);
+    let flagged = r["flagged"].as_array().expect("flags");
+    assert_eq!(flagged.len(), 1, "{r}");
+    assert_eq!(flagged[0]["wallet"], cloned.id().to_string());
+    assert_eq!(flagged[0]["rule"], "counter_reused");
+    assert_eq!(flagged[0]["denied"], true);
+
+    // Reader A learns of the denial at its next sync.
+    let out = sync(&s, "ra", &hub.url, &[]);
+    assert_eq!(last_json(&out)["deny_entries"], 1);
+    assert_eq!(
+        tap(&s, &mut cloned, "ra", 250, NOW + 60).as_deref(),
+        Some("wallet_denied")
+    );
+    assert_eq!(tap(&s, &mut honest, "ra", 250, NOW + 70), None);
+
+    // Syncing again changes nothing at the hub: every record exactly once.
+    for reader in ["ra", "rb"] {
+        assert!(sync(&s, reader, &hub.url, &[]).status.success());
+    }
+    let r = report(&s);
+    assert_eq!(reader_row(&r, "gate-a")["records"], 3);
+    assert_eq!(reader_row(&r, "gate-a")["charged"], 750);
+    assert_eq!(r["flagged"].as_array().map(Vec::len), Some(1));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+/// Makes `n` accepted payments at `reader`.
+fn queue(s: &Scratch, reader: &str, n: u32) {
+    let mut w = wallet(s, &format!("bulk-{reader}"), 1_000_000_000);
+    let mut r = Reader::open(&s.path(reader)).expect("reader");
+    for i in 0..n {
+        let token = w
+            .pay(PayRequest {
+                amount: 1,
+                at: (NOW + u64::from(i)) as u32,
+                reader_tag: 0,
+            })
+            .expect("pay")
+            .token
+            .encode();
+        let outcome = r
+            .present(&token, None, NOW + u64::from(i))
+            .expect("present");
+        assert!(outcome.decision.is_ok());
+    }
+}
+
+fn hub_record_count(s: &Scratch) -> i64 {
+    let conn = rusqlite::Connection::open(s.path("hub/hub.db")).expect("open");
+    conn.busy_timeout(Duration::from_secs(2)).expect("timeout");
+    conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+#[test]
+fn hub_killed_mid_upload_loses_nothing_and_counts_nothing_twice() {
+    let s = site();
+    queue(&s, "ra", 1_500);
+    let mut hub = HubProcess::start(&s, 0);
+    let url = hub.url.clone();
+    let mut child = sonotap()
+        .args([
+            "reader",
+            "sync",
+            "--data",
+            "ra",
+            "--hub",
+            &url,
+            "--batch-size",
+            "20",
+        ])
+        .args(["--attempts", "1", "--timeout", "5s"])
+        .current_dir(s.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sync starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hub_record_count(&s) == 0 {
+        assert!(Instant::now() < deadline, "no batch reached the hub");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hub.kill();
+    let status = child.wait().expect("sync ends");
+    assert_eq!(status.code(), Some(1), "the sync must notice the hub died");
+    let stored = hub_record_count(&s);
+    let queued = unsynced(&s, "ra");
+    assert!(stored > 0 && stored < 1_500, "stored {stored}");
+    assert!(queued > 0, "records are still queued");
+    // Whatever the reader marked synced, the hub has (it marks only on a signed ack).
+    assert!(1_500 - queued as i64 <= stored);
+
+    let hub = HubProcess::start(&s, hub.port);
+    let out = sync(&s, "ra", &hub.url, &["--batch-size", "500"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(unsynced(&s, "ra"), 0);
+    let r = report(&s);
+    let row = reader_row(&r, "gate-a");
+    assert_eq!(row["records"], 1_500);
+    assert_eq!(row["charged"], 1_500);
+    assert_eq!(row["gaps"].as_array().map(Vec::len), Some(0));
+    assert_eq!(r["incidents"].as_array().map(Vec::len), Some(0), "{r}");
+    assert_eq!(r["flagged"].as_array().map(Vec::len), Some(0), "{r}");
+}
+
+/// A TCP proxy that forwards each request to `upstream` but, while `drop`
+/// is set, closes the connection instead of passing an upload's response back.
+fn dropping_proxy(upstream: String, drop: Arc<AtomicBool>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let upstream = upstream.clone();
+            let drop = Arc::clone(&drop);
+            std::thread::spawn(move || {
+                let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
+                let Some(request) = read_http_message(&mut client) else {
+                    return;
+                };
+                let Ok(mut server) = TcpStream::connect(&upstream) else {
+                    return;
+                };
+                let _ = server.set_read_timeout(Some(Duration::from_secs(10)));
+                if server.write_all(&request).is_err() {
+                    return;
+                }
+                let response = read_http_message(&mut server);
+                let upload = request.starts_with(b"POST");
+                if !(upload && drop.load(Ordering::SeqCst))
+                    && let Some(response) = response
+                {
+                    let _ = client.write_all(&response);
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Reads one HTTP/1.1 message with a Content-Length body; forces `Connection: close`.
+fn read_http_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf[..header_end])
+        .replace("connection: keep-alive", "connection: close")
+        .replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&buf[header_end..header_end + length]);
+    Some(out)
+}
+
+#[test]
+fn response_lost_on_the_way_back_is_retried_and_stored_once() {
+    let s = site();
+    queue(&s, "ra", 30);
+    let hub = HubProcess::start(&s, 0);
+    let drop = Arc::new(AtomicBool::new(true));
+    let proxy = dropping_proxy(
+        hub.url.trim_start_matches("http://").to_owned(),
+        Arc::clone(&drop),
+    );
+
+    let out = sync(&s, "ra", &proxy, &["--attempts", "1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(unsynced(&s, "ra"), 30, "no acknowledgement, nothing marked");
+    assert_eq!(hub_record_count(&s), 30, "but the hub stored the batch");
+
+    drop.store(false, Ordering::SeqCst);
+    let out = sync(&s, "ra", &proxy, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(last_json(&out)["already_stored"], 30);
+    assert_eq!(unsynced(&s, "ra"), 0);
+    assert_eq!(reader_row(&report(&s), "gate-a")["records"], 30);
+}
+
+#[test]
+fn same_batch_twice_by_upload_and_by_import_is_counted_once() {
+    let s = site();
+    queue(&s, "ra", 12);
+    s.ok(&["reader", "export", "--data", "ra", "--out", "a.batches"]);
+    let first = s.run(&["hub", "import", "--data", "hub", "a.batches"]);
+    assert!(first.status.success());
+    assert_eq!(last_json(&first)["status"], "stored");
+    let again = s.run(&["hub", "import", "--data", "hub", "a.batches"]);
+    assert_eq!(last_json(&again)["status"], "duplicate");
+
+    let hub = HubProcess::start(&s, 0);
+    let file = std::fs::read(s.path("a.batches")).expect("read");
+    let batch = export::decode_file(&file).expect("file")[0].to_vec();
+    for expected in ["duplicate", "duplicate"] {
+        let text = ureq::post(format!("{}/v1/batches", hub.url))
+            .send(&batch[..])
+            .expect("upload")
+            .body_mut()
+            .read_to_string()
+            .expect("answer");
+        let answer: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(answer["status"], expected);
+    }
+    // The network sync then only collects the acknowledgement.
+    let out = sync(&s, "ra", &hub.url, &[]);
+    assert_eq!(last_json(&out)["already_stored"], 12);
+    let r = report(&s);
+    assert_eq!(reader_row(&r, "gate-a")["records"], 12);
+    assert_eq!(reader_row(&r, "gate-a")["charged"], 12);
+}
+
+#[test]
+fn batch_relabelled_with_another_readers_identity_is_refused() {
+    let s = site();
+    queue(&s, "ra", 5);
+    let hub = HubProcess::start(&s, 0);
+    let a = Reader::open(&s.path("ra")).expect("reader");
+    let original = a.next_batch(0, 100, NOW).expect("batch").expect("records");
+    let b_key = SecretKey::read(&s.path("rb/reader.key"), Role::Reader).expect("key");
+
+    // Reader B re-signs A's records as its own: the batch signature is B's,
+    // but every record signature is A's over a body naming gate-a.
+    let relabelled = Batch::seal(
+        "gate-b",
+        1,
+        original.prev_hash,
+        original.records.clone(),
+        NOW,
+        b_key.signing_key(),
+    )
+    .expect("seal");
+    // And a batch that names gate-a, signed with B's key.
+    let impostor = Batch::seal(
+        "gate-a",
+        1,
+        original.prev_hash,
+        original.records,
+        NOW,
+        b_key.signing_key(),
+    )
+    .expect("seal");
+    for (batch, why) in [
+        (relabelled, "record 1 has a bad reader signature"),
+        (impostor, "bad signature"),
+    ] {
+        let mut response = ureq::post(format!("{}/v1/batches", hub.url))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(&batch.encode().expect("encode")[..])
+            .expect("answer");
+        assert_eq!(response.status().as_u16(), 403);
+        let text = response.body_mut().read_to_string().expect("answer");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(body["error"], "bad_signature");
+        assert!(
+            body["message"].as_str().unwrap_or_default().contains(why),
+            "{body}"
+        );
+    }
+    let r = report(&s);
+    assert_eq!(reader_row(&r, "gate-a")["records"], 0);
+    assert_eq!(reader_row(&r, "gate-b")["records"], 0);
+
+    // An unregistered reader is refused by name.
+    s.ok(&[
+        "reader",
+        "init",
+        "--data",
+        "rc",
+        "--id",
+        "gate-c",
+        "--trust",
+        "hub/issuer.pub",
+    ]);
+    queue(&s, "rc", 1);
+    let out = sync(&s, "rc", &hub.url, &["--attempts", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown_reader") && err.contains("gate-c"),
+        "{err}"
+    );
+    assert_eq!(unsynced(&s, "rc"), 1);
+}
+
+/// A fake hub that answers every upload with `answer`.
+fn lying_hub(answer: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+            let Some(request) = read_http_message(&mut client) else {
+                continue;
+            };
+            let body = if request.starts_with(b"GET /v1/time") {
+                "{\"unix_ms\": 1790000000000}".to_owned()
+            } else {
+                answer.clone()
+            };
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = client.write_all(response.as_bytes());
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn hub_that_lies_about_the_acknowledgement_marks_nothing() {
+    let s = site();
+    queue(&s, "ra", 3);
+    // An acknowledgement signed by a key the reader does not trust.
+    let forger = SecretKey::generate(Role::Issuer, Some(1)).expect("key");
+    let reader = Reader::open(&s.path("ra")).expect("reader");
+    let batch = reader
+        .next_batch(0, 100, NOW)
+        .expect("batch")
+        .expect("records");
+    let forged =
+        sonotap::sync::wire::Ack::for_batch(&batch, 0, 1, forger.signing_key()).expect("ack");
+    let forged = hex::encode(forged.encode().expect("encode"));
+    for ack in ["not hex", "00", forged.as_str()] {
+        let answer = format!(
+            "{{\"status\":\"stored\",\"ack\":\"{ack}\",\"new_records\":3,\"already_stored\":0,\"flagged\":[]}}"
+        );
+        let url = lying_hub(answer);
+        let out = sync(&s, "ra", &url, &["--attempts", "1"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot be trusted"), "{err}");
+        assert_eq!(unsynced(&s, "ra"), 3);
+    }
+    let _ = PublicKey::read(&s.path("hub/issuer.pub"), Role::Issuer).expect("issuer");
+}
+
+#[test]
+fn hub_refuses_plain_http_off_loopback_and_serves_https_with_a_ca() {
+    let s = site();
+    let out = s.run(&["hub", "serve", "--data", "hub", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing plain HTTP"));
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    std::fs::write(s.path("hub.crt"), cert.cert.pem()).expect("write");
+    std::fs::write(s.path("hub.key"), cert.signing_key.serialize_pem()).expect("write");
+    let mut child = sonotap()
+        .args(["hub", "serve", "--data", "hub", "--listen", "127.0.0.1:0"])
+        .args(["--tls-cert", "hub.crt", "--tls-key", "hub.key"])
+        .current_dir(s.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("hub starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let port = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|u| u.rsplit(':').next())
+        .expect("port")
+        .to_owned();
+    let url = format!("https://localhost:{port}");
+    queue(&s, "ra", 2);
+    let untrusted = sync(&s, "ra", &url, &["--attempts", "1"]);
+    assert_eq!(untrusted.status.code(), Some(1));
+    let out = sync(&s, "ra", &url, &["--hub-ca", "hub.crt"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(last_json(&out)["records"], 2);
+}
