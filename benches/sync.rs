@@ -1,0 +1,410 @@
+//! Store-and-forward throughput and its effect on taps.
+//!
+//! 1. `sync`: a reader with N queued records (default 1,000,000) syncs to a
+//!    real hub on 127.0.0.1 (`hub serve`'s server in this process, SQLite,
+//!    every signature checked): wall time and records/s.
+//! 2. `ingest`: the hub alone (`Hub::receive` on the same batches, a fresh
+//!    copy of the hub): records/s with signature checks, and batch vs
+//!    one-by-one `verify_strict` on one batch, side by side.
+//! 3. `taps while syncing`: a reader offline with M records (default
+//!    100,000) syncs while taps keep arriving every 10 ms on its own
+//!    connection: tap latency median / p99 / max, idle vs during the sync.
+//!
+//! Run: `cargo bench --bench sync -- [--records N] [--offline M]`.
+//! The queued records are made directly in the reader database (one
+//! transaction), because making a million through the tap path would take
+//! minutes of fsyncs that measure nothing here.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sonotap::hub::ledger::Via;
+use sonotap::hub::server::{self, ServeOptions};
+use sonotap::hub::{Hub, IssueRequest};
+use sonotap::keys::{PublicKey, Role, SecretKey};
+use sonotap::reader::{InitOptions, Reader};
+use sonotap::record::{GENESIS_HASH, RecordBody, RecordKind};
+use sonotap::sync::client::{self, HubClient, SyncOptions};
+use sonotap::token::{Credential, PaymentTerms, Scope, Token};
+
+const NOW: u64 = 1_790_000_000;
+const PAYMENTS_PER_WALLET: usize = 1_000;
+const BATCH: usize = 5_000;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Site {
+    _tmp: tempfile::TempDir,
+    root: std::path::PathBuf,
+    hub: Hub,
+}
+
+fn site() -> Site {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_owned();
+    let hub = Hub::init(&root.join("hub"), 1, NOW).expect("hub");
+    Site {
+        _tmp: tmp,
+        root,
+        hub,
+    }
+}
+
+/// A registered reader `id` with `n` accepted payments queued in its database.
+fn reader_with_queue(site: &mut Site, id: &str, n: usize) -> std::path::PathBuf {
+    let dir = site.root.join(id);
+    let options = InitOptions {
+        id: id.into(),
+        scope: Scope::Transit,
+        currency: 978,
+        clock_skew_secs: 300,
+        fare: None,
+    };
+    let reader = Reader::init(&dir, &options, &site.hub.issuer_public(), NOW).expect("reader");
+    site.hub
+        .add_reader(id, &reader.public_key(), NOW)
+        .expect("register");
+    drop(reader);
+    let reader_key = SecretKey::read(&dir.join("reader.key"), Role::Reader).expect("key");
+
+    // Wallets and their credentials.
+    let wallets = n.div_ceil(PAYMENTS_PER_WALLET).max(1);
+    let started = Instant::now();
+    let mut keys = Vec::with_capacity(wallets);
+    for w in 0..wallets {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&(w as u64).to_be_bytes());
+        seed[8..8 + id.len().min(24)].copy_from_slice(&id.as_bytes()[..id.len().min(24)]);
+        let key = SigningKey::from_bytes(&seed);
+        let public = PublicKey::from_bytes(Role::Wallet, None, &key.verifying_key().to_bytes())
+            .expect("wallet key");
+        let request = IssueRequest {
+            scope: Scope::Transit,
+            currency: 978,
+            offline_limit: u32::MAX,
+            per_payment_cap: 1_000,
+            valid_from: (NOW - 3600) as u32,
+            valid_hours: 24 * 30,
+        };
+        let credential = site.hub.issue(&public, request, NOW).expect("issue");
+        keys.push((key, credential));
+    }
+
+    // Tokens, signed on every core: payment i is wallet i % W's next payment.
+    let tokens: Vec<Vec<u8>> = parallel(n, |i| {
+        let (key, credential): &(SigningKey, Credential) = &keys[i % wallets];
+        let counter = (i / wallets + 1) as u32;
+        let payment = PaymentTerms {
+            amount: 250,
+            counter,
+            total_before: (counter - 1) * 250,
+            timestamp: (NOW + (i / 100) as u64) as u32,
+            reader_tag: 0,
+        };
+        Token::sign(*credential, payment, key)
+            .expect("token")
+            .encode()
+            .to_vec()
+    });
+    // The chain is sequential (each record names the previous hash); the
+    // signatures are not.
+    let mut prev = GENESIS_HASH;
+    let mut chain = Vec::with_capacity(n);
+    for (i, token) in tokens.iter().enumerate() {
+        let body = RecordBody {
+            reader_id: id,
+            seq: i as u64 + 1,
+            at: NOW + (i / 100) as u64,
+            kind: RecordKind::Charge,
+            amount: 250,
+            token,
+            prev_hash: prev,
+        };
+        let hash = body.hash();
+        chain.push((prev, hash));
+        prev = hash;
+    }
+    let signing = reader_key.signing_key();
+    let signatures: Vec<[u8; 64]> = parallel(n, |i| {
+        let body = RecordBody {
+            reader_id: id,
+            seq: i as u64 + 1,
+            at: NOW + (i / 100) as u64,
+            kind: RecordKind::Charge,
+            amount: 250,
+            token: &tokens[i],
+            prev_hash: chain[i].0,
+        };
+        signing.sign(&body.encode()).to_bytes()
+    });
+
+    let mut conn = rusqlite::Connection::open(dir.join("reader.db")).expect("db");
+    conn.pragma_update(None, "synchronous", "OFF").expect("pragma");
+    let tx = conn.transaction().expect("tx");
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO records (seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature)
+                 VALUES (?1, ?2, 'charge', ?3, ?4, 250, ?5, ?6, ?7, ?8)",
+            )
+            .expect("prepare");
+        for i in 0..n {
+            let token = Token::decode(&tokens[i]).expect("token");
+            insert
+                .execute(rusqlite::params![
+                    i as i64 + 1,
+                    (NOW + (i / 100) as u64) as i64,
+                    token.wallet_id().0.as_slice(),
+                    token.payment.counter,
+                    tokens[i],
+                    chain[i].0.as_slice(),
+                    chain[i].1.as_slice(),
+                    signatures[i].as_slice(),
+                ])
+                .expect("insert");
+        }
+        tx.execute(
+            "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2)",
+            rusqlite::params![n as i64, prev.as_slice()],
+        )
+        .expect("head");
+    }
+    tx.commit().expect("commit");
+    println!(
+        "  made {n} records for {id} ({wallets} wallets) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    dir
+}
+
+fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism().map_or(2, |t| t.get());
+    let chunk = n.div_ceil(threads).max(1);
+    let f = &f;
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| s.spawn(move || (start..(start + chunk).min(n)).map(f).collect::<Vec<T>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
+    })
+}
+
+/// Starts `hub serve`'s server for the hub in `dir` on a loopback port.
+fn serve(dir: &Path) -> (SocketAddr, std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+    let hub = Hub::open(dir).expect("hub");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let options = ServeOptions {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                tls: None,
+            };
+            let (addr, server) = server::bind(hub, &options, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .expect("bind");
+            addr_tx.send(addr).expect("addr");
+            server.await.expect("serve");
+        });
+    });
+    (addr_rx.recv().expect("address"), handle, stop_tx)
+}
+
+fn copy_hub(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    let conn = rusqlite::Connection::open(from.join("hub.db")).expect("db");
+    conn.execute("VACUUM INTO ?1", [to.join("hub.db").to_string_lossy()])
+        .expect("vacuum into");
+    for f in ["issuer.key", "issuer.pub"] {
+        std::fs::copy(from.join(f), to.join(f)).expect("copy");
+    }
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    if v.is_empty() {
+        return "no samples".into();
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "median {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} taps)",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        at(1.0).as_secs_f64() * 1e3,
+        v.len()
+    )
+}
+
+fn main() {
+    let records = arg("--records", 1_000_000);
+    let offline = arg("--offline", 100_000);
+    println!("sync bench: {records} queued records, batches of {BATCH}");
+    let mut site = site();
+    let reader_dir = reader_with_queue(&mut site, "bench-a", records);
+    let hub_dir = site.root.join("hub");
+    let fresh_hub = site.root.join("hub-fresh");
+    drop(std::mem::replace(&mut site.hub, Hub::open(&hub_dir).expect("hub")));
+    copy_hub(&hub_dir, &fresh_hub);
+
+    // 1. Network sync.
+    let (addr, handle, stop) = serve(&hub_dir);
+    let url = format!("http://{addr}");
+    let client = HubClient::new(&url, None, Duration::from_secs(120)).expect("client");
+    let mut reader = Reader::open(&reader_dir).expect("reader");
+    let options = SyncOptions {
+        batch_size: BATCH,
+        ..SyncOptions::default()
+    };
+    let started = Instant::now();
+    let report = client::sync_once(&mut reader, &client, &options, &mut |_| {}).expect("sync");
+    let took = started.elapsed();
+    assert_eq!(report.records as usize, records);
+    println!(
+        "sync: {} records in {:.1} s = {:.0} records/s (target: 1,000,000 in <= 60 s)",
+        report.records,
+        took.as_secs_f64(),
+        report.records as f64 / took.as_secs_f64()
+    );
+
+    // 2. Hub ingest alone, on a fresh copy of the hub.
+    let mut hub = Hub::open(&fresh_hub).expect("hub");
+    let mut batches = Vec::new();
+    let mut after = 0;
+    let reread = Reader::open(&reader_dir).expect("reader");
+    // The records are synced now; rebuild the batches from the same rows.
+    let conn = rusqlite::Connection::open(reader_dir.join("reader.db")).expect("db");
+    conn.execute("UPDATE records SET synced_at = NULL", []).expect("reset");
+    while let Some(batch) = reread.next_batch(after, BATCH, NOW).expect("batch") {
+        after = batch.last_seq();
+        batches.push(batch.encode().expect("encode"));
+    }
+    let started = Instant::now();
+    for bytes in &batches {
+        hub.receive(bytes, Via::Import, NOW * 1000).expect("receive");
+    }
+    let took = started.elapsed();
+    println!(
+        "ingest (hub alone, signature checks + clearing + SQLite): {:.0} records/s (target >= 50,000)",
+        records as f64 / took.as_secs_f64()
+    );
+    if let Some(first) = batches.first() {
+        let batch = sonotap::sync::wire::Batch::decode(first).expect("batch");
+        let key = reread.public_key();
+        let issuers = hub.trusted_keys().expect("keys");
+        let t = Instant::now();
+        let checked = sonotap::hub::verify::check_batch(batch.clone(), key.verifying_key(), &issuers)
+            .expect("check");
+        let batched = t.elapsed();
+        let t = Instant::now();
+        for (r, c) in batch.chained().iter().zip(&checked.records) {
+            let token = Token::decode(&c.token).expect("token");
+            let wallet = VerifyingKey::from_bytes(&token.credential.terms.wallet_key).expect("key");
+            key.verifying_key()
+                .verify_strict(&r.body.encode(), &Signature::from_bytes(r.signature))
+                .expect("reader sig");
+            wallet
+                .verify_strict(&token.payment_message(), &Signature::from_bytes(&token.wallet_signature))
+                .expect("wallet sig");
+        }
+        let strict = t.elapsed();
+        println!(
+            "signature checks on one batch of {}: batched on all cores {:.1} µs/record, \
+             one-by-one verify_strict on one core {:.1} µs/record (ratio {:.1}x)",
+            batch.records.len(),
+            batched.as_secs_f64() * 1e6 / batch.records.len() as f64,
+            strict.as_secs_f64() * 1e6 / batch.records.len() as f64,
+            strict.as_secs_f64() / batched.as_secs_f64()
+        );
+    }
+
+    // 3. Taps while a week offline syncs.
+    let offline_dir = reader_with_queue(&mut site, "bench-b", offline);
+    drop(site.hub);
+    let mut tapper = Reader::open(&offline_dir).expect("reader");
+    let wallet = SigningKey::from_bytes(&[77; 32]);
+    let credential = {
+        let mut hub = Hub::open(&hub_dir).expect("hub");
+        let public = PublicKey::from_bytes(Role::Wallet, None, &wallet.verifying_key().to_bytes())
+            .expect("key");
+        let request = IssueRequest {
+            scope: Scope::Transit,
+            currency: 978,
+            offline_limit: u32::MAX,
+            per_payment_cap: 1_000,
+            valid_from: (NOW - 3600) as u32,
+            valid_hours: 24 * 30,
+        };
+        hub.issue(&public, request, NOW).expect("issue")
+    };
+    let mut counter = 0u32;
+    let mut tap = |reader: &mut Reader| {
+        counter += 1;
+        let payment = PaymentTerms {
+            amount: 250,
+            counter,
+            total_before: (counter - 1) * 250,
+            timestamp: NOW as u32,
+            reader_tag: 0,
+        };
+        let token = Token::sign(credential, payment, &wallet).expect("token").encode();
+        let t = Instant::now();
+        let outcome = reader.present(&token, NonZeroU32::new(250), NOW).expect("present");
+        let took = t.elapsed();
+        assert!(outcome.decision.is_ok(), "{:?}", outcome.decision);
+        took
+    };
+    let idle: Vec<Duration> = (0..200)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            tap(&mut tapper)
+        })
+        .collect();
+    let sync_dir = offline_dir.clone();
+    let sync_url = url.clone();
+    let syncing = std::thread::spawn(move || {
+        let client = HubClient::new(&sync_url, None, Duration::from_secs(120)).expect("client");
+        let mut reader = Reader::open(&sync_dir).expect("reader");
+        let options = SyncOptions {
+            batch_size: 2_000,
+            ..SyncOptions::default()
+        };
+        let t = Instant::now();
+        let report = client::sync_once(&mut reader, &client, &options, &mut |_| {}).expect("sync");
+        (report.records, t.elapsed())
+    });
+    let mut during = Vec::new();
+    while !syncing.is_finished() {
+        std::thread::sleep(Duration::from_millis(10));
+        during.push(tap(&mut tapper));
+    }
+    let (synced, took) = syncing.join().expect("sync thread");
+    println!(
+        "taps while {synced} offline records sync ({:.1} s): idle {}; during sync {}",
+        took.as_secs_f64(),
+        percentiles(idle),
+        percentiles(during)
+    );
+    let _ = stop.send(());
+    let _ = handle.join();
+}
