@@ -23,6 +23,11 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 pub enum RecordKind {
     /// An accepted payment: the wallet is charged `amount`.
     Charge,
+    /// A charge cancelled because the service was not delivered (a vend that
+    /// failed or timed out): same token bytes (so the same wallet and counter)
+    /// as the charge it cancels, `amount` = the charge's amount. The token
+    /// stays spent; the hub refunds the wallet.
+    Void,
 }
 
 impl RecordKind {
@@ -30,6 +35,7 @@ impl RecordKind {
     pub fn code(self) -> u8 {
         match self {
             RecordKind::Charge => 1,
+            RecordKind::Void => 2,
         }
     }
 
@@ -37,6 +43,7 @@ impl RecordKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RecordKind::Charge => "charge",
+            RecordKind::Void => "void",
         }
     }
 
@@ -44,6 +51,7 @@ impl RecordKind {
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "charge" => Some(RecordKind::Charge),
+            "void" => Some(RecordKind::Void),
             _ => None,
         }
     }
