@@ -156,7 +156,7 @@ impl<A: Actuator> Driver<A> {
                 self.machine.tick(now, &mut out);
                 events.extend(self.apply(out));
             }
-            if !events.is_empty() || now >= until || self.stopped() {
+            if !events.is_empty() || self.stopped() {
                 return events;
             }
             let mut wake = until;
@@ -188,7 +188,8 @@ impl<A: Actuator> Driver<A> {
             } else {
                 std::thread::sleep(wait);
             }
-            if !events.is_empty() {
+            // At least one look at the port (a zero-time read finds a hang-up).
+            if !events.is_empty() || Instant::now() >= until {
                 return events;
             }
         }

@@ -200,6 +200,7 @@ enum Relay {
 #[derive(Debug, Clone)]
 struct Active {
     seq: u64,
+    asked_at: Instant,
     /// Set while waiting for the port to deliver the open command.
     deliver_by: Option<Instant>,
     opened_at: Option<Instant>,
@@ -269,6 +270,7 @@ impl GateMachine {
         }
         self.active = Some(Active {
             seq,
+            asked_at: now,
             deliver_by: None,
             opened_at: None,
             held: None,
@@ -561,7 +563,14 @@ impl Actuator for GateMachine {
                     a.opened_at = None;
                     a.ack = Wait::NotExpected;
                     a.passage = Wait::NotExpected;
-                    a.failure = Some(format!("the open command was not delivered: {reason}"));
+                    // Nothing was delivered: wait for the port to return
+                    // within the delivery window, then open.
+                    let by = a.asked_at + self.cfg.deliver_within;
+                    if now < by {
+                        a.deliver_by = Some(by);
+                    } else {
+                        a.failure = Some(format!("the open command was not delivered: {reason}"));
+                    }
                 }
             }
             Some(GateCommand::Close) | Some(GateCommand::Reset) => {
@@ -724,7 +733,7 @@ mod tests {
     }
 
     #[test]
-    fn an_open_that_cannot_be_written_is_undeliverable_and_released_on_return() {
+    fn an_open_that_cannot_be_written_in_its_window_is_undeliverable_and_released_on_return() {
         let mut m = machine("ch340-relay");
         let t0 = Instant::now();
         step(&mut m, |m, o| m.connected(t0, o));
@@ -732,6 +741,8 @@ mod tests {
         let out = step(&mut m, |m, o| {
             m.disconnected(t0, Some(GateCommand::Open), "EIO", o)
         });
+        assert_eq!(done(&out), None, "waits for the port within deliver_within");
+        let out = step(&mut m, |m, o| m.tick(t0 + ms(1000), o));
         let outcome = done(&out).expect("done");
         assert!(matches!(&outcome.delivery, Delivery::Undeliverable(w) if w.contains("EIO")));
         assert_eq!(outcome.release, Release::NotOpened);
@@ -740,6 +751,27 @@ mod tests {
         let out = step(&mut m, |m, o| m.connected(t0 + ms(50), o));
         assert_eq!(writes(&out), vec![(OFF.to_vec(), GateCommand::Close)]);
         assert!(!m.relay_may_be_held());
+    }
+
+    #[test]
+    fn a_failed_open_write_is_retried_when_the_port_returns_in_time() {
+        let mut m = machine("ch340-relay");
+        let t0 = Instant::now();
+        step(&mut m, |m, o| m.connected(t0, o));
+        step(&mut m, |m, o| m.open(t0, 1, o));
+        step(&mut m, |m, o| {
+            m.disconnected(t0, Some(GateCommand::Open), "EIO", o)
+        });
+        let out = step(&mut m, |m, o| m.connected(t0 + ms(300), o));
+        assert_eq!(
+            writes(&out),
+            vec![
+                (OFF.to_vec(), GateCommand::Close),
+                (ON.to_vec(), GateCommand::Open)
+            ]
+        );
+        let out = step(&mut m, |m, o| m.tick(t0 + ms(600), o));
+        assert!(done(&out).expect("done").delivered());
     }
 
     #[test]

@@ -62,12 +62,12 @@ pub enum ProfileError {
         builtin: String,
     },
     /// The file could not be read.
-    #[error("cannot read profile {path}: {source}")]
+    #[error("cannot read profile {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The TOML is not a valid profile.
     #[error("profile {origin}: {detail}")]
@@ -183,9 +183,9 @@ impl Profile {
 
     /// Reads a profile file; its name is the file name without `.toml`.
     pub fn from_file(path: &Path) -> Result<Profile, ProfileError> {
-        let text = fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        let text = fs::read_to_string(path).map_err(|cause| ProfileError::Read {
             path: path.into(),
-            source,
+            cause,
         })?;
         let name = path
             .file_stem()

@@ -22,24 +22,24 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 #[derive(Debug, Error)]
 pub enum PortError {
     /// The port could not be opened (missing, busy, no permission).
-    #[error("cannot open serial port {path} at {baud} baud: {source}")]
+    #[error("cannot open serial port {path} at {baud} baud: {cause}")]
     Open {
         /// The port.
         path: PathBuf,
         /// The baud rate asked for.
         baud: u32,
         /// What the OS said.
-        source: serialport::Error,
+        cause: serialport::Error,
     },
     /// Reading or writing failed: the port is gone.
-    #[error("serial port {path}: {op} failed: {source}")]
+    #[error("serial port {path}: {op} failed: {cause}")]
     Io {
         /// The port.
         path: PathBuf,
         /// `read` or `write`.
         op: &'static str,
         /// What the OS said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The port is closed (it vanished and has not come back yet).
     #[error("serial port {path} is not open{}", last.as_deref().map(|l| format!(" (last: {l})")).unwrap_or_default())]
@@ -112,11 +112,11 @@ impl SerialLink {
                 self.next_attempt = None;
                 Ok(())
             }
-            Err(source) => {
+            Err(cause) => {
                 let err = PortError::Open {
                     path: self.path.clone(),
                     baud: self.baud,
-                    source,
+                    cause,
                 };
                 self.last_error = Some(err.to_string());
                 Err(err)
@@ -158,10 +158,10 @@ impl SerialLink {
         };
         port.write_all(bytes)
             .and_then(|()| port.flush())
-            .map_err(|source| PortError::Io {
+            .map_err(|cause| PortError::Io {
                 path: self.path.clone(),
                 op: "write",
-                source,
+                cause,
             })
     }
 
@@ -174,10 +174,10 @@ impl SerialLink {
                 last: self.last_error.clone(),
             });
         };
-        let io_err = |source| PortError::Io {
+        let io_err = |cause| PortError::Io {
             path: path.clone(),
             op: "read",
-            source,
+            cause,
         };
         port.set_timeout(timeout)
             .map_err(|e| io_err(io::Error::other(e.to_string())))?;
