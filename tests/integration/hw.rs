@@ -559,9 +559,13 @@ fn relay_unplugged_and_replugged_is_reopened_and_an_opening_without_it_is_flagge
     let mut gate = Gate::new(&profile("ch340-relay"), Some(&link)).expect("gate");
     gate.connect().expect("port opens");
     assert_eq!(board.read_exact(4, Duration::from_secs(5)).0, OFF);
-    // Unplugged: the driver finds out on its next read or write.
+    // Unplugged: the driver finds out on its next read or write. (The
+    // kernel hangs a pty up asynchronously, as a USB unplug takes a moment
+    // to reach the tty: a write in between is accepted and lost, which is
+    // why a board without feedback can only promise "written".)
     let _ = fs::remove_file(&link);
     drop(board);
+    thread::sleep(Duration::from_millis(100));
     // Replugged 200 ms into the opening: it waits (deliver_within 1 s), reopens, delivers.
     let link2 = link.clone();
     let replug = thread::spawn(move || {
@@ -580,6 +584,7 @@ fn relay_unplugged_and_replugged_is_reopened_and_an_opening_without_it_is_flagge
     // Gone for good: the opening is undeliverable, and the record is flagged.
     let _ = fs::remove_file(&link);
     drop(board);
+    thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
     let outcome = gate.open_for(2);
     assert!(
