@@ -303,6 +303,34 @@ mod tests {
     }
 
     #[test]
+    fn kinds_have_stable_codes_and_names_and_a_void_signs_differently() {
+        for (kind, code, name) in [
+            (RecordKind::Charge, 1, "charge"),
+            (RecordKind::Void, 2, "void"),
+        ] {
+            assert_eq!((kind.code(), kind.as_str()), (code, name));
+            assert_eq!(RecordKind::from_name(name), Some(kind));
+        }
+        assert_eq!(RecordKind::from_name("refund"), None);
+        let token = [7u8; 10];
+        let charge = RecordBody {
+            reader_id: "vend-1",
+            seq: 1,
+            at: 1_800_000_000,
+            kind: RecordKind::Charge,
+            amount: 250,
+            token: &token,
+            prev_hash: GENESIS_HASH,
+        };
+        let void = RecordBody {
+            kind: RecordKind::Void,
+            ..charge.clone()
+        };
+        assert_ne!(charge.hash(), void.hash());
+        assert_eq!(void.encode()[RECORD_DOMAIN.len() + 1 + 6 + 16], 2);
+    }
+
+    #[test]
     fn an_intact_chain_verifies() {
         let key = SigningKey::from_bytes(&[3; 32]);
         let records = chain(&key, 5);
