@@ -172,7 +172,8 @@ fn relay_board_is_released_on_connect_then_gets_on_and_off_after_the_pulse() {
     assert_eq!(off, OFF);
     let held = off_at - on_at;
     assert!(
-        held >= Duration::from_millis(280) && held <= Duration::from_millis(500),
+        // Never early; late only by scheduling on a loaded machine.
+        held >= Duration::from_millis(280) && held <= Duration::from_millis(700),
         "pulse of 300 ms held for {held:?}"
     );
     let outcome = gate.join().expect("driver thread");
@@ -180,7 +181,10 @@ fn relay_board_is_released_on_connect_then_gets_on_and_off_after_the_pulse() {
     assert_eq!(outcome.delivery, Delivery::Delivered);
     assert_eq!(outcome.release, Release::Released);
     let measured = outcome.held.expect("held");
-    assert!(measured >= Duration::from_millis(300) && measured < Duration::from_millis(450));
+    assert!(
+        measured >= Duration::from_millis(300) && measured < Duration::from_millis(700),
+        "{measured:?}"
+    );
     board.silent(Duration::from_millis(100));
 }
 
@@ -688,7 +692,7 @@ fn hw_test_pulses_the_relay_and_reports_json() {
     assert!(
         json["held_ms"]
             .as_u64()
-            .is_some_and(|ms| (300..450).contains(&ms))
+            .is_some_and(|ms| (300..700).contains(&ms))
     );
 }
 
