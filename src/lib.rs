@@ -13,6 +13,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod actuator;
 pub mod audio;
 pub mod cli;
 pub mod currency;

@@ -16,7 +16,9 @@ use thiserror::Error;
 use crate::fsutil;
 use crate::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use crate::policy::{self, Decline, ReaderPolicy, TrustedKeys};
-use crate::store::{Committed, ReaderDb, RecordSigner, StoreError};
+use crate::store::{
+    ActuationOutcome, Committed, ReaderDb, RecordSigner, StoreError, VoidError, Voided,
+};
 use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS};
 use crate::token::{self, Scope, WalletId};
 
@@ -368,6 +370,30 @@ impl Reader {
             }),
             decision,
         })
+    }
+}
+
+impl Reader {
+    /// Cancels charge `charge_seq` with a signed, chained void record (a vend
+    /// that failed or timed out); see [`ReaderDb::void_charge`].
+    pub fn void(&mut self, charge_seq: u64, reason: &str, now: u64) -> Result<Voided, VoidError> {
+        let signer = RecordSigner {
+            reader_id: &self.config.id,
+            key: self.key.signing_key(),
+        };
+        self.db.void_charge(&signer, charge_seq, reason, now)
+    }
+
+    /// Stores what a device did about record `seq` (kept beside the chain).
+    pub fn record_actuation(
+        &self,
+        seq: u64,
+        now: u64,
+        device: &str,
+        outcome: ActuationOutcome,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.db.record_actuation(seq, now, device, outcome, detail)
     }
 }
 

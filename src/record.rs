@@ -23,8 +23,10 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 pub enum RecordKind {
     /// An accepted payment: the wallet is charged `amount`.
     Charge,
-    /// Cancels an earlier charge of the same token at this reader (the
-    /// gate or vending machine could not deliver): `amount` is refunded.
+    /// A charge cancelled because the service was not delivered (a vend that
+    /// failed or timed out): same token bytes (so the same wallet and counter)
+    /// as the charge it cancels, `amount` = the charge's amount. The token
+    /// stays spent; the hub refunds the wallet.
     Void,
 }
 
@@ -307,6 +309,34 @@ mod tests {
                 record
             })
             .collect()
+    }
+
+    #[test]
+    fn kinds_have_stable_codes_and_names_and_a_void_signs_differently() {
+        for (kind, code, name) in [
+            (RecordKind::Charge, 1, "charge"),
+            (RecordKind::Void, 2, "void"),
+        ] {
+            assert_eq!((kind.code(), kind.as_str()), (code, name));
+            assert_eq!(RecordKind::from_name(name), Some(kind));
+        }
+        assert_eq!(RecordKind::from_name("refund"), None);
+        let token = [7u8; 10];
+        let charge = RecordBody {
+            reader_id: "vend-1",
+            seq: 1,
+            at: 1_800_000_000,
+            kind: RecordKind::Charge,
+            amount: 250,
+            token: &token,
+            prev_hash: GENESIS_HASH,
+        };
+        let void = RecordBody {
+            kind: RecordKind::Void,
+            ..charge.clone()
+        };
+        assert_ne!(charge.hash(), void.hash());
+        assert_eq!(void.encode()[RECORD_DOMAIN.len() + 1 + 6 + 16], 2);
     }
 
     #[test]

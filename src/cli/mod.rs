@@ -4,6 +4,7 @@
 //! or environment error (clap's own usage errors also exit 2).
 
 mod demo;
+mod hw;
 mod modem;
 mod output;
 mod qr;
@@ -62,6 +63,9 @@ enum Command {
     /// QR codes: decode from camera frames and images, render tokens
     #[command(subcommand)]
     Qr(qr::QrCommand),
+    /// Hardware: gate and vending profiles, on-site tests over serial ports
+    #[command(subcommand)]
+    Hw(hw::HwCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +325,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reader(command) => run_reader(command),
         Command::Modem(command) => modem::run(command),
         Command::Qr(command) => qr::run(command),
+        Command::Hw(command) => hw::run(command),
         Command::Token(TokenCommand::Inspect { token }) => {
             let bytes = read_token_file(&token)?;
             let token = Token::decode(&bytes).context("not a valid v1 token")?;

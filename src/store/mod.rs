@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use rusqlite_migration::M;
+use serde::Serialize;
+use thiserror::Error;
 
 use crate::policy::{self, Authentic, Decline, ReaderPolicy, TrustedKeys, WalletHistory};
 use crate::record::{GENESIS_HASH, Record, RecordBody, RecordKind};
@@ -24,8 +26,9 @@ pub use sqlite::StoreError;
 pub use sync::{Pruned, SyncState};
 
 /// Schema versions of the reader database, oldest first. Append only.
-static MIGRATIONS: [M<'static>; 1] = [M::up(
-    "CREATE TABLE meta (
+static MIGRATIONS: [M<'static>; 2] = [
+    M::up(
+        "CREATE TABLE meta (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     ) STRICT;
@@ -69,7 +72,29 @@ static MIGRATIONS: [M<'static>; 1] = [M::up(
         synced_at INTEGER
     ) STRICT;
     CREATE INDEX records_unsynced ON records (seq) WHERE synced_at IS NULL;",
-)];
+    ),
+    // Hardware: which charge each void cancels (and why), and what the gate
+    // or vending machine did after a record was committed. Neither is part
+    // of the signed chain: a void is itself a chained record; these rows are
+    // the reader's local account of actuation.
+    M::up(
+        "CREATE TABLE voids (
+        seq INTEGER PRIMARY KEY REFERENCES records (seq) ON DELETE CASCADE,
+        charge_seq INTEGER NOT NULL UNIQUE,
+        reason TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE actuations (
+        id INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL REFERENCES records (seq) ON DELETE CASCADE,
+        at INTEGER NOT NULL,
+        device TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'undeliverable', 'passage',
+            'no_passage', 'vend_success', 'vend_failed')),
+        detail TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX actuations_by_seq ON actuations (seq);",
+    ),
+];
 
 /// The newest schema version this build writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -93,6 +118,108 @@ pub struct Committed {
     pub running_total: u64,
 }
 
+/// A void, on disk: a chained record cancelling a charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Voided {
+    /// The void record's sequence number.
+    pub seq: u64,
+    /// The charge it cancels.
+    pub charge_seq: u64,
+    /// The amount given back (the charge's amount).
+    pub amount: u32,
+}
+
+/// Why a charge could not be voided.
+#[derive(Debug, Error)]
+pub enum VoidError {
+    /// The database failed; nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No record has that sequence number (never made, or pruned after sync).
+    #[error("cannot void record {seq}: there is no such record")]
+    NoSuchRecord {
+        /// The sequence number asked for.
+        seq: u64,
+    },
+    /// The record is not a charge (a void cannot be voided).
+    #[error("cannot void record {seq}: it is a {kind}, not a charge")]
+    NotACharge {
+        /// The record.
+        seq: u64,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The charge was voided before.
+    #[error("cannot void record {seq}: it was already voided by record {void_seq}")]
+    AlreadyVoided {
+        /// The charge.
+        seq: u64,
+        /// The earlier void.
+        void_seq: u64,
+    },
+}
+
+/// What a device did about a committed record (not part of the signed chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActuationOutcome {
+    /// The command reached the device (and it acknowledged, if it does).
+    Delivered,
+    /// The command could not be delivered: the record is flagged for the operator.
+    Undeliverable,
+    /// The gate reported a passage.
+    Passage,
+    /// The gate reported that nobody passed (or no report came in time).
+    NoPassage,
+    /// The vending machine reported a successful dispense.
+    VendSuccess,
+    /// The vend failed or timed out (the charge is voided).
+    VendFailed,
+}
+
+impl ActuationOutcome {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActuationOutcome::Delivered => "delivered",
+            ActuationOutcome::Undeliverable => "undeliverable",
+            ActuationOutcome::Passage => "passage",
+            ActuationOutcome::NoPassage => "no_passage",
+            ActuationOutcome::VendSuccess => "vend_success",
+            ActuationOutcome::VendFailed => "vend_failed",
+        }
+    }
+
+    /// Reads the stored name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            ActuationOutcome::Delivered,
+            ActuationOutcome::Undeliverable,
+            ActuationOutcome::Passage,
+            ActuationOutcome::NoPassage,
+            ActuationOutcome::VendSuccess,
+            ActuationOutcome::VendFailed,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == name)
+    }
+}
+
+/// One stored actuation row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actuation {
+    /// The record it belongs to.
+    pub seq: u64,
+    /// Reader time, Unix seconds.
+    pub at: u64,
+    /// The device (profile name and port).
+    pub device: String,
+    /// What happened.
+    pub outcome: ActuationOutcome,
+    /// The device's own words (an acknowledgement, a passage line, an error).
+    pub detail: String,
+}
+
 /// Counts for an operator: how much is waiting for the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueSummary {
@@ -100,7 +227,9 @@ pub struct QueueSummary {
     pub records: u64,
     /// Records the hub has not acknowledged.
     pub unsynced: u64,
-    /// Sum of unsynced amounts.
+    /// Net of the unsynced records: their charges minus their voids (a
+    /// void cancels a charge), never below zero. A void whose charge the hub
+    /// already acknowledged is a refund the hub owes, not a negative sum here.
     pub unsynced_amount: u64,
     /// The last sequence number used.
     pub head_seq: u64,
@@ -306,6 +435,191 @@ impl ReaderDb {
         }))
     }
 
+    /// Cancels the charge `charge_seq` with a chained, signed void record
+    /// (same token bytes, same amount), in one `BEGIN IMMEDIATE` transaction.
+    ///
+    /// The wallet's counter and running total are left as they are: the
+    /// token stays spent (it cannot be presented again) and the wallet's own
+    /// running total includes it; the hub refunds. A record that is not a
+    /// charge, or a charge already voided, is refused.
+    pub fn void_charge(
+        &mut self,
+        signer: &RecordSigner<'_>,
+        charge_seq: u64,
+        reason: &str,
+        now: u64,
+    ) -> Result<Voided, VoidError> {
+        let path = self.path.clone();
+        let err = |e| StoreError::from_sqlite(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let charge = tx
+            .query_row(
+                "SELECT kind, wallet_id, counter, amount, token FROM records WHERE seq = ?1",
+                [sqlite::int(charge_seq)],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((kind, wallet, counter, amount, token)) = charge else {
+            return Err(VoidError::NoSuchRecord { seq: charge_seq });
+        };
+        let kind = RecordKind::from_name(&kind).ok_or_else(|| {
+            StoreError::inconsistent(&path, format!("unknown record kind {kind:?}"))
+        })?;
+        if kind != RecordKind::Charge {
+            return Err(VoidError::NotACharge {
+                seq: charge_seq,
+                kind: kind.as_str(),
+            });
+        }
+        let earlier = tx
+            .query_row(
+                "SELECT seq FROM voids WHERE charge_seq = ?1",
+                [sqlite::int(charge_seq)],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(err)?;
+        if let Some(void_seq) = earlier {
+            return Err(VoidError::AlreadyVoided {
+                seq: charge_seq,
+                void_seq: sqlite::unsigned(&path, "void sequence number", void_seq)?,
+            });
+        }
+        let amount: u32 = sqlite::unsigned(&path, "amount", amount)?;
+        let (head_seq, head_hash) = chain_head(&tx, &path)?;
+        let body = RecordBody {
+            reader_id: signer.reader_id,
+            seq: head_seq + 1,
+            at: now,
+            kind: RecordKind::Void,
+            amount,
+            token: &token,
+            prev_hash: head_hash,
+        };
+        let hash = body.hash();
+        tx.execute(
+            "INSERT INTO records (seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                sqlite::int(body.seq),
+                sqlite::int(now),
+                body.kind.as_str(),
+                wallet,
+                counter,
+                amount,
+                token.as_slice(),
+                head_hash.as_slice(),
+                hash.as_slice(),
+                body.sign(signer.key).as_slice(),
+            ],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "INSERT INTO voids (seq, charge_seq, reason) VALUES (?1, ?2, ?3)",
+            params![sqlite::int(body.seq), sqlite::int(charge_seq), reason],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            params![sqlite::int(body.seq), hash.as_slice()],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Voided {
+            seq: body.seq,
+            charge_seq,
+            amount,
+        })
+    }
+
+    /// The void record that cancelled charge `charge_seq`, and why, if any.
+    pub fn void_of(&self, charge_seq: u64) -> Result<Option<(u64, String)>, StoreError> {
+        let found = self
+            .conn
+            .query_row(
+                "SELECT seq, reason FROM voids WHERE charge_seq = ?1",
+                [sqlite::int(charge_seq)],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        found
+            .map(|(seq, reason)| {
+                Ok((
+                    sqlite::unsigned(&self.path, "void sequence number", seq)?,
+                    reason,
+                ))
+            })
+            .transpose()
+    }
+
+    /// Stores what a device did about record `seq` (see [`ActuationOutcome`]).
+    pub fn record_actuation(
+        &self,
+        seq: u64,
+        now: u64,
+        device: &str,
+        outcome: ActuationOutcome,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO actuations (seq, at, device, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![sqlite::int(seq), sqlite::int(now), device, outcome.as_str(), detail],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// The actuations stored for record `seq`, oldest first.
+    pub fn actuations(&self, seq: u64) -> Result<Vec<Actuation>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, at, device, outcome, detail FROM actuations WHERE seq = ?1 ORDER BY id")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([sqlite::int(seq)], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at, device, outcome, detail) = row.map_err(self.err())?;
+            out.push(Actuation {
+                seq: sqlite::unsigned(&self.path, "actuation seq", seq)?,
+                at: sqlite::unsigned(&self.path, "actuation time", at)?,
+                device,
+                outcome: ActuationOutcome::from_name(&outcome).ok_or_else(|| {
+                    StoreError::inconsistent(
+                        &self.path,
+                        format!("unknown actuation outcome {outcome:?}"),
+                    )
+                })?,
+                detail,
+            });
+        }
+        Ok(out)
+    }
+
     /// Records in sequence order; `unsynced_only` keeps those the hub has not acknowledged.
     pub fn records(&self, unsynced_only: bool) -> Result<Vec<Record>, StoreError> {
         let mut records = Vec::new();
@@ -373,7 +687,8 @@ impl ReaderDb {
             .query_row(
                 "SELECT count(*),
                         count(*) FILTER (WHERE synced_at IS NULL),
-                        coalesce(sum(amount) FILTER (WHERE synced_at IS NULL), 0)
+                        max(0, coalesce(sum(CASE kind WHEN 'void' THEN -amount ELSE amount END)
+                                        FILTER (WHERE synced_at IS NULL), 0))
                  FROM records",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),

@@ -245,3 +245,126 @@ fn a_locked_database_gives_a_clear_error_and_charges_nothing() {
             .is_ok()
     );
 }
+
+fn void(db: &mut ReaderDb, seq: u64, reason: &str) -> Result<Voided, VoidError> {
+    let key = reader_key();
+    let signer = RecordSigner {
+        reader_id: READER,
+        key: &key,
+    };
+    db.void_charge(&signer, seq, reason, NOW + 5)
+}
+
+#[test]
+fn a_void_is_a_chained_record_with_the_charges_token_and_amount() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    tap(&mut db, 1, 100).expect("accept");
+    tap(&mut db, 2, 200).expect("accept");
+    let voided = void(&mut db, 2, "vend failed").expect("void");
+    assert_eq!(
+        voided,
+        Voided {
+            seq: 3,
+            charge_seq: 2,
+            amount: 200
+        }
+    );
+    let records = db.records(false).expect("records");
+    assert_eq!(records[2].kind, RecordKind::Void);
+    assert_eq!(records[2].token, records[1].token);
+    assert_eq!(
+        (records[2].wallet, records[2].counter),
+        (records[1].wallet, 2)
+    );
+    assert_eq!(records[2].amount, 200);
+    let end = verify_chain(
+        READER,
+        &reader_key().verifying_key(),
+        (0, GENESIS_HASH),
+        &records,
+    );
+    assert_eq!(end, Ok((3, records[2].hash)));
+    assert_eq!(
+        db.void_of(2).expect("void_of"),
+        Some((3, "vend failed".into()))
+    );
+    assert_eq!(db.void_of(1).expect("void_of"), None);
+    // Net of the unsynced records: 100 + 200 - 200.
+    assert_eq!(db.summary().expect("summary").unsynced_amount, 100);
+}
+
+#[test]
+fn a_void_leaves_the_token_spent_and_the_running_total_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    tap(&mut db, 1, 250).expect("accept");
+    void(&mut db, 1, "vend failed").expect("void");
+    assert_eq!(
+        tap(&mut db, 1, 250).expect_err("replay").reason,
+        Reason::Replayed
+    );
+    // Limit 1000: the voided 250 still counts until the hub refunds it.
+    for counter in 2..=4 {
+        tap(&mut db, counter, 250).expect("within limit");
+    }
+    assert_eq!(
+        tap(&mut db, 5, 250).expect_err("over").reason,
+        Reason::OverOfflineLimit
+    );
+}
+
+#[test]
+fn voiding_twice_a_void_or_a_missing_record_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    tap(&mut db, 1, 100).expect("accept");
+    void(&mut db, 1, "first").expect("void");
+    assert!(matches!(
+        void(&mut db, 1, "again"),
+        Err(VoidError::AlreadyVoided {
+            seq: 1,
+            void_seq: 2
+        })
+    ));
+    assert!(matches!(
+        void(&mut db, 2, "a void"),
+        Err(VoidError::NotACharge {
+            seq: 2,
+            kind: "void"
+        })
+    ));
+    let missing = void(&mut db, 9, "none").expect_err("missing");
+    assert!(matches!(missing, VoidError::NoSuchRecord { seq: 9 }));
+    assert_eq!(
+        missing.to_string(),
+        "cannot void record 9: there is no such record"
+    );
+    assert_eq!(db.records(false).expect("records").len(), 2);
+}
+
+#[test]
+fn actuations_are_stored_beside_their_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    tap(&mut db, 1, 100).expect("accept");
+    db.record_actuation(1, NOW, "ch340-relay", ActuationOutcome::Delivered, "")
+        .expect("store");
+    db.record_actuation(
+        1,
+        NOW + 1,
+        "ch340-relay",
+        ActuationOutcome::Passage,
+        "PASS 1",
+    )
+    .expect("store");
+    let rows = db.actuations(1).expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].outcome, ActuationOutcome::Passage);
+    assert_eq!(rows[1].detail, "PASS 1");
+    assert!(
+        db.record_actuation(7, NOW, "gate", ActuationOutcome::Delivered, "")
+            .is_err(),
+        "an actuation names a record that exists"
+    );
+}
