@@ -109,6 +109,9 @@ pub trait DenySigner {
 pub trait Ledger {
     /// The stored record `(reader, seq)`'s chain fields.
     fn link(&mut self, reader: &str, seq: u64) -> Result<Option<Link>, HubError>;
+    /// The chain fields of the stored records `first..=last` of `reader`,
+    /// ascending (one query for a batch's idempotency check).
+    fn links(&mut self, reader: &str, first: u64, last: u64) -> Result<Vec<(u64, Link)>, HubError>;
     /// Stores a record (its token and payment facts are stored separately).
     fn insert_record(
         &mut self,
@@ -118,9 +121,8 @@ pub trait Ledger {
     ) -> Result<(), HubError>;
     /// Stores the batch's receipt row.
     fn insert_batch(&mut self, row: &BatchRow<'_>) -> Result<(), HubError>;
-    /// The payment with this token, if seen.
-    fn payment(&mut self, token_hash: &[u8; 32]) -> Result<Option<Payment>, HubError>;
-    /// Payments of `wallet` with `counter`.
+    /// Payments of `wallet` with `counter` (a token's hash is among them
+    /// if the token was seen: same bytes, same wallet and counter).
     fn payments_with_counter(
         &mut self,
         wallet: WalletId,
@@ -132,17 +134,12 @@ pub trait Ledger {
         credential: &[u8; 32],
         counter: u32,
     ) -> Result<(Option<Payment>, Option<Payment>), HubError>;
-    /// Stores a new payment with its first charge.
-    fn insert_payment(
-        &mut self,
-        payment: &Payment,
-        charged: u32,
-        token: &[u8],
-    ) -> Result<(), HubError>;
-    /// Adjusts a payment's net charge (negative for a void); returns the new net charge.
-    fn adjust_charge(&mut self, token_hash: &[u8; 32], delta: i64) -> Result<i64, HubError>;
-    /// Net charges of every payment under `credential`.
-    fn credential_charged(&mut self, credential: &[u8; 32]) -> Result<u64, HubError>;
+    /// Stores a new payment with its first charge; returns the net charges
+    /// of every payment under its credential, this one included.
+    fn insert_payment(&mut self, payment: &Payment, charged: u32) -> Result<u64, HubError>;
+    /// Adjusts the net charge of `payment`'s token (negative for a void);
+    /// returns the new net charge.
+    fn adjust_charge(&mut self, payment: &Payment, delta: i64) -> Result<i64, HubError>;
     /// Records a fraud finding against `wallet`.
     fn insert_flag(
         &mut self,
@@ -218,9 +215,13 @@ pub fn ingest(
     };
 
     // Idempotency: a record already stored must be byte-identical (same hash).
+    let stored: std::collections::HashMap<u64, Link> = ledger
+        .links(reader, batch.first_seq, batch.last_seq())?
+        .into_iter()
+        .collect();
     let mut fresh = Vec::with_capacity(checked.records.len());
     for record in &checked.records {
-        match ledger.link(reader, record.seq)? {
+        match stored.get(&record.seq) {
             None => fresh.push(record),
             Some(link) if link.hash == record.hash => report.already_stored += 1,
             Some(_) => {
@@ -299,7 +300,8 @@ pub fn ingest(
         };
         match record.kind {
             RecordKind::Charge => {
-                if let Some(first) = ledger.payment(&record.token_hash)? {
+                let same_counter = ledger.payments_with_counter(payment.wallet, payment.counter)?;
+                if let Some(first) = same_counter.iter().find(|p| p.token_hash == record.token_hash) {
                     let detail = format!(
                         "token already charged at {} #{}; counted once",
                         first.reader, first.seq
@@ -314,14 +316,13 @@ pub fn ingest(
                     report.incidents += 1;
                     continue;
                 }
-                let same_counter = ledger.payments_with_counter(payment.wallet, payment.counter)?;
                 let (before, after) = ledger.neighbours(&payment.credential, payment.counter)?;
-                ledger.insert_payment(payment, record.amount, &record.token)?;
+                let credential_charged = ledger.insert_payment(payment, record.amount)?;
                 let ctx = Context {
                     same_counter: &same_counter,
                     before: before.as_ref(),
                     after: after.as_ref(),
-                    credential_charged: ledger.credential_charged(&payment.credential)?,
+                    credential_charged,
                     offline_limit: *offline_limit,
                 };
                 let findings = clearing::check(payment, &ctx);
@@ -331,10 +332,11 @@ pub fn ingest(
             }
             RecordKind::Void => {
                 let charged_here = ledger
-                    .payment(&record.token_hash)?
-                    .is_some_and(|p| p.reader == reader && p.seq < record.seq);
+                    .payments_with_counter(payment.wallet, payment.counter)?
+                    .iter()
+                    .any(|p| p.token_hash == record.token_hash && p.reader == reader && p.seq < record.seq);
                 if charged_here {
-                    ledger.adjust_charge(&record.token_hash, -i64::from(record.amount))?;
+                    ledger.adjust_charge(payment, -i64::from(record.amount))?;
                 } else {
                     let detail = "void of a token this reader did not charge before; ignored";
                     ledger.insert_incident(

@@ -32,7 +32,7 @@ use crate::sync::wire::{Ack, Batch, DenyAction, DenyEntry, KeySet, WireError};
 use crate::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
 use backend::{HubBackend, Report};
 use ledger::{DenySigner, IngestReport, IngestStatus, Via};
-use verify::BatchRefused;
+use verify::{BatchRefused, CheckedBatch};
 
 pub use open::open_database;
 
@@ -124,6 +124,21 @@ pub struct Receipt {
     pub ack: Ack,
     /// What was stored and flagged.
     pub report: IngestReport,
+}
+
+/// A decoded batch from a registered reader, with the keys to check it.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    batch: Batch,
+    reader_key: VerifyingKey,
+    issuers: TrustedKeys,
+}
+
+impl Admitted {
+    /// Checks every signature (see [`verify::check_batch`]).
+    pub fn check(self) -> Result<CheckedBatch, HubError> {
+        Ok(verify::check_batch(self.batch, &self.reader_key, &self.issuers)?)
+    }
 }
 
 /// An open hub directory.
@@ -290,6 +305,16 @@ impl Hub {
 
     /// Checks, stores and acknowledges an encoded batch (upload or import).
     pub fn receive(&mut self, bytes: &[u8], via: Via, now_ms: u64) -> Result<Receipt, HubError> {
+        let admitted = self.admit(bytes)?;
+        let checked = admitted.check()?;
+        self.store(&checked, via, now_ms)
+    }
+
+    /// First step of [`Hub::receive`]: decodes the batch and looks up its
+    /// reader's key and the issuer keys. The signature checks that follow
+    /// ([`Admitted::check`]) need no access to the hub, so a server runs
+    /// them outside its lock, in parallel with other batches being stored.
+    pub fn admit(&mut self, bytes: &[u8]) -> Result<Admitted, HubError> {
         let batch = Batch::decode(bytes)?;
         let reader_key = self
             .backend
@@ -299,9 +324,18 @@ impl Hub {
                 reader: batch.reader_id.clone(),
             })?;
         let issuers = self.trusted_keys()?;
-        let checked = verify::check_batch(batch, &reader_key, &issuers)?;
+        Ok(Admitted {
+            batch,
+            reader_key,
+            issuers,
+        })
+    }
+
+    /// Last step of [`Hub::receive`]: stores a checked batch and signs the
+    /// acknowledgement, after the commit.
+    pub fn store(&mut self, checked: &CheckedBatch, via: Via, now_ms: u64) -> Result<Receipt, HubError> {
         let signer = IssuerSigner(&self.issuer);
-        let report = self.backend.ingest(&checked, &signer, via, now_ms / 1000)?;
+        let report = self.backend.ingest(checked, &signer, via, now_ms / 1000)?;
         if let IngestStatus::Conflict { seq } = report.status {
             return Err(HubError::Conflict {
                 reader: checked.batch.reader_id.clone(),

@@ -123,7 +123,13 @@ async fn upload(
     State(hub): State<Shared>,
     body: Bytes,
 ) -> Result<axum::Json<UploadAnswer>, ApiError> {
-    let receipt = with_hub(hub, move |hub| hub.receive(&body, Via::Network, now_ms())).await?;
+    let admitted = with_hub(Arc::clone(&hub), move |hub| hub.admit(&body)).await?;
+    // Signature checks run outside the hub's lock, beside other uploads.
+    let checked = tokio::task::spawn_blocking(move || admitted.check())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)?;
+    let receipt = with_hub(hub, move |hub| hub.store(&checked, Via::Network, now_ms())).await?;
     let ack = receipt
         .ack
         .encode()

@@ -75,7 +75,8 @@ static MIGRATIONS: [M<'static>; 2] = [
             PRIMARY KEY (reader_id, seq)
         ) STRICT, WITHOUT ROWID;
         CREATE TABLE payments (
-            token_hash BLOB PRIMARY KEY CHECK (length(token_hash) = 32),
+            id INTEGER PRIMARY KEY,
+            token_hash BLOB NOT NULL CHECK (length(token_hash) = 32),
             wallet_id BLOB NOT NULL CHECK (length(wallet_id) = 8),
             counter INTEGER NOT NULL,
             credential BLOB NOT NULL CHECK (length(credential) = 32),
@@ -131,6 +132,9 @@ impl SqliteHub {
     pub fn open(dir: &Path, create: bool) -> Result<Self, StoreError> {
         let path = dir.join(DB_FILE);
         let conn = sqlite::open(&path, &MIGRATIONS, create, "run `sonotap hub init` first")?;
+        // Clearing looks up wallets at random: keep their index pages in memory.
+        conn.pragma_update(None, "cache_size", -128 * 1024)
+            .map_err(|e| StoreError::from_sqlite(&path, e))?;
         Ok(Self { conn, path })
     }
 }
@@ -220,6 +224,33 @@ impl Ledger for SqliteLedger<'_> {
         .transpose()
     }
 
+    fn links(&mut self, reader: &str, first: u64, last: u64) -> Result<Vec<(u64, Link)>, HubError> {
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = self
+            .tx
+            .prepare_cached(
+                "SELECT seq, prev_hash, hash FROM records
+                 WHERE reader_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![reader, sqlite::int(first), sqlite::int(last)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.err())?;
+        rows.into_iter()
+            .map(|(seq, prev, hash)| {
+                Ok((
+                    sqlite::unsigned(self.path, "sequence number", seq)?,
+                    Link {
+                        prev_hash: sqlite::blob(self.path, "previous hash", prev)?,
+                        hash: sqlite::blob(self.path, "record hash", hash)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     fn insert_record(
         &mut self,
         reader: &str,
@@ -282,13 +313,6 @@ impl Ledger for SqliteLedger<'_> {
             .map_err(self.err())
     }
 
-    fn payment(&mut self, token_hash: &[u8; 32]) -> Result<Option<Payment>, HubError> {
-        self.one_payment(
-            &format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE token_hash = ?1"),
-            [token_hash.as_slice()],
-        )
-    }
-
     fn payments_with_counter(
         &mut self,
         wallet: WalletId,
@@ -329,7 +353,7 @@ impl Ledger for SqliteLedger<'_> {
         Ok((before, after))
     }
 
-    fn insert_payment(&mut self, p: &Payment, charged: u32, _token: &[u8]) -> Result<(), HubError> {
+    fn insert_payment(&mut self, p: &Payment, charged: u32) -> Result<u64, HubError> {
         self.tx
             .prepare_cached(
                 "INSERT INTO payments (token_hash, wallet_id, counter, credential, total_before,
@@ -350,23 +374,26 @@ impl Ledger for SqliteLedger<'_> {
                 ])
             })
             .map_err(self.err())?;
-        self.tx
+        let total: i64 = self
+            .tx
             .prepare_cached(
                 "INSERT INTO credential_spend (credential, charged) VALUES (?1, ?2)
-                 ON CONFLICT (credential) DO UPDATE SET charged = charged + excluded.charged",
+                 ON CONFLICT (credential) DO UPDATE SET charged = charged + excluded.charged
+                 RETURNING charged",
             )
-            .and_then(|mut s| s.execute(params![p.credential.as_slice(), charged]))
-            .map(drop)
-            .map_err(self.err())
+            .and_then(|mut s| s.query_row(params![p.credential.as_slice(), charged], |r| r.get(0)))
+            .map_err(self.err())?;
+        Ok(sqlite::unsigned(self.path, "credential spend", total)?)
     }
 
-    fn adjust_charge(&mut self, token_hash: &[u8; 32], delta: i64) -> Result<i64, HubError> {
+    fn adjust_charge(&mut self, p: &Payment, delta: i64) -> Result<i64, HubError> {
         let (credential, charged): (Vec<u8>, i64) = self
             .tx
             .query_row(
-                "UPDATE payments SET charged = max(0, charged + ?2) WHERE token_hash = ?1
+                "UPDATE payments SET charged = max(0, charged + ?4)
+                 WHERE wallet_id = ?1 AND counter = ?2 AND token_hash = ?3
                  RETURNING credential, charged",
-                params![token_hash.as_slice(), delta],
+                params![p.wallet.0.as_slice(), p.counter, p.token_hash.as_slice(), delta],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(self.err())?;
@@ -377,22 +404,6 @@ impl Ledger for SqliteLedger<'_> {
             )
             .map_err(self.err())?;
         Ok(charged)
-    }
-
-    fn credential_charged(&mut self, credential: &[u8; 32]) -> Result<u64, HubError> {
-        let charged: Option<i64> = self
-            .tx
-            .prepare_cached("SELECT charged FROM credential_spend WHERE credential = ?1")
-            .and_then(|mut s| {
-                s.query_row([credential.as_slice()], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(self.err())?;
-        Ok(sqlite::unsigned(
-            self.path,
-            "credential spend",
-            charged.unwrap_or(0),
-        )?)
     }
 
     fn insert_flag(

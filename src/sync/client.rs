@@ -17,7 +17,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::plan::{Outcome, Plan, Step};
-use super::wire::{Ack, DenyEntry, KeySet, WireError};
+use super::wire::{Ack, Batch, DenyEntry, KeySet, WireError};
+use crate::policy::TrustedKeys;
 use crate::hub::server::{DenyAnswer, KeysAnswer, TimeAnswer, UploadAnswer};
 use crate::reader::{Reader, ReaderError};
 use crate::store::{Pruned, StoreError};
@@ -250,6 +251,110 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// Uploads in flight at once: the hub checks one batch's signatures while it
+/// stores the other, and the reader reads the next while both travel.
+const IN_FLIGHT: usize = 2;
+
+/// Uploads every unsynced record: one thread reads and signs batches, two
+/// upload them and mark each synced on its verified acknowledgement. Each
+/// thread has its own database connection; the first failure stops the rest
+/// (whatever was acknowledged stays marked, the rest stays queued).
+fn upload_all(
+    dir: &Path,
+    hub: &HubClient,
+    options: &SyncOptions,
+    report: &mut SyncReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), SyncError> {
+    let failed = AtomicBool::new(false);
+    let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Batch>(IN_FLIGHT);
+    // Shared by the uploaders and dropped with the last of them, so that a
+    // producer blocked on a full channel wakes up when they stop early.
+    let batch_rx = Arc::new(std::sync::Mutex::new(batch_rx));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(Ack, u32), SyncError>>();
+    std::thread::scope(|s| {
+        let failed = &failed;
+        let producer = s.spawn(move || -> Result<(), SyncError> {
+            let reader = Reader::open(dir)?;
+            let mut after = 0;
+            while !failed.load(Ordering::Relaxed) {
+                let Some(batch) = reader.next_batch(after, options.batch_size, now_ms() / 1000)? else {
+                    break;
+                };
+                after = batch.last_seq();
+                if batch_tx.send(batch).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        for _ in 0..IN_FLIGHT {
+            let done_tx = done_tx.clone();
+            let batch_rx = Arc::clone(&batch_rx);
+            s.spawn(move || {
+                let result = (|| -> Result<(), SyncError> {
+                    let mut reader = Reader::open(dir)?;
+                    let issuers = reader.db().trusted_keys()?;
+                    loop {
+                        let next = batch_rx.lock().ok().and_then(|rx| rx.recv().ok());
+                        let Some(batch) = next else { return Ok(()) };
+                        if failed.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let (ack, already) = upload_one(hub, &batch, &issuers)?;
+                        reader.db_mut().mark_synced(ack.first_seq, ack.last_seq, now_ms() / 1000)?;
+                        if done_tx.send(Ok((ack, already))).is_err() {
+                            return Ok(());
+                        }
+                    }
+                })();
+                if let Err(e) = result {
+                    failed.store(true, Ordering::Relaxed);
+                    let _ = done_tx.send(Err(e));
+                }
+            });
+        }
+        drop(done_tx);
+        drop(batch_rx);
+        let mut first_error = None;
+        for done in done_rx {
+            match done {
+                Ok((ack, already)) => {
+                    report.batches += 1;
+                    report.records += u64::from(ack.totals.count);
+                    report.already_stored += u64::from(already);
+                    report.charged += ack.totals.charged;
+                    progress(report.records);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let produced = producer.join().unwrap_or(Ok(()));
+        match (first_error, produced) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(()),
+        }
+    })
+}
+
+/// Uploads one batch; returns the verified acknowledgement and how many
+/// records the hub already had.
+fn upload_one(hub: &HubClient, batch: &Batch, issuers: &TrustedKeys) -> Result<(Ack, u32), SyncError> {
+    let url = hub.url("/v1/batches");
+    let bad = |detail: String| SyncError::BadAnswer {
+        url: url.clone(),
+        detail,
+    };
+    let bytes = batch.encode().map_err(|e| bad(format!("cannot encode the batch: {e}")))?;
+    let answer = hub.upload(&bytes)?;
+    let ack_bytes = hex::decode(&answer.ack).map_err(|e| bad(format!("ack is not hex: {e}")))?;
+    let ack = Ack::decode(&ack_bytes).map_err(|e: WireError| bad(e.to_string()))?;
+    ack.verify(batch, issuers).map_err(|e| bad(e.to_string()))?;
+    Ok((ack, answer.already_stored))
+}
+
 /// Carries out one step; `Ok(more)` for an upload says whether more remain.
 fn run_step(
     step: Step,
@@ -257,6 +362,7 @@ fn run_step(
     hub: &HubClient,
     options: &SyncOptions,
     report: &mut SyncReport,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<bool, SyncError> {
     let now = now_ms() / 1000;
     match step {
@@ -271,32 +377,9 @@ fn run_step(
             Ok(false)
         }
         Step::Upload => {
-            let Some(batch) = reader.next_batch(0, options.batch_size, now)? else {
-                return Ok(false);
-            };
-            let bytes = batch.encode().map_err(|e| {
-                SyncError::Store(StoreError::inconsistent(reader.db().path(), e.to_string()))
-            })?;
-            let answer = hub.upload(&bytes)?;
-            let url = hub.url("/v1/batches");
-            let bad = |detail: String| SyncError::BadAnswer {
-                url: url.clone(),
-                detail,
-            };
-            let ack_bytes =
-                hex::decode(&answer.ack).map_err(|e| bad(format!("ack is not hex: {e}")))?;
-            let ack = Ack::decode(&ack_bytes).map_err(|e: WireError| bad(e.to_string()))?;
-            let issuers = reader.db().trusted_keys()?;
-            ack.verify(&batch, &issuers)
-                .map_err(|e| bad(e.to_string()))?;
-            reader
-                .db_mut()
-                .mark_synced(ack.first_seq, ack.last_seq, now)?;
-            report.batches += 1;
-            report.records += u64::from(ack.totals.count);
-            report.already_stored += u64::from(answer.already_stored);
-            report.charged += ack.totals.charged;
-            Ok(batch.records.len() >= options.batch_size)
+            let dir = reader.dir().to_owned();
+            upload_all(&dir, hub, options, report, progress)?;
+            Ok(false)
         }
         Step::FetchKeys => {
             let answer = hub.keys()?;
@@ -380,14 +463,9 @@ pub fn sync_once(
         if let Step::Sleep(_) = step {
             break Ok(());
         }
-        match run_step(step, reader, hub, options, &mut report) {
+        let mut told = |done| progress(Progress { done, total });
+        match run_step(step, reader, hub, options, &mut report, &mut told) {
             Ok(more) => {
-                if step == Step::Upload {
-                    progress(Progress {
-                        done: report.records,
-                        total,
-                    });
-                }
                 plan.next(Outcome::Done { more }, 0.0);
             }
             Err(e) => break Err(e),
@@ -442,7 +520,7 @@ pub fn run_loop(
                 report = SyncReport::default();
                 Outcome::Done { more: false }
             }
-            _ => match run_step(step, &mut reader, hub, options, &mut report) {
+            _ => match run_step(step, &mut reader, hub, options, &mut report, &mut |_| {}) {
                 Ok(more) => {
                     if step == Step::Prune {
                         let now = now_ms() / 1000;
