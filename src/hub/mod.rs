@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod clearing;
 pub mod ledger;
+pub mod postgres;
 pub mod server;
 pub mod sqlite;
 pub mod verify;
@@ -29,6 +30,7 @@ use crate::policy::TrustedKeys;
 use crate::store::StoreError;
 use crate::sync::wire::{Ack, Batch, DenyAction, DenyEntry, KeySet, WireError};
 use crate::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
+pub use self::postgres::open_database;
 use backend::{HubBackend, Report};
 use ledger::{DenySigner, IngestReport, IngestStatus, Via};
 use verify::BatchRefused;
