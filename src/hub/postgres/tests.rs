@@ -389,40 +389,53 @@ fn postgres_works_from_spawn_blocking_and_drops_in_async_code() {
 
 #[test]
 fn two_postgres_hubs_clear_a_clone_once() {
+    // Without the write lock, two concurrent ingests can each miss the
+    // other's half of a clone; racing several rounds makes that show.
+    const ROUNDS: u8 = 8;
     let Some(server) = PgServer::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let url = server.url("postgres");
     let mut setup = postgres_hub(dir.path(), &url);
-    setup
-        .add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
-        .unwrap();
-    setup
-        .add_reader("gate-2", &public(Role::Reader, READER_2), NOW)
-        .unwrap();
-    let a = token(&mut setup, WALLET_1, 100, 1, 0);
-    let b = token(&mut setup, WALLET_1, 150, 1, 0);
+    let mut batches: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+    for (i, (reader, seed)) in [("gate-1", READER_1), ("gate-2", READER_2)].into_iter().enumerate() {
+        setup.add_reader(reader, &public(Role::Reader, seed), NOW).unwrap();
+        let mut prev = GENESIS_HASH;
+        for round in 0..ROUNDS {
+            let amount = 100 + 50 * i as u32;
+            let t = token(&mut setup, 20 + round, amount, 1, 0);
+            let seq = u64::from(round) + 1;
+            let (bytes, last) = seal(reader, seed, seq, prev, &[(RecordKind::Charge, amount, &t)]);
+            prev = last;
+            batches[i].push(bytes);
+        }
+    }
     drop(setup);
-    let (batch_a, _) = seal("gate-1", READER_1, 1, GENESIS_HASH, &[(RecordKind::Charge, 100, &a)]);
-    let (batch_b, _) = seal("gate-2", READER_2, 1, GENESIS_HASH, &[(RecordKind::Charge, 150, &b)]);
-    // Two hub processes' worth of connections ingest the two halves of a clone at once.
-    let results: Vec<Receipt> = std::thread::scope(|s| {
-        let handles: Vec<_> = [batch_a, batch_b]
-            .into_iter()
-            .map(|bytes| {
-                let dir = dir.path();
-                let url = &url;
+    let start = std::sync::Barrier::new(2);
+    let results: Vec<Vec<Receipt>> = std::thread::scope(|s| {
+        let handles: Vec<_> = batches
+            .iter()
+            .map(|batches| {
+                let (dir, url, start) = (dir.path(), &url, &start);
                 s.spawn(move || {
                     let mut hub =
                         open_database(dir, Some(url), NOW).unwrap_or_else(|e| panic!("{e}"));
-                    receive(&mut hub, &bytes, 1).unwrap_or_else(|e| panic!("{e}"))
+                    batches
+                        .iter()
+                        .map(|bytes| {
+                            start.wait();
+                            receive(&mut hub, bytes, 1).unwrap_or_else(|e| panic!("{e}"))
+                        })
+                        .collect()
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let flagged: usize = results.iter().map(|r| r.report.flagged.len()).sum();
-    assert_eq!(flagged, 1, "exactly one of the two ingests sees the clone");
+    for round in 0..usize::from(ROUNDS) {
+        let flagged = results[0][round].report.flagged.len() + results[1][round].report.flagged.len();
+        assert_eq!(flagged, 1, "round {round}: exactly one of the two ingests sees the clone");
+    }
     let mut hub = open_database(dir.path(), Some(&url), NOW).unwrap_or_else(|e| panic!("{e}"));
-    let (version, entries) = hub.deny_entries(0, 10).unwrap();
-    assert_eq!((version, entries.len()), (1, 1));
+    let (version, entries) = hub.deny_entries(0, 100).unwrap();
+    assert_eq!((version, entries.len()), (u64::from(ROUNDS), usize::from(ROUNDS)));
 }
