@@ -24,13 +24,13 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::VerifyingKey;
 use thiserror::Error;
 
+pub use self::postgres::open_database;
 use crate::fsutil;
 use crate::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use crate::policy::TrustedKeys;
 use crate::store::StoreError;
 use crate::sync::wire::{Ack, Batch, DenyAction, DenyEntry, KeySet, WireError};
 use crate::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
-pub use self::postgres::open_database;
 use backend::{HubBackend, Report};
 use ledger::{DenySigner, IngestReport, IngestStatus, Via};
 use verify::BatchRefused;

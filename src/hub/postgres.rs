@@ -183,9 +183,9 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 pub fn open_database(dir: &Path, database: Option<&str>, now: u64) -> Result<Hub, HubError> {
     match database {
         None => Hub::open(dir),
-        Some(url) if is_postgres_url(url) => off_runtime(|| {
-            Hub::with_backend(dir, Box::new(PostgresHub::connect(url)?), now)
-        }),
+        Some(url) if is_postgres_url(url) => {
+            off_runtime(|| Hub::with_backend(dir, Box::new(PostgresHub::connect(url)?), now))
+        }
         Some(other) => Err(HubError::Backend(format!(
             "unsupported database URL {:?}: use postgres://… or postgresql://…, or leave \
              --database out for the SQLite file in the hub directory",
@@ -425,10 +425,7 @@ fn describe_config(config: &Config) -> String {
         "postgres://{}@{}/{}",
         config.get_user().unwrap_or(""),
         hosts.join(","),
-        config
-            .get_dbname()
-            .or(config.get_user())
-            .unwrap_or("")
+        config.get_dbname().or(config.get_user()).unwrap_or("")
     )
 }
 
@@ -463,7 +460,8 @@ fn connect_err(config: &Config, target: &str, e: postgres::Error) -> HubError {
     let user = config.get_user().unwrap_or("");
     let message = if let Some(db) = e.as_db_error() {
         let code = db.code();
-        if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
         {
             format!(
                 "authentication failed for user {user:?} at {target}: {}",
@@ -472,7 +470,11 @@ fn connect_err(config: &Config, target: &str, e: postgres::Error) -> HubError {
         } else if *code == SqlState::INVALID_CATALOG_NAME {
             format!("{target}: {} (create it first)", db.message())
         } else {
-            format!("cannot connect to {target}: {} ({})", db.message(), code.code())
+            format!(
+                "cannot connect to {target}: {} ({})",
+                db.message(),
+                code.code()
+            )
         }
     } else {
         match io_kind(&e) {

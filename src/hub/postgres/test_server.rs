@@ -57,7 +57,14 @@ impl PgServer {
             return None;
         };
         let run_as = if is_root() {
-            Some(if user_exists("postgres") { "postgres" } else { "nobody" }.to_owned())
+            Some(
+                if user_exists("postgres") {
+                    "postgres"
+                } else {
+                    "nobody"
+                }
+                .to_owned(),
+            )
         } else {
             None
         };

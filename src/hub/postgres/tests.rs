@@ -101,13 +101,22 @@ fn scenario(hub: &mut Hub) -> Report {
     use crate::hub::ledger::IngestStatus;
 
     // Readers: registering twice is a no-op, with another key an error.
-    assert!(hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW).unwrap());
-    assert!(!hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW).unwrap());
+    assert!(
+        hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+            .unwrap()
+    );
+    assert!(
+        !hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+            .unwrap()
+    );
     assert!(matches!(
         hub.add_reader("gate-1", &public(Role::Reader, READER_2), NOW),
         Err(HubError::ReaderKeyMismatch { .. })
     ));
-    assert!(hub.add_reader("gate-2", &public(Role::Reader, READER_2), NOW).unwrap());
+    assert!(
+        hub.add_reader("gate-2", &public(Role::Reader, READER_2), NOW)
+            .unwrap()
+    );
 
     // gate-1: two charges and a void of the second.
     let t1 = token(hub, WALLET_1, 250, 1, 0);
@@ -133,7 +142,13 @@ fn scenario(hub: &mut Hub) -> Report {
     // Record 3 offered again with other contents: refused, incident kept.
     let (_, hash2) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items[..2]);
     let t9 = token(hub, WALLET_1, 77, 9, 9_000);
-    let (edited, _) = seal("gate-1", READER_1, 3, hash2, &[(RecordKind::Charge, 77, &t9)]);
+    let (edited, _) = seal(
+        "gate-1",
+        READER_1,
+        3,
+        hash2,
+        &[(RecordKind::Charge, 77, &t9)],
+    );
     match receive(hub, &edited, 3) {
         Err(HubError::Conflict { reader, seq }) => {
             assert_eq!((reader.as_str(), seq), ("gate-1", 3));
@@ -143,29 +158,50 @@ fn scenario(hub: &mut Hub) -> Report {
 
     // A cloned wallet: counter 2 again, other contents, at gate-2.
     let clone = token(hub, WALLET_1, 120, 2, 250);
-    let (batch2, _) = seal("gate-2", READER_2, 1, GENESIS_HASH, &[(RecordKind::Charge, 120, &clone)]);
+    let (batch2, _) = seal(
+        "gate-2",
+        READER_2,
+        1,
+        GENESIS_HASH,
+        &[(RecordKind::Charge, 120, &clone)],
+    );
     let cloned = receive(hub, &batch2, 4).expect("clone upload");
     assert_eq!(cloned.report.status, IngestStatus::Stored);
-    assert_eq!(cloned.report.flagged, vec![hex::encode(wallet_of(WALLET_1).0)]);
+    assert_eq!(
+        cloned.report.flagged,
+        vec![hex::encode(wallet_of(WALLET_1).0)]
+    );
     let (version, entries) = hub.deny_entries(0, 10).unwrap();
     assert_eq!((version, entries.len()), (1, 1));
     let entry = DenyEntry::decode(&entries[0]).unwrap();
     assert_eq!(entry.action, DenyAction::Deny);
     assert_eq!(entry.reason, "counter_reused");
-    entry.verify(&hub.trusted_keys().unwrap()).expect("signed by the issuer");
+    entry
+        .verify(&hub.trusted_keys().unwrap())
+        .expect("signed by the issuer");
 
     // gate-2 skips records 2 to 4: a gap in the report.
     let t3 = token(hub, WALLET_2, 40, 1, 0);
-    let (batch3, _) = seal("gate-2", READER_2, 5, [7; 32], &[(RecordKind::Charge, 40, &t3)]);
+    let (batch3, _) = seal(
+        "gate-2",
+        READER_2,
+        5,
+        [7; 32],
+        &[(RecordKind::Charge, 40, &t3)],
+    );
     let gap = receive(hub, &batch3, 5).expect("upload after a gap");
     assert_eq!(gap.report.status, IngestStatus::Stored);
     assert!(gap.report.flagged.is_empty());
 
     // An operator denies and allows wallet 2 again; paging the deny list.
     let wallet2 = wallet_of(WALLET_2);
-    let denied = hub.set_deny(DenyAction::Deny, wallet2, "lost phone", NOW + 6).unwrap();
+    let denied = hub
+        .set_deny(DenyAction::Deny, wallet2, "lost phone", NOW + 6)
+        .unwrap();
     assert_eq!(denied.version, 2);
-    let allowed = hub.set_deny(DenyAction::Allow, wallet2, "found", NOW + 7).unwrap();
+    let allowed = hub
+        .set_deny(DenyAction::Allow, wallet2, "found", NOW + 7)
+        .unwrap();
     assert_eq!(allowed.version, 3);
     let (latest, page) = hub.deny_entries(0, 2).unwrap();
     assert_eq!((latest, page.len()), (3, 2));
@@ -248,10 +284,16 @@ fn scenario_on_sqlite() {
 
 #[test]
 fn scenario_on_postgres_gives_the_sqlite_report() {
-    let Some(server) = PgServer::start() else { return };
+    let Some(server) = PgServer::start() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut hub = postgres_hub(&dir.path().join("pg"), &server.url("postgres"));
-    assert!(hub.describe().starts_with("postgres://sonotap@"), "{}", hub.describe());
+    assert!(
+        hub.describe().starts_with("postgres://sonotap@"),
+        "{}",
+        hub.describe()
+    );
     let on_postgres = scenario(&mut hub);
     let on_sqlite = scenario(&mut sqlite_hub(&dir.path().join("sqlite")));
     assert_eq!(on_postgres, on_sqlite);
@@ -261,12 +303,17 @@ fn scenario_on_postgres_gives_the_sqlite_report() {
     let mut again = open_database(&dir.path().join("pg"), Some(&server.url("postgres")), NOW)
         .unwrap_or_else(|e| panic!("reopen: {e}"));
     assert_eq!(again.report().unwrap(), on_postgres);
-    assert_eq!(schema_version(&server.url("postgres")), SCHEMA_VERSION as i64);
+    assert_eq!(
+        schema_version(&server.url("postgres")),
+        SCHEMA_VERSION as i64
+    );
 }
 
 #[test]
 fn postgres_refuses_a_newer_schema_untouched() {
-    let Some(server) = PgServer::start() else { return };
+    let Some(server) = PgServer::start() else {
+        return;
+    };
     let url = server.url("postgres");
     drop(PostgresHub::connect(&url).unwrap_or_else(|e| panic!("{e}")));
     let mut client = postgres::Client::connect(&url, NoTls).unwrap();
@@ -300,7 +347,9 @@ fn postgres_connection_refused_names_host_and_port() {
 
 #[test]
 fn postgres_wrong_password_is_an_authentication_error() {
-    let Some(server) = PgServer::start() else { return };
+    let Some(server) = PgServer::start() else {
+        return;
+    };
     let message = error_of(PostgresHub::connect(&server.tcp_url("postgres", "wrong")));
     assert!(
         message.contains("authentication failed for user \"sonotap\""),
@@ -320,7 +369,11 @@ fn postgres_wrong_password_is_an_authentication_error() {
 fn open_database_refuses_other_urls_and_tls() {
     let dir = tempfile::tempdir().unwrap();
     drop(sqlite_hub(dir.path()));
-    let message = error_of(open_database(dir.path(), Some("mysql://u:secret@h/db"), NOW));
+    let message = error_of(open_database(
+        dir.path(),
+        Some("mysql://u:secret@h/db"),
+        NOW,
+    ));
     assert!(message.contains("unsupported database URL"), "{message}");
     assert!(!message.contains("secret"), "{message}");
     let message = error_of(open_database(
@@ -328,9 +381,16 @@ fn open_database_refuses_other_urls_and_tls() {
         Some("postgres://u:secret@127.0.0.1/db?sslmode=require"),
         NOW,
     ));
-    assert!(message.contains("sslmode Require is not supported"), "{message}");
+    assert!(
+        message.contains("sslmode Require is not supported"),
+        "{message}"
+    );
     assert!(!message.contains("secret"), "{message}");
-    let message = error_of(open_database(dir.path(), Some("postgres://u@h/db?bogus=1"), NOW));
+    let message = error_of(open_database(
+        dir.path(),
+        Some("postgres://u@h/db?bogus=1"),
+        NOW,
+    ));
     assert!(message.contains("invalid PostgreSQL URL"), "{message}");
     // No URL: the SQLite file.
     let hub = open_database(dir.path(), None, NOW).unwrap_or_else(|e| panic!("{e}"));
@@ -339,7 +399,9 @@ fn open_database_refuses_other_urls_and_tls() {
 
 #[test]
 fn postgres_works_from_spawn_blocking_and_drops_in_async_code() {
-    let Some(server) = PgServer::start() else { return };
+    let Some(server) = PgServer::start() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     drop(sqlite_hub(dir.path()));
     let url = server.url("postgres");
@@ -356,8 +418,8 @@ fn postgres_works_from_spawn_blocking_and_drops_in_async_code() {
         let hub = tokio::time::timeout(
             timeout,
             tokio::task::spawn_blocking(move || {
-                let mut hub = open_database(&path, Some(&open_url), NOW)
-                    .unwrap_or_else(|e| panic!("{e}"));
+                let mut hub =
+                    open_database(&path, Some(&open_url), NOW).unwrap_or_else(|e| panic!("{e}"));
                 hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
                     .unwrap();
                 hub
@@ -392,13 +454,20 @@ fn two_postgres_hubs_clear_a_clone_once() {
     // Without the write lock, two concurrent ingests can each miss the
     // other's half of a clone; racing several rounds makes that show.
     const ROUNDS: u8 = 8;
-    let Some(server) = PgServer::start() else { return };
+    let Some(server) = PgServer::start() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let url = server.url("postgres");
     let mut setup = postgres_hub(dir.path(), &url);
     let mut batches: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
-    for (i, (reader, seed)) in [("gate-1", READER_1), ("gate-2", READER_2)].into_iter().enumerate() {
-        setup.add_reader(reader, &public(Role::Reader, seed), NOW).unwrap();
+    for (i, (reader, seed)) in [("gate-1", READER_1), ("gate-2", READER_2)]
+        .into_iter()
+        .enumerate()
+    {
+        setup
+            .add_reader(reader, &public(Role::Reader, seed), NOW)
+            .unwrap();
         let mut prev = GENESIS_HASH;
         for round in 0..ROUNDS {
             let amount = 100 + 50 * i as u32;
@@ -431,11 +500,50 @@ fn two_postgres_hubs_clear_a_clone_once() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    for round in 0..usize::from(ROUNDS) {
-        let flagged = results[0][round].report.flagged.len() + results[1][round].report.flagged.len();
-        assert_eq!(flagged, 1, "round {round}: exactly one of the two ingests sees the clone");
+    assert_eq!(results[0].len(), usize::from(ROUNDS));
+    for (round, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+        let flagged = a.report.flagged.len() + b.report.flagged.len();
+        assert_eq!(
+            flagged, 1,
+            "round {round}: exactly one of the two ingests sees the clone"
+        );
     }
     let mut hub = open_database(dir.path(), Some(&url), NOW).unwrap_or_else(|e| panic!("{e}"));
     let (version, entries) = hub.deny_entries(0, 100).unwrap();
-    assert_eq!((version, entries.len()), (u64::from(ROUNDS), usize::from(ROUNDS)));
+    assert_eq!(
+        (version, entries.len()),
+        (u64::from(ROUNDS), usize::from(ROUNDS))
+    );
+}
+
+#[test]
+fn postgres_reconnects_after_losing_its_connection() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.url("postgres");
+    let mut hub = PostgresHub::connect(&url).unwrap_or_else(|e| panic!("{e}"));
+    hub.add_reader("gate-1", &key(READER_1).verifying_key().to_bytes(), NOW)
+        .unwrap();
+    let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = 'sonotap-hub'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    // The call that finds the connection gone may fail (503 for a reader,
+    // which retries); the next one reconnects.
+    let first = hub.reader_key("gate-1");
+    if let Err(e) = &first {
+        assert!(e.to_string().contains("postgres://sonotap@"), "{e}");
+    }
+    let stored = match first {
+        Ok(key) => key,
+        Err(_) => hub.reader_key("gate-1").unwrap_or_else(|e| panic!("{e}")),
+    };
+    assert_eq!(stored, Some(key(READER_1).verifying_key().to_bytes()));
 }
