@@ -15,12 +15,14 @@
 //!   `runuser`, with the cluster's directories owned by that user.
 //! - Unix-socket connections are trusted; TCP (127.0.0.1 only) needs the
 //!   password [`PASSWORD`] (SCRAM), so wrong-password errors can be tested.
-//! - Every command has a time limit.
+//! - Every command has a time limit, and a watchdog stops the cluster if
+//!   the test process dies without dropping it.
 
 #![allow(dead_code)]
 
 use std::fs::{self, File};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,6 +101,7 @@ impl PgServer {
                 .expect("chown runs");
             assert!(status.success(), "chown to {user} failed");
         }
+        server.watch();
         server.run(
             "initdb",
             &[
@@ -148,6 +151,34 @@ impl PgServer {
             }
         }
         panic!("PostgreSQL did not start: {last}");
+    }
+
+    /// Stops the cluster and removes its directory should this process
+    /// end without dropping the server (an abort, SIGKILL, a CI time limit).
+    fn watch(&self) {
+        let pg_ctl = self.bindir.join("pg_ctl");
+        let stop = match &self.run_as {
+            Some(user) => format!("runuser -u {user} -- '{}'", pg_ctl.display()),
+            None => format!("'{}'", pg_ctl.display()),
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             if [ -f '{data}/postmaster.pid' ]; then \
+             {stop} -D '{data}' -m immediate -w -t 30 stop; fi; rm -rf '{dir}'",
+            pid = std::process::id(),
+            data = self.data().display(),
+            dir = self.dir.path().display(),
+        );
+        // In a process group of its own, so that a signal to the test's
+        // group (a time limit) leaves it to clean up, and detached from the
+        // test's output so that it never holds a pipe open.
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
     }
 
     fn data(&self) -> PathBuf {

@@ -356,6 +356,11 @@ fn postgres_wrong_password_is_an_authentication_error() {
         "{message}"
     );
     assert!(!message.contains("wrong"), "the password leaked: {message}");
+    let message = error_of(PostgresHub::connect(&server.url("nowhere")));
+    assert!(
+        message.contains("database \"nowhere\" does not exist (create it first)"),
+        "{message}"
+    );
     // The right password over TCP works.
     let hub = PostgresHub::connect(&server.tcp_url("postgres", test_server::PASSWORD))
         .unwrap_or_else(|e| panic!("{e}"));
