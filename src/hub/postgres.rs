@@ -282,6 +282,11 @@ impl PostgresHub {
         let target = self.target.clone();
         let err = |e| pg_err(&target, e);
         let mut tx = self.client()?.transaction().map_err(&err)?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}",
+            LOCK_TIMEOUT.as_millis()
+        ))
+        .map_err(&err)?;
         // Two hubs connecting at once must not both apply a migration.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
             .map_err(&err)?;
@@ -401,30 +406,31 @@ fn open_client(config: &Config, target: &str) -> Result<Client, HubError> {
     Ok(client)
 }
 
-/// `postgres://user@host:port/dbname`, without the password.
-fn describe_config(config: &Config) -> String {
-    let hosts: Vec<String> = config
+/// `host:port` of each host (`[/socket/dir]:port` for a Unix socket).
+fn hosts(config: &Config) -> String {
+    let ports = config.get_ports();
+    config
         .get_hosts()
         .iter()
         .enumerate()
         .map(|(i, host)| {
-            let port = config
-                .get_ports()
-                .get(i)
-                .or(config.get_ports().first())
-                .copied()
-                .unwrap_or(5432);
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
             match host {
                 Host::Tcp(name) => format!("{name}:{port}"),
                 #[cfg(unix)]
                 Host::Unix(dir) => format!("[{}]:{port}", dir.display()),
             }
         })
-        .collect();
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `postgres://user@host:port/dbname`, without the password.
+fn describe_config(config: &Config) -> String {
     format!(
         "postgres://{}@{}/{}",
         config.get_user().unwrap_or(""),
-        hosts.join(","),
+        hosts(config),
         config.get_dbname().or(config.get_user()).unwrap_or("")
     )
 }
@@ -480,10 +486,7 @@ fn connect_err(config: &Config, target: &str, e: postgres::Error) -> HubError {
         match io_kind(&e) {
             Some(std::io::ErrorKind::ConnectionRefused) => format!(
                 "connection refused by {} (is PostgreSQL running and listening there?)",
-                target
-                    .trim_start_matches("postgres://")
-                    .split_once('@')
-                    .map_or(target, |(_, rest)| rest.split('/').next().unwrap_or(rest))
+                hosts(config)
             ),
             Some(std::io::ErrorKind::NotFound) => format!(
                 "cannot connect to {target}: no PostgreSQL socket there ({})",

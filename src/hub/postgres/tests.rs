@@ -343,6 +343,15 @@ fn postgres_connection_refused_names_host_and_port() {
     drop(sqlite_hub(dir.path()));
     let message = error_of(open_database(dir.path(), Some(&url), NOW));
     assert!(message.contains("connection refused"), "{message}");
+    // A Unix socket directory where no server listens.
+    let socket = dir.path().display().to_string().replace('/', "%2F");
+    let message = error_of(PostgresHub::connect(&format!(
+        "postgres://sonotap@{socket}:{port}/hub"
+    )));
+    assert!(
+        message.contains(&format!("[{}]:{port}", dir.path().display())),
+        "{message}"
+    );
 }
 
 #[test]
