@@ -150,7 +150,8 @@ fn reader_with_queue(site: &mut Site, id: &str, n: usize) -> std::path::PathBuf 
     });
 
     let mut conn = rusqlite::Connection::open(dir.join("reader.db")).expect("db");
-    conn.pragma_update(None, "synchronous", "OFF").expect("pragma");
+    conn.pragma_update(None, "synchronous", "OFF")
+        .expect("pragma");
     let tx = conn.transaction().expect("tx");
     {
         let mut insert = tx
@@ -195,7 +196,9 @@ fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     std::thread::scope(|s| {
         let parts: Vec<_> = (0..n)
             .step_by(chunk)
-            .map(|start| s.spawn(move || (start..(start + chunk).min(n)).map(f).collect::<Vec<T>>()))
+            .map(|start| {
+                s.spawn(move || (start..(start + chunk).min(n)).map(f).collect::<Vec<T>>())
+            })
             .collect();
         parts
             .into_iter()
@@ -205,7 +208,13 @@ fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 }
 
 /// Starts `hub serve`'s server for the hub in `dir` on a loopback port.
-fn serve(dir: &Path) -> (SocketAddr, std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+fn serve(
+    dir: &Path,
+) -> (
+    SocketAddr,
+    std::thread::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let hub = Hub::open(dir).expect("hub");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = mpsc::channel();
@@ -264,7 +273,10 @@ fn main() {
     let reader_dir = reader_with_queue(&mut site, "bench-a", records);
     let hub_dir = site.root.join("hub");
     let fresh_hub = site.root.join("hub-fresh");
-    drop(std::mem::replace(&mut site.hub, Hub::open(&hub_dir).expect("hub")));
+    drop(std::mem::replace(
+        &mut site.hub,
+        Hub::open(&hub_dir).expect("hub"),
+    ));
     copy_hub(&hub_dir, &fresh_hub);
 
     // 1. Network sync.
@@ -294,14 +306,16 @@ fn main() {
     let reread = Reader::open(&reader_dir).expect("reader");
     // The records are synced now; rebuild the batches from the same rows.
     let conn = rusqlite::Connection::open(reader_dir.join("reader.db")).expect("db");
-    conn.execute("UPDATE records SET synced_at = NULL", []).expect("reset");
+    conn.execute("UPDATE records SET synced_at = NULL", [])
+        .expect("reset");
     while let Some(batch) = reread.next_batch(after, BATCH, NOW).expect("batch") {
         after = batch.last_seq();
         batches.push(batch.encode().expect("encode"));
     }
     let started = Instant::now();
     for bytes in &batches {
-        hub.receive(bytes, Via::Import, NOW * 1000).expect("receive");
+        hub.receive(bytes, Via::Import, NOW * 1000)
+            .expect("receive");
     }
     let took = started.elapsed();
     println!(
@@ -313,8 +327,9 @@ fn main() {
         let key = reread.public_key();
         let issuers = hub.trusted_keys().expect("keys");
         let t = Instant::now();
-        let checked = sonotap::hub::verify::check_batch(batch.clone(), key.verifying_key(), &issuers)
-            .expect("check");
+        let checked =
+            sonotap::hub::verify::check_batch(batch.clone(), key.verifying_key(), &issuers)
+                .expect("check");
         let batched = t.elapsed();
         let t = Instant::now();
         for (r, c) in batch.chained().iter().zip(&checked.records) {
@@ -324,7 +339,10 @@ fn main() {
                 .verify_strict(&r.body.encode(), &Signature::from_bytes(r.signature))
                 .expect("reader sig");
             wallet
-                .verify_strict(&token.payment_message(), &Signature::from_bytes(&token.wallet_signature))
+                .verify_strict(
+                    &token.payment_message(),
+                    &Signature::from_bytes(&token.wallet_signature),
+                )
                 .expect("wallet sig");
         }
         let strict = t.elapsed();
@@ -367,9 +385,13 @@ fn main() {
             timestamp: NOW as u32,
             reader_tag: 0,
         };
-        let token = Token::sign(credential, payment, &wallet).expect("token").encode();
+        let token = Token::sign(credential, payment, &wallet)
+            .expect("token")
+            .encode();
         let t = Instant::now();
-        let outcome = reader.present(&token, NonZeroU32::new(250), NOW).expect("present");
+        let outcome = reader
+            .present(&token, NonZeroU32::new(250), NOW)
+            .expect("present");
         let took = t.elapsed();
         assert!(outcome.decision.is_ok(), "{:?}", outcome.decision);
         took

@@ -301,7 +301,10 @@ pub fn ingest(
         match record.kind {
             RecordKind::Charge => {
                 let same_counter = ledger.payments_with_counter(payment.wallet, payment.counter)?;
-                if let Some(first) = same_counter.iter().find(|p| p.token_hash == record.token_hash) {
+                if let Some(first) = same_counter
+                    .iter()
+                    .find(|p| p.token_hash == record.token_hash)
+                {
                     let detail = format!(
                         "token already charged at {} #{}; counted once",
                         first.reader, first.seq
@@ -334,7 +337,11 @@ pub fn ingest(
                 let charged_here = ledger
                     .payments_with_counter(payment.wallet, payment.counter)?
                     .iter()
-                    .any(|p| p.token_hash == record.token_hash && p.reader == reader && p.seq < record.seq);
+                    .any(|p| {
+                        p.token_hash == record.token_hash
+                            && p.reader == reader
+                            && p.seq < record.seq
+                    });
                 if charged_here {
                     ledger.adjust_charge(payment, -i64::from(record.amount))?;
                 } else {

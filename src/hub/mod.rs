@@ -13,7 +13,7 @@
 pub mod backend;
 pub mod clearing;
 pub mod ledger;
-mod open;
+pub mod postgres;
 pub mod server;
 pub mod sqlite;
 pub mod verify;
@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::VerifyingKey;
 use thiserror::Error;
 
+pub use self::postgres::open_database;
 use crate::fsutil;
 use crate::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use crate::policy::TrustedKeys;
@@ -33,8 +34,6 @@ use crate::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
 use backend::{HubBackend, Report};
 use ledger::{DenySigner, IngestReport, IngestStatus, Via};
 use verify::{BatchRefused, CheckedBatch};
-
-pub use open::open_database;
 
 /// Active issuer secret key.
 pub const ISSUER_KEY_FILE: &str = "issuer.key";
@@ -137,7 +136,11 @@ pub struct Admitted {
 impl Admitted {
     /// Checks every signature (see [`verify::check_batch`]).
     pub fn check(self) -> Result<CheckedBatch, HubError> {
-        Ok(verify::check_batch(self.batch, &self.reader_key, &self.issuers)?)
+        Ok(verify::check_batch(
+            self.batch,
+            &self.reader_key,
+            &self.issuers,
+        )?)
     }
 }
 
@@ -333,7 +336,12 @@ impl Hub {
 
     /// Last step of [`Hub::receive`]: stores a checked batch and signs the
     /// acknowledgement, after the commit.
-    pub fn store(&mut self, checked: &CheckedBatch, via: Via, now_ms: u64) -> Result<Receipt, HubError> {
+    pub fn store(
+        &mut self,
+        checked: &CheckedBatch,
+        via: Via,
+        now_ms: u64,
+    ) -> Result<Receipt, HubError> {
         let signer = IssuerSigner(&self.issuer);
         let report = self.backend.ingest(checked, &signer, via, now_ms / 1000)?;
         if let IngestStatus::Conflict { seq } = report.status {

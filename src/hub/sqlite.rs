@@ -232,9 +232,10 @@ impl Ledger for SqliteLedger<'_> {
                  WHERE reader_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
             )
             .and_then(|mut s| {
-                s.query_map(params![reader, sqlite::int(first), sqlite::int(last)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?
+                s.query_map(
+                    params![reader, sqlite::int(first), sqlite::int(last)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
                 .collect::<rusqlite::Result<Vec<_>>>()
             })
             .map_err(self.err())?;
@@ -393,7 +394,12 @@ impl Ledger for SqliteLedger<'_> {
                 "UPDATE payments SET charged = max(0, charged + ?4)
                  WHERE wallet_id = ?1 AND counter = ?2 AND token_hash = ?3
                  RETURNING credential, charged",
-                params![p.wallet.0.as_slice(), p.counter, p.token_hash.as_slice(), delta],
+                params![
+                    p.wallet.0.as_slice(),
+                    p.counter,
+                    p.token_hash.as_slice(),
+                    delta
+                ],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(self.err())?;

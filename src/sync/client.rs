@@ -18,8 +18,8 @@ use thiserror::Error;
 
 use super::plan::{Outcome, Plan, Step};
 use super::wire::{Ack, Batch, DenyEntry, KeySet, WireError};
-use crate::policy::TrustedKeys;
 use crate::hub::server::{DenyAnswer, KeysAnswer, TimeAnswer, UploadAnswer};
+use crate::policy::TrustedKeys;
 use crate::reader::{Reader, ReaderError};
 use crate::store::{Pruned, StoreError};
 
@@ -278,7 +278,8 @@ fn upload_all(
             let reader = Reader::open(dir)?;
             let mut after = 0;
             while !failed.load(Ordering::Relaxed) {
-                let Some(batch) = reader.next_batch(after, options.batch_size, now_ms() / 1000)? else {
+                let Some(batch) = reader.next_batch(after, options.batch_size, now_ms() / 1000)?
+                else {
                     break;
                 };
                 after = batch.last_seq();
@@ -302,7 +303,11 @@ fn upload_all(
                             return Ok(());
                         }
                         let (ack, already) = upload_one(hub, &batch, &issuers)?;
-                        reader.db_mut().mark_synced(ack.first_seq, ack.last_seq, now_ms() / 1000)?;
+                        reader.db_mut().mark_synced(
+                            ack.first_seq,
+                            ack.last_seq,
+                            now_ms() / 1000,
+                        )?;
                         if done_tx.send(Ok((ack, already))).is_err() {
                             return Ok(());
                         }
@@ -341,13 +346,19 @@ fn upload_all(
 
 /// Uploads one batch; returns the verified acknowledgement and how many
 /// records the hub already had.
-fn upload_one(hub: &HubClient, batch: &Batch, issuers: &TrustedKeys) -> Result<(Ack, u32), SyncError> {
+fn upload_one(
+    hub: &HubClient,
+    batch: &Batch,
+    issuers: &TrustedKeys,
+) -> Result<(Ack, u32), SyncError> {
     let url = hub.url("/v1/batches");
     let bad = |detail: String| SyncError::BadAnswer {
         url: url.clone(),
         detail,
     };
-    let bytes = batch.encode().map_err(|e| bad(format!("cannot encode the batch: {e}")))?;
+    let bytes = batch
+        .encode()
+        .map_err(|e| bad(format!("cannot encode the batch: {e}")))?;
     let answer = hub.upload(&bytes)?;
     let ack_bytes = hex::decode(&answer.ack).map_err(|e| bad(format!("ack is not hex: {e}")))?;
     let ack = Ack::decode(&ack_bytes).map_err(|e: WireError| bad(e.to_string()))?;
