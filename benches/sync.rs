@@ -228,7 +228,7 @@ fn serve(
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 tls: None,
             };
-            let (addr, server) = server::bind(hub, &options, async {
+            let (addr, server) = server::bind(hub, options, async {
                 let _ = stop_rx.await;
             })
             .await

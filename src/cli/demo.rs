@@ -3,8 +3,10 @@
 //! Everything runs through the same library calls as the CLI commands, on
 //! real files (keys, SQLite) in a scratch directory: an operator issues a
 //! credential, a phone pays, a gate accepts, then a double tap, an over-limit
-//! payment and a forged token are declined, and the queue is listed and its
-//! chain verified.
+//! payment and a forged token are declined, a second rider pays by sound
+//! through a simulated station, the queue is listed and its chain verified;
+//! then a cloned wallet spends twice offline, both gates sync to a hub on
+//! 127.0.0.1, the hub flags the clone and the deny list reaches the gate.
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -13,11 +15,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 
 use super::{clock, output, unix_u32};
+use crate::hub::server::{self, ServeOptions};
 use crate::hub::{Hub, IssueRequest};
 use crate::modem::{self, Decoder, Profile};
 use crate::reader::{InitOptions, Outcome, Reader};
 use crate::record;
 use crate::sim::{self, Channel, NoiseKind, Room};
+use crate::sync::client::{self, HubClient, SyncOptions};
 use crate::token::Scope;
 use crate::wallet::{PayRequest, Wallet};
 
@@ -201,6 +205,133 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     )?;
     println!("   chain verified: records 1..={last} hash-chained and signed by gate-1");
     println!();
+
+    store_and_forward(dir, hub, gate, rider2, request, now)?;
+    println!();
     println!("Try it yourself: `sonotap --help`; README.md walks through each command.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Step 8: the network comes back. A cloned copy of rider 2's phone spent
+/// the same counter at gate-2 while gate-1 took the original; both gates
+/// sync to a hub on 127.0.0.1, the hub flags the clone, and the deny list
+/// reaches gate-1 at its next sync.
+fn store_and_forward(
+    dir: &Path,
+    mut hub: Hub,
+    mut gate1: Reader,
+    mut rider2: Wallet,
+    request: IssueRequest,
+    now: u64,
+) -> Result<()> {
+    let options = InitOptions {
+        id: "gate-2".into(),
+        scope: Scope::Transit,
+        currency: 978,
+        clock_skew_secs: crate::reader::DEFAULT_CLOCK_SKEW_SECS,
+        fare: None,
+    };
+    let mut gate2 = Reader::init(&dir.join("gate-2"), &options, &hub.issuer_public(), now)?;
+    hub.add_reader("gate-1", &gate1.public_key(), now)?;
+    hub.add_reader("gate-2", &gate2.public_key(), now)?;
+    let mut rider3 = Wallet::create(&dir.join("wallet-3"))?;
+    let credential = hub.issue(&rider3.public_key(), request, now)?;
+    let credential_path = dir.join("credential-3");
+    crate::fsutil::replace_atomic(&credential_path, &credential.encode(), 0o644)?;
+    rider3.add_credential(&credential_path)?;
+
+    // The clone: a copy of rider 2's wallet files, taken before it pays again.
+    let clone_dir = dir.join("wallet-2-clone");
+    std::fs::create_dir_all(&clone_dir)?;
+    for entry in std::fs::read_dir(dir.join("wallet-2"))? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), clone_dir.join(entry.file_name()))?;
+    }
+    let mut clone = Wallet::open(&clone_dir)?;
+
+    let tap = |reader: &mut Reader, wallet: &mut Wallet, label: &str, amount: u32| -> Result<()> {
+        let token = wallet.pay(PayRequest {
+            amount,
+            at: unix_u32(now)?,
+            reader_tag: 0,
+        })?;
+        let outcome = reader.present(&token.token.encode(), None, now)?;
+        let verdict = match &outcome.decision {
+            Ok(c) => format!("ACCEPT (record {})", c.seq),
+            Err(d) => format!("DECLINE {}", d.reason),
+        };
+        println!("   {label:<52} {verdict}");
+        Ok(())
+    };
+    println!(
+        "8. offline for a while: rider 2's phone was cloned; both copies pay with the same counter"
+    );
+    tap(&mut gate1, &mut rider2, "rider 2 pays 100 at gate-1", 100)?;
+    tap(
+        &mut gate2,
+        &mut clone,
+        "the clone pays 150 at gate-2 (gate-2 cannot know)",
+        150,
+    )?;
+    tap(&mut gate2, &mut rider3, "rider 3 pays 200 at gate-2", 200)?;
+
+    // The hub comes online on loopback.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = ServeOptions {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls: None,
+    };
+    let (addr, serving) = runtime.block_on(server::bind(hub, options, async {
+        let _ = stopped.await;
+    }))?;
+    let server = runtime.spawn(serving);
+    let url = format!("http://{addr}");
+    println!("9. the network is back: hub serving on {url}");
+    let client = HubClient::new(&url, None, std::time::Duration::from_secs(10))?;
+    let sync = |reader: &mut Reader, id: &str| -> Result<()> {
+        let report = client::sync_once(reader, &client, &SyncOptions::default(), &mut |_| {})?;
+        println!(
+            "   {id} synced: {} records acknowledged ({} EUR minor units), {} deny-list entries applied, {} queued",
+            report.records, report.charged, report.deny_entries, report.queued
+        );
+        Ok(())
+    };
+    sync(&mut gate1, "gate-1")?;
+    sync(&mut gate2, "gate-2")?;
+    let mut reporting = Hub::open(&dir.join("hub"))?;
+    let report = reporting.report()?;
+    for r in &report.readers {
+        println!(
+            "   hub holds {} records from {} ({} charged)",
+            r.records, r.reader, r.charged
+        );
+    }
+    for f in &report.flagged {
+        println!(
+            "   hub flags wallet {}: {} ({})",
+            f.wallet, f.rule, f.detail
+        );
+    }
+    println!("10. gate-1 syncs again and learns the deny list");
+    sync(&mut gate1, "gate-1")?;
+    tap(
+        &mut gate1,
+        &mut rider2,
+        "rider 2's phone pays 50 at gate-1",
+        50,
+    )?;
+    tap(
+        &mut gate1,
+        &mut rider3,
+        "rider 3 (honest) pays 50 at gate-1",
+        50,
+    )?;
+    let _ = stop.send(());
+    runtime.block_on(server)??;
+    Ok(())
 }

@@ -122,7 +122,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
                 _ = term.recv() => {},
             }
         };
-        let (addr, server) = server::bind(hub, &options, shutdown).await?;
+        let (addr, server) = server::bind(hub, options.clone(), shutdown).await?;
         let scheme = if options.tls.is_some() {
             "https"
         } else {

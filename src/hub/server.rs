@@ -257,7 +257,7 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
 /// until `shutdown` completes.
 pub async fn bind(
     hub: Hub,
-    options: &ServeOptions,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl Future<Output = Result<(), ServeError>>), ServeError> {
     let acceptor = match &options.tls {
