@@ -22,6 +22,9 @@ use crate::store::{
 use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS};
 use crate::token::{self, Scope, WalletId};
 
+/// The largest clock correction taken from the hub, seconds.
+pub const MAX_CLOCK_CORRECTION_SECS: u64 = 3600;
+
 /// Configuration file name inside the data directory.
 pub const CONFIG_FILE: &str = "reader.toml";
 /// Secret key file name.
@@ -287,6 +290,19 @@ impl Reader {
     pub fn reload_keys(&mut self) -> Result<(), ReaderError> {
         self.keys = self.db.trusted_keys()?;
         Ok(())
+    }
+
+    /// Reader time for a decision: the system clock corrected by the hub's
+    /// offset from the last sync, when that offset is within
+    /// [`MAX_CLOCK_CORRECTION_SECS`]. A larger one is not applied (a reader
+    /// clock that far off needs NTP fixed, and the hub's time answer is not
+    /// signed); `reader status` and the sync report show it.
+    pub fn adjusted_now(&self, system_now: u64) -> Result<u64, ReaderError> {
+        let offset_secs = self.db.sync_state()?.clock_offset_ms / 1000;
+        if offset_secs.unsigned_abs() > MAX_CLOCK_CORRECTION_SECS {
+            return Ok(system_now);
+        }
+        Ok(system_now.saturating_add_signed(offset_secs))
     }
 
     /// The oldest unsynced records after sequence number `after` (at most

@@ -479,7 +479,12 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
             // is an environment error, not a decline.
             let bytes = read_token_file(&token)?;
             let mut reader = Reader::open(&data)?;
-            let outcome = reader.present(&bytes, amount.and_then(NonZeroU32::new), clock(at)?)?;
+            // Without --at: the system clock, corrected by the hub's offset.
+            let now = match at {
+                Some(at) => at,
+                None => reader.adjusted_now(clock(None)?)?,
+            };
+            let outcome = reader.present(&bytes, amount.and_then(NonZeroU32::new), now)?;
             println!("{}", output::decision_json(&outcome));
             return Ok(match outcome.decision {
                 Ok(_) => ExitCode::SUCCESS,

@@ -368,3 +368,79 @@ fn actuations_are_stored_beside_their_record() {
         "an actuation names a record that exists"
     );
 }
+
+#[test]
+fn unsynced_runs_page_by_sequence_and_marking_needs_every_record_unsynced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    for counter in 1..=5 {
+        tap(&mut db, counter, 10).expect("accepted");
+    }
+    let seqs = |rs: Vec<Record>| rs.iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(db.unsynced_run(0, 2).expect("run")), [1, 2]);
+    assert_eq!(seqs(db.unsynced_run(2, 10).expect("run")), [3, 4, 5]);
+    db.mark_synced(1, 2, NOW).expect("marked");
+    assert_eq!(seqs(db.unsynced_run(0, 10).expect("run")), [3, 4, 5]);
+    // Overlapping an acknowledged range, or past the head: nothing changes.
+    assert!(db.mark_synced(2, 3, NOW).is_err());
+    assert!(db.mark_synced(5, 6, NOW).is_err());
+    assert_eq!(db.summary().expect("summary").unsynced, 3);
+}
+
+#[test]
+fn prune_deletes_only_acknowledged_records_past_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    for counter in 1..=3 {
+        tap(&mut db, counter, 10).expect("accepted");
+    }
+    db.mark_synced(1, 1, NOW - 100).expect("marked");
+    db.mark_synced(2, 2, NOW).expect("marked");
+    let pruned = db.prune(NOW - 50, 0).expect("prune");
+    assert_eq!(pruned.records, 1);
+    let left: Vec<u64> = db
+        .records(false)
+        .expect("records")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(
+        left,
+        [2, 3],
+        "the unsynced record 3 and the recent ack stay"
+    );
+    // The counter survives pruning: the same token is still a replay.
+    assert_eq!(tap(&mut db, 1, 10).unwrap_err().reason, Reason::Replayed);
+}
+
+#[test]
+fn deny_entries_apply_in_version_order_and_a_gap_is_refused() {
+    use crate::sync::wire::{DenyAction, DenyEntry};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    let wallet = crate::token::WalletId::of_key(&wallet().verifying_key().to_bytes());
+    let entry = |version, action| {
+        DenyEntry::sign(version, action, wallet, NOW, "counter_reused", 1, &issuer()).expect("sign")
+    };
+    assert_eq!(
+        db.apply_deny_entries(&[entry(1, DenyAction::Deny)])
+            .expect("apply"),
+        1
+    );
+    assert_eq!(
+        tap(&mut db, 1, 10).unwrap_err().reason,
+        Reason::WalletDenied
+    );
+    assert!(
+        db.apply_deny_entries(&[entry(3, DenyAction::Allow)])
+            .is_err(),
+        "gap"
+    );
+    assert_eq!(db.sync_state().expect("state").deny_version, 1);
+    // Re-sent entries are skipped; the allow lifts the denial.
+    let applied = db
+        .apply_deny_entries(&[entry(1, DenyAction::Deny), entry(2, DenyAction::Allow)])
+        .expect("apply");
+    assert_eq!(applied, 2);
+    tap(&mut db, 1, 10).expect("accepted again");
+}

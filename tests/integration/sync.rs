@@ -617,3 +617,72 @@ fn hub_refuses_plain_http_off_loopback_and_serves_https_with_a_ca() {
     );
     assert_eq!(last_json(&out)["records"], 2);
 }
+
+#[test]
+fn background_loop_syncs_each_new_tap_and_keeps_everything_while_the_hub_is_down() {
+    use sonotap::sync::client::{HubClient, SyncOptions, run_loop};
+    let s = site();
+    queue(&s, "ra", 3);
+    // First no hub at all: every round fails, nothing is lost.
+    let dead = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let run = |url: String, want_rounds: usize| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = s.path("ra");
+        let stop_loop = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let hub = HubClient::new(&url, None, Duration::from_secs(5)).expect("client");
+            let options = SyncOptions::default();
+            run_loop(
+                &dir,
+                &hub,
+                &options,
+                Duration::from_millis(100),
+                &stop_loop,
+                |round| {
+                    let _ = tx.send(round.map(|r| r.queued).map_err(|e| e.to_string()));
+                },
+            )
+        });
+        let rounds: Vec<_> = (0..want_rounds)
+            .map(|_| {
+                rx.recv_timeout(Duration::from_secs(30))
+                    .expect("a round ends")
+            })
+            .collect();
+        stop.store(true, Ordering::SeqCst);
+        handle
+            .join()
+            .expect("loop thread")
+            .expect("loop ends cleanly");
+        rounds
+    };
+    let rounds = run(dead_url, 2);
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.contains("127.0.0.1"))),
+        "{rounds:?}"
+    );
+    assert_eq!(unsynced(&s, "ra"), 3);
+    let state = Reader::open(&s.path("ra"))
+        .expect("reader")
+        .db()
+        .sync_state()
+        .expect("state");
+    assert!(state.last_error.is_some());
+
+    let hub = HubProcess::start(&s, 0);
+    let rounds = run(hub.url.clone(), 2);
+    assert_eq!(rounds[0], Ok(0), "{rounds:?}");
+    assert_eq!(unsynced(&s, "ra"), 0);
+    let state = Reader::open(&s.path("ra"))
+        .expect("reader")
+        .db()
+        .sync_state()
+        .expect("state");
+    assert_eq!(state.last_error, None);
+    assert_eq!(reader_row(&report(&s), "gate-a")["records"], 3);
+}
