@@ -18,6 +18,9 @@ const CLOCK_OFFSET_MS: &str = "sync.clock_offset_ms";
 const LAST_SYNC_AT: &str = "sync.last_ok_at";
 const LAST_ERROR: &str = "sync.last_error";
 
+/// Records marked synced per write transaction.
+pub const MARK_SLICE: u64 = 250;
+
 /// What the reader knows of its link to the hub.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct SyncState {
@@ -67,9 +70,27 @@ impl ReaderDb {
         Ok(out)
     }
 
-    /// Marks `first..=last` as acknowledged by the hub at `at`. Every record
-    /// in the range must exist and be unsynced, or nothing changes.
+    /// Marks `first..=last` as acknowledged by the hub at `at`.
+    ///
+    /// Written in slices of [`MARK_SLICE`] records, one short transaction
+    /// each, so a tap waiting for the write lock waits for one slice, not for
+    /// a whole batch. Each slice must be wholly unsynced or it changes
+    /// nothing; slices already marked stay marked (a crash in between only
+    /// means the next sync gets those records acknowledged as duplicates).
     pub fn mark_synced(&mut self, first: u64, last: u64, at: u64) -> Result<(), StoreError> {
+        let mut start = first;
+        while start <= last {
+            let end = last.min(start.saturating_add(MARK_SLICE - 1));
+            self.mark_slice(start, end, at)?;
+            match end.checked_add(1) {
+                Some(next) => start = next,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_slice(&mut self, first: u64, last: u64, at: u64) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |e| StoreError::from_sqlite(&path, e);
         let tx = self
