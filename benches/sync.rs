@@ -87,17 +87,7 @@ fn reader_with_queue(site: &mut Site, id: &str, n: usize) -> std::path::PathBuf 
         seed[..8].copy_from_slice(&(w as u64).to_be_bytes());
         seed[8..8 + id.len().min(24)].copy_from_slice(&id.as_bytes()[..id.len().min(24)]);
         let key = SigningKey::from_bytes(&seed);
-        let public = PublicKey::from_bytes(Role::Wallet, None, &key.verifying_key().to_bytes())
-            .expect("wallet key");
-        let request = IssueRequest {
-            scope: Scope::Transit,
-            currency: 978,
-            offline_limit: u32::MAX,
-            per_payment_cap: 1_000,
-            valid_from: (NOW - 3600) as u32,
-            valid_hours: 24 * 30,
-        };
-        let credential = site.hub.issue(&public, request, NOW).expect("issue");
+        let credential = issue(&mut site.hub, &key);
         keys.push((key, credential));
     }
 
@@ -187,6 +177,21 @@ fn reader_with_queue(site: &mut Site, id: &str, n: usize) -> std::path::PathBuf 
         started.elapsed().as_secs_f64()
     );
     dir
+}
+
+/// A month-long credential without a practical offline limit.
+fn issue(hub: &mut Hub, wallet: &SigningKey) -> Credential {
+    let public = PublicKey::from_bytes(Role::Wallet, None, &wallet.verifying_key().to_bytes())
+        .expect("wallet key");
+    let request = IssueRequest {
+        scope: Scope::Transit,
+        currency: 978,
+        offline_limit: u32::MAX,
+        per_payment_cap: 1_000,
+        valid_from: (NOW - 3600) as u32,
+        valid_hours: 24 * 30,
+    };
+    hub.issue(&public, request, NOW).expect("issue")
 }
 
 fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
@@ -361,20 +366,7 @@ fn main() {
     drop(site.hub);
     let mut tapper = Reader::open(&offline_dir).expect("reader");
     let wallet = SigningKey::from_bytes(&[77; 32]);
-    let credential = {
-        let mut hub = Hub::open(&hub_dir).expect("hub");
-        let public = PublicKey::from_bytes(Role::Wallet, None, &wallet.verifying_key().to_bytes())
-            .expect("key");
-        let request = IssueRequest {
-            scope: Scope::Transit,
-            currency: 978,
-            offline_limit: u32::MAX,
-            per_payment_cap: 1_000,
-            valid_from: (NOW - 3600) as u32,
-            valid_hours: 24 * 30,
-        };
-        hub.issue(&public, request, NOW).expect("issue")
-    };
+    let credential = issue(&mut Hub::open(&hub_dir).expect("hub"), &wallet);
     let mut counter = 0u32;
     let mut tap = |reader: &mut Reader| {
         counter += 1;

@@ -91,30 +91,27 @@ impl ReaderDb {
     }
 
     fn mark_slice(&mut self, first: u64, last: u64, at: u64) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |e| StoreError::from_sqlite(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let changed = tx
-            .execute(
-                "UPDATE records SET synced_at = ?1
+        self.write(|tx, path| {
+            let err = |e| StoreError::from_sqlite(path, e);
+            let changed = tx
+                .execute(
+                    "UPDATE records SET synced_at = ?1
                  WHERE seq BETWEEN ?2 AND ?3 AND synced_at IS NULL",
-                params![sqlite::int(at), sqlite::int(first), sqlite::int(last)],
-            )
-            .map_err(err)?;
-        let expected = last.saturating_sub(first) + 1;
-        if changed as u64 != expected {
-            return Err(StoreError::inconsistent(
-                &path,
-                format!(
-                    "acknowledgement for records {first}..={last} matched {changed} unsynced \
+                    params![sqlite::int(at), sqlite::int(first), sqlite::int(last)],
+                )
+                .map_err(err)?;
+            let expected = last.saturating_sub(first) + 1;
+            if changed as u64 != expected {
+                return Err(StoreError::inconsistent(
+                    path,
+                    format!(
+                        "acknowledgement for records {first}..={last} matched {changed} unsynced \
                      records, not {expected}; nothing marked"
-                ),
-            ));
-        }
-        tx.commit().map_err(err)
+                    ),
+                ));
+            }
+            Ok(())
+        })
     }
 
     /// Deletes records the hub acknowledged before `synced_before`, and the
@@ -122,75 +119,67 @@ impl ReaderDb {
     /// (a token under them is declined as expired anyway). Wallet counters
     /// are kept: they are what refuses a replay.
     pub fn prune(&mut self, synced_before: u64, expired_before: u64) -> Result<Pruned, StoreError> {
-        let path = self.path.clone();
-        let err = |e| StoreError::from_sqlite(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let records = tx
-            .execute(
-                "DELETE FROM records WHERE synced_at IS NOT NULL AND synced_at < ?1",
-                [sqlite::int(synced_before)],
-            )
-            .map_err(err)?;
-        let credential_totals = tx
-            .execute(
-                "DELETE FROM credential_totals WHERE valid_until < ?1",
-                [sqlite::int(expired_before)],
-            )
-            .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(Pruned {
-            records: records as u64,
-            credential_totals: credential_totals as u64,
+        self.write(|tx, path| {
+            let err = |e| StoreError::from_sqlite(path, e);
+            let records = tx
+                .execute(
+                    "DELETE FROM records WHERE synced_at IS NOT NULL AND synced_at < ?1",
+                    [sqlite::int(synced_before)],
+                )
+                .map_err(err)?;
+            let credential_totals = tx
+                .execute(
+                    "DELETE FROM credential_totals WHERE valid_until < ?1",
+                    [sqlite::int(expired_before)],
+                )
+                .map_err(err)?;
+            Ok(Pruned {
+                records: records as u64,
+                credential_totals: credential_totals as u64,
+            })
         })
     }
 
     /// Applies verified deny-list entries, which must continue the version
     /// sequence from [`SyncState::deny_version`] without a gap.
     pub fn apply_deny_entries(&mut self, entries: &[DenyEntry]) -> Result<u64, StoreError> {
-        let path = self.path.clone();
-        let err = |e| StoreError::from_sqlite(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let mut version = meta_u64(&tx, DENY_VERSION, &path)?;
-        for entry in entries {
-            if entry.version <= version {
-                continue; // already applied
-            }
-            if entry.version != version + 1 {
-                return Err(StoreError::inconsistent(
-                    &path,
-                    format!(
-                        "deny-list entry {} does not follow version {version}",
-                        entry.version
-                    ),
-                ));
-            }
-            match entry.action {
-                DenyAction::Deny => tx.execute(
-                    "INSERT INTO deny_list (wallet_id, reason, added_at) VALUES (?1, ?2, ?3)
+        self.write(|tx, path| {
+            let err = |e| StoreError::from_sqlite(path, e);
+            let mut version = meta_u64(tx, DENY_VERSION, path)?;
+            for entry in entries {
+                if entry.version <= version {
+                    continue; // already applied
+                }
+                if entry.version != version + 1 {
+                    return Err(StoreError::inconsistent(
+                        path,
+                        format!(
+                            "deny-list entry {} does not follow version {version}",
+                            entry.version
+                        ),
+                    ));
+                }
+                match entry.action {
+                    DenyAction::Deny => tx.execute(
+                        "INSERT INTO deny_list (wallet_id, reason, added_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT (wallet_id) DO UPDATE SET reason = excluded.reason",
-                    params![
-                        entry.wallet.0.as_slice(),
-                        format!("hub: {}", entry.reason),
-                        sqlite::int(entry.at)
-                    ],
-                ),
-                DenyAction::Allow => tx.execute(
-                    "DELETE FROM deny_list WHERE wallet_id = ?1",
-                    [entry.wallet.0.as_slice()],
-                ),
+                        params![
+                            entry.wallet.0.as_slice(),
+                            format!("hub: {}", entry.reason),
+                            sqlite::int(entry.at)
+                        ],
+                    ),
+                    DenyAction::Allow => tx.execute(
+                        "DELETE FROM deny_list WHERE wallet_id = ?1",
+                        [entry.wallet.0.as_slice()],
+                    ),
+                }
+                .map_err(err)?;
+                version = entry.version;
             }
-            .map_err(err)?;
-            version = entry.version;
-        }
-        set_meta(&tx, DENY_VERSION, &version.to_string(), &path)?;
-        tx.commit().map_err(err)?;
-        Ok(version)
+            set_meta(tx, DENY_VERSION, &version.to_string(), path)?;
+            Ok(version)
+        })
     }
 
     /// Replaces the trusted issuer keys with a verified key set.
@@ -200,22 +189,19 @@ impl ReaderDb {
         version: u64,
         now: u64,
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |e| StoreError::from_sqlite(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        tx.execute("DELETE FROM trusted_keys", []).map_err(err)?;
-        for (id, key) in keys.iter() {
-            tx.execute(
-                "INSERT INTO trusted_keys (key_id, public_key, added_at) VALUES (?1, ?2, ?3)",
-                params![id, key.as_bytes().as_slice(), sqlite::int(now)],
-            )
-            .map_err(err)?;
-        }
-        set_meta(&tx, KEYSET_VERSION, &version.to_string(), &path)?;
-        tx.commit().map_err(err)
+        self.write(|tx, path| {
+            let err = |e| StoreError::from_sqlite(path, e);
+            tx.execute("DELETE FROM trusted_keys", []).map_err(err)?;
+            for (id, key) in keys.iter() {
+                tx.execute(
+                    "INSERT INTO trusted_keys (key_id, public_key, added_at) VALUES (?1, ?2, ?3)",
+                    params![id, key.as_bytes().as_slice(), sqlite::int(now)],
+                )
+                .map_err(err)?;
+            }
+            set_meta(tx, KEYSET_VERSION, &version.to_string(), path)?;
+            Ok(())
+        })
     }
 
     /// Records the outcome of a sync attempt and the hub's clock offset.
@@ -260,6 +246,23 @@ impl ReaderDb {
             last_sync_at: unsigned(LAST_SYNC_AT)?,
             last_error: self.meta(LAST_ERROR)?.filter(|e| !e.is_empty()),
         })
+    }
+}
+
+impl ReaderDb {
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if it succeeds.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &std::path::Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::from_sqlite(&path, e))?;
+        let out = f(&tx, &path)?;
+        tx.commit().map_err(|e| StoreError::from_sqlite(&path, e))?;
+        Ok(out)
     }
 }
 

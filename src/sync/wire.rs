@@ -110,6 +110,27 @@ fn push_short(out: &mut Vec<u8>, bytes: &[u8], what: &'static str) -> Result<(),
     Ok(())
 }
 
+/// A message's signed part followed by its signature: every encoding's layout.
+fn signed(mut part: Vec<u8>, signature: &[u8; 64]) -> Vec<u8> {
+    part.extend_from_slice(signature);
+    part
+}
+
+/// Checks an issuer signature under the trusted key it names.
+fn verify_issuer(
+    issuers: &TrustedKeys,
+    key_id: u8,
+    message: &[u8],
+    signature: &[u8; 64],
+    what: &'static str,
+) -> Result<(), WireError> {
+    let key = issuers
+        .get(key_id)
+        .ok_or(WireError::UnknownKey { what, key_id })?;
+    key.verify_strict(message, &Signature::from_bytes(signature))
+        .map_err(|_| WireError::BadSignature { what })
+}
+
 fn short_string(c: &mut Cursor<'_>, what: &'static str) -> Result<String, WireError> {
     let bytes = c.short_bytes().map_err(truncated(what))?;
     String::from_utf8(bytes.to_vec()).map_err(|_| invalid(what, "a text field is not UTF-8"))
@@ -319,9 +340,7 @@ impl Batch {
 
     /// The canonical encoding, signature last.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        let mut out = self.signed_part()?;
-        out.extend_from_slice(&self.signature);
-        Ok(out)
+        Ok(signed(self.signed_part()?, &self.signature))
     }
 
     /// Parses a batch. Checks the layout and that the stated totals match
@@ -460,9 +479,7 @@ impl Ack {
 
     /// The canonical encoding.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        let mut out = self.signed_part()?;
-        out.extend_from_slice(&self.signature);
-        Ok(out)
+        Ok(signed(self.signed_part()?, &self.signature))
     }
 
     /// Parses a receipt; [`Ack::verify`] checks it.
@@ -489,15 +506,13 @@ impl Ack {
     /// `batch` (same reader, range, totals and last hash).
     pub fn verify(&self, batch: &Batch, issuers: &TrustedKeys) -> Result<(), WireError> {
         let what = Self::WHAT;
-        let key = issuers.get(self.key_id).ok_or(WireError::UnknownKey {
-            what,
-            key_id: self.key_id,
-        })?;
-        key.verify_strict(
+        verify_issuer(
+            issuers,
+            self.key_id,
             &self.signed_part()?,
-            &Signature::from_bytes(&self.signature),
-        )
-        .map_err(|_| WireError::BadSignature { what })?;
+            &self.signature,
+            what,
+        )?;
         let expected = (
             batch.reader_id.as_str(),
             batch.first_seq,
@@ -621,9 +636,7 @@ impl DenyEntry {
 
     /// The canonical encoding.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        let mut out = self.signed_part()?;
-        out.extend_from_slice(&self.signature);
-        Ok(out)
+        Ok(signed(self.signed_part()?, &self.signature))
     }
 
     /// Parses an entry; [`DenyEntry::verify`] checks it.
@@ -655,15 +668,13 @@ impl DenyEntry {
     /// Checks the issuer's signature.
     pub fn verify(&self, issuers: &TrustedKeys) -> Result<(), WireError> {
         let what = Self::WHAT;
-        let key = issuers.get(self.key_id).ok_or(WireError::UnknownKey {
-            what,
-            key_id: self.key_id,
-        })?;
-        key.verify_strict(
+        verify_issuer(
+            issuers,
+            self.key_id,
             &self.signed_part()?,
-            &Signature::from_bytes(&self.signature),
+            &self.signature,
+            what,
         )
-        .map_err(|_| WireError::BadSignature { what })
     }
 }
 
