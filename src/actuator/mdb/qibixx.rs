@@ -10,6 +10,12 @@
 //! open), `c,STATUS,VEND,<price>,<item>` (vend request), `c,VEND,SUCCESS` or
 //! `c,VEND,<anything else>` (dispense result), `c,ERR,<text>` (an error).
 //! Amounts are decimal with the profile's number of places.
+//!
+//! Checked against Qibixx's public tutorials (docs.qibixx.com, "Cashless
+//! Device – Accept a Vend Request from VMC in Always Idle" and "Vending
+//! Sessions Examples"): `c,STATUS,VEND,1.00,2` → `C,VEND,1.00` or `C,STOP`,
+//! then `c,VEND,SUCCESS` / `c,STATUS,IDLE` / `c,STATUS,ENABLED`, or
+//! `c,ERR,VEND 3` when the product failed to dispense.
 
 use super::{AdapterLine, format_amount, parse_amount};
 
