@@ -10,6 +10,7 @@
 //! as QR images, and [`synth`] generates the test corpus under `signals/qr/`.
 
 pub mod encode;
+pub mod locate;
 pub mod pipeline;
 pub mod prepare;
 pub mod source;

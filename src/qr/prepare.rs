@@ -168,30 +168,44 @@ pub fn box_blur(image: &GreyImage, radius: usize) -> GreyImage {
     }
     let (w, h) = (image.width(), image.height());
     let src = image.data();
+    let r = radius;
+    let n = (2 * r + 1) as u32;
+    // Division by the window size as a rounded fixed-point multiply.
+    let inv = (65_536 + n / 2) / n;
+    let div = |sum: u32| ((sum * inv + 32_768) >> 16).min(255) as u8;
+    // Horizontal running sums, edges replicated.
     let mut tmp = vec![0u8; w * h];
-    // Horizontal pass with clamped edges.
-    for y in 0..h {
-        let row = &src[y * w..(y + 1) * w];
-        let at = |i: isize| -> u32 { u32::from(row[i.clamp(0, w as isize - 1) as usize]) };
-        let r = radius as isize;
-        let n = (2 * radius + 1) as u32;
-        let mut sum: u32 = (-r..=r).map(at).sum();
-        for x in 0..w {
-            tmp[y * w + x] = ((sum + n / 2) / n) as u8;
-            let xi = x as isize;
-            sum = sum + at(xi + r + 1) - at(xi - r);
+    for (row, out) in src.chunks_exact(w).zip(tmp.chunks_exact_mut(w)) {
+        let (first, last) = (u32::from(row[0]), u32::from(row[w - 1]));
+        let at = |i: usize| row.get(i).map_or(last, |&p| u32::from(p));
+        let mut sum: u32 = first * r as u32 + (0..=r).map(at).sum::<u32>();
+        for (x, o) in out.iter_mut().enumerate() {
+            *o = div(sum);
+            let add = at(x + r + 1);
+            let sub = if x >= r { u32::from(row[x - r]) } else { first };
+            sum = sum + add - sub;
+        }
+    }
+    // Vertical running sums, one row at a time (cache friendly).
+    let row_of = |y: isize| {
+        let y = y.clamp(0, h as isize - 1) as usize;
+        &tmp[y * w..(y + 1) * w]
+    };
+    let mut col = vec![0u32; w];
+    for dy in -(r as isize)..=r as isize {
+        for (c, &p) in col.iter_mut().zip(row_of(dy)) {
+            *c += u32::from(p);
         }
     }
     let mut out = vec![0u8; w * h];
-    let r = radius as isize;
-    let n = (2 * radius + 1) as u32;
-    for x in 0..w {
-        let at = |i: isize| -> u32 { u32::from(tmp[i.clamp(0, h as isize - 1) as usize * w + x]) };
-        let mut sum: u32 = (-r..=r).map(at).sum();
-        for y in 0..h {
-            out[y * w + x] = ((sum + n / 2) / n) as u8;
-            let yi = y as isize;
-            sum = sum + at(yi + r + 1) - at(yi - r);
+    for (y, dst) in out.chunks_exact_mut(w).enumerate() {
+        for (d, &c) in dst.iter_mut().zip(&col) {
+            *d = div(c);
+        }
+        let yi = y as isize;
+        let (add, sub) = (row_of(yi + r as isize + 1), row_of(yi - r as isize));
+        for ((c, &a), &s) in col.iter_mut().zip(add).zip(sub) {
+            *c = *c + u32::from(a) - u32::from(s);
         }
     }
     GreyImage::from_parts(w, h, out)
@@ -236,6 +250,30 @@ impl Bitmap {
     /// Whether (x, y) is dark; `false` outside the image.
     pub fn is_dark(&self, x: usize, y: usize) -> bool {
         x < self.width && y < self.height && self.dark[y * self.width + x]
+    }
+
+    /// One row of the bitmap (`true` is dark); empty outside the image.
+    pub fn row(&self, y: usize) -> &[bool] {
+        if y < self.height {
+            &self.dark[y * self.width..(y + 1) * self.width]
+        } else {
+            &[]
+        }
+    }
+
+    /// A bitmap from a function of (x, y), for tests and synthetic inputs.
+    pub fn from_fn(width: usize, height: usize, dark: impl Fn(usize, usize) -> bool) -> Self {
+        let mut bits = Vec::with_capacity(width * height);
+        for y in 0..height {
+            for x in 0..width {
+                bits.push(dark(x, y));
+            }
+        }
+        Self {
+            width,
+            height,
+            dark: bits,
+        }
     }
 
     /// Fraction of dark pixels, for tests and diagnostics.
@@ -291,6 +329,185 @@ pub fn adaptive_threshold(image: &GreyImage, radius: usize, offset: u8) -> Bitma
         width: w,
         height: h,
         dark,
+    }
+}
+
+/// Both polarities from one integral image: `dark` marks pixels more than
+/// `offset` below their local mean (dark modules of a light-mode code),
+/// `light` those more than `offset` above it (the light modules of a
+/// dark-mode code, i.e. the dark modules of the inverted image). Finding
+/// finder patterns in both tells which way round a code is before rqrr
+/// runs, at the cost of one threshold.
+pub fn threshold_both(image: &GreyImage, radius: usize, offset: u8) -> (Bitmap, Bitmap) {
+    let (w, h) = (image.width(), image.height());
+    let src = image.data();
+    let stride = w + 1;
+    let mut integral = vec![0u32; stride * (h + 1)];
+    for y in 0..h {
+        let mut row = 0u32;
+        for x in 0..w {
+            row += u32::from(src[y * w + x]);
+            integral[(y + 1) * stride + x + 1] = integral[y * stride + x + 1] + row;
+        }
+    }
+    let radius = radius.max(1);
+    let offset = u64::from(offset);
+    let mut dark = vec![false; w * h];
+    let mut light = vec![false; w * h];
+    for y in 0..h {
+        let y0 = y.saturating_sub(radius);
+        let y1 = (y + radius + 1).min(h);
+        for x in 0..w {
+            let x0 = x.saturating_sub(radius);
+            let x1 = (x + radius + 1).min(w);
+            // Wrapping arithmetic: the sum of a window always fits in u32
+            // (frames are at most 64 MP of 8 bits), even if the corner
+            // terms individually wrapped.
+            let sum = u64::from(
+                integral[y1 * stride + x1]
+                    .wrapping_add(integral[y0 * stride + x0])
+                    .wrapping_sub(integral[y0 * stride + x1])
+                    .wrapping_sub(integral[y1 * stride + x0]),
+            );
+            let n = ((y1 - y0) * (x1 - x0)) as u64;
+            let p = u64::from(src[y * w + x]);
+            dark[y * w + x] = (p + offset) * n < sum;
+            light[y * w + x] = p * n > sum + offset * n;
+        }
+    }
+    (
+        Bitmap {
+            width: w,
+            height: h,
+            dark,
+        },
+        Bitmap {
+            width: w,
+            height: h,
+            dark: light,
+        },
+    )
+}
+
+/// A fast adaptive threshold in both polarities: the image is cut into
+/// `block`×`block` cells, each cell's threshold is the mean of the 5×5
+/// cells around it (a window of five blocks, as zxing's hybrid binariser),
+/// and a pixel is `dark` when more than `offset` below its cell's
+/// threshold, `light` when more than `offset` above it. A few operations
+/// per pixel instead of a window sum per pixel: the locator runs it on
+/// every frame.
+pub fn block_threshold_both(image: &GreyImage, block: usize, offset: u8) -> (Bitmap, Bitmap) {
+    let (w, h) = (image.width(), image.height());
+    let block = block.max(2);
+    let (bw, bh) = (w.div_ceil(block), h.div_ceil(block));
+    let src = image.data();
+    // Sum and pixel count of each cell.
+    let mut sums = vec![0u32; bw * bh];
+    let mut counts = vec![0u32; bw * bh];
+    for y in 0..h {
+        let cells = &mut sums[(y / block) * bw..(y / block + 1) * bw];
+        let ns = &mut counts[(y / block) * bw..(y / block + 1) * bw];
+        for (bx, chunk) in src[y * w..(y + 1) * w].chunks(block).enumerate() {
+            cells[bx] += chunk.iter().map(|&p| u32::from(p)).sum::<u32>();
+            ns[bx] += chunk.len() as u32;
+        }
+    }
+    // Mean over the 5x5 cells around each cell (clipped at the edges).
+    let mut thresholds = vec![0u8; bw * bh];
+    for by in 0..bh {
+        let (y0, y1) = (by.saturating_sub(2), (by + 3).min(bh));
+        for bx in 0..bw {
+            let (x0, x1) = (bx.saturating_sub(2), (bx + 3).min(bw));
+            let (mut sum, mut n) = (0u64, 0u64);
+            for yy in y0..y1 {
+                for xx in x0..x1 {
+                    sum += u64::from(sums[yy * bw + xx]);
+                    n += u64::from(counts[yy * bw + xx]);
+                }
+            }
+            thresholds[by * bw + bx] = (sum / n.max(1)) as u8;
+        }
+    }
+    let offset = i16::from(offset);
+    let mut dark = vec![false; w * h];
+    let mut light = vec![false; w * h];
+    for y in 0..h {
+        let t_row = &thresholds[(y / block) * bw..(y / block + 1) * bw];
+        let row = &src[y * w..(y + 1) * w];
+        let d_row = &mut dark[y * w..(y + 1) * w];
+        let l_row = &mut light[y * w..(y + 1) * w];
+        for (bx, ((px, d), l)) in row
+            .chunks(block)
+            .zip(d_row.chunks_mut(block))
+            .zip(l_row.chunks_mut(block))
+            .enumerate()
+        {
+            let t = i16::from(t_row[bx]);
+            for ((&p, d), l) in px.iter().zip(d).zip(l) {
+                let p = i16::from(p);
+                *d = p + offset < t;
+                *l = p > t + offset;
+            }
+        }
+    }
+    (
+        Bitmap {
+            width: w,
+            height: h,
+            dark,
+        },
+        Bitmap {
+            width: w,
+            height: h,
+            dark: light,
+        },
+    )
+}
+
+/// Enlarges an image by `factor` (≥ 1) with bilinear interpolation, pixel
+/// centres aligned as in [`downscale_by`]: small modules (a code far away,
+/// a VGA camera) reach the three to four pixels rqrr needs. The output is
+/// at most [`MAX_DIMENSION`](super::MAX_DIMENSION) a side.
+pub fn upscale_by(image: &GreyImage, factor: f32) -> Scaled {
+    let factor = if factor.is_finite() {
+        factor.clamp(1.0, 8.0)
+    } else {
+        1.0
+    };
+    let (w, h) = (image.width(), image.height());
+    let dw = ((w as f32 * factor).round() as usize).clamp(w, super::MAX_DIMENSION.max(w));
+    let dh = ((h as f32 * factor).round() as usize).clamp(h, super::MAX_DIMENSION.max(h));
+    // Source position of a destination pixel centre: index and weight of
+    // the next pixel in 1/256ths.
+    let taps = |d: usize, n: usize, len: usize| -> (usize, usize, u32) {
+        let s = ((d as f32 + 0.5) * len as f32 / n as f32 - 0.5).clamp(0.0, (len - 1) as f32);
+        let i = s.floor() as usize;
+        (
+            i,
+            (i + 1).min(len - 1),
+            ((s - i as f32) * 256.0).round() as u32,
+        )
+    };
+    let xt: Vec<(usize, usize, u32)> = (0..dw).map(|dx| taps(dx, dw, w)).collect();
+    let src = image.data();
+    let mut out = Vec::with_capacity(dw * dh);
+    let mut mixed = vec![0u32; w];
+    for dy in 0..dh {
+        let (y0, y1, fy) = taps(dy, dh, h);
+        let (r0, r1) = (&src[y0 * w..(y0 + 1) * w], &src[y1 * w..(y1 + 1) * w]);
+        // Vertical blend first (in 1/256ths), then horizontal.
+        for ((m, &a), &b) in mixed.iter_mut().zip(r0).zip(r1) {
+            *m = u32::from(a) * (256 - fy) + u32::from(b) * fy;
+        }
+        out.extend(
+            xt.iter().map(|&(x0, x1, fx)| {
+                ((mixed[x0] * (256 - fx) + mixed[x1] * fx + 32_768) >> 16) as u8
+            }),
+        );
+    }
+    Scaled {
+        image: GreyImage::from_parts(dw, dh, out),
+        scale: w as f32 / dw as f32,
     }
 }
 
@@ -588,6 +805,81 @@ mod tests {
         // A flat image is all light thanks to the offset.
         let flat = image(30, 30, |_, _| 128);
         assert_eq!(adaptive_threshold(&flat, 5, 3).dark_fraction(), 0.0);
+    }
+
+    #[test]
+    fn threshold_both_marks_dark_and_light_modules() {
+        // Dark squares on mid-grey, light squares on mid-grey.
+        let img = image(60, 30, |x, y| {
+            let on = (x / 5 + y / 5) % 2 == 0;
+            match (x < 30, on) {
+                (true, true) => 20,
+                (false, true) => 235,
+                _ => 128,
+            }
+        });
+        let (dark, light) = threshold_both(&img, 8, 6);
+        assert!(dark.is_dark(2, 2) && !light.is_dark(2, 2));
+        assert!(light.is_dark(32, 2) && !dark.is_dark(32, 2));
+        assert_eq!(dark, adaptive_threshold(&img, 8, 6));
+        let flat = image(20, 20, |_, _| 100);
+        let (d, l) = threshold_both(&flat, 4, 3);
+        assert_eq!((d.dark_fraction(), l.dark_fraction()), (0.0, 0.0));
+    }
+
+    #[test]
+    fn block_threshold_survives_a_gradient_and_finds_both_polarities() {
+        // The gradient image of the sliding-window test.
+        let img = image(200, 100, |x, y| {
+            let bg = 40 + (x as u32 * 200 / 200) as u8;
+            if (x / 10 + y / 10) % 2 == 0 {
+                bg.saturating_sub(40)
+            } else {
+                bg.saturating_add(20)
+            }
+        });
+        let (dark, light) = block_threshold_both(&img, 8, 5);
+        let mut wrong = 0;
+        for y in 0..100 {
+            for x in 0..200 {
+                let square = (x / 10 + y / 10) % 2 == 0;
+                if dark.is_dark(x, y) != square {
+                    wrong += 1;
+                }
+                // No pixel is both.
+                assert!(!(dark.is_dark(x, y) && light.is_dark(x, y)));
+            }
+        }
+        assert!(wrong < 200 * 100 / 50, "{wrong} wrong pixels");
+        assert!(light.is_dark(15, 5) && !light.is_dark(5, 5));
+        let flat = image(33, 17, |_, _| 90);
+        let (d, l) = block_threshold_both(&flat, 4, 3);
+        assert_eq!((d.dark_fraction(), l.dark_fraction()), (0.0, 0.0));
+        assert_eq!((d.width(), d.height()), (33, 17));
+    }
+
+    #[test]
+    fn upscale_by_keeps_levels_and_pixel_centres() {
+        let img = image(10, 4, |x, _| if x < 5 { 0 } else { 200 });
+        let s = upscale_by(&img, 2.5);
+        assert_eq!((s.image.width(), s.image.height()), (25, 10));
+        assert!((s.scale - 0.4).abs() < 1e-6);
+        // Far from the edge the levels are kept; the edge stays at x = 5 in
+        // source pixels, i.e. 12.5 here.
+        assert_eq!(s.image.get(2, 3), Some(0));
+        assert_eq!(s.image.get(22, 3), Some(200));
+        let mid = s.image.get(12, 3).unwrap();
+        assert!((60..=140).contains(&mid), "{mid}");
+        assert!((s.to_source(12.0, 0.0).0 - 4.5).abs() < 1e-4);
+        assert_eq!(upscale_by(&img, 0.5).image, img);
+        assert_eq!(upscale_by(&img, f32::NAN).image, img);
+    }
+
+    #[test]
+    fn bitmap_rows_and_from_fn() {
+        let b = Bitmap::from_fn(3, 2, |x, y| x == y);
+        assert_eq!(b.row(1), &[false, true, false]);
+        assert!(b.row(2).is_empty());
     }
 
     #[test]
