@@ -1,17 +1,20 @@
 //! The decode pipeline: a fixed sequence of preparation strategies, each
 //! handing a binarised image to rqrr, within a per-frame budget.
 //!
-//! Order (cheapest and most likely first): up to four regions of interest
-//! (edge-dense blobs, cropped at full resolution, upscaled twice when
-//! small), each thresholded against its local mean in both polarities and
-//! box-blurred; then the whole frame, downscaled to at most `max_side`, in
-//! the attempt order of [`WHOLE_FRAME`] (chosen greedily on the corpus);
-//! then 1/1.6 resolution (big or very blurred codes); then small frames
-//! upscaled twice; then full-resolution tiles of large frames. Before each
-//! attempt the elapsed time is checked against the budget, and every image
-//! handed to rqrr is at most `max_side` (or twice 400) pixels a side, so one
-//! frame costs the budget plus at most one bounded rqrr pass.
+//! Order (cheapest and most likely first): codes located by their finder
+//! patterns ([`super::locate`]), each cut from the frame at 10 pixels per
+//! module in its own polarity (three thresholds); then up to four regions
+//! of interest (edge-dense blobs, cropped at full resolution, upscaled
+//! twice when small), each thresholded against its local mean in both
+//! polarities and box-blurred; then the whole frame, downscaled to at most
+//! `max_side`, in the attempt order of [`WHOLE_FRAME`] (chosen greedily on
+//! the corpus); then 1/1.6 resolution (big or very blurred codes); then
+//! small frames upscaled twice; then full-resolution tiles of large frames.
+//! An attempt starts only if the time spent plus the longest step so far
+//! fits the budget, and every image handed to rqrr is bounded in size, so
+//! a frame ends close to its budget.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
@@ -29,20 +32,27 @@ pub struct DecodeOptions {
     /// (and searched again tile by tile at full resolution if time allows).
     /// rqrr's cost grows faster than linearly with size.
     pub max_side: usize,
-    /// Time after which no further strategy is started. One strategy
-    /// already running finishes, so the worst case is the budget plus one
-    /// rqrr pass on a `max_side` image.
+    /// Time per frame. An attempt starts only when the time spent plus the
+    /// longest step so far still fits, so a frame ends near its budget; a
+    /// step is bounded (every image rqrr sees is at most `max_side`, or
+    /// 1024 for located crops), so a misjudged one overruns by little.
     pub budget: Duration,
     /// Keep trying strategies after one has found a code (to collect every
     /// code in view, e.g. for the CLI); a gate stops at the first hit.
     pub find_all: bool,
 }
 
+/// The gate's budget per frame: a camera at 30 frames a second sends one
+/// every 33 ms, and a reader that keeps up tries the next frame instead of
+/// lingering on a bad one (the rider's phone stays in view for many).
+pub const GATE_BUDGET: Duration = Duration::from_millis(25);
+
 impl Default for DecodeOptions {
+    /// The gate: [`GATE_BUDGET`] per frame, stop at the first code.
     fn default() -> Self {
         Self {
             max_side: 1280,
-            budget: Duration::from_millis(100),
+            budget: GATE_BUDGET,
             find_all: false,
         }
     }
@@ -143,6 +153,40 @@ impl Placement {
             (x + 0.5) * self.scale - 0.5 + self.dx,
             (y + 0.5) * self.scale - 0.5 + self.dy,
         ]
+    }
+}
+
+/// The per-frame budget: an attempt starts only if the time spent plus the
+/// longest step so far (a step is what ran between two checks) still fits,
+/// so a frame ends near its budget instead of one attempt past it.
+struct Clock {
+    start: Instant,
+    budget: Duration,
+    last: Cell<Instant>,
+    longest: Cell<Duration>,
+}
+
+impl Clock {
+    fn new(budget: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            start: now,
+            budget,
+            last: Cell::new(now),
+            longest: Cell::new(Duration::ZERO),
+        }
+    }
+
+    /// Whether another attempt may start (and the step since the last
+    /// check is recorded).
+    fn may_start(&self) -> bool {
+        let now = Instant::now();
+        let step = now.saturating_duration_since(self.last.get());
+        self.last.set(now);
+        if step > self.longest.get() {
+            self.longest.set(step);
+        }
+        now.saturating_duration_since(self.start) + self.longest.get() <= self.budget
     }
 }
 
@@ -529,9 +573,9 @@ impl Decoder {
     /// the frame's pixels. Never takes much longer than the budget; an
     /// empty result means no code was read.
     pub fn decode(&self, frame: GreyFrame<'_>) -> Vec<DecodedCode> {
-        let start = Instant::now();
         let opts = &self.options;
-        let out_of_time = || start.elapsed() >= opts.budget;
+        let clock = Clock::new(opts.budget);
+        let out_of_time = || !clock.may_start();
         let mut collector = Collector {
             seen: HashSet::new(),
             codes: Vec::new(),

@@ -51,6 +51,10 @@ pub fn downscale_by(frame: GreyFrame<'_>, factor: f32) -> Scaled {
         1.0
     };
     let (sw, sh) = (frame.width(), frame.height());
+    let k = factor.round() as usize;
+    if k >= 2 && (factor - k as f32).abs() < 1e-6 && sw >= k && sh >= k {
+        return downscale_int(frame, k);
+    }
     // The small epsilon keeps 1920 / 2.4 at 800, not 799.9999 → 799.
     let dw = ((sw as f32 / factor + 1e-3).floor() as usize).clamp(1, sw);
     let dh = ((sh as f32 / factor + 1e-3).floor() as usize).clamp(1, sh);
@@ -84,6 +88,32 @@ pub fn downscale_by(frame: GreyFrame<'_>, factor: f32) -> Scaled {
     Scaled {
         image: GreyImage::from_parts(dw, dh, out),
         scale: sw as f32 / dw as f32,
+    }
+}
+
+/// [`downscale_by`] for a whole factor `k` ≥ 2: each output pixel is the
+/// rounded mean of a `k`×`k` block (a last partial row or column of blocks
+/// is dropped, as the general path does), summed row by row.
+fn downscale_int(frame: GreyFrame<'_>, k: usize) -> Scaled {
+    let (sw, sh) = (frame.width(), frame.height());
+    let (dw, dh) = (sw / k, sh / k);
+    let src = frame.data();
+    let n = (k * k) as u32;
+    let mut out = Vec::with_capacity(dw * dh);
+    let mut sums = vec![0u32; dw];
+    for dy in 0..dh {
+        sums.iter_mut().for_each(|s| *s = 0);
+        for y in dy * k..(dy + 1) * k {
+            let row = &src[y * sw..y * sw + dw * k];
+            for (s, block) in sums.iter_mut().zip(row.chunks_exact(k)) {
+                *s += block.iter().map(|&p| u32::from(p)).sum::<u32>();
+            }
+        }
+        out.extend(sums.iter().map(|&s| ((s + n / 2) / n) as u8));
+    }
+    Scaled {
+        image: GreyImage::from_parts(dw, dh, out),
+        scale: k as f32,
     }
 }
 
@@ -166,6 +196,9 @@ pub fn box_blur(image: &GreyImage, radius: usize) -> GreyImage {
     if radius == 0 {
         return image.clone();
     }
+    if radius == 1 {
+        return box_blur3(image);
+    }
     let (w, h) = (image.width(), image.height());
     let src = image.data();
     let r = radius;
@@ -206,6 +239,41 @@ pub fn box_blur(image: &GreyImage, radius: usize) -> GreyImage {
         let (add, sub) = (row_of(yi + r as isize + 1), row_of(yi - r as isize));
         for ((c, &a), &s) in col.iter_mut().zip(add).zip(sub) {
             *c = *c + u32::from(a) - u32::from(s);
+        }
+    }
+    GreyImage::from_parts(w, h, out)
+}
+
+/// The 3×3 box blur of [`box_blur`] (radius 1, edges replicated), written
+/// as three-tap sums over whole rows so the compiler vectorises it: the
+/// pipeline blurs every located crop.
+fn box_blur3(image: &GreyImage) -> GreyImage {
+    let (w, h) = (image.width(), image.height());
+    let src = image.data();
+    // Horizontal three-tap sums (0..=765), edges replicated.
+    let mut rows = vec![0u16; w * h];
+    for (row, out) in src.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+        if w == 1 {
+            out[0] = u16::from(row[0]) * 3;
+            continue;
+        }
+        out[0] = u16::from(row[0]) * 2 + u16::from(row[1]);
+        out[w - 1] = u16::from(row[w - 1]) * 2 + u16::from(row[w - 2]);
+        for (o, t) in out[1..w - 1].iter_mut().zip(row.windows(3)) {
+            *o = u16::from(t[0]) + u16::from(t[1]) + u16::from(t[2]);
+        }
+    }
+    // Vertical three-tap sums of those (0..=2295), divided by nine with a
+    // rounded fixed-point multiply.
+    let mut out = vec![0u8; w * h];
+    for y in 0..h {
+        let up = &rows[y.saturating_sub(1) * w..][..w];
+        let mid = &rows[y * w..][..w];
+        let down = &rows[(y + 1).min(h - 1) * w..][..w];
+        let dst = &mut out[y * w..(y + 1) * w];
+        for (((d, &a), &b), &c) in dst.iter_mut().zip(up).zip(mid).zip(down) {
+            let sum = u32::from(a) + u32::from(b) + u32::from(c);
+            *d = ((sum * 7282 + 32_768) >> 16) as u8;
         }
     }
     GreyImage::from_parts(w, h, out)
@@ -762,6 +830,45 @@ mod tests {
         let flat = image(10, 10, |_, _| 90);
         assert_eq!(box_blur(&flat, 2), flat);
         assert_eq!(box_blur(&img, 0), img);
+    }
+
+    #[test]
+    fn box_blur3_matches_the_general_blur() {
+        let img = image(37, 23, |x, y| ((x * 53 + y * 97 + x * y) % 256) as u8);
+        let fast = box_blur(&img, 1);
+        // The running-sum path with radius 1, written out.
+        let at = |x: isize, y: isize| {
+            u32::from(
+                img.get(x.clamp(0, 36) as usize, y.clamp(0, 22) as usize)
+                    .unwrap(),
+            )
+        };
+        for y in 0..23isize {
+            for x in 0..37isize {
+                let sum: u32 = (-1..=1)
+                    .flat_map(|dy| (-1..=1).map(move |dx| (dx, dy)))
+                    .map(|(dx, dy)| at(x + dx, y + dy))
+                    .sum();
+                let want = (f64::from(sum) / 9.0).round() as i32;
+                let got = i32::from(fast.get(x as usize, y as usize).unwrap());
+                assert!((got - want).abs() <= 1, "({x},{y}) {got} vs {want}");
+            }
+        }
+        let one = image(1, 3, |_, y| [0, 90, 180][y]);
+        assert_eq!(box_blur(&one, 1).data(), &[30, 90, 150]);
+    }
+
+    #[test]
+    fn downscale_by_a_whole_factor_averages_blocks() {
+        let img = image(7, 5, |x, y| (x * 10 + y) as u8);
+        let s = downscale_by(img.as_frame(), 2.0);
+        assert_eq!((s.image.width(), s.image.height()), (3, 2));
+        // Block (0..2, 0..2): 0, 10, 1, 11 → 5.5 → 6.
+        assert_eq!(s.image.get(0, 0), Some(6));
+        // Block (4..6, 2..4): 42, 52, 43, 53 → 47.5 → 48.
+        assert_eq!(s.image.get(2, 1), Some(48));
+        // Exactly two source pixels per pixel (the seventh column is dropped).
+        assert_eq!(s.scale, 2.0);
     }
 
     #[test]
