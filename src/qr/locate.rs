@@ -162,7 +162,7 @@ fn merge_hits(raw: &[(f32, f32, f32)]) -> Vec<Finder> {
             }
         })
         .collect();
-    finders.sort_by(|a, b| b.hits.cmp(&a.hits));
+    finders.sort_by_key(|f| std::cmp::Reverse(f.hits));
     finders
 }
 
@@ -356,10 +356,11 @@ mod tests {
                 let (dx, dy) = (x as f32 - side as f32 / 2.0, y as f32 - side as f32 / 2.0);
                 let sx = c * dx + s * dy + w as f32 / 2.0;
                 let sy = -s * dx + c * dy + h as f32 / 2.0;
-                if sx >= 0.0 && sy >= 0.0 {
-                    if let Some(v) = code.get(sx as usize, sy as usize) {
-                        data[y * side + x] = v;
-                    }
+                if sx >= 0.0
+                    && sy >= 0.0
+                    && let Some(v) = code.get(sx as usize, sy as usize)
+                {
+                    data[y * side + x] = v;
                 }
             }
         }
