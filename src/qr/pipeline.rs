@@ -148,6 +148,13 @@ struct Placement {
 }
 
 impl Placement {
+    /// Whether two crops start within a few pixels at a similar scale.
+    fn close_to(&self, other: &Placement) -> bool {
+        (self.dx - other.dx).abs() < 16.0
+            && (self.dy - other.dy).abs() < 16.0
+            && (self.scale / other.scale - 1.0).abs() < 0.2
+    }
+
     fn map(&self, [x, y]: [f32; 2]) -> [f32; 2] {
         [
             (x + 0.5) * self.scale - 0.5 + self.dx,
@@ -454,22 +461,22 @@ enum SpotThreshold {
 /// frames (14 effect mixes at three sizes, seeds apart from the corpus'):
 /// 81, then 11 and 2 more frames read.
 /// Names: light-mode code, dark-mode (inverted) code.
-const LOCATED: [([&str; 2], bool, u8, SpotThreshold); 3] = [
+const LOCATED: [([&str; 2], usize, u8, SpotThreshold); 3] = [
     (
         ["located", "located-inverted"],
-        true,
+        1,
         10,
         SpotThreshold::Blocks,
     ),
     (
         ["located-window", "located-window-inverted"],
-        true,
+        1,
         2,
         SpotThreshold::Window,
     ),
     (
         ["located-sharp", "located-sharp-inverted"],
-        false,
+        0,
         5,
         SpotThreshold::Blocks,
     ),
@@ -488,8 +495,16 @@ struct Spot {
 }
 
 impl Spot {
-    fn attempt(&self, blur: bool, offset: u8, threshold: SpotThreshold) -> Vec<Found> {
-        let src = if blur { &self.smooth } else { &self.image };
+    fn attempt(&self, blur: usize, offset: u8, threshold: SpotThreshold) -> Vec<Found> {
+        let heavier;
+        let src = match blur {
+            0 => &self.image,
+            1 => &self.smooth,
+            r => {
+                heavier = prepare::box_blur(&self.image, r);
+                &heavier
+            }
+        };
         let bits = match threshold {
             SpotThreshold::Blocks => {
                 let block = (LOCATE_MODULE_PX * 2.0) as usize;
@@ -504,14 +519,14 @@ impl Spot {
     }
 }
 
-/// Finds codes by their finder patterns on a copy of at most
-/// [`LOCATE_SIDE`] a side, in both polarities, and cuts each from the full
+/// Finds codes by their finder patterns on a copy of at most `side`
+/// pixels a side (shrunk by a whole factor), in both polarities, and cuts each from the full
 /// frame, scaled to [`LOCATE_MODULE_PX`] per module and inverted if it is a
 /// dark-mode code.
-fn locate_codes(frame: GreyFrame<'_>) -> Vec<Spot> {
+fn locate_codes(frame: GreyFrame<'_>, side: usize) -> Vec<Spot> {
     // An integer factor: exact area averaging, and cheap.
     let longest = frame.width().max(frame.height());
-    let small = prepare::downscale_by(frame, longest.div_ceil(LOCATE_SIDE) as f32);
+    let small = prepare::downscale_by(frame, longest.div_ceil(side.max(16)) as f32);
     let mut work = small.image;
     prepare::contrast_stretch(&mut work, 1.0, 99.0);
     let block = (work.width().min(work.height()) / 40).max(4);
@@ -591,21 +606,36 @@ impl Decoder {
         let done = |c: &Collector| !opts.find_all && !c.codes.is_empty();
 
         // Located codes first: finder patterns grouped in threes give each
-        // code's place and module size; rqrr sees one small crop per code
-        // at about four pixels per module, in the right polarity.
-        let mut located = locate_codes(frame);
-        for (variant, (names, blur, offset, threshold)) in LOCATED.into_iter().enumerate() {
-            for spot in located.iter_mut() {
-                if done(&collector) || out_of_time() {
-                    return collector.codes;
+        // code's place and module size; rqrr sees one crop per code at
+        // LOCATE_MODULE_PX per module, in the right polarity. When the
+        // search ran on a copy shrunk by 2 or more, it runs again on one
+        // twice as large (small codes in large frames and photos).
+        let mut located = locate_codes(frame, LOCATE_SIDE);
+        let shrunk = frame.width().max(frame.height()) > LOCATE_SIDE;
+        let mut spots_seen: Vec<Placement> = Vec::new();
+        for pass in 0..2 {
+            if pass == 1 {
+                if !shrunk || done(&collector) || out_of_time() {
+                    break;
                 }
-                if variant > 0 && spot.read {
-                    continue;
-                }
-                let found = spot.attempt(blur, offset, threshold);
-                if !found.is_empty() {
-                    spot.read = true;
-                    collector.add(found, spot.at, names[usize::from(spot.inverted)]);
+                spots_seen.extend(located.iter().map(|s| s.at));
+                located = locate_codes(frame, 2 * LOCATE_SIDE);
+                // A code found again at the same place and scale was tried.
+                located.retain(|s| !spots_seen.iter().any(|p| p.close_to(&s.at)));
+            }
+            for (variant, (names, blur, offset, threshold)) in LOCATED.iter().enumerate() {
+                for spot in located.iter_mut() {
+                    if done(&collector) || out_of_time() {
+                        return collector.codes;
+                    }
+                    if variant > 0 && spot.read {
+                        continue;
+                    }
+                    let found = spot.attempt(*blur, *offset, *threshold);
+                    if !found.is_empty() {
+                        spot.read = true;
+                        collector.add(found, spot.at, names[usize::from(spot.inverted)]);
+                    }
                 }
             }
         }
