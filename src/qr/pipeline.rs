@@ -82,6 +82,17 @@ pub struct DecodedCode {
     pub strategy: &'static str,
 }
 
+impl DecodedCode {
+    /// The centre of the code (mean of its corners), in frame pixels.
+    pub fn centre(&self) -> [f32; 2] {
+        let [sx, sy] = self
+            .corners
+            .iter()
+            .fold([0.0, 0.0], |[ax, ay], [x, y]| [ax + x, ay + y]);
+        [sx / 4.0, sy / 4.0]
+    }
+}
+
 /// Decodes frames with fixed options; cheap to create and reuse.
 #[derive(Clone, Debug, Default)]
 pub struct Decoder {
@@ -643,6 +654,11 @@ impl Decoder {
         // Regions of interest first: crops around edge-dense blobs, at
         // full resolution (or shrunk to max_side), are far cheaper for rqrr.
         for rect in prepare::regions_of_interest(frame, 16, 2, 4) {
+            // A region around a code already read holds nothing new (a
+            // second code there is still found by the whole-frame passes).
+            if collector.codes.iter().any(|c| rect.contains(c.centre())) {
+                continue;
+            }
             let Some(crop) = prepare::crop(frame, rect) else {
                 continue;
             };
@@ -794,6 +810,9 @@ mod tests {
             "{tl:?}"
         );
         assert!((br[0] - (320.0 + size)).abs() < 8.0, "{br:?}");
+        let [cx, cy] = got[0].centre();
+        let mid = size / 2.0;
+        assert!((cx - 320.0 - mid).abs() < 8.0 && (cy - 120.0 - mid).abs() < 8.0);
     }
 
     #[test]

@@ -592,6 +592,16 @@ pub struct Rect {
     pub height: usize,
 }
 
+impl Rect {
+    /// Whether the point (x, y) lies inside.
+    pub fn contains(&self, [x, y]: [f32; 2]) -> bool {
+        x >= self.x as f32
+            && y >= self.y as f32
+            && x < (self.x + self.width) as f32
+            && y < (self.y + self.height) as f32
+    }
+}
+
 /// Copies a rectangle of a frame (clipped to the frame), so a region can be
 /// searched at full resolution while the whole frame is searched downscaled.
 /// `None` when the clipped rectangle is empty.
@@ -1021,6 +1031,8 @@ mod tests {
             height: 3,
         };
         assert!(crop(img.as_frame(), none).is_none());
+        assert!(none.contains([10.0, 0.0]) && none.contains([12.9, 2.9]));
+        assert!(!none.contains([13.0, 1.0]) && !none.contains([9.9, 1.0]));
     }
 
     #[test]
