@@ -159,13 +159,6 @@ struct Placement {
 }
 
 impl Placement {
-    /// Whether two crops start within a few pixels at a similar scale.
-    fn close_to(&self, other: &Placement) -> bool {
-        (self.dx - other.dx).abs() < 16.0
-            && (self.dy - other.dy).abs() < 16.0
-            && (self.scale / other.scale - 1.0).abs() < 0.2
-    }
-
     fn map(&self, [x, y]: [f32; 2]) -> [f32; 2] {
         [
             (x + 0.5) * self.scale - 0.5 + self.dx,
@@ -502,6 +495,8 @@ struct Spot {
     at: Placement,
     /// A dark-mode code (light modules), inverted in `image`.
     inverted: bool,
+    /// Where the crop lies in the frame.
+    rect: Rect,
     read: bool,
 }
 
@@ -528,6 +523,49 @@ impl Spot {
         };
         rqrr_bitmap(&bits)
     }
+}
+
+/// Runs `variants` on every located crop not read yet and not holding a
+/// code already read; `true` when the caller should stop (done or out of
+/// time).
+fn run_spots(
+    spots: &mut [Spot],
+    variants: &[([&'static str; 2], usize, u8, SpotThreshold)],
+    collector: &mut Collector,
+    stop: &dyn Fn(&Collector) -> bool,
+) -> bool {
+    for &(names, blur, offset, threshold) in variants {
+        for spot in spots.iter_mut() {
+            if spot.read
+                || collector
+                    .codes
+                    .iter()
+                    .any(|c| spot.rect.contains(c.centre()))
+            {
+                continue;
+            }
+            if stop(collector) {
+                return true;
+            }
+            let found = spot.attempt(blur, offset, threshold);
+            if !found.is_empty() {
+                spot.read = true;
+                collector.add(found, spot.at, names[usize::from(spot.inverted)]);
+            }
+        }
+    }
+    stop(collector)
+}
+
+/// Whether two rectangles cover about the same area (corners within a
+/// tenth of the larger side).
+fn similar(a: &Rect, b: &Rect) -> bool {
+    let tol = (a.width.max(a.height).max(b.width).max(b.height) / 10) as isize;
+    let d = |p: usize, q: usize| (p as isize - q as isize).abs() <= tol;
+    d(a.x, b.x)
+        && d(a.y, b.y)
+        && d(a.x + a.width, b.x + b.width)
+        && d(a.y + a.height, b.y + b.height)
 }
 
 /// Finds codes by their finder patterns on a copy of at most `side`
@@ -585,6 +623,7 @@ fn locate_codes(frame: GreyFrame<'_>, side: usize) -> Vec<Spot> {
                     dy: rect.y as f32,
                 },
                 inverted,
+                rect,
                 read: false,
             });
         }
@@ -616,39 +655,18 @@ impl Decoder {
         };
         let done = |c: &Collector| !opts.find_all && !c.codes.is_empty();
 
+        let stop = |c: &Collector| done(c) || out_of_time();
+
         // Located codes first: finder patterns grouped in threes give each
         // code's place and module size; rqrr sees one crop per code at
-        // LOCATE_MODULE_PX per module, in the right polarity. When the
-        // search ran on a copy shrunk by 2 or more, it runs again on one
-        // twice as large (small codes in large frames and photos).
+        // LOCATE_MODULE_PX per module, in the right polarity. The first
+        // threshold here, the other two after the (cheaper) regions of
+        // interest; then, when the search ran on a copy shrunk by 2 or
+        // more, a search on one twice as large (small codes in large
+        // frames and photos).
         let mut located = locate_codes(frame, LOCATE_SIDE);
-        let shrunk = frame.width().max(frame.height()) > LOCATE_SIDE;
-        let mut spots_seen: Vec<Placement> = Vec::new();
-        for pass in 0..2 {
-            if pass == 1 {
-                if !shrunk || done(&collector) || out_of_time() {
-                    break;
-                }
-                spots_seen.extend(located.iter().map(|s| s.at));
-                located = locate_codes(frame, 2 * LOCATE_SIDE);
-                // A code found again at the same place and scale was tried.
-                located.retain(|s| !spots_seen.iter().any(|p| p.close_to(&s.at)));
-            }
-            for (variant, (names, blur, offset, threshold)) in LOCATED.iter().enumerate() {
-                for spot in located.iter_mut() {
-                    if done(&collector) || out_of_time() {
-                        return collector.codes;
-                    }
-                    if variant > 0 && spot.read {
-                        continue;
-                    }
-                    let found = spot.attempt(*blur, *offset, *threshold);
-                    if !found.is_empty() {
-                        spot.read = true;
-                        collector.add(found, spot.at, names[usize::from(spot.inverted)]);
-                    }
-                }
-            }
+        if run_spots(&mut located, &LOCATED[..1], &mut collector, &stop) {
+            return collector.codes;
         }
 
         // Regions of interest first: crops around edge-dense blobs, at
@@ -681,6 +699,19 @@ impl Decoder {
                     return collector.codes;
                 }
                 collector.add(attempt.run(&img), at, name);
+            }
+        }
+
+        if run_spots(&mut located, &LOCATED[1..], &mut collector, &stop) {
+            return collector.codes;
+        }
+        if frame.width().max(frame.height()) > LOCATE_SIDE && !stop(&collector) {
+            let tried: Vec<Rect> = located.iter().map(|s| s.rect).collect();
+            let mut larger = locate_codes(frame, 2 * LOCATE_SIDE);
+            // A code found again at about the same place was tried.
+            larger.retain(|s| !tried.iter().any(|r| similar(r, &s.rect)));
+            if run_spots(&mut larger, &LOCATED, &mut collector, &stop) {
+                return collector.codes;
             }
         }
 
