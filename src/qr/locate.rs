@@ -1,7 +1,7 @@
 //! Finding codes cheaply before rqrr runs: finder patterns by their
 //! 1:1:3:1:1 run lengths, grouped in threes, give each code's place, size
-//! and module size, so rqrr gets one small crop per code at about four
-//! pixels per module instead of a whole frame.
+//! and module size, so rqrr gets one crop per code, scaled to a module
+//! size it reads well, instead of a whole frame.
 //!
 //! rqrr's cost is mostly its grid fit, paid for every group of three
 //! capstone-like blobs it finds, true or false; a crop holding one code
