@@ -87,7 +87,9 @@ fn ms(d: Duration) -> f64 {
 
 /// CPU time this thread has run (Linux `schedstat`, nanoseconds): unlike
 /// the wall clock it leaves out the time other processes on a shared
-/// machine held the core. `None` where the file is missing.
+/// machine held the core. `None` where the file is missing. The kernel
+/// updates it at scheduler ticks while a thread runs, so single frames
+/// read in steps (4 ms here); medians over many frames are still fair.
 fn thread_cpu() -> Option<Duration> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     let ns: u64 = s.split_whitespace().next()?.parse().ok()?;

@@ -400,63 +400,6 @@ pub fn adaptive_threshold(image: &GreyImage, radius: usize, offset: u8) -> Bitma
     }
 }
 
-/// Both polarities from one integral image: `dark` marks pixels more than
-/// `offset` below their local mean (dark modules of a light-mode code),
-/// `light` those more than `offset` above it (the light modules of a
-/// dark-mode code, i.e. the dark modules of the inverted image). Finding
-/// finder patterns in both tells which way round a code is before rqrr
-/// runs, at the cost of one threshold.
-pub fn threshold_both(image: &GreyImage, radius: usize, offset: u8) -> (Bitmap, Bitmap) {
-    let (w, h) = (image.width(), image.height());
-    let src = image.data();
-    let stride = w + 1;
-    let mut integral = vec![0u32; stride * (h + 1)];
-    for y in 0..h {
-        let mut row = 0u32;
-        for x in 0..w {
-            row += u32::from(src[y * w + x]);
-            integral[(y + 1) * stride + x + 1] = integral[y * stride + x + 1] + row;
-        }
-    }
-    let radius = radius.max(1);
-    let offset = u64::from(offset);
-    let mut dark = vec![false; w * h];
-    let mut light = vec![false; w * h];
-    for y in 0..h {
-        let y0 = y.saturating_sub(radius);
-        let y1 = (y + radius + 1).min(h);
-        for x in 0..w {
-            let x0 = x.saturating_sub(radius);
-            let x1 = (x + radius + 1).min(w);
-            // Wrapping arithmetic: the sum of a window always fits in u32
-            // (frames are at most 64 MP of 8 bits), even if the corner
-            // terms individually wrapped.
-            let sum = u64::from(
-                integral[y1 * stride + x1]
-                    .wrapping_add(integral[y0 * stride + x0])
-                    .wrapping_sub(integral[y0 * stride + x1])
-                    .wrapping_sub(integral[y1 * stride + x0]),
-            );
-            let n = ((y1 - y0) * (x1 - x0)) as u64;
-            let p = u64::from(src[y * w + x]);
-            dark[y * w + x] = (p + offset) * n < sum;
-            light[y * w + x] = p * n > sum + offset * n;
-        }
-    }
-    (
-        Bitmap {
-            width: w,
-            height: h,
-            dark,
-        },
-        Bitmap {
-            width: w,
-            height: h,
-            dark: light,
-        },
-    )
-}
-
 /// A fast adaptive threshold in both polarities: the image is cut into
 /// `block`×`block` cells, each cell's threshold is the mean of the 5×5
 /// cells around it (a window of five blocks, as zxing's hybrid binariser),
@@ -922,26 +865,6 @@ mod tests {
         // A flat image is all light thanks to the offset.
         let flat = image(30, 30, |_, _| 128);
         assert_eq!(adaptive_threshold(&flat, 5, 3).dark_fraction(), 0.0);
-    }
-
-    #[test]
-    fn threshold_both_marks_dark_and_light_modules() {
-        // Dark squares on mid-grey, light squares on mid-grey.
-        let img = image(60, 30, |x, y| {
-            let on = (x / 5 + y / 5) % 2 == 0;
-            match (x < 30, on) {
-                (true, true) => 20,
-                (false, true) => 235,
-                _ => 128,
-            }
-        });
-        let (dark, light) = threshold_both(&img, 8, 6);
-        assert!(dark.is_dark(2, 2) && !light.is_dark(2, 2));
-        assert!(light.is_dark(32, 2) && !dark.is_dark(32, 2));
-        assert_eq!(dark, adaptive_threshold(&img, 8, 6));
-        let flat = image(20, 20, |_, _| 100);
-        let (d, l) = threshold_both(&flat, 4, 3);
-        assert_eq!((d.dark_fraction(), l.dark_fraction()), (0.0, 0.0));
     }
 
     #[test]
