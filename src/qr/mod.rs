@@ -10,17 +10,23 @@
 //! as QR images, and [`synth`] generates the test corpus under `signals/qr/`.
 
 pub mod encode;
+pub mod locate;
 pub mod pipeline;
 pub mod prepare;
 pub mod source;
 pub mod synth;
+/// V4L2 camera source (feature `v4l2`, 64-bit Linux).
+#[cfg(all(feature = "v4l2", target_os = "linux", target_pointer_width = "64"))]
+pub mod v4l2;
 
 #[cfg(test)]
 mod tests;
 
 pub use encode::{encode_png, render_token, write_png};
 pub use pipeline::{DecodeOptions, DecodedCode, Decoder, decode_frame};
-pub use source::{FrameSource, ImageFileSource, PixelFormat, RawStreamSource, load_image};
+pub use source::{
+    FrameSource, ImageFileSource, PixelFormat, RawStreamSource, load_image, luma_from_packed,
+};
 
 use thiserror::Error;
 

@@ -51,6 +51,10 @@ pub fn downscale_by(frame: GreyFrame<'_>, factor: f32) -> Scaled {
         1.0
     };
     let (sw, sh) = (frame.width(), frame.height());
+    let k = factor.round() as usize;
+    if k >= 2 && (factor - k as f32).abs() < 1e-6 && sw >= k && sh >= k {
+        return downscale_int(frame, k);
+    }
     // The small epsilon keeps 1920 / 2.4 at 800, not 799.9999 → 799.
     let dw = ((sw as f32 / factor + 1e-3).floor() as usize).clamp(1, sw);
     let dh = ((sh as f32 / factor + 1e-3).floor() as usize).clamp(1, sh);
@@ -84,6 +88,32 @@ pub fn downscale_by(frame: GreyFrame<'_>, factor: f32) -> Scaled {
     Scaled {
         image: GreyImage::from_parts(dw, dh, out),
         scale: sw as f32 / dw as f32,
+    }
+}
+
+/// [`downscale_by`] for a whole factor `k` ≥ 2: each output pixel is the
+/// rounded mean of a `k`×`k` block (a last partial row or column of blocks
+/// is dropped, as the general path does), summed row by row.
+fn downscale_int(frame: GreyFrame<'_>, k: usize) -> Scaled {
+    let (sw, sh) = (frame.width(), frame.height());
+    let (dw, dh) = (sw / k, sh / k);
+    let src = frame.data();
+    let n = (k * k) as u32;
+    let mut out = Vec::with_capacity(dw * dh);
+    let mut sums = vec![0u32; dw];
+    for dy in 0..dh {
+        sums.iter_mut().for_each(|s| *s = 0);
+        for y in dy * k..(dy + 1) * k {
+            let row = &src[y * sw..y * sw + dw * k];
+            for (s, block) in sums.iter_mut().zip(row.chunks_exact(k)) {
+                *s += block.iter().map(|&p| u32::from(p)).sum::<u32>();
+            }
+        }
+        out.extend(sums.iter().map(|&s| ((s + n / 2) / n) as u8));
+    }
+    Scaled {
+        image: GreyImage::from_parts(dw, dh, out),
+        scale: k as f32,
     }
 }
 
@@ -166,32 +196,84 @@ pub fn box_blur(image: &GreyImage, radius: usize) -> GreyImage {
     if radius == 0 {
         return image.clone();
     }
+    if radius == 1 {
+        return box_blur3(image);
+    }
     let (w, h) = (image.width(), image.height());
     let src = image.data();
+    let r = radius;
+    let n = (2 * r + 1) as u32;
+    // Division by the window size as a rounded fixed-point multiply.
+    let inv = (65_536 + n / 2) / n;
+    let div = |sum: u32| ((sum * inv + 32_768) >> 16).min(255) as u8;
+    // Horizontal running sums, edges replicated.
     let mut tmp = vec![0u8; w * h];
-    // Horizontal pass with clamped edges.
-    for y in 0..h {
-        let row = &src[y * w..(y + 1) * w];
-        let at = |i: isize| -> u32 { u32::from(row[i.clamp(0, w as isize - 1) as usize]) };
-        let r = radius as isize;
-        let n = (2 * radius + 1) as u32;
-        let mut sum: u32 = (-r..=r).map(at).sum();
-        for x in 0..w {
-            tmp[y * w + x] = ((sum + n / 2) / n) as u8;
-            let xi = x as isize;
-            sum = sum + at(xi + r + 1) - at(xi - r);
+    for (row, out) in src.chunks_exact(w).zip(tmp.chunks_exact_mut(w)) {
+        let (first, last) = (u32::from(row[0]), u32::from(row[w - 1]));
+        let at = |i: usize| row.get(i).map_or(last, |&p| u32::from(p));
+        let mut sum: u32 = first * r as u32 + (0..=r).map(at).sum::<u32>();
+        for (x, o) in out.iter_mut().enumerate() {
+            *o = div(sum);
+            let add = at(x + r + 1);
+            let sub = if x >= r { u32::from(row[x - r]) } else { first };
+            sum = sum + add - sub;
+        }
+    }
+    // Vertical running sums, one row at a time (cache friendly).
+    let row_of = |y: isize| {
+        let y = y.clamp(0, h as isize - 1) as usize;
+        &tmp[y * w..(y + 1) * w]
+    };
+    let mut col = vec![0u32; w];
+    for dy in -(r as isize)..=r as isize {
+        for (c, &p) in col.iter_mut().zip(row_of(dy)) {
+            *c += u32::from(p);
         }
     }
     let mut out = vec![0u8; w * h];
-    let r = radius as isize;
-    let n = (2 * radius + 1) as u32;
-    for x in 0..w {
-        let at = |i: isize| -> u32 { u32::from(tmp[i.clamp(0, h as isize - 1) as usize * w + x]) };
-        let mut sum: u32 = (-r..=r).map(at).sum();
-        for y in 0..h {
-            out[y * w + x] = ((sum + n / 2) / n) as u8;
-            let yi = y as isize;
-            sum = sum + at(yi + r + 1) - at(yi - r);
+    for (y, dst) in out.chunks_exact_mut(w).enumerate() {
+        for (d, &c) in dst.iter_mut().zip(&col) {
+            *d = div(c);
+        }
+        let yi = y as isize;
+        let (add, sub) = (row_of(yi + r as isize + 1), row_of(yi - r as isize));
+        for ((c, &a), &s) in col.iter_mut().zip(add).zip(sub) {
+            *c = *c + u32::from(a) - u32::from(s);
+        }
+    }
+    GreyImage::from_parts(w, h, out)
+}
+
+/// The 3×3 box blur of [`box_blur`] (radius 1, edges replicated), written
+/// as three-tap sums over whole rows so the compiler vectorises it: the
+/// pipeline blurs every located crop.
+fn box_blur3(image: &GreyImage) -> GreyImage {
+    let (w, h) = (image.width(), image.height());
+    let src = image.data();
+    // Horizontal three-tap sums (0..=765), edges replicated.
+    let mut rows = vec![0u16; w * h];
+    for (row, out) in src.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+        if w == 1 {
+            out[0] = u16::from(row[0]) * 3;
+            continue;
+        }
+        out[0] = u16::from(row[0]) * 2 + u16::from(row[1]);
+        out[w - 1] = u16::from(row[w - 1]) * 2 + u16::from(row[w - 2]);
+        for (o, t) in out[1..w - 1].iter_mut().zip(row.windows(3)) {
+            *o = u16::from(t[0]) + u16::from(t[1]) + u16::from(t[2]);
+        }
+    }
+    // Vertical three-tap sums of those (0..=2295), divided by nine with a
+    // rounded fixed-point multiply.
+    let mut out = vec![0u8; w * h];
+    for y in 0..h {
+        let up = &rows[y.saturating_sub(1) * w..][..w];
+        let mid = &rows[y * w..][..w];
+        let down = &rows[(y + 1).min(h - 1) * w..][..w];
+        let dst = &mut out[y * w..(y + 1) * w];
+        for (((d, &a), &b), &c) in dst.iter_mut().zip(up).zip(mid).zip(down) {
+            let sum = u32::from(a) + u32::from(b) + u32::from(c);
+            *d = ((sum * 7282 + 32_768) >> 16) as u8;
         }
     }
     GreyImage::from_parts(w, h, out)
@@ -236,6 +318,30 @@ impl Bitmap {
     /// Whether (x, y) is dark; `false` outside the image.
     pub fn is_dark(&self, x: usize, y: usize) -> bool {
         x < self.width && y < self.height && self.dark[y * self.width + x]
+    }
+
+    /// One row of the bitmap (`true` is dark); empty outside the image.
+    pub fn row(&self, y: usize) -> &[bool] {
+        if y < self.height {
+            &self.dark[y * self.width..(y + 1) * self.width]
+        } else {
+            &[]
+        }
+    }
+
+    /// A bitmap from a function of (x, y), for tests and synthetic inputs.
+    pub fn from_fn(width: usize, height: usize, dark: impl Fn(usize, usize) -> bool) -> Self {
+        let mut bits = Vec::with_capacity(width * height);
+        for y in 0..height {
+            for x in 0..width {
+                bits.push(dark(x, y));
+            }
+        }
+        Self {
+            width,
+            height,
+            dark: bits,
+        }
     }
 
     /// Fraction of dark pixels, for tests and diagnostics.
@@ -294,6 +400,128 @@ pub fn adaptive_threshold(image: &GreyImage, radius: usize, offset: u8) -> Bitma
     }
 }
 
+/// A fast adaptive threshold in both polarities: the image is cut into
+/// `block`×`block` cells, each cell's threshold is the mean of the 5×5
+/// cells around it (a window of five blocks, as zxing's hybrid binariser),
+/// and a pixel is `dark` when more than `offset` below its cell's
+/// threshold, `light` when more than `offset` above it. A few operations
+/// per pixel instead of a window sum per pixel: the locator runs it on
+/// every frame.
+pub fn block_threshold_both(image: &GreyImage, block: usize, offset: u8) -> (Bitmap, Bitmap) {
+    let (w, h) = (image.width(), image.height());
+    let block = block.max(2);
+    let (bw, bh) = (w.div_ceil(block), h.div_ceil(block));
+    let src = image.data();
+    // Sum and pixel count of each cell.
+    let mut sums = vec![0u32; bw * bh];
+    let mut counts = vec![0u32; bw * bh];
+    for y in 0..h {
+        let cells = &mut sums[(y / block) * bw..(y / block + 1) * bw];
+        let ns = &mut counts[(y / block) * bw..(y / block + 1) * bw];
+        for (bx, chunk) in src[y * w..(y + 1) * w].chunks(block).enumerate() {
+            cells[bx] += chunk.iter().map(|&p| u32::from(p)).sum::<u32>();
+            ns[bx] += chunk.len() as u32;
+        }
+    }
+    // Mean over the 5x5 cells around each cell (clipped at the edges).
+    let mut thresholds = vec![0u8; bw * bh];
+    for by in 0..bh {
+        let (y0, y1) = (by.saturating_sub(2), (by + 3).min(bh));
+        for bx in 0..bw {
+            let (x0, x1) = (bx.saturating_sub(2), (bx + 3).min(bw));
+            let (mut sum, mut n) = (0u64, 0u64);
+            for yy in y0..y1 {
+                for xx in x0..x1 {
+                    sum += u64::from(sums[yy * bw + xx]);
+                    n += u64::from(counts[yy * bw + xx]);
+                }
+            }
+            thresholds[by * bw + bx] = (sum / n.max(1)) as u8;
+        }
+    }
+    let offset = i16::from(offset);
+    let mut dark = vec![false; w * h];
+    let mut light = vec![false; w * h];
+    for y in 0..h {
+        let t_row = &thresholds[(y / block) * bw..(y / block + 1) * bw];
+        let row = &src[y * w..(y + 1) * w];
+        let d_row = &mut dark[y * w..(y + 1) * w];
+        let l_row = &mut light[y * w..(y + 1) * w];
+        for (bx, ((px, d), l)) in row
+            .chunks(block)
+            .zip(d_row.chunks_mut(block))
+            .zip(l_row.chunks_mut(block))
+            .enumerate()
+        {
+            let t = i16::from(t_row[bx]);
+            for ((&p, d), l) in px.iter().zip(d).zip(l) {
+                let p = i16::from(p);
+                *d = p + offset < t;
+                *l = p > t + offset;
+            }
+        }
+    }
+    (
+        Bitmap {
+            width: w,
+            height: h,
+            dark,
+        },
+        Bitmap {
+            width: w,
+            height: h,
+            dark: light,
+        },
+    )
+}
+
+/// Enlarges an image by `factor` (≥ 1) with bilinear interpolation, pixel
+/// centres aligned as in [`downscale_by`]: small modules (a code far away,
+/// a VGA camera) reach the three to four pixels rqrr needs. The output is
+/// at most [`MAX_DIMENSION`](super::MAX_DIMENSION) a side.
+pub fn upscale_by(image: &GreyImage, factor: f32) -> Scaled {
+    let factor = if factor.is_finite() {
+        factor.clamp(1.0, 8.0)
+    } else {
+        1.0
+    };
+    let (w, h) = (image.width(), image.height());
+    let dw = ((w as f32 * factor).round() as usize).clamp(w, super::MAX_DIMENSION.max(w));
+    let dh = ((h as f32 * factor).round() as usize).clamp(h, super::MAX_DIMENSION.max(h));
+    // Source position of a destination pixel centre: index and weight of
+    // the next pixel in 1/256ths.
+    let taps = |d: usize, n: usize, len: usize| -> (usize, usize, u32) {
+        let s = ((d as f32 + 0.5) * len as f32 / n as f32 - 0.5).clamp(0.0, (len - 1) as f32);
+        let i = s.floor() as usize;
+        (
+            i,
+            (i + 1).min(len - 1),
+            ((s - i as f32) * 256.0).round() as u32,
+        )
+    };
+    let xt: Vec<(usize, usize, u32)> = (0..dw).map(|dx| taps(dx, dw, w)).collect();
+    let src = image.data();
+    let mut out = Vec::with_capacity(dw * dh);
+    let mut mixed = vec![0u32; w];
+    for dy in 0..dh {
+        let (y0, y1, fy) = taps(dy, dh, h);
+        let (r0, r1) = (&src[y0 * w..(y0 + 1) * w], &src[y1 * w..(y1 + 1) * w]);
+        // Vertical blend first (in 1/256ths), then horizontal.
+        for ((m, &a), &b) in mixed.iter_mut().zip(r0).zip(r1) {
+            *m = u32::from(a) * (256 - fy) + u32::from(b) * fy;
+        }
+        out.extend(
+            xt.iter().map(|&(x0, x1, fx)| {
+                ((mixed[x0] * (256 - fx) + mixed[x1] * fx + 32_768) >> 16) as u8
+            }),
+        );
+    }
+    Scaled {
+        image: GreyImage::from_parts(dw, dh, out),
+        scale: w as f32 / dw as f32,
+    }
+}
+
 /// A rectangle of interest in a frame, in pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rect {
@@ -305,6 +533,16 @@ pub struct Rect {
     pub width: usize,
     /// Height.
     pub height: usize,
+}
+
+impl Rect {
+    /// Whether the point (x, y) lies inside.
+    pub fn contains(&self, [x, y]: [f32; 2]) -> bool {
+        x >= self.x as f32
+            && y >= self.y as f32
+            && x < (self.x + self.width) as f32
+            && y < (self.y + self.height) as f32
+    }
 }
 
 /// Copies a rectangle of a frame (clipped to the frame), so a region can be
@@ -548,6 +786,45 @@ mod tests {
     }
 
     #[test]
+    fn box_blur3_matches_the_general_blur() {
+        let img = image(37, 23, |x, y| ((x * 53 + y * 97 + x * y) % 256) as u8);
+        let fast = box_blur(&img, 1);
+        // The running-sum path with radius 1, written out.
+        let at = |x: isize, y: isize| {
+            u32::from(
+                img.get(x.clamp(0, 36) as usize, y.clamp(0, 22) as usize)
+                    .unwrap(),
+            )
+        };
+        for y in 0..23isize {
+            for x in 0..37isize {
+                let sum: u32 = (-1..=1)
+                    .flat_map(|dy| (-1..=1).map(move |dx| (dx, dy)))
+                    .map(|(dx, dy)| at(x + dx, y + dy))
+                    .sum();
+                let want = (f64::from(sum) / 9.0).round() as i32;
+                let got = i32::from(fast.get(x as usize, y as usize).unwrap());
+                assert!((got - want).abs() <= 1, "({x},{y}) {got} vs {want}");
+            }
+        }
+        let one = image(1, 3, |_, y| [0, 90, 180][y]);
+        assert_eq!(box_blur(&one, 1).data(), &[30, 90, 150]);
+    }
+
+    #[test]
+    fn downscale_by_a_whole_factor_averages_blocks() {
+        let img = image(7, 5, |x, y| (x * 10 + y) as u8);
+        let s = downscale_by(img.as_frame(), 2.0);
+        assert_eq!((s.image.width(), s.image.height()), (3, 2));
+        // Block (0..2, 0..2): 0, 10, 1, 11 → 5.5 → 6.
+        assert_eq!(s.image.get(0, 0), Some(6));
+        // Block (4..6, 2..4): 42, 52, 43, 53 → 47.5 → 48.
+        assert_eq!(s.image.get(2, 1), Some(48));
+        // Exactly two source pixels per pixel (the seventh column is dropped).
+        assert_eq!(s.scale, 2.0);
+    }
+
+    #[test]
     fn sharpen_steepens_a_soft_edge_and_keeps_flat_areas() {
         let soft = image(20, 3, |x, _| (x * 12).min(255) as u8);
         let edge = image(20, 3, |x, _| if x < 10 { 60 } else { 180 });
@@ -591,6 +868,61 @@ mod tests {
     }
 
     #[test]
+    fn block_threshold_survives_a_gradient_and_finds_both_polarities() {
+        // The gradient image of the sliding-window test.
+        let img = image(200, 100, |x, y| {
+            let bg = 40 + (x as u32 * 200 / 200) as u8;
+            if (x / 10 + y / 10) % 2 == 0 {
+                bg.saturating_sub(40)
+            } else {
+                bg.saturating_add(20)
+            }
+        });
+        let (dark, light) = block_threshold_both(&img, 8, 5);
+        let mut wrong = 0;
+        for y in 0..100 {
+            for x in 0..200 {
+                let square = (x / 10 + y / 10) % 2 == 0;
+                if dark.is_dark(x, y) != square {
+                    wrong += 1;
+                }
+                // No pixel is both.
+                assert!(!(dark.is_dark(x, y) && light.is_dark(x, y)));
+            }
+        }
+        assert!(wrong < 200 * 100 / 50, "{wrong} wrong pixels");
+        assert!(light.is_dark(15, 5) && !light.is_dark(5, 5));
+        let flat = image(33, 17, |_, _| 90);
+        let (d, l) = block_threshold_both(&flat, 4, 3);
+        assert_eq!((d.dark_fraction(), l.dark_fraction()), (0.0, 0.0));
+        assert_eq!((d.width(), d.height()), (33, 17));
+    }
+
+    #[test]
+    fn upscale_by_keeps_levels_and_pixel_centres() {
+        let img = image(10, 4, |x, _| if x < 5 { 0 } else { 200 });
+        let s = upscale_by(&img, 2.5);
+        assert_eq!((s.image.width(), s.image.height()), (25, 10));
+        assert!((s.scale - 0.4).abs() < 1e-6);
+        // Far from the edge the levels are kept; the edge stays at x = 5 in
+        // source pixels, i.e. 12.5 here.
+        assert_eq!(s.image.get(2, 3), Some(0));
+        assert_eq!(s.image.get(22, 3), Some(200));
+        let mid = s.image.get(12, 3).unwrap();
+        assert!((60..=140).contains(&mid), "{mid}");
+        assert!((s.to_source(12.0, 0.0).0 - 4.5).abs() < 1e-4);
+        assert_eq!(upscale_by(&img, 0.5).image, img);
+        assert_eq!(upscale_by(&img, f32::NAN).image, img);
+    }
+
+    #[test]
+    fn bitmap_rows_and_from_fn() {
+        let b = Bitmap::from_fn(3, 2, |x, y| x == y);
+        assert_eq!(b.row(1), &[false, true, false]);
+        assert!(b.row(2).is_empty());
+    }
+
+    #[test]
     fn bitmap_invert_swaps() {
         let img = image(4, 1, |x, _| if x < 2 { 0 } else { 255 });
         let mut bits = adaptive_threshold(&img, 4, 2);
@@ -622,6 +954,8 @@ mod tests {
             height: 3,
         };
         assert!(crop(img.as_frame(), none).is_none());
+        assert!(none.contains([10.0, 0.0]) && none.contains([12.9, 2.9]));
+        assert!(!none.contains([13.0, 1.0]) && !none.contains([9.9, 1.0]));
     }
 
     #[test]

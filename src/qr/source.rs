@@ -223,12 +223,45 @@ impl<R: Read> FrameSource for RawStreamSource<R> {
             });
         }
         self.index += 1;
-        let luma = match self.format {
-            PixelFormat::Y8 => self.buf.clone(),
-            PixelFormat::Yuyv => self.buf.iter().step_by(2).copied().collect(),
-        };
-        GreyImage::new(self.width, self.height, luma).map(Some)
+        let stride = self.width * self.format.bytes_per_pixel();
+        luma_from_packed(&self.buf, self.width, self.height, stride, self.format).map(Some)
     }
+}
+
+/// The luma plane of one packed frame whose rows are `stride` bytes apart
+/// (cameras pad rows: V4L2's `bytesperline` may exceed the pixel bytes).
+/// The one conversion for every raw source, pipe or camera.
+pub fn luma_from_packed(
+    data: &[u8],
+    width: usize,
+    height: usize,
+    stride: usize,
+    format: PixelFormat,
+) -> Result<GreyImage, QrError> {
+    let row_bytes = width.saturating_mul(format.bytes_per_pixel());
+    if stride < row_bytes {
+        return Err(QrError::Invalid(format!(
+            "row stride {stride} is shorter than a row of {width} {format:?} pixels ({row_bytes} bytes)"
+        )));
+    }
+    let need = stride.saturating_mul(height.saturating_sub(1)) + row_bytes;
+    if height == 0 || width == 0 || data.len() < need {
+        return Err(QrError::FrameSize {
+            width,
+            height,
+            expected: need,
+            actual: data.len(),
+        });
+    }
+    let mut luma = Vec::with_capacity(width * height);
+    for row in data.chunks(stride).take(height) {
+        let row = &row[..row_bytes];
+        match format {
+            PixelFormat::Y8 => luma.extend_from_slice(row),
+            PixelFormat::Yuyv => luma.extend(row.iter().step_by(2)),
+        }
+    }
+    GreyImage::new(width, height, luma)
 }
 
 #[cfg(test)]
@@ -354,6 +387,24 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn packed_frames_with_padded_rows_give_their_luma() {
+        // 2x2 YUYV with rows padded to 6 bytes (2 bytes of padding).
+        let data = [10, 128, 20, 128, 0xEE, 0xEE, 30, 1, 40, 2, 0xEE, 0xEE];
+        let img = luma_from_packed(&data, 2, 2, 6, PixelFormat::Yuyv).unwrap();
+        assert_eq!(img.data(), &[10, 20, 30, 40]);
+        // Y8, stride 3 for 2 pixels; the last row needs no padding.
+        let img = luma_from_packed(&[1, 2, 9, 3, 4], 2, 2, 3, PixelFormat::Y8).unwrap();
+        assert_eq!(img.data(), &[1, 2, 3, 4]);
+        // Too short a buffer, too short a stride.
+        assert!(matches!(
+            luma_from_packed(&[1, 2, 9, 3], 2, 2, 3, PixelFormat::Y8),
+            Err(QrError::FrameSize { .. })
+        ));
+        let e = luma_from_packed(&data, 2, 2, 3, PixelFormat::Yuyv).unwrap_err();
+        assert!(e.to_string().contains("stride"), "{e}");
     }
 
     #[test]

@@ -67,3 +67,74 @@ fn bad_images_are_refused_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
 }
+
+/// Raw frames as a camera tool would pipe them: `frames` of 480x360 luma,
+/// the code (4 px modules, on white) in all but the first.
+fn luma_frames(payload: &[u8], frames: usize) -> Vec<Vec<u8>> {
+    let code = sonotap::qr::render_token(payload, 4, 4).expect("render");
+    let (w, h) = (480, 360);
+    let mut with_code = vec![250u8; w * h];
+    for y in 0..code.height() {
+        for x in 0..code.width() {
+            with_code[(y + 40) * w + x + 100] = code.get(x, y).expect("pixel");
+        }
+    }
+    let mut out = vec![vec![250u8; w * h]];
+    out.extend(std::iter::repeat_n(with_code, frames - 1));
+    out
+}
+
+#[test]
+fn raw_y8_and_yuyv_frames_on_stdin_are_read_once_each_code() {
+    let s = Scratch::new();
+    let payload: Vec<u8> = (0..199u32).map(|i| (i * 73 + 5) as u8).collect();
+    let frames = luma_frames(&payload, 3);
+
+    let y8: Vec<u8> = frames.concat();
+    let out = s.run_with_stdin(&["qr", "scan", "--size", "480x360", "--json"], &y8);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let json = last_json(&out);
+    assert_eq!(json["payload_hex"], hex::encode(&payload));
+    assert_eq!(json["frame"], 1);
+    assert!(json.get("text").is_none());
+
+    // The same frames as YUYV (Y0 U Y1 V), as most USB cameras send them.
+    let yuyv: Vec<u8> = y8.iter().flat_map(|&y| [y, 128]).collect();
+    let out = s.run_with_stdin(
+        &["qr", "scan", "--size", "480x360", "--format", "yuyv"],
+        &yuyv,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        hex::encode(&payload)
+    );
+}
+
+#[test]
+fn raw_streams_without_a_code_or_cut_short_say_so() {
+    let s = Scratch::new();
+    // Only the blank first frame: no code, exit 1.
+    let blank = luma_frames(b"x", 2).swap_remove(0);
+    let out = s.run_with_stdin(&["qr", "scan", "--size", "480x360"], &blank);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    // A stream cut inside its second frame: exit 2, the frame named.
+    let mut cut = luma_frames(b"x", 2).concat();
+    cut.truncate(480 * 360 + 1000);
+    let out = s.run_with_stdin(&["qr", "scan", "--size", "480x360"], &cut);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("inside frame 1"), "{stderr}");
+    // A camera in a build without V4L2 support, or a size that is no size.
+    let out = s.run(&["qr", "scan", "--size", "wide"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WIDTHxHEIGHT"));
+}
