@@ -7,7 +7,8 @@
 //!    copy of the hub): records/s with signature checks, and batch vs
 //!    one-by-one `verify_strict` on one batch, side by side.
 //! 3. `taps while syncing`: a reader offline with M records (default
-//!    100,000) syncs while taps keep arriving every 10 ms on its own
+//!    100,000) syncs to a hub process (at the lowest CPU priority, standing
+//!    in for a remote hub) while taps keep arriving every 10 ms on its own
 //!    connection: tap latency median / p99 / max, idle vs during the sync.
 //!
 //! Run: `cargo bench --bench sync -- [--records N] [--offline M]`.
@@ -394,8 +395,32 @@ fn main() {
             tap(&mut tapper)
         })
         .collect();
+    // The hub of a real site runs on another machine: here it runs as its own
+    // process at the lowest CPU priority, so that what the taps feel is the
+    // reader's side of the sync (reads, marks, WAL), not the hub's
+    // signature checks competing for the same two cores.
+    let mut remote = std::process::Command::new("nice")
+        .args([
+            "-n",
+            "19",
+            env!("CARGO_BIN_EXE_sonotap"),
+            "hub",
+            "serve",
+            "--data",
+        ])
+        .arg(&hub_dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("hub process");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(remote.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("address");
+    let sync_url = line.split_whitespace().nth(2).expect("url").to_owned();
     let sync_dir = offline_dir.clone();
-    let sync_url = url.clone();
     let syncing = std::thread::spawn(move || {
         let client = HubClient::new(&sync_url, None, Duration::from_secs(120)).expect("client");
         let mut reader = Reader::open(&sync_dir).expect("reader");
@@ -419,6 +444,8 @@ fn main() {
         percentiles(idle),
         percentiles(during)
     );
+    let _ = remote.kill();
+    let _ = remote.wait();
     let _ = stop.send(());
     let _ = handle.join();
 }

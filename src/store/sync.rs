@@ -19,7 +19,7 @@ const LAST_SYNC_AT: &str = "sync.last_ok_at";
 const LAST_ERROR: &str = "sync.last_error";
 
 /// Records marked synced per write transaction.
-pub const MARK_SLICE: u64 = 250;
+pub const MARK_SLICE: u64 = 500;
 
 /// What the reader knows of its link to the hub.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -87,7 +87,12 @@ impl ReaderDb {
                 None => break,
             }
         }
-        Ok(())
+        // Fold the WAL back into the database here, on the uplink's
+        // connection, so a tap's commit does not find a large WAL and pay
+        // for the checkpoint itself. PASSIVE: never waits for readers or a tap.
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(|e| StoreError::from_sqlite(&self.path, e))
     }
 
     fn mark_slice(&mut self, first: u64, last: u64, at: u64) -> Result<(), StoreError> {
