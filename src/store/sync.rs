@@ -209,16 +209,13 @@ impl ReaderDb {
         })
     }
 
-    /// Records the outcome of a sync attempt and the hub's clock offset.
-    pub fn note_sync(
-        &self,
-        at: u64,
-        clock_offset_ms: Option<i64>,
-        error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        if let Some(offset) = clock_offset_ms {
-            self.set_meta(CLOCK_OFFSET_MS, &offset.to_string())?;
-        }
+    /// Stores the hub's clock minus this reader's, from the last sync.
+    pub fn note_clock_offset(&self, offset_ms: i64) -> Result<(), StoreError> {
+        self.set_meta(CLOCK_OFFSET_MS, &offset_ms.to_string())
+    }
+
+    /// Records how a sync round ended: `None` for success at `at`, or why it failed.
+    pub fn note_sync(&self, at: u64, error: Option<&str>) -> Result<(), StoreError> {
         match error {
             None => {
                 self.set_meta(LAST_SYNC_AT, &at.to_string())?;

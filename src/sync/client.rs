@@ -379,11 +379,10 @@ fn run_step(
     match step {
         Step::CheckClock => {
             let (hub_ms, local_ms) = hub.time()?;
-            let offset =
-                i64::try_from(hub_ms).unwrap_or(i64::MAX) - i64::try_from(local_ms).unwrap_or(0);
-            reader
-                .db()
-                .note_sync(now, Some(offset), Some("sync in progress"))?;
+            let offset = i64::try_from(hub_ms)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(i64::try_from(local_ms).unwrap_or(0));
+            reader.db().note_clock_offset(offset)?;
             report.clock_offset_ms = offset;
             Ok(false)
         }
@@ -485,12 +484,12 @@ pub fn sync_once(
     let now = now_ms() / 1000;
     match result {
         Ok(()) => {
-            reader.db().note_sync(now, None, None)?;
+            reader.db().note_sync(now, None)?;
             report.queued = reader.db().summary()?.unsynced;
             Ok(report)
         }
         Err(e) => {
-            reader.db().note_sync(now, None, Some(&e.to_string()))?;
+            reader.db().note_sync(now, Some(&e.to_string()))?;
             Err(e)
         }
     }
@@ -535,7 +534,7 @@ pub fn run_loop(
                 Ok(more) => {
                     if step == Step::Prune {
                         let now = now_ms() / 1000;
-                        reader.db().note_sync(now, None, None)?;
+                        reader.db().note_sync(now, None)?;
                         report.queued = reader.db().summary()?.unsynced;
                         on_round(Ok(&report));
                     }
@@ -543,7 +542,7 @@ pub fn run_loop(
                 }
                 Err(e) => {
                     let now = now_ms() / 1000;
-                    reader.db().note_sync(now, None, Some(&e.to_string()))?;
+                    reader.db().note_sync(now, Some(&e.to_string()))?;
                     on_round(Err(&e));
                     Outcome::Failed
                 }
