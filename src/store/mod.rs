@@ -371,43 +371,22 @@ impl ReaderDb {
             Ok(approval) => approval,
             Err(decline) => return Ok(Err(decline)), // the transaction rolls back on drop
         };
-        let (head_seq, head_hash) = chain_head(&tx, &path)?;
         let payment = token.token().payment;
         let terms = token.token().credential.terms;
-        let body = RecordBody {
-            reader_id: signer.reader_id,
-            seq: head_seq + 1,
-            at: now,
-            kind: RecordKind::Charge,
-            amount: approval.charge,
-            token: token.bytes(),
-            prev_hash: head_hash,
-        };
-        let hash = body.hash();
         let wallet = token.wallet();
-        tx.execute(
-            "INSERT INTO records (seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                sqlite::int(body.seq),
-                sqlite::int(now),
-                body.kind.as_str(),
-                wallet.0.as_slice(),
-                payment.counter,
-                approval.charge,
-                token.bytes().as_slice(),
-                head_hash.as_slice(),
-                hash.as_slice(),
-                body.sign(signer.key).as_slice(),
-            ],
-        )
-        .map_err(err)?;
-        tx.execute(
-            "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            params![sqlite::int(body.seq), hash.as_slice()],
-        )
-        .map_err(err)?;
+        let seq = append_record(
+            &tx,
+            &path,
+            signer,
+            NewRecord {
+                at: now,
+                kind: RecordKind::Charge,
+                wallet: &wallet.0,
+                counter: payment.counter,
+                amount: approval.charge,
+                token: token.bytes(),
+            },
+        )?;
         tx.execute(
             "INSERT INTO wallet_state (wallet_id, last_counter, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (wallet_id) DO UPDATE SET last_counter = excluded.last_counter,
@@ -429,7 +408,7 @@ impl ReaderDb {
         .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Ok(Committed {
-            seq: body.seq,
+            seq,
             charge: approval.charge,
             running_total: approval.running_total,
         }))
@@ -498,48 +477,29 @@ impl ReaderDb {
             });
         }
         let amount: u32 = sqlite::unsigned(&path, "amount", amount)?;
-        let (head_seq, head_hash) = chain_head(&tx, &path)?;
-        let body = RecordBody {
-            reader_id: signer.reader_id,
-            seq: head_seq + 1,
-            at: now,
-            kind: RecordKind::Void,
-            amount,
-            token: &token,
-            prev_hash: head_hash,
-        };
-        let hash = body.hash();
-        tx.execute(
-            "INSERT INTO records (seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                sqlite::int(body.seq),
-                sqlite::int(now),
-                body.kind.as_str(),
-                wallet,
+        let wallet: [u8; 8] = sqlite::blob(&path, "wallet id", wallet)?;
+        let counter: u32 = sqlite::unsigned(&path, "counter", counter)?;
+        let seq = append_record(
+            &tx,
+            &path,
+            signer,
+            NewRecord {
+                at: now,
+                kind: RecordKind::Void,
+                wallet: &wallet,
                 counter,
                 amount,
-                token.as_slice(),
-                head_hash.as_slice(),
-                hash.as_slice(),
-                body.sign(signer.key).as_slice(),
-            ],
-        )
-        .map_err(err)?;
+                token: &token,
+            },
+        )?;
         tx.execute(
             "INSERT INTO voids (seq, charge_seq, reason) VALUES (?1, ?2, ?3)",
-            params![sqlite::int(body.seq), sqlite::int(charge_seq), reason],
-        )
-        .map_err(err)?;
-        tx.execute(
-            "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            params![sqlite::int(body.seq), hash.as_slice()],
+            params![sqlite::int(seq), sqlite::int(charge_seq), reason],
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Voided {
-            seq: body.seq,
+            seq,
             charge_seq,
             amount,
         })
@@ -746,6 +706,62 @@ fn wallet_history(
         last_counter,
         credential_total,
     })
+}
+
+/// A record about to be appended to the chain.
+struct NewRecord<'a> {
+    at: u64,
+    kind: RecordKind,
+    wallet: &'a [u8; 8],
+    counter: u32,
+    amount: u32,
+    token: &'a [u8],
+}
+
+/// Appends `record` after the chain head, signed by `signer`, and moves the
+/// head; returns its sequence number. Runs inside the caller's transaction.
+fn append_record(
+    tx: &Transaction<'_>,
+    path: &Path,
+    signer: &RecordSigner<'_>,
+    record: NewRecord<'_>,
+) -> Result<u64, StoreError> {
+    let err = |e| StoreError::from_sqlite(path, e);
+    let (head_seq, head_hash) = chain_head(tx, path)?;
+    let body = RecordBody {
+        reader_id: signer.reader_id,
+        seq: head_seq + 1,
+        at: record.at,
+        kind: record.kind,
+        amount: record.amount,
+        token: record.token,
+        prev_hash: head_hash,
+    };
+    let hash = body.hash();
+    tx.execute(
+        "INSERT INTO records (seq, at, kind, wallet_id, counter, amount, token, prev_hash, hash, signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            sqlite::int(body.seq),
+            sqlite::int(record.at),
+            body.kind.as_str(),
+            record.wallet.as_slice(),
+            record.counter,
+            record.amount,
+            record.token,
+            head_hash.as_slice(),
+            hash.as_slice(),
+            body.sign(signer.key).as_slice(),
+        ],
+    )
+    .map_err(err)?;
+    tx.execute(
+        "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        params![sqlite::int(body.seq), hash.as_slice()],
+    )
+    .map_err(err)?;
+    Ok(body.seq)
 }
 
 fn chain_head(conn: &Connection, path: &Path) -> Result<(u64, [u8; 32]), StoreError> {
