@@ -275,6 +275,14 @@ mod tests {
         bad
     }
 
+    /// Positions folded into a codeword of length `n`, sorted, without repeats.
+    fn distinct_positions(positions: std::collections::HashSet<usize>, n: usize) -> Vec<usize> {
+        let mut pos: Vec<usize> = positions.into_iter().map(|p| p % n).collect();
+        pos.sort_unstable();
+        pos.dedup();
+        pos
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -289,9 +297,7 @@ mod tests {
             prop_assume!(data.len() + parity <= 255);
             let cw = ReedSolomon.encode(&data, parity).expect("encode");
             let n = cw.len();
-            let mut pos: Vec<usize> = positions.into_iter().map(|p| p % n).collect();
-            pos.sort_unstable();
-            pos.dedup();
+            let mut pos = distinct_positions(positions, n);
             pos.truncate(parity / 2);
             let mut bad = corrupt(&cw, &pos, &values);
             let fixed = ReedSolomon.decode(&mut bad, parity, &[]);
@@ -311,9 +317,7 @@ mod tests {
             prop_assume!(data.len() + parity <= 255);
             let cw = ReedSolomon.encode(&data, parity).expect("encode");
             let n = cw.len();
-            let mut pos: Vec<usize> = positions.into_iter().map(|p| p % n).collect();
-            pos.sort_unstable();
-            pos.dedup();
+            let mut pos = distinct_positions(positions, n);
             // Split into f erasures and e errors with 2e + f <= parity.
             let f = (pos.len() * erase_share / 100).min(parity);
             let e = ((parity - f) / 2).min(pos.len() - f);
@@ -345,9 +349,7 @@ mod tests {
             prop_assume!(data.len() + parity <= 255);
             let cw = ReedSolomon.encode(&data, parity).expect("encode");
             let n = cw.len();
-            let mut pos: Vec<usize> = positions.into_iter().map(|p| p % n).collect();
-            pos.sort_unstable();
-            pos.dedup();
+            let pos = distinct_positions(positions, n);
             prop_assume!(2 * pos.len() > parity);
             let mut bad = corrupt(&cw, &pos, &values);
             if ReedSolomon.decode(&mut bad, parity, &[]).is_ok() {
