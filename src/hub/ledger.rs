@@ -260,7 +260,7 @@ pub fn ingest(
         )?;
         report.incidents += 1;
     }
-    let last_hash = checked.records.last().map_or(batch.prev_hash, |r| r.hash);
+    let last_hash = checked.last_hash();
     if let Some(after) = ledger.link(reader, batch.last_seq() + 1)?
         && after.prev_hash != last_hash
     {

@@ -350,8 +350,10 @@ impl Hub {
                 seq,
             });
         }
-        let ack = Ack::for_batch(
+        // The chain was walked when the batch was checked: reuse its last hash.
+        let ack = Ack::with_last_hash(
             &checked.batch,
+            checked.last_hash(),
             now_ms,
             signer.key_id(),
             self.issuer.signing_key(),

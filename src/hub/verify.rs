@@ -74,6 +74,13 @@ pub struct CheckedBatch {
     pub records: Vec<CheckedRecord>,
 }
 
+impl CheckedBatch {
+    /// Hash of the last record, computed when the chain was checked.
+    pub fn last_hash(&self) -> [u8; 32] {
+        self.records.last().map_or(self.batch.prev_hash, |r| r.hash)
+    }
+}
+
 /// One signature to check.
 struct Check<'a> {
     message: Vec<u8>,

@@ -450,12 +450,24 @@ impl Ack {
         key_id: u8,
         issuer: &SigningKey,
     ) -> Result<Self, WireError> {
+        Self::with_last_hash(batch, batch.last_hash(), hub_time_ms, key_id, issuer)
+    }
+
+    /// As [`Ack::for_batch`], for a caller that already walked the chain
+    /// and knows the last record's hash (the hub, after checking it).
+    pub fn with_last_hash(
+        batch: &Batch,
+        last_hash: [u8; 32],
+        hub_time_ms: u64,
+        key_id: u8,
+        issuer: &SigningKey,
+    ) -> Result<Self, WireError> {
         let mut ack = Self {
             reader_id: batch.reader_id.clone(),
             first_seq: batch.first_seq,
             last_seq: batch.last_seq(),
             totals: batch.totals(),
-            last_hash: batch.last_hash(),
+            last_hash,
             hub_time_ms,
             key_id,
             signature: [0; 64],
