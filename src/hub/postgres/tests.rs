@@ -242,6 +242,96 @@ fn scenario(hub: &mut Hub) -> Report {
     report
 }
 
+/// Clearing keeps the batch's own payments in memory until the batch is
+/// written: a clone, a duplicate, a void, totals that do not chain and a
+/// spend over the limit inside one batch must be found exactly as when
+/// each record arrives in a batch of its own (every look-up then reads the
+/// database).
+#[test]
+fn clearing_inside_one_batch_matches_one_record_per_batch() {
+    const W3: u8 = 4;
+    const W4: u8 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let mut whole = sqlite_hub(&dir.path().join("whole"));
+    let t1 = token(&mut whole, WALLET_1, 250, 1, 0);
+    let t2 = token(&mut whole, WALLET_1, 100, 2, 250);
+    let w2_late = token(&mut whole, WALLET_2, 300, 5, 0);
+    let w2_early = token(&mut whole, WALLET_2, 300, 3, 0);
+    let w3: Vec<Vec<u8>> = (0..4)
+        .map(|i| token(&mut whole, W3, 300, i + 1, i * 300))
+        .collect();
+    let w3_clone = token(&mut whole, W3, 299, 2, 300);
+    let w4 = token(&mut whole, W4, 50, 1, 0);
+    let items: Vec<(RecordKind, u32, &[u8])> = vec![
+        (RecordKind::Charge, 250, &t1),
+        (RecordKind::Charge, 100, &t2),
+        (RecordKind::Void, 100, &t2),
+        (RecordKind::Charge, 100, &t2),
+        (RecordKind::Charge, 300, &w2_late),
+        (RecordKind::Charge, 300, &w2_early),
+        (RecordKind::Charge, 300, &w3[0]),
+        (RecordKind::Charge, 300, &w3[1]),
+        (RecordKind::Charge, 300, &w3[2]),
+        (RecordKind::Charge, 300, &w3[3]),
+        (RecordKind::Charge, 299, &w3_clone),
+        (RecordKind::Void, 50, &w4),
+    ];
+    whole
+        .add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+        .unwrap();
+    // A second hub with the same issuer key, credentials and reader.
+    drop(whole);
+    std::fs::create_dir(dir.path().join("single")).unwrap();
+    for file in ["hub.db", "issuer.key", "issuer.pub"] {
+        std::fs::copy(
+            dir.path().join("whole").join(file),
+            dir.path().join("single").join(file),
+        )
+        .unwrap();
+    }
+    let mut whole = Hub::open(&dir.path().join("whole")).unwrap();
+    let mut single = Hub::open(&dir.path().join("single")).unwrap();
+    let (batch, _) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items);
+    receive(&mut whole, &batch, 1).expect("one batch");
+    let mut prev = GENESIS_HASH;
+    for (i, item) in items.iter().enumerate() {
+        let (batch, last) = seal("gate-1", READER_1, i as u64 + 1, prev, &[*item]);
+        receive(&mut single, &batch, 1).expect("one record");
+        prev = last;
+    }
+
+    let report = whole.report().unwrap();
+    assert_eq!(report, single.report().unwrap());
+    let rules: Vec<(String, &str)> = report
+        .flagged
+        .iter()
+        .map(|f| (f.wallet.clone(), f.rule.as_str()))
+        .collect();
+    let hex_of = |seed| hex::encode(wallet_of(seed).0);
+    assert_eq!(
+        rules,
+        vec![
+            (hex_of(WALLET_2), "totals_do_not_chain"),
+            (hex_of(W3), "over_offline_limit"),
+            (hex_of(W3), "counter_reused"),
+            (hex_of(W3), "totals_do_not_chain"),
+            (hex_of(W3), "over_offline_limit"),
+        ]
+    );
+    let incidents: Vec<(u64, &str)> = report
+        .incidents
+        .iter()
+        .map(|i| (i.seq, i.kind.as_str()))
+        .collect();
+    assert_eq!(
+        incidents,
+        vec![(4, "duplicate_token"), (12, "void_without_charge")]
+    );
+    // Net charges per credential: the void refunded wallet 1's second payment.
+    let gate = &report.readers[0];
+    assert_eq!((gate.records, gate.charged, gate.voided), (12, 2_549, 150));
+}
+
 fn wallet_of(seed: u8) -> WalletId {
     WalletId::of_key(&key(seed).verifying_key().to_bytes())
 }
