@@ -17,7 +17,8 @@ use crate::fsutil;
 use crate::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use crate::policy::{self, Decline, ReaderPolicy, TrustedKeys};
 use crate::store::{
-    ActuationOutcome, Committed, DeclineEntry, ReaderDb, RecordSigner, StoreError, VoidError, Voided,
+    ActuationOutcome, Committed, DeclineEntry, ReaderDb, RecordSigner, StoreError, VoidError,
+    Voided,
 };
 use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS};
 use crate::token::{self, Scope, WalletId};

@@ -23,8 +23,8 @@ use crate::policy::{self, Authentic, Decline, ReaderPolicy, TrustedKeys, WalletH
 use crate::record::{GENESIS_HASH, Record, RecordBody, RecordKind};
 use crate::token::WalletId;
 
-pub use sqlite::StoreError;
 pub use declines::{DECLINE_LOG_CAP, DeclineEntry};
+pub use sqlite::StoreError;
 pub use sync::{Pruned, SyncState};
 
 /// Schema versions of the reader database, oldest first. Append only.
