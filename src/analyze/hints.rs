@@ -8,9 +8,17 @@ use crate::modem::Profile;
 /// sample in 100,000, i.e. a few per second at 48 kHz).
 const CLIP_HINT_PERCENT: f64 = 0.001;
 /// A frame this close to the decoder's limit (in-band SNR, dB) is heard
-/// today and lost tomorrow; in the benchmark's noise sweep the fast profile
-/// fails between 0 and 5 dB whole-band white noise (6–11 dB in its band).
-const WEAK_FRAME_DB: f64 = 12.0;
+/// today and lost tomorrow. From the benchmark's white-noise sweep
+/// (docs/modem.md §5; in-band = whole-band + 6 dB for fast, + 4.9 dB for
+/// robust): fast decodes at 5 dB whole band and fails at 0 dB (11 / 6 dB in
+/// band); robust decodes at −5 dB and fails at −10 dB (0 / −5 dB in band).
+/// The margin is about 3 dB above the last success.
+fn weak_frame_db(profile: Profile) -> f64 {
+    match profile {
+        Profile::Fast => 14.0,
+        Profile::Robust => 3.0,
+    }
+}
 /// A recording quieter than this peak (dBFS) has a microphone problem.
 const QUIET_PEAK_DBFS: f64 = -50.0;
 /// Band noise counts as high when its power per Hz is within this many dB
@@ -67,7 +75,8 @@ pub(crate) fn advise(a: &Analysis, bands: &Bands) -> Vec<String> {
         }
     }
     for frame in &a.frames {
-        if let Some(snr) = frame.snr_db.filter(|&s| s < WEAK_FRAME_DB) {
+        let weak = Profile::from_name(frame.profile).map_or(f64::MAX, weak_frame_db);
+        if let Some(snr) = frame.snr_db.filter(|&s| s < weak) {
             hints.push(format!(
                 "weak frame at {:.2} s ({}, {snr:.1} dB in band): it decoded, but with little \
                  margin; hold the phone closer or reduce the noise in its band",
