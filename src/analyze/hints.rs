@@ -84,7 +84,15 @@ pub(crate) fn advise(a: &Analysis, bands: &Bands) -> Vec<String> {
             ));
         }
     }
-    if a.frames.is_empty() {
+    if let Some(first) = a.missed.first() {
+        hints.push(format!(
+            "{} frame(s) heard but not decoded (the first at {:.2} s, {}): the phone is heard \
+             and its header decoded, but the rest was lost to noise, echo or clipping; hold \
+             the phone closer and steadier, or check for clipping and noise in its band",
+            a.missed_count, first.start_s, first.profile
+        ));
+    }
+    if a.frames.is_empty() && a.missed.is_empty() {
         if let Some(error) = &a.decoder_error {
             hints.push(format!(
                 "no frame can be heard at {} Hz ({error}); record at 44.1 or 48 kHz",

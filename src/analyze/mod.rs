@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::audio::AudioError;
 use crate::audio::wav::WavChunks;
-use crate::modem::{Decoder, INTERNAL_RATE, Profile, Reception};
+use crate::modem::{Decoder, INTERNAL_RATE, Missed, Profile, Reception};
 
 pub use bands::FLOOR_PERCENTILE;
 pub use levels::CLIP_LEVEL;
@@ -112,6 +112,23 @@ pub struct FrameReport {
     pub payload_hex: String,
 }
 
+/// A frame heard but not decoded: its preamble and header decoded (so its
+/// profile and length are known), its body did not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MissedReport {
+    /// The profile its header named.
+    pub profile: &'static str,
+    /// Where its preamble starts, seconds.
+    pub start_s: f64,
+    /// Where it would have ended, seconds (from its announced length).
+    pub end_s: f64,
+    /// The payload length its header announced.
+    pub payload_len: usize,
+}
+
+/// Missed frames listed at most (the count is always complete).
+pub const MAX_MISSED_LISTED: usize = 100;
+
 /// Where things are in the picture.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Layout {
@@ -158,6 +175,11 @@ pub struct Analysis {
     pub noise_floor_dbfs: Option<f64>,
     /// Decoded frames, in time order.
     pub frames: Vec<FrameReport>,
+    /// Frames heard but not decoded, in time order (at most
+    /// [`MAX_MISSED_LISTED`]).
+    pub missed: Vec<MissedReport>,
+    /// How many frames were heard but not decoded.
+    pub missed_count: u64,
     /// Why the decoder could not run (a rate too low for both bands).
     pub decoder_error: Option<String>,
     /// Damage found part way: the analysis covers what came before it.
@@ -216,6 +238,16 @@ pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
     let mut spans: Vec<std::ops::Range<u64>> = Vec::new();
     let mut frames = Vec::new();
     let mut damaged = None;
+    let mut missed = Vec::new();
+    let mut missed_count = 0u64;
+    let mut note_missed = |decoder: &mut Decoder| {
+        for m in decoder.take_missed() {
+            missed_count += 1;
+            if missed.len() < MAX_MISSED_LISTED {
+                missed.push(missed_report(m));
+            }
+        }
+    };
     let to_file =
         |at48: u64| (u128::from(at48) * u128::from(rate) / u128::from(INTERNAL_RATE)) as u64;
     let settle = (bands::SETTLE_SECONDS * f64::from(rate)) as u64;
@@ -240,6 +272,7 @@ pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
                 spans.push(span.clone());
                 pending.push(Pending { reception, span });
             }
+            note_missed(decoder);
         }
         let now = levels.samples;
         let (ready, waiting): (Vec<_>, Vec<_>) = pending
@@ -254,6 +287,7 @@ pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
             spans.push(span.clone());
             pending.push(Pending { reception, span });
         }
+        note_missed(decoder);
     }
     frames.extend(pending.into_iter().map(|p| frame_report(&bands, p, &spans)));
     frames.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
@@ -285,6 +319,8 @@ pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
         bands: band_reports,
         noise_floor_dbfs: bands.total_floor_dbfs(),
         frames,
+        missed,
+        missed_count,
         decoder_error,
         damaged,
         hints: Vec::new(),
@@ -295,6 +331,16 @@ pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
         analysis,
         spectrogram,
     })
+}
+
+fn missed_report(m: Missed) -> MissedReport {
+    let start_s = m.start as f64 / f64::from(INTERNAL_RATE);
+    MissedReport {
+        profile: m.profile.name(),
+        start_s,
+        end_s: start_s + crate::modem::air_time(m.len, m.profile).unwrap_or(0.0),
+        payload_len: m.len,
+    }
 }
 
 fn frame_report(bands: &bands::Bands, p: Pending, spans: &[std::ops::Range<u64>]) -> FrameReport {

@@ -150,6 +150,24 @@ impl Spectrogram {
                 img.put_pixel(x1, y, colour);
             }
         }
+        // Frames heard but not decoded: the same box, dashed.
+        for frame in &analysis.missed {
+            let Some(profile) = Profile::from_name(frame.profile) else {
+                continue;
+            };
+            let (lo, hi) = profile.band_hz();
+            let (x0, x1) = (layout.column(frame.start_s), layout.column(frame.end_s));
+            let (y0, y1) = (layout.row(f64::from(hi)), layout.row(f64::from(lo)));
+            let colour = profile_colour(profile);
+            for x in (x0..=x1).filter(|x| (x - x0) % 4 < 2) {
+                img.put_pixel(x, y0, colour);
+                img.put_pixel(x, y1, colour);
+            }
+            for y in (y0..=y1).filter(|y| (y - y0) % 4 < 2) {
+                img.put_pixel(x0, y, colour);
+                img.put_pixel(x1, y, colour);
+            }
+        }
         let tick_every = match analysis.duration_s {
             d if d <= 120.0 => 1.0,
             d if d <= 1200.0 => 10.0,

@@ -114,6 +114,16 @@ fn print_text(out: &mut impl Write, a: &Analysis, png: Option<&Path>) -> io::Res
             )?;
         }
     }
+    if a.missed_count > 0 {
+        writeln!(out, "missed:    {} heard but not decoded", a.missed_count)?;
+        for m in &a.missed {
+            writeln!(
+                out,
+                "  {:>8.3}–{:.3} s  {:<6} {:>3} bytes announced",
+                m.start_s, m.end_s, m.profile, m.payload_len
+            )?;
+        }
+    }
     for hint in &a.hints {
         writeln!(out, "hint:      {hint}")?;
     }

@@ -255,3 +255,34 @@ fn analyze_refuses_bad_input_with_exit_2_and_reads_a_truncated_file() {
         "{json}"
     );
 }
+
+#[test]
+fn analyze_reports_a_frame_heard_but_not_decoded() {
+    use rand::RngExt;
+    let s = Scratch::new();
+    let frame = modem::encode(&token_like(4), Profile::Fast, RATE).expect("encode");
+    let lead = RATE as usize / 2;
+    let mut capture = vec![0.0f32; lead];
+    capture.extend(frame.iter().map(|x| x * 0.5));
+    capture.extend(std::iter::repeat_n(0.0, lead));
+    // The header (first data symbol) survives; a burst covers the body.
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(9);
+    for x in &mut capture[lead + 2048 + 2 * 4352 + 256..lead + frame.len()] {
+        *x += rng.random_range(-0.5f32..0.5);
+    }
+    wav::write_mono_16(&s.path("lost.wav"), &capture, RATE).expect("write");
+    let out = analyze(&s, "lost.wav", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let json = last_json(&out);
+    assert_eq!(json["missed_count"], 1, "{json}");
+    let missed = &json["missed"][0];
+    assert_eq!(missed["profile"], "fast");
+    assert_eq!(missed["payload_len"], 199);
+    assert!(
+        (missed["start_s"].as_f64().expect("start") - 0.5).abs() < 0.005,
+        "{missed}"
+    );
+    let hints = json["hints"].to_string();
+    assert!(hints.contains("heard but not decoded"), "{hints}");
+    assert!(!hints.contains("no frame heard"), "{hints}");
+}
