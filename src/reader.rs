@@ -347,7 +347,9 @@ impl Reader {
     ///
     /// `charge` overrides the configured fare; without either the reader
     /// charges what the token authorises. An `Err` means the store failed
-    /// and nothing was charged.
+    /// and nothing was charged. A decline is also written to the decline
+    /// log ([`ReaderDb::recent_declines`]) after the decision, best effort:
+    /// if that write fails the decline is returned all the same.
     pub fn present(
         &mut self,
         bytes: &[u8],

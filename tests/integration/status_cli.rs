@@ -176,3 +176,50 @@ fn status_without_a_reader_directory_or_with_a_corrupt_database_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("corrupt"), "{}", text(&out));
 }
+
+#[test]
+fn status_reads_while_another_process_holds_the_write_lock() {
+    let s = Scratch::new();
+    s.provision(Some(NOW - 3600));
+    let at = (NOW - 60).to_string();
+    s.ok(&[
+        "wallet", "pay", "--dir", "w", "--amount", "250", "--at", &at, "--out", "token",
+    ]);
+    s.ok(&["reader", "accept", "--data", "r", "--at", &at, "token"]);
+    let conn = rusqlite::Connection::open(s.path("r/reader.db")).expect("open");
+    conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO meta (key, value) VALUES ('x', 'y');")
+        .expect("hold the write lock");
+    daemon_file(&s, std::process::id(), NOW - 1, true);
+    let started = std::time::Instant::now();
+    let out = status(&s, &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "no lock wait"
+    );
+    let json = last_json(&out);
+    assert_eq!(json["queue"]["unsynced"], 1);
+    assert_eq!(json["queue"]["oldest_unsynced_age_secs"], 60);
+    conn.execute_batch("ROLLBACK").expect("rollback");
+}
+
+#[test]
+fn status_flags_unsynced_records_older_than_a_day() {
+    let s = Scratch::new();
+    s.provision(Some(NOW - 3600));
+    let at = (NOW - 60).to_string();
+    s.ok(&[
+        "wallet", "pay", "--dir", "w", "--amount", "250", "--at", &at, "--out", "token",
+    ]);
+    s.ok(&["reader", "accept", "--data", "r", "--at", &at, "token"]);
+    let later = NOW + 25 * 3600;
+    daemon_file(&s, std::process::id(), later - 1, true);
+    let later = later.to_string();
+    let out = s.run(&["status", "--data", "r", "--at", &later]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 records not synced, the oldest 25 h old"),
+        "{}",
+        text(&out)
+    );
+}
