@@ -227,13 +227,19 @@ struct Pending {
 pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
     let mut chunks = WavChunks::open(path)?;
     let rate = chunks.rate();
+    // A truncated file's header claims more than is there: the file's size
+    // bounds the estimate that sets the picture's decimation.
     let header_frames = (chunks.duration_secs() * f64::from(rate)) as u64;
+    let file_frames = std::fs::metadata(path)
+        .map(|m| m.len() / chunks.bytes_per_frame().max(1))
+        .unwrap_or(header_frames);
+    let expected_frames = header_frames.min(file_frames);
     let mut decoder = Decoder::for_rate(rate);
     let decoder_error = decoder.as_ref().err().map(|e| e.to_string());
     let mut stft = stft::Stft::new();
     let mut levels = levels::Levels::default();
     let mut bands = bands::Bands::new(rate);
-    let mut spectrogram = render::Spectrogram::new(header_frames, rate, options.max_width);
+    let mut spectrogram = render::Spectrogram::new(expected_frames, rate, options.max_width);
     let mut pending: Vec<Pending> = Vec::new();
     let mut spans: Vec<std::ops::Range<u64>> = Vec::new();
     let mut frames = Vec::new();

@@ -57,8 +57,36 @@ impl Spectrogram {
         }
     }
 
-    fn column(&self, hop: u64) -> usize {
-        ((hop / self.hops_per_column) as usize).min(self.cap - 1)
+    /// The column of `hop`, halving the time resolution first (merging
+    /// column pairs) whenever the file runs past the width cap, so memory
+    /// stays bounded whatever the header claimed.
+    fn column(&mut self, hop: u64) -> usize {
+        while hop / self.hops_per_column >= self.cap as u64 {
+            self.halve();
+        }
+        (hop / self.hops_per_column) as usize
+    }
+
+    fn halve(&mut self) {
+        let rows = SPECTRUM_ROWS as usize;
+        let pairs = |len: usize| len.div_ceil(2);
+        for c in 0..pairs(self.counts.len()) {
+            let (a, b) = (2 * c, 2 * c + 1);
+            let count_b = self.counts.get(b).copied().unwrap_or(0);
+            self.counts[c] = self.counts[a] + count_b;
+            for r in 0..rows {
+                let sum_b = self.sums.get(b * rows + r).copied().unwrap_or(0.0);
+                self.sums[c * rows + r] = self.sums[a * rows + r] + sum_b;
+            }
+        }
+        self.counts.truncate(pairs(self.counts.len()));
+        self.sums.truncate(self.counts.len() * rows);
+        for c in 0..pairs(self.clipped.len()) {
+            let b = self.clipped.get(2 * c + 1).copied().unwrap_or(0);
+            self.clipped[c] = self.clipped[2 * c] + b;
+        }
+        self.clipped.truncate(pairs(self.clipped.len()));
+        self.hops_per_column *= 2;
     }
 
     pub(crate) fn push(&mut self, hop: u64, power: &[f32]) {
@@ -229,11 +257,31 @@ mod tests {
         for hop in (0..hops).step_by(97) {
             s.push(hop, &power);
         }
-        s.push(hops + 10_000, &power);
         let layout = s.layout();
         assert!(layout.width <= MAX_WIDTH, "{layout:?}");
-        assert!(layout.width > MAX_WIDTH - 10, "{layout:?}");
+        assert!(layout.width > MAX_WIDTH * 9 / 10, "{layout:?}");
         assert!(s.sums.len() <= MAX_WIDTH as usize * SPECTRUM_ROWS as usize);
+    }
+
+    #[test]
+    fn a_file_longer_than_its_header_said_is_decimated_further_not_grown() {
+        let rate = 48_000;
+        // The header claimed 10 s; the file runs for 100 s.
+        let mut s = Spectrogram::new(10 * u64::from(rate), rate, 400);
+        let power = vec![1e-6f32; FFT_LEN / 2 + 1];
+        let hops = 100 * u64::from(rate) / HOP as u64;
+        for hop in 0..hops {
+            s.push(hop, &power);
+        }
+        s.mark_clipped(99 * u64::from(rate));
+        let layout = s.layout();
+        assert!(layout.width <= 400 && layout.width > 100, "{layout:?}");
+        assert_eq!(s.counts.iter().map(|&n| u64::from(n)).sum::<u64>(), hops);
+        let last_second = layout.column(99.0) as usize;
+        assert!(
+            s.clipped.get(last_second).is_some_and(|&n| n == 1),
+            "{layout:?}"
+        );
     }
 
     #[test]
