@@ -93,10 +93,13 @@ pub(crate) fn advise(a: &Analysis, bands: &Bands) -> Vec<String> {
         ));
     }
     if a.frames.is_empty() && a.missed.is_empty() {
-        if let Some(error) = &a.decoder_error {
+        if a.decoder_error.is_some() {
             hints.push(format!(
-                "no frame can be heard at {} Hz ({error}); record at 44.1 or 48 kHz",
-                a.rate
+                "no frame can be heard in a recording at {} Hz: it holds frequencies up to {} Hz, \
+                 and the modem's bands reach 17.9 kHz (robust) and 19.5 kHz (fast); record at \
+                 44.1 or 48 kHz",
+                a.rate,
+                a.rate / 2
             ));
         } else if a.levels.peak_dbfs.is_none_or(|p| p < QUIET_PEAK_DBFS) {
             hints.push(
