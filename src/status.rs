@@ -330,6 +330,29 @@ mod tests {
     }
 
     #[test]
+    fn the_contract_example_parses_field_for_field() {
+        let example = r#"{"pid":1234,"started_at":1790000000,"updated_at":1790000005,"config":"/etc/sonotap/config.toml","devices":[{"name":"audio","ok":true,"detail":"ALSA default, 48000 Hz"},{"name":"gate","ok":false,"detail":"/dev/ttyUSB0: No such file or directory (retrying)"}],"sync":{"hub":"https://hub:8443","ok":true,"detail":"last round ok"}}"#;
+        let status: DaemonStatus = serde_json::from_str(example).expect("parses");
+        assert_eq!(status.pid, 1234);
+        assert_eq!(status.started_at, 1_790_000_000);
+        assert_eq!(status.updated_at, 1_790_000_005);
+        assert_eq!(status.config, "/etc/sonotap/config.toml");
+        assert_eq!(status.devices[1].name, "gate");
+        assert!(!status.devices[1].ok);
+        assert_eq!(
+            status.sync,
+            Some(LinkStatus {
+                hub: "https://hub:8443".into(),
+                ok: true,
+                detail: "last round ok".into()
+            })
+        );
+        let round_trip: DaemonStatus =
+            serde_json::from_str(&serde_json::to_string(&status).expect("json")).expect("parses");
+        assert_eq!(round_trip, status);
+    }
+
+    #[test]
     fn a_missing_status_file_means_the_daemon_is_not_running() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(daemon_health(dir.path(), NOW), DaemonHealth::NotRunning);
