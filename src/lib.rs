@@ -14,6 +14,7 @@
 )]
 
 pub mod actuator;
+pub mod analyze;
 pub mod audio;
 pub mod cli;
 pub mod currency;
@@ -26,6 +27,7 @@ pub mod qr;
 pub mod reader;
 pub mod record;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod token;

@@ -17,7 +17,8 @@ use crate::fsutil;
 use crate::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use crate::policy::{self, Decline, ReaderPolicy, TrustedKeys};
 use crate::store::{
-    ActuationOutcome, Committed, ReaderDb, RecordSigner, StoreError, VoidError, Voided,
+    ActuationOutcome, Committed, DeclineEntry, ReaderDb, RecordSigner, StoreError, VoidError,
+    Voided,
 };
 use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS};
 use crate::token::{self, Scope, WalletId};
@@ -346,8 +347,40 @@ impl Reader {
     ///
     /// `charge` overrides the configured fare; without either the reader
     /// charges what the token authorises. An `Err` means the store failed
-    /// and nothing was charged.
+    /// and nothing was charged. A decline is also written to the decline
+    /// log ([`ReaderDb::recent_declines`]) after the decision, best effort:
+    /// if that write fails the decline is returned all the same.
     pub fn present(
+        &mut self,
+        bytes: &[u8],
+        charge: Option<NonZeroU32>,
+        now: u64,
+    ) -> Result<Outcome, StoreError> {
+        let outcome = self.decide(bytes, charge, now)?;
+        if let Err(decline) = &outcome.decision {
+            self.log_decline(&outcome, decline, now);
+        }
+        Ok(outcome)
+    }
+
+    /// Logs a decline for `sonotap status`, best effort: the log is a
+    /// diagnostic, so a failure to write it (disk full, lock held too long)
+    /// is warned about and never turns the rider's decline into an error.
+    fn log_decline(&mut self, outcome: &Outcome, decline: &Decline, now: u64) {
+        let entry = DeclineEntry {
+            at: now,
+            reason: decline.reason.as_str().to_string(),
+            wallet: outcome.wallet.map(|w| w.to_string()),
+            amount: outcome.amount,
+            counter: outcome.counter,
+            detail: decline.detail.clone(),
+        };
+        if let Err(e) = self.db.log_decline(&entry) {
+            tracing::warn!(reason = %decline.reason, "cannot log the decline: {e}");
+        }
+    }
+
+    fn decide(
         &mut self,
         bytes: &[u8],
         charge: Option<NonZeroU32>,

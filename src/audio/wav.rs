@@ -56,6 +56,11 @@ impl WavChunks {
         self.spec.sample_rate
     }
 
+    /// Bytes per frame (all channels) in the file's data chunk.
+    pub fn bytes_per_frame(&self) -> u64 {
+        u64::from(self.spec.channels) * u64::from(self.spec.bits_per_sample.div_ceil(8))
+    }
+
     /// Length in seconds, from the header.
     pub fn duration_secs(&self) -> f64 {
         f64::from(self.reader.duration()) / f64::from(self.spec.sample_rate)

@@ -3,11 +3,13 @@
 //! Exit codes: 0 success (or accept), 1 decline (or nothing found), 2 usage
 //! or environment error (clap's own usage errors also exit 2).
 
+mod analyze;
 mod demo;
 mod hw;
 mod modem;
 mod output;
 mod qr;
+mod status;
 mod sync;
 
 use std::fs;
@@ -66,6 +68,20 @@ enum Command {
     /// Hardware: gate and vending profiles, on-site tests over serial ports
     #[command(subcommand)]
     Hw(hw::HwCommand),
+    /// Field tool: a recording's levels, band noise, decoded frames and SNR, and a spectrogram PNG
+    Analyze(analyze::AnalyzeArgs),
+    /// On-site status, read-only: queue, last sync, devices, last declines (exit 1: needs attention)
+    Status {
+        /// Reader data directory
+        #[arg(long, value_name = "R")]
+        data: PathBuf,
+        /// One JSON object instead of text
+        #[arg(long)]
+        json: bool,
+        /// Evaluate at this time, Unix seconds (default: now)
+        #[arg(long, value_name = "UNIX_SECONDS")]
+        at: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +342,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Modem(command) => modem::run(command),
         Command::Qr(command) => qr::run(command),
         Command::Hw(command) => hw::run(command),
+        Command::Analyze(args) => analyze::run(args),
+        Command::Status { data, json, at } => status::run(&data, json, clock(at)?),
         Command::Token(TokenCommand::Inspect { token }) => {
             let bytes = read_token_file(&token)?;
             let token = Token::decode(&bytes).context("not a valid v1 token")?;

@@ -57,6 +57,24 @@ pub struct Reception {
     pub end: u64,
 }
 
+/// A frame whose preamble and header were heard (so its profile and length
+/// are known) but whose body did not decode: a phone that was heard but not
+/// understood (too weak, clipped, an echo or a noise burst over the body).
+/// Reported for diagnostics only ([`Decoder::take_missed`]); nothing about
+/// it is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missed {
+    /// The profile its header named.
+    pub profile: Profile,
+    /// Where its preamble starts, in samples at 48 kHz since the stream began.
+    pub start: u64,
+    /// The payload length its header announced.
+    pub len: usize,
+}
+
+/// Missed frames kept until [`Decoder::take_missed`] collects them.
+const MAX_MISSED: usize = 64;
+
 #[derive(Debug, Clone, Copy)]
 struct Peak {
     at: u64,
@@ -101,6 +119,8 @@ pub struct Decoder {
     /// Decoded frames (detector, start, end), to skip their echoes.
     spans: VecDeque<(u64, u64)>,
     recent: VecDeque<(Vec<u8>, u64)>,
+    /// Frames whose header decoded but body did not, oldest first (bounded).
+    missed: VecDeque<Missed>,
 }
 
 impl Decoder {
@@ -164,6 +184,7 @@ impl Decoder {
             pending: Vec::new(),
             spans: VecDeque::new(),
             recent: VecDeque::new(),
+            missed: VecDeque::new(),
         })
     }
 
@@ -197,6 +218,13 @@ impl Decoder {
             self.trim();
         }
         out
+    }
+
+    /// Frames heard but not decoded since the last call (header decoded,
+    /// body not), oldest first; at most the last 64 are kept. Collecting
+    /// them changes nothing about decoding.
+    pub fn take_missed(&mut self) -> Vec<Missed> {
+        self.missed.drain(..).collect()
     }
 
     /// Flushes: treats the stream as ended (pads with silence so a frame at
@@ -499,6 +527,12 @@ impl Decoder {
             match self.advance(&mut cand) {
                 Step::Wait => keep.push(cand),
                 Step::Drop => {}
+                Step::Lost(missed) => {
+                    if self.missed.len() == MAX_MISSED {
+                        self.missed.pop_front();
+                    }
+                    self.missed.push_back(missed);
+                }
                 Step::Done(r) => {
                     self.spans.push_back((r.start, r.end));
                     let dup = self.recent.iter().any(|(p, end)| {
@@ -596,7 +630,11 @@ impl Decoder {
                     end: start + frame as u64,
                 })
             }
-            None => Step::Drop,
+            None => Step::Lost(Missed {
+                profile: det.profile,
+                start: cand.start.max(0.0) as u64,
+                len,
+            }),
         }
     }
 
@@ -643,6 +681,8 @@ impl Decoder {
 enum Step {
     Wait,
     Drop,
+    /// Header decoded, body not: dropped like `Drop`, and noted.
+    Lost(Missed),
     Done(Reception),
 }
 

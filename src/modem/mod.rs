@@ -23,7 +23,7 @@ mod profile;
 pub mod resample;
 mod rs;
 
-pub use decoder::{Decoder, Reception};
+pub use decoder::{Decoder, Missed, Reception};
 pub use encoder::{air_time, encode};
 pub use framing::MAX_PAYLOAD;
 pub use profile::{INTERNAL_RATE, Profile};

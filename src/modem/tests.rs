@@ -297,3 +297,39 @@ proptest::proptest! {
         proptest::prop_assert_eq!(emitted, 0);
     }
 }
+
+#[test]
+fn a_frame_whose_body_is_destroyed_is_reported_missed_not_emitted() {
+    let payload = token(41);
+    let frame = encode(&payload, Profile::Fast, INTERNAL_RATE).expect("encode");
+    let lead = 14_400;
+    let mut capture = vec![0.0f32; lead];
+    capture.extend_from_slice(&frame);
+    capture.extend(std::iter::repeat_n(0.0, lead));
+    // Chirp (2048) and reference symbol (4352) and the first data symbol,
+    // which holds the header, stay clean; a loud burst covers the other two.
+    let mut rng = Pcg64Mcg::seed_from_u64(3);
+    let body = lead + 2048 + 2 * 4352 + 256;
+    for s in &mut capture[body..lead + frame.len()] {
+        *s += rng.random_range(-1.0f32..1.0);
+    }
+    let mut decoder = Decoder::new(INTERNAL_RATE).expect("decoder");
+    let mut heard = decoder.push_receptions(&capture);
+    heard.extend(decoder.finish());
+    assert!(heard.is_empty(), "{heard:?}");
+    let missed = decoder.take_missed();
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    assert_eq!(missed[0].profile, Profile::Fast);
+    assert_eq!(missed[0].len, payload.len());
+    assert!(missed[0].start.abs_diff(lead as u64) < 10, "{missed:?}");
+    assert!(decoder.take_missed().is_empty(), "taken once");
+
+    let mut clean_decoder = Decoder::new(INTERNAL_RATE).expect("decoder");
+    let mut clean = vec![0.0f32; lead];
+    clean.extend_from_slice(&frame);
+    clean.extend(std::iter::repeat_n(0.0, lead));
+    let mut heard = clean_decoder.push_receptions(&clean);
+    heard.extend(clean_decoder.finish());
+    assert_eq!(heard.len(), 1);
+    assert!(clean_decoder.take_missed().is_empty());
+}

@@ -6,6 +6,7 @@
 //! apart, two processes never charge the same token, and nothing is actuated
 //! before the record is on disk.
 
+mod declines;
 pub mod sqlite;
 mod sync;
 
@@ -22,11 +23,12 @@ use crate::policy::{self, Authentic, Decline, ReaderPolicy, TrustedKeys, WalletH
 use crate::record::{GENESIS_HASH, Record, RecordBody, RecordKind};
 use crate::token::WalletId;
 
+pub use declines::{DECLINE_LOG_CAP, DeclineEntry};
 pub use sqlite::StoreError;
 pub use sync::{Pruned, SyncState};
 
 /// Schema versions of the reader database, oldest first. Append only.
-static MIGRATIONS: [M<'static>; 2] = [
+static MIGRATIONS: [M<'static>; 3] = [
     M::up(
         "CREATE TABLE meta (
         key TEXT PRIMARY KEY,
@@ -93,6 +95,19 @@ static MIGRATIONS: [M<'static>; 2] = [
         detail TEXT NOT NULL
     ) STRICT;
     CREATE INDEX actuations_by_seq ON actuations (seq);",
+    ),
+    // Diagnostics: recent declines for `sonotap status`. Not money and not
+    // part of the chain; bounded by trimming on insert (see declines.rs).
+    M::up(
+        "CREATE TABLE declines (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        wallet TEXT,
+        amount INTEGER,
+        counter INTEGER,
+        detail TEXT NOT NULL
+    ) STRICT;",
     ),
 ];
 

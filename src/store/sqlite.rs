@@ -172,6 +172,45 @@ pub fn open(
     Ok(conn)
 }
 
+/// Opens an existing database read-only: no migration, no pragma that
+/// writes, `query_only` on, so it never takes a write lock and never changes
+/// the file (a database from a newer build is still refused, since its
+/// tables may mean something else).
+pub fn open_read_only(
+    path: &Path,
+    supported: usize,
+    missing_hint: &'static str,
+) -> Result<Connection, StoreError> {
+    let err = |e| StoreError::from_sqlite(path, e);
+    if !path.exists() {
+        return Err(StoreError::Missing {
+            path: path.into(),
+            hint: missing_hint,
+        });
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(err)?;
+    conn.busy_handler(Some(wait_for_lock)).map_err(err)?;
+    conn.pragma_update(None, "query_only", "ON").map_err(err)?;
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(err)?;
+    if found > supported as i64 || found < 0 {
+        return Err(StoreError::TooNew {
+            path: path.into(),
+            found,
+            supported,
+        });
+    }
+    if found == 0 {
+        return Err(StoreError::inconsistent(
+            path,
+            "no schema (user_version 0): not a reader database",
+        ));
+    }
+    Ok(conn)
+}
+
 /// Reads a fixed-size blob column, reporting a wrong size as inconsistency.
 pub fn blob<const N: usize>(
     path: &Path,

@@ -17,6 +17,7 @@ const KEYSET_VERSION: &str = "sync.keyset_version";
 const CLOCK_OFFSET_MS: &str = "sync.clock_offset_ms";
 const LAST_SYNC_AT: &str = "sync.last_ok_at";
 const LAST_ERROR: &str = "sync.last_error";
+const LAST_ATTEMPT_AT: &str = "sync.last_attempt_at";
 
 /// Records marked synced per write transaction.
 pub const MARK_SLICE: u64 = 500;
@@ -216,6 +217,7 @@ impl ReaderDb {
 
     /// Records how a sync round ended: `None` for success at `at`, or why it failed.
     pub fn note_sync(&self, at: u64, error: Option<&str>) -> Result<(), StoreError> {
+        self.set_meta(LAST_ATTEMPT_AT, &at.to_string())?;
         match error {
             None => {
                 self.set_meta(LAST_SYNC_AT, &at.to_string())?;
@@ -223,6 +225,18 @@ impl ReaderDb {
             }
             Some(e) => self.set_meta(LAST_ERROR, e),
         }
+    }
+
+    /// When a sync round last ended, successfully or not (Unix seconds);
+    /// `None` before the first round, or for rounds from before this was kept.
+    pub fn last_sync_attempt(&self) -> Result<Option<u64>, StoreError> {
+        self.meta(LAST_ATTEMPT_AT)?
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    StoreError::inconsistent(&self.path, format!("meta {LAST_ATTEMPT_AT} = {v:?}"))
+                })
+            })
+            .transpose()
     }
 
     /// What the reader knows of its link to the hub.
@@ -253,7 +267,7 @@ impl ReaderDb {
 
 impl ReaderDb {
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if it succeeds.
-    fn write<T>(
+    pub(super) fn write<T>(
         &mut self,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &std::path::Path) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

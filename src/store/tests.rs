@@ -444,3 +444,93 @@ fn deny_entries_apply_in_version_order_and_a_gap_is_refused() {
     assert_eq!(applied, 2);
     tap(&mut db, 1, 10).expect("accepted again");
 }
+
+fn decline(n: u32) -> DeclineEntry {
+    DeclineEntry {
+        at: NOW + u64::from(n),
+        reason: "replayed".into(),
+        wallet: Some("8295c3321c53b2d7".into()),
+        amount: Some(250),
+        counter: Some(n),
+        detail: format!("decline {n}"),
+    }
+}
+
+#[test]
+fn decline_log_keeps_only_the_newest_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    let total = DECLINE_LOG_CAP as u32 + 5;
+    for n in 1..=total {
+        db.log_decline(&decline(n)).expect("log");
+    }
+    let count: i64 = db
+        .conn
+        .query_row("SELECT count(*) FROM declines", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(count, DECLINE_LOG_CAP as i64);
+    let recent = db.recent_declines(3).expect("recent");
+    let counters: Vec<_> = recent.iter().map(|d| d.counter).collect();
+    assert_eq!(counters, [Some(total), Some(total - 1), Some(total - 2)]);
+    let all = db.recent_declines(5_000).expect("all");
+    assert_eq!(
+        all.last().and_then(|d| d.counter),
+        Some(6),
+        "the oldest five trimmed"
+    );
+}
+
+#[test]
+fn decline_log_survives_reopening_and_reads_read_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("reader.db");
+    {
+        let mut db = fresh_db(&dir);
+        db.log_decline(&DeclineEntry {
+            wallet: None,
+            counter: None,
+            ..decline(1)
+        })
+        .expect("log");
+        db.log_decline(&decline(2)).expect("log");
+    }
+    let db = ReaderDb::open_read_only(&path).expect("read-only open");
+    let recent = db.recent_declines(10).expect("recent");
+    assert_eq!(
+        recent,
+        vec![
+            decline(2),
+            DeclineEntry {
+                wallet: None,
+                counter: None,
+                ..decline(1)
+            }
+        ]
+    );
+    assert!(
+        db.set_meta("x", "y").is_err(),
+        "a read-only handle never writes"
+    );
+}
+
+#[test]
+fn read_only_open_never_creates_or_migrates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("reader.db");
+    assert!(matches!(
+        ReaderDb::open_read_only(&path),
+        Err(StoreError::Missing { .. })
+    ));
+    assert!(!path.exists());
+    std::fs::write(&path, b"not a database at all, just some text").expect("write");
+    assert!(ReaderDb::open_read_only(&path).is_err());
+}
+
+#[test]
+fn oldest_unsynced_time_follows_the_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    assert_eq!(db.oldest_unsynced_at().expect("read"), None);
+    tap(&mut db, 1, 100).expect("accepted");
+    assert_eq!(db.oldest_unsynced_at().expect("read"), Some(NOW));
+}

@@ -1,6 +1,7 @@
 //! sonotap's one integration test binary (as ripgrep does): each module
 //! drives the real `sonotap` executable or the library against real files.
 
+mod analyze_cli;
 mod audio_capture;
 mod cli_flow;
 mod crash;
@@ -9,5 +10,6 @@ mod modem_cli;
 mod protocol_vectors;
 mod qr_cli;
 mod signals;
+mod status_cli;
 mod sync;
 mod util;
