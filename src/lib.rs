@@ -17,6 +17,7 @@ pub mod actuator;
 pub mod audio;
 pub mod cli;
 pub mod currency;
+pub mod daemon;
 pub mod fsutil;
 pub mod hub;
 pub mod keys;

@@ -66,6 +66,12 @@ enum Command {
     /// Hardware: gate and vending profiles, on-site tests over serial ports
     #[command(subcommand)]
     Hw(hw::HwCommand),
+    /// The reader daemon: listen, decide, record, open the gate, sync (systemd Type=notify)
+    Run {
+        /// The daemon's configuration (see hw/config.example.toml)
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +332,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Modem(command) => modem::run(command),
         Command::Qr(command) => qr::run(command),
         Command::Hw(command) => hw::run(command),
+        Command::Run { config } => {
+            crate::daemon::run(&config)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token(TokenCommand::Inspect { token }) => {
             let bytes = read_token_file(&token)?;
             let token = Token::decode(&bytes).context("not a valid v1 token")?;
