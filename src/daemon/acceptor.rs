@@ -122,7 +122,9 @@ impl Acceptor {
                 Some(Msg::Reload(settings)) => {
                     self.settings = settings;
                     match self.reader.reload_keys() {
-                        Ok(()) => tracing::info!("reloaded issuer keys and settings; the deny list is read at every tap"),
+                        Ok(()) => tracing::info!(
+                            "reloaded issuer keys and settings; the deny list is read at every tap"
+                        ),
                         Err(e) => tracing::error!("reload: {e}"),
                     }
                 }
@@ -198,7 +200,10 @@ impl Acceptor {
 
     fn serve(&mut self, tap: Tap) {
         let metrics = Arc::clone(&self.shared.metrics);
-        metrics.tap(tap.source, tap.decoded_at.saturating_duration_since(tap.frame_end));
+        metrics.tap(
+            tap.source,
+            tap.decoded_at.saturating_duration_since(tap.frame_end),
+        );
         if let Actuator::Vending(_) = self.actuator {
             self.vend(tap);
             return;
@@ -245,16 +250,24 @@ impl Acceptor {
                     let device = gate.device().to_string();
                     let delivered = result.delivered();
                     for (what, detail) in result.actuations() {
-                        if let Err(e) = self.reader.record_actuation(seq, self.now(), &device, what, &detail) {
+                        if let Err(e) =
+                            self.reader
+                                .record_actuation(seq, self.now(), &device, what, &detail)
+                        {
                             tracing::error!(seq, "storing the gate's outcome: {e}");
                         }
                     }
                     if !delivered {
                         metrics.device_error("gate");
-                        tracing::warn!(seq, "gate opening undeliverable: {:?} (the record is flagged)", result.delivery);
+                        tracing::warn!(
+                            seq,
+                            "gate opening undeliverable: {:?} (the record is flagged)",
+                            result.delivery
+                        );
                     }
                 }
-                let ms = |t: Instant| t.saturating_duration_since(tap.frame_end).as_secs_f64() * 1e3;
+                let ms =
+                    |t: Instant| t.saturating_duration_since(tap.frame_end).as_secs_f64() * 1e3;
                 tracing::info!(
                     seq,
                     source = tap.source.as_str(),

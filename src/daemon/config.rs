@@ -388,7 +388,10 @@ impl Config {
                 }
                 AudioSource::Wav => {
                     if audio.files.is_empty() {
-                        return Err(bad("audio.files", "source = \"wav\" needs at least one file".into()));
+                        return Err(bad(
+                            "audio.files",
+                            "source = \"wav\" needs at least one file".into(),
+                        ));
                     }
                     wrong("device", audio.device.is_some())?;
                     wrong("path", audio.path.is_some())?;
@@ -400,8 +403,15 @@ impl Config {
                     }
                     match audio.rate {
                         Some(8_000..=384_000) => {}
-                        Some(r) => return Err(bad("audio.rate", format!("{r} Hz is outside 8000..=384000"))),
-                        None => return Err(bad("audio.rate", "source = \"raw\" needs a rate".into())),
+                        Some(r) => {
+                            return Err(bad(
+                                "audio.rate",
+                                format!("{r} Hz is outside 8000..=384000"),
+                            ));
+                        }
+                        None => {
+                            return Err(bad("audio.rate", "source = \"raw\" needs a rate".into()));
+                        }
                     }
                     wrong("device", audio.device.is_some())?;
                     wrong("files", !audio.files.is_empty())?;
@@ -414,11 +424,18 @@ impl Config {
         if let Some(camera) = &self.camera {
             if camera.source != CameraSource::Folder {
                 let (w, h) = (camera.width, camera.height);
-                if w == 0 || h == 0 || w > crate::qr::MAX_DIMENSION || h > crate::qr::MAX_DIMENSION {
-                    return Err(bad("camera.width", format!("{w}x{h} is not a usable frame size")));
+                if w == 0 || h == 0 || w > crate::qr::MAX_DIMENSION || h > crate::qr::MAX_DIMENSION
+                {
+                    return Err(bad(
+                        "camera.width",
+                        format!("{w}x{h} is not a usable frame size"),
+                    ));
                 }
                 if crate::qr::source::PixelFormat::from_name(&camera.format).is_none() {
-                    return Err(bad("camera.format", format!("{:?}: expected y8 or yuyv", camera.format)));
+                    return Err(bad(
+                        "camera.format",
+                        format!("{:?}: expected y8 or yuyv", camera.format),
+                    ));
                 }
             }
             if camera.source == CameraSource::V4l2 && !cfg!(feature = "v4l2") {
@@ -428,7 +445,10 @@ impl Config {
                 ));
             }
             if !(1..=2_000).contains(&camera.budget_ms) {
-                return Err(bad("camera.budget_ms", format!("{} is outside 1..=2000", camera.budget_ms)));
+                return Err(bad(
+                    "camera.budget_ms",
+                    format!("{} is outside 1..=2000", camera.budget_ms),
+                ));
             }
         }
         if self.payment.fare == Some(0) {
@@ -436,13 +456,22 @@ impl Config {
         }
         if let Some(hub) = &self.hub {
             if !(hub.url.starts_with("http://") || hub.url.starts_with("https://")) {
-                return Err(bad("hub.url", format!("{:?} is not an http:// or https:// URL", hub.url)));
+                return Err(bad(
+                    "hub.url",
+                    format!("{:?} is not an http:// or https:// URL", hub.url),
+                ));
             }
             if !(hub.interval_secs.is_finite() && (0.1..=86_400.0).contains(&hub.interval_secs)) {
-                return Err(bad("hub.interval_secs", "must be between 0.1 and 86400".into()));
+                return Err(bad(
+                    "hub.interval_secs",
+                    "must be between 0.1 and 86400".into(),
+                ));
             }
             if !(hub.timeout_secs.is_finite() && (0.1..=600.0).contains(&hub.timeout_secs)) {
-                return Err(bad("hub.timeout_secs", "must be between 0.1 and 600".into()));
+                return Err(bad(
+                    "hub.timeout_secs",
+                    "must be between 0.1 and 600".into(),
+                ));
             }
         }
         if let Some(addr) = self.metrics_addr().map_err(|d| bad("metrics.listen", d))?
@@ -451,7 +480,9 @@ impl Config {
         {
             return Err(bad(
                 "metrics.listen",
-                format!("{addr} is not a loopback address; set metrics.allow_remote = true to serve it"),
+                format!(
+                    "{addr} is not a loopback address; set metrics.allow_remote = true to serve it"
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&self.feedback.volume) {
@@ -500,7 +531,11 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/sonotap/config.toml"), Path::new("/etc/sonotap"))
+        Config::parse(
+            text,
+            Path::new("/etc/sonotap/config.toml"),
+            Path::new("/etc/sonotap"),
+        )
     }
 
     #[test]
@@ -514,7 +549,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused_by_name_at_any_depth() {
-        let e = parse("data = \"r\"\nfrobnicate = 1").unwrap_err().to_string();
+        let e = parse("data = \"r\"\nfrobnicate = 1")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("frobnicate"), "{e}");
         assert!(e.contains("/etc/sonotap/config.toml"), "{e}");
         let e = parse("data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"-\"\nwidht = 3")
@@ -528,13 +565,28 @@ mod tests {
         for (text, field) in [
             ("data = \"r\"\nlog_level = \"loud[\"", "log_level"),
             ("data = \"r\"\n[audio]\nsource = \"wav\"", "audio.files"),
-            ("data = \"r\"\n[audio]\nsource = \"raw\"\npath = \"x\"", "audio.rate"),
-            ("data = \"r\"\n[audio]\nsource = \"device\"\nrate = 48000", "audio.rate"),
-            ("data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"-\"\nformat = \"rgb\"", "camera.format"),
+            (
+                "data = \"r\"\n[audio]\nsource = \"raw\"\npath = \"x\"",
+                "audio.rate",
+            ),
+            (
+                "data = \"r\"\n[audio]\nsource = \"device\"\nrate = 48000",
+                "audio.rate",
+            ),
+            (
+                "data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"-\"\nformat = \"rgb\"",
+                "camera.format",
+            ),
             ("data = \"r\"\n[payment]\nfare = 0", "payment.fare"),
             ("data = \"r\"\n[hub]\nurl = \"ftp://x\"", "hub.url"),
-            ("data = \"r\"\n[metrics]\nlisten = \"0.0.0.0:9477\"", "metrics.listen"),
-            ("data = \"r\"\n[metrics]\nlisten = \"nonsense\"", "metrics.listen"),
+            (
+                "data = \"r\"\n[metrics]\nlisten = \"0.0.0.0:9477\"",
+                "metrics.listen",
+            ),
+            (
+                "data = \"r\"\n[metrics]\nlisten = \"nonsense\"",
+                "metrics.listen",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(&format!("`{field}`")), "{text}: {e}");
@@ -543,7 +595,8 @@ mod tests {
 
     #[test]
     fn remote_metrics_need_explicit_permission() {
-        let c = parse("data = \"r\"\n[metrics]\nlisten = \"0.0.0.0:9477\"\nallow_remote = true").unwrap();
+        let c = parse("data = \"r\"\n[metrics]\nlisten = \"0.0.0.0:9477\"\nallow_remote = true")
+            .unwrap();
         assert_eq!(c.metrics_addr().unwrap().unwrap().port(), 9477);
         let off = parse("data = \"r\"\n[metrics]\nlisten = \"\"").unwrap();
         assert_eq!(off.metrics_addr().unwrap(), None);
@@ -556,7 +609,10 @@ mod tests {
             assert!(r.is_ok());
         } else {
             let e = r.unwrap_err().to_string();
-            assert!(e.contains("camera.source") && e.contains("--features v4l2"), "{e}");
+            assert!(
+                e.contains("camera.source") && e.contains("--features v4l2"),
+                "{e}"
+            );
         }
     }
 
@@ -568,7 +624,13 @@ mod tests {
         )
         .unwrap();
         let audio = c.audio.unwrap();
-        assert_eq!(audio.files, [PathBuf::from("/etc/sonotap/a.wav"), PathBuf::from("/abs/b.wav")]);
+        assert_eq!(
+            audio.files,
+            [
+                PathBuf::from("/etc/sonotap/a.wav"),
+                PathBuf::from("/abs/b.wav")
+            ]
+        );
         assert_eq!(c.camera.unwrap().path, PathBuf::from("-"));
         assert_eq!(c.actuator.unwrap().profile, "/etc/sonotap/site/gate.toml");
         assert_eq!(c.data, PathBuf::from("/var/lib/r"));

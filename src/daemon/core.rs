@@ -128,7 +128,10 @@ impl Feedback {
 /// when the reader declined the charge (its text starts `reason: …`), else `vend_denied`.
 pub fn vend_decline_reason(reason: &str) -> &str {
     let head = reason.split(':').next().unwrap_or_default();
-    if crate::policy::Reason::ALL.iter().any(|r| r.as_str() == head) {
+    if crate::policy::Reason::ALL
+        .iter()
+        .any(|r| r.as_str() == head)
+    {
         head
     } else {
         "vend_denied"
@@ -184,7 +187,10 @@ mod tests {
         let t0 = Instant::now();
         let mut life = Lifecycle::new();
         assert_eq!(life.admit(t0 + Duration::from_secs(3600)), Admit::Serve);
-        assert!(!life.finished(true), "running never finishes on an empty queue");
+        assert!(
+            !life.finished(true),
+            "running never finishes on an empty queue"
+        );
         life.stop(t0 + DRAIN_GRACE);
         assert_eq!(life.admit(t0 + Duration::from_millis(1999)), Admit::Serve);
         assert_eq!(life.admit(t0 + DRAIN_GRACE), Admit::NotServed);
@@ -223,8 +229,14 @@ mod tests {
 
     #[test]
     fn vend_denials_keep_the_policy_reason_when_there_is_one() {
-        assert_eq!(vend_decline_reason("replayed: counter 1 is not above 1"), "replayed");
-        assert_eq!(vend_decline_reason("price 900 is over the funds 200"), "vend_denied");
+        assert_eq!(
+            vend_decline_reason("replayed: counter 1 is not above 1"),
+            "replayed"
+        );
+        assert_eq!(
+            vend_decline_reason("price 900 is over the funds 200"),
+            "vend_denied"
+        );
     }
 
     #[test]

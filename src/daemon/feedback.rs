@@ -17,7 +17,11 @@ use super::config::FeedbackConfig;
 use super::core::Feedback;
 
 /// Starts the tone thread; it ends when every sender is gone.
-pub fn spawn(config: FeedbackConfig, shared: Arc<Shared>, rx: Receiver<Feedback>) -> std::io::Result<thread::JoinHandle<()>> {
+pub fn spawn(
+    config: FeedbackConfig,
+    shared: Arc<Shared>,
+    rx: Receiver<Feedback>,
+) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("sonotap-feedback".into())
         .spawn(move || {
@@ -47,9 +51,15 @@ pub fn spawn(config: FeedbackConfig, shared: Arc<Shared>, rx: Receiver<Feedback>
 fn play(config: &FeedbackConfig, feedback: Feedback) -> Result<(), String> {
     let host = cpal::default_host();
     let device = match &config.device {
-        None => host.default_output_device().ok_or("no default output device")?,
+        None => host
+            .default_output_device()
+            .ok_or("no default output device")?,
         Some(name) => {
-            let id = |t: &str| t.parse::<cpal::DeviceId>().ok().and_then(|id| host.device_by_id(&id));
+            let id = |t: &str| {
+                t.parse::<cpal::DeviceId>()
+                    .ok()
+                    .and_then(|id| host.device_by_id(&id))
+            };
             id(name)
                 .or_else(|| id(&format!("alsa:{name}")))
                 .ok_or_else(|| format!("no output device {name:?}"))?
@@ -67,7 +77,9 @@ fn play(config: &FeedbackConfig, feedback: Feedback) -> Result<(), String> {
         for i in 0..n {
             let envelope = (i.min(n - i) as f32 / ramp.max(1) as f32).min(1.0);
             let v = if freq > 0.0 {
-                (2.0 * std::f32::consts::PI * freq * i as f32 / rate).sin() * config.volume * envelope
+                (2.0 * std::f32::consts::PI * freq * i as f32 / rate).sin()
+                    * config.volume
+                    * envelope
             } else {
                 0.0
             };
@@ -86,7 +98,12 @@ fn play(config: &FeedbackConfig, feedback: Feedback) -> Result<(), String> {
     Ok(())
 }
 
-fn build<T>(device: &cpal::Device, config: &cpal::StreamConfig, samples: Vec<f32>, channels: usize) -> Result<cpal::Stream, String>
+fn build<T>(
+    device: &cpal::Device,
+    config: &cpal::StreamConfig,
+    samples: Vec<f32>,
+    channels: usize,
+) -> Result<cpal::Stream, String>
 where
     T: SizedSample + FromSample<f32>,
 {

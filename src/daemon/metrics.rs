@@ -60,8 +60,10 @@ impl Histogram {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.sum_us.fetch_add(
+            d.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -69,12 +71,21 @@ impl Histogram {
         let sep = if labels.is_empty() { "" } else { "," };
         for (bound, c) in BUCKETS.iter().zip(&self.counts) {
             cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let braces = |s: &str| if s.is_empty() { String::new() } else { format!("{{{s}}}") };
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
         let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
         let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
     }
@@ -181,38 +192,110 @@ impl Metrics {
         };
         counter(&mut out, "sonotap_taps_total", "Tokens decoded, by source.");
         for s in TapSource::ALL {
-            let _ = writeln!(out, "sonotap_taps_total{{source=\"{}\"}} {}", s.as_str(), self.taps[s.index()].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "sonotap_taps_total{{source=\"{}\"}} {}",
+                s.as_str(),
+                self.taps[s.index()].load(Ordering::Relaxed)
+            );
         }
-        counter(&mut out, "sonotap_accepts_total", "Tokens accepted (record committed), by source.");
+        counter(
+            &mut out,
+            "sonotap_accepts_total",
+            "Tokens accepted (record committed), by source.",
+        );
         for s in TapSource::ALL {
-            let _ = writeln!(out, "sonotap_accepts_total{{source=\"{}\"}} {}", s.as_str(), self.accepts[s.index()].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "sonotap_accepts_total{{source=\"{}\"}} {}",
+                s.as_str(),
+                self.accepts[s.index()].load(Ordering::Relaxed)
+            );
         }
-        counter(&mut out, "sonotap_declines_total", "Tokens declined, by reason.");
+        counter(
+            &mut out,
+            "sonotap_declines_total",
+            "Tokens declined, by reason.",
+        );
         if let Ok(d) = self.declines.lock() {
             for (reason, n) in d.iter() {
-                let _ = writeln!(out, "sonotap_declines_total{{reason=\"{}\"}} {n}", escape(reason));
+                let _ = writeln!(
+                    out,
+                    "sonotap_declines_total{{reason=\"{}\"}} {n}",
+                    escape(reason)
+                );
             }
         }
-        let _ = writeln!(out, "# HELP sonotap_decode_seconds From the end of a sound frame or a camera frame's arrival to the decoded token.\n# TYPE sonotap_decode_seconds histogram");
+        let _ = writeln!(
+            out,
+            "# HELP sonotap_decode_seconds From the end of a sound frame or a camera frame's arrival to the decoded token.\n# TYPE sonotap_decode_seconds histogram"
+        );
         for s in TapSource::ALL {
-            self.decode[s.index()].render(&mut out, "sonotap_decode_seconds", &format!("source=\"{}\"", s.as_str()));
+            self.decode[s.index()].render(
+                &mut out,
+                "sonotap_decode_seconds",
+                &format!("source=\"{}\"", s.as_str()),
+            );
         }
-        let _ = writeln!(out, "# HELP sonotap_commit_seconds Time to decide and commit a record.\n# TYPE sonotap_commit_seconds histogram");
+        let _ = writeln!(
+            out,
+            "# HELP sonotap_commit_seconds Time to decide and commit a record.\n# TYPE sonotap_commit_seconds histogram"
+        );
         self.commit.render(&mut out, "sonotap_commit_seconds", "");
-        let _ = writeln!(out, "# HELP sonotap_tap_to_actuate_seconds From the end of the frame to the open command (or vend approval) being written.\n# TYPE sonotap_tap_to_actuate_seconds histogram");
-        self.tap_to_actuate.render(&mut out, "sonotap_tap_to_actuate_seconds", "");
-        let _ = writeln!(out, "# HELP sonotap_queue_depth Records not yet acknowledged by the hub.\n# TYPE sonotap_queue_depth gauge\nsonotap_queue_depth {}", self.queue_depth.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP sonotap_tap_to_actuate_seconds From the end of the frame to the open command (or vend approval) being written.\n# TYPE sonotap_tap_to_actuate_seconds histogram"
+        );
+        self.tap_to_actuate
+            .render(&mut out, "sonotap_tap_to_actuate_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP sonotap_queue_depth Records not yet acknowledged by the hub.\n# TYPE sonotap_queue_depth gauge\nsonotap_queue_depth {}",
+            self.queue_depth.load(Ordering::Relaxed)
+        );
         let last = self.last_sync_ok.load(Ordering::Relaxed);
-        let origin = if last == 0 { self.started_at.load(Ordering::Relaxed) } else { last };
-        let _ = writeln!(out, "# HELP sonotap_sync_lag_seconds Seconds since the last successful sync (since start when none yet).\n# TYPE sonotap_sync_lag_seconds gauge\nsonotap_sync_lag_seconds {}", now.saturating_sub(origin));
-        counter(&mut out, "sonotap_sync_failures_total", "Sync rounds that failed.");
-        let _ = writeln!(out, "sonotap_sync_failures_total {}", self.sync_failures.load(Ordering::Relaxed));
-        counter(&mut out, "sonotap_device_errors_total", "Device failures (missing, errors, reconnections), by device.");
+        let origin = if last == 0 {
+            self.started_at.load(Ordering::Relaxed)
+        } else {
+            last
+        };
+        let _ = writeln!(
+            out,
+            "# HELP sonotap_sync_lag_seconds Seconds since the last successful sync (since start when none yet).\n# TYPE sonotap_sync_lag_seconds gauge\nsonotap_sync_lag_seconds {}",
+            now.saturating_sub(origin)
+        );
+        counter(
+            &mut out,
+            "sonotap_sync_failures_total",
+            "Sync rounds that failed.",
+        );
+        let _ = writeln!(
+            out,
+            "sonotap_sync_failures_total {}",
+            self.sync_failures.load(Ordering::Relaxed)
+        );
+        counter(
+            &mut out,
+            "sonotap_device_errors_total",
+            "Device failures (missing, errors, reconnections), by device.",
+        );
         for (i, d) in DEVICES.iter().enumerate() {
-            let _ = writeln!(out, "sonotap_device_errors_total{{device=\"{d}\"}} {}", self.device_errors[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "sonotap_device_errors_total{{device=\"{d}\"}} {}",
+                self.device_errors[i].load(Ordering::Relaxed)
+            );
         }
-        counter(&mut out, "sonotap_not_served_total", "Decoded tokens dropped at shutdown before a decision (nothing charged).");
-        let _ = writeln!(out, "sonotap_not_served_total {}", self.not_served.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "sonotap_not_served_total",
+            "Decoded tokens dropped at shutdown before a decision (nothing charged).",
+        );
+        let _ = writeln!(
+            out,
+            "sonotap_not_served_total {}",
+            self.not_served.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -285,12 +368,24 @@ mod tests {
         let s = parse_exposition(&text).unwrap();
         assert_eq!(value(&s, "sonotap_taps_total{source=\"audio\"}"), 1.0);
         assert_eq!(value(&s, "sonotap_accepts_total{source=\"qr\"}"), 0.0);
-        assert_eq!(value(&s, "sonotap_declines_total{reason=\"replayed\"}"), 1.0);
-        assert_eq!(value(&s, "sonotap_declines_total{reason=\"wallet_denied\"}"), 0.0);
-        assert_eq!(value(&s, "sonotap_declines_total{reason=\"vend_denied\"}"), 1.0);
+        assert_eq!(
+            value(&s, "sonotap_declines_total{reason=\"replayed\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&s, "sonotap_declines_total{reason=\"wallet_denied\"}"),
+            0.0
+        );
+        assert_eq!(
+            value(&s, "sonotap_declines_total{reason=\"vend_denied\"}"),
+            1.0
+        );
         assert_eq!(value(&s, "sonotap_queue_depth"), 7.0);
         assert_eq!(value(&s, "sonotap_sync_lag_seconds"), 60.0);
-        assert_eq!(value(&s, "sonotap_device_errors_total{device=\"gate\"}"), 1.0);
+        assert_eq!(
+            value(&s, "sonotap_device_errors_total{device=\"gate\"}"),
+            1.0
+        );
         m.sync_ok(1050);
         let s = parse_exposition(&m.render(1060)).unwrap();
         assert_eq!(value(&s, "sonotap_sync_lag_seconds"), 10.0);
@@ -303,7 +398,12 @@ mod tests {
             m.actuated(Duration::from_millis(ms));
         }
         let s = parse_exposition(&m.render(0)).unwrap();
-        let b = |le: &str| value(&s, &format!("sonotap_tap_to_actuate_seconds_bucket{{le=\"{le}\"}}"));
+        let b = |le: &str| {
+            value(
+                &s,
+                &format!("sonotap_tap_to_actuate_seconds_bucket{{le=\"{le}\"}}"),
+            )
+        };
         assert_eq!(b("0.005"), 1.0);
         assert_eq!(b("0.05"), 3.0);
         assert_eq!(b("0.15"), 4.0);
@@ -325,7 +425,12 @@ mod tests {
     fn every_line_is_help_type_or_a_well_formed_sample() {
         let text = Metrics::new(0).render(5);
         for line in text.lines() {
-            assert!(line.starts_with("# HELP ") || line.starts_with("# TYPE ") || parse_exposition(line).map(|v| v.len()) == Ok(1), "{line}");
+            assert!(
+                line.starts_with("# HELP ")
+                    || line.starts_with("# TYPE ")
+                    || parse_exposition(line).map(|v| v.len()) == Ok(1),
+                "{line}"
+            );
         }
         assert!(parse_exposition("bad name{ 1").is_err());
         assert!(parse_exposition("x 1 2 z").is_err());

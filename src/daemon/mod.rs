@@ -214,21 +214,35 @@ fn init_logging(level: &str) -> Option<FilterHandle> {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let journald = if std::env::var_os("JOURNAL_STREAM").is_some() {
-        tracing_journald::layer().ok().map(|l| l.with_syslog_identifier("sonotap".into()))
+        tracing_journald::layer()
+            .ok()
+            .map(|l| l.with_syslog_identifier("sonotap".into()))
     } else {
         None
     };
     let result = if journald.is_some() {
-        tracing_subscriber::registry().with(filter).with(journald).try_init()
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(journald)
+            .try_init()
     } else if std::env::var_os("JOURNAL_STREAM").is_some() {
         tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).without_time().with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .without_time()
+                    .with_target(false),
+            )
             .try_init()
     } else {
         tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
             .try_init()
     };
     result.ok().map(|()| handle)
@@ -242,11 +256,13 @@ fn actuator(config: &Config, shared: &Shared) -> Result<Actuator, DaemonError> {
     };
     let mut dirs = a.profile_dirs.clone();
     dirs.extend(profile::default_dirs());
-    let profile = Profile::load(&a.profile, &dirs).map_err(|e| DaemonError::Actuator(e.to_string()))?;
+    let profile =
+        Profile::load(&a.profile, &dirs).map_err(|e| DaemonError::Actuator(e.to_string()))?;
     let port = a.port.as_deref();
     match profile.device {
         Device::Gate(_) => {
-            let mut gate = Gate::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
+            let mut gate =
+                Gate::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
             match gate.connect() {
                 Ok(()) => shared.configure("gate", true, gate.device()),
                 Err(e) => shared.configure("gate", false, &format!("{e} (retrying)")),
@@ -254,7 +270,8 @@ fn actuator(config: &Config, shared: &Shared) -> Result<Actuator, DaemonError> {
             Ok(Actuator::Gate(Box::new(gate)))
         }
         Device::Mdb(_) => {
-            let mut vending = Vending::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
+            let mut vending =
+                Vending::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
             match vending.connect() {
                 Ok(()) => shared.configure("vending", true, vending.device()),
                 Err(e) => shared.configure("vending", false, &format!("{e} (retrying)")),
@@ -285,10 +302,18 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     tracing::info!(reader = reader.id(), config = %config_path.display(), "starting");
     let actuator = actuator(&config, &shared)?;
     if let Some(audio) = &config.audio {
-        shared.configure("audio", false, &format!("{} source starting", audio.source.as_str()));
+        shared.configure(
+            "audio",
+            false,
+            &format!("{} source starting", audio.source.as_str()),
+        );
     }
     if let Some(camera) = &config.camera {
-        shared.configure("camera", false, &format!("{} starting", camera.path.display()));
+        shared.configure(
+            "camera",
+            false,
+            &format!("{} starting", camera.path.display()),
+        );
     }
     let feedback_tx = if config.feedback.tone {
         shared.configure("feedback", true, "starting");
@@ -321,11 +346,17 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         sources::spawn_audio(audio.clone(), Arc::clone(&shared), tx.clone()).map_err(spawn_err)?;
     }
     if let Some(camera) = &config.camera {
-        sources::spawn_camera(camera.clone(), Arc::clone(&shared), tx.clone()).map_err(spawn_err)?;
+        sources::spawn_camera(camera.clone(), Arc::clone(&shared), tx.clone())
+            .map_err(spawn_err)?;
     }
     let sync_stop = Arc::new(AtomicBool::new(false));
     let sync_thread = match &config.hub {
-        Some(hub) => Some(spawn_sync(&config, hub, Arc::clone(&shared), Arc::clone(&sync_stop))?),
+        Some(hub) => Some(spawn_sync(
+            &config,
+            hub,
+            Arc::clone(&shared),
+            Arc::clone(&sync_stop),
+        )?),
         None => None,
     };
 
@@ -363,7 +394,9 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         thread::sleep(Duration::from_millis(10));
     }
     if !acceptor.is_finished() {
-        tracing::error!("the acceptor did not finish in time; exiting anyway (systemd's ExecStopPost releases the gate)");
+        tracing::error!(
+            "the acceptor did not finish in time; exiting anyway (systemd's ExecStopPost releases the gate)"
+        );
     } else {
         let _ = acceptor.join();
     }
@@ -374,7 +407,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             thread::sleep(Duration::from_millis(10));
         }
     }
-    if let Err(e) = shared.status(pid, started_at, config_path).write(&config.data) {
+    if let Err(e) = shared
+        .status(pid, started_at, config_path)
+        .write(&config.data)
+    {
         tracing::warn!("status file: {e}");
     }
     tracing::info!("stopped");
@@ -411,28 +447,39 @@ fn spawn_sync(
             };
             let options = SyncOptions::default();
             while !stop.load(Ordering::Relaxed) {
-                let result = crate::sync::client::run_loop(&dir, &client, &options, hub.interval(), &stop, |round| match round {
-                    Ok(report) => {
-                        shared.metrics.sync_ok(unix_now());
-                        shared.metrics.set_queue_depth(report.queued);
-                        shared.keys_changed.store(true, Ordering::Relaxed);
-                        tracing::debug!(records = report.records, queued = report.queued, "sync round ok");
-                        shared.set_sync(SyncStatus {
-                            hub: hub.url.clone(),
-                            ok: true,
-                            detail: "last round ok".into(),
-                        });
-                    }
-                    Err(e) => {
-                        shared.metrics.sync_failed();
-                        tracing::warn!("sync: {e} (records stay queued)");
-                        shared.set_sync(SyncStatus {
-                            hub: hub.url.clone(),
-                            ok: false,
-                            detail: e.to_string(),
-                        });
-                    }
-                });
+                let result = crate::sync::client::run_loop(
+                    &dir,
+                    &client,
+                    &options,
+                    hub.interval(),
+                    &stop,
+                    |round| match round {
+                        Ok(report) => {
+                            shared.metrics.sync_ok(unix_now());
+                            shared.metrics.set_queue_depth(report.queued);
+                            shared.keys_changed.store(true, Ordering::Relaxed);
+                            tracing::debug!(
+                                records = report.records,
+                                queued = report.queued,
+                                "sync round ok"
+                            );
+                            shared.set_sync(SyncStatus {
+                                hub: hub.url.clone(),
+                                ok: true,
+                                detail: "last round ok".into(),
+                            });
+                        }
+                        Err(e) => {
+                            shared.metrics.sync_failed();
+                            tracing::warn!("sync: {e} (records stay queued)");
+                            shared.set_sync(SyncStatus {
+                                hub: hub.url.clone(),
+                                ok: false,
+                                detail: e.to_string(),
+                            });
+                        }
+                    },
+                );
                 if let Err(e) = result {
                     tracing::error!("sync stopped: {e} (retrying in 5 s)");
                     shared.set_sync(SyncStatus {
@@ -480,7 +527,10 @@ async fn supervise(
                 let metrics = Arc::clone(&metrics);
                 async move {
                     (
-                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
                         metrics.render(unix_now()),
                     )
                 }
@@ -496,7 +546,10 @@ async fn supervise(
     let write_status = |shared: &Shared| {
         shared.dirty.store(false, Ordering::Relaxed);
         if let Err(e) = shared.status(pid, started_at, config_path).write(&data_dir) {
-            tracing::warn!("cannot write the status file in {}: {e}", data_dir.display());
+            tracing::warn!(
+                "cannot write the status file in {}: {e}",
+                data_dir.display()
+            );
         }
     };
     write_status(&shared);

@@ -49,7 +49,11 @@ fn stopping(shared: &Shared) -> bool {
 }
 
 /// Starts the audio thread.
-pub fn spawn_audio(config: AudioConfig, shared: Arc<Shared>, taps: Sender<Msg>) -> io::Result<thread::JoinHandle<()>> {
+pub fn spawn_audio(
+    config: AudioConfig,
+    shared: Arc<Shared>,
+    taps: Sender<Msg>,
+) -> io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("sonotap-audio".into())
         .spawn(move || match config.source {
@@ -139,14 +143,22 @@ fn device_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
         let mut feed = match AudioFeed::new(capture.rate) {
             Ok(f) => f,
             Err(e) => {
-                shared.device("audio", false, &format!("{}: {e} (retrying)", capture.device));
+                shared.device(
+                    "audio",
+                    false,
+                    &format!("{}: {e} (retrying)", capture.device),
+                );
                 if !nap(shared, MAX_BACKOFF) {
                     return;
                 }
                 continue;
             }
         };
-        shared.device("audio", true, &format!("{}, {} Hz", capture.device, capture.rate));
+        shared.device(
+            "audio",
+            true,
+            &format!("{}, {} Hz", capture.device, capture.rate),
+        );
         tracing::info!(device = %capture.device, rate = capture.rate, "listening");
         let mut last_samples = Instant::now();
         let why = loop {
@@ -168,7 +180,11 @@ fn device_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if last_samples.elapsed() > SILENT_DEVICE {
-                        break format!("{}: no audio for {} s (restarting)", capture.device, SILENT_DEVICE.as_secs());
+                        break format!(
+                            "{}: no audio for {} s (restarting)",
+                            capture.device,
+                            SILENT_DEVICE.as_secs()
+                        );
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -252,7 +268,11 @@ fn wav_files(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
             }
         }
         // Silence after each file: the gap, and at least enough to flush the last frame.
-        let gap = Duration::from_millis(config.gap_ms).max(Duration::from_millis(if i + 1 == n { 500 } else { 0 }));
+        let gap = Duration::from_millis(config.gap_ms).max(Duration::from_millis(if i + 1 == n {
+            500
+        } else {
+            0
+        }));
         let mut left = (gap.as_secs_f64() * f64::from(rate)) as usize;
         while left > 0 {
             let len = left.min(CHUNK_FRAMES);
@@ -290,7 +310,11 @@ fn raw_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
         let (mut reader, fifo) = match open_stream(&path) {
             Ok(r) => r,
             Err(e) => {
-                shared.device("audio", false, &format!("{}: {e} (retrying)", path.display()));
+                shared.device(
+                    "audio",
+                    false,
+                    &format!("{}: {e} (retrying)", path.display()),
+                );
                 if !nap(shared, backoff) {
                     return;
                 }
@@ -298,8 +322,14 @@ fn raw_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
                 continue;
             }
         };
-        let Ok(mut feed) = AudioFeed::new(rate) else { return };
-        shared.device("audio", true, &format!("raw {} S16_LE, {rate} Hz", path.display()));
+        let Ok(mut feed) = AudioFeed::new(rate) else {
+            return;
+        };
+        shared.device(
+            "audio",
+            true,
+            &format!("raw {} S16_LE, {rate} Hz", path.display()),
+        );
         let mut buf = vec![0u8; CHUNK_FRAMES * 2];
         let mut carry: Option<u8> = None;
         loop {
@@ -324,7 +354,11 @@ fn raw_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    shared.device("audio", false, &format!("{}: {e} (retrying)", path.display()));
+                    shared.device(
+                        "audio",
+                        false,
+                        &format!("{}: {e} (retrying)", path.display()),
+                    );
                     shared.metrics.device_error("audio");
                     break;
                 }
@@ -338,7 +372,11 @@ fn raw_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
 }
 
 /// Starts the camera thread.
-pub fn spawn_camera(config: CameraConfig, shared: Arc<Shared>, taps: Sender<Msg>) -> io::Result<thread::JoinHandle<()>> {
+pub fn spawn_camera(
+    config: CameraConfig,
+    shared: Arc<Shared>,
+    taps: Sender<Msg>,
+) -> io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("sonotap-camera".into())
         .spawn(move || {
@@ -367,11 +405,17 @@ struct FrameDecoder {
 
 impl FrameDecoder {
     /// Decodes a frame that arrived at `arrived`; false when the acceptor is gone.
-    fn frame(&mut self, frame: &crate::qr::GreyImage, arrived: Instant, taps: &Sender<Msg>) -> bool {
+    fn frame(
+        &mut self,
+        frame: &crate::qr::GreyImage,
+        arrived: Instant,
+        taps: &Sender<Msg>,
+    ) -> bool {
         let codes = self.decoder.decode(frame.as_frame());
         let decoded_at = Instant::now();
         let window = Duration::from_secs_f64(DEDUP_SECONDS);
-        self.recent.retain(|(_, at)| decoded_at.duration_since(*at) < window);
+        self.recent
+            .retain(|(_, at)| decoded_at.duration_since(*at) < window);
         for code in codes {
             if let Some(seen) = self.recent.iter_mut().find(|(p, _)| *p == code.payload) {
                 seen.1 = decoded_at;
@@ -398,9 +442,20 @@ impl FrameDecoder {
     }
 }
 
-fn pipe_loop(config: &CameraConfig, shared: &Shared, taps: &Sender<Msg>, frames: &mut FrameDecoder) {
+fn pipe_loop(
+    config: &CameraConfig,
+    shared: &Shared,
+    taps: &Sender<Msg>,
+    frames: &mut FrameDecoder,
+) {
     let format = PixelFormat::from_name(&config.format).unwrap_or(PixelFormat::Y8);
-    let what = format!("pipe {} {}x{} {}", config.path.display(), config.width, config.height, config.format);
+    let what = format!(
+        "pipe {} {}x{} {}",
+        config.path.display(),
+        config.width,
+        config.height,
+        config.format
+    );
     let mut backoff = Duration::from_millis(500);
     while !stopping(shared) {
         let opened = open_stream(&config.path).and_then(|(reader, fifo)| {
@@ -450,13 +505,17 @@ fn folder(config: &CameraConfig, shared: &Shared, taps: &Sender<Msg>, frames: &m
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.extension()
-                    .and_then(|x| x.to_str())
-                    .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+                p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                    matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                })
             })
             .collect(),
         Err(e) => {
-            shared.device("camera", false, &format!("folder {}: {e}", config.path.display()));
+            shared.device(
+                "camera",
+                false,
+                &format!("folder {}: {e}", config.path.display()),
+            );
             return;
         }
     };
@@ -464,7 +523,10 @@ fn folder(config: &CameraConfig, shared: &Shared, taps: &Sender<Msg>, frames: &m
     let what = format!("folder {}: {} image(s)", config.path.display(), paths.len());
     shared.device("camera", true, &what);
     for (i, path) in paths.iter().enumerate() {
-        if i > 0 && config.interval_ms > 0 && !nap(shared, Duration::from_millis(config.interval_ms)) {
+        if i > 0
+            && config.interval_ms > 0
+            && !nap(shared, Duration::from_millis(config.interval_ms))
+        {
             return;
         }
         if stopping(shared) {
@@ -486,14 +548,23 @@ fn folder(config: &CameraConfig, shared: &Shared, taps: &Sender<Msg>, frames: &m
 }
 
 #[cfg(feature = "v4l2")]
-fn v4l2_loop(config: &CameraConfig, shared: &Shared, taps: &Sender<Msg>, frames: &mut FrameDecoder) {
+fn v4l2_loop(
+    config: &CameraConfig,
+    shared: &Shared,
+    taps: &Sender<Msg>,
+    frames: &mut FrameDecoder,
+) {
     use crate::qr::v4l2::V4l2Source;
     let mut backoff = Duration::from_millis(500);
     while !stopping(shared) {
         let mut camera = match V4l2Source::open(&config.path, config.width, config.height) {
             Ok(c) => c,
             Err(e) => {
-                shared.device("camera", false, &format!("{}: {e} (retrying)", config.path.display()));
+                shared.device(
+                    "camera",
+                    false,
+                    &format!("{}: {e} (retrying)", config.path.display()),
+                );
                 if !nap(shared, backoff) {
                     return;
                 }
@@ -502,7 +573,15 @@ fn v4l2_loop(config: &CameraConfig, shared: &Shared, taps: &Sender<Msg>, frames:
             }
         };
         let (w, h) = camera.size();
-        shared.device("camera", true, &format!("v4l2 {} {w}x{h} {:?}", config.path.display(), camera.pixel_format()));
+        shared.device(
+            "camera",
+            true,
+            &format!(
+                "v4l2 {} {w}x{h} {:?}",
+                config.path.display(),
+                camera.pixel_format()
+            ),
+        );
         backoff = Duration::from_millis(500);
         loop {
             if stopping(shared) {
@@ -518,7 +597,11 @@ fn v4l2_loop(config: &CameraConfig, shared: &Shared, taps: &Sender<Msg>, frames:
                 Err(e) => {
                     tracing::warn!("camera {}: {e}", config.path.display());
                     shared.metrics.device_error("camera");
-                    shared.device("camera", false, &format!("{}: {e} (retrying)", config.path.display()));
+                    shared.device(
+                        "camera",
+                        false,
+                        &format!("{}: {e} (retrying)", config.path.display()),
+                    );
                     break;
                 }
             }
@@ -527,11 +610,19 @@ fn v4l2_loop(config: &CameraConfig, shared: &Shared, taps: &Sender<Msg>, frames:
 }
 
 #[cfg(not(feature = "v4l2"))]
-fn v4l2_loop(config: &CameraConfig, shared: &Shared, _taps: &Sender<Msg>, _frames: &mut FrameDecoder) {
+fn v4l2_loop(
+    config: &CameraConfig,
+    shared: &Shared,
+    _taps: &Sender<Msg>,
+    _frames: &mut FrameDecoder,
+) {
     // Config validation refuses this; kept so a stale config is reported, not ignored.
     shared.device(
         "camera",
         false,
-        &format!("{}: this build has no V4L2 support (build with --features v4l2)", config.path.display()),
+        &format!(
+            "{}: this build has no V4L2 support (build with --features v4l2)",
+            config.path.display()
+        ),
     );
 }

@@ -103,6 +103,10 @@ mod tests {
             r#"{"pid":1234,"started_at":1790000000,"updated_at":1790000005,"config":"/etc/sonotap/config.toml","devices":[{"name":"gate","ok":false,"detail":"/dev/ttyUSB0: No such file or directory (retrying)"}],"sync":null}"#
         );
         assert_eq!(DaemonStatus::read(dir.path()).unwrap(), status);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 }

@@ -4,6 +4,7 @@
 mod audio_capture;
 mod cli_flow;
 mod crash;
+mod daemon;
 mod hw;
 mod modem_cli;
 mod protocol_vectors;
