@@ -54,6 +54,8 @@ pub struct Acceptor {
     feedback: Option<Sender<Feedback>>,
     life: Lifecycle,
     connected: Option<bool>,
+    /// When the queue depth was last counted exactly.
+    counted: Instant,
 }
 
 fn unix_now() -> u64 {
@@ -79,6 +81,7 @@ impl Acceptor {
             feedback,
             life: Lifecycle::new(),
             connected: None,
+            counted: Instant::now(),
         }
     }
 
@@ -154,6 +157,11 @@ impl Acceptor {
             Actuator::Vending(_) => {}
         }
         self.watch_device();
+        // Commits count themselves; an exact count now and then corrects
+        // for what the uplink acknowledged meanwhile.
+        if self.counted.elapsed() >= Duration::from_secs(5) {
+            self.note_queue_depth();
+        }
     }
 
     /// Reports the actuator's port state when it changes.
@@ -180,7 +188,8 @@ impl Acceptor {
         }
     }
 
-    fn note_queue_depth(&self) {
+    fn note_queue_depth(&mut self) {
+        self.counted = Instant::now();
         match self.reader.db().summary() {
             Ok(s) => self.shared.metrics.set_queue_depth(s.unsynced),
             Err(e) => tracing::error!("queue depth: {e}"),
@@ -238,6 +247,7 @@ impl Acceptor {
             }
             Ok(committed) => {
                 metrics.accept(tap.source);
+                metrics.queued_one();
                 self.tell(Feedback::Accept);
                 let seq = committed.seq;
                 let mut open_written = None;
@@ -283,7 +293,6 @@ impl Acceptor {
                     open_written_ms = open_written.map(ms),
                     "tap timings from the end of the frame"
                 );
-                self.note_queue_depth();
             }
         }
         self.watch_device();

@@ -162,6 +162,11 @@ impl Metrics {
             .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
+    /// One more record is waiting (a commit), before the next exact count.
+    pub fn queued_one(&self) {
+        self.queue_depth.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A sync round succeeded at `at` (Unix seconds).
     pub fn sync_ok(&self, at: u64) {
         self.last_sync_ok.store(at, Ordering::Relaxed);

@@ -307,6 +307,7 @@ fn pay(w: &mut Wallet) -> Vec<u8> {
     .expect("pay")
     .token
     .encode()
+    .to_vec()
 }
 
 /// A 1280x720 Y8 frame with the token's QR code in the middle.
