@@ -76,6 +76,34 @@ impl Relay {
         }
     }
 
+    /// The next line written by the daemon (a text-protocol device).
+    fn line(&mut self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.bytes.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.bytes.drain(..=end).collect();
+                return String::from_utf8_lossy(&line).trim_end().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line within {within:?}; got {:?}",
+                String::from_utf8_lossy(&self.bytes)
+            );
+            self.pump(Duration::from_millis(5));
+        }
+    }
+
+    fn expect(&mut self, want: &str) {
+        assert_eq!(self.line(Duration::from_secs(10)), want);
+    }
+
+    fn say(&mut self, line: &str) {
+        self.master
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("device writes");
+        self.master.flush().expect("flush");
+    }
+
     /// The 4-byte commands seen so far.
     fn commands(&self) -> Vec<[u8; 4]> {
         self.bytes
@@ -280,11 +308,15 @@ fn site() -> (Scratch, Wallet) {
 }
 
 fn wallet(s: &Scratch, dir: &str) -> Wallet {
+    wallet_for(s, dir, Scope::Transit)
+}
+
+fn wallet_for(s: &Scratch, dir: &str, scope: Scope) -> Wallet {
     let now = unix_now();
     let mut hub = Hub::open(&s.path("hub")).expect("hub");
     let mut w = Wallet::create(&s.path(dir)).expect("wallet");
     let request = IssueRequest {
-        scope: Scope::Transit,
+        scope,
         currency: 978,
         offline_limit: 1_000_000,
         per_payment_cap: 300,
@@ -771,4 +803,78 @@ fn example_config_runs_notifies_systemd_serves_metrics_and_sighup_applies_a_new_
     })
     .collect();
     assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+}
+
+#[test]
+fn vending_profile_charges_the_vend_requests_price_before_approval() {
+    let s = Scratch::new();
+    s.ok(&["hub", "init", "--data", "hub"]);
+    s.ok(&[
+        "reader",
+        "init",
+        "--data",
+        "r",
+        "--id",
+        "vend-1",
+        "--trust",
+        "hub/issuer.pub",
+        "--scope",
+        "vending",
+    ]);
+    let mut w = wallet_for(&s, "w", Scope::Vending);
+    let mut vmc = Relay::new();
+    mkfifo(&s.path("cam.y8"));
+    let cfg = s.path("vend.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\n[actuator]\nprofile = \"mdb-qibixx\"\nport = \"{}\"\n[metrics]\nlisten = \"\"\n",
+            vmc.port.display()
+        ),
+    )
+    .expect("config");
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    vmc.expect("C,1");
+    vmc.say("c,STATUS,ENABLED");
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    let token = w
+        .pay(PayRequest {
+            amount: 300,
+            at: unix_now() as u32,
+            reader_tag: 0,
+        })
+        .expect("pay")
+        .token
+        .encode()
+        .to_vec();
+    fifo.write_all(&qr_frame(&token)).expect("frame");
+    vmc.expect("C,START,3.00");
+    vmc.say("c,STATUS,IDLE,3.00");
+    vmc.say("c,STATUS,VEND,2.50,12");
+    vmc.expect("C,VEND,2.50");
+    let recs = records(&s);
+    assert_eq!(recs.len(), 1, "charge committed before C,VEND");
+    assert_eq!((recs[0].amount, &recs[0].token), (250, &token));
+    vmc.say("c,VEND,SUCCESS");
+    vmc.expect("C,STOP");
+    vmc.say("c,STATUS,ENABLED");
+    wait_for(
+        "the vend success is stored",
+        Duration::from_secs(10),
+        || {
+            ReaderDb::open(&s.path("r/reader.db"))
+                .expect("db")
+                .actuations(recs[0].seq)
+                .expect("actuations")
+                .iter()
+                .any(|a| a.outcome == ActuationOutcome::VendSuccess)
+        },
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.drain_log()
+    );
 }
