@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::Shared;
 use super::core::{Admit, Feedback, Lifecycle, Tap, vend_decline_reason};
 use crate::actuator::mdb::VendOutcome;
+use crate::actuator::profile::DisplayConfig;
 use crate::actuator::{Gate, ReaderCharger, Vending};
 use crate::reader::Reader;
 use crate::token::Token;
@@ -45,13 +46,22 @@ pub enum Actuator {
     Vending(Box<Vending>),
 }
 
+/// Where the rider is told the decision: a tone, a display line.
+#[derive(Default)]
+pub struct Tell {
+    /// The tone thread.
+    pub tone: Option<Sender<Feedback>>,
+    /// The display's lines and the display thread.
+    pub display: Option<(DisplayConfig, Sender<Vec<u8>>)>,
+}
+
 /// The acceptor's state.
 pub struct Acceptor {
     reader: Reader,
     actuator: Actuator,
     settings: Settings,
     shared: Arc<Shared>,
-    feedback: Option<Sender<Feedback>>,
+    tell: Tell,
     life: Lifecycle,
     connected: Option<bool>,
     /// When the queue depth was last counted exactly.
@@ -71,14 +81,14 @@ impl Acceptor {
         actuator: Actuator,
         settings: Settings,
         shared: Arc<Shared>,
-        feedback: Option<Sender<Feedback>>,
+        tell: Tell,
     ) -> Self {
         Self {
             reader,
             actuator,
             settings,
             shared,
-            feedback,
+            tell,
             life: Lifecycle::new(),
             connected: None,
             counted: Instant::now(),
@@ -196,9 +206,13 @@ impl Acceptor {
         }
     }
 
-    fn tell(&self, feedback: Feedback) {
-        if let Some(tx) = &self.feedback {
+    /// Tells the rider (never blocks: both run on their own threads).
+    fn tell(&self, feedback: Feedback, amount: Option<u32>, reason: &str) {
+        if let Some(tx) = &self.tell.tone {
             let _ = tx.send(feedback);
+        }
+        if let Some((display, tx)) = &self.tell.display {
+            let _ = tx.send(display.line(feedback == Feedback::Accept, amount, reason));
         }
     }
 
@@ -225,7 +239,7 @@ impl Acceptor {
             Err(e) => {
                 tracing::error!("the reader's store failed, nothing charged, gate not opened: {e}");
                 metrics.decline("store_error");
-                self.tell(Feedback::Decline);
+                self.tell(Feedback::Decline, None, "store_error");
                 return;
             }
         };
@@ -243,12 +257,12 @@ impl Acceptor {
                     "declined: {}",
                     decline.detail
                 );
-                self.tell(Feedback::Decline);
+                self.tell(Feedback::Decline, outcome.amount, decline.reason.as_str());
             }
             Ok(committed) => {
                 metrics.accept(tap.source);
                 metrics.queued_one();
-                self.tell(Feedback::Accept);
+                self.tell(Feedback::Accept, Some(committed.charge), "");
                 let seq = committed.seq;
                 let mut open_written = None;
                 if let Actuator::Gate(gate) = &mut self.actuator {
@@ -303,7 +317,7 @@ impl Acceptor {
         let Ok(token) = Token::decode(&tap.payload) else {
             metrics.decline("malformed");
             tracing::info!(source = tap.source.as_str(), "declined: not a token");
-            self.tell(Feedback::Decline);
+            self.tell(Feedback::Decline, None, "malformed");
             return;
         };
         let funds = token.payment.amount;
@@ -326,17 +340,18 @@ impl Acceptor {
                 metrics.accept(tap.source);
                 metrics.actuated(Instant::now().saturating_duration_since(tap.frame_end));
                 tracing::info!(seq, price, item, "vended");
-                self.tell(Feedback::Accept);
+                self.tell(Feedback::Accept, Some(*price), "");
             }
             VendOutcome::Denied { reason, .. } => {
-                metrics.decline(vend_decline_reason(reason));
+                let label = vend_decline_reason(reason);
+                metrics.decline(label);
                 tracing::info!("vend denied: {reason}");
-                self.tell(Feedback::Decline);
+                self.tell(Feedback::Decline, None, label);
             }
             VendOutcome::Voided { seq, reason, .. } => {
                 metrics.decline("vend_failed");
                 tracing::warn!(seq, "vend failed, charge voided: {reason}");
-                self.tell(Feedback::Decline);
+                self.tell(Feedback::Decline, None, "vend_failed");
             }
             VendOutcome::NoVend { reason } | VendOutcome::NotStarted { reason } => {
                 metrics.decline("no_vend");

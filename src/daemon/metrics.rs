@@ -36,7 +36,7 @@ impl TapSource {
 }
 
 /// Devices whose errors are counted.
-pub const DEVICES: [&str; 5] = ["audio", "camera", "gate", "vending", "feedback"];
+pub const DEVICES: [&str; 6] = ["audio", "camera", "gate", "vending", "feedback", "display"];
 
 /// Upper bounds of the latency buckets, seconds.
 const BUCKETS: [f64; 12] = [

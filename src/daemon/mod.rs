@@ -18,6 +18,7 @@
 pub mod acceptor;
 pub mod config;
 pub mod core;
+pub mod display;
 pub mod feedback;
 pub mod metrics;
 pub mod notify;
@@ -36,7 +37,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
-use self::acceptor::{Acceptor, Actuator, Msg, Settings};
+use self::acceptor::{Acceptor, Actuator, Msg, Settings, Tell};
 use self::config::{Config, ConfigError};
 use self::core::{DRAIN_GRACE, DeviceHealth};
 use self::metrics::Metrics;
@@ -250,16 +251,20 @@ fn init_logging(level: &str) -> Option<FilterHandle> {
 
 /// Loads the actuator for `config`: the profile must load (a bad profile is
 /// a config error); the port may be missing (retried, shown in the health).
-fn actuator(config: &Config, shared: &Shared) -> Result<Actuator, DaemonError> {
+fn actuator(
+    config: &Config,
+    shared: &Shared,
+) -> Result<(Actuator, Option<profile::DisplayConfig>), DaemonError> {
     let Some(a) = &config.actuator else {
-        return Ok(Actuator::None);
+        return Ok((Actuator::None, None));
     };
     let mut dirs = a.profile_dirs.clone();
     dirs.extend(profile::default_dirs());
     let profile =
         Profile::load(&a.profile, &dirs).map_err(|e| DaemonError::Actuator(e.to_string()))?;
     let port = a.port.as_deref();
-    match profile.device {
+    let display = profile.display.clone();
+    let actuator = match profile.device {
         Device::Gate(_) => {
             let mut gate =
                 Gate::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
@@ -267,7 +272,7 @@ fn actuator(config: &Config, shared: &Shared) -> Result<Actuator, DaemonError> {
                 Ok(()) => shared.configure("gate", true, gate.device()),
                 Err(e) => shared.configure("gate", false, &format!("{e} (retrying)")),
             }
-            Ok(Actuator::Gate(Box::new(gate)))
+            Actuator::Gate(Box::new(gate))
         }
         Device::Mdb(_) => {
             let mut vending =
@@ -276,9 +281,10 @@ fn actuator(config: &Config, shared: &Shared) -> Result<Actuator, DaemonError> {
                 Ok(()) => shared.configure("vending", true, vending.device()),
                 Err(e) => shared.configure("vending", false, &format!("{e} (retrying)")),
             }
-            Ok(Actuator::Vending(Box::new(vending)))
+            Actuator::Vending(Box::new(vending))
         }
-    }
+    };
+    Ok((actuator, display))
 }
 
 fn spawn_err(e: std::io::Error) -> DaemonError {
@@ -300,7 +306,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         reader.set_clock_skew_secs(skew);
     }
     tracing::info!(reader = reader.id(), config = %config_path.display(), "starting");
-    let actuator = actuator(&config, &shared)?;
+    let (actuator, display) = actuator(&config, &shared)?;
     if let Some(audio) = &config.audio {
         shared.configure(
             "audio",
@@ -315,14 +321,19 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             &format!("{} starting", camera.path.display()),
         );
     }
-    let feedback_tx = if config.feedback.tone {
+    let mut tell = Tell::default();
+    if config.feedback.tone {
         shared.configure("feedback", true, "starting");
         let (tx, rx) = mpsc::channel();
         feedback::spawn(config.feedback.clone(), Arc::clone(&shared), rx).map_err(spawn_err)?;
-        Some(tx)
-    } else {
-        None
-    };
+        tell.tone = Some(tx);
+    }
+    if let Some(display_config) = display {
+        shared.configure("display", false, "starting");
+        let (tx, rx) = mpsc::channel();
+        display::spawn(display_config.clone(), Arc::clone(&shared), rx).map_err(spawn_err)?;
+        tell.display = Some((display_config, tx));
+    }
     let metrics_listener = match config.metrics_addr() {
         Ok(Some(addr)) => Some(
             std::net::TcpListener::bind(addr)
@@ -336,7 +347,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let settings = Settings {
         fare: config.payment.fare,
     };
-    let acceptor = Acceptor::new(reader, actuator, settings, Arc::clone(&shared), feedback_tx);
+    let acceptor = Acceptor::new(reader, actuator, settings, Arc::clone(&shared), tell);
     shared.beat();
     let acceptor = thread::Builder::new()
         .name("sonotap-acceptor".into())

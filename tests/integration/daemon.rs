@@ -504,7 +504,7 @@ fn sound_token_from_the_alsa_device_opens_the_gate_is_recorded_and_reaches_the_h
 }
 
 #[test]
-fn qr_frame_from_a_fifo_opens_the_gate_within_its_budget() {
+fn qr_frame_from_a_fifo_opens_the_gate_shows_the_display_line_and_reaches_the_hub() {
     let (s, mut w) = site();
     let hub = HubProcess::start(&s);
     let mut relay = Relay::new();
@@ -517,6 +517,18 @@ fn qr_frame_from_a_fifo_opens_the_gate_within_its_budget() {
             hub.url
         ),
     );
+    // The relay board's profile with a rider display on a second port.
+    let mut display = Relay::new();
+    let profile = format!(
+        "{}\n[display]\nport = \"{}\"\naccept = \"PAID {{amount}}\"\ndecline = \"DECLINED {{reason}}\"\n",
+        fs::read_to_string("hw/profiles/ch340-relay.toml").expect("profile"),
+        display.port.display()
+    );
+    fs::write(s.path("gate.toml"), profile).expect("profile");
+    let text = fs::read_to_string(&cfg)
+        .expect("cfg")
+        .replace("\"ch340-relay\"", "\"gate.toml\"");
+    fs::write(&cfg, text).expect("cfg");
     let mut daemon = Daemon::start(&s, &cfg, &[]);
     let mut fifo = open_fifo(&s.path("cam.y8"));
     relay.pump(Duration::from_millis(300));
@@ -541,6 +553,12 @@ fn qr_frame_from_a_fifo_opens_the_gate_within_its_budget() {
     let recs = records(&s);
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].token, token);
+    display.expect("PAID 100");
+    // The same token again (after the 5 s the camera keeps a code in mind): replayed.
+    thread::sleep(Duration::from_millis(5200));
+    fifo.write_all(&frame).expect("frame");
+    display.expect("DECLINED replayed");
+    assert_eq!(relay.opens(), 1);
     wait_for(
         "the hub acknowledges the record",
         Duration::from_secs(20),
