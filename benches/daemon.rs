@@ -151,6 +151,10 @@ fn main() {
             .to_vec()
     };
 
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     let (master, slave) = TTYPort::pair().expect("pty");
     let port = PathBuf::from(slave.name().expect("name"));
     mkfifo(&d.join("audio.raw"));
@@ -160,7 +164,7 @@ fn main() {
         format!(
             "data = \"r\"\nlog_level = \"warn\"\n[audio]\nsource = \"raw\"\npath = \"audio.raw\"\nrate = 48000\n\
              [camera]\nsource = \"pipe\"\npath = \"cam.y8\"\n[actuator]\nprofile = \"ch340-relay\"\nport = \"{}\"\n\
-             [payment]\nfare = 100\n[metrics]\nlisten = \"\"\n",
+             [payment]\nfare = 100\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             port.display()
         ),
     )
@@ -250,6 +254,43 @@ fn main() {
         idle as f64 / 1024.0,
         busy as f64 / 1024.0
     );
+    // The daemon's own view of where the time went (means from its histograms).
+    if let Ok(text) = scrape(metrics_port) {
+        let samples = sonotap::daemon::metrics::parse_exposition(&text).unwrap_or_default();
+        let get = |name: &str| {
+            samples
+                .iter()
+                .find(|(s, _)| s == name)
+                .map_or(0.0, |(_, v)| *v)
+        };
+        for (label, base) in [
+            (
+                "decode (audio)",
+                "sonotap_decode_seconds_{}{{source=\"audio\"}}",
+            ),
+            ("decode (qr)", "sonotap_decode_seconds_{}{{source=\"qr\"}}"),
+            ("commit", "sonotap_commit_seconds_{}"),
+            (
+                "frame end -> open command written",
+                "sonotap_tap_to_actuate_seconds_{}",
+            ),
+        ] {
+            let sum = get(&base
+                .replace("{}", "sum")
+                .replace("{{", "{")
+                .replace("}}", "}"));
+            let count = get(&base
+                .replace("{}", "count")
+                .replace("{{", "{")
+                .replace("}}", "}"));
+            if count > 0.0 {
+                println!(
+                    "daemon metrics: {label}: mean {:.1} ms over {count}",
+                    sum / count * 1e3
+                );
+            }
+        }
+    }
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
@@ -340,4 +381,17 @@ fn qr_frame(token: &[u8]) -> Vec<u8> {
             .copy_from_slice(&code.data()[y * cw..(y + 1) * cw]);
     }
     frame
+}
+
+fn scrape(port: u16) -> std::io::Result<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string())
 }

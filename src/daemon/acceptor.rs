@@ -66,6 +66,8 @@ pub struct Acceptor {
     connected: Option<bool>,
     /// When the queue depth was last counted exactly.
     counted: Instant,
+    /// The longest one device transaction may take.
+    busy_bound: Duration,
 }
 
 fn unix_now() -> u64 {
@@ -82,6 +84,7 @@ impl Acceptor {
         settings: Settings,
         shared: Arc<Shared>,
         tell: Tell,
+        busy_bound: Duration,
     ) -> Self {
         Self {
             reader,
@@ -92,6 +95,7 @@ impl Acceptor {
             life: Lifecycle::new(),
             connected: None,
             counted: Instant::now(),
+            busy_bound,
         }
     }
 
@@ -270,7 +274,9 @@ impl Acceptor {
                     let at = Instant::now();
                     open_written = Some(at);
                     metrics.actuated(at.saturating_duration_since(tap.frame_end));
+                    self.shared.busy_for(self.busy_bound);
                     let result = gate.open_for(seq);
+                    self.shared.beat();
                     let device = gate.device().to_string();
                     let delivered = result.delivered();
                     for (what, detail) in result.actuations() {
@@ -328,7 +334,9 @@ impl Acceptor {
         };
         let device = vending.device().to_string();
         let mut charger = ReaderCharger::new(&mut self.reader, &tap.payload, &device, &clock);
+        self.shared.busy_for(self.busy_bound);
         let report = vending.session(funds, &mut charger);
+        self.shared.beat();
         for note in &report.notes {
             tracing::info!("vending: {note}");
         }

@@ -99,6 +99,9 @@ pub struct Shared {
     drain: Mutex<Option<Instant>>,
     base: Instant,
     heartbeat_ms: AtomicU64,
+    /// The acceptor is inside a device transaction that may block it until
+    /// then (ms since `base`): a vend session waits for the buyer.
+    busy_until_ms: AtomicU64,
 }
 
 impl Shared {
@@ -113,6 +116,7 @@ impl Shared {
             drain: Mutex::new(None),
             base: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
+            busy_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -164,6 +168,21 @@ impl Shared {
     pub fn beat(&self) {
         let ms = self.base.elapsed().as_millis() as u64;
         self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The acceptor enters a device transaction that may take up to `bound`
+    /// (its heartbeat pauses meanwhile; the watchdog allows for it).
+    pub fn busy_for(&self, bound: Duration) {
+        self.beat();
+        let until = (self.base.elapsed() + bound).as_millis() as u64;
+        self.busy_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether the acceptor is alive: it beat within `period`, or it is
+    /// inside a transaction whose bound has not passed.
+    fn alive(&self, period: Duration) -> bool {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.heartbeat_age() < period || now < self.busy_until_ms.load(Ordering::Relaxed)
     }
 
     fn heartbeat_age(&self) -> Duration {
@@ -254,9 +273,9 @@ fn init_logging(level: &str) -> Option<FilterHandle> {
 fn actuator(
     config: &Config,
     shared: &Shared,
-) -> Result<(Actuator, Option<profile::DisplayConfig>), DaemonError> {
+) -> Result<(Actuator, Option<profile::DisplayConfig>, Duration), DaemonError> {
     let Some(a) = &config.actuator else {
-        return Ok((Actuator::None, None));
+        return Ok((Actuator::None, None, Duration::ZERO));
     };
     let mut dirs = a.profile_dirs.clone();
     dirs.extend(profile::default_dirs());
@@ -264,6 +283,16 @@ fn actuator(
         Profile::load(&a.profile, &dirs).map_err(|e| DaemonError::Actuator(e.to_string()))?;
     let port = a.port.as_deref();
     let display = profile.display.clone();
+    // The longest one transaction can keep the acceptor (see Shared::busy_for).
+    let slack = Duration::from_secs(3);
+    let bound = match &profile.device {
+        Device::Gate(g) => {
+            g.deliver_within + g.pulse + g.ack_timeout.max(g.passage_timeout) + slack
+        }
+        Device::Mdb(m) => {
+            m.ready_timeout + m.session_timeout + m.vend_result_timeout + m.end_timeout + slack
+        }
+    };
     let actuator = match profile.device {
         Device::Gate(_) => {
             let mut gate =
@@ -284,7 +313,7 @@ fn actuator(
             Actuator::Vending(Box::new(vending))
         }
     };
-    Ok((actuator, display))
+    Ok((actuator, display, bound))
 }
 
 fn spawn_err(e: std::io::Error) -> DaemonError {
@@ -306,7 +335,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         reader.set_clock_skew_secs(skew);
     }
     tracing::info!(reader = reader.id(), config = %config_path.display(), "starting");
-    let (actuator, display) = actuator(&config, &shared)?;
+    let (actuator, display, busy_bound) = actuator(&config, &shared)?;
     if let Some(audio) = &config.audio {
         shared.configure(
             "audio",
@@ -347,7 +376,14 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let settings = Settings {
         fare: config.payment.fare,
     };
-    let acceptor = Acceptor::new(reader, actuator, settings, Arc::clone(&shared), tell);
+    let acceptor = Acceptor::new(
+        reader,
+        actuator,
+        settings,
+        Arc::clone(&shared),
+        tell,
+        busy_bound,
+    );
     shared.beat();
     let acceptor = thread::Builder::new()
         .name("sonotap-acceptor".into())
@@ -609,7 +645,7 @@ async fn supervise(
                     && last_ping.elapsed() >= period / 2
                 {
                     // Only while the acceptor is alive: a stuck acceptor lets systemd restart us.
-                    if shared.heartbeat_age() < period {
+                    if shared.alive(period) {
                         let _ = notifier.send("WATCHDOG=1");
                         last_ping = Instant::now();
                     } else {
@@ -618,5 +654,42 @@ async fn supervise(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_allows_a_bounded_transaction_but_not_a_stuck_acceptor() {
+        let shared = Shared::new(Arc::new(Metrics::new(0)));
+        let period = Duration::from_millis(200);
+        shared.beat();
+        assert!(shared.alive(period));
+        thread::sleep(Duration::from_millis(250));
+        assert!(!shared.alive(period), "no beat for longer than the period");
+        shared.busy_for(Duration::from_secs(10));
+        thread::sleep(Duration::from_millis(250));
+        assert!(shared.alive(period), "inside a vend session's bound");
+    }
+
+    #[test]
+    fn device_reports_count_errors_and_mark_the_status_dirty() {
+        let shared = Shared::new(Arc::new(Metrics::new(0)));
+        shared.configure("gate", true, "ch340-relay@/dev/ttyUSB0");
+        shared.dirty.store(false, Ordering::Relaxed);
+        shared.device("gate", false, "gone (retrying)");
+        assert!(shared.dirty.load(Ordering::Relaxed));
+        shared.device("camera", false, "not configured: ignored");
+        let status = shared.status(1, 2, Path::new("/etc/sonotap/config.toml"));
+        assert_eq!(status.devices.len(), 1);
+        assert!(!status.devices[0].ok);
+        assert!(
+            shared
+                .metrics
+                .render(0)
+                .contains("sonotap_device_errors_total{device=\"gate\"} 1")
+        );
     }
 }
