@@ -323,6 +323,9 @@ fn spawn_err(e: std::io::Error) -> DaemonError {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let config = Config::load(config_path)?;
+    // Absolute, as the status file shows it and SIGHUP re-reads it.
+    let absolute = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
+    let config_path = absolute.as_path();
     let log = init_logging(&config.log_level);
     let started_at = unix_now();
     let metrics = Arc::new(Metrics::new(started_at));

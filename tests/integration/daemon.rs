@@ -797,6 +797,10 @@ fn example_config_runs_notifies_systemd_serves_metrics_and_sighup_applies_a_new_
     assert_eq!(metric(&m, "sonotap_queue_depth"), 1.0);
     let st = status(&s);
     assert_eq!(st["pid"], daemon.child.as_ref().expect("running").id());
+    assert_eq!(
+        st["config"],
+        fs::canonicalize(&cfg).expect("cfg").display().to_string()
+    );
     assert!(st["sync"].is_null(), "{st}");
     let names: Vec<&str> = st["devices"]
         .as_array()
