@@ -18,6 +18,7 @@ pub mod analyze;
 pub mod audio;
 pub mod cli;
 pub mod currency;
+pub mod daemon;
 pub mod fsutil;
 pub mod hub;
 pub mod keys;

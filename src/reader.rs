@@ -444,6 +444,13 @@ impl Reader {
     ) -> Result<(), StoreError> {
         self.db.record_actuation(seq, now, device, outcome, detail)
     }
+
+    /// Overrides the clock-skew window of `reader.toml` (the daemon's config
+    /// sets it per site) for this open reader only.
+    pub fn set_clock_skew_secs(&mut self, secs: u32) {
+        self.config.clock_skew_secs = secs;
+        self.policy.clock_skew_secs = secs;
+    }
 }
 
 fn trust_issuer(db: &ReaderDb, issuer: &PublicKey, now: u64) -> Result<(), ReaderError> {

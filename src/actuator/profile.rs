@@ -134,6 +134,41 @@ pub struct Profile {
     pub fail_safe: Option<String>,
     /// The device-specific settings.
     pub device: Device,
+    /// An optional status display for the rider (`[display]`).
+    pub display: Option<DisplayConfig>,
+}
+
+/// A serial text display beside the gate or machine (an LED or LCD line
+/// board): one line per decision. It has its own port, because serial
+/// ports are opened exclusively and a display must never hold up the gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayConfig {
+    /// The display's serial device.
+    pub port: PathBuf,
+    /// Baud rate.
+    pub baud: u32,
+    /// Line shown on accept; `{amount}` is replaced by the amount charged (minor units).
+    pub accept: String,
+    /// Line shown on decline; `{reason}` is replaced by the decline reason.
+    pub decline: String,
+    /// Appended to every line.
+    pub line_ending: String,
+}
+
+impl DisplayConfig {
+    /// The bytes to write for a decision: the accept line with the amount,
+    /// or the decline line with the reason.
+    pub fn line(&self, accepted: bool, amount: Option<u32>, reason: &str) -> Vec<u8> {
+        let text = if accepted {
+            self.accept.replace(
+                "{amount}",
+                &amount.map(|a| a.to_string()).unwrap_or_default(),
+            )
+        } else {
+            self.decline.replace("{reason}", reason)
+        };
+        format!("{text}{}", self.line_ending).into_bytes()
+    }
 }
 
 /// Device-specific settings of a profile.
@@ -271,6 +306,11 @@ impl Profile {
                 ));
             }
         };
+        let display = file
+            .display
+            .map(DisplaySection::check)
+            .transpose()
+            .map_err(invalid)?;
         Ok(Profile {
             name: name.into(),
             origin,
@@ -279,6 +319,7 @@ impl Profile {
             baud: file.baud,
             fail_safe: file.fail_safe.map(|s| s.trim().to_string()),
             device,
+            display,
         })
     }
 }
@@ -293,6 +334,55 @@ struct ProfileFile {
     fail_safe: Option<String>,
     gate: Option<GateSection>,
     mdb: Option<MdbSection>,
+    #[serde(default)]
+    display: Option<DisplaySection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisplaySection {
+    port: String,
+    #[serde(default = "default_display_baud")]
+    baud: u32,
+    accept: String,
+    decline: String,
+    #[serde(default)]
+    line_ending: Option<String>,
+}
+
+fn default_display_baud() -> u32 {
+    9600
+}
+
+impl DisplaySection {
+    fn check(self) -> Result<DisplayConfig, String> {
+        if self.port.trim().is_empty() {
+            return Err("display.port is empty".into());
+        }
+        if !(1200..=921_600).contains(&self.baud) {
+            return Err(format!(
+                "display.baud {} is outside 1200..=921600",
+                self.baud
+            ));
+        }
+        for (field, value) in [
+            ("display.accept", &self.accept),
+            ("display.decline", &self.decline),
+        ] {
+            if value.is_empty() || value.contains(['\r', '\n']) {
+                return Err(format!(
+                    "{field} must be one non-empty line (line_ending is added)"
+                ));
+            }
+        }
+        Ok(DisplayConfig {
+            port: PathBuf::from(self.port),
+            baud: self.baud,
+            accept: self.accept,
+            decline: self.decline,
+            line_ending: self.line_ending.unwrap_or_else(|| "\r\n".into()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -490,6 +580,30 @@ pub fn format_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_section_is_optional_checked_and_formats_its_lines() {
+        let base = include_str!("../../hw/profiles/ch340-relay.toml");
+        assert_eq!(
+            Profile::parse("x", Origin::Builtin, base).unwrap().display,
+            None
+        );
+        let with = format!(
+            "{base}\n[display]\nport = \"/dev/ttyUSB1\"\naccept = \"OK {{amount}}\"\ndecline = \"NO {{reason}}\"\n"
+        );
+        let d = Profile::parse("x", Origin::Builtin, &with)
+            .unwrap()
+            .display
+            .unwrap();
+        assert_eq!((d.baud, d.port.to_str()), (9600, Some("/dev/ttyUSB1")));
+        assert_eq!(d.line(true, Some(250), ""), b"OK 250\r\n");
+        assert_eq!(d.line(false, None, "replayed"), b"NO replayed\r\n");
+        let typo = format!("{with}colour = 1\n");
+        let e = Profile::parse("x", Origin::Builtin, &typo)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+    }
 
     #[test]
     fn every_builtin_profile_loads() {

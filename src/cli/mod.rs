@@ -82,6 +82,12 @@ enum Command {
         #[arg(long, value_name = "UNIX_SECONDS")]
         at: Option<u64>,
     },
+    /// The reader daemon: listen, decide, record, open the gate, sync (systemd Type=notify)
+    Run {
+        /// The daemon's configuration (see hw/config.example.toml)
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +350,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Hw(command) => hw::run(command),
         Command::Analyze(args) => analyze::run(args),
         Command::Status { data, json, at } => status::run(&data, json, clock(at)?),
+        Command::Run { config } => {
+            crate::daemon::run(&config)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token(TokenCommand::Inspect { token }) => {
             let bytes = read_token_file(&token)?;
             let token = Token::decode(&bytes).context("not a valid v1 token")?;

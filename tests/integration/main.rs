@@ -5,6 +5,7 @@ mod analyze_cli;
 mod audio_capture;
 mod cli_flow;
 mod crash;
+mod daemon;
 mod hw;
 mod modem_cli;
 mod protocol_vectors;

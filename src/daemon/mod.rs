@@ -1,0 +1,698 @@
+//! `sonotap run`: the reader daemon that ties capture, decoding, the offline
+//! policy, the durable record, the actuator and the uplink together.
+//!
+//! Threads, by concern:
+//! - capture ([`sources`]): sound into the modem decoder, frames into the QR
+//!   decoder; tokens go down an unbounded channel, so a burst queues and
+//!   capture never waits on the database or the network;
+//! - the acceptor ([`acceptor`]): owns the [`Reader`] and the gate or vending
+//!   machine; commit, then actuate, then feedback, one token at a time;
+//! - the uplink: [`crate::sync::client::run_loop`] on its own database connection;
+//! - feedback tones ([`feedback`]);
+//! - a small tokio runtime for signals, the metrics endpoint ([`metrics`]),
+//!   the status file ([`status_file`]) and sd_notify ([`notify`]).
+//!
+//! The decisions that need no I/O (drain on shutdown, health changes,
+//! tones) live in [`core`].
+
+pub mod acceptor;
+pub mod config;
+pub mod core;
+pub mod display;
+pub mod feedback;
+pub mod metrics;
+pub mod notify;
+pub mod sources;
+pub mod status_file;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+use self::acceptor::{Acceptor, Actuator, Msg, Settings, Tell};
+use self::config::{Config, ConfigError};
+use self::core::{DRAIN_GRACE, DeviceHealth};
+use self::metrics::Metrics;
+use self::notify::Notifier;
+use self::status_file::{DaemonStatus, DeviceStatus, SyncStatus};
+use crate::actuator::profile::{self, Device, Profile};
+use crate::actuator::{Gate, Vending};
+use crate::reader::Reader;
+use crate::sync::client::{HubClient, SyncOptions};
+
+/// The status file is rewritten at least this often.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The reader's data directory or database.
+    #[error("reader {dir}: {source}")]
+    Reader {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        source: crate::reader::ReaderError,
+    },
+    /// The actuator's profile.
+    #[error("actuator: {0}")]
+    Actuator(String),
+    /// The metrics address.
+    #[error("metrics: cannot listen on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A thread, the runtime or the signal handlers could not start.
+    #[error("cannot start: {0}")]
+    Start(String),
+    /// The acceptor thread ended while the daemon was running.
+    #[error("the acceptor stopped unexpectedly; exiting so systemd restarts the reader")]
+    AcceptorDied,
+}
+
+/// State shared by the threads: health, metrics, stop flags, heartbeat.
+#[derive(Debug)]
+pub struct Shared {
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    devices: Mutex<Vec<DeviceHealth>>,
+    sync: Mutex<Option<SyncStatus>>,
+    dirty: AtomicBool,
+    /// Set at shutdown: capture threads stop.
+    pub capture_stop: AtomicBool,
+    /// Set when a sync round may have changed the issuer keys.
+    pub keys_changed: AtomicBool,
+    drain: Mutex<Option<Instant>>,
+    base: Instant,
+    heartbeat_ms: AtomicU64,
+    /// The acceptor is inside a device transaction that may block it until
+    /// then (ms since `base`): a vend session waits for the buyer.
+    busy_until_ms: AtomicU64,
+}
+
+impl Shared {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            devices: Mutex::new(Vec::new()),
+            sync: Mutex::new(None),
+            dirty: AtomicBool::new(true),
+            capture_stop: AtomicBool::new(false),
+            keys_changed: AtomicBool::new(false),
+            drain: Mutex::new(None),
+            base: Instant::now(),
+            heartbeat_ms: AtomicU64::new(0),
+            busy_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Registers a configured device (listed in the status file from now on).
+    fn configure(&self, name: &'static str, ok: bool, detail: &str) {
+        if let Ok(mut d) = self.devices.lock() {
+            d.push(DeviceHealth {
+                name,
+                ok,
+                detail: detail.into(),
+            });
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Reports a device's state; a failure counts as a device error.
+    pub fn device(&self, name: &str, ok: bool, detail: &str) {
+        let Ok(mut devices) = self.devices.lock() else {
+            return;
+        };
+        let Some(health) = devices.iter_mut().find(|d| d.name == name) else {
+            return;
+        };
+        match core::report(health, ok, detail) {
+            core::Change::None => {}
+            core::Change::Down => {
+                tracing::warn!(device = name, "{detail}");
+                self.metrics.device_error(name);
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+            core::Change::Up => {
+                tracing::info!(device = name, "{detail}");
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+            core::Change::Detail => self.dirty.store(true, Ordering::Relaxed),
+        }
+    }
+
+    fn set_sync(&self, status: SyncStatus) {
+        if let Ok(mut s) = self.sync.lock()
+            && s.as_ref() != Some(&status)
+        {
+            *s = Some(status);
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The acceptor is alive.
+    pub fn beat(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The acceptor enters a device transaction that may take up to `bound`
+    /// (its heartbeat pauses meanwhile; the watchdog allows for it).
+    pub fn busy_for(&self, bound: Duration) {
+        self.beat();
+        let until = (self.base.elapsed() + bound).as_millis() as u64;
+        self.busy_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether the acceptor is alive: it beat within `period`, or it is
+    /// inside a transaction whose bound has not passed.
+    fn alive(&self, period: Duration) -> bool {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.heartbeat_age() < period || now < self.busy_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn heartbeat_age(&self) -> Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    /// The drain deadline, once stop was asked.
+    pub fn drain_until(&self) -> Option<Instant> {
+        self.drain.lock().ok().and_then(|d| *d)
+    }
+
+    fn status(&self, pid: u32, started_at: u64, config: &Path) -> DaemonStatus {
+        DaemonStatus {
+            pid,
+            started_at,
+            updated_at: unix_now(),
+            config: config.display().to_string(),
+            devices: self
+                .devices
+                .lock()
+                .map(|d| {
+                    d.iter()
+                        .map(|h| DeviceStatus {
+                            name: h.name.into(),
+                            ok: h.ok,
+                            detail: h.detail.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            sync: self.sync.lock().ok().and_then(|s| s.clone()),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+type FilterHandle = reload::Handle<EnvFilter, Registry>;
+
+/// Logging: stderr with timestamps; under systemd (`$JOURNAL_STREAM` set)
+/// straight to journald (structured fields kept), or stderr without
+/// timestamps (journald adds its own) if the journal socket is missing.
+fn init_logging(level: &str) -> Option<FilterHandle> {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let journald = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        tracing_journald::layer()
+            .ok()
+            .map(|l| l.with_syslog_identifier("sonotap".into()))
+    } else {
+        None
+    };
+    let result = if journald.is_some() {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(journald)
+            .try_init()
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .without_time()
+                    .with_target(false),
+            )
+            .try_init()
+    } else {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
+            .try_init()
+    };
+    result.ok().map(|()| handle)
+}
+
+/// Loads the actuator for `config`: the profile must load (a bad profile is
+/// a config error); the port may be missing (retried, shown in the health).
+fn actuator(
+    config: &Config,
+    shared: &Shared,
+) -> Result<(Actuator, Option<profile::DisplayConfig>, Duration), DaemonError> {
+    let Some(a) = &config.actuator else {
+        return Ok((Actuator::None, None, Duration::ZERO));
+    };
+    let mut dirs = a.profile_dirs.clone();
+    dirs.extend(profile::default_dirs());
+    let profile =
+        Profile::load(&a.profile, &dirs).map_err(|e| DaemonError::Actuator(e.to_string()))?;
+    let port = a.port.as_deref();
+    let display = profile.display.clone();
+    // The longest one transaction can keep the acceptor (see Shared::busy_for).
+    let slack = Duration::from_secs(3);
+    let bound = match &profile.device {
+        Device::Gate(g) => {
+            g.deliver_within + g.pulse + g.ack_timeout.max(g.passage_timeout) + slack
+        }
+        Device::Mdb(m) => {
+            m.ready_timeout + m.session_timeout + m.vend_result_timeout + m.end_timeout + slack
+        }
+    };
+    let actuator = match profile.device {
+        Device::Gate(_) => {
+            let mut gate =
+                Gate::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
+            match gate.connect() {
+                Ok(()) => shared.configure("gate", true, gate.device()),
+                Err(e) => shared.configure("gate", false, &format!("{e} (retrying)")),
+            }
+            Actuator::Gate(Box::new(gate))
+        }
+        Device::Mdb(_) => {
+            let mut vending =
+                Vending::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
+            match vending.connect() {
+                Ok(()) => shared.configure("vending", true, vending.device()),
+                Err(e) => shared.configure("vending", false, &format!("{e} (retrying)")),
+            }
+            Actuator::Vending(Box::new(vending))
+        }
+    };
+    Ok((actuator, display, bound))
+}
+
+fn spawn_err(e: std::io::Error) -> DaemonError {
+    DaemonError::Start(format!("thread: {e}"))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config_path: &Path) -> Result<(), DaemonError> {
+    let config = Config::load(config_path)?;
+    // Absolute, as the status file shows it and SIGHUP re-reads it.
+    let absolute = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
+    let config_path = absolute.as_path();
+    let log = init_logging(&config.log_level);
+    let started_at = unix_now();
+    let metrics = Arc::new(Metrics::new(started_at));
+    let shared = Arc::new(Shared::new(Arc::clone(&metrics)));
+    let mut reader = Reader::open(&config.data).map_err(|source| DaemonError::Reader {
+        dir: config.data.clone(),
+        source,
+    })?;
+    if let Some(skew) = config.clock_skew_secs {
+        reader.set_clock_skew_secs(skew);
+    }
+    tracing::info!(reader = reader.id(), config = %config_path.display(), "starting");
+    let (actuator, display, busy_bound) = actuator(&config, &shared)?;
+    if let Some(audio) = &config.audio {
+        shared.configure(
+            "audio",
+            false,
+            &format!("{} source starting", audio.source.as_str()),
+        );
+    }
+    if let Some(camera) = &config.camera {
+        shared.configure(
+            "camera",
+            false,
+            &format!("{} starting", camera.path.display()),
+        );
+    }
+    let mut tell = Tell::default();
+    if config.feedback.tone {
+        shared.configure("feedback", true, "starting");
+        let (tx, rx) = mpsc::channel();
+        feedback::spawn(config.feedback.clone(), Arc::clone(&shared), rx).map_err(spawn_err)?;
+        tell.tone = Some(tx);
+    }
+    if let Some(display_config) = display {
+        shared.configure("display", false, "starting");
+        let (tx, rx) = mpsc::channel();
+        display::spawn(display_config.clone(), Arc::clone(&shared), rx).map_err(spawn_err)?;
+        tell.display = Some((display_config, tx));
+    }
+    let metrics_listener = match config.metrics_addr() {
+        Ok(Some(addr)) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| DaemonError::Metrics { addr, source })?,
+        ),
+        _ => None,
+    };
+
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let settings = Settings {
+        fare: config.payment.fare,
+    };
+    let acceptor = Acceptor::new(
+        reader,
+        actuator,
+        settings,
+        Arc::clone(&shared),
+        tell,
+        busy_bound,
+    );
+    shared.beat();
+    let acceptor = thread::Builder::new()
+        .name("sonotap-acceptor".into())
+        .spawn(move || acceptor.run(rx))
+        .map_err(spawn_err)?;
+    if let Some(audio) = &config.audio {
+        sources::spawn_audio(audio.clone(), Arc::clone(&shared), tx.clone()).map_err(spawn_err)?;
+    }
+    if let Some(camera) = &config.camera {
+        sources::spawn_camera(camera.clone(), Arc::clone(&shared), tx.clone())
+            .map_err(spawn_err)?;
+    }
+    let sync_stop = Arc::new(AtomicBool::new(false));
+    let sync_thread = match &config.hub {
+        Some(hub) => Some(spawn_sync(
+            &config,
+            hub,
+            Arc::clone(&shared),
+            Arc::clone(&sync_stop),
+        )?),
+        None => None,
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Start(format!("tokio runtime: {e}")))?;
+    let notifier = Notifier::from_env();
+    let pid = std::process::id();
+    let outcome = runtime.block_on(supervise(
+        config_path,
+        config.clone(),
+        Arc::clone(&shared),
+        tx.clone(),
+        &acceptor,
+        metrics_listener,
+        &notifier,
+        log,
+        pid,
+        started_at,
+    ));
+
+    // Shutdown: capture stops, decoded tokens drain for a bounded time, the
+    // transaction in flight finishes, the gate is released.
+    let _ = notifier.send("STOPPING=1");
+    shared.capture_stop.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + DRAIN_GRACE;
+    if let Ok(mut d) = shared.drain.lock() {
+        *d = Some(deadline);
+    }
+    drop(tx);
+    // The transaction in flight may run past the deadline (a pulse, a vend): give it a little more.
+    let hard = deadline + Duration::from_millis(2500);
+    while !acceptor.is_finished() && Instant::now() < hard {
+        thread::sleep(Duration::from_millis(10));
+    }
+    if !acceptor.is_finished() {
+        tracing::error!(
+            "the acceptor did not finish in time; exiting anyway (systemd's ExecStopPost releases the gate)"
+        );
+    } else {
+        let _ = acceptor.join();
+    }
+    sync_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = sync_thread {
+        let until = Instant::now() + Duration::from_secs(1);
+        while !t.is_finished() && Instant::now() < until {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    if let Err(e) = shared
+        .status(pid, started_at, config_path)
+        .write(&config.data)
+    {
+        tracing::warn!("status file: {e}");
+    }
+    tracing::info!("stopped");
+    outcome
+}
+
+fn spawn_sync(
+    config: &Config,
+    hub: &config::HubConfig,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> Result<thread::JoinHandle<()>, DaemonError> {
+    let dir = config.data.clone();
+    let hub = hub.clone();
+    shared.set_sync(SyncStatus {
+        hub: hub.url.clone(),
+        ok: false,
+        detail: "no round yet".into(),
+    });
+    thread::Builder::new()
+        .name("sonotap-sync".into())
+        .spawn(move || {
+            let client = match HubClient::new(&hub.url, hub.ca.as_deref(), hub.timeout()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("sync disabled: {e}");
+                    shared.set_sync(SyncStatus {
+                        hub: hub.url.clone(),
+                        ok: false,
+                        detail: e.to_string(),
+                    });
+                    return;
+                }
+            };
+            let options = SyncOptions::default();
+            while !stop.load(Ordering::Relaxed) {
+                let result = crate::sync::client::run_loop(
+                    &dir,
+                    &client,
+                    &options,
+                    hub.interval(),
+                    &stop,
+                    |round| match round {
+                        Ok(report) => {
+                            shared.metrics.sync_ok(unix_now());
+                            shared.metrics.set_queue_depth(report.queued);
+                            shared.keys_changed.store(true, Ordering::Relaxed);
+                            tracing::debug!(
+                                records = report.records,
+                                queued = report.queued,
+                                "sync round ok"
+                            );
+                            shared.set_sync(SyncStatus {
+                                hub: hub.url.clone(),
+                                ok: true,
+                                detail: "last round ok".into(),
+                            });
+                        }
+                        Err(e) => {
+                            shared.metrics.sync_failed();
+                            tracing::warn!("sync: {e} (records stay queued)");
+                            shared.set_sync(SyncStatus {
+                                hub: hub.url.clone(),
+                                ok: false,
+                                detail: e.to_string(),
+                            });
+                        }
+                    },
+                );
+                if let Err(e) = result {
+                    tracing::error!("sync stopped: {e} (retrying in 5 s)");
+                    shared.set_sync(SyncStatus {
+                        hub: hub.url.clone(),
+                        ok: false,
+                        detail: e.to_string(),
+                    });
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })
+        .map_err(spawn_err)
+}
+
+/// The runtime's job: metrics, status file, sd_notify, signals. Returns when
+/// SIGTERM or SIGINT arrives (Ok) or the acceptor died (Err).
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    config_path: &Path,
+    mut config: Config,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Msg>,
+    acceptor: &thread::JoinHandle<()>,
+    listener: Option<std::net::TcpListener>,
+    notifier: &Notifier,
+    log: Option<FilterHandle>,
+    pid: u32,
+    started_at: u64,
+) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let sig = |kind| signal(kind).map_err(|e| DaemonError::Start(format!("signal handler: {e}")));
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut hup = sig(SignalKind::hangup())?;
+    if let Some(listener) = listener {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| DaemonError::Start(format!("metrics listener: {e}")))?;
+        let metrics = Arc::clone(&shared.metrics);
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.render(unix_now()),
+                    )
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("metrics endpoint stopped: {e}");
+            }
+        });
+    }
+    let data_dir = config.data.clone();
+    let write_status = |shared: &Shared| {
+        shared.dirty.store(false, Ordering::Relaxed);
+        if let Err(e) = shared.status(pid, started_at, config_path).write(&data_dir) {
+            tracing::warn!(
+                "cannot write the status file in {}: {e}",
+                data_dir.display()
+            );
+        }
+    };
+    write_status(&shared);
+    let _ = notifier.send("READY=1");
+    tracing::info!("ready");
+    let watchdog = notifier.watchdog();
+    let mut last_status = Instant::now();
+    let mut last_ping = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
+            _ = hup.recv() => {
+                match Config::load(config_path) {
+                    Ok(new) => {
+                        if let Some(handle) = &log
+                            && let Ok(filter) = EnvFilter::try_new(&new.log_level)
+                            && let Err(e) = handle.reload(filter)
+                        {
+                            tracing::warn!("log level: {e}");
+                        }
+                        let restart_needed = new.audio != config.audio || new.camera != config.camera
+                            || new.actuator != config.actuator || new.hub != config.hub
+                            || new.metrics != config.metrics || new.data != config.data
+                            || new.feedback != config.feedback || new.clock_skew_secs != config.clock_skew_secs;
+                        if restart_needed {
+                            tracing::warn!("SIGHUP: devices, hub, metrics, feedback and clock-skew changes take effect at the next restart");
+                        }
+                        let _ = tx.send(Msg::Reload(Settings { fare: new.payment.fare }));
+                        tracing::info!("SIGHUP: configuration reloaded");
+                        config = new;
+                    }
+                    Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
+                }
+            }
+            _ = tick.tick() => {
+                if acceptor.is_finished() {
+                    return Err(DaemonError::AcceptorDied);
+                }
+                if shared.dirty.load(Ordering::Relaxed) || last_status.elapsed() >= STATUS_EVERY {
+                    write_status(&shared);
+                    last_status = Instant::now();
+                }
+                if let Some(period) = watchdog
+                    && last_ping.elapsed() >= period / 2
+                {
+                    // Only while the acceptor is alive: a stuck acceptor lets systemd restart us.
+                    if shared.alive(period) {
+                        let _ = notifier.send("WATCHDOG=1");
+                        last_ping = Instant::now();
+                    } else {
+                        tracing::error!("the acceptor has not beaten for {:?}; withholding the watchdog ping", shared.heartbeat_age());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_allows_a_bounded_transaction_but_not_a_stuck_acceptor() {
+        let shared = Shared::new(Arc::new(Metrics::new(0)));
+        let period = Duration::from_millis(200);
+        shared.beat();
+        assert!(shared.alive(period));
+        thread::sleep(Duration::from_millis(250));
+        assert!(!shared.alive(period), "no beat for longer than the period");
+        shared.busy_for(Duration::from_secs(10));
+        thread::sleep(Duration::from_millis(250));
+        assert!(shared.alive(period), "inside a vend session's bound");
+    }
+
+    #[test]
+    fn device_reports_count_errors_and_mark_the_status_dirty() {
+        let shared = Shared::new(Arc::new(Metrics::new(0)));
+        shared.configure("gate", true, "ch340-relay@/dev/ttyUSB0");
+        shared.dirty.store(false, Ordering::Relaxed);
+        shared.device("gate", false, "gone (retrying)");
+        assert!(shared.dirty.load(Ordering::Relaxed));
+        shared.device("camera", false, "not configured: ignored");
+        let status = shared.status(1, 2, Path::new("/etc/sonotap/config.toml"));
+        assert_eq!(status.devices.len(), 1);
+        assert!(!status.devices[0].ok);
+        assert!(
+            shared
+                .metrics
+                .render(0)
+                .contains("sonotap_device_errors_total{device=\"gate\"} 1")
+        );
+    }
+}

@@ -1,0 +1,902 @@
+//! `sonotap run` end to end with real parts: a file-backed ALSA capture
+//! device and raw frames through a FIFO feed the daemon; the test plays the
+//! relay board on the other end of a pseudo-terminal; a real hub runs on
+//! 127.0.0.1; sd_notify goes to a real unix datagram socket; metrics are
+//! scraped over HTTP. Every wait has a deadline.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serialport::{SerialPort, TTYPort};
+use sonotap::daemon::metrics::parse_exposition;
+use sonotap::hub::{Hub, IssueRequest};
+use sonotap::store::{ActuationOutcome, ReaderDb};
+use sonotap::token::Scope;
+use sonotap::wallet::{PayRequest, Wallet};
+
+use crate::audio_capture::{alsa_test_device, write_raw};
+use crate::util::{Scratch, sonotap};
+
+const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
+const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// The relay board: the master side of a pty pair; sonotap opens the slave.
+struct Relay {
+    master: TTYPort,
+    _slave: TTYPort,
+    port: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Relay {
+    fn new() -> Self {
+        let (master, slave) = TTYPort::pair().expect("pty pair");
+        let port = PathBuf::from(slave.name().expect("slave name"));
+        Self {
+            master,
+            _slave: slave,
+            port,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Reads whatever arrives for up to `wait`.
+    fn pump(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.master
+                .set_timeout(left.clamp(Duration::from_millis(1), Duration::from_millis(20)))
+                .expect("timeout");
+            let mut buf = [0u8; 256];
+            match self.master.read(&mut buf) {
+                Ok(n) if n > 0 => self.bytes.extend_from_slice(&buf[..n]),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+            if Instant::now() >= deadline {
+                return;
+            }
+        }
+    }
+
+    /// The next line written by the daemon (a text-protocol device).
+    fn line(&mut self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.bytes.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.bytes.drain(..=end).collect();
+                return String::from_utf8_lossy(&line).trim_end().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line within {within:?}; got {:?}",
+                String::from_utf8_lossy(&self.bytes)
+            );
+            self.pump(Duration::from_millis(5));
+        }
+    }
+
+    fn expect(&mut self, want: &str) {
+        assert_eq!(self.line(Duration::from_secs(10)), want);
+    }
+
+    fn say(&mut self, line: &str) {
+        self.master
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("device writes");
+        self.master.flush().expect("flush");
+    }
+
+    /// The 4-byte commands seen so far.
+    fn commands(&self) -> Vec<[u8; 4]> {
+        self.bytes
+            .chunks_exact(4)
+            .map(|c| [c[0], c[1], c[2], c[3]])
+            .collect()
+    }
+
+    fn opens(&self) -> usize {
+        self.commands().iter().filter(|c| **c == ON).count()
+    }
+
+    /// Waits until `n` open commands have arrived; the time the last came.
+    fn wait_opens(&mut self, n: usize, within: Duration) -> Instant {
+        let deadline = Instant::now() + within;
+        while self.opens() < n {
+            assert!(
+                Instant::now() < deadline,
+                "wanted {n} open commands within {within:?}, got {:02X?}",
+                self.commands()
+            );
+            self.pump(Duration::from_millis(5));
+        }
+        Instant::now()
+    }
+}
+
+/// A real hub on 127.0.0.1, killed when dropped.
+struct HubProcess {
+    child: Child,
+    url: String,
+}
+
+impl HubProcess {
+    fn start(s: &Scratch) -> Self {
+        let mut child = sonotap()
+            .args(["hub", "serve", "--data", "hub", "--listen", "127.0.0.1:0"])
+            .current_dir(s.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("hub starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("hub prints its address");
+        let url = line.split_whitespace().nth(2).expect("address").to_owned();
+        Self { child, url }
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon, killed when dropped (a test that fails must not leave it running).
+struct Daemon {
+    child: Option<Child>,
+    stderr: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Daemon {
+    fn start(s: &Scratch, config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = sonotap();
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .current_dir(s.dir.path())
+            .env("HOME", s.dir.path())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("daemon starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child: Some(child),
+            stderr: rx,
+            log: Vec::new(),
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.as_ref().expect("running").id()).expect("pid");
+        // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// After the exit: every line the daemon wrote, up to the end of its stderr.
+    fn full_log(&mut self) -> String {
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.log.push(line);
+        }
+        self.log.join("\n")
+    }
+
+    fn drain_log(&mut self) -> String {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.log.push(line);
+        }
+        self.log.join("\n")
+    }
+
+    /// Waits for the daemon to log a line containing `needle`.
+    fn wait_log(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.log.iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {needle:?} in the log within {within:?}:\n{}",
+                self.drain_log()
+            );
+            if let Ok(line) = self
+                .stderr
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                self.log.push(line);
+            }
+        }
+    }
+
+    /// Waits for the exit; its code.
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within {within:?}:\n{}",
+                self.drain_log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A site: hub `hub`, reader `r` (gate-1, registered at the hub), wallet `w`
+/// with a large offline limit.
+fn site() -> (Scratch, Wallet) {
+    let s = Scratch::new();
+    s.ok(&["hub", "init", "--data", "hub"]);
+    s.ok(&[
+        "reader",
+        "init",
+        "--data",
+        "r",
+        "--id",
+        "gate-1",
+        "--trust",
+        "hub/issuer.pub",
+    ]);
+    s.ok(&[
+        "hub",
+        "reader",
+        "add",
+        "--data",
+        "hub",
+        "--id",
+        "gate-1",
+        "--key",
+        "r/reader.pub",
+    ]);
+    let w = wallet(&s, "w");
+    (s, w)
+}
+
+fn wallet(s: &Scratch, dir: &str) -> Wallet {
+    wallet_for(s, dir, Scope::Transit)
+}
+
+fn wallet_for(s: &Scratch, dir: &str, scope: Scope) -> Wallet {
+    let now = unix_now();
+    let mut hub = Hub::open(&s.path("hub")).expect("hub");
+    let mut w = Wallet::create(&s.path(dir)).expect("wallet");
+    let request = IssueRequest {
+        scope,
+        currency: 978,
+        offline_limit: 1_000_000,
+        per_payment_cap: 300,
+        valid_from: (now - 3600) as u32,
+        valid_hours: 48,
+    };
+    let credential = hub.issue(&w.public_key(), request, now).expect("issue");
+    let path = s.path(&format!("{dir}.cred"));
+    fs::write(&path, credential.encode()).expect("write");
+    w.add_credential(&path).expect("credential");
+    w
+}
+
+fn pay(w: &mut Wallet) -> Vec<u8> {
+    w.pay(PayRequest {
+        amount: 100,
+        at: unix_now() as u32,
+        reader_tag: 0,
+    })
+    .expect("pay")
+    .token
+    .encode()
+    .to_vec()
+}
+
+/// A 1280x720 Y8 frame with the token's QR code in the middle.
+fn qr_frame(token: &[u8]) -> Vec<u8> {
+    let (w, h) = (1280usize, 720usize);
+    let code = sonotap::qr::render_token(token, 6, 4).expect("render");
+    let mut frame = vec![200u8; w * h];
+    let (cw, ch) = (code.width(), code.height());
+    let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
+    for y in 0..ch {
+        frame[(y0 + y) * w + x0..(y0 + y) * w + x0 + cw]
+            .copy_from_slice(&code.data()[y * cw..(y + 1) * cw]);
+    }
+    frame
+}
+
+fn mkfifo(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path and a mode; no memory is shared.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Opens the FIFO for writing (waits for the daemon to open its end).
+fn open_fifo(path: &Path) -> File {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    thread::spawn(move || {
+        let _ = tx.send(fs::OpenOptions::new().write(true).open(p));
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the daemon opens the camera FIFO")
+        .expect("fifo")
+}
+
+/// Writes a config file: `extra` is appended to the common part.
+fn config(s: &Scratch, relay: &Relay, extra: &str) -> PathBuf {
+    let text = format!(
+        "data = \"r\"\nlog_level = \"sonotap=debug,info\"\n[actuator]\nprofile = \"ch340-relay\"\nport = \"{}\"\n[payment]\nfare = 100\n[metrics]\nlisten = \"\"\n{extra}",
+        relay.port.display()
+    );
+    let path = s.path("daemon.toml");
+    fs::write(&path, text).expect("config");
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn records(s: &Scratch) -> Vec<sonotap::record::Record> {
+    ReaderDb::open(&s.path("r/reader.db"))
+        .expect("db")
+        .records(false)
+        .expect("records")
+}
+
+fn unsynced(s: &Scratch) -> u64 {
+    ReaderDb::open(&s.path("r/reader.db"))
+        .expect("db")
+        .summary()
+        .expect("summary")
+        .unsynced
+}
+
+fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn scrape(port: u16) -> Vec<(String, f64)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("text/plain; version=0.0.4"), "{response}");
+    let body = response.split("\r\n\r\n").nth(1).expect("body");
+    parse_exposition(body).expect("exposition parses")
+}
+
+fn metric(samples: &[(String, f64)], series: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| s == series)
+        .unwrap_or_else(|| panic!("no {series}"))
+        .1
+}
+
+fn status(s: &Scratch) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(s.path("r/daemon-status.json")).expect("status file"))
+        .expect("json")
+}
+
+#[test]
+fn sound_token_from_the_alsa_device_opens_the_gate_is_recorded_and_reaches_the_hub() {
+    let (s, mut w) = site();
+    let hub = HubProcess::start(&s);
+    let mut relay = Relay::new();
+    let token = pay(&mut w);
+    let sound =
+        sonotap::modem::encode(&token, sonotap::modem::Profile::Fast, 48_000).expect("encode");
+    let mut pcm: Vec<i16> = vec![0; 24_000];
+    pcm.extend(sound.iter().map(|v| (v * 20_000.0) as i16));
+    pcm.extend(std::iter::repeat_n(0, 96_000));
+    write_raw(&s.path("capture.raw"), &pcm);
+    alsa_test_device(s.dir.path(), &s.path("capture.raw"));
+    let cfg = config(
+        &s,
+        &relay,
+        &format!(
+            "[audio]\nsource = \"device\"\ndevice = \"sonotap_test\"\n[hub]\nurl = \"{}\"\ninterval_secs = 1\ntimeout_secs = 5\n",
+            hub.url
+        ),
+    );
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    relay.wait_opens(1, Duration::from_secs(30));
+    relay.pump(Duration::from_millis(600));
+    assert_eq!(relay.commands()[0], OFF, "released on connect");
+    assert_eq!(relay.commands()[1..3], [ON, OFF], "one pulse");
+    let recs = records(&s);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].token, token);
+    assert_eq!(recs[0].amount, 100);
+    wait_for(
+        "the hub acknowledges the record",
+        Duration::from_secs(20),
+        || unsynced(&s) == 0,
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&s.ok(&["hub", "report", "--data", "hub", "--json"])).expect("json");
+    assert!(report.to_string().contains("gate-1"), "{report}");
+    let acts = ReaderDb::open(&s.path("r/reader.db"))
+        .expect("db")
+        .actuations(recs[0].seq)
+        .expect("acts");
+    assert!(
+        acts.iter()
+            .any(|a| a.outcome == ActuationOutcome::Delivered),
+        "{acts:?}"
+    );
+    daemon.wait_log("sync round ok", Duration::from_secs(10));
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.drain_log()
+    );
+    assert_eq!(relay.opens(), 1, "the gate opened once");
+}
+
+#[test]
+fn qr_frame_from_a_fifo_opens_the_gate_shows_the_display_line_and_reaches_the_hub() {
+    let (s, mut w) = site();
+    let hub = HubProcess::start(&s);
+    let mut relay = Relay::new();
+    mkfifo(&s.path("cam.y8"));
+    let cfg = config(
+        &s,
+        &relay,
+        &format!(
+            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nwidth = 1280\nheight = 720\nformat = \"y8\"\n[hub]\nurl = \"{}\"\ninterval_secs = 1\n",
+            hub.url
+        ),
+    );
+    // The relay board's profile with a rider display on a second port.
+    let mut display = Relay::new();
+    let profile = format!(
+        "{}\n[display]\nport = \"{}\"\naccept = \"PAID {{amount}}\"\ndecline = \"DECLINED {{reason}}\"\n",
+        fs::read_to_string("hw/profiles/ch340-relay.toml").expect("profile"),
+        display.port.display()
+    );
+    fs::write(s.path("gate.toml"), profile).expect("profile");
+    let text = fs::read_to_string(&cfg)
+        .expect("cfg")
+        .replace("\"ch340-relay\"", "\"gate.toml\"");
+    fs::write(&cfg, text).expect("cfg");
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    relay.pump(Duration::from_millis(300));
+    let token = pay(&mut w);
+    let frame = qr_frame(&token);
+    // The code held in view for three frames: one tap.
+    for _ in 0..3 {
+        fifo.write_all(&frame).expect("frame");
+    }
+    let sent = Instant::now();
+    let opened = relay.wait_opens(1, Duration::from_secs(10));
+    eprintln!(
+        "QR frame written -> open command read: {:?} (debug build)",
+        opened - sent
+    );
+    relay.pump(Duration::from_millis(800));
+    assert_eq!(
+        relay.opens(),
+        1,
+        "held in view for three frames, opened once"
+    );
+    let recs = records(&s);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].token, token);
+    display.expect("PAID 100");
+    // The same token again (after the 5 s the camera keeps a code in mind): replayed.
+    thread::sleep(Duration::from_millis(5200));
+    fifo.write_all(&frame).expect("frame");
+    display.expect("DECLINED replayed");
+    assert_eq!(relay.opens(), 1);
+    wait_for(
+        "the hub acknowledges the record",
+        Duration::from_secs(20),
+        || unsynced(&s) == 0,
+    );
+    daemon.wait_log("tap timings", Duration::from_secs(5));
+    drop(fifo);
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.drain_log()
+    );
+}
+
+#[test]
+fn sigterm_during_a_burst_loses_nothing_and_opens_nothing_twice() {
+    let (s, mut w) = site();
+    let mut relay = Relay::new();
+    mkfifo(&s.path("cam.y8"));
+    let cfg = config(
+        &s,
+        &relay,
+        "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\n",
+    );
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    let tokens: Vec<Vec<u8>> = (0..12).map(|_| pay(&mut w)).collect();
+    for token in &tokens {
+        fifo.write_all(&qr_frame(token)).expect("frame");
+    }
+    // Each opening holds the relay 300 ms: most of the burst is still queued.
+    relay.wait_opens(2, Duration::from_secs(20));
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.drain_log()
+    );
+    relay.pump(Duration::from_millis(300));
+    let commands = relay.commands();
+    assert_eq!(
+        commands.last(),
+        Some(&OFF),
+        "the relay is released at the end: {commands:02X?}"
+    );
+    let opens = relay.opens();
+    let recs = records(&s);
+    let db = ReaderDb::open(&s.path("r/reader.db")).expect("db");
+    let mut delivered = 0;
+    for r in &recs {
+        let acts = db.actuations(r.seq).expect("actuations");
+        let d = acts
+            .iter()
+            .any(|a| a.outcome == ActuationOutcome::Delivered);
+        let u = acts
+            .iter()
+            .any(|a| a.outcome == ActuationOutcome::Undeliverable);
+        assert!(d ^ u, "record {} has one delivery outcome: {acts:?}", r.seq);
+        delivered += usize::from(d);
+    }
+    assert_eq!(
+        opens, delivered,
+        "every open command has a record and every delivered record an open command"
+    );
+    assert!(recs.len() >= 2, "{} records", recs.len());
+    // Tokens are served in order; none twice.
+    for (r, t) in recs.iter().zip(&tokens) {
+        assert_eq!(&r.token, t);
+    }
+    let log = daemon.full_log();
+    let not_served = log.matches("token not served").count();
+    assert_eq!(
+        recs.len() + not_served,
+        tokens.len(),
+        "every decoded token is either recorded or logged as not served:\n{log}"
+    );
+    let out = s.run(&["reader", "verify", "--data", "r"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn hub_down_for_the_whole_test_leaves_records_queued_and_the_gate_working() {
+    let (s, mut w) = site();
+    let mut relay = Relay::new();
+    mkfifo(&s.path("cam.y8"));
+    let closed = free_port();
+    let metrics_port = free_port();
+    let cfg = config(
+        &s,
+        &relay,
+        &format!(
+            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\n[hub]\nurl = \"http://127.0.0.1:{closed}\"\ninterval_secs = 1\ntimeout_secs = 1\n"
+        ),
+    );
+    let text = fs::read_to_string(&cfg).expect("cfg").replace(
+        "listen = \"\"",
+        &format!("listen = \"127.0.0.1:{metrics_port}\""),
+    );
+    fs::write(&cfg, text).expect("cfg");
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    for _ in 0..2 {
+        fifo.write_all(&qr_frame(&pay(&mut w))).expect("frame");
+    }
+    relay.wait_opens(2, Duration::from_secs(15));
+    wait_for(
+        "a failed sync round in the status file",
+        Duration::from_secs(15),
+        || status(&s)["sync"]["ok"] == false && status(&s)["sync"]["detail"] != "no round yet",
+    );
+    assert_eq!(unsynced(&s), 2, "both records stay queued");
+    let m = scrape(metrics_port);
+    assert!(metric(&m, "sonotap_sync_failures_total") >= 1.0);
+    assert_eq!(metric(&m, "sonotap_queue_depth"), 2.0);
+    assert_eq!(metric(&m, "sonotap_accepts_total{source=\"qr\"}"), 2.0);
+    let st = status(&s);
+    assert_eq!(st["devices"].as_array().map(Vec::len), Some(2), "{st}");
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.drain_log()
+    );
+    assert_eq!(unsynced(&s), 2);
+}
+
+#[test]
+fn unknown_config_field_is_refused_by_name() {
+    let s = Scratch::new();
+    fs::write(
+        s.path("bad.toml"),
+        "data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"-\"\nwidht = 640\n",
+    )
+    .expect("write");
+    let out = s.run(&["run", "--config", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("widht") && err.contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn example_config_runs_notifies_systemd_serves_metrics_and_sighup_applies_a_new_deny_entry() {
+    let (s, mut w) = site();
+    let mut relay = Relay::new();
+    mkfifo(&s.path("cam.y8"));
+    let metrics_port = free_port();
+    // hw/config.example.toml with only the site-specific values replaced.
+    let mut example: toml::Table = fs::read_to_string("hw/config.example.toml")
+        .expect("example")
+        .parse()
+        .expect("toml");
+    example.insert("data".into(), s.path("r").display().to_string().into());
+    example.remove("audio");
+    example.remove("hub");
+    let set = |t: &mut toml::Table, table: &str, key: &str, v: toml::Value| {
+        t.get_mut(table)
+            .and_then(|x| x.as_table_mut())
+            .expect(table)
+            .insert(key.into(), v);
+    };
+    set(
+        &mut example,
+        "camera",
+        "path",
+        s.path("cam.y8").display().to_string().into(),
+    );
+    set(
+        &mut example,
+        "actuator",
+        "port",
+        relay.port.display().to_string().into(),
+    );
+    set(
+        &mut example,
+        "metrics",
+        "listen",
+        format!("127.0.0.1:{metrics_port}").into(),
+    );
+    set(&mut example, "payment", "fare", 100.into());
+    let cfg = s.path("example.toml");
+    fs::write(&cfg, toml::to_string(&example).expect("toml")).expect("write");
+    let notify_path = s.path("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut daemon = Daemon::start(
+        &s,
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().expect("utf-8")),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(got.iter().any(|m| m == "READY=1") && got.iter().any(|m| m == "WATCHDOG=1")) {
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("datagrams so far {got:?}: {e}\n{}", daemon.drain_log()));
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(got[0], "READY=1", "{got:?}");
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    fifo.write_all(&qr_frame(&pay(&mut w))).expect("frame");
+    relay.wait_opens(1, Duration::from_secs(10));
+    let wallet_id = w.id().to_string();
+    s.ok(&["reader", "deny", "--data", "r", "--wallet", &wallet_id]);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("configuration reloaded", Duration::from_secs(5));
+    fifo.write_all(&qr_frame(&pay(&mut w))).expect("frame");
+    wait_for(
+        "the denied wallet is declined",
+        Duration::from_secs(10),
+        || {
+            metric(
+                &scrape(metrics_port),
+                "sonotap_declines_total{reason=\"wallet_denied\"}",
+            ) == 1.0
+        },
+    );
+    relay.pump(Duration::from_millis(500));
+    assert_eq!(relay.opens(), 1, "no opening for the denied wallet");
+    let m = scrape(metrics_port);
+    assert_eq!(metric(&m, "sonotap_taps_total{source=\"qr\"}"), 2.0);
+    assert_eq!(metric(&m, "sonotap_accepts_total{source=\"qr\"}"), 1.0);
+    assert_eq!(metric(&m, "sonotap_tap_to_actuate_seconds_count"), 1.0);
+    assert_eq!(metric(&m, "sonotap_queue_depth"), 1.0);
+    let st = status(&s);
+    assert_eq!(st["pid"], daemon.child.as_ref().expect("running").id());
+    assert_eq!(
+        st["config"],
+        fs::canonicalize(&cfg).expect("cfg").display().to_string()
+    );
+    assert!(st["sync"].is_null(), "{st}");
+    let names: Vec<&str> = st["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert_eq!(names, ["gate", "camera"]);
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.drain_log()
+    );
+    let rest: Vec<String> = std::iter::from_fn(|| {
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .ok()?;
+        let n = notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .collect();
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+}
+
+#[test]
+fn vending_profile_charges_the_vend_requests_price_before_approval() {
+    let s = Scratch::new();
+    s.ok(&["hub", "init", "--data", "hub"]);
+    s.ok(&[
+        "reader",
+        "init",
+        "--data",
+        "r",
+        "--id",
+        "vend-1",
+        "--trust",
+        "hub/issuer.pub",
+        "--scope",
+        "vending",
+    ]);
+    let mut w = wallet_for(&s, "w", Scope::Vending);
+    let mut vmc = Relay::new();
+    mkfifo(&s.path("cam.y8"));
+    let cfg = s.path("vend.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\n[actuator]\nprofile = \"mdb-qibixx\"\nport = \"{}\"\n[metrics]\nlisten = \"\"\n",
+            vmc.port.display()
+        ),
+    )
+    .expect("config");
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    vmc.expect("C,1");
+    vmc.say("c,STATUS,ENABLED");
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    let token = w
+        .pay(PayRequest {
+            amount: 300,
+            at: unix_now() as u32,
+            reader_tag: 0,
+        })
+        .expect("pay")
+        .token
+        .encode()
+        .to_vec();
+    fifo.write_all(&qr_frame(&token)).expect("frame");
+    vmc.expect("C,START,3.00");
+    vmc.say("c,STATUS,IDLE,3.00");
+    vmc.say("c,STATUS,VEND,2.50,12");
+    vmc.expect("C,VEND,2.50");
+    let recs = records(&s);
+    assert_eq!(recs.len(), 1, "charge committed before C,VEND");
+    assert_eq!((recs[0].amount, &recs[0].token), (250, &token));
+    vmc.say("c,VEND,SUCCESS");
+    vmc.expect("C,STOP");
+    vmc.say("c,STATUS,ENABLED");
+    wait_for(
+        "the vend success is stored",
+        Duration::from_secs(10),
+        || {
+            ReaderDb::open(&s.path("r/reader.db"))
+                .expect("db")
+                .actuations(recs[0].seq)
+                .expect("actuations")
+                .iter()
+                .any(|a| a.outcome == ActuationOutcome::VendSuccess)
+        },
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.drain_log()
+    );
+}
