@@ -158,15 +158,20 @@ type PaymentTuple = (Vec<u8>, Vec<u8>, i64, Vec<u8>, i64, i64, String, i64);
 type ReaderTuple = (String, i64, i64, i64, Option<i64>, Option<i64>, Option<i64>);
 
 fn payment_row(r: &Row<'_>) -> rusqlite::Result<PaymentTuple> {
+    payment_columns(r, 0)
+}
+
+/// The [`PAYMENT_COLUMNS`] of a row, starting at column `first`.
+fn payment_columns(r: &Row<'_>, first: usize) -> rusqlite::Result<PaymentTuple> {
     Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
+        r.get(first)?,
+        r.get(first + 1)?,
+        r.get(first + 2)?,
+        r.get(first + 3)?,
+        r.get(first + 4)?,
+        r.get(first + 5)?,
+        r.get(first + 6)?,
+        r.get(first + 7)?,
     ))
 }
 
@@ -367,21 +372,7 @@ impl Ledger for SqliteLedger<'_> {
             .and_then(|mut s| {
                 s.query_map(
                     params![wallet.0.as_slice(), credential.as_slice(), counter],
-                    |r| {
-                        Ok((
-                            r.get(0)?,
-                            (
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                                r.get(6)?,
-                                r.get(7)?,
-                                r.get(8)?,
-                            ),
-                        ))
-                    },
+                    |r| Ok((r.get(0)?, payment_columns(r, 1)?)),
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()
             })
