@@ -802,6 +802,23 @@ fn example_config_runs_notifies_systemd_serves_metrics_and_sighup_applies_a_new_
         fs::canonicalize(&cfg).expect("cfg").display().to_string()
     );
     assert!(st["sync"].is_null(), "{st}");
+    // An invalid config on SIGHUP is refused by field name; the running one stays.
+    let good = fs::read_to_string(&cfg).expect("cfg");
+    fs::write(&cfg, format!("frobnicate = 1\n{good}")).expect("cfg");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("keeping the running configuration", Duration::from_secs(5));
+    assert!(daemon.drain_log().contains("frobnicate"));
+    fifo.write_all(&qr_frame(&pay(&mut w))).expect("frame");
+    wait_for(
+        "still deciding after a bad reload",
+        Duration::from_secs(10),
+        || {
+            metric(
+                &scrape(metrics_port),
+                "sonotap_declines_total{reason=\"wallet_denied\"}",
+            ) == 2.0
+        },
+    );
     let names: Vec<&str> = st["devices"]
         .as_array()
         .expect("devices")
