@@ -322,8 +322,12 @@ fn raw_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
                 continue;
             }
         };
-        let Ok(mut feed) = AudioFeed::new(rate) else {
-            return;
+        let mut feed = match AudioFeed::new(rate) {
+            Ok(f) => f,
+            Err(e) => {
+                shared.device("audio", false, &format!("{}: {e}", path.display()));
+                return;
+            }
         };
         shared.device(
             "audio",

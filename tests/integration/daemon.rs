@@ -374,7 +374,10 @@ fn open_fifo(path: &Path) -> File {
         .expect("fifo")
 }
 
-/// Writes a config file: `extra` is appended to the common part.
+/// Writes a config file: `extra` is appended to the common part. Camera
+/// configs in these tests give the QR decoder 1 s per frame: each token
+/// frame is written once (a phone stays in view for many), and the test
+/// machine may be busy.
 fn config(s: &Scratch, relay: &Relay, extra: &str) -> PathBuf {
     let text = format!(
         "data = \"r\"\nlog_level = \"sonotap=debug,info\"\n[actuator]\nprofile = \"ch340-relay\"\nport = \"{}\"\n[payment]\nfare = 100\n[metrics]\nlisten = \"\"\n{extra}",
@@ -513,7 +516,7 @@ fn qr_frame_from_a_fifo_opens_the_gate_shows_the_display_line_and_reaches_the_hu
         &s,
         &relay,
         &format!(
-            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nwidth = 1280\nheight = 720\nformat = \"y8\"\n[hub]\nurl = \"{}\"\ninterval_secs = 1\n",
+            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\nwidth = 1280\nheight = 720\nformat = \"y8\"\n[hub]\nurl = \"{}\"\ninterval_secs = 1\n",
             hub.url
         ),
     );
@@ -583,7 +586,7 @@ fn sigterm_during_a_burst_loses_nothing_and_opens_nothing_twice() {
     let cfg = config(
         &s,
         &relay,
-        "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\n",
+        "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n",
     );
     let mut daemon = Daemon::start(&s, &cfg, &[]);
     let mut fifo = open_fifo(&s.path("cam.y8"));
@@ -657,7 +660,7 @@ fn hub_down_for_the_whole_test_leaves_records_queued_and_the_gate_working() {
         &s,
         &relay,
         &format!(
-            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\n[hub]\nurl = \"http://127.0.0.1:{closed}\"\ninterval_secs = 1\ntimeout_secs = 1\n"
+            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n[hub]\nurl = \"http://127.0.0.1:{closed}\"\ninterval_secs = 1\ntimeout_secs = 1\n"
         ),
     );
     let text = fs::read_to_string(&cfg).expect("cfg").replace(
@@ -746,6 +749,8 @@ fn example_config_runs_notifies_systemd_serves_metrics_and_sighup_applies_a_new_
         format!("127.0.0.1:{metrics_port}").into(),
     );
     set(&mut example, "payment", "fare", 100.into());
+    // Each token frame is shown once: give the decoder time even on a loaded machine.
+    set(&mut example, "camera", "budget_ms", 1000.into());
     let cfg = s.path("example.toml");
     fs::write(&cfg, toml::to_string(&example).expect("toml")).expect("write");
     let notify_path = s.path("notify.sock");
@@ -802,6 +807,23 @@ fn example_config_runs_notifies_systemd_serves_metrics_and_sighup_applies_a_new_
         fs::canonicalize(&cfg).expect("cfg").display().to_string()
     );
     assert!(st["sync"].is_null(), "{st}");
+    // An invalid config on SIGHUP is refused by field name; the running one stays.
+    let good = fs::read_to_string(&cfg).expect("cfg");
+    fs::write(&cfg, format!("frobnicate = 1\n{good}")).expect("cfg");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("keeping the running configuration", Duration::from_secs(5));
+    assert!(daemon.drain_log().contains("frobnicate"));
+    fifo.write_all(&qr_frame(&pay(&mut w))).expect("frame");
+    wait_for(
+        "still deciding after a bad reload",
+        Duration::from_secs(10),
+        || {
+            metric(
+                &scrape(metrics_port),
+                "sonotap_declines_total{reason=\"wallet_denied\"}",
+            ) == 2.0
+        },
+    );
     let names: Vec<&str> = st["devices"]
         .as_array()
         .expect("devices")
@@ -850,7 +872,7 @@ fn vending_profile_charges_the_vend_requests_price_before_approval() {
     fs::write(
         &cfg,
         format!(
-            "data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\n[actuator]\nprofile = \"mdb-qibixx\"\nport = \"{}\"\n[metrics]\nlisten = \"\"\n",
+            "data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n[actuator]\nprofile = \"mdb-qibixx\"\nport = \"{}\"\n[metrics]\nlisten = \"\"\n",
             vmc.port.display()
         ),
     )
