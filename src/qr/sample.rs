@@ -629,6 +629,30 @@ fn read_version(
         })
         .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        // The best map, refined once more: the finders were placed with
+        // the affine map, whose local scale is off under perspective; under
+        // the homography their templates fit, and they and the alignment
+        // pattern move by a fraction of a module.
+        if let Some(&(_, h)) = scored.first() {
+            let targets = [src[0], src[1], [c, c], src[2]];
+            let mut moved = [anchors[0], anchors[1], h.map(c, c), anchors[2]];
+            for (k, &[u, v]) in targets.iter().enumerate() {
+                let pattern = if k == 2 {
+                    Pattern::Alignment
+                } else {
+                    Pattern::Finder
+                };
+                if let Some(&(p, _)) =
+                    refine_anchor(frame, &h, pattern, (u, v), 0.5, inverted, min_contrast, 1)
+                        .first()
+                {
+                    moved[k] = p;
+                }
+            }
+            if let Some(better) = Homography::from_points(&targets, &moved) {
+                homographies.push(better);
+            }
+        }
         homographies.extend(scored.into_iter().take(2).map(|(_, h)| h));
     }
     homographies.push(h3);
@@ -745,12 +769,19 @@ mod tests {
         let tr = h.map(s - 3.5, 3.5);
         let bl = h.map(3.5, s - 3.5);
         let jitter = |p: [f64; 2], dx: f64, dy: f64| [p[0] + dx, p[1] + dy];
-        // The locator's module: the finder's width along a row over seven.
-        let a = h.map(0.0, 3.5);
-        let b = h.map(7.0, 3.5);
-        let theta = (b[1] - a[1]).atan2(b[0] - a[0]);
-        let along = (b[0] - a[0]).hypot(b[1] - a[1]) / 7.0;
-        let module = along / theta.cos().abs().max(theta.sin().abs());
+        // The locator's module: each finder's width along a row and along
+        // a column (a cut through a turned square is longer by 1 / max(|cos|,
+        // |sin|)), averaged over the three finders.
+        let mut module = 0.0;
+        for (fu, fv) in [(0.0, 0.0), (s - 7.0, 0.0), (0.0, s - 7.0)] {
+            for (du, dv) in [(1.0, 0.0), (0.0, 1.0)] {
+                let a = h.map(fu + 3.5 - 3.5 * du, fv + 3.5 - 3.5 * dv);
+                let b = h.map(fu + 3.5 + 3.5 * du, fv + 3.5 + 3.5 * dv);
+                let theta = (b[1] - a[1]).atan2(b[0] - a[0]);
+                let along = (b[0] - a[0]).hypot(b[1] - a[1]) / 7.0;
+                module += along / theta.cos().abs().max(theta.sin().abs()) / 6.0;
+            }
+        }
         read_located(
             img.as_frame(),
             jitter(tl, 0.8, -0.6),
