@@ -85,15 +85,18 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// CPU time this thread has run (Linux `schedstat`, nanoseconds): unlike
-/// the wall clock it leaves out the time other processes on a shared
-/// machine held the core. `None` where the file is missing. The kernel
-/// updates it at scheduler ticks while a thread runs, so single frames
-/// read in steps (4 ms here); medians over many frames are still fair.
+/// CPU time this thread has run (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`):
+/// unlike the wall clock it leaves out the time other processes on a
+/// shared machine held the core, at nanosecond resolution. `None` if the
+/// call fails.
 fn thread_cpu() -> Option<Duration> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 fn time_decoder(name: &str, decoder: &Decoder, frames: &[GreyImage]) {

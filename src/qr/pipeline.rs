@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use rqrr::PreparedImage;
 
 use super::locate;
-use super::sample;
 use super::prepare::{self, Bitmap, Rect};
+use super::sample;
 use super::{GreyFrame, GreyImage};
 
 /// How hard to look at one frame.
@@ -586,8 +586,7 @@ fn run_sampled(
             return true;
         }
         let [corner, a, b] = spot.finders;
-        if let Some(found) = sample::read_located(frame, corner, a, b, spot.module, spot.inverted)
-        {
+        if let Some(found) = sample::read_located(frame, corner, a, b, spot.module, spot.inverted) {
             spot.read = true;
             let name = if spot.inverted {
                 "sampled-inverted"
@@ -911,6 +910,40 @@ mod tests {
         let [cx, cy] = got[0].centre();
         let mid = size / 2.0;
         assert!((cx - 320.0 - mid).abs() < 8.0 && (cy - 120.0 - mid).abs() < 8.0);
+    }
+
+    #[test]
+    fn a_located_code_is_read_by_sampling_first() {
+        // Upright and dark mode: the sampler reads both before rqrr's
+        // detector runs, with corners where the code is.
+        for inverted in [false, true] {
+            let p = payload(199, 11);
+            let mut code = render_token(&p, 6, 4).unwrap();
+            if inverted {
+                invert(&mut code);
+            }
+            let bg = if inverted { 0 } else { 255 };
+            let frame = place(&code, 1280, 720, 400, 200, bg);
+            let got = unhurried(false).decode(frame.as_frame());
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].payload, p);
+            let want = if inverted {
+                "sampled-inverted"
+            } else {
+                "sampled"
+            };
+            assert_eq!(got[0].strategy, want);
+            let [tl, _, br, _] = got[0].corners;
+            let side = 57.0 * 6.0;
+            assert!(
+                (tl[0] - 424.0).abs() < 3.0 && (tl[1] - 224.0).abs() < 3.0,
+                "{tl:?}"
+            );
+            assert!(
+                (br[0] - 424.0 - side).abs() < 3.0 && (br[1] - 224.0 - side).abs() < 3.0,
+                "{br:?}"
+            );
+        }
     }
 
     #[test]

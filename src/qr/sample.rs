@@ -57,8 +57,9 @@ impl Homography {
                 if row != col {
                     let f = a[row][col] / a[col][col];
                     if f != 0.0 {
-                        for k in col..9 {
-                            a[row][k] -= f * a[col][k];
+                        let pivot_row = a[col];
+                        for (x, p) in a[row].iter_mut().zip(pivot_row).skip(col) {
+                            *x -= f * p;
                         }
                     }
                 }
@@ -219,7 +220,7 @@ pub fn timing_sizes(
             }
         }
         let size = 2 * runs + 15;
-        (runs >= 3 && (size - 17) % 4 == 0 && size <= size_of(40)).then_some(size)
+        (runs >= 3 && (size - 17).is_multiple_of(4) && size <= size_of(40)).then_some(size)
     })
 }
 
@@ -265,10 +266,7 @@ fn pattern_contrast(
     let (mut dark, mut light, mut nd, mut nl) = (0.0, 0.0, 0.0f32, 0.0f32);
     for y in 0..side {
         for x in 0..side {
-            let [px, py] = h.map(
-                u - half + f64::from(x) + 0.5,
-                v - half + f64::from(y) + 0.5,
-            );
+            let [px, py] = h.map(u - half + f64::from(x) + 0.5, v - half + f64::from(y) + 0.5);
             let g = bilinear(frame, px + dx, py + dy);
             if pattern.dark(x, y) {
                 dark += g;
@@ -383,7 +381,13 @@ pub fn timing_phase(frame: GreyFrame<'_>, h: &Homography, size: usize, levels: (
 /// module from it), which averages out pixel noise, JPEG blocks and screen
 /// pixels without reaching into the neighbours.
 pub fn sample_modules(frame: GreyFrame<'_>, h: &Homography, size: usize) -> Vec<f32> {
-    const OFFS: [(f64, f64); 5] = [(0.5, 0.5), (0.25, 0.5), (0.75, 0.5), (0.5, 0.25), (0.5, 0.75)];
+    const OFFS: [(f64, f64); 5] = [
+        (0.5, 0.5),
+        (0.25, 0.5),
+        (0.75, 0.5),
+        (0.5, 0.25),
+        (0.5, 0.75),
+    ];
     let mut out = Vec::with_capacity(size * size);
     for y in 0..size {
         for x in 0..size {
@@ -424,7 +428,8 @@ pub fn threshold_modules(grey: &[f32], size: usize, radius: usize, inverted: boo
         let (y0, y1) = (y.saturating_sub(r), (y + r + 1).min(size));
         for x in 0..size {
             let (x0, x1) = (x.saturating_sub(r), (x + r + 1).min(size));
-            let total = sum[y1 * s1 + x1] - sum[y0 * s1 + x1] - sum[y1 * s1 + x0] + sum[y0 * s1 + x0];
+            let total =
+                sum[y1 * s1 + x1] - sum[y0 * s1 + x1] - sum[y1 * s1 + x0] + sum[y0 * s1 + x0];
             let mean = total / ((y1 - y0) * (x1 - x0)) as f64;
             let g = f64::from(grey[y * size + x]);
             out.push(if inverted { g > mean } else { g < mean });
@@ -441,9 +446,7 @@ pub fn decode_modules(size: usize, dark: &[bool]) -> Option<Vec<u8>> {
         return None;
     }
     catch_unwind(AssertUnwindSafe(|| {
-        let grid = rqrr::Grid::new(rqrr::SimpleGrid::from_func(size, |x, y| {
-            dark[y * size + x]
-        }));
+        let grid = rqrr::Grid::new(rqrr::SimpleGrid::from_func(size, |x, y| dark[y * size + x]));
         let mut payload = Vec::new();
         grid.decode_to(&mut payload).ok().map(|_| payload)
     }))
@@ -546,7 +549,11 @@ pub fn read_located(
         versions.push((size - 17) / 4);
     }
     let mut near: Vec<usize> = (1..=40).collect();
-    near.sort_by(|&a, &b| (a as f64 - estimate).abs().total_cmp(&(b as f64 - estimate).abs()));
+    near.sort_by(|&a, &b| {
+        (a as f64 - estimate)
+            .abs()
+            .total_cmp(&(b as f64 - estimate).abs())
+    });
     versions.extend(near.into_iter().take(2));
     let mut tried = Vec::new();
     for version in versions {
@@ -661,8 +668,7 @@ fn read_version(
         for radius in RADII {
             let dark = threshold_modules(&grey, size, radius, inverted);
             if version >= 7
-                && read_version_info(|x, y| dark[y * size + x], size)
-                    .is_some_and(|v| v != version)
+                && read_version_info(|x, y| dark[y * size + x], size).is_some_and(|v| v != version)
             {
                 // The version blocks say another size: this one is wrong.
                 return None;
@@ -706,7 +712,12 @@ mod tests {
         let size = m.size as f64;
         // Inverse: pixels → modules, from the four corners of the quiet zone.
         let q = 4.0;
-        let quad = [[-q, -q], [size + q, -q], [size + q, size + q], [-q, size + q]];
+        let quad = [
+            [-q, -q],
+            [size + q, -q],
+            [size + q, size + q],
+            [-q, size + q],
+        ];
         let px = quad.map(|[u, v]| map.map(u, v));
         let inv = Homography::from_points(&px, &quad).unwrap();
         let mut data = vec![128u8; w * h];
@@ -751,10 +762,7 @@ mod tests {
             // Tilt about the vertical axis, then perspective, then roll.
             let (x3, z3) = (x * cyaw, dist + x * syaw);
             let (xp, yp) = (x3 * dist / z3, y * dist / z3);
-            [
-                cx + px * (cr * xp - sr * yp),
-                cy + px * (sr * xp + cr * yp),
-            ]
+            [cx + px * (cr * xp - sr * yp), cy + px * (sr * xp + cr * yp)]
         };
         let src = [[0.0, 0.0], [s, 0.0], [s, s], [0.0, s]];
         let dst = src.map(|[u, v]| project(u, v));
@@ -904,7 +912,11 @@ mod tests {
             // Corners within three pixels of the truth (they lie 3.5
             // modules beyond the finder centres).
             let s = size as f64;
-            for (c, (u, v)) in got.corners.iter().zip([(0.0, 0.0), (s, 0.0), (s, s), (0.0, s)]) {
+            for (c, (u, v)) in got
+                .corners
+                .iter()
+                .zip([(0.0, 0.0), (s, 0.0), (s, s), (0.0, s)])
+            {
                 let t = h.map(u, v);
                 assert!(
                     (f64::from(c[0]) - t[0]).hypot(f64::from(c[1]) - t[1]) < 3.0,
@@ -941,12 +953,24 @@ mod tests {
             1,
         )[0];
         let truth = h.map(3.5, 3.5);
-        assert!((at[0] - truth[0]).hypot(at[1] - truth[1]) < 0.8, "{at:?} {truth:?}");
+        assert!(
+            (at[0] - truth[0]).hypot(at[1] - truth[1]) < 0.8,
+            "{at:?} {truth:?}"
+        );
         assert!(c > 100.0);
         let flat = GreyImage::filled(400, 400, 128).unwrap();
         assert!(
-            refine_anchor(flat.as_frame(), &h, Pattern::Finder, (3.5, 3.5), 1.0, false, 4.0, 3)
-                .is_empty()
+            refine_anchor(
+                flat.as_frame(),
+                &h,
+                Pattern::Finder,
+                (3.5, 3.5),
+                1.0,
+                false,
+                4.0,
+                3
+            )
+            .is_empty()
         );
     }
 
@@ -975,6 +999,9 @@ mod tests {
         }
         let flat = GreyImage::filled(200, 200, 128).unwrap();
         let a = pose(21, 100.0, 100.0, 4.0, 0.0, 0.0);
-        assert_eq!(timing_sizes(flat.as_frame(), &a, 21, (30.0, 220.0)), [None, None]);
+        assert_eq!(
+            timing_sizes(flat.as_frame(), &a, 21, (30.0, 220.0)),
+            [None, None]
+        );
     }
 }
