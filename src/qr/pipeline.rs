@@ -490,11 +490,12 @@ const LOCATED: [([&str; 2], usize, u8, SpotThreshold); 3] = [
 
 /// A code placed by its finder patterns: its crop, prepared for rqrr.
 struct Spot {
-    /// The crop at `LOCATE_MODULE_PX` pixels per module, dark modules dark.
-    image: GreyImage,
-    /// The same, box-blurred (3×3).
-    smooth: GreyImage,
-    at: Placement,
+    /// The crop for rqrr, made the first time rqrr runs on this code (the
+    /// sampler, which runs first, reads most codes without it).
+    prepared: Option<Crop>,
+    /// Source pixels per crop pixel wanted: `LOCATE_MODULE_PX` pixels per
+    /// module, but no crop over `LOCATE_SPOT_MAX`.
+    factor: f32,
     /// A dark-mode code (light modules), inverted in `image`.
     inverted: bool,
     /// Where the crop lies in the frame.
@@ -506,14 +507,64 @@ struct Spot {
     read: bool,
 }
 
+/// A located code's crop, prepared for rqrr.
+struct Crop {
+    /// The crop at `LOCATE_MODULE_PX` pixels per module, dark modules dark.
+    image: GreyImage,
+    /// The same, box-blurred (3×3).
+    smooth: GreyImage,
+    at: Placement,
+}
+
 impl Spot {
-    fn attempt(&self, blur: usize, offset: u8, threshold: SpotThreshold) -> Vec<Found> {
+    /// Cuts the code from the frame, scaled to `LOCATE_MODULE_PX` per
+    /// module, contrast-stretched and inverted if it is a dark-mode code.
+    fn prepare(&self, frame: GreyFrame<'_>) -> Option<Crop> {
+        let crop = prepare::crop(frame, self.rect)?;
+        let scaled = if self.factor < 1.0 {
+            prepare::downscale_by(crop.as_frame(), 1.0 / self.factor)
+        } else {
+            prepare::upscale_by(&crop, self.factor)
+        };
+        let mut image = scaled.image;
+        prepare::contrast_stretch(&mut image, 1.0, 99.0);
+        if self.inverted {
+            prepare::invert(&mut image);
+        }
+        // A light 3x3 blur of the enlarged crop smooths the steps of
+        // the interpolation and what is left of JPEG blocks and screen
+        // pixels (blurring at the camera's scale instead read less).
+        let smooth = prepare::box_blur(&image, 1);
+        Some(Crop {
+            image,
+            smooth,
+            at: Placement {
+                scale: scaled.scale,
+                dx: self.rect.x as f32,
+                dy: self.rect.y as f32,
+            },
+        })
+    }
+
+    fn attempt(
+        &mut self,
+        frame: GreyFrame<'_>,
+        blur: usize,
+        offset: u8,
+        threshold: SpotThreshold,
+    ) -> (Vec<Found>, Placement) {
+        if self.prepared.is_none() {
+            self.prepared = self.prepare(frame);
+        }
+        let Some(crop) = self.prepared.as_ref() else {
+            return (Vec::new(), FRAME);
+        };
         let heavier;
         let src = match blur {
-            0 => &self.image,
-            1 => &self.smooth,
+            0 => &crop.image,
+            1 => &crop.smooth,
             r => {
-                heavier = prepare::box_blur(&self.image, r);
+                heavier = prepare::box_blur(&crop.image, r);
                 &heavier
             }
         };
@@ -527,7 +578,7 @@ impl Spot {
                 prepare::adaptive_threshold(src, radius, offset)
             }
         };
-        rqrr_bitmap(&bits)
+        (rqrr_bitmap(&bits), crop.at)
     }
 }
 
@@ -535,6 +586,7 @@ impl Spot {
 /// code already read; `true` when the caller should stop (done or out of
 /// time).
 fn run_spots(
+    frame: GreyFrame<'_>,
     spots: &mut [Spot],
     variants: &[([&'static str; 2], usize, u8, SpotThreshold)],
     collector: &mut Collector,
@@ -553,10 +605,10 @@ fn run_spots(
             if stop(collector) {
                 return true;
             }
-            let found = spot.attempt(blur, offset, threshold);
+            let (found, at) = spot.attempt(frame, blur, offset, threshold);
             if !found.is_empty() {
                 spot.read = true;
-                collector.add(found, spot.at, names[usize::from(spot.inverted)]);
+                collector.add(found, at, names[usize::from(spot.inverted)]);
             }
         }
     }
@@ -647,34 +699,20 @@ fn locate_codes(frame: GreyFrame<'_>, side: usize) -> Vec<Spot> {
                 width: (r.width as f32 * s).ceil() as usize,
                 height: (r.height as f32 * s).ceil() as usize,
             };
-            let Some(crop) = prepare::crop(frame, rect) else {
+            // The crop must hold pixels (it is cut when rqrr needs it).
+            let (cw, ch) = (
+                rect.width.min(frame.width().saturating_sub(rect.x)),
+                rect.height.min(frame.height().saturating_sub(rect.y)),
+            );
+            if cw == 0 || ch == 0 {
                 continue;
-            };
-            // Modules of LOCATE_MODULE_PX, but no crop over LOCATE_SPOT_MAX.
-            let longest = crop.width().max(crop.height()) as f32;
-            let factor = (LOCATE_MODULE_PX / (group.module * s)).min(LOCATE_SPOT_MAX / longest);
-            let scaled = if factor < 1.0 {
-                prepare::downscale_by(crop.as_frame(), 1.0 / factor)
-            } else {
-                prepare::upscale_by(&crop, factor)
-            };
-            let mut image = scaled.image;
-            prepare::contrast_stretch(&mut image, 1.0, 99.0);
-            if inverted {
-                prepare::invert(&mut image);
             }
-            // A light 3x3 blur of the enlarged crop smooths the steps of
-            // the interpolation and what is left of JPEG blocks and screen
-            // pixels (blurring at the camera's scale instead read less).
-            let smooth = prepare::box_blur(&image, 1);
+            // Modules of LOCATE_MODULE_PX, but no crop over LOCATE_SPOT_MAX.
+            let longest = cw.max(ch) as f32;
+            let factor = (LOCATE_MODULE_PX / (group.module * s)).min(LOCATE_SPOT_MAX / longest);
             spots.push(Spot {
-                image,
-                smooth,
-                at: Placement {
-                    scale: scaled.scale,
-                    dx: rect.x as f32,
-                    dy: rect.y as f32,
-                },
+                prepared: None,
+                factor,
                 inverted,
                 rect,
                 finders: [group.corner, group.a, group.b].map(|f| {
@@ -728,7 +766,7 @@ impl Decoder {
         if run_sampled(frame, &mut located, &mut collector, &stop) {
             return collector.codes;
         }
-        if run_spots(&mut located, &LOCATED[..1], &mut collector, &stop) {
+        if run_spots(frame, &mut located, &LOCATED[..1], &mut collector, &stop) {
             return collector.codes;
         }
 
@@ -765,7 +803,7 @@ impl Decoder {
             }
         }
 
-        if run_spots(&mut located, &LOCATED[1..], &mut collector, &stop) {
+        if run_spots(frame, &mut located, &LOCATED[1..], &mut collector, &stop) {
             return collector.codes;
         }
         if frame.width().max(frame.height()) > LOCATE_SIDE && !stop(&collector) {
@@ -776,7 +814,7 @@ impl Decoder {
             if run_sampled(frame, &mut larger, &mut collector, &stop) {
                 return collector.codes;
             }
-            if run_spots(&mut larger, &LOCATED, &mut collector, &stop) {
+            if run_spots(frame, &mut larger, &LOCATED, &mut collector, &stop) {
                 return collector.codes;
             }
         }
