@@ -48,6 +48,13 @@ fn effect_mixes() -> Vec<Effects> {
     ]
 }
 
+/// The effect mix of frame `i` (as [`effect_mixes`] cycles them).
+fn mixes_name(i: usize) -> &'static str {
+    [
+        "clean", "tilt 30", "motion 5", "glare", "moire", "dark", "contrast", "finger",
+    ][i % 8]
+}
+
 fn frames(width: usize, height: usize, count: usize) -> Vec<GreyImage> {
     let mixes = effect_mixes();
     (0..count)
@@ -103,10 +110,15 @@ fn time_decoder(name: &str, decoder: &Decoder, frames: &[GreyImage]) {
     let mut times = Vec::with_capacity(frames.len());
     let mut cpu = Vec::with_capacity(frames.len());
     let mut read = 0;
-    for f in frames {
+    let mut slowest = (Duration::ZERO, 0, "none");
+    for (i, f) in frames.iter().enumerate() {
         let (t, c) = (Instant::now(), thread_cpu());
         let codes = decoder.decode(f.as_frame());
-        times.push(t.elapsed());
+        let took = t.elapsed();
+        times.push(took);
+        if took > slowest.0 {
+            slowest = (took, i, codes.first().map_or("none", |c| c.strategy));
+        }
         if let (Some(c0), Some(c1)) = (c, thread_cpu()) {
             cpu.push(c1.saturating_sub(c0));
         }
@@ -130,6 +142,14 @@ fn time_decoder(name: &str, decoder: &Decoder, frames: &[GreyImage]) {
         ms(percentile(&cpu, 0.5)),
         ms(percentile(&cpu, 0.99)),
     );
+    if name != "no-code" {
+        println!(
+            "          slowest: frame {} ({}), read by {}",
+            slowest.1,
+            mixes_name(slowest.1),
+            slowest.2
+        );
+    }
 }
 
 fn corpus() -> Vec<(PathBuf, Vec<Vec<u8>>)> {

@@ -762,7 +762,9 @@ impl Decoder {
         // interest; then, when the search ran on a copy shrunk by 2 or
         // more, a search on one twice as large (small codes in large
         // frames and photos).
+        let search_started = Instant::now();
         let mut located = locate_codes(frame, LOCATE_SIDE);
+        let search_took = search_started.elapsed();
         if run_sampled(frame, &mut located, &mut collector, &stop) {
             return collector.codes;
         }
@@ -806,7 +808,11 @@ impl Decoder {
         if run_spots(frame, &mut located, &LOCATED[1..], &mut collector, &stop) {
             return collector.codes;
         }
-        if frame.width().max(frame.height()) > LOCATE_SIDE && !stop(&collector) {
+        // The search at twice the size costs up to four times the first
+        // one (a single step of 20 ms or more on a 1080p frame full of
+        // moiré): it starts only if that still fits the budget.
+        let larger_fits = clock.start.elapsed() + search_took * 4 <= opts.budget;
+        if frame.width().max(frame.height()) > LOCATE_SIDE && larger_fits && !stop(&collector) {
             let tried: Vec<Rect> = located.iter().map(|s| s.rect).collect();
             let mut larger = locate_codes(frame, 2 * LOCATE_SIDE);
             // A code found again at about the same place was tried.

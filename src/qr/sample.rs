@@ -311,8 +311,10 @@ pub fn refine_anchor(
     }
     let score = |dx: f64, dy: f64| pattern_contrast(frame, h, pattern, (u, v), (dx, dy), inverted);
     // Coarse grid: every position's score, then the best separated ones.
-    let step = module / 2.0;
-    let reach = (radius * 2.0).ceil() as i32;
+    // Half-module steps, but at most 33×33 positions (a wide search for a
+    // large version, often a false finder group, stays cheap).
+    let reach = ((radius * 2.0).ceil() as i32).min(MAX_REACH);
+    let step = radius * module / f64::from(reach.max(1));
     let mut coarse: Vec<(f64, f64, f32)> = Vec::new();
     for j in -reach..=reach {
         for i in -reach..=reach {
@@ -353,6 +355,9 @@ pub fn refine_anchor(
     }
     out
 }
+
+/// Coarse steps each way from a predicted anchor, at most.
+const MAX_REACH: i32 = 16;
 
 /// How well the timing lines (row 6 and column 6, between the finders)
 /// alternate under `h` for a code of `size` modules: the fraction of
