@@ -2,8 +2,10 @@
 //! handing a binarised image to rqrr, within a per-frame budget.
 //!
 //! Order (cheapest and most likely first): codes located by their finder
-//! patterns ([`super::locate`]), each cut from the frame at 10 pixels per
-//! module in its own polarity (three thresholds); then up to four regions
+//! patterns ([`super::locate`]), each read by sampling its modules
+//! ([`super::sample`]: a homography, rqrr's decoder on the bit matrix) or,
+//! failing that, cut from the frame at 10 pixels per module in its own
+//! polarity for rqrr's detector (three thresholds); then up to four regions
 //! of interest (edge-dense blobs, cropped at full resolution, upscaled
 //! twice when small), each thresholded against its local mean in both
 //! polarities and box-blurred; then the whole frame, downscaled to at most
