@@ -48,6 +48,13 @@ fn effect_mixes() -> Vec<Effects> {
     ]
 }
 
+/// The effect mix of frame `i` (as [`effect_mixes`] cycles them).
+fn mixes_name(i: usize) -> &'static str {
+    [
+        "clean", "tilt 30", "motion 5", "glare", "moire", "dark", "contrast", "finger",
+    ][i % 8]
+}
+
 fn frames(width: usize, height: usize, count: usize) -> Vec<GreyImage> {
     let mixes = effect_mixes();
     (0..count)
@@ -85,25 +92,33 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// CPU time this thread has run (Linux `schedstat`, nanoseconds): unlike
-/// the wall clock it leaves out the time other processes on a shared
-/// machine held the core. `None` where the file is missing. The kernel
-/// updates it at scheduler ticks while a thread runs, so single frames
-/// read in steps (4 ms here); medians over many frames are still fair.
+/// CPU time this thread has run (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`):
+/// unlike the wall clock it leaves out the time other processes on a
+/// shared machine held the core, at nanosecond resolution. `None` if the
+/// call fails.
 fn thread_cpu() -> Option<Duration> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 fn time_decoder(name: &str, decoder: &Decoder, frames: &[GreyImage]) {
     let mut times = Vec::with_capacity(frames.len());
     let mut cpu = Vec::with_capacity(frames.len());
     let mut read = 0;
-    for f in frames {
+    let mut slowest = (Duration::ZERO, 0, "none");
+    for (i, f) in frames.iter().enumerate() {
         let (t, c) = (Instant::now(), thread_cpu());
         let codes = decoder.decode(f.as_frame());
-        times.push(t.elapsed());
+        let took = t.elapsed();
+        times.push(took);
+        if took > slowest.0 {
+            slowest = (took, i, codes.first().map_or("none", |c| c.strategy));
+        }
         if let (Some(c0), Some(c1)) = (c, thread_cpu()) {
             cpu.push(c1.saturating_sub(c0));
         }
@@ -127,6 +142,14 @@ fn time_decoder(name: &str, decoder: &Decoder, frames: &[GreyImage]) {
         ms(percentile(&cpu, 0.5)),
         ms(percentile(&cpu, 0.99)),
     );
+    if name != "no-code" {
+        println!(
+            "          slowest: frame {} ({}), read by {}",
+            slowest.1,
+            mixes_name(slowest.1),
+            slowest.2
+        );
+    }
 }
 
 fn corpus() -> Vec<(PathBuf, Vec<Vec<u8>>)> {

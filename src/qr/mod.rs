@@ -13,6 +13,7 @@ pub mod encode;
 pub mod locate;
 pub mod pipeline;
 pub mod prepare;
+pub mod sample;
 pub mod source;
 pub mod synth;
 /// V4L2 camera source (feature `v4l2`, 64-bit Linux).

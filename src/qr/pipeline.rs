@@ -2,8 +2,10 @@
 //! handing a binarised image to rqrr, within a per-frame budget.
 //!
 //! Order (cheapest and most likely first): codes located by their finder
-//! patterns ([`super::locate`]), each cut from the frame at 10 pixels per
-//! module in its own polarity (three thresholds); then up to four regions
+//! patterns ([`super::locate`]), each read by sampling its modules
+//! ([`super::sample`]: a homography, rqrr's decoder on the bit matrix) or,
+//! failing that, cut from the frame at 10 pixels per module in its own
+//! polarity for rqrr's detector (three thresholds); then up to four regions
 //! of interest (edge-dense blobs, cropped at full resolution, upscaled
 //! twice when small), each thresholded against its local mean in both
 //! polarities and box-blurred; then the whole frame, downscaled to at most
@@ -23,6 +25,7 @@ use rqrr::PreparedImage;
 
 use super::locate;
 use super::prepare::{self, Bitmap, Rect};
+use super::sample;
 use super::{GreyFrame, GreyImage};
 
 /// How hard to look at one frame.
@@ -489,26 +492,81 @@ const LOCATED: [([&str; 2], usize, u8, SpotThreshold); 3] = [
 
 /// A code placed by its finder patterns: its crop, prepared for rqrr.
 struct Spot {
+    /// The crop for rqrr, made the first time rqrr runs on this code (the
+    /// sampler, which runs first, reads most codes without it).
+    prepared: Option<Crop>,
+    /// Source pixels per crop pixel wanted: `LOCATE_MODULE_PX` pixels per
+    /// module, but no crop over `LOCATE_SPOT_MAX`.
+    factor: f32,
+    /// A dark-mode code (light modules), inverted in `image`.
+    inverted: bool,
+    /// Where the crop lies in the frame.
+    rect: Rect,
+    /// The finder centres (right-angle corner first) and the module size,
+    /// in frame pixels, for [`sample::read_located`].
+    finders: [[f64; 2]; 3],
+    module: f64,
+    read: bool,
+}
+
+/// A located code's crop, prepared for rqrr.
+struct Crop {
     /// The crop at `LOCATE_MODULE_PX` pixels per module, dark modules dark.
     image: GreyImage,
     /// The same, box-blurred (3×3).
     smooth: GreyImage,
     at: Placement,
-    /// A dark-mode code (light modules), inverted in `image`.
-    inverted: bool,
-    /// Where the crop lies in the frame.
-    rect: Rect,
-    read: bool,
 }
 
 impl Spot {
-    fn attempt(&self, blur: usize, offset: u8, threshold: SpotThreshold) -> Vec<Found> {
+    /// Cuts the code from the frame, scaled to `LOCATE_MODULE_PX` per
+    /// module, contrast-stretched and inverted if it is a dark-mode code.
+    fn prepare(&self, frame: GreyFrame<'_>) -> Option<Crop> {
+        let crop = prepare::crop(frame, self.rect)?;
+        let scaled = if self.factor < 1.0 {
+            prepare::downscale_by(crop.as_frame(), 1.0 / self.factor)
+        } else {
+            prepare::upscale_by(&crop, self.factor)
+        };
+        let mut image = scaled.image;
+        prepare::contrast_stretch(&mut image, 1.0, 99.0);
+        if self.inverted {
+            prepare::invert(&mut image);
+        }
+        // A light 3x3 blur of the enlarged crop smooths the steps of
+        // the interpolation and what is left of JPEG blocks and screen
+        // pixels (blurring at the camera's scale instead read less).
+        let smooth = prepare::box_blur(&image, 1);
+        Some(Crop {
+            image,
+            smooth,
+            at: Placement {
+                scale: scaled.scale,
+                dx: self.rect.x as f32,
+                dy: self.rect.y as f32,
+            },
+        })
+    }
+
+    fn attempt(
+        &mut self,
+        frame: GreyFrame<'_>,
+        blur: usize,
+        offset: u8,
+        threshold: SpotThreshold,
+    ) -> (Vec<Found>, Placement) {
+        if self.prepared.is_none() {
+            self.prepared = self.prepare(frame);
+        }
+        let Some(crop) = self.prepared.as_ref() else {
+            return (Vec::new(), FRAME);
+        };
         let heavier;
         let src = match blur {
-            0 => &self.image,
-            1 => &self.smooth,
+            0 => &crop.image,
+            1 => &crop.smooth,
             r => {
-                heavier = prepare::box_blur(&self.image, r);
+                heavier = prepare::box_blur(&crop.image, r);
                 &heavier
             }
         };
@@ -522,7 +580,7 @@ impl Spot {
                 prepare::adaptive_threshold(src, radius, offset)
             }
         };
-        rqrr_bitmap(&bits)
+        (rqrr_bitmap(&bits), crop.at)
     }
 }
 
@@ -530,6 +588,7 @@ impl Spot {
 /// code already read; `true` when the caller should stop (done or out of
 /// time).
 fn run_spots(
+    frame: GreyFrame<'_>,
     spots: &mut [Spot],
     variants: &[([&'static str; 2], usize, u8, SpotThreshold)],
     collector: &mut Collector,
@@ -548,15 +607,62 @@ fn run_spots(
             if stop(collector) {
                 return true;
             }
-            let found = spot.attempt(blur, offset, threshold);
+            let (found, at) = spot.attempt(frame, blur, offset, threshold);
             if !found.is_empty() {
                 spot.read = true;
-                collector.add(found, spot.at, names[usize::from(spot.inverted)]);
+                collector.add(found, at, names[usize::from(spot.inverted)]);
             }
         }
     }
     stop(collector)
 }
+
+/// Reads every located code not read yet by sampling its modules from the
+/// frame ([`sample::read_located`]: our finders, a homography, rqrr's
+/// decoder), which costs a fraction of rqrr's grid fit; `true` when the
+/// caller should stop.
+fn run_sampled(
+    frame: GreyFrame<'_>,
+    spots: &mut [Spot],
+    collector: &mut Collector,
+    stop: &dyn Fn(&Collector) -> bool,
+) -> bool {
+    for spot in spots.iter_mut() {
+        if spot.read
+            || collector
+                .codes
+                .iter()
+                .any(|c| spot.rect.contains(c.centre()))
+        {
+            continue;
+        }
+        if stop(collector) {
+            return true;
+        }
+        let [corner, a, b] = spot.finders;
+        if let Some(found) = sample::read_located(frame, corner, a, b, spot.module, spot.inverted) {
+            spot.read = true;
+            let name = if spot.inverted {
+                "sampled-inverted"
+            } else {
+                "sampled"
+            };
+            let found = vec![Found {
+                payload: found.payload,
+                corners: found.corners,
+            }];
+            collector.add(found, FRAME, name);
+        }
+    }
+    stop(collector)
+}
+
+/// The frame itself as a working image.
+const FRAME: Placement = Placement {
+    scale: 1.0,
+    dx: 0.0,
+    dy: 0.0,
+};
 
 /// Whether two rectangles cover about the same area (corners within a
 /// tenth of the larger side).
@@ -595,36 +701,29 @@ fn locate_codes(frame: GreyFrame<'_>, side: usize) -> Vec<Spot> {
                 width: (r.width as f32 * s).ceil() as usize,
                 height: (r.height as f32 * s).ceil() as usize,
             };
-            let Some(crop) = prepare::crop(frame, rect) else {
+            // The crop must hold pixels (it is cut when rqrr needs it).
+            let (cw, ch) = (
+                rect.width.min(frame.width().saturating_sub(rect.x)),
+                rect.height.min(frame.height().saturating_sub(rect.y)),
+            );
+            if cw == 0 || ch == 0 {
                 continue;
-            };
-            // Modules of LOCATE_MODULE_PX, but no crop over LOCATE_SPOT_MAX.
-            let longest = crop.width().max(crop.height()) as f32;
-            let factor = (LOCATE_MODULE_PX / (group.module * s)).min(LOCATE_SPOT_MAX / longest);
-            let scaled = if factor < 1.0 {
-                prepare::downscale_by(crop.as_frame(), 1.0 / factor)
-            } else {
-                prepare::upscale_by(&crop, factor)
-            };
-            let mut image = scaled.image;
-            prepare::contrast_stretch(&mut image, 1.0, 99.0);
-            if inverted {
-                prepare::invert(&mut image);
             }
-            // A light 3x3 blur of the enlarged crop smooths the steps of
-            // the interpolation and what is left of JPEG blocks and screen
-            // pixels (blurring at the camera's scale instead read less).
-            let smooth = prepare::box_blur(&image, 1);
+            // Modules of LOCATE_MODULE_PX, but no crop over LOCATE_SPOT_MAX.
+            let longest = cw.max(ch) as f32;
+            let factor = (LOCATE_MODULE_PX / (group.module * s)).min(LOCATE_SPOT_MAX / longest);
             spots.push(Spot {
-                image,
-                smooth,
-                at: Placement {
-                    scale: scaled.scale,
-                    dx: rect.x as f32,
-                    dy: rect.y as f32,
-                },
+                prepared: None,
+                factor,
                 inverted,
                 rect,
+                finders: [group.corner, group.a, group.b].map(|f| {
+                    [
+                        f64::from((f.x + 0.5) * s - 0.5),
+                        f64::from((f.y + 0.5) * s - 0.5),
+                    ]
+                }),
+                module: f64::from(group.module * s),
                 read: false,
             });
         }
@@ -665,8 +764,13 @@ impl Decoder {
         // interest; then, when the search ran on a copy shrunk by 2 or
         // more, a search on one twice as large (small codes in large
         // frames and photos).
+        let search_started = Instant::now();
         let mut located = locate_codes(frame, LOCATE_SIDE);
-        if run_spots(&mut located, &LOCATED[..1], &mut collector, &stop) {
+        let search_took = search_started.elapsed();
+        if run_sampled(frame, &mut located, &mut collector, &stop) {
+            return collector.codes;
+        }
+        if run_spots(frame, &mut located, &LOCATED[..1], &mut collector, &stop) {
             return collector.codes;
         }
 
@@ -703,15 +807,22 @@ impl Decoder {
             }
         }
 
-        if run_spots(&mut located, &LOCATED[1..], &mut collector, &stop) {
+        if run_spots(frame, &mut located, &LOCATED[1..], &mut collector, &stop) {
             return collector.codes;
         }
-        if frame.width().max(frame.height()) > LOCATE_SIDE && !stop(&collector) {
+        // The search at twice the size costs up to four times the first
+        // one (a single step of 20 ms or more on a 1080p frame full of
+        // moiré): it starts only if that still fits the budget.
+        let larger_fits = clock.start.elapsed() + search_took * 4 <= opts.budget;
+        if frame.width().max(frame.height()) > LOCATE_SIDE && larger_fits && !stop(&collector) {
             let tried: Vec<Rect> = located.iter().map(|s| s.rect).collect();
             let mut larger = locate_codes(frame, 2 * LOCATE_SIDE);
             // A code found again at about the same place was tried.
             larger.retain(|s| !tried.iter().any(|r| similar(r, &s.rect)));
-            if run_spots(&mut larger, &LOCATED, &mut collector, &stop) {
+            if run_sampled(frame, &mut larger, &mut collector, &stop) {
+                return collector.codes;
+            }
+            if run_spots(frame, &mut larger, &LOCATED, &mut collector, &stop) {
                 return collector.codes;
             }
         }
@@ -845,6 +956,40 @@ mod tests {
         let [cx, cy] = got[0].centre();
         let mid = size / 2.0;
         assert!((cx - 320.0 - mid).abs() < 8.0 && (cy - 120.0 - mid).abs() < 8.0);
+    }
+
+    #[test]
+    fn a_located_code_is_read_by_sampling_first() {
+        // Upright and dark mode: the sampler reads both before rqrr's
+        // detector runs, with corners where the code is.
+        for inverted in [false, true] {
+            let p = payload(199, 11);
+            let mut code = render_token(&p, 6, 4).unwrap();
+            if inverted {
+                invert(&mut code);
+            }
+            let bg = if inverted { 0 } else { 255 };
+            let frame = place(&code, 1280, 720, 400, 200, bg);
+            let got = unhurried(false).decode(frame.as_frame());
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].payload, p);
+            let want = if inverted {
+                "sampled-inverted"
+            } else {
+                "sampled"
+            };
+            assert_eq!(got[0].strategy, want);
+            let [tl, _, br, _] = got[0].corners;
+            let side = 57.0 * 6.0;
+            assert!(
+                (tl[0] - 424.0).abs() < 3.0 && (tl[1] - 224.0).abs() < 3.0,
+                "{tl:?}"
+            );
+            assert!(
+                (br[0] - 424.0 - side).abs() < 3.0 && (br[1] - 224.0 - side).abs() < 3.0,
+                "{br:?}"
+            );
+        }
     }
 
     #[test]

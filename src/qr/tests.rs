@@ -76,11 +76,12 @@ fn corpus_read_rate() {
         rate * 100.0,
         files.len()
     );
-    // Regression floor at the rate measured when the corpus was made
-    // (47/50). The target is 99%, not met yet: see docs/qr.md.
+    // Regression floor at the rate measured with the module sampler
+    // (48/50; 47/50 before it). The target is 99%, not met yet:
+    // see docs/qr.md.
     assert!(
-        rate >= 0.94,
-        "read rate {:.1}% < 94%; missed {misses:?}",
+        rate >= 0.96,
+        "read rate {:.1}% < 96%; missed {misses:?}",
         rate * 100.0
     );
 }
