@@ -6,9 +6,6 @@
 //! so a batch is stored whole or not at all, and the acknowledgement is
 //! only signed after the commit.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
-
 use serde::Serialize;
 
 use super::HubError;
@@ -108,69 +105,41 @@ pub trait DenySigner {
     ) -> Result<DenyEntry, HubError>;
 }
 
-/// What clearing needs to know about one charge, read in one go: the
-/// stored payments with the same wallet counter, and the stored payments
-/// with the nearest lower and higher counters under the same credential.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClearingView {
-    /// Payments of the wallet with this counter (a token's hash is among
-    /// them if the token was seen: same bytes, same wallet and counter).
-    pub same_counter: Vec<Payment>,
-    /// The payment with the nearest lower counter under the credential.
-    pub before: Option<Payment>,
-    /// The payment with the nearest higher counter under the credential.
-    pub after: Option<Payment>,
-}
-
 /// Primitive operations inside one backend transaction.
-///
-/// Writes that happen once per record come in bulk ([`Ledger::insert_records`],
-/// [`Ledger::insert_payments`]) and clearing reads one view per charge:
-/// at tens of thousands of records a second, the number of statements is
-/// what a database transaction spends its time on.
 pub trait Ledger {
     /// The stored record `(reader, seq)`'s chain fields.
     fn link(&mut self, reader: &str, seq: u64) -> Result<Option<Link>, HubError>;
     /// The chain fields of the stored records `first..=last` of `reader`,
     /// ascending (one query for a batch's idempotency check).
     fn links(&mut self, reader: &str, first: u64, last: u64) -> Result<Vec<(u64, Link)>, HubError>;
-    /// Stores records (their tokens' payment facts are stored separately).
-    fn insert_records(
+    /// Stores a record (its token and payment facts are stored separately).
+    fn insert_record(
         &mut self,
         reader: &str,
-        records: &[&CheckedRecord],
+        record: &CheckedRecord,
         received_at: u64,
     ) -> Result<(), HubError>;
     /// Stores the batch's receipt row.
     fn insert_batch(&mut self, row: &BatchRow<'_>) -> Result<(), HubError>;
-    /// Payments of `wallet` with `counter`.
+    /// Payments of `wallet` with `counter` (a token's hash is among them
+    /// if the token was seen: same bytes, same wallet and counter).
     fn payments_with_counter(
         &mut self,
         wallet: WalletId,
         counter: u32,
     ) -> Result<Vec<Payment>, HubError>;
-    /// What clearing needs about a charge of `wallet`'s `counter` under
-    /// `credential` (see [`ClearingView`]).
-    fn clearing_view(
+    /// The payments with the nearest lower and higher counters under `credential`.
+    fn neighbours(
         &mut self,
-        wallet: WalletId,
         credential: &[u8; 32],
         counter: u32,
-    ) -> Result<ClearingView, HubError>;
-    /// Stores new payments, each with its net charge.
-    fn insert_payments(&mut self, payments: &[(Payment, u32)]) -> Result<(), HubError>;
-    /// Adjusts the stored net charge of `payment`'s token (negative for a
-    /// void, never below 0); returns the new net charge.
+    ) -> Result<(Option<Payment>, Option<Payment>), HubError>;
+    /// Stores a new payment with its first charge; returns the net charges
+    /// of every payment under its credential, this one included.
+    fn insert_payment(&mut self, payment: &Payment, charged: u32) -> Result<u64, HubError>;
+    /// Adjusts the net charge of `payment`'s token (negative for a void);
+    /// returns the new net charge.
     fn adjust_charge(&mut self, payment: &Payment, delta: i64) -> Result<i64, HubError>;
-    /// The net charges of every stored payment under `credential`.
-    fn credential_charged(&mut self, credential: &[u8; 32]) -> Result<u64, HubError>;
-    /// Sets the net charges under `credential` (kept beside the payments so
-    /// the offline-limit rule needs no sum over them).
-    fn set_credential_charged(
-        &mut self,
-        credential: &[u8; 32],
-        charged: u64,
-    ) -> Result<(), HubError>;
     /// Records a fraud finding against `wallet`.
     fn insert_flag(
         &mut self,
@@ -310,8 +279,8 @@ pub fn ingest(
         report.incidents += 1;
     }
 
-    let mut pending = PendingPayments::default();
-    for record in &fresh {
+    for record in fresh {
+        ledger.insert_record(reader, record, now)?;
         report.new_records += 1;
         let (payment, offline_limit) = match &record.payment {
             Ok(p) => p,
@@ -331,11 +300,8 @@ pub fn ingest(
         };
         match record.kind {
             RecordKind::Charge => {
-                let stored =
-                    ledger.clearing_view(payment.wallet, &payment.credential, payment.counter)?;
-                let view = pending.merge(stored, payment);
-                if let Some(first) = view
-                    .same_counter
+                let same_counter = ledger.payments_with_counter(payment.wallet, payment.counter)?;
+                if let Some(first) = same_counter
                     .iter()
                     .find(|p| p.token_hash == record.token_hash)
                 {
@@ -353,13 +319,12 @@ pub fn ingest(
                     report.incidents += 1;
                     continue;
                 }
-                let credential_charged =
-                    pending.charge(ledger, &payment.credential, i64::from(record.amount))?;
-                pending.push(payment.clone(), record.amount);
+                let (before, after) = ledger.neighbours(&payment.credential, payment.counter)?;
+                let credential_charged = ledger.insert_payment(payment, record.amount)?;
                 let ctx = Context {
-                    same_counter: &view.same_counter,
-                    before: view.before.as_ref(),
-                    after: view.after.as_ref(),
+                    same_counter: &same_counter,
+                    before: before.as_ref(),
+                    after: after.as_ref(),
                     credential_charged,
                     offline_limit: *offline_limit,
                 };
@@ -369,19 +334,16 @@ pub fn ingest(
                 }
             }
             RecordKind::Void => {
-                let charged_here = |p: &Payment| {
-                    p.token_hash == record.token_hash && p.reader == reader && p.seq < record.seq
-                };
-                let delta = -i64::from(record.amount);
-                if pending.adjust(payment, &charged_here, delta) {
-                    pending.charge(ledger, &payment.credential, delta)?;
-                } else if ledger
+                let charged_here = ledger
                     .payments_with_counter(payment.wallet, payment.counter)?
                     .iter()
-                    .any(charged_here)
-                {
-                    ledger.adjust_charge(payment, delta)?;
-                    pending.charge(ledger, &payment.credential, delta)?;
+                    .any(|p| {
+                        p.token_hash == record.token_hash
+                            && p.reader == reader
+                            && p.seq < record.seq
+                    });
+                if charged_here {
+                    ledger.adjust_charge(payment, -i64::from(record.amount))?;
                 } else {
                     let detail = "void of a token this reader did not charge before; ignored";
                     ledger.insert_incident(
@@ -396,8 +358,6 @@ pub fn ingest(
             }
         }
     }
-    ledger.insert_records(reader, &fresh, now)?;
-    pending.flush(ledger)?;
     ledger.insert_batch(&BatchRow {
         reader,
         first: batch.first_seq,
@@ -408,101 +368,6 @@ pub fn ingest(
         at: now,
     })?;
     Ok(report)
-}
-
-/// The payments of the batch being ingested, written to the ledger in bulk
-/// when the batch ends, and consulted (with the stored ones) by each later
-/// record of the batch; with each touched credential's running net charge.
-#[derive(Default)]
-struct PendingPayments {
-    payments: Vec<(Payment, u32)>,
-    by_counter: HashMap<(WalletId, u32), Vec<usize>>,
-    by_credential: HashMap<[u8; 32], BTreeMap<u32, usize>>,
-    /// Net charges per credential: stored value plus this batch's changes.
-    charged: HashMap<[u8; 32], u64>,
-}
-
-impl PendingPayments {
-    /// The stored view of a charge completed with this batch's payments.
-    fn merge(&self, mut view: ClearingView, p: &Payment) -> ClearingView {
-        if let Some(found) = self.by_counter.get(&(p.wallet, p.counter)) {
-            view.same_counter
-                .extend(found.iter().map(|&i| self.payments[i].0.clone()));
-        }
-        if let Some(counters) = self.by_credential.get(&p.credential) {
-            if let Some((_, &i)) = counters.range(..p.counter).next_back() {
-                let mine = &self.payments[i].0;
-                if view
-                    .before
-                    .as_ref()
-                    .is_none_or(|b| b.counter < mine.counter)
-                {
-                    view.before = Some(mine.clone());
-                }
-            }
-            let above = (Bound::Excluded(p.counter), Bound::Unbounded);
-            if let Some((_, &i)) = counters.range(above).next() {
-                let mine = &self.payments[i].0;
-                if view.after.as_ref().is_none_or(|a| a.counter > mine.counter) {
-                    view.after = Some(mine.clone());
-                }
-            }
-        }
-        view
-    }
-
-    fn push(&mut self, payment: Payment, charged: u32) {
-        let i = self.payments.len();
-        self.by_counter
-            .entry((payment.wallet, payment.counter))
-            .or_default()
-            .push(i);
-        self.by_credential
-            .entry(payment.credential)
-            .or_default()
-            .entry(payment.counter)
-            .or_insert(i);
-        self.payments.push((payment, charged));
-    }
-
-    /// Adds `delta` to the net charges under `credential` (never below 0,
-    /// as a void of more than was charged refunds what was charged);
-    /// returns the new total.
-    fn charge(
-        &mut self,
-        ledger: &mut dyn Ledger,
-        credential: &[u8; 32],
-        delta: i64,
-    ) -> Result<u64, HubError> {
-        let total = match self.charged.get(credential) {
-            Some(&t) => t,
-            None => ledger.credential_charged(credential)?,
-        };
-        let total = total.saturating_add_signed(delta);
-        self.charged.insert(*credential, total);
-        Ok(total)
-    }
-
-    /// Voids against a payment of this batch; false if none matches.
-    fn adjust(&mut self, p: &Payment, matches: &dyn Fn(&Payment) -> bool, delta: i64) -> bool {
-        let Some(found) = self.by_counter.get(&(p.wallet, p.counter)) else {
-            return false;
-        };
-        let Some(&i) = found.iter().find(|&&i| matches(&self.payments[i].0)) else {
-            return false;
-        };
-        let charged = &mut self.payments[i].1;
-        *charged = u32::try_from(i64::from(*charged).saturating_add(delta).max(0)).unwrap_or(0);
-        true
-    }
-
-    fn flush(self, ledger: &mut dyn Ledger) -> Result<(), HubError> {
-        ledger.insert_payments(&self.payments)?;
-        for (credential, charged) in &self.charged {
-            ledger.set_credential_charged(credential, *charged)?;
-        }
-        Ok(())
-    }
 }
 
 /// Stores the findings and, if the wallet is not denied yet, appends a

@@ -56,9 +56,7 @@ use postgres::{Client, Config, IsolationLevel, NoTls, Row, Transaction};
 
 use super::backend::{FlagRow, HubBackend, IncidentRow, ReaderReport, Report};
 use super::clearing::{Finding, Payment};
-use super::ledger::{
-    self, BatchRow, ClearingView, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via,
-};
+use super::ledger::{self, BatchRow, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via};
 use super::verify::{CheckedBatch, CheckedRecord};
 use super::{Hub, HubError};
 use crate::store::StoreError;
@@ -627,41 +625,31 @@ impl Ledger for PgLedger<'_> {
             .collect()
     }
 
-    fn insert_records(
+    fn insert_record(
         &mut self,
         reader: &str,
-        records: &[&CheckedRecord],
+        r: &CheckedRecord,
         received_at: u64,
     ) -> Result<(), HubError> {
-        let statement = self
-            .tx
-            .prepare(
-                "INSERT INTO records (reader_id, seq, at, kind, amount, token, token_hash,
-                                      prev_hash, hash, signature, received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .map_err(self.err())?;
-        for r in records {
-            self.tx
-                .execute(
-                    &statement,
-                    &[
-                        &reader,
-                        &int(r.seq),
-                        &int(r.at),
-                        &r.kind.as_str(),
-                        &i64::from(r.amount),
-                        &r.token,
-                        &r.token_hash.as_slice(),
-                        &r.prev_hash.as_slice(),
-                        &r.hash.as_slice(),
-                        &r.signature.as_slice(),
-                        &int(received_at),
-                    ],
-                )
-                .map_err(self.err())?;
-        }
-        Ok(())
+        self.execute(
+            "INSERT INTO records (reader_id, seq, at, kind, amount, token, token_hash,
+                                  prev_hash, hash, signature, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &reader,
+                &int(r.seq),
+                &int(r.at),
+                &r.kind.as_str(),
+                &i64::from(r.amount),
+                &r.token,
+                &r.token_hash.as_slice(),
+                &r.prev_hash.as_slice(),
+                &r.hash.as_slice(),
+                &r.signature.as_slice(),
+                &int(received_at),
+            ],
+        )
+        .map(drop)
     }
 
     fn insert_batch(&mut self, row: &BatchRow<'_>) -> Result<(), HubError> {
@@ -714,13 +702,11 @@ impl Ledger for PgLedger<'_> {
         rows.iter().map(|r| self.to_payment(r)).collect()
     }
 
-    fn clearing_view(
+    fn neighbours(
         &mut self,
-        wallet: WalletId,
         credential: &[u8; 32],
         counter: u32,
-    ) -> Result<ClearingView, HubError> {
-        let same_counter = self.payments_with_counter(wallet, counter)?;
+    ) -> Result<(Option<Payment>, Option<Payment>), HubError> {
         let counter = i64::from(counter);
         let before = self.one_payment(
             &format!(
@@ -736,41 +722,38 @@ impl Ledger for PgLedger<'_> {
             ),
             &[&credential.as_slice(), &counter],
         )?;
-        Ok(ClearingView {
-            same_counter,
-            before,
-            after,
-        })
+        Ok((before, after))
     }
 
-    fn insert_payments(&mut self, payments: &[(Payment, u32)]) -> Result<(), HubError> {
-        let statement = self
+    fn insert_payment(&mut self, p: &Payment, charged: u32) -> Result<u64, HubError> {
+        self.execute(
+            "INSERT INTO payments (token_hash, wallet_id, counter, credential, total_before,
+                                   authorised, charged, reader_id, seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &p.token_hash.as_slice(),
+                &p.wallet.0.as_slice(),
+                &i64::from(p.counter),
+                &p.credential.as_slice(),
+                &i64::from(p.total_before),
+                &i64::from(p.authorised),
+                &i64::from(charged),
+                &p.reader,
+                &int(p.seq),
+            ],
+        )?;
+        let total: i64 = self
             .tx
-            .prepare(
-                "INSERT INTO payments (token_hash, wallet_id, counter, credential, total_before,
-                                       authorised, charged, reader_id, seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            .query_one(
+                "INSERT INTO credential_spend (credential, charged) VALUES ($1, $2)
+                 ON CONFLICT (credential) DO UPDATE
+                     SET charged = credential_spend.charged + excluded.charged
+                 RETURNING charged",
+                &[&p.credential.as_slice(), &i64::from(charged)],
             )
-            .map_err(self.err())?;
-        for (p, charged) in payments {
-            self.tx
-                .execute(
-                    &statement,
-                    &[
-                        &p.token_hash.as_slice(),
-                        &p.wallet.0.as_slice(),
-                        &i64::from(p.counter),
-                        &p.credential.as_slice(),
-                        &i64::from(p.total_before),
-                        &i64::from(p.authorised),
-                        &i64::from(*charged),
-                        &p.reader,
-                        &int(p.seq),
-                    ],
-                )
-                .map_err(self.err())?;
-        }
-        Ok(())
+            .map_err(self.err())?
+            .get(0);
+        Ok(unsigned(self.path(), "credential spend", total)?)
     }
 
     fn adjust_charge(&mut self, p: &Payment, delta: i64) -> Result<i64, HubError> {
@@ -779,7 +762,7 @@ impl Ledger for PgLedger<'_> {
             .query_one(
                 "UPDATE payments SET charged = greatest(0, charged + $4)
                  WHERE wallet_id = $1 AND counter = $2 AND token_hash = $3
-                 RETURNING charged",
+                 RETURNING credential, charged",
                 &[
                     &p.wallet.0.as_slice(),
                     &i64::from(p.counter),
@@ -788,32 +771,13 @@ impl Ledger for PgLedger<'_> {
                 ],
             )
             .map_err(self.err())?;
-        Ok(row.get(0))
-    }
-
-    fn credential_charged(&mut self, credential: &[u8; 32]) -> Result<u64, HubError> {
-        let row = self
-            .tx
-            .query_opt(
-                "SELECT charged FROM credential_spend WHERE credential = $1",
-                &[&credential.as_slice()],
-            )
-            .map_err(self.err())?;
-        let total: i64 = row.map_or(0, |r| r.get(0));
-        Ok(unsigned(self.path(), "credential spend", total)?)
-    }
-
-    fn set_credential_charged(
-        &mut self,
-        credential: &[u8; 32],
-        charged: u64,
-    ) -> Result<(), HubError> {
+        let credential: Vec<u8> = row.get(0);
+        let charged: i64 = row.get(1);
         self.execute(
-            "INSERT INTO credential_spend (credential, charged) VALUES ($1, $2)
-             ON CONFLICT (credential) DO UPDATE SET charged = excluded.charged",
-            &[&credential.as_slice(), &int(charged)],
-        )
-        .map(drop)
+            "UPDATE credential_spend SET charged = greatest(0, charged + $2) WHERE credential = $1",
+            &[&credential, &delta],
+        )?;
+        Ok(charged)
     }
 
     fn insert_flag(

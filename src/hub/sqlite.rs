@@ -3,15 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, Row, ToSql, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use rusqlite_migration::M;
 
 use super::HubError;
 use super::backend::{FlagRow, HubBackend, IncidentRow, ReaderReport, Report};
 use super::clearing::{Finding, Payment};
-use super::ledger::{
-    self, BatchRow, ClearingView, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via,
-};
+use super::ledger::{self, BatchRow, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via};
 use super::verify::{CheckedBatch, CheckedRecord};
 use crate::store::StoreError;
 use crate::store::sqlite;
@@ -137,7 +135,6 @@ impl SqliteHub {
         // Clearing looks up wallets at random: keep their index pages in memory.
         conn.pragma_update(None, "cache_size", -128 * 1024)
             .map_err(|e| StoreError::from_sqlite(&path, e))?;
-
         Ok(Self { conn, path })
     }
 }
@@ -158,31 +155,16 @@ type PaymentTuple = (Vec<u8>, Vec<u8>, i64, Vec<u8>, i64, i64, String, i64);
 type ReaderTuple = (String, i64, i64, i64, Option<i64>, Option<i64>, Option<i64>);
 
 fn payment_row(r: &Row<'_>) -> rusqlite::Result<PaymentTuple> {
-    payment_columns(r, 0)
-}
-
-/// The [`PAYMENT_COLUMNS`] of a row, starting at column `first`.
-fn payment_columns(r: &Row<'_>, first: usize) -> rusqlite::Result<PaymentTuple> {
     Ok((
-        r.get(first)?,
-        r.get(first + 1)?,
-        r.get(first + 2)?,
-        r.get(first + 3)?,
-        r.get(first + 4)?,
-        r.get(first + 5)?,
-        r.get(first + 6)?,
-        r.get(first + 7)?,
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
     ))
-}
-
-/// Rows per multi-row INSERT: one statement per this many rows instead of
-/// one per row (well under SQLite's limit of 32,766 bound values).
-const BULK_ROWS: usize = 128;
-
-/// `(?, ?, …), (?, ?, …)…`: `rows` groups of `columns` placeholders.
-fn placeholders(columns: usize, rows: usize) -> String {
-    let row = format!("({})", vec!["?"; columns].join(", "));
-    vec![row; rows].join(", ")
 }
 
 const PAYMENT_COLUMNS: &str =
@@ -205,6 +187,19 @@ impl SqliteLedger<'_> {
             reader: row.6,
             seq: sqlite::unsigned(p, "sequence number", row.7)?,
         })
+    }
+
+    fn one_payment(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Option<Payment>, HubError> {
+        let row = self
+            .tx
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row(params, payment_row).optional())
+            .map_err(self.err())?;
+        row.map(|r| self.to_payment(r)).transpose()
     }
 }
 
@@ -257,46 +252,35 @@ impl Ledger for SqliteLedger<'_> {
             .collect()
     }
 
-    fn insert_records(
+    fn insert_record(
         &mut self,
         reader: &str,
-        records: &[&CheckedRecord],
+        r: &CheckedRecord,
         received_at: u64,
     ) -> Result<(), HubError> {
-        const COLUMNS: &str = "reader_id, seq, at, kind, amount, token, token_hash, \
-                               prev_hash, hash, signature, received_at";
-        let received_at = sqlite::int(received_at);
-        for chunk in records.chunks(BULK_ROWS) {
-            let sql = format!(
-                "INSERT INTO records ({COLUMNS}) VALUES {}",
-                placeholders(11, chunk.len())
-            );
-            let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 11);
-            let numbers: Vec<(i64, i64, &str)> = chunk
-                .iter()
-                .map(|r| (sqlite::int(r.seq), sqlite::int(r.at), r.kind.as_str()))
-                .collect();
-            for (r, (seq, at, kind)) in chunk.iter().zip(&numbers) {
-                values.extend([
-                    &reader as &dyn ToSql,
-                    seq,
-                    at,
-                    kind,
-                    &r.amount,
-                    &r.token,
-                    &r.token_hash,
-                    &r.prev_hash,
-                    &r.hash,
-                    &r.signature,
-                    &received_at,
-                ]);
-            }
-            self.tx
-                .prepare_cached(&sql)
-                .and_then(|mut s| s.execute(values.as_slice()))
-                .map_err(self.err())?;
-        }
-        Ok(())
+        self.tx
+            .prepare_cached(
+                "INSERT INTO records (reader_id, seq, at, kind, amount, token, token_hash,
+                                      prev_hash, hash, signature, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    reader,
+                    sqlite::int(r.seq),
+                    sqlite::int(r.at),
+                    r.kind.as_str(),
+                    r.amount,
+                    r.token,
+                    r.token_hash.as_slice(),
+                    r.prev_hash.as_slice(),
+                    r.hash.as_slice(),
+                    r.signature.as_slice(),
+                    sqlite::int(received_at),
+                ])
+            })
+            .map(drop)
+            .map_err(self.err())
     }
 
     fn insert_batch(&mut self, row: &BatchRow<'_>) -> Result<(), HubError> {
@@ -348,124 +332,84 @@ impl Ledger for SqliteLedger<'_> {
         rows.into_iter().map(|r| self.to_payment(r)).collect()
     }
 
-    fn clearing_view(
+    fn neighbours(
         &mut self,
-        wallet: WalletId,
         credential: &[u8; 32],
         counter: u32,
-    ) -> Result<ClearingView, HubError> {
-        // One statement, three index seeks: which part a row answers is its
-        // first column.
-        let rows: Vec<(i64, PaymentTuple)> = self
-            .tx
-            .prepare_cached(&format!(
-                "SELECT 0, {PAYMENT_COLUMNS} FROM payments WHERE wallet_id = ?1 AND counter = ?3
-                 UNION ALL
-                 SELECT * FROM (SELECT 1, {PAYMENT_COLUMNS} FROM payments
-                                WHERE credential = ?2 AND counter < ?3
-                                ORDER BY counter DESC LIMIT 1)
-                 UNION ALL
-                 SELECT * FROM (SELECT 2, {PAYMENT_COLUMNS} FROM payments
-                                WHERE credential = ?2 AND counter > ?3
-                                ORDER BY counter ASC LIMIT 1)"
-            ))
-            .and_then(|mut s| {
-                s.query_map(
-                    params![wallet.0.as_slice(), credential.as_slice(), counter],
-                    |r| Ok((r.get(0)?, payment_columns(r, 1)?)),
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(self.err())?;
-        let mut view = ClearingView::default();
-        for (part, row) in rows {
-            let payment = self.to_payment(row)?;
-            match part {
-                0 => view.same_counter.push(payment),
-                1 => view.before = Some(payment),
-                _ => view.after = Some(payment),
-            }
-        }
-        Ok(view)
+    ) -> Result<(Option<Payment>, Option<Payment>), HubError> {
+        let before = self.one_payment(
+            &format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE credential = ?1 AND counter < ?2
+                 ORDER BY counter DESC LIMIT 1"
+            ),
+            params![credential.as_slice(), counter],
+        )?;
+        let after = self.one_payment(
+            &format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE credential = ?1 AND counter > ?2
+                 ORDER BY counter ASC LIMIT 1"
+            ),
+            params![credential.as_slice(), counter],
+        )?;
+        Ok((before, after))
     }
 
-    fn insert_payments(&mut self, payments: &[(Payment, u32)]) -> Result<(), HubError> {
-        const COLUMNS: &str = "token_hash, wallet_id, counter, credential, total_before, \
-                               authorised, charged, reader_id, seq";
-        for chunk in payments.chunks(BULK_ROWS) {
-            let sql = format!(
-                "INSERT INTO payments ({COLUMNS}) VALUES {}",
-                placeholders(9, chunk.len())
-            );
-            let seqs: Vec<i64> = chunk.iter().map(|(p, _)| sqlite::int(p.seq)).collect();
-            let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 9);
-            for ((p, charged), seq) in chunk.iter().zip(&seqs) {
-                values.extend([
-                    &p.token_hash as &dyn ToSql,
-                    &p.wallet.0,
-                    &p.counter,
-                    &p.credential,
-                    &p.total_before,
-                    &p.authorised,
+    fn insert_payment(&mut self, p: &Payment, charged: u32) -> Result<u64, HubError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO payments (token_hash, wallet_id, counter, credential, total_before,
+                                       authorised, charged, reader_id, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    p.token_hash.as_slice(),
+                    p.wallet.0.as_slice(),
+                    p.counter,
+                    p.credential.as_slice(),
+                    p.total_before,
+                    p.authorised,
                     charged,
-                    &p.reader,
-                    seq,
-                ]);
-            }
-            self.tx
-                .prepare_cached(&sql)
-                .and_then(|mut s| s.execute(values.as_slice()))
-                .map_err(self.err())?;
-        }
-        Ok(())
+                    p.reader,
+                    sqlite::int(p.seq),
+                ])
+            })
+            .map_err(self.err())?;
+        let total: i64 = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO credential_spend (credential, charged) VALUES (?1, ?2)
+                 ON CONFLICT (credential) DO UPDATE SET charged = charged + excluded.charged
+                 RETURNING charged",
+            )
+            .and_then(|mut s| s.query_row(params![p.credential.as_slice(), charged], |r| r.get(0)))
+            .map_err(self.err())?;
+        Ok(sqlite::unsigned(self.path, "credential spend", total)?)
     }
 
     fn adjust_charge(&mut self, p: &Payment, delta: i64) -> Result<i64, HubError> {
-        self.tx
+        let (credential, charged): (Vec<u8>, i64) = self
+            .tx
             .query_row(
                 "UPDATE payments SET charged = max(0, charged + ?4)
                  WHERE wallet_id = ?1 AND counter = ?2 AND token_hash = ?3
-                 RETURNING charged",
+                 RETURNING credential, charged",
                 params![
                     p.wallet.0.as_slice(),
                     p.counter,
                     p.token_hash.as_slice(),
                     delta
                 ],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .map_err(self.err())
-    }
-
-    fn credential_charged(&mut self, credential: &[u8; 32]) -> Result<u64, HubError> {
-        let total: Option<i64> = self
-            .tx
-            .prepare_cached("SELECT charged FROM credential_spend WHERE credential = ?1")
-            .and_then(|mut s| {
-                s.query_row(params![credential.as_slice()], |r| r.get(0))
-                    .optional()
-            })
             .map_err(self.err())?;
-        Ok(sqlite::unsigned(
-            self.path,
-            "credential spend",
-            total.unwrap_or(0),
-        )?)
-    }
-
-    fn set_credential_charged(
-        &mut self,
-        credential: &[u8; 32],
-        charged: u64,
-    ) -> Result<(), HubError> {
         self.tx
-            .prepare_cached(
-                "INSERT INTO credential_spend (credential, charged) VALUES (?1, ?2)
-                 ON CONFLICT (credential) DO UPDATE SET charged = excluded.charged",
+            .execute(
+                "UPDATE credential_spend SET charged = max(0, charged + ?2) WHERE credential = ?1",
+                params![credential, delta],
             )
-            .and_then(|mut s| s.execute(params![credential.as_slice(), sqlite::int(charged)]))
-            .map(drop)
-            .map_err(self.err())
+            .map_err(self.err())?;
+        Ok(charged)
     }
 
     fn insert_flag(

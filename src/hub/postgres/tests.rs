@@ -242,11 +242,10 @@ fn scenario(hub: &mut Hub) -> Report {
     report
 }
 
-/// Clearing keeps the batch's own payments in memory until the batch is
-/// written: a clone, a duplicate, a void, totals that do not chain and a
-/// spend over the limit inside one batch must be found exactly as when
-/// each record arrives in a batch of its own (every look-up then reads the
-/// database).
+/// A clone, a duplicate token, a charge and its void, totals that do not
+/// chain and a spend past the limit inside one batch are found exactly as
+/// when each record arrives in a batch of its own: a finding must not
+/// depend on how a reader cut its queue into batches.
 #[test]
 fn clearing_inside_one_batch_matches_one_record_per_batch() {
     const W3: u8 = 4;
