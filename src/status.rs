@@ -10,14 +10,14 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use thiserror::Error;
 
 use crate::reader::DB_FILE;
 use crate::store::{DeclineEntry, QueueSummary, ReaderDb, StoreError, SyncState};
 
 /// The daemon's status file inside the data directory.
-pub const DAEMON_STATUS_FILE: &str = "daemon-status.json";
+pub const DAEMON_STATUS_FILE: &str = crate::daemon::status_file::FILE_NAME;
 /// How often the daemon promises to rewrite its status file.
 pub const DAEMON_STATUS_INTERVAL_SECS: u64 = 5;
 /// A status file older than this means the daemon is not running (six
@@ -32,44 +32,7 @@ pub const RECENT_DECLINES: usize = 10;
 /// The largest status file read (the daemon's is well under 4 KiB).
 const MAX_STATUS_BYTES: u64 = 64 * 1024;
 
-/// `daemon-status.json` as the daemon writes it (the contract in the issue).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DaemonStatus {
-    /// The daemon's process id.
-    pub pid: u32,
-    /// When the daemon started, Unix seconds.
-    pub started_at: u64,
-    /// When this file was written, Unix seconds.
-    pub updated_at: u64,
-    /// The configuration file the daemon runs with.
-    pub config: String,
-    /// Each device the daemon drives (audio, gate, camera, vending bus …).
-    pub devices: Vec<DeviceStatus>,
-    /// The uplink to the hub, if one is configured.
-    pub sync: Option<LinkStatus>,
-}
-
-/// One device's health, as the daemon sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceStatus {
-    /// Which device (`audio`, `gate`, …).
-    pub name: String,
-    /// Whether it works now.
-    pub ok: bool,
-    /// What it is or what is wrong, in words.
-    pub detail: String,
-}
-
-/// The daemon's view of its uplink.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkStatus {
-    /// The hub's URL.
-    pub hub: String,
-    /// Whether the last round succeeded.
-    pub ok: bool,
-    /// In words.
-    pub detail: String,
-}
+pub use crate::daemon::status_file::{DaemonStatus, DeviceStatus, SyncStatus as LinkStatus};
 
 /// What the status file says about the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

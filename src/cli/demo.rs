@@ -25,8 +25,8 @@ use crate::hub::{Hub, IssueRequest};
 use crate::modem::{self, Profile};
 use crate::reader::{InitOptions, Outcome, Reader};
 use crate::sim::{self, Channel, NoiseKind, Room};
-use crate::store::ReaderDb;
 use crate::store::DeclineEntry;
+use crate::store::ReaderDb;
 use crate::sync::client::{self, HubClient, SyncOptions};
 use crate::token::Scope;
 use crate::wallet::{PayRequest, Wallet};
@@ -159,12 +159,9 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     let r2_later = pay(r2, FARE)?;
     let r4_token = pay(r4, FARE)?;
     let mut audio = Vec::new();
-    for (i, (name, token)) in [
-        ("rider-1", &r1_token),
-        ("rider-2", &r2_first),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (name, token)) in [("rider-1", &r1_token), ("rider-2", &r2_first)]
+        .into_iter()
+        .enumerate()
     {
         audio.push(station_wav(&inputs, name, token, i as u64)?);
     }
@@ -300,7 +297,10 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     }
     println!();
     if !ok {
-        println!("the demo did not go as expected; see {}", log_path.display());
+        println!(
+            "the demo did not go as expected; see {}",
+            log_path.display()
+        );
         return Ok(ExitCode::FAILURE);
     }
     println!(
@@ -465,7 +465,11 @@ fn watch(
             );
         }
         let declines = db.recent_declines(100)?;
-        for d in declines.iter().take(declines.len() - seen.declines.len()).rev() {
+        for d in declines
+            .iter()
+            .take(declines.len() - seen.declines.len())
+            .rev()
+        {
             let who = d.wallet.as_deref().map_or("no wallet", |w| name_of(w));
             println!("{} DECLINE {who:<8} {}: {}", stamp(), d.reason, d.detail);
             if d.reason == "wallet_denied" && last_sync.is_some() {
@@ -476,7 +480,11 @@ fn watch(
         let state = db.sync_state()?;
         if state.last_sync_at.is_some() && state.last_sync_at != last_sync {
             last_sync = state.last_sync_at;
-            let synced = db.records(false)?.iter().filter(|r| r.synced_at.is_some()).count();
+            let synced = db
+                .records(false)?
+                .iter()
+                .filter(|r| r.synced_at.is_some())
+                .count();
             if (synced, state.deny_version) != shown_sync {
                 shown_sync = (synced, state.deny_version);
                 println!(
