@@ -66,7 +66,10 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     };
     std::fs::create_dir_all(&workspace.path)
         .with_context(|| format!("cannot create {}", workspace.path.display()))?;
-    let dir = &workspace.path;
+    // Absolute: the daemon's config resolves relative paths against its
+    // own directory.
+    let dir = &std::fs::canonicalize(&workspace.path)
+        .with_context(|| format!("cannot resolve {}", workspace.path.display()))?;
     let started = Instant::now();
     let now = clock(None)?;
 
