@@ -2,10 +2,12 @@
 //!
 //! 1. `sync`: a reader with N queued records (default 1,000,000) syncs to a
 //!    real hub on 127.0.0.1 (`hub serve`'s server in this process, SQLite,
-//!    every signature checked): wall time and records/s.
-//! 2. `ingest`: the hub alone (`Hub::receive` on the same batches, a fresh
-//!    copy of the hub): records/s with signature checks, and batch vs
-//!    one-by-one `verify_strict` on one batch, side by side.
+//!    its default signature checks): wall time and records/s.
+//! 2. `ingest`: the hub alone (`Hub::admit`, `check`, `store` on the same
+//!    batches, fresh copies of the hub), under both record-signature
+//!    policies side by side: records/s one batch at a time and pipelined,
+//!    the CPU split between checks and store; then batch vs one-by-one
+//!    `verify_strict` on one batch.
 //! 3. `taps while syncing`: a reader offline with M records (default
 //!    100,000) syncs to a hub process (at the lowest CPU priority, standing
 //!    in for a remote hub) while taps keep arriving every 10 ms on its own
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sonotap::hub::ledger::Via;
 use sonotap::hub::server::{self, ServeOptions};
-use sonotap::hub::{Hub, IssueRequest};
+use sonotap::hub::{Hub, IssueRequest, RecordSignatureCheck};
 use sonotap::keys::{PublicKey, Role, SecretKey};
 use sonotap::reader::{InitOptions, Reader};
 use sonotap::record::{GENESIS_HASH, RecordBody, RecordKind};
@@ -301,8 +303,6 @@ fn main() {
         Hub::open(&hub_dir).expect("hub"),
     ));
     copy_hub(&hub_dir, &fresh_hub);
-    let pipelined_hub = site.root.join("hub-pipelined");
-    copy_hub(&hub_dir, &pipelined_hub);
 
     // 1. Network sync.
     let (addr, handle, stop) = serve(&hub_dir);
@@ -326,11 +326,11 @@ fn main() {
         );
     }
 
-    // 2. Hub ingest alone, on a fresh copy of the hub.
-    let mut hub = Hub::open(&fresh_hub).expect("hub");
+    // 2. Hub ingest alone, on fresh copies of the hub, under each
+    // record-signature policy (the default first).
+    let reread = Reader::open(&reader_dir).expect("reader");
     let mut batches = Vec::new();
     let mut after = 0;
-    let reread = Reader::open(&reader_dir).expect("reader");
     // The records are synced now; rebuild the batches from the same rows.
     let conn = rusqlite::Connection::open(reader_dir.join("reader.db")).expect("db");
     conn.execute("UPDATE records SET synced_at = NULL", [])
@@ -339,70 +339,92 @@ fn main() {
         after = batch.last_seq();
         batches.push(batch.encode().expect("encode"));
     }
-    let started = Instant::now();
-    let (mut checking, mut storing) = (Duration::ZERO, Duration::ZERO);
-    let (mut checking_cpu, mut storing_cpu) = (Duration::ZERO, Duration::ZERO);
-    for bytes in &batches {
-        let (t, cpu) = (Instant::now(), cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID));
-        let checked = hub.admit(bytes).expect("admit").check().expect("check");
-        checking += t.elapsed();
-        checking_cpu += cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID) - cpu;
-        let (t, cpu) = (Instant::now(), cpu_time(libc::CLOCK_THREAD_CPUTIME_ID));
-        hub.store(&checked, Via::Import, NOW * 1000).expect("store");
-        storing += t.elapsed();
-        storing_cpu += cpu_time(libc::CLOCK_THREAD_CPUTIME_ID) - cpu;
-    }
-    let sequential = started.elapsed();
     let per_record = |d: Duration| d.as_secs_f64() * 1e6 / records as f64;
-    println!(
-        "ingest split, µs/record: checks {:.1} wall, {:.1} CPU (all threads); \
-         store {:.1} wall, {:.1} CPU",
-        per_record(checking),
-        per_record(checking_cpu),
-        per_record(storing),
-        per_record(storing_cpu)
-    );
-    println!(
-        "ingest one batch at a time (checks, then store): {:.0} records/s",
-        records as f64 / sequential.as_secs_f64()
-    );
-    // As the server runs it: the next batch's signatures are checked while
-    // the previous one is stored (on another fresh copy of the hub).
-    let mut hub = Hub::open(&pipelined_hub).expect("hub");
-    let admitted: Vec<_> = batches
-        .iter()
-        .map(|b| hub.admit(b).expect("admit"))
-        .collect();
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        let (tx, rx) = mpsc::sync_channel(1);
-        s.spawn(move || {
-            for a in admitted {
-                if tx.send(a.check().expect("check")).is_err() {
-                    break;
+    for (name, policy) in [
+        (
+            "batch signature + last record's",
+            RecordSignatureCheck::BatchAndLast,
+        ),
+        ("every record signature", RecordSignatureCheck::Every),
+    ] {
+        let copy = site.root.join(format!("hub-{policy:?}"));
+        copy_hub(&fresh_hub, &copy);
+        let mut hub = Hub::open(&copy).expect("hub");
+        hub.set_record_signatures(policy);
+        let started = Instant::now();
+        let (mut checking, mut storing) = (Duration::ZERO, Duration::ZERO);
+        let (mut checking_cpu, mut storing_cpu) = (Duration::ZERO, Duration::ZERO);
+        for bytes in &batches {
+            let (t, cpu) = (Instant::now(), cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID));
+            let checked = hub.admit(bytes).expect("admit").check().expect("check");
+            checking += t.elapsed();
+            checking_cpu += cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID) - cpu;
+            let (t, cpu) = (Instant::now(), cpu_time(libc::CLOCK_THREAD_CPUTIME_ID));
+            hub.store(&checked, Via::Import, NOW * 1000).expect("store");
+            storing += t.elapsed();
+            storing_cpu += cpu_time(libc::CLOCK_THREAD_CPUTIME_ID) - cpu;
+        }
+        let sequential = started.elapsed();
+        println!(
+            "ingest, {name}: split per record: checks {:.1} µs wall, {:.1} µs CPU (all threads); \
+             store {:.1} µs wall, {:.1} µs CPU",
+            per_record(checking),
+            per_record(checking_cpu),
+            per_record(storing),
+            per_record(storing_cpu)
+        );
+        println!(
+            "ingest, {name}: one batch at a time (checks, then store): {:.0} records/s",
+            records as f64 / sequential.as_secs_f64()
+        );
+        // As the server runs it: the next batch's signatures are checked
+        // while the previous one is stored (on another fresh copy).
+        let copy = site.root.join(format!("hub-{policy:?}-pipelined"));
+        copy_hub(&fresh_hub, &copy);
+        let mut hub = Hub::open(&copy).expect("hub");
+        hub.set_record_signatures(policy);
+        let admitted: Vec<_> = batches
+            .iter()
+            .map(|b| hub.admit(b).expect("admit"))
+            .collect();
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::sync_channel(1);
+            s.spawn(move || {
+                for a in admitted {
+                    if tx.send(a.check().expect("check")).is_err() {
+                        break;
+                    }
                 }
+            });
+            for checked in rx {
+                hub.store(&checked, Via::Import, NOW * 1000).expect("store");
             }
         });
-        for checked in rx {
-            hub.store(&checked, Via::Import, NOW * 1000).expect("store");
-        }
-    });
-    let pipelined = started.elapsed();
-    println!(
-        "ingest (hub alone, signature checks + clearing + SQLite, checks of the next batch \
-         overlapping the store of the previous): {:.0} records/s (target >= 50,000); \
-         {:.2}x one batch at a time",
-        records as f64 / pipelined.as_secs_f64(),
-        sequential.as_secs_f64() / pipelined.as_secs_f64()
-    );
+        let pipelined = started.elapsed();
+        println!(
+            "ingest, {name}: hub alone (signature checks + clearing + SQLite), checks of the \
+             next batch overlapping the store of the previous: {:.0} records/s \
+             (target >= 50,000); {:.2}x one batch at a time",
+            records as f64 / pipelined.as_secs_f64(),
+            sequential.as_secs_f64() / pipelined.as_secs_f64()
+        );
+    }
+    let issuers = Hub::open(&fresh_hub)
+        .expect("hub")
+        .trusted_keys()
+        .expect("keys");
     if let Some(first) = batches.first() {
         let batch = sonotap::sync::wire::Batch::decode(first).expect("batch");
         let key = reread.public_key();
-        let issuers = hub.trusted_keys().expect("keys");
         let t = Instant::now();
-        let checked =
-            sonotap::hub::verify::check_batch(batch.clone(), key.verifying_key(), &issuers)
-                .expect("check");
+        let checked = sonotap::hub::verify::check_batch(
+            batch.clone(),
+            key.verifying_key(),
+            &issuers,
+            RecordSignatureCheck::Every,
+        )
+        .expect("check");
         let batched = t.elapsed();
         let t = Instant::now();
         for (r, c) in batch.chained().iter().zip(&checked.records) {

@@ -128,6 +128,9 @@ enum HubCommand {
         data: PathBuf,
         /// The file from `sonotap reader export`
         file: PathBuf,
+        /// Check every record's own reader signature (as `hub serve`)
+        #[arg(long)]
+        every_record_signature: bool,
     },
 }
 
@@ -379,7 +382,15 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
         HubCommand::Deny(args) => sync::deny(args, crate::sync::wire::DenyAction::Deny),
         HubCommand::Allow(args) => sync::deny(args, crate::sync::wire::DenyAction::Allow),
         HubCommand::Report { data, json } => sync::report(&data, json),
-        HubCommand::Import { data, file } => sync::import(&data, &file),
+        HubCommand::Import {
+            data,
+            file,
+            every_record_signature,
+        } => sync::import(
+            &data,
+            &file,
+            sync::record_signatures(every_record_signature),
+        ),
         HubCommand::Issue(args) => {
             let mut hub = Hub::open(&args.data)?;
             let wallet = PublicKey::read(&args.wallet_key, Role::Wallet)?;

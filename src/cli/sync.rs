@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use crate::hub::backend::Report;
 use crate::hub::ledger::{IngestStatus, Via};
 use crate::hub::server::{self, ServeOptions};
-use crate::hub::{Hub, HubError};
+use crate::hub::{Hub, HubError, RecordSignatureCheck};
 use crate::keys::{PublicKey, Role};
 use crate::reader::Reader;
 use crate::sync::client::{self, HubClient, Progress, SyncOptions};
@@ -38,6 +38,19 @@ pub struct ServeArgs {
     /// State database: postgres://… (default: DIR/hub.db, SQLite)
     #[arg(long, value_name = "URL")]
     database: Option<String>,
+    /// Check every record's own reader signature, not only the batch
+    /// signature that covers them and the last record's (slower; for audits)
+    #[arg(long)]
+    every_record_signature: bool,
+}
+
+/// The hub's record-signature policy from the command line.
+pub fn record_signatures(every: bool) -> RecordSignatureCheck {
+    if every {
+        RecordSignatureCheck::Every
+    } else {
+        RecordSignatureCheck::BatchAndLast
+    }
 }
 
 /// `sonotap hub reader …`.
@@ -100,7 +113,8 @@ pub struct SyncArgs {
 /// `sonotap hub serve`: runs until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let now = super::clock(None)?;
-    let hub = crate::hub::open_database(&args.data, args.database.as_deref(), now)?;
+    let mut hub = crate::hub::open_database(&args.data, args.database.as_deref(), now)?;
+    hub.set_record_signatures(record_signatures(args.every_record_signature));
     let where_ = hub.describe();
     let options = ServeOptions {
         listen: args.listen,
@@ -225,11 +239,12 @@ fn print_report(report: &Report) {
 }
 
 /// `sonotap hub import`: the same checks and idempotency as an upload.
-pub fn import(data: &Path, file: &Path) -> Result<ExitCode> {
+pub fn import(data: &Path, file: &Path, records: RecordSignatureCheck) -> Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let batches = export::decode_file(&bytes)
         .with_context(|| format!("{} is not a sonotap batch file", file.display()))?;
     let mut hub = Hub::open(data)?;
+    hub.set_record_signatures(records);
     let mut failed = false;
     for (i, batch) in batches.iter().enumerate() {
         let now_ms = super::clock(None)?.saturating_mul(1000);

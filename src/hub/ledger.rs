@@ -86,6 +86,12 @@ pub struct BatchRow<'a> {
     pub totals: Totals,
     /// Hash of the last record.
     pub last_hash: [u8; 32],
+    /// When the reader made the batch (Unix seconds), as it signed it.
+    pub created_at: u64,
+    /// The reader's signature over the batch: with `created_at` and the
+    /// stored records `first..=last` it is the evidence that the reader sent
+    /// them (the batch's bytes can be rebuilt from those rows).
+    pub signature: &'a [u8; 64],
     /// Upload or import.
     pub via: Via,
     /// Hub time, Unix seconds.
@@ -119,6 +125,18 @@ pub trait Ledger {
         record: &CheckedRecord,
         received_at: u64,
     ) -> Result<(), HubError>;
+    /// Stores records in order; a backend may write many per statement.
+    fn insert_records(
+        &mut self,
+        reader: &str,
+        records: &[&CheckedRecord],
+        received_at: u64,
+    ) -> Result<(), HubError> {
+        for record in records {
+            self.insert_record(reader, record, received_at)?;
+        }
+        Ok(())
+    }
     /// Stores the batch's receipt row.
     fn insert_batch(&mut self, row: &BatchRow<'_>) -> Result<(), HubError>;
     /// Payments of `wallet` with `counter` (a token's hash is among them
@@ -128,9 +146,11 @@ pub trait Ledger {
         wallet: WalletId,
         counter: u32,
     ) -> Result<Vec<Payment>, HubError>;
-    /// The payments with the nearest lower and higher counters under `credential`.
+    /// The payments with the nearest lower and higher counters under
+    /// `credential` (which names `wallet`).
     fn neighbours(
         &mut self,
+        wallet: WalletId,
         credential: &[u8; 32],
         counter: u32,
     ) -> Result<(Option<Payment>, Option<Payment>), HubError>;
@@ -279,8 +299,8 @@ pub fn ingest(
         report.incidents += 1;
     }
 
+    ledger.insert_records(reader, &fresh, now)?;
     for record in fresh {
-        ledger.insert_record(reader, record, now)?;
         report.new_records += 1;
         let (payment, offline_limit) = match &record.payment {
             Ok(p) => p,
@@ -319,7 +339,8 @@ pub fn ingest(
                     report.incidents += 1;
                     continue;
                 }
-                let (before, after) = ledger.neighbours(&payment.credential, payment.counter)?;
+                let (before, after) =
+                    ledger.neighbours(payment.wallet, &payment.credential, payment.counter)?;
                 let credential_charged = ledger.insert_payment(payment, record.amount)?;
                 let ctx = Context {
                     same_counter: &same_counter,
@@ -364,6 +385,8 @@ pub fn ingest(
         last: batch.last_seq(),
         totals: batch.totals(),
         last_hash,
+        created_at: batch.created_at,
+        signature: &batch.signature,
         via,
         at: now,
     })?;

@@ -33,6 +33,7 @@ use crate::sync::wire::{Ack, Batch, DenyAction, DenyEntry, KeySet, WireError};
 use crate::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
 use backend::{HubBackend, Report};
 use ledger::{DenySigner, IngestReport, IngestStatus, Via};
+pub use verify::RecordSignatureCheck;
 use verify::{BatchRefused, CheckedBatch};
 
 /// Active issuer secret key.
@@ -131,6 +132,7 @@ pub struct Admitted {
     batch: Batch,
     reader_key: VerifyingKey,
     issuers: TrustedKeys,
+    record_signatures: RecordSignatureCheck,
 }
 
 impl Admitted {
@@ -140,6 +142,7 @@ impl Admitted {
             self.batch,
             &self.reader_key,
             &self.issuers,
+            self.record_signatures,
         )?)
     }
 }
@@ -148,6 +151,7 @@ impl Admitted {
 pub struct Hub {
     issuer: SecretKey,
     backend: Box<dyn HubBackend>,
+    record_signatures: RecordSignatureCheck,
 }
 
 /// Signs deny entries and acknowledgements with the active issuer key.
@@ -201,6 +205,7 @@ impl Hub {
         Ok(Self {
             issuer,
             backend: Box::new(backend),
+            record_signatures: RecordSignatureCheck::default(),
         })
     }
 
@@ -211,6 +216,7 @@ impl Hub {
         Ok(Self {
             issuer,
             backend: Box::new(backend),
+            record_signatures: RecordSignatureCheck::default(),
         })
     }
 
@@ -233,7 +239,17 @@ impl Hub {
             }
             None => backend.add_issuer_key(key_id, &public, now)?,
         }
-        Ok(Self { issuer, backend })
+        Ok(Self {
+            issuer,
+            backend,
+            record_signatures: RecordSignatureCheck::default(),
+        })
+    }
+
+    /// Which per-record reader signatures uploads and imports are checked
+    /// for (besides the batch signature, always checked).
+    pub fn set_record_signatures(&mut self, check: RecordSignatureCheck) {
+        self.record_signatures = check;
     }
 
     /// Where the state lives, for logs.
@@ -331,6 +347,7 @@ impl Hub {
             batch,
             reader_key,
             issuers,
+            record_signatures: self.record_signatures,
         })
     }
 

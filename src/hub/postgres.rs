@@ -77,7 +77,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SCHEMA_TABLE: &str = "sonotap_schema";
 
 /// Migrations, oldest first; the schema version is the number applied.
-static MIGRATIONS: [&str; 2] = [
+static MIGRATIONS: [&str; 3] = [
     "CREATE TABLE issuer_keys (
         key_id BIGINT PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
         public_key BYTEA NOT NULL CHECK (length(public_key) = 32),
@@ -173,6 +173,10 @@ static MIGRATIONS: [&str; 2] = [
         entry BYTEA NOT NULL
     );
     CREATE INDEX deny_by_wallet ON deny_entries (wallet_id, version);",
+    // The batch signature kept as the records' evidence (the hub checks it,
+    // and by default only the last record's own signature).
+    "ALTER TABLE batches ADD COLUMN created_at BIGINT;
+    ALTER TABLE batches ADD COLUMN signature BYTEA CHECK (length(signature) = 64);",
 ];
 
 /// The newest schema version this build knows.
@@ -659,17 +663,20 @@ impl Ledger for PgLedger<'_> {
             last,
             totals,
             last_hash,
+            created_at,
+            signature,
             via,
             at,
         } = *row;
         self.execute(
             "INSERT INTO batches (reader_id, first_seq, last_seq, count, charged, voided,
-                                  last_hash, via, received_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                  last_hash, via, received_at, created_at, signature)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (reader_id, first_seq, last_seq) DO UPDATE SET
                  count = excluded.count, charged = excluded.charged,
                  voided = excluded.voided, last_hash = excluded.last_hash,
-                 via = excluded.via, received_at = excluded.received_at",
+                 via = excluded.via, received_at = excluded.received_at,
+                 created_at = excluded.created_at, signature = excluded.signature",
             &[
                 &reader,
                 &int(first),
@@ -680,6 +687,8 @@ impl Ledger for PgLedger<'_> {
                 &last_hash.as_slice(),
                 &via.as_str(),
                 &int(at),
+                &int(created_at),
+                &signature.as_slice(),
             ],
         )
         .map(drop)
@@ -704,6 +713,7 @@ impl Ledger for PgLedger<'_> {
 
     fn neighbours(
         &mut self,
+        _wallet: WalletId,
         credential: &[u8; 32],
         counter: u32,
     ) -> Result<(Option<Payment>, Option<Payment>), HubError> {

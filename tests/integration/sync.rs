@@ -456,7 +456,8 @@ fn batch_relabelled_with_another_readers_identity_is_refused() {
     let b_key = SecretKey::read(&s.path("rb/reader.key"), Role::Reader).expect("key");
 
     // Reader B re-signs A's records as its own: the batch signature is B's,
-    // but every record signature is A's over a body naming gate-a.
+    // but every record signature is A's over a body naming gate-a (the hub
+    // checks the last one's: record 5).
     let relabelled = Batch::seal(
         "gate-b",
         1,
@@ -477,7 +478,7 @@ fn batch_relabelled_with_another_readers_identity_is_refused() {
     )
     .expect("seal");
     for (batch, why) in [
-        (relabelled, "record 1 has a bad reader signature"),
+        (relabelled, "record 5 has a bad reader signature"),
         (impostor, "bad signature"),
     ] {
         let mut response = ureq::post(format!("{}/v1/batches", hub.url))
@@ -519,6 +520,48 @@ fn batch_relabelled_with_another_readers_identity_is_refused() {
         "{err}"
     );
     assert_eq!(unsynced(&s, "rc"), 1);
+}
+
+#[test]
+fn hub_checks_every_record_signature_only_when_asked() {
+    let s = site();
+    queue(&s, "ra", 5);
+    let a = Reader::open(&s.path("ra")).expect("reader");
+    let mut batch = a.next_batch(0, 100, NOW).expect("batch").expect("records");
+    let a_key = SecretKey::read(&s.path("ra/reader.key"), Role::Reader).expect("key");
+    // Reader A's own batch, whose record 2 carries a broken record
+    // signature: what a reader with a faulty signer would send.
+    batch.records[1].signature[0] ^= 1;
+    let resealed = Batch::seal(
+        "gate-a",
+        1,
+        batch.prev_hash,
+        batch.records,
+        NOW,
+        a_key.signing_key(),
+    )
+    .expect("seal");
+    let file = export::encode_file(&[resealed]).expect("file");
+    std::fs::write(s.path("faulty.batches"), file).expect("write");
+
+    let audit = s.run(&[
+        "hub",
+        "import",
+        "--data",
+        "hub",
+        "--every-record-signature",
+        "faulty.batches",
+    ]);
+    assert!(!audit.status.success());
+    let err = String::from_utf8_lossy(&audit.stderr);
+    assert!(err.contains("record 2 has a bad reader signature"), "{err}");
+    assert_eq!(reader_row(&report(&s), "gate-a")["records"], 0);
+
+    // By default the batch signature, which covers record 2 and its
+    // signature, is what vouches for it.
+    let default = s.run(&["hub", "import", "--data", "hub", "faulty.batches"]);
+    assert!(default.status.success(), "{default:?}");
+    assert_eq!(last_json(&default)["new_records"], 5);
 }
 
 /// A fake hub that answers every upload with `answer`.
