@@ -176,6 +176,64 @@ static MIGRATIONS: [M<'static>; 3] = [
 pub struct SqliteHub {
     conn: Connection,
     path: PathBuf,
+    checkpointer: Checkpointer,
+}
+
+/// WAL pages after which a commit checkpoints by itself, should the
+/// checkpointer fall behind (64 MiB; SQLite's default is 1,000 pages).
+const WAL_BACKSTOP_PAGES: i64 = 16_384;
+
+/// Folds the WAL back into the database on its own thread and connection
+/// after each stored batch, so the next batch's transaction does not wait
+/// for the copy and the database file's fsync. Durability is unchanged: a
+/// commit is durable once its WAL frames are synced (`synchronous=FULL`),
+/// and a checkpoint syncs the database before the WAL is reused.
+struct Checkpointer {
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|e| StoreError::from_sqlite(path, e))?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let shown = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("hub-checkpoint".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    // PASSIVE: never waits for the writer or a reader.
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        // Busy with the writer's own backstop checkpoint,
+                        // most likely; the next batch asks again.
+                        tracing::debug!("checkpoint of {shown} skipped: {e}");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::inconsistent(path, format!("no checkpoint thread: {e}")))?;
+        Ok(Self {
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a checkpoint; one already asked for and not started covers it.
+    fn nudge(&self) {
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after its current checkpoint.
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl SqliteHub {
@@ -183,10 +241,18 @@ impl SqliteHub {
     pub fn open(dir: &Path, create: bool) -> Result<Self, StoreError> {
         let path = dir.join(DB_FILE);
         let conn = sqlite::open(&path, &MIGRATIONS, create, "run `sonotap hub init` first")?;
+        let err = |e| StoreError::from_sqlite(&path, e);
         // Clearing looks up wallets at random: keep their index pages in memory.
         conn.pragma_update(None, "cache_size", -128 * 1024)
-            .map_err(|e| StoreError::from_sqlite(&path, e))?;
-        Ok(Self { conn, path })
+            .map_err(err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
+            .map_err(err)?;
+        let checkpointer = Checkpointer::start(&path)?;
+        Ok(Self {
+            conn,
+            path,
+            checkpointer,
+        })
     }
 }
 
@@ -664,6 +730,7 @@ impl SqliteHub {
         let out = f(&mut ledger)?;
         ledger.flush()?;
         tx.commit().map_err(store_err(&path))?;
+        self.checkpointer.nudge();
         Ok(out)
     }
 }
