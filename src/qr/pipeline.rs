@@ -452,6 +452,13 @@ const LOCATE_MODULE_PX: f32 = 10.0;
 /// Longest side of a located crop, whatever the code's version.
 const LOCATE_SPOT_MAX: f32 = 1024.0;
 
+/// Smallest module, in frame pixels, of a located code worth reading: a
+/// camera's blur and a screen's pixel grid leave nothing of modules much
+/// under two pixels, while a moiré checkerboard makes 1:1:3:1:1 runs of
+/// one-pixel "modules" everywhere (in one generated VGA frame, eight
+/// such groups cost 12–45 ms of sampling each).
+const MIN_MODULE_PX: f32 = 1.5;
+
 /// Longest side of the copy finder patterns are searched in.
 const LOCATE_SIDE: usize = 960;
 
@@ -507,6 +514,10 @@ struct Spot {
     finders: [[f64; 2]; 3],
     module: f64,
     read: bool,
+    /// The search that found it: a code found by the rescue search is
+    /// sampled from the frame and, failing that, from an unsharp-masked
+    /// crop.
+    search: Search,
 }
 
 /// A located code's crop, prepared for rqrr.
@@ -619,8 +630,9 @@ fn run_spots(
 
 /// Reads every located code not read yet by sampling its modules from the
 /// frame ([`sample::read_located`]: our finders, a homography, rqrr's
-/// decoder), which costs a fraction of rqrr's grid fit; `true` when the
-/// caller should stop.
+/// decoder), which costs a fraction of rqrr's grid fit; a code the rescue
+/// search found is then sampled from an unsharp-masked crop
+/// ([`read_deblurred`]). `true` when the caller should stop.
 fn run_sampled(
     frame: GreyFrame<'_>,
     spots: &mut [Spot],
@@ -640,21 +652,43 @@ fn run_sampled(
             return true;
         }
         let [corner, a, b] = spot.finders;
-        if let Some(found) = sample::read_located(frame, corner, a, b, spot.module, spot.inverted) {
+        let mut found = sample::read_located(frame, corner, a, b, spot.module, spot.inverted);
+        let mut name = ["sampled", "sampled-inverted"];
+        if found.is_none() && spot.search == Search::Deblurred {
+            if stop(collector) {
+                return true;
+            }
+            found = read_deblurred(frame, spot);
+            name = ["deblurred", "deblurred-inverted"];
+        }
+        if let Some(found) = found {
             spot.read = true;
-            let name = if spot.inverted {
-                "sampled-inverted"
-            } else {
-                "sampled"
-            };
             let found = vec![Found {
                 payload: found.payload,
                 corners: found.corners,
             }];
-            collector.add(found, FRAME, name);
+            collector.add(found, FRAME, name[usize::from(spot.inverted)]);
         }
     }
     stop(collector)
+}
+
+/// Samples a located code from an unsharp-masked copy of its crop: a
+/// defocused code's isolated modules keep too little contrast against
+/// their neighbours to threshold; the mask restores some of it (a crude
+/// deconvolution). Only the crop is masked, not the frame.
+fn read_deblurred(frame: GreyFrame<'_>, spot: &Spot) -> Option<sample::Sampled> {
+    let crop = prepare::crop(frame, spot.rect)?;
+    let sharp = prepare::sharpen(&crop, DEBLUR_RADIUS, DEBLUR_AMOUNT);
+    let (dx, dy) = (spot.rect.x as f64, spot.rect.y as f64);
+    let [corner, a, b] = spot.finders.map(|[x, y]| [x - dx, y - dy]);
+    let mut found =
+        sample::read_located(sharp.as_frame(), corner, a, b, spot.module, spot.inverted)?;
+    for c in &mut found.corners {
+        c[0] += dx as f32;
+        c[1] += dy as f32;
+    }
+    Some(found)
 }
 
 /// The frame itself as a working image.
@@ -675,15 +709,47 @@ fn similar(a: &Rect, b: &Rect) -> bool {
         && d(a.y + a.height, b.y + b.height)
 }
 
-/// Finds codes by their finder patterns on a copy of at most `side`
-/// pixels a side (shrunk by a whole factor), in both polarities, and cuts each from the full
-/// frame, scaled to [`LOCATE_MODULE_PX`] per module and inverted if it is a
-/// dark-mode code.
-fn locate_codes(frame: GreyFrame<'_>, side: usize) -> Vec<Spot> {
+/// The whole factor by which a frame is shrunk for a finder search on a
+/// copy of at most `side` pixels a side.
+fn search_factor(frame: GreyFrame<'_>, side: usize) -> usize {
+    frame.width().max(frame.height()).div_ceil(side.max(16))
+}
+
+/// How the copy finder patterns are searched in is prepared.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Search {
+    /// Shrunk and contrast-stretched: the everyday search.
+    Plain,
+    /// Shrunk by at least 2, then unsharp-masked
+    /// ([`DEBLUR_RADIUS`], [`DEBLUR_AMOUNT`]): the rescue search when the
+    /// plain one read nothing. Shrinking averages a screen's pixel grid
+    /// (moiré) and sensor noise over 2×2 pixels; the mask gives back the
+    /// one-module light ring of a defocused finder that blur closed up, so
+    /// its 1:1:3:1:1 runs reappear.
+    Deblurred,
+}
+
+/// Unsharp-mask radius of the rescue search and of the rescue sampling
+/// (box radius, pixels of the copy it is applied to): about the blur of a
+/// defocused phone screen a module or less wide. Radii 1 and 2 at
+/// amounts 1 and 2 were measured on generated frames (seeds apart from the
+/// corpus'); 2 and 2 read the most (docs/qr.md).
+const DEBLUR_RADIUS: usize = 2;
+
+/// Unsharp-mask amount of the rescue search and sampling.
+const DEBLUR_AMOUNT: f32 = 2.0;
+
+/// Finds codes by their finder patterns on a copy of the frame shrunk by
+/// the whole factor `factor` (prepared as `search` says), in both
+/// polarities, and cuts each from the full frame, scaled to
+/// [`LOCATE_MODULE_PX`] per module and inverted if it is a dark-mode code.
+fn locate_codes(frame: GreyFrame<'_>, factor: usize, search: Search) -> Vec<Spot> {
     // An integer factor: exact area averaging, and cheap.
-    let longest = frame.width().max(frame.height());
-    let small = prepare::downscale_by(frame, longest.div_ceil(side.max(16)) as f32);
-    let mut work = small.image;
+    let small = prepare::downscale_by(frame, factor.max(1) as f32);
+    let mut work = match search {
+        Search::Plain => small.image,
+        Search::Deblurred => prepare::sharpen(&small.image, DEBLUR_RADIUS, DEBLUR_AMOUNT),
+    };
     prepare::contrast_stretch(&mut work, 1.0, 99.0);
     let block = (work.width().min(work.height()) / 40).max(4);
     let (dark, light) = prepare::block_threshold_both(&work, block, 6);
@@ -691,10 +757,16 @@ fn locate_codes(frame: GreyFrame<'_>, side: usize) -> Vec<Spot> {
     for (bits, inverted) in [(&dark, false), (&light, true)] {
         let finders = locate::finder_patterns(bits);
         for group in locate::group_finders(&finders, 4) {
+            let s = small.scale;
+            // Modules under MIN_MODULE_PX frame pixels are past reading (by
+            // us or any reader); such groups are a screen's pixel grid or
+            // noise, and each could cost a sampling try of tens of ms.
+            if group.module * s < MIN_MODULE_PX {
+                continue;
+            }
             let Some(r) = group.bounds(3.0, work.width(), work.height()) else {
                 continue;
             };
-            let s = small.scale;
             let rect = Rect {
                 x: (r.x as f32 * s) as usize,
                 y: (r.y as f32 * s) as usize,
@@ -725,6 +797,7 @@ fn locate_codes(frame: GreyFrame<'_>, side: usize) -> Vec<Spot> {
                 }),
                 module: f64::from(group.module * s),
                 read: false,
+                search,
             });
         }
     }
@@ -765,11 +838,25 @@ impl Decoder {
         // more, a search on one twice as large (small codes in large
         // frames and photos).
         let search_started = Instant::now();
-        let mut located = locate_codes(frame, LOCATE_SIDE);
+        let first_factor = search_factor(frame, LOCATE_SIDE);
+        let mut located = locate_codes(frame, first_factor, Search::Plain);
         let search_took = search_started.elapsed();
         if run_sampled(frame, &mut located, &mut collector, &stop) {
             return collector.codes;
         }
+        // The rescue search: defocus and moiré can hide every finder from
+        // the plain search (their one-module rings blur shut or break into
+        // a checkerboard); a copy shrunk by at least 2 and unsharp-masked
+        // often shows them again. Its codes are sampled (from the frame,
+        // then from a masked crop); one found again by it was sampled
+        // already from the frame, but not from a masked crop.
+        if !stop(&collector) {
+            let mut rescued = locate_codes(frame, first_factor.max(2), Search::Deblurred);
+            if run_sampled(frame, &mut rescued, &mut collector, &stop) {
+                return collector.codes;
+            }
+        }
+
         if run_spots(frame, &mut located, &LOCATED[..1], &mut collector, &stop) {
             return collector.codes;
         }
@@ -816,7 +903,8 @@ impl Decoder {
         let larger_fits = clock.start.elapsed() + search_took * 4 <= opts.budget;
         if frame.width().max(frame.height()) > LOCATE_SIDE && larger_fits && !stop(&collector) {
             let tried: Vec<Rect> = located.iter().map(|s| s.rect).collect();
-            let mut larger = locate_codes(frame, 2 * LOCATE_SIDE);
+            let mut larger =
+                locate_codes(frame, search_factor(frame, 2 * LOCATE_SIDE), Search::Plain);
             // A code found again at about the same place was tried.
             larger.retain(|s| !tried.iter().any(|r| similar(r, &s.rect)));
             if run_sampled(frame, &mut larger, &mut collector, &stop) {
