@@ -514,10 +514,6 @@ struct Spot {
     finders: [[f64; 2]; 3],
     module: f64,
     read: bool,
-    /// The search that found it: a code found by the rescue search is
-    /// sampled from the frame and, failing that, from an unsharp-masked
-    /// crop.
-    search: Search,
 }
 
 /// A located code's crop, prepared for rqrr.
@@ -630,9 +626,9 @@ fn run_spots(
 
 /// Reads every located code not read yet by sampling its modules from the
 /// frame ([`sample::read_located`]: our finders, a homography, rqrr's
-/// decoder), which costs a fraction of rqrr's grid fit; a code the rescue
-/// search found is then sampled from an unsharp-masked crop
-/// ([`read_deblurred`]). `true` when the caller should stop.
+/// decoder), which costs a fraction of rqrr's grid fit, then (failing
+/// that) from an unsharp-masked crop ([`read_deblurred`]). `true` when the
+/// caller should stop.
 fn run_sampled(
     frame: GreyFrame<'_>,
     spots: &mut [Spot],
@@ -654,7 +650,7 @@ fn run_sampled(
         let [corner, a, b] = spot.finders;
         let mut found = sample::read_located(frame, corner, a, b, spot.module, spot.inverted);
         let mut name = ["sampled", "sampled-inverted"];
-        if found.is_none() && spot.search == Search::Deblurred {
+        if found.is_none() {
             if stop(collector) {
                 return true;
             }
@@ -797,7 +793,6 @@ fn locate_codes(frame: GreyFrame<'_>, factor: usize, search: Search) -> Vec<Spot
                 }),
                 module: f64::from(group.module * s),
                 read: false,
-                search,
             });
         }
     }
@@ -1143,6 +1138,138 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         // 20 ms spent plus a 20 ms step would end past 30 ms.
         assert!(!tight.may_start());
+    }
+
+    /// A code of `px` pixels per module turned by `deg` degrees about its
+    /// centre (nearest module, 4×4 supersampled), centred in a `w`×`h`
+    /// frame of grey 140: light modules 225, dark 35.
+    fn turned(p: &[u8], px: f64, deg: f64, w: usize, h: usize) -> GreyImage {
+        let m = crate::qr::encode::modules(p).unwrap();
+        let n = m.size as f64;
+        let (c, s) = (deg.to_radians().cos(), deg.to_radians().sin());
+        let mut data = vec![140u8; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = 0u32;
+                for k in 0..16 {
+                    let fx = x as f64 + (k % 4) as f64 / 4.0 - 0.375 - w as f64 / 2.0;
+                    let fy = y as f64 + (k / 4) as f64 / 4.0 - 0.375 - h as f64 / 2.0;
+                    let u = (c * fx + s * fy) / px + n / 2.0;
+                    let v = (-s * fx + c * fy) / px + n / 2.0;
+                    acc += if u < -4.0 || v < -4.0 || u >= n + 4.0 || v >= n + 4.0 {
+                        140
+                    } else if m.is_dark(u.floor() as isize, v.floor() as isize) {
+                        35
+                    } else {
+                        225
+                    };
+                }
+                data[y * w + x] = (acc / 16) as u8;
+            }
+        }
+        GreyImage::new(w, h, data).unwrap()
+    }
+
+    /// Payloads read by sampling the codes `spots` holds.
+    fn sampled(frame: GreyFrame<'_>, spots: &mut [Spot]) -> Vec<Vec<u8>> {
+        let mut collector = Collector {
+            seen: HashSet::new(),
+            codes: Vec::new(),
+        };
+        run_sampled(frame, spots, &mut collector, &|_: &Collector| false);
+        collector.codes.into_iter().map(|c| c.payload).collect()
+    }
+
+    #[test]
+    fn the_rescue_search_finds_the_finders_of_a_defocused_code() {
+        // 4.5 px modules turned by 33 degrees, then defocused (two 7×7 box
+        // passes, a blur of about 2.8 px): the one-module light ring of
+        // each finder closes up and the plain search finds no code; the
+        // rescue search's shrunk, unsharp-masked copy shows the three
+        // finders where they are.
+        let p = payload(199, 21);
+        let sharp = turned(&p, 4.5, 33.0, 1280, 720);
+        let frame = prepare::box_blur(&prepare::box_blur(&sharp, 3), 3);
+        let factor = search_factor(frame.as_frame(), LOCATE_SIDE);
+        assert!(locate_codes(frame.as_frame(), factor, Search::Plain).is_empty());
+        let rescued = locate_codes(frame.as_frame(), factor.max(2), Search::Deblurred);
+        assert_eq!(rescued.len(), 1);
+        // Finder centres 25 modules from the code's centre (version 10,
+        // 57 modules) at 45 degrees off the code's axes, turned by 33.
+        let (c, s) = (33f64.to_radians().cos(), 33f64.to_radians().sin());
+        let truth = [(-25.0, -25.0), (25.0, -25.0), (-25.0, 25.0)].map(|(u, v)| {
+            [
+                640.0 + 4.5 * (c * u - s * v) - 0.5,
+                360.0 + 4.5 * (s * u + c * v) - 0.5,
+            ]
+        });
+        for [x, y] in rescued[0].finders {
+            let near = truth.iter().any(|t| (t[0] - x).hypot(t[1] - y) < 1.5 * 4.5);
+            assert!(near, "{x} {y} not at a finder: {truth:?}");
+        }
+    }
+
+    #[test]
+    fn a_defocused_code_is_read_from_an_unsharp_masked_crop() {
+        // 4 px modules, the corpus generator's focus blur (two 5×5 box
+        // passes): located, but isolated modules keep too little contrast
+        // to threshold when sampled from the frame; the masked crop reads.
+        let p = payload(199, 24);
+        let sharp = turned(&p, 4.0, 33.0, 1280, 720);
+        let frame = prepare::box_blur(&prepare::box_blur(&sharp, 2), 2);
+        let factor = search_factor(frame.as_frame(), LOCATE_SIDE);
+        let spots = locate_codes(frame.as_frame(), factor, Search::Plain);
+        assert_eq!(spots.len(), 1);
+        let [corner, a, b] = spots[0].finders;
+        let f = frame.as_frame();
+        assert!(sample::read_located(f, corner, a, b, spots[0].module, false).is_none());
+        let read = read_deblurred(f, &spots[0]).map(|s| s.payload);
+        assert_eq!(read, Some(p.clone()));
+        let got = unhurried(false).decode(f);
+        assert_eq!(
+            got.first().map(|c| (c.payload.clone(), c.strategy)),
+            Some((p, "deblurred"))
+        );
+    }
+
+    #[test]
+    fn the_rescue_search_finds_a_code_under_a_checkerboard_moire() {
+        // A VGA frame, 3 px modules, the light areas of the screen broken
+        // into a one-pixel checkerboard (a screen's pixel grid point-sampled
+        // by the camera): the plain search, at full size, sees runs of one
+        // pixel; the rescue search's copy, shrunk by 2, averages them out.
+        let p = payload(199, 22);
+        let mut frame = turned(&p, 3.0, 12.0, 640, 480);
+        for (i, px) in frame.data_mut().iter_mut().enumerate() {
+            let (x, y) = (i % 640, i / 640);
+            if *px > 150 && (x + y) % 2 == 0 {
+                *px = 90;
+            }
+        }
+        let factor = search_factor(frame.as_frame(), LOCATE_SIDE);
+        assert_eq!(factor, 1);
+        let mut plain = locate_codes(frame.as_frame(), factor, Search::Plain);
+        assert!(sampled(frame.as_frame(), &mut plain).is_empty());
+        let mut rescued = locate_codes(frame.as_frame(), 2, Search::Deblurred);
+        assert_eq!(sampled(frame.as_frame(), &mut rescued), vec![p.clone()]);
+        let got = unhurried(false).decode(frame.as_frame());
+        assert_eq!(got.first().map(|c| c.payload.clone()), Some(p));
+    }
+
+    #[test]
+    fn groups_of_modules_under_the_floor_are_dropped() {
+        // A clean code at 1.2 px per module: found as finders by the run
+        // scan at most, never handed to the sampler or rqrr.
+        let p = payload(40, 23);
+        let code = render_token(&p, 1, 4).unwrap();
+        let frame = place(&code, 320, 240, 100, 80, 255);
+        for search in [Search::Plain, Search::Deblurred] {
+            assert!(locate_codes(frame.as_frame(), 1, search).is_empty());
+        }
+        // The same code at 3 px per module is located.
+        let code = render_token(&p, 3, 4).unwrap();
+        let frame = place(&code, 320, 240, 60, 40, 255);
+        assert!(!locate_codes(frame.as_frame(), 1, Search::Plain).is_empty());
     }
 
     #[test]

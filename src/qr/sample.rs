@@ -834,6 +834,28 @@ mod tests {
     }
 
     #[test]
+    fn timing_fraction_tells_a_code_from_noise() {
+        let m = modules(&payload(199, 5)).unwrap();
+        let n = m.size;
+        let code: Vec<bool> = (0..n * n)
+            .map(|i| m.is_dark((i % n) as isize, (i / n) as isize))
+            .collect();
+        assert_eq!(timing_fraction(n, &code), 1.0);
+        // Pseudo-random modules: about half the timing modules agree.
+        let noise: Vec<bool> = (0..n * n)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761) >> 31 == 1)
+            .collect();
+        assert!(timing_fraction(n, &noise) < MIN_TIMING);
+        // A few timing modules flipped (blur, glare) still pass.
+        let mut worn = code.clone();
+        for i in [9, 14, 20, 33] {
+            worn[6 * n + i] = !worn[6 * n + i];
+        }
+        assert!(timing_fraction(n, &worn) >= 0.95);
+        assert_eq!(timing_fraction(n, &code[1..]), 0.0);
+    }
+
+    #[test]
     fn homography_maps_its_points_and_inverts() {
         let src = [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]];
         let dst = [[5.0, 7.0], [120.0, 15.0], [110.0, 140.0], [-3.0, 100.0]];
