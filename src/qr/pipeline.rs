@@ -624,14 +624,16 @@ fn run_spots(
     stop(collector)
 }
 
-/// Reads every located code not read yet by sampling its modules from the
-/// frame ([`sample::read_located`]: our finders, a homography, rqrr's
-/// decoder), which costs a fraction of rqrr's grid fit, then (failing
-/// that) from an unsharp-masked crop ([`read_deblurred`]). `true` when the
-/// caller should stop.
+/// Reads every located code not read yet by sampling its modules
+/// ([`sample::read_located`]: our finders, a homography, rqrr's decoder),
+/// which costs a fraction of rqrr's grid fit: from the frame, or with
+/// `masked` from an unsharp-masked crop ([`read_deblurred`]; a second
+/// pass, so that codes the frame's samples read are not delayed by it).
+/// `true` when the caller should stop.
 fn run_sampled(
     frame: GreyFrame<'_>,
     spots: &mut [Spot],
+    masked: bool,
     collector: &mut Collector,
     stop: &dyn Fn(&Collector) -> bool,
 ) -> bool {
@@ -647,16 +649,18 @@ fn run_sampled(
         if stop(collector) {
             return true;
         }
-        let [corner, a, b] = spot.finders;
-        let mut found = sample::read_located(frame, corner, a, b, spot.module, spot.inverted);
-        let mut name = ["sampled", "sampled-inverted"];
-        if found.is_none() {
-            if stop(collector) {
-                return true;
-            }
-            found = read_deblurred(frame, spot);
-            name = ["deblurred", "deblurred-inverted"];
-        }
+        let (found, name) = if masked {
+            (
+                read_deblurred(frame, spot),
+                ["deblurred", "deblurred-inverted"],
+            )
+        } else {
+            let [corner, a, b] = spot.finders;
+            (
+                sample::read_located(frame, corner, a, b, spot.module, spot.inverted),
+                ["sampled", "sampled-inverted"],
+            )
+        };
         if let Some(found) = found {
             spot.read = true;
             let found = vec![Found {
@@ -836,18 +840,28 @@ impl Decoder {
         let first_factor = search_factor(frame, LOCATE_SIDE);
         let mut located = locate_codes(frame, first_factor, Search::Plain);
         let search_took = search_started.elapsed();
-        if run_sampled(frame, &mut located, &mut collector, &stop) {
+        if run_sampled(frame, &mut located, false, &mut collector, &stop) {
             return collector.codes;
         }
         // The rescue search: defocus and moiré can hide every finder from
         // the plain search (their one-module rings blur shut or break into
         // a checkerboard); a copy shrunk by at least 2 and unsharp-masked
-        // often shows them again. Its codes are sampled (from the frame,
-        // then from a masked crop); one found again by it was sampled
-        // already from the frame, but not from a masked crop.
+        // often shows them again. Its codes are sampled from the frame;
+        // then every located code not read yet is sampled from a masked
+        // crop (a code both searches found, once).
         if !stop(&collector) {
             let mut rescued = locate_codes(frame, first_factor.max(2), Search::Deblurred);
-            if run_sampled(frame, &mut rescued, &mut collector, &stop) {
+            if run_sampled(frame, &mut rescued, false, &mut collector, &stop)
+                || run_sampled(frame, &mut located, true, &mut collector, &stop)
+            {
+                return collector.codes;
+            }
+            rescued.retain(|s| {
+                !located
+                    .iter()
+                    .any(|l| l.inverted == s.inverted && similar(&l.rect, &s.rect))
+            });
+            if run_sampled(frame, &mut rescued, true, &mut collector, &stop) {
                 return collector.codes;
             }
         }
@@ -902,7 +916,9 @@ impl Decoder {
                 locate_codes(frame, search_factor(frame, 2 * LOCATE_SIDE), Search::Plain);
             // A code found again at about the same place was tried.
             larger.retain(|s| !tried.iter().any(|r| similar(r, &s.rect)));
-            if run_sampled(frame, &mut larger, &mut collector, &stop) {
+            if run_sampled(frame, &mut larger, false, &mut collector, &stop)
+                || run_sampled(frame, &mut larger, true, &mut collector, &stop)
+            {
                 return collector.codes;
             }
             if run_spots(frame, &mut larger, &LOCATED, &mut collector, &stop) {
@@ -1176,7 +1192,9 @@ mod tests {
             seen: HashSet::new(),
             codes: Vec::new(),
         };
-        run_sampled(frame, spots, &mut collector, &|_: &Collector| false);
+        for masked in [false, true] {
+            run_sampled(frame, spots, masked, &mut collector, &|_: &Collector| false);
+        }
         collector.codes.into_iter().map(|c| c.payload).collect()
     }
 
