@@ -2,7 +2,9 @@
 //! payloads in its `.hex` sidecar.
 //!
 //! Regenerate the corpus (deterministic) with
-//! `SONOTAP_QR_REGEN=1 cargo test --lib qr::tests::regenerate_corpus`.
+//! `SONOTAP_QR_REGEN=1 cargo test --lib qr::tests::regenerate_corpus`;
+//! `SONOTAP_QR_SEED` and `SONOTAP_QR_DIR` write a fresh set with another
+//! seed elsewhere (a check against tuning to the corpus: docs/qr.md).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -28,8 +30,11 @@ fn regenerate_corpus() {
     if std::env::var_os("SONOTAP_QR_REGEN").is_none() {
         return;
     }
-    let dir = corpus_dir();
-    let paths = synth::write_corpus(&dir, CORPUS_SEED).unwrap();
+    let dir = std::env::var_os("SONOTAP_QR_DIR").map_or_else(corpus_dir, PathBuf::from);
+    let seed = std::env::var("SONOTAP_QR_SEED").map_or(CORPUS_SEED, |s| {
+        s.parse().expect("SONOTAP_QR_SEED is a number")
+    });
+    let paths = synth::write_corpus(&dir, seed).unwrap();
     assert_eq!(paths.len(), synth::corpus_scenes().len());
 }
 
