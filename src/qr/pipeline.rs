@@ -3,8 +3,11 @@
 //!
 //! Order (cheapest and most likely first): codes located by their finder
 //! patterns ([`super::locate`]), each read by sampling its modules
-//! ([`super::sample`]: a homography, rqrr's decoder on the bit matrix) or,
-//! failing that, cut from the frame at 10 pixels per module in its own
+//! ([`super::sample`]: a homography, rqrr's decoder on the bit matrix);
+//! when none is read, a rescue search on a copy shrunk by at least 2 and
+//! unsharp-masked (defocus, moiré), its codes sampled, then every located
+//! code sampled again from an unsharp-masked crop; failing that, each is
+//! cut from the frame at 10 pixels per module in its own
 //! polarity for rqrr's detector (three thresholds); then up to four regions
 //! of interest (edge-dense blobs, cropped at full resolution, upscaled
 //! twice when small), each thresholded against its local mean in both

@@ -23,7 +23,9 @@
 //! 5. [`sample_modules`] and [`threshold_modules`]: a grey value per module
 //!    (five samples), thresholded against the mean of its neighbourhood in
 //!    module space (follows glare and gradients whatever the pixel scale).
-//! 6. [`decode_modules`]: rqrr's decoder on the bit matrix.
+//! 6. [`timing_fraction`], then [`decode_modules`]: a grid whose timing
+//!    lines do not alternate is skipped (rqrr's decoder would spend
+//!    milliseconds on it), the others go to rqrr's decoder.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
