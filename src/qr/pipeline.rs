@@ -963,7 +963,15 @@ impl Decoder {
         }
 
         // Small frames: twice the size, for codes with modules of 2–4 pixels.
-        if scaled.scale <= 1.0 && work.width().max(work.height()) <= opts.max_side / 2 {
+        // An attempt there works on four times the pixels of a whole-frame
+        // one: it starts only if four of the longest steps so far still
+        // fit (else a gate frame with no code overran its 25 ms budget by
+        // half at 640×480, the look-ahead knowing only the shorter steps).
+        let upscaled_fits = clock.start.elapsed() + clock.longest.get() * 4 <= opts.budget;
+        if scaled.scale <= 1.0
+            && work.width().max(work.height()) <= opts.max_side / 2
+            && upscaled_fits
+        {
             let mut big = prepare::upscale2(&work);
             prepare::contrast_stretch(&mut big, 1.0, 99.0);
             let at = Placement {
