@@ -1136,9 +1136,8 @@ mod tests {
     }
 
     #[test]
-    fn empty_and_noise_frames_give_nothing_quickly() {
+    fn empty_and_noise_frames_give_nothing() {
         let blank = GreyImage::filled(1920, 1080, 200).unwrap();
-        let t = Instant::now();
         assert!(decode_frame(blank.as_frame()).is_empty());
         let mut state = 12345u32;
         let noise: Vec<u8> = (0..1920 * 1080)
@@ -1149,8 +1148,8 @@ mod tests {
             .collect();
         let noise = GreyImage::new(1920, 1080, noise).unwrap();
         assert!(decode_frame(noise.as_frame()).is_empty());
-        // Generous: debug-profile tests on a shared machine.
-        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // How long they take is the benchmark's (`no-code` rows), not a
+        // timed test's.
     }
 
     #[test]
