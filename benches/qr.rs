@@ -3,7 +3,8 @@
 //! corpus under `signals/qr/`, side by side with zbar (`zbarimg`) and
 //! zxing-cpp (`ZXingReader`) when they are installed.
 //!
-//! Run: `cargo bench --bench qr` (set `QR_BENCH_FRAMES` for frames per size).
+//! Run: `cargo bench --bench qr` (set `QR_BENCH_FRAMES` for frames per size,
+//! `QR_BENCH_CORPUS` for another corpus directory, e.g. a fresh-seed set).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -153,7 +154,10 @@ fn time_decoder(name: &str, decoder: &Decoder, frames: &[GreyImage]) {
 }
 
 fn corpus() -> Vec<(PathBuf, Vec<Vec<u8>>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("signals/qr");
+    let dir = std::env::var_os("QR_BENCH_CORPUS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("signals/qr"),
+        PathBuf::from,
+    );
     sonotap::qr::synth::read_corpus(&dir).expect("signals/qr is a readable corpus")
 }
 
@@ -187,7 +191,8 @@ fn main() {
         time_decoder("no-code", &gate, &blank);
     }
 
-    println!("\n# read rate on signals/qr (codes read / codes in view)");
+    let corpus_name = std::env::var("QR_BENCH_CORPUS").unwrap_or_else(|_| "signals/qr".into());
+    println!("\n# read rate on {corpus_name} (codes read / codes in view)");
     let files = corpus();
     let total: usize = files.iter().map(|(_, p)| p.len()).sum();
     let mut ours = 0;
