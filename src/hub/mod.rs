@@ -136,7 +136,7 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    /// Checks every signature (see [`verify::check_batch`]).
+    /// Checks the signatures the hub's policy asks for (see [`verify::check_batch`]).
     pub fn check(self) -> Result<CheckedBatch, HubError> {
         Ok(verify::check_batch(
             self.batch,

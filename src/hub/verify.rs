@@ -85,7 +85,7 @@ pub struct CheckedRecord {
     pub payment: Result<(Payment, u32), String>,
 }
 
-/// A batch whose reader signatures all verify.
+/// A batch whose reader signatures (the batch's, and the records' asked for) verify.
 #[derive(Debug, Clone)]
 pub struct CheckedBatch {
     /// The batch as received.
