@@ -119,12 +119,13 @@ static MIGRATIONS: [M<'static>; 3] = [
         ) STRICT;
         CREATE INDEX deny_by_wallet ON deny_entries (wallet_id, version);",
     ),
-    // Ingest speed: each record and payment written into one B-tree where
-    // there were three; and the batch signature kept as the records' evidence. `records` becomes a rowid table (its rows of ~450
-    // bytes made a deep WITHOUT ROWID tree whose interior pages copy whole
-    // rows; a rowid table appends); `payments` is keyed by what clearing
-    // looks up, wallet and counter, instead of a rowid and two indexes (the
-    // neighbours under a credential are the wallet's nearest counters).
+    // Ingest speed: `records` becomes a rowid table (its rows of ~450 bytes
+    // made a deep WITHOUT ROWID tree whose interior pages copy whole rows;
+    // a rowid table appends); `payments` is keyed by what clearing looks
+    // up, wallet and counter, in one B-tree where there were a rowid table
+    // and two indexes (the neighbours under a credential are the wallet's
+    // nearest counters). And the batch signature is kept with its batch, as
+    // the records' evidence.
     M::up(
         "CREATE TABLE records_v3 (
             id INTEGER PRIMARY KEY,
