@@ -12,7 +12,7 @@
 //! of interest (edge-dense blobs, cropped at full resolution, upscaled
 //! twice when small), each thresholded against its local mean in both
 //! polarities and box-blurred; then the whole frame, downscaled to at most
-//! `max_side`, in the attempt order of [`WHOLE_FRAME`] (chosen greedily on
+//! `max_side`, in the attempt order of `WHOLE_FRAME` (chosen greedily on
 //! the corpus); then 1/1.6 resolution (big or very blurred codes); then
 //! small frames upscaled twice; then full-resolution tiles of large frames.
 //! An attempt starts only if the time spent plus the longest step so far

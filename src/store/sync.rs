@@ -73,7 +73,7 @@ impl ReaderDb {
 
     /// Marks `first..=last` as acknowledged by the hub at `at`.
     ///
-    /// Written in slices of [`MARK_SLICE`] records, one short transaction
+    /// Written in slices of `MARK_SLICE` (500) records, one short transaction
     /// each, so a tap waiting for the write lock waits for one slice, not for
     /// a whole batch. Each slice must be wholly unsynced or it changes
     /// nothing; slices already marked stay marked (a crash in between only
