@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
@@ -15,7 +15,6 @@ use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serialport::{SerialPort, TTYPort};
 use sonotap::daemon::metrics::parse_exposition;
 use sonotap::hub::{Hub, IssueRequest};
 use sonotap::store::{ActuationOutcome, ReaderDb};
@@ -23,7 +22,7 @@ use sonotap::token::Scope;
 use sonotap::wallet::{PayRequest, Wallet};
 
 use crate::audio_capture::{alsa_test_device, write_raw};
-use crate::util::{Scratch, sonotap};
+use crate::util::{PtyDevice, Scratch, sonotap};
 
 const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
 const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
@@ -35,78 +34,21 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// The relay board: the master side of a pty pair; sonotap opens the slave.
-struct Relay {
-    master: TTYPort,
-    _slave: TTYPort,
-    port: PathBuf,
-    bytes: Vec<u8>,
+/// The relay board: the test's end of a pty pair; sonotap opens the slave.
+type Relay = PtyDevice;
+
+/// What the test reads from a relay board: its 4-byte commands.
+trait RelayBoard {
+    /// The 4-byte commands received so far (kept, not consumed).
+    fn commands(&self) -> Vec<[u8; 4]>;
+    fn opens(&self) -> usize;
+    /// Waits until `n` open commands have arrived; the time the last came.
+    fn wait_opens(&mut self, n: usize, within: Duration) -> Instant;
 }
 
-impl Relay {
-    fn new() -> Self {
-        let (master, slave) = TTYPort::pair().expect("pty pair");
-        let port = PathBuf::from(slave.name().expect("slave name"));
-        Self {
-            master,
-            _slave: slave,
-            port,
-            bytes: Vec::new(),
-        }
-    }
-
-    /// Reads whatever arrives for up to `wait`.
-    fn pump(&mut self, wait: Duration) {
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            self.master
-                .set_timeout(left.clamp(Duration::from_millis(1), Duration::from_millis(20)))
-                .expect("timeout");
-            let mut buf = [0u8; 256];
-            match self.master.read(&mut buf) {
-                Ok(n) if n > 0 => self.bytes.extend_from_slice(&buf[..n]),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
-                Err(_) => thread::sleep(Duration::from_millis(5)),
-            }
-            if Instant::now() >= deadline {
-                return;
-            }
-        }
-    }
-
-    /// The next line written by the daemon (a text-protocol device).
-    fn line(&mut self, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(end) = self.bytes.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.bytes.drain(..=end).collect();
-                return String::from_utf8_lossy(&line).trim_end().to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line within {within:?}; got {:?}",
-                String::from_utf8_lossy(&self.bytes)
-            );
-            self.pump(Duration::from_millis(5));
-        }
-    }
-
-    fn expect(&mut self, want: &str) {
-        assert_eq!(self.line(Duration::from_secs(10)), want);
-    }
-
-    fn say(&mut self, line: &str) {
-        self.master
-            .write_all(format!("{line}\r\n").as_bytes())
-            .expect("device writes");
-        self.master.flush().expect("flush");
-    }
-
-    /// The 4-byte commands seen so far.
+impl RelayBoard for PtyDevice {
     fn commands(&self) -> Vec<[u8; 4]> {
-        self.bytes
+        self.pending
             .chunks_exact(4)
             .map(|c| [c[0], c[1], c[2], c[3]])
             .collect()
@@ -116,7 +58,6 @@ impl Relay {
         self.commands().iter().filter(|c| **c == ON).count()
     }
 
-    /// Waits until `n` open commands have arrived; the time the last came.
     fn wait_opens(&mut self, n: usize, within: Duration) -> Instant {
         let deadline = Instant::now() + within;
         while self.opens() < n {

@@ -4,14 +4,11 @@
 //! read on the test's side has a deadline, so no test can hang.
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serialport::{SerialPort, TTYPort};
 use sonotap::actuator::driver::ReaderCharger;
 use sonotap::actuator::gate::{Delivery, Passage, Release};
 use sonotap::actuator::{Gate, Profile, VendOutcome, Vending};
@@ -19,118 +16,13 @@ use sonotap::reader::Reader;
 use sonotap::record::RecordKind;
 use sonotap::store::{ActuationOutcome, ReaderDb};
 
-use crate::util::{Scratch, sonotap};
+use crate::util::{PtyDevice, Scratch, sonotap};
 
 const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
 const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
 
-/// The device's end of a pseudo-terminal pair.
-struct Device {
-    master: TTYPort,
-    /// Held open so the pair never hangs up while sonotap reopens its end.
-    _slave: TTYPort,
-    slave_path: PathBuf,
-    pending: Vec<u8>,
-}
-
-impl Device {
-    fn new() -> Self {
-        let (master, slave) = TTYPort::pair().expect("pty pair");
-        let slave_path = PathBuf::from(slave.name().expect("slave name"));
-        Self {
-            master,
-            _slave: slave,
-            slave_path,
-            pending: Vec::new(),
-        }
-    }
-
-    /// A new pair with `link` pointing at its slave: the device plugged in.
-    fn plug(link: &Path) -> Self {
-        let device = Self::new();
-        let _ = fs::remove_file(link);
-        symlink(&device.slave_path, link).expect("symlink");
-        device
-    }
-
-    /// Reads at least `n` bytes within `within`; the time the last arrived.
-    fn read_exact(&mut self, n: usize, within: Duration) -> (Vec<u8>, Instant) {
-        let deadline = Instant::now() + within;
-        let mut at = Instant::now();
-        while self.pending.len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "wanted {n} bytes within {within:?}, got {:02X?}",
-                self.pending
-            );
-            if self.fill(deadline) {
-                at = Instant::now();
-            }
-        }
-        (self.pending.drain(..n).collect(), at)
-    }
-
-    /// The next line sonotap writes, within `within`.
-    fn line(&mut self, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                return String::from_utf8_lossy(&line).trim_end().to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line within {within:?}; got {:?}",
-                String::from_utf8_lossy(&self.pending)
-            );
-            self.fill(deadline);
-        }
-    }
-
-    /// Expects the next line to be `want`.
-    fn expect(&mut self, want: &str) {
-        assert_eq!(self.line(Duration::from_secs(5)), want);
-    }
-
-    /// Nothing arrives for `quiet`.
-    fn silent(&mut self, quiet: Duration) {
-        let deadline = Instant::now() + quiet;
-        while Instant::now() < deadline {
-            self.fill(deadline);
-        }
-        assert!(self.pending.is_empty(), "unexpected {:02X?}", self.pending);
-    }
-
-    fn fill(&mut self, deadline: Instant) -> bool {
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(20))
-            .max(Duration::from_millis(1));
-        self.master.set_timeout(wait).expect("timeout");
-        let mut buf = [0u8; 256];
-        match self.master.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                self.pending.extend_from_slice(&buf[..n]);
-                true
-            }
-            Ok(_) => false,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => false,
-            Err(_) => {
-                thread::sleep(wait);
-                false
-            }
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.master.write_all(bytes).expect("device writes");
-        self.master.flush().expect("flush");
-    }
-
-    fn say(&mut self, line: &str) {
-        self.send(format!("{line}\r\n").as_bytes());
-    }
-}
+/// The test's end of each serial line.
+type Device = PtyDevice;
 
 fn profile(name: &str) -> Profile {
     Profile::load(name, &[]).expect("built-in profile")
@@ -158,7 +50,7 @@ fn profile_file(s: &Scratch, builtin: &str, edits: &[(&str, &str)]) -> Profile {
 #[test]
 fn relay_board_is_released_on_connect_then_gets_on_and_off_after_the_pulse() {
     let mut board = Device::new();
-    let path = board.slave_path.clone();
+    let path = board.port.clone();
     let gate = thread::spawn(move || {
         let mut gate = Gate::new(&profile("ch340-relay"), Some(&path)).expect("gate");
         gate.connect().expect("port opens");
@@ -292,7 +184,7 @@ fn enable_and_request(vmc: &mut Device, funds_text: &str, price_text: &str) {
 fn approved_vend_is_charged_at_the_actual_price_before_approval() {
     let s = vending_site(300);
     let device = Device::new();
-    let port = device.slave_path.clone();
+    let port = device.port.clone();
     let db_path = s.path("r/reader.db");
     let report = vend_with(
         &s,
@@ -340,7 +232,7 @@ fn approved_vend_is_charged_at_the_actual_price_before_approval() {
 fn vend_priced_above_the_funds_is_denied_and_nothing_is_charged() {
     let s = vending_site(100);
     let device = Device::new();
-    let port = device.slave_path.clone();
+    let port = device.port.clone();
     let report = vend_with(
         &s,
         100,
@@ -363,7 +255,7 @@ fn vend_priced_above_the_funds_is_denied_and_nothing_is_charged() {
 fn failed_dispense_voids_the_charge_and_the_chain_still_verifies() {
     let s = vending_site(300);
     let device = Device::new();
-    let port = device.slave_path.clone();
+    let port = device.port.clone();
     let report = vend_with(
         &s,
         300,
@@ -415,7 +307,7 @@ fn failed_dispense_voids_the_charge_and_the_chain_still_verifies() {
 fn vend_result_that_never_comes_is_voided() {
     let s = vending_site(300);
     let device = Device::new();
-    let port = device.slave_path.clone();
+    let port = device.port.clone();
     let started = Instant::now();
     let report = vend_with(
         &s,
@@ -443,7 +335,7 @@ fn vend_result_that_never_comes_is_voided() {
 fn garbage_from_the_vending_machine_is_ignored_and_the_session_completes() {
     let s = vending_site(300);
     let device = Device::new();
-    let port = device.slave_path.clone();
+    let port = device.port.clone();
     let report = vend_with(
         &s,
         300,
@@ -613,7 +505,7 @@ fn turnstile_controller_acknowledges_and_its_passage_is_stored_with_the_record()
     let accepted = s.run(&["reader", "accept", "--data", "r", "t"]);
     assert_eq!(accepted.status.code(), Some(0));
     let mut controller = Device::new();
-    let path = controller.slave_path.clone();
+    let path = controller.port.clone();
     let gate = thread::spawn(move || {
         let mut gate = Gate::new(&profile("turnstile-line"), Some(&path)).expect("gate");
         gate.connect().expect("port opens");
@@ -651,7 +543,7 @@ fn turnstile_controller_acknowledges_and_its_passage_is_stored_with_the_record()
 #[test]
 fn turnstile_refusal_is_undeliverable() {
     let mut controller = Device::new();
-    let path = controller.slave_path.clone();
+    let path = controller.port.clone();
     let gate = thread::spawn(move || {
         let mut gate = Gate::new(&profile("turnstile-line"), Some(&path)).expect("gate");
         gate.connect().expect("port opens");
@@ -670,7 +562,7 @@ fn turnstile_refusal_is_undeliverable() {
 #[test]
 fn hw_test_pulses_the_relay_and_reports_json() {
     let mut board = Device::new();
-    let port = board.slave_path.to_string_lossy().into_owned();
+    let port = board.port.to_string_lossy().into_owned();
     let child = sonotap()
         .args(["hw", "test", "--profile", "ch340-relay", "--port", &port])
         .stdout(Stdio::piped())
@@ -705,7 +597,7 @@ fn hw_test_interrupted_mid_pulse_releases_the_relay() {
         .expect("profile")
         .replace("pulse_ms = 300", "pulse_ms = 20000");
     fs::write(&long, text).expect("write");
-    let port = board.slave_path.to_string_lossy().into_owned();
+    let port = board.port.to_string_lossy().into_owned();
     let child = sonotap()
         .args(["hw", "test", "--profile"])
         .arg(&long)
@@ -733,7 +625,7 @@ fn hw_test_interrupted_mid_pulse_releases_the_relay() {
 fn hw_test_runs_one_vend_session_and_exits_1_on_a_deny() {
     for (price, code, outcome) in [("1.00", 0, "vended"), ("9.00", 1, "denied")] {
         let mut vmc = Device::new();
-        let port = vmc.slave_path.to_string_lossy().into_owned();
+        let port = vmc.port.to_string_lossy().into_owned();
         let child = sonotap()
             .args([
                 "hw",

@@ -1,8 +1,13 @@
-//! Helpers: run the real binary in a scratch directory.
+//! Helpers: run the real binary in a scratch directory; play a serial
+//! device on a pseudo-terminal.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serialport::{SerialPort, TTYPort};
 
 /// The `sonotap` binary cargo built for this test run.
 pub fn sonotap() -> Command {
@@ -138,4 +143,124 @@ pub fn last_json(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The device's end of a pseudo-terminal pair (a relay board, a turnstile
+/// controller, a vending machine behind its MDB adapter, a display):
+/// sonotap opens the slave by path. Every read has a deadline, so no test
+/// can hang on a silent device.
+pub struct PtyDevice {
+    master: TTYPort,
+    /// Held open so the pair never hangs up while sonotap reopens its end.
+    _slave: TTYPort,
+    /// The slave's path: what sonotap is given as its port.
+    pub port: PathBuf,
+    /// Bytes received and not consumed yet.
+    pub pending: Vec<u8>,
+}
+
+impl PtyDevice {
+    pub fn new() -> Self {
+        let (master, slave) = TTYPort::pair().expect("pty pair");
+        let port = PathBuf::from(slave.name().expect("slave name"));
+        Self {
+            master,
+            _slave: slave,
+            port,
+            pending: Vec::new(),
+        }
+    }
+
+    /// A new pair with `link` pointing at its slave: the device plugged in.
+    pub fn plug(link: &Path) -> Self {
+        let device = Self::new();
+        let _ = std::fs::remove_file(link);
+        symlink(&device.port, link).expect("symlink");
+        device
+    }
+
+    /// Reads what arrives before `deadline` (at most 20 ms of it); whether
+    /// anything did.
+    pub fn fill(&mut self, deadline: Instant) -> bool {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), Duration::from_millis(20));
+        self.master.set_timeout(wait).expect("timeout");
+        let mut buf = [0u8; 256];
+        match self.master.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                self.pending.extend_from_slice(&buf[..n]);
+                true
+            }
+            Ok(_) => false,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => false,
+            Err(_) => {
+                std::thread::sleep(wait);
+                false
+            }
+        }
+    }
+
+    /// Reads whatever arrives for `wait`.
+    pub fn pump(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            self.fill(deadline);
+        }
+    }
+
+    /// Reads at least `n` bytes within `within`; the time the last arrived.
+    pub fn read_exact(&mut self, n: usize, within: Duration) -> (Vec<u8>, Instant) {
+        let deadline = Instant::now() + within;
+        let mut at = Instant::now();
+        while self.pending.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "wanted {n} bytes within {within:?}, got {:02X?}",
+                self.pending
+            );
+            if self.fill(deadline) {
+                at = Instant::now();
+            }
+        }
+        (self.pending.drain(..n).collect(), at)
+    }
+
+    /// The next line sonotap writes, within `within`.
+    pub fn line(&mut self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return String::from_utf8_lossy(&line).trim_end().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line within {within:?}; got {:?}",
+                String::from_utf8_lossy(&self.pending)
+            );
+            self.fill(deadline);
+        }
+    }
+
+    /// Expects the next line to be `want` (within 10 s).
+    pub fn expect(&mut self, want: &str) {
+        assert_eq!(self.line(Duration::from_secs(10)), want);
+    }
+
+    /// Nothing arrives for `quiet`.
+    pub fn silent(&mut self, quiet: Duration) {
+        self.pump(quiet);
+        assert!(self.pending.is_empty(), "unexpected {:02X?}", self.pending);
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).expect("device writes");
+        self.master.flush().expect("flush");
+    }
+
+    /// Sends a line as the ASCII adapters end theirs (CR LF).
+    pub fn say(&mut self, line: &str) {
+        self.send(format!("{line}\r\n").as_bytes());
+    }
 }
