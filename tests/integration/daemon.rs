@@ -22,7 +22,7 @@ use sonotap::token::Scope;
 use sonotap::wallet::{PayRequest, Wallet};
 
 use crate::audio_capture::{alsa_test_device, write_raw};
-use crate::util::{PtyDevice, Scratch, sonotap};
+use crate::util::{HubProcess, PtyDevice, Scratch, sonotap};
 
 const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
 const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
@@ -69,43 +69,6 @@ impl RelayBoard for PtyDevice {
             self.pump(Duration::from_millis(5));
         }
         Instant::now()
-    }
-}
-
-/// A real hub on 127.0.0.1, killed when dropped.
-struct HubProcess {
-    child: Child,
-    url: String,
-}
-
-impl HubProcess {
-    fn start(s: &Scratch) -> Self {
-        let mut child = sonotap()
-            .args(["hub", "serve", "--data", "hub", "--listen", "127.0.0.1:0"])
-            .current_dir(s.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("hub starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("hub prints its address");
-        let url = line.split_whitespace().nth(2).expect("address").to_owned();
-        Self { child, url }
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -392,7 +355,7 @@ fn status(s: &Scratch) -> serde_json::Value {
 #[test]
 fn sound_token_from_the_alsa_device_opens_the_gate_is_recorded_and_reaches_the_hub() {
     let (s, mut w) = site();
-    let hub = HubProcess::start(&s);
+    let hub = HubProcess::start(&s, 0);
     let mut relay = Relay::new();
     let token = pay(&mut w);
     let sound =
@@ -450,7 +413,7 @@ fn sound_token_from_the_alsa_device_opens_the_gate_is_recorded_and_reaches_the_h
 #[test]
 fn qr_frame_from_a_fifo_opens_the_gate_shows_the_display_line_and_reaches_the_hub() {
     let (s, mut w) = site();
-    let hub = HubProcess::start(&s);
+    let hub = HubProcess::start(&s, 0);
     let mut relay = Relay::new();
     mkfifo(&s.path("cam.y8"));
     let cfg = config(

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,61 +18,7 @@ use sonotap::sync::wire::Batch;
 use sonotap::token::Scope;
 use sonotap::wallet::{PayRequest, Wallet};
 
-use crate::util::{Scratch, last_json, sonotap};
-
-/// A `sonotap hub serve` process, killed when dropped.
-struct HubProcess {
-    child: Child,
-    url: String,
-    port: u16,
-}
-
-impl HubProcess {
-    fn start(s: &Scratch, port: u16) -> Self {
-        let mut child = sonotap()
-            .args([
-                "hub",
-                "serve",
-                "--data",
-                "hub",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .current_dir(s.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("hub starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("hub prints its address");
-        let url = line.split_whitespace().nth(2).expect("address").to_owned();
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        Self { child, url, port }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::util::{HubProcess, Scratch, last_json, sonotap};
 
 const NOW: u64 = 1_790_000_000;
 

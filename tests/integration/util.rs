@@ -1,10 +1,10 @@
 //! Helpers: run the real binary in a scratch directory; play a serial
 //! device on a pseudo-terminal.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serialport::{SerialPort, TTYPort};
@@ -262,5 +262,63 @@ impl PtyDevice {
     /// Sends a line as the ASCII adapters end theirs (CR LF).
     pub fn say(&mut self, line: &str) {
         self.send(format!("{line}\r\n").as_bytes());
+    }
+}
+
+/// A `sonotap hub serve` process, killed when dropped.
+pub struct HubProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The port it listens on (to restart it there).
+    pub port: u16,
+}
+
+impl HubProcess {
+    /// Starts `hub serve --data hub` in `s` on `port` (0: any free port).
+    pub fn start(s: &Scratch, port: u16) -> Self {
+        let mut child = sonotap()
+            .args([
+                "hub",
+                "serve",
+                "--data",
+                "hub",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .current_dir(s.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("hub starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("hub prints its address");
+        let url = line.split_whitespace().nth(2).expect("address").to_owned();
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        Self { child, url, port }
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
