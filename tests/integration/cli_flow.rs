@@ -246,18 +246,7 @@ fn charge_limits_scope_and_deny_list() {
     let (code, _) = accept(&s, "t", 30, &[]);
     assert_eq!(code, 0);
 
-    s.ok(&[
-        "reader",
-        "init",
-        "--data",
-        "v",
-        "--id",
-        "vend-1",
-        "--scope",
-        "vending",
-        "--trust",
-        "hub/issuer.pub",
-    ]);
+    s.reader_init("v", "vend-1", &["--scope", "vending"]);
     pay(&s, 100, 40, "t");
     let out = s.run(&["reader", "accept", "--data", "v", "--at", &at(40), "t"]);
     assert_eq!(last_json(&out)["reason"], "wrong_scope");

@@ -186,27 +186,8 @@ impl Drop for Daemon {
 fn site() -> (Scratch, Wallet) {
     let s = Scratch::new();
     s.ok(&["hub", "init", "--data", "hub"]);
-    s.ok(&[
-        "reader",
-        "init",
-        "--data",
-        "r",
-        "--id",
-        "gate-1",
-        "--trust",
-        "hub/issuer.pub",
-    ]);
-    s.ok(&[
-        "hub",
-        "reader",
-        "add",
-        "--data",
-        "hub",
-        "--id",
-        "gate-1",
-        "--key",
-        "r/reader.pub",
-    ]);
+    s.reader_init("r", "gate-1", &[]);
+    s.register_reader("r", "gate-1");
     let w = wallet(&s, "w");
     (s, w)
 }
@@ -757,18 +738,7 @@ fn example_config_runs_notifies_systemd_serves_metrics_and_sighup_applies_a_new_
 fn vending_profile_charges_the_vend_requests_price_before_approval() {
     let s = Scratch::new();
     s.ok(&["hub", "init", "--data", "hub"]);
-    s.ok(&[
-        "reader",
-        "init",
-        "--data",
-        "r",
-        "--id",
-        "vend-1",
-        "--trust",
-        "hub/issuer.pub",
-        "--scope",
-        "vending",
-    ]);
+    s.reader_init("r", "vend-1", &["--scope", "vending"]);
     let mut w = wallet_for(&s, "w", Scope::Vending);
     let mut vmc = Relay::new();
     mkfifo(&s.path("cam.y8"));

@@ -104,18 +104,7 @@ fn vending_site(amount: u32) -> Scratch {
         "cred",
     ]);
     s.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
-    s.ok(&[
-        "reader",
-        "init",
-        "--data",
-        "r",
-        "--id",
-        "vend-1",
-        "--trust",
-        "hub/issuer.pub",
-        "--scope",
-        "vending",
-    ]);
+    s.reader_init("r", "vend-1", &["--scope", "vending"]);
     let amount = amount.to_string();
     s.ok(&[
         "wallet", "pay", "--dir", "w", "--amount", &amount, "--out", "token",

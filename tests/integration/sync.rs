@@ -27,20 +27,8 @@ fn site() -> Scratch {
     let s = Scratch::new();
     s.ok(&["hub", "init", "--data", "hub"]);
     for (dir, id) in [("ra", "gate-a"), ("rb", "gate-b")] {
-        s.ok(&[
-            "reader",
-            "init",
-            "--data",
-            dir,
-            "--id",
-            id,
-            "--trust",
-            "hub/issuer.pub",
-        ]);
-        let key = format!("{dir}/reader.pub");
-        s.ok(&[
-            "hub", "reader", "add", "--data", "hub", "--id", id, "--key", &key,
-        ]);
+        s.reader_init(dir, id, &[]);
+        s.register_reader(dir, id);
     }
     s
 }
@@ -447,16 +435,7 @@ fn batch_relabelled_with_another_readers_identity_is_refused() {
     assert_eq!(reader_row(&r, "gate-b")["records"], 0);
 
     // An unregistered reader is refused by name.
-    s.ok(&[
-        "reader",
-        "init",
-        "--data",
-        "rc",
-        "--id",
-        "gate-c",
-        "--trust",
-        "hub/issuer.pub",
-    ]);
+    s.reader_init("rc", "gate-c", &[]);
     queue(&s, "rc", 1);
     let out = sync(&s, "rc", &hub.url, &["--attempts", "1"]);
     assert_eq!(out.status.code(), Some(1));

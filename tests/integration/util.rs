@@ -96,17 +96,32 @@ impl Scratch {
         }
         self.ok(&issue);
         self.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
-        let reader = [
+        self.reader_init("r", "gate-1", &[]);
+    }
+
+    /// `reader init --data DIR --id ID --trust hub/issuer.pub EXTRA…`: a
+    /// reader trusting this scratch directory's hub.
+    pub fn reader_init(&self, dir: &str, id: &str, extra: &[&str]) {
+        let mut args = vec![
             "reader",
             "init",
             "--data",
-            "r",
+            dir,
             "--id",
-            "gate-1",
+            id,
             "--trust",
             "hub/issuer.pub",
         ];
-        self.ok(&reader);
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    /// `hub reader add`: registers reader `dir` (id `id`) at the hub.
+    pub fn register_reader(&self, dir: &str, id: &str) {
+        let key = format!("{dir}/reader.pub");
+        self.ok(&[
+            "hub", "reader", "add", "--data", "hub", "--id", id, "--key", &key,
+        ]);
     }
 
     /// Checks that `hex_line` (a decoder's output) is the token in
