@@ -124,6 +124,13 @@ impl Daemon {
         self.log.join("\n")
     }
 
+    /// SIGTERM, then expects exit status 0 within 10 s (the log if not).
+    fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let code = self.wait_exit(Duration::from_secs(10));
+        assert_eq!(code, Some(0), "{}", self.drain_log());
+    }
+
     fn drain_log(&mut self) -> String {
         while let Ok(line) = self.stderr.try_recv() {
             self.log.push(line);
@@ -381,13 +388,7 @@ fn sound_token_from_the_alsa_device_opens_the_gate_is_recorded_and_reaches_the_h
         "{acts:?}"
     );
     daemon.wait_log("sync round ok", Duration::from_secs(10));
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        daemon.drain_log()
-    );
+    daemon.stop();
     assert_eq!(relay.opens(), 1, "the gate opened once");
 }
 
@@ -454,13 +455,7 @@ fn qr_frame_from_a_fifo_opens_the_gate_shows_the_display_line_and_reaches_the_hu
     );
     daemon.wait_log("tap timings", Duration::from_secs(5));
     drop(fifo);
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        daemon.drain_log()
-    );
+    daemon.stop();
 }
 
 #[test]
@@ -481,13 +476,7 @@ fn sigterm_during_a_burst_loses_nothing_and_opens_nothing_twice() {
     }
     // Each opening holds the relay 300 ms: most of the burst is still queued.
     relay.wait_opens(2, Duration::from_secs(20));
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        daemon.drain_log()
-    );
+    daemon.stop();
     relay.pump(Duration::from_millis(300));
     let commands = relay.commands();
     assert_eq!(
@@ -571,13 +560,7 @@ fn hub_down_for_the_whole_test_leaves_records_queued_and_the_gate_working() {
     assert_eq!(metric(&m, "sonotap_accepts_total{source=\"qr\"}"), 2.0);
     let st = status(&s);
     assert_eq!(st["devices"].as_array().map(Vec::len), Some(2), "{st}");
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        daemon.drain_log()
-    );
+    daemon.stop();
     assert_eq!(unsynced(&s), 2);
 }
 
@@ -716,13 +699,7 @@ fn example_config_runs_notifies_systemd_serves_metrics_and_sighup_applies_a_new_
         .filter_map(|d| d["name"].as_str())
         .collect();
     assert_eq!(names, ["gate", "camera"]);
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        daemon.drain_log()
-    );
+    daemon.stop();
     let rest: Vec<String> = std::iter::from_fn(|| {
         notify
             .set_read_timeout(Some(Duration::from_millis(200)))
@@ -788,11 +765,5 @@ fn vending_profile_charges_the_vend_requests_price_before_approval() {
                 .any(|a| a.outcome == ActuationOutcome::VendSuccess)
         },
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        daemon.drain_log()
-    );
+    daemon.stop();
 }
