@@ -157,7 +157,8 @@ pub fn replace_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// in between) must be a regular file; and the bound is on bytes actually
 /// read, not on the size the file claims.
 pub fn read_regular_file_capped(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
-    let (file, _) = open_regular(path)?;
+    let (file, meta) = open_regular(path)?;
+    refuse_claimed_size(path, &meta, cap)?;
     let mut bytes = Vec::new();
     read_capped(path, file, cap, &mut bytes)?;
     Ok(bytes)
@@ -183,6 +184,7 @@ pub fn read_private_file_capped(path: &Path, cap: u64) -> Result<Zeroizing<Vec<u
             mode: mode & 0o777,
         });
     }
+    refuse_claimed_size(path, &meta, cap)?;
     let capacity = usize::try_from(cap.saturating_add(1)).unwrap_or(usize::MAX);
     let mut bytes = Zeroizing::new(Vec::with_capacity(capacity));
     read_capped(path, file, cap, &mut bytes)?;
@@ -252,6 +254,13 @@ fn check_dir_meta(path: &Path, meta: &Metadata) -> Result<(), DirError> {
     Ok(())
 }
 
+/// Opens the regular file at `path` for reading, for a caller that reads it
+/// as a stream with bounds of its own (an image decoder): never blocks on
+/// open, refuses anything but a regular file.
+pub fn open_regular_file(path: &Path) -> Result<File, ReadError> {
+    open_regular(path).map(|(file, _)| file)
+}
+
 /// Opens `path` for reading without blocking and checks, on the opened
 /// descriptor, that it is a regular file.
 fn open_regular(path: &Path) -> Result<(File, Metadata), ReadError> {
@@ -293,6 +302,19 @@ fn open_regular(path: &Path) -> Result<(File, Metadata), ReadError> {
         path: path.into(),
         kind: what,
     })
+}
+
+/// A file that says it is over the cap is refused unread (a sparse file of
+/// a terabyte costs nothing to make). The size is trusted only to refuse:
+/// what is accepted is bounded by [`read_capped`].
+fn refuse_claimed_size(path: &Path, meta: &Metadata, cap: u64) -> Result<(), ReadError> {
+    if meta.len() > cap {
+        return Err(ReadError::TooLarge {
+            path: path.into(),
+            cap,
+        });
+    }
+    Ok(())
 }
 
 /// Reads at most `cap + 1` bytes into `into`; more than `cap` is refused.

@@ -1,20 +1,24 @@
 //! Key files for the three key holders: issuer (with key ids), wallet, reader.
 //!
 //! A key file is one line of text: `sonotap <role>-<secret|public> <key id|-> <hex>`.
-//! Secret files hold the 32-byte ed25519 seed, are created 0600, are refused
-//! when other users can read them, and are zeroized in memory when dropped.
+//! Secret files hold the 32-byte ed25519 seed, are created 0600, and are
+//! zeroized in memory when dropped. A secret file is refused when other users
+//! can read it, when another user owns it, or when its directory lets others
+//! replace it; any key file is refused when it is not a regular file (a FIFO
+//! would hang the reader, a device would never end).
 
 use std::fmt;
-use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::fsutil;
+use crate::fsutil::{self, DirError, ReadError};
+
+/// The most a key file may hold: one line of about 100 bytes, with room to spare.
+const MAX_KEY_FILE_BYTES: u64 = 1024;
 
 /// Who holds a key; a key file of one role is never accepted for another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +82,18 @@ pub enum KeyFileError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// Not a regular file, too large, or owned by another user.
+    #[error("key file {0}")]
+    Refused(ReadError),
+    /// A secret key in a directory that group or others can write: they
+    /// could replace the key.
+    #[error("secret key file {path}: {source}")]
+    DirTooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with its directory.
+        source: DirError,
     },
     /// A valid key file, but for another role or kind.
     #[error("key file {path} holds {found}, expected {expected}")]
@@ -205,17 +221,19 @@ impl SecretKey {
         })
     }
 
-    /// Reads a secret key of the expected role, checking its permissions.
+    /// Reads a secret key of the expected role, checking the file's type,
+    /// owner and permissions, and that its directory is private.
     pub fn read(path: &Path, role: Role) -> Result<Self, KeyFileError> {
-        let meta = fs::metadata(path).map_err(|e| read_error(path, e))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyFileError::TooOpen {
-                path: path.into(),
-                mode,
-            });
-        }
-        let text = Zeroizing::new(fs::read(path).map_err(|e| read_error(path, e))?);
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        fsutil::check_private_dir(dir).map_err(|source| KeyFileError::DirTooOpen {
+            path: path.into(),
+            source,
+        })?;
+        let text =
+            fsutil::read_private_file_capped(path, MAX_KEY_FILE_BYTES).map_err(read_error)?;
         let line = parse_line(path, &text, role, Kind::Secret)?;
         let mut seed = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(line.hex, seed.as_mut()).map_err(|_| KeyFileError::Malformed {
@@ -296,7 +314,8 @@ impl PublicKey {
 
     /// Reads a public key of the expected role.
     pub fn read(path: &Path, role: Role) -> Result<Self, KeyFileError> {
-        let text = fs::read(path).map_err(|e| read_error(path, e))?;
+        let text =
+            fsutil::read_regular_file_capped(path, MAX_KEY_FILE_BYTES).map_err(read_error)?;
         let line = parse_line(path, &text, role, Kind::Public)?;
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(line.hex, &mut bytes).map_err(|_| KeyFileError::Malformed {
@@ -340,14 +359,12 @@ fn key_id_field(key_id: Option<u8>) -> String {
     key_id.map_or_else(|| "-".to_string(), |id| id.to_string())
 }
 
-fn read_error(path: &Path, e: io::Error) -> KeyFileError {
-    if e.kind() == io::ErrorKind::NotFound {
-        KeyFileError::Missing { path: path.into() }
-    } else {
-        KeyFileError::Unreadable {
-            path: path.into(),
-            source: e,
-        }
+fn read_error(e: ReadError) -> KeyFileError {
+    match e {
+        ReadError::Missing { path } => KeyFileError::Missing { path },
+        ReadError::Io { path, source } => KeyFileError::Unreadable { path, source },
+        ReadError::TooOpen { path, mode } => KeyFileError::TooOpen { path, mode },
+        other => KeyFileError::Refused(other),
     }
 }
 
@@ -406,6 +423,8 @@ fn parse_line<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn secret_key_round_trips_with_0600() {
@@ -500,5 +519,53 @@ mod tests {
     fn debug_output_never_shows_the_seed() {
         let key = SecretKey::from_seed(Role::Wallet, None, &[0x42; 32]);
         assert!(!format!("{key:?}").contains(&"42".repeat(32)));
+    }
+
+    #[test]
+    fn issue13_11_a_key_file_symlinked_to_a_fifo_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(status.success());
+        fs::set_permissions(&fifo, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let key = dir.path().join("reader.key");
+        std::os::unix::fs::symlink(&fifo, &key).expect("symlink");
+        let public = dir.path().join("issuer.pub");
+        std::os::unix::fs::symlink(&fifo, &public).expect("symlink");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let secret = SecretKey::read(&key, Role::Reader).map(|_| ());
+            let public = PublicKey::read(&public, Role::Issuer).map(|_| ());
+            let _ = tx.send((secret, public));
+        });
+        let (secret, public) = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("reading a key must not block");
+        for err in [secret.expect_err("fifo"), public.expect_err("fifo")] {
+            assert!(matches!(err, KeyFileError::Refused(_)), "{err}");
+            assert!(
+                err.to_string().contains("is a FIFO, not a regular file"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn issue13_13_a_secret_key_in_a_directory_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("reader.key");
+        SecretKey::generate(Role::Reader, None)
+            .expect("random")
+            .write_new(&path)
+            .expect("write");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = SecretKey::read(&path, Role::Reader).expect_err("0777 dir");
+        assert!(matches!(err, KeyFileError::DirTooOpen { .. }), "{err}");
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        SecretKey::read(&path, Role::Reader).expect("0755 is fine");
     }
 }

@@ -97,12 +97,10 @@ pub fn daemon_health(dir: &Path, now: u64) -> DaemonHealth {
 }
 
 fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    fs::File::open(path)?
-        .take(MAX_STATUS_BYTES)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
+    crate::fsutil::read_regular_file_capped(path, MAX_STATUS_BYTES).map_err(|e| match e {
+        crate::fsutil::ReadError::Missing { .. } => io::ErrorKind::NotFound.into(),
+        e => io::Error::other(e),
+    })
 }
 
 /// Whether process `pid` exists: `/proc/<pid>` on Linux; `None` (unknown)

@@ -212,9 +212,12 @@ impl Wallet {
     /// Installs a credential from a file. A new credential starts a new
     /// running total; the counter never restarts.
     pub fn add_credential(&mut self, path: &Path) -> Result<Credential, WalletError> {
-        let bytes = fs::read(path).map_err(|source| WalletError::Io {
-            path: path.into(),
-            source,
+        // A credential is 115 bytes; a FIFO or a device is refused unread.
+        let bytes = crate::fsutil::read_regular_file_capped(path, 64 * 1024).map_err(|e| {
+            WalletError::Io {
+                path: path.into(),
+                source: io::Error::other(e),
+            }
         })?;
         let credential =
             Credential::decode(&bytes).map_err(|source| WalletError::BadCredential {

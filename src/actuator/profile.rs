@@ -218,9 +218,16 @@ impl Profile {
 
     /// Reads a profile file; its name is the file name without `.toml`.
     pub fn from_file(path: &Path) -> Result<Profile, ProfileError> {
-        let text = fs::read_to_string(path).map_err(|cause| ProfileError::Read {
+        // A profile is a few hundred bytes; a FIFO or a device is refused unread.
+        let bytes = crate::fsutil::read_regular_file_capped(path, 64 * 1024).map_err(|e| {
+            ProfileError::Read {
+                path: path.into(),
+                cause: std::io::Error::other(e),
+            }
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| ProfileError::Read {
             path: path.into(),
-            cause,
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
         })?;
         let name = path
             .file_stem()

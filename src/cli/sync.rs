@@ -240,7 +240,8 @@ fn print_report(report: &Report) {
 
 /// `sonotap hub import`: the same checks and idempotency as an upload.
 pub fn import(data: &Path, file: &Path, records: RecordSignatureCheck) -> Result<ExitCode> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let bytes = crate::fsutil::read_regular_file_capped(file, export::MAX_FILE_BYTES)
+        .with_context(|| format!("cannot read batch file {}", file.display()))?;
     let batches = export::decode_file(&bytes)
         .with_context(|| format!("{} is not a sonotap batch file", file.display()))?;
     let mut hub = Hub::open(data)?;

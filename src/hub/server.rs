@@ -235,8 +235,13 @@ pub fn router(hub: Hub) -> Router {
 }
 
 fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect())
+    // A certificate chain is a few KiB, a private key (RSA 4096) about 3 KiB.
+    const MAX_CERT_BYTES: u64 = 1 << 20;
+    const MAX_KEY_BYTES: u64 = 64 << 10;
+    let pem = crate::fsutil::read_regular_file_capped(cert, MAX_CERT_BYTES)
+        .map_err(|e| ServeError::Tls(format!("certificate {e}")))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
         return Err(ServeError::Tls(format!(
@@ -244,7 +249,11 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
             cert.display()
         )));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
+    // The same rule as the issuer key: a regular file, owned by this user,
+    // closed to group and others.
+    let pem = crate::fsutil::read_private_file_capped(key, MAX_KEY_BYTES)
+        .map_err(|e| ServeError::Tls(format!("private key {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| ServeError::Tls(format!("{}: {e}", key.display())))?;
     let config = ServerConfig::builder()
         .with_no_client_auth()

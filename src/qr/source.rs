@@ -5,8 +5,7 @@
 //! 20000×20000, an empty or truncated file, or a text file named `.png` is a
 //! clear [`QrError`], never a panic or a multi-gigabyte allocation.
 
-use std::fs::File;
-use std::io::{BufReader, Cursor, Read};
+use std::io::{self, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use image::{ImageDecoder, ImageReader, Limits};
@@ -73,9 +72,10 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
 /// Loads a PNG or JPEG file as a grey image (format from content, not name).
 pub fn load_image(path: &Path) -> Result<GreyImage, QrError> {
     let what = path.display().to_string();
-    let file = File::open(path).map_err(|e| QrError::Io {
+    // A FIFO dropped into a watched directory must not hang the camera thread.
+    let file = crate::fsutil::open_regular_file(path).map_err(|e| QrError::Io {
         what: what.clone(),
-        source: e,
+        source: io::Error::other(e),
     })?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     if len == 0 {

@@ -90,7 +90,9 @@ impl HubClient {
                 path: path.display().to_string(),
                 detail,
             };
-            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            // A CA bundle is at most a few hundred KiB; a FIFO or a device is refused unread.
+            let pem = crate::fsutil::read_regular_file_capped(path, 4 << 20)
+                .map_err(|e| ca_err(e.to_string()))?;
             let certs: Vec<_> = ureq::tls::parse_pem(&pem)
                 .filter_map(|item| match item {
                     Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),

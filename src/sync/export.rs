@@ -15,6 +15,13 @@ pub const FILE_DOMAIN: &[u8] = b"sonotap/v1/batches\0";
 
 const WHAT: &str = "batch file";
 
+/// The largest batch file written or read: 1 GiB, over three million
+/// records of under 300 bytes each (a 199-byte token, a 64-byte signature,
+/// time, kind and amount), months of a busy gate. `hub import` reads no more than this,
+/// whatever the file claims; a reader with more unsynced records needs a
+/// network sync (or an export after part of them is synced).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
 /// Every unsynced record of `reader`, as batches, with their totals.
 pub fn build(reader: &Reader, now: u64) -> Result<(Vec<Batch>, Totals), ReaderError> {
     let mut batches = Vec::new();
@@ -48,6 +55,14 @@ pub fn encode_file(batches: &[Batch]) -> Result<Vec<u8>, WireError> {
         })?;
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&bytes);
+        if out.len() as u64 > MAX_FILE_BYTES {
+            return Err(WireError::Invalid {
+                what: WHAT,
+                detail: format!(
+                    "more than {MAX_FILE_BYTES} bytes, more than `hub import` reads; sync over the network instead"
+                ),
+            });
+        }
     }
     Ok(out)
 }

@@ -551,7 +551,12 @@ fn hub_refuses_plain_http_off_loopback_and_serves_https_with_a_ca() {
 
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     std::fs::write(s.path("hub.crt"), cert.cert.pem()).expect("write");
-    std::fs::write(s.path("hub.key"), cert.signing_key.serialize_pem()).expect("write");
+    // A private key is refused unless it is closed to group and others (0600).
+    sonotap::fsutil::create_private(
+        &s.path("hub.key"),
+        cert.signing_key.serialize_pem().as_bytes(),
+    )
+    .expect("write");
     let mut child = sonotap()
         .args(["hub", "serve", "--data", "hub", "--listen", "127.0.0.1:0"])
         .args(["--tls-cert", "hub.crt", "--tls-key", "hub.key"])
