@@ -5,7 +5,7 @@
 //! its presence means the directory is complete), `reader.key` (0600),
 //! `reader.pub`, `reader.db` (SQLite).
 
-use std::fs;
+use std::fmt;
 use std::io;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,80 @@ pub const PUB_FILE: &str = "reader.pub";
 pub const DB_FILE: &str = "reader.db";
 /// Default tolerance between a token's timestamp and the reader's clock.
 pub const DEFAULT_CLOCK_SKEW_SECS: u32 = 300;
+/// The widest clock-skew window a reader takes: one day. Unbounded, a u32
+/// window of 4294967295 s accepted tokens stamped 1970 and 2106 (issue 13).
+pub const MAX_CLOCK_SKEW_SECS: u32 = 86_400;
+
+/// A clock-skew window of 1 to [`MAX_CLOCK_SKEW_SECS`] seconds: the one check
+/// behind `reader init --clock-skew-secs`, `reader.toml` and the daemon's
+/// `clock_skew_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct ClockSkew(u32);
+
+/// Why a clock-skew window was refused; names the field and the range.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ClockSkewError {
+    /// A number outside 1..=MAX_CLOCK_SKEW_SECS.
+    #[error(
+        "clock_skew_secs {0} is outside 1..={MAX_CLOCK_SKEW_SECS} seconds (at most one day; the default is {DEFAULT_CLOCK_SKEW_SECS})"
+    )]
+    OutOfRange(i128),
+    /// Not a whole number of seconds.
+    #[error("clock_skew_secs {0:?} is not a whole number of seconds")]
+    NotANumber(String),
+}
+
+impl ClockSkew {
+    /// The default window, [`DEFAULT_CLOCK_SKEW_SECS`].
+    pub const DEFAULT: ClockSkew = ClockSkew(DEFAULT_CLOCK_SKEW_SECS);
+
+    /// A window of `secs` seconds, if within 1..=[`MAX_CLOCK_SKEW_SECS`].
+    pub fn new(secs: impl Into<i128>) -> Result<Self, ClockSkewError> {
+        let secs = secs.into();
+        match u32::try_from(secs) {
+            Ok(s @ 1..=MAX_CLOCK_SKEW_SECS) => Ok(Self(s)),
+            _ => Err(ClockSkewError::OutOfRange(secs)),
+        }
+    }
+
+    /// The window in seconds.
+    pub fn secs(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for ClockSkew {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl TryFrom<i64> for ClockSkew {
+    type Error = ClockSkewError;
+
+    fn try_from(secs: i64) -> Result<Self, Self::Error> {
+        Self::new(secs)
+    }
+}
+
+impl std::str::FromStr for ClockSkew {
+    type Err = ClockSkewError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let secs = text
+            .trim()
+            .parse::<i128>()
+            .map_err(|_| ClockSkewError::NotANumber(text.into()))?;
+        Self::new(secs)
+    }
+}
+
+impl fmt::Display for ClockSkew {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// `reader.toml`: what this reader is and what it accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +121,9 @@ pub struct ReaderConfig {
     pub scope: String,
     /// ISO 4217 numeric currency code.
     pub currency: u16,
-    /// Allowed distance between token time and reader time, seconds.
-    #[serde(default = "default_skew")]
+    /// Allowed distance between token time and reader time, seconds
+    /// (checked by [`ClockSkew`]: 1 to [`MAX_CLOCK_SKEW_SECS`]).
+    #[serde(default = "default_skew", deserialize_with = "skew_in_range")]
     pub clock_skew_secs: u32,
     /// Fixed fare or price charged when the caller names no amount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,6 +132,14 @@ pub struct ReaderConfig {
 
 fn default_skew() -> u32 {
     DEFAULT_CLOCK_SKEW_SECS
+}
+
+/// Reads `clock_skew_secs` as any integer, so that an out-of-range value is
+/// refused by [`ClockSkew`] with the range, not by serde as "expected u32".
+fn skew_in_range<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    ClockSkew::new(i64::deserialize(d)?)
+        .map(ClockSkew::secs)
+        .map_err(serde::de::Error::custom)
 }
 
 impl ReaderConfig {
@@ -68,11 +151,12 @@ impl ReaderConfig {
         if self.fare == Some(0) {
             return Err("fare must be at least 1".into());
         }
+        let skew = ClockSkew::new(self.clock_skew_secs).map_err(|e| e.to_string())?;
         Ok(ReaderPolicy {
             reader_tag: token::reader_tag(&self.id),
             scope: self.scope.parse::<Scope>()?,
             currency: self.currency,
-            clock_skew_secs: self.clock_skew_secs,
+            clock_skew_secs: skew.secs(),
         })
     }
 }
@@ -218,17 +302,19 @@ impl Reader {
             path: config_path.clone(),
             detail,
         };
-        let text = fs::read_to_string(&config_path).map_err(|e| {
-            config_error(match e.kind() {
-                io::ErrorKind::NotFound => {
-                    "not found; is this a reader directory? (`sonotap reader init` makes one)"
-                        .into()
-                }
-                _ => e.to_string(),
-            })
-        })?;
+        let text =
+            fsutil::read_regular_file_capped(&config_path, MAX_CONFIG_BYTES).map_err(|e| {
+                config_error(match e {
+                    fsutil::ReadError::Missing { .. } => {
+                        "not found; is this a reader directory? (`sonotap reader init` makes one)"
+                            .into()
+                    }
+                    e => e.to_string(),
+                })
+            })?;
+        let text = String::from_utf8(text).map_err(|_| config_error("not UTF-8 text".into()))?;
         let config: ReaderConfig =
-            toml::from_str(&text).map_err(|e| config_error(e.message().to_string()))?;
+            toml::from_str(&text).map_err(|e| config_error(toml_detail(&text, &e)))?;
         let policy = config.policy().map_err(config_error)?;
         let key = SecretKey::read(&dir.join(KEY_FILE), Role::Reader)?;
         let db = ReaderDb::open(&dir.join(DB_FILE))?;
@@ -447,10 +533,25 @@ impl Reader {
 
     /// Overrides the clock-skew window of `reader.toml` (the daemon's config
     /// sets it per site) for this open reader only.
-    pub fn set_clock_skew_secs(&mut self, secs: u32) {
-        self.config.clock_skew_secs = secs;
-        self.policy.clock_skew_secs = secs;
+    pub fn set_clock_skew(&mut self, skew: ClockSkew) {
+        self.config.clock_skew_secs = skew.secs();
+        self.policy.clock_skew_secs = skew.secs();
     }
+}
+
+/// The most a configuration file may hold; real ones are a few hundred bytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// A TOML error with the line it is about, so that the field is named
+/// (`line 4 \`clock_skew_secs = 5000000000\`: ...`).
+fn toml_detail(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let number = before.matches('\n').count() + 1;
+    let line = text.lines().nth(number - 1).unwrap_or_default().trim();
+    format!("line {number} `{line}`: {}", e.message())
 }
 
 fn trust_issuer(db: &ReaderDb, issuer: &PublicKey, now: u64) -> Result<(), ReaderError> {
@@ -458,4 +559,47 @@ fn trust_issuer(db: &ReaderDb, issuer: &PublicKey, now: u64) -> Result<(), Reade
     let key_id = issuer.key_id().unwrap_or(1);
     db.trust_key(key_id, issuer.verifying_key(), now)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue13_09_clock_skew_is_one_second_to_one_day() {
+        assert_eq!(ClockSkew::new(1).map(ClockSkew::secs), Ok(1));
+        assert_eq!(ClockSkew::new(86_400).map(ClockSkew::secs), Ok(86_400));
+        for bad in [
+            0,
+            86_401,
+            i128::from(u32::MAX),
+            -1,
+            i128::from(u64::MAX) + 1,
+        ] {
+            let err = ClockSkew::new(bad).expect_err("out of range");
+            assert!(err.to_string().contains("outside 1..=86400"), "{err}");
+        }
+        assert_eq!("300".parse::<ClockSkew>(), Ok(ClockSkew::DEFAULT));
+        assert!(matches!(
+            "5m".parse::<ClockSkew>(),
+            Err(ClockSkewError::NotANumber(_))
+        ));
+        assert!("4294967295".parse::<ClockSkew>().is_err());
+    }
+
+    #[test]
+    fn issue13_09_reader_toml_with_a_huge_skew_names_the_field_and_the_range() {
+        let base = "id = \"gate-1\"\nscope = \"transit\"\ncurrency = 978\n";
+        for value in ["4294967295", "5000000000", "0", "-5"] {
+            let text = format!("{base}clock_skew_secs = {value}\n");
+            let err = toml::from_str::<ReaderConfig>(&text).expect_err("refused");
+            let detail = toml_detail(&text, &err);
+            assert!(
+                detail.contains("line 4 `clock_skew_secs") && detail.contains("outside 1..=86400"),
+                "{detail}"
+            );
+        }
+        let config: ReaderConfig = toml::from_str(base).expect("default skew");
+        assert_eq!(config.clock_skew_secs, DEFAULT_CLOCK_SKEW_SECS);
+    }
 }

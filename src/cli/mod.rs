@@ -12,7 +12,6 @@ mod qr;
 mod status;
 mod sync;
 
-use std::fs;
 use std::io::{self, Read, Write};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -238,9 +237,9 @@ enum ReaderCommand {
         /// ISO 4217 currency: letters (EUR) or number (978)
         #[arg(long, default_value = "EUR", value_parser = currency::parse)]
         currency: u16,
-        /// Allowed difference between token time and reader time, seconds
-        #[arg(long, default_value_t = reader::DEFAULT_CLOCK_SKEW_SECS)]
-        clock_skew_secs: u32,
+        /// Allowed difference between token time and reader time, seconds (1 to 86400)
+        #[arg(long, default_value_t = reader::ClockSkew::DEFAULT)]
+        clock_skew_secs: reader::ClockSkew,
         /// Fixed fare charged when no amount is given (default: what the token authorises)
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         fare: Option<u32>,
@@ -459,12 +458,20 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
                 true => format!("{}\n", ::hex::encode(bytes)).into_bytes(),
                 false => bytes.to_vec(),
             };
-            crate::fsutil::replace_atomic(&out, &content, 0o644)
+            // A token is a bearer instrument until it is spent: owner only.
+            crate::fsutil::replace_atomic(&out, &content, 0o600)
                 .with_context(|| format!("cannot write {}", out.display()))?;
+            // The sound and the picture carry the same token: owner only too.
+            // A fresh empty 0600 file is renamed into place first, so the
+            // content is never written into a file others may read.
             if let Some(wav) = wav {
+                crate::fsutil::replace_atomic(&wav, b"", 0o600)
+                    .with_context(|| format!("cannot write {}", wav.display()))?;
                 modem::write_wav(&bytes, profile, crate::modem::INTERNAL_RATE, &wav)?;
             }
             if let Some(png) = qr {
+                crate::fsutil::replace_atomic(&png, b"", 0o600)
+                    .with_context(|| format!("cannot write {}", png.display()))?;
                 qr::write_png(&bytes, &png)?;
             }
             println!("{}", output::payment_json(&payment.token));
@@ -495,7 +502,7 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
                 id,
                 scope,
                 currency,
-                clock_skew_secs,
+                clock_skew_secs: clock_skew_secs.secs(),
                 fare,
             };
             let reader = Reader::init(&data, &options, &issuer, clock(None)?)?;
@@ -627,29 +634,31 @@ fn unix_u32(at: u64) -> Result<u32> {
     u32::try_from(at).map_err(|_| anyhow!("time {at} is past 2106, beyond what token v1 can carry"))
 }
 
+/// The most a token file may hold: a token is 199 bytes (398 as hex text);
+/// anything near this is not a token, and is refused unread.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
 /// Reads a token: raw bytes, or hex text (as `--hex` and the decoders print);
 /// `-` reads standard input. Anything else is passed on as-is, to be declined
-/// as malformed.
+/// as malformed. A FIFO, a device or a file over [`MAX_TOKEN_FILE_BYTES`] is
+/// refused (exit 2) without waiting on it or reading it all.
 fn read_token_file(path: &Path) -> Result<Vec<u8>> {
     let bytes = if path == Path::new("-") {
         let mut bytes = Vec::new();
         io::stdin()
-            .take(64 * 1024)
+            .take(MAX_TOKEN_FILE_BYTES + 1)
             .read_to_end(&mut bytes)
             .context("cannot read the token from standard input")?;
-        bytes
-    } else {
-        let meta = fs::metadata(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?;
-        if meta.len() > 64 * 1024 {
+        if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
             bail!(
-                "token file {} is {} bytes; a token is at most {}",
-                path.display(),
-                meta.len(),
+                "standard input holds more than {MAX_TOKEN_FILE_BYTES} bytes; a token is {}",
                 token::TOKEN_LEN
             );
         }
-        fs::read(path).with_context(|| format!("cannot read token file {}", path.display()))?
+        bytes
+    } else {
+        crate::fsutil::read_regular_file_capped(path, MAX_TOKEN_FILE_BYTES)
+            .with_context(|| format!("cannot read token file {}", path.display()))?
     };
     Ok(decode_hex_text(&bytes).unwrap_or(bytes))
 }

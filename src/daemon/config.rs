@@ -14,16 +14,18 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::reader::ClockSkew;
+
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config {path}: cannot read: {cause}")]
+    /// The file could not be read (missing, not a regular file, too large).
+    #[error("config {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// What the OS said.
-        cause: std::io::Error,
+        /// What is wrong (starts with the path).
+        cause: crate::fsutil::ReadError,
     },
     /// Not valid TOML, or a field of the wrong type, or an unknown field.
     #[error("config {path}: {detail}")]
@@ -55,9 +57,10 @@ pub struct Config {
     /// directive list (`sonotap=debug,info`).
     #[serde(default = "default_log_level")]
     pub log_level: String,
-    /// Clock-skew window, seconds; overrides the reader's `reader.toml`.
+    /// Clock-skew window, seconds (1 to one day, [`ClockSkew`]); overrides
+    /// the reader's `reader.toml`.
     #[serde(default)]
-    pub clock_skew_secs: Option<u32>,
+    pub clock_skew_secs: Option<ClockSkew>,
     /// Where sound comes from; none when absent.
     #[serde(default)]
     pub audio: Option<AudioConfig>,
@@ -299,9 +302,14 @@ impl fmt::Display for Source {
 impl Config {
     /// Reads, parses, resolves relative paths against the file's directory, and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        let bytes = crate::fsutil::read_regular_file_capped(path, crate::reader::MAX_CONFIG_BYTES)
+            .map_err(|cause| ConfigError::Read {
+                path: path.into(),
+                cause,
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
             path: path.into(),
-            cause,
+            detail: "not UTF-8 text".into(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, base)
@@ -361,14 +369,6 @@ impl Config {
         };
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
-        if let Some(skew) = self.clock_skew_secs
-            && !(1..=86_400).contains(&skew)
-        {
-            return Err(bad(
-                "clock_skew_secs",
-                format!("{skew} is outside 1..=86400"),
-            ));
-        }
         if let Some(audio) = &self.audio {
             let wrong = |field: &str, set: bool| -> Result<(), ConfigError> {
                 if set {

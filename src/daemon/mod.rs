@@ -335,7 +335,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         source,
     })?;
     if let Some(skew) = config.clock_skew_secs {
-        reader.set_clock_skew_secs(skew);
+        reader.set_clock_skew(skew);
     }
     tracing::info!(reader = reader.id(), config = %config_path.display(), "starting");
     let (actuator, display, busy_bound) = actuator(&config, &shared)?;
