@@ -35,7 +35,8 @@ pub struct ServeArgs {
     /// PEM private key for HTTPS
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// State database: postgres://… (default: DIR/hub.db, SQLite)
+    /// State database: postgres://… (default: DIR/hub.db, SQLite); give the
+    /// password in PGPASSFILE / ~/.pgpass or PGPASSWORD, not in the URL
     #[arg(long, value_name = "URL")]
     database: Option<String>,
     /// Check every record's own reader signature, not only the batch
@@ -113,6 +114,13 @@ pub struct SyncArgs {
 /// `sonotap hub serve`: runs until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let now = super::clock(None)?;
+    if args
+        .database
+        .as_deref()
+        .is_some_and(crate::hub::pgpass::url_has_password)
+    {
+        eprintln!("sonotap: {}", crate::hub::pgpass::URL_PASSWORD_WARNING);
+    }
     let mut hub = crate::hub::open_database(&args.data, args.database.as_deref(), now)?;
     hub.set_record_signatures(record_signatures(args.every_record_signature));
     let where_ = hub.describe();

@@ -56,8 +56,12 @@ pub enum IncidentKind {
     InvalidToken,
     /// The same token was charged again (at another reader, or twice).
     DuplicateToken,
-    /// A void names no charge of that token at that reader.
+    /// A void names no earlier charge of that token at that reader.
     VoidWithoutCharge,
+    /// A void of a charge that was voided before; it changed nothing.
+    VoidRepeated,
+    /// A void of more than is left of its charge; only what was left was voided.
+    VoidOverCharge,
 }
 
 impl IncidentKind {
@@ -69,6 +73,8 @@ impl IncidentKind {
             IncidentKind::InvalidToken => "invalid_token",
             IncidentKind::DuplicateToken => "duplicate_token",
             IncidentKind::VoidWithoutCharge => "void_without_charge",
+            IncidentKind::VoidRepeated => "void_repeated",
+            IncidentKind::VoidOverCharge => "void_over_charge",
         }
     }
 }
@@ -96,6 +102,47 @@ pub struct BatchRow<'a> {
     pub via: Via,
     /// Hub time, Unix seconds.
     pub at: u64,
+}
+
+/// What is left of a stored payment's charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeLeft {
+    /// Its net charge: what was charged minus what was voided.
+    pub left: u32,
+    /// The voids applied to it so far (at most one is ever applied).
+    pub voids: u32,
+}
+
+/// How much of a void the hub applies, and why not all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoidBound {
+    /// The amount taken off the charge and its credential's total.
+    pub applied: u32,
+    /// Set when the void was not applied as claimed.
+    pub incident: Option<IncidentKind>,
+}
+
+/// Bounds a void of `claimed` against a charge with `charge` left: a charge
+/// is voided at most once, for at most what is left of it, so that a void
+/// can never take spend off the credential's total that its charge did not
+/// add (which would hide over-limit spending at every other reader).
+pub fn bound_void(claimed: u32, charge: ChargeLeft) -> VoidBound {
+    if charge.voids > 0 {
+        VoidBound {
+            applied: 0,
+            incident: Some(IncidentKind::VoidRepeated),
+        }
+    } else if claimed > charge.left {
+        VoidBound {
+            applied: charge.left,
+            incident: Some(IncidentKind::VoidOverCharge),
+        }
+    } else {
+        VoidBound {
+            applied: claimed,
+            incident: None,
+        }
+    }
 }
 
 /// Signs deny-list entries on the hub's behalf.
@@ -157,9 +204,13 @@ pub trait Ledger {
     /// Stores a new payment with its first charge; returns the net charges
     /// of every payment under its credential, this one included.
     fn insert_payment(&mut self, payment: &Payment, charged: u32) -> Result<u64, HubError>;
-    /// Adjusts the net charge of `payment`'s token (negative for a void);
-    /// returns the new net charge.
-    fn adjust_charge(&mut self, payment: &Payment, delta: i64) -> Result<i64, HubError>;
+    /// What is left of the charge of stored `payment` (same wallet, counter
+    /// and token hash), and how many voids it has had.
+    fn charge_left(&mut self, payment: &Payment) -> Result<ChargeLeft, HubError>;
+    /// Takes `amount` off the net charge of stored `payment` and off its
+    /// credential's total, and counts one void against it. [`ingest`]
+    /// never asks for more than [`Ledger::charge_left`] said was left.
+    fn void_charge(&mut self, payment: &Payment, amount: u32) -> Result<(), HubError>;
     /// Records a fraud finding against `wallet`.
     fn insert_flag(
         &mut self,
@@ -355,25 +406,48 @@ pub fn ingest(
                 }
             }
             RecordKind::Void => {
-                let charged_here = ledger
+                // Only a charge of this token earlier in this reader's own
+                // chain can be voided by it.
+                let charge = ledger
                     .payments_with_counter(payment.wallet, payment.counter)?
-                    .iter()
-                    .any(|p| {
+                    .into_iter()
+                    .find(|p| {
                         p.token_hash == record.token_hash
                             && p.reader == reader
                             && p.seq < record.seq
                     });
-                if charged_here {
-                    ledger.adjust_charge(payment, -i64::from(record.amount))?;
-                } else {
-                    let detail = "void of a token this reader did not charge before; ignored";
+                let Some(charge) = charge else {
+                    let detail = format!(
+                        "void of {} for a token this reader did not charge before; ignored",
+                        record.amount
+                    );
                     ledger.insert_incident(
                         reader,
                         record.seq,
                         IncidentKind::VoidWithoutCharge,
-                        detail,
+                        &detail,
                         now,
                     )?;
+                    report.incidents += 1;
+                    continue;
+                };
+                let left = ledger.charge_left(&charge)?;
+                let bound = bound_void(record.amount, left);
+                if bound.applied > 0 {
+                    ledger.void_charge(&charge, bound.applied)?;
+                }
+                if let Some(kind) = bound.incident {
+                    let detail = format!(
+                        "void of {} against the charge at {} #{}, which had {} left after {} \
+                         earlier void(s); {} voided",
+                        record.amount,
+                        charge.reader,
+                        charge.seq,
+                        left.left,
+                        left.voids,
+                        bound.applied
+                    );
+                    ledger.insert_incident(reader, record.seq, kind, &detail, now)?;
                     report.incidents += 1;
                 }
             }
@@ -436,4 +510,52 @@ pub fn set_deny(
     let entry = signer.sign(version, action, wallet, now, reason)?;
     ledger.insert_deny(&entry, evidence)?;
     Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue13_02_a_void_takes_at_most_what_is_left_and_only_once() {
+        let fresh = |left| ChargeLeft { left, voids: 0 };
+        assert_eq!(
+            bound_void(500, fresh(500)),
+            VoidBound {
+                applied: 500,
+                incident: None
+            }
+        );
+        assert_eq!(
+            bound_void(100_000, fresh(500)),
+            VoidBound {
+                applied: 500,
+                incident: Some(IncidentKind::VoidOverCharge)
+            }
+        );
+        assert_eq!(
+            bound_void(200, fresh(500)),
+            VoidBound {
+                applied: 200,
+                incident: None
+            },
+            "a partial void is a void"
+        );
+        for claimed in [0, 1, 500] {
+            assert_eq!(
+                bound_void(
+                    claimed,
+                    ChargeLeft {
+                        left: 300,
+                        voids: 1
+                    }
+                ),
+                VoidBound {
+                    applied: 0,
+                    incident: Some(IncidentKind::VoidRepeated)
+                },
+                "a second void changes nothing"
+            );
+        }
+    }
 }

@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod clearing;
 pub mod ledger;
+pub mod pgpass;
 pub mod postgres;
 pub mod server;
 pub mod sqlite;

@@ -56,9 +56,11 @@ use postgres::{Client, Config, IsolationLevel, NoTls, Row, Transaction};
 
 use super::backend::{FlagRow, HubBackend, IncidentRow, ReaderReport, Report};
 use super::clearing::{Finding, Payment};
-use super::ledger::{self, BatchRow, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via};
+use super::ledger::{
+    self, BatchRow, ChargeLeft, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via,
+};
 use super::verify::{CheckedBatch, CheckedRecord};
-use super::{Hub, HubError};
+use super::{Hub, HubError, pgpass};
 use crate::store::StoreError;
 use crate::store::sqlite::{blob, int, unsigned};
 use crate::sync::wire::{DenyAction, DenyEntry};
@@ -77,7 +79,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SCHEMA_TABLE: &str = "sonotap_schema";
 
 /// Migrations, oldest first; the schema version is the number applied.
-static MIGRATIONS: [&str; 3] = [
+static MIGRATIONS: [&str; 4] = [
     "CREATE TABLE issuer_keys (
         key_id BIGINT PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
         public_key BYTEA NOT NULL CHECK (length(public_key) = 32),
@@ -177,6 +179,19 @@ static MIGRATIONS: [&str; 3] = [
     // and by default only the last record's own signature).
     "ALTER TABLE batches ADD COLUMN created_at BIGINT;
     ALTER TABLE batches ADD COLUMN signature BYTEA CHECK (length(signature) = 64);",
+    // Bounded voids (issue 13), as SQLite's migration 4: voids counted per
+    // payment, credential totals recomputed from the payments' net charges.
+    "ALTER TABLE payments ADD COLUMN voids BIGINT NOT NULL DEFAULT 0;
+    UPDATE payments SET voids = v.n
+        FROM (SELECT p.id, count(*) AS n
+              FROM records r JOIN payments p
+                  ON p.token_hash = r.token_hash AND p.reader_id = r.reader_id AND r.seq > p.seq
+              WHERE r.kind = 'void'
+              GROUP BY p.id) AS v
+        WHERE payments.id = v.id;
+    UPDATE credential_spend SET charged = s.total
+        FROM (SELECT credential, sum(charged) AS total FROM payments GROUP BY credential) AS s
+        WHERE credential_spend.credential = s.credential;",
 ];
 
 /// The newest schema version this build knows.
@@ -242,6 +257,17 @@ impl PostgresHub {
             ))
         })?;
         let target = describe_config(&config);
+        if config.get_password().is_none() {
+            let (found, warnings) =
+                pgpass::resolve(&pgpass_target(&config), &|name| std::env::var(name).ok());
+            for warning in warnings {
+                eprintln!("sonotap: warning: {warning}");
+            }
+            if let Some((password, source)) = found {
+                tracing::debug!("{target}: password from {source:?}");
+                config.password(password);
+            }
+        }
         match config.get_ssl_mode() {
             SslMode::Disable | SslMode::Prefer => {}
             other => {
@@ -295,6 +321,26 @@ impl PostgresHub {
         // Two hubs connecting at once must not both apply a migration.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
             .map_err(&err)?;
+        // The schema is only made in a database with no tables at all (a
+        // fresh `createdb`): one holding tables but no sonotap schema is
+        // someone else's, or a hub database that lost its version table.
+        let row = tx
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL,
+                        (SELECT count(*) FROM pg_catalog.pg_tables
+                         WHERE schemaname = current_schema())",
+                &[&SCHEMA_TABLE],
+            )
+            .map_err(&err)?;
+        let (versioned, tables): (bool, i64) = (row.get(0), row.get(1));
+        if !versioned && tables > 0 {
+            return Err(HubError::Backend(format!(
+                "{target} holds {tables} tables but no {SCHEMA_TABLE} table: not a sonotap hub \
+                 database, or one that lost its schema version (nothing was changed; a hub \
+                 makes its schema only in an empty database: point --database at one made with \
+                 createdb, or restore this one from backup)"
+            )));
+        }
         tx.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (
                  version BIGINT PRIMARY KEY,
@@ -409,6 +455,25 @@ fn open_client(config: &Config, target: &str) -> Result<Client, HubError> {
         .batch_execute("SET TIME ZONE 'UTC'")
         .map_err(|e| pg_err(target, e))?;
     Ok(client)
+}
+
+/// What a password file line is matched against: the first host and port
+/// (the `postgres` crate sends one password to every host), the database
+/// (the user's name by default) and the user.
+fn pgpass_target(config: &Config) -> pgpass::Target<'_> {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.as_str(),
+        #[cfg(unix)]
+        Some(Host::Unix(dir)) => dir.to_str().unwrap_or(""),
+        None => "localhost",
+    };
+    let user = config.get_user().unwrap_or("");
+    pgpass::Target {
+        host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        database: config.get_dbname().unwrap_or(user),
+        user,
+    }
 }
 
 /// `host:port` of each host (`[/socket/dir]:port` for a Unix socket).
@@ -766,28 +831,52 @@ impl Ledger for PgLedger<'_> {
         Ok(unsigned(self.path(), "credential spend", total)?)
     }
 
-    fn adjust_charge(&mut self, p: &Payment, delta: i64) -> Result<i64, HubError> {
+    fn charge_left(&mut self, p: &Payment) -> Result<ChargeLeft, HubError> {
         let row = self
             .tx
             .query_one(
-                "UPDATE payments SET charged = greatest(0, charged + $4)
-                 WHERE wallet_id = $1 AND counter = $2 AND token_hash = $3
-                 RETURNING credential, charged",
+                "SELECT charged, voids FROM payments
+                 WHERE wallet_id = $1 AND counter = $2 AND token_hash = $3",
                 &[
                     &p.wallet.0.as_slice(),
                     &i64::from(p.counter),
                     &p.token_hash.as_slice(),
-                    &delta,
                 ],
             )
             .map_err(self.err())?;
-        let credential: Vec<u8> = row.get(0);
-        let charged: i64 = row.get(1);
+        let get = |i: usize| -> Result<i64, HubError> {
+            row.try_get(i)
+                .map_err(|e| inconsistent(self.target, format!("payment charge column {i}: {e}")))
+        };
+        Ok(ChargeLeft {
+            left: unsigned(self.path(), "net charge", get(0)?)?,
+            voids: unsigned(self.path(), "void count", get(1)?)?,
+        })
+    }
+
+    fn void_charge(&mut self, p: &Payment, amount: u32) -> Result<(), HubError> {
+        let row = self
+            .tx
+            .query_one(
+                "UPDATE payments SET charged = charged - $4, voids = voids + 1
+                 WHERE wallet_id = $1 AND counter = $2 AND token_hash = $3
+                 RETURNING credential",
+                &[
+                    &p.wallet.0.as_slice(),
+                    &i64::from(p.counter),
+                    &p.token_hash.as_slice(),
+                    &i64::from(amount),
+                ],
+            )
+            .map_err(self.err())?;
+        let credential: Vec<u8> = row
+            .try_get(0)
+            .map_err(|e| inconsistent(self.target, format!("payment credential: {e}")))?;
         self.execute(
-            "UPDATE credential_spend SET charged = greatest(0, charged + $2) WHERE credential = $1",
-            &[&credential, &delta],
+            "UPDATE credential_spend SET charged = charged - $2 WHERE credential = $1",
+            &[&credential, &i64::from(amount)],
         )?;
-        Ok(charged)
+        Ok(())
     }
 
     fn insert_flag(

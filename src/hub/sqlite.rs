@@ -9,7 +9,9 @@ use rusqlite_migration::M;
 use super::HubError;
 use super::backend::{FlagRow, HubBackend, IncidentRow, ReaderReport, Report};
 use super::clearing::{Finding, Payment};
-use super::ledger::{self, BatchRow, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via};
+use super::ledger::{
+    self, BatchRow, ChargeLeft, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via,
+};
 use super::verify::{CheckedBatch, CheckedRecord};
 use crate::store::StoreError;
 use crate::store::sqlite;
@@ -19,7 +21,7 @@ use crate::token::{Credential, WalletId};
 /// The hub database file in a hub directory.
 pub const DB_FILE: &str = "hub.db";
 
-static MIGRATIONS: [M<'static>; 3] = [
+static MIGRATIONS: [M<'static>; 4] = [
     M::up(
         "CREATE TABLE issuer_keys (
             key_id INTEGER PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
@@ -171,7 +173,34 @@ static MIGRATIONS: [M<'static>; 3] = [
         ALTER TABLE batches ADD COLUMN created_at INTEGER;
         ALTER TABLE batches ADD COLUMN signature BLOB CHECK (length(signature) = 64);",
     ),
+    // Bounded voids (issue 13): a payment counts the voids applied to it, so
+    // that a second void changes nothing; the voids already stored are
+    // counted, and each credential's total is recomputed from its payments'
+    // net charges (a void larger than its charge used to take the whole
+    // claimed amount off the total while the payment stopped at zero).
+    M::up(
+        "ALTER TABLE payments ADD COLUMN voids INTEGER NOT NULL DEFAULT 0;
+        UPDATE payments SET voids = v.n
+            FROM (SELECT p.wallet_id, p.counter, p.token_hash, count(*) AS n
+                  FROM records r JOIN payments p
+                      ON p.token_hash = r.token_hash AND p.reader_id = r.reader_id
+                         AND r.seq > p.seq
+                  WHERE r.kind = 'void'
+                  GROUP BY p.wallet_id, p.counter, p.token_hash) AS v
+            WHERE payments.wallet_id = v.wallet_id AND payments.counter = v.counter
+              AND payments.token_hash = v.token_hash;
+        UPDATE credential_spend SET charged = s.total
+            FROM (SELECT credential, sum(charged) AS total FROM payments GROUP BY credential) AS s
+            WHERE credential_spend.credential = s.credential;",
+    ),
 ];
+
+/// The hub database's schema.
+static SCHEMA: sqlite::Schema = sqlite::Schema {
+    migrations: &MIGRATIONS,
+    marker_table: "issuer_keys",
+    missing_hint: "run `sonotap hub init` first",
+};
 
 /// The SQLite hub backend.
 pub struct SqliteHub {
@@ -241,7 +270,7 @@ impl SqliteHub {
     /// Opens (with `create`, makes) `DIR/hub.db`.
     pub fn open(dir: &Path, create: bool) -> Result<Self, StoreError> {
         let path = dir.join(DB_FILE);
-        let conn = sqlite::open(&path, &MIGRATIONS, create, "run `sonotap hub init` first")?;
+        let conn = sqlite::open(&path, &SCHEMA, create)?;
         let err = |e| StoreError::from_sqlite(&path, e);
         // Clearing looks up wallets at random: keep their index pages in memory.
         conn.pragma_update(None, "cache_size", -128 * 1024)
@@ -607,27 +636,51 @@ impl Ledger for SqliteLedger<'_> {
         Ok(sqlite::unsigned(self.path, "credential spend", total)?)
     }
 
-    fn adjust_charge(&mut self, p: &Payment, delta: i64) -> Result<i64, HubError> {
-        let (credential, charged): (Vec<u8>, i64) = self
+    fn charge_left(&mut self, p: &Payment) -> Result<ChargeLeft, HubError> {
+        let (left, voids): (i64, i64) = self
             .tx
-            .query_row(
-                "UPDATE payments SET charged = max(0, charged + ?4)
-                 WHERE wallet_id = ?1 AND counter = ?2 AND token_hash = ?3
-                 RETURNING credential, charged",
-                params![
-                    p.wallet.0.as_slice(),
-                    p.counter,
-                    p.token_hash.as_slice(),
-                    delta
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+            .prepare_cached(
+                "SELECT charged, voids FROM payments
+                 WHERE wallet_id = ?1 AND counter = ?2 AND token_hash = ?3",
             )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![p.wallet.0.as_slice(), p.counter, p.token_hash.as_slice()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .map_err(self.err())?;
+        Ok(ChargeLeft {
+            left: sqlite::unsigned(self.path, "net charge", left)?,
+            voids: sqlite::unsigned(self.path, "void count", voids)?,
+        })
+    }
+
+    fn void_charge(&mut self, p: &Payment, amount: u32) -> Result<(), HubError> {
+        let credential: Vec<u8> = self
+            .tx
+            .prepare_cached(
+                "UPDATE payments SET charged = charged - ?4, voids = voids + 1
+                 WHERE wallet_id = ?1 AND counter = ?2 AND token_hash = ?3
+                 RETURNING credential",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![
+                        p.wallet.0.as_slice(),
+                        p.counter,
+                        p.token_hash.as_slice(),
+                        amount
+                    ],
+                    |r| r.get(0),
+                )
+            })
             .map_err(self.err())?;
         let credential: [u8; 32] = sqlite::blob(self.path, "credential", credential)?;
         let spend = self.spend(&credential)?;
-        spend.charged = (spend.charged + delta).max(0);
+        spend.charged -= i64::from(amount);
         spend.dirty = true;
-        Ok(charged)
+        Ok(())
     }
 
     fn insert_flag(
@@ -998,7 +1051,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
         {
-            let conn = sqlite::open(&path, &MIGRATIONS[..2], true, "").expect("schema 2");
+            let conn = sqlite::open(
+                &path,
+                &sqlite::Schema {
+                    migrations: &MIGRATIONS[..2],
+                    ..SCHEMA
+                },
+                true,
+            )
+            .expect("schema 2");
             conn.execute_batch(
                 "INSERT INTO records VALUES ('gate-1', 1, 10, 'charge', 250, x'00', zeroblob(32),
                                              zeroblob(32), randomblob(32), zeroblob(64), 11);

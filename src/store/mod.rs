@@ -268,7 +268,12 @@ impl ReaderDb {
     }
 
     fn open_with(path: &Path, create: bool) -> Result<Self, StoreError> {
-        let conn = sqlite::open(path, &MIGRATIONS, create, "run `sonotap reader init` first")?;
+        let schema = sqlite::Schema {
+            migrations: &MIGRATIONS,
+            marker_table: "meta",
+            missing_hint: "run `sonotap reader init` first",
+        };
+        let conn = sqlite::open(path, &schema, create)?;
         Ok(Self {
             conn,
             path: path.into(),

@@ -116,15 +116,32 @@ fn wait_for_lock(attempts: i32) -> bool {
     true
 }
 
+/// Which sonotap database a file must be: its migrations, a table its first
+/// migration creates (present in every version of it), and what makes one.
+#[derive(Debug, Clone, Copy)]
+pub struct Schema {
+    /// Migrations, oldest first; the schema version is the number applied.
+    pub migrations: &'static [M<'static>],
+    /// A table every version of the schema has (`meta`, `issuer_keys`).
+    pub marker_table: &'static str,
+    /// The command that creates the database (`run `sonotap hub init` first`).
+    pub missing_hint: &'static str,
+}
+
 /// Opens (and, with `create`, makes) a database: WAL, `synchronous=FULL`,
 /// foreign keys on, a busy timeout, and the schema migrated to the latest
 /// of `migrations`. A database from a newer build is refused untouched.
-pub fn open(
-    path: &Path,
-    migrations: &'static [M<'static>],
-    create: bool,
-    missing_hint: &'static str,
-) -> Result<Connection, StoreError> {
+///
+/// Only `create` (an explicit `init`) makes a schema: without it a file
+/// that has none (zero bytes, or an empty or foreign SQLite database) is
+/// refused untouched as [`StoreError::Corrupt`], since taking it for a new
+/// database would silently start over (no readers, no keys, the deny list
+/// at version 1) where a real one was lost or truncated. With `create`, an
+/// existing file is only taken if it is empty of tables or already this
+/// schema.
+pub fn open(path: &Path, schema: &Schema, create: bool) -> Result<Connection, StoreError> {
+    let migrations = schema.migrations;
+    let missing_hint = schema.missing_hint;
     let err = |e| StoreError::from_sqlite(path, e);
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
@@ -148,6 +165,7 @@ pub fn open(
             supported: migrations.len(),
         });
     }
+    check_schema(&conn, path, schema, found, create)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
         .map_err(err)?;
@@ -170,6 +188,51 @@ pub fn open(
             other => StoreError::inconsistent(path, format!("schema migration failed: {other}")),
         })?;
     Ok(conn)
+}
+
+/// Refuses a file that is not (yet) this schema, unless `create` may make it.
+fn check_schema(
+    conn: &Connection,
+    path: &Path,
+    schema: &Schema,
+    version: i64,
+    create: bool,
+) -> Result<(), StoreError> {
+    let err = |e| StoreError::from_sqlite(path, e);
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(err)?;
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.into(),
+        detail,
+    };
+    if version == 0 {
+        if create && tables == 0 {
+            return Ok(());
+        }
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        return Err(corrupt(if size == 0 {
+            "the file is empty (0 bytes), and only an init creates a database".into()
+        } else if tables == 0 {
+            "it has no schema, and only an init creates a database".into()
+        } else {
+            format!("it holds {tables} tables or indexes but no sonotap schema version")
+        }));
+    }
+    let marked: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [schema.marker_table],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if !marked {
+        return Err(corrupt(format!(
+            "schema version {version} but no `{}` table: not this kind of sonotap database",
+            schema.marker_table
+        )));
+    }
+    Ok(())
 }
 
 /// Opens an existing database read-only: no migration, no pragma that
@@ -203,10 +266,10 @@ pub fn open_read_only(
         });
     }
     if found == 0 {
-        return Err(StoreError::inconsistent(
-            path,
-            "no schema (user_version 0): not a reader database",
-        ));
+        return Err(StoreError::Corrupt {
+            path: path.into(),
+            detail: "it has no schema (user_version 0): not a reader database".into(),
+        });
     }
     Ok(conn)
 }

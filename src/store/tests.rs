@@ -534,3 +534,51 @@ fn oldest_unsynced_time_follows_the_queue() {
     tap(&mut db, 1, 100).expect("accepted");
     assert_eq!(db.oldest_unsynced_at().expect("read"), Some(NOW));
 }
+
+/// Issue 13 item 2, the reader's side: whatever is asked, the reader writes
+/// at most one void per charge, for exactly the charge's amount, and never
+/// a void of a void.
+#[test]
+fn issue13_02_reader_never_writes_a_void_larger_than_its_charge_or_a_second_void() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    for (counter, amount) in [(1, 100), (2, 250), (3, 1)] {
+        tap(&mut db, counter, amount).expect("accept");
+    }
+    for seq in [1, 2, 3] {
+        void(&mut db, seq, "vend failed").expect("first void");
+        for _ in 0..3 {
+            assert!(matches!(
+                void(&mut db, seq, "again"),
+                Err(VoidError::AlreadyVoided { .. })
+            ));
+        }
+    }
+    for void_seq in [4, 5, 6] {
+        assert!(matches!(
+            void(&mut db, void_seq, "a void of a void"),
+            Err(VoidError::NotACharge { .. })
+        ));
+    }
+    let records = db.records(false).expect("records");
+    assert_eq!(records.len(), 6, "three charges and exactly three voids");
+    for charge in records.iter().filter(|r| r.kind == RecordKind::Charge) {
+        let voids: Vec<_> = records
+            .iter()
+            .filter(|r| r.kind == RecordKind::Void && r.token == charge.token)
+            .collect();
+        assert_eq!(voids.len(), 1, "one void for charge {}", charge.seq);
+        assert_eq!(voids[0].amount, charge.amount);
+        assert!(voids[0].seq > charge.seq);
+    }
+    // The schema itself refuses a second void row for one charge.
+    let other = rusqlite::Connection::open(dir.path().join("reader.db")).expect("open");
+    assert!(
+        other
+            .execute(
+                "INSERT INTO voids (seq, charge_seq, reason) VALUES (6, 1, 'forced')",
+                [],
+            )
+            .is_err()
+    );
+}

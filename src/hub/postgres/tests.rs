@@ -652,3 +652,212 @@ fn postgres_reconnects_after_losing_its_connection() {
     };
     assert_eq!(stored, Some(key(READER_1).verifying_key().to_bytes()));
 }
+
+/// A token of wallet `seed` under a credential with an offline limit of
+/// 1,000 and a per-payment cap of 1,000 (the issue's figures).
+fn token_1000(hub: &mut Hub, seed: u8, amount: u32, counter: u32, total_before: u32) -> Vec<u8> {
+    let credential = hub
+        .issue(
+            &public(Role::Wallet, seed),
+            IssueRequest {
+                scope: Scope::Transit,
+                currency: 978,
+                offline_limit: 1_000,
+                per_payment_cap: 1_000,
+                valid_from: (NOW - 3600) as u32,
+                valid_hours: 24,
+            },
+            NOW,
+        )
+        .expect("issue");
+    let payment = PaymentTerms {
+        amount,
+        counter,
+        total_before,
+        timestamp: NOW as u32,
+        reader_tag: 0,
+    };
+    Token::sign(credential, payment, &key(seed))
+        .expect("wallet key matches")
+        .encode()
+        .to_vec()
+}
+
+/// Issue 13 item 2: voids the hub must bound, each on its own wallet, the
+/// spend after them showing whether the credential's total was eroded.
+/// Returns the report for the SQLite-vs-PostgreSQL comparison.
+fn void_scenario(hub: &mut Hub) -> Report {
+    const OVER: u8 = 21; // the issue's case
+    const TWICE: u8 = 22;
+    const OTHER: u8 = 23;
+    const EXACT: u8 = 24;
+    let hex_of = |seed| hex::encode(wallet_of(seed).0);
+    for (id, seed) in [("gate-1", READER_1), ("gate-2", READER_2)] {
+        hub.add_reader(id, &public(Role::Reader, seed), NOW)
+            .expect("register");
+    }
+    let over: Vec<Vec<u8>> = (0..4)
+        .map(|i| token_1000(hub, OVER, 500, i + 1, i * 500))
+        .collect();
+    let twice: Vec<Vec<u8>> = (0..4)
+        .map(|i| token_1000(hub, TWICE, if i == 3 { 100 } else { 500 }, i + 1, i * 500))
+        .collect();
+    let other: Vec<Vec<u8>> = (0..3)
+        .map(|i| token_1000(hub, OTHER, if i == 2 { 100 } else { 500 }, i + 1, i * 500))
+        .collect();
+    let exact = [
+        token_1000(hub, EXACT, 300, 1, 0),
+        token_1000(hub, EXACT, 500, 2, 300),
+        token_1000(hub, EXACT, 500, 3, 800),
+    ];
+
+    // gate-1: 500 + 500, then a void of 100,000 against one 500 charge;
+    // a charge voided twice; a charge another reader will void; a void of
+    // one more than its charge.
+    let items: Vec<(RecordKind, u32, &[u8])> = vec![
+        (RecordKind::Charge, 500, &over[0]),
+        (RecordKind::Charge, 500, &over[1]),
+        (RecordKind::Void, 100_000, &over[0]),
+        (RecordKind::Charge, 500, &twice[0]),
+        (RecordKind::Charge, 500, &twice[1]),
+        (RecordKind::Void, 500, &twice[0]),
+        (RecordKind::Void, 500, &twice[0]),
+        (RecordKind::Charge, 500, &other[0]),
+        (RecordKind::Charge, 300, &exact[0]),
+        (RecordKind::Void, 301, &exact[0]),
+    ];
+    let (batch, _) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items);
+    let first = receive(hub, &batch, 1).expect("gate-1 upload");
+    assert!(first.report.flagged.is_empty(), "{:?}", first.report);
+    assert_eq!(first.report.incidents, 3);
+
+    // gate-2: the same wallets spend on; and gate-2 voids gate-1's charge.
+    let items: Vec<(RecordKind, u32, &[u8])> = vec![
+        (RecordKind::Charge, 500, &over[2]),
+        (RecordKind::Charge, 500, &over[3]),
+        (RecordKind::Charge, 500, &twice[2]),
+        (RecordKind::Charge, 100, &twice[3]),
+        (RecordKind::Void, 500, &other[0]),
+        (RecordKind::Charge, 500, &other[1]),
+        (RecordKind::Charge, 100, &other[2]),
+        (RecordKind::Charge, 500, &exact[1]),
+        (RecordKind::Charge, 500, &exact[2]),
+    ];
+    let (batch, _) = seal("gate-2", READER_2, 1, GENESIS_HASH, &items);
+    let second = receive(hub, &batch, 2).expect("gate-2 upload");
+    assert_eq!(
+        second.report.flagged,
+        vec![hex_of(OVER), hex_of(TWICE), hex_of(OTHER)],
+        "over-limit spend behind a bounded void is flagged; the exact void hides nothing"
+    );
+
+    let report = hub.report().expect("report");
+    let flags: Vec<(String, &str, &str)> = report
+        .flagged
+        .iter()
+        .map(|f| (f.wallet.clone(), f.rule.as_str(), f.detail.as_str()))
+        .collect();
+    assert_eq!(
+        flags,
+        vec![
+            (
+                hex_of(OVER),
+                "over_offline_limit",
+                "charges under one credential reached 1500, over its offline limit of 1000"
+            ),
+            (
+                hex_of(TWICE),
+                "over_offline_limit",
+                "charges under one credential reached 1100, over its offline limit of 1000"
+            ),
+            (
+                hex_of(OTHER),
+                "over_offline_limit",
+                "charges under one credential reached 1100, over its offline limit of 1000"
+            ),
+        ]
+    );
+    let incidents: Vec<(&str, u64, &str, &str)> = report
+        .incidents
+        .iter()
+        .map(|i| (i.reader.as_str(), i.seq, i.kind.as_str(), i.detail.as_str()))
+        .collect();
+    assert_eq!(
+        incidents,
+        vec![
+            (
+                "gate-1",
+                3,
+                "void_over_charge",
+                "void of 100000 against the charge at gate-1 #1, which had 500 left after 0 \
+                 earlier void(s); 500 voided"
+            ),
+            (
+                "gate-1",
+                7,
+                "void_repeated",
+                "void of 500 against the charge at gate-1 #4, which had 0 left after 1 \
+                 earlier void(s); 0 voided"
+            ),
+            (
+                "gate-1",
+                10,
+                "void_over_charge",
+                "void of 301 against the charge at gate-1 #9, which had 300 left after 0 \
+                 earlier void(s); 300 voided"
+            ),
+            (
+                "gate-2",
+                5,
+                "void_without_charge",
+                "void of 500 for a token this reader did not charge before; ignored"
+            ),
+        ]
+    );
+    report
+}
+
+#[test]
+fn issue13_02_voids_are_bounded_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    void_scenario(&mut sqlite_hub(dir.path()));
+}
+
+#[test]
+fn issue13_02_voids_are_bounded_on_postgres_as_on_sqlite() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = postgres_hub(&dir.path().join("pg"), &server.url("postgres"));
+    let on_postgres = void_scenario(&mut hub);
+    let on_sqlite = void_scenario(&mut sqlite_hub(&dir.path().join("sqlite")));
+    assert_eq!(on_postgres, on_sqlite);
+}
+
+#[test]
+fn issue13_06_postgres_refuses_a_database_with_foreign_tables_untouched() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    server.create_database("other");
+    let url = server.url("other");
+    let mut client = postgres::Client::connect(&url, NoTls).unwrap();
+    client
+        .batch_execute("CREATE TABLE customers (id BIGINT PRIMARY KEY)")
+        .unwrap();
+    let message = error_of(PostgresHub::connect(&url));
+    assert!(
+        message.contains("holds 1 tables but no sonotap_schema table"),
+        "{message}"
+    );
+    let untouched: bool = client
+        .query_one("SELECT to_regclass('sonotap_schema') IS NULL", &[])
+        .unwrap()
+        .get(0);
+    assert!(untouched);
+    // An empty database (a fresh createdb) gets the schema.
+    server.create_database("fresh");
+    drop(PostgresHub::connect(&server.url("fresh")).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(schema_version(&server.url("fresh")), SCHEMA_VERSION as i64);
+}
