@@ -552,6 +552,11 @@ fn connect_err(config: &Config, target: &str, e: postgres::Error) -> HubError {
                 code.code()
             )
         }
+    } else if config.get_password().is_none() && chain(&e).contains("password missing") {
+        format!(
+            "{target} asks for a password and none was found: put it in the password file \
+             (PGPASSFILE, default ~/.pgpass, mode 0600) or in PGPASSWORD"
+        )
     } else {
         match io_kind(&e) {
             Some(std::io::ErrorKind::ConnectionRefused) => format!(
