@@ -150,6 +150,43 @@ pub fn replace_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Removes the temporaries [`replace_atomic`] leaves for `path` when it is
+/// cut short (`<name>.tmp<pid>` beside it). Only for a caller that knows no
+/// other process is replacing `path` at the same time.
+pub fn remove_stale_temporaries(path: &Path) -> io::Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push(".tmp");
+    let prefix = prefix.as_encoded_bytes();
+    let entries = match fs::read_dir(parent) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let bytes = file_name.as_encoded_bytes();
+        let temporary = bytes.len() > prefix.len()
+            && bytes.starts_with(prefix)
+            && bytes[prefix.len()..].iter().all(u8::is_ascii_digit);
+        if temporary {
+            match fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads the regular file at `path`, at most `cap` bytes, refusing anything else.
 ///
 /// The file is opened with `O_NONBLOCK`, so opening a FIFO nobody writes
@@ -362,6 +399,27 @@ mod tests {
         let again = create_private(&path, b"two").expect_err("must refuse");
         assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&path).expect("read"), b"one");
+    }
+
+    #[test]
+    fn issue13_16_stale_temporaries_of_one_file_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("reader.toml");
+        for name in [
+            "reader.toml.tmp12",
+            "reader.toml.tmp",
+            "reader.toml.tmpx",
+            "reader.toml",
+        ] {
+            fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        remove_stale_temporaries(&path).expect("clean");
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["reader.toml", "reader.toml.tmp", "reader.toml.tmpx"]);
     }
 
     #[test]

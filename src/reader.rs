@@ -4,8 +4,18 @@
 //! Layout of `R/`: `reader.toml` (configuration, written last by `init`, so
 //! its presence means the directory is complete), `reader.key` (0600),
 //! `reader.pub`, `reader.db` (SQLite).
+//!
+//! `reader.toml` is the commit point of `init`, and nothing signs before it
+//! exists (every command but `init` needs it). So an `init` cut short (by a
+//! power cut, a full disk) leaves nothing that could have signed a record, and
+//! the next `init` replaces what it left: the key (of any length), the public
+//! key, a database without records, temporaries. A database *with* records
+//! beside no `reader.toml` is a reader that lost its configuration, not an
+//! unfinished init: its key signed those records, and `init` refuses to touch
+//! it ([`ReaderError::ConfigLost`]).
 
 use std::fmt;
+use std::fs;
 use std::io;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -196,6 +206,20 @@ pub enum ReaderError {
         /// The directory.
         path: PathBuf,
     },
+    /// `init` on a directory whose `reader.toml` is gone but whose database
+    /// holds records (or cannot be read to show it holds none): its key
+    /// signed them, so it is never replaced.
+    #[error(
+        "{path} has no reader.toml but its database {detail}; reader.key signed what it holds, \
+         so init will not replace it: restore reader.toml from a backup (or move the \
+         directory away to start a new reader)"
+    )]
+    ConfigLost {
+        /// The directory.
+        path: PathBuf,
+        /// What the database holds, or why it could not be read.
+        detail: String,
+    },
     /// The configuration and the database disagree.
     #[error("reader.toml says id {config:?} but the database belongs to {database:?}")]
     IdMismatch {
@@ -253,7 +277,10 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Creates a reader directory: key pair, database trusting `issuer`, configuration.
+    /// Creates a reader directory: key pair, database trusting `issuer`, and
+    /// last the configuration, which commits it. What an earlier `init` left
+    /// without its configuration is replaced, unless the database holds
+    /// records (see the module documentation).
     pub fn init(
         dir: &Path,
         options: &InitOptions,
@@ -280,6 +307,7 @@ impl Reader {
             move |source| ReaderError::Io { path, source }
         };
         fsutil::create_private_dir(dir).map_err(io_err(dir))?;
+        clear_unfinished_init(dir)?;
         let key = SecretKey::generate(Role::Reader, None).map_err(io_err(dir))?;
         key.write_new(&dir.join(KEY_FILE))?;
         key.public().write(&dir.join(PUB_FILE))?;
@@ -552,6 +580,86 @@ fn toml_detail(text: &str, e: &toml::de::Error) -> String {
     let number = before.matches('\n').count() + 1;
     let line = text.lines().nth(number - 1).unwrap_or_default().trim();
     format!("line {number} `{line}`: {}", e.message())
+}
+
+/// Removes what an interrupted `init` left in `dir` (which has no
+/// `reader.toml`), after checking that the database holds no record.
+fn clear_unfinished_init(dir: &Path) -> Result<(), ReaderError> {
+    let db_path = dir.join(DB_FILE);
+    let lost = |detail: String| ReaderError::ConfigLost {
+        path: dir.into(),
+        detail,
+    };
+    match records_in(&db_path) {
+        Ok(0) => {}
+        Ok(n) => return Err(lost(format!("holds {n} records"))),
+        Err(why) => {
+            return Err(lost(format!(
+                "cannot be read to show it holds no record ({why})"
+            )));
+        }
+    }
+    let remove = |path: PathBuf| match fs::remove_file(&path) {
+        Err(source) if source.kind() != io::ErrorKind::NotFound => {
+            Err(ReaderError::Io { path, source })
+        }
+        _ => Ok(()),
+    };
+    let db_files = ["", "-wal", "-shm", "-journal"].map(|suffix| format!("{DB_FILE}{suffix}"));
+    for name in [KEY_FILE, PUB_FILE]
+        .into_iter()
+        .chain(db_files.iter().map(String::as_str))
+    {
+        remove(dir.join(name))?;
+    }
+    for name in [PUB_FILE, CONFIG_FILE] {
+        let path = dir.join(name);
+        fsutil::remove_stale_temporaries(&path)
+            .map_err(|source| ReaderError::Io { path, source })?;
+    }
+    Ok(())
+}
+
+/// How many records the database at `path` holds: 0 when there is no
+/// database (nor a write-ahead log that could hold one), it is empty, or it
+/// has no `records` table yet. SQLite itself reads it, so a committed
+/// transaction still in the write-ahead log counts.
+fn records_in(path: &Path) -> Result<u64, String> {
+    use rusqlite::{Connection, OpenFlags};
+    let wal = {
+        let mut wal = path.as_os_str().to_os_string();
+        wal.push("-wal");
+        PathBuf::from(wal)
+    };
+    if !path.exists() {
+        // A log without its database: what it holds cannot be read here,
+        // so it is not taken for nothing.
+        return match fs::metadata(&wal) {
+            Ok(meta) if meta.len() > 0 => Err(format!(
+                "{} is missing but its write-ahead log {} is not empty",
+                path.display(),
+                wal.display()
+            )),
+            _ => Ok(0),
+        };
+    }
+    let sqlite = |e: rusqlite::Error| e.to_string();
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'records'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(sqlite)?;
+    if tables == 0 {
+        return Ok(0);
+    }
+    let records: i64 = conn
+        .query_row("SELECT count(*) FROM records", [], |row| row.get(0))
+        .map_err(sqlite)?;
+    Ok(u64::try_from(records).unwrap_or(u64::MAX))
 }
 
 fn trust_issuer(db: &ReaderDb, issuer: &PublicKey, now: u64) -> Result<(), ReaderError> {

@@ -130,13 +130,17 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     }
     let mut clone = Wallet::open(&clone_dir)?;
     let at = unix_u32(now)?;
+    let request = |amount: u32| PayRequest {
+        amount,
+        at,
+        reader_tag: 0,
+    };
     let pay = |wallet: &mut Wallet, amount: u32| -> Result<Vec<u8>> {
-        let payment = wallet.pay(PayRequest {
-            amount,
-            at,
-            reader_tag: 0,
-        })?;
-        Ok(payment.token.encode().to_vec())
+        Ok(wallet.pay(request(amount))?.token.encode().to_vec())
+    };
+    // A token every reader must decline: an honest wallet refuses to sign it.
+    let pay_forced = |wallet: &mut Wallet, amount: u32| -> Result<Vec<u8>> {
+        Ok(wallet.pay_forced(request(amount))?.token.encode().to_vec())
     };
     // Same counter, other contents (it authorises more than the fare).
     let cloned = pay(&mut clone, 300)?;
@@ -174,8 +178,8 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     audio.push(station_wav(&inputs, "rider-2-again", &r2_later, 3)?);
     audio.push(station_wav(&inputs, "rider-4", &r4_token, 4)?);
     let r3_first = pay(r3, 300)?;
-    let r3_second = pay(r3, 300)?;
-    let mut forged = pay(r3, 50)?;
+    let r3_second = pay_forced(r3, 300)?; // 600 > 500
+    let mut forged = pay_forced(r3, 50)?;
     if let Some(byte) = forged.get_mut(crate::token::CREDENTIAL_LEN + 3) {
         *byte ^= 0x01;
     }

@@ -1,7 +1,8 @@
 //! Command-line interface: argument parsing and thin wrappers over the library.
 //!
-//! Exit codes: 0 success (or accept), 1 decline (or nothing found), 2 usage
-//! or environment error (clap's own usage errors also exit 2).
+//! Exit codes: 0 success (or accept), 1 decline (or nothing found, or a
+//! payment the wallet refuses to sign because every reader would decline
+//! it), 2 usage or environment error (clap's own usage errors also exit 2).
 
 mod analyze;
 mod demo;
@@ -180,7 +181,8 @@ enum WalletCommand {
         /// Credential file from `sonotap hub issue`
         credential: PathBuf,
     },
-    /// Make a payment token (advances the counter and running total first)
+    /// Make a payment token (advances the counter and running total first);
+    /// exit 1, nothing signed, if every reader would decline it
     Pay {
         /// Wallet directory
         #[arg(long, value_name = "W")]
@@ -209,6 +211,10 @@ enum WalletCommand {
         /// Also render the token as a QR code, as the phone would show it
         #[arg(long, value_name = "FILE.png")]
         qr: Option<PathBuf>,
+        /// Sign even a payment every reader will decline (over the cap or the
+        /// offline limit, outside validity), for tests and demos; it still counts
+        #[arg(long)]
+        force: bool,
     },
     /// Show the wallet's id, credential, counter and running total
     Show {
@@ -436,6 +442,7 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             wav,
             profile,
             qr,
+            force,
         } => {
             let reader_tag = match reader {
                 Some(id) => {
@@ -445,11 +452,21 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
                 None => 0,
             };
             let mut wallet = Wallet::open(&dir)?;
-            let payment = wallet.pay(PayRequest {
+            let request = PayRequest {
                 amount,
                 at: unix_u32(clock(at)?)?,
                 reader_tag,
-            })?;
+            };
+            let payment = match force {
+                true => wallet.pay_forced(request)?,
+                false => match wallet.pay(request) {
+                    Err(refused @ wallet::WalletError::WouldBeDeclined(_)) => {
+                        eprintln!("sonotap: wallet pay: {refused}");
+                        return Ok(ExitCode::from(1));
+                    }
+                    other => other?,
+                },
+            };
             for warning in &payment.warnings {
                 eprintln!("sonotap: warning: {warning}; a reader will decline this token");
             }

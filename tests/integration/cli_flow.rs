@@ -95,7 +95,8 @@ fn pay_accept_replay_and_over_limit_through_the_cli() {
     pay(&s, 250, 120, "t2");
     let (code, json) = accept(&s, "t2", 121, &[]);
     assert_eq!((code, json["seq"].as_u64()), (0, Some(2)), "{json}");
-    pay(&s, 1, 180, "t3"); // 501 > 500
+    // 501 > 500: the wallet refuses it unless forced.
+    pay_with(&s, "w", 1, FROM + 180, "t3", &["--force"]);
     let (code, json) = accept(&s, "t3", 181, &[]);
     assert_eq!((code, reason(&json)), (1, "over_offline_limit"), "{json}");
 
@@ -185,14 +186,14 @@ fn tokens_from_another_issuer_are_declined() {
 fn credential_used_after_expiry_or_before_start_is_declined() {
     let s = setup();
     let after = 24 * 3600 + 10;
-    pay(&s, 100, after, "late");
+    pay_with(&s, "w", 100, FROM + after, "late", &["--force"]);
     let (code, json) = accept(&s, "late", after, &[]);
     assert_eq!((code, reason(&json)), (1, "credential_expired"), "{json}");
     // The last second of validity is still good.
     pay(&s, 100, 24 * 3600 - 1, "edge");
     let (code, json) = accept(&s, "edge", 24 * 3600 - 1, &[]);
     assert_eq!(code, 0, "{json}");
-    pay_with(&s, "w", 100, FROM - 10, "early", &[]);
+    pay_with(&s, "w", 100, FROM - 10, "early", &["--force"]);
     let out = s.run(&[
         "reader",
         "accept",
@@ -227,7 +228,7 @@ fn clock_skew_window_and_reader_binding() {
 #[test]
 fn charge_limits_scope_and_deny_list() {
     let s = setup();
-    pay(&s, 301, 10, "big");
+    pay_with(&s, "w", 301, FROM + 10, "big", &["--force"]);
     let (_, json) = accept(&s, "big", 10, &[]);
     assert_eq!(reason(&json), "over_payment_cap", "{json}");
     pay(&s, 100, 20, "t");
@@ -247,7 +248,8 @@ fn charge_limits_scope_and_deny_list() {
     assert_eq!(code, 0);
 
     s.reader_init("v", "vend-1", &["--scope", "vending"]);
-    pay(&s, 100, 40, "t");
+    // 551 > 500, but a vending reader declines the scope first.
+    pay_with(&s, "w", 100, FROM + 40, "t", &["--force"]);
     let out = s.run(&["reader", "accept", "--data", "v", "--at", &at(40), "t"]);
     assert_eq!(last_json(&out)["reason"], "wrong_scope");
 }
