@@ -436,5 +436,26 @@ pub fn decide(
     })
 }
 
+/// The checks of [`decide`] that do not depend on the price, for a vending
+/// session before it offers funds: every rule runs with the charge taken as
+/// the authorised amount. `Ok` is the most any charge for this token may be:
+/// the authorised amount, within the per-payment cap and what is left of the
+/// offline limit. Pure, as [`decide`]; nothing is committed.
+pub fn most_chargeable(
+    token: &Authentic,
+    history: &WalletHistory,
+    policy: &ReaderPolicy,
+    now: u64,
+) -> Result<u32, Decline> {
+    let approval = decide(token, history, policy, None, now)?;
+    let terms = &token.token.credential.terms;
+    let seen = u64::from(token.token.payment.total_before).max(history.credential_total);
+    let left = u64::from(terms.offline_limit).saturating_sub(seen);
+    Ok(approval
+        .charge
+        .min(terms.per_payment_cap)
+        .min(u32::try_from(left).unwrap_or(u32::MAX)))
+}
+
 #[cfg(test)]
 mod tests;

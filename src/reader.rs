@@ -266,6 +266,22 @@ pub struct Outcome {
     pub decision: Result<Committed, Decline>,
 }
 
+/// What a vending session may offer for some bytes, decided before the
+/// session begins (see [`Reader::offer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// The paying wallet, when the token parsed.
+    pub wallet: Option<WalletId>,
+    /// The payment counter, when the token parsed.
+    pub counter: Option<u32>,
+    /// The amount the token authorises, when it parsed.
+    pub amount: Option<u32>,
+    /// The most a charge may be (never above the authorised amount, the
+    /// per-payment cap or what is left of the offline limit), or why the
+    /// token is declined.
+    pub decision: Result<u32, Decline>,
+}
+
 /// An open reader: configuration, key, trusted keys and database.
 pub struct Reader {
     dir: PathBuf,
@@ -470,11 +486,59 @@ impl Reader {
         charge: Option<NonZeroU32>,
         now: u64,
     ) -> Result<Outcome, StoreError> {
-        let outcome = self.decide(bytes, charge, now)?;
+        let outcome = self.decide(bytes, charge, None, now)?;
         if let Err(decline) = &outcome.decision {
             self.log_decline(&outcome, decline, now);
         }
         Ok(outcome)
+    }
+
+    /// [`Reader::present`] for a vend at `price` on `device`: an accepted
+    /// charge is committed as pending delivery (see
+    /// [`ReaderDb::commit_vend_charge`]): voided unless
+    /// [`Reader::confirm_vend`] stores the machine's success.
+    pub fn present_vend(
+        &mut self,
+        bytes: &[u8],
+        price: NonZeroU32,
+        device: &str,
+        now: u64,
+    ) -> Result<Outcome, StoreError> {
+        let outcome = self.decide(bytes, Some(price), Some(device), now)?;
+        if let Err(decline) = &outcome.decision {
+            self.log_decline(&outcome, decline, now);
+        }
+        Ok(outcome)
+    }
+
+    /// The offline checks that do not depend on the price (signatures,
+    /// validity, clock, counter, deny list, scope, cap, offline limit),
+    /// without committing anything: run before a vending session begins, so
+    /// that a token that would be declined never opens a session, and the
+    /// session never offers more than a charge could be. A decline is
+    /// logged as [`Reader::present`] logs one. An `Err` is the store failing.
+    pub fn offer(&mut self, bytes: &[u8], now: u64) -> Result<Offer, StoreError> {
+        let parsed = token::Token::decode(bytes).ok();
+        let decision = match policy::authenticate(bytes, &self.keys) {
+            Ok(authentic) => self.db.check_payment(&authentic, &self.policy, now)?,
+            Err(decline) => Err(decline),
+        };
+        let offer = Offer {
+            wallet: parsed.map(|t| t.wallet_id()),
+            counter: parsed.map(|t| t.payment.counter),
+            amount: parsed.map(|t| t.payment.amount),
+            decision,
+        };
+        if let Err(decline) = &offer.decision {
+            let outcome = Outcome {
+                wallet: offer.wallet,
+                counter: offer.counter,
+                amount: offer.amount,
+                decision: Err(decline.clone()),
+            };
+            self.log_decline(&outcome, decline, now);
+        }
+        Ok(offer)
     }
 
     /// Logs a decline for `sonotap status`, best effort: the log is a
@@ -498,6 +562,7 @@ impl Reader {
         &mut self,
         bytes: &[u8],
         charge: Option<NonZeroU32>,
+        vend_on: Option<&str>,
         now: u64,
     ) -> Result<Outcome, StoreError> {
         let charge = charge.or(self.config.fare.and_then(NonZeroU32::new));
@@ -521,9 +586,15 @@ impl Reader {
             reader_id: &self.config.id,
             key: self.key.signing_key(),
         };
-        let decision = self
-            .db
-            .commit_payment(&signer, &authentic, &self.policy, charge, now)?;
+        let decision = match (vend_on, charge) {
+            (Some(device), Some(price)) => {
+                self.db
+                    .commit_vend_charge(&signer, &authentic, &self.policy, price, device, now)?
+            }
+            _ => self
+                .db
+                .commit_payment(&signer, &authentic, &self.policy, charge, now)?,
+        };
         Ok(Outcome {
             wallet: Some(authentic.wallet()),
             counter: Some(payment.counter),
@@ -545,6 +616,18 @@ impl Reader {
             key: self.key.signing_key(),
         };
         self.db.void_charge(&signer, charge_seq, reason, now)
+    }
+
+    /// The vend charged by `charge_seq` was delivered: stores the success
+    /// and ends its pending state (see [`ReaderDb::confirm_vend`]).
+    pub fn confirm_vend(
+        &mut self,
+        charge_seq: u64,
+        now: u64,
+        device: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.db.confirm_vend(charge_seq, now, device, detail)
     }
 
     /// Stores what a device did about record `seq` (kept beside the chain).

@@ -14,7 +14,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::reader::DB_FILE;
-use crate::store::{DeclineEntry, QueueSummary, ReaderDb, StoreError, SyncState};
+use crate::store::{DeclineEntry, PendingVend, QueueSummary, ReaderDb, StoreError, SyncState};
 
 /// The daemon's status file inside the data directory.
 pub const DAEMON_STATUS_FILE: &str = crate::daemon::status_file::FILE_NAME;
@@ -161,6 +161,10 @@ pub struct StatusReport {
     pub daemon: DaemonHealth,
     /// The newest declines, newest first.
     pub declines: Vec<DeclineEntry>,
+    /// Vend charges not yet confirmed delivered nor voided: the vend in
+    /// progress, or a void owed (the daemon's status says which it retries;
+    /// with no daemon running each is voided at its next start).
+    pub pending_vends: Vec<PendingVend>,
     /// What needs attention, in words; empty when healthy.
     pub attention: Vec<String>,
 }
@@ -225,6 +229,7 @@ impl StatusReport {
             sync,
             daemon: daemon_health(dir, now),
             declines: db.recent_declines(RECENT_DECLINES)?,
+            pending_vends: db.pending_vends()?,
             attention: Vec::new(),
         };
         report.attention = report.judge();
@@ -237,14 +242,24 @@ impl StatusReport {
     }
 
     /// What needs attention: the daemon not running, a device or the
-    /// uplink failing, the last sync round failing, or unsynced records
-    /// older than [`SYNC_STALE_SECS`].
+    /// uplink failing, the last sync round failing, unsynced records
+    /// older than [`SYNC_STALE_SECS`], or a vend settlement owed.
     fn judge(&self) -> Vec<String> {
         let mut out = Vec::new();
         match &self.daemon {
             DaemonHealth::Running { status } => {
                 for device in status.devices.iter().filter(|d| !d.ok) {
                     out.push(format!("device {} not ok: {}", device.name, device.detail));
+                }
+                for owed in &status.owed {
+                    let what = match owed.owed.as_str() {
+                        "void" => "void owed",
+                        _ => "vend success not stored yet",
+                    };
+                    out.push(format!(
+                        "{what} for charge {} since {} ({} attempts, retrying): {}",
+                        owed.charge_seq, owed.since, owed.attempts, owed.last_error
+                    ));
                 }
                 if let Some(link) = status.sync.as_ref().filter(|l| !l.ok) {
                     out.push(format!("sync to {} failing: {}", link.hub, link.detail));
@@ -259,6 +274,15 @@ impl StatusReport {
             )),
             DaemonHealth::Unreadable { detail } => {
                 out.push(format!("daemon status unknown: {detail}"));
+            }
+        }
+        if !matches!(self.daemon, DaemonHealth::Running { .. }) {
+            for p in &self.pending_vends {
+                out.push(format!(
+                    "void owed for charge {} (vend at {} on {} never confirmed delivered): \
+                     written when the daemon starts",
+                    p.charge_seq, p.at, p.device
+                ));
             }
         }
         if let Some(error) = &self.sync.state.last_error {

@@ -22,7 +22,7 @@ use super::profile::{Device, Profile};
 use super::serial::{PortError, SerialLink};
 use super::{Actuator, Output, Outputs};
 use crate::reader::Reader;
-use crate::store::ActuationOutcome;
+use crate::store::{ActuationOutcome, VoidError};
 
 /// The longest a driver sleeps between looks at the port and the stop flag.
 const POLL: Duration = Duration::from_millis(20);
@@ -518,7 +518,7 @@ impl Charger for ReaderCharger<'_> {
         let price = NonZeroU32::new(price).ok_or("a vend at price 0 is not charged")?;
         let outcome = self
             .reader
-            .present(self.token, Some(price), (self.clock)())
+            .present_vend(self.token, price, &self.device, (self.clock)())
             .map_err(|e| format!("the reader's store failed, nothing charged: {e}"))?;
         match outcome.decision {
             Ok(committed) => Ok(committed.seq),
@@ -528,23 +528,42 @@ impl Charger for ReaderCharger<'_> {
 
     fn vended(&mut self, seq: u64, price: u32, item: u16) -> Result<(), String> {
         self.reader
-            .record_actuation(
+            .confirm_vend(
                 seq,
                 (self.clock)(),
                 &self.device,
-                ActuationOutcome::VendSuccess,
                 &format!("item {item} at {price}"),
             )
             .map_err(|e| e.to_string())
     }
 
     fn void(&mut self, seq: u64, reason: &str) -> Result<(), String> {
-        let now = (self.clock)();
-        self.reader
-            .void(seq, reason, now)
-            .map_err(|e| e.to_string())?;
-        self.reader
-            .record_actuation(seq, now, &self.device, ActuationOutcome::VendFailed, reason)
-            .map_err(|e| e.to_string())
+        void_vend(self.reader, seq, reason, &self.device, (self.clock)()).map_err(|e| e.to_string())
     }
+}
+
+/// Voids vend charge `seq` (a signed void record, which also ends the
+/// charge's pending state), then stores `vend_failed` beside it. `Ok` only
+/// once the void record is committed (or was before: a retry after an
+/// answer that was lost); the actuation row is a note, so failing to store
+/// it is logged and does not make the void owed again.
+pub fn void_vend(
+    reader: &mut Reader,
+    seq: u64,
+    reason: &str,
+    device: &str,
+    now: u64,
+) -> Result<(), VoidError> {
+    match reader.void(seq, reason, now) {
+        Ok(_) | Err(VoidError::AlreadyVoided { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    if let Err(e) = reader.record_actuation(seq, now, device, ActuationOutcome::VendFailed, reason)
+    {
+        tracing::warn!(
+            seq,
+            "charge voided; storing the vend_failed note beside it failed: {e}"
+        );
+    }
+    Ok(())
 }

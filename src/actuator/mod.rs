@@ -27,7 +27,7 @@ pub mod serial;
 use std::fmt;
 use std::time::Instant;
 
-pub use driver::{Charger, Gate, ReaderCharger, VendReport, Vending};
+pub use driver::{Charger, Gate, ReaderCharger, VendReport, Vending, void_vend};
 pub use gate::{Delivery, GateOutcome, Passage};
 pub use mdb::VendOutcome;
 pub use profile::{Device, Kind, Profile, ProfileError};

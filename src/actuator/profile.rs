@@ -522,6 +522,8 @@ struct MdbSection {
     vend_result_timeout_ms: u64,
     #[serde(default = "default_end_timeout_ms")]
     end_timeout_ms: u64,
+    #[serde(default = "default_max_funds")]
+    max_funds: u32,
 }
 
 fn default_ready_timeout_ms() -> u64 {
@@ -535,6 +537,11 @@ fn default_vend_result_timeout_ms() -> u64 {
 }
 fn default_end_timeout_ms() -> u64 {
     2_000
+}
+/// MDB's Begin Session carries the funds in two bytes of scaled units
+/// (`FFFF` meaning "unknown"), so at scale factor 1 no machine shows more.
+fn default_max_funds() -> u32 {
+    65_534
 }
 
 impl MdbSection {
@@ -556,6 +563,10 @@ impl MdbSection {
             session_timeout: ms("session_timeout_ms", self.session_timeout_ms)?,
             vend_result_timeout: ms("vend_result_timeout_ms", self.vend_result_timeout_ms)?,
             end_timeout: ms("end_timeout_ms", self.end_timeout_ms)?,
+            max_funds: match self.max_funds {
+                0 => return Err("max_funds = 0: a session must be able to offer something".into()),
+                n => n,
+            },
         })
     }
 }

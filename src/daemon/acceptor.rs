@@ -14,11 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Shared;
 use super::core::{Admit, Feedback, Lifecycle, Tap, vend_decline_reason};
+use super::owed::{OwedBook, Settlement};
 use crate::actuator::mdb::VendOutcome;
 use crate::actuator::profile::DisplayConfig;
-use crate::actuator::{Gate, ReaderCharger, Vending};
+use crate::actuator::{Gate, ReaderCharger, Vending, void_vend};
 use crate::reader::Reader;
-use crate::token::Token;
+use crate::store::{VoidError, sqlite::BUSY_TIMEOUT};
 
 /// What the acceptor is sent.
 #[derive(Debug)]
@@ -68,6 +69,8 @@ pub struct Acceptor {
     counted: Instant,
     /// The longest one device transaction may take.
     busy_bound: Duration,
+    /// Vend settlements the store could not take yet, retried.
+    owed: OwedBook,
 }
 
 fn unix_now() -> u64 {
@@ -96,11 +99,13 @@ impl Acceptor {
             connected: None,
             counted: Instant::now(),
             busy_bound,
+            owed: OwedBook::default(),
         }
     }
 
     /// Serves taps until stopped (see [`Shared::drain_until`]) or every sender is gone.
     pub fn run(mut self, rx: Receiver<Msg>) {
+        self.settle_pending_vends();
         self.note_queue_depth();
         self.watch_device();
         loop {
@@ -155,6 +160,16 @@ impl Acceptor {
                 }
             }
         }
+        if !self.owed.is_empty() {
+            self.settle_owed();
+        }
+        if !self.owed.is_empty() {
+            tracing::error!(
+                owed = self.owed.voids(),
+                "stopping with vend settlements owed; their charges stay pending in the \
+                 database and are voided at the next start"
+            );
+        }
         if let Actuator::Gate(gate) = &mut self.actuator {
             gate.release();
             for note in gate.take_notes() {
@@ -164,7 +179,90 @@ impl Acceptor {
         tracing::info!("acceptor stopped");
     }
 
+    /// At start, before serving: every vend charge still pending delivery
+    /// (its session ended without its success or its void being stored,
+    /// or the daemon stopped during it) is voided; a void that cannot be
+    /// written now is owed and retried.
+    fn settle_pending_vends(&mut self) {
+        let pending = match self.reader.db().pending_vends() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("reading the vend charges pending delivery: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for p in pending {
+            tracing::warn!(
+                seq = p.charge_seq,
+                device = p.device.as_str(),
+                "a vend charged at {} was never confirmed delivered: voiding it",
+                p.at
+            );
+            self.owed.owe_now(
+                now,
+                self.now(),
+                p.charge_seq,
+                &p.device,
+                Settlement::Void {
+                    reason: "the vend was not confirmed delivered before the daemon stopped".into(),
+                },
+            );
+        }
+        self.settle_owed();
+    }
+
+    /// Writes the settlements that are due; what fails stays owed, with a
+    /// longer wait. Only a committed void is logged as "voided".
+    fn settle_owed(&mut self) {
+        for (seq, device, settlement) in self.owed.due(Instant::now()) {
+            self.shared.busy_for(BUSY_TIMEOUT + Duration::from_secs(1));
+            let now = self.now();
+            let result = match &settlement {
+                Settlement::Void { reason } => {
+                    match void_vend(&mut self.reader, seq, reason, &device, now) {
+                        Ok(()) => Ok(()),
+                        Err(VoidError::Store(e)) => Err(e.to_string()),
+                        Err(e) => {
+                            // No void can ever be written for it: retrying cannot help.
+                            tracing::error!(
+                                seq,
+                                "the owed void cannot be written ({e}); the operator must look"
+                            );
+                            self.owed.settled(seq);
+                            continue;
+                        }
+                    }
+                }
+                Settlement::Delivered { detail } => self
+                    .reader
+                    .confirm_vend(seq, now, &device, detail)
+                    .map_err(|e| e.to_string()),
+            };
+            match (result, &settlement) {
+                (Ok(()), Settlement::Void { reason }) => {
+                    self.owed.settled(seq);
+                    tracing::warn!(seq, "owed void written: charge voided ({reason})");
+                }
+                (Ok(()), Settlement::Delivered { .. }) => {
+                    self.owed.settled(seq);
+                    tracing::info!(seq, "vend success stored: the charge stands");
+                }
+                (Err(e), _) => {
+                    tracing::warn!(seq, "void owed, will retry: {e}");
+                    self.owed
+                        .owe(Instant::now(), now, seq, &device, settlement, &e, jitter());
+                }
+            }
+        }
+        self.shared.beat();
+        self.shared.set_owed(self.owed.report());
+    }
+
     fn idle(&mut self) {
+        if !self.owed.is_empty() {
+            self.settle_owed();
+        }
         match &mut self.actuator {
             Actuator::None => {}
             Actuator::Gate(gate) => gate.idle(Duration::from_millis(1)),
@@ -226,6 +324,9 @@ impl Acceptor {
     }
 
     fn serve(&mut self, tap: Tap) {
+        if !self.owed.is_empty() {
+            self.settle_owed();
+        }
         let metrics = Arc::clone(&self.shared.metrics);
         metrics.tap(
             tap.source,
@@ -320,14 +421,36 @@ impl Acceptor {
 
     fn vend(&mut self, tap: Tap) {
         let metrics = Arc::clone(&self.shared.metrics);
-        let Ok(token) = Token::decode(&tap.payload) else {
-            metrics.decline("malformed");
-            tracing::info!(source = tap.source.as_str(), "declined: not a token");
-            self.tell(Feedback::Decline, None, "malformed");
-            return;
+        // Every check that does not depend on the price runs before a
+        // session begins: a token that would be declined opens none, and
+        // the session offers no more than a charge could be.
+        let now = self.now();
+        let offer = match self.reader.offer(&tap.payload, now) {
+            Ok(offer) => offer,
+            Err(e) => {
+                tracing::error!("the reader's store failed, nothing charged, no vend session: {e}");
+                metrics.decline("store_error");
+                self.tell(Feedback::Decline, None, "store_error");
+                return;
+            }
         };
-        let funds = token.payment.amount;
-        let offset = self.now() as i64 - unix_now() as i64;
+        let funds = match offer.decision {
+            Ok(funds) => funds,
+            Err(decline) => {
+                metrics.decline(decline.reason.as_str());
+                tracing::info!(
+                    source = tap.source.as_str(),
+                    reason = decline.reason.as_str(),
+                    wallet = %offer.wallet.map(|w| w.to_string()).unwrap_or_default(),
+                    counter = offer.counter,
+                    "declined before any vend session: {}",
+                    decline.detail
+                );
+                self.tell(Feedback::Decline, offer.amount, decline.reason.as_str());
+                return;
+            }
+        };
+        let offset = now as i64 - unix_now() as i64;
         let clock = move || unix_now().saturating_add_signed(offset);
         let Actuator::Vending(vending) = &mut self.actuator else {
             return;
@@ -340,14 +463,29 @@ impl Acceptor {
         for note in &report.notes {
             tracing::info!("vending: {note}");
         }
-        if let Some(e) = &report.settle_error {
-            tracing::error!("vending: settling the session in the store failed: {e}");
-        }
         match &report.outcome {
             VendOutcome::Vended { seq, price, item } => {
                 metrics.accept(tap.source);
                 metrics.actuated(Instant::now().saturating_duration_since(tap.frame_end));
                 tracing::info!(seq, price, item, "vended");
+                if let Some(e) = &report.settle_error {
+                    tracing::error!(
+                        seq,
+                        "storing the vend's success failed, will retry (until it is stored the \
+                         charge is pending, and it is voided if the daemon stops first): {e}"
+                    );
+                    self.owed.owe(
+                        Instant::now(),
+                        self.now(),
+                        *seq,
+                        &device,
+                        Settlement::Delivered {
+                            detail: format!("item {item} at {price}"),
+                        },
+                        e,
+                        jitter(),
+                    );
+                }
                 self.tell(Feedback::Accept, Some(*price), "");
             }
             VendOutcome::Denied { reason, .. } => {
@@ -358,7 +496,26 @@ impl Acceptor {
             }
             VendOutcome::Voided { seq, reason, .. } => {
                 metrics.decline("vend_failed");
-                tracing::warn!(seq, "vend failed, charge voided: {reason}");
+                match &report.settle_error {
+                    None => tracing::warn!(seq, "vend failed, charge voided: {reason}"),
+                    Some(e) => {
+                        tracing::warn!(
+                            seq,
+                            "vend failed ({reason}); writing the void failed: void owed, will retry: {e}"
+                        );
+                        self.owed.owe(
+                            Instant::now(),
+                            self.now(),
+                            *seq,
+                            &device,
+                            Settlement::Void {
+                                reason: reason.clone(),
+                            },
+                            e,
+                            jitter(),
+                        );
+                    }
+                }
                 self.tell(Feedback::Decline, None, "vend_failed");
             }
             VendOutcome::NoVend { reason } | VendOutcome::NotStarted { reason } => {
@@ -366,7 +523,17 @@ impl Acceptor {
                 tracing::info!("no vend: {reason}");
             }
         }
+        self.shared.set_owed(self.owed.report());
         self.note_queue_depth();
         self.watch_device();
+    }
+}
+
+/// A uniform random number in `[0, 1)` for the backoff's jitter.
+fn jitter() -> f64 {
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) => (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
     }
 }

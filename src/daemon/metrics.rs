@@ -108,6 +108,7 @@ pub struct Metrics {
     sync_failures: AtomicU64,
     device_errors: [AtomicU64; DEVICES.len()],
     not_served: AtomicU64,
+    voids_owed: AtomicU64,
 }
 
 impl Metrics {
@@ -184,6 +185,11 @@ impl Metrics {
         }
     }
 
+    /// Voids owed: vend charges not delivered whose void is not written yet.
+    pub fn set_voids_owed(&self, n: u64) {
+        self.voids_owed.store(n, Ordering::Relaxed);
+    }
+
     /// A decoded token was dropped at shutdown, never decided (no money moved).
     pub fn not_served(&self) {
         self.not_served.fetch_add(1, Ordering::Relaxed);
@@ -257,6 +263,11 @@ impl Metrics {
             out,
             "# HELP sonotap_queue_depth Records not yet acknowledged by the hub.\n# TYPE sonotap_queue_depth gauge\nsonotap_queue_depth {}",
             self.queue_depth.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sonotap_voids_owed Vend charges not delivered whose void is not written yet (retried).\n# TYPE sonotap_voids_owed gauge\nsonotap_voids_owed {}",
+            self.voids_owed.load(Ordering::Relaxed)
         );
         let last = self.last_sync_ok.load(Ordering::Relaxed);
         let origin = if last == 0 {

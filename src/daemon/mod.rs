@@ -22,6 +22,7 @@ pub mod display;
 pub mod feedback;
 pub mod metrics;
 pub mod notify;
+pub mod owed;
 pub mod sources;
 pub mod status_file;
 
@@ -102,6 +103,7 @@ pub struct Shared {
     /// The acceptor is inside a device transaction that may block it until
     /// then (ms since `base`): a vend session waits for the buyer.
     busy_until_ms: AtomicU64,
+    owed: Mutex<Vec<status_file::OwedSettlement>>,
 }
 
 impl Shared {
@@ -117,6 +119,20 @@ impl Shared {
             base: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             busy_until_ms: AtomicU64::new(0),
+            owed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The vend settlements owed now (see [`owed::OwedBook`]), for the
+    /// status file and the metrics.
+    pub fn set_owed(&self, owed: Vec<status_file::OwedSettlement>) {
+        let voids = owed.iter().filter(|o| o.owed == "void").count();
+        self.metrics.set_voids_owed(voids as u64);
+        if let Ok(mut o) = self.owed.lock()
+            && *o != owed
+        {
+            *o = owed;
+            self.dirty.store(true, Ordering::Relaxed);
         }
     }
 
@@ -215,6 +231,7 @@ impl Shared {
                 })
                 .unwrap_or_default(),
             sync: self.sync.lock().ok().and_then(|s| s.clone()),
+            owed: self.owed.lock().map(|o| o.clone()).unwrap_or_default(),
         }
     }
 }

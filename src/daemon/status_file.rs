@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::owed::OwedSettlement;
+
 /// The file's name inside the reader's data directory.
 pub const FILE_NAME: &str = "daemon-status.json";
 
@@ -30,6 +32,10 @@ pub struct DaemonStatus {
     pub devices: Vec<DeviceStatus>,
     /// The uplink; `None` (JSON null) when no hub is configured.
     pub sync: Option<SyncStatus>,
+    /// Vend settlements the store has not taken yet (a void owed, a
+    /// success not stored), retried until written; empty when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owed: Vec<OwedSettlement>,
 }
 
 /// One device's health.
@@ -95,6 +101,7 @@ mod tests {
                 detail: "/dev/ttyUSB0: No such file or directory (retrying)".into(),
             }],
             sync: None,
+            owed: Vec::new(),
         };
         status.write(dir.path()).unwrap();
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();

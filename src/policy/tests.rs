@@ -400,3 +400,51 @@ fn first_failing_check_wins() {
         Some(Reason::WalletDenied)
     );
 }
+
+#[test]
+fn issue13_12_most_chargeable_runs_every_price_free_check_and_bounds_the_funds() {
+    // The good token: 250 authorised, cap 300, limit 1000, nothing spent.
+    let bytes = token_bytes(terms(), payment());
+    let authentic = authenticate(&bytes, &keys()).expect("authentic");
+    assert_eq!(
+        most_chargeable(&authentic, &fresh(), &policy(), NOW),
+        Ok(250)
+    );
+    // What is seen spent under the credential counts, as at commit.
+    let spent = WalletHistory {
+        credential_total: 700,
+        ..fresh()
+    };
+    assert_eq!(most_chargeable(&authentic, &spent, &policy(), NOW), Ok(250));
+    let over = WalletHistory {
+        credential_total: 800,
+        ..fresh()
+    };
+    let declined = most_chargeable(&authentic, &over, &policy(), NOW).expect_err("over");
+    assert_eq!(declined.reason, Reason::OverOfflineLimit);
+    // A denied wallet, an expired credential, an amount above the cap: no funds at all.
+    let denied = WalletHistory {
+        denied: true,
+        ..fresh()
+    };
+    assert_eq!(
+        most_chargeable(&authentic, &denied, &policy(), NOW).map_err(|d| d.reason),
+        Err(Reason::WalletDenied)
+    );
+    assert_eq!(
+        most_chargeable(&authentic, &fresh(), &policy(), NOW + 30 * 3600).map_err(|d| d.reason),
+        Err(Reason::CredentialExpired)
+    );
+    let big = token_bytes(
+        terms(),
+        PaymentTerms {
+            amount: u32::MAX,
+            ..payment()
+        },
+    );
+    let big = authenticate(&big, &keys()).expect("authentic");
+    assert_eq!(
+        most_chargeable(&big, &fresh(), &policy(), NOW).map_err(|d| d.reason),
+        Err(Reason::OverPaymentCap)
+    );
+}

@@ -28,7 +28,7 @@ pub use sqlite::StoreError;
 pub use sync::{Pruned, SyncState};
 
 /// Schema versions of the reader database, oldest first. Append only.
-static MIGRATIONS: [M<'static>; 3] = [
+static MIGRATIONS: [M<'static>; 4] = [
     M::up(
         "CREATE TABLE meta (
         key TEXT PRIMARY KEY,
@@ -109,6 +109,18 @@ static MIGRATIONS: [M<'static>; 3] = [
         detail TEXT NOT NULL
     ) STRICT;",
     ),
+    // Vending: a charge committed for a vend is void by default until the
+    // machine's success is stored. The row is written in the charge's own
+    // transaction and removed in the transaction that stores the success or
+    // the void; a row that outlives its session is a void owed (retried, and
+    // written at the daemon's next start). Pruning keeps its charge.
+    M::up(
+        "CREATE TABLE pending_vends (
+        charge_seq INTEGER PRIMARY KEY,
+        device TEXT NOT NULL,
+        at INTEGER NOT NULL
+    ) STRICT;",
+    ),
 ];
 
 /// The newest schema version this build writes.
@@ -142,6 +154,18 @@ pub struct Voided {
     pub charge_seq: u64,
     /// The amount given back (the charge's amount).
     pub amount: u32,
+}
+
+/// A vend charge not yet confirmed delivered nor voided (see
+/// [`ReaderDb::pending_vends`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingVend {
+    /// The charge record.
+    pub charge_seq: u64,
+    /// The vending machine (profile name and port).
+    pub device: String,
+    /// When it was charged, reader time (Unix seconds).
+    pub at: u64,
 }
 
 /// Why a charge could not be voided.
@@ -380,6 +404,34 @@ impl ReaderDb {
         charge: Option<NonZeroU32>,
         now: u64,
     ) -> Result<Result<Committed, Decline>, StoreError> {
+        self.commit_charge(signer, token, policy, charge, None, now)
+    }
+
+    /// [`ReaderDb::commit_payment`] for a vend on `device`: the charge is
+    /// written as pending delivery in the same transaction (see
+    /// [`ReaderDb::pending_vends`]), so that it is voided unless
+    /// [`ReaderDb::confirm_vend`] stores the machine's success.
+    pub fn commit_vend_charge(
+        &mut self,
+        signer: &RecordSigner<'_>,
+        token: &Authentic,
+        policy: &ReaderPolicy,
+        price: NonZeroU32,
+        device: &str,
+        now: u64,
+    ) -> Result<Result<Committed, Decline>, StoreError> {
+        self.commit_charge(signer, token, policy, Some(price), Some(device), now)
+    }
+
+    fn commit_charge(
+        &mut self,
+        signer: &RecordSigner<'_>,
+        token: &Authentic,
+        policy: &ReaderPolicy,
+        charge: Option<NonZeroU32>,
+        pending_on: Option<&str>,
+        now: u64,
+    ) -> Result<Result<Committed, Decline>, StoreError> {
         let path = self.path.clone();
         let err = |e| StoreError::from_sqlite(&path, e);
         let tx = self
@@ -426,12 +478,39 @@ impl ReaderDb {
             ],
         )
         .map_err(err)?;
+        if let Some(device) = pending_on {
+            tx.execute(
+                "INSERT INTO pending_vends (charge_seq, device, at) VALUES (?1, ?2, ?3)",
+                params![sqlite::int(seq), device, sqlite::int(now)],
+            )
+            .map_err(err)?;
+        }
         tx.commit().map_err(err)?;
         Ok(Ok(Committed {
             seq,
             charge: approval.charge,
             running_total: approval.running_total,
         }))
+    }
+
+    /// Runs the checks that do not depend on the price (see
+    /// [`policy::most_chargeable`]) against the wallet's history, in a read
+    /// transaction: nothing is written. `Ok(Ok(funds))` is the most a charge
+    /// for this token may be; the charge itself is still decided and
+    /// committed by [`ReaderDb::commit_payment`].
+    pub fn check_payment(
+        &mut self,
+        token: &Authentic,
+        policy: &ReaderPolicy,
+        now: u64,
+    ) -> Result<Result<u32, Decline>, StoreError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| StoreError::from_sqlite(&path, e))?;
+        let history = wallet_history(&tx, &path, token)?;
+        Ok(policy::most_chargeable(token, &history, policy, now))
     }
 
     /// Cancels the charge `charge_seq` with a chained, signed void record
@@ -517,12 +596,84 @@ impl ReaderDb {
             params![sqlite::int(seq), sqlite::int(charge_seq), reason],
         )
         .map_err(err)?;
+        // A vend's charge pending delivery is settled by its void.
+        tx.execute(
+            "DELETE FROM pending_vends WHERE charge_seq = ?1",
+            [sqlite::int(charge_seq)],
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Voided {
             seq,
             charge_seq,
             amount,
         })
+    }
+
+    /// Stores the machine's success for the vend charged by `charge_seq`
+    /// (a `vend_success` actuation) and takes the charge out of
+    /// [`ReaderDb::pending_vends`], in one transaction: from then on the
+    /// charge stands.
+    pub fn confirm_vend(
+        &mut self,
+        charge_seq: u64,
+        now: u64,
+        device: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |e| StoreError::from_sqlite(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        tx.execute(
+            "INSERT INTO actuations (seq, at, device, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                sqlite::int(charge_seq),
+                sqlite::int(now),
+                device,
+                ActuationOutcome::VendSuccess.as_str(),
+                detail
+            ],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "DELETE FROM pending_vends WHERE charge_seq = ?1",
+            [sqlite::int(charge_seq)],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Vend charges whose delivery was never confirmed and that are not
+    /// voided yet, oldest first: during a session, the one being vended;
+    /// otherwise each is a void owed (the daemon writes them at start and
+    /// retries them while it runs).
+    pub fn pending_vends(&self) -> Result<Vec<PendingVend>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT charge_seq, device, at FROM pending_vends ORDER BY charge_seq")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, device, at) = row.map_err(self.err())?;
+            out.push(PendingVend {
+                charge_seq: sqlite::unsigned(&self.path, "pending vend charge", seq)?,
+                device,
+                at: sqlite::unsigned(&self.path, "pending vend time", at)?,
+            });
+        }
+        Ok(out)
     }
 
     /// The void record that cancelled charge `charge_seq`, and why, if any.

@@ -129,7 +129,9 @@ impl ReaderDb {
             let err = |e| StoreError::from_sqlite(path, e);
             let records = tx
                 .execute(
-                    "DELETE FROM records WHERE synced_at IS NOT NULL AND synced_at < ?1",
+                    // A charge whose void is owed is kept until the void is written.
+                    "DELETE FROM records WHERE synced_at IS NOT NULL AND synced_at < ?1
+                     AND seq NOT IN (SELECT charge_seq FROM pending_vends)",
                     [sqlite::int(synced_before)],
                 )
                 .map_err(err)?;

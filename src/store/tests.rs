@@ -582,3 +582,100 @@ fn issue13_02_reader_never_writes_a_void_larger_than_its_charge_or_a_second_void
             .is_err()
     );
 }
+
+fn vend_charge(db: &mut ReaderDb, counter: u32, price: u32) -> Committed {
+    let bytes = token_bytes(
+        terms(),
+        PaymentTerms {
+            counter,
+            ..payment()
+        },
+    );
+    let token = authenticate(&bytes, &db.trusted_keys().expect("keys")).expect("authentic");
+    let key = reader_key();
+    let signer = RecordSigner {
+        reader_id: READER,
+        key: &key,
+    };
+    let price = NonZeroU32::new(price).expect("price");
+    db.commit_vend_charge(&signer, &token, &policy(), price, "mdb@pty", NOW)
+        .expect("store works")
+        .expect("accepted")
+}
+
+#[test]
+fn issue13_03_a_void_that_fails_on_a_locked_database_stays_owed_and_is_written_on_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    let charge = vend_charge(&mut db, 5, 150);
+    let pending = db.pending_vends().expect("pending");
+    assert_eq!(
+        pending.len(),
+        1,
+        "the charge is pending delivery from its own commit"
+    );
+    assert_eq!(
+        (pending[0].charge_seq, pending[0].device.as_str()),
+        (charge.seq, "mdb@pty")
+    );
+
+    // Another process (here: another connection) holds the write lock.
+    let other = Connection::open(dir.path().join("reader.db")).expect("second connection");
+    other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let err = void(&mut db, charge.seq, "vend failed: 3").expect_err("the lock is held");
+    assert!(
+        matches!(err, VoidError::Store(StoreError::Locked { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        db.void_of(charge.seq).expect("read"),
+        None,
+        "nothing voided"
+    );
+    assert_eq!(
+        db.pending_vends().expect("pending").len(),
+        1,
+        "the void is still owed, on disk"
+    );
+    other.execute_batch("COMMIT").expect("unlock");
+
+    let voided = void(&mut db, charge.seq, "vend failed: 3").expect("the retry writes the void");
+    assert_eq!((voided.charge_seq, voided.amount), (charge.seq, 150));
+    assert!(db.pending_vends().expect("pending").is_empty(), "settled");
+    assert_eq!(
+        db.void_of(charge.seq).expect("read"),
+        Some((voided.seq, "vend failed: 3".into()))
+    );
+}
+
+#[test]
+fn issue13_03_a_confirmed_vend_is_no_longer_pending_and_prune_keeps_pending_charges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = fresh_db(&dir);
+    let delivered = vend_charge(&mut db, 5, 100);
+    let owed = vend_charge(&mut db, 6, 100);
+    db.confirm_vend(delivered.seq, NOW + 1, "mdb@pty", "item 1 at 100")
+        .expect("confirm");
+    let pending: Vec<u64> = db
+        .pending_vends()
+        .expect("pending")
+        .iter()
+        .map(|p| p.charge_seq)
+        .collect();
+    assert_eq!(pending, [owed.seq]);
+    assert_eq!(
+        db.actuations(delivered.seq).expect("actuations")[0].outcome,
+        ActuationOutcome::VendSuccess
+    );
+    db.mark_synced(delivered.seq, owed.seq, NOW)
+        .expect("synced");
+    db.prune(NOW + 10, 0).expect("prune");
+    let kept: Vec<u64> = db
+        .records(false)
+        .expect("records")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(kept, [owed.seq], "the charge whose void is owed is kept");
+    void(&mut db, owed.seq, "never confirmed").expect("its void can still be written");
+}

@@ -50,6 +50,9 @@ pub struct MdbConfig {
     pub vend_result_timeout: Duration,
     /// How long to wait for the session to close after ending it.
     pub end_timeout: Duration,
+    /// The most a session offers as funds, minor units, whatever the token
+    /// allows: what the machine's display and its funds field can show.
+    pub max_funds: u32,
 }
 
 impl Dialect {
@@ -320,9 +323,12 @@ impl MdbMachine {
         self.session != Session::None
     }
 
-    /// Begins a session with `funds` (minor units) available: what the
-    /// token authorises.
+    /// Begins a session with `funds` (minor units) available: the most the
+    /// reader's checks allow a charge to be, offered up to the profile's
+    /// `max_funds`. The caller runs those checks first; a declined token
+    /// never comes here.
     pub fn begin_session(&mut self, now: Instant, funds: u32, out: &mut Outputs<Self>) {
+        let funds = funds.min(self.cfg.max_funds);
         let refuse =
             |reason: String| Output::Event(MdbEvent::Done(VendOutcome::NotStarted { reason }));
         if self.session != Session::None {

@@ -470,3 +470,21 @@ fn amounts_follow_the_profiles_decimals() {
     }
     assert_eq!(parse_amount("2.5", 0), None);
 }
+
+#[test]
+fn issue13_12_a_session_offers_no_more_than_max_funds() {
+    let mut rig = Rig::new();
+    let ceiling = rig.m.config().max_funds;
+    assert_eq!(ceiling, 65_534, "the built-in profile's default");
+    let out = rig.begin(0, u32::MAX);
+    assert_eq!(writes(&out), ["C,START,655.34"]);
+    // A price above the ceiling is denied, not charged.
+    let out = rig.line(10, "c,STATUS,VEND,700.00,1");
+    assert!(
+        !events(&out)
+            .iter()
+            .any(|e| matches!(e, MdbEvent::Charge { .. })),
+        "{out:?}"
+    );
+    assert_eq!(writes(&out), ["C,STOP"]);
+}

@@ -1,0 +1,423 @@
+//! Issue 13, items 3 and 12, against the real daemon (`sonotap run`) with a
+//! pseudo-terminal playing the MDB adapter: tokens arrive as QR frames
+//! through a FIFO; the reader database is locked by this test process (a
+//! second SQLite connection holding `BEGIN IMMEDIATE`), as another process
+//! would. Every wait has a deadline.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use sonotap::hub::{Hub, IssueRequest};
+use sonotap::keys::{PublicKey, Role};
+use sonotap::store::ReaderDb;
+use sonotap::token::{CredentialTerms, PaymentTerms, Scope, Token};
+
+use crate::util::{PtyDevice, Scratch, sonotap};
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// `sonotap run`, killed when dropped.
+struct Daemon {
+    child: Option<Child>,
+    stderr: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Daemon {
+    fn start(s: &Scratch, config: &Path) -> Self {
+        let mut child = sonotap()
+            .args(["run", "--config"])
+            .arg(config)
+            .current_dir(s.dir.path())
+            .env("HOME", s.dir.path())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("daemon starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child: Some(child),
+            stderr: rx,
+            log: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) -> String {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.log.push(line);
+        }
+        self.log.join("\n")
+    }
+
+    fn wait_log(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {needle:?} in the log within {within:?}:\n{}",
+                self.drain()
+            );
+            if let Ok(line) = self
+                .stderr
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                self.log.push(line);
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+        }
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+            self.log.push(line);
+        }
+    }
+
+    fn stop(&mut self) {
+        let child = self.child.as_mut().expect("running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
+        // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert_eq!(status.code(), Some(0), "{}", self.drain());
+                self.child = None;
+                return;
+            }
+            assert!(Instant::now() < deadline, "no exit: {}", self.drain());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A 1280x720 Y8 frame with the token's QR code in the middle.
+fn qr_frame(token: &[u8]) -> Vec<u8> {
+    let (w, h) = (1280usize, 720usize);
+    let code = sonotap::qr::render_token(token, 6, 4).expect("render");
+    let mut frame = vec![200u8; w * h];
+    let (cw, ch) = (code.width(), code.height());
+    let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
+    for y in 0..ch {
+        frame[(y0 + y) * w + x0..(y0 + y) * w + x0 + cw]
+            .copy_from_slice(&code.data()[y * cw..(y + 1) * cw]);
+    }
+    frame
+}
+
+fn mkfifo(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path and a mode; no memory is shared.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+fn open_fifo(path: &Path) -> File {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    thread::spawn(move || {
+        let _ = tx.send(fs::OpenOptions::new().write(true).open(p));
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the daemon opens the camera FIFO")
+        .expect("fifo")
+}
+
+/// A vending site: hub, reader `r` (vending), the daemon's config driving
+/// `profile` on the pty, and a wallet key with a hub-issued credential
+/// (limit 1,000,000, cap 300).
+struct Site {
+    s: Scratch,
+    vmc: PtyDevice,
+    config: PathBuf,
+    wallet: SigningKey,
+    credential: sonotap::token::Credential,
+    counter: u32,
+}
+
+impl Site {
+    fn new(profile: &str) -> Self {
+        let s = Scratch::new();
+        s.ok(&["hub", "init", "--data", "hub"]);
+        s.reader_init("r", "vend-1", &["--scope", "vending"]);
+        let wallet = SigningKey::from_bytes(&[7; 32]);
+        let public = PublicKey::from_bytes(Role::Wallet, None, wallet.verifying_key().as_bytes())
+            .expect("wallet key");
+        let now = unix_now();
+        let credential = Hub::open(&s.path("hub"))
+            .expect("hub")
+            .issue(
+                &public,
+                IssueRequest {
+                    scope: Scope::Vending,
+                    currency: 978,
+                    offline_limit: 1_000_000,
+                    per_payment_cap: 300,
+                    valid_from: (now - 3600) as u32,
+                    valid_hours: 48,
+                },
+                now,
+            )
+            .expect("issue");
+        let vmc = PtyDevice::new();
+        mkfifo(&s.path("cam.y8"));
+        let config = s.path("vend.toml");
+        fs::write(
+            &config,
+            format!(
+                "data = \"r\"\nlog_level = \"sonotap=debug,info\"\n[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n[actuator]\nprofile = \"{profile}\"\nport = \"{}\"\n[metrics]\nlisten = \"\"\n",
+                vmc.port.display()
+            ),
+        )
+        .expect("config");
+        Self {
+            s,
+            vmc,
+            config,
+            wallet,
+            credential,
+            counter: 0,
+        }
+    }
+
+    /// A token of the site's wallet for `amount`, signed as a wallet would
+    /// (whatever its own checks would say about the amount).
+    fn token(&mut self, amount: u32) -> Vec<u8> {
+        self.counter += 1;
+        let payment = PaymentTerms {
+            amount,
+            counter: self.counter,
+            total_before: 0,
+            timestamp: unix_now() as u32,
+            reader_tag: 0,
+        };
+        Token::sign(self.credential, payment, &self.wallet)
+            .expect("sign")
+            .encode()
+            .to_vec()
+    }
+
+    fn db(&self) -> ReaderDb {
+        ReaderDb::open(&self.s.path("r/reader.db")).expect("db")
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let out = self.s.run(&["status", "--data", "r", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+/// A token whose credential is signed by a key the hub never had, for the
+/// largest amount a token can carry.
+fn forged_token() -> Vec<u8> {
+    let forger = SigningKey::from_bytes(&[66; 32]);
+    let wallet = SigningKey::from_bytes(&[67; 32]);
+    let now = unix_now();
+    let credential = CredentialTerms {
+        issuer_key_id: 1,
+        scope: Scope::Vending,
+        currency: 978,
+        wallet_key: wallet.verifying_key().to_bytes(),
+        offline_limit: u32::MAX,
+        per_payment_cap: u32::MAX,
+        valid_from: (now - 3600) as u32,
+        valid_hours: 48,
+    }
+    .sign(&forger)
+    .expect("terms");
+    let payment = PaymentTerms {
+        amount: u32::MAX,
+        counter: 1,
+        total_before: 0,
+        timestamp: now as u32,
+        reader_tag: 0,
+    };
+    Token::sign(credential, payment, &wallet)
+        .expect("sign")
+        .encode()
+        .to_vec()
+}
+
+#[test]
+fn issue13_12_a_forged_token_for_4294967295_opens_no_vend_session() {
+    let mut site = Site::new("mdb-qibixx");
+    let mut daemon = Daemon::start(&site.s, &site.config);
+    site.vmc.expect("C,1");
+    site.vmc.say("c,STATUS,ENABLED");
+    let mut fifo = open_fifo(&site.s.path("cam.y8"));
+    fifo.write_all(&qr_frame(&forged_token())).expect("frame");
+    daemon.wait_log("declined before any vend session", Duration::from_secs(20));
+    site.vmc.silent(Duration::from_secs(2));
+    let log = daemon.drain();
+    assert!(log.contains("bad_signature"), "{log}");
+    assert!(!log.contains("C,START"), "{log}");
+    let declines = site.db().recent_declines(5).expect("declines");
+    assert_eq!(
+        declines[0].reason, "bad_signature",
+        "the decline is logged for status"
+    );
+    assert!(site.db().records(false).expect("records").is_empty());
+
+    // Above the credential's cap (300): declined at once too, no session.
+    let over_cap = site.token(500);
+    fifo.write_all(&qr_frame(&over_cap)).expect("frame");
+    daemon.wait_log("over_payment_cap", Duration::from_secs(20));
+    site.vmc.silent(Duration::from_secs(1));
+
+    // A good token opens a session offering what it authorises (within the cap).
+    let good = site.token(300);
+    fifo.write_all(&qr_frame(&good)).expect("frame");
+    site.vmc.expect("C,START,3.00");
+    site.vmc.say("c,STATUS,IDLE,3.00");
+    site.vmc.say("c,STATUS,ENABLED");
+    daemon.wait_log("no vend", Duration::from_secs(10));
+    daemon.stop();
+}
+
+#[test]
+fn issue13_12_a_session_never_offers_more_than_the_profile_ceiling() {
+    let mut site = Site::new("mdb-small");
+    let profiles = site.s.path("hw/profiles");
+    fs::create_dir_all(&profiles).expect("profiles dir");
+    let builtin = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("hw/profiles/mdb-qibixx.toml"),
+    )
+    .expect("built-in profile");
+    fs::write(
+        profiles.join("mdb-small.toml"),
+        builtin.replace("max_funds = 65534", "max_funds = 120"),
+    )
+    .expect("profile");
+    let mut daemon = Daemon::start(&site.s, &site.config);
+    site.vmc.expect("C,1");
+    site.vmc.say("c,STATUS,ENABLED");
+    let mut fifo = open_fifo(&site.s.path("cam.y8"));
+    let token = site.token(300);
+    fifo.write_all(&qr_frame(&token)).expect("frame");
+    site.vmc.expect("C,START,1.20");
+    site.vmc.say("c,STATUS,IDLE,1.20");
+    site.vmc.say("c,STATUS,VEND,2.00,4");
+    site.vmc.expect("C,STOP");
+    site.vmc.say("c,STATUS,ENABLED");
+    daemon.wait_log("vend denied", Duration::from_secs(10));
+    assert!(site.db().records(false).expect("records").is_empty());
+    daemon.stop();
+}
+
+#[test]
+fn issue13_03_a_void_blocked_by_a_locked_database_is_owed_shown_and_written_after_a_restart() {
+    let mut site = Site::new("mdb-qibixx");
+    let mut daemon = Daemon::start(&site.s, &site.config);
+    site.vmc.expect("C,1");
+    site.vmc.say("c,STATUS,ENABLED");
+    let mut fifo = open_fifo(&site.s.path("cam.y8"));
+    let token = site.token(300);
+    fifo.write_all(&qr_frame(&token)).expect("frame");
+    site.vmc.expect("C,START,3.00");
+    site.vmc.say("c,STATUS,IDLE,3.00");
+    site.vmc.say("c,STATUS,VEND,1.50,3");
+    site.vmc.expect("C,VEND,1.50");
+    let charge = site.db().records(false).expect("records")[0].seq;
+
+    // Another process takes the write lock; the machine reports the failure.
+    let lock = rusqlite::Connection::open(site.s.path("r/reader.db")).expect("connection");
+    lock.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    site.vmc.say("c,VEND,FAILED");
+    site.vmc.expect("C,STOP");
+    site.vmc.say("c,STATUS,ENABLED");
+    daemon.wait_log("void owed, will retry", Duration::from_secs(20));
+
+    // Meanwhile `sonotap status` shows the owed void (from the daemon's status file).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = site.status_json();
+        let owed = &status["daemon"]["status"]["owed"];
+        if owed.as_array().is_some_and(|o| !o.is_empty()) {
+            assert_eq!(owed[0]["charge_seq"], charge, "{status}");
+            assert_eq!(owed[0]["owed"], "void", "{status}");
+            let attention = status["attention"].to_string();
+            assert!(attention.contains("void owed"), "{attention}");
+            assert_eq!(status["pending_vends"][0]["charge_seq"], charge, "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no owed void in status: {status}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // The daemon dies with the void still owed; the log never said "voided".
+    daemon.kill();
+    let log = daemon.drain();
+    assert!(!log.contains("charge voided"), "{log}");
+    assert!(!log.contains("owed void written"), "{log}");
+    lock.execute_batch("COMMIT").expect("unlock");
+    drop(lock);
+    let db = site.db();
+    assert_eq!(db.void_of(charge).expect("read"), None, "no void yet");
+    assert_eq!(db.pending_vends().expect("pending")[0].charge_seq, charge);
+    drop(db);
+    let status = site.status_json();
+    assert!(
+        status["attention"]
+            .to_string()
+            .contains(&format!("void owed for charge {charge}")),
+        "{status}"
+    );
+
+    // Restarted, the daemon writes the void before serving.
+    let mut daemon = Daemon::start(&site.s, &site.config);
+    daemon.wait_log("owed void written", Duration::from_secs(20));
+    let db = site.db();
+    let (void_seq, _) = db.void_of(charge).expect("read").expect("voided");
+    let records = db.records(false).expect("records");
+    let void = records
+        .iter()
+        .find(|r| r.seq == void_seq)
+        .expect("void record");
+    assert_eq!((void.amount, &void.token), (150, &token));
+    assert!(db.pending_vends().expect("pending").is_empty());
+    site.vmc.expect("C,1");
+    site.vmc.say("c,STATUS,ENABLED");
+    daemon.stop();
+}
