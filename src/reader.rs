@@ -20,7 +20,7 @@ use crate::store::{
     ActuationOutcome, Committed, DeclineEntry, ReaderDb, RecordSigner, StoreError, VoidError,
     Voided,
 };
-use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS};
+use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS, SignedRequest, WireError};
 use crate::token::{self, Scope, WalletId};
 
 /// The largest clock correction taken from the hub, seconds.
@@ -304,6 +304,25 @@ impl Reader {
             return Ok(system_now);
         }
         Ok(system_now.saturating_add_signed(offset_secs))
+    }
+
+    /// Signs a request to the hub as this reader (`GET /v1/deny`, `/v1/keys`;
+    /// docs/sync.md): `time_ms` is the hub's time as the uplink estimates it.
+    pub fn sign_request(
+        &self,
+        time_ms: u64,
+        nonce: [u8; 16],
+        method: &str,
+        target: &str,
+    ) -> Result<SignedRequest, WireError> {
+        SignedRequest::sign(
+            &self.config.id,
+            time_ms,
+            nonce,
+            method,
+            target,
+            self.key.signing_key(),
+        )
     }
 
     /// The oldest unsynced records after sequence number `after` (at most
