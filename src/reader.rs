@@ -296,8 +296,10 @@ impl Reader {
     /// Reader time for a decision: the system clock corrected by the hub's
     /// offset from the last sync, when that offset is within
     /// [`MAX_CLOCK_CORRECTION_SECS`]. A larger one is not applied (a reader
-    /// clock that far off needs NTP fixed, and the hub's time answer is not
-    /// signed); `reader status` and the sync report show it.
+    /// clock that far off needs NTP fixed); the uplink stores offsets only
+    /// from signed hub time and within that bound
+    /// (`sync::plan::next_clock_offset`); `reader status` and the sync
+    /// report show it.
     pub fn adjusted_now(&self, system_now: u64) -> Result<u64, ReaderError> {
         let offset_secs = self.db.sync_state()?.clock_offset_ms / 1000;
         if offset_secs.unsigned_abs() > MAX_CLOCK_CORRECTION_SECS {
