@@ -30,7 +30,7 @@ use crate::store::{
     ActuationOutcome, Committed, DeclineEntry, ReaderDb, RecordSigner, StoreError, VoidError,
     Voided,
 };
-use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS};
+use crate::sync::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS, SignedRequest, WireError};
 use crate::token::{self, Scope, WalletId};
 
 /// The largest clock correction taken from the hub, seconds.
@@ -426,14 +426,35 @@ impl Reader {
     /// Reader time for a decision: the system clock corrected by the hub's
     /// offset from the last sync, when that offset is within
     /// [`MAX_CLOCK_CORRECTION_SECS`]. A larger one is not applied (a reader
-    /// clock that far off needs NTP fixed, and the hub's time answer is not
-    /// signed); `reader status` and the sync report show it.
+    /// clock that far off needs NTP fixed); the uplink stores offsets only
+    /// from signed hub time and within that bound
+    /// (`sync::plan::next_clock_offset`); `reader status` and the sync
+    /// report show it.
     pub fn adjusted_now(&self, system_now: u64) -> Result<u64, ReaderError> {
         let offset_secs = self.db.sync_state()?.clock_offset_ms / 1000;
         if offset_secs.unsigned_abs() > MAX_CLOCK_CORRECTION_SECS {
             return Ok(system_now);
         }
         Ok(system_now.saturating_add_signed(offset_secs))
+    }
+
+    /// Signs a request to the hub as this reader (`GET /v1/deny`, `/v1/keys`;
+    /// docs/sync.md): `time_ms` is the hub's time as the uplink estimates it.
+    pub fn sign_request(
+        &self,
+        time_ms: u64,
+        nonce: [u8; 16],
+        method: &str,
+        target: &str,
+    ) -> Result<SignedRequest, WireError> {
+        SignedRequest::sign(
+            &self.config.id,
+            time_ms,
+            nonce,
+            method,
+            target,
+            self.key.signing_key(),
+        )
     }
 
     /// The oldest unsynced records after sequence number `after` (at most

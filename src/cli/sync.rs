@@ -17,7 +17,7 @@ use crate::keys::{PublicKey, Role};
 use crate::reader::Reader;
 use crate::sync::client::{self, HubClient, Progress, SyncOptions};
 use crate::sync::export;
-use crate::sync::wire::DenyAction;
+use crate::sync::wire::{DenyAction, DenyReason};
 use crate::token::WalletId;
 
 /// `sonotap hub serve`.
@@ -80,9 +80,14 @@ pub struct DenyArgs {
     /// Wallet id (16 hex digits)
     #[arg(long, value_name = "ID")]
     wallet: String,
-    /// Why, for the record
-    #[arg(long, default_value = "operator")]
-    reason: String,
+    /// Why, as a code readers see: operator, lost_or_stolen, suspected_fraud
+    /// (or a clearing rule's: counter_reused, totals_do_not_chain, over_offline_limit)
+    #[arg(long, value_name = "CODE", default_value = "operator")]
+    reason: DenyReason,
+    /// Free text for the hub's records (a name, a case number): kept in the
+    /// hub's database, never sent to readers
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    note: String,
 }
 
 /// `sonotap reader sync`.
@@ -186,7 +191,12 @@ fn parse_wallet(text: &str) -> Result<WalletId> {
 pub fn deny(args: DenyArgs, action: DenyAction) -> Result<ExitCode> {
     let wallet = parse_wallet(&args.wallet)?;
     let mut hub = Hub::open(&args.data)?;
-    let entry = hub.set_deny(action, wallet, &args.reason, super::clock(None)?)?;
+    let note = if args.note.is_empty() {
+        "operator"
+    } else {
+        args.note.as_str()
+    };
+    let entry = hub.set_deny(action, wallet, args.reason, note, super::clock(None)?)?;
     println!(
         "{}",
         serde_json::json!({
@@ -194,6 +204,7 @@ pub fn deny(args: DenyArgs, action: DenyAction) -> Result<ExitCode> {
             "action": entry.action,
             "wallet": hex::encode(entry.wallet.0),
             "reason": entry.reason,
+            "note_kept_at_hub": !args.note.is_empty(),
         })
     );
     Ok(ExitCode::SUCCESS)
@@ -331,6 +342,17 @@ pub fn sync(args: SyncArgs) -> Result<ExitCode> {
                 }
                 println!("{}", serde_json::to_string(&report)?);
                 return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) if e.is_permanent() => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                eprintln!("sonotap: sync refused by the hub: {e}");
+                eprintln!(
+                    "sonotap: not retried (the hub would refuse it again); \
+                     unacknowledged records stay queued; nothing was lost"
+                );
+                return Ok(ExitCode::from(1));
             }
             Err(e) if attempt < args.attempts => {
                 let wait = backoff.failed(jitter());

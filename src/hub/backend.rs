@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::HubError;
 use super::ledger::{DenySigner, IngestReport, Via};
 use super::verify::CheckedBatch;
-use crate::sync::wire::{DenyAction, DenyEntry};
+use crate::sync::wire::{DenyAction, DenyEntry, DenyReason};
 use crate::token::{Credential, WalletId};
 
 /// Where the hub keeps its state.
@@ -36,13 +36,15 @@ pub trait HubBackend: Send {
         via: Via,
         now: u64,
     ) -> Result<IngestReport, HubError>;
-    /// An operator's deny or allow.
+    /// An operator's deny or allow: the entry publishes `reason`; `note`
+    /// (free text) is kept in the hub's database only.
     fn set_deny(
         &mut self,
         signer: &dyn DenySigner,
         action: DenyAction,
         wallet: WalletId,
-        reason: &str,
+        reason: DenyReason,
+        note: &str,
         now: u64,
     ) -> Result<DenyEntry, HubError>;
     /// The newest deny-list version and up to `limit` encoded entries after `since`.

@@ -41,6 +41,16 @@ impl FraudRule {
         }
     }
 
+    /// The reason code a deny-list entry for this rule publishes.
+    pub fn deny_reason(self) -> crate::sync::wire::DenyReason {
+        use crate::sync::wire::DenyReason;
+        match self {
+            FraudRule::CounterReused => DenyReason::CounterReused,
+            FraudRule::TotalsDoNotChain => DenyReason::TotalsDoNotChain,
+            FraudRule::OverOfflineLimit => DenyReason::OverOfflineLimit,
+        }
+    }
+
     /// One line for operators (`sonotap hub report`, docs).
     pub fn describe(self) -> &'static str {
         match self {

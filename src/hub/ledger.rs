@@ -12,7 +12,7 @@ use super::HubError;
 use super::clearing::{self, Context, Finding, Payment};
 use super::verify::{CheckedBatch, CheckedRecord};
 use crate::record::RecordKind;
-use crate::sync::wire::{DenyAction, DenyEntry, Totals};
+use crate::sync::wire::{DenyAction, DenyEntry, DenyReason, Totals};
 use crate::token::WalletId;
 
 /// How a batch reached the hub.
@@ -154,7 +154,7 @@ pub trait DenySigner {
         action: DenyAction,
         wallet: WalletId,
         at: u64,
-        reason: &str,
+        reason: DenyReason,
     ) -> Result<DenyEntry, HubError>;
 }
 
@@ -483,7 +483,9 @@ fn flag(
     if ledger.is_denied(wallet)? {
         return Ok(false);
     }
-    let reason = findings.first().map_or("fraud", |f| f.rule.as_str());
+    let reason = findings
+        .first()
+        .map_or(DenyReason::SuspectedFraud, |f| f.rule.deny_reason());
     set_deny(
         ledger,
         signer,
@@ -496,13 +498,15 @@ fn flag(
     Ok(true)
 }
 
-/// Appends a signed deny-list entry (for clearing and for operators).
+/// Appends a signed deny-list entry (for clearing and for operators). The
+/// entry publishes `reason` only; `evidence` (the findings, or an
+/// operator's note) stays in the hub's database.
 pub fn set_deny(
     ledger: &mut dyn Ledger,
     signer: &dyn DenySigner,
     action: DenyAction,
     wallet: WalletId,
-    reason: &str,
+    reason: DenyReason,
     evidence: &str,
     now: u64,
 ) -> Result<DenyEntry, HubError> {

@@ -30,7 +30,9 @@ use crate::fsutil;
 use crate::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use crate::policy::TrustedKeys;
 use crate::store::StoreError;
-use crate::sync::wire::{Ack, Batch, DenyAction, DenyEntry, KeySet, WireError};
+use crate::sync::wire::{
+    Ack, Batch, DenyAction, DenyEntry, DenyReason, KeySet, SignedRequest, TimeStatement, WireError,
+};
 use crate::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
 use backend::{HubBackend, Report};
 use ledger::{DenySigner, IngestReport, IngestStatus, Via};
@@ -95,6 +97,15 @@ pub enum HubError {
         reader: String,
         /// The first conflicting record.
         seq: u64,
+    },
+    /// A request that is not signed by a registered reader (a read of the
+    /// deny list or the keys). `detail` is for the hub's log only: the
+    /// answer is the same whatever it says, so that nobody can learn which
+    /// reader ids are registered.
+    #[error("request not authenticated: {detail}")]
+    NotAuthenticated {
+        /// Why (missing, malformed, stale, unknown reader, bad signature).
+        detail: String,
     },
     /// A database backend other than SQLite failed, or is not available.
     #[error("hub database: {0}")]
@@ -171,7 +182,7 @@ impl DenySigner for IssuerSigner<'_> {
         action: DenyAction,
         wallet: WalletId,
         at: u64,
-        reason: &str,
+        reason: DenyReason,
     ) -> Result<DenyEntry, HubError> {
         Ok(DenyEntry::sign(
             version,
@@ -323,6 +334,36 @@ impl Hub {
         )?)
     }
 
+    /// The hub's time for a reader's `nonce`, signed by the active issuer key.
+    pub fn time_statement(&self, nonce: [u8; 16], now_ms: u64) -> TimeStatement {
+        let signer = IssuerSigner(&self.issuer);
+        TimeStatement::sign(nonce, now_ms, signer.key_id(), self.issuer.signing_key())
+    }
+
+    /// Checks a reader's signed request (docs/sync.md §2.1): `encoded` is
+    /// the hex from `Authorization: Sonotap HEX`, for `method` and `target`
+    /// (path and query) at hub time `now_ms`. Returns the reader id.
+    pub fn authenticate(
+        &mut self,
+        encoded: &str,
+        method: &str,
+        target: &str,
+        now_ms: u64,
+    ) -> Result<String, HubError> {
+        let refused = |detail: String| HubError::NotAuthenticated { detail };
+        let bytes = hex::decode(encoded.trim()).map_err(|e| refused(format!("not hex: {e}")))?;
+        let request = SignedRequest::decode(&bytes).map_err(|e| refused(e.to_string()))?;
+        let key = self
+            .backend
+            .reader_key(&request.reader_id)?
+            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+            .ok_or_else(|| refused(format!("reader {:?} is not registered", request.reader_id)))?;
+        request
+            .verify(&key, method, target, now_ms)
+            .map_err(|e| refused(format!("reader {:?}: {e}", request.reader_id)))?;
+        Ok(request.reader_id)
+    }
+
     /// Checks, stores and acknowledges an encoded batch (upload or import).
     pub fn receive(&mut self, bytes: &[u8], via: Via, now_ms: u64) -> Result<Receipt, HubError> {
         let admitted = self.admit(bytes)?;
@@ -379,16 +420,19 @@ impl Hub {
         Ok(Receipt { ack, report })
     }
 
-    /// An operator denies (or allows again) a wallet.
+    /// An operator denies (or allows again) a wallet. Readers see `reason`
+    /// only; the free-text `note` stays in the hub's database.
     pub fn set_deny(
         &mut self,
         action: DenyAction,
         wallet: WalletId,
-        reason: &str,
+        reason: DenyReason,
+        note: &str,
         now: u64,
     ) -> Result<DenyEntry, HubError> {
         let signer = IssuerSigner(&self.issuer);
-        self.backend.set_deny(&signer, action, wallet, reason, now)
+        self.backend
+            .set_deny(&signer, action, wallet, reason, note, now)
     }
 
     /// The newest deny-list version and the encoded entries after `since`.

@@ -63,7 +63,7 @@ use super::verify::{CheckedBatch, CheckedRecord};
 use super::{Hub, HubError, pgpass};
 use crate::store::StoreError;
 use crate::store::sqlite::{blob, int, unsigned};
-use crate::sync::wire::{DenyAction, DenyEntry};
+use crate::sync::wire::{DenyAction, DenyEntry, DenyReason};
 use crate::token::{Credential, WalletId};
 
 /// The advisory lock key every hub writer takes (`"sonotap1"` as an integer).
@@ -956,7 +956,7 @@ impl Ledger for PgLedger<'_> {
                 &int(entry.version),
                 &entry.wallet.0.as_slice(),
                 &action,
-                &entry.reason,
+                &entry.reason.as_str(),
                 &evidence,
                 &int(entry.at),
                 &bytes,
@@ -1083,11 +1083,12 @@ impl HubBackend for PostgresHub {
         signer: &dyn DenySigner,
         action: DenyAction,
         wallet: WalletId,
-        reason: &str,
+        reason: DenyReason,
+        note: &str,
         now: u64,
     ) -> Result<DenyEntry, HubError> {
         self.in_transaction(|ledger| {
-            ledger::set_deny(ledger, signer, action, wallet, reason, "operator", now)
+            ledger::set_deny(ledger, signer, action, wallet, reason, note, now)
         })
     }
 

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -76,18 +77,69 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The one answer to an upload not signed by a registered reader: the same
+/// for an unknown reader id and a bad signature, so that nobody can learn
+/// which ids are registered. The hub's log keeps the difference.
+pub const REFUSED_MESSAGE: &str = "the batch is not signed by a registered reader's key";
+/// The one answer to a read of the deny list or the keys without a valid
+/// reader signature (missing, malformed, stale, unknown reader, bad signature).
+pub const UNAUTHENTICATED_MESSAGE: &str =
+    "this endpoint needs a request signed by a registered reader (docs/sync.md, signed requests)";
+
 impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
-        let (status, code) = match &e {
-            HubError::Wire(_) => (StatusCode::BAD_REQUEST, "malformed"),
-            HubError::UnknownReader { .. } => (StatusCode::FORBIDDEN, "unknown_reader"),
-            HubError::Refused(_) => (StatusCode::FORBIDDEN, "bad_signature"),
-            HubError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
-            _ => (StatusCode::SERVICE_UNAVAILABLE, "hub_unavailable"),
-        };
-        ApiError(status, code, e.to_string())
+        match &e {
+            HubError::Wire(_) => ApiError(StatusCode::BAD_REQUEST, "malformed", e.to_string()),
+            HubError::UnknownReader { .. } | HubError::Refused(_) => {
+                log_refusal(&format!("upload refused: {e}"));
+                ApiError(StatusCode::FORBIDDEN, "refused", REFUSED_MESSAGE.into())
+            }
+            HubError::NotAuthenticated { .. } => {
+                log_refusal(&e.to_string());
+                ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    UNAUTHENTICATED_MESSAGE.into(),
+                )
+            }
+            HubError::Conflict { .. } => ApiError(StatusCode::CONFLICT, "conflict", e.to_string()),
+            _ => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hub_unavailable",
+                e.to_string(),
+            ),
+        }
     }
 }
+
+/// The hub's own record of a refusal, with the reason the answer leaves out.
+fn log_refusal(message: &str) {
+    eprintln!("sonotap hub: {message}");
+}
+
+/// The reader's signed request from `Authorization: Sonotap HEX` (docs/sync.md).
+fn signed_request(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix(AUTH_SCHEME))
+        .and_then(|v| v.strip_prefix(' '));
+    match value {
+        Some(hex) => Ok(hex.to_owned()),
+        None => Err(ApiError::from(HubError::NotAuthenticated {
+            detail: "no `Authorization: Sonotap …` header".into(),
+        })),
+    }
+}
+
+/// Path and query, as the reader signed them.
+fn target(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
+}
+
+/// The `Authorization` scheme of a reader's signed request.
+pub const AUTH_SCHEME: &str = "Sonotap";
 
 async fn with_hub<T: Send + 'static>(
     hub: Shared,
@@ -167,9 +219,17 @@ pub struct DenyAnswer {
 
 async fn deny(
     State(hub): State<Shared>,
+    headers: HeaderMap,
+    uri: Uri,
     Query(q): Query<Since>,
 ) -> Result<axum::Json<DenyAnswer>, ApiError> {
-    let (version, entries) = with_hub(hub, move |hub| hub.deny_entries(q.since, DENY_PAGE)).await?;
+    let auth = signed_request(&headers)?;
+    let target = target(&uri);
+    let (version, entries) = with_hub(hub, move |hub| {
+        hub.authenticate(&auth, "GET", &target, now_ms())?;
+        hub.deny_entries(q.since, DENY_PAGE)
+    })
+    .await?;
     let more = q.since + (entries.len() as u64) < version;
     Ok(axum::Json(DenyAnswer {
         version,
@@ -181,14 +241,25 @@ async fn deny(
 /// Answer to `GET /v1/keys`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct KeysAnswer {
-    /// Key-set version.
+    /// Key-set version, for people: a reader goes by the version inside
+    /// the signed set only.
     pub version: u64,
     /// The signed key set, hex.
     pub key_set: String,
 }
 
-async fn keys(State(hub): State<Shared>) -> Result<axum::Json<KeysAnswer>, ApiError> {
-    let set = with_hub(hub, |hub| hub.key_set()).await?;
+async fn keys(
+    State(hub): State<Shared>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<axum::Json<KeysAnswer>, ApiError> {
+    let auth = signed_request(&headers)?;
+    let target = target(&uri);
+    let set = with_hub(hub, move |hub| {
+        hub.authenticate(&auth, "GET", &target, now_ms())?;
+        hub.key_set()
+    })
+    .await?;
     let bytes = set
         .encode()
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
@@ -198,15 +269,49 @@ async fn keys(State(hub): State<Shared>) -> Result<axum::Json<KeysAnswer>, ApiEr
     }))
 }
 
+/// Query of `GET /v1/time`.
+#[derive(Debug, Deserialize)]
+struct TimeQuery {
+    /// 16 random bytes from the reader, hex: the hub signs its time over them.
+    nonce: Option<String>,
+}
+
 /// Answer to `GET /v1/time`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TimeAnswer {
-    /// Hub time, Unix milliseconds.
+    /// Hub time, Unix milliseconds (unsigned: for people and monitoring).
     pub unix_ms: u64,
+    /// With `?nonce=HEX`: the signed time statement over that nonce, hex
+    /// (docs/sync.md). Readers take their clock offset from this only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
 }
 
-async fn time() -> axum::Json<TimeAnswer> {
-    axum::Json(TimeAnswer { unix_ms: now_ms() })
+async fn time(
+    State(hub): State<Shared>,
+    Query(q): Query<TimeQuery>,
+) -> Result<axum::Json<TimeAnswer>, ApiError> {
+    let Some(nonce) = q.nonce else {
+        return Ok(axum::Json(TimeAnswer {
+            unix_ms: now_ms(),
+            statement: None,
+        }));
+    };
+    let nonce = hex::decode(&nonce)
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "nonce must be 16 bytes, hex (32 digits)".into(),
+            )
+        })?;
+    let statement = with_hub(hub, move |hub| Ok(hub.time_statement(nonce, now_ms()))).await?;
+    Ok(axum::Json(TimeAnswer {
+        unix_ms: statement.hub_time_ms,
+        statement: Some(hex::encode(statement.encode())),
+    }))
 }
 
 async fn not_found() -> ApiError {

@@ -15,7 +15,7 @@ use super::ledger::{
 use super::verify::{CheckedBatch, CheckedRecord};
 use crate::store::StoreError;
 use crate::store::sqlite;
-use crate::sync::wire::{DenyAction, DenyEntry};
+use crate::sync::wire::{DenyAction, DenyEntry, DenyReason};
 use crate::token::{Credential, WalletId};
 
 /// The hub database file in a hub directory.
@@ -755,7 +755,7 @@ impl Ledger for SqliteLedger<'_> {
                     sqlite::int(entry.version),
                     entry.wallet.0.as_slice(),
                     action,
-                    entry.reason,
+                    entry.reason.as_str(),
                     evidence,
                     sqlite::int(entry.at),
                     bytes,
@@ -890,11 +890,12 @@ impl HubBackend for SqliteHub {
         signer: &dyn DenySigner,
         action: DenyAction,
         wallet: WalletId,
-        reason: &str,
+        reason: DenyReason,
+        note: &str,
         now: u64,
     ) -> Result<DenyEntry, HubError> {
         self.in_transaction(|ledger| {
-            ledger::set_deny(ledger, signer, action, wallet, reason, "operator", now)
+            ledger::set_deny(ledger, signer, action, wallet, reason, note, now)
         })
     }
 

@@ -899,9 +899,19 @@ fn append_record(
 ) -> Result<u64, StoreError> {
     let err = |e| StoreError::from_sqlite(path, e);
     let (head_seq, head_hash) = chain_head(tx, path)?;
+    // SQLite's INTEGER holds at most 2^63 - 1: never store a number clamped.
+    let seq = head_seq
+        .checked_add(1)
+        .filter(|seq| *seq <= crate::sync::wire::MAX_SEQ)
+        .ok_or_else(|| {
+            StoreError::inconsistent(
+                path,
+                format!("the record chain is at sequence number {head_seq}, the largest a record may carry"),
+            )
+        })?;
     let body = RecordBody {
         reader_id: signer.reader_id,
-        seq: head_seq + 1,
+        seq,
         at: record.at,
         kind: record.kind,
         amount: record.amount,

@@ -173,7 +173,7 @@ impl ReaderDb {
                      ON CONFLICT (wallet_id) DO UPDATE SET reason = excluded.reason",
                         params![
                             entry.wallet.0.as_slice(),
-                            format!("hub: {}", entry.reason),
+                            format!("hub: {}", entry.reason.as_str()),
                             sqlite::int(entry.at)
                         ],
                     ),
@@ -190,7 +190,9 @@ impl ReaderDb {
         })
     }
 
-    /// Replaces the trusted issuer keys with a verified key set.
+    /// Replaces the trusted issuer keys with a verified key set of a higher
+    /// version than the one in use; never goes back to a lower or equal one
+    /// (checked in the same transaction).
     pub fn replace_trusted_keys(
         &mut self,
         keys: &TrustedKeys,
@@ -199,6 +201,16 @@ impl ReaderDb {
     ) -> Result<(), StoreError> {
         self.write(|tx, path| {
             let err = |e| StoreError::from_sqlite(path, e);
+            let current = meta_u64(tx, KEYSET_VERSION, path)?;
+            if version <= current {
+                return Err(StoreError::inconsistent(
+                    path,
+                    format!(
+                        "key set version {version} is not above version {current} in use; \
+                         keys unchanged"
+                    ),
+                ));
+            }
             tx.execute("DELETE FROM trusted_keys", []).map_err(err)?;
             for (id, key) in keys.iter() {
                 tx.execute(

@@ -415,12 +415,21 @@ fn prune_deletes_only_acknowledged_records_past_retention() {
 
 #[test]
 fn deny_entries_apply_in_version_order_and_a_gap_is_refused() {
-    use crate::sync::wire::{DenyAction, DenyEntry};
+    use crate::sync::wire::{DenyAction, DenyEntry, DenyReason};
     let dir = tempfile::tempdir().expect("tempdir");
     let mut db = fresh_db(&dir);
     let wallet = crate::token::WalletId::of_key(&wallet().verifying_key().to_bytes());
     let entry = |version, action| {
-        DenyEntry::sign(version, action, wallet, NOW, "counter_reused", 1, &issuer()).expect("sign")
+        DenyEntry::sign(
+            version,
+            action,
+            wallet,
+            NOW,
+            DenyReason::CounterReused,
+            1,
+            &issuer(),
+        )
+        .expect("sign")
     };
     assert_eq!(
         db.apply_deny_entries(&[entry(1, DenyAction::Deny)])

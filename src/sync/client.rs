@@ -16,15 +16,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use super::plan::{Outcome, Plan, Step};
-use super::wire::{Ack, Batch, DenyEntry, KeySet, WireError};
-use crate::hub::server::{DenyAnswer, KeysAnswer, TimeAnswer, UploadAnswer};
+use super::plan::{self, Outcome, Plan, Step};
+use super::wire::{Ack, Batch, DenyEntry, KeySet, TimeStatement, WireError};
+use crate::hub::server::{AUTH_SCHEME, DenyAnswer, KeysAnswer, TimeAnswer, UploadAnswer};
 use crate::policy::TrustedKeys;
 use crate::reader::{Reader, ReaderError};
 use crate::store::{Pruned, StoreError};
 
 /// Largest answer read from the hub (a page of deny entries is ~100 kB).
 const MAX_ANSWER: u64 = 8 << 20;
+
+/// The longest round trip of a time request whose answer may set the clock
+/// offset: the hub's time is known to within half of it.
+const MAX_TIME_ROUND_TRIP: Duration = Duration::from_secs(10);
 
 /// Why a sync step failed. Every case leaves unacknowledged records queued.
 #[derive(Debug, Error)]
@@ -73,9 +77,25 @@ pub enum SyncError {
     },
 }
 
+impl SyncError {
+    /// Whether the hub refused the request for good: a 4xx answer other
+    /// than 408 (timeout) and 429 (too many requests). The same request
+    /// would be refused again (a batch the hub cannot store, a reader it
+    /// does not authenticate, a conflicting record), so it is not retried
+    /// at once: `reader sync` stops, the daemon's loop waits its longest
+    /// backoff. Timeouts, 5xx and answers that cannot be trusted may be
+    /// transient and are retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SyncError::Refused { status, .. }
+            if (400..500).contains(status) && *status != 408 && *status != 429)
+    }
+}
+
 /// An HTTP(S) client for one hub.
 pub struct HubClient {
     base: String,
+    /// The base URL's path ("" at the root), which signed requests cover.
+    base_path: String,
     agent: ureq::Agent,
 }
 
@@ -112,14 +132,25 @@ impl HubClient {
             .tls_config(tls.build())
             .build()
             .into();
+        let base = base.trim_end_matches('/').to_owned();
+        let base_path = base
+            .parse::<ureq::http::Uri>()
+            .map(|uri| uri.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
         Ok(Self {
-            base: base.trim_end_matches('/').to_owned(),
+            base,
+            base_path,
             agent,
         })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// What a signed request covers: the path and query as sent.
+    fn target(&self, path: &str) -> String {
+        format!("{}{path}", self.base_path)
     }
 
     fn answer<T: DeserializeOwned>(
@@ -162,13 +193,33 @@ impl HubClient {
         })
     }
 
-    /// `GET /v1/time`: the hub's clock, and the local time it corresponds to.
-    pub fn time(&self) -> Result<(u64, u64), SyncError> {
-        let url = self.url("/v1/time");
+    /// `GET /v1/time?nonce=N`: the hub's time statement for `nonce`,
+    /// verified under `issuers`, with the local time it corresponds to (the
+    /// request's midpoint) and the round trip.
+    pub fn time(
+        &self,
+        nonce: &[u8; 16],
+        issuers: &TrustedKeys,
+    ) -> Result<(TimeStatement, u64, Duration), SyncError> {
+        let url = self.url(&format!("/v1/time?nonce={}", hex::encode(nonce)));
+        let started = Instant::now();
         let before = now_ms();
         let answer: TimeAnswer = Self::answer(&url, self.agent.get(&url).call())?;
         let after = now_ms();
-        Ok((answer.unix_ms, before / 2 + after / 2))
+        let round_trip = started.elapsed();
+        let bad = |detail: String| SyncError::BadAnswer {
+            url: url.clone(),
+            detail,
+        };
+        let hex_statement = answer.statement.ok_or_else(|| {
+            bad("no signed time statement (a hub older than this reader?)".into())
+        })?;
+        let bytes = hex::decode(hex_statement).map_err(|e| bad(e.to_string()))?;
+        let statement = TimeStatement::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+        statement
+            .verify(nonce, issuers)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok((statement, before / 2 + after / 2, round_trip))
     }
 
     /// `POST /v1/batches`.
@@ -182,17 +233,101 @@ impl HubClient {
         Self::answer(&url, request)
     }
 
-    /// `GET /v1/keys`.
-    pub fn keys(&self) -> Result<KeysAnswer, SyncError> {
-        let url = self.url("/v1/keys");
-        Self::answer(&url, self.agent.get(&url).call())
+    /// A `GET` signed by `reader`, stamped with the hub's time `hub_ms`.
+    fn signed_get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        reader: &Reader,
+        hub_ms: u64,
+    ) -> Result<T, SyncError> {
+        let url = self.url(path);
+        let request = reader
+            .sign_request(hub_ms, random_nonce(&url)?, "GET", &self.target(path))
+            .and_then(|r| r.encode())
+            .map_err(|e| SyncError::BadAnswer {
+                url: url.clone(),
+                detail: format!("cannot sign the request: {e}"),
+            })?;
+        let header = format!("{AUTH_SCHEME} {}", hex::encode(request));
+        Self::answer(
+            &url,
+            self.agent.get(&url).header("authorization", &header).call(),
+        )
     }
 
-    /// `GET /v1/deny?since=V`.
-    pub fn deny(&self, since: u64) -> Result<DenyAnswer, SyncError> {
-        let url = self.url(&format!("/v1/deny?since={since}"));
-        Self::answer(&url, self.agent.get(&url).call())
+    /// `GET /v1/keys`, signed by `reader`.
+    pub fn keys(&self, reader: &Reader, hub_ms: u64) -> Result<KeysAnswer, SyncError> {
+        self.signed_get("/v1/keys", reader, hub_ms)
     }
+
+    /// `GET /v1/deny?since=V`, signed by `reader`.
+    pub fn deny(&self, since: u64, reader: &Reader, hub_ms: u64) -> Result<DenyAnswer, SyncError> {
+        self.signed_get(&format!("/v1/deny?since={since}"), reader, hub_ms)
+    }
+}
+
+/// 16 random bytes, for a time request or a signed request.
+fn random_nonce(url: &str) -> Result<[u8; 16], SyncError> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| SyncError::Transport {
+        url: url.to_owned(),
+        detail: format!("no randomness for a nonce: {e}"),
+    })?;
+    Ok(nonce)
+}
+
+/// What this round learned of the hub's clock from its signed statement.
+#[derive(Debug, Clone, Copy)]
+struct HubClock {
+    /// The hub's time in the statement, Unix milliseconds.
+    hub_ms: u64,
+    /// When that was, on this reader's monotonic clock (the request's midpoint).
+    at: Instant,
+    /// Hub clock minus reader clock, if the round trip was short enough to tell.
+    offset_ms: Option<i64>,
+}
+
+impl HubClock {
+    /// The hub's time now, as far as this reader can tell.
+    fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.hub_ms.saturating_add(elapsed)
+    }
+}
+
+/// State carried between the steps of one round.
+#[derive(Debug, Default)]
+struct Round {
+    clock: Option<HubClock>,
+}
+
+impl Round {
+    /// The hub's time to stamp a signed request with: from this round's
+    /// statement, else this reader's clock corrected by its stored offset.
+    fn hub_now_ms(&self, reader: &Reader) -> Result<u64, SyncError> {
+        match self.clock {
+            Some(clock) => Ok(clock.now_ms()),
+            None => {
+                let offset = reader.db().sync_state()?.clock_offset_ms;
+                Ok(now_ms().saturating_add_signed(offset))
+            }
+        }
+    }
+}
+
+/// At the end of a round that succeeded end to end: moves the stored clock
+/// offset towards what this round's signed statement measured, by at most
+/// [`plan::MAX_CLOCK_STEP_MS`]. A failed round changes nothing.
+fn commit_clock(reader: &Reader, round: &Round, report: &mut SyncReport) -> Result<(), SyncError> {
+    let stored = reader.db().sync_state()?.clock_offset_ms;
+    let measured = round.clock.and_then(|c| c.offset_ms);
+    let applied = measured.map_or(stored, |m| plan::next_clock_offset(stored, m));
+    if applied != stored {
+        reader.db().note_clock_offset(applied)?;
+    }
+    report.clock_offset_ms = applied;
+    report.hub_clock_offset_ms = measured;
+    Ok(())
 }
 
 fn now_ms() -> u64 {
@@ -230,8 +365,12 @@ pub struct SyncReport {
     pub already_stored: u64,
     /// Sum of acknowledged charges.
     pub charged: u64,
-    /// Hub clock minus reader clock, milliseconds.
+    /// Hub clock minus reader clock, milliseconds, as stored and applied
+    /// after this round (moved by at most 5 minutes a round).
     pub clock_offset_ms: i64,
+    /// What this round's signed time statement measured (`None` when the
+    /// round did not get one, or its round trip was too long to tell).
+    pub hub_clock_offset_ms: Option<i64>,
     /// Issuer key-set version in use afterwards.
     pub keyset_version: u64,
     /// Deny-list version applied afterwards.
@@ -374,18 +513,35 @@ fn run_step(
     reader: &mut Reader,
     hub: &HubClient,
     options: &SyncOptions,
+    round: &mut Round,
     report: &mut SyncReport,
     progress: &mut dyn FnMut(u64),
 ) -> Result<bool, SyncError> {
     let now = now_ms() / 1000;
     match step {
         Step::CheckClock => {
-            let (hub_ms, local_ms) = hub.time()?;
-            let offset = i64::try_from(hub_ms)
-                .unwrap_or(i64::MAX)
-                .saturating_sub(i64::try_from(local_ms).unwrap_or(0));
-            reader.db().note_clock_offset(offset)?;
-            report.clock_offset_ms = offset;
+            // Only time the issuer signed over this request's fresh nonce
+            // counts; it is stored only when the whole round succeeds
+            // (`commit_clock`).
+            let url = hub.url("/v1/time");
+            let nonce = random_nonce(&url)?;
+            let issuers = reader.db().trusted_keys()?;
+            let (statement, local_ms, round_trip) = hub.time(&nonce, &issuers)?;
+            let offset = i64::try_from(i128::from(statement.hub_time_ms) - i128::from(local_ms))
+                .unwrap_or(if statement.hub_time_ms > local_ms {
+                    i64::MAX
+                } else {
+                    i64::MIN
+                });
+            let anchor = Instant::now()
+                .checked_sub(round_trip / 2)
+                .unwrap_or_else(Instant::now);
+            round.clock = Some(HubClock {
+                hub_ms: statement.hub_time_ms,
+                at: anchor,
+                offset_ms: (round_trip <= MAX_TIME_ROUND_TRIP).then_some(offset),
+            });
+            report.hub_clock_offset_ms = round.clock.and_then(|c| c.offset_ms);
             Ok(false)
         }
         Step::Upload => {
@@ -394,28 +550,25 @@ fn run_step(
             Ok(false)
         }
         Step::FetchKeys => {
-            let answer = hub.keys()?;
-            let state = reader.db().sync_state()?;
-            if answer.version > state.keyset_version {
-                let url = hub.url("/v1/keys");
-                let bytes = hex::decode(&answer.key_set).map_err(|e| SyncError::BadAnswer {
-                    url: url.clone(),
-                    detail: e.to_string(),
-                })?;
-                let set = KeySet::decode(&bytes)
-                    .and_then(|set| {
-                        let trusted =
-                            reader.db().trusted_keys().map_err(|e| WireError::Invalid {
-                                what: "key set",
-                                detail: e.to_string(),
-                            })?;
-                        set.verify(&trusted).map(|keys| (set.version, keys))
-                    })
-                    .map_err(|e| SyncError::BadAnswer {
-                        url,
-                        detail: e.to_string(),
-                    })?;
-                reader.db_mut().replace_trusted_keys(&set.1, set.0, now)?;
+            // The answer's plain `version` is only informative: what counts
+            // is the version inside the signed set (`KeySet::adopt`).
+            let answer = hub.keys(reader, round.hub_now_ms(reader)?)?;
+            let url = hub.url("/v1/keys");
+            let bad = |detail: String| SyncError::BadAnswer {
+                url: url.clone(),
+                detail,
+            };
+            let bytes = hex::decode(&answer.key_set).map_err(|e| bad(e.to_string()))?;
+            let set = KeySet::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+            let current = reader.db().sync_state()?.keyset_version;
+            let trusted = reader.db().trusted_keys()?;
+            if let Some(keys) = set
+                .adopt(current, &trusted)
+                .map_err(|e| bad(e.to_string()))?
+            {
+                reader
+                    .db_mut()
+                    .replace_trusted_keys(&keys, set.version, now)?;
                 reader.reload_keys()?;
             }
             report.keyset_version = reader.db().sync_state()?.keyset_version;
@@ -425,7 +578,7 @@ fn run_step(
             let mut version = reader.db().sync_state()?.deny_version;
             let issuers = reader.db().trusted_keys()?;
             loop {
-                let answer = hub.deny(version)?;
+                let answer = hub.deny(version, reader, round.hub_now_ms(reader)?)?;
                 let url = hub.url("/v1/deny");
                 let mut entries = Vec::with_capacity(answer.entries.len());
                 for hex_entry in &answer.entries {
@@ -469,14 +622,23 @@ pub fn sync_once(
 ) -> Result<SyncReport, SyncError> {
     let total = reader.db().summary()?.unsynced;
     let mut report = SyncReport::default();
+    let mut round = Round::default();
     let mut plan = Plan::new(Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let result = loop {
         let step = plan.current();
         if let Step::Sleep(_) = step {
-            break Ok(());
+            break commit_clock(reader, &round, &mut report);
         }
         let mut told = |done| progress(Progress { done, total });
-        match run_step(step, reader, hub, options, &mut report, &mut told) {
+        match run_step(
+            step,
+            reader,
+            hub,
+            options,
+            &mut round,
+            &mut report,
+            &mut told,
+        ) {
             Ok(more) => {
                 plan.next(Outcome::Done { more }, 0.0);
             }
@@ -516,6 +678,7 @@ pub fn run_loop(
     );
     let mut seed = now_ms() | 1;
     let mut report = SyncReport::default();
+    let mut round = Round::default();
     while !stop.load(Ordering::Relaxed) {
         let step = plan.current();
         // xorshift: jitter needs spread, not secrecy.
@@ -530,9 +693,24 @@ pub fn run_loop(
                     std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
                 }
                 report = SyncReport::default();
+                round = Round::default();
                 Outcome::Done { more: false }
             }
-            _ => match run_step(step, &mut reader, hub, options, &mut report, &mut |_| {}) {
+            _ => match run_step(
+                step,
+                &mut reader,
+                hub,
+                options,
+                &mut round,
+                &mut report,
+                &mut |_| {},
+            )
+            .and_then(|more| {
+                if step == Step::Prune {
+                    commit_clock(&reader, &round, &mut report)?;
+                }
+                Ok(more)
+            }) {
                 Ok(more) => {
                     if step == Step::Prune {
                         let now = now_ms() / 1000;
@@ -546,7 +724,11 @@ pub fn run_loop(
                     let now = now_ms() / 1000;
                     reader.db().note_sync(now, Some(&e.to_string()))?;
                     on_round(Err(&e));
-                    Outcome::Failed
+                    if e.is_permanent() {
+                        Outcome::Refused
+                    } else {
+                        Outcome::Failed
+                    }
                 }
             },
         };

@@ -10,6 +10,28 @@
 
 use std::time::Duration;
 
+use crate::reader::MAX_CLOCK_CORRECTION_SECS;
+
+/// The most one successful sync may move the reader's stored clock offset
+/// (hub clock minus reader clock), in milliseconds: 5 minutes. Honest drift
+/// between syncs is far smaller; a reader whose clock is off by more gets
+/// there over several syncs (an hour's error in 12), and the offset stored
+/// never exceeds [`MAX_CLOCK_CORRECTION_SECS`] (beyond that, fix the
+/// reader's clock: NTP, or `date -s` then a sync).
+pub const MAX_CLOCK_STEP_MS: i64 = 5 * 60 * 1000;
+
+/// The clock offset to store after a successful sync measured `measured`
+/// while `current` was stored: at most [`MAX_CLOCK_STEP_MS`] from
+/// `current`, and at most [`MAX_CLOCK_CORRECTION_SECS`] either way.
+pub fn next_clock_offset(current: i64, measured: i64) -> i64 {
+    let limit = i64::try_from(MAX_CLOCK_CORRECTION_SECS.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let current = current.clamp(-limit, limit);
+    let step = measured
+        .saturating_sub(current)
+        .clamp(-MAX_CLOCK_STEP_MS, MAX_CLOCK_STEP_MS);
+    current.saturating_add(step).clamp(-limit, limit)
+}
+
 /// Exponential backoff with full jitter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backoff {
@@ -41,6 +63,14 @@ impl Backoff {
     /// Failures in a row so far.
     pub fn attempts(&self) -> u32 {
         self.attempt
+    }
+
+    /// The wait after a refusal that a retry cannot cure (the hub answered
+    /// 4xx): the longest wait, `cap`, with jitter over its upper half, so a
+    /// refused reader asks again rarely instead of retrying at once.
+    pub fn refused(&mut self, unit: f64) -> Duration {
+        self.attempt = self.attempt.saturating_add(1);
+        self.cap.mul_f64(0.5 + unit.clamp(0.0, 1.0) / 2.0)
     }
 
     /// Resets after a success.
@@ -76,6 +106,10 @@ pub enum Outcome {
     },
     /// Failed; the round ends with a backoff.
     Failed,
+    /// The hub refused the request for good (a 4xx answer: malformed, not
+    /// authenticated, a conflict): the round ends and the next one waits the
+    /// longest backoff, `cap`, since retrying soon cannot help.
+    Refused,
 }
 
 /// The uplink's state between steps.
@@ -112,6 +146,7 @@ impl Plan {
         self.current = match (self.current, outcome) {
             (Step::Sleep(_), _) => Step::CheckClock,
             (_, Outcome::Failed) => Step::Sleep(self.backoff.failed(unit)),
+            (_, Outcome::Refused) => Step::Sleep(self.backoff.refused(unit)),
             (Step::CheckClock, Outcome::Done { .. }) => Step::Upload,
             (Step::Upload, Outcome::Done { more: true }) => Step::Upload,
             (Step::Upload, Outcome::Done { more: false }) => Step::FetchKeys,
@@ -179,5 +214,44 @@ mod tests {
             Step::Sleep(30_000 * MS)
         );
         assert_eq!(p.failures(), 0);
+    }
+
+    #[test]
+    fn issue13_04_one_sync_moves_the_clock_offset_by_at_most_five_minutes() {
+        assert_eq!(next_clock_offset(0, 1_200), 1_200);
+        assert_eq!(next_clock_offset(0, -1_200), -1_200);
+        // The 3,500 s a lying hub once moved the offset by: 300 s a sync.
+        assert_eq!(next_clock_offset(0, 3_500_000), 300_000);
+        assert_eq!(next_clock_offset(300_000, 3_500_000), 600_000);
+        assert_eq!(next_clock_offset(0, -3_500_000), -300_000);
+        // Converging: an hour's error is reached in 12 syncs and never passed.
+        let mut offset = 0;
+        for _ in 0..12 {
+            offset = next_clock_offset(offset, 3_600_000);
+        }
+        assert_eq!(offset, 3_600_000);
+        // Never beyond the hour a reader corrects at most.
+        assert_eq!(next_clock_offset(3_600_000, 9_000_000), 3_600_000);
+        assert_eq!(next_clock_offset(i64::MIN, i64::MAX), -3_600_000 + 300_000);
+        assert_eq!(next_clock_offset(i64::MAX, i64::MIN), 3_600_000 - 300_000);
+    }
+
+    #[test]
+    fn issue13_10_a_refusal_waits_the_longest_backoff_not_a_quick_retry() {
+        let mut p = Plan::new(30_000 * MS, 100 * MS, 10_000 * MS);
+        assert_eq!(p.next(Outcome::Done { more: false }, 0.5), Step::Upload);
+        // A transient failure would wait at most 100 ms; a refusal waits
+        // between half the cap and the cap.
+        for unit in [0.0, 0.5, 0.999] {
+            match p.next(Outcome::Refused, unit) {
+                Step::Sleep(wait) => {
+                    assert!((5_000 * MS..=10_000 * MS).contains(&wait), "{wait:?}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(p.next(Outcome::Done { more: false }, 0.5), Step::CheckClock);
+            assert_eq!(p.next(Outcome::Done { more: false }, 0.5), Step::Upload);
+        }
+        assert_eq!(p.failures(), 3);
     }
 }

@@ -19,12 +19,28 @@ use crate::token::wire::{Cursor, Truncated};
 pub const BATCH_DOMAIN: &[u8] = b"sonotap/v1/batch\0";
 /// First bytes of a hub acknowledgement.
 pub const ACK_DOMAIN: &[u8] = b"sonotap/v1/ack\0";
-/// First bytes of a deny-list entry.
+/// First bytes of a deny-list entry of format 1 (a free-text reason), which
+/// readers still accept from hubs that wrote them before format 2.
 pub const DENY_DOMAIN: &[u8] = b"sonotap/v1/deny\0";
+/// First bytes of a deny-list entry of format 2 (a reason code, no text):
+/// what the hub signs now.
+pub const DENY_DOMAIN_V2: &[u8] = b"sonotap/v2/deny\0";
+/// First bytes of the hub's signed time statement.
+pub const TIME_DOMAIN: &[u8] = b"sonotap/v1/time\0";
+/// First bytes of a reader's signed request (reads of the deny list and keys).
+pub const REQUEST_DOMAIN: &[u8] = b"sonotap/v1/request\0";
+/// How far a signed request's time may be from the hub's clock, either way.
+/// The reader stamps its requests with the hub's time it learned from this
+/// round's signed time statement, so only the network delay counts against it.
+pub const REQUEST_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// First bytes of an issuer key set.
 pub const KEYSET_DOMAIN: &[u8] = b"sonotap/v1/keyset\0";
 /// The most records one batch may carry (about 2.8 MB of 199-byte tokens).
 pub const MAX_BATCH_RECORDS: usize = 10_000;
+/// The largest sequence number a record may carry: 2^63 − 1, the largest
+/// integer SQLite and PostgreSQL store (`INTEGER`, `BIGINT`). A batch
+/// reaching past it is refused when decoded, never stored clamped.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
 
 /// Why bytes are not a valid sync message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -304,15 +320,22 @@ impl Batch {
                 ),
             ));
         }
-        if self.first_seq == 0
-            || self
-                .first_seq
-                .checked_add(self.records.len() as u64)
-                .is_none()
-        {
+        if self.first_seq == 0 {
+            return Err(invalid(what, "first sequence number 0 (they start at 1)"));
+        }
+        let last = self
+            .first_seq
+            .checked_add(self.records.len() as u64 - 1)
+            .filter(|last| *last <= MAX_SEQ);
+        if last.is_none() {
             return Err(invalid(
                 what,
-                format!("first sequence number {}", self.first_seq),
+                format!(
+                    "sequence numbers {}.. with {} records reach past 2^63-1 \
+                     ({MAX_SEQ}), the largest a record may carry",
+                    self.first_seq,
+                    self.records.len()
+                ),
             ));
         }
         Ok(())
@@ -589,6 +612,87 @@ impl DenyAction {
     }
 }
 
+/// Why a wallet is denied (or allowed again): the only reason a deny-list
+/// entry publishes. An operator's free-text note stays at the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// An operator's decision (`hub deny|allow` without another code).
+    Operator,
+    /// The rider reported the phone lost or stolen.
+    LostOrStolen,
+    /// The operator suspects fraud.
+    SuspectedFraud,
+    /// Clearing: one wallet counter signed twice with different contents.
+    CounterReused,
+    /// Clearing: running totals that do not chain.
+    TotalsDoNotChain,
+    /// Clearing: net spend under one credential above its offline limit.
+    OverOfflineLimit,
+}
+
+impl DenyReason {
+    /// Every code, in wire order (code 1 first).
+    pub const ALL: [DenyReason; 6] = [
+        DenyReason::Operator,
+        DenyReason::LostOrStolen,
+        DenyReason::SuspectedFraud,
+        DenyReason::CounterReused,
+        DenyReason::TotalsDoNotChain,
+        DenyReason::OverOfflineLimit,
+    ];
+
+    /// The stable name (`hub deny --reason`, JSON, the reader's deny list).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Operator => "operator",
+            DenyReason::LostOrStolen => "lost_or_stolen",
+            DenyReason::SuspectedFraud => "suspected_fraud",
+            DenyReason::CounterReused => "counter_reused",
+            DenyReason::TotalsDoNotChain => "totals_do_not_chain",
+            DenyReason::OverOfflineLimit => "over_offline_limit",
+        }
+    }
+
+    /// The reason with this name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// The wire code (1..=6).
+    pub fn code(self) -> u8 {
+        Self::ALL
+            .iter()
+            .position(|r| *r == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    /// The reason with this wire code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DenyReason {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_name(s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|r| r.as_str()).collect();
+            format!(
+                "{s:?} is not a reason code (one of {}); free text goes in --note and stays at the hub",
+                names.join(", ")
+            )
+        })
+    }
+}
+
 /// One versioned, issuer-signed change to the deny list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DenyEntry {
@@ -600,8 +704,11 @@ pub struct DenyEntry {
     pub wallet: WalletId,
     /// Hub time of the change, Unix seconds.
     pub at: u64,
-    /// Why (a reason code such as `counter_reused`, or an operator's note).
-    pub reason: String,
+    /// Why, as a code.
+    pub reason: DenyReason,
+    /// The free text signed into an entry of format 1 (written before
+    /// format 2), kept only to verify its signature; `None` for format 2.
+    pub legacy_text: Option<String>,
     /// The issuer key that signed.
     pub key_id: u8,
     /// The issuer's signature over everything above.
@@ -611,13 +718,13 @@ pub struct DenyEntry {
 impl DenyEntry {
     const WHAT: &'static str = "deny-list entry";
 
-    /// Makes and signs an entry.
+    /// Makes and signs an entry (format 2: a reason code, no text).
     pub fn sign(
         version: u64,
         action: DenyAction,
         wallet: WalletId,
         at: u64,
-        reason: &str,
+        reason: DenyReason,
         key_id: u8,
         issuer: &SigningKey,
     ) -> Result<Self, WireError> {
@@ -626,7 +733,8 @@ impl DenyEntry {
             action,
             wallet,
             at,
-            reason: reason.to_owned(),
+            reason,
+            legacy_text: None,
             key_id,
             signature: [0; 64],
         };
@@ -635,13 +743,20 @@ impl DenyEntry {
     }
 
     fn signed_part(&self) -> Result<Vec<u8>, WireError> {
-        let mut out = Vec::with_capacity(64 + self.reason.len());
-        out.extend_from_slice(DENY_DOMAIN);
+        let mut out = Vec::with_capacity(64);
+        let domain = match self.legacy_text {
+            Some(_) => DENY_DOMAIN,
+            None => DENY_DOMAIN_V2,
+        };
+        out.extend_from_slice(domain);
         out.extend_from_slice(&self.version.to_be_bytes());
         out.push(self.action.code());
         out.extend_from_slice(&self.wallet.0);
         out.extend_from_slice(&self.at.to_be_bytes());
-        push_short(&mut out, self.reason.as_bytes(), Self::WHAT)?;
+        match &self.legacy_text {
+            Some(text) => push_short(&mut out, text.as_bytes(), Self::WHAT)?,
+            None => out.push(self.reason.code()),
+        }
         out.push(self.key_id);
         Ok(out)
     }
@@ -651,22 +766,38 @@ impl DenyEntry {
         Ok(signed(self.signed_part()?, &self.signature))
     }
 
-    /// Parses an entry; [`DenyEntry::verify`] checks it.
+    /// Parses an entry of format 2, or of format 1 (its text mapped to the
+    /// code of the same name, else `operator`); [`DenyEntry::verify`] checks it.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let what = Self::WHAT;
         let t = truncated(what);
+        let legacy = bytes.starts_with(DENY_DOMAIN);
         let mut c = Cursor::new(bytes);
-        expect_domain(&mut c, DENY_DOMAIN, what)?;
+        let domain = if legacy { DENY_DOMAIN } else { DENY_DOMAIN_V2 };
+        expect_domain(&mut c, domain, what)?;
         let version = c.u64().map_err(&t)?;
         let code = c.u8().map_err(&t)?;
         let action = DenyAction::from_code(code)
             .ok_or_else(|| invalid(what, format!("action code {code}")))?;
+        let wallet = WalletId(c.array().map_err(&t)?);
+        let at = c.u64().map_err(&t)?;
+        let (reason, legacy_text) = if legacy {
+            let text = short_string(&mut c, what)?;
+            let reason = DenyReason::from_name(&text).unwrap_or(DenyReason::Operator);
+            (reason, Some(text))
+        } else {
+            let code = c.u8().map_err(&t)?;
+            let reason = DenyReason::from_code(code)
+                .ok_or_else(|| invalid(what, format!("reason code {code}")))?;
+            (reason, None)
+        };
         let entry = Self {
             version,
             action,
-            wallet: WalletId(c.array().map_err(&t)?),
-            at: c.u64().map_err(&t)?,
-            reason: short_string(&mut c, what)?,
+            wallet,
+            at,
+            reason,
+            legacy_text,
             key_id: c.u8().map_err(&t)?,
             signature: c.array().map_err(&t)?,
         };
@@ -687,6 +818,207 @@ impl DenyEntry {
             &self.signature,
             what,
         )
+    }
+}
+
+/// The hub's clock, signed by the issuer over a reader's fresh nonce, so a
+/// statement recorded earlier cannot be replayed to move a reader's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeStatement {
+    /// The reader's nonce, from its request.
+    pub nonce: [u8; 16],
+    /// Hub time when signed, Unix milliseconds.
+    pub hub_time_ms: u64,
+    /// The issuer key that signed.
+    pub key_id: u8,
+    /// The issuer's signature over everything above.
+    pub signature: [u8; 64],
+}
+
+impl TimeStatement {
+    const WHAT: &'static str = "time statement";
+
+    /// Signs the hub's time for `nonce`.
+    pub fn sign(nonce: [u8; 16], hub_time_ms: u64, key_id: u8, issuer: &SigningKey) -> Self {
+        let mut statement = Self {
+            nonce,
+            hub_time_ms,
+            key_id,
+            signature: [0; 64],
+        };
+        statement.signature = issuer.sign(&statement.signed_part()).to_bytes();
+        statement
+    }
+
+    fn signed_part(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48);
+        out.extend_from_slice(TIME_DOMAIN);
+        out.extend_from_slice(&self.nonce);
+        out.extend_from_slice(&self.hub_time_ms.to_be_bytes());
+        out.push(self.key_id);
+        out
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        signed(self.signed_part(), &self.signature)
+    }
+
+    /// Parses a statement; [`TimeStatement::verify`] checks it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let what = Self::WHAT;
+        let t = truncated(what);
+        let mut c = Cursor::new(bytes);
+        expect_domain(&mut c, TIME_DOMAIN, what)?;
+        let statement = Self {
+            nonce: c.array().map_err(&t)?,
+            hub_time_ms: c.u64().map_err(&t)?,
+            key_id: c.u8().map_err(&t)?,
+            signature: c.array().map_err(&t)?,
+        };
+        expect_end(&c, what)?;
+        Ok(statement)
+    }
+
+    /// Checks that a trusted issuer key signed it, for the nonce this
+    /// reader just sent.
+    pub fn verify(&self, nonce: &[u8; 16], issuers: &TrustedKeys) -> Result<(), WireError> {
+        let what = Self::WHAT;
+        verify_issuer(
+            issuers,
+            self.key_id,
+            &self.signed_part(),
+            &self.signature,
+            what,
+        )?;
+        if self.nonce != *nonce {
+            return Err(invalid(
+                what,
+                "signed for another nonce than this request's (a replayed statement)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A reader's signature over one HTTP request: who asks, when (hub time),
+/// a random nonce, the method and the path with its query. Sent hex-encoded
+/// in `Authorization: Sonotap HEX`; the hub checks it under the reader's
+/// registered key before answering a read of the deny list or the keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedRequest {
+    /// The reader.
+    pub reader_id: String,
+    /// When, in the hub's time as the reader estimates it, Unix milliseconds.
+    pub time_ms: u64,
+    /// Random, so no two requests are signed alike.
+    pub nonce: [u8; 16],
+    /// HTTP method, e.g. `GET`.
+    pub method: String,
+    /// Path and query, e.g. `/v1/deny?since=3`.
+    pub target: String,
+    /// The reader's signature over everything above.
+    pub signature: [u8; 64],
+}
+
+impl SignedRequest {
+    const WHAT: &'static str = "signed request";
+
+    /// Signs a request as `reader_id`.
+    pub fn sign(
+        reader_id: &str,
+        time_ms: u64,
+        nonce: [u8; 16],
+        method: &str,
+        target: &str,
+        key: &SigningKey,
+    ) -> Result<Self, WireError> {
+        let mut request = Self {
+            reader_id: reader_id.to_owned(),
+            time_ms,
+            nonce,
+            method: method.to_owned(),
+            target: target.to_owned(),
+            signature: [0; 64],
+        };
+        request.signature = key.sign(&request.signed_part()?).to_bytes();
+        Ok(request)
+    }
+
+    fn signed_part(&self) -> Result<Vec<u8>, WireError> {
+        let what = Self::WHAT;
+        if self.reader_id.is_empty() || self.method.is_empty() || self.target.is_empty() {
+            return Err(invalid(what, "an empty reader id, method or target"));
+        }
+        let mut out = Vec::with_capacity(64 + self.target.len());
+        out.extend_from_slice(REQUEST_DOMAIN);
+        push_short(&mut out, self.reader_id.as_bytes(), what)?;
+        out.extend_from_slice(&self.time_ms.to_be_bytes());
+        out.extend_from_slice(&self.nonce);
+        push_short(&mut out, self.method.as_bytes(), what)?;
+        push_short(&mut out, self.target.as_bytes(), what)?;
+        Ok(out)
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        Ok(signed(self.signed_part()?, &self.signature))
+    }
+
+    /// Parses a signed request; [`SignedRequest::verify`] checks it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let what = Self::WHAT;
+        let t = truncated(what);
+        let mut c = Cursor::new(bytes);
+        expect_domain(&mut c, REQUEST_DOMAIN, what)?;
+        let request = Self {
+            reader_id: short_string(&mut c, what)?,
+            time_ms: c.u64().map_err(&t)?,
+            nonce: c.array().map_err(&t)?,
+            method: short_string(&mut c, what)?,
+            target: short_string(&mut c, what)?,
+            signature: c.array().map_err(&t)?,
+        };
+        expect_end(&c, what)?;
+        request.signed_part()?;
+        Ok(request)
+    }
+
+    /// Checks that it is for this `method` and `target`, stamped within
+    /// [`REQUEST_WINDOW_MS`] of `now_ms`, and signed by `reader_key`
+    /// (`verify_strict`).
+    pub fn verify(
+        &self,
+        reader_key: &VerifyingKey,
+        method: &str,
+        target: &str,
+        now_ms: u64,
+    ) -> Result<(), WireError> {
+        let what = Self::WHAT;
+        if self.method != method || self.target != target {
+            return Err(invalid(
+                what,
+                format!(
+                    "signed for {} {}, not {method} {target}",
+                    self.method, self.target
+                ),
+            ));
+        }
+        if self.time_ms.abs_diff(now_ms) > REQUEST_WINDOW_MS {
+            return Err(invalid(
+                what,
+                format!(
+                    "stamped {} ms from the hub's clock (at most {REQUEST_WINDOW_MS})",
+                    i128::from(self.time_ms) - i128::from(now_ms)
+                ),
+            ));
+        }
+        reader_key
+            .verify_strict(
+                &self.signed_part()?,
+                &Signature::from_bytes(&self.signature),
+            )
+            .map_err(|_| WireError::BadSignature { what })
     }
 }
 
@@ -810,6 +1142,41 @@ impl KeySet {
             Ok(next)
         } else {
             Err(WireError::BadSignature { what })
+        }
+    }
+
+    /// What a reader holding `trusted` at key-set version `current` does
+    /// with this set: verifies it ([`KeySet::verify`]), then goes by the
+    /// **signed** version only. A higher version is adopted (`Some`); the
+    /// same version with the same keys changes nothing (`None`); a lower
+    /// version (an old set replayed, which would bring a retired key back)
+    /// or the same version with other keys is refused.
+    pub fn adopt(
+        &self,
+        current: u64,
+        trusted: &TrustedKeys,
+    ) -> Result<Option<TrustedKeys>, WireError> {
+        let what = Self::WHAT;
+        let next = self.verify(trusted)?;
+        match self.version.cmp(&current) {
+            std::cmp::Ordering::Greater => Ok(Some(next)),
+            std::cmp::Ordering::Equal if next == *trusted => Ok(None),
+            std::cmp::Ordering::Equal => Err(invalid(
+                what,
+                format!(
+                    "version {} holds other keys than this reader's version {current}; \
+                     refusing it (a key set's version must change with its keys)",
+                    self.version
+                ),
+            )),
+            std::cmp::Ordering::Less => Err(invalid(
+                what,
+                format!(
+                    "version {} is older than this reader's version {current}; \
+                     refusing to roll back",
+                    self.version
+                ),
+            )),
         }
     }
 }

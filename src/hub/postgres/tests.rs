@@ -175,7 +175,7 @@ fn scenario(hub: &mut Hub) -> Report {
     assert_eq!((version, entries.len()), (1, 1));
     let entry = DenyEntry::decode(&entries[0]).unwrap();
     assert_eq!(entry.action, DenyAction::Deny);
-    assert_eq!(entry.reason, "counter_reused");
+    assert_eq!(entry.reason, DenyReason::CounterReused);
     entry
         .verify(&hub.trusted_keys().unwrap())
         .expect("signed by the issuer");
@@ -196,11 +196,23 @@ fn scenario(hub: &mut Hub) -> Report {
     // An operator denies and allows wallet 2 again; paging the deny list.
     let wallet2 = wallet_of(WALLET_2);
     let denied = hub
-        .set_deny(DenyAction::Deny, wallet2, "lost phone", NOW + 6)
+        .set_deny(
+            DenyAction::Deny,
+            wallet2,
+            DenyReason::LostOrStolen,
+            "lost phone",
+            NOW + 6,
+        )
         .unwrap();
     assert_eq!(denied.version, 2);
     let allowed = hub
-        .set_deny(DenyAction::Allow, wallet2, "found", NOW + 7)
+        .set_deny(
+            DenyAction::Allow,
+            wallet2,
+            DenyReason::Operator,
+            "found",
+            NOW + 7,
+        )
         .unwrap();
     assert_eq!(allowed.version, 3);
     let (latest, page) = hub.deny_entries(0, 2).unwrap();

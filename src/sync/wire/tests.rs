@@ -172,7 +172,7 @@ fn deny_entry_round_trips_and_verifies() {
         DenyAction::Deny,
         WalletId([3; 8]),
         1_700_000_000,
-        "counter_reused",
+        DenyReason::CounterReused,
         1,
         &key(1),
     )
@@ -182,9 +182,9 @@ fn deny_entry_round_trips_and_verifies() {
     assert_eq!(back, entry);
     back.verify(&issuers()).unwrap();
     let mut bad = bytes.clone();
-    bad[DENY_DOMAIN.len() + 8] = 2; // deny → allow
+    bad[DENY_DOMAIN_V2.len() + 8] = 2; // deny → allow
     assert!(DenyEntry::decode(&bad).unwrap().verify(&issuers()).is_err());
-    bad[DENY_DOMAIN.len() + 8] = 9;
+    bad[DENY_DOMAIN_V2.len() + 8] = 9;
     assert!(DenyEntry::decode(&bad).is_err());
     assert!(DenyEntry::decode(&bytes[..bytes.len() - 1]).is_err());
 }
@@ -209,4 +209,254 @@ fn key_set_is_adopted_only_when_a_trusted_key_vouches() {
     );
     let unsorted = KeySet::sign(3, vec![(2, [7; 32]), (1, [7; 32])], &[(1, &old)]);
     assert!(unsorted.is_err());
+}
+
+#[test]
+fn issue13_10_sequence_numbers_past_2_63_minus_1_are_refused_at_parse() {
+    let records = vec![record(1, RecordKind::Charge), record(2, RecordKind::Charge)];
+    // The last record at exactly 2^63 - 1 is fine.
+    let top = Batch::seal(
+        "gate-7",
+        MAX_SEQ - 1,
+        GENESIS_HASH,
+        records.clone(),
+        1,
+        &key(9),
+    )
+    .unwrap();
+    let bytes = top.encode().unwrap();
+    assert_eq!(Batch::decode(&bytes).unwrap().last_seq(), MAX_SEQ);
+    // One further, and a batch starting at 2^63, are refused by the
+    // decoder with the reason, before any signature is looked at.
+    let at = BATCH_DOMAIN.len() + 1 + "gate-7".len();
+    for first in [MAX_SEQ, MAX_SEQ + 1, u64::MAX - 1] {
+        let mut past = bytes.clone();
+        past[at..at + 8].copy_from_slice(&first.to_be_bytes());
+        match Batch::decode(&past) {
+            Err(WireError::Invalid { detail, .. }) => {
+                assert!(detail.contains("2^63-1"), "{detail}")
+            }
+            other => panic!("{first}: {other:?}"),
+        }
+    }
+    // Nor can a batch past it be sealed.
+    assert!(Batch::seal("gate-7", MAX_SEQ, GENESIS_HASH, records, 1, &key(9)).is_err());
+}
+
+#[test]
+fn issue13_05_an_old_key_set_is_never_adopted_whatever_version_it_is_announced_as() {
+    let (one, two) = (key(1), key(2));
+    let mut both = TrustedKeys::default();
+    both.insert(1, one.verifying_key());
+    both.insert(2, two.verifying_key());
+    let v1 = KeySet::sign(1, vec![(1, one.verifying_key().to_bytes())], &[(1, &one)]).unwrap();
+    let v2 = KeySet::sign(
+        2,
+        vec![
+            (1, one.verifying_key().to_bytes()),
+            (2, two.verifying_key().to_bytes()),
+        ],
+        &[(1, &one), (2, &two)],
+    )
+    .unwrap();
+    // From the provisioned key alone (version 0), v2 is adopted.
+    assert_eq!(v2.adopt(0, &issuers()).unwrap(), Some(both.clone()));
+    // Holding v2, the genuine v1 is refused: only its signed version counts.
+    match v1.adopt(2, &both) {
+        Err(WireError::Invalid { detail, .. }) => assert!(detail.contains("roll back"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    // The same version again changes nothing; the same version with other keys is refused.
+    assert_eq!(v2.adopt(2, &both).unwrap(), None);
+    let other = KeySet::sign(2, vec![(1, one.verifying_key().to_bytes())], &[(1, &one)]).unwrap();
+    assert!(matches!(
+        other.adopt(2, &both),
+        Err(WireError::Invalid { .. })
+    ));
+    // A set no trusted key signed is refused before its version is looked at.
+    let forged = KeySet::sign(
+        9,
+        vec![(3, key(3).verifying_key().to_bytes())],
+        &[(3, &key(3))],
+    )
+    .unwrap();
+    assert_eq!(
+        forged.adopt(2, &both),
+        Err(WireError::BadSignature { what: "key set" })
+    );
+}
+
+#[test]
+fn issue13_08_a_deny_entry_publishes_a_reason_code_and_no_text() {
+    let entry = DenyEntry::sign(
+        3,
+        DenyAction::Deny,
+        WalletId([5; 8]),
+        1_700_000_000,
+        DenyReason::LostOrStolen,
+        1,
+        &key(1),
+    )
+    .unwrap();
+    let bytes = entry.encode().unwrap();
+    // Domain, version, action, wallet, time, reason code, key id, signature:
+    // no text field at all.
+    assert_eq!(
+        bytes.len(),
+        DENY_DOMAIN_V2.len() + 8 + 1 + 8 + 8 + 1 + 1 + 64
+    );
+    assert!(bytes.starts_with(b"sonotap/v2/deny\0"));
+    assert_eq!(
+        bytes[DENY_DOMAIN_V2.len() + 25],
+        2,
+        "lost_or_stolen is code 2"
+    );
+    // An unknown code, a trailing byte and every truncation are refused.
+    let mut bad = bytes.clone();
+    bad[DENY_DOMAIN_V2.len() + 25] = 0;
+    assert!(DenyEntry::decode(&bad).is_err());
+    bad[DENY_DOMAIN_V2.len() + 25] = 7;
+    assert!(DenyEntry::decode(&bad).is_err());
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        DenyEntry::decode(&long),
+        Err(WireError::Trailing { .. })
+    ));
+    for cut in 0..bytes.len() {
+        assert!(DenyEntry::decode(&bytes[..cut]).is_err(), "{cut}");
+    }
+    for (i, reason) in DenyReason::ALL.into_iter().enumerate() {
+        assert_eq!(usize::from(reason.code()), i + 1);
+        assert_eq!(DenyReason::from_code(reason.code()), Some(reason));
+        assert_eq!(reason.as_str().parse::<DenyReason>(), Ok(reason));
+    }
+    assert!("Rider J. Doe, 555-0100".parse::<DenyReason>().is_err());
+}
+
+#[test]
+fn issue13_08_a_format_1_entry_from_before_still_verifies_with_its_code() {
+    // What a hub wrote before format 2: the reason as text in the signed bytes.
+    let mut part = DENY_DOMAIN.to_vec();
+    part.extend_from_slice(&4u64.to_be_bytes());
+    part.push(1);
+    part.extend_from_slice(&[6; 8]);
+    part.extend_from_slice(&1_700_000_000u64.to_be_bytes());
+    for (text, code) in [
+        ("counter_reused", DenyReason::CounterReused),
+        ("lost phone", DenyReason::Operator),
+    ] {
+        let mut signed_part = part.clone();
+        signed_part.push(text.len() as u8);
+        signed_part.extend_from_slice(text.as_bytes());
+        signed_part.push(1);
+        let signature = key(1).sign(&signed_part).to_bytes();
+        let mut bytes = signed_part.clone();
+        bytes.extend_from_slice(&signature);
+        let entry = DenyEntry::decode(&bytes).unwrap();
+        entry.verify(&issuers()).unwrap();
+        assert_eq!(entry.reason, code);
+        assert_eq!(entry.encode().unwrap(), bytes);
+    }
+}
+
+#[test]
+fn issue13_04_a_time_statement_counts_only_for_its_nonce_and_a_trusted_key() {
+    let nonce = [7; 16];
+    let statement = TimeStatement::sign(nonce, 1_790_000_000_000, 1, &key(1));
+    let bytes = statement.encode();
+    let back = TimeStatement::decode(&bytes).unwrap();
+    assert_eq!(back, statement);
+    back.verify(&nonce, &issuers()).unwrap();
+    // Replayed to a request with another nonce: refused.
+    assert!(matches!(
+        back.verify(&[8; 16], &issuers()),
+        Err(WireError::Invalid { .. })
+    ));
+    // Signed by a key the reader does not trust, or altered: refused.
+    let forged = TimeStatement::sign(nonce, 1_790_003_500_000, 1, &key(2));
+    assert_eq!(
+        forged.verify(&nonce, &issuers()),
+        Err(WireError::BadSignature {
+            what: "time statement"
+        })
+    );
+    let mut moved = bytes.clone();
+    moved[TIME_DOMAIN.len() + 16] ^= 1;
+    assert!(
+        TimeStatement::decode(&moved)
+            .unwrap()
+            .verify(&nonce, &issuers())
+            .is_err()
+    );
+    // Not an ack or any other message; no trailing byte; no truncation.
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(TimeStatement::decode(&long).is_err());
+    for cut in 0..bytes.len() {
+        assert!(TimeStatement::decode(&bytes[..cut]).is_err());
+    }
+    assert!(matches!(
+        TimeStatement::decode(&batch().encode().unwrap()),
+        Err(WireError::Domain { .. })
+    ));
+}
+
+#[test]
+fn issue13_08_a_signed_request_holds_only_for_its_reader_method_target_and_time() {
+    let now = 1_790_000_000_000;
+    let reader = key(9);
+    let request =
+        SignedRequest::sign("gate-7", now, [1; 16], "GET", "/v1/deny?since=0", &reader).unwrap();
+    let bytes = request.encode().unwrap();
+    let back = SignedRequest::decode(&bytes).unwrap();
+    assert_eq!(back, request);
+    let key9 = reader.verifying_key();
+    back.verify(&key9, "GET", "/v1/deny?since=0", now).unwrap();
+    back.verify(&key9, "GET", "/v1/deny?since=0", now + REQUEST_WINDOW_MS)
+        .unwrap();
+    // Another reader's key, another target or method, or outside the window.
+    assert_eq!(
+        back.verify(&key(8).verifying_key(), "GET", "/v1/deny?since=0", now),
+        Err(WireError::BadSignature {
+            what: "signed request"
+        })
+    );
+    assert!(back.verify(&key9, "GET", "/v1/deny?since=5", now).is_err());
+    assert!(back.verify(&key9, "POST", "/v1/deny?since=0", now).is_err());
+    assert!(
+        back.verify(
+            &key9,
+            "GET",
+            "/v1/deny?since=0",
+            now + REQUEST_WINDOW_MS + 1
+        )
+        .is_err()
+    );
+    assert!(
+        back.verify(
+            &key9,
+            "GET",
+            "/v1/deny?since=0",
+            now - REQUEST_WINDOW_MS - 1
+        )
+        .is_err()
+    );
+    // Canonical: no trailing byte, no truncation, its own domain.
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        SignedRequest::decode(&long),
+        Err(WireError::Trailing { .. })
+    ));
+    for cut in 0..bytes.len() {
+        assert!(SignedRequest::decode(&bytes[..cut]).is_err());
+    }
+    let mut flipped = bytes.clone();
+    flipped[REQUEST_DOMAIN.len() + 10] ^= 1;
+    assert!(
+        SignedRequest::decode(&flipped)
+            .map(|r| r.verify(&key9, "GET", "/v1/deny?since=0", now))
+            .map_or(true, |r| r.is_err())
+    );
 }
