@@ -6,6 +6,7 @@ mod audio_capture;
 mod cli_flow;
 mod crash;
 mod daemon;
+mod hardening_net;
 mod hw;
 mod modem_cli;
 mod protocol_vectors;
