@@ -87,6 +87,10 @@ const FD_RESERVE: u64 = 64;
 const READ_BUFFER: usize = 16 * 1024;
 /// On shutdown, requests in progress get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// A body that has not moved for this long gives its share of the body
+/// budget up (408) when another upload is waiting for room: memory held by
+/// stalled bodies goes to bodies that are arriving.
+const YIELD_AFTER: Duration = Duration::from_secs(1);
 /// The "connection cap reached" warning is repeated at most this often.
 const CAP_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -187,6 +191,7 @@ pub(super) fn layers(app: Router, limits: Limits) -> Router {
         budget: Arc::new(Semaphore::new(
             limits.body_budget.clamp(MAX_BODY, Semaphore::MAX_PERMITS),
         )),
+        holders: std::sync::Mutex::new(Vec::new()),
     });
     app.route_layer(middleware::from_fn_with_state(guard, admit_body))
         .layer(middleware::from_fn(json_errors))
@@ -395,6 +400,88 @@ struct BodyGuard {
     limits: Limits,
     /// One permit per body byte held in memory.
     budget: Arc<Semaphore>,
+    /// Bodies being read under the budget.
+    holders: std::sync::Mutex<Vec<Arc<Holder>>>,
+}
+
+/// A body being read while it holds part of the budget.
+struct Holder {
+    bytes: u64,
+    /// When its last bytes came.
+    last: std::sync::Mutex<Instant>,
+    /// Set once it has been asked to yield.
+    evicted: std::sync::atomic::AtomicBool,
+    yield_now: tokio::sync::Notify,
+}
+
+impl Holder {
+    fn last(&self) -> Instant {
+        self.last.lock().map_or_else(|e| *e.into_inner(), |t| *t)
+    }
+}
+
+impl BodyGuard {
+    /// Asks bodies that have not moved for [`YIELD_AFTER`], the longest
+    /// stalled first, to give up their budget until `want` bytes could be
+    /// free.
+    fn evict_stalled(&self, want: u64) {
+        let Ok(holders) = self.holders.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut stalled: Vec<(Instant, &Arc<Holder>)> = holders
+            .iter()
+            .filter(|h| !h.evicted.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|h| (h.last(), h))
+            .filter(|(last, _)| now.saturating_duration_since(*last) >= YIELD_AFTER)
+            .collect();
+        stalled.sort_by_key(|(last, _)| *last);
+        let mut free = self.budget.available_permits() as u64;
+        for (_, holder) in stalled {
+            if free >= want {
+                break;
+            }
+            holder
+                .evicted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            holder.yield_now.notify_one();
+            free += holder.bytes;
+        }
+    }
+
+    fn register(&self, holder: &Arc<Holder>) {
+        if let Ok(mut holders) = self.holders.lock() {
+            holders.push(Arc::clone(holder));
+        }
+    }
+
+    fn deregister(&self, holder: &Arc<Holder>) {
+        if let Ok(mut holders) = self.holders.lock() {
+            holders.retain(|h| !Arc::ptr_eq(h, holder));
+        }
+    }
+
+    /// Room for `want` bytes within the body timeout, asking stalled
+    /// bodies to yield theirs.
+    async fn room(&self, want: u32) -> Option<OwnedSemaphorePermit> {
+        let end = tokio::time::Instant::now() + self.limits.body_timeout;
+        loop {
+            if let Ok(permit) = Arc::clone(&self.budget).try_acquire_many_owned(want) {
+                return Some(permit);
+            }
+            self.evict_stalled(u64::from(want));
+            let step = end
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_millis(200));
+            if step.is_zero() {
+                return None;
+            }
+            let acquire = Arc::clone(&self.budget).acquire_many_owned(want);
+            if let Ok(Ok(permit)) = tokio::time::timeout(step, acquire).await {
+                return Some(permit);
+            }
+        }
+    }
 }
 
 /// A refusal by this module: a status, a stable code, a message.
@@ -504,31 +591,56 @@ async fn read_body(
     let limits = guard.limits;
     // `length` <= MAX_BODY (checked), which fits a u32 and the budget.
     let want = u32::try_from(length).unwrap_or(u32::MAX);
-    let permit = tokio::time::timeout(
-        limits.body_timeout,
-        Arc::clone(&guard.budget).acquire_many_owned(want),
-    )
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .ok_or_else(|| {
+    let permit = guard.room(want).await.ok_or_else(|| {
         Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "hub_unavailable",
             "the hub is receiving too many uploads at once; try again shortly".into(),
         )
     })?;
+    let holder = Arc::new(Holder {
+        bytes: length,
+        last: std::sync::Mutex::new(Instant::now()),
+        evicted: std::sync::atomic::AtomicBool::new(false),
+        yield_now: tokio::sync::Notify::new(),
+    });
+    guard.register(&holder);
+    let read = read_held(&limits, &holder, body, length).await;
+    guard.deregister(&holder);
+    read.map(|bytes| (bytes, permit))
+}
+
+/// The body loop of [`read_body`], under `holder`'s share of the budget.
+async fn read_held(
+    limits: &Limits,
+    holder: &Holder,
+    body: Body,
+    length: u64,
+) -> Result<Bytes, Refusal> {
     let deadline = tokio::time::Instant::now() + limits.body_deadline(length);
     let mut out = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
     let mut body = std::pin::pin!(body);
     loop {
         let stall = tokio::time::Instant::now() + limits.body_timeout;
-        let frame = tokio::time::timeout_at(
+        let next = tokio::time::timeout_at(
             stall.min(deadline),
             std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)),
-        )
-        .await
-        .map_err(|_| {
+        );
+        let frame = tokio::select! {
+            frame = next => frame,
+            () = holder.yield_now.notified() => {
+                return Err(Refusal(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "the body stalled ({} of {length} bytes arrived) while other uploads \
+                         waited for room",
+                        out.len()
+                    ),
+                ));
+            }
+        };
+        let frame = frame.map_err(|_| {
             Refusal(
                 StatusCode::REQUEST_TIMEOUT,
                 "timeout",
@@ -552,6 +664,9 @@ async fn read_body(
                         ));
                     }
                     out.extend_from_slice(&data);
+                    if let Ok(mut last) = holder.last.lock() {
+                        *last = Instant::now();
+                    }
                 }
             }
             Some(Err(e)) => {
@@ -563,7 +678,7 @@ async fn read_body(
             }
         }
     }
-    Ok((Bytes::from(out), permit))
+    Ok(Bytes::from(out))
 }
 
 /// The stable code of an error status that came without one (a rejection

@@ -495,6 +495,12 @@ fn run_attack(label: &str, binary: &str, attack_for: Duration, nofile: u64) -> A
         ]);
         if out.status.success() {
             times.push(start.elapsed());
+        } else {
+            eprintln!(
+                "{label}: sync failed after {:?}: {}",
+                start.elapsed(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         std::thread::sleep(Duration::from_secs(1));
     }
