@@ -19,7 +19,9 @@
 //!   first polled (hyper sends `100 Continue` only then), a body that stalls
 //!   for [`Limits::body_timeout`] or arrives slower than
 //!   [`Limits::min_body_rate`] gets a 408, and the bytes held in memory
-//!   across all connections stay under [`Limits::body_budget`].
+//!   across all connections stay under [`Limits::body_budget`]; when the
+//!   budget is full, a body that has not moved for [`YIELD_AFTER`] gives its
+//!   share up (408) to an upload waiting for room.
 //! - **Responses**: a client that stops reading its answer for
 //!   [`Limits::body_timeout`] is dropped ([`Stall`]).
 //! - **TLS**: the handshake must finish within [`TLS_HANDSHAKE_TIMEOUT`].
