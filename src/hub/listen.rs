@@ -14,20 +14,20 @@
 //!   a kept-alive connection that sends no next request (hyper 1.12
 //!   `proto/h1/conn.rs` `poll_read_head`; pinned by the integration test
 //!   `issue13_01_idle_keep_alive_connection_is_closed_after_the_header_timeout`).
-//! - **Bodies**: read by [`admit_body`] before any handler sees them: the
+//! - **Bodies**: read by `admit_body` before any handler sees them: the
 //!   declared length is checked against [`MAX_BODY`] before the body is
 //!   first polled (hyper sends `100 Continue` only then), a body that stalls
 //!   for [`Limits::body_timeout`] or arrives slower than
 //!   [`Limits::min_body_rate`] gets a 408, and the bytes held in memory
 //!   across all connections stay under [`Limits::body_budget`]; when the
-//!   budget is full, a body that has not moved for [`YIELD_AFTER`] gives its
+//!   budget is full, a body that has not moved for 1 s gives its
 //!   share up (408) to an upload waiting for room.
 //! - **Responses**: a client that stops reading its answer for
-//!   [`Limits::body_timeout`] is dropped ([`Stall`]).
+//!   [`Limits::body_timeout`] is dropped (`Stall`).
 //! - **TLS**: the handshake must finish within [`TLS_HANDSHAKE_TIMEOUT`].
 //!
 //! Every error the hub's API gives is JSON (`{"error", "message"}`), also
-//! the ones axum and this module produce ([`json_errors`]).
+//! the ones axum and this module produce (`json_errors`).
 
 use std::future::Future;
 use std::io;
