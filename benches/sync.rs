@@ -240,6 +240,7 @@ fn serve(
             let options = ServeOptions {
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 tls: None,
+                limits: Default::default(),
             };
             let (addr, server) = server::bind(hub, options, async {
                 let _ = stop_rx.await;

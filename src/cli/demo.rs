@@ -220,6 +220,7 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     let options = ServeOptions {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         tls: None,
+        limits: Default::default(),
     };
     let (addr, serving) = runtime.block_on(server::bind(hub, options, async {
         let _ = stopped.await;

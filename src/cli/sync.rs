@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 
 use crate::hub::backend::Report;
 use crate::hub::ledger::{IngestStatus, Via};
+use crate::hub::listen::{self, Limits};
 use crate::hub::server::{self, ServeOptions};
 use crate::hub::{Hub, HubError, RecordSignatureCheck};
 use crate::keys::{PublicKey, Role};
@@ -43,6 +44,20 @@ pub struct ServeArgs {
     /// signature that covers them and the last record's (slower; for audits)
     #[arg(long)]
     every_record_signature: bool,
+    /// Close a connection whose request head (or next request, when kept
+    /// alive) takes longer than this
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Answer 408 to an upload whose body stalls this long (and drop a
+    /// client that takes no answer bytes for this long)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
+    /// Slowest accepted upload, bytes per second on average (after the body timeout)
+    #[arg(long, value_name = "BYTES", default_value_t = listen::MIN_BODY_RATE, value_parser = clap::value_parser!(u64).range(1..))]
+    min_body_rate: u64,
+    /// Most connections open at once; more wait in the listen backlog
+    #[arg(long, value_name = "N", default_value_t = listen::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
 }
 
 /// The hub's record-signature policy from the command line.
@@ -132,7 +147,19 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let options = ServeOptions {
         listen: args.listen,
         tls: args.tls_cert.zip(args.tls_key),
+        limits: Limits {
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            min_body_rate: args.min_body_rate,
+            max_connections: args.max_connections as usize,
+            ..Limits::default()
+        },
     };
+    // Connections, not EMFILE, should be what bounds the hub: the cap is
+    // clamped below whatever limit is in force.
+    if let Err(e) = listen::raise_open_file_limit() {
+        eprintln!("sonotap hub: cannot raise the open-file limit: {e}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod clearing;
 pub mod ledger;
+pub mod listen;
 pub mod pgpass;
 pub mod postgres;
 pub mod server;
@@ -327,11 +328,15 @@ impl Hub {
         // The set only grows while no key is retired, so its size is its version.
         let version = keys.len() as u64;
         let signer = IssuerSigner(&self.issuer);
-        Ok(KeySet::sign(
+        // The keys come from the hub's own state: a set that cannot be
+        // signed (none left unretired, too many) is the hub's problem, not
+        // a malformed request.
+        KeySet::sign(
             version,
             keys,
             &[(signer.key_id(), self.issuer.signing_key())],
-        )?)
+        )
+        .map_err(|e| HubError::Backend(format!("cannot sign the issuer key set: {e}")))
     }
 
     /// The hub's time for a reader's `nonce`, signed by the active issuer key.

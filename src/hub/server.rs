@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -27,6 +27,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::ledger::{IngestStatus, Via};
+use super::listen::{self, Limits};
 use super::{Hub, HubError};
 
 /// Largest accepted request body: a full batch is about 2.8 MB.
@@ -41,6 +42,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// PEM certificate chain and private key; required unless `listen` is loopback.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
 }
 
 /// Why the server could not start.
@@ -368,7 +371,7 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
 }
 
 /// Binds and returns the bound address and the server future, which runs
-/// until `shutdown` completes.
+/// until `shutdown` completes (then lets requests in progress finish).
 pub async fn bind(
     hub: Hub,
     options: ServeOptions,
@@ -385,54 +388,9 @@ pub async fn bind(
     let addr = listener
         .local_addr()
         .map_err(|e| ServeError::Io("local address".into(), e))?;
-    let app = router(hub);
-    let fut = async move {
-        match acceptor {
-            None => axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(|e| ServeError::Io("serve".into(), e)),
-            Some(acceptor) => serve_tls(listener, acceptor, app, shutdown).await,
-        }
-    };
-    Ok((addr, fut))
-}
-
-async fn serve_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing_warn(&format!("accept: {e}"));
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-            else {
-                return; // a failed handshake concerns only that client
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
-    }
-}
-
-fn tracing_warn(message: &str) {
-    eprintln!("sonotap hub: {message}");
+    let app = listen::layers(router(hub), options.limits);
+    Ok((
+        addr,
+        listen::serve(listener, acceptor, app, options.limits, shutdown),
+    ))
 }

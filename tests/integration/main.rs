@@ -8,6 +8,7 @@ mod crash;
 mod daemon;
 mod hardening_clear;
 mod hardening_files;
+mod hardening_net;
 mod hardening_sync;
 mod hardening_vend;
 mod hardening_wallet;

@@ -364,6 +364,7 @@ fn same_batch_twice_by_upload_and_by_import_is_counted_once() {
     let batch = export::decode_file(&file).expect("file")[0].to_vec();
     for expected in ["duplicate", "duplicate"] {
         let text = ureq::post(format!("{}/v1/batches", hub.url))
+            .header("content-type", "application/octet-stream")
             .send(&batch[..])
             .expect("upload")
             .body_mut()
@@ -415,6 +416,7 @@ fn batch_relabelled_with_another_readers_identity_is_refused() {
     // reader (issue 13, item 8); the hub's log keeps which it was.
     for batch in [relabelled, impostor] {
         let mut response = ureq::post(format!("{}/v1/batches", hub.url))
+            .header("content-type", "application/octet-stream")
             .config()
             .http_status_as_error(false)
             .build()

@@ -337,3 +337,36 @@ impl Drop for HubProcess {
         self.kill();
     }
 }
+
+impl HubProcess {
+    /// Starts `hub serve --data hub EXTRA…` in `s` on an ephemeral port,
+    /// with its standard error kept in `hub.stderr` (for its warnings).
+    pub fn start_with(s: &Scratch, extra: &[&str]) -> Self {
+        let stderr = std::fs::File::create(s.path("hub.stderr")).expect("stderr file");
+        let mut child = sonotap()
+            .args(["hub", "serve", "--data", "hub", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(s.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("hub starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("hub prints its address");
+        let url = line.split_whitespace().nth(2).expect("address").to_owned();
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        Self { child, url, port }
+    }
+}
