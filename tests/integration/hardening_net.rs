@@ -6,10 +6,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sonotap::hub::{Hub, IssueRequest};
+use sonotap::keys::{Role, SecretKey};
 use sonotap::reader::Reader;
+use sonotap::sync::wire::SignedRequest;
 use sonotap::token::Scope;
 use sonotap::wallet::{PayRequest, Wallet};
 
@@ -307,6 +309,24 @@ fn issue13_13_upload_that_is_not_octet_stream_is_415() {
 #[test]
 fn issue13_13_key_set_the_hub_cannot_sign_is_503_not_400_malformed() {
     let s = hub_site();
+    // The key set is read only by a registered reader (item 8).
+    s.reader_init("r", "gate-a", &[]);
+    s.register_reader("r", "gate-a");
+    let key = SecretKey::read(&s.path("r/reader.key"), Role::Reader).expect("reader key");
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let signed = SignedRequest::sign(
+        "gate-a",
+        now_ms,
+        [7; 16],
+        "GET",
+        "/v1/keys",
+        key.signing_key(),
+    )
+    .expect("sign");
+    let authorization = hex::encode(signed.encode().expect("encode"));
     // Every issuer key retired: the hub's own state cannot make a key set.
     let db = rusqlite::Connection::open(s.path("hub/hub.db")).expect("hub.db");
     db.execute("UPDATE issuer_keys SET retired_at = 1", [])
@@ -315,7 +335,10 @@ fn issue13_13_key_set_the_hub_cannot_sign_is_503_not_400_malformed() {
     let hub = HubProcess::start_with(&s, FAST);
     let (status, _, json) = exchange(
         &hub,
-        "GET /v1/keys HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n",
+        &format!(
+            "GET /v1/keys HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\
+             Authorization: Sonotap {authorization}\r\n\r\n"
+        ),
         b"",
     );
     assert_eq!(status, 503, "{json}");

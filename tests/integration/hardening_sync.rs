@@ -103,7 +103,10 @@ fn request(url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> (u16, se
         .into();
     let response = match body {
         Some(body) => {
-            let mut r = agent.post(url);
+            // As the reader's client sends it (the hub answers 415 otherwise).
+            let mut r = agent
+                .post(url)
+                .header("content-type", "application/octet-stream");
             for (k, v) in headers {
                 r = r.header(*k, *v);
             }
