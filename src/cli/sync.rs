@@ -46,11 +46,11 @@ pub struct ServeArgs {
     every_record_signature: bool,
     /// Close a connection whose request head (or next request, when kept
     /// alive) takes longer than this
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = timeout_at_least_a_second)]
     header_timeout: Duration,
     /// Answer 408 to an upload whose body stalls this long (and drop a
     /// client that takes no answer bytes for this long)
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = timeout_at_least_a_second)]
     body_timeout: Duration,
     /// Slowest accepted upload, bytes per second on average (after the body timeout)
     #[arg(long, value_name = "BYTES", default_value_t = listen::MIN_BODY_RATE, value_parser = clap::value_parser!(u64).range(1..))]
@@ -58,6 +58,16 @@ pub struct ServeArgs {
     /// Most connections open at once; more wait in the listen backlog
     #[arg(long, value_name = "N", default_value_t = listen::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
+}
+
+/// A `hub serve` timeout: under a second every honest request would time
+/// out (and `0s` would refuse them all).
+fn timeout_at_least_a_second(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!("{text} is too short: give at least 1s"));
+    }
+    Ok(duration)
 }
 
 /// The hub's record-signature policy from the command line.

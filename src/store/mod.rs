@@ -651,6 +651,21 @@ impl ReaderDb {
     /// otherwise each is a void owed (the daemon writes them at start and
     /// retries them while it runs).
     pub fn pending_vends(&self) -> Result<Vec<PendingVend>, StoreError> {
+        // `status` opens read-only, which runs no migration: a database an
+        // older sonotap wrote has no such table, and so nothing pending.
+        let exists = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pending_vends'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(self.err())?
+            .is_some();
+        if !exists {
+            return Ok(Vec::new());
+        }
         let mut stmt = self
             .conn
             .prepare("SELECT charge_seq, device, at FROM pending_vends ORDER BY charge_seq")

@@ -688,3 +688,19 @@ fn issue13_03_a_confirmed_vend_is_no_longer_pending_and_prune_keeps_pending_char
     assert_eq!(kept, [owed.seq], "the charge whose void is owed is kept");
     void(&mut db, owed.seq, "never confirmed").expect("its void can still be written");
 }
+
+/// Review of issue 13: `sonotap status` opens the database read-only (no
+/// migration), so a database written before `pending_vends` existed must
+/// read as "nothing pending", not as an unreadable database.
+#[test]
+fn issue13_03_status_reads_a_database_from_before_pending_vends_as_nothing_pending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("reader.db");
+    drop(fresh_db(&dir));
+    let raw = rusqlite::Connection::open(&path).expect("open");
+    raw.execute_batch("DROP TABLE pending_vends; PRAGMA user_version = 3;")
+        .expect("back to schema 3");
+    drop(raw);
+    let db = ReaderDb::open_read_only(&path).expect("read-only open");
+    assert!(db.pending_vends().expect("pending").is_empty());
+}

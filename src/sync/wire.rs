@@ -1148,9 +1148,10 @@ impl KeySet {
     /// What a reader holding `trusted` at key-set version `current` does
     /// with this set: verifies it ([`KeySet::verify`]), then goes by the
     /// **signed** version only. A higher version is adopted (`Some`); the
-    /// same version with the same keys changes nothing (`None`); a lower
-    /// version (an old set replayed, which would bring a retired key back)
-    /// or the same version with other keys is refused.
+    /// same version changes nothing (`None`), even with other keys: a key
+    /// the operator added by hand (`reader trust`) stays, and only a newer
+    /// signed set replaces the reader's keys; a lower version (an old set
+    /// replayed, which would bring a retired key back) is refused.
     pub fn adopt(
         &self,
         current: u64,
@@ -1160,15 +1161,7 @@ impl KeySet {
         let next = self.verify(trusted)?;
         match self.version.cmp(&current) {
             std::cmp::Ordering::Greater => Ok(Some(next)),
-            std::cmp::Ordering::Equal if next == *trusted => Ok(None),
-            std::cmp::Ordering::Equal => Err(invalid(
-                what,
-                format!(
-                    "version {} holds other keys than this reader's version {current}; \
-                     refusing it (a key set's version must change with its keys)",
-                    self.version
-                ),
-            )),
+            std::cmp::Ordering::Equal => Ok(None),
             std::cmp::Ordering::Less => Err(invalid(
                 what,
                 format!(

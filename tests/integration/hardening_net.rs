@@ -577,15 +577,16 @@ fn add_record(s: &Scratch) {
 
 /// The issue's measurement, before and after side by side in one run
 /// (about 60 s; needs about 1 GB free for the old hub):
-/// `SONOTAP_BEFORE=/work/wt/sonotap-before-f0a1849 cargo test --test
-/// integration -- --ignored --nocapture issue13_01_measure`
+/// `SONOTAP_BEFORE=OLD cargo test --test integration -- --ignored
+/// --nocapture issue13_01_measure`, where OLD is a `sonotap` built from
+/// commit f0a1849 (before the fix; `git worktree add` it and `cargo build`)
 /// (`HUB_ATTACK_STALLED=N` for N stalled uploads instead of 150,
 /// `HUB_ATTACK_NOFILE=N` for the hubs' soft open-file limit, default 1024).
 #[test]
 #[ignore = "a measurement, about 60 s: see the doc comment"]
 fn issue13_01_measure_hub_under_idle_slow_and_stalled_connections() {
     let before = std::env::var("SONOTAP_BEFORE")
-        .unwrap_or_else(|_| "/work/wt/sonotap-before-f0a1849".into());
+        .expect("SONOTAP_BEFORE: the path of a sonotap built from f0a1849 (see the doc comment)");
     let nofile = std::env::var("HUB_ATTACK_NOFILE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -618,4 +619,26 @@ fn issue13_01_measure_hub_under_idle_slow_and_stalled_connections() {
         );
     }
     assert!(rows.iter().all(|r| r.rounds > 0));
+}
+
+/// Review of issue 13: a zero (or sub-second) timeout would time out every
+/// honest request; `hub serve` refuses it before it binds.
+#[test]
+fn issue13_01_hub_serve_refuses_a_timeout_under_a_second() {
+    let s = hub_site();
+    for flag in ["--header-timeout", "--body-timeout"] {
+        let out = s.run(&[
+            "hub",
+            "serve",
+            "--data",
+            "hub",
+            "--listen",
+            "127.0.0.1:0",
+            flag,
+            "0s",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{flag} 0s");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("at least 1s"), "{stderr}");
+    }
 }
