@@ -76,6 +76,11 @@ struct ApiError(StatusCode, &'static str, String);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.1, "message": self.2 });
+        if self.0 == StatusCode::UNAUTHORIZED {
+            // HTTP requires a 401 to name the scheme that would be accepted.
+            let challenge = [(axum::http::header::WWW_AUTHENTICATE, AUTH_SCHEME)];
+            return (self.0, challenge, axum::Json(body)).into_response();
+        }
         (self.0, axum::Json(body)).into_response()
     }
 }

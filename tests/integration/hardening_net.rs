@@ -642,3 +642,24 @@ fn issue13_01_hub_serve_refuses_a_timeout_under_a_second() {
         assert!(stderr.contains("at least 1s"), "{stderr}");
     }
 }
+
+/// Review of issue 13: an unauthenticated read of the deny list is a JSON
+/// 401 that names the scheme it wants (`WWW-Authenticate`, as HTTP requires).
+#[test]
+fn issue13_08_unauthenticated_read_is_a_json_401_naming_its_scheme() {
+    let s = hub_site();
+    let hub = HubProcess::start_with(&s, FAST);
+    let (status, headers, json) = exchange(
+        &hub,
+        "GET /v1/deny?since=0 HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n",
+        b"",
+    );
+    assert_eq!(status, 401, "{json}");
+    assert_error(&json, "unauthenticated");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("www-authenticate: sonotap"),
+        "{headers}"
+    );
+}
