@@ -4,12 +4,11 @@
 //! (Item 2, bounded voids, is pinned in `src/hub/postgres/tests.rs` on both
 //! backends.)
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Scratch, sonotap};
+use crate::util::{Scratch, first_stdout_line, sonotap};
 
 #[path = "../../src/hub/postgres/test_server.rs"]
 mod pg_server;
@@ -155,17 +154,7 @@ fn serve_postgres(s: &Scratch, url: &str, envs: &[(&str, &str)]) -> (Option<Stri
         .stderr(Stdio::piped())
         .spawn()
         .expect("hub starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .ok()
-        .filter(|l| !l.is_empty());
+    let line = first_stdout_line(&mut child, Duration::from_secs(60));
     let _ = child.kill();
     let out = child.wait_with_output().expect("reaped");
     (line, String::from_utf8_lossy(&out.stderr).into_owned())

@@ -292,7 +292,7 @@ pub struct HubProcess {
 impl HubProcess {
     /// Starts `hub serve --data hub` in `s` on `port` (0: any free port).
     pub fn start(s: &Scratch, port: u16) -> Self {
-        let mut child = sonotap()
+        let child = sonotap()
             .args([
                 "hub",
                 "serve",
@@ -306,16 +306,13 @@ impl HubProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("hub starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("hub prints its address");
+        Self::listening(child)
+    }
+
+    /// Waits for a started hub's first line ("listening on URL").
+    fn listening(mut child: Child) -> Self {
+        let line =
+            first_stdout_line(&mut child, Duration::from_secs(20)).expect("hub prints its address");
         let url = line.split_whitespace().nth(2).expect("address").to_owned();
         let port = url
             .rsplit(':')
@@ -343,7 +340,7 @@ impl HubProcess {
     /// with its standard error kept in `hub.stderr` (for its warnings).
     pub fn start_with(s: &Scratch, extra: &[&str]) -> Self {
         let stderr = std::fs::File::create(s.path("hub.stderr")).expect("stderr file");
-        let mut child = sonotap()
+        let child = sonotap()
             .args(["hub", "serve", "--data", "hub", "--listen", "127.0.0.1:0"])
             .args(extra)
             .current_dir(s.dir.path())
@@ -351,22 +348,19 @@ impl HubProcess {
             .stderr(stderr)
             .spawn()
             .expect("hub starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("hub prints its address");
-        let url = line.split_whitespace().nth(2).expect("address").to_owned();
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        Self { child, url, port }
+        Self::listening(child)
     }
+}
+
+/// The first line `child` prints on its piped stdout within `within`, if
+/// any (read on a thread, so a child that prints nothing cannot hang a test).
+pub fn first_stdout_line(child: &mut Child, within: Duration) -> Option<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(within).ok().filter(|l| !l.is_empty())
 }
