@@ -19,7 +19,7 @@ use sonotap::sync::wire::{
 use sonotap::token::Scope;
 use sonotap::wallet::{PayRequest, Wallet};
 
-use crate::util::{HubProcess, Scratch};
+use crate::util::{HubProcess, Scratch, read_http_message, with_connection_close};
 
 const NOW: u64 = 1_790_000_000;
 
@@ -138,7 +138,7 @@ fn refusing_proxy(upstream: String, posts: Arc<AtomicUsize>) -> String {
         for client in listener.incoming() {
             let Ok(mut client) = client else { return };
             let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
-            let Some(request) = read_message(&mut client) else {
+            let Some(request) = read_http_message(&mut client) else {
                 continue;
             };
             let response = if request.starts_with(b"POST") {
@@ -157,56 +157,15 @@ fn refusing_proxy(upstream: String, posts: Arc<AtomicUsize>) -> String {
                 if server.write_all(&request).is_err() {
                     continue;
                 }
-                let Some(response) = read_message(&mut server) else {
+                let Some(response) = read_http_message(&mut server) else {
                     continue;
                 };
                 response
             };
-            let _ = client.write_all(&close(response));
+            let _ = client.write_all(&with_connection_close(response));
         }
     });
     format!("http://{addr}")
-}
-
-/// The message with `connection: close`, so each connection carries one request.
-fn close(message: Vec<u8>) -> Vec<u8> {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(0);
-    let head = String::from_utf8_lossy(&message[..end])
-        .lines()
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-        .collect::<Vec<_>>()
-        .join("\r\n");
-    let mut out = format!("{head}\r\nconnection: close\r\n\r\n").into_bytes();
-    out.extend_from_slice(&message[end + 4..]);
-    out
-}
-
-/// Reads one HTTP/1.1 message with a Content-Length body.
-fn read_message(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < header_end + length {
-        let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(buf)
 }
 
 #[test]
@@ -274,7 +233,7 @@ fn rewriting_proxy(
         for client in listener.incoming() {
             let Ok(mut client) = client else { return };
             let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
-            let Some(request) = read_message(&mut client) else {
+            let Some(request) = read_http_message(&mut client) else {
                 continue;
             };
             let Ok(mut server) = std::net::TcpStream::connect(&upstream) else {
@@ -284,10 +243,10 @@ fn rewriting_proxy(
             if server.write_all(&request).is_err() {
                 continue;
             }
-            let Some(response) = read_message(&mut server) else {
+            let Some(response) = read_http_message(&mut server) else {
                 continue;
             };
-            let _ = client.write_all(&close(rewrite(&request, response)));
+            let _ = client.write_all(&with_connection_close(rewrite(&request, response)));
         }
     });
     format!("http://{addr}")

@@ -3,7 +3,7 @@
 //! mid-upload, the network dropping a response, the same batch twice, a
 //! batch relabelled with another reader's identity, a hub that lies.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use sonotap::sync::wire::Batch;
 use sonotap::token::Scope;
 use sonotap::wallet::{PayRequest, Wallet};
 
-use crate::util::{HubProcess, Scratch, last_json, sonotap};
+use crate::util::{self, HubProcess, Scratch, last_json, sonotap};
 
 const NOW: u64 = 1_790_000_000;
 
@@ -288,31 +288,7 @@ fn dropping_proxy(upstream: String, drop: Arc<AtomicBool>) -> String {
 
 /// Reads one HTTP/1.1 message with a Content-Length body; forces `Connection: close`.
 fn read_http_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < header_end + length {
-        let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf[..header_end])
-        .replace("connection: keep-alive", "connection: close")
-        .replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&buf[header_end..header_end + length]);
-    Some(out)
+    util::read_http_message(stream).map(util::with_connection_close)
 }
 
 #[test]

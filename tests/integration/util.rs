@@ -2,6 +2,7 @@
 //! device on a pseudo-terminal.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -363,4 +364,47 @@ pub fn first_stdout_line(child: &mut Child, within: Duration) -> Option<String> 
         let _ = tx.send(line);
     });
     rx.recv_timeout(within).ok().filter(|l| !l.is_empty())
+}
+
+/// Reads one HTTP/1.1 message with a Content-Length body (head and body),
+/// for the tests' proxies; `None` if the stream ends or times out first.
+pub fn read_http_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = stream.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.truncate(header_end + length);
+    Some(buf)
+}
+
+/// The message with `connection: close` (and no other `connection` header),
+/// so each proxied connection carries one request.
+pub fn with_connection_close(message: Vec<u8>) -> Vec<u8> {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&message[..end])
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let mut out = format!("{head}\r\nconnection: close\r\n\r\n").into_bytes();
+    out.extend_from_slice(&message[end + 4..]);
+    out
 }
