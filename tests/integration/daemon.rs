@@ -4,11 +4,9 @@
 //! 127.0.0.1; sd_notify goes to a real unix datagram socket; metrics are
 //! scraped over HTTP. Every wait has a deadline.
 
-use std::ffi::CString;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -22,7 +20,7 @@ use sonotap::token::Scope;
 use sonotap::wallet::{PayRequest, Wallet};
 
 use crate::audio_capture::{alsa_test_device, write_raw};
-use crate::util::{HubProcess, PtyDevice, Scratch, sonotap};
+use crate::util::{HubProcess, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame, sonotap};
 
 const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
 const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
@@ -232,38 +230,6 @@ fn pay(w: &mut Wallet) -> Vec<u8> {
     .token
     .encode()
     .to_vec()
-}
-
-/// A 1280x720 Y8 frame with the token's QR code in the middle.
-fn qr_frame(token: &[u8]) -> Vec<u8> {
-    let (w, h) = (1280usize, 720usize);
-    let code = sonotap::qr::render_token(token, 6, 4).expect("render");
-    let mut frame = vec![200u8; w * h];
-    let (cw, ch) = (code.width(), code.height());
-    let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
-    for y in 0..ch {
-        frame[(y0 + y) * w + x0..(y0 + y) * w + x0 + cw]
-            .copy_from_slice(&code.data()[y * cw..(y + 1) * cw]);
-    }
-    frame
-}
-
-fn mkfifo(path: &Path) {
-    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
-    // SAFETY: a valid NUL-terminated path and a mode; no memory is shared.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-}
-
-/// Opens the FIFO for writing (waits for the daemon to open its end).
-fn open_fifo(path: &Path) -> File {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let p = path.to_path_buf();
-    thread::spawn(move || {
-        let _ = tx.send(fs::OpenOptions::new().write(true).open(p));
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("the daemon opens the camera FIFO")
-        .expect("fifo")
 }
 
 /// Writes a config file: `extra` is appended to the common part. Camera

@@ -4,10 +4,8 @@
 //! second SQLite connection holding `BEGIN IMMEDIATE`), as another process
 //! would. Every wait has a deadline.
 
-use std::ffi::CString;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::thread;
@@ -19,7 +17,7 @@ use sonotap::keys::{PublicKey, Role};
 use sonotap::store::ReaderDb;
 use sonotap::token::{CredentialTerms, PaymentTerms, Scope, Token};
 
-use crate::util::{PtyDevice, Scratch, sonotap};
+use crate::util::{PtyDevice, Scratch, mkfifo, open_fifo, qr_frame, sonotap};
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -124,37 +122,6 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
-}
-
-/// A 1280x720 Y8 frame with the token's QR code in the middle.
-fn qr_frame(token: &[u8]) -> Vec<u8> {
-    let (w, h) = (1280usize, 720usize);
-    let code = sonotap::qr::render_token(token, 6, 4).expect("render");
-    let mut frame = vec![200u8; w * h];
-    let (cw, ch) = (code.width(), code.height());
-    let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
-    for y in 0..ch {
-        frame[(y0 + y) * w + x0..(y0 + y) * w + x0 + cw]
-            .copy_from_slice(&code.data()[y * cw..(y + 1) * cw]);
-    }
-    frame
-}
-
-fn mkfifo(path: &Path) {
-    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
-    // SAFETY: a valid NUL-terminated path and a mode; no memory is shared.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-}
-
-fn open_fifo(path: &Path) -> File {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let p = path.to_path_buf();
-    thread::spawn(move || {
-        let _ = tx.send(fs::OpenOptions::new().write(true).open(p));
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("the daemon opens the camera FIFO")
-        .expect("fifo")
 }
 
 /// A vending site: hub, reader `r` (vending), the daemon's config driving

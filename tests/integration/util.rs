@@ -1,11 +1,15 @@
 //! Helpers: run the real binary in a scratch directory; play a serial
 //! device on a pseudo-terminal.
 
+use std::ffi::CString;
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serialport::{SerialPort, TTYPort};
@@ -407,4 +411,36 @@ pub fn with_connection_close(message: Vec<u8>) -> Vec<u8> {
     let mut out = format!("{head}\r\nconnection: close\r\n\r\n").into_bytes();
     out.extend_from_slice(&message[end + 4..]);
     out
+}
+
+/// A 1280x720 Y8 frame with the token's QR code in the middle.
+pub fn qr_frame(token: &[u8]) -> Vec<u8> {
+    let (w, h) = (1280usize, 720usize);
+    let code = sonotap::qr::render_token(token, 6, 4).expect("render");
+    let mut frame = vec![200u8; w * h];
+    let (cw, ch) = (code.width(), code.height());
+    let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
+    for y in 0..ch {
+        frame[(y0 + y) * w + x0..(y0 + y) * w + x0 + cw]
+            .copy_from_slice(&code.data()[y * cw..(y + 1) * cw]);
+    }
+    frame
+}
+
+pub fn mkfifo(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path and a mode; no memory is shared.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Opens the FIFO for writing (waits for the daemon to open its end).
+pub fn open_fifo(path: &Path) -> File {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    thread::spawn(move || {
+        let _ = tx.send(std::fs::OpenOptions::new().write(true).open(p));
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the daemon opens the camera FIFO")
+        .expect("fifo")
 }
