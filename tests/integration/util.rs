@@ -107,18 +107,12 @@ impl Scratch {
     /// `reader init --data DIR --id ID --trust hub/issuer.pub EXTRA…`: a
     /// reader trusting this scratch directory's hub.
     pub fn reader_init(&self, dir: &str, id: &str, extra: &[&str]) {
-        let mut args = vec![
-            "reader",
-            "init",
-            "--data",
-            dir,
-            "--id",
-            id,
-            "--trust",
-            "hub/issuer.pub",
-        ];
-        args.extend_from_slice(extra);
-        self.ok(&args);
+        self.ok(&reader_init_args(dir, id, extra));
+    }
+
+    /// [`Scratch::reader_init`] for a test that expects it may fail.
+    pub fn try_reader_init(&self, dir: &str, id: &str, extra: &[&str]) -> Output {
+        self.run(&reader_init_args(dir, id, extra))
     }
 
     /// `hub reader add`: registers reader `dir` (id `id`) at the hub.
@@ -443,4 +437,20 @@ pub fn open_fifo(path: &Path) -> File {
     rx.recv_timeout(Duration::from_secs(20))
         .expect("the daemon opens the camera FIFO")
         .expect("fifo")
+}
+
+/// The arguments of `reader init --data DIR --id ID --trust hub/issuer.pub EXTRA…`.
+fn reader_init_args<'a>(dir: &'a str, id: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "reader",
+        "init",
+        "--data",
+        dir,
+        "--id",
+        id,
+        "--trust",
+        "hub/issuer.pub",
+    ];
+    args.extend_from_slice(extra);
+    args
 }

@@ -30,6 +30,19 @@ const WALLET_2: u8 = 3;
 
 /// A token of wallet `seed` under a credential the hub issues now.
 fn token(hub: &mut Hub, seed: u8, amount: u32, counter: u32, total_before: u32) -> Vec<u8> {
+    token_capped(hub, seed, 300, amount, counter, total_before)
+}
+
+/// A token of wallet `seed` under a credential with an offline limit of
+/// 1,000 and a per-payment cap of `cap`.
+fn token_capped(
+    hub: &mut Hub,
+    seed: u8,
+    cap: u32,
+    amount: u32,
+    counter: u32,
+    total_before: u32,
+) -> Vec<u8> {
     let credential = hub
         .issue(
             &public(Role::Wallet, seed),
@@ -37,7 +50,7 @@ fn token(hub: &mut Hub, seed: u8, amount: u32, counter: u32, total_before: u32) 
                 scope: Scope::Transit,
                 currency: 978,
                 offline_limit: 1_000,
-                per_payment_cap: 300,
+                per_payment_cap: cap,
                 valid_from: (NOW - 3600) as u32,
                 valid_hours: 24,
             },
@@ -665,34 +678,9 @@ fn postgres_reconnects_after_losing_its_connection() {
     assert_eq!(stored, Some(key(READER_1).verifying_key().to_bytes()));
 }
 
-/// A token of wallet `seed` under a credential with an offline limit of
-/// 1,000 and a per-payment cap of 1,000 (the issue's figures).
+/// A token under a per-payment cap of 1,000 (the issue's figures).
 fn token_1000(hub: &mut Hub, seed: u8, amount: u32, counter: u32, total_before: u32) -> Vec<u8> {
-    let credential = hub
-        .issue(
-            &public(Role::Wallet, seed),
-            IssueRequest {
-                scope: Scope::Transit,
-                currency: 978,
-                offline_limit: 1_000,
-                per_payment_cap: 1_000,
-                valid_from: (NOW - 3600) as u32,
-                valid_hours: 24,
-            },
-            NOW,
-        )
-        .expect("issue");
-    let payment = PaymentTerms {
-        amount,
-        counter,
-        total_before,
-        timestamp: NOW as u32,
-        reader_tag: 0,
-    };
-    Token::sign(credential, payment, &key(seed))
-        .expect("wallet key matches")
-        .encode()
-        .to_vec()
+    token_capped(hub, seed, 1_000, amount, counter, total_before)
 }
 
 /// Issue 13 item 2: voids the hub must bound, each on its own wallet, the
