@@ -5,11 +5,10 @@
 //! scraped over HTTP. Every wait has a deadline.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +19,7 @@ use sonotap::token::Scope;
 use sonotap::wallet::{PayRequest, Wallet};
 
 use crate::audio_capture::{alsa_test_device, write_raw};
-use crate::util::{HubProcess, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame, sonotap};
+use crate::util::{Daemon, HubProcess, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame};
 
 const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
 const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
@@ -67,122 +66,6 @@ impl RelayBoard for PtyDevice {
             self.pump(Duration::from_millis(5));
         }
         Instant::now()
-    }
-}
-
-/// The daemon, killed when dropped (a test that fails must not leave it running).
-struct Daemon {
-    child: Option<Child>,
-    stderr: std::sync::mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Daemon {
-    fn start(s: &Scratch, config: &Path, env: &[(&str, &str)]) -> Self {
-        let mut cmd = sonotap();
-        cmd.args(["run", "--config"])
-            .arg(config)
-            .current_dir(s.dir.path())
-            .env("HOME", s.dir.path())
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("daemon starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self {
-            child: Some(child),
-            stderr: rx,
-            log: Vec::new(),
-        }
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.as_ref().expect("running").id()).expect("pid");
-        // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-    }
-
-    /// After the exit: every line the daemon wrote, up to the end of its stderr.
-    fn full_log(&mut self) -> String {
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
-            self.log.push(line);
-        }
-        self.log.join("\n")
-    }
-
-    /// SIGTERM, then expects exit status 0 within 10 s (the log if not).
-    fn stop(&mut self) {
-        self.signal(libc::SIGTERM);
-        let code = self.wait_exit(Duration::from_secs(10));
-        assert_eq!(code, Some(0), "{}", self.drain_log());
-    }
-
-    fn drain_log(&mut self) -> String {
-        while let Ok(line) = self.stderr.try_recv() {
-            self.log.push(line);
-        }
-        self.log.join("\n")
-    }
-
-    /// Waits for the daemon to log a line containing `needle`.
-    fn wait_log(&mut self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.log.iter().any(|l| l.contains(needle)) {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no {needle:?} in the log within {within:?}:\n{}",
-                self.drain_log()
-            );
-            if let Ok(line) = self
-                .stderr
-                .recv_timeout(left.min(Duration::from_millis(100)))
-            {
-                self.log.push(line);
-            }
-        }
-    }
-
-    /// Waits for the exit; its code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                self.child = None;
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {within:?}:\n{}",
-                self.drain_log()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -635,7 +518,7 @@ fn example_config_runs_notifies_systemd_serves_metrics_and_sighup_applies_a_new_
     assert_eq!(metric(&m, "sonotap_tap_to_actuate_seconds_count"), 1.0);
     assert_eq!(metric(&m, "sonotap_queue_depth"), 1.0);
     let st = status(&s);
-    assert_eq!(st["pid"], daemon.child.as_ref().expect("running").id());
+    assert_eq!(st["pid"], daemon.pid());
     assert_eq!(
         st["config"],
         fs::canonicalize(&cfg).expect("cfg").display().to_string()

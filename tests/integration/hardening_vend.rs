@@ -5,9 +5,8 @@
 //! would. Every wait has a deadline.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,111 +16,13 @@ use sonotap::keys::{PublicKey, Role};
 use sonotap::store::ReaderDb;
 use sonotap::token::{CredentialTerms, PaymentTerms, Scope, Token};
 
-use crate::util::{PtyDevice, Scratch, mkfifo, open_fifo, qr_frame, sonotap};
+use crate::util::{Daemon, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame};
 
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-}
-
-/// `sonotap run`, killed when dropped.
-struct Daemon {
-    child: Option<Child>,
-    stderr: std::sync::mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Daemon {
-    fn start(s: &Scratch, config: &Path) -> Self {
-        let mut child = sonotap()
-            .args(["run", "--config"])
-            .arg(config)
-            .current_dir(s.dir.path())
-            .env("HOME", s.dir.path())
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("daemon starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self {
-            child: Some(child),
-            stderr: rx,
-            log: Vec::new(),
-        }
-    }
-
-    fn drain(&mut self) -> String {
-        while let Ok(line) = self.stderr.try_recv() {
-            self.log.push(line);
-        }
-        self.log.join("\n")
-    }
-
-    fn wait_log(&mut self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.log.iter().any(|l| l.contains(needle)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no {needle:?} in the log within {within:?}:\n{}",
-                self.drain()
-            );
-            if let Ok(line) = self
-                .stderr
-                .recv_timeout(left.min(Duration::from_millis(100)))
-            {
-                self.log.push(line);
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reaped");
-        }
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
-            self.log.push(line);
-        }
-    }
-
-    fn stop(&mut self) {
-        let child = self.child.as_mut().expect("running");
-        let pid = libc::pid_t::try_from(child.id()).expect("pid");
-        // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert_eq!(status.code(), Some(0), "{}", self.drain());
-                self.child = None;
-                return;
-            }
-            assert!(Instant::now() < deadline, "no exit: {}", self.drain());
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// A vending site: hub, reader `r` (vending), the daemon's config driving
@@ -247,14 +148,14 @@ fn forged_token() -> Vec<u8> {
 #[test]
 fn issue13_12_a_forged_token_for_4294967295_opens_no_vend_session() {
     let mut site = Site::new("mdb-qibixx");
-    let mut daemon = Daemon::start(&site.s, &site.config);
+    let mut daemon = Daemon::start(&site.s, &site.config, &[]);
     site.vmc.expect("C,1");
     site.vmc.say("c,STATUS,ENABLED");
     let mut fifo = open_fifo(&site.s.path("cam.y8"));
     fifo.write_all(&qr_frame(&forged_token())).expect("frame");
     daemon.wait_log("declined before any vend session", Duration::from_secs(20));
     site.vmc.silent(Duration::from_secs(2));
-    let log = daemon.drain();
+    let log = daemon.drain_log();
     assert!(log.contains("bad_signature"), "{log}");
     assert!(!log.contains("C,START"), "{log}");
     let declines = site.db().recent_declines(5).expect("declines");
@@ -277,7 +178,7 @@ fn issue13_12_a_forged_token_for_4294967295_opens_no_vend_session() {
     site.vmc.say("c,STATUS,IDLE,3.00");
     site.vmc.say("c,STATUS,ENABLED");
     daemon.wait_log("no vend", Duration::from_secs(10));
-    daemon.stop();
+    daemon.stop_within(Duration::from_secs(15));
 }
 
 #[test]
@@ -294,7 +195,7 @@ fn issue13_12_a_session_never_offers_more_than_the_profile_ceiling() {
         builtin.replace("max_funds = 65534", "max_funds = 120"),
     )
     .expect("profile");
-    let mut daemon = Daemon::start(&site.s, &site.config);
+    let mut daemon = Daemon::start(&site.s, &site.config, &[]);
     site.vmc.expect("C,1");
     site.vmc.say("c,STATUS,ENABLED");
     let mut fifo = open_fifo(&site.s.path("cam.y8"));
@@ -307,13 +208,13 @@ fn issue13_12_a_session_never_offers_more_than_the_profile_ceiling() {
     site.vmc.say("c,STATUS,ENABLED");
     daemon.wait_log("vend denied", Duration::from_secs(10));
     assert!(site.db().records(false).expect("records").is_empty());
-    daemon.stop();
+    daemon.stop_within(Duration::from_secs(15));
 }
 
 #[test]
 fn issue13_03_a_void_blocked_by_a_locked_database_is_owed_shown_and_written_after_a_restart() {
     let mut site = Site::new("mdb-qibixx");
-    let mut daemon = Daemon::start(&site.s, &site.config);
+    let mut daemon = Daemon::start(&site.s, &site.config, &[]);
     site.vmc.expect("C,1");
     site.vmc.say("c,STATUS,ENABLED");
     let mut fifo = open_fifo(&site.s.path("cam.y8"));
@@ -355,7 +256,7 @@ fn issue13_03_a_void_blocked_by_a_locked_database_is_owed_shown_and_written_afte
 
     // The daemon dies with the void still owed; the log never said "voided".
     daemon.kill();
-    let log = daemon.drain();
+    let log = daemon.drain_log();
     assert!(!log.contains("charge voided"), "{log}");
     assert!(!log.contains("owed void written"), "{log}");
     lock.execute_batch("COMMIT").expect("unlock");
@@ -373,7 +274,7 @@ fn issue13_03_a_void_blocked_by_a_locked_database_is_owed_shown_and_written_afte
     );
 
     // Restarted, the daemon writes the void before serving.
-    let mut daemon = Daemon::start(&site.s, &site.config);
+    let mut daemon = Daemon::start(&site.s, &site.config, &[]);
     daemon.wait_log("owed void written", Duration::from_secs(20));
     let db = site.db();
     let (void_seq, _) = db.void_of(charge).expect("read").expect("voided");
@@ -386,5 +287,5 @@ fn issue13_03_a_void_blocked_by_a_locked_database_is_owed_shown_and_written_afte
     assert!(db.pending_vends().expect("pending").is_empty());
     site.vmc.expect("C,1");
     site.vmc.say("c,STATUS,ENABLED");
-    daemon.stop();
+    daemon.stop_within(Duration::from_secs(15));
 }

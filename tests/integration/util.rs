@@ -454,3 +454,140 @@ fn reader_init_args<'a>(dir: &'a str, id: &'a str, extra: &[&'a str]) -> Vec<&'a
     args.extend_from_slice(extra);
     args
 }
+
+/// The daemon, killed when dropped (a test that fails must not leave it running).
+pub struct Daemon {
+    child: Option<Child>,
+    stderr: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Daemon {
+    pub fn start(s: &Scratch, config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = sonotap();
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .current_dir(s.dir.path())
+            .env("HOME", s.dir.path())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("daemon starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child: Some(child),
+            stderr: rx,
+            log: Vec::new(),
+        }
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid");
+        // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// After the exit: every line the daemon wrote, up to the end of its stderr.
+    pub fn full_log(&mut self) -> String {
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.log.push(line);
+        }
+        self.log.join("\n")
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, then expects exit status 0 within 10 s (the log if not).
+    pub fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(10));
+    }
+
+    /// SIGTERM, then expects exit status 0 within `within` (the log if not).
+    pub fn stop_within(&mut self, within: Duration) {
+        self.signal(libc::SIGTERM);
+        let code = self.wait_exit(within);
+        assert_eq!(code, Some(0), "{}", self.drain_log());
+    }
+
+    /// SIGKILL (a power cut, for the process), then what it had logged.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+        }
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+            self.log.push(line);
+        }
+    }
+
+    pub fn drain_log(&mut self) -> String {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.log.push(line);
+        }
+        self.log.join("\n")
+    }
+
+    /// Waits for the daemon to log a line containing `needle`.
+    pub fn wait_log(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.log.iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {needle:?} in the log within {within:?}:\n{}",
+                self.drain_log()
+            );
+            if let Ok(line) = self
+                .stderr
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                self.log.push(line);
+            }
+        }
+    }
+
+    /// Waits for the exit; its code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within {within:?}:\n{}",
+                self.drain_log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
