@@ -10,15 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::Signer;
-use sonotap::hub::{Hub, IssueRequest};
+use sonotap::hub::Hub;
 use sonotap::keys::{Role, SecretKey};
 use sonotap::reader::Reader;
 use sonotap::sync::wire::{
     BATCH_DOMAIN, DenyEntry, DenyReason, KeySet, MAX_SEQ, SignedRequest, TimeStatement,
 };
-use sonotap::token::Scope;
-use sonotap::wallet::{PayRequest, Wallet};
+use sonotap::wallet::Wallet;
 
+use crate::sync::queue;
 use crate::util::{HubProcess, Scratch, read_http_message, with_connection_close};
 
 const NOW: u64 = 1_790_000_000;
@@ -30,40 +30,6 @@ fn site() -> Scratch {
     s.reader_init("ra", "gate-a", &[]);
     s.register_reader("ra", "gate-a");
     s
-}
-
-/// Makes `n` accepted payments of 1 at `reader`.
-fn queue(s: &Scratch, reader: &str, n: u32) {
-    let mut hub = Hub::open(&s.path("hub")).expect("hub");
-    let mut w = Wallet::create(&s.path(&format!("bulk-{reader}"))).expect("wallet");
-    let request = IssueRequest {
-        scope: Scope::Transit,
-        currency: 978,
-        offline_limit: 1_000_000,
-        per_payment_cap: 300,
-        valid_from: (NOW - 3600) as u32,
-        valid_hours: 48,
-    };
-    let credential = hub.issue(&w.public_key(), request, NOW).expect("issue");
-    let path = s.path(&format!("bulk-{reader}.cred"));
-    std::fs::write(&path, credential.encode()).expect("write");
-    w.add_credential(&path).expect("credential");
-    let mut r = Reader::open(&s.path(reader)).expect("reader");
-    for i in 0..n {
-        let token = w
-            .pay(PayRequest {
-                amount: 1,
-                at: (NOW + u64::from(i)) as u32,
-                reader_tag: 0,
-            })
-            .expect("pay")
-            .token
-            .encode();
-        let outcome = r
-            .present(&token, None, NOW + u64::from(i))
-            .expect("present");
-        assert!(outcome.decision.is_ok());
-    }
 }
 
 fn sync(s: &Scratch, reader: &str, url: &str, extra: &[&str]) -> std::process::Output {

@@ -169,7 +169,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// Makes `n` accepted payments at `reader`.
-fn queue(s: &Scratch, reader: &str, n: u32) {
+pub(crate) fn queue(s: &Scratch, reader: &str, n: u32) {
     let mut w = wallet(s, &format!("bulk-{reader}"), 1_000_000_000);
     let mut r = Reader::open(&s.path(reader)).expect("reader");
     for i in 0..n {
