@@ -750,14 +750,7 @@ fn records_in(path: &Path) -> Result<u64, String> {
     let sqlite = |e: rusqlite::Error| e.to_string();
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
-    let tables: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'records'",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(sqlite)?;
-    if tables == 0 {
+    if !crate::store::sqlite::has_table(&conn, "records").map_err(sqlite)? {
         return Ok(0);
     }
     let records: i64 = conn

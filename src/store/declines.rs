@@ -4,7 +4,7 @@
 //! caller ([`crate::reader::Reader::present`]) never lets a failure here
 //! change a decision.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::Serialize;
 
 use super::{ReaderDb, StoreError, sqlite};
@@ -69,17 +69,7 @@ impl ReaderDb {
     /// decline log (opened read-only, so not migrated) has none.
     pub fn recent_declines(&self, n: usize) -> Result<Vec<DeclineEntry>, StoreError> {
         let err = |e| StoreError::from_sqlite(&self.path, e);
-        let exists = self
-            .conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'declines'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(err)?
-            .is_some();
-        if !exists {
+        if !sqlite::has_table(&self.conn, "declines").map_err(err)? {
             return Ok(Vec::new());
         }
         let mut stmt = self

@@ -653,17 +653,7 @@ impl ReaderDb {
     pub fn pending_vends(&self) -> Result<Vec<PendingVend>, StoreError> {
         // `status` opens read-only, which runs no migration: a database an
         // older sonotap wrote has no such table, and so nothing pending.
-        let exists = self
-            .conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pending_vends'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(self.err())?
-            .is_some();
-        if !exists {
+        if !sqlite::has_table(&self.conn, "pending_vends").map_err(self.err())? {
             return Ok(Vec::new());
         }
         let mut stmt = self

@@ -219,14 +219,7 @@ fn check_schema(
             format!("it holds {tables} tables or indexes but no sonotap schema version")
         }));
     }
-    let marked: bool = conn
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [schema.marker_table],
-            |r| r.get(0),
-        )
-        .map_err(err)?;
-    if !marked {
+    if !has_table(conn, schema.marker_table).map_err(err)? {
         return Err(corrupt(format!(
             "schema version {version} but no `{}` table: not this kind of sonotap database",
             schema.marker_table
@@ -299,4 +292,14 @@ pub fn unsigned<T: TryFrom<i64>>(path: &Path, what: &str, value: i64) -> Result<
 /// guards against nonsense input.
 pub fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Whether the database has a table `name`: a database opened read-only
+/// is not migrated, so a table a later schema added may be missing.
+pub fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )
 }
