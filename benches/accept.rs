@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ed25519_dalek::SigningKey;
-use sonotap::keys::PublicKey;
-use sonotap::policy::{ReaderPolicy, TrustedKeys, WalletHistory, authenticate, decide};
-use sonotap::reader::{InitOptions, Reader};
-use sonotap::token::{CredentialTerms, PaymentTerms, Scope, Token, reader_tag};
+use sonotap_disk::keys::PublicKey;
+use sonotap_protocol::policy::{ReaderPolicy, TrustedKeys, WalletHistory, authenticate, decide};
+use sonotap_protocol::token::{CredentialTerms, PaymentTerms, Scope, Token, reader_tag};
+use sonotap_reader::reader::{InitOptions, Reader};
 
 const NOW: u64 = 1_800_000_000;
 
@@ -49,7 +49,7 @@ impl Fixture {
         }
     }
 
-    fn token(&self, counter: u32) -> [u8; sonotap::token::TOKEN_LEN] {
+    fn token(&self, counter: u32) -> [u8; sonotap_protocol::token::TOKEN_LEN] {
         let credential = self.terms.sign(&self.issuer).expect("valid terms");
         let payment = PaymentTerms {
             amount: 250,
@@ -105,7 +105,7 @@ fn accept(c: &mut Criterion) {
     // On the build's own disk, never tmpfs: fsync must cost what it costs.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let issuer = PublicKey::from_bytes(
-        sonotap::keys::Role::Issuer,
+        sonotap_disk::keys::Role::Issuer,
         Some(1),
         &fixture.issuer.verifying_key().to_bytes(),
     )

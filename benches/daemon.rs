@@ -24,9 +24,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serialport::{SerialPort, TTYPort};
-use sonotap::hub::{Hub, IssueRequest};
-use sonotap::token::Scope;
-use sonotap::wallet::{PayRequest, Wallet};
+use sonotap_hub::{Hub, IssueRequest};
+use sonotap_protocol::token::Scope;
+use sonotap_wallet::{PayRequest, Wallet};
 
 const TAPS: usize = 20;
 const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
@@ -221,7 +221,7 @@ fn main() {
     for _ in 0..TAPS {
         let token = pay();
         let samples =
-            sonotap::modem::encode(&token, sonotap::modem::Profile::Fast, 48_000).expect("encode");
+            sonotap_modem::encode(&token, sonotap_modem::Profile::Fast, 48_000).expect("encode");
         let bytes: Vec<u8> = samples
             .iter()
             .flat_map(|v| ((v * 20_000.0) as i16).to_le_bytes())
@@ -256,7 +256,7 @@ fn main() {
     );
     // The daemon's own view of where the time went (means from its histograms).
     if let Ok(text) = scrape(metrics_port) {
-        let samples = sonotap::daemon::metrics::parse_exposition(&text).unwrap_or_default();
+        let samples = sonotap_reader::daemon::metrics::parse_exposition(&text).unwrap_or_default();
         let get = |name: &str| {
             samples
                 .iter()
@@ -372,7 +372,7 @@ fn feed_camera(
 
 fn qr_frame(token: &[u8]) -> Vec<u8> {
     let (w, h) = (1280usize, 720usize);
-    let code = sonotap::qr::render_token(token, 6, 4).expect("render");
+    let code = sonotap_qr::render_token(token, 6, 4).expect("render");
     let mut frame = vec![200u8; w * h];
     let (cw, ch) = (code.width(), code.height());
     let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);

@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use sonotap::audio::wav;
-use sonotap::modem::{self, Decoder, Profile};
-use sonotap::sim::{self, Channel, NoiseKind, Room};
+use sonotap_audio::wav;
+use sonotap_modem::sim::{self, Channel, NoiseKind, Room};
+use sonotap_modem::{self as modem, Decoder, Profile};
 
 /// The payload size the targets are stated for (a token is 199).
 const PAYLOAD: usize = 200;

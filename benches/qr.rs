@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sonotap::qr::synth::{self, Effects, Scene};
-use sonotap::qr::{DecodeOptions, Decoder, GreyImage, load_image};
+use sonotap_qr::synth::{self, Effects, Scene};
+use sonotap_qr::{DecodeOptions, Decoder, GreyImage, load_image};
 
 /// The effect mixes timed at each size, cycled through.
 fn effect_mixes() -> Vec<Effects> {
@@ -73,7 +73,7 @@ fn frames(width: usize, height: usize, count: usize) -> Vec<GreyImage> {
             match effects.jpeg_quality {
                 Some(q) => {
                     let bytes = synth::jpeg_bytes(&sample.image, q).ok()?;
-                    sonotap::qr::source::load_image_bytes(&bytes, "bench").ok()
+                    sonotap_qr::source::load_image_bytes(&bytes, "bench").ok()
                 }
                 None => Some(sample.image),
             }
@@ -158,7 +158,7 @@ fn corpus() -> Vec<(PathBuf, Vec<Vec<u8>>)> {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("signals/qr"),
         PathBuf::from,
     );
-    sonotap::qr::synth::read_corpus(&dir).expect("signals/qr is a readable corpus")
+    sonotap_qr::synth::read_corpus(&dir).expect("signals/qr is a readable corpus")
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

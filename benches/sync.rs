@@ -26,14 +26,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use sonotap::hub::ledger::Via;
-use sonotap::hub::server::{self, ServeOptions};
-use sonotap::hub::{Hub, IssueRequest, RecordSignatureCheck};
-use sonotap::keys::{PublicKey, Role, SecretKey};
-use sonotap::reader::{InitOptions, Reader};
-use sonotap::record::{GENESIS_HASH, RecordBody, RecordKind};
-use sonotap::sync::client::{self, HubClient, SyncOptions};
-use sonotap::token::{Credential, PaymentTerms, Scope, Token};
+use sonotap_disk::keys::{PublicKey, Role, SecretKey};
+use sonotap_hub::ledger::Via;
+use sonotap_hub::server::{self, ServeOptions};
+use sonotap_hub::{Hub, IssueRequest, RecordSignatureCheck};
+use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
+use sonotap_protocol::token::{Credential, PaymentTerms, Scope, Token};
+use sonotap_reader::reader::{InitOptions, Reader};
+use sonotap_reader::sync::client::{self, HubClient, SyncOptions};
 
 const NOW: u64 = 1_790_000_000;
 const PAYMENTS_PER_WALLET: usize = 1_000;
@@ -416,10 +416,10 @@ fn main() {
         .trusted_keys()
         .expect("keys");
     if let Some(first) = batches.first() {
-        let batch = sonotap::sync::wire::Batch::decode(first).expect("batch");
+        let batch = sonotap_protocol::wire::Batch::decode(first).expect("batch");
         let key = reread.public_key();
         let t = Instant::now();
-        let checked = sonotap::hub::verify::check_batch(
+        let checked = sonotap_hub::verify::check_batch(
             batch.clone(),
             key.verifying_key(),
             &issuers,

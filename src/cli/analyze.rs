@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use crate::analyze::{self, Analysis, Options};
+use sonotap_audio::analyze::{self, Analysis, Options};
 
 #[derive(Debug, Args)]
 pub(super) struct AnalyzeArgs {

@@ -20,16 +20,16 @@ use anyhow::{Context, Result, bail};
 use serialport::{SerialPort, TTYPort};
 
 use super::{clock, unix_u32};
-use crate::hub::server::{self, ServeOptions};
-use crate::hub::{Hub, IssueRequest};
-use crate::modem::{self, Profile};
-use crate::reader::{InitOptions, Outcome, Reader};
-use crate::sim::{self, Channel, NoiseKind, Room};
-use crate::store::DeclineEntry;
-use crate::store::ReaderDb;
-use crate::sync::client::{self, HubClient, SyncOptions};
-use crate::token::Scope;
-use crate::wallet::{PayRequest, Wallet};
+use sonotap_hub::server::{self, ServeOptions};
+use sonotap_hub::{Hub, IssueRequest};
+use sonotap_modem::sim::{self, Channel, NoiseKind, Room};
+use sonotap_modem::{self as modem, Profile};
+use sonotap_protocol::token::Scope;
+use sonotap_reader::reader::{InitOptions, Outcome, Reader};
+use sonotap_reader::store::DeclineEntry;
+use sonotap_reader::store::ReaderDb;
+use sonotap_reader::sync::client::{self, HubClient, SyncOptions};
+use sonotap_wallet::{PayRequest, Wallet};
 
 /// A scratch directory removed on drop unless the user asked to keep it.
 struct Workspace {
@@ -95,7 +95,7 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
         let mut wallet = Wallet::create(&dir.join(format!("wallet-{n}")))?;
         let credential = hub.issue(&wallet.public_key(), request, now)?;
         let path = dir.join(format!("credential-{n}"));
-        crate::fsutil::replace_atomic(&path, &credential.encode(), 0o644)?;
+        sonotap_disk::fsutil::replace_atomic(&path, &credential.encode(), 0o644)?;
         wallet.add_credential(&path)?;
         riders.push(wallet);
     }
@@ -109,7 +109,7 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
             id: id.into(),
             scope: Scope::Transit,
             currency: 978,
-            clock_skew_secs: crate::reader::DEFAULT_CLOCK_SKEW_SECS,
+            clock_skew_secs: sonotap_reader::reader::DEFAULT_CLOCK_SKEW_SECS,
             fare: Some(FARE),
         };
         let gate = Reader::init(&dir.join(id), &options, &hub.issuer_public(), now)?;
@@ -180,7 +180,7 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     let r3_first = pay(r3, 300)?;
     let r3_second = pay_forced(r3, 300)?; // 600 > 500
     let mut forged = pay_forced(r3, 50)?;
-    if let Some(byte) = forged.get_mut(crate::token::CREDENTIAL_LEN + 3) {
+    if let Some(byte) = forged.get_mut(sonotap_protocol::token::CREDENTIAL_LEN + 3) {
         *byte ^= 0x01;
     }
     for (name, token) in [
@@ -354,13 +354,13 @@ fn station_wav(dir: &Path, name: &str, token: &[u8], seed: u64) -> Result<PathBu
     };
     let heard = sim::transmit(&sound, modem::INTERNAL_RATE, &station, seed);
     let path = dir.join(format!("{name}.wav"));
-    crate::audio::wav::write_mono_16(&path, &heard.samples, heard.rate)?;
+    sonotap_audio::wav::write_mono_16(&path, &heard.samples, heard.rate)?;
     Ok(path)
 }
 
 /// A token's QR code on a grey, screen-like background, as a PNG frame.
 fn qr_frame(path: &Path, token: &[u8]) -> Result<()> {
-    let code = crate::qr::encode::render_token(token, 6, 4)?;
+    let code = sonotap_qr::encode::render_token(token, 6, 4)?;
     let (w, h) = (640usize, 480usize);
     let mut frame = vec![70u8; w * h];
     let (x0, y0) = ((w - code.width()) / 2, (h - code.height()) / 2);

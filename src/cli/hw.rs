@@ -14,11 +14,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::actuator::driver::Charger;
-use crate::actuator::gate::{Delivery, Passage, Release};
-use crate::actuator::mdb::VendOutcome;
-use crate::actuator::profile::{self, Device, Profile};
-use crate::actuator::{Gate, Vending};
+use sonotap_reader::actuator::driver::Charger;
+use sonotap_reader::actuator::gate::{Delivery, Passage, Release};
+use sonotap_reader::actuator::mdb::VendOutcome;
+use sonotap_reader::actuator::profile::{self, Device, Profile};
+use sonotap_reader::actuator::{Gate, Vending};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum HwCommand {

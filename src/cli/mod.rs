@@ -22,14 +22,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::hub::{Hub, IssueRequest};
-use crate::keys::{PublicKey, Role};
-use crate::policy::Reason;
-use crate::reader::{self, InitOptions, Reader};
-use crate::record::{self, ChainVerifier};
-use crate::token::{self, Scope, Token, WalletId};
-use crate::wallet::{PayRequest, Wallet};
-use crate::{currency, hub, wallet};
+use sonotap_disk::keys::{PublicKey, Role};
+use sonotap_hub as hub;
+use sonotap_hub::{Hub, IssueRequest};
+use sonotap_protocol::api::check_reader_id;
+use sonotap_protocol::currency;
+use sonotap_protocol::policy::Reason;
+use sonotap_protocol::record::{self, ChainVerifier};
+use sonotap_protocol::token::{self, Scope, Token, WalletId};
+use sonotap_reader::reader::{self, InitOptions, Reader};
+use sonotap_wallet as wallet;
+use sonotap_wallet::{PayRequest, Wallet};
 
 /// Offline payment reader: tokens by sound or QR, offline checks, durable queue.
 #[derive(Debug, Parser)]
@@ -207,7 +210,7 @@ enum WalletCommand {
         wav: Option<PathBuf>,
         /// Modem profile for --wav: fast or robust
         #[arg(long, default_value = "fast", value_parser = modem::parse_profile)]
-        profile: crate::modem::Profile,
+        profile: sonotap_modem::Profile,
         /// Also render the token as a QR code, as the phone would show it
         #[arg(long, value_name = "FILE.png")]
         qr: Option<PathBuf>,
@@ -359,7 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Analyze(args) => analyze::run(args),
         Command::Status { data, json, at } => status::run(&data, json, clock(at)?),
         Command::Run { config } => {
-            crate::daemon::run(&config)?;
+            sonotap_reader::daemon::run(&config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Inspect { token }) => {
@@ -384,8 +387,8 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
         }
         HubCommand::Serve(args) => sync::serve(args),
         HubCommand::Reader(command) => sync::reader_add(command),
-        HubCommand::Deny(args) => sync::deny(args, crate::sync::wire::DenyAction::Deny),
-        HubCommand::Allow(args) => sync::deny(args, crate::sync::wire::DenyAction::Allow),
+        HubCommand::Deny(args) => sync::deny(args, sonotap_protocol::wire::DenyAction::Deny),
+        HubCommand::Allow(args) => sync::deny(args, sonotap_protocol::wire::DenyAction::Allow),
         HubCommand::Report { data, json } => sync::report(&data, json),
         HubCommand::Import {
             data,
@@ -409,7 +412,7 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
                 valid_hours: args.valid_hours,
             };
             let credential = hub.issue(&wallet, request, now)?;
-            crate::fsutil::replace_atomic(&args.out, &credential.encode(), 0o644)
+            sonotap_disk::fsutil::replace_atomic(&args.out, &credential.encode(), 0o644)
                 .with_context(|| format!("cannot write {}", args.out.display()))?;
             println!("{}", output::credential_json(&credential));
             Ok(ExitCode::SUCCESS)
@@ -446,7 +449,7 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
         } => {
             let reader_tag = match reader {
                 Some(id) => {
-                    reader::check_reader_id(&id).map_err(|e| anyhow!(e))?;
+                    check_reader_id(&id).map_err(|e| anyhow!(e))?;
                     token::reader_tag(&id)
                 }
                 None => 0,
@@ -476,18 +479,18 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
                 false => bytes.to_vec(),
             };
             // A token is a bearer instrument until it is spent: owner only.
-            crate::fsutil::replace_atomic(&out, &content, 0o600)
+            sonotap_disk::fsutil::replace_atomic(&out, &content, 0o600)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             // The sound and the picture carry the same token: owner only too.
             // A fresh empty 0600 file is renamed into place first, so the
             // content is never written into a file others may read.
             if let Some(wav) = wav {
-                crate::fsutil::replace_atomic(&wav, b"", 0o600)
+                sonotap_disk::fsutil::replace_atomic(&wav, b"", 0o600)
                     .with_context(|| format!("cannot write {}", wav.display()))?;
-                modem::write_wav(&bytes, profile, crate::modem::INTERNAL_RATE, &wav)?;
+                modem::write_wav(&bytes, profile, sonotap_modem::INTERNAL_RATE, &wav)?;
             }
             if let Some(png) = qr {
-                crate::fsutil::replace_atomic(&png, b"", 0o600)
+                sonotap_disk::fsutil::replace_atomic(&png, b"", 0o600)
                     .with_context(|| format!("cannot write {}", png.display()))?;
                 qr::write_png(&bytes, &png)?;
             }
@@ -674,7 +677,7 @@ fn read_token_file(path: &Path) -> Result<Vec<u8>> {
         }
         bytes
     } else {
-        crate::fsutil::read_regular_file_capped(path, MAX_TOKEN_FILE_BYTES)
+        sonotap_disk::fsutil::read_regular_file_capped(path, MAX_TOKEN_FILE_BYTES)
             .with_context(|| format!("cannot read token file {}", path.display()))?
     };
     Ok(decode_hex_text(&bytes).unwrap_or(bytes))

@@ -9,10 +9,10 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::audio::capture::{Capture, CaptureEvent};
-use crate::audio::wav::{self, WavChunks};
-use crate::modem::{self, Decoder, Profile, Reception};
-use crate::sim::{self, Channel, NoiseKind, Room};
+use sonotap_audio::capture::{Capture, CaptureEvent};
+use sonotap_audio::wav::{self, WavChunks};
+use sonotap_modem::sim::{self, Channel, NoiseKind, Room};
+use sonotap_modem::{self as modem, Decoder, Profile, Reception};
 
 /// Parses a noise name for clap.
 fn parse_noise(name: &str) -> Result<NoiseKind, String> {

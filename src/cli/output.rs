@@ -6,13 +6,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::currency;
-use crate::policy::Reason;
-use crate::reader::Outcome;
-use crate::record::Record;
-use crate::store::QueueSummary;
-use crate::token::{Credential, Token};
-use crate::wallet::Wallet;
+use sonotap_protocol::currency;
+use sonotap_protocol::policy::Reason;
+use sonotap_protocol::record::Record;
+use sonotap_protocol::token::{Credential, Token};
+use sonotap_reader::reader::Outcome;
+use sonotap_reader::store::QueueSummary;
+use sonotap_wallet::Wallet;
 
 /// The answer of `reader accept`: field order as documented.
 #[derive(Serialize)]
@@ -81,7 +81,7 @@ pub(super) fn payment_json(token: &Token) -> String {
 pub(super) fn inspect_json(token: &Token) -> String {
     let p = &token.payment;
     to_line(&json!({
-        "version": crate::token::VERSION,
+        "version": sonotap_protocol::token::VERSION,
         "credential": credential_value(&token.credential),
         "payment": {
             "amount": p.amount,

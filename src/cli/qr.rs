@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::qr::{self, DecodedCode, FrameSource, PixelFormat, RawStreamSource};
+use sonotap_qr::{self as qr, DecodedCode, FrameSource, PixelFormat, RawStreamSource};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum QrCommand {

@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Result;
 
-use crate::status::{DaemonHealth, StatusReport};
+use sonotap_reader::status::{DaemonHealth, StatusReport};
 
 /// Exit 0 when healthy, 1 when something needs attention, 2 (by error) when
 /// the data directory or database cannot be read.

@@ -9,17 +9,17 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::hub::backend::Report;
-use crate::hub::ledger::{IngestStatus, Via};
-use crate::hub::listen::{self, Limits};
-use crate::hub::server::{self, ServeOptions};
-use crate::hub::{Hub, HubError, RecordSignatureCheck};
-use crate::keys::{PublicKey, Role};
-use crate::reader::Reader;
-use crate::sync::client::{self, HubClient, Progress, SyncOptions};
-use crate::sync::export;
-use crate::sync::wire::{DenyAction, DenyReason};
-use crate::token::WalletId;
+use sonotap_disk::keys::{PublicKey, Role};
+use sonotap_hub::backend::Report;
+use sonotap_hub::ledger::{IngestStatus, Via};
+use sonotap_hub::listen::{self, Limits};
+use sonotap_hub::server::{self, ServeOptions};
+use sonotap_hub::{Hub, HubError, RecordSignatureCheck};
+use sonotap_protocol::token::WalletId;
+use sonotap_protocol::wire::{DenyAction, DenyReason};
+use sonotap_reader::reader::Reader;
+use sonotap_reader::sync::client::{self, HubClient, Progress, SyncOptions};
+use sonotap_reader::sync::export;
 
 /// `sonotap hub serve`.
 #[derive(Debug, Args)]
@@ -147,11 +147,11 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     if args
         .database
         .as_deref()
-        .is_some_and(crate::hub::pgpass::url_has_password)
+        .is_some_and(sonotap_hub::pgpass::url_has_password)
     {
-        eprintln!("sonotap: {}", crate::hub::pgpass::URL_PASSWORD_WARNING);
+        eprintln!("sonotap: {}", sonotap_hub::pgpass::URL_PASSWORD_WARNING);
     }
-    let mut hub = crate::hub::open_database(&args.data, args.database.as_deref(), now)?;
+    let mut hub = sonotap_hub::open_database(&args.data, args.database.as_deref(), now)?;
     hub.set_record_signatures(record_signatures(args.every_record_signature));
     let where_ = hub.describe();
     let options = ServeOptions {
@@ -296,7 +296,7 @@ fn print_report(report: &Report) {
 
 /// `sonotap hub import`: the same checks and idempotency as an upload.
 pub fn import(data: &Path, file: &Path, records: RecordSignatureCheck) -> Result<ExitCode> {
-    let bytes = crate::fsutil::read_regular_file_capped(file, export::MAX_FILE_BYTES)
+    let bytes = sonotap_disk::fsutil::read_regular_file_capped(file, export::MAX_FILE_BYTES)
         .with_context(|| format!("cannot read batch file {}", file.display()))?;
     let batches = export::decode_file(&bytes)
         .with_context(|| format!("{} is not a sonotap batch file", file.display()))?;
@@ -361,8 +361,10 @@ pub fn sync(args: SyncArgs) -> Result<ExitCode> {
         );
         bar
     });
-    let mut backoff =
-        crate::sync::plan::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut backoff = sonotap_reader::sync::plan::Backoff::new(
+        Duration::from_millis(250),
+        Duration::from_secs(10),
+    );
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -425,7 +427,7 @@ pub fn export(data: &Path, out: &Path) -> Result<ExitCode> {
     let now = super::clock(None)?;
     let (batches, totals) = export::build(&reader, now)?;
     let bytes = export::encode_file(&batches)?;
-    crate::fsutil::replace_atomic(out, &bytes, 0o600)
+    sonotap_disk::fsutil::replace_atomic(out, &bytes, 0o600)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!(
         "{}",

@@ -6,9 +6,9 @@ use std::fs;
 use std::process::Output;
 
 use rand::SeedableRng;
-use sonotap::audio::wav;
-use sonotap::modem::{self, Profile};
-use sonotap::sim::{self, Channel, NoiseKind};
+use sonotap_audio::wav;
+use sonotap_modem::sim::{self, Channel, NoiseKind};
+use sonotap_modem::{self as modem, Profile};
 
 use crate::util::{Scratch, last_json};
 
@@ -126,15 +126,16 @@ fn analyze_draws_the_frame_box_at_the_expected_columns() {
     );
     assert_eq!(
         img.height(),
-        sonotap::analyze::SPECTRUM_ROWS + sonotap::analyze::STRIP_ROWS
+        sonotap_audio::analyze::SPECTRUM_ROWS + sonotap_audio::analyze::STRIP_ROWS
     );
-    assert!(img.width() <= sonotap::analyze::MAX_WIDTH);
+    assert!(img.width() <= sonotap_audio::analyze::MAX_WIDTH);
     let per_column = layout["seconds_per_column"].as_f64().expect("spc");
     let hz_per_row = layout["hz_per_row"].as_f64().expect("hz");
     let frame = &json["frames"][0];
     let x0 = (frame["start_s"].as_f64().expect("start") / per_column).floor() as u32;
     let x1 = (frame["end_s"].as_f64().expect("end") / per_column).floor() as u32;
-    let row = |hz: f64| sonotap::analyze::SPECTRUM_ROWS - 1 - (hz / hz_per_row).round() as u32;
+    let row =
+        |hz: f64| sonotap_audio::analyze::SPECTRUM_ROWS - 1 - (hz / hz_per_row).round() as u32;
     let mid = row(16_500.0);
     let green = image::Rgb([0u8, 255, 0]);
     assert_eq!(*img.get_pixel(x0, mid), green, "left edge at column {x0}");
@@ -174,7 +175,7 @@ fn analyze_reports_clipping_in_a_clipped_copy() {
     assert!(hints.contains("clipping: "), "{hints}");
     assert!(hints.contains("lower the microphone gain"), "{hints}");
     let img = image::open(s.path("out.png")).expect("png").to_rgb8();
-    let strip = sonotap::analyze::SPECTRUM_ROWS + sonotap::analyze::STRIP_ROWS - 1;
+    let strip = sonotap_audio::analyze::SPECTRUM_ROWS + sonotap_audio::analyze::STRIP_ROWS - 1;
     assert!(
         (0..img.width()).any(|x| *img.get_pixel(x, strip) == image::Rgb([255, 0, 0])),
         "clipped columns are marked red"

@@ -7,11 +7,11 @@ use std::process::Stdio;
 use std::thread::sleep;
 use std::time::Duration;
 
-use sonotap::hub::{Hub, IssueRequest};
-use sonotap::reader::{InitOptions, Reader};
-use sonotap::record::{GENESIS_HASH, verify_chain};
-use sonotap::token::Scope;
-use sonotap::wallet::{PayRequest, Wallet};
+use sonotap_hub::{Hub, IssueRequest};
+use sonotap_protocol::record::{GENESIS_HASH, verify_chain};
+use sonotap_protocol::token::Scope;
+use sonotap_reader::reader::{InitOptions, Reader};
+use sonotap_wallet::{PayRequest, Wallet};
 
 use crate::util::sonotap;
 

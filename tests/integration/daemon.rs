@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sonotap::daemon::metrics::parse_exposition;
-use sonotap::hub::{Hub, IssueRequest};
-use sonotap::store::{ActuationOutcome, ReaderDb};
-use sonotap::token::Scope;
-use sonotap::wallet::{PayRequest, Wallet};
+use sonotap_hub::{Hub, IssueRequest};
+use sonotap_protocol::token::Scope;
+use sonotap_reader::daemon::metrics::parse_exposition;
+use sonotap_reader::store::{ActuationOutcome, ReaderDb};
+use sonotap_wallet::{PayRequest, Wallet};
 
 use crate::audio_capture::{alsa_test_device, write_raw};
 use crate::util::{Daemon, HubProcess, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame};
@@ -137,7 +137,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn records(s: &Scratch) -> Vec<sonotap::record::Record> {
+fn records(s: &Scratch) -> Vec<sonotap_protocol::record::Record> {
     ReaderDb::open(&s.path("r/reader.db"))
         .expect("db")
         .records(false)
@@ -196,7 +196,7 @@ fn sound_token_from_the_alsa_device_opens_the_gate_is_recorded_and_reaches_the_h
     let mut relay = Relay::new();
     let token = pay(&mut w);
     let sound =
-        sonotap::modem::encode(&token, sonotap::modem::Profile::Fast, 48_000).expect("encode");
+        sonotap_modem::encode(&token, sonotap_modem::Profile::Fast, 48_000).expect("encode");
     let mut pcm: Vec<i16> = vec![0; 24_000];
     pcm.extend(sound.iter().map(|v| (v * 20_000.0) as i16));
     pcm.extend(std::iter::repeat_n(0, 96_000));

@@ -8,12 +8,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sonotap::hub::{Hub, IssueRequest};
-use sonotap::keys::{Role, SecretKey};
-use sonotap::reader::Reader;
-use sonotap::sync::wire::SignedRequest;
-use sonotap::token::Scope;
-use sonotap::wallet::{PayRequest, Wallet};
+use sonotap_disk::keys::{Role, SecretKey};
+use sonotap_hub::{Hub, IssueRequest};
+use sonotap_protocol::token::Scope;
+use sonotap_protocol::wire::SignedRequest;
+use sonotap_reader::reader::Reader;
+use sonotap_wallet::{PayRequest, Wallet};
 
 use crate::util::{HubProcess, Scratch, last_json};
 

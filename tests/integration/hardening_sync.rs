@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::Signer;
-use sonotap::hub::Hub;
-use sonotap::keys::{Role, SecretKey};
-use sonotap::reader::Reader;
-use sonotap::sync::wire::{
+use sonotap_disk::keys::{Role, SecretKey};
+use sonotap_hub::Hub;
+use sonotap_protocol::wire::{
     BATCH_DOMAIN, DenyEntry, DenyReason, KeySet, MAX_SEQ, SignedRequest, TimeStatement,
 };
-use sonotap::wallet::Wallet;
+use sonotap_reader::reader::Reader;
+use sonotap_wallet::Wallet;
 
 use crate::sync::queue;
 use crate::util::{HubProcess, Scratch, read_http_message, with_connection_close};
@@ -584,7 +584,7 @@ fn issue13_08_unknown_reader_and_bad_signature_uploads_get_one_identical_answer(
     // Gate-a's records signed by gate-c's key (a bad signature for a
     // registered id), and gate-c's own batch (an id not registered).
     let c_key = SecretKey::read(&s.path("rc/reader.key"), Role::Reader).expect("key");
-    let forged = sonotap::sync::wire::Batch::seal(
+    let forged = sonotap_protocol::wire::Batch::seal(
         "gate-a",
         1,
         batch.prev_hash,

@@ -11,10 +11,10 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
-use sonotap::hub::{Hub, IssueRequest};
-use sonotap::keys::{PublicKey, Role};
-use sonotap::store::ReaderDb;
-use sonotap::token::{CredentialTerms, PaymentTerms, Scope, Token};
+use sonotap_disk::keys::{PublicKey, Role};
+use sonotap_hub::{Hub, IssueRequest};
+use sonotap_protocol::token::{CredentialTerms, PaymentTerms, Scope, Token};
+use sonotap_reader::store::ReaderDb;
 
 use crate::util::{Daemon, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame};
 
@@ -33,7 +33,7 @@ struct Site {
     vmc: PtyDevice,
     config: PathBuf,
     wallet: SigningKey,
-    credential: sonotap::token::Credential,
+    credential: sonotap_protocol::token::Credential,
     counter: u32,
 }
 

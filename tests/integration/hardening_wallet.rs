@@ -157,7 +157,7 @@ fn issue13_14_pay_with_an_expired_or_not_yet_valid_credential_is_refused() {
 /// `wallet.toml` as sonotap wrote it before the credential moved into it:
 /// no credential bytes, the credential in `w/credential`.
 fn legacy_state(counter: u64, total: u64, credential_file: &[u8]) -> String {
-    let digest = sonotap::token::Credential::decode(credential_file)
+    let digest = sonotap_protocol::token::Credential::decode(credential_file)
         .expect("credential")
         .digest();
     format!(

@@ -9,12 +9,12 @@ use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sonotap::actuator::driver::ReaderCharger;
-use sonotap::actuator::gate::{Delivery, Passage, Release};
-use sonotap::actuator::{Gate, Profile, VendOutcome, Vending};
-use sonotap::reader::Reader;
-use sonotap::record::RecordKind;
-use sonotap::store::{ActuationOutcome, ReaderDb};
+use sonotap_protocol::record::RecordKind;
+use sonotap_reader::actuator::driver::ReaderCharger;
+use sonotap_reader::actuator::gate::{Delivery, Passage, Release};
+use sonotap_reader::actuator::{Gate, Profile, VendOutcome, Vending};
+use sonotap_reader::reader::Reader;
+use sonotap_reader::store::{ActuationOutcome, ReaderDb};
 
 use crate::util::{PtyDevice, Scratch, sonotap};
 
@@ -120,7 +120,7 @@ fn vend_with(
     port: &Path,
     machine: impl FnOnce(&mut Device) + Send + 'static,
     mut device: Device,
-) -> sonotap::actuator::VendReport {
+) -> sonotap_reader::actuator::VendReport {
     let profile = profile_file(
         s,
         "mdb-qibixx",
@@ -149,7 +149,7 @@ fn vend_with(
     report
 }
 
-fn records(s: &Scratch) -> Vec<sonotap::record::Record> {
+fn records(s: &Scratch) -> Vec<sonotap_protocol::record::Record> {
     ReaderDb::open(&s.path("r/reader.db"))
         .expect("db")
         .records(false)

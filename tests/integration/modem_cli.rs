@@ -44,7 +44,7 @@ fn payload(len: usize, seed: u8) -> Vec<u8> {
 
 /// Rewrites a mono 16-bit WAV in another layout.
 fn relayout(s: &Scratch, from: &str, to: &str, spec: WavSpec, gain: f32) {
-    let (samples, rate) = sonotap::audio::wav::read_mono(&s.path(from)).expect("read");
+    let (samples, rate) = sonotap_audio::wav::read_mono(&s.path(from)).expect("read");
     let spec = WavSpec {
         sample_rate: rate,
         ..spec
@@ -234,7 +234,7 @@ fn listen_decodes_from_a_file_backed_alsa_capture_device() {
 fn bad_audio_gives_a_clear_answer_and_no_payload() {
     let s = Scratch::new();
     let silent = vec![0.0f32; 48_000 * 3];
-    sonotap::audio::wav::write_mono_16(&s.path("silence.wav"), &silent, 48_000).expect("write");
+    sonotap_audio::wav::write_mono_16(&s.path("silence.wav"), &silent, 48_000).expect("write");
     let out = decode(&s, "silence.wav");
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
@@ -263,7 +263,7 @@ fn bad_audio_gives_a_clear_answer_and_no_payload() {
 
     // A recording at a rate too low for either band is "no payload", said
     // plainly; a rate that holds only the robust band still decodes it.
-    sonotap::audio::wav::write_mono_16(&s.path("16k.wav"), &vec![0.0; 16_000], 16_000)
+    sonotap_audio::wav::write_mono_16(&s.path("16k.wav"), &vec![0.0; 16_000], 16_000)
         .expect("write");
     let out = decode(&s, "16k.wav");
     assert_eq!(out.status.code(), Some(1));
@@ -294,8 +294,8 @@ fn ten_minutes_of_station_noise_yield_nothing_and_finish() {
     let s = Scratch::new();
     use rand::SeedableRng;
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(10);
-    let minute: Vec<f32> = sonotap::sim::noise::generate(
-        sonotap::sim::NoiseKind::Station,
+    let minute: Vec<f32> = sonotap_modem::sim::noise::generate(
+        sonotap_modem::sim::NoiseKind::Station,
         48_000 * 60,
         48_000,
         &mut rng,
@@ -304,7 +304,7 @@ fn ten_minutes_of_station_noise_yield_nothing_and_finish() {
     .map(|x| (x * 0.25).clamp(-1.0, 1.0))
     .collect();
     let ten: Vec<f32> = minute.iter().copied().cycle().take(48_000 * 600).collect();
-    sonotap::audio::wav::write_mono_16(&s.path("ten.wav"), &ten, 48_000).expect("write");
+    sonotap_audio::wav::write_mono_16(&s.path("ten.wav"), &ten, 48_000).expect("write");
     let out = decode(&s, "ten.wav");
     assert_eq!(
         out.status.code(),

@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 
 use ed25519_dalek::SigningKey;
-use sonotap::policy::{ReaderPolicy, Reason, TrustedKeys, WalletHistory, authenticate, decide};
-use sonotap::record::{GENESIS_HASH, RecordBody, RecordKind};
-use sonotap::token::{
+use sonotap_protocol::policy::{
+    ReaderPolicy, Reason, TrustedKeys, WalletHistory, authenticate, decide,
+};
+use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
+use sonotap_protocol::token::{
     CREDENTIAL_DOMAIN, CredentialTerms, PAYMENT_DOMAIN, PaymentTerms, Scope, Token, WalletId,
     reader_tag,
 };

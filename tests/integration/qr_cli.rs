@@ -71,7 +71,7 @@ fn bad_images_are_refused_clearly() {
 /// Raw frames as a camera tool would pipe them: `frames` of 480x360 luma,
 /// the code (4 px modules, on white) in all but the first.
 fn luma_frames(payload: &[u8], frames: usize) -> Vec<Vec<u8>> {
-    let code = sonotap::qr::render_token(payload, 4, 4).expect("render");
+    let code = sonotap_qr::render_token(payload, 4, 4).expect("render");
     let (w, h) = (480, 360);
     let mut with_code = vec![250u8; w * h];
     for y in 0..code.height() {

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sonotap::hub::{Hub, IssueRequest};
-use sonotap::keys::{Role, SecretKey};
-use sonotap::reader::Reader;
-use sonotap::sync::export;
-use sonotap::sync::wire::Batch;
-use sonotap::token::Scope;
-use sonotap::wallet::{PayRequest, Wallet};
+use sonotap_disk::keys::{Role, SecretKey};
+use sonotap_hub::{Hub, IssueRequest};
+use sonotap_protocol::token::Scope;
+use sonotap_protocol::wire::Batch;
+use sonotap_reader::reader::Reader;
+use sonotap_reader::sync::export;
+use sonotap_wallet::{PayRequest, Wallet};
 
 use crate::util::{self, HubProcess, Scratch, last_json, sonotap};
 
@@ -404,7 +404,7 @@ fn batch_relabelled_with_another_readers_identity_is_refused() {
         assert_eq!(body["error"], "refused");
         assert_eq!(
             body["message"],
-            sonotap::hub::server::REFUSED_MESSAGE,
+            sonotap_hub::server::REFUSED_MESSAGE,
             "{body}"
         );
     }
@@ -419,7 +419,7 @@ fn batch_relabelled_with_another_readers_identity_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("refused") && err.contains(sonotap::hub::server::REFUSED_MESSAGE),
+        err.contains("refused") && err.contains(sonotap_hub::server::REFUSED_MESSAGE),
         "{err}"
     );
     assert_eq!(unsynced(&s, "rc"), 1);
@@ -485,7 +485,7 @@ fn lying_hub(s: &Scratch, answer: String) -> String {
                 .and_then(|rest| hex::decode(&rest[..32.min(rest.len())]).ok())
                 .and_then(|b| <[u8; 16]>::try_from(b).ok());
             let body = if let Some(nonce) = nonce {
-                let st = sonotap::sync::wire::TimeStatement::sign(
+                let st = sonotap_protocol::wire::TimeStatement::sign(
                     nonce,
                     1_790_000_000_000,
                     1,
@@ -520,7 +520,7 @@ fn hub_that_lies_about_the_acknowledgement_marks_nothing() {
         .expect("batch")
         .expect("records");
     let forged =
-        sonotap::sync::wire::Ack::for_batch(&batch, 0, 1, forger.signing_key()).expect("ack");
+        sonotap_protocol::wire::Ack::for_batch(&batch, 0, 1, forger.signing_key()).expect("ack");
     let forged = hex::encode(forged.encode().expect("encode"));
     for ack in ["not hex", "00", forged.as_str()] {
         let answer = format!(
@@ -545,7 +545,7 @@ fn hub_refuses_plain_http_off_loopback_and_serves_https_with_a_ca() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     std::fs::write(s.path("hub.crt"), cert.cert.pem()).expect("write");
     // A private key is refused unless it is closed to group and others (0600).
-    sonotap::fsutil::create_private(
+    sonotap_disk::fsutil::create_private(
         &s.path("hub.key"),
         cert.signing_key.serialize_pem().as_bytes(),
     )
@@ -585,7 +585,7 @@ fn hub_refuses_plain_http_off_loopback_and_serves_https_with_a_ca() {
 
 #[test]
 fn background_loop_syncs_each_new_tap_and_keeps_everything_while_the_hub_is_down() {
-    use sonotap::sync::client::{HubClient, SyncOptions, run_loop};
+    use sonotap_reader::sync::client::{HubClient, SyncOptions, run_loop};
     let s = site();
     queue(&s, "ra", 3);
     // First no hub at all: every round fails, nothing is lost.

@@ -410,7 +410,7 @@ pub fn with_connection_close(message: Vec<u8>) -> Vec<u8> {
 /// A 1280x720 Y8 frame with the token's QR code in the middle.
 pub fn qr_frame(token: &[u8]) -> Vec<u8> {
     let (w, h) = (1280usize, 720usize);
-    let code = sonotap::qr::render_token(token, 6, 4).expect("render");
+    let code = sonotap_qr::render_token(token, 6, 4).expect("render");
     let mut frame = vec![200u8; w * h];
     let (cw, ch) = (code.width(), code.height());
     let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);

@@ -1,0 +1,462 @@
+//! The operator's hub: issuer keys, credential issuance, reader
+//! registration, batch clearing and the deny list.
+//!
+//! Layout of `DIR/`: `issuer.key` (0600, the active issuer key and its key
+//! id), `issuer.pub` (what readers trust), and the state: `hub.db` (SQLite,
+//! the default) or a PostgreSQL database ([`backend::HubBackend`]).
+//!
+//! Everything that arrives (uploads over HTTP, imported batch files) goes
+//! through [`Hub::receive`]: decode, check the registered reader's
+//! signatures ([`verify`]), store idempotently with the clearing rules
+//! ([`ledger`], [`clearing`]), then sign the acknowledgement.
+
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod backend;
+pub mod clearing;
+pub mod ledger;
+pub mod listen;
+pub mod pgpass;
+pub mod postgres;
+pub mod server;
+pub mod sqlite;
+pub mod verify;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use thiserror::Error;
+
+pub use self::postgres::open_database;
+use backend::{HubBackend, Report};
+use ledger::{DenySigner, IngestReport, IngestStatus, Via};
+use sonotap_disk::fsutil;
+use sonotap_disk::keys::{KeyFileError, PublicKey, Role, SecretKey};
+use sonotap_disk::sqlite::StoreError;
+use sonotap_protocol::policy::TrustedKeys;
+use sonotap_protocol::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
+use sonotap_protocol::wire::{
+    Ack, Batch, DenyAction, DenyEntry, DenyReason, KeySet, SignedRequest, TimeStatement, WireError,
+};
+pub use verify::RecordSignatureCheck;
+use verify::{BatchRefused, CheckedBatch};
+
+/// Active issuer secret key.
+pub const ISSUER_KEY_FILE: &str = "issuer.key";
+/// Active issuer public key, for readers.
+pub const ISSUER_PUB_FILE: &str = "issuer.pub";
+/// Why the hub cannot do what was asked.
+#[derive(Debug, Error)]
+pub enum HubError {
+    /// A key file problem.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// A database problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `init` on a directory that already holds a hub.
+    #[error("{path} already holds a hub; refusing to replace its issuer key")]
+    AlreadyInitialised {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The requested credential terms are not encodable.
+    #[error("cannot issue this credential: {0}")]
+    Terms(String),
+    /// A reader id is registered with another key.
+    #[error("reader {reader} is registered with a different key; refusing to replace it")]
+    ReaderKeyMismatch {
+        /// The reader id.
+        reader: String,
+    },
+    /// A batch from a reader the hub does not know.
+    #[error("reader {reader} is not registered (run `sonotap hub reader add`)")]
+    UnknownReader {
+        /// The reader id named in the batch.
+        reader: String,
+    },
+    /// Bytes that are not a valid message.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A batch whose signatures do not verify.
+    #[error(transparent)]
+    Refused(#[from] BatchRefused),
+    /// A batch that contradicts records already stored.
+    #[error(
+        "batch from {reader} conflicts with stored record {seq} (same sequence number, other \
+         contents); nothing stored, incident recorded"
+    )]
+    Conflict {
+        /// The reader.
+        reader: String,
+        /// The first conflicting record.
+        seq: u64,
+    },
+    /// A request that is not signed by a registered reader (a read of the
+    /// deny list or the keys). `detail` is for the hub's log only: the
+    /// answer is the same whatever it says, so that nobody can learn which
+    /// reader ids are registered.
+    #[error("request not authenticated: {detail}")]
+    NotAuthenticated {
+        /// Why (missing, malformed, stale, unknown reader, bad signature).
+        detail: String,
+    },
+    /// A database backend other than SQLite failed, or is not available.
+    #[error("hub database: {0}")]
+    Backend(String),
+}
+
+/// What an operator grants a wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssueRequest {
+    /// Where it may be spent.
+    pub scope: Scope,
+    /// ISO 4217 numeric currency.
+    pub currency: u16,
+    /// Most spent offline, minor units.
+    pub offline_limit: u32,
+    /// Most per payment, minor units.
+    pub per_payment_cap: u32,
+    /// Start of validity, Unix seconds.
+    pub valid_from: u32,
+    /// Hours of validity.
+    pub valid_hours: u16,
+}
+
+/// What the hub answers for a received batch.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// The signed acknowledgement for the reader.
+    pub ack: Ack,
+    /// What was stored and flagged.
+    pub report: IngestReport,
+}
+
+/// A decoded batch from a registered reader, with the keys to check it.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    batch: Batch,
+    reader_key: VerifyingKey,
+    issuers: TrustedKeys,
+    record_signatures: RecordSignatureCheck,
+}
+
+impl Admitted {
+    /// Checks the signatures the hub's policy asks for (see [`verify::check_batch`]).
+    pub fn check(self) -> Result<CheckedBatch, HubError> {
+        Ok(verify::check_batch(
+            self.batch,
+            &self.reader_key,
+            &self.issuers,
+            self.record_signatures,
+        )?)
+    }
+}
+
+/// An open hub directory.
+pub struct Hub {
+    issuer: SecretKey,
+    backend: Box<dyn HubBackend>,
+    record_signatures: RecordSignatureCheck,
+}
+
+/// Signs deny entries and acknowledgements with the active issuer key.
+struct IssuerSigner<'a>(&'a SecretKey);
+
+impl IssuerSigner<'_> {
+    fn key_id(&self) -> u8 {
+        self.0.key_id().unwrap_or(1)
+    }
+}
+
+impl DenySigner for IssuerSigner<'_> {
+    fn sign(
+        &self,
+        version: u64,
+        action: DenyAction,
+        wallet: WalletId,
+        at: u64,
+        reason: DenyReason,
+    ) -> Result<DenyEntry, HubError> {
+        Ok(DenyEntry::sign(
+            version,
+            action,
+            wallet,
+            at,
+            reason,
+            self.key_id(),
+            self.0.signing_key(),
+        )?)
+    }
+}
+
+impl Hub {
+    /// Creates the issuer key (with `key_id`) and the hub database.
+    pub fn init(dir: &Path, key_id: u8, now: u64) -> Result<Self, HubError> {
+        let key_path = dir.join(ISSUER_KEY_FILE);
+        if key_path.exists() {
+            return Err(HubError::AlreadyInitialised { path: dir.into() });
+        }
+        let io_err = |source| HubError::Io {
+            path: dir.into(),
+            source,
+        };
+        fsutil::create_private_dir(dir).map_err(io_err)?;
+        let issuer = SecretKey::generate(Role::Issuer, Some(key_id)).map_err(io_err)?;
+        let mut backend = sqlite::SqliteHub::open(dir, true)?;
+        backend.add_issuer_key(key_id, &issuer.public().to_bytes(), now)?;
+        // The secret last: its presence marks a complete hub.
+        issuer.public().write(&dir.join(ISSUER_PUB_FILE))?;
+        issuer.write_new(&key_path)?;
+        Ok(Self {
+            issuer,
+            backend: Box::new(backend),
+            record_signatures: RecordSignatureCheck::default(),
+        })
+    }
+
+    /// Opens an existing hub directory with its SQLite database.
+    pub fn open(dir: &Path) -> Result<Self, HubError> {
+        let issuer = SecretKey::read(&dir.join(ISSUER_KEY_FILE), Role::Issuer)?;
+        let backend = sqlite::SqliteHub::open(dir, false)?;
+        Ok(Self {
+            issuer,
+            backend: Box::new(backend),
+            record_signatures: RecordSignatureCheck::default(),
+        })
+    }
+
+    /// Opens a hub directory's key with the state in another backend.
+    pub fn with_backend(
+        dir: &Path,
+        mut backend: Box<dyn HubBackend>,
+        now: u64,
+    ) -> Result<Self, HubError> {
+        let issuer = SecretKey::read(&dir.join(ISSUER_KEY_FILE), Role::Issuer)?;
+        let key_id = issuer.key_id().unwrap_or(1);
+        let public = issuer.public().to_bytes();
+        match backend.issuer_keys()?.iter().find(|(id, _)| *id == key_id) {
+            Some((_, key)) if *key == public => {}
+            Some(_) => {
+                return Err(HubError::Backend(format!(
+                    "{} holds another key under issuer key id {key_id}",
+                    backend.describe()
+                )));
+            }
+            None => backend.add_issuer_key(key_id, &public, now)?,
+        }
+        Ok(Self {
+            issuer,
+            backend,
+            record_signatures: RecordSignatureCheck::default(),
+        })
+    }
+
+    /// Which per-record reader signatures uploads and imports are checked
+    /// for (besides the batch signature, always checked).
+    pub fn set_record_signatures(&mut self, check: RecordSignatureCheck) {
+        self.record_signatures = check;
+    }
+
+    /// Where the state lives, for logs.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// The active issuer public key.
+    pub fn issuer_public(&self) -> PublicKey {
+        self.issuer.public()
+    }
+
+    /// Signs a credential for `wallet` and logs it.
+    pub fn issue(
+        &mut self,
+        wallet: &PublicKey,
+        request: IssueRequest,
+        now: u64,
+    ) -> Result<Credential, HubError> {
+        if request.per_payment_cap > request.offline_limit {
+            return Err(HubError::Terms(format!(
+                "per-payment cap {} is above the offline limit {}",
+                request.per_payment_cap, request.offline_limit
+            )));
+        }
+        let terms = CredentialTerms {
+            issuer_key_id: self.issuer.key_id().unwrap_or(1),
+            scope: request.scope,
+            currency: request.currency,
+            wallet_key: wallet.to_bytes(),
+            offline_limit: request.offline_limit,
+            per_payment_cap: request.per_payment_cap,
+            valid_from: request.valid_from,
+            valid_hours: request.valid_hours,
+        };
+        let credential = terms
+            .sign(self.issuer.signing_key())
+            .map_err(|e: FormatError| HubError::Terms(e.to_string()))?;
+        self.backend.log_credential(&credential, now)?;
+        Ok(credential)
+    }
+
+    /// Registers a reader by id and public key.
+    pub fn add_reader(&mut self, id: &str, key: &PublicKey, now: u64) -> Result<bool, HubError> {
+        sonotap_protocol::api::check_reader_id(id).map_err(HubError::Terms)?;
+        self.backend.add_reader(id, &key.to_bytes(), now)
+    }
+
+    /// The issuer keys readers should trust.
+    pub fn trusted_keys(&mut self) -> Result<TrustedKeys, HubError> {
+        let mut keys = TrustedKeys::default();
+        for (id, bytes) in self.backend.issuer_keys()? {
+            let key = VerifyingKey::from_bytes(&bytes)
+                .map_err(|_| HubError::Backend(format!("issuer key {id} is not a valid key")))?;
+            keys.insert(id, key);
+        }
+        Ok(keys)
+    }
+
+    /// The current key set, signed by the active key.
+    pub fn key_set(&mut self) -> Result<KeySet, HubError> {
+        let keys = self.backend.issuer_keys()?;
+        // The set only grows while no key is retired, so its size is its version.
+        let version = keys.len() as u64;
+        let signer = IssuerSigner(&self.issuer);
+        // The keys come from the hub's own state: a set that cannot be
+        // signed (none left unretired, too many) is the hub's problem, not
+        // a malformed request.
+        KeySet::sign(
+            version,
+            keys,
+            &[(signer.key_id(), self.issuer.signing_key())],
+        )
+        .map_err(|e| HubError::Backend(format!("cannot sign the issuer key set: {e}")))
+    }
+
+    /// The hub's time for a reader's `nonce`, signed by the active issuer key.
+    pub fn time_statement(&self, nonce: [u8; 16], now_ms: u64) -> TimeStatement {
+        let signer = IssuerSigner(&self.issuer);
+        TimeStatement::sign(nonce, now_ms, signer.key_id(), self.issuer.signing_key())
+    }
+
+    /// Checks a reader's signed request (docs/sync.md §2.1): `encoded` is
+    /// the hex from `Authorization: Sonotap HEX`, for `method` and `target`
+    /// (path and query) at hub time `now_ms`. Returns the reader id.
+    pub fn authenticate(
+        &mut self,
+        encoded: &str,
+        method: &str,
+        target: &str,
+        now_ms: u64,
+    ) -> Result<String, HubError> {
+        let refused = |detail: String| HubError::NotAuthenticated { detail };
+        let bytes = hex::decode(encoded.trim()).map_err(|e| refused(format!("not hex: {e}")))?;
+        let request = SignedRequest::decode(&bytes).map_err(|e| refused(e.to_string()))?;
+        let key = self
+            .backend
+            .reader_key(&request.reader_id)?
+            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+            .ok_or_else(|| refused(format!("reader {:?} is not registered", request.reader_id)))?;
+        request
+            .verify(&key, method, target, now_ms)
+            .map_err(|e| refused(format!("reader {:?}: {e}", request.reader_id)))?;
+        Ok(request.reader_id)
+    }
+
+    /// Checks, stores and acknowledges an encoded batch (upload or import).
+    pub fn receive(&mut self, bytes: &[u8], via: Via, now_ms: u64) -> Result<Receipt, HubError> {
+        let admitted = self.admit(bytes)?;
+        let checked = admitted.check()?;
+        self.store(&checked, via, now_ms)
+    }
+
+    /// First step of [`Hub::receive`]: decodes the batch and looks up its
+    /// reader's key and the issuer keys. The signature checks that follow
+    /// ([`Admitted::check`]) need no access to the hub, so a server runs
+    /// them outside its lock, in parallel with other batches being stored.
+    pub fn admit(&mut self, bytes: &[u8]) -> Result<Admitted, HubError> {
+        let batch = Batch::decode(bytes)?;
+        let reader_key = self
+            .backend
+            .reader_key(&batch.reader_id)?
+            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+            .ok_or_else(|| HubError::UnknownReader {
+                reader: batch.reader_id.clone(),
+            })?;
+        let issuers = self.trusted_keys()?;
+        Ok(Admitted {
+            batch,
+            reader_key,
+            issuers,
+            record_signatures: self.record_signatures,
+        })
+    }
+
+    /// Last step of [`Hub::receive`]: stores a checked batch and signs the
+    /// acknowledgement, after the commit.
+    pub fn store(
+        &mut self,
+        checked: &CheckedBatch,
+        via: Via,
+        now_ms: u64,
+    ) -> Result<Receipt, HubError> {
+        let signer = IssuerSigner(&self.issuer);
+        let report = self.backend.ingest(checked, &signer, via, now_ms / 1000)?;
+        if let IngestStatus::Conflict { seq } = report.status {
+            return Err(HubError::Conflict {
+                reader: checked.batch.reader_id.clone(),
+                seq,
+            });
+        }
+        // The chain was walked when the batch was checked: reuse its last hash.
+        let ack = Ack::with_last_hash(
+            &checked.batch,
+            checked.last_hash(),
+            now_ms,
+            signer.key_id(),
+            self.issuer.signing_key(),
+        )?;
+        Ok(Receipt { ack, report })
+    }
+
+    /// An operator denies (or allows again) a wallet. Readers see `reason`
+    /// only; the free-text `note` stays in the hub's database.
+    pub fn set_deny(
+        &mut self,
+        action: DenyAction,
+        wallet: WalletId,
+        reason: DenyReason,
+        note: &str,
+        now: u64,
+    ) -> Result<DenyEntry, HubError> {
+        let signer = IssuerSigner(&self.issuer);
+        self.backend
+            .set_deny(&signer, action, wallet, reason, note, now)
+    }
+
+    /// The newest deny-list version and the encoded entries after `since`.
+    pub fn deny_entries(
+        &mut self,
+        since: u64,
+        limit: u32,
+    ) -> Result<(u64, Vec<Vec<u8>>), HubError> {
+        self.backend.deny_entries(since, limit)
+    }
+
+    /// Totals, flags and incidents.
+    pub fn report(&mut self) -> Result<Report, HubError> {
+        self.backend.report()
+    }
+}

@@ -1,0 +1,1237 @@
+//! The hub's PostgreSQL backend, for an operator whose fleet outgrows one
+//! machine: several `sonotap hub serve --database postgres://…` processes
+//! can share one database.
+//!
+//! The schema mirrors [`super::sqlite`] (BYTEA for blobs, BIGINT for
+//! integers); its version is kept in the `sonotap_schema` table, and
+//! missing migrations are applied in one transaction when a hub connects.
+//! A database whose schema is newer than this build is refused untouched.
+//!
+//! # Isolation
+//!
+//! Every write that goes through the clearing logic ([`ledger::ingest`],
+//! [`ledger::set_deny`]) runs in one READ COMMITTED transaction that first
+//! takes a transaction-scoped advisory lock ([`WRITE_LOCK`], the same key
+//! for every hub process on the database). Writers are therefore
+//! serialised across processes, exactly as SQLite's `BEGIN IMMEDIATE`
+//! serialises them on one file: a clearing decision reads the payments,
+//! flags and deny-list version it builds on *after* the previous writer
+//! committed (READ COMMITTED takes a fresh snapshot per statement), so two
+//! hubs can never both miss each other's clone of a wallet or both append
+//! deny-list version `n + 1`. SERIALIZABLE would give the same guarantee
+//! but aborts one of two conflicting ingests (SQLSTATE 40001), which then
+//! has to be retried whole, signer included; a batch is small and ingest
+//! is fast, so one writer at a time is simpler and never aborts. Reads for
+//! reports run in one REPEATABLE READ, READ ONLY transaction (one snapshot)
+//! without the lock; a deny-list fetch is one statement.
+//!
+//! A waiting writer gives up after [`LOCK_TIMEOUT`] with a clear error, as
+//! a SQLite writer does after its busy timeout.
+//!
+//! # Connections and TLS
+//!
+//! The client is the synchronous `postgres` crate, which drives its own
+//! single-threaded tokio runtime. Its calls must not be made on an async
+//! worker thread ("Cannot start a runtime from within a runtime"): the HTTP
+//! server calls the hub from `tokio::task::spawn_blocking`, where they are
+//! allowed. [`open_database`] and [`PostgresHub::connect`] run on a
+//! short-lived plain thread when called inside a runtime, and dropping hands
+//! the client to one, so opening and dropping are safe from any context.
+//!
+//! Connections are made without TLS: `sslmode=disable` and the default
+//! `sslmode=prefer` (which then stays in plain text) are accepted,
+//! `sslmode=require` is refused. Use a Unix socket
+//! (`postgres://user@%2Fvar%2Frun%2Fpostgresql/db`), loopback, or a private
+//! network. A lost connection is reopened before the next operation.
+
+use std::error::Error as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres::config::{Host, SslMode};
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{Client, Config, IsolationLevel, NoTls, Row, Transaction};
+
+use super::backend::{FlagRow, HubBackend, IncidentRow, ReaderReport, Report};
+use super::clearing::{Finding, Payment};
+use super::ledger::{
+    self, BatchRow, ChargeLeft, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via,
+};
+use super::verify::{CheckedBatch, CheckedRecord};
+use super::{Hub, HubError, pgpass};
+use sonotap_disk::sqlite::StoreError;
+use sonotap_disk::sqlite::{blob, int, unsigned};
+use sonotap_protocol::token::{Credential, WalletId};
+use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
+
+/// The advisory lock key every hub writer takes (`"sonotap1"` as an integer).
+pub const WRITE_LOCK: i64 = 0x736f_6e6f_7461_7031;
+
+/// How long a writer waits for another hub process's write lock.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long connecting may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The table holding the applied schema versions.
+const SCHEMA_TABLE: &str = "sonotap_schema";
+
+/// Migrations, oldest first; the schema version is the number applied.
+static MIGRATIONS: [&str; 4] = [
+    "CREATE TABLE issuer_keys (
+        key_id BIGINT PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
+        public_key BYTEA NOT NULL CHECK (length(public_key) = 32),
+        created_at BIGINT NOT NULL,
+        retired_at BIGINT
+    );
+    CREATE TABLE credentials (
+        digest BYTEA PRIMARY KEY CHECK (length(digest) = 32),
+        wallet_id BYTEA NOT NULL CHECK (length(wallet_id) = 8),
+        issuer_key_id BIGINT NOT NULL REFERENCES issuer_keys (key_id),
+        scope TEXT NOT NULL,
+        currency BIGINT NOT NULL,
+        offline_limit BIGINT NOT NULL,
+        per_payment_cap BIGINT NOT NULL,
+        valid_from BIGINT NOT NULL,
+        valid_until BIGINT NOT NULL,
+        credential BYTEA NOT NULL,
+        issued_at BIGINT NOT NULL
+    );
+    CREATE INDEX credentials_by_wallet ON credentials (wallet_id);",
+    "CREATE TABLE readers (
+        reader_id TEXT PRIMARY KEY,
+        public_key BYTEA NOT NULL CHECK (length(public_key) = 32),
+        added_at BIGINT NOT NULL
+    );
+    CREATE TABLE batches (
+        reader_id TEXT NOT NULL,
+        first_seq BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        charged BIGINT NOT NULL,
+        voided BIGINT NOT NULL,
+        last_hash BYTEA NOT NULL,
+        via TEXT NOT NULL,
+        received_at BIGINT NOT NULL,
+        PRIMARY KEY (reader_id, first_seq, last_seq)
+    );
+    CREATE TABLE records (
+        reader_id TEXT NOT NULL,
+        seq BIGINT NOT NULL CHECK (seq >= 1),
+        at BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        amount BIGINT NOT NULL,
+        token BYTEA NOT NULL,
+        token_hash BYTEA NOT NULL CHECK (length(token_hash) = 32),
+        prev_hash BYTEA NOT NULL CHECK (length(prev_hash) = 32),
+        hash BYTEA NOT NULL CHECK (length(hash) = 32),
+        signature BYTEA NOT NULL CHECK (length(signature) = 64),
+        received_at BIGINT NOT NULL,
+        PRIMARY KEY (reader_id, seq)
+    );
+    CREATE TABLE payments (
+        id BIGSERIAL PRIMARY KEY,
+        token_hash BYTEA NOT NULL CHECK (length(token_hash) = 32),
+        wallet_id BYTEA NOT NULL CHECK (length(wallet_id) = 8),
+        counter BIGINT NOT NULL,
+        credential BYTEA NOT NULL CHECK (length(credential) = 32),
+        total_before BIGINT NOT NULL,
+        authorised BIGINT NOT NULL,
+        charged BIGINT NOT NULL,
+        reader_id TEXT NOT NULL,
+        seq BIGINT NOT NULL
+    );
+    CREATE INDEX payments_by_counter ON payments (wallet_id, counter);
+    CREATE INDEX payments_by_credential ON payments (credential, counter);
+    CREATE TABLE credential_spend (
+        credential BYTEA PRIMARY KEY CHECK (length(credential) = 32),
+        charged BIGINT NOT NULL
+    );
+    CREATE TABLE flags (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        wallet_id BYTEA NOT NULL CHECK (length(wallet_id) = 8),
+        rule TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        at BIGINT NOT NULL
+    );
+    CREATE TABLE incidents (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        reader_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        at BIGINT NOT NULL
+    );
+    CREATE TABLE deny_entries (
+        version BIGINT PRIMARY KEY CHECK (version >= 1),
+        wallet_id BYTEA NOT NULL CHECK (length(wallet_id) = 8),
+        action TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        entry BYTEA NOT NULL
+    );
+    CREATE INDEX deny_by_wallet ON deny_entries (wallet_id, version);",
+    // The batch signature kept as the records' evidence (the hub checks it,
+    // and by default only the last record's own signature).
+    "ALTER TABLE batches ADD COLUMN created_at BIGINT;
+    ALTER TABLE batches ADD COLUMN signature BYTEA CHECK (length(signature) = 64);",
+    // Bounded voids (issue 13), as SQLite's migration 4: voids counted per
+    // payment, credential totals recomputed from the payments' net charges.
+    "ALTER TABLE payments ADD COLUMN voids BIGINT NOT NULL DEFAULT 0;
+    UPDATE payments SET voids = v.n
+        FROM (SELECT p.id, count(*) AS n
+              FROM records r JOIN payments p
+                  ON p.token_hash = r.token_hash AND p.reader_id = r.reader_id AND r.seq > p.seq
+              WHERE r.kind = 'void'
+              GROUP BY p.id) AS v
+        WHERE payments.id = v.id;
+    UPDATE credential_spend SET charged = s.total
+        FROM (SELECT credential, sum(charged) AS total FROM payments GROUP BY credential) AS s
+        WHERE credential_spend.credential = s.credential;",
+];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Opens a hub directory's issuer key with its state where `database`
+/// says: `None` is the directory's SQLite file, a `postgres://` or
+/// `postgresql://` URL a PostgreSQL database.
+pub fn open_database(dir: &Path, database: Option<&str>, now: u64) -> Result<Hub, HubError> {
+    match database {
+        None => Hub::open(dir),
+        Some(url) if is_postgres_url(url) => {
+            off_runtime(|| Hub::with_backend(dir, Box::new(PostgresHub::connect(url)?), now))
+        }
+        Some(other) => Err(HubError::Backend(format!(
+            "unsupported database URL {:?}: use postgres://… or postgresql://…, or leave \
+             --database out for the SQLite file in the hub directory",
+            redact(other)
+        ))),
+    }
+}
+
+fn is_postgres_url(url: &str) -> bool {
+    ["postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| url.len() >= scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The PostgreSQL hub backend.
+pub struct PostgresHub {
+    config: Config,
+    /// `None` only while being dropped.
+    client: Option<Client>,
+    target: String,
+}
+
+impl PostgresHub {
+    /// Connects to `url` (`postgres://user[:password]@host[:port]/dbname`,
+    /// with libpq-style parameters; a host starting with `/`, percent-encoded,
+    /// is a Unix socket directory) and migrates the schema.
+    pub fn connect(url: &str) -> Result<Self, HubError> {
+        let mut config = Config::from_str(url).map_err(|e| {
+            HubError::Backend(format!(
+                "invalid PostgreSQL URL {:?}: {}",
+                redact(url),
+                chain(&e)
+            ))
+        })?;
+        let target = describe_config(&config);
+        if config.get_password().is_none() {
+            let (found, warnings) =
+                pgpass::resolve(&pgpass_target(&config), &|name| std::env::var(name).ok());
+            for warning in warnings {
+                eprintln!("sonotap: warning: {warning}");
+            }
+            if let Some((password, source)) = found {
+                tracing::debug!("{target}: password from {source:?}");
+                config.password(password);
+            }
+        }
+        match config.get_ssl_mode() {
+            SslMode::Disable | SslMode::Prefer => {}
+            other => {
+                return Err(HubError::Backend(format!(
+                    "{target}: sslmode {other:?} is not supported: this build connects to \
+                     PostgreSQL without TLS (use sslmode=disable or prefer over a Unix socket, \
+                     loopback or a private network)"
+                )));
+            }
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("sonotap-hub");
+        }
+        off_runtime(move || {
+            let client = open_client(&config, &target)?;
+            let mut hub = Self {
+                config,
+                client: Some(client),
+                target,
+            };
+            hub.migrate()?;
+            Ok(hub)
+        })
+    }
+
+    /// The connection, reopened if the server closed it.
+    fn client(&mut self) -> Result<&mut Client, HubError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let fresh = open_client(&self.config, &self.target)?;
+            if let Some(old) = self.client.replace(fresh) {
+                drop_client(old);
+            }
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| HubError::Backend(format!("{}: no connection", self.target)))
+    }
+
+    fn migrate(&mut self) -> Result<(), HubError> {
+        let target = self.target.clone();
+        let err = |e| pg_err(&target, e);
+        let mut tx = self.client()?.transaction().map_err(&err)?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}",
+            LOCK_TIMEOUT.as_millis()
+        ))
+        .map_err(&err)?;
+        // Two hubs connecting at once must not both apply a migration.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .map_err(&err)?;
+        // The schema is only made in a database with no tables at all (a
+        // fresh `createdb`): one holding tables but no sonotap schema is
+        // someone else's, or a hub database that lost its version table.
+        let row = tx
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL,
+                        (SELECT count(*) FROM pg_catalog.pg_tables
+                         WHERE schemaname = current_schema())",
+                &[&SCHEMA_TABLE],
+            )
+            .map_err(&err)?;
+        let (versioned, tables): (bool, i64) = (row.get(0), row.get(1));
+        if !versioned && tables > 0 {
+            return Err(HubError::Backend(format!(
+                "{target} holds {tables} tables but no {SCHEMA_TABLE} table: not a sonotap hub \
+                 database, or one that lost its schema version (nothing was changed; a hub \
+                 makes its schema only in an empty database: point --database at one made with \
+                 createdb, or restore this one from backup)"
+            )));
+        }
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (
+                 version BIGINT PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )"
+        ))
+        .map_err(&err)?;
+        let found: i64 = tx
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}"),
+                &[],
+            )
+            .map_err(&err)?
+            .get(0);
+        if found > SCHEMA_VERSION as i64 || found < 0 {
+            return Err(HubError::Backend(format!(
+                "{target} has schema version {found}, newer than this sonotap supports \
+                 ({SCHEMA_VERSION}); upgrade sonotap (nothing was changed)"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            tx.batch_execute(sql).map_err(&err)?;
+            tx.execute(
+                &format!("INSERT INTO {SCHEMA_TABLE} (version) VALUES ($1)"),
+                &[&(i as i64 + 1)],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
+    }
+
+    /// Runs `f` on a [`Ledger`] in one transaction holding the write lock.
+    fn in_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Ledger) -> Result<T, HubError>,
+    ) -> Result<T, HubError> {
+        let target = self.target.clone();
+        let err = |e| pg_err(&target, e);
+        let mut tx = self
+            .client()?
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .map_err(&err)?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}",
+            LOCK_TIMEOUT.as_millis()
+        ))
+        .map_err(&err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .map_err(&err)?;
+        let mut ledger = PgLedger {
+            tx,
+            target: &target,
+        };
+        // On an error the transaction is dropped, which rolls it back.
+        let out = f(&mut ledger)?;
+        ledger.tx.commit().map_err(&err)?;
+        Ok(out)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(&self.target)
+    }
+}
+
+impl Drop for PostgresHub {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop_client(client);
+        }
+    }
+}
+
+/// Drops a client where its runtime may be shut down: closing it blocks on
+/// its runtime, which panics on an async worker thread.
+fn drop_client(client: Client) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        drop(client);
+    } else {
+        let closer = std::thread::Builder::new()
+            .name("sonotap-pg-close".into())
+            .spawn(move || drop(client));
+        // If no thread can be made the client leaks; the server closes it.
+        if let Ok(closer) = closer {
+            let _ = closer.join();
+        }
+    }
+}
+
+/// Runs `f` here, or on a short-lived thread of its own when called inside
+/// a tokio runtime: the client's `block_on` panics on an async worker thread.
+fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T, HubError> + Send) -> Result<T, HubError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("sonotap-pg".into())
+            .spawn_scoped(s, f)
+            .map_err(|e| HubError::Backend(format!("cannot start a thread: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err(HubError::Backend("connecting panicked".into())))
+    })
+}
+
+fn open_client(config: &Config, target: &str) -> Result<Client, HubError> {
+    let mut client = config
+        .connect(NoTls)
+        .map_err(|e| connect_err(config, target, e))?;
+    client
+        .batch_execute("SET TIME ZONE 'UTC'")
+        .map_err(|e| pg_err(target, e))?;
+    Ok(client)
+}
+
+/// What a password file line is matched against: the first host and port
+/// (the `postgres` crate sends one password to every host), the database
+/// (the user's name by default) and the user.
+fn pgpass_target(config: &Config) -> pgpass::Target<'_> {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.as_str(),
+        #[cfg(unix)]
+        Some(Host::Unix(dir)) => dir.to_str().unwrap_or(""),
+        None => "localhost",
+    };
+    let user = config.get_user().unwrap_or("");
+    pgpass::Target {
+        host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        database: config.get_dbname().unwrap_or(user),
+        user,
+    }
+}
+
+/// `host:port` of each host (`[/socket/dir]:port` for a Unix socket).
+fn hosts(config: &Config) -> String {
+    let ports = config.get_ports();
+    config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(dir) => format!("[{}]:{port}", dir.display()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `postgres://user@host:port/dbname`, without the password.
+fn describe_config(config: &Config) -> String {
+    format!(
+        "postgres://{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts(config),
+        config.get_dbname().or(config.get_user()).unwrap_or("")
+    )
+}
+
+/// An error and its causes, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+fn io_kind(e: &postgres::Error) -> Option<std::io::ErrorKind> {
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// Why connecting failed, in the terms an operator acts on.
+fn connect_err(config: &Config, target: &str, e: postgres::Error) -> HubError {
+    let user = config.get_user().unwrap_or("");
+    let message = if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            format!(
+                "authentication failed for user {user:?} at {target}: {}",
+                db.message()
+            )
+        } else if *code == SqlState::INVALID_CATALOG_NAME {
+            format!("{target}: {} (create it first)", db.message())
+        } else {
+            format!(
+                "cannot connect to {target}: {} ({})",
+                db.message(),
+                code.code()
+            )
+        }
+    } else if config.get_password().is_none() && chain(&e).contains("password missing") {
+        format!(
+            "{target} asks for a password and none was found: put it in the password file \
+             (PGPASSFILE, default ~/.pgpass, mode 0600) or in PGPASSWORD"
+        )
+    } else {
+        match io_kind(&e) {
+            Some(std::io::ErrorKind::ConnectionRefused) => format!(
+                "connection refused by {} (is PostgreSQL running and listening there?)",
+                hosts(config)
+            ),
+            Some(std::io::ErrorKind::NotFound) => format!(
+                "cannot connect to {target}: no PostgreSQL socket there ({})",
+                chain(&e)
+            ),
+            _ => format!("cannot connect to {target}: {}", chain(&e)),
+        }
+    };
+    HubError::Backend(message)
+}
+
+/// Sorts an error on an open connection.
+fn pg_err(target: &str, e: postgres::Error) -> HubError {
+    if let Some(db) = e.as_db_error() {
+        if *db.code() == SqlState::LOCK_NOT_AVAILABLE {
+            return HubError::Backend(format!(
+                "{target} is locked by another hub process (waited {} ms)",
+                LOCK_TIMEOUT.as_millis()
+            ));
+        }
+        return HubError::Backend(format!(
+            "{target}: {} ({}){}",
+            db.message(),
+            db.code().code(),
+            db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+        ));
+    }
+    if e.is_closed() {
+        return HubError::Backend(format!("{target}: connection closed ({})", chain(&e)));
+    }
+    HubError::Backend(format!("{target}: {}", chain(&e)))
+}
+
+fn inconsistent(target: &str, detail: String) -> HubError {
+    HubError::Store(StoreError::inconsistent(Path::new(target), detail))
+}
+
+struct PgLedger<'a> {
+    tx: Transaction<'a>,
+    target: &'a str,
+}
+
+const PAYMENT_COLUMNS: &str =
+    "token_hash, wallet_id, counter, credential, total_before, authorised, reader_id, seq";
+
+impl PgLedger<'_> {
+    fn err(&self) -> impl Fn(postgres::Error) -> HubError + '_ {
+        |e| pg_err(self.target, e)
+    }
+
+    fn path(&self) -> &Path {
+        Path::new(self.target)
+    }
+
+    fn to_payment(&self, r: &Row) -> Result<Payment, HubError> {
+        let p = self.path();
+        let get = |i: usize| -> Result<i64, HubError> {
+            r.try_get(i)
+                .map_err(|e| inconsistent(self.target, format!("payment column {i}: {e}")))
+        };
+        let bytes = |i: usize| -> Result<Vec<u8>, HubError> {
+            r.try_get(i)
+                .map_err(|e| inconsistent(self.target, format!("payment column {i}: {e}")))
+        };
+        Ok(Payment {
+            token_hash: blob(p, "token hash", bytes(0)?)?,
+            wallet: WalletId(blob(p, "wallet id", bytes(1)?)?),
+            counter: unsigned(p, "counter", get(2)?)?,
+            credential: blob(p, "credential", bytes(3)?)?,
+            total_before: unsigned(p, "running total", get(4)?)?,
+            authorised: unsigned(p, "amount", get(5)?)?,
+            reader: r
+                .try_get(6)
+                .map_err(|e| inconsistent(self.target, format!("payment reader: {e}")))?,
+            seq: unsigned(p, "sequence number", get(7)?)?,
+        })
+    }
+
+    fn one_payment(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Payment>, HubError> {
+        let row = self
+            .tx
+            .query_opt(sql, params)
+            .map_err(|e| pg_err(self.target, e))?;
+        row.map(|r| self.to_payment(&r)).transpose()
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, HubError> {
+        self.tx
+            .execute(sql, params)
+            .map_err(|e| pg_err(self.target, e))
+    }
+}
+
+impl Ledger for PgLedger<'_> {
+    fn link(&mut self, reader: &str, seq: u64) -> Result<Option<Link>, HubError> {
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT prev_hash, hash FROM records WHERE reader_id = $1 AND seq = $2",
+                &[&reader, &int(seq)],
+            )
+            .map_err(|e| pg_err(self.target, e))?;
+        row.map(|r| {
+            Ok(Link {
+                prev_hash: blob(self.path(), "previous hash", r.get(0))?,
+                hash: blob(self.path(), "record hash", r.get(1))?,
+            })
+        })
+        .transpose()
+    }
+
+    fn links(&mut self, reader: &str, first: u64, last: u64) -> Result<Vec<(u64, Link)>, HubError> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT seq, prev_hash, hash FROM records
+                 WHERE reader_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq",
+                &[&reader, &int(first), &int(last)],
+            )
+            .map_err(|e| pg_err(self.target, e))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    unsigned(self.path(), "sequence number", r.get::<_, i64>(0))?,
+                    Link {
+                        prev_hash: blob(self.path(), "previous hash", r.get(1))?,
+                        hash: blob(self.path(), "record hash", r.get(2))?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn insert_record(
+        &mut self,
+        reader: &str,
+        r: &CheckedRecord,
+        received_at: u64,
+    ) -> Result<(), HubError> {
+        self.execute(
+            "INSERT INTO records (reader_id, seq, at, kind, amount, token, token_hash,
+                                  prev_hash, hash, signature, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &reader,
+                &int(r.seq),
+                &int(r.at),
+                &r.kind.as_str(),
+                &i64::from(r.amount),
+                &r.token,
+                &r.token_hash.as_slice(),
+                &r.prev_hash.as_slice(),
+                &r.hash.as_slice(),
+                &r.signature.as_slice(),
+                &int(received_at),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn insert_batch(&mut self, row: &BatchRow<'_>) -> Result<(), HubError> {
+        let BatchRow {
+            reader,
+            first,
+            last,
+            totals,
+            last_hash,
+            created_at,
+            signature,
+            via,
+            at,
+        } = *row;
+        self.execute(
+            "INSERT INTO batches (reader_id, first_seq, last_seq, count, charged, voided,
+                                  last_hash, via, received_at, created_at, signature)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (reader_id, first_seq, last_seq) DO UPDATE SET
+                 count = excluded.count, charged = excluded.charged,
+                 voided = excluded.voided, last_hash = excluded.last_hash,
+                 via = excluded.via, received_at = excluded.received_at,
+                 created_at = excluded.created_at, signature = excluded.signature",
+            &[
+                &reader,
+                &int(first),
+                &int(last),
+                &i64::from(totals.count),
+                &int(totals.charged),
+                &int(totals.voided),
+                &last_hash.as_slice(),
+                &via.as_str(),
+                &int(at),
+                &int(created_at),
+                &signature.as_slice(),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn payments_with_counter(
+        &mut self,
+        wallet: WalletId,
+        counter: u32,
+    ) -> Result<Vec<Payment>, HubError> {
+        let rows = self
+            .tx
+            .query(
+                &format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE wallet_id = $1 AND counter = $2"
+                ),
+                &[&wallet.0.as_slice(), &i64::from(counter)],
+            )
+            .map_err(self.err())?;
+        rows.iter().map(|r| self.to_payment(r)).collect()
+    }
+
+    fn neighbours(
+        &mut self,
+        _wallet: WalletId,
+        credential: &[u8; 32],
+        counter: u32,
+    ) -> Result<(Option<Payment>, Option<Payment>), HubError> {
+        let counter = i64::from(counter);
+        let before = self.one_payment(
+            &format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE credential = $1 AND counter < $2
+                 ORDER BY counter DESC LIMIT 1"
+            ),
+            &[&credential.as_slice(), &counter],
+        )?;
+        let after = self.one_payment(
+            &format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE credential = $1 AND counter > $2
+                 ORDER BY counter ASC LIMIT 1"
+            ),
+            &[&credential.as_slice(), &counter],
+        )?;
+        Ok((before, after))
+    }
+
+    fn insert_payment(&mut self, p: &Payment, charged: u32) -> Result<u64, HubError> {
+        self.execute(
+            "INSERT INTO payments (token_hash, wallet_id, counter, credential, total_before,
+                                   authorised, charged, reader_id, seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &p.token_hash.as_slice(),
+                &p.wallet.0.as_slice(),
+                &i64::from(p.counter),
+                &p.credential.as_slice(),
+                &i64::from(p.total_before),
+                &i64::from(p.authorised),
+                &i64::from(charged),
+                &p.reader,
+                &int(p.seq),
+            ],
+        )?;
+        let total: i64 = self
+            .tx
+            .query_one(
+                "INSERT INTO credential_spend (credential, charged) VALUES ($1, $2)
+                 ON CONFLICT (credential) DO UPDATE
+                     SET charged = credential_spend.charged + excluded.charged
+                 RETURNING charged",
+                &[&p.credential.as_slice(), &i64::from(charged)],
+            )
+            .map_err(self.err())?
+            .get(0);
+        Ok(unsigned(self.path(), "credential spend", total)?)
+    }
+
+    fn charge_left(&mut self, p: &Payment) -> Result<ChargeLeft, HubError> {
+        let row = self
+            .tx
+            .query_one(
+                "SELECT charged, voids FROM payments
+                 WHERE wallet_id = $1 AND counter = $2 AND token_hash = $3",
+                &[
+                    &p.wallet.0.as_slice(),
+                    &i64::from(p.counter),
+                    &p.token_hash.as_slice(),
+                ],
+            )
+            .map_err(self.err())?;
+        let get = |i: usize| -> Result<i64, HubError> {
+            row.try_get(i)
+                .map_err(|e| inconsistent(self.target, format!("payment charge column {i}: {e}")))
+        };
+        Ok(ChargeLeft {
+            left: unsigned(self.path(), "net charge", get(0)?)?,
+            voids: unsigned(self.path(), "void count", get(1)?)?,
+        })
+    }
+
+    fn void_charge(&mut self, p: &Payment, amount: u32) -> Result<(), HubError> {
+        let row = self
+            .tx
+            .query_one(
+                "UPDATE payments SET charged = charged - $4, voids = voids + 1
+                 WHERE wallet_id = $1 AND counter = $2 AND token_hash = $3
+                 RETURNING credential",
+                &[
+                    &p.wallet.0.as_slice(),
+                    &i64::from(p.counter),
+                    &p.token_hash.as_slice(),
+                    &i64::from(amount),
+                ],
+            )
+            .map_err(self.err())?;
+        let credential: Vec<u8> = row
+            .try_get(0)
+            .map_err(|e| inconsistent(self.target, format!("payment credential: {e}")))?;
+        self.execute(
+            "UPDATE credential_spend SET charged = charged - $2 WHERE credential = $1",
+            &[&credential, &i64::from(amount)],
+        )?;
+        Ok(())
+    }
+
+    fn insert_flag(
+        &mut self,
+        wallet: WalletId,
+        f: &Finding,
+        evidence: &str,
+        at: u64,
+    ) -> Result<(), HubError> {
+        self.execute(
+            "INSERT INTO flags (wallet_id, rule, detail, evidence, at) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &wallet.0.as_slice(),
+                &f.rule.as_str(),
+                &f.detail,
+                &evidence,
+                &int(at),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn insert_incident(
+        &mut self,
+        reader: &str,
+        seq: u64,
+        kind: IncidentKind,
+        detail: &str,
+        at: u64,
+    ) -> Result<(), HubError> {
+        self.execute(
+            "INSERT INTO incidents (reader_id, seq, kind, detail, at) VALUES ($1, $2, $3, $4, $5)",
+            &[&reader, &int(seq), &kind.as_str(), &detail, &int(at)],
+        )
+        .map(drop)
+    }
+
+    fn deny_version(&mut self) -> Result<u64, HubError> {
+        let v: i64 = self
+            .tx
+            .query_one(
+                "SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries",
+                &[],
+            )
+            .map_err(self.err())?
+            .get(0);
+        Ok(unsigned(self.path(), "deny version", v)?)
+    }
+
+    fn is_denied(&mut self, wallet: WalletId) -> Result<bool, HubError> {
+        let action: Option<String> = self
+            .tx
+            .query_opt(
+                "SELECT action FROM deny_entries WHERE wallet_id = $1 ORDER BY version DESC LIMIT 1",
+                &[&wallet.0.as_slice()],
+            )
+            .map_err(self.err())?
+            .map(|r| r.get(0));
+        Ok(action.as_deref() == Some("deny"))
+    }
+
+    fn insert_deny(&mut self, entry: &DenyEntry, evidence: &str) -> Result<(), HubError> {
+        let bytes = entry.encode().map_err(|e| HubError::Terms(e.to_string()))?;
+        let action = match entry.action {
+            DenyAction::Deny => "deny",
+            DenyAction::Allow => "allow",
+        };
+        self.execute(
+            "INSERT INTO deny_entries (version, wallet_id, action, reason, evidence, at, entry)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &int(entry.version),
+                &entry.wallet.0.as_slice(),
+                &action,
+                &entry.reason.as_str(),
+                &evidence,
+                &int(entry.at),
+                &bytes,
+            ],
+        )
+        .map(drop)
+    }
+}
+
+/// A per-reader summary row: id, count, charged, voided, first, last, last received.
+type ReaderTuple = (String, i64, i64, i64, Option<i64>, Option<i64>, Option<i64>);
+
+impl HubBackend for PostgresHub {
+    fn describe(&self) -> String {
+        self.target.clone()
+    }
+
+    fn add_issuer_key(&mut self, key_id: u8, key: &[u8; 32], now: u64) -> Result<(), HubError> {
+        let target = self.target.clone();
+        self.client()?
+            .execute(
+                "INSERT INTO issuer_keys (key_id, public_key, created_at) VALUES ($1, $2, $3)",
+                &[&i64::from(key_id), &key.as_slice(), &int(now)],
+            )
+            .map(drop)
+            .map_err(|e| pg_err(&target, e))
+    }
+
+    fn issuer_keys(&mut self) -> Result<Vec<(u8, [u8; 32])>, HubError> {
+        let target = self.target.clone();
+        let path = self.path();
+        let rows = self
+            .client()?
+            .query(
+                "SELECT key_id, public_key FROM issuer_keys WHERE retired_at IS NULL
+                 ORDER BY key_id",
+                &[],
+            )
+            .map_err(|e| pg_err(&target, e))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    unsigned(&path, "issuer key id", r.get(0))?,
+                    blob(&path, "issuer key", r.get(1))?,
+                ))
+            })
+            .collect()
+    }
+
+    fn log_credential(&mut self, credential: &Credential, now: u64) -> Result<(), HubError> {
+        let target = self.target.clone();
+        let terms = &credential.terms;
+        self.client()?
+            .execute(
+                "INSERT INTO credentials (digest, wallet_id, issuer_key_id, scope, currency,
+                     offline_limit, per_payment_cap, valid_from, valid_until, credential, issued_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (digest) DO NOTHING",
+                &[
+                    &credential.digest().as_slice(),
+                    &terms.wallet_id().0.as_slice(),
+                    &i64::from(terms.issuer_key_id),
+                    &terms.scope.to_string(),
+                    &i64::from(terms.currency),
+                    &i64::from(terms.offline_limit),
+                    &i64::from(terms.per_payment_cap),
+                    &i64::from(terms.valid_from),
+                    &int(terms.valid_until()),
+                    &credential.encode().as_slice(),
+                    &int(now),
+                ],
+            )
+            .map(drop)
+            .map_err(|e| pg_err(&target, e))
+    }
+
+    fn add_reader(&mut self, id: &str, key: &[u8; 32], now: u64) -> Result<bool, HubError> {
+        let target = self.target.clone();
+        // One statement, so two hubs adding the same reader cannot both insert.
+        let inserted = self
+            .client()?
+            .execute(
+                "INSERT INTO readers (reader_id, public_key, added_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (reader_id) DO NOTHING",
+                &[&id, &key.as_slice(), &int(now)],
+            )
+            .map_err(|e| pg_err(&target, e))?;
+        if inserted == 1 {
+            return Ok(true);
+        }
+        match self.reader_key(id)? {
+            Some(existing) if existing == *key => Ok(false),
+            _ => Err(HubError::ReaderKeyMismatch { reader: id.into() }),
+        }
+    }
+
+    fn reader_key(&mut self, id: &str) -> Result<Option<[u8; 32]>, HubError> {
+        let target = self.target.clone();
+        let key: Option<Vec<u8>> = self
+            .client()?
+            .query_opt(
+                "SELECT public_key FROM readers WHERE reader_id = $1",
+                &[&id],
+            )
+            .map_err(|e| pg_err(&target, e))?
+            .map(|r| r.get(0));
+        Ok(key
+            .map(|k| blob(Path::new(&target), "reader key", k))
+            .transpose()?)
+    }
+
+    fn ingest(
+        &mut self,
+        checked: &CheckedBatch,
+        signer: &dyn DenySigner,
+        via: Via,
+        now: u64,
+    ) -> Result<IngestReport, HubError> {
+        self.in_transaction(|ledger| ledger::ingest(ledger, checked, signer, via, now))
+    }
+
+    fn set_deny(
+        &mut self,
+        signer: &dyn DenySigner,
+        action: DenyAction,
+        wallet: WalletId,
+        reason: DenyReason,
+        note: &str,
+        now: u64,
+    ) -> Result<DenyEntry, HubError> {
+        self.in_transaction(|ledger| {
+            ledger::set_deny(ledger, signer, action, wallet, reason, note, now)
+        })
+    }
+
+    fn deny_entries(&mut self, since: u64, limit: u32) -> Result<(u64, Vec<Vec<u8>>), HubError> {
+        let target = self.target.clone();
+        // One statement: the version and the entries come from one snapshot.
+        let rows = self
+            .client()?
+            .query(
+                "SELECT (SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries), page.entry
+                 FROM (SELECT 1) AS one
+                 LEFT JOIN (SELECT version, entry FROM deny_entries WHERE version > $1
+                            ORDER BY version LIMIT $2) AS page ON true
+                 ORDER BY page.version",
+                &[&int(since), &i64::from(limit)],
+            )
+            .map_err(|e| pg_err(&target, e))?;
+        let latest: i64 = rows.first().map_or(0, |r| r.get(0));
+        let entries = rows
+            .iter()
+            .filter_map(|r| r.get::<_, Option<Vec<u8>>>(1))
+            .collect();
+        Ok((
+            unsigned(Path::new(&target), "deny version", latest)?,
+            entries,
+        ))
+    }
+
+    fn report(&mut self) -> Result<Report, HubError> {
+        let target = self.target.clone();
+        let path = self.path();
+        let err = |e| pg_err(&target, e);
+        let u = |what: &str, v: i64| unsigned::<u64>(&path, what, v);
+        let mut tx = self
+            .client()?
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(err)?;
+        let rows: Vec<ReaderTuple> = tx
+            .query(
+                "SELECT r.reader_id,
+                        count(x.seq),
+                        coalesce(sum(x.amount) FILTER (WHERE x.kind = 'charge'), 0)::BIGINT,
+                        coalesce(sum(x.amount) FILTER (WHERE x.kind = 'void'), 0)::BIGINT,
+                        min(x.seq), max(x.seq), max(x.received_at)
+                 FROM readers r LEFT JOIN records x ON x.reader_id = r.reader_id
+                 GROUP BY r.reader_id ORDER BY r.reader_id",
+                &[],
+            )
+            .map_err(err)?
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                )
+            })
+            .collect();
+        let mut readers = Vec::with_capacity(rows.len());
+        for (reader, count, charged, voided, first, last, last_at) in rows {
+            let gaps = tx
+                .query(
+                    "SELECT prev + 1, seq - 1 FROM (
+                         SELECT seq, lag(seq, 1, 0::BIGINT) OVER (ORDER BY seq) AS prev
+                         FROM records WHERE reader_id = $1) AS s
+                     WHERE seq > prev + 1
+                     ORDER BY seq",
+                    &[&reader],
+                )
+                .map_err(err)?
+                .iter()
+                .map(|r| Ok((u("gap", r.get(0))?, u("gap", r.get(1))?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            readers.push(ReaderReport {
+                reader,
+                records: u("record count", count)?,
+                charged: u("charged", charged)?,
+                voided: u("voided", voided)?,
+                first_seq: first.map(|v| u("seq", v)).transpose()?,
+                last_seq: last.map(|v| u("seq", v)).transpose()?,
+                gaps,
+                last_received_at: last_at.map(|v| u("time", v)).transpose()?,
+            });
+        }
+        let flagged = tx
+            .query(
+                "SELECT f.wallet_id, f.rule, f.detail, f.at,
+                        (SELECT action FROM deny_entries d WHERE d.wallet_id = f.wallet_id
+                         ORDER BY version DESC LIMIT 1)
+                 FROM flags f ORDER BY f.id",
+                &[],
+            )
+            .map_err(err)?
+            .iter()
+            .map(|r| FlagRow {
+                wallet: hex::encode(r.get::<_, Vec<u8>>(0)),
+                rule: r.get(1),
+                detail: r.get(2),
+                at: r.get::<_, i64>(3).max(0) as u64,
+                denied: r.get::<_, Option<String>>(4).as_deref() == Some("deny"),
+            })
+            .collect();
+        let incidents = tx
+            .query(
+                "SELECT reader_id, seq, kind, detail, at FROM incidents ORDER BY id",
+                &[],
+            )
+            .map_err(err)?
+            .iter()
+            .map(|r| IncidentRow {
+                reader: r.get(0),
+                seq: r.get::<_, i64>(1).max(0) as u64,
+                kind: r.get(2),
+                detail: r.get(3),
+                at: r.get::<_, i64>(4).max(0) as u64,
+            })
+            .collect();
+        let deny_version: i64 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries",
+                &[],
+            )
+            .map_err(err)?
+            .get(0);
+        tx.commit().map_err(err)?;
+        Ok(Report {
+            readers,
+            flagged,
+            incidents,
+            deny_version: u("deny version", deny_version)?,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_server;
+
+#[cfg(test)]
+mod tests;

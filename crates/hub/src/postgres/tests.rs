@@ -1,0 +1,863 @@
+//! The same clearing scenario on SQLite and on a real PostgreSQL server,
+//! and the PostgreSQL backend's own failure modes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+
+use super::test_server::{PgServer, free_port};
+use super::*;
+use crate::{IssueRequest, Receipt};
+use sonotap_disk::keys::{PublicKey, Role};
+use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
+use sonotap_protocol::testkit::NOW;
+use sonotap_protocol::token::{PaymentTerms, Scope, Token};
+use sonotap_protocol::wire::{Batch, BatchRecord};
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn public(role: Role, seed: u8) -> PublicKey {
+    PublicKey::from_bytes(role, None, &key(seed).verifying_key().to_bytes()).expect("valid key")
+}
+
+const READER_1: u8 = 9;
+const READER_2: u8 = 10;
+const WALLET_1: u8 = 2;
+const WALLET_2: u8 = 3;
+
+/// A token of wallet `seed` under a credential the hub issues now.
+fn token(hub: &mut Hub, seed: u8, amount: u32, counter: u32, total_before: u32) -> Vec<u8> {
+    token_capped(hub, seed, 300, amount, counter, total_before)
+}
+
+/// A token of wallet `seed` under a credential with an offline limit of
+/// 1,000 and a per-payment cap of `cap`.
+fn token_capped(
+    hub: &mut Hub,
+    seed: u8,
+    cap: u32,
+    amount: u32,
+    counter: u32,
+    total_before: u32,
+) -> Vec<u8> {
+    let credential = hub
+        .issue(
+            &public(Role::Wallet, seed),
+            IssueRequest {
+                scope: Scope::Transit,
+                currency: 978,
+                offline_limit: 1_000,
+                per_payment_cap: cap,
+                valid_from: (NOW - 3600) as u32,
+                valid_hours: 24,
+            },
+            NOW,
+        )
+        .expect("issue");
+    let payment = PaymentTerms {
+        amount,
+        counter,
+        total_before,
+        timestamp: NOW as u32,
+        reader_tag: 0,
+    };
+    Token::sign(credential, payment, &key(seed))
+        .expect("wallet key matches")
+        .encode()
+        .to_vec()
+}
+
+/// An encoded batch of `reader` from `first_seq`, and its last record's hash.
+fn seal(
+    reader: &str,
+    reader_key: u8,
+    first_seq: u64,
+    prev_hash: [u8; 32],
+    items: &[(RecordKind, u32, &[u8])],
+) -> (Vec<u8>, [u8; 32]) {
+    let key = key(reader_key);
+    let mut prev = prev_hash;
+    let mut records = Vec::new();
+    for (i, (kind, amount, token)) in items.iter().enumerate() {
+        let body = RecordBody {
+            reader_id: reader,
+            seq: first_seq + i as u64,
+            at: NOW + i as u64,
+            kind: *kind,
+            amount: *amount,
+            token,
+            prev_hash: prev,
+        };
+        records.push(BatchRecord {
+            at: body.at,
+            kind: *kind,
+            amount: *amount,
+            token: token.to_vec(),
+            signature: body.sign(&key),
+        });
+        prev = body.hash();
+    }
+    let batch = Batch::seal(reader, first_seq, prev_hash, records, NOW + 100, &key).expect("seal");
+    (batch.encode().expect("encode"), prev)
+}
+
+fn receive(hub: &mut Hub, bytes: &[u8], at: u64) -> Result<Receipt, HubError> {
+    hub.receive(bytes, Via::Network, (NOW + at) * 1000)
+}
+
+/// Registration, ingest, retry, conflict, clone, gaps and the deny list,
+/// asserted step by step; returns the final report for comparison.
+fn scenario(hub: &mut Hub) -> Report {
+    use crate::ledger::IngestStatus;
+
+    // Readers: registering twice is a no-op, with another key an error.
+    assert!(
+        hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+            .unwrap()
+    );
+    assert!(
+        !hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+            .unwrap()
+    );
+    assert!(matches!(
+        hub.add_reader("gate-1", &public(Role::Reader, READER_2), NOW),
+        Err(HubError::ReaderKeyMismatch { .. })
+    ));
+    assert!(
+        hub.add_reader("gate-2", &public(Role::Reader, READER_2), NOW)
+            .unwrap()
+    );
+
+    // gate-1: two charges and a void of the second.
+    let t1 = token(hub, WALLET_1, 250, 1, 0);
+    let t2 = token(hub, WALLET_1, 100, 2, 250);
+    let items: [(RecordKind, u32, &[u8]); 3] = [
+        (RecordKind::Charge, 250, &t1),
+        (RecordKind::Charge, 100, &t2),
+        (RecordKind::Void, 100, &t2),
+    ];
+    let (batch1, _) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items);
+    let first = receive(hub, &batch1, 1).expect("first upload");
+    assert_eq!(first.report.status, IngestStatus::Stored);
+    assert_eq!(first.report.new_records, 3);
+    assert!(first.report.flagged.is_empty());
+    assert_eq!(first.ack.last_seq, 3);
+
+    // The same batch again: a retry, nothing stored twice.
+    let retry = receive(hub, &batch1, 2).expect("retry");
+    assert_eq!(retry.report.status, IngestStatus::Duplicate);
+    assert_eq!(retry.report.new_records, 0);
+    assert_eq!(retry.report.already_stored, 3);
+
+    // Record 3 offered again with other contents: refused, incident kept.
+    let (_, hash2) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items[..2]);
+    let t9 = token(hub, WALLET_1, 77, 9, 9_000);
+    let (edited, _) = seal(
+        "gate-1",
+        READER_1,
+        3,
+        hash2,
+        &[(RecordKind::Charge, 77, &t9)],
+    );
+    match receive(hub, &edited, 3) {
+        Err(HubError::Conflict { reader, seq }) => {
+            assert_eq!((reader.as_str(), seq), ("gate-1", 3));
+        }
+        other => panic!("expected a conflict, got {:?}", other.map(|r| r.report)),
+    }
+
+    // A cloned wallet: counter 2 again, other contents, at gate-2.
+    let clone = token(hub, WALLET_1, 120, 2, 250);
+    let (batch2, _) = seal(
+        "gate-2",
+        READER_2,
+        1,
+        GENESIS_HASH,
+        &[(RecordKind::Charge, 120, &clone)],
+    );
+    let cloned = receive(hub, &batch2, 4).expect("clone upload");
+    assert_eq!(cloned.report.status, IngestStatus::Stored);
+    assert_eq!(
+        cloned.report.flagged,
+        vec![hex::encode(wallet_of(WALLET_1).0)]
+    );
+    let (version, entries) = hub.deny_entries(0, 10).unwrap();
+    assert_eq!((version, entries.len()), (1, 1));
+    let entry = DenyEntry::decode(&entries[0]).unwrap();
+    assert_eq!(entry.action, DenyAction::Deny);
+    assert_eq!(entry.reason, DenyReason::CounterReused);
+    entry
+        .verify(&hub.trusted_keys().unwrap())
+        .expect("signed by the issuer");
+
+    // gate-2 skips records 2 to 4: a gap in the report.
+    let t3 = token(hub, WALLET_2, 40, 1, 0);
+    let (batch3, _) = seal(
+        "gate-2",
+        READER_2,
+        5,
+        [7; 32],
+        &[(RecordKind::Charge, 40, &t3)],
+    );
+    let gap = receive(hub, &batch3, 5).expect("upload after a gap");
+    assert_eq!(gap.report.status, IngestStatus::Stored);
+    assert!(gap.report.flagged.is_empty());
+
+    // An operator denies and allows wallet 2 again; paging the deny list.
+    let wallet2 = wallet_of(WALLET_2);
+    let denied = hub
+        .set_deny(
+            DenyAction::Deny,
+            wallet2,
+            DenyReason::LostOrStolen,
+            "lost phone",
+            NOW + 6,
+        )
+        .unwrap();
+    assert_eq!(denied.version, 2);
+    let allowed = hub
+        .set_deny(
+            DenyAction::Allow,
+            wallet2,
+            DenyReason::Operator,
+            "found",
+            NOW + 7,
+        )
+        .unwrap();
+    assert_eq!(allowed.version, 3);
+    let (latest, page) = hub.deny_entries(0, 2).unwrap();
+    assert_eq!((latest, page.len()), (3, 2));
+    let (latest, page) = hub.deny_entries(2, 10).unwrap();
+    assert_eq!((latest, page.len()), (3, 1));
+    let last = DenyEntry::decode(&page[0]).unwrap();
+    assert_eq!((last.version, last.action), (3, DenyAction::Allow));
+    assert_eq!(hub.deny_entries(3, 10).unwrap(), (3, vec![]));
+
+    let report = hub.report().unwrap();
+    let gate1 = &report.readers[0];
+    assert_eq!(gate1.reader, "gate-1");
+    assert_eq!(
+        (gate1.records, gate1.charged, gate1.voided),
+        (3, 350, 100),
+        "the retry counted nothing twice"
+    );
+    assert_eq!((gate1.first_seq, gate1.last_seq), (Some(1), Some(3)));
+    assert!(gate1.gaps.is_empty());
+    assert_eq!(gate1.last_received_at, Some(NOW + 1));
+    let gate2 = &report.readers[1];
+    assert_eq!(gate2.reader, "gate-2");
+    assert_eq!((gate2.records, gate2.charged, gate2.voided), (2, 160, 0));
+    assert_eq!((gate2.first_seq, gate2.last_seq), (Some(1), Some(5)));
+    assert_eq!(gate2.gaps, vec![(2, 4)]);
+    assert_eq!(report.readers.len(), 2);
+    assert!(!report.flagged.is_empty());
+    assert!(report.flagged.iter().all(|f| f.denied));
+    assert_eq!(report.flagged[0].rule, "counter_reused");
+    assert_eq!(report.flagged[0].wallet, hex::encode(wallet_of(WALLET_1).0));
+    let kinds: Vec<(&str, u64, &str)> = report
+        .incidents
+        .iter()
+        .map(|i| (i.reader.as_str(), i.seq, i.kind.as_str()))
+        .collect();
+    assert_eq!(kinds, vec![("gate-1", 3, "edited")]);
+    assert_eq!(report.deny_version, 3);
+    report
+}
+
+/// A clone, a duplicate token, a charge and its void, totals that do not
+/// chain and a spend past the limit inside one batch are found exactly as
+/// when each record arrives in a batch of its own: a finding must not
+/// depend on how a reader cut its queue into batches.
+#[test]
+fn clearing_inside_one_batch_matches_one_record_per_batch() {
+    const W3: u8 = 4;
+    const W4: u8 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let mut whole = sqlite_hub(&dir.path().join("whole"));
+    let t1 = token(&mut whole, WALLET_1, 250, 1, 0);
+    let t2 = token(&mut whole, WALLET_1, 100, 2, 250);
+    let w2_late = token(&mut whole, WALLET_2, 300, 5, 0);
+    let w2_early = token(&mut whole, WALLET_2, 300, 3, 0);
+    let w3: Vec<Vec<u8>> = (0..4)
+        .map(|i| token(&mut whole, W3, 300, i + 1, i * 300))
+        .collect();
+    let w3_clone = token(&mut whole, W3, 299, 2, 300);
+    let w4 = token(&mut whole, W4, 50, 1, 0);
+    let items: Vec<(RecordKind, u32, &[u8])> = vec![
+        (RecordKind::Charge, 250, &t1),
+        (RecordKind::Charge, 100, &t2),
+        (RecordKind::Void, 100, &t2),
+        (RecordKind::Charge, 100, &t2),
+        (RecordKind::Charge, 300, &w2_late),
+        (RecordKind::Charge, 300, &w2_early),
+        (RecordKind::Charge, 300, &w3[0]),
+        (RecordKind::Charge, 300, &w3[1]),
+        (RecordKind::Charge, 300, &w3[2]),
+        (RecordKind::Charge, 300, &w3[3]),
+        (RecordKind::Charge, 299, &w3_clone),
+        (RecordKind::Void, 50, &w4),
+    ];
+    whole
+        .add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+        .unwrap();
+    // A second hub with the same issuer key, credentials and reader.
+    drop(whole);
+    std::fs::create_dir(dir.path().join("single")).unwrap();
+    for file in ["hub.db", "issuer.key", "issuer.pub"] {
+        std::fs::copy(
+            dir.path().join("whole").join(file),
+            dir.path().join("single").join(file),
+        )
+        .unwrap();
+    }
+    let mut whole = Hub::open(&dir.path().join("whole")).unwrap();
+    let mut single = Hub::open(&dir.path().join("single")).unwrap();
+    let (batch, _) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items);
+    receive(&mut whole, &batch, 1).expect("one batch");
+    let mut prev = GENESIS_HASH;
+    for (i, item) in items.iter().enumerate() {
+        let (batch, last) = seal("gate-1", READER_1, i as u64 + 1, prev, &[*item]);
+        receive(&mut single, &batch, 1).expect("one record");
+        prev = last;
+    }
+
+    let report = whole.report().unwrap();
+    assert_eq!(report, single.report().unwrap());
+    let rules: Vec<(String, &str)> = report
+        .flagged
+        .iter()
+        .map(|f| (f.wallet.clone(), f.rule.as_str()))
+        .collect();
+    let hex_of = |seed| hex::encode(wallet_of(seed).0);
+    assert_eq!(
+        rules,
+        vec![
+            (hex_of(WALLET_2), "totals_do_not_chain"),
+            (hex_of(W3), "over_offline_limit"),
+            (hex_of(W3), "counter_reused"),
+            (hex_of(W3), "totals_do_not_chain"),
+            (hex_of(W3), "over_offline_limit"),
+        ]
+    );
+    let incidents: Vec<(u64, &str)> = report
+        .incidents
+        .iter()
+        .map(|i| (i.seq, i.kind.as_str()))
+        .collect();
+    assert_eq!(
+        incidents,
+        vec![(4, "duplicate_token"), (12, "void_without_charge")]
+    );
+    // Net charges per credential: the void refunded wallet 1's second payment.
+    let gate = &report.readers[0];
+    assert_eq!((gate.records, gate.charged, gate.voided), (12, 2_549, 150));
+}
+
+fn wallet_of(seed: u8) -> WalletId {
+    WalletId::of_key(&key(seed).verifying_key().to_bytes())
+}
+
+fn sqlite_hub(dir: &Path) -> Hub {
+    Hub::init(dir, 1, NOW).expect("hub init")
+}
+
+/// A hub directory (issuer key) with its state in `url`.
+fn postgres_hub(dir: &Path, url: &str) -> Hub {
+    drop(Hub::init(dir, 1, NOW).expect("hub init"));
+    match open_database(dir, Some(url), NOW) {
+        Ok(hub) => hub,
+        Err(e) => panic!("open {url}: {e}"),
+    }
+}
+
+fn error_of<T>(result: Result<T, HubError>) -> String {
+    match result {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn schema_version(url: &str) -> i64 {
+    let mut client = postgres::Client::connect(url, NoTls).expect("connect");
+    client
+        .query_one("SELECT max(version) FROM sonotap_schema", &[])
+        .expect("schema table")
+        .get(0)
+}
+
+#[test]
+fn scenario_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = sqlite_hub(dir.path());
+    assert!(hub.describe().starts_with("sqlite:"));
+    scenario(&mut hub);
+}
+
+#[test]
+fn scenario_on_postgres_gives_the_sqlite_report() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = postgres_hub(&dir.path().join("pg"), &server.url("postgres"));
+    assert!(
+        hub.describe().starts_with("postgres://sonotap@"),
+        "{}",
+        hub.describe()
+    );
+    let on_postgres = scenario(&mut hub);
+    let on_sqlite = scenario(&mut sqlite_hub(&dir.path().join("sqlite")));
+    assert_eq!(on_postgres, on_sqlite);
+
+    // Reconnecting keeps everything and migrates nothing again.
+    drop(hub);
+    let mut again = open_database(&dir.path().join("pg"), Some(&server.url("postgres")), NOW)
+        .unwrap_or_else(|e| panic!("reopen: {e}"));
+    assert_eq!(again.report().unwrap(), on_postgres);
+    assert_eq!(
+        schema_version(&server.url("postgres")),
+        SCHEMA_VERSION as i64
+    );
+}
+
+#[test]
+fn postgres_refuses_a_newer_schema_untouched() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.url("postgres");
+    drop(PostgresHub::connect(&url).unwrap_or_else(|e| panic!("{e}")));
+    let mut client = postgres::Client::connect(&url, NoTls).unwrap();
+    client
+        .execute("INSERT INTO sonotap_schema (version) VALUES (99)", &[])
+        .unwrap();
+    let message = error_of(PostgresHub::connect(&url));
+    assert!(
+        message.contains(&format!(
+            "schema version 99, newer than this sonotap supports ({SCHEMA_VERSION})"
+        )),
+        "{message}"
+    );
+    assert!(message.contains("upgrade sonotap"), "{message}");
+    assert_eq!(schema_version(&url), 99);
+}
+
+#[test]
+fn postgres_connection_refused_names_host_and_port() {
+    // No server is needed: nothing listens on a port just found free.
+    let port = free_port();
+    let url = format!("postgres://sonotap@127.0.0.1:{port}/hub?connect_timeout=5");
+    let message = error_of(PostgresHub::connect(&url));
+    assert!(
+        message.contains(&format!("connection refused by 127.0.0.1:{port}")),
+        "{message}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    drop(sqlite_hub(dir.path()));
+    let message = error_of(open_database(dir.path(), Some(&url), NOW));
+    assert!(message.contains("connection refused"), "{message}");
+    // A Unix socket directory where no server listens.
+    let socket = dir.path().display().to_string().replace('/', "%2F");
+    let message = error_of(PostgresHub::connect(&format!(
+        "postgres://sonotap@{socket}:{port}/hub"
+    )));
+    assert!(
+        message.contains(&format!("[{}]:{port}", dir.path().display())),
+        "{message}"
+    );
+}
+
+#[test]
+fn postgres_wrong_password_is_an_authentication_error() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let message = error_of(PostgresHub::connect(&server.tcp_url("postgres", "wrong")));
+    assert!(
+        message.contains("authentication failed for user \"sonotap\""),
+        "{message}"
+    );
+    assert!(!message.contains("wrong"), "the password leaked: {message}");
+    let message = error_of(PostgresHub::connect(&server.url("nowhere")));
+    assert!(
+        message.contains("database \"nowhere\" does not exist (create it first)"),
+        "{message}"
+    );
+    // The right password over TCP works.
+    let hub = PostgresHub::connect(&server.tcp_url("postgres", test_server::PASSWORD))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        hub.describe(),
+        format!("postgres://sonotap@127.0.0.1:{}/postgres", server.port())
+    );
+}
+
+#[test]
+fn open_database_refuses_other_urls_and_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(sqlite_hub(dir.path()));
+    let message = error_of(open_database(
+        dir.path(),
+        Some("mysql://u:secret@h/db"),
+        NOW,
+    ));
+    assert!(message.contains("unsupported database URL"), "{message}");
+    assert!(!message.contains("secret"), "{message}");
+    let message = error_of(open_database(
+        dir.path(),
+        Some("postgres://u:secret@127.0.0.1/db?sslmode=require"),
+        NOW,
+    ));
+    assert!(
+        message.contains("sslmode Require is not supported"),
+        "{message}"
+    );
+    assert!(!message.contains("secret"), "{message}");
+    let message = error_of(open_database(
+        dir.path(),
+        Some("postgres://u@h/db?bogus=1"),
+        NOW,
+    ));
+    assert!(message.contains("invalid PostgreSQL URL"), "{message}");
+    // No URL: the SQLite file.
+    let hub = open_database(dir.path(), None, NOW).unwrap_or_else(|e| panic!("{e}"));
+    assert!(hub.describe().starts_with("sqlite:"));
+}
+
+#[test]
+fn postgres_works_from_spawn_blocking_and_drops_in_async_code() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    drop(sqlite_hub(dir.path()));
+    let url = server.url("postgres");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let timeout = Duration::from_secs(60);
+        let path = dir.path().to_owned();
+        let open_url = url.clone();
+        // As the server does: open and use the hub on blocking threads.
+        let hub = tokio::time::timeout(
+            timeout,
+            tokio::task::spawn_blocking(move || {
+                let mut hub =
+                    open_database(&path, Some(&open_url), NOW).unwrap_or_else(|e| panic!("{e}"));
+                hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+                    .unwrap();
+                hub
+            }),
+        )
+        .await
+        .expect("in time")
+        .expect("no panic");
+        let report = tokio::time::timeout(
+            timeout,
+            tokio::task::spawn_blocking(move || {
+                let mut hub = hub;
+                let report = hub.report().unwrap();
+                (hub, report)
+            }),
+        )
+        .await
+        .expect("in time")
+        .expect("no panic");
+        assert_eq!(report.1.readers.len(), 1);
+        // Opening on an async worker thread is safe too (it hops to a thread).
+        let direct = open_database(dir.path(), Some(&url), NOW).unwrap_or_else(|e| panic!("{e}"));
+        // Dropping on an async worker thread must not panic.
+        drop(direct);
+        drop(report.0);
+        drop(dir);
+    });
+}
+
+#[test]
+fn two_postgres_hubs_clear_a_clone_once() {
+    // Without the write lock, two concurrent ingests can each miss the
+    // other's half of a clone; racing several rounds makes that show.
+    const ROUNDS: u8 = 8;
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("postgres");
+    let mut setup = postgres_hub(dir.path(), &url);
+    let mut batches: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+    for (i, (reader, seed)) in [("gate-1", READER_1), ("gate-2", READER_2)]
+        .into_iter()
+        .enumerate()
+    {
+        setup
+            .add_reader(reader, &public(Role::Reader, seed), NOW)
+            .unwrap();
+        let mut prev = GENESIS_HASH;
+        for round in 0..ROUNDS {
+            let amount = 100 + 50 * i as u32;
+            let t = token(&mut setup, 20 + round, amount, 1, 0);
+            let seq = u64::from(round) + 1;
+            let (bytes, last) = seal(reader, seed, seq, prev, &[(RecordKind::Charge, amount, &t)]);
+            prev = last;
+            batches[i].push(bytes);
+        }
+    }
+    drop(setup);
+    let start = std::sync::Barrier::new(2);
+    let results: Vec<Vec<Receipt>> = std::thread::scope(|s| {
+        let handles: Vec<_> = batches
+            .iter()
+            .map(|batches| {
+                let (dir, url, start) = (dir.path(), &url, &start);
+                s.spawn(move || {
+                    let mut hub =
+                        open_database(dir, Some(url), NOW).unwrap_or_else(|e| panic!("{e}"));
+                    batches
+                        .iter()
+                        .map(|bytes| {
+                            start.wait();
+                            receive(&mut hub, bytes, 1).unwrap_or_else(|e| panic!("{e}"))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results[0].len(), usize::from(ROUNDS));
+    for (round, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+        let flagged = a.report.flagged.len() + b.report.flagged.len();
+        assert_eq!(
+            flagged, 1,
+            "round {round}: exactly one of the two ingests sees the clone"
+        );
+    }
+    let mut hub = open_database(dir.path(), Some(&url), NOW).unwrap_or_else(|e| panic!("{e}"));
+    let (version, entries) = hub.deny_entries(0, 100).unwrap();
+    assert_eq!(
+        (version, entries.len()),
+        (u64::from(ROUNDS), usize::from(ROUNDS))
+    );
+}
+
+#[test]
+fn postgres_reconnects_after_losing_its_connection() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.url("postgres");
+    let mut hub = PostgresHub::connect(&url).unwrap_or_else(|e| panic!("{e}"));
+    hub.add_reader("gate-1", &key(READER_1).verifying_key().to_bytes(), NOW)
+        .unwrap();
+    let mut admin = postgres::Client::connect(&url, NoTls).unwrap();
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = 'sonotap-hub'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    // The call that finds the connection gone may fail (503 for a reader,
+    // which retries); the next one reconnects.
+    let first = hub.reader_key("gate-1");
+    if let Err(e) = &first {
+        assert!(e.to_string().contains("postgres://sonotap@"), "{e}");
+    }
+    let stored = match first {
+        Ok(key) => key,
+        Err(_) => hub.reader_key("gate-1").unwrap_or_else(|e| panic!("{e}")),
+    };
+    assert_eq!(stored, Some(key(READER_1).verifying_key().to_bytes()));
+}
+
+/// A token under a per-payment cap of 1,000 (the issue's figures).
+fn token_1000(hub: &mut Hub, seed: u8, amount: u32, counter: u32, total_before: u32) -> Vec<u8> {
+    token_capped(hub, seed, 1_000, amount, counter, total_before)
+}
+
+/// Issue 13 item 2: voids the hub must bound, each on its own wallet, the
+/// spend after them showing whether the credential's total was eroded.
+/// Returns the report for the SQLite-vs-PostgreSQL comparison.
+fn void_scenario(hub: &mut Hub) -> Report {
+    const OVER: u8 = 21; // the issue's case
+    const TWICE: u8 = 22;
+    const OTHER: u8 = 23;
+    const EXACT: u8 = 24;
+    let hex_of = |seed| hex::encode(wallet_of(seed).0);
+    for (id, seed) in [("gate-1", READER_1), ("gate-2", READER_2)] {
+        hub.add_reader(id, &public(Role::Reader, seed), NOW)
+            .expect("register");
+    }
+    let over: Vec<Vec<u8>> = (0..4)
+        .map(|i| token_1000(hub, OVER, 500, i + 1, i * 500))
+        .collect();
+    let twice: Vec<Vec<u8>> = (0..4)
+        .map(|i| token_1000(hub, TWICE, if i == 3 { 100 } else { 500 }, i + 1, i * 500))
+        .collect();
+    let other: Vec<Vec<u8>> = (0..3)
+        .map(|i| token_1000(hub, OTHER, if i == 2 { 100 } else { 500 }, i + 1, i * 500))
+        .collect();
+    let exact = [
+        token_1000(hub, EXACT, 300, 1, 0),
+        token_1000(hub, EXACT, 500, 2, 300),
+        token_1000(hub, EXACT, 500, 3, 800),
+    ];
+
+    // gate-1: 500 + 500, then a void of 100,000 against one 500 charge;
+    // a charge voided twice; a charge another reader will void; a void of
+    // one more than its charge.
+    let items: Vec<(RecordKind, u32, &[u8])> = vec![
+        (RecordKind::Charge, 500, &over[0]),
+        (RecordKind::Charge, 500, &over[1]),
+        (RecordKind::Void, 100_000, &over[0]),
+        (RecordKind::Charge, 500, &twice[0]),
+        (RecordKind::Charge, 500, &twice[1]),
+        (RecordKind::Void, 500, &twice[0]),
+        (RecordKind::Void, 500, &twice[0]),
+        (RecordKind::Charge, 500, &other[0]),
+        (RecordKind::Charge, 300, &exact[0]),
+        (RecordKind::Void, 301, &exact[0]),
+    ];
+    let (batch, _) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items);
+    let first = receive(hub, &batch, 1).expect("gate-1 upload");
+    assert!(first.report.flagged.is_empty(), "{:?}", first.report);
+    assert_eq!(first.report.incidents, 3);
+
+    // gate-2: the same wallets spend on; and gate-2 voids gate-1's charge.
+    let items: Vec<(RecordKind, u32, &[u8])> = vec![
+        (RecordKind::Charge, 500, &over[2]),
+        (RecordKind::Charge, 500, &over[3]),
+        (RecordKind::Charge, 500, &twice[2]),
+        (RecordKind::Charge, 100, &twice[3]),
+        (RecordKind::Void, 500, &other[0]),
+        (RecordKind::Charge, 500, &other[1]),
+        (RecordKind::Charge, 100, &other[2]),
+        (RecordKind::Charge, 500, &exact[1]),
+        (RecordKind::Charge, 500, &exact[2]),
+    ];
+    let (batch, _) = seal("gate-2", READER_2, 1, GENESIS_HASH, &items);
+    let second = receive(hub, &batch, 2).expect("gate-2 upload");
+    assert_eq!(
+        second.report.flagged,
+        vec![hex_of(OVER), hex_of(TWICE), hex_of(OTHER)],
+        "over-limit spend behind a bounded void is flagged; the exact void hides nothing"
+    );
+
+    let report = hub.report().expect("report");
+    let flags: Vec<(String, &str, &str)> = report
+        .flagged
+        .iter()
+        .map(|f| (f.wallet.clone(), f.rule.as_str(), f.detail.as_str()))
+        .collect();
+    assert_eq!(
+        flags,
+        vec![
+            (
+                hex_of(OVER),
+                "over_offline_limit",
+                "charges under one credential reached 1500, over its offline limit of 1000"
+            ),
+            (
+                hex_of(TWICE),
+                "over_offline_limit",
+                "charges under one credential reached 1100, over its offline limit of 1000"
+            ),
+            (
+                hex_of(OTHER),
+                "over_offline_limit",
+                "charges under one credential reached 1100, over its offline limit of 1000"
+            ),
+        ]
+    );
+    let incidents: Vec<(&str, u64, &str, &str)> = report
+        .incidents
+        .iter()
+        .map(|i| (i.reader.as_str(), i.seq, i.kind.as_str(), i.detail.as_str()))
+        .collect();
+    assert_eq!(
+        incidents,
+        vec![
+            (
+                "gate-1",
+                3,
+                "void_over_charge",
+                "void of 100000 against the charge at gate-1 #1, which had 500 left after 0 \
+                 earlier void(s); 500 voided"
+            ),
+            (
+                "gate-1",
+                7,
+                "void_repeated",
+                "void of 500 against the charge at gate-1 #4, which had 0 left after 1 \
+                 earlier void(s); 0 voided"
+            ),
+            (
+                "gate-1",
+                10,
+                "void_over_charge",
+                "void of 301 against the charge at gate-1 #9, which had 300 left after 0 \
+                 earlier void(s); 300 voided"
+            ),
+            (
+                "gate-2",
+                5,
+                "void_without_charge",
+                "void of 500 for a token this reader did not charge before; ignored"
+            ),
+        ]
+    );
+    report
+}
+
+#[test]
+fn issue13_02_voids_are_bounded_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    void_scenario(&mut sqlite_hub(dir.path()));
+}
+
+#[test]
+fn issue13_02_voids_are_bounded_on_postgres_as_on_sqlite() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = postgres_hub(&dir.path().join("pg"), &server.url("postgres"));
+    let on_postgres = void_scenario(&mut hub);
+    let on_sqlite = void_scenario(&mut sqlite_hub(&dir.path().join("sqlite")));
+    assert_eq!(on_postgres, on_sqlite);
+}
+
+#[test]
+fn issue13_06_postgres_refuses_a_database_with_foreign_tables_untouched() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    server.create_database("other");
+    let url = server.url("other");
+    let mut client = postgres::Client::connect(&url, NoTls).unwrap();
+    client
+        .batch_execute("CREATE TABLE customers (id BIGINT PRIMARY KEY)")
+        .unwrap();
+    let message = error_of(PostgresHub::connect(&url));
+    assert!(
+        message.contains("holds 1 tables but no sonotap_schema table"),
+        "{message}"
+    );
+    let untouched: bool = client
+        .query_one("SELECT to_regclass('sonotap_schema') IS NULL", &[])
+        .unwrap()
+        .get(0);
+    assert!(untouched);
+    // An empty database (a fresh createdb) gets the schema.
+    server.create_database("fresh");
+    drop(PostgresHub::connect(&server.url("fresh")).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(schema_version(&server.url("fresh")), SCHEMA_VERSION as i64);
+}

@@ -1,0 +1,72 @@
+//! Acoustic modem: payment tokens as short bursts of sound (BRIEF §3).
+//!
+//! [`encode`] renders up to 256 payload bytes as PCM in one of two
+//! [`Profile`]s; a [`Decoder`] takes PCM chunks of any size at any rate,
+//! finds frames anywhere in the stream, and returns each payload once, only
+//! after Reed–Solomon decoding and a CRC-32 check. The over-the-air format is
+//! documented in `docs/modem.md`.
+//!
+//! One DSP block per module: [`resample`], `preamble` (chirp and matched
+//! filter), `ofdm` (symbols), `modulation` (DQPSK / M-FSK), `interleave`,
+//! `rs` over `gf256`, `crc`, `framing`, and [`encoder`] / [`decoder`].
+
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod crc;
+pub mod decoder;
+pub mod encoder;
+mod framing;
+mod gf256;
+mod interleave;
+mod modulation;
+mod ofdm;
+mod preamble;
+mod profile;
+pub mod resample;
+mod rs;
+
+pub use decoder::{Decoder, Missed, Reception};
+pub use encoder::{air_time, encode};
+pub use framing::MAX_PAYLOAD;
+pub use profile::{INTERNAL_RATE, Profile};
+pub use rs::RsError;
+
+use thiserror::Error;
+
+/// Why a payload could not be encoded or a decoder not be built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ModemError {
+    /// Nothing to send.
+    #[error("payload is empty")]
+    EmptyPayload,
+    /// More than a frame carries.
+    #[error("payload is {len} bytes; a frame carries at most {max}")]
+    PayloadTooLong {
+        /// Bytes given.
+        len: usize,
+        /// Largest payload.
+        max: usize,
+    },
+    /// The sample rate cannot carry the profile's band (or is absurd).
+    #[error("sample rate {rate} Hz cannot carry the {profile} profile")]
+    UnsupportedRate {
+        /// Rate asked for.
+        rate: u32,
+        /// Profile name.
+        profile: &'static str,
+    },
+    /// Internal coding error (a bug if it ever shows).
+    #[error("forward error correction: {0}")]
+    Fec(#[from] RsError),
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The channel simulator (feature `sim`): rooms, noise and clocks, for tests, benches and the demo.
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;

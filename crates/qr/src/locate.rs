@@ -1,0 +1,413 @@
+//! Finding codes cheaply before rqrr runs: finder patterns by their
+//! 1:1:3:1:1 run lengths, grouped in threes, give each code's place, size
+//! and module size, so rqrr gets one crop per code, scaled to a module
+//! size it reads well, instead of a whole frame.
+//!
+//! rqrr's cost is mostly its grid fit, paid for every group of three
+//! capstone-like blobs it finds, true or false; a crop holding one code
+//! gives it one group. Each step here is a plain function on a [`Bitmap`]
+//! or on points, tested on generated images.
+
+use super::prepare::{Bitmap, Rect};
+
+/// A finder pattern candidate (the 7×7 squares in three corners of a code).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Finder {
+    /// Centre, in the bitmap's pixels.
+    pub x: f32,
+    /// Centre, in the bitmap's pixels.
+    pub y: f32,
+    /// Module size in pixels (the pattern's width over seven).
+    pub module: f32,
+    /// How many row scans confirmed it (more is surer).
+    pub hits: u32,
+}
+
+/// Whether five run lengths (dark, light, dark, light, dark) look like a
+/// finder pattern cut through its centre: 1:1:3:1:1, with room for blur and
+/// thresholding to thicken or thin the rings.
+fn finder_ratios(runs: [usize; 5]) -> bool {
+    let total: usize = runs.iter().sum();
+    if total < 7 {
+        return false;
+    }
+    let unit = total as f32 / 7.0;
+    let ok = |r: usize, modules: f32, tol: f32| (r as f32 - modules * unit).abs() <= tol * unit;
+    ok(runs[0], 1.0, 0.7)
+        && ok(runs[1], 1.0, 0.7)
+        && ok(runs[2], 3.0, 1.3)
+        && ok(runs[3], 1.0, 0.7)
+        && ok(runs[4], 1.0, 0.7)
+}
+
+/// From a dark pixel in a finder's centre, measures the pattern along the
+/// column: returns the vertical centre and total height when the column
+/// also reads 1:1:3:1:1 and its total is within reach of `expect` (the
+/// horizontal total; a tilted code squashes one direction).
+fn cross_check_column(bits: &Bitmap, x: usize, y: usize, expect: usize) -> Option<(f32, usize)> {
+    let h = bits.height();
+    let limit = expect * 2 + 4;
+    let dark = |yy: usize| bits.is_dark(x, yy);
+    // Walk up through the centre run, the light ring and the dark ring.
+    let mut counts = [0usize; 5];
+    let mut yy = y as isize;
+    for (slot, want_dark) in [(2usize, true), (1, false), (0, true)] {
+        while yy >= 0 && dark(yy as usize) == want_dark && counts[slot] <= limit {
+            counts[slot] += 1;
+            yy -= 1;
+        }
+        if counts[slot] == 0 || counts[slot] > limit {
+            return None;
+        }
+    }
+    let top = (yy + 1) as usize;
+    let mut yy = y + 1;
+    for (slot, want_dark) in [(2usize, true), (3, false), (4, true)] {
+        let before = counts[slot];
+        while yy < h && dark(yy) == want_dark && counts[slot] <= limit {
+            counts[slot] += 1;
+            yy += 1;
+        }
+        if (slot != 2 && counts[slot] == before) || counts[slot] > limit {
+            return None;
+        }
+    }
+    let total: usize = counts.iter().sum();
+    let (lo, hi) = (expect as f32 * 0.4, expect as f32 * 2.5);
+    if !finder_ratios(counts) || (total as f32) < lo || (total as f32) > hi {
+        return None;
+    }
+    // Centre of the middle run.
+    let mid_top = top + counts[0] + counts[1];
+    Some((mid_top as f32 + counts[2] as f32 / 2.0 - 0.5, total))
+}
+
+/// Finds finder patterns (dark on light) in a bitmap: every row is cut
+/// into runs, five runs in 1:1:3:1:1 are checked along the column through
+/// their middle, and hits closer than a pattern's half-width are merged.
+/// Sorted by how many rows confirmed them, most first.
+pub fn finder_patterns(bits: &Bitmap) -> Vec<Finder> {
+    let mut raw: Vec<(f32, f32, f32)> = Vec::new();
+    let mut runs: Vec<(usize, usize)> = Vec::new(); // (start, length)
+    for y in 0..bits.height() {
+        let row = bits.row(y);
+        runs.clear();
+        // Runs from the first dark pixel on, alternating dark and light.
+        let Some(first) = row.iter().position(|&d| d) else {
+            continue;
+        };
+        let mut start = first;
+        for x in first + 1..=row.len() {
+            if x == row.len() || row[x] != row[start] {
+                runs.push((start, x - start));
+                start = x;
+            }
+        }
+        // Runs at even indices are dark.
+        let mut i = 0;
+        while i + 4 < runs.len() {
+            let lens = [
+                runs[i].1,
+                runs[i + 1].1,
+                runs[i + 2].1,
+                runs[i + 3].1,
+                runs[i + 4].1,
+            ];
+            if finder_ratios(lens) {
+                let total: usize = lens.iter().sum();
+                let cx = runs[i + 2].0 + runs[i + 2].1 / 2;
+                if let Some((cy, vtotal)) = cross_check_column(bits, cx, y, total) {
+                    let fx = runs[i + 2].0 as f32 + runs[i + 2].1 as f32 / 2.0 - 0.5;
+                    raw.push((fx, cy, (total + vtotal) as f32 / 14.0));
+                }
+            }
+            i += 2;
+        }
+    }
+    merge_hits(&raw)
+}
+
+/// Merges raw hits (x, y, module) lying within two modules of each other
+/// into one finder each, averaging their positions and module sizes.
+fn merge_hits(raw: &[(f32, f32, f32)]) -> Vec<Finder> {
+    let mut out: Vec<(f32, f32, f32, u32)> = Vec::new(); // sums and count
+    for &(x, y, m) in raw {
+        let near = out.iter_mut().find(|(sx, sy, sm, n)| {
+            let k = *n as f32;
+            let (cx, cy, cm) = (*sx / k, *sy / k, *sm / k);
+            (cx - x).abs() <= 2.0 * cm.max(m)
+                && (cy - y).abs() <= 2.0 * cm.max(m)
+                && m <= cm * 2.0
+                && cm <= m * 2.0
+        });
+        match near {
+            Some(acc) => {
+                acc.0 += x;
+                acc.1 += y;
+                acc.2 += m;
+                acc.3 += 1;
+            }
+            None => out.push((x, y, m, 1)),
+        }
+    }
+    let mut finders: Vec<Finder> = out
+        .into_iter()
+        .map(|(sx, sy, sm, n)| {
+            let k = n as f32;
+            Finder {
+                x: sx / k,
+                y: sy / k,
+                module: sm / k,
+                hits: n,
+            }
+        })
+        .collect();
+    finders.sort_by_key(|f| std::cmp::Reverse(f.hits));
+    finders
+}
+
+/// Three finders that can be one code: `corner` is the top-left one (the
+/// right angle), `a` and `b` its neighbours.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FinderGroup {
+    /// The finder at the right angle.
+    pub corner: Finder,
+    /// One neighbour of the corner.
+    pub a: Finder,
+    /// The other neighbour.
+    pub b: Finder,
+    /// Mean module size of the three, in pixels.
+    pub module: f32,
+}
+
+impl FinderGroup {
+    /// The code's four finder-centre corners (the fourth estimated as the
+    /// parallelogram's), in pixels.
+    pub fn corners(&self) -> [[f32; 2]; 4] {
+        let c = self.corner;
+        [
+            [c.x, c.y],
+            [self.a.x, self.a.y],
+            [self.a.x + self.b.x - c.x, self.a.y + self.b.y - c.y],
+            [self.b.x, self.b.y],
+        ]
+    }
+
+    /// The rectangle that holds the whole code with a quiet zone of
+    /// `quiet` modules (finder centres sit 3.5 modules inside the code's
+    /// edge; perspective moves the fourth corner, so a little more is
+    /// kept), clipped to `width`×`height`.
+    pub fn bounds(&self, quiet: f32, width: usize, height: usize) -> Option<Rect> {
+        let pts = self.corners();
+        let margin = (3.5 + quiet) * self.module;
+        let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+        for [x, y] in pts {
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+        }
+        // Perspective: the far corner can sit a tenth of the side further out.
+        let slack = 0.1 * (x1 - x0).max(y1 - y0);
+        let left = (x0 - margin - slack).max(0.0) as usize;
+        let top = (y0 - margin - slack).max(0.0) as usize;
+        let right = ((x1 + margin + slack).max(0.0) as usize).min(width);
+        let bottom = ((y1 + margin + slack).max(0.0) as usize).min(height);
+        (right > left + 8 && bottom > top + 8).then_some(Rect {
+            x: left,
+            y: top,
+            width: right - left,
+            height: bottom - top,
+        })
+    }
+}
+
+/// Groups finders into codes: three with similar module sizes forming a
+/// roughly right-angled, roughly isosceles triangle whose legs are 14 to
+/// 180 modules long (versions 1 to 40, with perspective). Best-shaped
+/// groups first; a finder is used by one group at most.
+pub fn group_finders(finders: &[Finder], max_groups: usize) -> Vec<FinderGroup> {
+    // A true finder's centre run is three modules tall, so about that many
+    // rows confirm it; 1:1:3:1:1 runs inside a code's data rarely line up
+    // over more than one or two rows. Then bound the O(n³) search to the
+    // best-confirmed candidates.
+    let fs: Vec<Finder> = finders
+        .iter()
+        .filter(|f| f.hits >= 2 && f.hits as f32 >= 1.0 * f.module)
+        .take(24)
+        .copied()
+        .collect();
+    let mut candidates: Vec<(f32, [usize; 3])> = Vec::new();
+    for i in 0..fs.len() {
+        for j in i + 1..fs.len() {
+            for k in j + 1..fs.len() {
+                let (mmin, mmax) = [fs[i].module, fs[j].module, fs[k].module]
+                    .iter()
+                    .fold((f32::MAX, 0.0f32), |(lo, hi), &m| (lo.min(m), hi.max(m)));
+                if mmax > mmin * 1.8 {
+                    continue;
+                }
+                let module = (fs[i].module + fs[j].module + fs[k].module) / 3.0;
+                let mut best: Option<(f32, [usize; 3])> = None;
+                for [c, a, b] in [[i, j, k], [j, i, k], [k, i, j]] {
+                    let (vx, vy) = (fs[a].x - fs[c].x, fs[a].y - fs[c].y);
+                    let (wx, wy) = (fs[b].x - fs[c].x, fs[b].y - fs[c].y);
+                    let (la, lb) = (vx.hypot(vy), wx.hypot(wy));
+                    if la < 1.0 || lb < 1.0 {
+                        continue;
+                    }
+                    let ratio = la.max(lb) / la.min(lb);
+                    let cos = (vx * wx + vy * wy) / (la * lb);
+                    let legs = (la + lb) / 2.0 / module;
+                    if ratio > 1.7 || cos.abs() > 0.45 || !(12.0..=190.0).contains(&legs) {
+                        continue;
+                    }
+                    let min_hits = fs[c].hits.min(fs[a].hits).min(fs[b].hits);
+                    let score =
+                        (ratio - 1.0) + cos.abs() + (mmax / mmin - 1.0) + 1.0 / min_hits as f32;
+                    if best.is_none_or(|(s, _)| score < s) {
+                        best = Some((score, [c, a, b]));
+                    }
+                }
+                if let Some(b) = best {
+                    candidates.push(b);
+                }
+            }
+        }
+    }
+    candidates.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut used = vec![false; fs.len()];
+    let mut out = Vec::new();
+    for (_, [c, a, b]) in candidates {
+        if out.len() >= max_groups {
+            break;
+        }
+        if used[c] || used[a] || used[b] {
+            continue;
+        }
+        used[c] = true;
+        used[a] = true;
+        used[b] = true;
+        out.push(FinderGroup {
+            corner: fs[c],
+            a: fs[a],
+            b: fs[b],
+            module: (fs[c].module + fs[a].module + fs[b].module) / 3.0,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::render_token;
+    use crate::prepare::adaptive_threshold;
+    use crate::{GreyImage, prepare};
+
+    fn payload(seed: u8) -> Vec<u8> {
+        (0..199u32)
+            .map(|i| (i * 37 + u32::from(seed)) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn ratios_accept_a_finder_and_reject_other_runs() {
+        assert!(finder_ratios([4, 4, 12, 4, 4]));
+        assert!(finder_ratios([3, 5, 11, 5, 4]));
+        assert!(!finder_ratios([4, 4, 4, 4, 4]));
+        assert!(!finder_ratios([1, 1, 1, 1, 1]));
+        assert!(!finder_ratios([10, 2, 12, 2, 2]));
+    }
+
+    #[test]
+    fn finds_the_three_finders_of_a_rendered_code() {
+        // Version 10 (57 modules), 4 px per module, 4-module quiet zone:
+        // finder centres at (4 + 3.5) * 4 - 0.5 = 29.5 and 29.5 + 50 * 4.
+        let code = render_token(&payload(1), 4, 4).unwrap();
+        let bits = adaptive_threshold(&code, 20, 8);
+        let found = finder_patterns(&bits);
+        let at = |x: f32, y: f32| {
+            found.iter().any(|f| {
+                (f.x - x).abs() < 2.0 && (f.y - y).abs() < 2.0 && (f.module - 4.0).abs() < 0.8
+            })
+        };
+        assert!(at(29.5, 29.5), "{found:?}");
+        assert!(at(229.5, 29.5), "{found:?}");
+        assert!(at(29.5, 229.5), "{found:?}");
+        // The three best-confirmed hits are the finders.
+        assert!(found.len() >= 3);
+        let groups = group_finders(&found, 4);
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        let g = groups[0];
+        assert!((g.corner.x - 29.5).abs() < 2.0 && (g.corner.y - 29.5).abs() < 2.0);
+        let r = g.bounds(2.0, code.width(), code.height()).unwrap();
+        assert!(r.x <= 8 && r.y <= 8, "{r:?}");
+        assert!(r.x + r.width >= code.width() - 8, "{r:?}");
+    }
+
+    #[test]
+    fn finds_finders_of_a_rotated_code() {
+        // The same code turned by 30 degrees (nearest-neighbour), on white.
+        let code = render_token(&payload(2), 5, 4).unwrap();
+        let (w, h) = (code.width(), code.height());
+        let side = w * 3 / 2;
+        let (c, s) = (30f32.to_radians().cos(), 30f32.to_radians().sin());
+        let mut data = vec![255u8; side * side];
+        for y in 0..side {
+            for x in 0..side {
+                let (dx, dy) = (x as f32 - side as f32 / 2.0, y as f32 - side as f32 / 2.0);
+                let sx = c * dx + s * dy + w as f32 / 2.0;
+                let sy = -s * dx + c * dy + h as f32 / 2.0;
+                if sx >= 0.0
+                    && sy >= 0.0
+                    && let Some(v) = code.get(sx as usize, sy as usize)
+                {
+                    data[y * side + x] = v;
+                }
+            }
+        }
+        let img = GreyImage::new(side, side, data).unwrap();
+        let found = finder_patterns(&adaptive_threshold(&img, 24, 8));
+        let groups = group_finders(&found, 4);
+        assert_eq!(groups.len(), 1, "{found:?}");
+        assert!((groups[0].module - 5.0).abs() < 1.0, "{groups:?}");
+    }
+
+    #[test]
+    fn noise_and_flat_frames_give_no_group() {
+        let noise = Bitmap::from_fn(300, 300, |x, y| {
+            let h = ((x * 7919 + y * 104_729) as u32).wrapping_mul(2_654_435_761);
+            h >> 31 == 1
+        });
+        assert!(group_finders(&finder_patterns(&noise), 4).is_empty());
+        let flat = Bitmap::from_fn(100, 100, |_, _| false);
+        assert!(finder_patterns(&flat).is_empty());
+        let mut blank = GreyImage::filled(64, 64, 200).unwrap();
+        prepare::invert(&mut blank);
+        assert!(finder_patterns(&adaptive_threshold(&blank, 8, 8)).is_empty());
+    }
+
+    #[test]
+    fn grouping_rejects_a_line_and_keeps_two_codes_apart() {
+        let f = |x: f32, y: f32| Finder {
+            x,
+            y,
+            module: 4.0,
+            hits: 8,
+        };
+        // Three in a line are no code.
+        assert!(group_finders(&[f(0.0, 0.0), f(100.0, 0.0), f(200.0, 0.0)], 4).is_empty());
+        // Two codes side by side: two groups, no finder shared.
+        let two = [
+            f(0.0, 0.0),
+            f(200.0, 0.0),
+            f(0.0, 200.0),
+            f(600.0, 0.0),
+            f(800.0, 0.0),
+            f(600.0, 200.0),
+        ];
+        let g = group_finders(&two, 4);
+        assert_eq!(g.len(), 2, "{g:?}");
+        assert!(g.iter().any(|g| g.corner.x == 0.0 && g.corner.y == 0.0));
+        assert!(g.iter().any(|g| g.corner.x == 600.0));
+        assert_eq!(group_finders(&two, 1).len(), 1);
+    }
+}

@@ -1,0 +1,1064 @@
+//! Reading a located code without rqrr's detector: our own finder
+//! patterns give the code's place; a homography maps module coordinates to
+//! frame pixels; each module is sampled and thresholded; rqrr's decoder
+//! (Reed–Solomon and bitstream, [`rqrr::Grid::decode_to`]) reads the bits.
+//!
+//! rqrr's detector fits its grid by evaluating a ~3,400-sample fitness 81
+//! times, twice, for every group of capstone-like blobs: ~84 M instructions
+//! per version-10 read, most of a located read's cost. Sampling the grid
+//! from finders we already found costs a small fraction of that, and a
+//! homography anchored on the bottom-right alignment pattern follows
+//! perspective that rqrr's fit (which starts from a parallelogram) can
+//! lose. Steps, one function each, each tested on generated codes:
+//!
+//! 1. [`Homography`]: four point pairs → a projective map.
+//! 2. [`orient`] and [`version_estimate`]: which finder is which, and the
+//!    version from the finder spacing over the module size.
+//! 3. [`timing_sizes`]: the size counted on the two timing lines (their
+//!    dark runs), tried before the versions nearest the finder spacing.
+//! 4. [`refine_anchor`]: moves a finder or alignment pattern's centre to
+//!    where its template (dark/light module layout) has the most contrast;
+//!    of the alignment pattern's best places, the one whose homography
+//!    makes the timing lines alternate best ([`timing_phase`]) is used.
+//! 5. [`sample_modules`] and [`threshold_modules`]: a grey value per module
+//!    (five samples), thresholded against the mean of its neighbourhood in
+//!    module space (follows glare and gradients whatever the pixel scale).
+//! 6. [`timing_fraction`], then [`decode_modules`]: a grid whose timing
+//!    lines do not alternate is skipped (rqrr's decoder would spend
+//!    milliseconds on it), the others go to rqrr's decoder.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::GreyFrame;
+
+/// A projective map from module coordinates `(u, v)` to frame pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Homography {
+    m: [f64; 9],
+}
+
+impl Homography {
+    /// The map taking each `src[i]` to `dst[i]`; `None` when the points are
+    /// degenerate (three in a line, repeated points).
+    pub fn from_points(src: &[[f64; 2]; 4], dst: &[[f64; 2]; 4]) -> Option<Self> {
+        // h = (a b c; d e f; g h 1): two linear equations per point pair.
+        let mut a = [[0.0f64; 9]; 8];
+        for i in 0..4 {
+            let ([u, v], [x, y]) = (src[i], dst[i]);
+            a[2 * i] = [u, v, 1.0, 0.0, 0.0, 0.0, -u * x, -v * x, x];
+            a[2 * i + 1] = [0.0, 0.0, 0.0, u, v, 1.0, -u * y, -v * y, y];
+        }
+        // Gaussian elimination with partial pivoting.
+        for col in 0..8 {
+            let pivot = (col..8).max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs()))?;
+            if a[pivot][col].abs() < 1e-12 {
+                return None;
+            }
+            a.swap(col, pivot);
+            for row in 0..8 {
+                if row != col {
+                    let f = a[row][col] / a[col][col];
+                    if f != 0.0 {
+                        let pivot_row = a[col];
+                        for (x, p) in a[row].iter_mut().zip(pivot_row).skip(col) {
+                            *x -= f * p;
+                        }
+                    }
+                }
+            }
+        }
+        let mut m = [1.0f64; 9];
+        for (i, slot) in m.iter_mut().take(8).enumerate() {
+            *slot = a[i][8] / a[i][i];
+        }
+        m.iter().all(|v| v.is_finite()).then_some(Self { m })
+    }
+
+    /// The affine map taking `src` to `dst` for three point pairs (the
+    /// fourth is completed as a parallelogram on both sides).
+    pub fn affine(src: &[[f64; 2]; 3], dst: &[[f64; 2]; 3]) -> Option<Self> {
+        let fourth = |p: &[[f64; 2]; 3]| [p[1][0] + p[2][0] - p[0][0], p[1][1] + p[2][1] - p[0][1]];
+        Self::from_points(
+            &[src[0], src[1], fourth(src), src[2]],
+            &[dst[0], dst[1], fourth(dst), dst[2]],
+        )
+    }
+
+    /// Where module coordinates `(u, v)` fall in the frame.
+    pub fn map(&self, u: f64, v: f64) -> [f64; 2] {
+        let m = &self.m;
+        let w = m[6] * u + m[7] * v + m[8];
+        let w = if w.abs() < 1e-12 { 1e-12 } else { w };
+        [
+            (m[0] * u + m[1] * v + m[2]) / w,
+            (m[3] * u + m[4] * v + m[5]) / w,
+        ]
+    }
+}
+
+/// Grey level at a sub-pixel position (bilinear), clamped to the frame.
+pub fn bilinear(frame: GreyFrame<'_>, x: f64, y: f64) -> f32 {
+    let (w, h) = (frame.width(), frame.height());
+    if w == 0 || h == 0 {
+        return 0.0;
+    }
+    let x = x.clamp(0.0, (w - 1) as f64);
+    let y = y.clamp(0.0, (h - 1) as f64);
+    let (x0, y0) = (x as usize, y as usize);
+    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+    let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
+    let d = frame.data();
+    let p = |xx: usize, yy: usize| f32::from(d[yy * w + xx]);
+    let top = p(x0, y0) * (1.0 - fx) + p(x1, y0) * fx;
+    let bottom = p(x0, y1) * (1.0 - fx) + p(x1, y1) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+/// Modules per side of a version (21 for version 1, 57 for version 10).
+pub fn size_of(version: usize) -> usize {
+    17 + 4 * version
+}
+
+/// The three finder centres in code order: top-left (the right angle),
+/// top-right, bottom-left. A code seen from the front has its top-right
+/// finder clockwise from the bottom-left one around the top-left (in
+/// image coordinates, y down); a mirrored code is read by rqrr's decoder,
+/// which retries transposed.
+pub fn orient(corner: [f64; 2], a: [f64; 2], b: [f64; 2]) -> [[f64; 2]; 3] {
+    let cross = (a[0] - corner[0]) * (b[1] - corner[1]) - (a[1] - corner[1]) * (b[0] - corner[0]);
+    if cross >= 0.0 {
+        [corner, a, b]
+    } else {
+        [corner, b, a]
+    }
+}
+
+/// The version whose size best fits the finder spacing: centres are
+/// `size − 7` modules apart. `module` is the locator's module size, which
+/// it measures along rows and columns: a code turned by θ shows finders
+/// `1 / max(|cos θ|, |sin θ|)` wider along a row, so that is taken out.
+/// Returns the fractional version (callers try the nearest ones).
+pub fn version_estimate(finders: &[[f64; 2]; 3], module: f64) -> f64 {
+    let [tl, tr, bl] = *finders;
+    let (dx, dy) = (tr[0] - tl[0], tr[1] - tl[1]);
+    let across = dx.hypot(dy);
+    let down = (bl[0] - tl[0]).hypot(bl[1] - tl[1]);
+    let theta = dy.atan2(dx);
+    let squash = theta.cos().abs().max(theta.sin().abs());
+    let module = (module * squash).max(1e-3);
+    let size = (across + down) / 2.0 / module + 7.0;
+    (size - 17.0) / 4.0
+}
+
+/// Reference grey levels: the mean of the dark and of the light modules of
+/// the top-left finder pattern under `h` (dark-on-light polarity).
+fn finder_levels(frame: GreyFrame<'_>, h: &Homography) -> (f32, f32) {
+    let (mut dark, mut light, mut nd, mut nl) = (0.0, 0.0, 0.0, 0.0);
+    for y in 0..7 {
+        for x in 0..7 {
+            let [px, py] = h.map(f64::from(x) + 0.5, f64::from(y) + 0.5);
+            let g = bilinear(frame, px, py);
+            if finder_dark(x, y) {
+                dark += g;
+                nd += 1.0;
+            } else {
+                light += g;
+                nl += 1.0;
+            }
+        }
+    }
+    (dark / nd, light / nl)
+}
+
+/// Whether module (x, y) of a 7×7 finder pattern is dark.
+fn finder_dark(x: i32, y: i32) -> bool {
+    let ring = x.min(y).min(6 - x).min(6 - y);
+    ring != 1
+}
+
+/// Whether module (x, y) of a 5×5 alignment pattern is dark.
+fn alignment_dark(x: i32, y: i32) -> bool {
+    let ring = x.min(y).min(4 - x).min(4 - y);
+    ring != 1
+}
+
+/// Modules per side counted on the timing lines: from just past the
+/// top-left finder's separator to just before the next finder's, row 6
+/// (and column 6) alternates dark and light, `(size − 15) / 2` dark modules
+/// in all. Each line is walked at a quarter module (under `h`, the affine
+/// map of the estimated size; its error of a few percent moves the ends
+/// by a fraction of a module) and its dark runs are counted against the
+/// midpoint of `levels` (finder dark, finder light). Counting runs, unlike
+/// matching a phase, survives perspective (uneven module spacing). Returns
+/// the sizes read from row 6 and column 6 (each `None` when its count is
+/// not a possible size).
+pub fn timing_sizes(
+    frame: GreyFrame<'_>,
+    h: &Homography,
+    size: usize,
+    levels: (f32, f32),
+) -> [Option<usize>; 2] {
+    let mid = (levels.0 + levels.1) / 2.0;
+    let dark_low = levels.0 < levels.1;
+    let s = size as f64;
+    let span = s - 15.0;
+    let steps = (span * 4.0).ceil().max(1.0) as usize;
+    [false, true].map(|column| {
+        let mut runs = 0usize;
+        let (mut prev, mut len) = (false, 0usize);
+        for k in 0..=steps {
+            let t = 7.5 + span * k as f64 / steps as f64;
+            let [x, y] = if column { h.map(6.5, t) } else { h.map(t, 6.5) };
+            let dark = (bilinear(frame, x, y) < mid) == dark_low;
+            if dark == prev {
+                len += 1;
+            } else {
+                (prev, len) = (dark, 1);
+            }
+            // A run counts once it is a third of a module long (noise
+            // makes single-sample runs).
+            if dark && len == 2 {
+                runs += 1;
+            }
+        }
+        let size = 2 * runs + 15;
+        (runs >= 3 && (size - 17).is_multiple_of(4) && size <= size_of(40)).then_some(size)
+    })
+}
+
+/// A pattern whose centre is refined: its side in modules and which of its
+/// modules are dark.
+#[derive(Clone, Copy)]
+pub enum Pattern {
+    /// A 7×7 finder pattern.
+    Finder,
+    /// A 5×5 alignment pattern.
+    Alignment,
+}
+
+impl Pattern {
+    fn side(self) -> i32 {
+        match self {
+            Pattern::Finder => 7,
+            Pattern::Alignment => 5,
+        }
+    }
+
+    fn dark(self, x: i32, y: i32) -> bool {
+        match self {
+            Pattern::Finder => finder_dark(x, y),
+            Pattern::Alignment => alignment_dark(x, y),
+        }
+    }
+}
+
+/// Contrast of `pattern` centred at module `(u, v)` under `h`, shifted by
+/// `(dx, dy)` pixels: mean of its light modules minus mean of its dark
+/// ones (dark-on-light; negated when `inverted`).
+fn pattern_contrast(
+    frame: GreyFrame<'_>,
+    h: &Homography,
+    pattern: Pattern,
+    (u, v): (f64, f64),
+    (dx, dy): (f64, f64),
+    inverted: bool,
+) -> f32 {
+    let side = pattern.side();
+    let half = f64::from(side) / 2.0;
+    let (mut dark, mut light, mut nd, mut nl) = (0.0, 0.0, 0.0f32, 0.0f32);
+    for y in 0..side {
+        for x in 0..side {
+            let [px, py] = h.map(u - half + f64::from(x) + 0.5, v - half + f64::from(y) + 0.5);
+            let g = bilinear(frame, px + dx, py + dy);
+            if pattern.dark(x, y) {
+                dark += g;
+                nd += 1.0;
+            } else {
+                light += g;
+                nl += 1.0;
+            }
+        }
+    }
+    let c = light / nl - dark / nd;
+    if inverted { -c } else { c }
+}
+
+/// Places a pattern whose centre `h` predicts at module `(u, v)`: the
+/// pixel offsets within `radius` modules where the pattern shows the most
+/// contrast, best first, at most `keep` of them at least two modules
+/// apart (a coarse search at half-module steps, then a fine one at a
+/// tenth of a module around each). Each is the centre in pixels and its
+/// contrast; none under `min_contrast` (nothing there looks like the
+/// pattern). Several are kept because, far from the finders, data modules
+/// can mimic an alignment pattern: the caller checks each.
+#[allow(clippy::too_many_arguments)]
+pub fn refine_anchor(
+    frame: GreyFrame<'_>,
+    h: &Homography,
+    pattern: Pattern,
+    (u, v): (f64, f64),
+    radius: f64,
+    inverted: bool,
+    min_contrast: f32,
+    keep: usize,
+) -> Vec<([f64; 2], f32)> {
+    let centre = h.map(u, v);
+    let right = h.map(u + 1.0, v);
+    let down = h.map(u, v + 1.0);
+    let module = ((right[0] - centre[0]).hypot(right[1] - centre[1])
+        + (down[0] - centre[0]).hypot(down[1] - centre[1]))
+        / 2.0;
+    if !(module.is_finite() && module > 0.3) {
+        return Vec::new();
+    }
+    let score = |dx: f64, dy: f64| pattern_contrast(frame, h, pattern, (u, v), (dx, dy), inverted);
+    // Coarse grid: every position's score, then the best separated ones.
+    // Half-module steps, but at most 33×33 positions (a wide search for a
+    // large version, often a false finder group, stays cheap).
+    let reach = ((radius * 2.0).ceil() as i32).min(MAX_REACH);
+    let step = radius * module / f64::from(reach.max(1));
+    let mut coarse: Vec<(f64, f64, f32)> = Vec::new();
+    for j in -reach..=reach {
+        for i in -reach..=reach {
+            let (dx, dy) = (f64::from(i) * step, f64::from(j) * step);
+            if dx.hypot(dy) <= radius * module + 1e-9 {
+                coarse.push((dx, dy, score(dx, dy)));
+            }
+        }
+    }
+    coarse.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let mut out: Vec<([f64; 2], f32)> = Vec::new();
+    let mut seeds: Vec<(f64, f64)> = Vec::new();
+    for &(dx, dy, s) in &coarse {
+        if out.len() >= keep || s < min_contrast * 0.5 {
+            break;
+        }
+        if seeds
+            .iter()
+            .any(|&(sx, sy)| (sx - dx).hypot(sy - dy) < 2.0 * module)
+        {
+            continue;
+        }
+        seeds.push((dx, dy));
+        let mut best = (dx, dy, s);
+        let fine = module / 10.0;
+        for j in -5..=5 {
+            for i in -5..=5 {
+                let (fx, fy) = (dx + f64::from(i) * fine, dy + f64::from(j) * fine);
+                let sc = score(fx, fy);
+                if sc > best.2 {
+                    best = (fx, fy, sc);
+                }
+            }
+        }
+        if best.2 >= min_contrast {
+            out.push(([centre[0] + best.0, centre[1] + best.1], best.2));
+        }
+    }
+    out
+}
+
+/// Coarse steps each way from a predicted anchor, at most.
+const MAX_REACH: i32 = 16;
+
+/// How well the timing lines (row 6 and column 6, between the finders)
+/// alternate under `h` for a code of `size` modules: the fraction of
+/// their modules on the expected side of the midpoint of `levels` (finder
+/// dark, finder light). Near 1 under the right map; a misplaced fourth
+/// point bends the lines out of phase.
+pub fn timing_phase(frame: GreyFrame<'_>, h: &Homography, size: usize, levels: (f32, f32)) -> f32 {
+    let mid = (levels.0 + levels.1) / 2.0;
+    let dark_low = levels.0 < levels.1;
+    let (mut good, mut n) = (0u32, 0u32);
+    for i in 8..size.saturating_sub(8) {
+        let want_dark = i % 2 == 0;
+        for (u, v) in [(i as f64 + 0.5, 6.5), (6.5, i as f64 + 0.5)] {
+            let [x, y] = h.map(u, v);
+            if ((bilinear(frame, x, y) < mid) == dark_low) == want_dark {
+                good += 1;
+            }
+            n += 1;
+        }
+    }
+    if n == 0 { 0.0 } else { good as f32 / n as f32 }
+}
+
+/// The grey level of every module of a `size`×`size` code under `h`, row
+/// by row: the mean of five samples (the centre and four at a quarter
+/// module from it), which averages out pixel noise, JPEG blocks and screen
+/// pixels without reaching into the neighbours.
+pub fn sample_modules(frame: GreyFrame<'_>, h: &Homography, size: usize) -> Vec<f32> {
+    const OFFS: [(f64, f64); 5] = [
+        (0.5, 0.5),
+        (0.25, 0.5),
+        (0.75, 0.5),
+        (0.5, 0.25),
+        (0.5, 0.75),
+    ];
+    let mut out = Vec::with_capacity(size * size);
+    for y in 0..size {
+        for x in 0..size {
+            let mut sum = 0.0;
+            for (ou, ov) in OFFS {
+                let [px, py] = h.map(x as f64 + ou, y as f64 + ov);
+                sum += bilinear(frame, px, py);
+            }
+            out.push(sum / OFFS.len() as f32);
+        }
+    }
+    out
+}
+
+/// Dark modules of a sampled grid: each module against the mean of the
+/// `(2 × radius + 1)²` modules around it (in module space, so the window
+/// follows the code whatever its pixel size; about half of a code's
+/// modules are dark, so the local mean sits between the two levels and
+/// follows glare and gradients). `radius` 0 thresholds at the global mean.
+/// `inverted` reads light modules as dark (dark-mode codes).
+pub fn threshold_modules(grey: &[f32], size: usize, radius: usize, inverted: bool) -> Vec<bool> {
+    if size == 0 || grey.len() != size * size {
+        return Vec::new();
+    }
+    // Integral image (size + 1)² of the grey levels.
+    let s1 = size + 1;
+    let mut sum = vec![0.0f64; s1 * s1];
+    for y in 0..size {
+        let mut row = 0.0;
+        for x in 0..size {
+            row += f64::from(grey[y * size + x]);
+            sum[(y + 1) * s1 + x + 1] = sum[y * s1 + x + 1] + row;
+        }
+    }
+    let r = if radius == 0 { size } else { radius };
+    let mut out = Vec::with_capacity(size * size);
+    for y in 0..size {
+        let (y0, y1) = (y.saturating_sub(r), (y + r + 1).min(size));
+        for x in 0..size {
+            let (x0, x1) = (x.saturating_sub(r), (x + r + 1).min(size));
+            let total =
+                sum[y1 * s1 + x1] - sum[y0 * s1 + x1] - sum[y1 * s1 + x0] + sum[y0 * s1 + x0];
+            let mean = total / ((y1 - y0) * (x1 - x0)) as f64;
+            let g = f64::from(grey[y * size + x]);
+            out.push(if inverted { g > mean } else { g < mean });
+        }
+    }
+    out
+}
+
+/// rqrr's decoder (format, Reed–Solomon, bitstream; byte mode read as raw
+/// bytes) on a bit matrix, `true` for dark. A panic inside rqrr counts as
+/// no code.
+pub fn decode_modules(size: usize, dark: &[bool]) -> Option<Vec<u8>> {
+    if size < 21 || dark.len() != size * size {
+        return None;
+    }
+    catch_unwind(AssertUnwindSafe(|| {
+        let grid = rqrr::Grid::new(rqrr::SimpleGrid::from_func(size, |x, y| dark[y * size + x]));
+        let mut payload = Vec::new();
+        grid.decode_to(&mut payload).ok().map(|_| payload)
+    }))
+    .ok()
+    .flatten()
+}
+
+/// The version-information codewords (BCH(18, 6)) of versions 7 to 40.
+const VERSION_INFO: [u32; 34] = [
+    0x07c94, 0x085bc, 0x09a99, 0x0a4d3, 0x0bbf6, 0x0c762, 0x0d847, 0x0e60d, 0x0f928, 0x10b78,
+    0x1145d, 0x12a17, 0x13532, 0x149a6, 0x15683, 0x168c9, 0x177ec, 0x18ec4, 0x191e1, 0x1afab,
+    0x1b08e, 0x1cc1a, 0x1d33f, 0x1ed75, 0x1f250, 0x209d5, 0x216f0, 0x228ba, 0x2379f, 0x24b0b,
+    0x2542e, 0x26a64, 0x27541, 0x28c69,
+];
+
+/// The version read from one of the two version-information blocks of a
+/// code of `size` modules (versions ≥ 7): bit `i` sits at module
+/// `(i / 3, size − 11 + i % 3)` and, transposed, at `(size − 11 + i % 3,
+/// i / 3)`. Returns the version whose codeword is nearest to either block
+/// if it is within 3 bits (the code corrects 3 errors).
+pub fn read_version_info(dark: impl Fn(usize, usize) -> bool, size: usize) -> Option<usize> {
+    if size < size_of(7) {
+        return None;
+    }
+    let mut best: Option<(u32, usize)> = None;
+    for transposed in [false, true] {
+        let mut word = 0u32;
+        for i in 0..18 {
+            let (a, b) = (i / 3, size - 11 + i % 3);
+            let (x, y) = if transposed { (b, a) } else { (a, b) };
+            if dark(x, y) {
+                word |= 1 << i;
+            }
+        }
+        for (k, &code) in VERSION_INFO.iter().enumerate() {
+            let d = (word ^ code).count_ones();
+            if best.is_none_or(|(bd, _)| d < bd) {
+                best = Some((d, k + 7));
+            }
+        }
+    }
+    best.and_then(|(d, v)| (d <= 3).then_some(v))
+}
+
+/// Fewest timing-line modules, as a fraction, that must alternate in a
+/// sampled grid before rqrr's decoder runs on it. On 150 generated frames
+/// (seeds apart from the corpus') every grid that decoded had 0.95 or
+/// more; grids that did not were mostly 0.45–0.75.
+const MIN_TIMING: f32 = 0.8;
+
+/// The fraction of the timing lines' modules (row and column 6 between
+/// the finders' separators) that alternate as they must in a thresholded
+/// grid, `dark[y * size + x]`.
+pub fn timing_fraction(size: usize, dark: &[bool]) -> f32 {
+    if size < 21 || dark.len() != size * size {
+        return 0.0;
+    }
+    let mut good = 0u32;
+    for i in 8..size - 8 {
+        let want = i % 2 == 0;
+        good += u32::from(dark[6 * size + i] == want) + u32::from(dark[i * size + 6] == want);
+    }
+    good as f32 / (2 * (size - 16)) as f32
+}
+
+/// A code read by sampling: its payload and its corners in frame pixels
+/// (top-left, top-right, bottom-right, bottom-left).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    /// The payload bytes.
+    pub payload: Vec<u8>,
+    /// The code's corners in frame pixels.
+    pub corners: [[f32; 2]; 4],
+}
+
+/// Module-space threshold radii tried on each sampled grid, in order: the
+/// local mean over 9×9 modules, then the whole code's mean, then 5×5.
+const RADII: [usize; 3] = [4, 0, 2];
+
+/// Reads the code whose three finder centres (in frame pixels, any order
+/// with `corner` at the right angle) and module size the locator found.
+/// The version is chosen among those near the finder spacing by the
+/// timing lines (and the version information from version 7); finder
+/// centres are refined on their templates; from version 2 the
+/// bottom-right alignment pattern is searched for and anchors the
+/// homography's fourth point (perspective), else the fourth point is the
+/// parallelogram's. Each module is sampled and thresholded at a few
+/// radii, and rqrr's decoder reads the bits.
+pub fn read_located(
+    frame: GreyFrame<'_>,
+    corner: [f64; 2],
+    a: [f64; 2],
+    b: [f64; 2],
+    module: f64,
+    inverted: bool,
+) -> Option<Sampled> {
+    let finders = orient(corner, a, b);
+    let estimate = version_estimate(&finders, module);
+    if !estimate.is_finite() {
+        return None;
+    }
+    let centre = estimate.round().clamp(1.0, 40.0) as i64;
+    let affine_for = |version: usize| {
+        let s = size_of(version) as f64;
+        Homography::affine(&[[3.5, 3.5], [s - 3.5, 3.5], [3.5, s - 3.5]], &finders)
+    };
+    let h = affine_for(centre as usize)?;
+    // The levels of the finder's dark and light modules, whatever the
+    // polarity: the timing lines continue the finders' dark modules.
+    let levels = finder_levels(frame, &h);
+    // Candidates: the sizes the timing lines count (both agreeing first),
+    // then the versions nearest the estimate.
+    let mut versions: Vec<usize> = Vec::new();
+    let counted = timing_sizes(frame, &h, size_of(centre as usize), levels);
+    if let [Some(a), Some(b)] = counted
+        && a == b
+    {
+        versions.push((a - 17) / 4);
+    }
+    for size in counted.into_iter().flatten() {
+        versions.push((size - 17) / 4);
+    }
+    let mut near: Vec<usize> = (1..=40).collect();
+    near.sort_by(|&a, &b| {
+        (a as f64 - estimate)
+            .abs()
+            .total_cmp(&(b as f64 - estimate).abs())
+    });
+    versions.extend(near.into_iter().take(2));
+    let mut tried = Vec::new();
+    for version in versions {
+        if tried.contains(&version) || tried.len() >= MAX_VERSIONS {
+            continue;
+        }
+        tried.push(version);
+        let Some(h) = affine_for(version) else {
+            continue;
+        };
+        if let Some(found) = read_version(frame, &finders, version, h, inverted) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// Versions tried per located code: the timing lines' count and the two
+/// nearest the finder spacing usually coincide, so three covers them.
+const MAX_VERSIONS: usize = 3;
+
+/// Reads a code of a given version from its (roughly placed) finders:
+/// refines the anchors, builds the homography, samples and decodes.
+fn read_version(
+    frame: GreyFrame<'_>,
+    finders: &[[f64; 2]; 3],
+    version: usize,
+    affine: Homography,
+    inverted: bool,
+) -> Option<Sampled> {
+    let size = size_of(version);
+    let s = size as f64;
+    let src = [[3.5, 3.5], [s - 3.5, 3.5], [3.5, s - 3.5]];
+    // Finder centres on their templates, within a module.
+    let (dark, light) = finder_levels(frame, &affine);
+    let min_contrast = ((light - dark).abs() * 0.3).max(4.0);
+    let mut anchors = *finders;
+    for (k, &[u, v]) in src.iter().enumerate() {
+        if let Some(&(p, _)) = refine_anchor(
+            frame,
+            &affine,
+            Pattern::Finder,
+            (u, v),
+            1.0,
+            inverted,
+            min_contrast,
+            1,
+        )
+        .first()
+        {
+            anchors[k] = p;
+        }
+    }
+    let h3 = Homography::affine(&src, &anchors)?;
+    let mut homographies = Vec::with_capacity(2);
+    if version >= 2 {
+        // The alignment pattern, 3 modules in from the bottom-right finder
+        // position: search wider for larger codes (perspective moves the
+        // far corner off the parallelogram by more modules).
+        let c = s - 6.5;
+        let radius = 2.0 + s / 6.0;
+        let levels = finder_levels(frame, &h3);
+        let mut scored: Vec<(f32, Homography)> = refine_anchor(
+            frame,
+            &h3,
+            Pattern::Alignment,
+            (c, c),
+            radius,
+            inverted,
+            min_contrast,
+            3,
+        )
+        .into_iter()
+        .filter_map(|(p, _)| {
+            let h = Homography::from_points(
+                &[src[0], src[1], [c, c], src[2]],
+                &[anchors[0], anchors[1], p, anchors[2]],
+            )?;
+            Some((timing_phase(frame, &h, size, levels), h))
+        })
+        .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        // The best map, refined once more: the finders were placed with
+        // the affine map, whose local scale is off under perspective; under
+        // the homography their templates fit, and they and the alignment
+        // pattern move by a fraction of a module.
+        if let Some(&(_, h)) = scored.first() {
+            let targets = [src[0], src[1], [c, c], src[2]];
+            let mut moved = [anchors[0], anchors[1], h.map(c, c), anchors[2]];
+            for (k, &[u, v]) in targets.iter().enumerate() {
+                let pattern = if k == 2 {
+                    Pattern::Alignment
+                } else {
+                    Pattern::Finder
+                };
+                if let Some(&(p, _)) =
+                    refine_anchor(frame, &h, pattern, (u, v), 0.5, inverted, min_contrast, 1)
+                        .first()
+                {
+                    moved[k] = p;
+                }
+            }
+            if let Some(better) = Homography::from_points(&targets, &moved) {
+                homographies.push(better);
+            }
+        }
+        homographies.extend(scored.into_iter().take(2).map(|(_, h)| h));
+    }
+    homographies.push(h3);
+    for h in homographies {
+        let grey = sample_modules(frame, &h, size);
+        for radius in RADII {
+            let dark = threshold_modules(&grey, size, radius, inverted);
+            if version >= 7
+                && read_version_info(|x, y| dark[y * size + x], size).is_some_and(|v| v != version)
+            {
+                // The version blocks say another size: this one is wrong.
+                return None;
+            }
+            // A grid whose timing lines do not alternate is not a code (a
+            // false finder group, a wrong size or map): rqrr's decoder
+            // would accept its format bits about half the time and then
+            // spend milliseconds on Reed–Solomon syndromes.
+            if timing_fraction(size, &dark) < MIN_TIMING {
+                continue;
+            }
+            if let Some(payload) = decode_modules(size, &dark) {
+                let corners = [(0.0, 0.0), (s, 0.0), (s, s), (0.0, s)].map(|(u, v)| {
+                    let [x, y] = h.map(u, v);
+                    [x as f32, y as f32]
+                });
+                return Some(Sampled { payload, corners });
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GreyImage;
+    use crate::encode::modules;
+
+    fn payload(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed))
+            .collect()
+    }
+
+    /// A generated camera view of a code: its modules (4-module quiet
+    /// zone) mapped through `h` (module coordinates → pixels) by inverse
+    /// sampling with 4×4 supersampling, on a mid-grey background, in dark
+    /// mode when `inverted`. Returns the frame.
+    fn view(
+        payload: &[u8],
+        w: usize,
+        h: usize,
+        map: &Homography,
+        inverted: bool,
+    ) -> (GreyImage, usize) {
+        let m = modules(payload).unwrap();
+        let size = m.size as f64;
+        // Inverse: pixels → modules, from the four corners of the quiet zone.
+        let q = 4.0;
+        let quad = [
+            [-q, -q],
+            [size + q, -q],
+            [size + q, size + q],
+            [-q, size + q],
+        ];
+        let px = quad.map(|[u, v]| map.map(u, v));
+        let inv = Homography::from_points(&px, &quad).unwrap();
+        let mut data = vec![128u8; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = 0u32;
+                let mut any = false;
+                for sy in 0..4 {
+                    for sx in 0..4 {
+                        let [u, v] = inv.map(
+                            x as f64 + (sx as f64 + 0.5) / 4.0 - 0.5,
+                            y as f64 + (sy as f64 + 0.5) / 4.0 - 0.5,
+                        );
+                        if u >= -q && v >= -q && u < size + q && v < size + q {
+                            any = true;
+                            let dark = m.is_dark(u.floor() as isize, v.floor() as isize);
+                            acc += if dark != inverted { 30 } else { 220 };
+                        } else {
+                            acc += 128;
+                        }
+                    }
+                }
+                if any {
+                    data[y * w + x] = (acc / 16) as u8;
+                }
+            }
+        }
+        (GreyImage::new(w, h, data).unwrap(), m.size)
+    }
+
+    /// A pose: the code (size modules) centred at (cx, cy), `px` pixels per
+    /// module, turned by `roll` degrees and tilted by `yaw` degrees about
+    /// the vertical axis (a pinhole camera at 3 code widths, closer than
+    /// the corpus generator's ~4, so perspective is stronger).
+    fn pose(size: usize, cx: f64, cy: f64, px: f64, roll: f64, yaw: f64) -> Homography {
+        let s = size as f64;
+        let (cr, sr) = (roll.to_radians().cos(), roll.to_radians().sin());
+        let (cyaw, syaw) = (yaw.to_radians().cos(), yaw.to_radians().sin());
+        let dist = 3.0 * s;
+        let project = |u: f64, v: f64| {
+            let (x, y) = (u - s / 2.0, v - s / 2.0);
+            // Tilt about the vertical axis, then perspective, then roll.
+            let (x3, z3) = (x * cyaw, dist + x * syaw);
+            let (xp, yp) = (x3 * dist / z3, y * dist / z3);
+            [cx + px * (cr * xp - sr * yp), cy + px * (sr * xp + cr * yp)]
+        };
+        let src = [[0.0, 0.0], [s, 0.0], [s, s], [0.0, s]];
+        let dst = src.map(|[u, v]| project(u, v));
+        Homography::from_points(&src, &dst).unwrap()
+    }
+
+    /// Reads a generated view from its true finder centres (jittered by a
+    /// pixel) and a module size as the locator measures it.
+    fn read_view(img: &GreyImage, h: &Homography, size: usize, inverted: bool) -> Option<Sampled> {
+        let s = size as f64;
+        let tl = h.map(3.5, 3.5);
+        let tr = h.map(s - 3.5, 3.5);
+        let bl = h.map(3.5, s - 3.5);
+        let jitter = |p: [f64; 2], dx: f64, dy: f64| [p[0] + dx, p[1] + dy];
+        // The locator's module: each finder's width along a row and along
+        // a column (a cut through a turned square is longer by 1 / max(|cos|,
+        // |sin|)), averaged over the three finders.
+        let mut module = 0.0;
+        for (fu, fv) in [(0.0, 0.0), (s - 7.0, 0.0), (0.0, s - 7.0)] {
+            for (du, dv) in [(1.0, 0.0), (0.0, 1.0)] {
+                let a = h.map(fu + 3.5 - 3.5 * du, fv + 3.5 - 3.5 * dv);
+                let b = h.map(fu + 3.5 + 3.5 * du, fv + 3.5 + 3.5 * dv);
+                let theta = (b[1] - a[1]).atan2(b[0] - a[0]);
+                let along = (b[0] - a[0]).hypot(b[1] - a[1]) / 7.0;
+                module += along / theta.cos().abs().max(theta.sin().abs()) / 6.0;
+            }
+        }
+        read_located(
+            img.as_frame(),
+            jitter(tl, 0.8, -0.6),
+            jitter(bl, -0.7, 0.5),
+            jitter(tr, 0.6, 0.9),
+            module,
+            inverted,
+        )
+    }
+
+    #[test]
+    fn timing_fraction_tells_a_code_from_noise() {
+        let m = modules(&payload(199, 5)).unwrap();
+        let n = m.size;
+        let code: Vec<bool> = (0..n * n)
+            .map(|i| m.is_dark((i % n) as isize, (i / n) as isize))
+            .collect();
+        assert_eq!(timing_fraction(n, &code), 1.0);
+        // Pseudo-random modules: about half the timing modules agree.
+        let noise: Vec<bool> = (0..n * n)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761) >> 31 == 1)
+            .collect();
+        assert!(timing_fraction(n, &noise) < MIN_TIMING);
+        // A few timing modules flipped (blur, glare) still pass.
+        let mut worn = code.clone();
+        for i in [9, 14, 20, 33] {
+            worn[6 * n + i] = !worn[6 * n + i];
+        }
+        assert!(timing_fraction(n, &worn) >= 0.95);
+        assert_eq!(timing_fraction(n, &code[1..]), 0.0);
+    }
+
+    #[test]
+    fn homography_maps_its_points_and_inverts() {
+        let src = [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]];
+        let dst = [[5.0, 7.0], [120.0, 15.0], [110.0, 140.0], [-3.0, 100.0]];
+        let h = Homography::from_points(&src, &dst).unwrap();
+        for (s, d) in src.iter().zip(&dst) {
+            let p = h.map(s[0], s[1]);
+            assert!((p[0] - d[0]).abs() < 1e-6 && (p[1] - d[1]).abs() < 1e-6);
+        }
+        let inv = Homography::from_points(&dst, &src).unwrap();
+        let p = inv.map(h.map(3.0, 7.0)[0], h.map(3.0, 7.0)[1]);
+        assert!((p[0] - 3.0).abs() < 1e-6 && (p[1] - 7.0).abs() < 1e-6);
+        let same = [[1.0, 1.0]; 4];
+        assert!(Homography::from_points(&same, &dst).is_none());
+    }
+
+    #[test]
+    fn orient_puts_top_right_clockwise() {
+        let (tl, tr, bl) = ([0.0, 0.0], [10.0, 0.0], [0.0, 10.0]);
+        assert_eq!(orient(tl, tr, bl), [tl, tr, bl]);
+        assert_eq!(orient(tl, bl, tr), [tl, tr, bl]);
+    }
+
+    #[test]
+    fn version_estimate_from_finder_spacing_at_any_roll() {
+        for version in [1usize, 4, 7, 10, 15] {
+            let size = size_of(version);
+            for roll in [0.0, 20.0, 45.0, 70.0] {
+                let h = pose(size, 400.0, 400.0, 4.0, roll, 0.0);
+                let s = size as f64;
+                let f = [h.map(3.5, 3.5), h.map(s - 3.5, 3.5), h.map(3.5, s - 3.5)];
+                let a = h.map(0.0, 3.5);
+                let b = h.map(7.0, 3.5);
+                let theta = (b[1] - a[1]).atan2(b[0] - a[0]);
+                let module = 4.0 / theta.cos().abs().max(theta.sin().abs());
+                let v = version_estimate(&f, module);
+                assert!((v - version as f64).abs() < 0.3, "{version} {roll}: {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn threshold_follows_a_gradient_in_module_space() {
+        // A checkerboard whose levels rise left to right (glare).
+        let size = 21;
+        let grey: Vec<f32> = (0..size * size)
+            .map(|i| {
+                let (x, y) = (i % size, i / size);
+                let base = 40.0 + 8.0 * x as f32;
+                if (x + y) % 2 == 0 { base } else { base + 60.0 }
+            })
+            .collect();
+        let dark = threshold_modules(&grey, size, 2, false);
+        for (i, &d) in dark.iter().enumerate() {
+            assert_eq!(d, (i % size + i / size) % 2 == 0, "module {i}");
+        }
+        let light = threshold_modules(&grey, size, 2, true);
+        assert!(dark.iter().zip(&light).all(|(a, b)| a != b));
+        assert!(threshold_modules(&grey, 20, 2, false).is_empty());
+    }
+
+    #[test]
+    fn version_info_reads_back_from_encoded_codes() {
+        for version_payload in [(7usize, 110usize), (10, 199), (12, 270)] {
+            let m = modules(&payload(version_payload.1, 3)).unwrap();
+            assert_eq!(m.size, size_of(version_payload.0), "{version_payload:?}");
+            let dark = |x: usize, y: usize| m.dark[y * m.size + x];
+            assert_eq!(read_version_info(dark, m.size), Some(version_payload.0));
+        }
+        let small = modules(&payload(20, 1)).unwrap();
+        assert_eq!(read_version_info(|_, _| false, small.size), None);
+    }
+
+    #[test]
+    fn decodes_a_perfect_module_matrix_with_binary_bytes() {
+        let p: Vec<u8> = (0..=255u8).rev().take(199).collect();
+        let m = modules(&p).unwrap();
+        assert_eq!(decode_modules(m.size, &m.dark), Some(p));
+        assert_eq!(decode_modules(m.size, &vec![false; m.size * m.size]), None);
+        assert_eq!(decode_modules(3, &[true; 9]), None);
+    }
+
+    #[test]
+    fn reads_generated_views_versions_1_to_10_both_polarities() {
+        // Payload sizes that need versions 1 to 10 at level M (byte mode).
+        let lengths = [10, 20, 32, 50, 70, 90, 110, 140, 170, 199];
+        for (k, &len) in lengths.iter().enumerate() {
+            let p = payload(len, k as u8);
+            let size = modules(&p).unwrap().size;
+            assert_eq!(size, size_of(k + 1), "payload {len}");
+            let inverted = k % 2 == 1;
+            let roll = [0.0, 17.0, -33.0, 90.0, 151.0][k % 5];
+            let h = pose(size, 320.0, 240.0, 5.0, roll, 0.0);
+            let (img, _) = view(&p, 640, 480, &h, inverted);
+            let got = read_view(&img, &h, size, inverted);
+            assert_eq!(got.map(|s| s.payload), Some(p), "version {}", k + 1);
+        }
+    }
+
+    #[test]
+    fn reads_perspective_up_to_40_degrees() {
+        let p = payload(199, 9);
+        let size = size_of(10);
+        for (yaw, roll) in [(20.0, 10.0), (30.0, -25.0), (40.0, 5.0), (-40.0, 60.0)] {
+            let h = pose(size, 640.0, 360.0, 6.0, roll, yaw);
+            let (img, _) = view(&p, 1280, 720, &h, false);
+            let got = read_view(&img, &h, size, false);
+            let got = got.unwrap_or_else(|| panic!("yaw {yaw} roll {roll}"));
+            assert_eq!(got.payload, p);
+            // Corners within three pixels of the truth (they lie 3.5
+            // modules beyond the finder centres).
+            let s = size as f64;
+            for (c, (u, v)) in got
+                .corners
+                .iter()
+                .zip([(0.0, 0.0), (s, 0.0), (s, s), (0.0, s)])
+            {
+                let t = h.map(u, v);
+                assert!(
+                    (f64::from(c[0]) - t[0]).hypot(f64::from(c[1]) - t[1]) < 3.0,
+                    "{c:?} vs {t:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refine_anchor_finds_a_displaced_finder_and_ignores_flat_grey() {
+        let p = payload(100, 4);
+        let size = modules(&p).unwrap().size;
+        let h = pose(size, 200.0, 200.0, 5.0, 0.0, 0.0);
+        let (img, _) = view(&p, 400, 400, &h, false);
+        // A map that is off by 3 pixels right and 2 down.
+        let off = {
+            let s = size as f64;
+            let src = [[0.0, 0.0], [s, 0.0], [s, s], [0.0, s]];
+            let dst = src.map(|[u, v]| {
+                let [x, y] = h.map(u, v);
+                [x + 3.0, y + 2.0]
+            });
+            Homography::from_points(&src, &dst).unwrap()
+        };
+        let (at, c) = refine_anchor(
+            img.as_frame(),
+            &off,
+            Pattern::Finder,
+            (3.5, 3.5),
+            1.0,
+            false,
+            20.0,
+            1,
+        )[0];
+        let truth = h.map(3.5, 3.5);
+        assert!(
+            (at[0] - truth[0]).hypot(at[1] - truth[1]) < 0.8,
+            "{at:?} {truth:?}"
+        );
+        assert!(c > 100.0);
+        let flat = GreyImage::filled(400, 400, 128).unwrap();
+        assert!(
+            refine_anchor(
+                flat.as_frame(),
+                &h,
+                Pattern::Finder,
+                (3.5, 3.5),
+                1.0,
+                false,
+                4.0,
+                3
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn timing_lines_count_the_size_under_perspective() {
+        let p = payload(199, 2);
+        let size = size_of(10);
+        for (roll, yaw) in [(12.0, 0.0), (-30.0, 35.0)] {
+            let h = pose(size, 320.0, 320.0, 5.0, roll, yaw);
+            let (img, _) = view(&p, 640, 640, &h, false);
+            // Finders where they are; the affine map of a wrong size (53).
+            let s = size as f64;
+            let finders = [h.map(3.5, 3.5), h.map(s - 3.5, 3.5), h.map(3.5, s - 3.5)];
+            let t = 53.0;
+            let a = Homography::affine(&[[3.5, 3.5], [t - 3.5, 3.5], [3.5, t - 3.5]], &finders)
+                .unwrap();
+            let got = timing_sizes(img.as_frame(), &a, 53, (30.0, 220.0));
+            // Frontal: both lines count it; under strong perspective the
+            // affine map's line can drift off the row far from the finder,
+            // so one of the two must.
+            if yaw == 0.0 {
+                assert_eq!(got, [Some(57), Some(57)], "roll {roll}");
+            } else {
+                assert!(got.contains(&Some(57)), "roll {roll} yaw {yaw}: {got:?}");
+            }
+        }
+        let flat = GreyImage::filled(200, 200, 128).unwrap();
+        let a = pose(21, 100.0, 100.0, 4.0, 0.0, 0.0);
+        assert_eq!(
+            timing_sizes(flat.as_frame(), &a, 21, (30.0, 220.0)),
+            [None, None]
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! The reader: it checks a token offline ([`reader::Reader::present`]),
+//! commits the record to its durable queue ([`store`]) and only then drives
+//! the gate or vending machine ([`actuator`]); the [`sync`] uplink carries
+//! queued records to the hub, and the [`daemon`] runs it all from audio
+//! and camera sources. [`status`] is the operator's read-only view.
+
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod actuator;
+pub mod daemon;
+pub mod reader;
+pub mod status;
+pub mod store;
+pub mod sync;
