@@ -13,6 +13,7 @@ mod hardening_sync;
 mod hardening_vend;
 mod hardening_wallet;
 mod hw;
+mod layers;
 mod modem_cli;
 mod protocol_vectors;
 mod qr_cli;
