@@ -10,7 +10,7 @@ use sonotap_audio::wav;
 use sonotap_modem::sim::{self, Channel, NoiseKind};
 use sonotap_modem::{self as modem, Profile};
 
-use crate::util::{Scratch, last_json};
+use crate::util::{Scratch, last_json, stderr};
 
 const RATE: u32 = 48_000;
 
@@ -41,10 +41,6 @@ fn analyze(s: &Scratch, file: &str, extra: &[&str]) -> Output {
     let mut args = vec!["analyze", file, "--png", "out.png", "--json"];
     args.extend_from_slice(extra);
     s.run(&args)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

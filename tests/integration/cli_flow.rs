@@ -23,16 +23,8 @@ fn at(offset: u64) -> String {
 
 /// `hub issue` from `hub` to the wallet in `wallet`: cap 300, valid from FROM.
 fn issue(s: &Scratch, hub: &str, wallet: &str, limit: u32, hours: u32, out: &str) {
-    let key = format!("{wallet}/wallet.pub");
-    let (limit, hours) = (limit.to_string(), hours.to_string());
-    let from = FROM.to_string();
-    s.ok(&[
-        "hub",
-        "issue",
-        "--data",
-        hub,
-        "--wallet-key",
-        &key,
+    let (limit, hours, from) = (limit.to_string(), hours.to_string(), FROM.to_string());
+    let terms = [
         "--limit",
         &limit,
         "--per-payment",
@@ -41,9 +33,8 @@ fn issue(s: &Scratch, hub: &str, wallet: &str, limit: u32, hours: u32, out: &str
         &hours,
         "--valid-from",
         &from,
-        "--out",
-        out,
-    ]);
+    ];
+    s.hub_issue(hub, wallet, &terms, out);
 }
 
 /// `wallet pay` from the wallet in `dir` at absolute time `when`, with extra options.

@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sonotap_hub::{Hub, IssueRequest};
 use sonotap_protocol::token::Scope;
@@ -19,17 +19,13 @@ use sonotap_reader::store::{ActuationOutcome, ReaderDb};
 use sonotap_wallet::{PayRequest, Wallet};
 
 use crate::audio_capture::{alsa_test_device, write_raw};
-use crate::util::{Daemon, HubProcess, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame};
+use crate::util::{
+    Daemon, HubProcess, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame, records, unix_now,
+    unsynced,
+};
 
 const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
 const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
 
 /// The relay board: the test's end of a pty pair; sonotap opens the slave.
 type Relay = PtyDevice;
@@ -137,21 +133,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn records(s: &Scratch) -> Vec<sonotap_protocol::record::Record> {
-    ReaderDb::open(&s.path("r/reader.db"))
-        .expect("db")
-        .records(false)
-        .expect("records")
-}
-
-fn unsynced(s: &Scratch) -> u64 {
-    ReaderDb::open(&s.path("r/reader.db"))
-        .expect("db")
-        .summary()
-        .expect("summary")
-        .unsynced
-}
-
 fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
@@ -215,14 +196,14 @@ fn sound_token_from_the_alsa_device_opens_the_gate_is_recorded_and_reaches_the_h
     relay.pump(Duration::from_millis(600));
     assert_eq!(relay.commands()[0], OFF, "released on connect");
     assert_eq!(relay.commands()[1..3], [ON, OFF], "one pulse");
-    let recs = records(&s);
+    let recs = records(&s, "r");
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].token, token);
     assert_eq!(recs[0].amount, 100);
     wait_for(
         "the hub acknowledges the record",
         Duration::from_secs(20),
-        || unsynced(&s) == 0,
+        || unsynced(&s, "r") == 0,
     );
     let report: serde_json::Value =
         serde_json::from_str(&s.ok(&["hub", "report", "--data", "hub", "--json"])).expect("json");
@@ -288,7 +269,7 @@ fn qr_frame_from_a_fifo_opens_the_gate_shows_the_display_line_and_reaches_the_hu
         1,
         "held in view for three frames, opened once"
     );
-    let recs = records(&s);
+    let recs = records(&s, "r");
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].token, token);
     display.expect("PAID 100");
@@ -300,7 +281,7 @@ fn qr_frame_from_a_fifo_opens_the_gate_shows_the_display_line_and_reaches_the_hu
     wait_for(
         "the hub acknowledges the record",
         Duration::from_secs(20),
-        || unsynced(&s) == 0,
+        || unsynced(&s, "r") == 0,
     );
     daemon.wait_log("tap timings", Duration::from_secs(5));
     drop(fifo);
@@ -334,7 +315,7 @@ fn sigterm_during_a_burst_loses_nothing_and_opens_nothing_twice() {
         "the relay is released at the end: {commands:02X?}"
     );
     let opens = relay.opens();
-    let recs = records(&s);
+    let recs = records(&s, "r");
     let db = ReaderDb::open(&s.path("r/reader.db")).expect("db");
     let mut delivered = 0;
     for r in &recs {
@@ -402,7 +383,7 @@ fn hub_down_for_the_whole_test_leaves_records_queued_and_the_gate_working() {
         Duration::from_secs(15),
         || status(&s)["sync"]["ok"] == false && status(&s)["sync"]["detail"] != "no round yet",
     );
-    assert_eq!(unsynced(&s), 2, "both records stay queued");
+    assert_eq!(unsynced(&s, "r"), 2, "both records stay queued");
     let m = scrape(metrics_port);
     assert!(metric(&m, "sonotap_sync_failures_total") >= 1.0);
     assert_eq!(metric(&m, "sonotap_queue_depth"), 2.0);
@@ -410,7 +391,7 @@ fn hub_down_for_the_whole_test_leaves_records_queued_and_the_gate_working() {
     let st = status(&s);
     assert_eq!(st["devices"].as_array().map(Vec::len), Some(2), "{st}");
     daemon.stop();
-    assert_eq!(unsynced(&s), 2);
+    assert_eq!(unsynced(&s, "r"), 2);
 }
 
 #[test]
@@ -596,7 +577,7 @@ fn vending_profile_charges_the_vend_requests_price_before_approval() {
     vmc.say("c,STATUS,IDLE,3.00");
     vmc.say("c,STATUS,VEND,2.50,12");
     vmc.expect("C,VEND,2.50");
-    let recs = records(&s);
+    let recs = records(&s, "r");
     assert_eq!(recs.len(), 1, "charge committed before C,VEND");
     assert_eq!((recs[0].amount, &recs[0].token), (250, &token));
     vmc.say("c,VEND,SUCCESS");

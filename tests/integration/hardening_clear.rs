@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Scratch, first_stdout_line, sonotap};
+use crate::util::{HUB_SERVE, Scratch, first_stdout_line, sonotap};
 
 #[path = "../../crates/hub/src/postgres/test_server.rs"]
 mod pg_server;
@@ -135,16 +135,8 @@ fn issue13_06_zero_length_reader_db_is_refused_not_given_a_new_schema() {
 /// (its address) if it started, and everything it wrote to stderr.
 fn serve_postgres(s: &Scratch, url: &str, envs: &[(&str, &str)]) -> (Option<String>, String) {
     let mut child = sonotap()
-        .args([
-            "hub",
-            "serve",
-            "--data",
-            "hub",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            url,
-        ])
+        .args(HUB_SERVE)
+        .args(["--database", url])
         .env_remove("PGPASSWORD")
         .env_remove("PGPASSFILE")
         .env("HOME", s.dir.path())

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Scratch, sonotap};
+use crate::util::{HUB_SERVE, Scratch, sonotap, stderr};
 
 /// Far above what any of these commands needs on a loaded machine; the bugs
 /// were hangs (forever) and reads until memory ran out.
@@ -45,10 +45,6 @@ fn bounded(mut command: Command) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn mode(path: &Path) -> u32 {
@@ -304,17 +300,10 @@ fn issue13_13_hub_serve_refuses_a_tls_key_others_can_read_as_it_refuses_issuer_k
     let out = run_bounded(
         &s,
         &[
-            "hub",
-            "serve",
-            "--data",
-            "hub",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "hub.crt",
-            "--tls-key",
-            "hub.key",
-        ],
+            &HUB_SERVE[..],
+            &["--tls-cert", "hub.crt", "--tls-key", "hub.key"],
+        ]
+        .concat(),
     );
     assert_refused(&out, &["hub.key has permissions 0644", "chmod 600"]);
     // The same rule for the issuer key.
@@ -328,17 +317,10 @@ fn issue13_13_hub_serve_refuses_a_tls_key_others_can_read_as_it_refuses_issuer_k
     let out = run_bounded(
         &s,
         &[
-            "hub",
-            "serve",
-            "--data",
-            "hub",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "fifo.crt",
-            "--tls-key",
-            "hub.key",
-        ],
+            &HUB_SERVE[..],
+            &["--tls-cert", "fifo.crt", "--tls-key", "hub.key"],
+        ]
+        .concat(),
     );
     assert_refused(&out, &["fifo.crt is a FIFO"]);
 }

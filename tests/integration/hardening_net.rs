@@ -15,7 +15,7 @@ use sonotap_protocol::wire::SignedRequest;
 use sonotap_reader::reader::Reader;
 use sonotap_wallet::{PayRequest, Wallet};
 
-use crate::util::{HubProcess, Scratch, last_json};
+use crate::util::{HUB_SERVE, HubProcess, Scratch, last_json};
 
 /// Fast limits for tests; the defaults are 10 s.
 const FAST: &[&str] = &["--header-timeout", "1s", "--body-timeout", "1s"];
@@ -627,16 +627,7 @@ fn issue13_01_measure_hub_under_idle_slow_and_stalled_connections() {
 fn issue13_01_hub_serve_refuses_a_timeout_under_a_second() {
     let s = hub_site();
     for flag in ["--header-timeout", "--body-timeout"] {
-        let out = s.run(&[
-            "hub",
-            "serve",
-            "--data",
-            "hub",
-            "--listen",
-            "127.0.0.1:0",
-            flag,
-            "0s",
-        ]);
+        let out = s.run(&[&HUB_SERVE[..], &[flag, "0s"]].concat());
         assert_eq!(out.status.code(), Some(2), "{flag} 0s");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("at least 1s"), "{stderr}");

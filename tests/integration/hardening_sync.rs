@@ -19,7 +19,9 @@ use sonotap_reader::reader::Reader;
 use sonotap_wallet::Wallet;
 
 use crate::sync::queue;
-use crate::util::{HubProcess, Scratch, read_http_message, with_connection_close};
+use crate::util::{
+    HubProcess, Scratch, read_http_message, stderr, unsynced, with_connection_close,
+};
 
 const NOW: u64 = 1_790_000_000;
 
@@ -30,34 +32,6 @@ fn site() -> Scratch {
     s.reader_init("ra", "gate-a", &[]);
     s.register_reader("ra", "gate-a");
     s
-}
-
-fn sync(s: &Scratch, reader: &str, url: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "reader",
-        "sync",
-        "--data",
-        reader,
-        "--hub",
-        url,
-        "--timeout",
-        "5s",
-    ];
-    args.extend_from_slice(extra);
-    s.run(&args)
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn unsynced(s: &Scratch, reader: &str) -> u64 {
-    Reader::open(&s.path(reader))
-        .expect("reader")
-        .db()
-        .summary()
-        .expect("summary")
-        .unsynced
 }
 
 /// Sends `body` to `url` (POST when given) and returns the status and JSON answer.
@@ -178,7 +152,7 @@ fn issue13_10_batch_with_sequence_numbers_past_2_63_is_refused_once_and_not_retr
         hub.url.trim_start_matches("http://").to_owned(),
         Arc::clone(&posts),
     );
-    let out = sync(&s, "ra", &proxy, &["--attempts", "5"]);
+    let out = s.reader_sync("ra", &proxy, &["--attempts", "5"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("not retried"), "{}", stderr(&out));
     assert_eq!(posts.load(Ordering::SeqCst), 1, "{}", stderr(&out));
@@ -315,7 +289,7 @@ fn issue13_04_hub_time_moves_the_reader_clock_only_when_signed_fresh_and_the_syn
             }
             response
         });
-        let out = sync(&s, "ra", &proxy, &["--attempts", "1"]);
+        let out = s.reader_sync("ra", &proxy, &["--attempts", "1"]);
         assert_eq!(out.status.code(), Some(1), "{lie}: {}", stderr(&out));
         assert!(
             stderr(&out).contains("cannot be trusted"),
@@ -342,7 +316,7 @@ fn issue13_04_hub_time_moves_the_reader_clock_only_when_signed_fresh_and_the_syn
         }
         response
     });
-    let out = sync(&s, "ra", &ahead_then_bad_ack, &["--attempts", "1"]);
+    let out = s.reader_sync("ra", &ahead_then_bad_ack, &["--attempts", "1"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(stored_offset(&s, "ra"), 0);
     assert_eq!(unsynced(&s, "ra"), 3);
@@ -376,7 +350,7 @@ fn issue13_04_hub_time_moves_the_reader_clock_only_when_signed_fresh_and_the_syn
         }
         response
     });
-    let out = sync(&s, "ra", &ahead, &["--attempts", "1"]);
+    let out = s.reader_sync("ra", &ahead, &["--attempts", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_str(
         String::from_utf8_lossy(&out.stdout)
@@ -391,7 +365,7 @@ fn issue13_04_hub_time_moves_the_reader_clock_only_when_signed_fresh_and_the_syn
     assert_eq!(report["clock_offset_ms"], 300_000, "{report}");
     assert_eq!(stored_offset(&s, "ra"), 300_000);
 
-    let out = sync(&s, "ra", &hub.url, &["--attempts", "1"]);
+    let out = s.reader_sync("ra", &hub.url, &["--attempts", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stored_offset(&s, "ra").abs() < 60_000,
@@ -438,7 +412,7 @@ fn issue13_05_an_old_key_set_announced_as_a_new_version_is_refused() {
             response
         },
     );
-    let out = sync(&s, "ra", &proxy, &["--attempts", "1"]);
+    let out = s.reader_sync("ra", &proxy, &["--attempts", "1"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("refusing to roll back"),
@@ -559,7 +533,7 @@ fn issue13_08_deny_list_and_keys_are_read_only_by_registered_readers_and_carry_n
     assert_eq!(request(&format!("{}/v1/time", hub.url), None, &[]).0, 200);
 
     // The real reader signs its reads and applies the entry.
-    let out = sync(&s, "ra", &hub.url, &["--attempts", "1"]);
+    let out = s.reader_sync("ra", &hub.url, &["--attempts", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_str(
         String::from_utf8_lossy(&out.stdout)
@@ -611,7 +585,7 @@ fn issue13_08_unknown_reader_and_bad_signature_uploads_get_one_identical_answer(
     );
 
     // The real reader reports the refusal, does not retry it, keeps its records.
-    let out = sync(&s, "rc", &hub.url, &["--attempts", "3"]);
+    let out = s.reader_sync("rc", &hub.url, &["--attempts", "3"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("refused") && stderr(&out).contains("not retried"),

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use sonotap_disk::keys::{PublicKey, Role};
@@ -16,14 +16,7 @@ use sonotap_hub::{Hub, IssueRequest};
 use sonotap_protocol::token::{CredentialTerms, PaymentTerms, Scope, Token};
 use sonotap_reader::store::ReaderDb;
 
-use crate::util::{Daemon, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame};
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
+use crate::util::{Daemon, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame, unix_now};
 
 /// A vending site: hub, reader `r` (vending), the daemon's config driving
 /// `profile` on the pty, and a wallet key with a hub-issued credential

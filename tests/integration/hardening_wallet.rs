@@ -6,21 +6,15 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::util::{Scratch, last_json};
+use crate::util::{Scratch, last_json, stderr};
 
 /// Credentials are valid from here for 24 hours.
 const FROM: u64 = 1_800_000_000;
 
-/// `hub issue` to wallet `w`: limit 1000, 400 a payment, 24 h from FROM.
+/// `hub issue` to wallet `w`: limit 1000, 400 a payment, `hours` from FROM.
 fn issue(s: &Scratch, hours: &str, out: &str) {
     let from = FROM.to_string();
-    s.ok(&[
-        "hub",
-        "issue",
-        "--data",
-        "hub",
-        "--wallet-key",
-        "w/wallet.pub",
+    let terms = [
         "--limit",
         "1000",
         "--per-payment",
@@ -29,9 +23,8 @@ fn issue(s: &Scratch, hours: &str, out: &str) {
         hours,
         "--valid-from",
         &from,
-        "--out",
-        out,
-    ]);
+    ];
+    s.hub_issue("hub", "w", &terms, out);
 }
 
 /// A hub, wallet `w` holding credential `cred` (limit 1000, cap 400) and reader `r` (gate-1).
@@ -69,10 +62,6 @@ fn accept(s: &Scratch, token: &str, offset: u64) -> (i32, String) {
     let json = last_json(&out);
     let reason = json["reason"].as_str().unwrap_or("").to_string();
     (out.status.code().expect("exit code"), reason)
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// (counter, running total) as `wallet show` prints them.

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Stdio;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sonotap_protocol::record::RecordKind;
 use sonotap_reader::actuator::driver::ReaderCharger;
@@ -16,7 +16,7 @@ use sonotap_reader::actuator::{Gate, Profile, VendOutcome, Vending};
 use sonotap_reader::reader::Reader;
 use sonotap_reader::store::{ActuationOutcome, ReaderDb};
 
-use crate::util::{PtyDevice, Scratch, sonotap};
+use crate::util::{PtyDevice, Scratch, records, sonotap, unix_now};
 
 const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
 const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
@@ -26,13 +26,6 @@ type Device = PtyDevice;
 
 fn profile(name: &str) -> Profile {
     Profile::load(name, &[]).expect("built-in profile")
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
 }
 
 /// A profile file in `s` from a built-in one with some lines replaced.
@@ -85,13 +78,7 @@ fn vending_site(amount: u32) -> Scratch {
     let s = Scratch::new();
     s.ok(&["hub", "init", "--data", "hub"]);
     s.ok(&["wallet", "new", "--dir", "w"]);
-    s.ok(&[
-        "hub",
-        "issue",
-        "--data",
-        "hub",
-        "--wallet-key",
-        "w/wallet.pub",
+    let terms = [
         "--limit",
         "1000",
         "--per-payment",
@@ -100,9 +87,8 @@ fn vending_site(amount: u32) -> Scratch {
         "24",
         "--scope",
         "vending",
-        "--out",
-        "cred",
-    ]);
+    ];
+    s.hub_issue("hub", "w", &terms, "cred");
     s.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
     s.reader_init("r", "vend-1", &["--scope", "vending"]);
     let amount = amount.to_string();
@@ -147,13 +133,6 @@ fn vend_with(
     drop(vending);
     vmc.join().expect("vending machine thread");
     report
-}
-
-fn records(s: &Scratch) -> Vec<sonotap_protocol::record::Record> {
-    ReaderDb::open(&s.path("r/reader.db"))
-        .expect("db")
-        .records(false)
-        .expect("records")
 }
 
 fn verify(s: &Scratch) -> String {
@@ -204,7 +183,7 @@ fn approved_vend_is_charged_at_the_actual_price_before_approval() {
         }
     );
     assert_eq!(report.settle_error, None);
-    let records = records(&s);
+    let records = records(&s, "r");
     assert_eq!(records.len(), 1);
     assert_eq!(
         (records[0].kind, records[0].amount),
@@ -237,7 +216,7 @@ fn vend_priced_above_the_funds_is_denied_and_nothing_is_charged() {
         matches!(&report.outcome, VendOutcome::Denied { price: 150, reason, .. } if reason.contains("above the funds")),
         "{report:?}"
     );
-    assert!(records(&s).is_empty());
+    assert!(records(&s, "r").is_empty());
 }
 
 #[test]
@@ -270,7 +249,7 @@ fn failed_dispense_voids_the_charge_and_the_chain_still_verifies() {
         "{report:?}"
     );
     assert_eq!(report.settle_error, None);
-    let records = records(&s);
+    let records = records(&s, "r");
     assert_eq!(records.len(), 2);
     assert_eq!(
         (records[0].kind, records[0].amount),
@@ -316,7 +295,7 @@ fn vend_result_that_never_comes_is_voided() {
         "{report:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    let kinds: Vec<_> = records(&s).iter().map(|r| r.kind).collect();
+    let kinds: Vec<_> = records(&s, "r").iter().map(|r| r.kind).collect();
     assert_eq!(kinds, [RecordKind::Charge, RecordKind::Void]);
 }
 
@@ -359,7 +338,7 @@ fn garbage_from_the_vending_machine_is_ignored_and_the_session_completes() {
         "{report:?}"
     );
     assert!(report.notes.len() >= 5, "{:?}", report.notes);
-    assert_eq!(records(&s).len(), 1);
+    assert_eq!(records(&s, "r").len(), 1);
 }
 
 #[test]
@@ -427,7 +406,7 @@ fn vending_adapter_unplugged_mid_vend_voids_and_replugged_works_again() {
         ),
         "{second:?}"
     );
-    let kinds: Vec<_> = records(&s).iter().map(|r| r.kind).collect();
+    let kinds: Vec<_> = records(&s, "r").iter().map(|r| r.kind).collect();
     assert_eq!(
         kinds,
         [RecordKind::Charge, RecordKind::Void, RecordKind::Charge]

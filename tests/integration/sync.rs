@@ -18,7 +18,7 @@ use sonotap_reader::reader::Reader;
 use sonotap_reader::sync::export;
 use sonotap_wallet::{PayRequest, Wallet};
 
-use crate::util::{self, HubProcess, Scratch, last_json, sonotap};
+use crate::util::{self, HubProcess, Scratch, last_json, sonotap, unsynced};
 
 const NOW: u64 = 1_790_000_000;
 
@@ -68,21 +68,6 @@ fn tap(s: &Scratch, w: &mut Wallet, reader: &str, amount: u32, at: u64) -> Optio
     outcome.decision.err().map(|d| d.reason.as_str().to_owned())
 }
 
-fn sync(s: &Scratch, reader: &str, url: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "reader",
-        "sync",
-        "--data",
-        reader,
-        "--hub",
-        url,
-        "--timeout",
-        "5s",
-    ];
-    args.extend_from_slice(extra);
-    s.run(&args)
-}
-
 fn report(s: &Scratch) -> serde_json::Value {
     serde_json::from_str(&s.ok(&["hub", "report", "--data", "hub", "--json"])).expect("json")
 }
@@ -92,15 +77,6 @@ fn reader_row<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Va
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["reader"] == id))
         .expect("reader row")
-}
-
-fn unsynced(s: &Scratch, reader: &str) -> u64 {
-    Reader::open(&s.path(reader))
-        .expect("reader")
-        .db()
-        .summary()
-        .expect("summary")
-        .unsynced
 }
 
 #[test]
@@ -123,7 +99,7 @@ fn cloned_wallet_is_flagged_at_the_hub_and_then_declined_by_reader_a() {
     assert_eq!(tap(&s, &mut honest, "rb", 250, NOW + 20), None);
 
     for reader in ["ra", "rb"] {
-        let out = sync(&s, reader, &hub.url, &[]);
+        let out = s.reader_sync(reader, &hub.url, &[]);
         assert!(
             out.status.success(),
             "{}",
@@ -142,7 +118,7 @@ fn cloned_wallet_is_flagged_at_the_hub_and_then_declined_by_reader_a() {
     assert_eq!(flagged[0]["denied"], true);
 
     // Reader A learns of the denial at its next sync.
-    let out = sync(&s, "ra", &hub.url, &[]);
+    let out = s.reader_sync("ra", &hub.url, &[]);
     assert_eq!(last_json(&out)["deny_entries"], 1);
     assert_eq!(
         tap(&s, &mut cloned, "ra", 250, NOW + 60).as_deref(),
@@ -152,7 +128,7 @@ fn cloned_wallet_is_flagged_at_the_hub_and_then_declined_by_reader_a() {
 
     // Syncing again changes nothing at the hub: every record exactly once.
     for reader in ["ra", "rb"] {
-        assert!(sync(&s, reader, &hub.url, &[]).status.success());
+        assert!(s.reader_sync(reader, &hub.url, &[]).status.success());
     }
     let r = report(&s);
     assert_eq!(reader_row(&r, "gate-a")["records"], 3);
@@ -235,7 +211,7 @@ fn hub_killed_mid_upload_loses_nothing_and_counts_nothing_twice() {
     assert!(1_500 - queued as i64 <= stored);
 
     let hub = HubProcess::start(&s, hub.port);
-    let out = sync(&s, "ra", &hub.url, &["--batch-size", "500"]);
+    let out = s.reader_sync("ra", &hub.url, &["--batch-size", "500"]);
     assert!(
         out.status.success(),
         "{}",
@@ -302,7 +278,7 @@ fn response_lost_on_the_way_back_is_retried_and_stored_once() {
         Arc::clone(&drop),
     );
 
-    let out = sync(&s, "ra", &proxy, &["--attempts", "1"]);
+    let out = s.reader_sync("ra", &proxy, &["--attempts", "1"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -313,7 +289,7 @@ fn response_lost_on_the_way_back_is_retried_and_stored_once() {
     assert_eq!(hub_record_count(&s), 30, "but the hub stored the batch");
 
     drop.store(false, Ordering::SeqCst);
-    let out = sync(&s, "ra", &proxy, &[]);
+    let out = s.reader_sync("ra", &proxy, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -350,7 +326,7 @@ fn same_batch_twice_by_upload_and_by_import_is_counted_once() {
         assert_eq!(answer["status"], expected);
     }
     // The network sync then only collects the acknowledgement.
-    let out = sync(&s, "ra", &hub.url, &[]);
+    let out = s.reader_sync("ra", &hub.url, &[]);
     assert_eq!(last_json(&out)["already_stored"], 12);
     let r = report(&s);
     assert_eq!(reader_row(&r, "gate-a")["records"], 12);
@@ -415,7 +391,7 @@ fn batch_relabelled_with_another_readers_identity_is_refused() {
     // An unregistered reader gets the same answer.
     s.reader_init("rc", "gate-c", &[]);
     queue(&s, "rc", 1);
-    let out = sync(&s, "rc", &hub.url, &["--attempts", "1"]);
+    let out = s.reader_sync("rc", &hub.url, &["--attempts", "1"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -527,7 +503,7 @@ fn hub_that_lies_about_the_acknowledgement_marks_nothing() {
             "{{\"status\":\"stored\",\"ack\":\"{ack}\",\"new_records\":3,\"already_stored\":0,\"flagged\":[]}}"
         );
         let url = lying_hub(&s, answer);
-        let out = sync(&s, "ra", &url, &["--attempts", "1"]);
+        let out = s.reader_sync("ra", &url, &["--attempts", "1"]);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("cannot be trusted"), "{err}");
@@ -570,9 +546,9 @@ fn hub_refuses_plain_http_off_loopback_and_serves_https_with_a_ca() {
         .to_owned();
     let url = format!("https://localhost:{port}");
     queue(&s, "ra", 2);
-    let untrusted = sync(&s, "ra", &url, &["--attempts", "1"]);
+    let untrusted = s.reader_sync("ra", &url, &["--attempts", "1"]);
     assert_eq!(untrusted.status.code(), Some(1));
-    let out = sync(&s, "ra", &url, &["--hub-ca", "hub.crt"]);
+    let out = s.reader_sync("ra", &url, &["--hub-ca", "hub.crt"]);
     let _ = child.kill();
     let _ = child.wait();
     assert!(

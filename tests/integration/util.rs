@@ -14,6 +14,40 @@ use std::time::{Duration, Instant};
 
 use serialport::{SerialPort, TTYPort};
 
+/// `hub serve` of the hub in `hub` on any free port of 127.0.0.1; callers
+/// append their own flags.
+pub const HUB_SERVE: [&str; 6] = ["hub", "serve", "--data", "hub", "--listen", "127.0.0.1:0"];
+
+/// What a command wrote to standard error, for assertion messages.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The wall clock, Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// Every record in reader `dir`'s database, oldest first.
+pub fn records(s: &Scratch, dir: &str) -> Vec<sonotap_protocol::record::Record> {
+    sonotap_reader::store::ReaderDb::open(&s.path(&format!("{dir}/reader.db")))
+        .expect("db")
+        .records(false)
+        .expect("records")
+}
+
+/// Records in reader `dir`'s queue the hub has not acknowledged.
+pub fn unsynced(s: &Scratch, dir: &str) -> u64 {
+    sonotap_reader::store::ReaderDb::open(&s.path(&format!("{dir}/reader.db")))
+        .expect("db")
+        .summary()
+        .expect("summary")
+        .unsynced
+}
+
 /// The `sonotap` binary cargo built for this test run.
 pub fn sonotap() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sonotap"))
@@ -80,28 +114,46 @@ impl Scratch {
         self.ok(&["hub", "init", "--data", "hub"]);
         self.ok(&["wallet", "new", "--dir", "w"]);
         let from = valid_from.map(|t| t.to_string());
-        let mut issue = vec![
-            "hub",
-            "issue",
-            "--data",
-            "hub",
-            "--wallet-key",
-            "w/wallet.pub",
+        let mut terms = vec![
             "--limit",
             "500",
             "--per-payment",
             "300",
             "--valid-hours",
             "24",
-            "--out",
-            "cred",
         ];
         if let Some(from) = &from {
-            issue.extend(["--valid-from", from.as_str()]);
+            terms.extend(["--valid-from", from.as_str()]);
         }
-        self.ok(&issue);
+        self.hub_issue("hub", "w", &terms, "cred");
         self.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
         self.reader_init("r", "gate-1", &[]);
+    }
+
+    /// `hub issue --data HUB --wallet-key WALLET/wallet.pub TERMS… --out OUT`:
+    /// a credential for the wallet in directory `wallet`.
+    pub fn hub_issue(&self, hub: &str, wallet: &str, terms: &[&str], out: &str) {
+        let key = format!("{wallet}/wallet.pub");
+        let mut args = vec!["hub", "issue", "--data", hub, "--wallet-key", &key];
+        args.extend_from_slice(terms);
+        args.extend(["--out", out]);
+        self.ok(&args);
+    }
+
+    /// `reader sync --data READER --hub URL --timeout 5s EXTRA…`.
+    pub fn reader_sync(&self, reader: &str, url: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "reader",
+            "sync",
+            "--data",
+            reader,
+            "--hub",
+            url,
+            "--timeout",
+            "5s",
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
     }
 
     /// `reader init --data DIR --id ID --trust hub/issuer.pub EXTRA…`: a
@@ -291,15 +343,9 @@ pub struct HubProcess {
 impl HubProcess {
     /// Starts `hub serve --data hub` in `s` on `port` (0: any free port).
     pub fn start(s: &Scratch, port: u16) -> Self {
+        let listen = format!("127.0.0.1:{port}");
         let child = sonotap()
-            .args([
-                "hub",
-                "serve",
-                "--data",
-                "hub",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+            .args(["hub", "serve", "--data", "hub", "--listen", &listen])
             .current_dir(s.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -340,7 +386,7 @@ impl HubProcess {
     pub fn start_with(s: &Scratch, extra: &[&str]) -> Self {
         let stderr = std::fs::File::create(s.path("hub.stderr")).expect("stderr file");
         let child = sonotap()
-            .args(["hub", "serve", "--data", "hub", "--listen", "127.0.0.1:0"])
+            .args(HUB_SERVE)
             .args(extra)
             .current_dir(s.dir.path())
             .stdout(Stdio::piped())
