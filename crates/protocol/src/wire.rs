@@ -89,10 +89,6 @@ pub enum WireError {
     },
 }
 
-fn truncated(what: &'static str) -> impl Fn(Truncated) -> WireError {
-    move |_| WireError::Truncated { what }
-}
-
 fn invalid(what: &'static str, detail: impl Into<String>) -> WireError {
     WireError::Invalid {
         what,
@@ -100,17 +96,63 @@ fn invalid(what: &'static str, detail: impl Into<String>) -> WireError {
     }
 }
 
-fn expect_domain(c: &mut Cursor<'_>, domain: &[u8], what: &'static str) -> Result<(), WireError> {
-    match c.take(domain.len()) {
-        Ok(tag) if tag == domain => Ok(()),
-        _ => Err(WireError::Domain { what }),
-    }
+/// Reads one message's fields after its domain tag, naming the message in
+/// every error; [`Fields::end`] refuses trailing bytes.
+struct Fields<'a> {
+    c: Cursor<'a>,
+    what: &'static str,
 }
 
-fn expect_end(c: &Cursor<'_>, what: &'static str) -> Result<(), WireError> {
-    match c.remaining() {
-        0 => Ok(()),
-        extra => Err(WireError::Trailing { what, extra }),
+impl<'a> Fields<'a> {
+    /// Starts after `domain`, which must open `bytes`.
+    fn open(bytes: &'a [u8], domain: &[u8], what: &'static str) -> Result<Self, WireError> {
+        let mut c = Cursor::new(bytes);
+        match c.take(domain.len()) {
+            Ok(tag) if tag == domain => Ok(Self { c, what }),
+            _ => Err(WireError::Domain { what }),
+        }
+    }
+
+    fn truncated(&self) -> impl Fn(Truncated) -> WireError + use<> {
+        let what = self.what;
+        move |_| WireError::Truncated { what }
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        self.c.u8().map_err(self.truncated())
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        self.c.u32().map_err(self.truncated())
+    }
+
+    fn u64(&mut self) -> Result<u64, WireError> {
+        self.c.u64().map_err(self.truncated())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        self.c.array().map_err(self.truncated())
+    }
+
+    fn short_bytes(&mut self) -> Result<&'a [u8], WireError> {
+        self.c.short_bytes().map_err(self.truncated())
+    }
+
+    fn short_string(&mut self) -> Result<String, WireError> {
+        let what = self.what;
+        let bytes = self.short_bytes()?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| invalid(what, "a text field is not UTF-8"))
+    }
+
+    /// The message must end here: a canonical encoding has nothing after it.
+    fn end(self) -> Result<(), WireError> {
+        match self.c.remaining() {
+            0 => Ok(()),
+            extra => Err(WireError::Trailing {
+                what: self.what,
+                extra,
+            }),
+        }
     }
 }
 
@@ -147,11 +189,6 @@ fn verify_issuer(
         .map_err(|_| WireError::BadSignature { what })
 }
 
-fn short_string(c: &mut Cursor<'_>, what: &'static str) -> Result<String, WireError> {
-    let bytes = c.short_bytes().map_err(truncated(what))?;
-    String::from_utf8(bytes.to_vec()).map_err(|_| invalid(what, "a text field is not UTF-8"))
-}
-
 /// Count and sums of a run of records: what both ends reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
@@ -179,12 +216,11 @@ impl Totals {
         out.extend_from_slice(&self.voided.to_be_bytes());
     }
 
-    fn decode(c: &mut Cursor<'_>, what: &'static str) -> Result<Self, WireError> {
-        let t = truncated(what);
+    fn decode(c: &mut Fields<'_>) -> Result<Self, WireError> {
         Ok(Self {
-            count: c.u32().map_err(&t)?,
-            charged: c.u64().map_err(&t)?,
-            voided: c.u64().map_err(&t)?,
+            count: c.u32()?,
+            charged: c.u64()?,
+            voided: c.u64()?,
         })
     }
 }
@@ -370,28 +406,26 @@ impl Batch {
     /// the records; [`Batch::verify`] checks the signature.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let what = Self::WHAT;
-        let t = truncated(what);
-        let mut c = Cursor::new(bytes);
-        expect_domain(&mut c, BATCH_DOMAIN, what)?;
-        let reader_id = short_string(&mut c, what)?;
-        let first_seq = c.u64().map_err(&t)?;
-        let stated = Totals::decode(&mut c, what)?;
+        let mut c = Fields::open(bytes, BATCH_DOMAIN, what)?;
+        let reader_id = c.short_string()?;
+        let first_seq = c.u64()?;
+        let stated = Totals::decode(&mut c)?;
         if stated.count as usize > MAX_BATCH_RECORDS {
             return Err(invalid(
                 what,
                 format!("{} records (at most {MAX_BATCH_RECORDS})", stated.count),
             ));
         }
-        let prev_hash = c.array().map_err(&t)?;
+        let prev_hash = c.array()?;
         let mut records = Vec::with_capacity(stated.count as usize);
         for _ in 0..stated.count {
-            let at = c.u64().map_err(&t)?;
-            let code = c.u8().map_err(&t)?;
+            let at = c.u64()?;
+            let code = c.u8()?;
             let kind = RecordKind::from_code(code)
                 .ok_or_else(|| invalid(what, format!("unknown record kind {code}")))?;
-            let amount = c.u32().map_err(&t)?;
-            let token = c.short_bytes().map_err(&t)?.to_vec();
-            let signature = c.array().map_err(&t)?;
+            let amount = c.u32()?;
+            let token = c.short_bytes()?.to_vec();
+            let signature = c.array()?;
             records.push(BatchRecord {
                 at,
                 kind,
@@ -400,9 +434,9 @@ impl Batch {
                 signature,
             });
         }
-        let created_at = c.u64().map_err(&t)?;
-        let signature = c.array().map_err(&t)?;
-        expect_end(&c, what)?;
+        let created_at = c.u64()?;
+        let signature = c.array()?;
+        c.end()?;
         let batch = Self {
             reader_id,
             first_seq,
@@ -520,20 +554,18 @@ impl Ack {
     /// Parses a receipt; [`Ack::verify`] checks it.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let what = Self::WHAT;
-        let t = truncated(what);
-        let mut c = Cursor::new(bytes);
-        expect_domain(&mut c, ACK_DOMAIN, what)?;
+        let mut c = Fields::open(bytes, ACK_DOMAIN, what)?;
         let ack = Self {
-            reader_id: short_string(&mut c, what)?,
-            first_seq: c.u64().map_err(&t)?,
-            last_seq: c.u64().map_err(&t)?,
-            totals: Totals::decode(&mut c, what)?,
-            last_hash: c.array().map_err(&t)?,
-            hub_time_ms: c.u64().map_err(&t)?,
-            key_id: c.u8().map_err(&t)?,
-            signature: c.array().map_err(&t)?,
+            reader_id: c.short_string()?,
+            first_seq: c.u64()?,
+            last_seq: c.u64()?,
+            totals: Totals::decode(&mut c)?,
+            last_hash: c.array()?,
+            hub_time_ms: c.u64()?,
+            key_id: c.u8()?,
+            signature: c.array()?,
         };
-        expect_end(&c, what)?;
+        c.end()?;
         Ok(ack)
     }
 
@@ -770,23 +802,21 @@ impl DenyEntry {
     /// code of the same name, else `operator`); [`DenyEntry::verify`] checks it.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let what = Self::WHAT;
-        let t = truncated(what);
         let legacy = bytes.starts_with(DENY_DOMAIN);
-        let mut c = Cursor::new(bytes);
         let domain = if legacy { DENY_DOMAIN } else { DENY_DOMAIN_V2 };
-        expect_domain(&mut c, domain, what)?;
-        let version = c.u64().map_err(&t)?;
-        let code = c.u8().map_err(&t)?;
+        let mut c = Fields::open(bytes, domain, what)?;
+        let version = c.u64()?;
+        let code = c.u8()?;
         let action = DenyAction::from_code(code)
             .ok_or_else(|| invalid(what, format!("action code {code}")))?;
-        let wallet = WalletId(c.array().map_err(&t)?);
-        let at = c.u64().map_err(&t)?;
+        let wallet = WalletId(c.array()?);
+        let at = c.u64()?;
         let (reason, legacy_text) = if legacy {
-            let text = short_string(&mut c, what)?;
+            let text = c.short_string()?;
             let reason = DenyReason::from_name(&text).unwrap_or(DenyReason::Operator);
             (reason, Some(text))
         } else {
-            let code = c.u8().map_err(&t)?;
+            let code = c.u8()?;
             let reason = DenyReason::from_code(code)
                 .ok_or_else(|| invalid(what, format!("reason code {code}")))?;
             (reason, None)
@@ -798,10 +828,10 @@ impl DenyEntry {
             at,
             reason,
             legacy_text,
-            key_id: c.u8().map_err(&t)?,
-            signature: c.array().map_err(&t)?,
+            key_id: c.u8()?,
+            signature: c.array()?,
         };
-        expect_end(&c, what)?;
+        c.end()?;
         if entry.version == 0 {
             return Err(invalid(what, "version 0 (versions start at 1)"));
         }
@@ -867,16 +897,14 @@ impl TimeStatement {
     /// Parses a statement; [`TimeStatement::verify`] checks it.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let what = Self::WHAT;
-        let t = truncated(what);
-        let mut c = Cursor::new(bytes);
-        expect_domain(&mut c, TIME_DOMAIN, what)?;
+        let mut c = Fields::open(bytes, TIME_DOMAIN, what)?;
         let statement = Self {
-            nonce: c.array().map_err(&t)?,
-            hub_time_ms: c.u64().map_err(&t)?,
-            key_id: c.u8().map_err(&t)?,
-            signature: c.array().map_err(&t)?,
+            nonce: c.array()?,
+            hub_time_ms: c.u64()?,
+            key_id: c.u8()?,
+            signature: c.array()?,
         };
-        expect_end(&c, what)?;
+        c.end()?;
         Ok(statement)
     }
 
@@ -968,18 +996,16 @@ impl SignedRequest {
     /// Parses a signed request; [`SignedRequest::verify`] checks it.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let what = Self::WHAT;
-        let t = truncated(what);
-        let mut c = Cursor::new(bytes);
-        expect_domain(&mut c, REQUEST_DOMAIN, what)?;
+        let mut c = Fields::open(bytes, REQUEST_DOMAIN, what)?;
         let request = Self {
-            reader_id: short_string(&mut c, what)?,
-            time_ms: c.u64().map_err(&t)?,
-            nonce: c.array().map_err(&t)?,
-            method: short_string(&mut c, what)?,
-            target: short_string(&mut c, what)?,
-            signature: c.array().map_err(&t)?,
+            reader_id: c.short_string()?,
+            time_ms: c.u64()?,
+            nonce: c.array()?,
+            method: c.short_string()?,
+            target: c.short_string()?,
+            signature: c.array()?,
         };
-        expect_end(&c, what)?;
+        c.end()?;
         request.signed_part()?;
         Ok(request)
     }
@@ -1094,21 +1120,19 @@ impl KeySet {
     /// Parses a key set; [`KeySet::verify`] checks it.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let what = Self::WHAT;
-        let t = truncated(what);
-        let mut c = Cursor::new(bytes);
-        expect_domain(&mut c, KEYSET_DOMAIN, what)?;
-        let version = c.u64().map_err(&t)?;
-        let n = c.u8().map_err(&t)?;
+        let mut c = Fields::open(bytes, KEYSET_DOMAIN, what)?;
+        let version = c.u64()?;
+        let n = c.u8()?;
         let mut keys = Vec::with_capacity(usize::from(n));
         for _ in 0..n {
-            keys.push((c.u8().map_err(&t)?, c.array().map_err(&t)?));
+            keys.push((c.u8()?, c.array()?));
         }
-        let m = c.u8().map_err(&t)?;
+        let m = c.u8()?;
         let mut signatures = Vec::with_capacity(usize::from(m));
         for _ in 0..m {
-            signatures.push((c.u8().map_err(&t)?, c.array().map_err(&t)?));
+            signatures.push((c.u8()?, c.array()?));
         }
-        expect_end(&c, what)?;
+        c.end()?;
         let set = Self {
             version,
             keys,
