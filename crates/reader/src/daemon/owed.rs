@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sync::plan::Backoff;
+use crate::backoff::Backoff;
 
 /// The first wait before retrying a settlement that failed.
 pub const RETRY_BASE: Duration = Duration::from_millis(500);
