@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Shared;
 use super::owed::{OwedBook, Settlement};
-use super::rules::{Admit, Feedback, Lifecycle, Refusal, Tap};
+use super::rules::{Admit, Feedback, Lifecycle, Phase, Refusal, Tap};
 use crate::actuator::mdb::VendOutcome;
 use crate::actuator::profile::DisplayConfig;
 use crate::actuator::{Gate, ReaderCharger, Vending, void_vend};
@@ -115,12 +115,12 @@ impl Acceptor {
                 self.life.stop(until);
             }
             let next = match self.life.phase() {
-                super::rules::Phase::Running => match rx.recv_timeout(Duration::from_millis(50)) {
+                Phase::Running => match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(m) => Some(m),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
-                super::rules::Phase::Draining { .. } => match rx.try_recv() {
+                Phase::Draining { .. } => match rx.try_recv() {
                     Ok(m) => Some(m),
                     Err(TryRecvError::Empty) => {
                         if self.life.finished(true) {
@@ -496,8 +496,9 @@ impl Acceptor {
                 self.tell(Feedback::Accept, Some(*price), None);
             }
             VendOutcome::Denied { reason, .. } => {
-                tracing::info!("vend denied: {reason}");
-                self.decline(Refusal::from(reason), None);
+                let refusal = Refusal::from(reason);
+                tracing::info!(reason = refusal.as_str(), "vend denied: {reason}");
+                self.decline(refusal, None);
             }
             VendOutcome::Voided { seq, reason, .. } => {
                 match &report.settle_error {

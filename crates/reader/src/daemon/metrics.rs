@@ -200,28 +200,25 @@ impl Metrics {
         let counter = |out: &mut String, name: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         };
-        counter(&mut out, "sonotap_taps_total", "Tokens decoded, by source.");
-        for s in TapSource::ALL {
-            let _ = writeln!(
-                out,
-                "sonotap_taps_total{{source=\"{}\"}} {}",
-                s.as_str(),
-                self.taps[s.index()].load(Ordering::Relaxed)
-            );
-        }
-        counter(
+        let by_source = |out: &mut String, name: &str, help: &str, counts: &[AtomicU64; 2]| {
+            counter(out, name, help);
+            for s in TapSource::ALL {
+                let n = counts[s.index()].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {n}", s.as_str());
+            }
+        };
+        by_source(
+            &mut out,
+            "sonotap_taps_total",
+            "Tokens decoded, by source.",
+            &self.taps,
+        );
+        by_source(
             &mut out,
             "sonotap_accepts_total",
             "Tokens accepted (record committed), by source.",
+            &self.accepts,
         );
-        for s in TapSource::ALL {
-            let _ = writeln!(
-                out,
-                "sonotap_accepts_total{{source=\"{}\"}} {}",
-                s.as_str(),
-                self.accepts[s.index()].load(Ordering::Relaxed)
-            );
-        }
         counter(
             &mut out,
             "sonotap_declines_total",
@@ -279,15 +276,15 @@ impl Metrics {
             "# HELP sonotap_sync_lag_seconds Seconds since the last successful sync (since start when none yet).\n# TYPE sonotap_sync_lag_seconds gauge\nsonotap_sync_lag_seconds {}",
             now.saturating_sub(origin)
         );
-        counter(
+        let total = |out: &mut String, name: &str, help: &str, n: &AtomicU64| {
+            counter(out, name, help);
+            let _ = writeln!(out, "{name} {}", n.load(Ordering::Relaxed));
+        };
+        total(
             &mut out,
             "sonotap_sync_failures_total",
             "Sync rounds that failed.",
-        );
-        let _ = writeln!(
-            out,
-            "sonotap_sync_failures_total {}",
-            self.sync_failures.load(Ordering::Relaxed)
+            &self.sync_failures,
         );
         counter(
             &mut out,
@@ -301,15 +298,11 @@ impl Metrics {
                 self.device_errors[i].load(Ordering::Relaxed)
             );
         }
-        counter(
+        total(
             &mut out,
             "sonotap_not_served_total",
             "Decoded tokens dropped at shutdown before a decision (nothing charged).",
-        );
-        let _ = writeln!(
-            out,
-            "sonotap_not_served_total {}",
-            self.not_served.load(Ordering::Relaxed)
+            &self.not_served,
         );
         out
     }

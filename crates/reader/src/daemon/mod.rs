@@ -47,7 +47,7 @@ use self::rules::{DRAIN_GRACE, DeviceHealth};
 use self::status_file::{DaemonStatus, DeviceStatus, SyncStatus};
 use self::stop::Stop;
 use crate::actuator::profile::{self, Device, Profile};
-use crate::actuator::{Gate, Vending};
+use crate::actuator::{Gate, PortError, Vending};
 use crate::reader::Reader;
 use crate::sync::client::{HubClient, SyncOptions};
 
@@ -310,23 +310,22 @@ fn actuator(
             m.ready_timeout + m.session_timeout + m.vend_result_timeout + m.end_timeout + slack
         }
     };
+    // A port that is not there yet is retried; the health says so meanwhile.
+    let configure = |name, connected: Result<(), PortError>, device: &str| match connected {
+        Ok(()) => shared.configure(name, true, device),
+        Err(e) => shared.configure(name, false, &format!("{e} (retrying)")),
+    };
     let actuator = match profile.device {
         Device::Gate(_) => {
             let mut gate =
                 Gate::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
-            match gate.connect() {
-                Ok(()) => shared.configure("gate", true, gate.device()),
-                Err(e) => shared.configure("gate", false, &format!("{e} (retrying)")),
-            }
+            configure("gate", gate.connect(), gate.device());
             DrivenDevice::Gate(Box::new(gate))
         }
         Device::Mdb(_) => {
             let mut vending =
                 Vending::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
-            match vending.connect() {
-                Ok(()) => shared.configure("vending", true, vending.device()),
-                Err(e) => shared.configure("vending", false, &format!("{e} (retrying)")),
-            }
+            configure("vending", vending.connect(), vending.device());
             DrivenDevice::Vending(Box::new(vending))
         }
     };

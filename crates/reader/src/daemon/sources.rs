@@ -49,6 +49,13 @@ fn stopping(shared: &Shared) -> bool {
     shared.stop.is_fired()
 }
 
+/// Reports `device` down (`detail`) and waits out the backoff before the
+/// next attempt to reopen it; false if the daemon stopped meanwhile.
+fn down_then_wait(shared: &Shared, device: &str, detail: &str, backoff: &mut Backoff) -> bool {
+    shared.device(device, false, detail);
+    nap(shared, backoff.failed_without_jitter())
+}
+
 /// Starts the audio thread.
 pub fn spawn_audio(
     config: AudioConfig,
@@ -133,8 +140,12 @@ fn device_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
         let capture = match Capture::start(name) {
             Ok(c) => c,
             Err(e) => {
-                shared.device("audio", false, &format!("{label}: {e} (retrying)"));
-                if !nap(shared, backoff.failed_without_jitter()) {
+                if !down_then_wait(
+                    shared,
+                    "audio",
+                    &format!("{label}: {e} (retrying)"),
+                    &mut backoff,
+                ) {
                     return;
                 }
                 continue;
@@ -193,9 +204,8 @@ fn device_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
             }
         };
         tracing::warn!("{why}");
-        shared.device("audio", false, &why);
         drop(capture);
-        if !nap(shared, backoff.failed_without_jitter()) {
+        if !down_then_wait(shared, "audio", &why, &mut backoff) {
             return;
         }
     }
@@ -307,12 +317,8 @@ fn raw_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
         let (mut reader, fifo) = match open_stream(&path) {
             Ok(r) => r,
             Err(e) => {
-                shared.device(
-                    "audio",
-                    false,
-                    &format!("{}: {e} (retrying)", path.display()),
-                );
-                if !nap(shared, backoff.failed_without_jitter()) {
+                let detail = format!("{}: {e} (retrying)", path.display());
+                if !down_then_wait(shared, "audio", &detail, &mut backoff) {
                     return;
                 }
                 continue;
@@ -396,6 +402,16 @@ pub fn spawn_camera(
         })
 }
 
+/// How a source of frames stopped giving them.
+enum Frames {
+    /// It ended (a pipe's writer closed, a camera stream stopped).
+    Ended,
+    /// It failed.
+    Failed(sonotap_qr::QrError),
+    /// The daemon is stopping, or the acceptor is gone.
+    Stopped,
+}
+
 /// The QR decoder plus the memory that keeps a code held in view from
 /// being sent once per frame (as the modem's decoder does for echoes).
 struct FrameDecoder {
@@ -404,6 +420,30 @@ struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// Decodes every frame `source` gives until it ends or fails, or the
+    /// daemon stops.
+    fn decode_all(
+        &mut self,
+        source: &mut impl FrameSource,
+        shared: &Shared,
+        taps: &Sender<Msg>,
+    ) -> Frames {
+        loop {
+            if stopping(shared) {
+                return Frames::Stopped;
+            }
+            match source.next_frame() {
+                Ok(Some(frame)) => {
+                    if !self.frame(&frame, Instant::now(), taps) {
+                        return Frames::Stopped;
+                    }
+                }
+                Ok(None) => return Frames::Ended,
+                Err(e) => return Frames::Failed(e),
+            }
+        }
+    }
+
     /// Decodes a frame that arrived at `arrived`; false when the acceptor is gone.
     fn frame(
         &mut self,
@@ -466,30 +506,20 @@ fn pipe_loop(
         let (mut source, fifo) = match opened {
             Ok(s) => s,
             Err(e) => {
-                shared.device("camera", false, &format!("{what}: {e} (retrying)"));
-                if !nap(shared, backoff.failed_without_jitter()) {
+                let detail = format!("{what}: {e} (retrying)");
+                if !down_then_wait(shared, "camera", &detail, &mut backoff) {
                     return;
                 }
                 continue;
             }
         };
         shared.device("camera", true, &what);
-        loop {
-            if stopping(shared) {
-                return;
-            }
-            match source.next_frame() {
-                Ok(Some(frame)) => {
-                    if !frames.frame(&frame, Instant::now(), taps) {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!("{what}: {e}");
-                    shared.metrics.device_error("camera");
-                    break;
-                }
+        match frames.decode_all(&mut source, shared, taps) {
+            Frames::Stopped => return,
+            Frames::Ended => {}
+            Frames::Failed(e) => {
+                tracing::warn!("{what}: {e}");
+                shared.metrics.device_error("camera");
             }
         }
         if !fifo {
@@ -564,12 +594,8 @@ fn v4l2_loop(
         let mut camera = match V4l2Source::open(&config.path, config.width, config.height) {
             Ok(c) => c,
             Err(e) => {
-                shared.device(
-                    "camera",
-                    false,
-                    &format!("{}: {e} (retrying)", config.path.display()),
-                );
-                if !nap(shared, backoff.failed_without_jitter()) {
+                let detail = format!("{}: {e} (retrying)", config.path.display());
+                if !down_then_wait(shared, "camera", &detail, &mut backoff) {
                     return;
                 }
                 continue;
@@ -586,27 +612,17 @@ fn v4l2_loop(
             ),
         );
         backoff.succeeded();
-        loop {
-            if stopping(shared) {
-                return;
-            }
-            match camera.next_frame() {
-                Ok(Some(frame)) => {
-                    if !frames.frame(&frame, Instant::now(), taps) {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!("camera {}: {e}", config.path.display());
-                    shared.metrics.device_error("camera");
-                    shared.device(
-                        "camera",
-                        false,
-                        &format!("{}: {e} (retrying)", config.path.display()),
-                    );
-                    break;
-                }
+        match frames.decode_all(&mut camera, shared, taps) {
+            Frames::Stopped => return,
+            Frames::Ended => {}
+            Frames::Failed(e) => {
+                tracing::warn!("camera {}: {e}", config.path.display());
+                shared.metrics.device_error("camera");
+                shared.device(
+                    "camera",
+                    false,
+                    &format!("{}: {e} (retrying)", config.path.display()),
+                );
             }
         }
     }
