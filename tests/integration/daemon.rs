@@ -428,6 +428,24 @@ fn unknown_config_field_is_refused_by_name() {
 }
 
 #[test]
+fn a_pixel_format_the_daemon_cannot_use_is_refused_at_start_by_field() {
+    // A folder source ignores the format; it used to pass unchecked.
+    let s = Scratch::new();
+    fs::write(
+        s.path("bad.toml"),
+        "data = \"r\"\n[camera]\nsource = \"folder\"\npath = \"frames\"\nformat = \"rgb\"\n",
+    )
+    .expect("write");
+    let out = s.run(&["run", "--config", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`camera.format`") && err.contains("expected y8 or yuyv"),
+        "{err}"
+    );
+}
+
+#[test]
 fn example_config_runs_notifies_systemd_serves_metrics_and_sighup_applies_a_new_deny_entry() {
     let (s, mut w) = site();
     let mut relay = Relay::new();
