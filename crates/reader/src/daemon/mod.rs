@@ -1,19 +1,21 @@
 //! `sonotap run`: the reader daemon that ties capture, decoding, the offline
 //! policy, the durable record, the actuator and the uplink together.
 //!
-//! Threads, by concern:
-//! - capture ([`sources`]): sound into the modem decoder, frames into the QR
+//! Threads, by concern (the modules are private; [`run`] is the entry):
+//! - capture (`sources`): sound into the modem decoder, frames into the QR
 //!   decoder; tokens go down an unbounded channel, so a burst queues and
 //!   capture never waits on the database or the network;
-//! - the acceptor ([`acceptor`]): owns the [`Reader`] and the gate or vending
+//! - the acceptor (`acceptor`): owns the [`Reader`] and the gate or vending
 //!   machine; commit, then actuate, then feedback, one token at a time;
 //! - the uplink: [`crate::sync::client::run_loop`] on its own database connection;
-//! - feedback tones ([`feedback`]);
+//! - feedback tones (`feedback`) and the rider's display (`display`);
 //! - a small tokio runtime for signals, the metrics endpoint ([`metrics`]),
-//!   the status file ([`status_file`]) and sd_notify ([`notify`]).
+//!   the status file ([`status_file`]) and sd_notify (`notify`).
 //!
-//! The decisions that need no I/O (drain on shutdown, health changes,
-//! tones) live in [`rules`].
+//! One stop signal (`stop`) fans out to every thread at shutdown. The
+//! decisions that need no I/O (drain on shutdown, health changes, tones,
+//! decline labels, what a SIGHUP may change) live in `rules`; the
+//! configuration is checked once into typed values at load ([`config`]).
 
 mod acceptor;
 pub mod config;
