@@ -384,14 +384,15 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         display::spawn(display_config.clone(), Arc::clone(&shared), rx).map_err(spawn_err)?;
         tell.display = Some((display_config, tx));
     }
-    let metrics_listener = match config.metrics.listen {
-        Some(addr) => Some(
+    let metrics_listener = config
+        .metrics
+        .listen
+        .map(|addr| {
             std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| DaemonError::Metrics { addr, source })?,
-        ),
-        None => None,
-    };
+                .map_err(|source| DaemonError::Metrics { addr, source })
+        })
+        .transpose()?;
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let settings = Settings {
