@@ -16,7 +16,7 @@ use serde_json::json;
 
 use sonotap_reader::actuator::driver::Charger;
 use sonotap_reader::actuator::gate::{Delivery, Passage, Release};
-use sonotap_reader::actuator::mdb::VendOutcome;
+use sonotap_reader::actuator::mdb::{Denial, VendOutcome};
 use sonotap_reader::actuator::profile::{self, Device, Profile};
 use sonotap_reader::actuator::{Gate, Vending};
 
@@ -190,11 +190,11 @@ struct DryRun {
 }
 
 impl Charger for DryRun {
-    fn charge(&mut self, price: u32, _item: u16) -> Result<u64, String> {
+    fn charge(&mut self, price: u32, _item: u16) -> Result<u64, Denial> {
         match self.expected_price {
-            Some(expected) if expected != price => Err(format!(
+            Some(expected) if expected != price => Err(Denial::NotCharged(format!(
                 "the machine asked {price}, the test expected {expected}"
-            )),
+            ))),
             _ => Ok(0),
         }
     }
@@ -231,7 +231,9 @@ fn test_vend(profile: &Profile, args: &TestArgs) -> Result<ExitCode> {
             price,
             item,
             reason,
-        } => json!({"outcome": "denied", "price": price, "item": item, "reason": reason}),
+        } => {
+            json!({"outcome": "denied", "price": price, "item": item, "reason": reason.to_string()})
+        }
         VendOutcome::Voided {
             price,
             item,

@@ -361,10 +361,8 @@ pub fn sync(args: SyncArgs) -> Result<ExitCode> {
         );
         bar
     });
-    let mut backoff = sonotap_reader::sync::plan::Backoff::new(
-        Duration::from_millis(250),
-        Duration::from_secs(10),
-    );
+    let mut backoff =
+        sonotap_reader::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut attempt = 0;
     loop {
         attempt += 1;

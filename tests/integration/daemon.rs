@@ -394,18 +394,33 @@ fn hub_down_for_the_whole_test_leaves_records_queued_and_the_gate_working() {
     assert_eq!(unsynced(&s, "r"), 2);
 }
 
-#[test]
-fn unknown_config_field_is_refused_by_name() {
+/// Runs `sonotap run` on `config` (written as bad.toml), expects it refused
+/// at start (exit 2), and returns what it said.
+fn refused_at_start(config: &str) -> String {
     let s = Scratch::new();
-    fs::write(
-        s.path("bad.toml"),
-        "data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"-\"\nwidht = 640\n",
-    )
-    .expect("write");
+    fs::write(s.path("bad.toml"), config).expect("write");
     let out = s.run(&["run", "--config", "bad.toml"]);
     assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unknown_config_field_is_refused_by_name() {
+    let err =
+        refused_at_start("data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"-\"\nwidht = 640\n");
     assert!(err.contains("widht") && err.contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn a_pixel_format_the_daemon_cannot_use_is_refused_at_start_by_field() {
+    // A folder source ignores the format; it used to pass unchecked.
+    let err = refused_at_start(
+        "data = \"r\"\n[camera]\nsource = \"folder\"\npath = \"frames\"\nformat = \"rgb\"\n",
+    );
+    assert!(
+        err.contains("`camera.format`") && err.contains("expected y8 or yuyv"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -213,7 +213,7 @@ fn vend_priced_above_the_funds_is_denied_and_nothing_is_charged() {
         device,
     );
     assert!(
-        matches!(&report.outcome, VendOutcome::Denied { price: 150, reason, .. } if reason.contains("above the funds")),
+        matches!(&report.outcome, VendOutcome::Denied { price: 150, reason, .. } if reason.to_string().contains("above the funds")),
         "{report:?}"
     );
     assert!(records(&s, "r").is_empty());

@@ -11,6 +11,7 @@
 )]
 
 pub mod actuator;
+pub mod backoff;
 pub mod daemon;
 pub mod reader;
 pub mod status;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::gate::{GateEvent, GateMachine, GateOutcome};
-use super::mdb::{MdbEvent, MdbMachine, VendOutcome};
+use super::mdb::{Denial, MdbEvent, MdbMachine, VendOutcome};
 use super::profile::{Device, Profile};
 use super::serial::{PortError, SerialLink};
 use super::{Actuator, Output, Outputs};
@@ -338,7 +338,7 @@ impl Drop for Gate {
 pub trait Charger {
     /// Commits the charge for `price` (minor units) and returns the record's
     /// sequence number, or why it is declined. Called before the vend is approved.
-    fn charge(&mut self, price: u32, item: u16) -> Result<u64, String>;
+    fn charge(&mut self, price: u32, item: u16) -> Result<u64, Denial>;
     /// The vend of charge `seq` succeeded.
     fn vended(&mut self, seq: u64, price: u32, item: u16) -> Result<(), String>;
     /// The vend of charge `seq` failed, timed out or could not be approved: void it.
@@ -514,16 +514,19 @@ impl<'a> ReaderCharger<'a> {
 }
 
 impl Charger for ReaderCharger<'_> {
-    fn charge(&mut self, price: u32, _item: u16) -> Result<u64, String> {
-        let price = NonZeroU32::new(price).ok_or("a vend at price 0 is not charged")?;
+    fn charge(&mut self, price: u32, _item: u16) -> Result<u64, Denial> {
+        let price = NonZeroU32::new(price)
+            .ok_or_else(|| Denial::NotCharged("a vend at price 0 is not charged".into()))?;
         let outcome = self
             .reader
             .present_vend(self.token, price, &self.device, (self.clock)())
-            .map_err(|e| format!("the reader's store failed, nothing charged: {e}"))?;
-        match outcome.decision {
-            Ok(committed) => Ok(committed.seq),
-            Err(decline) => Err(format!("{}: {}", decline.reason.as_str(), decline.detail)),
-        }
+            .map_err(|e| {
+                Denial::NotCharged(format!("the reader's store failed, nothing charged: {e}"))
+            })?;
+        outcome
+            .decision
+            .map(|committed| committed.seq)
+            .map_err(Denial::Policy)
     }
 
     fn vended(&mut self, seq: u64, price: u32, item: u16) -> Result<(), String> {

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 pub use driver::{Charger, Gate, ReaderCharger, VendReport, Vending, void_vend};
 pub use gate::{Delivery, GateOutcome, Passage};
-pub use mdb::VendOutcome;
+pub use mdb::{Denial, VendOutcome};
 pub use profile::{Device, Kind, Profile, ProfileError};
 pub use serial::{PortError, SerialLink};
 

@@ -13,8 +13,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Shared;
-use super::core::{Admit, Feedback, Lifecycle, Tap, vend_decline_reason};
 use super::owed::{OwedBook, Settlement};
+use super::rules::{Admit, Feedback, Lifecycle, Phase, Refusal, Tap};
 use crate::actuator::mdb::VendOutcome;
 use crate::actuator::profile::DisplayConfig;
 use crate::actuator::{Gate, ReaderCharger, Vending, void_vend};
@@ -39,7 +39,7 @@ pub struct Settings {
 }
 
 /// The device the acceptor drives.
-pub enum Actuator {
+pub enum DrivenDevice {
     /// None: decide and record only.
     None,
     /// A gate.
@@ -60,7 +60,7 @@ pub struct Tell {
 /// The acceptor's state.
 pub struct Acceptor {
     reader: Reader,
-    actuator: Actuator,
+    actuator: DrivenDevice,
     settings: Settings,
     shared: Arc<Shared>,
     tell: Tell,
@@ -84,7 +84,7 @@ impl Acceptor {
     /// An acceptor for `reader` driving `actuator`.
     pub fn new(
         reader: Reader,
-        actuator: Actuator,
+        actuator: DrivenDevice,
         settings: Settings,
         shared: Arc<Shared>,
         tell: Tell,
@@ -115,12 +115,12 @@ impl Acceptor {
                 self.life.stop(until);
             }
             let next = match self.life.phase() {
-                super::core::Phase::Running => match rx.recv_timeout(Duration::from_millis(50)) {
+                Phase::Running => match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(m) => Some(m),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
-                super::core::Phase::Draining { .. } => match rx.try_recv() {
+                Phase::Draining { .. } => match rx.try_recv() {
                     Ok(m) => Some(m),
                     Err(TryRecvError::Empty) => {
                         if self.life.finished(true) {
@@ -171,7 +171,7 @@ impl Acceptor {
                  database and are voided at the next start"
             );
         }
-        if let Actuator::Gate(gate) = &mut self.actuator {
+        if let DrivenDevice::Gate(gate) = &mut self.actuator {
             gate.release();
             for note in gate.take_notes() {
                 tracing::info!("gate: {note}");
@@ -265,9 +265,9 @@ impl Acceptor {
             self.settle_owed();
         }
         match &mut self.actuator {
-            Actuator::None => {}
-            Actuator::Gate(gate) => gate.idle(Duration::from_millis(1)),
-            Actuator::Vending(_) => {}
+            DrivenDevice::None => {}
+            DrivenDevice::Gate(gate) => gate.idle(Duration::from_millis(1)),
+            DrivenDevice::Vending(_) => {}
         }
         self.watch_device();
         // Commits count themselves; an exact count now and then corrects
@@ -280,14 +280,16 @@ impl Acceptor {
     /// Reports the actuator's port state when it changes.
     fn watch_device(&mut self) {
         let (name, connected, detail) = match &mut self.actuator {
-            Actuator::None => return,
-            Actuator::Gate(gate) => {
+            DrivenDevice::None => return,
+            DrivenDevice::Gate(gate) => {
                 for note in gate.take_notes() {
                     tracing::info!("gate: {note}");
                 }
                 (Some("gate"), gate.is_connected(), gate.device().to_string())
             }
-            Actuator::Vending(v) => (Some("vending"), v.machine().ready(), v.device().to_string()),
+            DrivenDevice::Vending(v) => {
+                (Some("vending"), v.machine().ready(), v.device().to_string())
+            }
         };
         let Some(name) = name else { return };
         if self.connected != Some(connected) {
@@ -309,14 +311,22 @@ impl Acceptor {
         }
     }
 
-    /// Tells the rider (never blocks: both run on their own threads).
-    fn tell(&self, feedback: Feedback, amount: Option<u32>, reason: &str) {
+    /// Tells the rider (never blocks: both run on their own threads); a
+    /// decline shows `refusal`.
+    fn tell(&self, feedback: Feedback, amount: Option<u32>, refusal: Option<Refusal>) {
         if let Some(tx) = &self.tell.tone {
             let _ = tx.send(feedback);
         }
         if let Some((display, tx)) = &self.tell.display {
+            let reason = refusal.map_or("", Refusal::as_str);
             let _ = tx.send(display.line(feedback == Feedback::Accept, amount, reason));
         }
+    }
+
+    /// Counts a decline and tells the rider.
+    fn decline(&self, refusal: Refusal, amount: Option<u32>) {
+        self.shared.metrics.decline(refusal);
+        self.tell(Feedback::Decline, amount, Some(refusal));
     }
 
     fn now(&self) -> u64 {
@@ -333,7 +343,7 @@ impl Acceptor {
             tap.source,
             tap.decoded_at.saturating_duration_since(tap.frame_end),
         );
-        if let Actuator::Vending(_) = self.actuator {
+        if let DrivenDevice::Vending(_) = self.actuator {
             self.vend(tap);
             return;
         }
@@ -344,8 +354,7 @@ impl Acceptor {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!("the reader's store failed, nothing charged, gate not opened: {e}");
-                metrics.decline("store_error");
-                self.tell(Feedback::Decline, None, "store_error");
+                self.decline(Refusal::StoreError, None);
                 return;
             }
         };
@@ -354,7 +363,6 @@ impl Acceptor {
         let wallet = outcome.wallet.map(|w| w.to_string()).unwrap_or_default();
         match outcome.decision {
             Err(decline) => {
-                metrics.decline(decline.reason.as_str());
                 tracing::info!(
                     source = tap.source.as_str(),
                     reason = decline.reason.as_str(),
@@ -363,15 +371,15 @@ impl Acceptor {
                     "declined: {}",
                     decline.detail
                 );
-                self.tell(Feedback::Decline, outcome.amount, decline.reason.as_str());
+                self.decline(Refusal::Policy(decline.reason), outcome.amount);
             }
             Ok(committed) => {
                 metrics.accept(tap.source);
                 metrics.queued_one();
-                self.tell(Feedback::Accept, Some(committed.charge), "");
+                self.tell(Feedback::Accept, Some(committed.charge), None);
                 let seq = committed.seq;
                 let mut open_written = None;
-                if let Actuator::Gate(gate) = &mut self.actuator {
+                if let DrivenDevice::Gate(gate) = &mut self.actuator {
                     // open_for writes the open command at once, then holds the pulse.
                     let at = Instant::now();
                     open_written = Some(at);
@@ -430,15 +438,13 @@ impl Acceptor {
             Ok(offer) => offer,
             Err(e) => {
                 tracing::error!("the reader's store failed, nothing charged, no vend session: {e}");
-                metrics.decline("store_error");
-                self.tell(Feedback::Decline, None, "store_error");
+                self.decline(Refusal::StoreError, None);
                 return;
             }
         };
         let funds = match offer.decision {
             Ok(funds) => funds,
             Err(decline) => {
-                metrics.decline(decline.reason.as_str());
                 tracing::info!(
                     source = tap.source.as_str(),
                     reason = decline.reason.as_str(),
@@ -447,13 +453,13 @@ impl Acceptor {
                     "declined before any vend session: {}",
                     decline.detail
                 );
-                self.tell(Feedback::Decline, offer.amount, decline.reason.as_str());
+                self.decline(Refusal::Policy(decline.reason), offer.amount);
                 return;
             }
         };
         let offset = now as i64 - unix_now() as i64;
         let clock = move || unix_now().saturating_add_signed(offset);
-        let Actuator::Vending(vending) = &mut self.actuator else {
+        let DrivenDevice::Vending(vending) = &mut self.actuator else {
             return;
         };
         let device = vending.device().to_string();
@@ -487,16 +493,14 @@ impl Acceptor {
                         jitter(),
                     );
                 }
-                self.tell(Feedback::Accept, Some(*price), "");
+                self.tell(Feedback::Accept, Some(*price), None);
             }
             VendOutcome::Denied { reason, .. } => {
-                let label = vend_decline_reason(reason);
-                metrics.decline(label);
-                tracing::info!("vend denied: {reason}");
-                self.tell(Feedback::Decline, None, label);
+                let refusal = Refusal::from(reason);
+                tracing::info!(reason = refusal.as_str(), "vend denied: {reason}");
+                self.decline(refusal, None);
             }
             VendOutcome::Voided { seq, reason, .. } => {
-                metrics.decline("vend_failed");
                 match &report.settle_error {
                     None => tracing::warn!(seq, "vend failed, charge voided: {reason}"),
                     Some(e) => {
@@ -517,10 +521,10 @@ impl Acceptor {
                         );
                     }
                 }
-                self.tell(Feedback::Decline, None, "vend_failed");
+                self.decline(Refusal::VendFailed, None);
             }
             VendOutcome::NoVend { reason } | VendOutcome::NotStarted { reason } => {
-                metrics.decline("no_vend");
+                metrics.decline(Refusal::NoVend);
                 tracing::info!("no vend: {reason}");
             }
         }

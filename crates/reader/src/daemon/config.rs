@@ -3,15 +3,18 @@
 //! Every table refuses unknown fields by name (a typo in a config that runs
 //! for months must fail at start, not be ignored). Relative paths are
 //! resolved against the directory of the config file, so a config and its
-//! files can move together. [`Config::load`] parses and validates; every
-//! error names the file and the field.
+//! files can move together. [`Config::load`] parses the file as written
+//! (private `*Section` types, the TOML's own names and units) and checks it
+//! once into a [`Config`] of typed values (a [`PixelFormat`], a
+//! [`SocketAddr`], [`Duration`]s): nothing downstream parses a string again
+//! or falls back to a default. Every error names the file and the field.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use sonotap_qr::source::PixelFormat;
 use thiserror::Error;
 
 use crate::reader::ClockSkew;
@@ -47,72 +50,114 @@ pub enum ConfigError {
     },
 }
 
-/// The whole configuration, as read from the file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A field the checks refused: its dotted name and what is wrong
+/// ([`ConfigError::Invalid`] once the file is known).
+#[derive(Debug)]
+struct Invalid {
+    field: String,
+    detail: String,
+}
+
+fn invalid<T>(field: impl Into<String>, detail: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid {
+        field: field.into(),
+        detail: detail.into(),
+    })
+}
+
+/// The whole configuration, checked.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The reader's data directory (`sonotap reader init --data`).
     pub data: PathBuf,
     /// `tracing` filter: `error`, `warn`, `info`, `debug`, `trace`, or a
-    /// directive list (`sonotap=debug,info`).
-    #[serde(default = "default_log_level")]
+    /// directive list (`sonotap=debug,info`); checked to parse.
     pub log_level: String,
     /// Clock-skew window, seconds (1 to one day, [`ClockSkew`]); overrides
     /// the reader's `reader.toml`.
-    #[serde(default)]
     pub clock_skew_secs: Option<ClockSkew>,
     /// Where sound comes from; none when absent.
-    #[serde(default)]
     pub audio: Option<AudioConfig>,
     /// Where camera frames come from; none when absent.
-    #[serde(default)]
     pub camera: Option<CameraConfig>,
     /// The gate or vending machine; none when absent (decide and record only).
-    #[serde(default)]
     pub actuator: Option<ActuatorConfig>,
     /// What a passage costs.
-    #[serde(default)]
     pub payment: PaymentConfig,
     /// The operator hub; the reader works offline without it.
-    #[serde(default)]
     pub hub: Option<HubConfig>,
     /// The Prometheus endpoint.
-    #[serde(default)]
     pub metrics: MetricsConfig,
     /// Accept / decline tones for the rider.
-    #[serde(default)]
     pub feedback: FeedbackConfig,
+}
+
+/// The file as written; [`ConfigFile::check`] makes it a [`Config`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data: PathBuf,
+    #[serde(default = "default_log_level")]
+    log_level: String,
+    #[serde(default)]
+    clock_skew_secs: Option<ClockSkew>,
+    #[serde(default)]
+    audio: Option<AudioSection>,
+    #[serde(default)]
+    camera: Option<CameraSection>,
+    #[serde(default)]
+    actuator: Option<ActuatorConfig>,
+    #[serde(default)]
+    payment: PaymentConfig,
+    #[serde(default)]
+    hub: Option<HubSection>,
+    #[serde(default)]
+    metrics: MetricsSection,
+    #[serde(default)]
+    feedback: FeedbackConfig,
 }
 
 fn default_log_level() -> String {
     "info".into()
 }
 
-/// Audio input.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Audio input, checked.
+#[derive(Debug, Clone, PartialEq)]
 pub struct AudioConfig {
     /// `device` (cpal / ALSA capture), `wav` (files played in order, for
     /// demos and tests) or `raw` (S16_LE mono samples from a file or FIFO).
     pub source: AudioSource,
     /// `device`: a cpal id or ALSA PCM name (`default`, `hw:1,0`); default input when absent.
-    #[serde(default)]
     pub device: Option<String>,
     /// `wav`: the files, played one after the other.
-    #[serde(default)]
     pub files: Vec<PathBuf>,
     /// `raw`: the file or FIFO (`-` for standard input).
-    #[serde(default)]
     pub path: Option<PathBuf>,
     /// `raw`: sample rate of the stream, Hz.
-    #[serde(default)]
     pub rate: Option<u32>,
     /// `wav`: play at the pace of real time (true) or as fast as the decoder reads (false).
-    #[serde(default = "yes")]
     pub realtime: bool,
-    /// `wav`: silence between two files, milliseconds.
+    /// `wav`: silence between two files (`gap_ms`).
+    pub gap: Duration,
+}
+
+/// `[audio]` as written (see [`AudioConfig`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AudioSection {
+    source: AudioSource,
+    #[serde(default)]
+    device: Option<String>,
+    #[serde(default)]
+    files: Vec<PathBuf>,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    rate: Option<u32>,
+    #[serde(default = "yes")]
+    realtime: bool,
     #[serde(default = "default_gap_ms")]
-    pub gap_ms: u64,
+    gap_ms: u64,
 }
 
 fn yes() -> bool {
@@ -134,9 +179,65 @@ pub enum AudioSource {
     Raw,
 }
 
-/// Camera input.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl AudioSection {
+    fn check(self) -> Result<AudioConfig, Invalid> {
+        let source = self.source;
+        let wrong = |field: &str, set: bool| -> Result<(), Invalid> {
+            if set {
+                invalid(
+                    format!("audio.{field}"),
+                    format!("does not apply to source = \"{}\"", source.as_str()),
+                )
+            } else {
+                Ok(())
+            }
+        };
+        match source {
+            AudioSource::Device => {
+                wrong("files", !self.files.is_empty())?;
+                wrong("path", self.path.is_some())?;
+                wrong("rate", self.rate.is_some())?;
+            }
+            AudioSource::Wav => {
+                if self.files.is_empty() {
+                    return invalid("audio.files", "source = \"wav\" needs at least one file");
+                }
+                wrong("device", self.device.is_some())?;
+                wrong("path", self.path.is_some())?;
+                wrong("rate", self.rate.is_some())?;
+            }
+            AudioSource::Raw => {
+                if self.path.is_none() {
+                    return invalid("audio.path", "source = \"raw\" needs a path");
+                }
+                match self.rate {
+                    Some(8_000..=384_000) => {}
+                    Some(r) => {
+                        return invalid("audio.rate", format!("{r} Hz is outside 8000..=384000"));
+                    }
+                    None => return invalid("audio.rate", "source = \"raw\" needs a rate"),
+                }
+                wrong("device", self.device.is_some())?;
+                wrong("files", !self.files.is_empty())?;
+            }
+        }
+        if self.gap_ms > 600_000 {
+            return invalid("audio.gap_ms", "at most 600000");
+        }
+        Ok(AudioConfig {
+            source,
+            device: self.device,
+            files: self.files,
+            path: self.path,
+            rate: self.rate,
+            realtime: self.realtime,
+            gap: Duration::from_millis(self.gap_ms),
+        })
+    }
+}
+
+/// Camera input, checked.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CameraConfig {
     /// `v4l2` (a camera, needs the `v4l2` build feature), `pipe` (raw
     /// frames from a file or FIFO, `-` for standard input) or `folder`
@@ -145,20 +246,33 @@ pub struct CameraConfig {
     /// The device, pipe or folder.
     pub path: PathBuf,
     /// Frame width, pixels (`v4l2`, `pipe`).
-    #[serde(default = "default_width")]
     pub width: usize,
     /// Frame height, pixels (`v4l2`, `pipe`).
-    #[serde(default = "default_height")]
     pub height: usize,
     /// `pipe`: `y8` or `yuyv`.
+    pub format: PixelFormat,
+    /// `folder`: pause between two images (`interval_ms`).
+    pub interval: Duration,
+    /// Decode time budget per frame (`budget_ms`).
+    pub budget: Duration,
+}
+
+/// `[camera]` as written (see [`CameraConfig`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CameraSection {
+    source: CameraSource,
+    path: PathBuf,
+    #[serde(default = "default_width")]
+    width: usize,
+    #[serde(default = "default_height")]
+    height: usize,
     #[serde(default = "default_format")]
-    pub format: String,
-    /// `folder`: pause between two images, milliseconds.
+    format: String,
     #[serde(default)]
-    pub interval_ms: u64,
-    /// Decode time budget per frame, milliseconds.
+    interval_ms: u64,
     #[serde(default = "default_budget_ms")]
-    pub budget_ms: u64,
+    budget_ms: u64,
 }
 
 fn default_width() -> usize {
@@ -186,6 +300,49 @@ pub enum CameraSource {
     Folder,
 }
 
+impl CameraSection {
+    fn check(self) -> Result<CameraConfig, Invalid> {
+        if self.source != CameraSource::Folder {
+            let (w, h) = (self.width, self.height);
+            if w == 0 || h == 0 || w > sonotap_qr::MAX_DIMENSION || h > sonotap_qr::MAX_DIMENSION {
+                return invalid(
+                    "camera.width",
+                    format!("{w}x{h} is not a usable frame size"),
+                );
+            }
+        }
+        // Checked for every source (a folder ignores it): a value that cannot
+        // be used is refused, never replaced by a default.
+        let Some(format) = PixelFormat::from_name(&self.format) else {
+            return invalid(
+                "camera.format",
+                format!("{:?}: expected y8 or yuyv", self.format),
+            );
+        };
+        if self.source == CameraSource::V4l2 && !cfg!(feature = "v4l2") {
+            return invalid(
+                "camera.source",
+                "\"v4l2\" needs a build with `--features v4l2` (this one has none); feed raw frames with source = \"pipe\" instead",
+            );
+        }
+        if !(1..=2_000).contains(&self.budget_ms) {
+            return invalid(
+                "camera.budget_ms",
+                format!("{} is outside 1..=2000", self.budget_ms),
+            );
+        }
+        Ok(CameraConfig {
+            source: self.source,
+            path: self.path,
+            width: self.width,
+            height: self.height,
+            format,
+            interval: Duration::from_millis(self.interval_ms),
+            budget: Duration::from_millis(self.budget_ms),
+        })
+    }
+}
+
 /// The actuator: a device profile and its port.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,21 +368,30 @@ pub struct PaymentConfig {
     pub fare: Option<u32>,
 }
 
-/// The operator hub.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The operator hub, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubConfig {
     /// Base URL (`https://hub.example:8443`).
     pub url: String,
     /// PEM file of the CA that signed the hub's certificate; the public roots when absent.
-    #[serde(default)]
     pub ca: Option<PathBuf>,
-    /// Seconds between sync rounds (after a failure, backoff with jitter).
+    /// Between sync rounds (`interval_secs`; after a failure, backoff with jitter).
+    pub interval: Duration,
+    /// Allowed for one request (`timeout_secs`).
+    pub timeout: Duration,
+}
+
+/// `[hub]` as written (see [`HubConfig`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HubSection {
+    url: String,
+    #[serde(default)]
+    ca: Option<PathBuf>,
     #[serde(default = "default_interval")]
-    pub interval_secs: f64,
-    /// Seconds allowed for one request.
+    interval_secs: f64,
     #[serde(default = "default_timeout")]
-    pub timeout_secs: f64,
+    timeout_secs: f64,
 }
 
 fn default_interval() -> f64 {
@@ -235,19 +401,52 @@ fn default_timeout() -> f64 {
     10.0
 }
 
-/// The Prometheus endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl HubSection {
+    fn check(self) -> Result<HubConfig, Invalid> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return invalid(
+                "hub.url",
+                format!("{:?} is not an http:// or https:// URL", self.url),
+            );
+        }
+        let seconds = |field: &str, value: f64, max: f64| {
+            if value.is_finite() && (0.1..=max).contains(&value) {
+                Ok(Duration::from_secs_f64(value))
+            } else {
+                invalid(field, format!("must be between 0.1 and {max}"))
+            }
+        };
+        Ok(HubConfig {
+            interval: seconds("hub.interval_secs", self.interval_secs, 86_400.0)?,
+            timeout: seconds("hub.timeout_secs", self.timeout_secs, 600.0)?,
+            url: self.url,
+            ca: self.ca,
+        })
+    }
+}
+
+/// The Prometheus endpoint, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
-    /// `IP:PORT` to serve `/metrics` on; `""` turns it off.
-    #[serde(default = "default_metrics_listen")]
-    pub listen: String,
+    /// Where to serve `/metrics`; none when turned off (`listen = ""`). A
+    /// non-loopback address only with `allow_remote`.
+    pub listen: Option<SocketAddr>,
     /// Allow a non-loopback address (the metrics reveal traffic).
-    #[serde(default)]
     pub allow_remote: bool,
 }
 
-impl Default for MetricsConfig {
+/// `[metrics]` as written (see [`MetricsConfig`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    /// `IP:PORT`, or `""` for off.
+    #[serde(default = "default_metrics_listen")]
+    listen: String,
+    #[serde(default)]
+    allow_remote: bool,
+}
+
+impl Default for MetricsSection {
     fn default() -> Self {
         Self {
             listen: default_metrics_listen(),
@@ -258,6 +457,39 @@ impl Default for MetricsConfig {
 
 fn default_metrics_listen() -> String {
     "127.0.0.1:9477".into()
+}
+
+impl MetricsSection {
+    fn check(self) -> Result<MetricsConfig, Invalid> {
+        let listen = if self.listen.is_empty() {
+            None
+        } else {
+            match self.listen.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    return invalid(
+                        "metrics.listen",
+                        format!("{:?}: {e} (expected IP:PORT)", self.listen),
+                    );
+                }
+            }
+        };
+        if let Some(addr) = listen
+            && !addr.ip().is_loopback()
+            && !self.allow_remote
+        {
+            return invalid(
+                "metrics.listen",
+                format!(
+                    "{addr} is not a loopback address; set metrics.allow_remote = true to serve it"
+                ),
+            );
+        }
+        Ok(MetricsConfig {
+            listen,
+            allow_remote: self.allow_remote,
+        })
+    }
 }
 
 /// Feedback to the rider.
@@ -289,18 +521,39 @@ fn default_volume() -> f32 {
     0.3
 }
 
-/// Wraps the config file's path for messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source(pub PathBuf);
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.display())
+impl ConfigFile {
+    /// Checks every section, in the order of the file's documentation.
+    fn check(self) -> Result<Config, Invalid> {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return invalid("log_level", format!("{:?}: {e}", self.log_level));
+        }
+        let audio = self.audio.map(AudioSection::check).transpose()?;
+        let camera = self.camera.map(CameraSection::check).transpose()?;
+        if self.payment.fare == Some(0) {
+            return invalid("payment.fare", "must be at least 1");
+        }
+        let hub = self.hub.map(HubSection::check).transpose()?;
+        let metrics = self.metrics.check()?;
+        if !(0.0..=1.0).contains(&self.feedback.volume) {
+            return invalid("feedback.volume", "must be between 0 and 1");
+        }
+        Ok(Config {
+            data: self.data,
+            log_level: self.log_level,
+            clock_skew_secs: self.clock_skew_secs,
+            audio,
+            camera,
+            actuator: self.actuator,
+            payment: self.payment,
+            hub,
+            metrics,
+            feedback: self.feedback,
+        })
     }
 }
 
 impl Config {
-    /// Reads, parses, resolves relative paths against the file's directory, and validates.
+    /// Reads, parses, checks, and resolves relative paths against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let bytes =
             sonotap_disk::fsutil::read_regular_file_capped(path, crate::reader::MAX_CONFIG_BYTES)
@@ -316,14 +569,18 @@ impl Config {
         Self::parse(&text, path, base)
     }
 
-    /// Parses `text` (from `path`, for messages), resolving relative paths against `base`.
+    /// Parses and checks `text` (from `path`, for messages), resolving relative paths against `base`.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.into(),
             detail: e.to_string().trim_end().replace('\n', " "),
         })?;
+        let mut config = file.check().map_err(|e| ConfigError::Invalid {
+            path: path.into(),
+            field: e.field,
+            detail: e.detail,
+        })?;
         config.resolve(base);
-        config.validate(path)?;
         Ok(config)
     }
 
@@ -361,151 +618,6 @@ impl Config {
             fix(ca);
         }
     }
-
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |field: &str, detail: String| ConfigError::Invalid {
-            path: path.into(),
-            field: field.into(),
-            detail,
-        };
-        tracing_subscriber::EnvFilter::try_new(&self.log_level)
-            .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
-        if let Some(audio) = &self.audio {
-            let wrong = |field: &str, set: bool| -> Result<(), ConfigError> {
-                if set {
-                    Err(bad(
-                        &format!("audio.{field}"),
-                        format!("does not apply to source = \"{}\"", audio.source.as_str()),
-                    ))
-                } else {
-                    Ok(())
-                }
-            };
-            match audio.source {
-                AudioSource::Device => {
-                    wrong("files", !audio.files.is_empty())?;
-                    wrong("path", audio.path.is_some())?;
-                    wrong("rate", audio.rate.is_some())?;
-                }
-                AudioSource::Wav => {
-                    if audio.files.is_empty() {
-                        return Err(bad(
-                            "audio.files",
-                            "source = \"wav\" needs at least one file".into(),
-                        ));
-                    }
-                    wrong("device", audio.device.is_some())?;
-                    wrong("path", audio.path.is_some())?;
-                    wrong("rate", audio.rate.is_some())?;
-                }
-                AudioSource::Raw => {
-                    if audio.path.is_none() {
-                        return Err(bad("audio.path", "source = \"raw\" needs a path".into()));
-                    }
-                    match audio.rate {
-                        Some(8_000..=384_000) => {}
-                        Some(r) => {
-                            return Err(bad(
-                                "audio.rate",
-                                format!("{r} Hz is outside 8000..=384000"),
-                            ));
-                        }
-                        None => {
-                            return Err(bad("audio.rate", "source = \"raw\" needs a rate".into()));
-                        }
-                    }
-                    wrong("device", audio.device.is_some())?;
-                    wrong("files", !audio.files.is_empty())?;
-                }
-            }
-            if audio.gap_ms > 600_000 {
-                return Err(bad("audio.gap_ms", "at most 600000".into()));
-            }
-        }
-        if let Some(camera) = &self.camera {
-            if camera.source != CameraSource::Folder {
-                let (w, h) = (camera.width, camera.height);
-                if w == 0
-                    || h == 0
-                    || w > sonotap_qr::MAX_DIMENSION
-                    || h > sonotap_qr::MAX_DIMENSION
-                {
-                    return Err(bad(
-                        "camera.width",
-                        format!("{w}x{h} is not a usable frame size"),
-                    ));
-                }
-                if sonotap_qr::source::PixelFormat::from_name(&camera.format).is_none() {
-                    return Err(bad(
-                        "camera.format",
-                        format!("{:?}: expected y8 or yuyv", camera.format),
-                    ));
-                }
-            }
-            if camera.source == CameraSource::V4l2 && !cfg!(feature = "v4l2") {
-                return Err(bad(
-                    "camera.source",
-                    "\"v4l2\" needs a build with `--features v4l2` (this one has none); feed raw frames with source = \"pipe\" instead".into(),
-                ));
-            }
-            if !(1..=2_000).contains(&camera.budget_ms) {
-                return Err(bad(
-                    "camera.budget_ms",
-                    format!("{} is outside 1..=2000", camera.budget_ms),
-                ));
-            }
-        }
-        if self.payment.fare == Some(0) {
-            return Err(bad("payment.fare", "must be at least 1".into()));
-        }
-        if let Some(hub) = &self.hub {
-            if !(hub.url.starts_with("http://") || hub.url.starts_with("https://")) {
-                return Err(bad(
-                    "hub.url",
-                    format!("{:?} is not an http:// or https:// URL", hub.url),
-                ));
-            }
-            if !(hub.interval_secs.is_finite() && (0.1..=86_400.0).contains(&hub.interval_secs)) {
-                return Err(bad(
-                    "hub.interval_secs",
-                    "must be between 0.1 and 86400".into(),
-                ));
-            }
-            if !(hub.timeout_secs.is_finite() && (0.1..=600.0).contains(&hub.timeout_secs)) {
-                return Err(bad(
-                    "hub.timeout_secs",
-                    "must be between 0.1 and 600".into(),
-                ));
-            }
-        }
-        if let Some(addr) = self.metrics_addr().map_err(|d| bad("metrics.listen", d))?
-            && !addr.ip().is_loopback()
-            && !self.metrics.allow_remote
-        {
-            return Err(bad(
-                "metrics.listen",
-                format!(
-                    "{addr} is not a loopback address; set metrics.allow_remote = true to serve it"
-                ),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.feedback.volume) {
-            return Err(bad("feedback.volume", "must be between 0 and 1".into()));
-        }
-        Ok(())
-    }
-
-    /// The metrics address, `None` when turned off.
-    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
-        if self.metrics.listen.is_empty() {
-            return Ok(None);
-        }
-        self.metrics
-            .listen
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("{:?}: {e} (expected IP:PORT)", self.metrics.listen))
-    }
 }
 
 impl AudioSource {
@@ -516,17 +628,6 @@ impl AudioSource {
             AudioSource::Wav => "wav",
             AudioSource::Raw => "raw",
         }
-    }
-}
-
-impl HubConfig {
-    /// The sync interval.
-    pub fn interval(&self) -> Duration {
-        Duration::from_secs_f64(self.interval_secs)
-    }
-    /// The request timeout.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout_secs)
     }
 }
 
@@ -547,7 +648,10 @@ mod tests {
         let c = parse("data = \"reader\"").unwrap();
         assert_eq!(c.data, PathBuf::from("/etc/sonotap/reader"));
         assert_eq!(c.log_level, "info");
-        assert_eq!(c.metrics.listen, "127.0.0.1:9477");
+        assert_eq!(
+            c.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9477)))
+        );
         assert!(c.audio.is_none() && c.camera.is_none() && c.hub.is_none());
     }
 
@@ -601,9 +705,60 @@ mod tests {
     fn remote_metrics_need_explicit_permission() {
         let c = parse("data = \"r\"\n[metrics]\nlisten = \"0.0.0.0:9477\"\nallow_remote = true")
             .unwrap();
-        assert_eq!(c.metrics_addr().unwrap().unwrap().port(), 9477);
+        assert_eq!(c.metrics.listen.unwrap().port(), 9477);
         let off = parse("data = \"r\"\n[metrics]\nlisten = \"\"").unwrap();
-        assert_eq!(off.metrics_addr().unwrap(), None);
+        assert_eq!(off.metrics.listen, None);
+    }
+
+    #[test]
+    fn values_are_checked_once_into_types_at_load() {
+        let c = parse(
+            "data = \"r\"\n[audio]\nsource = \"wav\"\nfiles = [\"a.wav\"]\ngap_ms = 1500\n\
+             [camera]\nsource = \"pipe\"\npath = \"-\"\nformat = \"YUY2\"\ninterval_ms = 20\nbudget_ms = 40\n\
+             [hub]\nurl = \"http://127.0.0.1:1\"\ninterval_secs = 2.5\ntimeout_secs = 5\n\
+             [metrics]\nlisten = \"[::1]:9000\"",
+        )
+        .unwrap();
+        assert_eq!(c.audio.unwrap().gap, Duration::from_millis(1500));
+        let camera = c.camera.unwrap();
+        assert_eq!(camera.format, PixelFormat::Yuyv);
+        assert_eq!(camera.interval, Duration::from_millis(20));
+        assert_eq!(camera.budget, Duration::from_millis(40));
+        let hub = c.hub.unwrap();
+        assert_eq!(hub.interval, Duration::from_millis(2500));
+        assert_eq!(hub.timeout, Duration::from_secs(5));
+        assert_eq!(c.metrics.listen, Some("[::1]:9000".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_pixel_format_that_cannot_be_used_is_refused_even_where_it_is_ignored() {
+        // It used to pass for a folder and fall back to y8 downstream.
+        let e =
+            parse("data = \"r\"\n[camera]\nsource = \"folder\"\npath = \"f\"\nformat = \"rgb\"")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("`camera.format`") && e.contains("expected y8 or yuyv"),
+            "{e}"
+        );
+        let ok = parse("data = \"r\"\n[camera]\nsource = \"folder\"\npath = \"f\"").unwrap();
+        assert_eq!(ok.camera.unwrap().format, PixelFormat::Y8);
+    }
+
+    #[test]
+    fn hub_durations_out_of_range_are_refused_by_field_before_they_become_durations() {
+        for (text, field) in [
+            ("interval_secs = -1", "hub.interval_secs"),
+            ("interval_secs = nan", "hub.interval_secs"),
+            ("interval_secs = 1e300", "hub.interval_secs"),
+            ("timeout_secs = 0", "hub.timeout_secs"),
+            ("timeout_secs = inf", "hub.timeout_secs"),
+        ] {
+            let e = parse(&format!("data = \"r\"\n[hub]\nurl = \"http://h\"\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{field}`")), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use cpal::{FromSample, SampleFormat, SizedSample};
 
 use super::Shared;
 use super::config::FeedbackConfig;
-use super::core::Feedback;
+use super::rules::Feedback;
 
 /// Starts the tone thread; it ends when every sender is gone.
 pub fn spawn(

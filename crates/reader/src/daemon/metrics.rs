@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use sonotap_protocol::policy::Reason;
 
+use super::rules::Refusal;
+
 /// Where a token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TapSource {
@@ -96,7 +98,7 @@ impl Histogram {
 pub struct Metrics {
     taps: [AtomicU64; 2],
     accepts: [AtomicU64; 2],
-    declines: Mutex<Vec<(String, u64)>>,
+    declines: Mutex<Vec<(Refusal, u64)>>,
     decode: [Histogram; 2],
     tap_to_actuate: Histogram,
     commit: Histogram,
@@ -117,10 +119,7 @@ impl Metrics {
         let m = Self::default();
         m.started_at.store(started_at, Ordering::Relaxed);
         if let Ok(mut d) = m.declines.lock() {
-            *d = Reason::ALL
-                .iter()
-                .map(|r| (r.as_str().to_string(), 0))
-                .collect();
+            *d = Reason::ALL.map(|r| (Refusal::Policy(r), 0)).to_vec();
         }
         m
     }
@@ -136,13 +135,13 @@ impl Metrics {
         self.accepts[source.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A token was declined for `reason` (a policy reason, or a daemon one
-    /// such as `vend_denied`).
-    pub fn decline(&self, reason: &str) {
+    /// A token was declined: by the policy, or by the daemon (a policy
+    /// reason's series exists from the start, a daemon one from its first decline).
+    pub fn decline(&self, refusal: Refusal) {
         if let Ok(mut d) = self.declines.lock() {
-            match d.iter_mut().find(|(r, _)| r == reason) {
+            match d.iter_mut().find(|(r, _)| *r == refusal) {
                 Some((_, n)) => *n += 1,
-                None => d.push((reason.to_string(), 1)),
+                None => d.push((refusal, 1)),
             }
         }
     }
@@ -201,39 +200,36 @@ impl Metrics {
         let counter = |out: &mut String, name: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         };
-        counter(&mut out, "sonotap_taps_total", "Tokens decoded, by source.");
-        for s in TapSource::ALL {
-            let _ = writeln!(
-                out,
-                "sonotap_taps_total{{source=\"{}\"}} {}",
-                s.as_str(),
-                self.taps[s.index()].load(Ordering::Relaxed)
-            );
-        }
-        counter(
+        let by_source = |out: &mut String, name: &str, help: &str, counts: &[AtomicU64; 2]| {
+            counter(out, name, help);
+            for s in TapSource::ALL {
+                let n = counts[s.index()].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {n}", s.as_str());
+            }
+        };
+        by_source(
+            &mut out,
+            "sonotap_taps_total",
+            "Tokens decoded, by source.",
+            &self.taps,
+        );
+        by_source(
             &mut out,
             "sonotap_accepts_total",
             "Tokens accepted (record committed), by source.",
+            &self.accepts,
         );
-        for s in TapSource::ALL {
-            let _ = writeln!(
-                out,
-                "sonotap_accepts_total{{source=\"{}\"}} {}",
-                s.as_str(),
-                self.accepts[s.index()].load(Ordering::Relaxed)
-            );
-        }
         counter(
             &mut out,
             "sonotap_declines_total",
             "Tokens declined, by reason.",
         );
         if let Ok(d) = self.declines.lock() {
-            for (reason, n) in d.iter() {
+            for (refusal, n) in d.iter() {
                 let _ = writeln!(
                     out,
                     "sonotap_declines_total{{reason=\"{}\"}} {n}",
-                    escape(reason)
+                    refusal.as_str()
                 );
             }
         }
@@ -280,15 +276,15 @@ impl Metrics {
             "# HELP sonotap_sync_lag_seconds Seconds since the last successful sync (since start when none yet).\n# TYPE sonotap_sync_lag_seconds gauge\nsonotap_sync_lag_seconds {}",
             now.saturating_sub(origin)
         );
-        counter(
+        let total = |out: &mut String, name: &str, help: &str, n: &AtomicU64| {
+            counter(out, name, help);
+            let _ = writeln!(out, "{name} {}", n.load(Ordering::Relaxed));
+        };
+        total(
             &mut out,
             "sonotap_sync_failures_total",
             "Sync rounds that failed.",
-        );
-        let _ = writeln!(
-            out,
-            "sonotap_sync_failures_total {}",
-            self.sync_failures.load(Ordering::Relaxed)
+            &self.sync_failures,
         );
         counter(
             &mut out,
@@ -302,25 +298,14 @@ impl Metrics {
                 self.device_errors[i].load(Ordering::Relaxed)
             );
         }
-        counter(
+        total(
             &mut out,
             "sonotap_not_served_total",
             "Decoded tokens dropped at shutdown before a decision (nothing charged).",
-        );
-        let _ = writeln!(
-            out,
-            "sonotap_not_served_total {}",
-            self.not_served.load(Ordering::Relaxed)
+            &self.not_served,
         );
         out
     }
-}
-
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Parses exposition text into `(name{labels}, value)` pairs; for tests and
@@ -375,8 +360,8 @@ mod tests {
         m.tap(TapSource::Audio, Duration::from_millis(30));
         m.tap(TapSource::Qr, Duration::from_millis(8));
         m.accept(TapSource::Audio);
-        m.decline("replayed");
-        m.decline("vend_denied");
+        m.decline(Refusal::Policy(Reason::Replayed));
+        m.decline(Refusal::VendDenied);
         m.actuated(Duration::from_millis(120));
         m.set_queue_depth(7);
         m.device_error("gate");

@@ -1,30 +1,33 @@
 //! `sonotap run`: the reader daemon that ties capture, decoding, the offline
 //! policy, the durable record, the actuator and the uplink together.
 //!
-//! Threads, by concern:
-//! - capture ([`sources`]): sound into the modem decoder, frames into the QR
+//! Threads, by concern (the modules are private; [`run`] is the entry):
+//! - capture (`sources`): sound into the modem decoder, frames into the QR
 //!   decoder; tokens go down an unbounded channel, so a burst queues and
 //!   capture never waits on the database or the network;
-//! - the acceptor ([`acceptor`]): owns the [`Reader`] and the gate or vending
+//! - the acceptor (`acceptor`): owns the [`Reader`] and the gate or vending
 //!   machine; commit, then actuate, then feedback, one token at a time;
 //! - the uplink: [`crate::sync::client::run_loop`] on its own database connection;
-//! - feedback tones ([`feedback`]);
+//! - feedback tones (`feedback`) and the rider's display (`display`);
 //! - a small tokio runtime for signals, the metrics endpoint ([`metrics`]),
-//!   the status file ([`status_file`]) and sd_notify ([`notify`]).
+//!   the status file ([`status_file`]) and sd_notify (`notify`).
 //!
-//! The decisions that need no I/O (drain on shutdown, health changes,
-//! tones) live in [`core`].
+//! One stop signal (`stop`) fans out to every thread at shutdown. The
+//! decisions that need no I/O (drain on shutdown, health changes, tones,
+//! decline labels, what a SIGHUP may change) live in `rules`; the
+//! configuration is checked once into typed values at load ([`config`]).
 
-pub mod acceptor;
+mod acceptor;
 pub mod config;
-pub mod core;
-pub mod display;
-pub mod feedback;
+mod display;
+mod feedback;
 pub mod metrics;
-pub mod notify;
-pub mod owed;
-pub mod sources;
+mod notify;
+mod owed;
+mod rules;
+mod sources;
 pub mod status_file;
+mod stop;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,14 +41,15 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
-use self::acceptor::{Acceptor, Actuator, Msg, Settings, Tell};
+use self::acceptor::{Acceptor, DrivenDevice, Msg, Settings, Tell};
 use self::config::{Config, ConfigError};
-use self::core::{DRAIN_GRACE, DeviceHealth};
 use self::metrics::Metrics;
 use self::notify::Notifier;
+use self::rules::{DRAIN_GRACE, DeviceHealth};
 use self::status_file::{DaemonStatus, DeviceStatus, SyncStatus};
+use self::stop::Stop;
 use crate::actuator::profile::{self, Device, Profile};
-use crate::actuator::{Gate, Vending};
+use crate::actuator::{Gate, PortError, Vending};
 use crate::reader::Reader;
 use crate::sync::client::{HubClient, SyncOptions};
 
@@ -85,19 +89,18 @@ pub enum DaemonError {
     AcceptorDied,
 }
 
-/// State shared by the threads: health, metrics, stop flags, heartbeat.
+/// State shared by the threads: health, metrics, the stop signal, heartbeat.
 #[derive(Debug)]
-pub struct Shared {
+struct Shared {
     /// The metrics.
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
     devices: Mutex<Vec<DeviceHealth>>,
     sync: Mutex<Option<SyncStatus>>,
     dirty: AtomicBool,
-    /// Set at shutdown: capture threads stop.
-    pub capture_stop: AtomicBool,
+    /// Fired at shutdown: capture and the uplink stop, the acceptor drains.
+    stop: Stop,
     /// Set when a sync round may have changed the issuer keys.
-    pub keys_changed: AtomicBool,
-    drain: Mutex<Option<Instant>>,
+    keys_changed: AtomicBool,
     base: Instant,
     heartbeat_ms: AtomicU64,
     /// The acceptor is inside a device transaction that may block it until
@@ -113,9 +116,8 @@ impl Shared {
             devices: Mutex::new(Vec::new()),
             sync: Mutex::new(None),
             dirty: AtomicBool::new(true),
-            capture_stop: AtomicBool::new(false),
+            stop: Stop::new(),
             keys_changed: AtomicBool::new(false),
-            drain: Mutex::new(None),
             base: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             busy_until_ms: AtomicU64::new(0),
@@ -125,7 +127,7 @@ impl Shared {
 
     /// The vend settlements owed now (see [`owed::OwedBook`]), for the
     /// status file and the metrics.
-    pub fn set_owed(&self, owed: Vec<status_file::OwedSettlement>) {
+    fn set_owed(&self, owed: Vec<status_file::OwedSettlement>) {
         let voids = owed.iter().filter(|o| o.owed == "void").count();
         self.metrics.set_voids_owed(voids as u64);
         if let Ok(mut o) = self.owed.lock()
@@ -149,25 +151,25 @@ impl Shared {
     }
 
     /// Reports a device's state; a failure counts as a device error.
-    pub fn device(&self, name: &str, ok: bool, detail: &str) {
+    fn device(&self, name: &str, ok: bool, detail: &str) {
         let Ok(mut devices) = self.devices.lock() else {
             return;
         };
         let Some(health) = devices.iter_mut().find(|d| d.name == name) else {
             return;
         };
-        match core::report(health, ok, detail) {
-            core::Change::None => {}
-            core::Change::Down => {
+        match rules::report(health, ok, detail) {
+            rules::Change::None => {}
+            rules::Change::Down => {
                 tracing::warn!(device = name, "{detail}");
                 self.metrics.device_error(name);
                 self.dirty.store(true, Ordering::Relaxed);
             }
-            core::Change::Up => {
+            rules::Change::Up => {
                 tracing::info!(device = name, "{detail}");
                 self.dirty.store(true, Ordering::Relaxed);
             }
-            core::Change::Detail => self.dirty.store(true, Ordering::Relaxed),
+            rules::Change::Detail => self.dirty.store(true, Ordering::Relaxed),
         }
     }
 
@@ -181,14 +183,14 @@ impl Shared {
     }
 
     /// The acceptor is alive.
-    pub fn beat(&self) {
+    fn beat(&self) {
         let ms = self.base.elapsed().as_millis() as u64;
         self.heartbeat_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The acceptor enters a device transaction that may take up to `bound`
     /// (its heartbeat pauses meanwhile; the watchdog allows for it).
-    pub fn busy_for(&self, bound: Duration) {
+    fn busy_for(&self, bound: Duration) {
         self.beat();
         let until = (self.base.elapsed() + bound).as_millis() as u64;
         self.busy_until_ms.store(until, Ordering::Relaxed);
@@ -206,9 +208,9 @@ impl Shared {
         Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
     }
 
-    /// The drain deadline, once stop was asked.
-    pub fn drain_until(&self) -> Option<Instant> {
-        self.drain.lock().ok().and_then(|d| *d)
+    /// The drain deadline, once the stop signal fired.
+    fn drain_until(&self) -> Option<Instant> {
+        self.stop.fired_at().map(|at| at + DRAIN_GRACE)
     }
 
     fn status(&self, pid: u32, started_at: u64, config: &Path) -> DaemonStatus {
@@ -290,9 +292,9 @@ fn init_logging(level: &str) -> Option<FilterHandle> {
 fn actuator(
     config: &Config,
     shared: &Shared,
-) -> Result<(Actuator, Option<profile::DisplayConfig>, Duration), DaemonError> {
+) -> Result<(DrivenDevice, Option<profile::DisplayConfig>, Duration), DaemonError> {
     let Some(a) = &config.actuator else {
-        return Ok((Actuator::None, None, Duration::ZERO));
+        return Ok((DrivenDevice::None, None, Duration::ZERO));
     };
     let mut dirs = a.profile_dirs.clone();
     dirs.extend(profile::default_dirs());
@@ -310,24 +312,23 @@ fn actuator(
             m.ready_timeout + m.session_timeout + m.vend_result_timeout + m.end_timeout + slack
         }
     };
+    // A port that is not there yet is retried; the health says so meanwhile.
+    let configure = |name, connected: Result<(), PortError>, device: &str| match connected {
+        Ok(()) => shared.configure(name, true, device),
+        Err(e) => shared.configure(name, false, &format!("{e} (retrying)")),
+    };
     let actuator = match profile.device {
         Device::Gate(_) => {
             let mut gate =
                 Gate::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
-            match gate.connect() {
-                Ok(()) => shared.configure("gate", true, gate.device()),
-                Err(e) => shared.configure("gate", false, &format!("{e} (retrying)")),
-            }
-            Actuator::Gate(Box::new(gate))
+            configure("gate", gate.connect(), gate.device());
+            DrivenDevice::Gate(Box::new(gate))
         }
         Device::Mdb(_) => {
             let mut vending =
                 Vending::new(&profile, port).map_err(|e| DaemonError::Actuator(e.to_string()))?;
-            match vending.connect() {
-                Ok(()) => shared.configure("vending", true, vending.device()),
-                Err(e) => shared.configure("vending", false, &format!("{e} (retrying)")),
-            }
-            Actuator::Vending(Box::new(vending))
+            configure("vending", vending.connect(), vending.device());
+            DrivenDevice::Vending(Box::new(vending))
         }
     };
     Ok((actuator, display, bound))
@@ -383,14 +384,15 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         display::spawn(display_config.clone(), Arc::clone(&shared), rx).map_err(spawn_err)?;
         tell.display = Some((display_config, tx));
     }
-    let metrics_listener = match config.metrics_addr() {
-        Ok(Some(addr)) => Some(
+    let metrics_listener = config
+        .metrics
+        .listen
+        .map(|addr| {
             std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| DaemonError::Metrics { addr, source })?,
-        ),
-        _ => None,
-    };
+                .map_err(|source| DaemonError::Metrics { addr, source })
+        })
+        .transpose()?;
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let settings = Settings {
@@ -416,14 +418,8 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         sources::spawn_camera(camera.clone(), Arc::clone(&shared), tx.clone())
             .map_err(spawn_err)?;
     }
-    let sync_stop = Arc::new(AtomicBool::new(false));
     let sync_thread = match &config.hub {
-        Some(hub) => Some(spawn_sync(
-            &config,
-            hub,
-            Arc::clone(&shared),
-            Arc::clone(&sync_stop),
-        )?),
+        Some(hub) => Some(spawn_sync(&config, hub, Arc::clone(&shared))?),
         None => None,
     };
 
@@ -432,28 +428,32 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         .build()
         .map_err(|e| DaemonError::Start(format!("tokio runtime: {e}")))?;
     let notifier = Notifier::from_env();
-    let pid = std::process::id();
-    let outcome = runtime.block_on(supervise(
-        config_path,
-        config.clone(),
-        Arc::clone(&shared),
-        tx.clone(),
-        &acceptor,
-        metrics_listener,
-        &notifier,
-        log,
-        pid,
+    let status = StatusWriter {
+        pid: std::process::id(),
         started_at,
-    ));
+        config_path,
+        data: config.data.clone(),
+    };
+    let outcome = runtime.block_on(
+        Supervisor {
+            config_path,
+            config: config.clone(),
+            shared: Arc::clone(&shared),
+            acceptor_tx: tx.clone(),
+            acceptor: &acceptor,
+            notifier: &notifier,
+            log,
+            status: &status,
+        }
+        .run(metrics_listener),
+    );
 
     // Shutdown: capture stops, decoded tokens drain for a bounded time, the
     // transaction in flight finishes, the gate is released.
     let _ = notifier.send("STOPPING=1");
-    shared.capture_stop.store(true, Ordering::Relaxed);
-    let deadline = Instant::now() + DRAIN_GRACE;
-    if let Ok(mut d) = shared.drain.lock() {
-        *d = Some(deadline);
-    }
+    let stopped_at = Instant::now();
+    shared.stop.fire(stopped_at);
+    let deadline = stopped_at + DRAIN_GRACE;
     drop(tx);
     // The transaction in flight may run past the deadline (a pulse, a vend): give it a little more.
     let hard = deadline + Duration::from_millis(2500);
@@ -467,19 +467,13 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     } else {
         let _ = acceptor.join();
     }
-    sync_stop.store(true, Ordering::Relaxed);
     if let Some(t) = sync_thread {
         let until = Instant::now() + Duration::from_secs(1);
         while !t.is_finished() && Instant::now() < until {
             thread::sleep(Duration::from_millis(10));
         }
     }
-    if let Err(e) = shared
-        .status(pid, started_at, config_path)
-        .write(&config.data)
-    {
-        tracing::warn!("status file: {e}");
-    }
+    status.write(&shared);
     tracing::info!("stopped");
     outcome
 }
@@ -488,7 +482,6 @@ fn spawn_sync(
     config: &Config,
     hub: &config::HubConfig,
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
 ) -> Result<thread::JoinHandle<()>, DaemonError> {
     let dir = config.data.clone();
     let hub = hub.clone();
@@ -500,7 +493,7 @@ fn spawn_sync(
     thread::Builder::new()
         .name("sonotap-sync".into())
         .spawn(move || {
-            let client = match HubClient::new(&hub.url, hub.ca.as_deref(), hub.timeout()) {
+            let client = match HubClient::new(&hub.url, hub.ca.as_deref(), hub.timeout) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!("sync disabled: {e}");
@@ -513,13 +506,14 @@ fn spawn_sync(
                 }
             };
             let options = SyncOptions::default();
-            while !stop.load(Ordering::Relaxed) {
+            let stop = &shared.stop;
+            while !stop.is_fired() {
                 let result = crate::sync::client::run_loop(
                     &dir,
                     &client,
                     &options,
-                    hub.interval(),
-                    &stop,
+                    hub.interval,
+                    stop.flag(),
                     |round| match round {
                         Ok(report) => {
                             shared.metrics.sync_ok(unix_now());
@@ -554,126 +548,160 @@ fn spawn_sync(
                         ok: false,
                         detail: e.to_string(),
                     });
-                    let until = Instant::now() + Duration::from_secs(5);
-                    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                        thread::sleep(Duration::from_millis(100));
-                    }
+                    stop.nap(Duration::from_secs(5));
                 }
             }
         })
         .map_err(spawn_err)
 }
 
-/// The runtime's job: metrics, status file, sd_notify, signals. Returns when
-/// SIGTERM or SIGINT arrives (Ok) or the acceptor died (Err).
-#[allow(clippy::too_many_arguments)]
-async fn supervise(
-    config_path: &Path,
-    mut config: Config,
-    shared: Arc<Shared>,
-    tx: mpsc::Sender<Msg>,
-    acceptor: &thread::JoinHandle<()>,
-    listener: Option<std::net::TcpListener>,
-    notifier: &Notifier,
-    log: Option<FilterHandle>,
+/// Writes the status file for `sonotap status`: this daemon, its config,
+/// and what [`Shared`] says now.
+struct StatusWriter<'a> {
     pid: u32,
     started_at: u64,
-) -> Result<(), DaemonError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let sig = |kind| signal(kind).map_err(|e| DaemonError::Start(format!("signal handler: {e}")));
-    let mut term = sig(SignalKind::terminate())?;
-    let mut int = sig(SignalKind::interrupt())?;
-    let mut hup = sig(SignalKind::hangup())?;
-    if let Some(listener) = listener {
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| DaemonError::Start(format!("metrics listener: {e}")))?;
-        let metrics = Arc::clone(&shared.metrics);
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        metrics.render(unix_now()),
-                    )
-                }
-            }),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("metrics endpoint stopped: {e}");
-            }
-        });
-    }
-    let data_dir = config.data.clone();
-    let write_status = |shared: &Shared| {
+    config_path: &'a Path,
+    data: PathBuf,
+}
+
+impl StatusWriter<'_> {
+    fn write(&self, shared: &Shared) {
         shared.dirty.store(false, Ordering::Relaxed);
-        if let Err(e) = shared.status(pid, started_at, config_path).write(&data_dir) {
+        let status = shared.status(self.pid, self.started_at, self.config_path);
+        if let Err(e) = status.write(&self.data) {
             tracing::warn!(
                 "cannot write the status file in {}: {e}",
-                data_dir.display()
+                self.data.display()
             );
         }
-    };
-    write_status(&shared);
-    let _ = notifier.send("READY=1");
-    tracing::info!("ready");
-    let watchdog = notifier.watchdog();
-    let mut last_status = Instant::now();
-    let mut last_ping = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
-            _ = hup.recv() => {
-                match Config::load(config_path) {
-                    Ok(new) => {
-                        if let Some(handle) = &log
-                            && let Ok(filter) = EnvFilter::try_new(&new.log_level)
-                            && let Err(e) = handle.reload(filter)
-                        {
-                            tracing::warn!("log level: {e}");
-                        }
-                        let restart_needed = new.audio != config.audio || new.camera != config.camera
-                            || new.actuator != config.actuator || new.hub != config.hub
-                            || new.metrics != config.metrics || new.data != config.data
-                            || new.feedback != config.feedback || new.clock_skew_secs != config.clock_skew_secs;
-                        if restart_needed {
-                            tracing::warn!("SIGHUP: devices, hub, metrics, feedback and clock-skew changes take effect at the next restart");
-                        }
-                        let _ = tx.send(Msg::Reload(Settings { fare: new.payment.fare }));
-                        tracing::info!("SIGHUP: configuration reloaded");
-                        config = new;
-                    }
-                    Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
-                }
+    }
+}
+
+/// The runtime's side of the daemon: metrics, status file, sd_notify,
+/// signals.
+struct Supervisor<'a> {
+    /// Re-read on SIGHUP.
+    config_path: &'a Path,
+    /// The config running now (SIGHUP compares the new one with it).
+    config: Config,
+    shared: Arc<Shared>,
+    /// SIGHUP's new settings go to the acceptor.
+    acceptor_tx: mpsc::Sender<Msg>,
+    /// Watched: if it ends, the daemon exits for systemd to restart it.
+    acceptor: &'a thread::JoinHandle<()>,
+    notifier: &'a Notifier,
+    /// Reloads the log level on SIGHUP.
+    log: Option<FilterHandle>,
+    status: &'a StatusWriter<'a>,
+}
+
+/// Serves `/metrics` on `listener` from the runtime.
+fn serve_metrics(
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> Result<(), DaemonError> {
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| DaemonError::Start(format!("metrics listener: {e}")))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(unix_now()),
+                )
             }
-            _ = tick.tick() => {
-                if acceptor.is_finished() {
-                    return Err(DaemonError::AcceptorDied);
-                }
-                if shared.dirty.load(Ordering::Relaxed) || last_status.elapsed() >= STATUS_EVERY {
-                    write_status(&shared);
-                    last_status = Instant::now();
-                }
-                if let Some(period) = watchdog
-                    && last_ping.elapsed() >= period / 2
-                {
-                    // Only while the acceptor is alive: a stuck acceptor lets systemd restart us.
-                    if shared.alive(period) {
-                        let _ = notifier.send("WATCHDOG=1");
-                        last_ping = Instant::now();
-                    } else {
-                        tracing::error!("the acceptor has not beaten for {:?}; withholding the watchdog ping", shared.heartbeat_age());
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+impl Supervisor<'_> {
+    /// Runs until SIGTERM or SIGINT arrives (Ok) or the acceptor died (Err).
+    async fn run(mut self, metrics: Option<std::net::TcpListener>) -> Result<(), DaemonError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let sig =
+            |kind| signal(kind).map_err(|e| DaemonError::Start(format!("signal handler: {e}")));
+        let mut term = sig(SignalKind::terminate())?;
+        let mut int = sig(SignalKind::interrupt())?;
+        let mut hup = sig(SignalKind::hangup())?;
+        if let Some(listener) = metrics {
+            serve_metrics(listener, Arc::clone(&self.shared.metrics))?;
+        }
+        self.status.write(&self.shared);
+        let _ = self.notifier.send("READY=1");
+        tracing::info!("ready");
+        let watchdog = self.notifier.watchdog();
+        let mut last_status = Instant::now();
+        let mut last_ping = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
+                _ = hup.recv() => self.reload(),
+                _ = tick.tick() => {
+                    if self.acceptor.is_finished() {
+                        return Err(DaemonError::AcceptorDied);
+                    }
+                    if self.shared.dirty.load(Ordering::Relaxed) || last_status.elapsed() >= STATUS_EVERY {
+                        self.status.write(&self.shared);
+                        last_status = Instant::now();
+                    }
+                    if let Some(period) = watchdog
+                        && last_ping.elapsed() >= period / 2
+                    {
+                        // Only while the acceptor is alive: a stuck acceptor lets systemd restart us.
+                        if self.shared.alive(period) {
+                            let _ = self.notifier.send("WATCHDOG=1");
+                            last_ping = Instant::now();
+                        } else {
+                            tracing::error!("the acceptor has not beaten for {:?}; withholding the watchdog ping", self.shared.heartbeat_age());
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// SIGHUP: re-reads the config; applies the log level and the fare at
+    /// once, and says which other changes wait for a restart. An invalid
+    /// config is refused and the running one kept.
+    fn reload(&mut self) {
+        let new = match Config::load(self.config_path) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!("SIGHUP: keeping the running configuration: {e}");
+                return;
+            }
+        };
+        if let Some(handle) = &self.log
+            && let Ok(filter) = EnvFilter::try_new(&new.log_level)
+            && let Err(e) = handle.reload(filter)
+        {
+            tracing::warn!("log level: {e}");
+        }
+        let waiting = rules::restart_needed(&self.config, &new);
+        if !waiting.is_empty() {
+            tracing::warn!(
+                "SIGHUP: devices, hub, metrics, feedback and clock-skew changes take effect at the next restart (changed: {})",
+                waiting.join(", ")
+            );
+        }
+        let _ = self.acceptor_tx.send(Msg::Reload(Settings {
+            fare: new.payment.fare,
+        }));
+        tracing::info!("SIGHUP: configuration reloaded");
+        self.config = new;
     }
 }
 

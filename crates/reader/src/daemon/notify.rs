@@ -53,6 +53,7 @@ impl Notifier {
     }
 
     /// Whether there is a socket to notify.
+    #[cfg(test)]
     pub fn enabled(&self) -> bool {
         self.target.is_some()
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sync::plan::Backoff;
+use crate::backoff::Backoff;
 
 /// The first wait before retrying a settlement that failed.
 pub const RETRY_BASE: Duration = Duration::from_millis(500);
@@ -82,25 +82,15 @@ impl OwedBook {
         error: &str,
         unit: f64,
     ) {
+        let is_void = matches!(settlement, Settlement::Void { .. });
+        self.owe_now(now, since, charge_seq, device, settlement.clone());
         if let Some(e) = self.entries.iter_mut().find(|e| e.charge_seq == charge_seq) {
-            if matches!(settlement, Settlement::Void { .. }) {
+            if is_void {
                 e.settlement = settlement;
             }
             e.last_error = error.into();
             e.next = now + e.backoff.failed(unit);
-            return;
         }
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
-        let next = now + backoff.failed(unit);
-        self.entries.push(Entry {
-            charge_seq,
-            device: device.into(),
-            settlement,
-            since,
-            last_error: error.into(),
-            backoff,
-            next,
-        });
     }
 
     /// A charge whose settlement is to be written now, not after a failure

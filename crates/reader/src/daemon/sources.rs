@@ -11,7 +11,6 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,8 +18,9 @@ use std::time::{Duration, Instant};
 use super::Shared;
 use super::acceptor::Msg;
 use super::config::{AudioConfig, AudioSource, CameraConfig, CameraSource};
-use super::core::Tap;
 use super::metrics::TapSource;
+use super::rules::Tap;
+use crate::backoff::Backoff;
 use sonotap_audio::capture::{Capture, CaptureEvent};
 use sonotap_audio::wav::{CHUNK_FRAMES, WavChunks};
 use sonotap_modem::decoder::{DEDUP_SECONDS, Decoder, Reception};
@@ -29,23 +29,31 @@ use sonotap_qr::source::{FrameSource, PixelFormat, RawStreamSource, load_image};
 
 /// A capture device that delivers nothing for this long is restarted.
 const SILENT_DEVICE: Duration = Duration::from_secs(5);
+/// First wait before reopening a device that failed.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between attempts to reopen a device.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The backoff between attempts to reopen a capture device: one local
+/// device, so no jitter.
+fn reopen_backoff() -> Backoff {
+    Backoff::new(MIN_BACKOFF, MAX_BACKOFF)
+}
+
 /// Sleeps up to `d`, waking early when the daemon stops; false if it stopped.
 fn nap(shared: &Shared, d: Duration) -> bool {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        if shared.capture_stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-    }
-    !shared.capture_stop.load(Ordering::Relaxed)
+    shared.stop.nap(d)
 }
 
 fn stopping(shared: &Shared) -> bool {
-    shared.capture_stop.load(Ordering::Relaxed)
+    shared.stop.is_fired()
+}
+
+/// Reports `device` down (`detail`) and waits out the backoff before the
+/// next attempt to reopen it; false if the daemon stopped meanwhile.
+fn down_then_wait(shared: &Shared, device: &str, detail: &str, backoff: &mut Backoff) -> bool {
+    shared.device(device, false, detail);
+    nap(shared, backoff.failed_without_jitter())
 }
 
 /// Starts the audio thread.
@@ -127,16 +135,19 @@ impl AudioFeed {
 fn device_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
     let name = config.device.as_deref();
     let label = name.unwrap_or("default input");
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = reopen_backoff();
     while !stopping(shared) {
         let capture = match Capture::start(name) {
             Ok(c) => c,
             Err(e) => {
-                shared.device("audio", false, &format!("{label}: {e} (retrying)"));
-                if !nap(shared, backoff) {
+                if !down_then_wait(
+                    shared,
+                    "audio",
+                    &format!("{label}: {e} (retrying)"),
+                    &mut backoff,
+                ) {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
@@ -169,7 +180,7 @@ fn device_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
                 Ok(CaptureEvent::Samples(chunk)) => {
                     let arrived = Instant::now();
                     last_samples = arrived;
-                    backoff = Duration::from_millis(500);
+                    backoff.succeeded();
                     if !feed.push(&chunk, arrived, taps) {
                         return;
                     }
@@ -193,12 +204,10 @@ fn device_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
             }
         };
         tracing::warn!("{why}");
-        shared.device("audio", false, &why);
         drop(capture);
-        if !nap(shared, backoff) {
+        if !down_then_wait(shared, "audio", &why, &mut backoff) {
             return;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -268,11 +277,9 @@ fn wav_files(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
             }
         }
         // Silence after each file: the gap, and at least enough to flush the last frame.
-        let gap = Duration::from_millis(config.gap_ms).max(Duration::from_millis(if i + 1 == n {
-            500
-        } else {
-            0
-        }));
+        let gap = config
+            .gap
+            .max(Duration::from_millis(if i + 1 == n { 500 } else { 0 }));
         let mut left = (gap.as_secs_f64() * f64::from(rate)) as usize;
         while left > 0 {
             let len = left.min(CHUNK_FRAMES);
@@ -305,20 +312,15 @@ fn raw_loop(config: &AudioConfig, shared: &Shared, taps: &Sender<Msg>) {
     let (Some(path), Some(rate)) = (config.path.clone(), config.rate) else {
         return;
     };
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = reopen_backoff();
     while !stopping(shared) {
         let (mut reader, fifo) = match open_stream(&path) {
             Ok(r) => r,
             Err(e) => {
-                shared.device(
-                    "audio",
-                    false,
-                    &format!("{}: {e} (retrying)", path.display()),
-                );
-                if !nap(shared, backoff) {
+                let detail = format!("{}: {e} (retrying)", path.display());
+                if !down_then_wait(shared, "audio", &detail, &mut backoff) {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
@@ -385,7 +387,7 @@ pub fn spawn_camera(
         .name("sonotap-camera".into())
         .spawn(move || {
             let options = DecodeOptions {
-                budget: Duration::from_millis(config.budget_ms),
+                budget: config.budget,
                 ..DecodeOptions::default()
             };
             let mut frames = FrameDecoder {
@@ -400,6 +402,16 @@ pub fn spawn_camera(
         })
 }
 
+/// How a source of frames stopped giving them.
+enum Frames {
+    /// It ended (a pipe's writer closed, a camera stream stopped).
+    Ended,
+    /// It failed.
+    Failed(sonotap_qr::QrError),
+    /// The daemon is stopping, or the acceptor is gone.
+    Stopped,
+}
+
 /// The QR decoder plus the memory that keeps a code held in view from
 /// being sent once per frame (as the modem's decoder does for echoes).
 struct FrameDecoder {
@@ -408,6 +420,30 @@ struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// Decodes every frame `source` gives until it ends or fails, or the
+    /// daemon stops.
+    fn decode_all(
+        &mut self,
+        source: &mut impl FrameSource,
+        shared: &Shared,
+        taps: &Sender<Msg>,
+    ) -> Frames {
+        loop {
+            if stopping(shared) {
+                return Frames::Stopped;
+            }
+            match source.next_frame() {
+                Ok(Some(frame)) => {
+                    if !self.frame(&frame, Instant::now(), taps) {
+                        return Frames::Stopped;
+                    }
+                }
+                Ok(None) => return Frames::Ended,
+                Err(e) => return Frames::Failed(e),
+            }
+        }
+    }
+
     /// Decodes a frame that arrived at `arrived`; false when the acceptor is gone.
     fn frame(
         &mut self,
@@ -452,15 +488,15 @@ fn pipe_loop(
     taps: &Sender<Msg>,
     frames: &mut FrameDecoder,
 ) {
-    let format = PixelFormat::from_name(&config.format).unwrap_or(PixelFormat::Y8);
+    let format = config.format;
     let what = format!(
         "pipe {} {}x{} {}",
         config.path.display(),
         config.width,
         config.height,
-        config.format
+        format_name(format)
     );
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = reopen_backoff();
     while !stopping(shared) {
         let opened = open_stream(&config.path).and_then(|(reader, fifo)| {
             RawStreamSource::new(reader, config.width, config.height, format)
@@ -470,37 +506,34 @@ fn pipe_loop(
         let (mut source, fifo) = match opened {
             Ok(s) => s,
             Err(e) => {
-                shared.device("camera", false, &format!("{what}: {e} (retrying)"));
-                if !nap(shared, backoff) {
+                let detail = format!("{what}: {e} (retrying)");
+                if !down_then_wait(shared, "camera", &detail, &mut backoff) {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
         shared.device("camera", true, &what);
-        loop {
-            if stopping(shared) {
-                return;
-            }
-            match source.next_frame() {
-                Ok(Some(frame)) => {
-                    if !frames.frame(&frame, Instant::now(), taps) {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!("{what}: {e}");
-                    shared.metrics.device_error("camera");
-                    break;
-                }
+        match frames.decode_all(&mut source, shared, taps) {
+            Frames::Stopped => return,
+            Frames::Ended => {}
+            Frames::Failed(e) => {
+                tracing::warn!("{what}: {e}");
+                shared.metrics.device_error("camera");
             }
         }
         if !fifo {
             shared.device("camera", true, &format!("{what}: ended"));
             return;
         }
+    }
+}
+
+/// The config's name for a pixel format, for the health line.
+fn format_name(format: PixelFormat) -> &'static str {
+    match format {
+        PixelFormat::Y8 => "y8",
+        PixelFormat::Yuyv => "yuyv",
     }
 }
 
@@ -527,10 +560,7 @@ fn folder(config: &CameraConfig, shared: &Shared, taps: &Sender<Msg>, frames: &m
     let what = format!("folder {}: {} image(s)", config.path.display(), paths.len());
     shared.device("camera", true, &what);
     for (i, path) in paths.iter().enumerate() {
-        if i > 0
-            && config.interval_ms > 0
-            && !nap(shared, Duration::from_millis(config.interval_ms))
-        {
+        if i > 0 && !config.interval.is_zero() && !nap(shared, config.interval) {
             return;
         }
         if stopping(shared) {
@@ -559,20 +589,15 @@ fn v4l2_loop(
     frames: &mut FrameDecoder,
 ) {
     use sonotap_qr::v4l2::V4l2Source;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = reopen_backoff();
     while !stopping(shared) {
         let mut camera = match V4l2Source::open(&config.path, config.width, config.height) {
             Ok(c) => c,
             Err(e) => {
-                shared.device(
-                    "camera",
-                    false,
-                    &format!("{}: {e} (retrying)", config.path.display()),
-                );
-                if !nap(shared, backoff) {
+                let detail = format!("{}: {e} (retrying)", config.path.display());
+                if !down_then_wait(shared, "camera", &detail, &mut backoff) {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
@@ -586,28 +611,18 @@ fn v4l2_loop(
                 camera.pixel_format()
             ),
         );
-        backoff = Duration::from_millis(500);
-        loop {
-            if stopping(shared) {
-                return;
-            }
-            match camera.next_frame() {
-                Ok(Some(frame)) => {
-                    if !frames.frame(&frame, Instant::now(), taps) {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!("camera {}: {e}", config.path.display());
-                    shared.metrics.device_error("camera");
-                    shared.device(
-                        "camera",
-                        false,
-                        &format!("{}: {e} (retrying)", config.path.display()),
-                    );
-                    break;
-                }
+        backoff.succeeded();
+        match frames.decode_all(&mut camera, shared, taps) {
+            Frames::Stopped => return,
+            Frames::Ended => {}
+            Frames::Failed(e) => {
+                tracing::warn!("camera {}: {e}", config.path.display());
+                shared.metrics.device_error("camera");
+                shared.device(
+                    "camera",
+                    false,
+                    &format!("{}: {e} (retrying)", config.path.display()),
+                );
             }
         }
     }

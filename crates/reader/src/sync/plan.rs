@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::reader::MAX_CLOCK_CORRECTION_SECS;
 
 /// The most one successful sync may move the reader's stored clock offset
@@ -30,53 +31,6 @@ pub fn next_clock_offset(current: i64, measured: i64) -> i64 {
         .saturating_sub(current)
         .clamp(-MAX_CLOCK_STEP_MS, MAX_CLOCK_STEP_MS);
     current.saturating_add(step).clamp(-limit, limit)
-}
-
-/// Exponential backoff with full jitter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Starts at `base`, doubling up to `cap`.
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    /// The wait after one more failure; `unit` is a uniform random number in `[0, 1)`.
-    pub fn failed(&mut self, unit: f64) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(unit.clamp(0.0, 1.0))
-    }
-
-    /// Failures in a row so far.
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The wait after a refusal that a retry cannot cure (the hub answered
-    /// 4xx): the longest wait, `cap`, with jitter over its upper half, so a
-    /// refused reader asks again rarely instead of retrying at once.
-    pub fn refused(&mut self, unit: f64) -> Duration {
-        self.attempt = self.attempt.saturating_add(1);
-        self.cap.mul_f64(0.5 + unit.clamp(0.0, 1.0) / 2.0)
-    }
-
-    /// Resets after a success.
-    pub fn succeeded(&mut self) {
-        self.attempt = 0;
-    }
 }
 
 /// One thing for the loop to do.
@@ -166,22 +120,6 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn full_jitter_stays_under_a_doubling_ceiling_up_to_the_cap() {
-        let mut b = Backoff::new(100 * MS, 1_000 * MS);
-        assert_eq!(b.failed(0.999_999), (100 * MS).mul_f64(0.999_999));
-        assert_eq!(b.failed(0.5), 100 * MS);
-        assert_eq!(b.failed(0.5), 200 * MS);
-        assert_eq!(b.failed(0.5), 400 * MS);
-        assert_eq!(b.failed(0.5), 500 * MS); // capped at 1 s
-        for _ in 0..100 {
-            assert!(b.failed(1.0) <= 1_000 * MS);
-        }
-        assert_eq!(b.failed(0.0), Duration::ZERO);
-        b.succeeded();
-        assert_eq!(b.failed(1.0), 100 * MS);
-    }
 
     #[test]
     fn a_round_uploads_until_empty_then_fetches_prunes_and_sleeps() {

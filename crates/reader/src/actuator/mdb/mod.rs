@@ -24,6 +24,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use sonotap_protocol::policy::{Decline, Reason};
 
 use super::{Actuator, Line, LineBuffer, Output, Outputs};
 
@@ -166,6 +167,47 @@ pub enum MdbCommand {
     End,
 }
 
+/// Why a vend was denied before any charge was committed. Typed until the
+/// edge that prints or counts it: the daemon counts a policy decline under
+/// its own reason, every other denial as `vend_denied`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// The machine asked for more than the session offered.
+    OverFunds {
+        /// The price asked.
+        price: u32,
+        /// The funds offered.
+        funds: u32,
+    },
+    /// The reader's offline policy declined the charge.
+    Policy(Decline),
+    /// No charge could be committed (a price of 0, a store that failed, a
+    /// test's dry run): nothing was charged; the sentence says why.
+    NotCharged(String),
+}
+
+impl Denial {
+    /// The policy's reason, when the policy declined the charge.
+    pub fn policy_reason(&self) -> Option<Reason> {
+        match self {
+            Denial::Policy(decline) => Some(decline.reason),
+            Denial::OverFunds { .. } | Denial::NotCharged(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denial::OverFunds { price, funds } => {
+                write!(f, "price {price} is above the funds {funds}")
+            }
+            Denial::Policy(decline) => write!(f, "{}: {}", decline.reason, decline.detail),
+            Denial::NotCharged(why) => f.write_str(why),
+        }
+    }
+}
+
 /// How one session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VendOutcome {
@@ -185,7 +227,7 @@ pub enum VendOutcome {
         /// The item.
         item: u16,
         /// Why.
-        reason: String,
+        reason: Denial,
     },
     /// The charge `seq` must be voided: the vend failed, timed out, or could
     /// not be approved.
@@ -357,7 +399,7 @@ impl MdbMachine {
 
     /// The caller's answer to [`MdbEvent::Charge`]: the committed record's
     /// sequence number, or why the reader declined.
-    pub fn charged(&mut self, now: Instant, result: Result<u64, String>, out: &mut Outputs<Self>) {
+    pub fn charged(&mut self, now: Instant, result: Result<u64, Denial>, out: &mut Outputs<Self>) {
         let Session::Charging {
             price,
             item,
@@ -526,7 +568,7 @@ impl MdbMachine {
                         self.end_with(now, deny, MdbCommand::Deny, VendOutcome::Denied {
                             price,
                             item,
-                            reason: format!("price {price} is above the funds {funds}"),
+                            reason: Denial::OverFunds { price, funds },
                         }, out);
                     } else {
                         self.session = Session::Charging {

@@ -56,7 +56,7 @@ impl Rig {
         out
     }
 
-    fn charged(&mut self, at: u64, result: Result<u64, String>) -> Outputs<MdbMachine> {
+    fn charged(&mut self, at: u64, result: Result<u64, Denial>) -> Outputs<MdbMachine> {
         let mut out = Vec::new();
         self.m.charged(self.at(at), result, &mut out);
         out
@@ -160,7 +160,7 @@ fn a_price_above_the_funds_is_denied_without_a_charge() {
     let out = r.line(20, "c,STATUS,ENABLED");
     assert!(matches!(
         outcome(&out),
-        Some(VendOutcome::Denied { price: 150, item: 3, reason }) if reason.contains("above the funds 100")
+        Some(VendOutcome::Denied { price: 150, item: 3, reason }) if reason.to_string().contains("above the funds 100")
     ));
 }
 
@@ -182,12 +182,16 @@ fn a_price_equal_to_the_funds_fits() {
 fn a_reader_decline_denies_the_vend() {
     let mut r = Rig::new();
     r.reach_charging();
-    let out = r.charged(30, Err("over_offline_limit".into()));
+    let decline = Decline {
+        reason: Reason::OverOfflineLimit,
+        detail: "250 + 125 is over the limit 300".into(),
+    };
+    let out = r.charged(30, Err(Denial::Policy(decline)));
     assert_eq!(writes(&out), ["C,STOP"]);
     let out = r.line(40, "c,STATUS,ENABLED");
     assert!(matches!(
         outcome(&out),
-        Some(VendOutcome::Denied { reason, .. }) if reason == "over_offline_limit"
+        Some(VendOutcome::Denied { reason, .. }) if reason.policy_reason() == Some(Reason::OverOfflineLimit)
     ));
 }
 

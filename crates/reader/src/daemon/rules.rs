@@ -1,11 +1,15 @@
-//! The daemon's decisions without I/O: when a decoded token is still served
-//! during shutdown, what the rider is told, and when a device's health has
-//! changed. The threads around it ([`super::acceptor`], [`super::sources`])
+//! The daemon's rules, without I/O: when a decoded token is still served
+//! during shutdown, what the rider is told and which decline is counted,
+//! when a device's health has changed, and which config changes need a
+//! restart. The threads around it ([`super::acceptor`], [`super::sources`])
 //! only carry out what these say, so the rules are unit-tested here.
 
 use std::time::{Duration, Instant};
 
+use super::config::Config;
 use super::metrics::TapSource;
+use crate::actuator::Denial;
+use sonotap_protocol::policy::Reason;
 
 /// How long already-decoded tokens are still served after SIGTERM.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -124,18 +128,68 @@ impl Feedback {
     }
 }
 
-/// The decline label for a vend outcome's reason: the policy's own reason
-/// when the reader declined the charge (its text starts `reason: …`), else `vend_denied`.
-pub fn vend_decline_reason(reason: &str) -> &str {
-    let head = reason.split(':').next().unwrap_or_default();
-    if sonotap_protocol::policy::Reason::ALL
-        .iter()
-        .any(|r| r.as_str() == head)
-    {
-        head
-    } else {
-        "vend_denied"
+/// Why the daemon declined a tap, as the metrics count it and the rider's
+/// display shows it: the policy's reason, or one of the daemon's own. The
+/// label is made here, at the edge, from typed values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The offline policy declined the token.
+    Policy(Reason),
+    /// The reader's store failed: nothing charged, nothing actuated.
+    StoreError,
+    /// The vend was denied before any charge, not by the policy (over the
+    /// funds, or no charge could be committed).
+    VendDenied,
+    /// The vend failed after its charge was committed: the charge is voided.
+    VendFailed,
+    /// The session ended without a vend (nothing charged).
+    NoVend,
+}
+
+impl Refusal {
+    /// The label (`sonotap_declines_total{reason=…}`, the display's `{reason}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Policy(reason) => reason.as_str(),
+            Refusal::StoreError => "store_error",
+            Refusal::VendDenied => "vend_denied",
+            Refusal::VendFailed => "vend_failed",
+            Refusal::NoVend => "no_vend",
+        }
     }
+}
+
+impl From<&Denial> for Refusal {
+    /// A vend denied before any charge keeps the policy's reason when the
+    /// policy declined it; any other denial is `vend_denied`.
+    fn from(denial: &Denial) -> Self {
+        denial
+            .policy_reason()
+            .map_or(Refusal::VendDenied, Refusal::Policy)
+    }
+}
+
+/// The fields of a new config (SIGHUP) that take effect only at the next
+/// restart and differ from the running one, in the file's order. The log
+/// level and the fare are applied at once, so they are never listed.
+pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
+    let changed = [
+        ("data", running.data != new.data),
+        (
+            "clock_skew_secs",
+            running.clock_skew_secs != new.clock_skew_secs,
+        ),
+        ("audio", running.audio != new.audio),
+        ("camera", running.camera != new.camera),
+        ("actuator", running.actuator != new.actuator),
+        ("hub", running.hub != new.hub),
+        ("metrics", running.metrics != new.metrics),
+        ("feedback", running.feedback != new.feedback),
+    ];
+    changed
+        .into_iter()
+        .filter_map(|(field, changed)| changed.then_some(field))
+        .collect()
 }
 
 /// A device's health, as the status file shows it.
@@ -229,13 +283,67 @@ mod tests {
 
     #[test]
     fn vend_denials_keep_the_policy_reason_when_there_is_one() {
-        assert_eq!(
-            vend_decline_reason("replayed: counter 1 is not above 1"),
-            "replayed"
+        let replayed = Denial::Policy(sonotap_protocol::policy::Decline {
+            reason: Reason::Replayed,
+            detail: "counter 1 is not above 1".into(),
+        });
+        assert_eq!(Refusal::from(&replayed).as_str(), "replayed");
+        let over = Denial::OverFunds {
+            price: 900,
+            funds: 200,
+        };
+        assert_eq!(Refusal::from(&over).as_str(), "vend_denied");
+        let not_charged = Denial::NotCharged("the reader's store failed".into());
+        assert_eq!(Refusal::from(&not_charged).as_str(), "vend_denied");
+    }
+
+    fn config(text: &str) -> Config {
+        Config::parse(
+            &format!("data = \"r\"\n{text}"),
+            std::path::Path::new("/etc/sonotap/config.toml"),
+            std::path::Path::new("/etc/sonotap"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reload_that_changes_only_the_log_level_and_the_fare_needs_no_restart() {
+        let running = config("log_level = \"info\"\n[payment]\nfare = 250");
+        let new = config("log_level = \"debug\"\n[payment]\nfare = 300");
+        assert!(restart_needed(&running, &new).is_empty());
+        assert!(restart_needed(&running, &running).is_empty());
+    }
+
+    #[test]
+    fn a_reload_that_changes_devices_hub_or_metrics_names_each_field_that_waits_for_a_restart() {
+        let running = config("[camera]\nsource = \"pipe\"\npath = \"-\"");
+        let new = config(
+            "clock_skew_secs = 60\n[camera]\nsource = \"pipe\"\npath = \"-\"\nbudget_ms = 40\n\
+             [hub]\nurl = \"http://h\"\n[metrics]\nlisten = \"\"",
         );
         assert_eq!(
-            vend_decline_reason("price 900 is over the funds 200"),
-            "vend_denied"
+            restart_needed(&running, &new),
+            ["clock_skew_secs", "camera", "hub", "metrics"]
+        );
+    }
+
+    #[test]
+    fn a_reload_that_moves_the_data_directory_or_changes_feedback_or_the_actuator_needs_a_restart()
+    {
+        let running = config("");
+        let moved = Config::parse(
+            "data = \"elsewhere\"",
+            std::path::Path::new("/etc/sonotap/config.toml"),
+            std::path::Path::new("/etc/sonotap"),
+        )
+        .unwrap();
+        assert_eq!(restart_needed(&running, &moved), ["data"]);
+        let new = config(
+            "[feedback]\ntone = true\n[actuator]\nprofile = \"ch340-relay\"\n[audio]\nsource = \"device\"",
+        );
+        assert_eq!(
+            restart_needed(&running, &new),
+            ["audio", "actuator", "feedback"]
         );
     }
 
