@@ -332,7 +332,8 @@ impl PostgresHub {
                 &[&SCHEMA_TABLE],
             )
             .map_err(&err)?;
-        let (versioned, tables): (bool, i64) = (row.get(0), row.get(1));
+        let versioned: bool = column(&target, &row, 0, "schema table present")?;
+        let tables: i64 = column(&target, &row, 1, "table count")?;
         if !versioned && tables > 0 {
             return Err(HubError::Backend(format!(
                 "{target} holds {tables} tables but no {SCHEMA_TABLE} table: not a sonotap hub \
@@ -348,13 +349,16 @@ impl PostgresHub {
              )"
         ))
         .map_err(&err)?;
-        let found: i64 = tx
-            .query_one(
+        let found: i64 = column(
+            &target,
+            &tx.query_one(
                 &format!("SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}"),
                 &[],
             )
-            .map_err(&err)?
-            .get(0);
+            .map_err(&err)?,
+            0,
+            "schema version",
+        )?;
         if found > SCHEMA_VERSION as i64 || found < 0 {
             return Err(HubError::Backend(format!(
                 "{target} has schema version {found}, newer than this sonotap supports \
@@ -595,6 +599,19 @@ fn pg_err(target: &str, e: postgres::Error) -> HubError {
     HubError::Backend(format!("{target}: {}", chain(&e)))
 }
 
+/// Column `i` of `row`: a NULL or a value of another type is an
+/// inconsistency of the database naming `what`, never a panic (as
+/// `Row::get` would, inside the server's lock).
+fn column<'a, T: postgres::types::FromSql<'a>>(
+    target: &str,
+    row: &'a Row,
+    i: usize,
+    what: &str,
+) -> Result<T, HubError> {
+    row.try_get(i)
+        .map_err(|e| inconsistent(target, format!("{what}: {e}")))
+}
+
 fn inconsistent(target: &str, detail: String) -> HubError {
     HubError::Store(StoreError::inconsistent(Path::new(target), detail))
 }
@@ -614,6 +631,31 @@ impl PgLedger<'_> {
 
     fn path(&self) -> &Path {
         Path::new(self.target)
+    }
+
+    fn col<'r, T: postgres::types::FromSql<'r>>(
+        &self,
+        row: &'r Row,
+        i: usize,
+        what: &str,
+    ) -> Result<T, HubError> {
+        column(self.target, row, i, what)
+    }
+
+    /// The previous and own hash of a record, from column `i` on.
+    fn link_at(&self, r: &Row, i: usize) -> Result<Link, HubError> {
+        Ok(Link {
+            prev_hash: blob(
+                self.path(),
+                "previous hash",
+                self.col(r, i, "previous hash")?,
+            )?,
+            hash: blob(
+                self.path(),
+                "record hash",
+                self.col(r, i + 1, "record hash")?,
+            )?,
+        })
     }
 
     fn to_payment(&self, r: &Row) -> Result<Payment, HubError> {
@@ -668,13 +710,7 @@ impl Ledger for PgLedger<'_> {
                 &[&reader, &int(seq)],
             )
             .map_err(|e| pg_err(self.target, e))?;
-        row.map(|r| {
-            Ok(Link {
-                prev_hash: blob(self.path(), "previous hash", r.get(0))?,
-                hash: blob(self.path(), "record hash", r.get(1))?,
-            })
-        })
-        .transpose()
+        row.map(|r| self.link_at(&r, 0)).transpose()
     }
 
     fn links(&mut self, reader: &str, first: u64, last: u64) -> Result<Vec<(u64, Link)>, HubError> {
@@ -689,11 +725,12 @@ impl Ledger for PgLedger<'_> {
         rows.iter()
             .map(|r| {
                 Ok((
-                    unsigned(self.path(), "sequence number", r.get::<_, i64>(0))?,
-                    Link {
-                        prev_hash: blob(self.path(), "previous hash", r.get(1))?,
-                        hash: blob(self.path(), "record hash", r.get(2))?,
-                    },
+                    unsigned(
+                        self.path(),
+                        "sequence number",
+                        self.col(r, 0, "sequence number")?,
+                    )?,
+                    self.link_at(r, 1)?,
                 ))
             })
             .collect()
@@ -822,7 +859,7 @@ impl Ledger for PgLedger<'_> {
                 &int(p.seq),
             ],
         )?;
-        let total: i64 = self
+        let row = self
             .tx
             .query_one(
                 "INSERT INTO credential_spend (credential, charged) VALUES ($1, $2)
@@ -831,8 +868,8 @@ impl Ledger for PgLedger<'_> {
                  RETURNING charged",
                 &[&p.credential.as_slice(), &i64::from(charged)],
             )
-            .map_err(self.err())?
-            .get(0);
+            .map_err(self.err())?;
+        let total: i64 = self.col(&row, 0, "credential spend")?;
         Ok(unsigned(self.path(), "credential spend", total)?)
     }
 
@@ -920,26 +957,26 @@ impl Ledger for PgLedger<'_> {
     }
 
     fn deny_version(&mut self) -> Result<u64, HubError> {
-        let v: i64 = self
+        let row = self
             .tx
             .query_one(
                 "SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries",
                 &[],
             )
-            .map_err(self.err())?
-            .get(0);
+            .map_err(self.err())?;
+        let v: i64 = self.col(&row, 0, "deny version")?;
         Ok(unsigned(self.path(), "deny version", v)?)
     }
 
     fn is_denied(&mut self, wallet: WalletId) -> Result<bool, HubError> {
-        let action: Option<String> = self
+        let row = self
             .tx
             .query_opt(
                 "SELECT action FROM deny_entries WHERE wallet_id = $1 ORDER BY version DESC LIMIT 1",
                 &[&wallet.0.as_slice()],
             )
-            .map_err(self.err())?
-            .map(|r| r.get(0));
+            .map_err(self.err())?;
+        let action: Option<String> = row.map(|r| self.col(&r, 0, "deny action")).transpose()?;
         Ok(action.as_deref() == Some("deny"))
     }
 
@@ -999,8 +1036,12 @@ impl HubBackend for PostgresHub {
         rows.iter()
             .map(|r| {
                 Ok((
-                    unsigned(&path, "issuer key id", r.get(0))?,
-                    blob(&path, "issuer key", r.get(1))?,
+                    unsigned(
+                        &path,
+                        "issuer key id",
+                        column(&target, r, 0, "issuer key id")?,
+                    )?,
+                    blob(&path, "issuer key", column(&target, r, 1, "issuer key")?)?,
                 ))
             })
             .collect()
@@ -1062,7 +1103,8 @@ impl HubBackend for PostgresHub {
                 &[&id],
             )
             .map_err(|e| pg_err(&target, e))?
-            .map(|r| r.get(0));
+            .map(|r| column(&target, &r, 0, "reader key"))
+            .transpose()?;
         Ok(key
             .map(|k| blob(Path::new(&target), "reader key", k))
             .transpose()?)
@@ -1106,11 +1148,16 @@ impl HubBackend for PostgresHub {
                 &[&int(since), &i64::from(limit)],
             )
             .map_err(|e| pg_err(&target, e))?;
-        let latest: i64 = rows.first().map_or(0, |r| r.get(0));
-        let entries = rows
-            .iter()
-            .filter_map(|r| r.get::<_, Option<Vec<u8>>>(1))
-            .collect();
+        let latest: i64 = match rows.first() {
+            Some(r) => column(&target, r, 0, "deny version")?,
+            None => 0,
+        };
+        let mut entries = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(entry) = column::<Option<Vec<u8>>>(&target, r, 1, "deny entry")? {
+                entries.push(entry);
+            }
+        }
         Ok((
             unsigned(Path::new(&target), "deny version", latest)?,
             entries,
@@ -1143,17 +1190,17 @@ impl HubBackend for PostgresHub {
             .map_err(err)?
             .iter()
             .map(|r| {
-                (
-                    r.get(0),
-                    r.get(1),
-                    r.get(2),
-                    r.get(3),
-                    r.get(4),
-                    r.get(5),
-                    r.get(6),
-                )
+                Ok((
+                    column(&target, r, 0, "reader id")?,
+                    column(&target, r, 1, "record count")?,
+                    column(&target, r, 2, "charged")?,
+                    column(&target, r, 3, "voided")?,
+                    column(&target, r, 4, "first seq")?,
+                    column(&target, r, 5, "last seq")?,
+                    column(&target, r, 6, "last received")?,
+                ))
             })
-            .collect();
+            .collect::<Result<_, HubError>>()?;
         let mut readers = Vec::with_capacity(rows.len());
         for (reader, count, charged, voided, first, last, last_at) in rows {
             let gaps = tx
@@ -1167,8 +1214,13 @@ impl HubBackend for PostgresHub {
                 )
                 .map_err(err)?
                 .iter()
-                .map(|r| Ok((u("gap", r.get(0))?, u("gap", r.get(1))?)))
-                .collect::<Result<Vec<_>, StoreError>>()?;
+                .map(|r| {
+                    Ok((
+                        u("gap", column(&target, r, 0, "gap")?)?,
+                        u("gap", column(&target, r, 1, "gap")?)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, HubError>>()?;
             readers.push(ReaderReport {
                 reader,
                 records: u("record count", count)?,
@@ -1190,14 +1242,17 @@ impl HubBackend for PostgresHub {
             )
             .map_err(err)?
             .iter()
-            .map(|r| FlagRow {
-                wallet: hex::encode(r.get::<_, Vec<u8>>(0)),
-                rule: r.get(1),
-                detail: r.get(2),
-                at: r.get::<_, i64>(3).max(0) as u64,
-                denied: r.get::<_, Option<String>>(4).as_deref() == Some("deny"),
+            .map(|r| {
+                Ok(FlagRow {
+                    wallet: hex::encode(column::<Vec<u8>>(&target, r, 0, "flag wallet")?),
+                    rule: column(&target, r, 1, "flag rule")?,
+                    detail: column(&target, r, 2, "flag detail")?,
+                    at: column::<i64>(&target, r, 3, "flag time")?.max(0) as u64,
+                    denied: column::<Option<String>>(&target, r, 4, "deny action")?.as_deref()
+                        == Some("deny"),
+                })
             })
-            .collect();
+            .collect::<Result<_, HubError>>()?;
         let incidents = tx
             .query(
                 "SELECT reader_id, seq, kind, detail, at FROM incidents ORDER BY id",
@@ -1205,21 +1260,26 @@ impl HubBackend for PostgresHub {
             )
             .map_err(err)?
             .iter()
-            .map(|r| IncidentRow {
-                reader: r.get(0),
-                seq: r.get::<_, i64>(1).max(0) as u64,
-                kind: r.get(2),
-                detail: r.get(3),
-                at: r.get::<_, i64>(4).max(0) as u64,
+            .map(|r| {
+                Ok(IncidentRow {
+                    reader: column(&target, r, 0, "incident reader")?,
+                    seq: column::<i64>(&target, r, 1, "incident seq")?.max(0) as u64,
+                    kind: column(&target, r, 2, "incident kind")?,
+                    detail: column(&target, r, 3, "incident detail")?,
+                    at: column::<i64>(&target, r, 4, "incident time")?.max(0) as u64,
+                })
             })
-            .collect();
-        let deny_version: i64 = tx
-            .query_one(
+            .collect::<Result<_, HubError>>()?;
+        let deny_version: i64 = column(
+            &target,
+            &tx.query_one(
                 "SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries",
                 &[],
             )
-            .map_err(err)?
-            .get(0);
+            .map_err(err)?,
+            0,
+            "deny version",
+        )?;
         tx.commit().map_err(err)?;
         Ok(Report {
             readers,

@@ -385,7 +385,8 @@ fn schema_version(url: &str) -> i64 {
     client
         .query_one("SELECT max(version) FROM sonotap_schema", &[])
         .expect("schema table")
-        .get(0)
+        .try_get(0)
+        .expect("a version")
 }
 
 #[test]
@@ -663,7 +664,8 @@ fn postgres_reconnects_after_losing_its_connection() {
             &[],
         )
         .unwrap()
-        .get(0);
+        .try_get(0)
+        .unwrap();
     assert_eq!(killed, 1);
     // The call that finds the connection gone may fail (503 for a reader,
     // which retries); the next one reconnects.
@@ -854,7 +856,8 @@ fn issue13_06_postgres_refuses_a_database_with_foreign_tables_untouched() {
     let untouched: bool = client
         .query_one("SELECT to_regclass('sonotap_schema') IS NULL", &[])
         .unwrap()
-        .get(0);
+        .try_get(0)
+        .unwrap();
     assert!(untouched);
     // An empty database (a fresh createdb) gets the schema.
     server.create_database("fresh");
