@@ -114,7 +114,18 @@ pub enum HubError {
         /// Why (missing, malformed, stale, unknown reader, bad signature).
         detail: String,
     },
-    /// A database backend other than SQLite failed, or is not available.
+    /// A PostgreSQL call failed. `message` is for the operator (which
+    /// database, what to do); `source` is the driver's error, kept so a
+    /// caller can still tell a lost connection from a refused statement.
+    #[error("hub database: {message}")]
+    Postgres {
+        /// What failed, in the operator's terms.
+        message: String,
+        /// What the PostgreSQL client said.
+        source: ::postgres::Error,
+    },
+    /// The hub's database is not usable for a reason no driver reported
+    /// (an unsupported URL, a schema from another build, a key mismatch).
     #[error("hub database: {0}")]
     Backend(String),
 }

@@ -249,12 +249,9 @@ impl PostgresHub {
     /// with libpq-style parameters; a host starting with `/`, percent-encoded,
     /// is a Unix socket directory) and migrates the schema.
     pub fn connect(url: &str) -> Result<Self, HubError> {
-        let mut config = Config::from_str(url).map_err(|e| {
-            HubError::Backend(format!(
-                "invalid PostgreSQL URL {:?}: {}",
-                redact(url),
-                chain(&e)
-            ))
+        let mut config = Config::from_str(url).map_err(|e| HubError::Postgres {
+            message: format!("invalid PostgreSQL URL {:?}: {}", redact(url), chain(&e)),
+            source: e,
         })?;
         let target = describe_config(&config);
         if config.get_password().is_none() {
@@ -574,29 +571,31 @@ fn connect_err(config: &Config, target: &str, e: postgres::Error) -> HubError {
             _ => format!("cannot connect to {target}: {}", chain(&e)),
         }
     };
-    HubError::Backend(message)
+    HubError::Postgres { message, source: e }
 }
 
 /// Sorts an error on an open connection.
 fn pg_err(target: &str, e: postgres::Error) -> HubError {
-    if let Some(db) = e.as_db_error() {
+    let message = if let Some(db) = e.as_db_error() {
         if *db.code() == SqlState::LOCK_NOT_AVAILABLE {
-            return HubError::Backend(format!(
+            format!(
                 "{target} is locked by another hub process (waited {} ms)",
                 LOCK_TIMEOUT.as_millis()
-            ));
+            )
+        } else {
+            format!(
+                "{target}: {} ({}){}",
+                db.message(),
+                db.code().code(),
+                db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+            )
         }
-        return HubError::Backend(format!(
-            "{target}: {} ({}){}",
-            db.message(),
-            db.code().code(),
-            db.detail().map(|d| format!(": {d}")).unwrap_or_default()
-        ));
-    }
-    if e.is_closed() {
-        return HubError::Backend(format!("{target}: connection closed ({})", chain(&e)));
-    }
-    HubError::Backend(format!("{target}: {}", chain(&e)))
+    } else if e.is_closed() {
+        format!("{target}: connection closed ({})", chain(&e))
+    } else {
+        format!("{target}: {}", chain(&e))
+    };
+    HubError::Postgres { message, source: e }
 }
 
 /// Column `i` of `row`: a NULL or a value of another type is an

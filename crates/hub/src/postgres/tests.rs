@@ -471,6 +471,32 @@ fn postgres_connection_refused_names_host_and_port() {
     );
 }
 
+/// The operator's message stays as it was, and the driver's error is kept
+/// as the typed source (a caller can tell a refused connection by it).
+#[test]
+fn postgres_errors_keep_the_driver_error_as_their_source() {
+    let port = free_port();
+    let url = format!("postgres://sonotap@127.0.0.1:{port}/hub?connect_timeout=5");
+    let Err(e) = PostgresHub::connect(&url) else {
+        panic!("nothing listens on {port}");
+    };
+    assert!(
+        e.to_string().starts_with(&format!(
+            "hub database: connection refused by 127.0.0.1:{port}"
+        )),
+        "{e}"
+    );
+    let source = std::error::Error::source(&e).expect("a source");
+    assert!(
+        source.downcast_ref::<postgres::Error>().is_some(),
+        "{source:?}"
+    );
+    let Err(e) = PostgresHub::connect("postgres://u@h/db?bogus=1") else {
+        panic!("an invalid URL connected");
+    };
+    assert!(matches!(e, HubError::Postgres { .. }), "{e:?}");
+}
+
 #[test]
 fn postgres_wrong_password_is_an_authentication_error() {
     let Some(server) = PgServer::start() else {
