@@ -21,9 +21,11 @@
 //! deny-list version `n + 1`. SERIALIZABLE would give the same guarantee
 //! but aborts one of two conflicting ingests (SQLSTATE 40001), which then
 //! has to be retried whole, signer included; a batch is small and ingest
-//! is fast, so one writer at a time is simpler and never aborts. Reads for
-//! reports run in one REPEATABLE READ, READ ONLY transaction (one snapshot)
-//! without the lock; a deny-list fetch is one statement.
+//! is fast, so one writer at a time is simpler and never aborts. Every read
+//! (a report, a deny-list page, a reader's key) runs in one REPEATABLE READ,
+//! READ ONLY transaction (one snapshot) without the lock, on a connection
+//! of its own when the server reads beside the writer
+//! ([`HubBackend::reader_opener`]: it connects, it does not migrate).
 //!
 //! A waiting writer gives up after [`LOCK_TIMEOUT`] with a clear error, as
 //! a SQLite writer does after its busy timeout.
@@ -45,8 +47,9 @@
 //! network. A lost connection is reopened before the next operation.
 
 use std::error::Error as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::config::{Host, SslMode};
@@ -54,13 +57,16 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Config, IsolationLevel, NoTls, Row, Transaction};
 
-use super::backend::{FlagRow, HubBackend, IncidentRow, ReaderReport, Report};
-use super::clearing::{Finding, Payment};
-use super::ledger::{
+use super::{
+    FlagTuple, HubBackend, IncidentTuple, ReadBackend, ReaderOpener, ReaderTuple, Snapshot,
+    action_name, denies,
+};
+use crate::clearing::{Finding, Payment};
+use crate::ledger::{
     self, BatchRow, ChargeLeft, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via,
 };
-use super::verify::{CheckedBatch, CheckedRecord};
-use super::{Hub, HubError, pgpass};
+use crate::verify::{CheckedBatch, CheckedRecord};
+use crate::{HubError, pgpass};
 use sonotap_disk::sqlite::StoreError;
 use sonotap_disk::sqlite::{blob, int, unsigned};
 use sonotap_protocol::token::{Credential, WalletId};
@@ -197,31 +203,8 @@ static MIGRATIONS: [&str; 4] = [
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
-/// Opens a hub directory's issuer key with its state where `database`
-/// says: `None` is the directory's SQLite file, a `postgres://` or
-/// `postgresql://` URL a PostgreSQL database.
-pub fn open_database(dir: &Path, database: Option<&str>, now: u64) -> Result<Hub, HubError> {
-    match database {
-        None => Hub::open(dir),
-        Some(url) if is_postgres_url(url) => {
-            off_runtime(|| Hub::with_backend(dir, Box::new(PostgresHub::connect(url)?), now))
-        }
-        Some(other) => Err(HubError::Backend(format!(
-            "unsupported database URL {:?}: use postgres://… or postgresql://…, or leave \
-             --database out for the SQLite file in the hub directory",
-            redact(other)
-        ))),
-    }
-}
-
-fn is_postgres_url(url: &str) -> bool {
-    ["postgres://", "postgresql://"]
-        .iter()
-        .any(|scheme| url.len() >= scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
-}
-
 /// A URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub(super) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -402,10 +385,6 @@ impl PostgresHub {
         ledger.tx.commit().map_err(&err)?;
         Ok(out)
     }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(&self.target)
-    }
 }
 
 impl Drop for PostgresHub {
@@ -434,7 +413,9 @@ fn drop_client(client: Client) {
 
 /// Runs `f` here, or on a short-lived thread of its own when called inside
 /// a tokio runtime: the client's `block_on` panics on an async worker thread.
-fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T, HubError> + Send) -> Result<T, HubError> {
+pub(super) fn off_runtime<T: Send>(
+    f: impl FnOnce() -> Result<T, HubError> + Send,
+) -> Result<T, HubError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return f();
     }
@@ -976,15 +957,12 @@ impl Ledger for PgLedger<'_> {
             )
             .map_err(self.err())?;
         let action: Option<String> = row.map(|r| self.col(&r, 0, "deny action")).transpose()?;
-        Ok(action.as_deref() == Some("deny"))
+        Ok(denies(action.as_deref()))
     }
 
     fn insert_deny(&mut self, entry: &DenyEntry, evidence: &str) -> Result<(), HubError> {
         let bytes = entry.encode().map_err(|e| HubError::Terms(e.to_string()))?;
-        let action = match entry.action {
-            DenyAction::Deny => "deny",
-            DenyAction::Allow => "allow",
-        };
+        let action = action_name(entry.action);
         self.execute(
             "INSERT INTO deny_entries (version, wallet_id, action, reason, evidence, at, entry)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1002,14 +980,7 @@ impl Ledger for PgLedger<'_> {
     }
 }
 
-/// A per-reader summary row: id, count, charged, voided, first, last, last received.
-type ReaderTuple = (String, i64, i64, i64, Option<i64>, Option<i64>, Option<i64>);
-
 impl HubBackend for PostgresHub {
-    fn describe(&self) -> String {
-        self.target.clone()
-    }
-
     fn add_issuer_key(&mut self, key_id: u8, key: &[u8; 32], now: u64) -> Result<(), HubError> {
         let target = self.target.clone();
         self.client()?
@@ -1019,31 +990,6 @@ impl HubBackend for PostgresHub {
             )
             .map(drop)
             .map_err(|e| pg_err(&target, e))
-    }
-
-    fn issuer_keys(&mut self) -> Result<Vec<(u8, [u8; 32])>, HubError> {
-        let target = self.target.clone();
-        let path = self.path();
-        let rows = self
-            .client()?
-            .query(
-                "SELECT key_id, public_key FROM issuer_keys WHERE retired_at IS NULL
-                 ORDER BY key_id",
-                &[],
-            )
-            .map_err(|e| pg_err(&target, e))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    unsigned(
-                        &path,
-                        "issuer key id",
-                        column(&target, r, 0, "issuer key id")?,
-                    )?,
-                    blob(&path, "issuer key", column(&target, r, 1, "issuer key")?)?,
-                ))
-            })
-            .collect()
     }
 
     fn log_credential(&mut self, credential: &Credential, now: u64) -> Result<(), HubError> {
@@ -1093,22 +1039,6 @@ impl HubBackend for PostgresHub {
         }
     }
 
-    fn reader_key(&mut self, id: &str) -> Result<Option<[u8; 32]>, HubError> {
-        let target = self.target.clone();
-        let key: Option<Vec<u8>> = self
-            .client()?
-            .query_opt(
-                "SELECT public_key FROM readers WHERE reader_id = $1",
-                &[&id],
-            )
-            .map_err(|e| pg_err(&target, e))?
-            .map(|r| column(&target, &r, 0, "reader key"))
-            .transpose()?;
-        Ok(key
-            .map(|k| blob(Path::new(&target), "reader key", k))
-            .transpose()?)
-    }
-
     fn ingest(
         &mut self,
         checked: &CheckedBatch,
@@ -1133,159 +1063,202 @@ impl HubBackend for PostgresHub {
         })
     }
 
-    fn deny_entries(&mut self, since: u64, limit: u32) -> Result<(u64, Vec<Vec<u8>>), HubError> {
+    fn reader_opener(&self) -> ReaderOpener {
+        let config = self.config.clone();
         let target = self.target.clone();
-        // One statement: the version and the entries come from one snapshot.
-        let rows = self
-            .client()?
-            .query(
-                "SELECT (SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries), page.entry
-                 FROM (SELECT 1) AS one
-                 LEFT JOIN (SELECT version, entry FROM deny_entries WHERE version > $1
-                            ORDER BY version LIMIT $2) AS page ON true
-                 ORDER BY page.version",
-                &[&int(since), &i64::from(limit)],
-            )
-            .map_err(|e| pg_err(&target, e))?;
-        let latest: i64 = match rows.first() {
-            Some(r) => column(&target, r, 0, "deny version")?,
-            None => 0,
-        };
-        let mut entries = Vec::with_capacity(rows.len());
-        for r in &rows {
-            if let Some(entry) = column::<Option<Vec<u8>>>(&target, r, 1, "deny entry")? {
-                entries.push(entry);
-            }
-        }
-        Ok((
-            unsigned(Path::new(&target), "deny version", latest)?,
-            entries,
-        ))
+        Arc::new(move || {
+            // The schema was checked when the writer connected: a reader
+            // connection only connects.
+            let (config, target) = (config.clone(), target.clone());
+            off_runtime(move || {
+                let client = open_client(&config, &target)?;
+                Ok(Box::new(PostgresHub {
+                    config,
+                    client: Some(client),
+                    target,
+                }) as Box<dyn ReadBackend>)
+            })
+        })
+    }
+}
+
+impl ReadBackend for PostgresHub {
+    fn describe(&self) -> String {
+        self.target.clone()
     }
 
-    fn report(&mut self) -> Result<Report, HubError> {
+    fn snapshot(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Snapshot) -> Result<(), HubError>,
+    ) -> Result<(), HubError> {
         let target = self.target.clone();
-        let path = self.path();
-        let err = |e| pg_err(&target, e);
-        let u = |what: &str, v: i64| unsigned::<u64>(&path, what, v);
-        let mut tx = self
+        let tx = self
             .client()?
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()
-            .map_err(err)?;
-        let rows: Vec<ReaderTuple> = tx
-            .query(
-                "SELECT r.reader_id,
-                        count(x.seq),
-                        coalesce(sum(x.amount) FILTER (WHERE x.kind = 'charge'), 0)::BIGINT,
-                        coalesce(sum(x.amount) FILTER (WHERE x.kind = 'void'), 0)::BIGINT,
-                        min(x.seq), max(x.seq), max(x.received_at)
-                 FROM readers r LEFT JOIN records x ON x.reader_id = r.reader_id
-                 GROUP BY r.reader_id ORDER BY r.reader_id",
-                &[],
-            )
-            .map_err(err)?
+            .map_err(|e| pg_err(&target, e))?;
+        let mut snapshot = PgSnapshot {
+            tx,
+            target: &target,
+        };
+        f(&mut snapshot)?;
+        snapshot.tx.commit().map_err(|e| pg_err(&target, e))
+    }
+}
+
+/// One REPEATABLE READ, READ ONLY transaction: one snapshot, no lock.
+struct PgSnapshot<'a> {
+    tx: Transaction<'a>,
+    target: &'a str,
+}
+
+impl PgSnapshot<'_> {
+    /// Every row of `sql` with `params`, read by `row`.
+    fn rows<T>(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        row: impl Fn(&str, &Row) -> Result<T, HubError>,
+    ) -> Result<Vec<T>, HubError> {
+        let target = self.target;
+        self.tx
+            .query(sql, params)
+            .map_err(|e| pg_err(target, e))?
             .iter()
-            .map(|r| {
+            .map(|r| row(target, r))
+            .collect()
+    }
+
+    /// The one value of a one-row, one-column query.
+    fn value<T: for<'r> postgres::types::FromSql<'r>>(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &str,
+    ) -> Result<T, HubError> {
+        let row = self
+            .tx
+            .query_one(sql, params)
+            .map_err(|e| pg_err(self.target, e))?;
+        column(self.target, &row, 0, what)
+    }
+}
+
+impl Snapshot for PgSnapshot<'_> {
+    fn path(&self) -> &Path {
+        Path::new(self.target)
+    }
+
+    fn reader_key(&mut self, id: &str) -> Result<Option<Vec<u8>>, HubError> {
+        self.rows(
+            "SELECT public_key FROM readers WHERE reader_id = $1",
+            &[&id],
+            |t, r| column(t, r, 0, "reader key"),
+        )
+        .map(|keys| keys.into_iter().next())
+    }
+
+    fn issuer_keys(&mut self) -> Result<Vec<(i64, Vec<u8>)>, HubError> {
+        self.rows(
+            "SELECT key_id, public_key FROM issuer_keys WHERE retired_at IS NULL
+             ORDER BY key_id",
+            &[],
+            |t, r| {
                 Ok((
-                    column(&target, r, 0, "reader id")?,
-                    column(&target, r, 1, "record count")?,
-                    column(&target, r, 2, "charged")?,
-                    column(&target, r, 3, "voided")?,
-                    column(&target, r, 4, "first seq")?,
-                    column(&target, r, 5, "last seq")?,
-                    column(&target, r, 6, "last received")?,
+                    column(t, r, 0, "issuer key id")?,
+                    column(t, r, 1, "issuer key")?,
                 ))
-            })
-            .collect::<Result<_, HubError>>()?;
-        let mut readers = Vec::with_capacity(rows.len());
-        for (reader, count, charged, voided, first, last, last_at) in rows {
-            let gaps = tx
-                .query(
-                    "SELECT prev + 1, seq - 1 FROM (
-                         SELECT seq, lag(seq, 1, 0::BIGINT) OVER (ORDER BY seq) AS prev
-                         FROM records WHERE reader_id = $1) AS s
-                     WHERE seq > prev + 1
-                     ORDER BY seq",
-                    &[&reader],
-                )
-                .map_err(err)?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        u("gap", column(&target, r, 0, "gap")?)?,
-                        u("gap", column(&target, r, 1, "gap")?)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, HubError>>()?;
-            readers.push(ReaderReport {
-                reader,
-                records: u("record count", count)?,
-                charged: u("charged", charged)?,
-                voided: u("voided", voided)?,
-                first_seq: first.map(|v| u("seq", v)).transpose()?,
-                last_seq: last.map(|v| u("seq", v)).transpose()?,
-                gaps,
-                last_received_at: last_at.map(|v| u("time", v)).transpose()?,
-            });
-        }
-        let flagged = tx
-            .query(
-                "SELECT f.wallet_id, f.rule, f.detail, f.at,
-                        (SELECT action FROM deny_entries d WHERE d.wallet_id = f.wallet_id
-                         ORDER BY version DESC LIMIT 1)
-                 FROM flags f ORDER BY f.id",
-                &[],
-            )
-            .map_err(err)?
-            .iter()
-            .map(|r| {
-                Ok(FlagRow {
-                    wallet: hex::encode(column::<Vec<u8>>(&target, r, 0, "flag wallet")?),
-                    rule: column(&target, r, 1, "flag rule")?,
-                    detail: column(&target, r, 2, "flag detail")?,
-                    at: column::<i64>(&target, r, 3, "flag time")?.max(0) as u64,
-                    denied: column::<Option<String>>(&target, r, 4, "deny action")?.as_deref()
-                        == Some("deny"),
-                })
-            })
-            .collect::<Result<_, HubError>>()?;
-        let incidents = tx
-            .query(
-                "SELECT reader_id, seq, kind, detail, at FROM incidents ORDER BY id",
-                &[],
-            )
-            .map_err(err)?
-            .iter()
-            .map(|r| {
-                Ok(IncidentRow {
-                    reader: column(&target, r, 0, "incident reader")?,
-                    seq: column::<i64>(&target, r, 1, "incident seq")?.max(0) as u64,
-                    kind: column(&target, r, 2, "incident kind")?,
-                    detail: column(&target, r, 3, "incident detail")?,
-                    at: column::<i64>(&target, r, 4, "incident time")?.max(0) as u64,
-                })
-            })
-            .collect::<Result<_, HubError>>()?;
-        let deny_version: i64 = column(
-            &target,
-            &tx.query_one(
-                "SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries",
-                &[],
-            )
-            .map_err(err)?,
-            0,
+            },
+        )
+    }
+
+    fn deny_version(&mut self) -> Result<i64, HubError> {
+        self.value(
+            "SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries",
+            &[],
             "deny version",
-        )?;
-        tx.commit().map_err(err)?;
-        Ok(Report {
-            readers,
-            flagged,
-            incidents,
-            deny_version: u("deny version", deny_version)?,
-        })
+        )
+    }
+
+    fn deny_page(&mut self, since: u64, limit: u32) -> Result<Vec<Vec<u8>>, HubError> {
+        self.rows(
+            "SELECT entry FROM deny_entries WHERE version > $1 ORDER BY version LIMIT $2",
+            &[&int(since), &i64::from(limit)],
+            |t, r| column(t, r, 0, "deny entry"),
+        )
+    }
+
+    fn reader_totals(&mut self) -> Result<Vec<ReaderTuple>, HubError> {
+        self.rows(
+            "SELECT r.reader_id,
+                    count(x.seq),
+                    coalesce(sum(x.amount) FILTER (WHERE x.kind = 'charge'), 0)::BIGINT,
+                    coalesce(sum(x.amount) FILTER (WHERE x.kind = 'void'), 0)::BIGINT,
+                    min(x.seq), max(x.seq), max(x.received_at)
+             FROM readers r LEFT JOIN records x ON x.reader_id = r.reader_id
+             GROUP BY r.reader_id ORDER BY r.reader_id",
+            &[],
+            |t, r| {
+                Ok((
+                    column(t, r, 0, "reader id")?,
+                    column(t, r, 1, "record count")?,
+                    column(t, r, 2, "charged")?,
+                    column(t, r, 3, "voided")?,
+                    column(t, r, 4, "first seq")?,
+                    column(t, r, 5, "last seq")?,
+                    column(t, r, 6, "last received")?,
+                ))
+            },
+        )
+    }
+
+    fn gaps(&mut self, reader: &str) -> Result<Vec<(i64, i64)>, HubError> {
+        self.rows(
+            "SELECT prev + 1, seq - 1 FROM (
+                 SELECT seq, lag(seq, 1, 0::BIGINT) OVER (ORDER BY seq) AS prev
+                 FROM records WHERE reader_id = $1) AS s
+             WHERE seq > prev + 1
+             ORDER BY seq",
+            &[&reader],
+            |t, r| Ok((column(t, r, 0, "gap")?, column(t, r, 1, "gap")?)),
+        )
+    }
+
+    fn flags(&mut self) -> Result<Vec<FlagTuple>, HubError> {
+        self.rows(
+            "SELECT f.wallet_id, f.rule, f.detail, f.at,
+                    (SELECT action FROM deny_entries d WHERE d.wallet_id = f.wallet_id
+                     ORDER BY version DESC LIMIT 1)
+             FROM flags f ORDER BY f.id",
+            &[],
+            |t, r| {
+                Ok((
+                    column(t, r, 0, "flag wallet")?,
+                    column(t, r, 1, "flag rule")?,
+                    column(t, r, 2, "flag detail")?,
+                    column(t, r, 3, "flag time")?,
+                    column(t, r, 4, "deny action")?,
+                ))
+            },
+        )
+    }
+
+    fn incidents(&mut self) -> Result<Vec<IncidentTuple>, HubError> {
+        self.rows(
+            "SELECT reader_id, seq, kind, detail, at FROM incidents ORDER BY id",
+            &[],
+            |t, r| {
+                Ok((
+                    column(t, r, 0, "incident reader")?,
+                    column(t, r, 1, "incident seq")?,
+                    column(t, r, 2, "incident kind")?,
+                    column(t, r, 3, "incident detail")?,
+                    column(t, r, 4, "incident time")?,
+                ))
+            },
+        )
     }
 }
 

@@ -8,7 +8,8 @@ use ed25519_dalek::SigningKey;
 
 use super::test_server::{PgServer, free_port};
 use super::*;
-use crate::{IssueRequest, Receipt};
+use crate::backend::{HubBackend, ReadBackend, Report};
+use crate::{Hub, IssueRequest, Receipt, open_database};
 use sonotap_disk::keys::{PublicKey, Role};
 use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
 use sonotap_protocol::testkit::NOW;
