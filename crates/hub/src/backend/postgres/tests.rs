@@ -674,6 +674,37 @@ fn two_postgres_hubs_clear_a_clone_once() {
     );
 }
 
+/// Issue 14: the server's read connections (opened without migrating)
+/// read the deny list, the keys and a report while another hub process
+/// holds the write lock, and see what the writer committed.
+#[test]
+fn postgres_reads_through_a_connection_of_its_own_while_a_writer_holds_the_lock() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("postgres");
+    let mut hub = postgres_hub(dir.path(), &url);
+    hub.set_deny(
+        DenyAction::Deny,
+        wallet_of(WALLET_1),
+        DenyReason::Operator,
+        "test",
+        NOW,
+    )
+    .unwrap();
+    let mut writer = postgres::Client::connect(&url, NoTls).unwrap();
+    let mut held = writer.transaction().unwrap();
+    held.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .unwrap();
+    let mut reader = hub.read_side().open().unwrap_or_else(|e| panic!("{e}"));
+    let (version, entries) = reader.deny_entries(0, 10).unwrap();
+    assert_eq!((version, entries.len()), (1, 1));
+    assert_eq!(reader.key_set().unwrap().version, 1);
+    assert_eq!(hub.report().unwrap().deny_version, 1);
+    held.rollback().unwrap();
+}
+
 #[test]
 fn postgres_reconnects_after_losing_its_connection() {
     let Some(server) = PgServer::start() else {
