@@ -226,7 +226,9 @@ impl HubReader {
         }
     }
 
-    /// See [`Hub::authenticate`].
+    /// Checks a reader's signed request (docs/sync.md §2.1): `encoded` is
+    /// the hex from `Authorization: Sonotap HEX`, for `method` and `target`
+    /// (path and query) at hub time `now_ms`. Returns the reader id.
     pub fn authenticate(
         &mut self,
         encoded: &str,
@@ -511,24 +513,6 @@ impl Hub {
     /// The current key set, signed by the active key.
     pub fn key_set(&mut self) -> Result<KeySet, HubError> {
         self.reads().key_set()
-    }
-
-    /// The hub's time for a reader's `nonce`, signed by the active issuer key.
-    pub fn time_statement(&self, nonce: [u8; 16], now_ms: u64) -> TimeStatement {
-        time_statement(&self.issuer, nonce, now_ms)
-    }
-
-    /// Checks a reader's signed request (docs/sync.md §2.1): `encoded` is
-    /// the hex from `Authorization: Sonotap HEX`, for `method` and `target`
-    /// (path and query) at hub time `now_ms`. Returns the reader id.
-    pub fn authenticate(
-        &mut self,
-        encoded: &str,
-        method: &str,
-        target: &str,
-        now_ms: u64,
-    ) -> Result<String, HubError> {
-        self.reads().authenticate(encoded, method, target, now_ms)
     }
 
     /// Checks, stores and acknowledges an encoded batch (upload or import).

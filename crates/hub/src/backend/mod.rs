@@ -24,7 +24,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub(crate) use self::sqlite::SqliteHub;
-use super::ledger::{DenySigner, IngestReport, Via};
+use super::ledger::{self, DenySigner, IngestReport, Ledger, Via};
 use super::verify::CheckedBatch;
 use super::{Hub, HubError};
 use sonotap_disk::sqlite::{StoreError, blob, unsigned};
@@ -119,6 +119,15 @@ pub(crate) trait HubBackend: ReadBackend {
     /// Registers a reader's key; `Ok(false)` if it was registered with the
     /// same key already, an error if with another key.
     fn add_reader(&mut self, id: &str, key: &[u8; 32], now: u64) -> Result<bool, HubError>;
+    /// Runs `f` once on a [`Ledger`] inside one write transaction, the
+    /// only writer at a time, committed if `f` succeeds.
+    fn transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
+    ) -> Result<(), HubError>;
+    /// Opens read connections to the same state.
+    fn reader_opener(&self) -> ReaderOpener;
+
     /// Stores a checked batch in one transaction (see [`crate::ledger::ingest`]).
     fn ingest(
         &mut self,
@@ -126,7 +135,12 @@ pub(crate) trait HubBackend: ReadBackend {
         signer: &dyn DenySigner,
         via: Via,
         now: u64,
-    ) -> Result<IngestReport, HubError>;
+    ) -> Result<IngestReport, HubError> {
+        write(self, |ledger| {
+            ledger::ingest(ledger, checked, signer, via, now)
+        })
+    }
+
     /// An operator's deny or allow: the entry publishes `reason`; `note`
     /// (free text) is kept in the hub's database only.
     fn set_deny(
@@ -137,9 +151,11 @@ pub(crate) trait HubBackend: ReadBackend {
         reason: DenyReason,
         note: &str,
         now: u64,
-    ) -> Result<DenyEntry, HubError>;
-    /// Opens read connections to the same state.
-    fn reader_opener(&self) -> ReaderOpener;
+    ) -> Result<DenyEntry, HubError> {
+        write(self, |ledger| {
+            ledger::set_deny(ledger, signer, action, wallet, reason, note, now)
+        })
+    }
 }
 
 /// The reads the hub makes, inside one snapshot, as the database returns
@@ -188,17 +204,33 @@ pub(crate) fn denies(newest: Option<&str>) -> bool {
 /// Runs `f` in one snapshot of `backend` and returns what it returned.
 fn read<B: ReadBackend + ?Sized, T>(
     backend: &mut B,
-    f: impl FnOnce(&mut dyn Snapshot) -> Result<T, HubError>,
+    mut f: impl FnMut(&mut dyn Snapshot) -> Result<T, HubError>,
 ) -> Result<T, HubError> {
-    let mut f = Some(f);
     let mut out = None;
     backend.snapshot(&mut |s| {
-        if let Some(f) = f.take() {
-            out = Some(f(s)?);
-        }
+        out = Some(f(s)?);
         Ok(())
     })?;
-    out.ok_or_else(|| HubError::Backend(format!("{}: the read did not run", backend.describe())))
+    ran(out)
+}
+
+/// Runs `f` in one write transaction of `backend` and returns what it returned.
+fn write<B: HubBackend + ?Sized, T>(
+    backend: &mut B,
+    mut f: impl FnMut(&mut dyn Ledger) -> Result<T, HubError>,
+) -> Result<T, HubError> {
+    let mut out = None;
+    backend.transaction(&mut |ledger| {
+        out = Some(f(ledger)?);
+        Ok(())
+    })?;
+    ran(out)
+}
+
+/// What a backend's transaction or snapshot returned through its callback
+/// (which is a `dyn FnMut`, so that the traits stay object-safe).
+fn ran<T>(out: Option<T>) -> Result<T, HubError> {
+    out.ok_or_else(|| HubError::Backend("the database backend did not run the transaction".into()))
 }
 
 /// Builds the operator's report from one snapshot.

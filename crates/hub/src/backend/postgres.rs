@@ -62,15 +62,13 @@ use super::{
     action_name, denies,
 };
 use crate::clearing::{Finding, Payment};
-use crate::ledger::{
-    self, BatchRow, ChargeLeft, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via,
-};
-use crate::verify::{CheckedBatch, CheckedRecord};
+use crate::ledger::{BatchRow, ChargeLeft, IncidentKind, Ledger, Link};
+use crate::verify::CheckedRecord;
 use crate::{HubError, pgpass};
 use sonotap_disk::sqlite::StoreError;
 use sonotap_disk::sqlite::{blob, int, unsigned};
 use sonotap_protocol::token::{Credential, WalletId};
-use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
+use sonotap_protocol::wire::DenyEntry;
 
 /// The advisory lock key every hub writer takes (`"sonotap1"` as an integer).
 pub const WRITE_LOCK: i64 = 0x736f_6e6f_7461_7031;
@@ -293,14 +291,8 @@ impl PostgresHub {
         let target = self.target.clone();
         let err = |e| pg_err(&target, e);
         let mut tx = self.client()?.transaction().map_err(&err)?;
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = {}",
-            LOCK_TIMEOUT.as_millis()
-        ))
-        .map_err(&err)?;
         // Two hubs connecting at once must not both apply a migration.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-            .map_err(&err)?;
+        take_write_lock(&mut tx).map_err(&err)?;
         // The schema is only made in a database with no tables at all (a
         // fresh `createdb`): one holding tables but no sonotap schema is
         // someone else's, or a hub database that lost its version table.
@@ -369,13 +361,7 @@ impl PostgresHub {
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()
             .map_err(&err)?;
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = {}",
-            LOCK_TIMEOUT.as_millis()
-        ))
-        .map_err(&err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-            .map_err(&err)?;
+        take_write_lock(&mut tx).map_err(&err)?;
         let mut ledger = PgLedger {
             tx,
             target: &target,
@@ -385,6 +371,17 @@ impl PostgresHub {
         ledger.tx.commit().map_err(&err)?;
         Ok(out)
     }
+}
+
+/// Waits (at most [`LOCK_TIMEOUT`]) for the hub writers' advisory lock,
+/// held until `tx` ends.
+fn take_write_lock(tx: &mut Transaction<'_>) -> Result<(), postgres::Error> {
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {}",
+        LOCK_TIMEOUT.as_millis()
+    ))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .map(drop)
 }
 
 impl Drop for PostgresHub {
@@ -1039,28 +1036,11 @@ impl HubBackend for PostgresHub {
         }
     }
 
-    fn ingest(
+    fn transaction(
         &mut self,
-        checked: &CheckedBatch,
-        signer: &dyn DenySigner,
-        via: Via,
-        now: u64,
-    ) -> Result<IngestReport, HubError> {
-        self.in_transaction(|ledger| ledger::ingest(ledger, checked, signer, via, now))
-    }
-
-    fn set_deny(
-        &mut self,
-        signer: &dyn DenySigner,
-        action: DenyAction,
-        wallet: WalletId,
-        reason: DenyReason,
-        note: &str,
-        now: u64,
-    ) -> Result<DenyEntry, HubError> {
-        self.in_transaction(|ledger| {
-            ledger::set_deny(ledger, signer, action, wallet, reason, note, now)
-        })
+        f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
+    ) -> Result<(), HubError> {
+        self.in_transaction(f)
     }
 
     fn reader_opener(&self) -> ReaderOpener {

@@ -13,14 +13,12 @@ use super::{
 };
 use crate::HubError;
 use crate::clearing::{Finding, Payment};
-use crate::ledger::{
-    self, BatchRow, ChargeLeft, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via,
-};
-use crate::verify::{CheckedBatch, CheckedRecord};
+use crate::ledger::{BatchRow, ChargeLeft, IncidentKind, Ledger, Link};
+use crate::verify::CheckedRecord;
 use sonotap_disk::sqlite;
 use sonotap_disk::sqlite::StoreError;
 use sonotap_protocol::token::{Credential, WalletId};
-use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
+use sonotap_protocol::wire::DenyEntry;
 
 /// The hub database file in a hub directory.
 pub const DB_FILE: &str = "hub.db";
@@ -839,28 +837,11 @@ impl HubBackend for SqliteHub {
         Ok(true)
     }
 
-    fn ingest(
+    fn transaction(
         &mut self,
-        checked: &CheckedBatch,
-        signer: &dyn DenySigner,
-        via: Via,
-        now: u64,
-    ) -> Result<IngestReport, HubError> {
-        self.in_transaction(|ledger| ledger::ingest(ledger, checked, signer, via, now))
-    }
-
-    fn set_deny(
-        &mut self,
-        signer: &dyn DenySigner,
-        action: DenyAction,
-        wallet: WalletId,
-        reason: DenyReason,
-        note: &str,
-        now: u64,
-    ) -> Result<DenyEntry, HubError> {
-        self.in_transaction(|ledger| {
-            ledger::set_deny(ledger, signer, action, wallet, reason, note, now)
-        })
+        f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
+    ) -> Result<(), HubError> {
+        self.in_transaction(f)
     }
 
     fn reader_opener(&self) -> ReaderOpener {
@@ -1046,6 +1027,7 @@ mod tests {
 
     use super::*;
     use crate::Hub;
+    use crate::ledger::Via;
     use sonotap_disk::keys::{PublicKey, Role};
     use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
     use sonotap_protocol::testkit::{NOW, payment, terms, token_bytes};

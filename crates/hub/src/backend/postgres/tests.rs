@@ -9,12 +9,13 @@ use ed25519_dalek::SigningKey;
 use super::test_server::{PgServer, free_port};
 use super::*;
 use crate::backend::{HubBackend, ReadBackend, Report};
+use crate::ledger::Via;
 use crate::{Hub, IssueRequest, Receipt, open_database};
 use sonotap_disk::keys::{PublicKey, Role};
 use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
 use sonotap_protocol::testkit::NOW;
 use sonotap_protocol::token::{PaymentTerms, Scope, Token};
-use sonotap_protocol::wire::{Batch, BatchRecord};
+use sonotap_protocol::wire::{Batch, BatchRecord, DenyAction, DenyReason};
 
 fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
