@@ -1,16 +1,16 @@
-//! The hub's storage: one SQLite file for one operator ([`sqlite`]), a
-//! PostgreSQL database for a larger fleet ([`postgres`]), and the choice
+//! The hub's storage: one SQLite file for one operator (`sqlite.rs`), a
+//! PostgreSQL database for a larger fleet (`postgres.rs`), and the choice
 //! between them by URL ([`open_database`]).
 //!
 //! Decisions are written once above the backends: writes in
 //! [`crate::ledger`] and [`crate::clearing`] over a
-//! [`Ledger`](crate::ledger::Ledger), reads here over a [`Snapshot`]. A
+//! [`Ledger`], reads here over a `Snapshot`. A
 //! backend only stores, fetches and provides transactions, so every backend
 //! clears and reports the same way. Every read runs in one snapshot (a
 //! SQLite read transaction, a PostgreSQL REPEATABLE READ, READ ONLY one):
 //! a report or a deny-list page never mixes two states of the database.
 //!
-//! A backend can open further read connections ([`HubBackend::reader_opener`]):
+//! A backend can open further read connections (`HubBackend::reader_opener`):
 //! the server reads through them while an ingest holds the writer (a SQLite
 //! reader in WAL mode never waits for the writer; a PostgreSQL reader takes
 //! no lock).
