@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -105,10 +105,10 @@ impl Served {
         })
     }
 
-    /// The list of idle read connections (a push or a pop cannot leave it
-    /// half-changed, so a poisoned lock is taken as it is).
+    /// The idle read connections (a push or a pop cannot leave the list
+    /// half-changed).
     fn idle(&self) -> MutexGuard<'_, Vec<HubReader>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        listen::unpoisoned(&self.idle)
     }
 }
 
