@@ -525,7 +525,8 @@ impl Hub {
     /// First step of [`Hub::receive`]: decodes the batch and looks up its
     /// reader's key and the issuer keys. The signature checks that follow
     /// ([`Admitted::check`]) need no access to the hub, so a server runs
-    /// them outside its lock, in parallel with other batches being stored.
+    /// them outside the writer's lock, in parallel with other batches being
+    /// stored (and admits through a [`HubReader`], beside the writer).
     pub fn admit(&mut self, bytes: &[u8]) -> Result<Admitted, HubError> {
         self.reads().admit(bytes)
     }
