@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{HUB_SERVE, Scratch, first_stdout_line, sonotap};
 
-#[path = "../../crates/hub/src/postgres/test_server.rs"]
+#[path = "../../crates/hub/src/backend/postgres/test_server.rs"]
 mod pg_server;
 
 /// Runs `sonotap ARGS` in `s` and kills it should it still run after

@@ -3,7 +3,7 @@
 //!
 //! Layout of `DIR/`: `issuer.key` (0600, the active issuer key and its key
 //! id), `issuer.pub` (what readers trust), and the state: `hub.db` (SQLite,
-//! the default) or a PostgreSQL database ([`backend::HubBackend`]).
+//! the default) or a PostgreSQL database ([`backend`]).
 //!
 //! Everything that arrives (uploads over HTTP, imported batch files) goes
 //! through [`Hub::receive`]: decode, check the registered reader's
@@ -21,19 +21,18 @@ pub mod clearing;
 pub mod ledger;
 pub mod listen;
 pub mod pgpass;
-pub mod postgres;
 pub mod server;
-pub mod sqlite;
 pub mod verify;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 use thiserror::Error;
 
-pub use self::postgres::open_database;
-use backend::{HubBackend, Report};
+pub use backend::open_database;
+use backend::{HubBackend, ReadBackend, ReaderOpener, Report, SqliteHub};
 use ledger::{DenySigner, IngestReport, IngestStatus, Via};
 use sonotap_disk::fsutil;
 use sonotap_disk::keys::{KeyFileError, PublicKey, Role, SecretKey};
@@ -114,7 +113,18 @@ pub enum HubError {
         /// Why (missing, malformed, stale, unknown reader, bad signature).
         detail: String,
     },
-    /// A database backend other than SQLite failed, or is not available.
+    /// A PostgreSQL call failed. `message` is for the operator (which
+    /// database, what to do); `source` is the driver's error, kept so a
+    /// caller can still tell a lost connection from a refused statement.
+    #[error("hub database: {message}")]
+    Postgres {
+        /// What failed, in the operator's terms.
+        message: String,
+        /// What the PostgreSQL client said.
+        source: ::postgres::Error,
+    },
+    /// The hub's database is not usable for a reason no driver reported
+    /// (an unsupported URL, a schema from another build, a key mismatch).
     #[error("hub database: {0}")]
     Backend(String),
 }
@@ -166,11 +176,172 @@ impl Admitted {
     }
 }
 
-/// An open hub directory.
+/// An open hub directory: the issuer key and the one writer of the state.
 pub struct Hub {
-    issuer: SecretKey,
+    issuer: Arc<SecretKey>,
     backend: Box<dyn HubBackend>,
     record_signatures: RecordSignatureCheck,
+}
+
+/// What the hub's read path needs without the writer: the issuer key (to
+/// sign times) and a way to open read connections ([`HubReader`]).
+#[derive(Clone)]
+pub struct ReadSide {
+    issuer: Arc<SecretKey>,
+    open: ReaderOpener,
+    record_signatures: RecordSignatureCheck,
+}
+
+impl ReadSide {
+    /// The hub's time for a reader's `nonce`, signed by the active issuer key.
+    pub fn time_statement(&self, nonce: [u8; 16], now_ms: u64) -> TimeStatement {
+        time_statement(&self.issuer, nonce, now_ms)
+    }
+
+    /// Opens another read connection to the hub's state.
+    pub fn open(&self) -> Result<HubReader, HubError> {
+        Ok(HubReader {
+            issuer: Arc::clone(&self.issuer),
+            backend: (self.open)()?,
+            record_signatures: self.record_signatures,
+        })
+    }
+}
+
+/// A read connection with the issuer key: answers what readers ask (the
+/// keys, the deny list, who signed a request or a batch) while an ingest
+/// holds the writer.
+pub struct HubReader {
+    issuer: Arc<SecretKey>,
+    backend: Box<dyn ReadBackend>,
+    record_signatures: RecordSignatureCheck,
+}
+
+impl HubReader {
+    fn reads(&mut self) -> Reads<'_> {
+        Reads {
+            issuer: &self.issuer,
+            backend: &mut *self.backend,
+            record_signatures: self.record_signatures,
+        }
+    }
+
+    /// Checks a reader's signed request (docs/sync.md §2.1): `encoded` is
+    /// the hex from `Authorization: Sonotap HEX`, for `method` and `target`
+    /// (path and query) at hub time `now_ms`. Returns the reader id.
+    pub fn authenticate(
+        &mut self,
+        encoded: &str,
+        method: &str,
+        target: &str,
+        now_ms: u64,
+    ) -> Result<String, HubError> {
+        self.reads().authenticate(encoded, method, target, now_ms)
+    }
+
+    /// See [`Hub::admit`].
+    pub fn admit(&mut self, bytes: &[u8]) -> Result<Admitted, HubError> {
+        self.reads().admit(bytes)
+    }
+
+    /// See [`Hub::key_set`].
+    pub fn key_set(&mut self) -> Result<KeySet, HubError> {
+        self.reads().key_set()
+    }
+
+    /// See [`Hub::deny_entries`].
+    pub fn deny_entries(
+        &mut self,
+        since: u64,
+        limit: u32,
+    ) -> Result<(u64, Vec<Vec<u8>>), HubError> {
+        self.backend.deny_entries(since, limit)
+    }
+}
+
+/// The hub's reads that need the issuer key, over the writer's connection
+/// ([`Hub`]) or a reader's ([`HubReader`]): written once for both.
+struct Reads<'a> {
+    issuer: &'a SecretKey,
+    backend: &'a mut dyn ReadBackend,
+    record_signatures: RecordSignatureCheck,
+}
+
+impl Reads<'_> {
+    fn trusted_keys(&mut self) -> Result<TrustedKeys, HubError> {
+        let mut keys = TrustedKeys::default();
+        for (id, bytes) in self.backend.issuer_keys()? {
+            let key = VerifyingKey::from_bytes(&bytes)
+                .map_err(|_| HubError::Backend(format!("issuer key {id} is not a valid key")))?;
+            keys.insert(id, key);
+        }
+        Ok(keys)
+    }
+
+    fn key_set(&mut self) -> Result<KeySet, HubError> {
+        let keys = self.backend.issuer_keys()?;
+        // The set only grows while no key is retired, so its size is its version.
+        let version = keys.len() as u64;
+        let signer = IssuerSigner(self.issuer);
+        // The keys come from the hub's own state: a set that cannot be
+        // signed (none left unretired, too many) is the hub's problem, not
+        // a malformed request.
+        KeySet::sign(
+            version,
+            keys,
+            &[(signer.key_id(), self.issuer.signing_key())],
+        )
+        .map_err(|e| HubError::Backend(format!("cannot sign the issuer key set: {e}")))
+    }
+
+    /// A registered reader's key, or `None`.
+    fn reader_key(&mut self, id: &str) -> Result<Option<VerifyingKey>, HubError> {
+        Ok(self
+            .backend
+            .reader_key(id)?
+            .and_then(|k| VerifyingKey::from_bytes(&k).ok()))
+    }
+
+    fn authenticate(
+        &mut self,
+        encoded: &str,
+        method: &str,
+        target: &str,
+        now_ms: u64,
+    ) -> Result<String, HubError> {
+        let refused = |detail: String| HubError::NotAuthenticated { detail };
+        let bytes = hex::decode(encoded.trim()).map_err(|e| refused(format!("not hex: {e}")))?;
+        let request = SignedRequest::decode(&bytes).map_err(|e| refused(e.to_string()))?;
+        let key = self
+            .reader_key(&request.reader_id)?
+            .ok_or_else(|| refused(format!("reader {:?} is not registered", request.reader_id)))?;
+        request
+            .verify(&key, method, target, now_ms)
+            .map_err(|e| refused(format!("reader {:?}: {e}", request.reader_id)))?;
+        Ok(request.reader_id)
+    }
+
+    fn admit(&mut self, bytes: &[u8]) -> Result<Admitted, HubError> {
+        let batch = Batch::decode(bytes)?;
+        let reader_key =
+            self.reader_key(&batch.reader_id)?
+                .ok_or_else(|| HubError::UnknownReader {
+                    reader: batch.reader_id.clone(),
+                })?;
+        let issuers = self.trusted_keys()?;
+        Ok(Admitted {
+            batch,
+            reader_key,
+            issuers,
+            record_signatures: self.record_signatures,
+        })
+    }
+}
+
+/// The hub's time for a reader's `nonce`, signed by the active issuer key.
+fn time_statement(issuer: &SecretKey, nonce: [u8; 16], now_ms: u64) -> TimeStatement {
+    let signer = IssuerSigner(issuer);
+    TimeStatement::sign(nonce, now_ms, signer.key_id(), issuer.signing_key())
 }
 
 /// Signs deny entries and acknowledgements with the active issuer key.
@@ -216,13 +387,13 @@ impl Hub {
         };
         fsutil::create_private_dir(dir).map_err(io_err)?;
         let issuer = SecretKey::generate(Role::Issuer, Some(key_id)).map_err(io_err)?;
-        let mut backend = sqlite::SqliteHub::open(dir, true)?;
+        let mut backend = SqliteHub::open(dir, true)?;
         backend.add_issuer_key(key_id, &issuer.public().to_bytes(), now)?;
         // The secret last: its presence marks a complete hub.
         issuer.public().write(&dir.join(ISSUER_PUB_FILE))?;
         issuer.write_new(&key_path)?;
         Ok(Self {
-            issuer,
+            issuer: Arc::new(issuer),
             backend: Box::new(backend),
             record_signatures: RecordSignatureCheck::default(),
         })
@@ -231,16 +402,16 @@ impl Hub {
     /// Opens an existing hub directory with its SQLite database.
     pub fn open(dir: &Path) -> Result<Self, HubError> {
         let issuer = SecretKey::read(&dir.join(ISSUER_KEY_FILE), Role::Issuer)?;
-        let backend = sqlite::SqliteHub::open(dir, false)?;
+        let backend = SqliteHub::open(dir, false)?;
         Ok(Self {
-            issuer,
+            issuer: Arc::new(issuer),
             backend: Box::new(backend),
             record_signatures: RecordSignatureCheck::default(),
         })
     }
 
     /// Opens a hub directory's key with the state in another backend.
-    pub fn with_backend(
+    pub(crate) fn with_backend(
         dir: &Path,
         mut backend: Box<dyn HubBackend>,
         now: u64,
@@ -259,7 +430,7 @@ impl Hub {
             None => backend.add_issuer_key(key_id, &public, now)?,
         }
         Ok(Self {
-            issuer,
+            issuer: Arc::new(issuer),
             backend,
             record_signatures: RecordSignatureCheck::default(),
         })
@@ -317,62 +488,31 @@ impl Hub {
         self.backend.add_reader(id, &key.to_bytes(), now)
     }
 
+    /// What the read path needs without the writer (see [`ReadSide`]).
+    pub fn read_side(&self) -> ReadSide {
+        ReadSide {
+            issuer: Arc::clone(&self.issuer),
+            open: self.backend.reader_opener(),
+            record_signatures: self.record_signatures,
+        }
+    }
+
+    fn reads(&mut self) -> Reads<'_> {
+        Reads {
+            issuer: &self.issuer,
+            backend: &mut *self.backend,
+            record_signatures: self.record_signatures,
+        }
+    }
+
     /// The issuer keys readers should trust.
     pub fn trusted_keys(&mut self) -> Result<TrustedKeys, HubError> {
-        let mut keys = TrustedKeys::default();
-        for (id, bytes) in self.backend.issuer_keys()? {
-            let key = VerifyingKey::from_bytes(&bytes)
-                .map_err(|_| HubError::Backend(format!("issuer key {id} is not a valid key")))?;
-            keys.insert(id, key);
-        }
-        Ok(keys)
+        self.reads().trusted_keys()
     }
 
     /// The current key set, signed by the active key.
     pub fn key_set(&mut self) -> Result<KeySet, HubError> {
-        let keys = self.backend.issuer_keys()?;
-        // The set only grows while no key is retired, so its size is its version.
-        let version = keys.len() as u64;
-        let signer = IssuerSigner(&self.issuer);
-        // The keys come from the hub's own state: a set that cannot be
-        // signed (none left unretired, too many) is the hub's problem, not
-        // a malformed request.
-        KeySet::sign(
-            version,
-            keys,
-            &[(signer.key_id(), self.issuer.signing_key())],
-        )
-        .map_err(|e| HubError::Backend(format!("cannot sign the issuer key set: {e}")))
-    }
-
-    /// The hub's time for a reader's `nonce`, signed by the active issuer key.
-    pub fn time_statement(&self, nonce: [u8; 16], now_ms: u64) -> TimeStatement {
-        let signer = IssuerSigner(&self.issuer);
-        TimeStatement::sign(nonce, now_ms, signer.key_id(), self.issuer.signing_key())
-    }
-
-    /// Checks a reader's signed request (docs/sync.md §2.1): `encoded` is
-    /// the hex from `Authorization: Sonotap HEX`, for `method` and `target`
-    /// (path and query) at hub time `now_ms`. Returns the reader id.
-    pub fn authenticate(
-        &mut self,
-        encoded: &str,
-        method: &str,
-        target: &str,
-        now_ms: u64,
-    ) -> Result<String, HubError> {
-        let refused = |detail: String| HubError::NotAuthenticated { detail };
-        let bytes = hex::decode(encoded.trim()).map_err(|e| refused(format!("not hex: {e}")))?;
-        let request = SignedRequest::decode(&bytes).map_err(|e| refused(e.to_string()))?;
-        let key = self
-            .backend
-            .reader_key(&request.reader_id)?
-            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
-            .ok_or_else(|| refused(format!("reader {:?} is not registered", request.reader_id)))?;
-        request
-            .verify(&key, method, target, now_ms)
-            .map_err(|e| refused(format!("reader {:?}: {e}", request.reader_id)))?;
-        Ok(request.reader_id)
+        self.reads().key_set()
     }
 
     /// Checks, stores and acknowledges an encoded batch (upload or import).
@@ -385,23 +525,10 @@ impl Hub {
     /// First step of [`Hub::receive`]: decodes the batch and looks up its
     /// reader's key and the issuer keys. The signature checks that follow
     /// ([`Admitted::check`]) need no access to the hub, so a server runs
-    /// them outside its lock, in parallel with other batches being stored.
+    /// them outside the writer's lock, in parallel with other batches being
+    /// stored (and admits through a [`HubReader`], beside the writer).
     pub fn admit(&mut self, bytes: &[u8]) -> Result<Admitted, HubError> {
-        let batch = Batch::decode(bytes)?;
-        let reader_key = self
-            .backend
-            .reader_key(&batch.reader_id)?
-            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
-            .ok_or_else(|| HubError::UnknownReader {
-                reader: batch.reader_id.clone(),
-            })?;
-        let issuers = self.trusted_keys()?;
-        Ok(Admitted {
-            batch,
-            reader_key,
-            issuers,
-            record_signatures: self.record_signatures,
-        })
+        self.reads().admit(bytes)
     }
 
     /// Last step of [`Hub::receive`]: stores a checked batch and signs the

@@ -418,8 +418,18 @@ struct Holder {
 
 impl Holder {
     fn last(&self) -> Instant {
-        self.last.lock().map_or_else(|e| *e.into_inner(), |t| *t)
+        *unpoisoned(&self.last)
     }
+}
+
+/// Locks `mutex` even if a thread panicked while holding it: for state that
+/// one statement changes (a list pushed to, a time set), which a panic
+/// cannot leave half-changed. Otherwise one panic would stop that state
+/// from working for every later request.
+pub(super) fn unpoisoned<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl BodyGuard {
@@ -427,9 +437,7 @@ impl BodyGuard {
     /// stalled first, to give up their budget until `want` bytes could be
     /// free.
     fn evict_stalled(&self, want: u64) {
-        let Ok(holders) = self.holders.lock() else {
-            return;
-        };
+        let holders = unpoisoned(&self.holders);
         let now = Instant::now();
         let mut stalled: Vec<(Instant, &Arc<Holder>)> = holders
             .iter()
@@ -452,15 +460,11 @@ impl BodyGuard {
     }
 
     fn register(&self, holder: &Arc<Holder>) {
-        if let Ok(mut holders) = self.holders.lock() {
-            holders.push(Arc::clone(holder));
-        }
+        unpoisoned(&self.holders).push(Arc::clone(holder));
     }
 
     fn deregister(&self, holder: &Arc<Holder>) {
-        if let Ok(mut holders) = self.holders.lock() {
-            holders.retain(|h| !Arc::ptr_eq(h, holder));
-        }
+        unpoisoned(&self.holders).retain(|h| !Arc::ptr_eq(h, holder));
     }
 
     /// Room for `want` bytes within the body timeout, asking stalled
@@ -666,9 +670,7 @@ async fn read_held(
                         ));
                     }
                     out.extend_from_slice(&data);
-                    if let Ok(mut last) = holder.last.lock() {
-                        *last = Instant::now();
-                    }
+                    *unpoisoned(&holder.last) = Instant::now();
                 }
             }
             Some(Err(e)) => {

@@ -1,14 +1,17 @@
 //! `sonotap hub serve`: the hub's HTTP API (documented in `docs/sync.md`).
 //!
 //! A thin axum layer over [`Hub`]: every request becomes one call into the
-//! hub on a blocking thread (SQLite and signature checks are synchronous),
-//! under one lock, so batches are stored one at a time in arrival order.
+//! hub on a blocking thread (SQLite and signature checks are synchronous).
+//! Batches are stored by the one writer, under one lock, one at a time in
+//! arrival order. Reads (the deny list, the keys, who signed a request or a
+//! batch) go through read connections of their own ([`HubReader`]) and the
+//! signed time needs only the issuer key, so no read waits for an ingest.
 //! TLS (rustls) is required on any address but loopback.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -21,6 +24,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -28,7 +32,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::ledger::{IngestStatus, Via};
 use super::listen::{self, Limits};
-use super::{Hub, HubError};
+use super::{Hub, HubError, HubReader, ReadSide};
 use sonotap_protocol::api::{AUTH_SCHEME, DenyAnswer, KeysAnswer, TimeAnswer, UploadAnswer};
 
 /// Largest accepted request body: a full batch is about 2.8 MB.
@@ -63,7 +67,52 @@ pub enum ServeError {
     Io(String, std::io::Error),
 }
 
-type Shared = Arc<Mutex<Hub>>;
+/// Read connections open at most at once: reads run beside each other
+/// and beside the writer, without opening a connection per request.
+const READ_CONNECTIONS: usize = 4;
+
+/// What every request shares.
+struct Served {
+    /// The one writer: batches are stored one at a time, in arrival order.
+    writer: Mutex<Hub>,
+    /// The issuer key and the way to open read connections.
+    read: ReadSide,
+    /// Read connections not in use.
+    idle: Mutex<Vec<HubReader>>,
+    /// One permit per read connection in use.
+    readers: Arc<Semaphore>,
+}
+
+impl Served {
+    fn new(hub: Hub) -> Self {
+        Self {
+            read: hub.read_side(),
+            writer: Mutex::new(hub),
+            idle: Mutex::new(Vec::new()),
+            readers: Arc::new(Semaphore::new(READ_CONNECTIONS)),
+        }
+    }
+
+    /// The writer. A request that panicked while holding it (a bug) left
+    /// nothing half-done: its transaction rolled back as the panic unwound
+    /// (both backends roll back a transaction that is dropped), so the next
+    /// request goes on instead of failing forever on the poisoned lock.
+    fn writer(&self) -> MutexGuard<'_, Hub> {
+        self.writer.lock().unwrap_or_else(|poisoned| {
+            tracing::warn!("a request panicked while storing; its transaction was rolled back");
+            self.writer.clear_poison();
+            poisoned.into_inner()
+        })
+    }
+
+    /// The idle read connections (a push or a pop cannot leave the list
+    /// half-changed).
+    fn idle(&self) -> MutexGuard<'_, Vec<HubReader>> {
+        listen::unpoisoned(&self.idle)
+    }
+}
+
+type Shared = Arc<Served>;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -72,6 +121,7 @@ fn now_ms() -> u64 {
 }
 
 /// An error answer: a stable code, a message, and the HTTP status.
+#[derive(Debug)]
 struct ApiError(StatusCode, &'static str, String);
 
 impl IntoResponse for ApiError {
@@ -147,32 +197,57 @@ fn target(uri: &Uri) -> String {
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
 }
 
-async fn with_hub<T: Send + 'static>(
+/// Runs `f` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HubError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// Runs `f` with the writer, after the writes before it.
+async fn with_writer<T: Send + 'static>(
     hub: Shared,
     f: impl FnOnce(&mut Hub) -> Result<T, HubError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let mut guard = hub
-            .lock()
-            .map_err(|_| HubError::Backend("an earlier request panicked".into()))?;
-        f(&mut guard)
+    blocking(move || f(&mut hub.writer())).await
+}
+
+/// Runs `f` on a read connection of its own, beside the writer.
+async fn with_reader<T: Send + 'static>(
+    hub: Shared,
+    f: impl FnOnce(&mut HubReader) -> Result<T, HubError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = Arc::clone(&hub.readers)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    blocking(move || {
+        let idle = hub.idle().pop();
+        let mut reader = match idle {
+            Some(reader) => reader,
+            None => hub.read.open()?,
+        };
+        let out = f(&mut reader);
+        // Not reached if `f` panicked: that connection is dropped, and the
+        // next read opens a fresh one.
+        hub.idle().push(reader);
+        drop(permit);
+        out
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-    .map_err(ApiError::from)
 }
 
 async fn upload(
     State(hub): State<Shared>,
     body: Bytes,
 ) -> Result<axum::Json<UploadAnswer>, ApiError> {
-    let admitted = with_hub(Arc::clone(&hub), move |hub| hub.admit(&body)).await?;
-    // Signature checks run outside the hub's lock, beside other uploads.
-    let checked = tokio::task::spawn_blocking(move || admitted.check())
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(ApiError::from)?;
-    let receipt = with_hub(hub, move |hub| hub.store(&checked, Via::Network, now_ms())).await?;
+    let admitted = with_reader(Arc::clone(&hub), move |reader| reader.admit(&body)).await?;
+    // Signature checks run outside the writer's lock, beside other uploads.
+    let checked = blocking(move || admitted.check()).await?;
+    let receipt = with_writer(hub, move |hub| hub.store(&checked, Via::Network, now_ms())).await?;
     let ack = receipt
         .ack
         .encode()
@@ -205,9 +280,9 @@ async fn deny(
 ) -> Result<axum::Json<DenyAnswer>, ApiError> {
     let auth = signed_request(&headers)?;
     let target = target(&uri);
-    let (version, entries) = with_hub(hub, move |hub| {
-        hub.authenticate(&auth, "GET", &target, now_ms())?;
-        hub.deny_entries(q.since, DENY_PAGE)
+    let (version, entries) = with_reader(hub, move |reader| {
+        reader.authenticate(&auth, "GET", &target, now_ms())?;
+        reader.deny_entries(q.since, DENY_PAGE)
     })
     .await?;
     let more = q.since + (entries.len() as u64) < version;
@@ -225,9 +300,9 @@ async fn keys(
 ) -> Result<axum::Json<KeysAnswer>, ApiError> {
     let auth = signed_request(&headers)?;
     let target = target(&uri);
-    let set = with_hub(hub, move |hub| {
-        hub.authenticate(&auth, "GET", &target, now_ms())?;
-        hub.key_set()
+    let set = with_reader(hub, move |reader| {
+        reader.authenticate(&auth, "GET", &target, now_ms())?;
+        reader.key_set()
     })
     .await?;
     let bytes = set
@@ -266,7 +341,8 @@ async fn time(
                 "nonce must be 16 bytes, hex (32 digits)".into(),
             )
         })?;
-    let statement = with_hub(hub, move |hub| Ok(hub.time_statement(nonce, now_ms()))).await?;
+    // The issuer key alone: no lock, no database.
+    let statement = hub.read.time_statement(nonce, now_ms());
     Ok(axum::Json(TimeAnswer {
         unix_ms: statement.hub_time_ms,
         statement: Some(hex::encode(statement.encode())),
@@ -283,7 +359,7 @@ async fn not_found() -> ApiError {
 
 /// The API routes over a hub.
 pub fn router(hub: Hub) -> Router {
-    let shared: Shared = Arc::new(Mutex::new(hub));
+    let shared: Shared = Arc::new(Served::new(hub));
     Router::new()
         .route("/v1/batches", post(upload))
         .route("/v1/deny", get(deny))
@@ -349,4 +425,155 @@ pub async fn bind(
         addr,
         listen::serve(listener, acceptor, app, options.limits, shutdown),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ed25519_dalek::SigningKey;
+    use tokio::time::timeout;
+
+    use super::*;
+    use sonotap_disk::keys::{PublicKey, Role};
+    use sonotap_protocol::testkit::NOW;
+    use sonotap_protocol::token::WalletId;
+    use sonotap_protocol::wire::{DenyAction, DenyReason, SignedRequest};
+
+    /// Far longer than a read takes; a read queued behind the writer never ends.
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    /// A served hub in `dir` with reader `gate-1` registered, and its key.
+    fn served(dir: &Path) -> (Shared, SigningKey) {
+        let mut hub = Hub::init(dir, 1, NOW).expect("hub");
+        let reader = SigningKey::from_bytes(&[9; 32]);
+        let public = PublicKey::from_bytes(Role::Reader, None, &reader.verifying_key().to_bytes())
+            .expect("key");
+        hub.add_reader("gate-1", &public, NOW).expect("register");
+        (Arc::new(Served::new(hub)), reader)
+    }
+
+    /// `Authorization: Sonotap …` for `GET target`, signed by `gate-1`.
+    fn signed(reader: &SigningKey, target: &str, nonce: u8) -> HeaderMap {
+        let request = SignedRequest::sign("gate-1", now_ms(), [nonce; 16], "GET", target, reader)
+            .expect("sign");
+        let value = format!(
+            "{AUTH_SCHEME} {}",
+            hex::encode(request.encode().expect("encode"))
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, value.parse().expect("header value"));
+        headers
+    }
+
+    /// Issue 14: the signed time needs only the issuer key, and the deny
+    /// list and the keys are read (with the request's authentication)
+    /// through read connections of their own, so none of them waits while
+    /// an ingest holds the writer. Before, every request took the one lock
+    /// behind the ingest, and these timed out.
+    #[tokio::test]
+    async fn reads_answer_while_an_ingest_holds_the_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (hub, reader) = served(dir.path());
+        // An ingest in progress on another thread: the writer's lock held,
+        // and a write transaction open on the database, until released.
+        let (held, is_held) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let ingest = {
+            let hub = Arc::clone(&hub);
+            let path = dir.path().join("hub.db");
+            std::thread::spawn(move || {
+                let _writer = hub.writer();
+                let db = rusqlite::Connection::open(path).expect("db");
+                db.execute_batch(
+                    "BEGIN IMMEDIATE;
+                     INSERT INTO incidents (reader_id, seq, kind, detail, at)
+                     VALUES ('gate-1', 1, 'test', 'an ingest in progress', 0);",
+                )
+                .expect("the database's write lock");
+                held.send(()).expect("the test waits");
+                // Until released, or until the test ends (failed).
+                let _ = released.recv();
+                db.execute_batch("ROLLBACK").expect("rollback");
+            })
+        };
+        is_held.recv().expect("the ingest holds the writer");
+
+        let nonce = Some(hex::encode([1u8; 16]));
+        let time = timeout(
+            LIMIT,
+            time(State(Arc::clone(&hub)), Query(TimeQuery { nonce })),
+        )
+        .await
+        .expect("the time answers while the writer is held")
+        .expect("a signed time");
+        assert!(time.statement.is_some());
+
+        let target = "/v1/deny?since=0";
+        let denied = timeout(
+            LIMIT,
+            deny(
+                State(Arc::clone(&hub)),
+                signed(&reader, target, 2),
+                target.parse().expect("uri"),
+                Query(Since { since: 0 }),
+            ),
+        )
+        .await
+        .expect("the deny list answers while the writer is held")
+        .expect("an authenticated read");
+        assert_eq!((denied.version, denied.entries.len()), (0, 0));
+
+        let target = "/v1/keys";
+        let keys = timeout(
+            LIMIT,
+            keys(
+                State(Arc::clone(&hub)),
+                signed(&reader, target, 3),
+                target.parse().expect("uri"),
+            ),
+        )
+        .await
+        .expect("the keys answer while the writer is held")
+        .expect("an authenticated read");
+        assert_eq!(keys.version, 1);
+
+        release.send(()).expect("the ingest waits");
+        ingest.join().expect("the ingest ends");
+    }
+
+    /// Issue 14: a request that panics while holding the writer (or a read
+    /// connection) does not make every later request fail, as a poisoned
+    /// lock did ("an earlier request panicked", forever).
+    #[tokio::test]
+    async fn a_panic_while_storing_or_reading_does_not_fail_later_requests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (hub, _) = served(dir.path());
+        let panicked = with_writer(Arc::clone(&hub), |_| -> Result<(), HubError> {
+            panic!("a bug while storing")
+        })
+        .await
+        .expect_err("the request that panicked fails");
+        assert_eq!(panicked.0, StatusCode::INTERNAL_SERVER_ERROR);
+        let wallet = WalletId([1; 8]);
+        let entry = with_writer(Arc::clone(&hub), move |hub| {
+            hub.set_deny(DenyAction::Deny, wallet, DenyReason::Operator, "test", NOW)
+        })
+        .await
+        .expect("the writer stores again");
+        assert_eq!(entry.version, 1);
+
+        let panicked = with_reader(Arc::clone(&hub), |_| -> Result<(), HubError> {
+            panic!("a bug while reading")
+        })
+        .await
+        .expect_err("the request that panicked fails");
+        assert_eq!(panicked.0, StatusCode::INTERNAL_SERVER_ERROR);
+        for _ in 0..=READ_CONNECTIONS {
+            let (version, entries) = with_reader(Arc::clone(&hub), |r| r.deny_entries(0, 10))
+                .await
+                .expect("reads go on, and see what the writer committed");
+            assert_eq!((version, entries.len()), (1, 1));
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! that directory, `pg_ctl stop -m immediate` on drop.
 //!
 //! Depends only on `std` and `tempfile`, so an integration test can include
-//! it with `#[path = "../../crates/hub/src/postgres/test_server.rs"] mod pg_server;`.
+//! it with `#[path = "../../crates/hub/src/backend/postgres/test_server.rs"] mod pg_server;`.
 //!
 //! - The binaries come from `$SONOTAP_PG_BINDIR`, else the newest
 //!   `/usr/lib/postgresql/N/bin` (Debian's layout), else `PATH`.

@@ -8,12 +8,14 @@ use ed25519_dalek::SigningKey;
 
 use super::test_server::{PgServer, free_port};
 use super::*;
-use crate::{IssueRequest, Receipt};
+use crate::backend::{HubBackend, ReadBackend, Report};
+use crate::ledger::Via;
+use crate::{Hub, IssueRequest, Receipt, open_database};
 use sonotap_disk::keys::{PublicKey, Role};
 use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
 use sonotap_protocol::testkit::NOW;
 use sonotap_protocol::token::{PaymentTerms, Scope, Token};
-use sonotap_protocol::wire::{Batch, BatchRecord};
+use sonotap_protocol::wire::{Batch, BatchRecord, DenyAction, DenyReason};
 
 fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
@@ -385,7 +387,8 @@ fn schema_version(url: &str) -> i64 {
     client
         .query_one("SELECT max(version) FROM sonotap_schema", &[])
         .expect("schema table")
-        .get(0)
+        .try_get(0)
+        .expect("a version")
 }
 
 #[test]
@@ -468,6 +471,32 @@ fn postgres_connection_refused_names_host_and_port() {
         message.contains(&format!("[{}]:{port}", dir.path().display())),
         "{message}"
     );
+}
+
+/// The operator's message stays as it was, and the driver's error is kept
+/// as the typed source (a caller can tell a refused connection by it).
+#[test]
+fn postgres_errors_keep_the_driver_error_as_their_source() {
+    let port = free_port();
+    let url = format!("postgres://sonotap@127.0.0.1:{port}/hub?connect_timeout=5");
+    let Err(e) = PostgresHub::connect(&url) else {
+        panic!("nothing listens on {port}");
+    };
+    assert!(
+        e.to_string().starts_with(&format!(
+            "hub database: connection refused by 127.0.0.1:{port}"
+        )),
+        "{e}"
+    );
+    let source = std::error::Error::source(&e).expect("a source");
+    assert!(
+        source.downcast_ref::<postgres::Error>().is_some(),
+        "{source:?}"
+    );
+    let Err(e) = PostgresHub::connect("postgres://u@h/db?bogus=1") else {
+        panic!("an invalid URL connected");
+    };
+    assert!(matches!(e, HubError::Postgres { .. }), "{e:?}");
 }
 
 #[test]
@@ -646,6 +675,37 @@ fn two_postgres_hubs_clear_a_clone_once() {
     );
 }
 
+/// Issue 14: the server's read connections (opened without migrating)
+/// read the deny list, the keys and a report while another hub process
+/// holds the write lock, and see what the writer committed.
+#[test]
+fn postgres_reads_through_a_connection_of_its_own_while_a_writer_holds_the_lock() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("postgres");
+    let mut hub = postgres_hub(dir.path(), &url);
+    hub.set_deny(
+        DenyAction::Deny,
+        wallet_of(WALLET_1),
+        DenyReason::Operator,
+        "test",
+        NOW,
+    )
+    .unwrap();
+    let mut writer = postgres::Client::connect(&url, NoTls).unwrap();
+    let mut held = writer.transaction().unwrap();
+    held.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .unwrap();
+    let mut reader = hub.read_side().open().unwrap_or_else(|e| panic!("{e}"));
+    let (version, entries) = reader.deny_entries(0, 10).unwrap();
+    assert_eq!((version, entries.len()), (1, 1));
+    assert_eq!(reader.key_set().unwrap().version, 1);
+    assert_eq!(hub.report().unwrap().deny_version, 1);
+    held.rollback().unwrap();
+}
+
 #[test]
 fn postgres_reconnects_after_losing_its_connection() {
     let Some(server) = PgServer::start() else {
@@ -663,7 +723,8 @@ fn postgres_reconnects_after_losing_its_connection() {
             &[],
         )
         .unwrap()
-        .get(0);
+        .try_get(0)
+        .unwrap();
     assert_eq!(killed, 1);
     // The call that finds the connection gone may fail (503 for a reader,
     // which retries); the next one reconnects.
@@ -854,7 +915,8 @@ fn issue13_06_postgres_refuses_a_database_with_foreign_tables_untouched() {
     let untouched: bool = client
         .query_one("SELECT to_regclass('sonotap_schema') IS NULL", &[])
         .unwrap()
-        .get(0);
+        .try_get(0)
+        .unwrap();
     assert!(untouched);
     // An empty database (a fresh createdb) gets the schema.
     server.create_database("fresh");

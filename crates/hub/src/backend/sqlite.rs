@@ -2,21 +2,23 @@
 //! `synchronous=FULL`, zero set-up.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use rusqlite_migration::M;
 
-use super::HubError;
-use super::backend::{FlagRow, HubBackend, IncidentRow, ReaderReport, Report};
-use super::clearing::{Finding, Payment};
-use super::ledger::{
-    self, BatchRow, ChargeLeft, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via,
+use super::{
+    FlagTuple, HubBackend, IncidentTuple, ReadBackend, ReaderOpener, ReaderTuple, Snapshot,
+    action_name, denies,
 };
-use super::verify::{CheckedBatch, CheckedRecord};
+use crate::HubError;
+use crate::clearing::{Finding, Payment};
+use crate::ledger::{BatchRow, ChargeLeft, IncidentKind, Ledger, Link};
+use crate::verify::CheckedRecord;
 use sonotap_disk::sqlite;
 use sonotap_disk::sqlite::StoreError;
 use sonotap_protocol::token::{Credential, WalletId};
-use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
+use sonotap_protocol::wire::DenyEntry;
 
 /// The hub database file in a hub directory.
 pub const DB_FILE: &str = "hub.db";
@@ -327,9 +329,6 @@ fn insert_records_sql(rows: usize) -> String {
 
 /// A `payments` row as SQLite returns it, in [`payment_columns!`] order.
 type PaymentTuple = (Vec<u8>, Vec<u8>, i64, Vec<u8>, i64, i64, String, i64);
-
-/// A per-reader summary row: id, count, charged, voided, first, last, last received.
-type ReaderTuple = (String, i64, i64, i64, Option<i64>, Option<i64>, Option<i64>);
 
 fn payment_row(r: &Row<'_>) -> rusqlite::Result<PaymentTuple> {
     Ok((
@@ -738,15 +737,12 @@ impl Ledger for SqliteLedger<'_> {
             )
             .optional()
             .map_err(self.err())?;
-        Ok(action.as_deref() == Some("deny"))
+        Ok(denies(action.as_deref()))
     }
 
     fn insert_deny(&mut self, entry: &DenyEntry, evidence: &str) -> Result<(), HubError> {
         let bytes = entry.encode().map_err(|e| HubError::Terms(e.to_string()))?;
-        let action = match entry.action {
-            DenyAction::Deny => "deny",
-            DenyAction::Allow => "allow",
-        };
+        let action = action_name(entry.action);
         self.tx
             .execute(
                 "INSERT INTO deny_entries (version, wallet_id, action, reason, evidence, at, entry)
@@ -790,10 +786,6 @@ impl SqliteHub {
 }
 
 impl HubBackend for SqliteHub {
-    fn describe(&self) -> String {
-        format!("sqlite:{}", self.path.display())
-    }
-
     fn add_issuer_key(&mut self, key_id: u8, key: &[u8; 32], now: u64) -> Result<(), HubError> {
         self.conn
             .execute(
@@ -802,25 +794,6 @@ impl HubBackend for SqliteHub {
             )
             .map(drop)
             .map_err(store_err(&self.path))
-    }
-
-    fn issuer_keys(&mut self) -> Result<Vec<(u8, [u8; 32])>, HubError> {
-        let rows: Vec<(i64, Vec<u8>)> = self
-            .conn
-            .prepare("SELECT key_id, public_key FROM issuer_keys WHERE retired_at IS NULL ORDER BY key_id")
-            .and_then(|mut s| {
-                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(store_err(&self.path))?;
-        rows.into_iter()
-            .map(|(id, key)| {
-                Ok((
-                    sqlite::unsigned(&self.path, "issuer key id", id)?,
-                    sqlite::blob(&self.path, "issuer key", key)?,
-                ))
-            })
-            .collect()
     }
 
     fn log_credential(&mut self, credential: &Credential, now: u64) -> Result<(), HubError> {
@@ -864,172 +837,187 @@ impl HubBackend for SqliteHub {
         Ok(true)
     }
 
-    fn reader_key(&mut self, id: &str) -> Result<Option<[u8; 32]>, HubError> {
-        let key: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT public_key FROM readers WHERE reader_id = ?1")
-            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
-            .map_err(store_err(&self.path))?;
-        Ok(key
-            .map(|k| sqlite::blob(&self.path, "reader key", k))
-            .transpose()?)
+    fn transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
+    ) -> Result<(), HubError> {
+        self.in_transaction(f)
     }
 
-    fn ingest(
-        &mut self,
-        checked: &CheckedBatch,
-        signer: &dyn DenySigner,
-        via: Via,
-        now: u64,
-    ) -> Result<IngestReport, HubError> {
-        self.in_transaction(|ledger| ledger::ingest(ledger, checked, signer, via, now))
-    }
-
-    fn set_deny(
-        &mut self,
-        signer: &dyn DenySigner,
-        action: DenyAction,
-        wallet: WalletId,
-        reason: DenyReason,
-        note: &str,
-        now: u64,
-    ) -> Result<DenyEntry, HubError> {
-        self.in_transaction(|ledger| {
-            ledger::set_deny(ledger, signer, action, wallet, reason, note, now)
+    fn reader_opener(&self) -> ReaderOpener {
+        let path = self.path.clone();
+        Arc::new(move || {
+            let conn = sqlite::open_read_only(&path, MIGRATIONS.len(), SCHEMA.missing_hint)?;
+            Ok(Box::new(SqliteReader {
+                conn,
+                path: path.clone(),
+            }) as Box<dyn ReadBackend>)
         })
     }
+}
 
-    fn deny_entries(&mut self, since: u64, limit: u32) -> Result<(u64, Vec<Vec<u8>>), HubError> {
-        let err = store_err(&self.path);
-        let latest: i64 = self
-            .conn
+impl ReadBackend for SqliteHub {
+    fn describe(&self) -> String {
+        describe(&self.path)
+    }
+
+    fn snapshot(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Snapshot) -> Result<(), HubError>,
+    ) -> Result<(), HubError> {
+        in_snapshot(&mut self.conn, &self.path, f)
+    }
+}
+
+fn describe(path: &Path) -> String {
+    format!("sqlite:{}", path.display())
+}
+
+/// A read-only connection to a hub database: in WAL mode it reads the last
+/// committed state and never waits for the writer.
+struct SqliteReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl ReadBackend for SqliteReader {
+    fn describe(&self) -> String {
+        describe(&self.path)
+    }
+
+    fn snapshot(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Snapshot) -> Result<(), HubError>,
+    ) -> Result<(), HubError> {
+        in_snapshot(&mut self.conn, &self.path, f)
+    }
+}
+
+/// Runs `f` in one read transaction: every statement sees the state of its
+/// first read.
+fn in_snapshot(
+    conn: &mut Connection,
+    path: &Path,
+    f: &mut dyn FnMut(&mut dyn Snapshot) -> Result<(), HubError>,
+) -> Result<(), HubError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Deferred)
+        .map_err(store_err(path))?;
+    f(&mut SqliteSnapshot { conn: &tx, path })?;
+    tx.commit().map_err(store_err(path))
+}
+
+struct SqliteSnapshot<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+}
+
+impl SqliteSnapshot<'_> {
+    /// Every row of `sql` with `params`, read by `row`.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, HubError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_map(params, row)?.collect())
+            .map_err(store_err(self.path))
+    }
+}
+
+impl Snapshot for SqliteSnapshot<'_> {
+    fn path(&self) -> &Path {
+        self.path
+    }
+
+    fn reader_key(&mut self, id: &str) -> Result<Option<Vec<u8>>, HubError> {
+        self.conn
+            .prepare_cached("SELECT public_key FROM readers WHERE reader_id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+            .map_err(store_err(self.path))
+    }
+
+    fn issuer_keys(&mut self) -> Result<Vec<(i64, Vec<u8>)>, HubError> {
+        self.rows(
+            "SELECT key_id, public_key FROM issuer_keys WHERE retired_at IS NULL ORDER BY key_id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    fn deny_version(&mut self) -> Result<i64, HubError> {
+        self.conn
             .query_row(
                 "SELECT coalesce(max(version), 0) FROM deny_entries",
                 [],
                 |r| r.get(0),
             )
-            .map_err(&err)?;
-        let entries = self
-            .conn
-            .prepare_cached(
-                "SELECT entry FROM deny_entries WHERE version > ?1 ORDER BY version LIMIT ?2",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![sqlite::int(since), limit], |r| r.get(0))?
-                    .collect::<rusqlite::Result<Vec<Vec<u8>>>>()
-            })
-            .map_err(&err)?;
-        Ok((
-            sqlite::unsigned(&self.path, "deny version", latest)?,
-            entries,
-        ))
+            .map_err(store_err(self.path))
     }
 
-    fn report(&mut self) -> Result<Report, HubError> {
-        let path = self.path.clone();
-        let err = store_err(&path);
-        let mut readers = Vec::new();
-        let rows: Vec<ReaderTuple> = self
-            .conn
-            .prepare(
-                "SELECT r.reader_id,
-                        count(x.seq),
-                        coalesce(sum(x.amount) FILTER (WHERE x.kind = 'charge'), 0),
-                        coalesce(sum(x.amount) FILTER (WHERE x.kind = 'void'), 0),
-                        min(x.seq), max(x.seq), max(x.received_at)
-                 FROM readers r LEFT JOIN records x ON x.reader_id = r.reader_id
-                 GROUP BY r.reader_id ORDER BY r.reader_id",
-            )
-            .and_then(|mut s| {
-                s.query_map([], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(&err)?;
-        let u = |what: &str, v: i64| sqlite::unsigned::<u64>(&path, what, v);
-        for (reader, count, charged, voided, first, last, last_at) in rows {
-            let gaps: Vec<(u64, u64)> = self
-                .conn
-                .prepare_cached(
-                    "SELECT prev + 1, seq - 1 FROM (
-                         SELECT seq, lag(seq, 1, 0) OVER (ORDER BY seq) AS prev
-                         FROM records WHERE reader_id = ?1)
-                     WHERE seq > prev + 1",
-                )
-                .and_then(|mut s| {
-                    s.query_map([&reader], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(&err)?
-                .into_iter()
-                .map(|(a, b)| Ok((u("gap", a)?, u("gap", b)?)))
-                .collect::<Result<_, StoreError>>()?;
-            readers.push(ReaderReport {
-                reader,
-                records: u("record count", count)?,
-                charged: u("charged", charged)?,
-                voided: u("voided", voided)?,
-                first_seq: first.map(|v| u("seq", v)).transpose()?,
-                last_seq: last.map(|v| u("seq", v)).transpose()?,
-                gaps,
-                last_received_at: last_at.map(|v| u("time", v)).transpose()?,
-            });
-        }
-        let flagged = self
-            .conn
-            .prepare(
-                "SELECT f.wallet_id, f.rule, f.detail, f.at,
-                        (SELECT action FROM deny_entries d WHERE d.wallet_id = f.wallet_id
-                         ORDER BY version DESC LIMIT 1)
-                 FROM flags f ORDER BY f.id",
-            )
-            .and_then(|mut s| {
-                s.query_map([], |r| {
-                    Ok(FlagRow {
-                        wallet: hex::encode(r.get::<_, Vec<u8>>(0)?),
-                        rule: r.get(1)?,
-                        detail: r.get(2)?,
-                        at: r.get::<_, i64>(3)?.max(0) as u64,
-                        denied: r.get::<_, Option<String>>(4)?.as_deref() == Some("deny"),
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(&err)?;
-        let incidents = self
-            .conn
-            .prepare("SELECT reader_id, seq, kind, detail, at FROM incidents ORDER BY id")
-            .and_then(|mut s| {
-                s.query_map([], |r| {
-                    Ok(IncidentRow {
-                        reader: r.get(0)?,
-                        seq: r.get::<_, i64>(1)?.max(0) as u64,
-                        kind: r.get(2)?,
-                        detail: r.get(3)?,
-                        at: r.get::<_, i64>(4)?.max(0) as u64,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(&err)?;
-        let (deny_version, _) = self.deny_entries(u64::MAX, 0)?;
-        Ok(Report {
-            readers,
-            flagged,
-            incidents,
-            deny_version,
-        })
+    fn deny_page(&mut self, since: u64, limit: u32) -> Result<Vec<Vec<u8>>, HubError> {
+        self.rows(
+            "SELECT entry FROM deny_entries WHERE version > ?1 ORDER BY version LIMIT ?2",
+            params![sqlite::int(since), limit],
+            |r| r.get(0),
+        )
+    }
+
+    fn reader_totals(&mut self) -> Result<Vec<ReaderTuple>, HubError> {
+        self.rows(
+            "SELECT r.reader_id,
+                    count(x.seq),
+                    coalesce(sum(x.amount) FILTER (WHERE x.kind = 'charge'), 0),
+                    coalesce(sum(x.amount) FILTER (WHERE x.kind = 'void'), 0),
+                    min(x.seq), max(x.seq), max(x.received_at)
+             FROM readers r LEFT JOIN records x ON x.reader_id = r.reader_id
+             GROUP BY r.reader_id ORDER BY r.reader_id",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
+        )
+    }
+
+    fn gaps(&mut self, reader: &str) -> Result<Vec<(i64, i64)>, HubError> {
+        self.rows(
+            "SELECT prev + 1, seq - 1 FROM (
+                 SELECT seq, lag(seq, 1, 0) OVER (ORDER BY seq) AS prev
+                 FROM records WHERE reader_id = ?1)
+             WHERE seq > prev + 1
+             ORDER BY seq",
+            [reader],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    fn flags(&mut self) -> Result<Vec<FlagTuple>, HubError> {
+        self.rows(
+            "SELECT f.wallet_id, f.rule, f.detail, f.at,
+                    (SELECT action FROM deny_entries d WHERE d.wallet_id = f.wallet_id
+                     ORDER BY version DESC LIMIT 1)
+             FROM flags f ORDER BY f.id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+    }
+
+    fn incidents(&mut self) -> Result<Vec<IncidentTuple>, HubError> {
+        self.rows(
+            "SELECT reader_id, seq, kind, detail, at FROM incidents ORDER BY id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
     }
 }
 
@@ -1039,6 +1027,7 @@ mod tests {
 
     use super::*;
     use crate::Hub;
+    use crate::ledger::Via;
     use sonotap_disk::keys::{PublicKey, Role};
     use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
     use sonotap_protocol::testkit::{NOW, payment, terms, token_bytes};

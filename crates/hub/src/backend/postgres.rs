@@ -21,9 +21,11 @@
 //! deny-list version `n + 1`. SERIALIZABLE would give the same guarantee
 //! but aborts one of two conflicting ingests (SQLSTATE 40001), which then
 //! has to be retried whole, signer included; a batch is small and ingest
-//! is fast, so one writer at a time is simpler and never aborts. Reads for
-//! reports run in one REPEATABLE READ, READ ONLY transaction (one snapshot)
-//! without the lock; a deny-list fetch is one statement.
+//! is fast, so one writer at a time is simpler and never aborts. Every read
+//! (a report, a deny-list page, a reader's key) runs in one REPEATABLE READ,
+//! READ ONLY transaction (one snapshot) without the lock, on a connection
+//! of its own when the server reads beside the writer
+//! ([`HubBackend::reader_opener`]: it connects, it does not migrate).
 //!
 //! A waiting writer gives up after [`LOCK_TIMEOUT`] with a clear error, as
 //! a SQLite writer does after its busy timeout.
@@ -45,8 +47,9 @@
 //! network. A lost connection is reopened before the next operation.
 
 use std::error::Error as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::config::{Host, SslMode};
@@ -54,17 +57,18 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Config, IsolationLevel, NoTls, Row, Transaction};
 
-use super::backend::{FlagRow, HubBackend, IncidentRow, ReaderReport, Report};
-use super::clearing::{Finding, Payment};
-use super::ledger::{
-    self, BatchRow, ChargeLeft, DenySigner, IncidentKind, IngestReport, Ledger, Link, Via,
+use super::{
+    FlagTuple, HubBackend, IncidentTuple, ReadBackend, ReaderOpener, ReaderTuple, Snapshot,
+    action_name, denies,
 };
-use super::verify::{CheckedBatch, CheckedRecord};
-use super::{Hub, HubError, pgpass};
+use crate::clearing::{Finding, Payment};
+use crate::ledger::{BatchRow, ChargeLeft, IncidentKind, Ledger, Link};
+use crate::verify::CheckedRecord;
+use crate::{HubError, pgpass};
 use sonotap_disk::sqlite::StoreError;
 use sonotap_disk::sqlite::{blob, int, unsigned};
 use sonotap_protocol::token::{Credential, WalletId};
-use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
+use sonotap_protocol::wire::DenyEntry;
 
 /// The advisory lock key every hub writer takes (`"sonotap1"` as an integer).
 pub const WRITE_LOCK: i64 = 0x736f_6e6f_7461_7031;
@@ -197,31 +201,8 @@ static MIGRATIONS: [&str; 4] = [
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
-/// Opens a hub directory's issuer key with its state where `database`
-/// says: `None` is the directory's SQLite file, a `postgres://` or
-/// `postgresql://` URL a PostgreSQL database.
-pub fn open_database(dir: &Path, database: Option<&str>, now: u64) -> Result<Hub, HubError> {
-    match database {
-        None => Hub::open(dir),
-        Some(url) if is_postgres_url(url) => {
-            off_runtime(|| Hub::with_backend(dir, Box::new(PostgresHub::connect(url)?), now))
-        }
-        Some(other) => Err(HubError::Backend(format!(
-            "unsupported database URL {:?}: use postgres://… or postgresql://…, or leave \
-             --database out for the SQLite file in the hub directory",
-            redact(other)
-        ))),
-    }
-}
-
-fn is_postgres_url(url: &str) -> bool {
-    ["postgres://", "postgresql://"]
-        .iter()
-        .any(|scheme| url.len() >= scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
-}
-
 /// A URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub(super) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -249,12 +230,9 @@ impl PostgresHub {
     /// with libpq-style parameters; a host starting with `/`, percent-encoded,
     /// is a Unix socket directory) and migrates the schema.
     pub fn connect(url: &str) -> Result<Self, HubError> {
-        let mut config = Config::from_str(url).map_err(|e| {
-            HubError::Backend(format!(
-                "invalid PostgreSQL URL {:?}: {}",
-                redact(url),
-                chain(&e)
-            ))
+        let mut config = Config::from_str(url).map_err(|e| HubError::Postgres {
+            message: format!("invalid PostgreSQL URL {:?}: {}", redact(url), chain(&e)),
+            source: e,
         })?;
         let target = describe_config(&config);
         if config.get_password().is_none() {
@@ -313,14 +291,8 @@ impl PostgresHub {
         let target = self.target.clone();
         let err = |e| pg_err(&target, e);
         let mut tx = self.client()?.transaction().map_err(&err)?;
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = {}",
-            LOCK_TIMEOUT.as_millis()
-        ))
-        .map_err(&err)?;
         // Two hubs connecting at once must not both apply a migration.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-            .map_err(&err)?;
+        take_write_lock(&mut tx).map_err(&err)?;
         // The schema is only made in a database with no tables at all (a
         // fresh `createdb`): one holding tables but no sonotap schema is
         // someone else's, or a hub database that lost its version table.
@@ -332,7 +304,8 @@ impl PostgresHub {
                 &[&SCHEMA_TABLE],
             )
             .map_err(&err)?;
-        let (versioned, tables): (bool, i64) = (row.get(0), row.get(1));
+        let versioned: bool = column(&target, &row, 0, "schema table present")?;
+        let tables: i64 = column(&target, &row, 1, "table count")?;
         if !versioned && tables > 0 {
             return Err(HubError::Backend(format!(
                 "{target} holds {tables} tables but no {SCHEMA_TABLE} table: not a sonotap hub \
@@ -348,13 +321,16 @@ impl PostgresHub {
              )"
         ))
         .map_err(&err)?;
-        let found: i64 = tx
-            .query_one(
+        let found: i64 = column(
+            &target,
+            &tx.query_one(
                 &format!("SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}"),
                 &[],
             )
-            .map_err(&err)?
-            .get(0);
+            .map_err(&err)?,
+            0,
+            "schema version",
+        )?;
         if found > SCHEMA_VERSION as i64 || found < 0 {
             return Err(HubError::Backend(format!(
                 "{target} has schema version {found}, newer than this sonotap supports \
@@ -385,13 +361,7 @@ impl PostgresHub {
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()
             .map_err(&err)?;
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = {}",
-            LOCK_TIMEOUT.as_millis()
-        ))
-        .map_err(&err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-            .map_err(&err)?;
+        take_write_lock(&mut tx).map_err(&err)?;
         let mut ledger = PgLedger {
             tx,
             target: &target,
@@ -401,10 +371,17 @@ impl PostgresHub {
         ledger.tx.commit().map_err(&err)?;
         Ok(out)
     }
+}
 
-    fn path(&self) -> PathBuf {
-        PathBuf::from(&self.target)
-    }
+/// Waits (at most [`LOCK_TIMEOUT`]) for the hub writers' advisory lock,
+/// held until `tx` ends.
+fn take_write_lock(tx: &mut Transaction<'_>) -> Result<(), postgres::Error> {
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {}",
+        LOCK_TIMEOUT.as_millis()
+    ))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .map(drop)
 }
 
 impl Drop for PostgresHub {
@@ -433,7 +410,9 @@ fn drop_client(client: Client) {
 
 /// Runs `f` here, or on a short-lived thread of its own when called inside
 /// a tokio runtime: the client's `block_on` panics on an async worker thread.
-fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T, HubError> + Send) -> Result<T, HubError> {
+pub(super) fn off_runtime<T: Send>(
+    f: impl FnOnce() -> Result<T, HubError> + Send,
+) -> Result<T, HubError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return f();
     }
@@ -570,29 +549,44 @@ fn connect_err(config: &Config, target: &str, e: postgres::Error) -> HubError {
             _ => format!("cannot connect to {target}: {}", chain(&e)),
         }
     };
-    HubError::Backend(message)
+    HubError::Postgres { message, source: e }
 }
 
 /// Sorts an error on an open connection.
 fn pg_err(target: &str, e: postgres::Error) -> HubError {
-    if let Some(db) = e.as_db_error() {
+    let message = if let Some(db) = e.as_db_error() {
         if *db.code() == SqlState::LOCK_NOT_AVAILABLE {
-            return HubError::Backend(format!(
+            format!(
                 "{target} is locked by another hub process (waited {} ms)",
                 LOCK_TIMEOUT.as_millis()
-            ));
+            )
+        } else {
+            format!(
+                "{target}: {} ({}){}",
+                db.message(),
+                db.code().code(),
+                db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+            )
         }
-        return HubError::Backend(format!(
-            "{target}: {} ({}){}",
-            db.message(),
-            db.code().code(),
-            db.detail().map(|d| format!(": {d}")).unwrap_or_default()
-        ));
-    }
-    if e.is_closed() {
-        return HubError::Backend(format!("{target}: connection closed ({})", chain(&e)));
-    }
-    HubError::Backend(format!("{target}: {}", chain(&e)))
+    } else if e.is_closed() {
+        format!("{target}: connection closed ({})", chain(&e))
+    } else {
+        format!("{target}: {}", chain(&e))
+    };
+    HubError::Postgres { message, source: e }
+}
+
+/// Column `i` of `row`: a NULL or a value of another type is an
+/// inconsistency of the database naming `what`, never a panic (as
+/// `Row::get` would, inside the server's lock).
+fn column<'a, T: postgres::types::FromSql<'a>>(
+    target: &str,
+    row: &'a Row,
+    i: usize,
+    what: &str,
+) -> Result<T, HubError> {
+    row.try_get(i)
+        .map_err(|e| inconsistent(target, format!("{what}: {e}")))
 }
 
 fn inconsistent(target: &str, detail: String) -> HubError {
@@ -614,6 +608,31 @@ impl PgLedger<'_> {
 
     fn path(&self) -> &Path {
         Path::new(self.target)
+    }
+
+    fn col<'r, T: postgres::types::FromSql<'r>>(
+        &self,
+        row: &'r Row,
+        i: usize,
+        what: &str,
+    ) -> Result<T, HubError> {
+        column(self.target, row, i, what)
+    }
+
+    /// The previous and own hash of a record, from column `i` on.
+    fn link_at(&self, r: &Row, i: usize) -> Result<Link, HubError> {
+        Ok(Link {
+            prev_hash: blob(
+                self.path(),
+                "previous hash",
+                self.col(r, i, "previous hash")?,
+            )?,
+            hash: blob(
+                self.path(),
+                "record hash",
+                self.col(r, i + 1, "record hash")?,
+            )?,
+        })
     }
 
     fn to_payment(&self, r: &Row) -> Result<Payment, HubError> {
@@ -668,13 +687,7 @@ impl Ledger for PgLedger<'_> {
                 &[&reader, &int(seq)],
             )
             .map_err(|e| pg_err(self.target, e))?;
-        row.map(|r| {
-            Ok(Link {
-                prev_hash: blob(self.path(), "previous hash", r.get(0))?,
-                hash: blob(self.path(), "record hash", r.get(1))?,
-            })
-        })
-        .transpose()
+        row.map(|r| self.link_at(&r, 0)).transpose()
     }
 
     fn links(&mut self, reader: &str, first: u64, last: u64) -> Result<Vec<(u64, Link)>, HubError> {
@@ -689,11 +702,12 @@ impl Ledger for PgLedger<'_> {
         rows.iter()
             .map(|r| {
                 Ok((
-                    unsigned(self.path(), "sequence number", r.get::<_, i64>(0))?,
-                    Link {
-                        prev_hash: blob(self.path(), "previous hash", r.get(1))?,
-                        hash: blob(self.path(), "record hash", r.get(2))?,
-                    },
+                    unsigned(
+                        self.path(),
+                        "sequence number",
+                        self.col(r, 0, "sequence number")?,
+                    )?,
+                    self.link_at(r, 1)?,
                 ))
             })
             .collect()
@@ -822,7 +836,7 @@ impl Ledger for PgLedger<'_> {
                 &int(p.seq),
             ],
         )?;
-        let total: i64 = self
+        let row = self
             .tx
             .query_one(
                 "INSERT INTO credential_spend (credential, charged) VALUES ($1, $2)
@@ -831,8 +845,8 @@ impl Ledger for PgLedger<'_> {
                  RETURNING charged",
                 &[&p.credential.as_slice(), &i64::from(charged)],
             )
-            .map_err(self.err())?
-            .get(0);
+            .map_err(self.err())?;
+        let total: i64 = self.col(&row, 0, "credential spend")?;
         Ok(unsigned(self.path(), "credential spend", total)?)
     }
 
@@ -920,35 +934,32 @@ impl Ledger for PgLedger<'_> {
     }
 
     fn deny_version(&mut self) -> Result<u64, HubError> {
-        let v: i64 = self
+        let row = self
             .tx
             .query_one(
                 "SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries",
                 &[],
             )
-            .map_err(self.err())?
-            .get(0);
+            .map_err(self.err())?;
+        let v: i64 = self.col(&row, 0, "deny version")?;
         Ok(unsigned(self.path(), "deny version", v)?)
     }
 
     fn is_denied(&mut self, wallet: WalletId) -> Result<bool, HubError> {
-        let action: Option<String> = self
+        let row = self
             .tx
             .query_opt(
                 "SELECT action FROM deny_entries WHERE wallet_id = $1 ORDER BY version DESC LIMIT 1",
                 &[&wallet.0.as_slice()],
             )
-            .map_err(self.err())?
-            .map(|r| r.get(0));
-        Ok(action.as_deref() == Some("deny"))
+            .map_err(self.err())?;
+        let action: Option<String> = row.map(|r| self.col(&r, 0, "deny action")).transpose()?;
+        Ok(denies(action.as_deref()))
     }
 
     fn insert_deny(&mut self, entry: &DenyEntry, evidence: &str) -> Result<(), HubError> {
         let bytes = entry.encode().map_err(|e| HubError::Terms(e.to_string()))?;
-        let action = match entry.action {
-            DenyAction::Deny => "deny",
-            DenyAction::Allow => "allow",
-        };
+        let action = action_name(entry.action);
         self.execute(
             "INSERT INTO deny_entries (version, wallet_id, action, reason, evidence, at, entry)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -966,14 +977,7 @@ impl Ledger for PgLedger<'_> {
     }
 }
 
-/// A per-reader summary row: id, count, charged, voided, first, last, last received.
-type ReaderTuple = (String, i64, i64, i64, Option<i64>, Option<i64>, Option<i64>);
-
 impl HubBackend for PostgresHub {
-    fn describe(&self) -> String {
-        self.target.clone()
-    }
-
     fn add_issuer_key(&mut self, key_id: u8, key: &[u8; 32], now: u64) -> Result<(), HubError> {
         let target = self.target.clone();
         self.client()?
@@ -983,27 +987,6 @@ impl HubBackend for PostgresHub {
             )
             .map(drop)
             .map_err(|e| pg_err(&target, e))
-    }
-
-    fn issuer_keys(&mut self) -> Result<Vec<(u8, [u8; 32])>, HubError> {
-        let target = self.target.clone();
-        let path = self.path();
-        let rows = self
-            .client()?
-            .query(
-                "SELECT key_id, public_key FROM issuer_keys WHERE retired_at IS NULL
-                 ORDER BY key_id",
-                &[],
-            )
-            .map_err(|e| pg_err(&target, e))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    unsigned(&path, "issuer key id", r.get(0))?,
-                    blob(&path, "issuer key", r.get(1))?,
-                ))
-            })
-            .collect()
     }
 
     fn log_credential(&mut self, credential: &Credential, now: u64) -> Result<(), HubError> {
@@ -1053,180 +1036,209 @@ impl HubBackend for PostgresHub {
         }
     }
 
-    fn reader_key(&mut self, id: &str) -> Result<Option<[u8; 32]>, HubError> {
+    fn transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
+    ) -> Result<(), HubError> {
+        self.in_transaction(f)
+    }
+
+    fn reader_opener(&self) -> ReaderOpener {
+        let config = self.config.clone();
         let target = self.target.clone();
-        let key: Option<Vec<u8>> = self
-            .client()?
-            .query_opt(
-                "SELECT public_key FROM readers WHERE reader_id = $1",
-                &[&id],
-            )
-            .map_err(|e| pg_err(&target, e))?
-            .map(|r| r.get(0));
-        Ok(key
-            .map(|k| blob(Path::new(&target), "reader key", k))
-            .transpose()?)
-    }
-
-    fn ingest(
-        &mut self,
-        checked: &CheckedBatch,
-        signer: &dyn DenySigner,
-        via: Via,
-        now: u64,
-    ) -> Result<IngestReport, HubError> {
-        self.in_transaction(|ledger| ledger::ingest(ledger, checked, signer, via, now))
-    }
-
-    fn set_deny(
-        &mut self,
-        signer: &dyn DenySigner,
-        action: DenyAction,
-        wallet: WalletId,
-        reason: DenyReason,
-        note: &str,
-        now: u64,
-    ) -> Result<DenyEntry, HubError> {
-        self.in_transaction(|ledger| {
-            ledger::set_deny(ledger, signer, action, wallet, reason, note, now)
+        Arc::new(move || {
+            // The schema was checked when the writer connected: a reader
+            // connection only connects.
+            let (config, target) = (config.clone(), target.clone());
+            off_runtime(move || {
+                let client = open_client(&config, &target)?;
+                Ok(Box::new(PostgresHub {
+                    config,
+                    client: Some(client),
+                    target,
+                }) as Box<dyn ReadBackend>)
+            })
         })
     }
+}
 
-    fn deny_entries(&mut self, since: u64, limit: u32) -> Result<(u64, Vec<Vec<u8>>), HubError> {
-        let target = self.target.clone();
-        // One statement: the version and the entries come from one snapshot.
-        let rows = self
-            .client()?
-            .query(
-                "SELECT (SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries), page.entry
-                 FROM (SELECT 1) AS one
-                 LEFT JOIN (SELECT version, entry FROM deny_entries WHERE version > $1
-                            ORDER BY version LIMIT $2) AS page ON true
-                 ORDER BY page.version",
-                &[&int(since), &i64::from(limit)],
-            )
-            .map_err(|e| pg_err(&target, e))?;
-        let latest: i64 = rows.first().map_or(0, |r| r.get(0));
-        let entries = rows
-            .iter()
-            .filter_map(|r| r.get::<_, Option<Vec<u8>>>(1))
-            .collect();
-        Ok((
-            unsigned(Path::new(&target), "deny version", latest)?,
-            entries,
-        ))
+impl ReadBackend for PostgresHub {
+    fn describe(&self) -> String {
+        self.target.clone()
     }
 
-    fn report(&mut self) -> Result<Report, HubError> {
+    fn snapshot(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Snapshot) -> Result<(), HubError>,
+    ) -> Result<(), HubError> {
         let target = self.target.clone();
-        let path = self.path();
-        let err = |e| pg_err(&target, e);
-        let u = |what: &str, v: i64| unsigned::<u64>(&path, what, v);
-        let mut tx = self
+        let tx = self
             .client()?
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()
-            .map_err(err)?;
-        let rows: Vec<ReaderTuple> = tx
-            .query(
-                "SELECT r.reader_id,
-                        count(x.seq),
-                        coalesce(sum(x.amount) FILTER (WHERE x.kind = 'charge'), 0)::BIGINT,
-                        coalesce(sum(x.amount) FILTER (WHERE x.kind = 'void'), 0)::BIGINT,
-                        min(x.seq), max(x.seq), max(x.received_at)
-                 FROM readers r LEFT JOIN records x ON x.reader_id = r.reader_id
-                 GROUP BY r.reader_id ORDER BY r.reader_id",
-                &[],
-            )
-            .map_err(err)?
+            .map_err(|e| pg_err(&target, e))?;
+        let mut snapshot = PgSnapshot {
+            tx,
+            target: &target,
+        };
+        f(&mut snapshot)?;
+        snapshot.tx.commit().map_err(|e| pg_err(&target, e))
+    }
+}
+
+/// One REPEATABLE READ, READ ONLY transaction: one snapshot, no lock.
+struct PgSnapshot<'a> {
+    tx: Transaction<'a>,
+    target: &'a str,
+}
+
+impl PgSnapshot<'_> {
+    /// Every row of `sql` with `params`, read by `row`.
+    fn rows<T>(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        row: impl Fn(&str, &Row) -> Result<T, HubError>,
+    ) -> Result<Vec<T>, HubError> {
+        let target = self.target;
+        self.tx
+            .query(sql, params)
+            .map_err(|e| pg_err(target, e))?
             .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    r.get(1),
-                    r.get(2),
-                    r.get(3),
-                    r.get(4),
-                    r.get(5),
-                    r.get(6),
-                )
-            })
-            .collect();
-        let mut readers = Vec::with_capacity(rows.len());
-        for (reader, count, charged, voided, first, last, last_at) in rows {
-            let gaps = tx
-                .query(
-                    "SELECT prev + 1, seq - 1 FROM (
-                         SELECT seq, lag(seq, 1, 0::BIGINT) OVER (ORDER BY seq) AS prev
-                         FROM records WHERE reader_id = $1) AS s
-                     WHERE seq > prev + 1
-                     ORDER BY seq",
-                    &[&reader],
-                )
-                .map_err(err)?
-                .iter()
-                .map(|r| Ok((u("gap", r.get(0))?, u("gap", r.get(1))?)))
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            readers.push(ReaderReport {
-                reader,
-                records: u("record count", count)?,
-                charged: u("charged", charged)?,
-                voided: u("voided", voided)?,
-                first_seq: first.map(|v| u("seq", v)).transpose()?,
-                last_seq: last.map(|v| u("seq", v)).transpose()?,
-                gaps,
-                last_received_at: last_at.map(|v| u("time", v)).transpose()?,
-            });
-        }
-        let flagged = tx
-            .query(
-                "SELECT f.wallet_id, f.rule, f.detail, f.at,
-                        (SELECT action FROM deny_entries d WHERE d.wallet_id = f.wallet_id
-                         ORDER BY version DESC LIMIT 1)
-                 FROM flags f ORDER BY f.id",
-                &[],
-            )
-            .map_err(err)?
-            .iter()
-            .map(|r| FlagRow {
-                wallet: hex::encode(r.get::<_, Vec<u8>>(0)),
-                rule: r.get(1),
-                detail: r.get(2),
-                at: r.get::<_, i64>(3).max(0) as u64,
-                denied: r.get::<_, Option<String>>(4).as_deref() == Some("deny"),
-            })
-            .collect();
-        let incidents = tx
-            .query(
-                "SELECT reader_id, seq, kind, detail, at FROM incidents ORDER BY id",
-                &[],
-            )
-            .map_err(err)?
-            .iter()
-            .map(|r| IncidentRow {
-                reader: r.get(0),
-                seq: r.get::<_, i64>(1).max(0) as u64,
-                kind: r.get(2),
-                detail: r.get(3),
-                at: r.get::<_, i64>(4).max(0) as u64,
-            })
-            .collect();
-        let deny_version: i64 = tx
-            .query_one(
-                "SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries",
-                &[],
-            )
-            .map_err(err)?
-            .get(0);
-        tx.commit().map_err(err)?;
-        Ok(Report {
-            readers,
-            flagged,
-            incidents,
-            deny_version: u("deny version", deny_version)?,
-        })
+            .map(|r| row(target, r))
+            .collect()
+    }
+
+    /// The one value of a one-row, one-column query.
+    fn value<T: for<'r> postgres::types::FromSql<'r>>(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &str,
+    ) -> Result<T, HubError> {
+        let row = self
+            .tx
+            .query_one(sql, params)
+            .map_err(|e| pg_err(self.target, e))?;
+        column(self.target, &row, 0, what)
+    }
+}
+
+impl Snapshot for PgSnapshot<'_> {
+    fn path(&self) -> &Path {
+        Path::new(self.target)
+    }
+
+    fn reader_key(&mut self, id: &str) -> Result<Option<Vec<u8>>, HubError> {
+        self.rows(
+            "SELECT public_key FROM readers WHERE reader_id = $1",
+            &[&id],
+            |t, r| column(t, r, 0, "reader key"),
+        )
+        .map(|keys| keys.into_iter().next())
+    }
+
+    fn issuer_keys(&mut self) -> Result<Vec<(i64, Vec<u8>)>, HubError> {
+        self.rows(
+            "SELECT key_id, public_key FROM issuer_keys WHERE retired_at IS NULL
+             ORDER BY key_id",
+            &[],
+            |t, r| {
+                Ok((
+                    column(t, r, 0, "issuer key id")?,
+                    column(t, r, 1, "issuer key")?,
+                ))
+            },
+        )
+    }
+
+    fn deny_version(&mut self) -> Result<i64, HubError> {
+        self.value(
+            "SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries",
+            &[],
+            "deny version",
+        )
+    }
+
+    fn deny_page(&mut self, since: u64, limit: u32) -> Result<Vec<Vec<u8>>, HubError> {
+        self.rows(
+            "SELECT entry FROM deny_entries WHERE version > $1 ORDER BY version LIMIT $2",
+            &[&int(since), &i64::from(limit)],
+            |t, r| column(t, r, 0, "deny entry"),
+        )
+    }
+
+    fn reader_totals(&mut self) -> Result<Vec<ReaderTuple>, HubError> {
+        self.rows(
+            "SELECT r.reader_id,
+                    count(x.seq),
+                    coalesce(sum(x.amount) FILTER (WHERE x.kind = 'charge'), 0)::BIGINT,
+                    coalesce(sum(x.amount) FILTER (WHERE x.kind = 'void'), 0)::BIGINT,
+                    min(x.seq), max(x.seq), max(x.received_at)
+             FROM readers r LEFT JOIN records x ON x.reader_id = r.reader_id
+             GROUP BY r.reader_id ORDER BY r.reader_id",
+            &[],
+            |t, r| {
+                Ok((
+                    column(t, r, 0, "reader id")?,
+                    column(t, r, 1, "record count")?,
+                    column(t, r, 2, "charged")?,
+                    column(t, r, 3, "voided")?,
+                    column(t, r, 4, "first seq")?,
+                    column(t, r, 5, "last seq")?,
+                    column(t, r, 6, "last received")?,
+                ))
+            },
+        )
+    }
+
+    fn gaps(&mut self, reader: &str) -> Result<Vec<(i64, i64)>, HubError> {
+        self.rows(
+            "SELECT prev + 1, seq - 1 FROM (
+                 SELECT seq, lag(seq, 1, 0::BIGINT) OVER (ORDER BY seq) AS prev
+                 FROM records WHERE reader_id = $1) AS s
+             WHERE seq > prev + 1
+             ORDER BY seq",
+            &[&reader],
+            |t, r| Ok((column(t, r, 0, "gap")?, column(t, r, 1, "gap")?)),
+        )
+    }
+
+    fn flags(&mut self) -> Result<Vec<FlagTuple>, HubError> {
+        self.rows(
+            "SELECT f.wallet_id, f.rule, f.detail, f.at,
+                    (SELECT action FROM deny_entries d WHERE d.wallet_id = f.wallet_id
+                     ORDER BY version DESC LIMIT 1)
+             FROM flags f ORDER BY f.id",
+            &[],
+            |t, r| {
+                Ok((
+                    column(t, r, 0, "flag wallet")?,
+                    column(t, r, 1, "flag rule")?,
+                    column(t, r, 2, "flag detail")?,
+                    column(t, r, 3, "flag time")?,
+                    column(t, r, 4, "deny action")?,
+                ))
+            },
+        )
+    }
+
+    fn incidents(&mut self) -> Result<Vec<IncidentTuple>, HubError> {
+        self.rows(
+            "SELECT reader_id, seq, kind, detail, at FROM incidents ORDER BY id",
+            &[],
+            |t, r| {
+                Ok((
+                    column(t, r, 0, "incident reader")?,
+                    column(t, r, 1, "incident seq")?,
+                    column(t, r, 2, "incident kind")?,
+                    column(t, r, 3, "incident detail")?,
+                    column(t, r, 4, "incident time")?,
+                ))
+            },
+        )
     }
 }
 
