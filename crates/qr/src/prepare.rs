@@ -1,11 +1,11 @@
-//! Frame preparation steps, one function each, composed by [`super::pipeline`].
+//! Frame preparation steps, one function each, composed by the pipeline's stages.
 //!
 //! rqrr binarises with a running row average that fails on glare, gradients
 //! and dark-mode codes, and its cost grows with frame size. Each step here
 //! fixes one of those: [`downscale`] bounds the work, [`contrast_stretch`]
 //! lifts low-contrast screens, [`box_blur`] removes moiré and JPEG noise,
 //! [`adaptive_threshold`] binarises against the local mean (glare,
-//! gradients), [`Bitmap::invert`] turns dark-mode codes dark-on-light, and
+//! gradients), [`invert`] turns dark-mode codes dark-on-light, and
 //! [`crop`] / [`tiles`] give regions of interest at full resolution.
 
 use super::{GreyFrame, GreyImage};
@@ -22,6 +22,7 @@ pub struct Scaled {
 
 impl Scaled {
     /// Maps a point of the scaled image back to source pixels.
+    #[cfg(test)]
     pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
         ((x + 0.5) * self.scale - 0.5, (y + 0.5) * self.scale - 0.5)
     }
@@ -330,6 +331,7 @@ impl Bitmap {
     }
 
     /// A bitmap from a function of (x, y), for tests and synthetic inputs.
+    #[cfg(test)]
     pub fn from_fn(width: usize, height: usize, dark: impl Fn(usize, usize) -> bool) -> Self {
         let mut bits = Vec::with_capacity(width * height);
         for y in 0..height {
@@ -345,6 +347,7 @@ impl Bitmap {
     }
 
     /// Fraction of dark pixels, for tests and diagnostics.
+    #[cfg(test)]
     pub fn dark_fraction(&self) -> f32 {
         let n = self.dark.iter().filter(|&&d| d).count();
         n as f32 / self.dark.len().max(1) as f32
@@ -352,6 +355,7 @@ impl Bitmap {
 
     /// Swaps dark and light: a dark-mode code thresholded as-is has light
     /// modules, and rqrr needs dark finder patterns.
+    #[cfg(test)]
     pub fn invert(&mut self) {
         for d in &mut self.dark {
             *d = !*d;
