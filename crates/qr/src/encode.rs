@@ -99,7 +99,18 @@ pub fn render_token(payload: &[u8], module_px: usize, quiet: usize) -> Result<Gr
 /// Encodes a grey image as PNG bytes.
 pub fn png_bytes(image: &GreyImage) -> Result<Vec<u8>, QrError> {
     let mut out = Cursor::new(Vec::new());
-    PngEncoder::new(&mut out)
+    write_grey(PngEncoder::new(&mut out), image, "PNG")?;
+    Ok(out.into_inner())
+}
+
+/// Writes a grey image through one of `image`'s encoders; errors name the
+/// `format`.
+pub(crate) fn write_grey(
+    encoder: impl ImageEncoder,
+    image: &GreyImage,
+    format: &str,
+) -> Result<(), QrError> {
+    encoder
         .write_image(
             image.data(),
             image.width() as u32,
@@ -107,10 +118,9 @@ pub fn png_bytes(image: &GreyImage) -> Result<Vec<u8>, QrError> {
             ExtendedColorType::L8,
         )
         .map_err(|e| QrError::Write {
-            what: "PNG".into(),
+            what: format.into(),
             detail: e.to_string(),
-        })?;
-    Ok(out.into_inner())
+        })
 }
 
 /// Renders a payload as a PNG (byte mode, level M, 4-module quiet zone,

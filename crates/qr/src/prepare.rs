@@ -842,29 +842,38 @@ mod tests {
         assert_eq!(sharpen(&soft, 1, 0.0), soft);
     }
 
-    #[test]
-    fn adaptive_threshold_survives_a_gradient_and_glare() {
-        // Dark squares on a background that ramps from dark to bright, with
-        // a contrast of 60 everywhere: no global threshold separates them.
-        let img = image(200, 100, |x, y| {
+    /// Whether (x, y) is in a dark square of [`gradient_squares`].
+    fn in_square(x: usize, y: usize) -> bool {
+        (x / 10 + y / 10).is_multiple_of(2)
+    }
+
+    /// Dark 10-pixel squares on a 200×100 background that ramps from dark
+    /// to bright, with a contrast of 60 everywhere: no global threshold
+    /// separates them.
+    fn gradient_squares() -> GreyImage {
+        image(200, 100, |x, y| {
             let bg = 40 + (x as u32 * 200 / 200) as u8;
-            let square = (x / 10 + y / 10) % 2 == 0;
-            if square {
+            if in_square(x, y) {
                 bg.saturating_sub(40)
             } else {
                 bg.saturating_add(20)
             }
-        });
-        let bits = adaptive_threshold(&img, 12, 5);
-        let mut wrong = 0;
-        for y in 0..100 {
-            for x in 0..200 {
-                let square = (x / 10 + y / 10) % 2 == 0;
-                if bits.is_dark(x, y) != square {
-                    wrong += 1;
-                }
-            }
-        }
+        })
+    }
+
+    /// Pixels of a 200×100 bitmap dark where [`gradient_squares`] is
+    /// light or the other way round.
+    fn wrong_pixels(bits: &Bitmap) -> usize {
+        (0..100)
+            .flat_map(|y| (0..200).map(move |x| (x, y)))
+            .filter(|&(x, y)| bits.is_dark(x, y) != in_square(x, y))
+            .count()
+    }
+
+    #[test]
+    fn adaptive_threshold_survives_a_gradient_and_glare() {
+        let img = gradient_squares();
+        let wrong = wrong_pixels(&adaptive_threshold(&img, 12, 5));
         assert!(wrong < 200 * 100 / 50, "{wrong} wrong pixels");
         // A flat image is all light thanks to the offset.
         let flat = image(30, 30, |_, _| 128);
@@ -873,27 +882,15 @@ mod tests {
 
     #[test]
     fn block_threshold_survives_a_gradient_and_finds_both_polarities() {
-        // The gradient image of the sliding-window test.
-        let img = image(200, 100, |x, y| {
-            let bg = 40 + (x as u32 * 200 / 200) as u8;
-            if (x / 10 + y / 10) % 2 == 0 {
-                bg.saturating_sub(40)
-            } else {
-                bg.saturating_add(20)
-            }
-        });
+        let img = gradient_squares();
         let (dark, light) = block_threshold_both(&img, 8, 5);
-        let mut wrong = 0;
         for y in 0..100 {
             for x in 0..200 {
-                let square = (x / 10 + y / 10) % 2 == 0;
-                if dark.is_dark(x, y) != square {
-                    wrong += 1;
-                }
                 // No pixel is both.
                 assert!(!(dark.is_dark(x, y) && light.is_dark(x, y)));
             }
         }
+        let wrong = wrong_pixels(&dark);
         assert!(wrong < 200 * 100 / 50, "{wrong} wrong pixels");
         assert!(light.is_dark(15, 5) && !light.is_dark(5, 5));
         let flat = image(33, 17, |_, _| 90);
