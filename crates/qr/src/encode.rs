@@ -24,7 +24,7 @@ pub const PNG_MODULE_PX: usize = 8;
 
 /// A QR code's modules: `size`×`size`, `true` for dark.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Modules {
+pub(crate) struct Modules {
     /// Modules per side (21 for version 1, 57 for version 10).
     pub size: usize,
     /// Row-major darkness of each module.
@@ -44,7 +44,7 @@ impl Modules {
 
 /// Encodes a payload as QR modules in byte mode at level M, using the
 /// smallest version that fits.
-pub fn modules(payload: &[u8]) -> Result<Modules, QrError> {
+pub(crate) fn modules(payload: &[u8]) -> Result<Modules, QrError> {
     let err = |detail: String| QrError::Encode {
         len: payload.len(),
         detail,
