@@ -24,7 +24,7 @@ pub const PNG_MODULE_PX: usize = 8;
 
 /// A QR code's modules: `size`×`size`, `true` for dark.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Modules {
+pub(crate) struct Modules {
     /// Modules per side (21 for version 1, 57 for version 10).
     pub size: usize,
     /// Row-major darkness of each module.
@@ -44,7 +44,7 @@ impl Modules {
 
 /// Encodes a payload as QR modules in byte mode at level M, using the
 /// smallest version that fits.
-pub fn modules(payload: &[u8]) -> Result<Modules, QrError> {
+pub(crate) fn modules(payload: &[u8]) -> Result<Modules, QrError> {
     let err = |detail: String| QrError::Encode {
         len: payload.len(),
         detail,
@@ -99,7 +99,18 @@ pub fn render_token(payload: &[u8], module_px: usize, quiet: usize) -> Result<Gr
 /// Encodes a grey image as PNG bytes.
 pub fn png_bytes(image: &GreyImage) -> Result<Vec<u8>, QrError> {
     let mut out = Cursor::new(Vec::new());
-    PngEncoder::new(&mut out)
+    write_grey(PngEncoder::new(&mut out), image, "PNG")?;
+    Ok(out.into_inner())
+}
+
+/// Writes a grey image through one of `image`'s encoders; errors name the
+/// `format`.
+pub(crate) fn write_grey(
+    encoder: impl ImageEncoder,
+    image: &GreyImage,
+    format: &str,
+) -> Result<(), QrError> {
+    encoder
         .write_image(
             image.data(),
             image.width() as u32,
@@ -107,10 +118,9 @@ pub fn png_bytes(image: &GreyImage) -> Result<Vec<u8>, QrError> {
             ExtendedColorType::L8,
         )
         .map_err(|e| QrError::Write {
-            what: "PNG".into(),
+            what: format.into(),
             detail: e.to_string(),
-        })?;
-    Ok(out.into_inner())
+        })
 }
 
 /// Renders a payload as a PNG (byte mode, level M, 4-module quiet zone,

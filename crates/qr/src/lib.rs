@@ -2,12 +2,14 @@
 //!
 //! rqrr finds and decodes QR codes, but on camera frames of phone screens it
 //! misses inverted (dark-mode) codes, struggles with moiré, glare, low
-//! contrast and small modules, and its cost grows fast with frame size. This
-//! module prepares each frame ([`prepare`]) and runs a fixed sequence of
-//! strategies within a per-frame budget ([`pipeline`]), returning every code
-//! found with its corners in the original frame's pixels. [`source`] reads
-//! frames from image files and raw Y8/YUYV streams, [`encode`] renders tokens
-//! as QR images, and [`synth`] generates the test corpus under `signals/qr/`.
+//! contrast and small modules, and its cost grows fast with frame size. A
+//! [`Decoder`] runs a fixed table of stages within a per-frame budget
+//! (private modules: `pipeline` and one module per stage, over the steps in
+//! `prepare`, `locate` and `sample`), returning every code found with its
+//! corners in the original frame's pixels. [`source`] reads frames from
+//! image files and raw Y8/YUYV streams, [`encode`] renders tokens as QR
+//! images, and `synth` (feature `synth`: test support for benches and
+//! tests) generates the test corpus under `signals/qr/`.
 
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -16,11 +18,14 @@
 )]
 
 pub mod encode;
-pub mod locate;
-pub mod pipeline;
-pub mod prepare;
-pub mod sample;
+mod locate;
+mod pipeline;
+mod prepare;
+mod sample;
 pub mod source;
+/// Synthetic camera frames and the corpus (feature `synth`): test support
+/// for the benches and tests, not part of the decoder.
+#[cfg(any(test, feature = "synth"))]
 pub mod synth;
 /// V4L2 camera source (feature `v4l2`, 64-bit Linux).
 #[cfg(all(feature = "v4l2", target_os = "linux", target_pointer_width = "64"))]
@@ -30,7 +35,7 @@ pub mod v4l2;
 mod tests;
 
 pub use encode::{encode_png, render_token, write_png};
-pub use pipeline::{DecodeOptions, DecodedCode, Decoder, decode_frame};
+pub use pipeline::{DecodeOptions, DecodedCode, Decoder, GATE_BUDGET, decode_frame};
 pub use source::{
     FrameSource, ImageFileSource, PixelFormat, RawStreamSource, load_image, luma_from_packed,
 };

@@ -1,11 +1,11 @@
-//! Frame preparation steps, one function each, composed by [`super::pipeline`].
+//! Frame preparation steps, one function each, composed by the pipeline's stages.
 //!
 //! rqrr binarises with a running row average that fails on glare, gradients
 //! and dark-mode codes, and its cost grows with frame size. Each step here
 //! fixes one of those: [`downscale`] bounds the work, [`contrast_stretch`]
 //! lifts low-contrast screens, [`box_blur`] removes moiré and JPEG noise,
 //! [`adaptive_threshold`] binarises against the local mean (glare,
-//! gradients), [`Bitmap::invert`] turns dark-mode codes dark-on-light, and
+//! gradients), [`invert`] turns dark-mode codes dark-on-light, and
 //! [`crop`] / [`tiles`] give regions of interest at full resolution.
 
 use super::{GreyFrame, GreyImage};
@@ -22,6 +22,7 @@ pub struct Scaled {
 
 impl Scaled {
     /// Maps a point of the scaled image back to source pixels.
+    #[cfg(test)]
     pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
         ((x + 0.5) * self.scale - 0.5, (y + 0.5) * self.scale - 0.5)
     }
@@ -330,6 +331,7 @@ impl Bitmap {
     }
 
     /// A bitmap from a function of (x, y), for tests and synthetic inputs.
+    #[cfg(test)]
     pub fn from_fn(width: usize, height: usize, dark: impl Fn(usize, usize) -> bool) -> Self {
         let mut bits = Vec::with_capacity(width * height);
         for y in 0..height {
@@ -345,6 +347,7 @@ impl Bitmap {
     }
 
     /// Fraction of dark pixels, for tests and diagnostics.
+    #[cfg(test)]
     pub fn dark_fraction(&self) -> f32 {
         let n = self.dark.iter().filter(|&&d| d).count();
         n as f32 / self.dark.len().max(1) as f32
@@ -352,6 +355,7 @@ impl Bitmap {
 
     /// Swaps dark and light: a dark-mode code thresholded as-is has light
     /// modules, and rqrr needs dark finder patterns.
+    #[cfg(test)]
     pub fn invert(&mut self) {
         for d in &mut self.dark {
             *d = !*d;
@@ -838,29 +842,38 @@ mod tests {
         assert_eq!(sharpen(&soft, 1, 0.0), soft);
     }
 
-    #[test]
-    fn adaptive_threshold_survives_a_gradient_and_glare() {
-        // Dark squares on a background that ramps from dark to bright, with
-        // a contrast of 60 everywhere: no global threshold separates them.
-        let img = image(200, 100, |x, y| {
+    /// Whether (x, y) is in a dark square of [`gradient_squares`].
+    fn in_square(x: usize, y: usize) -> bool {
+        (x / 10 + y / 10).is_multiple_of(2)
+    }
+
+    /// Dark 10-pixel squares on a 200×100 background that ramps from dark
+    /// to bright, with a contrast of 60 everywhere: no global threshold
+    /// separates them.
+    fn gradient_squares() -> GreyImage {
+        image(200, 100, |x, y| {
             let bg = 40 + (x as u32 * 200 / 200) as u8;
-            let square = (x / 10 + y / 10) % 2 == 0;
-            if square {
+            if in_square(x, y) {
                 bg.saturating_sub(40)
             } else {
                 bg.saturating_add(20)
             }
-        });
-        let bits = adaptive_threshold(&img, 12, 5);
-        let mut wrong = 0;
-        for y in 0..100 {
-            for x in 0..200 {
-                let square = (x / 10 + y / 10) % 2 == 0;
-                if bits.is_dark(x, y) != square {
-                    wrong += 1;
-                }
-            }
-        }
+        })
+    }
+
+    /// Pixels of a 200×100 bitmap dark where [`gradient_squares`] is
+    /// light or the other way round.
+    fn wrong_pixels(bits: &Bitmap) -> usize {
+        (0..100)
+            .flat_map(|y| (0..200).map(move |x| (x, y)))
+            .filter(|&(x, y)| bits.is_dark(x, y) != in_square(x, y))
+            .count()
+    }
+
+    #[test]
+    fn adaptive_threshold_survives_a_gradient_and_glare() {
+        let img = gradient_squares();
+        let wrong = wrong_pixels(&adaptive_threshold(&img, 12, 5));
         assert!(wrong < 200 * 100 / 50, "{wrong} wrong pixels");
         // A flat image is all light thanks to the offset.
         let flat = image(30, 30, |_, _| 128);
@@ -869,27 +882,15 @@ mod tests {
 
     #[test]
     fn block_threshold_survives_a_gradient_and_finds_both_polarities() {
-        // The gradient image of the sliding-window test.
-        let img = image(200, 100, |x, y| {
-            let bg = 40 + (x as u32 * 200 / 200) as u8;
-            if (x / 10 + y / 10) % 2 == 0 {
-                bg.saturating_sub(40)
-            } else {
-                bg.saturating_add(20)
-            }
-        });
+        let img = gradient_squares();
         let (dark, light) = block_threshold_both(&img, 8, 5);
-        let mut wrong = 0;
         for y in 0..100 {
             for x in 0..200 {
-                let square = (x / 10 + y / 10) % 2 == 0;
-                if dark.is_dark(x, y) != square {
-                    wrong += 1;
-                }
                 // No pixel is both.
                 assert!(!(dark.is_dark(x, y) && light.is_dark(x, y)));
             }
         }
+        let wrong = wrong_pixels(&dark);
         assert!(wrong < 200 * 100 / 50, "{wrong} wrong pixels");
         assert!(light.is_dark(15, 5) && !light.is_dark(5, 5));
         let flat = image(33, 17, |_, _| 90);

@@ -11,11 +11,11 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{ExtendedColorType, ImageEncoder, codecs::jpeg::JpegEncoder};
+use image::codecs::jpeg::JpegEncoder;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
-use super::encode::{Modules, QUIET_ZONE, modules, png_bytes};
+use super::encode::{Modules, QUIET_ZONE, modules, png_bytes, write_grey};
 use super::prepare::box_blur;
 use super::{GreyImage, QrError};
 
@@ -129,17 +129,8 @@ impl Sample {
 /// Encodes a grey image as JPEG at `quality` (1–100).
 pub fn jpeg_bytes(image: &GreyImage, quality: u8) -> Result<Vec<u8>, QrError> {
     let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
-        .write_image(
-            image.data(),
-            image.width() as u32,
-            image.height() as u32,
-            ExtendedColorType::L8,
-        )
-        .map_err(|e| QrError::Write {
-            what: "JPEG".into(),
-            detail: e.to_string(),
-        })?;
+    let encoder = JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
+    write_grey(encoder, image, "JPEG")?;
     Ok(out)
 }
 

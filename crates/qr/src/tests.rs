@@ -2,7 +2,7 @@
 //! payloads in its `.hex` sidecar.
 //!
 //! Regenerate the corpus (deterministic) with
-//! `SONOTAP_QR_REGEN=1 cargo test --lib qr::tests::regenerate_corpus`;
+//! `SONOTAP_QR_REGEN=1 cargo test -p sonotap-qr --lib tests::regenerate_corpus`;
 //! `SONOTAP_QR_SEED` and `SONOTAP_QR_DIR` write a fresh set with another
 //! seed elsewhere (a check against tuning to the corpus: docs/qr.md).
 

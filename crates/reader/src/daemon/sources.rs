@@ -24,8 +24,8 @@ use crate::backoff::Backoff;
 use sonotap_audio::capture::{Capture, CaptureEvent};
 use sonotap_audio::wav::{CHUNK_FRAMES, WavChunks};
 use sonotap_modem::decoder::{DEDUP_SECONDS, Decoder, Reception};
-use sonotap_qr::pipeline::{DecodeOptions, Decoder as QrDecoder};
 use sonotap_qr::source::{FrameSource, PixelFormat, RawStreamSource, load_image};
+use sonotap_qr::{DecodeOptions, Decoder as QrDecoder};
 
 /// A capture device that delivers nothing for this long is restarted.
 const SILENT_DEVICE: Duration = Duration::from_secs(5);

@@ -1,0 +1,77 @@
+//! The per-frame budget: whether another attempt may start.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// The per-frame budget: an attempt starts only if the time spent plus the
+/// longest step so far (a step is what ran between two checks) still fits,
+/// so a frame ends near its budget instead of one attempt past it.
+pub(super) struct Clock {
+    start: Instant,
+    budget: Duration,
+    last: Cell<Instant>,
+    longest: Cell<Duration>,
+    started: Cell<u32>,
+}
+
+impl Clock {
+    pub(super) fn new(budget: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            start: now,
+            budget,
+            last: Cell::new(now),
+            longest: Cell::new(Duration::ZERO),
+            started: Cell::new(0),
+        }
+    }
+
+    /// Whether another attempt may start (and the step since the last
+    /// check is recorded). The first attempt always may: a frame that
+    /// never reaches rqrr (a loaded machine, a slow locator) is wasted.
+    pub(super) fn may_start(&self) -> bool {
+        let now = Instant::now();
+        let step = now.saturating_duration_since(self.last.get());
+        self.last.set(now);
+        if step > self.longest.get() {
+            self.longest.set(step);
+        }
+        let fits = now.saturating_duration_since(self.start) + self.longest.get() <= self.budget;
+        let first = self.started.get() == 0;
+        if fits || first {
+            self.started.set(self.started.get() + 1);
+        }
+        fits || first
+    }
+
+    /// Whether a step expected to take `step` still fits the budget (for a
+    /// step known to cost several of the steps measured so far; records
+    /// nothing).
+    pub(super) fn fits(&self, step: Duration) -> bool {
+        self.start.elapsed() + step <= self.budget
+    }
+
+    /// The longest step between two checks so far.
+    pub(super) fn longest(&self) -> Duration {
+        self.longest.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_lets_the_first_attempt_run_and_stops_when_the_next_cannot_fit() {
+        let none = Clock::new(Duration::ZERO);
+        assert!(none.may_start());
+        assert!(!none.may_start());
+        let roomy = Clock::new(Duration::from_secs(600));
+        assert!(roomy.may_start() && roomy.may_start());
+        let tight = Clock::new(Duration::from_millis(30));
+        assert!(tight.may_start());
+        std::thread::sleep(Duration::from_millis(20));
+        // 20 ms spent plus a 20 ms step would end past 30 ms.
+        assert!(!tight.may_start());
+    }
+}

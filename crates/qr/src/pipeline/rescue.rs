@@ -1,0 +1,27 @@
+//! Stage `rescue`: defocus and moiré can hide every finder from the plain
+//! search (their one-module rings blur shut or break into a checkerboard);
+//! a copy shrunk by at least 2 and unsharp-masked often shows them again.
+
+use super::located::{LOCATE_SIDE, Search, locate_codes, search_factor, similar};
+use super::sampled::{Sampling, sample_spots};
+use super::{Flow, Work};
+
+/// The rescue search's codes are sampled from the frame; then every
+/// located code not read yet is sampled from a masked crop (a code both
+/// searches found, once).
+pub(super) fn run(work: &mut Work<'_>) -> Flow {
+    work.progress.check()?;
+    let frame = work.frame;
+    let factor = search_factor(frame, LOCATE_SIDE).max(2);
+    let mut rescued = locate_codes(frame, factor, Search::Deblurred);
+    let progress = &mut work.progress;
+    sample_spots(frame, &mut rescued, Sampling::Frame, progress)?;
+    sample_spots(frame, &mut work.located, Sampling::MaskedCrop, progress)?;
+    rescued.retain(|s| {
+        !work
+            .located
+            .iter()
+            .any(|l| l.inverted == s.inverted && similar(&l.rect, &s.rect))
+    });
+    sample_spots(frame, &mut rescued, Sampling::MaskedCrop, progress)
+}
