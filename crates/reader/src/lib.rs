@@ -14,5 +14,6 @@ pub mod actuator;
 pub mod daemon;
 pub mod reader;
 pub mod status;
+pub mod status_file;
 pub mod store;
 pub mod sync;

@@ -24,7 +24,6 @@ pub mod metrics;
 pub mod notify;
 pub mod owed;
 pub mod sources;
-pub mod status_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,10 +42,10 @@ use self::config::{Config, ConfigError};
 use self::core::{DRAIN_GRACE, DeviceHealth};
 use self::metrics::Metrics;
 use self::notify::Notifier;
-use self::status_file::{DaemonStatus, DeviceStatus, SyncStatus};
 use crate::actuator::profile::{self, Device, Profile};
 use crate::actuator::{Gate, Vending};
 use crate::reader::Reader;
+use crate::status_file::{self, DaemonStatus, DeviceStatus, SyncStatus};
 use crate::sync::client::{HubClient, SyncOptions};
 
 /// The status file is rewritten at least this often.
