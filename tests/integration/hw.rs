@@ -10,11 +10,12 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sonotap_protocol::record::RecordKind;
-use sonotap_reader::actuator::driver::ReaderCharger;
+use sonotap_reader::actuator::ActuationOutcome;
 use sonotap_reader::actuator::gate::{Delivery, Passage, Release};
 use sonotap_reader::actuator::{Gate, Profile, VendOutcome, Vending};
 use sonotap_reader::reader::Reader;
-use sonotap_reader::store::{ActuationOutcome, ReaderDb};
+use sonotap_reader::store::ReaderDb;
+use sonotap_reader::vend::ReaderCharger;
 
 use crate::util::{PtyDevice, Scratch, sonotap};
 

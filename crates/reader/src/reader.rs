@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::actuator::ActuationOutcome;
 use crate::store::{
-    ActuationOutcome, Committed, DeclineEntry, ReaderDb, RecordSigner, StoreError, VoidError,
-    Voided,
+    Committed, DeclineEntry, ReaderDb, RecordSigner, StoreError, VoidError, Voided,
 };
 use sonotap_disk::fsutil;
 use sonotap_disk::keys::{KeyFileError, PublicKey, Role, SecretKey};

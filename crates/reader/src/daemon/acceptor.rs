@@ -17,9 +17,10 @@ use super::core::{Admit, Feedback, Lifecycle, Tap, vend_decline_reason};
 use super::owed::{OwedBook, Settlement};
 use crate::actuator::mdb::VendOutcome;
 use crate::actuator::profile::DisplayConfig;
-use crate::actuator::{Gate, ReaderCharger, Vending, void_vend};
+use crate::actuator::{Gate, Vending};
 use crate::reader::Reader;
 use crate::store::VoidError;
+use crate::vend::{ReaderCharger, void_vend};
 use sonotap_disk::sqlite::BUSY_TIMEOUT;
 
 /// What the acceptor is sent.

@@ -19,6 +19,7 @@ use rusqlite_migration::M;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::actuator::ActuationOutcome;
 use sonotap_protocol::policy::{
     self, Authentic, Decline, ReaderPolicy, TrustedKeys, WalletHistory,
 };
@@ -199,52 +200,6 @@ pub enum VoidError {
         /// The earlier void.
         void_seq: u64,
     },
-}
-
-/// What a device did about a committed record (not part of the signed chain).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActuationOutcome {
-    /// The command reached the device (and it acknowledged, if it does).
-    Delivered,
-    /// The command could not be delivered: the record is flagged for the operator.
-    Undeliverable,
-    /// The gate reported a passage.
-    Passage,
-    /// The gate reported that nobody passed (or no report came in time).
-    NoPassage,
-    /// The vending machine reported a successful dispense.
-    VendSuccess,
-    /// The vend failed or timed out (the charge is voided).
-    VendFailed,
-}
-
-impl ActuationOutcome {
-    /// The name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActuationOutcome::Delivered => "delivered",
-            ActuationOutcome::Undeliverable => "undeliverable",
-            ActuationOutcome::Passage => "passage",
-            ActuationOutcome::NoPassage => "no_passage",
-            ActuationOutcome::VendSuccess => "vend_success",
-            ActuationOutcome::VendFailed => "vend_failed",
-        }
-    }
-
-    /// Reads the stored name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [
-            ActuationOutcome::Delivered,
-            ActuationOutcome::Undeliverable,
-            ActuationOutcome::Passage,
-            ActuationOutcome::NoPassage,
-            ActuationOutcome::VendSuccess,
-            ActuationOutcome::VendFailed,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == name)
-    }
 }
 
 /// One stored actuation row.
