@@ -565,15 +565,15 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
             let reader = Reader::open(&data)?;
             let mut out = io::stdout().lock();
             if json {
-                reader.db().for_each_record(unsynced, |record| {
+                reader.for_each_record(unsynced, |record| {
                     writeln!(out, "{}", output::record_json(&record)).map_err(anyhow::Error::from)
                 })?;
             } else {
                 output::queue_header(&mut out)?;
-                reader.db().for_each_record(unsynced, |record| {
+                reader.for_each_record(unsynced, |record| {
                     output::queue_row(&mut out, &record).map_err(anyhow::Error::from)
                 })?;
-                let summary = reader.db().summary()?;
+                let summary = reader.summary()?;
                 output::queue_summary(&mut out, &summary, reader.config().currency)?;
             }
         }
@@ -582,7 +582,7 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
             let key = reader.public_key();
             let mut verifier = ChainVerifier::new(&reader.config().id, key.verifying_key(), None);
             let (mut count, mut first) = (0u64, None);
-            let walked = reader.db().for_each_record(false, |record| {
+            let walked = reader.for_each_record(false, |record| {
                 first.get_or_insert(record.seq);
                 count += 1;
                 verifier.push(&record).map_err(anyhow::Error::from)
@@ -619,12 +619,12 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
             reason,
         } => {
             let reader = Reader::open(&data)?;
-            reader.db().deny(wallet, &reason, clock(None)?)?;
+            reader.deny_wallet(wallet, &reason, clock(None)?)?;
             println!("wallet {wallet} denied at reader {}", reader.config().id);
         }
         ReaderCommand::Allow { data, wallet } => {
             let reader = Reader::open(&data)?;
-            match reader.db().allow(wallet)? {
+            match reader.allow_wallet(wallet)? {
                 true => println!("wallet {wallet} allowed again"),
                 false => println!("wallet {wallet} was not denied"),
             }

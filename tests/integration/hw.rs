@@ -520,7 +520,7 @@ fn turnstile_controller_acknowledges_and_its_passage_is_stored_with_the_record()
             .record_actuation(1, unix_now(), &device, what, &detail)
             .expect("stored");
     }
-    let rows = reader.db().actuations(1).expect("rows");
+    let rows = reader.actuations(1).expect("rows");
     let kinds: Vec<_> = rows.iter().map(|r| r.outcome).collect();
     assert_eq!(
         kinds,

@@ -97,7 +97,6 @@ fn reader_row<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Va
 fn unsynced(s: &Scratch, reader: &str) -> u64 {
     Reader::open(&s.path(reader))
         .expect("reader")
-        .db()
         .summary()
         .expect("summary")
         .unsynced
@@ -634,7 +633,6 @@ fn background_loop_syncs_each_new_tap_and_keeps_everything_while_the_hub_is_down
     assert_eq!(unsynced(&s, "ra"), 3);
     let state = Reader::open(&s.path("ra"))
         .expect("reader")
-        .db()
         .sync_state()
         .expect("state");
     assert!(state.last_error.is_some());
@@ -645,7 +643,6 @@ fn background_loop_syncs_each_new_tap_and_keeps_everything_while_the_hub_is_down
     assert_eq!(unsynced(&s, "ra"), 0);
     let state = Reader::open(&s.path("ra"))
         .expect("reader")
-        .db()
         .sync_state()
         .expect("state");
     assert_eq!(state.last_error, None);

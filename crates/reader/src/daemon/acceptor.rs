@@ -186,7 +186,7 @@ impl Acceptor {
     /// or the daemon stopped during it) is voided; a void that cannot be
     /// written now is owed and retried.
     fn settle_pending_vends(&mut self) {
-        let pending = match self.reader.db().pending_vends() {
+        let pending = match self.reader.pending_vends() {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("reading the vend charges pending delivery: {e}");
@@ -304,7 +304,7 @@ impl Acceptor {
 
     fn note_queue_depth(&mut self) {
         self.counted = Instant::now();
-        match self.reader.db().summary() {
+        match self.reader.summary() {
             Ok(s) => self.shared.metrics.set_queue_depth(s.unsynced),
             Err(e) => tracing::error!("queue depth: {e}"),
         }
