@@ -18,7 +18,7 @@ use sonotap_protocol::wire::{
 use sonotap_reader::reader::Reader;
 use sonotap_wallet::Wallet;
 
-use crate::sync::queue;
+use crate::sync::{queue, sync, unsynced};
 use crate::util::{HubProcess, Scratch, read_http_message, with_connection_close};
 
 const NOW: u64 = 1_790_000_000;
@@ -32,31 +32,8 @@ fn site() -> Scratch {
     s
 }
 
-fn sync(s: &Scratch, reader: &str, url: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "reader",
-        "sync",
-        "--data",
-        reader,
-        "--hub",
-        url,
-        "--timeout",
-        "5s",
-    ];
-    args.extend_from_slice(extra);
-    s.run(&args)
-}
-
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn unsynced(s: &Scratch, reader: &str) -> u64 {
-    Reader::open(&s.path(reader))
-        .expect("reader")
-        .summary()
-        .expect("summary")
-        .unsynced
 }
 
 /// Sends `body` to `url` (POST when given) and returns the status and JSON answer.

@@ -68,7 +68,8 @@ fn tap(s: &Scratch, w: &mut Wallet, reader: &str, amount: u32, at: u64) -> Optio
     outcome.decision.err().map(|d| d.reason.as_str().to_owned())
 }
 
-fn sync(s: &Scratch, reader: &str, url: &str, extra: &[&str]) -> std::process::Output {
+/// `reader sync --data READER --hub URL --timeout 5s EXTRA...`.
+pub(crate) fn sync(s: &Scratch, reader: &str, url: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "reader",
         "sync",
@@ -94,7 +95,8 @@ fn reader_row<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Va
         .expect("reader row")
 }
 
-fn unsynced(s: &Scratch, reader: &str) -> u64 {
+/// Records reader `reader` holds that the hub has not acknowledged.
+pub(crate) fn unsynced(s: &Scratch, reader: &str) -> u64 {
     Reader::open(&s.path(reader))
         .expect("reader")
         .summary()
