@@ -692,18 +692,13 @@ impl Reader {
 
     /// Vend charges whose delivery was never confirmed and that are not
     /// voided yet, oldest first (see [`ReaderDb::pending_vends`]).
-    pub fn pending_vends(&self) -> Result<Vec<PendingVend>, StoreError> {
+    pub(crate) fn pending_vends(&self) -> Result<Vec<PendingVend>, StoreError> {
         self.db.pending_vends()
     }
 
     /// The actuations stored for record `seq`, oldest first.
     pub fn actuations(&self, seq: u64) -> Result<Vec<Actuation>, StoreError> {
         self.db.actuations(seq)
-    }
-
-    /// The `n` most recent declines, newest first.
-    pub fn recent_declines(&self, n: usize) -> Result<Vec<DeclineEntry>, StoreError> {
-        self.db.recent_declines(n)
     }
 }
 

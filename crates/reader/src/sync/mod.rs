@@ -1,6 +1,6 @@
 //! Store-and-forward: the reader's side of talking to the hub.
 //!
-//! [`wire`] holds the signed formats both sides share; [`plan`] is the pure
+//! [`sonotap_protocol::wire`] holds the signed formats both sides share; [`plan`] is the pure
 //! state machine that decides what the uplink does next (upload, back off,
 //! fetch the deny list), and [`client`] is the thin loop that carries its
 //! decisions out over HTTP and SQLite.
