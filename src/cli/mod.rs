@@ -6,12 +6,12 @@
 
 mod analyze;
 mod demo;
+mod hub;
 mod hw;
-mod modem;
 mod output;
 mod qr;
+mod sound;
 mod status;
-mod sync;
 
 use std::io::{self, Read, Write};
 use std::num::NonZeroU32;
@@ -23,7 +23,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 
 use sonotap_disk::keys::{PublicKey, Role};
-use sonotap_hub as hub;
 use sonotap_hub::{Hub, IssueRequest};
 use sonotap_protocol::api::check_reader_id;
 use sonotap_protocol::currency;
@@ -64,7 +63,7 @@ enum Command {
     Token(TokenCommand),
     /// Acoustic modem: encode, decode, listen, record, simulate
     #[command(subcommand)]
-    Modem(modem::ModemCommand),
+    Modem(sound::ModemCommand),
     /// QR codes: decode from camera frames and images, render tokens
     #[command(subcommand)]
     Qr(qr::QrCommand),
@@ -107,14 +106,14 @@ enum HubCommand {
     /// Issue an offline credential to a wallet
     Issue(IssueArgs),
     /// Serve the hub's HTTP API: batch upload, deny list, key set, time
-    Serve(sync::ServeArgs),
+    Serve(hub::ServeArgs),
     /// Register readers
     #[command(subcommand)]
-    Reader(sync::HubReaderCommand),
+    Reader(hub::HubReaderCommand),
     /// Deny a wallet at every reader (after each reader's next sync)
-    Deny(sync::DenyArgs),
+    Deny(hub::DenyArgs),
     /// Lift a wallet's denial
-    Allow(sync::DenyArgs),
+    Allow(hub::DenyArgs),
     /// Per-reader totals, flagged wallets, gaps and incidents
     Report {
         /// Hub data directory
@@ -209,7 +208,7 @@ enum WalletCommand {
         #[arg(long, value_name = "FILE.wav")]
         wav: Option<PathBuf>,
         /// Modem profile for --wav: fast or robust
-        #[arg(long, default_value = "fast", value_parser = modem::parse_profile)]
+        #[arg(long, default_value = "fast", value_parser = sound::parse_profile)]
         profile: sonotap_modem::Profile,
         /// Also render the token as a QR code, as the phone would show it
         #[arg(long, value_name = "FILE.png")]
@@ -254,7 +253,7 @@ enum ReaderCommand {
         fare: Option<u32>,
     },
     /// Upload queued records to the hub, fetch its deny list and keys (one round)
-    Sync(sync::SyncArgs),
+    Sync(hub::SyncArgs),
     /// Write every unsynced record to a signed batch file, for `hub import`
     Export {
         /// Reader data directory
@@ -356,7 +355,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Hub(command) => run_hub(command),
         Command::Wallet(command) => run_wallet(command),
         Command::Reader(command) => run_reader(command),
-        Command::Modem(command) => modem::run(command),
+        Command::Modem(command) => sound::run(command),
         Command::Qr(command) => qr::run(command),
         Command::Hw(command) => hw::run(command),
         Command::Analyze(args) => analyze::run(args),
@@ -378,27 +377,23 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
     match command {
         HubCommand::Init { data, key_id } => {
             Hub::init(&data, key_id, clock(None)?)?;
-            let public = data.join(hub::ISSUER_PUB_FILE);
+            let public = data.join(sonotap_hub::ISSUER_PUB_FILE);
             println!(
                 "hub initialised: issuer key id {key_id}, public key {}",
                 public.display()
             );
             Ok(ExitCode::SUCCESS)
         }
-        HubCommand::Serve(args) => sync::serve(args),
-        HubCommand::Reader(command) => sync::reader_add(command),
-        HubCommand::Deny(args) => sync::deny(args, sonotap_protocol::wire::DenyAction::Deny),
-        HubCommand::Allow(args) => sync::deny(args, sonotap_protocol::wire::DenyAction::Allow),
-        HubCommand::Report { data, json } => sync::report(&data, json),
+        HubCommand::Serve(args) => hub::serve(args),
+        HubCommand::Reader(command) => hub::reader_add(command),
+        HubCommand::Deny(args) => hub::deny(args, sonotap_protocol::wire::DenyAction::Deny),
+        HubCommand::Allow(args) => hub::deny(args, sonotap_protocol::wire::DenyAction::Allow),
+        HubCommand::Report { data, json } => hub::report(&data, json),
         HubCommand::Import {
             data,
             file,
             every_record_signature,
-        } => sync::import(
-            &data,
-            &file,
-            sync::record_signatures(every_record_signature),
-        ),
+        } => hub::import(&data, &file, hub::record_signatures(every_record_signature)),
         HubCommand::Issue(args) => {
             let mut hub = Hub::open(&args.data)?;
             let wallet = PublicKey::read(&args.wallet_key, Role::Wallet)?;
@@ -487,7 +482,7 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             if let Some(wav) = wav {
                 sonotap_disk::fsutil::replace_atomic(&wav, b"", 0o600)
                     .with_context(|| format!("cannot write {}", wav.display()))?;
-                modem::write_wav(&bytes, profile, sonotap_modem::INTERNAL_RATE, &wav)?;
+                sound::write_wav(&bytes, profile, sonotap_modem::INTERNAL_RATE, &wav)?;
             }
             if let Some(png) = qr {
                 sonotap_disk::fsutil::replace_atomic(&png, b"", 0o600)
@@ -506,8 +501,8 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
 
 fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
     match command {
-        ReaderCommand::Sync(args) => return sync::sync(args),
-        ReaderCommand::Export { data, out } => return sync::export(&data, &out),
+        ReaderCommand::Sync(args) => return hub::sync(args),
+        ReaderCommand::Export { data, out } => return hub::export(&data, &out),
         ReaderCommand::Init {
             data,
             id,
@@ -565,15 +560,15 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
             let reader = Reader::open(&data)?;
             let mut out = io::stdout().lock();
             if json {
-                reader.db().for_each_record(unsynced, |record| {
+                reader.for_each_record(unsynced, |record| {
                     writeln!(out, "{}", output::record_json(&record)).map_err(anyhow::Error::from)
                 })?;
             } else {
                 output::queue_header(&mut out)?;
-                reader.db().for_each_record(unsynced, |record| {
+                reader.for_each_record(unsynced, |record| {
                     output::queue_row(&mut out, &record).map_err(anyhow::Error::from)
                 })?;
-                let summary = reader.db().summary()?;
+                let summary = reader.summary()?;
                 output::queue_summary(&mut out, &summary, reader.config().currency)?;
             }
         }
@@ -582,7 +577,7 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
             let key = reader.public_key();
             let mut verifier = ChainVerifier::new(&reader.config().id, key.verifying_key(), None);
             let (mut count, mut first) = (0u64, None);
-            let walked = reader.db().for_each_record(false, |record| {
+            let walked = reader.for_each_record(false, |record| {
                 first.get_or_insert(record.seq);
                 count += 1;
                 verifier.push(&record).map_err(anyhow::Error::from)
@@ -619,12 +614,12 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
             reason,
         } => {
             let reader = Reader::open(&data)?;
-            reader.db().deny(wallet, &reason, clock(None)?)?;
+            reader.deny_wallet(wallet, &reason, clock(None)?)?;
             println!("wallet {wallet} denied at reader {}", reader.config().id);
         }
         ReaderCommand::Allow { data, wallet } => {
             let reader = Reader::open(&data)?;
-            match reader.db().allow(wallet)? {
+            match reader.allow_wallet(wallet)? {
                 true => println!("wallet {wallet} allowed again"),
                 false => println!("wallet {wallet} was not denied"),
             }

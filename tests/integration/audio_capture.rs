@@ -1,6 +1,6 @@
 //! Live capture through cpal and a real ALSA device: the `file` plugin feeds
-//! a raw PCM file (S16_LE mono at the rate asked) as if it were a microphone
-//! (BRIEF §7). No sound card, no mock.
+//! a raw PCM file (S16_LE mono at the rate asked) as if it were a microphone.
+//! No sound card, no mock.
 
 use std::path::Path;
 

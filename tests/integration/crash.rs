@@ -96,7 +96,7 @@ fn sigkill_during_accepts_loses_no_acknowledged_record() {
     );
 
     let reader = Reader::open(&reader_dir).expect("the database reopens after the kills");
-    let records = reader.db().records(false).expect("records");
+    let records = reader.records(false).expect("records");
     for (counter, seq) in &acknowledged {
         let record = records
             .iter()

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use sonotap_hub::{Hub, IssueRequest};
 use sonotap_protocol::token::Scope;
+use sonotap_reader::actuator::ActuationOutcome;
 use sonotap_reader::daemon::metrics::parse_exposition;
-use sonotap_reader::store::{ActuationOutcome, ReaderDb};
+use sonotap_reader::store::ReaderDb;
 use sonotap_wallet::{PayRequest, Wallet};
 
 use crate::audio_capture::{alsa_test_device, write_raw};

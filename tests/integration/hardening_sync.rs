@@ -231,7 +231,6 @@ fn now_ms() -> u64 {
 fn stored_offset(s: &Scratch, reader: &str) -> i64 {
     Reader::open(&s.path(reader))
         .expect("reader")
-        .db()
         .sync_state()
         .expect("state")
         .clock_offset_ms
@@ -393,12 +392,9 @@ fn issue13_05_an_old_key_set_announced_as_a_new_version_is_refused() {
     {
         let mut reader = Reader::open(&s.path("ra")).expect("reader");
         let keys = v2
-            .verify(&reader.db().trusted_keys().expect("keys"))
+            .verify(&reader.trusted_keys().expect("keys"))
             .expect("v2");
-        reader
-            .db_mut()
-            .replace_trusted_keys(&keys, 2, NOW)
-            .expect("adopt v2");
+        reader.adopt_keys(&keys, 2, NOW).expect("adopt v2");
     }
     // The hub's genuine version-1 set {1}, announced as version 99.
     let proxy = rewriting_proxy(
@@ -420,9 +416,9 @@ fn issue13_05_an_old_key_set_announced_as_a_new_version_is_refused() {
         stderr(&out)
     );
     let reader = Reader::open(&s.path("ra")).expect("reader");
-    let state = reader.db().sync_state().expect("state");
+    let state = reader.sync_state().expect("state");
     assert_eq!(state.keyset_version, 2);
-    let keys = reader.db().trusted_keys().expect("keys");
+    let keys = reader.trusted_keys().expect("keys");
     assert!(keys.get(1).is_some() && keys.get(2).is_some(), "{keys:?}");
 }
 

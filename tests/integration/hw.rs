@@ -10,11 +10,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sonotap_protocol::record::RecordKind;
-use sonotap_reader::actuator::driver::ReaderCharger;
+use sonotap_reader::actuator::ActuationOutcome;
 use sonotap_reader::actuator::gate::{Delivery, Passage, Release};
 use sonotap_reader::actuator::{Gate, Profile, VendOutcome, Vending};
 use sonotap_reader::reader::Reader;
-use sonotap_reader::store::{ActuationOutcome, ReaderDb};
+use sonotap_reader::store::ReaderDb;
+use sonotap_reader::vend::ReaderCharger;
 
 use crate::util::{PtyDevice, Scratch, records, sonotap, unix_now};
 
@@ -498,7 +499,7 @@ fn turnstile_controller_acknowledges_and_its_passage_is_stored_with_the_record()
             .record_actuation(1, unix_now(), &device, what, &detail)
             .expect("stored");
     }
-    let rows = reader.db().actuations(1).expect("rows");
+    let rows = reader.actuations(1).expect("rows");
     let kinds: Vec<_> = rows.iter().map(|r| r.outcome).collect();
     assert_eq!(
         kinds,

@@ -610,7 +610,6 @@ fn background_loop_syncs_each_new_tap_and_keeps_everything_while_the_hub_is_down
     assert_eq!(unsynced(&s, "ra"), 3);
     let state = Reader::open(&s.path("ra"))
         .expect("reader")
-        .db()
         .sync_state()
         .expect("state");
     assert!(state.last_error.is_some());
@@ -621,7 +620,6 @@ fn background_loop_syncs_each_new_tap_and_keeps_everything_while_the_hub_is_down
     assert_eq!(unsynced(&s, "ra"), 0);
     let state = Reader::open(&s.path("ra"))
         .expect("reader")
-        .db()
         .sync_state()
         .expect("state");
     assert_eq!(state.last_error, None);

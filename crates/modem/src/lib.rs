@@ -1,4 +1,4 @@
-//! Acoustic modem: payment tokens as short bursts of sound (BRIEF §3).
+//! Acoustic modem: payment tokens as short bursts of sound (docs/modem.md).
 //!
 //! [`encode`] renders up to 256 payload bytes as PCM in one of two
 //! [`Profile`]s; a [`Decoder`] takes PCM chunks of any size at any rate,

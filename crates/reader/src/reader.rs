@@ -23,16 +23,20 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::actuator::ActuationOutcome;
 use crate::store::{
-    ActuationOutcome, Committed, DeclineEntry, ReaderDb, RecordSigner, StoreError, VoidError,
-    Voided,
+    Actuation, Committed, DeclineEntry, PendingVend, Pruned, QueueSummary, ReaderDb, RecordSigner,
+    StoreError, SyncState, VoidError, Voided,
 };
 use sonotap_disk::fsutil;
 use sonotap_disk::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use sonotap_protocol::api::check_reader_id;
 use sonotap_protocol::policy::{self, Decline, ReaderPolicy, TrustedKeys};
+use sonotap_protocol::record::Record;
 use sonotap_protocol::token::{self, Scope, WalletId};
-use sonotap_protocol::wire::{Batch, BatchRecord, MAX_BATCH_RECORDS, SignedRequest, WireError};
+use sonotap_protocol::wire::{
+    Batch, BatchRecord, DenyEntry, MAX_BATCH_RECORDS, SignedRequest, WireError,
+};
 
 /// The largest clock correction taken from the hub, seconds.
 pub const MAX_CLOCK_CORRECTION_SECS: u64 = 3600;
@@ -384,11 +388,6 @@ impl Reader {
         self.key.public()
     }
 
-    /// The database.
-    pub fn db(&self) -> &ReaderDb {
-        &self.db
-    }
-
     /// Trusts another issuer key (key rotation).
     pub fn trust(&mut self, issuer: &PublicKey, now: u64) -> Result<(), ReaderError> {
         trust_issuer(&self.db, issuer, now)?;
@@ -401,12 +400,8 @@ impl Reader {
         &self.config.id
     }
 
-    /// The database, for the uplink's writes (marking synced, pruning, deny list).
-    pub fn db_mut(&mut self) -> &mut ReaderDb {
-        &mut self.db
-    }
-
-    /// Re-reads the trusted issuer keys after the uplink replaced them.
+    /// Re-reads the trusted issuer keys, which another connection (the
+    /// daemon's uplink) may have replaced.
     pub fn reload_keys(&mut self) -> Result<(), ReaderError> {
         self.keys = self.db.trusted_keys()?;
         Ok(())
@@ -657,6 +652,110 @@ impl Reader {
     pub fn set_clock_skew(&mut self, skew: ClockSkew) {
         self.config.clock_skew_secs = skew.secs();
         self.policy.clock_skew_secs = skew.secs();
+    }
+}
+
+/// What the reader holds, read from its store: for the operator's commands,
+/// the daemon's status and the uplink.
+impl Reader {
+    /// Queue depth and totals.
+    pub fn summary(&self) -> Result<QueueSummary, StoreError> {
+        self.db.summary()
+    }
+
+    /// What the reader knows of its link to the hub.
+    pub fn sync_state(&self) -> Result<SyncState, StoreError> {
+        self.db.sync_state()
+    }
+
+    /// The issuer keys trusted as the store holds them now (the uplink may
+    /// have replaced them through another connection since this one opened).
+    pub fn trusted_keys(&self) -> Result<TrustedKeys, StoreError> {
+        self.db.trusted_keys()
+    }
+
+    /// Records in sequence order; `unsynced_only` keeps those the hub has
+    /// not acknowledged.
+    pub fn records(&self, unsynced_only: bool) -> Result<Vec<Record>, StoreError> {
+        self.db.records(unsynced_only)
+    }
+
+    /// Streams records in sequence order to `visit`, in constant memory
+    /// however long the queue is.
+    pub fn for_each_record<E: From<StoreError>>(
+        &self,
+        unsynced_only: bool,
+        visit: impl FnMut(Record) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.db.for_each_record(unsynced_only, visit)
+    }
+
+    /// Vend charges whose delivery was never confirmed and that are not
+    /// voided yet, oldest first (see [`ReaderDb::pending_vends`]).
+    pub(crate) fn pending_vends(&self) -> Result<Vec<PendingVend>, StoreError> {
+        self.db.pending_vends()
+    }
+
+    /// The actuations stored for record `seq`, oldest first.
+    pub fn actuations(&self, seq: u64) -> Result<Vec<Actuation>, StoreError> {
+        self.db.actuations(seq)
+    }
+}
+
+/// The operator's own deny list (`reader deny|allow`), beside the hub's.
+impl Reader {
+    /// Declines `wallet` at this reader from now on, for `reason`.
+    pub fn deny_wallet(&self, wallet: WalletId, reason: &str, now: u64) -> Result<(), StoreError> {
+        self.db.deny(wallet, reason, now)
+    }
+
+    /// Takes `wallet` off the deny list; returns whether it was on it.
+    pub fn allow_wallet(&self, wallet: WalletId) -> Result<bool, StoreError> {
+        self.db.allow(wallet)
+    }
+}
+
+/// The uplink's bookkeeping (`sync::client`): what the hub acknowledged,
+/// sent and measured, written only after it was verified.
+impl Reader {
+    /// Records `first..=last` were acknowledged by the hub at `at`.
+    pub(crate) fn mark_synced(&mut self, first: u64, last: u64, at: u64) -> Result<(), StoreError> {
+        self.db.mark_synced(first, last, at)
+    }
+
+    /// Trusts exactly `keys` from now on, as key-set `version` (which must be
+    /// above the one in use), and decides with them at once.
+    pub fn adopt_keys(
+        &mut self,
+        keys: &TrustedKeys,
+        version: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.db.replace_trusted_keys(keys, version, now)?;
+        self.keys = self.db.trusted_keys()?;
+        Ok(())
+    }
+
+    /// Applies verified deny-list entries continuing the stored version;
+    /// returns the version reached.
+    pub(crate) fn apply_deny_entries(&mut self, entries: &[DenyEntry]) -> Result<u64, StoreError> {
+        self.db.apply_deny_entries(entries)
+    }
+
+    /// Forgets records the hub acknowledged before `cutoff` (Unix seconds)
+    /// and the totals of credentials that expired before it.
+    pub(crate) fn prune(&mut self, cutoff: u64) -> Result<Pruned, StoreError> {
+        self.db.prune(cutoff, cutoff)
+    }
+
+    /// Stores the hub's clock minus this reader's (see [`Reader::adjusted_now`]).
+    pub(crate) fn note_clock_offset(&self, offset_ms: i64) -> Result<(), StoreError> {
+        self.db.note_clock_offset(offset_ms)
+    }
+
+    /// Records how a sync round ended at `at`: `None` for success, or why it failed.
+    pub(crate) fn note_sync(&self, at: u64, error: Option<&str>) -> Result<(), StoreError> {
+        self.db.note_sync(at, error)
     }
 }
 

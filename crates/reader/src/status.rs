@@ -17,7 +17,7 @@ use crate::reader::DB_FILE;
 use crate::store::{DeclineEntry, PendingVend, QueueSummary, ReaderDb, StoreError, SyncState};
 
 /// The daemon's status file inside the data directory.
-pub const DAEMON_STATUS_FILE: &str = crate::daemon::status_file::FILE_NAME;
+pub const DAEMON_STATUS_FILE: &str = crate::status_file::FILE_NAME;
 /// How often the daemon promises to rewrite its status file.
 pub const DAEMON_STATUS_INTERVAL_SECS: u64 = 5;
 /// A status file older than this means the daemon is not running (six
@@ -32,7 +32,7 @@ pub const RECENT_DECLINES: usize = 10;
 /// The largest status file read (the daemon's is well under 4 KiB).
 const MAX_STATUS_BYTES: u64 = 64 * 1024;
 
-pub use crate::daemon::status_file::{DaemonStatus, DeviceStatus, SyncStatus as LinkStatus};
+pub use crate::status_file::{DaemonStatus, DeviceStatus, SyncStatus as LinkStatus};
 
 /// What the status file says about the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

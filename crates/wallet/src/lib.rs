@@ -551,6 +551,16 @@ mod tests {
         (tmp, dir, wallet)
     }
 
+    /// A new wallet holding one credential from [`credential_for`].
+    fn wallet_with_credential() -> (tempfile::TempDir, PathBuf, Wallet, Credential) {
+        let (tmp, dir, mut wallet) = new_wallet();
+        let cred = credential_for(&wallet, 0);
+        wallet
+            .add_credential(&write_credential(&dir, "c", &cred))
+            .expect("add");
+        (tmp, dir, wallet, cred)
+    }
+
     /// A credential for `wallet` (limit 1000, cap 400, valid a day from an
     /// hour before NOW), `tag` varying the validity so that two differ.
     fn credential_for(wallet: &Wallet, tag: u16) -> Credential {
@@ -587,11 +597,7 @@ mod tests {
 
     #[test]
     fn issue13_14_payment_over_the_cap_is_refused_uncounted_and_the_next_one_chains() {
-        let (_tmp, dir, mut wallet) = new_wallet();
-        let cred = credential_for(&wallet, 0);
-        wallet
-            .add_credential(&write_credential(&dir, "c", &cred))
-            .expect("add");
+        let (_tmp, dir, mut wallet, _) = wallet_with_credential();
         wallet.pay(request(300, NOW)).expect("300");
         let before = fs::read(dir.join(STATE_FILE)).expect("state");
         assert_eq!(
@@ -615,11 +621,7 @@ mod tests {
 
     #[test]
     fn issue13_14_payment_over_the_remaining_allowance_or_outside_validity_is_refused() {
-        let (_tmp, dir, mut wallet) = new_wallet();
-        let cred = credential_for(&wallet, 0);
-        wallet
-            .add_credential(&write_credential(&dir, "c", &cred))
-            .expect("add");
+        let (_tmp, _, mut wallet, cred) = wallet_with_credential();
         for _ in 0..2 {
             wallet.pay(request(400, NOW)).expect("400");
         }
@@ -650,11 +652,7 @@ mod tests {
 
     #[test]
     fn issue13_14_a_forced_payment_is_signed_with_warnings_and_counted() {
-        let (_tmp, dir, mut wallet) = new_wallet();
-        let cred = credential_for(&wallet, 0);
-        wallet
-            .add_credential(&write_credential(&dir, "c", &cred))
-            .expect("add");
+        let (_tmp, _, mut wallet, _) = wallet_with_credential();
         let forced = wallet.pay_forced(request(500, NOW)).expect("forced");
         assert_eq!(forced.warnings.len(), 1, "{:?}", forced.warnings);
         assert!(forced.warnings[0].contains("over_payment_cap"));
@@ -838,11 +836,7 @@ mod tests {
 
     #[test]
     fn issue13_15_a_state_whose_credential_does_not_match_its_digest_is_damaged() {
-        let (_tmp, dir, mut wallet) = new_wallet();
-        let cred = credential_for(&wallet, 0);
-        wallet
-            .add_credential(&write_credential(&dir, "c", &cred))
-            .expect("add");
+        let (_tmp, dir, _wallet, cred) = wallet_with_credential();
         let text = fs::read_to_string(dir.join(STATE_FILE)).expect("state");
         let digest = hex::encode(cred.digest());
         fs::write(dir.join(STATE_FILE), text.replace(&digest, &"0".repeat(64))).expect("edit");

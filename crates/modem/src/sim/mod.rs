@@ -1,5 +1,5 @@
 //! A simulated acoustic channel, phone speaker to reader microphone, for the
-//! modem's tests and benchmarks (BRIEF §3): speaker band limits, room
+//! modem's tests and benchmarks (docs/modem.md §5): speaker band limits, room
 //! reverberation, clock offset, a 44.1 kHz receiver, unknown gain, a random
 //! start inside continuous noise, and white, pink, babble or station noise at
 //! a given signal-to-noise ratio over the whole band. Seeded, so every trial

@@ -1,5 +1,5 @@
 //! Synthetic noises of a station: white, pink, speech babble, and the
-//! station mix of pink, babble and drifting brake-squeal tones (BRIEF §3).
+//! station mix of pink, babble and drifting brake-squeal tones (docs/modem.md §5).
 
 use std::f64::consts::PI;
 

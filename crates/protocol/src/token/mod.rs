@@ -27,7 +27,7 @@ pub const CREDENTIAL_LEN: usize = 115;
 pub const PAYMENT_LEN: usize = 84;
 /// Encoded length of a whole token.
 pub const TOKEN_LEN: usize = CREDENTIAL_LEN + PAYMENT_LEN;
-// The budget every transport is designed around (BRIEF §2).
+// The budget every transport is designed around (docs/protocol.md §3).
 const _: () = assert!(TOKEN_LEN <= 200);
 
 /// Length of the credential's signed part (everything before its signature).

@@ -14,8 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Actuator, Line, LineBuffer, Output, Outputs, glob_match};
-use crate::store::ActuationOutcome;
+use super::{
+    ActuationOutcome, Actuator, Line, LineBuffer, Output, Outputs, format_hex, glob_match,
+};
 
 /// A gate's settings, checked (see `hw/profiles/generic.toml`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,8 +132,7 @@ impl GateOutcome {
         self.delivery == Delivery::Delivered
     }
 
-    /// The rows to store with the record
-    /// ([`crate::reader::Reader::record_actuation`]): delivered or
+    /// The rows to store with the record: delivered or
     /// undeliverable (the record is flagged), then the passage report if the
     /// gate gave one.
     pub fn actuations(&self) -> Vec<(ActuationOutcome, String)> {
@@ -457,7 +457,7 @@ impl GateMachine {
                 .map(|at| at + pat.len()),
             _ => None,
         };
-        let hex = super::profile::format_hex;
+        let hex = format_hex;
         loop {
             let mut consumed = None;
             if a.ack.pending().is_some() {

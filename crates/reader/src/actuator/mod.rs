@@ -10,11 +10,13 @@
 //! reopens the port by path with backoff when it vanishes and returns.
 //!
 //! The drivers the daemon uses: [`driver::Gate::open_for`] pulses the gate
-//! for a committed record and returns a [`gate::GateOutcome`] to store with
-//! [`crate::reader::Reader::record_actuation`]; [`driver::Vending::session`]
-//! runs one MDB cashless session, committing the charge (through a
-//! [`driver::Charger`]) before the vend is approved and voiding it when the
-//! vend fails, times out or cannot be delivered.
+//! for a committed record and returns a [`gate::GateOutcome`], whose
+//! [`ActuationOutcome`]s the caller stores beside the record;
+//! [`driver::Vending::session`] runs one MDB cashless session, committing the
+//! charge (through a [`driver::Charger`], which the caller implements over
+//! its store) before the vend is approved and voiding it when the vend fails,
+//! times out or cannot be delivered. This layer depends on neither the
+//! reader nor its store.
 //!
 //! Device settings live in profiles ([`profile`], `hw/profiles/*.toml`).
 
@@ -27,7 +29,9 @@ pub mod serial;
 use std::fmt;
 use std::time::Instant;
 
-pub use driver::{Charger, Gate, ReaderCharger, VendReport, Vending, void_vend};
+use serde::Serialize;
+
+pub use driver::{Charger, Gate, VendReport, Vending};
 pub use gate::{Delivery, GateOutcome, Passage};
 pub use mdb::{Denial, VendOutcome};
 pub use profile::{Device, Kind, Profile, ProfileError};
@@ -46,6 +50,53 @@ pub enum Output<C, E> {
     },
     /// Something for the caller: an outcome, a request, a note for the log.
     Event(E),
+}
+
+/// What a device did about a committed record: what the machines report
+/// and the store keeps beside the chain (not part of the signed chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActuationOutcome {
+    /// The command reached the device (and it acknowledged, if it does).
+    Delivered,
+    /// The command could not be delivered: the record is flagged for the operator.
+    Undeliverable,
+    /// The gate reported a passage.
+    Passage,
+    /// The gate reported that nobody passed (or no report came in time).
+    NoPassage,
+    /// The vending machine reported a successful dispense.
+    VendSuccess,
+    /// The vend failed or timed out (the charge is voided).
+    VendFailed,
+}
+
+impl ActuationOutcome {
+    /// The name stored with the record (and shown in JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActuationOutcome::Delivered => "delivered",
+            ActuationOutcome::Undeliverable => "undeliverable",
+            ActuationOutcome::Passage => "passage",
+            ActuationOutcome::NoPassage => "no_passage",
+            ActuationOutcome::VendSuccess => "vend_success",
+            ActuationOutcome::VendFailed => "vend_failed",
+        }
+    }
+
+    /// Reads the stored name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            ActuationOutcome::Delivered,
+            ActuationOutcome::Undeliverable,
+            ActuationOutcome::Passage,
+            ActuationOutcome::NoPassage,
+            ActuationOutcome::VendSuccess,
+            ActuationOutcome::VendFailed,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == name)
+    }
 }
 
 /// The outputs of one step of a machine.
@@ -145,9 +196,18 @@ fn classify(raw: &[u8]) -> Line {
         _ => Line::Garbage(format!(
             "{} bytes that are not a text line: {}",
             raw.len(),
-            profile::format_hex(&raw[..raw.len().min(16)])
+            format_hex(&raw[..raw.len().min(16)])
         )),
     }
+}
+
+/// Bytes as spaced upper-case hex, as profiles write them.
+pub(crate) fn format_hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Matches a whole line against a pattern where `*` matches any run of

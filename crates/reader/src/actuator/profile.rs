@@ -590,18 +590,10 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     hex::decode(&digits).map_err(|e| format!("{text:?} is not hex bytes ({e})"))
 }
 
-/// Bytes as spaced upper-case hex, as profiles write them.
-pub fn format_hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actuator::format_hex;
 
     #[test]
     fn display_section_is_optional_checked_and_formats_its_lines() {

@@ -17,9 +17,10 @@ use super::owed::{OwedBook, Settlement};
 use super::rules::{Admit, Feedback, Lifecycle, Phase, Refusal, Tap};
 use crate::actuator::mdb::VendOutcome;
 use crate::actuator::profile::DisplayConfig;
-use crate::actuator::{Gate, ReaderCharger, Vending, void_vend};
+use crate::actuator::{Gate, Vending};
 use crate::reader::Reader;
 use crate::store::VoidError;
+use crate::vend::{ReaderCharger, void_vend};
 use sonotap_disk::sqlite::BUSY_TIMEOUT;
 
 /// What the acceptor is sent.
@@ -185,7 +186,7 @@ impl Acceptor {
     /// or the daemon stopped during it) is voided; a void that cannot be
     /// written now is owed and retried.
     fn settle_pending_vends(&mut self) {
-        let pending = match self.reader.db().pending_vends() {
+        let pending = match self.reader.pending_vends() {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("reading the vend charges pending delivery: {e}");
@@ -305,7 +306,7 @@ impl Acceptor {
 
     fn note_queue_depth(&mut self) {
         self.counted = Instant::now();
-        match self.reader.db().summary() {
+        match self.reader.summary() {
             Ok(s) => self.shared.metrics.set_queue_depth(s.unsynced),
             Err(e) => tracing::error!("queue depth: {e}"),
         }

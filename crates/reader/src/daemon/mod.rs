@@ -10,7 +10,7 @@
 //! - the uplink: [`crate::sync::client::run_loop`] on its own database connection;
 //! - feedback tones (`feedback`) and the rider's display (`display`);
 //! - a small tokio runtime for signals, the metrics endpoint ([`metrics`]),
-//!   the status file ([`status_file`]) and sd_notify (`notify`).
+//!   the status file ([`crate::status_file`]) and sd_notify (`notify`).
 //!
 //! One stop signal (`stop`) fans out to every thread at shutdown. The
 //! decisions that need no I/O (drain on shutdown, health changes, tones,
@@ -26,7 +26,6 @@ mod notify;
 mod owed;
 mod rules;
 mod sources;
-pub mod status_file;
 mod stop;
 
 use std::path::{Path, PathBuf};
@@ -46,11 +45,11 @@ use self::config::{Config, ConfigError};
 use self::metrics::Metrics;
 use self::notify::Notifier;
 use self::rules::{DRAIN_GRACE, DeviceHealth};
-use self::status_file::{DaemonStatus, DeviceStatus, SyncStatus};
 use self::stop::Stop;
 use crate::actuator::profile::{self, Device, Profile};
 use crate::actuator::{Gate, PortError, Vending};
 use crate::reader::Reader;
+use crate::status_file::{self, DaemonStatus, DeviceStatus, SyncStatus};
 use crate::sync::client::{HubClient, SyncOptions};
 
 /// The status file is rewritten at least this often.

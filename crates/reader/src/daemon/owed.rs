@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use crate::status_file::OwedSettlement;
 
 use crate::backoff::Backoff;
 
@@ -32,21 +32,6 @@ pub enum Settlement {
         /// What was vended (stored with the success).
         detail: String,
     },
-}
-
-/// One owed settlement, as the status file shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OwedSettlement {
-    /// The charge record.
-    pub charge_seq: u64,
-    /// `void` or `vend_success`.
-    pub owed: String,
-    /// Since when, Unix seconds.
-    pub since: u64,
-    /// Failed attempts so far.
-    pub attempts: u32,
-    /// The last failure.
-    pub last_error: String,
 }
 
 #[derive(Debug, Clone)]

@@ -72,15 +72,12 @@ impl ReaderDb {
         if !sqlite::has_table(&self.conn, "declines").map_err(err)? {
             return Ok(Vec::new());
         }
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT at, reason, wallet, amount, counter, detail FROM declines
-                 ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(err)?;
-        let rows = stmt
-            .query_map([i64::try_from(n).unwrap_or(i64::MAX)], |r| {
+        let path = &self.path;
+        self.rows(
+            "SELECT at, reason, wallet, amount, counter, detail FROM declines
+             ORDER BY id DESC LIMIT ?1",
+            [i64::try_from(n).unwrap_or(i64::MAX)],
+            |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
@@ -89,26 +86,22 @@ impl ReaderDb {
                     r.get::<_, Option<i64>>(4)?,
                     r.get::<_, String>(5)?,
                 ))
-            })
-            .map_err(err)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (at, reason, wallet, amount, counter, detail) = row.map_err(err)?;
-            let path = &self.path;
-            out.push(DeclineEntry {
-                at: sqlite::unsigned(path, "decline time", at)?,
-                reason,
-                wallet,
-                amount: amount
-                    .map(|a| sqlite::unsigned(path, "decline amount", a))
-                    .transpose()?,
-                counter: counter
-                    .map(|c| sqlite::unsigned(path, "decline counter", c))
-                    .transpose()?,
-                detail,
-            });
-        }
-        Ok(out)
+            },
+            |(at, reason, wallet, amount, counter, detail)| {
+                Ok(DeclineEntry {
+                    at: sqlite::unsigned(path, "decline time", at)?,
+                    reason,
+                    wallet,
+                    amount: amount
+                        .map(|a| sqlite::unsigned(path, "decline amount", a))
+                        .transpose()?,
+                    counter: counter
+                        .map(|c| sqlite::unsigned(path, "decline counter", c))
+                        .transpose()?,
+                    detail,
+                })
+            },
+        )
     }
 
     /// When the oldest record the hub has not acknowledged was made (Unix

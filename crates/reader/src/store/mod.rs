@@ -19,6 +19,7 @@ use rusqlite_migration::M;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::actuator::ActuationOutcome;
 use sonotap_protocol::policy::{
     self, Authentic, Decline, ReaderPolicy, TrustedKeys, WalletHistory,
 };
@@ -201,52 +202,6 @@ pub enum VoidError {
     },
 }
 
-/// What a device did about a committed record (not part of the signed chain).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActuationOutcome {
-    /// The command reached the device (and it acknowledged, if it does).
-    Delivered,
-    /// The command could not be delivered: the record is flagged for the operator.
-    Undeliverable,
-    /// The gate reported a passage.
-    Passage,
-    /// The gate reported that nobody passed (or no report came in time).
-    NoPassage,
-    /// The vending machine reported a successful dispense.
-    VendSuccess,
-    /// The vend failed or timed out (the charge is voided).
-    VendFailed,
-}
-
-impl ActuationOutcome {
-    /// The name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActuationOutcome::Delivered => "delivered",
-            ActuationOutcome::Undeliverable => "undeliverable",
-            ActuationOutcome::Passage => "passage",
-            ActuationOutcome::NoPassage => "no_passage",
-            ActuationOutcome::VendSuccess => "vend_success",
-            ActuationOutcome::VendFailed => "vend_failed",
-        }
-    }
-
-    /// Reads the stored name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [
-            ActuationOutcome::Delivered,
-            ActuationOutcome::Undeliverable,
-            ActuationOutcome::Passage,
-            ActuationOutcome::NoPassage,
-            ActuationOutcome::VendSuccess,
-            ActuationOutcome::VendFailed,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == name)
-    }
-}
-
 /// One stored actuation row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actuation {
@@ -316,6 +271,20 @@ impl ReaderDb {
         |e| StoreError::from_sqlite(&self.path, e)
     }
 
+    /// The rows `sql` selects, each read as SQLite types by `read` and then
+    /// checked into a value by `convert`; every error names this database.
+    fn rows<R, T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+        mut convert: impl FnMut(R) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.conn.prepare(sql).map_err(self.err())?;
+        let rows = stmt.query_map(params, read).map_err(self.err())?;
+        rows.map(|row| convert(row.map_err(self.err())?)).collect()
+    }
+
     /// Reads a value from the metadata table.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn
@@ -351,21 +320,24 @@ impl ReaderDb {
 
     /// The issuer keys this reader trusts.
     pub fn trusted_keys(&self) -> Result<TrustedKeys, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT key_id, public_key FROM trusted_keys")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
-            .map_err(self.err())?;
+        let rows = self.rows(
+            "SELECT key_id, public_key FROM trusted_keys",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            |(id, bytes)| {
+                let id = sqlite::unsigned::<u8>(&self.path, "issuer key id", id)?;
+                let bytes = sqlite::blob::<32>(&self.path, "issuer key", bytes)?;
+                let key = VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                    StoreError::inconsistent(
+                        &self.path,
+                        format!("trusted key {id} is not a valid key"),
+                    )
+                })?;
+                Ok((id, key))
+            },
+        )?;
         let mut keys = TrustedKeys::default();
-        for row in rows {
-            let (id, bytes) = row.map_err(self.err())?;
-            let id = sqlite::unsigned::<u8>(&self.path, "issuer key id", id)?;
-            let bytes = sqlite::blob::<32>(&self.path, "issuer key", bytes)?;
-            let key = VerifyingKey::from_bytes(&bytes).map_err(|_| {
-                StoreError::inconsistent(&self.path, format!("trusted key {id} is not a valid key"))
-            })?;
+        for (id, key) in rows {
             keys.insert(id, key);
         }
         Ok(keys)
@@ -659,29 +631,24 @@ impl ReaderDb {
         if !sqlite::has_table(&self.conn, "pending_vends").map_err(self.err())? {
             return Ok(Vec::new());
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT charge_seq, device, at FROM pending_vends ORDER BY charge_seq")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([], |r| {
+        self.rows(
+            "SELECT charge_seq, device, at FROM pending_vends ORDER BY charge_seq",
+            [],
+            |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                 ))
-            })
-            .map_err(self.err())?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, device, at) = row.map_err(self.err())?;
-            out.push(PendingVend {
-                charge_seq: sqlite::unsigned(&self.path, "pending vend charge", seq)?,
-                device,
-                at: sqlite::unsigned(&self.path, "pending vend time", at)?,
-            });
-        }
-        Ok(out)
+            },
+            |(seq, device, at)| {
+                Ok(PendingVend {
+                    charge_seq: sqlite::unsigned(&self.path, "pending vend charge", seq)?,
+                    device,
+                    at: sqlite::unsigned(&self.path, "pending vend time", at)?,
+                })
+            },
+        )
     }
 
     /// The void record that cancelled charge `charge_seq`, and why, if any.
@@ -725,12 +692,10 @@ impl ReaderDb {
 
     /// The actuations stored for record `seq`, oldest first.
     pub fn actuations(&self, seq: u64) -> Result<Vec<Actuation>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT seq, at, device, outcome, detail FROM actuations WHERE seq = ?1 ORDER BY id")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([sqlite::int(seq)], |r| {
+        self.rows(
+            "SELECT seq, at, device, outcome, detail FROM actuations WHERE seq = ?1 ORDER BY id",
+            [sqlite::int(seq)],
+            |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
@@ -738,25 +703,22 @@ impl ReaderDb {
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
                 ))
-            })
-            .map_err(self.err())?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, at, device, outcome, detail) = row.map_err(self.err())?;
-            out.push(Actuation {
-                seq: sqlite::unsigned(&self.path, "actuation seq", seq)?,
-                at: sqlite::unsigned(&self.path, "actuation time", at)?,
-                device,
-                outcome: ActuationOutcome::from_name(&outcome).ok_or_else(|| {
-                    StoreError::inconsistent(
-                        &self.path,
-                        format!("unknown actuation outcome {outcome:?}"),
-                    )
-                })?,
-                detail,
-            });
-        }
-        Ok(out)
+            },
+            |(seq, at, device, outcome, detail)| {
+                Ok(Actuation {
+                    seq: sqlite::unsigned(&self.path, "actuation seq", seq)?,
+                    at: sqlite::unsigned(&self.path, "actuation time", at)?,
+                    device,
+                    outcome: ActuationOutcome::from_name(&outcome).ok_or_else(|| {
+                        StoreError::inconsistent(
+                            &self.path,
+                            format!("unknown actuation outcome {outcome:?}"),
+                        )
+                    })?,
+                    detail,
+                })
+            },
+        )
     }
 
     /// Records in sequence order; `unsynced_only` keeps those the hub has not acknowledged.

@@ -244,10 +244,16 @@ impl ReaderDb {
     /// When a sync round last ended, successfully or not (Unix seconds);
     /// `None` before the first round, or for rounds from before this was kept.
     pub fn last_sync_attempt(&self) -> Result<Option<u64>, StoreError> {
-        self.meta(LAST_ATTEMPT_AT)?
+        self.meta_number(LAST_ATTEMPT_AT)
+    }
+
+    /// A number kept in the metadata table, if set; anything else there is
+    /// an inconsistency that names the key and the value.
+    fn meta_number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        self.meta(key)?
             .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    StoreError::inconsistent(&self.path, format!("meta {LAST_ATTEMPT_AT} = {v:?}"))
+                v.parse::<T>().map_err(|_| {
+                    StoreError::inconsistent(&self.path, format!("meta {key} = {v:?}"))
                 })
             })
             .transpose()
@@ -255,15 +261,7 @@ impl ReaderDb {
 
     /// What the reader knows of its link to the hub.
     pub fn sync_state(&self) -> Result<SyncState, StoreError> {
-        let number = |key: &str| -> Result<Option<i64>, StoreError> {
-            self.meta(key)?
-                .map(|v| {
-                    v.parse::<i64>().map_err(|_| {
-                        StoreError::inconsistent(&self.path, format!("meta {key} = {v:?}"))
-                    })
-                })
-                .transpose()
-        };
+        let number = |key: &str| self.meta_number::<i64>(key);
         let unsigned = |key: &str| -> Result<Option<u64>, StoreError> {
             number(key)?
                 .map(|v| sqlite::unsigned(&self.path, "sync state", v))

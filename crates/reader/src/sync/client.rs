@@ -308,7 +308,7 @@ impl Round {
         match self.clock {
             Some(clock) => Ok(clock.now_ms()),
             None => {
-                let offset = reader.db().sync_state()?.clock_offset_ms;
+                let offset = reader.sync_state()?.clock_offset_ms;
                 Ok(now_ms().saturating_add_signed(offset))
             }
         }
@@ -319,11 +319,11 @@ impl Round {
 /// offset towards what this round's signed statement measured, by at most
 /// [`plan::MAX_CLOCK_STEP_MS`]. A failed round changes nothing.
 fn commit_clock(reader: &Reader, round: &Round, report: &mut SyncReport) -> Result<(), SyncError> {
-    let stored = reader.db().sync_state()?.clock_offset_ms;
+    let stored = reader.sync_state()?.clock_offset_ms;
     let measured = round.clock.and_then(|c| c.offset_ms);
     let applied = measured.map_or(stored, |m| plan::next_clock_offset(stored, m));
     if applied != stored {
-        reader.db().note_clock_offset(applied)?;
+        reader.note_clock_offset(applied)?;
     }
     report.clock_offset_ms = applied;
     report.hub_clock_offset_ms = measured;
@@ -436,7 +436,7 @@ fn upload_all(
             s.spawn(move || {
                 let result = (|| -> Result<(), SyncError> {
                     let mut reader = Reader::open(dir)?;
-                    let issuers = reader.db().trusted_keys()?;
+                    let issuers = reader.trusted_keys()?;
                     loop {
                         let next = batch_rx.lock().ok().and_then(|rx| rx.recv().ok());
                         let Some(batch) = next else { return Ok(()) };
@@ -444,11 +444,7 @@ fn upload_all(
                             return Ok(());
                         }
                         let (ack, already) = upload_one(hub, &batch, &issuers)?;
-                        reader.db_mut().mark_synced(
-                            ack.first_seq,
-                            ack.last_seq,
-                            now_ms() / 1000,
-                        )?;
+                        reader.mark_synced(ack.first_seq, ack.last_seq, now_ms() / 1000)?;
                         if done_tx.send(Ok((ack, already))).is_err() {
                             return Ok(());
                         }
@@ -525,7 +521,7 @@ fn run_step(
             // (`commit_clock`).
             let url = hub.url("/v1/time");
             let nonce = random_nonce(&url)?;
-            let issuers = reader.db().trusted_keys()?;
+            let issuers = reader.trusted_keys()?;
             let (statement, local_ms, round_trip) = hub.time(&nonce, &issuers)?;
             let offset = i64::try_from(i128::from(statement.hub_time_ms) - i128::from(local_ms))
                 .unwrap_or(if statement.hub_time_ms > local_ms {
@@ -560,23 +556,20 @@ fn run_step(
             };
             let bytes = hex::decode(&answer.key_set).map_err(|e| bad(e.to_string()))?;
             let set = KeySet::decode(&bytes).map_err(|e| bad(e.to_string()))?;
-            let current = reader.db().sync_state()?.keyset_version;
-            let trusted = reader.db().trusted_keys()?;
+            let current = reader.sync_state()?.keyset_version;
+            let trusted = reader.trusted_keys()?;
             if let Some(keys) = set
                 .adopt(current, &trusted)
                 .map_err(|e| bad(e.to_string()))?
             {
-                reader
-                    .db_mut()
-                    .replace_trusted_keys(&keys, set.version, now)?;
-                reader.reload_keys()?;
+                reader.adopt_keys(&keys, set.version, now)?;
             }
-            report.keyset_version = reader.db().sync_state()?.keyset_version;
+            report.keyset_version = reader.sync_state()?.keyset_version;
             Ok(false)
         }
         Step::FetchDeny => {
-            let mut version = reader.db().sync_state()?.deny_version;
-            let issuers = reader.db().trusted_keys()?;
+            let mut version = reader.sync_state()?.deny_version;
+            let issuers = reader.trusted_keys()?;
             loop {
                 let answer = hub.deny(version, reader, round.hub_now_ms(reader)?)?;
                 let url = hub.url("/v1/deny");
@@ -592,7 +585,7 @@ fn run_step(
                         })?;
                     entries.push(entry);
                 }
-                let applied = reader.db_mut().apply_deny_entries(&entries)?;
+                let applied = reader.apply_deny_entries(&entries)?;
                 report.deny_entries += applied.saturating_sub(version);
                 let progressed = applied > version;
                 version = applied;
@@ -605,7 +598,7 @@ fn run_step(
         }
         Step::Prune => {
             let cutoff = now.saturating_sub(options.retention.as_secs());
-            report.pruned = reader.db_mut().prune(cutoff, cutoff)?;
+            report.pruned = reader.prune(cutoff)?;
             Ok(false)
         }
         Step::Sleep(_) => Ok(false),
@@ -620,7 +613,7 @@ pub fn sync_once(
     options: &SyncOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<SyncReport, SyncError> {
-    let total = reader.db().summary()?.unsynced;
+    let total = reader.summary()?.unsynced;
     let mut report = SyncReport::default();
     let mut round = Round::default();
     let mut plan = Plan::new(Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -648,12 +641,12 @@ pub fn sync_once(
     let now = now_ms() / 1000;
     match result {
         Ok(()) => {
-            reader.db().note_sync(now, None)?;
-            report.queued = reader.db().summary()?.unsynced;
+            reader.note_sync(now, None)?;
+            report.queued = reader.summary()?.unsynced;
             Ok(report)
         }
         Err(e) => {
-            reader.db().note_sync(now, Some(&e.to_string()))?;
+            reader.note_sync(now, Some(&e.to_string()))?;
             Err(e)
         }
     }
@@ -714,15 +707,15 @@ pub fn run_loop(
                 Ok(more) => {
                     if step == Step::Prune {
                         let now = now_ms() / 1000;
-                        reader.db().note_sync(now, None)?;
-                        report.queued = reader.db().summary()?.unsynced;
+                        reader.note_sync(now, None)?;
+                        report.queued = reader.summary()?.unsynced;
                         on_round(Ok(&report));
                     }
                     Outcome::Done { more }
                 }
                 Err(e) => {
                     let now = now_ms() / 1000;
-                    reader.db().note_sync(now, Some(&e.to_string()))?;
+                    reader.note_sync(now, Some(&e.to_string()))?;
                     on_round(Err(&e));
                     if e.is_permanent() {
                         Outcome::Refused

@@ -1,4 +1,5 @@
-//! `sonotap modem …`: sound in and out for operators, installers and tests.
+//! `sonotap modem …`: sound in and out for operators, installers and tests
+//! (named `sound`, not `modem`, so it never shadows the modem crate).
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
-//! `hub serve|reader add|deny|allow|report|import` and `reader sync|export`.
+//! The hub's commands, `hub serve|reader add|deny|allow|report|import`, and
+//! the reader's side of the link to it, `reader sync|export`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -1,5 +1,7 @@
 //! `<data dir>/daemon-status.json`: the running daemon's device health, for
-//! `sonotap status` (which reads it; the daemon only writes).
+//! `sonotap status` (which reads it; the daemon only writes). Its format
+//! lives here, beside [`crate::status`], so that neither side depends on the
+//! other.
 //!
 //! Written atomically (a temporary file in the same directory, renamed over
 //! the old one) at start, whenever a device's state changes, and at least
@@ -11,8 +13,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-
-pub use super::owed::OwedSettlement;
 
 /// The file's name inside the reader's data directory.
 pub const FILE_NAME: &str = "daemon-status.json";
@@ -58,6 +58,21 @@ pub struct SyncStatus {
     pub ok: bool,
     /// `last round ok`, or the last error.
     pub detail: String,
+}
+
+/// One owed settlement, as the status file shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwedSettlement {
+    /// The charge record.
+    pub charge_seq: u64,
+    /// `void` or `vend_success`.
+    pub owed: String,
+    /// Since when, Unix seconds.
+    pub since: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// The last failure.
+    pub last_error: String,
 }
 
 impl DaemonStatus {
