@@ -343,10 +343,28 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sonotap: error: {e:#}");
+            eprintln!("sonotap: error: {}", with_causes(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// `e` and its causes, `: `-separated, leaving out a cause whose words are
+/// already said (an operator's message often quotes the driver error it
+/// keeps as its source).
+fn with_causes(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -697,6 +715,30 @@ mod tests {
         assert_eq!(decode_hex_text(b"\x01\xff"), None);
         assert_eq!(decode_hex_text(b"abc"), None);
         assert_eq!(decode_hex_text(b""), None);
+    }
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_printed_once() {
+        #[derive(Debug)]
+        struct Quoting(std::io::Error);
+        impl std::fmt::Display for Quoting {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot connect to db: {}", self.0)
+            }
+        }
+        impl std::error::Error for Quoting {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let driver = || std::io::Error::other("connection refused");
+        let e = anyhow::Error::new(Quoting(driver())).context("hub serve");
+        assert_eq!(
+            with_causes(&e),
+            "hub serve: cannot connect to db: connection refused"
+        );
+        let plain = anyhow::Error::new(driver()).context("opening hub.db");
+        assert_eq!(with_causes(&plain), "opening hub.db: connection refused");
     }
 
     #[test]

@@ -261,7 +261,7 @@ pub fn open_read_only(
     if found == 0 {
         return Err(StoreError::Corrupt {
             path: path.into(),
-            detail: "it has no schema (user_version 0): not a reader database".into(),
+            detail: "it has no schema (user_version 0): not a sonotap database".into(),
         });
     }
     Ok(conn)

@@ -1,6 +1,7 @@
 //! Exponential backoff, the one the reader uses everywhere it retries: the
 //! uplink's rounds ([`crate::sync::plan`]), the vend settlements owed
-//! ([`crate::daemon`]'s owed book) and the capture devices that come and go.
+//! ([`crate::daemon`]'s owed book), the capture devices and the serial
+//! ports that come and go.
 //!
 //! Pure: it neither sleeps nor reads the clock, and randomness comes in as a
 //! number, so every wait is a unit test away. With full jitter (a uniformly
@@ -29,12 +30,18 @@ impl Backoff {
         }
     }
 
-    /// The ceiling for the next failure, `min(cap, base · 2^attempt)`; counts the failure.
-    fn next_ceiling(&mut self) -> Duration {
-        let ceiling = self
-            .base
+    /// The ceiling for the next failure, `min(cap, base · 2^attempt)`,
+    /// without counting one: the wait after a loss that is not a failed
+    /// attempt (a serial port that closed under its driver).
+    pub fn ceiling(&self) -> Duration {
+        self.base
             .saturating_mul(1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX))
-            .min(self.cap);
+            .min(self.cap)
+    }
+
+    /// The ceiling for the next failure; counts the failure.
+    fn next_ceiling(&mut self) -> Duration {
+        let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         ceiling
     }
@@ -100,7 +107,10 @@ mod tests {
             [500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000].map(|ms| ms * MS)
         );
         assert_eq!(b.attempts(), 8);
+        assert_eq!(b.ceiling(), 30_000 * MS, "looking does not count a failure");
+        assert_eq!(b.attempts(), 8);
         b.succeeded();
+        assert_eq!(b.ceiling(), 500 * MS);
         assert_eq!(b.failed_without_jitter(), 500 * MS);
     }
 

@@ -49,9 +49,10 @@ pub fn open_database(dir: &Path, database: Option<&str>, now: u64) -> Result<Hub
 }
 
 fn is_postgres_url(url: &str) -> bool {
-    ["postgres://", "postgresql://"]
-        .iter()
-        .any(|scheme| url.len() >= scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
+    ["postgres://", "postgresql://"].iter().any(|scheme| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    })
 }
 
 /// Opens another read connection to the same state, for a request that
@@ -349,4 +350,28 @@ pub struct IncidentRow {
     pub detail: String,
     /// When, Unix seconds.
     pub at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_with_a_multibyte_character_at_the_scheme_boundary_is_refused_not_a_panic() {
+        // "postgres:/" is 10 bytes: the é straddles byte 11, where the
+        // scheme check used to slice the string.
+        for url in ["postgres:/é@db/x", "postgresql:/é@db/x", "é", ""] {
+            assert!(!is_postgres_url(url), "{url}");
+            let dir = tempfile::tempdir().expect("tempdir");
+            match open_database(dir.path(), Some(url), 0) {
+                Err(HubError::Backend(message)) => {
+                    assert!(message.contains("unsupported database URL"), "{message}")
+                }
+                Err(other) => panic!("{url}: {other}"),
+                Ok(_) => panic!("{url}: opened"),
+            }
+        }
+        assert!(is_postgres_url("PostgreSQL://db/x"));
+        assert!(is_postgres_url("postgres://db/x"));
+    }
 }

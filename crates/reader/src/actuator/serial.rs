@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use serialport::{ClearBuffer, SerialPort, TTYPort};
 use thiserror::Error;
 
+use crate::backoff::Backoff;
+
 /// First wait before reopening a port that failed.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between attempts.
@@ -57,7 +59,7 @@ pub struct SerialLink {
     baud: u32,
     port: Option<TTYPort>,
     next_attempt: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     last_error: Option<String>,
 }
 
@@ -69,7 +71,7 @@ impl SerialLink {
             baud,
             port: None,
             next_attempt: None,
-            backoff: MIN_BACKOFF,
+            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
             last_error: None,
         }
     }
@@ -108,7 +110,7 @@ impl SerialLink {
                 // Stale input is from before this process looked; drop it.
                 let _ = port.clear(ClearBuffer::Input);
                 self.port = Some(port);
-                self.backoff = MIN_BACKOFF;
+                self.backoff.succeeded();
                 self.next_attempt = None;
                 Ok(())
             }
@@ -133,8 +135,7 @@ impl SerialLink {
         match self.open() {
             Ok(()) => true,
             Err(_) => {
-                self.next_attempt = Some(now + self.backoff);
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                self.next_attempt = Some(now + self.backoff.failed_without_jitter());
                 false
             }
         }
@@ -144,7 +145,7 @@ impl SerialLink {
     pub fn close(&mut self, now: Instant, reason: &str) {
         if self.port.take().is_some() {
             self.last_error = Some(reason.into());
-            self.next_attempt = Some(now + self.backoff);
+            self.next_attempt = Some(now + self.backoff.ceiling());
         }
     }
 
