@@ -26,6 +26,28 @@ fn reason(result: Result<Approval, Decline>) -> Option<Reason> {
     result.err().map(|d| d.reason)
 }
 
+/// The reason a token (`bytes`) from a wallet with no history is declined
+/// at `NOW` for its authorised amount, or `None` if it is accepted.
+fn declined_now(bytes: &[u8]) -> Option<Reason> {
+    declined_after(bytes, fresh())
+}
+
+/// The same for a wallet with `history`.
+fn declined_after(bytes: &[u8], history: WalletHistory) -> Option<Reason> {
+    reason(evaluate(bytes, history, None, NOW))
+}
+
+/// The test token with payment counter `counter`.
+fn with_counter(counter: u32) -> Vec<u8> {
+    token_bytes(
+        terms(),
+        PaymentTerms {
+            counter,
+            ..payment()
+        },
+    )
+}
+
 fn fresh() -> WalletHistory {
     WalletHistory::default()
 }
@@ -54,20 +76,11 @@ fn the_reader_may_charge_less_than_authorised() {
 #[test]
 fn declines_malformed_truncated_and_padded_tokens() {
     let good = token_bytes(terms(), payment());
-    assert_eq!(
-        reason(evaluate(&good[..150], fresh(), None, NOW)),
-        Some(Reason::Malformed)
-    );
+    assert_eq!(declined_now(&good[..150]), Some(Reason::Malformed));
     let mut padded = good.clone();
     padded.push(0);
-    assert_eq!(
-        reason(evaluate(&padded, fresh(), None, NOW)),
-        Some(Reason::Malformed)
-    );
-    assert_eq!(
-        reason(evaluate(&[], fresh(), None, NOW)),
-        Some(Reason::Malformed)
-    );
+    assert_eq!(declined_now(&padded), Some(Reason::Malformed));
+    assert_eq!(declined_now(&[]), Some(Reason::Malformed));
 }
 
 #[test]
@@ -92,20 +105,14 @@ fn declines_a_credential_from_another_issuer_under_a_trusted_key_id() {
     let bytes = Token::sign(forged, payment(), &wallet())
         .expect("sign")
         .encode();
-    assert_eq!(
-        reason(evaluate(&bytes, fresh(), None, NOW)),
-        Some(Reason::BadSignature)
-    );
+    assert_eq!(declined_now(&bytes), Some(Reason::BadSignature));
 }
 
 #[test]
 fn declines_a_flipped_bit_in_the_payment() {
     let mut bytes = token_bytes(terms(), payment());
     bytes[crate::token::CREDENTIAL_LEN + 3] ^= 0x01; // lowest bit of the amount
-    assert_eq!(
-        reason(evaluate(&bytes, fresh(), None, NOW)),
-        Some(Reason::BadSignature)
-    );
+    assert_eq!(declined_now(&bytes), Some(Reason::BadSignature));
 }
 
 #[test]
@@ -121,46 +128,26 @@ fn declines_denied_wallet() {
 
 #[test]
 fn declines_wrong_scope_currency_and_reader_binding() {
-    let vending = token_bytes(
-        CredentialTerms {
-            scope: Scope::Vending,
-            ..terms()
-        },
-        payment(),
-    );
-    assert_eq!(
-        reason(evaluate(&vending, fresh(), None, NOW)),
-        Some(Reason::WrongScope)
-    );
-    let dollars = token_bytes(
-        CredentialTerms {
-            currency: 840,
-            ..terms()
-        },
-        payment(),
-    );
-    assert_eq!(
-        reason(evaluate(&dollars, fresh(), None, NOW)),
-        Some(Reason::WrongScope)
-    );
-    let elsewhere = token_bytes(
-        terms(),
-        PaymentTerms {
-            reader_tag: reader_tag("gate-2"),
-            ..payment()
-        },
-    );
-    assert_eq!(
-        reason(evaluate(&elsewhere, fresh(), None, NOW)),
-        Some(Reason::WrongScope)
-    );
-    let here = token_bytes(
-        terms(),
-        PaymentTerms {
-            reader_tag: reader_tag("gate-1"),
-            ..payment()
-        },
-    );
+    let bound_to = |gate: &str| PaymentTerms {
+        reader_tag: reader_tag(gate),
+        ..payment()
+    };
+    let vending = CredentialTerms {
+        scope: Scope::Vending,
+        ..terms()
+    };
+    let dollars = CredentialTerms {
+        currency: 840,
+        ..terms()
+    };
+    for (case, bytes) in [
+        ("vending", token_bytes(vending, payment())),
+        ("dollars", token_bytes(dollars, payment())),
+        ("bound to gate-2", token_bytes(terms(), bound_to("gate-2"))),
+    ] {
+        assert_eq!(declined_now(&bytes), Some(Reason::WrongScope), "{case}");
+    }
+    let here = token_bytes(terms(), bound_to("gate-1"));
     assert!(evaluate(&here, fresh(), None, NOW).is_ok());
 }
 
@@ -209,15 +196,9 @@ fn skew_window_edges() {
     };
     let skew = i64::from(SKEW);
     assert!(evaluate(&at(skew), fresh(), None, NOW).is_ok());
-    assert_eq!(
-        reason(evaluate(&at(skew + 1), fresh(), None, NOW)),
-        Some(Reason::FutureToken)
-    );
+    assert_eq!(declined_now(&at(skew + 1)), Some(Reason::FutureToken));
     assert!(evaluate(&at(-skew), fresh(), None, NOW).is_ok());
-    assert_eq!(
-        reason(evaluate(&at(-skew - 1), fresh(), None, NOW)),
-        Some(Reason::StaleToken)
-    );
+    assert_eq!(declined_now(&at(-skew - 1)), Some(Reason::StaleToken));
 }
 
 #[test]
@@ -230,10 +211,7 @@ fn the_same_token_twice_is_replayed() {
         last_counter: Some(5),
         credential_total: first.running_total,
     };
-    assert_eq!(
-        reason(evaluate(&bytes, after, None, NOW)),
-        Some(Reason::Replayed)
-    );
+    assert_eq!(declined_after(&bytes, after), Some(Reason::Replayed));
 }
 
 #[test]
@@ -242,21 +220,12 @@ fn lower_or_equal_counter_is_replayed_higher_is_not() {
         last_counter: Some(5),
         ..fresh()
     };
-    let with_counter = |counter| {
-        token_bytes(
-            terms(),
-            PaymentTerms {
-                counter,
-                ..payment()
-            },
-        )
-    };
     assert_eq!(
-        reason(evaluate(&with_counter(4), history, None, NOW)),
+        declined_after(&with_counter(4), history),
         Some(Reason::Replayed)
     );
     assert_eq!(
-        reason(evaluate(&with_counter(5), history, None, NOW)),
+        declined_after(&with_counter(5), history),
         Some(Reason::Replayed)
     );
     assert!(evaluate(&with_counter(6), history, None, NOW).is_ok());
@@ -268,29 +237,17 @@ fn counter_cannot_wrap_around() {
         last_counter: Some(u32::MAX),
         ..fresh()
     };
-    let with_counter = |counter| {
-        token_bytes(
-            terms(),
-            PaymentTerms {
-                counter,
-                ..payment()
-            },
-        )
-    };
     // Counter 0 is not even canonical; 1 after u32::MAX is a replay.
     let mut zero = with_counter(1);
     zero[crate::token::CREDENTIAL_LEN + 4..crate::token::CREDENTIAL_LEN + 8]
         .copy_from_slice(&[0; 4]);
+    assert_eq!(declined_after(&zero, exhausted), Some(Reason::Malformed));
     assert_eq!(
-        reason(evaluate(&zero, exhausted, None, NOW)),
-        Some(Reason::Malformed)
-    );
-    assert_eq!(
-        reason(evaluate(&with_counter(1), exhausted, None, NOW)),
+        declined_after(&with_counter(1), exhausted),
         Some(Reason::Replayed)
     );
     assert_eq!(
-        reason(evaluate(&with_counter(u32::MAX), exhausted, None, NOW)),
+        declined_after(&with_counter(u32::MAX), exhausted),
         Some(Reason::Replayed)
     );
     let nearly = WalletHistory {
@@ -313,7 +270,7 @@ fn payment_cap_edges_and_overcharge() {
     };
     assert!(evaluate(&with_amount(300), fresh(), None, NOW).is_ok());
     assert_eq!(
-        reason(evaluate(&with_amount(301), fresh(), None, NOW)),
+        declined_now(&with_amount(301)),
         Some(Reason::OverPaymentCap)
     );
     let decline = evaluate(&with_amount(200), fresh(), Some(201), NOW).expect_err("overcharge");
@@ -339,7 +296,7 @@ fn offline_limit_reached_exactly_is_accepted_one_more_is_not() {
         Ok(1_000)
     );
     assert_eq!(
-        reason(evaluate(&with(300, 701), fresh(), None, NOW)),
+        declined_now(&with(300, 701)),
         Some(Reason::OverOfflineLimit)
     );
 }
@@ -360,10 +317,7 @@ fn a_wallet_understating_its_running_total_is_held_to_what_the_reader_saw() {
             ..payment()
         },
     );
-    assert_eq!(
-        reason(evaluate(&bytes, seen, None, NOW)),
-        Some(Reason::OverOfflineLimit)
-    );
+    assert_eq!(declined_after(&bytes, seen), Some(Reason::OverOfflineLimit));
 }
 
 #[test]
