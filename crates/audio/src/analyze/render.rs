@@ -162,39 +162,23 @@ impl Spectrogram {
             }
         }
         for frame in &analysis.frames {
-            let Some(profile) = Profile::from_name(frame.profile) else {
-                continue;
-            };
-            let (lo, hi) = profile.band_hz();
-            let (x0, x1) = (layout.column(frame.start_s), layout.column(frame.end_s));
-            let (y0, y1) = (layout.row(f64::from(hi)), layout.row(f64::from(lo)));
-            let colour = profile_colour(profile);
-            for x in x0..=x1 {
-                img.put_pixel(x, y0, colour);
-                img.put_pixel(x, y1, colour);
-            }
-            for y in y0..=y1 {
-                img.put_pixel(x0, y, colour);
-                img.put_pixel(x1, y, colour);
-            }
+            frame_box(
+                &mut img,
+                &layout,
+                frame.profile,
+                (frame.start_s, frame.end_s),
+                1,
+            );
         }
         // Frames heard but not decoded: the same box, dashed.
         for frame in &analysis.missed {
-            let Some(profile) = Profile::from_name(frame.profile) else {
-                continue;
-            };
-            let (lo, hi) = profile.band_hz();
-            let (x0, x1) = (layout.column(frame.start_s), layout.column(frame.end_s));
-            let (y0, y1) = (layout.row(f64::from(hi)), layout.row(f64::from(lo)));
-            let colour = profile_colour(profile);
-            for x in (x0..=x1).filter(|x| (x - x0) % 4 < 2) {
-                img.put_pixel(x, y0, colour);
-                img.put_pixel(x, y1, colour);
-            }
-            for y in (y0..=y1).filter(|y| (y - y0) % 4 < 2) {
-                img.put_pixel(x0, y, colour);
-                img.put_pixel(x1, y, colour);
-            }
+            frame_box(
+                &mut img,
+                &layout,
+                frame.profile,
+                (frame.start_s, frame.end_s),
+                4,
+            );
         }
         let tick_every = match analysis.duration_s {
             d if d <= 120.0 => 1.0,
@@ -217,6 +201,34 @@ impl Spectrogram {
             }
         }
         img
+    }
+}
+
+/// The box of a frame of `profile` (by name) from `start_s` to `end_s` over
+/// its band, in the profile's colour: solid for `dash` 1, else drawn two
+/// pixels of every `dash`. A profile this build does not know is skipped.
+fn frame_box(
+    img: &mut RgbImage,
+    layout: &Layout,
+    profile: &str,
+    (start_s, end_s): (f64, f64),
+    dash: u32,
+) {
+    let Some(profile) = Profile::from_name(profile) else {
+        return;
+    };
+    let (lo, hi) = profile.band_hz();
+    let (x0, x1) = (layout.column(start_s), layout.column(end_s));
+    let (y0, y1) = (layout.row(f64::from(hi)), layout.row(f64::from(lo)));
+    let colour = profile_colour(profile);
+    let drawn = |from: u32, at: u32| dash == 1 || (at - from) % dash < 2;
+    for x in (x0..=x1).filter(|&x| drawn(x0, x)) {
+        img.put_pixel(x, y0, colour);
+        img.put_pixel(x, y1, colour);
+    }
+    for y in (y0..=y1).filter(|&y| drawn(y0, y)) {
+        img.put_pixel(x0, y, colour);
+        img.put_pixel(x1, y, colour);
     }
 }
 
