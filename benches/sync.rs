@@ -117,34 +117,26 @@ fn reader_with_queue(site: &mut Site, id: &str, n: usize) -> std::path::PathBuf 
     });
     // The chain is sequential (each record names the previous hash); the
     // signatures are not.
+    // Record i: a charge of 250 for token i after `prev_hash`.
+    let body = |i: usize, prev_hash: [u8; 32]| RecordBody {
+        reader_id: id,
+        seq: i as u64 + 1,
+        at: NOW + (i / 100) as u64,
+        kind: RecordKind::Charge,
+        amount: 250,
+        token: &tokens[i],
+        prev_hash,
+    };
     let mut prev = GENESIS_HASH;
     let mut chain = Vec::with_capacity(n);
-    for (i, token) in tokens.iter().enumerate() {
-        let body = RecordBody {
-            reader_id: id,
-            seq: i as u64 + 1,
-            at: NOW + (i / 100) as u64,
-            kind: RecordKind::Charge,
-            amount: 250,
-            token,
-            prev_hash: prev,
-        };
-        let hash = body.hash();
+    for i in 0..n {
+        let hash = body(i, prev).hash();
         chain.push((prev, hash));
         prev = hash;
     }
     let signing = reader_key.signing_key();
     let signatures: Vec<[u8; 64]> = parallel(n, |i| {
-        let body = RecordBody {
-            reader_id: id,
-            seq: i as u64 + 1,
-            at: NOW + (i / 100) as u64,
-            kind: RecordKind::Charge,
-            amount: 250,
-            token: &tokens[i],
-            prev_hash: chain[i].0,
-        };
-        signing.sign(&body.encode()).to_bytes()
+        signing.sign(&body(i, chain[i].0).encode()).to_bytes()
     });
 
     let mut conn = rusqlite::Connection::open(dir.join("reader.db")).expect("db");
