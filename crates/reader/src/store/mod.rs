@@ -409,10 +409,7 @@ impl ReaderDb {
     ) -> Result<Result<Committed, Decline>, StoreError> {
         let path = self.path.clone();
         let err = |e| StoreError::from_sqlite(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let tx = begin_immediate(&mut self.conn, &path)?;
         let history = wallet_history(&tx, &path, token)?;
         let approval = match policy::decide(token, &history, policy, charge, now) {
             Ok(approval) => approval,
@@ -504,10 +501,7 @@ impl ReaderDb {
     ) -> Result<Voided, VoidError> {
         let path = self.path.clone();
         let err = |e| StoreError::from_sqlite(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let tx = begin_immediate(&mut self.conn, &path)?;
         let charge = tx
             .query_row(
                 "SELECT kind, wallet_id, counter, amount, token FROM records WHERE seq = ?1",
@@ -572,11 +566,7 @@ impl ReaderDb {
         )
         .map_err(err)?;
         // A vend's charge pending delivery is settled by its void.
-        tx.execute(
-            "DELETE FROM pending_vends WHERE charge_seq = ?1",
-            [sqlite::int(charge_seq)],
-        )
-        .map_err(err)?;
+        settle_pending(&tx, charge_seq).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Voided {
             seq,
@@ -598,26 +588,17 @@ impl ReaderDb {
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |e| StoreError::from_sqlite(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        tx.execute(
-            "INSERT INTO actuations (seq, at, device, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                sqlite::int(charge_seq),
-                sqlite::int(now),
-                device,
-                ActuationOutcome::VendSuccess.as_str(),
-                detail
-            ],
+        let tx = begin_immediate(&mut self.conn, &path)?;
+        insert_actuation(
+            &tx,
+            charge_seq,
+            now,
+            device,
+            ActuationOutcome::VendSuccess,
+            detail,
         )
         .map_err(err)?;
-        tx.execute(
-            "DELETE FROM pending_vends WHERE charge_seq = ?1",
-            [sqlite::int(charge_seq)],
-        )
-        .map_err(err)?;
+        settle_pending(&tx, charge_seq).map_err(err)?;
         tx.commit().map_err(err)
     }
 
@@ -681,13 +662,7 @@ impl ReaderDb {
         outcome: ActuationOutcome,
         detail: &str,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO actuations (seq, at, device, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![sqlite::int(seq), sqlite::int(now), device, outcome.as_str(), detail],
-            )
-            .map(drop)
-            .map_err(self.err())
+        insert_actuation(&self.conn, seq, now, device, outcome, detail).map_err(self.err())
     }
 
     /// The actuations stored for record `seq`, oldest first.
@@ -803,6 +778,47 @@ impl ReaderDb {
             head_seq,
         })
     }
+}
+
+/// A `BEGIN IMMEDIATE` transaction on `conn`, the database at `path`: the
+/// write lock is taken before anything is read.
+fn begin_immediate<'c>(
+    conn: &'c mut Connection,
+    path: &Path,
+) -> Result<Transaction<'c>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| StoreError::from_sqlite(path, e))
+}
+
+/// Stores what `device` did about record `seq` at `now`.
+fn insert_actuation(
+    conn: &Connection,
+    seq: u64,
+    now: u64,
+    device: &str,
+    outcome: ActuationOutcome,
+    detail: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO actuations (seq, at, device, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            sqlite::int(seq),
+            sqlite::int(now),
+            device,
+            outcome.as_str(),
+            detail
+        ],
+    )
+    .map(drop)
+}
+
+/// Takes charge `charge_seq` out of the vends pending delivery (its vend
+/// is settled: confirmed or voided).
+fn settle_pending(tx: &Transaction<'_>, charge_seq: u64) -> rusqlite::Result<usize> {
+    tx.execute(
+        "DELETE FROM pending_vends WHERE charge_seq = ?1",
+        [sqlite::int(charge_seq)],
+    )
 }
 
 fn wallet_history(

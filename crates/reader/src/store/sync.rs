@@ -5,9 +5,9 @@
 //! Every write here is one short transaction, so a tap waiting for the write
 //! lock waits for at most one of them.
 
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::params;
 
-use super::{ReaderDb, StoreError, sqlite};
+use super::{ReaderDb, StoreError, begin_immediate, sqlite};
 use sonotap_protocol::policy::TrustedKeys;
 use sonotap_protocol::record::Record;
 use sonotap_protocol::wire::{DenyAction, DenyEntry};
@@ -284,10 +284,7 @@ impl ReaderDb {
         f: impl FnOnce(&rusqlite::Transaction<'_>, &std::path::Path) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::from_sqlite(&path, e))?;
+        let tx = begin_immediate(&mut self.conn, &path)?;
         let out = f(&tx, &path)?;
         tx.commit().map_err(|e| StoreError::from_sqlite(&path, e))?;
         Ok(out)

@@ -2,7 +2,7 @@
 
 use super::*;
 use sonotap_protocol::policy::{Reason, authenticate};
-use sonotap_protocol::record::verify_chain;
+use sonotap_protocol::record::{ChainError, verify_chain};
 use sonotap_protocol::testkit::*;
 use sonotap_protocol::token::PaymentTerms;
 
@@ -19,29 +19,64 @@ fn fresh_db(dir: &tempfile::TempDir) -> ReaderDb {
     db
 }
 
-fn tap(db: &mut ReaderDb, counter: u32, amount: u32) -> Result<Committed, Decline> {
-    let bytes = token_bytes(
-        terms(),
-        PaymentTerms {
-            counter,
-            amount,
-            ..payment()
-        },
-    );
-    let token = authenticate(&bytes, &db.trusted_keys().expect("keys")).expect("authentic");
+/// Checks `records` as a chain from the genesis hash, signed by the reader.
+fn verify_from_genesis(records: &[Record]) -> Result<(u64, [u8; 32]), ChainError> {
+    verify_chain(
+        READER,
+        &reader_key().verifying_key(),
+        (0, GENESIS_HASH),
+        records,
+    )
+}
+
+/// The sequence numbers of `records`.
+fn seqs(records: Vec<Record>) -> Vec<u64> {
+    records.iter().map(|r| r.seq).collect()
+}
+
+/// A new database in a new directory (kept while it is used).
+fn fresh() -> (tempfile::TempDir, ReaderDb) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = fresh_db(&dir);
+    (dir, db)
+}
+
+/// Runs `f` with the reader's record signer.
+fn with_signer<T>(f: impl FnOnce(&RecordSigner<'_>) -> T) -> T {
     let key = reader_key();
-    let signer = RecordSigner {
+    f(&RecordSigner {
         reader_id: READER,
         key: &key,
+    })
+}
+
+/// The test wallet's token for `payment`, authenticated with `db`'s keys.
+fn authentic(db: &ReaderDb, payment: PaymentTerms) -> Authentic {
+    let bytes = token_bytes(terms(), payment);
+    authenticate(&bytes, &db.trusted_keys().expect("keys")).expect("authentic")
+}
+
+/// Accepts `n` payments of `amount`, counters 1 to `n`.
+fn taps(db: &mut ReaderDb, n: u32, amount: u32) {
+    for counter in 1..=n {
+        tap(db, counter, amount).expect("accepted");
+    }
+}
+
+fn tap(db: &mut ReaderDb, counter: u32, amount: u32) -> Result<Committed, Decline> {
+    let payment = PaymentTerms {
+        counter,
+        amount,
+        ..payment()
     };
-    db.commit_payment(&signer, &token, &policy(), None, NOW)
+    let token = authentic(db, payment);
+    with_signer(|signer| db.commit_payment(signer, &token, &policy(), None, NOW))
         .expect("store works")
 }
 
 #[test]
 fn database_uses_wal_and_full_sync() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = fresh_db(&dir);
+    let (_dir, db) = fresh();
     let mode: String = db
         .conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -56,8 +91,7 @@ fn database_uses_wal_and_full_sync() {
 
 #[test]
 fn accepted_payments_are_chained_signed_and_counted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     let first = tap(&mut db, 1, 100).expect("accept");
     let second = tap(&mut db, 2, 200).expect("accept");
     assert_eq!((first.seq, second.seq), (1, 2));
@@ -67,12 +101,7 @@ fn accepted_payments_are_chained_signed_and_counted() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[1].amount, 200);
     assert_eq!(records[1].counter, 2);
-    let end = verify_chain(
-        READER,
-        &reader_key().verifying_key(),
-        (0, GENESIS_HASH),
-        &records,
-    );
+    let end = verify_from_genesis(&records);
     assert_eq!(end, Ok((2, records[1].hash)));
     let summary = db.summary().expect("summary");
     assert_eq!(
@@ -88,8 +117,7 @@ fn accepted_payments_are_chained_signed_and_counted() {
 
 #[test]
 fn a_decline_writes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     tap(&mut db, 3, 100).expect("accept");
     let replay = tap(&mut db, 3, 100).expect_err("same counter");
     assert_eq!(replay.reason, Reason::Replayed);
@@ -101,20 +129,16 @@ fn a_decline_writes_nothing() {
 
 #[test]
 fn the_running_total_seen_carries_across_taps() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     // Limit 1000: a wallet that always claims total_before 0 is still stopped.
-    for counter in 1..=4 {
-        tap(&mut db, counter, 250).expect("within limit");
-    }
+    taps(&mut db, 4, 250);
     let decline = tap(&mut db, 5, 250).expect_err("over");
     assert_eq!(decline.reason, Reason::OverOfflineLimit);
 }
 
 #[test]
 fn deny_list_is_consulted_and_can_be_lifted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     let wallet_id = sonotap_protocol::token::WalletId::of_key(&wallet().verifying_key().to_bytes());
     db.deny(wallet_id, "cloned phone", NOW).expect("deny");
     assert_eq!(
@@ -166,9 +190,7 @@ fn damaged_pages_are_reported_corrupt_not_panicked_on() {
     let path = dir.path().join("reader.db");
     {
         let mut db = fresh_db(&dir);
-        for counter in 1..=20 {
-            tap(&mut db, counter, 10).expect("accept");
-        }
+        taps(&mut db, 20, 10);
         db.conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
             .expect("checkpoint");
@@ -222,43 +244,33 @@ fn database_from_a_newer_version_is_refused_untouched() {
 
 #[test]
 fn a_locked_database_gives_a_clear_error_and_charges_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (dir, mut db) = fresh();
     let other = Connection::open(dir.path().join("reader.db")).expect("second connection");
     other.execute_batch("BEGIN EXCLUSIVE").expect("lock");
     let bytes = token_bytes(terms(), payment());
     let token = authenticate(&bytes, &keys()).expect("authentic");
-    let key = reader_key();
-    let signer = RecordSigner {
-        reader_id: READER,
-        key: &key,
-    };
-    let err = db
-        .commit_payment(&signer, &token, &policy(), None, NOW)
-        .expect_err("locked");
-    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
-    other.execute_batch("ROLLBACK").expect("unlock");
-    assert!(db.records(false).expect("records").is_empty());
-    assert!(
-        db.commit_payment(&signer, &token, &policy(), None, NOW)
-            .expect("store")
-            .is_ok()
-    );
+    with_signer(|signer| {
+        let err = db
+            .commit_payment(signer, &token, &policy(), None, NOW)
+            .expect_err("locked");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        other.execute_batch("ROLLBACK").expect("unlock");
+        assert!(db.records(false).expect("records").is_empty());
+        assert!(
+            db.commit_payment(signer, &token, &policy(), None, NOW)
+                .expect("store")
+                .is_ok()
+        );
+    });
 }
 
 fn void(db: &mut ReaderDb, seq: u64, reason: &str) -> Result<Voided, VoidError> {
-    let key = reader_key();
-    let signer = RecordSigner {
-        reader_id: READER,
-        key: &key,
-    };
-    db.void_charge(&signer, seq, reason, NOW + 5)
+    with_signer(|signer| db.void_charge(signer, seq, reason, NOW + 5))
 }
 
 #[test]
 fn a_void_is_a_chained_record_with_the_charges_token_and_amount() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     tap(&mut db, 1, 100).expect("accept");
     tap(&mut db, 2, 200).expect("accept");
     let voided = void(&mut db, 2, "vend failed").expect("void");
@@ -278,12 +290,7 @@ fn a_void_is_a_chained_record_with_the_charges_token_and_amount() {
         (records[1].wallet, 2)
     );
     assert_eq!(records[2].amount, 200);
-    let end = verify_chain(
-        READER,
-        &reader_key().verifying_key(),
-        (0, GENESIS_HASH),
-        &records,
-    );
+    let end = verify_from_genesis(&records);
     assert_eq!(end, Ok((3, records[2].hash)));
     assert_eq!(
         db.void_of(2).expect("void_of"),
@@ -296,8 +303,7 @@ fn a_void_is_a_chained_record_with_the_charges_token_and_amount() {
 
 #[test]
 fn a_void_leaves_the_token_spent_and_the_running_total_as_it_was() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     tap(&mut db, 1, 250).expect("accept");
     void(&mut db, 1, "vend failed").expect("void");
     assert_eq!(
@@ -316,8 +322,7 @@ fn a_void_leaves_the_token_spent_and_the_running_total_as_it_was() {
 
 #[test]
 fn voiding_twice_a_void_or_a_missing_record_is_refused_and_writes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     tap(&mut db, 1, 100).expect("accept");
     void(&mut db, 1, "first").expect("void");
     assert!(matches!(
@@ -345,8 +350,7 @@ fn voiding_twice_a_void_or_a_missing_record_is_refused_and_writes_nothing() {
 
 #[test]
 fn actuations_are_stored_beside_their_record() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     tap(&mut db, 1, 100).expect("accept");
     db.record_actuation(1, NOW, "ch340-relay", ActuationOutcome::Delivered, "")
         .expect("store");
@@ -371,12 +375,8 @@ fn actuations_are_stored_beside_their_record() {
 
 #[test]
 fn unsynced_runs_page_by_sequence_and_marking_needs_every_record_unsynced() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
-    for counter in 1..=5 {
-        tap(&mut db, counter, 10).expect("accepted");
-    }
-    let seqs = |rs: Vec<Record>| rs.iter().map(|r| r.seq).collect::<Vec<_>>();
+    let (_dir, mut db) = fresh();
+    taps(&mut db, 5, 10);
     assert_eq!(seqs(db.unsynced_run(0, 2).expect("run")), [1, 2]);
     assert_eq!(seqs(db.unsynced_run(2, 10).expect("run")), [3, 4, 5]);
     db.mark_synced(1, 2, NOW).expect("marked");
@@ -389,21 +389,13 @@ fn unsynced_runs_page_by_sequence_and_marking_needs_every_record_unsynced() {
 
 #[test]
 fn prune_deletes_only_acknowledged_records_past_retention() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
-    for counter in 1..=3 {
-        tap(&mut db, counter, 10).expect("accepted");
-    }
+    let (_dir, mut db) = fresh();
+    taps(&mut db, 3, 10);
     db.mark_synced(1, 1, NOW - 100).expect("marked");
     db.mark_synced(2, 2, NOW).expect("marked");
     let pruned = db.prune(NOW - 50, 0).expect("prune");
     assert_eq!(pruned.records, 1);
-    let left: Vec<u64> = db
-        .records(false)
-        .expect("records")
-        .iter()
-        .map(|r| r.seq)
-        .collect();
+    let left = seqs(db.records(false).expect("records"));
     assert_eq!(
         left,
         [2, 3],
@@ -416,8 +408,7 @@ fn prune_deletes_only_acknowledged_records_past_retention() {
 #[test]
 fn deny_entries_apply_in_version_order_and_a_gap_is_refused() {
     use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     let wallet = sonotap_protocol::token::WalletId::of_key(&wallet().verifying_key().to_bytes());
     let entry = |version, action| {
         DenyEntry::sign(
@@ -467,8 +458,7 @@ fn decline(n: u32) -> DeclineEntry {
 
 #[test]
 fn decline_log_keeps_only_the_newest_entries() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     let total = DECLINE_LOG_CAP as u32 + 5;
     for n in 1..=total {
         db.log_decline(&decline(n)).expect("log");
@@ -537,8 +527,7 @@ fn read_only_open_never_creates_or_migrates() {
 
 #[test]
 fn oldest_unsynced_time_follows_the_queue() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     assert_eq!(db.oldest_unsynced_at().expect("read"), None);
     tap(&mut db, 1, 100).expect("accepted");
     assert_eq!(db.oldest_unsynced_at().expect("read"), Some(NOW));
@@ -549,8 +538,7 @@ fn oldest_unsynced_time_follows_the_queue() {
 /// a void of a void.
 #[test]
 fn issue13_02_reader_never_writes_a_void_larger_than_its_charge_or_a_second_void() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (dir, mut db) = fresh();
     for (counter, amount) in [(1, 100), (2, 250), (3, 1)] {
         tap(&mut db, counter, amount).expect("accept");
     }
@@ -593,29 +581,22 @@ fn issue13_02_reader_never_writes_a_void_larger_than_its_charge_or_a_second_void
 }
 
 fn vend_charge(db: &mut ReaderDb, counter: u32, price: u32) -> Committed {
-    let bytes = token_bytes(
-        terms(),
+    let token = authentic(
+        db,
         PaymentTerms {
             counter,
             ..payment()
         },
     );
-    let token = authenticate(&bytes, &db.trusted_keys().expect("keys")).expect("authentic");
-    let key = reader_key();
-    let signer = RecordSigner {
-        reader_id: READER,
-        key: &key,
-    };
     let price = NonZeroU32::new(price).expect("price");
-    db.commit_vend_charge(&signer, &token, &policy(), price, "mdb@pty", NOW)
+    with_signer(|signer| db.commit_vend_charge(signer, &token, &policy(), price, "mdb@pty", NOW))
         .expect("store works")
         .expect("accepted")
 }
 
 #[test]
 fn issue13_03_a_void_that_fails_on_a_locked_database_stays_owed_and_is_written_on_retry() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (dir, mut db) = fresh();
     let charge = vend_charge(&mut db, 5, 150);
     let pending = db.pending_vends().expect("pending");
     assert_eq!(
@@ -659,8 +640,7 @@ fn issue13_03_a_void_that_fails_on_a_locked_database_stays_owed_and_is_written_o
 
 #[test]
 fn issue13_03_a_confirmed_vend_is_no_longer_pending_and_prune_keeps_pending_charges() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut db = fresh_db(&dir);
+    let (_dir, mut db) = fresh();
     let delivered = vend_charge(&mut db, 5, 100);
     let owed = vend_charge(&mut db, 6, 100);
     db.confirm_vend(delivered.seq, NOW + 1, "mdb@pty", "item 1 at 100")
@@ -679,12 +659,7 @@ fn issue13_03_a_confirmed_vend_is_no_longer_pending_and_prune_keeps_pending_char
     db.mark_synced(delivered.seq, owed.seq, NOW)
         .expect("synced");
     db.prune(NOW + 10, 0).expect("prune");
-    let kept: Vec<u64> = db
-        .records(false)
-        .expect("records")
-        .iter()
-        .map(|r| r.seq)
-        .collect();
+    let kept = seqs(db.records(false).expect("records"));
     assert_eq!(kept, [owed.seq], "the charge whose void is owed is kept");
     void(&mut db, owed.seq, "never confirmed").expect("its void can still be written");
 }
