@@ -11,32 +11,25 @@
 //!
 //! Run: `cargo bench --bench daemon` (release build). Prints median, p99 and max.
 
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serialport::{SerialPort, TTYPort};
-use sonotap_hub::{Hub, IssueRequest};
 use sonotap_protocol::token::Scope;
-use sonotap_wallet::{PayRequest, Wallet};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::{issued_wallet, mkfifo, pay_token, qr_frame, reader_init_args, unix_now};
 
 const TAPS: usize = 20;
 const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sonotap"))
@@ -53,12 +46,6 @@ fn ok(dir: &Path, args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn mkfifo(path: &Path) {
-    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
-    // SAFETY: a valid NUL-terminated path and a mode.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -109,47 +96,9 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     ok(d, &["hub", "init", "--data", "hub"]);
-    ok(
-        d,
-        &[
-            "reader",
-            "init",
-            "--data",
-            "r",
-            "--id",
-            "gate-1",
-            "--trust",
-            "hub/issuer.pub",
-        ],
-    );
-    let now = unix_now();
-    let mut hub = Hub::open(&d.join("hub")).expect("hub");
-    let mut wallet = Wallet::create(&d.join("w")).expect("wallet");
-    let request = IssueRequest {
-        scope: Scope::Transit,
-        currency: 978,
-        offline_limit: 10_000_000,
-        per_payment_cap: 300,
-        valid_from: (now - 3600) as u32,
-        valid_hours: 48,
-    };
-    let cred = hub
-        .issue(&wallet.public_key(), request, now)
-        .expect("issue");
-    fs::write(d.join("cred"), cred.encode()).expect("write");
-    wallet.add_credential(&d.join("cred")).expect("credential");
-    let mut pay = move || {
-        wallet
-            .pay(PayRequest {
-                amount: 100,
-                at: unix_now() as u32,
-                reader_tag: 0,
-            })
-            .expect("pay")
-            .token
-            .encode()
-            .to_vec()
-    };
+    ok(d, &reader_init_args("r", "gate-1", &[]));
+    let mut wallet = issued_wallet(d, "w", Scope::Transit, 10_000_000, unix_now());
+    let mut pay = move || pay_token(&mut wallet, 100, unix_now());
 
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -368,19 +317,6 @@ fn feed_camera(
             }
         }
     });
-}
-
-fn qr_frame(token: &[u8]) -> Vec<u8> {
-    let (w, h) = (1280usize, 720usize);
-    let code = sonotap_qr::render_token(token, 6, 4).expect("render");
-    let mut frame = vec![200u8; w * h];
-    let (cw, ch) = (code.width(), code.height());
-    let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
-    for y in 0..ch {
-        frame[(y0 + y) * w + x0..(y0 + y) * w + x0 + cw]
-            .copy_from_slice(&code.data()[y * cw..(y + 1) * cw]);
-    }
-    frame
 }
 
 fn scrape(port: u16) -> std::io::Result<String> {

@@ -10,7 +10,7 @@ use sonotap_audio::wav;
 use sonotap_modem::sim::{self, Channel, NoiseKind};
 use sonotap_modem::{self as modem, Profile};
 
-use crate::util::{Scratch, last_json, stderr};
+use crate::util::{Scratch, assert_fails, last_json, stderr};
 
 const RATE: u32 = 48_000;
 
@@ -222,22 +222,15 @@ fn analyze_bounds_the_picture_width() {
 fn analyze_refuses_bad_input_with_exit_2_and_reads_a_truncated_file() {
     let s = Scratch::new();
     let out = s.run(&["analyze", "missing.wav"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("missing.wav"), "{}", stderr(&out));
+    assert_fails(&out, 2, &["missing.wav"]);
 
     fs::write(s.path("text.wav"), "this is not a wav file").expect("write");
     let out = s.run(&["analyze", "text.wav", "--png", "x.png"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("not a readable WAV"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, 2, &["not a readable WAV"]);
 
     wav::write_mono_16(&s.path("empty.wav"), &[], RATE).expect("write");
     let out = s.run(&["analyze", "empty.wav"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no audio"), "{}", stderr(&out));
+    assert_fails(&out, 2, &["no audio"]);
     assert!(!stderr(&out).contains("panicked"));
 
     heard(&s, "heard.wav", 10.0);

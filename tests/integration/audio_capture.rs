@@ -2,23 +2,37 @@
 //! a raw PCM file (S16_LE mono at the rate asked) as if it were a microphone.
 //! No sound card, no mock.
 
-use std::path::Path;
+use std::process::Output;
 
 use crate::util::Scratch;
 
-/// Writes `.asoundrc` into `home` defining `pcm.sonotap_test` backed by `raw`.
-pub fn alsa_test_device(home: &Path, raw: &Path) {
+/// Writes `samples` (raw S16_LE mono) to file `raw` in `s`, and `.asoundrc`
+/// into `s` (the `HOME` of [`Scratch::run_with_home`]) defining
+/// `pcm.sonotap_test`, a capture device that plays that file.
+pub fn alsa_test_device(s: &Scratch, raw: &str, samples: &[i16]) {
+    let raw = s.path(raw);
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    std::fs::write(&raw, bytes).expect("raw pcm");
     let config = format!(
         "pcm.sonotap_test {{\n  type file\n  slave.pcm \"null\"\n  file \"/dev/null\"\n  infile \"{}\"\n  format \"raw\"\n  hint {{ show on description \"file-backed capture\" }}\n}}\n",
         raw.display()
     );
-    std::fs::write(home.join(".asoundrc"), config).expect("asoundrc");
+    std::fs::write(s.path(".asoundrc"), config).expect("asoundrc");
 }
 
-/// Raw S16_LE mono samples.
-pub fn write_raw(path: &Path, samples: &[i16]) {
-    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    std::fs::write(path, bytes).expect("raw pcm");
+/// `modem record --device DEVICE --seconds SECONDS --out OUT`, with the
+/// scratch directory as `HOME`.
+fn record(s: &Scratch, device: &str, seconds: &str, out: &str) -> Output {
+    s.run_with_home(&[
+        "modem",
+        "record",
+        "--device",
+        device,
+        "--seconds",
+        seconds,
+        "--out",
+        out,
+    ])
 }
 
 #[test]
@@ -32,18 +46,8 @@ fn record_captures_the_file_backed_alsa_device_sample_exactly() {
             ((x >> 16) as i16) / 4
         })
         .collect();
-    write_raw(&s.path("in.raw"), &pattern);
-    alsa_test_device(s.dir.path(), &s.path("in.raw"));
-    let out = s.run_with_home(&[
-        "modem",
-        "record",
-        "--device",
-        "sonotap_test",
-        "--seconds",
-        "0.5",
-        "--out",
-        "rec.wav",
-    ]);
+    alsa_test_device(&s, "in.raw", &pattern);
+    let out = record(&s, "sonotap_test", "0.5", "rec.wav");
     assert!(
         out.status.success(),
         "record failed: {}",
@@ -67,18 +71,8 @@ fn record_captures_the_file_backed_alsa_device_sample_exactly() {
 #[test]
 fn an_unknown_device_is_named_with_the_ones_that_exist() {
     let s = Scratch::new();
-    write_raw(&s.path("in.raw"), &[0; 480]);
-    alsa_test_device(s.dir.path(), &s.path("in.raw"));
-    let out = s.run_with_home(&[
-        "modem",
-        "record",
-        "--device",
-        "no-such-mic",
-        "--seconds",
-        "0.1",
-        "--out",
-        "x.wav",
-    ]);
+    alsa_test_device(&s, "in.raw", &[0; 480]);
+    let out = record(&s, "no-such-mic", "0.1", "x.wav");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -3,7 +3,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::util::{Scratch, last_json};
+use crate::util::{Scratch, assert_fails, last_json, stderr};
 
 /// Hub, wallet with a credential (limit 500, cap 300, valid 24 h from `FROM`), reader gate-1.
 const FROM: u64 = 1_800_000_000;
@@ -274,24 +274,13 @@ fn hex_tokens_and_standard_input_are_read() {
 #[test]
 fn environment_errors_exit_2_with_a_clear_message() {
     let s = setup();
-    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
 
     let out = s.run(&["reader", "accept", "--data", "r", "no-such-token"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("cannot read token file no-such-token"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, 2, &["cannot read token file no-such-token"]);
 
     pay(&s, 10, 5, "t");
     let out = s.run(&["reader", "accept", "--data", "nowhere", "t"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("sonotap reader init"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, 2, &["sonotap reader init"]);
 
     // Wrong key type: a wallet key offered as the issuer key.
     let out = s.run(&[
@@ -304,18 +293,16 @@ fn environment_errors_exit_2_with_a_clear_message() {
         "--trust",
         "w/wallet.pub",
     ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("holds a wallet public key, expected an issuer public key"),
-        "{}",
-        stderr(&out)
+    assert_fails(
+        &out,
+        2,
+        &["holds a wallet public key, expected an issuer public key"],
     );
 
     // A secret key other users can read is refused.
     fs::set_permissions(s.path("r/reader.key"), fs::Permissions::from_mode(0o644)).expect("chmod");
     let out = s.run(&["reader", "accept", "--data", "r", "t"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    assert_fails(&out, 2, &["chmod 600"]);
     fs::set_permissions(s.path("r/reader.key"), fs::Permissions::from_mode(0o600)).expect("chmod");
 
     // A corrupt database: an error, not a panic, and not a decline.
@@ -323,8 +310,7 @@ fn environment_errors_exit_2_with_a_clear_message() {
     let _ = fs::remove_file(s.path("r/reader.db-wal"));
     let _ = fs::remove_file(s.path("r/reader.db-shm"));
     let out = s.run(&["reader", "accept", "--data", "r", "t"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
+    assert_fails(&out, 2, &["corrupt"]);
     assert!(!stderr(&out).contains("panicked"));
 
     // Usage errors are exit 2 too, and init never replaces a reader.
@@ -336,12 +322,7 @@ fn environment_errors_exit_2_with_a_clear_message() {
         Some(2)
     );
     let out = s.run(&["hub", "init", "--data", "hub"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("refusing to replace"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, 2, &["refusing to replace"]);
 }
 
 #[test]

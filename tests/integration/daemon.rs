@@ -12,17 +12,16 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sonotap_hub::{Hub, IssueRequest};
 use sonotap_protocol::token::Scope;
 use sonotap_reader::actuator::ActuationOutcome;
 use sonotap_reader::daemon::metrics::parse_exposition;
 use sonotap_reader::store::ReaderDb;
-use sonotap_wallet::{PayRequest, Wallet};
+use sonotap_wallet::Wallet;
 
-use crate::audio_capture::{alsa_test_device, write_raw};
+use crate::audio_capture::alsa_test_device;
 use crate::util::{
-    Daemon, HubProcess, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame, records, unix_now,
-    unsynced,
+    Daemon, HubProcess, PtyDevice, Scratch, issued_wallet, mkfifo, open_fifo, pay_token, qr_frame,
+    records, unix_now, unsynced, vend_config,
 };
 
 const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
@@ -82,34 +81,12 @@ fn wallet(s: &Scratch, dir: &str) -> Wallet {
 }
 
 fn wallet_for(s: &Scratch, dir: &str, scope: Scope) -> Wallet {
-    let now = unix_now();
-    let mut hub = Hub::open(&s.path("hub")).expect("hub");
-    let mut w = Wallet::create(&s.path(dir)).expect("wallet");
-    let request = IssueRequest {
-        scope,
-        currency: 978,
-        offline_limit: 1_000_000,
-        per_payment_cap: 300,
-        valid_from: (now - 3600) as u32,
-        valid_hours: 48,
-    };
-    let credential = hub.issue(&w.public_key(), request, now).expect("issue");
-    let path = s.path(&format!("{dir}.cred"));
-    fs::write(&path, credential.encode()).expect("write");
-    w.add_credential(&path).expect("credential");
-    w
+    issued_wallet(s.dir.path(), dir, scope, 1_000_000, unix_now())
 }
 
+/// The fare, paid now.
 fn pay(w: &mut Wallet) -> Vec<u8> {
-    w.pay(PayRequest {
-        amount: 100,
-        at: unix_now() as u32,
-        reader_tag: 0,
-    })
-    .expect("pay")
-    .token
-    .encode()
-    .to_vec()
+    pay_token(w, 100, unix_now())
 }
 
 /// Writes a config file: `extra` is appended to the common part. Camera
@@ -182,8 +159,7 @@ fn sound_token_from_the_alsa_device_opens_the_gate_is_recorded_and_reaches_the_h
     let mut pcm: Vec<i16> = vec![0; 24_000];
     pcm.extend(sound.iter().map(|v| (v * 20_000.0) as i16));
     pcm.extend(std::iter::repeat_n(0, 96_000));
-    write_raw(&s.path("capture.raw"), &pcm);
-    alsa_test_device(s.dir.path(), &s.path("capture.raw"));
+    alsa_test_device(&s, "capture.raw", &pcm);
     let cfg = config(
         &s,
         &relay,
@@ -564,41 +540,19 @@ fn vending_profile_charges_the_vend_requests_price_before_approval() {
     s.reader_init("r", "vend-1", &["--scope", "vending"]);
     let mut w = wallet_for(&s, "w", Scope::Vending);
     let mut vmc = Relay::new();
-    mkfifo(&s.path("cam.y8"));
-    let cfg = s.path("vend.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "data = \"r\"\n[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n[actuator]\nprofile = \"mdb-qibixx\"\nport = \"{}\"\n[metrics]\nlisten = \"\"\n",
-            vmc.port.display()
-        ),
-    )
-    .expect("config");
+    let cfg = vend_config(&s, &vmc, "mdb-qibixx", "");
     let mut daemon = Daemon::start(&s, &cfg, &[]);
-    vmc.expect("C,1");
-    vmc.say("c,STATUS,ENABLED");
+    vmc.mdb_enable();
     let mut fifo = open_fifo(&s.path("cam.y8"));
-    let token = w
-        .pay(PayRequest {
-            amount: 300,
-            at: unix_now() as u32,
-            reader_tag: 0,
-        })
-        .expect("pay")
-        .token
-        .encode()
-        .to_vec();
+    let token = pay_token(&mut w, 300, unix_now());
     fifo.write_all(&qr_frame(&token)).expect("frame");
-    vmc.expect("C,START,3.00");
-    vmc.say("c,STATUS,IDLE,3.00");
-    vmc.say("c,STATUS,VEND,2.50,12");
+    vmc.mdb_request("3.00", "2.50", 12);
     vmc.expect("C,VEND,2.50");
     let recs = records(&s, "r");
     assert_eq!(recs.len(), 1, "charge committed before C,VEND");
     assert_eq!((recs[0].amount, &recs[0].token), (250, &token));
     vmc.say("c,VEND,SUCCESS");
-    vmc.expect("C,STOP");
-    vmc.say("c,STATUS,ENABLED");
+    vmc.mdb_end();
     wait_for(
         "the vend success is stored",
         Duration::from_secs(10),

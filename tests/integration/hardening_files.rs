@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{HUB_SERVE, Scratch, sonotap, stderr};
+use crate::util::{HUB_SERVE, Scratch, assert_fails, reader_init_args, sonotap, stderr};
 
 /// Far above what any of these commands needs on a loaded machine; the bugs
 /// were hangs (forever) and reads until memory ran out.
@@ -67,11 +67,7 @@ fn is_root() -> bool {
 
 /// Exit 2 and a message containing every one of `needles`.
 fn assert_refused(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    for needle in needles {
-        assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    }
+    assert_fails(out, 2, needles);
 }
 
 // ---- item 9: the clock-skew window is bounded everywhere ----
@@ -94,9 +90,7 @@ fn issue13_09_reader_init_refuses_a_clock_skew_window_of_4294967295() {
 fn issue13_09_a_hand_edited_reader_toml_with_a_huge_skew_is_refused() {
     let s = Scratch::new();
     s.provision(None);
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "100", "--out", "t",
-    ]);
+    s.wallet_pay(100, "t", &[]);
     let path = s.path("r/reader.toml");
     let original = fs::read_to_string(&path).expect("reader.toml");
     for value in ["4294967295", "5000000000", "0"] {
@@ -185,9 +179,7 @@ fn issue13_11_hub_import_of_a_fifo_or_dev_zero_is_refused_without_hanging() {
 fn issue13_11_a_key_file_symlinked_to_a_fifo_is_refused_without_hanging() {
     let s = Scratch::new();
     s.provision(None);
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "100", "--out", "t",
-    ]);
+    s.wallet_pay(100, "t", &[]);
     mkfifo(&s.path("r/fifo"));
     chmod(&s.path("r/fifo"), 0o600);
     fs::remove_file(s.path("r/reader.key")).expect("rm");
@@ -215,16 +207,7 @@ fn issue13_13_init_never_chmods_an_existing_directory_and_refuses_a_world_writab
         chmod(&s.path(dir), 0o1777);
     }
     let inits: [&[&str]; 3] = [
-        &[
-            "reader",
-            "init",
-            "--data",
-            "r",
-            "--id",
-            "gate-1",
-            "--trust",
-            "hub/issuer.pub",
-        ],
+        &reader_init_args("r", "gate-1", &[]),
         &["wallet", "new", "--dir", "w"],
         &["hub", "init", "--data", "hub2"],
     ];
@@ -252,9 +235,7 @@ fn issue13_13_init_never_chmods_an_existing_directory_and_refuses_a_world_writab
 fn issue13_13_a_world_writable_data_directory_is_refused_when_opened() {
     let s = Scratch::new();
     s.provision(None);
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "100", "--out", "t",
-    ]);
+    s.wallet_pay(100, "t", &[]);
     for (dir, args) in [
         ("r", &["reader", "accept", "--data", "r", "t"][..]),
         ("w", &["wallet", "show", "--dir", "w"][..]),
@@ -277,9 +258,7 @@ fn issue13_13_a_key_owned_by_another_user_is_refused() {
     }
     let s = Scratch::new();
     s.provision(None);
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "100", "--out", "t",
-    ]);
+    s.wallet_pay(100, "t", &[]);
     let key = s.path("r/reader.key");
     std::os::unix::fs::chown(&key, Some(65534), None).expect("chown");
     let out = s.run(&["reader", "accept", "--data", "r", "t"]);
@@ -332,10 +311,7 @@ fn issue13_13_token_files_are_written_for_their_owner_only() {
     // An older token file others could read is replaced, not reused.
     fs::write(s.path("t"), b"old").expect("write");
     chmod(&s.path("t"), 0o644);
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "100", "--out", "t", "--qr", "t.png", "--wav",
-        "t.wav",
-    ]);
+    s.wallet_pay(100, "t", &["--qr", "t.png", "--wav", "t.wav"]);
     for file in ["t", "t.png", "t.wav"] {
         assert_eq!(mode(&s.path(file)), 0o600, "{file}");
     }

@@ -9,13 +9,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sonotap_disk::keys::{Role, SecretKey};
-use sonotap_hub::{Hub, IssueRequest};
 use sonotap_protocol::token::Scope;
 use sonotap_protocol::wire::SignedRequest;
-use sonotap_reader::reader::Reader;
-use sonotap_wallet::{PayRequest, Wallet};
+use sonotap_reader::reader::{Outcome, Reader};
+use sonotap_wallet::Wallet;
 
-use crate::util::{HUB_SERVE, HubProcess, Scratch, last_json};
+use crate::util::{HUB_SERVE, HubProcess, Scratch, issued_wallet, last_json, pay_token, unix_now};
 
 /// Fast limits for tests; the defaults are 10 s.
 const FAST: &[&str] = &["--header-timeout", "1s", "--body-timeout", "1s"];
@@ -51,14 +50,42 @@ fn read_to_close(stream: &mut TcpStream) -> (Vec<u8>, Instant, bool) {
     }
 }
 
-/// One request with `Connection: close`: status line, and the JSON body.
-fn exchange(hub: &HubProcess, head: &str, body: &[u8]) -> (u16, String, serde_json::Value) {
+/// A hub on its own site with the [`FAST`] timeouts.
+fn fast_hub() -> (Scratch, HubProcess) {
+    let s = hub_site();
+    let hub = HubProcess::start_with(&s, FAST);
+    (s, hub)
+}
+
+/// Sends `head` and `body` on a new connection: what came back, and
+/// whether the hub closed the connection within [`BOUND`].
+fn send(hub: &HubProcess, head: &str, body: &[u8]) -> (String, bool) {
     let mut stream = connect(hub);
     stream.write_all(head.as_bytes()).expect("head");
     stream.write_all(body).expect("body");
     let (got, _, closed) = read_to_close(&mut stream);
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// The JSON body of an answer `send` returned.
+fn json_body(text: &str) -> serde_json::Value {
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).expect("JSON body")
+}
+
+/// One request, `METHOD TARGET` with `Connection: close` and the `headers`
+/// (each ending in CRLF): status line, and the JSON body.
+fn exchange(
+    hub: &HubProcess,
+    method: &str,
+    target: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String, serde_json::Value) {
+    let head =
+        format!("{method} {target} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n{headers}\r\n");
+    let (text, closed) = send(hub, &head, body);
     assert!(closed, "the hub answers and closes within {BOUND:?}");
-    let text = String::from_utf8_lossy(&got).into_owned();
     let (headers, body) = text.split_once("\r\n\r\n").expect("a full answer");
     let status = headers
         .split_whitespace()
@@ -80,8 +107,7 @@ fn assert_error(json: &serde_json::Value, code: &str) {
 
 #[test]
 fn issue13_01_idle_connection_is_closed_after_the_header_timeout() {
-    let s = hub_site();
-    let hub = HubProcess::start_with(&s, FAST);
+    let (_s, hub) = fast_hub();
     let start = Instant::now();
     let mut idle = connect(&hub);
     let (got, at, closed) = read_to_close(&mut idle);
@@ -96,8 +122,7 @@ fn issue13_01_idle_connection_is_closed_after_the_header_timeout() {
 
 #[test]
 fn issue13_01_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    let s = hub_site();
-    let hub = HubProcess::start_with(&s, FAST);
+    let (_s, hub) = fast_hub();
     let mut stream = connect(&hub);
     stream
         .write_all(b"GET /v1/health HTTP/1.1\r\nHost: hub\r\n\r\n")
@@ -115,8 +140,7 @@ fn issue13_01_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
 
 #[test]
 fn issue13_01_slowloris_header_dribble_is_closed() {
-    let s = hub_site();
-    let hub = HubProcess::start_with(&s, FAST);
+    let (_s, hub) = fast_hub();
     let mut stream = connect(&hub);
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
@@ -148,75 +172,38 @@ fn issue13_01_slowloris_header_dribble_is_closed() {
 
 #[test]
 fn issue13_01_stalled_upload_gets_408_and_is_closed() {
-    let s = hub_site();
-    let hub = HubProcess::start_with(&s, FAST);
+    let (_s, hub) = fast_hub();
     let head = "POST /v1/batches HTTP/1.1\r\nHost: hub\r\n\
                 Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n";
-    let mut stream = connect(&hub);
-    stream.write_all(head.as_bytes()).expect("head");
-    stream.write_all(&[0u8; 1000]).expect("some of the body");
-    let (got, _, closed) = read_to_close(&mut stream);
+    let (text, closed) = send(&hub, head, &[0u8; 1000]);
     assert!(closed, "a stalled upload is still open after {BOUND:?}");
-    let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let json: serde_json::Value = serde_json::from_str(body).expect("JSON body");
-    assert_error(&json, "timeout");
+    assert_error(&json_body(&text), "timeout");
 }
 
 #[test]
 fn issue13_01_expect_continue_with_huge_length_gets_413_and_never_100_continue() {
-    let s = hub_site();
-    let hub = HubProcess::start_with(&s, FAST);
+    let (_s, hub) = fast_hub();
     let head = "POST /v1/batches HTTP/1.1\r\nHost: hub\r\n\
                 Content-Type: application/octet-stream\r\nContent-Length: 104857600\r\n\
                 Expect: 100-continue\r\n\r\n";
-    let mut stream = connect(&hub);
-    stream.write_all(head.as_bytes()).expect("head");
-    let (got, _, closed) = read_to_close(&mut stream);
+    let (text, closed) = send(&hub, head, b"");
     assert!(closed, "the hub keeps waiting for a refused body");
-    let text = String::from_utf8_lossy(&got);
     assert!(!text.contains("100 Continue"), "{text}");
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let json: serde_json::Value = serde_json::from_str(body).expect("JSON body");
-    assert_error(&json, "too_large");
+    assert_error(&json_body(&text), "too_large");
 }
 
 /// Reader `r` registered at the hub, holding one accepted 150 payment.
 fn reader_with_a_record(s: &Scratch) {
     s.reader_init("r", "gate-1", &[]);
     s.register_reader("r", "gate-1");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let mut hub = Hub::open(&s.path("hub")).expect("hub");
-    let mut w = Wallet::create(&s.path("w")).expect("wallet");
-    let request = IssueRequest {
-        scope: Scope::Transit,
-        currency: 978,
-        offline_limit: 1000,
-        per_payment_cap: 300,
-        valid_from: (now - 3600) as u32,
-        valid_hours: 48,
-    };
-    let credential = hub.issue(&w.public_key(), request, now).expect("issue");
-    drop(hub);
-    std::fs::write(s.path("w.cred"), credential.encode()).expect("write");
-    w.add_credential(&s.path("w.cred")).expect("credential");
-    let token = w
-        .pay(PayRequest {
-            amount: 150,
-            at: now as u32,
-            reader_tag: 0,
-        })
-        .expect("pay")
-        .token
-        .encode();
-    let mut r = Reader::open(&s.path("r")).expect("reader");
-    let outcome = r.present(&token, None, now).expect("present");
-    assert!(outcome.decision.is_ok(), "the payment is accepted");
+    let now = unix_now();
+    let mut w = issued_wallet(s.dir.path(), "w", Scope::Transit, 1000, now);
+    assert!(
+        pay_at_r(s, &mut w, 150, now).decision.is_ok(),
+        "the payment is accepted"
+    );
 }
 
 #[test]
@@ -227,11 +214,7 @@ fn issue13_01_connection_cap_filled_by_idle_connections_recovers_after_their_tim
     // Every slot taken by a silent connection, and more waiting behind.
     let mut idle: Vec<TcpStream> = (0..12).map(|_| connect(&hub)).collect();
     let start = Instant::now();
-    let (status, _, json) = exchange(
-        &hub,
-        "GET /v1/health HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n",
-        b"",
-    );
+    let (status, _, json) = exchange(&hub, "GET", "/v1/health", "", b"");
     assert_eq!((status, &json["ok"]), (200, &serde_json::json!(true)));
     assert!(
         start.elapsed() >= Duration::from_secs(1),
@@ -242,16 +225,7 @@ fn issue13_01_connection_cap_filled_by_idle_connections_recovers_after_their_tim
         let (_, _, closed) = read_to_close(stream);
         assert!(closed, "an idle connection outlived the header timeout");
     }
-    let out = s.run(&[
-        "reader",
-        "sync",
-        "--data",
-        "r",
-        "--hub",
-        &hub.url,
-        "--timeout",
-        "10s",
-    ]);
+    let out = sync_r(&s, &hub.url, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -264,26 +238,16 @@ fn issue13_01_connection_cap_filled_by_idle_connections_recovers_after_their_tim
 
 #[test]
 fn issue13_13_query_error_is_a_json_error() {
-    let s = hub_site();
-    let hub = HubProcess::start_with(&s, FAST);
-    let (status, _, json) = exchange(
-        &hub,
-        "GET /v1/deny?since=abc HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n",
-        b"",
-    );
+    let (_s, hub) = fast_hub();
+    let (status, _, json) = exchange(&hub, "GET", "/v1/deny?since=abc", "", b"");
     assert_eq!(status, 400);
     assert_error(&json, "malformed");
 }
 
 #[test]
 fn issue13_13_wrong_method_is_405_with_a_json_error_and_allow() {
-    let s = hub_site();
-    let hub = HubProcess::start_with(&s, FAST);
-    let (status, headers, json) = exchange(
-        &hub,
-        "DELETE /v1/keys HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n",
-        b"",
-    );
+    let (_s, hub) = fast_hub();
+    let (status, headers, json) = exchange(&hub, "DELETE", "/v1/keys", "", b"");
     assert_eq!(status, 405);
     assert!(
         headers.to_ascii_lowercase().contains("allow: get"),
@@ -294,12 +258,12 @@ fn issue13_13_wrong_method_is_405_with_a_json_error_and_allow() {
 
 #[test]
 fn issue13_13_upload_that_is_not_octet_stream_is_415() {
-    let s = hub_site();
-    let hub = HubProcess::start_with(&s, FAST);
+    let (_s, hub) = fast_hub();
     let (status, _, json) = exchange(
         &hub,
-        "POST /v1/batches HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\n",
+        "POST",
+        "/v1/batches",
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n",
         b"a=b",
     );
     assert_eq!(status, 415);
@@ -335,10 +299,9 @@ fn issue13_13_key_set_the_hub_cannot_sign_is_503_not_400_malformed() {
     let hub = HubProcess::start_with(&s, FAST);
     let (status, _, json) = exchange(
         &hub,
-        &format!(
-            "GET /v1/keys HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\
-             Authorization: Sonotap {authorization}\r\n\r\n"
-        ),
+        "GET",
+        "/v1/keys",
+        &format!("Authorization: Sonotap {authorization}\r\n"),
         b"",
     );
     assert_eq!(status, 503, "{json}");
@@ -504,18 +467,7 @@ fn run_attack(label: &str, binary: &str, attack_for: Duration, nofile: u64) -> A
         rounds += 1;
         add_record(&s);
         let start = Instant::now();
-        let out = s.run(&[
-            "reader",
-            "sync",
-            "--data",
-            "r",
-            "--hub",
-            &url,
-            "--timeout",
-            "10s",
-            "--attempts",
-            "1",
-        ]);
+        let out = sync_r(&s, &url, &["--attempts", "1"]);
         if out.status.success() {
             times.push(start.elapsed());
         } else {
@@ -543,6 +495,21 @@ fn run_attack(label: &str, binary: &str, attack_for: Duration, nofile: u64) -> A
     }
 }
 
+/// `reader sync --data r --hub URL --timeout 10s EXTRA…`.
+fn sync_r(s: &Scratch, url: &str, extra: &[&str]) -> std::process::Output {
+    let args = [
+        "reader",
+        "sync",
+        "--data",
+        "r",
+        "--hub",
+        url,
+        "--timeout",
+        "10s",
+    ];
+    s.run(&[&args[..], extra].concat())
+}
+
 fn hub_site_with(binary: &str) -> Scratch {
     let s = Scratch::new();
     let out = std::process::Command::new(binary)
@@ -557,22 +524,15 @@ fn hub_site_with(binary: &str) -> Scratch {
 /// One more accepted payment at reader `r`, by the wallet of
 /// [`reader_with_a_record`].
 fn add_record(s: &Scratch) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
     let mut w = Wallet::open(&s.path("w")).expect("wallet");
-    let token = w
-        .pay(PayRequest {
-            amount: 1,
-            at: now as u32,
-            reader_tag: 0,
-        })
-        .expect("pay")
-        .token
-        .encode();
+    pay_at_r(s, &mut w, 1, unix_now());
+}
+
+/// `w` pays `amount` at reader `r` at `now`: the reader's outcome.
+fn pay_at_r(s: &Scratch, w: &mut Wallet, amount: u32, now: u64) -> Outcome {
+    let token = pay_token(w, amount, now);
     let mut r = Reader::open(&s.path("r")).expect("reader");
-    r.present(&token, None, now).expect("present");
+    r.present(&token, None, now).expect("present")
 }
 
 /// The issue's measurement, before and after side by side in one run
@@ -638,13 +598,8 @@ fn issue13_01_hub_serve_refuses_a_timeout_under_a_second() {
 /// 401 that names the scheme it wants (`WWW-Authenticate`, as HTTP requires).
 #[test]
 fn issue13_08_unauthenticated_read_is_a_json_401_naming_its_scheme() {
-    let s = hub_site();
-    let hub = HubProcess::start_with(&s, FAST);
-    let (status, headers, json) = exchange(
-        &hub,
-        "GET /v1/deny?since=0 HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n",
-        b"",
-    );
+    let (_s, hub) = fast_hub();
+    let (status, headers, json) = exchange(&hub, "GET", "/v1/deny?since=0", "", b"");
     assert_eq!(status, 401, "{json}");
     assert_error(&json, "unauthenticated");
     assert!(

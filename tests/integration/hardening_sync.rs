@@ -3,8 +3,6 @@
 //! key sets never rolled back, reads of the deny list and keys only by
 //! registered readers, and sequence numbers past 2^63 − 1 refused once.
 
-use std::io::Write;
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,10 +16,8 @@ use sonotap_protocol::wire::{
 use sonotap_reader::reader::Reader;
 use sonotap_wallet::Wallet;
 
-use crate::sync::queue;
-use crate::util::{
-    HubProcess, Scratch, read_http_message, stderr, unsynced, with_connection_close,
-};
+use crate::sync::{first_batch, queue};
+use crate::util::{HubProcess, Scratch, forward, last_json, serve_one_by_one, stderr, unsynced};
 
 const NOW: u64 = 1_790_000_000;
 
@@ -32,6 +28,14 @@ fn site() -> Scratch {
     s.reader_init("ra", "gate-a", &[]);
     s.register_reader("ra", "gate-a");
     s
+}
+
+/// `reader sync` of `reader` to `url` with `--attempts ATTEMPTS` fails
+/// (exit 1): its standard error.
+fn failed_sync(s: &Scratch, reader: &str, url: &str, attempts: &str) -> String {
+    let out = s.reader_sync(reader, url, &["--attempts", attempts]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    stderr(&out)
 }
 
 /// Sends `body` to `url` (POST when given) and returns the status and JSON answer.
@@ -72,40 +76,21 @@ fn request(url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> (u16, se
 /// A proxy to the hub at `upstream` that answers every upload itself with
 /// 400 `malformed` (counting them) and passes every other request through.
 fn refusing_proxy(upstream: String, posts: Arc<AtomicUsize>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
-            let Some(request) = read_http_message(&mut client) else {
-                continue;
-            };
-            let response = if request.starts_with(b"POST") {
-                posts.fetch_add(1, Ordering::SeqCst);
-                let body = r#"{"error":"malformed","message":"invalid batch: past 2^63-1"}"#;
+    serve_one_by_one(move |request| {
+        if request.starts_with(b"POST") {
+            posts.fetch_add(1, Ordering::SeqCst);
+            let body = r#"{"error":"malformed","message":"invalid batch: past 2^63-1"}"#;
+            Some(
                 format!(
                     "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 )
-                .into_bytes()
-            } else {
-                let Ok(mut server) = std::net::TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let _ = server.set_read_timeout(Some(Duration::from_secs(5)));
-                if server.write_all(&request).is_err() {
-                    continue;
-                }
-                let Some(response) = read_http_message(&mut server) else {
-                    continue;
-                };
-                response
-            };
-            let _ = client.write_all(&with_connection_close(response));
+                .into_bytes(),
+            )
+        } else {
+            forward(&upstream, request, Duration::from_secs(5))
         }
-    });
-    format!("http://{addr}")
+    })
 }
 
 #[test]
@@ -115,8 +100,7 @@ fn issue13_10_batch_with_sequence_numbers_past_2_63_is_refused_once_and_not_retr
     let hub = HubProcess::start(&s, 0);
     // Reader A's genuine batch, moved to 2^63 - 1 and 2^63 and re-signed with
     // A's key: what a reader whose counter ran past SQLite's range would send.
-    let a = Reader::open(&s.path("ra")).expect("reader");
-    let batch = a.next_batch(0, 100, NOW).expect("batch").expect("records");
+    let batch = first_batch(&s, "ra");
     let mut bytes = batch.encode().expect("encode");
     let at = BATCH_DOMAIN.len() + 1 + "gate-a".len();
     bytes[at..at + 8].copy_from_slice(&MAX_SEQ.to_be_bytes());
@@ -152,10 +136,9 @@ fn issue13_10_batch_with_sequence_numbers_past_2_63_is_refused_once_and_not_retr
         hub.url.trim_start_matches("http://").to_owned(),
         Arc::clone(&posts),
     );
-    let out = s.reader_sync("ra", &proxy, &["--attempts", "5"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not retried"), "{}", stderr(&out));
-    assert_eq!(posts.load(Ordering::SeqCst), 1, "{}", stderr(&out));
+    let err = failed_sync(&s, "ra", &proxy, "5");
+    assert!(err.contains("not retried"), "{err}");
+    assert_eq!(posts.load(Ordering::SeqCst), 1, "{err}");
     assert_eq!(unsynced(&s, "ra"), 2);
 }
 
@@ -166,30 +149,9 @@ fn rewriting_proxy(
     upstream: String,
     rewrite: impl Fn(&[u8], Vec<u8>) -> Vec<u8> + Send + Sync + 'static,
 ) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let rewrite = Arc::new(rewrite);
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
-            let Some(request) = read_http_message(&mut client) else {
-                continue;
-            };
-            let Ok(mut server) = std::net::TcpStream::connect(&upstream) else {
-                continue;
-            };
-            let _ = server.set_read_timeout(Some(Duration::from_secs(10)));
-            if server.write_all(&request).is_err() {
-                continue;
-            }
-            let Some(response) = read_http_message(&mut server) else {
-                continue;
-            };
-            let _ = client.write_all(&with_connection_close(rewrite(&request, response)));
-        }
-    });
-    format!("http://{addr}")
+    serve_one_by_one(move |request| {
+        forward(&upstream, request, Duration::from_secs(10)).map(|r| rewrite(request, r))
+    })
 }
 
 /// An HTTP 200 answer with a JSON body.
@@ -208,6 +170,21 @@ fn body_of(message: &[u8]) -> serde_json::Value {
         .position(|w| w == b"\r\n\r\n")
         .expect("head");
     serde_json::from_slice(&message[end + 4..]).expect("json body")
+}
+
+/// The hub's answer to an upload with its acknowledgement broken.
+fn with_a_broken_ack(response: &[u8]) -> Vec<u8> {
+    let mut answer = body_of(response);
+    answer["ack"] = serde_json::Value::String("00".into());
+    json_response(&answer.to_string())
+}
+
+/// The answer to a time request with `nonce`: the time `AHEAD_MS` ahead,
+/// signed by `signer`.
+fn time_ahead(nonce: [u8; 16], signer: &SecretKey) -> Vec<u8> {
+    let ahead = now_ms() + AHEAD_MS;
+    let st = hex::encode(TimeStatement::sign(nonce, ahead, 1, signer.signing_key()).encode());
+    json_response(&format!("{{\"unix_ms\":{ahead},\"statement\":\"{st}\"}}"))
 }
 
 /// The nonce of a `GET /v1/time?nonce=HEX` request.
@@ -282,19 +259,12 @@ fn issue13_04_hub_time_moves_the_reader_clock_only_when_signed_fresh_and_the_syn
                 return json_response(&body);
             }
             if request.starts_with(b"POST") {
-                let mut answer = body_of(&response);
-                answer["ack"] = serde_json::Value::String("00".into());
-                return json_response(&answer.to_string());
+                return with_a_broken_ack(&response);
             }
             response
         });
-        let out = s.reader_sync("ra", &proxy, &["--attempts", "1"]);
-        assert_eq!(out.status.code(), Some(1), "{lie}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("cannot be trusted"),
-            "{lie}: {}",
-            stderr(&out)
-        );
+        let err = failed_sync(&s, "ra", &proxy, "1");
+        assert!(err.contains("cannot be trusted"), "{lie}: {err}");
         assert_eq!(stored_offset(&s, "ra"), 0, "{lie}");
     }
 
@@ -303,20 +273,14 @@ fn issue13_04_hub_time_moves_the_reader_clock_only_when_signed_fresh_and_the_syn
     let signer = Arc::clone(&issuer);
     let ahead_then_bad_ack = rewriting_proxy(upstream.clone(), move |request, response| {
         if let Some(nonce) = time_nonce(request) {
-            let ahead = now_ms() + AHEAD_MS;
-            let st =
-                hex::encode(TimeStatement::sign(nonce, ahead, 1, signer.signing_key()).encode());
-            return json_response(&format!("{{\"unix_ms\":{ahead},\"statement\":\"{st}\"}}"));
+            return time_ahead(nonce, &signer);
         }
         if request.starts_with(b"POST") {
-            let mut answer = body_of(&response);
-            answer["ack"] = serde_json::Value::String("00".into());
-            return json_response(&answer.to_string());
+            return with_a_broken_ack(&response);
         }
         response
     });
-    let out = s.reader_sync("ra", &ahead_then_bad_ack, &["--attempts", "1"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    failed_sync(&s, "ra", &ahead_then_bad_ack, "1");
     assert_eq!(stored_offset(&s, "ra"), 0);
     assert_eq!(unsynced(&s, "ra"), 3);
 
@@ -336,10 +300,7 @@ fn issue13_04_hub_time_moves_the_reader_clock_only_when_signed_fresh_and_the_syn
     );
     let ahead = rewriting_proxy(upstream, move |request, response| {
         if let Some(nonce) = time_nonce(request) {
-            let ahead = now_ms() + AHEAD_MS;
-            let st =
-                hex::encode(TimeStatement::sign(nonce, ahead, 1, signer.signing_key()).encode());
-            return json_response(&format!("{{\"unix_ms\":{ahead},\"statement\":\"{st}\"}}"));
+            return time_ahead(nonce, &signer);
         }
         if request.starts_with(b"GET /v1/keys") {
             return json_response(&keys);
@@ -351,13 +312,7 @@ fn issue13_04_hub_time_moves_the_reader_clock_only_when_signed_fresh_and_the_syn
     });
     let out = s.reader_sync("ra", &ahead, &["--attempts", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or(""),
-    )
-    .expect("json");
+    let report = last_json(&out);
     assert_eq!(report["records"], 3, "{report}");
     let measured = report["hub_clock_offset_ms"].as_i64().expect("measured");
     assert!((measured - AHEAD_MS as i64).abs() < 60_000, "{report}");
@@ -408,13 +363,8 @@ fn issue13_05_an_old_key_set_announced_as_a_new_version_is_refused() {
             response
         },
     );
-    let out = s.reader_sync("ra", &proxy, &["--attempts", "1"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("refusing to roll back"),
-        "{}",
-        stderr(&out)
-    );
+    let err = failed_sync(&s, "ra", &proxy, "1");
+    assert!(err.contains("refusing to roll back"), "{err}");
     let reader = Reader::open(&s.path("ra")).expect("reader");
     let state = reader.sync_state().expect("state");
     assert_eq!(state.keyset_version, 2);
@@ -531,13 +481,7 @@ fn issue13_08_deny_list_and_keys_are_read_only_by_registered_readers_and_carry_n
     // The real reader signs its reads and applies the entry.
     let out = s.reader_sync("ra", &hub.url, &["--attempts", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or(""),
-    )
-    .expect("json");
+    let report = last_json(&out);
     assert_eq!(report["deny_entries"], 1, "{report}");
     assert_eq!(report["deny_version"], 1, "{report}");
 }
@@ -549,8 +493,7 @@ fn issue13_08_unknown_reader_and_bad_signature_uploads_get_one_identical_answer(
     s.reader_init("rc", "gate-c", &[]);
     queue(&s, "rc", 2);
     let hub = HubProcess::start(&s, 0);
-    let a = Reader::open(&s.path("ra")).expect("reader");
-    let batch = a.next_batch(0, 100, NOW).expect("batch").expect("records");
+    let batch = first_batch(&s, "ra");
     // Gate-a's records signed by gate-c's key (a bad signature for a
     // registered id), and gate-c's own batch (an id not registered).
     let c_key = SecretKey::read(&s.path("rc/reader.key"), Role::Reader).expect("key");
@@ -563,11 +506,7 @@ fn issue13_08_unknown_reader_and_bad_signature_uploads_get_one_identical_answer(
         c_key.signing_key(),
     )
     .expect("seal");
-    let unknown = Reader::open(&s.path("rc"))
-        .expect("reader")
-        .next_batch(0, 100, NOW)
-        .expect("batch")
-        .expect("records");
+    let unknown = first_batch(&s, "rc");
     let url = format!("{}/v1/batches", hub.url);
     let bad_signature = request(&url, Some(&forged.encode().expect("encode")), &[]);
     let unknown_reader = request(&url, Some(&unknown.encode().expect("encode")), &[]);
@@ -581,12 +520,10 @@ fn issue13_08_unknown_reader_and_bad_signature_uploads_get_one_identical_answer(
     );
 
     // The real reader reports the refusal, does not retry it, keeps its records.
-    let out = s.reader_sync("rc", &hub.url, &["--attempts", "3"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = failed_sync(&s, "rc", &hub.url, "3");
     assert!(
-        stderr(&out).contains("refused") && stderr(&out).contains("not retried"),
-        "{}",
-        stderr(&out)
+        err.contains("refused") && err.contains("not retried"),
+        "{err}"
     );
     assert_eq!(unsynced(&s, "rc"), 2);
 }

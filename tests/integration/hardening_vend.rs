@@ -4,7 +4,7 @@
 //! second SQLite connection holding `BEGIN IMMEDIATE`), as another process
 //! would. Every wait has a deadline.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -16,7 +16,7 @@ use sonotap_hub::{Hub, IssueRequest};
 use sonotap_protocol::token::{CredentialTerms, PaymentTerms, Scope, Token};
 use sonotap_reader::store::ReaderDb;
 
-use crate::util::{Daemon, PtyDevice, Scratch, mkfifo, open_fifo, qr_frame, unix_now};
+use crate::util::{Daemon, PtyDevice, Scratch, open_fifo, qr_frame, unix_now, vend_config};
 
 /// A vending site: hub, reader `r` (vending), the daemon's config driving
 /// `profile` on the pty, and a wallet key with a hub-issued credential
@@ -55,16 +55,7 @@ impl Site {
             )
             .expect("issue");
         let vmc = PtyDevice::new();
-        mkfifo(&s.path("cam.y8"));
-        let config = s.path("vend.toml");
-        fs::write(
-            &config,
-            format!(
-                "data = \"r\"\nlog_level = \"sonotap=debug,info\"\n[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n[actuator]\nprofile = \"{profile}\"\nport = \"{}\"\n[metrics]\nlisten = \"\"\n",
-                vmc.port.display()
-            ),
-        )
-        .expect("config");
+        let config = vend_config(&s, &vmc, profile, "log_level = \"sonotap=debug,info\"\n");
         Self {
             s,
             vmc,
@@ -90,6 +81,14 @@ impl Site {
             .expect("sign")
             .encode()
             .to_vec()
+    }
+
+    /// Starts the daemon, enables the vending machine and opens the
+    /// camera FIFO.
+    fn start(&mut self) -> (Daemon, File) {
+        let daemon = Daemon::start(&self.s, &self.config, &[]);
+        self.vmc.mdb_enable();
+        (daemon, open_fifo(&self.s.path("cam.y8")))
     }
 
     fn db(&self) -> ReaderDb {
@@ -141,10 +140,7 @@ fn forged_token() -> Vec<u8> {
 #[test]
 fn issue13_12_a_forged_token_for_4294967295_opens_no_vend_session() {
     let mut site = Site::new("mdb-qibixx");
-    let mut daemon = Daemon::start(&site.s, &site.config, &[]);
-    site.vmc.expect("C,1");
-    site.vmc.say("c,STATUS,ENABLED");
-    let mut fifo = open_fifo(&site.s.path("cam.y8"));
+    let (mut daemon, mut fifo) = site.start();
     fifo.write_all(&qr_frame(&forged_token())).expect("frame");
     daemon.wait_log("declined before any vend session", Duration::from_secs(20));
     site.vmc.silent(Duration::from_secs(2));
@@ -188,17 +184,11 @@ fn issue13_12_a_session_never_offers_more_than_the_profile_ceiling() {
         builtin.replace("max_funds = 65534", "max_funds = 120"),
     )
     .expect("profile");
-    let mut daemon = Daemon::start(&site.s, &site.config, &[]);
-    site.vmc.expect("C,1");
-    site.vmc.say("c,STATUS,ENABLED");
-    let mut fifo = open_fifo(&site.s.path("cam.y8"));
+    let (mut daemon, mut fifo) = site.start();
     let token = site.token(300);
     fifo.write_all(&qr_frame(&token)).expect("frame");
-    site.vmc.expect("C,START,1.20");
-    site.vmc.say("c,STATUS,IDLE,1.20");
-    site.vmc.say("c,STATUS,VEND,2.00,4");
-    site.vmc.expect("C,STOP");
-    site.vmc.say("c,STATUS,ENABLED");
+    site.vmc.mdb_request("1.20", "2.00", 4);
+    site.vmc.mdb_end();
     daemon.wait_log("vend denied", Duration::from_secs(10));
     assert!(site.db().records(false).expect("records").is_empty());
     daemon.stop_within(Duration::from_secs(15));
@@ -207,15 +197,10 @@ fn issue13_12_a_session_never_offers_more_than_the_profile_ceiling() {
 #[test]
 fn issue13_03_a_void_blocked_by_a_locked_database_is_owed_shown_and_written_after_a_restart() {
     let mut site = Site::new("mdb-qibixx");
-    let mut daemon = Daemon::start(&site.s, &site.config, &[]);
-    site.vmc.expect("C,1");
-    site.vmc.say("c,STATUS,ENABLED");
-    let mut fifo = open_fifo(&site.s.path("cam.y8"));
+    let (mut daemon, mut fifo) = site.start();
     let token = site.token(300);
     fifo.write_all(&qr_frame(&token)).expect("frame");
-    site.vmc.expect("C,START,3.00");
-    site.vmc.say("c,STATUS,IDLE,3.00");
-    site.vmc.say("c,STATUS,VEND,1.50,3");
+    site.vmc.mdb_request("3.00", "1.50", 3);
     site.vmc.expect("C,VEND,1.50");
     let charge = site.db().records(false).expect("records")[0].seq;
 
@@ -223,8 +208,7 @@ fn issue13_03_a_void_blocked_by_a_locked_database_is_owed_shown_and_written_afte
     let lock = rusqlite::Connection::open(site.s.path("r/reader.db")).expect("connection");
     lock.execute_batch("BEGIN IMMEDIATE").expect("lock");
     site.vmc.say("c,VEND,FAILED");
-    site.vmc.expect("C,STOP");
-    site.vmc.say("c,STATUS,ENABLED");
+    site.vmc.mdb_end();
     daemon.wait_log("void owed, will retry", Duration::from_secs(20));
 
     // Meanwhile `sonotap status` shows the owed void (from the daemon's status file).
@@ -278,7 +262,6 @@ fn issue13_03_a_void_blocked_by_a_locked_database_is_owed_shown_and_written_afte
         .expect("void record");
     assert_eq!((void.amount, &void.token), (150, &token));
     assert!(db.pending_vends().expect("pending").is_empty());
-    site.vmc.expect("C,1");
-    site.vmc.say("c,STATUS,ENABLED");
+    site.vmc.mdb_enable();
     daemon.stop_within(Duration::from_secs(15));
 }

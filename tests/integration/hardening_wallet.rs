@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::util::{Scratch, last_json, stderr};
+use crate::util::{Scratch, assert_fails, last_json, stderr};
 
 /// Credentials are valid from here for 24 hours.
 const FROM: u64 = 1_800_000_000;
@@ -293,12 +293,7 @@ fn issue13_16_a_complete_reader_init_is_still_refused_and_keeps_its_key() {
     s.reader_init("r", "gate-1", &[]);
     let key = fs::read(s.path("r/reader.key")).expect("key");
     let out = s.try_reader_init("r", "gate-1", &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("already holds a reader"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, 2, &["already holds a reader"]);
     assert_eq!(fs::read(s.path("r/reader.key")).expect("key"), key);
 }
 
@@ -362,11 +357,6 @@ fn issue13_16_wallet_new_cut_before_its_state_can_be_run_again() {
     // A finished wallet is never replaced.
     let key = fs::read(s.path("w/wallet.key")).expect("key");
     let out = s.run(&["wallet", "new", "--dir", "w"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("already holds a wallet"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, 2, &["already holds a wallet"]);
     assert_eq!(fs::read(s.path("w/wallet.key")).expect("key"), key);
 }

@@ -3,9 +3,10 @@
 //! the master side; sonotap's drivers open the slave side by path. Every
 //! read on the test's side has a deadline, so no test can hang.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,13 @@ fn profile(name: &str) -> Profile {
     Profile::load(name, &[]).expect("built-in profile")
 }
 
+/// The gate of built-in profile `name` on `port`, connected.
+fn connected_gate(name: &str, port: &Path) -> Gate {
+    let mut gate = Gate::new(&profile(name), Some(port)).expect("gate");
+    gate.connect().expect("port opens");
+    gate
+}
+
 /// A profile file in `s` from a built-in one with some lines replaced.
 fn profile_file(s: &Scratch, builtin: &str, edits: &[(&str, &str)]) -> Profile {
     let mut text = fs::read_to_string(format!("hw/profiles/{builtin}.toml")).expect("profile");
@@ -45,11 +53,7 @@ fn profile_file(s: &Scratch, builtin: &str, edits: &[(&str, &str)]) -> Profile {
 fn relay_board_is_released_on_connect_then_gets_on_and_off_after_the_pulse() {
     let mut board = Device::new();
     let path = board.port.clone();
-    let gate = thread::spawn(move || {
-        let mut gate = Gate::new(&profile("ch340-relay"), Some(&path)).expect("gate");
-        gate.connect().expect("port opens");
-        gate.open_for(11)
-    });
+    let gate = thread::spawn(move || connected_gate("ch340-relay", &path).open_for(11));
     let (reset, _) = board.read_exact(4, Duration::from_secs(5));
     assert_eq!(reset, OFF, "released when the port opens");
     let (on, on_at) = board.read_exact(4, Duration::from_secs(5));
@@ -92,22 +96,19 @@ fn vending_site(amount: u32) -> Scratch {
     s.hub_issue("hub", "w", &terms, "cred");
     s.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
     s.reader_init("r", "vend-1", &["--scope", "vending"]);
-    let amount = amount.to_string();
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", &amount, "--out", "token",
-    ]);
+    s.wallet_pay(amount, "token", &[]);
     s
 }
 
 /// Runs one vend session at reader `r` for the token, offering `funds`,
-/// with `machine` playing the vending machine on the pty.
+/// with `machine` playing the vending machine on a new pty.
 fn vend_with(
     s: &Scratch,
     funds: u32,
-    port: &Path,
     machine: impl FnOnce(&mut Device) + Send + 'static,
-    mut device: Device,
 ) -> sonotap_reader::actuator::VendReport {
+    let mut device = Device::new();
+    let port = device.port.clone();
     let profile = profile_file(
         s,
         "mdb-qibixx",
@@ -125,7 +126,7 @@ fn vend_with(
     });
     let token = fs::read(s.path("token")).expect("token");
     let mut reader = Reader::open(&s.path("r")).expect("reader");
-    let mut vending = Vending::new(&profile, Some(port)).expect("vending");
+    let mut vending = Vending::new(&profile, Some(&port)).expect("vending");
     vending.connect().expect("port opens");
     let clock = unix_now;
     let device = vending.device().to_string();
@@ -136,45 +137,38 @@ fn vend_with(
     report
 }
 
+/// Reader `r`'s records, oldest first: kind and amount.
+fn kinds_and_amounts(s: &Scratch) -> Vec<(RecordKind, u32)> {
+    records(s, "r").iter().map(|r| (r.kind, r.amount)).collect()
+}
+
 fn verify(s: &Scratch) -> String {
     s.ok(&["reader", "verify", "--data", "r"])
 }
 
 /// The machine's side up to a vend request for `price_text`, item 12.
 fn enable_and_request(vmc: &mut Device, funds_text: &str, price_text: &str) {
-    vmc.expect("C,1");
-    vmc.say("c,STATUS,ENABLED");
-    vmc.expect(&format!("C,START,{funds_text}"));
-    vmc.say(&format!("c,STATUS,IDLE,{funds_text}"));
-    vmc.say(&format!("c,STATUS,VEND,{price_text},12"));
+    vmc.mdb_enable();
+    vmc.mdb_request(funds_text, price_text, 12);
 }
 
 #[test]
 fn approved_vend_is_charged_at_the_actual_price_before_approval() {
     let s = vending_site(300);
-    let device = Device::new();
-    let port = device.port.clone();
     let db_path = s.path("r/reader.db");
-    let report = vend_with(
-        &s,
-        300,
-        &port,
-        move |vmc| {
-            enable_and_request(vmc, "3.00", "2.50");
-            vmc.expect("C,VEND,2.50");
-            // The approval came: the charge must already be on disk.
-            let on_disk = ReaderDb::open(&db_path)
-                .expect("db")
-                .records(false)
-                .expect("records");
-            assert_eq!(on_disk.len(), 1, "charge committed before C,VEND");
-            assert_eq!(on_disk[0].amount, 250);
-            vmc.say("c,VEND,SUCCESS");
-            vmc.expect("C,STOP");
-            vmc.say("c,STATUS,ENABLED");
-        },
-        device,
-    );
+    let report = vend_with(&s, 300, move |vmc| {
+        enable_and_request(vmc, "3.00", "2.50");
+        vmc.expect("C,VEND,2.50");
+        // The approval came: the charge must already be on disk.
+        let on_disk = ReaderDb::open(&db_path)
+            .expect("db")
+            .records(false)
+            .expect("records");
+        assert_eq!(on_disk.len(), 1, "charge committed before C,VEND");
+        assert_eq!(on_disk[0].amount, 250);
+        vmc.say("c,VEND,SUCCESS");
+        vmc.mdb_end();
+    });
     assert_eq!(
         report.outcome,
         VendOutcome::Vended {
@@ -184,12 +178,7 @@ fn approved_vend_is_charged_at_the_actual_price_before_approval() {
         }
     );
     assert_eq!(report.settle_error, None);
-    let records = records(&s, "r");
-    assert_eq!(records.len(), 1);
-    assert_eq!(
-        (records[0].kind, records[0].amount),
-        (RecordKind::Charge, 250)
-    );
+    assert_eq!(kinds_and_amounts(&s), [(RecordKind::Charge, 250)]);
     let db = ReaderDb::open(&s.path("r/reader.db")).expect("db");
     let rows = db.actuations(1).expect("actuations");
     assert_eq!(rows.len(), 1);
@@ -200,19 +189,10 @@ fn approved_vend_is_charged_at_the_actual_price_before_approval() {
 #[test]
 fn vend_priced_above_the_funds_is_denied_and_nothing_is_charged() {
     let s = vending_site(100);
-    let device = Device::new();
-    let port = device.port.clone();
-    let report = vend_with(
-        &s,
-        100,
-        &port,
-        |vmc| {
-            enable_and_request(vmc, "1.00", "1.50");
-            vmc.expect("C,STOP");
-            vmc.say("c,STATUS,ENABLED");
-        },
-        device,
-    );
+    let report = vend_with(&s, 100, |vmc| {
+        enable_and_request(vmc, "1.00", "1.50");
+        vmc.mdb_end();
+    });
     assert!(
         matches!(&report.outcome, VendOutcome::Denied { price: 150, reason, .. } if reason.to_string().contains("above the funds")),
         "{report:?}"
@@ -223,21 +203,12 @@ fn vend_priced_above_the_funds_is_denied_and_nothing_is_charged() {
 #[test]
 fn failed_dispense_voids_the_charge_and_the_chain_still_verifies() {
     let s = vending_site(300);
-    let device = Device::new();
-    let port = device.port.clone();
-    let report = vend_with(
-        &s,
-        300,
-        &port,
-        |vmc| {
-            enable_and_request(vmc, "3.00", "2.00");
-            vmc.expect("C,VEND,2.00");
-            vmc.say("c,VEND,FAIL");
-            vmc.expect("C,STOP");
-            vmc.say("c,STATUS,ENABLED");
-        },
-        device,
-    );
+    let report = vend_with(&s, 300, |vmc| {
+        enable_and_request(vmc, "3.00", "2.00");
+        vmc.expect("C,VEND,2.00");
+        vmc.say("c,VEND,FAIL");
+        vmc.mdb_end();
+    });
     assert!(
         matches!(
             &report.outcome,
@@ -250,16 +221,11 @@ fn failed_dispense_voids_the_charge_and_the_chain_still_verifies() {
         "{report:?}"
     );
     assert_eq!(report.settle_error, None);
+    assert_eq!(
+        kinds_and_amounts(&s),
+        [(RecordKind::Charge, 200), (RecordKind::Void, 200)]
+    );
     let records = records(&s, "r");
-    assert_eq!(records.len(), 2);
-    assert_eq!(
-        (records[0].kind, records[0].amount),
-        (RecordKind::Charge, 200)
-    );
-    assert_eq!(
-        (records[1].kind, records[1].amount),
-        (RecordKind::Void, 200)
-    );
     assert_eq!(records[1].token, records[0].token);
     let db = ReaderDb::open(&s.path("r/reader.db")).expect("db");
     assert_eq!(
@@ -275,22 +241,14 @@ fn failed_dispense_voids_the_charge_and_the_chain_still_verifies() {
 #[test]
 fn vend_result_that_never_comes_is_voided() {
     let s = vending_site(300);
-    let device = Device::new();
-    let port = device.port.clone();
     let started = Instant::now();
-    let report = vend_with(
-        &s,
-        300,
-        &port,
-        |vmc| {
-            enable_and_request(vmc, "3.00", "1.00");
-            vmc.expect("C,VEND,1.00");
-            // The machine says nothing: sonotap ends the session after 1.5 s.
-            let stop = vmc.line(Duration::from_secs(5));
-            assert_eq!(stop, "C,STOP");
-        },
-        device,
-    );
+    let report = vend_with(&s, 300, |vmc| {
+        enable_and_request(vmc, "3.00", "1.00");
+        vmc.expect("C,VEND,1.00");
+        // The machine says nothing: sonotap ends the session after 1.5 s.
+        let stop = vmc.line(Duration::from_secs(5));
+        assert_eq!(stop, "C,STOP");
+    });
     assert!(
         matches!(&report.outcome, VendOutcome::Voided { reason, .. } if reason.contains("no vend result within 1500 ms")),
         "{report:?}"
@@ -303,30 +261,21 @@ fn vend_result_that_never_comes_is_voided() {
 #[test]
 fn garbage_from_the_vending_machine_is_ignored_and_the_session_completes() {
     let s = vending_site(300);
-    let device = Device::new();
-    let port = device.port.clone();
-    let report = vend_with(
-        &s,
-        300,
-        &port,
-        |vmc| {
-            vmc.expect("C,1");
-            vmc.send(b"\x00\xff\xfe\x13\x37 line noise\r\n");
-            vmc.send(&[b'#'; 2000]);
-            vmc.send(b"\nc,STATUS,WHATEVER\r\nc,VEND,SUCCESS\r\nhello\r\n");
-            vmc.say("c,STATUS,ENABLED");
-            vmc.expect("C,START,3.00");
-            vmc.send(b"c,STATUS,VEND,x.yz,1\r\n\xc3\x28\r\n");
-            vmc.say("c,STATUS,VEND,2.50,7");
-            vmc.expect("C,VEND,2.50");
-            vmc.send(&[0xAA; 300]);
-            vmc.say("");
-            vmc.say("c,VEND,SUCCESS");
-            vmc.expect("C,STOP");
-            vmc.say("c,STATUS,ENABLED");
-        },
-        device,
-    );
+    let report = vend_with(&s, 300, |vmc| {
+        vmc.expect("C,1");
+        vmc.send(b"\x00\xff\xfe\x13\x37 line noise\r\n");
+        vmc.send(&[b'#'; 2000]);
+        vmc.send(b"\nc,STATUS,WHATEVER\r\nc,VEND,SUCCESS\r\nhello\r\n");
+        vmc.say("c,STATUS,ENABLED");
+        vmc.expect("C,START,3.00");
+        vmc.send(b"c,STATUS,VEND,x.yz,1\r\n\xc3\x28\r\n");
+        vmc.say("c,STATUS,VEND,2.50,7");
+        vmc.expect("C,VEND,2.50");
+        vmc.send(&[0xAA; 300]);
+        vmc.say("");
+        vmc.say("c,VEND,SUCCESS");
+        vmc.mdb_end();
+    });
     assert!(
         matches!(
             report.outcome,
@@ -363,14 +312,12 @@ fn vending_adapter_unplugged_mid_vend_voids_and_replugged_works_again() {
         thread::sleep(Duration::from_millis(300));
         // Plugged back in, as a fresh device.
         let mut adapter = Device::plug(&link2);
-        adapter.expect("C,1");
-        adapter.say("c,STATUS,ENABLED");
+        adapter.mdb_enable();
         adapter.expect("C,START,1.00");
         adapter.say("c,STATUS,VEND,1.00,3");
         adapter.expect("C,VEND,1.00");
         adapter.say("c,VEND,SUCCESS");
-        adapter.expect("C,STOP");
-        adapter.say("c,STATUS,ENABLED");
+        adapter.mdb_end();
     });
     let device = vending.device().to_string();
     let clock = unix_now;
@@ -383,9 +330,7 @@ fn vending_adapter_unplugged_mid_vend_voids_and_replugged_works_again() {
         "{first:?}"
     );
     // A second token for the second session, after the port came back.
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "100", "--out", "token2",
-    ]);
+    s.wallet_pay(100, "token2", &[]);
     let token2 = fs::read(s.path("token2")).expect("token");
     assert!(
         vending.wait_ready(Duration::from_secs(5)),
@@ -421,8 +366,7 @@ fn relay_unplugged_and_replugged_is_reopened_and_an_opening_without_it_is_flagge
     let dir = tempfile::tempdir().expect("tempdir");
     let link = dir.path().join("gate");
     let mut board = Device::plug(&link);
-    let mut gate = Gate::new(&profile("ch340-relay"), Some(&link)).expect("gate");
-    gate.connect().expect("port opens");
+    let mut gate = connected_gate("ch340-relay", &link);
     assert_eq!(board.read_exact(4, Duration::from_secs(5)).0, OFF);
     // Unplugged: the driver finds out on its next read or write. (The
     // kernel hangs a pty up asynchronously, as a USB unplug takes a moment
@@ -468,16 +412,13 @@ fn relay_unplugged_and_replugged_is_reopened_and_an_opening_without_it_is_flagge
 fn turnstile_controller_acknowledges_and_its_passage_is_stored_with_the_record() {
     let s = Scratch::new();
     s.provision(None);
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "250", "--out", "t",
-    ]);
+    s.wallet_pay(250, "t", &[]);
     let accepted = s.run(&["reader", "accept", "--data", "r", "t"]);
     assert_eq!(accepted.status.code(), Some(0));
     let mut controller = Device::new();
     let path = controller.port.clone();
     let gate = thread::spawn(move || {
-        let mut gate = Gate::new(&profile("turnstile-line"), Some(&path)).expect("gate");
-        gate.connect().expect("port opens");
+        let mut gate = connected_gate("turnstile-line", &path);
         let outcome = gate.open_for(1);
         (outcome, gate.device().to_string(), gate.take_notes())
     });
@@ -513,11 +454,7 @@ fn turnstile_controller_acknowledges_and_its_passage_is_stored_with_the_record()
 fn turnstile_refusal_is_undeliverable() {
     let mut controller = Device::new();
     let path = controller.port.clone();
-    let gate = thread::spawn(move || {
-        let mut gate = Gate::new(&profile("turnstile-line"), Some(&path)).expect("gate");
-        gate.connect().expect("port opens");
-        gate.open_for(4)
-    });
+    let gate = thread::spawn(move || connected_gate("turnstile-line", &path).open_for(4));
     controller.expect("CLOSE");
     controller.expect("OPEN 5000");
     controller.say("ERR EMERGENCY");
@@ -528,26 +465,41 @@ fn turnstile_refusal_is_undeliverable() {
     );
 }
 
-#[test]
-fn hw_test_pulses_the_relay_and_reports_json() {
-    let mut board = Device::new();
-    let port = board.port.to_string_lossy().into_owned();
-    let child = sonotap()
-        .args(["hw", "test", "--profile", "ch340-relay", "--port", &port])
+/// Starts `sonotap hw test --profile PROFILE --port DEVICE EXTRA…` with
+/// its output piped.
+fn hw_test(device: &Device, profile: &OsStr, extra: &[&str]) -> Child {
+    sonotap()
+        .args(["hw", "test", "--profile"])
+        .arg(profile)
+        .arg("--port")
+        .arg(&device.port)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("sonotap runs");
-    let (bytes, _) = board.read_exact(12, Duration::from_secs(10));
-    assert_eq!(bytes, [OFF, ON, OFF].concat());
+        .expect("sonotap runs")
+}
+
+/// Waits for `child` to exit with `code` (its stderr if not); the JSON line
+/// it printed.
+fn exit_json(child: Child, code: i32) -> serde_json::Value {
     let out = child.wait_with_output().expect("exits");
     assert_eq!(
         out.status.code(),
-        Some(0),
+        Some(code),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+#[test]
+fn hw_test_pulses_the_relay_and_reports_json() {
+    let mut board = Device::new();
+    let child = hw_test(&board, "ch340-relay".as_ref(), &[]);
+    let (bytes, _) = board.read_exact(12, Duration::from_secs(10));
+    assert_eq!(bytes, [OFF, ON, OFF].concat());
+    let json = exit_json(child, 0);
     assert_eq!(json["delivered"], true);
     assert_eq!(json["release"], "released");
     assert!(
@@ -566,15 +518,7 @@ fn hw_test_interrupted_mid_pulse_releases_the_relay() {
         .expect("profile")
         .replace("pulse_ms = 300", "pulse_ms = 20000");
     fs::write(&long, text).expect("write");
-    let port = board.port.to_string_lossy().into_owned();
-    let child = sonotap()
-        .args(["hw", "test", "--profile"])
-        .arg(&long)
-        .args(["--port", &port])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sonotap runs");
+    let child = hw_test(&board, long.as_os_str(), &[]);
     let (bytes, _) = board.read_exact(8, Duration::from_secs(10));
     assert_eq!(bytes, [OFF, ON].concat());
     let sent = Instant::now();
@@ -584,48 +528,21 @@ fn hw_test_interrupted_mid_pulse_releases_the_relay() {
     let (off, at) = board.read_exact(4, Duration::from_secs(5));
     assert_eq!(off, OFF, "released on SIGINT");
     assert!(at - sent < Duration::from_secs(1));
-    let out = child.wait_with_output().expect("exits");
-    assert_eq!(out.status.code(), Some(1));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(json["interrupted"], true);
+    assert_eq!(exit_json(child, 1)["interrupted"], true);
 }
 
 #[test]
 fn hw_test_runs_one_vend_session_and_exits_1_on_a_deny() {
     for (price, code, outcome) in [("1.00", 0, "vended"), ("9.00", 1, "denied")] {
         let mut vmc = Device::new();
-        let port = vmc.port.to_string_lossy().into_owned();
-        let child = sonotap()
-            .args([
-                "hw",
-                "test",
-                "--profile",
-                "mdb-qibixx",
-                "--port",
-                &port,
-                "--funds",
-                "200",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sonotap runs");
+        let child = hw_test(&vmc, "mdb-qibixx".as_ref(), &["--funds", "200"]);
         enable_and_request(&mut vmc, "2.00", price);
         if code == 0 {
             vmc.expect(&format!("C,VEND,{price}"));
             vmc.say("c,VEND,SUCCESS");
         }
-        vmc.expect("C,STOP");
-        vmc.say("c,STATUS,ENABLED");
-        let out = child.wait_with_output().expect("exits");
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        assert_eq!(json["outcome"], outcome);
+        vmc.mdb_end();
+        assert_eq!(exit_json(child, code)["outcome"], outcome);
     }
 }
 

@@ -19,5 +19,7 @@ mod protocol_vectors;
 mod qr_cli;
 mod signals;
 mod status_cli;
+#[path = "../support/mod.rs"]
+mod support;
 mod sync;
 mod util;

@@ -6,7 +6,7 @@ use std::process::Output;
 
 use hound::{SampleFormat, WavSpec, WavWriter};
 
-use crate::audio_capture::{alsa_test_device, write_raw};
+use crate::audio_capture::alsa_test_device;
 use crate::util::Scratch;
 
 fn encode(s: &Scratch, payload: &[u8], profile: &str, rate: u32, out: &str) {
@@ -160,9 +160,7 @@ fn every_wav_layout_decodes() {
 fn a_token_paid_by_sound_is_accepted_by_the_reader() {
     let s = Scratch::new();
     s.provision(None);
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "250", "--out", "t.bin", "--wav", "t.wav",
-    ]);
+    s.wallet_pay(250, "t.bin", &["--wav", "t.wav"]);
     // Through a noisy station at 44.1 kHz, as a gate's microphone hears it.
     s.ok(&[
         "modem",
@@ -207,8 +205,7 @@ fn listen_decodes_from_a_file_backed_alsa_capture_device() {
     let mut raw = vec![0i16; 48_000];
     raw.extend_from_slice(&room);
     raw.extend(std::iter::repeat_n(0, 48_000));
-    write_raw(&s.path("capture.raw"), &raw);
-    alsa_test_device(s.dir.path(), &s.path("capture.raw"));
+    alsa_test_device(&s, "capture.raw", &raw);
 
     let out = s.run_with_home(&[
         "modem",

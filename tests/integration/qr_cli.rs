@@ -33,9 +33,7 @@ fn encode_then_decode_gives_payload_text_and_corners() {
 fn a_token_shown_as_a_qr_code_is_accepted_by_the_reader() {
     let s = Scratch::new();
     s.provision(None);
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "180", "--out", "t.bin", "--qr", "t.png",
-    ]);
+    s.wallet_pay(180, "t.bin", &["--qr", "t.png"]);
     let out = s.run(&["qr", "decode", "t.png"]);
     assert_eq!(out.status.code(), Some(0));
     let line = String::from_utf8_lossy(&out.stdout).trim().to_string();

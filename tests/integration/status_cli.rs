@@ -9,10 +9,27 @@ use crate::util::{Scratch, last_json};
 const NOW: u64 = 1_900_000_000;
 
 fn status(s: &Scratch, extra: &[&str]) -> Output {
-    let at = NOW.to_string();
+    status_at(s, NOW, extra)
+}
+
+fn status_at(s: &Scratch, at: u64, extra: &[&str]) -> Output {
+    let at = at.to_string();
     let mut args = vec!["status", "--data", "r", "--at", at.as_str()];
     args.extend_from_slice(extra);
     s.run(&args)
+}
+
+/// `status` at `at` exits with `code`: what it printed (stdout, stderr).
+fn status_text_at(s: &Scratch, at: u64, code: i32) -> String {
+    let out = status_at(s, at, &[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(code), "{t}");
+    t
+}
+
+/// [`status_text_at`] at `NOW`.
+fn status_text(s: &Scratch, code: i32) -> String {
+    status_text_at(s, NOW, code)
 }
 
 fn text(out: &Output) -> String {
@@ -37,12 +54,21 @@ fn provisioned() -> Scratch {
     s
 }
 
+/// A reader provisioned from an hour before `NOW`, with one payment of 250
+/// accepted a minute before `NOW` (not synced).
+fn with_a_record() -> Scratch {
+    let s = Scratch::new();
+    s.provision(Some(NOW - 3600));
+    let at = (NOW - 60).to_string();
+    s.wallet_pay(250, "token", &["--at", &at]);
+    s.ok(&["reader", "accept", "--data", "r", "--at", &at, "token"]);
+    s
+}
+
 #[test]
 fn status_of_a_fresh_reader_without_daemon_needs_attention() {
     let s = provisioned();
-    let out = status(&s, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let t = text(&out);
+    let t = status_text(&s, 1);
     assert!(t.contains("reader gate-1"), "{t}");
     assert!(t.contains("0 unsynced"), "{t}");
     assert!(t.contains("daemon not running"), "{t}");
@@ -53,53 +79,72 @@ fn status_of_a_fresh_reader_without_daemon_needs_attention() {
     assert_eq!(json["sync"]["last_sync_at"], serde_json::Value::Null);
 }
 
-#[test]
-fn status_with_a_fresh_healthy_daemon_file_exits_0() {
-    let s = provisioned();
-    daemon_file(&s, std::process::id(), NOW - 2, true);
-    let out = status(&s, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let t = text(&out);
-    assert!(t.contains("daemon:   running"), "{t}");
-    assert!(t.contains("ALSA default, 48000 Hz"), "{t}");
-    assert!(t.contains("status:   ok"), "{t}");
+/// A daemon status file (this process's pid), as `status` reads it.
+struct DaemonFileCase {
+    case: &'static str,
+    /// Seconds between the file's last update and `NOW`.
+    age: u64,
+    gate_ok: bool,
+    exit: i32,
+    /// What the text says.
+    says: &'static [&'static str],
+    /// `daemon.state` in the JSON, where the case checks it.
+    state: Option<&'static str>,
 }
 
 #[test]
-fn status_reports_a_failing_device_with_exit_1() {
-    let s = provisioned();
-    daemon_file(&s, std::process::id(), NOW - 2, false);
-    let out = status(&s, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("device gate not ok: /dev/ttyUSB0"),
-        "{}",
-        text(&out)
-    );
-}
-
-#[test]
-fn status_treats_a_stale_daemon_file_as_not_running() {
-    let s = provisioned();
-    daemon_file(&s, std::process::id(), NOW - 60, true);
-    let out = status(&s, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("daemon not running (last seen"),
-        "{}",
-        text(&out)
-    );
-    let json = last_json(&status(&s, &["--json"]));
-    assert_eq!(json["daemon"]["state"], "stale");
+fn status_reads_the_daemon_file_fresh_failing_or_stale() {
+    let cases = [
+        DaemonFileCase {
+            case: "a fresh healthy daemon file exits 0",
+            age: 2,
+            gate_ok: true,
+            exit: 0,
+            says: &[
+                "daemon:   running",
+                "ALSA default, 48000 Hz",
+                "status:   ok",
+            ],
+            state: None,
+        },
+        DaemonFileCase {
+            case: "a failing device is reported with exit 1",
+            age: 2,
+            gate_ok: false,
+            exit: 1,
+            says: &["device gate not ok: /dev/ttyUSB0"],
+            state: None,
+        },
+        DaemonFileCase {
+            case: "a stale daemon file is treated as not running",
+            age: 60,
+            gate_ok: true,
+            exit: 1,
+            says: &["daemon not running (last seen"],
+            state: Some("stale"),
+        },
+    ];
+    for c in cases {
+        let s = provisioned();
+        daemon_file(&s, std::process::id(), NOW - c.age, c.gate_ok);
+        let out = status(&s, &[]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(c.exit), "{}: {t}", c.case);
+        for needle in c.says {
+            assert!(t.contains(needle), "{}: {t}", c.case);
+        }
+        if let Some(state) = c.state {
+            let json = last_json(&status(&s, &["--json"]));
+            assert_eq!(json["daemon"]["state"], state, "{}", c.case);
+        }
+    }
 }
 
 #[test]
 fn status_reports_a_corrupt_daemon_file_clearly() {
     let s = provisioned();
     fs::write(s.path("r/daemon-status.json"), "{\"pid\": 1, \"upd").expect("write");
-    let out = status(&s, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let t = text(&out);
+    let t = status_text(&s, 1);
     assert!(t.contains("is not a daemon status file"), "{t}");
     assert!(!t.contains("panicked"), "{t}");
 }
@@ -107,9 +152,7 @@ fn status_reports_a_corrupt_daemon_file_clearly() {
 #[test]
 fn status_lists_declines_made_by_reader_accept_newest_first() {
     let s = provisioned();
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "250", "--out", "token",
-    ]);
+    s.wallet_pay(250, "token", &[]);
     s.ok(&["reader", "accept", "--data", "r", "token"]);
     let replay = s.run(&["reader", "accept", "--data", "r", "token"]);
     assert_eq!(replay.status.code(), Some(1));
@@ -146,9 +189,7 @@ fn a_decline_log_that_cannot_be_written_changes_no_decision() {
         )
         .expect("trigger");
     }
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "250", "--out", "token",
-    ]);
+    s.wallet_pay(250, "token", &[]);
     s.ok(&["reader", "accept", "--data", "r", "token"]);
     let replay = s.run(&["reader", "accept", "--data", "r", "token"]);
     assert_eq!(replay.status.code(), Some(1), "{}", text(&replay));
@@ -162,9 +203,8 @@ fn a_decline_log_that_cannot_be_written_changes_no_decision() {
 #[test]
 fn status_without_a_reader_directory_or_with_a_corrupt_database_exits_2() {
     let s = Scratch::new();
-    let out = status(&s, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("not a directory"), "{}", text(&out));
+    let t = status_text(&s, 2);
+    assert!(t.contains("not a directory"), "{t}");
 
     let s = provisioned();
     let mut bytes = fs::read(s.path("r/reader.db")).expect("read");
@@ -172,20 +212,13 @@ fn status_without_a_reader_directory_or_with_a_corrupt_database_exits_2() {
     fs::write(s.path("r/reader.db"), bytes).expect("write");
     let _ = fs::remove_file(s.path("r/reader.db-wal"));
     let _ = fs::remove_file(s.path("r/reader.db-shm"));
-    let out = status(&s, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("corrupt"), "{}", text(&out));
+    let t = status_text(&s, 2);
+    assert!(t.contains("corrupt"), "{t}");
 }
 
 #[test]
 fn status_reads_while_another_process_holds_the_write_lock() {
-    let s = Scratch::new();
-    s.provision(Some(NOW - 3600));
-    let at = (NOW - 60).to_string();
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "250", "--at", &at, "--out", "token",
-    ]);
-    s.ok(&["reader", "accept", "--data", "r", "--at", &at, "token"]);
+    let s = with_a_record();
     let conn = rusqlite::Connection::open(s.path("r/reader.db")).expect("open");
     conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO meta (key, value) VALUES ('x', 'y');")
         .expect("hold the write lock");
@@ -205,21 +238,12 @@ fn status_reads_while_another_process_holds_the_write_lock() {
 
 #[test]
 fn status_flags_unsynced_records_older_than_a_day() {
-    let s = Scratch::new();
-    s.provision(Some(NOW - 3600));
-    let at = (NOW - 60).to_string();
-    s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "250", "--at", &at, "--out", "token",
-    ]);
-    s.ok(&["reader", "accept", "--data", "r", "--at", &at, "token"]);
+    let s = with_a_record();
     let later = NOW + 25 * 3600;
     daemon_file(&s, std::process::id(), later - 1, true);
-    let later = later.to_string();
-    let out = s.run(&["status", "--data", "r", "--at", &later]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = status_text_at(&s, later, 1);
     assert!(
-        text(&out).contains("1 records not synced, the oldest 25 h old"),
-        "{}",
-        text(&out)
+        t.contains("1 records not synced, the oldest 25 h old"),
+        "{t}"
     );
 }

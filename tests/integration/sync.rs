@@ -11,14 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sonotap_disk::keys::{Role, SecretKey};
-use sonotap_hub::{Hub, IssueRequest};
 use sonotap_protocol::token::Scope;
 use sonotap_protocol::wire::Batch;
 use sonotap_reader::reader::Reader;
 use sonotap_reader::sync::export;
-use sonotap_wallet::{PayRequest, Wallet};
+use sonotap_wallet::Wallet;
 
-use crate::util::{self, HubProcess, Scratch, last_json, sonotap, unsynced};
+use crate::util::{
+    self, HubProcess, Scratch, issued_wallet, last_json, pay_token, serve_one_by_one, sonotap,
+    unsynced,
+};
 
 const NOW: u64 = 1_790_000_000;
 
@@ -35,34 +37,12 @@ fn site() -> Scratch {
 
 /// A wallet in `dir` with a credential (limit `limit`, 300 per payment).
 fn wallet(s: &Scratch, dir: &str, limit: u32) -> Wallet {
-    let mut hub = Hub::open(&s.path("hub")).expect("hub");
-    let mut w = Wallet::create(&s.path(dir)).expect("wallet");
-    let request = IssueRequest {
-        scope: Scope::Transit,
-        currency: 978,
-        offline_limit: limit,
-        per_payment_cap: 300,
-        valid_from: (NOW - 3600) as u32,
-        valid_hours: 48,
-    };
-    let credential = hub.issue(&w.public_key(), request, NOW).expect("issue");
-    let path = s.path(&format!("{dir}.cred"));
-    std::fs::write(&path, credential.encode()).expect("write");
-    w.add_credential(&path).expect("credential");
-    w
+    issued_wallet(s.dir.path(), dir, Scope::Transit, limit, NOW)
 }
 
 /// Pays `amount` at reader `dir` at time `at`; returns the decision's reason (None = accepted).
 fn tap(s: &Scratch, w: &mut Wallet, reader: &str, amount: u32, at: u64) -> Option<String> {
-    let token = w
-        .pay(PayRequest {
-            amount,
-            at: at as u32,
-            reader_tag: 0,
-        })
-        .expect("pay")
-        .token
-        .encode();
+    let token = pay_token(w, amount, at);
     let mut r = Reader::open(&s.path(reader)).expect("reader");
     let outcome = r.present(&token, None, at).expect("present");
     outcome.decision.err().map(|d| d.reason.as_str().to_owned())
@@ -149,20 +129,21 @@ pub(crate) fn queue(s: &Scratch, reader: &str, n: u32) {
     let mut w = wallet(s, &format!("bulk-{reader}"), 1_000_000_000);
     let mut r = Reader::open(&s.path(reader)).expect("reader");
     for i in 0..n {
-        let token = w
-            .pay(PayRequest {
-                amount: 1,
-                at: (NOW + u64::from(i)) as u32,
-                reader_tag: 0,
-            })
-            .expect("pay")
-            .token
-            .encode();
+        let token = pay_token(&mut w, 1, NOW + u64::from(i));
         let outcome = r
             .present(&token, None, NOW + u64::from(i))
             .expect("present");
         assert!(outcome.decision.is_ok());
     }
+}
+
+/// The first batch `reader` would upload (up to 100 records), sealed at `NOW`.
+pub(crate) fn first_batch(s: &Scratch, reader: &str) -> Batch {
+    Reader::open(&s.path(reader))
+        .expect("reader")
+        .next_batch(0, 100, NOW)
+        .expect("batch")
+        .expect("records")
 }
 
 fn hub_record_count(s: &Scratch) -> i64 {
@@ -338,8 +319,7 @@ fn batch_relabelled_with_another_readers_identity_is_refused() {
     let s = site();
     queue(&s, "ra", 5);
     let hub = HubProcess::start(&s, 0);
-    let a = Reader::open(&s.path("ra")).expect("reader");
-    let original = a.next_batch(0, 100, NOW).expect("batch").expect("records");
+    let original = first_batch(&s, "ra");
     let b_key = SecretKey::read(&s.path("rb/reader.key"), Role::Reader).expect("key");
 
     // Reader B re-signs A's records as its own: the batch signature is B's,
@@ -405,8 +385,7 @@ fn batch_relabelled_with_another_readers_identity_is_refused() {
 fn hub_checks_every_record_signature_only_when_asked() {
     let s = site();
     queue(&s, "ra", 5);
-    let a = Reader::open(&s.path("ra")).expect("reader");
-    let mut batch = a.next_batch(0, 100, NOW).expect("batch").expect("records");
+    let mut batch = first_batch(&s, "ra");
     let a_key = SecretKey::read(&s.path("ra/reader.key"), Role::Reader).expect("key");
     // Reader A's own batch, whose record 2 carries a broken record
     // signature: what a reader with a faulty signer would send.
@@ -447,41 +426,31 @@ fn hub_checks_every_record_signature_only_when_asked() {
 /// key of the hub in `s`, so its time statements are genuine.
 fn lying_hub(s: &Scratch, answer: String) -> String {
     let issuer = SecretKey::read(&s.path("hub/issuer.key"), Role::Issuer).expect("issuer key");
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
-            let Some(request) = read_http_message(&mut client) else {
-                continue;
-            };
-            let nonce = request
-                .strip_prefix(b"GET /v1/time?nonce=")
-                .and_then(|rest| hex::decode(&rest[..32.min(rest.len())]).ok())
-                .and_then(|b| <[u8; 16]>::try_from(b).ok());
-            let body = if let Some(nonce) = nonce {
-                let st = sonotap_protocol::wire::TimeStatement::sign(
-                    nonce,
-                    1_790_000_000_000,
-                    1,
-                    issuer.signing_key(),
-                );
-                format!(
-                    "{{\"unix_ms\": 1790000000000, \"statement\": \"{}\"}}",
-                    hex::encode(st.encode())
-                )
-            } else {
-                answer.clone()
-            };
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
+    serve_one_by_one(move |request| {
+        let nonce = request
+            .strip_prefix(b"GET /v1/time?nonce=")
+            .and_then(|rest| hex::decode(&rest[..32.min(rest.len())]).ok())
+            .and_then(|b| <[u8; 16]>::try_from(b).ok());
+        let body = if let Some(nonce) = nonce {
+            let st = sonotap_protocol::wire::TimeStatement::sign(
+                nonce,
+                1_790_000_000_000,
+                1,
+                issuer.signing_key(),
             );
-            let _ = client.write_all(response.as_bytes());
-        }
-    });
-    format!("http://{addr}")
+            format!(
+                "{{\"unix_ms\": 1790000000000, \"statement\": \"{}\"}}",
+                hex::encode(st.encode())
+            )
+        } else {
+            answer.clone()
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        Some(response.into_bytes())
+    })
 }
 
 #[test]
@@ -490,11 +459,7 @@ fn hub_that_lies_about_the_acknowledgement_marks_nothing() {
     queue(&s, "ra", 3);
     // An acknowledgement signed by a key the reader does not trust.
     let forger = SecretKey::generate(Role::Issuer, Some(1)).expect("key");
-    let reader = Reader::open(&s.path("ra")).expect("reader");
-    let batch = reader
-        .next_batch(0, 100, NOW)
-        .expect("batch")
-        .expect("records");
+    let batch = first_batch(&s, "ra");
     let forged =
         sonotap_protocol::wire::Ack::for_batch(&batch, 0, 1, forger.signing_key()).expect("ack");
     let forged = hex::encode(forged.encode().expect("encode"));

@@ -1,11 +1,9 @@
 //! Helpers: run the real binary in a scratch directory; play a serial
 //! device on a pseudo-terminal.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::ffi::OsStrExt;
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -13,6 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serialport::{SerialPort, TTYPort};
+
+pub use crate::support::{issued_wallet, mkfifo, pay_token, qr_frame, reader_init_args, unix_now};
 
 /// `hub serve` of the hub in `hub` on any free port of 127.0.0.1; callers
 /// append their own flags.
@@ -23,12 +23,13 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The wall clock, Unix seconds.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
+/// `out` exited with `code`, and its standard error says each of `needles`.
+pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    }
 }
 
 /// Every record in reader `dir`'s database, oldest first.
@@ -138,6 +139,17 @@ impl Scratch {
         args.extend_from_slice(terms);
         args.extend(["--out", out]);
         self.ok(&args);
+    }
+
+    /// `wallet pay --dir w --amount AMOUNT --out OUT EXTRA…`: wallet `w`'s
+    /// token in file `out`; requires success, returns stdout.
+    pub fn wallet_pay(&self, amount: u32, out: &str, extra: &[&str]) -> String {
+        let amount = amount.to_string();
+        let mut args = vec![
+            "wallet", "pay", "--dir", "w", "--amount", &amount, "--out", out,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args)
     }
 
     /// `reader sync --data READER --hub URL --timeout 5s EXTRA…`.
@@ -329,6 +341,27 @@ impl PtyDevice {
     pub fn say(&mut self, line: &str) {
         self.send(format!("{line}\r\n").as_bytes());
     }
+
+    /// As the vending machine behind an MDB adapter (`mdb-qibixx`'s
+    /// lines): answers the adapter's reset (`C,1`) as enabled.
+    pub fn mdb_enable(&mut self) {
+        self.expect("C,1");
+        self.say("c,STATUS,ENABLED");
+    }
+
+    /// Takes the session the reader opens offering `funds` and asks to vend
+    /// item `item` at `price` (amounts as the adapter writes them: "3.00").
+    pub fn mdb_request(&mut self, funds: &str, price: &str, item: u32) {
+        self.expect(&format!("C,START,{funds}"));
+        self.say(&format!("c,STATUS,IDLE,{funds}"));
+        self.say(&format!("c,STATUS,VEND,{price},{item}"));
+    }
+
+    /// The session's end: `C,STOP`, answered as enabled again.
+    pub fn mdb_end(&mut self) {
+        self.expect("C,STOP");
+        self.say("c,STATUS,ENABLED");
+    }
 }
 
 /// A `sonotap hub serve` process, killed when dropped.
@@ -436,6 +469,36 @@ pub fn read_http_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// A server on 127.0.0.1 that takes one connection at a time and answers
+/// its one request with what `answer` returns (with `Connection: close`),
+/// or closes it unanswered on `None`; its URL.
+pub fn serve_one_by_one(answer: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+            let Some(request) = read_http_message(&mut client) else {
+                continue;
+            };
+            if let Some(response) = answer(&request) {
+                let _ = client.write_all(&with_connection_close(response));
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Passes `request` to the hub at `upstream` (waiting up to `wait` for
+/// its answer): the answer, or `None` if there was none.
+pub fn forward(upstream: &str, request: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let mut server = TcpStream::connect(upstream).ok()?;
+    let _ = server.set_read_timeout(Some(wait));
+    server.write_all(request).ok()?;
+    read_http_message(&mut server)
+}
+
 /// The message with `connection: close` (and no other `connection` header),
 /// so each proxied connection carries one request.
 pub fn with_connection_close(message: Vec<u8>) -> Vec<u8> {
@@ -453,24 +516,22 @@ pub fn with_connection_close(message: Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// A 1280x720 Y8 frame with the token's QR code in the middle.
-pub fn qr_frame(token: &[u8]) -> Vec<u8> {
-    let (w, h) = (1280usize, 720usize);
-    let code = sonotap_qr::render_token(token, 6, 4).expect("render");
-    let mut frame = vec![200u8; w * h];
-    let (cw, ch) = (code.width(), code.height());
-    let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
-    for y in 0..ch {
-        frame[(y0 + y) * w + x0..(y0 + y) * w + x0 + cw]
-            .copy_from_slice(&code.data()[y * cw..(y + 1) * cw]);
-    }
-    frame
-}
-
-pub fn mkfifo(path: &Path) {
-    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
-    // SAFETY: a valid NUL-terminated path and a mode; no memory is shared.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+/// The daemon's config for a vending machine behind the MDB adapter on
+/// `vmc` (profile `profile`), tokens arriving as QR frames through the FIFO
+/// `cam.y8` (made here; the decoder has 1 s a frame): `vend.toml` in `s`,
+/// with the lines `top` after `data`.
+pub fn vend_config(s: &Scratch, vmc: &PtyDevice, profile: &str, top: &str) -> PathBuf {
+    mkfifo(&s.path("cam.y8"));
+    let path = s.path("vend.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data = \"r\"\n{top}[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n[actuator]\nprofile = \"{profile}\"\nport = \"{}\"\n[metrics]\nlisten = \"\"\n",
+            vmc.port.display()
+        ),
+    )
+    .expect("config");
+    path
 }
 
 /// Opens the FIFO for writing (waits for the daemon to open its end).
@@ -483,22 +544,6 @@ pub fn open_fifo(path: &Path) -> File {
     rx.recv_timeout(Duration::from_secs(20))
         .expect("the daemon opens the camera FIFO")
         .expect("fifo")
-}
-
-/// The arguments of `reader init --data DIR --id ID --trust hub/issuer.pub EXTRA…`.
-fn reader_init_args<'a>(dir: &'a str, id: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "reader",
-        "init",
-        "--data",
-        dir,
-        "--id",
-        id,
-        "--trust",
-        "hub/issuer.pub",
-    ];
-    args.extend_from_slice(extra);
-    args
 }
 
 /// The daemon, killed when dropped (a test that fails must not leave it running).
