@@ -9,8 +9,8 @@
 //!
 //! # Isolation
 //!
-//! Every write that goes through the clearing logic ([`ledger::ingest`],
-//! [`ledger::set_deny`]) runs in one READ COMMITTED transaction that first
+//! Every write that goes through the clearing logic ([`crate::ledger::ingest`],
+//! [`crate::ledger::set_deny`]) runs in one READ COMMITTED transaction that first
 //! takes transaction-scoped advisory locks on what it shares with other
 //! writers (`locks`): an ingest locks its reader's chain and the wallets
 //! of its payments, an operator's deny or allow its wallet, and an append
