@@ -74,6 +74,9 @@ struct Window {
     above: Option<Payment>,
 }
 
+/// One credential's payments added in this transaction, by counter and token hash.
+type Added = BTreeMap<(u32, [u8; 32]), Payment>;
+
 /// A credential's net charges in this transaction.
 #[derive(Debug, Clone, Copy)]
 struct Spend {
@@ -121,7 +124,7 @@ pub(super) struct PgLedger<'a> {
     /// Stored neighbours around the batch's counters, per credential.
     windows: HashMap<[u8; 32], Window>,
     /// This transaction's new payments per credential, by counter and token hash.
-    added: HashMap<[u8; 32], BTreeMap<(u32, [u8; 32]), Payment>>,
+    added: HashMap<[u8; 32], Added>,
     /// This transaction's new payments (wallet, counter, token hash), in order.
     added_order: Vec<(WalletId, u32, [u8; 32])>,
     spend: HashMap<[u8; 32], Spend>,
