@@ -13,8 +13,15 @@
 //!    in for a remote hub) while taps keep arriving every 10 ms on its own
 //!    connection: tap latency median / p99 / max, idle vs during the sync.
 //!
+//! 4. `--postgres` (instead of 1–3): the ingest table. Two readers with N/2
+//!    records each sync at once to real `sonotap hub serve` processes:
+//!    SQLite (one process), PostgreSQL with one process (both readers to
+//!    it), PostgreSQL with two processes (one reader each), each on fresh
+//!    state; PostgreSQL is a throwaway cluster on this machine (the tests'
+//!    helper: `fsync=off`, `synchronous_commit=off`).
+//!
 //! Run: `cargo bench --bench sync -- [--records N] [--offline M] [--skip-sync]
-//! [--skip-taps]`.
+//! [--skip-taps] [--postgres]`.
 //! The queued records are made directly in the reader database (one
 //! transaction), because making a million through the tap path would take
 //! minutes of fsyncs that measure nothing here.
@@ -34,6 +41,9 @@ use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
 use sonotap_protocol::token::{Credential, PaymentTerms, Scope, Token};
 use sonotap_reader::reader::{InitOptions, Reader};
 use sonotap_reader::sync::client::{self, HubClient, SyncOptions};
+
+#[path = "../crates/hub/src/backend/postgres/test_server.rs"]
+mod pg_server;
 
 const NOW: u64 = 1_790_000_000;
 const PAYMENTS_PER_WALLET: usize = 1_000;
@@ -283,9 +293,145 @@ fn cpu_time(clock: libc::clockid_t) -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Starts `sonotap hub serve` for the hub in `dir` (state in `database`,
+/// else its SQLite file) on a loopback port: the process and its URL.
+fn hub_process(dir: &Path, database: Option<&str>) -> (std::process::Child, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sonotap"));
+    command.args(["hub", "serve", "--data"]).arg(dir);
+    if let Some(url) = database {
+        command.args(["--database", url]);
+    }
+    let mut child = command
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("hub process");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("address");
+    let url = line.split_whitespace().nth(2).expect("url").to_owned();
+    (child, url)
+}
+
+/// Syncs each reader to its hub URL at once; the wall time until all are done.
+fn sync_all(readers: &[(&Path, &str)]) -> Duration {
+    for (dir, _) in readers {
+        rusqlite::Connection::open(dir.join("reader.db"))
+            .expect("db")
+            .execute("UPDATE records SET synced_at = NULL", [])
+            .expect("reset");
+    }
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = readers
+            .iter()
+            .map(|(dir, url)| {
+                s.spawn(move || {
+                    let client =
+                        HubClient::new(url, None, Duration::from_secs(120)).expect("client");
+                    let mut reader = Reader::open(dir).expect("reader");
+                    let options = SyncOptions {
+                        batch_size: BATCH,
+                        ..SyncOptions::default()
+                    };
+                    client::sync_once(&mut reader, &client, &options, &mut |_| {})
+                        .expect("sync")
+                        .records
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("sync thread");
+        }
+    });
+    started.elapsed()
+}
+
+/// The ingest table: SQLite, PostgreSQL with one and with two hub processes.
+fn postgres_table(records: usize) {
+    let Some(pg) = pg_server::PgServer::start() else {
+        println!("postgres: skipped (PostgreSQL is not installed)");
+        return;
+    };
+    let half = records / 2;
+    println!(
+        "ingest table: 2 readers x {half} records (disjoint wallets), batches of {BATCH}, \
+         synced at once over HTTP to `sonotap hub serve` processes on fresh state"
+    );
+    let mut site = site();
+    let dirs = [
+        reader_with_queue(&mut site, "bench-a", half),
+        reader_with_queue(&mut site, "bench-b", records - half),
+    ];
+    let ids = ["bench-a", "bench-b"];
+    let hub_dir = site.root.join("hub");
+    drop(site.hub);
+    let keys: Vec<PublicKey> = dirs
+        .iter()
+        .map(|d| Reader::open(d).expect("reader").public_key())
+        .collect();
+    let total = 2 * half;
+    let mut rows = Vec::new();
+
+    // SQLite: one process (one file, one writer).
+    let copy = site.root.join("hub-sqlite");
+    copy_hub(&hub_dir, &copy);
+    let (mut child, url) = hub_process(&copy, None);
+    let took = sync_all(&[(&dirs[0], &url), (&dirs[1], &url)]);
+    let _ = child.kill();
+    let _ = child.wait();
+    rows.push(("SQLite (hub.db)", 1, took));
+
+    // PostgreSQL: a fresh database per run, the readers registered in it.
+    for (run, processes) in [("one", 1), ("two", 2)] {
+        let db = format!("ingest_{run}");
+        pg.create_database(&db);
+        let url = pg.url(&db);
+        let mut hub = sonotap_hub::open_database(&hub_dir, Some(&url), NOW).expect("postgres");
+        for (id, key) in ids.iter().zip(&keys) {
+            hub.add_reader(id, key, NOW).expect("register");
+        }
+        drop(hub);
+        let children: Vec<_> = (0..processes)
+            .map(|_| hub_process(&hub_dir, Some(&url)))
+            .collect();
+        let to = |i: usize| children[i % processes].1.as_str();
+        let took = sync_all(&[(&dirs[0], to(0)), (&dirs[1], to(1))]);
+        for (mut child, _) in children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        rows.push((
+            if processes == 1 {
+                "PostgreSQL, one hub process"
+            } else {
+                "PostgreSQL, two hub processes (one reader each)"
+            },
+            processes,
+            took,
+        ));
+    }
+    println!("| hub state | hub processes | records | wall time | records/s |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, processes, took) in rows {
+        println!(
+            "| {name} | {processes} | {total} | {:.2} s | {:.0} |",
+            took.as_secs_f64(),
+            total as f64 / took.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let records = arg("--records", 1_000_000);
     let offline = arg("--offline", 100_000);
+    if flag("--postgres") {
+        postgres_table(records);
+        return;
+    }
     println!("sync bench: {records} queued records, batches of {BATCH}");
     let mut site = site();
     let reader_dir = reader_with_queue(&mut site, "bench-a", records);

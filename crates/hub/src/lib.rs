@@ -582,6 +582,11 @@ impl Hub {
         self.backend.deny_entries(since, limit)
     }
 
+    /// Time this hub's writes spent taking locks (PostgreSQL only).
+    pub fn lock_waits(&self) -> Option<backend::LockWaits> {
+        self.backend.lock_waits()
+    }
+
     /// Totals, flags and incidents.
     pub fn report(&mut self) -> Result<Report, HubError> {
         self.backend.report()

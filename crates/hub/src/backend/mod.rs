@@ -110,6 +110,18 @@ pub(crate) trait ReadBackend: Send {
     }
 }
 
+/// Time a hub connection spent taking the locks of its writes
+/// (PostgreSQL's advisory locks; the time includes one round trip).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LockWaits {
+    /// Writes that took locks.
+    pub writes: u64,
+    /// Their time taking locks, summed.
+    pub total: std::time::Duration,
+    /// The longest of them.
+    pub longest: std::time::Duration,
+}
+
 /// Where the hub keeps its state: reads, and the writes that go through
 /// one writer.
 pub(crate) trait HubBackend: ReadBackend {
@@ -128,6 +140,11 @@ pub(crate) trait HubBackend: ReadBackend {
     ) -> Result<(), HubError>;
     /// Opens read connections to the same state.
     fn reader_opener(&self) -> ReaderOpener;
+
+    /// Time spent taking locks, where the backend counts it.
+    fn lock_waits(&self) -> Option<LockWaits> {
+        None
+    }
 
     /// Stores a checked batch in one transaction (see [`crate::ledger::ingest`]).
     fn ingest(
@@ -216,7 +233,7 @@ fn read<B: ReadBackend + ?Sized, T>(
 }
 
 /// Runs `f` in one write transaction of `backend` and returns what it returned.
-fn write<B: HubBackend + ?Sized, T>(
+pub(super) fn write<B: HubBackend + ?Sized, T>(
     backend: &mut B,
     mut f: impl FnMut(&mut dyn Ledger) -> Result<T, HubError>,
 ) -> Result<T, HubError> {
@@ -230,7 +247,7 @@ fn write<B: HubBackend + ?Sized, T>(
 
 /// What a backend's transaction or snapshot returned through its callback
 /// (which is a `dyn FnMut`, so that the traits stay object-safe).
-fn ran<T>(out: Option<T>) -> Result<T, HubError> {
+pub(super) fn ran<T>(out: Option<T>) -> Result<T, HubError> {
     out.ok_or_else(|| HubError::Backend("the database backend did not run the transaction".into()))
 }
 

@@ -9,23 +9,30 @@
 //!
 //! # Isolation
 //!
-//! Every write that goes through the clearing logic ([`ledger::ingest`],
-//! [`ledger::set_deny`]) runs in one READ COMMITTED transaction that first
-//! takes a transaction-scoped advisory lock ([`WRITE_LOCK`], the same key
-//! for every hub process on the database). Writers are therefore
-//! serialised across processes, exactly as SQLite's `BEGIN IMMEDIATE`
-//! serialises them on one file: a clearing decision reads the payments,
-//! flags and deny-list version it builds on *after* the previous writer
-//! committed (READ COMMITTED takes a fresh snapshot per statement), so two
-//! hubs can never both miss each other's clone of a wallet or both append
-//! deny-list version `n + 1`. SERIALIZABLE would give the same guarantee
-//! but aborts one of two conflicting ingests (SQLSTATE 40001), which then
-//! has to be retried whole, signer included; a batch is small and ingest
-//! is fast, so one writer at a time is simpler and never aborts. Every read
-//! (a report, a deny-list page, a reader's key) runs in one REPEATABLE READ,
-//! READ ONLY transaction (one snapshot) without the lock, on a connection
-//! of its own when the server reads beside the writer
-//! ([`HubBackend::reader_opener`]: it connects, it does not migrate).
+//! Every write that goes through the clearing logic ([`crate::ledger::ingest`],
+//! [`crate::ledger::set_deny`]) runs in one READ COMMITTED transaction that first
+//! takes transaction-scoped advisory locks on what it shares with other
+//! writers (`locks`): an ingest locks its reader's chain and the wallets
+//! of its payments, an operator's deny or allow its wallet, and an append
+//! to the deny list its version counter. Every row a clearing decision
+//! reads (the wallet's payments, its credentials' net charges, its deny
+//! entries, the reader's stored records) is written only under the lock of
+//! its reader or wallet, and READ COMMITTED reads it *after* the previous
+//! holder committed (a fresh snapshot per statement, the locks taken by the
+//! first): two hubs can never both miss each other's clone of a wallet or
+//! both append deny-list version `n + 1`, yet batches of other readers for
+//! other wallets are ingested at once by other hub processes.
+//! SERIALIZABLE would give the same guarantee but aborts one of two
+//! conflicting ingests (SQLSTATE 40001), which then has to be retried
+//! whole, signer included; locks never abort. Every read (a report, a
+//! deny-list page, a reader's key) runs in one REPEATABLE READ, READ ONLY
+//! transaction (one snapshot) without a lock, on a connection of its own
+//! when the server reads beside the writer ([`HubBackend::reader_opener`]:
+//! it connects, it does not migrate).
+//!
+//! An ingest is a handful of statements whatever the batch's size (its
+//! ledger, `ledger.rs`, prefetches what clearing asks and writes
+//! set-based before the commit).
 //!
 //! A waiting writer gives up after [`LOCK_TIMEOUT`] with a clear error, as
 //! a SQLite writer does after its busy timeout.
@@ -57,20 +64,21 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Config, IsolationLevel, NoTls, Row, Transaction};
 
+use self::ledger::PgLedger;
+use super::LockWaits;
 use super::{
     FlagTuple, HubBackend, IncidentTuple, ReadBackend, ReaderOpener, ReaderTuple, Snapshot,
-    action_name, denies,
 };
-use crate::clearing::{Finding, Payment};
-use crate::ledger::{BatchRow, ChargeLeft, IncidentKind, Ledger, Link};
-use crate::verify::CheckedRecord;
+use crate::ledger::{self as clearing_ledger, DenySigner, IngestReport, Ledger, Via};
+use crate::verify::CheckedBatch;
 use crate::{HubError, pgpass};
 use sonotap_disk::sqlite::StoreError;
-use sonotap_disk::sqlite::{blob, int, unsigned};
+use sonotap_disk::sqlite::int;
 use sonotap_protocol::token::{Credential, WalletId};
-use sonotap_protocol::wire::DenyEntry;
+use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
 
-/// The advisory lock key every hub writer takes (`"sonotap1"` as an integer).
+/// The hub's advisory lock key (`"sonotap1"` as an integer): ingests hold
+/// it shared, migrations and any other write exclusively.
 pub const WRITE_LOCK: i64 = 0x736f_6e6f_7461_7031;
 
 /// How long a writer waits for another hub process's write lock.
@@ -223,6 +231,8 @@ pub struct PostgresHub {
     /// `None` only while being dropped.
     client: Option<Client>,
     target: String,
+    /// Time this connection's writes spent taking locks.
+    waits: LockWaits,
 }
 
 impl PostgresHub {
@@ -268,6 +278,7 @@ impl PostgresHub {
                 config,
                 client: Some(client),
                 target,
+                waits: LockWaits::default(),
             };
             hub.migrate()?;
             Ok(hub)
@@ -348,9 +359,11 @@ impl PostgresHub {
         tx.commit().map_err(&err)
     }
 
-    /// Runs `f` on a [`Ledger`] in one transaction holding the write lock.
+    /// Runs `f` on a [`Ledger`] in one transaction holding `scope`'s locks
+    /// (see [`locks`]).
     fn in_transaction<T>(
         &mut self,
+        scope: locks::Scope<'_>,
         f: impl FnOnce(&mut dyn Ledger) -> Result<T, HubError>,
     ) -> Result<T, HubError> {
         let target = self.target.clone();
@@ -361,14 +374,22 @@ impl PostgresHub {
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()
             .map_err(&err)?;
-        take_write_lock(&mut tx).map_err(&err)?;
-        let mut ledger = PgLedger {
-            tx,
-            target: &target,
+        let took = locks::take(&mut tx, scope).map_err(&err)?;
+        let out = {
+            let mut ledger = PgLedger::new(tx, &target);
+            // On an error the transaction is dropped, which rolls it back.
+            let out = f(&mut ledger)?;
+            ledger.flush()?;
+            ledger.tx.commit().map_err(&err)?;
+            out
         };
-        // On an error the transaction is dropped, which rolls it back.
-        let out = f(&mut ledger)?;
-        ledger.tx.commit().map_err(&err)?;
+        self.waits.count(took);
+        if took >= Duration::from_millis(100) {
+            tracing::info!(
+                wait_ms = took.as_millis() as u64,
+                "{target}: waited for another hub process's clearing locks"
+            );
+        }
         Ok(out)
     }
 }
@@ -593,390 +614,6 @@ fn inconsistent(target: &str, detail: String) -> HubError {
     HubError::Store(StoreError::inconsistent(Path::new(target), detail))
 }
 
-struct PgLedger<'a> {
-    tx: Transaction<'a>,
-    target: &'a str,
-}
-
-const PAYMENT_COLUMNS: &str =
-    "token_hash, wallet_id, counter, credential, total_before, authorised, reader_id, seq";
-
-impl PgLedger<'_> {
-    fn err(&self) -> impl Fn(postgres::Error) -> HubError + '_ {
-        |e| pg_err(self.target, e)
-    }
-
-    fn path(&self) -> &Path {
-        Path::new(self.target)
-    }
-
-    fn col<'r, T: postgres::types::FromSql<'r>>(
-        &self,
-        row: &'r Row,
-        i: usize,
-        what: &str,
-    ) -> Result<T, HubError> {
-        column(self.target, row, i, what)
-    }
-
-    /// The previous and own hash of a record, from column `i` on.
-    fn link_at(&self, r: &Row, i: usize) -> Result<Link, HubError> {
-        Ok(Link {
-            prev_hash: blob(
-                self.path(),
-                "previous hash",
-                self.col(r, i, "previous hash")?,
-            )?,
-            hash: blob(
-                self.path(),
-                "record hash",
-                self.col(r, i + 1, "record hash")?,
-            )?,
-        })
-    }
-
-    fn to_payment(&self, r: &Row) -> Result<Payment, HubError> {
-        let p = self.path();
-        let get = |i: usize| -> Result<i64, HubError> {
-            r.try_get(i)
-                .map_err(|e| inconsistent(self.target, format!("payment column {i}: {e}")))
-        };
-        let bytes = |i: usize| -> Result<Vec<u8>, HubError> {
-            r.try_get(i)
-                .map_err(|e| inconsistent(self.target, format!("payment column {i}: {e}")))
-        };
-        Ok(Payment {
-            token_hash: blob(p, "token hash", bytes(0)?)?,
-            wallet: WalletId(blob(p, "wallet id", bytes(1)?)?),
-            counter: unsigned(p, "counter", get(2)?)?,
-            credential: blob(p, "credential", bytes(3)?)?,
-            total_before: unsigned(p, "running total", get(4)?)?,
-            authorised: unsigned(p, "amount", get(5)?)?,
-            reader: r
-                .try_get(6)
-                .map_err(|e| inconsistent(self.target, format!("payment reader: {e}")))?,
-            seq: unsigned(p, "sequence number", get(7)?)?,
-        })
-    }
-
-    fn one_payment(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Payment>, HubError> {
-        let row = self
-            .tx
-            .query_opt(sql, params)
-            .map_err(|e| pg_err(self.target, e))?;
-        row.map(|r| self.to_payment(&r)).transpose()
-    }
-
-    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, HubError> {
-        self.tx
-            .execute(sql, params)
-            .map_err(|e| pg_err(self.target, e))
-    }
-}
-
-impl Ledger for PgLedger<'_> {
-    fn link(&mut self, reader: &str, seq: u64) -> Result<Option<Link>, HubError> {
-        let row = self
-            .tx
-            .query_opt(
-                "SELECT prev_hash, hash FROM records WHERE reader_id = $1 AND seq = $2",
-                &[&reader, &int(seq)],
-            )
-            .map_err(|e| pg_err(self.target, e))?;
-        row.map(|r| self.link_at(&r, 0)).transpose()
-    }
-
-    fn links(&mut self, reader: &str, first: u64, last: u64) -> Result<Vec<(u64, Link)>, HubError> {
-        let rows = self
-            .tx
-            .query(
-                "SELECT seq, prev_hash, hash FROM records
-                 WHERE reader_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq",
-                &[&reader, &int(first), &int(last)],
-            )
-            .map_err(|e| pg_err(self.target, e))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    unsigned(
-                        self.path(),
-                        "sequence number",
-                        self.col(r, 0, "sequence number")?,
-                    )?,
-                    self.link_at(r, 1)?,
-                ))
-            })
-            .collect()
-    }
-
-    fn insert_record(
-        &mut self,
-        reader: &str,
-        r: &CheckedRecord,
-        received_at: u64,
-    ) -> Result<(), HubError> {
-        self.execute(
-            "INSERT INTO records (reader_id, seq, at, kind, amount, token, token_hash,
-                                  prev_hash, hash, signature, received_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &reader,
-                &int(r.seq),
-                &int(r.at),
-                &r.kind.as_str(),
-                &i64::from(r.amount),
-                &r.token,
-                &r.token_hash.as_slice(),
-                &r.prev_hash.as_slice(),
-                &r.hash.as_slice(),
-                &r.signature.as_slice(),
-                &int(received_at),
-            ],
-        )
-        .map(drop)
-    }
-
-    fn insert_batch(&mut self, row: &BatchRow<'_>) -> Result<(), HubError> {
-        let BatchRow {
-            reader,
-            first,
-            last,
-            totals,
-            last_hash,
-            created_at,
-            signature,
-            via,
-            at,
-        } = *row;
-        self.execute(
-            "INSERT INTO batches (reader_id, first_seq, last_seq, count, charged, voided,
-                                  last_hash, via, received_at, created_at, signature)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (reader_id, first_seq, last_seq) DO UPDATE SET
-                 count = excluded.count, charged = excluded.charged,
-                 voided = excluded.voided, last_hash = excluded.last_hash,
-                 via = excluded.via, received_at = excluded.received_at,
-                 created_at = excluded.created_at, signature = excluded.signature",
-            &[
-                &reader,
-                &int(first),
-                &int(last),
-                &i64::from(totals.count),
-                &int(totals.charged),
-                &int(totals.voided),
-                &last_hash.as_slice(),
-                &via.as_str(),
-                &int(at),
-                &int(created_at),
-                &signature.as_slice(),
-            ],
-        )
-        .map(drop)
-    }
-
-    fn payments_with_counter(
-        &mut self,
-        wallet: WalletId,
-        counter: u32,
-    ) -> Result<Vec<Payment>, HubError> {
-        let rows = self
-            .tx
-            .query(
-                &format!(
-                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE wallet_id = $1 AND counter = $2"
-                ),
-                &[&wallet.0.as_slice(), &i64::from(counter)],
-            )
-            .map_err(self.err())?;
-        rows.iter().map(|r| self.to_payment(r)).collect()
-    }
-
-    fn neighbours(
-        &mut self,
-        _wallet: WalletId,
-        credential: &[u8; 32],
-        counter: u32,
-    ) -> Result<(Option<Payment>, Option<Payment>), HubError> {
-        let counter = i64::from(counter);
-        let before = self.one_payment(
-            &format!(
-                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE credential = $1 AND counter < $2
-                 ORDER BY counter DESC LIMIT 1"
-            ),
-            &[&credential.as_slice(), &counter],
-        )?;
-        let after = self.one_payment(
-            &format!(
-                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE credential = $1 AND counter > $2
-                 ORDER BY counter ASC LIMIT 1"
-            ),
-            &[&credential.as_slice(), &counter],
-        )?;
-        Ok((before, after))
-    }
-
-    fn insert_payment(&mut self, p: &Payment, charged: u32) -> Result<u64, HubError> {
-        self.execute(
-            "INSERT INTO payments (token_hash, wallet_id, counter, credential, total_before,
-                                   authorised, charged, reader_id, seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &p.token_hash.as_slice(),
-                &p.wallet.0.as_slice(),
-                &i64::from(p.counter),
-                &p.credential.as_slice(),
-                &i64::from(p.total_before),
-                &i64::from(p.authorised),
-                &i64::from(charged),
-                &p.reader,
-                &int(p.seq),
-            ],
-        )?;
-        let row = self
-            .tx
-            .query_one(
-                "INSERT INTO credential_spend (credential, charged) VALUES ($1, $2)
-                 ON CONFLICT (credential) DO UPDATE
-                     SET charged = credential_spend.charged + excluded.charged
-                 RETURNING charged",
-                &[&p.credential.as_slice(), &i64::from(charged)],
-            )
-            .map_err(self.err())?;
-        let total: i64 = self.col(&row, 0, "credential spend")?;
-        Ok(unsigned(self.path(), "credential spend", total)?)
-    }
-
-    fn charge_left(&mut self, p: &Payment) -> Result<ChargeLeft, HubError> {
-        let row = self
-            .tx
-            .query_one(
-                "SELECT charged, voids FROM payments
-                 WHERE wallet_id = $1 AND counter = $2 AND token_hash = $3",
-                &[
-                    &p.wallet.0.as_slice(),
-                    &i64::from(p.counter),
-                    &p.token_hash.as_slice(),
-                ],
-            )
-            .map_err(self.err())?;
-        let get = |i: usize| -> Result<i64, HubError> {
-            row.try_get(i)
-                .map_err(|e| inconsistent(self.target, format!("payment charge column {i}: {e}")))
-        };
-        Ok(ChargeLeft {
-            left: unsigned(self.path(), "net charge", get(0)?)?,
-            voids: unsigned(self.path(), "void count", get(1)?)?,
-        })
-    }
-
-    fn void_charge(&mut self, p: &Payment, amount: u32) -> Result<(), HubError> {
-        let row = self
-            .tx
-            .query_one(
-                "UPDATE payments SET charged = charged - $4, voids = voids + 1
-                 WHERE wallet_id = $1 AND counter = $2 AND token_hash = $3
-                 RETURNING credential",
-                &[
-                    &p.wallet.0.as_slice(),
-                    &i64::from(p.counter),
-                    &p.token_hash.as_slice(),
-                    &i64::from(amount),
-                ],
-            )
-            .map_err(self.err())?;
-        let credential: Vec<u8> = row
-            .try_get(0)
-            .map_err(|e| inconsistent(self.target, format!("payment credential: {e}")))?;
-        self.execute(
-            "UPDATE credential_spend SET charged = charged - $2 WHERE credential = $1",
-            &[&credential, &i64::from(amount)],
-        )?;
-        Ok(())
-    }
-
-    fn insert_flag(
-        &mut self,
-        wallet: WalletId,
-        f: &Finding,
-        evidence: &str,
-        at: u64,
-    ) -> Result<(), HubError> {
-        self.execute(
-            "INSERT INTO flags (wallet_id, rule, detail, evidence, at) VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &wallet.0.as_slice(),
-                &f.rule.as_str(),
-                &f.detail,
-                &evidence,
-                &int(at),
-            ],
-        )
-        .map(drop)
-    }
-
-    fn insert_incident(
-        &mut self,
-        reader: &str,
-        seq: u64,
-        kind: IncidentKind,
-        detail: &str,
-        at: u64,
-    ) -> Result<(), HubError> {
-        self.execute(
-            "INSERT INTO incidents (reader_id, seq, kind, detail, at) VALUES ($1, $2, $3, $4, $5)",
-            &[&reader, &int(seq), &kind.as_str(), &detail, &int(at)],
-        )
-        .map(drop)
-    }
-
-    fn deny_version(&mut self) -> Result<u64, HubError> {
-        let row = self
-            .tx
-            .query_one(
-                "SELECT coalesce(max(version), 0)::BIGINT FROM deny_entries",
-                &[],
-            )
-            .map_err(self.err())?;
-        let v: i64 = self.col(&row, 0, "deny version")?;
-        Ok(unsigned(self.path(), "deny version", v)?)
-    }
-
-    fn is_denied(&mut self, wallet: WalletId) -> Result<bool, HubError> {
-        let row = self
-            .tx
-            .query_opt(
-                "SELECT action FROM deny_entries WHERE wallet_id = $1 ORDER BY version DESC LIMIT 1",
-                &[&wallet.0.as_slice()],
-            )
-            .map_err(self.err())?;
-        let action: Option<String> = row.map(|r| self.col(&r, 0, "deny action")).transpose()?;
-        Ok(denies(action.as_deref()))
-    }
-
-    fn insert_deny(&mut self, entry: &DenyEntry, evidence: &str) -> Result<(), HubError> {
-        let bytes = entry.encode().map_err(|e| HubError::Terms(e.to_string()))?;
-        let action = action_name(entry.action);
-        self.execute(
-            "INSERT INTO deny_entries (version, wallet_id, action, reason, evidence, at, entry)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &int(entry.version),
-                &entry.wallet.0.as_slice(),
-                &action,
-                &entry.reason.as_str(),
-                &evidence,
-                &int(entry.at),
-                &bytes,
-            ],
-        )
-        .map(drop)
-    }
-}
-
 impl HubBackend for PostgresHub {
     fn add_issuer_key(&mut self, key_id: u8, key: &[u8; 32], now: u64) -> Result<(), HubError> {
         let target = self.target.clone();
@@ -1040,7 +677,42 @@ impl HubBackend for PostgresHub {
         &mut self,
         f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
     ) -> Result<(), HubError> {
-        self.in_transaction(f)
+        self.in_transaction(locks::Scope::Everything, f)
+    }
+
+    /// Locks the batch's reader and wallets only (see [`locks`]), so that
+    /// hub processes ingesting other readers' batches for other wallets
+    /// proceed at once.
+    fn ingest(
+        &mut self,
+        checked: &CheckedBatch,
+        signer: &dyn DenySigner,
+        via: Via,
+        now: u64,
+    ) -> Result<IngestReport, HubError> {
+        let keys = locks::for_batch(checked);
+        self.in_transaction(locks::Scope::Keys(&keys), |ledger| {
+            clearing_ledger::ingest(ledger, checked, signer, via, now)
+        })
+    }
+
+    fn set_deny(
+        &mut self,
+        signer: &dyn DenySigner,
+        action: DenyAction,
+        wallet: WalletId,
+        reason: DenyReason,
+        note: &str,
+        now: u64,
+    ) -> Result<DenyEntry, HubError> {
+        let keys = [locks::wallet(wallet)];
+        self.in_transaction(locks::Scope::Keys(&keys), |ledger| {
+            clearing_ledger::set_deny(ledger, signer, action, wallet, reason, note, now)
+        })
+    }
+
+    fn lock_waits(&self) -> Option<LockWaits> {
+        Some(self.waits)
     }
 
     fn reader_opener(&self) -> ReaderOpener {
@@ -1056,6 +728,7 @@ impl HubBackend for PostgresHub {
                     config,
                     client: Some(client),
                     target,
+                    waits: LockWaits::default(),
                 }) as Box<dyn ReadBackend>)
             })
         })
@@ -1241,6 +914,9 @@ impl Snapshot for PgSnapshot<'_> {
         )
     }
 }
+
+mod ledger;
+mod locks;
 
 #[cfg(test)]
 pub(crate) mod test_server;
