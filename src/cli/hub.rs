@@ -1,5 +1,7 @@
-//! The hub's commands, `hub serve|reader add|deny|allow|report|import`, and
-//! the reader's side of the link to it, `reader sync|export`.
+//! The hub's commands, `hub serve|reader add|deny|allow|report|import`
+//! (each opens the hub through one [`HubPlace`]: `--data DIR` and
+//! `--database URL` or `$SONOTAP_HUB_DATABASE`), and the reader's side of
+//! the link to it, `reader sync|export`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -22,12 +24,95 @@ use sonotap_reader::reader::Reader;
 use sonotap_reader::sync::client::{self, HubClient, Progress, SyncOptions};
 use sonotap_reader::sync::export;
 
+/// The environment variable that names the hub's database when
+/// `--database` is not given.
+pub const DATABASE_ENV: &str = "SONOTAP_HUB_DATABASE";
+
+/// Where every `hub` command finds the hub: its directory (the issuer key)
+/// and its state (declared once, flattened into each command).
+#[derive(Debug, Args)]
+pub struct HubPlace {
+    /// Hub data directory
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// State database: postgres://… (default: $SONOTAP_HUB_DATABASE, else
+    /// DIR/hub.db, SQLite); give the password in PGPASSFILE / ~/.pgpass or
+    /// PGPASSWORD, not in the URL
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+}
+
+/// Where the database URL came from, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    Flag,
+    Env,
+}
+
+impl HubPlace {
+    /// The database URL (the flag wins over the environment) and where it
+    /// came from; `None` for the SQLite file in the hub directory.
+    fn database(&self) -> Option<(String, Named)> {
+        self.database_from(std::env::var(DATABASE_ENV).ok())
+    }
+
+    fn database_from(&self, env: Option<String>) -> Option<(String, Named)> {
+        match (&self.database, env) {
+            (Some(url), _) => Some((url.clone(), Named::Flag)),
+            // An empty variable is an unset one (as libpq treats its own).
+            (None, Some(url)) if !url.is_empty() => Some((url, Named::Env)),
+            (None, _) => None,
+        }
+    }
+
+    /// Opens the hub: the directory's issuer key, the state where
+    /// `--database` or `$SONOTAP_HUB_DATABASE` says.
+    pub fn open(&self, now: u64) -> Result<Hub> {
+        let database = self.database();
+        self.warn_password(database.as_ref());
+        let url = database.as_ref().map(|(url, _)| url.as_str());
+        let hub = sonotap_hub::open_database(&self.data, url, now);
+        Self::named(hub, database.as_ref())
+    }
+
+    /// `hub init`: creates the issuer key and the state where the database
+    /// is named (registering the key there).
+    pub fn init(&self, key_id: u8, now: u64) -> Result<Hub> {
+        let database = self.database();
+        self.warn_password(database.as_ref());
+        let url = database.as_ref().map(|(url, _)| url.as_str());
+        let hub = sonotap_hub::init_database(&self.data, key_id, url, now);
+        Self::named(hub, database.as_ref())
+    }
+
+    /// A password on the command line is readable by every local user; in
+    /// the environment it is not (as `PGPASSWORD`).
+    fn warn_password(&self, database: Option<&(String, Named)>) {
+        if let Some((url, Named::Flag)) = database
+            && sonotap_hub::pgpass::url_has_password(url)
+        {
+            eprintln!("sonotap: {}", sonotap_hub::pgpass::URL_PASSWORD_WARNING);
+        }
+    }
+
+    /// An error opening a named database says where the name came from (an
+    /// operator may not know a variable is set); the SQLite file's errors
+    /// name the file already.
+    fn named(hub: Result<Hub, HubError>, database: Option<&(String, Named)>) -> Result<Hub> {
+        let from = match database {
+            None => return Ok(hub?),
+            Some((_, Named::Flag)) => "--database".to_owned(),
+            Some((_, Named::Env)) => format!("${DATABASE_ENV}"),
+        };
+        hub.with_context(|| format!("cannot open the hub database given by {from}"))
+    }
+}
+
 /// `sonotap hub serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Hub data directory
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[command(flatten)]
+    place: HubPlace,
     /// Address to listen on (plain HTTP only on loopback; port 0 picks one)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
@@ -37,10 +122,6 @@ pub struct ServeArgs {
     /// PEM private key for HTTPS
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// State database: postgres://… (default: DIR/hub.db, SQLite); give the
-    /// password in PGPASSFILE / ~/.pgpass or PGPASSWORD, not in the URL
-    #[arg(long, value_name = "URL")]
-    database: Option<String>,
     /// Check every record's own reader signature, not only the batch
     /// signature that covers them and the last record's (slower; for audits)
     #[arg(long)]
@@ -59,6 +140,28 @@ pub struct ServeArgs {
     /// Most connections open at once; more wait in the listen backlog
     #[arg(long, value_name = "N", default_value_t = listen::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
+    /// What the log on standard error shows: a level (error, warn, info,
+    /// debug) or a tracing filter; `info` has one line per request
+    #[arg(long, value_name = "FILTER", default_value = "info", value_parser = log_filter)]
+    log_level: String,
+}
+
+fn log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// `hub serve`'s log: `tracing` events, one line each on standard error,
+/// with their fields (`key=value`).
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 /// A `hub serve` timeout: under a second every honest request would time
@@ -85,9 +188,8 @@ pub fn record_signatures(every: bool) -> RecordSignatureCheck {
 pub enum HubReaderCommand {
     /// Register a reader's public key so the hub accepts its batches
     Add {
-        /// Hub data directory
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
+        #[command(flatten)]
+        place: HubPlace,
         /// Reader id, as in its reader.toml
         #[arg(long)]
         id: String,
@@ -100,9 +202,8 @@ pub enum HubReaderCommand {
 /// `sonotap hub deny|allow`.
 #[derive(Debug, Args)]
 pub struct DenyArgs {
-    /// Hub data directory
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[command(flatten)]
+    place: HubPlace,
     /// Wallet id (16 hex digits)
     #[arg(long, value_name = "ID")]
     wallet: String,
@@ -144,15 +245,9 @@ pub struct SyncArgs {
 
 /// `sonotap hub serve`: runs until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    init_logging(&args.log_level);
     let now = super::clock(None)?;
-    if args
-        .database
-        .as_deref()
-        .is_some_and(sonotap_hub::pgpass::url_has_password)
-    {
-        eprintln!("sonotap: {}", sonotap_hub::pgpass::URL_PASSWORD_WARNING);
-    }
-    let mut hub = sonotap_hub::open_database(&args.data, args.database.as_deref(), now)?;
+    let mut hub = args.place.open(now)?;
     hub.set_record_signatures(record_signatures(args.every_record_signature));
     let where_ = hub.describe();
     let options = ServeOptions {
@@ -169,7 +264,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     // Connections, not EMFILE, should be what bounds the hub: the cap is
     // clamped below whatever limit is in force.
     if let Err(e) = listen::raise_open_file_limit() {
-        eprintln!("sonotap hub: cannot raise the open-file limit: {e}");
+        tracing::warn!("cannot raise the open-file limit: {e}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -204,10 +299,11 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
 
 /// `sonotap hub reader add`.
 pub fn reader_add(command: HubReaderCommand) -> Result<ExitCode> {
-    let HubReaderCommand::Add { data, id, key } = command;
+    let HubReaderCommand::Add { place, id, key } = command;
     let key = PublicKey::read(&key, Role::Reader)?;
-    let mut hub = Hub::open(&data)?;
-    let new = hub.add_reader(&id, &key, super::clock(None)?)?;
+    let now = super::clock(None)?;
+    let mut hub = place.open(now)?;
+    let new = hub.add_reader(&id, &key, now)?;
     match new {
         true => println!("reader {id} registered"),
         false => println!("reader {id} was already registered with this key"),
@@ -228,13 +324,14 @@ fn parse_wallet(text: &str) -> Result<WalletId> {
 /// `sonotap hub deny|allow`.
 pub fn deny(args: DenyArgs, action: DenyAction) -> Result<ExitCode> {
     let wallet = parse_wallet(&args.wallet)?;
-    let mut hub = Hub::open(&args.data)?;
+    let now = super::clock(None)?;
+    let mut hub = args.place.open(now)?;
     let note = if args.note.is_empty() {
         "operator"
     } else {
         args.note.as_str()
     };
-    let entry = hub.set_deny(action, wallet, args.reason, note, super::clock(None)?)?;
+    let entry = hub.set_deny(action, wallet, args.reason, note, now)?;
     println!(
         "{}",
         serde_json::json!({
@@ -249,8 +346,8 @@ pub fn deny(args: DenyArgs, action: DenyAction) -> Result<ExitCode> {
 }
 
 /// `sonotap hub report`.
-pub fn report(data: &Path, json: bool) -> Result<ExitCode> {
-    let mut hub = Hub::open(data)?;
+pub fn report(place: &HubPlace, json: bool) -> Result<ExitCode> {
+    let mut hub = place.open(super::clock(None)?)?;
     let report = hub.report()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -296,12 +393,12 @@ fn print_report(report: &Report) {
 }
 
 /// `sonotap hub import`: the same checks and idempotency as an upload.
-pub fn import(data: &Path, file: &Path, records: RecordSignatureCheck) -> Result<ExitCode> {
+pub fn import(place: &HubPlace, file: &Path, records: RecordSignatureCheck) -> Result<ExitCode> {
     let bytes = sonotap_disk::fsutil::read_regular_file_capped(file, export::MAX_FILE_BYTES)
         .with_context(|| format!("cannot read batch file {}", file.display()))?;
     let batches = export::decode_file(&bytes)
         .with_context(|| format!("{} is not a sonotap batch file", file.display()))?;
-    let mut hub = Hub::open(data)?;
+    let mut hub = place.open(super::clock(None)?)?;
     hub.set_record_signatures(records);
     let mut failed = false;
     for (i, batch) in batches.iter().enumerate() {
@@ -439,4 +536,31 @@ pub fn export(data: &Path, out: &Path) -> Result<ExitCode> {
         })
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(flag: Option<&str>) -> HubPlace {
+        HubPlace {
+            data: PathBuf::from("hub"),
+            database: flag.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_database_flag_wins_over_the_variable_and_an_empty_variable_is_unset() {
+        let env = || Some("postgres://env/db".to_owned());
+        assert_eq!(
+            place(Some("postgres://flag/db")).database_from(env()),
+            Some(("postgres://flag/db".to_owned(), Named::Flag))
+        );
+        assert_eq!(
+            place(None).database_from(env()),
+            Some(("postgres://env/db".to_owned(), Named::Env))
+        );
+        assert_eq!(place(None).database_from(Some(String::new())), None);
+        assert_eq!(place(None).database_from(None), None);
+    }
 }

@@ -23,7 +23,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 
 use sonotap_disk::keys::{PublicKey, Role};
-use sonotap_hub::{Hub, IssueRequest};
+use sonotap_hub::IssueRequest;
 use sonotap_protocol::api::check_reader_id;
 use sonotap_protocol::currency;
 use sonotap_protocol::policy::Reason;
@@ -96,9 +96,8 @@ enum Command {
 enum HubCommand {
     /// Create the issuer key (DIR/issuer.pub) and the hub database
     Init {
-        /// Hub data directory
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
+        #[command(flatten)]
+        place: hub::HubPlace,
         /// Key id of the first issuer key
         #[arg(long, default_value_t = 1)]
         key_id: u8,
@@ -116,18 +115,16 @@ enum HubCommand {
     Allow(hub::DenyArgs),
     /// Per-reader totals, flagged wallets, gaps and incidents
     Report {
-        /// Hub data directory
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
+        #[command(flatten)]
+        place: hub::HubPlace,
         /// One JSON document instead of a table
         #[arg(long)]
         json: bool,
     },
     /// Import a batch file exported on site (same checks as an upload)
     Import {
-        /// Hub data directory
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
+        #[command(flatten)]
+        place: hub::HubPlace,
         /// The file from `sonotap reader export`
         file: PathBuf,
         /// Check every record's own reader signature (as `hub serve`)
@@ -138,9 +135,8 @@ enum HubCommand {
 
 #[derive(Debug, Args)]
 struct IssueArgs {
-    /// Hub data directory
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[command(flatten)]
+    place: hub::HubPlace,
     /// The wallet's public key file (W/wallet.pub)
     #[arg(long, value_name = "WALLET.pub")]
     wallet_key: PathBuf,
@@ -393,12 +389,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn run_hub(command: HubCommand) -> Result<ExitCode> {
     match command {
-        HubCommand::Init { data, key_id } => {
-            Hub::init(&data, key_id, clock(None)?)?;
-            let public = data.join(sonotap_hub::ISSUER_PUB_FILE);
+        HubCommand::Init { place, key_id } => {
+            let hub = place.init(key_id, clock(None)?)?;
+            let public = place.data.join(sonotap_hub::ISSUER_PUB_FILE);
             println!(
-                "hub initialised: issuer key id {key_id}, public key {}",
-                public.display()
+                "hub initialised: issuer key id {key_id}, public key {}, state {}",
+                public.display(),
+                hub.describe()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -406,16 +403,20 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
         HubCommand::Reader(command) => hub::reader_add(command),
         HubCommand::Deny(args) => hub::deny(args, sonotap_protocol::wire::DenyAction::Deny),
         HubCommand::Allow(args) => hub::deny(args, sonotap_protocol::wire::DenyAction::Allow),
-        HubCommand::Report { data, json } => hub::report(&data, json),
+        HubCommand::Report { place, json } => hub::report(&place, json),
         HubCommand::Import {
-            data,
+            place,
             file,
             every_record_signature,
-        } => hub::import(&data, &file, hub::record_signatures(every_record_signature)),
+        } => hub::import(
+            &place,
+            &file,
+            hub::record_signatures(every_record_signature),
+        ),
         HubCommand::Issue(args) => {
-            let mut hub = Hub::open(&args.data)?;
             let wallet = PublicKey::read(&args.wallet_key, Role::Wallet)?;
             let now = clock(None)?;
+            let mut hub = args.place.open(now)?;
             let request = IssueRequest {
                 scope: args.scope,
                 currency: args.currency,

@@ -8,10 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::pg_server;
 use crate::util::{HUB_SERVE, Scratch, first_stdout_line, sonotap};
-
-#[path = "../../crates/hub/src/backend/postgres/test_server.rs"]
-mod pg_server;
 
 /// Runs `sonotap ARGS` in `s` and kills it should it still run after
 /// `limit` (a command that took an empty database for a new one would

@@ -12,9 +12,13 @@ mod hardening_net;
 mod hardening_sync;
 mod hardening_vend;
 mod hardening_wallet;
+mod hub_postgres;
 mod hw;
 mod layers;
 mod modem_cli;
+/// The throwaway PostgreSQL cluster the hub crate's tests use.
+#[path = "../../crates/hub/src/backend/postgres/test_server.rs"]
+mod pg_server;
 mod protocol_vectors;
 mod qr_cli;
 mod signals;

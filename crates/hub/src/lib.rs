@@ -31,8 +31,8 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 use thiserror::Error;
 
-pub use backend::open_database;
 use backend::{HubBackend, ReadBackend, ReaderOpener, Report, SqliteHub};
+pub use backend::{init_database, open_database};
 use ledger::{DenySigner, IngestReport, IngestStatus, Via};
 use sonotap_disk::fsutil;
 use sonotap_disk::keys::{KeyFileError, PublicKey, Role, SecretKey};
@@ -165,6 +165,16 @@ pub struct Admitted {
 }
 
 impl Admitted {
+    /// The reader the batch names (registered: its key was found).
+    pub fn reader_id(&self) -> &str {
+        &self.batch.reader_id
+    }
+
+    /// How many records the batch carries.
+    pub fn records(&self) -> u64 {
+        self.batch.records.len() as u64
+    }
+
     /// Checks the signatures the hub's policy asks for (see [`verify::check_batch`]).
     pub fn check(self) -> Result<CheckedBatch, HubError> {
         Ok(verify::check_batch(
@@ -377,6 +387,20 @@ impl DenySigner for IssuerSigner<'_> {
 impl Hub {
     /// Creates the issuer key (with `key_id`) and the hub database.
     pub fn init(dir: &Path, key_id: u8, now: u64) -> Result<Self, HubError> {
+        Self::init_with(dir, key_id, |public| {
+            let mut backend = SqliteHub::open(dir, true)?;
+            backend.add_issuer_key(key_id, public, now)?;
+            Ok(Box::new(backend))
+        })
+    }
+
+    /// Creates the issuer key (with `key_id`) and its state through
+    /// `create`, which makes the backend and registers the public key there.
+    pub(crate) fn init_with(
+        dir: &Path,
+        key_id: u8,
+        create: impl FnOnce(&[u8; 32]) -> Result<Box<dyn HubBackend>, HubError>,
+    ) -> Result<Self, HubError> {
         let key_path = dir.join(ISSUER_KEY_FILE);
         if key_path.exists() {
             return Err(HubError::AlreadyInitialised { path: dir.into() });
@@ -387,53 +411,33 @@ impl Hub {
         };
         fsutil::create_private_dir(dir).map_err(io_err)?;
         let issuer = SecretKey::generate(Role::Issuer, Some(key_id)).map_err(io_err)?;
-        let mut backend = SqliteHub::open(dir, true)?;
-        backend.add_issuer_key(key_id, &issuer.public().to_bytes(), now)?;
+        let backend = create(&issuer.public().to_bytes())?;
         // The secret last: its presence marks a complete hub.
         issuer.public().write(&dir.join(ISSUER_PUB_FILE))?;
         issuer.write_new(&key_path)?;
-        Ok(Self {
-            issuer: Arc::new(issuer),
-            backend: Box::new(backend),
-            record_signatures: RecordSignatureCheck::default(),
-        })
+        Ok(Self::from_parts(issuer, backend))
     }
 
     /// Opens an existing hub directory with its SQLite database.
     pub fn open(dir: &Path) -> Result<Self, HubError> {
-        let issuer = SecretKey::read(&dir.join(ISSUER_KEY_FILE), Role::Issuer)?;
+        let issuer = Self::read_issuer(dir)?;
         let backend = SqliteHub::open(dir, false)?;
-        Ok(Self {
-            issuer: Arc::new(issuer),
-            backend: Box::new(backend),
-            record_signatures: RecordSignatureCheck::default(),
-        })
+        Ok(Self::from_parts(issuer, Box::new(backend)))
     }
 
-    /// Opens a hub directory's key with the state in another backend.
-    pub(crate) fn with_backend(
-        dir: &Path,
-        mut backend: Box<dyn HubBackend>,
-        now: u64,
-    ) -> Result<Self, HubError> {
-        let issuer = SecretKey::read(&dir.join(ISSUER_KEY_FILE), Role::Issuer)?;
-        let key_id = issuer.key_id().unwrap_or(1);
-        let public = issuer.public().to_bytes();
-        match backend.issuer_keys()?.iter().find(|(id, _)| *id == key_id) {
-            Some((_, key)) if *key == public => {}
-            Some(_) => {
-                return Err(HubError::Backend(format!(
-                    "{} holds another key under issuer key id {key_id}",
-                    backend.describe()
-                )));
-            }
-            None => backend.add_issuer_key(key_id, &public, now)?,
-        }
-        Ok(Self {
+    /// A hub directory's issuer key.
+    pub(crate) fn read_issuer(dir: &Path) -> Result<SecretKey, HubError> {
+        Ok(SecretKey::read(&dir.join(ISSUER_KEY_FILE), Role::Issuer)?)
+    }
+
+    /// A hub signing with `issuer`, its state in `backend` (where the
+    /// issuer key is registered already).
+    pub(crate) fn from_parts(issuer: SecretKey, backend: Box<dyn HubBackend>) -> Self {
+        Self {
             issuer: Arc::new(issuer),
             backend,
             record_signatures: RecordSignatureCheck::default(),
-        })
+        }
     }
 
     /// Which per-record reader signatures uploads and imports are checked

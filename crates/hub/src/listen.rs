@@ -27,7 +27,10 @@
 //! - **TLS**: the handshake must finish within [`TLS_HANDSHAKE_TIMEOUT`].
 //!
 //! Every error the hub's API gives is JSON (`{"error", "message"}`), also
-//! the ones axum and this module produce (`json_errors`).
+//! the ones axum and this module produce (`json_errors`), and every request
+//! that reaches the API leaves one line in the hub's log (`log_request`,
+//! through `tracing`): method, path, reader, status, records, duration and,
+//! for a refusal or a failure, why.
 
 use std::future::Future;
 use std::io;
@@ -183,10 +186,66 @@ fn connection_cap(wanted: usize, fd_limit: Option<u64>) -> usize {
 }
 
 fn warn(message: &str) {
-    eprintln!("sonotap hub: {message}");
+    tracing::warn!("{message}");
 }
 
-/// Adds the body admission and JSON-error layers to the API routes.
+/// What a handler (or a refusal here) tells the request log beyond the
+/// method, path, status and duration, as a response extension.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outcome {
+    /// The reader that signed the request, or that an upload names.
+    pub reader: Option<String>,
+    /// Records in an upload.
+    pub records: Option<u64>,
+    /// Why a request was refused or failed, including what the answer
+    /// deliberately leaves out (which reader id, which signature).
+    pub why: Option<String>,
+}
+
+/// Logs one line per request, after its answer is made: `method`, `path`,
+/// `reader`, `status`, `records`, `ms`, and `why` for a refusal (level
+/// WARN) or a failure (ERROR).
+async fn log_request(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let status = response.status();
+    let outcome = response.extensions().get::<Outcome>();
+    let reader = outcome.and_then(|o| o.reader.as_deref());
+    let records = outcome.and_then(|o| o.records);
+    let why = outcome.and_then(|o| o.why.as_deref());
+    let (method, path, code) = (method.as_str(), path.as_str(), status.as_u16());
+    if status.is_server_error() {
+        tracing::error!(
+            method,
+            path,
+            reader,
+            status = code,
+            records,
+            ms,
+            why,
+            "request"
+        );
+    } else if status.is_client_error() {
+        tracing::warn!(
+            method,
+            path,
+            reader,
+            status = code,
+            records,
+            ms,
+            why,
+            "request"
+        );
+    } else {
+        tracing::info!(method, path, reader, status = code, records, ms, "request");
+    }
+    response
+}
+
+/// Adds the body admission, JSON-error and request-log layers to the API routes.
 pub(super) fn layers(app: Router, limits: Limits) -> Router {
     let guard = Arc::new(BodyGuard {
         limits,
@@ -197,6 +256,7 @@ pub(super) fn layers(app: Router, limits: Limits) -> Router {
     });
     app.route_layer(middleware::from_fn_with_state(guard, admit_body))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(log_request))
 }
 
 /// Accepts connections on `listener` (TLS if `tls`) and serves `app` on
@@ -496,6 +556,10 @@ struct Refusal(StatusCode, &'static str, String);
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let mut response = error_response(self.0, self.1, &self.2);
+        response.extensions_mut().insert(Outcome {
+            why: Some(self.2),
+            ..Outcome::default()
+        });
         if matches!(self.0, StatusCode::REQUEST_TIMEOUT) {
             // The rest of the body is unread: close rather than drain it.
             response
@@ -730,6 +794,12 @@ async fn json_errors(request: Request, next: Next) -> Response {
         _ => text,
     };
     parts.headers.remove(header::CONTENT_LENGTH);
+    if parts.extensions.get::<Outcome>().is_none() {
+        parts.extensions.insert(Outcome {
+            why: Some(message.clone()),
+            ..Outcome::default()
+        });
+    }
     let fresh = error_response(status, code_for(status), &message);
     let (fresh_parts, body) = fresh.into_parts();
     parts.headers.extend(fresh_parts.headers);

@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -31,7 +31,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::ledger::{IngestStatus, Via};
-use super::listen::{self, Limits};
+use super::listen::{self, Limits, Outcome};
 use super::{Hub, HubError, HubReader, ReadSide};
 use sonotap_protocol::api::{AUTH_SCHEME, DenyAnswer, KeysAnswer, TimeAnswer, UploadAnswer};
 
@@ -120,19 +120,59 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// An error answer: a stable code, a message, and the HTTP status.
+/// An error answer: the HTTP status, a stable code and a message for the
+/// client, and what the hub's request log adds (the reader, and why, when
+/// that is more than the message says).
 #[derive(Debug)]
-struct ApiError(StatusCode, &'static str, String);
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    log: Outcome,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            code,
+            message,
+            log: Outcome::default(),
+        }
+    }
+
+    fn internal(message: String) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// The refusal's detail for the log only (the answer leaves it out).
+    fn why(mut self, detail: String) -> Self {
+        self.log.why = Some(detail);
+        self
+    }
+
+    /// The request concerned `reader` (an upload with `records` records).
+    fn about(mut self, reader: &str, records: Option<u64>) -> Self {
+        self.log.reader.get_or_insert_with(|| reader.to_owned());
+        self.log.records = self.log.records.or(records);
+        self
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": self.1, "message": self.2 });
-        if self.0 == StatusCode::UNAUTHORIZED {
+        let body = json!({ "error": self.code, "message": self.message });
+        let mut log = self.log;
+        log.why.get_or_insert(self.message);
+        let mut response = if self.status == StatusCode::UNAUTHORIZED {
             // HTTP requires a 401 to name the scheme that would be accepted.
             let challenge = [(axum::http::header::WWW_AUTHENTICATE, AUTH_SCHEME)];
-            return (self.0, challenge, axum::Json(body)).into_response();
-        }
-        (self.0, axum::Json(body)).into_response()
+            (self.status, challenge, axum::Json(body)).into_response()
+        } else {
+            (self.status, axum::Json(body)).into_response()
+        };
+        response.extensions_mut().insert(log);
+        response
     }
 }
 
@@ -147,33 +187,30 @@ pub const UNAUTHENTICATED_MESSAGE: &str =
 
 impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
+        let detail = e.to_string();
         match &e {
-            HubError::Wire(_) => ApiError(StatusCode::BAD_REQUEST, "malformed", e.to_string()),
-            HubError::UnknownReader { .. } | HubError::Refused(_) => {
-                log_refusal(&format!("upload refused: {e}"));
-                ApiError(StatusCode::FORBIDDEN, "refused", REFUSED_MESSAGE.into())
+            HubError::Wire(_) => ApiError::new(StatusCode::BAD_REQUEST, "malformed", detail),
+            HubError::UnknownReader { reader } => {
+                ApiError::new(StatusCode::FORBIDDEN, "refused", REFUSED_MESSAGE.into())
+                    .why(format!("upload refused: {detail}"))
+                    .about(reader, None)
             }
-            HubError::NotAuthenticated { .. } => {
-                log_refusal(&e.to_string());
-                ApiError(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    UNAUTHENTICATED_MESSAGE.into(),
-                )
+            HubError::Refused(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "refused", REFUSED_MESSAGE.into())
+                    .why(format!("upload refused: {detail}"))
             }
-            HubError::Conflict { .. } => ApiError(StatusCode::CONFLICT, "conflict", e.to_string()),
-            _ => ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "hub_unavailable",
-                e.to_string(),
-            ),
+            HubError::NotAuthenticated { .. } => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                UNAUTHENTICATED_MESSAGE.into(),
+            )
+            .why(detail),
+            HubError::Conflict { reader, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", detail).about(reader, None)
+            }
+            _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "hub_unavailable", detail),
         }
     }
-}
-
-/// The hub's own record of a refusal, with the reason the answer leaves out.
-fn log_refusal(message: &str) {
-    eprintln!("sonotap hub: {message}");
 }
 
 /// The reader's signed request from `Authorization: Sonotap HEX` (docs/sync.md).
@@ -203,7 +240,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::from)
 }
 
@@ -223,7 +260,7 @@ async fn with_reader<T: Send + 'static>(
     let permit = Arc::clone(&hub.readers)
         .acquire_owned()
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     blocking(move || {
         let idle = hub.idle().pop();
         let mut reader = match idle {
@@ -243,26 +280,47 @@ async fn with_reader<T: Send + 'static>(
 async fn upload(
     State(hub): State<Shared>,
     body: Bytes,
-) -> Result<axum::Json<UploadAnswer>, ApiError> {
+) -> Result<(Extension<Outcome>, axum::Json<UploadAnswer>), ApiError> {
     let admitted = with_reader(Arc::clone(&hub), move |reader| reader.admit(&body)).await?;
+    let reader = admitted.reader_id().to_owned();
+    let records = Some(admitted.records());
+    let about = |e: ApiError| e.about(&reader, records);
     // Signature checks run outside the writer's lock, beside other uploads.
-    let checked = blocking(move || admitted.check()).await?;
-    let receipt = with_writer(hub, move |hub| hub.store(&checked, Via::Network, now_ms())).await?;
+    let checked = blocking(move || admitted.check()).await.map_err(about)?;
+    let receipt = with_writer(hub, move |hub| hub.store(&checked, Via::Network, now_ms()))
+        .await
+        .map_err(about)?;
     let ack = receipt
         .ack
         .encode()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(|e| about(ApiError::internal(e.to_string())))?;
     let status = match receipt.report.status {
         IngestStatus::Duplicate => "duplicate",
         _ => "stored",
     };
-    Ok(axum::Json(UploadAnswer {
-        status: status.into(),
-        ack: hex::encode(ack),
-        new_records: receipt.report.new_records,
-        already_stored: receipt.report.already_stored,
-        flagged: receipt.report.flagged,
-    }))
+    let log = Outcome {
+        reader: Some(reader.clone()),
+        records,
+        why: None,
+    };
+    Ok((
+        Extension(log),
+        axum::Json(UploadAnswer {
+            status: status.into(),
+            ack: hex::encode(ack),
+            new_records: receipt.report.new_records,
+            already_stored: receipt.report.already_stored,
+            flagged: receipt.report.flagged,
+        }),
+    ))
+}
+
+/// The request log's note of an authenticated reader.
+fn signed_by(reader: String) -> Extension<Outcome> {
+    Extension(Outcome {
+        reader: Some(reader),
+        ..Outcome::default()
+    })
 }
 
 /// Query of `GET /v1/deny`.
@@ -277,41 +335,47 @@ async fn deny(
     headers: HeaderMap,
     uri: Uri,
     Query(q): Query<Since>,
-) -> Result<axum::Json<DenyAnswer>, ApiError> {
+) -> Result<(Extension<Outcome>, axum::Json<DenyAnswer>), ApiError> {
     let auth = signed_request(&headers)?;
     let target = target(&uri);
-    let (version, entries) = with_reader(hub, move |reader| {
-        reader.authenticate(&auth, "GET", &target, now_ms())?;
-        reader.deny_entries(q.since, DENY_PAGE)
+    let (signer, (version, entries)) = with_reader(hub, move |reader| {
+        let signer = reader.authenticate(&auth, "GET", &target, now_ms())?;
+        Ok((signer, reader.deny_entries(q.since, DENY_PAGE)?))
     })
     .await?;
     let more = q.since + (entries.len() as u64) < version;
-    Ok(axum::Json(DenyAnswer {
-        version,
-        entries: entries.into_iter().map(hex::encode).collect(),
-        more,
-    }))
+    Ok((
+        signed_by(signer),
+        axum::Json(DenyAnswer {
+            version,
+            entries: entries.into_iter().map(hex::encode).collect(),
+            more,
+        }),
+    ))
 }
 
 async fn keys(
     State(hub): State<Shared>,
     headers: HeaderMap,
     uri: Uri,
-) -> Result<axum::Json<KeysAnswer>, ApiError> {
+) -> Result<(Extension<Outcome>, axum::Json<KeysAnswer>), ApiError> {
     let auth = signed_request(&headers)?;
     let target = target(&uri);
-    let set = with_reader(hub, move |reader| {
-        reader.authenticate(&auth, "GET", &target, now_ms())?;
-        reader.key_set()
+    let (signer, set) = with_reader(hub, move |reader| {
+        let signer = reader.authenticate(&auth, "GET", &target, now_ms())?;
+        Ok((signer, reader.key_set()?))
     })
     .await?;
     let bytes = set
         .encode()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok(axum::Json(KeysAnswer {
-        version: set.version,
-        key_set: hex::encode(bytes),
-    }))
+        .map_err(|e| ApiError::internal(e.to_string()).about(&signer, None))?;
+    Ok((
+        signed_by(signer),
+        axum::Json(KeysAnswer {
+            version: set.version,
+            key_set: hex::encode(bytes),
+        }),
+    ))
 }
 
 /// Query of `GET /v1/time`.
@@ -335,7 +399,7 @@ async fn time(
         .ok()
         .and_then(|b| <[u8; 16]>::try_from(b).ok())
         .ok_or_else(|| {
-            ApiError(
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "malformed",
                 "nonce must be 16 bytes, hex (32 digits)".into(),
@@ -350,7 +414,7 @@ async fn time(
 }
 
 async fn not_found() -> ApiError {
-    ApiError(
+    ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
         "no such endpoint; see docs/sync.md".into(),
@@ -521,7 +585,8 @@ mod tests {
         )
         .await
         .expect("the deny list answers while the writer is held")
-        .expect("an authenticated read");
+        .expect("an authenticated read")
+        .1;
         assert_eq!((denied.version, denied.entries.len()), (0, 0));
 
         let target = "/v1/keys";
@@ -535,7 +600,8 @@ mod tests {
         )
         .await
         .expect("the keys answer while the writer is held")
-        .expect("an authenticated read");
+        .expect("an authenticated read")
+        .1;
         assert_eq!(keys.version, 1);
 
         release.send(()).expect("the ingest waits");
@@ -554,7 +620,7 @@ mod tests {
         })
         .await
         .expect_err("the request that panicked fails");
-        assert_eq!(panicked.0, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(panicked.status, StatusCode::INTERNAL_SERVER_ERROR);
         let wallet = WalletId([1; 8]);
         let entry = with_writer(Arc::clone(&hub), move |hub| {
             hub.set_deny(DenyAction::Deny, wallet, DenyReason::Operator, "test", NOW)
@@ -568,7 +634,7 @@ mod tests {
         })
         .await
         .expect_err("the request that panicked fails");
-        assert_eq!(panicked.0, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(panicked.status, StatusCode::INTERNAL_SERVER_ERROR);
         for _ in 0..=READ_CONNECTIONS {
             let (version, entries) = with_reader(Arc::clone(&hub), |r| r.deny_entries(0, 10))
                 .await

@@ -33,19 +33,57 @@ use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
 
 /// Opens a hub directory's issuer key with its state where `database`
 /// says: `None` is the directory's SQLite file, a `postgres://` or
-/// `postgresql://` URL a PostgreSQL database.
+/// `postgresql://` URL a PostgreSQL database (migrated if needed, and the
+/// directory's issuer key registered there if it is not yet).
 pub fn open_database(dir: &Path, database: Option<&str>, now: u64) -> Result<Hub, HubError> {
     match database {
         None => Hub::open(dir),
         Some(url) if is_postgres_url(url) => postgres::off_runtime(|| {
-            Hub::with_backend(dir, Box::new(postgres::PostgresHub::connect(url)?), now)
+            let issuer = Hub::read_issuer(dir)?;
+            let key = postgres::IssuerKey {
+                key_id: issuer.key_id().unwrap_or(1),
+                public: issuer.public().to_bytes(),
+                now,
+            };
+            let backend = postgres::PostgresHub::connect_as(url, Some(key))?;
+            Ok(Hub::from_parts(issuer, Box::new(backend)))
         }),
-        Some(other) => Err(HubError::Backend(format!(
-            "unsupported database URL {:?}: use postgres://… or postgresql://…, or leave \
-             --database out for the SQLite file in the hub directory",
-            postgres::redact(other)
-        ))),
+        Some(other) => Err(unsupported(other)),
     }
+}
+
+/// Creates a hub directory's issuer key (with `key_id`) and its state
+/// where `database` says (as [`open_database`]): the SQLite file, or a
+/// PostgreSQL database, migrated, where the new key is registered.
+pub fn init_database(
+    dir: &Path,
+    key_id: u8,
+    database: Option<&str>,
+    now: u64,
+) -> Result<Hub, HubError> {
+    match database {
+        None => Hub::init(dir, key_id, now),
+        Some(url) if is_postgres_url(url) => Hub::init_with(dir, key_id, |public| {
+            let key = postgres::IssuerKey {
+                key_id,
+                public: *public,
+                now,
+            };
+            postgres::off_runtime(|| {
+                Ok(Box::new(postgres::PostgresHub::connect_as(url, Some(key))?)
+                    as Box<dyn HubBackend>)
+            })
+        }),
+        Some(other) => Err(unsupported(other)),
+    }
+}
+
+fn unsupported(url: &str) -> HubError {
+    HubError::Backend(format!(
+        "unsupported database URL {:?}: use postgres://… or postgresql://…, or leave \
+         --database out for the SQLite file in the hub directory",
+        postgres::redact(url)
+    ))
 }
 
 fn is_postgres_url(url: &str) -> bool {

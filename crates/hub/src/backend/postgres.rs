@@ -4,7 +4,9 @@
 //!
 //! The schema mirrors [`super::sqlite`] (BYTEA for blobs, BIGINT for
 //! integers); its version is kept in the `sonotap_schema` table, and
-//! missing migrations are applied in one transaction when a hub connects.
+//! missing migrations are applied in one transaction when a hub connects,
+//! which also registers the hub's issuer key (both under the writers' lock,
+//! so hub processes may start together on an empty database).
 //! A database whose schema is newer than this build is refused untouched.
 //!
 //! # Isolation
@@ -43,7 +45,7 @@
 //! single-threaded tokio runtime. Its calls must not be made on an async
 //! worker thread ("Cannot start a runtime from within a runtime"): the HTTP
 //! server calls the hub from `tokio::task::spawn_blocking`, where they are
-//! allowed. [`open_database`] and [`PostgresHub::connect`] run on a
+//! allowed. [`open_database`] and [`PostgresHub::connect_as`] run on a
 //! short-lived plain thread when called inside a runtime, and dropping hands
 //! the client to one, so opening and dropping are safe from any context.
 //!
@@ -238,8 +240,18 @@ pub struct PostgresHub {
 impl PostgresHub {
     /// Connects to `url` (`postgres://user[:password]@host[:port]/dbname`,
     /// with libpq-style parameters; a host starting with `/`, percent-encoded,
-    /// is a Unix socket directory) and migrates the schema.
+    /// is a Unix socket directory) and migrates the schema, registering no
+    /// issuer key (hubs connect with [`PostgresHub::connect_as`]).
+    #[cfg(test)]
     pub fn connect(url: &str) -> Result<Self, HubError> {
+        Self::connect_as(url, None)
+    }
+
+    /// Connects as `connect` does, registering `issuer` (the hub directory's
+    /// issuer key) in the same transaction and under the same lock as the
+    /// migration: any number of hub processes may start together on an
+    /// empty database (issue 15).
+    pub(crate) fn connect_as(url: &str, issuer: Option<IssuerKey>) -> Result<Self, HubError> {
         let mut config = Config::from_str(url).map_err(|e| HubError::Postgres {
             message: format!("invalid PostgreSQL URL {:?}: {}", redact(url), chain(&e)),
             source: e,
@@ -280,7 +292,7 @@ impl PostgresHub {
                 target,
                 waits: LockWaits::default(),
             };
-            hub.migrate()?;
+            hub.migrate(issuer)?;
             Ok(hub)
         })
     }
@@ -298,11 +310,12 @@ impl PostgresHub {
             .ok_or_else(|| HubError::Backend(format!("{}: no connection", self.target)))
     }
 
-    fn migrate(&mut self) -> Result<(), HubError> {
+    fn migrate(&mut self, issuer: Option<IssuerKey>) -> Result<(), HubError> {
         let target = self.target.clone();
         let err = |e| pg_err(&target, e);
         let mut tx = self.client()?.transaction().map_err(&err)?;
-        // Two hubs connecting at once must not both apply a migration.
+        // Hubs connecting at once must not both apply a migration, nor both
+        // register their issuer key.
         take_write_lock(&mut tx).map_err(&err)?;
         // The schema is only made in a database with no tables at all (a
         // fresh `createdb`): one holding tables but no sonotap schema is
@@ -356,6 +369,9 @@ impl PostgresHub {
             )
             .map_err(&err)?;
         }
+        if let Some(issuer) = issuer {
+            register_issuer(&mut tx, &target, issuer)?;
+        }
         tx.commit().map_err(&err)
     }
 
@@ -392,6 +408,52 @@ impl PostgresHub {
         }
         Ok(out)
     }
+}
+
+/// The issuer key a hub process signs with, registered when it connects.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IssuerKey {
+    /// Its key id.
+    pub key_id: u8,
+    /// Its public key.
+    pub public: [u8; 32],
+    /// Now, Unix seconds (`created_at` of a key registered now).
+    pub now: u64,
+}
+
+/// Registers `issuer` unless its key id is registered already, then checks
+/// that the stored key is this one. Idempotent, and run under the lock
+/// that covers the migration: hubs starting together on an empty database
+/// once read "no key", and all inserted it (`issuer_keys_pkey`, issue 15).
+fn register_issuer(
+    tx: &mut Transaction<'_>,
+    target: &str,
+    issuer: IssuerKey,
+) -> Result<(), HubError> {
+    let err = |e| pg_err(target, e);
+    let key_id = i64::from(issuer.key_id);
+    tx.execute(
+        "INSERT INTO issuer_keys (key_id, public_key, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT (key_id) DO NOTHING",
+        &[&key_id, &issuer.public.as_slice(), &int(issuer.now)],
+    )
+    .map_err(err)?;
+    let row = tx
+        .query_one(
+            "SELECT public_key FROM issuer_keys WHERE key_id = $1",
+            &[&key_id],
+        )
+        .map_err(err)?;
+    let stored: Vec<u8> = column(target, &row, 0, "issuer key")?;
+    if stored != issuer.public {
+        return Err(HubError::Backend(format!(
+            "{target} holds another key under issuer key id {}: this hub directory's \
+             issuer.key is not the one the database's other hubs sign with (give every hub \
+             process a copy of the same hub directory; nothing was changed)",
+            issuer.key_id
+        )));
+    }
+    Ok(())
 }
 
 /// Waits (at most [`LOCK_TIMEOUT`]) for the hub writers' advisory lock,

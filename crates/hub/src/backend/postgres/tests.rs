@@ -1346,3 +1346,86 @@ fn issue15_03_random_interleavings_across_hubs_match_one_hub() {
         );
     }
 }
+
+/// Issue 15, item 2: hubs starting together on an empty database once
+/// failed about 3 times in 30 with `duplicate key value violates unique
+/// constraint "issuer_keys_pkey"`: each read "no issuer key" and inserted
+/// it, outside the lock that covered the migration. Now the key is
+/// registered in the migration's transaction, under its lock: 8 hubs at
+/// once on each of 10 databases all start, and agree on the schema and the
+/// one key. Every other database is already migrated without a key (as a
+/// first hub leaves it between its migration and its key, where the race
+/// was): there the old code failed nearly every round, on an empty one
+/// rarely.
+#[test]
+fn issue15_02_hubs_starting_together_on_an_empty_database_all_start_and_agree() {
+    const HUBS: usize = 8;
+    const ROUNDS: usize = 10;
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    drop(sqlite_hub(dir.path()));
+    let ours = Hub::open(dir.path()).unwrap().issuer_public().to_bytes();
+    for round in 0..ROUNDS {
+        let db = format!("race{round}");
+        server.create_database(&db);
+        let url = server.url(&db);
+        if round % 2 == 1 {
+            drop(PostgresHub::connect(&url).unwrap_or_else(|e| panic!("migrate: {e}")));
+        }
+        let start = std::sync::Barrier::new(HUBS);
+        let opened: Vec<Result<Hub, HubError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..HUBS)
+                .map(|_| {
+                    let (dir, url, start) = (dir.path(), &url, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        open_database(dir, Some(url), NOW)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut key_sets = Vec::new();
+        for (i, hub) in opened.into_iter().enumerate() {
+            let mut hub = hub.unwrap_or_else(|e| panic!("round {round}, hub {i}: {e}"));
+            let set = hub.key_set().unwrap();
+            key_sets.push((set.version, set.keys));
+        }
+        assert!(
+            key_sets.iter().all(|k| *k == (1, vec![(1, ours)])),
+            "round {round}: {key_sets:?}"
+        );
+        assert_eq!(schema_version(&url), SCHEMA_VERSION as i64, "round {round}");
+    }
+}
+
+/// Issue 15, item 2: registering is idempotent, and a hub directory whose
+/// issuer key is not the one the database holds under the same key id is
+/// refused clearly, the database untouched.
+#[test]
+fn issue15_02_a_hub_with_another_key_under_the_same_key_id_is_refused() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let (first, other) = (dir.path().join("first"), dir.path().join("other"));
+    drop(postgres_hub(&first, &url));
+    drop(open_database(&first, Some(&url), NOW).unwrap_or_else(|e| panic!("again: {e}")));
+    drop(sqlite_hub(&other));
+    let message = error_of(open_database(&other, Some(&url), NOW));
+    assert!(
+        message.contains("holds another key under issuer key id 1")
+            && message.contains("same hub directory"),
+        "{message}"
+    );
+    let mut client = postgres::Client::connect(&url, NoTls).unwrap();
+    let keys: i64 = client
+        .query_one("SELECT count(*) FROM issuer_keys", &[])
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert_eq!(keys, 1);
+}
