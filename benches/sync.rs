@@ -17,11 +17,13 @@
 //!    records each sync at once to real `sonotap hub serve` processes:
 //!    SQLite (one process), PostgreSQL with one process (both readers to
 //!    it), PostgreSQL with two processes (one reader each), each on fresh
-//!    state; PostgreSQL is a throwaway cluster on this machine (the tests'
-//!    helper: `fsync=off`, `synchronous_commit=off`).
+//!    state; `--rounds R` times in turn (default 3), medians. PostgreSQL is
+//!    a throwaway cluster on this machine with its default durability
+//!    (`fsync` and `synchronous_commit` on), as SQLite runs at
+//!    `synchronous=FULL`.
 //!
 //! Run: `cargo bench --bench sync -- [--records N] [--offline M] [--skip-sync]
-//! [--skip-taps] [--postgres]`.
+//! [--skip-taps] [--postgres [--rounds R]]`.
 //! The queued records are made directly in the reader database (one
 //! transaction), because making a million through the tap path would take
 //! minutes of fsyncs that measure nothing here.
@@ -243,6 +245,7 @@ fn serve(
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 tls: None,
                 limits: Default::default(),
+                writers: 1,
             };
             let (addr, server) = server::bind(hub, options, async {
                 let _ = stop_rx.await;
@@ -293,9 +296,16 @@ fn cpu_time(clock: libc::clockid_t) -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// A `sonotap hub serve` process and its log.
+struct HubProcess {
+    child: std::process::Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
 /// Starts `sonotap hub serve` for the hub in `dir` (state in `database`,
-/// else its SQLite file) on a loopback port: the process and its URL.
-fn hub_process(dir: &Path, database: Option<&str>) -> (std::process::Child, String) {
+/// else its SQLite file) on a loopback port, its log in `log`.
+fn hub_process(dir: &Path, database: Option<&str>, log: &Path) -> HubProcess {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sonotap"));
     command.args(["hub", "serve", "--data"]).arg(dir);
     if let Some(url) = database {
@@ -304,6 +314,7 @@ fn hub_process(dir: &Path, database: Option<&str>) -> (std::process::Child, Stri
     let mut child = command
         .args(["--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
         .expect("hub process");
     let mut line = String::new();
@@ -313,7 +324,66 @@ fn hub_process(dir: &Path, database: Option<&str>) -> (std::process::Child, Stri
     )
     .expect("address");
     let url = line.split_whitespace().nth(2).expect("url").to_owned();
-    (child, url)
+    HubProcess {
+        child,
+        url,
+        log: log.to_owned(),
+    }
+}
+
+impl HubProcess {
+    /// Stops the process as an operator would (SIGTERM) and returns what
+    /// its last log line says of lock waits: writes, total ms, longest ms.
+    fn stop(mut self) -> Option<[u64; 3]> {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: signalling a child this process started and has not reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let line = log.lines().rev().find(|l| l.contains("lock waits"))?;
+        let field = |name: &str| -> Option<u64> {
+            let rest = &line[line.find(&format!("{name}="))? + name.len() + 1..];
+            rest.split_whitespace().next()?.parse().ok()
+        };
+        Some([field("writes")?, field("total_ms")?, field("longest_ms")?])
+    }
+}
+
+/// CPU time so far of this process (the readers), of every `sonotap`
+/// process (the hubs) and of every `postgres` process.
+fn cpu_split() -> [Duration; 3] {
+    let tick = 1.0 / 100.0; // USER_HZ on Linux
+    let mut hubs = 0u64;
+    let mut postgres = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ... utime(14) stime(15)
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks = fields
+            .get(11)
+            .and_then(|u| u.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+        match comm {
+            "sonotap" => hubs += ticks,
+            "postgres" => postgres += ticks,
+            _ => {}
+        }
+    }
+    [
+        cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID),
+        Duration::from_secs_f64(hubs as f64 * tick),
+        Duration::from_secs_f64(postgres as f64 * tick),
+    ]
 }
 
 /// Syncs each reader to its hub URL at once; the wall time until all are done.
@@ -350,16 +420,44 @@ fn sync_all(readers: &[(&Path, &str)]) -> Duration {
     started.elapsed()
 }
 
-/// The ingest table: SQLite, PostgreSQL with one and with two hub processes.
-fn postgres_table(records: usize) {
-    let Some(pg) = pg_server::PgServer::start() else {
+/// One configuration of the ingest table.
+#[derive(Clone, Copy)]
+enum Setup {
+    Sqlite,
+    Postgres { processes: usize },
+}
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Sqlite => "SQLite (hub.db)",
+            Setup::Postgres { processes: 1 } => "PostgreSQL, one hub process",
+            Setup::Postgres { .. } => "PostgreSQL, two hub processes (one reader each)",
+        }
+    }
+
+    fn processes(self) -> usize {
+        match self {
+            Setup::Sqlite => 1,
+            Setup::Postgres { processes } => processes,
+        }
+    }
+}
+
+/// The ingest table: SQLite, PostgreSQL with one and with two hub
+/// processes, `rounds` times in turn (so that a noisy moment of the machine
+/// falls on all three alike), each run on fresh state; the median of each.
+fn postgres_table(records: usize, rounds: usize) {
+    let Some(pg) = pg_server::PgServer::start_durable() else {
         println!("postgres: skipped (PostgreSQL is not installed)");
         return;
     };
     let half = records / 2;
     println!(
         "ingest table: 2 readers x {half} records (disjoint wallets), batches of {BATCH}, \
-         synced at once over HTTP to `sonotap hub serve` processes on fresh state"
+         synced at once over HTTP to `sonotap hub serve` processes on fresh state; \
+         {rounds} rounds, the three setups in turn; PostgreSQL with its default \
+         durability (fsync, synchronous_commit on), SQLite at synchronous=FULL"
     );
     let mut site = site();
     let dirs = [
@@ -374,62 +472,103 @@ fn postgres_table(records: usize) {
         .map(|d| Reader::open(d).expect("reader").public_key())
         .collect();
     let total = 2 * half;
-    let mut rows = Vec::new();
-
-    // SQLite: one process (one file, one writer).
-    let copy = site.root.join("hub-sqlite");
-    copy_hub(&hub_dir, &copy);
-    let (mut child, url) = hub_process(&copy, None);
-    let took = sync_all(&[(&dirs[0], &url), (&dirs[1], &url)]);
-    let _ = child.kill();
-    let _ = child.wait();
-    rows.push(("SQLite (hub.db)", 1, took));
-
-    // PostgreSQL: a fresh database per run, the readers registered in it.
-    for (run, processes) in [("one", 1), ("two", 2)] {
-        let db = format!("ingest_{run}");
-        pg.create_database(&db);
-        let url = pg.url(&db);
-        let mut hub = sonotap_hub::open_database(&hub_dir, Some(&url), NOW).expect("postgres");
-        for (id, key) in ids.iter().zip(&keys) {
-            hub.add_reader(id, key, NOW).expect("register");
+    let setups = [
+        Setup::Sqlite,
+        Setup::Postgres { processes: 1 },
+        Setup::Postgres { processes: 2 },
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); setups.len()];
+    // Per setup, over its runs and processes: writes, ms waiting for locks, longest wait.
+    let mut waits = vec![[0u64; 3]; setups.len()];
+    // Per setup, CPU time of the readers (this process), the hub processes and PostgreSQL.
+    let mut cpu = vec![[Duration::ZERO; 3]; setups.len()];
+    for round in 0..rounds {
+        for (index, (setup, took)) in setups.iter().zip(&mut times).enumerate() {
+            let database = match setup {
+                Setup::Sqlite => None,
+                Setup::Postgres { processes } => {
+                    let db = format!("ingest_{round}_{processes}");
+                    pg.create_database(&db);
+                    let url = pg.url(&db);
+                    let mut hub =
+                        sonotap_hub::open_database(&hub_dir, Some(&url), NOW).expect("postgres");
+                    for (id, key) in ids.iter().zip(&keys) {
+                        hub.add_reader(id, key, NOW).expect("register");
+                    }
+                    Some(url)
+                }
+            };
+            // SQLite's state is the hub directory itself: a fresh copy each run.
+            let state = site.root.join(format!("hub-run-{round}-{index}"));
+            copy_hub(&hub_dir, &state);
+            let children: Vec<_> = (0..setup.processes())
+                .map(|i| hub_process(&state, database.as_deref(), &state.join(format!("{i}.log"))))
+                .collect();
+            let to = |i: usize| children[i % children.len()].url.as_str();
+            let before = cpu_split();
+            took.push(sync_all(&[(&dirs[0], to(0)), (&dirs[1], to(1))]));
+            let after = cpu_split();
+            for (sum, (a, b)) in cpu[index].iter_mut().zip(after.iter().zip(before)) {
+                *sum += a.saturating_sub(b);
+            }
+            for child in children {
+                if let Some([writes, total, longest]) = child.stop() {
+                    let sum = &mut waits[index];
+                    sum[0] += writes;
+                    sum[1] += total;
+                    sum[2] = sum[2].max(longest);
+                }
+            }
         }
-        drop(hub);
-        let children: Vec<_> = (0..processes)
-            .map(|_| hub_process(&hub_dir, Some(&url)))
-            .collect();
-        let to = |i: usize| children[i % processes].1.as_str();
-        let took = sync_all(&[(&dirs[0], to(0)), (&dirs[1], to(1))]);
-        for (mut child, _) in children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        rows.push((
-            if processes == 1 {
-                "PostgreSQL, one hub process"
-            } else {
-                "PostgreSQL, two hub processes (one reader each)"
-            },
-            processes,
-            took,
-        ));
     }
-    println!("| hub state | hub processes | records | wall time | records/s |");
-    println!("| --- | --- | --- | --- | --- |");
-    for (name, processes, took) in rows {
+    let rate = |d: Duration| total as f64 / d.as_secs_f64();
+    println!(
+        "| hub state | hub processes | records | median wall time | records/s (median) | runs (records/s) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (setup, took) in setups.iter().zip(&mut times) {
+        took.sort();
+        let median = took[took.len() / 2];
+        let runs: Vec<String> = took.iter().map(|d| format!("{:.0}", rate(*d))).collect();
         println!(
-            "| {name} | {processes} | {total} | {:.2} s | {:.0} |",
-            took.as_secs_f64(),
-            total as f64 / took.as_secs_f64()
+            "| {} | {} | {total} | {:.2} s | {:.0} | {} |",
+            setup.name(),
+            setup.processes(),
+            median.as_secs_f64(),
+            rate(median),
+            runs.join(", ")
         );
     }
+    for (setup, [readers, hubs, postgres]) in setups.iter().zip(&cpu) {
+        let per = |d: &Duration| d.as_secs_f64() * 1e6 / (total * rounds) as f64;
+        println!(
+            "CPU per record, {}: readers {:.1} µs, hub processes {:.1} µs, PostgreSQL {:.1} µs",
+            setup.name(),
+            per(readers),
+            per(hubs),
+            per(postgres)
+        );
+    }
+    for (setup, [writes, total, longest]) in setups.iter().zip(&waits).skip(1) {
+        println!(
+            "lock waits, {}: {writes} writes over {rounds} runs waited {total} ms in all \
+             (longest {longest} ms)",
+            setup.name()
+        );
+    }
+    let [sqlite, one, two] = [0, 1, 2].map(|i| rate(times[i][times[i].len() / 2]));
+    println!(
+        "ratios of medians: PostgreSQL one process / SQLite {:.2}; two processes / one {:.2}",
+        one / sqlite,
+        two / one
+    );
 }
 
 fn main() {
     let records = arg("--records", 1_000_000);
     let offline = arg("--offline", 100_000);
     if flag("--postgres") {
-        postgres_table(records);
+        postgres_table(records, arg("--rounds", 3).max(1));
         return;
     }
     println!("sync bench: {records} queued records, batches of {BATCH}");

@@ -221,6 +221,7 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         tls: None,
         limits: Default::default(),
+        writers: 1,
     };
     let (addr, serving) = runtime.block_on(server::bind(hub, options, async {
         let _ = stopped.await;

@@ -140,6 +140,10 @@ pub struct ServeArgs {
     /// Most connections open at once; more wait in the listen backlog
     #[arg(long, value_name = "N", default_value_t = listen::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
+    /// Batches stored at once on PostgreSQL, each on a connection of its own
+    /// (SQLite stores one at a time whatever this says)
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_WRITERS as u32, value_parser = clap::value_parser!(u32).range(1..=64))]
+    writers: u32,
     /// What the log on standard error shows: a level (error, warn, info,
     /// debug) or a tracing filter; `info` has one line per request
     #[arg(long, value_name = "FILTER", default_value = "info", value_parser = log_filter)]
@@ -260,6 +264,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             max_connections: args.max_connections as usize,
             ..Limits::default()
         },
+        writers: args.writers as usize,
     };
     // Connections, not EMFILE, should be what bounds the hub: the cap is
     // clamped below whatever limit is in force.

@@ -13,6 +13,7 @@ mod hardening_sync;
 mod hardening_vend;
 mod hardening_wallet;
 mod hub_postgres;
+mod hub_postgres_restart;
 mod hw;
 mod layers;
 mod modem_cli;

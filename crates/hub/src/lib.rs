@@ -492,6 +492,18 @@ impl Hub {
         self.backend.add_reader(id, &key.to_bytes(), now)
     }
 
+    /// Another writer on the same state, to store batches beside this one
+    /// (PostgreSQL: its own connection; the row locks keep clearing exact,
+    /// docs/sync.md §8); `None` where the state has one writer (SQLite).
+    pub fn another_writer(&self) -> Option<Result<Hub, HubError>> {
+        let backend = self.backend.another_writer()?;
+        Some(backend.map(|backend| Hub {
+            issuer: Arc::clone(&self.issuer),
+            backend,
+            record_signatures: self.record_signatures,
+        }))
+    }
+
     /// What the read path needs without the writer (see [`ReadSide`]).
     pub fn read_side(&self) -> ReadSide {
         ReadSide {

@@ -197,14 +197,17 @@ pub(crate) struct Outcome {
     pub reader: Option<String>,
     /// Records in an upload.
     pub records: Option<u64>,
+    /// How long an upload's write waited for its locks (PostgreSQL's row
+    /// locks: another hub process clearing the same reader or wallets).
+    pub lock_wait_ms: Option<u64>,
     /// Why a request was refused or failed, including what the answer
     /// deliberately leaves out (which reader id, which signature).
     pub why: Option<String>,
 }
 
 /// Logs one line per request, after its answer is made: `method`, `path`,
-/// `reader`, `status`, `records`, `ms`, and `why` for a refusal (level
-/// WARN) or a failure (ERROR).
+/// `reader`, `status`, `records`, `ms`, `lock_wait_ms` for a stored upload
+/// on PostgreSQL, and `why` for a refusal (level WARN) or a failure (ERROR).
 async fn log_request(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = request.method().clone();
@@ -215,6 +218,7 @@ async fn log_request(request: Request, next: Next) -> Response {
     let outcome = response.extensions().get::<Outcome>();
     let reader = outcome.and_then(|o| o.reader.as_deref());
     let records = outcome.and_then(|o| o.records);
+    let lock_wait_ms = outcome.and_then(|o| o.lock_wait_ms);
     let why = outcome.and_then(|o| o.why.as_deref());
     let (method, path, code) = (method.as_str(), path.as_str(), status.as_u16());
     if status.is_server_error() {
@@ -240,7 +244,16 @@ async fn log_request(request: Request, next: Next) -> Response {
             "request"
         );
     } else {
-        tracing::info!(method, path, reader, status = code, records, ms, "request");
+        tracing::info!(
+            method,
+            path,
+            reader,
+            status = code,
+            records,
+            ms,
+            lock_wait_ms,
+            "request"
+        );
     }
     response
 }

@@ -30,6 +30,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::backend::LockWaits;
 use super::ledger::{IngestStatus, Via};
 use super::listen::{self, Limits, Outcome};
 use super::{Hub, HubError, HubReader, ReadSide};
@@ -49,7 +50,15 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Connection limits and timeouts.
     pub limits: Limits,
+    /// Batches stored at once, each on a connection of its own, where the
+    /// state allows concurrent writers (PostgreSQL); SQLite has one writer
+    /// whatever this says. At least 1.
+    pub writers: usize,
 }
+
+/// Writers `hub serve` opens on PostgreSQL unless told otherwise: enough
+/// that one reader's batch waiting for the disk does not hold up another's.
+pub const DEFAULT_WRITERS: usize = 4;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +82,14 @@ const READ_CONNECTIONS: usize = 4;
 
 /// What every request shares.
 struct Served {
-    /// The one writer: batches are stored one at a time, in arrival order.
-    writer: Mutex<Hub>,
+    /// The writers: each stores one batch at a time. PostgreSQL has
+    /// several (its row locks order batches that share a reader or a
+    /// wallet, docs/sync.md §8), SQLite one (batches stored one at a time,
+    /// in arrival order).
+    writers: Vec<Mutex<Hub>>,
+    /// One permit per writer in use, so that a request holding one always
+    /// finds a writer free.
+    writing: Arc<Semaphore>,
     /// The issuer key and the way to open read connections.
     read: ReadSide,
     /// Read connections not in use.
@@ -83,26 +98,71 @@ struct Served {
     readers: Arc<Semaphore>,
 }
 
+/// The writer a request that panicked left locked: see [`Served::writer`].
+fn recovered<'a>(
+    w: &'a Mutex<Hub>,
+    poisoned: std::sync::PoisonError<MutexGuard<'a, Hub>>,
+) -> MutexGuard<'a, Hub> {
+    tracing::warn!("a request panicked while storing; its transaction was rolled back");
+    w.clear_poison();
+    poisoned.into_inner()
+}
+
 impl Served {
-    fn new(hub: Hub) -> Self {
-        Self {
-            read: hub.read_side(),
-            writer: Mutex::new(hub),
+    /// Serves `hub`, with up to `writers` writers where its state allows
+    /// more than one (each another connection, opened now).
+    fn new(hub: Hub, writers: usize) -> Result<Self, HubError> {
+        let mut all = Vec::with_capacity(writers.max(1));
+        for _ in 1..writers.max(1) {
+            match hub.another_writer() {
+                Some(writer) => all.push(Mutex::new(writer?)),
+                None => break,
+            }
+        }
+        let read = hub.read_side();
+        all.insert(0, Mutex::new(hub));
+        Ok(Self {
+            read,
+            writing: Arc::new(Semaphore::new(all.len())),
+            writers: all,
             idle: Mutex::new(Vec::new()),
             readers: Arc::new(Semaphore::new(READ_CONNECTIONS)),
-        }
+        })
     }
 
-    /// The writer. A request that panicked while holding it (a bug) left
-    /// nothing half-done: its transaction rolled back as the panic unwound
-    /// (both backends roll back a transaction that is dropped), so the next
-    /// request goes on instead of failing forever on the poisoned lock.
+    /// A free writer; the caller holds one of [`Self::writing`]'s permits,
+    /// so one is free. A request that panicked while holding it (a bug)
+    /// left nothing half-done: its transaction rolled back as the panic
+    /// unwound (both backends roll back a transaction that is dropped), so
+    /// the next request goes on instead of failing forever on the poisoned
+    /// lock.
     fn writer(&self) -> MutexGuard<'_, Hub> {
-        self.writer.lock().unwrap_or_else(|poisoned| {
-            tracing::warn!("a request panicked while storing; its transaction was rolled back");
-            self.writer.clear_poison();
-            poisoned.into_inner()
-        })
+        for w in &self.writers {
+            match w.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => return recovered(w, poisoned),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        // Not reached while every holder of a writer holds a permit; waiting is right anyway.
+        let first = &self.writers[0];
+        first
+            .lock()
+            .unwrap_or_else(|poisoned| recovered(first, poisoned))
+    }
+
+    /// Time the writers spent taking locks, summed (PostgreSQL).
+    fn lock_waits(&self) -> Option<LockWaits> {
+        self.writers
+            .iter()
+            .try_fold(LockWaits::default(), |sum, w| {
+                let waits = listen::unpoisoned(w).lock_waits()?;
+                Some(LockWaits {
+                    writes: sum.writes + waits.writes,
+                    total: sum.total + waits.total,
+                    longest: sum.longest.max(waits.longest),
+                })
+            })
     }
 
     /// The idle read connections (a push or a pop cannot leave the list
@@ -128,7 +188,8 @@ struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    log: Outcome,
+    /// Boxed: every handler returns `Result<_, ApiError>`, kept small.
+    log: Box<Outcome>,
 }
 
 impl ApiError {
@@ -137,7 +198,7 @@ impl ApiError {
             status,
             code,
             message,
-            log: Outcome::default(),
+            log: Box::default(),
         }
     }
 
@@ -162,7 +223,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.code, "message": self.message });
-        let mut log = self.log;
+        let mut log = *self.log;
         log.why.get_or_insert(self.message);
         let mut response = if self.status == StatusCode::UNAUTHORIZED {
             // HTTP requires a 401 to name the scheme that would be accepted.
@@ -249,7 +310,18 @@ async fn with_writer<T: Send + 'static>(
     hub: Shared,
     f: impl FnOnce(&mut Hub) -> Result<T, HubError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    blocking(move || f(&mut hub.writer())).await
+    let permit = Arc::clone(&hub.writing)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    blocking(move || {
+        let mut writer = hub.writer();
+        let out = f(&mut writer);
+        drop(writer);
+        drop(permit);
+        out
+    })
+    .await
 }
 
 /// Runs `f` on a read connection of its own, beside the writer.
@@ -287,9 +359,17 @@ async fn upload(
     let about = |e: ApiError| e.about(&reader, records);
     // Signature checks run outside the writer's lock, beside other uploads.
     let checked = blocking(move || admitted.check()).await.map_err(about)?;
-    let receipt = with_writer(hub, move |hub| hub.store(&checked, Via::Network, now_ms()))
-        .await
-        .map_err(about)?;
+    let (receipt, lock_wait_ms) = with_writer(hub, move |hub| {
+        let before = hub.lock_waits();
+        let receipt = hub.store(&checked, Via::Network, now_ms())?;
+        let waited = hub
+            .lock_waits()
+            .zip(before)
+            .map(|(after, before)| after.total.saturating_sub(before.total));
+        Ok((receipt, waited))
+    })
+    .await
+    .map_err(about)?;
     let ack = receipt
         .ack
         .encode()
@@ -301,6 +381,7 @@ async fn upload(
     let log = Outcome {
         reader: Some(reader.clone()),
         records,
+        lock_wait_ms: lock_wait_ms.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         why: None,
     };
     Ok((
@@ -423,7 +504,12 @@ async fn not_found() -> ApiError {
 
 /// The API routes over a hub.
 pub fn router(hub: Hub) -> Router {
-    let shared: Shared = Arc::new(Served::new(hub));
+    routes(Arc::new(
+        Served::new(hub, 1).unwrap_or_else(|_| unreachable!("one writer opens nothing")),
+    ))
+}
+
+fn routes(shared: Shared) -> Router {
     Router::new()
         .route("/v1/batches", post(upload))
         .route("/v1/deny", get(deny))
@@ -484,11 +570,26 @@ pub async fn bind(
     let addr = listener
         .local_addr()
         .map_err(|e| ServeError::Io("local address".into(), e))?;
-    let app = listen::layers(router(hub), options.limits);
-    Ok((
-        addr,
-        listen::serve(listener, acceptor, app, options.limits, shutdown),
-    ))
+    let shared: Shared = Arc::new(
+        Served::new(hub, options.writers)
+            .map_err(|e| ServeError::Io("opening the writers".into(), std::io::Error::other(e)))?,
+    );
+    let app = listen::layers(routes(Arc::clone(&shared)), options.limits);
+    let serving = listen::serve(listener, acceptor, app, options.limits, shutdown);
+    Ok((addr, async move {
+        let served = serving.await;
+        // What the operator needs to judge whether hub processes on one
+        // PostgreSQL database got in each other's way.
+        if let Some(waits) = shared.lock_waits() {
+            tracing::info!(
+                writes = waits.writes,
+                total_ms = u64::try_from(waits.total.as_millis()).unwrap_or(u64::MAX),
+                longest_ms = u64::try_from(waits.longest.as_millis()).unwrap_or(u64::MAX),
+                "lock waits"
+            );
+        }
+        served
+    }))
 }
 
 #[cfg(test)]
@@ -514,7 +615,7 @@ mod tests {
         let public = PublicKey::from_bytes(Role::Reader, None, &reader.verifying_key().to_bytes())
             .expect("key");
         hub.add_reader("gate-1", &public, NOW).expect("register");
-        (Arc::new(Served::new(hub)), reader)
+        (Arc::new(Served::new(hub, 1).expect("served")), reader)
     }
 
     /// `Authorization: Sonotap …` for `GET target`, signed by `gate-1`.

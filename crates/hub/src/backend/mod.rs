@@ -184,6 +184,13 @@ pub(crate) trait HubBackend: ReadBackend {
         None
     }
 
+    /// Another connection that writes beside this one, where the backend
+    /// clears concurrent writers correctly (PostgreSQL's row locks);
+    /// `None` where writes are one at a time anyway (SQLite).
+    fn another_writer(&self) -> Option<Result<Box<dyn HubBackend>, HubError>> {
+        None
+    }
+
     /// Stores a checked batch in one transaction (see [`crate::ledger::ingest`]).
     fn ingest(
         &mut self,

@@ -777,6 +777,21 @@ impl HubBackend for PostgresHub {
         Some(self.waits)
     }
 
+    fn another_writer(&self) -> Option<Result<Box<dyn HubBackend>, HubError>> {
+        // The schema was checked and the issuer key registered when this
+        // writer connected: another one only connects.
+        let (config, target) = (self.config.clone(), self.target.clone());
+        Some(off_runtime(move || {
+            let client = open_client(&config, &target)?;
+            Ok(Box::new(PostgresHub {
+                config,
+                client: Some(client),
+                target,
+                waits: LockWaits::default(),
+            }) as Box<dyn HubBackend>)
+        }))
+    }
+
     fn reader_opener(&self) -> ReaderOpener {
         let config = self.config.clone();
         let target = self.target.clone();

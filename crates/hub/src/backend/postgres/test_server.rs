@@ -40,11 +40,34 @@ pub struct PgServer {
     bindir: PathBuf,
     run_as: Option<String>,
     port: u16,
+    durability: Durability,
+}
+
+/// How the cluster treats the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync=off`, `synchronous_commit=off`: fast tests, a crash of the
+    /// machine may lose the cluster (it is thrown away anyway).
+    Throwaway,
+    /// PostgreSQL's defaults (`fsync`, `synchronous_commit`,
+    /// `full_page_writes` on): what an operator runs, for benchmarks
+    /// compared with SQLite at `synchronous=FULL`.
+    Durable,
 }
 
 impl PgServer {
-    /// Starts a cluster, or `None` (after saying so) when PostgreSQL is not installed.
+    /// Starts a [`Durability::Throwaway`] cluster, or `None` (after saying
+    /// so) when PostgreSQL is not installed.
     pub fn start() -> Option<Self> {
+        Self::start_with(Durability::Throwaway)
+    }
+
+    /// Starts a cluster that syncs to disk as PostgreSQL does by default.
+    pub fn start_durable() -> Option<Self> {
+        Self::start_with(Durability::Durable)
+    }
+
+    fn start_with(durability: Durability) -> Option<Self> {
         let Some(bindir) = bindir() else {
             if std::env::var_os("SONOTAP_REQUIRE_POSTGRES").is_some_and(|v| v == "1") {
                 panic!(
@@ -91,6 +114,7 @@ impl PgServer {
             bindir,
             run_as,
             port: 0,
+            durability,
         };
         if let Some(user) = &server.run_as {
             let status = Command::new("chown")
@@ -122,35 +146,69 @@ impl PgServer {
         let mut last = String::new();
         for _ in 0..3 {
             server.port = free_port();
-            let options = format!(
-                "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off",
-                server.socket_dir().display(),
-                server.port
-            );
-            let log = server.dir.path().join("log/server.log");
-            match server.try_run(
-                "pg_ctl",
-                &[
-                    "-D".as_ref(),
-                    server.data().as_os_str(),
-                    "-l".as_ref(),
-                    log.as_os_str(),
-                    "-o".as_ref(),
-                    options.as_ref(),
-                    "-w".as_ref(),
-                    "-t".as_ref(),
-                    "60".as_ref(),
-                    "start".as_ref(),
-                ],
-            ) {
+            match server.pg_ctl_start() {
                 Ok(()) => return Some(server),
-                Err(e) => {
-                    last = format!("{e}\n{}", fs::read_to_string(&log).unwrap_or_default());
-                }
+                Err(e) => last = e,
             }
         }
         panic!("PostgreSQL did not start: {last}");
+    }
+
+    /// `pg_ctl start` on this cluster's port and socket, waiting until it
+    /// accepts connections.
+    fn pg_ctl_start(&self) -> Result<(), String> {
+        let sync = match self.durability {
+            Durability::Throwaway => {
+                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            }
+            Durability::Durable => "",
+        };
+        let options = format!(
+            "-k {} -p {} -c listen_addresses=127.0.0.1{sync}",
+            self.socket_dir().display(),
+            self.port
+        );
+        let log = self.dir.path().join("log/server.log");
+        self.try_run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                self.data().as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "start".as_ref(),
+            ],
+        )
+        .map_err(|e| format!("{e}\n{}", fs::read_to_string(&log).unwrap_or_default()))
+    }
+
+    /// Stops the server as a power cut would (`pg_ctl stop -m immediate`:
+    /// no checkpoint, every connection dropped; the next start recovers
+    /// from the write-ahead log).
+    pub fn crash(&self) -> Result<(), String> {
+        self.try_run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                self.data().as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "30".as_ref(),
+                "stop".as_ref(),
+            ],
+        )
+    }
+
+    /// Starts the server again on the same port after [`Self::crash`].
+    pub fn start_again(&self) -> Result<(), String> {
+        self.pg_ctl_start()
     }
 
     /// Stops the cluster and removes its directory should this process
@@ -289,19 +347,7 @@ impl Drop for PgServer {
             return;
         }
         let data = self.data();
-        let stopped = self.try_run(
-            "pg_ctl",
-            &[
-                "-D".as_ref(),
-                data.as_os_str(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "-w".as_ref(),
-                "-t".as_ref(),
-                "30".as_ref(),
-                "stop".as_ref(),
-            ],
-        );
+        let stopped = self.crash();
         if let Err(e) = stopped {
             eprintln!("pg_ctl stop: {e}");
             // Last resort: kill the postmaster by its pid file.
