@@ -172,6 +172,12 @@ fn issue15_01_the_whole_operator_flow_runs_on_postgresql() {
 
     let hub = HubProcess::start_with(&s, &["--database", &url]);
     assert_eq!(sync(&s, "r", &hub)["records"], 2);
+    // On PostgreSQL an upload's log line says how long it waited for locks.
+    let stored = log_lines(&s, "/v1/batches", 200);
+    assert!(
+        stored.len() == 1 && stored[0].contains("lock_wait_ms="),
+        "{stored:?}"
+    );
     assert_eq!(reader_records(&report(&s, &url), "gate-1"), (2, 200));
     // Without the database named, the hub directory has no state at all:
     // an error, never an empty report from some other file.
@@ -255,6 +261,15 @@ fn issue15_01_the_whole_operator_flow_runs_on_postgresql() {
     assert_eq!(r["deny_version"], 2);
     assert_eq!(sync(&s, "r", &hub)["records"], 1);
     assert_eq!(reader_records(&report(&s, &url), "gate-1"), (3, 300));
+    // Stopped as an operator stops it, the hub sums the lock waits of its writes (the two uploads).
+    let mut hub = hub;
+    hub.terminate();
+    let log = std::fs::read_to_string(s.path("hub.stderr")).expect("hub log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("lock waits") && l.contains("writes=2") && l.contains("total_ms=")),
+        "{log}"
+    );
 
     // An unreachable database: a clear error, naming where the URL came from.
     let out = run_env(
