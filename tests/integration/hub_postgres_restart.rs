@@ -80,7 +80,7 @@ fn reader_row(report: &serde_json::Value, id: &str) -> (u64, u64) {
 }
 
 #[test]
-fn issue15_05_postgresql_restarted_under_load_loses_nothing_and_the_hubs_recover() {
+fn issue15_08_postgresql_restarted_under_load_loses_nothing_and_the_hubs_recover() {
     // Durable, as an operator runs it: an acknowledged commit survives the stop.
     let Some(server) = PgServer::start_durable() else {
         return;
