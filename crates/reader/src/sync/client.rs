@@ -4,7 +4,8 @@
 //! Records are marked synced only on an acknowledgement that the issuer
 //! signed and that names exactly the batch sent (reader, range, count, sums,
 //! last hash); anything else from the hub (a timeout, a 5xx, a lie) leaves
-//! them queued for the next attempt. The uplink opens its own database
+//! them queued, the request going on at once to the reader's next hub if
+//! it has several ([`super::failover`]), else to the next attempt. The uplink opens its own database
 //! connection, so taps on the reader's connection are never blocked for
 //! longer than one short write.
 

@@ -242,16 +242,18 @@ mod tests {
         }
     }
 
-    /// Runs one request on `f`, answering with each hub's `outcome`; the
-    /// hubs tried, the moves told, and the result.
-    fn request(
-        f: &Failover,
-        outcome: impl Fn(usize) -> Result<&'static str, SyncError>,
-    ) -> (
+    /// What one request did: the hubs tried, the moves told (from, to), the result.
+    type Request = (
         Vec<usize>,
         Vec<(usize, usize)>,
         Result<&'static str, SyncError>,
-    ) {
+    );
+
+    /// Runs one request on `f`, answering with each hub's `outcome`.
+    fn request(
+        f: &Failover,
+        outcome: impl Fn(usize) -> Result<&'static str, SyncError>,
+    ) -> Request {
         let mut tried = Vec::new();
         let mut moves = Vec::new();
         let result = f.run(
