@@ -43,6 +43,7 @@ use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
 use sonotap_protocol::token::{Credential, PaymentTerms, Scope, Token};
 use sonotap_reader::reader::{InitOptions, Reader};
 use sonotap_reader::sync::client::{self, HubClient, SyncOptions};
+use sonotap_reader::sync::failover::HubUrls;
 
 #[path = "../crates/hub/src/backend/postgres/test_server.rs"]
 mod pg_server;
@@ -400,8 +401,12 @@ fn sync_all(readers: &[(&Path, &str)]) -> Duration {
             .iter()
             .map(|(dir, url)| {
                 s.spawn(move || {
-                    let client =
-                        HubClient::new(url, None, Duration::from_secs(120)).expect("client");
+                    let client = HubClient::new(
+                        &HubUrls::check(&[url]).expect("url"),
+                        None,
+                        Duration::from_secs(120),
+                    )
+                    .expect("client");
                     let mut reader = Reader::open(dir).expect("reader");
                     let options = SyncOptions {
                         batch_size: BATCH,
@@ -586,7 +591,12 @@ fn main() {
     let (addr, handle, stop) = serve(&hub_dir);
     if !flag("--skip-sync") {
         let url = format!("http://{addr}");
-        let client = HubClient::new(&url, None, Duration::from_secs(120)).expect("client");
+        let client = HubClient::new(
+            &HubUrls::check(&[&url]).expect("url"),
+            None,
+            Duration::from_secs(120),
+        )
+        .expect("client");
         let mut reader = Reader::open(&reader_dir).expect("reader");
         let options = SyncOptions {
             batch_size: BATCH,
@@ -794,7 +804,12 @@ fn main() {
     let sync_url = line.split_whitespace().nth(2).expect("url").to_owned();
     let sync_dir = offline_dir.clone();
     let syncing = std::thread::spawn(move || {
-        let client = HubClient::new(&sync_url, None, Duration::from_secs(120)).expect("client");
+        let client = HubClient::new(
+            &HubUrls::check(&[&sync_url]).expect("url"),
+            None,
+            Duration::from_secs(120),
+        )
+        .expect("client");
         let mut reader = Reader::open(&sync_dir).expect("reader");
         let options = SyncOptions {
             batch_size: 2_000,

@@ -29,6 +29,7 @@ use sonotap_reader::reader::{InitOptions, Outcome, Reader};
 use sonotap_reader::store::DeclineEntry;
 use sonotap_reader::store::ReaderDb;
 use sonotap_reader::sync::client::{self, HubClient, SyncOptions};
+use sonotap_reader::sync::failover::HubUrls;
 use sonotap_wallet::{PayRequest, Wallet};
 
 /// A scratch directory removed on drop unless the user asked to keep it.
@@ -228,7 +229,7 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
     }))?;
     let server = runtime.spawn(serving);
     let url = format!("http://{addr}");
-    let client = HubClient::new(&url, None, Duration::from_secs(10))?;
+    let client = HubClient::new(&HubUrls::check(&[&url])?, None, Duration::from_secs(10))?;
     let report = client::sync_once(&mut gate2, &client, &SyncOptions::default(), &mut |_| {})?;
     println!(
         "6. hub serving on {url}; gate-2 synced {} record(s)",

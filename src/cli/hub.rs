@@ -23,6 +23,7 @@ use sonotap_protocol::wire::{DenyAction, DenyReason};
 use sonotap_reader::reader::Reader;
 use sonotap_reader::sync::client::{self, HubClient, Progress, SyncOptions};
 use sonotap_reader::sync::export;
+use sonotap_reader::sync::failover::HubUrls;
 
 /// The environment variable that names the hub's database when
 /// `--database` is not given.
@@ -227,9 +228,11 @@ pub struct SyncArgs {
     /// Reader data directory
     #[arg(long, value_name = "R")]
     data: PathBuf,
-    /// Hub base URL, e.g. https://hub.example:8443 or http://127.0.0.1:8443
-    #[arg(long, value_name = "URL")]
-    hub: String,
+    /// Hub base URL, e.g. https://hub.example:8443 or http://127.0.0.1:8443;
+    /// repeat it for hub processes sharing one database, preferred first (a
+    /// request the hub in use fails goes on at once to the next)
+    #[arg(long, value_name = "URL", required = true)]
+    hub: Vec<String>,
     /// PEM file with the hub's CA certificate (default: public web roots)
     #[arg(long, value_name = "PEM")]
     hub_ca: Option<PathBuf>,
@@ -450,7 +453,10 @@ pub fn import(place: &HubPlace, file: &Path, records: RecordSignatureCheck) -> R
 
 /// `sonotap reader sync`: one round, retried with backoff.
 pub fn sync(args: SyncArgs) -> Result<ExitCode> {
-    let hub = HubClient::new(&args.hub, args.hub_ca.as_deref(), args.timeout)?;
+    // Failing over from one hub to another is a warning on standard error.
+    init_logging("warn");
+    let urls = HubUrls::check(&args.hub).map_err(|e| anyhow::anyhow!("--hub: {e}"))?;
+    let hub = HubClient::new(&urls, args.hub_ca.as_deref(), args.timeout)?;
     let mut reader = Reader::open(&args.data)?;
     let options = SyncOptions {
         batch_size: args.batch_size as usize,

@@ -6,6 +6,7 @@ mod audio_capture;
 mod cli_flow;
 mod crash;
 mod daemon;
+mod failover;
 mod hardening_clear;
 mod hardening_files;
 mod hardening_net;

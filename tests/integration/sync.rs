@@ -527,6 +527,7 @@ fn hub_refuses_plain_http_off_loopback_and_serves_https_with_a_ca() {
 #[test]
 fn background_loop_syncs_each_new_tap_and_keeps_everything_while_the_hub_is_down() {
     use sonotap_reader::sync::client::{HubClient, SyncOptions, run_loop};
+    use sonotap_reader::sync::failover::HubUrls;
     let s = site();
     queue(&s, "ra", 3);
     // First no hub at all: every round fails, nothing is lost.
@@ -539,7 +540,12 @@ fn background_loop_syncs_each_new_tap_and_keeps_everything_while_the_hub_is_down
         let dir = s.path("ra");
         let stop_loop = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
-            let hub = HubClient::new(&url, None, Duration::from_secs(5)).expect("client");
+            let hub = HubClient::new(
+                &HubUrls::check(&[&url]).expect("url"),
+                None,
+                Duration::from_secs(5),
+            )
+            .expect("client");
             let options = SyncOptions::default();
             run_loop(
                 &dir,

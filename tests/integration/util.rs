@@ -430,7 +430,13 @@ impl HubProcess {
     /// Starts `hub serve --data hub EXTRA…` in `s` on an ephemeral port,
     /// with its standard error kept in `hub.stderr` (for its warnings).
     pub fn start_with(s: &Scratch, extra: &[&str]) -> Self {
-        let stderr = std::fs::File::create(s.path("hub.stderr")).expect("stderr file");
+        Self::start_logged(s, extra, "hub.stderr")
+    }
+
+    /// [`HubProcess::start_with`], its standard error kept in `log` (for
+    /// several hub processes side by side).
+    pub fn start_logged(s: &Scratch, extra: &[&str], log: &str) -> Self {
+        let stderr = std::fs::File::create(s.path(log)).expect("stderr file");
         let child = sonotap()
             .args(HUB_SERVE)
             .args(extra)

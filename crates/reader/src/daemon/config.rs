@@ -18,6 +18,7 @@ use sonotap_qr::source::PixelFormat;
 use thiserror::Error;
 
 use crate::reader::ClockSkew;
+use crate::sync::failover::HubUrls;
 
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
@@ -371,8 +372,10 @@ pub struct PaymentConfig {
 /// The operator hub, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubConfig {
-    /// Base URL (`https://hub.example:8443`).
-    pub url: String,
+    /// Base URLs (`https://hub.example:8443`), preferred first: hub
+    /// processes sharing one database, failed over between
+    /// ([`crate::sync::failover`]).
+    pub urls: HubUrls,
     /// PEM file of the CA that signed the hub's certificate; the public roots when absent.
     pub ca: Option<PathBuf>,
     /// Between sync rounds (`interval_secs`; after a failure, backoff with jitter).
@@ -385,13 +388,21 @@ pub struct HubConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HubSection {
-    url: String,
+    url: OneOrMany,
     #[serde(default)]
     ca: Option<PathBuf>,
     #[serde(default = "default_interval")]
     interval_secs: f64,
     #[serde(default = "default_timeout")]
     timeout_secs: f64,
+}
+
+/// `url = "…"` for one hub, `url = ["…", "…"]` for several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a URL, or a list of URLs")]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 fn default_interval() -> f64 {
@@ -403,12 +414,20 @@ fn default_timeout() -> f64 {
 
 impl HubSection {
     fn check(self) -> Result<HubConfig, Invalid> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return invalid(
-                "hub.url",
-                format!("{:?} is not an http:// or https:// URL", self.url),
-            );
-        }
+        let (urls, listed) = match self.url {
+            OneOrMany::One(url) => (vec![url], false),
+            OneOrMany::Many(urls) => (urls, true),
+        };
+        let urls = match HubUrls::check(&urls) {
+            Ok(urls) => urls,
+            Err(e) => {
+                let field = match e.index() {
+                    Some(i) if listed => format!("hub.url[{i}]"),
+                    _ => "hub.url".to_owned(),
+                };
+                return invalid(field, e.to_string());
+            }
+        };
         let seconds = |field: &str, value: f64, max: f64| {
             if value.is_finite() && (0.1..=max).contains(&value) {
                 Ok(Duration::from_secs_f64(value))
@@ -419,7 +438,7 @@ impl HubSection {
         Ok(HubConfig {
             interval: seconds("hub.interval_secs", self.interval_secs, 86_400.0)?,
             timeout: seconds("hub.timeout_secs", self.timeout_secs, 600.0)?,
-            url: self.url,
+            urls,
             ca: self.ca,
         })
     }
@@ -759,6 +778,57 @@ mod tests {
                 .to_string();
             assert!(e.contains(&format!("`{field}`")), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn hub_url_is_one_url_or_a_list_in_preference_order() {
+        let hub = |url: &str| parse(&format!("data = \"r\"\n[hub]\nurl = {url}")).map(|c| c.hub);
+        let one = hub("\"https://a:8443/\"").unwrap().unwrap();
+        assert_eq!(one.urls.as_slice(), ["https://a:8443"]);
+        let two = hub("[\"https://a:8443\", \"https://b:8443\"]")
+            .unwrap()
+            .unwrap();
+        assert_eq!(two.urls.as_slice(), ["https://a:8443", "https://b:8443"]);
+        assert_eq!(two.urls.first(), "https://a:8443");
+    }
+
+    #[test]
+    fn a_hub_list_that_cannot_be_used_is_refused_by_field_and_place() {
+        for (url, field, says) in [
+            ("[]", "hub.url", "names no hub"),
+            (
+                "[\"http://a\", \"ftp://b\"]",
+                "hub.url[1]",
+                "\"ftp://b\" is not an http",
+            ),
+            ("[\"http://\"]", "hub.url[0]", "with a host"),
+            ("\"http://\"", "hub.url", "with a host"),
+            (
+                "[\"http://a\", \"http://b\", \"http://a/\"]",
+                "hub.url[2]",
+                "named twice",
+            ),
+        ] {
+            let e = parse(&format!("data = \"r\"\n[hub]\nurl = {url}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("`{field}`")) && e.contains(says),
+                "{url}: {e}"
+            );
+        }
+        let many = (0..17)
+            .map(|i| format!("\"http://h{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let e = parse(&format!("data = \"r\"\n[hub]\nurl = [{many}]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`hub.url`") && e.contains("at most 16"), "{e}");
+        let e = parse("data = \"r\"\n[hub]\nurl = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a URL, or a list of URLs"), "{e}");
     }
 
     #[test]

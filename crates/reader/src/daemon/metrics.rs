@@ -108,6 +108,7 @@ pub struct Metrics {
     /// Unix seconds the daemon started (the lag's origin before any sync).
     started_at: AtomicU64,
     sync_failures: AtomicU64,
+    sync_failovers: AtomicU64,
     device_errors: [AtomicU64; DEVICES.len()],
     not_served: AtomicU64,
     voids_owed: AtomicU64,
@@ -175,6 +176,12 @@ impl Metrics {
     /// A sync round failed.
     pub fn sync_failed(&self) {
         self.sync_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The uplink's requests have moved from one hub to another `total`
+    /// times since it started (its client counts; a counter never goes back).
+    pub fn sync_failovers(&self, total: u64) {
+        self.sync_failovers.fetch_max(total, Ordering::Relaxed);
     }
 
     /// A device failed (went missing, errored, reconnected).
@@ -286,6 +293,12 @@ impl Metrics {
             "Sync rounds that failed.",
             &self.sync_failures,
         );
+        total(
+            &mut out,
+            "sonotap_sync_failovers_total",
+            "Requests to the hub sent on to another hub after the one in use failed.",
+            &self.sync_failovers,
+        );
         counter(
             &mut out,
             "sonotap_device_errors_total",
@@ -365,6 +378,8 @@ mod tests {
         m.actuated(Duration::from_millis(120));
         m.set_queue_depth(7);
         m.device_error("gate");
+        m.sync_failovers(2);
+        m.sync_failovers(1);
         let text = m.render(1060);
         let s = parse_exposition(&text).unwrap();
         assert_eq!(value(&s, "sonotap_taps_total{source=\"audio\"}"), 1.0);
@@ -382,6 +397,7 @@ mod tests {
             1.0
         );
         assert_eq!(value(&s, "sonotap_queue_depth"), 7.0);
+        assert_eq!(value(&s, "sonotap_sync_failovers_total"), 2.0);
         assert_eq!(value(&s, "sonotap_sync_lag_seconds"), 60.0);
         assert_eq!(
             value(&s, "sonotap_device_errors_total{device=\"gate\"}"),

@@ -484,23 +484,21 @@ fn spawn_sync(
 ) -> Result<thread::JoinHandle<()>, DaemonError> {
     let dir = config.data.clone();
     let hub = hub.clone();
-    shared.set_sync(SyncStatus {
-        hub: hub.url.clone(),
-        ok: false,
-        detail: "no round yet".into(),
-    });
+    // Until a client exists (or when it cannot), the status names the preferred hub.
+    let status = |hub: &str, ok: bool, detail: String| SyncStatus {
+        hub: hub.to_owned(),
+        ok,
+        detail,
+    };
+    shared.set_sync(status(hub.urls.first(), false, "no round yet".into()));
     thread::Builder::new()
         .name("sonotap-sync".into())
         .spawn(move || {
-            let client = match HubClient::new(&hub.url, hub.ca.as_deref(), hub.timeout) {
+            let client = match HubClient::new(&hub.urls, hub.ca.as_deref(), hub.timeout) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!("sync disabled: {e}");
-                    shared.set_sync(SyncStatus {
-                        hub: hub.url.clone(),
-                        ok: false,
-                        detail: e.to_string(),
-                    });
+                    shared.set_sync(status(hub.urls.first(), false, e.to_string()));
                     return;
                 }
             };
@@ -513,40 +511,32 @@ fn spawn_sync(
                     &options,
                     hub.interval,
                     stop.flag(),
-                    |round| match round {
-                        Ok(report) => {
-                            shared.metrics.sync_ok(unix_now());
-                            shared.metrics.set_queue_depth(report.queued);
-                            shared.keys_changed.store(true, Ordering::Relaxed);
-                            tracing::debug!(
-                                records = report.records,
-                                queued = report.queued,
-                                "sync round ok"
-                            );
-                            shared.set_sync(SyncStatus {
-                                hub: hub.url.clone(),
-                                ok: true,
-                                detail: "last round ok".into(),
-                            });
-                        }
-                        Err(e) => {
-                            shared.metrics.sync_failed();
-                            tracing::warn!("sync: {e} (records stay queued)");
-                            shared.set_sync(SyncStatus {
-                                hub: hub.url.clone(),
-                                ok: false,
-                                detail: e.to_string(),
-                            });
+                    |round| {
+                        shared.metrics.sync_failovers(client.failovers());
+                        match round {
+                            Ok(report) => {
+                                shared.metrics.sync_ok(unix_now());
+                                shared.metrics.set_queue_depth(report.queued);
+                                shared.keys_changed.store(true, Ordering::Relaxed);
+                                tracing::debug!(
+                                    records = report.records,
+                                    queued = report.queued,
+                                    hub = report.hub,
+                                    "sync round ok"
+                                );
+                                shared.set_sync(status(&report.hub, true, "last round ok".into()));
+                            }
+                            Err(e) => {
+                                shared.metrics.sync_failed();
+                                tracing::warn!("sync: {e} (records stay queued)");
+                                shared.set_sync(status(client.in_use(), false, e.to_string()));
+                            }
                         }
                     },
                 );
                 if let Err(e) = result {
                     tracing::error!("sync stopped: {e} (retrying in 5 s)");
-                    shared.set_sync(SyncStatus {
-                        hub: hub.url.clone(),
-                        ok: false,
-                        detail: e.to_string(),
-                    });
+                    shared.set_sync(status(client.in_use(), false, e.to_string()));
                     stop.nap(Duration::from_secs(5));
                 }
             }

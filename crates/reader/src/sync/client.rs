@@ -4,7 +4,8 @@
 //! Records are marked synced only on an acknowledgement that the issuer
 //! signed and that names exactly the batch sent (reader, range, count, sums,
 //! last hash); anything else from the hub (a timeout, a 5xx, a lie) leaves
-//! them queued for the next attempt. The uplink opens its own database
+//! them queued, the request going on at once to the reader's next hub if
+//! it has several ([`super::failover`]), else to the next attempt. The uplink opens its own database
 //! connection, so taps on the reader's connection are never blocked for
 //! longer than one short write.
 
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use super::failover::{Failover, HubUrls};
 use super::plan::{self, Outcome, Plan, Step};
 use crate::reader::{Reader, ReaderError};
 use crate::store::{Pruned, StoreError};
@@ -61,6 +63,13 @@ pub enum SyncError {
         /// What is wrong with it.
         detail: String,
     },
+    /// Several hubs were named and none answered: each one's failure, in
+    /// the order tried.
+    #[error("no hub answered ({} tried): {}", .failures.len(), join_failures(.failures))]
+    NoHubAnswered {
+        /// What went wrong at each hub.
+        failures: Vec<SyncError>,
+    },
     /// The reader's own state.
     #[error(transparent)]
     Reader(#[from] ReaderError),
@@ -77,6 +86,14 @@ pub enum SyncError {
     },
 }
 
+fn join_failures(failures: &[SyncError]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl SyncError {
     /// Whether the hub refused the request for good: a 4xx answer other
     /// than 408 (timeout) and 429 (too many requests). The same request
@@ -91,19 +108,27 @@ impl SyncError {
     }
 }
 
-/// An HTTP(S) client for one hub.
+/// An HTTP(S) client for one or several hubs (processes sharing one
+/// database), which fails over between them as [`super::failover`] says.
 pub struct HubClient {
+    hubs: Vec<Endpoint>,
+    agent: ureq::Agent,
+    failover: Failover,
+}
+
+/// One hub's base URL.
+struct Endpoint {
+    /// Without a trailing `/`.
     base: String,
     /// The base URL's path ("" at the root), which signed requests cover.
     base_path: String,
-    agent: ureq::Agent,
 }
 
 impl HubClient {
-    /// A client for `base` (e.g. `https://hub.example:8443`), trusting the
-    /// PEM certificates in `ca` (or the public web roots without it), with
-    /// `timeout` for each whole request.
-    pub fn new(base: &str, ca: Option<&Path>, timeout: Duration) -> Result<Self, SyncError> {
+    /// A client for `urls` (e.g. `https://hub.example:8443`, preferred
+    /// first), trusting the PEM certificates in `ca` (or the public web
+    /// roots without it), with `timeout` for each whole request to one hub.
+    pub fn new(urls: &HubUrls, ca: Option<&Path>, timeout: Duration) -> Result<Self, SyncError> {
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(path) = ca {
             let ca_err = |detail: String| SyncError::Ca {
@@ -132,25 +157,87 @@ impl HubClient {
             .tls_config(tls.build())
             .build()
             .into();
-        let base = base.trim_end_matches('/').to_owned();
-        let base_path = base
-            .parse::<ureq::http::Uri>()
-            .map(|uri| uri.path().trim_end_matches('/').to_owned())
-            .unwrap_or_default();
+        let hubs: Vec<Endpoint> = urls
+            .as_slice()
+            .iter()
+            .map(|base| Endpoint {
+                base: base.clone(),
+                base_path: base
+                    .parse::<ureq::http::Uri>()
+                    .map(|uri| uri.path().trim_end_matches('/').to_owned())
+                    .unwrap_or_default(),
+            })
+            .collect();
         Ok(Self {
-            base,
-            base_path,
+            failover: Failover::new(hubs.len()),
+            hubs,
             agent,
         })
     }
 
+    /// The base URL of the hub in use: the one that last answered (the
+    /// first named until one has).
+    pub fn in_use(&self) -> &str {
+        self.hubs
+            .get(self.failover.in_use())
+            .map_or("", |hub| hub.base.as_str())
+    }
+
+    /// Times a request moved from one hub to another since this client was made.
+    pub fn failovers(&self) -> u64 {
+        self.failover.failovers()
+    }
+
+    /// Runs `request` on the hub in use, and on the others in turn while it
+    /// fails in a way another hub might not ([`super::failover`]); logs each
+    /// move. `request` is called afresh for each hub, so a signed request
+    /// is signed for that hub's path with a fresh nonce.
+    pub fn call<T>(
+        &self,
+        mut request: impl FnMut(&Hub<'_>) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
+        self.failover.run(
+            |i| match self.hubs.get(i) {
+                Some(endpoint) => request(&Hub {
+                    endpoint,
+                    agent: &self.agent,
+                }),
+                None => Err(SyncError::Transport {
+                    url: format!("hub #{i}"),
+                    detail: "no such hub".into(),
+                }),
+            },
+            |from, to, why| {
+                let name = |i: usize| self.hubs.get(i).map_or("?", |h| h.base.as_str());
+                tracing::warn!(
+                    from = name(from),
+                    to = name(to),
+                    "failing over to another hub: {why}"
+                );
+            },
+        )
+    }
+}
+
+/// One hub, for one attempt of a request ([`HubClient::call`]).
+pub struct Hub<'a> {
+    endpoint: &'a Endpoint,
+    agent: &'a ureq::Agent,
+}
+
+impl Hub<'_> {
+    /// This hub's base URL.
+    pub fn base(&self) -> &str {
+        &self.endpoint.base
+    }
+
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.endpoint.base)
     }
 
     /// What a signed request covers: the path and query as sent.
     fn target(&self, path: &str) -> String {
-        format!("{}{path}", self.base_path)
+        format!("{}{path}", self.endpoint.base_path)
     }
 
     fn answer<T: DeserializeOwned>(
@@ -357,6 +444,8 @@ impl Default for SyncOptions {
 /// What one round did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SyncReport {
+    /// The hub in use at the end of the round: the one that last answered.
+    pub hub: String,
     /// Batches the hub acknowledged.
     pub batches: u64,
     /// Records acknowledged.
@@ -481,29 +570,37 @@ fn upload_all(
     })
 }
 
-/// Uploads one batch; returns the verified acknowledgement and how many
-/// records the hub already had.
+/// Uploads one batch (to another hub if the one in use fails: the hub
+/// stores a batch idempotently, so one that a dying hub stored before it
+/// could answer is acknowledged again and counted once); returns the
+/// verified acknowledgement and how many records the hub already had.
 fn upload_one(
     hub: &HubClient,
     batch: &Batch,
     issuers: &TrustedKeys,
 ) -> Result<(Ack, u32), SyncError> {
-    let url = hub.url("/v1/batches");
-    let bad = |detail: String| SyncError::BadAnswer {
-        url: url.clone(),
-        detail,
-    };
-    let bytes = batch
-        .encode()
-        .map_err(|e| bad(format!("cannot encode the batch: {e}")))?;
-    let answer = hub.upload(&bytes)?;
-    let ack_bytes = hex::decode(&answer.ack).map_err(|e| bad(format!("ack is not hex: {e}")))?;
-    let ack = Ack::decode(&ack_bytes).map_err(|e: WireError| bad(e.to_string()))?;
-    ack.verify(batch, issuers).map_err(|e| bad(e.to_string()))?;
-    Ok((ack, answer.already_stored))
+    let bytes = batch.encode().map_err(|e| SyncError::BadAnswer {
+        url: hub.in_use().to_owned(),
+        detail: format!("cannot encode the batch: {e}"),
+    })?;
+    hub.call(|hub| {
+        let answer = hub.upload(&bytes)?;
+        let bad = |detail: String| SyncError::BadAnswer {
+            url: hub.url("/v1/batches"),
+            detail,
+        };
+        let ack_bytes =
+            hex::decode(&answer.ack).map_err(|e| bad(format!("ack is not hex: {e}")))?;
+        let ack = Ack::decode(&ack_bytes).map_err(|e: WireError| bad(e.to_string()))?;
+        ack.verify(batch, issuers).map_err(|e| bad(e.to_string()))?;
+        Ok((ack, answer.already_stored))
+    })
 }
 
 /// Carries out one step; `Ok(more)` for an upload says whether more remain.
+/// Each request, with the checks of its answer, is one [`HubClient::call`]:
+/// an answer that cannot be trusted is asked of another hub; what the
+/// reader stores is written only after.
 fn run_step(
     step: Step,
     reader: &mut Reader,
@@ -519,10 +616,11 @@ fn run_step(
             // Only time the issuer signed over this request's fresh nonce
             // counts; it is stored only when the whole round succeeds
             // (`commit_clock`).
-            let url = hub.url("/v1/time");
-            let nonce = random_nonce(&url)?;
             let issuers = reader.trusted_keys()?;
-            let (statement, local_ms, round_trip) = hub.time(&nonce, &issuers)?;
+            let (statement, local_ms, round_trip) = hub.call(|hub| {
+                let nonce = random_nonce(hub.base())?;
+                hub.time(&nonce, &issuers)
+            })?;
             let offset = i64::try_from(i128::from(statement.hub_time_ms) - i128::from(local_ms))
                 .unwrap_or(if statement.hub_time_ms > local_ms {
                     i64::MAX
@@ -548,21 +646,24 @@ fn run_step(
         Step::FetchKeys => {
             // The answer's plain `version` is only informative: what counts
             // is the version inside the signed set (`KeySet::adopt`).
-            let answer = hub.keys(reader, round.hub_now_ms(reader)?)?;
-            let url = hub.url("/v1/keys");
-            let bad = |detail: String| SyncError::BadAnswer {
-                url: url.clone(),
-                detail,
-            };
-            let bytes = hex::decode(&answer.key_set).map_err(|e| bad(e.to_string()))?;
-            let set = KeySet::decode(&bytes).map_err(|e| bad(e.to_string()))?;
             let current = reader.sync_state()?.keyset_version;
             let trusted = reader.trusted_keys()?;
-            if let Some(keys) = set
-                .adopt(current, &trusted)
-                .map_err(|e| bad(e.to_string()))?
-            {
-                reader.adopt_keys(&keys, set.version, now)?;
+            let signer: &Reader = reader;
+            let (version, adopted) = hub.call(|hub| {
+                let answer = hub.keys(signer, round.hub_now_ms(signer)?)?;
+                let bad = |detail: String| SyncError::BadAnswer {
+                    url: hub.url("/v1/keys"),
+                    detail,
+                };
+                let bytes = hex::decode(&answer.key_set).map_err(|e| bad(e.to_string()))?;
+                let set = KeySet::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+                let adopted = set
+                    .adopt(current, &trusted)
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok((set.version, adopted))
+            })?;
+            if let Some(keys) = adopted {
+                reader.adopt_keys(&keys, version, now)?;
             }
             report.keyset_version = reader.sync_state()?.keyset_version;
             Ok(false)
@@ -571,25 +672,28 @@ fn run_step(
             let mut version = reader.sync_state()?.deny_version;
             let issuers = reader.trusted_keys()?;
             loop {
-                let answer = hub.deny(version, reader, round.hub_now_ms(reader)?)?;
-                let url = hub.url("/v1/deny");
-                let mut entries = Vec::with_capacity(answer.entries.len());
-                for hex_entry in &answer.entries {
-                    let entry = hex::decode(hex_entry)
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| DenyEntry::decode(&b).map_err(|e| e.to_string()))
-                        .and_then(|e| e.verify(&issuers).map(|()| e).map_err(|e| e.to_string()))
-                        .map_err(|detail| SyncError::BadAnswer {
-                            url: url.clone(),
-                            detail,
-                        })?;
-                    entries.push(entry);
-                }
+                let signer: &Reader = reader;
+                let (entries, more) = hub.call(|hub| {
+                    let answer = hub.deny(version, signer, round.hub_now_ms(signer)?)?;
+                    let mut entries = Vec::with_capacity(answer.entries.len());
+                    for hex_entry in &answer.entries {
+                        let entry = hex::decode(hex_entry)
+                            .map_err(|e| e.to_string())
+                            .and_then(|b| DenyEntry::decode(&b).map_err(|e| e.to_string()))
+                            .and_then(|e| e.verify(&issuers).map(|()| e).map_err(|e| e.to_string()))
+                            .map_err(|detail| SyncError::BadAnswer {
+                                url: hub.url("/v1/deny"),
+                                detail,
+                            })?;
+                        entries.push(entry);
+                    }
+                    Ok((entries, answer.more))
+                })?;
                 let applied = reader.apply_deny_entries(&entries)?;
                 report.deny_entries += applied.saturating_sub(version);
                 let progressed = applied > version;
                 version = applied;
-                if !answer.more || !progressed {
+                if !more || !progressed {
                     break;
                 }
             }
@@ -643,6 +747,7 @@ pub fn sync_once(
         Ok(()) => {
             reader.note_sync(now, None)?;
             report.queued = reader.summary()?.unsynced;
+            report.hub = hub.in_use().to_owned();
             Ok(report)
         }
         Err(e) => {
@@ -709,6 +814,7 @@ pub fn run_loop(
                         let now = now_ms() / 1000;
                         reader.note_sync(now, None)?;
                         report.queued = reader.summary()?.unsynced;
+                        report.hub = hub.in_use().to_owned();
                         on_round(Ok(&report));
                     }
                     Outcome::Done { more }
