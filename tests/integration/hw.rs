@@ -574,3 +574,24 @@ fn hw_profiles_lists_the_builtin_profiles_and_bad_ports_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("wat"));
 }
+
+/// A full test run once saw an unplugged relay take a write: a `sonotap`
+/// spawned by another test at that moment had inherited both ends of the
+/// pseudo-terminal (opened without O_CLOEXEC) and kept it alive. A process
+/// spawned while a device is plugged in holds neither end.
+#[test]
+fn relay_unplugged_while_another_test_spawns_a_process_is_really_gone() {
+    let device = PtyDevice::new();
+    let out = std::process::Command::new("sh")
+        .args(["-c", "for f in /proc/$$/fd/*; do readlink \"$f\"; done"])
+        .output()
+        .expect("sh runs");
+    let held = String::from_utf8_lossy(&out.stdout).into_owned();
+    let slave = device.port.display().to_string();
+    assert!(
+        !held
+            .lines()
+            .any(|l| l == "/dev/ptmx" || l.starts_with("/dev/pts/ptmx") || l == slave),
+        "the child holds an end of the device: {held}"
+    );
+}

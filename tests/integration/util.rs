@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -240,6 +241,15 @@ pub struct PtyDevice {
 impl PtyDevice {
     pub fn new() -> Self {
         let (master, slave) = TTYPort::pair().expect("pty pair");
+        // serialport opens the pair without O_CLOEXEC: a `sonotap` another
+        // test spawns at that moment would inherit both ends and keep the
+        // device "plugged in" after this test unplugs it (a write that
+        // should fail with EIO went through, in a full run).
+        for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+            // SAFETY: fcntl on a descriptor owned by a live TTYPort.
+            let set = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            assert_eq!(set, 0, "FD_CLOEXEC on the pty");
+        }
         let port = PathBuf::from(slave.name().expect("slave name"));
         Self {
             master,
