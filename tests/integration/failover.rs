@@ -15,13 +15,21 @@ use sonotap_reader::reader::Reader;
 use sonotap_wallet::Wallet;
 
 use crate::pg_server;
-use crate::util::{HubProcess, Scratch, last_json, pay_token, sonotap, unix_now, unsynced};
+use crate::util::{
+    HubProcess, Scratch, SlowProxy, last_json, pay_token, sonotap, unix_now, unsynced,
+};
 
-/// A URL on 127.0.0.1 where nothing listens (the port was free a moment ago).
+/// A URL on 127.0.0.1 of a hub that is down: every connection is closed
+/// unanswered. The port stays taken for the whole test run, so no other
+/// test's hub can come up there (a port freed at once could be).
 fn dead_hub() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    drop(listener);
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            drop(connection);
+        }
+    });
     url
 }
 
@@ -150,10 +158,13 @@ fn issue15_06_a_hub_process_killed_mid_upload_costs_at_most_a_retry() {
 
     let mut a = HubProcess::start_logged(&s, &["--database", &db], "hub-a.stderr");
     let b = HubProcess::start_logged(&s, &["--database", &db], "hub-b.stderr");
+    // Each upload to A held 10 ms on its way, so that A dies with most of
+    // the 40 still to come, however fast this machine is.
+    let to_a = SlowProxy::start(&a.url, Duration::ZERO, Duration::from_millis(10));
     let sync_log = fs::File::create(s.path("sync.stderr")).expect("log");
     let mut sync = sonotap()
         .args(["reader", "sync", "--data", "r", "--batch-size", "100"])
-        .args(["--hub", &a.url, "--hub", &b.url, "--timeout", "10s"])
+        .args(["--hub", &to_a.url, "--hub", &b.url, "--timeout", "10s"])
         .current_dir(s.dir.path())
         .stdout(Stdio::piped())
         .stderr(sync_log)

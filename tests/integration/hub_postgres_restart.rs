@@ -12,10 +12,11 @@ use sonotap_reader::reader::Reader;
 use sonotap_wallet::Wallet;
 
 use crate::pg_server::PgServer;
-use crate::util::{HubProcess, Scratch, last_json, pay_token, sonotap, unsynced};
+use crate::util::{HubProcess, Scratch, SlowProxy, last_json, pay_token, sonotap, unsynced};
 
 const NOW: u64 = 1_790_000_000;
-/// Taps per reader: at 10 records a batch, dozens of uploads in flight when the server stops.
+/// Taps per reader: 15 uploads of 10 records, each held 50 ms on its way
+/// (so the server stops with most of them still to come).
 const TAPS: u64 = 150;
 
 /// A wallet in `dir` with a credential issued by the hub whose state is at `url`.
@@ -37,11 +38,11 @@ fn wallet(s: &Scratch, url: &str, dir: &str) -> Wallet {
     w
 }
 
-/// `reader sync` of `reader` to `hub`, 10 records a batch, retrying for
-/// up to about a minute; runs in the background.
-fn start_sync(s: &Scratch, reader: &str, hub: &HubProcess) -> Child {
+/// `reader sync` of `reader` to the hub at `url`, 10 records a batch,
+/// retrying for up to about a minute; runs in the background.
+fn start_sync(s: &Scratch, reader: &str, url: &str) -> Child {
     sonotap()
-        .args(["reader", "sync", "--data", reader, "--hub", &hub.url])
+        .args(["reader", "sync", "--data", reader, "--hub", url])
         .args(["--batch-size", "10", "--timeout", "5s", "--attempts", "30"])
         .current_dir(s.dir.path())
         .stdout(Stdio::piped())
@@ -123,9 +124,12 @@ fn issue15_08_postgresql_restarted_under_load_loses_nothing_and_the_hubs_recover
         HubProcess::start_with(&s, &["--database", &url]),
         HubProcess::start_with(&s, &["--database", &url]),
     ];
+    let proxies = hubs
+        .each_ref()
+        .map(|hub| SlowProxy::start(&hub.url, Duration::ZERO, Duration::from_millis(50)));
     let syncs = [
-        start_sync(&s, "ra", &hubs[0]),
-        start_sync(&s, "rb", &hubs[1]),
+        start_sync(&s, "ra", &proxies[0].url),
+        start_sync(&s, "rb", &proxies[1].url),
     ];
     // Stop the server once uploads are being stored, while both syncs run.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -596,3 +596,33 @@ fn background_loop_syncs_each_new_tap_and_keeps_everything_while_the_hub_is_down
     assert_eq!(state.last_error, None);
     assert_eq!(reader_row(&report(&s), "gate-a")["records"], 3);
 }
+
+/// A void refunds an earlier charge of the same reader's chain, so the hub
+/// must store a reader's batches in chain order. With two uploads in flight
+/// a batch could overtake the one before it: a void in batch 2 of a charge
+/// in batch 1, stored first, found no charge (`void_without_charge`) and the
+/// rider stayed charged. Now a reader has one upload in flight: held 500 ms
+/// on its way, batch 1 is still stored first.
+#[test]
+fn a_void_in_the_next_batch_refunds_its_charge_even_when_the_first_batch_is_slow() {
+    let s = site();
+    let hub = HubProcess::start(&s, 0);
+    let mut w = wallet(&s, "w", 5_000);
+    assert_eq!(tap(&s, &mut w, "ra", 250, NOW), None);
+    let mut reader = Reader::open(&s.path("ra")).expect("reader");
+    reader.void(1, "vend failed", NOW + 1).expect("void");
+    drop(reader);
+    let proxy = util::SlowProxy::start(&hub.url, Duration::from_millis(500), Duration::ZERO);
+    let out = s.reader_sync("ra", &proxy.url, &["--batch-size", "1"]);
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    assert_eq!(last_json(&out)["records"], 2);
+    let r = report(&s);
+    let row = reader_row(&r, "gate-a");
+    assert_eq!(
+        (row["charged"].as_u64(), row["voided"].as_u64()),
+        (Some(250), Some(250)),
+        "{r}"
+    );
+    assert_eq!(r["incidents"].as_array().map(Vec::len), Some(0), "{r}");
+    assert_eq!(proxy.most_in_flight(), 1);
+}

@@ -8,6 +8,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -709,5 +711,71 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A proxy on 127.0.0.1 in front of a hub, one thread a connection, that
+/// holds uploads on their way: the first for `first`, every one for
+/// `each`. It counts the uploads in flight through it at once.
+pub struct SlowProxy {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    most: Arc<AtomicUsize>,
+}
+
+impl SlowProxy {
+    /// A proxy to the hub at `upstream` (`http://HOST:PORT`).
+    pub fn start(upstream: &str, first: Duration, each: Duration) -> Self {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (watch, in_flight, seen) = (
+            Arc::clone(&most),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let (upstream, most) = (upstream.clone(), Arc::clone(&watch));
+                let (in_flight, seen) = (Arc::clone(&in_flight), Arc::clone(&seen));
+                std::thread::spawn(move || {
+                    let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
+                    let Some(request) = read_http_message(&mut client) else {
+                        return;
+                    };
+                    let upload = request.starts_with(b"POST /v1/batches");
+                    if upload {
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        let hold = if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                            first.max(each)
+                        } else {
+                            each
+                        };
+                        std::thread::sleep(hold);
+                    }
+                    let answer = forward(
+                        &upstream,
+                        &with_connection_close(request),
+                        Duration::from_secs(10),
+                    );
+                    if upload {
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    // No answer from the hub (it died): the connection closes unanswered.
+                    if let Some(answer) = answer {
+                        let _ = client.write_all(&with_connection_close(answer));
+                    }
+                });
+            }
+        });
+        Self { url, most }
+    }
+
+    /// The most uploads that were in flight through the proxy at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
     }
 }

@@ -481,12 +481,19 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// Uploads in flight at once: the hub checks one batch's signatures while it
-/// stores the other, and the reader reads the next while both travel.
-const IN_FLIGHT: usize = 2;
+/// Uploads in flight at once: one. The hub must store a reader's batches in
+/// the order of its chain (a void refunds an *earlier* charge of the same
+/// chain); two in flight could overtake each other on the way, in the hub's
+/// writers, or across a failover, and a void stored before its charge
+/// refunds nothing (`void_without_charge`). Other readers' uploads keep the
+/// hub's cores busy meanwhile.
+const IN_FLIGHT: usize = 1;
 
-/// Uploads every unsynced record: one thread reads and signs batches, two
-/// upload them and mark each synced on its verified acknowledgement. Each
+/// Batches read and signed ahead of the upload in flight.
+const READ_AHEAD: usize = 2;
+
+/// Uploads every unsynced record: one thread reads and signs batches, one
+/// uploads them in order and marks each synced on its verified acknowledgement. Each
 /// thread has its own database connection; the first failure stops the rest
 /// (whatever was acknowledged stays marked, the rest stays queued).
 fn upload_all(
@@ -497,7 +504,7 @@ fn upload_all(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), SyncError> {
     let failed = AtomicBool::new(false);
-    let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Batch>(IN_FLIGHT);
+    let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Batch>(READ_AHEAD);
     // Shared by the uploaders and dropped with the last of them, so that a
     // producer blocked on a full channel wakes up when they stop early.
     let batch_rx = Arc::new(std::sync::Mutex::new(batch_rx));
