@@ -142,8 +142,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = listen::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
     /// Batches stored at once on PostgreSQL, each on a connection of its own
-    /// (SQLite stores one at a time whatever this says)
-    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_WRITERS as u32, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// (a process opens N + 4 connections; SQLite stores one at a time
+    /// whatever this says)
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_WRITERS as u32, value_parser = clap::value_parser!(u32).range(1..=16))]
     writers: u32,
     /// What the log on standard error shows: a level (error, warn, info,
     /// debug) or a tracing filter; `info` has one line per request

@@ -1,5 +1,5 @@
-//! Issue 15, high availability: PostgreSQL restarted (as a power cut
-//! would stop it) while two `hub serve` processes take uploads from two
+//! Issue 15, high availability: PostgreSQL restarted (stopped as a
+//! crash would stop it) while two `hub serve` processes take uploads from two
 //! readers loses nothing, counts nothing twice, and the hub processes carry
 //! on by themselves, without being restarted.
 

@@ -112,19 +112,19 @@ impl Served {
     /// Serves `hub`, with up to `writers` writers where its state allows
     /// more than one (each another connection, opened now).
     fn new(hub: Hub, writers: usize) -> Result<Self, HubError> {
-        let mut all = Vec::with_capacity(writers.max(1));
+        let mut more = Vec::new();
         for _ in 1..writers.max(1) {
             match hub.another_writer() {
-                Some(writer) => all.push(Mutex::new(writer?)),
+                Some(writer) => more.push(writer?),
                 None => break,
             }
         }
         let read = hub.read_side();
-        all.insert(0, Mutex::new(hub));
+        let writers: Vec<Mutex<Hub>> = std::iter::once(hub).chain(more).map(Mutex::new).collect();
         Ok(Self {
             read,
-            writing: Arc::new(Semaphore::new(all.len())),
-            writers: all,
+            writing: Arc::new(Semaphore::new(writers.len())),
+            writers,
             idle: Mutex::new(Vec::new()),
             readers: Arc::new(Semaphore::new(READ_CONNECTIONS)),
         })

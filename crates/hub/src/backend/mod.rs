@@ -33,8 +33,9 @@ use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
 
 /// Opens a hub directory's issuer key with its state where `database`
 /// says: `None` is the directory's SQLite file, a `postgres://` or
-/// `postgresql://` URL a PostgreSQL database (migrated if needed, and the
-/// directory's issuer key registered there if it is not yet).
+/// `postgresql://` URL a PostgreSQL database (migrated if needed; the
+/// directory's issuer key must be there, and is registered only in a
+/// database that holds no key yet).
 pub fn open_database(dir: &Path, database: Option<&str>, now: u64) -> Result<Hub, HubError> {
     match database {
         None => Hub::open(dir),
@@ -44,6 +45,7 @@ pub fn open_database(dir: &Path, database: Option<&str>, now: u64) -> Result<Hub
                 key_id: issuer.key_id().unwrap_or(1),
                 public: issuer.public().to_bytes(),
                 now,
+                adopt: postgres::Adopt::IfFirst,
             };
             let backend = postgres::PostgresHub::connect_as(url, Some(key))?;
             Ok(Hub::from_parts(issuer, Box::new(backend)))
@@ -68,6 +70,7 @@ pub fn init_database(
                 key_id,
                 public: *public,
                 now,
+                adopt: postgres::Adopt::New,
             };
             postgres::off_runtime(|| {
                 Ok(Box::new(postgres::PostgresHub::connect_as(url, Some(key))?)

@@ -59,7 +59,7 @@ use std::error::Error as _;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::config::{Host, SslMode};
 use postgres::error::SqlState;
@@ -310,7 +310,48 @@ impl PostgresHub {
             .ok_or_else(|| HubError::Backend(format!("{}: no connection", self.target)))
     }
 
+    /// Whether the database is migrated to this version and holds
+    /// `issuer` already: the usual case, answered without a lock, so that a
+    /// `hub report` or another process starting never waits for ingests nor
+    /// holds them up.
+    fn ready(&mut self, issuer: Option<IssuerKey>) -> Result<bool, HubError> {
+        let target = self.target.clone();
+        let err = |e| pg_err(&target, e);
+        let client = self.client()?;
+        let row = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&SCHEMA_TABLE])
+            .map_err(&err)?;
+        if !column::<bool>(&target, &row, 0, "schema table present")? {
+            return Ok(false);
+        }
+        let row = client
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}"),
+                &[],
+            )
+            .map_err(&err)?;
+        if column::<i64>(&target, &row, 0, "schema version")? != SCHEMA_VERSION as i64 {
+            return Ok(false);
+        }
+        let Some(issuer) = issuer else {
+            return Ok(true);
+        };
+        let rows = client
+            .query(
+                "SELECT public_key FROM issuer_keys WHERE key_id = $1",
+                &[&i64::from(issuer.key_id)],
+            )
+            .map_err(&err)?;
+        Ok(match rows.first() {
+            Some(row) => column::<Vec<u8>>(&target, row, 0, "issuer key")? == issuer.public,
+            None => false,
+        })
+    }
+
     fn migrate(&mut self, issuer: Option<IssuerKey>) -> Result<(), HubError> {
+        if self.ready(issuer)? {
+            return Ok(());
+        }
         let target = self.target.clone();
         let err = |e| pg_err(&target, e);
         let mut tx = self.client()?.transaction().map_err(&err)?;
@@ -384,33 +425,42 @@ impl PostgresHub {
     ) -> Result<T, HubError> {
         let target = self.target.clone();
         let err = |e| pg_err(&target, e);
-        let mut tx = self
-            .client()?
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()
-            .map_err(&err)?;
-        let took = locks::take(&mut tx, scope).map_err(&err)?;
-        let out = {
+        // How long the locks took, counted whatever happens next: a wait
+        // that ended in the lock timeout is the longest of all.
+        let mut waited = None;
+        let out = (|| {
+            let mut tx = self
+                .client()?
+                .build_transaction()
+                .isolation_level(IsolationLevel::ReadCommitted)
+                .start()
+                .map_err(&err)?;
+            let started = Instant::now();
+            let taken = locks::take(&mut tx, scope);
+            waited = Some(started.elapsed());
+            taken.map_err(&err)?;
             let mut ledger = PgLedger::new(tx, &target);
             // On an error the transaction is dropped, which rolls it back.
             let out = f(&mut ledger)?;
             ledger.flush()?;
             ledger.tx.commit().map_err(&err)?;
-            out
-        };
-        self.waits.count(took);
-        if took >= Duration::from_millis(100) {
-            tracing::info!(
-                wait_ms = took.as_millis() as u64,
-                "{target}: waited for another hub process's clearing locks"
-            );
+            Ok(out)
+        })();
+        if let Some(took) = waited {
+            self.waits.count(took);
+            if took >= Duration::from_millis(100) {
+                tracing::info!(
+                    wait_ms = took.as_millis() as u64,
+                    "{target}: waited for another hub process's clearing locks"
+                );
+            }
         }
-        Ok(out)
+        out
     }
 }
 
-/// The issuer key a hub process signs with, registered when it connects.
+/// The issuer key a hub process signs with, checked (and perhaps
+/// registered) when it connects.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IssuerKey {
     /// Its key id.
@@ -419,10 +469,25 @@ pub(crate) struct IssuerKey {
     pub public: [u8; 32],
     /// Now, Unix seconds (`created_at` of a key registered now).
     pub now: u64,
+    /// Whether this connection may add it.
+    pub adopt: Adopt,
 }
 
-/// Registers `issuer` unless its key id is registered already, then checks
-/// that the stored key is this one. Idempotent, and run under the lock
+/// When a connecting hub adds its directory's issuer key to the database.
+/// Every key there is published to every reader as trusted, so a key is
+/// added only on purpose: a stray hub directory pointed at the database by
+/// mistake (a test hub's, another site's) must not become trusted fleet-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Adopt {
+    /// `hub init --database`: adds the new key under its key id.
+    New,
+    /// Every other command: adds the key only to a database that holds
+    /// none yet (the first hub of a fresh database); else it must be there.
+    IfFirst,
+}
+
+/// Registers `issuer` as its [`Adopt`] allows, then checks that the stored
+/// key under its key id is this one. Idempotent, and run under the lock
 /// that covers the migration: hubs starting together on an empty database
 /// once read "no key", and all inserted it (`issuer_keys_pkey`, issue 15).
 fn register_issuer(
@@ -432,19 +497,38 @@ fn register_issuer(
 ) -> Result<(), HubError> {
     let err = |e| pg_err(target, e);
     let key_id = i64::from(issuer.key_id);
+    let insert = match issuer.adopt {
+        Adopt::New => {
+            "INSERT INTO issuer_keys (key_id, public_key, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (key_id) DO NOTHING"
+        }
+        Adopt::IfFirst => {
+            "INSERT INTO issuer_keys (key_id, public_key, created_at)
+             SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM issuer_keys)"
+        }
+    };
     tx.execute(
-        "INSERT INTO issuer_keys (key_id, public_key, created_at) VALUES ($1, $2, $3)
-         ON CONFLICT (key_id) DO NOTHING",
+        insert,
         &[&key_id, &issuer.public.as_slice(), &int(issuer.now)],
     )
     .map_err(err)?;
-    let row = tx
-        .query_one(
+    let rows = tx
+        .query(
             "SELECT public_key FROM issuer_keys WHERE key_id = $1",
             &[&key_id],
         )
         .map_err(err)?;
-    let stored: Vec<u8> = column(target, &row, 0, "issuer key")?;
+    let Some(row) = rows.first() else {
+        return Err(HubError::Backend(format!(
+            "{target} does not hold this hub directory's issuer key (key id {}): its hubs \
+             sign with another hub directory's key, and every key in the database is trusted \
+             by every reader, so one is added only by `sonotap hub init --database` (give \
+             every hub process a copy of the hub directory that made the database; nothing \
+             was changed)",
+            issuer.key_id
+        )));
+    };
+    let stored: Vec<u8> = column(target, row, 0, "issuer key")?;
     if stored != issuer.public {
         return Err(HubError::Backend(format!(
             "{target} holds another key under issuer key id {}: this hub directory's \

@@ -15,8 +15,8 @@
 //! - Writes of payments, void counts, credential totals, flags, incidents
 //!   and deny entries are kept here and written by [`PgLedger::flush`]
 //!   before the commit, one `INSERT … SELECT … FROM unnest(…)` (or
-//!   `UPDATE … FROM unnest(…)`) per table; records go in one statement
-//!   as they arrive.
+//!   `UPDATE … FROM unnest(…)`) per table, but one `INSERT` per deny entry
+//!   (rare: a flagged wallet); records go in one statement as they arrive.
 //!
 //! The database does not change under the transaction between the prefetch
 //! and the flush: every row clearing reads is written only by a writer

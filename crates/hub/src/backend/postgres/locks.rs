@@ -19,7 +19,7 @@
 //! takes it exclusively, so such a write (and a migration) excludes all
 //! ingests at once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use postgres::Transaction;
 use sha2::{Digest, Sha256};
@@ -84,13 +84,8 @@ pub(super) enum Scope<'a> {
     Keys(&'a [Key]),
 }
 
-/// Sets the lock timeout and takes `scope`'s locks until `tx` ends;
-/// returns how long that took.
-pub(super) fn take(
-    tx: &mut Transaction<'_>,
-    scope: Scope<'_>,
-) -> Result<Duration, postgres::Error> {
-    let started = Instant::now();
+/// Sets the lock timeout and takes `scope`'s locks until `tx` ends.
+pub(super) fn take(tx: &mut Transaction<'_>, scope: Scope<'_>) -> Result<(), postgres::Error> {
     let mode = match scope {
         Scope::Everything => "",
         Scope::Keys(_) => "_shared",
@@ -103,14 +98,16 @@ pub(super) fn take(
         && !keys.is_empty()
     {
         let (class, hash): (Vec<i32>, Vec<i32>) = keys.iter().copied().unzip();
-        // One row per key, in the arrays' (ascending) order.
+        // One row per key, in the arrays' (ascending) order: PostgreSQL
+        // evaluates a volatile function of the select list after the sort.
         tx.execute(
             "SELECT pg_advisory_xact_lock(class, hash)
-             FROM unnest($1::int4[], $2::int4[]) AS k(class, hash)",
+             FROM unnest($1::int4[], $2::int4[]) WITH ORDINALITY AS k(class, hash, i)
+             ORDER BY i",
             &[&class, &hash],
         )?;
     }
-    Ok(started.elapsed())
+    Ok(())
 }
 
 /// Takes one more key inside a transaction that holds only lower ones.

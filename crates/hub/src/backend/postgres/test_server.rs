@@ -187,7 +187,7 @@ impl PgServer {
         .map_err(|e| format!("{e}\n{}", fs::read_to_string(&log).unwrap_or_default()))
     }
 
-    /// Stops the server as a power cut would (`pg_ctl stop -m immediate`:
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`:
     /// no checkpoint, every connection dropped; the next start recovers
     /// from the write-ahead log).
     pub fn crash(&self) -> Result<(), String> {

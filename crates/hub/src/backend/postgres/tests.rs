@@ -610,7 +610,7 @@ fn postgres_works_from_spawn_blocking_and_drops_in_async_code() {
 
 #[test]
 fn two_postgres_hubs_clear_a_clone_once() {
-    // Without the write lock, two concurrent ingests can each miss the
+    // Without the wallet locks, two concurrent ingests can each miss the
     // other's half of a clone; racing several rounds makes that show.
     const ROUNDS: u8 = 8;
     let Some(server) = PgServer::start() else {
@@ -1428,4 +1428,69 @@ fn issue15_02_a_hub_with_another_key_under_the_same_key_id_is_refused() {
         .try_get(0)
         .unwrap();
     assert_eq!(keys, 1);
+}
+
+/// Every issuer key in the database is published to every reader as
+/// trusted. Any hub command once added its directory's key to the database
+/// when the key id was free: a `hub report` from a test hub's directory
+/// (key id 2) made that key trusted fleet-wide. Now only `hub init
+/// --database` adds a key to a database that holds one already.
+#[test]
+fn issue15_02_a_stray_hub_directory_never_adds_its_key_to_a_database() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let (first, stray, rotated) = (
+        dir.path().join("first"),
+        dir.path().join("stray"),
+        dir.path().join("rotated"),
+    );
+    drop(postgres_hub(&first, &url));
+    drop(Hub::init(&stray, 2, NOW).expect("stray hub"));
+    let message = error_of(open_database(&stray, Some(&url), NOW));
+    assert!(
+        message.contains("does not hold this hub directory's issuer key (key id 2)")
+            && message.contains("hub init --database"),
+        "{message}"
+    );
+    let keys = |url: &str| -> i64 {
+        let mut client = postgres::Client::connect(url, NoTls).unwrap();
+        client
+            .query_one("SELECT count(*) FROM issuer_keys", &[])
+            .unwrap()
+            .try_get(0)
+            .unwrap()
+    };
+    assert_eq!(keys(&url), 1);
+    // A new key, on purpose: `hub init --database` adds it.
+    drop(crate::init_database(&rotated, 2, Some(&url), NOW).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(keys(&url), 2);
+    drop(open_database(&rotated, Some(&url), NOW).unwrap_or_else(|e| panic!("{e}")));
+}
+
+/// Every hub command connecting once took the hubs' exclusive write lock
+/// to check the schema and the key, so a `hub report` (or a hub process
+/// starting) stopped every ingest of every process meanwhile, and waited
+/// behind them. A database already migrated and holding the key is now
+/// opened without any lock: here it opens while another connection holds
+/// the write lock (the old code waited the 10 s lock timeout, then failed).
+#[test]
+fn issue15_02_opening_a_ready_database_waits_for_no_lock() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    drop(postgres_hub(dir.path(), &url));
+    let mut holder = postgres::Client::connect(&url, NoTls).unwrap();
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&WRITE_LOCK])
+        .unwrap();
+    let started = std::time::Instant::now();
+    let opened = open_database(dir.path(), Some(&url), NOW);
+    let took = started.elapsed();
+    assert!(opened.is_ok(), "{}", error_of(opened));
+    assert!(took < Duration::from_secs(5), "opening waited {took:?}");
 }
