@@ -16,8 +16,11 @@
 //! 4. `--postgres` (instead of 1–3): the ingest table. Two readers with N/2
 //!    records each sync at once to real `sonotap hub serve` processes:
 //!    SQLite (one process), PostgreSQL with one process (both readers to
-//!    it), PostgreSQL with two processes (one reader each), each on fresh
-//!    state; `--rounds R` times in turn (default 3), medians. PostgreSQL is
+//!    it) and with two processes (one reader each), each with `hub serve`'s
+//!    default writers and with one writer, each on fresh state; `--rounds R`
+//!    times in turn (default 3), medians; the CPU per record of the readers,
+//!    the hub processes and PostgreSQL, and the lock waits the hub
+//!    processes log when stopped. PostgreSQL is
 //!    a throwaway cluster on this machine with its default durability
 //!    (`fsync` and `synchronous_commit` on), as SQLite runs at
 //!    `synchronous=FULL`.
@@ -306,11 +309,14 @@ struct HubProcess {
 
 /// Starts `sonotap hub serve` for the hub in `dir` (state in `database`,
 /// else its SQLite file) on a loopback port, its log in `log`.
-fn hub_process(dir: &Path, database: Option<&str>, log: &Path) -> HubProcess {
+fn hub_process(dir: &Path, database: Option<&str>, writers: Option<u32>, log: &Path) -> HubProcess {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sonotap"));
     command.args(["hub", "serve", "--data"]).arg(dir);
     if let Some(url) = database {
         command.args(["--database", url]);
+    }
+    if let Some(n) = writers {
+        command.args(["--writers", &n.to_string()]);
     }
     let mut child = command
         .args(["--listen", "127.0.0.1:0"])
@@ -429,29 +435,52 @@ fn sync_all(readers: &[(&Path, &str)]) -> Duration {
 #[derive(Clone, Copy)]
 enum Setup {
     Sqlite,
-    Postgres { processes: usize },
+    /// `processes` hub processes with `writers` writers each (`None`: `hub serve`'s default).
+    Postgres {
+        processes: usize,
+        writers: Option<u32>,
+    },
 }
 
 impl Setup {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Setup::Sqlite => "SQLite (hub.db)",
-            Setup::Postgres { processes: 1 } => "PostgreSQL, one hub process",
-            Setup::Postgres { .. } => "PostgreSQL, two hub processes (one reader each)",
+            Setup::Sqlite => "SQLite (hub.db)".into(),
+            Setup::Postgres { processes, writers } => format!(
+                "PostgreSQL, {} ({})",
+                if processes == 1 {
+                    "one hub process".to_owned()
+                } else {
+                    format!("{processes} hub processes (one reader each)")
+                },
+                match writers {
+                    Some(1) => "one writer each".to_owned(),
+                    Some(n) => format!("--writers {n}"),
+                    None => format!("--writers {} (default)", server::DEFAULT_WRITERS),
+                }
+            ),
         }
     }
 
     fn processes(self) -> usize {
         match self {
             Setup::Sqlite => 1,
-            Setup::Postgres { processes } => processes,
+            Setup::Postgres { processes, .. } => processes,
+        }
+    }
+
+    fn writers(self) -> Option<u32> {
+        match self {
+            Setup::Sqlite => None,
+            Setup::Postgres { writers, .. } => writers,
         }
     }
 }
 
 /// The ingest table: SQLite, PostgreSQL with one and with two hub
-/// processes, `rounds` times in turn (so that a noisy moment of the machine
-/// falls on all three alike), each run on fresh state; the median of each.
+/// processes (with `hub serve`'s default writers, and with one writer
+/// each), `rounds` times in turn (so that a noisy moment of the machine
+/// falls on every setup alike), each run on fresh state; the median of each.
 fn postgres_table(records: usize, rounds: usize) {
     let Some(pg) = pg_server::PgServer::start_durable() else {
         println!("postgres: skipped (PostgreSQL is not installed)");
@@ -461,7 +490,7 @@ fn postgres_table(records: usize, rounds: usize) {
     println!(
         "ingest table: 2 readers x {half} records (disjoint wallets), batches of {BATCH}, \
          synced at once over HTTP to `sonotap hub serve` processes on fresh state; \
-         {rounds} rounds, the three setups in turn; PostgreSQL with its default \
+         {rounds} rounds, the setups in turn; PostgreSQL with its default \
          durability (fsync, synchronous_commit on), SQLite at synchronous=FULL"
     );
     let mut site = site();
@@ -477,10 +506,13 @@ fn postgres_table(records: usize, rounds: usize) {
         .map(|d| Reader::open(d).expect("reader").public_key())
         .collect();
     let total = 2 * half;
+    let postgres = |processes, writers| Setup::Postgres { processes, writers };
     let setups = [
         Setup::Sqlite,
-        Setup::Postgres { processes: 1 },
-        Setup::Postgres { processes: 2 },
+        postgres(1, None),
+        postgres(2, None),
+        postgres(1, Some(1)),
+        postgres(2, Some(1)),
     ];
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); setups.len()];
     // Per setup, over its runs and processes: writes, ms waiting for locks, longest wait.
@@ -491,8 +523,8 @@ fn postgres_table(records: usize, rounds: usize) {
         for (index, (setup, took)) in setups.iter().zip(&mut times).enumerate() {
             let database = match setup {
                 Setup::Sqlite => None,
-                Setup::Postgres { processes } => {
-                    let db = format!("ingest_{round}_{processes}");
+                Setup::Postgres { .. } => {
+                    let db = format!("ingest_{round}_{index}");
                     pg.create_database(&db);
                     let url = pg.url(&db);
                     let mut hub =
@@ -507,7 +539,10 @@ fn postgres_table(records: usize, rounds: usize) {
             let state = site.root.join(format!("hub-run-{round}-{index}"));
             copy_hub(&hub_dir, &state);
             let children: Vec<_> = (0..setup.processes())
-                .map(|i| hub_process(&state, database.as_deref(), &state.join(format!("{i}.log"))))
+                .map(|i| {
+                    let log = state.join(format!("{i}.log"));
+                    hub_process(&state, database.as_deref(), setup.writers(), &log)
+                })
                 .collect();
             let to = |i: usize| children[i % children.len()].url.as_str();
             let before = cpu_split();
@@ -561,11 +596,14 @@ fn postgres_table(records: usize, rounds: usize) {
             setup.name()
         );
     }
-    let [sqlite, one, two] = [0, 1, 2].map(|i| rate(times[i][times[i].len() / 2]));
+    let [sqlite, one, two, one_single, two_single] =
+        [0, 1, 2, 3, 4].map(|i| rate(times[i][times[i].len() / 2]));
     println!(
-        "ratios of medians: PostgreSQL one process / SQLite {:.2}; two processes / one {:.2}",
+        "ratios of medians: PostgreSQL one process / SQLite {:.2}; two processes / one {:.2} \
+         (default writers), {:.2} (one writer each)",
         one / sqlite,
-        two / one
+        two / one,
+        two_single / one_single
     );
 }
 
