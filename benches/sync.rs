@@ -596,6 +596,7 @@ fn postgres_table(records: usize, rounds: usize) {
             setup.name()
         );
     }
+    store_side_by_side(&pg, &hub_dir, &dirs, &ids, &keys, rounds);
     let [sqlite, one, two, one_single, two_single] =
         [0, 1, 2, 3, 4].map(|i| rate(times[i][times[i].len() / 2]));
     println!(
@@ -604,6 +605,105 @@ fn postgres_table(records: usize, rounds: usize) {
         one / sqlite,
         two / one,
         two_single / one_single
+    );
+}
+
+/// Clearing alone, the part of an ingest that the hubs share: the same
+/// checked batches stored through one PostgreSQL writer (both readers'
+/// batches in turn) and through two writers at once (one reader each, as two
+/// hub processes would), `rounds` times in turn, on fresh databases. The
+/// signature checks, HTTP and the readers' work, which took most of the two
+/// cores in the table above and which a fleet spreads over more machines,
+/// are left out: what remains shows what the locks let run side by side.
+fn store_side_by_side(
+    pg: &pg_server::PgServer,
+    hub_dir: &Path,
+    dirs: &[std::path::PathBuf; 2],
+    ids: &[&str; 2],
+    keys: &[PublicKey],
+    rounds: usize,
+) {
+    let batches: Vec<Vec<Vec<u8>>> = dirs
+        .iter()
+        .map(|dir| {
+            rusqlite::Connection::open(dir.join("reader.db"))
+                .expect("db")
+                .execute("UPDATE records SET synced_at = NULL", [])
+                .expect("reset");
+            let reader = Reader::open(dir).expect("reader");
+            let (mut all, mut after) = (Vec::new(), 0);
+            while let Some(batch) = reader.next_batch(after, BATCH, NOW).expect("batch") {
+                after = batch.last_seq();
+                all.push(batch.encode().expect("encode"));
+            }
+            all
+        })
+        .collect();
+    let records: usize = dirs
+        .iter()
+        .map(|d| Reader::open(d).expect("reader").summary().expect("summary").unsynced as usize)
+        .sum();
+    // A fresh database with the readers registered, and `n` writers on it.
+    let writers = |name: String, n: usize| -> Vec<Hub> {
+        pg.create_database(&name);
+        let url = pg.url(&name);
+        let mut first = sonotap_hub::open_database(hub_dir, Some(&url), NOW).expect("postgres");
+        for (id, key) in ids.iter().zip(keys) {
+            first.add_reader(id, key, NOW).expect("register");
+        }
+        let mut all = vec![first];
+        while all.len() < n {
+            all.push(all[0].another_writer().expect("PostgreSQL").expect("writer"));
+        }
+        all
+    };
+    let check = |hub: &mut Hub, reader: &[Vec<u8>]| -> Vec<sonotap_hub::verify::CheckedBatch> {
+        reader
+            .iter()
+            .map(|b| hub.admit(b).expect("admit").check().expect("check"))
+            .collect()
+    };
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let mut hubs = writers(format!("store_{round}_one"), 1);
+        let checked: Vec<_> = batches.iter().map(|b| check(&mut hubs[0], b)).collect();
+        let started = Instant::now();
+        for i in 0..checked.iter().map(Vec::len).max().unwrap_or(0) {
+            for reader in &checked {
+                if let Some(batch) = reader.get(i) {
+                    hubs[0].store(batch, Via::Import, NOW * 1000).expect("store");
+                }
+            }
+        }
+        one.push(started.elapsed());
+
+        let mut hubs = writers(format!("store_{round}_two"), 2);
+        let checked: Vec<_> = batches.iter().map(|b| check(&mut hubs[0], b)).collect();
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for (hub, reader) in hubs.iter_mut().zip(&checked) {
+                s.spawn(move || {
+                    for batch in reader {
+                        hub.store(batch, Via::Import, NOW * 1000).expect("store");
+                    }
+                });
+            }
+        });
+        two.push(started.elapsed());
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let rate = |d: Duration| records as f64 / d.as_secs_f64();
+    let (one, two) = (median(&mut one), median(&mut two));
+    println!(
+        "clearing alone (PostgreSQL store of checked batches, {records} records, medians of \
+         {rounds}): one writer {:.0} records/s, two writers on disjoint readers at once {:.0} \
+         records/s, ratio {:.2}",
+        rate(one),
+        rate(two),
+        rate(two) / rate(one)
     );
 }
 
