@@ -481,21 +481,20 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// Uploads in flight at once: one. The hub must store a reader's batches in
-/// the order of its chain (a void refunds an *earlier* charge of the same
-/// chain); two in flight could overtake each other on the way, in the hub's
-/// writers, or across a failover, and a void stored before its charge
-/// refunds nothing (`void_without_charge`). Other readers' uploads keep the
-/// hub's cores busy meanwhile.
-const IN_FLIGHT: usize = 1;
-
 /// Batches read and signed ahead of the upload in flight.
 const READ_AHEAD: usize = 2;
 
-/// Uploads every unsynced record: one thread reads and signs batches, one
-/// uploads them in order and marks each synced on its verified acknowledgement. Each
-/// thread has its own database connection; the first failure stops the rest
-/// (whatever was acknowledged stays marked, the rest stays queued).
+/// Uploads every unsynced record in three stages, each with its own
+/// database connection: one thread reads and signs batches ahead, one
+/// uploads them **one at a time, in order**, and this thread marks each
+/// synced on its verified acknowledgement while the next one travels. One
+/// at a time because the hub must store a reader's batches in its chain's
+/// order (a void refunds an *earlier* charge of the same chain): two in
+/// flight could overtake each other on the way, in the hub's writers or
+/// across a failover, and a void stored before its charge refunds nothing
+/// (`void_without_charge`). Other readers' uploads keep the hub's cores
+/// busy meanwhile. The first failure stops the rest (whatever was
+/// acknowledged is marked, the rest stays queued).
 fn upload_all(
     dir: &Path,
     hub: &HubClient,
@@ -505,10 +504,8 @@ fn upload_all(
 ) -> Result<(), SyncError> {
     let failed = AtomicBool::new(false);
     let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Batch>(READ_AHEAD);
-    // Shared by the uploaders and dropped with the last of them, so that a
-    // producer blocked on a full channel wakes up when they stop early.
-    let batch_rx = Arc::new(std::sync::Mutex::new(batch_rx));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(Ack, u32), SyncError>>();
+    let mut marker = Reader::open(dir)?;
     std::thread::scope(|s| {
         let failed = &failed;
         let producer = s.spawn(move || -> Result<(), SyncError> {
@@ -526,37 +523,35 @@ fn upload_all(
             }
             Ok(())
         });
-        for _ in 0..IN_FLIGHT {
-            let done_tx = done_tx.clone();
-            let batch_rx = Arc::clone(&batch_rx);
-            s.spawn(move || {
-                let result = (|| -> Result<(), SyncError> {
-                    let mut reader = Reader::open(dir)?;
-                    let issuers = reader.trusted_keys()?;
-                    loop {
-                        let next = batch_rx.lock().ok().and_then(|rx| rx.recv().ok());
-                        let Some(batch) = next else { return Ok(()) };
-                        if failed.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        let (ack, already) = upload_one(hub, &batch, &issuers)?;
-                        reader.mark_synced(ack.first_seq, ack.last_seq, now_ms() / 1000)?;
-                        if done_tx.send(Ok((ack, already))).is_err() {
-                            return Ok(());
-                        }
+        s.spawn(move || {
+            // Dropped when this thread ends, which wakes a producer blocked
+            // on a full channel.
+            let batch_rx = batch_rx;
+            let result = (|| -> Result<(), SyncError> {
+                let issuers = Reader::open(dir)?.trusted_keys()?;
+                for batch in &batch_rx {
+                    if failed.load(Ordering::Relaxed) {
+                        return Ok(());
                     }
-                })();
-                if let Err(e) = result {
-                    failed.store(true, Ordering::Relaxed);
-                    let _ = done_tx.send(Err(e));
+                    let acknowledged = upload_one(hub, &batch, &issuers)?;
+                    if done_tx.send(Ok(acknowledged)).is_err() {
+                        return Ok(());
+                    }
                 }
-            });
-        }
-        drop(done_tx);
-        drop(batch_rx);
+                Ok(())
+            })();
+            if let Err(e) = result {
+                failed.store(true, Ordering::Relaxed);
+                let _ = done_tx.send(Err(e));
+            }
+        });
         let mut first_error = None;
         for done in done_rx {
-            match done {
+            let marked = done.and_then(|(ack, already)| {
+                marker.mark_synced(ack.first_seq, ack.last_seq, now_ms() / 1000)?;
+                Ok((ack, already))
+            });
+            match marked {
                 Ok((ack, already)) => {
                     report.batches += 1;
                     report.records += u64::from(ack.totals.count);
@@ -565,6 +560,7 @@ fn upload_all(
                     progress(report.records);
                 }
                 Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
                     first_error.get_or_insert(e);
                 }
             }
