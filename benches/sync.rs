@@ -641,7 +641,13 @@ fn store_side_by_side(
         .collect();
     let records: usize = dirs
         .iter()
-        .map(|d| Reader::open(d).expect("reader").summary().expect("summary").unsynced as usize)
+        .map(|d| {
+            Reader::open(d)
+                .expect("reader")
+                .summary()
+                .expect("summary")
+                .unsynced as usize
+        })
         .sum();
     // A fresh database with the readers registered, and `n` writers on it.
     let writers = |name: String, n: usize| -> Vec<Hub> {
@@ -653,7 +659,12 @@ fn store_side_by_side(
         }
         let mut all = vec![first];
         while all.len() < n {
-            all.push(all[0].another_writer().expect("PostgreSQL").expect("writer"));
+            all.push(
+                all[0]
+                    .another_writer()
+                    .expect("PostgreSQL")
+                    .expect("writer"),
+            );
         }
         all
     };
@@ -671,7 +682,9 @@ fn store_side_by_side(
         for i in 0..checked.iter().map(Vec::len).max().unwrap_or(0) {
             for reader in &checked {
                 if let Some(batch) = reader.get(i) {
-                    hubs[0].store(batch, Via::Import, NOW * 1000).expect("store");
+                    hubs[0]
+                        .store(batch, Via::Import, NOW * 1000)
+                        .expect("store");
                 }
             }
         }

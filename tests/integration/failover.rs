@@ -172,7 +172,7 @@ fn issue15_06_a_hub_process_killed_mid_upload_costs_at_most_a_retry() {
         .expect("sync starts");
 
     // Once the first batches are acknowledged, hub A dies (SIGKILL) with
-    // more in flight.
+    // more to come.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = unsynced(&s, "r");

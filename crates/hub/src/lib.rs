@@ -493,7 +493,7 @@ impl Hub {
     }
 
     /// Another writer on the same state, to store batches beside this one
-    /// (PostgreSQL: its own connection; the row locks keep clearing exact,
+    /// (PostgreSQL: its own connection; the advisory locks keep clearing exact,
     /// docs/sync.md §8); `None` where the state has one writer (SQLite).
     pub fn another_writer(&self) -> Option<Result<Hub, HubError>> {
         let backend = self.backend.another_writer()?;

@@ -3,7 +3,7 @@
 //! A thin axum layer over [`Hub`]: every request becomes one call into the
 //! hub on a blocking thread (SQLite and signature checks are synchronous).
 //! Batches are stored by writers (one on SQLite, several on PostgreSQL,
-//! whose row locks order what clearing shares), each one batch at a time; a
+//! whose advisory locks order what clearing shares), each one batch at a time; a
 //! reader sends its batches one at a time, in its chain's order. Reads (the deny list, the keys, who signed a request or a
 //! batch) go through read connections of their own ([`HubReader`]) and the
 //! signed time needs only the issuer key, so no read waits for an ingest.
@@ -84,7 +84,7 @@ const READ_CONNECTIONS: usize = 4;
 /// What every request shares.
 struct Served {
     /// The writers: each stores one batch at a time. PostgreSQL has
-    /// several (its row locks order batches that share a reader or a
+    /// several (its advisory locks order batches that share a reader or a
     /// wallet, docs/sync.md §8), SQLite one (batches stored one at a time).
     writers: Vec<Mutex<Hub>>,
     /// One permit per writer in use, so that a request holding one always

@@ -188,7 +188,7 @@ pub(crate) trait HubBackend: ReadBackend {
     }
 
     /// Another connection that writes beside this one, where the backend
-    /// clears concurrent writers correctly (PostgreSQL's row locks);
+    /// clears concurrent writers correctly (PostgreSQL's advisory locks);
     /// `None` where writes are one at a time anyway (SQLite).
     fn another_writer(&self) -> Option<Result<Box<dyn HubBackend>, HubError>> {
         None

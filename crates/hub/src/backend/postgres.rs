@@ -310,47 +310,71 @@ impl PostgresHub {
             .ok_or_else(|| HubError::Backend(format!("{}: no connection", self.target)))
     }
 
-    /// Whether the database is migrated to this version and holds
-    /// `issuer` already: the usual case, answered without a lock, so that a
-    /// `hub report` or another process starting never waits for ingests nor
-    /// holds them up.
-    fn ready(&mut self, issuer: Option<IssuerKey>) -> Result<bool, HubError> {
+    /// What opening needs, read without any lock in one read-only
+    /// snapshot: in the usual case (migrated to this version, holding
+    /// `issuer`) nothing more, so that a `hub report` or another process
+    /// starting never waits for ingests nor holds them up; a directory the
+    /// database will never accept (another key under its key id, or a key
+    /// it may not add) is refused here too. Only a migration or a key to
+    /// add needs the hubs' exclusive lock.
+    fn readiness(&mut self, issuer: Option<IssuerKey>) -> Result<Readiness, HubError> {
         let target = self.target.clone();
         let err = |e| pg_err(&target, e);
-        let client = self.client()?;
-        let row = client
+        let mut tx = self
+            .client()?
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(&err)?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}",
+            LOCK_TIMEOUT.as_millis()
+        ))
+        .map_err(&err)?;
+        let row = tx
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&SCHEMA_TABLE])
             .map_err(&err)?;
         if !column::<bool>(&target, &row, 0, "schema table present")? {
-            return Ok(false);
+            return Ok(Readiness::NeedsLock);
         }
-        let row = client
+        let row = tx
             .query_one(
                 &format!("SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}"),
                 &[],
             )
             .map_err(&err)?;
         if column::<i64>(&target, &row, 0, "schema version")? != SCHEMA_VERSION as i64 {
-            return Ok(false);
+            return Ok(Readiness::NeedsLock);
         }
         let Some(issuer) = issuer else {
-            return Ok(true);
+            return Ok(Readiness::Ready);
         };
-        let rows = client
-            .query(
-                "SELECT public_key FROM issuer_keys WHERE key_id = $1",
+        let row = tx
+            .query_one(
+                "SELECT (SELECT public_key FROM issuer_keys WHERE key_id = $1),
+                        EXISTS (SELECT 1 FROM issuer_keys)",
                 &[&i64::from(issuer.key_id)],
             )
             .map_err(&err)?;
-        Ok(match rows.first() {
-            Some(row) => column::<Vec<u8>>(&target, row, 0, "issuer key")? == issuer.public,
-            None => false,
+        let stored: Option<Vec<u8>> = column(&target, &row, 0, "issuer key")?;
+        let any: bool = column(&target, &row, 1, "any issuer key")?;
+        // Keys are never deleted, so what is refused now stays refused.
+        Ok(match stored {
+            Some(key) if key == issuer.public => Readiness::Ready,
+            Some(_) => Readiness::Refused(another_key(&target, issuer.key_id)),
+            None if any && issuer.adopt == Adopt::IfFirst => {
+                Readiness::Refused(key_not_held(&target, issuer.key_id))
+            }
+            None => Readiness::NeedsLock,
         })
     }
 
     fn migrate(&mut self, issuer: Option<IssuerKey>) -> Result<(), HubError> {
-        if self.ready(issuer)? {
-            return Ok(());
+        match self.readiness(issuer)? {
+            Readiness::Ready => return Ok(()),
+            Readiness::Refused(e) => return Err(e),
+            Readiness::NeedsLock => {}
         }
         let target = self.target.clone();
         let err = |e| pg_err(&target, e);
@@ -451,7 +475,7 @@ impl PostgresHub {
             if took >= Duration::from_millis(100) {
                 tracing::info!(
                     wait_ms = took.as_millis() as u64,
-                    "{target}: waited for another hub process's clearing locks"
+                    "{target}: waited for another writer's clearing locks"
                 );
             }
         }
@@ -484,6 +508,36 @@ pub(crate) enum Adopt {
     /// Every other command: adds the key only to a database that holds
     /// none yet (the first hub of a fresh database); else it must be there.
     IfFirst,
+}
+
+/// What opening a database needs beyond a connection.
+enum Readiness {
+    /// Migrated to this version and holding the issuer key: nothing.
+    Ready,
+    /// A migration, or the issuer key to add: the hubs' exclusive lock.
+    NeedsLock,
+    /// Never usable with this hub directory.
+    Refused(HubError),
+}
+
+/// The database holds another key under this directory's key id.
+fn another_key(target: &str, key_id: u8) -> HubError {
+    HubError::Backend(format!(
+        "{target} holds another key under issuer key id {key_id}: this hub directory's \
+         issuer.key is not the one the database's other hubs sign with (give every hub \
+         process a copy of the same hub directory; nothing was changed)"
+    ))
+}
+
+/// The database holds keys, not this directory's, and may not add it.
+fn key_not_held(target: &str, key_id: u8) -> HubError {
+    HubError::Backend(format!(
+        "{target} does not hold this hub directory's issuer key (key id {key_id}): its hubs \
+         sign with another hub directory's key, and every key in the database is trusted \
+         by every reader, so one is added only by `sonotap hub init --database` (give \
+         every hub process a copy of the hub directory that made the database; nothing \
+         was changed)"
+    ))
 }
 
 /// Registers `issuer` as its [`Adopt`] allows, then checks that the stored
@@ -519,23 +573,11 @@ fn register_issuer(
         )
         .map_err(err)?;
     let Some(row) = rows.first() else {
-        return Err(HubError::Backend(format!(
-            "{target} does not hold this hub directory's issuer key (key id {}): its hubs \
-             sign with another hub directory's key, and every key in the database is trusted \
-             by every reader, so one is added only by `sonotap hub init --database` (give \
-             every hub process a copy of the hub directory that made the database; nothing \
-             was changed)",
-            issuer.key_id
-        )));
+        return Err(key_not_held(target, issuer.key_id));
     };
     let stored: Vec<u8> = column(target, row, 0, "issuer key")?;
     if stored != issuer.public {
-        return Err(HubError::Backend(format!(
-            "{target} holds another key under issuer key id {}: this hub directory's \
-             issuer.key is not the one the database's other hubs sign with (give every hub \
-             process a copy of the same hub directory; nothing was changed)",
-            issuer.key_id
-        )));
+        return Err(another_key(target, issuer.key_id));
     }
     Ok(())
 }
@@ -724,7 +766,7 @@ fn pg_err(target: &str, e: postgres::Error) -> HubError {
     let message = if let Some(db) = e.as_db_error() {
         if *db.code() == SqlState::LOCK_NOT_AVAILABLE {
             format!(
-                "{target} is locked by another hub process (waited {} ms)",
+                "{target} is locked by another hub writer (waited {} ms)",
                 LOCK_TIMEOUT.as_millis()
             )
         } else {

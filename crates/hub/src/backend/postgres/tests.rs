@@ -1449,7 +1449,15 @@ fn issue15_02_a_stray_hub_directory_never_adds_its_key_to_a_database() {
     );
     drop(postgres_hub(&first, &url));
     drop(Hub::init(&stray, 2, NOW).expect("stray hub"));
+    // Refused at once, without waiting for (or holding up) the writers.
+    let mut holder = postgres::Client::connect(&url, NoTls).unwrap();
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&WRITE_LOCK])
+        .unwrap();
+    let started = std::time::Instant::now();
     let message = error_of(open_database(&stray, Some(&url), NOW));
+    assert!(started.elapsed() < Duration::from_secs(5), "{message}");
+    drop(holder);
     assert!(
         message.contains("does not hold this hub directory's issuer key (key id 2)")
             && message.contains("hub init --database"),
