@@ -16,7 +16,8 @@ use sonotap_wallet::Wallet;
 
 use crate::pg_server;
 use crate::util::{
-    HubProcess, Scratch, SlowProxy, last_json, pay_token, sonotap, unix_now, unsynced,
+    HubProcess, Scratch, SlowProxy, last_json, pay_token, reader_totals, sonotap, unix_now,
+    unsynced,
 };
 
 /// A URL on 127.0.0.1 of a hub that is down: every connection is closed
@@ -41,17 +42,6 @@ fn site(n: u32) -> Scratch {
     s.register_reader("r", "gate-1");
     crate::sync::queue(&s, "r", n);
     s
-}
-
-fn hub_row(report: &serde_json::Value, id: &str) -> (u64, u64) {
-    let row = report["readers"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["reader"] == id))
-        .unwrap_or_else(|| panic!("no row for {id}: {report}"));
-    (
-        row["records"].as_u64().expect("records"),
-        row["charged"].as_u64().expect("charged"),
-    )
 }
 
 #[test]
@@ -217,7 +207,7 @@ fn issue15_06_a_hub_process_killed_mid_upload_costs_at_most_a_retry() {
     ]))
     .expect("report");
     assert_eq!(
-        hub_row(&hub, "gate-1"),
+        reader_totals(&hub, "gate-1"),
         (u64::from(TAPS), taken),
         "every record once: {hub}"
     );

@@ -9,7 +9,9 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::pg_server;
-use crate::util::{HUB_SERVE, HubProcess, Scratch, first_stdout_line, last_json, sonotap};
+use crate::util::{
+    HUB_SERVE, HubProcess, Scratch, first_stdout_line, last_json, reader_totals, sonotap,
+};
 
 const DATABASE_ENV: &str = "SONOTAP_HUB_DATABASE";
 
@@ -70,17 +72,6 @@ fn report(s: &Scratch, url: &str) -> serde_json::Value {
         url,
     ))
     .expect("report JSON")
-}
-
-fn reader_records(report: &serde_json::Value, id: &str) -> (u64, u64) {
-    let row = report["readers"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["reader"] == id))
-        .unwrap_or_else(|| panic!("no row for {id}: {report}"));
-    (
-        row["records"].as_u64().expect("records"),
-        row["charged"].as_u64().expect("charged"),
-    )
 }
 
 fn sync(s: &Scratch, reader: &str, hub: &HubProcess) -> serde_json::Value {
@@ -178,7 +169,7 @@ fn issue15_01_the_whole_operator_flow_runs_on_postgresql() {
         stored.len() == 1 && stored[0].contains("lock_wait_ms="),
         "{stored:?}"
     );
-    assert_eq!(reader_records(&report(&s, &url), "gate-1"), (2, 200));
+    assert_eq!(reader_totals(&report(&s, &url), "gate-1"), (2, 200));
     // Without the database named, the hub directory has no state at all:
     // an error, never an empty report from some other file.
     let bare = run_env(&s, &["hub", "report", "--data", "hub"], &[]);
@@ -252,15 +243,11 @@ fn issue15_01_the_whole_operator_flow_runs_on_postgresql() {
         &[(DATABASE_ENV, nowhere)],
     );
     let r: serde_json::Value = serde_json::from_str(&flag_wins).expect("json");
-    assert_eq!(reader_records(&r, "gate-2"), (1, 250));
-    assert_eq!(
-        reader_records(&r, "gate-1"),
-        (2, 200),
-        "not synced yet: {r}"
-    );
+    assert_eq!(reader_totals(&r, "gate-2"), (1, 250));
+    assert_eq!(reader_totals(&r, "gate-1"), (2, 200), "not synced yet: {r}");
     assert_eq!(r["deny_version"], 2);
     assert_eq!(sync(&s, "r", &hub)["records"], 1);
-    assert_eq!(reader_records(&report(&s, &url), "gate-1"), (3, 300));
+    assert_eq!(reader_totals(&report(&s, &url), "gate-1"), (3, 300));
     // Stopped as an operator stops it, the hub sums the lock waits of its writes (the two uploads).
     let mut hub = hub;
     hub.terminate();

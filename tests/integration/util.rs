@@ -779,3 +779,20 @@ impl SlowProxy {
         self.most.load(Ordering::SeqCst)
     }
 }
+
+/// A reader's records and charged sum in `hub report --json`'s answer.
+pub fn reader_totals(report: &serde_json::Value, id: &str) -> (u64, u64) {
+    let row = reader_report(report, id);
+    (
+        row["records"].as_u64().expect("records"),
+        row["charged"].as_u64().expect("charged"),
+    )
+}
+
+/// A reader's row in `hub report --json`'s answer.
+pub fn reader_report<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["readers"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["reader"] == id))
+        .unwrap_or_else(|| panic!("no row for {id}: {report}"))
+}

@@ -297,6 +297,18 @@ impl PostgresHub {
         })
     }
 
+    /// Another connection to a database whose schema and issuer key an
+    /// earlier connection checked: it only connects.
+    fn connected(config: Config, target: String) -> Result<Self, HubError> {
+        let client = open_client(&config, &target)?;
+        Ok(Self {
+            config,
+            client: Some(client),
+            target,
+            waits: LockWaits::default(),
+        })
+    }
+
     /// The connection, reopened if the server closed it.
     fn client(&mut self) -> Result<&mut Client, HubError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
@@ -908,13 +920,7 @@ impl HubBackend for PostgresHub {
         // writer connected: another one only connects.
         let (config, target) = (self.config.clone(), self.target.clone());
         Some(off_runtime(move || {
-            let client = open_client(&config, &target)?;
-            Ok(Box::new(PostgresHub {
-                config,
-                client: Some(client),
-                target,
-                waits: LockWaits::default(),
-            }) as Box<dyn HubBackend>)
+            Ok(Box::new(PostgresHub::connected(config, target)?) as Box<dyn HubBackend>)
         }))
     }
 
@@ -926,13 +932,7 @@ impl HubBackend for PostgresHub {
             // connection only connects.
             let (config, target) = (config.clone(), target.clone());
             off_runtime(move || {
-                let client = open_client(&config, &target)?;
-                Ok(Box::new(PostgresHub {
-                    config,
-                    client: Some(client),
-                    target,
-                    waits: LockWaits::default(),
-                }) as Box<dyn ReadBackend>)
+                Ok(Box::new(PostgresHub::connected(config, target)?) as Box<dyn ReadBackend>)
             })
         })
     }
