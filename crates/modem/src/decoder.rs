@@ -18,11 +18,13 @@ use realfft::num_complex::Complex32;
 
 use super::ModemError;
 use super::encoder::RATE_RANGE;
+use super::frame2::{self, Layout};
 use super::framing;
+use super::ldpc::LdpcDecoder;
 use super::modulation;
 use super::ofdm::Ofdm;
 use super::preamble::{self, Correlator};
-use super::profile::{INTERNAL_RATE, Modulation, Params, Profile};
+use super::profile::{Format, INTERNAL_RATE, Modulation, Params, Profile};
 use super::resample::{Kernel, Resampler};
 
 /// A repeat of the same payload within this many seconds is not emitted again.
@@ -85,10 +87,13 @@ struct Peak {
 
 #[derive(Debug)]
 struct Detector {
-    profile: Profile,
+    format: Format,
     params: Params,
     ofdm: Ofdm,
     corr: Correlator,
+    /// Format 2's second chirp, searched in short blocks so it is found as
+    /// soon as it has been heard.
+    postamble: Option<Correlator>,
     /// Absolute index of the next correlation block.
     next: u64,
     best: Option<Peak>,
@@ -103,6 +108,11 @@ struct Candidate {
     /// Payload length once the header is decoded.
     len: Option<usize>,
     eps: f64,
+    /// Preamble correlation score.
+    score: f32,
+    /// Format 2: frame lengths (data symbols) whose second chirp was looked
+    /// for and not found.
+    rejected: usize,
 }
 
 /// Streaming decoder for both profiles.
@@ -121,6 +131,7 @@ pub struct Decoder {
     recent: VecDeque<(Vec<u8>, u64)>,
     /// Frames whose header decoded but body did not, oldest first (bounded).
     missed: VecDeque<Missed>,
+    ldpc: LdpcDecoder,
 }
 
 impl Decoder {
@@ -157,21 +168,31 @@ impl Decoder {
         let mut detectors = Vec::new();
         for &profile in profiles {
             super::encoder::check_rate(sample_rate, profile)?;
-            let params = profile.params();
-            let chirp = preamble::chirp(&params);
-            detectors.push(Detector {
-                profile,
-                params,
-                ofdm: Ofdm::new(params.fft, params.cp, params.ramp),
-                corr: Correlator::new(
-                    &chirp,
-                    (params.chirp_f0, params.chirp_f1),
-                    4 * params.chirp_len,
-                ),
-                next: 0,
-                best: None,
-                max_frame: params.frame_len(framing::stream_len(framing::MAX_PAYLOAD, &params)),
-            });
+            for &format in profile.formats() {
+                if !super::encoder::fits(sample_rate, format) {
+                    continue;
+                }
+                let params = format.params();
+                let chirp = preamble::chirp(&params);
+                let band = (params.chirp_f0, params.chirp_f1);
+                let v2 = format == Format::FastV2;
+                detectors.push(Detector {
+                    format,
+                    params,
+                    ofdm: Ofdm::new(params.fft, params.cp, params.ramp),
+                    corr: Correlator::new(&chirp, band, 4 * params.chirp_len),
+                    postamble: v2.then(|| Correlator::new(&chirp, band, 2 * params.chirp_len)),
+                    next: 0,
+                    best: None,
+                    max_frame: if v2 {
+                        frame2::layout(framing::MAX_PAYLOAD)
+                            .map(|l| l.frame_len())
+                            .unwrap_or(0)
+                    } else {
+                        params.frame_len(framing::stream_len(framing::MAX_PAYLOAD, &params))
+                    },
+                });
+            }
         }
         let near_unity = 0.5 * 0.95 / (1.0 + EPS_RANGE_PPM * 1e-6);
         Ok(Decoder {
@@ -185,6 +206,7 @@ impl Decoder {
             spans: VecDeque::new(),
             recent: VecDeque::new(),
             missed: VecDeque::new(),
+            ldpc: LdpcDecoder::new(),
         })
     }
 
@@ -300,6 +322,8 @@ impl Decoder {
                                 start,
                                 len: None,
                                 eps: 0.0,
+                                score: best.score,
+                                rejected: 0,
                             });
                         }
                     }
@@ -325,7 +349,7 @@ impl Decoder {
     ) -> Option<(Cow<'_, [f32]>, f64)> {
         let p = &det.params;
         let origin = start - self.buf_start as f64;
-        if eps == 0.0 || p.modulation != Modulation::Dqpsk {
+        if eps == 0.0 || matches!(p.modulation, Modulation::Mfsk { .. }) {
             return Some((Cow::Borrowed(&self.buf[..]), origin));
         }
         let margin = 128.0;
@@ -386,6 +410,7 @@ impl Decoder {
         Some(match p.modulation {
             Modulation::Dqpsk => modulation::demod_dqpsk_sequence(&spectra, p, echo.0),
             Modulation::Mfsk { bits } => modulation::demod_mfsk_sequence(&spectra, p, bits, echo),
+            Modulation::Qpsk => return None,
         })
     }
 
@@ -479,7 +504,7 @@ impl Decoder {
                 0.0
             };
             let echoes: &[(f32, f32)] = match p.modulation {
-                Modulation::Dqpsk => &DF_TRIES,
+                Modulation::Dqpsk | Modulation::Qpsk => &DF_TRIES,
                 Modulation::Mfsk { .. } => &ECHO_TRIES,
             };
             for &echo in echoes {
@@ -515,7 +540,7 @@ impl Decoder {
                 scored.sort_by(|a, b| b.1.total_cmp(&a.1));
                 scored.into_iter().take(2).map(|(eps, _)| eps).collect()
             }
-            Modulation::Mfsk { .. } => vec![0.0],
+            Modulation::Mfsk { .. } | Modulation::Qpsk => vec![0.0],
         }
     }
 
@@ -566,6 +591,9 @@ impl Decoder {
         let Some(det) = self.detectors.get(cand.detector) else {
             return Step::Drop;
         };
+        if det.format == Format::FastV2 {
+            return self.advance_v2(det, cand);
+        }
         let p = det.params;
         let reference = p.reference_symbols();
         let end = self.buf_end();
@@ -625,17 +653,156 @@ impl Decoder {
                 let frame = p.frame_len(stream) as f64 * (1.0 + eps);
                 Step::Done(Reception {
                     payload,
-                    profile: det.profile,
+                    profile: det.format.profile(),
                     start,
                     end: start + frame as u64,
                 })
             }
             None => Step::Lost(Missed {
-                profile: det.profile,
+                profile: det.format.profile(),
                 start: cand.start.max(0.0) as u64,
                 len,
             }),
         }
+    }
+
+    /// Format 2 of the fast profile: the second chirp gives the clock offset
+    /// and the frame length, the frame is resampled, demodulated coherently
+    /// against the reference symbol, and the header and LDPC body decoded;
+    /// if the body does not decode, the channel is estimated again from
+    /// every cell, weighted by the code's own soft output, and decoded again.
+    fn advance_v2(&self, det: &Detector, cand: &mut Candidate) -> Step {
+        let p = det.params;
+        if cand.start + (p.chirp_len as f64) < self.buf_start as f64 {
+            return Step::Drop;
+        }
+        let Some(post) = det.postamble.as_ref() else {
+            return Step::Drop;
+        };
+        let longest = frame2::layout(framing::MAX_PAYLOAD).map_or(0, |l| l.symbols);
+        let mut found = None;
+        for symbols in cand.rejected + 1..=longest {
+            match self.find_postamble(det, post, cand, symbols) {
+                PostambleSearch::Wait => return Step::Wait,
+                PostambleSearch::Absent => cand.rejected = symbols,
+                PostambleSearch::Found(at) => {
+                    found = Some((symbols, at));
+                    break;
+                }
+            }
+        }
+        let Some((symbols, at)) = found else {
+            return Step::Drop;
+        };
+        let nominal = (p.chirp_len + (1 + symbols) * p.symbol_len()) as f64;
+        let eps = (at - cand.start) / nominal - 1.0;
+        let Some((samples, origin)) =
+            self.view(det, cand.start, eps, 1 + symbols, &self.fine_kernel)
+        else {
+            return Step::Drop;
+        };
+        let Some(spectra) = Self::spectra(det, &samples, origin, 0.0, 0..1 + symbols) else {
+            return Step::Drop;
+        };
+        let cells: Vec<Vec<Complex32>> = spectra
+            .iter()
+            .map(|s| s[p.first_bin..p.first_bin + frame2::CARRIERS].to_vec())
+            .collect();
+        let raw: Vec<Complex32> = cells[0]
+            .iter()
+            .enumerate()
+            .map(|(i, y)| y * frame2::reference(i).conj())
+            .collect();
+        // Equalised with the raw reference, a cell's spread per axis is the
+        // noise of one symbol (half from the cell, half from the reference).
+        let (_, _, noise) = qpsk_llrs(&cells[1..], &raw);
+        let mut channel = shrink_channel(&raw, &noise);
+        let (mut llr, mut phases, _) = qpsk_llrs(&cells[1..], &channel);
+        let header: Vec<f32> = frame2::HEADER_POSITIONS
+            .iter()
+            .flat_map(|&h| llr[h])
+            .collect();
+        let Some((len, confidence)) = frame2::decode_header(&header) else {
+            return Step::Drop;
+        };
+        let Ok(layout) = frame2::layout(len) else {
+            return Step::Drop;
+        };
+        if confidence < HEADER_CONFIDENCE || layout.symbols != symbols {
+            return Step::Drop;
+        }
+        cand.len = Some(len);
+        let start = cand.start.max(0.0) as u64;
+        for _ in 0..=CHANNEL_PASSES {
+            match frame2::decode_body(&llr, &layout, &self.ldpc) {
+                Ok(payload) => {
+                    let frame = layout.frame_len() as f64 * (1.0 + eps);
+                    return Step::Done(Reception {
+                        payload,
+                        profile: det.format.profile(),
+                        start,
+                        end: start + frame as u64,
+                    });
+                }
+                Err(posterior) => {
+                    let expected = expected_cells(&layout, &posterior);
+                    channel = estimate_channel(&cells, &phases, &expected, &noise);
+                    (llr, phases, _) = qpsk_llrs(&cells[1..], &channel);
+                }
+            }
+        }
+        Step::Lost(Missed {
+            profile: det.format.profile(),
+            start,
+            len,
+        })
+    }
+
+    /// Looks for format 2's second chirp where a frame of `symbols` data
+    /// symbols would put it (within ±[`EPS_RANGE_PPM`]).
+    fn find_postamble(
+        &self,
+        det: &Detector,
+        post: &Correlator,
+        cand: &Candidate,
+        symbols: usize,
+    ) -> PostambleSearch {
+        let p = &det.params;
+        let nominal = (p.chirp_len + (1 + symbols) * p.symbol_len()) as f64;
+        let expected = cand.start + nominal;
+        let slack = (nominal * EPS_RANGE_PPM * 1e-6).ceil() + 4.0;
+        // The block ends just after the latest chirp it must contain.
+        let end = (expected + slack).ceil().max(0.0) as u64 + p.chirp_len as u64 + 1;
+        if end > self.buf_end() {
+            return PostambleSearch::Wait;
+        }
+        let Some(from) = end.checked_sub(post.block() as u64) else {
+            return PostambleSearch::Absent;
+        };
+        if from < self.buf_start {
+            return PostambleSearch::Absent;
+        }
+        let at = (from - self.buf_start) as usize;
+        let scores = post.scores(&self.buf[at..at + post.block()]);
+        let lo = ((expected - slack).floor() - from as f64).max(1.0) as usize;
+        let hi = (((expected + slack).ceil() - from as f64) as usize).min(scores.len() - 2);
+        let Some((best, score)) = (lo..=hi)
+            .map(|i| (i, scores[i]))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            return PostambleSearch::Absent;
+        };
+        if score < p.threshold.max(POSTAMBLE_SHARE * cand.score) {
+            return PostambleSearch::Absent;
+        }
+        let (prev, next) = (scores[best - 1], scores[best + 1]);
+        let curve = prev - 2.0 * score + next;
+        let frac = if curve < 0.0 {
+            (0.5 * (prev - next) / curve).clamp(-0.5, 0.5)
+        } else {
+            0.0
+        };
+        PostambleSearch::Found(from as f64 + best as f64 + f64::from(frac))
     }
 
     fn trim(&mut self) {
@@ -676,6 +843,185 @@ impl Decoder {
             self.spans.pop_front();
         }
     }
+}
+
+/// Where format 2's second chirp is.
+enum PostambleSearch {
+    /// Not all of the audio it could be in has arrived.
+    Wait,
+    /// Not there: the frame is not this long.
+    Absent,
+    /// Its start, in absolute samples at 48 kHz.
+    Found(f64),
+}
+
+/// Format 2's header must match this share of its soft bits (about 0.3 for
+/// noise; a clean header gives 1).
+const HEADER_CONFIDENCE: f32 = 0.5;
+/// Format 2's second chirp must correlate at least this share of the first.
+const POSTAMBLE_SHARE: f32 = 0.5;
+/// Channel estimates after the first, each from the previous decoding's
+/// soft output.
+const CHANNEL_PASSES: usize = 4;
+/// Carriers per group sharing one noise estimate.
+const NOISE_GROUP: usize = 16;
+
+/// Two LLRs (positive: bit 0) per data cell of format 2, from the cells'
+/// spectra (data symbols only) and a channel estimate per carrier: each
+/// cell is turned back by its carrier's channel and by its symbol's common
+/// phase (what is left of the clock offset after resampling: a few ppm move
+/// the last symbol by a tenth of a sample, a tenth of a turn at the top
+/// carriers), and scaled by the carrier's strength over the noise measured
+/// around it, so carriers a speaker rolls off or a room fades count for
+/// less. Also returns each symbol's phase turn.
+fn qpsk_llrs(
+    symbols: &[Vec<Complex32>],
+    channel: &[Complex32],
+) -> (Vec<[f32; 2]>, Vec<Complex32>, Vec<f32>) {
+    let carriers = channel.len();
+    let half = std::f32::consts::FRAC_1_SQRT_2;
+    let strength: Vec<f32> = channel.iter().map(|h| h.norm() * half).collect();
+    // Equalised cells: y·conj(h)/|h| (noise keeps its level, signal ±|h|/√2).
+    let mut turned: Vec<Vec<Complex32>> = symbols
+        .iter()
+        .map(|symbol| {
+            symbol
+                .iter()
+                .zip(channel)
+                .map(|(y, h)| {
+                    let mag = h.norm();
+                    if mag > 0.0 { y * h.conj() / mag } else { Complex32::default() }
+                })
+                .collect()
+        })
+        .collect();
+    let mut phases = Vec::with_capacity(symbols.len());
+    for row in turned.iter_mut() {
+        // Decision-directed common phase: Σ r·conj(decided point).
+        let sum: Complex32 = row
+            .iter()
+            .map(|r| r * Complex32::new(half.copysign(r.re), -half.copysign(r.im)))
+            .sum();
+        let turn = if sum.norm() > 0.0 { (sum / sum.norm()).conj() } else { Complex32::new(1.0, 0.0) };
+        row.iter_mut().for_each(|r| *r *= turn);
+        phases.push(turn);
+    }
+    let mut out = vec![[0f32; 2]; symbols.len() * carriers];
+    let mut noise = Vec::with_capacity(carriers.div_ceil(NOISE_GROUP));
+    for group in (0..carriers).step_by(NOISE_GROUP) {
+        let range = group..(group + NOISE_GROUP).min(carriers);
+        let (mut spread, mut power, mut count) = (0f32, 0f32, 0f32);
+        for row in &turned {
+            for i in range.clone() {
+                let (r, a) = (row[i], strength[i]);
+                spread += (r.re.abs() - a).powi(2) + (r.im.abs() - a).powi(2);
+                power += a * a;
+                count += 2.0;
+            }
+        }
+        let var = (spread / count.max(1.0)).max(1e-6 * power / count.max(1.0));
+        noise.push(var);
+        if !(var > 0.0) || !var.is_finite() {
+            continue;
+        }
+        for (m, row) in turned.iter().enumerate() {
+            for i in range.clone() {
+                let (r, a) = (row[i], strength[i]);
+                out[m * carriers + i] = [2.0 * a * r.re / var, 2.0 * a * r.im / var];
+            }
+        }
+    }
+    (out, phases, noise)
+}
+
+/// Carriers either side averaged for the smooth part of the channel.
+const SMOOTH_HALF_WIDTH: usize = 4;
+
+/// Shrinks a least-squares channel estimate towards its smooth part, per
+/// carrier by σ_R² / (σ_R² + e): the direct sound (speaker, timing) varies
+/// slowly across carriers, a room's reverberation adds a part R that
+/// changes from one carrier to the next; `error` is the estimate's noise
+/// variance per group of [`NOISE_GROUP`] carriers, and σ_R² is what the
+/// estimate's spread around its smooth part shows beyond that noise. In a
+/// dry room the estimate becomes the smooth part (noise averaged over 17
+/// carriers); where the room dominates, it stays as measured.
+fn shrink_channel(raw: &[Complex32], error: &[f32]) -> Vec<Complex32> {
+    let n = raw.len();
+    let smooth: Vec<Complex32> = (0..n)
+        .map(|i| {
+            let lo = i.saturating_sub(SMOOTH_HALF_WIDTH);
+            let hi = (i + SMOOTH_HALF_WIDTH + 1).min(n);
+            raw[lo..hi].iter().sum::<Complex32>() / (hi - lo) as f32
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for (g, group) in (0..n).step_by(NOISE_GROUP).enumerate() {
+        let range = group..(group + NOISE_GROUP).min(n);
+        let e = error.get(g).copied().unwrap_or(0.0).max(0.0);
+        let spread = range
+            .clone()
+            .map(|i| (raw[i] - smooth[i]).norm_sqr())
+            .sum::<f32>()
+            / range.len() as f32;
+        let room = (spread - e).max(0.0);
+        let w = if room + e > 0.0 { room / (room + e) } else { 1.0 };
+        out.extend(range.map(|i| smooth[i] + (raw[i] - smooth[i]) * w));
+    }
+    out
+}
+
+/// The expected value of every data cell of format 2: header cells are
+/// known; a body cell is its soft QPSK value from the decoder's
+/// a-posteriori LLRs, (tanh(L0/2) + j·tanh(L1/2)) / √2.
+fn expected_cells(layout: &Layout, posterior: &[[f32; 2]]) -> Vec<Complex32> {
+    let mut cells = vec![Complex32::default(); layout.symbols * frame2::CARRIERS];
+    let header = frame2::header_bits(layout.len);
+    for (j, &h) in frame2::HEADER_POSITIONS.iter().enumerate() {
+        cells[h] = frame2::qpsk(header[2 * j], header[2 * j + 1]);
+    }
+    let half = std::f32::consts::FRAC_1_SQRT_2;
+    for u in 0..layout.slots {
+        let at = layout.body_cell(u);
+        if let (Some(c), Some(l)) = (cells.get_mut(at), posterior.get(at)) {
+            *c = Complex32::new(half * (l[0] / 2.0).tanh(), half * (l[1] / 2.0).tanh());
+        }
+    }
+    cells
+}
+
+/// Channel per carrier from the reference symbol and every data symbol's
+/// expected cells, each data symbol turned by its common phase first
+/// (least squares: Σ y·conj(x) / Σ |x|²), shrunk towards its smooth part
+/// given `noise`, one symbol's noise variance per group of carriers.
+fn estimate_channel(
+    cells: &[Vec<Complex32>],
+    phases: &[Complex32],
+    expected: &[Complex32],
+    noise: &[f32],
+) -> Vec<Complex32> {
+    let carriers = frame2::CARRIERS;
+    let mut weight = vec![0f32; carriers];
+    let raw: Vec<Complex32> = (0..carriers)
+        .map(|i| {
+            let mut num = cells[0][i] * frame2::reference(i).conj();
+            let mut den = 1f32;
+            for (m, symbol) in cells[1..].iter().enumerate() {
+                let x = expected.get(m * carriers + i).copied().unwrap_or_default();
+                let turn = phases.get(m).copied().unwrap_or(Complex32::new(1.0, 0.0));
+                num += symbol[i] * turn * x.conj();
+                den += x.norm_sqr();
+            }
+            weight[i] = den;
+            num / den
+        })
+        .collect();
+    // The estimate's noise: one symbol's, over the symbols' total weight.
+    let error: Vec<f32> = weight
+        .chunks(NOISE_GROUP)
+        .zip(noise)
+        .map(|(w, n)| n * w.len() as f32 / w.iter().sum::<f32>().max(1.0))
+        .collect();
+    shrink_channel(&raw, &error)
 }
 
 enum Step {

@@ -1,15 +1,17 @@
 //! Encoder: payload bytes to PCM (what the wallet app runs).
 //!
-//! Frame = chirp preamble, then (DQPSK only) one reference symbol, then the
-//! data symbols, overlap-added with their cross-fades. The chirp is scaled to
-//! the RMS of the data part and the whole frame to a peak of [`PEAK`].
+//! Frame = chirp preamble, then (DQPSK and QPSK) one reference symbol, then
+//! the data symbols, overlap-added with their cross-fades, then (QPSK, the
+//! fast profile's format 2) the chirp again. The chirps are scaled to the RMS
+//! of the data part and the whole frame to a peak of [`PEAK`].
 
 use super::ModemError;
 use super::framing;
 use super::modulation;
 use super::ofdm::Ofdm;
 use super::preamble;
-use super::profile::{INTERNAL_RATE, Params, Profile};
+use super::frame2;
+use super::profile::{Format, INTERNAL_RATE, Params, Profile};
 use super::resample::resample;
 
 /// Peak amplitude of the rendered frame (full scale is 1.0).
@@ -19,8 +21,7 @@ pub(crate) const RATE_RANGE: (u32, u32) = (8_000, 768_000);
 
 /// Checks that `rate` can carry `profile`'s band.
 pub(crate) fn check_rate(rate: u32, profile: Profile) -> Result<(), ModemError> {
-    let p = profile.params();
-    if rate < RATE_RANGE.0 || rate > RATE_RANGE.1 || (rate as f32) / 2.0 < p.chirp_f1 + 500.0 {
+    if !fits(rate, profile.format()) {
         return Err(ModemError::UnsupportedRate {
             rate,
             profile: profile.name(),
@@ -29,8 +30,18 @@ pub(crate) fn check_rate(rate: u32, profile: Profile) -> Result<(), ModemError> 
     Ok(())
 }
 
+/// Whether audio at `rate` can carry `format`'s band (Nyquist at least
+/// 500 Hz above the chirp's top).
+pub(crate) fn fits(rate: u32, format: Format) -> bool {
+    (RATE_RANGE.0..=RATE_RANGE.1).contains(&rate)
+        && (rate as f32) / 2.0 >= format.params().chirp_f1 + 500.0
+}
+
 /// Air time in seconds of a `len`-byte payload (the same at any output rate).
 pub fn air_time(len: usize, profile: Profile) -> Result<f64, ModemError> {
+    if profile.format() == Format::FastV2 {
+        return Ok(frame2::layout(len)?.frame_len() as f64 / INTERNAL_RATE as f64);
+    }
     let p = profile.params();
     if len == 0 {
         return Err(ModemError::EmptyPayload);
@@ -44,24 +55,60 @@ pub fn air_time(len: usize, profile: Profile) -> Result<f64, ModemError> {
     Ok(p.frame_len(framing::stream_len(len, &p)) as f64 / INTERNAL_RATE as f64)
 }
 
-fn render(payload: &[u8], p: &Params) -> Result<Vec<f32>, ModemError> {
-    let stream = framing::build_stream(payload, p)?;
-    let cells = modulation::cells_from_bytes(&stream, p);
-    let spectra = modulation::spectra(&cells, p);
+/// The spectra of every symbol (reference first, if any) and whether a
+/// second chirp follows them.
+fn symbols(
+    payload: &[u8],
+    format: Format,
+) -> Result<(Vec<Vec<(usize, realfft::num_complex::Complex32)>>, bool), ModemError> {
+    let p = format.params();
+    if format == Format::FastV2 {
+        let (_, cells) = frame2::cells(payload)?;
+        let bin = |i: usize| p.first_bin + i;
+        let mut spectra = vec![(0..frame2::CARRIERS)
+            .map(|i| (bin(i), frame2::reference(i)))
+            .collect::<Vec<_>>()];
+        for symbol in cells.chunks(frame2::CARRIERS) {
+            spectra.push(symbol.iter().enumerate().map(|(i, &v)| (bin(i), v)).collect());
+        }
+        return Ok((spectra, true));
+    }
+    let stream = framing::build_stream(payload, &p)?;
+    let cells = modulation::cells_from_bytes(&stream, &p);
+    Ok((modulation::spectra(&cells, &p), false))
+}
+
+fn render(payload: &[u8], format: Format) -> Result<Vec<f32>, ModemError> {
+    let p: Params = format.params();
+    let (spectra, postamble) = symbols(payload, format)?;
     let ofdm = Ofdm::new(p.fft, p.cp, p.ramp);
     let step = ofdm.symbol_len();
-    let mut out = vec![0f32; p.chirp_len + spectra.len() * step + p.ramp];
+    let body_end = p.chirp_len + spectra.len() * step;
+    let len = if postamble {
+        body_end + p.chirp_len
+    } else {
+        body_end + p.ramp
+    };
+    let mut out = vec![0f32; len];
     for (m, spec) in spectra.iter().enumerate() {
         let at = p.chirp_len + m * step;
         for (o, v) in out[at..].iter_mut().zip(ofdm.synthesize(spec)) {
             *o += v;
         }
     }
-    let data = &out[p.chirp_len..];
+    let data = &out[p.chirp_len..body_end];
     let rms = (data.iter().map(|v| v * v).sum::<f32>() / data.len().max(1) as f32).sqrt();
-    let chirp_amp = rms * std::f32::consts::SQRT_2;
-    for (o, c) in out.iter_mut().zip(preamble::chirp(p)) {
+    // Format 2 spends less of the frame's energy on its two chirps (the
+    // matched filter's gain of ~30 dB needs no more).
+    let chirp_amp = rms * if postamble { 1.0 } else { std::f32::consts::SQRT_2 };
+    let chirp = preamble::chirp(&p);
+    for (o, c) in out.iter_mut().zip(&chirp) {
         *o += c * chirp_amp;
+    }
+    if postamble {
+        for (o, c) in out[body_end..].iter_mut().zip(&chirp) {
+            *o += c * chirp_amp;
+        }
     }
     let peak = out.iter().fold(0f32, |m, v| m.max(v.abs()));
     if peak > 0.0 {
@@ -75,7 +122,17 @@ fn render(payload: &[u8], p: &Params) -> Result<Vec<f32>, ModemError> {
 /// samples in -1..=1.
 pub fn encode(payload: &[u8], profile: Profile, sample_rate: u32) -> Result<Vec<f32>, ModemError> {
     check_rate(sample_rate, profile)?;
-    let pcm = render(payload, &profile.params())?;
+    encode_format(payload, profile.format(), sample_rate)
+}
+
+/// [`encode`] in a given format (the fast profile's version 1 too, which the
+/// decoder still reads).
+pub(crate) fn encode_format(
+    payload: &[u8],
+    format: Format,
+    sample_rate: u32,
+) -> Result<Vec<f32>, ModemError> {
+    let pcm = render(payload, format)?;
     if sample_rate == INTERNAL_RATE {
         return Ok(pcm);
     }

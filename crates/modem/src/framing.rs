@@ -156,7 +156,7 @@ pub(crate) fn decode_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Profile;
+    use crate::profile::Format;
     use proptest::prelude::*;
 
     fn split(stream: &[u8], p: &Params) -> (Vec<u8>, Vec<u8>) {
@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn round_trip_every_length_clean() {
-        for profile in Profile::ALL {
+        for profile in [Format::FastV1, Format::Robust] {
             let p = profile.params();
             for len in [1usize, 2, 100, 199, 255, 256] {
                 let payload: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn rejects_empty_and_oversized_payloads() {
-        let p = Profile::Fast.params();
+        let p = Format::FastV1.params();
         assert_eq!(build_stream(&[], &p), Err(ModemError::EmptyPayload));
         assert!(matches!(
             build_stream(&[0; 257], &p),
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn shapes_fit_the_code() {
-        for profile in Profile::ALL {
+        for profile in [Format::FastV1, Format::Robust] {
             let p = profile.params();
             for len in 1..=MAX_PAYLOAD {
                 let shapes = body_shapes(len, &p);
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn erasure_hints_extend_correction() {
-        let p = Profile::Fast.params();
+        let p = Format::FastV1.params();
         let payload = vec![0x42u8; 199];
         let stream = build_stream(&payload, &p).expect("build");
         let (_, mut body) = split(&stream, &p);
@@ -231,7 +231,7 @@ mod tests {
             damage in proptest::collection::vec((any::<u16>(), 1u8..=255), 0..400),
             fast in any::<bool>(),
         ) {
-            let profile = if fast { Profile::Fast } else { Profile::Robust };
+            let profile = if fast { Format::FastV1 } else { Format::Robust };
             let p = profile.params();
             let stream = build_stream(&payload, &p).expect("build");
             let (_, mut body) = split(&stream, &p);

@@ -19,9 +19,11 @@
 mod crc;
 pub mod decoder;
 pub mod encoder;
+mod frame2;
 mod framing;
 mod gf256;
 mod interleave;
+mod ldpc;
 mod modulation;
 mod ofdm;
 mod preamble;

@@ -11,8 +11,8 @@ pub const INTERNAL_RATE: u32 = 48_000;
 /// Which signal to send: a speed / robustness trade-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Profile {
-    /// Near-ultrasonic (14.1–19.3 kHz) multicarrier DQPSK, about 0.43 s for a
-    /// 199-byte token: for gates, where the phone is held close.
+    /// High-band (11.3–19.2 kHz) coherent QPSK with an LDPC code, 0.45 s for
+    /// a 200-byte token: for gates, where the phone is held close.
     Fast,
     /// Audible-high (10.0–17.9 kHz) multicarrier 16-FSK, about 1.9 s for a
     /// 199-byte token: for loud, reverberant rooms.
@@ -42,10 +42,56 @@ impl Profile {
         self.params().band_hz()
     }
 
-    /// The profile's numeric parameters.
+    /// The numeric parameters of the format the encoder sends.
     pub(crate) fn params(self) -> Params {
+        self.format().params()
+    }
+
+    /// The format the encoder sends for this profile.
+    pub(crate) fn format(self) -> Format {
         match self {
-            Profile::Fast => Params {
+            Profile::Fast => Format::FastV2,
+            Profile::Robust => Format::Robust,
+        }
+    }
+
+    /// The formats the decoder listens for when asked for this profile
+    /// (the current one first).
+    pub(crate) fn formats(self) -> &'static [Format] {
+        match self {
+            Profile::Fast => &[Format::FastV2, Format::FastV1],
+            Profile::Robust => &[Format::Robust],
+        }
+    }
+}
+
+/// An over-the-air format: what a profile sends now, or sent before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Format {
+    /// Fast, version 1: DQPSK and Reed–Solomon on 13.5–19.5 kHz (decoded, no
+    /// longer sent).
+    FastV1,
+    /// Fast, version 2: coherent QPSK, LDPC and a clock-measuring second chirp
+    /// on 11.3–19.2 kHz (`frame2`).
+    FastV2,
+    /// Robust: 16-FSK and Reed–Solomon.
+    Robust,
+}
+
+impl Format {
+    /// The profile this format belongs to.
+    pub fn profile(self) -> Profile {
+        match self {
+            Format::FastV1 | Format::FastV2 => Profile::Fast,
+            Format::Robust => Profile::Robust,
+        }
+    }
+
+    /// The format's numeric parameters.
+    pub fn params(self) -> Params {
+        match self {
+            Format::FastV2 => super::frame2::PARAMS,
+            Format::FastV1 => Params {
                 id: 1,
                 fft: 4096,
                 cp: 256,
@@ -61,7 +107,7 @@ impl Profile {
                 header_parity: 10,
                 threshold: 0.22,
             },
-            Profile::Robust => Params {
+            Format::Robust => Params {
                 id: 2,
                 fft: 2048,
                 cp: 256,
@@ -87,6 +133,9 @@ pub(crate) enum Modulation {
     /// Differential QPSK per carrier between consecutive symbols (2 bits per
     /// carrier per symbol); a known reference symbol comes first.
     Dqpsk,
+    /// Coherent QPSK against a known reference symbol, two bits per carrier
+    /// per symbol (format 2 of the fast profile, `frame2`).
+    Qpsk,
     /// Non-coherent M-ary FSK: carriers form groups of 2^bits, one carrier
     /// per group is lit each symbol.
     Mfsk {
@@ -137,7 +186,7 @@ impl Params {
     /// Bits carried by one cell (carrier or carrier group) of one symbol.
     pub fn bits_per_cell(&self) -> usize {
         match self.modulation {
-            Modulation::Dqpsk => 2,
+            Modulation::Dqpsk | Modulation::Qpsk => 2,
             Modulation::Mfsk { bits } => bits,
         }
     }
@@ -145,7 +194,7 @@ impl Params {
     /// Cells per symbol.
     pub fn cells_per_symbol(&self) -> usize {
         match self.modulation {
-            Modulation::Dqpsk => self.bins,
+            Modulation::Dqpsk | Modulation::Qpsk => self.bins,
             Modulation::Mfsk { bits } => self.bins >> bits,
         }
     }
@@ -153,7 +202,7 @@ impl Params {
     /// Symbols before the data that carry no bits (the DQPSK reference).
     pub fn reference_symbols(&self) -> usize {
         match self.modulation {
-            Modulation::Dqpsk => 1,
+            Modulation::Dqpsk | Modulation::Qpsk => 1,
             Modulation::Mfsk { .. } => 0,
         }
     }
@@ -188,10 +237,11 @@ mod tests {
 
     #[test]
     fn bands_stay_inside_the_speaker_band_and_below_nyquist_at_44k1() {
-        for p in Profile::ALL {
+        for p in [Format::FastV1, Format::FastV2, Format::Robust] {
             let q = p.params();
             let (lo, hi) = q.band_hz();
             assert!(lo >= 9_000.0 && hi <= 19_500.0, "{p:?}: {lo}..{hi}");
+            assert!(q.chirp_f0 <= lo && hi <= q.chirp_f1 + 100.0, "{p:?}: chirp covers the band");
             assert!(q.chirp_f0 < q.chirp_f1 && q.chirp_f1 <= 19_500.0);
             assert!(q.ramp + q.backoff <= q.cp);
             assert_eq!(q.bins % (q.bits_per_cell().max(1)), 0);

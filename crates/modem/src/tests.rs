@@ -306,11 +306,12 @@ fn a_frame_whose_body_is_destroyed_is_reported_missed_not_emitted() {
     let mut capture = vec![0.0f32; lead];
     capture.extend_from_slice(&frame);
     capture.extend(std::iter::repeat_n(0.0, lead));
-    // Chirp (2048) and reference symbol (4352) and the first data symbol,
-    // which holds the header, stay clean; a loud burst covers the other two.
+    // Chirp (2048), reference symbol (4352), the first data symbol (which
+    // holds the header) and the closing chirp stay clean; a loud burst
+    // covers the other two data symbols.
     let mut rng = Pcg64Mcg::seed_from_u64(3);
     let body = lead + 2048 + 2 * 4352 + 256;
-    for s in &mut capture[body..lead + frame.len()] {
+    for s in &mut capture[body..lead + 2048 + 4 * 4352] {
         *s += rng.random_range(-1.0f32..1.0);
     }
     let mut decoder = Decoder::new(INTERNAL_RATE).expect("decoder");
@@ -332,4 +333,29 @@ fn a_frame_whose_body_is_destroyed_is_reported_missed_not_emitted() {
     heard.extend(clean_decoder.finish());
     assert_eq!(heard.len(), 1);
     assert!(clean_decoder.take_missed().is_empty());
+}
+
+#[test]
+fn version_1_fast_frames_still_decode_once() {
+    let ch = Channel {
+        noise: NoiseKind::Station,
+        snr_db: 10.0,
+        room: Some(Room {
+            rt60: 0.3,
+            drr_db: 12.0,
+        }),
+        ..clean()
+    };
+    for seed in 0..3 {
+        let payload = token(seed);
+        let tx = crate::encoder::encode_format(&payload, crate::profile::Format::FastV1, 48_000)
+            .expect("encode v1");
+        let rx = sim::transmit(&tx, 48_000, &ch, seed).samples;
+        let mut dec = Decoder::new(48_000).expect("decoder");
+        let mut got = dec.push_receptions(&rx);
+        got.extend(dec.finish());
+        assert_eq!(got.len(), 1, "seed {seed}: {got:?}");
+        assert_eq!(got[0].payload, payload);
+        assert_eq!(got[0].profile, Profile::Fast);
+    }
 }

@@ -1,0 +1,372 @@
+//! Format version 2 of the fast profile (docs/modem.md §2b, §3b): coherent
+//! QPSK on 672 carriers against a known reference symbol, the 802.11n LDPC
+//! code on soft decisions, a header in a first-order Reed–Muller code, and a
+//! second chirp after the data whose distance from the first measures the
+//! sender's clock.
+//!
+//! Pure functions: what the cells of a frame are ([`layout`], [`cells`]), and
+//! from soft cell values back to a payload ([`decode_header`],
+//! [`decode_body`]). The decoder does the signal processing around them.
+
+use realfft::num_complex::Complex32;
+
+use super::ModemError;
+use super::crc::crc32;
+use super::framing::MAX_PAYLOAD;
+use super::ldpc::{self, LdpcDecoder};
+use super::modulation::hash2;
+use super::profile::{Modulation, Params};
+
+/// The fast profile's version-2 numbers.
+pub(crate) const PARAMS: Params = Params {
+    id: 3,
+    fft: 4096,
+    cp: 256,
+    ramp: 64,
+    backoff: 48,
+    first_bin: 853,
+    bins: CARRIERS,
+    modulation: Modulation::Qpsk,
+    chirp_len: 2048,
+    chirp_f0: 9_900.0,
+    chirp_f1: 17_900.0,
+    parity_percent: 0,
+    header_parity: 0,
+    threshold: 0.22,
+};
+
+/// Data carriers per symbol.
+pub(crate) const CARRIERS: usize = 672;
+/// Header cells (128 Reed–Muller bits, two per cell), all in data symbol 0.
+pub(crate) const HEADER_CELLS: usize = 64;
+/// Bytes of CRC-32 after the payload.
+const CRC_LEN: usize = 4;
+/// Multipliers tried, in order, for the body's cell permutation; the first
+/// coprime to the number of body slots is used.
+const SPREAD: [usize; 4] = [97, 101, 103, 107];
+/// Belief-propagation iterations per decoding attempt.
+const ITERATIONS: usize = 40;
+
+/// Where everything of a `len`-byte payload goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Payload bytes.
+    pub len: usize,
+    /// Information bits of each codeword (the rest of its 972 are zeros, not sent).
+    pub info_bits: Vec<usize>,
+    /// Data symbols after the reference symbol.
+    pub symbols: usize,
+    /// Body cells carrying code bits.
+    pub used: usize,
+    /// Slots for body cells (every data cell but the header's).
+    pub slots: usize,
+    /// The permutation multiplier: body cell u goes to slot (u·spread) mod slots.
+    pub spread: usize,
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The layout of a `len`-byte payload's frame (len in 1..=256).
+pub(crate) fn layout(len: usize) -> Result<Layout, ModemError> {
+    if len == 0 {
+        return Err(ModemError::EmptyPayload);
+    }
+    if len > MAX_PAYLOAD {
+        return Err(ModemError::PayloadTooLong {
+            len,
+            max: MAX_PAYLOAD,
+        });
+    }
+    let bits = (len + CRC_LEN) * 8;
+    let codewords = bits.div_ceil(ldpc::K);
+    let info_bits: Vec<usize> = (0..codewords)
+        .map(|i| bits / codewords + usize::from(i < bits % codewords))
+        .collect();
+    let coded = bits + codewords * (ldpc::N - ldpc::K);
+    let used = coded / 2;
+    let symbols = (HEADER_CELLS + used).div_ceil(CARRIERS);
+    let slots = symbols * CARRIERS - HEADER_CELLS;
+    let spread = SPREAD
+        .into_iter()
+        .find(|&s| gcd(s, slots) == 1)
+        .unwrap_or(1);
+    Ok(Layout {
+        len,
+        info_bits,
+        symbols,
+        used,
+        slots,
+        spread,
+    })
+}
+
+impl Layout {
+    /// Samples from the first chirp's start to the second chirp's start.
+    pub fn postamble_at(&self) -> usize {
+        PARAMS.chirp_len + (1 + self.symbols) * PARAMS.symbol_len()
+    }
+
+    /// Total frame length in samples (both chirps; the last symbol's fade
+    /// lies under the second chirp).
+    pub fn frame_len(&self) -> usize {
+        self.postamble_at() + PARAMS.chirp_len
+    }
+
+    /// Data cell index (symbol · CARRIERS + carrier) of body slot `s`.
+    fn slot_cell(s: usize) -> usize {
+        // Slots are the data cells in order, skipping the header's cells
+        // (all in symbol 0).
+        if s >= CARRIERS - HEADER_CELLS {
+            return s + HEADER_CELLS;
+        }
+        let mut cell = s;
+        for &h in HEADER_POSITIONS.iter() {
+            if h <= cell {
+                cell += 1;
+            } else {
+                break;
+            }
+        }
+        cell
+    }
+
+    /// Data cell of body cell `u` (0..slots).
+    pub fn body_cell(&self, u: usize) -> usize {
+        Self::slot_cell(u * self.spread % self.slots)
+    }
+
+    /// The body cell whose bits body cell `u` carries: itself for the first
+    /// `used`, then copies of cells spread evenly over the code bits, so no
+    /// slot is wasted on filler.
+    pub fn source(&self, u: usize) -> usize {
+        if u < self.used {
+            return u;
+        }
+        let extra = self.slots - self.used;
+        (u - self.used) * self.used / extra.max(1)
+    }
+}
+
+/// Carriers of data symbol 0 holding the header: j-th at ⌊(2j+1)·672/128⌋.
+pub(crate) const HEADER_POSITIONS: [usize; HEADER_CELLS] = header_positions();
+
+const fn header_positions() -> [usize; HEADER_CELLS] {
+    let mut out = [0; HEADER_CELLS];
+    let mut j = 0;
+    while j < HEADER_CELLS {
+        out[j] = (2 * j + 1) * CARRIERS / (2 * HEADER_CELLS);
+        j += 1;
+    }
+    out
+}
+
+/// QPSK point of two bits: (1 − 2·b0 + j·(1 − 2·b1)) / √2.
+pub(crate) fn qpsk(b0: u8, b1: u8) -> Complex32 {
+    let s = std::f32::consts::FRAC_1_SQRT_2;
+    Complex32::new(
+        if b0 & 1 == 0 { s } else { -s },
+        if b1 & 1 == 0 { s } else { -s },
+    )
+}
+
+/// Reference symbol value of carrier `i` (0..672).
+pub(crate) fn reference(i: usize) -> Complex32 {
+    let v = hash2(5, i as u32);
+    qpsk((v & 1) as u8, ((v >> 1) & 1) as u8)
+}
+
+/// Header bits: the first-order Reed–Muller code RM(1,7) of `len − 1`:
+/// bit j = parity((v & 0x7F) & j) XOR (v >> 7).
+pub(crate) fn header_bits(len: usize) -> [u8; 128] {
+    let v = (len - 1) as u32 & 0xFF;
+    let mut out = [0u8; 128];
+    for (j, b) in out.iter_mut().enumerate() {
+        *b = (((v & 0x7F) & j as u32).count_ones() & 1) as u8 ^ (v >> 7) as u8;
+    }
+    out
+}
+
+/// The body's code bits: each codeword's information bits then its parity.
+fn body_bits(payload: &[u8], layout: &Layout) -> Vec<u8> {
+    let mut body = payload.to_vec();
+    body.extend_from_slice(&crc32(payload).to_be_bytes());
+    let bits: Vec<u8> = body
+        .iter()
+        .flat_map(|&byte| (0..8).rev().map(move |i| (byte >> i) & 1))
+        .collect();
+    let mut out = Vec::with_capacity(layout.used * 2);
+    let mut at = 0;
+    for &k in &layout.info_bits {
+        let mut info = vec![0u8; ldpc::K];
+        info[..k].copy_from_slice(&bits[at..at + k]);
+        at += k;
+        let word = ldpc::encode(&info);
+        out.extend_from_slice(&word[..k]);
+        out.extend_from_slice(&word[ldpc::K..]);
+    }
+    out
+}
+
+/// Every data cell's value (symbol-major), reference symbol not included.
+pub(crate) fn cells(payload: &[u8]) -> Result<(Layout, Vec<Complex32>), ModemError> {
+    let layout = layout(payload.len())?;
+    let mut cells: Vec<Option<Complex32>> = vec![None; layout.symbols * CARRIERS];
+    let header = header_bits(payload.len());
+    for (j, &pos) in HEADER_POSITIONS.iter().enumerate() {
+        cells[pos] = Some(qpsk(header[2 * j], header[2 * j + 1]));
+    }
+    let bits = body_bits(payload, &layout);
+    for u in 0..layout.slots {
+        let v = layout.source(u);
+        cells[layout.body_cell(u)] = Some(qpsk(bits[2 * v], bits[2 * v + 1]));
+    }
+    let values = cells.into_iter().flatten().collect();
+    Ok((layout, values))
+}
+
+/// Decodes the header from the 128 LLRs of its cells (positive: bit 0), by
+/// a fast Hadamard transform (maximum-likelihood for RM(1,7)). Returns the
+/// payload length and the confidence: the winning correlation over the sum
+/// of |LLR| (1 for a clean header, about 0.3 for noise).
+pub(crate) fn decode_header(llr: &[f32]) -> Option<(usize, f32)> {
+    if llr.len() != 128 {
+        return None;
+    }
+    let mut w: Vec<f32> = llr.to_vec();
+    let mut h = 1;
+    while h < 128 {
+        for i in (0..128).step_by(2 * h) {
+            for j in i..i + h {
+                let (a, b) = (w[j], w[j + h]);
+                w[j] = a + b;
+                w[j + h] = a - b;
+            }
+        }
+        h *= 2;
+    }
+    let total: f32 = llr.iter().map(|v| v.abs()).sum();
+    let (best, value) = w
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))?;
+    if total <= 0.0 || !value.is_finite() {
+        return None;
+    }
+    let top = u32::from(*value < 0.0);
+    let v = (top << 7) | best as u32;
+    Some((v as usize + 1, value.abs() / total))
+}
+
+/// Decodes the body from the two LLRs of every data cell (symbol-major,
+/// header and filler cells included and ignored). Returns the payload if
+/// every codeword decodes and the CRC-32 matches, else the a-posteriori LLRs
+/// of the body cells' bits (for another channel estimate).
+pub(crate) fn decode_body(
+    llr: &[[f32; 2]],
+    layout: &Layout,
+    ldpc: &LdpcDecoder,
+) -> Result<Vec<u8>, Vec<[f32; 2]>> {
+    let mut bits = vec![0f32; layout.used * 2];
+    for u in 0..layout.slots {
+        let cell = llr.get(layout.body_cell(u)).copied().unwrap_or([0.0; 2]);
+        let v = layout.source(u);
+        bits[2 * v] += cell[0];
+        bits[2 * v + 1] += cell[1];
+    }
+    let mut posterior = Vec::with_capacity(bits.len());
+    let mut data = Vec::new();
+    let mut ok = true;
+    let mut at = 0;
+    for &k in &layout.info_bits {
+        let parity = ldpc::N - ldpc::K;
+        let mut word = vec![0f32; ldpc::N];
+        word[..k].copy_from_slice(&bits[at..at + k]);
+        // Shortened bits are known zeros.
+        word[k..ldpc::K].iter_mut().for_each(|v| *v = 60.0);
+        word[ldpc::K..].copy_from_slice(&bits[at + k..at + k + parity]);
+        at += k + parity;
+        let (decoded, post) = ldpc.decode(&word, ITERATIONS);
+        posterior.extend_from_slice(&post[..k]);
+        posterior.extend_from_slice(&post[ldpc::K..]);
+        match decoded {
+            Some(info) => data.extend_from_slice(&info[..k]),
+            None => ok = false,
+        }
+    }
+    if ok {
+        let bytes: Vec<u8> = data
+            .chunks(8)
+            .map(|b| b.iter().fold(0u8, |acc, &x| (acc << 1) | x))
+            .collect();
+        if bytes.len() == layout.len + CRC_LEN {
+            let (payload, crc) = bytes.split_at(layout.len);
+            if crc32(payload).to_be_bytes() == crc {
+                return Ok(payload.to_vec());
+            }
+        }
+    }
+    let mut per_cell = vec![[0f32; 2]; llr.len()];
+    for u in 0..layout.slots {
+        let v = layout.source(u);
+        if let Some(c) = per_cell.get_mut(layout.body_cell(u)) {
+            *c = [posterior[2 * v], posterior[2 * v + 1]];
+        }
+    }
+    Err(per_cell)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_fits_three_symbols_and_every_cell_is_used_once() {
+        let l = layout(200).expect("layout");
+        assert_eq!(l.symbols, 3);
+        assert_eq!(l.info_bits, vec![816, 816]);
+        let mut seen = vec![false; l.symbols * CARRIERS];
+        for &h in &HEADER_POSITIONS {
+            seen[h] = true;
+        }
+        for u in 0..l.slots {
+            let c = l.body_cell(u);
+            assert!(!seen[c], "cell {c} twice");
+            seen[c] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "every cell carries something");
+        assert!(layout(256).is_ok() && layout(0).is_err() && layout(257).is_err());
+        for len in 1..=256 {
+            let l = layout(len).expect("layout");
+            assert!(l.used <= l.slots, "{len}");
+        }
+    }
+
+    #[test]
+    fn header_round_trips_every_length_through_its_decoder() {
+        for len in 1..=256 {
+            let llr: Vec<f32> = header_bits(len)
+                .iter()
+                .map(|&b| if b == 0 { 1.0 } else { -1.0 })
+                .collect();
+            let (got, confidence) = decode_header(&llr).expect("header");
+            assert_eq!(got, len);
+            assert!((confidence - 1.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn clean_cells_decode_back_to_the_payload() {
+        let payload: Vec<u8> = (0..199u32).map(|i| (i * 31 % 256) as u8).collect();
+        let (l, values) = cells(&payload).expect("cells");
+        let llr: Vec<[f32; 2]> = values.iter().map(|c| [4.0 * c.re, 4.0 * c.im]).collect();
+        let ldpc = LdpcDecoder::new();
+        assert_eq!(decode_body(&llr, &l, &ldpc), Ok(payload.clone()));
+        let header: Vec<f32> = HEADER_POSITIONS
+            .iter()
+            .flat_map(|&p| llr[p])
+            .collect();
+        assert_eq!(decode_header(&header).map(|h| h.0), Some(199));
+    }
+}
