@@ -20,7 +20,9 @@ fn parse_noise(name: &str) -> Result<NoiseKind, String> {
     NoiseKind::ALL
         .into_iter()
         .find(|k| k.name() == name)
-        .ok_or_else(|| format!("unknown noise {name:?}: expected white, pink, babble or station"))
+        .ok_or_else(|| format!(
+            "unknown noise {name:?}: expected white, pink, babble, station, music, speech or beeps"
+        ))
 }
 
 /// Parses `fast` or `robust` for clap.
@@ -67,7 +69,7 @@ pub(super) enum ModemCommand {
     Simulate {
         /// The sound as the phone would play it
         input: PathBuf,
-        /// Noise: white, pink, babble or station (pink + babble + squeal tones)
+        /// Noise: white, pink, babble, station (pink + babble + squeal tones), music, speech or beeps
         #[arg(long, default_value = "station", value_parser = parse_noise)]
         noise: NoiseKind,
         /// Signal-to-noise ratio over the whole band while the signal plays, dB

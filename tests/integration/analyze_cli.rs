@@ -25,7 +25,7 @@ fn token_like(seed: u8) -> Vec<u8> {
 fn heard(s: &Scratch, name: &str, snr_db: f32) -> f64 {
     let signal = modem::encode(&token_like(1), Profile::Fast, RATE).expect("encode");
     let channel = Channel {
-        speaker: false,
+        speaker: None,
         noise: NoiseKind::White,
         snr_db,
         lead_secs: (1.0, 1.0),

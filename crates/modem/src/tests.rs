@@ -359,3 +359,87 @@ fn version_1_fast_frames_still_decode_once() {
         assert_eq!(got[0].profile, Profile::Fast);
     }
 }
+
+// Issue 16: the field trial's conditions where the fast profile failed,
+// each in this simulator (`sim::field`, the grid bench's "issue
+// conditions"), six seeds each.
+
+/// The issue's condition `name`, six seeds, each decoded exactly once.
+fn assert_issue_16(profile: Profile, name: &str, first_seed: u64) {
+    let ch = sim::field::issue_16_condition(name).expect("a condition of issue 16");
+    assert_exactly(profile, &ch, first_seed..first_seed + 6);
+}
+
+#[test]
+fn fast_at_30_db_in_rt60_0_4_s_drr_10_db_with_plus_50_ppm() {
+    assert_issue_16(
+        Profile::Fast,
+        "30 dB, RT60 0.4 s, DRR 10 dB, +50 ppm",
+        1_600,
+    );
+}
+
+#[test]
+fn fast_in_station_10_db_rt60_0_6_s_drr_8_db_at_plus_150_ppm() {
+    assert_issue_16(
+        Profile::Fast,
+        "station 10 dB, RT60 0.6 s, DRR 8 dB, +150 ppm",
+        1_610,
+    );
+}
+
+#[test]
+fn fast_in_pink_5_db_rt60_0_8_s_drr_8_db_at_plus_300_ppm() {
+    assert_issue_16(
+        Profile::Fast,
+        "pink 5 dB, RT60 0.8 s, DRR 8 dB, +300 ppm",
+        1_620,
+    );
+}
+
+#[test]
+fn fast_in_white_0_db_at_plus_60_ppm() {
+    assert_issue_16(Profile::Fast, "white 0 dB, +60 ppm, no room", 1_630);
+}
+
+#[test]
+fn fast_in_white_2_db_rt60_0_3_s_drr_12_db_at_minus_40_ppm() {
+    assert_issue_16(
+        Profile::Fast,
+        "white 2 dB, RT60 0.3 s, DRR 12 dB, -40 ppm",
+        1_640,
+    );
+}
+
+#[test]
+fn fast_in_station_6_db_rt60_0_4_s_drr_10_db_plus_100_ppm_with_gain_pumping() {
+    assert_issue_16(
+        Profile::Fast,
+        "station 6 dB, RT60 0.4 s, DRR 10 dB, +100 ppm, gain pumping ±6 dB",
+        1_650,
+    );
+}
+
+#[test]
+fn fast_through_a_speaker_rolling_off_at_16_khz() {
+    assert_issue_16(Profile::Fast, "speaker rolling off at 16 kHz", 1_660);
+}
+
+#[test]
+fn fast_through_a_speaker_with_6_db_resonances() {
+    assert_issue_16(Profile::Fast, "speaker with ±6 dB resonances", 1_670);
+}
+
+#[test]
+fn fast_to_a_44k1_receiver_at_minus_200_ppm_in_rt60_1_s() {
+    assert_issue_16(
+        Profile::Fast,
+        "44.1 kHz receiver at -200 ppm in RT60 1 s",
+        1_680,
+    );
+}
+
+#[test]
+fn every_issue_16_condition_has_a_channel() {
+    assert_eq!(sim::field::issue_16().len(), 12);
+}

@@ -1,5 +1,5 @@
 //! Second-order IIR sections (RBJ audio-EQ cookbook): the speaker's band
-//! limits and the shaping of synthetic noises.
+//! limits and resonances, and the shaping of synthetic noises.
 
 use std::f64::consts::PI;
 
@@ -51,6 +51,17 @@ impl Biquad {
         Self::from_rbj([alpha, 0.0, -alpha], [1.0 + alpha, -2.0 * cos, 1.0 - alpha])
     }
 
+    /// Peaking EQ: `gain_db` at `freq` Hz, 0 dB far from it; an enclosure
+    /// resonance (or a dip) of a phone speaker.
+    pub fn peaking(freq: f64, rate: f64, q: f64, gain_db: f64) -> Self {
+        let (cos, alpha) = Self::omega(freq, rate, q);
+        let a = 10f64.powf(gain_db / 40.0);
+        Self::from_rbj(
+            [1.0 + alpha * a, -2.0 * cos, 1.0 - alpha * a],
+            [1.0 + alpha / a, -2.0 * cos, 1.0 - alpha / a],
+        )
+    }
+
     /// Filters one sample.
     pub fn step(&mut self, x: f64) -> f64 {
         let y = self.b[0] * x + self.b[1] * self.x[0] + self.b[2] * self.x[1]
@@ -95,5 +106,19 @@ mod tests {
         let bp = || Biquad::band_pass(1_000.0, rate, 2.0);
         assert!(gain_at(bp(), 1_000.0, rate) > 0.95);
         assert!(gain_at(bp(), 8_000.0, rate) < 0.1);
+    }
+
+    #[test]
+    fn a_peaking_filter_peaks_at_its_frequency_and_leaves_the_rest() {
+        let rate = 48_000.0;
+        let db = |f: Biquad, freq: f64| 20.0 * gain_at(f, freq, rate).log10();
+        for gain_db in [6.0, -6.0] {
+            let peak = || Biquad::peaking(5_000.0, rate, 2.0, gain_db);
+            assert!((db(peak(), 5_000.0) - gain_db).abs() < 0.1, "{gain_db}");
+            assert!(db(peak(), 500.0).abs() < 0.2, "{gain_db}");
+            assert!(db(peak(), 18_000.0).abs() < 0.5, "{gain_db}");
+            // Off its centre, the boost or cut is smaller.
+            assert!(db(peak(), 4_000.0).abs() < gain_db.abs() - 1.0, "{gain_db}");
+        }
     }
 }

@@ -1,27 +1,40 @@
 //! A simulated acoustic channel, phone speaker to reader microphone, for the
-//! modem's tests and benchmarks (docs/modem.md §5): speaker band limits, room
-//! reverberation, clock offset, a 44.1 kHz receiver, unknown gain, a random
-//! start inside continuous noise, and white, pink, babble or station noise at
-//! a given signal-to-noise ratio over the whole band. Seeded, so every trial
-//! is reproducible. Resampling is the modem's own band-limited resampler.
+//! modem's tests and benchmarks (docs/modem.md §5): the phone's limiter
+//! (AGC) and clipping amplifier, its speaker's roll-off and resonances, room
+//! reverberation, clock offset, a 44.1 kHz receiver, a random start inside
+//! continuous noise at a given signal-to-noise ratio over the whole band, a
+//! microphone AGC and an unknown gain. Seeded, so every trial is
+//! reproducible. Resampling is the modem's own band-limited resampler.
 
+pub mod agc;
+pub mod clip;
+pub mod field;
 pub mod filter;
 pub mod noise;
 pub mod reverb;
+pub mod speaker;
 
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
+pub use agc::Agc;
+pub use clip::Clipper;
 pub use noise::NoiseKind;
 pub use reverb::Room;
+pub use speaker::{Resonance, Speaker};
 
-use filter::Biquad;
-
-/// Everything between the phone's DAC and the reader's ADC.
+/// Everything between the wallet app's samples and the reader's ADC, in
+/// the order the sound meets it. The default is the simulator's original
+/// channel (same samples for the same seed): default speaker, no AGC, no
+/// clipping.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Channel {
-    /// Phone speaker band limits: weak below ~400 Hz, rolling off above ~19.5 kHz.
-    pub speaker: bool,
+    /// The phone's output limiter, before its amplifier.
+    pub sender_agc: Option<Agc>,
+    /// The phone's amplifier driven into clipping.
+    pub clipper: Option<Clipper>,
+    /// The phone's speaker (`None`: a flat line-level connection).
+    pub speaker: Option<Speaker>,
     /// Room reverberation, if any.
     pub room: Option<Room>,
     /// Sender clock error, parts per million (positive: fast).
@@ -36,12 +49,16 @@ pub struct Channel {
     pub lead_secs: (f32, f32),
     /// Seconds of noise after the signal.
     pub tail_secs: f32,
+    /// The microphone's AGC, acting on signal and noise together.
+    pub receiver_agc: Option<Agc>,
 }
 
 impl Default for Channel {
     fn default() -> Self {
         Self {
-            speaker: true,
+            sender_agc: None,
+            clipper: None,
+            speaker: Some(Speaker::default()),
             room: None,
             clock_ppm: 0.0,
             rx_rate: 48_000,
@@ -49,6 +66,7 @@ impl Default for Channel {
             snr_db: 30.0,
             lead_secs: (0.1, 0.6),
             tail_secs: 0.3,
+            receiver_agc: None,
         }
     }
 }
@@ -70,16 +88,14 @@ pub struct Received {
 pub fn transmit(signal: &[f32], tx_rate: u32, channel: &Channel, seed: u64) -> Received {
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
     let mut sound = signal.to_vec();
-    if channel.speaker {
-        let rate = f64::from(tx_rate);
-        for mut f in [
-            Biquad::high_pass(400.0, rate, 0.707),
-            Biquad::high_pass(400.0, rate, 0.707),
-            Biquad::low_pass(19_500.0, rate, 0.707),
-            Biquad::low_pass(19_500.0, rate, 0.707),
-        ] {
-            f.run(&mut sound);
-        }
+    if let Some(agc) = &channel.sender_agc {
+        agc.apply(&mut sound, tx_rate);
+    }
+    if let Some(clipper) = &channel.clipper {
+        clipper.apply(&mut sound);
+    }
+    if let Some(speaker) = &channel.speaker {
+        speaker.play(&mut sound, tx_rate);
     }
     // A sender clock `ppm` fast plays its nominal rate's samples faster.
     let sender_rate = f64::from(tx_rate) * (1.0 + channel.clock_ppm * 1e-6);
@@ -102,6 +118,9 @@ pub fn transmit(signal: &[f32], tx_rate: u32, channel: &Channel, seed: u64) -> R
     let mut samples: Vec<f32> = noise.iter().map(|n| n * k).collect();
     for (i, s) in sound.iter().enumerate() {
         samples[lead + i] += s;
+    }
+    if let Some(agc) = &channel.receiver_agc {
+        agc.apply(&mut samples, channel.rx_rate);
     }
     // Unknown microphone gain, never clipping.
     let peak = samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
@@ -126,7 +145,7 @@ mod tests {
             .map(|i| (2.0 * PI * 1_000.0 * f64::from(i) / 48_000.0).sin() as f32)
             .collect();
         let channel = Channel {
-            speaker: false,
+            speaker: None,
             snr_db: 0.0,
             lead_secs: (0.5, 0.5),
             tail_secs: 0.5,
@@ -162,5 +181,115 @@ mod tests {
             transmit(&signal, 48_000, &channel, 5),
             transmit(&signal, 48_000, &channel, 6)
         );
+    }
+
+    /// A 0.3 s chirp of 1–18 kHz: every band either profile uses.
+    fn chirp() -> Vec<f32> {
+        (0..14_400)
+            .map(|i| {
+                let t = f64::from(i) / 48_000.0;
+                (0.5 * (2.0 * PI * (1_000.0 * t + 28_000.0 * t * t)).sin()) as f32
+            })
+            .collect()
+    }
+
+    /// Length, signal start and end, energy and five samples of a capture.
+    fn fingerprint(rx: &Received) -> (usize, usize, usize, f64, Vec<f32>) {
+        let energy = rx.samples.iter().map(|&s| f64::from(s).powi(2)).sum();
+        let n = rx.samples.len();
+        let picks = [1_000, 5_000, 12_345, 20_000, n - 1]
+            .iter()
+            .map(|&i| rx.samples[i])
+            .collect();
+        (n, rx.signal_start, rx.signal_end, energy, picks)
+    }
+
+    /// The figures were printed by the simulator before the speaker, AGC and
+    /// clipping became parameters: with them at their defaults the same seed
+    /// gives the same capture, so older benchmark figures stay comparable.
+    #[test]
+    fn defaults_reproduce_the_original_channel() {
+        let roomy = Channel {
+            room: Some(Room {
+                rt60: 0.5,
+                drr_db: 8.0,
+            }),
+            clock_ppm: 120.0,
+            rx_rate: 44_100,
+            noise: NoiseKind::Station,
+            snr_db: 10.0,
+            ..Channel::default()
+        };
+        let expected = [
+            (
+                roomy,
+                (60_796, 12_289, 25_517, 676.637_596_032),
+                [
+                    0.026_395_27,
+                    -0.008_944_795,
+                    -0.030_262_489,
+                    0.055_966_78,
+                    0.056_375_265,
+                ],
+            ),
+            (
+                Channel::default(),
+                (49_338, 20_538, 34_938, 413.302_227_971),
+                [
+                    -0.008_087_966,
+                    -0.010_797_242,
+                    0.010_776_415,
+                    -0.016_330_626,
+                    0.001_238_804_9,
+                ],
+            ),
+        ];
+        for (channel, (len, start, end, energy), picks) in expected {
+            let (n, s, e, got_energy, got_picks) =
+                fingerprint(&transmit(&chirp(), 48_000, &channel, 9));
+            assert_eq!((n, s, e), (len, start, end));
+            // FFT convolution may round differently on another CPU; 1e-6 is far below any change of channel.
+            assert!((got_energy - energy).abs() < 1e-6 * energy, "{got_energy}");
+            for (a, b) in got_picks.iter().zip(picks) {
+                assert!((a - b).abs() < 1e-6, "{got_picks:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sender_and_receiver_impairments_change_the_capture_and_stay_in_range() {
+        let plain = Channel::default();
+        let phone = Channel {
+            sender_agc: Some(Agc::Follower {
+                target_dbfs: -12.0,
+                attack_s: 0.005,
+                release_s: 0.1,
+                max_swing_db: 10.0,
+            }),
+            clipper: Some(Clipper {
+                drive_db: 9.0,
+                soft: false,
+            }),
+            speaker: Some(Speaker {
+                low_pass_hz: 16_000.0,
+                resonances: vec![Resonance {
+                    hz: 15_000.0,
+                    gain_db: 6.0,
+                    q: 3.0,
+                }],
+            }),
+            receiver_agc: Some(Agc::Pumping {
+                depth_db: 6.0,
+                hz: 2.0,
+                phase: 0.0,
+            }),
+            ..plain.clone()
+        };
+        let a = transmit(&chirp(), 48_000, &plain, 3);
+        let b = transmit(&chirp(), 48_000, &phone, 3);
+        // The same random start and gain draw, a different sound.
+        assert_eq!(a.signal_start, b.signal_start);
+        assert_ne!(a.samples, b.samples);
+        assert!(b.samples.iter().all(|s| s.abs() <= 1.0));
     }
 }

@@ -1,5 +1,7 @@
 //! Synthetic noises of a station: white, pink, speech babble, and the
-//! station mix of pink, babble and drifting brake-squeal tones (docs/modem.md §5).
+//! station mix of pink, babble and drifting brake-squeal tones
+//! (docs/modem.md §5); and, for false-payload tests, music, one talker and
+//! gate beeps.
 
 use std::f64::consts::PI;
 
@@ -22,16 +24,22 @@ pub enum NoiseKind {
     Station,
     /// Notes with harmonics, chords and a beat: music, for false-alarm tests.
     Music,
+    /// One talker: a voiced source through moving formants, hiss, pauses.
+    Speech,
+    /// Gate beeps: short tones of 1–4 kHz, some with harmonics up to 16 kHz, some chirps.
+    Beeps,
 }
 
 impl NoiseKind {
     /// Every kind, for benchmarks.
-    pub const ALL: [NoiseKind; 5] = [
+    pub const ALL: [NoiseKind; 7] = [
         NoiseKind::White,
         NoiseKind::Pink,
         NoiseKind::Babble,
         NoiseKind::Station,
         NoiseKind::Music,
+        NoiseKind::Speech,
+        NoiseKind::Beeps,
     ];
 
     /// Short name for tables.
@@ -42,6 +50,8 @@ impl NoiseKind {
             NoiseKind::Babble => "babble",
             NoiseKind::Station => "station",
             NoiseKind::Music => "music",
+            NoiseKind::Speech => "speech",
+            NoiseKind::Beeps => "beeps",
         }
     }
 }
@@ -63,6 +73,8 @@ pub fn generate(kind: NoiseKind, len: usize, rate: u32, rng: &mut Pcg64Mcg) -> V
                 .collect()
         }
         NoiseKind::Music => music(len, rate, rng),
+        NoiseKind::Speech => speech(len, rate, rng),
+        NoiseKind::Beeps => beeps(len, rate, rng),
     };
     normalise(&mut noise);
     noise
@@ -195,6 +207,95 @@ fn music(len: usize, rate: f64, rng: &mut Pcg64Mcg) -> Vec<f32> {
     out
 }
 
+/// One talker in phrases of 3–10 syllables with pauses of 0.2–1.2 s: a
+/// sawtooth at a drifting pitch (rich in harmonics, like a glottal source)
+/// through three formant filters that move every syllable, and now and then
+/// a fricative (hiss above 3–6 kHz), the part of speech that reaches the
+/// fast profile's band.
+fn speech(len: usize, rate: f64, rng: &mut Pcg64Mcg) -> Vec<f32> {
+    let mut out = vec![0.0f32; len];
+    let pitch = rng.random_range(90.0..220.0);
+    let mut at = (rate * rng.random_range(0.0..0.3)) as usize;
+    let mut phase = 0.0f64;
+    while at < len {
+        for _ in 0..rng.random_range(3..=10) {
+            let syllable = ((rate * rng.random_range(0.12..0.3)) as usize).min(len - at);
+            let mut formants = [
+                Biquad::band_pass(rng.random_range(300.0..900.0), rate, 5.0),
+                Biquad::band_pass(rng.random_range(900.0..2_500.0), rate, 6.0),
+                Biquad::band_pass(rng.random_range(2_300.0..3_300.0), rate, 8.0),
+            ];
+            let fricative = rng.random_bool(0.3);
+            let mut hiss = Biquad::high_pass(rng.random_range(3_000.0..6_000.0), rate, 0.707);
+            let intonation = rng.random_range(-0.15..0.15);
+            for n in 0..syllable {
+                let x = n as f64 / syllable as f64;
+                let f0 = pitch * (1.0 + intonation * x);
+                phase = (phase + f0 / rate).fract();
+                let source = 2.0 * phase - 1.0;
+                let voiced = formants[0].step(source)
+                    + 0.5 * formants[1].step(source)
+                    + 0.25 * formants[2].step(source);
+                let envelope = (PI * x).sin().powf(0.7);
+                let mut v = voiced * envelope;
+                if fricative {
+                    let noise: f64 = rng.sample(StandardNormal);
+                    v += 0.03 * hiss.step(noise) * (PI * x).sin();
+                }
+                out[at + n] = v as f32;
+            }
+            at += syllable;
+            if at >= len {
+                break;
+            }
+        }
+        at += (rate * rng.random_range(0.2..1.2)) as usize;
+    }
+    out
+}
+
+/// Gate and till beeps: one to three short tones (50–300 ms, 1–4 kHz) with
+/// 5 ms ramps, every 0.3–2 s; a third pure, a third square-ish with odd
+/// harmonics up to 16 kHz, a third chirps sweeping to half or twice their
+/// start.
+fn beeps(len: usize, rate: f64, rng: &mut Pcg64Mcg) -> Vec<f32> {
+    let mut out = vec![0.0f32; len];
+    let ramp = rate * 0.005;
+    let mut at = (rate * rng.random_range(0.0..0.5)) as usize;
+    while at < len {
+        let start_hz: f64 = rng.random_range(1_000.0..4_000.0);
+        let end_hz = match rng.random_range(0..3) {
+            2 => start_hz * rng.random_range(0.5..2.0),
+            _ => start_hz,
+        };
+        let harmonics = if rng.random_bool(0.4) { 15 } else { 1 };
+        let duration = (rate * rng.random_range(0.05..0.3)) as usize;
+        for _ in 0..rng.random_range(1..=3) {
+            let end = (at + duration).min(len);
+            let mut phase = 0.0f64;
+            for (n, out) in out[at..end].iter_mut().enumerate() {
+                let x = n as f64 / duration as f64;
+                phase += (start_hz + (end_hz - start_hz) * x) / rate;
+                let edge = (n as f64 / ramp).min((duration - n) as f64 / ramp).min(1.0);
+                let mut v = 0.0;
+                for h in (1..=harmonics).step_by(2) {
+                    let f = f64::from(h) * start_hz.max(end_hz);
+                    if f < 16_000.0 {
+                        v += (2.0 * PI * f64::from(h) * phase).sin() / f64::from(h);
+                    }
+                }
+                *out += (edge * v) as f32;
+            }
+            at = end + (rate * rng.random_range(0.05..0.15)) as usize;
+            if at >= len {
+                break;
+            }
+        }
+        at += (rate * rng.random_range(0.3..2.0)) as usize;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +329,39 @@ mod tests {
         assert!(above(&white) > 0.4, "white {}", above(&white));
         assert!(above(&pink) < 0.1, "pink {}", above(&pink));
         assert!(above(&station) < 0.1, "station {}", above(&station));
+    }
+
+    /// Share of 10 ms blocks quieter than 1/100 of the mean power.
+    fn silent_share(samples: &[f32]) -> f64 {
+        let blocks: Vec<f64> = samples.chunks(480).map(power).collect();
+        blocks.iter().filter(|&&p| p < 0.01).count() as f64 / blocks.len() as f64
+    }
+
+    #[test]
+    fn speech_pauses_and_reaches_the_high_band_only_a_little() {
+        let speech = generate(
+            NoiseKind::Speech,
+            480_000,
+            48_000,
+            &mut Pcg64Mcg::seed_from_u64(4),
+        );
+        let silent = silent_share(&speech);
+        assert!((0.1..0.6).contains(&silent), "silent {silent}");
+        let high = share_above(&speech, 4_000.0, 48_000.0);
+        assert!((0.001..0.2).contains(&high), "above 4 kHz {high}");
+    }
+
+    #[test]
+    fn beeps_are_short_tones_some_reaching_past_8_khz() {
+        let beeps = generate(
+            NoiseKind::Beeps,
+            960_000,
+            48_000,
+            &mut Pcg64Mcg::seed_from_u64(5),
+        );
+        let silent = silent_share(&beeps);
+        assert!((0.3..0.95).contains(&silent), "silent {silent}");
+        let high = share_above(&beeps, 8_000.0, 48_000.0);
+        assert!((1e-4..0.3).contains(&high), "above 8 kHz {high}");
     }
 }
