@@ -45,7 +45,7 @@ const CRC_LEN: usize = 4;
 /// coprime to the number of body slots is used.
 const SPREAD: [usize; 4] = [97, 101, 103, 107];
 /// Belief-propagation iterations per decoding attempt.
-const ITERATIONS: usize = 40;
+const ITERATIONS: usize = 50;
 
 /// Where everything of a `len`-byte payload goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
