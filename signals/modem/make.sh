@@ -3,6 +3,10 @@
 # channel simulator with fixed seeds, so the same build gives the same files.
 # Each NAME.wav has NAME.hex: the payloads a decoder must find, one per line
 # (an empty .hex means none). tests/integration/signals.rs checks them.
+# token-fast-48k.wav is also format 2's test vector (docs/modem.md §3b,
+# tests/conformance/modem_v2.py). The *-fast-v1 files were made by the fast
+# profile's format 1, which the encoder no longer sends: they are kept, not
+# regenerated, so the decoder is held to reading version-1 phones.
 # Run from the repository root: bash signals/modem/make.sh
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -35,7 +35,7 @@ pub(super) fn parse_profile(name: &str) -> Result<Profile, String> {
 pub(super) enum ModemCommand {
     /// Render payload bytes from standard input as sound (what a wallet app plays)
     Encode {
-        /// fast (near-ultrasonic, for gates) or robust (for loud, reverberant rooms)
+        /// fast (0.45 s, for gates) or robust (about 2 s, for loud, reverberant rooms)
         #[arg(long, default_value = "fast", value_parser = parse_profile)]
         profile: Profile,
         /// Sample rate of the WAV file

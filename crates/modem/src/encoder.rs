@@ -96,7 +96,13 @@ fn render(payload: &[u8], format: Format) -> Result<Vec<f32>, ModemError> {
             *o += v;
         }
     }
-    let data = &out[p.chirp_len..body_end];
+    // The chirps' level follows the symbols' RMS (format 1 and robust took
+    // it over the final fade too; kept, so their frames stay bit-exact).
+    let data = if postamble {
+        &out[p.chirp_len..body_end]
+    } else {
+        &out[p.chirp_len..]
+    };
     let rms = (data.iter().map(|v| v * v).sum::<f32>() / data.len().max(1) as f32).sqrt();
     // Format 2 spends less of the frame's energy on its two chirps (the
     // matched filter's gain of ~30 dB needs no more).

@@ -21,22 +21,26 @@ const BAND_MARGIN: f32 = 300.0;
 
 /// The profile's preamble chirp, peak amplitude 1.
 pub(crate) fn chirp(p: &Params) -> Vec<f32> {
+    // In double precision: at the chirp's end the phase is ~4000 rad, where
+    // f32 keeps only ~3e-4 rad, and an encoder in another language could
+    // round differently (docs/modem.md §2b's test vector is exact).
     let n = p.chirp_len;
-    let rate = INTERNAL_RATE as f32;
-    let duration = n as f32 / rate;
-    let sweep = (p.chirp_f1 - p.chirp_f0) / duration;
+    let rate = f64::from(INTERNAL_RATE);
+    let duration = n as f64 / rate;
+    let (f0, f1) = (f64::from(p.chirp_f0), f64::from(p.chirp_f1));
+    let sweep = (f1 - f0) / duration;
     let taper = ((n as f32 * TAPER) as usize).max(1);
     (0..n)
         .map(|i| {
-            let t = i as f32 / rate;
-            let phase = 2.0 * std::f32::consts::PI * (p.chirp_f0 * t + 0.5 * sweep * t * t);
+            let t = i as f64 / rate;
+            let phase = 2.0 * std::f64::consts::PI * (f0 * t + 0.5 * sweep * t * t);
             let edge = i.min(n - 1 - i);
             let w = if edge < taper {
                 0.5 - 0.5 * (std::f32::consts::PI * (edge as f32 + 0.5) / taper as f32).cos()
             } else {
                 1.0
             };
-            phase.sin() * w
+            phase.sin() as f32 * w
         })
         .collect()
 }
