@@ -47,7 +47,8 @@ fn format_2_test_vector_is_what_the_fast_encoder_sends() {
     let (vector, rate) =
         sonotap_audio::wav::read_mono(&dir.join("token-fast-48k.wav")).expect("vector wav");
     assert_eq!(rate, 48_000);
-    let sent = sonotap_modem::encode(&payload, sonotap_modem::Profile::Fast, 48_000).expect("encode");
+    let sent =
+        sonotap_modem::encode(&payload, sonotap_modem::Profile::Fast, 48_000).expect("encode");
     assert_eq!(sent.len(), vector.len(), "frame length");
     let lsb = 1.0 / 32_768.0;
     let worst = sent

@@ -717,7 +717,7 @@ impl Decoder {
         // noise of one symbol (half from the cell, half from the reference).
         let (_, _, noise) = qpsk_llrs(&cells[1..], &raw);
         let mut channel = shrink_channel(&raw, &noise);
-        let (mut llr, mut phases, _) = qpsk_llrs(&cells[1..], &channel);
+        let (mut llr, mut corrections, _) = qpsk_llrs(&cells[1..], &channel);
         let header: Vec<f32> = frame2::HEADER_POSITIONS
             .iter()
             .flat_map(|&h| llr[h])
@@ -746,8 +746,8 @@ impl Decoder {
                 }
                 Err(posterior) => {
                     let expected = expected_cells(&layout, &posterior);
-                    channel = estimate_channel(&cells, &phases, &expected, &noise);
-                    (llr, phases, _) = qpsk_llrs(&cells[1..], &channel);
+                    channel = estimate_channel(&cells, &corrections, &expected, &noise);
+                    (llr, corrections, _) = qpsk_llrs(&cells[1..], &channel);
                 }
             }
         }
@@ -869,11 +869,14 @@ const NOISE_GROUP: usize = 16;
 /// Two LLRs (positive: bit 0) per data cell of format 2, from the cells'
 /// spectra (data symbols only) and a channel estimate per carrier: each
 /// cell is turned back by its carrier's channel and by its symbol's common
-/// phase (what is left of the clock offset after resampling: a few ppm move
-/// the last symbol by a tenth of a sample, a tenth of a turn at the top
-/// carriers), and scaled by the carrier's strength over the noise measured
-/// around it, so carriers a speaker rolls off or a room fades count for
-/// less. Also returns each symbol's phase turn.
+/// gain (decision-directed: what is left of the clock offset after
+/// resampling turns a symbol by up to a tenth of a turn, and an AGC pumping
+/// on station noise changes its level by several dB), and scaled by its
+/// carrier's strength over the noise measured around it (per group of
+/// [`NOISE_GROUP`] carriers, times the symbol's own noise share), so
+/// carriers a speaker rolls off or a room fades, and symbols a burst hit,
+/// count for less. Also returns each symbol's correction (multiply its
+/// cells by it) and the noise variance per group.
 fn qpsk_llrs(
     symbols: &[Vec<Complex32>],
     channel: &[Complex32],
@@ -881,57 +884,86 @@ fn qpsk_llrs(
     let carriers = channel.len();
     let half = std::f32::consts::FRAC_1_SQRT_2;
     let strength: Vec<f32> = channel.iter().map(|h| h.norm() * half).collect();
-    // Equalised cells: y·conj(h)/|h| (noise keeps its level, signal ±|h|/√2).
-    let mut turned: Vec<Vec<Complex32>> = symbols
+    let total: f32 = channel.iter().map(|h| h.norm()).sum();
+    let mut corrections = Vec::with_capacity(symbols.len());
+    // Equalised cells: y·conj(h)/|h| ≈ |h|·g·x (signal ±|h|/√2 per axis).
+    let turned: Vec<Vec<Complex32>> = symbols
         .iter()
         .map(|symbol| {
-            symbol
+            let mut row: Vec<Complex32> = symbol
                 .iter()
                 .zip(channel)
                 .map(|(y, h)| {
                     let mag = h.norm();
-                    if mag > 0.0 { y * h.conj() / mag } else { Complex32::default() }
+                    if mag > 0.0 {
+                        y * h.conj() / mag
+                    } else {
+                        Complex32::default()
+                    }
                 })
-                .collect()
+                .collect();
+            // The symbol's gain g: Σ r·conj(decided point) / Σ |h|.
+            let sum: Complex32 = row
+                .iter()
+                .map(|r| r * Complex32::new(half.copysign(r.re), -half.copysign(r.im)))
+                .sum();
+            let gain = if total > 0.0 {
+                sum / total
+            } else {
+                Complex32::new(1.0, 0.0)
+            };
+            let correction = if gain.norm() > 1e-6 && gain.norm().is_finite() {
+                gain.inv()
+            } else {
+                Complex32::new(1.0, 0.0)
+            };
+            row.iter_mut().for_each(|r| *r *= correction);
+            corrections.push(correction);
+            row
         })
         .collect();
-    let mut phases = Vec::with_capacity(symbols.len());
-    for row in turned.iter_mut() {
-        // Decision-directed common phase: Σ r·conj(decided point).
-        let sum: Complex32 = row
-            .iter()
-            .map(|r| r * Complex32::new(half.copysign(r.re), -half.copysign(r.im)))
-            .sum();
-        let turn = if sum.norm() > 0.0 { (sum / sum.norm()).conj() } else { Complex32::new(1.0, 0.0) };
-        row.iter_mut().for_each(|r| *r *= turn);
-        phases.push(turn);
-    }
+    let deviation = |r: Complex32, a: f32| (r.re.abs() - a).powi(2) + (r.im.abs() - a).powi(2);
+    // Each symbol's share of the noise (1 when all are alike).
+    let per_symbol: Vec<f32> = turned
+        .iter()
+        .map(|row| {
+            row.iter()
+                .zip(&strength)
+                .map(|(&r, &a)| deviation(r, a))
+                .sum()
+        })
+        .collect();
+    let mean = per_symbol.iter().sum::<f32>() / per_symbol.len().max(1) as f32;
+    let share: Vec<f32> = per_symbol
+        .iter()
+        .map(|&d| if mean > 0.0 { (d / mean).max(0.1) } else { 1.0 })
+        .collect();
     let mut out = vec![[0f32; 2]; symbols.len() * carriers];
     let mut noise = Vec::with_capacity(carriers.div_ceil(NOISE_GROUP));
     for group in (0..carriers).step_by(NOISE_GROUP) {
         let range = group..(group + NOISE_GROUP).min(carriers);
         let (mut spread, mut power, mut count) = (0f32, 0f32, 0f32);
-        for row in &turned {
+        for (row, s) in turned.iter().zip(&share) {
             for i in range.clone() {
-                let (r, a) = (row[i], strength[i]);
-                spread += (r.re.abs() - a).powi(2) + (r.im.abs() - a).powi(2);
-                power += a * a;
+                spread += deviation(row[i], strength[i]) / s;
+                power += strength[i] * strength[i];
                 count += 2.0;
             }
         }
         let var = (spread / count.max(1.0)).max(1e-6 * power / count.max(1.0));
         noise.push(var);
-        if !(var > 0.0) || !var.is_finite() {
+        if !var.is_finite() || var <= 0.0 {
             continue;
         }
-        for (m, row) in turned.iter().enumerate() {
+        for (m, (row, s)) in turned.iter().zip(&share).enumerate() {
             for i in range.clone() {
                 let (r, a) = (row[i], strength[i]);
-                out[m * carriers + i] = [2.0 * a * r.re / var, 2.0 * a * r.im / var];
+                let v = var * s;
+                out[m * carriers + i] = [2.0 * a * r.re / v, 2.0 * a * r.im / v];
             }
         }
     }
-    (out, phases, noise)
+    (out, corrections, noise)
 }
 
 /// Carriers either side averaged for the smooth part of the channel.
@@ -964,7 +996,11 @@ fn shrink_channel(raw: &[Complex32], error: &[f32]) -> Vec<Complex32> {
             .sum::<f32>()
             / range.len() as f32;
         let room = (spread - e).max(0.0);
-        let w = if room + e > 0.0 { room / (room + e) } else { 1.0 };
+        let w = if room + e > 0.0 {
+            room / (room + e)
+        } else {
+            1.0
+        };
         out.extend(range.map(|i| smooth[i] + (raw[i] - smooth[i]) * w));
     }
     out
@@ -990,12 +1026,12 @@ fn expected_cells(layout: &Layout, posterior: &[[f32; 2]]) -> Vec<Complex32> {
 }
 
 /// Channel per carrier from the reference symbol and every data symbol's
-/// expected cells, each data symbol turned by its common phase first
+/// expected cells, each data symbol corrected by its common gain first
 /// (least squares: Σ y·conj(x) / Σ |x|²), shrunk towards its smooth part
 /// given `noise`, one symbol's noise variance per group of carriers.
 fn estimate_channel(
     cells: &[Vec<Complex32>],
-    phases: &[Complex32],
+    corrections: &[Complex32],
     expected: &[Complex32],
     noise: &[f32],
 ) -> Vec<Complex32> {
@@ -1007,8 +1043,11 @@ fn estimate_channel(
             let mut den = 1f32;
             for (m, symbol) in cells[1..].iter().enumerate() {
                 let x = expected.get(m * carriers + i).copied().unwrap_or_default();
-                let turn = phases.get(m).copied().unwrap_or(Complex32::new(1.0, 0.0));
-                num += symbol[i] * turn * x.conj();
+                let correction = corrections
+                    .get(m)
+                    .copied()
+                    .unwrap_or(Complex32::new(1.0, 0.0));
+                num += symbol[i] * correction * x.conj();
                 den += x.norm_sqr();
             }
             weight[i] = den;

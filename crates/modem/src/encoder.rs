@@ -6,11 +6,11 @@
 //! of the data part and the whole frame to a peak of [`PEAK`].
 
 use super::ModemError;
+use super::frame2;
 use super::framing;
 use super::modulation;
 use super::ofdm::Ofdm;
 use super::preamble;
-use super::frame2;
 use super::profile::{Format, INTERNAL_RATE, Params, Profile};
 use super::resample::resample;
 
@@ -55,21 +55,29 @@ pub fn air_time(len: usize, profile: Profile) -> Result<f64, ModemError> {
     Ok(p.frame_len(framing::stream_len(len, &p)) as f64 / INTERNAL_RATE as f64)
 }
 
+/// One symbol's non-zero bins: (bin, value).
+type Spectrum = Vec<(usize, realfft::num_complex::Complex32)>;
+
 /// The spectra of every symbol (reference first, if any) and whether a
 /// second chirp follows them.
-fn symbols(
-    payload: &[u8],
-    format: Format,
-) -> Result<(Vec<Vec<(usize, realfft::num_complex::Complex32)>>, bool), ModemError> {
+fn symbols(payload: &[u8], format: Format) -> Result<(Vec<Spectrum>, bool), ModemError> {
     let p = format.params();
     if format == Format::FastV2 {
         let (_, cells) = frame2::cells(payload)?;
         let bin = |i: usize| p.first_bin + i;
-        let mut spectra = vec![(0..frame2::CARRIERS)
-            .map(|i| (bin(i), frame2::reference(i)))
-            .collect::<Vec<_>>()];
+        let mut spectra = vec![
+            (0..frame2::CARRIERS)
+                .map(|i| (bin(i), frame2::reference(i)))
+                .collect::<Vec<_>>(),
+        ];
         for symbol in cells.chunks(frame2::CARRIERS) {
-            spectra.push(symbol.iter().enumerate().map(|(i, &v)| (bin(i), v)).collect());
+            spectra.push(
+                symbol
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (bin(i), v))
+                    .collect(),
+            );
         }
         return Ok((spectra, true));
     }
@@ -106,7 +114,12 @@ fn render(payload: &[u8], format: Format) -> Result<Vec<f32>, ModemError> {
     let rms = (data.iter().map(|v| v * v).sum::<f32>() / data.len().max(1) as f32).sqrt();
     // Format 2 spends less of the frame's energy on its two chirps (the
     // matched filter's gain of ~30 dB needs no more).
-    let chirp_amp = rms * if postamble { 1.0 } else { std::f32::consts::SQRT_2 };
+    let chirp_amp = rms
+        * if postamble {
+            1.0
+        } else {
+            std::f32::consts::SQRT_2
+        };
     let chirp = preamble::chirp(&p);
     for (o, c) in out.iter_mut().zip(&chirp) {
         *o += c * chirp_amp;

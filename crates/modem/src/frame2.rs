@@ -363,10 +363,7 @@ mod tests {
         let llr: Vec<[f32; 2]> = values.iter().map(|c| [4.0 * c.re, 4.0 * c.im]).collect();
         let ldpc = LdpcDecoder::new();
         assert_eq!(decode_body(&llr, &l, &ldpc), Ok(payload.clone()));
-        let header: Vec<f32> = HEADER_POSITIONS
-            .iter()
-            .flat_map(|&p| llr[p])
-            .collect();
+        let header: Vec<f32> = HEADER_POSITIONS.iter().flat_map(|&p| llr[p]).collect();
         assert_eq!(decode_header(&header).map(|h| h.0), Some(199));
     }
 }

@@ -241,7 +241,10 @@ mod tests {
             let q = p.params();
             let (lo, hi) = q.band_hz();
             assert!(lo >= 9_000.0 && hi <= 19_500.0, "{p:?}: {lo}..{hi}");
-            assert!(q.chirp_f0 <= lo && hi <= q.chirp_f1 + 100.0, "{p:?}: chirp covers the band");
+            assert!(
+                q.chirp_f0 <= lo && hi <= q.chirp_f1 + 100.0,
+                "{p:?}: chirp covers the band"
+            );
             assert!(q.chirp_f0 < q.chirp_f1 && q.chirp_f1 <= 19_500.0);
             assert!(q.ramp + q.backoff <= q.cp);
             assert_eq!(q.bins % (q.bits_per_cell().max(1)), 0);
