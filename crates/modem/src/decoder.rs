@@ -1,10 +1,13 @@
 //! Streaming decoder: PCM chunks of any size and rate in, payloads out.
 //!
 //! Pipeline: sanitise (non-finite samples become 0) → resample to 48 kHz →
-//! ring buffer → per profile, a chirp matched filter (FFT overlap-save)
-//! whose local maxima above the profile threshold become candidates →
-//! per candidate: clock-offset search (DQPSK) → header → body → RS + CRC-32.
-//! A payload is emitted only if every codeword decodes and the CRC matches;
+//! ring buffer → per format, a chirp matched filter (FFT overlap-save)
+//! whose local maxima above the format's threshold become candidates →
+//! per candidate: fast format 2: closing chirp (clock and length) →
+//! resampling → channel from the reference symbol → Reed–Muller header →
+//! LDPC body, re-estimating the channel from the code's soft output;
+//! format 1 and robust: clock-offset search (DQPSK) → header → body → RS.
+//! A payload is emitted only if every codeword decodes and the CRC-32 matches;
 //! the same payload is not emitted again within [`DEDUP_SECONDS`], and
 //! candidates inside a frame already decoded are skipped.
 //!
@@ -680,30 +683,30 @@ impl Decoder {
             return Step::Drop;
         };
         let longest = frame2::layout(framing::MAX_PAYLOAD).map_or(0, |l| l.symbols);
-        let mut found = None;
         for symbols in cand.rejected + 1..=longest {
             match self.find_postamble(det, post, cand, symbols) {
                 PostambleSearch::Wait => return Step::Wait,
                 PostambleSearch::Absent => cand.rejected = symbols,
-                PostambleSearch::Found(at) => {
-                    found = Some((symbols, at));
-                    break;
-                }
+                // A chirp-like echo where a shorter frame would end gets a
+                // header that disagrees: look further.
+                PostambleSearch::Found(at) => match self.decode_v2(det, cand.start, symbols, at) {
+                    Some(step) => return step,
+                    None => cand.rejected = symbols,
+                },
             }
         }
-        let Some((symbols, at)) = found else {
-            return Step::Drop;
-        };
+        Step::Drop
+    }
+
+    /// Decodes a format-2 frame whose second chirp was found at `at` for
+    /// `symbols` data symbols; None if its header does not announce that
+    /// length (or is too weak to say).
+    fn decode_v2(&self, det: &Detector, start: f64, symbols: usize, at: f64) -> Option<Step> {
+        let p = det.params;
         let nominal = (p.chirp_len + (1 + symbols) * p.symbol_len()) as f64;
-        let eps = (at - cand.start) / nominal - 1.0;
-        let Some((samples, origin)) =
-            self.view(det, cand.start, eps, 1 + symbols, &self.fine_kernel)
-        else {
-            return Step::Drop;
-        };
-        let Some(spectra) = Self::spectra(det, &samples, origin, 0.0, 0..1 + symbols) else {
-            return Step::Drop;
-        };
+        let eps = (at - start) / nominal - 1.0;
+        let (samples, origin) = self.view(det, start, eps, 1 + symbols, &self.fine_kernel)?;
+        let spectra = Self::spectra(det, &samples, origin, 0.0, 0..1 + symbols)?;
         let cells: Vec<Vec<Complex32>> = spectra
             .iter()
             .map(|s| s[p.first_bin..p.first_bin + frame2::CARRIERS].to_vec())
@@ -722,40 +725,36 @@ impl Decoder {
             .iter()
             .flat_map(|&h| llr[h])
             .collect();
-        let Some((len, confidence)) = frame2::decode_header(&header) else {
-            return Step::Drop;
-        };
-        let Ok(layout) = frame2::layout(len) else {
-            return Step::Drop;
-        };
+        let (len, confidence) = frame2::decode_header(&header)?;
+        let layout = frame2::layout(len).ok()?;
         if confidence < HEADER_CONFIDENCE || layout.symbols != symbols {
-            return Step::Drop;
+            return None;
         }
-        cand.len = Some(len);
-        let start = cand.start.max(0.0) as u64;
-        for _ in 0..=CHANNEL_PASSES {
+        let first = start.max(0.0) as u64;
+        for pass in 0..=CHANNEL_PASSES {
             match frame2::decode_body(&llr, &layout, &self.ldpc) {
                 Ok(payload) => {
                     let frame = layout.frame_len() as f64 * (1.0 + eps);
-                    return Step::Done(Reception {
+                    return Some(Step::Done(Reception {
                         payload,
                         profile: det.format.profile(),
-                        start,
-                        end: start + frame as u64,
-                    });
+                        start: first,
+                        end: first + frame as u64,
+                    }));
                 }
-                Err(posterior) => {
+                Err(posterior) if pass < CHANNEL_PASSES => {
                     let expected = expected_cells(&layout, &posterior);
                     channel = estimate_channel(&cells, &corrections, &expected, &noise);
                     (llr, corrections, _) = qpsk_llrs(&cells[1..], &channel);
                 }
+                Err(_) => {}
             }
         }
-        Step::Lost(Missed {
+        Some(Step::Lost(Missed {
             profile: det.format.profile(),
-            start,
+            start: first,
             len,
-        })
+        }))
     }
 
     /// Looks for format 2's second chirp where a frame of `symbols` data
@@ -855,8 +854,9 @@ enum PostambleSearch {
     Found(f64),
 }
 
-/// Format 2's header must match this share of its soft bits (about 0.3 for
-/// noise; a clean header gives 1).
+/// Format 2's header: its best Reed–Muller correlation over the sum of
+/// |LLR| must reach this (1 for a clean header, about 0.3 for noise; 0.5
+/// means about three quarters of the soft weight agrees).
 const HEADER_CONFIDENCE: f32 = 0.5;
 /// Format 2's second chirp must correlate at least this share of the first.
 const POSTAMBLE_SHARE: f32 = 0.5;
@@ -975,7 +975,7 @@ const SMOOTH_HALF_WIDTH: usize = 4;
 /// changes from one carrier to the next; `error` is the estimate's noise
 /// variance per group of [`NOISE_GROUP`] carriers, and σ_R² is what the
 /// estimate's spread around its smooth part shows beyond that noise. In a
-/// dry room the estimate becomes the smooth part (noise averaged over 17
+/// dry room the estimate becomes the smooth part (noise averaged over 9
 /// carriers); where the room dominates, it stays as measured.
 fn shrink_channel(raw: &[Complex32], error: &[f32]) -> Vec<Complex32> {
     let n = raw.len();

@@ -104,8 +104,8 @@ fn render(payload: &[u8], format: Format) -> Result<Vec<f32>, ModemError> {
             *o += v;
         }
     }
-    // The chirps' level follows the symbols' RMS (format 1 and robust took
-    // it over the final fade too; kept, so their frames stay bit-exact).
+    // The chirps' level follows the symbols' RMS (format 1 and robust take
+    // it over the final fade too, as they always did).
     let data = if postamble {
         &out[p.chirp_len..body_end]
     } else {

@@ -88,6 +88,8 @@ pub(crate) fn layout(len: usize) -> Result<Layout, ModemError> {
     let used = coded / 2;
     let symbols = (HEADER_CELLS + used).div_ceil(CARRIERS);
     let slots = symbols * CARRIERS - HEADER_CELLS;
+    // These are primes, and no slot count (at most 4·672) is divisible by
+    // all four, so one is coprime; 1 would keep the map a bijection anyway.
     let spread = SPREAD
         .into_iter()
         .find(|&s| gcd(s, slots) == 1)
@@ -212,18 +214,17 @@ fn body_bits(payload: &[u8], layout: &Layout) -> Vec<u8> {
 /// Every data cell's value (symbol-major), reference symbol not included.
 pub(crate) fn cells(payload: &[u8]) -> Result<(Layout, Vec<Complex32>), ModemError> {
     let layout = layout(payload.len())?;
-    let mut cells: Vec<Option<Complex32>> = vec![None; layout.symbols * CARRIERS];
+    let mut cells = vec![Complex32::default(); layout.symbols * CARRIERS];
     let header = header_bits(payload.len());
     for (j, &pos) in HEADER_POSITIONS.iter().enumerate() {
-        cells[pos] = Some(qpsk(header[2 * j], header[2 * j + 1]));
+        cells[pos] = qpsk(header[2 * j], header[2 * j + 1]);
     }
     let bits = body_bits(payload, &layout);
     for u in 0..layout.slots {
         let v = layout.source(u);
-        cells[layout.body_cell(u)] = Some(qpsk(bits[2 * v], bits[2 * v + 1]));
+        cells[layout.body_cell(u)] = qpsk(bits[2 * v], bits[2 * v + 1]);
     }
-    let values = cells.into_iter().flatten().collect();
-    Ok((layout, values))
+    Ok((layout, cells))
 }
 
 /// Decodes the header from the 128 LLRs of its cells (positive: bit 0), by
@@ -260,7 +261,7 @@ pub(crate) fn decode_header(llr: &[f32]) -> Option<(usize, f32)> {
 }
 
 /// Decodes the body from the two LLRs of every data cell (symbol-major,
-/// header and filler cells included and ignored). Returns the payload if
+/// header cells included and ignored). Returns the payload if
 /// every codeword decodes and the CRC-32 matches, else the a-posteriori LLRs
 /// of the body cells' bits (for another channel estimate).
 pub(crate) fn decode_body(
@@ -322,24 +323,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_token_fits_three_symbols_and_every_cell_is_used_once() {
+    fn every_length_uses_every_cell_exactly_once() {
         let l = layout(200).expect("layout");
         assert_eq!(l.symbols, 3);
         assert_eq!(l.info_bits, vec![816, 816]);
-        let mut seen = vec![false; l.symbols * CARRIERS];
-        for &h in &HEADER_POSITIONS {
-            seen[h] = true;
-        }
-        for u in 0..l.slots {
-            let c = l.body_cell(u);
-            assert!(!seen[c], "cell {c} twice");
-            seen[c] = true;
-        }
-        assert!(seen.iter().all(|&s| s), "every cell carries something");
         assert!(layout(256).is_ok() && layout(0).is_err() && layout(257).is_err());
         for len in 1..=256 {
             let l = layout(len).expect("layout");
             assert!(l.used <= l.slots, "{len}");
+            let mut seen = vec![false; l.symbols * CARRIERS];
+            for &h in &HEADER_POSITIONS {
+                seen[h] = true;
+            }
+            for u in 0..l.slots {
+                let c = l.body_cell(u);
+                assert!(!seen[c], "length {len}: cell {c} twice");
+                seen[c] = true;
+                assert!(l.source(u) < l.used);
+            }
+            assert!(
+                seen.iter().all(|&s| s),
+                "length {len}: every cell carries something"
+            );
         }
     }
 

@@ -234,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn decodes_through_gaussian_noise_at_2_db_and_fails_cleanly_on_garbage() {
+    fn decodes_through_gaussian_noise_at_2_5_db_and_fails_cleanly_on_garbage() {
         let decoder = LdpcDecoder::new();
         let mut rng = Pcg64Mcg::seed_from_u64(7);
         // BPSK at Eb/N0 = 2.5 dB, rate 1/2: noise variance 1 / (2 R Eb/N0).

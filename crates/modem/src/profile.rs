@@ -11,7 +11,7 @@ pub const INTERNAL_RATE: u32 = 48_000;
 /// Which signal to send: a speed / robustness trade-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Profile {
-    /// High-band (11.3–19.2 kHz) coherent QPSK with an LDPC code, 0.45 s for
+    /// High-band (10.0–17.9 kHz) coherent QPSK with an LDPC code, 0.45 s for
     /// a 200-byte token: for gates, where the phone is held close.
     Fast,
     /// Audible-high (10.0–17.9 kHz) multicarrier 16-FSK, about 1.9 s for a
@@ -72,7 +72,7 @@ pub(crate) enum Format {
     /// longer sent).
     FastV1,
     /// Fast, version 2: coherent QPSK, LDPC and a clock-measuring second chirp
-    /// on 11.3–19.2 kHz (`frame2`).
+    /// on 10.0–17.9 kHz (`frame2`).
     FastV2,
     /// Robust: 16-FSK and Reed–Solomon.
     Robust,

@@ -443,3 +443,28 @@ fn fast_to_a_44k1_receiver_at_minus_200_ppm_in_rt60_1_s() {
 fn every_issue_16_condition_has_a_channel() {
     assert_eq!(sim::field::issue_16().len(), 12);
 }
+
+#[test]
+fn a_chirp_where_a_shorter_frame_would_end_does_not_lose_the_frame() {
+    // A chirp-like sound (an echo, a second phone) exactly where a frame of
+    // one data symbol would put its closing chirp: the header then announces
+    // three symbols, and the decoder must look further, not give up.
+    let payload = token(77);
+    let frame = encode(&payload, Profile::Fast, INTERNAL_RATE).expect("encode");
+    let p = crate::profile::Format::FastV2.params();
+    let chirp = crate::preamble::chirp(&p);
+    let lead = 9_600;
+    let mut capture = vec![0.0f32; lead];
+    capture.extend_from_slice(&frame);
+    capture.extend(std::iter::repeat_n(0.0, lead));
+    let level = frame[..2048].iter().fold(0f32, |m, v| m.max(v.abs()));
+    let fake = lead + p.chirp_len + 2 * p.symbol_len();
+    for (s, c) in capture[fake..].iter_mut().zip(&chirp) {
+        *s += 2.0 * level * c;
+    }
+    let mut decoder = Decoder::new(INTERNAL_RATE).expect("decoder");
+    let mut heard = decoder.push_receptions(&capture);
+    heard.extend(decoder.finish());
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert_eq!(heard[0].payload, payload);
+}
