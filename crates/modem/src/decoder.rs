@@ -861,10 +861,14 @@ const HEADER_CONFIDENCE: f32 = 0.5;
 /// Format 2's second chirp must correlate at least this share of the first.
 const POSTAMBLE_SHARE: f32 = 0.5;
 /// Channel estimates after the first, each from the previous decoding's
-/// soft output.
-const CHANNEL_PASSES: usize = 4;
-/// Carriers per group sharing one noise estimate.
-const NOISE_GROUP: usize = 16;
+/// soft output (on the grid's hardest trials, white noise at 0 dB with a
+/// 16 kHz roll-off, 12 recovered 7 of 18 frames that 4 lost; the extra
+/// passes run only on frames that are failing).
+const CHANNEL_PASSES: usize = 12;
+/// Carriers per group sharing one noise estimate: 64 (750 Hz) is narrow
+/// enough to follow a speaker's roll-off and wide enough for a steady
+/// estimate (on those trials 16 recovered 7 of 18, 32 9, 64 13, 112 12).
+const NOISE_GROUP: usize = 64;
 
 /// Two LLRs (positive: bit 0) per data cell of format 2, from the cells'
 /// spectra (data symbols only) and a channel estimate per carrier: each

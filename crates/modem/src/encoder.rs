@@ -2,8 +2,9 @@
 //!
 //! Frame = chirp preamble, then (DQPSK and QPSK) one reference symbol, then
 //! the data symbols, overlap-added with their cross-fades, then (QPSK, the
-//! fast profile's format 2) the chirp again. The chirps are scaled to the RMS
-//! of the data part and the whole frame to a peak of [`PEAK`].
+//! fast profile's format 2) the chirp again. The chirps are scaled to √2 ×
+//! (format 2: 1 ×) the RMS of the data part and the whole frame to a peak of
+//! [`PEAK`].
 
 use super::ModemError;
 use super::frame2;
