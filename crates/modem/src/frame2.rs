@@ -17,7 +17,9 @@ use super::ldpc::{self, LdpcDecoder};
 use super::modulation::hash2;
 use super::profile::{Modulation, Params};
 
-/// The fast profile's version-2 numbers.
+/// The fast profile's version-2 numbers. `id`, `parity_percent` and
+/// `header_parity` belong to the Reed–Solomon formats and are not used here
+/// (format 2 is told apart by its chirp, its header is Reed–Muller).
 pub(crate) const PARAMS: Params = Params {
     id: 3,
     fft: 4096,
