@@ -158,17 +158,8 @@ struct Trial {
 
 fn sonotap_trial(profile: Profile, channel: &Channel, seed: u64) -> Trial {
     let payload = payload(seed);
-    let signal = match modem::encode(&payload, profile, TX_RATE) {
-        Ok(signal) => signal,
-        Err(e) => panic!("encode failed: {e}"),
-    };
-    let rx = sim::transmit(&signal, TX_RATE, channel, seed);
-    let mut decoder = Decoder::new(rx.rate).expect("decoder");
-    let mut got = Vec::new();
-    for chunk in rx.samples.chunks(rx.rate as usize / 50) {
-        got.extend(decoder.push(chunk));
-    }
-    got.extend(decoder.finish().into_iter().map(|r| r.payload));
+    let got = sim::send_and_decode(&payload, profile, channel, seed)
+        .unwrap_or_else(|e| panic!("encode failed: {e}"));
     Trial {
         ok: got.contains(&payload),
         false_payloads: got.iter().filter(|p| **p != payload).count(),

@@ -57,11 +57,10 @@ use std::time::Instant;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use sonotap_modem::sim::{self, Agc, Channel, Clipper, NoiseKind, Resonance, Room, Speaker};
-use sonotap_modem::{self as modem, Decoder, Profile};
+use sonotap_modem::{self as modem, Profile};
 
 /// The payload size the targets are stated for (a token is 199).
 const PAYLOAD: usize = 200;
-const TX_RATE: u32 = 48_000;
 /// Mixed into every cell's seed; change it to draw a fresh sample.
 const BASE_SEED: u64 = 0x1616_2026;
 /// z of a one-sided 95 % bound.
@@ -359,14 +358,7 @@ fn payload(seed: u64) -> Vec<u8> {
 fn run_trial(profile: Profile, channel: &Channel, seed: u64) -> Outcome {
     let started = Instant::now();
     let payload = payload(seed);
-    let signal = modem::encode(&payload, profile, TX_RATE).expect("encode");
-    let rx = sim::transmit(&signal, TX_RATE, channel, seed);
-    let mut decoder = Decoder::new(rx.rate).expect("decoder");
-    let mut got = Vec::new();
-    for chunk in rx.samples.chunks(rx.rate as usize / 50) {
-        got.extend(decoder.push(chunk));
-    }
-    got.extend(decoder.finish().into_iter().map(|r| r.payload));
+    let got = sim::send_and_decode(&payload, profile, channel, seed).expect("encode and decode");
     Outcome {
         ok: got.contains(&payload),
         wrong_payloads: got.iter().filter(|p| **p != payload).count(),

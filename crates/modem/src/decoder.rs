@@ -309,12 +309,7 @@ impl Decoder {
                     {
                         det.best = None;
                         let next = best.next.unwrap_or(best.score);
-                        let curve = best.prev - 2.0 * best.score + next;
-                        let frac = if curve < 0.0 {
-                            (0.5 * (best.prev - next) / curve).clamp(-0.5, 0.5)
-                        } else {
-                            0.0
-                        };
+                        let frac = parabolic_offset(best.prev, best.score, next);
                         let start = best.at as f64 + frac as f64;
                         let inside = self.spans.iter().any(|&(s, e)| {
                             start + len as f64 / 2.0 >= s as f64 && start < e as f64
@@ -703,8 +698,7 @@ impl Decoder {
     /// length (or is too weak to say).
     fn decode_v2(&self, det: &Detector, start: f64, symbols: usize, at: f64) -> Option<Step> {
         let p = det.params;
-        let nominal = (p.chirp_len + (1 + symbols) * p.symbol_len()) as f64;
-        let eps = (at - start) / nominal - 1.0;
+        let eps = (at - start) / frame2::postamble_offset(symbols) as f64 - 1.0;
         let (samples, origin) = self.view(det, start, eps, 1 + symbols, &self.fine_kernel)?;
         let spectra = Self::spectra(det, &samples, origin, 0.0, 0..1 + symbols)?;
         let cells: Vec<Vec<Complex32>> = spectra
@@ -767,7 +761,7 @@ impl Decoder {
         symbols: usize,
     ) -> PostambleSearch {
         let p = &det.params;
-        let nominal = (p.chirp_len + (1 + symbols) * p.symbol_len()) as f64;
+        let nominal = frame2::postamble_offset(symbols) as f64;
         let expected = cand.start + nominal;
         let slack = (nominal * EPS_RANGE_PPM * 1e-6).ceil() + 4.0;
         // The block ends just after the latest chirp it must contain.
@@ -794,13 +788,7 @@ impl Decoder {
         if score < p.threshold.max(POSTAMBLE_SHARE * cand.score) {
             return PostambleSearch::Absent;
         }
-        let (prev, next) = (scores[best - 1], scores[best + 1]);
-        let curve = prev - 2.0 * score + next;
-        let frac = if curve < 0.0 {
-            (0.5 * (prev - next) / curve).clamp(-0.5, 0.5)
-        } else {
-            0.0
-        };
+        let frac = parabolic_offset(scores[best - 1], score, scores[best + 1]);
         PostambleSearch::Found(from as f64 + best as f64 + f64::from(frac))
     }
 
@@ -841,6 +829,17 @@ impl Decoder {
         while self.spans.front().is_some_and(|&(_, e)| e + longest < end) {
             self.spans.pop_front();
         }
+    }
+}
+
+/// Where between its neighbours a correlation peak really is (−0.5..0.5
+/// samples), from the parabola through the three scores.
+fn parabolic_offset(prev: f32, peak: f32, next: f32) -> f32 {
+    let curve = prev - 2.0 * peak + next;
+    if curve < 0.0 {
+        (0.5 * (prev - next) / curve).clamp(-0.5, 0.5)
+    } else {
+        0.0
     }
 }
 

@@ -109,7 +109,7 @@ pub(crate) fn layout(len: usize) -> Result<Layout, ModemError> {
 impl Layout {
     /// Samples from the first chirp's start to the second chirp's start.
     pub fn postamble_at(&self) -> usize {
-        PARAMS.chirp_len + (1 + self.symbols) * PARAMS.symbol_len()
+        postamble_offset(self.symbols)
     }
 
     /// Total frame length in samples (both chirps; the last symbol's fade
@@ -151,6 +151,12 @@ impl Layout {
         let extra = self.slots - self.used;
         (u - self.used) * self.used / extra.max(1)
     }
+}
+
+/// Samples from the first chirp's start to the second's in a frame of
+/// `symbols` data symbols.
+pub(crate) fn postamble_offset(symbols: usize) -> usize {
+    PARAMS.chirp_len + (1 + symbols) * PARAMS.symbol_len()
 }
 
 /// Carriers of data symbol 0 holding the header: j-th at ⌊(2j+1)·672/128⌋.

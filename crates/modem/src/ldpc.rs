@@ -158,6 +158,7 @@ impl LdpcDecoder {
         let mut post: Vec<f32> = llr.iter().map(|v| v.clamp(-60.0, 60.0)).collect();
         let mut messages: Vec<Vec<f32>> = self.checks.iter().map(|c| vec![0.0; c.len()]).collect();
         let mut extrinsic = Vec::with_capacity(12);
+        let mut hard = Vec::with_capacity(N);
         for _ in 0..iterations {
             for (check, msgs) in self.checks.iter().zip(messages.iter_mut()) {
                 extrinsic.clear();
@@ -184,7 +185,8 @@ impl LdpcDecoder {
                     post[v as usize] = q + *m;
                 }
             }
-            let hard: Vec<u8> = post.iter().map(|&v| u8::from(v < 0.0)).collect();
+            hard.clear();
+            hard.extend(post.iter().map(|&v| u8::from(v < 0.0)));
             if self.is_codeword(&hard) {
                 return (Some(hard[..K].to_vec()), post);
             }

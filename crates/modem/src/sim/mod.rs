@@ -134,6 +134,26 @@ pub fn transmit(signal: &[f32], tx_rate: u32, channel: &Channel, seed: u64) -> R
     }
 }
 
+/// One benchmark trial: encodes `payload` at 48 kHz, sends it through
+/// `channel` and feeds the capture in 20 ms chunks to a fresh decoder for
+/// every profile; returns every payload that came out.
+pub fn send_and_decode(
+    payload: &[u8],
+    profile: crate::Profile,
+    channel: &Channel,
+    seed: u64,
+) -> Result<Vec<Vec<u8>>, crate::ModemError> {
+    let signal = crate::encode(payload, profile, 48_000)?;
+    let rx = transmit(&signal, 48_000, channel, seed);
+    let mut decoder = crate::Decoder::new(rx.rate)?;
+    let mut got = Vec::new();
+    for chunk in rx.samples.chunks(rx.rate as usize / 50) {
+        got.extend(decoder.push(chunk));
+    }
+    got.extend(decoder.finish().into_iter().map(|r| r.payload));
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
