@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench modem_grid -- [--trials N] [--profile fast|robust] [--threads 2]
 //!     [--csv out.csv] [--issue-trials 50] [--no-grid] [--no-issue] [--only CELL:TRIAL]
+//!     [--cells PART]
 //! ```
 //!
 //! A *cell* is (profile, noise kind, whole-band SNR, DRR). Inside a cell the
@@ -42,8 +43,9 @@
 //!
 //! Every trial's seed derives from its cell's name, its index and the trial
 //! count, all printed: `--only fast.station.6.drr8:13` (with the same
-//! `--trials`) re-runs one trial alone and prints its full channel. `--csv`
-//! writes one line per trial with every factor and the outcome. Success
+//! `--trials`) re-runs one trial alone and prints its full channel;
+//! `--cells drr0` runs only the cells whose name contains `drr0` (the same
+//! trials as in the full grid). `--csv` writes one line per trial with every factor and the outcome. Success
 //! means the payload came out of a fresh `Decoder` fed 20 ms chunks and
 //! finished; a payload that is not the one sent is counted as wrong (the
 //! requirement is zero).
@@ -422,6 +424,9 @@ fn wilson_lower(successes: usize, trials: usize) -> f64 {
 /// "s/n ≥lb%", with the target verdict: ✓ stated, ~ no shortfall but too
 /// few trials to state it, ✗ below target.
 fn cell_text(successes: usize, trials: usize, target: Option<f64>) -> String {
+    if trials == 0 {
+        return "–".to_string();
+    }
     let lower = wilson_lower(successes, trials);
     let mut text = format!("{successes}/{trials} ≥{:.1}", 100.0 * lower);
     if let Some(target) = target {
@@ -444,6 +449,8 @@ struct Options {
     threads: usize,
     csv: Option<String>,
     only: Option<String>,
+    /// Run only the cells whose name contains this (e.g. `drr0`).
+    cells: Option<String>,
     grid: bool,
     issue: bool,
 }
@@ -475,6 +482,7 @@ fn options() -> Options {
         threads: number("--threads", 2),
         csv: value("--csv"),
         only: value("--only"),
+        cells: value("--cells"),
         grid: !argv.iter().any(|a| a == "--no-grid"),
         issue: !argv.iter().any(|a| a == "--no-issue"),
     }
@@ -526,6 +534,12 @@ fn grid(profile: Profile, options: &Options, csv: Option<&mut impl std::io::Writ
     let trials: Vec<Trial> = cells
         .iter()
         .enumerate()
+        .filter(|(_, cell)| {
+            options
+                .cells
+                .as_ref()
+                .is_none_or(|part| cell.id().contains(part.as_str()))
+        })
         .flat_map(|(i, cell)| trials_of(i, cell, options.trials))
         .collect();
     eprintln!("{} grid: {} trials", profile.name(), trials.len());

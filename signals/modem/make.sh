@@ -3,9 +3,10 @@
 # channel simulator with fixed seeds, so the same build gives the same files.
 # Each NAME.wav has NAME.hex: the payloads a decoder must find, one per line
 # (an empty .hex means none). tests/integration/signals.rs checks them.
-# token-fast-48k.wav is also format 2's test vector (docs/modem.md §3b,
-# tests/conformance/modem_v2.py). The *-fast-v1 files were made by the fast
-# profile's format 1, which the encoder no longer sends: they are kept, not
+# token-fast-48k.wav and token-robust-48k.wav are also the formats 2's test
+# vectors (docs/modem.md §3b and §3c, tests/conformance/modem_v2.py and
+# modem_robust_v2.py). The *-fast-v1 and *-robust-v1 files were made by the
+# profiles' format 1, which the encoder no longer sends: they are kept, not
 # regenerated, so the decoder is held to reading version-1 phones.
 # Run from the repository root: bash signals/modem/make.sh
 set -euo pipefail
@@ -25,13 +26,14 @@ hexof() { xxd -p "$1" | tr -d '\n'; echo; }
 
 encode fast 48000 token-fast-48k.wav "$tmp/token.bin"
 encode robust 44100 token-robust-44k1.wav "$tmp/token.bin"
+encode robust 48000 token-robust-48k.wav "$tmp/token.bin"
 encode fast 48000 "$tmp/fast.wav" "$tmp/token.bin"
 encode robust 48000 "$tmp/robust.wav" "$tmp/token.bin"
 "$S" modem simulate "$tmp/fast.wav" --noise station --snr 5 --rt60 0.4 --drr 12 --seed 1 --out gate-station-5db-rt60-0.4s-fast.wav > /dev/null
 "$S" modem simulate "$tmp/fast.wav" --noise station --snr 10 --rate 44100 --ppm 300 --seed 2 --out gate-station-10db-44k1-300ppm-fast.wav > /dev/null
 "$S" modem simulate "$tmp/robust.wav" --noise station --snr -10 --seed 3 --out station-minus10db-robust.wav > /dev/null
 "$S" modem simulate "$tmp/robust.wav" --noise babble --snr 5 --rt60 2 --drr 0 --seed 4 --out hall-rt60-2s-babble-5db-robust.wav > /dev/null
-for f in token-fast-48k token-robust-44k1 gate-station-5db-rt60-0.4s-fast gate-station-10db-44k1-300ppm-fast \
+for f in token-fast-48k token-robust-44k1 token-robust-48k gate-station-5db-rt60-0.4s-fast gate-station-10db-44k1-300ppm-fast \
          station-minus10db-robust hall-rt60-2s-babble-5db-robust; do
   hexof "$tmp/token.bin" > "$f.hex"
 done

@@ -34,21 +34,18 @@ fn every_modem_recording_yields_exactly_its_expected_payloads() {
     assert!(checked >= 8, "only {checked} recordings in signals/modem");
 }
 
-/// docs/modem.md §3b's test vector is exactly what the encoder sends: a
-/// change to format 2 that forgets the document, the vector and
-/// tests/conformance/modem_v2.py fails here.
-#[test]
-fn format_2_test_vector_is_what_the_fast_encoder_sends() {
+/// The test vector `name` (.wav and .hex in signals/modem) is exactly what
+/// the encoder sends for `profile`.
+fn assert_vector_is_what_the_encoder_sends(name: &str, profile: sonotap_modem::Profile) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("signals/modem");
-    let hex = std::fs::read_to_string(dir.join("token-fast-48k.hex")).expect("vector payload");
+    let hex = std::fs::read_to_string(dir.join(format!("{name}.hex"))).expect("vector payload");
     let payload: Vec<u8> = (0..hex.trim().len() / 2)
         .map(|i| u8::from_str_radix(&hex.trim()[2 * i..2 * i + 2], 16).expect("hex"))
         .collect();
     let (vector, rate) =
-        sonotap_audio::wav::read_mono(&dir.join("token-fast-48k.wav")).expect("vector wav");
+        sonotap_audio::wav::read_mono(&dir.join(format!("{name}.wav"))).expect("vector wav");
     assert_eq!(rate, 48_000);
-    let sent =
-        sonotap_modem::encode(&payload, sonotap_modem::Profile::Fast, 48_000).expect("encode");
+    let sent = sonotap_modem::encode(&payload, profile, 48_000).expect("encode");
     assert_eq!(sent.len(), vector.len(), "frame length");
     let lsb = 1.0 / 32_768.0;
     let worst = sent
@@ -57,4 +54,19 @@ fn format_2_test_vector_is_what_the_fast_encoder_sends() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(worst <= 1.5 * lsb, "largest difference {} LSB", worst / lsb);
+}
+
+/// docs/modem.md §3b's test vector is exactly what the encoder sends: a
+/// change to format 2 that forgets the document, the vector and
+/// tests/conformance/modem_v2.py fails here.
+#[test]
+fn format_2_test_vector_is_what_the_fast_encoder_sends() {
+    assert_vector_is_what_the_encoder_sends("token-fast-48k", sonotap_modem::Profile::Fast);
+}
+
+/// docs/modem.md §3c's test vector (tests/conformance/modem_robust_v2.py),
+/// likewise for the robust profile's format 2.
+#[test]
+fn format_2_test_vector_is_what_the_robust_encoder_sends() {
+    assert_vector_is_what_the_encoder_sends("token-robust-48k", sonotap_modem::Profile::Robust);
 }

@@ -14,6 +14,7 @@ use super::ofdm::Ofdm;
 use super::preamble;
 use super::profile::{Format, INTERNAL_RATE, Params, Profile};
 use super::resample::resample;
+use super::robust2;
 
 /// Peak amplitude of the rendered frame (full scale is 1.0).
 pub const PEAK: f32 = 0.8;
@@ -35,13 +36,18 @@ pub(crate) fn check_rate(rate: u32, profile: Profile) -> Result<(), ModemError> 
 /// 500 Hz above the chirp's top).
 pub(crate) fn fits(rate: u32, format: Format) -> bool {
     (RATE_RANGE.0..=RATE_RANGE.1).contains(&rate)
-        && (rate as f32) / 2.0 >= format.params().chirp_f1 + 500.0
+        && (rate as f32) / 2.0 >= format.params().chirp_band().1 + 500.0
 }
 
 /// Air time in seconds of a `len`-byte payload (the same at any output rate).
 pub fn air_time(len: usize, profile: Profile) -> Result<f64, ModemError> {
-    if profile.format() == Format::FastV2 {
-        return Ok(frame2::layout(len)?.frame_len() as f64 / INTERNAL_RATE as f64);
+    let samples = match profile.format() {
+        Format::FastV2 => Some(frame2::layout(len)?.frame_len()),
+        Format::RobustV2 => Some(robust2::layout(len)?.frame_len()),
+        Format::FastV1 | Format::RobustV1 => None,
+    };
+    if let Some(samples) = samples {
+        return Ok(samples as f64 / INTERNAL_RATE as f64);
     }
     let p = profile.params();
     if len == 0 {
@@ -81,6 +87,10 @@ fn symbols(payload: &[u8], format: Format) -> Result<(Vec<Spectrum>, bool), Mode
             );
         }
         return Ok((spectra, true));
+    }
+    if format == Format::RobustV2 {
+        let (_, cells) = robust2::cells(payload)?;
+        return Ok((modulation::spectra(&cells, &p), false));
     }
     let stream = framing::build_stream(payload, &p)?;
     let cells = modulation::cells_from_bytes(&stream, &p);
@@ -216,7 +226,7 @@ mod tests {
             let (mut inside, mut outside) = (0f32, 0f32);
             for (k, v) in spec.iter().enumerate() {
                 let f = k as f32 * hz;
-                if f >= p.chirp_f0 - 1_000.0 && f <= p.chirp_f1 + 1_000.0 {
+                if f >= p.chirp_band().0 - 1_000.0 && f <= p.chirp_band().1 + 1_000.0 {
                     inside += v.norm_sqr();
                 } else {
                     outside += v.norm_sqr();

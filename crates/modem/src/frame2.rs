@@ -11,7 +11,7 @@
 use realfft::num_complex::Complex32;
 
 use super::ModemError;
-use super::crc::crc32;
+use super::codewords;
 use super::framing::MAX_PAYLOAD;
 use super::ldpc::{self, LdpcDecoder};
 use super::modulation::hash2;
@@ -41,13 +41,9 @@ pub(crate) const PARAMS: Params = Params {
 pub(crate) const CARRIERS: usize = 672;
 /// Header cells (128 Reed–Muller bits, two per cell), all in data symbol 0.
 pub(crate) const HEADER_CELLS: usize = 64;
-/// Bytes of CRC-32 after the payload.
-const CRC_LEN: usize = 4;
 /// Multipliers tried, in order, for the body's cell permutation; the first
 /// coprime to the number of body slots is used.
 const SPREAD: [usize; 4] = [97, 101, 103, 107];
-/// Belief-propagation iterations per decoding attempt.
-const ITERATIONS: usize = 50;
 
 /// Where everything of a `len`-byte payload goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,13 +77,8 @@ pub(crate) fn layout(len: usize) -> Result<Layout, ModemError> {
             max: MAX_PAYLOAD,
         });
     }
-    let bits = (len + CRC_LEN) * 8;
-    let codewords = bits.div_ceil(ldpc::K);
-    let info_bits: Vec<usize> = (0..codewords)
-        .map(|i| bits / codewords + usize::from(i < bits % codewords))
-        .collect();
-    let coded = bits + codewords * (ldpc::N - ldpc::K);
-    let used = coded / 2;
+    let info_bits = codewords::info_bits(len, ldpc::HALF);
+    let used = codewords::coded_bits(len, ldpc::HALF) / 2;
     let symbols = (HEADER_CELLS + used).div_ceil(CARRIERS);
     let slots = symbols * CARRIERS - HEADER_CELLS;
     // These are primes, and no slot count (at most 4·672) is divisible by
@@ -198,27 +189,6 @@ pub(crate) fn header_bits(len: usize) -> [u8; 128] {
     out
 }
 
-/// The body's code bits: each codeword's information bits then its parity.
-fn body_bits(payload: &[u8], layout: &Layout) -> Vec<u8> {
-    let mut body = payload.to_vec();
-    body.extend_from_slice(&crc32(payload).to_be_bytes());
-    let bits: Vec<u8> = body
-        .iter()
-        .flat_map(|&byte| (0..8).rev().map(move |i| (byte >> i) & 1))
-        .collect();
-    let mut out = Vec::with_capacity(layout.used * 2);
-    let mut at = 0;
-    for &k in &layout.info_bits {
-        let mut info = vec![0u8; ldpc::K];
-        info[..k].copy_from_slice(&bits[at..at + k]);
-        at += k;
-        let word = ldpc::encode(&info);
-        out.extend_from_slice(&word[..k]);
-        out.extend_from_slice(&word[ldpc::K..]);
-    }
-    out
-}
-
 /// Every data cell's value (symbol-major), reference symbol not included.
 pub(crate) fn cells(payload: &[u8]) -> Result<(Layout, Vec<Complex32>), ModemError> {
     let layout = layout(payload.len())?;
@@ -227,7 +197,7 @@ pub(crate) fn cells(payload: &[u8]) -> Result<(Layout, Vec<Complex32>), ModemErr
     for (j, &pos) in HEADER_POSITIONS.iter().enumerate() {
         cells[pos] = qpsk(header[2 * j], header[2 * j + 1]);
     }
-    let bits = body_bits(payload, &layout);
+    let bits = codewords::encode(payload, ldpc::HALF);
     for u in 0..layout.slots {
         let v = layout.source(u);
         cells[layout.body_cell(u)] = qpsk(bits[2 * v], bits[2 * v + 1]);
@@ -284,38 +254,10 @@ pub(crate) fn decode_body(
         bits[2 * v] += cell[0];
         bits[2 * v + 1] += cell[1];
     }
-    let mut posterior = Vec::with_capacity(bits.len());
-    let mut data = Vec::new();
-    let mut ok = true;
-    let mut at = 0;
-    for &k in &layout.info_bits {
-        let parity = ldpc::N - ldpc::K;
-        let mut word = vec![0f32; ldpc::N];
-        word[..k].copy_from_slice(&bits[at..at + k]);
-        // Shortened bits are known zeros.
-        word[k..ldpc::K].iter_mut().for_each(|v| *v = 60.0);
-        word[ldpc::K..].copy_from_slice(&bits[at + k..at + k + parity]);
-        at += k + parity;
-        let (decoded, post) = ldpc.decode(&word, ITERATIONS);
-        posterior.extend_from_slice(&post[..k]);
-        posterior.extend_from_slice(&post[ldpc::K..]);
-        match decoded {
-            Some(info) => data.extend_from_slice(&info[..k]),
-            None => ok = false,
-        }
-    }
-    if ok {
-        let bytes: Vec<u8> = data
-            .chunks(8)
-            .map(|b| b.iter().fold(0u8, |acc, &x| (acc << 1) | x))
-            .collect();
-        if bytes.len() == layout.len + CRC_LEN {
-            let (payload, crc) = bytes.split_at(layout.len);
-            if crc32(payload).to_be_bytes() == crc {
-                return Ok(payload.to_vec());
-            }
-        }
-    }
+    let posterior = match codewords::decode(&bits, layout.len, ldpc) {
+        Ok(payload) => return Ok(payload),
+        Err(posterior) => posterior,
+    };
     let mut per_cell = vec![[0f32; 2]; llr.len()];
     for u in 0..layout.slots {
         let v = layout.source(u);
@@ -374,7 +316,7 @@ mod tests {
         let payload: Vec<u8> = (0..199u32).map(|i| (i * 31 % 256) as u8).collect();
         let (l, values) = cells(&payload).expect("cells");
         let llr: Vec<[f32; 2]> = values.iter().map(|c| [4.0 * c.re, 4.0 * c.im]).collect();
-        let ldpc = LdpcDecoder::new();
+        let ldpc = LdpcDecoder::new(ldpc::HALF);
         assert_eq!(decode_body(&llr, &l, &ldpc), Ok(payload.clone()));
         let header: Vec<f32> = HEADER_POSITIONS.iter().flat_map(|&p| llr[p]).collect();
         assert_eq!(decode_header(&header).map(|h| h.0), Some(199));

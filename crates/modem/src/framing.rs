@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn round_trip_every_length_clean() {
-        for profile in [Format::FastV1, Format::Robust] {
+        for profile in [Format::FastV1, Format::RobustV1] {
             let p = profile.params();
             for len in [1usize, 2, 100, 199, 255, 256] {
                 let payload: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn shapes_fit_the_code() {
-        for profile in [Format::FastV1, Format::Robust] {
+        for profile in [Format::FastV1, Format::RobustV1] {
             let p = profile.params();
             for len in 1..=MAX_PAYLOAD {
                 let shapes = body_shapes(len, &p);
@@ -231,7 +231,7 @@ mod tests {
             damage in proptest::collection::vec((any::<u16>(), 1u8..=255), 0..400),
             fast in any::<bool>(),
         ) {
-            let profile = if fast { Format::FastV1 } else { Format::Robust };
+            let profile = if fast { Format::FastV1 } else { Format::RobustV1 };
             let p = profile.params();
             let stream = build_stream(&payload, &p).expect("build");
             let (_, mut body) = split(&stream, &p);

@@ -16,6 +16,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod codewords;
 mod crc;
 pub mod decoder;
 pub mod encoder;
@@ -29,6 +30,7 @@ mod ofdm;
 mod preamble;
 mod profile;
 pub mod resample;
+mod robust2;
 mod rs;
 
 pub use decoder::{Decoder, Missed, Reception};

@@ -259,36 +259,49 @@ pub(crate) fn demod_mfsk(cur: &[Complex32], p: &Params, bits: usize) -> Vec<(u8,
     decide_mfsk(&energy, p, bits)
 }
 
-/// M-FSK cells of every symbol with echo suppression: each bin's energy is
-/// reduced by `echo.0` times an exponentially decaying (factor `echo.1` per
-/// symbol) sum of its energy in earlier symbols, so the reverberation of
-/// recently lit bins does not outshine the bin lit now. `(0, 0)` is plain
-/// energy detection; the right values depend on the room (RT60 2 s at 48 ms
-/// symbols decays by about 0.7 per symbol), so the decoder tries several.
+/// Energies of the used bins of every symbol.
+pub(crate) fn tone_energies(spectra: &[Vec<Complex32>], p: &Params) -> Vec<Vec<f32>> {
+    spectra
+        .iter()
+        .map(|s| used_bins(s, p).iter().map(|c| c.norm_sqr()).collect())
+        .collect()
+}
+
+/// Echo suppression for M-FSK: each bin's energy is reduced by `echo.0`
+/// times an exponentially decaying (factor `echo.1` per symbol) sum of its
+/// energy in earlier symbols, so the reverberation of recently lit bins does
+/// not outshine the bin lit now. `(0, 0)` changes nothing; the right values
+/// depend on the room (RT60 2 s at 48 ms symbols decays by about 0.7 per
+/// symbol), so the decoder tries several.
+pub(crate) fn suppress_echo(energy: &[Vec<f32>], echo: (f32, f32)) -> Vec<Vec<f32>> {
+    let mut history = vec![0f32; energy.first().map_or(0, Vec::len)];
+    energy
+        .iter()
+        .map(|row| {
+            let cleaned = row
+                .iter()
+                .zip(&history)
+                .map(|(e, h)| e - echo.0 * h)
+                .collect();
+            for (h, e) in history.iter_mut().zip(row) {
+                *h = e + echo.1 * *h;
+            }
+            cleaned
+        })
+        .collect()
+}
+
+/// M-FSK cells of every symbol, with echo suppression ([`suppress_echo`]).
 pub(crate) fn demod_mfsk_sequence(
     spectra: &[Vec<Complex32>],
     p: &Params,
     bits: usize,
     echo: (f32, f32),
 ) -> Vec<(u8, f32)> {
-    let mut history = vec![0f32; p.bins];
-    let mut cells = Vec::with_capacity(spectra.len() * (p.bins >> bits));
-    for spectrum in spectra {
-        let energy: Vec<f32> = used_bins(spectrum, p)
-            .iter()
-            .map(|c| c.norm_sqr())
-            .collect();
-        let cleaned: Vec<f32> = energy
-            .iter()
-            .zip(&history)
-            .map(|(e, h)| e - echo.0 * h)
-            .collect();
-        cells.extend(decide_mfsk(&cleaned, p, bits));
-        for (h, e) in history.iter_mut().zip(&energy) {
-            *h = e + echo.1 * *h;
-        }
-    }
-    cells
+    suppress_echo(&tone_energies(spectra, p), echo)
+        .iter()
+        .flat_map(|energy| decide_mfsk(energy, p, bits))
+        .collect()
 }
 
 #[cfg(test)]
@@ -305,7 +318,7 @@ mod tests {
 
     #[test]
     fn cells_round_trip_bytes() {
-        for profile in [Format::FastV1, Format::Robust] {
+        for profile in [Format::FastV1, Format::RobustV1] {
             let p = profile.params();
             let bytes: Vec<u8> = (0..57u8).map(|i| i.wrapping_mul(73)).collect();
             let cells = cells_from_bytes(&bytes, &p);
@@ -356,7 +369,7 @@ mod tests {
 
     #[test]
     fn mfsk_round_trips_and_flags_ambiguous_groups() {
-        let p = Format::Robust.params();
+        let p = Format::RobustV1.params();
         let bits = p.bits_per_cell();
         let bytes: Vec<u8> = (0..100u8).map(|i| i ^ 0x5a).collect();
         let cells = cells_from_bytes(&bytes, &p);

@@ -14,8 +14,9 @@ pub enum Profile {
     /// High-band (10.0–17.9 kHz) coherent QPSK with an LDPC code, 0.45 s for
     /// a 200-byte token: for gates, where the phone is held close.
     Fast,
-    /// Audible-high (10.0–17.9 kHz) multicarrier 16-FSK, about 1.9 s for a
-    /// 199-byte token: for loud, reverberant rooms.
+    /// Audible-high (10.0–17.9 kHz) multicarrier 16-FSK with an LDPC code on
+    /// soft decisions, 1.86 s for a 200-byte token: for loud, reverberant
+    /// rooms.
     Robust,
 }
 
@@ -51,7 +52,7 @@ impl Profile {
     pub(crate) fn format(self) -> Format {
         match self {
             Profile::Fast => Format::FastV2,
-            Profile::Robust => Format::Robust,
+            Profile::Robust => Format::RobustV2,
         }
     }
 
@@ -60,7 +61,7 @@ impl Profile {
     pub(crate) fn formats(self) -> &'static [Format] {
         match self {
             Profile::Fast => &[Format::FastV2, Format::FastV1],
-            Profile::Robust => &[Format::Robust],
+            Profile::Robust => &[Format::RobustV2, Format::RobustV1],
         }
     }
 }
@@ -74,16 +75,28 @@ pub(crate) enum Format {
     /// Fast, version 2: coherent QPSK, LDPC and a clock-measuring second chirp
     /// on 10.0–17.9 kHz (`frame2`).
     FastV2,
-    /// Robust: 16-FSK and Reed–Solomon.
-    Robust,
+    /// Robust, version 1: 16-FSK and Reed–Solomon (decoded, no longer sent).
+    RobustV1,
+    /// Robust, version 2: the same 16-FSK symbols, a falling chirp and LDPC
+    /// on soft decisions (`robust2`).
+    RobustV2,
 }
 
 impl Format {
+    /// Every format, sent or still read.
+    #[cfg(test)]
+    pub const ALL: [Format; 4] = [
+        Format::FastV1,
+        Format::FastV2,
+        Format::RobustV1,
+        Format::RobustV2,
+    ];
+
     /// The profile this format belongs to.
     pub fn profile(self) -> Profile {
         match self {
             Format::FastV1 | Format::FastV2 => Profile::Fast,
-            Format::Robust => Profile::Robust,
+            Format::RobustV1 | Format::RobustV2 => Profile::Robust,
         }
     }
 
@@ -91,6 +104,7 @@ impl Format {
     pub fn params(self) -> Params {
         match self {
             Format::FastV2 => super::frame2::PARAMS,
+            Format::RobustV2 => super::robust2::PARAMS,
             Format::FastV1 => Params {
                 id: 1,
                 fft: 4096,
@@ -107,7 +121,7 @@ impl Format {
                 header_parity: 10,
                 threshold: 0.22,
             },
-            Format::Robust => Params {
+            Format::RobustV1 => Params {
                 id: 2,
                 fft: 2048,
                 cp: 256,
@@ -167,7 +181,7 @@ pub(crate) struct Params {
     pub chirp_len: usize,
     /// Chirp start frequency, Hz.
     pub chirp_f0: f32,
-    /// Chirp end frequency, Hz.
+    /// Chirp end frequency, Hz (below the start: a falling chirp).
     pub chirp_f1: f32,
     /// Reed–Solomon parity bytes per 100 data bytes in the body.
     pub parity_percent: usize,
@@ -221,6 +235,14 @@ impl Params {
             + self.ramp
     }
 
+    /// The chirp's lowest and highest frequency, Hz.
+    pub fn chirp_band(&self) -> (f32, f32) {
+        (
+            self.chirp_f0.min(self.chirp_f1),
+            self.chirp_f0.max(self.chirp_f1),
+        )
+    }
+
     /// The band the profile occupies, Hz (lowest, highest bin centre).
     pub fn band_hz(&self) -> (f32, f32) {
         let bin = INTERNAL_RATE as f32 / self.fft as f32;
@@ -237,15 +259,16 @@ mod tests {
 
     #[test]
     fn bands_stay_inside_the_speaker_band_and_below_nyquist_at_44k1() {
-        for p in [Format::FastV1, Format::FastV2, Format::Robust] {
+        for p in Format::ALL {
             let q = p.params();
             let (lo, hi) = q.band_hz();
+            let (chirp_lo, chirp_hi) = q.chirp_band();
             assert!(lo >= 9_000.0 && hi <= 19_500.0, "{p:?}: {lo}..{hi}");
             assert!(
-                q.chirp_f0 <= lo && hi <= q.chirp_f1 + 100.0,
+                chirp_lo <= lo && hi <= chirp_hi + 100.0,
                 "{p:?}: chirp covers the band"
             );
-            assert!(q.chirp_f0 < q.chirp_f1 && q.chirp_f1 <= 19_500.0);
+            assert!(chirp_lo < chirp_hi && chirp_hi <= 19_500.0);
             assert!(q.ramp + q.backoff <= q.cp);
             assert_eq!(q.bins % (q.bits_per_cell().max(1)), 0);
             if let Modulation::Mfsk { bits } = q.modulation {
