@@ -19,6 +19,36 @@ const ITERATIONS: usize = 50;
 /// LLR of a shortened (known zero) bit.
 const KNOWN_ZERO: f32 = 60.0;
 
+/// Multipliers tried, in order, for a frame's cell permutation; the first
+/// coprime to the number of slots is used.
+const SPREAD: [usize; 4] = [97, 101, 103, 107];
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The multiplier that permutes `slots` cells (cell u to slot u·P mod
+/// slots): the first of 97, 101, 103, 107 coprime to `slots`. They are
+/// primes, and no slot count of either format (at most 4·672) is divisible
+/// by all four; 1 would keep the map a bijection anyway.
+pub(crate) fn spread(slots: usize) -> usize {
+    SPREAD
+        .into_iter()
+        .find(|&s| gcd(s, slots) == 1)
+        .unwrap_or(1)
+}
+
+/// The stream cell that body cell `u` of `slots` carries when `used` of
+/// them hold the code stream: itself for the first `used`, then copies of
+/// cells spread evenly over the stream, so no slot is wasted on filler.
+pub(crate) fn source(u: usize, used: usize, slots: usize) -> usize {
+    if u < used {
+        return u;
+    }
+    let extra = slots - used;
+    (u - used) * used / extra.max(1)
+}
+
 /// Information bits of each codeword for a `len`-byte payload.
 pub(crate) fn info_bits(len: usize, code: Code) -> Vec<usize> {
     let bits = (len + CRC_LEN) * 8;

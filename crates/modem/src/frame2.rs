@@ -41,17 +41,12 @@ pub(crate) const PARAMS: Params = Params {
 pub(crate) const CARRIERS: usize = 672;
 /// Header cells (128 Reed–Muller bits, two per cell), all in data symbol 0.
 pub(crate) const HEADER_CELLS: usize = 64;
-/// Multipliers tried, in order, for the body's cell permutation; the first
-/// coprime to the number of body slots is used.
-const SPREAD: [usize; 4] = [97, 101, 103, 107];
 
 /// Where everything of a `len`-byte payload goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Layout {
     /// Payload bytes.
     pub len: usize,
-    /// Information bits of each codeword (the rest of its 972 are zeros, not sent).
-    pub info_bits: Vec<usize>,
     /// Data symbols after the reference symbol.
     pub symbols: usize,
     /// Body cells carrying code bits.
@@ -60,10 +55,6 @@ pub(crate) struct Layout {
     pub slots: usize,
     /// The permutation multiplier: body cell u goes to slot (u·spread) mod slots.
     pub spread: usize,
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The layout of a `len`-byte payload's frame (len in 1..=256).
@@ -77,19 +68,12 @@ pub(crate) fn layout(len: usize) -> Result<Layout, ModemError> {
             max: MAX_PAYLOAD,
         });
     }
-    let info_bits = codewords::info_bits(len, ldpc::HALF);
     let used = codewords::coded_bits(len, ldpc::HALF) / 2;
     let symbols = (HEADER_CELLS + used).div_ceil(CARRIERS);
     let slots = symbols * CARRIERS - HEADER_CELLS;
-    // These are primes, and no slot count (at most 4·672) is divisible by
-    // all four, so one is coprime; 1 would keep the map a bijection anyway.
-    let spread = SPREAD
-        .into_iter()
-        .find(|&s| gcd(s, slots) == 1)
-        .unwrap_or(1);
+    let spread = codewords::spread(slots);
     Ok(Layout {
         len,
-        info_bits,
         symbols,
         used,
         slots,
@@ -136,11 +120,7 @@ impl Layout {
     /// `used`, then copies of cells spread evenly over the code bits, so no
     /// slot is wasted on filler.
     pub fn source(&self, u: usize) -> usize {
-        if u < self.used {
-            return u;
-        }
-        let extra = self.slots - self.used;
-        (u - self.used) * self.used / extra.max(1)
+        codewords::source(u, self.used, self.slots)
     }
 }
 
@@ -276,7 +256,7 @@ mod tests {
     fn every_length_uses_every_cell_exactly_once() {
         let l = layout(200).expect("layout");
         assert_eq!(l.symbols, 3);
-        assert_eq!(l.info_bits, vec![816, 816]);
+        assert_eq!(codewords::info_bits(200, ldpc::HALF), vec![816, 816]);
         assert!(layout(256).is_ok() && layout(0).is_err() && layout(257).is_err());
         for len in 1..=256 {
             let l = layout(len).expect("layout");

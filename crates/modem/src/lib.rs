@@ -3,12 +3,15 @@
 //! [`encode`] renders up to 256 payload bytes as PCM in one of two
 //! [`Profile`]s; a [`Decoder`] takes PCM chunks of any size at any rate,
 //! finds frames anywhere in the stream, and returns each payload once, only
-//! after Reed–Solomon decoding and a CRC-32 check. The over-the-air format is
-//! documented in `docs/modem.md`.
+//! after its forward error correction (LDPC, or Reed–Solomon for version-1
+//! frames) and a CRC-32 check. The over-the-air formats are documented in
+//! `docs/modem.md`.
 //!
 //! One DSP block per module: [`resample`], `preamble` (chirp and matched
-//! filter), `ofdm` (symbols), `modulation` (DQPSK / M-FSK), `interleave`,
-//! `rs` over `gf256`, `crc`, `framing`, and [`encoder`] / [`decoder`].
+//! filter), `ofdm` (symbols), `modulation` (DQPSK / M-FSK), `frame2` and
+//! `robust2` (the profiles' formats 2), `codewords` over `ldpc`,
+//! `interleave`, `rs` over `gf256`, `crc`, `framing`, and [`encoder`] /
+//! [`decoder`].
 
 #![deny(missing_docs)]
 #![cfg_attr(

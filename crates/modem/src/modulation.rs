@@ -36,7 +36,7 @@ pub(crate) fn reference_phase(k: usize) -> f32 {
 
 const GRAY_QPSK: [u8; 4] = [0, 1, 3, 2];
 
-fn gray(v: u8) -> u8 {
+pub(crate) fn gray(v: u8) -> u8 {
     v ^ (v >> 1)
 }
 
@@ -272,7 +272,8 @@ pub(crate) fn tone_energies(spectra: &[Vec<Complex32>], p: &Params) -> Vec<Vec<f
 /// energy in earlier symbols, so the reverberation of recently lit bins does
 /// not outshine the bin lit now. `(0, 0)` changes nothing; the right values
 /// depend on the room (RT60 2 s at 48 ms symbols decays by about 0.7 per
-/// symbol), so the decoder tries several.
+/// symbol), so the decoder tries several. Rows longer than the first are
+/// cut to its length.
 pub(crate) fn suppress_echo(energy: &[Vec<f32>], echo: (f32, f32)) -> Vec<Vec<f32>> {
     let mut history = vec![0f32; energy.first().map_or(0, Vec::len)];
     energy

@@ -181,7 +181,7 @@ pub(crate) struct Params {
     pub chirp_len: usize,
     /// Chirp start frequency, Hz.
     pub chirp_f0: f32,
-    /// Chirp end frequency, Hz (below the start: a falling chirp).
+    /// Chirp end frequency, Hz (below `chirp_f0` for a falling chirp).
     pub chirp_f1: f32,
     /// Reed–Solomon parity bytes per 100 data bytes in the body.
     pub parity_percent: usize,

@@ -49,9 +49,6 @@ pub(crate) const GROUPS: usize = 21;
 pub(crate) const HEADER_CELLS: usize = 32;
 /// Data symbols holding the header.
 pub(crate) const HEADER_SYMBOLS: usize = HEADER_CELLS.div_ceil(GROUPS);
-/// Multipliers tried, in order, for the body's cell permutation; the first
-/// coprime to the number of body slots is used.
-const SPREAD: [usize; 4] = [97, 101, 103, 107];
 /// Largest |LLR| of one bit from one cell: the noise model (exponential
 /// tone energies) is only a model, and an echo or a click that fits it
 /// badly must not outvote the code.
@@ -72,10 +69,6 @@ pub(crate) struct Layout {
     pub spread: usize,
 }
 
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
 /// The layout of a `len`-byte payload's frame (len in 1..=256).
 pub(crate) fn layout(len: usize) -> Result<Layout, ModemError> {
     if len == 0 {
@@ -92,10 +85,7 @@ pub(crate) fn layout(len: usize) -> Result<Layout, ModemError> {
     let used = codewords::coded_bits(len, ldpc::TWO_THIRDS) / BITS;
     let symbols = (HEADER_CELLS + used).div_ceil(GROUPS);
     let slots = symbols * GROUPS - HEADER_CELLS;
-    let spread = SPREAD
-        .into_iter()
-        .find(|&s| gcd(s, slots) == 1)
-        .unwrap_or(1);
+    let spread = codewords::spread(slots);
     Ok(Layout {
         len,
         symbols,
@@ -119,11 +109,7 @@ impl Layout {
     /// The body cell whose bits body cell `u` carries: itself for the first
     /// `used`, then copies of cells spread evenly over the code bits.
     pub fn source(&self, u: usize) -> usize {
-        if u < self.used {
-            return u;
-        }
-        let extra = self.slots - self.used;
-        (u - self.used) * self.used / extra.max(1)
+        codewords::source(u, self.used, self.slots)
     }
 }
 
@@ -166,10 +152,9 @@ pub(crate) fn levelled(mut energy: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
     energy
 }
 
-/// Tone `t` of a group is lit for cell value gray⁻¹(t): value v lights
-/// tone v ^ (v >> 1).
+/// The tone a cell of value `v` lights in its group (Gray code).
 fn tone(v: usize) -> usize {
-    v ^ (v >> 1)
+    usize::from(super::modulation::gray(v as u8))
 }
 
 /// How the soft decisions allow for the room's echo of earlier symbols: a
@@ -226,10 +211,12 @@ pub(crate) fn echo_predictor(raw: &[Vec<f32>], order: usize) -> Vec<f32> {
         if !(pivot.abs() > 1e-12 && pivot.is_finite()) {
             return vec![0.0; order];
         }
-        for j in i + 1..order {
-            let f = a[j][i] / pivot;
-            for k in i..=order {
-                a[j][k] -= f * a[i][k];
+        let (upper, lower) = a.split_at_mut(i + 1);
+        let pivot_row = &upper[i];
+        for row in lower.iter_mut() {
+            let f = row[i] / pivot;
+            for (x, p) in row[i..].iter_mut().zip(&pivot_row[i..]) {
+                *x -= f * p;
             }
         }
     }
@@ -378,7 +365,9 @@ pub(crate) fn fsk_llrs(raw: &[Vec<f32>], echo: &Echo) -> Vec<[f32; BITS]> {
                     }
                     Echo::Subtracted(..) => noise,
                 };
-                *slot = e[t] * signal / (interference * (interference + signal))
+                // Divided before multiplied: energies of a hostile, very
+                // loud input must not overflow f32.
+                *slot = (e[t] / interference) * (signal / (interference + signal))
                     - (1.0 + signal / interference).ln();
             }
             let top = metric.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -395,7 +384,7 @@ pub(crate) fn fsk_llrs(raw: &[Vec<f32>], echo: &Echo) -> Vec<[f32; BITS]> {
                     }
                 }
                 let value = (zero.max(1e-30) / one.max(1e-30)).ln();
-                *llr = if value.is_finite() {
+                *llr = if value.is_finite() && zero.is_finite() && one.is_finite() {
                     value.clamp(-LLR_LIMIT, LLR_LIMIT)
                 } else {
                     0.0
@@ -498,7 +487,14 @@ mod tests {
     #[test]
     fn silence_and_nonsense_energies_give_no_llrs_and_no_panic() {
         let zeros = vec![vec![0f32; GROUPS * TONES]; 3];
-        let odd = vec![vec![f32::NAN; 5], vec![f32::INFINITY; GROUPS * TONES]];
+        let mut one_nan = vec![0.5f32; GROUPS * TONES];
+        one_nan[17] = f32::NAN;
+        let odd = vec![
+            vec![f32::NAN; 5],
+            vec![f32::INFINITY; GROUPS * TONES],
+            one_nan,
+            vec![1e30; GROUPS * TONES],
+        ];
         for echo in [Echo::Subtracted(0.0, 0.0), Echo::Subtracted(0.5, 0.5)] {
             assert!(fsk_llrs(&zeros, &echo).iter().flatten().all(|&x| x == 0.0));
             assert!(
