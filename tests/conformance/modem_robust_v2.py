@@ -24,49 +24,39 @@ symbol's window) and compared with ours; on a mismatch the first differing
 cell and the first stage that disagrees (header, layout, body bits, LDPC
 parity, repeated cells, or the waveform) are reported.
 Run: python3 tests/conformance/modem_robust_v2.py [HEX WAV]   (another vector's files, optional)
+The pieces both format-2 scripts build alike (§2's hash, the Reed–Muller
+header bits, the LDPC tables and encoding steps, the code stream, reading a
+WAV) are in modem_common.py, shared with modem_v2.py.
 """
 import cmath
 import math
 import pathlib
 import random
 import re
-import struct
 import sys
 import time
-import wave
 import zlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "modem.md"
+from modem_common import (DOC, FULL_SCALE, RATE, ROOT, base_matrix, code_stream, hash2, header_bits,
+                          ldpc_parity, parity_checks_failed, read_wav, worst_difference)
+
 HEX = ROOT / "signals" / "modem" / "token-robust-48k.hex"
 WAV = ROOT / "signals" / "modem" / "token-robust-48k.wav"
 
-RATE = 48000
 N, CP, RAMP = 2048, 256, 64          # §2c
 SYMBOL = N + CP                      # 2304 samples between symbol starts
 FIRST_BIN, GROUPS, TONES = 427, 21, 16
 CHIRP_LEN, CHIRP_F0, CHIRP_F1 = 4096, 17900.0, 10000.0   # falling
-Z, BLOCK_COLS = 81, 24
 INFO, PARITY = 1296, 648             # LDPC rate 2/3, n = 1944
-INFO_COLS, BLOCK_ROWS = 16, 8
+BLOCK_ROWS = 8                       # rate 2/3: 8 × 24 blocks
 HEADER_CELLS = 32
 STEPS = (97, 101, 103, 107)
 PEAK = 0.8
 TOLERANCE_LSB = 2
-FULL_SCALE = 32767                   # 16-bit sample = round(32767·x)
 
 
 # ---------------------------------------------------------------- §2 helpers
 
-def hash2(a, b):
-    m = 0xFFFFFFFF
-    x = ((a * 0x9E3779B1) & m) ^ ((b * 0x85EBCA77) & m) ^ 0x51515151
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & m
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & m
-    x ^= x >> 16
-    return x
 
 
 def gray(v):
@@ -125,9 +115,6 @@ def frame_length(symbols):
 
 # ---------------------------------------------------------------- §3b/§3c: bits
 
-def header_bits(length):
-    v = length - 1
-    return [(bin((v & 0x7F) & j).count("1") & 1) ^ (v >> 7) for j in range(128)]
 
 
 def header_values(length):
@@ -135,81 +122,18 @@ def header_values(length):
     return [8 * h[4 * j] + 4 * h[4 * j + 1] + 2 * h[4 * j + 2] + h[4 * j + 3] for j in range(HEADER_CELLS)]
 
 
-def bits_of(data):
-    return [(byte >> (7 - b)) & 1 for byte in data for b in range(8)]
 
 
-def base_matrix():
-    """The rate-2/3 table, parsed from §3c's code block."""
-    text = DOC.read_text()
-    section = text[text.index("## 3c."):text.index("## 4.")]
-    block = section[section.index("```") + 3:]
-    block = block[:block.index("```")]
-    rows = [[int(v) for v in line.split()] for line in block.strip().splitlines()]
-    assert len(rows) == BLOCK_ROWS and all(len(r) == BLOCK_COLS for r in rows), \
-        f"LDPC table: expected {BLOCK_ROWS} × {BLOCK_COLS}"
-    return rows
 
 
-def shift(block, s):
-    """(P^s·x)[r] = x[(r + s) mod 81]."""
-    return [block[(r + s) % Z] for r in range(Z)]
 
 
-def xor(a, b):
-    return [x ^ y for x, y in zip(a, b)]
 
 
-def ldpc_parity(info, table):
-    """§3c's encoding steps, as written: 648 parity bits for 1296 information bits."""
-    u = [info[Z * j:Z * (j + 1)] for j in range(INFO_COLS)]
-    lam = []
-    for i in range(BLOCK_ROWS):
-        acc = [0] * Z
-        for j in range(INFO_COLS):
-            if table[i][j] >= 0:
-                acc = xor(acc, shift(u[j], table[i][j]))
-        lam.append(acc)
-    p = [None] * BLOCK_ROWS
-    p[0] = [0] * Z
-    for li in lam:
-        p[0] = xor(p[0], li)
-    p[1] = xor(lam[0], shift(p[0], 1))
-    for i in range(1, BLOCK_ROWS - 1):          # i = 1..6
-        p[i + 1] = xor(lam[i], p[i])
-        if i == 4:                              # p_5 = λ_4 ⊕ p_4 ⊕ p_0
-            p[i + 1] = xor(p[i + 1], p[0])
-    return [bit for block in p for bit in block]
 
 
-def parity_checks_failed(codeword, table):
-    """H·c over the whole matrix (built from the table, not from the encoder): failing checks of 648."""
-    failed = 0
-    for i in range(BLOCK_ROWS):
-        for r in range(Z):
-            acc = 0
-            for col in range(BLOCK_COLS):
-                s = table[i][col]
-                if s >= 0:
-                    acc ^= codeword[Z * col + (r + s) % Z]
-            failed += acc
-    return failed
 
 
-def code_stream(payload, table):
-    body = payload + struct.pack(">I", zlib.crc32(payload) & 0xFFFFFFFF)
-    bits = bits_of(body)
-    total = len(bits)                           # B
-    c = -(-total // INFO)
-    sizes = [total // c + (1 if i < total % c else 0) for i in range(c)]
-    stream, codewords, pos = [], [], 0
-    for k in sizes:
-        info = bits[pos:pos + k] + [0] * (INFO - k)
-        pos += k
-        parity = ldpc_parity(info, table)
-        codewords.append(info + parity)
-        stream += info[:k] + parity
-    return stream, codewords, sizes
 
 
 def layout(payload, table):
@@ -256,22 +180,8 @@ def render(cells):
     return [PEAK * v / peak for v in frame]
 
 
-def read_wav(path):
-    with wave.open(str(path)) as w:
-        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, RATE), \
-            f"{path.name}: expected 16-bit mono at {RATE} Hz"
-        raw = w.readframes(w.getnframes())
-    return list(struct.unpack("<%dh" % (len(raw) // 2), raw))
 
 
-def worst_difference(frame, vector):
-    """Largest |32767·x − sample|, in LSB, and where."""
-    worst, at = -1.0, -1
-    for i in range(min(len(frame), len(vector))):
-        d = abs(FULL_SCALE * frame[i] - vector[i])
-        if d > worst:
-            worst, at = d, i
-    return (worst, at) if at >= 0 else (float("inf"), -1)
 
 
 def fft(values):
@@ -444,7 +354,7 @@ def main():
     if len(sys.argv) == 3:
         HEX, WAV = (pathlib.Path(a).resolve() for a in sys.argv[1:])
     failures = []
-    table = base_matrix()
+    table = base_matrix("## 3c.", "## 4.", BLOCK_ROWS)
 
     if zlib.crc32(b"123456789") != 0xCBF43926:
         failures.append("CRC-32 check value")

@@ -16,43 +16,32 @@ If this passes, a phone encoder in another language can be written from the
 document. If it fails, it says which stage disagrees first (the vector's cells
 are read back by FFT at the symbol positions and compared with ours).
 Run: python3 tests/conformance/modem_v2.py
+The pieces both format-2 scripts build alike (§2's hash, the Reed–Muller
+header bits, the LDPC tables and encoding steps, the code stream, reading a
+WAV) are in modem_common.py, shared with modem_robust_v2.py.
 """
 import cmath
 import math
-import pathlib
-import struct
 import sys
 import time
-import wave
-import zlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "modem.md"
+from modem_common import (RATE, ROOT, Z, base_matrix, code_stream, hash2, header_bits, ldpc_parity,
+                          parity_checks_failed, read_wav, worst_difference)
+
 HEX = ROOT / "signals" / "modem" / "token-fast-48k.hex"
 WAV = ROOT / "signals" / "modem" / "token-fast-48k.wav"
 
-RATE = 48000
 N, CP, RAMP = 4096, 256, 64
 SYMBOL = N + CP                     # 4352 samples between symbol starts
 FIRST_BIN, CARRIERS = 853, 672
 CHIRP_LEN, CHIRP_F0, CHIRP_F1 = 2048, 9900.0, 17900.0
-Z, INFO, PARITY = 81, 972, 972      # LDPC: 1944-bit codewords, rate 1/2
+INFO, PARITY = 972, 972             # LDPC: 1944-bit codewords, rate 1/2
 HEADER_CELLS = 64
 TOLERANCE_LSB = 2
-FULL_SCALE = 32767                  # §3b: 16-bit sample = round(32767·x)
 
 
 # ---------------------------------------------------------------- §2 helpers
 
-def hash2(a, b):
-    m = 0xFFFFFFFF
-    x = ((a * 0x9E3779B1) & m) ^ ((b * 0x85EBCA77) & m) ^ 0x51515151
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & m
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & m
-    x ^= x >> 16
-    return x
 
 
 def qpsk(b0, b1):
@@ -122,88 +111,24 @@ def symbol_samples(cells):
 
 # ---------------------------------------------------------------- §3b: bits
 
-def header_bits(length):
-    v = length - 1
-    return [(bin((v & 0x7F) & j).count("1") & 1) ^ (v >> 7) for j in range(128)]
 
 
 def header_carriers():
     return [(2 * j + 1) * CARRIERS // 128 for j in range(HEADER_CELLS)]
 
 
-def bits_of(data):
-    return [(byte >> (7 - b)) & 1 for byte in data for b in range(8)]
 
 
-def base_matrix():
-    text = DOC.read_text()
-    section = text[text.index("## 3b."):]
-    block = section[section.index("```") + 3:]
-    block = block[:block.index("```")]
-    rows = [[int(v) for v in line.split()] for line in block.strip().splitlines()]
-    assert len(rows) == 12 and all(len(r) == 24 for r in rows), "LDPC table: expected 12 × 24"
-    return rows
 
 
-def shift(block, s):
-    """(P^s·x)[r] = x[(r + s) mod 81]."""
-    return [block[(r + s) % Z] for r in range(Z)]
 
 
-def xor(a, b):
-    return [x ^ y for x, y in zip(a, b)]
 
 
-def ldpc_parity(info, table):
-    """§3b's encoding steps, as written: 972 parity bits for 972 information bits."""
-    u = [info[Z * j:Z * (j + 1)] for j in range(12)]
-    lam = []
-    for i in range(12):
-        acc = [0] * Z
-        for j in range(12):
-            if table[i][j] >= 0:
-                acc = xor(acc, shift(u[j], table[i][j]))
-        lam.append(acc)
-    p = [None] * 12
-    p[0] = [0] * Z
-    for li in lam:
-        p[0] = xor(p[0], li)
-    p[1] = xor(lam[0], shift(p[0], 1))
-    for i in range(1, 11):
-        p[i + 1] = xor(lam[i], p[i])
-        if i == 6:
-            p[i + 1] = xor(p[i + 1], p[0])
-    return [bit for block in p for bit in block]
 
 
-def parity_checks_failed(codeword, table):
-    """H·c over the whole matrix: the number of the 972 checks that fail."""
-    failed = 0
-    for i in range(12):
-        for r in range(Z):
-            acc = 0
-            for col in range(24):
-                s = table[i][col]
-                if s >= 0:
-                    acc ^= codeword[Z * col + (r + s) % Z]
-            failed += acc
-    return failed
 
 
-def code_stream(payload, table):
-    body = payload + struct.pack(">I", zlib.crc32(payload) & 0xFFFFFFFF)
-    bits = bits_of(body)
-    total = len(bits)
-    c = -(-total // INFO)
-    sizes = [total // c + (1 if i < total % c else 0) for i in range(c)]
-    stream, codewords, pos = [], [], 0
-    for k in sizes:
-        info = bits[pos:pos + k] + [0] * (INFO - k)
-        pos += k
-        parity = ldpc_parity(info, table)
-        codewords.append(info + parity)
-        stream += info[:k] + parity
-    return stream, codewords, sizes
 
 
 def layout(payload, table):
@@ -258,20 +183,8 @@ def render(cells):
     return [0.8 * v / peak for v in frame]
 
 
-def read_wav(path):
-    """The vector's 16-bit samples, as integers."""
-    with wave.open(str(path)) as w:
-        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, RATE), \
-            f"{path.name}: expected 16-bit mono at {RATE} Hz"
-        raw = w.readframes(w.getnframes())
-    return list(struct.unpack("<%dh" % (len(raw) // 2), raw))
 
 
-def worst_difference(frame, vector):
-    """Largest |32767·x − sample| (§3b: sample = round(32767·x)), in LSB, and where."""
-    diffs = [abs(FULL_SCALE * frame[i] - vector[i]) for i in range(min(len(frame), len(vector)))]
-    worst = max(diffs) if diffs else float("inf")
-    return worst, (diffs.index(worst) if diffs else -1)
 
 
 def cells_of(samples, count):
@@ -330,7 +243,7 @@ def first_disagreement(ours, vector_samples, info):
 def main():
     began = time.monotonic()
     payload = bytes.fromhex(HEX.read_text().split()[0])
-    table = base_matrix()
+    table = base_matrix("## 3b.", "## 3c.", 12)
     cells, codewords, info = layout(payload, table)
     print(f"payload {len(payload)} bytes: B = {info['bits']}, c = {info['codewords']}, k = {info['k']}, "
           f"used = {info['used']} cells, S = {info['symbols']}, T = {info['slots']}, P = {info['step']}, "

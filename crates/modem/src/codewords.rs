@@ -9,7 +9,9 @@
 //! share are zeros, known to both sides and not sent. Sent: each codeword's
 //! information share, then its parity, codeword after codeword.
 
+use super::ModemError;
 use super::crc::crc32;
+use super::framing::MAX_PAYLOAD;
 use super::ldpc::{self, Code, LdpcDecoder};
 
 /// Bytes of CRC-32 after the payload.
@@ -19,34 +21,87 @@ const ITERATIONS: usize = 50;
 /// LLR of a shortened (known zero) bit.
 const KNOWN_ZERO: f32 = 60.0;
 
-/// Multipliers tried, in order, for a frame's cell permutation; the first
-/// coprime to the number of slots is used.
+/// Multipliers tried, in order, for a frame's cell permutation.
 const SPREAD: [usize; 4] = [97, 101, 103, 107];
 
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// The multiplier that permutes `slots` cells (cell u to slot u·P mod
-/// slots): the first of 97, 101, 103, 107 coprime to `slots`. They are
-/// primes, and no slot count of either format (at most 4·672) is divisible
-/// by all four; 1 would keep the map a bijection anyway.
-pub(crate) fn spread(slots: usize) -> usize {
-    SPREAD
-        .into_iter()
-        .find(|&s| gcd(s, slots) == 1)
-        .unwrap_or(1)
+/// Where a payload's code stream goes in a frame, alike for both formats 2:
+/// the stream is cut into cells of `bits_per_cell` bits (`used` of them),
+/// the frame has as few symbols as hold them after its header cells, and
+/// every cell that is not the header's is a **slot**. Body cell u goes to
+/// slot (u·spread) mod slots and carries [`Placement::source`]; which cell a
+/// slot is, is the format's own business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// Payload bytes.
+    pub len: usize,
+    /// Data symbols.
+    pub symbols: usize,
+    /// Body cells carrying code bits.
+    pub used: usize,
+    /// Slots for body cells (every data cell but the header's).
+    pub slots: usize,
+    /// The permutation multiplier: body cell u goes to slot (u·spread) mod
+    /// slots. The first of 97, 101, 103, 107 coprime to `slots`: they are
+    /// primes, and no slot count of either format (at most 4·672) is
+    /// divisible by all four; 1 would keep the map a bijection anyway.
+    pub spread: usize,
 }
 
-/// The stream cell that body cell `u` of `slots` carries when `used` of
-/// them hold the code stream: itself for the first `used`, then copies of
-/// cells spread evenly over the stream, so no slot is wasted on filler.
-pub(crate) fn source(u: usize, used: usize, slots: usize) -> usize {
-    if u < used {
-        return u;
+impl Placement {
+    /// The placement of a `len`-byte payload (1..=256) coded with `code`.
+    pub fn new(
+        len: usize,
+        code: Code,
+        bits_per_cell: usize,
+        cells_per_symbol: usize,
+        header_cells: usize,
+    ) -> Result<Placement, ModemError> {
+        if len == 0 {
+            return Err(ModemError::EmptyPayload);
+        }
+        if len > MAX_PAYLOAD {
+            return Err(ModemError::PayloadTooLong {
+                len,
+                max: MAX_PAYLOAD,
+            });
+        }
+        // Payload and CRC are whole bytes and a codeword's parity a multiple
+        // of 4 bits, so the code bits fill whole cells of 2 or 4 bits.
+        let used = coded_bits(len, code) / bits_per_cell;
+        let symbols = (header_cells + used).div_ceil(cells_per_symbol);
+        let slots = symbols * cells_per_symbol - header_cells;
+        let spread = SPREAD
+            .into_iter()
+            .find(|&s| gcd(s, slots) == 1)
+            .unwrap_or(1);
+        Ok(Placement {
+            len,
+            symbols,
+            used,
+            slots,
+            spread,
+        })
     }
-    let extra = slots - used;
-    (u - used) * used / extra.max(1)
+
+    /// The slot of body cell `u` (0..slots).
+    pub fn slot(&self, u: usize) -> usize {
+        u * self.spread % self.slots
+    }
+
+    /// The stream cell that body cell `u` carries: itself for the first
+    /// `used`, then copies of cells spread evenly over the stream, so no
+    /// slot is wasted on filler.
+    pub fn source(&self, u: usize) -> usize {
+        if u < self.used {
+            return u;
+        }
+        let extra = self.slots - self.used;
+        (u - self.used) * self.used / extra.max(1)
+    }
 }
 
 /// Information bits of each codeword for a `len`-byte payload.

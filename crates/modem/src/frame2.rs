@@ -12,7 +12,6 @@ use realfft::num_complex::Complex32;
 
 use super::ModemError;
 use super::codewords;
-use super::framing::MAX_PAYLOAD;
 use super::ldpc::{self, LdpcDecoder};
 use super::modulation::hash2;
 use super::profile::{Modulation, Params};
@@ -42,43 +41,21 @@ pub(crate) const CARRIERS: usize = 672;
 /// Header cells (128 Reed–Muller bits, two per cell), all in data symbol 0.
 pub(crate) const HEADER_CELLS: usize = 64;
 
-/// Where everything of a `len`-byte payload goes.
+/// Where everything of a `len`-byte payload goes: the shared placement,
+/// its slots being the data cells that are not the header's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Layout {
-    /// Payload bytes.
-    pub len: usize,
-    /// Data symbols after the reference symbol.
-    pub symbols: usize,
-    /// Body cells carrying code bits.
-    pub used: usize,
-    /// Slots for body cells (every data cell but the header's).
-    pub slots: usize,
-    /// The permutation multiplier: body cell u goes to slot (u·spread) mod slots.
-    pub spread: usize,
+pub(crate) struct Layout(codewords::Placement);
+
+impl std::ops::Deref for Layout {
+    type Target = codewords::Placement;
+    fn deref(&self) -> &codewords::Placement {
+        &self.0
+    }
 }
 
 /// The layout of a `len`-byte payload's frame (len in 1..=256).
 pub(crate) fn layout(len: usize) -> Result<Layout, ModemError> {
-    if len == 0 {
-        return Err(ModemError::EmptyPayload);
-    }
-    if len > MAX_PAYLOAD {
-        return Err(ModemError::PayloadTooLong {
-            len,
-            max: MAX_PAYLOAD,
-        });
-    }
-    let used = codewords::coded_bits(len, ldpc::HALF) / 2;
-    let symbols = (HEADER_CELLS + used).div_ceil(CARRIERS);
-    let slots = symbols * CARRIERS - HEADER_CELLS;
-    let spread = codewords::spread(slots);
-    Ok(Layout {
-        len,
-        symbols,
-        used,
-        slots,
-        spread,
-    })
+    codewords::Placement::new(len, ldpc::HALF, 2, CARRIERS, HEADER_CELLS).map(Layout)
 }
 
 impl Layout {
@@ -113,14 +90,7 @@ impl Layout {
 
     /// Data cell of body cell `u` (0..slots).
     pub fn body_cell(&self, u: usize) -> usize {
-        Self::slot_cell(u * self.spread % self.slots)
-    }
-
-    /// The body cell whose bits body cell `u` carries: itself for the first
-    /// `used`, then copies of cells spread evenly over the code bits, so no
-    /// slot is wasted on filler.
-    pub fn source(&self, u: usize) -> usize {
-        codewords::source(u, self.used, self.slots)
+        Self::slot_cell(self.slot(u))
     }
 }
 

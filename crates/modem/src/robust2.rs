@@ -14,7 +14,6 @@ use realfft::num_complex::Complex32;
 use super::ModemError;
 use super::codewords;
 use super::frame2;
-use super::framing::MAX_PAYLOAD;
 use super::ldpc::{self, LdpcDecoder};
 use super::profile::{Modulation, Params};
 
@@ -54,45 +53,21 @@ pub(crate) const HEADER_SYMBOLS: usize = HEADER_CELLS.div_ceil(GROUPS);
 /// badly must not outvote the code.
 const LLR_LIMIT: f32 = 16.0;
 
-/// Where everything of a `len`-byte payload goes.
+/// Where everything of a `len`-byte payload goes: the shared placement,
+/// its slots being the cells after the header's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Layout {
-    /// Payload bytes.
-    pub len: usize,
-    /// Data symbols.
-    pub symbols: usize,
-    /// Body cells carrying code bits.
-    pub used: usize,
-    /// Slots for body cells (every cell after the header's).
-    pub slots: usize,
-    /// The permutation multiplier: body cell u goes to slot (u·spread) mod slots.
-    pub spread: usize,
+pub(crate) struct Layout(codewords::Placement);
+
+impl std::ops::Deref for Layout {
+    type Target = codewords::Placement;
+    fn deref(&self) -> &codewords::Placement {
+        &self.0
+    }
 }
 
 /// The layout of a `len`-byte payload's frame (len in 1..=256).
 pub(crate) fn layout(len: usize) -> Result<Layout, ModemError> {
-    if len == 0 {
-        return Err(ModemError::EmptyPayload);
-    }
-    if len > MAX_PAYLOAD {
-        return Err(ModemError::PayloadTooLong {
-            len,
-            max: MAX_PAYLOAD,
-        });
-    }
-    // Payload and CRC are whole bytes and the parity 648 bits a codeword,
-    // so the code bits fill whole cells.
-    let used = codewords::coded_bits(len, ldpc::TWO_THIRDS) / BITS;
-    let symbols = (HEADER_CELLS + used).div_ceil(GROUPS);
-    let slots = symbols * GROUPS - HEADER_CELLS;
-    let spread = codewords::spread(slots);
-    Ok(Layout {
-        len,
-        symbols,
-        used,
-        slots,
-        spread,
-    })
+    codewords::Placement::new(len, ldpc::TWO_THIRDS, BITS, GROUPS, HEADER_CELLS).map(Layout)
 }
 
 impl Layout {
@@ -103,13 +78,7 @@ impl Layout {
 
     /// Cell (symbol · GROUPS + group) of body cell `u` (0..slots).
     pub fn body_cell(&self, u: usize) -> usize {
-        HEADER_CELLS + u * self.spread % self.slots
-    }
-
-    /// The body cell whose bits body cell `u` carries: itself for the first
-    /// `used`, then copies of cells spread evenly over the code bits.
-    pub fn source(&self, u: usize) -> usize {
-        codewords::source(u, self.used, self.slots)
+        HEADER_CELLS + self.slot(u)
     }
 }
 

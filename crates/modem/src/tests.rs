@@ -298,37 +298,60 @@ proptest::proptest! {
     }
 }
 
-#[test]
-fn a_frame_whose_body_is_destroyed_is_reported_missed_not_emitted() {
-    let payload = token(41);
-    let frame = encode(&payload, Profile::Fast, INTERNAL_RATE).expect("encode");
-    let lead = 14_400;
-    let mut capture = vec![0.0f32; lead];
+/// `payload` sent in `profile` with silence around it and a loud burst of
+/// `amplitude` over `burst` (samples into the frame; clamped to its end);
+/// returns the frame and the decoder after it has heard everything, and
+/// checks that nothing came out.
+fn with_body_destroyed(
+    profile: Profile,
+    payload: &[u8],
+    burst: std::ops::Range<usize>,
+    amplitude: f32,
+    seed: u64,
+) -> (Vec<f32>, Decoder) {
+    let frame = encode(payload, profile, INTERNAL_RATE).expect("encode");
+    let mut capture = vec![0.0f32; LEAD];
     capture.extend_from_slice(&frame);
-    capture.extend(std::iter::repeat_n(0.0, lead));
-    // Chirp (2048), reference symbol (4352), the first data symbol (which
-    // holds the header) and the closing chirp stay clean; a loud burst
-    // covers the other two data symbols.
-    let mut rng = Pcg64Mcg::seed_from_u64(3);
-    let body = lead + 2048 + 2 * 4352 + 256;
-    for s in &mut capture[body..lead + 2048 + 4 * 4352] {
-        *s += rng.random_range(-1.0f32..1.0);
+    capture.extend(std::iter::repeat_n(0.0, LEAD));
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    for s in &mut capture[LEAD + burst.start..LEAD + burst.end.min(frame.len())] {
+        *s += rng.random_range(-amplitude..amplitude);
     }
     let mut decoder = Decoder::new(INTERNAL_RATE).expect("decoder");
     let mut heard = decoder.push_receptions(&capture);
     heard.extend(decoder.finish());
     assert!(heard.is_empty(), "{heard:?}");
+    (frame, decoder)
+}
+
+/// Silence before and after the frames of the destroyed-body tests.
+const LEAD: usize = 14_400;
+
+/// The decoder reported exactly one missed frame: `payload`'s, in `profile`,
+/// where it started.
+fn assert_missed_once(decoder: &mut Decoder, profile: Profile, payload: &[u8]) {
     let missed = decoder.take_missed();
     assert_eq!(missed.len(), 1, "{missed:?}");
-    assert_eq!(missed[0].profile, Profile::Fast);
+    assert_eq!(missed[0].profile, profile);
     assert_eq!(missed[0].len, payload.len());
-    assert!(missed[0].start.abs_diff(lead as u64) < 10, "{missed:?}");
+    assert!(missed[0].start.abs_diff(LEAD as u64) < 10, "{missed:?}");
     assert!(decoder.take_missed().is_empty(), "taken once");
+}
+
+#[test]
+fn a_frame_whose_body_is_destroyed_is_reported_missed_not_emitted() {
+    let payload = token(41);
+    // Chirp (2048), reference symbol (4352), the first data symbol (which
+    // holds the header) and the closing chirp stay clean; a loud burst
+    // covers the other two data symbols.
+    let burst = 2048 + 2 * 4352 + 256..2048 + 4 * 4352;
+    let (frame, mut decoder) = with_body_destroyed(Profile::Fast, &payload, burst, 1.0, 3);
+    assert_missed_once(&mut decoder, Profile::Fast, &payload);
 
     let mut clean_decoder = Decoder::new(INTERNAL_RATE).expect("decoder");
-    let mut clean = vec![0.0f32; lead];
+    let mut clean = vec![0.0f32; LEAD];
     clean.extend_from_slice(&frame);
-    clean.extend(std::iter::repeat_n(0.0, lead));
+    clean.extend(std::iter::repeat_n(0.0, LEAD));
     let mut heard = clean_decoder.push_receptions(&clean);
     heard.extend(clean_decoder.finish());
     assert_eq!(heard.len(), 1);
@@ -559,25 +582,14 @@ fn robust_in_a_2_s_hall_at_drr_minus_3_db_where_the_last_tone_rings_as_loud_as_t
 #[test]
 fn a_robust_frame_whose_body_is_destroyed_is_reported_missed_not_emitted() {
     let payload = token(43);
-    let frame = encode(&payload, Profile::Robust, INTERNAL_RATE).expect("encode");
-    let lead = 14_400;
-    let mut capture = vec![0.0f32; lead];
-    capture.extend_from_slice(&frame);
-    capture.extend(std::iter::repeat_n(0.0, lead));
     // The chirp (4096) and the two header symbols (2304 each) stay clean; a
     // loud burst covers the rest of the frame.
-    let mut rng = Pcg64Mcg::seed_from_u64(4);
-    let body = lead + 4096 + 2 * 2304 + 256;
-    for s in &mut capture[body..lead + frame.len()] {
-        *s += rng.random_range(-2.0f32..2.0);
-    }
-    let mut decoder = Decoder::new(INTERNAL_RATE).expect("decoder");
-    let mut heard = decoder.push_receptions(&capture);
-    heard.extend(decoder.finish());
-    assert!(heard.is_empty(), "{heard:?}");
-    let missed = decoder.take_missed();
-    assert_eq!(missed.len(), 1, "{missed:?}");
-    assert_eq!(missed[0].profile, Profile::Robust);
-    assert_eq!(missed[0].len, payload.len());
-    assert!(missed[0].start.abs_diff(lead as u64) < 10, "{missed:?}");
+    let (_, mut decoder) = with_body_destroyed(
+        Profile::Robust,
+        &payload,
+        4096 + 2 * 2304 + 256..usize::MAX,
+        2.0,
+        4,
+    );
+    assert_missed_once(&mut decoder, Profile::Robust, &payload);
 }
