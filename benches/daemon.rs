@@ -13,8 +13,8 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -24,29 +24,14 @@ use std::time::{Duration, Instant};
 use serialport::{SerialPort, TTYPort};
 use sonotap_protocol::token::Scope;
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
+use common::{bin, ok, relay_thread, summary};
 use support::{issued_wallet, mkfifo, pay_token, qr_frame, reader_init_args, unix_now};
 
 const TAPS: usize = 20;
-const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sonotap"))
-}
-
-fn ok(dir: &Path, args: &[&str]) {
-    let out = bin()
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("sonotap runs");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn rss_kb(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -55,41 +40,6 @@ fn rss_kb(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
         .unwrap_or(0)
-}
-
-fn summary(name: &str, mut ms: Vec<f64>) {
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
-    println!(
-        "{name}: n={} median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        ms.len(),
-        at(0.5),
-        at(0.99),
-        ms[ms.len() - 1]
-    );
-}
-
-/// Reads the relay side; sends the arrival time of every open command.
-fn relay_thread(mut master: TTYPort, opens: Sender<Instant>, stop: Arc<AtomicBool>) {
-    thread::spawn(move || {
-        let mut pending = Vec::new();
-        let _ = master.set_timeout(Duration::from_millis(5));
-        let mut buf = [0u8; 64];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok(n) = master.read(&mut buf)
-                && n > 0
-            {
-                let at = Instant::now();
-                pending.extend_from_slice(&buf[..n]);
-                while pending.len() >= 4 {
-                    let cmd: Vec<u8> = pending.drain(..4).collect();
-                    if cmd == ON {
-                        let _ = opens.send(at);
-                    }
-                }
-            }
-        }
-    });
 }
 
 fn main() {
@@ -196,8 +146,8 @@ fn main() {
     }
     let busy = peak.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
-    summary("sound frame end -> open command", sound_ms);
-    summary("QR frame arrival -> open command", qr_ms);
+    summary("sound frame end -> open command", "ms", sound_ms);
+    summary("QR frame arrival -> open command", "ms", qr_ms);
     println!(
         "RSS: idle {:.1} MB, peak while decoding audio + 720p frames at 30/s {:.1} MB",
         idle as f64 / 1024.0,

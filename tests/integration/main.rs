@@ -24,6 +24,7 @@ mod pg_server;
 mod protocol_vectors;
 mod qr_cli;
 mod signals;
+mod site;
 mod status_cli;
 #[path = "../support/mod.rs"]
 mod support;

@@ -1,7 +1,8 @@
 //! The formats every sonotap party shares, as pure functions over bytes:
-//! payment [`token`]s and credentials, hash-chained [`record`]s, the
-//! offline [`policy`], amounts in [`currency`], and the signed messages
-//! between reader and hub ([`wire`], [`api`]). No I/O and no async
+//! payment [`token`]s and credentials, hash-chained [`record`]s, what the
+//! readers of a site tell each other ([`site`]), the offline [`policy`],
+//! amounts in [`currency`], and the signed messages between reader and hub
+//! ([`wire`], [`api`]). No I/O and no async
 //! runtime: a phone or hub written in Rust depends on this crate alone.
 //! `docs/protocol.md` and `docs/sync.md` are the specification.
 
@@ -16,6 +17,7 @@ pub mod bytes;
 pub mod currency;
 pub mod policy;
 pub mod record;
+pub mod site;
 pub mod token;
 pub mod wire;
 

@@ -39,7 +39,8 @@ pub enum Reason {
     FutureToken,
     /// The token is older than the skew window allows.
     StaleToken,
-    /// The counter is not above the last one seen from this wallet.
+    /// The counter is not above the last one accepted from this wallet,
+    /// here or (as announced) at another reader of the site.
     Replayed,
     /// The payment authorises more than the credential's per-payment cap,
     /// or the charge is more than the payment authorises.
@@ -101,7 +102,10 @@ impl Reason {
             Reason::CredentialExpired => "reader time < valid_from + valid_hours * 3600",
             Reason::FutureToken => "token timestamp <= reader time + clock skew",
             Reason::StaleToken => "token timestamp >= reader time - clock skew",
-            Reason::Replayed => "counter > the last counter accepted from this wallet",
+            Reason::Replayed => {
+                "counter > the last counter accepted from this wallet, here or at a reader of \
+                 this site"
+            }
             Reason::OverPaymentCap => {
                 "authorised amount <= per-payment cap, and charge <= authorised amount"
             }
@@ -232,15 +236,30 @@ pub fn authenticate(bytes: &[u8], keys: &TrustedKeys) -> Result<Authentic, Decli
 }
 
 /// What the reader's store knows about the paying wallet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WalletHistory {
     /// The wallet is on the deny list.
     pub denied: bool,
     /// The highest counter accepted from this wallet, if any.
     pub last_counter: Option<u32>,
     /// The highest running total (before + authorised) accepted under this
-    /// token's credential at this reader; 0 if none.
+    /// token's credential at this reader or, as announced, at a reader of
+    /// its site; 0 if none.
     pub credential_total: u64,
+    /// The highest counter of this wallet another reader of the site
+    /// announced it accepted, if any.
+    pub site: Option<SiteSeen>,
+}
+
+/// A peer's accept of the wallet's highest counter, as announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteSeen {
+    /// The peer reader that accepted it.
+    pub reader: String,
+    /// The counter it accepted.
+    pub counter: u32,
+    /// Its reader time of the decision, Unix seconds.
+    pub at: u64,
 }
 
 /// An accepted payment: what to charge and the wallet's running total after it.
@@ -368,12 +387,21 @@ pub static RULES: [Rule; 9] = [
     },
     Rule {
         reason: Reason::Replayed,
-        check: |f| match f.history.last_counter {
-            Some(last) if f.token.payment.counter <= last => Err(format!(
-                "counter {} is not above {last}, the last accepted from this wallet",
-                f.token.payment.counter
-            )),
-            _ => Ok(()),
+        check: |f| {
+            let counter = f.token.payment.counter;
+            match (f.history.last_counter, &f.history.site) {
+                (Some(last), _) if counter <= last => Err(format!(
+                    "counter {counter} is not above {last}, the last accepted from this wallet"
+                )),
+                (_, Some(seen)) if counter <= seen.counter => Err(format!(
+                    "counter {counter} is not above {}, accepted at {} (a reader of this site) \
+                     {}s ago",
+                    seen.counter,
+                    seen.reader,
+                    f.now.saturating_sub(seen.at)
+                )),
+                _ => Ok(()),
+            }
         },
     },
     Rule {

@@ -19,6 +19,7 @@ pub mod actuator;
 pub mod backoff;
 pub mod daemon;
 pub mod reader;
+pub mod site;
 pub mod status;
 pub mod status_file;
 pub mod store;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::actuator::ActuationOutcome;
+use crate::site::SiteSender;
 use crate::store::{
     Actuation, Committed, DeclineEntry, PendingVend, Pruned, QueueSummary, ReaderDb, RecordSigner,
     StoreError, SyncState, VoidError, Voided,
@@ -283,6 +284,8 @@ pub struct Reader {
     key: SecretKey,
     keys: TrustedKeys,
     db: ReaderDb,
+    /// The site's other readers, told of every accept (the daemon sets it).
+    site: Option<SiteSender>,
 }
 
 impl Reader {
@@ -370,6 +373,7 @@ impl Reader {
             key,
             keys,
             db,
+            site: None,
         })
     }
 
@@ -600,6 +604,9 @@ impl Reader {
                 .db
                 .commit_payment(&signer, &authentic, &self.policy, charge, now)?,
         };
+        if let (Ok(committed), Some(site)) = (&decision, &self.site) {
+            site.announce(committed.seq, now, authentic.bytes());
+        }
         Ok(Outcome {
             wallet: Some(authentic.wallet()),
             counter: Some(payment.counter),
@@ -645,6 +652,22 @@ impl Reader {
         detail: &str,
     ) -> Result<(), StoreError> {
         self.db.record_actuation(seq, now, device, outcome, detail)
+    }
+
+    /// Announces every accept from now on to the site's other readers
+    /// (after its record is committed; see [`crate::site`]).
+    pub fn attach_site(&mut self, sender: SiteSender) {
+        self.site = Some(sender);
+    }
+
+    /// A copy of the reader's signing key, for the site link's own thread.
+    pub fn site_key(&self) -> ed25519_dalek::SigningKey {
+        self.key.signing_key().clone()
+    }
+
+    /// The clock-skew window in force, seconds.
+    pub fn clock_skew_secs(&self) -> u32 {
+        self.policy.clock_skew_secs
     }
 
     /// Overrides the clock-skew window of `reader.toml` (the daemon's config

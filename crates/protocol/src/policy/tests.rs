@@ -207,9 +207,9 @@ fn the_same_token_twice_is_replayed() {
     let first = evaluate(&bytes, fresh(), None, NOW).expect("first tap");
     // What the store records after the first tap.
     let after = WalletHistory {
-        denied: false,
         last_counter: Some(5),
         credential_total: first.running_total,
+        ..fresh()
     };
     assert_eq!(declined_after(&bytes, after), Some(Reason::Replayed));
 }
@@ -221,11 +221,32 @@ fn lower_or_equal_counter_is_replayed_higher_is_not() {
         ..fresh()
     };
     assert_eq!(
-        declined_after(&with_counter(4), history),
+        declined_after(&with_counter(4), history.clone()),
         Some(Reason::Replayed)
     );
     assert_eq!(
-        declined_after(&with_counter(5), history),
+        declined_after(&with_counter(5), history.clone()),
+        Some(Reason::Replayed)
+    );
+    assert!(evaluate(&with_counter(6), history, None, NOW).is_ok());
+}
+
+#[test]
+fn a_counter_a_site_peer_accepted_is_replayed_and_named_after_the_peer() {
+    let history = WalletHistory {
+        site: Some(SiteSeen {
+            reader: "gate-2".into(),
+            counter: 5,
+            at: NOW - 3,
+        }),
+        ..fresh()
+    };
+    let declined = evaluate(&with_counter(5), history.clone(), None, NOW).unwrap_err();
+    assert_eq!(declined.reason, Reason::Replayed);
+    assert!(declined.detail.contains("gate-2"), "{}", declined.detail);
+    assert!(declined.detail.contains("3s ago"), "{}", declined.detail);
+    assert_eq!(
+        declined_after(&with_counter(4), history.clone()),
         Some(Reason::Replayed)
     );
     assert!(evaluate(&with_counter(6), history, None, NOW).is_ok());
@@ -241,9 +262,12 @@ fn counter_cannot_wrap_around() {
     let mut zero = with_counter(1);
     zero[crate::token::CREDENTIAL_LEN + 4..crate::token::CREDENTIAL_LEN + 8]
         .copy_from_slice(&[0; 4]);
-    assert_eq!(declined_after(&zero, exhausted), Some(Reason::Malformed));
     assert_eq!(
-        declined_after(&with_counter(1), exhausted),
+        declined_after(&zero, exhausted.clone()),
+        Some(Reason::Malformed)
+    );
+    assert_eq!(
+        declined_after(&with_counter(1), exhausted.clone()),
         Some(Reason::Replayed)
     );
     assert_eq!(
@@ -348,6 +372,7 @@ fn first_failing_check_wins() {
         denied: true,
         last_counter: Some(10),
         credential_total: 0,
+        site: None,
     };
     assert_eq!(
         reason(evaluate(&bytes, history, None, NOW + 10 * 86_400)),

@@ -18,6 +18,7 @@ use sonotap_qr::source::PixelFormat;
 use thiserror::Error;
 
 use crate::reader::ClockSkew;
+use crate::site::{SiteConfig, SitePeer};
 use crate::sync::failover::HubUrls;
 
 /// Why a configuration was refused.
@@ -91,6 +92,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Accept / decline tones for the rider.
     pub feedback: FeedbackConfig,
+    /// The site's other readers, told of every accept; none when absent.
+    pub site: Option<SiteConfig>,
 }
 
 /// The file as written; [`ConfigFile::check`] makes it a [`Config`].
@@ -116,6 +119,8 @@ struct ConfigFile {
     metrics: MetricsSection,
     #[serde(default)]
     feedback: FeedbackConfig,
+    #[serde(default)]
+    site: Option<SiteSection>,
 }
 
 fn default_log_level() -> String {
@@ -540,6 +545,83 @@ fn default_volume() -> f32 {
     0.3
 }
 
+/// `[site]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteSection {
+    id: String,
+    listen: SocketAddr,
+    #[serde(default)]
+    peers: Vec<PeerSection>,
+}
+
+/// One `[[site.peers]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerSection {
+    id: String,
+    addr: SocketAddr,
+    public_key: String,
+}
+
+/// The most peers one reader announces to: a large station's gate lines
+/// and machines, with room to spare; each accept costs one datagram each.
+const MAX_SITE_PEERS: usize = 256;
+
+impl SiteSection {
+    fn check(self) -> Result<SiteConfig, Invalid> {
+        use sonotap_protocol::api::check_reader_id;
+        check_reader_id(&self.id)
+            .or_else(|e| invalid("site.id", e.replace("reader id", "site id")))?;
+        if self.peers.is_empty() {
+            return invalid(
+                "site.peers",
+                "a site needs at least one peer to announce to",
+            );
+        }
+        if self.peers.len() > MAX_SITE_PEERS {
+            return invalid("site.peers", format!("at most {MAX_SITE_PEERS} peers"));
+        }
+        let mut peers: Vec<SitePeer> = Vec::with_capacity(self.peers.len());
+        for (i, p) in self.peers.into_iter().enumerate() {
+            let field = |name: &str| format!("site.peers[{i}].{name}");
+            check_reader_id(&p.id).or_else(|e| invalid(field("id"), e))?;
+            if peers.iter().any(|q| q.id == p.id) {
+                return invalid(field("id"), format!("{:?} is listed twice", p.id));
+            }
+            if p.addr == self.listen {
+                return invalid(field("addr"), "is this reader's own site.listen");
+            }
+            let key =
+                parse_public_key(&p.public_key).or_else(|e| invalid(field("public_key"), e))?;
+            peers.push(SitePeer {
+                id: p.id,
+                addr: p.addr,
+                key,
+            });
+        }
+        Ok(SiteConfig {
+            id: self.id,
+            listen: self.listen,
+            peers,
+        })
+    }
+}
+
+/// A reader public key as 64 hex digits (the last field of `reader.pub`).
+fn parse_public_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| {
+        "expected 64 hex digits (the last field of the peer's reader.pub)".to_string()
+    })?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| "not an Ed25519 public key".to_string())?;
+    if key.is_weak() {
+        return Err("a small-order (weak) key is never a reader's".into());
+    }
+    Ok(key)
+}
+
 impl ConfigFile {
     /// Checks every section, in the order of the file's documentation.
     fn check(self) -> Result<Config, Invalid> {
@@ -556,6 +638,7 @@ impl ConfigFile {
         if !(0.0..=1.0).contains(&self.feedback.volume) {
             return invalid("feedback.volume", "must be between 0 and 1");
         }
+        let site = self.site.map(SiteSection::check).transpose()?;
         Ok(Config {
             data: self.data,
             log_level: self.log_level,
@@ -567,6 +650,7 @@ impl ConfigFile {
             hub,
             metrics,
             feedback: self.feedback,
+            site,
         })
     }
 }
@@ -870,5 +954,64 @@ mod tests {
         let text = include_str!("../../../../hw/config.example.toml");
         let c = parse(text).unwrap();
         assert!(c.audio.is_some() && c.actuator.is_some() && c.hub.is_some());
+    }
+
+    /// The example's `[site]` table, its lines uncommented.
+    fn example_site() -> String {
+        let text = include_str!("../../../../hw/config.example.toml");
+        let from = text.find("# [site]").expect("the example has a site table");
+        text[from..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_example_site_table_parses_once_uncommented() {
+        let c = parse(&format!("data = \"r\"\n{}", example_site())).unwrap();
+        let site = c.site.expect("site");
+        assert_eq!(site.id, "station-12");
+        assert_eq!(site.peers.len(), 1);
+        assert_eq!(site.peers[0].id, "gate-2");
+    }
+
+    #[test]
+    fn a_site_that_cannot_be_used_is_refused_by_field_and_place() {
+        let site = example_site();
+        let key = "2543b92ff1095511476adc8369db6ddc933665a11978dda1404ee1066ca9559d";
+        let peer = |id: &str, addr: &str, key: &str| {
+            format!("[[site.peers]]\nid = \"{id}\"\naddr = \"{addr}\"\npublic_key = \"{key}\"\n")
+        };
+        // The identity point: a small-order key no reader can have.
+        let weak = format!("01{}", "00".repeat(31));
+        let cases = [
+            (site.replace("station-12", "station 12"), "site.id"),
+            (
+                "[site]\nid = \"s\"\nlisten = \"127.0.0.1:7411\"\n".to_string(),
+                "site.peers",
+            ),
+            (
+                format!("{site}\n{}", peer("gate-2", "127.0.0.2:1", key)),
+                "site.peers[1].id",
+            ),
+            (site.replace(key, &key[..60]), "site.peers[0].public_key"),
+            (site.replace(key, &weak), "site.peers[0].public_key"),
+            (
+                site.replace("10.0.12.12:7411", "10.0.12.11:7411"),
+                "site.peers[0].addr",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = parse(&format!("data = \"r\"\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
+        }
+        let e = parse(&format!("data = \"r\"\n{site}\nport = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "an unknown peer field is named: {e}");
     }
 }

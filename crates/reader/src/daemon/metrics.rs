@@ -6,13 +6,14 @@
 //! easier to alert on than one that appears with the first event).
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sonotap_protocol::policy::Reason;
 
 use super::rules::Refusal;
+use crate::site::SiteStats;
 
 /// Where a token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +113,7 @@ pub struct Metrics {
     device_errors: [AtomicU64; DEVICES.len()],
     not_served: AtomicU64,
     voids_owed: AtomicU64,
+    site: Mutex<Option<Arc<SiteStats>>>,
 }
 
 impl Metrics {
@@ -199,6 +201,13 @@ impl Metrics {
     /// A decoded token was dropped at shutdown, never decided (no money moved).
     pub fn not_served(&self) {
         self.not_served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Exports the site link's counters from now on.
+    pub fn attach_site(&self, stats: Arc<SiteStats>) {
+        if let Ok(mut site) = self.site.lock() {
+            *site = Some(stats);
+        }
     }
 
     /// The exposition text at time `now` (Unix seconds).
@@ -317,6 +326,44 @@ impl Metrics {
             "Decoded tokens dropped at shutdown before a decision (nothing charged).",
             &self.not_served,
         );
+        if let Some(site) = self.site.lock().ok().and_then(|s| s.clone()) {
+            let site = &*site;
+            for (name, help, n) in [
+                (
+                    "sonotap_site_sent_total",
+                    "Site announcements sent (one per peer).",
+                    &site.sent,
+                ),
+                (
+                    "sonotap_site_send_errors_total",
+                    "Site announcements the OS refused to send (dropped).",
+                    &site.send_errors,
+                ),
+                (
+                    "sonotap_site_learned_total",
+                    "Accepts learned from the site's other readers.",
+                    &site.learned,
+                ),
+                (
+                    "sonotap_site_repeats_total",
+                    "Site announcements already known (idempotent repeats).",
+                    &site.repeats,
+                ),
+                (
+                    "sonotap_site_refused_total",
+                    "Site datagrams refused (malformed, other site, unknown peer, bad signature or token).",
+                    &site.refused,
+                ),
+            ] {
+                total(&mut out, name, help, n);
+            }
+            let _ = writeln!(
+                out,
+                "# HELP sonotap_site_delay_seconds From a peer's send to this reader storing its accept (the replay window).\n# TYPE sonotap_site_delay_seconds histogram"
+            );
+            site.delay
+                .render(&mut out, "sonotap_site_delay_seconds", "");
+        }
         out
     }
 }

@@ -49,6 +49,7 @@ use self::stop::Stop;
 use crate::actuator::profile::{self, Device, Profile};
 use crate::actuator::{Gate, PortError, Vending};
 use crate::reader::Reader;
+use crate::site::{SiteConfig, SiteListener, SiteSender, SiteStats};
 use crate::status_file::{self, DaemonStatus, DeviceStatus, SyncStatus};
 use crate::sync::client::{HubClient, SyncOptions};
 
@@ -83,6 +84,9 @@ pub enum DaemonError {
     /// A thread, the runtime or the signal handlers could not start.
     #[error("cannot start: {0}")]
     Start(String),
+    /// The site link could not start.
+    #[error("site: {0}")]
+    Site(String),
     /// The acceptor thread ended while the daemon was running.
     #[error("the acceptor stopped unexpectedly; exiting so systemd restarts the reader")]
     AcceptorDied,
@@ -355,6 +359,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         reader.set_clock_skew(skew);
     }
     tracing::info!(reader = reader.id(), config = %config_path.display(), "starting");
+    let site_thread = match &config.site {
+        Some(site) => Some(start_site(site, &mut reader, &config.data, &shared)?),
+        None => None,
+    };
     let (actuator, display, busy_bound) = actuator(&config, &shared)?;
     if let Some(audio) = &config.audio {
         shared.configure(
@@ -466,6 +474,12 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     } else {
         let _ = acceptor.join();
     }
+    if let Some(t) = site_thread {
+        let until = Instant::now() + Duration::from_secs(1);
+        while !t.is_finished() && Instant::now() < until {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
     if let Some(t) = sync_thread {
         let until = Instant::now() + Duration::from_secs(1);
         while !t.is_finished() && Instant::now() < until {
@@ -475,6 +489,57 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     status.write(&shared);
     tracing::info!("stopped");
     outcome
+}
+
+/// Starts the site link: the listener thread learns the peers' accepts,
+/// the reader announces its own (see [`crate::site`]), and a hello asks the
+/// peers for what this reader missed while it was down.
+fn start_site(
+    site: &SiteConfig,
+    reader: &mut Reader,
+    data: &Path,
+    shared: &Arc<Shared>,
+) -> Result<thread::JoinHandle<()>, DaemonError> {
+    if let Some(me) = site.peers.iter().find(|p| p.id == reader.id()) {
+        return Err(DaemonError::Site(format!(
+            "site.peers lists {:?}, this reader itself",
+            me.id
+        )));
+    }
+    let stats = Arc::new(SiteStats::default());
+    shared.metrics.attach_site(Arc::clone(&stats));
+    let sender = SiteSender::new(site, reader.id(), reader.site_key(), stats)
+        .map_err(|e| DaemonError::Site(format!("cannot send from {}: {e}", site.listen.ip())))?;
+    // Learned accepts outlive any replay of their tokens: a token is fresh
+    // for the skew window either side of the peers' clocks.
+    let keep_secs = 2 * u64::from(reader.clock_skew_secs()) + 60;
+    let listener = SiteListener::bind(
+        site,
+        reader.id(),
+        &data.join(crate::reader::DB_FILE),
+        sender.clone(),
+        keep_secs,
+    )
+    .map_err(DaemonError::Site)?;
+    let shared_thread = Arc::clone(shared);
+    let handle = thread::Builder::new()
+        .name("sonotap-site".into())
+        .spawn(move || listener.run(shared_thread.stop.flag()))
+        .map_err(spawn_err)?;
+    reader.attach_site(sender.clone());
+    sender.hello();
+    shared.configure(
+        "site",
+        true,
+        &format!(
+            "site {} on {}, {} peers",
+            site.id,
+            site.listen,
+            site.peers.len()
+        ),
+    );
+    tracing::info!(site = %site.id, listen = %site.listen, peers = site.peers.len(), "site link up");
+    Ok(handle)
 }
 
 fn spawn_sync(

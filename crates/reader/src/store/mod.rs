@@ -1,4 +1,5 @@
-//! The reader's durable state in SQLite: record queue, wallet state, deny list, trusted keys.
+//! The reader's durable state in SQLite: record queue, wallet state, deny list, trusted keys,
+//! and what the site's other readers announced.
 //!
 //! Every accept runs as one `BEGIN IMMEDIATE` transaction (read the wallet's
 //! history, decide, append the signed record, advance the wallet state,
@@ -7,7 +8,7 @@
 //! before the record is on disk.
 
 mod declines;
-
+mod site;
 mod sync;
 
 use std::num::NonZeroU32;
@@ -27,12 +28,13 @@ use sonotap_protocol::record::{GENESIS_HASH, Record, RecordBody, RecordKind};
 use sonotap_protocol::token::WalletId;
 
 pub use declines::{DECLINE_LOG_CAP, DeclineEntry};
+pub use site::{LearnedAccept, OwnCharge, SiteAccept};
 use sonotap_disk::sqlite;
 pub use sonotap_disk::sqlite::StoreError;
 pub use sync::{Pruned, SyncState};
 
 /// Schema versions of the reader database, oldest first. Append only.
-static MIGRATIONS: [M<'static>; 4] = [
+static MIGRATIONS: [M<'static>; 5] = [
     M::up(
         "CREATE TABLE meta (
         key TEXT PRIMARY KEY,
@@ -124,6 +126,25 @@ static MIGRATIONS: [M<'static>; 4] = [
         device TEXT NOT NULL,
         at INTEGER NOT NULL
     ) STRICT;",
+    ),
+    // Site peers: accepts other readers of the site announced (site.rs).
+    // Not money and not chained; kept while a replay could still be fresh.
+    M::up(
+        "CREATE TABLE site_accepts (
+        reader_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        wallet_id BLOB NOT NULL CHECK (length(wallet_id) = 8),
+        counter INTEGER NOT NULL,
+        credential BLOB NOT NULL CHECK (length(credential) = 32),
+        running_total INTEGER NOT NULL,
+        sent_us INTEGER NOT NULL,
+        learned_us INTEGER NOT NULL,
+        PRIMARY KEY (reader_id, seq)
+    ) STRICT;
+    CREATE INDEX site_accepts_wallet ON site_accepts (wallet_id, counter);
+    CREATE INDEX site_accepts_credential ON site_accepts (credential);
+    CREATE INDEX site_accepts_at ON site_accepts (at);",
     ),
 ];
 
@@ -858,10 +879,12 @@ fn wallet_history(
         .map(|t| sqlite::unsigned::<u64>(path, "running total", t))
         .transpose()?
         .unwrap_or(0);
+    let (site, site_total) = site::site_history(tx, path, token)?;
     Ok(WalletHistory {
         denied,
         last_counter,
-        credential_total,
+        credential_total: credential_total.max(site_total),
+        site,
     })
 }
 

@@ -679,3 +679,104 @@ fn issue13_03_status_reads_a_database_from_before_pending_vends_as_nothing_pendi
     let db = ReaderDb::open_read_only(&path).expect("read-only open");
     assert!(db.pending_vends().expect("pending").is_empty());
 }
+
+/// What a peer `reader` announced: it charged the test wallet's `payment` as `seq`.
+fn peer_accept(db: &ReaderDb, reader: &str, seq: u64, payment: PaymentTerms) -> SiteAccept {
+    SiteAccept {
+        reader: reader.into(),
+        seq,
+        at: NOW,
+        sent_us: NOW * 1_000_000,
+        token: authentic(db, payment),
+    }
+}
+
+#[test]
+fn a_token_a_site_peer_accepted_is_declined_replayed_naming_the_peer() {
+    let (_dir, mut db) = fresh();
+    let first = PaymentTerms {
+        counter: 3,
+        ..payment()
+    };
+    let learned = peer_accept(&db, "gate-2", 17, first);
+    assert!(
+        db.learn_site_accept(&learned, NOW * 1_000_000 + 5, 0)
+            .unwrap()
+    );
+    let declined = tap(&mut db, 3, first.amount).unwrap_err();
+    assert_eq!(declined.reason, Reason::Replayed);
+    assert!(declined.detail.contains("gate-2"), "{}", declined.detail);
+    // The wallet's next token is its own and is accepted.
+    tap(&mut db, 4, first.amount).expect("a later counter is accepted");
+    assert_eq!(db.records(false).unwrap().len(), 1);
+}
+
+#[test]
+fn a_repeated_announcement_changes_nothing() {
+    let (_dir, mut db) = fresh();
+    let learned = peer_accept(&db, "gate-2", 17, payment());
+    assert!(db.learn_site_accept(&learned, NOW * 1_000_000, 0).unwrap());
+    assert!(
+        !db.learn_site_accept(&learned, NOW * 1_000_000 + 9, 0)
+            .unwrap()
+    );
+    let rows = db.learned_accepts().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].learned_us,
+        NOW * 1_000_000,
+        "the first learning stands"
+    );
+}
+
+#[test]
+fn the_running_total_a_peer_saw_counts_against_the_offline_limit_here() {
+    let (_dir, mut db) = fresh();
+    let limit = terms().offline_limit;
+    // A peer accepted a payment that brought the credential to the limit.
+    let spent = PaymentTerms {
+        counter: 3,
+        amount: terms().per_payment_cap,
+        total_before: limit - terms().per_payment_cap,
+        ..payment()
+    };
+    let learned = peer_accept(&db, "gate-2", 1, spent);
+    db.learn_site_accept(&learned, NOW * 1_000_000, 0).unwrap();
+    // The cheating wallet claims a total of 0 here.
+    let declined = tap(&mut db, 4, 1).unwrap_err();
+    assert_eq!(declined.reason, Reason::OverOfflineLimit);
+}
+
+#[test]
+fn learned_accepts_older_than_the_window_are_forgotten() {
+    let (_dir, mut db) = fresh();
+    let old = peer_accept(&db, "gate-2", 1, payment());
+    db.learn_site_accept(&old, NOW * 1_000_000, 0).unwrap();
+    let newer = SiteAccept {
+        seq: 2,
+        at: NOW + 1000,
+        ..peer_accept(
+            &db,
+            "gate-2",
+            2,
+            PaymentTerms {
+                counter: 9,
+                ..payment()
+            },
+        )
+    };
+    db.learn_site_accept(&newer, NOW * 1_000_000, NOW + 1)
+        .unwrap();
+    let rows = db.learned_accepts().unwrap();
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn charges_since_lists_only_recent_charges_newest_limited() {
+    let (_dir, mut db) = fresh();
+    taps(&mut db, 5, 10);
+    assert_eq!(db.charges_since(NOW, 100).unwrap().len(), 5);
+    assert!(db.charges_since(NOW + 1, 100).unwrap().is_empty());
+    let newest = db.charges_since(0, 2).unwrap();
+    assert_eq!(newest.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![4, 5]);
+}

@@ -1,0 +1,349 @@
+//! Site peers over UDP: announce every accept to the site's other readers at
+//! once, and learn theirs, so that a token replayed at the next gate is
+//! declined `replayed` (the message is `sonotap_protocol::site`; the
+//! decision reads what was learned from the store).
+//!
+//! Nothing here can stop a gate: an announcement is one non-blocking
+//! datagram per peer, sent after the record is committed, and a send that
+//! fails is counted and dropped. A dead or partitioned peer only widens the
+//! window in which a replay can slip through; the hub's clearing catches
+//! what slips (a token charged at two readers). A reader that starts says
+//! hello, and each peer sends it again what it accepted within the
+//! freshness window, so a restart does not forget the recent past.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+
+use crate::daemon::metrics::Histogram;
+use crate::store::{ReaderDb, SiteAccept};
+use sonotap_protocol::policy;
+use sonotap_protocol::site::{MAX_SITE_MESSAGE, SiteBody, SiteMessage};
+
+/// A peer answers one hello per this long at most, and only a hello newer
+/// than the last one it answered, so that a recorded hello played again, or
+/// a peer gone mad, cannot make it resend its history in a loop.
+const HELLO_REPLY_EVERY: Duration = Duration::from_secs(1);
+
+/// The most charges sent again to a peer that said hello: a busy gate's
+/// hour, far more than a freshness window of minutes holds.
+const RESEND_AT_MOST: u32 = 5_000;
+
+/// How often the listener looks at the stop flag while the site is quiet.
+const POLL: Duration = Duration::from_millis(200);
+
+/// One other reader of the site, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SitePeer {
+    /// Its reader id.
+    pub id: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its reader public key: its announcements must verify under it.
+    pub key: VerifyingKey,
+}
+
+/// The site this reader belongs to, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteConfig {
+    /// The site's id; announcements from another site are ignored.
+    pub id: String,
+    /// Where this reader listens for its peers (UDP).
+    pub listen: SocketAddr,
+    /// The other readers.
+    pub peers: Vec<SitePeer>,
+}
+
+/// What the site link did, for the metrics.
+#[derive(Debug, Default)]
+pub struct SiteStats {
+    /// Announcement datagrams sent.
+    pub sent: AtomicU64,
+    /// Datagrams the OS refused to send (dropped; the gate went on).
+    pub send_errors: AtomicU64,
+    /// Accepts learned from peers (new ones).
+    pub learned: AtomicU64,
+    /// Announcements already known (idempotent repeats).
+    pub repeats: AtomicU64,
+    /// Datagrams refused: malformed, another site, unknown peer, bad
+    /// signature, a token that does not authenticate.
+    pub refused: AtomicU64,
+    /// From a peer's send to this reader's store (same-host clocks in tests;
+    /// on a site, as good as the readers' time sync).
+    pub delay: Histogram,
+}
+
+/// Sends this reader's announcements. Cheap to clone; sends never block.
+#[derive(Clone)]
+pub struct SiteSender {
+    socket: Arc<UdpSocket>,
+    site: String,
+    reader: String,
+    key: SigningKey,
+    peers: Vec<SitePeer>,
+    stats: Arc<SiteStats>,
+}
+
+impl std::fmt::Debug for SiteSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteSender")
+            .field("site", &self.site)
+            .field("reader", &self.reader)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl SiteSender {
+    /// A sender for reader `reader` signing with `key`, from an ephemeral
+    /// port on the listening address's interface.
+    pub fn new(
+        config: &SiteConfig,
+        reader: &str,
+        key: SigningKey,
+        stats: Arc<SiteStats>,
+    ) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(SocketAddr::new(config.listen.ip(), 0))?;
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            socket: Arc::new(socket),
+            site: config.id.clone(),
+            reader: reader.to_string(),
+            key,
+            peers: config.peers.clone(),
+            stats,
+        })
+    }
+
+    /// Tells every peer that record `seq` (decided at reader time `at`)
+    /// charged `token`. Best effort, never blocks.
+    pub fn announce(&self, seq: u64, at: u64, token: &[u8]) {
+        let body = SiteBody::Accept {
+            seq,
+            at,
+            token: token.to_vec(),
+        };
+        for peer in &self.peers {
+            self.send(peer, body.clone());
+        }
+    }
+
+    /// Asks every peer to send again what it accepted recently.
+    pub fn hello(&self) {
+        for peer in &self.peers {
+            self.send(peer, SiteBody::Hello);
+        }
+    }
+
+    fn send(&self, peer: &SitePeer, body: SiteBody) {
+        let message = SiteMessage {
+            site: self.site.clone(),
+            reader: self.reader.clone(),
+            sent_us: unix_us(),
+            body,
+        };
+        let datagram = match message.sign(&self.key) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("site: cannot encode an announcement: {e}");
+                self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        match self.socket.send_to(&datagram, peer.addr) {
+            Ok(_) => self.stats.sent.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                tracing::debug!(peer = %peer.id, "site: send failed (dropped): {e}");
+                self.stats.send_errors.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// Receives the peers' announcements into the reader's store until `stop`.
+pub struct SiteListener {
+    socket: UdpSocket,
+    config: SiteConfig,
+    reader: String,
+    db: ReaderDb,
+    sender: SiteSender,
+    keep_secs: u64,
+    /// Per peer: when its last hello was answered, and that hello's `sent_us`.
+    replied: HashMap<String, (Instant, u64)>,
+}
+
+/// Why a datagram was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refused {
+    Malformed(String),
+    OtherSite(String),
+    UnknownPeer(String),
+    BadSignature(String),
+    BadToken(String),
+}
+
+impl SiteListener {
+    /// Binds `config.listen` and opens the store at `db_path` on its own
+    /// connection. Learned accepts are kept `keep_secs` of reader time:
+    /// longer than a replay of their token could still be fresh.
+    pub fn bind(
+        config: &SiteConfig,
+        reader: &str,
+        db_path: &Path,
+        sender: SiteSender,
+        keep_secs: u64,
+    ) -> Result<Self, String> {
+        let socket = UdpSocket::bind(config.listen)
+            .map_err(|e| format!("site: cannot listen on {}: {e}", config.listen))?;
+        socket
+            .set_read_timeout(Some(POLL))
+            .map_err(|e| format!("site: {e}"))?;
+        let db = ReaderDb::open(db_path).map_err(|e| e.to_string())?;
+        Ok(Self {
+            socket,
+            config: config.clone(),
+            reader: reader.to_string(),
+            db,
+            sender,
+            keep_secs,
+            replied: HashMap::new(),
+        })
+    }
+
+    /// Serves datagrams until `stop` is set.
+    pub fn run(mut self, stop: &AtomicBool) {
+        let mut buf = vec![0u8; MAX_SITE_MESSAGE + 1];
+        while !stop.load(Ordering::Relaxed) {
+            let (n, from) = match self.socket.recv_from(&mut buf) {
+                Ok(got) => got,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("site: receive failed: {e}");
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+            };
+            if let Err(refused) = self.handle(&buf[..n]) {
+                self.sender.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "site: datagram refused: {refused:?}");
+            }
+        }
+    }
+
+    fn handle(&mut self, datagram: &[u8]) -> Result<(), Refused> {
+        if datagram.len() > MAX_SITE_MESSAGE {
+            return Err(Refused::Malformed(format!(
+                "more than {MAX_SITE_MESSAGE} bytes"
+            )));
+        }
+        let parsed = SiteMessage::parse(datagram).map_err(|e| Refused::Malformed(e.to_string()))?;
+        let (site, from) = parsed.sender();
+        if site != self.config.id {
+            return Err(Refused::OtherSite(site.to_string()));
+        }
+        let peer = self
+            .config
+            .peers
+            .iter()
+            .find(|p| p.id == from && p.id != self.reader)
+            .ok_or_else(|| Refused::UnknownPeer(from.to_string()))?
+            .clone();
+        let message = parsed
+            .verify(&peer.key)
+            .map_err(|e| Refused::BadSignature(e.to_string()))?;
+        match message.body {
+            SiteBody::Accept { seq, at, token } => {
+                let keys = self
+                    .db
+                    .trusted_keys()
+                    .map_err(|e| Refused::BadToken(e.to_string()))?;
+                let token = policy::authenticate(&token, &keys)
+                    .map_err(|d| Refused::BadToken(format!("{}: {}", d.reason, d.detail)))?;
+                let accept = SiteAccept {
+                    reader: peer.id.clone(),
+                    seq,
+                    at,
+                    sent_us: message.sent_us,
+                    token,
+                };
+                let now_us = unix_us();
+                let forget_before = (now_us / 1_000_000).saturating_sub(self.keep_secs);
+                match self.db.learn_site_accept(&accept, now_us, forget_before) {
+                    Ok(true) => {
+                        let stats = &self.sender.stats;
+                        stats.learned.fetch_add(1, Ordering::Relaxed);
+                        stats.delay.observe(Duration::from_micros(
+                            now_us.saturating_sub(message.sent_us),
+                        ));
+                        tracing::debug!(
+                            peer = %peer.id,
+                            seq,
+                            delay_us = now_us.saturating_sub(message.sent_us),
+                            "site: learned an accept"
+                        );
+                    }
+                    Ok(false) => {
+                        self.sender.stats.repeats.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!(peer = %peer.id, seq, "site: cannot store: {e}"),
+                }
+                Ok(())
+            }
+            SiteBody::Hello => {
+                self.resend_to(&peer, message.sent_us);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends `peer` (at its configured address, never the datagram's
+    /// source) this reader's charges of the last `keep_secs`.
+    fn resend_to(&mut self, peer: &SitePeer, hello_sent_us: u64) {
+        let now = Instant::now();
+        if let Some((answered, sent_us)) = self.replied.get(&peer.id)
+            && (hello_sent_us <= *sent_us || now.duration_since(*answered) < HELLO_REPLY_EVERY)
+        {
+            return;
+        }
+        self.replied.insert(peer.id.clone(), (now, hello_sent_us));
+        let since = (unix_us() / 1_000_000).saturating_sub(self.keep_secs);
+        match self.db.charges_since(since, RESEND_AT_MOST) {
+            Ok(charges) => {
+                tracing::info!(
+                    peer = %peer.id,
+                    charges = charges.len(),
+                    "site: a peer said hello; sending it our recent accepts"
+                );
+                for c in charges {
+                    self.sender.send(
+                        peer,
+                        SiteBody::Accept {
+                            seq: c.seq,
+                            at: c.at,
+                            token: c.token,
+                        },
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("site: cannot read our recent charges: {e}"),
+        }
+    }
+}

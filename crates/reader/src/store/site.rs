@@ -1,0 +1,193 @@
+//! What the other readers of the site announced they accepted (see
+//! `sonotap_protocol::site`): read by every decision, so that a token a peer
+//! accepted is declined `replayed` here too.
+//!
+//! A learned accept is not money and not part of this reader's chain: it is
+//! kept only while a replay of its token could still be fresh, and written
+//! by the site listener on its own connection. Losing one to a crash only
+//! reopens the window the hub's clearing already covers.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{ReaderDb, StoreError, sqlite};
+use sonotap_protocol::policy::{Authentic, SiteSeen};
+use sonotap_protocol::record::RecordKind;
+
+/// One accept a peer announced, after its signatures were checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteAccept {
+    /// The peer that accepted it.
+    pub reader: String,
+    /// The peer's record sequence number (with `reader`, names the accept).
+    pub seq: u64,
+    /// The peer's reader time of the decision, Unix seconds.
+    pub at: u64,
+    /// The peer's wall clock when it sent the announcement, Unix µs.
+    pub sent_us: u64,
+    /// The token, authenticated by the listener.
+    pub token: Authentic,
+}
+
+/// A learned accept as stored, for measurements and `sonotap status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnedAccept {
+    /// The peer that accepted it.
+    pub reader: String,
+    /// The peer's record sequence number.
+    pub seq: u64,
+    /// The peer's wall clock when it sent the announcement, Unix µs.
+    pub sent_us: u64,
+    /// This reader's wall clock when it stored it, Unix µs.
+    pub learned_us: u64,
+}
+
+/// One of this reader's own charges, to re-announce to a peer that
+/// restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnCharge {
+    /// Its record sequence number.
+    pub seq: u64,
+    /// Reader time of the decision.
+    pub at: u64,
+    /// The token bytes.
+    pub token: Vec<u8>,
+}
+
+impl ReaderDb {
+    /// Stores an accept a peer announced, unless it is already known (an
+    /// announcement is idempotent), and forgets those older than
+    /// `forget_before` (reader time): their tokens are stale everywhere.
+    /// `Ok(true)` when it was new.
+    pub fn learn_site_accept(
+        &mut self,
+        accept: &SiteAccept,
+        learned_us: u64,
+        forget_before: u64,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx, path| {
+            let err = |e| StoreError::from_sqlite(path, e);
+            let token = accept.token.token();
+            let claimed_total =
+                u64::from(token.payment.total_before) + u64::from(token.payment.amount);
+            let new = tx
+                .execute(
+                    "INSERT OR IGNORE INTO site_accepts (reader_id, seq, at, wallet_id, counter,
+                         credential, running_total, sent_us, learned_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        accept.reader,
+                        sqlite::int(accept.seq),
+                        sqlite::int(accept.at),
+                        accept.token.wallet().0.as_slice(),
+                        token.payment.counter,
+                        token.credential.digest().as_slice(),
+                        sqlite::int(claimed_total),
+                        sqlite::int(accept.sent_us),
+                        sqlite::int(learned_us),
+                    ],
+                )
+                .map_err(err)?;
+            tx.execute(
+                "DELETE FROM site_accepts WHERE at < ?1",
+                [sqlite::int(forget_before)],
+            )
+            .map_err(err)?;
+            Ok(new == 1)
+        })
+    }
+
+    /// The accepts learned from peers, oldest first (for the replay-window
+    /// measurement and tests).
+    pub fn learned_accepts(&self) -> Result<Vec<LearnedAccept>, StoreError> {
+        let path = self.path.clone();
+        self.rows(
+            "SELECT reader_id, seq, sent_us, learned_us FROM site_accepts ORDER BY learned_us, seq",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+            |(reader, seq, sent, learned)| {
+                Ok(LearnedAccept {
+                    reader,
+                    seq: sqlite::unsigned(&path, "site seq", seq)?,
+                    sent_us: sqlite::unsigned(&path, "site sent_us", sent)?,
+                    learned_us: sqlite::unsigned(&path, "site learned_us", learned)?,
+                })
+            },
+        )
+    }
+
+    /// This reader's newest `limit` charges decided at or after `since`
+    /// (reader time), oldest first: what a restarted peer is sent again.
+    pub fn charges_since(&self, since: u64, limit: u32) -> Result<Vec<OwnCharge>, StoreError> {
+        let path = self.path.clone();
+        self.rows(
+            "SELECT seq, at, token FROM (SELECT seq, at, token FROM records
+                 WHERE kind = ?1 AND at >= ?2 ORDER BY seq DESC LIMIT ?3) ORDER BY seq",
+            params![RecordKind::Charge.as_str(), sqlite::int(since), limit],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            },
+            |(seq, at, token)| {
+                Ok(OwnCharge {
+                    seq: sqlite::unsigned(&path, "record seq", seq)?,
+                    at: sqlite::unsigned(&path, "record at", at)?,
+                    token,
+                })
+            },
+        )
+    }
+}
+
+/// What the site knows about `token`'s wallet: its highest counter a peer
+/// accepted, and the highest running total peers saw under its credential.
+pub(super) fn site_history(
+    tx: &Transaction<'_>,
+    path: &std::path::Path,
+    token: &Authentic,
+) -> Result<(Option<SiteSeen>, u64), StoreError> {
+    let err = |e| StoreError::from_sqlite(path, e);
+    let seen = tx
+        .query_row(
+            "SELECT reader_id, counter, at FROM site_accepts WHERE wallet_id = ?1
+             ORDER BY counter DESC LIMIT 1",
+            [token.wallet().0.as_slice()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(err)?
+        .map(|(reader, counter, at)| -> Result<SiteSeen, StoreError> {
+            Ok(SiteSeen {
+                reader,
+                counter: sqlite::unsigned(path, "site counter", counter)?,
+                at: sqlite::unsigned(path, "site at", at)?,
+            })
+        })
+        .transpose()?;
+    let total = tx
+        .query_row(
+            "SELECT MAX(running_total) FROM site_accepts WHERE credential = ?1",
+            [token.token().credential.digest().as_slice()],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .map_err(err)?
+        .map(|t| sqlite::unsigned::<u64>(path, "site running total", t))
+        .transpose()?
+        .unwrap_or(0);
+    Ok((seen, total))
+}

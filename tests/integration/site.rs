@@ -1,0 +1,337 @@
+//! Site peers with real parts: several `sonotap run` processes on loopback
+//! addresses announce their accepts to each other over UDP; tokens arrive
+//! as camera frames through FIFOs; each gate's relay board is the test's
+//! end of a pseudo-terminal. A replay at another gate is declined, a gate
+//! keeps working with every peer dead, and a peer killed mid-burst learns
+//! what it missed when it comes back.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use sonotap_disk::keys::{Role, SecretKey};
+use sonotap_protocol::site::{SiteBody, SiteMessage};
+use sonotap_protocol::token::Scope;
+use sonotap_reader::store::ReaderDb;
+use sonotap_wallet::Wallet;
+
+use crate::util::{
+    Daemon, PtyDevice, Scratch, issued_wallet, mkfifo, open_fifo, pay_token, qr_frame, records,
+    unix_now,
+};
+
+const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
+const SITE: &str = "station-1";
+
+/// One gate of the site: its reader directory, relay board, camera FIFO and daemon.
+struct Gate {
+    id: String,
+    dir: String,
+    addr: SocketAddr,
+    relay: PtyDevice,
+    config: PathBuf,
+    fifo: Option<File>,
+    daemon: Option<Daemon>,
+}
+
+impl Gate {
+    fn opens(&self) -> usize {
+        self.relay
+            .pending
+            .chunks_exact(4)
+            .filter(|c| *c == ON)
+            .count()
+    }
+
+    /// Waits until the relay has received `n` open commands.
+    fn wait_opens(&mut self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.opens() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{}: wanted {n} opens within {within:?}, got {}",
+                self.id,
+                self.opens()
+            );
+            self.relay.pump(Duration::from_millis(5));
+        }
+    }
+
+    /// Shows `token` to the gate's camera (one frame).
+    fn show(&mut self, token: &[u8]) {
+        self.fifo
+            .as_mut()
+            .expect("running")
+            .write_all(&qr_frame(token))
+            .expect("frame");
+    }
+
+    fn daemon(&mut self) -> &mut Daemon {
+        self.daemon.as_mut().expect("running")
+    }
+
+    fn start(&mut self, s: &Scratch) {
+        self.daemon = Some(Daemon::start(s, &self.config, &[]));
+        self.fifo = Some(open_fifo(&s.path(&format!("{}.y8", self.dir))));
+        self.daemon()
+            .wait_log("site link up", Duration::from_secs(20));
+    }
+
+    /// The accepts this gate learned from its peers.
+    fn learned(&self, s: &Scratch) -> Vec<(String, u64)> {
+        ReaderDb::open(&s.path(&format!("{}/reader.db", self.dir)))
+            .expect("db")
+            .learned_accepts()
+            .expect("learned")
+            .into_iter()
+            .map(|a| (a.reader, a.seq))
+            .collect()
+    }
+
+    fn wait_learned(&self, s: &Scratch, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.learned(s).len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{}: learned {:?}, wanted {n}",
+                self.id,
+                self.learned(s)
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A UDP port free on `ip` right now.
+fn free_udp(ip: &str) -> SocketAddr {
+    UdpSocket::bind((ip, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+/// The hex public key of reader directory `dir` (the last field of reader.pub).
+fn public_hex(s: &Scratch, dir: &str) -> String {
+    let line = fs::read_to_string(s.path(&format!("{dir}/reader.pub"))).expect("reader.pub");
+    line.split_whitespace().last().expect("key").to_string()
+}
+
+/// A site of `n` gates (gate-1 … gate-n on 127.0.0.1 … 127.0.0.n), each
+/// listing every other as a peer, none started; and a wallet.
+fn site(n: usize) -> (Scratch, Vec<Gate>, Wallet) {
+    let s = Scratch::new();
+    s.ok(&["hub", "init", "--data", "hub"]);
+    let mut gates = Vec::new();
+    for i in 1..=n {
+        let (id, dir) = (format!("gate-{i}"), format!("r{i}"));
+        s.reader_init(&dir, &id, &[]);
+        mkfifo(&s.path(&format!("{dir}.y8")));
+        gates.push(Gate {
+            addr: free_udp(&format!("127.0.0.{i}")),
+            id,
+            dir,
+            relay: PtyDevice::new(),
+            config: PathBuf::new(),
+            fifo: None,
+            daemon: None,
+        });
+    }
+    for i in 0..n {
+        let mut peers = String::new();
+        for (j, peer) in gates.iter().enumerate() {
+            if j != i {
+                peers += &format!(
+                    "[[site.peers]]\nid = \"{}\"\naddr = \"{}\"\npublic_key = \"{}\"\n",
+                    peer.id,
+                    peer.addr,
+                    public_hex(&s, &peer.dir)
+                );
+            }
+        }
+        let g = &gates[i];
+        let text = format!(
+            "data = \"{dir}\"\nlog_level = \"sonotap=debug,info\"\n\
+             [actuator]\nprofile = \"ch340-relay\"\nport = \"{port}\"\n\
+             [payment]\nfare = 100\n[metrics]\nlisten = \"\"\n\
+             [camera]\nsource = \"pipe\"\npath = \"{dir}.y8\"\nbudget_ms = 1000\nwidth = 1280\nheight = 720\nformat = \"y8\"\n\
+             [site]\nid = \"{SITE}\"\nlisten = \"{addr}\"\n{peers}",
+            dir = g.dir,
+            port = g.relay.port.display(),
+            addr = g.addr,
+        );
+        let path = s.path(&format!("{}.toml", g.dir));
+        fs::write(&path, text).expect("config");
+        gates[i].config = path;
+    }
+    let w = issued_wallet(s.dir.path(), "w", Scope::Transit, 1_000_000, unix_now());
+    (s, gates, w)
+}
+
+fn pay(w: &mut Wallet) -> Vec<u8> {
+    pay_token(w, 100, unix_now())
+}
+
+#[test]
+fn a_token_accepted_at_one_gate_and_replayed_at_once_at_the_others_is_declined() {
+    let (s, mut gates, mut w) = site(3);
+    for g in &mut gates {
+        g.start(&s);
+    }
+    let token = pay(&mut w);
+    gates[0].show(&token);
+    gates[0].wait_opens(1, Duration::from_secs(10));
+    // The replay is shown the moment the first gate opened: no waiting for the peers.
+    gates[1].show(&token);
+    gates[2].show(&token);
+    for g in &mut gates[1..] {
+        g.daemon().wait_log(
+            "accepted at gate-1 (a reader of this site)",
+            Duration::from_secs(10),
+        );
+        g.relay.pump(Duration::from_millis(300));
+        assert_eq!(g.opens(), 0, "{} opened for a replay", g.id);
+        assert!(records(&s, &g.dir).is_empty(), "{} charged a replay", g.id);
+    }
+    // The rider's next token is honest and opens the second gate.
+    let next = pay(&mut w);
+    gates[1].show(&next);
+    gates[1].wait_opens(1, Duration::from_secs(10));
+    // Every gate learned both accepts from its peers, once each.
+    gates[0].wait_learned(&s, 1, Duration::from_secs(5));
+    gates[2].wait_learned(&s, 2, Duration::from_secs(5));
+    assert_eq!(
+        gates[2].learned(&s),
+        vec![("gate-1".to_string(), 1), ("gate-2".to_string(), 1)]
+    );
+    for g in &mut gates {
+        g.fifo = None;
+        g.daemon().stop();
+    }
+}
+
+#[test]
+fn a_gate_keeps_working_with_every_peer_dead() {
+    let (s, mut gates, mut w) = site(3);
+    // Only gate-1 runs: its two peers are configured and never answer.
+    gates[0].start(&s);
+    for n in 1..=3 {
+        let token = pay(&mut w);
+        gates[0].show(&token);
+        gates[0].wait_opens(n, Duration::from_secs(10));
+    }
+    assert_eq!(records(&s, "r1").len(), 3);
+    gates[0].fifo = None;
+    gates[0].daemon().stop();
+}
+
+#[test]
+fn a_peer_killed_mid_burst_learns_what_it_missed_when_it_comes_back() {
+    let (s, mut gates, mut w) = site(3);
+    for g in &mut gates {
+        g.start(&s);
+    }
+    let tokens: Vec<Vec<u8>> = (0..8).map(|_| pay(&mut w)).collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if i == 3 {
+            gates[2].daemon().kill(); // a power cut at gate-3, mid-burst
+            gates[2].daemon = None;
+            gates[2].fifo = None;
+        }
+        gates[0].show(token);
+        gates[0].wait_opens(i + 1, Duration::from_secs(10));
+    }
+    // The gate never waited for its dead peer; the live one learned everything.
+    assert_eq!(records(&s, "r1").len(), 8);
+    gates[1].wait_learned(&s, 8, Duration::from_secs(5));
+    // gate-3 comes back, says hello, and both peers send it their recent accepts.
+    gates[2].start(&s);
+    gates[2].wait_learned(&s, 8, Duration::from_secs(10));
+    // A token accepted while gate-3 was down, replayed there: declined.
+    gates[2].show(&tokens[6]);
+    gates[2].daemon().wait_log(
+        "accepted at gate-1 (a reader of this site)",
+        Duration::from_secs(10),
+    );
+    gates[2].relay.pump(Duration::from_millis(300));
+    assert_eq!(gates[2].opens(), 0);
+    assert!(records(&s, "r3").is_empty());
+    for g in &mut gates {
+        g.fifo = None;
+        g.daemon().stop();
+    }
+}
+
+#[test]
+fn hostile_datagrams_on_the_site_port_teach_nothing_and_the_gate_works() {
+    let (s, mut gates, mut w) = site(2);
+    gates[0].start(&s);
+    let attacker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let token = pay(&mut w);
+    let accept = |site: &str, reader: &str| SiteMessage {
+        site: site.into(),
+        reader: reader.into(),
+        sent_us: unix_now() * 1_000_000,
+        body: SiteBody::Accept {
+            seq: 1,
+            at: unix_now(),
+            token: token.clone(),
+        },
+    };
+    let stranger = SigningKey::from_bytes(&[7; 32]);
+    let gate_2 = SecretKey::read(&s.path("r2/reader.key"), Role::Reader).expect("gate-2's key");
+    let mut bent = token.clone();
+    bent[130] ^= 1; // the wallet's signature no longer verifies
+    let forged = SiteMessage {
+        body: SiteBody::Accept {
+            seq: 2,
+            at: unix_now(),
+            token: bent,
+        },
+        ..accept(SITE, "gate-2")
+    };
+    let peer_key_missing = accept(SITE, "gate-2").sign(&stranger).expect("sign");
+    let datagrams: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0xFF; 2000],
+        b"hello".to_vec(),
+        accept("station-9", "gate-2").sign(&stranger).expect("sign"),
+        accept(SITE, "gate-7").sign(&stranger).expect("sign"),
+        peer_key_missing.clone(),
+        peer_key_missing[..peer_key_missing.len() - 1].to_vec(),
+        // Signed by the real peer, but the token is not one a wallet signed.
+        forged.sign(gate_2.signing_key()).expect("sign"),
+    ];
+    for d in &datagrams {
+        attacker.send_to(d, gates[0].addr).expect("send");
+    }
+    // Then one true announcement from gate-2, for another token: the
+    // listener was alive all along, and only this one is learned.
+    let mut another_rider = issued_wallet(s.dir.path(), "w2", Scope::Transit, 1_000, unix_now());
+    let other = pay(&mut another_rider);
+    let true_one = SiteMessage {
+        body: SiteBody::Accept {
+            seq: 3,
+            at: unix_now(),
+            token: other,
+        },
+        ..accept(SITE, "gate-2")
+    };
+    attacker
+        .send_to(
+            &true_one.sign(gate_2.signing_key()).expect("sign"),
+            gates[0].addr,
+        )
+        .expect("send");
+    gates[0].wait_learned(&s, 1, Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(gates[0].learned(&s), vec![("gate-2".to_string(), 3)]);
+    // The token the attacker tried to burn is the rider's, and it opens the gate.
+    gates[0].show(&token);
+    gates[0].wait_opens(1, Duration::from_secs(10));
+    gates[0].fifo = None;
+    gates[0].daemon().stop();
+}
