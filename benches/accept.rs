@@ -49,7 +49,7 @@ impl Fixture {
         }
     }
 
-    fn token(&self, counter: u32) -> [u8; sonotap_protocol::token::TOKEN_LEN] {
+    fn token(&self, counter: u32) -> Vec<u8> {
         let credential = self.terms.sign(&self.issuer).expect("valid terms");
         let payment = PaymentTerms {
             amount: 250,
@@ -85,6 +85,7 @@ fn verify_and_policy(c: &mut Criterion) {
         scope: Scope::Transit,
         currency: 978,
         clock_skew_secs: 300,
+        gate: Default::default(),
     };
     group.bench_function("policy", |b| {
         b.iter(|| {

@@ -135,6 +135,7 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
         amount,
         at,
         reader_tag: 0,
+        gate: None,
     };
     let pay = |wallet: &mut Wallet, amount: u32| -> Result<Vec<u8>> {
         Ok(wallet.pay(request(amount))?.token.encode().to_vec())

@@ -5,6 +5,7 @@
 //! it), 2 usage or environment error (clap's own usage errors also exit 2).
 
 mod analyze;
+mod beacon;
 mod demo;
 mod hub;
 mod hw;
@@ -192,8 +193,13 @@ enum WalletCommand {
         #[arg(long, value_name = "UNIX_SECONDS")]
         at: Option<u64>,
         /// Bind the token to this reader id (default: any reader)
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", conflicts_with = "beacon")]
         reader: Option<String>,
+        /// Bind the token to the gate whose beacon this is (a version-2
+        /// token): its 34 hex digits, or an image of the QR code it shows;
+        /// the token's time is then the gate's (unless --at)
+        #[arg(long, value_name = "SOURCE")]
+        beacon: Option<String>,
         /// Where to write the token
         #[arg(long, value_name = "TOKEN")]
         out: PathBuf,
@@ -454,6 +460,7 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             amount,
             at,
             reader,
+            beacon,
             out,
             hex,
             wav,
@@ -461,6 +468,7 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             qr,
             force,
         } => {
+            let heard = beacon.as_deref().map(beacon::hear).transpose()?;
             let reader_tag = match reader {
                 Some(id) => {
                     check_reader_id(&id).map_err(|e| anyhow!(e))?;
@@ -469,10 +477,15 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
                 None => 0,
             };
             let mut wallet = Wallet::open(&dir)?;
+            let at = match (at, &heard) {
+                (None, Some(heard)) => heard.gate_time_now(),
+                (at, _) => clock(at)?,
+            };
             let request = PayRequest {
                 amount,
-                at: unix_u32(clock(at)?)?,
+                at: unix_u32(at)?,
                 reader_tag,
+                gate: heard.map(|h| h.beacon),
             };
             let payment = match force {
                 true => wallet.pay_forced(request)?,
@@ -489,7 +502,7 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             }
             let bytes = payment.token.encode();
             let content = match hex {
-                true => format!("{}\n", ::hex::encode(bytes)).into_bytes(),
+                true => format!("{}\n", ::hex::encode(&bytes)).into_bytes(),
                 false => bytes.to_vec(),
             };
             // A token is a bearer instrument until it is spent: owner only.

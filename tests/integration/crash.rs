@@ -56,6 +56,7 @@ fn sigkill_during_accepts_loses_no_acknowledged_record() {
                 amount: 10,
                 at: NOW as u32,
                 reader_tag: 0,
+                gate: None,
             })
             .expect("pay")
             .token;

@@ -87,7 +87,7 @@ fn compute() -> Vec<(&'static str, String)> {
         ("credential", hex::encode(credential_bytes)),
         ("credential_digest", hex::encode(credential.digest())),
         ("payment_signed_message", hex::encode(&payment_message)),
-        ("token", hex::encode(token_bytes)),
+        ("token", hex::encode(&token_bytes)),
         ("record_body", hex::encode(record.encode())),
         ("record_hash", hex::encode(record.hash())),
         ("record_signature", hex::encode(record.sign(&reader))),
@@ -153,6 +153,7 @@ fn documented_token_is_accepted_by_the_documented_reader_setup() {
         scope: Scope::Transit,
         currency: 978,
         clock_skew_secs: 300,
+        gate: Default::default(),
     };
     let authentic = authenticate(&token, &keys).expect("the vector verifies");
     let approval = decide(

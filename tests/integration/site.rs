@@ -1,9 +1,12 @@
-//! Site peers with real parts: several `sonotap run` processes on loopback
-//! addresses announce their accepts to each other over UDP; tokens arrive
-//! as camera frames through FIFOs; each gate's relay board is the test's
-//! end of a pseudo-terminal. A replay at another gate is declined, a gate
-//! keeps working with every peer dead, and a peer killed mid-burst learns
-//! what it missed when it comes back.
+//! Site peers and gate beacons with real parts: several `sonotap run`
+//! processes on loopback addresses announce their accepts to each other
+//! over UDP; tokens arrive as camera frames through FIFOs; each gate's
+//! relay board is the test's end of a pseudo-terminal. A replay at another
+//! gate is declined, a gate keeps working with every peer dead, and a peer
+//! killed mid-burst learns what it missed when it comes back. Gates that
+//! beacon show their challenge as a QR code the real `sonotap wallet pay
+//! --beacon` reads; a token bound to it is declined at another gate and
+//! once its challenge has lived out.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -123,6 +126,12 @@ fn public_hex(s: &Scratch, dir: &str) -> String {
 /// A site of `n` gates (gate-1 … gate-n on 127.0.0.1 … 127.0.0.n), each
 /// listing every other as a peer, none started; and a wallet.
 fn site(n: usize) -> (Scratch, Vec<Gate>, Wallet) {
+    site_with(n, "")
+}
+
+/// [`site`] with `extra` appended to every gate's config (`{dir}` stands
+/// for the gate's reader directory).
+fn site_with(n: usize, extra: &str) -> (Scratch, Vec<Gate>, Wallet) {
     let s = Scratch::new();
     s.ok(&["hub", "init", "--data", "hub"]);
     let mut gates = Vec::new();
@@ -158,7 +167,8 @@ fn site(n: usize) -> (Scratch, Vec<Gate>, Wallet) {
              [actuator]\nprofile = \"ch340-relay\"\nport = \"{port}\"\n\
              [payment]\nfare = 100\n[metrics]\nlisten = \"\"\n\
              [camera]\nsource = \"pipe\"\npath = \"{dir}.y8\"\nbudget_ms = 1000\nwidth = 1280\nheight = 720\nformat = \"y8\"\n\
-             [site]\nid = \"{SITE}\"\nlisten = \"{addr}\"\n{peers}",
+             [site]\nid = \"{SITE}\"\nlisten = \"{addr}\"\n{peers}{extra}",
+            extra = extra.replace("{dir}", &g.dir),
             dir = g.dir,
             port = g.relay.port.display(),
             addr = g.addr,
@@ -331,6 +341,106 @@ fn hostile_datagrams_on_the_site_port_teach_nothing_and_the_gate_works() {
     assert_eq!(gates[0].learned(&s), vec![("gate-2".to_string(), 3)]);
     // The token the attacker tried to burn is the rider's, and it opens the gate.
     gates[0].show(&token);
+    gates[0].wait_opens(1, Duration::from_secs(10));
+    gates[0].fifo = None;
+    gates[0].daemon().stop();
+}
+
+/// The beacon every gate shows: a new challenge every second, each accepted
+/// for two, version-1 tokens declined.
+const BEACON: &str = "[beacon]\nperiod_secs = 1\nlife_secs = 2\nqr_file = \"{dir}-beacon.png\"\n";
+
+/// `sonotap wallet pay` in wallet `w` bound to gate `dir`'s beacon (its QR
+/// image), once the gate shows one; the token's bytes.
+fn pay_at_gate(s: &Scratch, dir: &str) -> Vec<u8> {
+    let png = format!("{dir}-beacon.png");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.path(&png).exists() {
+        assert!(Instant::now() < deadline, "{dir} shows no beacon");
+        thread::sleep(Duration::from_millis(50));
+    }
+    s.ok(&[
+        "wallet",
+        "pay",
+        "--dir",
+        "w",
+        "--amount",
+        "100",
+        "--beacon",
+        &png,
+        "--out",
+        "bound.tok",
+    ]);
+    fs::read(s.path("bound.tok")).expect("token")
+}
+
+#[test]
+fn a_token_bound_to_one_gates_beacon_opens_it_and_its_recording_is_declined_anywhere_else() {
+    let (s, mut gates, _w) = site_with(2, BEACON);
+    for g in &mut gates {
+        g.start(&s);
+    }
+    let token = pay_at_gate(&s, "r1");
+    assert_eq!(token.len(), 200, "a version-2 token");
+    assert_eq!(token[0], 2);
+    gates[0].show(&token);
+    gates[0].wait_opens(1, Duration::from_secs(10));
+    // The recording, at the other gate: bound to gate-1's challenge.
+    gates[1].show(&token);
+    gates[1]
+        .daemon()
+        .wait_log("another gate's, or a challenge", Duration::from_secs(10));
+    assert_eq!(gates[1].opens(), 0);
+    assert!(records(&s, "r2").is_empty());
+    for g in &mut gates {
+        g.fifo = None;
+        g.daemon().stop();
+    }
+}
+
+#[test]
+fn a_token_bound_to_a_challenge_that_lived_out_is_declined_at_its_own_gate() {
+    let (s, mut gates, _w) = site_with(2, BEACON);
+    gates[0].start(&s);
+    let token = pay_at_gate(&s, "r1");
+    // The rider, or a recording of them, comes back after the challenge's
+    // two seconds: the gate has drawn new challenges since.
+    thread::sleep(Duration::from_millis(3500));
+    gates[0].show(&token);
+    gates[0]
+        .daemon()
+        .wait_log("a challenge lives 2s", Duration::from_secs(10));
+    assert_eq!(gates[0].opens(), 0);
+    // A fresh one opens it.
+    let fresh = pay_at_gate(&s, "r1");
+    gates[0].show(&fresh);
+    gates[0].wait_opens(1, Duration::from_secs(10));
+    gates[0].fifo = None;
+    gates[0].daemon().stop();
+}
+
+#[test]
+fn a_version_1_token_is_declined_at_a_gate_that_beacons_unless_the_operator_allows_it() {
+    let (s, mut gates, mut w) = site_with(2, BEACON);
+    gates[0].start(&s);
+    let v1 = pay(&mut w);
+    gates[0].show(&v1);
+    gates[0]
+        .daemon()
+        .wait_log("a version-1 token at a gate", Duration::from_secs(10));
+    assert_eq!(gates[0].opens(), 0);
+    gates[0].fifo = None;
+    gates[0].daemon().stop();
+    // The operator allows version-1 tokens during a migration.
+    let config = fs::read_to_string(&gates[0].config).expect("config");
+    fs::write(
+        &gates[0].config,
+        config.replace("[beacon]\n", "[beacon]\naccept_version_1 = true\n"),
+    )
+    .expect("config");
+    gates[0].start(&s);
+    let v1 = pay(&mut w);
+    gates[0].show(&v1);
     gates[0].wait_opens(1, Duration::from_secs(10));
     gates[0].fifo = None;
     gates[0].daemon().stop();

@@ -64,6 +64,7 @@ pub fn pay_token(w: &mut Wallet, amount: u32, at: u64) -> Vec<u8> {
         amount,
         at: at as u32,
         reader_tag: 0,
+        gate: None,
     })
     .expect("pay")
     .token

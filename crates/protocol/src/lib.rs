@@ -1,9 +1,9 @@
 //! The formats every sonotap party shares, as pure functions over bytes:
-//! payment [`token`]s and credentials, hash-chained [`record`]s, what the
-//! readers of a site tell each other ([`site`]), the offline [`policy`],
-//! amounts in [`currency`], and the signed messages between reader and hub
-//! ([`wire`], [`api`]). No I/O and no async
-//! runtime: a phone or hub written in Rust depends on this crate alone.
+//! payment [`token`]s and credentials, a gate's [`beacon`], hash-chained
+//! [`record`]s, what the readers of a site tell each other ([`site`]), the
+//! offline [`policy`], amounts in [`currency`], and the signed messages
+//! between reader and hub ([`wire`], [`api`]). No I/O and no async runtime:
+//! a phone or hub written in Rust depends on this crate alone.
 //! `docs/protocol.md` and `docs/sync.md` are the specification.
 
 #![deny(missing_docs)]
@@ -13,6 +13,7 @@
 )]
 
 pub mod api;
+pub mod beacon;
 pub mod bytes;
 pub mod currency;
 pub mod policy;

@@ -14,14 +14,14 @@ use std::num::NonZeroU32;
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
-use crate::token::{Scope, TOKEN_LEN, Token, WalletId};
+use crate::token::{Scope, Token, TokenVersion, WalletId};
 
 /// Why a token was declined. The string forms are stable: operators,
 /// dashboards and the hub match on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
-    /// Not a canonical v1 token (length, version, reserved values).
+    /// Not a canonical token (length, version, reserved values).
     Malformed,
     /// The credential names an issuer key id this reader does not trust.
     UnknownIssuerKey,
@@ -29,7 +29,8 @@ pub enum Reason {
     BadSignature,
     /// The wallet is on the deny list.
     WalletDenied,
-    /// Wrong scope, wrong currency, or bound to another reader.
+    /// Wrong scope, wrong currency, bound to another reader or gate, or a
+    /// version-1 token where only beacon-bound ones are taken.
     WrongScope,
     /// The credential's validity has not started yet.
     CredentialNotYetValid,
@@ -37,7 +38,8 @@ pub enum Reason {
     CredentialExpired,
     /// The token was made further in the future than the skew window allows.
     FutureToken,
-    /// The token is older than the skew window allows.
+    /// The token is older than the skew window allows, or its gate
+    /// challenge has lived out.
     StaleToken,
     /// The counter is not above the last one accepted from this wallet,
     /// here or (as announced) at another reader of the site.
@@ -87,7 +89,7 @@ impl Reason {
     /// What the check is, in one sentence.
     pub fn rule(self) -> &'static str {
         match self {
-            Reason::Malformed => "the bytes are exactly one canonical v1 token",
+            Reason::Malformed => "the bytes are exactly one canonical token (version 1 or 2)",
             Reason::UnknownIssuerKey => "the credential's issuer key id is trusted by this reader",
             Reason::BadSignature => {
                 "the issuer signature over the credential and the wallet signature over \
@@ -95,13 +97,17 @@ impl Reason {
             }
             Reason::WalletDenied => "the wallet is not on the deny list",
             Reason::WrongScope => {
-                "the credential's scope and currency are the reader's, and the token is \
-                 bound to no reader or to this one"
+                "the credential's scope and currency are the reader's; a version-1 token is \
+                 bound to no reader or to this one, and accepted here; a version-2 token is \
+                 bound to a challenge this gate announced"
             }
             Reason::CredentialNotYetValid => "reader time >= credential valid_from",
             Reason::CredentialExpired => "reader time < valid_from + valid_hours * 3600",
             Reason::FutureToken => "token timestamp <= reader time + clock skew",
-            Reason::StaleToken => "token timestamp >= reader time - clock skew",
+            Reason::StaleToken => {
+                "token timestamp >= reader time - clock skew, and a version-2 token's challenge \
+                 was announced at most its life ago"
+            }
             Reason::Replayed => {
                 "counter > the last counter accepted from this wallet, here or at a reader of \
                  this site"
@@ -151,6 +157,50 @@ pub struct ReaderPolicy {
     pub currency: u16,
     /// How far a token's timestamp may be from the reader's clock, either way.
     pub clock_skew_secs: u32,
+    /// What the reader's beacon announced, and whether it still takes
+    /// tokens not bound to it.
+    pub gate: GatePolicy,
+}
+
+/// A gate's beacon, as the policy sees it: the challenges it issued
+/// recently, how long one lives, and whether version-1 tokens (bound to
+/// no challenge) are still accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatePolicy {
+    /// Version-1 tokens are accepted (the default without a beacon; off by
+    /// default at a gate that beacons).
+    pub accept_v1: bool,
+    /// Seconds a challenge is accepted after the gate first announced it.
+    pub challenge_life_secs: u32,
+    /// Challenges issued recently (the live ones and some older, so that a
+    /// late token is told apart from one made for another gate).
+    pub issued: Vec<IssuedChallenge>,
+}
+
+impl Default for GatePolicy {
+    /// A reader without a beacon: version-1 tokens only.
+    fn default() -> Self {
+        Self {
+            accept_v1: true,
+            challenge_life_secs: 0,
+            issued: Vec::new(),
+        }
+    }
+}
+
+/// One challenge a gate announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuedChallenge {
+    /// What a token bound to it carries (`token::gate_binding`).
+    pub binding: u32,
+    /// Reader time it was first announced, Unix seconds.
+    pub issued_at: u64,
+}
+
+impl GatePolicy {
+    fn issued(&self, binding: u32) -> Option<&IssuedChallenge> {
+        self.issued.iter().find(|c| c.binding == binding)
+    }
 }
 
 /// The issuer keys a reader trusts, by key id.
@@ -187,7 +237,7 @@ impl TrustedKeys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authentic {
     token: Token,
-    bytes: [u8; TOKEN_LEN],
+    bytes: Vec<u8>,
 }
 
 impl Authentic {
@@ -197,7 +247,7 @@ impl Authentic {
     }
 
     /// The exact bytes presented (canonical, so equal to `token().encode()`).
-    pub fn bytes(&self) -> &[u8; TOKEN_LEN] {
+    pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 
@@ -321,12 +371,21 @@ pub static RULES: [Rule; 9] = [
                     "credential currency {} at a reader charging currency {}",
                     terms.currency, f.policy.currency
                 ))
-            } else if tag != 0 && tag != f.policy.reader_tag {
-                Err(format!(
-                    "token bound to reader tag {tag:08x}, not this reader"
-                ))
             } else {
-                Ok(())
+                match (f.token.version, f.policy.gate.accept_v1) {
+                    (TokenVersion::V1, false) => Err(
+                        "a version-1 token at a gate that takes only tokens bound to its beacon"
+                            .to_string(),
+                    ),
+                    (TokenVersion::V1, true) if tag != 0 && tag != f.policy.reader_tag => Err(
+                        format!("token bound to reader tag {tag:08x}, not this reader"),
+                    ),
+                    (TokenVersion::V2, _) if f.policy.gate.issued(tag).is_none() => Err(format!(
+                        "token bound to gate binding {tag:08x}: another gate's, or a challenge \
+                         this gate never announced"
+                    )),
+                    _ => Ok(()),
+                }
             }
         },
     },
@@ -375,13 +434,26 @@ pub static RULES: [Rule; 9] = [
         reason: Reason::StaleToken,
         check: |f| {
             let at = u64::from(f.token.payment.timestamp);
-            match at + u64::from(f.policy.clock_skew_secs) < f.now {
-                true => Err(format!(
+            let life = u64::from(f.policy.gate.challenge_life_secs);
+            let challenge = f
+                .token
+                .gate_binding()
+                .and_then(|binding| f.policy.gate.issued(binding));
+            if at + u64::from(f.policy.clock_skew_secs) < f.now {
+                Err(format!(
                     "token made {}s ago (skew window {}s)",
                     f.now - at,
                     f.policy.clock_skew_secs
-                )),
-                false => Ok(()),
+                ))
+            } else if let Some(c) = challenge
+                && c.issued_at + life < f.now
+            {
+                Err(format!(
+                    "bound to a challenge this gate announced {}s ago; a challenge lives {life}s",
+                    f.now - c.issued_at
+                ))
+            } else {
+                Ok(())
             }
         },
     },

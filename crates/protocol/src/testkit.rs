@@ -5,8 +5,10 @@
 
 use ed25519_dalek::SigningKey;
 
-use crate::policy::{ReaderPolicy, TrustedKeys};
-use crate::token::{Credential, CredentialTerms, PaymentTerms, Scope, Token, reader_tag};
+use crate::policy::{GatePolicy, IssuedChallenge, ReaderPolicy, TrustedKeys};
+use crate::token::{
+    Credential, CredentialTerms, PaymentTerms, Scope, Token, gate_binding, reader_tag,
+};
 
 /// The reader clock most tests run at.
 pub const NOW: u64 = 1_800_000_000;
@@ -37,6 +39,7 @@ pub fn policy() -> ReaderPolicy {
         scope: Scope::Transit,
         currency: 978,
         clock_skew_secs: SKEW,
+        gate: Default::default(),
     }
 }
 
@@ -76,4 +79,41 @@ pub fn token_bytes(terms: CredentialTerms, payment: PaymentTerms) -> Vec<u8> {
         .expect("wallet key matches")
         .encode()
         .to_vec()
+}
+
+/// The challenge gate `gate-1` (the [`policy`] reader) announces in tests.
+pub const CHALLENGE: [u8; 8] = [0xC4; 8];
+
+/// A version-2 token for `terms` and `payment`, bound to gate `gate-1` and
+/// `challenge`, signed by [`wallet`], encoded.
+pub fn token_v2_bytes(
+    terms: CredentialTerms,
+    payment: PaymentTerms,
+    challenge: [u8; 8],
+) -> Vec<u8> {
+    Token::sign_for_gate(
+        credential(terms),
+        payment,
+        reader_tag("gate-1"),
+        &challenge,
+        &wallet(),
+    )
+    .expect("wallet key matches")
+    .encode()
+}
+
+/// [`policy`] at a gate that beacons: it announced [`CHALLENGE`] at
+/// `issued_at`, challenges live 30 s, and version-1 tokens are off.
+pub fn beaconing_policy(issued_at: u64) -> ReaderPolicy {
+    ReaderPolicy {
+        gate: GatePolicy {
+            accept_v1: false,
+            challenge_life_secs: 30,
+            issued: vec![IssuedChallenge {
+                binding: gate_binding(reader_tag("gate-1"), &CHALLENGE),
+                issued_at,
+            }],
+        },
+        ..policy()
+    }
 }

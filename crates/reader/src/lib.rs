@@ -17,6 +17,7 @@
 
 pub mod actuator;
 pub mod backoff;
+pub mod beacon;
 pub mod daemon;
 pub mod reader;
 pub mod site;

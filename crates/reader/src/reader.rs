@@ -19,11 +19,13 @@ use std::fs;
 use std::io;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::actuator::ActuationOutcome;
+use crate::beacon::ChallengeBook;
 use crate::site::SiteSender;
 use crate::store::{
     Actuation, Committed, DeclineEntry, PendingVend, Pruned, QueueSummary, ReaderDb, RecordSigner,
@@ -173,6 +175,7 @@ impl ReaderConfig {
             scope: self.scope.parse::<Scope>()?,
             currency: self.currency,
             clock_skew_secs: skew.secs(),
+            gate: Default::default(),
         })
     }
 }
@@ -286,6 +289,8 @@ pub struct Reader {
     db: ReaderDb,
     /// The site's other readers, told of every accept (the daemon sets it).
     site: Option<SiteSender>,
+    /// The challenges this gate's beacon announced (the daemon sets it).
+    challenges: Option<Arc<Mutex<ChallengeBook>>>,
 }
 
 impl Reader {
@@ -374,6 +379,7 @@ impl Reader {
             keys,
             db,
             site: None,
+            challenges: None,
         })
     }
 
@@ -419,11 +425,7 @@ impl Reader {
     /// (`sync::plan::next_clock_offset`); `reader status` and the sync
     /// report show it.
     pub fn adjusted_now(&self, system_now: u64) -> Result<u64, ReaderError> {
-        let offset_secs = self.db.sync_state()?.clock_offset_ms / 1000;
-        if offset_secs.unsigned_abs() > MAX_CLOCK_CORRECTION_SECS {
-            return Ok(system_now);
-        }
-        Ok(system_now.saturating_add_signed(offset_secs))
+        Ok(adjusted(system_now, self.db.sync_state()?.clock_offset_ms))
     }
 
     /// Signs a request to the hub as this reader (`GET /v1/deny`, `/v1/keys`;
@@ -527,6 +529,7 @@ impl Reader {
     /// session never offers more than a charge could be. A decline is
     /// logged as [`Reader::present`] logs one. An `Err` is the store failing.
     pub fn offer(&mut self, bytes: &[u8], now: u64) -> Result<Offer, StoreError> {
+        self.refresh_challenges();
         let parsed = token::Token::decode(bytes).ok();
         let decision = match policy::authenticate(bytes, &self.keys) {
             Ok(authentic) => self.db.check_payment(&authentic, &self.policy, now)?,
@@ -575,6 +578,7 @@ impl Reader {
         now: u64,
     ) -> Result<Outcome, StoreError> {
         let charge = charge.or(self.config.fare.and_then(NonZeroU32::new));
+        self.refresh_challenges();
         let authentic = match policy::authenticate(bytes, &self.keys) {
             Ok(authentic) => authentic,
             Err(decline) => {
@@ -658,6 +662,25 @@ impl Reader {
     /// (after its record is committed; see [`crate::site`]).
     pub fn attach_site(&mut self, sender: SiteSender) {
         self.site = Some(sender);
+    }
+
+    /// Takes tokens bound to the challenges in `book` (which the beacon
+    /// announces), and version-1 tokens only if `accept_v1`.
+    pub fn attach_beacon(&mut self, book: Arc<Mutex<ChallengeBook>>, accept_v1: bool) {
+        self.policy.gate.accept_v1 = accept_v1;
+        self.challenges = Some(book);
+    }
+
+    /// Brings the policy's view of the announced challenges up to date
+    /// before a decision.
+    fn refresh_challenges(&mut self) {
+        if let Some(book) = &self.challenges
+            && let Ok(book) = book.lock()
+        {
+            self.policy.gate.issued = book.issued();
+            self.policy.gate.challenge_life_secs =
+                u32::try_from(book.life_secs()).unwrap_or(u32::MAX);
+        }
     }
 
     /// A copy of the reader's signing key, for the site link's own thread.
@@ -784,6 +807,17 @@ impl Reader {
 
 /// The most a configuration file may hold; real ones are a few hundred bytes.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reader time: the system clock corrected by the offset the uplink
+/// measured against the hub (`SyncState::clock_offset_ms`), unless that
+/// offset is past [`MAX_CLOCK_CORRECTION_SECS`].
+pub fn adjusted(system_now: u64, clock_offset_ms: i64) -> u64 {
+    let offset_secs = clock_offset_ms / 1000;
+    if offset_secs.unsigned_abs() > MAX_CLOCK_CORRECTION_SECS {
+        return system_now;
+    }
+    system_now.saturating_add_signed(offset_secs)
+}
 
 /// A TOML error with the line it is about, so that the field is named
 /// (`line 4 \`clock_skew_secs = 5000000000\`: ...`).

@@ -42,6 +42,7 @@ use thiserror::Error;
 
 use sonotap_disk::fsutil;
 use sonotap_disk::keys::{KeyFileError, PublicKey, Role, SecretKey};
+use sonotap_protocol::beacon::Beacon;
 use sonotap_protocol::policy::Reason;
 use sonotap_protocol::token::{
     Credential, CredentialTerms, FormatError, PaymentTerms, SignError, Token, WalletId,
@@ -223,8 +224,12 @@ pub struct PayRequest {
     pub amount: u32,
     /// Token time, Unix seconds.
     pub at: u32,
-    /// Reader to bind the token to, or 0 for any reader.
+    /// Reader to bind the token to, or 0 for any reader (version 1).
     pub reader_tag: u32,
+    /// The gate beacon heard: a version-2 token bound to its gate and
+    /// challenge is made instead (`reader_tag` is then ignored, and `at`
+    /// should be the gate's time: the beacon's plus the seconds since).
+    pub gate: Option<Beacon>,
 }
 
 /// A token and what the wallet noticed while making it.
@@ -454,7 +459,16 @@ impl Wallet {
             timestamp: request.at,
             reader_tag: request.reader_tag,
         };
-        let token = Token::sign(credential, payment, self.key.signing_key())?;
+        let token = match request.gate {
+            None => Token::sign(credential, payment, self.key.signing_key())?,
+            Some(beacon) => Token::sign_for_gate(
+                credential,
+                payment,
+                beacon.reader_tag,
+                &beacon.challenge,
+                self.key.signing_key(),
+            )?,
+        };
         self.state.counter = counter;
         self.state.running_total = total_after;
         self.save_state()?;
@@ -585,6 +599,7 @@ mod tests {
             amount,
             at: at as u32,
             reader_tag: 0,
+            gate: None,
         }
     }
 

@@ -427,3 +427,73 @@ fn issue13_12_most_chargeable_runs_every_price_free_check_and_bounds_the_funds()
         Err(Reason::OverPaymentCap)
     );
 }
+
+/// Decides on `bytes` at a gate that announced [`CHALLENGE`] at `issued_at`.
+fn at_beaconing_gate(bytes: &[u8], issued_at: u64, now: u64) -> Result<Approval, Decline> {
+    let authentic = authenticate(bytes, &keys())?;
+    decide(
+        &authentic,
+        &fresh(),
+        &beaconing_policy(issued_at),
+        None,
+        now,
+    )
+}
+
+#[test]
+fn a_version_2_token_bound_to_a_live_challenge_of_this_gate_is_accepted() {
+    let bytes = token_v2_bytes(terms(), payment(), CHALLENGE);
+    assert!(at_beaconing_gate(&bytes, NOW - 10, NOW).is_ok());
+    // The challenge's last second still counts.
+    assert!(at_beaconing_gate(&bytes, NOW - 30, NOW).is_ok());
+}
+
+#[test]
+fn a_version_2_token_bound_to_another_gate_or_challenge_is_wrong_scope() {
+    let other_challenge = token_v2_bytes(terms(), payment(), [0x11; 8]);
+    let declined = at_beaconing_gate(&other_challenge, NOW - 10, NOW).unwrap_err();
+    assert_eq!(declined.reason, Reason::WrongScope);
+    assert!(
+        declined.detail.contains("another gate"),
+        "{}",
+        declined.detail
+    );
+    // The same challenge heard at gate-2 binds to gate-2, not to this gate.
+    let other_gate = Token::sign_for_gate(
+        credential(terms()),
+        payment(),
+        reader_tag("gate-2"),
+        &CHALLENGE,
+        &wallet(),
+    )
+    .unwrap()
+    .encode();
+    assert_eq!(
+        reason(at_beaconing_gate(&other_gate, NOW - 10, NOW)),
+        Some(Reason::WrongScope)
+    );
+    // A reader that never beaconed knows no challenge at all.
+    let bytes = token_v2_bytes(terms(), payment(), CHALLENGE);
+    assert_eq!(declined_now(&bytes), Some(Reason::WrongScope));
+}
+
+#[test]
+fn a_version_2_token_whose_challenge_lived_out_is_stale() {
+    let bytes = token_v2_bytes(terms(), payment(), CHALLENGE);
+    let declined = at_beaconing_gate(&bytes, NOW - 31, NOW).unwrap_err();
+    assert_eq!(declined.reason, Reason::StaleToken);
+    assert!(declined.detail.contains("31s ago"), "{}", declined.detail);
+}
+
+#[test]
+fn a_version_1_token_is_declined_where_only_beacon_bound_tokens_are_taken() {
+    let v1 = token_bytes(terms(), payment());
+    let declined = at_beaconing_gate(&v1, NOW - 10, NOW).unwrap_err();
+    assert_eq!(declined.reason, Reason::WrongScope);
+    assert!(declined.detail.contains("version-1"), "{}", declined.detail);
+    // Where the operator allows them, they are taken as before.
+    let mut allowing = beaconing_policy(NOW - 10);
+    allowing.gate.accept_v1 = true;
+    let authentic = authenticate(&v1, &keys()).unwrap();
+    assert!(decide(&authentic, &fresh(), &allowing, None, NOW).is_ok());
+}

@@ -1,7 +1,11 @@
-//! Token format v1: an issuer-signed credential followed by a wallet-signed payment.
+//! Payment tokens: an issuer-signed credential followed by a wallet-signed payment.
 //!
-//! The whole token is 199 bytes, so it fits one short acoustic frame and a
-//! version-10 QR code at error-correction level M. Every field has a fixed
+//! Version 1 is 199 bytes and may name one reader by its tag; version 2 is
+//! 200 bytes, a version byte in front of the same fields, and is bound to
+//! the challenge a gate's beacon announced (see [`gate_binding`] and
+//! [`crate::beacon`]), so that a recording replayed at another gate, or
+//! later, is declined. Both fit one short acoustic frame and a version-10 QR
+//! code at error-correction level M. Every field has a fixed
 //! width and a fixed place; a parser accepts exactly one encoding of each
 //! token (wrong length, unknown version, reserved values and trailing bytes
 //! are refused). `docs/protocol.md` documents the layout byte by byte, with
@@ -19,28 +23,72 @@ use thiserror::Error;
 
 use crate::bytes::{Cursor, Truncated};
 
-/// The only token version this build reads and writes.
+/// The credential's version, and the first byte of a version-1 token.
 pub const VERSION: u8 = 1;
+/// The first byte of a version-2 (gate-bound) token.
+pub const VERSION_2: u8 = 2;
 /// Encoded length of a credential (version byte included).
 pub const CREDENTIAL_LEN: usize = 115;
 /// Encoded length of the payment part that follows the credential in a token.
 pub const PAYMENT_LEN: usize = 84;
-/// Encoded length of a whole token.
+/// Encoded length of a version-1 token.
 pub const TOKEN_LEN: usize = CREDENTIAL_LEN + PAYMENT_LEN;
+/// Encoded length of a version-2 token: its version byte, then the same fields.
+pub const TOKEN_V2_LEN: usize = 1 + TOKEN_LEN;
+/// The longest token of any version.
+pub const MAX_TOKEN_LEN: usize = TOKEN_V2_LEN;
 // The budget every transport is designed around (docs/protocol.md §3).
-const _: () = assert!(TOKEN_LEN <= 200);
+const _: () = assert!(MAX_TOKEN_LEN <= 200);
 
 /// Length of the credential's signed part (everything before its signature).
 const CREDENTIAL_SIGNED_LEN: usize = CREDENTIAL_LEN - 64;
-/// Length of the token's wallet-signed part (everything before the wallet signature).
+/// Length of a version-1 token's wallet-signed part (everything before the wallet signature).
+#[cfg(test)]
 const PAYMENT_SIGNED_LEN: usize = TOKEN_LEN - 64;
 
 /// Domain-separation prefix of the message an issuer signs.
 pub const CREDENTIAL_DOMAIN: &[u8] = b"sonotap/v1/credential\0";
-/// Domain-separation prefix of the message a wallet signs.
+/// Domain-separation prefix of the message a wallet signs (version 1).
 pub const PAYMENT_DOMAIN: &[u8] = b"sonotap/v1/payment\0";
+/// Domain-separation prefix of the message a wallet signs (version 2).
+pub const PAYMENT_V2_DOMAIN: &[u8] = b"sonotap/v2/payment\0";
 const WALLET_ID_DOMAIN: &[u8] = b"sonotap/v1/wallet-id\0";
 const READER_TAG_DOMAIN: &[u8] = b"sonotap/v1/reader-tag\0";
+const GATE_BINDING_DOMAIN: &[u8] = b"sonotap/v2/gate-binding\0";
+
+/// A token's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenVersion {
+    /// 199 bytes; `reader_tag` is 0 (any reader) or one reader's tag.
+    V1,
+    /// 200 bytes; `reader_tag` holds the gate binding ([`gate_binding`]).
+    V2,
+}
+
+impl TokenVersion {
+    /// The first byte of the token.
+    pub fn code(self) -> u8 {
+        match self {
+            TokenVersion::V1 => VERSION,
+            TokenVersion::V2 => VERSION_2,
+        }
+    }
+
+    /// The encoded length.
+    pub fn encoded_len(self) -> usize {
+        match self {
+            TokenVersion::V1 => TOKEN_LEN,
+            TokenVersion::V2 => TOKEN_V2_LEN,
+        }
+    }
+
+    fn domain(self) -> &'static [u8] {
+        match self {
+            TokenVersion::V1 => PAYMENT_DOMAIN,
+            TokenVersion::V2 => PAYMENT_V2_DOMAIN,
+        }
+    }
+}
 
 /// Why some bytes are not a canonical v1 credential or token.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -56,7 +104,7 @@ pub enum FormatError {
         got: usize,
     },
     /// The first byte names a version this build does not know.
-    #[error("unsupported version {0} (this reader speaks version {VERSION})")]
+    #[error("unsupported version {0} (this build speaks versions {VERSION} and {VERSION_2})")]
     UnsupportedVersion(u8),
     /// The scope byte is one of the reserved values.
     #[error("reserved scope code 0x{0:02x}")]
@@ -186,6 +234,18 @@ pub fn reader_tag(reader_id: &str) -> u32 {
         .finalize();
     let tag = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
     tag.max(1)
+}
+
+/// What a version-2 token carries to bind itself to one gate and one of its
+/// challenges: the first 4 bytes of SHA-256 over a domain tag, the gate's
+/// reader tag and the challenge its beacon announced.
+pub fn gate_binding(reader_tag: u32, challenge: &[u8; 8]) -> u32 {
+    let digest = Sha256::new()
+        .chain_update(GATE_BINDING_DOMAIN)
+        .chain_update(reader_tag.to_be_bytes())
+        .chain_update(challenge)
+        .finalize();
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
 /// What an issuer grants a wallet for offline use: the signed part of a credential.
@@ -361,9 +421,11 @@ pub struct PaymentTerms {
     pub counter: u32,
     /// The wallet's offline running total under this credential before this payment.
     pub total_before: u32,
-    /// When the wallet made the token, Unix seconds.
+    /// When the wallet made the token, Unix seconds (version 2: in the
+    /// gate's time, as its beacon told it).
     pub timestamp: u32,
-    /// The reader this token is bound to (see [`reader_tag`]), or 0 for any reader.
+    /// Version 1: the reader this token is bound to (see [`reader_tag`]), or
+    /// 0 for any reader. Version 2: the gate binding (see [`gate_binding`]).
     pub reader_tag: u32,
 }
 
@@ -382,6 +444,8 @@ impl PaymentTerms {
 /// A complete payment token: credential, payment terms and the wallet's signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Token {
+    /// The layout (and the domain the wallet signed under).
+    pub version: TokenVersion,
     /// The issuer-signed credential.
     pub credential: Credential,
     /// What the wallet authorises.
@@ -391,11 +455,38 @@ pub struct Token {
 }
 
 impl Token {
-    /// Signs `payment` under `credential` with the wallet key.
+    /// Signs `payment` under `credential` with the wallet key: a version-1
+    /// token, bound to the reader whose tag `payment.reader_tag` is (0: any).
     ///
     /// The key must be the one the credential names; a mismatch would only
     /// produce tokens every reader declines, so it is refused here.
     pub fn sign(
+        credential: Credential,
+        payment: PaymentTerms,
+        wallet: &SigningKey,
+    ) -> Result<Token, SignError> {
+        Self::sign_as(TokenVersion::V1, credential, payment, wallet)
+    }
+
+    /// Signs a version-2 token bound to the gate whose beacon announced
+    /// `reader_tag` and `challenge`: `payment.reader_tag` is replaced by
+    /// their [`gate_binding`].
+    pub fn sign_for_gate(
+        credential: Credential,
+        payment: PaymentTerms,
+        reader_tag: u32,
+        challenge: &[u8; 8],
+        wallet: &SigningKey,
+    ) -> Result<Token, SignError> {
+        let payment = PaymentTerms {
+            reader_tag: gate_binding(reader_tag, challenge),
+            ..payment
+        };
+        Self::sign_as(TokenVersion::V2, credential, payment, wallet)
+    }
+
+    fn sign_as(
+        version: TokenVersion,
         credential: Credential,
         payment: PaymentTerms,
         wallet: &SigningKey,
@@ -405,47 +496,54 @@ impl Token {
             return Err(SignError::KeyMismatch);
         }
         let mut token = Token {
+            version,
             credential,
             payment,
             wallet_signature: [0; 64],
         };
-        let message = signed_message(PAYMENT_DOMAIN, &token.encode()[..PAYMENT_SIGNED_LEN]);
-        token.wallet_signature = wallet.sign(&message).to_bytes();
+        token.wallet_signature = wallet.sign(&token.payment_message()).to_bytes();
         Ok(token)
     }
 
-    /// The canonical 199-byte encoding.
-    pub fn encode(&self) -> [u8; TOKEN_LEN] {
-        let mut out = [0; TOKEN_LEN];
-        out[..CREDENTIAL_LEN].copy_from_slice(&self.credential.encode());
-        let mut w = Writer::new(&mut out[CREDENTIAL_LEN..]);
-        w.put(&self.payment.amount.to_be_bytes());
-        w.put(&self.payment.counter.to_be_bytes());
-        w.put(&self.payment.total_before.to_be_bytes());
-        w.put(&self.payment.timestamp.to_be_bytes());
-        w.put(&self.payment.reader_tag.to_be_bytes());
-        w.put(&self.wallet_signature);
+    /// The canonical encoding: 199 bytes (version 1) or 200 (version 2).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.version.encoded_len());
+        if self.version == TokenVersion::V2 {
+            out.push(VERSION_2);
+        }
+        out.extend_from_slice(&self.credential.encode());
+        out.extend_from_slice(&self.payment.amount.to_be_bytes());
+        out.extend_from_slice(&self.payment.counter.to_be_bytes());
+        out.extend_from_slice(&self.payment.total_before.to_be_bytes());
+        out.extend_from_slice(&self.payment.timestamp.to_be_bytes());
+        out.extend_from_slice(&self.payment.reader_tag.to_be_bytes());
+        out.extend_from_slice(&self.wallet_signature);
         out
     }
 
-    /// Parses exactly one canonical token; never panics, whatever the bytes.
+    /// Parses exactly one canonical token of either version; never panics,
+    /// whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let wrong_length = FormatError::WrongLength {
-            what: "token",
-            expected: TOKEN_LEN,
-            got: bytes.len(),
-        };
         // The version byte is checked first so that a future, longer token
         // version is reported as such rather than as a length error.
-        if let Some(&version) = bytes.first()
-            && version != VERSION
-        {
-            return Err(FormatError::UnsupportedVersion(version));
-        }
-        if bytes.len() != TOKEN_LEN {
+        let version = match bytes.first() {
+            Some(&VERSION) | None => TokenVersion::V1,
+            Some(&VERSION_2) => TokenVersion::V2,
+            Some(&other) => return Err(FormatError::UnsupportedVersion(other)),
+        };
+        let wrong_length = FormatError::WrongLength {
+            what: "token",
+            expected: version.encoded_len(),
+            got: bytes.len(),
+        };
+        if bytes.len() != version.encoded_len() {
             return Err(wrong_length);
         }
-        let mut c = Cursor::new(bytes);
+        let fields = match version {
+            TokenVersion::V1 => bytes,
+            TokenVersion::V2 => &bytes[1..],
+        };
+        let mut c = Cursor::new(fields);
         let read = |c: &mut Cursor<'_>| -> Result<Result<Token, FormatError>, Truncated> {
             let credential = match Credential::read(c)? {
                 Ok(credential) => credential,
@@ -460,6 +558,7 @@ impl Token {
             };
             let wallet_signature = c.array()?;
             Ok(payment.check().map(|()| Token {
+                version,
                 credential,
                 payment,
                 wallet_signature,
@@ -472,6 +571,23 @@ impl Token {
         Ok(token)
     }
 
+    /// The reader a version-1 token is bound to by its tag; `None` for an
+    /// unbound version-1 token and for every version-2 token.
+    pub fn bound_reader_tag(&self) -> Option<u32> {
+        match (self.version, self.payment.reader_tag) {
+            (TokenVersion::V1, 0) | (TokenVersion::V2, _) => None,
+            (TokenVersion::V1, tag) => Some(tag),
+        }
+    }
+
+    /// The gate binding of a version-2 token.
+    pub fn gate_binding(&self) -> Option<u32> {
+        match self.version {
+            TokenVersion::V1 => None,
+            TokenVersion::V2 => Some(self.payment.reader_tag),
+        }
+    }
+
     /// Checks the wallet signature against the key inside the credential,
     /// with `verify_strict`. Does not check the credential's own signature.
     pub fn verify_payment(&self) -> Result<(), ed25519_dalek::SignatureError> {
@@ -482,9 +598,12 @@ impl Token {
         )
     }
 
-    /// The exact message the wallet signed (for batch verification at the hub).
+    /// The exact message the wallet signed (for batch verification at the
+    /// hub): the version's domain tag, then every byte of the token before
+    /// the wallet's signature.
     pub fn payment_message(&self) -> Vec<u8> {
-        signed_message(PAYMENT_DOMAIN, &self.encode()[..PAYMENT_SIGNED_LEN])
+        let encoded = self.encode();
+        signed_message(self.version.domain(), &encoded[..encoded.len() - 64])
     }
 
     /// The wallet that made this token.

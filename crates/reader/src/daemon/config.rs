@@ -17,6 +17,7 @@ use serde::Deserialize;
 use sonotap_qr::source::PixelFormat;
 use thiserror::Error;
 
+use crate::beacon::ChallengeTiming;
 use crate::reader::ClockSkew;
 use crate::site::{SiteConfig, SitePeer};
 use crate::sync::failover::HubUrls;
@@ -94,6 +95,9 @@ pub struct Config {
     pub feedback: FeedbackConfig,
     /// The site's other readers, told of every accept; none when absent.
     pub site: Option<SiteConfig>,
+    /// The gate's beacon (who it is and a short-lived challenge); none
+    /// when absent.
+    pub beacon: Option<BeaconConfig>,
 }
 
 /// The file as written; [`ConfigFile::check`] makes it a [`Config`].
@@ -121,6 +125,8 @@ struct ConfigFile {
     feedback: FeedbackConfig,
     #[serde(default)]
     site: Option<SiteSection>,
+    #[serde(default)]
+    beacon: Option<BeaconSection>,
 }
 
 fn default_log_level() -> String {
@@ -622,6 +628,68 @@ fn parse_public_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
     Ok(key)
 }
 
+/// The gate's beacon, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BeaconConfig {
+    /// How often a new challenge is drawn, and how long one is accepted.
+    pub timing: ChallengeTiming,
+    /// Version-1 tokens (bound to no challenge) are still accepted.
+    pub accept_version_1: bool,
+    /// Where the current beacon is written as a QR code (PNG) for the
+    /// gate's display, rewritten at each new challenge; none when absent.
+    pub qr_file: Option<PathBuf>,
+}
+
+/// `[beacon]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BeaconSection {
+    #[serde(default = "default_period")]
+    period_secs: u64,
+    #[serde(default = "default_life")]
+    life_secs: u64,
+    #[serde(default)]
+    accept_version_1: bool,
+    #[serde(default)]
+    qr_file: Option<PathBuf>,
+}
+
+fn default_period() -> u64 {
+    ChallengeTiming::DEFAULT.period_secs
+}
+
+fn default_life() -> u64 {
+    ChallengeTiming::DEFAULT.life_secs
+}
+
+impl BeaconSection {
+    fn check(self) -> Result<BeaconConfig, Invalid> {
+        if !(1..=300).contains(&self.period_secs) {
+            return invalid(
+                "beacon.period_secs",
+                format!("{} is outside 1..=300", self.period_secs),
+            );
+        }
+        if !(self.period_secs..=600).contains(&self.life_secs) {
+            return invalid(
+                "beacon.life_secs",
+                format!(
+                    "{} is outside {}..=600 (a challenge must live at least one period)",
+                    self.life_secs, self.period_secs
+                ),
+            );
+        }
+        Ok(BeaconConfig {
+            timing: ChallengeTiming {
+                period_secs: self.period_secs,
+                life_secs: self.life_secs,
+            },
+            accept_version_1: self.accept_version_1,
+            qr_file: self.qr_file,
+        })
+    }
+}
+
 impl ConfigFile {
     /// Checks every section, in the order of the file's documentation.
     fn check(self) -> Result<Config, Invalid> {
@@ -639,6 +707,7 @@ impl ConfigFile {
             return invalid("feedback.volume", "must be between 0 and 1");
         }
         let site = self.site.map(SiteSection::check).transpose()?;
+        let beacon = self.beacon.map(BeaconSection::check).transpose()?;
         Ok(Config {
             data: self.data,
             log_level: self.log_level,
@@ -651,6 +720,7 @@ impl ConfigFile {
             metrics,
             feedback: self.feedback,
             site,
+            beacon,
         })
     }
 }
@@ -719,6 +789,9 @@ impl Config {
             && let Some(ca) = &mut hub.ca
         {
             fix(ca);
+        }
+        if let Some(qr) = self.beacon.as_mut().and_then(|b| b.qr_file.as_mut()) {
+            fix(qr);
         }
     }
 }

@@ -49,8 +49,36 @@ pub fn spawn(
 }
 
 fn play(config: &FeedbackConfig, feedback: Feedback) -> Result<(), String> {
+    play_samples(config.device.as_deref(), |rate| {
+        let mut samples = Vec::new();
+        for &(freq, dur) in feedback.tone() {
+            let n = (dur.as_secs_f32() * rate) as usize;
+            let ramp = (0.005 * rate) as usize;
+            for i in 0..n {
+                let envelope = (i.min(n - i) as f32 / ramp.max(1) as f32).min(1.0);
+                let v = if freq > 0.0 {
+                    (2.0 * std::f32::consts::PI * freq * i as f32 / rate).sin()
+                        * config.volume
+                        * envelope
+                } else {
+                    0.0
+                };
+                samples.push(v);
+            }
+        }
+        Ok(samples)
+    })
+}
+
+/// Plays what `make` renders at the output's rate on `device` (cpal id or
+/// ALSA PCM name; the default output when `None`), and returns once it has
+/// played. The device is opened for each call.
+pub(super) fn play_samples(
+    device: Option<&str>,
+    make: impl FnOnce(f32) -> Result<Vec<f32>, String>,
+) -> Result<(), String> {
     let host = cpal::default_host();
-    let device = match &config.device {
+    let device = match device {
         None => host
             .default_output_device()
             .ok_or("no default output device")?,
@@ -70,22 +98,7 @@ fn play(config: &FeedbackConfig, feedback: Feedback) -> Result<(), String> {
     let config_out: cpal::StreamConfig = supported.into();
     let rate = config_out.sample_rate as f32;
     let channels = usize::from(config_out.channels.max(1));
-    let mut samples = Vec::new();
-    for &(freq, dur) in feedback.tone() {
-        let n = (dur.as_secs_f32() * rate) as usize;
-        let ramp = (0.005 * rate) as usize;
-        for i in 0..n {
-            let envelope = (i.min(n - i) as f32 / ramp.max(1) as f32).min(1.0);
-            let v = if freq > 0.0 {
-                (2.0 * std::f32::consts::PI * freq * i as f32 / rate).sin()
-                    * config.volume
-                    * envelope
-            } else {
-                0.0
-            };
-            samples.push(v);
-        }
-    }
+    let samples = make(rate)?;
     let length = Duration::from_secs_f32(samples.len() as f32 / rate);
     let stream = match format {
         SampleFormat::I16 => build::<i16>(&device, &config_out, samples, channels),

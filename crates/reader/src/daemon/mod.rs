@@ -18,6 +18,7 @@
 //! configuration is checked once into typed values at load ([`config`]).
 
 mod acceptor;
+mod beacon;
 pub mod config;
 mod display;
 mod feedback;
@@ -48,6 +49,7 @@ use self::rules::{DRAIN_GRACE, DeviceHealth};
 use self::stop::Stop;
 use crate::actuator::profile::{self, Device, Profile};
 use crate::actuator::{Gate, PortError, Vending};
+use crate::beacon::ChallengeBook;
 use crate::reader::Reader;
 use crate::site::{SiteConfig, SiteListener, SiteSender, SiteStats};
 use crate::status_file::{self, DaemonStatus, DeviceStatus, SyncStatus};
@@ -363,6 +365,17 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         Some(site) => Some(start_site(site, &mut reader, &config.data, &shared)?),
         None => None,
     };
+    let beacon_thread = match &config.beacon {
+        Some(b) => {
+            let tag = sonotap_protocol::token::reader_tag(reader.id());
+            let book = Arc::new(Mutex::new(ChallengeBook::new(tag, b.timing)));
+            reader.attach_beacon(Arc::clone(&book), b.accept_version_1);
+            shared.configure("beacon", false, "starting");
+            let db = config.data.join(crate::reader::DB_FILE);
+            Some(beacon::spawn(b.clone(), book, &db, Arc::clone(&shared)).map_err(spawn_err)?)
+        }
+        None => None,
+    };
     let (actuator, display, busy_bound) = actuator(&config, &shared)?;
     if let Some(audio) = &config.audio {
         shared.configure(
@@ -474,7 +487,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     } else {
         let _ = acceptor.join();
     }
-    if let Some(t) = site_thread {
+    for t in [site_thread, beacon_thread].into_iter().flatten() {
         let until = Instant::now() + Duration::from_secs(1);
         while !t.is_finished() && Instant::now() < until {
             thread::sleep(Duration::from_millis(10));

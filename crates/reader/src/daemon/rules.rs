@@ -185,6 +185,8 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("hub", running.hub != new.hub),
         ("metrics", running.metrics != new.metrics),
         ("feedback", running.feedback != new.feedback),
+        ("site", running.site != new.site),
+        ("beacon", running.beacon != new.beacon),
     ];
     changed
         .into_iter()
@@ -319,11 +321,11 @@ mod tests {
         let running = config("[camera]\nsource = \"pipe\"\npath = \"-\"");
         let new = config(
             "clock_skew_secs = 60\n[camera]\nsource = \"pipe\"\npath = \"-\"\nbudget_ms = 40\n\
-             [hub]\nurl = \"http://h\"\n[metrics]\nlisten = \"\"",
+             [hub]\nurl = \"http://h\"\n[metrics]\nlisten = \"\"\n[beacon]\nlife_secs = 40",
         );
         assert_eq!(
             restart_needed(&running, &new),
-            ["clock_skew_secs", "camera", "hub", "metrics"]
+            ["clock_skew_secs", "camera", "hub", "metrics", "beacon"]
         );
     }
 
