@@ -203,7 +203,7 @@ enum WalletCommand {
         /// Where to write the token
         #[arg(long, value_name = "TOKEN")]
         out: PathBuf,
-        /// Write the token as hex text instead of 199 raw bytes
+        /// Write the token as hex text instead of its raw bytes (199, or 200 for version 2)
         #[arg(long)]
         hex: bool,
         /// Also render the token as sound, as the phone would play it

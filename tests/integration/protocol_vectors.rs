@@ -7,13 +7,15 @@
 use std::collections::BTreeMap;
 
 use ed25519_dalek::SigningKey;
+use sonotap_protocol::beacon::Beacon;
 use sonotap_protocol::policy::{
-    ReaderPolicy, Reason, TrustedKeys, WalletHistory, authenticate, decide,
+    GatePolicy, IssuedChallenge, ReaderPolicy, Reason, TrustedKeys, WalletHistory, authenticate,
+    decide,
 };
 use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
 use sonotap_protocol::token::{
-    CREDENTIAL_DOMAIN, CredentialTerms, PAYMENT_DOMAIN, PaymentTerms, Scope, Token, WalletId,
-    reader_tag,
+    CREDENTIAL_DOMAIN, CredentialTerms, PAYMENT_DOMAIN, PAYMENT_V2_DOMAIN, PaymentTerms, Scope,
+    Token, WalletId, reader_tag,
 };
 
 fn seed(first: u8) -> [u8; 32] {
@@ -59,6 +61,28 @@ fn compute() -> Vec<(&'static str, String)> {
     credential_message.extend_from_slice(&credential_bytes[..51]);
     let mut payment_message = PAYMENT_DOMAIN.to_vec();
     payment_message.extend_from_slice(&token_bytes[..135]);
+    let beacon = Beacon {
+        reader_tag: reader_tag("gate-1"),
+        challenge: std::array::from_fn(|i| 0x60 + i as u8),
+        reader_time: 1_800_003_590,
+    };
+    let payment_v2 = PaymentTerms {
+        counter: 8,
+        total_before: 1_250,
+        timestamp: 1_800_003_595,
+        ..payment
+    };
+    let token_v2 = Token::sign_for_gate(
+        credential,
+        payment_v2,
+        beacon.reader_tag,
+        &beacon.challenge,
+        &wallet,
+    )
+    .expect("matching key")
+    .encode();
+    let mut payment_v2_message = PAYMENT_V2_DOMAIN.to_vec();
+    payment_v2_message.extend_from_slice(&token_v2[..136]);
     vec![
         ("issuer_seed", hex::encode(seed(0x00))),
         (
@@ -88,6 +112,13 @@ fn compute() -> Vec<(&'static str, String)> {
         ("credential_digest", hex::encode(credential.digest())),
         ("payment_signed_message", hex::encode(&payment_message)),
         ("token", hex::encode(&token_bytes)),
+        ("beacon", hex::encode(beacon.encode())),
+        ("gate_binding", format!("{:08x}", beacon.binding())),
+        (
+            "payment_v2_signed_message",
+            hex::encode(&payment_v2_message),
+        ),
+        ("token_v2", hex::encode(&token_v2)),
         ("record_body", hex::encode(record.encode())),
         ("record_hash", hex::encode(record.hash())),
         ("record_signature", hex::encode(record.sign(&reader))),
@@ -196,4 +227,43 @@ fn documented_token_is_accepted_by_the_documented_reader_setup() {
         .map(|d| d.reason),
         Some(Reason::WrongScope)
     );
+}
+
+#[test]
+fn documented_version_2_token_is_accepted_at_its_gate_within_the_challenges_life_only() {
+    let documented = documented();
+    let token = hex::decode(&documented["token_v2"]).expect("hex");
+    let beacon = Beacon::decode(&hex::decode(&documented["beacon"]).expect("hex")).expect("beacon");
+    let issuer = hex::decode(&documented["issuer_public"]).expect("hex");
+    let mut keys = TrustedKeys::default();
+    keys.insert(
+        1,
+        ed25519_dalek::VerifyingKey::from_bytes(&issuer.try_into().expect("32 bytes"))
+            .expect("key"),
+    );
+    let gate = |name: &str| ReaderPolicy {
+        reader_tag: reader_tag(name),
+        scope: Scope::Transit,
+        currency: 978,
+        clock_skew_secs: 300,
+        gate: GatePolicy {
+            accept_v1: false,
+            challenge_life_secs: 30,
+            issued: vec![IssuedChallenge {
+                binding: sonotap_protocol::token::gate_binding(reader_tag(name), &beacon.challenge),
+                issued_at: u64::from(beacon.reader_time),
+            }],
+        },
+    };
+    let authentic = authenticate(&token, &keys).expect("the vector verifies");
+    let at = |policy: &ReaderPolicy, now: u64| {
+        decide(&authentic, &WalletHistory::default(), policy, None, now)
+            .err()
+            .map(|d| d.reason)
+    };
+    assert_eq!(at(&gate("gate-1"), 1_800_003_596), None);
+    // The document's must-reject cases: 31 s after the beacon, and at gate-2
+    // (even had gate-2 drawn the same challenge).
+    assert_eq!(at(&gate("gate-1"), 1_800_003_621), Some(Reason::StaleToken));
+    assert_eq!(at(&gate("gate-2"), 1_800_003_596), Some(Reason::WrongScope));
 }

@@ -1029,16 +1029,47 @@ mod tests {
         assert!(c.audio.is_some() && c.actuator.is_some() && c.hub.is_some());
     }
 
-    /// The example's `[site]` table, its lines uncommented.
-    fn example_site() -> String {
+    /// The example's commented-out table that starts at `marker`, up to the
+    /// next blank line, its lines uncommented.
+    fn example_table(marker: &str) -> String {
         let text = include_str!("../../../../hw/config.example.toml");
-        let from = text.find("# [site]").expect("the example has a site table");
+        let from = text.find(marker).expect("the example has the table");
         text[from..]
             .lines()
+            .take_while(|l| !l.trim().is_empty())
             .filter_map(|l| l.strip_prefix("# "))
             .filter(|l| l.starts_with('[') || l.contains(" = "))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    fn example_site() -> String {
+        example_table("# [site]")
+    }
+
+    #[test]
+    fn the_example_beacon_table_parses_once_uncommented_and_bad_timings_are_refused() {
+        let beacon = example_table("# [beacon]");
+        let c = parse(&format!("data = \"r\"\n{beacon}")).unwrap();
+        let b = c.beacon.expect("beacon");
+        assert_eq!(b.timing, ChallengeTiming::DEFAULT);
+        assert!(!b.accept_version_1);
+        assert_eq!(b.qr_file, Some(PathBuf::from("/run/sonotap/beacon.png")));
+        for (good, bad, field) in [
+            ("period_secs = 10", "period_secs = 0", "beacon.period_secs"),
+            ("life_secs = 30", "life_secs = 601", "beacon.life_secs"),
+        ] {
+            let text = beacon.replace(good, bad);
+            let e = parse(&format!("data = \"r\"\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
+        }
+        let short_life = beacon.replace("life_secs = 30", "life_secs = 5");
+        let e = parse(&format!("data = \"r\"\n{short_life}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least one period"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 It rebuilds every test vector from the document's rules alone (fixed seeds,
 layouts, domain tags) with the `cryptography` package's Ed25519, and checks
 that the document's vectors match. If this passes, a phone app in another
-language can be written from the document. Run: python3 tests/conformance/protocol_v1.py
+language can be written from the document. Run: python3 tests/conformance/protocol.py
 """
 import hashlib
 import pathlib
@@ -39,6 +39,15 @@ def main():
     credential = signed_credential + issuer.sign(b"sonotap/v1/credential\0" + signed_credential)
     payment = struct.pack(">IIIII", 250, 7, 1000, 1800003600, tag)
     token = credential + payment + wallet.sign(b"sonotap/v1/payment\0" + credential + payment)
+    # Version 2: gate-1's beacon, and a token bound to it.
+    challenge = bytes(range(0x60, 0x68))
+    beacon = bytes([0xB1]) + struct.pack(">I", tag) + challenge + struct.pack(">I", 1800003590)
+    binding = hashlib.sha256(b"sonotap/v2/gate-binding\0" + struct.pack(">I", tag) + challenge).digest()[:4]
+    payment_v2 = struct.pack(">IIII", 250, 8, 1250, 1800003595) + binding
+    signed_v2 = bytes([2]) + credential + payment_v2
+    token_v2 = signed_v2 + wallet.sign(b"sonotap/v2/payment\0" + signed_v2)
+    assert len(token_v2) == 200
+
     reader_id = b"gate-1"
     body = (b"sonotap/v1/record\0" + bytes([len(reader_id)]) + reader_id
             + struct.pack(">QQBI", 1, 1800003601, 1, 250) + bytes([len(token)]) + token + bytes(32))
@@ -57,6 +66,10 @@ def main():
         "credential_digest": hashlib.sha256(credential).hexdigest(),
         "payment_signed_message": (b"sonotap/v1/payment\0" + credential + payment).hex(),
         "token": token.hex(),
+        "beacon": beacon.hex(),
+        "gate_binding": binding.hex(),
+        "payment_v2_signed_message": (b"sonotap/v2/payment\0" + signed_v2).hex(),
+        "token_v2": token_v2.hex(),
         "record_body": body.hex(),
         "record_hash": hashlib.sha256(body).hexdigest(),
         "record_signature": reader.sign(body).hex(),
@@ -69,7 +82,7 @@ def main():
     for name in extra:
         print(f"UNCHECKED {name}", file=sys.stderr)
     passed = len(computed) - len(bad)
-    print(f"protocol v1 conformance: {passed} passed, {len(bad) + len(extra)} failed")
+    print(f"protocol conformance (versions 1 and 2): {passed} passed, {len(bad) + len(extra)} failed")
     return 1 if bad or extra else 0
 
 
