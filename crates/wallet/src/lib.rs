@@ -264,6 +264,15 @@ pub struct Installed {
     pub counter: u32,
 }
 
+/// The renewal note `hub issue` wrote beside the credential file `path`
+/// (`PATH.renewal`), if there is one.
+pub fn renewal_beside(path: &Path) -> Option<PathBuf> {
+    let mut beside = path.as_os_str().to_owned();
+    beside.push(RENEWAL_SUFFIX);
+    let beside = PathBuf::from(beside);
+    beside.exists().then_some(beside)
+}
+
 /// Reads and checks a renewal note for `credential`; its counter.
 fn read_note(path: &Path, credential: &Credential) -> Result<u32, WalletError> {
     let bytes = sonotap_disk::fsutil::read_regular_file_capped(path, 4096).map_err(|e| {
@@ -404,11 +413,8 @@ impl Wallet {
     /// Installs a credential from a file, with the renewal note beside it
     /// (`PATH.renewal`) if there is one ([`Wallet::install`]).
     pub fn add_credential(&mut self, path: &Path) -> Result<Credential, WalletError> {
-        let mut beside = path.as_os_str().to_owned();
-        beside.push(RENEWAL_SUFFIX);
-        let beside = PathBuf::from(beside);
-        let note = beside.exists().then_some(beside.as_path());
-        Ok(self.install(path, note)?.credential)
+        let note = renewal_beside(path);
+        Ok(self.install(path, note.as_deref())?.credential)
     }
 
     /// Installs a credential from a file. A new credential starts a new
