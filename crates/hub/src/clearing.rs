@@ -228,7 +228,7 @@ pub fn sanction(
 /// An operator's denial, or a finding on any other credential, keeps it.
 pub fn deny_is_under_review(
     reason: sonotap_protocol::wire::DenyReason,
-    flags: &[(String, Option<[u8; 32]>)],
+    flags: &[crate::ledger::FlagOn],
     suspended: &[[u8; 32]],
 ) -> bool {
     let by_clearing = FraudRule::ALL.iter().any(|r| r.deny_reason() == reason);

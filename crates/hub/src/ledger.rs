@@ -245,6 +245,10 @@ pub struct Cleared {
     pub entry: DenyEntry,
 }
 
+/// A stored finding: its rule's code, and the credential of the payment
+/// it was found on (`None` for findings stored before issue 17).
+pub type FlagOn = (String, Option<[u8; 32]>);
+
 /// Signs deny-list entries on the hub's behalf.
 pub trait DenySigner {
     /// Signs the entry with the given version: for the whole `wallet`, or
@@ -366,10 +370,7 @@ pub trait Ledger {
     ) -> Result<(), HubError>;
     /// The wallet's findings: each rule and the credential of its payment
     /// (`None` for findings stored before issue 17).
-    fn wallet_flags(
-        &mut self,
-        wallet: WalletId,
-    ) -> Result<Vec<(String, Option<[u8; 32]>)>, HubError>;
+    fn wallet_flags(&mut self, wallet: WalletId) -> Result<Vec<FlagOn>, HubError>;
     /// Records an incident.
     fn insert_incident(
         &mut self,

@@ -14,8 +14,8 @@ use super::{
 use crate::HubError;
 use crate::clearing::{Finding, Payment};
 use crate::ledger::{
-    BatchRow, ChargeLeft, ClearTarget, Clearance, IncidentKind, Ledger, Link, OpenSuspension,
-    ReplayCharge, Suspension,
+    BatchRow, ChargeLeft, ClearTarget, Clearance, FlagOn, IncidentKind, Ledger, Link,
+    OpenSuspension, ReplayCharge, Suspension,
 };
 use crate::verify::CheckedRecord;
 use sonotap_disk::sqlite;
@@ -756,10 +756,7 @@ impl Ledger for SqliteLedger<'_> {
             .map_err(self.err())
     }
 
-    fn wallet_flags(
-        &mut self,
-        wallet: WalletId,
-    ) -> Result<Vec<(String, Option<[u8; 32]>)>, HubError> {
+    fn wallet_flags(&mut self, wallet: WalletId) -> Result<Vec<FlagOn>, HubError> {
         let rows: Vec<(String, Option<Vec<u8>>)> = self
             .tx
             .prepare_cached("SELECT rule, credential FROM flags WHERE wallet_id = ?1 ORDER BY id")

@@ -37,8 +37,8 @@ use crate::HubError;
 use crate::backend::action_name;
 use crate::clearing::{Finding, Payment};
 use crate::ledger::{
-    BatchRow, ChargeLeft, ClearTarget, Clearance, IncidentKind, Ledger, Link, OpenSuspension,
-    ReplayCharge, Suspension,
+    BatchRow, ChargeLeft, ClearTarget, Clearance, FlagOn, IncidentKind, Ledger, Link,
+    OpenSuspension, ReplayCharge, Suspension,
 };
 use crate::verify::CheckedRecord;
 use sonotap_disk::sqlite::{blob, int, unsigned};
@@ -1073,10 +1073,7 @@ impl Ledger for PgLedger<'_> {
         Ok(())
     }
 
-    fn wallet_flags(
-        &mut self,
-        wallet: WalletId,
-    ) -> Result<Vec<(String, Option<[u8; 32]>)>, HubError> {
+    fn wallet_flags(&mut self, wallet: WalletId) -> Result<Vec<FlagOn>, HubError> {
         let rows = self.query(
             "SELECT rule, credential FROM flags WHERE wallet_id = $1 ORDER BY id",
             &[&wallet.0.as_slice()],

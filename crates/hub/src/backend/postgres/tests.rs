@@ -1492,7 +1492,8 @@ fn order_free(report: &Report) -> impl PartialEq + std::fmt::Debug {
             )
         })
         .collect();
-    let replays: std::collections::BTreeSet<(String, Vec<(String, u64, u64, u64)>, u64)> = report
+    type Charges = Vec<(String, u64, u64, u64)>;
+    let replays: std::collections::BTreeSet<(String, Charges, u64)> = report
         .replays
         .iter()
         .map(|r| {
