@@ -1,4 +1,4 @@
-//! The hub's commands, `hub serve|reader add|deny|allow|report|import`
+//! The hub's commands, `hub serve|reader add|deny|allow|report|review|clear|import`
 //! (each opens the hub through one [`HubPlace`]: `--data DIR` and
 //! `--database URL` or `$SONOTAP_HUB_DATABASE`), and the reader's side of
 //! the link to it, `reader sync|export`.
@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use sonotap_disk::keys::{PublicKey, Role};
-use sonotap_hub::backend::Report;
-use sonotap_hub::ledger::{IngestStatus, Via};
+use sonotap_hub::backend::{Report, Review};
+use sonotap_hub::ledger::{ClearTarget, IngestStatus, Via};
 use sonotap_hub::listen::{self, Limits};
 use sonotap_hub::server::{self, ServeOptions};
 use sonotap_hub::{Hub, HubError, RecordSignatureCheck};
@@ -223,6 +223,37 @@ pub struct DenyArgs {
     note: String,
 }
 
+/// `sonotap hub review`.
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    #[command(flatten)]
+    place: HubPlace,
+    /// Also the suspensions already cleared (who, when, why)
+    #[arg(long)]
+    all: bool,
+    /// One JSON document instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sonotap hub clear`.
+#[derive(Debug, Args)]
+pub struct ClearArgs {
+    #[command(flatten)]
+    place: HubPlace,
+    /// A credential digest (64 hex digits, from `hub review`), or a wallet
+    /// id (16 hex digits) for every suspension of its credentials
+    #[arg(value_name = "CREDENTIAL|WALLET")]
+    target: String,
+    /// Who reviewed the evidence (kept at the hub)
+    #[arg(long, value_name = "NAME")]
+    by: String,
+    /// Why it is lifted, e.g. "phone restored from a backup; renewed"
+    /// (kept at the hub, never sent to readers)
+    #[arg(long, value_name = "TEXT")]
+    note: String,
+}
+
 /// `sonotap reader sync`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
@@ -330,6 +361,111 @@ fn parse_wallet(text: &str) -> Result<WalletId> {
     }
 }
 
+/// A credential digest (64 hex digits) or a wallet id (16).
+fn parse_clear_target(text: &str) -> Result<ClearTarget> {
+    let bytes = hex::decode(text.trim()).ok();
+    match bytes.as_deref().map(<[u8]>::len) {
+        Some(32) => Ok(ClearTarget::Credential(
+            bytes.and_then(|b| b.try_into().ok()).unwrap_or([0; 32]),
+        )),
+        Some(8) => Ok(ClearTarget::Wallet(parse_wallet(text)?)),
+        _ => bail!(
+            "{text:?} is neither a credential digest (64 hex digits, as `hub review` shows) \
+             nor a wallet id (16 hex digits)"
+        ),
+    }
+}
+
+/// `sonotap hub review`.
+pub fn review(args: &ReviewArgs) -> Result<ExitCode> {
+    let mut hub = args.place.open(super::clock(None)?)?;
+    let review = hub.review(args.all)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&review)?);
+    } else {
+        print_review(&review, &args.place.data);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_review(review: &Review, data: &Path) {
+    println!("suspensions: {}", review.suspensions.len());
+    for s in &review.suspensions {
+        let x = &s.suspension;
+        println!(
+            "credential {} of wallet {}: {} since {} (deny-list version {})",
+            x.credential, x.wallet, x.rule, x.at, x.deny_version
+        );
+        println!("  {}", x.detail);
+        let limit = s
+            .offline_limit
+            .map_or("an offline limit the hub did not log".to_owned(), |l| {
+                format!("offline limit {l}")
+            });
+        let highest = s
+            .highest_cleared_counter
+            .map_or("none".to_owned(), |c| c.to_string());
+        println!(
+            "  charged under the credential: {} ({limit}); the wallet's highest cleared counter: {highest}",
+            s.credential_charged
+        );
+        println!("  tokens sharing a counter: {}", s.conflicts.len());
+        for c in &s.conflicts {
+            println!(
+                "    counter {} at {} #{}, time {}: charged {} (net {}), authorised {}, \
+                 running total before {}; credential {}, token {}",
+                c.counter,
+                c.reader,
+                c.seq,
+                c.at,
+                c.charged,
+                c.net,
+                c.authorised,
+                c.total_before,
+                c.credential,
+                c.token
+            );
+        }
+        println!("  findings on the wallet: {}", s.findings.len());
+        for f in &s.findings {
+            println!("    {} at {}: {}", f.rule, f.at, f.detail);
+        }
+        match &x.cleared {
+            Some(c) => println!(
+                "  cleared at {} by {}: {} (deny-list version {})",
+                c.at, c.by, c.note, c.allow_version
+            ),
+            None => println!(
+                "  to lift it: sonotap hub clear --data {} {} --by NAME --note WHY",
+                data.display(),
+                x.credential
+            ),
+        }
+    }
+}
+
+/// `sonotap hub clear`.
+pub fn clear(args: &ClearArgs) -> Result<ExitCode> {
+    let target = parse_clear_target(&args.target)?;
+    let now = super::clock(None)?;
+    let mut hub = args.place.open(now)?;
+    let cleared = hub.clear(target, &args.by, &args.note, now)?;
+    for c in &cleared {
+        println!(
+            "{}",
+            serde_json::json!({
+                "cleared": hex::encode(c.credential),
+                "wallet": hex::encode(c.wallet.0),
+                "suspended_by_version": c.suspended_by,
+                "version": c.entry.version,
+                "action": c.entry.action,
+                "by": args.by,
+            })
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `sonotap hub deny|allow`.
 pub fn deny(args: DenyArgs, action: DenyAction) -> Result<ExitCode> {
     let wallet = parse_wallet(&args.wallet)?;
@@ -398,6 +534,54 @@ fn print_report(report: &Report) {
     for i in &report.incidents {
         println!("  {} #{} {}: {}", i.reader, i.seq, i.kind, i.detail);
     }
+    println!(
+        "replayed tokens: {}, uncollected {}",
+        report.replays.len(),
+        report.uncollected
+    );
+    for r in &report.replays {
+        let readers: Vec<&str> = r.charges.iter().map(|c| c.reader.as_str()).collect();
+        println!(
+            "  token {} of wallet {} (counter {}), charged {} times at {}: {}; collected {}, \
+             uncollected {}{}",
+            r.token,
+            r.wallet,
+            r.counter,
+            r.charges.len(),
+            readers.join(", "),
+            r.attribution.describe(),
+            r.collected,
+            r.uncollected,
+            if r.wallet_denied {
+                " (the wallet is denied for another reason)"
+            } else {
+                ""
+            }
+        );
+        for c in &r.charges {
+            let what = match (c.counted, c.voided) {
+                (true, _) => "counted against the wallet".to_owned(),
+                (false, 0) => "replay, uncollected".to_owned(),
+                (false, v) if v >= c.amount => "replay, voided: not delivered".to_owned(),
+                (false, v) => format!("replay, {v} voided"),
+            };
+            println!(
+                "    {} #{} at {}: charged {} ({what})",
+                c.reader, c.seq, c.at, c.amount
+            );
+        }
+    }
+    println!("suspended credentials: {}", report.suspensions.len());
+    for s in &report.suspensions {
+        let state = match &s.cleared {
+            Some(c) => format!("cleared at {} by {}", c.at, c.by),
+            None => "open: `sonotap hub review`".to_owned(),
+        };
+        println!(
+            "  {} of wallet {}: {} since {} ({state})",
+            s.credential, s.wallet, s.rule, s.at
+        );
+    }
     println!("deny-list version: {}", report.deny_version);
 }
 
@@ -430,6 +614,8 @@ pub fn import(place: &HubPlace, file: &Path, records: RecordSignatureCheck) -> R
                         "status": status,
                         "new_records": receipt.report.new_records,
                         "flagged": receipt.report.flagged,
+                        "suspended": receipt.report.suspended,
+                        "replays": receipt.report.replays,
                     })
                 );
             }

@@ -112,9 +112,13 @@ enum HubCommand {
     Reader(hub::HubReaderCommand),
     /// Deny a wallet at every reader (after each reader's next sync)
     Deny(hub::DenyArgs),
+    /// Credentials suspended after a counter conflict, with the evidence (both tokens)
+    Review(hub::ReviewArgs),
+    /// Lift a reviewed suspension (a credential, or every one of a wallet) at every reader
+    Clear(hub::ClearArgs),
     /// Lift a wallet's denial
     Allow(hub::DenyArgs),
-    /// Per-reader totals, flagged wallets, gaps and incidents
+    /// Per-reader totals, flagged wallets, gaps, incidents, replays and suspensions
     Report {
         #[command(flatten)]
         place: hub::HubPlace,
@@ -159,7 +163,8 @@ struct IssueArgs {
     /// Start of validity, Unix seconds (default: now)
     #[arg(long, value_name = "UNIX_SECONDS")]
     valid_from: Option<u64>,
-    /// Where to write the credential (115 bytes)
+    /// Where to write the credential (115 bytes); its renewal note (the
+    /// highest counter the hub cleared for the wallet) goes to CRED.renewal
     #[arg(long, value_name = "CRED")]
     out: PathBuf,
 }
@@ -179,6 +184,10 @@ enum WalletCommand {
         dir: PathBuf,
         /// Credential file from `sonotap hub issue`
         credential: PathBuf,
+        /// The renewal note from `hub issue` (default: CRED.renewal, if
+        /// present): the counter moves above the highest the hub cleared
+        #[arg(long, value_name = "NOTE")]
+        renewal: Option<PathBuf>,
     },
     /// Make a payment token (advances the counter and running total first);
     /// exit 1, nothing signed, if every reader would decline it
@@ -410,6 +419,8 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
         HubCommand::Deny(args) => hub::deny(args, sonotap_protocol::wire::DenyAction::Deny),
         HubCommand::Allow(args) => hub::deny(args, sonotap_protocol::wire::DenyAction::Allow),
         HubCommand::Report { place, json } => hub::report(&place, json),
+        HubCommand::Review(args) => hub::review(&args),
+        HubCommand::Clear(args) => hub::clear(&args),
         HubCommand::Import {
             place,
             file,
@@ -432,9 +443,45 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
                 valid_hours: args.valid_hours,
             };
             let credential = hub.issue(&wallet, request, now)?;
+            let open = hub.review(false)?;
+            let digest = hex::encode(credential.digest());
+            if open
+                .suspensions
+                .iter()
+                .any(|s| s.suspension.credential == digest)
+            {
+                bail!(
+                    "the credential issued has the same terms, hence the same bytes, as \
+                     credential {digest}, which is suspended for review: give another \
+                     --valid-from or --valid-hours so that the renewal is a new credential \
+                     (nothing was written)"
+                );
+            }
+            let note = hub.renewal_note(&credential, now)?;
+            let mut note_path = args.out.clone().into_os_string();
+            note_path.push(wallet::RENEWAL_SUFFIX);
+            let note_path = PathBuf::from(note_path);
+            // The note first: a credential is never left beside a stale note.
+            sonotap_disk::fsutil::replace_atomic(&note_path, &note.encode(), 0o644)
+                .with_context(|| format!("cannot write {}", note_path.display()))?;
             sonotap_disk::fsutil::replace_atomic(&args.out, &credential.encode(), 0o644)
                 .with_context(|| format!("cannot write {}", args.out.display()))?;
-            println!("{}", output::credential_json(&credential));
+            let wallet_id = credential.terms.wallet_id().to_string();
+            for s in open
+                .suspensions
+                .iter()
+                .filter(|s| s.suspension.wallet == wallet_id)
+            {
+                eprintln!(
+                    "sonotap: note: wallet {wallet_id} has credential {} suspended for review \
+                     since {} ({}); this credential is not affected (`sonotap hub review`)",
+                    s.suspension.credential, s.suspension.at, s.suspension.rule
+                );
+            }
+            println!(
+                "{}",
+                output::issued_json(&credential, &note_path, note.highest_cleared_counter)
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -450,10 +497,15 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
                 dir.join(wallet::PUB_FILE).display()
             );
         }
-        WalletCommand::AddCredential { dir, credential } => {
+        WalletCommand::AddCredential {
+            dir,
+            credential,
+            renewal,
+        } => {
             let mut wallet = Wallet::open(&dir)?;
-            let credential = wallet.add_credential(&credential)?;
-            println!("{}", output::credential_json(&credential));
+            let note = renewal.or_else(|| wallet::renewal_beside(&credential));
+            let installed = wallet.install(&credential, note.as_deref())?;
+            println!("{}", output::installed_json(&installed));
         }
         WalletCommand::Pay {
             dir,

@@ -62,8 +62,29 @@ fn credential_value(credential: &Credential) -> Value {
     })
 }
 
-pub(super) fn credential_json(credential: &Credential) -> String {
-    to_line(&credential_value(credential))
+/// `hub issue`: the credential, its digest, and the renewal note beside it.
+pub(super) fn issued_json(credential: &Credential, note: &std::path::Path, highest: u32) -> String {
+    let mut value = credential_value(credential);
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert("digest".into(), json!(hex::encode(credential.digest())));
+        fields.insert("renewal_note".into(), json!(note.display().to_string()));
+        fields.insert("highest_cleared_counter".into(), json!(highest));
+    }
+    to_line(&value)
+}
+
+/// `wallet add-credential`: the credential and what became of the counter.
+pub(super) fn installed_json(installed: &sonotap_wallet::Installed) -> String {
+    let mut value = credential_value(&installed.credential);
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert(
+            "highest_cleared_counter".into(),
+            json!(installed.highest_cleared_counter),
+        );
+        fields.insert("counter_before".into(), json!(installed.counter_before));
+        fields.insert("counter".into(), json!(installed.counter));
+    }
+    to_line(&value)
 }
 
 pub(super) fn payment_json(token: &Token) -> String {

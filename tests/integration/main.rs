@@ -23,6 +23,7 @@ mod modem_cli;
 mod pg_server;
 mod protocol_vectors;
 mod qr_cli;
+mod replays;
 mod signals;
 mod site;
 mod status_cli;

@@ -167,6 +167,78 @@ pub fn check(new: &Payment, ctx: &Context<'_>) -> Vec<Finding> {
     findings
 }
 
+/// What the hub does about a new payment's findings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sanction {
+    /// No rule broken.
+    None,
+    /// A counter signed twice: the credentials of the conflicting tokens
+    /// are suspended for review, and the wallet is not denied. A phone
+    /// restored from a backup reuses its counters exactly as a clone does,
+    /// so the hub cannot tell them apart; a suspension stops the
+    /// credentials at every reader after its next sync, and leaves the
+    /// wallet's next credential alone for the operator to decide
+    /// (`hub review`, `hub clear`). Oldest credential first, no repeats.
+    Suspend(Vec<[u8; 32]>),
+    /// The payment's credential is suspended for review already: what it
+    /// broke (a limit passed, totals that skip, most likely because the
+    /// restored phone restarted its running total) joins that evidence
+    /// instead of denying the wallet.
+    UnderReview,
+    /// Any other rule: the wallet is denied, as before.
+    DenyWallet(FraudRule),
+}
+
+/// Decides on a payment's `findings` (from [`check`] with `ctx`);
+/// `under_review` says whether its credential is suspended already.
+pub fn sanction(
+    new: &Payment,
+    ctx: &Context<'_>,
+    findings: &[Finding],
+    under_review: bool,
+) -> Sanction {
+    let Some(first) = findings.first() else {
+        return Sanction::None;
+    };
+    if findings.iter().any(|f| f.rule == FraudRule::CounterReused) {
+        let mut credentials: Vec<[u8; 32]> = Vec::new();
+        let conflicting = ctx
+            .same_counter
+            .iter()
+            .filter(|p| p.token_hash != new.token_hash)
+            .map(|p| p.credential)
+            .chain([new.credential]);
+        for credential in conflicting {
+            if !credentials.contains(&credential) {
+                credentials.push(credential);
+            }
+        }
+        return Sanction::Suspend(credentials);
+    }
+    if under_review {
+        return Sanction::UnderReview;
+    }
+    Sanction::DenyWallet(first.rule)
+}
+
+/// Whether a wallet denied by clearing for `reason` should be allowed
+/// again because every finding behind it stands with a suspension: each
+/// of the wallet's `flags` (rule code, the credential of its payment) is a
+/// counter conflict or is on a credential in `suspended` (open suspensions).
+/// An operator's denial, or a finding on any other credential, keeps it.
+pub fn deny_is_under_review(
+    reason: sonotap_protocol::wire::DenyReason,
+    flags: &[crate::ledger::FlagOn],
+    suspended: &[[u8; 32]],
+) -> bool {
+    let by_clearing = FraudRule::ALL.iter().any(|r| r.deny_reason() == reason);
+    by_clearing
+        && flags.iter().all(|(rule, credential)| {
+            rule == FraudRule::CounterReused.as_str()
+                || credential.is_some_and(|c| suspended.contains(&c))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +359,93 @@ mod tests {
             ..at_limit
         };
         assert_eq!(rules(&check(&p, &over)), [FraudRule::OverOfflineLimit]);
+    }
+
+    #[test]
+    fn issue17_a_counter_conflict_suspends_both_credentials_and_denies_no_wallet() {
+        let first = Payment {
+            credential: [7; 32],
+            ..payment(5, 0, 250, 1)
+        };
+        let restored = payment(5, 0, 250, 2);
+        let ctx = Context {
+            same_counter: std::slice::from_ref(&first),
+            credential_charged: 2_500,
+            offline_limit: 2_000,
+            ..Context::default()
+        };
+        let found = check(&restored, &ctx);
+        assert_eq!(
+            rules(&found),
+            [FraudRule::CounterReused, FraudRule::OverOfflineLimit]
+        );
+        assert_eq!(
+            sanction(&restored, &ctx, &found, false),
+            Sanction::Suspend(vec![[7; 32], [9; 32]])
+        );
+        // Both under one credential: it is named once.
+        let same = payment(5, 0, 250, 1);
+        let ctx = Context {
+            same_counter: std::slice::from_ref(&same),
+            ..ctx
+        };
+        assert_eq!(
+            sanction(&restored, &ctx, &check(&restored, &ctx), false),
+            Sanction::Suspend(vec![[9; 32]])
+        );
+    }
+
+    #[test]
+    fn issue17_other_rules_deny_the_wallet_unless_its_credential_is_under_review() {
+        let p = payment(1, 0, 250, 1);
+        let over = Context {
+            credential_charged: 2001,
+            offline_limit: 2000,
+            ..Context::default()
+        };
+        let found = check(&p, &over);
+        assert_eq!(
+            sanction(&p, &over, &found, false),
+            Sanction::DenyWallet(FraudRule::OverOfflineLimit)
+        );
+        assert_eq!(sanction(&p, &over, &found, true), Sanction::UnderReview);
+        assert_eq!(sanction(&p, &over, &[], true), Sanction::None);
+    }
+
+    #[test]
+    fn issue17_a_clearing_denial_lifts_only_when_every_finding_is_under_review() {
+        use sonotap_protocol::wire::DenyReason;
+        let (c, other) = ([9; 32], [8; 32]);
+        let flags = vec![
+            ("over_offline_limit".to_owned(), Some(c)),
+            ("counter_reused".to_owned(), Some(c)),
+        ];
+        assert!(deny_is_under_review(
+            DenyReason::OverOfflineLimit,
+            &flags,
+            &[c]
+        ));
+        assert!(!deny_is_under_review(
+            DenyReason::OverOfflineLimit,
+            &flags,
+            &[other]
+        ));
+        assert!(
+            !deny_is_under_review(DenyReason::LostOrStolen, &flags, &[c]),
+            "an operator's denial stays"
+        );
+        let mut more = flags.clone();
+        more.push(("totals_do_not_chain".to_owned(), Some(other)));
+        assert!(!deny_is_under_review(
+            DenyReason::OverOfflineLimit,
+            &more,
+            &[c]
+        ));
+        more.push(("totals_do_not_chain".to_owned(), None));
+        assert!(!deny_is_under_review(
+            DenyReason::OverOfflineLimit,
+            &more,
+            &[c, other]
+        ));
     }
 }

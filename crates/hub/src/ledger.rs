@@ -9,11 +9,11 @@
 use serde::Serialize;
 
 use super::HubError;
-use super::clearing::{self, Context, Finding, Payment};
+use super::clearing::{self, Context, Finding, FraudRule, Payment, Sanction};
 use super::verify::{CheckedBatch, CheckedRecord};
 use sonotap_protocol::record::RecordKind;
 use sonotap_protocol::token::WalletId;
-use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason, Totals};
+use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason, DenyScope, Totals};
 
 /// How a batch reached the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,6 +55,8 @@ pub enum IncidentKind {
     /// The reader accepted a token whose signatures do not verify.
     InvalidToken,
     /// The same token was charged again (at another reader, or twice).
+    /// Written by hubs before issue 17; a charge of a token already cleared
+    /// is now a replay (`replays`, [`Ledger::insert_replay`]).
     DuplicateToken,
     /// A void names no earlier charge of that token at that reader.
     VoidWithoutCharge,
@@ -145,14 +147,118 @@ pub fn bound_void(claimed: u32, charge: ChargeLeft) -> VoidBound {
     }
 }
 
+/// Picks which of a token's earlier charges at one reader a void cancels:
+/// the latest not voided yet (a void follows the charge it undoes), else
+/// the latest (then [`bound_void`] finds it voided and applies nothing).
+/// `charges` are `(seq, what is left)`; returns an index into them.
+pub fn pick_voided(charges: &[(u64, ChargeLeft)]) -> Option<usize> {
+    let latest = |unvoided: bool| {
+        charges
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, left))| !unvoided || left.voids == 0)
+            .max_by_key(|(_, (seq, _))| *seq)
+            .map(|(i, _)| i)
+    };
+    latest(true).or_else(|| latest(false))
+}
+
+/// One more charge of a token the hub had cleared already (a replay):
+/// where, and what is left of it after voids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayCharge {
+    /// The reader that charged it.
+    pub reader: String,
+    /// The record's sequence number there.
+    pub seq: u64,
+    /// Its net charge and void count.
+    pub left: ChargeLeft,
+}
+
+/// A credential suspended for review after a counter conflict.
+#[derive(Debug, Clone, Copy)]
+pub struct Suspension<'a> {
+    /// The version of the deny entry that published it (its id).
+    pub deny_version: u64,
+    /// The credential's digest.
+    pub credential: [u8; 32],
+    /// The wallet it was issued to.
+    pub wallet: WalletId,
+    /// The rule that opened it.
+    pub rule: FraudRule,
+    /// What was seen.
+    pub detail: &'a str,
+    /// Hub time, Unix seconds.
+    pub at: u64,
+}
+
+/// A suspension not cleared yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenSuspension {
+    /// The version of the deny entry that published it.
+    pub deny_version: u64,
+    /// The credential's digest.
+    pub credential: [u8; 32],
+    /// The wallet it was issued to.
+    pub wallet: WalletId,
+}
+
+/// What an operator's `hub clear` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClearTarget {
+    /// One credential, by digest.
+    Credential([u8; 32]),
+    /// Every open suspension of a wallet's credentials.
+    Wallet(WalletId),
+}
+
+impl std::fmt::Display for ClearTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClearTarget::Credential(c) => write!(f, "credential {}", hex::encode(c)),
+            ClearTarget::Wallet(w) => write!(f, "wallet {}", hex::encode(w.0)),
+        }
+    }
+}
+
+/// Who lifted a suspension, when and why (kept at the hub).
+#[derive(Debug, Clone, Copy)]
+pub struct Clearance<'a> {
+    /// The operator.
+    pub by: &'a str,
+    /// Why.
+    pub note: &'a str,
+    /// Hub time, Unix seconds.
+    pub at: u64,
+}
+
+/// A suspension lifted by [`clear`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleared {
+    /// The credential.
+    pub credential: [u8; 32],
+    /// Its wallet.
+    pub wallet: WalletId,
+    /// The deny-list version that suspended it.
+    pub suspended_by: u64,
+    /// The signed allow entry that lifts it at the readers.
+    pub entry: DenyEntry,
+}
+
+/// A stored finding: its rule's code, and the credential of the payment
+/// it was found on (`None` for findings stored before issue 17).
+pub type FlagOn = (String, Option<[u8; 32]>);
+
 /// Signs deny-list entries on the hub's behalf.
 pub trait DenySigner {
-    /// Signs the entry with the given version.
+    /// Signs the entry with the given version: for the whole `wallet`, or
+    /// for one of its credentials.
     fn sign(
         &self,
         version: u64,
         action: DenyAction,
         wallet: WalletId,
+        scope: DenyScope,
         at: u64,
         reason: DenyReason,
     ) -> Result<DenyEntry, HubError>;
@@ -218,14 +324,53 @@ pub trait Ledger {
     /// credential's total, and counts one void against it. [`ingest`]
     /// never asks for more than [`Ledger::charge_left`] said was left.
     fn void_charge(&mut self, payment: &Payment, amount: u32) -> Result<(), HubError>;
-    /// Records a fraud finding against `wallet`.
+    /// Stores one more charge of the stored payment `first`'s token, at
+    /// `reader` #`seq`, for `charged`. It is never added to the
+    /// credential's total: the token counts once against the wallet.
+    fn insert_replay(
+        &mut self,
+        first: &Payment,
+        reader: &str,
+        seq: u64,
+        charged: u32,
+    ) -> Result<(), HubError>;
+    /// The replayed charges of `first`'s token at `reader`, ascending by seq.
+    fn replays_at(&mut self, first: &Payment, reader: &str) -> Result<Vec<ReplayCharge>, HubError>;
+    /// Takes `amount` off the replayed charge at `reader` #`seq` and counts
+    /// one void against it ([`ingest`] never asks for more than is left).
+    fn void_replay(
+        &mut self,
+        first: &Payment,
+        reader: &str,
+        seq: u64,
+        amount: u32,
+    ) -> Result<(), HubError>;
+    /// Whether `credential` has a suspension not cleared yet.
+    fn is_suspended(&mut self, credential: &[u8; 32]) -> Result<bool, HubError>;
+    /// Stores a suspension (its deny entry goes through [`Ledger::insert_deny`]).
+    fn insert_suspension(&mut self, suspension: &Suspension<'_>) -> Result<(), HubError>;
+    /// The suspensions of `target` not cleared yet, oldest first.
+    fn open_suspensions(&mut self, target: ClearTarget) -> Result<Vec<OpenSuspension>, HubError>;
+    /// Marks the suspension published by `deny_version` cleared by the
+    /// allow entry `allow_version`.
+    fn clear_suspension(
+        &mut self,
+        deny_version: u64,
+        allow_version: u64,
+        clearance: &Clearance<'_>,
+    ) -> Result<(), HubError>;
+    /// Records a fraud finding against `wallet`, on a payment under `credential`.
     fn insert_flag(
         &mut self,
         wallet: WalletId,
+        credential: &[u8; 32],
         finding: &Finding,
         evidence: &str,
         at: u64,
     ) -> Result<(), HubError>;
+    /// The wallet's findings: each rule and the credential of its payment
+    /// (`None` for findings stored before issue 17).
+    fn wallet_flags(&mut self, wallet: WalletId) -> Result<Vec<FlagOn>, HubError>;
     /// Records an incident.
     fn insert_incident(
         &mut self,
@@ -237,8 +382,13 @@ pub trait Ledger {
     ) -> Result<(), HubError>;
     /// The newest deny-list version (0 when empty).
     fn deny_version(&mut self) -> Result<u64, HubError>;
-    /// Whether the wallet's latest deny-list entry denies it.
-    fn is_denied(&mut self, wallet: WalletId) -> Result<bool, HubError>;
+    /// Why the wallet is denied, if its latest deny-list entry for the
+    /// whole wallet denies it (entries for one credential do not count).
+    fn wallet_denial(&mut self, wallet: WalletId) -> Result<Option<DenyReason>, HubError>;
+    /// Whether the wallet's latest entry for the whole wallet denies it.
+    fn is_denied(&mut self, wallet: WalletId) -> Result<bool, HubError> {
+        Ok(self.wallet_denial(wallet)?.is_some())
+    }
     /// Appends a signed deny-list entry.
     fn insert_deny(&mut self, entry: &DenyEntry, evidence: &str) -> Result<(), HubError>;
 }
@@ -254,7 +404,14 @@ pub struct IngestReport {
     pub already_stored: u32,
     /// Wallets newly flagged and denied.
     pub flagged: Vec<String>,
-    /// Incidents noted (chain breaks, duplicates, invalid tokens).
+    /// Credentials newly suspended for review (hex digests).
+    pub suspended: Vec<String>,
+    /// Wallets allowed again because every finding behind their denial
+    /// now stands with a suspension of its credential (hex ids).
+    pub lifted: Vec<String>,
+    /// Charges of tokens the hub had cleared already (replays).
+    pub replays: u32,
+    /// Incidents noted (chain breaks, invalid tokens, voids not applied).
     pub incidents: u32,
 }
 
@@ -289,6 +446,9 @@ pub fn ingest(
         new_records: 0,
         already_stored: 0,
         flagged: Vec::new(),
+        suspended: Vec::new(),
+        lifted: Vec::new(),
+        replays: 0,
         incidents: 0,
     };
 
@@ -384,18 +544,10 @@ pub fn ingest(
                     .iter()
                     .find(|p| p.token_hash == record.token_hash)
                 {
-                    let detail = format!(
-                        "token already charged at {} #{}; counted once",
-                        first.reader, first.seq
-                    );
-                    ledger.insert_incident(
-                        reader,
-                        record.seq,
-                        IncidentKind::DuplicateToken,
-                        &detail,
-                        now,
-                    )?;
-                    report.incidents += 1;
+                    // A replay: charged again, counted once against the
+                    // wallet; kept with its amount for the report.
+                    ledger.insert_replay(first, reader, record.seq, record.amount)?;
+                    report.replays += 1;
                     continue;
                 }
                 let (before, after) =
@@ -409,22 +561,46 @@ pub fn ingest(
                     offline_limit: *offline_limit,
                 };
                 let findings = clearing::check(payment, &ctx);
-                if !findings.is_empty() && flag(ledger, signer, payment.wallet, &findings, now)? {
+                if findings.is_empty() {
+                    continue;
+                }
+                let under_review = ledger.is_suspended(&payment.credential)?;
+                let sanction = clearing::sanction(payment, &ctx, &findings, under_review);
+                let flagged = flag(ledger, signer, payment, &findings, &sanction, now)?;
+                if flagged.wallet_denied {
                     report.flagged.push(hex::encode(payment.wallet.0));
+                }
+                report
+                    .suspended
+                    .extend(flagged.suspended.iter().map(hex::encode));
+                if flagged.wallet_lifted {
+                    report.lifted.push(hex::encode(payment.wallet.0));
                 }
             }
             RecordKind::Void => {
                 // Only a charge of this token earlier in this reader's own
-                // chain can be voided by it.
-                let charge = ledger
+                // chain can be voided by it: the one the hub cleared first,
+                // or a replay of it.
+                let first = ledger
                     .payments_with_counter(payment.wallet, payment.counter)?
                     .into_iter()
-                    .find(|p| {
-                        p.token_hash == record.token_hash
-                            && p.reader == reader
-                            && p.seq < record.seq
-                    });
-                let Some(charge) = charge else {
+                    .find(|p| p.token_hash == record.token_hash);
+                let mut charges: Vec<(u64, ChargeLeft)> = Vec::new();
+                let mut is_first: Vec<bool> = Vec::new();
+                if let Some(first) = &first {
+                    if first.reader == reader && first.seq < record.seq {
+                        charges.push((first.seq, ledger.charge_left(first)?));
+                        is_first.push(true);
+                    }
+                    for replay in ledger.replays_at(first, reader)? {
+                        if replay.seq < record.seq {
+                            charges.push((replay.seq, replay.left));
+                            is_first.push(false);
+                        }
+                    }
+                }
+                let picked = pick_voided(&charges);
+                let (Some(first), Some(i)) = (first, picked) else {
                     let detail = format!(
                         "void of {} for a token this reader did not charge before; ignored",
                         record.amount
@@ -439,21 +615,19 @@ pub fn ingest(
                     report.incidents += 1;
                     continue;
                 };
-                let left = ledger.charge_left(&charge)?;
+                let (seq, left) = charges[i];
                 let bound = bound_void(record.amount, left);
                 if bound.applied > 0 {
-                    ledger.void_charge(&charge, bound.applied)?;
+                    match is_first[i] {
+                        true => ledger.void_charge(&first, bound.applied)?,
+                        false => ledger.void_replay(&first, reader, seq, bound.applied)?,
+                    }
                 }
                 if let Some(kind) = bound.incident {
                     let detail = format!(
                         "void of {} against the charge at {} #{}, which had {} left after {} \
                          earlier void(s); {} voided",
-                        record.amount,
-                        charge.reader,
-                        charge.seq,
-                        left.left,
-                        left.voids,
-                        bound.applied
+                        record.amount, reader, seq, left.left, left.voids, bound.applied
                     );
                     ledger.insert_incident(reader, record.seq, kind, &detail, now)?;
                     report.incidents += 1;
@@ -475,40 +649,113 @@ pub fn ingest(
     Ok(report)
 }
 
-/// Stores the findings and, if the wallet is not denied yet, appends a
-/// signed deny entry. Returns whether the wallet was newly denied.
+/// What [`flag`] newly published.
+#[derive(Debug, Default)]
+struct Flagged {
+    wallet_denied: bool,
+    suspended: Vec<[u8; 32]>,
+    wallet_lifted: bool,
+}
+
+/// Stores the findings and acts on the `sanction`: a wallet not denied
+/// yet gets a signed deny entry; credentials not suspended yet get one each
+/// (format 3) and a suspension row for the operator's review.
 fn flag(
     ledger: &mut dyn Ledger,
     signer: &dyn DenySigner,
-    wallet: WalletId,
+    payment: &Payment,
     findings: &[Finding],
+    sanction: &Sanction,
     now: u64,
-) -> Result<bool, HubError> {
+) -> Result<Flagged, HubError> {
+    let wallet = payment.wallet;
     let evidence = serde_json::to_string(findings).unwrap_or_default();
     for finding in findings {
-        ledger.insert_flag(wallet, finding, &evidence, now)?;
+        ledger.insert_flag(wallet, &payment.credential, finding, &evidence, now)?;
     }
-    if ledger.is_denied(wallet)? {
-        return Ok(false);
+    let mut flagged = Flagged::default();
+    match sanction {
+        Sanction::None | Sanction::UnderReview => {}
+        Sanction::DenyWallet(rule) => {
+            if !ledger.is_denied(wallet)? {
+                set_deny(
+                    ledger,
+                    signer,
+                    DenyAction::Deny,
+                    wallet,
+                    rule.deny_reason(),
+                    &evidence,
+                    now,
+                )?;
+                flagged.wallet_denied = true;
+            }
+        }
+        Sanction::Suspend(credentials) => {
+            let rule = FraudRule::CounterReused;
+            let detail = findings
+                .iter()
+                .find(|f| f.rule == rule)
+                .map_or("", |f| f.detail.as_str());
+            for credential in credentials {
+                if ledger.is_suspended(credential)? {
+                    continue;
+                }
+                let entry = append_deny(
+                    ledger,
+                    signer,
+                    DenyAction::Deny,
+                    wallet,
+                    DenyScope::Credential(*credential),
+                    rule.deny_reason(),
+                    &evidence,
+                    now,
+                )?;
+                ledger.insert_suspension(&Suspension {
+                    deny_version: entry.version,
+                    credential: *credential,
+                    wallet,
+                    rule,
+                    detail,
+                    at: now,
+                })?;
+                flagged.suspended.push(*credential);
+            }
+            // The same findings in the other order (a limit passed on the
+            // credential reached the hub before its conflict did) denied the
+            // wallet first: lift that, so the outcome does not depend on
+            // which reader synced first.
+            if let Some(reason) = ledger.wallet_denial(wallet)? {
+                let flags = ledger.wallet_flags(wallet)?;
+                let mut open = Vec::new();
+                for (_, credential) in &flags {
+                    if let Some(c) = credential
+                        && !open.contains(c)
+                        && ledger.is_suspended(c)?
+                    {
+                        open.push(*c);
+                    }
+                }
+                if clearing::deny_is_under_review(reason, &flags, &open) {
+                    set_deny(
+                        ledger,
+                        signer,
+                        DenyAction::Allow,
+                        wallet,
+                        rule.deny_reason(),
+                        &evidence,
+                        now,
+                    )?;
+                    flagged.wallet_lifted = true;
+                }
+            }
+        }
     }
-    let reason = findings
-        .first()
-        .map_or(DenyReason::SuspectedFraud, |f| f.rule.deny_reason());
-    set_deny(
-        ledger,
-        signer,
-        DenyAction::Deny,
-        wallet,
-        reason,
-        &evidence,
-        now,
-    )?;
-    Ok(true)
+    Ok(flagged)
 }
 
-/// Appends a signed deny-list entry (for clearing and for operators). The
-/// entry publishes `reason` only; `evidence` (the findings, or an
-/// operator's note) stays in the hub's database.
+/// Appends a signed deny-list entry for a whole wallet (for clearing and
+/// for operators). The entry publishes `reason` only; `evidence` (the
+/// findings, or an operator's note) stays in the hub's database.
 pub fn set_deny(
     ledger: &mut dyn Ledger,
     signer: &dyn DenySigner,
@@ -518,10 +765,73 @@ pub fn set_deny(
     evidence: &str,
     now: u64,
 ) -> Result<DenyEntry, HubError> {
+    append_deny(
+        ledger,
+        signer,
+        action,
+        wallet,
+        DenyScope::Wallet,
+        reason,
+        evidence,
+        now,
+    )
+}
+
+/// Appends a signed deny-list entry for `scope` with the next version.
+#[allow(clippy::too_many_arguments)]
+fn append_deny(
+    ledger: &mut dyn Ledger,
+    signer: &dyn DenySigner,
+    action: DenyAction,
+    wallet: WalletId,
+    scope: DenyScope,
+    reason: DenyReason,
+    evidence: &str,
+    now: u64,
+) -> Result<DenyEntry, HubError> {
     let version = ledger.deny_version()? + 1;
-    let entry = signer.sign(version, action, wallet, now, reason)?;
+    let entry = signer.sign(version, action, wallet, scope, now, reason)?;
     ledger.insert_deny(&entry, evidence)?;
     Ok(entry)
+}
+
+/// An operator lifts the open suspensions of `target` after reviewing
+/// them: each gets a signed allow entry for its credential (readers drop
+/// the deny at their next sync) and is marked cleared with who, when and
+/// why. Nothing open is an error that says where to look.
+pub fn clear(
+    ledger: &mut dyn Ledger,
+    signer: &dyn DenySigner,
+    target: ClearTarget,
+    clearance: &Clearance<'_>,
+) -> Result<Vec<Cleared>, HubError> {
+    let open = ledger.open_suspensions(target)?;
+    if open.is_empty() {
+        return Err(HubError::NothingToClear {
+            target: target.to_string(),
+        });
+    }
+    let mut cleared = Vec::with_capacity(open.len());
+    for s in open {
+        let entry = append_deny(
+            ledger,
+            signer,
+            DenyAction::Allow,
+            s.wallet,
+            DenyScope::Credential(s.credential),
+            DenyReason::Operator,
+            clearance.note,
+            clearance.at,
+        )?;
+        ledger.clear_suspension(s.deny_version, entry.version, clearance)?;
+        cleared.push(Cleared {
+            credential: s.credential,
+            wallet: s.wallet,
+            suspended_by: s.deny_version,
+            entry,
+        });
+    }
+    Ok(cleared)
 }
 
 #[cfg(test)]
@@ -569,5 +879,18 @@ mod tests {
                 "a second void changes nothing"
             );
         }
+    }
+
+    #[test]
+    fn issue17_a_void_cancels_the_latest_charge_not_voided_before_it() {
+        let left = |voids| ChargeLeft { left: 250, voids };
+        assert_eq!(pick_voided(&[]), None);
+        assert_eq!(pick_voided(&[(3, left(0)), (7, left(0))]), Some(1));
+        assert_eq!(pick_voided(&[(3, left(0)), (7, left(1))]), Some(0));
+        assert_eq!(
+            pick_voided(&[(3, left(1)), (7, left(1))]),
+            Some(1),
+            "all voided: the latest, which bound_void applies nothing to"
+        );
     }
 }

@@ -31,16 +31,17 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 use thiserror::Error;
 
-use backend::{HubBackend, ReadBackend, ReaderOpener, Report, SqliteHub};
+use backend::{HubBackend, ReadBackend, ReaderOpener, Report, Review, SqliteHub};
 pub use backend::{init_database, open_database};
-use ledger::{DenySigner, IngestReport, IngestStatus, Via};
+use ledger::{ClearTarget, Clearance, Cleared, DenySigner, IngestReport, IngestStatus, Via};
 use sonotap_disk::fsutil;
 use sonotap_disk::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use sonotap_disk::sqlite::StoreError;
 use sonotap_protocol::policy::TrustedKeys;
 use sonotap_protocol::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
 use sonotap_protocol::wire::{
-    Ack, Batch, DenyAction, DenyEntry, DenyReason, KeySet, SignedRequest, TimeStatement, WireError,
+    Ack, Batch, DenyAction, DenyEntry, DenyReason, DenyScope, KeySet, RenewalNote, SignedRequest,
+    TimeStatement, WireError,
 };
 pub use verify::RecordSignatureCheck;
 use verify::{BatchRefused, CheckedBatch};
@@ -49,6 +50,8 @@ use verify::{BatchRefused, CheckedBatch};
 pub const ISSUER_KEY_FILE: &str = "issuer.key";
 /// Active issuer public key, for readers.
 pub const ISSUER_PUB_FILE: &str = "issuer.pub";
+/// The most bytes an operator's name or note on a review may hold.
+pub const REVIEW_TEXT_MAX: usize = 1000;
 /// Why the hub cannot do what was asked.
 #[derive(Debug, Error)]
 pub enum HubError {
@@ -123,6 +126,18 @@ pub enum HubError {
         /// What the PostgreSQL client said.
         source: ::postgres::Error,
     },
+    /// `hub clear` names nothing suspended.
+    #[error(
+        "no open suspension for {target} (`sonotap hub review` lists the suspensions, \
+         `--all` the cleared ones too)"
+    )]
+    NothingToClear {
+        /// The credential or wallet named.
+        target: String,
+    },
+    /// An operator's review input that cannot be recorded.
+    #[error("cannot record the review: {0}")]
+    Review(String),
     /// The hub's database is not usable for a reason no driver reported
     /// (an unsupported URL, a schema from another build, a key mismatch).
     #[error("hub database: {0}")]
@@ -369,13 +384,15 @@ impl DenySigner for IssuerSigner<'_> {
         version: u64,
         action: DenyAction,
         wallet: WalletId,
+        scope: DenyScope,
         at: u64,
         reason: DenyReason,
     ) -> Result<DenyEntry, HubError> {
-        Ok(DenyEntry::sign(
+        Ok(DenyEntry::sign_scoped(
             version,
             action,
             wallet,
+            scope,
             at,
             reason,
             self.key_id(),
@@ -484,6 +501,34 @@ impl Hub {
             .map_err(|e: FormatError| HubError::Terms(e.to_string()))?;
         self.backend.log_credential(&credential, now)?;
         Ok(credential)
+    }
+
+    /// The renewal note that goes beside `credential` (just issued): the
+    /// highest counter the hub has cleared for its wallet, signed by the
+    /// issuer key that signed the credential (docs/sync.md §3.8). A phone
+    /// restored from a backup moves its counter above it when it installs
+    /// the credential, instead of reusing counters the hub holds.
+    pub fn renewal_note(
+        &mut self,
+        credential: &Credential,
+        now: u64,
+    ) -> Result<RenewalNote, HubError> {
+        if credential.terms.issuer_key_id != self.issuer.key_id().unwrap_or(1)
+            || credential
+                .verify(&self.issuer.signing_key().verifying_key())
+                .is_err()
+        {
+            return Err(HubError::Terms(
+                "a renewal note goes with a credential this hub's active issuer key signed".into(),
+            ));
+        }
+        let highest = self.backend.highest_counter(credential.terms.wallet_id())?;
+        Ok(RenewalNote::sign(
+            credential,
+            highest,
+            now,
+            self.issuer.signing_key(),
+        ))
     }
 
     /// Registers a reader by id and public key.
@@ -606,5 +651,39 @@ impl Hub {
     /// Totals, flags and incidents.
     pub fn report(&mut self) -> Result<Report, HubError> {
         self.backend.report()
+    }
+
+    /// Suspensions for review with their evidence: those not cleared, or
+    /// every one with `all`.
+    pub fn review(&mut self, all: bool) -> Result<Review, HubError> {
+        self.backend.review(all)
+    }
+
+    /// An operator lifts the open suspensions of `target` (one credential,
+    /// or every one of a wallet) after reviewing them: a signed allow entry
+    /// each, and who, when and why kept with the suspension. `by` and
+    /// `note` must say something (at most [`REVIEW_TEXT_MAX`] bytes each).
+    pub fn clear(
+        &mut self,
+        target: ClearTarget,
+        by: &str,
+        note: &str,
+        now: u64,
+    ) -> Result<Vec<Cleared>, HubError> {
+        for (what, text) in [("--by", by), ("--note", note)] {
+            if text.trim().is_empty() || text.len() > REVIEW_TEXT_MAX {
+                return Err(HubError::Review(format!(
+                    "{what} must name who and why, 1 to {REVIEW_TEXT_MAX} bytes"
+                )));
+            }
+            if text.chars().any(char::is_control) {
+                return Err(HubError::Review(format!(
+                    "{what} holds a control character"
+                )));
+            }
+        }
+        let signer = IssuerSigner(&self.issuer);
+        let clearance = Clearance { by, note, at: now };
+        self.backend.clear(&signer, target, &clearance)
     }
 }

@@ -23,8 +23,14 @@ pub const ACK_DOMAIN: &[u8] = b"sonotap/v1/ack\0";
 /// readers still accept from hubs that wrote them before format 2.
 pub const DENY_DOMAIN: &[u8] = b"sonotap/v1/deny\0";
 /// First bytes of a deny-list entry of format 2 (a reason code, no text):
-/// what the hub signs now.
+/// what the hub signs for an entry that names a whole wallet.
 pub const DENY_DOMAIN_V2: &[u8] = b"sonotap/v2/deny\0";
+/// First bytes of a deny-list entry of format 3 (a kind and its subject):
+/// what the hub signs for an entry that names one credential. Wallet
+/// entries stay format 2, so readers built before format 3 keep reading them.
+pub const DENY_DOMAIN_V3: &[u8] = b"sonotap/v3/deny\0";
+/// First bytes of a renewal note (hub → wallet, beside a renewed credential).
+pub const RENEWAL_DOMAIN: &[u8] = b"sonotap/v1/renewal\0";
 /// First bytes of the hub's signed time statement.
 pub const TIME_DOMAIN: &[u8] = b"sonotap/v1/time\0";
 /// First bytes of a reader's signed request (reads of the deny list and keys).
@@ -725,6 +731,22 @@ impl std::str::FromStr for DenyReason {
     }
 }
 
+/// What a deny-list entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyScope {
+    /// Every token of the wallet, whatever its credential (formats 1 and 2).
+    Wallet,
+    /// Only tokens made under the credential with this digest (format 3,
+    /// kind 2): a suspension for review that leaves the wallet's other and
+    /// later credentials alone.
+    Credential([u8; 32]),
+}
+
+impl DenyScope {
+    /// Format 3's kind code of a credential entry.
+    const CREDENTIAL: u8 = 2;
+}
+
 /// One versioned, issuer-signed change to the deny list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DenyEntry {
@@ -732,14 +754,16 @@ pub struct DenyEntry {
     pub version: u64,
     /// Deny or allow.
     pub action: DenyAction,
-    /// The wallet.
+    /// The wallet (for a credential entry, the wallet it was issued to).
     pub wallet: WalletId,
+    /// The whole wallet, or one of its credentials.
+    pub scope: DenyScope,
     /// Hub time of the change, Unix seconds.
     pub at: u64,
     /// Why, as a code.
     pub reason: DenyReason,
     /// The free text signed into an entry of format 1 (written before
-    /// format 2), kept only to verify its signature; `None` for format 2.
+    /// format 2), kept only to verify its signature; `None` otherwise.
     pub legacy_text: Option<String>,
     /// The issuer key that signed.
     pub key_id: u8,
@@ -750,7 +774,8 @@ pub struct DenyEntry {
 impl DenyEntry {
     const WHAT: &'static str = "deny-list entry";
 
-    /// Makes and signs an entry (format 2: a reason code, no text).
+    /// Makes and signs an entry for a whole wallet (format 2: a reason
+    /// code, no text).
     pub fn sign(
         version: u64,
         action: DenyAction,
@@ -760,10 +785,36 @@ impl DenyEntry {
         key_id: u8,
         issuer: &SigningKey,
     ) -> Result<Self, WireError> {
+        Self::sign_scoped(
+            version,
+            action,
+            wallet,
+            DenyScope::Wallet,
+            at,
+            reason,
+            key_id,
+            issuer,
+        )
+    }
+
+    /// Makes and signs an entry for `scope`: format 2 for a whole wallet,
+    /// format 3 for one credential of `wallet`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sign_scoped(
+        version: u64,
+        action: DenyAction,
+        wallet: WalletId,
+        scope: DenyScope,
+        at: u64,
+        reason: DenyReason,
+        key_id: u8,
+        issuer: &SigningKey,
+    ) -> Result<Self, WireError> {
         let mut entry = Self {
             version,
             action,
             wallet,
+            scope,
             at,
             reason,
             legacy_text: None,
@@ -775,19 +826,30 @@ impl DenyEntry {
     }
 
     fn signed_part(&self) -> Result<Vec<u8>, WireError> {
-        let mut out = Vec::with_capacity(64);
-        let domain = match self.legacy_text {
-            Some(_) => DENY_DOMAIN,
-            None => DENY_DOMAIN_V2,
+        let mut out = Vec::with_capacity(104);
+        let domain = match (&self.legacy_text, self.scope) {
+            (Some(_), DenyScope::Wallet) => DENY_DOMAIN,
+            (None, DenyScope::Wallet) => DENY_DOMAIN_V2,
+            (_, DenyScope::Credential(_)) => DENY_DOMAIN_V3,
         };
         out.extend_from_slice(domain);
         out.extend_from_slice(&self.version.to_be_bytes());
         out.push(self.action.code());
         out.extend_from_slice(&self.wallet.0);
+        if let DenyScope::Credential(digest) = &self.scope {
+            out.push(DenyScope::CREDENTIAL);
+            out.extend_from_slice(digest);
+        }
         out.extend_from_slice(&self.at.to_be_bytes());
-        match &self.legacy_text {
-            Some(text) => push_short(&mut out, text.as_bytes(), Self::WHAT)?,
-            None => out.push(self.reason.code()),
+        match (&self.legacy_text, self.scope) {
+            (Some(text), DenyScope::Wallet) => push_short(&mut out, text.as_bytes(), Self::WHAT)?,
+            (Some(_), DenyScope::Credential(_)) => {
+                return Err(invalid(
+                    Self::WHAT,
+                    "a format-1 text with a credential (format 3 carries a code)",
+                ));
+            }
+            (None, _) => out.push(self.reason.code()),
         }
         out.push(self.key_id);
         Ok(out)
@@ -798,18 +860,36 @@ impl DenyEntry {
         Ok(signed(self.signed_part()?, &self.signature))
     }
 
-    /// Parses an entry of format 2, or of format 1 (its text mapped to the
-    /// code of the same name, else `operator`); [`DenyEntry::verify`] checks it.
+    /// Parses an entry of format 3 (one credential), 2 (a wallet, a reason
+    /// code) or 1 (a wallet, its text mapped to the code of the same name,
+    /// else `operator`); [`DenyEntry::verify`] checks it.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let what = Self::WHAT;
         let legacy = bytes.starts_with(DENY_DOMAIN);
-        let domain = if legacy { DENY_DOMAIN } else { DENY_DOMAIN_V2 };
+        let scoped = bytes.starts_with(DENY_DOMAIN_V3);
+        let domain = match (legacy, scoped) {
+            (true, _) => DENY_DOMAIN,
+            (_, true) => DENY_DOMAIN_V3,
+            _ => DENY_DOMAIN_V2,
+        };
         let mut c = Fields::open(bytes, domain, what)?;
         let version = c.u64()?;
         let code = c.u8()?;
         let action = DenyAction::from_code(code)
             .ok_or_else(|| invalid(what, format!("action code {code}")))?;
         let wallet = WalletId(c.array()?);
+        let scope = match scoped {
+            false => DenyScope::Wallet,
+            true => match c.u8()? {
+                DenyScope::CREDENTIAL => DenyScope::Credential(c.array()?),
+                kind => {
+                    return Err(invalid(
+                        what,
+                        format!("kind {kind} (format 3 names a credential, kind 2)"),
+                    ));
+                }
+            },
+        };
         let at = c.u64()?;
         let (reason, legacy_text) = if legacy {
             let text = c.short_string()?;
@@ -825,6 +905,7 @@ impl DenyEntry {
             version,
             action,
             wallet,
+            scope,
             at,
             reason,
             legacy_text,
@@ -848,6 +929,120 @@ impl DenyEntry {
             &self.signature,
             what,
         )
+    }
+}
+
+/// The hub's word to a wallet beside a renewed credential: the highest
+/// counter it has cleared for the wallet. A phone restored from a backup
+/// has an older counter; it moves its counter above this one when it
+/// installs the credential, so that its next tokens reuse no counter the
+/// hub already holds (docs/protocol.md §3, docs/sync.md §3.8).
+///
+/// The credential's own 115 bytes are unchanged: the note travels beside
+/// them. It names the credential by digest and is signed by the issuer key
+/// that signed the credential, so a wallet needs no other key to check it
+/// ([`RenewalNote::verify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalNote {
+    /// SHA-256 of the credential it goes with.
+    pub credential: [u8; 32],
+    /// The highest counter of the wallet the hub had cleared; 0 for none.
+    pub highest_cleared_counter: u32,
+    /// Hub time when signed, Unix seconds.
+    pub at: u64,
+    /// The issuer key that signed (the credential's).
+    pub key_id: u8,
+    /// The issuer's public key, so a wallet can check the note against the
+    /// credential alone.
+    pub issuer_key: [u8; 32],
+    /// The issuer's signature over everything above.
+    pub signature: [u8; 64],
+}
+
+impl RenewalNote {
+    const WHAT: &'static str = "renewal note";
+
+    /// The encoded size.
+    pub const LEN: usize = RENEWAL_DOMAIN.len() + 32 + 4 + 8 + 1 + 32 + 64;
+
+    /// Signs a note for `credential`: `issuer` must be the key that signed it.
+    pub fn sign(
+        credential: &crate::token::Credential,
+        highest_cleared_counter: u32,
+        at: u64,
+        issuer: &SigningKey,
+    ) -> Self {
+        let mut note = Self {
+            credential: credential.digest(),
+            highest_cleared_counter,
+            at,
+            key_id: credential.terms.issuer_key_id,
+            issuer_key: issuer.verifying_key().to_bytes(),
+            signature: [0; 64],
+        };
+        note.signature = issuer.sign(&note.signed_part()).to_bytes();
+        note
+    }
+
+    fn signed_part(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::LEN);
+        out.extend_from_slice(RENEWAL_DOMAIN);
+        out.extend_from_slice(&self.credential);
+        out.extend_from_slice(&self.highest_cleared_counter.to_be_bytes());
+        out.extend_from_slice(&self.at.to_be_bytes());
+        out.push(self.key_id);
+        out.extend_from_slice(&self.issuer_key);
+        out
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        signed(self.signed_part(), &self.signature)
+    }
+
+    /// Parses a note; [`RenewalNote::verify`] checks it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let what = Self::WHAT;
+        let mut c = Fields::open(bytes, RENEWAL_DOMAIN, what)?;
+        let note = Self {
+            credential: c.array()?,
+            highest_cleared_counter: c.u32()?,
+            at: c.u64()?,
+            key_id: c.u8()?,
+            issuer_key: c.array()?,
+            signature: c.array()?,
+        };
+        c.end()?;
+        Ok(note)
+    }
+
+    /// Checks that the note goes with `credential` and that the key that
+    /// signed the credential signed it too (both strictly). A note under
+    /// any other key fails: the credential's signature binds the key.
+    pub fn verify(&self, credential: &crate::token::Credential) -> Result<(), WireError> {
+        let what = Self::WHAT;
+        if self.credential != credential.digest() {
+            return Err(invalid(what, "it names another credential"));
+        }
+        if self.key_id != credential.terms.issuer_key_id {
+            return Err(invalid(
+                what,
+                format!(
+                    "signed by issuer key {}, the credential by key {}",
+                    self.key_id, credential.terms.issuer_key_id
+                ),
+            ));
+        }
+        let key = VerifyingKey::from_bytes(&self.issuer_key)
+            .map_err(|_| invalid(what, "its issuer key is not a valid key"))?;
+        credential.verify(&key).map_err(|_| {
+            invalid(
+                what,
+                "the credential is not signed by the note's issuer key",
+            )
+        })?;
+        key.verify_strict(&self.signed_part(), &Signature::from_bytes(&self.signature))
+            .map_err(|_| WireError::BadSignature { what })
     }
 }
 

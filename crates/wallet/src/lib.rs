@@ -47,6 +47,7 @@ use sonotap_protocol::policy::Reason;
 use sonotap_protocol::token::{
     Credential, CredentialTerms, FormatError, PaymentTerms, SignError, Token, WalletId,
 };
+use sonotap_protocol::wire::{RenewalNote, WireError};
 
 /// Secret key file name.
 pub const KEY_FILE: &str = "wallet.key";
@@ -56,6 +57,9 @@ pub const PUB_FILE: &str = "wallet.pub";
 pub const CREDENTIAL_FILE: &str = "credential";
 /// State file name.
 pub const STATE_FILE: &str = "wallet.toml";
+/// What `hub issue --out CRED` appends to CRED's name for the renewal note
+/// beside it, and where `wallet add-credential CRED` looks for one.
+pub const RENEWAL_SUFFIX: &str = ".renewal";
 
 /// `wallet.toml`: what the wallet must remember between payments.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +118,17 @@ pub enum WalletError {
         issued_to: WalletId,
         /// This wallet.
         this: WalletId,
+    },
+    /// A renewal note that is not the hub's word on this credential.
+    #[error(
+        "renewal note {path} cannot be used with this credential: {source}; nothing was \
+         installed (ask the operator for the credential and its note again)"
+    )]
+    BadRenewal {
+        /// The note file.
+        path: PathBuf,
+        /// Why.
+        source: WireError,
     },
     /// Paying needs a credential first.
     #[error("the wallet has no credential yet (`sonotap wallet add-credential`)")]
@@ -241,6 +256,45 @@ pub struct Payment {
     pub warnings: Vec<String>,
 }
 
+/// What [`Wallet::install`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Installed {
+    /// The credential now in use.
+    pub credential: Credential,
+    /// The hub's highest cleared counter, from the renewal note, if one came.
+    pub highest_cleared_counter: Option<u32>,
+    /// The last counter used before.
+    pub counter_before: u32,
+    /// The last counter used now: the next token carries one more.
+    pub counter: u32,
+}
+
+/// The renewal note `hub issue` wrote beside the credential file `path`
+/// (`PATH.renewal`), if there is one.
+pub fn renewal_beside(path: &Path) -> Option<PathBuf> {
+    let mut beside = path.as_os_str().to_owned();
+    beside.push(RENEWAL_SUFFIX);
+    let beside = PathBuf::from(beside);
+    beside.exists().then_some(beside)
+}
+
+/// Reads and checks a renewal note for `credential`; its counter.
+fn read_note(path: &Path, credential: &Credential) -> Result<u32, WalletError> {
+    let bytes = sonotap_disk::fsutil::read_regular_file_capped(path, 4096).map_err(|e| {
+        WalletError::Io {
+            path: path.into(),
+            source: io::Error::other(e),
+        }
+    })?;
+    let bad = |source| WalletError::BadRenewal {
+        path: path.into(),
+        source,
+    };
+    let note = RenewalNote::decode(&bytes).map_err(bad)?;
+    note.verify(credential).map_err(bad)?;
+    Ok(note.highest_cleared_counter)
+}
+
 /// An open wallet directory.
 pub struct Wallet {
     dir: PathBuf,
@@ -361,11 +415,24 @@ impl Wallet {
         &self.state
     }
 
+    /// Installs a credential from a file, with the renewal note beside it
+    /// (`PATH.renewal`) if there is one ([`Wallet::install`]).
+    pub fn add_credential(&mut self, path: &Path) -> Result<Credential, WalletError> {
+        let note = renewal_beside(path);
+        Ok(self.install(path, note.as_deref())?.credential)
+    }
+
     /// Installs a credential from a file. A new credential starts a new
     /// running total; the counter never restarts. Installing the credential
     /// in use again changes nothing (the running total is kept), so running
     /// it again after an interruption is safe.
-    pub fn add_credential(&mut self, path: &Path) -> Result<Credential, WalletError> {
+    ///
+    /// With a renewal note (`note`, checked against the credential: it must
+    /// name it and be signed by the key that signed it), the counter moves
+    /// up to the highest counter the hub has cleared for this wallet, never
+    /// down: a phone restored from a backup then reuses no counter the hub
+    /// holds. The counter and the credential are one atomic write.
+    pub fn install(&mut self, path: &Path, note: Option<&Path>) -> Result<Installed, WalletError> {
         // A credential is 115 bytes; a FIFO or a device is refused unread.
         let bytes =
             sonotap_disk::fsutil::read_regular_file_capped(path, 64 * 1024).map_err(|e| {
@@ -387,6 +454,10 @@ impl Wallet {
                 this: self.id(),
             });
         }
+        let floor = match note {
+            Some(note) => Some(read_note(note, &credential)?),
+            None => None,
+        };
         let mut state = self.state.clone();
         let digest = hex::encode(credential.digest());
         if state.credential.as_deref() != Some(digest.as_str()) {
@@ -394,12 +465,21 @@ impl Wallet {
         }
         state.credential = Some(digest);
         state.credential_bytes = Some(hex::encode(credential.encode()));
+        let counter_before = state.counter;
+        if let Some(floor) = floor {
+            state.counter = state.counter.max(floor);
+        }
         if state != self.state || self.dir.join(CREDENTIAL_FILE).exists() {
             write_state(&self.dir, &state)?;
             self.state = state;
         }
         self.credential = Some(credential);
-        Ok(credential)
+        Ok(Installed {
+            credential,
+            highest_cleared_counter: floor,
+            counter_before,
+            counter: self.state.counter,
+        })
     }
 
     /// Makes a token. The new counter and running total are on disk before
@@ -889,5 +969,68 @@ mod tests {
             Err(WalletError::StateLost { .. })
         ));
         assert_eq!(fs::read(dir.join(KEY_FILE)).expect("key"), key);
+    }
+
+    /// Issue 17: a phone restored from a backup installs its renewed
+    /// credential with the hub's note and jumps its counter above the
+    /// highest the hub cleared; a note never lowers it; a note for another
+    /// credential or under another key installs nothing.
+    #[test]
+    fn issue17_a_restored_phone_moves_its_counter_above_the_highest_cleared_on_renewal() {
+        use sonotap_protocol::wire::RenewalNote;
+        let (_tmp, dir, mut wallet, _) = wallet_with_credential();
+        for _ in 0..3 {
+            wallet.pay(request(10, NOW)).expect("pay");
+        }
+        assert_eq!(wallet.state().counter, 3);
+        let renewed = credential_for(&wallet, 1);
+        let path = write_credential(&dir, "renewed", &renewed);
+        let note_path = dir.with_file_name("renewed.renewal");
+        let note = RenewalNote::sign(&renewed, 25, NOW, &testkit::issuer());
+        fs::write(&note_path, note.encode()).expect("note");
+
+        // A note under another key, or for another credential: refused,
+        // nothing installed.
+        let forged = RenewalNote::sign(
+            &renewed,
+            1_000_000,
+            NOW,
+            &ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+        );
+        fs::write(&note_path, forged.encode()).expect("forged");
+        let before = fs::read(dir.join(STATE_FILE)).expect("state");
+        assert!(matches!(
+            wallet.add_credential(&path),
+            Err(WalletError::BadRenewal { .. })
+        ));
+        let other = RenewalNote::sign(&credential_for(&wallet, 2), 25, NOW, &testkit::issuer());
+        fs::write(&note_path, other.encode()).expect("other");
+        let e = wallet.add_credential(&path).unwrap_err();
+        assert!(e.to_string().contains("another credential"), "{e}");
+        assert_eq!(fs::read(dir.join(STATE_FILE)).expect("state"), before);
+
+        // The hub's note beside the credential: the counter jumps to 25.
+        fs::write(&note_path, note.encode()).expect("note");
+        wallet.add_credential(&path).expect("install");
+        assert_eq!(
+            (wallet.state().counter, wallet.state().running_total),
+            (25, 0)
+        );
+        let next = wallet.pay(request(10, NOW)).expect("pay");
+        assert_eq!(next.token.payment.counter, 26);
+        let reopened = Wallet::open(&dir).expect("reopen");
+        assert_eq!(reopened.state().counter, 26);
+
+        // A note below the counter never lowers it.
+        let low = RenewalNote::sign(&renewed, 2, NOW, &testkit::issuer());
+        fs::write(&note_path, low.encode()).expect("low");
+        let installed = wallet.install(&path, Some(&note_path)).expect("again");
+        assert_eq!((installed.counter_before, installed.counter), (26, 26));
+        assert_eq!(installed.highest_cleared_counter, Some(2));
+        assert_eq!(
+            wallet.state().running_total,
+            10,
+            "same credential: total kept"
+        );
     }
 }

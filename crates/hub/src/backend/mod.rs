@@ -24,7 +24,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub(crate) use self::sqlite::SqliteHub;
-use super::ledger::{self, DenySigner, IngestReport, Ledger, Via};
+use super::ledger::{self, ClearTarget, Clearance, Cleared, DenySigner, IngestReport, Ledger, Via};
 use super::verify::CheckedBatch;
 use super::{Hub, HubError};
 use sonotap_disk::sqlite::{StoreError, blob, unsigned};
@@ -149,6 +149,23 @@ pub(crate) trait ReadBackend: Send {
     fn report(&mut self) -> Result<Report, HubError> {
         read(self, report)
     }
+
+    /// The suspensions for review with their evidence (every one with
+    /// `all`, else those not cleared), from one snapshot.
+    fn review(&mut self, all: bool) -> Result<Review, HubError> {
+        read(self, |s| review(s, all))
+    }
+
+    /// The highest counter of `wallet` the hub has cleared, 0 for none.
+    fn highest_counter(&mut self, wallet: WalletId) -> Result<u32, HubError> {
+        read(self, |s| {
+            let top = s.highest_counter(&wallet.0)?;
+            Ok(top
+                .map(|c| unsigned(s.path(), "counter", c))
+                .transpose()?
+                .unwrap_or(0))
+        })
+    }
 }
 
 /// Time a hub connection spent taking the locks of its writes
@@ -207,6 +224,19 @@ pub(crate) trait HubBackend: ReadBackend {
         })
     }
 
+    /// An operator lifts the open suspensions of `target` (see
+    /// [`crate::ledger::clear`]).
+    fn clear(
+        &mut self,
+        signer: &dyn DenySigner,
+        target: ClearTarget,
+        clearance: &Clearance<'_>,
+    ) -> Result<Vec<Cleared>, HubError> {
+        write(self, |ledger| {
+            ledger::clear(ledger, signer, target, clearance)
+        })
+    }
+
     /// An operator's deny or allow: the entry publishes `reason`; `note`
     /// (free text) is kept in the hub's database only.
     fn set_deny(
@@ -245,6 +275,107 @@ pub(crate) trait Snapshot {
     fn flags(&mut self) -> Result<Vec<FlagTuple>, HubError>;
     /// Incidents, oldest first.
     fn incidents(&mut self) -> Result<Vec<IncidentTuple>, HubError>;
+    /// Every charge of each token charged more than once: the one the hub
+    /// counted, then its replays by reader time, reader and seq; tokens by
+    /// wallet, counter and token hash.
+    fn replay_charges(&mut self) -> Result<Vec<RawReplayCharge>, HubError>;
+    /// Suspensions, oldest first.
+    fn suspensions(&mut self) -> Result<Vec<RawSuspension>, HubError>;
+    /// The highest counter of the wallet among its payments.
+    fn highest_counter(&mut self, wallet: &[u8]) -> Result<Option<i64>, HubError>;
+    /// The wallet's payments whose counter another of its payments holds
+    /// too, by counter, then token hash.
+    fn conflicts(&mut self, wallet: &[u8]) -> Result<Vec<RawConflict>, HubError>;
+    /// A credential's offline limit (if the hub logged it) and net charges.
+    fn credential_spend(&mut self, credential: &[u8]) -> Result<(Option<i64>, i64), HubError>;
+}
+
+/// [`Snapshot::replay_charges`], in SQL both backends run.
+pub(crate) const REPLAY_CHARGES_SQL: &str = "
+    SELECT p.wallet_id, p.counter, p.token_hash, p.credential, CAST(0 AS BIGINT),
+           p.reader_id, p.seq, r.at, r.amount, p.charged,
+           (SELECT d.action FROM deny_entries d
+            WHERE d.wallet_id = p.wallet_id AND d.credential IS NULL
+            ORDER BY d.version DESC LIMIT 1)
+    FROM (SELECT DISTINCT wallet_id, counter, token_hash FROM replays) k
+    JOIN payments p
+        ON p.wallet_id = k.wallet_id AND p.counter = k.counter AND p.token_hash = k.token_hash
+    JOIN records r ON r.reader_id = p.reader_id AND r.seq = p.seq
+    UNION ALL
+    SELECT x.wallet_id, x.counter, x.token_hash, p.credential, CAST(1 AS BIGINT),
+           x.reader_id, x.seq, r.at, r.amount, x.charged, NULL
+    FROM replays x
+    JOIN payments p
+        ON p.wallet_id = x.wallet_id AND p.counter = x.counter AND p.token_hash = x.token_hash
+    JOIN records r ON r.reader_id = x.reader_id AND r.seq = x.seq
+    ORDER BY 1, 2, 3, 5, 8, 6, 7";
+
+/// [`Snapshot::suspensions`], in SQL both backends run.
+pub(crate) const SUSPENSIONS_SQL: &str = "
+    SELECT deny_version, credential, wallet_id, rule, detail, at,
+           cleared_at, cleared_by, cleared_note, allow_version
+    FROM suspensions ORDER BY deny_version";
+
+/// [`Snapshot::conflicts`] of wallet `$1`, in SQL both backends run.
+pub(crate) const CONFLICTS_SQL: &str = "
+    SELECT p.counter, p.token_hash, p.credential, p.reader_id, p.seq, r.at, r.amount,
+           p.authorised, p.total_before, p.charged
+    FROM payments p JOIN records r ON r.reader_id = p.reader_id AND r.seq = p.seq
+    WHERE p.wallet_id = $1 AND EXISTS (
+        SELECT 1 FROM payments q
+        WHERE q.wallet_id = p.wallet_id AND q.counter = p.counter
+          AND q.token_hash <> p.token_hash)
+    ORDER BY p.counter, p.token_hash";
+
+/// A row of [`Snapshot::replay_charges`], as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct RawReplayCharge {
+    pub wallet: Vec<u8>,
+    pub counter: i64,
+    pub token_hash: Vec<u8>,
+    pub credential: Vec<u8>,
+    /// 0: the charge the hub counted; 1: a replay.
+    pub replay: i64,
+    pub reader: String,
+    pub seq: i64,
+    /// The record's time at the reader.
+    pub at: i64,
+    /// The amount the reader charged.
+    pub amount: i64,
+    /// What is left after voids.
+    pub net: i64,
+    /// The wallet's newest whole-wallet deny action.
+    pub wallet_action: Option<String>,
+}
+
+/// A row of [`Snapshot::suspensions`], as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct RawSuspension {
+    pub deny_version: i64,
+    pub credential: Vec<u8>,
+    pub wallet: Vec<u8>,
+    pub rule: String,
+    pub detail: String,
+    pub at: i64,
+    pub cleared_at: Option<i64>,
+    pub cleared_by: Option<String>,
+    pub cleared_note: Option<String>,
+    pub allow_version: Option<i64>,
+}
+
+/// A row of [`Snapshot::conflicts`], as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct RawConflict {
+    pub counter: i64,
+    pub token_hash: Vec<u8>,
+    pub credential: Vec<u8>,
+    pub reader: String,
+    pub seq: i64,
+    pub at: i64,
+    pub amount: i64,
+    pub authorised: i64,
+    pub total_before: i64,
+    pub net: i64,
 }
 
 /// A per-reader summary row: id, count, charged, voided, first, last, last received.
@@ -259,6 +390,18 @@ pub(crate) fn action_name(action: DenyAction) -> &'static str {
     match action {
         DenyAction::Deny => "deny",
         DenyAction::Allow => "allow",
+    }
+}
+
+/// Why a wallet is denied, from its newest stored whole-wallet entry
+/// (action, reason), if that denies it. A reason stored as text by a hub
+/// before reason codes reads as `operator`, as its format-1 entry does.
+pub(crate) fn denial(newest: Option<(String, String)>) -> Option<DenyReason> {
+    match newest {
+        Some((action, reason)) if denies(Some(&action)) => {
+            Some(DenyReason::from_name(&reason).unwrap_or(DenyReason::Operator))
+        }
+        _ => None,
     }
 }
 
@@ -345,12 +488,153 @@ fn report(s: &mut dyn Snapshot) -> Result<Report, HubError> {
             at: clamp(at),
         })
         .collect();
+    let (replays, uncollected) = replay_rows(&path, s.replay_charges()?)?;
+    let suspensions = s
+        .suspensions()?
+        .into_iter()
+        .map(|raw| suspension_row(&path, raw))
+        .collect::<Result<_, _>>()?;
     Ok(Report {
         readers,
         flagged,
         incidents,
+        replays,
+        uncollected,
+        suspensions,
         deny_version: u("deny version", s.deny_version()?)?,
     })
+}
+
+/// Groups the charges of replayed tokens into one row per token: what the
+/// hub counted against the wallet (the first charge it cleared, net of its
+/// voids) and what the others delivered and nobody will pay (their net
+/// charges: a voided charge was not delivered, so it is not uncollected).
+fn replay_rows(path: &Path, raw: Vec<RawReplayCharge>) -> Result<(Vec<ReplayRow>, u64), HubError> {
+    let u = |what: &str, v: i64| unsigned::<u64>(path, what, v);
+    let mut rows: Vec<ReplayRow> = Vec::new();
+    let mut total = 0u64;
+    for r in raw {
+        let token = hex::encode(&r.token_hash);
+        let amount = u("charged amount", r.amount)?;
+        let net = u("net charge", r.net)?;
+        let charge = ReplayChargeRow {
+            reader: r.reader,
+            seq: u("seq", r.seq)?,
+            at: u("record time", r.at)?,
+            amount,
+            voided: amount.saturating_sub(net),
+            counted: r.replay == 0,
+        };
+        let same_token = rows.last().is_some_and(|row| row.token == token);
+        if !same_token {
+            rows.push(ReplayRow {
+                token,
+                wallet: hex::encode(&r.wallet),
+                credential: hex::encode(&r.credential),
+                counter: unsigned(path, "counter", r.counter)?,
+                attribution: ReplayAttribution::CopiedToken,
+                charges: Vec::new(),
+                collected: 0,
+                uncollected: 0,
+                wallet_denied: denies(r.wallet_action.as_deref()),
+            });
+        }
+        let Some(row) = rows.last_mut() else {
+            continue;
+        };
+        match charge.counted {
+            true => row.collected += net,
+            false => {
+                row.uncollected += net;
+                total += net;
+            }
+        }
+        row.charges.push(charge);
+    }
+    for row in &mut rows {
+        row.attribution = ReplayAttribution::of(&row.charges);
+    }
+    Ok((rows, total))
+}
+
+fn suspension_row(path: &Path, raw: RawSuspension) -> Result<SuspensionRow, HubError> {
+    let u = |what: &str, v: i64| unsigned::<u64>(path, what, v);
+    let cleared = match (raw.cleared_at, raw.allow_version) {
+        (Some(at), Some(version)) => Some(ClearedRow {
+            at: u("clearing time", at)?,
+            by: raw.cleared_by.unwrap_or_default(),
+            note: raw.cleared_note.unwrap_or_default(),
+            allow_version: u("deny version", version)?,
+        }),
+        _ => None,
+    };
+    Ok(SuspensionRow {
+        credential: hex::encode(&raw.credential),
+        wallet: hex::encode(&raw.wallet),
+        rule: raw.rule,
+        detail: raw.detail,
+        at: u("suspension time", raw.at)?,
+        deny_version: u("deny version", raw.deny_version)?,
+        cleared,
+    })
+}
+
+/// Builds the review of suspensions from one snapshot.
+fn review(s: &mut dyn Snapshot, all: bool) -> Result<Review, HubError> {
+    let path = PathBuf::from(s.path());
+    let u = |what: &str, v: i64| unsigned::<u64>(&path, what, v);
+    let flags = s.flags()?;
+    let mut out = Vec::new();
+    for raw in s.suspensions()? {
+        if raw.cleared_at.is_some() && !all {
+            continue;
+        }
+        let wallet = raw.wallet.clone();
+        let credential = raw.credential.clone();
+        let suspension = suspension_row(&path, raw)?;
+        let highest = s.highest_counter(&wallet)?;
+        let (limit, charged) = s.credential_spend(&credential)?;
+        let conflicts = s
+            .conflicts(&wallet)?
+            .into_iter()
+            .map(|c| {
+                Ok(ConflictRow {
+                    counter: unsigned(&path, "counter", c.counter)?,
+                    token: hex::encode(&c.token_hash),
+                    credential: hex::encode(&c.credential),
+                    reader: c.reader,
+                    seq: u("seq", c.seq)?,
+                    at: u("record time", c.at)?,
+                    charged: u("charged amount", c.amount)?,
+                    authorised: u("authorised amount", c.authorised)?,
+                    total_before: u("running total", c.total_before)?,
+                    net: u("net charge", c.net)?,
+                })
+            })
+            .collect::<Result<_, HubError>>()?;
+        let findings = flags
+            .iter()
+            .filter(|f| f.0 == wallet)
+            .map(|(w, rule, detail, at, newest)| FlagRow {
+                wallet: hex::encode(w),
+                rule: rule.clone(),
+                detail: detail.clone(),
+                at: (*at).max(0) as u64,
+                denied: denies(newest.as_deref()),
+            })
+            .collect();
+        out.push(SuspensionReview {
+            suspension,
+            highest_cleared_counter: highest.map(|c| unsigned(&path, "counter", c)).transpose()?,
+            offline_limit: limit
+                .map(|l| unsigned(&path, "offline limit", l))
+                .transpose()?,
+            credential_charged: u("credential spend", charged)?,
+            findings,
+            conflicts,
+        });
+    }
+    Ok(Review { suspensions: out })
 }
 
 /// What `sonotap hub report` shows.
@@ -360,10 +644,178 @@ pub struct Report {
     pub readers: Vec<ReaderReport>,
     /// Fraud findings, oldest first.
     pub flagged: Vec<FlagRow>,
-    /// Chain breaks, duplicates and other incidents, oldest first.
+    /// Chain breaks, voids not applied and other incidents, oldest first.
     pub incidents: Vec<IncidentRow>,
+    /// Tokens charged more than once (a recorded sound or a photographed
+    /// code replayed at other readers), one row per token.
+    pub replays: Vec<ReplayRow>,
+    /// What replays delivered that nobody will pay: the sum of their
+    /// `uncollected`.
+    pub uncollected: u64,
+    /// Credentials suspended for review after a counter conflict, oldest first.
+    pub suspensions: Vec<SuspensionRow>,
     /// The newest deny-list version.
     pub deny_version: u64,
+}
+
+/// Who a replay points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayAttribution {
+    /// Charged at two readers or more: someone recorded the sound or
+    /// photographed the code and played it again. The wallet is the victim,
+    /// and is not denied for it.
+    CopiedToken,
+    /// Charged more than once by one reader only: that reader's own replay
+    /// check failed (its database restored from a backup, say).
+    ReaderRepeated,
+}
+
+impl ReplayAttribution {
+    fn of(charges: &[ReplayChargeRow]) -> Self {
+        let first = charges.first().map(|c| c.reader.as_str());
+        match charges.iter().all(|c| Some(c.reader.as_str()) == first) {
+            true => ReplayAttribution::ReaderRepeated,
+            false => ReplayAttribution::CopiedToken,
+        }
+    }
+
+    /// One line for operators.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ReplayAttribution::CopiedToken => {
+                "a replay of a copied token (recorded or photographed); the wallet is the \
+                 victim and is not denied"
+            }
+            ReplayAttribution::ReaderRepeated => {
+                "one reader charged the token again (its replay check failed: restored \
+                 database?); not the wallet's doing"
+            }
+        }
+    }
+}
+
+/// A token charged more than once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayRow {
+    /// SHA-256 of the token, hex.
+    pub token: String,
+    /// The wallet that signed it, hex.
+    pub wallet: String,
+    /// Its credential's digest, hex.
+    pub credential: String,
+    /// The wallet's counter in it.
+    pub counter: u32,
+    /// Who the replay points at.
+    pub attribution: ReplayAttribution,
+    /// Every charge of it: the one counted first, then the replays by reader time.
+    pub charges: Vec<ReplayChargeRow>,
+    /// What the wallet pays for it (the counted charge, net of voids).
+    pub collected: u64,
+    /// What the other charges delivered and nobody will pay (net of voids).
+    pub uncollected: u64,
+    /// Whether the wallet is denied now (never because of a replay).
+    pub wallet_denied: bool,
+}
+
+/// One charge of a replayed token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayChargeRow {
+    /// The reader.
+    pub reader: String,
+    /// The record's sequence number there.
+    pub seq: u64,
+    /// When the reader charged it, its clock, Unix seconds.
+    pub at: u64,
+    /// What it charged.
+    pub amount: u64,
+    /// What voids took off it (not delivered).
+    pub voided: u64,
+    /// The charge counted against the wallet (the first the hub cleared).
+    pub counted: bool,
+}
+
+/// A credential suspended for review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SuspensionRow {
+    /// The credential's digest, hex.
+    pub credential: String,
+    /// Its wallet, hex.
+    pub wallet: String,
+    /// The rule that opened it (`counter_reused`).
+    pub rule: String,
+    /// What was seen.
+    pub detail: String,
+    /// When, Unix seconds.
+    pub at: u64,
+    /// The deny-list version that published it.
+    pub deny_version: u64,
+    /// Set once an operator cleared it.
+    pub cleared: Option<ClearedRow>,
+}
+
+/// Who lifted a suspension, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClearedRow {
+    /// When, Unix seconds.
+    pub at: u64,
+    /// The operator.
+    pub by: String,
+    /// Why.
+    pub note: String,
+    /// The deny-list version of the allow entry.
+    pub allow_version: u64,
+}
+
+/// What `sonotap hub review` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Review {
+    /// Suspensions with their evidence, oldest first.
+    pub suspensions: Vec<SuspensionReview>,
+}
+
+/// One suspension and the evidence behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SuspensionReview {
+    /// The suspension.
+    #[serde(flatten)]
+    pub suspension: SuspensionRow,
+    /// The highest counter of the wallet the hub has cleared (what a
+    /// renewal tells the wallet to move above).
+    pub highest_cleared_counter: Option<u32>,
+    /// The credential's offline limit, if the hub issued it.
+    pub offline_limit: Option<u32>,
+    /// Net charges under the credential, at every reader.
+    pub credential_charged: u64,
+    /// The wallet's fraud findings.
+    pub findings: Vec<FlagRow>,
+    /// The wallet's tokens that share a counter with another of its tokens.
+    pub conflicts: Vec<ConflictRow>,
+}
+
+/// One token in a counter conflict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConflictRow {
+    /// The counter it shares.
+    pub counter: u32,
+    /// SHA-256 of the token, hex.
+    pub token: String,
+    /// Its credential's digest, hex.
+    pub credential: String,
+    /// The reader that cleared it first.
+    pub reader: String,
+    /// The record's sequence number there.
+    pub seq: u64,
+    /// When the reader charged it, Unix seconds.
+    pub at: u64,
+    /// What the reader charged.
+    pub charged: u64,
+    /// What the wallet authorised.
+    pub authorised: u64,
+    /// The running total the wallet signed before it.
+    pub total_before: u64,
+    /// The charge net of voids.
+    pub net: u64,
 }
 
 /// One reader's records at the hub.

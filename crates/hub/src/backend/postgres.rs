@@ -69,7 +69,8 @@ use postgres::{Client, Config, IsolationLevel, NoTls, Row, Transaction};
 use self::ledger::PgLedger;
 use super::LockWaits;
 use super::{
-    FlagTuple, HubBackend, IncidentTuple, ReadBackend, ReaderOpener, ReaderTuple, Snapshot,
+    FlagTuple, HubBackend, IncidentTuple, RawConflict, RawReplayCharge, RawSuspension, ReadBackend,
+    ReaderOpener, ReaderTuple, Snapshot,
 };
 use crate::ledger::{self as clearing_ledger, DenySigner, IngestReport, Ledger, Via};
 use crate::verify::CheckedBatch;
@@ -93,7 +94,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SCHEMA_TABLE: &str = "sonotap_schema";
 
 /// Migrations, oldest first; the schema version is the number applied.
-static MIGRATIONS: [&str; 4] = [
+static MIGRATIONS: [&str; 5] = [
     "CREATE TABLE issuer_keys (
         key_id BIGINT PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
         public_key BYTEA NOT NULL CHECK (length(public_key) = 32),
@@ -206,6 +207,44 @@ static MIGRATIONS: [&str; 4] = [
     UPDATE credential_spend SET charged = s.total
         FROM (SELECT credential, sum(charged) AS total FROM payments GROUP BY credential) AS s
         WHERE credential_spend.credential = s.credential;",
+    // Issue 17, as SQLite's migration 5: deny entries that name one
+    // credential, replays (the charges kept before as `duplicate_token`
+    // incidents carried over), suspensions for review.
+    "ALTER TABLE deny_entries ADD COLUMN credential BYTEA
+        CHECK (credential IS NULL OR length(credential) = 32);
+    ALTER TABLE flags ADD COLUMN credential BYTEA
+        CHECK (credential IS NULL OR length(credential) = 32);
+    CREATE TABLE replays (
+        wallet_id BYTEA NOT NULL CHECK (length(wallet_id) = 8),
+        counter BIGINT NOT NULL,
+        token_hash BYTEA NOT NULL CHECK (length(token_hash) = 32),
+        reader_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        charged BIGINT NOT NULL,
+        voids BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (wallet_id, counter, token_hash, reader_id, seq)
+    );
+    INSERT INTO replays (wallet_id, counter, token_hash, reader_id, seq, charged)
+        SELECT p.wallet_id, p.counter, p.token_hash, r.reader_id, r.seq, r.amount
+        FROM incidents i
+        JOIN records r ON r.reader_id = i.reader_id AND r.seq = i.seq
+        JOIN payments p ON p.token_hash = r.token_hash
+        WHERE i.kind = 'duplicate_token' AND r.kind = 'charge'
+        ON CONFLICT DO NOTHING;
+    CREATE TABLE suspensions (
+        deny_version BIGINT PRIMARY KEY,
+        credential BYTEA NOT NULL CHECK (length(credential) = 32),
+        wallet_id BYTEA NOT NULL CHECK (length(wallet_id) = 8),
+        rule TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        cleared_at BIGINT,
+        cleared_by TEXT,
+        cleared_note TEXT,
+        allow_version BIGINT
+    );
+    CREATE INDEX suspensions_by_credential ON suspensions (credential);
+    CREATE INDEX suspensions_by_wallet ON suspensions (wallet_id);",
 ];
 
 /// The newest schema version this build knows.
@@ -1085,7 +1124,8 @@ impl Snapshot for PgSnapshot<'_> {
     fn flags(&mut self) -> Result<Vec<FlagTuple>, HubError> {
         self.rows(
             "SELECT f.wallet_id, f.rule, f.detail, f.at,
-                    (SELECT action FROM deny_entries d WHERE d.wallet_id = f.wallet_id
+                    (SELECT action FROM deny_entries d
+                     WHERE d.wallet_id = f.wallet_id AND d.credential IS NULL
                      ORDER BY version DESC LIMIT 1)
              FROM flags f ORDER BY f.id",
             &[],
@@ -1115,6 +1155,81 @@ impl Snapshot for PgSnapshot<'_> {
                 ))
             },
         )
+    }
+
+    fn replay_charges(&mut self) -> Result<Vec<RawReplayCharge>, HubError> {
+        self.rows(super::REPLAY_CHARGES_SQL, &[], |t, r| {
+            Ok(RawReplayCharge {
+                wallet: column(t, r, 0, "replay wallet")?,
+                counter: column(t, r, 1, "replay counter")?,
+                token_hash: column(t, r, 2, "replay token hash")?,
+                credential: column(t, r, 3, "replay credential")?,
+                replay: column(t, r, 4, "replay flag")?,
+                reader: column(t, r, 5, "replay reader")?,
+                seq: column(t, r, 6, "replay seq")?,
+                at: column(t, r, 7, "replay time")?,
+                amount: column(t, r, 8, "replay amount")?,
+                net: column(t, r, 9, "replay net charge")?,
+                wallet_action: column(t, r, 10, "deny action")?,
+            })
+        })
+    }
+
+    fn suspensions(&mut self) -> Result<Vec<RawSuspension>, HubError> {
+        self.rows(super::SUSPENSIONS_SQL, &[], |t, r| {
+            Ok(RawSuspension {
+                deny_version: column(t, r, 0, "suspension version")?,
+                credential: column(t, r, 1, "suspension credential")?,
+                wallet: column(t, r, 2, "suspension wallet")?,
+                rule: column(t, r, 3, "suspension rule")?,
+                detail: column(t, r, 4, "suspension detail")?,
+                at: column(t, r, 5, "suspension time")?,
+                cleared_at: column(t, r, 6, "clearing time")?,
+                cleared_by: column(t, r, 7, "cleared by")?,
+                cleared_note: column(t, r, 8, "clearing note")?,
+                allow_version: column(t, r, 9, "allow version")?,
+            })
+        })
+    }
+
+    fn highest_counter(&mut self, wallet: &[u8]) -> Result<Option<i64>, HubError> {
+        self.value(
+            "SELECT max(counter) FROM payments WHERE wallet_id = $1",
+            &[&wallet],
+            "highest counter",
+        )
+    }
+
+    fn conflicts(&mut self, wallet: &[u8]) -> Result<Vec<RawConflict>, HubError> {
+        self.rows(super::CONFLICTS_SQL, &[&wallet], |t, r| {
+            Ok(RawConflict {
+                counter: column(t, r, 0, "conflict counter")?,
+                token_hash: column(t, r, 1, "conflict token hash")?,
+                credential: column(t, r, 2, "conflict credential")?,
+                reader: column(t, r, 3, "conflict reader")?,
+                seq: column(t, r, 4, "conflict seq")?,
+                at: column(t, r, 5, "conflict time")?,
+                amount: column(t, r, 6, "conflict amount")?,
+                authorised: column(t, r, 7, "conflict authorised")?,
+                total_before: column(t, r, 8, "conflict running total")?,
+                net: column(t, r, 9, "conflict net charge")?,
+            })
+        })
+    }
+
+    fn credential_spend(&mut self, credential: &[u8]) -> Result<(Option<i64>, i64), HubError> {
+        let rows = self.rows(
+            "SELECT (SELECT offline_limit FROM credentials WHERE digest = $1),
+                    coalesce((SELECT charged FROM credential_spend WHERE credential = $1), 0)",
+            &[&credential],
+            |t, r| {
+                Ok((
+                    column(t, r, 0, "offline limit")?,
+                    column(t, r, 1, "credential spend")?,
+                ))
+            },
+        )?;
+        Ok(rows.into_iter().next().unwrap_or((None, 0)))
     }
 }
 

@@ -8,22 +8,25 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use rusqlite_migration::M;
 
 use super::{
-    FlagTuple, HubBackend, IncidentTuple, ReadBackend, ReaderOpener, ReaderTuple, Snapshot,
-    action_name, denies,
+    FlagTuple, HubBackend, IncidentTuple, RawConflict, RawReplayCharge, RawSuspension, ReadBackend,
+    ReaderOpener, ReaderTuple, Snapshot, action_name,
 };
 use crate::HubError;
 use crate::clearing::{Finding, Payment};
-use crate::ledger::{BatchRow, ChargeLeft, IncidentKind, Ledger, Link};
+use crate::ledger::{
+    BatchRow, ChargeLeft, ClearTarget, Clearance, FlagOn, IncidentKind, Ledger, Link,
+    OpenSuspension, ReplayCharge, Suspension,
+};
 use crate::verify::CheckedRecord;
 use sonotap_disk::sqlite;
 use sonotap_disk::sqlite::StoreError;
 use sonotap_protocol::token::{Credential, WalletId};
-use sonotap_protocol::wire::DenyEntry;
+use sonotap_protocol::wire::{DenyEntry, DenyReason, DenyScope};
 
 /// The hub database file in a hub directory.
 pub const DB_FILE: &str = "hub.db";
 
-static MIGRATIONS: [M<'static>; 4] = [
+static MIGRATIONS: [M<'static>; 5] = [
     M::up(
         "CREATE TABLE issuer_keys (
             key_id INTEGER PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
@@ -194,6 +197,52 @@ static MIGRATIONS: [M<'static>; 4] = [
         UPDATE credential_spend SET charged = s.total
             FROM (SELECT credential, sum(charged) AS total FROM payments GROUP BY credential) AS s
             WHERE credential_spend.credential = s.credential;",
+    ),
+    // Issue 17. Replays: a charge of a token already cleared is kept with
+    // its reader, seq and net charge (voids of it apply), never added to
+    // the credential's total; the charges stored before as
+    // `duplicate_token` incidents are carried over (their incidents stay;
+    // a void of one stored before stays the `void_without_charge` incident
+    // it was). Suspensions: a deny entry may name one credential
+    // (`deny_entries.credential`), and a counter conflict opens a
+    // suspension for review, keyed by the version of its deny entry.
+    M::up(
+        "ALTER TABLE deny_entries ADD COLUMN credential BLOB
+            CHECK (credential IS NULL OR length(credential) = 32);
+        ALTER TABLE flags ADD COLUMN credential BLOB
+            CHECK (credential IS NULL OR length(credential) = 32);
+        CREATE TABLE replays (
+            wallet_id BLOB NOT NULL CHECK (length(wallet_id) = 8),
+            counter INTEGER NOT NULL,
+            token_hash BLOB NOT NULL CHECK (length(token_hash) = 32),
+            reader_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            charged INTEGER NOT NULL,
+            voids INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (wallet_id, counter, token_hash, reader_id, seq)
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX payments_by_token_v5 ON payments (token_hash);
+        INSERT OR IGNORE INTO replays (wallet_id, counter, token_hash, reader_id, seq, charged)
+            SELECT p.wallet_id, p.counter, p.token_hash, r.reader_id, r.seq, r.amount
+            FROM incidents i
+            JOIN records r ON r.reader_id = i.reader_id AND r.seq = i.seq
+            JOIN payments p ON p.token_hash = r.token_hash
+            WHERE i.kind = 'duplicate_token' AND r.kind = 'charge';
+        DROP INDEX payments_by_token_v5;
+        CREATE TABLE suspensions (
+            deny_version INTEGER PRIMARY KEY,
+            credential BLOB NOT NULL CHECK (length(credential) = 32),
+            wallet_id BLOB NOT NULL CHECK (length(wallet_id) = 8),
+            rule TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            cleared_at INTEGER,
+            cleared_by TEXT,
+            cleared_note TEXT,
+            allow_version INTEGER
+        ) STRICT;
+        CREATE INDEX suspensions_by_credential ON suspensions (credential);
+        CREATE INDEX suspensions_by_wallet ON suspensions (wallet_id);",
     ),
 ];
 
@@ -685,17 +734,45 @@ impl Ledger for SqliteLedger<'_> {
     fn insert_flag(
         &mut self,
         wallet: WalletId,
+        credential: &[u8; 32],
         f: &Finding,
         evidence: &str,
         at: u64,
     ) -> Result<(), HubError> {
         self.tx
             .execute(
-                "INSERT INTO flags (wallet_id, rule, detail, evidence, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![wallet.0.as_slice(), f.rule.as_str(), f.detail, evidence, sqlite::int(at)],
+                "INSERT INTO flags (wallet_id, rule, detail, evidence, at, credential)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    wallet.0.as_slice(),
+                    f.rule.as_str(),
+                    f.detail,
+                    evidence,
+                    sqlite::int(at),
+                    credential.as_slice()
+                ],
             )
             .map(drop)
             .map_err(self.err())
+    }
+
+    fn wallet_flags(&mut self, wallet: WalletId) -> Result<Vec<FlagOn>, HubError> {
+        let rows: Vec<(String, Option<Vec<u8>>)> = self
+            .tx
+            .prepare_cached("SELECT rule, credential FROM flags WHERE wallet_id = ?1 ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([wallet.0.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.err())?;
+        rows.into_iter()
+            .map(|(rule, c)| {
+                let c = c
+                    .map(|c| sqlite::blob(self.path, "credential", c))
+                    .transpose()?;
+                Ok((rule, c))
+            })
+            .collect()
     }
 
     fn insert_incident(
@@ -727,26 +804,32 @@ impl Ledger for SqliteLedger<'_> {
         Ok(sqlite::unsigned(self.path, "deny version", v)?)
     }
 
-    fn is_denied(&mut self, wallet: WalletId) -> Result<bool, HubError> {
-        let action: Option<String> = self
+    fn wallet_denial(&mut self, wallet: WalletId) -> Result<Option<DenyReason>, HubError> {
+        let newest: Option<(String, String)> = self
             .tx
             .query_row(
-                "SELECT action FROM deny_entries WHERE wallet_id = ?1 ORDER BY version DESC LIMIT 1",
+                "SELECT action, reason FROM deny_entries WHERE wallet_id = ?1 AND credential IS NULL
+                 ORDER BY version DESC LIMIT 1",
                 [wallet.0.as_slice()],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(self.err())?;
-        Ok(denies(action.as_deref()))
+        Ok(super::denial(newest))
     }
 
     fn insert_deny(&mut self, entry: &DenyEntry, evidence: &str) -> Result<(), HubError> {
         let bytes = entry.encode().map_err(|e| HubError::Terms(e.to_string()))?;
         let action = action_name(entry.action);
+        let credential = match &entry.scope {
+            DenyScope::Wallet => None,
+            DenyScope::Credential(c) => Some(c.as_slice()),
+        };
         self.tx
             .execute(
-                "INSERT INTO deny_entries (version, wallet_id, action, reason, evidence, at, entry)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO deny_entries (version, wallet_id, action, reason, evidence, at, entry,
+                                           credential)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     sqlite::int(entry.version),
                     entry.wallet.0.as_slice(),
@@ -755,6 +838,177 @@ impl Ledger for SqliteLedger<'_> {
                     evidence,
                     sqlite::int(entry.at),
                     bytes,
+                    credential,
+                ],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    fn insert_replay(
+        &mut self,
+        first: &Payment,
+        reader: &str,
+        seq: u64,
+        charged: u32,
+    ) -> Result<(), HubError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO replays (wallet_id, counter, token_hash, reader_id, seq, charged)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    first.wallet.0.as_slice(),
+                    first.counter,
+                    first.token_hash.as_slice(),
+                    reader,
+                    sqlite::int(seq),
+                    charged,
+                ])
+            })
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    fn replays_at(&mut self, first: &Payment, reader: &str) -> Result<Vec<ReplayCharge>, HubError> {
+        let rows: Vec<(i64, i64, i64)> = self
+            .tx
+            .prepare_cached(
+                "SELECT seq, charged, voids FROM replays
+                 WHERE wallet_id = ?1 AND counter = ?2 AND token_hash = ?3 AND reader_id = ?4
+                 ORDER BY seq",
+            )
+            .and_then(|mut s| {
+                s.query_map(
+                    params![
+                        first.wallet.0.as_slice(),
+                        first.counter,
+                        first.token_hash.as_slice(),
+                        reader
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.err())?;
+        rows.into_iter()
+            .map(|(seq, left, voids)| {
+                Ok(ReplayCharge {
+                    reader: reader.to_owned(),
+                    seq: sqlite::unsigned(self.path, "sequence number", seq)?,
+                    left: ChargeLeft {
+                        left: sqlite::unsigned(self.path, "net charge", left)?,
+                        voids: sqlite::unsigned(self.path, "void count", voids)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn void_replay(
+        &mut self,
+        first: &Payment,
+        reader: &str,
+        seq: u64,
+        amount: u32,
+    ) -> Result<(), HubError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE replays SET charged = charged - ?6, voids = voids + 1
+                 WHERE wallet_id = ?1 AND counter = ?2 AND token_hash = ?3 AND reader_id = ?4
+                   AND seq = ?5",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    first.wallet.0.as_slice(),
+                    first.counter,
+                    first.token_hash.as_slice(),
+                    reader,
+                    sqlite::int(seq),
+                    amount,
+                ])
+            })
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    fn is_suspended(&mut self, credential: &[u8; 32]) -> Result<bool, HubError> {
+        self.tx
+            .prepare_cached(
+                "SELECT 1 FROM suspensions WHERE credential = ?1 AND cleared_at IS NULL LIMIT 1",
+            )
+            .and_then(|mut s| s.exists([credential.as_slice()]))
+            .map_err(self.err())
+    }
+
+    fn insert_suspension(&mut self, x: &Suspension<'_>) -> Result<(), HubError> {
+        self.tx
+            .execute(
+                "INSERT INTO suspensions (deny_version, credential, wallet_id, rule, detail, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    sqlite::int(x.deny_version),
+                    x.credential.as_slice(),
+                    x.wallet.0.as_slice(),
+                    x.rule.as_str(),
+                    x.detail,
+                    sqlite::int(x.at),
+                ],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    fn open_suspensions(&mut self, target: ClearTarget) -> Result<Vec<OpenSuspension>, HubError> {
+        let (sql, key): (&str, &[u8]) = match &target {
+            ClearTarget::Credential(c) => (
+                "SELECT deny_version, credential, wallet_id FROM suspensions
+                 WHERE credential = ?1 AND cleared_at IS NULL ORDER BY deny_version",
+                c.as_slice(),
+            ),
+            ClearTarget::Wallet(w) => (
+                "SELECT deny_version, credential, wallet_id FROM suspensions
+                 WHERE wallet_id = ?1 AND cleared_at IS NULL ORDER BY deny_version",
+                w.0.as_slice(),
+            ),
+        };
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = self
+            .tx
+            .prepare_cached(sql)
+            .and_then(|mut s| {
+                s.query_map([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(self.err())?;
+        rows.into_iter()
+            .map(|(version, credential, wallet)| {
+                Ok(OpenSuspension {
+                    deny_version: sqlite::unsigned(self.path, "deny version", version)?,
+                    credential: sqlite::blob(self.path, "credential", credential)?,
+                    wallet: WalletId(sqlite::blob(self.path, "wallet id", wallet)?),
+                })
+            })
+            .collect()
+    }
+
+    fn clear_suspension(
+        &mut self,
+        deny_version: u64,
+        allow_version: u64,
+        c: &Clearance<'_>,
+    ) -> Result<(), HubError> {
+        self.tx
+            .execute(
+                "UPDATE suspensions SET cleared_at = ?2, cleared_by = ?3, cleared_note = ?4,
+                                        allow_version = ?5
+                 WHERE deny_version = ?1",
+                params![
+                    sqlite::int(deny_version),
+                    sqlite::int(c.at),
+                    c.by,
+                    c.note,
+                    sqlite::int(allow_version)
                 ],
             )
             .map(drop)
@@ -1004,7 +1258,8 @@ impl Snapshot for SqliteSnapshot<'_> {
     fn flags(&mut self) -> Result<Vec<FlagTuple>, HubError> {
         self.rows(
             "SELECT f.wallet_id, f.rule, f.detail, f.at,
-                    (SELECT action FROM deny_entries d WHERE d.wallet_id = f.wallet_id
+                    (SELECT action FROM deny_entries d
+                     WHERE d.wallet_id = f.wallet_id AND d.credential IS NULL
                      ORDER BY version DESC LIMIT 1)
              FROM flags f ORDER BY f.id",
             [],
@@ -1018,6 +1273,79 @@ impl Snapshot for SqliteSnapshot<'_> {
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
+    }
+
+    fn replay_charges(&mut self) -> Result<Vec<RawReplayCharge>, HubError> {
+        self.rows(super::REPLAY_CHARGES_SQL, [], |r| {
+            Ok(RawReplayCharge {
+                wallet: r.get(0)?,
+                counter: r.get(1)?,
+                token_hash: r.get(2)?,
+                credential: r.get(3)?,
+                replay: r.get(4)?,
+                reader: r.get(5)?,
+                seq: r.get(6)?,
+                at: r.get(7)?,
+                amount: r.get(8)?,
+                net: r.get(9)?,
+                wallet_action: r.get(10)?,
+            })
+        })
+    }
+
+    fn suspensions(&mut self) -> Result<Vec<RawSuspension>, HubError> {
+        self.rows(super::SUSPENSIONS_SQL, [], |r| {
+            Ok(RawSuspension {
+                deny_version: r.get(0)?,
+                credential: r.get(1)?,
+                wallet: r.get(2)?,
+                rule: r.get(3)?,
+                detail: r.get(4)?,
+                at: r.get(5)?,
+                cleared_at: r.get(6)?,
+                cleared_by: r.get(7)?,
+                cleared_note: r.get(8)?,
+                allow_version: r.get(9)?,
+            })
+        })
+    }
+
+    fn highest_counter(&mut self, wallet: &[u8]) -> Result<Option<i64>, HubError> {
+        self.conn
+            .query_row(
+                "SELECT max(counter) FROM payments WHERE wallet_id = ?1",
+                [wallet],
+                |r| r.get(0),
+            )
+            .map_err(store_err(self.path))
+    }
+
+    fn conflicts(&mut self, wallet: &[u8]) -> Result<Vec<RawConflict>, HubError> {
+        self.rows(super::CONFLICTS_SQL, [wallet], |r| {
+            Ok(RawConflict {
+                counter: r.get(0)?,
+                token_hash: r.get(1)?,
+                credential: r.get(2)?,
+                reader: r.get(3)?,
+                seq: r.get(4)?,
+                at: r.get(5)?,
+                amount: r.get(6)?,
+                authorised: r.get(7)?,
+                total_before: r.get(8)?,
+                net: r.get(9)?,
+            })
+        })
+    }
+
+    fn credential_spend(&mut self, credential: &[u8]) -> Result<(Option<i64>, i64), HubError> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT offline_limit FROM credentials WHERE digest = ?1),
+                        coalesce((SELECT charged FROM credential_spend WHERE credential = ?1), 0)",
+                [credential],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(store_err(self.path))
     }
 }
 
@@ -1085,6 +1413,57 @@ mod tests {
             )
             .expect("count");
         assert_eq!(count, 1);
+    }
+
+    /// Issue 17: a hub database of schema 4 keeps the charges it stored as
+    /// `duplicate_token` incidents; upgraded, they are replays with their
+    /// amounts in the report's uncollected sum.
+    #[test]
+    fn issue17_a_schema_4_hub_upgrades_its_duplicate_charges_into_replays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            let conn = sqlite::open(
+                &path,
+                &sqlite::Schema {
+                    migrations: &MIGRATIONS[..4],
+                    ..SCHEMA
+                },
+                true,
+            )
+            .expect("schema 4");
+            conn.execute_batch(
+                "INSERT INTO readers VALUES ('gate-1', zeroblob(32), 1), ('gate-2', zeroblob(32), 1);
+                 INSERT INTO records (reader_id, seq, at, kind, amount, token, token_hash,
+                                      prev_hash, hash, signature, received_at)
+                 VALUES ('gate-1', 1, 10, 'charge', 250, x'00', x'1111111111111111111111111111111111111111111111111111111111111111',
+                         zeroblob(32), randomblob(32), zeroblob(64), 11),
+                        ('gate-2', 1, 12, 'charge', 240, x'00', x'1111111111111111111111111111111111111111111111111111111111111111',
+                         zeroblob(32), randomblob(32), zeroblob(64), 13);
+                 INSERT INTO payments (token_hash, wallet_id, counter, credential, total_before,
+                                       authorised, charged, reader_id, seq)
+                 VALUES (x'1111111111111111111111111111111111111111111111111111111111111111',
+                         x'0101010101010101', 5, zeroblob(32), 0, 250, 250, 'gate-1', 1);
+                 INSERT INTO incidents (reader_id, seq, kind, detail, at)
+                 VALUES ('gate-2', 1, 'duplicate_token', 'token already charged', 13);",
+            )
+            .expect("old rows");
+        }
+        let mut hub = SqliteHub::open(dir.path(), false).expect("upgrade");
+        let report = hub.report().expect("report");
+        assert_eq!(report.replays.len(), 1);
+        let replay = &report.replays[0];
+        let charges: Vec<(&str, u64, u64, bool)> = replay
+            .charges
+            .iter()
+            .map(|c| (c.reader.as_str(), c.at, c.amount, c.counted))
+            .collect();
+        assert_eq!(
+            charges,
+            [("gate-1", 10, 250, true), ("gate-2", 12, 240, false)]
+        );
+        assert_eq!((replay.collected, replay.uncollected), (250, 240));
+        assert_eq!(report.uncollected, 240);
     }
 
     /// The batch signature is stored with its batch, and the batch rebuilt

@@ -458,3 +458,127 @@ fn issue13_08_a_signed_request_holds_only_for_its_reader_method_target_and_time(
             .map_or(true, |r| r.is_err())
     );
 }
+
+/// Issue 17: an entry that names one credential is format 3 (a kind and
+/// the digest), signed and refused like the others; a wallet entry is
+/// still format 2, so a reader that predates format 3 reads it.
+#[test]
+fn issue17_a_deny_entry_for_one_credential_is_format_3_with_its_digest() {
+    let digest = [0xc7; 32];
+    let entry = DenyEntry::sign_scoped(
+        4,
+        DenyAction::Deny,
+        WalletId([5; 8]),
+        DenyScope::Credential(digest),
+        1_700_000_000,
+        DenyReason::CounterReused,
+        1,
+        &key(1),
+    )
+    .unwrap();
+    let bytes = entry.encode().unwrap();
+    assert!(bytes.starts_with(b"sonotap/v3/deny\0"));
+    // Domain, version, action, wallet, kind, digest, time, reason, key id, signature.
+    let d = DENY_DOMAIN_V3.len();
+    assert_eq!(bytes.len(), d + 8 + 1 + 8 + 1 + 32 + 8 + 1 + 1 + 64);
+    assert_eq!(bytes[d + 17], 2, "kind 2: a credential");
+    assert_eq!(&bytes[d + 18..d + 50], &digest);
+    let back = DenyEntry::decode(&bytes).unwrap();
+    assert_eq!(back, entry);
+    assert_eq!(back.scope, DenyScope::Credential(digest));
+    back.verify(&issuers()).unwrap();
+
+    // Another digest under the same signature fails; so does a wallet entry
+    // made of the same fields (the domains differ).
+    let mut other = bytes.clone();
+    other[d + 18] ^= 1;
+    assert_eq!(
+        DenyEntry::decode(&other).unwrap().verify(&issuers()),
+        Err(WireError::BadSignature {
+            what: "deny-list entry"
+        })
+    );
+    // Unknown kinds, trailing bytes and every truncation are refused.
+    for kind in [0, 1, 3, 255] {
+        let mut bad = bytes.clone();
+        bad[d + 17] = kind;
+        let e = DenyEntry::decode(&bad).unwrap_err();
+        assert!(e.to_string().contains(&format!("kind {kind}")), "{e}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        DenyEntry::decode(&long),
+        Err(WireError::Trailing { .. })
+    ));
+    for cut in 0..bytes.len() {
+        assert!(DenyEntry::decode(&bytes[..cut]).is_err(), "{cut}");
+    }
+
+    let wallet = DenyEntry::sign(
+        5,
+        DenyAction::Allow,
+        WalletId([5; 8]),
+        1_700_000_000,
+        DenyReason::Operator,
+        1,
+        &key(1),
+    )
+    .unwrap();
+    assert!(wallet.encode().unwrap().starts_with(b"sonotap/v2/deny\0"));
+    assert_eq!(wallet.scope, DenyScope::Wallet);
+}
+
+/// Issue 17: the renewal note names its credential and is signed by the
+/// key that signed the credential; a wallet checks it with nothing else.
+#[test]
+fn issue17_a_renewal_note_is_bound_to_its_credential_and_its_issuer() {
+    use crate::testkit::{credential, issuer, terms};
+    use crate::token::CredentialTerms;
+    let cred = credential(terms());
+    let note = RenewalNote::sign(&cred, 41, 1_700_000_000, &issuer());
+    let bytes = note.encode();
+    assert_eq!(bytes.len(), RenewalNote::LEN);
+    assert!(bytes.starts_with(b"sonotap/v1/renewal\0"));
+    let back = RenewalNote::decode(&bytes).unwrap();
+    assert_eq!(back, note);
+    back.verify(&cred).unwrap();
+    assert_eq!(back.highest_cleared_counter, 41);
+
+    // A raised counter under the same signature fails.
+    let mut raised = bytes.clone();
+    raised[RENEWAL_DOMAIN.len() + 32] = 0xff;
+    assert_eq!(
+        RenewalNote::decode(&raised).unwrap().verify(&cred),
+        Err(WireError::BadSignature {
+            what: "renewal note"
+        })
+    );
+    // A note someone else signed with their own key, for this credential:
+    // the credential does not verify under that key.
+    let forged = RenewalNote::sign(&cred, u32::MAX, 1_700_000_000, &key(77));
+    let e = forged.verify(&cred).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not signed by the note's issuer key"),
+        "{e}"
+    );
+    // A note for another credential.
+    let other = credential(CredentialTerms {
+        offline_limit: 1,
+        per_payment_cap: 1,
+        ..terms()
+    });
+    let e = note.verify(&other).unwrap_err();
+    assert!(e.to_string().contains("another credential"), "{e}");
+    // Truncations and trailing bytes.
+    for cut in 0..bytes.len() {
+        assert!(RenewalNote::decode(&bytes[..cut]).is_err(), "{cut}");
+    }
+    let mut long = bytes;
+    long.push(0);
+    assert!(matches!(
+        RenewalNote::decode(&long),
+        Err(WireError::Trailing { .. })
+    ));
+}

@@ -34,7 +34,7 @@ pub use sonotap_disk::sqlite::StoreError;
 pub use sync::{Pruned, SyncState};
 
 /// Schema versions of the reader database, oldest first. Append only.
-static MIGRATIONS: [M<'static>; 5] = [
+static MIGRATIONS: [M<'static>; 6] = [
     M::up(
         "CREATE TABLE meta (
         key TEXT PRIMARY KEY,
@@ -145,6 +145,17 @@ static MIGRATIONS: [M<'static>; 5] = [
     CREATE INDEX site_accepts_wallet ON site_accepts (wallet_id, counter);
     CREATE INDEX site_accepts_credential ON site_accepts (credential);
     CREATE INDEX site_accepts_at ON site_accepts (at);",
+    ),
+    // Issue 17: the hub's deny entries that name one credential (a
+    // suspension for review after a counter conflict): its tokens are
+    // declined `wallet_denied`, the wallet's other credentials are not.
+    M::up(
+        "CREATE TABLE credential_deny (
+        credential BLOB PRIMARY KEY CHECK (length(credential) = 32),
+        wallet_id BLOB NOT NULL CHECK (length(wallet_id) = 8),
+        reason TEXT NOT NULL,
+        added_at INTEGER NOT NULL
+    ) STRICT;",
     ),
 ];
 
@@ -431,10 +442,11 @@ impl ReaderDb {
         let path = self.path.clone();
         let err = |e| StoreError::from_sqlite(&path, e);
         let tx = begin_immediate(&mut self.conn, &path)?;
-        let history = wallet_history(&tx, &path, token)?;
+        let (history, denial) = wallet_history(&tx, &path, token)?;
         let approval = match policy::decide(token, &history, policy, charge, now) {
             Ok(approval) => approval,
-            Err(decline) => return Ok(Err(decline)), // the transaction rolls back on drop
+            // The transaction rolls back on drop.
+            Err(decline) => return Ok(Err(denial.explain(decline, token))),
         };
         let payment = token.token().payment;
         let terms = token.token().credential.terms;
@@ -502,8 +514,9 @@ impl ReaderDb {
             .conn
             .transaction()
             .map_err(|e| StoreError::from_sqlite(&path, e))?;
-        let history = wallet_history(&tx, &path, token)?;
-        Ok(policy::most_chargeable(token, &history, policy, now))
+        let (history, denial) = wallet_history(&tx, &path, token)?;
+        Ok(policy::most_chargeable(token, &history, policy, now)
+            .map_err(|decline| denial.explain(decline, token)))
     }
 
     /// Cancels the charge `charge_seq` with a chained, signed void record
@@ -842,14 +855,45 @@ fn settle_pending(tx: &Transaction<'_>, charge_seq: u64) -> rusqlite::Result<usi
     )
 }
 
+/// Which deny-list row, if any, declines a token: its wallet's, or its
+/// credential's (a suspension for review).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Denial {
+    None,
+    Wallet,
+    Credential { reason: String },
+}
+
+impl Denial {
+    /// A `wallet_denied` decline for a credential's suspension says so and
+    /// names the credential (the policy's own detail names the wallet).
+    fn explain(&self, decline: Decline, token: &Authentic) -> Decline {
+        match (self, decline.reason) {
+            (Denial::Credential { reason }, policy::Reason::WalletDenied) => Decline {
+                reason: decline.reason,
+                detail: format!(
+                    "credential {} of wallet {} is suspended for review ({reason}); the \
+                     wallet's other credentials are not",
+                    hex::encode(token.token().credential.digest()),
+                    token.wallet()
+                ),
+            },
+            _ => decline,
+        }
+    }
+}
+
+/// The wallet's history for the policy, and which deny row (if any) makes
+/// it `denied`: the wallet's, else its credential's.
 fn wallet_history(
     tx: &Transaction<'_>,
     path: &Path,
     token: &Authentic,
-) -> Result<WalletHistory, StoreError> {
+) -> Result<(WalletHistory, Denial), StoreError> {
     let err = |e| StoreError::from_sqlite(path, e);
     let wallet = token.wallet();
-    let denied = tx
+    let digest = token.token().credential.digest();
+    let wallet_denied = tx
         .query_row(
             "SELECT 1 FROM deny_list WHERE wallet_id = ?1",
             [wallet.0.as_slice()],
@@ -858,6 +902,19 @@ fn wallet_history(
         .optional()
         .map_err(err)?
         .is_some();
+    let credential_denied: Option<String> = tx
+        .query_row(
+            "SELECT reason FROM credential_deny WHERE credential = ?1",
+            [digest.as_slice()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)?;
+    let denial = match (wallet_denied, credential_denied) {
+        (true, _) => Denial::Wallet,
+        (false, Some(reason)) => Denial::Credential { reason },
+        (false, None) => Denial::None,
+    };
     let last_counter = tx
         .query_row(
             "SELECT last_counter FROM wallet_state WHERE wallet_id = ?1",
@@ -871,7 +928,7 @@ fn wallet_history(
     let credential_total = tx
         .query_row(
             "SELECT running_total FROM credential_totals WHERE credential = ?1",
-            [token.token().credential.digest().as_slice()],
+            [digest.as_slice()],
             |r| r.get::<_, i64>(0),
         )
         .optional()
@@ -880,12 +937,13 @@ fn wallet_history(
         .transpose()?
         .unwrap_or(0);
     let (site, site_total) = site::site_history(tx, path, token)?;
-    Ok(WalletHistory {
-        denied,
+    let history = WalletHistory {
+        denied: denial != Denial::None,
         last_counter,
         credential_total: credential_total.max(site_total),
         site,
-    })
+    };
+    Ok((history, denial))
 }
 
 /// A record about to be appended to the chain.

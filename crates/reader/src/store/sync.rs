@@ -10,7 +10,7 @@ use rusqlite::params;
 use super::{ReaderDb, StoreError, begin_immediate, sqlite};
 use sonotap_protocol::policy::TrustedKeys;
 use sonotap_protocol::record::Record;
-use sonotap_protocol::wire::{DenyAction, DenyEntry};
+use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyScope};
 
 const DENY_VERSION: &str = "sync.deny_version";
 const KEYSET_VERSION: &str = "sync.keyset_version";
@@ -167,19 +167,31 @@ impl ReaderDb {
                         ),
                     ));
                 }
-                match entry.action {
-                    DenyAction::Deny => tx.execute(
+                let reason = format!("hub: {}", entry.reason.as_str());
+                match (entry.action, entry.scope) {
+                    (DenyAction::Deny, DenyScope::Wallet) => tx.execute(
                         "INSERT INTO deny_list (wallet_id, reason, added_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT (wallet_id) DO UPDATE SET reason = excluded.reason",
+                        params![entry.wallet.0.as_slice(), reason, sqlite::int(entry.at)],
+                    ),
+                    (DenyAction::Allow, DenyScope::Wallet) => tx.execute(
+                        "DELETE FROM deny_list WHERE wallet_id = ?1",
+                        [entry.wallet.0.as_slice()],
+                    ),
+                    (DenyAction::Deny, DenyScope::Credential(digest)) => tx.execute(
+                        "INSERT INTO credential_deny (credential, wallet_id, reason, added_at)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (credential) DO UPDATE SET reason = excluded.reason",
                         params![
+                            digest.as_slice(),
                             entry.wallet.0.as_slice(),
-                            format!("hub: {}", entry.reason.as_str()),
+                            entry.reason.as_str(),
                             sqlite::int(entry.at)
                         ],
                     ),
-                    DenyAction::Allow => tx.execute(
-                        "DELETE FROM deny_list WHERE wallet_id = ?1",
-                        [entry.wallet.0.as_slice()],
+                    (DenyAction::Allow, DenyScope::Credential(digest)) => tx.execute(
+                        "DELETE FROM credential_deny WHERE credential = ?1",
+                        [digest.as_slice()],
                     ),
                 }
                 .map_err(err)?;

@@ -780,3 +780,80 @@ fn charges_since_lists_only_recent_charges_newest_limited() {
     let newest = db.charges_since(0, 2).unwrap();
     assert_eq!(newest.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![4, 5]);
 }
+
+/// Issue 17: a deny entry for one credential declines that credential's
+/// tokens `wallet_denied`, naming the credential, and no other credential
+/// of the wallet; its allow entry lifts it; `check_payment` (vending)
+/// agrees.
+#[test]
+fn issue17_a_suspended_credential_is_declined_and_the_wallets_next_credential_is_not() {
+    use sonotap_protocol::token::CredentialTerms;
+    use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason, DenyScope};
+    let (_dir, mut db) = fresh();
+    let wallet = sonotap_protocol::token::WalletId::of_key(&wallet().verifying_key().to_bytes());
+    let suspended = credential(terms()).digest();
+    let entry = |version, action| {
+        DenyEntry::sign_scoped(
+            version,
+            action,
+            wallet,
+            DenyScope::Credential(suspended),
+            NOW,
+            DenyReason::CounterReused,
+            1,
+            &issuer(),
+        )
+        .expect("sign")
+    };
+    db.apply_deny_entries(&[entry(1, DenyAction::Deny)])
+        .expect("apply");
+    let decline = tap(&mut db, 1, 10).unwrap_err();
+    assert_eq!(decline.reason, Reason::WalletDenied);
+    assert!(
+        decline.detail.contains(&hex::encode(suspended))
+            && decline
+                .detail
+                .contains("suspended for review (counter_reused)"),
+        "{}",
+        decline.detail
+    );
+    let checked = db
+        .check_payment(
+            &authentic(
+                &db,
+                PaymentTerms {
+                    counter: 1,
+                    amount: 10,
+                    ..payment()
+                },
+            ),
+            &policy(),
+            NOW,
+        )
+        .expect("store")
+        .unwrap_err();
+    assert_eq!(checked, decline);
+
+    // A renewed credential of the same wallet is accepted.
+    let renewed = CredentialTerms {
+        valid_from: terms().valid_from + 60,
+        ..terms()
+    };
+    let bytes = token_bytes(
+        renewed,
+        PaymentTerms {
+            counter: 2,
+            amount: 10,
+            ..payment()
+        },
+    );
+    let token = authenticate(&bytes, &db.trusted_keys().expect("keys")).expect("authentic");
+    with_signer(|signer| db.commit_payment(signer, &token, &policy(), None, NOW))
+        .expect("store")
+        .expect("the renewed credential is not suspended");
+
+    // The allow entry lifts the suspension.
+    db.apply_deny_entries(&[entry(2, DenyAction::Allow)])
+        .expect("apply");
+    tap(&mut db, 3, 10).expect("accepted again");
+}

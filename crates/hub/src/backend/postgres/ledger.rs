@@ -34,14 +34,17 @@ use postgres::{Row, Transaction};
 
 use super::{column, inconsistent, locks, pg_err};
 use crate::HubError;
-use crate::backend::{action_name, denies};
+use crate::backend::action_name;
 use crate::clearing::{Finding, Payment};
-use crate::ledger::{BatchRow, ChargeLeft, IncidentKind, Ledger, Link};
+use crate::ledger::{
+    BatchRow, ChargeLeft, ClearTarget, Clearance, FlagOn, IncidentKind, Ledger, Link,
+    OpenSuspension, ReplayCharge, Suspension,
+};
 use crate::verify::CheckedRecord;
 use sonotap_disk::sqlite::{blob, int, unsigned};
 use sonotap_protocol::record::RecordKind;
 use sonotap_protocol::token::WalletId;
-use sonotap_protocol::wire::{DenyAction, DenyEntry};
+use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason, DenyScope};
 
 /// The `payments` columns [`payment_at`] reads, in its order.
 const PAYMENT_COLUMNS: &str = "p.token_hash, p.wallet_id, p.counter, p.credential, \
@@ -87,6 +90,7 @@ struct Spend {
 /// A flag to insert.
 struct FlagRow {
     wallet: WalletId,
+    credential: [u8; 32],
     rule: &'static str,
     detail: String,
     evidence: String,
@@ -102,10 +106,45 @@ struct IncidentRow {
     at: i64,
 }
 
+/// A replayed charge this transaction knows.
+#[derive(Debug, Clone)]
+struct HeldReplay {
+    reader: String,
+    seq: i64,
+    charged: i64,
+    voids: i64,
+    /// Stored before this transaction (else inserted by [`PgLedger::flush`]).
+    stored: bool,
+    /// Stored, and its charge or void count changed here.
+    dirty: bool,
+}
+
+/// A token's replayed charges: read from the database on first lookup
+/// (`loaded`), with this transaction's added after them.
+#[derive(Debug, Default)]
+struct Replays {
+    loaded: bool,
+    held: Vec<HeldReplay>,
+}
+
+/// A replayed token: wallet, counter, token hash.
+type TokenKey = (WalletId, u32, [u8; 32]);
+
+/// A suspension to insert.
+struct SuspensionRow {
+    deny_version: i64,
+    credential: [u8; 32],
+    wallet: WalletId,
+    rule: &'static str,
+    detail: String,
+    at: i64,
+}
+
 /// A deny entry to insert.
 struct DenyRow {
     version: i64,
     wallet: WalletId,
+    credential: Option<[u8; 32]>,
     action: &'static str,
     reason: &'static str,
     evidence: String,
@@ -128,12 +167,20 @@ pub(super) struct PgLedger<'a> {
     /// This transaction's new payments (wallet, counter, token hash), in order.
     added_order: Vec<(WalletId, u32, [u8; 32])>,
     spend: HashMap<[u8; 32], Spend>,
-    /// Whether each wallet looked up is denied (its newest entry denies it).
-    denied: HashMap<WalletId, bool>,
+    /// Why each wallet looked up is denied, if its newest whole-wallet
+    /// entry denies it.
+    denied: HashMap<WalletId, Option<DenyReason>>,
     deny_version: Option<u64>,
     flags: Vec<FlagRow>,
     incidents: Vec<IncidentRow>,
     denies: Vec<DenyRow>,
+    /// Replayed charges per token, for voids and the flush.
+    replays: HashMap<TokenKey, Replays>,
+    /// This transaction's new replays, in order (token, reader, seq).
+    replay_order: Vec<(TokenKey, String, i64)>,
+    /// Whether each credential looked up has an open suspension.
+    suspended: HashMap<[u8; 32], bool>,
+    suspensions: Vec<SuspensionRow>,
 }
 
 impl<'a> PgLedger<'a> {
@@ -151,7 +198,53 @@ impl<'a> PgLedger<'a> {
             flags: Vec::new(),
             incidents: Vec::new(),
             denies: Vec::new(),
+            replays: HashMap::new(),
+            replay_order: Vec::new(),
+            suspended: HashMap::new(),
+            suspensions: Vec::new(),
         }
+    }
+
+    /// The replayed charges of `first`'s token, read on first use (a void
+    /// asks: rare, so not prefetched).
+    fn replays_of(&mut self, first: &Payment) -> Result<&mut Vec<HeldReplay>, HubError> {
+        let key = (first.wallet, first.counter, first.token_hash);
+        let loaded = self.replays.get(&key).is_some_and(|r| r.loaded);
+        if !loaded {
+            let rows = self.query(
+                "SELECT reader_id, seq, charged, voids FROM replays
+                 WHERE wallet_id = $1 AND counter = $2 AND token_hash = $3
+                 ORDER BY reader_id, seq",
+                &[
+                    &first.wallet.0.as_slice(),
+                    &i64::from(first.counter),
+                    &first.token_hash.as_slice(),
+                ],
+            )?;
+            let stored = rows
+                .iter()
+                .map(|r| {
+                    Ok(HeldReplay {
+                        reader: column(self.target, r, 0, "replay reader")?,
+                        seq: column(self.target, r, 1, "replay seq")?,
+                        charged: column(self.target, r, 2, "replay net charge")?,
+                        voids: column(self.target, r, 3, "replay void count")?,
+                        stored: true,
+                        dirty: false,
+                    })
+                })
+                .collect::<Result<Vec<_>, HubError>>()?;
+            let entry = self.replays.entry(key).or_default();
+            // This transaction's replays are not in the database yet: after.
+            let added = std::mem::take(&mut entry.held);
+            entry.held = stored;
+            entry.held.extend(added);
+            entry.loaded = true;
+        }
+        self.replays
+            .get_mut(&key)
+            .map(|r| &mut r.held)
+            .ok_or_else(|| inconsistent(self.target, "replay cache".into()))
     }
 
     fn path(&self) -> &Path {
@@ -290,9 +383,93 @@ impl<'a> PgLedger<'a> {
     /// per table (none for a table with nothing to write).
     pub(super) fn flush(&mut self) -> Result<(), HubError> {
         self.flush_payments()?;
+        self.flush_replays()?;
         self.flush_spend()?;
         self.flush_findings()?;
-        self.flush_denies()
+        self.flush_denies()?;
+        self.flush_suspensions()
+    }
+
+    fn flush_replays(&mut self) -> Result<(), HubError> {
+        let mut new: Vec<(&TokenKey, &HeldReplay)> = Vec::with_capacity(self.replay_order.len());
+        for (key, reader, seq) in &self.replay_order {
+            let held = self
+                .replays
+                .get(key)
+                .and_then(|r| {
+                    r.held
+                        .iter()
+                        .find(|h| !h.stored && h.reader == *reader && h.seq == *seq)
+                })
+                .ok_or_else(|| inconsistent(self.target, "new replay cache".into()))?;
+            new.push((key, held));
+        }
+        if !new.is_empty() {
+            let wallet: Vec<&[u8]> = new.iter().map(|(k, _)| &k.0.0[..]).collect();
+            let counter: Vec<i64> = new.iter().map(|(k, _)| i64::from(k.1)).collect();
+            let token_hash: Vec<&[u8]> = new.iter().map(|(k, _)| &k.2[..]).collect();
+            let reader: Vec<&str> = new.iter().map(|(_, h)| h.reader.as_str()).collect();
+            let seq: Vec<i64> = new.iter().map(|(_, h)| h.seq).collect();
+            let charged: Vec<i64> = new.iter().map(|(_, h)| h.charged).collect();
+            let voids: Vec<i64> = new.iter().map(|(_, h)| h.voids).collect();
+            self.tx
+                .execute(
+                    "INSERT INTO replays (wallet_id, counter, token_hash, reader_id, seq,
+                                          charged, voids)
+                     SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[], $4::text[],
+                                          $5::bigint[], $6::bigint[], $7::bigint[])",
+                    &[
+                        &wallet,
+                        &counter,
+                        &token_hash,
+                        &reader,
+                        &seq,
+                        &charged,
+                        &voids,
+                    ],
+                )
+                .map_err(|e| pg_err(self.target, e))?;
+        }
+        for (key, list) in &self.replays {
+            for h in list.held.iter().filter(|h| h.stored && h.dirty) {
+                self.tx
+                    .execute(
+                        "UPDATE replays SET charged = $6, voids = $7
+                         WHERE wallet_id = $1 AND counter = $2 AND token_hash = $3
+                           AND reader_id = $4 AND seq = $5",
+                        &[
+                            &key.0.0.as_slice(),
+                            &i64::from(key.1),
+                            &key.2.as_slice(),
+                            &h.reader,
+                            &h.seq,
+                            &h.charged,
+                            &h.voids,
+                        ],
+                    )
+                    .map_err(|e| pg_err(self.target, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_suspensions(&mut self) -> Result<(), HubError> {
+        let rows = std::mem::take(&mut self.suspensions);
+        for x in &rows {
+            self.execute(
+                "INSERT INTO suspensions (deny_version, credential, wallet_id, rule, detail, at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &x.deny_version,
+                    &x.credential.as_slice(),
+                    &x.wallet.0.as_slice(),
+                    &x.rule,
+                    &x.detail,
+                    &x.at,
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     fn flush_payments(&mut self) -> Result<(), HubError> {
@@ -409,14 +586,17 @@ impl<'a> PgLedger<'a> {
             let detail: Vec<&str> = f.iter().map(|r| r.detail.as_str()).collect();
             let evidence: Vec<&str> = f.iter().map(|r| r.evidence.as_str()).collect();
             let at: Vec<i64> = f.iter().map(|r| r.at).collect();
+            let credential: Vec<&[u8]> = f.iter().map(|r| &r.credential[..]).collect();
             self.tx
                 .execute(
-                    "INSERT INTO flags (wallet_id, rule, detail, evidence, at)
-                     SELECT wallet_id, rule, detail, evidence, at
-                     FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-                          WITH ORDINALITY AS u(wallet_id, rule, detail, evidence, at, i)
+                    "INSERT INTO flags (wallet_id, rule, detail, evidence, at, credential)
+                     SELECT wallet_id, rule, detail, evidence, at, credential
+                     FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                                 $6::bytea[])
+                          WITH ORDINALITY AS u(wallet_id, rule, detail, evidence, at,
+                                               credential, i)
                      ORDER BY i",
-                    &[&wallet, &rule, &detail, &evidence, &at],
+                    &[&wallet, &rule, &detail, &evidence, &at, &credential],
                 )
                 .map_err(|e| pg_err(self.target, e))?;
         }
@@ -444,9 +624,11 @@ impl<'a> PgLedger<'a> {
     fn flush_denies(&mut self) -> Result<(), HubError> {
         let rows = std::mem::take(&mut self.denies);
         for d in &rows {
+            let credential: Option<&[u8]> = d.credential.as_ref().map(|c| c.as_slice());
             self.execute(
-                "INSERT INTO deny_entries (version, wallet_id, action, reason, evidence, at, entry)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO deny_entries (version, wallet_id, action, reason, evidence, at, entry,
+                                           credential)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     &d.version,
                     &d.wallet.0.as_slice(),
@@ -455,6 +637,7 @@ impl<'a> PgLedger<'a> {
                     &d.evidence,
                     &d.at,
                     &d.entry,
+                    &credential,
                 ],
             )?;
         }
@@ -874,18 +1057,48 @@ impl Ledger for PgLedger<'_> {
     fn insert_flag(
         &mut self,
         wallet: WalletId,
+        credential: &[u8; 32],
         f: &Finding,
         evidence: &str,
         at: u64,
     ) -> Result<(), HubError> {
         self.flags.push(FlagRow {
             wallet,
+            credential: *credential,
             rule: f.rule.as_str(),
             detail: f.detail.clone(),
             evidence: evidence.to_owned(),
             at: int(at),
         });
         Ok(())
+    }
+
+    fn wallet_flags(&mut self, wallet: WalletId) -> Result<Vec<FlagOn>, HubError> {
+        let rows = self.query(
+            "SELECT rule, credential FROM flags WHERE wallet_id = $1 ORDER BY id",
+            &[&wallet.0.as_slice()],
+        )?;
+        let path = self.path();
+        let mut flags = rows
+            .iter()
+            .map(|r| {
+                let credential: Option<Vec<u8>> = column(self.target, r, 1, "flag credential")?;
+                Ok((
+                    column(self.target, r, 0, "flag rule")?,
+                    credential
+                        .map(|c| blob(path, "credential", c))
+                        .transpose()?,
+                ))
+            })
+            .collect::<Result<Vec<_>, HubError>>()?;
+        // And this transaction's, not written yet.
+        flags.extend(
+            self.flags
+                .iter()
+                .filter(|f| f.wallet == wallet)
+                .map(|f| (f.rule.to_owned(), Some(f.credential))),
+        );
+        Ok(flags)
     }
 
     fn insert_incident(
@@ -926,37 +1139,197 @@ impl Ledger for PgLedger<'_> {
         Ok(v)
     }
 
-    fn is_denied(&mut self, wallet: WalletId) -> Result<bool, HubError> {
+    fn wallet_denial(&mut self, wallet: WalletId) -> Result<Option<DenyReason>, HubError> {
         if let Some(denied) = self.denied.get(&wallet) {
             return Ok(*denied);
         }
         let rows = self.query(
-            "SELECT action FROM deny_entries WHERE wallet_id = $1 ORDER BY version DESC LIMIT 1",
+            "SELECT action, reason FROM deny_entries WHERE wallet_id = $1 AND credential IS NULL
+             ORDER BY version DESC LIMIT 1",
             &[&wallet.0.as_slice()],
         )?;
-        let action: Option<String> = rows
+        let newest: Option<(String, String)> = rows
             .first()
-            .map(|r| column(self.target, r, 0, "deny action"))
+            .map(|r| {
+                Ok::<_, HubError>((
+                    column(self.target, r, 0, "deny action")?,
+                    column(self.target, r, 1, "deny reason")?,
+                ))
+            })
             .transpose()?;
-        let denied = denies(action.as_deref());
+        let denied = crate::backend::denial(newest);
         self.denied.insert(wallet, denied);
         Ok(denied)
     }
 
     fn insert_deny(&mut self, entry: &DenyEntry, evidence: &str) -> Result<(), HubError> {
         let bytes = entry.encode().map_err(|e| HubError::Terms(e.to_string()))?;
+        let credential = match entry.scope {
+            DenyScope::Wallet => None,
+            DenyScope::Credential(c) => Some(c),
+        };
         self.denies.push(DenyRow {
             version: int(entry.version),
             wallet: entry.wallet,
+            credential,
             action: action_name(entry.action),
             reason: entry.reason.as_str(),
             evidence: evidence.to_owned(),
             at: int(entry.at),
             entry: bytes,
         });
-        self.denied
-            .insert(entry.wallet, entry.action == DenyAction::Deny);
+        if credential.is_none() {
+            let denied = (entry.action == DenyAction::Deny).then_some(entry.reason);
+            self.denied.insert(entry.wallet, denied);
+        }
         self.deny_version = Some(entry.version);
+        Ok(())
+    }
+
+    fn insert_replay(
+        &mut self,
+        first: &Payment,
+        reader: &str,
+        seq: u64,
+        charged: u32,
+    ) -> Result<(), HubError> {
+        let key = (first.wallet, first.counter, first.token_hash);
+        self.replays.entry(key).or_default().held.push(HeldReplay {
+            reader: reader.to_owned(),
+            seq: int(seq),
+            charged: i64::from(charged),
+            voids: 0,
+            stored: false,
+            dirty: false,
+        });
+        self.replay_order.push((key, reader.to_owned(), int(seq)));
+        Ok(())
+    }
+
+    fn replays_at(&mut self, first: &Payment, reader: &str) -> Result<Vec<ReplayCharge>, HubError> {
+        let path = Path::new(self.target);
+        let mut found: Vec<(i64, i64, i64)> = self
+            .replays_of(first)?
+            .iter()
+            .filter(|h| h.reader == reader)
+            .map(|h| (h.seq, h.charged, h.voids))
+            .collect();
+        found.sort_unstable();
+        found
+            .into_iter()
+            .map(|(seq, left, voids)| {
+                Ok(ReplayCharge {
+                    reader: reader.to_owned(),
+                    seq: unsigned(path, "sequence number", seq)?,
+                    left: ChargeLeft {
+                        left: unsigned(path, "net charge", left)?,
+                        voids: unsigned(path, "void count", voids)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn void_replay(
+        &mut self,
+        first: &Payment,
+        reader: &str,
+        seq: u64,
+        amount: u32,
+    ) -> Result<(), HubError> {
+        let target = self.target;
+        let seq = int(seq);
+        let held = self
+            .replays_of(first)?
+            .iter_mut()
+            .find(|h| h.reader == reader && h.seq == seq)
+            .ok_or_else(|| inconsistent(target, format!("no replay at {reader} #{seq}")))?;
+        held.charged -= i64::from(amount);
+        held.voids += 1;
+        held.dirty = held.stored;
+        Ok(())
+    }
+
+    fn is_suspended(&mut self, credential: &[u8; 32]) -> Result<bool, HubError> {
+        if let Some(open) = self.suspended.get(credential) {
+            return Ok(*open);
+        }
+        let rows = self.query(
+            "SELECT 1 FROM suspensions WHERE credential = $1 AND cleared_at IS NULL LIMIT 1",
+            &[&credential.as_slice()],
+        )?;
+        let open = !rows.is_empty();
+        self.suspended.insert(*credential, open);
+        Ok(open)
+    }
+
+    fn insert_suspension(&mut self, x: &Suspension<'_>) -> Result<(), HubError> {
+        self.suspensions.push(SuspensionRow {
+            deny_version: int(x.deny_version),
+            credential: x.credential,
+            wallet: x.wallet,
+            rule: x.rule.as_str(),
+            detail: x.detail.to_owned(),
+            at: int(x.at),
+        });
+        self.suspended.insert(x.credential, true);
+        Ok(())
+    }
+
+    fn open_suspensions(&mut self, target: ClearTarget) -> Result<Vec<OpenSuspension>, HubError> {
+        // Only `hub clear` asks, in a transaction of its own: no suspension
+        // of this transaction is waiting in `self.suspensions`.
+        let rows = match &target {
+            ClearTarget::Credential(c) => self.query(
+                "SELECT deny_version, credential, wallet_id FROM suspensions
+                 WHERE credential = $1 AND cleared_at IS NULL ORDER BY deny_version",
+                &[&c.as_slice()],
+            )?,
+            ClearTarget::Wallet(w) => self.query(
+                "SELECT deny_version, credential, wallet_id FROM suspensions
+                 WHERE wallet_id = $1 AND cleared_at IS NULL ORDER BY deny_version",
+                &[&w.0.as_slice()],
+            )?,
+        };
+        let path = self.path();
+        rows.iter()
+            .map(|r| {
+                Ok(OpenSuspension {
+                    deny_version: unsigned(
+                        path,
+                        "deny version",
+                        column(self.target, r, 0, "deny version")?,
+                    )?,
+                    credential: blob(path, "credential", column(self.target, r, 1, "credential")?)?,
+                    wallet: WalletId(blob(
+                        path,
+                        "wallet id",
+                        column(self.target, r, 2, "wallet id")?,
+                    )?),
+                })
+            })
+            .collect()
+    }
+
+    fn clear_suspension(
+        &mut self,
+        deny_version: u64,
+        allow_version: u64,
+        c: &Clearance<'_>,
+    ) -> Result<(), HubError> {
+        self.execute(
+            "UPDATE suspensions SET cleared_at = $2, cleared_by = $3, cleared_note = $4,
+                                    allow_version = $5
+             WHERE deny_version = $1",
+            &[
+                &int(deny_version),
+                &int(c.at),
+                &c.by,
+                &c.note,
+                &int(allow_version),
+            ],
+        )?;
+        self.suspended.clear();
         Ok(())
     }
 }

@@ -8,14 +8,14 @@ use ed25519_dalek::SigningKey;
 
 use super::test_server::{PgServer, free_port};
 use super::*;
-use crate::backend::{HubBackend, ReadBackend, Report};
-use crate::ledger::Via;
+use crate::backend::{HubBackend, ReadBackend, ReplayAttribution, Report};
+use crate::ledger::{ClearTarget, Via};
 use crate::{Hub, IssueRequest, Receipt, open_database};
 use sonotap_disk::keys::{PublicKey, Role};
 use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
 use sonotap_protocol::testkit::NOW;
 use sonotap_protocol::token::{PaymentTerms, Scope, Token};
-use sonotap_protocol::wire::{Batch, BatchRecord, DenyAction, DenyReason};
+use sonotap_protocol::wire::{Batch, BatchRecord, DenyAction, DenyReason, DenyScope};
 
 fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
@@ -27,8 +27,10 @@ fn public(role: Role, seed: u8) -> PublicKey {
 
 const READER_1: u8 = 9;
 const READER_2: u8 = 10;
+const READER_3: u8 = 11;
 const WALLET_1: u8 = 2;
 const WALLET_2: u8 = 3;
+const WALLET_5: u8 = 6;
 
 /// A token of wallet `seed` under a credential the hub issues now.
 fn token(hub: &mut Hub, seed: u8, amount: u32, counter: u32, total_before: u32) -> Vec<u8> {
@@ -132,6 +134,10 @@ fn scenario(hub: &mut Hub) -> Report {
         hub.add_reader("gate-2", &public(Role::Reader, READER_2), NOW)
             .unwrap()
     );
+    assert!(
+        hub.add_reader("gate-3", &public(Role::Reader, READER_3), NOW)
+            .unwrap()
+    );
 
     // gate-1: two charges and a void of the second.
     let t1 = token(hub, WALLET_1, 250, 1, 0);
@@ -141,7 +147,7 @@ fn scenario(hub: &mut Hub) -> Report {
         (RecordKind::Charge, 100, &t2),
         (RecordKind::Void, 100, &t2),
     ];
-    let (batch1, _) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items);
+    let (batch1, gate1_head) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items);
     let first = receive(hub, &batch1, 1).expect("first upload");
     assert_eq!(first.report.status, IngestStatus::Stored);
     assert_eq!(first.report.new_records, 3);
@@ -171,7 +177,9 @@ fn scenario(hub: &mut Hub) -> Report {
         other => panic!("expected a conflict, got {:?}", other.map(|r| r.report)),
     }
 
-    // A cloned wallet: counter 2 again, other contents, at gate-2.
+    // A cloned wallet (or a phone restored from a backup): counter 2
+    // again, other contents, at gate-2. Its credential is suspended for
+    // review; the wallet is not denied.
     let clone = token(hub, WALLET_1, 120, 2, 250);
     let (batch2, _) = seal(
         "gate-2",
@@ -182,22 +190,23 @@ fn scenario(hub: &mut Hub) -> Report {
     );
     let cloned = receive(hub, &batch2, 4).expect("clone upload");
     assert_eq!(cloned.report.status, IngestStatus::Stored);
-    assert_eq!(
-        cloned.report.flagged,
-        vec![hex::encode(wallet_of(WALLET_1).0)]
-    );
+    assert!(cloned.report.flagged.is_empty(), "{:?}", cloned.report);
+    let credential1 = Token::decode(&clone).unwrap().credential.digest();
+    assert_eq!(cloned.report.suspended, vec![hex::encode(credential1)]);
     let (version, entries) = hub.deny_entries(0, 10).unwrap();
     assert_eq!((version, entries.len()), (1, 1));
     let entry = DenyEntry::decode(&entries[0]).unwrap();
     assert_eq!(entry.action, DenyAction::Deny);
     assert_eq!(entry.reason, DenyReason::CounterReused);
+    assert_eq!(entry.scope, DenyScope::Credential(credential1));
+    assert_eq!(entry.wallet, wallet_of(WALLET_1));
     entry
         .verify(&hub.trusted_keys().unwrap())
         .expect("signed by the issuer");
 
     // gate-2 skips records 2 to 4: a gap in the report.
     let t3 = token(hub, WALLET_2, 40, 1, 0);
-    let (batch3, _) = seal(
+    let (batch3, gate2_head) = seal(
         "gate-2",
         READER_2,
         5,
@@ -238,25 +247,126 @@ fn scenario(hub: &mut Hub) -> Report {
     assert_eq!((last.version, last.action), (3, DenyAction::Allow));
     assert_eq!(hub.deny_entries(3, 10).unwrap(), (3, vec![]));
 
+    // Issue 17: one token charged at three readers. gate-1 is cleared
+    // first and counted against the wallet; gate-2's charge stands and is
+    // uncollected; gate-3 voided its own (a gate that did not open): not
+    // delivered, not uncollected. The wallet is not denied.
+    let copied = token(hub, WALLET_5, 150, 1, 0);
+    let (replay1, _) = seal(
+        "gate-1",
+        READER_1,
+        4,
+        gate1_head,
+        &[(RecordKind::Charge, 150, &copied)],
+    );
+    assert_eq!(receive(hub, &replay1, 8).unwrap().report.replays, 0);
+    let (replay2, _) = seal(
+        "gate-2",
+        READER_2,
+        6,
+        gate2_head,
+        &[(RecordKind::Charge, 150, &copied)],
+    );
+    assert_eq!(receive(hub, &replay2, 9).unwrap().report.replays, 1);
+    let (replay3, _) = seal(
+        "gate-3",
+        READER_3,
+        1,
+        GENESIS_HASH,
+        &[
+            (RecordKind::Charge, 150, &copied),
+            (RecordKind::Void, 150, &copied),
+        ],
+    );
+    let third = receive(hub, &replay3, 10).unwrap().report;
+    assert_eq!((third.replays, third.incidents), (1, 0), "{third:?}");
+    assert!(third.flagged.is_empty() && third.suspended.is_empty());
+
+    // The operator reviews the suspension: both tokens of counter 2.
+    let review = hub.review(false).unwrap();
+    assert_eq!(review.suspensions.len(), 1);
+    let open = &review.suspensions[0];
+    assert_eq!(open.suspension.credential, hex::encode(credential1));
+    assert_eq!(open.suspension.rule, "counter_reused");
+    assert_eq!(open.suspension.deny_version, 1);
+    assert!(open.suspension.cleared.is_none());
+    assert_eq!(open.highest_cleared_counter, Some(2));
+    let conflicts: Vec<(u32, &str, u64, u64, u64, u64)> = open
+        .conflicts
+        .iter()
+        .map(|c| {
+            (
+                c.counter,
+                c.reader.as_str(),
+                c.seq,
+                c.charged,
+                c.total_before,
+                c.net,
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        (2, "gate-1", 2, 100, 250, 0),
+        (2, "gate-2", 1, 120, 250, 120),
+    ];
+    expected.sort_by_key(|c| {
+        let t = if c.1 == "gate-1" { &t2 } else { &clone };
+        <sha2::Sha256 as sha2::Digest>::digest(t).to_vec()
+    });
+    assert_eq!(conflicts, expected);
+    assert!(open.findings.iter().any(|f| f.rule == "counter_reused"));
+
+    // Clearing it publishes an allow for the credential, with who and why.
+    let cleared = hub
+        .clear(
+            ClearTarget::Wallet(wallet_of(WALLET_1)),
+            "ops-7",
+            "restored phone, renewed",
+            NOW + 11,
+        )
+        .unwrap();
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(cleared[0].entry.action, DenyAction::Allow);
+    assert_eq!(cleared[0].entry.scope, DenyScope::Credential(credential1));
+    assert_eq!(cleared[0].entry.version, 4);
+    assert!(hub.review(false).unwrap().suspensions.is_empty());
+    assert!(matches!(
+        hub.clear(
+            ClearTarget::Credential(credential1),
+            "ops-7",
+            "again",
+            NOW + 12
+        ),
+        Err(HubError::NothingToClear { .. })
+    ));
+    assert!(matches!(
+        hub.clear(ClearTarget::Credential(credential1), " ", "why", NOW),
+        Err(HubError::Review(_))
+    ));
+
     let report = hub.report().unwrap();
     let gate1 = &report.readers[0];
     assert_eq!(gate1.reader, "gate-1");
     assert_eq!(
         (gate1.records, gate1.charged, gate1.voided),
-        (3, 350, 100),
+        (4, 500, 100),
         "the retry counted nothing twice"
     );
-    assert_eq!((gate1.first_seq, gate1.last_seq), (Some(1), Some(3)));
+    assert_eq!((gate1.first_seq, gate1.last_seq), (Some(1), Some(4)));
     assert!(gate1.gaps.is_empty());
-    assert_eq!(gate1.last_received_at, Some(NOW + 1));
+    assert_eq!(gate1.last_received_at, Some(NOW + 8));
     let gate2 = &report.readers[1];
     assert_eq!(gate2.reader, "gate-2");
-    assert_eq!((gate2.records, gate2.charged, gate2.voided), (2, 160, 0));
-    assert_eq!((gate2.first_seq, gate2.last_seq), (Some(1), Some(5)));
+    assert_eq!((gate2.records, gate2.charged, gate2.voided), (3, 310, 0));
+    assert_eq!((gate2.first_seq, gate2.last_seq), (Some(1), Some(6)));
     assert_eq!(gate2.gaps, vec![(2, 4)]);
-    assert_eq!(report.readers.len(), 2);
+    assert_eq!(report.readers.len(), 3);
     assert!(!report.flagged.is_empty());
-    assert!(report.flagged.iter().all(|f| f.denied));
+    assert!(
+        report.flagged.iter().all(|f| !f.denied),
+        "{:?}",
+        report.flagged
+    );
     assert_eq!(report.flagged[0].rule, "counter_reused");
     assert_eq!(report.flagged[0].wallet, hex::encode(wallet_of(WALLET_1).0));
     let kinds: Vec<(&str, u64, &str)> = report
@@ -265,7 +375,40 @@ fn scenario(hub: &mut Hub) -> Report {
         .map(|i| (i.reader.as_str(), i.seq, i.kind.as_str()))
         .collect();
     assert_eq!(kinds, vec![("gate-1", 3, "edited")]);
-    assert_eq!(report.deny_version, 3);
+
+    assert_eq!(report.replays.len(), 1);
+    let replay = &report.replays[0];
+    assert_eq!(replay.wallet, hex::encode(wallet_of(WALLET_5).0));
+    assert_eq!(replay.attribution, ReplayAttribution::CopiedToken);
+    assert!(!replay.wallet_denied);
+    let charges: Vec<(&str, u64, u64, u64, bool)> = replay
+        .charges
+        .iter()
+        .map(|c| (c.reader.as_str(), c.seq, c.amount, c.voided, c.counted))
+        .collect();
+    assert_eq!(
+        charges,
+        vec![
+            ("gate-1", 4, 150, 0, true),
+            ("gate-2", 6, 150, 0, false),
+            ("gate-3", 1, 150, 150, false),
+        ]
+    );
+    assert_eq!((replay.collected, replay.uncollected), (150, 150));
+    assert_eq!(report.uncollected, 150);
+
+    assert_eq!(report.suspensions.len(), 1);
+    let cleared = report.suspensions[0].cleared.as_ref().expect("cleared");
+    assert_eq!(
+        (
+            cleared.by.as_str(),
+            cleared.note.as_str(),
+            cleared.at,
+            cleared.allow_version
+        ),
+        ("ops-7", "restored phone, renewed", NOW + 11, 4)
+    );
+    assert_eq!(report.deny_version, 4);
     report
 }
 
@@ -327,7 +470,8 @@ fn clearing_inside_one_batch_matches_one_record_per_batch() {
     }
 
     let report = whole.report().unwrap();
-    assert_eq!(report, single.report().unwrap());
+    // The records' times differ (one batch stamps them apart); the rest not.
+    assert_eq!(timeless(report.clone()), timeless(single.report().unwrap()));
     let rules: Vec<(String, &str)> = report
         .flagged
         .iter()
@@ -349,13 +493,71 @@ fn clearing_inside_one_batch_matches_one_record_per_batch() {
         .iter()
         .map(|i| (i.seq, i.kind.as_str()))
         .collect();
+    assert_eq!(incidents, vec![(12, "void_without_charge")]);
+    // t2 charged, voided and charged again by one reader: a replay of its
+    // own; the void cancelled the first charge, so the second is uncollected.
+    assert_eq!(report.replays.len(), 1);
     assert_eq!(
-        incidents,
-        vec![(4, "duplicate_token"), (12, "void_without_charge")]
+        report.replays[0].attribution,
+        ReplayAttribution::ReaderRepeated
     );
+    assert_eq!(
+        (report.replays[0].collected, report.replays[0].uncollected),
+        (0, 100)
+    );
+    // W3: denied for its limit first; its counter conflict then suspends
+    // the credential and lifts that denial (every finding is on it).
+    assert_eq!(report.suspensions.len(), 1);
+    assert_eq!(report.suspensions[0].wallet, hex_of(W3));
+    let denied: Vec<(String, bool)> = report
+        .flagged
+        .iter()
+        .map(|f| (f.wallet.clone(), f.denied))
+        .collect();
+    assert_eq!(denied[0], (hex_of(WALLET_2), true));
+    assert!(denied[1..].iter().all(|(w, d)| *w == hex_of(W3) && !d));
+    assert_eq!(report.deny_version, 4);
     // Net charges per credential: the void refunded wallet 1's second payment.
     let gate = &report.readers[0];
     assert_eq!((gate.records, gate.charged, gate.voided), (12, 2_549, 150));
+}
+
+/// `report` without what depends on the issuer key (each hub has its
+/// own, so tokens and credentials differ by hash): for comparing two hubs.
+fn keyless(mut report: Report) -> Report {
+    for r in &mut report.replays {
+        r.token.clear();
+        r.credential.clear();
+    }
+    for s in &mut report.suspensions {
+        s.credential.clear();
+    }
+    report
+}
+
+/// [`keyless`] for a review; conflicts in counter and reader order (the
+/// token hash orders them otherwise).
+fn keyless_review(mut review: crate::backend::Review) -> crate::backend::Review {
+    for s in &mut review.suspensions {
+        s.suspension.credential.clear();
+        for c in &mut s.conflicts {
+            c.token.clear();
+            c.credential.clear();
+        }
+        s.conflicts
+            .sort_by(|a, b| (a.counter, &a.reader, a.seq).cmp(&(b.counter, &b.reader, b.seq)));
+    }
+    review
+}
+
+/// `report` with the records' times of replays zeroed.
+fn timeless(mut report: Report) -> Report {
+    for r in &mut report.replays {
+        for c in &mut r.charges {
+            c.at = 0;
+        }
+    }
+    report
 }
 
 fn wallet_of(seed: u8) -> WalletId {
@@ -412,8 +614,13 @@ fn scenario_on_postgres_gives_the_sqlite_report() {
         hub.describe()
     );
     let on_postgres = scenario(&mut hub);
-    let on_sqlite = scenario(&mut sqlite_hub(&dir.path().join("sqlite")));
-    assert_eq!(on_postgres, on_sqlite);
+    let mut sqlite = sqlite_hub(&dir.path().join("sqlite"));
+    let on_sqlite = scenario(&mut sqlite);
+    assert_eq!(keyless(on_postgres.clone()), keyless(on_sqlite));
+    assert_eq!(
+        keyless_review(hub.review(true).unwrap()),
+        keyless_review(sqlite.review(true).unwrap())
+    );
 
     // Reconnecting keeps everything and migrates nothing again.
     drop(hub);
@@ -661,9 +868,9 @@ fn two_postgres_hubs_clear_a_clone_once() {
     });
     assert_eq!(results[0].len(), usize::from(ROUNDS));
     for (round, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
-        let flagged = a.report.flagged.len() + b.report.flagged.len();
+        let suspended = a.report.suspended.len() + b.report.suspended.len();
         assert_eq!(
-            flagged, 1,
+            suspended, 1,
             "round {round}: exactly one of the two ingests sees the clone"
         );
     }
@@ -981,7 +1188,9 @@ fn issue15_03_clearing_inside_one_batch_on_postgres_gives_the_sqlite_report() {
     let report = postgres.report().unwrap();
     assert_eq!(report, sqlite.report().unwrap());
     assert!(report.flagged.len() >= 4, "{:?}", report.flagged);
-    assert!(report.incidents.len() >= 3, "{:?}", report.incidents);
+    assert!(!report.incidents.is_empty(), "{:?}", report.incidents);
+    assert_eq!(report.replays.len(), 1, "{:?}", report.replays);
+    assert_eq!(report.suspensions.len(), 1, "{:?}", report.suspensions);
 }
 
 /// A small deterministic generator for the workloads below.
@@ -1217,11 +1426,16 @@ fn issue15_03_two_hubs_on_disjoint_readers_flag_a_split_clone_once() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let flagged: Vec<&String> = results
+    let suspended: Vec<&String> = results
         .iter()
-        .flat_map(|(receipts, _)| receipts.iter().flat_map(|r| &r.report.flagged))
+        .flat_map(|(receipts, _)| receipts.iter().flat_map(|r| &r.report.suspended))
         .collect();
-    assert_eq!(flagged, vec![&hex::encode(wallet_of(CLONED).0)]);
+    assert_eq!(suspended.len(), 1, "{suspended:?}");
+    assert!(
+        results
+            .iter()
+            .all(|(receipts, _)| receipts.iter().all(|r| r.report.flagged.is_empty()))
+    );
     for (receipts, waits) in &results {
         assert!(receipts.iter().all(|r| r.report.new_records >= 4));
         assert_eq!(waits.writes, u64::from(ROUNDS));
@@ -1232,6 +1446,8 @@ fn issue15_03_two_hubs_on_disjoint_readers_flag_a_split_clone_once() {
     assert_eq!(report.deny_version, 1);
     assert_eq!(report.flagged.len(), 1);
     assert_eq!(report.flagged[0].rule, "counter_reused");
+    assert_eq!(report.flagged[0].wallet, hex::encode(wallet_of(CLONED).0));
+    assert_eq!(report.suspensions.len(), 1);
     assert!(
         report.readers.iter().all(|r| r.gaps.is_empty()),
         "{:?}",
@@ -1241,24 +1457,24 @@ fn issue15_03_two_hubs_on_disjoint_readers_flag_a_split_clone_once() {
 
 /// What of a report does not depend on the order in which batches of
 /// different readers were cleared: per-reader totals and gaps, which
-/// wallets were flagged for which rules and are denied, the incidents by
-/// record (duplicates by count), and how many deny entries were made. (Details name the record
-/// seen first, and how often a rule fires may depend on the order: one
-/// hub receiving the same batches in another order differs alike.)
+/// wallets were flagged for which rules and are denied, which credentials
+/// are suspended, the incidents by record, and each replayed token's
+/// charges (which of them was counted first depends on the order). (Details
+/// name the record seen first, and how often a rule fires may depend on the
+/// order: one hub receiving the same batches in another order differs alike;
+/// so does the number of deny entries: a wallet denied for a limit its
+/// credential's counter conflict then explains is allowed again, one entry
+/// more than the other order makes.)
 fn order_free(report: &Report) -> impl PartialEq + std::fmt::Debug {
     let flags: std::collections::BTreeSet<(String, String, bool)> = report
         .flagged
         .iter()
         .map(|f| (f.wallet.clone(), f.rule.clone(), f.denied))
         .collect();
-    // A token charged at two readers: the later arrival is the duplicate.
     let mut incidents: Vec<(String, u64, String)> = report
         .incidents
         .iter()
-        .map(|i| match i.kind.as_str() {
-            "duplicate_token" => (String::new(), 0, i.kind.clone()),
-            _ => (i.reader.clone(), i.seq, i.kind.clone()),
-        })
+        .map(|i| (i.reader.clone(), i.seq, i.kind.clone()))
         .collect();
     incidents.sort();
     let readers: Vec<_> = report
@@ -1276,7 +1492,26 @@ fn order_free(report: &Report) -> impl PartialEq + std::fmt::Debug {
             )
         })
         .collect();
-    (readers, flags, incidents, report.deny_version)
+    type Charges = Vec<(String, u64, u64, u64)>;
+    let replays: std::collections::BTreeSet<(String, Charges, u64)> = report
+        .replays
+        .iter()
+        .map(|r| {
+            let mut charges: Vec<_> = r
+                .charges
+                .iter()
+                .map(|c| (c.reader.clone(), c.seq, c.amount, c.voided))
+                .collect();
+            charges.sort();
+            (r.token.clone(), charges, r.collected + r.uncollected)
+        })
+        .collect();
+    let suspended: std::collections::BTreeSet<(String, String, bool)> = report
+        .suspensions
+        .iter()
+        .map(|s| (s.credential.clone(), s.wallet.clone(), s.cleared.is_some()))
+        .collect();
+    (readers, flags, incidents, replays, suspended)
 }
 
 /// Issue 15: random workloads (fixed seeds; charges, clones, skipped
