@@ -205,10 +205,14 @@ enum WalletCommand {
         #[arg(long, value_name = "ID", conflicts_with = "beacon")]
         reader: Option<String>,
         /// Bind the token to the gate whose beacon this is (a version-2
-        /// token): its 34 hex digits, or an image of the QR code it shows;
-        /// the token's time is then the gate's (unless --at)
+        /// token): alsa:DEVICE (or device:NAME) to listen for its sound, a
+        /// .wav recording of it, an image of the QR code it shows, or its 34
+        /// hex digits; the token's time is then the gate's (unless --at)
         #[arg(long, value_name = "SOURCE")]
         beacon: Option<String>,
+        /// With --beacon on a device: how long to listen, seconds
+        #[arg(long, value_name = "SECONDS", default_value_t = 10.0, requires = "beacon")]
+        listen_secs: f64,
         /// Where to write the token
         #[arg(long, value_name = "TOKEN")]
         out: PathBuf,
@@ -513,6 +517,7 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             at,
             reader,
             beacon,
+            listen_secs,
             out,
             hex,
             wav,
@@ -520,7 +525,14 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             qr,
             force,
         } => {
-            let heard = beacon.as_deref().map(beacon::hear).transpose()?;
+            if !(listen_secs > 0.0 && listen_secs <= 600.0) {
+                bail!("--listen-secs must be more than 0 and at most 600");
+            }
+            let listen = std::time::Duration::from_secs_f64(listen_secs);
+            let heard = beacon
+                .as_deref()
+                .map(|source| beacon::hear(source, listen))
+                .transpose()?;
             let reader_tag = match reader {
                 Some(id) => {
                     check_reader_id(&id).map_err(|e| anyhow!(e))?;

@@ -445,3 +445,97 @@ fn a_version_1_token_is_declined_at_a_gate_that_beacons_unless_the_operator_allo
     gates[0].fifo = None;
     gates[0].daemon().stop();
 }
+
+/// `.asoundrc` in the scratch directory (the daemon's and the wallet's
+/// `HOME`): `gate_speaker`, an output that writes what it plays to
+/// `speaker.raw` as S16_LE mono at 48 kHz (whatever format the player
+/// asks, `plug` converts), and `sonotap_test`, a capture device that plays
+/// that same file as a microphone would hear it.
+fn speaker_to_microphone(s: &Scratch) {
+    let raw = s.path("speaker.raw");
+    let config = format!(
+        "pcm.gate_speaker {{\n  type plug\n  slave {{\n    pcm \"gate_file\"\n    format S16_LE\n    rate 48000\n    channels 1\n  }}\n}}\n\
+         pcm.gate_file {{\n  type file\n  slave.pcm \"null\"\n  file \"{raw}\"\n  format \"raw\"\n}}\n\
+         pcm.sonotap_test {{\n  type file\n  slave.pcm \"null\"\n  file \"/dev/null\"\n  infile \"{raw}\"\n  format \"raw\"\n}}\n",
+        raw = raw.display()
+    );
+    fs::write(s.path(".asoundrc"), config).expect("asoundrc");
+}
+
+#[test]
+fn a_phone_hears_the_gates_beacon_through_alsa_and_its_token_opens_that_gate_only() {
+    // One challenge for the whole test, played once at start.
+    let beacon = "[beacon]\nperiod_secs = 60\nlife_secs = 120\nsound = true\n\
+                  device = \"gate_speaker\"\nvolume = 0.3\nevery_ms = 60000\n";
+    let (s, mut gates, _w) = site_with(2, beacon);
+    speaker_to_microphone(&s);
+    gates[0].start(&s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(s.path("speaker.raw")).map_or(0, |m| m.len()) < 96_000 {
+        assert!(Instant::now() < deadline, "the gate played no beacon");
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(1500)); // the whole beacon is written
+    // The phone listens on its microphone (the file-backed capture device).
+    let out = s.run_with_home(&[
+        "wallet",
+        "pay",
+        "--dir",
+        "w",
+        "--amount",
+        "100",
+        "--beacon",
+        "alsa:sonotap_test",
+        "--listen-secs",
+        "5",
+        "--out",
+        "heard.tok",
+    ]);
+    assert!(
+        out.status.success(),
+        "wallet pay --beacon: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = fs::read(s.path("heard.tok")).expect("token");
+    assert_eq!(token[0], 2, "bound to the beacon heard");
+    // The same sound, recorded to a WAV file, serves a second phone.
+    let samples: Vec<i16> = fs::read(s.path("speaker.raw"))
+        .expect("raw")
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(s.path("heard.wav"), spec).expect("wav");
+    for v in samples {
+        wav.write_sample(v).expect("sample");
+    }
+    wav.finalize().expect("wav");
+    s.ok(&[
+        "wallet", "pay", "--dir", "w", "--amount", "100", "--beacon", "heard.wav", "--out",
+        "from-wav.tok",
+    ]);
+    let from_wav = fs::read(s.path("from-wav.tok")).expect("token");
+    assert_eq!(
+        from_wav[132..136],
+        token[132..136],
+        "the recording carries the same gate and challenge"
+    );
+    gates[0].show(&token);
+    gates[0].wait_opens(1, Duration::from_secs(10));
+    gates[0].fifo = None;
+    gates[0].daemon().stop();
+    // A recording of the rider's token, played at gate-2: bound to gate-1.
+    gates[1].start(&s);
+    gates[1].show(&token);
+    gates[1]
+        .daemon()
+        .wait_log("another gate's, or a challenge", Duration::from_secs(10));
+    assert_eq!(gates[1].opens(), 0);
+    gates[1].fifo = None;
+    gates[1].daemon().stop();
+}

@@ -158,6 +158,9 @@ pub fn open(path: &Path, schema: &Schema, create: bool) -> Result<Connection, St
     let found: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(err)?;
+    // The kind before the version: another kind of sonotap database (a
+    // reader's in the hub's place) is named as such, whatever its version.
+    check_schema(&conn, path, schema, found, create)?;
     if found > migrations.len() as i64 || found < 0 {
         return Err(StoreError::TooNew {
             path: path.into(),
@@ -165,7 +168,6 @@ pub fn open(path: &Path, schema: &Schema, create: bool) -> Result<Connection, St
             supported: migrations.len(),
         });
     }
-    check_schema(&conn, path, schema, found, create)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
         .map_err(err)?;

@@ -23,7 +23,7 @@ pub const SITE_DOMAIN: &[u8] = b"sonotap/v1/site\0";
 /// The largest datagram a site message can be: two 64-byte ids, a 255-byte
 /// token, the fixed fields and the signature. Receivers read into a buffer
 /// one byte larger and refuse anything that fills it.
-pub const MAX_SITE_MESSAGE: usize = 1 + (1 + 64) * 2 + 8 + 8 + 8 + 1 + 255 + 64;
+pub const MAX_SITE_MESSAGE: usize = 1 + (1 + 64) * 2 + 8 + 8 + 8 + 8 + 1 + 255 + 64;
 
 /// What a site message says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,19 +34,27 @@ pub enum SiteBody {
         seq: u64,
         /// The sender's reader time of the decision, Unix seconds.
         at: u64,
+        /// The running total the sender holds the credential to after this
+        /// charge (what it saw, not what the token claims: a cheating
+        /// wallet resets its claim at every gate).
+        running_total: u64,
         /// The token exactly as presented.
         token: Vec<u8>,
     },
     /// The sender (re)started: peers re-send the accepts of their last
-    /// freshness window, so that it learns what it missed while down.
-    Hello,
+    /// freshness window, so that it learns what it missed while down. The
+    /// nonce tells a new hello from a recorded one played again.
+    Hello {
+        /// Random bytes, fresh for each hello.
+        nonce: [u8; 8],
+    },
 }
 
 impl SiteBody {
     fn code(&self) -> u8 {
         match self {
             SiteBody::Accept { .. } => 1,
-            SiteBody::Hello => 2,
+            SiteBody::Hello { .. } => 2,
         }
     }
 }
@@ -59,8 +67,8 @@ pub struct SiteMessage {
     /// The sending reader.
     pub reader: String,
     /// The sender's wall clock when it sent, Unix microseconds: how the
-    /// receiver measures the delay (the replay window), never trusted for
-    /// a decision.
+    /// receiver measures the delay (the replay window); never used for a
+    /// decision.
     pub sent_us: u64,
     /// What it says.
     pub body: SiteBody,
@@ -87,7 +95,7 @@ fn malformed(detail: impl Into<String>) -> SiteError {
 impl SiteMessage {
     /// The signed bytes, without the domain: `u8 kind ‖ u8 len ‖ site ‖
     /// u8 len ‖ reader ‖ u64 sent_us` and, for an accept, `‖ u64 seq ‖ u64 at
-    /// ‖ u8 len ‖ token`.
+    /// ‖ u64 running_total ‖ u8 len ‖ token`, for a hello `‖ nonce (8)`.
     fn unsigned(&self) -> Result<Vec<u8>, SiteError> {
         check_reader_id(&self.site).map_err(|e| malformed(format!("site: {e}")))?;
         check_reader_id(&self.reader).map_err(malformed)?;
@@ -98,15 +106,24 @@ impl SiteMessage {
             out.extend_from_slice(id.as_bytes());
         }
         out.extend_from_slice(&self.sent_us.to_be_bytes());
-        if let SiteBody::Accept { seq, at, token } = &self.body {
-            let len = u8::try_from(token.len())
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| malformed(format!("a token of {} bytes", token.len())))?;
-            out.extend_from_slice(&seq.to_be_bytes());
-            out.extend_from_slice(&at.to_be_bytes());
-            out.push(len);
-            out.extend_from_slice(token);
+        match &self.body {
+            SiteBody::Accept {
+                seq,
+                at,
+                running_total,
+                token,
+            } => {
+                let len = u8::try_from(token.len())
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| malformed(format!("a token of {} bytes", token.len())))?;
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&at.to_be_bytes());
+                out.extend_from_slice(&running_total.to_be_bytes());
+                out.push(len);
+                out.extend_from_slice(token);
+            }
+            SiteBody::Hello { nonce } => out.extend_from_slice(nonce),
         }
         Ok(out)
     }
@@ -148,13 +165,21 @@ impl SiteMessage {
             1 => {
                 let seq = c.u64().map_err(truncated)?;
                 let at = c.u64().map_err(truncated)?;
+                let running_total = c.u64().map_err(truncated)?;
                 let token = c.short_bytes().map_err(truncated)?.to_vec();
                 if token.is_empty() {
                     return Err(malformed("an empty token"));
                 }
-                SiteBody::Accept { seq, at, token }
+                SiteBody::Accept {
+                    seq,
+                    at,
+                    running_total,
+                    token,
+                }
             }
-            2 => SiteBody::Hello,
+            2 => SiteBody::Hello {
+                nonce: c.array().map_err(truncated)?,
+            },
             other => return Err(malformed(format!("unknown kind {other}"))),
         };
         if c.remaining() != 0 {
@@ -218,6 +243,7 @@ mod tests {
             body: SiteBody::Accept {
                 seq: 42,
                 at: 1_800_003_601,
+                running_total: 1_250,
                 token: vec![7; 199],
             },
         }
@@ -235,7 +261,7 @@ mod tests {
     #[test]
     fn a_hello_parses_back() {
         let hello = SiteMessage {
-            body: SiteBody::Hello,
+            body: SiteBody::Hello { nonce: [3; 8] },
             ..accept()
         };
         let datagram = hello.sign(&key(1)).unwrap();
@@ -303,6 +329,7 @@ mod tests {
             body: SiteBody::Accept {
                 seq: 1,
                 at: 1,
+                running_total: 1,
                 token: Vec::new(),
             },
             ..accept()

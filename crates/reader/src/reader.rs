@@ -609,7 +609,12 @@ impl Reader {
                 .commit_payment(&signer, &authentic, &self.policy, charge, now)?,
         };
         if let (Ok(committed), Some(site)) = (&decision, &self.site) {
-            site.announce(committed.seq, now, authentic.bytes());
+            site.announce(
+                committed.seq,
+                now,
+                committed.running_total,
+                authentic.bytes(),
+            );
         }
         Ok(Outcome {
             wallet: Some(authentic.wallet()),

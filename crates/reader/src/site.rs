@@ -7,11 +7,13 @@
 //! datagram per peer, sent after the record is committed, and a send that
 //! fails is counted and dropped. A dead or partitioned peer only widens the
 //! window in which a replay can slip through; the hub's clearing catches
-//! what slips (a token charged at two readers). A reader that starts says
-//! hello, and each peer sends it again what it accepted within the
-//! freshness window, so a restart does not forget the recent past.
+//! what slips (a token charged at two readers). A reader that starts
+//! announces its own recent charges again (those committed just before a
+//! crash may never have left) and says hello, and each peer sends it again
+//! what it accepted within the replay window, so a restart does not forget
+//! the recent past.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
@@ -19,16 +21,27 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
 
 use crate::daemon::metrics::Histogram;
-use crate::store::{ReaderDb, SiteAccept};
+use crate::store::{OwnCharge, ReaderDb, SiteAccept};
 use sonotap_protocol::policy;
 use sonotap_protocol::site::{MAX_SITE_MESSAGE, SiteBody, SiteMessage};
 
-/// A peer answers one hello per this long at most, and only a hello newer
-/// than the last one it answered, so that a recorded hello played again, or
-/// a peer gone mad, cannot make it resend its history in a loop.
+/// A peer answers one hello per this long at most, and never the same
+/// hello twice (its nonce), so that a recorded hello played again, or a
+/// peer gone mad, cannot make it resend its history in a loop.
 const HELLO_REPLY_EVERY: Duration = Duration::from_secs(1);
+
+/// Announcements sent again go out in bursts of this many, with a pause
+/// between: a peer's receive buffer holds a few hundred datagrams.
+const RESEND_BURST: usize = 64;
+/// The pause between two bursts.
+const RESEND_PAUSE: Duration = Duration::from_millis(5);
+
+/// Datagram hashes remembered for dropping exact repeats; cleared when full
+/// (a repeat after that costs its signature checks, nothing else).
+const SEEN_AT_MOST: usize = 65_536;
 
 /// The most charges sent again to a peer that said hello: a busy gate's
 /// hour, far more than a freshness window of minutes holds.
@@ -127,47 +140,83 @@ impl SiteSender {
     }
 
     /// Tells every peer that record `seq` (decided at reader time `at`)
-    /// charged `token`. Best effort, never blocks.
-    pub fn announce(&self, seq: u64, at: u64, token: &[u8]) {
+    /// charged `token`, the credential's running total now `running_total`.
+    /// One signature, one datagram per peer; best effort, never blocks.
+    pub fn announce(&self, seq: u64, at: u64, running_total: u64, token: &[u8]) {
         let body = SiteBody::Accept {
             seq,
             at,
+            running_total,
             token: token.to_vec(),
         };
-        for peer in &self.peers {
-            self.send(peer, body.clone());
+        if let Some(datagram) = self.sign(body) {
+            for peer in &self.peers {
+                self.send(peer, &datagram);
+            }
         }
     }
 
     /// Asks every peer to send again what it accepted recently.
     pub fn hello(&self) {
-        for peer in &self.peers {
-            self.send(peer, SiteBody::Hello);
+        let mut nonce = [0u8; 8];
+        if getrandom::fill(&mut nonce).is_err() {
+            nonce = unix_us().to_be_bytes();
+        }
+        if let Some(datagram) = self.sign(SiteBody::Hello { nonce }) {
+            for peer in &self.peers {
+                self.send(peer, &datagram);
+            }
         }
     }
 
-    fn send(&self, peer: &SitePeer, body: SiteBody) {
+    fn sign(&self, body: SiteBody) -> Option<Vec<u8>> {
         let message = SiteMessage {
             site: self.site.clone(),
             reader: self.reader.clone(),
             sent_us: unix_us(),
             body,
         };
-        let datagram = match message.sign(&self.key) {
-            Ok(d) => d,
+        match message.sign(&self.key) {
+            Ok(d) => Some(d),
             Err(e) => {
                 tracing::warn!("site: cannot encode an announcement: {e}");
                 self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                return;
+                None
             }
-        };
-        match self.socket.send_to(&datagram, peer.addr) {
+        }
+    }
+
+    fn send(&self, peer: &SitePeer, datagram: &[u8]) {
+        match self.socket.send_to(datagram, peer.addr) {
             Ok(_) => self.stats.sent.fetch_add(1, Ordering::Relaxed),
             Err(e) => {
                 tracing::debug!(peer = %peer.id, "site: send failed (dropped): {e}");
                 self.stats.send_errors.fetch_add(1, Ordering::Relaxed)
             }
         };
+    }
+
+    /// Announces `charges` to `to` (every peer when `None`), paced so that
+    /// a burst does not overflow the peers' receive buffers.
+    fn announce_again(&self, charges: Vec<OwnCharge>, to: Option<&SitePeer>) {
+        for (i, c) in charges.into_iter().enumerate() {
+            if i > 0 && i % RESEND_BURST == 0 {
+                std::thread::sleep(RESEND_PAUSE);
+            }
+            let body = SiteBody::Accept {
+                seq: c.seq,
+                at: c.at,
+                running_total: c.running_total,
+                token: c.token,
+            };
+            let Some(datagram) = self.sign(body) else {
+                continue;
+            };
+            match to {
+                Some(peer) => self.send(peer, &datagram),
+                None => self.peers.iter().for_each(|p| self.send(p, &datagram)),
+            }
+        }
     }
 }
 
@@ -178,9 +227,12 @@ pub struct SiteListener {
     reader: String,
     db: ReaderDb,
     sender: SiteSender,
-    keep_secs: u64,
-    /// Per peer: when its last hello was answered, and that hello's `sent_us`.
-    replied: HashMap<String, (Instant, u64)>,
+    skew_secs: u64,
+    /// Per peer: when its last hello was answered, and that hello's nonce.
+    replied: HashMap<String, (Instant, [u8; 8])>,
+    /// Hashes of datagrams already handled: an exact copy (a recording of
+    /// the LAN played again) is dropped before any signature is checked.
+    seen: HashSet<[u8; 32]>,
 }
 
 /// Why a datagram was not taken.
@@ -189,20 +241,23 @@ enum Refused {
     Malformed(String),
     OtherSite(String),
     UnknownPeer(String),
+    WrongSource(String),
+    Repeated,
     BadSignature(String),
     BadToken(String),
+    Stale,
 }
 
 impl SiteListener {
     /// Binds `config.listen` and opens the store at `db_path` on its own
-    /// connection. Learned accepts are kept `keep_secs` of reader time:
-    /// longer than a replay of their token could still be fresh.
+    /// connection. A learned accept is kept while its token is fresh here
+    /// (its timestamp within `skew_secs` of this reader's clock).
     pub fn bind(
         config: &SiteConfig,
         reader: &str,
         db_path: &Path,
         sender: SiteSender,
-        keep_secs: u64,
+        skew_secs: u64,
     ) -> Result<Self, String> {
         let socket = UdpSocket::bind(config.listen)
             .map_err(|e| format!("site: cannot listen on {}: {e}", config.listen))?;
@@ -216,13 +271,35 @@ impl SiteListener {
             reader: reader.to_string(),
             db,
             sender,
-            keep_secs,
+            skew_secs,
             replied: HashMap::new(),
+            seen: HashSet::new(),
         })
     }
 
-    /// Serves datagrams until `stop` is set.
+    /// This reader's time: the system clock corrected by the hub's offset,
+    /// the clock every decision uses.
+    fn now(&self) -> u64 {
+        let system = unix_us() / 1_000_000;
+        let offset = self.db.sync_state().map_or(0, |s| s.clock_offset_ms);
+        crate::reader::adjusted(system, offset)
+    }
+
+    /// The window in which a token accepted at `at` may still be replayed
+    /// (reader time), for announcing again.
+    fn window_start(&self) -> u64 {
+        self.now().saturating_sub(2 * self.skew_secs + 60)
+    }
+
+    /// Announces this reader's recent charges again (those committed just
+    /// before a crash may never have left), asks the peers for theirs, then
+    /// serves datagrams until `stop` is set.
     pub fn run(mut self, stop: &AtomicBool) {
+        match self.db.charges_since(self.window_start(), RESEND_AT_MOST) {
+            Ok(charges) => self.sender.announce_again(charges, None),
+            Err(e) => tracing::warn!("site: cannot read our recent charges: {e}"),
+        }
+        self.sender.hello();
         let mut buf = vec![0u8; MAX_SITE_MESSAGE + 1];
         while !stop.load(Ordering::Relaxed) {
             let (n, from) = match self.socket.recv_from(&mut buf) {
@@ -241,21 +318,27 @@ impl SiteListener {
                     continue;
                 }
             };
-            if let Err(refused) = self.handle(&buf[..n]) {
-                self.sender.stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%from, "site: datagram refused: {refused:?}");
+            if let Err(refused) = self.handle(&buf[..n], from) {
+                let stats = &self.sender.stats;
+                match refused {
+                    Refused::Repeated => stats.repeats.fetch_add(1, Ordering::Relaxed),
+                    _ => stats.refused.fetch_add(1, Ordering::Relaxed),
+                };
+                tracing::debug!(%from, "site: datagram not taken: {refused:?}");
             }
         }
     }
 
-    fn handle(&mut self, datagram: &[u8]) -> Result<(), Refused> {
+    fn handle(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(), Refused> {
         if datagram.len() > MAX_SITE_MESSAGE {
             return Err(Refused::Malformed(format!(
                 "more than {MAX_SITE_MESSAGE} bytes"
             )));
         }
+        // Cheap checks first: the parse, the site, the peer and its address,
+        // an exact repeat; the signatures only then.
         let parsed = SiteMessage::parse(datagram).map_err(|e| Refused::Malformed(e.to_string()))?;
-        let (site, from) = parsed.sender();
+        let (site, claimed) = parsed.sender();
         if site != self.config.id {
             return Err(Refused::OtherSite(site.to_string()));
         }
@@ -263,30 +346,53 @@ impl SiteListener {
             .config
             .peers
             .iter()
-            .find(|p| p.id == from && p.id != self.reader)
-            .ok_or_else(|| Refused::UnknownPeer(from.to_string()))?
+            .find(|p| p.id == claimed && p.id != self.reader)
+            .ok_or_else(|| Refused::UnknownPeer(claimed.to_string()))?
             .clone();
+        if from.ip() != peer.addr.ip() {
+            return Err(Refused::WrongSource(format!("{} from {from}", peer.id)));
+        }
+        let digest: [u8; 32] = Sha256::digest(datagram).into();
+        if self.seen.contains(&digest) {
+            return Err(Refused::Repeated);
+        }
         let message = parsed
             .verify(&peer.key)
             .map_err(|e| Refused::BadSignature(e.to_string()))?;
+        if self.seen.len() >= SEEN_AT_MOST {
+            self.seen.clear();
+        }
+        self.seen.insert(digest);
         match message.body {
-            SiteBody::Accept { seq, at, token } => {
+            SiteBody::Accept {
+                seq,
+                at,
+                running_total,
+                token,
+            } => {
                 let keys = self
                     .db
                     .trusted_keys()
                     .map_err(|e| Refused::BadToken(e.to_string()))?;
                 let token = policy::authenticate(&token, &keys)
                     .map_err(|d| Refused::BadToken(format!("{}: {}", d.reason, d.detail)))?;
+                let now = self.now();
+                let stale_after =
+                    u64::from(token.token().payment.timestamp).saturating_add(self.skew_secs);
+                if stale_after < now {
+                    return Err(Refused::Stale);
+                }
                 let accept = SiteAccept {
                     reader: peer.id.clone(),
                     seq,
                     at,
+                    running_total,
+                    stale_after,
                     sent_us: message.sent_us,
                     token,
                 };
                 let now_us = unix_us();
-                let forget_before = (now_us / 1_000_000).saturating_sub(self.keep_secs);
-                match self.db.learn_site_accept(&accept, now_us, forget_before) {
+                match self.db.learn_site_accept(&accept, now_us, now) {
                     Ok(true) => {
                         let stats = &self.sender.stats;
                         stats.learned.fetch_add(1, Ordering::Relaxed);
@@ -307,41 +413,31 @@ impl SiteListener {
                 }
                 Ok(())
             }
-            SiteBody::Hello => {
-                self.resend_to(&peer, message.sent_us);
+            SiteBody::Hello { nonce } => {
+                self.resend_to(&peer, nonce);
                 Ok(())
             }
         }
     }
 
     /// Sends `peer` (at its configured address, never the datagram's
-    /// source) this reader's charges of the last `keep_secs`.
-    fn resend_to(&mut self, peer: &SitePeer, hello_sent_us: u64) {
+    /// source) this reader's charges of the replay window, once per hello.
+    fn resend_to(&mut self, peer: &SitePeer, nonce: [u8; 8]) {
         let now = Instant::now();
-        if let Some((answered, sent_us)) = self.replied.get(&peer.id)
-            && (hello_sent_us <= *sent_us || now.duration_since(*answered) < HELLO_REPLY_EVERY)
+        if let Some((answered, last)) = self.replied.get(&peer.id)
+            && (*last == nonce || now.duration_since(*answered) < HELLO_REPLY_EVERY)
         {
             return;
         }
-        self.replied.insert(peer.id.clone(), (now, hello_sent_us));
-        let since = (unix_us() / 1_000_000).saturating_sub(self.keep_secs);
-        match self.db.charges_since(since, RESEND_AT_MOST) {
+        self.replied.insert(peer.id.clone(), (now, nonce));
+        match self.db.charges_since(self.window_start(), RESEND_AT_MOST) {
             Ok(charges) => {
                 tracing::info!(
                     peer = %peer.id,
                     charges = charges.len(),
                     "site: a peer said hello; sending it our recent accepts"
                 );
-                for c in charges {
-                    self.sender.send(
-                        peer,
-                        SiteBody::Accept {
-                            seq: c.seq,
-                            at: c.at,
-                            token: c.token,
-                        },
-                    );
-                }
+                self.sender.announce_again(charges, Some(peer));
             }
             Err(e) => tracing::warn!("site: cannot read our recent charges: {e}"),
         }

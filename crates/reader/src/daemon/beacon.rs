@@ -1,16 +1,19 @@
 //! The gate's beacon, on its own thread: draws a challenge per period
 //! (`crate::beacon::ChallengeBook`, shared with the acceptor's decisions)
-//! and shows it to the riders: as a QR code the gate's display shows. It
-//! never touches the gate: a failure to write is logged once and shown in
-//! the health, and the acceptor keeps deciding on the challenges issued.
+//! and tells the riders: as sound on the gate's speaker (the modem's
+//! beacon, every `every_ms` and at once on a new challenge) and as a QR
+//! code the gate's display shows. It never touches the gate: a failure to
+//! play or write is logged once and shown in the health, and the acceptor
+//! keeps deciding on the challenges issued.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Shared;
-use super::config::BeaconConfig;
+use super::config::{BeaconConfig, BeaconSound};
+use super::feedback;
 use crate::beacon::ChallengeBook;
 use crate::store::ReaderDb;
 use sonotap_protocol::beacon::Beacon;
@@ -48,6 +51,7 @@ pub fn spawn(
             // so that the beacon's time is the time the acceptor decides at.
             let db = ReaderDb::open(&db_path).ok();
             let mut shown: Option<Beacon> = None;
+            let mut played: Option<(Instant, [u8; 8])> = None;
             let mut failing = false;
             while shared.stop.nap(TICK) {
                 let offset_ms = db
@@ -64,13 +68,25 @@ pub fn spawn(
                     }
                     Err(_) => return,
                 };
-                if shown.map(|b| b.challenge) == Some(beacon.challenge) {
-                    continue;
+                let mut result = Ok(());
+                if let Some(sound) = &config.sound {
+                    let due = match played {
+                        Some((at, challenge)) => {
+                            challenge != beacon.challenge || at.elapsed() >= sound.every
+                        }
+                        None => true,
+                    };
+                    if due {
+                        played = Some((Instant::now(), beacon.challenge));
+                        result = play(&beacon, sound);
+                    }
                 }
-                let result = match &config.qr_file {
-                    Some(path) => show_qr(&beacon, path),
-                    None => Ok(()),
-                };
+                if shown.map(|b| b.challenge) != Some(beacon.challenge)
+                    && let Some(path) = &config.qr_file
+                    && result.is_ok()
+                {
+                    result = show_qr(&beacon, path);
+                }
                 match result {
                     Ok(()) => {
                         if failing || shown.is_none() {
@@ -81,7 +97,10 @@ pub fn spawn(
                     }
                     Err(e) => {
                         if !failing {
-                            tracing::warn!("beacon: {e} (riders paying by QR cannot bind to this gate; sound and decisions go on)");
+                            tracing::warn!(
+                                "beacon: {e} (riders cannot bind to this gate that way; \
+                                 the gate and its decisions go on)"
+                            );
                             shared.device("beacon", false, &e);
                         }
                         failing = true;
@@ -91,14 +110,30 @@ pub fn spawn(
         })
 }
 
+/// Plays the beacon once, at the output's rate, scaled to the volume.
+fn play(beacon: &Beacon, sound: &BeaconSound) -> Result<(), String> {
+    feedback::play_samples(sound.device.as_deref(), |rate| {
+        let samples = sonotap_modem::encode_beacon(&beacon.encode(), rate as u32)
+            .map_err(|e| format!("the beacon cannot be played at {rate} Hz: {e}"))?;
+        Ok(samples.into_iter().map(|v| v * sound.volume).collect())
+    })
+}
+
 /// What the status file says about the beacon.
 pub fn describe(config: &BeaconConfig) -> String {
     let qr = config
         .qr_file
         .as_ref()
         .map_or("no QR file".to_string(), |p| format!("QR {}", p.display()));
+    let sound = config.sound.as_ref().map_or("no sound".to_string(), |s| {
+        format!(
+            "sound every {} ms on {}",
+            s.every.as_millis(),
+            s.device.as_deref().unwrap_or("the default output")
+        )
+    });
     format!(
-        "new challenge every {}s, each accepted {}s; {qr}; version-1 tokens {}",
+        "new challenge every {}s, each accepted {}s; {sound}; {qr}; version-1 tokens {}",
         config.timing.period_secs,
         config.timing.life_secs,
         if config.accept_version_1 {

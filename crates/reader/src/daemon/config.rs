@@ -638,6 +638,19 @@ pub struct BeaconConfig {
     /// Where the current beacon is written as a QR code (PNG) for the
     /// gate's display, rewritten at each new challenge; none when absent.
     pub qr_file: Option<PathBuf>,
+    /// The beacon's sound on the gate's speaker; none when absent.
+    pub sound: Option<BeaconSound>,
+}
+
+/// The beacon's sound, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BeaconSound {
+    /// Output device (cpal id or ALSA PCM name); the default output when absent.
+    pub device: Option<String>,
+    /// Amplitude, 0 to 1: quiet, the phone is held close.
+    pub volume: f32,
+    /// How often the beacon plays (and at once on each new challenge).
+    pub every: Duration,
 }
 
 /// `[beacon]` as written.
@@ -652,6 +665,22 @@ struct BeaconSection {
     accept_version_1: bool,
     #[serde(default)]
     qr_file: Option<PathBuf>,
+    #[serde(default)]
+    sound: bool,
+    #[serde(default)]
+    device: Option<String>,
+    #[serde(default = "default_beacon_volume")]
+    volume: f32,
+    #[serde(default = "default_beacon_every")]
+    every_ms: u64,
+}
+
+fn default_beacon_volume() -> f32 {
+    0.1
+}
+
+fn default_beacon_every() -> u64 {
+    2_000
 }
 
 fn default_period() -> u64 {
@@ -679,6 +708,24 @@ impl BeaconSection {
                 ),
             );
         }
+        if !(0.0..=1.0).contains(&self.volume) {
+            return invalid("beacon.volume", "must be between 0 and 1");
+        }
+        if !(500..=60_000).contains(&self.every_ms) {
+            return invalid(
+                "beacon.every_ms",
+                format!("{} is outside 500..=60000", self.every_ms),
+            );
+        }
+        if !self.sound && self.device.is_some() {
+            return invalid("beacon.device", "set, but sound = false plays nothing");
+        }
+        if !self.sound && self.qr_file.is_none() {
+            return invalid(
+                "beacon.sound",
+                "a beacon needs sound = true or a qr_file: riders could not hear it",
+            );
+        }
         Ok(BeaconConfig {
             timing: ChallengeTiming {
                 period_secs: self.period_secs,
@@ -686,6 +733,11 @@ impl BeaconSection {
             },
             accept_version_1: self.accept_version_1,
             qr_file: self.qr_file,
+            sound: self.sound.then_some(BeaconSound {
+                device: self.device,
+                volume: self.volume,
+                every: Duration::from_millis(self.every_ms),
+            }),
         })
     }
 }

@@ -504,9 +504,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     outcome
 }
 
-/// Starts the site link: the listener thread learns the peers' accepts,
-/// the reader announces its own (see [`crate::site`]), and a hello asks the
-/// peers for what this reader missed while it was down.
+/// Starts the site link: the listener thread learns the peers' accepts
+/// (and, first, announces this reader's recent charges again and asks the
+/// peers for what it missed while down), the reader announces its own
+/// (see [`crate::site`]).
 fn start_site(
     site: &SiteConfig,
     reader: &mut Reader,
@@ -523,15 +524,12 @@ fn start_site(
     shared.metrics.attach_site(Arc::clone(&stats));
     let sender = SiteSender::new(site, reader.id(), reader.site_key(), stats)
         .map_err(|e| DaemonError::Site(format!("cannot send from {}: {e}", site.listen.ip())))?;
-    // Learned accepts outlive any replay of their tokens: a token is fresh
-    // for the skew window either side of the peers' clocks.
-    let keep_secs = 2 * u64::from(reader.clock_skew_secs()) + 60;
     let listener = SiteListener::bind(
         site,
         reader.id(),
         &data.join(crate::reader::DB_FILE),
         sender.clone(),
-        keep_secs,
+        u64::from(reader.clock_skew_secs()),
     )
     .map_err(DaemonError::Site)?;
     let shared_thread = Arc::clone(shared);
@@ -539,8 +537,7 @@ fn start_site(
         .name("sonotap-site".into())
         .spawn(move || listener.run(shared_thread.stop.flag()))
         .map_err(spawn_err)?;
-    reader.attach_site(sender.clone());
-    sender.hello();
+    reader.attach_site(sender);
     shared.configure(
         "site",
         true,

@@ -132,19 +132,21 @@ static MIGRATIONS: [M<'static>; 6] = [
     M::up(
         "CREATE TABLE site_accepts (
         reader_id TEXT NOT NULL,
+        token_hash BLOB NOT NULL CHECK (length(token_hash) = 32),
         seq INTEGER NOT NULL,
         at INTEGER NOT NULL,
+        stale_after INTEGER NOT NULL,
         wallet_id BLOB NOT NULL CHECK (length(wallet_id) = 8),
         counter INTEGER NOT NULL,
         credential BLOB NOT NULL CHECK (length(credential) = 32),
         running_total INTEGER NOT NULL,
         sent_us INTEGER NOT NULL,
         learned_us INTEGER NOT NULL,
-        PRIMARY KEY (reader_id, seq)
+        PRIMARY KEY (reader_id, token_hash)
     ) STRICT;
     CREATE INDEX site_accepts_wallet ON site_accepts (wallet_id, counter);
     CREATE INDEX site_accepts_credential ON site_accepts (credential);
-    CREATE INDEX site_accepts_at ON site_accepts (at);",
+    CREATE INDEX site_accepts_stale ON site_accepts (stale_after);",
     ),
     // Issue 17: the hub's deny entries that name one credential (a
     // suspension for review after a counter conflict): its tokens are

@@ -8,20 +8,28 @@
 //! reopens the window the hub's clearing already covers.
 
 use rusqlite::{OptionalExtension, Transaction, params};
+use sha2::{Digest, Sha256};
 
 use super::{ReaderDb, StoreError, sqlite};
 use sonotap_protocol::policy::{Authentic, SiteSeen};
 use sonotap_protocol::record::RecordKind;
+use sonotap_protocol::token::Token;
 
 /// One accept a peer announced, after its signatures were checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteAccept {
-    /// The peer that accepted it.
+    /// The peer that accepted it (with the token, names the accept: a
+    /// peer re-initialised with the same id starts its sequence again).
     pub reader: String,
-    /// The peer's record sequence number (with `reader`, names the accept).
+    /// The peer's record sequence number.
     pub seq: u64,
     /// The peer's reader time of the decision, Unix seconds.
     pub at: u64,
+    /// The running total the peer holds the credential to after it.
+    pub running_total: u64,
+    /// This reader's time after which the token is `stale_token` here, so
+    /// the accept no longer matters.
+    pub stale_after: u64,
     /// The peer's wall clock when it sent the announcement, Unix µs.
     pub sent_us: u64,
     /// The token, authenticated by the listener.
@@ -41,57 +49,64 @@ pub struct LearnedAccept {
     pub learned_us: u64,
 }
 
-/// One of this reader's own charges, to re-announce to a peer that
-/// restarted.
+/// One of this reader's own charges, to announce again (to a peer that
+/// restarted, or to all at this reader's own start).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnCharge {
     /// Its record sequence number.
     pub seq: u64,
     /// Reader time of the decision.
     pub at: u64,
+    /// The running total this reader holds the token's credential to now
+    /// (at least what it was after this charge).
+    pub running_total: u64,
     /// The token bytes.
     pub token: Vec<u8>,
 }
 
 impl ReaderDb {
     /// Stores an accept a peer announced, unless it is already known (an
-    /// announcement is idempotent), and forgets those older than
-    /// `forget_before` (reader time): their tokens are stale everywhere.
-    /// `Ok(true)` when it was new.
+    /// announcement is idempotent), and forgets those whose tokens are
+    /// stale here at `now` (reader time). `Ok(true)` when it was new.
     pub fn learn_site_accept(
         &mut self,
         accept: &SiteAccept,
         learned_us: u64,
-        forget_before: u64,
+        now: u64,
     ) -> Result<bool, StoreError> {
         self.write(|tx, path| {
             let err = |e| StoreError::from_sqlite(path, e);
             let token = accept.token.token();
-            let claimed_total =
-                u64::from(token.payment.total_before) + u64::from(token.payment.amount);
+            let token_hash: [u8; 32] = Sha256::digest(accept.token.bytes()).into();
+            tx.execute(
+                "DELETE FROM site_accepts WHERE stale_after < ?1",
+                [sqlite::int(now)],
+            )
+            .map_err(err)?;
+            if accept.stale_after < now {
+                return Ok(false);
+            }
             let new = tx
                 .execute(
-                    "INSERT OR IGNORE INTO site_accepts (reader_id, seq, at, wallet_id, counter,
-                         credential, running_total, sent_us, learned_us)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT OR IGNORE INTO site_accepts (reader_id, token_hash, seq, at,
+                         stale_after, wallet_id, counter, credential, running_total, sent_us,
+                         learned_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     params![
                         accept.reader,
+                        token_hash.as_slice(),
                         sqlite::int(accept.seq),
                         sqlite::int(accept.at),
+                        sqlite::int(accept.stale_after),
                         accept.token.wallet().0.as_slice(),
                         token.payment.counter,
                         token.credential.digest().as_slice(),
-                        sqlite::int(claimed_total),
+                        sqlite::int(accept.running_total),
                         sqlite::int(accept.sent_us),
                         sqlite::int(learned_us),
                     ],
                 )
                 .map_err(err)?;
-            tx.execute(
-                "DELETE FROM site_accepts WHERE at < ?1",
-                [sqlite::int(forget_before)],
-            )
-            .map_err(err)?;
             Ok(new == 1)
         })
     }
@@ -123,10 +138,10 @@ impl ReaderDb {
     }
 
     /// This reader's newest `limit` charges decided at or after `since`
-    /// (reader time), oldest first: what a restarted peer is sent again.
+    /// (reader time), oldest first: what is announced again.
     pub fn charges_since(&self, since: u64, limit: u32) -> Result<Vec<OwnCharge>, StoreError> {
         let path = self.path.clone();
-        self.rows(
+        let rows = self.rows(
             "SELECT seq, at, token FROM (SELECT seq, at, token FROM records
                  WHERE kind = ?1 AND at >= ?2 ORDER BY seq DESC LIMIT ?3) ORDER BY seq",
             params![RecordKind::Charge.as_str(), sqlite::int(since), limit],
@@ -138,13 +153,40 @@ impl ReaderDb {
                 ))
             },
             |(seq, at, token)| {
-                Ok(OwnCharge {
-                    seq: sqlite::unsigned(&path, "record seq", seq)?,
-                    at: sqlite::unsigned(&path, "record at", at)?,
+                Ok((
+                    sqlite::unsigned::<u64>(&path, "record seq", seq)?,
+                    sqlite::unsigned::<u64>(&path, "record at", at)?,
                     token,
-                })
+                ))
             },
-        )
+        )?;
+        let mut charges = Vec::with_capacity(rows.len());
+        for (seq, at, token) in rows {
+            // The token's own claim, or the total held now, whichever is more.
+            let parsed = Token::decode(&token).map_err(|e| {
+                StoreError::inconsistent(&path, format!("record {seq} holds no token: {e}"))
+            })?;
+            let claimed = u64::from(parsed.payment.total_before) + u64::from(parsed.payment.amount);
+            let held = self
+                .conn
+                .query_row(
+                    "SELECT running_total FROM credential_totals WHERE credential = ?1",
+                    [parsed.credential.digest().as_slice()],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map_err(|e| StoreError::from_sqlite(&path, e))?
+                .map(|t| sqlite::unsigned::<u64>(&path, "running total", t))
+                .transpose()?
+                .unwrap_or(0);
+            charges.push(OwnCharge {
+                seq,
+                at,
+                running_total: claimed.max(held),
+                token,
+            });
+        }
+        Ok(charges)
     }
 }
 

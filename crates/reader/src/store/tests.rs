@@ -680,12 +680,15 @@ fn issue13_03_status_reads_a_database_from_before_pending_vends_as_nothing_pendi
     assert!(db.pending_vends().expect("pending").is_empty());
 }
 
-/// What a peer `reader` announced: it charged the test wallet's `payment` as `seq`.
+/// What a peer `reader` announced: it charged the test wallet's `payment` as
+/// `seq`, holding the credential to the token's own claim.
 fn peer_accept(db: &ReaderDb, reader: &str, seq: u64, payment: PaymentTerms) -> SiteAccept {
     SiteAccept {
         reader: reader.into(),
         seq,
         at: NOW,
+        running_total: u64::from(payment.total_before) + u64::from(payment.amount),
+        stale_after: NOW + 300,
         sent_us: NOW * 1_000_000,
         token: authentic(db, payment),
     }
@@ -699,10 +702,7 @@ fn a_token_a_site_peer_accepted_is_declined_replayed_naming_the_peer() {
         ..payment()
     };
     let learned = peer_accept(&db, "gate-2", 17, first);
-    assert!(
-        db.learn_site_accept(&learned, NOW * 1_000_000 + 5, 0)
-            .unwrap()
-    );
+    assert!(db.learn_site_accept(&learned, NOW * 1_000_000 + 5, NOW).unwrap());
     let declined = tap(&mut db, 3, first.amount).unwrap_err();
     assert_eq!(declined.reason, Reason::Replayed);
     assert!(declined.detail.contains("gate-2"), "{}", declined.detail);
@@ -715,46 +715,64 @@ fn a_token_a_site_peer_accepted_is_declined_replayed_naming_the_peer() {
 fn a_repeated_announcement_changes_nothing() {
     let (_dir, mut db) = fresh();
     let learned = peer_accept(&db, "gate-2", 17, payment());
-    assert!(db.learn_site_accept(&learned, NOW * 1_000_000, 0).unwrap());
-    assert!(
-        !db.learn_site_accept(&learned, NOW * 1_000_000 + 9, 0)
-            .unwrap()
-    );
+    assert!(db.learn_site_accept(&learned, NOW * 1_000_000, NOW).unwrap());
+    assert!(!db.learn_site_accept(&learned, NOW * 1_000_000 + 9, NOW).unwrap());
     let rows = db.learned_accepts().unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(
-        rows[0].learned_us,
-        NOW * 1_000_000,
-        "the first learning stands"
-    );
+    assert_eq!(rows[0].learned_us, NOW * 1_000_000, "the first learning stands");
 }
 
 #[test]
-fn the_running_total_a_peer_saw_counts_against_the_offline_limit_here() {
+fn a_re_initialised_peer_reusing_a_sequence_number_is_still_heard() {
     let (_dir, mut db) = fresh();
-    let limit = terms().offline_limit;
-    // A peer accepted a payment that brought the credential to the limit.
-    let spent = PaymentTerms {
+    let before = peer_accept(&db, "gate-2", 1, payment());
+    let after = peer_accept(
+        &db,
+        "gate-2",
+        1,
+        PaymentTerms {
+            counter: 9,
+            ..payment()
+        },
+    );
+    assert!(db.learn_site_accept(&before, NOW * 1_000_000, NOW).unwrap());
+    assert!(db.learn_site_accept(&after, NOW * 1_000_000, NOW).unwrap());
+    assert_eq!(tap(&mut db, 9, 10).unwrap_err().reason, Reason::Replayed);
+}
+
+/// Issue 17 (review): a cheating wallet claims a running total of 0 at
+/// every gate; the total the peer held it to is what counts here.
+#[test]
+fn the_running_total_a_peer_held_counts_against_the_offline_limit_here_whatever_the_token_claims() {
+    let (_dir, mut db) = fresh();
+    let limit = u64::from(terms().offline_limit);
+    let cap = terms().per_payment_cap;
+    // The peer accepted a token claiming nothing spent, but it held the
+    // credential to the limit less one.
+    let claimed_nothing = PaymentTerms {
         counter: 3,
-        amount: terms().per_payment_cap,
-        total_before: limit - terms().per_payment_cap,
+        amount: cap,
+        total_before: 0,
         ..payment()
     };
-    let learned = peer_accept(&db, "gate-2", 1, spent);
-    db.learn_site_accept(&learned, NOW * 1_000_000, 0).unwrap();
-    // The cheating wallet claims a total of 0 here.
-    let declined = tap(&mut db, 4, 1).unwrap_err();
+    let learned = SiteAccept {
+        running_total: limit - 1,
+        ..peer_accept(&db, "gate-2", 1, claimed_nothing)
+    };
+    db.learn_site_accept(&learned, NOW * 1_000_000, NOW).unwrap();
+    // Here the wallet claims nothing again: two units more pass the limit.
+    let declined = tap(&mut db, 4, 2).unwrap_err();
     assert_eq!(declined.reason, Reason::OverOfflineLimit);
+    tap(&mut db, 5, 1).expect("one unit is still within it");
 }
 
 #[test]
-fn learned_accepts_older_than_the_window_are_forgotten() {
+fn learned_accepts_whose_tokens_are_stale_here_are_forgotten_and_never_stored() {
     let (_dir, mut db) = fresh();
     let old = peer_accept(&db, "gate-2", 1, payment());
-    db.learn_site_accept(&old, NOW * 1_000_000, 0).unwrap();
+    db.learn_site_accept(&old, NOW * 1_000_000, NOW).unwrap();
     let newer = SiteAccept {
-        seq: 2,
-        at: NOW + 1000,
+        stale_after: NOW + 1000,
         ..peer_accept(
             &db,
             "gate-2",
@@ -765,10 +783,22 @@ fn learned_accepts_older_than_the_window_are_forgotten() {
             },
         )
     };
-    db.learn_site_accept(&newer, NOW * 1_000_000, NOW + 1)
-        .unwrap();
+    // At NOW + 301 the first token is stale here: forgotten.
+    db.learn_site_accept(&newer, NOW * 1_000_000, NOW + 301).unwrap();
     let rows = db.learned_accepts().unwrap();
     assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
+    // One already stale when it arrives is not stored at all.
+    let late = peer_accept(
+        &db,
+        "gate-2",
+        3,
+        PaymentTerms {
+            counter: 10,
+            ..payment()
+        },
+    );
+    assert!(!db.learn_site_accept(&late, NOW * 1_000_000, NOW + 301).unwrap());
+    assert_eq!(db.learned_accepts().unwrap().len(), 1);
 }
 
 #[test]
