@@ -61,7 +61,7 @@ enum Command {
     /// Look inside token files
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Acoustic modem: encode, decode, listen, record, simulate
+    /// Acoustic modem: encode, decode, listen, record, simulate, and readers' beacons
     #[command(subcommand)]
     Modem(sound::ModemCommand),
     /// QR codes: decode from camera frames and images, render tokens
