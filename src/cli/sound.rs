@@ -129,7 +129,7 @@ pub(super) enum BeaconCommand {
     Decode {
         /// Any WAV file hound reads, at 40.6 kHz or more (44.1 and 48 kHz phones)
         file: PathBuf,
-        /// One JSON object per beacon, with its position
+        /// One JSON object per beacon, with its position and level
         #[arg(long)]
         json: bool,
     },
@@ -180,6 +180,7 @@ fn print_beacon(out: &mut impl Write, beacon: &BeaconReception, json: bool) -> i
             "payload_hex": hex::encode(&beacon.payload),
             "start_s": seconds(beacon.start),
             "end_s": seconds(beacon.end),
+            "level_dbfs": beacon.level_dbfs,
         });
         writeln!(out, "{line}")?;
     } else {

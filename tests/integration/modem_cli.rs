@@ -339,6 +339,7 @@ fn a_beacon_encoded_by_the_binary_decodes_by_it_and_nowhere_else() {
             serde_json::from_slice(&json.stdout).expect("one JSON object");
         assert_eq!(value["payload_hex"], beacon);
         assert!(value["end_s"].as_f64().expect("end") > 0.66);
+        assert!(value["level_dbfs"].as_f64().expect("level") < 0.0);
         // A payment decoder hears no payment in it.
         let payment = decode(&s, "b.wav");
         assert_eq!(payment.status.code(), Some(1));

@@ -46,7 +46,7 @@ const CLOCK_PASSES: usize = 3;
 const CLOCK_SETTLED: f64 = 10e-6;
 
 /// One beacon heard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BeaconReception {
     /// The payload, as the reader gave it (CRC-checked).
     pub payload: Vec<u8>,
@@ -54,6 +54,11 @@ pub struct BeaconReception {
     pub start: u64,
     /// Where the beacon ends, same scale.
     pub end: u64,
+    /// How loud its tones were heard, dB relative to a full-scale sine
+    /// (the strongest tone of each group, the groups' powers summed,
+    /// averaged over the symbols). A phone hearing several gates binds to
+    /// the loudest: the nearest.
+    pub level_dbfs: f32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -323,8 +328,9 @@ impl BeaconDecoder {
             }
         }
         let decode = |bins: &[Vec<Complex32>]| {
-            let energy = super::robust2::levelled(energies(bins));
-            beacon::decode_body(&beacon::llrs(&energy), &layout)
+            let raw = energies(bins);
+            let energy = super::robust2::levelled(raw.clone());
+            beacon::decode_body(&beacon::llrs(&energy), &layout).map(|p| (p, level_dbfs(&raw)))
         };
         let mut found = decode(&bins).map(|p| (p, eps));
         if found.is_none() && eps != 0.0 {
@@ -334,13 +340,14 @@ impl BeaconDecoder {
                 .map(|p| (p, 0.0));
         }
         match found {
-            Some((payload, eps)) => {
+            Some(((payload, level_dbfs), eps)) => {
                 let start = cand.start.max(0.0) as u64;
                 let frame = layout.frame_len() as f64 * (1.0 + eps);
                 Step::Done(BeaconReception {
                     payload,
                     start,
                     end: start + frame as u64,
+                    level_dbfs,
                 })
             }
             None => Step::Drop,
@@ -381,6 +388,30 @@ impl BeaconDecoder {
     #[cfg(test)]
     pub(crate) fn buffered(&self) -> usize {
         self.buf.len() + self.pending.len()
+    }
+}
+
+/// The level of a beacon's tones, dB relative to a full-scale sine: a sine
+/// of amplitude A on a bin has |X|² = (A·N/2)², so A² = 4·|X|²/N²; per
+/// symbol, the strongest tone of each group, summed over the groups;
+/// averaged over the symbols. −200 for silence.
+fn level_dbfs(energy: &[Vec<f32>]) -> f32 {
+    let n = PARAMS.fft as f64;
+    let per_symbol: Vec<f64> = energy
+        .iter()
+        .map(|row| {
+            row.chunks_exact(TONES)
+                .map(|g| f64::from(g.iter().copied().fold(0f32, f32::max)))
+                .sum::<f64>()
+                * 4.0
+                / (n * n)
+        })
+        .collect();
+    let mean = per_symbol.iter().sum::<f64>() / per_symbol.len().max(1) as f64;
+    if mean > 0.0 && mean.is_finite() {
+        (10.0 * mean.log10()).max(-200.0) as f32
+    } else {
+        -200.0
     }
 }
 
@@ -510,6 +541,64 @@ mod tests {
         assert_eq!(payloads, vec![&a, &a, &b]);
         for (r, s) in got.iter().zip(starts) {
             assert!(r.start.abs_diff(s) <= 1, "{} vs {s}", r.start);
+        }
+    }
+
+    #[test]
+    fn the_level_says_how_loud_the_tones_were_heard() {
+        let payload = reader_beacon(70);
+        let tone = encode_beacon(&payload, 48_000).expect("encode");
+        let mut levels = Vec::new();
+        for gain in [1.0f32, 0.1] {
+            let quiet: Vec<f32> = tone.iter().map(|v| v * gain).collect();
+            let got = listen(48_000, &quiet, 70, 9_600);
+            assert_eq!(got.len(), 1);
+            levels.push(got[0].level_dbfs);
+        }
+        // 20 dB quieter reads 20 dB lower; the tones of a peak-0.8 beacon
+        // sum to about −10 dBFS (16 tones sharing the peak, and the chirp).
+        assert!((levels[0] - levels[1] - 20.0).abs() < 0.1, "{levels:?}");
+        assert!((-16.0..-4.0).contains(&levels[0]), "{levels:?}");
+    }
+
+    /// Gates stand side by side: a phone 0.3 m from its gate hears the next
+    /// gate's beacon too, about 10 dB weaker (1 m further), at any moment.
+    #[test]
+    fn a_neighbouring_gates_beacon_10_db_weaker_does_not_hide_the_nearer_one() {
+        let (near, far) = (reader_beacon(80), reader_beacon(81));
+        let near_pcm = encode_beacon(&near, 48_000).expect("encode");
+        let far_pcm = encode_beacon(&far, 48_000).expect("encode");
+        let weaker = 10f32.powf(-10.0 / 20.0);
+        for offset in [-20_000i64, -7_001, -1_500, 0, 333, 4_000, 12_345] {
+            let lead = 30_000usize;
+            let mut capture = vec![0f32; lead + near_pcm.len() + 30_000];
+            for (o, v) in capture[lead..].iter_mut().zip(&near_pcm) {
+                *o += v;
+            }
+            let at = (lead as i64 + offset) as usize;
+            for (o, v) in capture[at..].iter_mut().zip(&far_pcm) {
+                *o += weaker * v;
+            }
+            let channel = Channel {
+                noise: NoiseKind::Station,
+                snr_db: 10.0,
+                room: Some(Room {
+                    rt60: 0.5,
+                    drr_db: 8.0,
+                }),
+                ..Channel::default()
+            };
+            let heard = sim::transmit(&capture, 48_000, &channel, offset as u64).samples;
+            let got = listen(48_000, &heard, 80, 4_800);
+            let loudest = got
+                .iter()
+                .max_by(|a, b| a.level_dbfs.total_cmp(&b.level_dbfs));
+            assert_eq!(
+                loudest.map(|r| &r.payload),
+                Some(&near),
+                "offset {offset}: {got:?}"
+            );
+            assert!(got.iter().all(|r| r.payload == near || r.payload == far));
         }
     }
 

@@ -128,6 +128,8 @@ pub struct BeaconReport {
     pub payload_len: usize,
     /// In the beacon's band, dB; `None` without noise around it.
     pub snr_db: Option<f64>,
+    /// Its tones' level, dB relative to a full-scale sine (the decoder's).
+    pub level_dbfs: f32,
     /// The payload, hex.
     pub payload_hex: String,
 }
@@ -427,6 +429,7 @@ fn beacon_report(
         high_hz,
         payload_len: p.reception.payload.len(),
         snr_db: snr.map(|s| s.in_band_db),
+        level_dbfs: p.reception.level_dbfs,
         payload_hex: hex::encode(&p.reception.payload),
     }
 }
