@@ -78,7 +78,7 @@ pub(crate) fn decode(llr: &[f32], info: usize) -> Option<Vec<u8>> {
         let tail = step >= info;
         fresh.iter_mut().for_each(|m| *m = f32::NEG_INFINITY);
         let mut chosen = 0u64;
-        for to in 0..STATES {
+        for (to, slot) in fresh.iter_mut().enumerate() {
             let bit = (to >> (TAIL - 1)) as u8;
             if tail && bit == 1 {
                 continue;
@@ -100,7 +100,7 @@ pub(crate) fn decode(llr: &[f32], info: usize) -> Option<Vec<u8>> {
                     from_low = low as u64;
                 }
             }
-            fresh[to] = best;
+            *slot = best;
             chosen |= from_low << to;
         }
         decisions[step] = chosen;

@@ -193,7 +193,7 @@ pub(crate) fn decode_rm1(llr: &[f32]) -> Option<(u32, f32)> {
         .iter()
         .enumerate()
         .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))?;
-    if !(total > 0.0) || !value.is_finite() || !total.is_finite() {
+    if total <= 0.0 || total.is_nan() || !value.is_finite() || !total.is_finite() {
         return None;
     }
     let top = u32::from(*value < 0.0);
