@@ -13,7 +13,7 @@
 //!
 //! Memory is bounded: at most [`BEACON_BUFFER_SECONDS`] of audio is kept.
 //! Work per call is bounded by the audio it brings: one correlation block
-//! per 12 288 samples, at most one candidate per chirp length.
+//! per 12 289 samples, at most one candidate per chirp length.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
