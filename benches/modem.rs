@@ -2,7 +2,9 @@
 //! and channel condition, with a public peer (minimodem, Bell 202 AFSK at
 //! 1200 baud, from Debian) sent through the very same simulated channels;
 //! then the decoder's real-time factor and latency, and false payloads in an
-//! hour of sound with no transmission.
+//! hour of sound with no transmission; the same for the readers' beacon
+//! (docs/modem.md §7) beside them: its air time, its decoder's speed and
+//! latency, and false beacons in the same hour.
 //!
 //! `cargo bench --bench modem` (all of it, several minutes);
 //! `cargo bench --bench modem -- --trials 20` for a quicker look;
@@ -17,7 +19,7 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use sonotap_audio::wav;
 use sonotap_modem::sim::{self, Channel, NoiseKind, Room};
-use sonotap_modem::{self as modem, Decoder, Profile};
+use sonotap_modem::{self as modem, BeaconDecoder, Decoder, Profile};
 
 /// What a reader hears between transmissions, a minute of each in turn:
 /// the hour of station audio, speech, music and gate beeps, and
@@ -322,10 +324,16 @@ fn main() {
         }
     }
 
+    beacon_speed(trials.min(50));
+
     if false_hour {
         // An hour of sound with no transmission, in one-minute pieces of each
-        // kind in turn, through one decoder (as an endless stream would be).
+        // kind in turn, through one decoder (as an endless stream would be),
+        // and through a beacon decoder, timed apart.
         let mut decoder = Decoder::new(48_000).expect("decoder");
+        let mut beacons = BeaconDecoder::new(48_000).expect("beacon decoder");
+        let mut false_beacons = 0;
+        let mut beacon_time = std::time::Duration::ZERO;
         let mut rng = Pcg64Mcg::seed_from_u64(2026);
         let mut false_payloads = 0;
         // Headers that passed on noise: each cost a body decode.
@@ -340,11 +348,17 @@ fn main() {
             for chunk in noise.chunks(480) {
                 false_payloads += decoder.push(chunk).len();
             }
+            let beacon_started = Instant::now();
+            for chunk in noise.chunks(480) {
+                false_beacons += beacons.push(chunk).len();
+            }
+            beacon_time += beacon_started.elapsed();
             for missed in decoder.take_missed() {
                 *false_headers.entry(missed.profile.name()).or_default() += 1;
             }
         }
         false_payloads += decoder.finish().len();
+        false_beacons += beacons.finish().len();
         for missed in decoder.take_missed() {
             *false_headers.entry(missed.profile.name()).or_default() += 1;
         }
@@ -352,10 +366,68 @@ fn main() {
             "one hour of station noise, speech, music, gate beeps, white, pink and babble noise with no transmission: {false_payloads} false payloads, {} headers passed on noise ({:?}), decoded in {:.1} s (real-time factor {:.4}), peak RSS {} KiB before, {} KiB after",
             false_headers.values().sum::<usize>(),
             false_headers,
-            started.elapsed().as_secs_f64(),
-            started.elapsed().as_secs_f64() / 3600.0,
+            (started.elapsed() - beacon_time).as_secs_f64(),
+            (started.elapsed() - beacon_time).as_secs_f64() / 3600.0,
             rss_before,
             peak_rss_kib()
+        );
+        println!(
+            "beacon decoder through the same hour: {false_beacons} false beacons, decoded in {:.1} s (real-time factor {:.4})",
+            beacon_time.as_secs_f64(),
+            beacon_time.as_secs_f64() / 3600.0
+        );
+    }
+}
+
+/// The readers' beacon (17 bytes) beside the payment formats: air time,
+/// its decoder's real-time factor and latency, streaming 10 ms chunks of
+/// station noise at 10 dB.
+fn beacon_speed(trials: usize) {
+    let air = modem::beacon_air_time(17).expect("air time");
+    println!("beacon, 17 bytes: air time {air:.3} s");
+    for rx_rate in [48_000u32, 44_100] {
+        let mut rtf = Vec::new();
+        let mut latency = Vec::new();
+        for t in 0..trials {
+            let mut rng = Pcg64Mcg::seed_from_u64(t as u64 ^ 0xbeac);
+            let payload: Vec<u8> = (0..17).map(|_| rng.random::<u8>()).collect();
+            let signal = modem::encode_beacon(&payload, TX_RATE).expect("encode");
+            let channel = Channel {
+                rx_rate,
+                ..station(10.0)
+            };
+            let rx = sim::transmit(&signal, TX_RATE, &channel, t as u64);
+            let mut decoder = BeaconDecoder::new(rx_rate).expect("decoder");
+            let chunk = rx_rate as usize / 100;
+            let started = Instant::now();
+            let mut emitted_at = None;
+            for (i, piece) in rx.samples.chunks(chunk).enumerate() {
+                let before = Instant::now();
+                let got = decoder.push(piece);
+                if emitted_at.is_none() && got.iter().any(|r| r.payload == payload) {
+                    let audio_end = ((i + 1) * chunk) as f64 / f64::from(rx_rate);
+                    let frame_end = rx.signal_end as f64 / f64::from(rx_rate);
+                    emitted_at = Some(audio_end - frame_end + before.elapsed().as_secs_f64());
+                }
+            }
+            rtf.push(
+                started.elapsed().as_secs_f64() / (rx.samples.len() as f64 / f64::from(rx_rate)),
+            );
+            if let Some(l) = emitted_at {
+                latency.push(l);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let max = latency.iter().copied().fold(f64::NAN, f64::max);
+        println!(
+            "beacon at {rx_rate} Hz: real-time factor median {:.4} (one core), beacon out {:.0} ms after it ends (median; max {:.0} ms; {} of {trials} decoded)",
+            median(&mut rtf),
+            1e3 * median(&mut latency),
+            1e3 * max,
+            latency.len(),
         );
     }
 }

@@ -3,10 +3,15 @@
 //! cell instead of one impairment at a time.
 //!
 //! ```sh
-//! cargo bench --bench modem_grid -- [--trials N] [--profile fast|robust] [--threads 2]
-//!     [--csv out.csv] [--issue-trials 50] [--no-grid] [--no-issue] [--only CELL:TRIAL]
-//!     [--cells PART]
+//! cargo bench --bench modem_grid -- [--trials N] [--profile fast|robust|beacon] [--beacon]
+//!     [--threads 2] [--csv out.csv] [--issue-trials 50] [--no-grid] [--no-issue]
+//!     [--only CELL:TRIAL] [--cells PART]
 //! ```
+//!
+//! `--beacon` adds the readers' beacon (docs/modem.md §7, 17-byte payloads
+//! through a fresh `BeaconDecoder`) on the fast profile's cells, in the
+//! same run as the profiles asked for (`--profile beacon`: the beacon
+//! alone); its cells are named `beacon.…` and held to the fast targets.
 //!
 //! A *cell* is (profile, noise kind, whole-band SNR, DRR). Inside a cell the
 //! other factors are a seeded Latin hypercube sample of `--trials` draws:
@@ -63,6 +68,8 @@ use sonotap_modem::{self as modem, Profile};
 
 /// The payload size the targets are stated for (a token is 199).
 const PAYLOAD: usize = 200;
+/// A reader's beacon: version, tag, challenge, time.
+const BEACON_PAYLOAD: usize = 17;
 /// Mixed into every cell's seed; change it to draw a fresh sample.
 const BASE_SEED: u64 = 0x1616_2026;
 /// z of a one-sided 95 % bound.
@@ -113,7 +120,10 @@ const INFO_DRR: f32 = 12.0;
 
 #[derive(Debug, Clone, Copy)]
 struct Cell {
+    /// The profile, or for a beacon cell the profile whose levels it takes (fast).
     profile: Profile,
+    /// A cell of the readers' beacon, not of a payment profile.
+    beacon: bool,
     noise: NoiseKind,
     snr_db: f32,
     column: Column,
@@ -128,10 +138,19 @@ impl Cell {
         };
         format!(
             "{}.{}.{}.{column}",
-            self.profile.name(),
+            self.name(),
             self.noise.name(),
             self.snr_db
         )
+    }
+
+    /// `fast`, `robust` or `beacon`.
+    fn name(&self) -> &'static str {
+        if self.beacon {
+            "beacon"
+        } else {
+            self.profile.name()
+        }
     }
 
     fn seed(&self) -> u64 {
@@ -163,7 +182,7 @@ impl Cell {
     }
 }
 
-fn cells(profile: Profile) -> Vec<Cell> {
+fn cells(profile: Profile, beacon: bool) -> Vec<Cell> {
     let mut list = Vec::new();
     for noise in NOISES {
         for snr_db in snr_levels(profile, noise) {
@@ -171,6 +190,7 @@ fn cells(profile: Profile) -> Vec<Cell> {
             for column in columns.chain([Column::RollOff15k]) {
                 list.push(Cell {
                     profile,
+                    beacon,
                     noise,
                     snr_db,
                     column,
@@ -351,16 +371,25 @@ struct Outcome {
     seconds: f64,
 }
 
-fn payload(seed: u64) -> Vec<u8> {
+fn payload(seed: u64, len: usize) -> Vec<u8> {
     let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0x5eed);
-    (0..PAYLOAD).map(|_| rng.random::<u8>()).collect()
+    (0..len).map(|_| rng.random::<u8>()).collect()
 }
 
-/// Encode, transmit, decode in 20 ms chunks with a fresh decoder.
-fn run_trial(profile: Profile, channel: &Channel, seed: u64) -> Outcome {
+/// Encode, transmit, decode in 20 ms chunks with a fresh decoder (a
+/// `BeaconDecoder` for a beacon cell).
+fn run_trial(profile: Profile, beacon: bool, channel: &Channel, seed: u64) -> Outcome {
     let started = Instant::now();
-    let payload = payload(seed);
-    let got = sim::send_and_decode(&payload, profile, channel, seed).expect("encode and decode");
+    let (payload, got) = if beacon {
+        let payload = payload(seed, BEACON_PAYLOAD);
+        let got = sim::send_and_decode_beacon(&payload, channel, seed).expect("beacon");
+        (payload, got)
+    } else {
+        let payload = payload(seed, PAYLOAD);
+        let got =
+            sim::send_and_decode(&payload, profile, channel, seed).expect("encode and decode");
+        (payload, got)
+    };
     Outcome {
         ok: got.contains(&payload),
         wrong_payloads: got.iter().filter(|p| **p != payload).count(),
@@ -446,6 +475,8 @@ struct Options {
     trials: usize,
     issue_trials: usize,
     profiles: Vec<Profile>,
+    /// Run the beacon's grid (on the fast cells) too.
+    beacon: bool,
     threads: usize,
     csv: Option<String>,
     only: Option<String>,
@@ -471,14 +502,17 @@ fn options() -> Options {
             })
             .unwrap_or(default)
     };
+    let beacon_only = value("--profile").as_deref() == Some("beacon");
     let profiles = match value("--profile") {
-        Some(name) => vec![Profile::from_name(&name).expect("--profile fast or robust")],
+        Some(_) if beacon_only => Vec::new(),
+        Some(name) => vec![Profile::from_name(&name).expect("--profile fast, robust or beacon")],
         None => Profile::ALL.to_vec(),
     };
     Options {
         trials: number("--trials", 300).max(1),
         issue_trials: number("--issue-trials", 50),
         profiles,
+        beacon: beacon_only || argv.iter().any(|a| a == "--beacon"),
         threads: number("--threads", 2),
         csv: value("--csv"),
         only: value("--only"),
@@ -511,7 +545,10 @@ fn main() {
     let mut wrong = 0;
     if options.grid {
         for &profile in &options.profiles {
-            wrong += grid(profile, &options, csv.as_mut());
+            wrong += grid(profile, false, &options, csv.as_mut());
+        }
+        if options.beacon {
+            wrong += grid(Profile::Fast, true, &options, csv.as_mut());
         }
     }
     if options.issue {
@@ -527,10 +564,17 @@ fn main() {
     );
 }
 
-/// Runs one profile's grid, prints its table and failure breakdown; returns the wrong payloads.
-fn grid(profile: Profile, options: &Options, csv: Option<&mut impl std::io::Write>) -> usize {
+/// Runs one profile's grid (or the beacon's, on `profile`'s cells),
+/// prints its table and failure breakdown; returns the wrong payloads.
+fn grid(
+    profile: Profile,
+    beacon: bool,
+    options: &Options,
+    csv: Option<&mut impl std::io::Write>,
+) -> usize {
     let started = Instant::now();
-    let cells = cells(profile);
+    let cells = cells(profile, beacon);
+    let name = cells.first().map_or("", Cell::name);
     let trials: Vec<Trial> = cells
         .iter()
         .enumerate()
@@ -542,16 +586,24 @@ fn grid(profile: Profile, options: &Options, csv: Option<&mut impl std::io::Writ
         })
         .flat_map(|(i, cell)| trials_of(i, cell, options.trials))
         .collect();
-    eprintln!("{} grid: {} trials", profile.name(), trials.len());
+    eprintln!("{name} grid: {} trials", trials.len());
     let outcomes = run_parallel(&trials, options.threads, |t| {
-        run_trial(profile, &t.channel, t.seed)
+        run_trial(profile, beacon, &t.channel, t.seed)
     });
-    let air = modem::air_time(PAYLOAD, profile).expect("air time");
     println!();
-    println!(
-        "## {} profile ({air:.3} s air time): successes/trials and the one-sided 95 % Wilson lower bound, %",
-        profile.name()
-    );
+    if beacon {
+        let air = modem::beacon_air_time(BEACON_PAYLOAD).expect("air time");
+        println!(
+            "## beacon, {BEACON_PAYLOAD} bytes ({air:.3} s air time), on the {} profile's cells: successes/trials and the one-sided 95 % Wilson lower bound, %",
+            profile.name()
+        );
+    } else {
+        let air = modem::air_time(PAYLOAD, profile).expect("air time");
+        println!(
+            "## {} profile ({air:.3} s air time): successes/trials and the one-sided 95 % Wilson lower bound, %",
+            profile.name()
+        );
+    }
     println!();
     let drrs = drr_levels(profile);
     let mut header = "| noise | SNR |".to_string();
@@ -593,8 +645,7 @@ fn grid(profile: Profile, options: &Options, csv: Option<&mut impl std::io::Writ
     let cpu: f64 = outcomes.iter().map(|o| o.seconds).sum();
     println!();
     println!(
-        "{} grid: {} trials, {wrong} wrong payloads, {:.1} s elapsed ({:.3} s of one core per trial)",
-        profile.name(),
+        "{name} grid: {} trials, {wrong} wrong payloads, {:.1} s elapsed ({:.3} s of one core per trial)",
         trials.len(),
         started.elapsed().as_secs_f64(),
         cpu / trials.len().max(1) as f64
@@ -740,7 +791,7 @@ fn write_csv_line(csv: &mut impl std::io::Write, cell: &Cell, t: &Trial, o: &Out
     writeln!(
         csv,
         "{},{},{},{:#x},{},{},{},{:.3},{},{},{:.0},{},{},{},{},{},{},{},{:.3}",
-        cell.profile.name(),
+        cell.name(),
         cell.id(),
         t.index,
         t.seed,
@@ -769,9 +820,11 @@ fn run_only(only: &str, trials: usize) {
         .rsplit_once(':')
         .expect("--only CELL:TRIAL, e.g. fast.station.6.drr8:13");
     let index: usize = index.parse().expect("--only CELL:TRIAL: TRIAL is a number");
+    let beacon = cell_id.starts_with("beacon.");
     let (cell_index, cell) = Profile::ALL
         .into_iter()
-        .flat_map(cells)
+        .filter(|p| !beacon || *p == Profile::Fast)
+        .flat_map(|p| cells(p, beacon))
         .enumerate()
         .find(|(_, c)| c.id() == cell_id)
         .unwrap_or_else(|| panic!("no cell {cell_id}"));
@@ -787,7 +840,7 @@ fn run_only(only: &str, trials: usize) {
         trial.agc_mode.name()
     );
     println!("{:#?}", trial.channel);
-    let outcome = run_trial(cell.profile, &trial.channel, trial.seed);
+    let outcome = run_trial(cell.profile, cell.beacon, &trial.channel, trial.seed);
     println!(
         "{}: {} wrong payloads, {:.3} s",
         if outcome.ok { "decoded" } else { "FAILED" },
@@ -814,7 +867,7 @@ fn issue_conditions(options: &Options) -> usize {
         .collect();
     eprintln!("issue conditions: {} trials", jobs.len());
     let outcomes = run_parallel(&jobs, options.threads, |&(profile, row, seed)| {
-        run_trial(profile, &conditions[row].channel, seed)
+        run_trial(profile, false, &conditions[row].channel, seed)
     });
     println!();
     println!(

@@ -5,7 +5,10 @@
 # (an empty .hex means none). tests/integration/signals.rs checks them.
 # token-fast-48k.wav and token-robust-48k.wav are also the formats 2's test
 # vectors (docs/modem.md §3b and §3c, tests/conformance/modem_v2.py and
-# modem_robust_v2.py). The *-fast-v1 and *-robust-v1 files were made by the
+# modem_robust_v2.py); beacon-48k.wav is the readers' beacon's (§7.2,
+# tests/conformance/modem_beacon.py). Files named beacon-* hold beacons
+# (`sonotap modem beacon decode` finds their .hex, `modem decode` nothing);
+# the others hold payments and no beacon. The *-fast-v1 and *-robust-v1 files were made by the
 # profiles' format 1, which the encoder no longer sends: they are kept, not
 # regenerated, so the decoder is held to reading version-1 phones.
 # Run from the repository root: bash signals/modem/make.sh
@@ -53,6 +56,13 @@ out.writeframes(frames[0] + gap + frames[1])
 PY
 "$S" modem simulate "$tmp/both.wav" --noise pink --snr 10 --seed 5 --out two-payments-pink-10db.wav > /dev/null
 { hexof "$tmp/token.bin"; hexof "$tmp/other.bin"; } > two-payments-pink-10db.hex
+
+# A reader's beacon (version, tag, challenge, time): the test vector, and as a
+# phone 1.5 m from the gate hears it in a station.
+beacon=01a1b2c3d40011223344556677650a1b2c
+"$S" modem beacon encode --hex "$beacon" --rate 48000 --out beacon-48k.wav > /dev/null
+"$S" modem simulate beacon-48k.wav --noise station --snr 3 --rt60 0.8 --drr 8 --rate 44100 --ppm 300 --seed 7 --out beacon-station-3db-rt60-0.8s-44k1-300ppm.wav > /dev/null
+for f in beacon-48k beacon-station-3db-rt60-0.8s-44k1-300ppm; do echo "$beacon" > "$f.hex"; done
 
 # Ten seconds of station noise and music with no transmission: nothing to find.
 python3 - "$tmp/quiet.wav" <<'PY'

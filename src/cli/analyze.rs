@@ -14,7 +14,7 @@ use sonotap_audio::analyze::{self, Analysis, Options};
 pub(super) struct AnalyzeArgs {
     /// The recording: any WAV file (8/16/24/32-bit integer or float, any rate)
     file: PathBuf,
-    /// Draw a spectrogram here: bands dotted, frames boxed (green fast, cyan robust), clipping red
+    /// Draw a spectrogram here: bands dotted, frames boxed (green fast, cyan robust, white beacon), clipping red
     #[arg(long, value_name = "OUT.png")]
     png: Option<PathBuf>,
     /// One JSON object instead of text
@@ -121,6 +121,22 @@ fn print_text(out: &mut impl Write, a: &Analysis, png: Option<&Path>) -> io::Res
                 out,
                 "  {:>8.3}–{:.3} s  {:<6} {:>3} bytes announced",
                 m.start_s, m.end_s, m.profile, m.payload_len
+            )?;
+        }
+    }
+    if !a.beacons.is_empty() {
+        writeln!(out, "beacons:   {} decoded", a.beacons.len())?;
+        for b in &a.beacons {
+            writeln!(
+                out,
+                "  {:>8.3}–{:.3} s  beacon {:.1}–{:.1} kHz {:>3} bytes  SNR {} in band  {}",
+                b.start_s,
+                b.end_s,
+                b.low_hz / 1000.0,
+                b.high_hz / 1000.0,
+                b.payload_len,
+                db(b.snr_db),
+                b.payload_hex
             )?;
         }
     }

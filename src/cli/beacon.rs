@@ -81,8 +81,13 @@ fn loudest(receptions: &[BeaconReception]) -> Option<Beacon> {
 
 fn from_recording(path: &Path) -> Result<Heard> {
     let mut chunks = WavChunks::open(path)?;
-    let mut decoder = BeaconDecoder::new(chunks.rate())
-        .with_context(|| format!("{}: {} Hz cannot carry the beacon", path.display(), chunks.rate()))?;
+    let mut decoder = BeaconDecoder::new(chunks.rate()).with_context(|| {
+        format!(
+            "{}: {} Hz cannot carry the beacon",
+            path.display(),
+            chunks.rate()
+        )
+    })?;
     let mut heard = Vec::new();
     while let Some(chunk) = chunks.next_chunk()? {
         heard.extend(decoder.push(&chunk));

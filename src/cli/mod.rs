@@ -62,7 +62,7 @@ enum Command {
     /// Look inside token files
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Acoustic modem: encode, decode, listen, record, simulate
+    /// Acoustic modem: encode, decode, listen, record, simulate, and readers' beacons
     #[command(subcommand)]
     Modem(sound::ModemCommand),
     /// QR codes: decode from camera frames and images, render tokens
@@ -211,7 +211,12 @@ enum WalletCommand {
         #[arg(long, value_name = "SOURCE")]
         beacon: Option<String>,
         /// With --beacon on a device: how long to listen, seconds
-        #[arg(long, value_name = "SECONDS", default_value_t = 10.0, requires = "beacon")]
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 10.0,
+            requires = "beacon"
+        )]
         listen_secs: f64,
         /// Where to write the token
         #[arg(long, value_name = "TOKEN")]

@@ -13,7 +13,7 @@ use serde_json::json;
 use sonotap_audio::capture::{Capture, CaptureEvent};
 use sonotap_audio::wav::{self, WavChunks};
 use sonotap_modem::sim::{self, Channel, NoiseKind, Room};
-use sonotap_modem::{self as modem, Decoder, Profile, Reception};
+use sonotap_modem::{self as modem, BeaconDecoder, BeaconReception, Decoder, Profile, Reception};
 
 /// Parses a noise name for clap.
 fn parse_noise(name: &str) -> Result<NoiseKind, String> {
@@ -94,6 +94,9 @@ pub(super) enum ModemCommand {
         #[arg(long, value_name = "FILE.wav")]
         out: PathBuf,
     },
+    /// A reader's beacon (18.3–19.8 kHz): which gate this is and its challenge
+    #[command(subcommand)]
+    Beacon(BeaconCommand),
     /// Record what a capture device hears to a WAV file (to check level, noise, clipping)
     Record {
         /// Capture device: an ALSA PCM name (hw:1,0, default), a cpal id (alsa:…) or a description
@@ -106,6 +109,118 @@ pub(super) enum ModemCommand {
         #[arg(long, value_name = "FILE.wav")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum BeaconCommand {
+    /// Render a beacon payload as sound (what a reader's speaker repeats)
+    Encode {
+        /// The payload, 1–32 bytes in hex (a reader sends 17)
+        #[arg(long, value_name = "HEX", value_parser = parse_beacon_hex)]
+        hex: BeaconPayload,
+        /// Sample rate of the WAV file (40.6 kHz and up)
+        #[arg(long, default_value_t = modem::INTERNAL_RATE)]
+        rate: u32,
+        /// Where to write the sound (16-bit mono WAV)
+        #[arg(long, value_name = "FILE.wav")]
+        out: PathBuf,
+    },
+    /// Decode every beacon in a WAV file: one line of hex each, in order
+    Decode {
+        /// Any WAV file hound reads, at 40.6 kHz or more (44.1 and 48 kHz phones)
+        file: PathBuf,
+        /// One JSON object per beacon, with its position and level
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A beacon payload from the command line (1–32 bytes).
+#[derive(Debug, Clone)]
+pub(super) struct BeaconPayload(Vec<u8>);
+
+/// Parses a beacon payload given in hex for clap.
+fn parse_beacon_hex(text: &str) -> Result<BeaconPayload, String> {
+    let bytes = hex::decode(text.trim()).map_err(|e| format!("not hex: {e}"))?;
+    if bytes.is_empty() || bytes.len() > modem::BEACON_MAX_PAYLOAD {
+        return Err(format!(
+            "{} bytes: a beacon carries 1 to {}",
+            bytes.len(),
+            modem::BEACON_MAX_PAYLOAD
+        ));
+    }
+    Ok(BeaconPayload(bytes))
+}
+
+fn run_beacon(command: BeaconCommand) -> Result<ExitCode> {
+    match command {
+        BeaconCommand::Encode {
+            hex: BeaconPayload(hex),
+            rate,
+            out,
+        } => {
+            let samples = modem::encode_beacon(&hex, rate)?;
+            wav::write_mono_16(&out, &samples, rate)?;
+            println!(
+                "{} bytes as a beacon: {:.3} s of sound at {rate} Hz in {}",
+                hex.len(),
+                samples.len() as f64 / f64::from(rate),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BeaconCommand::Decode { file, json } => decode_beacon_file(&file, json),
+    }
+}
+
+fn print_beacon(out: &mut impl Write, beacon: &BeaconReception, json: bool) -> io::Result<()> {
+    if json {
+        let seconds = |samples: u64| samples as f64 / f64::from(modem::INTERNAL_RATE);
+        let line = json!({
+            "payload_hex": hex::encode(&beacon.payload),
+            "start_s": seconds(beacon.start),
+            "end_s": seconds(beacon.end),
+            "level_dbfs": beacon.level_dbfs,
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(out, "{}", hex::encode(&beacon.payload))?;
+    }
+    out.flush()
+}
+
+fn decode_beacon_file(path: &Path, json: bool) -> Result<ExitCode> {
+    let mut chunks = WavChunks::open(path)?;
+    let Ok(mut decoder) = BeaconDecoder::new(chunks.rate()) else {
+        eprintln!(
+            "sonotap: no beacon found in {}: audio at {} Hz cannot hold the beacon's band \
+             (up to 19.8 kHz; record at 44.1 or 48 kHz)",
+            path.display(),
+            chunks.rate()
+        );
+        return Ok(ExitCode::from(1));
+    };
+    let mut out = io::stdout().lock();
+    let mut found = 0usize;
+    while let Some(chunk) = chunks.next_chunk()? {
+        for beacon in decoder.push(&chunk) {
+            print_beacon(&mut out, &beacon, json)?;
+            found += 1;
+        }
+    }
+    for beacon in decoder.finish() {
+        print_beacon(&mut out, &beacon, json)?;
+        found += 1;
+    }
+    if found == 0 {
+        eprintln!(
+            "sonotap: no beacon found in {} ({:.1} s of audio)",
+            path.display(),
+            chunks.duration_secs()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn run(command: ModemCommand) -> Result<ExitCode> {
@@ -165,6 +280,7 @@ pub(super) fn run(command: ModemCommand) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        ModemCommand::Beacon(command) => run_beacon(command),
         ModemCommand::Record {
             device,
             seconds,

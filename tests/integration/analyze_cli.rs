@@ -108,6 +108,62 @@ fn analyze_finds_two_frames_of_both_profiles_at_their_offsets() {
 }
 
 #[test]
+fn analyze_shows_a_readers_beacons_beside_the_payment_frame_and_their_payload() {
+    let s = Scratch::new();
+    let beacon: Vec<u8> = (0..17u8)
+        .map(|i| i.wrapping_mul(11).wrapping_add(1))
+        .collect();
+    let tone = modem::encode_beacon(&beacon, RATE).expect("beacon");
+    let token = modem::encode(&token_like(4), Profile::Fast, RATE).expect("encode");
+    // Beacon, gap, the token, gap, beacon again: what a gate's microphone hears.
+    let gap = vec![0f32; RATE as usize / 2];
+    let mut signal = tone.clone();
+    signal.extend_from_slice(&gap);
+    signal.extend_from_slice(&token);
+    signal.extend_from_slice(&gap);
+    signal.extend_from_slice(&tone);
+    let channel = Channel {
+        noise: NoiseKind::Station,
+        snr_db: 10.0,
+        lead_secs: (0.5, 0.5),
+        tail_secs: 1.0,
+        ..Channel::default()
+    };
+    let rx = sim::transmit(&signal, RATE, &channel, 4);
+    wav::write_mono_16(&s.path("gate.wav"), &rx.samples, rx.rate).expect("write");
+    let out = analyze(&s, "gate.wav", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json = last_json(&out);
+    let frames = json["frames"].as_array().expect("frames");
+    assert_eq!(frames.len(), 1, "{json}");
+    assert_eq!(frames[0]["profile"], "fast");
+    let beacons = json["beacons"].as_array().expect("beacons");
+    assert_eq!(beacons.len(), 2, "{json}");
+    let second = 0.5 + (tone.len() + token.len() + 2 * gap.len()) as f64 / f64::from(RATE);
+    for (b, at) in beacons.iter().zip([0.5, second]) {
+        assert_eq!(b["payload_hex"], hex::encode(&beacon));
+        assert_eq!(b["payload_len"], 17);
+        let start = b["start_s"].as_f64().expect("start");
+        assert!((start - at).abs() < 0.005, "{start} vs {at}");
+        assert!(b["low_hz"].as_f64().expect("low") > 18_000.0);
+        assert!(b["high_hz"].as_f64().expect("high") < 19_800.0);
+    }
+    let bands: Vec<&str> = json["bands"]
+        .as_array()
+        .expect("bands")
+        .iter()
+        .map(|b| b["profile"].as_str().expect("name"))
+        .collect();
+    assert_eq!(bands, ["fast", "robust", "beacon"]);
+    // The same in text, the payload in hex.
+    let text = s.run(&["analyze", "gate.wav"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("beacons:   2 decoded"), "{text}");
+    assert!(text.contains(&hex::encode(&beacon)), "{text}");
+    assert!(text.contains("beacon 18.3–19.8 kHz"), "{text}");
+}
+
+#[test]
 fn analyze_draws_the_frame_box_at_the_expected_columns() {
     let s = Scratch::new();
     heard(&s, "heard.wav", 20.0);

@@ -311,3 +311,54 @@ fn ten_minutes_of_station_noise_yield_nothing_and_finish() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn a_beacon_encoded_by_the_binary_decodes_by_it_and_nowhere_else() {
+    let s = Scratch::new();
+    // What a reader sends: version, 4-byte tag, 8-byte challenge, 4-byte time.
+    let beacon = "01a1b2c3d40011223344556677650a1b2c";
+    for rate in ["48000", "44100"] {
+        let out = s.run(&[
+            "modem", "beacon", "encode", "--hex", beacon, "--rate", rate, "--out", "b.wav",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("17 bytes as a beacon: 0.664 s"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let heard = s.run(&["modem", "beacon", "decode", "b.wav"]);
+        assert_eq!(heard.status.code(), Some(0), "{rate}");
+        assert_eq!(lines(&heard), vec![beacon.to_string()], "{rate}");
+        let json = s.run(&["modem", "beacon", "decode", "--json", "b.wav"]);
+        let value: serde_json::Value =
+            serde_json::from_slice(&json.stdout).expect("one JSON object");
+        assert_eq!(value["payload_hex"], beacon);
+        assert!(value["end_s"].as_f64().expect("end") > 0.66);
+        assert!(value["level_dbfs"].as_f64().expect("level") < 0.0);
+        // A payment decoder hears no payment in it.
+        let payment = decode(&s, "b.wav");
+        assert_eq!(payment.status.code(), Some(1));
+        assert!(payment.stdout.is_empty());
+    }
+    // A payment frame is no beacon.
+    encode(&s, &payload(17, 1), "fast", 48_000, "token.wav");
+    let none = s.run(&["modem", "beacon", "decode", "token.wav"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(none.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no beacon found"));
+    // Payloads a beacon cannot carry are refused with the reason.
+    for bad in ["", "zz", &"00".repeat(33)] {
+        let out = s.run(&["modem", "beacon", "encode", "--hex", bad, "--out", "x.wav"]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(!s.path("x.wav").exists());
+    }
+    let low = s.run(&[
+        "modem", "beacon", "encode", "--hex", "01", "--rate", "32000", "--out", "x.wav",
+    ]);
+    assert!(!low.status.success());
+}

@@ -279,7 +279,9 @@ fn a_peer_killed_mid_burst_learns_what_it_missed_when_it_comes_back() {
 fn hostile_datagrams_on_the_site_port_teach_nothing_and_the_gate_works() {
     let (s, mut gates, mut w) = site(2);
     gates[0].start(&s);
+    // Elsewhere on the LAN, and on gate-2's own host (its address).
     let attacker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let on_gate_2 = UdpSocket::bind("127.0.0.2:0").expect("bind");
     let token = pay(&mut w);
     let accept = |site: &str, reader: &str| SiteMessage {
         site: site.into(),
@@ -288,6 +290,7 @@ fn hostile_datagrams_on_the_site_port_teach_nothing_and_the_gate_works() {
         body: SiteBody::Accept {
             seq: 1,
             at: unix_now(),
+            running_total: 100,
             token: token.clone(),
         },
     };
@@ -299,6 +302,7 @@ fn hostile_datagrams_on_the_site_port_teach_nothing_and_the_gate_works() {
         body: SiteBody::Accept {
             seq: 2,
             at: unix_now(),
+            running_total: 100,
             token: bent,
         },
         ..accept(SITE, "gate-2")
@@ -312,11 +316,21 @@ fn hostile_datagrams_on_the_site_port_teach_nothing_and_the_gate_works() {
         accept(SITE, "gate-7").sign(&stranger).expect("sign"),
         peer_key_missing.clone(),
         peer_key_missing[..peer_key_missing.len() - 1].to_vec(),
-        // Signed by the real peer, but the token is not one a wallet signed.
-        forged.sign(gate_2.signing_key()).expect("sign"),
+        // Genuinely gate-2's, but not from gate-2's address.
+        accept(SITE, "gate-2")
+            .sign(gate_2.signing_key())
+            .expect("sign"),
     ];
     for d in &datagrams {
         attacker.send_to(d, gates[0].addr).expect("send");
+    }
+    // From gate-2's address: a stranger's signature, and gate-2's own over
+    // a token no wallet signed.
+    for d in [
+        peer_key_missing,
+        forged.sign(gate_2.signing_key()).expect("sign"),
+    ] {
+        on_gate_2.send_to(&d, gates[0].addr).expect("send");
     }
     // Then one true announcement from gate-2, for another token: the
     // listener was alive all along, and only this one is learned.
@@ -326,16 +340,18 @@ fn hostile_datagrams_on_the_site_port_teach_nothing_and_the_gate_works() {
         body: SiteBody::Accept {
             seq: 3,
             at: unix_now(),
+            running_total: 100,
             token: other,
         },
         ..accept(SITE, "gate-2")
     };
-    attacker
-        .send_to(
-            &true_one.sign(gate_2.signing_key()).expect("sign"),
-            gates[0].addr,
-        )
-        .expect("send");
+    // Sent fifty times (a recording of the LAN played again): learned once.
+    let true_datagram = true_one.sign(gate_2.signing_key()).expect("sign");
+    for _ in 0..50 {
+        on_gate_2
+            .send_to(&true_datagram, gates[0].addr)
+            .expect("send");
+    }
     gates[0].wait_learned(&s, 1, Duration::from_secs(5));
     thread::sleep(Duration::from_millis(200));
     assert_eq!(gates[0].learned(&s), vec![("gate-2".to_string(), 3)]);
@@ -516,7 +532,15 @@ fn a_phone_hears_the_gates_beacon_through_alsa_and_its_token_opens_that_gate_onl
     }
     wav.finalize().expect("wav");
     s.ok(&[
-        "wallet", "pay", "--dir", "w", "--amount", "100", "--beacon", "heard.wav", "--out",
+        "wallet",
+        "pay",
+        "--dir",
+        "w",
+        "--amount",
+        "100",
+        "--beacon",
+        "heard.wav",
+        "--out",
         "from-wav.tok",
     ]);
     let from_wav = fs::read(s.path("from-wav.tok")).expect("token");

@@ -955,7 +955,7 @@ impl Decoder {
 
 /// Where between its neighbours a correlation peak really is (−0.5..0.5
 /// samples), from the parabola through the three scores.
-fn parabolic_offset(prev: f32, peak: f32, next: f32) -> f32 {
+pub(crate) fn parabolic_offset(prev: f32, peak: f32, next: f32) -> f32 {
     let curve = prev - 2.0 * peak + next;
     if curve < 0.0 {
         (0.5 * (prev - next) / curve).clamp(-0.5, 0.5)

@@ -163,10 +163,23 @@ pub(crate) fn decode_header(llr: &[f32]) -> Option<(usize, f32)> {
     if llr.len() != 128 {
         return None;
     }
+    decode_rm1(llr).map(|(v, confidence)| (v as usize + 1, confidence))
+}
+
+/// Maximum-likelihood decoding of the first-order Reed–Muller code
+/// RM(1, m) from the LLRs of its 2^m bits (bit j = parity(v & j) XOR top
+/// bit of v), by a fast Hadamard transform: the m + 1 bits of v and the
+/// confidence, the winning correlation over the sum of |LLR|. None unless
+/// the length is a power of two from 2 to 2^16, or on silence.
+pub(crate) fn decode_rm1(llr: &[f32]) -> Option<(u32, f32)> {
+    let n = llr.len();
+    if !(2..=1 << 16).contains(&n) || !n.is_power_of_two() {
+        return None;
+    }
     let mut w: Vec<f32> = llr.to_vec();
     let mut h = 1;
-    while h < 128 {
-        for i in (0..128).step_by(2 * h) {
+    while h < n {
+        for i in (0..n).step_by(2 * h) {
             for j in i..i + h {
                 let (a, b) = (w[j], w[j + h]);
                 w[j] = a + b;
@@ -180,12 +193,14 @@ pub(crate) fn decode_header(llr: &[f32]) -> Option<(usize, f32)> {
         .iter()
         .enumerate()
         .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))?;
-    if total <= 0.0 || !value.is_finite() {
+    if total <= 0.0 || total.is_nan() || !value.is_finite() || !total.is_finite() {
         return None;
     }
     let top = u32::from(*value < 0.0);
-    let v = (top << 7) | best as u32;
-    Some((v as usize + 1, value.abs() / total))
+    Some((
+        (top << n.trailing_zeros()) | best as u32,
+        value.abs() / total,
+    ))
 }
 
 /// Decodes the body from the two LLRs of every data cell (symbol-major,

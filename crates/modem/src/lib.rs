@@ -7,11 +7,16 @@
 //! frames) and a CRC-32 check. The over-the-air formats are documented in
 //! `docs/modem.md`.
 //!
+//! A reader's **beacon** ([`encode_beacon`], [`BeaconDecoder`]) is a
+//! separate, short format above the payment bands (18.3–19.8 kHz) that
+//! tells a phone which gate it stands at and the gate's current challenge.
+//!
 //! One DSP block per module: [`resample`], `preamble` (chirp and matched
 //! filter), `ofdm` (symbols), `modulation` (DQPSK / M-FSK), `frame2` and
 //! `robust2` (the profiles' formats 2), `codewords` over `ldpc`,
 //! `interleave`, `rs` over `gf256`, `crc`, `framing`, and [`encoder`] /
-//! [`decoder`].
+//! [`decoder`]; the beacon's `beacon` (format) over `conv` (its
+//! convolutional code) and `beacon_decoder`.
 
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -19,7 +24,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod beacon;
+mod beacon_decoder;
 mod codewords;
+mod conv;
 mod crc;
 pub mod decoder;
 pub mod encoder;
@@ -36,6 +44,8 @@ pub mod resample;
 mod robust2;
 mod rs;
 
+pub use beacon::{BEACON_MAX_PAYLOAD, beacon_air_time, beacon_band_hz, encode_beacon};
+pub use beacon_decoder::{BEACON_BUFFER_SECONDS, BeaconDecoder, BeaconReception};
 pub use decoder::{Decoder, Missed, Reception};
 pub use encoder::{air_time, encode};
 pub use framing::MAX_PAYLOAD;

@@ -305,6 +305,66 @@ pub(crate) fn demod_mfsk_sequence(
         .collect()
 }
 
+/// The relative frequency offset of the tones as heard (positive: higher
+/// than sent), from where the strongest tone of every cell really lies
+/// between its bins, each weighed by its energy: a sender clock off by ε
+/// moves bin k by about ε·k, which at 300 ppm is a quarter of a bin at the
+/// top of the band — enough to leak a lit tone's energy into its
+/// neighbours. `spectra` holds the used bins of each symbol, in groups of
+/// `tones` (one lit per group) from FFT bin `first_bin`.
+///
+/// Per tone, Quinn's first estimator: a steady tone δ bins above bin k
+/// in a rectangular window has X(k−1)/X(k) = δ/(1 + δ) and
+/// X(k+1)/X(k) = −δ/(1 − δ), both real; the real parts of the two ratios
+/// give δ from either side (the right one when both say the tone is to the
+/// right). Noise and echo are not in phase with the tone, so they average
+/// out of the real parts instead of pulling δ towards 0 as magnitudes do.
+/// Tones at a group's edge are left out (their neighbour belongs to another
+/// group); 0 if nothing is heard.
+pub(crate) fn tone_drift(spectra: &[Vec<Complex32>], first_bin: usize, tones: usize) -> f64 {
+    if tones < 3 {
+        return 0.0;
+    }
+    let (mut num, mut den) = (0f64, 0f64);
+    for row in spectra {
+        for (g, group) in row.chunks_exact(tones).enumerate() {
+            let Some((t, peak)) = group
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.norm_sqr().total_cmp(&b.1.norm_sqr()))
+            else {
+                continue;
+            };
+            let energy = peak.norm_sqr();
+            if t == 0 || t == tones - 1 || !(energy > 0.0 && energy.is_finite()) {
+                continue;
+            }
+            let left = (group[t - 1] / peak).re;
+            let right = (group[t + 1] / peak).re;
+            let from_left = left / (1.0 - left);
+            let from_right = -right / (1.0 - right);
+            let offset = if from_left > 0.0 && from_right > 0.0 {
+                from_right
+            } else {
+                from_left
+            };
+            if !offset.is_finite() {
+                continue;
+            }
+            let offset = f64::from(offset.clamp(-0.5, 0.5));
+            let bin = (first_bin + g * tones + t) as f64;
+            let weight = f64::from(energy);
+            num += weight * offset * bin;
+            den += weight * bin * bin;
+        }
+    }
+    if den > 0.0 && (num / den).is_finite() {
+        num / den
+    } else {
+        0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,61 +201,10 @@ pub(crate) fn echo_predictor(raw: &[Vec<f32>], order: usize) -> Vec<f32> {
 
 /// The relative frequency offset of the tones as heard (positive: higher
 /// than sent), from where the strongest tone of every cell really lies
-/// between its bins, each weighed by its energy: a sender clock off by ε
-/// moves bin k by about ε·k, which at 300 ppm is a quarter of a bin at the
-/// top of the band — enough to leak a lit tone's energy into its
-/// neighbours. `spectra` holds the used bins of each symbol.
-///
-/// Per tone, Quinn's first estimator: a steady tone δ bins above bin k
-/// in a rectangular window has X(k−1)/X(k) = δ/(1 + δ) and
-/// X(k+1)/X(k) = −δ/(1 − δ), both real; the real parts of the two ratios
-/// give δ from either side (the right one when both say the tone is to the
-/// right). Noise and echo are not in phase with the tone, so they average
-/// out of the real parts instead of pulling δ towards 0 as magnitudes do.
-/// Tones at a group's edge are left out (their neighbour belongs to another
-/// group); 0 if nothing is heard.
+/// between its bins (`modulation::tone_drift`, groups of [`TONES`] from
+/// the profile's first bin). `spectra` holds the used bins of each symbol.
 pub(crate) fn tone_drift(spectra: &[Vec<Complex32>]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for row in spectra {
-        for g in 0..GROUPS {
-            let Some(group) = row.get(g * TONES..(g + 1) * TONES) else {
-                continue;
-            };
-            let Some((t, peak)) = group
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.norm_sqr().total_cmp(&b.1.norm_sqr()))
-            else {
-                continue;
-            };
-            let energy = peak.norm_sqr();
-            if t == 0 || t == TONES - 1 || !(energy > 0.0 && energy.is_finite()) {
-                continue;
-            }
-            let left = (group[t - 1] / peak).re;
-            let right = (group[t + 1] / peak).re;
-            let from_left = left / (1.0 - left);
-            let from_right = -right / (1.0 - right);
-            let offset = if from_left > 0.0 && from_right > 0.0 {
-                from_right
-            } else {
-                from_left
-            };
-            if !offset.is_finite() {
-                continue;
-            }
-            let offset = f64::from(offset.clamp(-0.5, 0.5));
-            let bin = (PARAMS.first_bin + g * TONES + t) as f64;
-            let weight = f64::from(energy);
-            num += weight * offset * bin;
-            den += weight * bin * bin;
-        }
-    }
-    if den > 0.0 && (num / den).is_finite() {
-        num / den
-    } else {
-        0.0
-    }
+    super::modulation::tone_drift(spectra, PARAMS.first_bin, TONES)
 }
 
 /// Mean tone energy of each group over the frame.

@@ -1,6 +1,7 @@
-//! In-band power per STFT hop for each modem profile's band: a histogram
-//! for the band's noise floor over the whole file, and a ring of recent
-//! hops from which each decoded frame's SNR is measured.
+//! In-band power per STFT hop for each modem band (the payment profiles'
+//! and the readers' beacon's): a histogram for the band's noise floor over
+//! the whole file, and a ring of recent hops from which each decoded
+//! frame's SNR is measured.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -8,6 +9,62 @@ use std::ops::Range;
 use sonotap_modem::Profile;
 
 use super::stft::{FFT_LEN, HOP};
+
+/// A band the analysis measures: a payment profile's, or the beacon's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Band {
+    /// Where a payment profile's frames are.
+    Payment(Profile),
+    /// Where readers' beacons are (18.3–19.8 kHz).
+    Beacon,
+}
+
+impl Band {
+    /// Every band, in the order reported.
+    pub const ALL: [Band; BANDS] = [
+        Band::Payment(Profile::Fast),
+        Band::Payment(Profile::Robust),
+        Band::Beacon,
+    ];
+
+    /// Its name in reports: the profile's, or `beacon`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Band::Payment(p) => p.name(),
+            Band::Beacon => "beacon",
+        }
+    }
+
+    /// The band by name.
+    pub fn from_name(name: &str) -> Option<Band> {
+        Band::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Lowest and highest carrier or tone, Hz.
+    pub fn hz(self) -> (f32, f32) {
+        match self {
+            Band::Payment(p) => p.band_hz(),
+            Band::Beacon => sonotap_modem::beacon_band_hz(),
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Band::Payment(Profile::Fast) => 0,
+            Band::Payment(Profile::Robust) => 1,
+            Band::Beacon => 2,
+        }
+    }
+}
+
+impl From<Profile> for Band {
+    fn from(profile: Profile) -> Band {
+        Band::Payment(profile)
+    }
+}
+
+/// Bands measured.
+const BANDS: usize = 3;
 
 /// The noise floor is the level the band exceeds 90 % of the time (L90, as
 /// background noise is measured in acoustics): frames, taps and announcements
@@ -36,11 +93,11 @@ const MIN_NOISE_HOPS: usize = 4;
 /// How far past a frame's end the stream must be before its SNR is measured.
 pub(crate) const SETTLE_SECONDS: f64 = 0.7;
 
-/// One hop's powers: each profile band's, and the whole band's.
+/// One hop's powers: each band's, and the whole band's.
 #[derive(Debug, Clone, Copy)]
 struct HopPower {
     hop: u64,
-    band: [f64; 2],
+    band: [f64; BANDS],
     total: f64,
 }
 
@@ -54,9 +111,9 @@ pub(crate) struct Snr {
 /// Per-band tracker.
 pub(crate) struct Bands {
     rate: u32,
-    /// Bin ranges of each profile's band (in `Profile::ALL` order).
-    bins: [Range<usize>; 2],
-    hist: [Vec<u64>; 2],
+    /// Bin ranges of each band (in `Band::ALL` order).
+    bins: [Range<usize>; BANDS],
+    hist: [Vec<u64>; BANDS],
     hist_total: Vec<u64>,
     hops: u64,
     ring: VecDeque<HopPower>,
@@ -67,8 +124,8 @@ impl Bands {
     pub(crate) fn new(rate: u32) -> Self {
         let bin_hz = f64::from(rate) / FFT_LEN as f64;
         let nyquist_bin = FFT_LEN / 2;
-        let bins = Profile::ALL.map(|p| {
-            let (lo, hi) = p.band_hz();
+        let bins = Band::ALL.map(|b| {
+            let (lo, hi) = b.hz();
             let first = (f64::from(lo) / bin_hz).round() as usize;
             let last = (f64::from(hi) / bin_hz).round() as usize;
             first.min(nyquist_bin + 1)..(last + 1).min(nyquist_bin + 1)
@@ -77,7 +134,7 @@ impl Bands {
         Self {
             rate,
             bins,
-            hist: [vec![0; slots], vec![0; slots]],
+            hist: std::array::from_fn(|_| vec![0; slots]),
             hist_total: vec![0; slots],
             hops: 0,
             ring: VecDeque::new(),
@@ -85,9 +142,9 @@ impl Bands {
         }
     }
 
-    /// Whether the file's rate reaches all of `profile`'s band.
-    pub(crate) fn covers(&self, profile: Profile) -> bool {
-        f64::from(profile.band_hz().1) < f64::from(self.rate) / 2.0
+    /// Whether the file's rate reaches all of `band`.
+    pub(crate) fn covers(&self, band: impl Into<Band>) -> bool {
+        f64::from(band.into().hz().1) < f64::from(self.rate) / 2.0
     }
 
     pub(crate) fn push(&mut self, hop: u64, power: &[f32]) {
@@ -96,7 +153,7 @@ impl Bands {
                 .get(r.clone())
                 .map_or(0.0, |p| p.iter().map(|&v| f64::from(v)).sum())
         };
-        let band = [sum(&self.bins[0]), sum(&self.bins[1])];
+        let band = std::array::from_fn(|i| sum(&self.bins[i]));
         let total = power.iter().map(|&v| f64::from(v)).sum();
         for (hist, p) in self.hist.iter_mut().zip(band) {
             hist[slot(p)] += 1;
@@ -110,8 +167,8 @@ impl Bands {
     }
 
     /// The band's noise floor (L90) in dBFS, `None` before any hop.
-    pub(crate) fn floor_dbfs(&self, profile: Profile) -> Option<f64> {
-        percentile(&self.hist[index(profile)], self.hops)
+    pub(crate) fn floor_dbfs(&self, band: impl Into<Band>) -> Option<f64> {
+        percentile(&self.hist[band.into().index()], self.hops)
     }
 
     /// The whole band's L90 in dBFS.
@@ -119,9 +176,9 @@ impl Bands {
         percentile(&self.hist_total, self.hops)
     }
 
-    /// Width of `profile`'s band as measured, Hz.
-    pub(crate) fn band_width_hz(&self, profile: Profile) -> f64 {
-        self.bins[index(profile)].len() as f64 * f64::from(self.rate) / FFT_LEN as f64
+    /// Width of `band` as measured, Hz.
+    pub(crate) fn band_width_hz(&self, band: impl Into<Band>) -> f64 {
+        self.bins[band.into().index()].len() as f64 * f64::from(self.rate) / FFT_LEN as f64
     }
 
     /// The SNR of a frame spanning file samples `frame`, with `others` (other
@@ -134,10 +191,11 @@ impl Bands {
     /// (signal+noise − noise) / noise. The same is done over the whole band.
     pub(crate) fn snr(
         &self,
-        profile: Profile,
+        band: impl Into<Band>,
         frame: Range<u64>,
         others: &[Range<u64>],
     ) -> Option<Snr> {
+        let index = band.into().index();
         let rate = f64::from(self.rate);
         let secs = |s: f64| (s * rate) as u64;
         let inside = |h: &HopPower, r: &Range<u64>| {
@@ -157,7 +215,7 @@ impl Bands {
                 .filter(|h| inside(h, r) && !(exclude && touches_other(h)))
                 .collect();
             let n = picked.len();
-            let band = picked.iter().map(|h| h.band[index(profile)]).sum::<f64>() / n.max(1) as f64;
+            let band = picked.iter().map(|h| h.band[index]).sum::<f64>() / n.max(1) as f64;
             let total = picked.iter().map(|h| h.total).sum::<f64>() / n.max(1) as f64;
             (n, band, total)
         };
@@ -180,13 +238,6 @@ impl Bands {
             in_band_db: ratio(sig_band, noise_band),
             wideband_db: ratio(sig_total, noise_total),
         })
-    }
-}
-
-fn index(profile: Profile) -> usize {
-    match profile {
-        Profile::Fast => 0,
-        Profile::Robust => 1,
     }
 }
 

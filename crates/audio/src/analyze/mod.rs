@@ -1,5 +1,6 @@
 //! `sonotap analyze`: why a phone is not heard. One pass over a WAV file in
-//! bounded memory feeds the real streaming decoder (which frames decode),
+//! bounded memory feeds the real streaming decoders (which frames decode,
+//! and which readers' beacons),
 //! level statistics (peak, RMS, clipping), an STFT whose power is summed per
 //! modem band (noise floor per band, SNR per frame), and a time-decimated
 //! spectrogram rendered to PNG with the bands, frames and clipping marked.
@@ -20,11 +21,11 @@ use thiserror::Error;
 
 use crate::AudioError;
 use crate::wav::WavChunks;
-use sonotap_modem::{Decoder, INTERNAL_RATE, Missed, Profile, Reception};
+use sonotap_modem::{BeaconDecoder, BeaconReception, Decoder, INTERNAL_RATE, Missed, Reception};
 
-pub use bands::FLOOR_PERCENTILE;
+pub use bands::{Band, FLOOR_PERCENTILE};
 pub use levels::CLIP_LEVEL;
-pub use render::{MAX_WIDTH, SPECTRUM_ROWS, STRIP_ROWS, profile_colour};
+pub use render::{MAX_WIDTH, SPECTRUM_ROWS, STRIP_ROWS, band_colour, profile_colour};
 pub use stft::{FFT_LEN, HOP};
 
 /// Why a file could not be analysed (exit 2).
@@ -78,10 +79,10 @@ pub struct LevelReport {
     pub clipped_percent: f64,
 }
 
-/// Noise in one profile's band.
+/// Noise in one band: a payment profile's, or the beacon's.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BandReport {
-    /// The profile.
+    /// The profile (`fast`, `robust`), or `beacon`.
     pub profile: &'static str,
     /// Its band, Hz.
     pub low_hz: f32,
@@ -108,6 +109,27 @@ pub struct FrameReport {
     pub snr_db: Option<f64>,
     /// The same over the whole band (what the channel simulator sets).
     pub snr_wideband_db: Option<f64>,
+    /// The payload, hex.
+    pub payload_hex: String,
+}
+
+/// One reader's beacon heard (docs/modem.md §7): which gate and challenge.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BeaconReport {
+    /// Where its chirp starts, seconds from the start of the file.
+    pub start_s: f64,
+    /// Where it ends, seconds.
+    pub end_s: f64,
+    /// Its band, Hz (lowest and highest tone).
+    pub low_hz: f32,
+    /// Its band, Hz.
+    pub high_hz: f32,
+    /// Payload bytes (17 for a reader's).
+    pub payload_len: usize,
+    /// In the beacon's band, dB; `None` without noise around it.
+    pub snr_db: Option<f64>,
+    /// Its tones' level, dB relative to a full-scale sine (the decoder's).
+    pub level_dbfs: f32,
     /// The payload, hex.
     pub payload_hex: String,
 }
@@ -169,7 +191,7 @@ pub struct Analysis {
     pub duration_s: f64,
     /// Levels.
     pub levels: LevelReport,
-    /// Noise per profile band.
+    /// Noise per band: the payment profiles' and the beacon's.
     pub bands: Vec<BandReport>,
     /// Whole-band L90, dBFS.
     pub noise_floor_dbfs: Option<f64>,
@@ -180,6 +202,10 @@ pub struct Analysis {
     pub missed: Vec<MissedReport>,
     /// How many frames were heard but not decoded.
     pub missed_count: u64,
+    /// Readers' beacons decoded, in time order (none in files below
+    /// 40.6 kHz). They do not count as frames: a beacon is the reader
+    /// speaking, not a phone paying.
+    pub beacons: Vec<BeaconReport>,
     /// Why the decoder could not run (a rate too low for both bands).
     pub decoder_error: Option<String>,
     /// Damage found part way: the analysis covers what came before it.
@@ -216,12 +242,16 @@ impl Report {
     }
 }
 
-/// A decoded frame waiting for the noise after it before its SNR is taken.
-struct Pending {
-    reception: Reception,
+/// A decoded frame or beacon waiting for the noise after it before its
+/// SNR is taken.
+struct Pending<R> {
+    reception: R,
     /// File samples.
     span: std::ops::Range<u64>,
 }
+
+/// Beacons listed at most.
+pub const MAX_BEACONS_LISTED: usize = 1000;
 
 /// Analyses `path` in one pass, bounded memory whatever its length.
 pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
@@ -240,7 +270,10 @@ pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
     let mut levels = levels::Levels::default();
     let mut bands = bands::Bands::new(rate);
     let mut spectrogram = render::Spectrogram::new(expected_frames, rate, options.max_width);
-    let mut pending: Vec<Pending> = Vec::new();
+    let mut pending: Vec<Pending<Reception>> = Vec::new();
+    let mut beacon_decoder = BeaconDecoder::new(rate).ok();
+    let mut pending_beacons: Vec<Pending<BeaconReception>> = Vec::new();
+    let mut beacons = Vec::new();
     let mut spans: Vec<std::ops::Range<u64>> = Vec::new();
     let mut frames = Vec::new();
     let mut damaged = None;
@@ -280,12 +313,28 @@ pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
             }
             note_missed(decoder);
         }
+        if let Some(decoder) = beacon_decoder.as_mut() {
+            for reception in decoder.push(&chunk) {
+                let span = to_file(reception.start)..to_file(reception.end);
+                spans.push(span.clone());
+                pending_beacons.push(Pending { reception, span });
+            }
+        }
         let now = levels.samples;
         let (ready, waiting): (Vec<_>, Vec<_>) = pending
             .into_iter()
             .partition(|p| p.span.end + settle <= now);
         pending = waiting;
         frames.extend(ready.into_iter().map(|p| frame_report(&bands, p, &spans)));
+        let (ready, waiting): (Vec<_>, Vec<_>) = pending_beacons
+            .into_iter()
+            .partition(|p| p.span.end + settle <= now);
+        pending_beacons = waiting;
+        beacons.extend(ready.into_iter().map(|p| beacon_report(&bands, p, &spans)));
+        beacons.truncate(MAX_BEACONS_LISTED);
+        // Old spans can no longer be in any noise window.
+        let horizon = now.saturating_sub(20 * u64::from(rate));
+        spans.retain(|s| s.end >= horizon);
     }
     if let Ok(decoder) = decoder.as_mut() {
         for reception in decoder.finish() {
@@ -295,20 +344,34 @@ pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
         }
         note_missed(decoder);
     }
+    if let Some(decoder) = beacon_decoder.as_mut() {
+        for reception in decoder.finish() {
+            let span = to_file(reception.start)..to_file(reception.end);
+            spans.push(span.clone());
+            pending_beacons.push(Pending { reception, span });
+        }
+    }
     frames.extend(pending.into_iter().map(|p| frame_report(&bands, p, &spans)));
     frames.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+    beacons.extend(
+        pending_beacons
+            .into_iter()
+            .map(|p| beacon_report(&bands, p, &spans)),
+    );
+    beacons.truncate(MAX_BEACONS_LISTED);
+    beacons.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
     if levels.samples == 0 {
         return Err(AnalyzeError::Empty { path: path.into() });
     }
-    let band_reports = Profile::ALL
+    let band_reports = Band::ALL
         .into_iter()
-        .map(|p| {
-            let (low_hz, high_hz) = p.band_hz();
+        .map(|b| {
+            let (low_hz, high_hz) = b.hz();
             BandReport {
-                profile: p.name(),
+                profile: b.name(),
                 low_hz,
                 high_hz,
-                noise_floor_dbfs: bands.covers(p).then(|| bands.floor_dbfs(p)).flatten(),
+                noise_floor_dbfs: bands.covers(b).then(|| bands.floor_dbfs(b)).flatten(),
             }
         })
         .collect();
@@ -327,6 +390,7 @@ pub fn analyze(path: &Path, options: &Options) -> Result<Report, AnalyzeError> {
         frames,
         missed,
         missed_count,
+        beacons,
         decoder_error,
         damaged,
         hints: Vec::new(),
@@ -349,7 +413,32 @@ fn missed_report(m: Missed) -> MissedReport {
     }
 }
 
-fn frame_report(bands: &bands::Bands, p: Pending, spans: &[std::ops::Range<u64>]) -> FrameReport {
+fn beacon_report(
+    bands: &bands::Bands,
+    p: Pending<BeaconReception>,
+    spans: &[std::ops::Range<u64>],
+) -> BeaconReport {
+    let others: Vec<_> = spans.iter().filter(|s| **s != p.span).cloned().collect();
+    let snr = bands.snr(Band::Beacon, p.span.clone(), &others);
+    let secs = |at48: u64| at48 as f64 / f64::from(INTERNAL_RATE);
+    let (low_hz, high_hz) = Band::Beacon.hz();
+    BeaconReport {
+        start_s: secs(p.reception.start),
+        end_s: secs(p.reception.end),
+        low_hz,
+        high_hz,
+        payload_len: p.reception.payload.len(),
+        snr_db: snr.map(|s| s.in_band_db),
+        level_dbfs: p.reception.level_dbfs,
+        payload_hex: hex::encode(&p.reception.payload),
+    }
+}
+
+fn frame_report(
+    bands: &bands::Bands,
+    p: Pending<Reception>,
+    spans: &[std::ops::Range<u64>],
+) -> FrameReport {
     let others: Vec<_> = spans.iter().filter(|s| **s != p.span).cloned().collect();
     let snr = bands.snr(p.reception.profile, p.span.clone(), &others);
     let secs = |at48: u64| at48 as f64 / f64::from(INTERNAL_RATE);

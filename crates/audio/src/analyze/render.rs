@@ -1,10 +1,11 @@
 //! The spectrogram picture: STFT power averaged into at most [`MAX_WIDTH`]
 //! columns (a long file is decimated in time, so memory is bounded by the
-//! picture, not the file), then drawn with the profiles' bands, the decoded
-//! frames and the clipped stretches marked.
+//! picture, not the file), then drawn with the bands, the decoded frames
+//! and beacons, and the clipped stretches marked.
 
 use image::{Rgb, RgbImage};
 
+use super::bands::Band;
 use super::stft::{FFT_LEN, HOP};
 use super::{Analysis, Layout};
 use sonotap_modem::Profile;
@@ -24,6 +25,13 @@ pub fn profile_colour(profile: Profile) -> Rgb<u8> {
     match profile {
         Profile::Fast => Rgb([0, 255, 0]),
         Profile::Robust => Rgb([0, 200, 255]),
+    }
+}
+/// A band's colour: a profile's, or white for the readers' beacon.
+pub fn band_colour(band: Band) -> Rgb<u8> {
+    match band {
+        Band::Payment(p) => profile_colour(p),
+        Band::Beacon => Rgb([255, 255, 255]),
     }
 }
 const CLIPPED: Rgb<u8> = Rgb([255, 0, 0]);
@@ -148,8 +156,8 @@ impl Spectrogram {
             }
         }
         let nyquist = f64::from(self.rate) / 2.0;
-        for profile in Profile::ALL {
-            let (lo, hi) = profile.band_hz();
+        for band in Band::ALL {
+            let (lo, hi) = band.hz();
             for hz in [lo, hi]
                 .map(f64::from)
                 .into_iter()
@@ -157,7 +165,7 @@ impl Spectrogram {
             {
                 let y = layout.row(hz);
                 for x in (0..layout.width).filter(|x| x % 6 < 2) {
-                    img.put_pixel(x, y, profile_colour(profile));
+                    img.put_pixel(x, y, band_colour(band));
                 }
             }
         }
@@ -167,6 +175,15 @@ impl Spectrogram {
                 &layout,
                 frame.profile,
                 (frame.start_s, frame.end_s),
+                1,
+            );
+        }
+        for beacon in &analysis.beacons {
+            frame_box(
+                &mut img,
+                &layout,
+                Band::Beacon.name(),
+                (beacon.start_s, beacon.end_s),
                 1,
             );
         }
@@ -204,23 +221,24 @@ impl Spectrogram {
     }
 }
 
-/// The box of a frame of `profile` (by name) from `start_s` to `end_s` over
-/// its band, in the profile's colour: solid for `dash` 1, else drawn two
-/// pixels of every `dash`. A profile this build does not know is skipped.
+/// The box of a frame in `band` (by name: a profile's or `beacon`) from
+/// `start_s` to `end_s` over the band, in its colour: solid for `dash` 1,
+/// else drawn two pixels of every `dash`. A band this build does not know
+/// is skipped.
 fn frame_box(
     img: &mut RgbImage,
     layout: &Layout,
-    profile: &str,
+    band: &str,
     (start_s, end_s): (f64, f64),
     dash: u32,
 ) {
-    let Some(profile) = Profile::from_name(profile) else {
+    let Some(band) = Band::from_name(band) else {
         return;
     };
-    let (lo, hi) = profile.band_hz();
+    let (lo, hi) = band.hz();
     let (x0, x1) = (layout.column(start_s), layout.column(end_s));
     let (y0, y1) = (layout.row(f64::from(hi)), layout.row(f64::from(lo)));
-    let colour = profile_colour(profile);
+    let colour = band_colour(band);
     let drawn = |from: u32, at: u32| dash == 1 || (at - from) % dash < 2;
     for x in (x0..=x1).filter(|&x| drawn(x0, x)) {
         img.put_pixel(x, y0, colour);
@@ -297,11 +315,11 @@ mod tests {
     }
 
     #[test]
-    fn colour_map_never_draws_a_profile_colour() {
+    fn colour_map_never_draws_a_band_colour() {
         for i in 0..=1000 {
             let c = colour(i as f32 / 1000.0);
-            for p in Profile::ALL {
-                assert_ne!(c, profile_colour(p));
+            for b in Band::ALL {
+                assert_ne!(c, band_colour(b));
             }
         }
     }

@@ -154,6 +154,26 @@ pub fn send_and_decode(
     Ok(got)
 }
 
+/// [`send_and_decode`] for a reader's beacon: encodes `payload` at 48 kHz
+/// ([`crate::encode_beacon`]), sends it through `channel` and feeds the
+/// capture in 20 ms chunks to a fresh [`crate::BeaconDecoder`]; returns
+/// every payload that came out.
+pub fn send_and_decode_beacon(
+    payload: &[u8],
+    channel: &Channel,
+    seed: u64,
+) -> Result<Vec<Vec<u8>>, crate::ModemError> {
+    let signal = crate::encode_beacon(payload, 48_000)?;
+    let rx = transmit(&signal, 48_000, channel, seed);
+    let mut decoder = crate::BeaconDecoder::new(rx.rate)?;
+    let mut got = Vec::new();
+    for chunk in rx.samples.chunks(rx.rate as usize / 50) {
+        got.extend(decoder.push(chunk).into_iter().map(|r| r.payload));
+    }
+    got.extend(decoder.finish().into_iter().map(|r| r.payload));
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

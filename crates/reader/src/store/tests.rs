@@ -702,7 +702,10 @@ fn a_token_a_site_peer_accepted_is_declined_replayed_naming_the_peer() {
         ..payment()
     };
     let learned = peer_accept(&db, "gate-2", 17, first);
-    assert!(db.learn_site_accept(&learned, NOW * 1_000_000 + 5, NOW).unwrap());
+    assert!(
+        db.learn_site_accept(&learned, NOW * 1_000_000 + 5, NOW)
+            .unwrap()
+    );
     let declined = tap(&mut db, 3, first.amount).unwrap_err();
     assert_eq!(declined.reason, Reason::Replayed);
     assert!(declined.detail.contains("gate-2"), "{}", declined.detail);
@@ -715,11 +718,21 @@ fn a_token_a_site_peer_accepted_is_declined_replayed_naming_the_peer() {
 fn a_repeated_announcement_changes_nothing() {
     let (_dir, mut db) = fresh();
     let learned = peer_accept(&db, "gate-2", 17, payment());
-    assert!(db.learn_site_accept(&learned, NOW * 1_000_000, NOW).unwrap());
-    assert!(!db.learn_site_accept(&learned, NOW * 1_000_000 + 9, NOW).unwrap());
+    assert!(
+        db.learn_site_accept(&learned, NOW * 1_000_000, NOW)
+            .unwrap()
+    );
+    assert!(
+        !db.learn_site_accept(&learned, NOW * 1_000_000 + 9, NOW)
+            .unwrap()
+    );
     let rows = db.learned_accepts().unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].learned_us, NOW * 1_000_000, "the first learning stands");
+    assert_eq!(
+        rows[0].learned_us,
+        NOW * 1_000_000,
+        "the first learning stands"
+    );
 }
 
 #[test]
@@ -759,7 +772,8 @@ fn the_running_total_a_peer_held_counts_against_the_offline_limit_here_whatever_
         running_total: limit - 1,
         ..peer_accept(&db, "gate-2", 1, claimed_nothing)
     };
-    db.learn_site_accept(&learned, NOW * 1_000_000, NOW).unwrap();
+    db.learn_site_accept(&learned, NOW * 1_000_000, NOW)
+        .unwrap();
     // Here the wallet claims nothing again: two units more pass the limit.
     let declined = tap(&mut db, 4, 2).unwrap_err();
     assert_eq!(declined.reason, Reason::OverOfflineLimit);
@@ -784,7 +798,8 @@ fn learned_accepts_whose_tokens_are_stale_here_are_forgotten_and_never_stored() 
         )
     };
     // At NOW + 301 the first token is stale here: forgotten.
-    db.learn_site_accept(&newer, NOW * 1_000_000, NOW + 301).unwrap();
+    db.learn_site_accept(&newer, NOW * 1_000_000, NOW + 301)
+        .unwrap();
     let rows = db.learned_accepts().unwrap();
     assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
     // One already stale when it arrives is not stored at all.
@@ -797,7 +812,10 @@ fn learned_accepts_whose_tokens_are_stale_here_are_forgotten_and_never_stored() 
             ..payment()
         },
     );
-    assert!(!db.learn_site_accept(&late, NOW * 1_000_000, NOW + 301).unwrap());
+    assert!(
+        !db.learn_site_accept(&late, NOW * 1_000_000, NOW + 301)
+            .unwrap()
+    );
     assert_eq!(db.learned_accepts().unwrap().len(), 1);
 }
 
