@@ -133,7 +133,7 @@ fn listen_live(device: &str, listen: Duration) -> Result<Heard> {
         {
             Ok(CaptureEvent::Samples(chunk)) => {
                 let got = decoder.push(&chunk);
-                if first.is_none() && !got.is_empty() {
+                if first.is_none() && loudest(&got).is_some() {
                     first = Some(Instant::now());
                 }
                 heard.extend(got);

@@ -546,6 +546,14 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
                 None => 0,
             };
             let mut wallet = Wallet::open(&dir)?;
+            if let Some(h) = &heard {
+                eprintln!(
+                    "sonotap: binding to the gate with reader tag {:08x} (challenge {}, its time {})",
+                    h.beacon.reader_tag,
+                    ::hex::encode(h.beacon.challenge),
+                    h.beacon.reader_time
+                );
+            }
             let at = match (at, &heard) {
                 (None, Some(heard)) => heard.gate_time_now(),
                 (at, _) => clock(at)?,

@@ -49,26 +49,36 @@ pub fn spawn(
         .spawn(move || {
             // The reader's clock offset (from the hub) is read from its store,
             // so that the beacon's time is the time the acceptor decides at.
-            let db = ReaderDb::open(&db_path).ok();
-            let mut shown: Option<Beacon> = None;
+            let db = match ReaderDb::open(&db_path) {
+                Ok(db) => Some(db),
+                Err(e) => {
+                    tracing::error!("beacon: cannot read the reader's clock offset ({e}); beaconing on the system clock");
+                    None
+                }
+            };
+            let mut shown: Option<[u8; 8]> = None;
             let mut played: Option<(Instant, [u8; 8])> = None;
-            let mut failing = false;
+            // The last outcome of each way of telling riders, and what the
+            // health says: changed only when a play or a write happened.
+            let (mut sound_error, mut qr_error): (Option<String>, Option<String>) = (None, None);
+            let mut reported: Option<Option<String>> = None;
             while shared.stop.nap(TICK) {
                 let offset_ms = db
                     .as_ref()
                     .and_then(|db| db.sync_state().ok())
                     .map_or(0, |s| s.clock_offset_ms);
                 let now = crate::reader::adjusted(system_now(), offset_ms);
-                let beacon = match book.lock() {
-                    Ok(mut book) => {
-                        let Some(fresh) = random_challenge() else {
-                            continue;
-                        };
-                        book.beacon(now, || fresh)
-                    }
-                    Err(_) => return,
+                let Some(fresh) = random_challenge() else {
+                    continue;
                 };
-                let mut result = Ok(());
+                let beacon = match book.lock() {
+                    Ok(mut book) => book.beacon(now, || fresh),
+                    Err(_) => {
+                        tracing::error!("beacon: the challenge book is poisoned; no more beacons");
+                        shared.device("beacon", false, "stopped: the challenge book is poisoned");
+                        return;
+                    }
+                };
                 if let Some(sound) = &config.sound {
                     let due = match played {
                         Some((at, challenge)) => {
@@ -78,33 +88,30 @@ pub fn spawn(
                     };
                     if due {
                         played = Some((Instant::now(), beacon.challenge));
-                        result = play(&beacon, sound);
+                        sound_error = play(&beacon, sound).err();
                     }
                 }
-                if shown.map(|b| b.challenge) != Some(beacon.challenge)
-                    && let Some(path) = &config.qr_file
-                    && result.is_ok()
+                if let Some(path) = &config.qr_file
+                    && shown != Some(beacon.challenge)
                 {
-                    result = show_qr(&beacon, path);
-                }
-                match result {
-                    Ok(()) => {
-                        if failing || shown.is_none() {
-                            shared.device("beacon", true, &describe(&config));
-                        }
-                        failing = false;
-                        shown = Some(beacon);
+                    qr_error = show_qr(&beacon, path).err();
+                    if qr_error.is_none() {
+                        shown = Some(beacon.challenge);
                     }
-                    Err(e) => {
-                        if !failing {
+                }
+                let problem = sound_error.clone().or_else(|| qr_error.clone());
+                if reported.as_ref() != Some(&problem) {
+                    match &problem {
+                        None => shared.device("beacon", true, &describe(&config)),
+                        Some(e) => {
                             tracing::warn!(
                                 "beacon: {e} (riders cannot bind to this gate that way; \
                                  the gate and its decisions go on)"
                             );
-                            shared.device("beacon", false, &e);
+                            shared.device("beacon", false, e);
                         }
-                        failing = true;
                     }
+                    reported = Some(problem);
                 }
             }
         })

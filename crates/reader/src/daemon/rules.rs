@@ -321,7 +321,7 @@ mod tests {
         let running = config("[camera]\nsource = \"pipe\"\npath = \"-\"");
         let new = config(
             "clock_skew_secs = 60\n[camera]\nsource = \"pipe\"\npath = \"-\"\nbudget_ms = 40\n\
-             [hub]\nurl = \"http://h\"\n[metrics]\nlisten = \"\"\n[beacon]\nlife_secs = 40",
+             [hub]\nurl = \"http://h\"\n[metrics]\nlisten = \"\"\n[beacon]\nlife_secs = 40\nqr_file = \"b.png\"",
         );
         assert_eq!(
             restart_needed(&running, &new),
