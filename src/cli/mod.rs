@@ -309,6 +309,16 @@ enum ReaderCommand {
         #[arg(long)]
         unsynced: bool,
     },
+    /// How far the tokens' own times were from this reader's clock when it
+    /// decided, per token version: what the clock-skew window is chosen from
+    Clock {
+        /// Reader data directory
+        #[arg(long, value_name = "R")]
+        data: PathBuf,
+        /// One JSON object per token version instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify the hash chain and signatures of the records kept
     Verify {
         /// Reader data directory
@@ -679,6 +689,33 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
                 })?;
                 let summary = reader.summary()?;
                 output::queue_summary(&mut out, &summary, reader.config().currency)?;
+            }
+        }
+        ReaderCommand::Clock { data, json } => {
+            let reader = Reader::open(&data)?;
+            let records = reader.records(false)?;
+            let summaries = sonotap_reader::clock::offsets(&records);
+            if summaries.is_empty() {
+                eprintln!("sonotap: no charges kept at this reader to measure");
+                return Ok(ExitCode::from(1));
+            }
+            for s in &summaries {
+                if json {
+                    println!("{}", serde_json::to_string(s)?);
+                } else {
+                    println!(
+                        "version {}: {} charges, token time - reader time: median {} s; |offset| p90 {} s, p99 {} s, max {} s; beyond 30 s: {}, beyond 300 s: {} (window now {} s)",
+                        s.version,
+                        s.charges,
+                        s.median_secs,
+                        s.p90_abs_secs,
+                        s.p99_abs_secs,
+                        s.max_abs_secs,
+                        s.beyond_30s,
+                        s.beyond_300s,
+                        reader.clock_skew_secs()
+                    );
+                }
             }
         }
         ReaderCommand::Verify { data } => {

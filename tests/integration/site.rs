@@ -553,6 +553,17 @@ fn a_phone_hears_the_gates_beacon_through_alsa_and_its_token_opens_that_gate_onl
     gates[0].wait_opens(1, Duration::from_secs(10));
     gates[0].fifo = None;
     gates[0].daemon().stop();
+    // The token's time is the gate's, as heard: measured against the
+    // decision, it is within the slack the policy allows version 2.
+    let measured = s.ok(&["reader", "clock", "--data", "r1", "--json"]);
+    eprintln!("reader clock: {measured}");
+    let v2: serde_json::Value = serde_json::from_str(measured.trim()).expect("one version");
+    assert_eq!(v2["version"], 2);
+    assert!(
+        v2["max_abs_secs"].as_u64().expect("max")
+            <= u64::from(sonotap_protocol::policy::GATE_TIME_SLACK_SECS),
+        "{v2}"
+    );
     // A recording of the rider's token, played at gate-2: bound to gate-1.
     gates[1].start(&s);
     gates[1].show(&token);

@@ -18,6 +18,7 @@
 pub mod actuator;
 pub mod backoff;
 pub mod beacon;
+pub mod clock;
 pub mod daemon;
 pub mod reader;
 pub mod site;

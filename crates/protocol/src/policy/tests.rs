@@ -497,3 +497,38 @@ fn a_version_1_token_is_declined_where_only_beacon_bound_tokens_are_taken() {
     let authentic = authenticate(&v1, &keys()).unwrap();
     assert!(decide(&authentic, &fresh(), &allowing, None, NOW).is_ok());
 }
+
+#[test]
+fn a_version_2_tokens_time_is_held_to_its_challenges_life_not_the_phone_clock_window() {
+    // The challenge is live (announced 10 s ago, life 30 s); the window for
+    // the gate's own time is 30 + 10 s, not the 300 s kept for phone clocks.
+    let made = |delta: i64| {
+        token_v2_bytes(
+            terms(),
+            PaymentTerms {
+                timestamp: (NOW as i64 + delta) as u32,
+                ..payment()
+            },
+            CHALLENGE,
+        )
+    };
+    assert!(at_beaconing_gate(&made(-40), NOW - 10, NOW).is_ok());
+    assert_eq!(
+        reason(at_beaconing_gate(&made(-41), NOW - 10, NOW)),
+        Some(Reason::StaleToken)
+    );
+    assert!(at_beaconing_gate(&made(40), NOW - 10, NOW).is_ok());
+    assert_eq!(
+        reason(at_beaconing_gate(&made(41), NOW - 10, NOW)),
+        Some(Reason::FutureToken)
+    );
+    // A version-1 token 41 s old is still within its 300 s.
+    let v1 = token_bytes(
+        terms(),
+        PaymentTerms {
+            timestamp: (NOW - 41) as u32,
+            ..payment()
+        },
+    );
+    assert!(evaluate(&v1, fresh(), None, NOW).is_ok());
+}
