@@ -43,6 +43,43 @@ const RESEND_PAUSE: Duration = Duration::from_millis(5);
 /// (a repeat after that costs its signature checks, nothing else).
 const SEEN_AT_MOST: usize = 65_536;
 
+/// Per peer, datagrams whose signatures are checked: a burst of this many
+/// (a restarted peer's resend is at most 5,000), refilled at
+/// [`PEER_RATE_PER_SEC`]. A compromised peer flooding new, validly signed
+/// datagrams costs at most this much of a core, not all of it.
+const PEER_BURST: f64 = 10_000.0;
+/// Refill rate of a peer's budget: a station's gate line taps a few a
+/// second; this is two orders of magnitude more.
+const PEER_RATE_PER_SEC: f64 = 2_000.0;
+
+/// A token bucket: `take` at `now` spends one token if there is one.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Budget {
+    fn full(now: Instant) -> Self {
+        Self {
+            tokens: PEER_BURST,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * PEER_RATE_PER_SEC;
+        self.tokens = (self.tokens + refill).min(PEER_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The most charges sent again to a peer that said hello: a busy gate's
 /// hour, far more than a freshness window of minutes holds.
 const RESEND_AT_MOST: u32 = 5_000;
@@ -233,6 +270,8 @@ pub struct SiteListener {
     /// Hashes of datagrams already handled: an exact copy (a recording of
     /// the LAN played again) is dropped before any signature is checked.
     seen: HashSet<[u8; 32]>,
+    /// Per peer, how many more datagrams may have their signatures checked.
+    budgets: HashMap<String, Budget>,
 }
 
 /// Why a datagram was not taken.
@@ -243,6 +282,7 @@ enum Refused {
     UnknownPeer(String),
     WrongSource(String),
     Repeated,
+    OverBudget(String),
     BadSignature(String),
     BadToken(String),
     Stale,
@@ -265,6 +305,10 @@ impl SiteListener {
             .set_read_timeout(Some(POLL))
             .map_err(|e| format!("site: {e}"))?;
         let db = ReaderDb::open(db_path).map_err(|e| e.to_string())?;
+        // Learned accepts are not money: a power cut that loses the last
+        // few only reopens the window the hub covers, so this connection's
+        // commits skip the fsync (the acceptor's keep synchronous=FULL).
+        db.relax_durability().map_err(|e| e.to_string())?;
         Ok(Self {
             socket,
             config: config.clone(),
@@ -274,6 +318,7 @@ impl SiteListener {
             skew_secs,
             replied: HashMap::new(),
             seen: HashSet::new(),
+            budgets: HashMap::new(),
         })
     }
 
@@ -355,6 +400,14 @@ impl SiteListener {
         let digest: [u8; 32] = Sha256::digest(datagram).into();
         if self.seen.contains(&digest) {
             return Err(Refused::Repeated);
+        }
+        let now = Instant::now();
+        let budget = self
+            .budgets
+            .entry(peer.id.clone())
+            .or_insert_with(|| Budget::full(now));
+        if !budget.take(now) {
+            return Err(Refused::OverBudget(peer.id.clone()));
         }
         let message = parsed
             .verify(&peer.key)
@@ -441,5 +494,27 @@ impl SiteListener {
             }
             Err(e) => tracing::warn!("site: cannot read our recent charges: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_budget_allows_a_burst_then_its_rate_and_refills() {
+        let start = Instant::now();
+        let mut b = Budget::full(start);
+        let burst = (0..20_000).take_while(|_| b.take(start)).count();
+        assert_eq!(burst, PEER_BURST as usize);
+        assert!(!b.take(start), "empty");
+        // Half a second later: half a second's worth.
+        let later = start + Duration::from_millis(500);
+        let refilled = (0..20_000).take_while(|_| b.take(later)).count();
+        assert_eq!(refilled, (PEER_RATE_PER_SEC / 2.0) as usize);
+        // Long idle refills to the burst, never beyond.
+        let much_later = later + Duration::from_secs(3600);
+        let again = (0..20_000).take_while(|_| b.take(much_later)).count();
+        assert_eq!(again, PEER_BURST as usize);
     }
 }

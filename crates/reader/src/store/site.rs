@@ -65,6 +65,15 @@ pub struct OwnCharge {
 }
 
 impl ReaderDb {
+    /// This connection's commits skip the fsync (`synchronous=NORMAL` in
+    /// WAL mode: a power cut may lose its last commits, never corrupt the
+    /// file). For the site listener only: what it writes is not money.
+    pub fn relax_durability(&self) -> Result<(), StoreError> {
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| StoreError::from_sqlite(&self.path, e))
+    }
+
     /// Stores an accept a peer announced, unless it is already known (an
     /// announcement is idempotent), and forgets those whose tokens are
     /// stale here at `now` (reader time). `Ok(true)` when it was new.
