@@ -88,11 +88,10 @@ fn from_recording(path: &Path) -> Result<Heard> {
             chunks.rate()
         )
     })?;
-    let mut heard = Vec::new();
-    while let Some(chunk) = chunks.next_chunk()? {
-        heard.extend(decoder.push(&chunk));
-    }
-    heard.extend(decoder.finish());
+    let heard = super::sound::scan_wav(&mut chunks, |chunk| match chunk {
+        Some(samples) => decoder.push(samples),
+        None => decoder.finish(),
+    })?;
     match loudest(&heard) {
         Some(beacon) => Ok(Heard::now(beacon)),
         None => bail!(

@@ -200,27 +200,15 @@ fn decode_beacon_file(path: &Path, json: bool) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     };
+    let found = scan_wav(&mut chunks, |chunk| match chunk {
+        Some(samples) => decoder.push(samples),
+        None => decoder.finish(),
+    })?;
     let mut out = io::stdout().lock();
-    let mut found = 0usize;
-    while let Some(chunk) = chunks.next_chunk()? {
-        for beacon in decoder.push(&chunk) {
-            print_beacon(&mut out, &beacon, json)?;
-            found += 1;
-        }
+    for beacon in &found {
+        print_beacon(&mut out, beacon, json)?;
     }
-    for beacon in decoder.finish() {
-        print_beacon(&mut out, &beacon, json)?;
-        found += 1;
-    }
-    if found == 0 {
-        eprintln!(
-            "sonotap: no beacon found in {} ({:.1} s of audio)",
-            path.display(),
-            chunks.duration_secs()
-        );
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(found_or_none(found.len(), "beacon", path, &chunks))
 }
 
 pub(super) fn run(command: ModemCommand) -> Result<ExitCode> {
@@ -324,27 +312,43 @@ fn decode_file(path: &Path, json: bool) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     };
+    let found = scan_wav(&mut chunks, |chunk| match chunk {
+        Some(samples) => decoder.push_receptions(samples),
+        None => decoder.finish(),
+    })?;
     let mut out = io::stdout().lock();
-    let mut found = 0usize;
+    for reception in &found {
+        print_reception(&mut out, reception, json)?;
+    }
+    Ok(found_or_none(found.len(), "payload", path, &chunks))
+}
+
+/// Every chunk of `chunks` through `step` (`Some(samples)`), then `step(None)`
+/// to finish: what a streaming decoder found in the whole file, in order.
+pub(super) fn scan_wav<T>(
+    chunks: &mut WavChunks,
+    mut step: impl FnMut(Option<&[f32]>) -> Vec<T>,
+) -> Result<Vec<T>> {
+    let mut found = Vec::new();
     while let Some(chunk) = chunks.next_chunk()? {
-        for reception in decoder.push_receptions(&chunk) {
-            print_reception(&mut out, &reception, json)?;
-            found += 1;
-        }
+        found.extend(step(Some(&chunk)));
     }
-    for reception in decoder.finish() {
-        print_reception(&mut out, &reception, json)?;
-        found += 1;
+    found.extend(step(None));
+    Ok(found)
+}
+
+/// Success when something was found; else says so (what, and how much
+/// audio was searched) and exits 1.
+fn found_or_none(found: usize, what: &str, path: &Path, chunks: &WavChunks) -> ExitCode {
+    if found > 0 {
+        return ExitCode::SUCCESS;
     }
-    if found == 0 {
-        eprintln!(
-            "sonotap: no payload found in {} ({:.1} s of audio)",
-            path.display(),
-            chunks.duration_secs()
-        );
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    eprintln!(
+        "sonotap: no {what} found in {} ({:.1} s of audio)",
+        path.display(),
+        chunks.duration_secs()
+    );
+    ExitCode::from(1)
 }
 
 /// A capture device that delivers nothing for this long is broken, not quiet.

@@ -23,10 +23,9 @@ use realfft::num_complex::Complex32;
 
 use super::ModemError;
 use super::beacon::{self, GROUPS, PARAMS, TONES};
-use super::decoder::parabolic_offset;
 use super::modulation;
 use super::ofdm::Ofdm;
-use super::preamble::{self, Correlator};
+use super::preamble::{self, Correlator, PeakPicker};
 use super::profile::INTERNAL_RATE;
 use super::resample::{Kernel, Resampler};
 
@@ -62,14 +61,6 @@ pub struct BeaconReception {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Peak {
-    at: u64,
-    score: f32,
-    prev: f32,
-    next: Option<f32>,
-}
-
-#[derive(Debug, Clone, Copy)]
 struct Candidate {
     /// Fractional absolute position of the chirp's start.
     start: f64,
@@ -94,7 +85,7 @@ pub struct BeaconDecoder {
     buf_start: u64,
     /// Absolute index of the next correlation block.
     next: u64,
-    best: Option<Peak>,
+    peaks: PeakPicker,
     pending: Vec<Candidate>,
     /// Beacons decoded (start, end): a chirp peak inside one is its echo.
     spans: VecDeque<(u64, u64)>,
@@ -114,7 +105,7 @@ impl BeaconDecoder {
             buf: Vec::new(),
             buf_start: 0,
             next: 0,
-            best: None,
+            peaks: PeakPicker::default(),
             pending: Vec::new(),
             spans: VecDeque::new(),
         })
@@ -172,37 +163,13 @@ impl BeaconDecoder {
         while self.next >= self.buf_start && self.next + block <= end {
             let from = (self.next - self.buf_start) as usize;
             let scores = self.corr.scores(&self.buf[from..from + block as usize]);
-            for (i, &s) in scores.iter().enumerate() {
-                let at = self.next + i as u64;
-                if let Some(best) = self.best.as_mut()
-                    && best.next.is_none()
-                    && at == best.at + 1
-                {
-                    best.next = Some(s);
-                }
-                if s >= PARAMS.threshold && self.best.is_none_or(|b| s > b.score) {
-                    let prev = if i > 0 { scores[i - 1] } else { s };
-                    self.best = Some(Peak {
-                        at,
-                        score: s,
-                        prev,
-                        next: None,
-                    });
-                }
-                if let Some(best) = self.best
-                    && at >= best.at + len
-                {
-                    self.best = None;
-                    let next = best.next.unwrap_or(best.score);
-                    let start =
-                        best.at as f64 + f64::from(parabolic_offset(best.prev, best.score, next));
-                    let inside = self
-                        .spans
-                        .iter()
-                        .any(|&(s, e)| start + len as f64 / 2.0 >= s as f64 && start < e as f64);
-                    if !inside {
-                        self.pending.push(Candidate { start, len: None });
-                    }
+            for (start, _) in self.peaks.feed(self.next, &scores, PARAMS.threshold, len) {
+                let inside = self
+                    .spans
+                    .iter()
+                    .any(|&(s, e)| start + len as f64 / 2.0 >= s as f64 && start < e as f64);
+                if !inside {
+                    self.pending.push(Candidate { start, len: None });
                 }
             }
             self.next += hop;
@@ -361,11 +328,11 @@ impl BeaconDecoder {
         self.pending.retain(|c| c.start.max(0.0) >= floor as f64);
         if self.next < floor {
             self.next = floor;
-            self.best = None;
+            self.peaks.reset();
         }
         let mut keep_from = self.next;
-        if let Some(b) = self.best {
-            keep_from = keep_from.min(b.at.saturating_sub(2));
+        if let Some(at) = self.peaks.held_at() {
+            keep_from = keep_from.min(at.saturating_sub(2));
         }
         for c in &self.pending {
             keep_from = keep_from.min((c.start.floor() - 2.0).max(0.0) as u64);

@@ -29,7 +29,7 @@ use super::framing;
 use super::ldpc::{self, LdpcDecoder};
 use super::modulation;
 use super::ofdm::Ofdm;
-use super::preamble::{self, Correlator};
+use super::preamble::{self, Correlator, PeakPicker};
 use super::profile::{Format, INTERNAL_RATE, Modulation, Params, Profile};
 use super::resample::{Kernel, Resampler};
 use super::robust2;
@@ -85,14 +85,6 @@ pub struct Missed {
 /// Missed frames kept until [`Decoder::take_missed`] collects them.
 const MAX_MISSED: usize = 64;
 
-#[derive(Debug, Clone, Copy)]
-struct Peak {
-    at: u64,
-    score: f32,
-    prev: f32,
-    next: Option<f32>,
-}
-
 #[derive(Debug)]
 struct Detector {
     format: Format,
@@ -104,7 +96,7 @@ struct Detector {
     postamble: Option<Correlator>,
     /// Absolute index of the next correlation block.
     next: u64,
-    best: Option<Peak>,
+    peaks: PeakPicker,
     max_frame: usize,
 }
 
@@ -203,7 +195,7 @@ impl Decoder {
                     corr: Correlator::new(&chirp, band, 4 * params.chirp_len),
                     postamble: v2.then(|| Correlator::new(&chirp, band, 2 * params.chirp_len)),
                     next: 0,
-                    best: None,
+                    peaks: PeakPicker::default(),
                     max_frame: max_frame.unwrap_or(0),
                 });
             }
@@ -299,43 +291,20 @@ impl Decoder {
             while det.next >= self.buf_start && det.next + block <= end {
                 let from = (det.next - self.buf_start) as usize;
                 let scores = det.corr.scores(&self.buf[from..from + block as usize]);
-                for (i, &s) in scores.iter().enumerate() {
-                    let at = det.next + i as u64;
-                    if let Some(best) = det.best.as_mut()
-                        && best.next.is_none()
-                        && at == best.at + 1
-                    {
-                        best.next = Some(s);
-                    }
-                    if s >= det.params.threshold && det.best.is_none_or(|b| s > b.score) {
-                        let prev = if i > 0 { scores[i - 1] } else { s };
-                        det.best = Some(Peak {
-                            at,
-                            score: s,
-                            prev,
-                            next: None,
+                for (start, score) in det.peaks.feed(det.next, &scores, det.params.threshold, len) {
+                    let inside = self
+                        .spans
+                        .iter()
+                        .any(|&(s, e)| start + len as f64 / 2.0 >= s as f64 && start < e as f64);
+                    if !inside {
+                        self.pending.push(Candidate {
+                            detector: index,
+                            start,
+                            len: None,
+                            eps: 0.0,
+                            score,
+                            rejected: 0,
                         });
-                    }
-                    if let Some(best) = det.best
-                        && at >= best.at + len
-                    {
-                        det.best = None;
-                        let next = best.next.unwrap_or(best.score);
-                        let frac = parabolic_offset(best.prev, best.score, next);
-                        let start = best.at as f64 + frac as f64;
-                        let inside = self.spans.iter().any(|&(s, e)| {
-                            start + len as f64 / 2.0 >= s as f64 && start < e as f64
-                        });
-                        if !inside {
-                            self.pending.push(Candidate {
-                                detector: index,
-                                start,
-                                len: None,
-                                eps: 0.0,
-                                score: best.score,
-                                rejected: 0,
-                            });
-                        }
                     }
                 }
                 det.next += hop;
@@ -923,11 +892,11 @@ impl Decoder {
         for det in &mut self.detectors {
             if det.next < floor {
                 det.next = floor;
-                det.best = None;
+                det.peaks.reset();
             }
             keep_from = keep_from.min(det.next);
-            if let Some(b) = det.best {
-                keep_from = keep_from.min(b.at.saturating_sub(2));
+            if let Some(at) = det.peaks.held_at() {
+                keep_from = keep_from.min(at.saturating_sub(2));
             }
         }
         for c in &self.pending {

@@ -365,6 +365,33 @@ pub(crate) fn tone_drift(spectra: &[Vec<Complex32>], first_bin: usize, tones: us
     }
 }
 
+/// One cell's bit LLRs (ln P(bit = 0) / P(bit = 1), first bit the most
+/// significant of the symbol value) from the log-metric of each symbol
+/// value, summed around the largest so nothing overflows. A value that is
+/// not finite (a hostile input) says nothing: 0. Clamped to ±`limit`.
+pub(crate) fn bit_llrs(metric: &[f32], out: &mut [f32], limit: f32) {
+    let top = metric.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let bits = out.len();
+    for (bit, llr) in out.iter_mut().enumerate() {
+        let mask = 1 << (bits - 1 - bit);
+        let (mut zero, mut one) = (0f32, 0f32);
+        for (v, &x) in metric.iter().enumerate() {
+            let p = (x - top).exp();
+            if v & mask == 0 {
+                zero += p;
+            } else {
+                one += p;
+            }
+        }
+        let value = (zero.max(1e-30) / one.max(1e-30)).ln();
+        *llr = if value.is_finite() && zero.is_finite() && one.is_finite() {
+            value.clamp(-limit, limit)
+        } else {
+            0.0
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

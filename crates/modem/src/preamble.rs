@@ -269,3 +269,71 @@ mod tests {
         }
     }
 }
+
+/// The strongest correlation score at or above a threshold within one chirp
+/// length, kept with its neighbours for sub-sample interpolation: how the
+/// payment formats' detectors and the beacon's pick a chirp's start.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PeakPicker {
+    best: Option<Peak>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Peak {
+    at: u64,
+    score: f32,
+    prev: f32,
+    next: Option<f32>,
+}
+
+impl PeakPicker {
+    /// Forgets the peak held (its samples are gone).
+    pub(crate) fn reset(&mut self) {
+        self.best = None;
+    }
+
+    /// Where the peak held so far is, if one is: its samples must be kept.
+    pub(crate) fn held_at(&self) -> Option<u64> {
+        self.best.map(|b| b.at)
+    }
+
+    /// Takes the scores of one block, the first at absolute position
+    /// `first`; returns each peak settled by them (no higher score within
+    /// `len` after it): its fractional start and its score.
+    pub(crate) fn feed(
+        &mut self,
+        first: u64,
+        scores: &[f32],
+        threshold: f32,
+        len: u64,
+    ) -> Vec<(f64, f32)> {
+        let mut settled = Vec::new();
+        for (i, &s) in scores.iter().enumerate() {
+            let at = first + i as u64;
+            if let Some(best) = self.best.as_mut()
+                && best.next.is_none()
+                && at == best.at + 1
+            {
+                best.next = Some(s);
+            }
+            if s >= threshold && self.best.is_none_or(|b| s > b.score) {
+                let prev = if i > 0 { scores[i - 1] } else { s };
+                self.best = Some(Peak {
+                    at,
+                    score: s,
+                    prev,
+                    next: None,
+                });
+            }
+            if let Some(best) = self.best
+                && at >= best.at + len
+            {
+                self.best = None;
+                let next = best.next.unwrap_or(best.score);
+                let frac = super::decoder::parabolic_offset(best.prev, best.score, next);
+                settled.push((best.at as f64 + f64::from(frac), best.score));
+            }
+        }
+        settled
+    }
+}

@@ -288,26 +288,7 @@ pub(crate) fn fsk_llrs(raw: &[Vec<f32>], echo: &Echo) -> Vec<[f32; BITS]> {
                 *slot = (e[t] / interference) * (signal / (interference + signal))
                     - (1.0 + signal / interference).ln();
             }
-            let top = metric.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let cell = &mut out[m * GROUPS + g];
-            for (bit, llr) in cell.iter_mut().enumerate() {
-                let mask = 1 << (BITS - 1 - bit);
-                let (mut zero, mut one) = (0f32, 0f32);
-                for (v, &x) in metric.iter().enumerate() {
-                    let p = (x - top).exp();
-                    if v & mask == 0 {
-                        zero += p;
-                    } else {
-                        one += p;
-                    }
-                }
-                let value = (zero.max(1e-30) / one.max(1e-30)).ln();
-                *llr = if value.is_finite() && zero.is_finite() && one.is_finite() {
-                    value.clamp(-LLR_LIMIT, LLR_LIMIT)
-                } else {
-                    0.0
-                };
-            }
+            super::modulation::bit_llrs(&metric, &mut out[m * GROUPS + g], LLR_LIMIT);
         }
     }
     out
