@@ -77,6 +77,25 @@ impl Gate {
         self.daemon.as_mut().expect("running")
     }
 
+    /// After its token was shown: the daemon logs `why` and the gate
+    /// neither opens (the relay gets no open command) nor charges.
+    fn expect_declined(&mut self, s: &Scratch, why: &str) {
+        self.daemon().wait_log(why, Duration::from_secs(10));
+        self.relay.pump(Duration::from_millis(300));
+        assert_eq!(self.opens(), 0, "{} opened: {why}", self.id);
+        assert!(
+            records(s, &self.dir).is_empty(),
+            "{} charged: {why}",
+            self.id
+        );
+    }
+
+    /// Closes the camera FIFO, then stops the daemon (exit 0 expected).
+    fn stop(&mut self) {
+        self.fifo = None;
+        self.daemon().stop();
+    }
+
     fn start(&mut self, s: &Scratch) {
         self.daemon = Some(Daemon::start(s, &self.config, &[]));
         self.fifo = Some(open_fifo(&s.path(&format!("{}.y8", self.dir))));
@@ -198,13 +217,7 @@ fn a_token_accepted_at_one_gate_and_replayed_at_once_at_the_others_is_declined()
     gates[1].show(&token);
     gates[2].show(&token);
     for g in &mut gates[1..] {
-        g.daemon().wait_log(
-            "accepted at gate-1 (a reader of this site)",
-            Duration::from_secs(10),
-        );
-        g.relay.pump(Duration::from_millis(300));
-        assert_eq!(g.opens(), 0, "{} opened for a replay", g.id);
-        assert!(records(&s, &g.dir).is_empty(), "{} charged a replay", g.id);
+        g.expect_declined(&s, "accepted at gate-1 (a reader of this site)");
     }
     // The rider's next token is honest and opens the second gate.
     let next = pay(&mut w);
@@ -218,8 +231,7 @@ fn a_token_accepted_at_one_gate_and_replayed_at_once_at_the_others_is_declined()
         vec![("gate-1".to_string(), 1), ("gate-2".to_string(), 1)]
     );
     for g in &mut gates {
-        g.fifo = None;
-        g.daemon().stop();
+        g.stop();
     }
 }
 
@@ -234,8 +246,7 @@ fn a_gate_keeps_working_with_every_peer_dead() {
         gates[0].wait_opens(n, Duration::from_secs(10));
     }
     assert_eq!(records(&s, "r1").len(), 3);
-    gates[0].fifo = None;
-    gates[0].daemon().stop();
+    gates[0].stop();
 }
 
 #[test]
@@ -262,16 +273,9 @@ fn a_peer_killed_mid_burst_learns_what_it_missed_when_it_comes_back() {
     gates[2].wait_learned(&s, 8, Duration::from_secs(10));
     // A token accepted while gate-3 was down, replayed there: declined.
     gates[2].show(&tokens[6]);
-    gates[2].daemon().wait_log(
-        "accepted at gate-1 (a reader of this site)",
-        Duration::from_secs(10),
-    );
-    gates[2].relay.pump(Duration::from_millis(300));
-    assert_eq!(gates[2].opens(), 0);
-    assert!(records(&s, "r3").is_empty());
+    gates[2].expect_declined(&s, "accepted at gate-1 (a reader of this site)");
     for g in &mut gates {
-        g.fifo = None;
-        g.daemon().stop();
+        g.stop();
     }
 }
 
@@ -358,8 +362,7 @@ fn hostile_datagrams_on_the_site_port_teach_nothing_and_the_gate_works() {
     // The token the attacker tried to burn is the rider's, and it opens the gate.
     gates[0].show(&token);
     gates[0].wait_opens(1, Duration::from_secs(10));
-    gates[0].fifo = None;
-    gates[0].daemon().stop();
+    gates[0].stop();
 }
 
 /// The beacon every gate shows: a new challenge every second, each accepted
@@ -403,14 +406,9 @@ fn a_token_bound_to_one_gates_beacon_opens_it_and_its_recording_is_declined_anyw
     gates[0].wait_opens(1, Duration::from_secs(10));
     // The recording, at the other gate: bound to gate-1's challenge.
     gates[1].show(&token);
-    gates[1]
-        .daemon()
-        .wait_log("another gate's, or a challenge", Duration::from_secs(10));
-    assert_eq!(gates[1].opens(), 0);
-    assert!(records(&s, "r2").is_empty());
+    gates[1].expect_declined(&s, "another gate's, or a challenge");
     for g in &mut gates {
-        g.fifo = None;
-        g.daemon().stop();
+        g.stop();
     }
 }
 
@@ -423,16 +421,12 @@ fn a_token_bound_to_a_challenge_that_lived_out_is_declined_at_its_own_gate() {
     // two seconds: the gate has drawn new challenges since.
     thread::sleep(Duration::from_millis(3500));
     gates[0].show(&token);
-    gates[0]
-        .daemon()
-        .wait_log("a challenge lives 2s", Duration::from_secs(10));
-    assert_eq!(gates[0].opens(), 0);
+    gates[0].expect_declined(&s, "a challenge lives 2s");
     // A fresh one opens it.
     let fresh = pay_at_gate(&s, "r1");
     gates[0].show(&fresh);
     gates[0].wait_opens(1, Duration::from_secs(10));
-    gates[0].fifo = None;
-    gates[0].daemon().stop();
+    gates[0].stop();
 }
 
 #[test]
@@ -441,12 +435,8 @@ fn a_version_1_token_is_declined_at_a_gate_that_beacons_unless_the_operator_allo
     gates[0].start(&s);
     let v1 = pay(&mut w);
     gates[0].show(&v1);
-    gates[0]
-        .daemon()
-        .wait_log("a version-1 token at a gate", Duration::from_secs(10));
-    assert_eq!(gates[0].opens(), 0);
-    gates[0].fifo = None;
-    gates[0].daemon().stop();
+    gates[0].expect_declined(&s, "a version-1 token at a gate");
+    gates[0].stop();
     // The operator allows version-1 tokens during a migration.
     let config = fs::read_to_string(&gates[0].config).expect("config");
     fs::write(
@@ -458,8 +448,7 @@ fn a_version_1_token_is_declined_at_a_gate_that_beacons_unless_the_operator_allo
     let v1 = pay(&mut w);
     gates[0].show(&v1);
     gates[0].wait_opens(1, Duration::from_secs(10));
-    gates[0].fifo = None;
-    gates[0].daemon().stop();
+    gates[0].stop();
 }
 
 /// `.asoundrc` in the scratch directory (the daemon's and the wallet's
@@ -551,8 +540,7 @@ fn a_phone_hears_the_gates_beacon_through_alsa_and_its_token_opens_that_gate_onl
     );
     gates[0].show(&token);
     gates[0].wait_opens(1, Duration::from_secs(10));
-    gates[0].fifo = None;
-    gates[0].daemon().stop();
+    gates[0].stop();
     // The token's time is the gate's, as heard: measured against the
     // decision, it is within the slack the policy allows version 2.
     let measured = s.ok(&["reader", "clock", "--data", "r1", "--json"]);
@@ -567,10 +555,6 @@ fn a_phone_hears_the_gates_beacon_through_alsa_and_its_token_opens_that_gate_onl
     // A recording of the rider's token, played at gate-2: bound to gate-1.
     gates[1].start(&s);
     gates[1].show(&token);
-    gates[1]
-        .daemon()
-        .wait_log("another gate's, or a challenge", Duration::from_secs(10));
-    assert_eq!(gates[1].opens(), 0);
-    gates[1].fifo = None;
-    gates[1].daemon().stop();
+    gates[1].expect_declined(&s, "another gate's, or a challenge");
+    gates[1].stop();
 }
