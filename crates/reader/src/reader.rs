@@ -425,7 +425,7 @@ impl Reader {
     /// (`sync::plan::next_clock_offset`); `reader status` and the sync
     /// report show it.
     pub fn adjusted_now(&self, system_now: u64) -> Result<u64, ReaderError> {
-        Ok(adjusted(system_now, self.db.sync_state()?.clock_offset_ms))
+        Ok(self.db.reader_time(system_now)?)
     }
 
     /// Signs a request to the hub as this reader (`GET /v1/deny`, `/v1/keys`;

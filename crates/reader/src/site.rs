@@ -326,8 +326,7 @@ impl SiteListener {
     /// the clock every decision uses.
     fn now(&self) -> u64 {
         let system = unix_us() / 1_000_000;
-        let offset = self.db.sync_state().map_or(0, |s| s.clock_offset_ms);
-        crate::reader::adjusted(system, offset)
+        self.db.reader_time(system).unwrap_or(system)
     }
 
     /// The window in which a token accepted at `at` may still be replayed

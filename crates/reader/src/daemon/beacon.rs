@@ -63,11 +63,11 @@ pub fn spawn(
             let (mut sound_error, mut qr_error): (Option<String>, Option<String>) = (None, None);
             let mut reported: Option<Option<String>> = None;
             while shared.stop.nap(TICK) {
-                let offset_ms = db
+                let system = system_now();
+                let now = db
                     .as_ref()
-                    .and_then(|db| db.sync_state().ok())
-                    .map_or(0, |s| s.clock_offset_ms);
-                let now = crate::reader::adjusted(system_now(), offset_ms);
+                    .and_then(|db| db.reader_time(system).ok())
+                    .unwrap_or(system);
                 let Some(fresh) = random_challenge() else {
                     continue;
                 };

@@ -271,6 +271,15 @@ impl ReaderDb {
             .transpose()
     }
 
+    /// Reader time at `system_now` (Unix seconds): the system clock
+    /// corrected by the offset measured against the hub, the clock every
+    /// decision, beacon and site announcement uses
+    /// ([`crate::reader::adjusted`]). One read of one key.
+    pub fn reader_time(&self, system_now: u64) -> Result<u64, StoreError> {
+        let offset_ms = self.meta_number::<i64>(CLOCK_OFFSET_MS)?.unwrap_or(0);
+        Ok(crate::reader::adjusted(system_now, offset_ms))
+    }
+
     /// What the reader knows of its link to the hub.
     pub fn sync_state(&self) -> Result<SyncState, StoreError> {
         let number = |key: &str| self.meta_number::<i64>(key);
