@@ -150,6 +150,11 @@ pub struct ServeArgs {
     /// debug) or a tracing filter; `info` has one line per request
     #[arg(long, value_name = "FILTER", default_value = "info", value_parser = log_filter)]
     log_level: String,
+    /// Hours after a credential expires that its unspent allowance stays
+    /// reserved against the rider's account: the longest a reader may take
+    /// to sync (docs/accounts.md §2; for credentials renewed from now on)
+    #[arg(long, value_name = "H", default_value_t = sonotap_hub::accounts::SETTLE_SECS / 3600, value_parser = clap::value_parser!(u64).range(1..=24 * 365))]
+    settle_hours: u64,
 }
 
 fn log_filter(text: &str) -> Result<String, String> {
@@ -288,6 +293,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let now = super::clock(None)?;
     let mut hub = args.place.open(now)?;
     hub.set_record_signatures(record_signatures(args.every_record_signature));
+    hub.set_settle_secs(args.settle_hours * 3600);
     let where_ = hub.describe();
     let options = ServeOptions {
         listen: args.listen,

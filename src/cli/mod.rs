@@ -4,6 +4,7 @@
 //! payment the wallet refuses to sign because every reader would decline
 //! it), 2 usage or environment error (clap's own usage errors also exit 2).
 
+mod account;
 mod analyze;
 mod beacon;
 mod demo;
@@ -11,6 +12,7 @@ mod hub;
 mod hw;
 mod output;
 mod qr;
+mod rider;
 mod sound;
 mod status;
 
@@ -118,6 +120,9 @@ enum HubCommand {
     Clear(hub::ClearArgs),
     /// Lift a wallet's denial
     Allow(hub::DenyArgs),
+    /// Riders' accounts: open, top up, enrol phones, show, suspend
+    #[command(subcommand)]
+    Account(account::AccountCommand),
     /// Per-reader totals, flagged wallets, gaps, incidents, replays and suspensions
     Report {
         #[command(flatten)]
@@ -244,6 +249,16 @@ enum WalletCommand {
         #[arg(long, value_name = "W")]
         dir: PathBuf,
     },
+    /// Enrol with the operator's one-time code, read from standard input
+    /// (the code, or the link HUB/wallet/#enrol=CODE), then renew at once;
+    /// exit 1 if the hub refuses
+    Enrol(rider::EnrolArgs),
+    /// A fresh credential from the hub, online (the counter moves above the
+    /// highest the hub cleared); exit 1 if the hub refuses
+    Renew(rider::RenewArgs),
+    /// The account's balance and entries from the hub, checked against the
+    /// issuer key learned at the first renewal; exit 1 if the hub refuses
+    Statement(rider::StatementArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -438,6 +453,7 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
         HubCommand::Deny(args) => hub::deny(args, sonotap_protocol::wire::DenyAction::Deny),
         HubCommand::Allow(args) => hub::deny(args, sonotap_protocol::wire::DenyAction::Allow),
         HubCommand::Report { place, json } => hub::report(&place, json),
+        HubCommand::Account(command) => account::run(command),
         HubCommand::Review(args) => hub::review(&args),
         HubCommand::Clear(args) => hub::clear(&args),
         HubCommand::Import {
@@ -614,6 +630,9 @@ fn run_wallet(command: WalletCommand) -> Result<ExitCode> {
             let wallet = Wallet::open(&dir)?;
             println!("{}", output::wallet_json(&wallet));
         }
+        WalletCommand::Enrol(args) => return rider::enrol(args),
+        WalletCommand::Renew(args) => return rider::renew(args),
+        WalletCommand::Statement(args) => return rider::statement(args),
     }
     Ok(ExitCode::SUCCESS)
 }

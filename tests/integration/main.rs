@@ -1,6 +1,7 @@
 //! sonotap's one integration test binary (as ripgrep does): each module
 //! drives the real `sonotap` executable or the library against real files.
 
+mod accounts;
 mod analyze_cli;
 mod audio_capture;
 mod cli_flow;

@@ -1,8 +1,10 @@
-//! The test vectors in docs/protocol.md are what this code computes.
+//! The test vectors in docs/protocol.md and docs/accounts.md are what this
+//! code computes.
 //!
-//! A phone app written from the document alone must produce these bytes, so
-//! the document and the code are checked against each other here. Run with
-//! `SONOTAP_PRINT_VECTORS=1` to print the block for the document.
+//! A phone app written from the documents alone must produce these bytes, so
+//! the documents and the code are checked against each other here. Run with
+//! `SONOTAP_PRINT_VECTORS=1` (and `--nocapture`) to print the blocks for the
+//! documents.
 
 use std::collections::BTreeMap;
 
@@ -14,19 +16,24 @@ use sonotap_protocol::policy::{
 };
 use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
 use sonotap_protocol::token::{
-    CREDENTIAL_DOMAIN, CredentialTerms, PAYMENT_DOMAIN, PAYMENT_V2_DOMAIN, PaymentTerms, Scope,
-    Token, WalletId, reader_tag,
+    CREDENTIAL_DOMAIN, Credential, CredentialTerms, PAYMENT_DOMAIN, PAYMENT_V2_DOMAIN,
+    PaymentTerms, Scope, Token, WalletId, reader_tag,
 };
+use sonotap_protocol::wire::{
+    AccountState, EntryKind, RenewalNote, Renewed, Statement, StatementEntry, WalletAsk,
+    WalletRequest, enrol_code,
+};
+
+const PROTOCOL_DOC: &str = "docs/protocol.md";
+const ACCOUNTS_DOC: &str = "docs/accounts.md";
 
 fn seed(first: u8) -> [u8; 32] {
     std::array::from_fn(|i| first + i as u8)
 }
 
-/// Every value of the vector set, by name, in hex (or decimal for numbers).
-fn compute() -> Vec<(&'static str, String)> {
-    let issuer = SigningKey::from_bytes(&seed(0x00));
-    let wallet = SigningKey::from_bytes(&seed(0x20));
-    let reader = SigningKey::from_bytes(&seed(0x40));
+/// The credential of docs/protocol.md §7: key id 1, transit, EUR, limit
+/// 5000, cap 500, from 1800000000 for 72 hours.
+fn documented_credential(issuer: &SigningKey, wallet: &SigningKey) -> Credential {
     let terms = CredentialTerms {
         issuer_key_id: 1,
         scope: Scope::Transit,
@@ -37,7 +44,15 @@ fn compute() -> Vec<(&'static str, String)> {
         valid_from: 1_800_000_000,
         valid_hours: 72,
     };
-    let credential = terms.sign(&issuer).expect("valid terms");
+    terms.sign(issuer).expect("valid terms")
+}
+
+/// Every value of the vector set, by name, in hex (or decimal for numbers).
+fn compute() -> Vec<(&'static str, String)> {
+    let issuer = SigningKey::from_bytes(&seed(0x00));
+    let wallet = SigningKey::from_bytes(&seed(0x20));
+    let reader = SigningKey::from_bytes(&seed(0x40));
+    let credential = documented_credential(&issuer, &wallet);
     let payment = PaymentTerms {
         amount: 250,
         counter: 7,
@@ -125,10 +140,87 @@ fn compute() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The `name value` lines between the vector markers of docs/protocol.md.
-fn documented() -> BTreeMap<String, String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md");
-    let doc = std::fs::read_to_string(path).expect("docs/protocol.md is readable");
+/// docs/accounts.md §3.5: the riders' account messages, from the keys and
+/// the credential above.
+fn compute_accounts() -> Vec<(&'static str, String)> {
+    let issuer = SigningKey::from_bytes(&seed(0x00));
+    let wallet = SigningKey::from_bytes(&seed(0x20));
+    let wallet_key = wallet.verifying_key().to_bytes();
+    let time_ms = 1_800_000_000_000;
+    let nonce: [u8; 16] = std::array::from_fn(|i| 0x70 + i as u8);
+    let random: [u8; 10] = std::array::from_fn(|i| 0xa0 + i as u8);
+    let code = enrol_code(random);
+    let request = |ask| {
+        WalletRequest::sign(ask, time_ms, nonce, &wallet)
+            .and_then(|r| r.encode())
+            .expect("a canonical request")
+    };
+    let credential = documented_credential(&issuer, &wallet);
+    let note = RenewalNote::sign(&credential, 7, 1_800_000_000, &issuer);
+    let renewed = Renewed {
+        credential,
+        note: note.clone(),
+    };
+    let entry = |id, kind, amount, at, source: &str, seq| StatementEntry {
+        id,
+        kind,
+        amount,
+        at,
+        source: source.to_string(),
+        seq,
+    };
+    let statement = Statement {
+        nonce,
+        wallet: WalletId::of_key(&wallet_key),
+        at: 1_800_000_000,
+        state: AccountState::Open,
+        currency: 978,
+        balance: 2_000,
+        credit_line: 1_000,
+        exposure: 5_000,
+        next_before: 0,
+        entries: vec![
+            entry(3, EntryKind::Void, 250, 1_799_996_460, "gate-1", 42),
+            entry(2, EntryKind::Charge, -250, 1_799_996_400, "gate-1", 41),
+            entry(1, EntryKind::TopUp, 2_000, 1_799_900_000, "TOPUP-0001", 0),
+        ],
+        key_id: 0,
+        signature: [0; 64],
+    }
+    .sign(1, &issuer)
+    .and_then(|s| s.encode())
+    .expect("a valid statement");
+    vec![
+        (
+            "issuer_public",
+            hex::encode(issuer.verifying_key().as_bytes()),
+        ),
+        ("wallet_public", hex::encode(wallet_key)),
+        ("wallet_id", WalletId::of_key(&wallet_key).to_string()),
+        ("nonce", hex::encode(nonce)),
+        ("enrol_random", hex::encode(random)),
+        ("enrol_code_ascii", hex::encode(&code)),
+        (
+            "enrol_request",
+            hex::encode(request(WalletAsk::Enrol { code })),
+        ),
+        ("renew_request", hex::encode(request(WalletAsk::Renew))),
+        (
+            "statement_request",
+            hex::encode(request(WalletAsk::Statement { before: 0 })),
+        ),
+        ("credential", hex::encode(credential.encode())),
+        ("credential_digest", hex::encode(credential.digest())),
+        ("renewal_note", hex::encode(note.encode())),
+        ("renewed", hex::encode(renewed.encode())),
+        ("statement", hex::encode(statement)),
+    ]
+}
+
+/// The `name value` lines between the vector markers of `doc`.
+fn documented(doc: &str) -> BTreeMap<String, String> {
+    let path = format!("{}/{doc}", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let start = doc.find("<!-- vectors:begin -->").expect("begin marker");
     let end = doc.find("<!-- vectors:end -->").expect("end marker");
     doc[start..end]
@@ -145,32 +237,87 @@ fn documented() -> BTreeMap<String, String> {
         .collect()
 }
 
-#[test]
-fn protocol_document_vectors_match_the_code() {
-    let computed = compute();
+/// Prints `computed` if asked, then checks that `doc` holds exactly it.
+fn check_document(doc: &str, computed: &[(&'static str, String)]) {
     if std::env::var_os("SONOTAP_PRINT_VECTORS").is_some() {
-        for (name, value) in &computed {
+        println!("{doc}:");
+        for (name, value) in computed {
             println!("{name:<26} {value}");
         }
     }
-    let documented = documented();
-    for (name, value) in &computed {
+    let documented = documented(doc);
+    for (name, value) in computed {
         assert_eq!(
             documented.get(*name),
             Some(value),
-            "docs/protocol.md vector {name} differs from the code"
+            "{doc} vector {name} differs from the code"
         );
     }
+    assert_eq!(documented.len(), computed.len(), "{doc} has extra vectors");
+}
+
+#[test]
+fn protocol_document_vectors_match_the_code() {
+    check_document(PROTOCOL_DOC, &compute());
+}
+
+#[test]
+fn accounts_document_vectors_match_the_code() {
+    check_document(ACCOUNTS_DOC, &compute_accounts());
+}
+
+#[test]
+fn documented_account_messages_decode_and_verify_as_the_document_says() {
+    let documented = documented(ACCOUNTS_DOC);
+    let bytes = |name: &str| hex::decode(&documented[name]).expect("hex");
+    let wallet_key: [u8; 32] = bytes("wallet_public").try_into().expect("32 bytes");
+    let issuer: [u8; 32] = bytes("issuer_public").try_into().expect("32 bytes");
+    let nonce: [u8; 16] = bytes("nonce").try_into().expect("16 bytes");
+    let mut keys = TrustedKeys::default();
+    keys.insert(
+        1,
+        ed25519_dalek::VerifyingKey::from_bytes(&issuer).expect("key"),
+    );
+    let code = String::from_utf8(bytes("enrol_code_ascii")).expect("ASCII");
+    let now_ms = 1_800_000_000_000;
+    for (name, ask) in [
+        ("enrol_request", WalletAsk::Enrol { code }),
+        ("renew_request", WalletAsk::Renew),
+        ("statement_request", WalletAsk::Statement { before: 0 }),
+    ] {
+        let request = WalletRequest::decode(&bytes(name)).expect(name);
+        assert_eq!((&request.ask, request.wallet_key), (&ask, wallet_key));
+        request.verify(now_ms).expect(name);
+        // Five minutes either way, and no further.
+        request.verify(now_ms + 300_000).expect(name);
+        assert!(request.verify(now_ms + 300_001).is_err(), "{name}");
+    }
+    let renewed = Renewed::decode(&bytes("renewed")).expect("renewed");
+    renewed.verify(&wallet_key, &keys).expect("renewed");
+    assert_eq!(renewed.note.highest_cleared_counter, 7);
+    let statement = Statement::decode(&bytes("statement")).expect("statement");
+    statement
+        .verify(&nonce, WalletId::of_key(&wallet_key), &keys)
+        .expect("statement");
     assert_eq!(
-        documented.len(),
-        computed.len(),
-        "the document has extra vectors"
+        statement.entries.iter().map(|e| e.amount).sum::<i64>(),
+        statement.balance,
+        "the documented page reaches the first entry, so it sums to the balance"
+    );
+    // The document's must-reject cases: a trailing byte, another nonce.
+    let mut long = bytes("statement");
+    long.push(0);
+    assert!(Statement::decode(&long).is_err());
+    assert!(
+        statement
+            .verify(&[0; 16], WalletId::of_key(&wallet_key), &keys)
+            .is_err()
     );
 }
 
 #[test]
 fn documented_token_is_accepted_by_the_documented_reader_setup() {
-    let documented = documented();
+    let documented = documented(PROTOCOL_DOC);
     let token = hex::decode(&documented["token"]).expect("hex");
     let issuer = hex::decode(&documented["issuer_public"]).expect("hex");
     let mut keys = TrustedKeys::default();
@@ -231,7 +378,7 @@ fn documented_token_is_accepted_by_the_documented_reader_setup() {
 
 #[test]
 fn documented_version_2_token_is_accepted_at_its_gate_within_the_challenges_life_only() {
-    let documented = documented();
+    let documented = documented(PROTOCOL_DOC);
     let token = hex::decode(&documented["token_v2"]).expect("hex");
     let beacon = Beacon::decode(&hex::decode(&documented["beacon"]).expect("hex")).expect("beacon");
     let issuer = hex::decode(&documented["issuer_public"]).expect("hex");

@@ -9,11 +9,15 @@
 use serde::Serialize;
 
 use super::HubError;
+use super::accounts::{self, NewEntry};
+use super::backend::book;
 use super::clearing::{self, Context, Finding, FraudRule, Payment, Sanction};
 use super::verify::{CheckedBatch, CheckedRecord};
 use sonotap_protocol::record::RecordKind;
 use sonotap_protocol::token::WalletId;
-use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason, DenyScope, Totals};
+use sonotap_protocol::wire::{
+    AccountState, DenyAction, DenyEntry, DenyReason, DenyScope, EntryKind, Totals,
+};
 
 /// How a batch reached the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -265,7 +269,7 @@ pub trait DenySigner {
 }
 
 /// Primitive operations inside one backend transaction.
-pub trait Ledger {
+pub trait Ledger: crate::backend::book::Sql {
     /// The stored record `(reader, seq)`'s chain fields.
     fn link(&mut self, reader: &str, seq: u64) -> Result<Option<Link>, HubError>;
     /// The chain fields of the stored records `first..=last` of `reader`,
@@ -413,6 +417,11 @@ pub struct IngestReport {
     pub replays: u32,
     /// Incidents noted (chain breaks, invalid tokens, voids not applied).
     pub incidents: u32,
+    /// Net amount taken from riders' accounts by this batch (charges less
+    /// voids under credentials issued against an account).
+    pub debited: i64,
+    /// Accounts this batch left in debt, now suspended (their phones denied).
+    pub accounts_suspended: Vec<String>,
 }
 
 /// The outcome class of an ingest.
@@ -450,6 +459,8 @@ pub fn ingest(
         lifted: Vec::new(),
         replays: 0,
         incidents: 0,
+        debited: 0,
+        accounts_suspended: Vec::new(),
     };
 
     // Idempotency: a record already stored must be byte-identical (same hash).
@@ -518,6 +529,38 @@ pub fn ingest(
     }
 
     ledger.prefetch(&fresh)?;
+    // The riders' accounts the batch's credentials were issued against,
+    // locked before anything is debited (docs/accounts.md §4).
+    let mut credentials: Vec<[u8; 32]> = fresh
+        .iter()
+        .filter_map(|r| r.payment.as_ref().ok())
+        .map(|(p, _)| p.credential)
+        .collect();
+    credentials.sort_unstable();
+    credentials.dedup();
+    let accounts: std::collections::HashMap<[u8; 32], String> =
+        book::credential_accounts(ledger, &credentials)?
+            .into_iter()
+            .collect();
+    let mut touched: Vec<String> = accounts.values().cloned().collect();
+    touched.sort_unstable();
+    touched.dedup();
+    book::lock_accounts(ledger, &touched)?;
+    let mut entries: Vec<NewEntry> = Vec::new();
+    let entry = |payment: &Payment, record: &CheckedRecord, kind: EntryKind, amount: i64| {
+        accounts.get(&payment.credential).map(|account| NewEntry {
+            account: account.clone(),
+            kind,
+            amount,
+            at: record.at,
+            recorded_at: now,
+            source: reader.to_owned(),
+            seq: record.seq,
+            credential: Some(payment.credential),
+            token_hash: Some(record.token_hash),
+            note: String::new(),
+        })
+    };
     ledger.insert_records(reader, &fresh, now)?;
     for record in fresh {
         report.new_records += 1;
@@ -553,6 +596,12 @@ pub fn ingest(
                 let (before, after) =
                     ledger.neighbours(payment.wallet, &payment.credential, payment.counter)?;
                 let credential_charged = ledger.insert_payment(payment, record.amount)?;
+                entries.extend(entry(
+                    payment,
+                    record,
+                    EntryKind::Charge,
+                    -i64::from(record.amount),
+                ));
                 let ctx = Context {
                     same_counter: &same_counter,
                     before: before.as_ref(),
@@ -619,7 +668,17 @@ pub fn ingest(
                 let bound = bound_void(record.amount, left);
                 if bound.applied > 0 {
                     match is_first[i] {
-                        true => ledger.void_charge(&first, bound.applied)?,
+                        true => {
+                            ledger.void_charge(&first, bound.applied)?;
+                            // Only the first charge was debited: a
+                            // replay's void gives nothing back.
+                            entries.extend(entry(
+                                payment,
+                                record,
+                                EntryKind::Void,
+                                i64::from(bound.applied),
+                            ));
+                        }
                         false => ledger.void_replay(&first, reader, seq, bound.applied)?,
                     }
                 }
@@ -634,6 +693,11 @@ pub fn ingest(
                 }
             }
         }
+    }
+    if !entries.is_empty() {
+        report.debited = -entries.iter().map(|e| e.amount).sum::<i64>();
+        book::insert_entries(ledger, &entries)?;
+        report.accounts_suspended = accounts::settle_debts(ledger, signer, &touched, now)?;
     }
     ledger.insert_batch(&BatchRow {
         reader,
@@ -735,7 +799,13 @@ fn flag(
                         open.push(*c);
                     }
                 }
-                if clearing::deny_is_under_review(reason, &flags, &open) {
+                // A phone of an account suspended or closed stays denied:
+                // that denial is the account's, not these findings'.
+                let account_open = !matches!(
+                    book::wallet_account_state(ledger, wallet)?,
+                    Some(AccountState::Suspended | AccountState::Closed)
+                );
+                if account_open && clearing::deny_is_under_review(reason, &flags, &open) {
                     set_deny(
                         ledger,
                         signer,

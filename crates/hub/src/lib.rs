@@ -16,11 +16,13 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod accounts;
 pub mod backend;
 pub mod clearing;
 pub mod ledger;
 pub mod listen;
 pub mod pgpass;
+pub mod phones;
 pub mod server;
 pub mod verify;
 
@@ -31,7 +33,8 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 use thiserror::Error;
 
-use backend::{HubBackend, ReadBackend, ReaderOpener, Report, Review, SqliteHub};
+use accounts::{Account, AccountView, Refusal};
+use backend::{HubBackend, ReadBackend, ReaderOpener, Report, Review, SqliteHub, book};
 pub use backend::{init_database, open_database};
 use ledger::{ClearTarget, Clearance, Cleared, DenySigner, IngestReport, IngestStatus, Via};
 use sonotap_disk::fsutil;
@@ -40,8 +43,9 @@ use sonotap_disk::sqlite::StoreError;
 use sonotap_protocol::policy::TrustedKeys;
 use sonotap_protocol::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
 use sonotap_protocol::wire::{
-    Ack, Batch, DenyAction, DenyEntry, DenyReason, DenyScope, KeySet, RenewalNote, SignedRequest,
-    TimeStatement, WireError,
+    Ack, Batch, DenyAction, DenyEntry, DenyReason, DenyScope, EntryKind, KeySet, REQUEST_WINDOW_MS,
+    RenewalNote, Renewed, SignedRequest, Statement, TimeStatement, WalletAsk, WalletRequest,
+    WireError, enrol_code,
 };
 pub use verify::RecordSignatureCheck;
 use verify::{BatchRefused, CheckedBatch};
@@ -206,6 +210,11 @@ pub struct Hub {
     issuer: Arc<SecretKey>,
     backend: Box<dyn HubBackend>,
     record_signatures: RecordSignatureCheck,
+    /// Calls of [`Hub::answer_phones`], to sweep old nonces now and then.
+    phone_calls: u64,
+    /// How long a renewed credential's allowance stays reserved after it
+    /// expires ([`accounts::SETTLE_SECS`] unless set).
+    settle_secs: u64,
 }
 
 /// What the hub's read path needs without the writer: the issuer key (to
@@ -363,6 +372,106 @@ impl Reads<'_> {
     }
 }
 
+/// What the hub answers a phone whose request it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhoneAnswer {
+    /// The wallet is enrolled in an account of this currency.
+    Enrolled {
+        /// The account's currency.
+        currency: u16,
+    },
+    /// A credential and its note.
+    Renewed(Renewed),
+    /// The account's statement.
+    Statement(Statement),
+}
+
+/// How long the hub remembers a phone's nonce: a request stamped further
+/// from its clock is refused anyway.
+const NONCE_MEMORY_MS: u64 = 2 * REQUEST_WINDOW_MS + 60_000;
+/// How often (in calls of [`Hub::answer_phones`]) old nonces are forgotten.
+const NONCE_SWEEP: u64 = 256;
+
+/// An enrolment code as the hub stores it: hashed, so that a copy of the
+/// database enrols nobody.
+pub fn enrol_code_hash(code: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::new()
+        .chain_update(b"sonotap/v1/enrol-code\0")
+        .chain_update(code.as_bytes())
+        .finalize()
+        .into()
+}
+
+/// Decodes and checks a phone's request (docs/accounts.md §3): its
+/// signature under the key it carries and its time. Needs nothing of the
+/// hub's, so a server runs it before it takes a writer. The error is for
+/// the hub's log: the phone is told only that it is not authenticated.
+pub fn check_wallet_request(bytes: &[u8], now_ms: u64) -> Result<WalletRequest, String> {
+    let request = WalletRequest::decode(bytes).map_err(|e| e.to_string())?;
+    request.verify(now_ms).map_err(|e| e.to_string())?;
+    Ok(request)
+}
+
+/// One phone's request inside a transaction (see [`Hub::answer_phone`]).
+fn answer_one(
+    ledger: &mut dyn ledger::Ledger,
+    issuer: &accounts::Issuer<'_>,
+    request: &WalletRequest,
+    now_ms: u64,
+) -> Result<Result<PhoneAnswer, Refusal>, HubError> {
+    let now = now_ms / 1000;
+    let wallet = request.wallet();
+    // A wallet enrolled nowhere asks for nothing that needs a write: a
+    // stranger's fresh keys cost the hub no commit (the answer goes to the
+    // key holder only, and is the same if replayed).
+    if !matches!(request.ask, WalletAsk::Enrol { .. })
+        && book::wallet_account(ledger, wallet)?.is_none()
+    {
+        return Ok(Err(Refusal::NotEnrolled));
+    }
+    if !book::fresh_nonce(ledger, wallet, &request.nonce, now_ms)? {
+        return Ok(Err(Refusal::Replayed));
+    }
+    Ok(match &request.ask {
+        WalletAsk::Enrol { code } => {
+            accounts::enrol(ledger, &enrol_code_hash(code), &request.wallet_key, now)?.map(
+                |account| PhoneAnswer::Enrolled {
+                    currency: account.currency,
+                },
+            )
+        }
+        WalletAsk::Renew => accounts::renew(ledger, issuer, &request.wallet_key, now)?.map(|r| {
+            PhoneAnswer::Renewed(Renewed {
+                credential: r.credential,
+                note: r.note,
+            })
+        }),
+        WalletAsk::Statement { before } => {
+            match accounts::statement_of(ledger, wallet, *before, now)? {
+                Err(refusal) => Err(refusal),
+                Ok(view) => Ok(PhoneAnswer::Statement(
+                    Statement {
+                        nonce: request.nonce,
+                        wallet,
+                        at: now,
+                        state: view.account.state,
+                        currency: view.account.currency,
+                        balance: view.balance,
+                        credit_line: view.account.credit_line,
+                        exposure: view.exposure,
+                        next_before: view.next_before,
+                        entries: view.entries,
+                        key_id: 0,
+                        signature: [0; 64],
+                    }
+                    .sign(issuer.key_id, issuer.key)?,
+                )),
+            }
+        }
+    })
+}
+
 /// The hub's time for a reader's `nonce`, signed by the active issuer key.
 fn time_statement(issuer: &SecretKey, nonce: [u8; 16], now_ms: u64) -> TimeStatement {
     let signer = IssuerSigner(issuer);
@@ -454,6 +563,8 @@ impl Hub {
             issuer: Arc::new(issuer),
             backend,
             record_signatures: RecordSignatureCheck::default(),
+            phone_calls: 0,
+            settle_secs: accounts::SETTLE_SECS,
         }
     }
 
@@ -461,6 +572,13 @@ impl Hub {
     /// for (besides the batch signature, always checked).
     pub fn set_record_signatures(&mut self, check: RecordSignatureCheck) {
         self.record_signatures = check;
+    }
+
+    /// How long after it expires a credential renewed from now on keeps
+    /// its unspent allowance reserved (docs/accounts.md §2): the longest a
+    /// reader may take to sync.
+    pub fn set_settle_secs(&mut self, secs: u64) {
+        self.settle_secs = secs;
     }
 
     /// Where the state lives, for logs.
@@ -546,6 +664,8 @@ impl Hub {
             issuer: Arc::clone(&self.issuer),
             backend,
             record_signatures: self.record_signatures,
+            phone_calls: 0,
+            settle_secs: self.settle_secs,
         }))
     }
 
@@ -657,6 +777,164 @@ impl Hub {
     /// every one with `all`.
     pub fn review(&mut self, all: bool) -> Result<Review, HubError> {
         self.backend.review(all)
+    }
+
+    /// Runs `f` in one write transaction and returns what it returned.
+    fn write<T>(
+        &mut self,
+        f: impl FnMut(&mut dyn ledger::Ledger) -> Result<T, HubError>,
+    ) -> Result<T, HubError> {
+        backend::write(&mut *self.backend, f)
+    }
+
+    /// Opens a rider's account (docs/accounts.md §1); `false` if it exists
+    /// with the same terms already.
+    pub fn open_account(&mut self, account: &Account) -> Result<bool, HubError> {
+        self.write(|ledger| accounts::open(ledger, account))
+    }
+
+    /// Tops up an account or adjusts it, idempotently on `reference`.
+    pub fn credit_account(
+        &mut self,
+        id: &str,
+        kind: EntryKind,
+        amount: i64,
+        reference: &str,
+        note: &str,
+        now: u64,
+    ) -> Result<accounts::Credited, HubError> {
+        self.write(|ledger| accounts::credit(ledger, id, kind, amount, reference, note, now))
+    }
+
+    /// An account with its balance, exposure, phones, live credentials and
+    /// a page of its ledger before entry `before` (0: the newest).
+    pub fn account_view(
+        &mut self,
+        id: &str,
+        before: u64,
+        now: u64,
+    ) -> Result<Option<AccountView>, HubError> {
+        self.look(|ledger| accounts::view(ledger, id, before, now))
+    }
+
+    /// Accounts whose id or label contains `search` (any case), at most `limit`.
+    pub fn accounts(&mut self, search: &str, limit: u32) -> Result<Vec<Account>, HubError> {
+        self.look(|ledger| accounts::list(ledger, search, limit))
+    }
+
+    /// Runs `f`, which only reads accounts, in a transaction that holds up
+    /// no ingest and no phone ([`backend::HubBackend::phone_transaction`]).
+    fn look<T>(
+        &mut self,
+        mut f: impl FnMut(&mut dyn ledger::Ledger) -> Result<T, HubError>,
+    ) -> Result<T, HubError> {
+        let mut out = None;
+        self.backend.phone_transaction(&mut |ledger| {
+            out = Some(f(ledger)?);
+            Ok(())
+        })?;
+        backend::ran(out)
+    }
+
+    /// Suspends, closes or reopens an account; its phones are denied or
+    /// allowed again accordingly (the wallets whose entry changed).
+    pub fn change_account(
+        &mut self,
+        id: &str,
+        change: accounts::Change<'_>,
+        now: u64,
+    ) -> Result<Vec<WalletId>, HubError> {
+        for (what, text) in [("--by", change.by), ("--reason", change.reason)] {
+            if text.trim().is_empty()
+                || text.len() > REVIEW_TEXT_MAX
+                || text.chars().any(char::is_control)
+            {
+                return Err(HubError::Review(format!(
+                    "{what} must say who or why, 1 to {REVIEW_TEXT_MAX} printable bytes"
+                )));
+            }
+        }
+        let signer = IssuerSigner(&self.issuer);
+        backend::write(&mut *self.backend, |ledger| {
+            accounts::change_state(ledger, &signer, id, change, DenyReason::Operator, true, now)
+        })
+    }
+
+    /// Makes a one-time enrolment code for an account, valid `life_secs`:
+    /// the code (shown once; the hub keeps its hash) and its expiry.
+    pub fn enrol_code(
+        &mut self,
+        id: &str,
+        life_secs: u64,
+        now: u64,
+    ) -> Result<(String, u64), HubError> {
+        let mut random = [0u8; 10];
+        getrandom::fill(&mut random)
+            .map_err(|e| HubError::Backend(format!("no randomness for a code: {e}")))?;
+        let code = enrol_code(random);
+        let hash = enrol_code_hash(&code);
+        let expires = self.write(|ledger| accounts::add_code(ledger, id, &hash, life_secs, now))?;
+        Ok((code, expires))
+    }
+
+    /// Answers a phone's checked request ([`check_wallet_request`]) in one
+    /// transaction: its nonce is remembered (a replay is refused), then it
+    /// is enrolled, renewed or given its statement, or told why not.
+    pub fn answer_phone(
+        &mut self,
+        request: &WalletRequest,
+        now_ms: u64,
+    ) -> Result<Result<PhoneAnswer, Refusal>, HubError> {
+        let mut answers = self.answer_phones(std::slice::from_ref(request), now_ms)?;
+        backend::ran(answers.pop())
+    }
+
+    /// Answers phones' checked requests in one transaction, in order, as
+    /// [`Hub::answer_phone`] answers each: what a commit costs (a sync of
+    /// the log to disk) is shared by all of them. The accounts of the
+    /// renewals and statements are locked first, in ascending order, so two
+    /// writers' batches never wait for each other in a circle.
+    pub fn answer_phones(
+        &mut self,
+        requests: &[WalletRequest],
+        now_ms: u64,
+    ) -> Result<Vec<Result<PhoneAnswer, Refusal>>, HubError> {
+        let signer = IssuerSigner(&self.issuer);
+        let issuer = accounts::Issuer {
+            key_id: signer.key_id(),
+            key: self.issuer.signing_key(),
+            settle_secs: self.settle_secs,
+        };
+        // Old nonces are forgotten in a transaction of their own, every
+        // `NONCE_SWEEP`-th call, so that no phone's transaction deletes rows
+        // another one may be locking.
+        self.phone_calls = self.phone_calls.wrapping_add(1);
+        if self.phone_calls % NONCE_SWEEP == 1 {
+            let before = now_ms.saturating_sub(NONCE_MEMORY_MS);
+            backend::write(&mut *self.backend, |ledger| {
+                book::forget_nonces(ledger, before)
+            })?;
+        }
+        let mut out = Vec::new();
+        self.backend.phone_transaction(&mut |ledger| {
+            out.clear();
+            if requests.len() > 1 {
+                let mut ids = Vec::new();
+                for r in requests {
+                    if !matches!(r.ask, WalletAsk::Enrol { .. })
+                        && let Some(id) = book::wallet_account(ledger, r.wallet())?
+                    {
+                        ids.push(id);
+                    }
+                }
+                book::lock_accounts(ledger, &ids)?;
+            }
+            for request in requests {
+                out.push(answer_one(ledger, &issuer, request, now_ms)?);
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// An operator lifts the open suspensions of `target` (one credential,

@@ -57,7 +57,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
-use super::server::{MAX_BODY, ServeError};
+use super::server::{MAX_BODY, PHONE_MAX_BODY, PHONE_PATHS, ServeError};
 
 /// Default for [`Limits::header_timeout`]: a reader's request head is a few
 /// hundred bytes and its next request follows within milliseconds, so 10 s
@@ -320,7 +320,7 @@ pub(super) async fn serve(
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     warn(&format!("accept: {e}"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -329,11 +329,13 @@ pub(super) async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             permit,
             builder: builder.clone(),
-            app: app.clone(),
+            // The client's address, for the phone endpoints' budgets.
+            app: app.clone().layer(axum::Extension(Peer(peer.ip()))),
             stall: limits.body_timeout,
         };
         let watcher = graceful.watcher();
@@ -362,6 +364,10 @@ pub(super) async fn serve(
     }
     Ok(())
 }
+
+/// The address a connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peer(pub std::net::IpAddr);
 
 /// One accepted connection and what serving it needs.
 struct Connection {
@@ -590,7 +596,7 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 
 /// What a request's headers say about its body, checked before any of it
 /// is read: `Ok(len)` to read `len` bytes, or the refusal.
-fn check_body_headers(method: &Method, headers: &HeaderMap) -> Result<u64, Refusal> {
+fn check_body_headers(method: &Method, path: &str, headers: &HeaderMap) -> Result<u64, Refusal> {
     let length = match headers.get(header::CONTENT_LENGTH) {
         // hyper has already refused a malformed or duplicated Content-Length.
         Some(value) => value
@@ -613,6 +619,15 @@ fn check_body_headers(method: &Method, headers: &HeaderMap) -> Result<u64, Refus
         }
         None => 0,
     };
+    if path.starts_with(PHONE_PATHS) && length > PHONE_MAX_BODY as u64 {
+        return Err(Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "a phone's request is at most {PHONE_MAX_BODY} bytes; this one declares {length}"
+            ),
+        ));
+    }
     if length > MAX_BODY as u64 {
         return Err(Refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -631,7 +646,7 @@ fn check_body_headers(method: &Method, headers: &HeaderMap) -> Result<u64, Refus
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 format!(
-                    "send a batch as Content-Type: application/octet-stream, not {}",
+                    "send the body as Content-Type: application/octet-stream, not {}",
                     essence.unwrap_or("none")
                 ),
             ));
@@ -646,7 +661,7 @@ fn check_body_headers(method: &Method, headers: &HeaderMap) -> Result<u64, Refus
 /// bytes; the budget is held until the handler has answered.
 async fn admit_body(State(guard): State<Arc<BodyGuard>>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let length = match check_body_headers(&parts.method, &parts.headers) {
+    let length = match check_body_headers(&parts.method, parts.uri.path(), &parts.headers) {
         Ok(length) => length,
         Err(refusal) => return refusal.into_response(),
     };
@@ -837,7 +852,7 @@ mod tests {
             ("content-length", "104857600"),
             ("content-type", "application/octet-stream"),
         ]);
-        let refusal = check_body_headers(&Method::POST, &declared).err();
+        let refusal = check_body_headers(&Method::POST, "/v1/batches", &declared).err();
         assert!(matches!(
             refusal,
             Some(Refusal(StatusCode::PAYLOAD_TOO_LARGE, "too_large", _))
@@ -851,7 +866,7 @@ mod tests {
             ("content-type", "application/octet-stream"),
         ]);
         assert!(matches!(
-            check_body_headers(&Method::POST, &chunked),
+            check_body_headers(&Method::POST, "/v1/batches", &chunked),
             Err(Refusal(StatusCode::LENGTH_REQUIRED, "length_required", _))
         ));
     }
@@ -866,16 +881,20 @@ mod tests {
         ] {
             let mut h = headers(&[("content-length", "10")]);
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
-            assert_eq!(check_body_headers(&Method::POST, &h).is_ok(), ok, "{value}");
+            assert_eq!(
+                check_body_headers(&Method::POST, "/v1/batches", &h).is_ok(),
+                ok,
+                "{value}"
+            );
         }
         let missing = headers(&[("content-length", "10")]);
         assert!(matches!(
-            check_body_headers(&Method::POST, &missing),
+            check_body_headers(&Method::POST, "/v1/batches", &missing),
             Err(Refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, _, _))
         ));
         // Reads carry no body and need no content type.
         assert_eq!(
-            check_body_headers(&Method::GET, &HeaderMap::new()).ok(),
+            check_body_headers(&Method::GET, "/v1/deny", &HeaderMap::new()).ok(),
             Some(0)
         );
     }

@@ -10,7 +10,7 @@
 //! TLS (rustls) is required on any address but loopback.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,16 +31,23 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::accounts::Refusal;
 use super::backend::LockWaits;
 use super::ledger::{IngestStatus, Via};
-use super::listen::{self, Limits, Outcome};
-use super::{Hub, HubError, HubReader, ReadSide};
+use super::listen::{self, Limits, Outcome, Peer};
+use super::phones::{self, Limiter};
+use super::{Hub, HubError, HubReader, PhoneAnswer, ReadSide, check_wallet_request};
 use sonotap_protocol::api::{AUTH_SCHEME, DenyAnswer, KeysAnswer, TimeAnswer, UploadAnswer};
+use sonotap_protocol::wire::{WalletAsk, WalletRequest};
 
 /// Largest accepted request body: a full batch is about 2.8 MB.
 pub const MAX_BODY: usize = 4 << 20;
 /// Most deny-list entries per response; readers ask again for the rest.
 pub const DENY_PAGE: u32 = 1000;
+/// Where the phones' endpoints live (docs/sync.md §2.3).
+pub const PHONE_PATHS: &str = "/v1/wallet/";
+/// Largest body a phone may send: its largest request.
+pub const PHONE_MAX_BODY: usize = WalletRequest::MAX_LEN;
 
 /// Where and how to listen.
 #[derive(Debug, Clone)]
@@ -96,6 +103,65 @@ struct Served {
     idle: Mutex<Vec<HubReader>>,
     /// One permit per read connection in use.
     readers: Arc<Semaphore>,
+    /// The phones' budgets.
+    limiter: Mutex<Limiter>,
+    /// Phones' checked requests waiting for a writer (see [`answer_in_turn`]).
+    phones: Mutex<Vec<Waiting>>,
+}
+
+/// A phone's request waiting for its answer.
+type Waiting = (
+    WalletRequest,
+    tokio::sync::oneshot::Sender<Result<Result<PhoneAnswer, Refusal>, ApiError>>,
+);
+
+/// The most phone requests answered in one transaction.
+const PHONE_BATCH: usize = 256;
+
+/// Answers a phone's request with the others waiting: each request joins
+/// the queue, then takes a writer in turn, and a writer answers everything
+/// queued (up to [`PHONE_BATCH`]) in one transaction
+/// ([`Hub::answer_phones`]), so phones arriving together share one commit
+/// (one sync of the log to disk). A request whose writer finds the queue
+/// empty was answered by an earlier one; every request is followed by a
+/// writer turn of its own, so none is left in the queue. A batch that
+/// fails as a whole (a lost connection) is answered again request by
+/// request. Enrolments are not queued ([`phone`]).
+async fn answer_in_turn(
+    hub: &Shared,
+    request: WalletRequest,
+) -> Result<Result<PhoneAnswer, Refusal>, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    listen::unpoisoned(&hub.phones).push((request, tx));
+    let shared = Arc::clone(hub);
+    with_writer(Arc::clone(hub), move |writer| {
+        let batch: Vec<Waiting> = {
+            let mut queue = listen::unpoisoned(&shared.phones);
+            let take = queue.len().min(PHONE_BATCH);
+            queue.drain(..take).collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (requests, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match writer.answer_phones(&requests, now_ms()) {
+            Ok(answers) => {
+                for (sender, answer) in senders.into_iter().zip(answers) {
+                    let _ = sender.send(Ok(answer));
+                }
+            }
+            Err(_) => {
+                for (request, sender) in requests.iter().zip(senders) {
+                    let answer = writer.answer_phone(request, now_ms());
+                    let _ = sender.send(answer.map_err(ApiError::from));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    rx.await
+        .map_err(|_| ApiError::internal("the writer answering this request stopped".into()))?
 }
 
 /// The writer a request that panicked left locked: see [`Served::writer`].
@@ -127,6 +193,8 @@ impl Served {
             writers,
             idle: Mutex::new(Vec::new()),
             readers: Arc::new(Semaphore::new(READ_CONNECTIONS)),
+            limiter: Mutex::new(Limiter::default()),
+            phones: Mutex::new(Vec::new()),
         })
     }
 
@@ -494,6 +562,174 @@ async fn time(
     }))
 }
 
+/// The one answer to a phone's request that is not authenticated (not a
+/// request, a bad signature, a stale time, a replayed nonce): the same
+/// whatever the reason, so that it tells nobody anything about a wallet.
+pub const PHONE_UNAUTHENTICATED: &str = "request not authenticated: sign it with the wallet key, stamped with the hub's time \
+     (GET /v1/time), with a fresh nonce (docs/accounts.md)";
+
+/// A phone's request over its budget: 429 with `Retry-After`.
+fn too_many(wait_ms: u64, what: &str) -> Response {
+    let secs = wait_ms.div_ceil(1000).max(1);
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many requests {what}; try again in {secs} s"),
+    )
+    .into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// The HTTP status of a refusal.
+fn refusal_status(refusal: &Refusal) -> StatusCode {
+    match refusal {
+        Refusal::Replayed => StatusCode::UNAUTHORIZED,
+        Refusal::NoAllowance { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::FORBIDDEN,
+    }
+}
+
+/// `POST /v1/wallet/{enrol,renew,statement}`: a phone's signed request
+/// (docs/sync.md §2.3). `kind` is the path's: a request of another kind
+/// is refused.
+async fn phone(hub: Shared, peer: IpAddr, kind: &'static str, body: Bytes) -> Response {
+    let limited = |buckets: &mut phones::Buckets<IpAddr>| buckets.take(&peer, now_ms());
+    if let Err(wait) = limited(&mut listen::unpoisoned(&hub.limiter).addresses) {
+        return too_many(wait, "from this address");
+    }
+    if kind == "enrol" {
+        let wait = listen::unpoisoned(&hub.limiter)
+            .code_failures
+            .wait_ms(&peer, now_ms());
+        if wait > 0 {
+            return too_many(
+                wait,
+                "with enrolment codes that are not valid from this address",
+            );
+        }
+    }
+    let checked = tokio::task::spawn_blocking(move || check_wallet_request(&body, now_ms())).await;
+    let request = match checked {
+        Ok(Ok(request)) if request.ask.name() == kind => request,
+        Ok(Ok(request)) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!(
+                    "a {} request sent to the {kind} endpoint",
+                    request.ask.name()
+                ),
+            )
+            .into_response();
+        }
+        Ok(Err(why)) => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "not_authenticated",
+                PHONE_UNAUTHENTICATED.into(),
+            )
+            .why(why)
+            .into_response();
+        }
+        Err(e) => return ApiError::internal(e.to_string()).into_response(),
+    };
+    let wallet = request.wallet();
+    let taken = listen::unpoisoned(&hub.limiter)
+        .wallets
+        .take(&wallet, now_ms());
+    if let Err(wait) = taken {
+        return too_many(wait, "from this wallet");
+    }
+    // Enrolments lock a code and an account in an order a batch cannot
+    // sort in advance: each is answered in a transaction of its own.
+    let answer = match request.ask {
+        WalletAsk::Enrol { .. } => {
+            with_writer(Arc::clone(&hub), move |writer| {
+                writer.answer_phone(&request, now_ms())
+            })
+            .await
+        }
+        _ => answer_in_turn(&hub, request).await,
+    };
+    let outcome = Extension(Outcome {
+        reader: Some(format!("wallet {wallet}")),
+        ..Outcome::default()
+    });
+    match answer {
+        Err(e) => e.into_response(),
+        Ok(Ok(PhoneAnswer::Enrolled { currency })) => (
+            outcome,
+            axum::Json(json!({ "status": "enrolled", "account_currency": currency })),
+        )
+            .into_response(),
+        Ok(Ok(PhoneAnswer::Renewed(renewed))) => (
+            outcome,
+            axum::Json(json!({ "renewed": hex::encode(renewed.encode()) })),
+        )
+            .into_response(),
+        Ok(Ok(PhoneAnswer::Statement(statement))) => match statement.encode() {
+            Ok(bytes) => (
+                outcome,
+                axum::Json(json!({ "statement": hex::encode(bytes) })),
+            )
+                .into_response(),
+            Err(e) => ApiError::internal(e.to_string()).into_response(),
+        },
+        Ok(Err(refusal)) => {
+            if refusal == Refusal::CodeNotValid {
+                let _ = listen::unpoisoned(&hub.limiter)
+                    .code_failures
+                    .take(&peer, now_ms());
+            }
+            let message = match refusal {
+                Refusal::Replayed => PHONE_UNAUTHENTICATED.to_owned(),
+                _ => refusal.message(),
+            };
+            let mut response = ApiError::new(refusal_status(&refusal), refusal.code(), message)
+                .why(format!("wallet {wallet}: {}", refusal.message()))
+                .into_response();
+            response.extensions_mut().insert(outcome.0);
+            response
+        }
+    }
+}
+
+/// The client's address; unspecified where the router runs without the
+/// hub's listener (in-process tests), which then share one budget.
+fn peer_ip(peer: Option<Extension<Peer>>) -> IpAddr {
+    let ip = peer.map_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |p| p.0.0);
+    phones::address_key(ip)
+}
+
+async fn phone_enrol(
+    State(hub): State<Shared>,
+    peer: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Response {
+    phone(hub, peer_ip(peer), "enrol", body).await
+}
+
+async fn phone_renew(
+    State(hub): State<Shared>,
+    peer: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Response {
+    phone(hub, peer_ip(peer), "renew", body).await
+}
+
+async fn phone_statement(
+    State(hub): State<Shared>,
+    peer: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Response {
+    phone(hub, peer_ip(peer), "statement", body).await
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -515,6 +751,9 @@ fn routes(shared: Shared) -> Router {
         .route("/v1/deny", get(deny))
         .route("/v1/keys", get(keys))
         .route("/v1/time", get(time))
+        .route("/v1/wallet/enrol", post(phone_enrol))
+        .route("/v1/wallet/renew", post(phone_renew))
+        .route("/v1/wallet/statement", post(phone_statement))
         .route(
             "/v1/health",
             get(|| async { axum::Json(json!({ "ok": true })) }),

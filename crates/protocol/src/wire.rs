@@ -15,6 +15,9 @@ use crate::policy::TrustedKeys;
 use crate::record::{RecordBody, RecordKind};
 use crate::token::WalletId;
 
+mod account;
+pub use account::*;
+
 /// First bytes of a batch, and of what its reader signs.
 pub const BATCH_DOMAIN: &[u8] = b"sonotap/v1/batch\0";
 /// First bytes of a hub acknowledgement.

@@ -72,6 +72,33 @@ pub(crate) fn modules(payload: &[u8]) -> Result<Modules, QrError> {
     Err(err(last))
 }
 
+/// Renders a payload as text for a terminal: two modules per character
+/// cell (upper and lower half blocks), dark on a light background, with a
+/// quiet zone, so an operator can show it to a phone's camera.
+pub fn terminal_text(payload: &[u8]) -> Result<String, QrError> {
+    let m = modules(payload)?;
+    let q = QUIET_ZONE as isize;
+    let side = m.size as isize;
+    let mut out = String::new();
+    let mut y = -q;
+    while y < side + q {
+        for x in -q..side + q {
+            // Light modules are drawn (the terminal's background is dark).
+            let top = !m.is_dark(x, y);
+            let bottom = y + 1 < side + q && !m.is_dark(x, y + 1);
+            out.push(match (top, bottom) {
+                (true, true) => '\u{2588}',
+                (true, false) => '\u{2580}',
+                (false, true) => '\u{2584}',
+                (false, false) => ' ',
+            });
+        }
+        out.push('\n');
+        y += 2;
+    }
+    Ok(out)
+}
+
 /// Renders a payload as a grey image: black modules of `module_px` pixels on
 /// white, with `quiet` modules of white margin.
 pub fn render_token(payload: &[u8], module_px: usize, quiet: usize) -> Result<GreyImage, QrError> {

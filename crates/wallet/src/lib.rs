@@ -21,6 +21,13 @@
 //! running total is kept, since tokens under the file's credential may carry
 //! that total) and migrated on the next write, which removes the file.
 //!
+//! Online (issue 18), the wallet enrols with an operator's one-time code,
+//! renews its credential and fetches its account statement from the hub
+//! ([`HubClient`]). `wallet.toml` then also keeps the hub's URL and the
+//! issuer key learned from the first online renewal (trusted as the HTTPS
+//! connection it came over is), which every later renewal and statement
+//! must be signed by.
+//!
 //! Like an honest phone, it refuses to sign a payment that every reader
 //! would decline (over the per-payment cap, over what is left of the offline
 //! limit, outside the credential's validity): such a token would only count
@@ -37,17 +44,24 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use sonotap_disk::fsutil;
 use sonotap_disk::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use sonotap_protocol::beacon::Beacon;
-use sonotap_protocol::policy::Reason;
+use sonotap_protocol::policy::{Reason, TrustedKeys};
 use sonotap_protocol::token::{
     Credential, CredentialTerms, FormatError, PaymentTerms, SignError, Token, WalletId,
 };
-use sonotap_protocol::wire::{RenewalNote, WireError};
+use sonotap_protocol::wire::{RenewalNote, Renewed, WalletAsk, WalletRequest, WireError};
+
+mod hub_url;
+mod online;
+
+pub use hub_url::{EnrolInput, check_hub_url, parse_enrol_input};
+pub use online::{Enrolled, HUB_ANSWER_LIMIT, HUB_TIMEOUT, HubClient, HubOptions, OnlineError};
 
 /// Secret key file name.
 pub const KEY_FILE: &str = "wallet.key";
@@ -77,6 +91,43 @@ pub struct WalletState {
     /// is in a separate file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_bytes: Option<String>,
+    /// The hub's base URL this wallet enrolled with, for renewals and
+    /// statements that name no other. Absent before enrolment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+    /// The issuer key learned from the first online renewal; every later
+    /// renewal and statement must be signed by it. Absent before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<TrustedIssuer>,
+}
+
+/// `[issuer]` in `wallet.toml`: the one issuer key a wallet trusts online.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuer {
+    /// The issuer key id credentials name.
+    pub key_id: u8,
+    /// The Ed25519 public key, 64 hex digits.
+    pub public_key: String,
+}
+
+impl TrustedIssuer {
+    fn new(key_id: u8, key: &[u8; 32]) -> Self {
+        Self {
+            key_id,
+            public_key: hex::encode(key),
+        }
+    }
+
+    /// The key, or why the stored text is not one.
+    fn key(&self) -> Result<VerifyingKey, String> {
+        let bytes = hex::decode(&self.public_key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or("issuer.public_key is not 64 hex digits")?;
+        VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| "issuer.public_key is not a valid Ed25519 key".to_string())
+    }
 }
 
 /// Why the wallet cannot do what was asked.
@@ -127,6 +178,37 @@ pub enum WalletError {
     BadRenewal {
         /// The note file.
         path: PathBuf,
+        /// Why.
+        source: WireError,
+    },
+    /// The hub's renewal answer does not verify: nothing was installed.
+    #[error("the hub's renewal cannot be used: {source}; nothing was installed")]
+    BadRenewed {
+        /// Why.
+        source: WireError,
+    },
+    /// A renewal signed by another issuer key than the one this wallet
+    /// learned at its first renewal.
+    #[error(
+        "the hub's renewal is signed by issuer key {offered_id} ({offered}), but this wallet \
+         trusts issuer key {trusted_id} ({trusted}), learned at its first renewal; nothing \
+         was installed (is this your operator's hub? if the operator has announced a new \
+         issuer key, make a new wallet with `sonotap wallet new` and enrol it)"
+    )]
+    IssuerChanged {
+        /// The key id trusted.
+        trusted_id: u8,
+        /// The key trusted, hex.
+        trusted: String,
+        /// The key id offered.
+        offered_id: u8,
+        /// The key offered, hex.
+        offered: String,
+    },
+    /// A request to the hub that cannot be made (an enrolment code that is
+    /// not canonical).
+    #[error("cannot make the request to the hub: {source}")]
+    Request {
         /// Why.
         source: WireError,
     },
@@ -301,6 +383,8 @@ pub struct Wallet {
     key: SecretKey,
     credential: Option<Credential>,
     state: WalletState,
+    /// `state.issuer`, parsed: empty, or the one key trusted online.
+    trusted: TrustedKeys,
 }
 
 impl Wallet {
@@ -341,6 +425,7 @@ impl Wallet {
             key,
             credential: None,
             state: WalletState::default(),
+            trusted: TrustedKeys::default(),
         };
         wallet.save_state()?;
         Ok(wallet)
@@ -387,11 +472,20 @@ impl Wallet {
             state.credential = Some(hex::encode(credential.digest()));
             state.credential_bytes = Some(hex::encode(credential.encode()));
         }
+        let mut trusted = TrustedKeys::default();
+        if let Some(issuer) = &state.issuer {
+            let key = issuer.key().map_err(|detail| WalletError::State {
+                path: state_path.clone(),
+                detail,
+            })?;
+            trusted.insert(issuer.key_id, key);
+        }
         Ok(Self {
             dir: dir.into(),
             key,
             credential,
             state,
+            trusted,
         })
     }
 
@@ -413,6 +507,45 @@ impl Wallet {
     /// The counter and running total.
     pub fn state(&self) -> &WalletState {
         &self.state
+    }
+
+    /// The issuer key this wallet trusts online (empty before its first
+    /// online renewal): what a statement must be signed by.
+    pub fn trusted_keys(&self) -> &TrustedKeys {
+        &self.trusted
+    }
+
+    /// The hub this wallet enrolled with, if it has.
+    pub fn hub(&self) -> Option<&str> {
+        self.state.hub.as_deref()
+    }
+
+    /// Remembers `url` as the hub this wallet enrolled with.
+    pub fn remember_hub(&mut self, url: &str) -> Result<(), WalletError> {
+        if self.state.hub.as_deref() == Some(url) {
+            return Ok(());
+        }
+        let state = WalletState {
+            hub: Some(url.to_owned()),
+            ..self.state.clone()
+        };
+        write_state(&self.dir, &state)?;
+        self.state = state;
+        Ok(())
+    }
+
+    /// A request to the hub, signed by this wallet's key, stamped with the
+    /// hub's time as the phone estimates it (Unix milliseconds) and
+    /// `nonce` (16 fresh random bytes). An enrolment code must be
+    /// canonical ([`sonotap_protocol::wire::normalise_enrol_code`]).
+    pub fn request(
+        &self,
+        ask: WalletAsk,
+        hub_time_ms: u64,
+        nonce: [u8; 16],
+    ) -> Result<WalletRequest, WalletError> {
+        WalletRequest::sign(ask, hub_time_ms, nonce, self.key.signing_key())
+            .map_err(|source| WalletError::Request { source })
     }
 
     /// Installs a credential from a file, with the renewal note beside it
@@ -458,6 +591,59 @@ impl Wallet {
             Some(note) => Some(read_note(note, &credential)?),
             None => None,
         };
+        self.commit(credential, floor, None)
+    }
+
+    /// Installs the credential of the hub's answer to an online renewal,
+    /// as [`Wallet::install`] does with a renewal note: the counter moves
+    /// up to the note's highest cleared counter, a new credential starts a
+    /// new running total, and the credential in use again keeps its total.
+    ///
+    /// The answer must be for this wallet and signed, credential and note,
+    /// by the issuer key this wallet trusts; the first one is trusted as
+    /// the connection it came over is, and its key is kept (in the same
+    /// atomic write) for every later renewal and statement.
+    pub fn install_renewed(&mut self, renewed: &Renewed) -> Result<Installed, WalletError> {
+        let offered = (renewed.note.key_id, renewed.note.issuer_key);
+        if let Err(source) = renewed.verify(&self.key.public().to_bytes(), &self.trusted) {
+            // Say which key when that is what is wrong: the advice differs.
+            return Err(match self.trusted.iter().next() {
+                Some((id, key)) if (id, key.to_bytes()) != offered => WalletError::IssuerChanged {
+                    trusted_id: id,
+                    trusted: hex::encode(key.to_bytes()),
+                    offered_id: offered.0,
+                    offered: hex::encode(offered.1),
+                },
+                _ => WalletError::BadRenewed { source },
+            });
+        }
+        self.commit(
+            renewed.credential,
+            Some(renewed.note.highest_cleared_counter),
+            Some(TrustedIssuer::new(offered.0, &offered.1)),
+        )
+    }
+
+    /// Puts `credential` in use, the counter at least `floor`, trusting
+    /// `issuer` if given: one atomic write, none if nothing changes.
+    fn commit(
+        &mut self,
+        credential: Credential,
+        floor: Option<u32>,
+        issuer: Option<TrustedIssuer>,
+    ) -> Result<Installed, WalletError> {
+        let trusted = match &issuer {
+            Some(issuer) => {
+                let key = issuer.key().map_err(|detail| WalletError::State {
+                    path: self.dir.join(STATE_FILE),
+                    detail,
+                })?;
+                let mut trusted = TrustedKeys::default();
+                trusted.insert(issuer.key_id, key);
+                trusted
+            }
+            None => self.trusted.clone(),
+        };
         let mut state = self.state.clone();
         let digest = hex::encode(credential.digest());
         if state.credential.as_deref() != Some(digest.as_str()) {
@@ -469,10 +655,14 @@ impl Wallet {
         if let Some(floor) = floor {
             state.counter = state.counter.max(floor);
         }
+        if issuer.is_some() {
+            state.issuer = issuer;
+        }
         if state != self.state || self.dir.join(CREDENTIAL_FILE).exists() {
             write_state(&self.dir, &state)?;
             self.state = state;
         }
+        self.trusted = trusted;
         self.credential = Some(credential);
         Ok(Installed {
             credential,
@@ -858,6 +1048,7 @@ mod tests {
                         running_total: 0,
                         credential: Some(hex::encode(new.digest())),
                         credential_bytes: None,
+                        ..WalletState::default()
                     };
                     write_legacy(&dir, &state, &new);
                 }
@@ -1032,5 +1223,210 @@ mod tests {
             10,
             "same credential: total kept"
         );
+    }
+
+    /// A renewal answer for `wallet`: [`credential_for`]'s credential with
+    /// `tag`, signed by `issuer` as key `key_id`, and its note.
+    fn renewed_by(
+        wallet: &Wallet,
+        tag: u16,
+        highest: u32,
+        key_id: u8,
+        issuer: &ed25519_dalek::SigningKey,
+    ) -> Renewed {
+        let terms = CredentialTerms {
+            issuer_key_id: key_id,
+            ..credential_for(wallet, tag).terms
+        };
+        let credential = terms.sign(issuer).expect("terms");
+        Renewed {
+            credential,
+            note: RenewalNote::sign(&credential, highest, NOW, issuer),
+        }
+    }
+
+    fn renewed(wallet: &Wallet, tag: u16, highest: u32) -> Renewed {
+        renewed_by(wallet, tag, highest, 1, &testkit::issuer())
+    }
+
+    #[test]
+    fn issue18_the_first_online_renewal_is_trusted_and_its_issuer_key_kept() {
+        let (_tmp, dir, mut wallet) = new_wallet();
+        assert!(wallet.trusted_keys().is_empty());
+        let answer = renewed(&wallet, 0, 0);
+        let installed = wallet.install_renewed(&answer).expect("first renewal");
+        assert_eq!(installed.credential, answer.credential);
+        assert_eq!(wallet.credential(), Some(&answer.credential));
+        let issuer = testkit::issuer().verifying_key();
+        assert_eq!(wallet.trusted_keys(), &testkit::keys());
+        let reopened = Wallet::open(&dir).expect("reopen");
+        assert_eq!(reopened.trusted_keys(), &testkit::keys());
+        assert_eq!(
+            reopened.state().issuer,
+            Some(TrustedIssuer {
+                key_id: 1,
+                public_key: hex::encode(issuer.to_bytes()),
+            })
+        );
+        // A credential from a file later keeps the key learned online.
+        let path = write_credential(&dir, "c", &credential_for(&wallet, 3));
+        wallet.add_credential(&path).expect("file");
+        assert_eq!(
+            Wallet::open(&dir).expect("reopen").trusted_keys(),
+            &testkit::keys()
+        );
+    }
+
+    #[test]
+    fn issue18_a_renewal_under_another_issuer_key_is_refused_and_installs_nothing() {
+        let (_tmp, dir, mut wallet) = new_wallet();
+        wallet
+            .install_renewed(&renewed(&wallet, 0, 0))
+            .expect("first");
+        wallet.pay(request(50, NOW)).expect("pay");
+        let before = fs::read(dir.join(STATE_FILE)).expect("state");
+        let stranger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        // Under the trusted key id, or under one the wallet does not know.
+        for key_id in [1, 2] {
+            let e = wallet
+                .install_renewed(&renewed_by(&wallet, 1, 99, key_id, &stranger))
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    WalletError::IssuerChanged {
+                        trusted_id: 1,
+                        offered_id,
+                        ..
+                    } if offered_id == key_id
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains("nothing was installed"), "{e}");
+        }
+        // The trusted key but a forged note: not a key change.
+        let mut forged = renewed(&wallet, 1, 99);
+        forged.note.highest_cleared_counter = 1_000;
+        let e = wallet.install_renewed(&forged).unwrap_err();
+        assert!(matches!(e, WalletError::BadRenewed { .. }), "{e}");
+        assert_eq!(fs::read(dir.join(STATE_FILE)).expect("state"), before);
+        assert_eq!(
+            (wallet.state().counter, wallet.state().running_total),
+            (1, 50)
+        );
+    }
+
+    #[test]
+    fn issue18_an_online_renewal_moves_the_counter_up_to_the_hubs_note_never_down() {
+        let (_tmp, dir, mut wallet) = new_wallet();
+        wallet
+            .install_renewed(&renewed(&wallet, 0, 0))
+            .expect("first");
+        for _ in 0..3 {
+            wallet.pay(request(10, NOW)).expect("pay");
+        }
+        let installed = wallet
+            .install_renewed(&renewed(&wallet, 1, 25))
+            .expect("up");
+        assert_eq!((installed.counter_before, installed.counter), (3, 25));
+        assert_eq!(installed.highest_cleared_counter, Some(25));
+        assert_eq!(wallet.state().running_total, 0, "new credential, new total");
+        assert_eq!(
+            wallet
+                .pay(request(10, NOW))
+                .expect("pay")
+                .token
+                .payment
+                .counter,
+            26
+        );
+        let installed = wallet
+            .install_renewed(&renewed(&wallet, 2, 4))
+            .expect("low");
+        assert_eq!((installed.counter_before, installed.counter), (26, 26));
+        assert_eq!(Wallet::open(&dir).expect("reopen").state().counter, 26);
+    }
+
+    #[test]
+    fn issue18_the_same_renewal_twice_keeps_the_running_total_and_writes_nothing() {
+        let (_tmp, dir, mut wallet) = new_wallet();
+        let answer = renewed(&wallet, 0, 0);
+        wallet.install_renewed(&answer).expect("first");
+        wallet.pay(request(70, NOW)).expect("pay");
+        let before = fs::read(dir.join(STATE_FILE)).expect("state");
+        let again = wallet.install_renewed(&answer).expect("again");
+        assert_eq!((again.counter_before, again.counter), (1, 1));
+        assert_eq!(fs::read(dir.join(STATE_FILE)).expect("state"), before);
+        assert_eq!(wallet.state().running_total, 70);
+    }
+
+    #[test]
+    fn issue18_a_renewal_for_another_wallet_is_refused() {
+        let (_tmp, dir, mut wallet) = new_wallet();
+        let (_tmp2, _, other) = new_wallet();
+        let before = fs::read(dir.join(STATE_FILE)).expect("state");
+        let e = wallet.install_renewed(&renewed(&other, 0, 0)).unwrap_err();
+        assert!(e.to_string().contains("another wallet key"), "{e}");
+        assert_eq!(fs::read(dir.join(STATE_FILE)).expect("state"), before);
+        assert!(wallet.trusted_keys().is_empty(), "nothing learned");
+    }
+
+    #[test]
+    fn issue18_a_request_is_signed_by_the_wallet_key_and_survives_the_wire() {
+        use sonotap_protocol::wire::WalletAsk;
+        let (_tmp, _, wallet) = new_wallet();
+        let now_ms = NOW * 1000;
+        for ask in [
+            WalletAsk::Enrol {
+                code: "ABCDEFGHJKLMNPQR".into(),
+            },
+            WalletAsk::Renew,
+            WalletAsk::Statement { before: 42 },
+        ] {
+            let request = wallet.request(ask, now_ms, [9; 16]).expect("sign");
+            assert_eq!(request.wallet_key, wallet.public_key().to_bytes());
+            assert_eq!(request.wallet(), wallet.id());
+            let decoded =
+                WalletRequest::decode(&request.encode().expect("encode")).expect("decode");
+            assert_eq!(decoded, request);
+            decoded.verify(now_ms + 1000).expect("verifies");
+        }
+        let typed = WalletAsk::Enrol {
+            code: "abcd-efgh-jklm-npqr".into(),
+        };
+        assert!(matches!(
+            wallet.request(typed, now_ms, [9; 16]),
+            Err(WalletError::Request { .. })
+        ));
+    }
+
+    #[test]
+    fn issue18_a_wallet_toml_from_before_accounts_opens_and_one_with_a_bad_issuer_key_is_damaged() {
+        let (_tmp, dir, wallet, cred) = wallet_with_credential();
+        drop(wallet);
+        let old = format!(
+            "counter = 4\nrunning_total = 120\ncredential = \"{}\"\ncredential_bytes = \"{}\"\n",
+            hex::encode(cred.digest()),
+            hex::encode(cred.encode())
+        );
+        fs::write(dir.join(STATE_FILE), &old).expect("old state");
+        let mut wallet = Wallet::open(&dir).expect("an old wallet opens");
+        assert_eq!((wallet.hub(), wallet.state().issuer.as_ref()), (None, None));
+        assert_eq!(wallet.state().running_total, 120);
+        wallet.remember_hub("https://hub.example").expect("hub");
+        wallet
+            .install_renewed(&renewed(&wallet, 1, 0))
+            .expect("renew");
+        let text = fs::read_to_string(dir.join(STATE_FILE)).expect("state");
+        assert!(text.contains("hub = \"https://hub.example\""), "{text}");
+        assert!(text.contains("[issuer]"), "{text}");
+        let reopened = Wallet::open(&dir).expect("reopen");
+        assert_eq!(reopened.hub(), Some("https://hub.example"));
+        assert_eq!(reopened.state().counter, 4);
+
+        let key = hex::encode(testkit::issuer().verifying_key().to_bytes());
+        fs::write(dir.join(STATE_FILE), text.replace(&key, &"zz".repeat(32))).expect("edit");
+        let e = Wallet::open(&dir).err().expect("damaged");
+        assert!(e.to_string().contains("issuer.public_key"), "{e}");
     }
 }

@@ -15,6 +15,7 @@
 //! reader in WAL mode never waits for the writer; a PostgreSQL reader takes
 //! no lock).
 
+pub mod book;
 mod postgres;
 mod sqlite;
 
@@ -198,6 +199,17 @@ pub(crate) trait HubBackend: ReadBackend {
     ) -> Result<(), HubError>;
     /// Opens read connections to the same state.
     fn reader_opener(&self) -> ReaderOpener;
+
+    /// Runs `f` as [`HubBackend::transaction`] does, for a phone's request
+    /// (docs/accounts.md): where writers run beside each other
+    /// (PostgreSQL), it excludes no ingest and no other phone's request,
+    /// since what it shares it locks by row (the account, the code).
+    fn phone_transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
+    ) -> Result<(), HubError> {
+        self.transaction(f)
+    }
 
     /// Time spent taking locks, where the backend counts it.
     fn lock_waits(&self) -> Option<LockWaits> {
@@ -424,7 +436,7 @@ fn read<B: ReadBackend + ?Sized, T>(
 }
 
 /// Runs `f` in one write transaction of `backend` and returns what it returned.
-pub(super) fn write<B: HubBackend + ?Sized, T>(
+pub(crate) fn write<B: HubBackend + ?Sized, T>(
     backend: &mut B,
     mut f: impl FnMut(&mut dyn Ledger) -> Result<T, HubError>,
 ) -> Result<T, HubError> {
@@ -438,7 +450,7 @@ pub(super) fn write<B: HubBackend + ?Sized, T>(
 
 /// What a backend's transaction or snapshot returned through its callback
 /// (which is a `dyn FnMut`, so that the traits stay object-safe).
-pub(super) fn ran<T>(out: Option<T>) -> Result<T, HubError> {
+pub(crate) fn ran<T>(out: Option<T>) -> Result<T, HubError> {
     out.ok_or_else(|| HubError::Backend("the database backend did not run the transaction".into()))
 }
 

@@ -94,7 +94,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SCHEMA_TABLE: &str = "sonotap_schema";
 
 /// Migrations, oldest first; the schema version is the number applied.
-static MIGRATIONS: [&str; 5] = [
+static MIGRATIONS: [&str; 6] = [
     "CREATE TABLE issuer_keys (
         key_id BIGINT PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
         public_key BYTEA NOT NULL CHECK (length(public_key) = 32),
@@ -245,6 +245,81 @@ static MIGRATIONS: [&str; 5] = [
     );
     CREATE INDEX suspensions_by_credential ON suspensions (credential);
     CREATE INDEX suspensions_by_wallet ON suspensions (wallet_id);",
+    // Issue 18, as SQLite's migration 6: riders' accounts.
+    "CREATE TABLE accounts (
+        account_id TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        currency BIGINT NOT NULL,
+        credit_line BIGINT NOT NULL CHECK (credit_line >= 0),
+        offline_limit BIGINT NOT NULL,
+        per_payment_cap BIGINT NOT NULL,
+        valid_hours BIGINT NOT NULL,
+        scope TEXT NOT NULL,
+        state TEXT NOT NULL,
+        state_reason TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        changed_at BIGINT NOT NULL
+    );
+    CREATE TABLE account_events (
+        account_id TEXT NOT NULL REFERENCES accounts (account_id),
+        at BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        by_whom TEXT NOT NULL
+    );
+    -- No foreign key to accounts: a batch debits thousands of entries,
+    -- each of which would check (and on PostgreSQL lock) the account row;
+    -- an entry is only written for an account just read.
+    CREATE TABLE account_entries (
+        entry_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        amount BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        recorded_at BIGINT NOT NULL,
+        source TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        credential BYTEA CHECK (credential IS NULL OR length(credential) = 32),
+        token_hash BYTEA CHECK (token_hash IS NULL OR length(token_hash) = 32),
+        note TEXT NOT NULL
+    );
+    CREATE INDEX account_entries_by_account ON account_entries (account_id, entry_id);
+    CREATE UNIQUE INDEX account_entries_references ON account_entries (account_id, source)
+        WHERE kind IN ('top_up', 'adjustment');
+    CREATE TABLE account_wallets (
+        wallet_id BYTEA PRIMARY KEY CHECK (length(wallet_id) = 8),
+        wallet_key BYTEA NOT NULL CHECK (length(wallet_key) = 32),
+        account_id TEXT NOT NULL REFERENCES accounts (account_id),
+        enrolled_at BIGINT NOT NULL
+    );
+    CREATE INDEX account_wallets_by_account ON account_wallets (account_id);
+    CREATE TABLE enrol_codes (
+        code_hash BYTEA PRIMARY KEY CHECK (length(code_hash) = 32),
+        account_id TEXT NOT NULL REFERENCES accounts (account_id),
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT,
+        used_by BYTEA CHECK (used_by IS NULL OR length(used_by) = 8)
+    );
+    CREATE TABLE account_credentials (
+        credential BYTEA PRIMARY KEY CHECK (length(credential) = 32),
+        account_id TEXT NOT NULL REFERENCES accounts (account_id),
+        wallet_id BYTEA NOT NULL CHECK (length(wallet_id) = 8),
+        offline_limit BIGINT NOT NULL,
+        valid_until BIGINT NOT NULL,
+        settles_at BIGINT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        credential_bytes BYTEA NOT NULL
+    );
+    CREATE INDEX account_credentials_live ON account_credentials (account_id, settles_at);
+    CREATE INDEX account_credentials_by_wallet ON account_credentials (wallet_id, issued_at);
+    CREATE TABLE wallet_nonces (
+        wallet_id BYTEA NOT NULL,
+        nonce BYTEA NOT NULL,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (wallet_id, nonce)
+    );
+    CREATE INDEX wallet_nonces_by_time ON wallet_nonces (at_ms);",
 ];
 
 /// The newest schema version this build knows.
@@ -274,6 +349,10 @@ pub struct PostgresHub {
     target: String,
     /// Time this connection's writes spent taking locks.
     waits: LockWaits,
+    /// Statements prepared on this connection, by their text: a phone's
+    /// renewal is a handful of small statements, each of which would
+    /// otherwise cost a round trip to be prepared again.
+    statements: ledger::Prepared,
 }
 
 impl PostgresHub {
@@ -330,6 +409,7 @@ impl PostgresHub {
                 client: Some(client),
                 target,
                 waits: LockWaits::default(),
+                statements: ledger::Prepared::default(),
             };
             hub.migrate(issuer)?;
             Ok(hub)
@@ -345,6 +425,7 @@ impl PostgresHub {
             client: Some(client),
             target,
             waits: LockWaits::default(),
+            statements: ledger::Prepared::default(),
         })
     }
 
@@ -352,6 +433,8 @@ impl PostgresHub {
     fn client(&mut self) -> Result<&mut Client, HubError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             let fresh = open_client(&self.config, &self.target)?;
+            // Statements belong to the connection they were prepared on.
+            self.statements.clear();
             if let Some(old) = self.client.replace(fresh) {
                 drop_client(old);
             }
@@ -504,8 +587,12 @@ impl PostgresHub {
         // that ended in the lock timeout is the longest of all.
         let mut waited = None;
         let out = (|| {
-            let mut tx = self
-                .client()?
+            self.client()?;
+            let client = self
+                .client
+                .as_mut()
+                .ok_or_else(|| HubError::Backend(format!("{target}: no connection")))?;
+            let mut tx = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::ReadCommitted)
                 .start()
@@ -514,7 +601,7 @@ impl PostgresHub {
             let taken = locks::take(&mut tx, scope);
             waited = Some(started.elapsed());
             taken.map_err(&err)?;
-            let mut ledger = PgLedger::new(tx, &target);
+            let mut ledger = PgLedger::new(tx, &target, &mut self.statements);
             // On an error the transaction is dropped, which rolls it back.
             let out = f(&mut ledger)?;
             ledger.flush()?;
@@ -917,6 +1004,13 @@ impl HubBackend for PostgresHub {
         f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
     ) -> Result<(), HubError> {
         self.in_transaction(locks::Scope::Everything, f)
+    }
+
+    fn phone_transaction(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
+    ) -> Result<(), HubError> {
+        self.in_transaction(locks::Scope::Keys(&[]), f)
     }
 
     /// Locks the batch's reader and wallets only (see [`locks`]), so that

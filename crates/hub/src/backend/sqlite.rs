@@ -26,7 +26,7 @@ use sonotap_protocol::wire::{DenyEntry, DenyReason, DenyScope};
 /// The hub database file in a hub directory.
 pub const DB_FILE: &str = "hub.db";
 
-static MIGRATIONS: [M<'static>; 5] = [
+static MIGRATIONS: [M<'static>; 6] = [
     M::up(
         "CREATE TABLE issuer_keys (
             key_id INTEGER PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
@@ -243,6 +243,86 @@ static MIGRATIONS: [M<'static>; 5] = [
         ) STRICT;
         CREATE INDEX suspensions_by_credential ON suspensions (credential);
         CREATE INDEX suspensions_by_wallet ON suspensions (wallet_id);",
+    ),
+    // Issue 18: riders' accounts (docs/accounts.md). A balance is the sum
+    // of its account's entries; nothing here is ever updated but an
+    // account's state (with a row in `account_events` for each change)
+    // and a code's use.
+    M::up(
+        "CREATE TABLE accounts (
+            account_id TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            currency INTEGER NOT NULL,
+            credit_line INTEGER NOT NULL CHECK (credit_line >= 0),
+            offline_limit INTEGER NOT NULL,
+            per_payment_cap INTEGER NOT NULL,
+            valid_hours INTEGER NOT NULL,
+            scope TEXT NOT NULL,
+            state TEXT NOT NULL,
+            state_reason TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            changed_at INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE account_events (
+            account_id TEXT NOT NULL REFERENCES accounts (account_id),
+            at INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            by_whom TEXT NOT NULL
+        ) STRICT;
+        -- No foreign key to accounts: a batch debits thousands of entries,
+        -- each of which would check (and on PostgreSQL lock) the account row;
+        -- an entry is only written for an account just read.
+        CREATE TABLE account_entries (
+            entry_id INTEGER PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            amount INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            recorded_at INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            credential BLOB CHECK (credential IS NULL OR length(credential) = 32),
+            token_hash BLOB CHECK (token_hash IS NULL OR length(token_hash) = 32),
+            note TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX account_entries_by_account ON account_entries (account_id, entry_id);
+        CREATE UNIQUE INDEX account_entries_references ON account_entries (account_id, source)
+            WHERE kind IN ('top_up', 'adjustment');
+        CREATE TABLE account_wallets (
+            wallet_id BLOB PRIMARY KEY CHECK (length(wallet_id) = 8),
+            wallet_key BLOB NOT NULL CHECK (length(wallet_key) = 32),
+            account_id TEXT NOT NULL REFERENCES accounts (account_id),
+            enrolled_at INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX account_wallets_by_account ON account_wallets (account_id);
+        CREATE TABLE enrol_codes (
+            code_hash BLOB PRIMARY KEY CHECK (length(code_hash) = 32),
+            account_id TEXT NOT NULL REFERENCES accounts (account_id),
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            used_at INTEGER,
+            used_by BLOB CHECK (used_by IS NULL OR length(used_by) = 8)
+        ) STRICT;
+        CREATE TABLE account_credentials (
+            credential BLOB PRIMARY KEY CHECK (length(credential) = 32),
+            account_id TEXT NOT NULL REFERENCES accounts (account_id),
+            wallet_id BLOB NOT NULL CHECK (length(wallet_id) = 8),
+            offline_limit INTEGER NOT NULL,
+            valid_until INTEGER NOT NULL,
+            settles_at INTEGER NOT NULL,
+            issued_at INTEGER NOT NULL,
+            credential_bytes BLOB NOT NULL
+        ) STRICT;
+        CREATE INDEX account_credentials_live ON account_credentials (account_id, settles_at);
+        CREATE INDEX account_credentials_by_wallet ON account_credentials (wallet_id, issued_at);
+        CREATE TABLE wallet_nonces (
+            wallet_id BLOB NOT NULL,
+            nonce BLOB NOT NULL,
+            at_ms INTEGER NOT NULL,
+            PRIMARY KEY (wallet_id, nonce)
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX wallet_nonces_by_time ON wallet_nonces (at_ms);",
     ),
 ];
 
@@ -471,6 +551,103 @@ impl SqliteLedger<'_> {
             .and_then(|mut s| s.query_row(params, payment_row).optional())
             .map_err(self.err())?;
         row.map(|r| self.to_payment(r)).transpose()
+    }
+}
+
+impl crate::backend::book::Sql for SqliteLedger<'_> {
+    fn postgres(&self) -> bool {
+        false
+    }
+
+    fn place(&self) -> String {
+        describe(self.path)
+    }
+
+    fn sql_execute(
+        &mut self,
+        sql: &str,
+        params: &[crate::backend::book::Param<'_>],
+    ) -> Result<u64, HubError> {
+        let sql = sql.replace('$', "?");
+        let changed = self
+            .tx
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
+            .map_err(self.err())?;
+        Ok(changed as u64)
+    }
+
+    fn append_entries(&mut self, entries: &[crate::accounts::NewEntry]) -> Result<(), HubError> {
+        self.append_entries_one_by_one(entries)
+    }
+
+    fn sql_rows(
+        &mut self,
+        sql: &str,
+        params: &[crate::backend::book::Param<'_>],
+    ) -> Result<Vec<Vec<crate::backend::book::Value>>, HubError> {
+        use crate::backend::book::Value;
+        use rusqlite::types::ValueRef;
+        let sql = sql.replace('$', "?");
+        self.tx
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                let columns = s.column_count();
+                let mut rows = s.query(rusqlite::params_from_iter(params))?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let mut values = Vec::with_capacity(columns);
+                    for i in 0..columns {
+                        values.push(match row.get_ref(i)? {
+                            ValueRef::Null => Value::Null,
+                            ValueRef::Integer(v) => Value::Int(v),
+                            ValueRef::Real(v) => Value::Int(v as i64),
+                            ValueRef::Text(t) => {
+                                Value::Text(String::from_utf8_lossy(t).into_owned())
+                            }
+                            ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
+                        });
+                    }
+                    out.push(values);
+                }
+                Ok(out)
+            })
+            .map_err(self.err())
+    }
+}
+
+impl SqliteLedger<'_> {
+    fn append_entries_one_by_one(
+        &mut self,
+        entries: &[crate::accounts::NewEntry],
+    ) -> Result<(), HubError> {
+        use crate::backend::book::{ENTRY_COLUMNS, entry_params};
+        let mut insert = self
+            .tx
+            .prepare_cached(&format!(
+                "INSERT INTO account_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+                 ?8, ?9, ?10)"
+            ))
+            .map_err(store_err(self.path))?;
+        for e in entries {
+            insert
+                .execute(entry_params(e))
+                .map_err(store_err(self.path))?;
+        }
+        Ok(())
+    }
+}
+
+impl rusqlite::ToSql for crate::backend::book::Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use crate::backend::book::Param;
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Param::Int(v) => ValueRef::Integer(v),
+            Param::Bytes(b) | Param::OptBytes(Some(b)) => ValueRef::Blob(b),
+            Param::Text(t) => ValueRef::Text(t.as_bytes()),
+            Param::OptBytes(None) => ValueRef::Null,
+        }))
     }
 }
 

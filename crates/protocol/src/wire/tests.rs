@@ -582,3 +582,712 @@ fn issue17_a_renewal_note_is_bound_to_its_credential_and_its_issuer() {
         Err(WireError::Trailing { .. })
     ));
 }
+
+// Riders' accounts: the phone's signed requests and the hub's answers
+// (wire/account.rs, docs/accounts.md §3).
+
+mod accounts {
+    use ed25519_dalek::{Verifier, VerifyingKey};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::testkit::{credential, issuer, keys, terms, wallet};
+    use crate::token::{CredentialTerms, Scope};
+
+    /// The hub's clock in these tests, Unix milliseconds.
+    const NOW_MS: u64 = 1_800_000_000_000;
+    const NONCE: [u8; 16] = [0x70; 16];
+
+    fn code() -> String {
+        enrol_code([0xa0; 10])
+    }
+
+    fn asks() -> [WalletAsk; 3] {
+        [
+            WalletAsk::Enrol { code: code() },
+            WalletAsk::Renew,
+            WalletAsk::Statement { before: 42 },
+        ]
+    }
+
+    fn domain_of(ask: &WalletAsk) -> &'static [u8] {
+        match ask {
+            WalletAsk::Enrol { .. } => ENROL_DOMAIN,
+            WalletAsk::Renew => RENEW_DOMAIN,
+            WalletAsk::Statement { .. } => STATEMENT_REQUEST_DOMAIN,
+        }
+    }
+
+    fn request(ask: WalletAsk) -> WalletRequest {
+        WalletRequest::sign(ask, NOW_MS, NONCE, &wallet()).unwrap()
+    }
+
+    /// An enrolment request's bytes carrying `code` as it is, signed.
+    fn enrol_bytes_with(code: &[u8]) -> Vec<u8> {
+        let mut out = ENROL_DOMAIN.to_vec();
+        out.extend_from_slice(&wallet().verifying_key().to_bytes());
+        out.extend_from_slice(&NOW_MS.to_be_bytes());
+        out.extend_from_slice(&NONCE);
+        out.push(code.len() as u8);
+        out.extend_from_slice(code);
+        let signature = wallet().sign(&out).to_bytes();
+        out.extend_from_slice(&signature);
+        out
+    }
+
+    fn renewed() -> Renewed {
+        let credential = credential(terms());
+        Renewed {
+            note: RenewalNote::sign(&credential, 7, 1_800_000_000, &issuer()),
+            credential,
+        }
+    }
+
+    fn entry(id: u64, kind: EntryKind, amount: i64, source: &str, seq: u64) -> StatementEntry {
+        StatementEntry {
+            id,
+            kind,
+            amount,
+            at: 1_799_990_000 + id,
+            source: source.to_owned(),
+            seq,
+        }
+    }
+
+    fn unsigned_statement(entries: Vec<StatementEntry>) -> Statement {
+        Statement {
+            nonce: NONCE,
+            wallet: WalletId::of_key(&wallet().verifying_key().to_bytes()),
+            at: 1_800_000_000,
+            state: AccountState::Open,
+            currency: 978,
+            balance: -150,
+            credit_line: 1_000,
+            exposure: 5_000,
+            next_before: 0,
+            entries,
+            key_id: 0,
+            signature: [0; 64],
+        }
+    }
+
+    fn statement() -> Statement {
+        unsigned_statement(vec![
+            entry(3, EntryKind::Void, 250, "gate-1", 2),
+            entry(2, EntryKind::Charge, -250, "gate-1", 1),
+            entry(1, EntryKind::Adjustment, -150, "", 0),
+        ])
+        .sign(1, &issuer())
+        .unwrap()
+    }
+
+    /// Every account message encoded, with its domain and error name.
+    fn every_message() -> Vec<(&'static str, &'static [u8], Vec<u8>)> {
+        let mut all: Vec<_> = asks()
+            .into_iter()
+            .map(|ask| {
+                let domain = domain_of(&ask);
+                ("wallet request", domain, request(ask).encode().unwrap())
+            })
+            .collect();
+        all.push(("renewal answer", RENEWED_DOMAIN, renewed().encode()));
+        all.push(("statement", STATEMENT_DOMAIN, statement().encode().unwrap()));
+        all
+    }
+
+    fn decode_as(what: &str, bytes: &[u8]) -> Result<(), WireError> {
+        match what {
+            "wallet request" => WalletRequest::decode(bytes).map(drop),
+            "renewal answer" => Renewed::decode(bytes).map(drop),
+            _ => Statement::decode(bytes).map(drop),
+        }
+    }
+
+    #[test]
+    fn a_wallet_request_of_each_kind_round_trips_and_verifies() {
+        let lengths = [
+            WalletRequest::ENROL_LEN,
+            WalletRequest::RENEW_LEN,
+            WalletRequest::STATEMENT_LEN,
+        ];
+        for (ask, len) in asks().into_iter().zip(lengths) {
+            let r = request(ask.clone());
+            let bytes = r.encode().unwrap();
+            assert_eq!(bytes.len(), len, "{}", ask.name());
+            assert!(bytes.len() <= WalletRequest::MAX_LEN);
+            let back = WalletRequest::decode(&bytes).unwrap();
+            assert_eq!(back, r);
+            assert_eq!(back.ask, ask);
+            back.verify(NOW_MS).unwrap();
+            assert_eq!(
+                back.wallet(),
+                WalletId::of_key(&wallet().verifying_key().to_bytes())
+            );
+        }
+        assert_eq!(
+            (
+                WalletRequest::ENROL_LEN,
+                WalletRequest::RENEW_LEN,
+                WalletRequest::STATEMENT_LEN
+            ),
+            (154, 137, 157)
+        );
+        assert_eq!(WalletRequest::MAX_LEN, WalletRequest::STATEMENT_LEN);
+    }
+
+    #[test]
+    fn every_truncation_and_one_trailing_byte_of_an_account_message_is_refused() {
+        for (what, domain, bytes) in every_message() {
+            for cut in 0..bytes.len() {
+                let expected = match cut < domain.len() {
+                    true => WireError::Domain { what },
+                    false => WireError::Truncated { what },
+                };
+                assert_eq!(
+                    decode_as(what, &bytes[..cut]),
+                    Err(expected),
+                    "{what} cut to {cut}"
+                );
+            }
+            let mut long = bytes.clone();
+            long.push(0);
+            assert_eq!(
+                decode_as(what, &long),
+                Err(WireError::Trailing { what, extra: 1 }),
+                "{what}"
+            );
+            decode_as(what, &bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_account_message_is_not_taken_for_another_kind() {
+        let messages = every_message();
+        for (what, _, _) in &messages {
+            for (other, _, bytes) in &messages {
+                if what != other {
+                    assert_eq!(
+                        decode_as(what, bytes),
+                        Err(WireError::Domain { what }),
+                        "{other} read as {what}"
+                    );
+                }
+            }
+        }
+        // Nor for the reader's and the renewal's formats of the same shape.
+        let time = TimeStatement::sign(NONCE, NOW_MS, 1, &issuer()).encode();
+        assert!(matches!(
+            WalletRequest::decode(&time),
+            Err(WireError::Domain { .. })
+        ));
+        let note = renewed().note.encode();
+        assert!(matches!(
+            Renewed::decode(&note),
+            Err(WireError::Domain { .. })
+        ));
+    }
+
+    #[test]
+    fn a_request_relabelled_as_another_kind_fails_its_signature() {
+        for signed in asks() {
+            let original = request(signed.clone());
+            for relabel in asks() {
+                if relabel.name() == signed.name() {
+                    continue;
+                }
+                let forged = WalletRequest {
+                    ask: relabel.clone(),
+                    ..original.clone()
+                };
+                // Its bytes carry the other domain tag and parse as that kind.
+                let bytes = forged.encode().unwrap();
+                assert!(bytes.starts_with(domain_of(&relabel)));
+                let parsed = WalletRequest::decode(&bytes).unwrap();
+                assert_eq!(parsed.ask, relabel);
+                assert_eq!(
+                    parsed.verify(NOW_MS),
+                    Err(WireError::BadSignature {
+                        what: "wallet request"
+                    }),
+                    "{} signed, sent as {}",
+                    signed.name(),
+                    relabel.name()
+                );
+            }
+        }
+        // The same at the byte level: a renewal's tag swapped for a
+        // statement request's (with `before` 0 inserted).
+        let renew = request(WalletAsk::Renew).encode().unwrap();
+        let mut swapped = STATEMENT_REQUEST_DOMAIN.to_vec();
+        swapped.extend_from_slice(&renew[RENEW_DOMAIN.len()..renew.len() - 64]);
+        swapped.extend_from_slice(&0u64.to_be_bytes());
+        swapped.extend_from_slice(&renew[renew.len() - 64..]);
+        let parsed = WalletRequest::decode(&swapped).unwrap();
+        assert_eq!(parsed.ask, WalletAsk::Statement { before: 0 });
+        assert!(parsed.verify(NOW_MS).is_err());
+    }
+
+    #[test]
+    fn a_wallet_request_verifies_only_within_the_window_under_its_own_key() {
+        let r = request(WalletAsk::Renew);
+        r.verify(NOW_MS + REQUEST_WINDOW_MS).unwrap();
+        r.verify(NOW_MS - REQUEST_WINDOW_MS).unwrap();
+        for now in [
+            NOW_MS + REQUEST_WINDOW_MS + 1,
+            NOW_MS - REQUEST_WINDOW_MS - 1,
+            0,
+            u64::MAX,
+        ] {
+            match r.verify(now) {
+                Err(WireError::Invalid { detail, .. }) => {
+                    assert!(detail.contains("from the hub's clock"), "{detail}")
+                }
+                other => panic!("at {now}: {other:?}"),
+            }
+        }
+        let bad_signature = |r: &WalletRequest| {
+            assert_eq!(
+                r.verify(NOW_MS),
+                Err(WireError::BadSignature {
+                    what: "wallet request"
+                })
+            )
+        };
+        // A flipped signature bit; a field changed under the signature.
+        let mut flipped = r.clone();
+        flipped.signature[10] ^= 1;
+        bad_signature(&flipped);
+        let mut later = r.clone();
+        later.time_ms += 1;
+        bad_signature(&later);
+        // Another wallet's signature under this key, and this wallet's
+        // signature presented with another key.
+        let other = WalletRequest::sign(WalletAsk::Renew, NOW_MS, NONCE, &key(5)).unwrap();
+        bad_signature(&WalletRequest {
+            signature: other.signature,
+            ..r.clone()
+        });
+        bad_signature(&WalletRequest {
+            wallet_key: other.wallet_key,
+            ..r.clone()
+        });
+    }
+
+    #[test]
+    fn a_small_order_or_invalid_wallet_key_is_refused() {
+        // The identity point with R = identity and S = 0 satisfies the
+        // unstrict equation for every message: what verify_strict is for.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut signature = [0u8; 64];
+        signature[0] = 1;
+        let forged = WalletRequest {
+            ask: WalletAsk::Renew,
+            wallet_key: identity,
+            time_ms: NOW_MS,
+            nonce: NONCE,
+            signature,
+        };
+        let lax = VerifyingKey::from_bytes(&identity).unwrap();
+        assert!(
+            lax.verify(
+                &forged.encode().unwrap()[..WalletRequest::RENEW_LEN - 64],
+                &ed25519_dalek::Signature::from_bytes(&signature)
+            )
+            .is_ok(),
+            "the forgery holds under unstrict verification"
+        );
+        assert!(forged.verify(NOW_MS).is_err());
+        // Bytes that are no point at all.
+        let not_a_point = (0u8..=255)
+            .map(|b| {
+                let mut k = [0u8; 32];
+                k[0] = b;
+                k
+            })
+            .find(|k| VerifyingKey::from_bytes(k).is_err())
+            .unwrap();
+        let bad = WalletRequest {
+            wallet_key: not_a_point,
+            ..request(WalletAsk::Renew)
+        };
+        let parsed = WalletRequest::decode(&bad.encode().unwrap()).unwrap();
+        match parsed.verify(NOW_MS) {
+            Err(WireError::Invalid { detail, .. }) => {
+                assert!(detail.contains("not a valid key"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_non_canonical_enrolment_code_is_refused_by_decode_sign_and_encode() {
+        let code = code();
+        WalletRequest::decode(&enrol_bytes_with(code.as_bytes())).unwrap();
+        let dashed = format!(
+            "{}-{}-{}-{}",
+            &code[..4],
+            &code[4..8],
+            &code[8..12],
+            &code[12..]
+        );
+        let not_canonical = [
+            code.to_lowercase(),
+            dashed,
+            format!("{code} "),
+            code[..15].to_owned(),
+            format!("{code}A"),
+            format!("{}0", &code[..15]),
+            "é".repeat(16),
+            String::new(),
+        ];
+        for bad in &not_canonical {
+            match WalletRequest::decode(&enrol_bytes_with(bad.as_bytes())) {
+                Err(WireError::Invalid { detail, .. }) => {
+                    assert!(detail.contains("not canonical"), "{bad:?}: {detail}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+            let ask = WalletAsk::Enrol { code: bad.clone() };
+            assert!(
+                WalletRequest::sign(ask.clone(), NOW_MS, NONCE, &wallet()).is_err(),
+                "{bad:?} signed"
+            );
+            let edited = WalletRequest {
+                ask,
+                ..request(WalletAsk::Enrol { code: code.clone() })
+            };
+            assert!(edited.encode().is_err(), "{bad:?} encoded");
+            assert!(edited.verify(NOW_MS).is_err(), "{bad:?} verified");
+        }
+        // Too long for its length byte: refused, not cut.
+        let huge = WalletAsk::Enrol {
+            code: "A".repeat(300),
+        };
+        assert!(WalletRequest::sign(huge, NOW_MS, NONCE, &wallet()).is_err());
+        // Not UTF-8 at all.
+        assert!(matches!(
+            WalletRequest::decode(&enrol_bytes_with(&[0xff; 16])),
+            Err(WireError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn normalise_enrol_code_accepts_what_a_person_types_and_names_what_is_wrong() {
+        for typed in [
+            "abcd-efgh ijkl-mnop",
+            "ABCD-EFGH-IJKL-MNOP",
+            " abcd efgh ijkl mnop ",
+            "aBcDeFgHiJkLmNoP",
+        ] {
+            assert_eq!(
+                normalise_enrol_code(typed).as_deref(),
+                Ok("ABCDEFGHIJKLMNOP"),
+                "{typed:?}"
+            );
+        }
+        assert_eq!(
+            normalise_enrol_code("2345-67ab cdef-ghij").as_deref(),
+            Ok("234567ABCDEFGHIJ")
+        );
+        for (typed, says) in [
+            ("abcd-efgh-ijkl-mno", "not 15"),
+            ("abcd-efgh-ijkl-mnopq", "not 17"),
+            ("", "not 0"),
+            ("abcd-efgh-ijkl-mno0", "'0'"),
+            ("abcd-efgh-ijkl-mno1", "'1'"),
+            ("abcd-efgh-ijkl-mno8", "'8'"),
+            ("abcd-efgh-ijkl-mno9", "'9'"),
+            ("abcd_efgh_ijkl_mnop", "not 19"),
+            ("abcd.efgh.ijkl.m", "'.'"),
+            // Sixteen characters, one of them not ASCII: named as typed.
+            ("abcd-efgh-ijkl-mnoé", "'é'"),
+        ] {
+            match normalise_enrol_code(typed) {
+                Err(e) => assert!(e.contains(says), "{typed:?}: {e}"),
+                Ok(code) => panic!("{typed:?} accepted as {code}"),
+            }
+        }
+    }
+
+    #[test]
+    fn enrol_code_uses_the_base32_alphabet_most_significant_bits_first() {
+        assert_eq!(enrol_code([0; 10]), "AAAAAAAAAAAAAAAA");
+        assert_eq!(enrol_code([0xff; 10]), "7777777777777777");
+        assert_eq!(enrol_code([0xa0; 10]), "UCQKBIFAUCQKBIFA");
+        let mut one = [0; 10];
+        one[9] = 1;
+        assert_eq!(enrol_code(one), "AAAAAAAAAAAAAAAB");
+        one[0] = 0x80;
+        assert_eq!(enrol_code(one), "QAAAAAAAAAAAAAAB");
+    }
+
+    #[test]
+    fn a_statement_round_trips_and_holds_only_for_its_nonce_wallet_and_a_trusted_key() {
+        let s = statement();
+        let bytes = s.encode().unwrap();
+        assert_eq!(
+            bytes.len(),
+            154 + (34 + 6) * 2 + 34,
+            "fixed part, two entries from gate-1, one with no source"
+        );
+        let back = Statement::decode(&bytes).unwrap();
+        assert_eq!(back, s);
+        let wallet_id = WalletId::of_key(&wallet().verifying_key().to_bytes());
+        back.verify(&NONCE, wallet_id, &keys()).unwrap();
+
+        match back.verify(&[0x71; 16], wallet_id, &keys()) {
+            Err(WireError::Invalid { detail, .. }) => {
+                assert!(detail.contains("another nonce"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match back.verify(&NONCE, WalletId([0; 8]), &keys()) {
+            Err(WireError::Invalid { detail, .. }) => {
+                assert!(detail.contains("another wallet"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let untrusted = unsigned_statement(vec![]).sign(3, &issuer()).unwrap();
+        assert_eq!(
+            untrusted.verify(&NONCE, wallet_id, &keys()),
+            Err(WireError::UnknownKey {
+                what: "statement",
+                key_id: 3
+            })
+        );
+        let forged = unsigned_statement(vec![]).sign(1, &key(5)).unwrap();
+        assert_eq!(
+            forged.verify(&NONCE, wallet_id, &keys()),
+            Err(WireError::BadSignature { what: "statement" })
+        );
+        // A balance raised under the signature (two's complement: −150 → +106).
+        let at = STATEMENT_DOMAIN.len() + 16 + 8 + 8 + 1 + 2;
+        assert_eq!(bytes[at..at + 8], (-150i64).to_be_bytes());
+        let mut raised = bytes.clone();
+        raised[at] = 0;
+        raised[at + 1..at + 7].fill(0);
+        let raised = Statement::decode(&raised).unwrap();
+        assert!(raised.balance > 0);
+        assert_eq!(
+            raised.verify(&NONCE, wallet_id, &keys()),
+            Err(WireError::BadSignature { what: "statement" })
+        );
+    }
+
+    #[test]
+    fn a_statement_with_an_unknown_state_or_entry_kind_is_refused() {
+        let bytes = statement().encode().unwrap();
+        let state = STATEMENT_DOMAIN.len() + 16 + 8 + 8;
+        let kind = STATEMENT_DOMAIN.len() + 16 + 8 + 8 + 1 + 2 + 8 * 4 + 1 + 8;
+        assert_eq!(bytes[state], AccountState::Open.code());
+        assert_eq!(bytes[kind], EntryKind::Void.code());
+        for (at, code, says) in [
+            (state, 0, "account state"),
+            (state, 4, "account state"),
+            (kind, 0, "entry kind"),
+            (kind, 5, "entry kind"),
+        ] {
+            let mut bad = bytes.clone();
+            bad[at] = code;
+            match Statement::decode(&bad) {
+                Err(WireError::Invalid { detail, .. }) => {
+                    assert!(detail.contains(says), "{detail}")
+                }
+                other => panic!("{code} at {at}: {other:?}"),
+            }
+        }
+        for state in AccountState::ALL {
+            assert_eq!(AccountState::from_code(state.code()), Some(state));
+            assert_eq!(AccountState::from_name(state.as_str()), Some(state));
+        }
+        for kind in EntryKind::ALL {
+            assert_eq!(EntryKind::from_code(kind.code()), Some(kind));
+            assert_eq!(EntryKind::from_name(kind.as_str()), Some(kind));
+        }
+    }
+
+    #[test]
+    fn a_statement_of_more_than_100_entries_is_refused_to_sign_encode_and_decode() {
+        let page: Vec<_> = (1..=STATEMENT_PAGE as u64)
+            .rev()
+            .map(|id| entry(id, EntryKind::Charge, -1, "gate-1", id))
+            .collect();
+        let full = unsigned_statement(page.clone()).sign(1, &issuer()).unwrap();
+        let bytes = full.encode().unwrap();
+        assert_eq!(Statement::decode(&bytes).unwrap(), full);
+
+        // 101, and 256 (which a count byte would wrap to 0), are refused.
+        for n in [STATEMENT_PAGE + 1, 256] {
+            let mut entries = page.clone();
+            entries.resize(n, entry(0, EntryKind::TopUp, 1, "", 0));
+            let too_many = unsigned_statement(entries);
+            assert!(matches!(
+                too_many.clone().sign(1, &issuer()),
+                Err(WireError::Invalid { .. })
+            ));
+            assert!(too_many.encode().is_err());
+            let edited = Statement {
+                entries: too_many.entries,
+                ..full.clone()
+            };
+            assert!(edited.verify(&NONCE, full.wallet, &keys()).is_err());
+        }
+        // A count byte of 101 or more is refused before any entry is read.
+        let count = STATEMENT_DOMAIN.len() + 16 + 8 + 8 + 1 + 2 + 8 * 4;
+        assert_eq!(usize::from(bytes[count]), STATEMENT_PAGE);
+        for n in [101, 255] {
+            let mut bad = bytes.clone();
+            bad[count] = n;
+            match Statement::decode(&bad) {
+                Err(WireError::Invalid { detail, .. }) => {
+                    assert!(detail.contains(&format!("{n} entries")), "{detail}")
+                }
+                other => panic!("{n}: {other:?}"),
+            }
+        }
+        // A source too long for its length byte is refused, not cut.
+        let long = unsigned_statement(vec![entry(1, EntryKind::TopUp, 1, &"x".repeat(256), 0)]);
+        assert!(long.sign(1, &issuer()).is_err());
+    }
+
+    #[test]
+    fn a_renewal_answer_holds_only_for_its_wallet_its_credential_and_a_trusted_key() {
+        let r = renewed();
+        let bytes = r.encode();
+        assert_eq!(bytes.len(), Renewed::LEN);
+        // The note is 160 bytes (docs/sync.md §3.8 says 168: the document is wrong).
+        assert_eq!((RenewalNote::LEN, Renewed::LEN), (160, 19 + 115 + 160));
+        let back = Renewed::decode(&bytes).unwrap();
+        assert_eq!(back, r);
+        let wallet_key = wallet().verifying_key().to_bytes();
+        back.verify(&wallet_key, &keys()).unwrap();
+        // A phone's first credential: no trusted key yet, the note's is taken.
+        back.verify(&wallet_key, &TrustedKeys::default()).unwrap();
+
+        // Issued to another wallet.
+        let other_wallet = key(5).verifying_key().to_bytes();
+        match back.verify(&other_wallet, &keys()) {
+            Err(WireError::Invalid { detail, .. }) => {
+                assert!(detail.contains("another wallet key"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A note for another credential of the same wallet.
+        let other = credential(CredentialTerms {
+            offline_limit: 1,
+            ..terms()
+        });
+        let mixed = Renewed {
+            credential: other,
+            note: r.note.clone(),
+        };
+        let mixed = Renewed::decode(&mixed.encode()).unwrap();
+        match mixed.verify(&wallet_key, &keys()) {
+            Err(WireError::Invalid { what, detail }) => {
+                assert_eq!(what, "renewal note");
+                assert!(detail.contains("another credential"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another key under the trusted key's id.
+        let mut impostor = TrustedKeys::default();
+        impostor.insert(1, key(5).verifying_key());
+        match back.verify(&wallet_key, &impostor) {
+            Err(WireError::Invalid { detail, .. }) => {
+                assert!(
+                    detail.contains("not the key this wallet trusts"),
+                    "{detail}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A key id the wallet does not trust, once it trusts one: refused,
+        // however well the note and credential agree with each other.
+        let stranger = key(7);
+        let foreign = CredentialTerms {
+            issuer_key_id: 7,
+            ..terms()
+        }
+        .sign(&stranger)
+        .unwrap();
+        let foreign = Renewed {
+            note: RenewalNote::sign(&foreign, u32::MAX, 1_800_000_000, &stranger),
+            credential: foreign,
+        };
+        assert_eq!(
+            foreign.verify(&wallet_key, &keys()),
+            Err(WireError::UnknownKey {
+                what: "renewal answer",
+                key_id: 7
+            })
+        );
+        // A credential that does not parse is named.
+        let mut bad = bytes.clone();
+        bad[RENEWED_DOMAIN.len() + 2] = 0x03; // a reserved scope
+        match Renewed::decode(&bad) {
+            Err(WireError::Invalid { detail, .. }) => {
+                assert!(detail.contains("its credential"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            Scope::from_code(bytes[RENEWED_DOMAIN.len() + 2]),
+            Ok(Scope::Transit)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_as_an_account_message_never_panics(
+            domain in 0usize..6,
+            tail in proptest::collection::vec(any::<u8>(), 0..800),
+        ) {
+            let domains = [
+                ENROL_DOMAIN, RENEW_DOMAIN, STATEMENT_REQUEST_DOMAIN,
+                RENEWED_DOMAIN, STATEMENT_DOMAIN, b"",
+            ];
+            let mut bytes = domains[domain].to_vec();
+            bytes.extend_from_slice(&tail);
+            for what in ["wallet request", "renewal answer", "statement"] {
+                let _ = decode_as(what, &bytes);
+            }
+            if let Ok(r) = WalletRequest::decode(&bytes) {
+                let _ = r.verify(NOW_MS);
+            }
+        }
+
+        #[test]
+        fn decoding_near_valid_account_messages_never_panics_and_what_decodes_re_encodes(
+            which in 0usize..5, position in any::<prop::sample::Index>(),
+            value in any::<u8>(), cut in any::<prop::sample::Index>(),
+        ) {
+            let (what, _, mut bytes) = every_message().swap_remove(which);
+            let len = bytes.len();
+            bytes[position.index(len)] = value;
+            bytes.truncate(cut.index(len + 1));
+            let again = match what {
+                "wallet request" => WalletRequest::decode(&bytes).ok().map(|m| m.encode().unwrap()),
+                "renewal answer" => Renewed::decode(&bytes).ok().map(|m| m.encode()),
+                _ => Statement::decode(&bytes).ok().map(|m| m.encode().unwrap()),
+            };
+            if let Some(again) = again {
+                prop_assert_eq!(again, bytes);
+            }
+        }
+
+        #[test]
+        fn an_enrol_code_always_normalises_to_itself_as_typed_in_groups(random in any::<[u8; 10]>()) {
+            let code = enrol_code(random);
+            prop_assert_eq!(code.len(), ENROL_CODE_LEN);
+            prop_assert_eq!(normalise_enrol_code(&code), Ok(code.clone()));
+            let typed = format!(
+                "{}-{} {}-{}",
+                &code[..4], &code[4..8], &code[8..12], &code[12..]
+            ).to_lowercase();
+            prop_assert_eq!(normalise_enrol_code(&typed), Ok(code.clone()));
+            let r = WalletRequest::sign(WalletAsk::Enrol { code }, NOW_MS, NONCE, &wallet()).unwrap();
+            prop_assert_eq!(WalletRequest::decode(&r.encode().unwrap()), Ok(r));
+        }
+    }
+}

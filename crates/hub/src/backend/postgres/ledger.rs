@@ -152,10 +152,26 @@ struct DenyRow {
     entry: Vec<u8>,
 }
 
+/// Statements prepared on one connection, by their text.
+#[derive(Default)]
+pub(crate) struct Prepared(HashMap<String, postgres::Statement>);
+
+impl Prepared {
+    /// The most kept: queries whose text varies with their input (lists
+    /// of parameters) are prepared each time once this many are held.
+    const MAX: usize = 256;
+
+    /// Forgets them all (a new connection).
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// The ledger of one PostgreSQL write transaction.
 pub(super) struct PgLedger<'a> {
     pub(super) tx: Transaction<'a>,
     pub(super) target: &'a str,
+    statements: &'a mut Prepared,
     /// Every payment with a given wallet and counter (stored and this
     /// transaction's, in token hash order as SQLite's key returns them),
     /// for each key looked up or prefetched.
@@ -184,10 +200,11 @@ pub(super) struct PgLedger<'a> {
 }
 
 impl<'a> PgLedger<'a> {
-    pub(super) fn new(tx: Transaction<'a>, target: &'a str) -> Self {
+    pub(super) fn new(tx: Transaction<'a>, target: &'a str, statements: &'a mut Prepared) -> Self {
         Self {
             tx,
             target,
+            statements,
             held: HashMap::new(),
             windows: HashMap::new(),
             added: HashMap::new(),
@@ -251,16 +268,33 @@ impl<'a> PgLedger<'a> {
         Path::new(self.target)
     }
 
+    /// `sql` prepared on this connection, once (see [`Prepared`]).
+    fn prepared(&mut self, sql: &str) -> Result<Option<postgres::Statement>, HubError> {
+        if let Some(statement) = self.statements.0.get(sql) {
+            return Ok(Some(statement.clone()));
+        }
+        if self.statements.0.len() >= Prepared::MAX {
+            return Ok(None);
+        }
+        let statement = self.tx.prepare(sql).map_err(|e| pg_err(self.target, e))?;
+        self.statements.0.insert(sql.to_owned(), statement.clone());
+        Ok(Some(statement))
+    }
+
     fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, HubError> {
-        self.tx
-            .query(sql, params)
-            .map_err(|e| pg_err(self.target, e))
+        let out = match self.prepared(sql)? {
+            Some(statement) => self.tx.query(&statement, params),
+            None => self.tx.query(sql, params),
+        };
+        out.map_err(|e| pg_err(self.target, e))
     }
 
     fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, HubError> {
-        self.tx
-            .execute(sql, params)
-            .map_err(|e| pg_err(self.target, e))
+        let out = match self.prepared(sql)? {
+            Some(statement) => self.tx.execute(&statement, params),
+            None => self.tx.execute(sql, params),
+        };
+        out.map_err(|e| pg_err(self.target, e))
     }
 
     /// The previous and own hash of a record, from column `i` on.
@@ -1331,5 +1365,114 @@ impl Ledger for PgLedger<'_> {
         )?;
         self.suspended.clear();
         Ok(())
+    }
+}
+
+impl crate::backend::book::Sql for PgLedger<'_> {
+    fn postgres(&self) -> bool {
+        true
+    }
+
+    fn place(&self) -> String {
+        self.target.to_owned()
+    }
+
+    fn sql_execute(
+        &mut self,
+        sql: &str,
+        params: &[crate::backend::book::Param<'_>],
+    ) -> Result<u64, HubError> {
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(pg_param).collect();
+        self.execute(sql, &params)
+    }
+
+    /// One statement for the whole batch: the columns as arrays, unnested.
+    fn append_entries(&mut self, entries: &[crate::accounts::NewEntry]) -> Result<(), HubError> {
+        use crate::backend::book::ENTRY_COLUMNS;
+        let account: Vec<&str> = entries.iter().map(|e| e.account.as_str()).collect();
+        let kind: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+        let amount: Vec<i64> = entries.iter().map(|e| e.amount).collect();
+        let at: Vec<i64> = entries.iter().map(|e| int(e.at)).collect();
+        let recorded_at: Vec<i64> = entries.iter().map(|e| int(e.recorded_at)).collect();
+        let source: Vec<&str> = entries.iter().map(|e| e.source.as_str()).collect();
+        let seq: Vec<i64> = entries.iter().map(|e| int(e.seq)).collect();
+        let credential: Vec<Option<&[u8]>> = entries
+            .iter()
+            .map(|e| e.credential.as_ref().map(|c| c.as_slice()))
+            .collect();
+        let token_hash: Vec<Option<&[u8]>> = entries
+            .iter()
+            .map(|e| e.token_hash.as_ref().map(|c| c.as_slice()))
+            .collect();
+        let note: Vec<&str> = entries.iter().map(|e| e.note.as_str()).collect();
+        self.execute(
+            &format!(
+                "INSERT INTO account_entries ({ENTRY_COLUMNS})
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[],
+                     $6::text[], $7::int8[], $8::bytea[], $9::bytea[], $10::text[])"
+            ),
+            &[
+                &account,
+                &kind,
+                &amount,
+                &at,
+                &recorded_at,
+                &source,
+                &seq,
+                &credential,
+                &token_hash,
+                &note,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn sql_rows(
+        &mut self,
+        sql: &str,
+        params: &[crate::backend::book::Param<'_>],
+    ) -> Result<Vec<Vec<crate::backend::book::Value>>, HubError> {
+        use crate::backend::book::Value;
+        use postgres::types::Type;
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(pg_param).collect();
+        let rows = self.query(sql, &params)?;
+        let err = |e| pg_err(self.target, e);
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| {
+                        let ty = row.columns()[i].type_();
+                        Ok(if *ty == Type::INT8 {
+                            row.try_get::<_, Option<i64>>(i)
+                                .map_err(err)?
+                                .map_or(Value::Null, Value::Int)
+                        } else if *ty == Type::INT4 {
+                            row.try_get::<_, Option<i32>>(i)
+                                .map_err(err)?
+                                .map_or(Value::Null, |v| Value::Int(v.into()))
+                        } else if *ty == Type::BYTEA {
+                            row.try_get::<_, Option<Vec<u8>>>(i)
+                                .map_err(err)?
+                                .map_or(Value::Null, Value::Bytes)
+                        } else {
+                            row.try_get::<_, Option<String>>(i)
+                                .map_err(err)?
+                                .map_or(Value::Null, Value::Text)
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// A [`crate::backend::book::Param`] as the PostgreSQL client binds it.
+fn pg_param<'a>(p: &'a crate::backend::book::Param<'_>) -> &'a (dyn ToSql + Sync) {
+    use crate::backend::book::Param;
+    match p {
+        Param::Int(v) => v,
+        Param::Bytes(b) => b,
+        Param::Text(t) => t,
+        Param::OptBytes(b) => b,
     }
 }

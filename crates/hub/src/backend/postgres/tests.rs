@@ -1737,3 +1737,5 @@ fn issue15_02_opening_a_ready_database_waits_for_no_lock() {
     assert!(opened.is_ok(), "{}", error_of(opened));
     assert!(took < Duration::from_secs(5), "opening waited {took:?}");
 }
+
+mod accounts;

@@ -1,0 +1,673 @@
+//! Riders' accounts on SQLite and on a real PostgreSQL server: the same
+//! scenario gives the same trace on both, two phones renewing at the same
+//! instant never get more than the account holds, and a property test
+//! over random renewals, payments, syncs and top-ups keeps the rule of
+//! docs/accounts.md §2.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::accounts::{Account, AccountPolicy, Change, Refusal, SETTLE_SECS};
+use crate::{PhoneAnswer, check_wallet_request};
+use sonotap_protocol::token::Credential;
+use sonotap_protocol::wire::{AccountState, DenyEntry, EntryKind, WalletAsk, WalletRequest};
+
+const ACCOUNT: &str = "acct-1";
+const PHONE_1: u8 = 21;
+const PHONE_2: u8 = 22;
+const PHONE_3: u8 = 23;
+
+fn account(credit_line: u64) -> Account {
+    Account {
+        id: ACCOUNT.into(),
+        label: "rider@example.org".into(),
+        currency: 978,
+        credit_line,
+        policy: AccountPolicy {
+            offline_limit: 1_000,
+            per_payment_cap: 300,
+            valid_hours: 24,
+            scope: Scope::Transit,
+        },
+        state: AccountState::Open,
+        state_reason: String::new(),
+        created_at: NOW,
+    }
+}
+
+/// A phone's request, signed, stamped `at` seconds after [`NOW`], as the
+/// server checks and answers it.
+fn ask(hub: &mut Hub, seed: u8, ask: WalletAsk, at: u64) -> Result<PhoneAnswer, Refusal> {
+    static NONCE: AtomicU64 = AtomicU64::new(1);
+    let n = NONCE.fetch_add(1, Ordering::Relaxed);
+    let mut nonce = [0; 16];
+    nonce[..8].copy_from_slice(&n.to_be_bytes());
+    let now_ms = (NOW + at) * 1000;
+    let request = WalletRequest::sign(ask, now_ms, nonce, &key(seed)).expect("a canonical ask");
+    let bytes = request.encode().expect("encodable");
+    let checked = check_wallet_request(&bytes, now_ms).expect("a valid request");
+    hub.answer_phone(&checked, now_ms).expect("the hub answers")
+}
+
+fn enrol(hub: &mut Hub, seed: u8, code: &str, at: u64) -> Result<PhoneAnswer, Refusal> {
+    let code = code.to_owned();
+    ask(hub, seed, WalletAsk::Enrol { code }, at)
+}
+
+fn renew(hub: &mut Hub, seed: u8, at: u64) -> Result<Credential, Refusal> {
+    ask(hub, seed, WalletAsk::Renew, at).map(|answer| match answer {
+        PhoneAnswer::Renewed(r) => r.credential,
+        other => panic!("a renewal answered {other:?}"),
+    })
+}
+
+fn statement(hub: &mut Hub, seed: u8, at: u64) -> sonotap_protocol::wire::Statement {
+    match ask(hub, seed, WalletAsk::Statement { before: 0 }, at) {
+        Ok(PhoneAnswer::Statement(s)) => s,
+        other => panic!("a statement request answered {other:?}"),
+    }
+}
+
+fn pay(credential: &Credential, seed: u8, amount: u32, counter: u32, total: u32) -> Vec<u8> {
+    let payment = PaymentTerms {
+        amount,
+        counter,
+        total_before: total,
+        timestamp: credential.terms.valid_from + 600,
+        reader_tag: 0,
+    };
+    Token::sign(*credential, payment, &key(seed))
+        .expect("wallet key matches")
+        .encode()
+        .to_vec()
+}
+
+/// Whether the wallet's newest whole-wallet deny-list entry denies it.
+fn denied(hub: &mut Hub, seed: u8) -> bool {
+    let (_, entries) = hub.deny_entries(0, 10_000).expect("deny list");
+    entries
+        .iter()
+        .map(|e| DenyEntry::decode(e).expect("an entry"))
+        .rfind(|e| e.wallet == wallet_of(seed) && e.scope == DenyScope::Wallet)
+        .is_some_and(|e| e.action == DenyAction::Deny)
+}
+
+fn code(hub: &mut Hub, life: u64) -> String {
+    hub.enrol_code(ACCOUNT, life, NOW).expect("a code").0
+}
+
+/// Every step of an account's life, asserted, and what each gave (ids of
+/// entries left out: PostgreSQL's identity skips numbers after a rollback).
+fn account_scenario(hub: &mut Hub) -> Vec<String> {
+    let mut trace = Vec::new();
+    let mut note = |what: &str, value: String| trace.push(format!("{what}: {value}"));
+    hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+        .unwrap();
+    assert!(hub.open_account(&account(0)).unwrap());
+    assert!(!hub.open_account(&account(0)).unwrap(), "same terms: no-op");
+    assert!(
+        hub.open_account(&account(5)).is_err(),
+        "other terms refused"
+    );
+
+    // Enrolment.
+    assert_eq!(renew(hub, PHONE_1, 1), Err(Refusal::NotEnrolled));
+    let c1 = code(hub, 3600);
+    let wrong = if c1.starts_with('A') { "B" } else { "A" }.to_owned() + &c1[1..];
+    assert_eq!(enrol(hub, PHONE_1, &wrong, 2), Err(Refusal::CodeNotValid));
+    assert_eq!(
+        enrol(hub, PHONE_1, &c1, 3),
+        Ok(PhoneAnswer::Enrolled { currency: 978 })
+    );
+    assert!(
+        enrol(hub, PHONE_1, &c1, 4).is_ok(),
+        "the same phone again: its answer was lost"
+    );
+    assert_eq!(enrol(hub, PHONE_2, &c1, 5), Err(Refusal::CodeNotValid));
+    let expired = code(hub, 10);
+    assert_eq!(
+        enrol(hub, PHONE_2, &expired, 11),
+        Err(Refusal::CodeNotValid)
+    );
+
+    // No money, no allowance; a top-up is idempotent on its reference.
+    let refused = renew(hub, PHONE_1, 20).unwrap_err();
+    assert!(matches!(refused, Refusal::NoAllowance { headroom: 0, .. }));
+    let credit = |hub: &mut Hub, amount, reference: &str| {
+        hub.credit_account(ACCOUNT, EntryKind::TopUp, amount, reference, "", NOW)
+    };
+    assert!(credit(hub, 1_500, "p1").unwrap().added);
+    assert!(!credit(hub, 1_500, "p1").unwrap().added);
+    assert!(credit(hub, 1_400, "p1").is_err());
+
+    // Renewals share the money.
+    let first = renew(hub, PHONE_1, 30).unwrap();
+    note("phone 1 limit", first.terms.offline_limit.to_string());
+    assert_eq!(
+        (first.terms.offline_limit, first.terms.per_payment_cap),
+        (1_000, 300)
+    );
+    assert_eq!(
+        renew(hub, PHONE_1, 40).unwrap(),
+        first,
+        "a retry gets it again"
+    );
+    let c2 = code(hub, 3600);
+    enrol(hub, PHONE_2, &c2, 50).unwrap();
+    let second = renew(hub, PHONE_2, 50).unwrap();
+    note("phone 2 limit", second.terms.offline_limit.to_string());
+    assert_eq!(
+        second.terms.offline_limit, 500,
+        "1,500 less phone 1's 1,000"
+    );
+    assert_eq!(
+        renew(hub, PHONE_2, 200),
+        Ok(second),
+        "nothing more to give: its current credential again"
+    );
+    let c3 = code(hub, 3600);
+    enrol(hub, PHONE_3, &c3, 200).unwrap();
+    let Err(Refusal::NoAllowance { frees_at, .. }) = renew(hub, PHONE_3, 210) else {
+        panic!("nothing is left for a third phone")
+    };
+    assert_eq!(
+        frees_at,
+        Some(first.terms.valid_until() + SETTLE_SECS),
+        "the first credential settles first"
+    );
+
+    // Payments clear against the account; a void gives back.
+    let t1 = pay(&first, PHONE_1, 300, 1, 0);
+    let t2 = pay(&first, PHONE_1, 200, 2, 300);
+    let (batch, last) = seal(
+        "gate-1",
+        READER_1,
+        1,
+        GENESIS_HASH,
+        &[
+            (RecordKind::Charge, 300, &t1),
+            (RecordKind::Charge, 200, &t2),
+        ],
+    );
+    let receipt = receive(hub, &batch, 300).unwrap();
+    assert_eq!(receipt.report.debited, 500);
+    let (batch, last) = seal("gate-1", READER_1, 3, last, &[(RecordKind::Void, 200, &t2)]);
+    assert_eq!(receive(hub, &batch, 310).unwrap().report.debited, -200);
+    let view = hub.account_view(ACCOUNT, 0, NOW + 320).unwrap().unwrap();
+    assert_eq!(
+        (view.balance, view.exposure, view.available),
+        (1_200, 1_200, 0)
+    );
+    note(
+        "after payments",
+        format!("{} {}", view.balance, view.exposure),
+    );
+
+    // A top-up, and a renewal takes what it freed.
+    credit(hub, 800, "p2").unwrap();
+    let third = renew(hub, PHONE_1, 400).unwrap();
+    assert_eq!(third.terms.offline_limit, 800);
+    let s = statement(hub, PHONE_1, 410);
+    assert_eq!(
+        (s.balance, s.exposure, s.state),
+        (2_000, 2_000, AccountState::Open)
+    );
+    let kinds: Vec<(EntryKind, i64)> = s.entries.iter().map(|e| (e.kind, e.amount)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (EntryKind::TopUp, 800),
+            (EntryKind::Void, 200),
+            (EntryKind::Charge, -200),
+            (EntryKind::Charge, -300),
+            (EntryKind::TopUp, 1_500),
+        ]
+    );
+    assert!(s.entries[2].source == "gate-1" && s.entries[2].seq == 2);
+    note("statement", format!("{kinds:?}"));
+
+    // A clone of phone 2 spends its 500 seven times over at gate-1: the
+    // account goes into debt, is suspended, and both phones are denied.
+    let clone: Vec<Vec<u8>> = (1..=7u32)
+        .map(|i| pay(&second, PHONE_2, 300, i, 0))
+        .collect();
+    let items: Vec<(RecordKind, u32, &[u8])> = clone
+        .iter()
+        .map(|t| (RecordKind::Charge, 300, t.as_slice()))
+        .collect();
+    let (batch, _) = seal("gate-1", READER_1, 4, last, &items);
+    let report = receive(hub, &batch, 500).unwrap().report;
+    assert_eq!(report.debited, 2_100);
+    assert_eq!(report.accounts_suspended, [ACCOUNT]);
+    note("clone", format!("{:?}", report.flagged));
+    assert!(denied(hub, PHONE_1) && denied(hub, PHONE_2));
+    let s = statement(hub, PHONE_2, 510);
+    assert_eq!((s.balance, s.state), (-100, AccountState::Suspended));
+    assert!(matches!(
+        renew(hub, PHONE_1, 520),
+        Err(Refusal::Suspended(_))
+    ));
+
+    // Reopening waits for the debt to be paid.
+    let reopen = Change {
+        state: AccountState::Open,
+        reason: "debt paid",
+        by: "ops",
+    };
+    assert!(hub.change_account(ACCOUNT, reopen, NOW + 600).is_err());
+    credit(hub, 3_000, "p3").unwrap();
+    let allowed = hub.change_account(ACCOUNT, reopen, NOW + 600).unwrap();
+    assert_eq!(allowed.len(), 3);
+    assert!(!denied(hub, PHONE_1) && !denied(hub, PHONE_2));
+    // A phone the operator denies gets no credential, its account open.
+    hub.set_deny(
+        DenyAction::Deny,
+        wallet_of(PHONE_1),
+        DenyReason::LostOrStolen,
+        "reported lost",
+        NOW + 650,
+    )
+    .unwrap();
+    assert_eq!(renew(hub, PHONE_1, 660), Err(Refusal::WalletDenied));
+    let view = hub.account_view(ACCOUNT, 0, NOW + 700).unwrap().unwrap();
+    note(
+        "end",
+        format!("{} {} {}", view.balance, view.exposure, view.available),
+    );
+    trace
+}
+
+#[test]
+fn accounts_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    account_scenario(&mut sqlite_hub(dir.path()));
+}
+
+#[test]
+fn accounts_on_postgres_give_the_sqlite_trace() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = postgres_hub(&dir.path().join("pg"), &server.url("postgres"));
+    let on_postgres = account_scenario(&mut hub);
+    let on_sqlite = account_scenario(&mut sqlite_hub(&dir.path().join("sqlite")));
+    assert_eq!(on_postgres, on_sqlite);
+}
+
+/// Two phones of one account renew at the same instant, round after
+/// round, each through a connection of its own: the grants together never
+/// exceed the account's money.
+fn renewals_race(mut hubs: [Hub; 2]) {
+    {
+        let hub = &mut hubs[0];
+        hub.open_account(&account(250)).unwrap();
+        hub.credit_account(ACCOUNT, EntryKind::TopUp, 1_250, "p1", "", NOW)
+            .unwrap();
+        for seed in [PHONE_1, PHONE_2] {
+            let code = code(hub, 3600);
+            enrol(hub, seed, &code, 1).unwrap();
+        }
+    }
+    let [a, b] = hubs;
+    let barrier = Arc::new(Barrier::new(2));
+    let mut at = 100;
+    let mut pair = (a, b);
+    let mut held: [Option<Credential>; 2] = [None, None];
+    for round in 0..6 {
+        let run = |mut hub: Hub, seed: u8, barrier: Arc<Barrier>| {
+            std::thread::spawn(move || {
+                barrier.wait();
+                let got = renew(&mut hub, seed, at);
+                (hub, got)
+            })
+        };
+        let one = run(pair.0, PHONE_1, Arc::clone(&barrier));
+        let two = run(pair.1, PHONE_2, Arc::clone(&barrier));
+        let (a, got_a) = one.join().unwrap();
+        let (mut b, got_b) = two.join().unwrap();
+        // What each phone got that it did not hold already.
+        let mut granted = 0u64;
+        for (held, got) in held.iter_mut().zip([&got_a, &got_b]) {
+            if let Ok(c) = got
+                && held.as_ref() != Some(c)
+            {
+                granted += u64::from(c.terms.offline_limit);
+                *held = Some(*c);
+            }
+        }
+        let view = b.account_view(ACCOUNT, 0, NOW + at).unwrap().unwrap();
+        assert!(
+            i128::from(view.exposure) <= i128::from(view.balance) + 250,
+            "round {round}: exposure {} over balance {} + 250 (granted {granted})",
+            view.exposure,
+            view.balance
+        );
+        if round == 0 {
+            assert_eq!(granted, 1_500, "the first round shares all of it");
+        } else {
+            assert_eq!(granted, 0, "nothing is left: {got_a:?} {got_b:?}");
+        }
+        at += 120;
+        pair = (a, b);
+    }
+}
+
+#[test]
+fn two_phones_renewing_at_once_on_sqlite_share_the_money() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(sqlite_hub(dir.path()));
+    renewals_race([
+        Hub::open(dir.path()).unwrap(),
+        Hub::open(dir.path()).unwrap(),
+    ]);
+}
+
+#[test]
+fn two_phones_renewing_at_once_on_postgres_share_the_money() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("postgres");
+    drop(postgres_hub(dir.path(), &url));
+    let open = || open_database(dir.path(), Some(&url), NOW).unwrap();
+    renewals_race([open(), open()]);
+}
+
+/// One step of the property test.
+#[derive(Debug, Clone)]
+enum Step {
+    TopUp(i64),
+    Renew(usize),
+    Pay(usize, u32),
+    Sync,
+    Wait(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (1i64..2_000).prop_map(Step::TopUp),
+        (0usize..2).prop_map(Step::Renew),
+        ((0usize..2), (1u32..400)).prop_map(|(p, a)| Step::Pay(p, a)),
+        Just(Step::Sync),
+        (60u64..40 * 3600).prop_map(Step::Wait),
+    ]
+}
+
+/// An honest phone: its credential, counter and running total.
+#[derive(Default)]
+struct Phone {
+    credential: Option<Credential>,
+    counter: u32,
+    total: u32,
+}
+
+/// Runs `steps` on a hub: honest phones pay what their credential allows,
+/// readers sync before the clock moves on (within the settle window), and
+/// after every step what the live credentials could still spend stays
+/// within balance plus credit line; at the end, nothing is in debt.
+fn keeps_the_rule(hub: &mut Hub, credit_line: u64, steps: &[Step]) {
+    hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+        .unwrap();
+    hub.open_account(&account(credit_line)).unwrap();
+    let seeds = [PHONE_1, PHONE_2];
+    for seed in seeds {
+        let code = code(hub, 3600);
+        enrol(hub, seed, &code, 1).unwrap();
+    }
+    let mut phones = [Phone::default(), Phone::default()];
+    let mut at = 10;
+    let mut pending: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut chain = (1u64, GENESIS_HASH);
+    let mut top_ups = 0;
+    let mut sync = |hub: &mut Hub, pending: &mut Vec<(u32, Vec<u8>)>, at: u64| {
+        if pending.is_empty() {
+            return;
+        }
+        let items: Vec<(RecordKind, u32, &[u8])> = pending
+            .iter()
+            .map(|(a, t)| (RecordKind::Charge, *a, t.as_slice()))
+            .collect();
+        let (batch, last) = seal("gate-1", READER_1, chain.0, chain.1, &items);
+        let report = receive(hub, &batch, at).unwrap().report;
+        assert!(
+            report.accounts_suspended.is_empty(),
+            "honest riders in debt"
+        );
+        assert!(report.flagged.is_empty(), "honest riders flagged");
+        chain = (chain.0 + pending.len() as u64, last);
+        pending.clear();
+    };
+    for step in steps {
+        match *step {
+            Step::TopUp(amount) => {
+                top_ups += 1;
+                hub.credit_account(
+                    ACCOUNT,
+                    EntryKind::TopUp,
+                    amount,
+                    &format!("t{top_ups}"),
+                    "",
+                    NOW + at,
+                )
+                .unwrap();
+            }
+            Step::Renew(p) => match renew(hub, seeds[p], at) {
+                Ok(c) if Some(c) != phones[p].credential => {
+                    phones[p].credential = Some(c);
+                    phones[p].total = 0;
+                }
+                Ok(_) | Err(Refusal::NoAllowance { .. }) => {}
+                Err(other) => panic!("renewal refused: {other:?}"),
+            },
+            Step::Pay(p, amount) => {
+                let phone = &mut phones[p];
+                let Some(c) = phone.credential else { continue };
+                let t = &c.terms;
+                let valid = NOW + at < t.valid_until();
+                if valid && amount <= t.per_payment_cap && phone.total + amount <= t.offline_limit {
+                    phone.counter += 1;
+                    let token = pay(&c, seeds[p], amount, phone.counter, phone.total);
+                    phone.total += amount;
+                    pending.push((amount, token));
+                }
+            }
+            Step::Sync => sync(hub, &mut pending, at),
+            Step::Wait(secs) => {
+                sync(hub, &mut pending, at);
+                at += secs;
+            }
+        }
+        let view = hub.account_view(ACCOUNT, 0, NOW + at).unwrap().unwrap();
+        assert!(
+            i128::from(view.exposure) <= i128::from(view.balance) + i128::from(credit_line),
+            "after {step:?}: exposure {} over balance {} + credit line {credit_line}",
+            view.exposure,
+            view.balance
+        );
+    }
+    sync(hub, &mut pending, at);
+    let view = hub.account_view(ACCOUNT, 0, NOW + at).unwrap().unwrap();
+    assert!(view.balance >= -(credit_line as i64));
+    assert_eq!(view.account.state, AccountState::Open);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn renewals_never_grant_more_than_balance_plus_credit_line_on_sqlite(
+        credit_line in prop_oneof![Just(0u64), 1u64..1_500],
+        steps in proptest::collection::vec(step(), 1..40),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        keeps_the_rule(&mut sqlite_hub(dir.path()), credit_line, &steps);
+    }
+}
+
+#[test]
+fn renewals_never_grant_more_than_balance_plus_credit_line_on_postgres() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 6,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        prop_oneof![Just(0u64), 1u64..1_500],
+        proptest::collection::vec(step(), 1..40),
+    );
+    let round = AtomicU64::new(0);
+    runner
+        .run(&strategy, |(credit_line, steps)| {
+            let db = format!("prop{}", round.fetch_add(1, Ordering::Relaxed));
+            server.create_database(&db);
+            let dir = tempfile::tempdir().unwrap();
+            keeps_the_rule(
+                &mut postgres_hub(dir.path(), &server.url(&db)),
+                credit_line,
+                &steps,
+            );
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn issue18_clearing_does_not_let_back_a_phone_of_an_account_in_debt() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = &mut sqlite_hub(dir.path());
+    hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+        .unwrap();
+    hub.add_reader("gate-2", &public(Role::Reader, READER_2), NOW)
+        .unwrap();
+    hub.open_account(&account(0)).unwrap();
+    hub.credit_account(ACCOUNT, EntryKind::TopUp, 500, "p1", "", NOW)
+        .unwrap();
+    let c = code(hub, 3600);
+    enrol(hub, PHONE_2, &c, 1).unwrap();
+    let second = renew(hub, PHONE_2, 2).unwrap();
+    // A clone claims a running total of 0 seven times: over the limit, in
+    // debt, denied.
+    let clone: Vec<Vec<u8>> = (1..=7u32)
+        .map(|i| pay(&second, PHONE_2, 300, i, 0))
+        .collect();
+    let items: Vec<(RecordKind, u32, &[u8])> = clone
+        .iter()
+        .map(|t| (RecordKind::Charge, 300, t.as_slice()))
+        .collect();
+    let (batch, _) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items);
+    let report = receive(hub, &batch, 500).unwrap().report;
+    assert_eq!(report.accounts_suspended, [ACCOUNT]);
+    assert!(denied(hub, PHONE_2));
+    // A counter conflict later puts the credential under review, which
+    // would lift a clearing rule's wallet denial: not the account's.
+    let other = pay(&second, PHONE_2, 100, 1, 0);
+    let (batch, _) = seal(
+        "gate-2",
+        READER_2,
+        1,
+        GENESIS_HASH,
+        &[(RecordKind::Charge, 100, &other)],
+    );
+    let report = receive(hub, &batch, 600).unwrap().report;
+    assert!(report.lifted.is_empty(), "{report:?}");
+    assert!(denied(hub, PHONE_2));
+}
+
+#[test]
+fn issue18_reopening_an_account_keeps_a_stolen_phone_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = &mut sqlite_hub(dir.path());
+    hub.open_account(&account(0)).unwrap();
+    let c = code(hub, 3600);
+    enrol(hub, PHONE_1, &c, 1).unwrap();
+    hub.set_deny(
+        DenyAction::Deny,
+        wallet_of(PHONE_1),
+        DenyReason::LostOrStolen,
+        "stolen",
+        NOW + 10,
+    )
+    .unwrap();
+    let change = |state| Change {
+        state,
+        reason: "review",
+        by: "ops",
+    };
+    hub.change_account(ACCOUNT, change(AccountState::Suspended), NOW + 20)
+        .unwrap();
+    let allowed = hub
+        .change_account(ACCOUNT, change(AccountState::Open), NOW + 30)
+        .unwrap();
+    assert!(allowed.is_empty());
+    assert!(denied(hub, PHONE_1), "the stolen phone stays denied");
+}
+
+#[test]
+fn issue18_a_small_top_up_does_not_shrink_a_phones_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = &mut sqlite_hub(dir.path());
+    hub.open_account(&account(0)).unwrap();
+    hub.credit_account(ACCOUNT, EntryKind::TopUp, 1_000, "p1", "", NOW)
+        .unwrap();
+    let c = code(hub, 3600);
+    enrol(hub, PHONE_1, &c, 1).unwrap();
+    let first = renew(hub, PHONE_1, 2).unwrap();
+    hub.credit_account(ACCOUNT, EntryKind::TopUp, 10, "p2", "", NOW + 100)
+        .unwrap();
+    assert_eq!(renew(hub, PHONE_1, 200), Ok(first));
+}
+
+#[test]
+fn issue18_an_adjustment_retried_adds_once_and_a_reference_is_one_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = &mut sqlite_hub(dir.path());
+    hub.open_account(&account(0)).unwrap();
+    let adjust = |hub: &mut Hub, kind, amount, reference: &str| {
+        hub.credit_account(ACCOUNT, kind, amount, reference, "", NOW)
+    };
+    assert!(adjust(hub, EntryKind::Adjustment, -5, "a1").unwrap().added);
+    assert!(!adjust(hub, EntryKind::Adjustment, -5, "a1").unwrap().added);
+    assert!(adjust(hub, EntryKind::TopUp, 100, "p1").unwrap().added);
+    assert!(adjust(hub, EntryKind::Adjustment, 100, "p1").is_err());
+    assert_eq!(
+        hub.account_view(ACCOUNT, 0, NOW).unwrap().unwrap().balance,
+        95
+    );
+}
+
+#[test]
+fn issue18_account_search_ignores_case_on_postgres_as_on_sqlite() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = postgres_hub(&dir.path().join("pg"), &server.url("postgres"));
+    let mut sqlite = sqlite_hub(&dir.path().join("sqlite"));
+    for hub in [&mut pg, &mut sqlite] {
+        hub.open_account(&account(0)).unwrap();
+        for (search, found) in [("RIDER", 1), ("Acct", 1), ("t-1", 1), ("t_1", 0), ("t%", 0)] {
+            assert_eq!(hub.accounts(search, 10).unwrap().len(), found, "{search}");
+        }
+    }
+}
+
+#[test]
+fn issue18_a_stranger_with_fresh_keys_is_answered_without_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = &mut sqlite_hub(dir.path());
+    for _ in 0..3 {
+        assert_eq!(renew(hub, PHONE_1, 5), Err(Refusal::NotEnrolled));
+    }
+    let db = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
+    let nonces: i64 = db
+        .query_row("SELECT count(*) FROM wallet_nonces", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(nonces, 0);
+}
