@@ -9,7 +9,9 @@
 //! relay board on a pseudo-terminal. The demo prints what happens as it
 //! happens: accepts and the relay's open commands, declines with their
 //! reasons, the syncs, and the cloned wallet declined once the deny list
-//! reached gate-1; then it stops the daemon with SIGTERM and shows the hub.
+//! reached gate-1; then it stops the daemon with SIGTERM and shows the hub,
+//! and a fifth rider's phone enrols with a one-time code and renews its
+//! credential online against the account the operator opened for it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -291,15 +293,17 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
             .map_or("a wallet", |(_, name)| *name);
         println!("   hub flagged {who} ({}): {}", f.wallet, f.rule);
     }
+    let signed_up = sign_up_online(&mut reporting, dir, &url, now);
     let _ = stop.send(());
     runtime.block_on(server)??;
+    let signed_up = signed_up?;
 
     let expected = [
         ("accepts", watched.accepts, ACCEPTS),
         ("gate openings", watched.openings, ACCEPTS),
         ("declines", watched.declines.len(), DECLINES),
     ];
-    let mut ok = status.success() && watched.denied_after_sync;
+    let mut ok = status.success() && watched.denied_after_sync && signed_up;
     for (what, got, want) in expected {
         if got != want {
             println!("   expected {want} {what}, saw {got}");
@@ -319,6 +323,49 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Step 9: a fifth rider signs up online. The operator opens an account,
+/// pays 20.00 into it and makes a one-time code; the phone enrols with it
+/// and renews over HTTP from the hub still serving on `url`, then reads
+/// its statement. Whether it went as expected.
+fn sign_up_online(hub: &mut Hub, dir: &Path, url: &str, now: u64) -> Result<bool> {
+    use sonotap_hub::accounts::{Account, AccountPolicy};
+    use sonotap_protocol::wire::{AccountState, EntryKind};
+    let account = Account {
+        id: "rider-5".into(),
+        label: "rider5@example.org".into(),
+        currency: 978,
+        credit_line: 0,
+        policy: AccountPolicy {
+            offline_limit: 1_000,
+            per_payment_cap: 300,
+            valid_hours: 24,
+            scope: Scope::Transit,
+        },
+        state: AccountState::Open,
+        state_reason: String::new(),
+        created_at: now,
+    };
+    hub.open_account(&account)?;
+    hub.credit_account(&account.id, EntryKind::TopUp, 2_000, "demo-card", "", now)?;
+    let (code, _) = hub.enrol_code(&account.id, 3600, now)?;
+    println!(
+        "9. operator: account rider-5 opened, 2000 paid in, one-time code {code}; \
+         the phone enrols over HTTP"
+    );
+    let mut wallet = Wallet::create(&dir.join("wallet-5"))?;
+    let client = sonotap_wallet::HubClient::new(url, &sonotap_wallet::HubOptions::default())?;
+    client.enrol(&mut wallet, &code)?;
+    let installed = client.renew(&mut wallet)?;
+    let statement = client.statement(&wallet, 0)?;
+    let limit = installed.credential.terms.offline_limit;
+    println!(
+        "   rider 5's phone renewed its credential online: offline limit {limit}; statement: \
+         balance {}, exposure {} (the account covers what the phone may spend offline)",
+        statement.balance, statement.exposure
+    );
+    Ok(limit == 1_000 && statement.balance == 2_000 && statement.exposure == 1_000)
 }
 
 /// The fare at the demo's gates.

@@ -7,10 +7,8 @@
 //! is suspended and the phone refused. On SQLite, and on a throwaway
 //! PostgreSQL cluster where one is installed.
 
-use std::process::Output;
-
 use crate::pg_server;
-use crate::util::{HubProcess, Scratch, last_json, sonotap};
+use crate::util::{HubProcess, Scratch, last_json, succeeded};
 
 /// A hub (SQLite, or PostgreSQL at `database`) serving on 127.0.0.1,
 /// readers `r1`…`r3` (gate-1…gate-3) registered, and a wallet `w`.
@@ -49,28 +47,9 @@ impl Rider {
         self.hub.as_ref().expect("hub").url.clone()
     }
 
-    /// `sonotap ARGS` against this hub's state (its database, if not SQLite).
-    fn run_operator(&self, args: &[&str]) -> Output {
-        let mut command = sonotap();
-        command
-            .args(args)
-            .env_remove("SONOTAP_HUB_DATABASE")
-            .current_dir(self.s.dir.path());
-        if let Some(url) = &self.database {
-            command.env("SONOTAP_HUB_DATABASE", url);
-        }
-        command.output().expect("sonotap runs")
-    }
-
+    /// `sonotap ARGS` against this hub's state, requiring success; stdout.
     fn operator(&self, args: &[&str]) -> String {
-        let out = self.run_operator(args);
-        assert!(
-            out.status.success(),
-            "sonotap {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
+        succeeded(args, self.s.run_on_hub(self.database.as_deref(), args))
     }
 
     fn account(&self) -> serde_json::Value {
@@ -133,17 +112,6 @@ fn rider_pays_and_a_clone_runs_into_debt(database: Option<String>) {
         "--per-payment",
         "300",
     ]);
-    site.operator(&[
-        "hub",
-        "account",
-        "credit",
-        "--data",
-        "hub",
-        "acct-1",
-        "1000",
-        "--reference",
-        "card-1",
-    ]);
     let code: serde_json::Value = serde_json::from_str(&site.operator(&[
         "hub", "account", "enroll", "--data", "hub", "acct-1", "--json",
     ]))
@@ -166,16 +134,32 @@ fn rider_pays_and_a_clone_runs_into_debt(database: Option<String>) {
     );
     assert!(crate::util::stderr(&refused).contains("code_not_valid"));
 
-    // The phone enrols (and renews at once): a credential of 600.
+    // The phone enrols before any money is in: no credential yet, but its
+    // statement (signed by the issuer key it learned at enrolment) says so.
     let enrolled = site.s.run_with_stdin(
         &["wallet", "enrol", "--dir", "w", "--hub", &url],
         format!("{code}\n").as_bytes(),
     );
-    assert!(
-        enrolled.status.success(),
-        "{}",
-        crate::util::stderr(&enrolled)
-    );
+    let why = crate::util::stderr(&enrolled);
+    assert_eq!(enrolled.status.code(), Some(1), "{why}");
+    assert!(why.contains("no_allowance"), "{why}");
+    let s = site.statement();
+    assert_eq!(s["balance"], 0, "{s}");
+    assert_eq!(s["state"], "open", "{s}");
+
+    // The money comes in; the phone renews: a credential of 600.
+    site.operator(&[
+        "hub",
+        "account",
+        "credit",
+        "--data",
+        "hub",
+        "acct-1",
+        "1000",
+        "--reference",
+        "card-1",
+    ]);
+    site.s.ok(&["wallet", "renew", "--dir", "w"]);
     let reused = site.s.run_with_stdin(
         &["wallet", "enrol", "--dir", "other", "--hub", &url],
         format!("{code}\n").as_bytes(),

@@ -8,9 +8,7 @@
 use std::process::Output;
 
 use crate::pg_server;
-use crate::util::{HubProcess, Scratch, last_json, sonotap};
-
-const DATABASE_ENV: &str = "SONOTAP_HUB_DATABASE";
+use crate::util::{HubProcess, Scratch, last_json, succeeded};
 
 /// A hub (SQLite in `hub/`, or PostgreSQL), wallet `w` and readers
 /// `r1`…`rN` (gate-1…gate-N), each registered at the hub.
@@ -46,27 +44,12 @@ impl Site {
 
     /// `sonotap ARGS` against this site's hub database.
     fn run_hub<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
-        let mut command = sonotap();
-        command
-            .args(args)
-            .env_remove(DATABASE_ENV)
-            .current_dir(self.s.dir.path());
-        if let Some(url) = &self.database {
-            command.env(DATABASE_ENV, url);
-        }
-        command.output().expect("sonotap runs")
+        self.s.run_on_hub(self.database.as_deref(), args)
     }
 
     /// [`Site::run_hub`], requiring success; stdout.
     fn hub<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(&self, args: &[S]) -> String {
-        let out = self.run_hub(args);
-        assert!(
-            out.status.success(),
-            "sonotap {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
+        succeeded(args, self.run_hub(args))
     }
 
     /// `hub issue` for wallet `w` (limit 5000, 300 a payment, 48 h from

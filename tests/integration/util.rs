@@ -208,15 +208,40 @@ impl Scratch {
 
     /// Runs and requires success, returning stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "sonotap {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
+        succeeded(args, self.run(args))
     }
+
+    /// `sonotap ARGS` against the hub state in `database` (a PostgreSQL
+    /// URL, given as `$SONOTAP_HUB_DATABASE`), or the SQLite file in `hub/`.
+    pub fn run_on_hub<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        database: Option<&str>,
+        args: &[S],
+    ) -> Output {
+        let mut command = sonotap();
+        command
+            .args(args)
+            .env_remove(HUB_DATABASE_ENV)
+            .current_dir(self.dir.path());
+        if let Some(url) = database {
+            command.env(HUB_DATABASE_ENV, url);
+        }
+        command.output().expect("sonotap runs")
+    }
+}
+
+/// Where `sonotap hub …` finds its database when `--database` is not given.
+pub const HUB_DATABASE_ENV: &str = "SONOTAP_HUB_DATABASE";
+
+/// `out` of `sonotap ARGS`, which must have succeeded: its stdout.
+pub fn succeeded<S: std::fmt::Debug>(args: &[S], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "sonotap {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
 }
 
 /// The JSON object on the last line of stdout.

@@ -606,7 +606,9 @@ pub fn view(
     before: u64,
     now: u64,
 ) -> Result<Option<AccountView>, HubError> {
-    let Some(account) = book::account(sql, id, false)? else {
+    // Locked (PostgreSQL): an ingest debits only under this lock, so the
+    // balance and the entries below are of one moment.
+    let Some(account) = book::account(sql, id, true)? else {
         return Ok(None);
     };
     let balance = book::balance(sql, id)?;

@@ -227,6 +227,15 @@ pub struct ReadSide {
 }
 
 impl ReadSide {
+    /// The active issuer key: its id and public key (what a phone learns
+    /// when it enrols, to check its statements).
+    pub fn issuer_key(&self) -> (u8, [u8; 32]) {
+        (
+            IssuerSigner(&self.issuer).key_id(),
+            self.issuer.public().to_bytes(),
+        )
+    }
+
     /// The hub's time for a reader's `nonce`, signed by the active issuer key.
     pub fn time_statement(&self, nonce: [u8; 16], now_ms: u64) -> TimeStatement {
         time_statement(&self.issuer, nonce, now_ms)

@@ -598,8 +598,10 @@ fn refusal_status(refusal: &Refusal) -> StatusCode {
 /// (docs/sync.md §2.3). `kind` is the path's: a request of another kind
 /// is refused.
 async fn phone(hub: Shared, peer: IpAddr, kind: &'static str, body: Bytes) -> Response {
-    let limited = |buckets: &mut phones::Buckets<IpAddr>| buckets.take(&peer, now_ms());
-    if let Err(wait) = limited(&mut listen::unpoisoned(&hub.limiter).addresses) {
+    let taken = listen::unpoisoned(&hub.limiter)
+        .addresses
+        .take(&peer, now_ms());
+    if let Err(wait) = taken {
         return too_many(wait, "from this address");
     }
     if kind == "enrol" {
@@ -662,11 +664,16 @@ async fn phone(hub: Shared, peer: IpAddr, kind: &'static str, body: Bytes) -> Re
     });
     match answer {
         Err(e) => e.into_response(),
-        Ok(Ok(PhoneAnswer::Enrolled { currency })) => (
-            outcome,
-            axum::Json(json!({ "status": "enrolled", "account_currency": currency })),
-        )
-            .into_response(),
+        Ok(Ok(PhoneAnswer::Enrolled { currency })) => {
+            let issuer = hub.read.issuer_key();
+            let answer = json!({
+                "status": "enrolled",
+                "account_currency": currency,
+                "issuer_key_id": issuer.0,
+                "issuer_key": hex::encode(issuer.1),
+            });
+            (outcome, axum::Json(answer)).into_response()
+        }
         Ok(Ok(PhoneAnswer::Renewed(renewed))) => (
             outcome,
             axum::Json(json!({ "renewed": hex::encode(renewed.encode()) })),

@@ -205,6 +205,19 @@ pub enum WalletError {
         /// The key offered, hex.
         offered: String,
     },
+    /// A renewal answer older than the credential in use: a recorded
+    /// answer played back (it would restart the running total under a
+    /// credential already spent from).
+    #[error(
+        "the hub's renewal holds a credential valid from {offered}, older than the one in use \
+         (valid from {current}); nothing was installed (renew again)"
+    )]
+    StaleRenewal {
+        /// Start of validity of the credential offered.
+        offered: u32,
+        /// Start of validity of the credential in use.
+        current: u32,
+    },
     /// A request to the hub that cannot be made (an enrolment code that is
     /// not canonical).
     #[error("cannot make the request to the hub: {source}")]
@@ -617,11 +630,51 @@ impl Wallet {
                 _ => WalletError::BadRenewed { source },
             });
         }
+        if let Some(current) = &self.credential
+            && *current != renewed.credential
+            && renewed.credential.terms.valid_from < current.terms.valid_from
+        {
+            return Err(WalletError::StaleRenewal {
+                offered: renewed.credential.terms.valid_from,
+                current: current.terms.valid_from,
+            });
+        }
         self.commit(
             renewed.credential,
             Some(renewed.note.highest_cleared_counter),
             Some(TrustedIssuer::new(offered.0, &offered.1)),
         )
+    }
+
+    /// Trusts the issuer key the hub named when this wallet enrolled, if
+    /// it trusts none yet (as its first renewal would): its statements can
+    /// then be checked before it holds a credential. A key other than the
+    /// one trusted is refused ([`WalletError::IssuerChanged`]).
+    pub fn trust_issuer(&mut self, key_id: u8, key: &[u8; 32]) -> Result<(), WalletError> {
+        if let Some((id, trusted)) = self.trusted.iter().next() {
+            if (id, trusted.to_bytes()) == (key_id, *key) {
+                return Ok(());
+            }
+            return Err(WalletError::IssuerChanged {
+                trusted_id: id,
+                trusted: hex::encode(trusted.to_bytes()),
+                offered_id: key_id,
+                offered: hex::encode(key),
+            });
+        }
+        let issuer = TrustedIssuer::new(key_id, key);
+        let verifying = issuer.key().map_err(|detail| WalletError::State {
+            path: self.dir.join(STATE_FILE),
+            detail,
+        })?;
+        let state = WalletState {
+            issuer: Some(issuer),
+            ..self.state.clone()
+        };
+        write_state(&self.dir, &state)?;
+        self.state = state;
+        self.trusted.insert(key_id, verifying);
+        Ok(())
     }
 
     /// Puts `credential` in use, the counter at least `floor`, trusting
@@ -1358,6 +1411,41 @@ mod tests {
         assert_eq!((again.counter_before, again.counter), (1, 1));
         assert_eq!(fs::read(dir.join(STATE_FILE)).expect("state"), before);
         assert_eq!(wallet.state().running_total, 70);
+    }
+
+    #[test]
+    fn issue18_a_recorded_renewal_older_than_the_credential_in_use_is_refused() {
+        let (_tmp, _dir, mut wallet) = new_wallet();
+        let old = renewed(&wallet, 0, 0);
+        let mut newer = old.clone();
+        newer.credential = CredentialTerms {
+            valid_from: old.credential.terms.valid_from + 86_400,
+            ..old.credential.terms
+        }
+        .sign(&testkit::issuer())
+        .expect("terms");
+        newer.note = RenewalNote::sign(&newer.credential, 0, NOW, &testkit::issuer());
+        wallet.install_renewed(&newer).expect("the newer one");
+        let e = wallet.install_renewed(&old).expect_err("played back");
+        assert!(matches!(e, WalletError::StaleRenewal { .. }), "{e}");
+        assert_eq!(wallet.credential(), Some(&newer.credential));
+    }
+
+    #[test]
+    fn issue18_the_issuer_key_named_at_enrolment_is_trusted_and_no_other() {
+        let (_tmp, dir, mut wallet) = new_wallet();
+        let key = testkit::issuer().verifying_key().to_bytes();
+        wallet.trust_issuer(1, &key).expect("first key");
+        wallet.trust_issuer(1, &key).expect("the same again");
+        assert_eq!(
+            Wallet::open(&dir).expect("reopen").trusted_keys(),
+            &testkit::keys()
+        );
+        let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+        let e = wallet
+            .trust_issuer(2, &other.to_bytes())
+            .expect_err("another key");
+        assert!(matches!(e, WalletError::IssuerChanged { .. }), "{e}");
     }
 
     #[test]

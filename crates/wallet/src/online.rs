@@ -217,6 +217,12 @@ struct EnrolAnswer {
     status: String,
     #[serde(default)]
     account_currency: Option<u16>,
+    /// The hub's issuer key, so statements can be checked before the
+    /// first credential (older hubs leave it out).
+    #[serde(default)]
+    issuer_key_id: Option<u8>,
+    #[serde(default)]
+    issuer_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -289,6 +295,16 @@ impl HubClient {
                 url,
                 detail: format!("account currency {code} is not an ISO 4217 code (1..=999)"),
             });
+        }
+        if let (Some(key_id), Some(key)) = (answer.issuer_key_id, &answer.issuer_key) {
+            let key = hex::decode(key)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| OnlineError::BadAnswer {
+                    url: url.clone(),
+                    detail: "issuer_key is not 64 hex digits".into(),
+                })?;
+            wallet.trust_issuer(key_id, &key)?;
         }
         wallet.remember_hub(&self.base)?;
         Ok(Enrolled {
