@@ -7,7 +7,10 @@
 //! limit less what has cleared under it, never exceeds its balance plus
 //! its credit line. [`exposure`] and [`grant`] are that rule, pure; the
 //! functions below them run it inside one write transaction over the
-//! backend's SQL ([`crate::backend::book`]), after locking the account.
+//! backend's SQL ([`crate::backend::book`]), after locking the account. A
+//! renewal reads the exposure summed in SQL, in the one statement that
+//! reads everything it decides from (`book::renew_facts`); the property
+//! tests check every grant against [`exposure`] computed here.
 
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
@@ -27,8 +30,6 @@ use sonotap_protocol::wire::{
 pub const SETTLE_SECS: u64 = 72 * 3600;
 /// A renewal this soon after the wallet's last one gets that credential
 /// again: a phone retrying after a lost answer reserves nothing more.
-/// Later, a renewal that could grant no more than the current credential
-/// has left gets it again too ([`renew`]).
 pub const REUSE_SECS: u64 = 60;
 /// A credential's validity starts this long before it is issued, so a
 /// reader whose clock is a little behind the hub's accepts it at once.
@@ -522,25 +523,17 @@ pub fn renew(
     let room = headroom(facts.balance, account.credit_line, facts.exposure);
     let granted = grant(&account.policy, room);
     // The phone's current credential again, rather than a new one, when it
-    // was issued moments ago (a retry after a lost answer) or when a new
-    // one would give less than the current one has left: a phone installs
-    // only its newest, so a smaller one would take allowance away from it.
+    // was issued moments ago: a retry after a lost answer reserves nothing
+    // more. Never one suspended for review. (Whether a new credential is
+    // worth more than what the current one has left only the phone knows:
+    // the hub does not see what it spent offline; the wallet keeps the one
+    // with more left, docs/accounts.md §2.)
     if let Some(newest) = &facts.newest {
         let current = &newest.credential;
-        let left = CredentialUse {
-            digest: [0; 32],
-            offline_limit: current.terms.offline_limit,
-            valid_until: current.terms.valid_until(),
-            settles_at: 0,
-            issued_at: newest.issued_at,
-            cleared: newest.cleared,
-        }
-        .unspent();
-        let usable =
-            now < current.terms.valid_until() && current.terms.issuer_key_id == issuer.key_id;
-        let retry = now < newest.issued_at + REUSE_SECS;
-        let smaller = granted.is_none_or(|g| u64::from(g.offline_limit) <= left);
-        if usable && (retry || (smaller && left > 0)) {
+        let usable = now < current.terms.valid_until()
+            && current.terms.issuer_key_id == issuer.key_id
+            && !newest.suspended;
+        if usable && now < newest.issued_at + REUSE_SECS {
             return Ok(Ok(Renewal {
                 note: note(current),
                 credential: *current,
@@ -804,7 +797,7 @@ pub fn settle_debts(
         // Without one (a reader that synced after the settle window, an
         // operator's adjustment) the rider is not a cheat: renewals stop
         // until the debt is paid, and the phone still pays at the gates.
-        let clone = book::overspent_credentials(ledger, &id)? > 0;
+        let clone = book::overspent_credentials(ledger, &id, now)? > 0;
         change_state(
             ledger,
             signer,

@@ -927,7 +927,9 @@ impl Hub {
         let mut out = Vec::new();
         self.backend.phone_transaction(&mut |ledger| {
             out.clear();
-            if requests.len() > 1 {
+            // Accounts first, then nonces, whatever the batch's size: the
+            // same order as every other batch.
+            {
                 let mut ids = Vec::new();
                 for r in requests {
                     if !matches!(r.ask, WalletAsk::Enrol { .. })

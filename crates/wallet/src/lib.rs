@@ -75,6 +75,12 @@ pub const STATE_FILE: &str = "wallet.toml";
 /// beside it, and where `wallet add-credential CRED` looks for one.
 pub const RENEWAL_SUFFIX: &str = ".renewal";
 
+/// A renewal that grants less than the current credential has left is set
+/// aside while the current one is valid this much longer (seconds after
+/// the new credential's start, which is a few minutes before the hub
+/// issued it).
+pub const KEEP_CURRENT_SECS: u64 = 3600 + 300;
+
 /// `wallet.toml`: what the wallet must remember between payments.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -630,17 +636,32 @@ impl Wallet {
                 _ => WalletError::BadRenewed { source },
             });
         }
-        if let Some(current) = &self.credential
-            && *current != renewed.credential
-            && renewed.credential.terms.valid_from < current.terms.valid_from
+        let mut credential = renewed.credential;
+        if let Some(current) = self.credential
+            && current != renewed.credential
         {
-            return Err(WalletError::StaleRenewal {
-                offered: renewed.credential.terms.valid_from,
-                current: current.terms.valid_from,
-            });
+            if renewed.credential.terms.valid_from < current.terms.valid_from {
+                return Err(WalletError::StaleRenewal {
+                    offered: renewed.credential.terms.valid_from,
+                    current: current.terms.valid_from,
+                });
+            }
+            // Only the phone knows what it has spent: a new credential that
+            // grants less than the current one has left (the hub had little
+            // headroom) would take allowance away, so the current one stays
+            // while it lasts another hour (the note still moves the counter).
+            let left = current
+                .terms
+                .offline_limit
+                .saturating_sub(self.state.running_total);
+            let lasts = current.terms.valid_until()
+                > u64::from(renewed.credential.terms.valid_from) + KEEP_CURRENT_SECS;
+            if lasts && left > renewed.credential.terms.offline_limit {
+                credential = current;
+            }
         }
         self.commit(
-            renewed.credential,
+            credential,
             Some(renewed.note.highest_cleared_counter),
             Some(TrustedIssuer::new(offered.0, &offered.1)),
         )
@@ -1429,6 +1450,27 @@ mod tests {
         let e = wallet.install_renewed(&old).expect_err("played back");
         assert!(matches!(e, WalletError::StaleRenewal { .. }), "{e}");
         assert_eq!(wallet.credential(), Some(&newer.credential));
+    }
+
+    #[test]
+    fn issue18_a_renewal_granting_less_than_is_left_keeps_the_current_credential() {
+        let (_tmp, _dir, mut wallet) = new_wallet();
+        let first = renewed(&wallet, 0, 0);
+        wallet.install_renewed(&first).expect("first");
+        wallet.pay(request(300, NOW)).expect("pay 300 of 1000");
+        let mut small = first.clone();
+        small.credential = CredentialTerms {
+            offline_limit: 10,
+            per_payment_cap: 10,
+            valid_from: first.credential.terms.valid_from + 60,
+            ..first.credential.terms
+        }
+        .sign(&testkit::issuer())
+        .expect("terms");
+        small.note = RenewalNote::sign(&small.credential, 0, NOW, &testkit::issuer());
+        let installed = wallet.install_renewed(&small).expect("answered");
+        assert_eq!(installed.credential, first.credential, "700 left beats 10");
+        assert_eq!(wallet.state().running_total, 300);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! A backend's write transaction offers [`Sql`]: a statement with `$1`,
 //! `$2`… parameters and rows of plain values. The statements here use only
 //! what both databases understand (`CAST(… AS BIGINT)`, `ON CONFLICT`,
-//! `RETURNING`); the one difference, a row lock, is [`Sql::postgres`].
+//! `IN (…)` lists); the one difference, a row lock, is [`Sql::postgres`]
+//! (and appending entries, [`Sql::append_entries`], is each database's own).
 //! Decisions stay in [`crate::accounts`]; this module only reads and writes.
 
 use sonotap_protocol::token::{Credential, WalletId};
@@ -649,6 +650,9 @@ pub(crate) struct Newest {
     pub issued_at: u64,
     /// Net charges cleared under it.
     pub cleared: i64,
+    /// Whether its newest credential-scope deny entry denies it (a
+    /// suspension for review).
+    pub suspended: bool,
 }
 
 /// Locks the account of `wallet` (PostgreSQL): the statements after this
@@ -698,7 +702,10 @@ pub(crate) fn renew_facts(
              ORDER BY d.version DESC LIMIT 1),
             (SELECT CAST(COALESCE(s.charged, 0) AS BIGINT) FROM account_credentials n
              LEFT JOIN credential_spend s ON s.credential = n.credential
-             WHERE n.wallet_id = $1 ORDER BY n.issued_at DESC, n.credential DESC LIMIT 1)
+             WHERE n.wallet_id = $1 ORDER BY n.issued_at DESC, n.credential DESC LIMIT 1),
+            (SELECT d.action FROM deny_entries d
+             WHERE d.wallet_id = $1 AND d.credential = (SELECT n.credential {NEWEST})
+             ORDER BY d.version DESC LIMIT 1)
          FROM account_wallets w JOIN accounts a ON a.account_id = w.account_id
          WHERE w.wallet_id = $1"
     );
@@ -709,6 +716,10 @@ pub(crate) fn renew_facts(
                     .map_err(|e| r.broken("stored credential", &e.to_string()))?,
                 issued_at: r.unsigned(16, "credential issue time")?,
                 cleared: r.int(18, "credential net charges")?,
+                suspended: match r.values.get(19) {
+                    Some(Value::Text(action)) => super::denies(Some(action)),
+                    _ => false,
+                },
             }),
             _ => None,
         };
@@ -752,17 +763,23 @@ pub(crate) fn newest_wallet_deny(
     )
 }
 
-/// How many of the account's credentials were charged past their limit,
+/// How many of the account's credentials not yet settled were charged
+/// past their limit (an old clone's mark, paid and reopened, does not
+/// count again),
 /// by the account's own entries (which an ingest writes before it asks;
 /// the credentials' running totals are written at its end).
-pub(crate) fn overspent_credentials(sql: &mut dyn Sql, id: &str) -> Result<u64, HubError> {
+pub(crate) fn overspent_credentials(
+    sql: &mut dyn Sql,
+    id: &str,
+    now: u64,
+) -> Result<u64, HubError> {
     Ok(first(
         sql,
         "SELECT CAST(COUNT(*) AS BIGINT) FROM account_credentials c
-         WHERE c.account_id = $1 AND c.offline_limit < (
+         WHERE c.account_id = $1 AND c.settles_at > $2 AND c.offline_limit < (
              SELECT CAST(COALESCE(-SUM(e.amount), 0) AS BIGINT) FROM account_entries e
              WHERE e.account_id = $1 AND e.credential = c.credential)",
-        &[Param::Text(id)],
+        &[Param::Text(id), int(now)],
         |r| r.unsigned(0, "count"),
     )?
     .unwrap_or(0))

@@ -273,7 +273,9 @@ impl<'a> PgLedger<'a> {
         if let Some(statement) = self.statements.0.get(sql) {
             return Ok(Some(statement.clone()));
         }
-        if self.statements.0.len() >= Prepared::MAX {
+        // A list of parameters of varying length makes a text per length:
+        // not worth keeping.
+        if self.statements.0.len() >= Prepared::MAX || sql.contains(" IN (") {
             return Ok(None);
         }
         let statement = self.tx.prepare(sql).map_err(|e| pg_err(self.target, e))?;

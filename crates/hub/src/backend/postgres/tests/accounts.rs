@@ -163,10 +163,9 @@ fn account_scenario(hub: &mut Hub) -> Vec<String> {
         second.terms.offline_limit, 500,
         "1,500 less phone 1's 1,000"
     );
-    assert_eq!(
-        renew(hub, PHONE_2, 200),
-        Ok(second),
-        "nothing more to give: its current credential again"
+    assert!(
+        matches!(renew(hub, PHONE_2, 200), Err(Refusal::NoAllowance { .. })),
+        "nothing more to give"
     );
     let c3 = code(hub, 3600);
     enrol(hub, PHONE_3, &c3, 200).unwrap();
@@ -610,7 +609,7 @@ fn issue18_reopening_an_account_keeps_a_stolen_phone_denied() {
 }
 
 #[test]
-fn issue18_a_small_top_up_does_not_shrink_a_phones_credential() {
+fn issue18_after_a_small_top_up_the_hub_grants_what_is_left_and_the_phone_decides() {
     let dir = tempfile::tempdir().unwrap();
     let hub = &mut sqlite_hub(dir.path());
     hub.open_account(&account(0)).unwrap();
@@ -619,9 +618,14 @@ fn issue18_a_small_top_up_does_not_shrink_a_phones_credential() {
     let c = code(hub, 3600);
     enrol(hub, PHONE_1, &c, 1).unwrap();
     let first = renew(hub, PHONE_1, 2).unwrap();
+    assert_eq!(renew(hub, PHONE_1, 30), Ok(first), "a retry: the same one");
     hub.credit_account(ACCOUNT, EntryKind::TopUp, 10, "p2", "", NOW + 100)
         .unwrap();
-    assert_eq!(renew(hub, PHONE_1, 200), Ok(first));
+    // The hub cannot see what the phone spent offline: it grants the 10
+    // it has; the wallet keeps its current credential if that has more
+    // left (crates/wallet, `install_renewed`).
+    let small = renew(hub, PHONE_1, 200).unwrap();
+    assert_eq!(small.terms.offline_limit, 10);
 }
 
 #[test]
@@ -670,4 +674,43 @@ fn issue18_a_stranger_with_fresh_keys_is_answered_without_a_write() {
         .query_row("SELECT count(*) FROM wallet_nonces", [], |r| r.get(0))
         .unwrap();
     assert_eq!(nonces, 0);
+}
+
+#[test]
+fn issue18_a_credential_suspended_for_review_is_not_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = &mut sqlite_hub(dir.path());
+    hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+        .unwrap();
+    hub.add_reader("gate-2", &public(Role::Reader, READER_2), NOW)
+        .unwrap();
+    hub.open_account(&account(0)).unwrap();
+    hub.credit_account(ACCOUNT, EntryKind::TopUp, 1_000, "p1", "", NOW)
+        .unwrap();
+    let c = code(hub, 3600);
+    enrol(hub, PHONE_1, &c, 1).unwrap();
+    let first = renew(hub, PHONE_1, 2).unwrap();
+    // One counter, two contents, at two gates: the credential is suspended.
+    let one = pay(&first, PHONE_1, 100, 1, 0);
+    let two = pay(&first, PHONE_1, 150, 1, 0);
+    for (gate, key, token, amount) in [
+        ("gate-1", READER_1, &one, 100),
+        ("gate-2", READER_2, &two, 150),
+    ] {
+        let (batch, _) = seal(
+            gate,
+            key,
+            1,
+            GENESIS_HASH,
+            &[(RecordKind::Charge, amount, token)],
+        );
+        receive(hub, &batch, 100).unwrap();
+    }
+    assert_eq!(hub.review(false).unwrap().suspensions.len(), 1);
+    // All the money is reserved by that credential: nothing new, and not
+    // the suspended one again.
+    assert!(matches!(
+        renew(hub, PHONE_1, 200),
+        Err(Refusal::NoAllowance { .. })
+    ));
 }
