@@ -264,7 +264,8 @@ fn print_installed(
     println!(
         "{}: offline limit {}, per payment {} ({} minor units), scope {}, valid {} to {}",
         match same {
-            true => "the hub renewed the credential already in use",
+            true =>
+                "the credential in use stays (the hub answered it again, or offered one with less left)",
             false => "new credential",
         },
         terms.offline_limit,
