@@ -10,17 +10,16 @@ use std::time::{Duration, Instant};
 
 use crate::pg_server;
 use crate::util::{
-    HUB_SERVE, HubProcess, Scratch, first_stdout_line, last_json, reader_totals, sonotap,
+    HUB_DATABASE_ENV, HUB_SERVE, HubProcess, Scratch, first_stdout_line, last_json, reader_totals,
+    sonotap, succeeded,
 };
-
-const DATABASE_ENV: &str = "SONOTAP_HUB_DATABASE";
 
 /// Runs `sonotap ARGS` in `s` with `envs` (and without the caller's
 /// `$SONOTAP_HUB_DATABASE` unless given).
 fn run_env(s: &Scratch, args: &[&str], envs: &[(&str, &str)]) -> Output {
     sonotap()
         .args(args)
-        .env_remove(DATABASE_ENV)
+        .env_remove(HUB_DATABASE_ENV)
         .envs(envs.iter().copied())
         .current_dir(s.dir.path())
         .output()
@@ -29,14 +28,7 @@ fn run_env(s: &Scratch, args: &[&str], envs: &[(&str, &str)]) -> Output {
 
 /// [`run_env`], requiring success; stdout.
 fn ok_env(s: &Scratch, args: &[&str], envs: &[(&str, &str)]) -> String {
-    let out = run_env(s, args, envs);
-    assert!(
-        out.status.success(),
-        "sonotap {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    succeeded(args, run_env(s, args, envs))
 }
 
 /// `ARGS --database URL`, requiring success; stdout.
@@ -203,7 +195,7 @@ fn issue15_01_the_whole_operator_flow_runs_on_postgresql() {
 
     // The environment variable names the database for every command; the
     // flag wins over it. A reader with no network: export, then import.
-    let env = [(DATABASE_ENV, url.as_str())];
+    let env = [(HUB_DATABASE_ENV, url.as_str())];
     s.reader_init("r2", "gate-2", &[]);
     ok_env(
         &s,
@@ -240,7 +232,7 @@ fn issue15_01_the_whole_operator_flow_runs_on_postgresql() {
             "--database",
             &url,
         ],
-        &[(DATABASE_ENV, nowhere)],
+        &[(HUB_DATABASE_ENV, nowhere)],
     );
     let r: serde_json::Value = serde_json::from_str(&flag_wins).expect("json");
     assert_eq!(reader_totals(&r, "gate-2"), (1, 250));
@@ -262,7 +254,7 @@ fn issue15_01_the_whole_operator_flow_runs_on_postgresql() {
     let out = run_env(
         &s,
         &["hub", "report", "--data", "hub"],
-        &[(DATABASE_ENV, nowhere)],
+        &[(HUB_DATABASE_ENV, nowhere)],
     );
     let err = crate::util::stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -294,7 +286,7 @@ fn issue15_02_hub_serve_processes_started_together_on_an_empty_database_all_star
                 sonotap()
                     .args(HUB_SERVE)
                     .args(["--database", &url])
-                    .env_remove(DATABASE_ENV)
+                    .env_remove(HUB_DATABASE_ENV)
                     .current_dir(s.dir.path())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())

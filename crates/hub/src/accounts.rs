@@ -494,7 +494,9 @@ pub struct Renewal {
 }
 
 /// Issues a credential for the wallet of `wallet_key` under the rule of
-/// this module, recorded before it is returned.
+/// this module, recorded before it is returned. The caller holds the
+/// account's row lock ([`crate::Hub::answer_phones`] takes it), so that
+/// what this reads after it is every renewal and debit committed before.
 pub fn renew(
     ledger: &mut dyn Ledger,
     issuer: &Issuer<'_>,
@@ -502,7 +504,6 @@ pub fn renew(
     now: u64,
 ) -> Result<Result<Renewal, Refusal>, HubError> {
     let wallet = WalletId::of_key(wallet_key);
-    book::lock_wallet_account(ledger, wallet)?;
     let Some(facts) = book::renew_facts(ledger, wallet, now)? else {
         return Ok(Err(Refusal::NotEnrolled));
     };
@@ -631,19 +632,6 @@ pub fn view(
         entries,
         next_before,
     }))
-}
-
-/// The statement of the wallet's account, or why there is none.
-pub fn statement_of(
-    sql: &mut dyn Sql,
-    wallet: WalletId,
-    before: u64,
-    now: u64,
-) -> Result<Result<AccountView, Refusal>, HubError> {
-    let Some(id) = book::wallet_account(sql, wallet)? else {
-        return Ok(Err(Refusal::NotEnrolled));
-    };
-    Ok(view(sql, &id, before, now)?.ok_or(Refusal::NotEnrolled))
 }
 
 /// Accounts whose id or label contains `search`.

@@ -423,10 +423,13 @@ pub fn check_wallet_request(bytes: &[u8], now_ms: u64) -> Result<WalletRequest, 
 }
 
 /// One phone's request inside a transaction (see [`Hub::answer_phone`]).
+/// `account` is the wallet's account (locked by the caller), looked up
+/// for every request but an enrolment.
 fn answer_one(
     ledger: &mut dyn ledger::Ledger,
     issuer: &accounts::Issuer<'_>,
     request: &WalletRequest,
+    account: Option<&str>,
     now_ms: u64,
 ) -> Result<Result<PhoneAnswer, Refusal>, HubError> {
     let now = now_ms / 1000;
@@ -434,11 +437,11 @@ fn answer_one(
     // A wallet enrolled nowhere asks for nothing that needs a write: a
     // stranger's fresh keys cost the hub no commit (the answer goes to the
     // key holder only, and is the same if replayed).
-    if !matches!(request.ask, WalletAsk::Enrol { .. })
-        && book::wallet_account(ledger, wallet)?.is_none()
-    {
-        return Ok(Err(Refusal::NotEnrolled));
-    }
+    let account = match (&request.ask, account) {
+        (WalletAsk::Enrol { .. }, _) => None,
+        (_, None) => return Ok(Err(Refusal::NotEnrolled)),
+        (_, Some(id)) => Some(id),
+    };
     if !book::fresh_nonce(ledger, wallet, &request.nonce, now_ms)? {
         return Ok(Err(Refusal::Replayed));
     }
@@ -457,7 +460,11 @@ fn answer_one(
             })
         }),
         WalletAsk::Statement { before } => {
-            match accounts::statement_of(ledger, wallet, *before, now)? {
+            let view = match account {
+                Some(id) => accounts::view(ledger, id, *before, now)?,
+                None => None,
+            };
+            match view.ok_or(Refusal::NotEnrolled) {
                 Err(refusal) => Err(refusal),
                 Ok(view) => Ok(PhoneAnswer::Statement(
                     Statement {
@@ -920,28 +927,31 @@ impl Hub {
         self.phone_calls = self.phone_calls.wrapping_add(1);
         if self.phone_calls % NONCE_SWEEP == 1 {
             let before = now_ms.saturating_sub(NONCE_MEMORY_MS);
-            backend::write(&mut *self.backend, |ledger| {
-                book::forget_nonces(ledger, before)
-            })?;
+            self.backend
+                .phone_transaction(&mut |ledger| book::forget_nonces(ledger, before).map(drop))?;
         }
         let mut out = Vec::new();
         self.backend.phone_transaction(&mut |ledger| {
             out.clear();
             // Accounts first, then nonces, whatever the batch's size: the
             // same order as every other batch.
-            {
-                let mut ids = Vec::new();
-                for r in requests {
-                    if !matches!(r.ask, WalletAsk::Enrol { .. })
-                        && let Some(id) = book::wallet_account(ledger, r.wallet())?
-                    {
-                        ids.push(id);
-                    }
-                }
-                book::lock_accounts(ledger, &ids)?;
+            let mut accounts = Vec::with_capacity(requests.len());
+            for r in requests {
+                accounts.push(match r.ask {
+                    WalletAsk::Enrol { .. } => None,
+                    _ => book::wallet_account(ledger, r.wallet())?,
+                });
             }
-            for request in requests {
-                out.push(answer_one(ledger, &issuer, request, now_ms)?);
+            let ids: Vec<String> = accounts.iter().flatten().cloned().collect();
+            book::lock_accounts(ledger, &ids)?;
+            for (request, account) in requests.iter().zip(&accounts) {
+                out.push(answer_one(
+                    ledger,
+                    &issuer,
+                    request,
+                    account.as_deref(),
+                    now_ms,
+                )?);
             }
             Ok(())
         })?;

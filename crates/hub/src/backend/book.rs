@@ -630,7 +630,7 @@ pub(crate) fn forget_nonces(sql: &mut dyn Sql, before_ms: u64) -> Result<u64, Hu
 }
 
 /// What a renewal decides from, read in one statement after the account
-/// is locked ([`lock_wallet_account`]).
+/// is locked ([`lock_accounts`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RenewFacts {
     pub account: Account,
@@ -653,20 +653,6 @@ pub(crate) struct Newest {
     /// Whether its newest credential-scope deny entry denies it (a
     /// suspension for review).
     pub suspended: bool,
-}
-
-/// Locks the account of `wallet` (PostgreSQL): the statements after this
-/// one see every renewal and debit committed before it.
-pub(crate) fn lock_wallet_account(sql: &mut dyn Sql, wallet: WalletId) -> Result<(), HubError> {
-    if sql.postgres() {
-        sql.sql_rows(
-            "SELECT a.account_id FROM accounts a JOIN account_wallets w
-                 ON w.account_id = a.account_id
-             WHERE w.wallet_id = $1 FOR UPDATE OF a",
-            &[Param::Bytes(&wallet.0)],
-        )?;
-    }
-    Ok(())
 }
 
 /// The wallet's account with everything a renewal decides from; `None`
