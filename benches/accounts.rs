@@ -10,11 +10,12 @@
 //!    `hub serve`) and on PostgreSQL with 1 and 4 writers (each a connection
 //!    and a thread of its own, as `hub serve --writers`): renewals/s, and
 //!    the median and p99 of the time to a renewal's answer.
-//! 2. `ingest`: the same payments (W wallets × P payments, in batches of
-//!    5,000) stored by a fresh hub when their credentials came from `hub
-//!    issue` (no account) and when they came from renewals (every charge
-//!    debits an account), side by side, alternating, R rounds (default 3),
-//!    medians; SQLite and PostgreSQL.
+//! 2. `ingest`: the same payments (250 wallets in 25 accounts × 200
+//!    payments, in batches of 5,000) stored by two fresh hubs with the same
+//!    accounts, one where their credentials came from `hub issue` (no
+//!    account) and one where they came from renewals (every charge debits
+//!    an account, checked by the balances after), batch by batch in turns,
+//!    R rounds (default 3), medians; SQLite and PostgreSQL.
 //!
 //! Run: `cargo bench --bench accounts -- [--renewals N] [--rounds R] [--skip-renewals]`.
 //! PostgreSQL is a throwaway cluster with its default durability (`fsync`,
@@ -27,6 +28,7 @@ use ed25519_dalek::SigningKey;
 use sonotap_disk::keys::{PublicKey, Role};
 use sonotap_hub::accounts::{Account, AccountPolicy};
 use sonotap_hub::ledger::Via;
+use sonotap_hub::verify::CheckedBatch;
 use sonotap_hub::{Hub, IssueRequest, PhoneAnswer, check_wallet_request};
 use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
 use sonotap_protocol::token::{Credential, PaymentTerms, Scope, Token};
@@ -39,6 +41,8 @@ mod pg_server;
 
 const NOW: u64 = 1_790_000_000;
 const WALLETS_PER_ACCOUNT: usize = 10;
+/// Each account's first top-up.
+const SEED: i64 = 1 << 40;
 const BATCH: usize = 5_000;
 
 fn arg(name: &str, default: usize) -> usize {
@@ -93,7 +97,7 @@ fn enrol_all(hub: &mut Hub, wallets: usize) {
             created_at: NOW,
         })
         .expect("open");
-        hub.credit_account(&id, EntryKind::TopUp, 1 << 40, "seed", "", NOW)
+        hub.credit_account(&id, EntryKind::TopUp, SEED, "seed", "", NOW)
             .expect("credit");
     }
     for i in 0..wallets {
@@ -234,21 +238,23 @@ fn batches(credentials: &[Credential], payments: usize, reader: &SigningKey) -> 
     out.into_iter().map(|(b, _)| b).collect()
 }
 
-/// Stores the payments on a fresh hub from `open`, their credentials
-/// from renewals (`accounts`) or from `hub issue`: the time of `store`.
-fn ingest_once(
+/// A fresh hub from `open` with the payments to store, checked: their
+/// credentials from renewals (`accounts`) or from `hub issue`.
+fn prepared(
     open: &dyn Fn() -> Hub,
     accounts: bool,
     wallets: usize,
     payments: usize,
-) -> (Duration, usize) {
+) -> (Hub, Vec<CheckedBatch>) {
     let mut hub = open();
     let reader = SigningKey::from_bytes(&[9; 32]);
     let reader_pub =
         PublicKey::from_bytes(Role::Reader, None, &reader.verifying_key().to_bytes()).expect("key");
     hub.add_reader("gate-1", &reader_pub, NOW).expect("reader");
+    // Both sides enrol the same wallets, so they store into the same
+    // database; only the credentials they pay under differ.
+    enrol_all(&mut hub, wallets);
     let credentials: Vec<Credential> = if accounts {
-        enrol_all(&mut hub, wallets);
         (0..wallets)
             .map(|i| {
                 let bytes = request(
@@ -284,52 +290,85 @@ fn ingest_once(
             })
             .collect()
     };
-    let encoded = batches(&credentials, payments, &reader);
-    let checked: Vec<_> = encoded
+    let checked = batches(&credentials, payments, &reader)
         .iter()
         .map(|b| hub.admit(b).expect("admit").check().expect("check"))
         .collect();
-    let started = Instant::now();
-    let mut debited = 0;
-    for batch in &checked {
-        let receipt = hub
-            .store(batch, Via::Import, (NOW + 40) * 1000)
-            .expect("store");
-        debited += receipt.report.debited;
-    }
-    let took = started.elapsed();
-    assert_eq!(
-        debited > 0,
-        accounts,
-        "accounts debited only with renewed credentials"
-    );
-    (took, wallets * payments)
+    (hub, checked)
 }
 
+/// What the payments took from the hub's accounts.
+fn debited(hub: &mut Hub, wallets: usize) -> i64 {
+    (0..wallets.div_ceil(WALLETS_PER_ACCOUNT))
+        .map(|a| {
+            let view = hub
+                .account_view(&format!("acct-{a}"), 0, NOW + 40)
+                .expect("view")
+                .expect("account");
+            SEED - view.balance
+        })
+        .sum()
+}
+
+/// Each round, two fresh hubs store the same payments batch by batch,
+/// taking turns (which goes first alternates), so that both meet the
+/// machine as it is at that moment: one without accounts, one where every
+/// charge debits an account.
 fn ingest(label: &str, open: &dyn Fn() -> Hub, rounds: usize) {
-    let (wallets, payments) = (100, 200);
-    let (mut plain, mut debited) = (Vec::new(), Vec::new());
-    let mut records = 0;
-    for round in 0..rounds {
-        // Alternate which goes first, so neither always meets a warm cache.
-        for accounts in [round % 2 == 1, round % 2 == 0] {
-            let (took, n) = ingest_once(open, accounts, wallets, payments);
-            records = n;
-            match accounts {
-                true => debited.push(took),
-                false => plain.push(took),
-            }
+    let (wallets, payments) = (250, 200);
+    let records = wallets * payments;
+    let (mut plain, mut with_accounts) = (Vec::new(), Vec::new());
+    // Each pair of batches stored back to back: the plain one's time over
+    // the other's (a rate ratio), which drift on the machine moves least.
+    let mut paired: Vec<f64> = Vec::new();
+    for _ in 0..rounds {
+        let (mut plain_hub, plain_batches) = prepared(open, false, wallets, payments);
+        let (mut debit_hub, debit_batches) = prepared(open, true, wallets, payments);
+        let (mut p, mut d) = (Duration::ZERO, Duration::ZERO);
+        for (i, (plain_batch, debit_batch)) in plain_batches.iter().zip(&debit_batches).enumerate()
+        {
+            let store = |hub: &mut Hub, batch: &CheckedBatch| {
+                let started = Instant::now();
+                hub.store(batch, Via::Import, (NOW + 40) * 1000)
+                    .expect("store");
+                started.elapsed()
+            };
+            let (one, other) = if i % 2 == 0 {
+                let one = store(&mut plain_hub, plain_batch);
+                (one, store(&mut debit_hub, debit_batch))
+            } else {
+                let other = store(&mut debit_hub, debit_batch);
+                (store(&mut plain_hub, plain_batch), other)
+            };
+            p += one;
+            d += other;
+            paired.push(one.as_secs_f64() / other.as_secs_f64());
         }
+        assert_eq!(debited(&mut plain_hub, wallets), 0, "no account debited");
+        assert_eq!(
+            debited(&mut debit_hub, wallets),
+            10 * records as i64,
+            "every charge debited"
+        );
+        plain.push(p);
+        with_accounts.push(d);
     }
     let rate = |d: Duration| records as f64 / d.as_secs_f64();
-    let (p, d) = (percentile(&mut plain, 0.5), percentile(&mut debited, 0.5));
+    let (p, d) = (
+        percentile(&mut plain, 0.5),
+        percentile(&mut with_accounts, 0.5),
+    );
+    paired.sort_by(f64::total_cmp);
     println!(
         "ingest {label} ({records} charges, {} batches, medians of {rounds}): without accounts \
-         {:.0} records/s, every charge debiting an account {:.0} records/s, ratio {:.2}",
+         {:.0} records/s, every charge debiting an account {:.0} records/s, ratio {:.2}; \
+         median of {} paired batches {:.2}",
         records.div_ceil(BATCH),
         rate(p),
         rate(d),
-        rate(d) / rate(p)
+        rate(d) / rate(p),
+        paired.len(),
+        paired[paired.len() / 2]
     );
 }
 

@@ -294,11 +294,15 @@ fn credit(a: CreditArgs, kind: EntryKind, now: u64) -> Result<()> {
     } else {
         match credited.added {
             true => println!(
-                "{} {} credited to {}; balance {}",
+                "{} {} credited to {}; balance {}{}",
                 kind.as_str(),
                 a.amount,
                 a.id,
-                credited.balance
+                credited.balance,
+                match credited.suspended {
+                    true => "; the account is in debt and now suspended",
+                    false => "",
+                }
             ),
             false => println!(
                 "reference {} was credited before; nothing added; balance {}",

@@ -329,6 +329,8 @@ pub struct Credited {
     pub added: bool,
     /// The balance after.
     pub balance: i64,
+    /// Whether it left the account in debt, which suspended it.
+    pub suspended: bool,
 }
 
 /// Adds a top-up (`amount` > 0) or an operator's adjustment (any sign,
@@ -378,6 +380,7 @@ pub fn credit(
         return Ok(Credited {
             added: false,
             balance: book::balance(sql, id)?,
+            suspended: false,
         });
     }
     book::insert_entries(
@@ -398,6 +401,7 @@ pub fn credit(
     Ok(Credited {
         added: true,
         balance: book::balance(sql, id)?,
+        suspended: false,
     })
 }
 
@@ -600,13 +604,14 @@ pub fn view(
     before: u64,
     now: u64,
 ) -> Result<Option<AccountView>, HubError> {
-    // Locked (PostgreSQL): an ingest debits only under this lock, so the
-    // balance and the entries below are of one moment.
+    // Locked (PostgreSQL): no renewal, and no ingest that may leave the
+    // account in debt, runs meanwhile. The balance and the credentials'
+    // charges are read in one statement, so they agree with each other;
+    // the page of entries is read after them.
     let Some(account) = book::account(sql, id, true)? else {
         return Ok(None);
     };
-    let balance = book::balance(sql, id)?;
-    let credentials = book::live_credentials(sql, id, now)?;
+    let (balance, credentials) = book::standing(sql, id, now)?;
     let exposure = exposure(&credentials, now);
     let available = headroom(balance, account.credit_line, exposure)
         .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
@@ -755,47 +760,62 @@ pub fn change_state(
     Ok(changed)
 }
 
-/// After a batch debited `touched` accounts: each open account whose
-/// balance fell below minus its credit line is suspended; where a
-/// credential was charged past its limit (a clone spent beyond what the
-/// rule reserved), its phones are denied too, with the evidence.
+/// Looks at accounts a batch or an operator may have left short
+/// (docs/accounts.md §4): each whose phones could now spend more than it
+/// holds has its live credentials watched (until it is not short), and
+/// each open one whose balance is below minus its credit line is
+/// suspended. Where one of its credentials was charged past its limit (a
+/// clone spent beyond what the rule reserved), its phones are denied too,
+/// with the evidence. The accounts suspended.
 pub fn settle_debts(
     ledger: &mut dyn Ledger,
     signer: &dyn DenySigner,
-    touched: &[String],
+    accounts: &[String],
     now: u64,
 ) -> Result<Vec<String>, HubError> {
     let mut suspended = Vec::new();
-    for id in book::accounts_in_debt(ledger, touched)? {
-        let Some(account) = book::account(ledger, &id, false)? else {
+    for id in accounts {
+        let Some(account) = book::account(ledger, id, false)? else {
             continue;
         };
-        let balance = book::balance(ledger, &id)?;
-        let reason = format!(
-            "in debt: balance {balance} is below the credit line of {} (payments beyond what its \
-             credentials allowed: see the clearing flags of its wallets)",
-            account.credit_line
-        );
+        let (balance, credentials) = book::standing(ledger, id, now)?;
+        let short = headroom(balance, account.credit_line, exposure(&credentials, now)) < 0;
+        book::set_watch(ledger, id, short, now)?;
+        if account.state != AccountState::Open || headroom(balance, account.credit_line, 0) >= 0 {
+            continue;
+        }
+        // A clone leaves its mark: a credential charged past its limit.
+        // Without one (a reader that synced after the settle window, an
+        // operator's adjustment) the rider is not a cheat: renewals stop
+        // until the debt is paid, and the phone still pays at the gates.
+        let clone = book::overspent_credentials(ledger, id, now)? > 0;
+        let reason = match clone {
+            true => format!(
+                "in debt: balance {balance} is below the credit line of {} (payments beyond \
+                 what its credentials allowed: see the clearing flags of its wallets)",
+                account.credit_line
+            ),
+            false => format!(
+                "in debt: balance {balance} is below the credit line of {} (no credential \
+                 charged past its limit: a late reader or an adjustment)",
+                account.credit_line
+            ),
+        };
         let change = Change {
             state: AccountState::Suspended,
             reason: &reason,
             by: "clearing",
         };
-        // A clone leaves its mark: a credential charged past its limit.
-        // Without one (a reader that synced after the settle window, an
-        // operator's adjustment) the rider is not a cheat: renewals stop
-        // until the debt is paid, and the phone still pays at the gates.
-        let clone = book::overspent_credentials(ledger, &id, now)? > 0;
         change_state(
             ledger,
             signer,
-            &id,
+            id,
             change,
             DenyReason::SuspectedFraud,
             clone,
             now,
         )?;
-        suspended.push(id);
+        suspended.push(id.clone());
     }
     Ok(suspended)
 }

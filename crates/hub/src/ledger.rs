@@ -6,13 +6,15 @@
 //! so a batch is stored whole or not at all, and the acknowledgement is
 //! only signed after the commit.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use super::HubError;
 use super::accounts::{self, NewEntry};
 use super::backend::book;
 use super::clearing::{self, Context, Finding, FraudRule, Payment, Sanction};
-use super::verify::{CheckedBatch, CheckedRecord};
+use super::verify::{CheckedBatch, CheckedRecord, CredentialLimits};
 use sonotap_protocol::record::RecordKind;
 use sonotap_protocol::token::WalletId;
 use sonotap_protocol::wire::{
@@ -321,6 +323,17 @@ pub trait Ledger: crate::backend::book::Sql {
     /// Stores a new payment with its first charge; returns the net charges
     /// of every payment under its credential, this one included.
     fn insert_payment(&mut self, payment: &Payment, charged: u32) -> Result<u64, HubError>;
+    /// The net charges of every payment under `credential` so far in this
+    /// transaction.
+    fn credential_charged(&mut self, credential: &[u8; 32]) -> Result<i64, HubError>;
+    /// Writes the credentials' net charges kept so far in this transaction
+    /// to `credential_spend`, so that SQL in it reads them (an account's
+    /// balance, docs/accounts.md §4).
+    fn write_credential_totals(&mut self) -> Result<(), HubError>;
+    /// Appends the `void` entries of a batch's voids to the accounts'
+    /// ledger, with ids after the batch's payments (a statement lists a
+    /// void after its charge).
+    fn append_voids(&mut self, entries: &[NewEntry]) -> Result<(), HubError>;
     /// What is left of the charge of stored `payment` (same wallet, counter
     /// and token hash), and how many voids it has had.
     fn charge_left(&mut self, payment: &Payment) -> Result<ChargeLeft, HubError>;
@@ -417,9 +430,6 @@ pub struct IngestReport {
     pub replays: u32,
     /// Incidents noted (chain breaks, invalid tokens, voids not applied).
     pub incidents: u32,
-    /// Net amount taken from riders' accounts by this batch (charges less
-    /// voids under credentials issued against an account).
-    pub debited: i64,
     /// Accounts this batch left in debt, now suspended (their phones denied).
     pub accounts_suspended: Vec<String>,
 }
@@ -459,12 +469,11 @@ pub fn ingest(
         lifted: Vec::new(),
         replays: 0,
         incidents: 0,
-        debited: 0,
         accounts_suspended: Vec::new(),
     };
 
     // Idempotency: a record already stored must be byte-identical (same hash).
-    let stored: std::collections::HashMap<u64, Link> = ledger
+    let stored: HashMap<u64, Link> = ledger
         .links(reader, batch.first_seq, batch.last_seq())?
         .into_iter()
         .collect();
@@ -529,42 +538,18 @@ pub fn ingest(
     }
 
     ledger.prefetch(&fresh)?;
-    // The riders' accounts the batch's credentials were issued against,
-    // locked before anything is debited (docs/accounts.md §4).
-    let mut credentials: Vec<[u8; 32]> = fresh
-        .iter()
-        .filter_map(|r| r.payment.as_ref().ok())
-        .map(|(p, _)| p.credential)
-        .collect();
-    credentials.sort_unstable();
-    credentials.dedup();
-    let accounts: std::collections::HashMap<[u8; 32], String> =
-        book::credential_accounts(ledger, &credentials)?
-            .into_iter()
-            .collect();
-    let mut touched: Vec<String> = accounts.values().cloned().collect();
-    touched.sort_unstable();
-    touched.dedup();
-    book::lock_accounts(ledger, &touched)?;
-    let mut entries: Vec<NewEntry> = Vec::new();
-    let entry = |payment: &Payment, record: &CheckedRecord, kind: EntryKind, amount: i64| {
-        accounts.get(&payment.credential).map(|account| NewEntry {
-            account: account.clone(),
-            kind,
-            amount,
-            at: record.at,
-            recorded_at: now,
-            source: reader.to_owned(),
-            seq: record.seq,
-            credential: Some(payment.credential),
-            token_hash: Some(record.token_hash),
-            note: String::new(),
-        })
-    };
+    // Accounts (docs/accounts.md §4): a charge debits its account as the
+    // payment stored below, with no work here; a void that gives money
+    // back is an entry, written after the loop. Only the accounts that
+    // this batch may leave short are looked at (and, on PostgreSQL,
+    // locked, before anything else the loop locks).
+    let short = accounts_it_may_leave_short(ledger, &fresh, now)?;
+    book::lock_accounts(ledger, &short)?;
+    let mut voids: Vec<(&Payment, &CheckedRecord, u32)> = Vec::new();
     ledger.insert_records(reader, &fresh, now)?;
     for record in fresh {
         report.new_records += 1;
-        let (payment, offline_limit) = match &record.payment {
+        let (payment, limits) = match &record.payment {
             Ok(p) => p,
             Err(why) => {
                 let detail =
@@ -596,18 +581,12 @@ pub fn ingest(
                 let (before, after) =
                     ledger.neighbours(payment.wallet, &payment.credential, payment.counter)?;
                 let credential_charged = ledger.insert_payment(payment, record.amount)?;
-                entries.extend(entry(
-                    payment,
-                    record,
-                    EntryKind::Charge,
-                    -i64::from(record.amount),
-                ));
                 let ctx = Context {
                     same_counter: &same_counter,
                     before: before.as_ref(),
                     after: after.as_ref(),
                     credential_charged,
-                    offline_limit: *offline_limit,
+                    offline_limit: limits.offline_limit,
                 };
                 let findings = clearing::check(payment, &ctx);
                 if findings.is_empty() {
@@ -672,12 +651,7 @@ pub fn ingest(
                             ledger.void_charge(&first, bound.applied)?;
                             // Only the first charge was debited: a
                             // replay's void gives nothing back.
-                            entries.extend(entry(
-                                payment,
-                                record,
-                                EntryKind::Void,
-                                i64::from(bound.applied),
-                            ));
+                            voids.push((payment, record, bound.applied));
                         }
                         false => ledger.void_replay(&first, reader, seq, bound.applied)?,
                     }
@@ -694,10 +668,35 @@ pub fn ingest(
             }
         }
     }
-    if !entries.is_empty() {
-        report.debited = -entries.iter().map(|e| e.amount).sum::<i64>();
-        book::insert_entries(ledger, &entries)?;
-        report.accounts_suspended = accounts::settle_debts(ledger, signer, &touched, now)?;
+    if !voids.is_empty() {
+        let mut credentials: Vec<[u8; 32]> = voids.iter().map(|(p, _, _)| p.credential).collect();
+        credentials.sort_unstable();
+        credentials.dedup();
+        let accounts: HashMap<[u8; 32], String> = book::credential_accounts(ledger, &credentials)?
+            .into_iter()
+            .collect();
+        let entries: Vec<NewEntry> = voids
+            .iter()
+            .filter_map(|(payment, record, applied)| {
+                accounts.get(&payment.credential).map(|account| NewEntry {
+                    account: account.clone(),
+                    kind: EntryKind::Void,
+                    amount: i64::from(*applied),
+                    at: record.at,
+                    recorded_at: now,
+                    source: reader.to_owned(),
+                    seq: record.seq,
+                    credential: Some(payment.credential),
+                    token_hash: Some(record.token_hash),
+                    note: String::new(),
+                })
+            })
+            .collect();
+        ledger.append_voids(&entries)?;
+    }
+    if !short.is_empty() {
+        ledger.write_credential_totals()?;
+        report.accounts_suspended = accounts::settle_debts(ledger, signer, &short, now)?;
     }
     ledger.insert_batch(&BatchRow {
         reader,
@@ -711,6 +710,49 @@ pub fn ingest(
         at: now,
     })?;
     Ok(report)
+}
+
+/// The accounts (sorted) whose credentials the batch's charges may leave
+/// short, that is with phones that could spend more than the account
+/// holds (docs/accounts.md §2): a credential it charges past its offline
+/// limit (counting every charge of the batch, before any void), one that
+/// has expired (it may have settled), and one already watched because
+/// its account is short. Any other charge lowers the balance and what
+/// its credential could still spend alike.
+fn accounts_it_may_leave_short(
+    ledger: &mut dyn Ledger,
+    fresh: &[&CheckedRecord],
+    now: u64,
+) -> Result<Vec<String>, HubError> {
+    let mut charged: HashMap<[u8; 32], (u64, CredentialLimits)> = HashMap::new();
+    for record in fresh.iter().filter(|r| r.kind == RecordKind::Charge) {
+        if let Ok((payment, limits)) = &record.payment {
+            let entry = charged.entry(payment.credential).or_insert((0, *limits));
+            entry.0 += u64::from(record.amount);
+        }
+    }
+    let mut credentials: Vec<[u8; 32]> = charged.keys().copied().collect();
+    credentials.sort_unstable();
+    let mut suspect = book::watched_among(ledger, &credentials)?;
+    for credential in &credentials {
+        let (batch, limits) = charged[credential];
+        let before = u64::try_from(ledger.credential_charged(credential)?).unwrap_or(0);
+        if limits.valid_until <= now || before + batch > u64::from(limits.offline_limit) {
+            suspect.push(*credential);
+        }
+    }
+    if suspect.is_empty() {
+        return Ok(Vec::new());
+    }
+    suspect.sort_unstable();
+    suspect.dedup();
+    let mut accounts: Vec<String> = book::credential_accounts(ledger, &suspect)?
+        .into_iter()
+        .map(|(_, account)| account)
+        .collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    Ok(accounts)
 }
 
 /// What [`flag`] newly published.

@@ -819,7 +819,17 @@ impl Hub {
         note: &str,
         now: u64,
     ) -> Result<accounts::Credited, HubError> {
-        self.write(|ledger| accounts::credit(ledger, id, kind, amount, reference, note, now))
+        let signer = IssuerSigner(&self.issuer);
+        backend::write(&mut *self.backend, |ledger| {
+            let mut credited = accounts::credit(ledger, id, kind, amount, reference, note, now)?;
+            // An adjustment that leaves the account in debt suspends it, as
+            // a debt found by the clearing does (docs/accounts.md §4).
+            if credited.added && amount < 0 {
+                credited.suspended =
+                    !accounts::settle_debts(ledger, &signer, &[id.to_owned()], now)?.is_empty();
+            }
+            Ok(credited)
+        })
     }
 
     /// An account with its balance, exposure, phones, live credentials and
@@ -872,7 +882,22 @@ impl Hub {
         }
         let signer = IssuerSigner(&self.issuer);
         backend::write(&mut *self.backend, |ledger| {
-            accounts::change_state(ledger, &signer, id, change, DenyReason::Operator, true, now)
+            let state = change.state;
+            let changed = accounts::change_state(
+                ledger,
+                &signer,
+                id,
+                change,
+                DenyReason::Operator,
+                true,
+                now,
+            )?;
+            // Reopened while its phones could spend more than it holds:
+            // watched, so the clearing catches a debt (docs/accounts.md §4).
+            if state == sonotap_protocol::wire::AccountState::Open {
+                accounts::settle_debts(ledger, &signer, &[id.to_owned()], now)?;
+            }
+            Ok(changed)
         })
     }
 

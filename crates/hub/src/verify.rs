@@ -82,7 +82,16 @@ pub struct CheckedRecord {
     /// The reader's signature.
     pub signature: [u8; 64],
     /// The payment, or why the token is not a valid one.
-    pub payment: Result<(Payment, u32), String>,
+    pub payment: Result<(Payment, CredentialLimits), String>,
+}
+
+/// What a payment is held to, from its credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialLimits {
+    /// The most the credential may spend offline.
+    pub offline_limit: u32,
+    /// Its expiry, Unix seconds.
+    pub valid_until: u64,
 }
 
 /// A batch whose reader signatures (the batch's, and the records' asked for) verify.
@@ -263,7 +272,10 @@ pub fn check_batch(
                             reader: batch.reader_id.clone(),
                             seq: r.body.seq,
                         },
-                        terms.offline_limit,
+                        CredentialLimits {
+                            offline_limit: terms.offline_limit,
+                            valid_until: terms.valid_until(),
+                        },
                     ))
                 }
             }

@@ -304,7 +304,8 @@ pub(crate) fn set_state(
     Ok(())
 }
 
-/// Appends ledger entries (the only way a balance moves).
+/// Appends top-ups, adjustments and voids to the ledger (charges are the
+/// payments the clearing stores, docs/accounts.md §4).
 pub(crate) fn insert_entries(sql: &mut dyn Sql, entries: &[NewEntry]) -> Result<(), HubError> {
     match entries.is_empty() {
         true => Ok(()),
@@ -328,11 +329,28 @@ pub(crate) fn credited(
     )
 }
 
-/// The sum of the account's entries.
+/// SQL for the balance of the account whose id is `account` (a column or
+/// a parameter): the sum of its ledger (docs/accounts.md §1), taken as its
+/// top-ups and adjustments less the net charges cleared under its
+/// credentials. A credential's net charges (`credential_spend`, kept by
+/// the clearing) are its payments' charges less the voids applied to
+/// them, so this is the same sum as charges, voids and all, read from one
+/// row per credential instead of one per payment.
+fn balance_sql(account: &str) -> String {
+    format!(
+        "((SELECT CAST(COALESCE(SUM(e.amount), 0) AS BIGINT) FROM account_entries e
+           WHERE e.account_id = {account} AND e.kind <> 'void')
+          - (SELECT CAST(COALESCE(SUM(s.charged), 0) AS BIGINT)
+             FROM account_credentials c JOIN credential_spend s ON s.credential = c.credential
+             WHERE c.account_id = {account}))"
+    )
+}
+
+/// The sum of the account's ledger.
 pub(crate) fn balance(sql: &mut dyn Sql, id: &str) -> Result<i64, HubError> {
     Ok(first(
         sql,
-        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM account_entries WHERE account_id = $1",
+        &format!("SELECT CAST({} AS BIGINT)", balance_sql("$1")),
         &[Param::Text(id)],
         |r| r.int(0, "balance"),
     )?
@@ -350,10 +368,24 @@ pub(crate) fn entries(
         0 => i64::MAX,
         b => i64::try_from(b).unwrap_or(i64::MAX),
     };
+    // The account's own entries and its charges (the payments cleared
+    // under its credentials, with their records' amounts and times), in
+    // the one order of their entry ids. Payments are found by their
+    // phones' wallet ids, the key they are stored under.
     rows(
         sql,
-        "SELECT entry_id, kind, amount, at, source, seq FROM account_entries
-         WHERE account_id = $1 AND entry_id < $2 ORDER BY entry_id DESC LIMIT $3",
+        "SELECT x.id, x.kind, x.amount, x.at, x.source, x.seq FROM (
+             SELECT e.entry_id AS id, e.kind AS kind, e.amount AS amount, e.at AS at,
+                    e.source AS source, e.seq AS seq
+             FROM account_entries e WHERE e.account_id = $1 AND e.entry_id < $2
+             UNION ALL
+             SELECT p.entry_id, 'charge', -r.amount, r.at, p.reader_id, p.seq
+             FROM account_wallets w
+             JOIN payments p ON p.wallet_id = w.wallet_id
+             JOIN account_credentials c ON c.credential = p.credential AND c.account_id = $1
+             JOIN records r ON r.reader_id = p.reader_id AND r.seq = p.seq
+             WHERE w.account_id = $1 AND p.entry_id < $2
+         ) x ORDER BY x.id DESC LIMIT $3",
         &[
             Param::Text(id),
             Param::Int(before),
@@ -374,32 +406,44 @@ pub(crate) fn entries(
     )
 }
 
-/// The account's credentials still reserving allowance at `now`, with
-/// what has cleared under each.
-pub(crate) fn live_credentials(
+/// The account's balance and its credentials still reserving allowance at
+/// `now`, with what has cleared under each, read together.
+pub(crate) fn standing(
     sql: &mut dyn Sql,
     id: &str,
     now: u64,
-) -> Result<Vec<CredentialUse>, HubError> {
-    rows(
+) -> Result<(i64, Vec<CredentialUse>), HubError> {
+    let found = rows(
         sql,
-        "SELECT c.credential, c.offline_limit, c.valid_until, c.settles_at, c.issued_at,
-                CAST(COALESCE(s.charged, 0) AS BIGINT)
-         FROM account_credentials c LEFT JOIN credential_spend s ON s.credential = c.credential
-         WHERE c.account_id = $1 AND c.settles_at > $2
-         ORDER BY c.issued_at",
+        &format!(
+            "SELECT c.credential, c.offline_limit, c.valid_until, c.settles_at, c.issued_at,
+                    CAST(COALESCE(s.charged, 0) AS BIGINT), CAST({} AS BIGINT)
+             FROM account_credentials c LEFT JOIN credential_spend s ON s.credential = c.credential
+             WHERE c.account_id = $1 AND c.settles_at > $2
+             ORDER BY c.issued_at",
+            balance_sql("$1")
+        ),
         &[Param::Text(id), int(now)],
         |r| {
-            Ok(CredentialUse {
-                digest: r.array(0, "credential digest")?,
-                offline_limit: r.unsigned(1, "credential offline limit")?,
-                valid_until: r.unsigned(2, "credential expiry")?,
-                settles_at: r.unsigned(3, "credential settle time")?,
-                issued_at: r.unsigned(4, "credential issue time")?,
-                cleared: r.int(5, "credential net charges")?,
-            })
+            Ok((
+                r.int(6, "balance")?,
+                CredentialUse {
+                    digest: r.array(0, "credential digest")?,
+                    offline_limit: r.unsigned(1, "credential offline limit")?,
+                    valid_until: r.unsigned(2, "credential expiry")?,
+                    settles_at: r.unsigned(3, "credential settle time")?,
+                    issued_at: r.unsigned(4, "credential issue time")?,
+                    cleared: r.int(5, "credential net charges")?,
+                },
+            ))
         },
-    )
+    )?;
+    let balance = match found.first() {
+        Some((balance, _)) => *balance,
+        // No live credential: nothing to agree with.
+        None => balance(sql, id)?,
+    };
+    Ok((balance, found.into_iter().map(|(_, c)| c).collect()))
 }
 
 /// Records a credential issued against an account, before it is handed out.
@@ -462,27 +506,61 @@ pub(crate) fn credential_accounts(
     Ok(found)
 }
 
-/// Of the open accounts in `ids`, those whose balance is below minus
-/// their credit line.
-pub(crate) fn accounts_in_debt(sql: &mut dyn Sql, ids: &[String]) -> Result<Vec<String>, HubError> {
+/// Of `credentials`, those being watched (§4 of docs/accounts.md): one
+/// query that finds nothing while no account is short, the usual case.
+pub(crate) fn watched_among(
+    sql: &mut dyn Sql,
+    credentials: &[[u8; 32]],
+) -> Result<Vec<[u8; 32]>, HubError> {
+    if credentials.is_empty()
+        || first(
+            sql,
+            "SELECT 1 FROM watched_credentials LIMIT 1",
+            &[],
+            |_| Ok(()),
+        )?
+        .is_none()
+    {
+        return Ok(Vec::new());
+    }
     let mut found = Vec::new();
-    for chunk in ids.chunks(IN_LIST) {
-        let params: Vec<Param<'_>> = chunk.iter().map(|id| Param::Text(id)).collect();
+    for chunk in credentials.chunks(IN_LIST) {
+        let params: Vec<Param<'_>> = chunk.iter().map(|c| Param::Bytes(c)).collect();
         found.extend(rows(
             sql,
             &format!(
-                "SELECT a.account_id FROM accounts a
-                 WHERE a.account_id IN ({}) AND a.state = 'open'
-                   AND (SELECT CAST(COALESCE(SUM(e.amount), 0) AS BIGINT) FROM account_entries e
-                        WHERE e.account_id = a.account_id) + a.credit_line < 0
-                 ORDER BY a.account_id",
+                "SELECT credential FROM watched_credentials WHERE credential IN ({})",
                 placeholders(1, chunk.len())
             ),
             &params,
-            |r| r.text(0, "account id"),
+            |r| r.array(0, "credential digest"),
         )?);
     }
     Ok(found)
+}
+
+/// Watches the account's credentials not yet settled at `now` (or, with
+/// `watch` false, none of its credentials): a charge under a watched
+/// credential makes the clearing look at the account's balance.
+pub(crate) fn set_watch(
+    sql: &mut dyn Sql,
+    id: &str,
+    watch: bool,
+    now: u64,
+) -> Result<(), HubError> {
+    sql.sql_execute(
+        "DELETE FROM watched_credentials WHERE account_id = $1",
+        &[Param::Text(id)],
+    )?;
+    if watch {
+        sql.sql_execute(
+            "INSERT INTO watched_credentials (credential, account_id, since)
+             SELECT credential, account_id, $2 FROM account_credentials
+             WHERE account_id = $1 AND settles_at > $2",
+            &[Param::Text(id), int(now)],
+        )?;
+    }
+    Ok(())
 }
 
 /// The account a wallet is enrolled in.
@@ -673,10 +751,10 @@ pub(crate) fn renew_facts(
          ON s.credential = c.credential WHERE c.account_id = a.account_id AND c.settles_at > $2";
     const NEWEST: &str = "FROM account_credentials n WHERE n.wallet_id = $1 \
          ORDER BY n.issued_at DESC, n.credential DESC LIMIT 1";
+    let balance = balance_sql("a.account_id");
     let query = format!(
         "SELECT {columns},
-            (SELECT CAST(COALESCE(SUM(e.amount), 0) AS BIGINT) FROM account_entries e
-             WHERE e.account_id = a.account_id),
+            {balance},
             (SELECT CAST(COALESCE(SUM({UNSPENT}), 0) AS BIGINT) FROM {LIVE}),
             (SELECT CAST(MIN(c.settles_at) AS BIGINT) FROM {LIVE}
              AND c.offline_limit > COALESCE(s.charged, 0)),
@@ -751,9 +829,7 @@ pub(crate) fn newest_wallet_deny(
 
 /// How many of the account's credentials not yet settled were charged
 /// past their limit (an old clone's mark, paid and reopened, does not
-/// count again),
-/// by the account's own entries (which an ingest writes before it asks;
-/// the credentials' running totals are written at its end).
+/// count again), by their net charges.
 pub(crate) fn overspent_credentials(
     sql: &mut dyn Sql,
     id: &str,
@@ -762,9 +838,8 @@ pub(crate) fn overspent_credentials(
     Ok(first(
         sql,
         "SELECT CAST(COUNT(*) AS BIGINT) FROM account_credentials c
-         WHERE c.account_id = $1 AND c.settles_at > $2 AND c.offline_limit < (
-             SELECT CAST(COALESCE(-SUM(e.amount), 0) AS BIGINT) FROM account_entries e
-             WHERE e.account_id = $1 AND e.credential = c.credential)",
+         JOIN credential_spend s ON s.credential = c.credential
+         WHERE c.account_id = $1 AND c.settles_at > $2 AND c.offline_limit < s.charged",
         &[Param::Text(id), int(now)],
         |r| r.unsigned(0, "count"),
     )?

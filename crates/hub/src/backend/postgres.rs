@@ -94,7 +94,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SCHEMA_TABLE: &str = "sonotap_schema";
 
 /// Migrations, oldest first; the schema version is the number applied.
-static MIGRATIONS: [&str; 6] = [
+static MIGRATIONS: [&str; 7] = [
     "CREATE TABLE issuer_keys (
         key_id BIGINT PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
         public_key BYTEA NOT NULL CHECK (length(public_key) = 32),
@@ -267,9 +267,8 @@ static MIGRATIONS: [&str; 6] = [
         reason TEXT NOT NULL,
         by_whom TEXT NOT NULL
     );
-    -- No foreign key to accounts: a batch debits thousands of entries,
-    -- each of which would check (and on PostgreSQL lock) the account row;
-    -- an entry is only written for an account just read.
+    -- No foreign key to accounts: an entry is only written for an
+    -- account just read.
     CREATE TABLE account_entries (
         entry_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         account_id TEXT NOT NULL,
@@ -320,6 +319,30 @@ static MIGRATIONS: [&str; 6] = [
         PRIMARY KEY (wallet_id, nonce)
     );
     CREATE INDEX wallet_nonces_by_time ON wallet_nonces (at_ms);",
+    // Charges debit accounts without a row of their own (docs/accounts.md
+    // §4): a cleared charge is its `payments` row, which takes an entry id
+    // from the sequence top-ups, adjustments and voids take, so a
+    // statement keeps one order. The charge entries written before are
+    // carried over: their ids go to their payments, and their amounts,
+    // times and readers are the records'. `watched_credentials`: the live
+    // credentials of accounts whose phones could spend more than the
+    // account holds (§4).
+    "CREATE SEQUENCE entry_ids;
+    ALTER TABLE payments ADD COLUMN entry_id BIGINT;
+    ALTER TABLE payments ALTER COLUMN entry_id SET DEFAULT nextval('entry_ids');
+    UPDATE payments p SET entry_id = e.entry_id
+        FROM account_entries e
+        WHERE e.kind = 'charge' AND e.source = p.reader_id AND e.seq = p.seq;
+    SELECT setval('entry_ids', (SELECT COALESCE(MAX(entry_id), 0) + 1 FROM account_entries),
+                  false);
+    ALTER TABLE account_entries ALTER COLUMN entry_id DROP IDENTITY;
+    ALTER TABLE account_entries ALTER COLUMN entry_id SET DEFAULT nextval('entry_ids');
+    DELETE FROM account_entries WHERE kind = 'charge';
+    CREATE TABLE watched_credentials (
+        credential BYTEA PRIMARY KEY CHECK (length(credential) = 32),
+        account_id TEXT NOT NULL,
+        since BIGINT NOT NULL
+    );",
 ];
 
 /// The newest schema version this build knows.

@@ -26,7 +26,7 @@ use sonotap_protocol::wire::{DenyEntry, DenyReason, DenyScope};
 /// The hub database file in a hub directory.
 pub const DB_FILE: &str = "hub.db";
 
-static MIGRATIONS: [M<'static>; 6] = [
+static MIGRATIONS: [M<'static>; 7] = [
     M::up(
         "CREATE TABLE issuer_keys (
             key_id INTEGER PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
@@ -245,7 +245,7 @@ static MIGRATIONS: [M<'static>; 6] = [
         CREATE INDEX suspensions_by_wallet ON suspensions (wallet_id);",
     ),
     // Issue 18: riders' accounts (docs/accounts.md). A balance is the sum
-    // of its account's entries; nothing here is ever updated but an
+    // of its account's entries (charges in `payments` from schema 7); nothing here is ever updated but an
     // account's state (with a row in `account_events` for each change)
     // and a code's use.
     M::up(
@@ -270,9 +270,8 @@ static MIGRATIONS: [M<'static>; 6] = [
             reason TEXT NOT NULL,
             by_whom TEXT NOT NULL
         ) STRICT;
-        -- No foreign key to accounts: a batch debits thousands of entries,
-        -- each of which would check (and on PostgreSQL lock) the account row;
-        -- an entry is only written for an account just read.
+        -- No foreign key to accounts: an entry is only written for an
+        -- account just read.
         CREATE TABLE account_entries (
             entry_id INTEGER PRIMARY KEY,
             account_id TEXT NOT NULL,
@@ -323,6 +322,28 @@ static MIGRATIONS: [M<'static>; 6] = [
             PRIMARY KEY (wallet_id, nonce)
         ) STRICT, WITHOUT ROWID;
         CREATE INDEX wallet_nonces_by_time ON wallet_nonces (at_ms);",
+    ),
+    // Charges debit accounts without a row of their own (docs/accounts.md
+    // §4): a cleared charge is its `payments` row, which takes an entry id
+    // from the ids top-ups, adjustments and voids take (`entry_ids`, this
+    // database's one writer's counter), so a statement keeps one order.
+    // The charge entries written before are carried over: their ids go to
+    // their payments, and their amounts, times and readers are the
+    // records'. `watched_credentials`: the live credentials of accounts
+    // whose phones could spend more than the account holds (§4).
+    M::up(
+        "ALTER TABLE payments ADD COLUMN entry_id INTEGER;
+        UPDATE payments SET entry_id = e.entry_id
+            FROM account_entries e
+            WHERE e.kind = 'charge' AND e.source = payments.reader_id AND e.seq = payments.seq;
+        CREATE TABLE entry_ids (next INTEGER NOT NULL) STRICT;
+        INSERT INTO entry_ids (next) SELECT COALESCE(MAX(entry_id), 0) + 1 FROM account_entries;
+        DELETE FROM account_entries WHERE kind = 'charge';
+        CREATE TABLE watched_credentials (
+            credential BLOB PRIMARY KEY CHECK (length(credential) = 32),
+            account_id TEXT NOT NULL,
+            since INTEGER NOT NULL
+        ) STRICT;",
     ),
 ];
 
@@ -429,6 +450,16 @@ struct SqliteLedger<'a> {
     /// [`SqliteLedger::flush`] before the commit (one upsert per credential
     /// instead of one per payment).
     spend: std::collections::HashMap<[u8; 32], Spend>,
+    /// The next ledger entry id (`entry_ids`), once read: kept here while
+    /// payments and entries take ids, written back by the flush.
+    next_entry: Option<NextEntry>,
+}
+
+/// The entry id counter inside the transaction.
+#[derive(Clone, Copy)]
+struct NextEntry {
+    next: i64,
+    dirty: bool,
 }
 
 /// A credential's net charges inside the transaction.
@@ -521,7 +552,27 @@ impl SqliteLedger<'_> {
         }
     }
 
-    /// Writes the changed credential totals back.
+    /// Takes the next ledger entry id (docs/accounts.md §4).
+    fn entry_id(&mut self) -> Result<i64, HubError> {
+        let counter = match &mut self.next_entry {
+            Some(counter) => counter,
+            None => {
+                let next: i64 = self
+                    .tx
+                    .prepare_cached("SELECT next FROM entry_ids")
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                    .map_err(store_err(self.path))?;
+                self.next_entry.insert(NextEntry { next, dirty: false })
+            }
+        };
+        let id = counter.next;
+        counter.next += 1;
+        counter.dirty = true;
+        Ok(id)
+    }
+
+    /// Writes the changed credential totals and the entry id counter back;
+    /// what it wrote counts as written until it changes again.
     fn flush(&mut self) -> Result<(), HubError> {
         let mut upsert = self
             .tx
@@ -530,12 +581,20 @@ impl SqliteLedger<'_> {
                  ON CONFLICT (credential) DO UPDATE SET charged = excluded.charged",
             )
             .map_err(store_err(self.path))?;
-        for (credential, spend) in &self.spend {
+        for (credential, spend) in &mut self.spend {
             if spend.dirty {
                 upsert
                     .execute(params![credential.as_slice(), spend.charged])
                     .map_err(store_err(self.path))?;
+                spend.dirty = false;
             }
+        }
+        if let Some(counter) = self.next_entry.as_mut().filter(|c| c.dirty) {
+            self.tx
+                .prepare_cached("UPDATE entry_ids SET next = ?1")
+                .and_then(|mut s| s.execute([counter.next]))
+                .map_err(store_err(self.path))?;
+            counter.dirty = false;
         }
         Ok(())
     }
@@ -578,7 +637,19 @@ impl crate::backend::book::Sql for SqliteLedger<'_> {
     }
 
     fn append_entries(&mut self, entries: &[crate::accounts::NewEntry]) -> Result<(), HubError> {
-        self.append_entries_one_by_one(entries)
+        use crate::backend::book::{ENTRY_COLUMNS, Param, entry_params};
+        for e in entries {
+            let mut params = vec![Param::Int(self.entry_id()?)];
+            params.extend(entry_params(e));
+            self.tx
+                .prepare_cached(&format!(
+                    "INSERT INTO account_entries (entry_id, {ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, \
+                     ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ))
+                .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
+                .map_err(store_err(self.path))?;
+        }
+        Ok(())
     }
 
     fn sql_rows(
@@ -613,28 +684,6 @@ impl crate::backend::book::Sql for SqliteLedger<'_> {
                 Ok(out)
             })
             .map_err(self.err())
-    }
-}
-
-impl SqliteLedger<'_> {
-    fn append_entries_one_by_one(
-        &mut self,
-        entries: &[crate::accounts::NewEntry],
-    ) -> Result<(), HubError> {
-        use crate::backend::book::{ENTRY_COLUMNS, entry_params};
-        let mut insert = self
-            .tx
-            .prepare_cached(&format!(
-                "INSERT INTO account_entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
-                 ?8, ?9, ?10)"
-            ))
-            .map_err(store_err(self.path))?;
-        for e in entries {
-            insert
-                .execute(entry_params(e))
-                .map_err(store_err(self.path))?;
-        }
-        Ok(())
     }
 }
 
@@ -834,11 +883,12 @@ impl Ledger for SqliteLedger<'_> {
     }
 
     fn insert_payment(&mut self, p: &Payment, charged: u32) -> Result<u64, HubError> {
+        let entry_id = self.entry_id()?;
         self.tx
             .prepare_cached(
                 "INSERT INTO payments (token_hash, wallet_id, counter, credential, total_before,
-                                       authorised, charged, reader_id, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                       authorised, charged, reader_id, seq, entry_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -851,6 +901,7 @@ impl Ledger for SqliteLedger<'_> {
                     charged,
                     p.reader,
                     sqlite::int(p.seq),
+                    entry_id,
                 ])
             })
             .map_err(self.err())?;
@@ -859,6 +910,19 @@ impl Ledger for SqliteLedger<'_> {
         spend.dirty = true;
         let total = spend.charged;
         Ok(sqlite::unsigned(self.path, "credential spend", total)?)
+    }
+
+    fn credential_charged(&mut self, credential: &[u8; 32]) -> Result<i64, HubError> {
+        Ok(self.spend(credential)?.charged)
+    }
+
+    fn write_credential_totals(&mut self) -> Result<(), HubError> {
+        self.flush()
+    }
+
+    fn append_voids(&mut self, entries: &[crate::accounts::NewEntry]) -> Result<(), HubError> {
+        // Payments took their ids as they were stored.
+        crate::backend::book::Sql::append_entries(self, entries)
     }
 
     fn charge_left(&mut self, p: &Payment) -> Result<ChargeLeft, HubError> {
@@ -1207,6 +1271,7 @@ impl SqliteHub {
             tx: &tx,
             path: &path,
             spend: std::collections::HashMap::new(),
+            next_entry: None,
         };
         let out = f(&mut ledger)?;
         ledger.flush()?;
@@ -1536,7 +1601,7 @@ mod tests {
     use sonotap_disk::keys::{PublicKey, Role};
     use sonotap_protocol::record::{GENESIS_HASH, RecordBody, RecordKind};
     use sonotap_protocol::testkit::{NOW, payment, terms, token_bytes};
-    use sonotap_protocol::wire::{Batch, BatchRecord};
+    use sonotap_protocol::wire::{Batch, BatchRecord, EntryKind};
 
     /// A hub database of schema 2 (before `records` became a rowid table and
     /// `payments` was keyed by wallet and counter) keeps its rows, and
@@ -1641,6 +1706,96 @@ mod tests {
         );
         assert_eq!((replay.collected, replay.uncollected), (250, 240));
         assert_eq!(report.uncollected, 240);
+    }
+
+    /// A hub database of schema 6 kept a row per charge in
+    /// `account_entries`; upgraded, the charge is its payment, with the
+    /// entry's id, and the balance and the statement are what they were.
+    #[test]
+    fn schema_6_hub_carries_its_charge_entries_over_to_their_payments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            let conn = sqlite::open(
+                &path,
+                &sqlite::Schema {
+                    migrations: &MIGRATIONS[..6],
+                    ..SCHEMA
+                },
+                true,
+            )
+            .expect("schema 6");
+            conn.execute_batch(
+                "INSERT INTO accounts VALUES ('acct-1', '', 978, 0, 1000, 300, 24, 'transit',
+                                              'open', '', 1, 1);
+                 INSERT INTO account_wallets VALUES (x'0101010101010101', zeroblob(32), 'acct-1', 1);
+                 INSERT INTO account_credentials VALUES (x'0707070707070707070707070707070707070707070707070707070707070707',
+                     'acct-1', x'0101010101010101', 1000, 100000, 400000, 2, x'00');
+                 INSERT INTO records (reader_id, seq, at, kind, amount, token, token_hash,
+                                      prev_hash, hash, signature, received_at)
+                 VALUES ('gate-1', 1, 10, 'charge', 250, x'00', x'1111111111111111111111111111111111111111111111111111111111111111',
+                         zeroblob(32), randomblob(32), zeroblob(64), 11),
+                        ('gate-1', 2, 12, 'void', 50, x'00', x'1111111111111111111111111111111111111111111111111111111111111111',
+                         zeroblob(32), randomblob(32), zeroblob(64), 13);
+                 INSERT INTO payments (token_hash, wallet_id, counter, credential, total_before,
+                                       authorised, charged, reader_id, seq, voids)
+                 VALUES (x'1111111111111111111111111111111111111111111111111111111111111111',
+                         x'0101010101010101', 1, x'0707070707070707070707070707070707070707070707070707070707070707',
+                         0, 250, 200, 'gate-1', 1, 1);
+                 INSERT INTO credential_spend VALUES (x'0707070707070707070707070707070707070707070707070707070707070707', 200);
+                 INSERT INTO account_entries (entry_id, account_id, kind, amount, at, recorded_at,
+                                              source, seq, credential, token_hash, note)
+                 VALUES (1, 'acct-1', 'top_up', 1000, 1, 1, 'p1', 0, NULL, NULL, ''),
+                        (2, 'acct-1', 'charge', -250, 10, 11, 'gate-1', 1, NULL, NULL, ''),
+                        (3, 'acct-1', 'void', 50, 12, 13, 'gate-1', 2, NULL, NULL, '');",
+            )
+            .expect("old rows");
+        }
+        let mut hub = SqliteHub::open(dir.path(), false).expect("upgrade");
+        let page = |hub: &mut SqliteHub| {
+            let mut view = None;
+            hub.in_transaction(|ledger| {
+                view = crate::accounts::view(ledger, "acct-1", 0, 20)?;
+                Ok(())
+            })
+            .expect("view");
+            let view = view.expect("the account");
+            let entries: Vec<(u64, &'static str, i64, u64, String, u64)> = view
+                .entries
+                .iter()
+                .map(|e| {
+                    (
+                        e.id,
+                        e.kind.as_str(),
+                        e.amount,
+                        e.at,
+                        e.source.clone(),
+                        e.seq,
+                    )
+                })
+                .collect();
+            (view.balance, entries)
+        };
+        let (balance, entries) = page(&mut hub);
+        assert_eq!(balance, 800);
+        assert_eq!(
+            entries,
+            [
+                (3, "void", 50, 12, "gate-1".to_owned(), 2),
+                (2, "charge", -250, 10, "gate-1".to_owned(), 1),
+                (1, "top_up", 1000, 1, "p1".to_owned(), 0),
+            ]
+        );
+        hub.in_transaction(|ledger| {
+            crate::accounts::credit(ledger, "acct-1", EntryKind::TopUp, 5, "p2", "", 30).map(drop)
+        })
+        .expect("a top-up");
+        let (balance, entries) = page(&mut hub);
+        assert_eq!(
+            (balance, entries[0].0),
+            (805, 4),
+            "ids go on after the old ones"
+        );
     }
 
     /// The batch signature is stored with its batch, and the batch rebuilt

@@ -197,6 +197,8 @@ pub(super) struct PgLedger<'a> {
     /// Whether each credential looked up has an open suspension.
     suspended: HashMap<[u8; 32], bool>,
     suspensions: Vec<SuspensionRow>,
+    /// Accounts' `void` entries, written after the payments.
+    voids: Vec<crate::accounts::NewEntry>,
 }
 
 impl<'a> PgLedger<'a> {
@@ -217,6 +219,7 @@ impl<'a> PgLedger<'a> {
             denies: Vec::new(),
             replays: HashMap::new(),
             replay_order: Vec::new(),
+            voids: Vec::new(),
             suspended: HashMap::new(),
             suspensions: Vec::new(),
         }
@@ -419,6 +422,10 @@ impl<'a> PgLedger<'a> {
     /// per table (none for a table with nothing to write).
     pub(super) fn flush(&mut self) -> Result<(), HubError> {
         self.flush_payments()?;
+        let voids = std::mem::take(&mut self.voids);
+        if !voids.is_empty() {
+            crate::backend::book::Sql::append_entries(self, &voids)?;
+        }
         self.flush_replays()?;
         self.flush_spend()?;
         self.flush_findings()?;
@@ -1067,6 +1074,23 @@ impl Ledger for PgLedger<'_> {
         spend.dirty = true;
         let total = spend.charged;
         Ok(unsigned(self.path(), "credential spend", total)?)
+    }
+
+    fn credential_charged(&mut self, credential: &[u8; 32]) -> Result<i64, HubError> {
+        Ok(self.spend(credential)?.charged)
+    }
+
+    fn append_voids(&mut self, entries: &[crate::accounts::NewEntry]) -> Result<(), HubError> {
+        // Payments take their ids when the flush writes them: the voids
+        // follow them there.
+        self.voids.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn write_credential_totals(&mut self) -> Result<(), HubError> {
+        self.flush_spend()?;
+        self.spend.values_mut().for_each(|s| s.dirty = false);
+        Ok(())
     }
 
     fn charge_left(&mut self, p: &Payment) -> Result<ChargeLeft, HubError> {

@@ -191,10 +191,13 @@ fn account_scenario(hub: &mut Hub) -> Vec<String> {
             (RecordKind::Charge, 200, &t2),
         ],
     );
-    let receipt = receive(hub, &batch, 300).unwrap();
-    assert_eq!(receipt.report.debited, 500);
+    receive(hub, &batch, 300).unwrap();
+    let balance =
+        |hub: &mut Hub, at: u64| hub.account_view(ACCOUNT, 0, at).unwrap().unwrap().balance;
+    assert_eq!(balance(hub, NOW + 300), 1_000, "both charges debited");
     let (batch, last) = seal("gate-1", READER_1, 3, last, &[(RecordKind::Void, 200, &t2)]);
-    assert_eq!(receive(hub, &batch, 310).unwrap().report.debited, -200);
+    receive(hub, &batch, 310).unwrap();
+    assert_eq!(balance(hub, NOW + 310), 1_200, "the void gives back");
     let view = hub.account_view(ACCOUNT, 0, NOW + 320).unwrap().unwrap();
     assert_eq!(
         (view.balance, view.exposure, view.available),
@@ -239,7 +242,11 @@ fn account_scenario(hub: &mut Hub) -> Vec<String> {
         .collect();
     let (batch, _) = seal("gate-1", READER_1, 4, last, &items);
     let report = receive(hub, &batch, 500).unwrap().report;
-    assert_eq!(report.debited, 2_100);
+    assert_eq!(
+        balance(hub, NOW + 500),
+        2_000 - 2_100,
+        "every charge debited"
+    );
     assert_eq!(report.accounts_suspended, [ACCOUNT]);
     note("clone", format!("{:?}", report.flagged));
     assert!(denied(hub, PHONE_1) && denied(hub, PHONE_2));
@@ -522,8 +529,10 @@ proptest! {
     }
 }
 
-#[test]
-fn renewals_never_grant_more_than_balance_plus_credit_line_on_postgres() {
+/// Six cases of a property test on PostgreSQL, each on a fresh database
+/// of a real server (a server per case would cost more than the case):
+/// `check` runs on a hub with a credit line and steps drawn from `steps`.
+fn on_postgres<S: Strategy>(name: &str, steps: S, check: impl Fn(&mut Hub, u64, &S::Value)) {
     let Some(server) = PgServer::start() else {
         return;
     };
@@ -531,24 +540,229 @@ fn renewals_never_grant_more_than_balance_plus_credit_line_on_postgres() {
         cases: 6,
         ..ProptestConfig::default()
     });
-    let strategy = (
-        prop_oneof![Just(0u64), 1u64..1_500],
-        proptest::collection::vec(step(), 1..40),
-    );
     let round = AtomicU64::new(0);
     runner
-        .run(&strategy, |(credit_line, steps)| {
-            let db = format!("prop{}", round.fetch_add(1, Ordering::Relaxed));
-            server.create_database(&db);
-            let dir = tempfile::tempdir().unwrap();
-            keeps_the_rule(
-                &mut postgres_hub(dir.path(), &server.url(&db)),
-                credit_line,
-                &steps,
-            );
-            Ok(())
-        })
+        .run(
+            &(prop_oneof![Just(0u64), 1u64..1_500], steps),
+            |(credit_line, steps)| {
+                let db = format!("{name}{}", round.fetch_add(1, Ordering::Relaxed));
+                server.create_database(&db);
+                let dir = tempfile::tempdir().unwrap();
+                check(
+                    &mut postgres_hub(dir.path(), &server.url(&db)),
+                    credit_line,
+                    &steps,
+                );
+                Ok(())
+            },
+        )
         .unwrap();
+}
+
+#[test]
+fn renewals_never_grant_more_than_balance_plus_credit_line_on_postgres() {
+    on_postgres(
+        "prop",
+        proptest::collection::vec(step(), 1..40),
+        |hub, credit_line, steps| keeps_the_rule(hub, credit_line, steps),
+    );
+}
+
+/// One step of the debt property test: honest steps, and a clone's, a
+/// void's and a reader's that syncs late.
+#[derive(Debug, Clone)]
+enum Rough {
+    Honest(Step),
+    /// A clone of phone `.0` pays `.1`, claiming a fresh running total.
+    Clone(usize, u32),
+    /// The reader voids phone `.0`'s last charge.
+    Void(usize),
+    /// The clock moves on with the reader's records still on it.
+    Hold(u64),
+    /// The operator takes `.0` off the account.
+    Adjust(i64),
+}
+
+fn rough() -> impl Strategy<Value = Rough> {
+    prop_oneof![
+        4 => step().prop_map(Rough::Honest),
+        2 => ((0usize..2), (1u32..300)).prop_map(|(p, a)| Rough::Clone(p, a)),
+        1 => (0usize..2).prop_map(Rough::Void),
+        1 => (3_600u64..60 * 3600).prop_map(Rough::Hold),
+        1 => (1i64..800).prop_map(Rough::Adjust),
+    ]
+}
+
+/// Runs `steps` and checks, after every one, that the balance is what
+/// was topped up less what cleared (charges less voids), that it is the
+/// sum of the statement's entries, and that an account below its credit
+/// line is suspended: charges debit accounts without rows of their own
+/// and only some batches look for debt (docs/accounts.md §4), so this is
+/// what keeps that honest.
+fn catches_every_debt(hub: &mut Hub, credit_line: u64, steps: &[Rough]) {
+    hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
+        .unwrap();
+    hub.open_account(&account(credit_line)).unwrap();
+    let seeds = [PHONE_1, PHONE_2];
+    for seed in seeds {
+        let code = code(hub, 3600);
+        enrol(hub, seed, &code, 1).unwrap();
+    }
+    let mut phones = [Phone::default(), Phone::default()];
+    // Each phone's last charge on the reader, not voided yet.
+    let mut last: [Option<(u32, Vec<u8>)>; 2] = [None, None];
+    let mut clone_counter = 10_000;
+    let mut at = 10;
+    let mut pending: Vec<(RecordKind, u32, Vec<u8>)> = Vec::new();
+    let mut chain = (1u64, GENESIS_HASH);
+    let mut top_ups = 0;
+    let mut expected = 0i64;
+    let mut charged: std::collections::HashSet<Vec<u8>> = Default::default();
+    let mut sync =
+        |hub: &mut Hub, pending: &mut Vec<(RecordKind, u32, Vec<u8>)>, at, expected: &mut i64| {
+            if pending.is_empty() {
+                return;
+            }
+            let items: Vec<(RecordKind, u32, &[u8])> = pending
+                .iter()
+                .map(|(k, a, t)| (*k, *a, t.as_slice()))
+                .collect();
+            let (batch, last) = seal("gate-1", READER_1, chain.0, chain.1, &items);
+            receive(hub, &batch, at).unwrap();
+            for (kind, amount, token) in pending.iter() {
+                match kind {
+                    RecordKind::Charge if charged.insert(token.clone()) => {
+                        *expected -= i64::from(*amount)
+                    }
+                    RecordKind::Charge => {}
+                    RecordKind::Void => *expected += i64::from(*amount),
+                }
+            }
+            chain = (chain.0 + pending.len() as u64, last);
+            pending.clear();
+        };
+    for step in steps {
+        match step {
+            Rough::Honest(Step::TopUp(amount)) => {
+                top_ups += 1;
+                hub.credit_account(
+                    ACCOUNT,
+                    EntryKind::TopUp,
+                    *amount,
+                    &format!("t{top_ups}"),
+                    "",
+                    NOW + at,
+                )
+                .unwrap();
+                expected += amount;
+            }
+            Rough::Honest(Step::Renew(p)) => match renew(hub, seeds[*p], at) {
+                Ok(c) if Some(c) != phones[*p].credential => {
+                    phones[*p].credential = Some(c);
+                    phones[*p].total = 0;
+                }
+                // Clones get phones denied and accounts suspended.
+                Ok(_) | Err(_) => {}
+            },
+            Rough::Honest(Step::Pay(p, amount)) => {
+                let phone = &mut phones[*p];
+                let Some(c) = phone.credential else { continue };
+                let t = &c.terms;
+                let valid = NOW + at < t.valid_until();
+                if valid && *amount <= t.per_payment_cap && phone.total + amount <= t.offline_limit
+                {
+                    phone.counter += 1;
+                    let token = pay(&c, seeds[*p], *amount, phone.counter, phone.total);
+                    phone.total += amount;
+                    last[*p] = Some((*amount, token.clone()));
+                    pending.push((RecordKind::Charge, *amount, token));
+                }
+            }
+            Rough::Clone(p, amount) => {
+                let Some(c) = phones[*p].credential else {
+                    continue;
+                };
+                clone_counter += 1;
+                let amount = (*amount).min(c.terms.per_payment_cap);
+                let token = pay(&c, seeds[*p], amount, clone_counter, 0);
+                pending.push((RecordKind::Charge, amount, token));
+            }
+            Rough::Void(p) => {
+                if let Some((amount, token)) = last[*p].take() {
+                    pending.push((RecordKind::Void, amount, token));
+                }
+            }
+            Rough::Honest(Step::Sync) => sync(hub, &mut pending, at, &mut expected),
+            Rough::Honest(Step::Wait(secs)) => {
+                sync(hub, &mut pending, at, &mut expected);
+                at += secs;
+            }
+            Rough::Hold(secs) => at += secs,
+            Rough::Adjust(amount) => {
+                top_ups += 1;
+                hub.credit_account(
+                    ACCOUNT,
+                    EntryKind::Adjustment,
+                    -amount,
+                    &format!("t{top_ups}"),
+                    "",
+                    NOW + at,
+                )
+                .unwrap();
+                expected -= amount;
+            }
+        }
+        let view = hub.account_view(ACCOUNT, 0, NOW + at).unwrap().unwrap();
+        assert_eq!(view.balance, expected, "after {step:?}: the balance");
+        let mut sum = 0;
+        let mut before = 0;
+        loop {
+            let page = hub
+                .account_view(ACCOUNT, before, NOW + at)
+                .unwrap()
+                .unwrap();
+            sum += page.entries.iter().map(|e| e.amount).sum::<i64>();
+            assert!(
+                page.entries.windows(2).all(|w| w[0].id > w[1].id),
+                "newest first"
+            );
+            match page.next_before {
+                0 => break,
+                next => before = next,
+            }
+        }
+        assert_eq!(sum, view.balance, "after {step:?}: the statement adds up");
+        if view.balance + (credit_line as i64) < 0 {
+            assert_eq!(
+                view.account.state,
+                AccountState::Suspended,
+                "after {step:?}: in debt ({}) but not suspended",
+                view.balance
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_debt_is_caught_and_every_statement_adds_up_on_sqlite(
+        credit_line in prop_oneof![Just(0u64), 1u64..1_500],
+        steps in proptest::collection::vec(rough(), 1..60),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        catches_every_debt(&mut sqlite_hub(dir.path()), credit_line, &steps);
+    }
+}
+
+#[test]
+fn every_debt_is_caught_and_every_statement_adds_up_on_postgres() {
+    on_postgres(
+        "debt",
+        proptest::collection::vec(rough(), 1..60),
+        |hub, credit_line, steps| catches_every_debt(hub, credit_line, steps),
+    );
 }
 
 /// Registers gate-1 and gate-2.
@@ -604,6 +818,265 @@ fn issue18_clearing_does_not_let_back_a_phone_of_an_account_in_debt() {
     let report = receive(hub, &batch, 600).unwrap().report;
     assert!(report.lifted.is_empty(), "{report:?}");
     assert!(denied(hub, PHONE_2));
+}
+
+/// A reader holds a charge past its credential's settle window; the
+/// allowance it freed was renewed and spent meanwhile, so the two
+/// together take the account into debt, whichever reader syncs first:
+/// suspended, with no phone denied (no credential went past its limit:
+/// nobody cheated).
+fn a_late_reader_leaves_debt(hub: &mut Hub, late_first: bool) {
+    two_gates(hub);
+    funded(hub, 1_000, PHONE_1);
+    let first = renew(hub, PHONE_1, 2).unwrap();
+    let late = pay(&first, PHONE_1, 300, 1, 0);
+    let settled = first.terms.valid_until() + SETTLE_SECS + 10 - NOW;
+    let second = renew(hub, PHONE_1, settled).unwrap();
+    assert_eq!(second.terms.offline_limit, 1_000, "the first one settled");
+    let spent: Vec<Vec<u8>> = (0..4u32)
+        .map(|i| pay(&second, PHONE_1, 250, 2 + i, 250 * i))
+        .collect();
+    let items: Vec<(RecordKind, u32, &[u8])> = spent
+        .iter()
+        .map(|t| (RecordKind::Charge, 250, t.as_slice()))
+        .collect();
+    let (honest, _) = seal("gate-2", READER_2, 1, GENESIS_HASH, &items);
+    let (held, _) = seal(
+        "gate-1",
+        READER_1,
+        1,
+        GENESIS_HASH,
+        &[(RecordKind::Charge, 300, &late)],
+    );
+    let (one, other) = match late_first {
+        true => (held, honest),
+        false => (honest, held),
+    };
+    let report = receive(hub, &one, settled + 10).unwrap().report;
+    assert!(report.accounts_suspended.is_empty(), "700 or 0 left");
+    let report = receive(hub, &other, settled + 20).unwrap().report;
+    assert_eq!(report.accounts_suspended, [ACCOUNT]);
+    let view = hub
+        .account_view(ACCOUNT, 0, NOW + settled + 30)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (view.balance, view.account.state),
+        (-300, AccountState::Suspended)
+    );
+    assert!(!denied(hub, PHONE_1), "a late reader is not a clone");
+}
+
+#[test]
+fn issue18_a_charge_synced_after_its_credential_settled_suspends_the_account_in_debt() {
+    for late_first in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        a_late_reader_leaves_debt(&mut sqlite_hub(dir.path()), late_first);
+    }
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    for late_first in [false, true] {
+        let db = format!("late{late_first}");
+        server.create_database(&db);
+        let dir = tempfile::tempdir().unwrap();
+        a_late_reader_leaves_debt(&mut postgres_hub(dir.path(), &server.url(&db)), late_first);
+    }
+}
+
+/// A clone overspends one phone's credential while the account still
+/// holds enough: no debt yet, but the other phone can now spend more
+/// than is left. When it does, honestly, the account is in debt: the
+/// clearing catches it (the credential was watched) and denies both
+/// phones (the clone's mark is on the account).
+#[test]
+fn issue18_honest_spending_after_a_clone_left_the_account_short_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = &mut sqlite_hub(dir.path());
+    two_gates(hub);
+    funded(hub, 2_000, PHONE_1);
+    let c2 = code(hub, 3600);
+    enrol(hub, PHONE_2, &c2, 2).unwrap();
+    let one = renew(hub, PHONE_1, 3).unwrap();
+    let two = renew(hub, PHONE_2, 4).unwrap();
+    assert_eq!(
+        (one.terms.offline_limit, two.terms.offline_limit),
+        (1_000, 1_000)
+    );
+    let cloned: Vec<Vec<u8>> = (1..=5u32).map(|i| pay(&one, PHONE_1, 260, i, 0)).collect();
+    let items: Vec<(RecordKind, u32, &[u8])> = cloned
+        .iter()
+        .map(|t| (RecordKind::Charge, 260, t.as_slice()))
+        .collect();
+    let (batch, _) = seal("gate-1", READER_1, 1, GENESIS_HASH, &items);
+    let report = receive(hub, &batch, 100).unwrap().report;
+    assert!(
+        report.accounts_suspended.is_empty(),
+        "700 left: no debt yet"
+    );
+    let honest: Vec<Vec<u8>> = (0..4u32)
+        .map(|i| pay(&two, PHONE_2, 250, 1 + i, 250 * i))
+        .collect();
+    let items: Vec<(RecordKind, u32, &[u8])> = honest
+        .iter()
+        .map(|t| (RecordKind::Charge, 250, t.as_slice()))
+        .collect();
+    let (batch, _) = seal("gate-2", READER_2, 1, GENESIS_HASH, &items);
+    let report = receive(hub, &batch, 200).unwrap().report;
+    assert_eq!(report.accounts_suspended, [ACCOUNT], "{report:?}");
+    let view = hub.account_view(ACCOUNT, 0, NOW + 210).unwrap().unwrap();
+    assert_eq!(view.balance, 2_000 - 1_300 - 1_000);
+    assert!(denied(hub, PHONE_1) && denied(hub, PHONE_2));
+}
+
+#[test]
+fn issue18_an_adjustment_into_debt_suspends_the_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = &mut sqlite_hub(dir.path());
+    funded(hub, 100, PHONE_1);
+    let credited = hub
+        .credit_account(ACCOUNT, EntryKind::Adjustment, -40, "a1", "fee", NOW + 5)
+        .unwrap();
+    assert!(!credited.suspended, "60 left");
+    let credited = hub
+        .credit_account(
+            ACCOUNT,
+            EntryKind::Adjustment,
+            -90,
+            "a2",
+            "chargeback",
+            NOW + 6,
+        )
+        .unwrap();
+    assert!(
+        credited.suspended && credited.balance == -30,
+        "{credited:?}"
+    );
+    let view = hub.account_view(ACCOUNT, 0, NOW + 7).unwrap().unwrap();
+    assert_eq!(view.account.state, AccountState::Suspended);
+    assert!(
+        !denied(hub, PHONE_1),
+        "an operator's adjustment is not a clone"
+    );
+}
+
+/// A PostgreSQL hub database of schema 6 kept a row per charge in
+/// `account_entries`; upgraded, the charge is its payment, with the
+/// entry's id, and the balance and the statement are what they were.
+#[test]
+fn schema_6_postgres_hub_carries_its_charge_entries_over_to_their_payments() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    server.create_database("six");
+    let url = server.url("six");
+    {
+        let mut client = postgres::Client::connect(&url, NoTls).unwrap();
+        let mut tx = client.transaction().unwrap();
+        tx.batch_execute(
+            "CREATE TABLE sonotap_schema (version BIGINT PRIMARY KEY,
+                                          applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .unwrap();
+        for (i, sql) in MIGRATIONS[..6].iter().enumerate() {
+            tx.batch_execute(sql).unwrap();
+            tx.execute(
+                "INSERT INTO sonotap_schema (version) VALUES ($1)",
+                &[&(i as i64 + 1)],
+            )
+            .unwrap();
+        }
+        let credential = [7u8; 32].as_slice();
+        let token_hash = [0x11u8; 32].as_slice();
+        let zero = [0u8; 32].as_slice();
+        tx.execute(
+            "INSERT INTO accounts VALUES ('acct-1', '', 978, 0, 1000, 300, 24, 'transit', 'open',
+                                          '', 1, 1)",
+            &[],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO account_wallets VALUES ($1, $2, 'acct-1', 1)",
+            &[&[1u8; 8].as_slice(), &zero],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO account_credentials VALUES ($1, 'acct-1', $2, 1000, 100000, 400000, 2,
+                                                     '\\x00')",
+            &[&credential, &[1u8; 8].as_slice()],
+        )
+        .unwrap();
+        for (seq, kind, amount) in [(1i64, "charge", 250i64), (2, "void", 50)] {
+            tx.execute(
+                "INSERT INTO records (reader_id, seq, at, kind, amount, token, token_hash,
+                                      prev_hash, hash, signature, received_at)
+                 VALUES ('gate-1', $1, $2, $3, $4, '\\x00', $5, $6, $7, $8, $9)",
+                &[
+                    &seq,
+                    &(8 + 2 * seq),
+                    &kind,
+                    &amount,
+                    &token_hash,
+                    &zero,
+                    &[seq as u8; 32].as_slice(),
+                    &[0u8; 64].as_slice(),
+                    &(9 + 2 * seq),
+                ],
+            )
+            .unwrap();
+        }
+        tx.execute(
+            "INSERT INTO payments (token_hash, wallet_id, counter, credential, total_before,
+                                   authorised, charged, reader_id, seq, voids)
+             VALUES ($1, $2, 1, $3, 0, 250, 200, 'gate-1', 1, 1)",
+            &[&token_hash, &[1u8; 8].as_slice(), &credential],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO credential_spend VALUES ($1, 200)",
+            &[&credential],
+        )
+        .unwrap();
+        tx.batch_execute(
+            "INSERT INTO account_entries (entry_id, account_id, kind, amount, at, recorded_at,
+                                          source, seq, note)
+             OVERRIDING SYSTEM VALUE
+             VALUES (1, 'acct-1', 'top_up', 1000, 1, 1, 'p1', 0, ''),
+                    (2, 'acct-1', 'charge', -250, 10, 11, 'gate-1', 1, ''),
+                    (3, 'acct-1', 'void', 50, 12, 13, 'gate-1', 2, '')",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hub = &mut postgres_hub(dir.path(), &url);
+    let page = |hub: &mut Hub| {
+        let view = hub.account_view("acct-1", 0, 20).unwrap().unwrap();
+        let entries: Vec<(u64, EntryKind, i64, u64, String, u64)> = view
+            .entries
+            .iter()
+            .map(|e| (e.id, e.kind, e.amount, e.at, e.source.clone(), e.seq))
+            .collect();
+        (view.balance, entries)
+    };
+    let (balance, entries) = page(hub);
+    assert_eq!(balance, 800);
+    assert_eq!(
+        entries,
+        [
+            (3, EntryKind::Void, 50, 12, "gate-1".to_owned(), 2),
+            (2, EntryKind::Charge, -250, 10, "gate-1".to_owned(), 1),
+            (1, EntryKind::TopUp, 1000, 1, "p1".to_owned(), 0),
+        ]
+    );
+    hub.credit_account("acct-1", EntryKind::TopUp, 5, "p2", "", 30)
+        .unwrap();
+    let (balance, entries) = page(hub);
+    assert_eq!(
+        (balance, entries[0].0),
+        (805, 4),
+        "ids go on after the old ones"
+    );
 }
 
 #[test]
