@@ -733,7 +733,7 @@ fn accounts_it_may_leave_short(
     }
     let mut credentials: Vec<[u8; 32]> = charged.keys().copied().collect();
     credentials.sort_unstable();
-    let mut suspect = book::watched_among(ledger, &credentials)?;
+    let mut suspect = book::watched_among(ledger, &credentials, now)?;
     for credential in &credentials {
         let (batch, limits) = charged[credential];
         let before = u64::try_from(ledger.credential_charged(credential)?).unwrap_or(0);

@@ -506,17 +506,19 @@ pub(crate) fn credential_accounts(
     Ok(found)
 }
 
-/// Of `credentials`, those being watched (§4 of docs/accounts.md): one
-/// query that finds nothing while no account is short, the usual case.
+/// Of `credentials`, those being watched at `now` (§4 of
+/// docs/accounts.md): one indexed query that finds nothing while no
+/// account is short, the usual case.
 pub(crate) fn watched_among(
     sql: &mut dyn Sql,
     credentials: &[[u8; 32]],
+    now: u64,
 ) -> Result<Vec<[u8; 32]>, HubError> {
     if credentials.is_empty()
         || first(
             sql,
-            "SELECT 1 FROM watched_credentials LIMIT 1",
-            &[],
+            "SELECT 1 FROM watched_credentials WHERE settles_at > $1 LIMIT 1",
+            &[int(now)],
             |_| Ok(()),
         )?
         .is_none()
@@ -525,12 +527,14 @@ pub(crate) fn watched_among(
     }
     let mut found = Vec::new();
     for chunk in credentials.chunks(IN_LIST) {
-        let params: Vec<Param<'_>> = chunk.iter().map(|c| Param::Bytes(c)).collect();
+        let mut params: Vec<Param<'_>> = vec![int(now)];
+        params.extend(chunk.iter().map(|c| Param::Bytes(c)));
         found.extend(rows(
             sql,
             &format!(
-                "SELECT credential FROM watched_credentials WHERE credential IN ({})",
-                placeholders(1, chunk.len())
+                "SELECT credential FROM watched_credentials
+                 WHERE settles_at > $1 AND credential IN ({})",
+                placeholders(2, chunk.len())
             ),
             &params,
             |r| r.array(0, "credential digest"),
@@ -541,7 +545,9 @@ pub(crate) fn watched_among(
 
 /// Watches the account's credentials not yet settled at `now` (or, with
 /// `watch` false, none of its credentials): a charge under a watched
-/// credential makes the clearing look at the account's balance.
+/// credential makes the clearing look at the account's balance. A settled
+/// credential needs no watch (its charges are looked at anyway): those of
+/// every account are dropped here.
 pub(crate) fn set_watch(
     sql: &mut dyn Sql,
     id: &str,
@@ -549,13 +555,13 @@ pub(crate) fn set_watch(
     now: u64,
 ) -> Result<(), HubError> {
     sql.sql_execute(
-        "DELETE FROM watched_credentials WHERE account_id = $1",
-        &[Param::Text(id)],
+        "DELETE FROM watched_credentials WHERE account_id = $1 OR settles_at <= $2",
+        &[Param::Text(id), int(now)],
     )?;
     if watch {
         sql.sql_execute(
-            "INSERT INTO watched_credentials (credential, account_id, since)
-             SELECT credential, account_id, $2 FROM account_credentials
+            "INSERT INTO watched_credentials (credential, account_id, settles_at, since)
+             SELECT credential, account_id, settles_at, $2 FROM account_credentials
              WHERE account_id = $1 AND settles_at > $2",
             &[Param::Text(id), int(now)],
         )?;

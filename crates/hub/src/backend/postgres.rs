@@ -326,7 +326,8 @@ static MIGRATIONS: [&str; 7] = [
     // carried over: their ids go to their payments, and their amounts,
     // times and readers are the records'. `watched_credentials`: the live
     // credentials of accounts whose phones could spend more than the
-    // account holds (§4).
+    // account holds (§4); schema 6 never looked, so every credential
+    // starts watched until its account's first look.
     "CREATE SEQUENCE entry_ids;
     ALTER TABLE payments ADD COLUMN entry_id BIGINT;
     ALTER TABLE payments ALTER COLUMN entry_id SET DEFAULT nextval('entry_ids');
@@ -341,8 +342,12 @@ static MIGRATIONS: [&str; 7] = [
     CREATE TABLE watched_credentials (
         credential BYTEA PRIMARY KEY CHECK (length(credential) = 32),
         account_id TEXT NOT NULL,
+        settles_at BIGINT NOT NULL,
         since BIGINT NOT NULL
-    );",
+    );
+    CREATE INDEX watched_credentials_live ON watched_credentials (settles_at);
+    INSERT INTO watched_credentials (credential, account_id, settles_at, since)
+        SELECT credential, account_id, settles_at, 0 FROM account_credentials;",
 ];
 
 /// The newest schema version this build knows.

@@ -330,7 +330,9 @@ static MIGRATIONS: [M<'static>; 7] = [
     // The charge entries written before are carried over: their ids go to
     // their payments, and their amounts, times and readers are the
     // records'. `watched_credentials`: the live credentials of accounts
-    // whose phones could spend more than the account holds (§4).
+    // whose phones could spend more than the account holds (§4); schema 6
+    // never looked, so every credential starts watched until its account's
+    // first look.
     M::up(
         "ALTER TABLE payments ADD COLUMN entry_id INTEGER;
         UPDATE payments SET entry_id = e.entry_id
@@ -342,8 +344,12 @@ static MIGRATIONS: [M<'static>; 7] = [
         CREATE TABLE watched_credentials (
             credential BLOB PRIMARY KEY CHECK (length(credential) = 32),
             account_id TEXT NOT NULL,
+            settles_at INTEGER NOT NULL,
             since INTEGER NOT NULL
-        ) STRICT;",
+        ) STRICT;
+        CREATE INDEX watched_credentials_live ON watched_credentials (settles_at);
+        INSERT INTO watched_credentials (credential, account_id, settles_at, since)
+            SELECT credential, account_id, settles_at, 0 FROM account_credentials;",
     ),
 ];
 
@@ -1776,6 +1782,14 @@ mod tests {
                 .collect();
             (view.balance, entries)
         };
+        let watched: i64 = hub
+            .conn
+            .query_row("SELECT count(*) FROM watched_credentials", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(
+            watched, 1,
+            "schema 6 never looked: watched until a first look"
+        );
         let (balance, entries) = page(&mut hub);
         assert_eq!(balance, 800);
         assert_eq!(

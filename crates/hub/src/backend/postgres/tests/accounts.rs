@@ -1050,6 +1050,15 @@ fn schema_6_postgres_hub_carries_its_charge_entries_over_to_their_payments() {
     }
     let dir = tempfile::tempdir().unwrap();
     let hub = &mut postgres_hub(dir.path(), &url);
+    let mut client = postgres::Client::connect(&url, NoTls).unwrap();
+    let watched: i64 = client
+        .query_one("SELECT count(*) FROM watched_credentials", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        watched, 1,
+        "schema 6 never looked: watched until a first look"
+    );
     let page = |hub: &mut Hub| {
         let view = hub.account_view("acct-1", 0, 20).unwrap().unwrap();
         let entries: Vec<(u64, EntryKind, i64, u64, String, u64)> = view
