@@ -1054,7 +1054,8 @@ fn schema_6_postgres_hub_carries_its_charge_entries_over_to_their_payments() {
     let watched: i64 = client
         .query_one("SELECT count(*) FROM watched_credentials", &[])
         .unwrap()
-        .get(0);
+        .try_get(0)
+        .unwrap();
     assert_eq!(
         watched, 1,
         "schema 6 never looked: watched until a first look"
