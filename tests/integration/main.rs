@@ -32,3 +32,4 @@ mod status_cli;
 mod support;
 mod sync;
 mod util;
+mod wallet_web;

@@ -1,0 +1,136 @@
+// The JS modem encoder against the Rust one: the documents' vectors sample
+// by sample, its tables against docs/modem.md's, and its frames decoded by
+// the real `sonotap modem decode` for both profiles at 48 and 44.1 kHz and
+// several payload lengths.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+
+import {
+  LDPC_RATE_HALF,
+  LDPC_RATE_TWO_THIRDS,
+  encodeFast,
+  encodeRobust,
+  fromHex,
+  hex,
+  resample,
+} from "../sonotap/index.js";
+import { ROOT } from "./vectors.js";
+
+const FULL_SCALE = 32767;
+
+/** 16-bit mono PCM WAV bytes of samples in −1..1 (round(32767·x)). */
+export function wav(samples, rate) {
+  const data = Buffer.alloc(2 * samples.length);
+  samples.forEach((v, i) => data.writeInt16LE(Math.round(FULL_SCALE * Math.max(-1, Math.min(1, v))), 2 * i));
+  const head = Buffer.alloc(44);
+  head.write("RIFF", 0);
+  head.writeUInt32LE(36 + data.length, 4);
+  head.write("WAVEfmt ", 8);
+  head.writeUInt32LE(16, 16);
+  head.writeUInt16LE(1, 20);
+  head.writeUInt16LE(1, 22);
+  head.writeUInt32LE(rate, 24);
+  head.writeUInt32LE(2 * rate, 28);
+  head.writeUInt16LE(2, 32);
+  head.writeUInt16LE(16, 34);
+  head.write("data", 36);
+  head.writeUInt32LE(data.length, 40);
+  return Buffer.concat([head, data]);
+}
+
+/** A 16-bit mono WAV's rate and samples (the vectors' own format). */
+function readWav(path) {
+  const b = readFileSync(path);
+  let at = 12;
+  let rate = 0;
+  while (at + 8 <= b.length) {
+    const id = b.toString("ascii", at, at + 4);
+    const size = b.readUInt32LE(at + 4);
+    if (id === "fmt ") rate = b.readUInt32LE(at + 12);
+    if (id === "data") {
+      const samples = new Int16Array(size / 2);
+      for (let i = 0; i < samples.length; i++) samples[i] = b.readInt16LE(at + 8 + 2 * i);
+      return { rate, samples };
+    }
+    at += 8 + size + (size % 2);
+  }
+  throw new Error(`${path}: no data chunk`);
+}
+
+function worstLsb(ours, theirs) {
+  let worst = 0;
+  for (let i = 0; i < Math.min(ours.length, theirs.length); i++) {
+    worst = Math.max(worst, Math.abs(FULL_SCALE * ours[i] - theirs[i]));
+  }
+  return worst;
+}
+
+const payloadOf = (name) => fromHex(readFileSync(`${ROOT}signals/modem/${name}.hex`, "utf8").split(/\s+/)[0]);
+
+test("the LDPC tables are docs/modem.md's", () => {
+  const doc = readFileSync(`${ROOT}docs/modem.md`, "utf8");
+  const table = (from, to) => {
+    const section = doc.slice(doc.indexOf(from), doc.indexOf(to));
+    const block = section.split("```")[1];
+    return block.trim().split("\n").map((line) => line.trim().split(/\s+/).map(Number));
+  };
+  assert.deepEqual(table("## 3b.", "## 3c."), LDPC_RATE_HALF);
+  assert.deepEqual(table("## 3c.", "## 4."), LDPC_RATE_TWO_THIRDS);
+});
+
+for (const [profile, encode, name] of [
+  ["fast", encodeFast, "token-fast-48k"],
+  ["robust", encodeRobust, "token-robust-48k"],
+]) {
+  test(`the ${profile} frame is the Rust encoder's vector to 2 LSB`, () => {
+    const ours = encode(payloadOf(name));
+    const theirs = readWav(`${ROOT}signals/modem/${name}.wav`);
+    assert.equal(theirs.rate, 48000);
+    assert.equal(ours.length, theirs.samples.length);
+    const worst = worstLsb(ours, theirs.samples);
+    assert.ok(worst <= 2, `${profile}: ${worst.toFixed(2)} LSB apart`);
+  });
+}
+
+test("resampled to 44.1 kHz, the robust frame is the Rust encoder's vector to 2 LSB", () => {
+  const ours = resample(encodeRobust(payloadOf("token-robust-44k1")), 44100);
+  const theirs = readWav(`${ROOT}signals/modem/token-robust-44k1.wav`);
+  assert.equal(theirs.rate, 44100);
+  assert.equal(ours.length, theirs.samples.length);
+  const worst = worstLsb(ours, theirs.samples);
+  assert.ok(worst <= 2, `${worst.toFixed(2)} LSB apart`);
+});
+
+/** The sonotap binary the tests run: $SONOTAP_BIN, or the workspace's build. */
+function sonotap() {
+  const candidates = [process.env.SONOTAP_BIN, `${ROOT}target/debug/sonotap`, `${ROOT}target/release/sonotap`];
+  const found = candidates.find((p) => p && existsSync(p));
+  assert.ok(found, "no sonotap binary: run `cargo build` first or set SONOTAP_BIN");
+  return found;
+}
+
+test("`sonotap modem decode` reads the JS frames: both profiles, 48 and 44.1 kHz, 1 to 256 bytes", () => {
+  const dir = mkdtempSync(join(tmpdir(), "sonotap-js-modem-"));
+  try {
+    for (const [profile, encode] of [["fast", encodeFast], ["robust", encodeRobust]]) {
+      for (const rate of [48000, 44100]) {
+        for (const length of [1, 37, 200, 256]) {
+          const payload = Uint8Array.from({ length }, (_, i) => (i * 73 + length + rate) & 0xff);
+          const file = join(dir, `${profile}-${rate}-${length}.wav`);
+          writeFileSync(file, wav(resample(encode(payload), rate), rate));
+          const out = execFileSync(sonotap(), ["modem", "decode", "--json", file], { encoding: "utf8" });
+          const lines = out.trim().split("\n").map((l) => JSON.parse(l));
+          assert.equal(lines.length, 1, `${profile} ${rate} Hz ${length} bytes: ${out}`);
+          assert.equal(lines[0].payload_hex, hex(payload), `${profile} ${rate} Hz ${length} bytes`);
+          assert.equal(lines[0].profile, profile);
+        }
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

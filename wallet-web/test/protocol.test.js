@@ -1,0 +1,165 @@
+// docs/protocol.md §7 and docs/accounts.md §3.5, rebuilt by the wallet's
+// protocol module from the documents' fixed seeds: every value must come
+// out exactly (Ed25519 is deterministic).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  Malformed,
+  Refused,
+  checkRenewed,
+  credentialDigest,
+  decodeCredential,
+  decodeRenewed,
+  decodeStatement,
+  encodeEnrolCode,
+  fromHex,
+  gateBinding,
+  hex,
+  keyFromSeed,
+  normaliseEnrolCode,
+  publicBytes,
+  readerTag,
+  signTokenV1,
+  signTokenV2,
+  statementChecks,
+  walletId,
+  walletRequest,
+} from "../sonotap/index.js";
+import { vectors } from "./vectors.js";
+
+const seed = (from) => Uint8Array.from({ length: 32 }, (_, i) => from + i);
+const protocol = vectors("docs/protocol.md");
+const accounts = vectors("docs/accounts.md");
+
+test("keys, ids and tags of docs/protocol.md §7", async () => {
+  const issuer = await keyFromSeed(seed(0x00));
+  const wallet = await keyFromSeed(seed(0x20));
+  assert.equal(hex(await publicBytes(issuer.publicKey)), protocol.issuer_public);
+  const walletKey = await publicBytes(wallet.publicKey);
+  assert.equal(hex(walletKey), protocol.wallet_public);
+  assert.equal(hex(await walletId(walletKey)), protocol.wallet_id);
+  assert.equal((await readerTag("gate-1")).toString(16).padStart(8, "0"), protocol.reader_tag_gate_1);
+});
+
+test("tokens of versions 1 and 2 of docs/protocol.md §7", async () => {
+  const wallet = await keyFromSeed(seed(0x20));
+  const credential = decodeCredential(fromHex(protocol.credential));
+  assert.equal(hex(await credentialDigest(credential)), protocol.credential_digest);
+  const tag = await readerTag("gate-1");
+  const v1 = await signTokenV1(
+    credential,
+    { amount: 250, counter: 7, totalBefore: 1000, timestamp: 1800003600 },
+    tag,
+    wallet.privateKey,
+  );
+  assert.equal(hex(v1), protocol.token);
+  const beacon = fromHex(protocol.beacon);
+  const binding = await gateBinding(tag, beacon.subarray(5, 13));
+  assert.equal(hex(binding), protocol.gate_binding);
+  const v2 = await signTokenV2(
+    credential,
+    { amount: 250, counter: 8, totalBefore: 1250, timestamp: 1800003595 },
+    binding,
+    wallet.privateKey,
+  );
+  assert.equal(hex(v2), protocol.token_v2);
+});
+
+test("the wallet refuses what a reader must decline, and signs nothing", async () => {
+  const wallet = await keyFromSeed(seed(0x20));
+  const credential = decodeCredential(fromHex(protocol.credential));
+  const base = { amount: 250, counter: 9, totalBefore: 0, timestamp: 1800003600 };
+  const cases = [
+    [{ ...base, timestamp: 1799999999 }, "credential_not_yet_valid"],
+    [{ ...base, timestamp: 1800000000 + 72 * 3600 }, "credential_expired"],
+    [{ ...base, amount: 501 }, "over_payment_cap"],
+    [{ ...base, totalBefore: 4800 }, "over_offline_limit"],
+  ];
+  for (const [terms, reason] of cases) {
+    await assert.rejects(signTokenV1(credential, terms, 0, wallet.privateKey), (e) => {
+      assert.ok(e instanceof Refused);
+      assert.equal(e.reason, reason);
+      return true;
+    });
+  }
+});
+
+test("credentials are decoded canonically", () => {
+  const bytes = fromHex(protocol.credential);
+  assert.throws(() => decodeCredential(bytes.subarray(0, 114)), Malformed);
+  assert.throws(() => decodeCredential(Uint8Array.of(...bytes, 0)), Malformed);
+  // Version 2, a reserved scope, currency 0, zero hours (each a u8 or a u16).
+  for (const [offset, value] of [[0, 2], [2, 0x03], [3, 0], [49, 0]]) {
+    const bad = Uint8Array.from(bytes);
+    bad[offset] = value;
+    if (offset === 3 || offset === 49) bad[offset + 1] = 0;
+    assert.throws(() => decodeCredential(bad), Malformed, `byte ${offset} = ${value}`);
+  }
+});
+
+test("enrolment codes of docs/accounts.md §3.1", () => {
+  const random = fromHex(accounts.enrol_random);
+  const code = encodeEnrolCode(random);
+  assert.equal(hex(new TextEncoder().encode(code)), accounts.enrol_code_ascii);
+  assert.equal(normaliseEnrolCode("ucq2-fi5e uwtk-pkfj"), code);
+  assert.throws(() => normaliseEnrolCode("UCQ2-FI5E-UWTK-PKF0"), /'0'/);
+  assert.throws(() => normaliseEnrolCode("UCQ2"), /4 characters/);
+});
+
+test("wallet requests of docs/accounts.md §3.5", async () => {
+  const wallet = await keyFromSeed(seed(0x20));
+  const nonce = fromHex(accounts.nonce);
+  const at = 1800000000000;
+  const code = encodeEnrolCode(fromHex(accounts.enrol_random));
+  const asks = [
+    [{ kind: "enrol", code }, accounts.enrol_request],
+    [{ kind: "renew" }, accounts.renew_request],
+    [{ kind: "statement", before: 0 }, accounts.statement_request],
+  ];
+  for (const [ask, expected] of asks) {
+    const request = await walletRequest(ask, wallet, at, nonce);
+    assert.equal(hex(request.bytes), expected, ask.kind);
+  }
+});
+
+test("a renewal answer is checked before it is installed", async () => {
+  const wallet = await keyFromSeed(seed(0x20));
+  const own = await publicBytes(wallet.publicKey);
+  const issuer = fromHex(protocol.issuer_public);
+  const answer = decodeRenewed(fromHex(accounts.renewed));
+  assert.equal(hex(answer.note.bytes), accounts.renewal_note);
+  assert.equal(answer.note.highestCounter, 7);
+  assert.deepEqual(await checkRenewed(answer, own, new Map()), { keyId: 1, key: issuer });
+  assert.deepEqual(await checkRenewed(answer, own, new Map([[1, issuer]])), { keyId: 1, key: issuer });
+  await assert.rejects(checkRenewed(answer, own, new Map([[1, new Uint8Array(32).fill(9)]])), /not one this phone trusts/);
+  await assert.rejects(checkRenewed(answer, new Uint8Array(32), new Map()), /another wallet key/);
+  const tampered = fromHex(accounts.renewed);
+  const noteAt = 19 + 115;
+  tampered[noteAt + 19 + 32 + 4 + 7] ^= 1; // the last byte of the note's hub time
+  await assert.rejects(checkRenewed(decodeRenewed(tampered), own, new Map()), /note's signature/);
+  assert.throws(() => decodeRenewed(Uint8Array.of(...fromHex(accounts.renewed), 0)), Malformed);
+});
+
+test("a statement of docs/accounts.md §3.5 decodes and checks", async () => {
+  const wallet = await keyFromSeed(seed(0x20));
+  const own = await publicBytes(wallet.publicKey);
+  const trusted = new Map([[1, fromHex(protocol.issuer_public)]]);
+  const nonce = fromHex(accounts.nonce);
+  const s = decodeStatement(fromHex(accounts.statement));
+  assert.equal(s.state, "open");
+  assert.equal(s.balance, 2000n);
+  assert.equal(s.exposure, 5000n);
+  assert.deepEqual(
+    s.entries.map((e) => [Number(e.id), e.kind, Number(e.amount), e.at, e.source, Number(e.seq)]),
+    [
+      [3, "void", 250, 1799996460, "gate-1", 42],
+      [2, "charge", -250, 1799996400, "gate-1", 41],
+      [1, "top_up", 2000, 1799900000, "TOPUP-0001", 0],
+    ],
+  );
+  assert.ok(await statementChecks(s, nonce, own, trusted));
+  assert.ok(!(await statementChecks(s, new Uint8Array(16), own, trusted)), "a replayed statement");
+  assert.ok(!(await statementChecks(s, nonce, own, new Map())), "an untrusted key");
+  assert.throws(() => decodeStatement(Uint8Array.of(...fromHex(accounts.statement), 0)), Malformed);
+});

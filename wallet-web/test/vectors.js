@@ -1,0 +1,18 @@
+// The test vectors of the project's documents, read from the documents
+// themselves, so that the JS module is held to what a phone developer reads.
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+const root = fileURLToPath(new URL("../../", import.meta.url));
+
+/** Every `name hex` line of the document's vector block(s), by name; a
+ * document with several blocks gives the one at `index`. */
+export function vectors(doc, index = 0) {
+  const text = readFileSync(root + doc, "utf8");
+  const blocks = text.split("<!-- vectors:begin -->").slice(1).map((b) => b.split("<!-- vectors:end -->")[0]);
+  const block = blocks[index];
+  if (block === undefined) throw new Error(`${doc} has no vector block ${index}`);
+  return Object.fromEntries([...block.matchAll(/^([a-z_0-9]+)\s+([0-9a-f]+)$/gm)].map((m) => [m[1], m[2]]));
+}
+
+export const ROOT = root;
