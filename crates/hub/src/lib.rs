@@ -25,6 +25,7 @@ pub mod pgpass;
 pub mod phones;
 pub mod server;
 pub mod verify;
+pub mod wallet_web;
 
 use std::io;
 use std::path::{Path, PathBuf};

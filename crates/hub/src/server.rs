@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
@@ -745,6 +745,18 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// The rider's web wallet's files (`/wallet/…`, crate::wallet_web), or
+/// the API's not-found answer.
+async fn wallet_or_not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let wallet = matches!(method, Method::GET | Method::HEAD)
+        .then(|| crate::wallet_web::serve(&uri, &headers))
+        .flatten();
+    match wallet {
+        Some(response) => response,
+        None => not_found().await.into_response(),
+    }
+}
+
 /// The API routes over a hub.
 pub fn router(hub: Hub) -> Router {
     routes(Arc::new(
@@ -765,7 +777,8 @@ fn routes(shared: Shared) -> Router {
             "/v1/health",
             get(|| async { axum::Json(json!({ "ok": true })) }),
         )
-        .fallback(not_found)
+        .route("/wallet", get(crate::wallet_web::to_folder))
+        .fallback(wallet_or_not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
