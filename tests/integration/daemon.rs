@@ -28,10 +28,10 @@ const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
 const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
 
 /// The relay board: the test's end of a pty pair; sonotap opens the slave.
-type Relay = PtyDevice;
+pub(crate) type Relay = PtyDevice;
 
 /// What the test reads from a relay board: its 4-byte commands.
-trait RelayBoard {
+pub(crate) trait RelayBoard {
     /// The 4-byte commands received so far (kept, not consumed).
     fn commands(&self) -> Vec<[u8; 4]>;
     fn opens(&self) -> usize;
@@ -93,7 +93,7 @@ fn pay(w: &mut Wallet) -> Vec<u8> {
 /// configs in these tests give the QR decoder 1 s per frame: each token
 /// frame is written once (a phone stays in view for many), and the test
 /// machine may be busy.
-fn config(s: &Scratch, relay: &Relay, extra: &str) -> PathBuf {
+pub(crate) fn config(s: &Scratch, relay: &Relay, extra: &str) -> PathBuf {
     let text = format!(
         "data = \"r\"\nlog_level = \"sonotap=debug,info\"\n[actuator]\nprofile = \"ch340-relay\"\nport = \"{}\"\n[payment]\nfare = 100\n[metrics]\nlisten = \"\"\n{extra}",
         relay.port.display()
@@ -111,7 +111,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
         assert!(Instant::now() < deadline, "{what}: not within {within:?}");

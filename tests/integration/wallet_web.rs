@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::{HubProcess, Scratch};
+use crate::audio_capture::alsa_test_device;
+use crate::daemon::{Relay, RelayBoard, config, wait_for};
+use crate::util::{Daemon, HubProcess, Scratch, mkfifo, open_fifo, records, unsynced};
 
 #[test]
 fn the_web_wallets_node_tests_pass() {
@@ -163,4 +165,156 @@ fn issue19_hub_serve_serves_the_wallet_with_the_headers_an_offline_app_needs() {
         .expect("an answer");
     assert_eq!(posted.status().as_u16(), 404);
     let _ = posted.body_mut().read_to_string();
+}
+
+/// Runs one step of the browser phone (`wallet-web/test/browser/phone.mjs`):
+/// what the page showed, as JSON.
+fn phone(s: &Scratch, step: &[&str]) -> serde_json::Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("node")
+        .arg(root.join("wallet-web/test/browser/phone.mjs"))
+        .arg(s.path("phone-profile"))
+        .arg(s.path("shots"))
+        .args(step)
+        .current_dir(root.join("wallet-web"))
+        .output()
+        .expect("node runs the phone");
+    assert!(
+        out.status.success(),
+        "phone {step:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+/// A screenshot (any size up to 1280 × 720) centred in a 1280 × 720 Y8
+/// camera frame, grey around it.
+fn camera_frame(png: &Path) -> Vec<u8> {
+    let shot = image::open(png).expect("the screenshot").to_luma8();
+    let (w, h) = (1280usize, 720usize);
+    let (sw, sh) = (shot.width() as usize, shot.height() as usize);
+    assert!(sw <= w && sh <= h, "a {sw}x{sh} screenshot");
+    let mut frame = vec![128u8; w * h];
+    let (x0, y0) = ((w - sw) / 2, (h - sh) / 2);
+    for y in 0..sh {
+        frame[(y0 + y) * w + x0..(y0 + y) * w + x0 + sw]
+            .copy_from_slice(&shot.as_raw()[y * sw..(y + 1) * sw]);
+    }
+    frame
+}
+
+/// The whole life of a rider's phone in a real browser: the operator opens
+/// an account and makes a code; the page (served by a real `hub serve`)
+/// enrols and renews; offline, reloaded from its service worker, it pays
+/// by sound (what it played, fed to a real `sonotap run` through a
+/// file-backed ALSA device) and by QR code (a screenshot of the page as
+/// the camera frame), and the gate on a pseudo-terminal opens for each;
+/// the reader syncs; the page's statement shows both charges and the new
+/// balance.
+#[test]
+fn issue19_a_phone_in_a_real_browser_enrols_pays_by_sound_and_qr_offline_and_sees_its_statement() {
+    let s = Scratch::new();
+    s.ok(&["hub", "init", "--data", "hub"]);
+    s.reader_init("r", "gate-1", &[]);
+    s.register_reader("r", "gate-1");
+    s.ok(&[
+        "hub",
+        "account",
+        "new",
+        "rider-1",
+        "--data",
+        "hub",
+        "--offline-limit",
+        "1000",
+        "--per-payment",
+        "250",
+    ]);
+    s.ok(&[
+        "hub",
+        "account",
+        "credit",
+        "rider-1",
+        "3000",
+        "--reference",
+        "p1",
+        "--data",
+        "hub",
+    ]);
+    let code: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "hub", "account", "enroll", "rider-1", "--data", "hub", "--json",
+    ]))
+    .expect("json");
+    let code = code["code"].as_str().expect("a code").to_owned();
+    std::fs::create_dir_all(s.path("shots")).expect("shots");
+    let hub = HubProcess::start(&s, 0);
+    let wallet = format!("{}/wallet/", hub.url);
+
+    let home = phone(&s, &["enrol", &format!("{wallet}#enrol={code}")]);
+    assert_eq!(home["left"], "€10.00", "{home}");
+    let sound_wav = s.path("sound.wav");
+    let paid = phone(
+        &s,
+        &["pay-sound", &wallet, sound_wav.to_str().expect("path")],
+    );
+    assert_eq!(paid["left"], "€7.50", "{paid}");
+    let qr_png = s.path("qr.png");
+    let shown = phone(&s, &["pay-qr", &wallet, qr_png.to_str().expect("path")]);
+    assert_eq!(shown["left"], "€5.00", "{shown}");
+
+    // The microphone: what the page played, at the page's rate, captured
+    // at 48 kHz.
+    let mut reader = hound::WavReader::open(&sound_wav).expect("the page's sound");
+    let rate = reader.spec().sample_rate;
+    let played: Vec<f32> = reader
+        .samples::<i16>()
+        .map(|v| f32::from(v.expect("a sample")) / 32768.0)
+        .collect();
+    let heard = sonotap_modem::resample::resample(&played, f64::from(rate), 48_000.0);
+    let mut pcm: Vec<i16> = vec![0; 24_000];
+    pcm.extend(heard.iter().map(|v| (v * 20_000.0) as i16));
+    pcm.extend(std::iter::repeat_n(0, 96_000));
+    alsa_test_device(&s, "capture.raw", &pcm);
+
+    let mut relay = Relay::new();
+    mkfifo(&s.path("cam.y8"));
+    let cfg = config(
+        &s,
+        &relay,
+        &format!(
+            "[audio]\nsource = \"device\"\ndevice = \"sonotap_test\"\n[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\nwidth = 1280\nheight = 720\nformat = \"y8\"\n[hub]\nurl = \"{}\"\ninterval_secs = 1\ntimeout_secs = 5\n",
+            hub.url
+        ),
+    );
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    relay.wait_opens(1, Duration::from_secs(30));
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    let frame = camera_frame(&qr_png);
+    for _ in 0..3 {
+        fifo.write_all(&frame).expect("a frame");
+    }
+    relay.wait_opens(2, Duration::from_secs(30));
+    let recs = records(&s, "r");
+    assert_eq!(recs.len(), 2, "one record per payment");
+    assert!(recs.iter().all(|r| r.amount == 100));
+    wait_for("the hub acknowledges both", Duration::from_secs(30), || {
+        unsynced(&s, "r") == 0
+    });
+    drop(fifo);
+    daemon.stop();
+
+    let statement = phone(&s, &["statement", &wallet]);
+    assert_eq!(statement["balance"], "€28.00", "{statement}");
+    assert_eq!(
+        statement["entries"],
+        serde_json::json!(["charge", "charge", "top_up"]),
+        "{statement}"
+    );
+    // Each screen as the test saw it, for docs/wallet/ (README).
+    let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/wallet-web-screens");
+    std::fs::create_dir_all(&keep).expect("target/wallet-web-screens");
+    for screen in ["enrol", "home", "pay-sound", "pay-qr", "statement"] {
+        let name = format!("{screen}.png");
+        std::fs::copy(s.path("shots").join(&name), keep.join(&name)).expect("a screenshot");
+    }
 }

@@ -1,0 +1,144 @@
+// A phone for the end-to-end test (tests/integration/wallet_web.rs): real
+// headless Chromium, driven over the DevTools protocol by puppeteer-core,
+// showing the wallet a real `hub serve` serves. One step per run; the
+// browser profile (IndexedDB, the service worker's cache) lives in a
+// directory kept between runs, as a phone keeps its storage.
+//
+//   node phone.mjs PROFILE_DIR SHOTS_DIR STEP URL [OUT]
+//
+// STEP: enrol (URL carries #enrol=CODE) | pay-sound OUT.wav | pay-qr OUT.png
+// | statement. Paying runs offline (network emulation), after a reload
+// that the service worker must answer. Prints one JSON line of what the
+// page showed; exits 1 with the page's message when it refused.
+
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import puppeteer from "puppeteer-core";
+
+const [profile, shots, step, url, out] = process.argv.slice(2);
+
+const browser = await puppeteer.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  headless: true,
+  userDataDir: profile,
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+  ],
+});
+const timer = setTimeout(() => {
+  console.error(`${step}: no end within 60 s`);
+  process.exit(2);
+}, 60_000);
+
+try {
+  const page = await browser.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(e.message));
+  await page.setViewport({ width: 360, height: 640, deviceScaleFactor: 1 });
+  await page.emulateMediaFeatures([{ name: "prefers-color-scheme", value: "dark" }]);
+  await page.goto(url, { waitUntil: "networkidle0" });
+  const shown = () =>
+    page.evaluate(() => ({
+      message: document.getElementById("message").textContent,
+      error: document.getElementById("message").classList.contains("error"),
+      left: document.getElementById("left").textContent,
+    }));
+  // Until the page shows `id` (or, for "sound", has played), or says why not.
+  const settled = (id) =>
+    page.waitForFunction(
+      (what) =>
+        (what === "sound" ? globalThis.sonotapLastSound : !document.getElementById(what).hidden) ||
+        document.getElementById("message").classList.contains("error"),
+      { timeout: 20_000 },
+      id,
+    );
+  const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`) });
+  let result;
+  switch (step) {
+    case "enrol": {
+      await shot("enrol");
+      await page.click("#enrol-button");
+      await settled("home");
+      result = await shown();
+      await shot("home");
+      break;
+    }
+    case "pay-sound":
+    case "pay-qr": {
+      // The reader is offline from here; the page must come from the cache.
+      await page.waitForFunction(() => navigator.serviceWorker?.controller, { timeout: 20_000 });
+      await page.setOfflineMode(true);
+      await page.reload({ waitUntil: "load" });
+      await page.waitForFunction(() => !document.getElementById("home").hidden, { timeout: 20_000 });
+      if (step === "pay-sound") {
+        await page.click("#pay-sound");
+        await settled("sound");
+        const sound = await page.evaluate(() => ({
+          rate: globalThis.sonotapLastSound?.rate ?? 0,
+          samples: Array.from(globalThis.sonotapLastSound?.samples ?? []),
+        }));
+        writeFileSync(out, wav(sound.samples, sound.rate));
+        result = { ...(await shown()), rate: sound.rate, samples: sound.samples.length };
+        await shot("pay-sound");
+      } else {
+        await page.click("#pay-qr");
+        await page.waitForFunction(() => !document.getElementById("qr-screen").hidden, { timeout: 20_000 });
+        await new Promise((r) => setTimeout(r, 300));
+        await page.screenshot({ path: out });
+        result = await shown();
+        await shot("pay-qr");
+      }
+      break;
+    }
+    case "statement": {
+      await page.click("#show-statement");
+      await settled("statement");
+      result = {
+        ...(await shown()),
+        balance: await page.evaluate(() => document.getElementById("balance").textContent),
+        entries: await page.evaluate(() =>
+          [...document.querySelectorAll("#entries li")].map((li) => li.dataset.kind),
+        ),
+      };
+      await shot("statement");
+      break;
+    }
+    default:
+      throw new Error(`no step ${step}`);
+  }
+  result.problems = problems;
+  console.log(JSON.stringify(result));
+  clearTimeout(timer);
+  await browser.close();
+  process.exit(result.error || problems.length ? 1 : 0);
+} catch (e) {
+  console.error(`${step}: ${e.stack ?? e}`);
+  await browser.close();
+  process.exit(2);
+}
+
+/** 16-bit mono PCM WAV of samples in −1..1. */
+function wav(samples, rate) {
+  const data = Buffer.alloc(2 * samples.length);
+  samples.forEach((v, i) => data.writeInt16LE(Math.round(32767 * Math.max(-1, Math.min(1, v))), 2 * i));
+  const head = Buffer.alloc(44);
+  head.write("RIFF", 0);
+  head.writeUInt32LE(36 + data.length, 4);
+  head.write("WAVEfmt ", 8);
+  head.writeUInt32LE(16, 16);
+  head.writeUInt16LE(1, 20);
+  head.writeUInt16LE(1, 22);
+  head.writeUInt32LE(rate, 24);
+  head.writeUInt32LE(2 * rate, 28);
+  head.writeUInt16LE(2, 32);
+  head.writeUInt16LE(16, 34);
+  head.write("data", 36);
+  head.writeUInt32LE(data.length, 40);
+  return Buffer.concat([head, data]);
+}
