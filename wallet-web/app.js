@@ -30,6 +30,7 @@ const SAYS = {
   not_authenticated: "The hub did not accept this phone's request. Check the phone's clock and try again.",
   hub_unavailable: "The service is busy. Please try again in a moment.",
   bad_answer: "The hub's answer did not check out; nothing was changed.",
+  bad_amount: "Enter the amount to pay: at least 0.01.",
 };
 
 let state;
@@ -115,6 +116,8 @@ async function renew() {
   const same = state.credential && sonotap.equal(state.credential, renewed.credential.bytes);
   const next = {
     ...state,
+    // The hub's clock as last seen: payments offline are stamped with it.
+    hubOffsetMs,
     credential: renewed.credential.bytes,
     // A fresh credential starts a fresh running total (docs/protocol.md §3).
     total: same ? state.total : 0,
@@ -156,6 +159,7 @@ async function nextToken() {
   if (!state.credential) throw Object.assign(new Error("no credential"), { code: "no_credential" });
   const credential = sonotap.decodeCredential(state.credential);
   const amount = Math.round(Number($("fare").value) * 100);
+  if (!(amount >= 1)) throw Object.assign(new Error("amount"), { code: "bad_amount" });
   const terms = { amount, counter: state.counter + 1, totalBefore: state.total, timestamp: nowSeconds() };
   sonotap.checkPayment(credential, terms);
   const next = { ...state, counter: terms.counter, total: state.total + amount, fare: $("fare").value };
@@ -181,10 +185,14 @@ async function play(token, profile) {
   globalThis.sonotapLastSound = { rate: audio.sampleRate, samples };
 }
 
+/** How long the last tap took to its sound or code (ms), for the bench. */
+const timings = (globalThis.sonotapTimings = { sound: [], qr: [] });
+
 let wakeLock;
-async function showQr(token) {
+async function showQr(token, drawn) {
   drawQr($("qr"), qrModules(token));
   $("qr-screen").hidden = false;
+  drawn();
   try {
     await document.documentElement.requestFullscreen?.();
   } catch {
@@ -235,6 +243,7 @@ function action(button, run) {
 
 async function start() {
   state = await load();
+  hubOffsetMs = state?.hubOffsetMs ?? 0;
   if (!state) {
     const keys = await sonotap.generateKey();
     state = { keys, walletKey: await sonotap.publicBytes(keys.publicKey), trusted: [], credential: null, total: 0, counter: 0, enrolled: false };
@@ -246,15 +255,20 @@ async function start() {
   action($("renew"), renew);
   action($("show-statement"), statement);
   action($("pay-sound"), async () => {
+    const tapped = performance.now();
     lastToken = await nextToken();
     await play(lastToken, "fast");
+    timings.sound.push(performance.now() - tapped);
     $("pay-robust").disabled = false;
     say("Hold your phone to the reader.");
   });
   action($("pay-robust"), async () => {
     if (lastToken) await play(lastToken, "robust");
   });
-  action($("pay-qr"), async () => showQr(await nextToken()));
+  action($("pay-qr"), async () => {
+    const tapped = performance.now();
+    await showQr(await nextToken(), () => timings.qr.push(performance.now() - tapped));
+  });
   $("qr-done").addEventListener("click", hideQr);
   render();
   if ("serviceWorker" in navigator) navigator.serviceWorker.register("sw.js").catch(() => undefined);

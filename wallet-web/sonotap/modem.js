@@ -317,31 +317,61 @@ function checkPayload(payload) {
   }
 }
 
-/** `samples` at 48 kHz converted to `rate` Hz: a Blackman-windowed sinc,
- * 32 zero crossings either side, cut off at 95 % of the lower Nyquist
- * frequency, unity gain at DC (docs/modem.md §4's resampler). */
-export function resample(samples, rate) {
-  if (rate === RATE) return Float64Array.from(samples);
-  const step = RATE / rate;
+/** The resampling kernels from 48 kHz to `rate`, one per output phase:
+ * output i sits at input position i·48000/rate, whose fraction repeats
+ * every rate/gcd(48000, rate) outputs (147 for 44.1 kHz). */
+const kernels = new Map();
+function kernelsFor(rate) {
+  let cached = kernels.get(rate);
+  if (cached) return cached;
   const fc = 0.5 * 0.95 * Math.min(1, rate / RATE);
   const half = Math.ceil(32 / (2 * fc));
-  const out = new Float64Array(Math.round((samples.length * rate) / RATE));
-  for (let i = 0; i < out.length; i++) {
-    const at = i * step;
+  const period = rate / gcd(RATE, rate);
+  const weights = [];
+  for (let i = 0; i < period; i++) {
+    const at = (i * RATE) / rate;
     const base = Math.floor(at);
+    const w = new Float64Array(2 * half);
     let sum = 0;
-    let weight = 0;
-    for (let j = base - half + 1; j <= base + half; j++) {
-      const t = j - at;
+    for (let j = 0; j < 2 * half; j++) {
+      const t = base - half + 1 + j - at;
       const u = (-t / half + 1) / 2;
       if (u < 0 || u > 1) continue;
       const x = 2 * fc * t;
       const sinc = Math.abs(x) < 1e-12 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x);
-      const w = sinc * (0.42 - 0.5 * Math.cos(2 * Math.PI * u) + 0.08 * Math.cos(4 * Math.PI * u));
-      weight += w;
-      if (j >= 0 && j < samples.length) sum += samples[j] * w;
+      w[j] = sinc * (0.42 - 0.5 * Math.cos(2 * Math.PI * u) + 0.08 * Math.cos(4 * Math.PI * u));
+      sum += w[j];
     }
-    out[i] = sum / weight;
+    // Unity gain at DC for every phase.
+    for (let j = 0; j < w.length; j++) w[j] /= sum;
+    weights.push(w);
+  }
+  cached = { half, period, weights };
+  kernels.set(rate, cached);
+  return cached;
+}
+
+/** `samples` at 48 kHz converted to `rate` Hz (a whole number): a
+ * Blackman-windowed sinc, 32 zero crossings either side, cut off at 95 %
+ * of the lower Nyquist frequency, unity gain at DC (docs/modem.md §4's
+ * resampler). */
+export function resample(samples, rate) {
+  if (rate === RATE) return Float64Array.from(samples);
+  if (!Number.isInteger(rate) || rate < 8000 || rate > 768000) {
+    throw new RangeError(`an output rate of 8 to 768 kHz, not ${rate}`);
+  }
+  const { half, period, weights } = kernelsFor(rate);
+  const out = new Float64Array(Math.round((samples.length * rate) / RATE));
+  const n = samples.length;
+  for (let i = 0; i < out.length; i++) {
+    const base = Math.floor((i * RATE) / rate);
+    const w = weights[i % period];
+    const first = base - half + 1;
+    let sum = 0;
+    const from = Math.max(0, -first);
+    const to = Math.min(w.length, n - first);
+    for (let j = from; j < to; j++) sum += samples[first + j] * w[j];
+    out[i] = sum;
   }
   return out;
 }

@@ -69,6 +69,18 @@ pub static ASSETS: &[Asset] = &[
     asset!("sonotap/modem.js", JS),
 ];
 
+impl Asset {
+    /// Its size in bytes, as stored (the worker gets a build line more).
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Whether it is empty (none is).
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+}
+
 /// SHA-256 over every file, in [`ASSETS`] order: the build the worker names.
 fn build() -> &'static str {
     static BUILD: OnceLock<String> = OnceLock::new();

@@ -15,6 +15,8 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import puppeteer from "puppeteer-core";
 
+import { wav } from "../wav.js";
+
 const [profile, shots, step, url, out] = process.argv.slice(2);
 
 const browser = await puppeteer.launch({
@@ -123,22 +125,3 @@ try {
   process.exit(2);
 }
 
-/** 16-bit mono PCM WAV of samples in −1..1. */
-function wav(samples, rate) {
-  const data = Buffer.alloc(2 * samples.length);
-  samples.forEach((v, i) => data.writeInt16LE(Math.round(32767 * Math.max(-1, Math.min(1, v))), 2 * i));
-  const head = Buffer.alloc(44);
-  head.write("RIFF", 0);
-  head.writeUInt32LE(36 + data.length, 4);
-  head.write("WAVEfmt ", 8);
-  head.writeUInt32LE(16, 16);
-  head.writeUInt16LE(1, 20);
-  head.writeUInt16LE(1, 22);
-  head.writeUInt32LE(rate, 24);
-  head.writeUInt32LE(2 * rate, 28);
-  head.writeUInt16LE(2, 32);
-  head.writeUInt16LE(16, 34);
-  head.write("data", 36);
-  head.writeUInt32LE(data.length, 40);
-  return Buffer.concat([head, data]);
-}
