@@ -170,6 +170,7 @@ fn main() {
         .output()
         .expect("node runs the page");
     let _ = hub.kill();
+    let _ = hub.wait();
     assert!(
         run.status.success(),
         "bench.mjs: {}",
