@@ -5,7 +5,7 @@
 
 import * as sonotap from "./sonotap/index.js";
 import { drawQr, qrModules } from "./qr.js";
-import { load, save } from "./store.js";
+import { load, update } from "./store.js";
 
 const api = (path) => new URL(`../v1/${path}`, location.href);
 const $ = (id) => document.getElementById(id);
@@ -31,6 +31,9 @@ const SAYS = {
   hub_unavailable: "The service is busy. Please try again in a moment.",
   bad_answer: "The hub's answer did not check out; nothing was changed.",
   bad_amount: "Enter the amount to pay: at least 0.01.",
+  counter_used_up: "This phone has made all the payments one wallet key may make: please contact the operator.",
+  insecure: "This page must be opened over a secure (https) connection.",
+  no_sound: "This phone did not let the page play sound: tap Pay by sound again, or pay by QR code.",
 };
 
 let state;
@@ -61,8 +64,14 @@ function nowSeconds() {
 
 async function hubTime() {
   const started = Date.now();
-  const response = await fetch(api("time"), { cache: "no-store" });
-  const { unix_ms: hub } = await response.json();
+  let hub;
+  try {
+    const response = await fetch(api("time"), { cache: "no-store" });
+    hub = (await response.json()).unix_ms;
+  } catch {
+    throw Object.assign(new Error("offline"), { code: "offline" });
+  }
+  if (!Number.isFinite(hub)) throw Object.assign(new Error("time"), { code: "hub_unavailable" });
   hubOffsetMs = hub - Math.round((started + Date.now()) / 2);
   return Date.now() + hubOffsetMs;
 }
@@ -87,18 +96,23 @@ async function ask(kind, body) {
 }
 
 function trusted() {
-  return new Map(state.trusted.map(([id, key]) => [id, key]));
+  return new Map(state.trusted);
 }
 
 async function enrol(code) {
   const normal = sonotap.normaliseEnrolCode(code);
   const request = await sonotap.walletRequest({ kind: "enrol", code: normal }, state.keys, await hubTime());
   const answer = await ask("enrol", request.bytes);
-  if (state.trusted.length === 0 && answer.issuer_key) {
-    state.trusted = [[answer.issuer_key_id, sonotap.fromHex(answer.issuer_key)]];
-  }
-  state.enrolled = true;
-  await save(state);
+  // The issuer key the enrolment answer names (over the hub's TLS) is the
+  // one a first credential must verify under (docs/accounts.md §3.3).
+  const id = answer.issuer_key_id;
+  const key = typeof answer.issuer_key === "string" ? sonotap.fromHex(answer.issuer_key) : null;
+  const named = Number.isInteger(id) && id >= 0 && id <= 255 && key?.length === 32;
+  state = await update((cur) => ({
+    ...cur,
+    enrolled: true,
+    trusted: cur.trusted.length || !named ? cur.trusted : [[id, key]],
+  }));
   history.replaceState(null, "", location.pathname);
   await renew();
 }
@@ -113,19 +127,22 @@ async function renew() {
   } catch (e) {
     throw Object.assign(e, { code: "bad_answer" });
   }
-  const same = state.credential && sonotap.equal(state.credential, renewed.credential.bytes);
-  const next = {
-    ...state,
-    // The hub's clock as last seen: payments offline are stamped with it.
-    hubOffsetMs,
-    credential: renewed.credential.bytes,
-    // A fresh credential starts a fresh running total (docs/protocol.md §3).
-    total: same ? state.total : 0,
-    counter: Math.max(state.counter, renewed.note.highestCounter),
-    trusted: state.trusted.length ? state.trusted : [[issuer.keyId, issuer.key]],
-  };
-  await save(next);
-  state = next;
+  let same = false;
+  // Built on the stored record, under the lock: a payment in another tab
+  // or a moment ago keeps its counter (docs/protocol.md §3).
+  state = await update((cur) => {
+    same = Boolean(cur.credential) && sonotap.equal(cur.credential, renewed.credential.bytes);
+    return {
+      ...cur,
+      // The hub's clock as last seen: payments offline are stamped with it.
+      hubOffsetMs,
+      credential: renewed.credential.bytes,
+      // A fresh credential starts a fresh running total (§3).
+      total: same ? cur.total : 0,
+      counter: Math.max(cur.counter, renewed.note.highestCounter),
+      trusted: cur.trusted.length ? cur.trusted : [[issuer.keyId, issuer.key]],
+    };
+  });
   say(same ? "Your pass is up to date." : "Your pass is renewed.");
 }
 
@@ -154,25 +171,45 @@ async function statement() {
   if (s.state !== "open") say(SAYS[`account_${s.state}`], true);
 }
 
-/** Signs the next token, after its counter and running total are on disk. */
+/** Signs the next token, after its counter and running total are on
+ * disk: both are taken from the stored record under the lock, so no other
+ * tab or action can have used them. */
 async function nextToken() {
-  if (!state.credential) throw Object.assign(new Error("no credential"), { code: "no_credential" });
-  const credential = sonotap.decodeCredential(state.credential);
   const amount = Math.round(Number($("fare").value) * 100);
   if (!(amount >= 1)) throw Object.assign(new Error("amount"), { code: "bad_amount" });
-  const terms = { amount, counter: state.counter + 1, totalBefore: state.total, timestamp: nowSeconds() };
-  sonotap.checkPayment(credential, terms);
-  const next = { ...state, counter: terms.counter, total: state.total + amount, fare: $("fare").value };
-  await save(next);
-  state = next;
+  const fare = $("fare").value;
+  const timestamp = nowSeconds();
+  let terms;
+  state = await update((cur) => {
+    if (!cur.credential) throw Object.assign(new Error("no credential"), { code: "no_credential" });
+    if (cur.counter >= 0xffffffff) throw Object.assign(new Error("counter"), { code: "counter_used_up" });
+    terms = { amount, counter: cur.counter + 1, totalBefore: cur.total, timestamp };
+    sonotap.checkPayment(sonotap.decodeCredential(cur.credential), terms);
+    return { ...cur, counter: terms.counter, total: cur.total + amount, fare };
+  });
   render();
-  return sonotap.signTokenV1(credential, terms, 0, state.keys.privateKey);
+  const token = await sonotap.signTokenV1(sonotap.decodeCredential(state.credential), terms, 0, state.keys.privateKey);
+  // The last token signed, for the end-to-end tests (wallet-web/README.md).
+  globalThis.sonotapLastToken = sonotap.hex(token);
+  return token;
 }
 
 let audio;
-async function play(token, profile) {
+/** The audio output, made and resumed at the tap (a browser lets a page
+ * start sound only then); refused in words if it will not run. */
+function audioAtTap() {
   audio ??= new AudioContext();
-  await audio.resume();
+  const resumed = audio.resume();
+  return Promise.race([
+    resumed.then(() => audio),
+    new Promise((_, reject) =>
+      setTimeout(() => reject(Object.assign(new Error("sound"), { code: "no_sound" })), 2000),
+    ),
+  ]);
+}
+
+async function play(token, profile, output) {
+  const audio = await output;
   const frame = profile === "robust" ? sonotap.encodeRobust(token) : sonotap.encodeFast(token);
   const samples = Float32Array.from(sonotap.resample(frame, audio.sampleRate));
   const buffer = audio.createBuffer(1, samples.length, audio.sampleRate);
@@ -203,8 +240,8 @@ async function showQr(token, drawn) {
 
 function hideQr() {
   $("qr-screen").hidden = true;
-  wakeLock?.release();
-  if (document.fullscreenElement) document.exitFullscreen();
+  wakeLock?.release().catch(() => undefined);
+  if (document.fullscreenElement) document.exitFullscreen().catch(() => undefined);
 }
 
 function render() {
@@ -223,50 +260,73 @@ function render() {
   if (!$("fare").value) $("fare").value = state.fare ?? (c.perPaymentCap / 100).toFixed(2);
 }
 
-/** Runs a user's action, saying what went wrong in plain words. */
+const ACTIONS = ["enrol-button", "renew", "show-statement", "pay-sound", "pay-robust", "pay-qr"];
+
+/** Runs a user's action, one at a time (every action button waits), on
+ * the state as stored (another tab may have changed it), saying what went
+ * wrong in plain words. `run` gets what must start at the tap itself and
+ * the tap's time. */
 function action(button, run) {
-  button.addEventListener("click", async (event) => {
+  button.addEventListener("click", (event) => {
     event.preventDefault();
-    button.disabled = true;
-    try {
-      say("");
-      await run();
-    } catch (e) {
-      const code = e instanceof sonotap.Refused ? e.reason : e.code;
-      say(SAYS[code] ?? (e instanceof sonotap.Malformed ? e.message : `Something went wrong: ${e.message}`), true);
-    } finally {
-      button.disabled = false;
-      render();
-    }
+    const clicked = performance.now();
+    const atTap = button.id.startsWith("pay-") && button.id !== "pay-qr" ? audioAtTap() : null;
+    atTap?.catch(() => undefined);
+    const enabled = ACTIONS.map((id) => [id, $(id).disabled]);
+    for (const id of ACTIONS) $(id).disabled = true;
+    say("");
+    (async () => {
+      state = (await load()) ?? state;
+      await run(atTap, clicked);
+    })()
+      .catch((e) => {
+        const code = e instanceof sonotap.Refused ? e.reason : e.code;
+        const typed = e instanceof sonotap.Malformed && e.message.startsWith("enrolment code");
+        const text = typed ? e.message : e instanceof sonotap.Malformed ? SAYS.bad_answer : undefined;
+        say(SAYS[code] ?? text ?? `Something went wrong: ${e.message}`, true);
+      })
+      .finally(() => {
+        for (const [id, was] of enabled) $(id).disabled = was;
+        $("pay-robust").disabled = !lastToken;
+        try {
+          render();
+        } catch (e) {
+          say(`Something went wrong: ${e.message}`, true);
+        }
+      });
   });
 }
 
 async function start() {
+  if (!globalThis.isSecureContext || !globalThis.crypto?.subtle) {
+    say(SAYS.insecure, true);
+    return;
+  }
+  // Ask the browser not to clear the wallet's storage when space is short.
+  navigator.storage?.persist?.().catch(() => undefined);
   state = await load();
-  hubOffsetMs = state?.hubOffsetMs ?? 0;
   if (!state) {
     const keys = await sonotap.generateKey();
-    state = { keys, walletKey: await sonotap.publicBytes(keys.publicKey), trusted: [], credential: null, total: 0, counter: 0, enrolled: false };
-    await save(state);
+    const fresh = { keys, walletKey: await sonotap.publicBytes(keys.publicKey), trusted: [], credential: null, total: 0, counter: 0, enrolled: false };
+    // Another tab may have made the wallet meanwhile: its keys stay.
+    state = await update((cur) => cur ?? fresh);
   }
+  hubOffsetMs = state.hubOffsetMs ?? 0;
   const code = new URLSearchParams(location.hash.slice(1)).get("enrol");
   if (code) $("code").value = code;
   action($("enrol-button"), () => enrol($("code").value));
   action($("renew"), renew);
   action($("show-statement"), statement);
-  action($("pay-sound"), async () => {
-    const tapped = performance.now();
+  action($("pay-sound"), async (output, tapped) => {
     lastToken = await nextToken();
-    await play(lastToken, "fast");
+    await play(lastToken, "fast", output);
     timings.sound.push(performance.now() - tapped);
-    $("pay-robust").disabled = false;
     say("Hold your phone to the reader.");
   });
-  action($("pay-robust"), async () => {
-    if (lastToken) await play(lastToken, "robust");
+  action($("pay-robust"), async (output) => {
+    if (lastToken) await play(lastToken, "robust", output);
   });
-  action($("pay-qr"), async () => {
-    const tapped = performance.now();
+  action($("pay-qr"), async (_, tapped) => {
     await showQr(await nextToken(), () => timings.qr.push(performance.now() - tapped));
   });
   $("qr-done").addEventListener("click", hideQr);

@@ -1,9 +1,11 @@
 // Offline after the first visit: the wallet's files are cached when the
 // worker installs and served from the cache; requests to the hub's API
-// always go to the network. The hub appends a build line to this file
-// when it serves it, so a new build installs a new worker.
+// always go to the network. The hub appends a line naming its build
+// (`self.sonotapBuild`) when it serves this file, so a new build installs
+// a new worker with a cache of its own, and the old one's is dropped once
+// the new worker takes over (a page never mixes two builds' files).
 
-const CACHE = "sonotap-wallet";
+const cacheName = () => `sonotap-wallet-${self.sonotapBuild ?? "unbuilt"}`;
 const FILES = [
   "./",
   "index.html",
@@ -27,13 +29,20 @@ const FILES = [
 self.addEventListener("install", (event) => {
   event.waitUntil(
     caches
-      .open(CACHE)
+      .open(cacheName())
       .then((cache) => cache.addAll(FILES.map((f) => new Request(f, { cache: "no-cache" }))))
       .then(() => self.skipWaiting()),
   );
 });
 
-self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim()));
+self.addEventListener("activate", (event) =>
+  event.waitUntil(
+    caches
+      .keys()
+      .then((names) => Promise.all(names.filter((n) => n !== cacheName()).map((n) => caches.delete(n))))
+      .then(() => self.clients.claim()),
+  ),
+);
 
 self.addEventListener("fetch", (event) => {
   const url = new URL(event.request.url);
@@ -41,6 +50,9 @@ self.addEventListener("fetch", (event) => {
     return;
   }
   event.respondWith(
-    caches.match(event.request, { ignoreSearch: true }).then((hit) => hit ?? fetch(event.request)),
+    caches
+      .open(cacheName())
+      .then((cache) => cache.match(event.request, { ignoreSearch: true }))
+      .then((hit) => hit ?? fetch(event.request)),
   );
 });

@@ -142,7 +142,10 @@ fn issue19_hub_serve_serves_the_wallet_with_the_headers_an_offline_app_needs() {
         assert_eq!((status, h[0].as_str()), (200, kind), "{path}");
     }
     let (_, _, worker) = get("/wallet/sw.js", None);
-    assert!(worker.contains("// build "), "the worker names its build");
+    assert!(
+        worker.contains("self.sonotapBuild = \""),
+        "the worker names its build"
+    );
 
     // Only the wallet's own files, by exact path: no tests, no notes, no
     // climbing out of the folder, and not to other methods.
@@ -317,4 +320,65 @@ fn issue19_a_phone_in_a_real_browser_enrols_pays_by_sound_and_qr_offline_and_see
         let name = format!("{screen}.png");
         std::fs::copy(s.path("shots").join(&name), keep.join(&name)).expect("a screenshot");
     }
+}
+
+/// Regression (a review of the page): each tab kept the wallet's state in
+/// memory and counted on from it, so two tabs of one wallet (a browser tab
+/// beside the installed app) signed the same counter with other contents,
+/// which the hub takes for a clone. Every payment now takes its counter
+/// from the stored record under a lock all tabs share.
+#[test]
+fn issue19_two_tabs_of_one_wallet_paying_at_once_never_sign_the_same_counter() {
+    let s = Scratch::new();
+    s.ok(&["hub", "init", "--data", "hub"]);
+    s.ok(&[
+        "hub",
+        "account",
+        "new",
+        "rider-1",
+        "--data",
+        "hub",
+        "--offline-limit",
+        "1000",
+        "--per-payment",
+        "250",
+    ]);
+    s.ok(&[
+        "hub",
+        "account",
+        "credit",
+        "rider-1",
+        "3000",
+        "--reference",
+        "p1",
+        "--data",
+        "hub",
+    ]);
+    let code: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "hub", "account", "enroll", "rider-1", "--data", "hub", "--json",
+    ]))
+    .expect("json");
+    let code = code["code"].as_str().expect("a code").to_owned();
+    std::fs::create_dir_all(s.path("shots")).expect("shots");
+    let hub = HubProcess::start(&s, 0);
+    let wallet = format!("{}/wallet/", hub.url);
+    phone(&s, &["enrol", &format!("{wallet}#enrol={code}")]);
+    let shown = phone(&s, &["two-tabs", &wallet]);
+    let tokens: Vec<sonotap_protocol::token::Token> = shown["tokens"]
+        .as_array()
+        .expect("two tokens")
+        .iter()
+        .map(|t| {
+            let bytes = hex::decode(t.as_str().expect("hex")).expect("hex");
+            sonotap_protocol::token::Token::decode(&bytes).expect("a token")
+        })
+        .collect();
+    let (ta, tb) = (&tokens[0], &tokens[1]);
+    assert_ne!(
+        ta.payment.counter, tb.payment.counter,
+        "two tabs signed one counter: {shown}"
+    );
+    let mut totals = [ta.payment.total_before, tb.payment.total_before];
+    totals.sort_unstable();
+    assert_eq!(totals, [0, 250], "each counted the other's payment");
 }

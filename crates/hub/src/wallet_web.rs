@@ -4,8 +4,8 @@
 //! installable, offline web app needs (docs/sync.md §2.4): a content
 //! security policy that allows nothing but this origin, `no-cache` with an
 //! ETag (the service worker keeps the copy a phone uses offline), and the
-//! worker script marked with a hash of every file, so that any new build
-//! installs a new worker.
+//! worker script ending with a line naming a hash of every file, so that any
+//! new build installs a new worker with a cache of its own.
 
 use std::sync::OnceLock;
 
@@ -23,8 +23,8 @@ pub const PREFIX: &str = "/wallet/";
 /// What a page of the wallet may load and reach: its own files and the
 /// hub's API, nothing else; no inline script or style, no framing.
 pub const CONTENT_SECURITY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self'; manifest-src 'self'; worker-src 'self'; \
-     media-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+     img-src 'self'; connect-src 'self'; manifest-src 'self'; worker-src 'self'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// A file of the wallet.
 pub struct Asset {
@@ -95,13 +95,30 @@ fn build() -> &'static str {
     })
 }
 
-/// A file's body as served: the worker gets its build line.
-fn body(asset: &Asset) -> Vec<u8> {
-    let mut body = asset.body.to_vec();
-    if asset.path == "sw.js" {
-        body.extend_from_slice(format!("// build {}\n", build()).as_bytes());
-    }
-    body
+/// A file's body as served (the worker gets the line naming the build),
+/// and its ETag: made once, for every request after.
+fn served(asset: &Asset) -> &'static (Vec<u8>, String) {
+    static SERVED: OnceLock<Vec<(Vec<u8>, String)>> = OnceLock::new();
+    let all = SERVED.get_or_init(|| {
+        ASSETS
+            .iter()
+            .map(|a| {
+                let mut body = a.body.to_vec();
+                if a.path == "sw.js" {
+                    body.extend_from_slice(
+                        format!("self.sonotapBuild = \"{}\";\n", build()).as_bytes(),
+                    );
+                }
+                let tag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..12]));
+                (body, tag)
+            })
+            .collect()
+    });
+    let at = ASSETS
+        .iter()
+        .position(|a| std::ptr::eq(a, asset))
+        .unwrap_or_default();
+    &all[at]
 }
 
 /// `GET /wallet`: to the folder, where the page's relative links work.
@@ -115,8 +132,7 @@ pub fn serve(uri: &Uri, headers: &HeaderMap) -> Option<Response> {
     let path = uri.path().strip_prefix(PREFIX)?;
     let path = if path.is_empty() { "index.html" } else { path };
     let asset = ASSETS.iter().find(|a| a.path == path)?;
-    let body = body(asset);
-    let tag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..12]));
+    let (body, tag) = served(asset);
     let fixed = [
         (CACHE_CONTROL, "no-cache"),
         (CONTENT_SECURITY_POLICY, CONTENT_SECURITY),
@@ -125,7 +141,7 @@ pub fn serve(uri: &Uri, headers: &HeaderMap) -> Option<Response> {
     ];
     let mut response = match headers.get(IF_NONE_MATCH).map(HeaderValue::as_bytes) {
         Some(seen) if seen == tag.as_bytes() => StatusCode::NOT_MODIFIED.into_response(),
-        _ => ([(CONTENT_TYPE, asset.kind)], body).into_response(),
+        _ => ([(CONTENT_TYPE, asset.kind)], body.clone()).into_response(),
     };
     let out = response.headers_mut();
     for (name, value) in fixed {
@@ -139,7 +155,7 @@ pub fn serve(uri: &Uri, headers: &HeaderMap) -> Option<Response> {
         HeaderName::from_static("permissions-policy"),
         HeaderValue::from_static("camera=(), geolocation=(), microphone=(), payment=()"),
     );
-    if let Ok(tag) = HeaderValue::from_str(&tag) {
+    if let Ok(tag) = HeaderValue::from_str(tag) {
         out.insert(ETAG, tag);
     }
     Some(response)
@@ -182,10 +198,10 @@ mod tests {
 
     #[test]
     fn every_file_of_the_wallet_is_served_and_cached_by_its_worker() {
-        let mut served: Vec<String> = ASSETS.iter().map(|a| a.path.to_owned()).collect();
-        served.sort();
-        assert_eq!(served, app_files(), "ASSETS is wallet-web/'s app files");
-        let worker = String::from_utf8(body(&ASSETS[4])).expect("UTF-8");
+        let mut paths: Vec<String> = ASSETS.iter().map(|a| a.path.to_owned()).collect();
+        paths.sort();
+        assert_eq!(paths, app_files(), "ASSETS is wallet-web/'s app files");
+        let worker = String::from_utf8(served(&ASSETS[4]).0.clone()).expect("UTF-8");
         let mut cached: Vec<String> = worker
             .lines()
             .filter_map(|l| {
@@ -198,7 +214,7 @@ mod tests {
             .collect();
         cached.push("sw.js".into());
         cached.sort();
-        assert_eq!(cached, served, "sw.js caches every file but itself");
-        assert!(worker.ends_with(&format!("// build {}\n", build())));
+        assert_eq!(cached, paths, "sw.js caches every file but itself");
+        assert!(worker.ends_with(&format!("self.sonotapBuild = \"{}\";\n", build())));
     }
 }

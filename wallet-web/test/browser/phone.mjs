@@ -7,7 +7,8 @@
 //   node phone.mjs PROFILE_DIR SHOTS_DIR STEP URL [OUT]
 //
 // STEP: enrol (URL carries #enrol=CODE) | pay-sound OUT.wav | pay-qr OUT.png
-// | statement. Paying runs offline (network emulation), after a reload
+// | statement | two-tabs (two tabs of the one wallet pay by QR code at the
+// same moment; prints both tokens). Paying runs offline (network emulation), after a reload
 // that the service worker must answer. Prints one JSON line of what the
 // page showed; exits 1 with the page's message when it refused.
 
@@ -96,6 +97,26 @@ try {
         result = await shown();
         await shot("pay-qr");
       }
+      break;
+    }
+    case "two-tabs": {
+      const other = await browser.newPage();
+      await other.goto(url, { waitUntil: "networkidle0" });
+      for (const tab of [page, other]) {
+        await tab.waitForFunction(() => !document.getElementById("home").hidden, {
+          timeout: 20_000,
+          polling: 200,
+        });
+      }
+      // DOM clicks: a tab in the background gets no input events.
+      await Promise.all(
+        [page, other].map((tab) => tab.evaluate(() => document.getElementById("pay-qr").click())),
+      );
+      const signed = (tab) =>
+        tab
+          .waitForFunction(() => globalThis.sonotapLastToken, { timeout: 20_000, polling: 200 })
+          .then(() => tab.evaluate(() => globalThis.sonotapLastToken));
+      result = { ...(await shown()), tokens: await Promise.all([signed(page), signed(other)]) };
       break;
     }
     case "statement": {
