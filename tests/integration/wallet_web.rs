@@ -191,33 +191,11 @@ fn phone(s: &Scratch, step: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("one JSON line")
 }
 
-/// A screenshot (any size up to 1280 × 720) centred in a 1280 × 720 Y8
-/// camera frame, grey around it.
-fn camera_frame(png: &Path) -> Vec<u8> {
-    let shot = image::open(png).expect("the screenshot").to_luma8();
-    let (w, h) = (1280usize, 720usize);
-    let (sw, sh) = (shot.width() as usize, shot.height() as usize);
-    assert!(sw <= w && sh <= h, "a {sw}x{sh} screenshot");
-    let mut frame = vec![128u8; w * h];
-    let (x0, y0) = ((w - sw) / 2, (h - sh) / 2);
-    for y in 0..sh {
-        frame[(y0 + y) * w + x0..(y0 + y) * w + x0 + sw]
-            .copy_from_slice(&shot.as_raw()[y * sw..(y + 1) * sw]);
-    }
-    frame
-}
-
-/// The whole life of a rider's phone in a real browser: the operator opens
-/// an account and makes a code; the page (served by a real `hub serve`)
-/// enrols and renews; offline, reloaded from its service worker, it pays
-/// by sound (what it played, fed to a real `sonotap run` through a
-/// file-backed ALSA device) and by QR code (a screenshot of the page as
-/// the camera frame), and the gate on a pseudo-terminal opens for each;
-/// the reader syncs; the page's statement shows both charges and the new
-/// balance.
-#[test]
-fn issue19_a_phone_in_a_real_browser_enrols_pays_by_sound_and_qr_offline_and_sees_its_statement() {
-    let s = Scratch::new();
+/// A hub with reader `gate-1` registered, account `rider-1` (offline limit
+/// 10.00, 2.50 a payment, 30.00 paid in) and a `hub serve` on 127.0.0.1;
+/// the browser phone has enrolled with a code from `hub account enroll`
+/// and renewed. The hub, and the wallet's URL.
+fn enrolled_phone(s: &Scratch) -> (HubProcess, String) {
     s.ok(&["hub", "init", "--data", "hub"]);
     s.reader_init("r", "gate-1", &[]);
     s.register_reader("r", "gate-1");
@@ -252,9 +230,39 @@ fn issue19_a_phone_in_a_real_browser_enrols_pays_by_sound_and_qr_offline_and_see
     std::fs::create_dir_all(s.path("shots")).expect("shots");
     let hub = HubProcess::start(&s, 0);
     let wallet = format!("{}/wallet/", hub.url);
-
-    let home = phone(&s, &["enrol", &format!("{wallet}#enrol={code}")]);
+    let home = phone(s, &["enrol", &format!("{wallet}#enrol={code}")]);
     assert_eq!(home["left"], "€10.00", "{home}");
+    (hub, wallet)
+}
+
+/// A screenshot (any size up to 1280 × 720) centred in a 1280 × 720 Y8
+/// camera frame, grey around it.
+fn camera_frame(png: &Path) -> Vec<u8> {
+    let shot = image::open(png).expect("the screenshot").to_luma8();
+    let (w, h) = (1280usize, 720usize);
+    let (sw, sh) = (shot.width() as usize, shot.height() as usize);
+    assert!(sw <= w && sh <= h, "a {sw}x{sh} screenshot");
+    let mut frame = vec![128u8; w * h];
+    let (x0, y0) = ((w - sw) / 2, (h - sh) / 2);
+    for y in 0..sh {
+        frame[(y0 + y) * w + x0..(y0 + y) * w + x0 + sw]
+            .copy_from_slice(&shot.as_raw()[y * sw..(y + 1) * sw]);
+    }
+    frame
+}
+
+/// The whole life of a rider's phone in a real browser: the operator opens
+/// an account and makes a code; the page (served by a real `hub serve`)
+/// enrols and renews; offline, reloaded from its service worker, it pays
+/// by sound (what it played, fed to a real `sonotap run` through a
+/// file-backed ALSA device) and by QR code (a screenshot of the page as
+/// the camera frame), and the gate on a pseudo-terminal opens for each;
+/// the reader syncs; the page's statement shows both charges and the new
+/// balance.
+#[test]
+fn issue19_a_phone_in_a_real_browser_enrols_pays_by_sound_and_qr_offline_and_sees_its_statement() {
+    let s = Scratch::new();
+    let (hub, wallet) = enrolled_phone(&s);
     let sound_wav = s.path("sound.wav");
     let paid = phone(
         &s,
@@ -330,39 +338,7 @@ fn issue19_a_phone_in_a_real_browser_enrols_pays_by_sound_and_qr_offline_and_see
 #[test]
 fn issue19_two_tabs_of_one_wallet_paying_at_once_never_sign_the_same_counter() {
     let s = Scratch::new();
-    s.ok(&["hub", "init", "--data", "hub"]);
-    s.ok(&[
-        "hub",
-        "account",
-        "new",
-        "rider-1",
-        "--data",
-        "hub",
-        "--offline-limit",
-        "1000",
-        "--per-payment",
-        "250",
-    ]);
-    s.ok(&[
-        "hub",
-        "account",
-        "credit",
-        "rider-1",
-        "3000",
-        "--reference",
-        "p1",
-        "--data",
-        "hub",
-    ]);
-    let code: serde_json::Value = serde_json::from_str(&s.ok(&[
-        "hub", "account", "enroll", "rider-1", "--data", "hub", "--json",
-    ]))
-    .expect("json");
-    let code = code["code"].as_str().expect("a code").to_owned();
-    std::fs::create_dir_all(s.path("shots")).expect("shots");
-    let hub = HubProcess::start(&s, 0);
-    let wallet = format!("{}/wallet/", hub.url);
-    phone(&s, &["enrol", &format!("{wallet}#enrol={code}")]);
+    let (_hub, wallet) = enrolled_phone(&s);
     let shown = phone(&s, &["two-tabs", &wallet]);
     let tokens: Vec<sonotap_protocol::token::Token> = shown["tokens"]
         .as_array()

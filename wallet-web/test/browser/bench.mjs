@@ -9,25 +9,12 @@
 
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import puppeteer from "puppeteer-core";
 
 import { wav } from "../wav.js";
+import { launch } from "./chromium.js";
 
 const [profile, outDir, url, taps] = process.argv.slice(2);
-const browser = await puppeteer.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  headless: true,
-  userDataDir: profile,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launch(profile);
 const page = await browser.newPage();
 await page.setViewport({ width: 360, height: 640 });
 const cdp = await page.createCDPSession();

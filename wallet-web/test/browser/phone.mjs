@@ -14,26 +14,13 @@
 
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import puppeteer from "puppeteer-core";
 
 import { wav } from "../wav.js";
+import { launch } from "./chromium.js";
 
 const [profile, shots, step, url, out] = process.argv.slice(2);
 
-const browser = await puppeteer.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  headless: true,
-  userDataDir: profile,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launch(profile);
 const timer = setTimeout(() => {
   console.error(`${step}: no end within 60 s`);
   process.exit(2);
