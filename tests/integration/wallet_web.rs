@@ -228,7 +228,7 @@ fn enrolled_phone(s: &Scratch) -> (HubProcess, String) {
     .expect("json");
     let code = code["code"].as_str().expect("a code").to_owned();
     std::fs::create_dir_all(s.path("shots")).expect("shots");
-    let hub = HubProcess::start(&s, 0);
+    let hub = HubProcess::start(s, 0);
     let wallet = format!("{}/wallet/", hub.url);
     let home = phone(s, &["enrol", &format!("{wallet}#enrol={code}")]);
     assert_eq!(home["left"], "€10.00", "{home}");
