@@ -13,22 +13,50 @@ use crate::audio_capture::alsa_test_device;
 use crate::daemon::{Relay, RelayBoard, config, wait_for};
 use crate::util::{Daemon, HubProcess, Scratch, mkfifo, open_fifo, records, unsynced};
 
-#[test]
-fn the_web_wallets_node_tests_pass() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // Its one npm package (the QR renderer the wallet vendors, checked
-    // against the installed one), as package-lock.json pins it.
-    if !root
-        .join("wallet-web/node_modules/qrcode-generator")
-        .is_dir()
-    {
+/// Installs wallet-web/'s npm packages as package-lock.json pins them (the
+/// QR renderer the wallet vendors, checked against the installed one, and
+/// puppeteer-core for the browser tests), once per test run and before any
+/// test that needs them: a fresh clone has none.
+fn npm_ready() {
+    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    READY.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let lock = std::fs::read(root.join("wallet-web/package-lock.json")).expect("the lock");
+        let installed = std::fs::read(root.join("wallet-web/node_modules/.package-lock.json"));
+        if installed.is_ok_and(|i| same_packages(&i, &lock)) {
+            return;
+        }
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--prefix", "wallet-web"])
             .current_dir(root)
             .status()
             .unwrap_or_else(|e| panic!("npm (with node 20 or newer) is needed: {e}"));
         assert!(status.success(), "npm ci in wallet-web/ failed");
-    }
+    });
+}
+
+/// Whether npm's record of what it installed names the lock's packages at
+/// the lock's versions.
+fn same_packages(installed: &[u8], lock: &[u8]) -> bool {
+    let packages = |bytes: &[u8]| -> Option<Vec<(String, Option<serde_json::Value>)>> {
+        let all: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let mut list: Vec<_> = all
+            .get("packages")?
+            .as_object()?
+            .iter()
+            .filter(|(name, _)| !name.is_empty())
+            .map(|(name, p)| (name.clone(), p.get("version").cloned()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(list)
+    };
+    matches!((packages(installed), packages(lock)), (Some(a), Some(b)) if a == b)
+}
+
+#[test]
+fn the_web_wallets_node_tests_pass() {
+    npm_ready();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tests: Vec<_> = std::fs::read_dir(root.join("wallet-web/test"))
         .expect("wallet-web/test")
         .map(|e| e.expect("a directory entry").path())
@@ -173,6 +201,7 @@ fn issue19_hub_serve_serves_the_wallet_with_the_headers_an_offline_app_needs() {
 /// Runs one step of the browser phone (`wallet-web/test/browser/phone.mjs`):
 /// what the page showed, as JSON.
 fn phone(s: &Scratch, step: &[&str]) -> serde_json::Value {
+    npm_ready();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("node")
         .arg(root.join("wallet-web/test/browser/phone.mjs"))
