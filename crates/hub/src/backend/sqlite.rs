@@ -245,9 +245,9 @@ static MIGRATIONS: [M<'static>; 7] = [
         CREATE INDEX suspensions_by_wallet ON suspensions (wallet_id);",
     ),
     // Issue 18: riders' accounts (docs/accounts.md). A balance is the sum
-    // of its account's entries (charges in `payments` from schema 7); nothing here is ever updated but an
-    // account's state (with a row in `account_events` for each change)
-    // and a code's use.
+    // of its account's entries (its charges are rows of `payments` from
+    // schema 7); nothing here is ever updated but an account's state (with
+    // a row in `account_events` for each change) and a code's use.
     M::up(
         "CREATE TABLE accounts (
             account_id TEXT PRIMARY KEY,
