@@ -127,23 +127,33 @@ async function renew() {
   } catch (e) {
     throw Object.assign(e, { code: "bad_answer" });
   }
-  let same = false;
+  // An answer older than the pass in use (a replayed one) is refused
+  // inside the update below, and said as `bad_answer`.
+  let choice;
   // Built on the stored record, under the lock: a payment in another tab
   // or a moment ago keeps its counter (docs/protocol.md §3).
   state = await update((cur) => {
-    same = Boolean(cur.credential) && sonotap.equal(cur.credential, renewed.credential.bytes);
+    const current = cur.credential ? sonotap.decodeCredential(cur.credential) : null;
+    choice = sonotap.credentialAfterRenewal(current, cur.total, renewed.credential);
+    const install = choice === "offered";
     return {
       ...cur,
       // The hub's clock as last seen: payments offline are stamped with it.
       hubOffsetMs,
-      credential: renewed.credential.bytes,
+      credential: install ? renewed.credential.bytes : cur.credential,
       // A fresh credential starts a fresh running total (§3).
-      total: same ? cur.total : 0,
+      total: install ? 0 : cur.total,
       counter: Math.max(cur.counter, renewed.note.highestCounter),
       trusted: cur.trusted.length ? cur.trusted : [[issuer.keyId, issuer.key]],
     };
   });
-  say(same ? "Your pass is up to date." : "Your pass is renewed.");
+  say(
+    {
+      same: "Your pass is up to date.",
+      current: "You have more left on your current pass than a new one would give: it stays in use.",
+      offered: "Your pass is renewed.",
+    }[choice],
+  );
 }
 
 async function statement() {
@@ -282,7 +292,8 @@ function action(button, run) {
       .catch((e) => {
         const code = e instanceof sonotap.Refused ? e.reason : e.code;
         const typed = e instanceof sonotap.Malformed && e.message.startsWith("enrolment code");
-        const text = typed ? e.message : e instanceof sonotap.Malformed ? SAYS.bad_answer : undefined;
+        const unsound = e instanceof sonotap.Malformed || e instanceof sonotap.NotInstalled;
+        const text = typed ? e.message : unsound ? SAYS.bad_answer : undefined;
         say(SAYS[code] ?? text ?? `Something went wrong: ${e.message}`, true);
       })
       .finally(() => {

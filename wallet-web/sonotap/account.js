@@ -115,6 +115,29 @@ export async function checkRenewed({ credential, note }, ownKey, trusted) {
   return { keyId: note.issuerKeyId, key: note.issuerKey };
 }
 
+/** A renewal that grants less than the current credential has left is set
+ * aside while the current one is valid this much longer (seconds after the
+ * new credential's start), as the CLI wallet does. */
+export const KEEP_CURRENT_SECS = 3600 + 300;
+
+/** Which credential a wallet uses after a checked renewal answer, from
+ * what only the phone knows (docs/accounts.md §2): `"same"` (the one in
+ * use again: keep its running total), `"current"` (the offer grants less
+ * than the current one has left and the current one lasts more than
+ * another hour: keep it; the note still moves the counter) or `"offered"`
+ * (install it, with a fresh running total). An offer older than the
+ * credential in use (a replayed answer) is refused. */
+export function credentialAfterRenewal(current, runningTotal, offered) {
+  if (!current) return "offered";
+  if (equal(current.bytes, offered.bytes)) return "same";
+  if (offered.validFrom < current.validFrom) {
+    throw new NotInstalled("the hub offered a credential older than the one in use");
+  }
+  const left = Math.max(0, current.offlineLimit - runningTotal);
+  const lasts = current.validUntil > offered.validFrom + KEEP_CURRENT_SECS;
+  return lasts && left > offered.offlineLimit ? "current" : "offered";
+}
+
 export const EntryKind = Object.freeze({ 1: "top_up", 2: "charge", 3: "void", 4: "adjustment" });
 export const AccountState = Object.freeze({ 1: "open", 2: "suspended", 3: "closed" });
 export const STATEMENT_PAGE = 100;

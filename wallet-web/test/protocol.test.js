@@ -8,6 +8,7 @@ import {
   Malformed,
   Refused,
   checkRenewed,
+  credentialAfterRenewal,
   credentialDigest,
   decodeCredential,
   decodeRenewed,
@@ -162,4 +163,23 @@ test("a statement of docs/accounts.md §3.5 decodes and checks", async () => {
   assert.ok(!(await statementChecks(s, new Uint8Array(16), own, trusted)), "a replayed statement");
   assert.ok(!(await statementChecks(s, nonce, own, new Map())), "an untrusted key");
   assert.throws(() => decodeStatement(Uint8Array.of(...fromHex(accounts.statement), 0)), Malformed);
+});
+
+test("after a renewal the wallet keeps what leaves it more (docs/accounts.md §2)", () => {
+  const base = fromHex(protocol.credential); // limit 5000, from 1800000000 for 72 h
+  const variant = (limit, validFrom) => {
+    const bytes = Uint8Array.from(base);
+    new DataView(bytes.buffer).setUint32(37, limit);
+    new DataView(bytes.buffer).setUint32(45, validFrom);
+    return decodeCredential(bytes);
+  };
+  const current = decodeCredential(base);
+  const later = 1800000000 + 3600;
+  assert.equal(credentialAfterRenewal(null, 0, current), "offered", "a first credential");
+  assert.equal(credentialAfterRenewal(current, 1000, decodeCredential(base)), "same");
+  assert.equal(credentialAfterRenewal(current, 1000, variant(3000, later)), "current", "4000 left beats 3000");
+  assert.equal(credentialAfterRenewal(current, 3000, variant(3000, later)), "offered", "2000 left does not");
+  const nearEnd = 1800000000 + 72 * 3600 - 3000;
+  assert.equal(credentialAfterRenewal(current, 1000, variant(3000, nearEnd)), "offered", "the current one ends within the hour");
+  assert.throws(() => credentialAfterRenewal(current, 0, variant(5000, 1799990000)), /older than the one in use/);
 });
