@@ -272,10 +272,10 @@ function render() {
 
 const ACTIONS = ["enrol-button", "renew", "show-statement", "pay-sound", "pay-robust", "pay-qr"];
 
-/** Runs a user's action, one at a time (every action button waits), on
- * the state as stored (another tab may have changed it), saying what went
- * wrong in plain words. `run` gets what must start at the tap itself and
- * the tap's time. */
+/** Runs a user's action, one at a time (every action button waits),
+ * saying what went wrong in plain words. What it changes it reads from the
+ * store under the lock (`update`), so another tab's changes count; `run`
+ * gets what must start at the tap itself and the tap's time. */
 function action(button, run) {
   button.addEventListener("click", (event) => {
     event.preventDefault();
@@ -285,10 +285,7 @@ function action(button, run) {
     const enabled = ACTIONS.map((id) => [id, $(id).disabled]);
     for (const id of ACTIONS) $(id).disabled = true;
     say("");
-    (async () => {
-      state = (await load()) ?? state;
-      await run(atTap, clicked);
-    })()
+    run(atTap, clicked)
       .catch((e) => {
         const code = e instanceof sonotap.Refused ? e.reason : e.code;
         const typed = e instanceof sonotap.Malformed && e.message.startsWith("enrolment code");
@@ -341,6 +338,12 @@ async function start() {
     await showQr(await nextToken(), () => timings.qr.push(performance.now() - tapped));
   });
   $("qr-done").addEventListener("click", hideQr);
+  // Back from another tab or app: show what the store holds now.
+  document.addEventListener("visibilitychange", async () => {
+    if (document.visibilityState !== "visible") return;
+    state = (await load().catch(() => undefined)) ?? state;
+    render();
+  });
   render();
   if ("serviceWorker" in navigator) navigator.serviceWorker.register("sw.js").catch(() => undefined);
 }

@@ -9,6 +9,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+#[cfg(feature = "ca")]
+pub mod ca;
 pub mod fsutil;
 pub mod keys;
 pub mod sqlite;

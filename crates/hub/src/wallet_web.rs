@@ -95,9 +95,9 @@ fn build() -> &'static str {
     })
 }
 
-/// A file's body as served (the worker gets the line naming the build),
-/// and its ETag: made once, for every request after.
-fn served(asset: &Asset) -> &'static (Vec<u8>, String) {
+/// The body of [`ASSETS`]`[at]` as served (the worker gets the line naming
+/// the build), and its ETag: made once, for every request after.
+fn served(at: usize) -> &'static (Vec<u8>, String) {
     static SERVED: OnceLock<Vec<(Vec<u8>, String)>> = OnceLock::new();
     let all = SERVED.get_or_init(|| {
         ASSETS
@@ -114,10 +114,6 @@ fn served(asset: &Asset) -> &'static (Vec<u8>, String) {
             })
             .collect()
     });
-    let at = ASSETS
-        .iter()
-        .position(|a| std::ptr::eq(a, asset))
-        .unwrap_or_default();
     &all[at]
 }
 
@@ -131,8 +127,8 @@ pub async fn to_folder() -> Response {
 pub fn serve(uri: &Uri, headers: &HeaderMap) -> Option<Response> {
     let path = uri.path().strip_prefix(PREFIX)?;
     let path = if path.is_empty() { "index.html" } else { path };
-    let asset = ASSETS.iter().find(|a| a.path == path)?;
-    let (body, tag) = served(asset);
+    let at = ASSETS.iter().position(|a| a.path == path)?;
+    let (asset, (body, tag)) = (&ASSETS[at], served(at));
     let fixed = [
         (CACHE_CONTROL, "no-cache"),
         (CONTENT_SECURITY_POLICY, CONTENT_SECURITY),
@@ -201,7 +197,11 @@ mod tests {
         let mut paths: Vec<String> = ASSETS.iter().map(|a| a.path.to_owned()).collect();
         paths.sort();
         assert_eq!(paths, app_files(), "ASSETS is wallet-web/'s app files");
-        let worker = String::from_utf8(served(&ASSETS[4]).0.clone()).expect("UTF-8");
+        let worker = ASSETS
+            .iter()
+            .position(|a| a.path == "sw.js")
+            .expect("sw.js");
+        let worker = String::from_utf8(served(worker).0.clone()).expect("UTF-8");
         let mut cached: Vec<String> = worker
             .lines()
             .filter_map(|l| {

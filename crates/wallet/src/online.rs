@@ -491,25 +491,10 @@ fn millis(d: Duration) -> u64 {
 
 /// The certificates of a PEM file.
 fn read_ca(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, OnlineError> {
-    let ca_err = |detail: String| OnlineError::Ca {
+    sonotap_disk::ca::read_ca_bundle(path).map_err(|detail| OnlineError::Ca {
         path: path.into(),
         detail,
-    };
-    // A CA bundle is at most a few hundred KiB; a FIFO or a device is refused unread.
-    let pem = sonotap_disk::fsutil::read_regular_file_capped(path, 4 << 20)
-        .map_err(|e| ca_err(e.to_string()))?;
-    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| ca_err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(ca_err("no certificate in the file".into()));
-    }
-    Ok(certs)
+    })
 }
 
 #[cfg(test)]

@@ -131,24 +131,10 @@ impl HubClient {
     pub fn new(urls: &HubUrls, ca: Option<&Path>, timeout: Duration) -> Result<Self, SyncError> {
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(path) = ca {
-            let ca_err = |detail: String| SyncError::Ca {
+            let certs = sonotap_disk::ca::read_ca_bundle(path).map_err(|detail| SyncError::Ca {
                 path: path.display().to_string(),
                 detail,
-            };
-            // A CA bundle is at most a few hundred KiB; a FIFO or a device is refused unread.
-            let pem = sonotap_disk::fsutil::read_regular_file_capped(path, 4 << 20)
-                .map_err(|e| ca_err(e.to_string()))?;
-            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<Result<_, _>>()
-                .map_err(|e| ca_err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ca_err("no certificate in the file".into()));
-            }
+            })?;
             tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
         }
         let agent = ureq::Agent::config_builder()

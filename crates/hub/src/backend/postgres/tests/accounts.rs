@@ -426,11 +426,36 @@ struct Phone {
     total: u32,
 }
 
-/// Runs `steps` on a hub: honest phones pay what their credential allows,
-/// readers sync before the clock moves on (within the settle window), and
-/// after every step what the live credentials could still spend stays
-/// within balance plus credit line; at the end, nothing is in debt.
-fn keeps_the_rule(hub: &mut Hub, credit_line: u64, steps: &[Step]) {
+impl Phone {
+    /// Renews phone `seed`: a new credential starts a fresh running total.
+    fn renew(&mut self, hub: &mut Hub, seed: u8, at: u64) -> Result<(), Refusal> {
+        let c = renew(hub, seed, at)?;
+        if Some(c) != self.credential {
+            self.credential = Some(c);
+            self.total = 0;
+        }
+        Ok(())
+    }
+
+    /// A token for `amount` if its credential allows it at `at` (an honest
+    /// phone signs nothing a reader would decline).
+    fn pay(&mut self, seed: u8, amount: u32, at: u64) -> Option<Vec<u8>> {
+        let c = self.credential?;
+        let t = &c.terms;
+        let valid = NOW + at < t.valid_until();
+        if !(valid && amount <= t.per_payment_cap && self.total + amount <= t.offline_limit) {
+            return None;
+        }
+        self.counter += 1;
+        let token = pay(&c, seed, amount, self.counter, self.total);
+        self.total += amount;
+        Some(token)
+    }
+}
+
+/// Gate-1, the account with `credit_line`, and phones 1 and 2 enrolled in
+/// it: the start of both property tests.
+fn two_enrolled_phones(hub: &mut Hub, credit_line: u64) -> [u8; 2] {
     hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
         .unwrap();
     hub.open_account(&account(credit_line)).unwrap();
@@ -439,6 +464,21 @@ fn keeps_the_rule(hub: &mut Hub, credit_line: u64, steps: &[Step]) {
         let code = code(hub, 3600);
         enrol(hub, seed, &code, 1).unwrap();
     }
+    seeds
+}
+
+/// The operator's `n`th money movement (a top-up or an adjustment).
+fn operator_entry(hub: &mut Hub, kind: EntryKind, amount: i64, n: u32, at: u64) {
+    hub.credit_account(ACCOUNT, kind, amount, &format!("t{n}"), "", NOW + at)
+        .unwrap();
+}
+
+/// Runs `steps` on a hub: honest phones pay what their credential allows,
+/// readers sync before the clock moves on (within the settle window), and
+/// after every step what the live credentials could still spend stays
+/// within balance plus credit line; at the end, nothing is in debt.
+fn keeps_the_rule(hub: &mut Hub, credit_line: u64, steps: &[Step]) {
+    let seeds = two_enrolled_phones(hub, credit_line);
     let mut phones = [Phone::default(), Phone::default()];
     let mut at = 10;
     let mut pending: Vec<(u32, Vec<u8>)> = Vec::new();
@@ -466,33 +506,14 @@ fn keeps_the_rule(hub: &mut Hub, credit_line: u64, steps: &[Step]) {
         match *step {
             Step::TopUp(amount) => {
                 top_ups += 1;
-                hub.credit_account(
-                    ACCOUNT,
-                    EntryKind::TopUp,
-                    amount,
-                    &format!("t{top_ups}"),
-                    "",
-                    NOW + at,
-                )
-                .unwrap();
+                operator_entry(hub, EntryKind::TopUp, amount, top_ups, at);
             }
-            Step::Renew(p) => match renew(hub, seeds[p], at) {
-                Ok(c) if Some(c) != phones[p].credential => {
-                    phones[p].credential = Some(c);
-                    phones[p].total = 0;
-                }
-                Ok(_) | Err(Refusal::NoAllowance { .. }) => {}
+            Step::Renew(p) => match phones[p].renew(hub, seeds[p], at) {
+                Ok(()) | Err(Refusal::NoAllowance { .. }) => {}
                 Err(other) => panic!("renewal refused: {other:?}"),
             },
             Step::Pay(p, amount) => {
-                let phone = &mut phones[p];
-                let Some(c) = phone.credential else { continue };
-                let t = &c.terms;
-                let valid = NOW + at < t.valid_until();
-                if valid && amount <= t.per_payment_cap && phone.total + amount <= t.offline_limit {
-                    phone.counter += 1;
-                    let token = pay(&c, seeds[p], amount, phone.counter, phone.total);
-                    phone.total += amount;
+                if let Some(token) = phones[p].pay(seeds[p], amount, at) {
                     pending.push((amount, token));
                 }
             }
@@ -600,14 +621,7 @@ fn rough() -> impl Strategy<Value = Rough> {
 /// and only some batches look for debt (docs/accounts.md §4), so this is
 /// what keeps that honest.
 fn catches_every_debt(hub: &mut Hub, credit_line: u64, steps: &[Rough]) {
-    hub.add_reader("gate-1", &public(Role::Reader, READER_1), NOW)
-        .unwrap();
-    hub.open_account(&account(credit_line)).unwrap();
-    let seeds = [PHONE_1, PHONE_2];
-    for seed in seeds {
-        let code = code(hub, 3600);
-        enrol(hub, seed, &code, 1).unwrap();
-    }
+    let seeds = two_enrolled_phones(hub, credit_line);
     let mut phones = [Phone::default(), Phone::default()];
     // Each phone's last charge on the reader, not voided yet.
     let mut last: [Option<(u32, Vec<u8>)>; 2] = [None, None];
@@ -645,35 +659,13 @@ fn catches_every_debt(hub: &mut Hub, credit_line: u64, steps: &[Rough]) {
         match step {
             Rough::Honest(Step::TopUp(amount)) => {
                 top_ups += 1;
-                hub.credit_account(
-                    ACCOUNT,
-                    EntryKind::TopUp,
-                    *amount,
-                    &format!("t{top_ups}"),
-                    "",
-                    NOW + at,
-                )
-                .unwrap();
+                operator_entry(hub, EntryKind::TopUp, *amount, top_ups, at);
                 expected += amount;
             }
-            Rough::Honest(Step::Renew(p)) => match renew(hub, seeds[*p], at) {
-                Ok(c) if Some(c) != phones[*p].credential => {
-                    phones[*p].credential = Some(c);
-                    phones[*p].total = 0;
-                }
-                // Clones get phones denied and accounts suspended.
-                Ok(_) | Err(_) => {}
-            },
+            // Clones get phones denied and accounts suspended: any answer.
+            Rough::Honest(Step::Renew(p)) => drop(phones[*p].renew(hub, seeds[*p], at)),
             Rough::Honest(Step::Pay(p, amount)) => {
-                let phone = &mut phones[*p];
-                let Some(c) = phone.credential else { continue };
-                let t = &c.terms;
-                let valid = NOW + at < t.valid_until();
-                if valid && *amount <= t.per_payment_cap && phone.total + amount <= t.offline_limit
-                {
-                    phone.counter += 1;
-                    let token = pay(&c, seeds[*p], *amount, phone.counter, phone.total);
-                    phone.total += amount;
+                if let Some(token) = phones[*p].pay(seeds[*p], *amount, at) {
                     last[*p] = Some((*amount, token.clone()));
                     pending.push((RecordKind::Charge, *amount, token));
                 }
@@ -700,15 +692,7 @@ fn catches_every_debt(hub: &mut Hub, credit_line: u64, steps: &[Rough]) {
             Rough::Hold(secs) => at += secs,
             Rough::Adjust(amount) => {
                 top_ups += 1;
-                hub.credit_account(
-                    ACCOUNT,
-                    EntryKind::Adjustment,
-                    -amount,
-                    &format!("t{top_ups}"),
-                    "",
-                    NOW + at,
-                )
-                .unwrap();
+                operator_entry(hub, EntryKind::Adjustment, -amount, top_ups, at);
                 expected -= amount;
             }
         }
