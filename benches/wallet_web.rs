@@ -12,7 +12,9 @@
 //! 3. the page's own sounds, exactly as it played them, sent through the
 //!    channel simulator at the fast profile's gate conditions (docs/modem.md
 //!    §5), side by side with the Rust encoder's frames of the same tokens
-//!    through the same channels and seeds.
+//!    through the same channels and seeds;
+//! 4. what listening for a gate's beacon costs: the page's decoder on 20 s
+//!    of noise at 48 and 44.1 kHz, as a share of one core.
 //!
 //! Run: `cargo bench --bench wallet_web -- [--taps N] [--seeds S]`
 //! (defaults 30 taps, 4 seeds per sound and condition).
@@ -196,6 +198,15 @@ fn main() {
     };
     common::summary("tap to the sound's start", "ms", ms("sound"));
     common::summary("tap to the QR code drawn", "ms", ms("qr"));
+    for rate in ["48000", "44100"] {
+        let share = figures["listening_core_share"][rate]
+            .as_f64()
+            .expect("a share");
+        println!(
+            "listening for a gate at {rate} Hz: the page's beacon decoder takes {:.1}% of one core",
+            100.0 * share
+        );
+    }
 
     // The page's sounds and the Rust encoder's, through the same channels.
     let page: Vec<(Vec<f32>, u32, Vec<u8>)> = (0..taps)

@@ -30,15 +30,24 @@ const SAYS = {
   not_authenticated: "The hub did not accept this phone's request. Check the phone's clock and try again.",
   hub_unavailable: "The service is busy. Please try again in a moment.",
   bad_answer: "The hub's answer did not check out; nothing was changed.",
-  bad_amount: "Enter the amount to pay: at least 0.01.",
+  bad_amount: "Enter the amount to pay.",
   counter_used_up: "This phone has made all the payments one wallet key may make: please contact the operator.",
   insecure: "This page must be opened over a secure (https) connection.",
   no_sound: "This phone did not let the page play sound: tap Pay by sound again, or pay by QR code.",
+  no_microphone: "This phone did not let the page listen. Allow the microphone to pay at gates that ask for it.",
+  slow_microphone: "This phone's microphone records too few samples a second to hear the gate.",
 };
 
 let state;
 let hubOffsetMs = 0;
 let lastToken = null;
+
+/** How long a beacon heard binds payments: a gate accepts its challenge
+ * for 30 s from announcing it (docs/protocol.md §3a) and repeats it every
+ * 2 s, so one heard 20 s ago may be all but lived out. */
+const BEACON_BINDS_MS = 20_000;
+/** How long the page listens after a tap on Listen (or being shown). */
+const LISTEN_MS = 120_000;
 
 function say(text, error = false) {
   const box = $("message");
@@ -47,15 +56,21 @@ function say(text, error = false) {
   box.hidden = !text;
 }
 
-function money(minor, currency) {
-  const value = Number(minor) / 100;
-  try {
-    const code = { 978: "EUR", 840: "USD", 826: "GBP", 756: "CHF" }[currency];
-    if (code) return new Intl.NumberFormat(undefined, { style: "currency", currency: code }).format(value);
-  } catch {
-    // An unknown currency: the plain number below.
-  }
-  return value.toFixed(2);
+/** An amount in minor units of currency `code`, as people read it: its
+ * letters and decimals where the currency is known (a yen has none), else
+ * a count of minor units. */
+function money(minor, code) {
+  const known = sonotap.currency(code);
+  if (!known) return `${minor} (minor units of currency ${code})`;
+  const digits = { minimumFractionDigits: known.digits, maximumFractionDigits: known.digits };
+  const format = new Intl.NumberFormat(undefined, { style: "currency", currency: known.letters, ...digits });
+  return format.format(Number(minor) / 10 ** known.digits);
+}
+
+/** Decimals of the fare box: the pass's currency's (whole minor units
+ * for a currency the page does not know). */
+function fareDigits(credential) {
+  return sonotap.currency(credential.currency)?.digits ?? 0;
 }
 
 function nowSeconds() {
@@ -121,9 +136,12 @@ async function renew() {
   const request = await sonotap.walletRequest({ kind: "renew" }, state.keys, await hubTime());
   const answer = await ask("renew", request.bytes);
   const renewed = sonotap.decodeRenewed(sonotap.fromHex(answer.renewed));
+  // The hub's key set first: a credential under a key the operator added
+  // since verifies once a key this phone trusts vouched for it.
+  const keySet = await adoptedKeySet(answer.key_set);
   let issuer;
   try {
-    issuer = await sonotap.checkRenewed(renewed, state.walletKey, trusted());
+    issuer = await sonotap.checkRenewed(renewed, state.walletKey, keySet?.keys ?? trusted());
   } catch (e) {
     throw Object.assign(e, { code: "bad_answer" });
   }
@@ -144,7 +162,9 @@ async function renew() {
       // A fresh credential starts a fresh running total (§3).
       total: install ? 0 : cur.total,
       counter: Math.max(cur.counter, renewed.note.highestCounter),
-      trusted: cur.trusted.length ? cur.trusted : [[issuer.keyId, issuer.key]],
+      ...(keySet && keySet.version > (cur.keySetVersion ?? 0n)
+        ? { trusted: [...keySet.keys], keySetVersion: keySet.version }
+        : { trusted: cur.trusted.length ? cur.trusted : [[issuer.keyId, issuer.key]] }),
     };
   });
   say(
@@ -154,6 +174,21 @@ async function renew() {
       offered: "Your pass is renewed.",
     }[choice],
   );
+}
+
+/** The keys this phone trusts after a renewal answer's key set (hex),
+ * with its version, if it adopts the set; null if it keeps its own keys
+ * (none sent, the same version, or none it trusts signed it). A set it
+ * cannot read, or an older one, is a `bad_answer`. */
+async function adoptedKeySet(hexSet) {
+  if (typeof hexSet !== "string") return null;
+  try {
+    const set = sonotap.decodeKeySet(sonotap.fromHex(hexSet));
+    const keys = await sonotap.adoptKeySet(set, state.keySetVersion ?? 0n, trusted());
+    return keys && { keys, version: set.version };
+  } catch (e) {
+    throw Object.assign(e, { code: "bad_answer" });
+  }
 }
 
 async function statement() {
@@ -185,10 +220,15 @@ async function statement() {
  * disk: both are taken from the stored record under the lock, so no other
  * tab or action can have used them. */
 async function nextToken() {
-  const amount = Math.round(Number($("fare").value) * 100);
+  const digits = state.credential ? fareDigits(sonotap.decodeCredential(state.credential)) : 0;
+  const amount = Math.round(Number($("fare").value) * 10 ** digits);
   if (!(amount >= 1)) throw Object.assign(new Error("amount"), { code: "bad_amount" });
   const fare = $("fare").value;
-  const timestamp = nowSeconds();
+  // Bound to the gate heard, stamped in its time (docs/protocol.md §3a);
+  // else a version-1 token on the hub's clock as last seen.
+  const gate = gateHeard();
+  const binding = gate && (await sonotap.gateBinding(gate.beacon.readerTag, gate.beacon.challenge));
+  const timestamp = gate ? gate.beacon.readerTime + Math.floor((performance.now() - gate.at) / 1000) : nowSeconds();
   let terms;
   state = await update((cur) => {
     if (!cur.credential) throw Object.assign(new Error("no credential"), { code: "no_credential" });
@@ -198,10 +238,103 @@ async function nextToken() {
     return { ...cur, counter: terms.counter, total: cur.total + amount, fare };
   });
   render();
-  const token = await sonotap.signTokenV1(sonotap.decodeCredential(state.credential), terms, 0, state.keys.privateKey);
+  const credential = sonotap.decodeCredential(state.credential);
+  const token = gate
+    ? await sonotap.signTokenV2(credential, terms, binding, state.keys.privateKey)
+    : await sonotap.signTokenV1(credential, terms, 0, state.keys.privateKey);
   // The last token signed, for the end-to-end tests (wallet-web/README.md).
   globalThis.sonotapLastToken = sonotap.hex(token);
-  return token;
+  return { token, gate };
+}
+
+// ---- the gate's beacon (docs/protocol.md §3a, docs/modem.md §7) ----
+
+/** Beacons heard lately, newest last: `{ beacon, at, level }`. */
+let heard = [];
+/** The microphone while listening: `{ stream, context, stop }`. */
+let listening = null;
+
+const tagText = (tag) => tag.toString(16).padStart(8, "0");
+
+/** The gate to bind to: of the beacons heard in the last round (within
+ * 3 s of the newest), the loudest, the nearest gate; none if the newest
+ * is older than `BEACON_BINDS_MS`. */
+function gateHeard() {
+  const now = performance.now();
+  const newest = heard.at(-1);
+  if (!newest || now - newest.at > BEACON_BINDS_MS) return null;
+  const round = heard.filter((h) => newest.at - h.at <= 3000);
+  return round.reduce((best, h) => (h.level > best.level ? h : best));
+}
+
+function showGate() {
+  const gate = gateHeard();
+  $("gate").textContent = gate
+    ? `Paying gate ${tagText(gate.beacon.readerTag)}`
+    : listening
+      ? "Listening for the gate…"
+      : "Any reader (no gate heard)";
+  $("listen").textContent = listening ? "Stop listening" : "Listen for the gate";
+  // For the end-to-end test (wallet-web/README.md).
+  globalThis.sonotapGate = gate ? tagText(gate.beacon.readerTag) : null;
+}
+
+function stopListening() {
+  listening?.stop();
+  listening = null;
+  showGate();
+}
+
+/** Listens for gates' beacons on the microphone, unprocessed (a phone's
+ * echo cancelling and noise suppression take a steady 19 kHz tone for
+ * noise), for `LISTEN_MS`. */
+async function listen() {
+  if (listening) return;
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
+    });
+  } catch {
+    throw Object.assign(new Error("microphone"), { code: "no_microphone" });
+  }
+  const context = new AudioContext({ latencyHint: "playback" });
+  const stop = () => {
+    clearTimeout(timer);
+    for (const track of stream.getTracks()) track.stop();
+    context.close().catch(() => undefined);
+  };
+  const timer = setTimeout(stopListening, LISTEN_MS);
+  try {
+    const decoder = new sonotap.BeaconDecoder(context.sampleRate);
+    await context.audioWorklet.addModule("listen.js");
+    const tap = new AudioWorkletNode(context, "sonotap-listen");
+    tap.port.onmessage = (event) => {
+      for (const reception of decoder.push(event.data)) heardBeacon(reception);
+    };
+    context.createMediaStreamSource(stream).connect(tap).connect(context.destination);
+  } catch (e) {
+    stop();
+    throw e instanceof RangeError ? Object.assign(e, { code: "slow_microphone" }) : e;
+  }
+  listening = { stream, context, stop };
+  // Started without a tap (the page shown again), the context may wait
+  // for one: the first tap anywhere starts it.
+  context.resume().catch(() => undefined);
+  document.addEventListener("pointerdown", () => context.resume().catch(() => undefined), { once: true });
+  showGate();
+  if (!state.listens) state = await update((cur) => ({ ...cur, listens: true }));
+}
+
+function heardBeacon(reception) {
+  let beacon;
+  try {
+    beacon = sonotap.decodeBeacon(reception.payload);
+  } catch {
+    return; // Some other 17 bytes on the beacon's band: not a gate.
+  }
+  heard = [...heard.slice(-15), { beacon, at: performance.now(), level: reception.levelDbfs }];
+  showGate();
 }
 
 let audio;
@@ -267,7 +400,19 @@ function render() {
   const c = sonotap.decodeCredential(state.credential);
   $("left").textContent = money(c.offlineLimit - state.total, c.currency);
   $("validity").textContent = `Valid until ${new Date(c.validUntil * 1000).toLocaleString()}`;
-  if (!$("fare").value) $("fare").value = state.fare ?? (c.perPaymentCap / 100).toFixed(2);
+  const digits = fareDigits(c);
+  $("fare").min = $("fare").step = (10 ** -digits).toFixed(digits);
+  if (!$("fare").value) $("fare").value = state.fare ?? (c.perPaymentCap / 10 ** digits).toFixed(digits);
+  showGate();
+}
+
+/** Says in plain words why an action failed. */
+function sayWhy(e) {
+  const code = e instanceof sonotap.Refused ? e.reason : e.code;
+  const typed = e instanceof sonotap.Malformed && e.message.startsWith("enrolment code");
+  const unsound = e instanceof sonotap.Malformed || e instanceof sonotap.NotInstalled;
+  const text = typed ? e.message : unsound ? SAYS.bad_answer : undefined;
+  say(SAYS[code] ?? text ?? `Something went wrong: ${e.message}`, true);
 }
 
 const ACTIONS = ["enrol-button", "renew", "show-statement", "pay-sound", "pay-robust", "pay-qr"];
@@ -286,13 +431,7 @@ function action(button, run) {
     for (const id of ACTIONS) $(id).disabled = true;
     say("");
     run(atTap, clicked)
-      .catch((e) => {
-        const code = e instanceof sonotap.Refused ? e.reason : e.code;
-        const typed = e instanceof sonotap.Malformed && e.message.startsWith("enrolment code");
-        const unsound = e instanceof sonotap.Malformed || e instanceof sonotap.NotInstalled;
-        const text = typed ? e.message : unsound ? SAYS.bad_answer : undefined;
-        say(SAYS[code] ?? text ?? `Something went wrong: ${e.message}`, true);
-      })
+      .catch(sayWhy)
       .finally(() => {
         for (const [id, was] of enabled) $(id).disabled = was;
         $("pay-robust").disabled = !lastToken;
@@ -326,25 +465,39 @@ async function start() {
   action($("renew"), renew);
   action($("show-statement"), statement);
   action($("pay-sound"), async (output, tapped) => {
-    lastToken = await nextToken();
+    const { token, gate } = await nextToken();
+    lastToken = token;
     await play(lastToken, "fast", output);
     timings.sound.push(performance.now() - tapped);
-    say("Hold your phone to the reader.");
+    say(gate ? `Hold your phone to gate ${tagText(gate.beacon.readerTag)}.` : "Hold your phone to the reader.");
   });
   action($("pay-robust"), async (output) => {
     if (lastToken) await play(lastToken, "robust", output);
   });
   action($("pay-qr"), async (_, tapped) => {
-    await showQr(await nextToken(), () => timings.qr.push(performance.now() - tapped));
+    const { token } = await nextToken();
+    await showQr(token, () => timings.qr.push(performance.now() - tapped));
+  });
+  $("listen").addEventListener("click", () => {
+    say("");
+    if (listening) stopListening();
+    else listen().catch(sayWhy);
   });
   $("qr-done").addEventListener("click", hideQr);
   // Back from another tab or app: show what the store holds now.
+  // Hidden, the page stops listening; shown again, a wallet that has heard
+  // gates before listens again.
   document.addEventListener("visibilitychange", async () => {
-    if (document.visibilityState !== "visible") return;
+    if (document.visibilityState !== "visible") {
+      stopListening();
+      return;
+    }
     state = (await load().catch(() => undefined)) ?? state;
     render();
+    if (state.listens && state.enrolled) listen().catch(() => undefined);
   });
   render();
+  if (state.listens && state.enrolled) listen().catch(() => undefined);
   if ("serviceWorker" in navigator) navigator.serviceWorker.register("sw.js").catch(() => undefined);
 }
 

@@ -24,6 +24,10 @@ const FILES = [
   "sonotap/token.js",
   "sonotap/account.js",
   "sonotap/modem.js",
+  "sonotap/dsp.js",
+  "sonotap/beacon.js",
+  "sonotap/currency.js",
+  "listen.js",
 ];
 
 self.addEventListener("install", (event) => {

@@ -20,6 +20,43 @@ pub fn alsa_test_device(s: &Scratch, raw: &str, samples: &[i16]) {
     std::fs::write(s.path(".asoundrc"), config).expect("asoundrc");
 }
 
+/// `.asoundrc` in the scratch directory (the daemon's and the wallet's
+/// `HOME`): `gate_speaker`, an output that writes what it plays to
+/// `speaker.raw` as S16_LE mono at 48 kHz (whatever format the player
+/// asks, `plug` converts), and `sonotap_test`, a capture device that plays
+/// that same file as a microphone would hear it.
+pub fn speaker_to_microphone(s: &Scratch) {
+    let raw = s.path("speaker.raw");
+    let config = format!(
+        "pcm.gate_speaker {{\n  type plug\n  slave {{\n    pcm \"gate_file\"\n    format S16_LE\n    rate 48000\n    channels 1\n  }}\n}}\n\
+         pcm.gate_file {{\n  type file\n  slave.pcm \"null\"\n  file \"{raw}\"\n  format \"raw\"\n}}\n\
+         pcm.sonotap_test {{\n  type file\n  slave.pcm \"null\"\n  file \"/dev/null\"\n  infile \"{raw}\"\n  format \"raw\"\n}}\n",
+        raw = raw.display()
+    );
+    std::fs::write(s.path(".asoundrc"), config).expect("asoundrc");
+}
+
+/// What `gate_speaker` ([`speaker_to_microphone`]) has played so far, as
+/// a 48 kHz 16-bit WAV file `out` in `s`.
+pub fn speaker_as_wav(s: &Scratch, out: &str) {
+    let samples: Vec<i16> = std::fs::read(s.path("speaker.raw"))
+        .expect("what the speaker played")
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(s.path(out), spec).expect("wav");
+    for v in samples {
+        wav.write_sample(v).expect("sample");
+    }
+    wav.finalize().expect("wav");
+}
+
 /// `modem record --device DEVICE --seconds SECONDS --out OUT`, with the
 /// scratch directory as `HOME`.
 fn record(s: &Scratch, device: &str, seconds: &str, out: &str) -> Output {

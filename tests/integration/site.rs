@@ -22,6 +22,7 @@ use sonotap_protocol::token::Scope;
 use sonotap_reader::store::ReaderDb;
 use sonotap_wallet::Wallet;
 
+use crate::audio_capture::{speaker_as_wav, speaker_to_microphone};
 use crate::util::{
     Daemon, PtyDevice, Scratch, issued_wallet, mkfifo, open_fifo, pay_token, qr_frame, records,
     unix_now,
@@ -451,22 +452,6 @@ fn a_version_1_token_is_declined_at_a_gate_that_beacons_unless_the_operator_allo
     gates[0].stop();
 }
 
-/// `.asoundrc` in the scratch directory (the daemon's and the wallet's
-/// `HOME`): `gate_speaker`, an output that writes what it plays to
-/// `speaker.raw` as S16_LE mono at 48 kHz (whatever format the player
-/// asks, `plug` converts), and `sonotap_test`, a capture device that plays
-/// that same file as a microphone would hear it.
-fn speaker_to_microphone(s: &Scratch) {
-    let raw = s.path("speaker.raw");
-    let config = format!(
-        "pcm.gate_speaker {{\n  type plug\n  slave {{\n    pcm \"gate_file\"\n    format S16_LE\n    rate 48000\n    channels 1\n  }}\n}}\n\
-         pcm.gate_file {{\n  type file\n  slave.pcm \"null\"\n  file \"{raw}\"\n  format \"raw\"\n}}\n\
-         pcm.sonotap_test {{\n  type file\n  slave.pcm \"null\"\n  file \"/dev/null\"\n  infile \"{raw}\"\n  format \"raw\"\n}}\n",
-        raw = raw.display()
-    );
-    fs::write(s.path(".asoundrc"), config).expect("asoundrc");
-}
-
 #[test]
 fn a_phone_hears_the_gates_beacon_through_alsa_and_its_token_opens_that_gate_only() {
     // One challenge for the whole test, played once at start.
@@ -504,22 +489,7 @@ fn a_phone_hears_the_gates_beacon_through_alsa_and_its_token_opens_that_gate_onl
     let token = fs::read(s.path("heard.tok")).expect("token");
     assert_eq!(token[0], 2, "bound to the beacon heard");
     // The same sound, recorded to a WAV file, serves a second phone.
-    let samples: Vec<i16> = fs::read(s.path("speaker.raw"))
-        .expect("raw")
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 48_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut wav = hound::WavWriter::create(s.path("heard.wav"), spec).expect("wav");
-    for v in samples {
-        wav.write_sample(v).expect("sample");
-    }
-    wav.finalize().expect("wav");
+    speaker_as_wav(&s, "heard.wav");
     s.ok(&[
         "wallet",
         "pay",

@@ -473,10 +473,24 @@ impl HubProcess {
     /// [`HubProcess::start_with`], its standard error kept in `log` (for
     /// several hub processes side by side).
     pub fn start_logged(s: &Scratch, extra: &[&str], log: &str) -> Self {
+        Self::spawn_logged(s, &[&HUB_SERVE[..], extra].concat(), log)
+    }
+
+    /// `hub serve --data DATA --listen LISTEN EXTRA…` in `s`, its standard
+    /// error kept in `DATA.stderr` (another hub directory, or a port again).
+    pub fn serve(s: &Scratch, data: &str, listen: &str, extra: &[&str]) -> Self {
+        let args = [
+            &["hub", "serve", "--data", data, "--listen", listen][..],
+            extra,
+        ]
+        .concat();
+        Self::spawn_logged(s, &args, &format!("{data}.stderr"))
+    }
+
+    fn spawn_logged(s: &Scratch, args: &[&str], log: &str) -> Self {
         let stderr = std::fs::File::create(s.path(log)).expect("stderr file");
         let child = sonotap()
-            .args(HUB_SERVE)
-            .args(extra)
+            .args(args)
             .current_dir(s.dir.path())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::audio_capture::alsa_test_device;
+use crate::audio_capture::{alsa_test_device, speaker_as_wav, speaker_to_microphone};
+use sonotap_protocol::beacon::Beacon;
+
 use crate::daemon::{Relay, RelayBoard, config, wait_for};
 use crate::util::{Daemon, HubProcess, Scratch, mkfifo, open_fifo, records, unsynced};
 
@@ -357,6 +359,155 @@ fn issue19_a_phone_in_a_real_browser_enrols_pays_by_sound_and_qr_offline_and_see
         let name = format!("{screen}.png");
         std::fs::copy(s.path("shots").join(&name), keep.join(&name)).expect("a screenshot");
     }
+}
+
+/// A gate that beacons (docs/protocol.md §3a) declines version-1 tokens.
+/// The page, offline, listens on the phone's microphone (Chromium's, fed
+/// what the real gate's speaker played through a file-backed ALSA
+/// output), hears the gate, and pays by QR code with a version-2 token
+/// bound to its challenge and stamped in its time; the gate opens.
+#[test]
+fn issue19_the_page_hears_a_gates_beacon_and_pays_it_with_a_token_bound_to_its_challenge() {
+    let s = Scratch::new();
+    let (hub, wallet) = enrolled_phone(&s);
+    speaker_to_microphone(&s);
+    let mut relay = Relay::new();
+    mkfifo(&s.path("cam.y8"));
+    let cfg = config(
+        &s,
+        &relay,
+        &format!(
+            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\nwidth = 1280\nheight = 720\nformat = \"y8\"\n\
+             [hub]\nurl = \"{}\"\ninterval_secs = 1\ntimeout_secs = 5\n\
+             [beacon]\nperiod_secs = 60\nlife_secs = 120\nsound = true\ndevice = \"gate_speaker\"\nvolume = 0.3\nevery_ms = 1500\n",
+            hub.url
+        ),
+    );
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    // What the phone's microphone hears, in a loop: the gate's speaker
+    // until it has played a whole beacon.
+    wait_for("the gate plays its beacon", Duration::from_secs(20), || {
+        std::fs::metadata(s.path("speaker.raw")).is_ok() && {
+            speaker_as_wav(&s, "heard.wav");
+            !s.ok(&["modem", "beacon", "decode", "heard.wav"])
+                .trim()
+                .is_empty()
+        }
+    });
+    let qr_png = s.path("qr.png");
+    let heard = s.path("heard.wav");
+    let shown = phone(
+        &s,
+        &[
+            "gate-qr",
+            &wallet,
+            qr_png.to_str().expect("path"),
+            heard.to_str().expect("path"),
+        ],
+    );
+    let tag = format!("{:08x}", sonotap_protocol::token::reader_tag("gate-1"));
+    assert_eq!(shown["gate"], tag.as_str(), "{shown}");
+    let token = hex::decode(shown["token"].as_str().expect("a token")).expect("hex");
+    let token = sonotap_protocol::token::Token::decode(&token).expect("a token");
+    assert!(token.gate_binding().is_some(), "a version-2 token: {shown}");
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    let frame = camera_frame(&qr_png);
+    for _ in 0..3 {
+        fifo.write_all(&frame).expect("a frame");
+    }
+    relay.wait_opens(1, Duration::from_secs(30));
+    drop(fifo);
+    daemon.stop();
+    // Bound to the challenge the microphone heard, and stamped in the
+    // gate's time as heard: the time of a beacon in the recording plus the
+    // few seconds since the page heard it (the recording is older than
+    // that: Chromium plays it in a loop).
+    let heard: Vec<Beacon> = s
+        .ok(&["modem", "beacon", "decode", "heard.wav"])
+        .lines()
+        .map(|line| Beacon::decode(&hex::decode(line.trim()).expect("hex")).expect("a beacon"))
+        .collect();
+    assert!(!heard.is_empty(), "no beacon in what the speaker played");
+    let challenge = heard[0].challenge;
+    assert!(heard.iter().all(|b| b.challenge == challenge));
+    assert_eq!(
+        token.gate_binding(),
+        Some(sonotap_protocol::token::gate_binding(
+            heard[0].reader_tag,
+            &challenge
+        ))
+    );
+    let stamped = token.payment.timestamp;
+    assert!(
+        heard
+            .iter()
+            .any(|b| (b.reader_time..=b.reader_time + 5).contains(&stamped)),
+        "stamped {stamped}, beacons at {:?}",
+        heard.iter().map(|b| b.reader_time).collect::<Vec<_>>()
+    );
+    let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/wallet-web-screens");
+    std::fs::create_dir_all(&keep).expect("target/wallet-web-screens");
+    std::fs::copy(s.path("shots/gate.png"), keep.join("gate.png")).expect("a screenshot");
+}
+
+/// An issuer key rotation (docs/accounts.md §3.3): the operator adds key 2
+/// to a PostgreSQL hub while its processes still sign with key 1; the
+/// page renews, and adopts the key set key 1 signed; once every process
+/// signs with key 2, the page's next renewal, a credential under key 2,
+/// is installed (without the key set it is refused as an answer that does
+/// not check out).
+#[test]
+fn issue19_a_phone_that_renewed_during_a_key_rotation_renews_under_the_new_issuer_key() {
+    let Some(server) = crate::pg_server::PgServer::start() else {
+        return;
+    };
+    let url = server.url("postgres");
+    let s = Scratch::new();
+    let db = |args: &[&str]| s.ok(&[args, &["--database", &url]].concat());
+    db(&["hub", "init", "--data", "hub"]);
+    db(&[
+        "hub",
+        "account",
+        "new",
+        "rider-1",
+        "--data",
+        "hub",
+        "--offline-limit",
+        "1000",
+        "--per-payment",
+        "250",
+    ]);
+    db(&[
+        "hub",
+        "account",
+        "credit",
+        "rider-1",
+        "3000",
+        "--reference",
+        "p1",
+        "--data",
+        "hub",
+    ]);
+    let code: serde_json::Value = serde_json::from_str(&db(&[
+        "hub", "account", "enroll", "rider-1", "--data", "hub", "--json",
+    ]))
+    .expect("json");
+    let code = code["code"].as_str().expect("a code").to_owned();
+    std::fs::create_dir_all(s.path("shots")).expect("shots");
+    let mut hub = HubProcess::start_with(&s, &["--database", &url]);
+    let wallet = format!("{}/wallet/", hub.url);
+    phone(&s, &["enrol", &format!("{wallet}#enrol={code}")]);
+    db(&["hub", "init", "--data", "hub2", "--key-id", "2"]);
+    std::thread::sleep(Duration::from_millis(1100)); // the hub's key set is read again
+    let adopted = phone(&s, &["renew", &wallet]);
+    assert_eq!(adopted["message"], "Your pass is up to date.", "{adopted}");
+    // Every process now signs with key 2, at the same address (the page's
+    // origin, and so its storage).
+    hub.terminate();
+    let listen = format!("127.0.0.1:{}", hub.port);
+    let _hub2 = HubProcess::serve(&s, "hub2", &listen, &["--database", &url]);
+    let renewed = phone(&s, &["renew", &wallet]);
+    assert_eq!(renewed["message"], "Your pass is renewed.", "{renewed}");
 }
 
 /// Regression (a review of the page): each tab kept the wallet's state in

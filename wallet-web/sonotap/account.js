@@ -115,6 +115,44 @@ export async function checkRenewed({ credential, note }, ownKey, trusted) {
   return { keyId: note.issuerKeyId, key: note.issuerKey };
 }
 
+/** Parses the hub's signed issuer key set (docs/sync.md §3.4), which a
+ * renewal answer carries beside the credential (§3.3), canonically:
+ * `version` (BigInt), `keys` and `signatures` as `[key id, bytes]`, and
+ * `signed`, the bytes every signature covers. */
+export function decodeKeySet(bytes) {
+  const what = "key set";
+  const r = new Reader(bytes, what);
+  r.expectTag("sonotap/v1/keyset");
+  const version = r.u64();
+  const keys = Array.from({ length: r.u8() }, () => [r.u8(), r.take(32)]);
+  const signed = bytes.slice(0, r.offset);
+  const signatures = Array.from({ length: r.u8() }, () => [r.u8(), r.take(64)]);
+  r.end();
+  if (!keys.length) throw new Malformed(what, "no keys");
+  if (keys.some(([id], i) => i > 0 && id <= keys[i - 1][0])) {
+    throw new Malformed(what, "key ids not strictly ascending");
+  }
+  return { version, keys, signatures, signed };
+}
+
+/** What a phone trusting `trusted` (key id → key) at key-set version
+ * `current` (BigInt) does with a key set, as a reader does (docs/sync.md
+ * §3.4): a newer set signed by a key it trusts becomes its trusted keys
+ * (the new Map); the same version, or a set no trusted key signed, leaves
+ * them as they are (null: a renewal answer is still checked against them);
+ * an older set, which would bring a retired key back, is refused. */
+export async function adoptKeySet(set, current, trusted) {
+  if (set.version < current) {
+    throw new NotInstalled(`key set version ${set.version} is older than this phone's ${current}`);
+  }
+  if (set.version === current) return null;
+  for (const [id, signature] of set.signatures) {
+    const key = trusted.get(id);
+    if (key && (await verify(key, signature, set.signed))) return new Map(set.keys);
+  }
+  return null;
+}
+
 /** A renewal that grants less than the current credential has left is set
  * aside while the current one is valid this much longer (seconds after the
  * new credential's start), as the CLI wallet does. */

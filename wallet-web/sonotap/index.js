@@ -7,3 +7,5 @@ export * from "./credential.js";
 export * from "./token.js";
 export * from "./account.js";
 export * from "./modem.js";
+export * from "./beacon.js";
+export * from "./currency.js";

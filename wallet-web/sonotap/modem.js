@@ -5,7 +5,9 @@
 // vectors to 2 LSB, and `sonotap modem decode`). Signals are made at
 // 48 kHz and resampled for other output rates (§1).
 
-export const RATE = 48000;
+import { RATE, chirp, fade, fft, gcd } from "./dsp.js";
+
+export { RATE };
 const Z = 81;
 const BLOCK_COLS = 24;
 const PEAK = 0.8;
@@ -127,10 +129,6 @@ export function codeStream(payload, table) {
   return stream;
 }
 
-function gcd(a, b) {
-  return b ? gcd(b, a % b) : a;
-}
-
 /** §3b's multiplicative layout: `slots` cells carry stream cells
  * 0..used−1, then repeats, in the order u·P mod slots. Returns, for each
  * slot, the stream cell it carries. */
@@ -142,55 +140,6 @@ function layout(used, slots) {
     carried[(u * step) % slots] = source;
   }
   return carried;
-}
-
-function fade(e, width) {
-  return e < width ? 0.5 - 0.5 * Math.cos((Math.PI * (e + 0.5)) / width) : 1;
-}
-
-/** §2's linear chirp from f0 to f1 Hz over `length` samples, faded over
- * its first and last 5 %, unit amplitude. */
-function chirp(length, f0, f1) {
-  const taper = Math.floor(0.05 * length);
-  const sweep = (0.5 * (f1 - f0)) / (length / RATE);
-  const out = new Float64Array(length);
-  for (let i = 0; i < length; i++) {
-    const t = i / RATE;
-    out[i] = fade(Math.min(i, length - 1 - i), taper) * Math.sin(2 * Math.PI * (f0 * t + sweep * t * t));
-  }
-  return out;
-}
-
-/** In place: X[k] = Σ x[n]·e^{+2πikn/N} (radix 2; `re`, `im` of length N). */
-function inverseFft(re, im) {
-  const n = re.length;
-  for (let i = 1, j = 0; i < n; i++) {
-    let bit = n >> 1;
-    for (; j & bit; bit >>= 1) j ^= bit;
-    j |= bit;
-    if (i < j) {
-      [re[i], re[j]] = [re[j], re[i]];
-      [im[i], im[j]] = [im[j], im[i]];
-    }
-  }
-  for (let size = 2; size <= n; size *= 2) {
-    const half = size / 2;
-    const angle = (2 * Math.PI) / size;
-    for (let k = 0; k < half; k++) {
-      const wr = Math.cos(angle * k);
-      const wi = Math.sin(angle * k);
-      for (let start = 0; start < n; start += size) {
-        const a = start + k;
-        const b = a + half;
-        const vr = re[b] * wr - im[b] * wi;
-        const vi = re[b] * wi + im[b] * wr;
-        re[b] = re[a] - vr;
-        im[b] = im[a] - vi;
-        re[a] += vr;
-        im[a] += vi;
-      }
-    }
-  }
 }
 
 /** Adds one symbol's `cp + n + ramp` faded samples of the periodic `x`
@@ -259,7 +208,7 @@ export function encodeFast(payload) {
       re[firstBin + i] = (1 - 2 * b0) * amplitude;
       im[firstBin + i] = (1 - 2 * b1) * amplitude;
     });
-    inverseFft(re, im);
+    fft(re, im, true);
     addSymbol(frame, FAST.chirp + m * symbolLen, re, cp, ramp);
   });
   const body = rms(frame.subarray(FAST.chirp, FAST.chirp + all.length * symbolLen));

@@ -18,29 +18,10 @@ import {
   hex,
   resample,
 } from "../sonotap/index.js";
-import { ROOT } from "./vectors.js";
-import { wav } from "./wav.js";
+import { ROOT, sonotap } from "./vectors.js";
+import { readWav, wav } from "./wav.js";
 
 const FULL_SCALE = 32767;
-
-/** A 16-bit mono WAV's rate and samples (the vectors' own format). */
-function readWav(path) {
-  const b = readFileSync(path);
-  let at = 12;
-  let rate = 0;
-  while (at + 8 <= b.length) {
-    const id = b.toString("ascii", at, at + 4);
-    const size = b.readUInt32LE(at + 4);
-    if (id === "fmt ") rate = b.readUInt32LE(at + 12);
-    if (id === "data") {
-      const samples = new Int16Array(size / 2);
-      for (let i = 0; i < samples.length; i++) samples[i] = b.readInt16LE(at + 8 + 2 * i);
-      return { rate, samples };
-    }
-    at += 8 + size + (size % 2);
-  }
-  throw new Error(`${path}: no data chunk`);
-}
 
 function worstLsb(ours, theirs) {
   let worst = 0;
@@ -85,14 +66,6 @@ test("resampled to 44.1 kHz, the robust frame is the Rust encoder's vector to 2 
   const worst = worstLsb(ours, theirs.samples);
   assert.ok(worst <= 2, `${worst.toFixed(2)} LSB apart`);
 });
-
-/** The sonotap binary the tests run: $SONOTAP_BIN, or the workspace's build. */
-function sonotap() {
-  const candidates = [process.env.SONOTAP_BIN, `${ROOT}target/debug/sonotap`, `${ROOT}target/release/sonotap`];
-  const found = candidates.find((p) => p && existsSync(p));
-  assert.ok(found, "no sonotap binary: run `cargo build` first or set SONOTAP_BIN");
-  return found;
-}
 
 test("`sonotap modem decode` reads the JS frames: both profiles, 48 and 44.1 kHz, 1 to 256 bytes", () => {
   const dir = mkdtempSync(join(tmpdir(), "sonotap-js-modem-"));

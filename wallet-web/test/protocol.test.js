@@ -2,15 +2,22 @@
 // protocol module from the documents' fixed seeds: every value must come
 // out exactly (Ed25519 is deterministic).
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import {
   Malformed,
+  NotInstalled,
   Refused,
+  Writer,
+  adoptKeySet,
   checkRenewed,
   credentialAfterRenewal,
   credentialDigest,
+  currencies,
+  decodeBeacon,
   decodeCredential,
+  decodeKeySet,
   decodeRenewed,
   decodeStatement,
   encodeEnrolCode,
@@ -21,13 +28,15 @@ import {
   normaliseEnrolCode,
   publicBytes,
   readerTag,
+  sign,
   signTokenV1,
   signTokenV2,
   statementChecks,
+  tag,
   walletId,
   walletRequest,
 } from "../sonotap/index.js";
-import { vectors } from "./vectors.js";
+import { ROOT, vectors } from "./vectors.js";
 
 const seed = (from) => Uint8Array.from({ length: 32 }, (_, i) => from + i);
 const protocol = vectors("docs/protocol.md");
@@ -55,8 +64,11 @@ test("tokens of versions 1 and 2 of docs/protocol.md §7", async () => {
     wallet.privateKey,
   );
   assert.equal(hex(v1), protocol.token);
-  const beacon = fromHex(protocol.beacon);
-  const binding = await gateBinding(tag, beacon.subarray(5, 13));
+  const beacon = decodeBeacon(fromHex(protocol.beacon));
+  assert.equal(beacon.readerTag, tag);
+  assert.equal(beacon.readerTime, 1800003590);
+  assert.equal(hex(beacon.challenge), "6061626364656667");
+  const binding = await gateBinding(beacon.readerTag, beacon.challenge);
   assert.equal(hex(binding), protocol.gate_binding);
   const v2 = await signTokenV2(
     credential,
@@ -182,4 +194,57 @@ test("after a renewal the wallet keeps what leaves it more (docs/accounts.md §2
   const nearEnd = 1800000000 + 72 * 3600 - 3000;
   assert.equal(credentialAfterRenewal(current, 1000, variant(3000, nearEnd)), "offered", "the current one ends within the hour");
   assert.throws(() => credentialAfterRenewal(current, 0, variant(5000, 1799990000)), /older than the one in use/);
+});
+
+/** docs/sync.md §3.4's key set: `keys` as [id, key pair], signed by the
+ * pairs in `signers`. */
+async function keySet(version, keys, signers) {
+  const w = new Writer().raw(tag("sonotap/v1/keyset")).u64(version).u8(keys.length);
+  for (const [id, pair] of keys) w.u8(id).raw(await publicBytes(pair.publicKey));
+  const signed = w.bytes();
+  const out = new Writer().raw(signed).u8(signers.length);
+  for (const [id, pair] of signers) out.u8(id).raw(await sign(pair.privateKey, signed));
+  return out.bytes();
+}
+
+test("a phone adopts a newer key set a key it trusts signed, as a reader does (docs/sync.md §3.4)", async () => {
+  const one = await keyFromSeed(seed(0x40));
+  const two = await keyFromSeed(seed(0x60));
+  const [k1, k2] = [await publicBytes(one.publicKey), await publicBytes(two.publicKey)];
+  const trusted = new Map([[1, k1]]);
+  const rotated = decodeKeySet(await keySet(2, [[1, one], [2, two]], [[1, one]]));
+  assert.equal(rotated.version, 2n);
+  const adopted = await adoptKeySet(rotated, 1n, trusted);
+  assert.deepEqual([...adopted.keys()], [1, 2]);
+  assert.equal(hex(adopted.get(2)), hex(k2));
+  // The same version changes nothing; an older one is a rollback.
+  assert.equal(await adoptKeySet(rotated, 2n, trusted), null);
+  await assert.rejects(adoptKeySet(rotated, 3n, trusted), NotInstalled);
+  // Signed only by the new key, or by nothing, or altered: not adopted.
+  const unvouched = decodeKeySet(await keySet(2, [[1, one], [2, two]], [[2, two]]));
+  assert.equal(await adoptKeySet(unvouched, 1n, trusted), null);
+  assert.equal(await adoptKeySet(decodeKeySet(await keySet(2, [[2, two]], [])), 1n, trusted), null);
+  const altered = await keySet(2, [[1, one], [2, two]], [[1, one]]);
+  altered[30] ^= 1;
+  assert.equal(await adoptKeySet(decodeKeySet(altered), 1n, trusted), null);
+  // Not canonical: trailing bytes, truncation, ids out of order, no keys.
+  const good = await keySet(2, [[1, one], [2, two]], [[1, one]]);
+  assert.throws(() => decodeKeySet(Uint8Array.of(...good, 0)), Malformed);
+  assert.throws(() => decodeKeySet(good.subarray(0, good.length - 1)), Malformed);
+  const disordered = await keySet(2, [[2, two], [1, one]], [[1, one]]);
+  assert.throws(() => decodeKeySet(disordered), Malformed);
+  const empty = await keySet(2, [], [[1, one]]);
+  assert.throws(() => decodeKeySet(empty), Malformed);
+});
+
+test("the currencies are the reader's, each with its ISO 4217 minor units", () => {
+  const rust = readFileSync(`${ROOT}crates/protocol/src/currency.rs`, "utf8");
+  const theirs = [...rust.matchAll(/\("([A-Z]{3})", (\d+)\)/g)].map((m) => [Number(m[2]), m[1]]);
+  assert.ok(theirs.length >= 10);
+  const ours = currencies().map((c) => [c.code, c.letters]);
+  assert.deepEqual(ours.sort(), theirs.sort());
+  for (const c of currencies()) {
+    const intl = new Intl.NumberFormat("en", { style: "currency", currency: c.letters }).resolvedOptions();
+    assert.equal(c.digits, intl.maximumFractionDigits, c.letters);
+  }
 });

@@ -1,6 +1,7 @@
 // The test vectors of the project's documents, read from the documents
 // themselves, so that the JS module is held to what a phone developer reads.
-import { readFileSync } from "node:fs";
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
@@ -16,3 +17,11 @@ export function vectors(doc, index = 0) {
 }
 
 export const ROOT = root;
+
+/** The sonotap binary the tests run: $SONOTAP_BIN, or the workspace's build. */
+export function sonotap() {
+  const candidates = [process.env.SONOTAP_BIN, `${ROOT}target/debug/sonotap`, `${ROOT}target/release/sonotap`];
+  const found = candidates.find((p) => p && existsSync(p));
+  assert.ok(found, "no sonotap binary: run `cargo build` first or set SONOTAP_BIN");
+  return found;
+}

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -107,6 +107,9 @@ struct Served {
     limiter: Mutex<Limiter>,
     /// Phones' checked requests waiting for a writer (see [`answer_in_turn`]).
     phones: Mutex<Vec<Waiting>>,
+    /// The signed issuer key set a renewal answer carries, hex, and when it
+    /// was read (see [`wallet_key_set`]).
+    key_set: Mutex<Option<(Instant, String)>>,
 }
 
 /// A phone's request waiting for its answer.
@@ -195,6 +198,7 @@ impl Served {
             readers: Arc::new(Semaphore::new(READ_CONNECTIONS)),
             limiter: Mutex::new(Limiter::default()),
             phones: Mutex::new(Vec::new()),
+            key_set: Mutex::new(None),
         })
     }
 
@@ -527,6 +531,38 @@ async fn keys(
     ))
 }
 
+/// How long a renewal answer's key set is reused before it is read again:
+/// phones that renew together share one read, and a key the operator adds
+/// reaches the next phone a second later.
+const KEY_SET_REUSED: Duration = Duration::from_secs(1);
+
+/// The signed issuer key set (docs/sync.md §3.4), hex, for a renewal
+/// answer: a phone adopts it as a reader does, so that credentials under a
+/// key added later verify (docs/accounts.md §3.3). Read at most once a
+/// [`KEY_SET_REUSED`]; `None` if it cannot be read or signed now (the
+/// answer goes without, and the phone keeps the keys it has).
+async fn wallet_key_set(hub: &Shared) -> Option<String> {
+    if let Some((at, set)) = listen::unpoisoned(&hub.key_set).as_ref()
+        && at.elapsed() < KEY_SET_REUSED
+    {
+        return Some(set.clone());
+    }
+    let read = with_reader(Arc::clone(hub), |reader| reader.key_set()).await;
+    let set = match read.map(|set| set.encode()) {
+        Ok(Ok(bytes)) => hex::encode(bytes),
+        Ok(Err(e)) => {
+            tracing::warn!("renewal answers go without the key set: {e}");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("renewal answers go without the key set: {}", e.message);
+            return None;
+        }
+    };
+    *listen::unpoisoned(&hub.key_set) = Some((Instant::now(), set.clone()));
+    Some(set)
+}
+
 /// Query of `GET /v1/time`.
 #[derive(Debug, Deserialize)]
 struct TimeQuery {
@@ -674,11 +710,13 @@ async fn phone(hub: Shared, peer: IpAddr, kind: &'static str, body: Bytes) -> Re
             });
             (outcome, axum::Json(answer)).into_response()
         }
-        Ok(Ok(PhoneAnswer::Renewed(renewed))) => (
-            outcome,
-            axum::Json(json!({ "renewed": hex::encode(renewed.encode()) })),
-        )
-            .into_response(),
+        Ok(Ok(PhoneAnswer::Renewed(renewed))) => {
+            let mut answer = json!({ "renewed": hex::encode(renewed.encode()) });
+            if let Some(set) = wallet_key_set(&hub).await {
+                answer["key_set"] = set.into();
+            }
+            (outcome, axum::Json(answer)).into_response()
+        }
         Ok(Ok(PhoneAnswer::Statement(statement))) => match statement.encode() {
             Ok(bytes) => (
                 outcome,

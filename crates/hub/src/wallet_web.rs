@@ -67,6 +67,10 @@ pub static ASSETS: &[Asset] = &[
     asset!("sonotap/token.js", JS),
     asset!("sonotap/account.js", JS),
     asset!("sonotap/modem.js", JS),
+    asset!("sonotap/dsp.js", JS),
+    asset!("sonotap/beacon.js", JS),
+    asset!("sonotap/currency.js", JS),
+    asset!("listen.js", JS),
 ];
 
 impl Asset {
@@ -149,7 +153,7 @@ pub fn serve(uri: &Uri, headers: &HeaderMap) -> Option<Response> {
     );
     out.insert(
         HeaderName::from_static("permissions-policy"),
-        HeaderValue::from_static("camera=(), geolocation=(), microphone=(), payment=()"),
+        HeaderValue::from_static("camera=(), geolocation=(), microphone=(self), payment=()"),
     );
     if let Ok(tag) = HeaderValue::from_str(tag) {
         out.insert(ETAG, tag);

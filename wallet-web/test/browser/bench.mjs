@@ -3,7 +3,8 @@
 // the bytes the page fetched each time; then TAPS payments by sound and by
 // QR code, timed from the tap to the sound's start (the buffer handed to
 // the audio output) and to the code drawn; every sound the page played is
-// written to OUT_DIR/page-N.wav for the channel simulator.
+// written to OUT_DIR/page-N.wav for the channel simulator; and what
+// listening for a gate's beacon costs the page.
 //
 //   node bench.mjs PROFILE_DIR OUT_DIR URL TAPS
 
@@ -45,6 +46,37 @@ for (let i = 0; i < Number(taps); i++) {
   await page.click("#qr-done");
 }
 const timings = await page.evaluate(() => globalThis.sonotapTimings);
-console.log(JSON.stringify({ first_visit_bytes: firstVisit, later_visit_bytes: laterVisit, ...timings }));
+// Listening for a gate: the page's beacon decoder on 20 s of noise at
+// each rate a phone records at, the share of one core it took (the
+// second of two runs: the first warms the JIT up).
+const listening = await page.evaluate(async () => {
+  const { BeaconDecoder } = await import("./sonotap/index.js");
+  const out = {};
+  for (const rate of [48000, 44100]) {
+    const noise = new Float32Array(20 * rate);
+    let x = 1;
+    for (let i = 0; i < noise.length; i++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      noise[i] = ((x >>> 0) / 2 ** 32 - 0.5) * 0.1;
+    }
+    for (let run = 0; run < 2; run++) {
+      const decoder = new BeaconDecoder(rate);
+      const started = performance.now();
+      for (let i = 0; i < noise.length; i += 2048) decoder.push(noise.subarray(i, i + 2048));
+      out[rate] = (performance.now() - started) / 20_000;
+    }
+  }
+  return out;
+});
+console.log(
+  JSON.stringify({
+    first_visit_bytes: firstVisit,
+    later_visit_bytes: laterVisit,
+    ...timings,
+    listening_core_share: listening,
+  }),
+);
 await browser.close();
 

@@ -4,13 +4,16 @@
 // browser profile (IndexedDB, the service worker's cache) lives in a
 // directory kept between runs, as a phone keeps its storage.
 //
-//   node phone.mjs PROFILE_DIR SHOTS_DIR STEP URL [OUT]
+//   node phone.mjs PROFILE_DIR SHOTS_DIR STEP URL [OUT] [HEARD.wav]
 //
 // STEP: enrol (URL carries #enrol=CODE) | pay-sound OUT.wav | pay-qr OUT.png
-// | statement | two-tabs (two tabs of the one wallet pay by QR code at the
-// same moment; prints both tokens). Paying runs offline (network emulation), after a reload
-// that the service worker must answer. Prints one JSON line of what the
-// page showed; exits 1 with the page's message when it refused.
+// | gate-qr OUT.png HEARD.wav (the microphone hears HEARD.wav: the page
+// listens for the gate's beacon, then pays by QR code bound to it) |
+// renew | statement | two-tabs (two tabs of the one wallet pay by QR code at the
+// same moment; prints both tokens). Paying runs offline (network
+// emulation), after a reload that the service worker must answer. Prints
+// one JSON line of what the page showed; exits 1 with the page's message
+// when it refused.
 
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -18,18 +21,21 @@ import { join } from "node:path";
 import { wav } from "../wav.js";
 import { launch } from "./chromium.js";
 
-const [profile, shots, step, url, out] = process.argv.slice(2);
+const [profile, shots, step, url, out, heard] = process.argv.slice(2);
 
-const browser = await launch(profile);
+const browser = await launch(profile, heard);
 const timer = setTimeout(() => {
   console.error(`${step}: no end within 60 s`);
   process.exit(2);
 }, 60_000);
 
+// What the page said on its console (printed when a step fails).
+const said = [];
 try {
   const page = await browser.newPage();
   const problems = [];
   page.on("pageerror", (e) => problems.push(e.message));
+  page.on("console", (m) => said.push(`${m.type()}: ${m.text()}`));
   await page.setViewport({ width: 360, height: 640, deviceScaleFactor: 1 });
   await page.emulateMediaFeatures([{ name: "prefers-color-scheme", value: "dark" }]);
   await page.goto(url, { waitUntil: "networkidle0" });
@@ -60,7 +66,8 @@ try {
       break;
     }
     case "pay-sound":
-    case "pay-qr": {
+    case "pay-qr":
+    case "gate-qr": {
       // The reader is offline from here; the page must come from the cache.
       await page.waitForFunction(() => navigator.serviceWorker?.controller, { timeout: 20_000 });
       await page.setOfflineMode(true);
@@ -77,11 +84,23 @@ try {
         result = { ...(await shown()), rate: sound.rate, samples: sound.samples.length };
         await shot("pay-sound");
       } else {
+        if (step === "gate-qr") {
+          await page.click("#listen");
+          await page.waitForFunction(
+            () => globalThis.sonotapGate || document.getElementById("message").classList.contains("error"),
+            { timeout: 20_000 },
+          );
+          await shot("gate");
+        }
         await page.click("#pay-qr");
         await page.waitForFunction(() => !document.getElementById("qr-screen").hidden, { timeout: 20_000 });
         await new Promise((r) => setTimeout(r, 300));
         await page.screenshot({ path: out });
-        result = await shown();
+        result = {
+          ...(await shown()),
+          gate: await page.evaluate(() => globalThis.sonotapGate),
+          token: await page.evaluate(() => globalThis.sonotapLastToken),
+        };
         await shot("pay-qr");
       }
       break;
@@ -106,6 +125,13 @@ try {
       result = { ...(await shown()), tokens: await Promise.all([signed(page), signed(other)]) };
       break;
     }
+    case "renew": {
+      await page.waitForFunction(() => !document.getElementById("home").hidden, { timeout: 20_000 });
+      await page.click("#renew");
+      await page.waitForFunction(() => document.getElementById("message").textContent, { timeout: 20_000 });
+      result = await shown();
+      break;
+    }
     case "statement": {
       await page.click("#show-statement");
       await settled("statement");
@@ -128,7 +154,7 @@ try {
   await browser.close();
   process.exit(result.error || problems.length ? 1 : 0);
 } catch (e) {
-  console.error(`${step}: ${e.stack ?? e}`);
+  console.error(`${step}: ${e.stack ?? e}\nthe page's console:\n${said.join("\n")}`);
   await browser.close();
   process.exit(2);
 }
