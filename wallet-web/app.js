@@ -42,10 +42,6 @@ let state;
 let hubOffsetMs = 0;
 let lastToken = null;
 
-/** How long a beacon heard binds payments: a gate accepts its challenge
- * for 30 s from announcing it (docs/protocol.md §3a) and repeats it every
- * 2 s, so one heard 20 s ago may be all but lived out. */
-const BEACON_BINDS_MS = 20_000;
 /** How long the page listens after a tap on Listen (or being shown). */
 const LISTEN_MS = 120_000;
 
@@ -136,37 +132,48 @@ async function renew() {
   const request = await sonotap.walletRequest({ kind: "renew" }, state.keys, await hubTime());
   const answer = await ask("renew", request.bytes);
   const renewed = sonotap.decodeRenewed(sonotap.fromHex(answer.renewed));
-  // The hub's key set first: a credential under a key the operator added
-  // since verifies once a key this phone trusts vouched for it.
-  const keySet = await adoptedKeySet(answer.key_set);
-  let issuer;
-  try {
-    issuer = await sonotap.checkRenewed(renewed, state.walletKey, keySet?.keys ?? trusted());
-  } catch (e) {
-    throw Object.assign(e, { code: "bad_answer" });
-  }
-  // An answer older than the pass in use (a replayed one) is refused
-  // inside the update below, and said as `bad_answer`.
   let choice;
-  // Built on the stored record, under the lock: a payment in another tab
-  // or a moment ago keeps its counter (docs/protocol.md §3).
-  state = await update((cur) => {
-    const current = cur.credential ? sonotap.decodeCredential(cur.credential) : null;
-    choice = sonotap.credentialAfterRenewal(current, cur.total, renewed.credential);
-    const install = choice === "offered";
-    return {
-      ...cur,
-      // The hub's clock as last seen: payments offline are stamped with it.
-      hubOffsetMs,
-      credential: install ? renewed.credential.bytes : cur.credential,
-      // A fresh credential starts a fresh running total (§3).
-      total: install ? 0 : cur.total,
-      counter: Math.max(cur.counter, renewed.note.highestCounter),
-      ...(keySet && keySet.version > (cur.keySetVersion ?? 0n)
-        ? { trusted: [...keySet.keys], keySetVersion: keySet.version }
-        : { trusted: cur.trusted.length ? cur.trusted : [[issuer.keyId, issuer.key]] }),
-    };
-  });
+  // Checked against the keys stored now; if another tab changed them
+  // while this one checked (signatures take a moment), checked again.
+  for (let attempt = 0; ; attempt++) {
+    const seen = (await load()) ?? state;
+    const { keys, keySet } = await keysAfter(answer.key_set, seen);
+    let issuer;
+    try {
+      issuer = await sonotap.checkRenewed(renewed, state.walletKey, keys);
+    } catch (e) {
+      throw Object.assign(e, { code: "bad_answer" });
+    }
+    const stale = (cur) =>
+      (cur.keySetVersion ?? 0n) !== (seen.keySetVersion ?? 0n) || !sameKeys(cur.trusted, seen.trusted);
+    try {
+      // Built on the stored record, under the lock: a payment in another
+      // tab or a moment ago keeps its counter (docs/protocol.md §3). An
+      // answer older than the pass in use (a replayed one) is refused here,
+      // and said as `bad_answer`.
+      state = await update((cur) => {
+        if (stale(cur)) throw Object.assign(new Error("keys changed"), { code: "keys_changed" });
+        const current = cur.credential ? sonotap.decodeCredential(cur.credential) : null;
+        choice = sonotap.credentialAfterRenewal(current, cur.total, renewed.credential);
+        const install = choice === "offered";
+        return {
+          ...cur,
+          // The hub's clock as last seen: payments offline are stamped with it.
+          hubOffsetMs,
+          credential: install ? renewed.credential.bytes : cur.credential,
+          // A fresh credential starts a fresh running total (§3).
+          total: install ? 0 : cur.total,
+          counter: Math.max(cur.counter, renewed.note.highestCounter),
+          ...(keySet
+            ? { trusted: [...keys], keySetVersion: keySet.version }
+            : { trusted: cur.trusted.length ? cur.trusted : [[issuer.keyId, issuer.key]] }),
+        };
+      });
+      break;
+    } catch (e) {
+      if (e.code !== "keys_changed" || attempt >= 2) throw e;
+    }
+  }
   say(
     {
       same: "Your pass is up to date.",
@@ -176,19 +183,25 @@ async function renew() {
   );
 }
 
-/** The keys this phone trusts after a renewal answer's key set (hex),
- * with its version, if it adopts the set; null if it keeps its own keys
- * (none sent, the same version, or none it trusts signed it). A set it
- * cannot read, or an older one, is a `bad_answer`. */
-async function adoptedKeySet(hexSet) {
-  if (typeof hexSet !== "string") return null;
+function sameKeys(a, b) {
+  return a.length === b.length && a.every(([id, key], i) => id === b[i][0] && sonotap.equal(key, b[i][1]));
+}
+
+/** The keys to check a renewal answer against, from the stored record
+ * `seen` and the answer's key set (hex): the set's keys (`keySet`, with its
+ * version) when the phone adopts it (docs/accounts.md §3.3), else its own.
+ * A set it cannot read is a `bad_answer`. */
+async function keysAfter(hexSet, seen) {
+  const own = new Map(seen.trusted);
+  if (typeof hexSet !== "string") return { keys: own, keySet: null };
+  let set;
   try {
-    const set = sonotap.decodeKeySet(sonotap.fromHex(hexSet));
-    const keys = await sonotap.adoptKeySet(set, state.keySetVersion ?? 0n, trusted());
-    return keys && { keys, version: set.version };
+    set = sonotap.decodeKeySet(sonotap.fromHex(hexSet));
   } catch (e) {
     throw Object.assign(e, { code: "bad_answer" });
   }
+  const adopted = await sonotap.adoptKeySet(set, seen.keySetVersion ?? 0n, own);
+  return adopted ? { keys: adopted, keySet: set } : { keys: own, keySet: null };
 }
 
 async function statement() {
@@ -228,7 +241,7 @@ async function nextToken() {
   // else a version-1 token on the hub's clock as last seen.
   const gate = gateHeard();
   const binding = gate && (await sonotap.gateBinding(gate.beacon.readerTag, gate.beacon.challenge));
-  const timestamp = gate ? gate.beacon.readerTime + Math.floor((performance.now() - gate.at) / 1000) : nowSeconds();
+  const timestamp = gate ? gate.beacon.readerTime + Math.floor(gate.ageMs / 1000) : nowSeconds();
   let terms;
   state = await update((cur) => {
     if (!cur.credential) throw Object.assign(new Error("no credential"), { code: "no_credential" });
@@ -249,37 +262,46 @@ async function nextToken() {
 
 // ---- the gate's beacon (docs/protocol.md §3a, docs/modem.md §7) ----
 
-/** Beacons heard lately, newest last: `{ beacon, at, level }`. */
+/** Beacons heard since the page was last shown: `{ beacon, at, wall,
+ * levelDbfs }`, `at` on the page's monotonic clock and `wall` on the
+ * phone's (a phone asleep may stop the first; the older of the two counts). */
 let heard = [];
-/** The microphone while listening: `{ stream, context, stop }`. */
+/** The microphone while listening: `{ context, stop }`. */
 let listening = null;
+/** Bumped by every start and stop: a start that finds it moved on (a
+ * second tap, the page hidden, Stop) while it waited gives the microphone
+ * back at once. */
+let listenTurn = 0;
+let starting = false;
+/** Refreshes what the page says once the last gate heard binds no more. */
+let bindingEnds;
 
 const tagText = (tag) => tag.toString(16).padStart(8, "0");
 
-/** The gate to bind to: of the beacons heard in the last round (within
- * 3 s of the newest), the loudest, the nearest gate; none if the newest
- * is older than `BEACON_BINDS_MS`. */
+/** The gate to bind to now (`sonotap.chooseGate`), with its age. */
 function gateHeard() {
-  const now = performance.now();
-  const newest = heard.at(-1);
-  if (!newest || now - newest.at > BEACON_BINDS_MS) return null;
-  const round = heard.filter((h) => newest.at - h.at <= 3000);
-  return round.reduce((best, h) => (h.level > best.level ? h : best));
+  const now = { at: performance.now(), wall: Date.now() };
+  const aged = heard.map((h) => ({ ...h, ageMs: Math.max(now.at - h.at, now.wall - h.wall, 0) }));
+  return sonotap.chooseGate(aged);
 }
 
 function showGate() {
   const gate = gateHeard();
+  const waiting = listening && listening.context.state !== "running";
   $("gate").textContent = gate
     ? `Paying gate ${tagText(gate.beacon.readerTag)}`
-    : listening
-      ? "Listening for the gate…"
-      : "Any reader (no gate heard)";
-  $("listen").textContent = listening ? "Stop listening" : "Listen for the gate";
+    : waiting
+      ? "Tap the screen to start listening for the gate"
+      : listening
+        ? "Listening for the gate…"
+        : "Any reader (no gate heard)";
+  $("listen").textContent = listening || starting ? "Stop listening" : "Listen for the gate";
   // For the end-to-end test (wallet-web/README.md).
   globalThis.sonotapGate = gate ? tagText(gate.beacon.readerTag) : null;
 }
 
 function stopListening() {
+  listenTurn++;
   listening?.stop();
   listening = null;
   showGate();
@@ -287,43 +309,67 @@ function stopListening() {
 
 /** Listens for gates' beacons on the microphone, unprocessed (a phone's
  * echo cancelling and noise suppression take a steady 19 kHz tone for
- * noise), for `LISTEN_MS`. */
+ * noise), for `LISTEN_MS`; at most one microphone at a time, and none
+ * while the page is hidden. */
 async function listen() {
-  if (listening) return;
+  if (listening || starting || document.hidden) return;
+  const turn = ++listenTurn;
+  const current = () => turn === listenTurn && !document.hidden;
+  starting = true;
+  showGate();
   let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
-    });
-  } catch {
-    throw Object.assign(new Error("microphone"), { code: "no_microphone" });
-  }
-  const context = new AudioContext({ latencyHint: "playback" });
+  let context;
+  let timer;
   const stop = () => {
     clearTimeout(timer);
-    for (const track of stream.getTracks()) track.stop();
-    context.close().catch(() => undefined);
+    for (const track of stream?.getTracks() ?? []) track.stop();
+    context?.close().catch(() => undefined);
   };
-  const timer = setTimeout(stopListening, LISTEN_MS);
   try {
-    const decoder = new sonotap.BeaconDecoder(context.sampleRate);
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
+      });
+    } catch {
+      throw Object.assign(new Error("microphone"), { code: "no_microphone" });
+    }
+    if (!current()) return stop();
+    // The microphone's own rate: a browser resamples a 16 kHz headset up
+    // to the context's rate, with nothing above 8 kHz in it.
+    const micRate = stream.getAudioTracks()[0]?.getSettings?.().sampleRate;
+    if (micRate && micRate < sonotap.BEACON_MIN_RATE) throw Object.assign(new Error("rate"), { code: "slow_microphone" });
+    context = new AudioContext({ latencyHint: "playback" });
+    let decoder;
+    try {
+      decoder = new sonotap.BeaconDecoder(context.sampleRate);
+    } catch {
+      throw Object.assign(new Error("rate"), { code: "slow_microphone" });
+    }
     await context.audioWorklet.addModule("listen.js");
+    if (!current()) return stop();
     const tap = new AudioWorkletNode(context, "sonotap-listen");
+    const seen = { rate: context.sampleRate, chunks: 0 };
     tap.port.onmessage = (event) => {
+      seen.chunks++;
       for (const reception of decoder.push(event.data)) heardBeacon(reception);
     };
     context.createMediaStreamSource(stream).connect(tap).connect(context.destination);
+    context.onstatechange = showGate;
+    timer = setTimeout(stopListening, LISTEN_MS);
+    listening = { context, stop };
+    // For the end-to-end test: what the microphone has delivered.
+    globalThis.sonotapListening = Object.assign(seen, { context });
+    // Started without a tap (the page shown again), the context may wait
+    // for one: the first tap anywhere starts it.
+    context.resume().catch(() => undefined);
+    document.addEventListener("pointerdown", () => context.resume().catch(() => undefined), { once: true });
   } catch (e) {
     stop();
-    throw e instanceof RangeError ? Object.assign(e, { code: "slow_microphone" }) : e;
+    throw e;
+  } finally {
+    starting = false;
+    showGate();
   }
-  listening = { stream, context, stop };
-  // Started without a tap (the page shown again), the context may wait
-  // for one: the first tap anywhere starts it.
-  context.resume().catch(() => undefined);
-  document.addEventListener("pointerdown", () => context.resume().catch(() => undefined), { once: true });
-  showGate();
-  if (!state.listens) state = await update((cur) => ({ ...cur, listens: true }));
 }
 
 function heardBeacon(reception) {
@@ -331,10 +377,19 @@ function heardBeacon(reception) {
   try {
     beacon = sonotap.decodeBeacon(reception.payload);
   } catch {
-    return; // Some other 17 bytes on the beacon's band: not a gate.
+    return; // Some other bytes on the beacon's band: not a gate.
   }
-  heard = [...heard.slice(-15), { beacon, at: performance.now(), level: reception.levelDbfs }];
+  heard = [...heard.slice(-15), { beacon, at: performance.now(), wall: Date.now(), levelDbfs: reception.levelDbfs }];
+  clearTimeout(bindingEnds);
+  bindingEnds = setTimeout(showGate, sonotap.GATE_BINDS_MS + 100);
   showGate();
+  // This phone pays at gates that beacon: it listens by itself from now
+  // on whenever it is shown, until the rider taps Stop.
+  if (!state.listens) {
+    update((cur) => ({ ...cur, listens: true }))
+      .then((saved) => (state = saved))
+      .catch(() => undefined);
+  }
 }
 
 let audio;
@@ -480,8 +535,17 @@ async function start() {
   });
   $("listen").addEventListener("click", () => {
     say("");
-    if (listening) stopListening();
-    else listen().catch(sayWhy);
+    if (!listening && !starting) {
+      listen().catch(sayWhy);
+      return;
+    }
+    stopListening();
+    // The rider said stop: no listening by itself either.
+    if (state.listens) {
+      update((cur) => ({ ...cur, listens: false }))
+        .then((saved) => (state = saved))
+        .catch(() => undefined);
+    }
   });
   $("qr-done").addEventListener("click", hideQr);
   // Back from another tab or app: show what the store holds now.
@@ -489,6 +553,8 @@ async function start() {
   // gates before listens again.
   document.addEventListener("visibilitychange", async () => {
     if (document.visibilityState !== "visible") {
+      // What was heard before is no longer where the phone is.
+      heard = [];
       stopListening();
       return;
     }

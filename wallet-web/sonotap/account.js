@@ -136,21 +136,24 @@ export function decodeKeySet(bytes) {
 }
 
 /** What a phone trusting `trusted` (key id → key) at key-set version
- * `current` (BigInt) does with a key set, as a reader does (docs/sync.md
- * §3.4): a newer set signed by a key it trusts becomes its trusted keys
- * (the new Map); the same version, or a set no trusted key signed, leaves
- * them as they are (null: a renewal answer is still checked against them);
- * an older set, which would bring a retired key back, is refused. */
+ * `current` (BigInt) does with a key set (docs/accounts.md §3.3): a set a
+ * key it trusts signed, of a higher version, becomes its trusted keys (the
+ * new Map). Anything else leaves them as they are (null), and the renewal
+ * beside it is checked against them: a set no trusted key signed, the same
+ * version (even with other keys), and an older one (which would bring a
+ * retired key back; a reader refuses it as an answer, a phone only keeps
+ * its keys, so that a hub restored from an older backup cannot stop every
+ * phone from renewing). */
 export async function adoptKeySet(set, current, trusted) {
-  if (set.version < current) {
-    throw new NotInstalled(`key set version ${set.version} is older than this phone's ${current}`);
-  }
-  if (set.version === current) return null;
+  let vouched = false;
   for (const [id, signature] of set.signatures) {
     const key = trusted.get(id);
-    if (key && (await verify(key, signature, set.signed))) return new Map(set.keys);
+    if (key && (await verify(key, signature, set.signed))) {
+      vouched = true;
+      break;
+    }
   }
-  return null;
+  return vouched && set.version > current ? new Map(set.keys) : null;
 }
 
 /** A renewal that grants less than the current credential has left is set

@@ -7,11 +7,12 @@
 //
 // It leaves out one step of §7.3: the sender's clock is not estimated and
 // undone (step 4). At ±100 ppm, a phone's and a reader's crystals, a tone
-// at 19.8 kHz moves 2 Hz, a tenth of a bin; the Rust decoder needs the
-// step for the ±300 ppm its grid tests.
+// at 19.8 kHz moves 2 Hz, a tenth of a bin; the Rust decoder takes the
+// step for the ±300 ppm its grid tests, and near the limit of what it
+// hears, 300 ppm may cost this one receptions the Rust one makes.
 
 import { Malformed, Reader, hex } from "./bytes.js";
-import { RATE, chirp, fft, gcd } from "./dsp.js";
+import { RATE, chirp, fft, gcd, sincKernels } from "./dsp.js";
 import { crc32 } from "./modem.js";
 
 /** §3a: a beacon's first byte. */
@@ -244,34 +245,13 @@ function levelDbfs(rows) {
 
 // ---- input: resampling to 48 kHz, the chirp's matched filter ----
 
-/** Streaming conversion of `from` Hz to 48 kHz: a Blackman-windowed sinc,
- * 32 zero crossings either side, cut off at 95 % of the lower Nyquist
- * frequency, one kernel per output phase (as modem.js's `resample`). */
+/** Streaming conversion of `from` Hz to 48 kHz, with docs/modem.md §4's
+ * kernel (dsp.js `sincKernels`, as modem.js's `resample`). */
 class ToInternalRate {
   constructor(from) {
     this.from = from;
     if (from === RATE) return;
-    const fc = 0.5 * 0.95 * Math.min(1, RATE / from);
-    this.half = Math.ceil(32 / (2 * fc));
-    this.period = RATE / gcd(RATE, from);
-    this.weights = [];
-    for (let i = 0; i < this.period; i++) {
-      const at = (i * from) / RATE;
-      const base = Math.floor(at);
-      const w = new Float64Array(2 * this.half);
-      let sum = 0;
-      for (let j = 0; j < w.length; j++) {
-        const t = base - this.half + 1 + j - at;
-        const u = (-t / this.half + 1) / 2;
-        if (u < 0 || u > 1) continue;
-        const x = 2 * fc * t;
-        const sinc = Math.abs(x) < 1e-12 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x);
-        w[j] = sinc * (0.42 - 0.5 * Math.cos(2 * Math.PI * u) + 0.08 * Math.cos(4 * Math.PI * u));
-        sum += w[j];
-      }
-      for (let j = 0; j < w.length; j++) w[j] /= sum;
-      this.weights.push(w);
-    }
+    ({ half: this.half, weights: this.weights } = sincKernels(from, RATE));
     // Input kept (silence before the stream), from absolute input sample
     // `held`, and the next output.
     this.input = new Float64Array(this.half);
@@ -291,7 +271,7 @@ class ToInternalRate {
       const base = Math.floor((this.next * this.from) / RATE);
       const first = base - this.half + 1;
       if (base + this.half >= end) break;
-      const w = this.weights[this.next % this.period];
+      const w = this.weights(this.next);
       let sum = 0;
       for (let j = 0; j < w.length; j++) sum += joined[first - this.held + j] * w[j];
       out.push(sum);
@@ -565,4 +545,30 @@ export class BeaconDecoder {
   get buffered() {
     return this.buf.length + this.pending.length;
   }
+}
+
+/** How long a beacon heard binds a payment: a reference gate accepts its
+ * challenge 30 s from announcing it and draws a new one every 10 s
+ * (docs/protocol.md §3a), so one heard 15 s ago has at least 5 s left. */
+export const GATE_BINDS_MS = 15_000;
+/** Beacons heard within this of the newest are one round: the gates in
+ * earshot now (a gate repeats its beacon every 1.5–2 s). */
+export const GATE_ROUND_MS = 3_000;
+
+/** The gate a wallet binds its token to (docs/protocol.md §3a), from the
+ * beacons it heard: `heard` is `[{ beacon, ageMs, levelDbfs }]` (beacon as
+ * `decodeBeacon` gives it). Of the round heard last, the newest beacon of
+ * each gate, and of those the loudest: the nearest gate, with its newest
+ * challenge. Null if nothing was heard within `GATE_BINDS_MS`. */
+export function chooseGate(heard) {
+  const fresh = heard.filter((h) => h.ageMs <= GATE_BINDS_MS);
+  if (!fresh.length) return null;
+  const newest = Math.min(...fresh.map((h) => h.ageMs));
+  const byGate = new Map();
+  for (const h of fresh) {
+    if (h.ageMs - newest > GATE_ROUND_MS) continue;
+    const seen = byGate.get(h.beacon.readerTag);
+    if (!seen || h.ageMs < seen.ageMs) byGate.set(h.beacon.readerTag, h);
+  }
+  return [...byGate.values()].reduce((best, h) => (h.levelDbfs > best.levelDbfs ? h : best));
 }

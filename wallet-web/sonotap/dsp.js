@@ -58,6 +58,49 @@ export function fft(re, im, inverse = false) {
   }
 }
 
+/** Most output phases whose kernels are made: common rate pairs need few
+ * (147 for 48 → 44.1 kHz, 160 back); an odd rate such as 47 999 Hz would
+ * need one per output sample for a second, and gets this many, its
+ * positions rounded down to 1/1024 of a sample (20 ns at 48 kHz). */
+const PHASES = 1024;
+
+/** docs/modem.md §4's resampling kernel from `from` to `to` Hz: a
+ * Blackman-windowed sinc, 32 zero crossings either side, cut off at 95 %
+ * of the lower Nyquist frequency, unity gain at DC. Output i sits at input
+ * position i·from/to and takes inputs floor(that) − half + 1 … + half;
+ * `weights(i)` are their weights, which depend only on the position's
+ * fraction: made once per phase. */
+export function sincKernels(from, to) {
+  const fc = 0.5 * 0.95 * Math.min(1, to / from);
+  const half = Math.ceil(32 / (2 * fc));
+  const period = to / gcd(from, to);
+  const make = (frac) => {
+    const w = new Float64Array(2 * half);
+    let sum = 0;
+    for (let j = 0; j < w.length; j++) {
+      const t = -half + 1 + j - frac;
+      const u = (-t / half + 1) / 2;
+      if (u < 0 || u > 1) continue;
+      const x = 2 * fc * t;
+      const sinc = Math.abs(x) < 1e-12 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x);
+      w[j] = sinc * (0.42 - 0.5 * Math.cos(2 * Math.PI * u) + 0.08 * Math.cos(4 * Math.PI * u));
+      sum += w[j];
+    }
+    for (let j = 0; j < w.length; j++) w[j] /= sum;
+    return w;
+  };
+  const fraction = (i) => {
+    const at = ((i % period) * from) / to;
+    return at - Math.floor(at);
+  };
+  if (period <= PHASES) {
+    const kept = Array.from({ length: period }, (_, i) => make(fraction(i)));
+    return { half, weights: (i) => kept[i % period] };
+  }
+  const kept = Array.from({ length: PHASES }, (_, q) => make(q / PHASES));
+  return { half, weights: (i) => kept[Math.floor(fraction(i) * PHASES)] };
+}
+
 export function gcd(a, b) {
   while (b) [a, b] = [b, a % b];
   return a;

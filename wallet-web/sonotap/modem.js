@@ -5,7 +5,7 @@
 // vectors to 2 LSB, and `sonotap modem decode`). Signals are made at
 // 48 kHz and resampled for other output rates (§1).
 
-import { RATE, chirp, fade, fft, gcd } from "./dsp.js";
+import { RATE, chirp, fade, fft, gcd, sincKernels } from "./dsp.js";
 
 export { RATE };
 const Z = 81;
@@ -266,38 +266,11 @@ function checkPayload(payload) {
   }
 }
 
-/** The resampling kernels from 48 kHz to `rate`, one per output phase:
- * output i sits at input position i·48000/rate, whose fraction repeats
- * every rate/gcd(48000, rate) outputs (147 for 44.1 kHz). */
+/** The resampling kernels from 48 kHz to each output rate used. */
 const kernels = new Map();
 function kernelsFor(rate) {
-  let cached = kernels.get(rate);
-  if (cached) return cached;
-  const fc = 0.5 * 0.95 * Math.min(1, rate / RATE);
-  const half = Math.ceil(32 / (2 * fc));
-  const period = rate / gcd(RATE, rate);
-  const weights = [];
-  for (let i = 0; i < period; i++) {
-    const at = (i * RATE) / rate;
-    const base = Math.floor(at);
-    const w = new Float64Array(2 * half);
-    let sum = 0;
-    for (let j = 0; j < 2 * half; j++) {
-      const t = base - half + 1 + j - at;
-      const u = (-t / half + 1) / 2;
-      if (u < 0 || u > 1) continue;
-      const x = 2 * fc * t;
-      const sinc = Math.abs(x) < 1e-12 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x);
-      w[j] = sinc * (0.42 - 0.5 * Math.cos(2 * Math.PI * u) + 0.08 * Math.cos(4 * Math.PI * u));
-      sum += w[j];
-    }
-    // Unity gain at DC for every phase.
-    for (let j = 0; j < w.length; j++) w[j] /= sum;
-    weights.push(w);
-  }
-  cached = { half, period, weights };
-  kernels.set(rate, cached);
-  return cached;
+  if (!kernels.has(rate)) kernels.set(rate, sincKernels(RATE, rate));
+  return kernels.get(rate);
 }
 
 /** `samples` at 48 kHz converted to `rate` Hz (a whole number): a
@@ -309,12 +282,12 @@ export function resample(samples, rate) {
   if (!Number.isInteger(rate) || rate < 8000 || rate > 768000) {
     throw new RangeError(`an output rate of 8 to 768 kHz, not ${rate}`);
   }
-  const { half, period, weights } = kernelsFor(rate);
+  const { half, weights } = kernelsFor(rate);
   const out = new Float64Array(Math.round((samples.length * rate) / RATE));
   const n = samples.length;
   for (let i = 0; i < out.length; i++) {
     const base = Math.floor((i * RATE) / rate);
-    const w = weights[i % period];
+    const w = weights(i);
     const first = base - half + 1;
     let sum = 0;
     const from = Math.max(0, -first);

@@ -14,6 +14,7 @@ import { test } from "node:test";
 import {
   BEACON_BUFFER_SECONDS,
   BeaconDecoder,
+  chooseGate,
   Malformed,
   decodeBeacon,
   encodeFast,
@@ -127,4 +128,21 @@ test("payments, noise and nonsense are no beacon, and the audio kept stays bound
   }
   assert.throws(() => new BeaconDecoder(32000), RangeError);
   assert.throws(() => new BeaconDecoder(Number.NaN), RangeError);
+});
+
+test("a wallet binds to the nearest gate's newest challenge, and to nothing heard too long ago", () => {
+  const beacon = (readerTag, c) => ({ readerTag, challenge: Uint8Array.of(c, 0, 0, 0, 0, 0, 0, 0), readerTime: 1000 });
+  const heard = (tag, c, ageMs, levelDbfs) => ({ beacon: beacon(tag, c), ageMs, levelDbfs });
+  // Gate 1 is nearer (louder); its newest challenge is 2, heard quieter
+  // than its older one: the challenge is the newest, the gate the loudest.
+  const round = [heard(1, 1, 2500, -20), heard(2, 9, 1800, -30), heard(1, 2, 400, -24)];
+  const chosen = chooseGate(round);
+  assert.equal(chosen.beacon.readerTag, 1);
+  assert.equal(chosen.beacon.challenge[0], 2);
+  // A gate heard in an earlier round (beyond 3 s of the newest) is gone.
+  assert.equal(chooseGate([heard(2, 9, 5000, -10), heard(1, 2, 1000, -30)]).beacon.readerTag, 1);
+  // Nothing within 15 s: no gate, the token is a version-1 one.
+  assert.equal(chooseGate([heard(1, 2, 15_001, -20)]), null);
+  assert.equal(chooseGate([]), null);
+  assert.equal(chooseGate([heard(1, 2, 15_000, -20)]).beacon.readerTag, 1);
 });

@@ -86,10 +86,20 @@ try {
       } else {
         if (step === "gate-qr") {
           await page.click("#listen");
-          await page.waitForFunction(
-            () => globalThis.sonotapGate || document.getElementById("message").classList.contains("error"),
-            { timeout: 20_000 },
-          );
+          await page
+            .waitForFunction(
+              () => globalThis.sonotapGate || document.getElementById("message").classList.contains("error"),
+              { timeout: 20_000 },
+            )
+            .catch(async (e) => {
+              const heard = await page.evaluate(() => ({
+                gate: document.getElementById("gate").textContent,
+                rate: globalThis.sonotapListening?.rate,
+                chunks: globalThis.sonotapListening?.chunks,
+                context: globalThis.sonotapListening?.context.state,
+              }));
+              throw new Error(`${e.message}; the page heard: ${JSON.stringify(heard)}`);
+            });
           await shot("gate");
         }
         await page.click("#pay-qr");
