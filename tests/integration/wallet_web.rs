@@ -231,15 +231,11 @@ fn phone_in(s: &Scratch, profile: &str, step: &[&str]) -> (serde_json::Value, bo
     (shown, out.status.code() == Some(1))
 }
 
-/// A hub with reader `gate-1` registered, account `rider-1` (offline limit
-/// 10.00, 2.50 a payment, 30.00 paid in) and a `hub serve` on 127.0.0.1;
-/// the browser phone has enrolled with a code from `hub account enroll`
-/// and renewed. The hub, and the wallet's URL.
-fn enrolled_phone(s: &Scratch) -> (HubProcess, String) {
-    s.ok(&["hub", "init", "--data", "hub"]);
-    s.reader_init("r", "gate-1", &[]);
-    s.register_reader("r", "gate-1");
-    s.ok(&[
+/// Account `rider-1` of hub `hub` (offline limit 10.00, 2.50 a payment,
+/// `credit` paid in), made by `hub` commands that `run` runs; a code to
+/// enrol a phone in it.
+fn open_account(run: &dyn Fn(&[&str]) -> String, credit: &str) -> String {
+    run(&[
         "hub",
         "account",
         "new",
@@ -251,22 +247,38 @@ fn enrolled_phone(s: &Scratch) -> (HubProcess, String) {
         "--per-payment",
         "250",
     ]);
-    s.ok(&[
+    run(&[
         "hub",
         "account",
         "credit",
         "rider-1",
-        "3000",
+        credit,
         "--reference",
         "p1",
         "--data",
         "hub",
     ]);
-    let code: serde_json::Value = serde_json::from_str(&s.ok(&[
+    enrol_code(run)
+}
+
+/// A fresh code to enrol a phone in account `rider-1` of hub `hub`.
+fn enrol_code(run: &dyn Fn(&[&str]) -> String) -> String {
+    let code: serde_json::Value = serde_json::from_str(&run(&[
         "hub", "account", "enroll", "rider-1", "--data", "hub", "--json",
     ]))
     .expect("json");
-    let code = code["code"].as_str().expect("a code").to_owned();
+    code["code"].as_str().expect("a code").to_owned()
+}
+
+/// A hub with reader `gate-1` registered, account `rider-1` (offline limit
+/// 10.00, 2.50 a payment, 30.00 paid in) and a `hub serve` on 127.0.0.1;
+/// the browser phone has enrolled with a code from `hub account enroll`
+/// and renewed. The hub, and the wallet's URL.
+fn enrolled_phone(s: &Scratch) -> (HubProcess, String) {
+    s.ok(&["hub", "init", "--data", "hub"]);
+    s.reader_init("r", "gate-1", &[]);
+    s.register_reader("r", "gate-1");
+    let code = open_account(&|args| s.ok(args), "3000");
     std::fs::create_dir_all(s.path("shots")).expect("shots");
     let hub = HubProcess::start(s, 0);
     let wallet = format!("{}/wallet/", hub.url);
@@ -500,39 +512,8 @@ fn issue19_a_phone_that_renewed_during_a_key_rotation_renews_under_the_new_issue
     let s = Scratch::new();
     let db = |args: &[&str]| s.ok(&[args, &["--database", &url]].concat());
     db(&["hub", "init", "--data", "hub"]);
-    db(&[
-        "hub",
-        "account",
-        "new",
-        "rider-1",
-        "--data",
-        "hub",
-        "--offline-limit",
-        "1000",
-        "--per-payment",
-        "250",
-    ]);
-    db(&[
-        "hub",
-        "account",
-        "credit",
-        "rider-1",
-        "5000",
-        "--reference",
-        "p1",
-        "--data",
-        "hub",
-    ]);
-    let code: serde_json::Value = serde_json::from_str(&db(&[
-        "hub", "account", "enroll", "rider-1", "--data", "hub", "--json",
-    ]))
-    .expect("json");
-    let code = code["code"].as_str().expect("a code").to_owned();
-    let other: serde_json::Value = serde_json::from_str(&db(&[
-        "hub", "account", "enroll", "rider-1", "--data", "hub", "--json",
-    ]))
-    .expect("json");
-    let other = other["code"].as_str().expect("a code").to_owned();
+    let code = open_account(&db, "5000");
+    let other = enrol_code(&db);
     std::fs::create_dir_all(s.path("shots")).expect("shots");
     let mut hub = HubProcess::start_with(&s, &["--database", &url]);
     let wallet = format!("{}/wallet/", hub.url);
