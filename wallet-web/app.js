@@ -34,6 +34,7 @@ const SAYS = {
   counter_used_up: "This phone has made all the payments one wallet key may make: please contact the operator.",
   insecure: "This page must be opened over a secure (https) connection.",
   no_sound: "This phone did not let the page play sound: tap Pay by sound again, or pay by QR code.",
+  keys_changed: "Another window of this wallet changed it meanwhile: tap Renew again.",
   no_microphone: "This phone did not let the page listen. Allow the microphone to pay at gates that ask for it.",
   slow_microphone: "This phone's microphone records too few samples a second to hear the gate.",
 };
@@ -273,6 +274,8 @@ let listening = null;
  * back at once. */
 let listenTurn = 0;
 let starting = false;
+/** The page was shown again while a start was under way. */
+let relisten = false;
 /** Refreshes what the page says once the last gate heard binds no more. */
 let bindingEnds;
 
@@ -319,9 +322,19 @@ async function listen() {
   showGate();
   let stream;
   let context;
+  let tap;
   let timer;
+  // A tap (click or key) lets a context started without one run: a touch
+  // `pointerdown` does not count as one.
+  const wake = () => context?.resume().catch(() => undefined);
   const stop = () => {
     clearTimeout(timer);
+    for (const kind of ["click", "keydown"]) document.removeEventListener(kind, wake);
+    // Chunks already queued are dropped: nothing is heard after a stop.
+    if (tap) {
+      tap.port.onmessage = null;
+      tap.port.close();
+    }
     for (const track of stream?.getTracks() ?? []) track.stop();
     context?.close().catch(() => undefined);
   };
@@ -347,28 +360,38 @@ async function listen() {
     }
     await context.audioWorklet.addModule("listen.js");
     if (!current()) return stop();
-    const tap = new AudioWorkletNode(context, "sonotap-listen");
+    tap = new AudioWorkletNode(context, "sonotap-listen");
     const seen = { rate: context.sampleRate, chunks: 0 };
     tap.port.onmessage = (event) => {
+      if (listening?.context !== context) return;
       seen.chunks++;
       for (const reception of decoder.push(event.data)) heardBeacon(reception);
     };
     context.createMediaStreamSource(stream).connect(tap).connect(context.destination);
-    context.onstatechange = showGate;
+    context.onstatechange = () => {
+      if (context.state === "running") for (const kind of ["click", "keydown"]) document.removeEventListener(kind, wake);
+      showGate();
+    };
     timer = setTimeout(stopListening, LISTEN_MS);
     listening = { context, stop };
     // For the end-to-end test: what the microphone has delivered.
     globalThis.sonotapListening = Object.assign(seen, { context });
     // Started without a tap (the page shown again), the context may wait
-    // for one: the first tap anywhere starts it.
-    context.resume().catch(() => undefined);
-    document.addEventListener("pointerdown", () => context.resume().catch(() => undefined), { once: true });
+    // for one: a tap anywhere starts it.
+    for (const kind of ["click", "keydown"]) document.addEventListener(kind, wake);
+    wake();
   } catch (e) {
     stop();
-    throw e;
+    // A start the rider or the page called off says nothing.
+    if (current()) throw e;
   } finally {
     starting = false;
     showGate();
+    // Shown again while this start was being called off: listen anew.
+    if (relisten && !listening && !document.hidden) {
+      relisten = false;
+      listen().catch(() => undefined);
+    }
   }
 }
 
@@ -540,12 +563,11 @@ async function start() {
       return;
     }
     stopListening();
-    // The rider said stop: no listening by itself either.
-    if (state.listens) {
-      update((cur) => ({ ...cur, listens: false }))
-        .then((saved) => (state = saved))
-        .catch(() => undefined);
-    }
+    // The rider said stop: no listening by itself either (written after
+    // any write that turned it on, which the lock puts first).
+    update((cur) => ({ ...cur, listens: false }))
+      .then((saved) => (state = saved))
+      .catch(() => undefined);
   });
   $("qr-done").addEventListener("click", hideQr);
   // Back from another tab or app: show what the store holds now.
@@ -560,7 +582,9 @@ async function start() {
     }
     state = (await load().catch(() => undefined)) ?? state;
     render();
-    if (state.listens && state.enrolled) listen().catch(() => undefined);
+    if (!state.listens || !state.enrolled) return;
+    if (starting) relisten = true;
+    else listen().catch(() => undefined);
   });
   render();
   if (state.listens && state.enrolled) listen().catch(() => undefined);

@@ -227,7 +227,13 @@ fn phone_in(s: &Scratch, profile: &str, step: &[&str]) -> (serde_json::Value, bo
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let shown = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let shown = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "phone {step:?} printed no JSON line ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (shown, out.status.code() == Some(1))
 }
 

@@ -557,9 +557,10 @@ export const GATE_ROUND_MS = 3_000;
 
 /** The gate a wallet binds its token to (docs/protocol.md §3a), from the
  * beacons it heard: `heard` is `[{ beacon, ageMs, levelDbfs }]` (beacon as
- * `decodeBeacon` gives it). Of the round heard last, the newest beacon of
- * each gate, and of those the loudest: the nearest gate, with its newest
- * challenge. Null if nothing was heard within `GATE_BINDS_MS`. */
+ * `decodeBeacon` gives it). Of the round heard last, the loudest gate (by
+ * its loudest beacon in the round: one faint reception does not make it
+ * far), with its newest challenge. Null if nothing was heard within
+ * `GATE_BINDS_MS`. */
 export function chooseGate(heard) {
   const fresh = heard.filter((h) => h.ageMs <= GATE_BINDS_MS);
   if (!fresh.length) return null;
@@ -568,7 +569,10 @@ export function chooseGate(heard) {
   for (const h of fresh) {
     if (h.ageMs - newest > GATE_ROUND_MS) continue;
     const seen = byGate.get(h.beacon.readerTag);
-    if (!seen || h.ageMs < seen.ageMs) byGate.set(h.beacon.readerTag, h);
+    byGate.set(h.beacon.readerTag, {
+      newest: !seen || h.ageMs < seen.newest.ageMs ? h : seen.newest,
+      loudest: Math.max(h.levelDbfs, seen?.loudest ?? -Infinity),
+    });
   }
-  return [...byGate.values()].reduce((best, h) => (h.levelDbfs > best.levelDbfs ? h : best));
+  return [...byGate.values()].reduce((best, g) => (g.loudest > best.loudest ? g : best)).newest;
 }

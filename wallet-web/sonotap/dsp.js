@@ -61,7 +61,7 @@ export function fft(re, im, inverse = false) {
 /** Most output phases whose kernels are made: common rate pairs need few
  * (147 for 48 → 44.1 kHz, 160 back); an odd rate such as 47 999 Hz would
  * need one per output sample for a second, and gets this many, its
- * positions rounded down to 1/1024 of a sample (20 ns at 48 kHz). */
+ * positions rounded to the nearest 1/1024 of a sample (10 ns at 48 kHz). */
 const PHASES = 1024;
 
 /** docs/modem.md §4's resampling kernel from `from` to `to` Hz: a
@@ -97,8 +97,10 @@ export function sincKernels(from, to) {
     const kept = Array.from({ length: period }, (_, i) => make(fraction(i)));
     return { half, weights: (i) => kept[i % period] };
   }
-  const kept = Array.from({ length: PHASES }, (_, q) => make(q / PHASES));
-  return { half, weights: (i) => kept[Math.floor(fraction(i) * PHASES)] };
+  // 0 … 1 inclusive: a fraction rounded up to 1 is the next input sample's
+  // kernel, shifted by one tap.
+  const kept = Array.from({ length: PHASES + 1 }, (_, q) => make(q / PHASES));
+  return { half, weights: (i) => kept[Math.round(fraction(i) * PHASES)] };
 }
 
 export function gcd(a, b) {

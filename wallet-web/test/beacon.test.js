@@ -65,10 +65,10 @@ test("the documents' beacons are heard where the Rust decoder hears them", () =>
   }
 });
 
-test("beacons the Rust encoder renders are heard, every repetition once, 1 to 32 bytes at 48 and 44.1 kHz", () => {
+test("beacons the Rust encoder renders are heard, every repetition once, 1 to 32 bytes at 48, 44.1 and an odd 47.999 kHz", () => {
   const dir = mkdtempSync(join(tmpdir(), "sonotap-js-beacon-"));
   try {
-    for (const rate of [48000, 44100]) {
+    for (const rate of [48000, 44100, 47999]) {
       for (const len of [1, 17, 32]) {
         const payload = Uint8Array.from({ length: len }, (_, i) => (i * 61 + len + rate) & 255);
         const file = join(dir, `b-${rate}-${len}.wav`);
@@ -77,8 +77,9 @@ test("beacons the Rust encoder renders are heard, every repetition once, 1 to 32
         // Three repetitions 1.5 s apart at a tenth of full scale, in noise
         // 20 dB under the beacon's level.
         const gap = Math.round(1.5 * rate);
+        const lead = Math.round(rate / 4);
         const stream = noise(gap * 3 + frame.length, 0.1 * 0.8 * 0.1, rate + len);
-        for (let r = 0; r < 3; r++) frame.forEach((v, i) => (stream[r * gap + rate / 4 + i] += 0.1 * v));
+        for (let r = 0; r < 3; r++) frame.forEach((v, i) => (stream[r * gap + lead + i] += 0.1 * v));
         const heard = hear(stream, rate);
         assert.deepEqual(
           heard.map((b) => hex(b.payload)),
@@ -87,7 +88,7 @@ test("beacons the Rust encoder renders are heard, every repetition once, 1 to 32
         );
         const starts = heard.map((b) => b.start);
         for (let r = 0; r < 3; r++) {
-          const expected = ((r * gap + rate / 4) * 48000) / rate;
+          const expected = ((r * gap + lead) * 48000) / rate;
           assert.ok(Math.abs(starts[r] - expected) <= 3, `repetition ${r} at ${starts[r]}, not ${expected}`);
         }
       }
@@ -139,6 +140,10 @@ test("a wallet binds to the nearest gate's newest challenge, and to nothing hear
   const chosen = chooseGate(round);
   assert.equal(chosen.beacon.readerTag, 1);
   assert.equal(chosen.beacon.challenge[0], 2);
+  // One faint reception of the nearer gate does not hand the binding to
+  // the farther one.
+  const faded = [heard(1, 2, 1900, -20), heard(2, 9, 1500, -30), heard(1, 2, 300, -36)];
+  assert.equal(chooseGate(faded).beacon.readerTag, 1);
   // A gate heard in an earlier round (beyond 3 s of the newest) is gone.
   assert.equal(chooseGate([heard(2, 9, 5000, -10), heard(1, 2, 1000, -30)]).beacon.readerTag, 1);
   // Nothing within 15 s: no gate, the token is a version-1 one.
