@@ -3,8 +3,14 @@
 //! corpus under `signals/qr/`, side by side with zbar (`zbarimg`) and
 //! zxing-cpp (`ZXingReader`) when they are installed.
 //!
+//! Then the photo corpus (`signals/qr/photo/`, issue 20) per category,
+//! beside zxing-cpp and zbar through their Python bindings
+//! (`benches/qr_others.py`: `pip install zxing-cpp pyzbar pillow`, and
+//! `apt-get install zbar-tools` for libzbar).
+//!
 //! Run: `cargo bench --bench qr` (set `QR_BENCH_FRAMES` for frames per size,
-//! `QR_BENCH_CORPUS` for another corpus directory, e.g. a fresh-seed set).
+//! `QR_BENCH_CORPUS` for another corpus directory, e.g. a fresh-seed set,
+//! `QR_BENCH_PHOTOS` for another photo corpus).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -249,4 +255,146 @@ fn main() {
         None => println!("zxing-cpp (ZXingReader)       not installed"),
     }
     println!("sonotap missed: {misses:?}");
+    photo_table(&thorough);
+}
+
+/// One reader's count on one category: codes read, codes in view, and the
+/// time of each photo.
+#[derive(Default)]
+struct Tally {
+    read: usize,
+    codes: usize,
+    ms: Vec<f64>,
+}
+
+impl Tally {
+    fn add(&mut self, payloads: &[Vec<u8>], found: &[Vec<u8>], ms: f64) {
+        self.read += payloads.iter().filter(|p| found.contains(p)).count();
+        self.codes += payloads.len();
+        self.ms.push(ms);
+    }
+
+    fn cell(&self) -> String {
+        let mut ms = self.ms.clone();
+        ms.sort_by(f64::total_cmp);
+        let median = ms.get(ms.len() / 2).copied().unwrap_or(0.0);
+        format!(
+            "{:>5.1} % ({:>2}/{:<2}) {:>6.1} ms",
+            100.0 * self.read as f64 / self.codes.max(1) as f64,
+            self.read,
+            self.codes,
+            median
+        )
+    }
+}
+
+/// The photo corpus (`signals/qr/photo/`, issue 20), per category: codes
+/// read and the median time per photo of sonotap (thorough options, as
+/// `qr decode` reads a still), zxing-cpp and zbar (their Python bindings,
+/// `benches/qr_others.py`, in-process timing; left out if not installed).
+fn photo_table(thorough: &Decoder) {
+    use sonotap_qr::photo::Category;
+    let dir = std::env::var_os("QR_BENCH_PHOTOS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("signals/qr/photo"),
+        PathBuf::from,
+    );
+    let Ok(files) = sonotap_qr::synth::read_corpus(&dir) else {
+        println!("\n# photo corpus: {} not readable", dir.display());
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/qr_others.py");
+    let others: Vec<serde_json::Value> = Command::new("python3")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .ok()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut table: Vec<(Category, [Tally; 3])> = Category::ALL
+        .iter()
+        .map(|&c| (c, Default::default()))
+        .collect();
+    let (mut have_zxing, mut have_zbar) = (false, false);
+    for (path, payloads) in &files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let Some(row) = Category::of_file(&name)
+            .and_then(|c| table.iter_mut().find(|(k, _)| *k == c))
+            .map(|(_, t)| t)
+        else {
+            continue;
+        };
+        let Ok(img) = load_image(path) else { continue };
+        let started = Instant::now();
+        let found: Vec<Vec<u8>> = thorough
+            .decode(img.as_frame())
+            .into_iter()
+            .map(|c| c.payload)
+            .collect();
+        row[0].add(payloads, &found, ms(started.elapsed()));
+        let Some(line) = others.iter().find(|l| l["file"] == name.as_str()) else {
+            continue;
+        };
+        for (i, key) in [(1, "zxing"), (2, "zbar")] {
+            let Some(codes) = line[key].as_array() else {
+                continue;
+            };
+            if i == 1 {
+                have_zxing = true;
+            } else {
+                have_zbar = true;
+            }
+            let found: Vec<Vec<u8>> = codes
+                .iter()
+                .filter_map(|c| c.as_str().and_then(|h| hex::decode(h).ok()))
+                .collect();
+            let took = line[format!("{key}_ms")].as_f64().unwrap_or(0.0);
+            row[i].add(payloads, &found, took);
+        }
+    }
+    println!(
+        "\n# photo corpus {} (codes read, median time per photo; sonotap: thorough options, {} ms budget)",
+        dir.display(),
+        DecodeOptions::thorough().budget.as_millis()
+    );
+    println!(
+        "{:<13} | {:<26} | {:<26} | {:<26}",
+        "category", "sonotap", "zxing-cpp", "zbar"
+    );
+    let mut all: [Tally; 3] = Default::default();
+    for (category, row) in &table {
+        let cell = |i: usize, have: bool| {
+            if have || i == 0 {
+                row[i].cell()
+            } else {
+                "not installed".to_string()
+            }
+        };
+        println!(
+            "{:<13} | {} | {} | {}",
+            category.name(),
+            cell(0, true),
+            cell(1, have_zxing),
+            cell(2, have_zbar)
+        );
+        for (sum, t) in all.iter_mut().zip(row) {
+            sum.read += t.read;
+            sum.codes += t.codes;
+            sum.ms.extend(&t.ms);
+        }
+    }
+    println!(
+        "{:<13} | {} | {} | {}",
+        "all",
+        all[0].cell(),
+        all[1].cell(),
+        all[2].cell()
+    );
 }

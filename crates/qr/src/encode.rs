@@ -45,19 +45,29 @@ impl Modules {
 /// Encodes a payload as QR modules in byte mode at level M, using the
 /// smallest version that fits.
 pub(crate) fn modules(payload: &[u8]) -> Result<Modules, QrError> {
+    modules_at(payload, EcLevel::M, 1)
+}
+
+/// Encodes a payload as QR modules in byte mode at level `ec`, using the
+/// smallest version from `min_version` (1–40) that fits.
+pub(crate) fn modules_at(
+    payload: &[u8],
+    ec: EcLevel,
+    min_version: i16,
+) -> Result<Modules, QrError> {
     let err = |detail: String| QrError::Encode {
         len: payload.len(),
         detail,
     };
     let mut last = String::from("no version fits");
-    for v in 1..=40i16 {
+    for v in min_version.clamp(1, 40)..=40i16 {
         let mut bits = Bits::new(Version::Normal(v));
         let pushed = bits
             .push_byte_data(payload)
-            .and_then(|()| bits.push_terminator(EcLevel::M));
+            .and_then(|()| bits.push_terminator(ec));
         match pushed {
             Ok(()) => {
-                let code = QrCode::with_bits(bits, EcLevel::M).map_err(|e| err(e.to_string()))?;
+                let code = QrCode::with_bits(bits, ec).map_err(|e| err(e.to_string()))?;
                 let size = code.width();
                 let dark = code
                     .to_colors()
@@ -70,6 +80,24 @@ pub(crate) fn modules(payload: &[u8]) -> Result<Modules, QrError> {
         }
     }
     Err(err(last))
+}
+
+/// The most bytes a code of `version` (1–40) at level `ec` carries in byte
+/// mode (for the photo corpus' sizes).
+#[cfg(any(test, feature = "synth"))]
+pub(crate) fn byte_capacity(version: i16, ec: EcLevel) -> usize {
+    let fits = |len: usize| {
+        let mut bits = Bits::new(Version::Normal(version));
+        bits.push_byte_data(&vec![0u8; len])
+            .and_then(|()| bits.push_terminator(ec))
+            .is_ok()
+    };
+    let (mut lo, mut hi) = (0usize, 3000usize);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    lo
 }
 
 /// Renders a payload as text for a terminal: two modules per character

@@ -19,6 +19,10 @@
 
 pub mod encode;
 mod locate;
+/// Photo-like frames of codes in every category of issue 20 (feature
+/// `synth`): the second corpus, `signals/qr/photo/`.
+#[cfg(any(test, feature = "synth"))]
+pub mod photo;
 mod pipeline;
 mod prepare;
 mod sample;

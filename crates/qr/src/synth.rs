@@ -315,13 +315,13 @@ fn quads_overlap(a: &[(f32, f32)], b: &[(f32, f32)]) -> bool {
 }
 
 /// Approximately normal noise from the sum of uniforms (Irwin–Hall).
-fn gaussian(rng: &mut Pcg64Mcg, sigma: f32) -> f32 {
+pub(crate) fn gaussian(rng: &mut Pcg64Mcg, sigma: f32) -> f32 {
     let s: f32 = (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum();
     s * sigma * 0.866
 }
 
 /// A cluttered background: a lighting gradient and random boxes.
-fn background(w: usize, h: usize, rng: &mut Pcg64Mcg) -> Vec<f32> {
+pub(crate) fn background(w: usize, h: usize, rng: &mut Pcg64Mcg) -> Vec<f32> {
     let base = rng.random_range(70.0f32..150.0);
     let gx = rng.random_range(-60.0f32..60.0);
     let gy = rng.random_range(-60.0f32..60.0);
@@ -553,7 +553,7 @@ fn add_glare(img: &mut [f32], w: usize, h: usize, gx: f32, gy: f32, sigma: f32, 
     }
 }
 
-fn to_grey(img: &[f32], w: usize, h: usize) -> GreyImage {
+pub(crate) fn to_grey(img: &[f32], w: usize, h: usize) -> GreyImage {
     GreyImage::from_parts(
         w,
         h,
@@ -564,7 +564,7 @@ fn to_grey(img: &[f32], w: usize, h: usize) -> GreyImage {
 }
 
 /// Averages `len` samples along a line at `angle` (nearest pixel, clamped).
-fn motion_blur(image: &GreyImage, len: f32, angle: f32) -> GreyImage {
+pub(crate) fn motion_blur(image: &GreyImage, len: f32, angle: f32) -> GreyImage {
     let (w, h) = (image.width(), image.height());
     let n = len.round().max(1.0) as usize;
     let (dx, dy) = (angle.cos(), angle.sin());
