@@ -360,9 +360,11 @@ fn photo_table(thorough: &Decoder) {
         }
     }
     println!(
-        "\n# photo corpus {} (codes read, median time per photo; sonotap: thorough options, {} ms budget)",
+        "\n# photo corpus {} (codes read, median time per photo; sonotap: thorough options, {} ms budget plus {} ms a code placed, up to {} ms)",
         dir.display(),
-        DecodeOptions::thorough().budget.as_millis()
+        DecodeOptions::thorough().budget.as_millis(),
+        sonotap_qr::BUDGET_PER_CODE.as_millis(),
+        sonotap_qr::STILL_BUDGET_CAP.as_millis()
     );
     println!(
         "{:<13} | {:<26} | {:<26} | {:<26}",

@@ -39,7 +39,10 @@ pub mod v4l2;
 mod tests;
 
 pub use encode::{encode_png, render_token, write_png};
-pub use pipeline::{DecodeOptions, DecodedCode, Decoder, GATE_BUDGET, decode_frame};
+pub use pipeline::{
+    BUDGET_PER_CODE, DecodeOptions, DecodedCode, Decoder, GATE_BUDGET, STILL_BUDGET_CAP,
+    decode_frame,
+};
 pub use source::{
     FrameSource, ImageFileSource, PixelFormat, RawStreamSource, load_image, luma_from_packed,
 };

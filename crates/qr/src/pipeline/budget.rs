@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 /// so a frame ends near its budget instead of one attempt past it.
 pub(super) struct Clock {
     start: Instant,
-    budget: Duration,
+    budget: Cell<Duration>,
     last: Cell<Instant>,
     longest: Cell<Duration>,
     started: Cell<u32>,
@@ -19,7 +19,7 @@ impl Clock {
         let now = Instant::now();
         Self {
             start: now,
-            budget,
+            budget: Cell::new(budget),
             last: Cell::new(now),
             longest: Cell::new(Duration::ZERO),
             started: Cell::new(0),
@@ -36,7 +36,8 @@ impl Clock {
         if step > self.longest.get() {
             self.longest.set(step);
         }
-        let fits = now.saturating_duration_since(self.start) + self.longest.get() <= self.budget;
+        let fits =
+            now.saturating_duration_since(self.start) + self.longest.get() <= self.budget.get();
         let first = self.started.get() == 0;
         if fits || first {
             self.started.set(self.started.get() + 1);
@@ -48,7 +49,13 @@ impl Clock {
     /// step known to cost several of the steps measured so far; records
     /// nothing).
     pub(super) fn fits(&self, step: Duration) -> bool {
-        self.start.elapsed() + step <= self.budget
+        self.start.elapsed() + step <= self.budget.get()
+    }
+
+    /// Grows the budget by `more`, to at most `cap` (never shrinks it).
+    pub(super) fn extend(&self, more: Duration, cap: Duration) {
+        let grown = (self.budget.get() + more).min(cap);
+        self.budget.set(grown.max(self.budget.get()));
     }
 
     /// The longest step between two checks so far.
@@ -73,5 +80,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         // 20 ms spent plus a 20 ms step would end past 30 ms.
         assert!(!tight.may_start());
+        // Grown (as a still with many codes grows it), it lets the next
+        // attempt start, up to its cap and never below what it was.
+        tight.extend(Duration::from_secs(600), Duration::from_millis(400));
+        assert!(tight.may_start());
+        tight.extend(Duration::from_millis(1), Duration::from_millis(10));
+        assert!(tight.may_start());
     }
 }

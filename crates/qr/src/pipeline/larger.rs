@@ -3,7 +3,7 @@
 //! and photos), its new codes sampled, then cut for rqrr.
 
 use super::crops::every_threshold;
-use super::located::{LOCATE_SIDE, Search, locate_codes, search_factor, similar};
+use super::located::{LOCATE_SIDE, Search, groups_for, locate_codes, search_factor, similar};
 use super::sampled::{Sampling, sample_spots};
 use super::{Flow, Work};
 
@@ -17,7 +17,13 @@ pub(super) fn run(work: &mut Work<'_>) -> Flow {
         return Flow::Continue(());
     }
     work.progress.check()?;
-    let mut larger = locate_codes(frame, search_factor(frame, 2 * LOCATE_SIDE), Search::Plain);
+    let groups = groups_for(work.options.find_all);
+    let mut larger = locate_codes(
+        frame,
+        search_factor(frame, 2 * LOCATE_SIDE),
+        Search::Plain,
+        groups,
+    );
     // A code found again at about the same place was tried.
     larger.retain(|s| !work.located.iter().any(|l| similar(&l.rect, &s.rect)));
     let progress = &mut work.progress;

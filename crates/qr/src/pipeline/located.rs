@@ -100,12 +100,31 @@ pub(super) enum Search {
     Deblurred,
 }
 
+/// Finder groups kept per polarity at a gate: it stops at the first code,
+/// and a frame of one phone holds one.
+pub(super) const GATE_GROUPS: usize = 4;
+/// Finder groups kept per polarity when every code in view is wanted (a
+/// still, `qr decode`): a poster wall or a sheet of labels holds dozens;
+/// each group costs a sampling try only, bounded by the budget.
+pub(super) const ALL_GROUPS: usize = 48;
+
+/// Groups kept per polarity for options that do (`find_all`) or do not
+/// want every code in view.
+pub(super) fn groups_for(find_all: bool) -> usize {
+    if find_all { ALL_GROUPS } else { GATE_GROUPS }
+}
+
 /// Finds codes by their finder patterns on a copy of the frame shrunk by
 /// the whole factor `factor` (prepared as `search` says), in both
-/// polarities; each is cut from the full frame when rqrr needs it, scaled
-/// to [`LOCATE_MODULE_PX`] per module and inverted if it is a dark-mode
-/// code.
-pub(super) fn locate_codes(frame: GreyFrame<'_>, factor: usize, search: Search) -> Vec<Spot> {
+/// polarities, at most `max_groups` in each; each is cut from the full
+/// frame when rqrr needs it, scaled to [`LOCATE_MODULE_PX`] per module and
+/// inverted if it is a dark-mode code.
+pub(super) fn locate_codes(
+    frame: GreyFrame<'_>,
+    factor: usize,
+    search: Search,
+    max_groups: usize,
+) -> Vec<Spot> {
     // An integer factor: exact area averaging, and cheap.
     let small = prepare::downscale_by(frame, factor.max(1) as f32);
     let mut work = match search {
@@ -118,7 +137,7 @@ pub(super) fn locate_codes(frame: GreyFrame<'_>, factor: usize, search: Search) 
     let mut spots = Vec::new();
     for (bits, inverted) in [(&dark, false), (&light, true)] {
         let finders = locate::finder_patterns(bits);
-        for group in locate::group_finders(&finders, 4) {
+        for group in locate::group_finders(&finders, max_groups) {
             let s = small.scale;
             // Modules under MIN_MODULE_PX frame pixels are past reading (by
             // us or any reader); such groups are a screen's pixel grid or

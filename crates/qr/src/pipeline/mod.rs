@@ -85,9 +85,18 @@ impl Default for DecodeOptions {
     }
 }
 
+/// What each code the finder search places adds to a still's budget
+/// (`find_all`): a sheet of labels or a poster wall holds dozens, and each
+/// costs its own sampling.
+pub const BUDGET_PER_CODE: Duration = Duration::from_millis(20);
+/// The most a still's budget grows to (`find_all`), whatever it holds.
+pub const STILL_BUDGET_CAP: Duration = Duration::from_secs(1);
+
 impl DecodeOptions {
     /// Options for reading every code in a still image (CLI, tests): all
-    /// strategies run within a larger budget.
+    /// strategies run within a larger budget, 160 ms plus
+    /// [`BUDGET_PER_CODE`] for each code the finder search places, up to
+    /// [`STILL_BUDGET_CAP`] (unless `budget` is set above that).
     pub fn thorough() -> Self {
         Self {
             find_all: true,

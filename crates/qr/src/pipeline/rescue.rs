@@ -2,7 +2,7 @@
 //! search (their one-module rings blur shut or break into a checkerboard);
 //! a copy shrunk by at least 2 and unsharp-masked often shows them again.
 
-use super::located::{LOCATE_SIDE, Search, locate_codes, search_factor, similar};
+use super::located::{LOCATE_SIDE, Search, groups_for, locate_codes, search_factor, similar};
 use super::sampled::{Sampling, sample_spots};
 use super::{Flow, Work};
 
@@ -13,7 +13,8 @@ pub(super) fn run(work: &mut Work<'_>) -> Flow {
     work.progress.check()?;
     let frame = work.frame;
     let factor = search_factor(frame, LOCATE_SIDE).max(2);
-    let mut rescued = locate_codes(frame, factor, Search::Deblurred);
+    let groups = groups_for(work.options.find_all);
+    let mut rescued = locate_codes(frame, factor, Search::Deblurred, groups);
     let progress = &mut work.progress;
     sample_spots(frame, &mut rescued, Sampling::Frame, progress)?;
     sample_spots(frame, &mut work.located, Sampling::MaskedCrop, progress)?;

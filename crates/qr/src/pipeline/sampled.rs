@@ -11,8 +11,8 @@ use crate::prepare;
 use crate::sample::{self, Sampled};
 
 use super::located::{DEBLUR_AMOUNT, DEBLUR_RADIUS, LOCATE_SIDE, Search, Spot};
-use super::located::{locate_codes, search_factor};
-use super::{Flow, Progress, Work};
+use super::located::{groups_for, locate_codes, search_factor};
+use super::{BUDGET_PER_CODE, Flow, Progress, STILL_BUDGET_CAP, Work};
 
 /// Finder patterns grouped in threes give each code's place and module
 /// size (on a copy of at most [`LOCATE_SIDE`] a side); each code is
@@ -21,8 +21,14 @@ use super::{Flow, Progress, Work};
 pub(super) fn run(work: &mut Work<'_>) -> Flow {
     let started = Instant::now();
     let factor = search_factor(work.frame, LOCATE_SIDE);
-    work.located = locate_codes(work.frame, factor, Search::Plain);
+    let groups = groups_for(work.options.find_all);
+    work.located = locate_codes(work.frame, factor, Search::Plain, groups);
     work.search_took = started.elapsed();
+    if work.options.find_all {
+        // A still with many codes: time for each one placed.
+        let more = BUDGET_PER_CODE * work.located.len() as u32;
+        work.progress.clock.extend(more, STILL_BUDGET_CAP);
+    }
     sample_spots(
         work.frame,
         &mut work.located,

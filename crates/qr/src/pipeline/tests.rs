@@ -1,7 +1,7 @@
 //! The pipeline's tests: reads through [`Decoder::decode`] and the
 //! located-code stages on generated frames, and the stage table.
 
-use super::located::{LOCATE_SIDE, Search, locate_codes, search_factor};
+use super::located::{GATE_GROUPS, LOCATE_SIDE, Search, locate_codes, search_factor};
 use super::sampled::{Sampling, read_deblurred, sample_spots};
 use super::*;
 use crate::encode::render_token;
@@ -190,8 +190,13 @@ fn the_rescue_search_finds_the_finders_of_a_defocused_code() {
     let sharp = turned(&p, 4.5, 33.0, 1280, 720);
     let frame = prepare::box_blur(&prepare::box_blur(&sharp, 3), 3);
     let factor = search_factor(frame.as_frame(), LOCATE_SIDE);
-    assert!(locate_codes(frame.as_frame(), factor, Search::Plain).is_empty());
-    let rescued = locate_codes(frame.as_frame(), factor.max(2), Search::Deblurred);
+    assert!(locate_codes(frame.as_frame(), factor, Search::Plain, GATE_GROUPS).is_empty());
+    let rescued = locate_codes(
+        frame.as_frame(),
+        factor.max(2),
+        Search::Deblurred,
+        GATE_GROUPS,
+    );
     assert_eq!(rescued.len(), 1);
     // Finder centres 25 modules from the code's centre (version 10,
     // 57 modules) at 45 degrees off the code's axes, turned by 33.
@@ -217,7 +222,7 @@ fn a_defocused_code_is_read_from_an_unsharp_masked_crop() {
     let sharp = turned(&p, 4.0, 33.0, 1280, 720);
     let frame = prepare::box_blur(&prepare::box_blur(&sharp, 2), 2);
     let factor = search_factor(frame.as_frame(), LOCATE_SIDE);
-    let spots = locate_codes(frame.as_frame(), factor, Search::Plain);
+    let spots = locate_codes(frame.as_frame(), factor, Search::Plain, GATE_GROUPS);
     assert_eq!(spots.len(), 1);
     let [corner, a, b] = spots[0].finders;
     let f = frame.as_frame();
@@ -247,9 +252,9 @@ fn the_rescue_search_finds_a_code_under_a_checkerboard_moire() {
     }
     let factor = search_factor(frame.as_frame(), LOCATE_SIDE);
     assert_eq!(factor, 1);
-    let mut plain = locate_codes(frame.as_frame(), factor, Search::Plain);
+    let mut plain = locate_codes(frame.as_frame(), factor, Search::Plain, GATE_GROUPS);
     assert!(sampled(frame.as_frame(), &mut plain).is_empty());
-    let mut rescued = locate_codes(frame.as_frame(), 2, Search::Deblurred);
+    let mut rescued = locate_codes(frame.as_frame(), 2, Search::Deblurred, GATE_GROUPS);
     assert_eq!(sampled(frame.as_frame(), &mut rescued), vec![p.clone()]);
     let got = unhurried(false).decode(frame.as_frame());
     assert_eq!(got.first().map(|c| c.payload.clone()), Some(p));
@@ -263,12 +268,12 @@ fn groups_of_modules_under_the_floor_are_dropped() {
     let code = render_token(&p, 1, 4).unwrap();
     let frame = place(&code, 320, 240, 100, 80, 255);
     for search in [Search::Plain, Search::Deblurred] {
-        assert!(locate_codes(frame.as_frame(), 1, search).is_empty());
+        assert!(locate_codes(frame.as_frame(), 1, search, GATE_GROUPS).is_empty());
     }
     // The same code at 3 px per module is located.
     let code = render_token(&p, 3, 4).unwrap();
     let frame = place(&code, 320, 240, 60, 40, 255);
-    assert!(!locate_codes(frame.as_frame(), 1, Search::Plain).is_empty());
+    assert!(!locate_codes(frame.as_frame(), 1, Search::Plain, GATE_GROUPS).is_empty());
 }
 
 #[test]
