@@ -361,6 +361,83 @@ pub fn refine_anchor(
 /// Coarse steps each way from a predicted anchor, at most.
 const MAX_REACH: i32 = 16;
 
+/// Where the module boundaries of a timing line really are under `h`: for
+/// a code bent round a bottle or a pillar, whose columns (or rows) one
+/// homography from the finders spaces evenly when they are wide in the
+/// middle and narrow at the edges. Row 6 (`along_row`) or column 6 is
+/// walked at a sixteenth of a module from inside the first finder to
+/// inside the second; module c of it is dark for even c (the finders'
+/// edge rows, the separators, the timing modules), so each boundary k
+/// (7 … size − 7) must show up once and in order, dark to light for odd
+/// k. Returns the knots (k, where it is), with the finder centres (exact
+/// under `h`, which was built on them) at both ends; `None` otherwise.
+pub fn timing_knots(
+    frame: GreyFrame<'_>,
+    h: &dyn Fn(f64, f64) -> [f64; 2],
+    size: usize,
+    levels: (f32, f32),
+    along_row: bool,
+) -> Option<Vec<(f64, f64)>> {
+    const STEP: f64 = 1.0 / 16.0;
+    if size < 21 {
+        return None;
+    }
+    let mid = (levels.0 + levels.1) / 2.0;
+    let dark_low = levels.0 < levels.1;
+    let s = size as f64;
+    let from = 4.0;
+    let steps = ((s - 8.0) / STEP) as usize;
+    let mut dark: Vec<bool> = (0..=steps)
+        .map(|i| {
+            let t = from + i as f64 * STEP;
+            let sum: f32 = [6.3, 6.5, 6.7]
+                .iter()
+                .map(|&across| {
+                    let (u, v) = if along_row { (t, across) } else { (across, t) };
+                    let [x, y] = h(u, v);
+                    bilinear(frame, x, y)
+                })
+                .sum();
+            (sum / 3.0 < mid) == dark_low
+        })
+        .collect();
+    // A single sample against both neighbours is noise, not a module.
+    for i in 1..dark.len().saturating_sub(1) {
+        if dark[i - 1] == dark[i + 1] && dark[i] != dark[i - 1] {
+            dark[i] = dark[i - 1];
+        }
+    }
+    let mut knots = vec![(3.5, 3.5)];
+    let mut next = 7usize;
+    for i in 1..dark.len() {
+        if dark[i] == dark[i - 1] {
+            continue;
+        }
+        if next > size - 7 || dark[i - 1] != (next % 2 == 1) {
+            return None;
+        }
+        knots.push((next as f64, from + (i as f64 - 0.5) * STEP));
+        next += 1;
+    }
+    if next != size - 6 {
+        return None;
+    }
+    knots.push((s - 3.5, s - 3.5));
+    knots.windows(2).all(|w| w[1].1 > w[0].1).then_some(knots)
+}
+
+/// The piecewise-linear map through `knots` (ascending in both), extended
+/// past the ends along the end segments; the identity without knots.
+fn through(knots: &[(f64, f64)], x: f64) -> f64 {
+    let n = knots.len();
+    if n < 2 {
+        return x;
+    }
+    let at = knots.partition_point(|k| k.0 <= x).clamp(1, n - 1);
+    let ((x0, y0), (x1, y1)) = (knots[at - 1], knots[at]);
+    y0 + (x - x0) * (y1 - y0) / (x1 - x0)
+}
+
 /// How well the timing lines (row 6 and column 6, between the finders)
 /// alternate under `h` for a code of `size` modules: the fraction of
 /// their modules on the expected side of the midpoint of `levels` (finder
@@ -388,6 +465,15 @@ pub fn timing_phase(frame: GreyFrame<'_>, h: &Homography, size: usize, levels: (
 /// module from it), which averages out pixel noise, JPEG blocks and screen
 /// pixels without reaching into the neighbours.
 pub fn sample_modules(frame: GreyFrame<'_>, h: &Homography, size: usize) -> Vec<f32> {
+    sample_modules_by(frame, size, |u, v| h.map(u, v))
+}
+
+/// [`sample_modules`] under any map from module space to frame pixels.
+fn sample_modules_by(
+    frame: GreyFrame<'_>,
+    size: usize,
+    map: impl Fn(f64, f64) -> [f64; 2],
+) -> Vec<f32> {
     const OFFS: [(f64, f64); 5] = [
         (0.5, 0.5),
         (0.25, 0.5),
@@ -400,7 +486,7 @@ pub fn sample_modules(frame: GreyFrame<'_>, h: &Homography, size: usize) -> Vec<
         for x in 0..size {
             let mut sum = 0.0;
             for (ou, ov) in OFFS {
-                let [px, py] = h.map(x as f64 + ou, y as f64 + ov);
+                let [px, py] = map(x as f64 + ou, y as f64 + ov);
                 sum += bilinear(frame, px, py);
             }
             out.push(sum / OFFS.len() as f32);
@@ -549,6 +635,7 @@ pub fn read_located(
     b: [f64; 2],
     module: f64,
     inverted: bool,
+    bent: bool,
 ) -> Option<Sampled> {
     let finders = orient(corner, a, b);
     let estimate = version_estimate(&finders, module);
@@ -592,7 +679,7 @@ pub fn read_located(
         let Some(h) = affine_for(version) else {
             continue;
         };
-        if let Some(found) = read_version(frame, &finders, version, h, inverted) {
+        if let Some(found) = read_version(frame, &finders, version, h, inverted, bent) {
             return Some(found);
         }
     }
@@ -611,6 +698,7 @@ fn read_version(
     version: usize,
     affine: Homography,
     inverted: bool,
+    bent: bool,
 ) -> Option<Sampled> {
     let size = size_of(version);
     let s = size as f64;
@@ -691,33 +779,194 @@ fn read_version(
         homographies.extend(scored.into_iter().take(2).map(|(_, h)| h));
     }
     homographies.push(h3);
-    for h in homographies {
-        let grey = sample_modules(frame, &h, size);
-        for radius in RADII {
-            let dark = threshold_modules(&grey, size, radius, inverted);
-            if version >= 7
-                && read_version_info(|x, y| dark[y * size + x], size).is_some_and(|v| v != version)
-            {
-                // The version blocks say another size: this one is wrong.
-                return None;
-            }
-            // A grid whose timing lines do not alternate is not a code (a
-            // false finder group, a wrong size or map): rqrr's decoder
-            // would accept its format bits about half the time and then
-            // spend milliseconds on Reed–Solomon syndromes.
-            if timing_fraction(size, &dark) < MIN_TIMING {
-                continue;
-            }
-            if let Some(payload) = decode_modules(size, &dark) {
-                let corners = [(0.0, 0.0), (s, 0.0), (s, s), (0.0, s)].map(|(u, v)| {
-                    let [x, y] = h.map(u, v);
-                    [x as f32, y as f32]
-                });
+    for h in &homographies {
+        let grey = sample_modules(frame, h, size);
+        match decode_grid(&grey, size, version, inverted) {
+            Grid::WrongVersion => return None,
+            Grid::Read(payload) => {
+                let corners = corners(&|u, v| h.map(u, v), s);
                 return Some(Sampled { payload, corners });
+            }
+            Grid::NotRead => {}
+        }
+    }
+    // Stills only: a gate's phone is flat, and its frame's budget short.
+    let best = homographies.first().filter(|_| bent)?;
+    read_bent(frame, best, size, version, inverted)
+}
+
+/// A code's corners in frame pixels under `map` (size `s` modules).
+fn corners(map: &dyn Fn(f64, f64) -> [f64; 2], s: f64) -> [[f32; 2]; 4] {
+    [(0.0, 0.0), (s, 0.0), (s, s), (0.0, s)].map(|(u, v)| {
+        let [x, y] = map(u, v);
+        [x as f32, y as f32]
+    })
+}
+
+/// How much taller a bent code's middle column is drawn than its finder
+/// columns, tried in turn: a label round a bottle is nearer the camera in
+/// the middle (0 for a label bent the other way, or lying flat).
+const BULGES: [f64; 7] = [0.0, 0.03, 0.06, 0.09, 0.12, -0.03, -0.06];
+/// How far a bent code's middle rows (columns) sag or rise against its
+/// finders' (a bottle seen from a little above or below), as a share of
+/// half the code, tried in turn with each of [`BULGES`].
+const SAGS: [f64; 5] = [0.0, 0.03, -0.03, 0.06, -0.06];
+
+/// A code bent round a bottle or a pillar (its axis along the code's
+/// columns, then along its rows): under `h`, the best map from the
+/// finders, its middle drawn taller (nearer the camera than the finders'
+/// edges) by each of [`BULGES`] and sagging by each of [`SAGS`], its
+/// columns (rows) moved to where the timing line shows them
+/// ([`timing_knots`]); decoded best-aligned first.
+fn read_bent(
+    frame: GreyFrame<'_>,
+    h: &Homography,
+    size: usize,
+    version: usize,
+    inverted: bool,
+) -> Option<Sampled> {
+    let levels = finder_levels(frame, h);
+    let s = size as f64;
+    let (mid, half) = (s / 2.0, s / 2.0 - 3.5);
+    // The map for a shape: the middle drawn taller (or wider) by `bulge`
+    // and sagging by `sag`, then, once the timing line is walked where it
+    // is, its columns (rows) moved to where it shows them.
+    let shaped = |vertical: bool, bulge: f64, sag: f64| {
+        let swell = move |u: f64, v: f64| {
+            let (along, across) = if vertical { (u, v) } else { (v, u) };
+            let x = ((along - mid) / half).clamp(-1.0, 1.0);
+            let across =
+                mid + (across - mid) * (1.0 + bulge * (1.0 - x * x)) + sag * half * (1.0 - x * x);
+            if vertical { (u, across) } else { (across, v) }
+        };
+        let swollen = |u: f64, v: f64| {
+            let (u, v) = swell(u, v);
+            h.map(u, v)
+        };
+        let knots = timing_knots(frame, &swollen, size, levels, vertical)?;
+        Some(move |u: f64, v: f64| {
+            let (u, v) = if vertical {
+                (through(&knots, u), v)
+            } else {
+                (u, through(&knots, v))
+            };
+            let (u, v) = swell(u, v);
+            h.map(u, v)
+        })
+    };
+    // Every shape is sampled, and goes to the decoder in the order of how
+    // well its alignment patterns come out (a wrong shape smears them).
+    for vertical in [true, false] {
+        let mut tried: Vec<(f32, f64, f64)> = Vec::new();
+        for bulge in BULGES {
+            for sag in SAGS {
+                if let Some(map) = shaped(vertical, bulge, sag) {
+                    let grey = sample_modules_by(frame, size, map);
+                    let dark = threshold_modules(&grey, size, RADII[0], inverted);
+                    tried.push((alignment_fit(&dark, version), bulge, sag));
+                }
+            }
+        }
+        tried.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for &(_, bulge, sag) in &tried {
+            let Some(map) = shaped(vertical, bulge, sag) else {
+                continue;
+            };
+            let grey = sample_modules_by(frame, size, &map);
+            match decode_grid(&grey, size, version, inverted) {
+                Grid::Read(payload) => {
+                    return Some(Sampled {
+                        payload,
+                        corners: corners(&map, s),
+                    });
+                }
+                Grid::WrongVersion => return None,
+                Grid::NotRead => {}
             }
         }
     }
     None
+}
+
+/// The centres of a code's alignment patterns along each axis, in
+/// modules (ISO/IEC 18004 Annex E: from 6 to size − 7 in even steps,
+/// the first step taking up the slack); none for version 1.
+pub fn alignment_centres(version: usize) -> Vec<usize> {
+    if !(2..=40).contains(&version) {
+        return Vec::new();
+    }
+    let size = size_of(version);
+    let count = version / 7 + 2;
+    let step = if version == 32 {
+        26
+    } else {
+        (version * 4 + count * 2 + 1) / (count * 2 - 2) * 2
+    };
+    let mut out: Vec<usize> = (0..count - 1).map(|i| size - 7 - i * step).collect();
+    out.push(6);
+    out.reverse();
+    out
+}
+
+/// The share of a grid's alignment-pattern modules (those clear of the
+/// finders) that are as they should be: 1 under the right map, lower where
+/// the map smears them. 0.5 for a code without alignment patterns.
+fn alignment_fit(dark: &[bool], version: usize) -> f32 {
+    let size = size_of(version);
+    let centres = alignment_centres(version);
+    let (mut good, mut all) = (0u32, 0u32);
+    for &cy in &centres {
+        for &cx in &centres {
+            let near_finder = |a: usize, b: usize| a < 9 && (b < 9 || b + 9 > size);
+            if near_finder(cx, cy) || near_finder(cy, cx) {
+                continue;
+            }
+            for dy in 0..5 {
+                for dx in 0..5 {
+                    let (x, y) = (cx + dx - 2, cy + dy - 2);
+                    let want = alignment_dark(dx as i32, dy as i32);
+                    good += u32::from(dark.get(y * size + x) == Some(&want));
+                    all += 1;
+                }
+            }
+        }
+    }
+    if all == 0 {
+        0.5
+    } else {
+        good as f32 / all as f32
+    }
+}
+
+/// What a sampled grid gave.
+enum Grid {
+    Read(Vec<u8>),
+    NotRead,
+    /// The version blocks say another size: this one is wrong.
+    WrongVersion,
+}
+
+/// Thresholds a sampled grid at each radius in turn and decodes it.
+fn decode_grid(grey: &[f32], size: usize, version: usize, inverted: bool) -> Grid {
+    for radius in RADII {
+        let dark = threshold_modules(grey, size, radius, inverted);
+        if version >= 7
+            && read_version_info(|x, y| dark[y * size + x], size).is_some_and(|v| v != version)
+        {
+            return Grid::WrongVersion;
+        }
+        // A grid whose timing lines do not alternate is not a code (a
+        // false finder group, a wrong size or map): rqrr's decoder would
+        // accept its format bits about half the time and then spend
+        // milliseconds on Reed–Solomon syndromes.
+        if timing_fraction(size, &dark) < MIN_TIMING {
+            continue;
+        }
+        if let Some(payload) = decode_modules(size, &dark) {
+            return Grid::Read(payload);
+        }
+    }
+    Grid::NotRead
 }
 
 #[cfg(test)]
@@ -832,7 +1081,42 @@ mod tests {
             jitter(tr, 0.6, 0.9),
             module,
             inverted,
+            false,
         )
+    }
+
+    /// Every alignment pattern [`alignment_centres`] names is there, in the
+    /// codes the encoder makes, versions 2 to 40.
+    #[test]
+    fn alignment_centres_are_the_encoders() {
+        assert!(alignment_centres(1).is_empty());
+        assert_eq!(alignment_centres(2), [6, 18]);
+        assert_eq!(alignment_centres(7), [6, 22, 38]);
+        assert_eq!(alignment_centres(32), [6, 34, 60, 86, 112, 138]);
+        for version in 2..=40usize {
+            let m =
+                crate::encode::modules_at(&[0x5a; 8], qrcode::EcLevel::L, version as i16).unwrap();
+            assert_eq!(m.size, size_of(version));
+            let centres = alignment_centres(version);
+            for &cy in &centres {
+                for &cx in &centres {
+                    let in_finder = |a: usize, b: usize| a < 9 && (b < 9 || b + 9 > m.size);
+                    if in_finder(cx, cy) || in_finder(cy, cx) {
+                        continue;
+                    }
+                    for dy in 0..5 {
+                        for dx in 0..5 {
+                            let dark = m.is_dark((cx + dx - 2) as isize, (cy + dy - 2) as isize);
+                            assert_eq!(
+                                dark,
+                                alignment_dark(dx as i32, dy as i32),
+                                "v{version} ({cx}, {cy})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -108,7 +108,7 @@ const PHOTO_FLOORS: [(photo::Category, usize); 10] = [
     (photo::Category::HighVersion, 100),
     (photo::Category::ManyCodes, 96),
     (photo::Category::Lighting, 100),
-    (photo::Category::Curved, 16),
+    (photo::Category::Curved, 50),
     (photo::Category::CloseUp, 100),
     (photo::Category::Monitor, 100),
     (photo::Category::Rotation, 100),

@@ -66,6 +66,8 @@ pub(super) fn sample_spots(
     from: Sampling,
     progress: &mut Progress,
 ) -> Flow {
+    // Stills only: a phone at a gate is flat, and a frame's budget is short.
+    let bent = progress.find_all;
     for spot in spots.iter_mut() {
         if !spot.pending(progress) {
             continue;
@@ -74,9 +76,9 @@ pub(super) fn sample_spots(
         let read = match from {
             Sampling::Frame => {
                 let [corner, a, b] = spot.finders;
-                sample::read_located(frame, corner, a, b, spot.module, spot.inverted)
+                sample::read_located(frame, corner, a, b, spot.module, spot.inverted, bent)
             }
-            Sampling::MaskedCrop => read_deblurred(frame, spot),
+            Sampling::MaskedCrop => read_deblurred(frame, spot, bent),
         };
         if let Some(read) = read {
             spot.read = true;
@@ -91,13 +93,20 @@ pub(super) fn sample_spots(
 /// defocused code's isolated modules keep too little contrast against
 /// their neighbours to threshold; the mask restores some of it (a crude
 /// deconvolution). Only the crop is masked, not the frame.
-pub(super) fn read_deblurred(frame: GreyFrame<'_>, spot: &Spot) -> Option<Sampled> {
+pub(super) fn read_deblurred(frame: GreyFrame<'_>, spot: &Spot, bent: bool) -> Option<Sampled> {
     let crop = prepare::crop(frame, spot.rect)?;
     let sharp = prepare::sharpen(&crop, DEBLUR_RADIUS, DEBLUR_AMOUNT);
     let (dx, dy) = (spot.rect.x as f64, spot.rect.y as f64);
     let [corner, a, b] = spot.finders.map(|[x, y]| [x - dx, y - dy]);
-    let mut found =
-        sample::read_located(sharp.as_frame(), corner, a, b, spot.module, spot.inverted)?;
+    let mut found = sample::read_located(
+        sharp.as_frame(),
+        corner,
+        a,
+        b,
+        spot.module,
+        spot.inverted,
+        bent,
+    )?;
     for c in &mut found.corners {
         c[0] += dx as f32;
         c[1] += dy as f32;
