@@ -5,9 +5,11 @@ Usage: qr_others.py DIR. For every DIR/*.jpg and *.png, one JSON line:
 {"file": NAME, "zxing": [HEX...], "zxing_ms": T, "zbar": [HEX...],
 "zbar_ms": T}, each reader called in this process on the decoded grey
 image with its defaults (what a new user gets), timed around the call
-only. zbar hands binary payloads back as text read as ISO-8859-1 and
-re-encoded as UTF-8; both that text's Latin-1 bytes and its raw bytes are
-listed, so zbar is credited with what it read. A reader that is not
+only. zbar hands binary payloads back as text in an encoding it guessed
+(ISO-8859-1 mostly, Big5 or Shift-JIS now and then) re-encoded as UTF-8;
+the raw bytes and the text in each of those encodings are listed, so zbar
+is credited with what it read (matching is exact, so a wrong guess
+credits nothing). A reader that is not
 installed is left out of each line ("zxing": null).
 
 Needs: pip install zxing-cpp pyzbar pillow (pyzbar also needs the
@@ -36,14 +38,24 @@ def zxing_read(img):
     return [r.bytes.hex() for r in found]
 
 
+# The encodings zbar may take a binary payload for (it guesses from the
+# bytes) before handing it back as UTF-8.
+ZBAR_GUESSES = ("latin-1", "big5", "shift_jis", "gb18030", "euc-kr")
+
+
 def zbar_read(img):
     out = []
     for r in pyzbar.decode(img, symbols=[pyzbar.ZBarSymbol.QRCODE]):
         out.append(r.data.hex())
         try:
-            out.append(r.data.decode("utf-8").encode("latin-1").hex())
-        except (UnicodeDecodeError, UnicodeEncodeError):
-            pass
+            text = r.data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        for guess in ZBAR_GUESSES:
+            try:
+                out.append(text.encode(guess).hex())
+            except UnicodeEncodeError:
+                pass
     return out
 
 

@@ -227,11 +227,12 @@ pub fn group_finders(finders: &[Finder], max_groups: usize) -> Vec<FinderGroup> 
     // A true finder's centre run is three modules tall, so about that many
     // rows confirm it; 1:1:3:1:1 runs inside a code's data rarely line up
     // over more than one or two rows. Then bound the O(n³) search to the
-    // best-confirmed candidates.
+    // best-confirmed candidates: six per group wanted (24 for a gate's 4
+    // groups, 96 at most: 150,000 triangles).
     let fs: Vec<Finder> = finders
         .iter()
         .filter(|f| f.hits >= 2 && f.hits as f32 >= 1.0 * f.module)
-        .take(24)
+        .take((6 * max_groups).clamp(24, 96))
         .copied()
         .collect();
     let mut candidates: Vec<(f32, [usize; 3])> = Vec::new();

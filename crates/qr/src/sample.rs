@@ -28,6 +28,7 @@
 //!    milliseconds on it), the others go to rqrr's decoder.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
 
 use super::GreyFrame;
 
@@ -635,7 +636,7 @@ pub fn read_located(
     b: [f64; 2],
     module: f64,
     inverted: bool,
-    bent: bool,
+    bent: Option<Instant>,
 ) -> Option<Sampled> {
     let finders = orient(corner, a, b);
     let estimate = version_estimate(&finders, module);
@@ -698,7 +699,7 @@ fn read_version(
     version: usize,
     affine: Homography,
     inverted: bool,
-    bent: bool,
+    bent: Option<Instant>,
 ) -> Option<Sampled> {
     let size = size_of(version);
     let s = size as f64;
@@ -790,9 +791,17 @@ fn read_version(
             Grid::NotRead => {}
         }
     }
-    // Stills only: a gate's phone is flat, and its frame's budget short.
-    let best = homographies.first().filter(|_| bent)?;
-    read_bent(frame, best, size, version, inverted)
+    // Stills only, given a deadline: a gate's phone is flat, and its
+    // frame's budget short.
+    let deadline = bent?;
+    read_bent(
+        frame,
+        homographies.first()?,
+        size,
+        version,
+        inverted,
+        deadline,
+    )
 }
 
 /// A code's corners in frame pixels under `map` (size `s` modules).
@@ -824,6 +833,7 @@ fn read_bent(
     size: usize,
     version: usize,
     inverted: bool,
+    deadline: Instant,
 ) -> Option<Sampled> {
     let levels = finder_levels(frame, h);
     let s = size as f64;
@@ -860,6 +870,9 @@ fn read_bent(
         let mut tried: Vec<(f32, f64, f64)> = Vec::new();
         for bulge in BULGES {
             for sag in SAGS {
+                if Instant::now() >= deadline {
+                    return None;
+                }
                 if let Some(map) = shaped(vertical, bulge, sag) {
                     let grey = sample_modules_by(frame, size, map);
                     let dark = threshold_modules(&grey, size, RADII[0], inverted);
@@ -869,6 +882,9 @@ fn read_bent(
         }
         tried.sort_by(|a, b| b.0.total_cmp(&a.0));
         for &(_, bulge, sag) in &tried {
+            if Instant::now() >= deadline {
+                return None;
+            }
             let Some(map) = shaped(vertical, bulge, sag) else {
                 continue;
             };
@@ -880,8 +896,8 @@ fn read_bent(
                         corners: corners(&map, s),
                     });
                 }
-                Grid::WrongVersion => return None,
-                Grid::NotRead => {}
+                // One shape seen as another size: the next may not be.
+                Grid::WrongVersion | Grid::NotRead => {}
             }
         }
     }
@@ -1081,7 +1097,7 @@ mod tests {
             jitter(tr, 0.6, 0.9),
             module,
             inverted,
-            false,
+            None,
         )
     }
 

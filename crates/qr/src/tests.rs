@@ -106,7 +106,7 @@ fn photo_corpus_read_rate() {
 const PHOTO_FLOORS: [(photo::Category, usize); 10] = [
     (photo::Category::Nominal, 100),
     (photo::Category::HighVersion, 100),
-    (photo::Category::ManyCodes, 96),
+    (photo::Category::ManyCodes, 100),
     (photo::Category::Lighting, 100),
     (photo::Category::Curved, 50),
     (photo::Category::CloseUp, 100),

@@ -52,6 +52,12 @@ impl Clock {
         self.start.elapsed() + step <= self.budget.get()
     }
 
+    /// When the budget, as it stands, ends (for a step that checks the
+    /// time itself).
+    pub(super) fn deadline(&self) -> Instant {
+        self.start + self.budget.get()
+    }
+
     /// Grows the budget by `more`, to at most `cap` (never shrinks it).
     pub(super) fn extend(&self, more: Duration, cap: Duration) {
         let grown = (self.budget.get() + more).min(cap);

@@ -105,7 +105,7 @@ pub(super) enum Search {
 pub(super) const GATE_GROUPS: usize = 4;
 /// Finder groups kept per polarity when every code in view is wanted (a
 /// still, `qr decode`): a poster wall or a sheet of labels holds dozens;
-/// each group costs a sampling try only, bounded by the budget.
+/// each group costs sampling tries, bounded by the budget.
 pub(super) const ALL_GROUPS: usize = 48;
 
 /// Groups kept per polarity for options that do (`find_all`) or do not

@@ -85,9 +85,9 @@ impl Default for DecodeOptions {
     }
 }
 
-/// What each code the finder search places adds to a still's budget
-/// (`find_all`): a sheet of labels or a poster wall holds dozens, and each
-/// costs its own sampling.
+/// What each code read adds to a still's budget (`find_all`): a sheet of
+/// labels or a poster wall holds dozens, and each costs its own sampling;
+/// a frame of false finders (a screen's pixel grid) earns nothing.
 pub const BUDGET_PER_CODE: Duration = Duration::from_millis(20);
 /// The most a still's budget grows to (`find_all`), whatever it holds.
 pub const STILL_BUDGET_CAP: Duration = Duration::from_secs(1);
@@ -95,8 +95,8 @@ pub const STILL_BUDGET_CAP: Duration = Duration::from_secs(1);
 impl DecodeOptions {
     /// Options for reading every code in a still image (CLI, tests): all
     /// strategies run within a larger budget, 160 ms plus
-    /// [`BUDGET_PER_CODE`] for each code the finder search places, up to
-    /// [`STILL_BUDGET_CAP`] (unless `budget` is set above that).
+    /// [`BUDGET_PER_CODE`] for each code read, up to [`STILL_BUDGET_CAP`]
+    /// (unless `budget` is set above that).
     pub fn thorough() -> Self {
         Self {
             find_all: true,
@@ -273,6 +273,11 @@ impl Progress {
     fn add(&mut self, found: Vec<Found>, at: Placement, strategy: &'static str) {
         for f in found {
             if self.seen.insert(f.payload.clone()) {
+                if self.find_all {
+                    // A still that holds codes may hold more: each one
+                    // read buys time for the next.
+                    self.clock.extend(BUDGET_PER_CODE, STILL_BUDGET_CAP);
+                }
                 self.codes.push(DecodedCode {
                     corners: f.corners.map(|c| at.map(c)),
                     payload: f.payload,

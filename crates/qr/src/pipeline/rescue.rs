@@ -24,5 +24,8 @@ pub(super) fn run(work: &mut Work<'_>) -> Flow {
             .iter()
             .any(|l| l.inverted == s.inverted && similar(&l.rect, &s.rect))
     });
-    sample_spots(frame, &mut rescued, Sampling::MaskedCrop, progress)
+    sample_spots(frame, &mut rescued, Sampling::MaskedCrop, progress)?;
+    // Stills: codes bent round a bottle, last of the located codes' tries.
+    sample_spots(frame, &mut work.located, Sampling::Bent, progress)?;
+    sample_spots(frame, &mut rescued, Sampling::Bent, progress)
 }

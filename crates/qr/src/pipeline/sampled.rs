@@ -12,7 +12,7 @@ use crate::sample::{self, Sampled};
 
 use super::located::{DEBLUR_AMOUNT, DEBLUR_RADIUS, LOCATE_SIDE, Search, Spot};
 use super::located::{groups_for, locate_codes, search_factor};
-use super::{BUDGET_PER_CODE, Flow, Progress, STILL_BUDGET_CAP, Work};
+use super::{Flow, Progress, Work};
 
 /// Finder patterns grouped in threes give each code's place and module
 /// size (on a copy of at most [`LOCATE_SIDE`] a side); each code is
@@ -24,11 +24,6 @@ pub(super) fn run(work: &mut Work<'_>) -> Flow {
     let groups = groups_for(work.options.find_all);
     work.located = locate_codes(work.frame, factor, Search::Plain, groups);
     work.search_took = started.elapsed();
-    if work.options.find_all {
-        // A still with many codes: time for each one placed.
-        let more = BUDGET_PER_CODE * work.located.len() as u32;
-        work.progress.clock.extend(more, STILL_BUDGET_CAP);
-    }
     sample_spots(
         work.frame,
         &mut work.located,
@@ -46,6 +41,10 @@ pub(super) enum Sampling {
     /// second pass, so that codes the frame's samples read are not
     /// delayed by it.
     MaskedCrop,
+    /// The frame, the code taken as bent round a bottle
+    /// ([`sample::read_located`] with a deadline): stills only, in a pass
+    /// of its own after the others, for the same reason.
+    Bent,
 }
 
 impl Sampling {
@@ -54,6 +53,7 @@ impl Sampling {
         match self {
             Sampling::Frame => ["sampled", "sampled-inverted"],
             Sampling::MaskedCrop => ["deblurred", "deblurred-inverted"],
+            Sampling::Bent => ["bent", "bent-inverted"],
         }
     }
 }
@@ -66,19 +66,25 @@ pub(super) fn sample_spots(
     from: Sampling,
     progress: &mut Progress,
 ) -> Flow {
-    // Stills only: a phone at a gate is flat, and a frame's budget is short.
-    let bent = progress.find_all;
+    if from == Sampling::Bent && !progress.find_all {
+        // A phone at a gate is flat, and a frame's budget is short.
+        return Flow::Continue(());
+    }
     for spot in spots.iter_mut() {
         if !spot.pending(progress) {
             continue;
         }
         progress.check()?;
+        let [corner, a, b] = spot.finders;
         let read = match from {
             Sampling::Frame => {
-                let [corner, a, b] = spot.finders;
-                sample::read_located(frame, corner, a, b, spot.module, spot.inverted, bent)
+                sample::read_located(frame, corner, a, b, spot.module, spot.inverted, None)
             }
-            Sampling::MaskedCrop => read_deblurred(frame, spot, bent),
+            Sampling::MaskedCrop => read_deblurred(frame, spot),
+            Sampling::Bent => {
+                let deadline = Some(progress.clock.deadline());
+                sample::read_located(frame, corner, a, b, spot.module, spot.inverted, deadline)
+            }
         };
         if let Some(read) = read {
             spot.read = true;
@@ -93,7 +99,7 @@ pub(super) fn sample_spots(
 /// defocused code's isolated modules keep too little contrast against
 /// their neighbours to threshold; the mask restores some of it (a crude
 /// deconvolution). Only the crop is masked, not the frame.
-pub(super) fn read_deblurred(frame: GreyFrame<'_>, spot: &Spot, bent: bool) -> Option<Sampled> {
+pub(super) fn read_deblurred(frame: GreyFrame<'_>, spot: &Spot) -> Option<Sampled> {
     let crop = prepare::crop(frame, spot.rect)?;
     let sharp = prepare::sharpen(&crop, DEBLUR_RADIUS, DEBLUR_AMOUNT);
     let (dx, dy) = (spot.rect.x as f64, spot.rect.y as f64);
@@ -105,7 +111,7 @@ pub(super) fn read_deblurred(frame: GreyFrame<'_>, spot: &Spot, bent: bool) -> O
         b,
         spot.module,
         spot.inverted,
-        bent,
+        None,
     )?;
     for c in &mut found.corners {
         c[0] += dx as f32;

@@ -226,8 +226,8 @@ fn a_defocused_code_is_read_from_an_unsharp_masked_crop() {
     assert_eq!(spots.len(), 1);
     let [corner, a, b] = spots[0].finders;
     let f = frame.as_frame();
-    assert!(sample::read_located(f, corner, a, b, spots[0].module, false, false).is_none());
-    let read = read_deblurred(f, &spots[0], false).map(|s| s.payload);
+    assert!(sample::read_located(f, corner, a, b, spots[0].module, false, None).is_none());
+    let read = read_deblurred(f, &spots[0]).map(|s| s.payload);
     assert_eq!(read, Some(p.clone()));
     let got = unhurried(false).decode(f);
     assert_eq!(
