@@ -21,7 +21,7 @@ use rand_pcg::Pcg64Mcg;
 
 use super::encode::{Modules, byte_capacity, modules_at};
 use super::prepare::box_blur;
-use super::synth::{background, gaussian, jpeg_bytes, motion_blur, to_grey};
+use super::synth::{background, gaussian, jpeg_bytes, motion_blur, to_grey, write_entry};
 use super::{GreyImage, QrError};
 
 /// What a photo of codes shows; the corpus has the same number of each.
@@ -501,28 +501,12 @@ fn light(img: &mut [f32], w: usize, h: usize, category: Category, rng: &mut Pcg6
 /// `CATEGORY-NN.hex` (one payload per line, lowercase hex), deterministic
 /// for `seed`. Returns the image paths.
 pub fn write_photo_corpus(dir: &Path, seed: u64) -> Result<Vec<PathBuf>, QrError> {
-    std::fs::create_dir_all(dir).map_err(|e| QrError::Io {
-        what: dir.display().to_string(),
-        source: e,
-    })?;
-    let write = |p: &Path, bytes: &[u8]| {
-        std::fs::write(p, bytes).map_err(|e| QrError::Write {
-            what: p.display().to_string(),
-            detail: e.to_string(),
-        })
-    };
     let mut paths = Vec::new();
     for (i, scene) in photo_scenes().iter().enumerate() {
         let photo = render_photo(scene, seed.wrapping_add(i as u64 * 7919))?;
-        let path = dir.join(format!("{}.jpg", scene.name));
-        write(&path, &jpeg_bytes(&photo.image, photo.jpeg_quality)?)?;
-        let hex: String = photo
-            .payloads
-            .iter()
-            .map(|p| hex::encode(p) + "\n")
-            .collect();
-        write(&dir.join(format!("{}.hex", scene.name)), hex.as_bytes())?;
-        paths.push(path);
+        let image = jpeg_bytes(&photo.image, photo.jpeg_quality)?;
+        let file = format!("{}.jpg", scene.name);
+        paths.push(write_entry(dir, &file, &image, &photo.payloads)?);
     }
     Ok(paths)
 }

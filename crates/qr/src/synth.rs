@@ -856,30 +856,44 @@ pub fn read_corpus(dir: &Path) -> Result<Vec<CorpusEntry>, QrError> {
 /// with one expected payload per line (lowercase hex). Returns the image
 /// paths. Deterministic for a given `seed`.
 pub fn write_corpus(dir: &Path, seed: u64) -> Result<Vec<PathBuf>, QrError> {
+    let mut paths = Vec::new();
+    for (i, scene) in corpus_scenes().iter().enumerate() {
+        let sample = render(scene, seed.wrapping_add(i as u64 * 7919))?;
+        let file = format!("{}.{}", scene.name, sample.extension());
+        paths.push(write_entry(
+            dir,
+            &file,
+            &sample.file_bytes()?,
+            &sample.payloads,
+        )?);
+    }
+    Ok(paths)
+}
+
+/// Writes one corpus entry into `dir` (made if missing): the image `file`
+/// and its sidecar `NAME.hex` (one payload per line, lowercase hex), as
+/// [`read_corpus`] reads them. Returns the image's path.
+pub(crate) fn write_entry(
+    dir: &Path,
+    file: &str,
+    image: &[u8],
+    payloads: &[Vec<u8>],
+) -> Result<PathBuf, QrError> {
     std::fs::create_dir_all(dir).map_err(|e| QrError::Io {
         what: dir.display().to_string(),
         source: e,
     })?;
-    let mut paths = Vec::new();
-    for (i, scene) in corpus_scenes().iter().enumerate() {
-        let sample = render(scene, seed.wrapping_add(i as u64 * 7919))?;
-        let path = dir.join(format!("{}.{}", scene.name, sample.extension()));
-        let write = |p: &Path, bytes: &[u8]| {
-            std::fs::write(p, bytes).map_err(|e| QrError::Write {
-                what: p.display().to_string(),
-                detail: e.to_string(),
-            })
-        };
-        write(&path, &sample.file_bytes()?)?;
-        let hex: String = sample
-            .payloads
-            .iter()
-            .map(|p| hex::encode(p) + "\n")
-            .collect();
-        write(&dir.join(format!("{}.hex", scene.name)), hex.as_bytes())?;
-        paths.push(path);
-    }
-    Ok(paths)
+    let write = |p: &Path, bytes: &[u8]| {
+        std::fs::write(p, bytes).map_err(|e| QrError::Write {
+            what: p.display().to_string(),
+            detail: e.to_string(),
+        })
+    };
+    let path = dir.join(file);
+    write(&path, image)?;
+    let hex: String = payloads.iter().map(|p| hex::encode(p) + "\n").collect();
+    write(&path.with_extension("hex"), hex.as_bytes())?;
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -25,16 +25,20 @@ pub(crate) fn corpus_files() -> Vec<(PathBuf, Vec<Vec<u8>>)> {
     super::synth::read_corpus(&corpus_dir()).expect("signals/qr is a readable corpus")
 }
 
+/// `SONOTAP_QR_SEED`, or the committed corpora's seed.
+fn regen_seed() -> u64 {
+    std::env::var("SONOTAP_QR_SEED").map_or(CORPUS_SEED, |s| {
+        s.parse().expect("SONOTAP_QR_SEED is a number")
+    })
+}
+
 #[test]
 fn regenerate_corpus() {
     if std::env::var_os("SONOTAP_QR_REGEN").is_none() {
         return;
     }
     let dir = std::env::var_os("SONOTAP_QR_DIR").map_or_else(corpus_dir, PathBuf::from);
-    let seed = std::env::var("SONOTAP_QR_SEED").map_or(CORPUS_SEED, |s| {
-        s.parse().expect("SONOTAP_QR_SEED is a number")
-    });
-    let paths = synth::write_corpus(&dir, seed).unwrap();
+    let paths = synth::write_corpus(&dir, regen_seed()).unwrap();
     assert_eq!(paths.len(), synth::corpus_scenes().len());
 }
 
@@ -48,10 +52,7 @@ fn regenerate_photo_corpus() {
     }
     let dir = std::env::var_os("SONOTAP_QR_DIR")
         .map_or_else(|| corpus_dir().join("photo"), PathBuf::from);
-    let seed = std::env::var("SONOTAP_QR_SEED").map_or(CORPUS_SEED, |s| {
-        s.parse().expect("SONOTAP_QR_SEED is a number")
-    });
-    let photos = photo::write_photo_corpus(&dir, seed).unwrap();
+    let photos = photo::write_photo_corpus(&dir, regen_seed()).unwrap();
     assert_eq!(photos.len(), photo::photo_scenes().len());
 }
 
