@@ -628,7 +628,9 @@ const RADII: [usize; 3] = [4, 0, 2];
 /// bottom-right alignment pattern is searched for and anchors the
 /// homography's fourth point (perspective), else the fourth point is the
 /// parallelogram's. Each module is sampled and thresholded at a few
-/// radii, and rqrr's decoder reads the bits.
+/// radii, and rqrr's decoder reads the bits. Given `bent` (a deadline: a
+/// still), a code no map reads is also tried as bent round a bottle
+/// ([`read_bent`]) until then.
 pub fn read_located(
     frame: GreyFrame<'_>,
     corner: [f64; 2],
