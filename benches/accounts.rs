@@ -36,6 +36,8 @@ use sonotap_protocol::wire::{
     AccountState, Batch, BatchRecord, EntryKind, WalletAsk, WalletRequest,
 };
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../crates/hub/src/backend/postgres/test_server.rs"]
 mod pg_server;
 
@@ -44,15 +46,6 @@ const WALLETS_PER_ACCOUNT: usize = 10;
 /// Each account's first top-up.
 const SEED: i64 = 1 << 40;
 const BATCH: usize = 5_000;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn wallet(i: usize) -> SigningKey {
     let mut seed = [7u8; 32];
@@ -373,8 +366,8 @@ fn ingest(label: &str, open: &dyn Fn() -> Hub, rounds: usize) {
 }
 
 fn main() {
-    let n = arg("--renewals", 4_000);
-    let rounds = arg("--rounds", 3).max(1);
+    let n = common::arg("--renewals", 4_000);
+    let rounds = common::arg("--rounds", 3).max(1);
     let tmp = tempfile::tempdir().expect("tempdir");
     let fresh = |name: &str| -> std::path::PathBuf { tmp.path().join(name) };
     let sqlite = |dir: &Path| Hub::init(dir, 1, NOW).expect("hub");

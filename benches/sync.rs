@@ -48,6 +48,8 @@ use sonotap_reader::reader::{InitOptions, Reader};
 use sonotap_reader::sync::client::{self, HubClient, SyncOptions};
 use sonotap_reader::sync::failover::HubUrls;
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../crates/hub/src/backend/postgres/test_server.rs"]
 mod pg_server;
 
@@ -57,15 +59,6 @@ const BATCH: usize = 5_000;
 
 fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 struct Site {
@@ -324,13 +317,7 @@ fn hub_process(dir: &Path, database: Option<&str>, writers: Option<u32>, log: &P
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
         .expect("hub process");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("address");
-    let url = line.split_whitespace().nth(2).expect("url").to_owned();
+    let url = common::hub_url(&mut child);
     HubProcess {
         child,
         url,
@@ -721,10 +708,10 @@ fn store_side_by_side(
 }
 
 fn main() {
-    let records = arg("--records", 1_000_000);
-    let offline = arg("--offline", 100_000);
+    let records = common::arg("--records", 1_000_000);
+    let offline = common::arg("--offline", 100_000);
     if flag("--postgres") {
-        postgres_table(records, arg("--rounds", 3).max(1));
+        postgres_table(records, common::arg("--rounds", 3).max(1));
         return;
     }
     println!("sync bench: {records} queued records, batches of {BATCH}");

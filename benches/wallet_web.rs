@@ -19,8 +19,6 @@
 //! Run: `cargo bench --bench wallet_web -- [--taps N] [--seeds S]`
 //! (defaults 30 taps, 4 seeds per sound and condition).
 
-// The binary and the summary line; its relay-board helpers are not needed here.
-#[allow(dead_code)]
 #[path = "common/mod.rs"]
 mod common;
 
@@ -32,15 +30,6 @@ use sonotap_modem::sim::noise::NoiseKind;
 use sonotap_modem::sim::reverb::Room;
 use sonotap_modem::sim::{Channel, transmit};
 use sonotap_modem::{Decoder, Profile};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Every payload a fresh decoder finds in `samples` at `rate`.
 fn decode(samples: &[f32], rate: u32) -> Vec<Vec<u8>> {
@@ -97,8 +86,8 @@ fn conditions() -> Vec<(String, Channel)> {
 }
 
 fn main() {
-    let taps = arg("--taps", 30);
-    let seeds = arg("--seeds", 4) as u64;
+    let taps = common::arg("--taps", 30);
+    let seeds = common::arg("--seeds", 4) as u64;
     let dir = tempfile::tempdir().expect("scratch");
     let d = dir.path();
     common::ok(d, &["hub", "init", "--data", "hub"]);
@@ -147,17 +136,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("hub serve");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(hub.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("the hub's address");
-    let url = line
-        .split_whitespace()
-        .nth(2)
-        .expect("an address")
-        .to_owned();
+    let url = common::hub_url(&mut hub);
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let sounds = d.join("sounds");

@@ -1,6 +1,10 @@
-//! What the benches that drive real `sonotap run` processes share: the
-//! binary, a checked run of it, the relay board's side of a pty, and the
-//! summary line every figure is quoted from.
+//! What the benches that drive real `sonotap` processes share: their
+//! arguments, the binary, a checked run of it, a started hub's address,
+//! the relay board's side of a pty, and the summary line every figure is
+//! quoted from.
+
+// Each bench uses a part of it.
+#![allow(dead_code)]
 
 use std::io::Read;
 use std::path::Path;
@@ -15,6 +19,31 @@ use serialport::{SerialPort, TTYPort};
 
 /// The relay board's open command (hw/profiles/ch340-relay.toml).
 pub const ON: [u8; 4] = [0xA0, 0x01, 0x01, 0xA2];
+
+/// `--NAME N` from the bench's command line, or `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The address a started `hub serve` prints on its first line
+/// ("listening on URL"), read from its piped standard output.
+pub fn hub_url(hub: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hub.stdout.take().expect("stdout piped")),
+        &mut line,
+    )
+    .expect("the hub's address");
+    line.split_whitespace()
+        .nth(2)
+        .expect("an address")
+        .to_owned()
+}
 
 /// The `sonotap` binary of this build.
 pub fn bin() -> Command {
