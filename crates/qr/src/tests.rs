@@ -20,6 +20,25 @@ pub(crate) fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../signals/qr")
 }
 
+/// A decoder with `options` and no effective time limit: every strategy
+/// runs whatever the machine's load, so what a test counts does not
+/// depend on it (speed is the benchmark's business, never a timed test's).
+pub(crate) fn untimed(options: DecodeOptions) -> Decoder {
+    Decoder::new(DecodeOptions {
+        budget: std::time::Duration::from_secs(600),
+        ..options
+    })
+}
+
+/// The payloads `decoder` reads in `image`.
+pub(crate) fn payloads_read(decoder: &Decoder, image: &super::GreyImage) -> BTreeSet<Vec<u8>> {
+    decoder
+        .decode(image.as_frame())
+        .into_iter()
+        .map(|c| c.payload)
+        .collect()
+}
+
 /// Image files of the corpus with their expected payloads, sorted by name.
 pub(crate) fn corpus_files() -> Vec<(PathBuf, Vec<Vec<u8>>)> {
     super::synth::read_corpus(&corpus_dir()).expect("signals/qr is a readable corpus")
@@ -67,20 +86,12 @@ fn photo_corpus_read_rate() {
         photo::photo_scenes().len(),
         "photo corpus missing"
     );
-    let decoder = Decoder::new(DecodeOptions {
-        budget: std::time::Duration::from_secs(600),
-        ..DecodeOptions::thorough()
-    });
+    let decoder = untimed(DecodeOptions::thorough());
     let mut by_category = std::collections::BTreeMap::new();
     for (path, payloads) in &files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let category = photo::Category::of_file(&name).expect("a category");
-        let img = load_image(path).unwrap();
-        let found: BTreeSet<Vec<u8>> = decoder
-            .decode(img.as_frame())
-            .into_iter()
-            .map(|c| c.payload)
-            .collect();
+        let found = payloads_read(&decoder, &load_image(path).unwrap());
         for f in &found {
             assert!(payloads.contains(f), "{name}: unexpected payload");
         }
@@ -121,22 +132,11 @@ const PHOTO_FLOORS: [(photo::Category, usize); 10] = [
 fn corpus_read_rate() {
     let files = corpus_files();
     assert!(files.len() >= 30, "corpus missing: {} files", files.len());
-    let decoder = Decoder::new(DecodeOptions {
-        // Every strategy runs, whatever the machine's load: this test counts
-        // what the pipeline can read; its speed is the benchmark's business
-        // (`cargo bench --bench qr`), never a timed test's.
-        budget: std::time::Duration::from_secs(600),
-        ..DecodeOptions::thorough()
-    });
+    let decoder = untimed(DecodeOptions::thorough());
     let (mut want, mut got) = (0, 0);
     let mut misses = Vec::new();
     for (path, payloads) in &files {
-        let img = load_image(path).unwrap();
-        let found: BTreeSet<Vec<u8>> = decoder
-            .decode(img.as_frame())
-            .into_iter()
-            .map(|c| c.payload)
-            .collect();
+        let found = payloads_read(&decoder, &load_image(path).unwrap());
         for p in payloads {
             want += 1;
             if found.contains(p) {
