@@ -360,7 +360,7 @@ fn photo_table(thorough: &Decoder) {
         }
     }
     println!(
-        "\n# photo corpus {} (codes read, median time per photo; sonotap: thorough options, {} ms budget plus {} ms a code placed, up to {} ms)",
+        "\n# photo corpus {} (codes read, median time per photo; sonotap: thorough options, {} ms budget plus {} ms a code read, up to {} ms)",
         dir.display(),
         DecodeOptions::thorough().budget.as_millis(),
         sonotap_qr::BUDGET_PER_CODE.as_millis(),

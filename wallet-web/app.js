@@ -244,15 +244,16 @@ async function nextToken() {
   const binding = gate && (await sonotap.gateBinding(gate.beacon.readerTag, gate.beacon.challenge));
   const timestamp = gate ? gate.beacon.readerTime + Math.floor(gate.ageMs / 1000) : nowSeconds();
   let terms;
+  let credential;
   state = await update((cur) => {
     if (!cur.credential) throw Object.assign(new Error("no credential"), { code: "no_credential" });
     if (cur.counter >= 0xffffffff) throw Object.assign(new Error("counter"), { code: "counter_used_up" });
     terms = { amount, counter: cur.counter + 1, totalBefore: cur.total, timestamp };
-    sonotap.checkPayment(sonotap.decodeCredential(cur.credential), terms);
+    credential = sonotap.decodeCredential(cur.credential);
+    sonotap.checkPayment(credential, terms);
     return { ...cur, counter: terms.counter, total: cur.total + amount, fare };
   });
-  render();
-  const credential = sonotap.decodeCredential(state.credential);
+  // (What is left on the pass is shown once the action ends: `action`.)
   const token = gate
     ? await sonotap.signTokenV2(credential, terms, binding, state.keys.privateKey)
     : await sonotap.signTokenV1(credential, terms, 0, state.keys.privateKey);

@@ -11,7 +11,7 @@ import { deflateSync } from "node:zlib";
 
 import { qrModules } from "../qr.js";
 import { crc32, fromHex, hex } from "../sonotap/index.js";
-import { ROOT, vectors } from "./vectors.js";
+import { ROOT, sonotap, vectors } from "./vectors.js";
 
 test("vendor/qrcode-generator.mjs is the npm package's dist/qrcode.mjs", () => {
   const installed = `${ROOT}wallet-web/node_modules/qrcode-generator/dist/qrcode.mjs`;
@@ -65,8 +65,7 @@ test("the reader's decoder reads the wallet's QR code of a version-2 token", () 
   try {
     const file = join(dir, "token.png");
     writeFileSync(file, png(modules, 6));
-    const bin = process.env.SONOTAP_BIN ?? `${ROOT}target/debug/sonotap`;
-    const out = execFileSync(bin, ["qr", "decode", file], { encoding: "utf8" });
+    const out = execFileSync(sonotap(), ["qr", "decode", file], { encoding: "utf8" });
     assert.equal(out.trim(), hex(token));
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -869,33 +869,29 @@ fn read_bent(
     // Every shape is sampled, and goes to the decoder in the order of how
     // well its alignment patterns come out (a wrong shape smears them).
     for vertical in [true, false] {
-        let mut tried: Vec<(f32, f64, f64)> = Vec::new();
+        let mut tried = Vec::new();
         for bulge in BULGES {
             for sag in SAGS {
                 if Instant::now() >= deadline {
                     return None;
                 }
                 if let Some(map) = shaped(vertical, bulge, sag) {
-                    let grey = sample_modules_by(frame, size, map);
+                    let grey = sample_modules_by(frame, size, &map);
                     let dark = threshold_modules(&grey, size, RADII[0], inverted);
-                    tried.push((alignment_fit(&dark, version), bulge, sag));
+                    tried.push((alignment_fit(&dark, version), map, grey));
                 }
             }
         }
         tried.sort_by(|a, b| b.0.total_cmp(&a.0));
-        for &(_, bulge, sag) in &tried {
+        for (_, map, grey) in &tried {
             if Instant::now() >= deadline {
                 return None;
             }
-            let Some(map) = shaped(vertical, bulge, sag) else {
-                continue;
-            };
-            let grey = sample_modules_by(frame, size, &map);
-            match decode_grid(&grey, size, version, inverted) {
+            match decode_grid(grey, size, version, inverted) {
                 Grid::Read(payload) => {
                     return Some(Sampled {
                         payload,
-                        corners: corners(&map, s),
+                        corners: corners(map, s),
                     });
                 }
                 // One shape seen as another size: the next may not be.

@@ -644,14 +644,15 @@ impl crate::backend::book::Sql for SqliteLedger<'_> {
 
     fn append_entries(&mut self, entries: &[crate::accounts::NewEntry]) -> Result<(), HubError> {
         use crate::backend::book::{ENTRY_COLUMNS, Param, entry_params};
+        let sql = format!(
+            "INSERT INTO account_entries (entry_id, {ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, \
+             ?6, ?7, ?8, ?9, ?10, ?11)"
+        );
         for e in entries {
             let mut params = vec![Param::Int(self.entry_id()?)];
             params.extend(entry_params(e));
             self.tx
-                .prepare_cached(&format!(
-                    "INSERT INTO account_entries (entry_id, {ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, \
-                     ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-                ))
+                .prepare_cached(&sql)
                 .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
                 .map_err(store_err(self.path))?;
         }

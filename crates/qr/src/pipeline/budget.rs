@@ -90,6 +90,7 @@ mod tests {
         // attempt start, up to its cap and never below what it was.
         tight.extend(Duration::from_secs(600), Duration::from_millis(400));
         assert!(tight.may_start());
+        assert!(tight.fits(Duration::from_millis(300)) && !tight.fits(Duration::from_millis(400)));
         tight.extend(Duration::from_millis(1), Duration::from_millis(10));
         assert!(tight.may_start());
     }

@@ -25,6 +25,10 @@ pub(super) fn run(work: &mut Work<'_>) -> Flow {
             .any(|l| l.inverted == s.inverted && similar(&l.rect, &s.rect))
     });
     sample_spots(frame, &mut rescued, Sampling::MaskedCrop, progress)?;
+    if !work.options.find_all {
+        // A phone at a gate is flat, and a frame's budget is short.
+        return Flow::Continue(());
+    }
     // Stills: codes bent round a bottle, last of the located codes' tries.
     sample_spots(frame, &mut work.located, Sampling::Bent, progress)?;
     sample_spots(frame, &mut rescued, Sampling::Bent, progress)

@@ -66,10 +66,6 @@ pub(super) fn sample_spots(
     from: Sampling,
     progress: &mut Progress,
 ) -> Flow {
-    if from == Sampling::Bent && !progress.find_all {
-        // A phone at a gate is flat, and a frame's budget is short.
-        return Flow::Continue(());
-    }
     for spot in spots.iter_mut() {
         if !spot.pending(progress) {
             continue;
