@@ -120,11 +120,11 @@ const PHOTO_FLOORS: [(photo::Category, usize); 10] = [
     (photo::Category::HighVersion, 100),
     (photo::Category::ManyCodes, 100),
     (photo::Category::Lighting, 100),
-    (photo::Category::Curved, 50),
+    (photo::Category::Curved, 66),
     (photo::Category::CloseUp, 100),
     (photo::Category::Monitor, 100),
     (photo::Category::Rotation, 100),
-    (photo::Category::Blurred, 66),
+    (photo::Category::Blurred, 83),
     (photo::Category::Mirrored, 100),
 ];
 
