@@ -222,7 +222,7 @@ impl FinderGroup {
 /// Groups finders into codes: three with similar module sizes forming a
 /// roughly right-angled, roughly isosceles triangle whose legs are 14 to
 /// 180 modules long (versions 1 to 40, with perspective). Best-shaped
-/// groups first; a finder is used by one group at most.
+/// groups first; a finder serves two groups at most.
 pub fn group_finders(finders: &[Finder], max_groups: usize) -> Vec<FinderGroup> {
     // A true finder's centre run is three modules tall, so about that many
     // rows confirm it; 1:1:3:1:1 runs inside a code's data rarely line up
@@ -274,26 +274,93 @@ pub fn group_finders(finders: &[Finder], max_groups: usize) -> Vec<FinderGroup> 
         }
     }
     candidates.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let mut used = vec![false; fs.len()];
-    let mut out = Vec::new();
-    for (_, [c, a, b]) in candidates {
-        if out.len() >= max_groups {
-            break;
+    let groups: Vec<[usize; 3]> = candidates.iter().map(|&(_, group)| group).collect();
+    let shapely: Vec<[usize; 3]> = candidates
+        .iter()
+        .filter(|&&(score, _)| score <= SHARED_SHAPE)
+        .map(|&(_, group)| group)
+        .collect();
+    // Best first, in three rounds. Each finder serves one group, and a
+    // group whose code would hold other finders of its size waits for
+    // the second round: on a sheet of labels in rows, the finders of
+    // codes three apart make triangles as well shaped as a code's own,
+    // each of which would take three finders from real codes. Then a
+    // finder may serve a second group as well shaped as a code's own
+    // ([`SHARED_SHAPE`]): where four labels meet, the nearest finders of
+    // three of them make such a small triangle, and take a finder from
+    // the fourth.
+    let mut uses = vec![0u8; fs.len()];
+    let mut picked: Vec<[usize; 3]> = Vec::new();
+    let mut waiting = Vec::new();
+    for round in 0..3 {
+        let list = match round {
+            0 => &groups,
+            1 => &std::mem::take(&mut waiting),
+            _ => &shapely,
+        };
+        let most_uses = if round == 2 { 1 } else { 0 };
+        for &[c, a, b] in list {
+            if picked.len() >= max_groups {
+                break;
+            }
+            if [c, a, b].iter().any(|&i| uses[i] > most_uses) || picked.contains(&[c, a, b]) {
+                continue;
+            }
+            if round == 0 && holds_other_finders(&fs, [c, a, b]) {
+                waiting.push([c, a, b]);
+                continue;
+            }
+            for i in [c, a, b] {
+                uses[i] += 1;
+            }
+            picked.push([c, a, b]);
         }
-        if used[c] || used[a] || used[b] {
-            continue;
-        }
-        used[c] = true;
-        used[a] = true;
-        used[b] = true;
-        out.push(FinderGroup {
+    }
+    picked
+        .into_iter()
+        .map(|[c, a, b]| FinderGroup {
             corner: fs[c],
             a: fs[a],
             b: fs[b],
             module: (fs[c].module + fs[a].module + fs[b].module) / 3.0,
-        });
+        })
+        .collect()
+}
+
+/// The worst shape score (the sum of the legs' length ratio less 1, the
+/// cosine of their angle, the module sizes' ratio less 1 and one over the
+/// fewest rows confirming a finder) of a group that may share a finder
+/// with another (a code face-on whose finders 8 rows confirm scores
+/// 0.125 and its module sizes' spread; tilt adds the rest).
+const SHARED_SHAPE: f32 = 0.35;
+
+/// Whether the code that finders `fs[c]` (the right angle), `fs[a]` and
+/// `fs[b]` would make holds the centres of two or more other finders of
+/// about their size and about as well confirmed (data modules can mimic
+/// one finder, rarely two that strongly): inside the parallelogram on the
+/// two legs. Finder centres sit 3.5 modules in from the code's edges, so a
+/// neighbouring code's finders, beyond two quiet zones, stay outside.
+fn holds_other_finders(fs: &[Finder], [c, a, b]: [usize; 3]) -> bool {
+    let module = (fs[c].module + fs[a].module + fs[b].module) / 3.0;
+    let hits = fs[c].hits.min(fs[a].hits).min(fs[b].hits) as f32;
+    let (vx, vy) = (fs[a].x - fs[c].x, fs[a].y - fs[c].y);
+    let (wx, wy) = (fs[b].x - fs[c].x, fs[b].y - fs[c].y);
+    let det = vx * wy - vy * wx;
+    if det.abs() < 1.0 {
+        return false;
     }
-    out
+    let held = fs.iter().enumerate().filter(|&(i, f)| {
+        let like = f.module <= module * 1.5 && f.module * 1.5 >= module;
+        if i == c || i == a || i == b || !like || (f.hits as f32) < 0.75 * hits {
+            return false;
+        }
+        // The finder's centre as α·v + β·w from the corner.
+        let (px, py) = (f.x - fs[c].x, f.y - fs[c].y);
+        let alpha = (px * wy - py * wx) / det;
+        let beta = (vx * py - vy * px) / det;
+        (-0.1..=1.1).contains(&alpha) && (-0.1..=1.1).contains(&beta)
+    });
+    held.count() >= 2
 }
 
 #[cfg(test)]

@@ -49,11 +49,14 @@ pub enum Category {
     Blurred,
     /// A mirrored code (seen through glass from behind, or in a mirror).
     Mirrored,
+    /// A sheet of labels: 6 to 20 codes of one version in rows and
+    /// columns, each label's quiet zone touching its neighbours'.
+    LabelSheet,
 }
 
 impl Category {
     /// Every category, in the order of the tables.
-    pub const ALL: [Category; 10] = [
+    pub const ALL: [Category; 11] = [
         Category::Nominal,
         Category::HighVersion,
         Category::ManyCodes,
@@ -64,6 +67,7 @@ impl Category {
         Category::Rotation,
         Category::Blurred,
         Category::Mirrored,
+        Category::LabelSheet,
     ];
 
     /// The name files of this category start with.
@@ -79,6 +83,7 @@ impl Category {
             Category::Rotation => "rotation",
             Category::Blurred => "blurred",
             Category::Mirrored => "mirrored",
+            Category::LabelSheet => "label-sheet",
         }
     }
 
@@ -128,7 +133,7 @@ pub fn photo_scenes() -> Vec<PhotoScene> {
     for category in Category::ALL {
         for i in 0..PER_CATEGORY {
             let (width, height) = match category {
-                Category::ManyCodes => (1920, 1080),
+                Category::ManyCodes | Category::LabelSheet => (1920, 1080),
                 Category::CloseUp | Category::HighVersion => sizes[i % 2],
                 _ => sizes[i % 3],
             };
@@ -312,10 +317,12 @@ pub fn render_photo(scene: &PhotoScene, seed: u64) -> Result<Photo, QrError> {
     GreyImage::filled(w, h, 0)?; // size check
     let mut img = background(w, h, &mut rng);
     let category = scene.category;
-    let count = if category == Category::ManyCodes {
-        rng.random_range(8..=16)
-    } else {
-        1
+    // A label sheet: its grid, its labels' version, and one pose for all.
+    let sheet = (category == Category::LabelSheet).then(|| Sheet::draw(&mut rng, w, h));
+    let count = match (category, &sheet) {
+        (Category::ManyCodes, _) => rng.random_range(8..=16),
+        (_, Some(sheet)) => sheet.cols * sheet.rows,
+        _ => 1,
     };
     // Many codes: one per cell of a 5 × 4 grid, in random cells.
     let (cols, rows) = (5usize, 4usize);
@@ -325,10 +332,11 @@ pub fn render_photo(scene: &PhotoScene, seed: u64) -> Result<Photo, QrError> {
     }
     let mut payloads = Vec::new();
     for (k, &cell) in cells.iter().enumerate().take(count) {
-        let version = match category {
-            Category::HighVersion => rng.random_range(11..=40),
-            Category::ManyCodes => rng.random_range(1..=6),
-            Category::CloseUp | Category::Monitor => rng.random_range(2..=12),
+        let version = match (category, &sheet) {
+            (_, Some(sheet)) => sheet.version,
+            (Category::HighVersion, _) => rng.random_range(11..=40),
+            (Category::ManyCodes, _) => rng.random_range(1..=6),
+            (Category::CloseUp | Category::Monitor, _) => rng.random_range(2..=12),
             _ => rng.random_range(1..=10),
         };
         let (bytes, modules) = code_of_version(&mut rng, version)?;
@@ -356,8 +364,9 @@ pub fn render_photo(scene: &PhotoScene, seed: u64) -> Result<Photo, QrError> {
         let mut shrink = 1.0f32;
         let mut placed = None;
         for _ in 0..60 {
-            let (side_px, centre) = match category {
-                Category::ManyCodes => {
+            let (side_px, centre) = match (category, &sheet) {
+                (_, Some(sheet)) => (sheet.cell, sheet.centre(k)),
+                (Category::ManyCodes, _) => {
                     let (cw, ch) = (w as f32 / cols as f32, h as f32 / rows as f32);
                     let side = rng.random_range(0.55f32..0.75) * ch.min(cw);
                     let cx =
@@ -366,7 +375,7 @@ pub fn render_photo(scene: &PhotoScene, seed: u64) -> Result<Photo, QrError> {
                         (cell / cols) as f32 * ch + ch / 2.0 + rng.random_range(-0.1f32..0.1) * ch;
                     (side.max(least.min(0.9 * ch)), (cx, cy))
                 }
-                Category::CloseUp => {
+                (Category::CloseUp, _) => {
                     // The code itself (no quiet zone) just inside the frame,
                     // its quiet zone (two modules) at the frame's edge.
                     let side = short * rng.random_range(0.78f32..0.88) * (size + 4.0) / size;
@@ -379,16 +388,24 @@ pub fn render_photo(scene: &PhotoScene, seed: u64) -> Result<Photo, QrError> {
                     (side.max(least).min(0.95 * short), (x, y))
                 }
             };
-            let roll = match category {
-                Category::Rotation => {
+            let roll = match (category, &sheet) {
+                (_, Some(sheet)) => sheet.roll,
+                (Category::Rotation, _) => {
                     if rng.random_range(0..3) == 0 {
                         rng.random_range(1..4) as f32 * PI / 2.0
                     } else {
                         rng.random_range(0.0f32..2.0 * PI)
                     }
                 }
-                Category::CloseUp => rng.random_range(-0.1f32..0.1),
+                (Category::CloseUp, _) => rng.random_range(-0.1f32..0.1),
                 _ => rng.random_range(-0.5f32..0.5),
+            };
+            let (yaw, pitch) = match &sheet {
+                Some(sheet) => (sheet.yaw, sheet.pitch),
+                None => (
+                    rng.random_range(-tilt..=tilt),
+                    rng.random_range(-tilt..=tilt) * 0.6,
+                ),
             };
             let label = Label {
                 modules: modules.clone(),
@@ -399,8 +416,8 @@ pub fn render_photo(scene: &PhotoScene, seed: u64) -> Result<Photo, QrError> {
                 centre,
                 side_px: side_px * shrink,
                 roll,
-                yaw: rng.random_range(-tilt..=tilt),
-                pitch: rng.random_range(-tilt..=tilt) * 0.6,
+                yaw,
+                pitch,
             };
             let corners = label.code_corners(w, h);
             let inside = corners.len() == 4
@@ -453,6 +470,52 @@ pub fn render_photo(scene: &PhotoScene, seed: u64) -> Result<Photo, QrError> {
         payloads,
         jpeg_quality: rng.random_range(80..=92),
     })
+}
+
+/// A sheet of labels ([`Category::LabelSheet`]): `cols` × `rows` labels of
+/// one version, each `cell` pixels wide with its quiet zone, side by side
+/// (their quiet zones touching) on a grid turned by `roll` about the
+/// frame's centre; every label turned the same way.
+struct Sheet {
+    cols: usize,
+    rows: usize,
+    version: i16,
+    cell: f32,
+    centre: (f32, f32),
+    roll: f32,
+    yaw: f32,
+    pitch: f32,
+}
+
+impl Sheet {
+    fn draw(rng: &mut Pcg64Mcg, w: usize, h: usize) -> Self {
+        let cols = rng.random_range(3..=5);
+        let rows = rng.random_range(2..=4);
+        // Room for the grid turned by up to 0.15 rad.
+        let cell = (0.85 * w as f32 / cols as f32).min(0.85 * h as f32 / rows as f32);
+        let tilt = 15f32.to_radians();
+        Self {
+            cols,
+            rows,
+            version: rng.random_range(2..=8),
+            cell,
+            centre: (w as f32 / 2.0, h as f32 / 2.0),
+            roll: rng.random_range(-0.15f32..0.15),
+            yaw: rng.random_range(-tilt..=tilt),
+            pitch: rng.random_range(-tilt..=tilt) * 0.6,
+        }
+    }
+
+    /// The centre of label `k` (row by row).
+    fn centre(&self, k: usize) -> (f32, f32) {
+        let dx = ((k % self.cols) as f32 - (self.cols - 1) as f32 / 2.0) * self.cell;
+        let dy = ((k / self.cols) as f32 - (self.rows - 1) as f32 / 2.0) * self.cell;
+        let (c, s) = (self.roll.cos(), self.roll.sin());
+        (
+            self.centre.0 + c * dx - s * dy,
+            self.centre.1 + s * dx + c * dy,
+        )
+    }
 }
 
 /// Light over the whole frame: always a gentle gradient; for
