@@ -222,8 +222,10 @@ impl FinderGroup {
 /// Groups finders into codes: three with similar module sizes forming a
 /// roughly right-angled, roughly isosceles triangle whose legs are 14 to
 /// 180 modules long (versions 1 to 40, with perspective). Best-shaped
-/// groups first; a finder serves two groups at most.
-pub fn group_finders(finders: &[Finder], max_groups: usize) -> Vec<FinderGroup> {
+/// groups first, each finder in one group. Given `share` (a still's
+/// search, which has time for what this adds), groups that would hold
+/// other finders go last, and a finder may serve a second group.
+pub fn group_finders(finders: &[Finder], max_groups: usize, share: bool) -> Vec<FinderGroup> {
     // A true finder's centre run is three modules tall, so about that many
     // rows confirm it; 1:1:3:1:1 runs inside a code's data rarely line up
     // over more than one or two rows. Then bound the O(n³) search to the
@@ -274,51 +276,55 @@ pub fn group_finders(finders: &[Finder], max_groups: usize) -> Vec<FinderGroup> 
         }
     }
     candidates.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let groups: Vec<[usize; 3]> = candidates.iter().map(|&(_, group)| group).collect();
-    let shapely: Vec<[usize; 3]> = candidates
+    let shapely: Vec<(f32, [usize; 3])> = candidates
         .iter()
-        .filter(|&&(score, _)| score <= SHARED_SHAPE)
-        .map(|&(_, group)| group)
+        .copied()
+        .filter(|&(score, _)| score <= SHARED_SHAPE)
         .collect();
-    // Best first, in three rounds. Each finder serves one group, and a
-    // group whose code would hold other finders of its size waits for
-    // the second round: on a sheet of labels in rows, the finders of
-    // codes three apart make triangles as well shaped as a code's own,
-    // each of which would take three finders from real codes. Then a
-    // finder may serve a second group as well shaped as a code's own
-    // ([`SHARED_SHAPE`]): where four labels meet, the nearest finders of
-    // three of them make such a small triangle, and take a finder from
-    // the fourth.
+    // Best first, each finder in one group. In a still's search
+    // (`share`), three rounds. A group whose code would hold other
+    // finders of its size waits for the second: on a sheet of labels in
+    // rows, the finders of codes three apart make triangles as well shaped
+    // as a code's own, each of which would take three finders from real
+    // codes. In the third, a finder may serve a second group as well
+    // shaped as a code's own ([`SHARED_SHAPE`]): where four labels meet,
+    // the nearest finders of three of them make such a small triangle,
+    // and take a finder from the fourth. The best `max_groups` of all
+    // picked are kept, best first (a code with moiré inside also waits,
+    // and must not lose its place to the false groups picked before it).
     let mut uses = vec![0u8; fs.len()];
-    let mut picked: Vec<[usize; 3]> = Vec::new();
+    let mut picked: Vec<(f32, [usize; 3])> = Vec::new();
     let mut waiting = Vec::new();
-    for round in 0..3 {
+    for round in 0..if share { 3 } else { 1 } {
         let list = match round {
-            0 => &groups,
+            0 => &candidates,
             1 => &std::mem::take(&mut waiting),
             _ => &shapely,
         };
         let most_uses = if round == 2 { 1 } else { 0 };
-        for &[c, a, b] in list {
-            if picked.len() >= max_groups {
+        for &(score, [c, a, b]) in list {
+            if !share && picked.len() >= max_groups {
                 break;
             }
-            if [c, a, b].iter().any(|&i| uses[i] > most_uses) || picked.contains(&[c, a, b]) {
+            let taken = [c, a, b].iter().any(|&i| uses[i] > most_uses);
+            if taken || picked.iter().any(|(_, g)| *g == [c, a, b]) {
                 continue;
             }
-            if round == 0 && holds_other_finders(&fs, [c, a, b]) {
-                waiting.push([c, a, b]);
+            if share && round == 0 && holds_other_finders(&fs, [c, a, b]) {
+                waiting.push((score, [c, a, b]));
                 continue;
             }
             for i in [c, a, b] {
                 uses[i] += 1;
             }
-            picked.push([c, a, b]);
+            picked.push((score, [c, a, b]));
         }
     }
+    picked.sort_by(|x, y| x.0.total_cmp(&y.0));
+    picked.truncate(max_groups);
     picked
         .into_iter()
-        .map(|[c, a, b]| FinderGroup {
+        .map(|(_, [c, a, b])| FinderGroup {
             corner: fs[c],
             a: fs[a],
             b: fs[b],
@@ -402,7 +408,7 @@ mod tests {
         assert!(at(29.5, 229.5), "{found:?}");
         // The three best-confirmed hits are the finders.
         assert!(found.len() >= 3);
-        let groups = group_finders(&found, 4);
+        let groups = group_finders(&found, 4, false);
         assert_eq!(groups.len(), 1, "{groups:?}");
         let g = groups[0];
         assert!((g.corner.x - 29.5).abs() < 2.0 && (g.corner.y - 29.5).abs() < 2.0);
@@ -434,7 +440,7 @@ mod tests {
         }
         let img = GreyImage::new(side, side, data).unwrap();
         let found = finder_patterns(&adaptive_threshold(&img, 24, 8));
-        let groups = group_finders(&found, 4);
+        let groups = group_finders(&found, 4, false);
         assert_eq!(groups.len(), 1, "{found:?}");
         assert!((groups[0].module - 5.0).abs() < 1.0, "{groups:?}");
     }
@@ -445,7 +451,7 @@ mod tests {
             let h = ((x * 7919 + y * 104_729) as u32).wrapping_mul(2_654_435_761);
             h >> 31 == 1
         });
-        assert!(group_finders(&finder_patterns(&noise), 4).is_empty());
+        assert!(group_finders(&finder_patterns(&noise), 4, false).is_empty());
         let flat = Bitmap::from_fn(100, 100, |_, _| false);
         assert!(finder_patterns(&flat).is_empty());
         let mut blank = GreyImage::filled(64, 64, 200).unwrap();
@@ -462,7 +468,7 @@ mod tests {
             hits: 8,
         };
         // Three in a line are no code.
-        assert!(group_finders(&[f(0.0, 0.0), f(100.0, 0.0), f(200.0, 0.0)], 4).is_empty());
+        assert!(group_finders(&[f(0.0, 0.0), f(100.0, 0.0), f(200.0, 0.0)], 4, false).is_empty());
         // Two codes side by side: two groups, no finder shared.
         let two = [
             f(0.0, 0.0),
@@ -472,10 +478,10 @@ mod tests {
             f(800.0, 0.0),
             f(600.0, 200.0),
         ];
-        let g = group_finders(&two, 4);
+        let g = group_finders(&two, 4, false);
         assert_eq!(g.len(), 2, "{g:?}");
         assert!(g.iter().any(|g| g.corner.x == 0.0 && g.corner.y == 0.0));
         assert!(g.iter().any(|g| g.corner.x == 600.0));
-        assert_eq!(group_finders(&two, 1).len(), 1);
+        assert_eq!(group_finders(&two, 1, false).len(), 1);
     }
 }

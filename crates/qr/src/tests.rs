@@ -116,6 +116,20 @@ fn photo_corpus_read_rate() {
     }
 }
 
+/// Issue 20: a still whose first map of the right size was misplaced
+/// (the far corner off by several modules under perspective) read that
+/// grid's version blocks as another version and gave the size up; the
+/// alignment grid reads it.
+#[test]
+fn issue20_blurred_02_a_misplaced_map_naming_another_version_does_not_end_a_still() {
+    let dir = corpus_dir().join("photo");
+    let image = load_image(&dir.join("blurred-02.jpg")).expect("blurred-02");
+    let want = std::fs::read_to_string(dir.join("blurred-02.hex")).expect("payload");
+    let want = hex::decode(want.trim()).expect("hex");
+    let read = payloads_read(&untimed(DecodeOptions::thorough()), &image);
+    assert!(read.contains(&want));
+}
+
 /// The share of each category's codes `photo_corpus_read_rate` must read,
 /// per cent: what is met with no time limit (docs/qr.md; 6 photos a
 /// category, 80 codes in the many-codes photos).

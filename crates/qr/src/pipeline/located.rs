@@ -118,7 +118,11 @@ pub(super) fn groups_for(find_all: bool) -> usize {
 /// the whole factor `factor` (prepared as `search` says), in both
 /// polarities, at most `max_groups` in each; each is cut from the full
 /// frame when rqrr needs it, scaled to [`LOCATE_MODULE_PX`] per module and
-/// inverted if it is a dark-mode code.
+/// inverted if it is a dark-mode code. A still's plain search (more
+/// groups than a gate's) groups finders as for a sheet of labels
+/// ([`locate::group_finders`]'s `share`); the rescue search does not:
+/// the defocused and moiré phone frames it is for lost codes to it
+/// (moiré's false finders inside a code held its group back).
 pub(super) fn locate_codes(
     frame: GreyFrame<'_>,
     factor: usize,
@@ -137,7 +141,8 @@ pub(super) fn locate_codes(
     let mut spots = Vec::new();
     for (bits, inverted) in [(&dark, false), (&light, true)] {
         let finders = locate::finder_patterns(bits);
-        for group in locate::group_finders(&finders, max_groups) {
+        let share = max_groups > GATE_GROUPS && search == Search::Plain;
+        for group in locate::group_finders(&finders, max_groups, share) {
             let s = small.scale;
             // Modules under MIN_MODULE_PX frame pixels are past reading (by
             // us or any reader); such groups are a screen's pixel grid or
