@@ -26,8 +26,8 @@
 //! 6. [`timing_fraction`], then [`decode_modules`]: a grid whose timing
 //!    lines do not alternate is skipped (rqrr's decoder would spend
 //!    milliseconds on it), the others go to rqrr's decoder.
-//! 7. From version 7, when no map from the finders and one alignment
-//!    pattern reads: every alignment pattern placed in turn, nearest the
+//! 7. In a still, from version 7, when no map from the finders and one
+//!    alignment pattern reads: every alignment pattern placed in turn, nearest the
 //!    finders first, each predicted by a least-squares fit of those
 //!    placed so far ([`Homography::fit`]); then a warp bent through all of
 //!    them and the timing lines' module boundaries (a thin-plate spline):

@@ -41,9 +41,10 @@ pub(super) enum Sampling {
     /// second pass, so that codes the frame's samples read are not
     /// delayed by it.
     MaskedCrop,
-    /// The frame, the code taken as bent round a bottle
-    /// ([`sample::read_located`] with a deadline): stills only, in a pass
-    /// of its own after the others, for the same reason.
+    /// The frame, the code read on all its alignment patterns or taken as
+    /// bent round a bottle ([`sample::read_located`] with a deadline):
+    /// stills only, in a pass of its own after the others, for the same
+    /// reason.
     Bent,
 }
 
