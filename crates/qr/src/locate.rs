@@ -224,7 +224,8 @@ impl FinderGroup {
 /// 180 modules long (versions 1 to 40, with perspective). Best-shaped
 /// groups first, each finder in one group. Given `share` (a still's
 /// search, which has time for what this adds), groups that would hold
-/// other finders go last, and a finder may serve a second group.
+/// other finders are picked only after all others, and a finder may
+/// serve a second group that is well shaped ([`SHARED_SHAPE`]).
 pub fn group_finders(finders: &[Finder], max_groups: usize, share: bool) -> Vec<FinderGroup> {
     // A true finder's centre run is three modules tall, so about that many
     // rows confirm it; 1:1:3:1:1 runs inside a code's data rarely line up
@@ -287,11 +288,10 @@ pub fn group_finders(finders: &[Finder], max_groups: usize, share: bool) -> Vec<
     // rows, the finders of codes three apart make triangles as well shaped
     // as a code's own, each of which would take three finders from real
     // codes. In the third, a finder may serve a second group as well
-    // shaped as a code's own ([`SHARED_SHAPE`]): where four labels meet,
-    // the nearest finders of three of them make such a small triangle,
-    // and take a finder from the fourth. The best `max_groups` of all
-    // picked are kept, best first (a code with moiré inside also waits,
-    // and must not lose its place to the false groups picked before it).
+    // shaped as a code's own ([`SHARED_SHAPE`]) and holding none: where
+    // four labels meet, the nearest finders of three of them make such a
+    // small triangle, and take a finder from the fourth. The groups go
+    // out best first, whatever round picked them.
     let mut uses = vec![0u8; fs.len()];
     let mut picked: Vec<(f32, [usize; 3])> = Vec::new();
     let mut waiting = Vec::new();
@@ -303,15 +303,17 @@ pub fn group_finders(finders: &[Finder], max_groups: usize, share: bool) -> Vec<
         };
         let most_uses = if round == 2 { 1 } else { 0 };
         for &(score, [c, a, b]) in list {
-            if !share && picked.len() >= max_groups {
+            if picked.len() >= max_groups {
                 break;
             }
             let taken = [c, a, b].iter().any(|&i| uses[i] > most_uses);
             if taken || picked.iter().any(|(_, g)| *g == [c, a, b]) {
                 continue;
             }
-            if share && round == 0 && holds_other_finders(&fs, [c, a, b]) {
-                waiting.push((score, [c, a, b]));
+            if share && round != 1 && holds_other_finders(&fs, [c, a, b]) {
+                if round == 0 {
+                    waiting.push((score, [c, a, b]));
+                }
                 continue;
             }
             for i in [c, a, b] {
@@ -321,7 +323,6 @@ pub fn group_finders(finders: &[Finder], max_groups: usize, share: bool) -> Vec<
         }
     }
     picked.sort_by(|x, y| x.0.total_cmp(&y.0));
-    picked.truncate(max_groups);
     picked
         .into_iter()
         .map(|(_, [c, a, b])| FinderGroup {
@@ -360,11 +361,14 @@ fn holds_other_finders(fs: &[Finder], [c, a, b]: [usize; 3]) -> bool {
         if i == c || i == a || i == b || !like || (f.hits as f32) < 0.75 * hits {
             return false;
         }
-        // The finder's centre as α·v + β·w from the corner.
+        // The finder's centre as α·v + β·w from the corner, within two
+        // modules of the parallelogram (a neighbour's finders are 11
+        // modules or more beyond it, across one or two quiet zones).
         let (px, py) = (f.x - fs[c].x, f.y - fs[c].y);
         let alpha = (px * wy - py * wx) / det;
         let beta = (vx * py - vy * px) / det;
-        (-0.1..=1.1).contains(&alpha) && (-0.1..=1.1).contains(&beta)
+        let (ma, mb) = (2.0 * module / vx.hypot(vy), 2.0 * module / wx.hypot(wy));
+        (-ma..=1.0 + ma).contains(&alpha) && (-mb..=1.0 + mb).contains(&beta)
     });
     held.count() >= 2
 }
@@ -483,5 +487,47 @@ mod tests {
         assert!(g.iter().any(|g| g.corner.x == 0.0 && g.corner.y == 0.0));
         assert!(g.iter().any(|g| g.corner.x == 600.0));
         assert_eq!(group_finders(&two, 1, false).len(), 1);
+    }
+
+    /// Issue 20: a sheet of 4 × 3 labels of version 8 (4 px modules, each
+    /// label's quiet zone touching its neighbours'). A still's grouping (`share`) puts every code's own three
+    /// finders together; one finder in one group, best shape first (a
+    /// gate's), gives some to triangles across labels.
+    #[test]
+    fn issue20_a_sheet_of_labels_is_grouped_code_by_code_in_a_still() {
+        let (module, cell) = (4.0f32, 57.0f32 * 4.0);
+        let mut fs = Vec::new();
+        let mut codes = Vec::new();
+        for row in 0..3 {
+            for col in 0..4 {
+                let (x0, y0) = (col as f32 * cell, row as f32 * cell);
+                let at = |u: f32, v: f32| Finder {
+                    x: x0 + (4.0 + u) * module,
+                    y: y0 + (4.0 + v) * module,
+                    module,
+                    hits: 9,
+                };
+                // The bottom-left finder a third of a module off, as a
+                // camera's tilt leaves it: triangles across labels that
+                // avoid it are the better shaped.
+                let own = [at(3.5, 3.5), at(45.5, 3.5), at(3.8, 45.5)];
+                codes.push(own);
+                fs.extend(own);
+            }
+        }
+        let whole = |groups: &[FinderGroup]| {
+            codes
+                .iter()
+                .filter(|own| {
+                    groups.iter().any(|g| {
+                        [g.corner, g.a, g.b]
+                            .iter()
+                            .all(|f| own.iter().any(|o| o.x == f.x && o.y == f.y))
+                    })
+                })
+                .count()
+        };
+        assert_eq!(whole(&group_finders(&fs, 48, true)), 12);
+        assert!(whole(&group_finders(&fs, 48, false)) < 12);
     }
 }

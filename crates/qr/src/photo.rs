@@ -2,7 +2,8 @@
 //! (issue 20): printed labels and posters of every version and
 //! error-correction level, many codes in one photo, codes that fill the
 //! frame, labels on bottles (a cylinder), strong lighting gradients and
-//! shadows, codes on monitors, any rotation, blur, and mirrored codes.
+//! shadows, codes on monitors, any rotation, blur, mirrored codes, and
+//! sheets of labels.
 //! Beside the phone-screen corpus of [`super::synth`]; deterministic from
 //! a seed, one category per [`Category`], the scenes in [`photo_scenes`].
 //!
@@ -50,7 +51,7 @@ pub enum Category {
     /// A mirrored code (seen through glass from behind, or in a mirror).
     Mirrored,
     /// A sheet of labels: 6 to 20 codes of one version in rows and
-    /// columns, each label's quiet zone touching its neighbours'.
+    /// columns, each label's quiet zone nearly touching its neighbours'.
     LabelSheet,
 }
 
@@ -126,7 +127,8 @@ pub struct Photo {
 pub const PER_CATEGORY: usize = 6;
 
 /// The corpus' scenes: [`PER_CATEGORY`] of each category, at 640×480,
-/// 1280×720 and 1920×1080 (many codes: always 1920×1080).
+/// 1280×720 and 1920×1080 (many codes and label sheets: always
+/// 1920×1080).
 pub fn photo_scenes() -> Vec<PhotoScene> {
     let sizes = [(1280, 720), (1920, 1080), (640, 480)];
     let mut out = Vec::new();
@@ -474,8 +476,9 @@ pub fn render_photo(scene: &PhotoScene, seed: u64) -> Result<Photo, QrError> {
 
 /// A sheet of labels ([`Category::LabelSheet`]): `cols` × `rows` labels of
 /// one version, each `cell` pixels wide with its quiet zone, side by side
-/// (their quiet zones touching) on a grid turned by `roll` about the
-/// frame's centre; every label turned the same way.
+/// on a grid turned by `roll` about the frame's centre; every label turned
+/// the same way about its own centre (so their quiet zones touch face-on
+/// and leave a narrow gap when tilted).
 struct Sheet {
     cols: usize,
     rows: usize,

@@ -27,8 +27,8 @@
 //!    lines do not alternate is skipped (rqrr's decoder would spend
 //!    milliseconds on it), the others go to rqrr's decoder.
 //! 7. In a still, from version 7, when no map from the finders and one
-//!    alignment pattern reads: every alignment pattern placed in turn, nearest the
-//!    finders first, each predicted by a least-squares fit of those
+//!    alignment pattern reads: every alignment pattern placed in turn,
+//!    outward from the top-left finder, each predicted by a least-squares fit of those
 //!    placed so far ([`Homography::fit`]); then a warp bent through all of
 //!    them and the timing lines' module boundaries (a thin-plate spline):
 //!    strong perspective, labels round a bottle, lens distortion. The
@@ -708,7 +708,8 @@ fn version_blocks(dark: impl Fn(usize, usize) -> bool, size: usize) -> Option<(u
                 word | (u32::from(dark(x, y)) << i)
             }))
         })
-        .min()
+        // The first block on a tie (as a gate always read them).
+        .min_by_key(|&(distance, _)| distance)
 }
 
 /// The version whose version-information codeword is nearest to `word`
@@ -727,11 +728,12 @@ fn nearest_version(word: u32) -> (u32, usize) {
 /// known: a code bent round a bottle shows its finders narrower than its
 /// middle, and the finder spacing then suggests a version or more too
 /// many. Each block is sampled on `h` (the map of a guessed size, which
-/// passes through the finder centres) with its offset from its finder
-/// across the block scaled by 0.7 to 1.4, which takes out the guess's
-/// error there. A version is named when one block reads as its codeword
-/// with at most one bit wrong at some scale, or both blocks with at most
-/// two (random bits do either about one time in a hundred).
+/// passes through the finder centres) with its offsets from its finder
+/// scaled by 0.7 to 1.4, which takes out the guess's error there. A
+/// version is named when one block reads as its codeword with at most one
+/// bit wrong at some scale, or both blocks with at most two (random bits
+/// do either about one time in 200 a scale, by our estimate; a false name
+/// costs one more size tried).
 fn versions_beside_finders(
     frame: GreyFrame<'_>,
     h: &Homography,
@@ -815,8 +817,8 @@ const RADII: [usize; 3] = [4, 0, 2];
 /// Reads the code whose three finder centres (in frame pixels, any order
 /// with `corner` at the right angle) and module size the locator found.
 /// The version is chosen among those near the finder spacing by the
-/// timing lines, and from version 7 by the version blocks beside the
-/// finders; finder centres are refined on their templates; from version 2
+/// timing lines (in a still, from version 7, also by the version blocks
+/// beside the finders); finder centres are refined on their templates; from version 2
 /// the bottom-right alignment pattern is searched for and anchors the
 /// homography's fourth point (perspective), else the fourth point is the
 /// parallelogram's. Each module is sampled and thresholded at a few
@@ -987,6 +989,9 @@ fn read_version(
         homographies.extend(scored.into_iter().take(2).map(|(_, h)| h));
     }
     homographies.push(h3);
+    // Whether the version blocks said another size (a still goes on to
+    // the alignment grid, but not to the bent shapes' 70 samplings).
+    let mut rejected = false;
     for h in &homographies {
         let grey = sample_modules(frame, h, size);
         match decode_grid(&grey, size, version, inverted) {
@@ -995,7 +1000,10 @@ fn read_version(
             // misplaced map's blocks name a version at random one time in
             // four (the perspective photo blurred-02 was lost so).
             Grid::WrongVersion if still_until.is_none() => return None,
-            Grid::WrongVersion => break,
+            Grid::WrongVersion => {
+                rejected = true;
+                break;
+            }
             Grid::Read(payload) => {
                 let corners = corners(&|u, v| h.map(u, v), s);
                 return Some(Sampled { payload, corners });
@@ -1076,6 +1084,9 @@ fn read_version(
             }
         }
     }
+    if rejected {
+        return None;
+    }
     read_bent(
         frame,
         homographies.first()?,
@@ -1113,15 +1124,16 @@ struct PlacedGrid {
 }
 
 /// Places the finder centres `anchors` and every alignment pattern of a
-/// code of `version` (7 and up) that can be found, nearest the finders
-/// first. Each is searched for where the current map puts it, moved by
+/// code of `version` (7 and up) that can be found, outward from the
+/// top-left finder. Each is searched for where the current map puts it, moved by
 /// how far off that map is at the nearest one placed (which follows a
 /// bend as well as perspective); the current map is `start` (the
 /// finders') until a pattern off the two timing lines is placed, and from
 /// then on the least-squares fit of all placed. `None` when none off the
 /// timing lines was placed (the points then lie on two lines and fix no
 /// perspective), or fewer than half of them (a false finder group or the
-/// wrong size: the search stops as soon as half are missing).
+/// wrong size: after four tried, the search stops as soon as fewer than
+/// half of those tried were placed).
 fn place_alignment_grid(
     frame: GreyFrame<'_>,
     anchors: &[[f64; 2]; 3],

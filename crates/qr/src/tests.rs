@@ -132,7 +132,8 @@ fn issue20_blurred_02_a_misplaced_map_naming_another_version_does_not_end_a_stil
 
 /// The share of each category's codes `photo_corpus_read_rate` must read,
 /// per cent: what is met with no time limit (docs/qr.md; 6 photos a
-/// category, 80 codes in the many-codes photos).
+/// category, 80 codes in the many-codes photos and 68 on the label
+/// sheets).
 const PHOTO_FLOORS: [(photo::Category, usize); 11] = [
     (photo::Category::Nominal, 100),
     (photo::Category::HighVersion, 100),
