@@ -226,7 +226,12 @@ impl FinderGroup {
 /// search, which has time for what this adds), groups that would hold
 /// other finders are picked only after all others, and a finder may
 /// serve a second group that is well shaped ([`SHARED_SHAPE`]).
-pub fn group_finders(finders: &[Finder], max_groups: usize, share: bool) -> Vec<FinderGroup> {
+pub fn group_finders(
+    finders: &[Finder],
+    max_groups: usize,
+    share: bool,
+    bits: Option<&Bitmap>,
+) -> Vec<FinderGroup> {
     // A true finder's centre run is three modules tall, so about that many
     // rows confirm it; 1:1:3:1:1 runs inside a code's data rarely line up
     // over more than one or two rows. Then bound the O(n³) search to the
@@ -310,6 +315,12 @@ pub fn group_finders(finders: &[Finder], max_groups: usize, share: bool) -> Vec<
             if taken || picked.iter().any(|(_, g)| *g == [c, a, b]) {
                 continue;
             }
+            if share
+                && round == 0
+                && !bits.is_none_or(|bits| timing_lines_alternate(bits, &fs, [c, a, b]))
+            {
+                continue;
+            }
             if share && round != 1 && holds_other_finders(&fs, [c, a, b]) {
                 if round == 0 {
                     waiting.push((score, [c, a, b]));
@@ -332,6 +343,47 @@ pub fn group_finders(finders: &[Finder], max_groups: usize, share: bool) -> Vec<
             module: (fs[c].module + fs[a].module + fs[b].module) / 3.0,
         })
         .collect()
+}
+
+/// Whether both timing lines of the code finders `fs[c]` (the right
+/// angle), `fs[a]` and `fs[b]` would make change colour as a code's do:
+/// each runs 3 modules in from the line between two finder centres, from
+/// one finder's separator to the other's, and a code's alternates dark
+/// and light module by module. At least a third of its module boundaries
+/// must show: where four labels meet, three finders of three labels make
+/// a triangle as well shaped as a code's, and the lines between them run
+/// through the blank gap between the labels.
+fn timing_lines_alternate(bits: &Bitmap, fs: &[Finder], [c, a, b]: [usize; 3]) -> bool {
+    let module = (fs[c].module + fs[a].module + fs[b].module) / 3.0;
+    let along = |from: &Finder, to: &Finder, toward: &Finder| {
+        let (dx, dy) = (to.x - from.x, to.y - from.y);
+        let (ex, ey) = (toward.x - from.x, toward.y - from.y);
+        let (len, across) = (dx.hypot(dy), ex.hypot(ey));
+        if len < 1.0 || across < 1.0 {
+            return false;
+        }
+        let (ux, uy) = (dx / len, dy / len);
+        let (wx, wy) = (3.0 * module * ex / across, 3.0 * module * ey / across);
+        let (start, end) = (4.5 * module, len - 4.5 * module);
+        if end - start < 2.0 * module {
+            return true;
+        }
+        let step = (module / 3.0).max(0.5);
+        let mut changes = 0usize;
+        let mut last = None;
+        let mut t = start;
+        while t <= end {
+            let (x, y) = (from.x + ux * t + wx, from.y + uy * t + wy);
+            if x >= 0.0 && y >= 0.0 && (x as usize) < bits.width() && (y as usize) < bits.height() {
+                let dark = bits.is_dark(x as usize, y as usize);
+                changes += usize::from(last.is_some_and(|l| l != dark));
+                last = Some(dark);
+            }
+            t += step;
+        }
+        changes as f32 >= (end - start) / module / 3.0
+    };
+    along(&fs[c], &fs[a], &fs[b]) && along(&fs[c], &fs[b], &fs[a])
 }
 
 /// The worst shape score (the sum of the legs' length ratio less 1, the
@@ -412,7 +464,7 @@ mod tests {
         assert!(at(29.5, 229.5), "{found:?}");
         // The three best-confirmed hits are the finders.
         assert!(found.len() >= 3);
-        let groups = group_finders(&found, 4, false);
+        let groups = group_finders(&found, 4, false, None);
         assert_eq!(groups.len(), 1, "{groups:?}");
         let g = groups[0];
         assert!((g.corner.x - 29.5).abs() < 2.0 && (g.corner.y - 29.5).abs() < 2.0);
@@ -444,7 +496,7 @@ mod tests {
         }
         let img = GreyImage::new(side, side, data).unwrap();
         let found = finder_patterns(&adaptive_threshold(&img, 24, 8));
-        let groups = group_finders(&found, 4, false);
+        let groups = group_finders(&found, 4, false, None);
         assert_eq!(groups.len(), 1, "{found:?}");
         assert!((groups[0].module - 5.0).abs() < 1.0, "{groups:?}");
     }
@@ -455,7 +507,7 @@ mod tests {
             let h = ((x * 7919 + y * 104_729) as u32).wrapping_mul(2_654_435_761);
             h >> 31 == 1
         });
-        assert!(group_finders(&finder_patterns(&noise), 4, false).is_empty());
+        assert!(group_finders(&finder_patterns(&noise), 4, false, None).is_empty());
         let flat = Bitmap::from_fn(100, 100, |_, _| false);
         assert!(finder_patterns(&flat).is_empty());
         let mut blank = GreyImage::filled(64, 64, 200).unwrap();
@@ -472,7 +524,9 @@ mod tests {
             hits: 8,
         };
         // Three in a line are no code.
-        assert!(group_finders(&[f(0.0, 0.0), f(100.0, 0.0), f(200.0, 0.0)], 4, false).is_empty());
+        assert!(
+            group_finders(&[f(0.0, 0.0), f(100.0, 0.0), f(200.0, 0.0)], 4, false, None).is_empty()
+        );
         // Two codes side by side: two groups, no finder shared.
         let two = [
             f(0.0, 0.0),
@@ -482,11 +536,52 @@ mod tests {
             f(800.0, 0.0),
             f(600.0, 200.0),
         ];
-        let g = group_finders(&two, 4, false);
+        let g = group_finders(&two, 4, false, None);
         assert_eq!(g.len(), 2, "{g:?}");
         assert!(g.iter().any(|g| g.corner.x == 0.0 && g.corner.y == 0.0));
         assert!(g.iter().any(|g| g.corner.x == 600.0));
-        assert_eq!(group_finders(&two, 1, false).len(), 1);
+        assert_eq!(group_finders(&two, 1, false, None).len(), 1);
+    }
+
+    /// Issue 20: where four labels of a sheet meet, the top-left finder of
+    /// one and the nearest finders of two neighbours make a triangle as
+    /// well shaped as a code's; the lines between them run through the
+    /// blank gap between the labels, not along timing patterns.
+    #[test]
+    fn issue20_finders_of_three_labels_meeting_have_no_timing_lines() {
+        // Four version-1 labels (4 px modules, 4-module quiet zones) in a
+        // 2 × 2 sheet.
+        let labels: Vec<GreyImage> = (0..4)
+            .map(|k| render_token(&[k as u8; 10], 4, 4).expect("a code"))
+            .collect();
+        let side = labels[0].width();
+        let bits = Bitmap::from_fn(2 * side, 2 * side, |x, y| {
+            let label = &labels[(y / side) * 2 + x / side];
+            label.get(x % side, y % side).expect("inside") < 128
+        });
+        let size = 21.0f32;
+        let finder = |label: usize, u: f32, v: f32| Finder {
+            x: (label % 2 * side) as f32 + (4.0 + u) * 4.0,
+            y: (label / 2 * side) as f32 + (4.0 + v) * 4.0,
+            module: 4.0,
+            hits: 9,
+        };
+        let (near, far) = (3.5, size - 3.5);
+        // A label's own: top-left, top-right, bottom-left.
+        let own = [
+            finder(3, near, near),
+            finder(3, far, near),
+            finder(3, near, far),
+        ];
+        assert!(timing_lines_alternate(&bits, &own, [0, 1, 2]));
+        // At the meeting point: the bottom-right label's top-left, the
+        // bottom-left label's top-right, the top-right label's bottom-left.
+        let meeting = [
+            finder(3, near, near),
+            finder(2, far, near),
+            finder(1, near, far),
+        ];
+        assert!(!timing_lines_alternate(&bits, &meeting, [0, 1, 2]));
     }
 
     /// Issue 20: a sheet of 4 × 3 labels of version 8 (4 px modules, each
@@ -527,7 +622,7 @@ mod tests {
                 })
                 .count()
         };
-        assert_eq!(whole(&group_finders(&fs, 48, true)), 12);
-        assert!(whole(&group_finders(&fs, 48, false)) < 12);
+        assert_eq!(whole(&group_finders(&fs, 48, true, None)), 12);
+        assert!(whole(&group_finders(&fs, 48, false, None)) < 12);
     }
 }

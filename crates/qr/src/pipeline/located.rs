@@ -142,7 +142,7 @@ pub(super) fn locate_codes(
     for (bits, inverted) in [(&dark, false), (&light, true)] {
         let finders = locate::finder_patterns(bits);
         let share = max_groups > GATE_GROUPS && search == Search::Plain;
-        for group in locate::group_finders(&finders, max_groups, share) {
+        for group in locate::group_finders(&finders, max_groups, share, Some(bits)) {
             let s = small.scale;
             // Modules under MIN_MODULE_PX frame pixels are past reading (by
             // us or any reader); such groups are a screen's pixel grid or
