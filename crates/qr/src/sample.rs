@@ -1019,70 +1019,10 @@ fn read_version(
     // one alignment pattern to follow.
     if version >= 7
         && Instant::now() < deadline
-        && let Some(grid) =
-            place_alignment_grid(frame, &anchors, &h3, version, inverted, min_contrast)
+        && let Some(found) =
+            read_on_alignment_grid(frame, &anchors, &h3, version, inverted, min_contrast)
     {
-        let h = grid.fitted;
-        let grey = sample_modules(frame, &h, size);
-        if let Grid::Read(payload) = decode_grid(&grey, size, version, inverted) {
-            let corners = corners(&|u, v| h.map(u, v), s);
-            return Some(Sampled { payload, corners });
-        }
-        if let Some(warp) = Warp::through(&h, &grid.src, &grid.dst, size) {
-            let map = |u: f64, v: f64| warp.map(u, v);
-            let grey = sample_modules_by(frame, size, map);
-            if let Grid::Read(payload) = decode_grid(&grey, size, version, inverted) {
-                return Some(Sampled {
-                    payload,
-                    corners: corners(&map, s),
-                });
-            }
-            // The timing lines' module boundaries as more points.
-            let levels = finder_levels(frame, &h);
-            let (mut src, mut dst) = (grid.src.clone(), grid.dst.clone());
-            for along_row in [true, false] {
-                let Some(knots) = timing_knots(frame, &map, size, levels, along_row) else {
-                    continue;
-                };
-                // Every other boundary at least (one kind of edge: dark to
-                // light and light to dark are biased opposite ways by the
-                // threshold), none within 1.5 modules of an alignment
-                // centre on the line (two targets so close would fight).
-                let inner = &knots[1..knots.len() - 1];
-                let every = inner
-                    .len()
-                    .div_ceil(TIMING_POINTS)
-                    .max(1)
-                    .next_multiple_of(2);
-                let (fixed, along) = if along_row { (1, 0) } else { (0, 1) };
-                let clear = |k: f64| {
-                    grid.src
-                        .iter()
-                        .all(|p| p[fixed] != 6.5 || (p[along] - k).abs() >= 1.5)
-                };
-                for &(k, t) in inner.iter().step_by(every).filter(|(k, _)| clear(*k)) {
-                    let (at, seen) = if along_row {
-                        ([k, 6.5], map(t, 6.5))
-                    } else {
-                        ([6.5, k], map(6.5, t))
-                    };
-                    src.push(at);
-                    dst.push(seen);
-                }
-            }
-            if src.len() > grid.src.len()
-                && let Some(warp) = Warp::through(&h, &src, &dst, size)
-            {
-                let map = |u: f64, v: f64| warp.map(u, v);
-                let grey = sample_modules_by(frame, size, map);
-                if let Grid::Read(payload) = decode_grid(&grey, size, version, inverted) {
-                    return Some(Sampled {
-                        payload,
-                        corners: corners(&map, s),
-                    });
-                }
-            }
-        }
+        return Some(found);
     }
     if rejected {
         return None;
@@ -1322,6 +1262,88 @@ impl Warp {
             *slot += top * (1.0 - fy) + bottom * fy;
         }
         out
+    }
+}
+
+/// Reads a code of `version` (7 and up) on all its alignment patterns
+/// ([`place_alignment_grid`]): under their least-squares homography, then
+/// warped through them ([`Warp`]), then through them and the timing
+/// lines' module boundaries.
+fn read_on_alignment_grid(
+    frame: GreyFrame<'_>,
+    anchors: &[[f64; 2]; 3],
+    start: &Homography,
+    version: usize,
+    inverted: bool,
+    min_contrast: f32,
+) -> Option<Sampled> {
+    let size = size_of(version);
+    let grid = place_alignment_grid(frame, anchors, start, version, inverted, min_contrast)?;
+    let h = grid.fitted;
+    if let Some(found) = read_under(frame, &|u, v| h.map(u, v), size, version, inverted) {
+        return Some(found);
+    }
+    let warp = Warp::through(&h, &grid.src, &grid.dst, size)?;
+    let map = |u: f64, v: f64| warp.map(u, v);
+    if let Some(found) = read_under(frame, &map, size, version, inverted) {
+        return Some(found);
+    }
+    // The timing lines' module boundaries as more points.
+    let levels = finder_levels(frame, &h);
+    let (mut src, mut dst) = (grid.src.clone(), grid.dst.clone());
+    for along_row in [true, false] {
+        let Some(knots) = timing_knots(frame, &map, size, levels, along_row) else {
+            continue;
+        };
+        // Every other boundary at least (one kind of edge: dark to light
+        // and light to dark are biased opposite ways by the threshold),
+        // none within 1.5 modules of an alignment centre on the line (two
+        // targets so close would fight).
+        let inner = &knots[1..knots.len() - 1];
+        let every = inner
+            .len()
+            .div_ceil(TIMING_POINTS)
+            .max(1)
+            .next_multiple_of(2);
+        let (fixed, along) = if along_row { (1, 0) } else { (0, 1) };
+        let clear = |k: f64| {
+            grid.src
+                .iter()
+                .all(|p| p[fixed] != 6.5 || (p[along] - k).abs() >= 1.5)
+        };
+        for &(k, t) in inner.iter().step_by(every).filter(|(k, _)| clear(*k)) {
+            let (at, seen) = if along_row {
+                ([k, 6.5], map(t, 6.5))
+            } else {
+                ([6.5, k], map(6.5, t))
+            };
+            src.push(at);
+            dst.push(seen);
+        }
+    }
+    if src.len() == grid.src.len() {
+        return None;
+    }
+    let warp = Warp::through(&h, &src, &dst, size)?;
+    read_under(frame, &|u, v| warp.map(u, v), size, version, inverted)
+}
+
+/// Samples a code of `version` under `map` and decodes it: its payload
+/// and corners, when it reads.
+fn read_under(
+    frame: GreyFrame<'_>,
+    map: &dyn Fn(f64, f64) -> [f64; 2],
+    size: usize,
+    version: usize,
+    inverted: bool,
+) -> Option<Sampled> {
+    let grey = sample_modules_by(frame, size, map);
+    match decode_grid(&grey, size, version, inverted) {
+        Grid::Read(payload) => Some(Sampled {
+            payload,
+            corners: corners(map, size as f64),
+        }),
+        Grid::NotRead | Grid::WrongVersion => None,
     }
 }
 
