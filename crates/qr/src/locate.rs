@@ -224,8 +224,10 @@ impl FinderGroup {
 /// 180 modules long (versions 1 to 40, with perspective). Best-shaped
 /// groups first, each finder in one group. Given `share` (a still's
 /// search, which has time for what this adds), groups that would hold
-/// other finders are picked only after all others, and a finder may
-/// serve a second group that is well shaped ([`SHARED_SHAPE`]).
+/// other finders are picked only after all others, a finder may serve a
+/// second group that is well shaped ([`SHARED_SHAPE`]), and, given the
+/// bitmap the finders were found in (`bits`), a group must show both its
+/// timing lines.
 pub fn group_finders(
     finders: &[Finder],
     max_groups: usize,
@@ -295,8 +297,9 @@ pub fn group_finders(
     // codes. In the third, a finder may serve a second group as well
     // shaped as a code's own ([`SHARED_SHAPE`]) and holding none: where
     // four labels meet, the nearest finders of three of them make such a
-    // small triangle, and take a finder from the fourth. The groups go
-    // out best first, whatever round picked them.
+    // small triangle, and take a finder from the fourth (its timing lines
+    // run through the blank gap between labels). The groups go out best
+    // first, whatever round picked them.
     let mut uses = vec![0u8; fs.len()];
     let mut picked: Vec<(f32, [usize; 3])> = Vec::new();
     let mut waiting = Vec::new();
@@ -316,7 +319,7 @@ pub fn group_finders(
                 continue;
             }
             if share
-                && round == 0
+                && round != 1
                 && !bits.is_none_or(|bits| timing_lines_alternate(bits, &fs, [c, a, b]))
             {
                 continue;
