@@ -28,8 +28,8 @@ use crate::actuator::ActuationOutcome;
 use crate::beacon::ChallengeBook;
 use crate::site::SiteSender;
 use crate::store::{
-    Actuation, Committed, DeclineEntry, PendingVend, Pruned, QueueSummary, ReaderDb, RecordSigner,
-    StoreError, SyncState, VoidError, Voided,
+    Actuation, Committed, DeclineEntry, InFlight, PendingVend, Pruned, QueueSummary, ReaderDb,
+    RecordSigner, StoreError, SyncState, VoidError, Voided,
 };
 use sonotap_disk::fsutil;
 use sonotap_disk::keys::{KeyFileError, PublicKey, Role, SecretKey};
@@ -515,7 +515,26 @@ impl Reader {
         device: &str,
         now: u64,
     ) -> Result<Outcome, StoreError> {
-        let outcome = self.decide(bytes, Some(price), Some(device), now)?;
+        let outcome = self.decide(bytes, Some(price), Some(InFlight::Vend(device)), now)?;
+        if let Err(decline) = &outcome.decision {
+            self.log_decline(&outcome, decline, now);
+        }
+        Ok(outcome)
+    }
+
+    /// [`Reader::present`] at a gate the daemon opens on `device` for an
+    /// accepted charge: the opening is committed as in flight with the
+    /// charge (see [`ReaderDb::commit_gate_charge`]) and ended by
+    /// [`Reader::record_gate_outcome`]; one still in flight at the next
+    /// start is settled as unknown ([`Reader::settle_gate_openings`]).
+    pub fn present_at_gate(
+        &mut self,
+        bytes: &[u8],
+        charge: Option<NonZeroU32>,
+        device: &str,
+        now: u64,
+    ) -> Result<Outcome, StoreError> {
+        let outcome = self.decide(bytes, charge, Some(InFlight::Gate(device)), now)?;
         if let Err(decline) = &outcome.decision {
             self.log_decline(&outcome, decline, now);
         }
@@ -574,7 +593,7 @@ impl Reader {
         &mut self,
         bytes: &[u8],
         charge: Option<NonZeroU32>,
-        vend_on: Option<&str>,
+        in_flight: Option<InFlight<'_>>,
         now: u64,
     ) -> Result<Outcome, StoreError> {
         let charge = charge.or(self.config.fare.and_then(NonZeroU32::new));
@@ -599,11 +618,19 @@ impl Reader {
             reader_id: &self.config.id,
             key: self.key.signing_key(),
         };
-        let decision = match (vend_on, charge) {
-            (Some(device), Some(price)) => {
+        let decision = match (in_flight, charge) {
+            (Some(InFlight::Vend(device)), Some(price)) => {
                 self.db
                     .commit_vend_charge(&signer, &authentic, &self.policy, price, device, now)?
             }
+            (Some(InFlight::Gate(device)), charge) => self.db.commit_gate_charge(
+                &signer,
+                &authentic,
+                &self.policy,
+                charge,
+                device,
+                now,
+            )?,
             _ => self
                 .db
                 .commit_payment(&signer, &authentic, &self.policy, charge, now)?,
@@ -649,6 +676,24 @@ impl Reader {
         detail: &str,
     ) -> Result<(), StoreError> {
         self.db.confirm_vend(charge_seq, now, device, detail)
+    }
+
+    /// Stores what the gate did about record `seq` and ends its opening in
+    /// flight (see [`ReaderDb::record_gate_outcome`]).
+    pub fn record_gate_outcome(
+        &mut self,
+        seq: u64,
+        now: u64,
+        device: &str,
+        outcomes: &[(ActuationOutcome, String)],
+    ) -> Result<(), StoreError> {
+        self.db.record_gate_outcome(seq, now, device, outcomes)
+    }
+
+    /// Gate openings a stopped daemon left in flight, settled as unknown
+    /// (see [`ReaderDb::settle_gate_openings`]).
+    pub fn settle_gate_openings(&mut self, now: u64) -> Result<Vec<u64>, StoreError> {
+        self.db.settle_gate_openings(now)
     }
 
     /// Stores what a device did about record `seq` (kept beside the chain).

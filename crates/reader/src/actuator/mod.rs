@@ -69,6 +69,10 @@ pub enum ActuationOutcome {
     VendSuccess,
     /// The vend failed or timed out (the charge is voided).
     VendFailed,
+    /// The daemon stopped while the gate was open, before it could store
+    /// what the gate did: the gate was released at the next start, and
+    /// whether anyone passed is not known.
+    Unknown,
 }
 
 impl ActuationOutcome {
@@ -81,6 +85,7 @@ impl ActuationOutcome {
             ActuationOutcome::NoPassage => "no_passage",
             ActuationOutcome::VendSuccess => "vend_success",
             ActuationOutcome::VendFailed => "vend_failed",
+            ActuationOutcome::Unknown => "unknown",
         }
     }
 
@@ -93,6 +98,7 @@ impl ActuationOutcome {
             ActuationOutcome::NoPassage,
             ActuationOutcome::VendSuccess,
             ActuationOutcome::VendFailed,
+            ActuationOutcome::Unknown,
         ]
         .into_iter()
         .find(|o| o.as_str() == name)

@@ -107,6 +107,7 @@ impl Acceptor {
 
     /// Serves taps until stopped (see [`Shared::drain_until`]) or every sender is gone.
     pub fn run(mut self, rx: Receiver<Msg>) {
+        self.settle_gate_openings();
         self.settle_pending_vends();
         self.note_queue_depth();
         self.watch_device();
@@ -179,6 +180,26 @@ impl Acceptor {
             }
         }
         tracing::info!("acceptor stopped");
+    }
+
+    /// At start, before serving: every gate opening a stopped daemon left
+    /// in flight (killed while its gate was open) is stored as the outcome
+    /// `unknown`, the gate having been released at start, so that an
+    /// operator can tell that record from one whose gate was never opened.
+    fn settle_gate_openings(&mut self) {
+        let now = self.now();
+        match self.reader.settle_gate_openings(now) {
+            Ok(settled) => {
+                for seq in settled {
+                    tracing::warn!(
+                        seq,
+                        "the daemon stopped while the gate was open for this record: \
+                         its outcome is stored as unknown (released at start)"
+                    );
+                }
+            }
+            Err(e) => tracing::error!("settling the gate openings left in flight: {e}"),
+        }
     }
 
     /// At start, before serving: every vend charge still pending delivery
@@ -351,7 +372,15 @@ impl Acceptor {
         let now = self.now();
         let started = Instant::now();
         let fare = self.settings.fare.and_then(NonZeroU32::new);
-        let outcome = match self.reader.present(&tap.payload, fare, now) {
+        let presented = match &self.actuator {
+            DrivenDevice::Gate(gate) => {
+                let device = gate.device().to_string();
+                self.reader
+                    .present_at_gate(&tap.payload, fare, &device, now)
+            }
+            _ => self.reader.present(&tap.payload, fare, now),
+        };
+        let outcome = match presented {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!("the reader's store failed, nothing charged, gate not opened: {e}");
@@ -390,13 +419,12 @@ impl Acceptor {
                     self.shared.beat();
                     let device = gate.device().to_string();
                     let delivered = result.delivered();
-                    for (what, detail) in result.actuations() {
-                        if let Err(e) =
-                            self.reader
-                                .record_actuation(seq, self.now(), &device, what, &detail)
-                        {
-                            tracing::error!(seq, "storing the gate's outcome: {e}");
-                        }
+                    let now = self.now();
+                    if let Err(e) =
+                        self.reader
+                            .record_gate_outcome(seq, now, &device, &result.actuations())
+                    {
+                        tracing::error!(seq, "storing the gate's outcome: {e}");
                     }
                     if !delivered {
                         metrics.device_error("gate");

@@ -34,7 +34,7 @@ pub use sonotap_disk::sqlite::StoreError;
 pub use sync::{Pruned, SyncState};
 
 /// Schema versions of the reader database, oldest first. Append only.
-static MIGRATIONS: [M<'static>; 6] = [
+static MIGRATIONS: [M<'static>; 7] = [
     M::up(
         "CREATE TABLE meta (
         key TEXT PRIMARY KEY,
@@ -158,6 +158,33 @@ static MIGRATIONS: [M<'static>; 6] = [
         reason TEXT NOT NULL,
         added_at INTEGER NOT NULL
     ) STRICT;",
+    ),
+    // Issue 21: a gate opening in flight. Written in the charge's own
+    // transaction when the daemon will open a gate for it, removed in the
+    // transaction that stores the gate's outcome; a row that outlives the
+    // daemon (killed while the gate was open) becomes an `unknown`
+    // outcome at its next start. The actuations table is rebuilt to
+    // allow that outcome (SQLite cannot alter a CHECK).
+    M::up(
+        "CREATE TABLE gate_openings (
+        charge_seq INTEGER PRIMARY KEY REFERENCES records (seq) ON DELETE CASCADE,
+        device TEXT NOT NULL,
+        at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE actuations_v2 (
+        id INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL REFERENCES records (seq) ON DELETE CASCADE,
+        at INTEGER NOT NULL,
+        device TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'undeliverable', 'passage',
+            'no_passage', 'vend_success', 'vend_failed', 'unknown')),
+        detail TEXT NOT NULL
+    ) STRICT;
+    INSERT INTO actuations_v2 (id, seq, at, device, outcome, detail)
+        SELECT id, seq, at, device, outcome, detail FROM actuations;
+    DROP TABLE actuations;
+    ALTER TABLE actuations_v2 RENAME TO actuations;
+    CREATE INDEX actuations_by_seq ON actuations (seq);",
     ),
 ];
 
@@ -416,6 +443,29 @@ impl ReaderDb {
         self.commit_charge(signer, token, policy, charge, None, now)
     }
 
+    /// [`ReaderDb::commit_payment`] for a gate `device` about to open: the
+    /// opening is written as in flight in the same transaction (see
+    /// [`ReaderDb::settle_gate_openings`]), so that a daemon killed while
+    /// the gate is open leaves a record an operator can find.
+    pub fn commit_gate_charge(
+        &mut self,
+        signer: &RecordSigner<'_>,
+        token: &Authentic,
+        policy: &ReaderPolicy,
+        charge: Option<NonZeroU32>,
+        device: &str,
+        now: u64,
+    ) -> Result<Result<Committed, Decline>, StoreError> {
+        self.commit_charge(
+            signer,
+            token,
+            policy,
+            charge,
+            Some(InFlight::Gate(device)),
+            now,
+        )
+    }
+
     /// [`ReaderDb::commit_payment`] for a vend on `device`: the charge is
     /// written as pending delivery in the same transaction (see
     /// [`ReaderDb::pending_vends`]), so that it is voided unless
@@ -429,7 +479,14 @@ impl ReaderDb {
         device: &str,
         now: u64,
     ) -> Result<Result<Committed, Decline>, StoreError> {
-        self.commit_charge(signer, token, policy, Some(price), Some(device), now)
+        self.commit_charge(
+            signer,
+            token,
+            policy,
+            Some(price),
+            Some(InFlight::Vend(device)),
+            now,
+        )
     }
 
     fn commit_charge(
@@ -438,7 +495,7 @@ impl ReaderDb {
         token: &Authentic,
         policy: &ReaderPolicy,
         charge: Option<NonZeroU32>,
-        pending_on: Option<&str>,
+        in_flight: Option<InFlight<'_>>,
         now: u64,
     ) -> Result<Result<Committed, Decline>, StoreError> {
         let path = self.path.clone();
@@ -485,12 +542,19 @@ impl ReaderDb {
             ],
         )
         .map_err(err)?;
-        if let Some(device) = pending_on {
-            tx.execute(
-                "INSERT INTO pending_vends (charge_seq, device, at) VALUES (?1, ?2, ?3)",
-                params![sqlite::int(seq), device, sqlite::int(now)],
-            )
-            .map_err(err)?;
+        if let Some(in_flight) = in_flight {
+            let (sql, device) = match in_flight {
+                InFlight::Vend(device) => (
+                    "INSERT INTO pending_vends (charge_seq, device, at) VALUES (?1, ?2, ?3)",
+                    device,
+                ),
+                InFlight::Gate(device) => (
+                    "INSERT INTO gate_openings (charge_seq, device, at) VALUES (?1, ?2, ?3)",
+                    device,
+                ),
+            };
+            tx.execute(sql, params![sqlite::int(seq), device, sqlite::int(now)])
+                .map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(Ok(Committed {
@@ -689,6 +753,66 @@ impl ReaderDb {
             .transpose()
     }
 
+    /// Stores what the gate `device` did about record `seq` (each of
+    /// `outcomes`) and ends its opening in flight, in one transaction.
+    pub fn record_gate_outcome(
+        &mut self,
+        seq: u64,
+        now: u64,
+        device: &str,
+        outcomes: &[(ActuationOutcome, String)],
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |e| StoreError::from_sqlite(&path, e);
+        let tx = begin_immediate(&mut self.conn, &path)?;
+        for (outcome, detail) in outcomes {
+            insert_actuation(&tx, seq, now, device, *outcome, detail).map_err(err)?;
+        }
+        tx.execute(
+            "DELETE FROM gate_openings WHERE charge_seq = ?1",
+            params![sqlite::int(seq)],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// At a daemon's start: every gate opening still in flight (the daemon
+    /// stopped between committing a charge and storing what its gate did)
+    /// is given the outcome [`ActuationOutcome::Unknown`], the gate having
+    /// been released at start, in one transaction. Returns those records'
+    /// sequence numbers.
+    pub fn settle_gate_openings(&mut self, now: u64) -> Result<Vec<u64>, StoreError> {
+        let path = self.path.clone();
+        let err = |e| StoreError::from_sqlite(&path, e);
+        let tx = begin_immediate(&mut self.conn, &path)?;
+        let open: Vec<(i64, String)> = {
+            let mut stmt = tx
+                .prepare("SELECT charge_seq, device FROM gate_openings ORDER BY charge_seq")
+                .map_err(err)?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(err)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(err)?
+        };
+        let mut settled = Vec::with_capacity(open.len());
+        for (seq, device) in open {
+            let seq = sqlite::unsigned(&path, "gate opening", seq)?;
+            insert_actuation(
+                &tx,
+                seq,
+                now,
+                &device,
+                ActuationOutcome::Unknown,
+                GATE_RELEASED_AT_START,
+            )
+            .map_err(err)?;
+            settled.push(seq);
+        }
+        tx.execute("DELETE FROM gate_openings", []).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(settled)
+    }
+
     /// Stores what a device did about record `seq` (see [`ActuationOutcome`]).
     pub fn record_actuation(
         &self,
@@ -824,6 +948,20 @@ fn begin_immediate<'c>(
 ) -> Result<Transaction<'c>, StoreError> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::from_sqlite(path, e))
+}
+
+/// The detail of an [`ActuationOutcome::Unknown`] written at start.
+pub const GATE_RELEASED_AT_START: &str =
+    "released at start: the daemon stopped while the gate was open";
+
+/// An operation a charge is committed for, still in flight: written in the
+/// charge's transaction, ended by the device's outcome.
+#[derive(Clone, Copy, Debug)]
+pub enum InFlight<'a> {
+    /// A vend on this device (see [`ReaderDb::pending_vends`]).
+    Vend(&'a str),
+    /// A gate opening on this device (see [`ReaderDb::settle_gate_openings`]).
+    Gate(&'a str),
 }
 
 /// Stores what `device` did about record `seq` at `now`.

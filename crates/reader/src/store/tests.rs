@@ -348,6 +348,55 @@ fn voiding_twice_a_void_or_a_missing_record_is_refused_and_writes_nothing() {
     assert_eq!(db.records(false).expect("records").len(), 2);
 }
 
+/// Issue 21: a gate opening is in flight from its charge's commit until
+/// its outcome is stored; one a killed daemon left in flight is stored as
+/// `unknown` (released at start) by the next start, once.
+#[test]
+fn issue21_a_gate_opening_left_in_flight_is_settled_as_unknown_at_start() {
+    let (_dir, mut db) = fresh();
+    let gate_tap = |db: &mut ReaderDb, counter: u32| {
+        let token = authentic(
+            db,
+            PaymentTerms {
+                counter,
+                amount: 100,
+                ..payment()
+            },
+        );
+        with_signer(|signer| {
+            db.commit_gate_charge(signer, &token, &policy(), None, "relay@pty", NOW)
+        })
+        .expect("store works")
+        .expect("accepted")
+        .seq
+    };
+    // The first opening's outcome is stored: nothing left in flight.
+    let done = gate_tap(&mut db, 1);
+    db.record_gate_outcome(
+        done,
+        NOW + 1,
+        "relay@pty",
+        &[(ActuationOutcome::Delivered, String::new())],
+    )
+    .expect("store");
+    // The second's never is (the daemon was killed with the gate open).
+    let killed = gate_tap(&mut db, 2);
+    assert_eq!(db.settle_gate_openings(NOW + 60).expect("settle"), [killed]);
+    let rows = db.actuations(killed).expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome, ActuationOutcome::Unknown);
+    assert_eq!(rows[0].detail, GATE_RELEASED_AT_START);
+    assert_eq!(rows[0].device, "relay@pty");
+    assert_eq!(db.actuations(done).expect("rows").len(), 1);
+    // Settled once: the next start finds nothing.
+    assert!(
+        db.settle_gate_openings(NOW + 120)
+            .expect("settle")
+            .is_empty()
+    );
+    assert_eq!(db.actuations(killed).expect("rows").len(), 1);
+}
+
 #[test]
 fn actuations_are_stored_beside_their_record() {
     let (_dir, mut db) = fresh();
