@@ -69,9 +69,10 @@ pub enum ActuationOutcome {
     VendSuccess,
     /// The vend failed or timed out (the charge is voided).
     VendFailed,
-    /// The daemon stopped while the gate was open, before it could store
-    /// what the gate did: the gate was released at the next start, and
-    /// whether anyone passed is not known.
+    /// The daemon stopped (or could not store the outcome) after the
+    /// charge was committed, before what the gate did was stored: the gate
+    /// was released at the next start, and whether it opened or anyone
+    /// passed is not known.
     Unknown,
 }
 

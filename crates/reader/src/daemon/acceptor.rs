@@ -193,8 +193,9 @@ impl Acceptor {
                 for seq in settled {
                     tracing::warn!(
                         seq,
-                        "the daemon stopped while the gate was open for this record: \
-                         its outcome is stored as unknown (released at start)"
+                        "the daemon stopped (or could not store the gate's outcome) after \
+                         this record was committed: its outcome is stored as unknown \
+                         (released at start)"
                     );
                 }
             }

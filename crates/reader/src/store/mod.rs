@@ -777,35 +777,30 @@ impl ReaderDb {
     }
 
     /// At a daemon's start: every gate opening still in flight (the daemon
-    /// stopped between committing a charge and storing what its gate did)
-    /// is given the outcome [`ActuationOutcome::Unknown`], the gate having
-    /// been released at start, in one transaction. Returns those records'
+    /// stopped between committing a charge and storing what its gate did,
+    /// or storing it failed) is given the outcome
+    /// [`ActuationOutcome::Unknown`], the gate having been released at
+    /// start, in one transaction. Returns those records'
     /// sequence numbers.
     pub fn settle_gate_openings(&mut self, now: u64) -> Result<Vec<u64>, StoreError> {
         let path = self.path.clone();
         let err = |e| StoreError::from_sqlite(&path, e);
         let tx = begin_immediate(&mut self.conn, &path)?;
-        let open: Vec<(i64, String)> = {
+        let open: Vec<(i64, String, i64)> = {
             let mut stmt = tx
-                .prepare("SELECT charge_seq, device FROM gate_openings ORDER BY charge_seq")
+                .prepare("SELECT charge_seq, device, at FROM gate_openings ORDER BY charge_seq")
                 .map_err(err)?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .map_err(err)?
                 .collect::<rusqlite::Result<_>>()
                 .map_err(err)?
         };
         let mut settled = Vec::with_capacity(open.len());
-        for (seq, device) in open {
+        for (seq, device, at) in open {
             let seq = sqlite::unsigned(&path, "gate opening", seq)?;
-            insert_actuation(
-                &tx,
-                seq,
-                now,
-                &device,
-                ActuationOutcome::Unknown,
-                GATE_RELEASED_AT_START,
-            )
-            .map_err(err)?;
+            let detail = format!("{GATE_RELEASED_AT_START} (at {at})");
+            insert_actuation(&tx, seq, now, &device, ActuationOutcome::Unknown, &detail)
+                .map_err(err)?;
             settled.push(seq);
         }
         tx.execute("DELETE FROM gate_openings", []).map_err(err)?;
@@ -950,9 +945,10 @@ fn begin_immediate<'c>(
         .map_err(|e| StoreError::from_sqlite(path, e))
 }
 
-/// The detail of an [`ActuationOutcome::Unknown`] written at start.
-pub const GATE_RELEASED_AT_START: &str =
-    "released at start: the daemon stopped while the gate was open";
+/// The detail of an [`ActuationOutcome::Unknown`] written at start (then
+/// when the charge was committed, in Unix seconds).
+pub const GATE_RELEASED_AT_START: &str = "released at start: the daemon stopped (or could not \
+     store the gate's outcome) after the charge was committed";
 
 /// An operation a charge is committed for, still in flight: written in the
 /// charge's transaction, ended by the device's outcome.

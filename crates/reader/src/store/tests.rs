@@ -385,7 +385,10 @@ fn issue21_a_gate_opening_left_in_flight_is_settled_as_unknown_at_start() {
     let rows = db.actuations(killed).expect("rows");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].outcome, ActuationOutcome::Unknown);
-    assert_eq!(rows[0].detail, GATE_RELEASED_AT_START);
+    assert_eq!(
+        rows[0].detail,
+        format!("{GATE_RELEASED_AT_START} (at {NOW})")
+    );
     assert_eq!(rows[0].device, "relay@pty");
     assert_eq!(db.actuations(done).expect("rows").len(), 1);
     // Settled once: the next start finds nothing.
