@@ -400,6 +400,76 @@ fn issue21_a_gate_opening_left_in_flight_is_settled_as_unknown_at_start() {
     assert_eq!(db.actuations(killed).expect("rows").len(), 1);
 }
 
+/// Issue 21: the migration that lets an outcome be `unknown` rebuilds
+/// the actuations table: a reader's existing outcomes are kept (ids and
+/// all), with their index and their cascade from the records.
+#[test]
+fn issue21_the_actuations_rebuild_keeps_every_outcome_a_reader_has() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("reader.db");
+    {
+        let mut db = fresh_db(&dir);
+        tap(&mut db, 1, 100).expect("accepted");
+        tap(&mut db, 2, 100).expect("accepted");
+        db.record_actuation(1, NOW, "relay", ActuationOutcome::Delivered, "")
+            .expect("store");
+        db.record_actuation(2, NOW, "relay", ActuationOutcome::Passage, "PASS 1")
+            .expect("store");
+    }
+    // Back to the schema before the migration, as a reader has it.
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.execute_batch(
+            "DROP TABLE gate_openings;
+             CREATE TABLE actuations_old (
+                 id INTEGER PRIMARY KEY,
+                 seq INTEGER NOT NULL REFERENCES records (seq) ON DELETE CASCADE,
+                 at INTEGER NOT NULL,
+                 device TEXT NOT NULL,
+                 outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'undeliverable',
+                     'passage', 'no_passage', 'vend_success', 'vend_failed')),
+                 detail TEXT NOT NULL
+             ) STRICT;
+             INSERT INTO actuations_old SELECT * FROM actuations;
+             DROP TABLE actuations;
+             ALTER TABLE actuations_old RENAME TO actuations;
+             CREATE INDEX actuations_by_seq ON actuations (seq);",
+        )
+        .expect("the old schema");
+        let before = i64::try_from(SCHEMA_VERSION - 1).expect("a version");
+        conn.pragma_update(None, "user_version", before)
+            .expect("version");
+    }
+    let db = ReaderDb::open(&path).expect("migrates");
+    let kept = |db: &ReaderDb, seq| db.actuations(seq).expect("rows");
+    assert_eq!(kept(&db, 1)[0].outcome, ActuationOutcome::Delivered);
+    assert_eq!(kept(&db, 2)[0].detail, "PASS 1");
+    db.record_actuation(2, NOW, "relay", ActuationOutcome::Unknown, "now allowed")
+        .expect("the new outcome");
+    let conn = Connection::open(&path).expect("raw open");
+    let ids: Vec<i64> = conn
+        .prepare("SELECT id FROM actuations ORDER BY id")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("ids");
+    assert_eq!(ids, [1, 2, 3]);
+    let index: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'actuations_by_seq'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("index");
+    assert_eq!(index, 1);
+    let cascade: String = conn
+        .query_row(
+            "SELECT on_delete FROM pragma_foreign_key_list('actuations')",
+            [],
+            |r| r.get(0),
+        )
+        .expect("foreign key");
+    assert_eq!(cascade, "CASCADE");
+}
+
 #[test]
 fn actuations_are_stored_beside_their_record() {
     let (_dir, mut db) = fresh();
