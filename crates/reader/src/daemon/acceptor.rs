@@ -183,9 +183,10 @@ impl Acceptor {
     }
 
     /// At start, before serving: every gate opening a stopped daemon left
-    /// in flight (killed while its gate was open) is stored as the outcome
-    /// `unknown`, the gate having been released at start, so that an
-    /// operator can tell that record from one whose gate was never opened.
+    /// in flight (killed while its gate was open, or the outcome's write
+    /// failed) is stored as the outcome `unknown`, the gate having been
+    /// released at start, so that an operator can tell that record from
+    /// one whose outcome is known.
     fn settle_gate_openings(&mut self) {
         let now = self.now();
         match self.reader.settle_gate_openings(now) {
