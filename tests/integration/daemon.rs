@@ -103,6 +103,16 @@ pub(crate) fn config(s: &Scratch, relay: &Relay, extra: &str) -> PathBuf {
     path
 }
 
+/// Makes the daemon's config `cfg` use the gate profile `text` (written
+/// as `gate.toml`) instead of the stock relay board's.
+fn use_profile(s: &Scratch, cfg: &std::path::Path, text: &str) {
+    fs::write(s.path("gate.toml"), text).expect("profile");
+    let config = fs::read_to_string(cfg)
+        .expect("cfg")
+        .replace("\"ch340-relay\"", "\"gate.toml\"");
+    fs::write(cfg, config).expect("cfg");
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -220,11 +230,7 @@ fn qr_frame_from_a_fifo_opens_the_gate_shows_the_display_line_and_reaches_the_hu
         fs::read_to_string("hw/profiles/ch340-relay.toml").expect("profile"),
         display.port.display()
     );
-    fs::write(s.path("gate.toml"), profile).expect("profile");
-    let text = fs::read_to_string(&cfg)
-        .expect("cfg")
-        .replace("\"ch340-relay\"", "\"gate.toml\"");
-    fs::write(&cfg, text).expect("cfg");
+    use_profile(&s, &cfg, &profile);
     let mut daemon = Daemon::start(&s, &cfg, &[]);
     let mut fifo = open_fifo(&s.path("cam.y8"));
     relay.pump(Duration::from_millis(300));
@@ -585,11 +591,7 @@ fn issue21_a_daemon_killed_with_the_gate_open_stores_the_outcome_unknown_at_star
     let profile = fs::read_to_string("hw/profiles/ch340-relay.toml")
         .expect("profile")
         .replace("pulse_ms = 300", "pulse_ms = 5000");
-    fs::write(s.path("gate.toml"), profile).expect("profile");
-    let text = fs::read_to_string(&cfg)
-        .expect("cfg")
-        .replace("\"ch340-relay\"", "\"gate.toml\"");
-    fs::write(&cfg, text).expect("cfg");
+    use_profile(&s, &cfg, &profile);
     let mut daemon = Daemon::start(&s, &cfg, &[]);
     let mut fifo = open_fifo(&s.path("cam.y8"));
     relay.pump(Duration::from_millis(300));
