@@ -103,6 +103,18 @@ pub(crate) fn config(s: &Scratch, relay: &Relay, extra: &str) -> PathBuf {
     path
 }
 
+/// [`config`] with tokens arriving as QR frames through the FIFO `cam.y8`
+/// (made here; the decoder has 1 s a frame), `extra` continuing the
+/// `[camera]` table.
+fn camera_config(s: &Scratch, relay: &Relay, extra: &str) -> PathBuf {
+    mkfifo(&s.path("cam.y8"));
+    config(
+        s,
+        relay,
+        &format!("[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n{extra}"),
+    )
+}
+
 /// Makes the daemon's config `cfg` use the gate profile `text` (written
 /// as `gate.toml`) instead of the stock relay board's.
 fn use_profile(s: &Scratch, cfg: &std::path::Path, text: &str) {
@@ -214,12 +226,11 @@ fn qr_frame_from_a_fifo_opens_the_gate_shows_the_display_line_and_reaches_the_hu
     let (s, mut w) = site();
     let hub = HubProcess::start(&s, 0);
     let mut relay = Relay::new();
-    mkfifo(&s.path("cam.y8"));
-    let cfg = config(
+    let cfg = camera_config(
         &s,
         &relay,
         &format!(
-            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\nwidth = 1280\nheight = 720\nformat = \"y8\"\n[hub]\nurl = \"{}\"\ninterval_secs = 1\n",
+            "width = 1280\nheight = 720\nformat = \"y8\"\n[hub]\nurl = \"{}\"\ninterval_secs = 1\n",
             hub.url
         ),
     );
@@ -275,12 +286,7 @@ fn qr_frame_from_a_fifo_opens_the_gate_shows_the_display_line_and_reaches_the_hu
 fn sigterm_during_a_burst_loses_nothing_and_opens_nothing_twice() {
     let (s, mut w) = site();
     let mut relay = Relay::new();
-    mkfifo(&s.path("cam.y8"));
-    let cfg = config(
-        &s,
-        &relay,
-        "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n",
-    );
+    let cfg = camera_config(&s, &relay, "");
     let mut daemon = Daemon::start(&s, &cfg, &[]);
     let mut fifo = open_fifo(&s.path("cam.y8"));
     let tokens: Vec<Vec<u8>> = (0..12).map(|_| pay(&mut w)).collect();
@@ -340,14 +346,13 @@ fn sigterm_during_a_burst_loses_nothing_and_opens_nothing_twice() {
 fn hub_down_for_the_whole_test_leaves_records_queued_and_the_gate_working() {
     let (s, mut w) = site();
     let mut relay = Relay::new();
-    mkfifo(&s.path("cam.y8"));
     let closed = free_port();
     let metrics_port = free_port();
-    let cfg = config(
+    let cfg = camera_config(
         &s,
         &relay,
         &format!(
-            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n[hub]\nurl = \"http://127.0.0.1:{closed}\"\ninterval_secs = 1\ntimeout_secs = 1\n"
+            "[hub]\nurl = \"http://127.0.0.1:{closed}\"\ninterval_secs = 1\ntimeout_secs = 1\n"
         ),
     );
     let text = fs::read_to_string(&cfg).expect("cfg").replace(
@@ -582,12 +587,7 @@ fn vending_profile_charges_the_vend_requests_price_before_approval() {
 fn issue21_a_daemon_killed_with_the_gate_open_stores_the_outcome_unknown_at_start() {
     let (s, mut w) = site();
     let mut relay = Relay::new();
-    mkfifo(&s.path("cam.y8"));
-    let cfg = config(
-        &s,
-        &relay,
-        "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\nwidth = 1280\nheight = 720\nformat = \"y8\"\n",
-    );
+    let cfg = camera_config(&s, &relay, "width = 1280\nheight = 720\nformat = \"y8\"\n");
     let profile = fs::read_to_string("hw/profiles/ch340-relay.toml")
         .expect("profile")
         .replace("pulse_ms = 300", "pulse_ms = 5000");
@@ -641,12 +641,7 @@ fn issue21_a_daemon_killed_with_the_gate_open_stores_the_outcome_unknown_at_star
 fn issue21_sixty_kills_leave_no_record_without_an_outcome() {
     let (s, mut w) = site();
     let mut relay = Relay::new();
-    mkfifo(&s.path("cam.y8"));
-    let cfg = config(
-        &s,
-        &relay,
-        "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 1000\n",
-    );
+    let cfg = camera_config(&s, &relay, "");
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..60 {
         let mut daemon = Daemon::start(&s, &cfg, &[]);

@@ -897,7 +897,8 @@ pub fn read_located(
 }
 
 /// Versions tried per located code: the timing lines' count and the two
-/// nearest the finder spacing usually coincide, so three covers them.
+/// nearest the finder spacing usually coincide, so three covers them (a
+/// still also tries up to two its version blocks name).
 const MAX_VERSIONS: usize = 3;
 
 /// Reads a code of a given version from its (roughly placed) finders:

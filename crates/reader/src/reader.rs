@@ -497,11 +497,7 @@ impl Reader {
         charge: Option<NonZeroU32>,
         now: u64,
     ) -> Result<Outcome, StoreError> {
-        let outcome = self.decide(bytes, charge, None, now)?;
-        if let Err(decline) = &outcome.decision {
-            self.log_decline(&outcome, decline, now);
-        }
-        Ok(outcome)
+        self.decide_and_log(bytes, charge, None, now)
     }
 
     /// [`Reader::present`] for a vend at `price` on `device`: an accepted
@@ -515,11 +511,7 @@ impl Reader {
         device: &str,
         now: u64,
     ) -> Result<Outcome, StoreError> {
-        let outcome = self.decide(bytes, Some(price), Some(InFlight::Vend(device)), now)?;
-        if let Err(decline) = &outcome.decision {
-            self.log_decline(&outcome, decline, now);
-        }
-        Ok(outcome)
+        self.decide_and_log(bytes, Some(price), Some(InFlight::Vend(device)), now)
     }
 
     /// [`Reader::present`] at a gate the daemon opens on `device` for an
@@ -534,11 +526,7 @@ impl Reader {
         device: &str,
         now: u64,
     ) -> Result<Outcome, StoreError> {
-        let outcome = self.decide(bytes, charge, Some(InFlight::Gate(device)), now)?;
-        if let Err(decline) = &outcome.decision {
-            self.log_decline(&outcome, decline, now);
-        }
-        Ok(outcome)
+        self.decide_and_log(bytes, charge, Some(InFlight::Gate(device)), now)
     }
 
     /// The offline checks that do not depend on the price (signatures,
@@ -587,6 +575,21 @@ impl Reader {
         if let Err(e) = self.db.log_decline(&entry) {
             tracing::warn!(reason = %decline.reason, "cannot log the decline: {e}");
         }
+    }
+
+    /// [`Reader::decide`], a decline then written to the decline log.
+    fn decide_and_log(
+        &mut self,
+        bytes: &[u8],
+        charge: Option<NonZeroU32>,
+        in_flight: Option<InFlight<'_>>,
+        now: u64,
+    ) -> Result<Outcome, StoreError> {
+        let outcome = self.decide(bytes, charge, in_flight, now)?;
+        if let Err(decline) = &outcome.decision {
+            self.log_decline(&outcome, decline, now);
+        }
+        Ok(outcome)
     }
 
     fn decide(
