@@ -10,6 +10,7 @@ mod beacon;
 mod demo;
 mod hub;
 mod hw;
+mod manual;
 mod output;
 mod qr;
 mod rider;
@@ -92,6 +93,12 @@ enum Command {
         /// The daemon's configuration (see hw/config.example.toml)
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Write the man pages (sonotap.1, sonotap-hub-serve.1, …) into a directory
+    Manual {
+        /// Where to write them (created if missing)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -425,6 +432,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { data, json, at } => status::run(&data, json, clock(at)?),
         Command::Run { config } => {
             sonotap_reader::daemon::run(&config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manual { out } => {
+            let written = manual::write_pages(&out)?;
+            println!("{written} man pages in {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Inspect { token }) => {
