@@ -243,13 +243,14 @@ fn serve(
                 tls: None,
                 limits: Default::default(),
                 writers: 1,
+                metrics: None,
             };
             let (addr, server) = server::bind(hub, options, async {
                 let _ = stop_rx.await;
             })
             .await
             .expect("bind");
-            addr_tx.send(addr).expect("addr");
+            addr_tx.send(addr.api).expect("addr");
             server.await.expect("serve");
         });
     });

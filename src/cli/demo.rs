@@ -226,10 +226,12 @@ pub(super) fn run(keep: Option<&Path>) -> Result<ExitCode> {
         tls: None,
         limits: Default::default(),
         writers: 1,
+        metrics: None,
     };
-    let (addr, serving) = runtime.block_on(server::bind(hub, options, async {
+    let (bound, serving) = runtime.block_on(server::bind(hub, options, async {
         let _ = stopped.await;
     }))?;
+    let addr = bound.api;
     let server = runtime.spawn(serving);
     let url = format!("http://{addr}");
     let client = HubClient::new(&HubUrls::check(&[&url])?, None, Duration::from_secs(10))?;

@@ -14,6 +14,7 @@ use clap::{Args, Subcommand};
 
 use sonotap_disk::keys::{PublicKey, Role};
 use sonotap_hub::backend::{Report, Review};
+use sonotap_hub::fleet::Fleet;
 use sonotap_hub::ledger::{ClearTarget, IngestStatus, Via};
 use sonotap_hub::listen::{self, Limits};
 use sonotap_hub::server::{self, ServeOptions};
@@ -123,6 +124,10 @@ pub struct ServeArgs {
     /// PEM private key for HTTPS
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics: plain HTTP without
+    /// authentication, so loopback or a network only the monitoring reaches
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Check every record's own reader signature, not only the batch
     /// signature that covers them and the last record's (slower; for audits)
     #[arg(long)]
@@ -306,6 +311,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             ..Limits::default()
         },
         writers: args.writers as usize,
+        metrics: args.metrics,
     };
     // Connections, not EMFILE, should be what bounds the hub: the cap is
     // clamped below whatever limit is in force.
@@ -328,7 +334,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
                 _ = term.recv() => {},
             }
         };
-        let (addr, server) = server::bind(hub, options.clone(), shutdown).await?;
+        let (bound, server) = server::bind(hub, options.clone(), shutdown).await?;
+        let addr = bound.api;
         let scheme = if options.tls.is_some() {
             "https"
         } else {
@@ -336,6 +343,9 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         };
         // The first line is the address (tests and scripts read it).
         println!("listening on {scheme}://{addr} (state: {where_})");
+        if let Some(metrics) = bound.metrics {
+            println!("metrics on http://{metrics}/metrics");
+        }
         server.await?;
         println!("hub stopped");
         Ok::<_, anyhow::Error>(())
@@ -506,6 +516,89 @@ pub fn report(place: &HubPlace, json: bool) -> Result<ExitCode> {
         print_report(&report);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sonotap hub readers`: the fleet as the hub knows it (docs/sync.md §2.5).
+pub fn readers(place: &HubPlace, json: bool) -> Result<ExitCode> {
+    let now = super::clock(None)?;
+    let mut hub = place.open(now)?;
+    let fleet = hub.fleet()?;
+    if json {
+        let readers: Vec<serde_json::Value> = fleet
+            .readers
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "reader": r.reader,
+                    "registered_at": r.registered_at,
+                    "last_seen_at": r.last_seen_at(),
+                    "last_upload_at": r.last_upload_at,
+                    "report": r.report,
+                })
+            })
+            .collect();
+        let document = serde_json::json!({
+            "now": now,
+            "deny_version": fleet.deny_version,
+            "readers": readers,
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        print_fleet(&fleet, now);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_fleet(fleet: &Fleet, now: u64) {
+    println!(
+        "{:<20} {:<14} {:<14} {:>7} {:>9} {:>13} {:>11}  software",
+        "reader", "last seen", "last upload", "queue", "lag", "reader clock", "deny list"
+    );
+    for r in &fleet.readers {
+        let when =
+            |at: Option<u64>| at.map_or("never".to_owned(), |at| super::output::ago(now, at));
+        let (queue, lag, clock, deny, software) = match &r.report {
+            None => Default::default(),
+            Some(p) => (
+                p.queue.to_string(),
+                format!("{} s", p.lag_secs),
+                reader_clock(p.clock_offset_ms),
+                match fleet.deny_version.saturating_sub(p.deny_version) {
+                    0 => format!("{} ok", p.deny_version),
+                    behind => format!("{} -{behind}", p.deny_version),
+                },
+                p.software.clone(),
+            ),
+        };
+        let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
+        println!(
+            "{:<20} {:<14} {:<14} {:>7} {:>9} {:>13} {:>11}  {}",
+            r.reader,
+            when(r.last_seen_at()),
+            when(r.last_upload_at),
+            dash(queue),
+            dash(lag),
+            dash(clock),
+            dash(deny),
+            dash(software),
+        );
+    }
+    println!(
+        "{} reader(s); the hub's deny list is at version {} (\"-N\": a reader N versions behind)",
+        fleet.readers.len(),
+        fleet.deny_version
+    );
+}
+
+/// How far a reader's clock is from the hub's, given the hub's minus the
+/// reader's: "2.5 s slow", "0.8 s fast", "ok" within 0.05 s.
+fn reader_clock(offset_ms: i64) -> String {
+    let secs = offset_ms as f64 / 1000.0;
+    match secs {
+        s if s.abs() < 0.05 => "ok".into(),
+        s if s > 0.0 => format!("{s:.1} s slow"),
+        s => format!("{:.1} s fast", -s),
+    }
 }
 
 fn print_report(report: &Report) {

@@ -138,6 +138,14 @@ enum HubCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every reader: last seen, last upload, queue and its lag, clock offset, deny-list version, software
+    Readers {
+        #[command(flatten)]
+        place: hub::HubPlace,
+        /// One JSON document instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Import a batch file exported on site (same checks as an upload)
     Import {
         #[command(flatten)]
@@ -465,6 +473,7 @@ fn run_hub(command: HubCommand) -> Result<ExitCode> {
         HubCommand::Deny(args) => hub::deny(args, sonotap_protocol::wire::DenyAction::Deny),
         HubCommand::Allow(args) => hub::deny(args, sonotap_protocol::wire::DenyAction::Allow),
         HubCommand::Report { place, json } => hub::report(&place, json),
+        HubCommand::Readers { place, json } => hub::readers(&place, json),
         HubCommand::Account(command) => account::run(command),
         HubCommand::Review(args) => hub::review(&args),
         HubCommand::Clear(args) => hub::clear(&args),

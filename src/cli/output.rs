@@ -187,3 +187,15 @@ fn to_line(value: &impl Serialize) -> String {
     // Serialising these plain structures cannot fail; say so if it ever does.
     serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
+
+/// How long before `now` the moment `at` was (Unix seconds), in the unit
+/// a person reads at a glance.
+pub(super) fn ago(now: u64, at: u64) -> String {
+    let secs = now.saturating_sub(at);
+    match secs {
+        0..120 => format!("{secs} s ago"),
+        120..7200 => format!("{} min ago", secs / 60),
+        7200..172_800 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}

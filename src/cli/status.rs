@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Result;
 
+use super::output::ago;
 use sonotap_reader::status::{DaemonHealth, StatusReport};
 
 /// Exit 0 when healthy, 1 when something needs attention, 2 (by error) when
@@ -28,16 +29,6 @@ pub(super) fn run(data: &Path, json: bool, now: u64) -> Result<ExitCode> {
 
 fn time(at: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(at)).to_string()
-}
-
-fn ago(now: u64, at: u64) -> String {
-    let secs = now.saturating_sub(at);
-    match secs {
-        0..120 => format!("{secs} s ago"),
-        120..7200 => format!("{} min ago", secs / 60),
-        7200..172_800 => format!("{} h ago", secs / 3600),
-        _ => format!("{} days ago", secs / 86_400),
-    }
 }
 
 fn print_text(out: &mut impl Write, r: &StatusReport) -> io::Result<()> {

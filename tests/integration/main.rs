@@ -8,6 +8,7 @@ mod cli_flow;
 mod crash;
 mod daemon;
 mod failover;
+mod fleet;
 mod hardening_clear;
 mod hardening_files;
 mod hardening_net;

@@ -8,7 +8,7 @@
 use std::process::Output;
 
 use crate::pg_server;
-use crate::util::{HubProcess, Scratch, last_json, succeeded};
+use crate::util::{HubProcess, Scratch, copy_dir, last_json, succeeded};
 
 /// A hub (SQLite in `hub/`, or PostgreSQL), wallet `w` and readers
 /// `r1`…`rN` (gate-1…gate-N), each registered at the hub.
@@ -383,13 +383,4 @@ fn issue17_a_restored_phone_is_suspended_renewed_and_cleared_on_postgresql_too()
     };
     server.create_database("restored");
     a_restored_phone(Some(server.url("restored")));
-}
-
-/// Copies a wallet directory (files only), as a phone backup would.
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-    }
 }

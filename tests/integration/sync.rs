@@ -18,8 +18,8 @@ use sonotap_reader::sync::export;
 use sonotap_wallet::Wallet;
 
 use crate::util::{
-    self, HubProcess, Scratch, issued_wallet, last_json, pay_token, serve_one_by_one, sonotap,
-    unsynced,
+    self, HubProcess, Scratch, copy_dir, issued_wallet, last_json, pay_token, serve_one_by_one,
+    sonotap, unsynced,
 };
 
 const NOW: u64 = 1_790_000_000;
@@ -119,14 +119,6 @@ fn cloned_wallet_is_flagged_at_the_hub_and_then_declined_by_reader_a() {
     assert_eq!(reader_row(&r, "gate-a")["records"], 3);
     assert_eq!(reader_row(&r, "gate-a")["charged"], 750);
     assert_eq!(r["flagged"].as_array().map(Vec::len), Some(1));
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-    }
 }
 
 /// Makes `n` accepted payments at `reader`.

@@ -835,3 +835,57 @@ pub fn reader_report<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_j
         .and_then(|rows| rows.iter().find(|r| r["reader"] == id))
         .unwrap_or_else(|| panic!("no row for {id}: {report}"))
 }
+
+/// Copies a wallet directory (files only), as a phone backup or a clone would.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+impl HubProcess {
+    /// Starts `hub serve --data hub --metrics 127.0.0.1:0 EXTRA…` in `s`
+    /// (standard error in `hub.stderr`); returns it and its metrics URL.
+    pub fn start_with_metrics(s: &Scratch, extra: &[&str]) -> (Self, String) {
+        let stderr = std::fs::File::create(s.path("hub.stderr")).expect("stderr file");
+        let args = [&HUB_SERVE[..], &["--metrics", "127.0.0.1:0"], extra].concat();
+        let mut child = sonotap()
+            .args(&args)
+            .current_dir(s.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("hub starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = || {
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("hub prints its addresses")
+        };
+        let url = line()
+            .split_whitespace()
+            .nth(2)
+            .expect("address")
+            .to_owned();
+        let metrics = line()
+            .split_whitespace()
+            .nth(2)
+            .expect("metrics address")
+            .to_owned();
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        (Self { child, url, port }, metrics)
+    }
+}

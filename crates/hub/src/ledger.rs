@@ -73,6 +73,17 @@ pub enum IncidentKind {
 }
 
 impl IncidentKind {
+    /// Every kind.
+    pub const ALL: [IncidentKind; 7] = [
+        IncidentKind::Edited,
+        IncidentKind::Unchained,
+        IncidentKind::InvalidToken,
+        IncidentKind::DuplicateToken,
+        IncidentKind::VoidWithoutCharge,
+        IncidentKind::VoidRepeated,
+        IncidentKind::VoidOverCharge,
+    ];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -19,8 +19,10 @@
 pub mod accounts;
 pub mod backend;
 pub mod clearing;
+pub mod fleet;
 pub mod ledger;
 pub mod listen;
+pub mod metrics;
 pub mod pgpass;
 pub mod phones;
 pub mod server;
@@ -41,6 +43,7 @@ use ledger::{ClearTarget, Clearance, Cleared, DenySigner, IngestReport, IngestSt
 use sonotap_disk::fsutil;
 use sonotap_disk::keys::{KeyFileError, PublicKey, Role, SecretKey};
 use sonotap_disk::sqlite::StoreError;
+use sonotap_protocol::api::StatusReport;
 use sonotap_protocol::policy::TrustedKeys;
 use sonotap_protocol::token::{Credential, CredentialTerms, FormatError, Scope, WalletId};
 use sonotap_protocol::wire::{
@@ -143,6 +146,9 @@ pub enum HubError {
     /// An operator's review input that cannot be recorded.
     #[error("cannot record the review: {0}")]
     Review(String),
+    /// A reader's report of itself that does not follow docs/sync.md §2.5.
+    #[error("malformed report: {0}")]
+    Report(String),
     /// The hub's database is not usable for a reason no driver reported
     /// (an unsupported URL, a schema from another build, a key mismatch).
     #[error("hub database: {0}")]
@@ -286,6 +292,11 @@ impl HubReader {
     /// See [`Hub::admit`].
     pub fn admit(&mut self, bytes: &[u8]) -> Result<Admitted, HubError> {
         self.reads().admit(bytes)
+    }
+
+    /// See [`Hub::fleet`].
+    pub fn fleet(&mut self) -> Result<fleet::Fleet, HubError> {
+        self.backend.fleet()
     }
 
     /// See [`Hub::key_set`].
@@ -788,6 +799,36 @@ impl Hub {
     /// Totals, flags and incidents.
     pub fn report(&mut self) -> Result<Report, HubError> {
         self.backend.report()
+    }
+
+    /// Every reader with its last upload and report, the deny-list
+    /// version, and the findings by kind (`hub readers`, metrics).
+    pub fn fleet(&mut self) -> Result<fleet::Fleet, HubError> {
+        self.backend.fleet()
+    }
+
+    /// Keeps `reader`'s report of itself, signed at (the reader's estimate
+    /// of) hub time `signed_ms` and arrived at hub time `now_ms`
+    /// (docs/sync.md §2.5), unless a report signed later is kept already
+    /// (a replayed request changes nothing). Returns the hub's clock minus
+    /// the reader's.
+    pub fn record_report(
+        &mut self,
+        reader: &str,
+        report: &StatusReport,
+        signed_ms: u64,
+        now_ms: u64,
+    ) -> Result<i64, HubError> {
+        report.check().map_err(HubError::Report)?;
+        let offset = i128::from(now_ms) - i128::from(report.reader_ms);
+        let offset = i64::try_from(offset).unwrap_or(if offset > 0 { i64::MAX } else { i64::MIN });
+        let arrival = backend::Arrival {
+            clock_offset_ms: offset,
+            signed_ms,
+            at_ms: now_ms,
+        };
+        self.backend.record_report(reader, report, &arrival)?;
+        Ok(offset)
     }
 
     /// Suspensions for review with their evidence: those not cleared, or

@@ -57,7 +57,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
+use super::metrics::{Answered, HubMetrics};
 use super::server::{MAX_BODY, PHONE_MAX_BODY, PHONE_PATHS, ServeError};
+use sonotap_protocol::api::REPORT_PATH;
 
 /// Default for [`Limits::header_timeout`]: a reader's request head is a few
 /// hundred bytes and its next request follows within milliseconds, so 10 s
@@ -203,19 +205,35 @@ pub(crate) struct Outcome {
     /// Why a request was refused or failed, including what the answer
     /// deliberately leaves out (which reader id, which signature).
     pub why: Option<String>,
+    /// A stored upload's records: new, already stored (for the metrics).
+    pub ingested: Option<(u64, u64)>,
+    /// The request failed because the hub's database did.
+    pub database_error: bool,
 }
 
 /// Logs one line per request, after its answer is made: `method`, `path`,
 /// `reader`, `status`, `records`, `ms`, `lock_wait_ms` for a stored upload
 /// on PostgreSQL, and `why` for a refusal (level WARN) or a failure (ERROR).
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(
+    State(metrics): State<Arc<HubMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
-    let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let elapsed = start.elapsed();
+    let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     let status = response.status();
     let outcome = response.extensions().get::<Outcome>();
+    metrics.answered(&Answered {
+        path: &path,
+        status: status.as_u16(),
+        elapsed,
+        records: outcome.and_then(|o| o.ingested),
+        database_error: outcome.is_some_and(|o| o.database_error),
+    });
     let reader = outcome.and_then(|o| o.reader.as_deref());
     let records = outcome.and_then(|o| o.records);
     let lock_wait_ms = outcome.and_then(|o| o.lock_wait_ms);
@@ -258,8 +276,9 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Adds the body admission, JSON-error and request-log layers to the API routes.
-pub(super) fn layers(app: Router, limits: Limits) -> Router {
+/// Adds the body admission, JSON-error and request-log layers to the API
+/// routes; the log counts each request in `metrics`.
+pub(super) fn layers(app: Router, limits: Limits, metrics: Arc<HubMetrics>) -> Router {
     let guard = Arc::new(BodyGuard {
         limits,
         budget: Arc::new(Semaphore::new(
@@ -269,7 +288,7 @@ pub(super) fn layers(app: Router, limits: Limits) -> Router {
     });
     app.route_layer(middleware::from_fn_with_state(guard, admit_body))
         .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(metrics, log_request))
 }
 
 /// Accepts connections on `listener` (TLS if `tls`) and serves `app` on
@@ -619,6 +638,14 @@ fn check_body_headers(method: &Method, path: &str, headers: &HeaderMap) -> Resul
         }
         None => 0,
     };
+    if path == REPORT_PATH && length > 0 {
+        // A report is its signed query: nothing to read.
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "a report is its signed query; send no body".into(),
+        ));
+    }
     if path.starts_with(PHONE_PATHS) && length > PHONE_MAX_BODY as u64 {
         return Err(Refusal(
             StatusCode::PAYLOAD_TOO_LARGE,

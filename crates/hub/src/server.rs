@@ -35,10 +35,14 @@ use super::accounts::Refusal;
 use super::backend::LockWaits;
 use super::ledger::{IngestStatus, Via};
 use super::listen::{self, Limits, Outcome, Peer};
+use super::metrics::{self, Connections, HubMetrics};
 use super::phones::{self, Limiter};
 use super::{Hub, HubError, HubReader, PhoneAnswer, ReadSide, check_wallet_request};
-use sonotap_protocol::api::{AUTH_SCHEME, DenyAnswer, KeysAnswer, TimeAnswer, UploadAnswer};
-use sonotap_protocol::wire::{WalletAsk, WalletRequest};
+use sonotap_protocol::api::{
+    AUTH_SCHEME, DenyAnswer, KeysAnswer, REPORT_PATH, ReportAnswer, StatusReport, TimeAnswer,
+    UploadAnswer,
+};
+use sonotap_protocol::wire::{SignedRequest, WalletAsk, WalletRequest};
 
 /// Largest accepted request body: a full batch is about 2.8 MB.
 pub const MAX_BODY: usize = 4 << 20;
@@ -62,6 +66,18 @@ pub struct ServeOptions {
     /// state allows concurrent writers (PostgreSQL); SQLite has one writer
     /// whatever this says. At least 1.
     pub writers: usize,
+    /// Where to serve `GET /metrics` (Prometheus), plain HTTP and
+    /// unauthenticated: loopback, or a network only the monitoring reaches.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Where a bound hub answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The API.
+    pub api: SocketAddr,
+    /// `GET /metrics`, when asked for.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Writers `hub serve` opens on PostgreSQL unless told otherwise: enough
@@ -110,6 +126,8 @@ struct Served {
     /// The signed issuer key set a renewal answer carries, hex, and when it
     /// was read (see [`wallet_key_set`]).
     key_set: Mutex<Option<(Instant, String)>>,
+    /// What this process counts (served at `--metrics`).
+    metrics: Arc<HubMetrics>,
 }
 
 /// A phone's request waiting for its answer.
@@ -199,7 +217,21 @@ impl Served {
             limiter: Mutex::new(Limiter::default()),
             phones: Mutex::new(Vec::new()),
             key_set: Mutex::new(None),
+            metrics: Arc::new(HubMetrics::default()),
         })
+    }
+
+    /// This process's connections now, for the metrics.
+    fn connections(&self) -> Connections {
+        let in_use =
+            |permits: &Semaphore, of: usize| of.saturating_sub(permits.available_permits()) as u64;
+        Connections {
+            writers: self.writers.len() as u64,
+            writers_busy: in_use(&self.writing, self.writers.len()),
+            readers_busy: in_use(&self.readers, READ_CONNECTIONS),
+            readers_idle: self.idle().len() as u64,
+            lock_wait: self.lock_waits().map(|w| w.total),
+        }
     }
 
     /// A free writer; the caller holds one of [`Self::writing`]'s permits,
@@ -341,6 +373,13 @@ impl From<HubError> for ApiError {
             HubError::Conflict { reader, .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", detail).about(reader, None)
             }
+            HubError::Report(_) => ApiError::new(StatusCode::BAD_REQUEST, "malformed", detail),
+            HubError::Store(_) | HubError::Postgres { .. } | HubError::Backend(_) => {
+                let mut error =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "hub_unavailable", detail);
+                error.log.database_error = true;
+                error
+            }
             _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "hub_unavailable", detail),
         }
     }
@@ -454,7 +493,11 @@ async fn upload(
         reader: Some(reader.clone()),
         records,
         lock_wait_ms: lock_wait_ms.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        why: None,
+        ingested: Some((
+            u64::from(receipt.report.new_records),
+            u64::from(receipt.report.already_stored),
+        )),
+        ..Outcome::default()
     };
     Ok((
         Extension(log),
@@ -474,6 +517,65 @@ fn signed_by(reader: String) -> Extension<Outcome> {
         reader: Some(reader),
         ..Outcome::default()
     })
+}
+
+/// `POST /v1/report?…`: a reader's report of itself (docs/sync.md §2.5),
+/// the query signed with the request. Kept as the reader's newest.
+async fn report(
+    State(hub): State<Shared>,
+    headers: HeaderMap,
+    uri: Uri,
+    query: Result<Query<StatusReport>, axum::extract::rejection::QueryRejection>,
+) -> Result<(Extension<Outcome>, axum::Json<ReportAnswer>), ApiError> {
+    // The clock offset is measured on arrival, not after waiting for a
+    // connection. (A body was refused before this: `listen`.)
+    let arrived_ms = now_ms();
+    let auth = signed_request(&headers)?;
+    let target = target(&uri);
+    // Who signed it first: an unsigned caller learns nothing, not even
+    // whether its query parses.
+    let signed = auth.clone();
+    let signer = with_reader(Arc::clone(&hub), move |reader| {
+        reader.authenticate(&signed, "POST", &target, arrived_ms)
+    })
+    .await?;
+    let Query(report) = query.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.body_text()).about(&signer, None)
+    })?;
+    // Authenticated above, so it decodes; its time orders the reports.
+    let signed_ms = hex::decode(&auth)
+        .ok()
+        .and_then(|bytes| SignedRequest::decode(&bytes).ok())
+        .map_or(0, |request| request.time_ms);
+    let reader = signer.clone();
+    let clock_offset_ms = with_writer(hub, move |hub| {
+        hub.record_report(&reader, &report, signed_ms, arrived_ms)
+    })
+    .await
+    .map_err(|e| e.about(&signer, None))?;
+    Ok((
+        signed_by(signer),
+        axum::Json(ReportAnswer { clock_offset_ms }),
+    ))
+}
+
+/// `GET /metrics` on the metrics listener: this process's counters and
+/// the fleet from the database (docs/sync.md §2.6).
+async fn scrape(State(hub): State<Shared>) -> Response {
+    let fleet = with_reader(Arc::clone(&hub), |reader| reader.fleet()).await;
+    let fleet = match fleet {
+        Ok(fleet) => Some(fleet),
+        Err(e) => {
+            tracing::error!(why = %e.message, "metrics: cannot read the fleet's state");
+            None
+        }
+    };
+    let text = hub.metrics.render(fleet.as_ref(), &hub.connections());
+    (
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response()
 }
 
 /// Query of `GET /v1/deny`.
@@ -808,6 +910,7 @@ fn routes(shared: Shared) -> Router {
         .route("/v1/deny", get(deny))
         .route("/v1/keys", get(keys))
         .route("/v1/time", get(time))
+        .route(REPORT_PATH, post(report))
         .route("/v1/wallet/enrol", post(phone_enrol))
         .route("/v1/wallet/renew", post(phone_renew))
         .route("/v1/wallet/statement", post(phone_statement))
@@ -849,13 +952,13 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Binds and returns the bound address and the server future, which runs
+/// Binds and returns the bound addresses and the server future, which runs
 /// until `shutdown` completes (then lets requests in progress finish).
 pub async fn bind(
     hub: Hub,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(SocketAddr, impl Future<Output = Result<(), ServeError>>), ServeError> {
+) -> Result<(Bound, impl Future<Output = Result<(), ServeError>>), ServeError> {
     let acceptor = match &options.tls {
         Some((cert, key)) => Some(tls_acceptor(cert, key)?),
         None if options.listen.ip().is_loopback() => None,
@@ -871,10 +974,59 @@ pub async fn bind(
         Served::new(hub, options.writers)
             .map_err(|e| ServeError::Io("opening the writers".into(), std::io::Error::other(e)))?,
     );
-    let app = listen::layers(routes(Arc::clone(&shared)), options.limits);
-    let serving = listen::serve(listener, acceptor, app, options.limits, shutdown);
-    Ok((addr, async move {
-        let served = serving.await;
+    let metrics_listener = match options.metrics {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .map_err(|e| ServeError::Io(format!("bind {at} (metrics)"), e))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .map_err(|e| ServeError::Io("local address".into(), e))?;
+    // One shutdown for both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let app = listen::layers(
+        routes(Arc::clone(&shared)),
+        options.limits,
+        Arc::clone(&shared.metrics),
+    );
+    let serving = listen::serve(listener, acceptor, app, options.limits, until_stopped());
+    let scraping = metrics_listener.map(|listener| {
+        let app = Router::new()
+            .route("/metrics", get(scrape))
+            .with_state(Arc::clone(&shared));
+        listen::serve(listener, None, app, options.limits, until_stopped())
+    });
+    let bound = Bound {
+        api: addr,
+        metrics: metrics_addr,
+    };
+    Ok((bound, async move {
+        let signal = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        let (served, scraped, ()) = tokio::join!(
+            serving,
+            async move {
+                match scraping {
+                    Some(scraping) => scraping.await,
+                    None => Ok(()),
+                }
+            },
+            signal
+        );
+        let served = served.and(scraped);
         // What the operator needs to judge whether hub processes on one
         // PostgreSQL database got in each other's way.
         if let Some(waits) = shared.lock_waits() {

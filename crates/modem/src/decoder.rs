@@ -85,7 +85,7 @@ pub struct Missed {
 /// Missed frames kept until [`Decoder::take_missed`] collects them.
 const MAX_MISSED: usize = 64;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Detector {
     format: Format,
     params: Params,
@@ -115,8 +115,9 @@ struct Candidate {
     rejected: usize,
 }
 
-/// Streaming decoder for both profiles.
-#[derive(Debug)]
+/// Streaming decoder for both profiles. Cloning one is much cheaper than
+/// building one (the FFT plans and kernels are shared).
+#[derive(Debug, Clone)]
 pub struct Decoder {
     resampler: Resampler,
     /// Kernels for undoing a clock offset: short for the search, full for decoding.

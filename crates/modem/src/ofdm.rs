@@ -14,6 +14,7 @@ use realfft::num_complex::Complex32;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 
 /// Synthesis and analysis for one symbol shape.
+#[derive(Clone)]
 pub(crate) struct Ofdm {
     fft: usize,
     cp: usize,

@@ -46,6 +46,7 @@ pub(crate) fn chirp(p: &Params) -> Vec<f32> {
 }
 
 /// Matched filter for one chirp, evaluated block by block.
+#[derive(Clone)]
 pub(crate) struct Correlator {
     len: usize,
     size: usize,

@@ -762,6 +762,12 @@ impl Reader {
         self.db.summary()
     }
 
+    /// When the oldest record the hub has not acknowledged was made
+    /// (reader clock, Unix seconds).
+    pub fn oldest_unsynced_at(&self) -> Result<Option<u64>, StoreError> {
+        self.db.oldest_unsynced_at()
+    }
+
     /// What the reader knows of its link to the hub.
     pub fn sync_state(&self) -> Result<SyncState, StoreError> {
         self.db.sync_state()

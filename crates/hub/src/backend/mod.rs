@@ -19,16 +19,19 @@ pub mod book;
 mod postgres;
 mod sqlite;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 pub(crate) use self::sqlite::SqliteHub;
+use super::fleet::{Fleet, ReaderState, ReportState};
 use super::ledger::{self, ClearTarget, Clearance, Cleared, DenySigner, IngestReport, Ledger, Via};
 use super::verify::CheckedBatch;
 use super::{Hub, HubError};
 use sonotap_disk::sqlite::{StoreError, blob, unsigned};
+use sonotap_protocol::api::StatusReport;
 use sonotap_protocol::token::{Credential, WalletId};
 use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
 
@@ -151,6 +154,11 @@ pub(crate) trait ReadBackend: Send {
         read(self, report)
     }
 
+    /// The fleet's state, from one snapshot.
+    fn fleet(&mut self) -> Result<Fleet, HubError> {
+        read(self, fleet)
+    }
+
     /// The suspensions for review with their evidence (every one with
     /// `all`, else those not cleared), from one snapshot.
     fn review(&mut self, all: bool) -> Result<Review, HubError> {
@@ -167,6 +175,19 @@ pub(crate) trait ReadBackend: Send {
                 .unwrap_or(0))
         })
     }
+}
+
+/// How a reader's report reached the hub.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// Hub clock minus reader clock on arrival, milliseconds.
+    pub clock_offset_ms: i64,
+    /// The time its signed request carries (hub time as the reader
+    /// estimates it), Unix milliseconds: orders reports whatever the
+    /// reader's own clock does.
+    pub signed_ms: u64,
+    /// When it arrived, hub clock, Unix milliseconds.
+    pub at_ms: u64,
 }
 
 /// Time a hub connection spent taking the locks of its writes
@@ -191,6 +212,14 @@ pub(crate) trait HubBackend: ReadBackend {
     /// Registers a reader's key; `Ok(false)` if it was registered with the
     /// same key already, an error if with another key.
     fn add_reader(&mut self, id: &str, key: &[u8; 32], now: u64) -> Result<bool, HubError>;
+    /// Keeps a reader's report of itself in place of the one before,
+    /// unless that one was signed later (a replayed request).
+    fn record_report(
+        &mut self,
+        reader: &str,
+        report: &StatusReport,
+        arrival: &Arrival,
+    ) -> Result<(), HubError>;
     /// Runs `f` once on a [`Ledger`] inside one write transaction, the
     /// only writer at a time, committed if `f` succeeds.
     fn transaction(
@@ -285,6 +314,12 @@ pub(crate) trait Snapshot {
     fn gaps(&mut self, reader: &str) -> Result<Vec<(i64, i64)>, HubError>;
     /// Fraud findings, oldest first.
     fn flags(&mut self) -> Result<Vec<FlagTuple>, HubError>;
+    /// Every registered reader with its last upload and last report,
+    /// ascending ids.
+    fn reader_states(&mut self) -> Result<Vec<ReaderStateTuple>, HubError>;
+    /// What clearing stored, counted: `("flag", rule, n)` per rule,
+    /// `("incident", kind, n)` per kind, and `("replay", "", n)`.
+    fn finding_counts(&mut self) -> Result<Vec<(String, String, i64)>, HubError>;
     /// Incidents, oldest first.
     fn incidents(&mut self) -> Result<Vec<IncidentTuple>, HubError>;
     /// Every charge of each token charged more than once: the one the hub
@@ -394,6 +429,15 @@ pub(crate) struct RawConflict {
 pub(crate) type ReaderTuple = (String, i64, i64, i64, Option<i64>, Option<i64>, Option<i64>);
 /// A flag row: wallet, rule, detail, at, the wallet's newest deny action.
 pub(crate) type FlagTuple = (Vec<u8>, String, String, i64, Option<String>);
+/// A reader's state row: reader, registered at, last upload (seconds);
+/// then its last report if any: at (ms), clock offset (ms), deny version,
+/// queue, lag (s), software.
+pub(crate) type ReaderStateTuple = (
+    String,
+    i64,
+    Option<i64>,
+    Option<(i64, i64, i64, i64, i64, String)>,
+);
 /// An incident row: reader, seq, kind, detail, at.
 pub(crate) type IncidentTuple = (String, i64, String, String, i64);
 
@@ -452,6 +496,57 @@ pub(crate) fn write<B: HubBackend + ?Sized, T>(
 /// (which is a `dyn FnMut`, so that the traits stay object-safe).
 pub(crate) fn ran<T>(out: Option<T>) -> Result<T, HubError> {
     out.ok_or_else(|| HubError::Backend("the database backend did not run the transaction".into()))
+}
+
+/// The fleet's state from one snapshot.
+fn fleet(s: &mut dyn Snapshot) -> Result<Fleet, HubError> {
+    let path = PathBuf::from(s.path());
+    let u = |what: &str, v: i64| unsigned::<u64>(&path, what, v);
+    let deny_version = u("deny version", s.deny_version()?)?;
+    let mut readers = Vec::new();
+    for (reader, registered_at, last_upload, report) in s.reader_states()? {
+        let report = match report {
+            None => None,
+            Some((at_ms, clock_offset_ms, deny, queue, lag, software)) => Some(ReportState {
+                at_ms: u("report time", at_ms)?,
+                clock_offset_ms,
+                deny_version: u("reported deny version", deny)?,
+                queue: u("reported queue", queue)?,
+                lag_secs: u("reported lag", lag)?,
+                software,
+            }),
+        };
+        readers.push(ReaderState {
+            reader,
+            registered_at: u("registration time", registered_at)?,
+            last_upload_at: last_upload.map(|v| u("upload time", v)).transpose()?,
+            report,
+        });
+    }
+    let (mut flags, mut incidents, mut replays) = (BTreeMap::new(), BTreeMap::new(), 0);
+    for (what, name, n) in s.finding_counts()? {
+        let n = u("count", n)?;
+        match what.as_str() {
+            "flag" => {
+                flags.insert(name, n);
+            }
+            "incident" => {
+                incidents.insert(name, n);
+            }
+            "replay" => replays = n,
+            other => {
+                let detail = format!("finding type {other:?}");
+                return Err(StoreError::inconsistent(&path, detail).into());
+            }
+        }
+    }
+    Ok(Fleet {
+        deny_version,
+        readers,
+        flags,
+        incidents,
+        replays,
+    })
 }
 
 /// Builds the operator's report from one snapshot.

@@ -69,14 +69,15 @@ use postgres::{Client, Config, IsolationLevel, NoTls, Row, Transaction};
 use self::ledger::PgLedger;
 use super::LockWaits;
 use super::{
-    FlagTuple, HubBackend, IncidentTuple, RawConflict, RawReplayCharge, RawSuspension, ReadBackend,
-    ReaderOpener, ReaderTuple, Snapshot,
+    Arrival, FlagTuple, HubBackend, IncidentTuple, RawConflict, RawReplayCharge, RawSuspension,
+    ReadBackend, ReaderOpener, ReaderStateTuple, ReaderTuple, Snapshot,
 };
 use crate::ledger::{self as clearing_ledger, DenySigner, IngestReport, Ledger, Via};
 use crate::verify::CheckedBatch;
 use crate::{HubError, pgpass};
 use sonotap_disk::sqlite::StoreError;
 use sonotap_disk::sqlite::int;
+use sonotap_protocol::api::StatusReport;
 use sonotap_protocol::token::{Credential, WalletId};
 use sonotap_protocol::wire::{DenyAction, DenyEntry, DenyReason};
 
@@ -94,7 +95,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SCHEMA_TABLE: &str = "sonotap_schema";
 
 /// Migrations, oldest first; the schema version is the number applied.
-static MIGRATIONS: [&str; 7] = [
+static MIGRATIONS: [&str; 8] = [
     "CREATE TABLE issuer_keys (
         key_id BIGINT PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
         public_key BYTEA NOT NULL CHECK (length(public_key) = 32),
@@ -348,6 +349,19 @@ static MIGRATIONS: [&str; 7] = [
     CREATE INDEX watched_credentials_live ON watched_credentials (settles_at);
     INSERT INTO watched_credentials (credential, account_id, settles_at, since)
         SELECT credential, account_id, settles_at, 0 FROM account_credentials;",
+    // The fleet view (docs/sync.md §2.5): each reader's last report of
+    // itself, and its last upload found through an index.
+    "CREATE TABLE reader_reports (
+        reader_id TEXT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        signed_ms BIGINT NOT NULL,
+        clock_offset_ms BIGINT NOT NULL,
+        deny_version BIGINT NOT NULL,
+        queue BIGINT NOT NULL,
+        lag_secs BIGINT NOT NULL,
+        software TEXT NOT NULL
+    );
+    CREATE INDEX batches_by_reader_time ON batches (reader_id, received_at);",
 ];
 
 /// The newest schema version this build knows.
@@ -1027,6 +1041,39 @@ impl HubBackend for PostgresHub {
         }
     }
 
+    fn record_report(
+        &mut self,
+        reader: &str,
+        report: &StatusReport,
+        arrival: &Arrival,
+    ) -> Result<(), HubError> {
+        let target = self.target.clone();
+        self.client()?
+            .execute(
+                "INSERT INTO reader_reports (reader_id, at_ms, signed_ms, clock_offset_ms,
+                     deny_version, queue, lag_secs, software)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (reader_id) DO UPDATE SET
+                     at_ms = excluded.at_ms, signed_ms = excluded.signed_ms,
+                     clock_offset_ms = excluded.clock_offset_ms,
+                     deny_version = excluded.deny_version, queue = excluded.queue,
+                     lag_secs = excluded.lag_secs, software = excluded.software
+                 WHERE excluded.signed_ms > reader_reports.signed_ms",
+                &[
+                    &reader,
+                    &int(arrival.at_ms),
+                    &int(arrival.signed_ms),
+                    &arrival.clock_offset_ms,
+                    &int(report.deny),
+                    &int(report.queue),
+                    &int(report.lag),
+                    &report.software,
+                ],
+            )
+            .map_err(|e| pg_err(&target, e))?;
+        Ok(())
+    }
+
     fn transaction(
         &mut self,
         f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
@@ -1258,6 +1305,54 @@ impl Snapshot for PgSnapshot<'_> {
                     column(t, r, 2, "flag detail")?,
                     column(t, r, 3, "flag time")?,
                     column(t, r, 4, "deny action")?,
+                ))
+            },
+        )
+    }
+
+    fn reader_states(&mut self) -> Result<Vec<ReaderStateTuple>, HubError> {
+        self.rows(
+            "SELECT r.reader_id, r.added_at,
+                    (SELECT max(b.received_at) FROM batches b
+                     WHERE b.reader_id = r.reader_id AND b.via = 'network'),
+                    p.at_ms, p.clock_offset_ms, p.deny_version, p.queue, p.lag_secs, p.software
+             FROM readers r LEFT JOIN reader_reports p ON p.reader_id = r.reader_id
+             ORDER BY r.reader_id",
+            &[],
+            |t, r| {
+                let at: Option<i64> = column(t, r, 3, "report time")?;
+                let report = match at {
+                    None => None,
+                    Some(at) => Some((
+                        at,
+                        column(t, r, 4, "clock offset")?,
+                        column(t, r, 5, "reported deny version")?,
+                        column(t, r, 6, "reported queue")?,
+                        column(t, r, 7, "reported lag")?,
+                        column(t, r, 8, "software")?,
+                    )),
+                };
+                Ok((
+                    column(t, r, 0, "reader id")?,
+                    column(t, r, 1, "registration time")?,
+                    column(t, r, 2, "last upload")?,
+                    report,
+                ))
+            },
+        )
+    }
+
+    fn finding_counts(&mut self) -> Result<Vec<(String, String, i64)>, HubError> {
+        self.rows(
+            "SELECT 'flag', rule, count(*) FROM flags GROUP BY rule
+             UNION ALL SELECT 'incident', kind, count(*) FROM incidents GROUP BY kind
+             UNION ALL SELECT 'replay', '', count(*) FROM replays",
+            &[],
+            |t, r| {
+                Ok((
+                    column(t, r, 0, "finding type")?,
+                    column(t, r, 1, "finding name")?,
+                    column(t, r, 2, "finding count")?,
                 ))
             },
         )

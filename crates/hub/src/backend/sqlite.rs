@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use rusqlite_migration::M;
 
 use super::{
-    FlagTuple, HubBackend, IncidentTuple, RawConflict, RawReplayCharge, RawSuspension, ReadBackend,
-    ReaderOpener, ReaderTuple, Snapshot, action_name,
+    Arrival, FlagTuple, HubBackend, IncidentTuple, RawConflict, RawReplayCharge, RawSuspension,
+    ReadBackend, ReaderOpener, ReaderStateTuple, ReaderTuple, Snapshot, action_name,
 };
 use crate::HubError;
 use crate::clearing::{Finding, Payment};
@@ -20,13 +20,14 @@ use crate::ledger::{
 use crate::verify::CheckedRecord;
 use sonotap_disk::sqlite;
 use sonotap_disk::sqlite::StoreError;
+use sonotap_protocol::api::StatusReport;
 use sonotap_protocol::token::{Credential, WalletId};
 use sonotap_protocol::wire::{DenyEntry, DenyReason, DenyScope};
 
 /// The hub database file in a hub directory.
 pub const DB_FILE: &str = "hub.db";
 
-static MIGRATIONS: [M<'static>; 7] = [
+static MIGRATIONS: [M<'static>; 8] = [
     M::up(
         "CREATE TABLE issuer_keys (
             key_id INTEGER PRIMARY KEY CHECK (key_id BETWEEN 0 AND 255),
@@ -350,6 +351,21 @@ static MIGRATIONS: [M<'static>; 7] = [
         CREATE INDEX watched_credentials_live ON watched_credentials (settles_at);
         INSERT INTO watched_credentials (credential, account_id, settles_at, since)
             SELECT credential, account_id, settles_at, 0 FROM account_credentials;",
+    ),
+    // The fleet view (docs/sync.md §2.5): each reader's last report of
+    // itself, and its last upload found through an index.
+    M::up(
+        "CREATE TABLE reader_reports (
+            reader_id TEXT PRIMARY KEY,
+            at_ms INTEGER NOT NULL,
+            signed_ms INTEGER NOT NULL,
+            clock_offset_ms INTEGER NOT NULL,
+            deny_version INTEGER NOT NULL,
+            queue INTEGER NOT NULL,
+            lag_secs INTEGER NOT NULL,
+            software TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX batches_by_reader_time ON batches (reader_id, received_at);",
     ),
 ];
 
@@ -1340,6 +1356,38 @@ impl HubBackend for SqliteHub {
         Ok(true)
     }
 
+    fn record_report(
+        &mut self,
+        reader: &str,
+        report: &StatusReport,
+        arrival: &Arrival,
+    ) -> Result<(), HubError> {
+        self.conn
+            .execute(
+                "INSERT INTO reader_reports (reader_id, at_ms, signed_ms, clock_offset_ms,
+                     deny_version, queue, lag_secs, software)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (reader_id) DO UPDATE SET
+                     at_ms = excluded.at_ms, signed_ms = excluded.signed_ms,
+                     clock_offset_ms = excluded.clock_offset_ms,
+                     deny_version = excluded.deny_version, queue = excluded.queue,
+                     lag_secs = excluded.lag_secs, software = excluded.software
+                 WHERE excluded.signed_ms > reader_reports.signed_ms",
+                params![
+                    reader,
+                    sqlite::int(arrival.at_ms),
+                    sqlite::int(arrival.signed_ms),
+                    arrival.clock_offset_ms,
+                    sqlite::int(report.deny),
+                    sqlite::int(report.queue),
+                    sqlite::int(report.lag),
+                    report.software,
+                ],
+            )
+            .map_err(store_err(&self.path))?;
+        Ok(())
+    }
+
     fn transaction(
         &mut self,
         f: &mut dyn FnMut(&mut dyn Ledger) -> Result<(), HubError>,
@@ -1513,6 +1561,36 @@ impl Snapshot for SqliteSnapshot<'_> {
              FROM flags f ORDER BY f.id",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+    }
+
+    fn reader_states(&mut self) -> Result<Vec<ReaderStateTuple>, HubError> {
+        self.rows(
+            "SELECT r.reader_id, r.added_at,
+                    (SELECT max(b.received_at) FROM batches b
+                     WHERE b.reader_id = r.reader_id AND b.via = 'network'),
+                    p.at_ms, p.clock_offset_ms, p.deny_version, p.queue, p.lag_secs, p.software
+             FROM readers r LEFT JOIN reader_reports p ON p.reader_id = r.reader_id
+             ORDER BY r.reader_id",
+            [],
+            |r| {
+                let at: Option<i64> = r.get(3)?;
+                let report = match at {
+                    None => None,
+                    Some(at) => Some((at, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)),
+                };
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, report))
+            },
+        )
+    }
+
+    fn finding_counts(&mut self) -> Result<Vec<(String, String, i64)>, HubError> {
+        self.rows(
+            "SELECT 'flag', rule, count(*) FROM flags GROUP BY rule
+             UNION ALL SELECT 'incident', kind, count(*) FROM incidents GROUP BY kind
+             UNION ALL SELECT 'replay', '', count(*) FROM replays",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
     }
 

@@ -593,6 +593,11 @@ fn spawn_sync(
                                 shared.metrics.sync_ok(unix_now());
                                 shared.metrics.set_queue_depth(report.queued);
                                 shared.keys_changed.store(true, Ordering::Relaxed);
+                                if let Some(why) = &report.report_error {
+                                    tracing::warn!(
+                                        "the hub did not take this reader's report: {why}"
+                                    );
+                                }
                                 tracing::debug!(
                                     records = report.records,
                                     queued = report.queued,

@@ -21,7 +21,9 @@ use super::failover::{Failover, HubUrls};
 use super::plan::{self, Outcome, Plan, Step};
 use crate::reader::{Reader, ReaderError};
 use crate::store::{Pruned, StoreError};
-use sonotap_protocol::api::{AUTH_SCHEME, DenyAnswer, KeysAnswer, TimeAnswer, UploadAnswer};
+use sonotap_protocol::api::{
+    AUTH_SCHEME, DenyAnswer, KeysAnswer, ReportAnswer, StatusReport, TimeAnswer, UploadAnswer,
+};
 use sonotap_protocol::policy::TrustedKeys;
 use sonotap_protocol::wire::{Ack, Batch, DenyEntry, KeySet, TimeStatement, WireError};
 
@@ -306,26 +308,55 @@ impl Hub<'_> {
         Self::answer(&url, request)
     }
 
-    /// A `GET` signed by `reader`, stamped with the hub's time `hub_ms`.
-    fn signed_get<T: DeserializeOwned>(
+    /// A request signed by `reader`, stamped with the hub's time `hub_ms`
+    /// (docs/sync.md §2.1): the method and the whole target are signed.
+    fn signed<T: DeserializeOwned>(
         &self,
-        path: &str,
+        method: &str,
+        target: &str,
         reader: &Reader,
         hub_ms: u64,
     ) -> Result<T, SyncError> {
-        let url = self.url(path);
+        let url = self.url(target);
         let request = reader
-            .sign_request(hub_ms, random_nonce(&url)?, "GET", &self.target(path))
+            .sign_request(hub_ms, random_nonce(&url)?, method, &self.target(target))
             .and_then(|r| r.encode())
             .map_err(|e| SyncError::BadAnswer {
                 url: url.clone(),
                 detail: format!("cannot sign the request: {e}"),
             })?;
         let header = format!("{AUTH_SCHEME} {}", hex::encode(request));
-        Self::answer(
-            &url,
-            self.agent.get(&url).header("authorization", &header).call(),
-        )
+        let sent = if method == "POST" {
+            // What is said is in the signed target; the body stays empty.
+            self.agent
+                .post(&url)
+                .header("authorization", &header)
+                .header("content-type", "application/octet-stream")
+                .send(&[][..])
+        } else {
+            self.agent.get(&url).header("authorization", &header).call()
+        };
+        Self::answer(&url, sent)
+    }
+
+    /// A `GET` signed by `reader`.
+    fn signed_get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        reader: &Reader,
+        hub_ms: u64,
+    ) -> Result<T, SyncError> {
+        self.signed("GET", path, reader, hub_ms)
+    }
+
+    /// `POST /v1/report?…`, signed by `reader`.
+    pub fn report(
+        &self,
+        report: &StatusReport,
+        reader: &Reader,
+        hub_ms: u64,
+    ) -> Result<ReportAnswer, SyncError> {
+        self.signed("POST", &report.target(), reader, hub_ms)
     }
 
     /// `GET /v1/keys`, signed by `reader`.
@@ -456,6 +487,10 @@ pub struct SyncReport {
     pub pruned: Pruned,
     /// Records still queued.
     pub queued: u64,
+    /// Why the hub did not take this round's report of the reader's state
+    /// (`POST /v1/report`; a hub older than the report answers 404). The
+    /// round succeeded all the same: the report is for the operator's view.
+    pub report_error: Option<String>,
 }
 
 /// Progress of uploads, for a progress bar.
@@ -737,13 +772,41 @@ pub fn sync_once(
             reader.note_sync(now, None)?;
             report.queued = reader.summary()?.unsynced;
             report.hub = hub.in_use().to_owned();
+            report.report_error = report_state(reader, hub, &round).err();
             Ok(report)
         }
         Err(e) => {
             reader.note_sync(now, Some(&e.to_string()))?;
+            if let SyncError::Refused { .. } = e {
+                // The hub answered: it can still hear how this reader is.
+                let _ = report_state(reader, hub, &round);
+            }
             Err(e)
         }
     }
+}
+
+/// Tells the hub this reader's state (docs/sync.md §2.5) at the end of a
+/// round that succeeded, or that the hub refused (an upload it will not
+/// take: the operator must see the queue grow). An error is returned as
+/// text, for the round's result only.
+fn report_state(reader: &Reader, hub: &HubClient, round: &Round) -> Result<(), String> {
+    let reader_ms = now_ms();
+    let lag = reader
+        .oldest_unsynced_at()
+        .map_err(|e| e.to_string())?
+        .map_or(0, |at| (reader_ms / 1000).saturating_sub(at));
+    let report = StatusReport {
+        reader_ms,
+        deny: reader.sync_state().map_err(|e| e.to_string())?.deny_version,
+        queue: reader.summary().map_err(|e| e.to_string())?.unsynced,
+        lag,
+        software: StatusReport::software_name(env!("CARGO_PKG_VERSION")),
+    };
+    let hub_ms = round.hub_now_ms(reader).map_err(|e| e.to_string())?;
+    hub.call(|hub| hub.report(&report, reader, hub_ms))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The background uplink for the daemon: opens its own connection to the
@@ -804,6 +867,7 @@ pub fn run_loop(
                         reader.note_sync(now, None)?;
                         report.queued = reader.summary()?.unsynced;
                         report.hub = hub.in_use().to_owned();
+                        report.report_error = report_state(&reader, hub, &round).err();
                         on_round(Ok(&report));
                     }
                     Outcome::Done { more }
@@ -811,6 +875,9 @@ pub fn run_loop(
                 Err(e) => {
                     let now = now_ms() / 1000;
                     reader.note_sync(now, Some(&e.to_string()))?;
+                    if let SyncError::Refused { .. } = e {
+                        let _ = report_state(&reader, hub, &round);
+                    }
                     on_round(Err(&e));
                     if e.is_permanent() {
                         Outcome::Refused
