@@ -228,7 +228,7 @@ fn dropping_proxy(upstream: String, drop: Arc<AtomicBool>) -> String {
                     return;
                 }
                 let response = read_http_message(&mut server);
-                let upload = request.starts_with(b"POST");
+                let upload = request.starts_with(b"POST /v1/batches");
                 if !(upload && drop.load(Ordering::SeqCst))
                     && let Some(response) = response
                 {
