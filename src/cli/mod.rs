@@ -718,14 +718,27 @@ fn run_reader(command: ReaderCommand) -> Result<ExitCode> {
         } => {
             let reader = Reader::open(&data)?;
             let mut out = io::stdout().lock();
+            // What the gate or the machine did after each record was
+            // committed (`unknown`: the daemon stopped with it in flight).
+            let outcomes = |seq: u64| -> Result<Vec<&'static str>> {
+                Ok(reader
+                    .actuations(seq)?
+                    .iter()
+                    .map(|a| a.outcome.as_str())
+                    .collect())
+            };
             if json {
                 reader.for_each_record(unsynced, |record| {
-                    writeln!(out, "{}", output::record_json(&record)).map_err(anyhow::Error::from)
+                    let outcomes = outcomes(record.seq)?;
+                    writeln!(out, "{}", output::record_json(&record, &outcomes))
+                        .map_err(anyhow::Error::from)
                 })?;
             } else {
                 output::queue_header(&mut out)?;
                 reader.for_each_record(unsynced, |record| {
-                    output::queue_row(&mut out, &record).map_err(anyhow::Error::from)
+                    let outcomes = outcomes(record.seq)?;
+                    output::queue_row(&mut out, &record, outcomes.last().copied())
+                        .map_err(anyhow::Error::from)
                 })?;
                 let summary = reader.summary()?;
                 output::queue_summary(&mut out, &summary, reader.config().currency)?;

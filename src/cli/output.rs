@@ -124,7 +124,9 @@ pub(super) fn wallet_json(wallet: &Wallet) -> String {
     }))
 }
 
-pub(super) fn record_json(record: &Record) -> String {
+/// A record as one JSON line, with what the device did after it
+/// (`actuations`: outcomes in order, e.g. `["delivered", "passage"]`).
+pub(super) fn record_json(record: &Record, actuations: &[&str]) -> String {
     to_line(&json!({
         "seq": record.seq,
         "at": record.at,
@@ -137,27 +139,31 @@ pub(super) fn record_json(record: &Record) -> String {
         "hash": hex::encode(record.hash),
         "prev_hash": hex::encode(record.prev_hash),
         "token": hex::encode(&record.token),
+        "actuations": actuations,
     }))
 }
 
 pub(super) fn queue_header(out: &mut impl Write) -> io::Result<()> {
     writeln!(
         out,
-        "{:>6}  {:<20}  {:<6}  {:<16}  {:>7}  {:>8}  synced",
-        "seq", "time (UTC)", "kind", "wallet", "counter", "amount"
+        "{:>6}  {:<20}  {:<6}  {:<16}  {:>7}  {:>8}  {:<13}  synced",
+        "seq", "time (UTC)", "kind", "wallet", "counter", "amount", "device"
     )
 }
 
-pub(super) fn queue_row(out: &mut impl Write, r: &Record) -> io::Result<()> {
+/// A record as a row of `reader queue`; `device` is what the gate or the
+/// machine did last after it (`-`: nothing recorded).
+pub(super) fn queue_row(out: &mut impl Write, r: &Record, device: Option<&str>) -> io::Result<()> {
     writeln!(
         out,
-        "{:>6}  {:<20}  {:<6}  {:<16}  {:>7}  {:>8}  {}",
+        "{:>6}  {:<20}  {:<6}  {:<16}  {:>7}  {:>8}  {:<13}  {}",
         r.seq,
         utc(r.at),
         r.kind.as_str(),
         r.wallet.to_string(),
         r.counter,
         r.amount,
+        device.unwrap_or("-"),
         if r.synced_at.is_some() { "yes" } else { "no" }
     )
 }

@@ -622,6 +622,17 @@ fn issue21_a_daemon_killed_with_the_gate_open_stores_the_outcome_unknown_at_star
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0].outcome, ActuationOutcome::Unknown);
     assert!(stored[0].detail.contains("released at start"), "{stored:?}");
+    // The operator sees it: `reader queue` names the outcome.
+    let queue = s.ok(&["reader", "queue", "--data", "r", "--json"]);
+    let last: serde_json::Value =
+        serde_json::from_str(queue.lines().last().expect("a record")).expect("json");
+    assert_eq!(
+        last["actuations"],
+        serde_json::json!(["unknown"]),
+        "{queue}"
+    );
+    let table = s.ok(&["reader", "queue", "--data", "r"]);
+    assert!(table.contains(" unknown "), "{table}");
     daemon.stop();
     // Once: a third start finds nothing left in flight.
     let mut daemon = Daemon::start(&s, &cfg, &[]);
