@@ -641,6 +641,29 @@ fn issue21_a_daemon_killed_with_the_gate_open_stores_the_outcome_unknown_at_star
     assert_eq!(acts().len(), 1);
 }
 
+/// Two daemons on one reader would drive one gate, and the second's start
+/// would settle the first's opening in flight as unknown: the second is
+/// refused (exit 2) naming the first, which goes on opening the gate.
+#[test]
+fn issue21_a_second_daemon_on_the_same_reader_is_refused_and_the_first_goes_on() {
+    let (s, mut w) = site();
+    let mut relay = Relay::new();
+    let cfg = camera_config(&s, &relay, "width = 1280\nheight = 720\nformat = \"y8\"\n");
+    let mut first = Daemon::start(&s, &cfg, &[]);
+    first.wait_log("ready", Duration::from_secs(20));
+    let mut second = Daemon::start(&s, &cfg, &[]);
+    assert_eq!(second.wait_exit(Duration::from_secs(20)), Some(2));
+    let said = second.drain_log();
+    assert!(said.contains("one daemon per reader"), "{said}");
+    assert!(said.contains(&first.pid().to_string()), "{said}");
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    relay.pump(Duration::from_millis(300));
+    fifo.write_all(&qr_frame(&pay(&mut w))).expect("frame");
+    relay.wait_opens(1, Duration::from_secs(10));
+    first.stop();
+    assert_eq!(records(&s, "r").len(), 1);
+}
+
 /// Issue 21's count, by hand (`cargo test --test integration --
 /// --ignored issue21_sixty`, about two minutes): 60 cycles, each a burst
 /// of 10 tokens and a SIGKILL at a random point of it (the relay pulses

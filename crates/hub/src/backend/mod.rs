@@ -429,6 +429,21 @@ pub(crate) struct RawConflict {
 pub(crate) type ReaderTuple = (String, i64, i64, i64, Option<i64>, Option<i64>, Option<i64>);
 /// A flag row: wallet, rule, detail, at, the wallet's newest deny action.
 pub(crate) type FlagTuple = (Vec<u8>, String, String, i64, Option<String>);
+/// Every registered reader with its last network upload and last report
+/// (the columns of [`ReaderStateTuple`]); the same SQL on both backends.
+pub(crate) const READER_STATES_SQL: &str = "SELECT r.reader_id, r.added_at,
+        (SELECT max(b.received_at) FROM batches b
+         WHERE b.reader_id = r.reader_id AND b.via = 'network'),
+        p.at_ms, p.clock_offset_ms, p.deny_version, p.queue, p.lag_secs, p.software
+    FROM readers r LEFT JOIN reader_reports p ON p.reader_id = r.reader_id
+    ORDER BY r.reader_id";
+
+/// Clearing's findings counted (see [`Snapshot::finding_counts`]); the same
+/// SQL on both backends.
+pub(crate) const FINDING_COUNTS_SQL: &str = "SELECT 'flag', rule, count(*) FROM flags GROUP BY rule
+    UNION ALL SELECT 'incident', kind, count(*) FROM incidents GROUP BY kind
+    UNION ALL SELECT 'replay', '', count(*) FROM replays";
+
 /// A reader's state row: reader, registered at, last upload (seconds);
 /// then its last report if any: at (ms), clock offset (ms), deny version,
 /// queue, lag (s), software.

@@ -1311,51 +1311,36 @@ impl Snapshot for PgSnapshot<'_> {
     }
 
     fn reader_states(&mut self) -> Result<Vec<ReaderStateTuple>, HubError> {
-        self.rows(
-            "SELECT r.reader_id, r.added_at,
-                    (SELECT max(b.received_at) FROM batches b
-                     WHERE b.reader_id = r.reader_id AND b.via = 'network'),
-                    p.at_ms, p.clock_offset_ms, p.deny_version, p.queue, p.lag_secs, p.software
-             FROM readers r LEFT JOIN reader_reports p ON p.reader_id = r.reader_id
-             ORDER BY r.reader_id",
-            &[],
-            |t, r| {
-                let at: Option<i64> = column(t, r, 3, "report time")?;
-                let report = match at {
-                    None => None,
-                    Some(at) => Some((
-                        at,
-                        column(t, r, 4, "clock offset")?,
-                        column(t, r, 5, "reported deny version")?,
-                        column(t, r, 6, "reported queue")?,
-                        column(t, r, 7, "reported lag")?,
-                        column(t, r, 8, "software")?,
-                    )),
-                };
-                Ok((
-                    column(t, r, 0, "reader id")?,
-                    column(t, r, 1, "registration time")?,
-                    column(t, r, 2, "last upload")?,
-                    report,
-                ))
-            },
-        )
+        self.rows(super::READER_STATES_SQL, &[], |t, r| {
+            let at: Option<i64> = column(t, r, 3, "report time")?;
+            let report = match at {
+                None => None,
+                Some(at) => Some((
+                    at,
+                    column(t, r, 4, "clock offset")?,
+                    column(t, r, 5, "reported deny version")?,
+                    column(t, r, 6, "reported queue")?,
+                    column(t, r, 7, "reported lag")?,
+                    column(t, r, 8, "software")?,
+                )),
+            };
+            Ok((
+                column(t, r, 0, "reader id")?,
+                column(t, r, 1, "registration time")?,
+                column(t, r, 2, "last upload")?,
+                report,
+            ))
+        })
     }
 
     fn finding_counts(&mut self) -> Result<Vec<(String, String, i64)>, HubError> {
-        self.rows(
-            "SELECT 'flag', rule, count(*) FROM flags GROUP BY rule
-             UNION ALL SELECT 'incident', kind, count(*) FROM incidents GROUP BY kind
-             UNION ALL SELECT 'replay', '', count(*) FROM replays",
-            &[],
-            |t, r| {
-                Ok((
-                    column(t, r, 0, "finding type")?,
-                    column(t, r, 1, "finding name")?,
-                    column(t, r, 2, "finding count")?,
-                ))
-            },
-        )
+        self.rows(super::FINDING_COUNTS_SQL, &[], |t, r| {
+            Ok((
+                column(t, r, 0, "finding type")?,
+                column(t, r, 1, "finding name")?,
+                column(t, r, 2, "finding count")?,
+            ))
+        })
     }
 
     fn incidents(&mut self) -> Result<Vec<IncidentTuple>, HubError> {

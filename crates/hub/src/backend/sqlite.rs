@@ -1565,33 +1565,20 @@ impl Snapshot for SqliteSnapshot<'_> {
     }
 
     fn reader_states(&mut self) -> Result<Vec<ReaderStateTuple>, HubError> {
-        self.rows(
-            "SELECT r.reader_id, r.added_at,
-                    (SELECT max(b.received_at) FROM batches b
-                     WHERE b.reader_id = r.reader_id AND b.via = 'network'),
-                    p.at_ms, p.clock_offset_ms, p.deny_version, p.queue, p.lag_secs, p.software
-             FROM readers r LEFT JOIN reader_reports p ON p.reader_id = r.reader_id
-             ORDER BY r.reader_id",
-            [],
-            |r| {
-                let at: Option<i64> = r.get(3)?;
-                let report = match at {
-                    None => None,
-                    Some(at) => Some((at, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)),
-                };
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, report))
-            },
-        )
+        self.rows(super::READER_STATES_SQL, [], |r| {
+            let at: Option<i64> = r.get(3)?;
+            let report = match at {
+                None => None,
+                Some(at) => Some((at, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)),
+            };
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, report))
+        })
     }
 
     fn finding_counts(&mut self) -> Result<Vec<(String, String, i64)>, HubError> {
-        self.rows(
-            "SELECT 'flag', rule, count(*) FROM flags GROUP BY rule
-             UNION ALL SELECT 'incident', kind, count(*) FROM incidents GROUP BY kind
-             UNION ALL SELECT 'replay', '', count(*) FROM replays",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        self.rows(super::FINDING_COUNTS_SQL, [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
     }
 
     fn incidents(&mut self) -> Result<Vec<IncidentTuple>, HubError> {

@@ -22,6 +22,7 @@ mod beacon;
 pub mod config;
 mod display;
 mod feedback;
+pub mod instance;
 pub mod metrics;
 mod notify;
 mod owed;
@@ -92,6 +93,9 @@ pub enum DaemonError {
     /// The acceptor thread ended while the daemon was running.
     #[error("the acceptor stopped unexpectedly; exiting so systemd restarts the reader")]
     AcceptorDied,
+    /// Another daemon serves this reader, or its lock cannot be taken.
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
 }
 
 /// State shared by the threads: health, metrics, the stop signal, heartbeat.
@@ -357,6 +361,8 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         dir: config.data.clone(),
         source,
     })?;
+    // Before a device is opened or an opening settled: one daemon per reader.
+    let _instance = instance::InstanceLock::take(&config.data)?;
     if let Some(skew) = config.clock_skew_secs {
         reader.set_clock_skew(skew);
     }
