@@ -641,6 +641,49 @@ fn issue21_a_daemon_killed_with_the_gate_open_stores_the_outcome_unknown_at_star
     assert_eq!(acts().len(), 1);
 }
 
+/// The gate's outcome could not be stored (the database held by another
+/// process past the busy timeout): before, it was logged and lost until a
+/// restart settled the opening as unknown; now it is owed and retried.
+#[test]
+fn issue21_a_gate_outcome_the_store_refused_is_retried_until_written() {
+    let (s, mut w) = site();
+    let mut relay = Relay::new();
+    let cfg = camera_config(&s, &relay, "width = 1280\nheight = 720\nformat = \"y8\"\n");
+    let profile = fs::read_to_string("hw/profiles/ch340-relay.toml")
+        .expect("profile")
+        .replace("pulse_ms = 300", "pulse_ms = 1000");
+    use_profile(&s, &cfg, &profile);
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    daemon.wait_log("ready", Duration::from_secs(20));
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    relay.pump(Duration::from_millis(300));
+    fifo.write_all(&qr_frame(&pay(&mut w))).expect("frame");
+    relay.wait_opens(1, Duration::from_secs(10));
+    // The record is committed; while the gate is open another process
+    // takes the database's write lock for longer than the busy timeout.
+    let mut other = rusqlite::Connection::open(s.path("r/reader.db")).expect("db");
+    let held = other
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .expect("write lock");
+    daemon.wait_log(
+        "storing the gate's outcome, will retry",
+        Duration::from_secs(20),
+    );
+    held.rollback().expect("release");
+    daemon.wait_log("gate outcome stored", Duration::from_secs(20));
+    let seq = records(&s, "r")[0].seq;
+    let stored = ReaderDb::open(&s.path("r/reader.db"))
+        .expect("db")
+        .actuations(seq)
+        .expect("actuations");
+    assert_eq!(
+        stored.first().map(|a| a.outcome),
+        Some(ActuationOutcome::Delivered),
+        "{stored:?}"
+    );
+    daemon.stop();
+}
+
 /// Two daemons on one reader would drive one gate, and the second's start
 /// would settle the first's opening in flight as unknown: the second is
 /// refused (exit 2) naming the first, which goes on opening the gate.

@@ -65,7 +65,7 @@ pub struct SyncStatus {
 pub struct OwedSettlement {
     /// The charge record.
     pub charge_seq: u64,
-    /// `void` or `vend_success`.
+    /// `void`, `vend_success` or `gate_outcome`.
     pub owed: String,
     /// Since when, Unix seconds.
     pub since: u64,

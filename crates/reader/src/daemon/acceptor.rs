@@ -263,6 +263,10 @@ impl Acceptor {
                     .reader
                     .confirm_vend(seq, now, &device, detail)
                     .map_err(|e| e.to_string()),
+                Settlement::GateOutcome { outcomes } => self
+                    .reader
+                    .record_gate_outcome(seq, now, &device, outcomes)
+                    .map_err(|e| e.to_string()),
             };
             match (result, &settlement) {
                 (Ok(()), Settlement::Void { reason }) => {
@@ -273,8 +277,12 @@ impl Acceptor {
                     self.owed.settled(seq);
                     tracing::info!(seq, "vend success stored: the charge stands");
                 }
+                (Ok(()), Settlement::GateOutcome { .. }) => {
+                    self.owed.settled(seq);
+                    tracing::info!(seq, "gate outcome stored");
+                }
                 (Err(e), _) => {
-                    tracing::warn!(seq, "void owed, will retry: {e}");
+                    tracing::warn!(seq, "settlement owed, will retry: {e}");
                     self.owed
                         .owe(Instant::now(), now, seq, &device, settlement, &e, jitter());
                 }
@@ -422,11 +430,24 @@ impl Acceptor {
                     let device = gate.device().to_string();
                     let delivered = result.delivered();
                     let now = self.now();
-                    if let Err(e) =
-                        self.reader
-                            .record_gate_outcome(seq, now, &device, &result.actuations())
+                    let outcomes = result.actuations();
+                    if let Err(e) = self
+                        .reader
+                        .record_gate_outcome(seq, now, &device, &outcomes)
                     {
-                        tracing::error!(seq, "storing the gate's outcome: {e}");
+                        // Retried like an owed void: the opening stays in
+                        // flight in the store until its outcome is written.
+                        tracing::error!(seq, "storing the gate's outcome, will retry: {e}");
+                        self.owed.owe(
+                            Instant::now(),
+                            now,
+                            seq,
+                            &device,
+                            Settlement::GateOutcome { outcomes },
+                            &e.to_string(),
+                            jitter(),
+                        );
+                        self.shared.set_owed(self.owed.report());
                     }
                     if !delivered {
                         metrics.device_error("gate");

@@ -1,5 +1,6 @@
-//! Vend settlements the store could not take yet: voids owed (and vend
-//! successes not yet stored), retried with backoff until they are written.
+//! Settlements the store could not take yet: voids owed, vend successes
+//! and gate outcomes not yet stored, retried with backoff until they are
+//! written.
 //!
 //! The durable half is in the database: a vend's charge is committed as
 //! pending delivery ([`crate::store::ReaderDb::pending_vends`]) and stays
@@ -10,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::actuator::ActuationOutcome;
 use crate::status_file::OwedSettlement;
 
 use crate::backoff::Backoff;
@@ -31,6 +33,13 @@ pub enum Settlement {
     Delivered {
         /// What was vended (stored with the success).
         detail: String,
+    },
+    /// What the gate did after the record was committed; until it is
+    /// stored the opening stays in flight (settled as unknown at the next
+    /// start if the daemon stops first).
+    GateOutcome {
+        /// The outcomes, in order, with the device's words.
+        outcomes: Vec<(ActuationOutcome, String)>,
     },
 }
 
@@ -138,6 +147,7 @@ impl OwedBook {
                 owed: match e.settlement {
                     Settlement::Void { .. } => "void",
                     Settlement::Delivered { .. } => "vend_success",
+                    Settlement::GateOutcome { .. } => "gate_outcome",
                 }
                 .into(),
                 since: e.since,
