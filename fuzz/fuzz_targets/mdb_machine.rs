@@ -5,10 +5,11 @@
 //! the caller answered that vend's charge with a committed record, once.
 #![no_main]
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use sonotap_reader::actuator::mdb::{MdbCommand, MdbEvent, MdbMachine};
+use sonotap_reader::actuator::mdb::{MdbCommand, MdbConfig, MdbEvent, MdbMachine};
 use sonotap_reader::actuator::profile::{Device, Profile};
 use sonotap_reader::actuator::{Actuator, Denial, Output, Outputs};
 
@@ -44,14 +45,23 @@ impl Ledger {
     }
 }
 
+/// The stock adapter profile's settings, parsed once.
+static CONFIG: OnceLock<MdbConfig> = OnceLock::new();
+
+fn config() -> MdbConfig {
+    CONFIG
+        .get_or_init(|| {
+            let profile = Profile::load("mdb-qibixx", &[]).expect("the built-in profile loads");
+            match profile.device {
+                Device::Mdb(config) => config,
+                Device::Gate(_) => panic!("mdb-qibixx is a vending profile"),
+            }
+        })
+        .clone()
+}
+
 fuzz_target!(|data: &[u8]| {
-    let Ok(profile) = Profile::load("mdb-qibixx", &[]) else {
-        return;
-    };
-    let Device::Mdb(config) = profile.device else {
-        return;
-    };
-    let mut machine = MdbMachine::new(config);
+    let mut machine = MdbMachine::new(config());
     let mut ledger = Ledger::default();
     let mut now = Instant::now();
     let mut bytes = data.iter().copied();
@@ -85,7 +95,18 @@ fuzz_target!(|data: &[u8]| {
                 let denial = Denial::NotCharged("fuzz".into());
                 machine.charged(now, Err(denial), &mut out);
             }
-            5 => machine.disconnected(now, Some(MdbCommand::Approve), "fuzz", &mut out),
+            5 => {
+                // The port lost, noticed by a write that failed, or not.
+                let failed = match bytes.next().unwrap_or(0) % 6 {
+                    0 => Some(MdbCommand::Enable),
+                    1 => Some(MdbCommand::Start),
+                    2 => Some(MdbCommand::Approve),
+                    3 => Some(MdbCommand::Deny),
+                    4 => Some(MdbCommand::End),
+                    _ => None,
+                };
+                machine.disconnected(now, failed, "fuzz", &mut out);
+            }
             6 => machine.connected(now, &mut out),
             7 => machine.abort(now, "fuzz", &mut out),
             _ => {}

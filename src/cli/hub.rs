@@ -533,6 +533,7 @@ pub fn readers(place: &HubPlace, json: bool) -> Result<ExitCode> {
                     "registered_at": r.registered_at,
                     "last_seen_at": r.last_seen_at(),
                     "last_upload_at": r.last_upload_at,
+                    "clock_error_ms": r.report.as_ref().map(|p| p.clock_error_ms()),
                     "report": r.report,
                 })
             })
@@ -562,7 +563,7 @@ fn print_fleet(fleet: &Fleet, now: u64) {
             Some(p) => (
                 p.queue.to_string(),
                 format!("{} s", p.lag_secs),
-                reader_clock(p.clock_offset_ms),
+                reader_clock(p.clock_error_ms()),
                 match fleet.deny_version.saturating_sub(p.deny_version) {
                     0 => format!("{} ok", p.deny_version),
                     behind => format!("{} -{behind}", p.deny_version),
@@ -590,8 +591,9 @@ fn print_fleet(fleet: &Fleet, now: u64) {
     );
 }
 
-/// How far a reader's clock is from the hub's, given the hub's minus the
-/// reader's: "2.5 s slow", "0.8 s fast", "ok" within 0.05 s.
+/// How far the clock a reader stamps with (after its own correction) is
+/// from the hub's, given the hub's minus that: "2.5 s slow", "0.8 s fast",
+/// "ok" within 0.05 s.
 fn reader_clock(offset_ms: i64) -> String {
     let secs = offset_ms as f64 / 1000.0;
     match secs {

@@ -161,6 +161,8 @@ fn fleet_view(database: Option<&str>) {
         offset.abs() < 10_000,
         "same machine, same clock: {offset} ms"
     );
+    let error = a["clock_error_ms"].as_i64().expect("clock error");
+    assert!(error.abs() < 10_000, "{a}");
     let seen = a["last_seen_at"].as_u64().expect("seen");
     assert!(unix_now().abs_diff(seen) < 60, "{a}");
     assert!(a["last_upload_at"].as_u64().is_some(), "{a}");
@@ -400,7 +402,7 @@ fn signed_at(s: &Scratch, dir: &str, method: &str, target: &str, at_ms: u64) -> 
 fn issue21_a_report_unsigned_forged_or_malformed_is_refused_and_stores_nothing() {
     let s = site();
     let hub = HubProcess::start_with(&s, &[]);
-    let good = "/v1/report?reader_ms=1&deny=0&queue=0&lag=0&software=0.1.0";
+    let good = "/v1/report?reader_ms=1&applied_ms=-2000&deny=0&queue=0&lag=0&software=0.1.0";
     let send = |target: &str, auth: Option<String>, body: &[u8]| {
         let headers: Vec<(&str, &str)> = auth
             .as_deref()
@@ -519,6 +521,7 @@ fn issue21_a_report_unsigned_forged_or_malformed_is_refused_and_stores_nothing()
             .is_some_and(|ms| ms > 1_000_000_000),
         "a reader whose clock says 1 ms after 1970 is far behind: {report}"
     );
+    assert_eq!(report["applied_offset_ms"], -2000, "{report}");
 
     // A report recorded and sent again later (within the signed request's
     // window) does not replace a newer one.

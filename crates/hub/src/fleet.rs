@@ -29,6 +29,9 @@ pub struct ReportState {
     /// (positive: the reader is slow; one network delay included), as the
     /// reader's own `clock_offset_ms` counts it.
     pub clock_offset_ms: i64,
+    /// The correction the reader said it applies (hub minus reader as it
+    /// measured it): what it stamps is its clock plus this.
+    pub applied_offset_ms: i64,
     /// The deny-list version it had applied.
     pub deny_version: u64,
     /// Records it held that the hub had not acknowledged.
@@ -37,6 +40,16 @@ pub struct ReportState {
     pub lag_secs: u64,
     /// Its software version.
     pub software: String,
+}
+
+impl ReportState {
+    /// How far behind the hub's clock the times the reader stamps (on its
+    /// records, and checks tokens' times against) are, milliseconds
+    /// (positive: behind): its clock's error left after its own
+    /// correction. What declines honest riders when large.
+    pub fn clock_error_ms(&self) -> i64 {
+        self.clock_offset_ms.saturating_sub(self.applied_offset_ms)
+    }
 }
 
 impl ReaderState {
@@ -66,6 +79,59 @@ pub struct Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Hub;
+    use sonotap_disk::keys::{PublicKey, Role};
+    use sonotap_protocol::api::StatusReport;
+    use sonotap_protocol::testkit::NOW;
+
+    fn status(queue: u64) -> StatusReport {
+        StatusReport {
+            reader_ms: NOW * 1000,
+            applied_ms: 0,
+            deny: 0,
+            queue,
+            lag: 0,
+            software: "0.1.0".into(),
+        }
+    }
+
+    /// Reports are kept by their signed time, so a replay changes nothing;
+    /// but one signed further ahead than a request may be (the hub's clock
+    /// was ahead, then fixed) gives way, or no report would be kept for as
+    /// long as the hub's clock was wrong.
+    #[test]
+    fn the_newest_signed_report_is_kept_and_one_from_a_clock_since_fixed_gives_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hub = Hub::init(dir.path(), 1, NOW).unwrap();
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let public = signing.verifying_key().to_bytes();
+        let key = PublicKey::from_bytes(Role::Reader, None, &public).unwrap();
+        hub.add_reader("gate-1", &key, NOW).unwrap();
+        let now_ms = NOW * 1000;
+        let queue = |hub: &mut Hub| {
+            hub.fleet().unwrap().readers[0]
+                .report
+                .as_ref()
+                .map(|r| r.queue)
+        };
+        hub.record_report("gate-1", &status(1), now_ms, now_ms)
+            .unwrap();
+        hub.record_report("gate-1", &status(2), now_ms + 10, now_ms + 10)
+            .unwrap();
+        hub.record_report("gate-1", &status(1), now_ms, now_ms + 20)
+            .unwrap();
+        assert_eq!(queue(&mut hub), Some(2), "the replay changed nothing");
+        // Signed an hour ahead (a hub clock an hour fast, since fixed).
+        hub.record_report("gate-1", &status(3), now_ms + 3_600_000, now_ms + 30)
+            .unwrap();
+        hub.record_report("gate-1", &status(4), now_ms + 40, now_ms + 40)
+            .unwrap();
+        assert_eq!(
+            queue(&mut hub),
+            Some(4),
+            "the report from the wrong clock gave way"
+        );
+    }
 
     fn reader(last_upload_at: Option<u64>, reported_ms: Option<u64>) -> ReaderState {
         ReaderState {
@@ -75,6 +141,7 @@ mod tests {
             report: reported_ms.map(|at_ms| ReportState {
                 at_ms,
                 clock_offset_ms: 0,
+                applied_offset_ms: 0,
                 deny_version: 0,
                 queue: 0,
                 lag_secs: 0,

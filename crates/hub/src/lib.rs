@@ -278,14 +278,15 @@ impl HubReader {
 
     /// Checks a reader's signed request (docs/sync.md §2.1): `encoded` is
     /// the hex from `Authorization: Sonotap HEX`, for `method` and `target`
-    /// (path and query) at hub time `now_ms`. Returns the reader id.
+    /// (path and query) at hub time `now_ms`. Returns the request, verified
+    /// (its `reader_id` is the signer).
     pub fn authenticate(
         &mut self,
         encoded: &str,
         method: &str,
         target: &str,
         now_ms: u64,
-    ) -> Result<String, HubError> {
+    ) -> Result<SignedRequest, HubError> {
         self.reads().authenticate(encoded, method, target, now_ms)
     }
 
@@ -363,7 +364,7 @@ impl Reads<'_> {
         method: &str,
         target: &str,
         now_ms: u64,
-    ) -> Result<String, HubError> {
+    ) -> Result<SignedRequest, HubError> {
         let refused = |detail: String| HubError::NotAuthenticated { detail };
         let bytes = hex::decode(encoded.trim()).map_err(|e| refused(format!("not hex: {e}")))?;
         let request = SignedRequest::decode(&bytes).map_err(|e| refused(e.to_string()))?;
@@ -373,7 +374,7 @@ impl Reads<'_> {
         request
             .verify(&key, method, target, now_ms)
             .map_err(|e| refused(format!("reader {:?}: {e}", request.reader_id)))?;
-        Ok(request.reader_id)
+        Ok(request)
     }
 
     fn admit(&mut self, bytes: &[u8]) -> Result<Admitted, HubError> {

@@ -307,7 +307,8 @@ fn register_fleet(registry: &mut Registry, fleet: &Fleet) {
     let per_reader = || {
         Family::<[(&'static str, String); 1], Gauge<f64, std::sync::atomic::AtomicU64>>::default()
     };
-    let (seen, upload, queue, lag, offset, deny) = (
+    let (seen, upload, queue, lag, offset, error, deny) = (
+        per_reader(),
         per_reader(),
         per_reader(),
         per_reader(),
@@ -331,6 +332,9 @@ fn register_fleet(registry: &mut Registry, fleet: &Fleet) {
             offset
                 .get_or_create(&label)
                 .set(report.clock_offset_ms as f64 / 1000.0);
+            error
+                .get_or_create(&label)
+                .set(report.clock_error_ms() as f64 / 1000.0);
             deny.get_or_create(&label).set(report.deny_version as f64);
             info.get_or_create(&[
                 ("reader", state.reader.clone()),
@@ -364,6 +368,11 @@ fn register_fleet(registry: &mut Registry, fleet: &Fleet) {
             "reader_clock_offset_seconds",
             "The hub's clock minus each reader's at its last report (positive: the reader is slow), as the reader's own clock_offset_ms",
             offset,
+        ),
+        (
+            "reader_clock_error_seconds",
+            "How far behind the hub's clock each reader's corrected clock (the one it stamps records with) was at its last report: its clock's error left after its own correction",
+            error,
         ),
         (
             "reader_deny_list_version",
@@ -440,6 +449,7 @@ mod tests {
                     report: Some(ReportState {
                         at_ms: 950_500,
                         clock_offset_ms: -2_500,
+                        applied_offset_ms: -2_000,
                         deny_version: 6,
                         queue: 3,
                         lag_secs: 40,
@@ -562,6 +572,10 @@ mod tests {
         assert_eq!(
             at("sonotap_hub_reader_clock_offset_seconds{reader=\"gate-1\"}"),
             Some(-2.5)
+        );
+        assert_eq!(
+            at("sonotap_hub_reader_clock_error_seconds{reader=\"gate-1\"}"),
+            Some(-0.5)
         );
         assert_eq!(
             at("sonotap_hub_reader_deny_list_version{reader=\"gate-1\"}"),

@@ -42,7 +42,7 @@ use sonotap_protocol::api::{
     AUTH_SCHEME, DenyAnswer, KeysAnswer, REPORT_PATH, ReportAnswer, StatusReport, TimeAnswer,
     UploadAnswer,
 };
-use sonotap_protocol::wire::{SignedRequest, WalletAsk, WalletRequest};
+use sonotap_protocol::wire::{WalletAsk, WalletRequest};
 
 /// Largest accepted request body: a full batch is about 2.8 MB.
 pub const MAX_BODY: usize = 4 << 20;
@@ -534,19 +534,15 @@ async fn report(
     let target = target(&uri);
     // Who signed it first: an unsigned caller learns nothing, not even
     // whether its query parses.
-    let signed = auth.clone();
-    let signer = with_reader(Arc::clone(&hub), move |reader| {
-        reader.authenticate(&signed, "POST", &target, arrived_ms)
+    let request = with_reader(Arc::clone(&hub), move |reader| {
+        reader.authenticate(&auth, "POST", &target, arrived_ms)
     })
     .await?;
+    // Its signed time orders the reports.
+    let (signer, signed_ms) = (request.reader_id, request.time_ms);
     let Query(report) = query.map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.body_text()).about(&signer, None)
     })?;
-    // Authenticated above, so it decodes; its time orders the reports.
-    let signed_ms = hex::decode(&auth)
-        .ok()
-        .and_then(|bytes| SignedRequest::decode(&bytes).ok())
-        .map_or(0, |request| request.time_ms);
     let reader = signer.clone();
     let clock_offset_ms = with_writer(hub, move |hub| {
         hub.record_report(&reader, &report, signed_ms, arrived_ms)
@@ -594,7 +590,9 @@ async fn deny(
     let auth = signed_request(&headers)?;
     let target = target(&uri);
     let (signer, (version, entries)) = with_reader(hub, move |reader| {
-        let signer = reader.authenticate(&auth, "GET", &target, now_ms())?;
+        let signer = reader
+            .authenticate(&auth, "GET", &target, now_ms())?
+            .reader_id;
         Ok((signer, reader.deny_entries(q.since, DENY_PAGE)?))
     })
     .await?;
@@ -617,7 +615,9 @@ async fn keys(
     let auth = signed_request(&headers)?;
     let target = target(&uri);
     let (signer, set) = with_reader(hub, move |reader| {
-        let signer = reader.authenticate(&auth, "GET", &target, now_ms())?;
+        let signer = reader
+            .authenticate(&auth, "GET", &target, now_ms())?
+            .reader_id;
         Ok((signer, reader.key_set()?))
     })
     .await?;

@@ -39,12 +39,16 @@ pub struct StatusReport {
     /// The reader's own clock, Unix milliseconds, uncorrected: the hub
     /// compares it with its own to tell how far off the reader's clock is.
     pub reader_ms: u64,
+    /// The correction the reader applies to its clock, milliseconds (hub
+    /// minus reader as it last measured it, moved at most 5 minutes a
+    /// round): the times it stamps are its clock plus this.
+    pub applied_ms: i64,
     /// The deny-list version the reader has applied.
     pub deny: u64,
     /// Records the hub has not acknowledged.
     pub queue: u64,
-    /// Age of the oldest of them, seconds, by the reader's clock (0 when
-    /// none): a duration, so a wrong clock does not change it.
+    /// Age of the oldest of them, seconds, on the reader's corrected
+    /// clock, the one its records are stamped with (0 when none).
     pub lag: u64,
     /// The reader's software version.
     pub software: String,
@@ -54,8 +58,8 @@ impl StatusReport {
     /// The request target: path and query.
     pub fn target(&self) -> String {
         format!(
-            "{REPORT_PATH}?reader_ms={}&deny={}&queue={}&lag={}&software={}",
-            self.reader_ms, self.deny, self.queue, self.lag, self.software
+            "{REPORT_PATH}?reader_ms={}&applied_ms={}&deny={}&queue={}&lag={}&software={}",
+            self.reader_ms, self.applied_ms, self.deny, self.queue, self.lag, self.software
         )
     }
 
@@ -153,6 +157,7 @@ mod tests {
     fn report(software: &str) -> StatusReport {
         StatusReport {
             reader_ms: 1,
+            applied_ms: -5,
             deny: 2,
             queue: 3,
             lag: 4,
@@ -164,7 +169,7 @@ mod tests {
     fn a_report_is_its_query_and_its_version_needs_no_escaping() {
         assert_eq!(
             report("0.1.0").target(),
-            "/v1/report?reader_ms=1&deny=2&queue=3&lag=4&software=0.1.0"
+            "/v1/report?reader_ms=1&applied_ms=-5&deny=2&queue=3&lag=4&software=0.1.0"
         );
         assert_eq!(report("0.1.0-rc.1_a~b").check(), Ok(()));
         for bad in ["", "0.2.0+deb12", "0.1 0", "0.1&x=1", "é", &"9".repeat(33)] {

@@ -177,6 +177,12 @@ pub(crate) trait ReadBackend: Send {
     }
 }
 
+/// A kept report signed further ahead of the hub's clock than a signed
+/// request may be (`sonotap_protocol::wire::REQUEST_WINDOW_MS`) was stamped
+/// by a hub clock since stepped back: the next report replaces it, so a
+/// clock fixed on the hub cannot freeze readers' reports.
+pub(crate) const STALE_REPORT_MS: u64 = sonotap_protocol::wire::REQUEST_WINDOW_MS;
+
 /// How a reader's report reached the hub.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival {
@@ -434,7 +440,8 @@ pub(crate) type FlagTuple = (Vec<u8>, String, String, i64, Option<String>);
 pub(crate) const READER_STATES_SQL: &str = "SELECT r.reader_id, r.added_at,
         (SELECT max(b.received_at) FROM batches b
          WHERE b.reader_id = r.reader_id AND b.via = 'network'),
-        p.at_ms, p.clock_offset_ms, p.deny_version, p.queue, p.lag_secs, p.software
+        p.at_ms, p.clock_offset_ms, p.applied_offset_ms, p.deny_version, p.queue, p.lag_secs,
+        p.software
     FROM readers r LEFT JOIN reader_reports p ON p.reader_id = r.reader_id
     ORDER BY r.reader_id";
 
@@ -445,14 +452,11 @@ pub(crate) const FINDING_COUNTS_SQL: &str = "SELECT 'flag', rule, count(*) FROM 
     UNION ALL SELECT 'replay', '', count(*) FROM replays";
 
 /// A reader's state row: reader, registered at, last upload (seconds);
-/// then its last report if any: at (ms), clock offset (ms), deny version,
-/// queue, lag (s), software.
-pub(crate) type ReaderStateTuple = (
-    String,
-    i64,
-    Option<i64>,
-    Option<(i64, i64, i64, i64, i64, String)>,
-);
+/// then its last report if any: at (ms), clock offset (ms), applied offset
+/// (ms), deny version, queue, lag (s), software.
+pub(crate) type ReaderStateTuple = (String, i64, Option<i64>, Option<ReportTuple>);
+/// A kept report's columns (see [`ReaderStateTuple`]).
+pub(crate) type ReportTuple = (i64, i64, i64, i64, i64, i64, String);
 /// An incident row: reader, seq, kind, detail, at.
 pub(crate) type IncidentTuple = (String, i64, String, String, i64);
 
@@ -522,14 +526,17 @@ fn fleet(s: &mut dyn Snapshot) -> Result<Fleet, HubError> {
     for (reader, registered_at, last_upload, report) in s.reader_states()? {
         let report = match report {
             None => None,
-            Some((at_ms, clock_offset_ms, deny, queue, lag, software)) => Some(ReportState {
-                at_ms: u("report time", at_ms)?,
-                clock_offset_ms,
-                deny_version: u("reported deny version", deny)?,
-                queue: u("reported queue", queue)?,
-                lag_secs: u("reported lag", lag)?,
-                software,
-            }),
+            Some((at_ms, clock_offset_ms, applied_offset_ms, deny, queue, lag, software)) => {
+                Some(ReportState {
+                    at_ms: u("report time", at_ms)?,
+                    clock_offset_ms,
+                    applied_offset_ms,
+                    deny_version: u("reported deny version", deny)?,
+                    queue: u("reported queue", queue)?,
+                    lag_secs: u("reported lag", lag)?,
+                    software,
+                })
+            }
         };
         readers.push(ReaderState {
             reader,

@@ -70,7 +70,7 @@ use self::ledger::PgLedger;
 use super::LockWaits;
 use super::{
     Arrival, FlagTuple, HubBackend, IncidentTuple, RawConflict, RawReplayCharge, RawSuspension,
-    ReadBackend, ReaderOpener, ReaderStateTuple, ReaderTuple, Snapshot,
+    ReadBackend, ReaderOpener, ReaderStateTuple, ReaderTuple, STALE_REPORT_MS, Snapshot,
 };
 use crate::ledger::{self as clearing_ledger, DenySigner, IngestReport, Ledger, Via};
 use crate::verify::CheckedBatch;
@@ -356,6 +356,7 @@ static MIGRATIONS: [&str; 8] = [
         at_ms BIGINT NOT NULL,
         signed_ms BIGINT NOT NULL,
         clock_offset_ms BIGINT NOT NULL,
+        applied_offset_ms BIGINT NOT NULL,
         deny_version BIGINT NOT NULL,
         queue BIGINT NOT NULL,
         lag_secs BIGINT NOT NULL,
@@ -1051,23 +1052,27 @@ impl HubBackend for PostgresHub {
         self.client()?
             .execute(
                 "INSERT INTO reader_reports (reader_id, at_ms, signed_ms, clock_offset_ms,
-                     deny_version, queue, lag_secs, software)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     applied_offset_ms, deny_version, queue, lag_secs, software)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (reader_id) DO UPDATE SET
                      at_ms = excluded.at_ms, signed_ms = excluded.signed_ms,
                      clock_offset_ms = excluded.clock_offset_ms,
+                     applied_offset_ms = excluded.applied_offset_ms,
                      deny_version = excluded.deny_version, queue = excluded.queue,
                      lag_secs = excluded.lag_secs, software = excluded.software
-                 WHERE excluded.signed_ms > reader_reports.signed_ms",
+                 WHERE excluded.signed_ms > reader_reports.signed_ms
+                    OR reader_reports.signed_ms > excluded.at_ms + $10",
                 &[
                     &reader,
                     &int(arrival.at_ms),
                     &int(arrival.signed_ms),
                     &arrival.clock_offset_ms,
+                    &report.applied_ms,
                     &int(report.deny),
                     &int(report.queue),
                     &int(report.lag),
                     &report.software,
+                    &int(STALE_REPORT_MS),
                 ],
             )
             .map_err(|e| pg_err(&target, e))?;
@@ -1318,10 +1323,11 @@ impl Snapshot for PgSnapshot<'_> {
                 Some(at) => Some((
                     at,
                     column(t, r, 4, "clock offset")?,
-                    column(t, r, 5, "reported deny version")?,
-                    column(t, r, 6, "reported queue")?,
-                    column(t, r, 7, "reported lag")?,
-                    column(t, r, 8, "software")?,
+                    column(t, r, 5, "applied offset")?,
+                    column(t, r, 6, "reported deny version")?,
+                    column(t, r, 7, "reported queue")?,
+                    column(t, r, 8, "reported lag")?,
+                    column(t, r, 9, "software")?,
                 )),
             };
             Ok((

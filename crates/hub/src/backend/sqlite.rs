@@ -9,7 +9,8 @@ use rusqlite_migration::M;
 
 use super::{
     Arrival, FlagTuple, HubBackend, IncidentTuple, RawConflict, RawReplayCharge, RawSuspension,
-    ReadBackend, ReaderOpener, ReaderStateTuple, ReaderTuple, Snapshot, action_name,
+    ReadBackend, ReaderOpener, ReaderStateTuple, ReaderTuple, STALE_REPORT_MS, Snapshot,
+    action_name,
 };
 use crate::HubError;
 use crate::clearing::{Finding, Payment};
@@ -360,6 +361,7 @@ static MIGRATIONS: [M<'static>; 8] = [
             at_ms INTEGER NOT NULL,
             signed_ms INTEGER NOT NULL,
             clock_offset_ms INTEGER NOT NULL,
+            applied_offset_ms INTEGER NOT NULL,
             deny_version INTEGER NOT NULL,
             queue INTEGER NOT NULL,
             lag_secs INTEGER NOT NULL,
@@ -1365,23 +1367,27 @@ impl HubBackend for SqliteHub {
         self.conn
             .execute(
                 "INSERT INTO reader_reports (reader_id, at_ms, signed_ms, clock_offset_ms,
-                     deny_version, queue, lag_secs, software)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     applied_offset_ms, deny_version, queue, lag_secs, software)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (reader_id) DO UPDATE SET
                      at_ms = excluded.at_ms, signed_ms = excluded.signed_ms,
                      clock_offset_ms = excluded.clock_offset_ms,
+                     applied_offset_ms = excluded.applied_offset_ms,
                      deny_version = excluded.deny_version, queue = excluded.queue,
                      lag_secs = excluded.lag_secs, software = excluded.software
-                 WHERE excluded.signed_ms > reader_reports.signed_ms",
+                 WHERE excluded.signed_ms > reader_reports.signed_ms
+                    OR reader_reports.signed_ms > excluded.at_ms + ?10",
                 params![
                     reader,
                     sqlite::int(arrival.at_ms),
                     sqlite::int(arrival.signed_ms),
                     arrival.clock_offset_ms,
+                    report.applied_ms,
                     sqlite::int(report.deny),
                     sqlite::int(report.queue),
                     sqlite::int(report.lag),
                     report.software,
+                    sqlite::int(STALE_REPORT_MS),
                 ],
             )
             .map_err(store_err(&self.path))?;
@@ -1569,7 +1575,15 @@ impl Snapshot for SqliteSnapshot<'_> {
             let at: Option<i64> = r.get(3)?;
             let report = match at {
                 None => None,
-                Some(at) => Some((at, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)),
+                Some(at) => Some((
+                    at,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                )),
             };
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, report))
         })

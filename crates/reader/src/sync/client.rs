@@ -792,13 +792,19 @@ pub fn sync_once(
 /// text, for the round's result only.
 fn report_state(reader: &Reader, hub: &HubClient, round: &Round) -> Result<(), String> {
     let reader_ms = now_ms();
+    // Records are stamped on the corrected clock: their age is measured on it.
+    let stamped_now = reader
+        .adjusted_now(reader_ms / 1000)
+        .map_err(|e| e.to_string())?;
     let lag = reader
         .oldest_unsynced_at()
         .map_err(|e| e.to_string())?
-        .map_or(0, |at| (reader_ms / 1000).saturating_sub(at));
+        .map_or(0, |at| stamped_now.saturating_sub(at));
+    let state = reader.sync_state().map_err(|e| e.to_string())?;
     let report = StatusReport {
         reader_ms,
-        deny: reader.sync_state().map_err(|e| e.to_string())?.deny_version,
+        applied_ms: state.clock_offset_ms,
+        deny: state.deny_version,
         queue: reader.summary().map_err(|e| e.to_string())?.unsynced,
         lag,
         software: StatusReport::software_name(env!("CARGO_PKG_VERSION")),
