@@ -55,11 +55,12 @@ pub enum UploadOutcome {
     Duplicate,
     /// Not a canonical batch, or a request the API refuses as such (400, 411, 415).
     Malformed,
-    /// Not signed by a registered reader (403).
+    /// Not signed by a registered reader (403; 401).
     Refused,
     /// Contradicts stored records (409).
     Conflict,
-    /// The body came too slowly or too large (408, 413).
+    /// The body came too slowly or too large, or too many at once (408,
+    /// 413, 429).
     Rejected,
     /// The hub could not store it now (5xx).
     Unavailable,

@@ -779,7 +779,9 @@ pub fn sync_once(
             reader.note_sync(now, Some(&e.to_string()))?;
             if let SyncError::Refused { .. } = e {
                 // The hub answered: it can still hear how this reader is.
-                let _ = report_state(reader, hub, &round);
+                if let Err(why) = report_state(reader, hub, &round) {
+                    tracing::debug!("the hub did not take this reader's report: {why}");
+                }
             }
             Err(e)
         }
@@ -882,7 +884,9 @@ pub fn run_loop(
                     let now = now_ms() / 1000;
                     reader.note_sync(now, Some(&e.to_string()))?;
                     if let SyncError::Refused { .. } = e {
-                        let _ = report_state(&reader, hub, &round);
+                        if let Err(why) = report_state(&reader, hub, &round) {
+                            tracing::debug!("the hub did not take this reader's report: {why}");
+                        }
                     }
                     on_round(Err(&e));
                     if e.is_permanent() {
