@@ -777,11 +777,11 @@ pub fn sync_once(
         }
         Err(e) => {
             reader.note_sync(now, Some(&e.to_string()))?;
-            if let SyncError::Refused { .. } = e {
-                // The hub answered: it can still hear how this reader is.
-                if let Err(why) = report_state(reader, hub, &round) {
-                    tracing::debug!("the hub did not take this reader's report: {why}");
-                }
+            // The hub answered: it can still hear how this reader is.
+            if let SyncError::Refused { .. } = e
+                && let Err(why) = report_state(reader, hub, &round)
+            {
+                tracing::debug!("the hub did not take this reader's report: {why}");
             }
             Err(e)
         }
@@ -883,10 +883,10 @@ pub fn run_loop(
                 Err(e) => {
                     let now = now_ms() / 1000;
                     reader.note_sync(now, Some(&e.to_string()))?;
-                    if let SyncError::Refused { .. } = e {
-                        if let Err(why) = report_state(&reader, hub, &round) {
-                            tracing::debug!("the hub did not take this reader's report: {why}");
-                        }
+                    if let SyncError::Refused { .. } = e
+                        && let Err(why) = report_state(&reader, hub, &round)
+                    {
+                        tracing::debug!("the hub did not take this reader's report: {why}");
                     }
                     on_round(Err(&e));
                     if e.is_permanent() {
