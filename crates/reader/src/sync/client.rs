@@ -772,14 +772,15 @@ pub fn sync_once(
             reader.note_sync(now, None)?;
             report.queued = reader.summary()?.unsynced;
             report.hub = hub.in_use().to_owned();
-            report.report_error = report_state(reader, hub, &round).err();
+            report.report_error = report_state(reader, hub, &round, report.queued).err();
             Ok(report)
         }
         Err(e) => {
             reader.note_sync(now, Some(&e.to_string()))?;
             // The hub answered: it can still hear how this reader is.
             if let SyncError::Refused { .. } = e
-                && let Err(why) = report_state(reader, hub, &round)
+                && let Err(why) =
+                    queued(reader).and_then(|queued| report_state(reader, hub, &round, queued))
             {
                 tracing::debug!("the hub did not take this reader's report: {why}");
             }
@@ -790,9 +791,14 @@ pub fn sync_once(
 
 /// Tells the hub this reader's state (docs/sync.md §2.5) at the end of a
 /// round that succeeded, or that the hub refused (an upload it will not
-/// take: the operator must see the queue grow). An error is returned as
-/// text, for the round's result only.
-fn report_state(reader: &Reader, hub: &HubClient, round: &Round) -> Result<(), String> {
+/// take: the operator must see the queue grow), `queued` records still
+/// unacknowledged. An error is returned as text, for the round's result only.
+fn report_state(
+    reader: &Reader,
+    hub: &HubClient,
+    round: &Round,
+    queued: u64,
+) -> Result<(), String> {
     let reader_ms = now_ms();
     // Records are stamped on the corrected clock: their age is measured on it.
     let stamped_now = reader
@@ -807,7 +813,7 @@ fn report_state(reader: &Reader, hub: &HubClient, round: &Round) -> Result<(), S
         reader_ms,
         applied_ms: state.clock_offset_ms,
         deny: state.deny_version,
-        queue: reader.summary().map_err(|e| e.to_string())?.unsynced,
+        queue: queued,
         lag,
         software: StatusReport::software_name(env!("CARGO_PKG_VERSION")),
     };
@@ -815,6 +821,11 @@ fn report_state(reader: &Reader, hub: &HubClient, round: &Round) -> Result<(), S
     hub.call(|hub| hub.report(&report, reader, hub_ms))
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Records still unacknowledged, for a report after a failed round.
+fn queued(reader: &Reader) -> Result<u64, String> {
+    Ok(reader.summary().map_err(|e| e.to_string())?.unsynced)
 }
 
 /// The background uplink for the daemon: opens its own connection to the
@@ -875,7 +886,8 @@ pub fn run_loop(
                         reader.note_sync(now, None)?;
                         report.queued = reader.summary()?.unsynced;
                         report.hub = hub.in_use().to_owned();
-                        report.report_error = report_state(&reader, hub, &round).err();
+                        report.report_error =
+                            report_state(&reader, hub, &round, report.queued).err();
                         on_round(Ok(&report));
                     }
                     Outcome::Done { more }
@@ -884,7 +896,8 @@ pub fn run_loop(
                     let now = now_ms() / 1000;
                     reader.note_sync(now, Some(&e.to_string()))?;
                     if let SyncError::Refused { .. } = e
-                        && let Err(why) = report_state(&reader, hub, &round)
+                        && let Err(why) = queued(&reader)
+                            .and_then(|queued| report_state(&reader, hub, &round, queued))
                     {
                         tracing::debug!("the hub did not take this reader's report: {why}");
                     }
