@@ -23,6 +23,7 @@ mod modem_cli;
 /// The throwaway PostgreSQL cluster the hub crate's tests use.
 #[path = "../../crates/hub/src/backend/postgres/test_server.rs"]
 mod pg_server;
+mod powercut;
 mod protocol_vectors;
 mod qr_cli;
 mod replays;

@@ -450,6 +450,12 @@ impl HubProcess {
         self.kill();
     }
 
+    /// Sends it SIGKILL without waiting: a process stopped inside a
+    /// filesystem request ends only once the request is answered.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+    }
+
     /// Kills it (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

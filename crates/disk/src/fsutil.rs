@@ -122,6 +122,13 @@ pub fn create_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_parent(path)
 }
 
+/// Renames `from` to `to` (in the same directory) and syncs the directory,
+/// so that the new name survives a power cut.
+pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)?;
+    sync_parent(to)
+}
+
 /// Replaces `path` with `bytes` atomically: a crash leaves the old or the new
 /// content, never a mix. The file gets `mode`.
 pub fn replace_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
@@ -261,20 +268,51 @@ fn make_private_dir(path: &Path) -> Result<(), DirError> {
         source,
     };
     match fs::symlink_metadata(path) {
-        Ok(_) => return check_private_dir(path),
+        Ok(_) => {
+            check_private_dir(path)?;
+            // Made by a run that was killed before it made it durable: a
+            // power cut would still take it, and all this run puts in it.
+            return sync_parent(path).map_err(io_err);
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(io_err)?;
+        create_dirs_durably(parent).map_err(io_err)?;
     }
     match fs::DirBuilder::new().mode(0o700).create(path) {
         // Created here: the umask may have narrowed 0700; set it exactly.
-        Ok(()) => fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_err),
+        Ok(()) => {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+            // Its name in its parent survives a power cut only once the
+            // parent is synced (the power-cut tests lost a whole hub so).
+            sync_parent(path).map_err(io_err)
+        }
         // Made by someone else in between: judge it as an existing one.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_private_dir(path),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            check_private_dir(path)?;
+            sync_parent(path).map_err(io_err)
+        }
         Err(e) => Err(io_err(e)),
     }
+}
+
+/// `create_dir_all`, with each directory it makes synced into its parent.
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.as_os_str().is_empty() && !at.exists() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    fs::create_dir_all(dir)?;
+    for made in missing.iter().rev() {
+        sync_parent(made)?;
+    }
+    Ok(())
 }
 
 fn check_dir_meta(path: &Path, meta: &Metadata) -> Result<(), DirError> {

@@ -29,6 +29,7 @@ pub mod server;
 pub mod verify;
 pub mod wallet_web;
 
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,6 +59,10 @@ use verify::{BatchRefused, CheckedBatch};
 pub const ISSUER_KEY_FILE: &str = "issuer.key";
 /// Active issuer public key, for readers.
 pub const ISSUER_PUB_FILE: &str = "issuer.pub";
+
+/// The issuer's secret key while `hub init` registers it (renamed to
+/// [`ISSUER_KEY_FILE`] once it has).
+const ISSUER_KEY_PENDING_FILE: &str = "issuer.key.pending";
 /// The most bytes an operator's name or note on a review may hold.
 pub const REVIEW_TEXT_MAX: usize = 1000;
 /// Why the hub cannot do what was asked.
@@ -86,6 +91,12 @@ pub enum HubError {
     /// The requested credential terms are not encodable.
     #[error("cannot issue this credential: {0}")]
     Terms(String),
+    /// An issuer key id is registered with another public key.
+    #[error("issuer key {key_id} is registered with another public key; refusing to replace it")]
+    IssuerKeyMismatch {
+        /// The key id.
+        key_id: u8,
+    },
     /// A reader id is registered with another key.
     #[error("reader {reader} is registered with a different key; refusing to replace it")]
     ReaderKeyMismatch {
@@ -565,11 +576,29 @@ impl Hub {
             source,
         };
         fsutil::create_private_dir(dir).map_err(io_err)?;
-        let issuer = SecretKey::generate(Role::Issuer, Some(key_id)).map_err(io_err)?;
+        // The secret is written first under a name of its own, registered,
+        // and renamed into place last: its presence under `issuer.key`
+        // marks a complete hub. An init cut short (a power cut) left no key
+        // or this pending one, which a retry takes up: the database may
+        // have registered it already, and a new key would clash there.
+        let pending = dir.join(ISSUER_KEY_PENDING_FILE);
+        let issuer = match SecretKey::read(&pending, Role::Issuer) {
+            Ok(key) if key.key_id() == Some(key_id) => key,
+            // Torn (never registered: it is synced before), or made for
+            // another key id.
+            _ => {
+                match fs::remove_file(&pending) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(e)),
+                    _ => {}
+                }
+                let key = SecretKey::generate(Role::Issuer, Some(key_id)).map_err(io_err)?;
+                key.write_new(&pending)?;
+                key
+            }
+        };
         let backend = create(&issuer.public().to_bytes())?;
-        // The secret last: its presence marks a complete hub.
         issuer.public().write(&dir.join(ISSUER_PUB_FILE))?;
-        issuer.write_new(&key_path)?;
+        fsutil::rename_durably(&pending, &key_path).map_err(io_err)?;
         Ok(Self::from_parts(issuer, backend))
     }
 

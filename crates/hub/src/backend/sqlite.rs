@@ -1308,13 +1308,25 @@ impl SqliteHub {
 
 impl HubBackend for SqliteHub {
     fn add_issuer_key(&mut self, key_id: u8, key: &[u8; 32], now: u64) -> Result<(), HubError> {
+        // Again with the same key (a `hub init` retried after a cut) adds
+        // nothing; another key under the same id is refused.
+        let err = store_err(&self.path);
         self.conn
             .execute(
-                "INSERT INTO issuer_keys (key_id, public_key, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO issuer_keys (key_id, public_key, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key_id) DO NOTHING",
                 params![key_id, key.as_slice(), sqlite::int(now)],
             )
-            .map(drop)
-            .map_err(store_err(&self.path))
+            .map_err(&err)?;
+        let stored: Vec<u8> = self
+            .conn
+            .query_row(
+                "SELECT public_key FROM issuer_keys WHERE key_id = ?1",
+                [key_id],
+                |row| row.get(0),
+            )
+            .map_err(&err)?;
+        super::same_issuer_key(key_id, &stored, key)
     }
 
     fn log_credential(&mut self, credential: &Credential, now: u64) -> Result<(), HubError> {
