@@ -19,6 +19,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("sonotap-qr", &["sonotap-disk"]),
     ("sonotap-wallet", &["sonotap-protocol", "sonotap-disk"]),
     ("sonotap-hub", &["sonotap-protocol", "sonotap-disk"]),
+    ("sonotap-powercut", &[]),
     (
         "sonotap-reader",
         &[
@@ -40,6 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "sonotap-reader",
             "sonotap-hub",
             "sonotap-wallet",
+            "sonotap-powercut",
         ],
     ),
 ];

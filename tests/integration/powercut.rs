@@ -72,7 +72,10 @@ fn run(m: &Mounted, cwd: &Path, args: &[&str], due: Option<Instant>) -> Ran {
         if matches!(child.try_wait(), Ok(Some(_))) {
             return Ran::Ended(child.wait_with_output().expect("output"));
         }
-        assert!(Instant::now() < deadline, "sonotap {args:?} hangs");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sonotap {args:?} hangs");
+        }
         sleep(Duration::from_micros(300));
     }
 }
@@ -125,8 +128,10 @@ fn arm(m: &Mounted, at: CutAt) -> Option<Instant> {
 
 /// Every cut of a workload of `ops` counted operations, before and after
 /// each, then `random` cuts at random operations and random moments
-/// within `span`.
-fn cuts(ops: u64, random: u64, span: Duration, dice: &mut Dice) -> Vec<CutAt> {
+/// within `span`; numbered from 1 as the trials' labels say, and only the
+/// one `SONOTAP_POWERCUT_ONLY` names when it is set (with
+/// `SONOTAP_POWERCUT_TRACE`, to see what a failing cut fell on).
+fn cuts(ops: u64, random: u64, span: Duration, dice: &mut Dice) -> Vec<(usize, CutAt)> {
     let mut all = Vec::new();
     for op in 0..ops {
         for when in [When::Before, When::After] {
@@ -147,7 +152,16 @@ fn cuts(ops: u64, random: u64, span: Duration, dice: &mut Dice) -> Vec<CutAt> {
             all.push(CutAt::After(Duration::from_micros(micros)));
         }
     }
-    all
+    let numbered = all.into_iter().enumerate().map(|(i, at)| (i + 1, at));
+    match std::env::var("SONOTAP_POWERCUT_ONLY") {
+        Ok(only) => {
+            let only: usize = only
+                .parse()
+                .expect("SONOTAP_POWERCUT_ONLY: a trial's number");
+            numbered.filter(|(n, _)| *n == only).collect()
+        }
+        Err(_) => numbered.collect(),
+    }
 }
 
 // ---------------------------------------------------------------------
@@ -188,8 +202,6 @@ struct Told {
     emitted: BTreeSet<u32>,
     /// Counters the reader said it accepted (and so recorded).
     accepted: BTreeSet<u32>,
-    /// A sync said it was done.
-    synced: bool,
     /// `add-credential` said it was done.
     credential_added: bool,
 }
@@ -289,8 +301,29 @@ impl Trial {
         STEPS
             .iter()
             .map(|step| {
-                let args = self.args(*step);
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let token = match step {
+                    Step::Pay(n) | Step::Accept(n) => self.token(*n).display().to_string(),
+                    _ => String::new(),
+                };
+                let cred = self.dir.parent().expect("scratch").join("cred2");
+                let cred = cred.display().to_string();
+                let args: Vec<&str> = match step {
+                    Step::Pay(_) => vec![
+                        "wallet", "pay", "--dir", "w", "--amount", "10", "--out", &token,
+                    ],
+                    Step::Accept(_) => vec!["reader", "accept", "--data", "r", &token],
+                    Step::Sync => vec![
+                        "reader",
+                        "sync",
+                        "--data",
+                        "r",
+                        "--hub",
+                        &self.hub.url,
+                        "--timeout",
+                        "5s",
+                    ],
+                    Step::AddCredential => vec!["wallet", "add-credential", "--dir", "w", &cred],
+                };
                 // A tap retried after a cut that had recorded it is declined
                 // as a replay: the rider was charged once.
                 command(&args, &["\"reason\":\"replayed\""])
@@ -298,51 +331,9 @@ impl Trial {
             .collect()
     }
 
-    fn args(&self, step: Step) -> Vec<String> {
-        let out = |n: u32| self.dir.join(format!("t{n}")).display().to_string();
-        let strs: Vec<String> = match step {
-            Step::Pay(n) => vec![
-                "wallet",
-                "pay",
-                "--dir",
-                "w",
-                "--amount",
-                "10",
-                "--out",
-                &out(n),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            Step::Accept(n) => vec!["reader", "accept", "--data", "r", &out(n)]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            Step::Sync => [
-                "reader",
-                "sync",
-                "--data",
-                "r",
-                "--hub",
-                &self.hub.url,
-                "--timeout",
-                "5s",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            Step::AddCredential => {
-                let cred = self.dir.parent().expect("scratch").join("cred2");
-                vec![
-                    "wallet".into(),
-                    "add-credential".into(),
-                    "--dir".into(),
-                    "w".into(),
-                    cred.display().to_string(),
-                ]
-            }
-        };
-        strs
+    /// Where token `n` is written when it leaves the phone.
+    fn token(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("t{n}"))
     }
 
     /// What `step`'s output (complete or cut short) told the rider or the
@@ -350,7 +341,7 @@ impl Trial {
     fn note(&self, step: Step, stdout: &str, ended_ok: bool, told: &mut Told) {
         match step {
             Step::Pay(n) => {
-                if let Ok(bytes) = fs::read(self.dir.join(format!("t{n}")))
+                if let Ok(bytes) = fs::read(self.token(n))
                     && let Ok(token) = Token::decode(&bytes)
                 {
                     told.emitted.insert(token.payment.counter);
@@ -366,7 +357,7 @@ impl Trial {
                     }
                 }
             }
-            Step::Sync => told.synced |= ended_ok,
+            Step::Sync => {}
             Step::AddCredential => told.credential_added |= ended_ok,
         }
     }
@@ -533,6 +524,16 @@ fn ok_on_hub(site: &Site, trial: &Trial) -> String {
 /// workload finished.
 fn check_finished(m: &Mounted, site: &Site, trial: &Trial, label: &str) {
     let records = queue(m);
+    // One record per tap, each the token the tap finally paid with.
+    let paid: Vec<u32> = [1, 2, 3]
+        .iter()
+        .map(|n| {
+            let bytes = fs::read(trial.token(*n)).expect("token");
+            Token::decode(&bytes).expect("token").payment.counter
+        })
+        .collect();
+    let recorded: Vec<u32> = records.iter().map(|r| r.0).collect();
+    assert_eq!(recorded, paid, "{label}: the records are not the taps");
     assert!(
         records.iter().all(|r| r.1),
         "{label}: left unsynced: {records:?}"
@@ -570,6 +571,7 @@ fn reader_and_wallet_trial(site: &Site, n: usize, at: CutAt) -> Option<(u64, Dur
     });
     let ran = started.elapsed();
     let ops = m.counted();
+    print_trace(&m);
     let (step, child) = stopped.unwrap_or((STEPS.len(), None));
     let (disk, outputs) = cut(m, child.into_iter().collect());
     if step < STEPS.len() {
@@ -602,8 +604,8 @@ fn reader_and_wallet_survive_a_cut_at_every_operation_and_at_random() {
     let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
     let all = cuts(ops, 100, span, &mut dice);
     let started = Instant::now();
-    for (i, at) in all.iter().enumerate() {
-        reader_and_wallet_trial(&site, i + 1, *at);
+    for (n, at) in &all {
+        reader_and_wallet_trial(&site, *n, *at);
     }
     eprintln!(
         "reader and wallet: {ops} operations, {} cuts in {:.1?}",
@@ -742,14 +744,10 @@ fn the_init_commands_survive_a_cut_at_every_operation_and_at_random() {
         return;
     };
     let mut dice = Dice(0x2545_f491_4f6c_dd1d);
-    let mut all = cuts(ops, 60, span, &mut dice);
-    if let Ok(only) = std::env::var("SONOTAP_POWERCUT_ONLY") {
-        let only: usize = only.parse().expect("a cut's number");
-        all = vec![all[only - 1]];
-    }
+    let all = cuts(ops, 60, span, &mut dice);
     let started = Instant::now();
-    for (i, at) in all.iter().enumerate() {
-        init_trial(&s, i + 1, *at);
+    for (n, at) in &all {
+        init_trial(&s, *n, *at);
     }
     eprintln!(
         "init: {ops} operations, {} cuts in {:.1?}",
@@ -976,7 +974,9 @@ fn hub_trial(site: &HubSite, n: usize, at: CutAt) -> Option<(u64, Duration)> {
             .stderr(Stdio::null())
             .spawn()
             .expect("runs");
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            assert!(Instant::now() < deadline, "{label}: {step:?} hangs");
             if due.is_some_and(|d| Instant::now() >= d) {
                 m.cut_now();
             }
@@ -994,6 +994,7 @@ fn hub_trial(site: &HubSite, n: usize, at: CutAt) -> Option<(u64, Duration)> {
     }
     let ran = started.elapsed();
     let ops = m.counted() - base;
+    print_trace(&m);
     hub.kill_now();
     let (disk, _) = cut(m, Vec::new());
     drop(hub);
@@ -1049,8 +1050,8 @@ fn the_hub_never_forgets_what_it_acknowledged_across_cuts() {
     let mut dice = Dice(0x5851_f42d_4c95_7f2d);
     let all = cuts(ops, 40, span, &mut dice);
     let started = Instant::now();
-    for (i, at) in all.iter().enumerate() {
-        hub_trial(&site, i + 1, *at);
+    for (n, at) in &all {
+        hub_trial(&site, *n, *at);
     }
     eprintln!(
         "hub: {ops} operations, {} cuts in {:.1?}",
@@ -1165,6 +1166,7 @@ fn gate_trial(site: &mut GateSite, disk: Disk, n: usize, at: GateCut) -> (Disk, 
     }
     let took = started.elapsed();
     let ops = m.counted() - base;
+    print_trace(&m);
     m.cut_now();
     daemon.signal(libc::SIGKILL);
     let (disk, _) = cut(m, Vec::new());
@@ -1211,14 +1213,13 @@ fn reader_db_records(dir: &Path) -> Vec<u64> {
 #[test]
 fn the_daemon_opens_no_gate_without_a_record_across_cuts() {
     let mut site = gate_site();
-    if mount(Disk::new(), &site.s.path("m"))
-        .map(|m| m.unmount_live())
-        .is_none()
-    {
+    let Some(m) = mount(Disk::new(), &site.s.path("m")) else {
         return;
-    }
+    };
+    m.unmount_live().expect("unmounts");
     let disk = site.seed.clone();
     let (mut disk, ops, span) = gate_trial(&mut site, disk, 0, GateCut::Never);
+    assert_eq!(site.opened, TAPS, "uncut, every tap opens the gate");
     let mut dice = Dice(0xd1b5_4a32_d192_ed03);
     let started = Instant::now();
     let trials = 100;
@@ -1254,4 +1255,36 @@ fn the_daemon_opens_no_gate_without_a_record_across_cuts() {
         site.opened >= trials / 2,
         "the cuts left too few openings to mean anything"
     );
+}
+
+/// What an interrupted `hub init` left as its pending key is taken up
+/// only when it is whole and for the key id asked: a torn one (never
+/// registered) is replaced, one for another key id is refused by name,
+/// never deleted (the database may have registered it).
+#[test]
+fn hub_init_replaces_a_torn_pending_key_and_refuses_one_for_another_key_id() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let private_dir = |name: &str| {
+        fs::create_dir(s.path(name)).expect("mkdir");
+        fs::set_permissions(s.path(name), fs::Permissions::from_mode(0o700)).expect("chmod");
+    };
+    private_dir("hub");
+    let pending = s.path("hub/issuer.key.pending");
+    fs::write(&pending, "sonotap issuer-secret 1 0123").expect("torn key");
+    fs::set_permissions(&pending, fs::Permissions::from_mode(0o600)).expect("chmod");
+    s.ok(&["hub", "init", "--data", "hub"]);
+    assert!(!pending.exists(), "the torn key was replaced");
+    s.ok(&["hub", "readers", "--data", "hub"]);
+
+    // A whole pending key made for key id 2, and init run for key id 1.
+    s.ok(&["hub", "init", "--data", "two", "--key-id", "2"]);
+    private_dir("other");
+    let pending = s.path("other/issuer.key.pending");
+    fs::rename(s.path("two/issuer.key"), &pending).expect("mv");
+    let out = s.run(&["hub", "init", "--data", "other"]);
+    crate::util::assert_fails(&out, 2, &["issuer.key.pending", "key id 2, not 1"]);
+    assert!(pending.exists(), "never deleted");
+    s.ok(&["hub", "init", "--data", "other", "--key-id", "2"]);
+    assert!(s.path("other/issuer.key").exists());
 }

@@ -272,7 +272,7 @@ fn make_private_dir(path: &Path) -> Result<(), DirError> {
             check_private_dir(path)?;
             // Made by a run that was killed before it made it durable: a
             // power cut would still take it, and all this run puts in it.
-            return sync_parent(path).map_err(io_err);
+            return sync_parent_if_allowed(path).map_err(io_err);
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
@@ -286,12 +286,12 @@ fn make_private_dir(path: &Path) -> Result<(), DirError> {
             fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
             // Its name in its parent survives a power cut only once the
             // parent is synced (the power-cut tests lost a whole hub so).
-            sync_parent(path).map_err(io_err)
+            sync_parent_if_allowed(path).map_err(io_err)
         }
         // Made by someone else in between: judge it as an existing one.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             check_private_dir(path)?;
-            sync_parent(path).map_err(io_err)
+            sync_parent_if_allowed(path).map_err(io_err)
         }
         Err(e) => Err(io_err(e)),
     }
@@ -310,9 +310,24 @@ fn create_dirs_durably(dir: &Path) -> io::Result<()> {
     }
     fs::create_dir_all(dir)?;
     for made in missing.iter().rev() {
-        sync_parent(made)?;
+        sync_parent_if_allowed(made)?;
     }
     Ok(())
+}
+
+/// [`sync_parent`], unless the parent cannot be opened (a parent this user
+/// may search but not list, such as 0711) or synced (a filesystem without
+/// directory fsync): then there is nothing this process can do about it.
+fn sync_parent_if_allowed(path: &Path) -> io::Result<()> {
+    match sync_parent(path) {
+        Err(e)
+            if e.kind() == io::ErrorKind::PermissionDenied
+                || e.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            Ok(())
+        }
+        result => result,
+    }
 }
 
 fn check_dir_meta(path: &Path, meta: &Metadata) -> Result<(), DirError> {
@@ -426,6 +441,18 @@ fn sync_parent(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_dir_is_made_with_its_missing_parents() {
+        let scratch = tempfile::tempdir().unwrap();
+        let deep = scratch.path().join("a/b/c");
+        create_private_dir(&deep).unwrap();
+        assert!(deep.is_dir());
+        assert_eq!(fs::metadata(&deep).unwrap().mode() & 0o777, 0o700);
+        // Again on the one that exists: judged and synced, not changed.
+        create_private_dir(&deep).unwrap();
+        assert_eq!(fs::metadata(&deep).unwrap().mode() & 0o777, 0o700);
+    }
 
     #[test]
     fn private_files_are_0600_and_never_overwritten() {

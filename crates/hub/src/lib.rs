@@ -91,6 +91,18 @@ pub enum HubError {
     /// The requested credential terms are not encodable.
     #[error("cannot issue this credential: {0}")]
     Terms(String),
+    /// An interrupted `hub init` left a key for another key id.
+    #[error(
+        "{path} holds the issuer key an interrupted init made for key id {found}, not {asked}: run init with that key id, or remove the file if the database has never registered it"
+    )]
+    PendingKeyOtherId {
+        /// The pending key file.
+        path: PathBuf,
+        /// Its key id.
+        found: u8,
+        /// The key id asked for.
+        asked: u8,
+    },
     /// An issuer key id is registered with another public key.
     #[error("issuer key {key_id} is registered with another public key; refusing to replace it")]
     IssuerKeyMismatch {
@@ -584,17 +596,23 @@ impl Hub {
         let pending = dir.join(ISSUER_KEY_PENDING_FILE);
         let issuer = match SecretKey::read(&pending, Role::Issuer) {
             Ok(key) if key.key_id() == Some(key_id) => key,
-            // Torn (never registered: it is synced before), or made for
-            // another key id.
-            _ => {
-                match fs::remove_file(&pending) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(e)),
-                    _ => {}
-                }
-                let key = SecretKey::generate(Role::Issuer, Some(key_id)).map_err(io_err)?;
-                key.write_new(&pending)?;
-                key
+            // It may be registered already: never thrown away.
+            Ok(key) => {
+                return Err(HubError::PendingKeyOtherId {
+                    path: pending,
+                    // An issuer key always has one.
+                    found: key.key_id().unwrap_or_default(),
+                    asked: key_id,
+                });
             }
+            Err(KeyFileError::Missing { .. }) => new_pending_key(&pending, key_id)?,
+            // Torn: a pending key is synced before it is registered, so
+            // this one never was.
+            Err(KeyFileError::Malformed { .. }) => {
+                fs::remove_file(&pending).map_err(io_err)?;
+                new_pending_key(&pending, key_id)?
+            }
+            Err(e) => return Err(e.into()),
         };
         let backend = create(&issuer.public().to_bytes())?;
         issuer.public().write(&dir.join(ISSUER_PUB_FILE))?;
@@ -1082,4 +1100,15 @@ impl Hub {
         let clearance = Clearance { by, note, at: now };
         self.backend.clear(&signer, target, &clearance)
     }
+}
+
+/// A new issuer key written to `pending` (synced, so that the database
+/// never registers a key that a power cut could take back).
+fn new_pending_key(pending: &Path, key_id: u8) -> Result<SecretKey, HubError> {
+    let key = SecretKey::generate(Role::Issuer, Some(key_id)).map_err(|source| HubError::Io {
+        path: pending.into(),
+        source,
+    })?;
+    key.write_new(pending)?;
+    Ok(key)
 }

@@ -6,6 +6,9 @@
 //! by create, mkdir, rename or link, or removed by unlink — survives as of
 //! the last `fsync` of the directory holding it. Nothing else survives.
 //! Real disks often keep more; a program that is right here is right there.
+//! Two liberties, both on the side of keeping: `fdatasync` keeps the mode
+//! and owner with the bytes, and a rename between two directories of which
+//! only one was synced comes back under both names or neither.
 //! No I/O: [`crate::mount`] drives it from the kernel's requests.
 
 use std::collections::BTreeMap;
@@ -34,7 +37,8 @@ pub enum Refusal {
     IsDir,
     /// The directory still holds names.
     NotEmpty,
-    /// Not supported here (hard links, symlinks, exchange).
+    /// Not supported here (exchanging or whiteout renames, offsets past
+    /// what memory can hold); links and symlinks are not offered at all.
     Unsupported,
 }
 
@@ -54,7 +58,7 @@ impl Refusal {
 
 /// A file's bytes or a directory's names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Body {
+enum Body {
     /// A regular file's bytes.
     File(Vec<u8>),
     /// A directory's names and their inodes.
@@ -63,15 +67,12 @@ pub enum Body {
 
 /// One state of an inode: its body and the metadata a sync keeps with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Version {
-    /// Bytes or names.
-    pub body: Body,
+struct Version {
+    body: Body,
     /// Permission bits (the low 12 bits of the mode).
-    pub perm: u16,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
+    perm: u16,
+    uid: u32,
+    gid: u32,
 }
 
 impl Version {
@@ -146,7 +147,8 @@ impl Disk {
     }
 
     /// A durable copy of the real directory tree at `path` (files and
-    /// directories only), owned by root: the state a test starts from.
+    /// directories only, with their modes and owners): the state a test
+    /// starts from.
     pub fn import(path: &Path) -> io::Result<Disk> {
         let mut disk = Disk::new();
         disk.import_into(ROOT, path)?;

@@ -19,8 +19,7 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyWrite, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::disk::{Attr, Disk, Ino, Refusal};
@@ -91,13 +90,14 @@ struct Switch {
     counted: u64,
     trigger: Option<Trigger>,
     trace: Vec<Op>,
+    /// Replies never sent, held so that their requests stay unanswered;
+    /// under the switch's lock, so that none is parked after the release.
+    parked: Vec<Box<dyn Any + Send>>,
 }
 
 struct Shared {
     disk: Mutex<Disk>,
     switch: Mutex<Switch>,
-    /// Replies never sent, held so that their requests stay unanswered.
-    parked: Mutex<Vec<Box<dyn Any + Send>>>,
 }
 
 /// A lock that a panicking holder does not poison for the others: the
@@ -131,10 +131,9 @@ impl PowerFs {
     /// inode it names) may be the one the trigger cuts.
     fn go(&self, counted: Option<(OpKind, Ino, Option<&OsStr>)>) -> Go {
         let op = counted.and_then(|(kind, ino, name)| {
-            let disk = self.disk();
-            let mut path = disk
-                .path_of(ino)
-                .unwrap_or_else(|| format!("(inode {ino})"));
+            // A file nothing names any more (unlinked, still open) cannot
+            // outlive a cut whatever is done to it: not counted.
+            let mut path = self.disk().path_of(ino)?;
             if let Some(name) = name {
                 path = format!("{path}/{}", name.to_string_lossy());
             }
@@ -167,8 +166,16 @@ impl PowerFs {
         }
     }
 
+    /// Holds `reply` unanswered while the power is cut; once released,
+    /// drops it (answering EIO) instead.
     fn park(&self, reply: impl Any + Send) {
-        lock(&self.shared.parked).push(Box::new(reply));
+        let mut switch = lock(&self.shared.switch);
+        if switch.power == Power::Released {
+            drop(switch);
+            drop(reply);
+        } else {
+            switch.parked.push(Box::new(reply));
+        }
     }
 
     fn cut_now(&self) {
@@ -534,6 +541,13 @@ fn empty(reply: ReplyEmpty, done: Result<(), Refusal>) {
 }
 
 /// A [`Disk`] mounted at a directory, and its power switch.
+///
+/// Operations are counted in the order the kernel sends them: for one
+/// process doing one thing at a time (a command) the n-th is the same in
+/// every run; where threads or the kernel's own writeback take part (a
+/// server's background checkpoints, mmap), the numbering may shift a
+/// little from run to run, so "every operation" is every index, not every
+/// interleaving.
 pub struct Mounted {
     session: Option<BackgroundSession>,
     shared: Arc<Shared>,
@@ -551,26 +565,27 @@ impl Mounted {
                 counted: 0,
                 trigger: None,
                 trace: Vec::new(),
+                parked: Vec::new(),
             }),
-            parked: Mutex::new(Vec::new()),
         });
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("sonotap-powercut".into()),
             MountOption::Subtype("powercut".into()),
         ];
-        config.acl = SessionACL::All;
+        // The path the kernel's mount table will show (for a last-resort abort).
+        let at = at.canonicalize()?;
         let session = fuser::spawn_mount(
             PowerFs {
                 shared: Arc::clone(&shared),
             },
-            at,
+            &at,
             &config,
         )?;
         Ok(Mounted {
             session: Some(session),
             shared,
-            at: at.to_path_buf(),
+            at,
         })
     }
 
@@ -628,9 +643,12 @@ impl Mounted {
     /// later one at once: call it once the processes on the disk are
     /// killed (a killed process still waits for its request to end).
     pub fn release(&self) {
-        lock(&self.shared.switch).power = Power::Released;
+        let parked = {
+            let mut switch = lock(&self.shared.switch);
+            switch.power = Power::Released;
+            std::mem::take(&mut switch.parked)
+        };
         // Dropping a reply never sent answers it with EIO.
-        let parked = std::mem::take(&mut *lock(&self.shared.parked));
         drop(parked);
     }
 
@@ -653,12 +671,20 @@ impl Mounted {
                 return Err(err);
             }
             if std::time::Instant::now() > deadline {
+                eprintln!(
+                    "powercut: {} still busy after 10 s, aborted: {:?}",
+                    self.at.display(),
+                    users(&self.at)
+                );
                 abort_connection(&self.at);
                 // SAFETY: as above.
                 if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                break;
+                // The disk is in memory and whole; the session ends with
+                // the abort's error, which says nothing of it.
+                let _ = session.join();
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -701,4 +727,42 @@ fn abort_connection(at: &Path) {
             .status();
     }
     let _ = std::fs::write(control.join(minor).join("abort"), "1");
+}
+
+/// The processes keeping the mount at `at` busy (their working directory
+/// or an open file on it), or waiting in a FUSE request: what a mount that
+/// will not go is told about.
+fn users(at: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for process in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = process.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let command = std::fs::read_to_string(process.path().join("cmdline"))
+            .unwrap_or_default()
+            .replace('\0', " ");
+        let on_mount = |link: &Path| std::fs::read_link(link).is_ok_and(|t| t.starts_with(at));
+        let fds = std::fs::read_dir(process.path().join("fd"));
+        if on_mount(&process.path().join("cwd"))
+            || fds
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| on_mount(&fd.path()))
+        {
+            found.push(format!("{pid} ({command}) uses it"));
+        }
+        for task in std::fs::read_dir(process.path().join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let wchan = std::fs::read_to_string(task.path().join("wchan")).unwrap_or_default();
+            if wchan.starts_with("fuse") || wchan.starts_with("request_wait") {
+                found.push(format!("{pid} ({command}) waits in {wchan}"));
+            }
+        }
+    }
+    found
 }

@@ -71,7 +71,7 @@ fn a_trigger_cuts_at_the_counted_operation_and_later_requests_wait() {
     let path = at.join("f");
     let child = std::thread::spawn(move || {
         let mut f = OpenOptions::new()
-            .create(true)
+            .create_new(true)
             .write(true)
             .open(&path)
             .unwrap();

@@ -85,15 +85,6 @@ pub fn init_database(
     }
 }
 
-/// `Ok` when the public key `stored` under `key_id` is `key`.
-fn same_issuer_key(key_id: u8, stored: &[u8], key: &[u8; 32]) -> Result<(), HubError> {
-    if stored == key.as_slice() {
-        Ok(())
-    } else {
-        Err(HubError::IssuerKeyMismatch { key_id })
-    }
-}
-
 fn unsupported(url: &str) -> HubError {
     HubError::Backend(format!(
         "unsupported database URL {:?}: use postgres://… or postgresql://…, or leave \

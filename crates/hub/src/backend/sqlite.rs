@@ -1326,7 +1326,11 @@ impl HubBackend for SqliteHub {
                 |row| row.get(0),
             )
             .map_err(&err)?;
-        super::same_issuer_key(key_id, &stored, key)
+        if stored == key.as_slice() {
+            Ok(())
+        } else {
+            Err(HubError::IssuerKeyMismatch { key_id })
+        }
     }
 
     fn log_credential(&mut self, credential: &Credential, now: u64) -> Result<(), HubError> {
