@@ -555,8 +555,9 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    /// Mounts `disk` at the empty directory `at` (needs root or
-    /// `fusermount3`, and `/dev/fuse`), power on, nothing counted yet.
+    /// Mounts `disk` at the empty directory `at`, power on, nothing counted
+    /// yet. Needs root (the mount, and the unmount a cut does) and
+    /// `/dev/fuse`.
     pub fn mount(disk: Disk, at: &Path) -> io::Result<Mounted> {
         let shared = Arc::new(Shared {
             disk: Mutex::new(disk),
