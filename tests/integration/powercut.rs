@@ -107,6 +107,34 @@ impl Dice {
     }
 }
 
+/// Runs `trial` once uncut (trial 0, which counts the workload's
+/// operations and times it), then once for each of its [`cuts`]; `trial`
+/// returns `None` where FUSE cannot mount (the test is then skipped).
+fn every_cut(
+    name: &str,
+    random: u64,
+    seed: u64,
+    mut trial: impl FnMut(usize, CutAt) -> Option<(u64, Duration)>,
+) {
+    let never = CutAt::Op(Trigger {
+        op: u64::MAX,
+        when: When::Before,
+    });
+    let Some((ops, span)) = trial(0, never) else {
+        return;
+    };
+    let all = cuts(ops, random, span, &mut Dice(seed));
+    let started = Instant::now();
+    for (n, at) in &all {
+        trial(*n, *at);
+    }
+    eprintln!(
+        "{name}: {ops} operations, {} cuts in {:.1?}",
+        all.len(),
+        started.elapsed()
+    );
+}
+
 /// Where a trial's cut falls.
 #[derive(Debug, Clone, Copy)]
 enum CutAt {
@@ -590,28 +618,9 @@ fn reader_and_wallet_trial(site: &Site, n: usize, at: CutAt) -> Option<(u64, Dur
 fn reader_and_wallet_survive_a_cut_at_every_operation_and_at_random() {
     let site = site();
     fs::create_dir(site.s.path("m")).expect("mountpoint");
-    // A first run without a cut counts the operations.
-    let Some((ops, span)) = reader_and_wallet_trial(
-        &site,
-        0,
-        CutAt::Op(Trigger {
-            op: u64::MAX,
-            when: When::Before,
-        }),
-    ) else {
-        return;
-    };
-    let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
-    let all = cuts(ops, 100, span, &mut dice);
-    let started = Instant::now();
-    for (n, at) in &all {
-        reader_and_wallet_trial(&site, *n, *at);
-    }
-    eprintln!(
-        "reader and wallet: {ops} operations, {} cuts in {:.1?}",
-        all.len(),
-        started.elapsed()
-    );
+    every_cut("reader and wallet", 100, 0x9e37_79b9_7f4a_7c15, |n, at| {
+        reader_and_wallet_trial(&site, n, at)
+    });
 }
 
 // ---------------------------------------------------------------------
@@ -736,24 +745,9 @@ fn init_trial(s: &Scratch, n: usize, at: CutAt) -> Option<(u64, Duration)> {
 fn the_init_commands_survive_a_cut_at_every_operation_and_at_random() {
     let s = Scratch::new();
     fs::create_dir(s.path("m")).expect("mountpoint");
-    let never = CutAt::Op(Trigger {
-        op: u64::MAX,
-        when: When::Before,
+    every_cut("init", 60, 0x2545_f491_4f6c_dd1d, |n, at| {
+        init_trial(&s, n, at)
     });
-    let Some((ops, span)) = init_trial(&s, 0, never) else {
-        return;
-    };
-    let mut dice = Dice(0x2545_f491_4f6c_dd1d);
-    let all = cuts(ops, 60, span, &mut dice);
-    let started = Instant::now();
-    for (n, at) in &all {
-        init_trial(&s, *n, *at);
-    }
-    eprintln!(
-        "init: {ops} operations, {} cuts in {:.1?}",
-        all.len(),
-        started.elapsed()
-    );
 }
 
 /// With `SONOTAP_POWERCUT_TRACE` set, prints the operations counted (to
@@ -1040,24 +1034,9 @@ fn hub_trial(site: &HubSite, n: usize, at: CutAt) -> Option<(u64, Duration)> {
 #[test]
 fn the_hub_never_forgets_what_it_acknowledged_across_cuts() {
     let site = hub_site();
-    let never = CutAt::Op(Trigger {
-        op: u64::MAX,
-        when: When::Before,
+    every_cut("hub", 40, 0x5851_f42d_4c95_7f2d, |n, at| {
+        hub_trial(&site, n, at)
     });
-    let Some((ops, span)) = hub_trial(&site, 0, never) else {
-        return;
-    };
-    let mut dice = Dice(0x5851_f42d_4c95_7f2d);
-    let all = cuts(ops, 40, span, &mut dice);
-    let started = Instant::now();
-    for (n, at) in &all {
-        hub_trial(&site, *n, *at);
-    }
-    eprintln!(
-        "hub: {ops} operations, {} cuts in {:.1?}",
-        all.len(),
-        started.elapsed()
-    );
 }
 
 // ---------------------------------------------------------------------
