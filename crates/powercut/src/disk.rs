@@ -5,7 +5,8 @@
 //! and mode survive as of its last `fsync` (or `fdatasync`); a name — made
 //! by create, mkdir, rename or link, or removed by unlink — survives as of
 //! the last `fsync` of the directory holding it. Nothing else survives.
-//! Real disks often keep more; a program that is right here is right there.
+//! Real disks often keep more, and some can tear a write, which this does
+//! not model: what it shows is what a program that syncs too little loses.
 //! Two liberties, both on the side of keeping: `fdatasync` keeps the mode
 //! and owner with the bytes, and a rename between two directories of which
 //! only one was synced comes back under both names or neither.

@@ -9,4 +9,4 @@ pub mod disk;
 pub mod mount;
 
 pub use disk::Disk;
-pub use mount::{Mounted, Op, OpKind, Trigger, When};
+pub use mount::{Mounted, Op, OpKind, ReleaseOnDrop, Trigger, When};

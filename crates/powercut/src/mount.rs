@@ -131,8 +131,10 @@ impl PowerFs {
     /// inode it names) may be the one the trigger cuts.
     fn go(&self, counted: Option<(OpKind, Ino, Option<&OsStr>)>) -> Go {
         let op = counted.and_then(|(kind, ino, name)| {
-            // A file nothing names any more (unlinked, still open) cannot
-            // outlive a cut whatever is done to it: not counted.
+            // A file nothing names now (unlinked, still open) is not
+            // counted: SQLite's unlinked shared memory is written back at
+            // the kernel's pace and would shift the numbering. What is done
+            // to it still counts for what a cut leaves.
             let mut path = self.disk().path_of(ino)?;
             if let Some(name) = name {
                 path = format!("{path}/{}", name.to_string_lossy());
@@ -540,6 +542,25 @@ fn empty(reply: ReplyEmpty, done: Result<(), Refusal>) {
     }
 }
 
+fn release(shared: &Shared) {
+    let parked = {
+        let mut switch = lock(&shared.switch);
+        switch.power = Power::Released;
+        std::mem::take(&mut switch.parked)
+    };
+    // Dropping a reply never sent answers it with EIO.
+    drop(parked);
+}
+
+/// Releases a cut when dropped ([`Mounted::release_on_drop`]).
+pub struct ReleaseOnDrop(Arc<Shared>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        release(&self.0);
+    }
+}
+
 /// A [`Disk`] mounted at a directory, and its power switch.
 ///
 /// Operations are counted in the order the kernel sends them: for one
@@ -644,13 +665,15 @@ impl Mounted {
     /// later one at once: call it once the processes on the disk are
     /// killed (a killed process still waits for its request to end).
     pub fn release(&self) {
-        let parked = {
-            let mut switch = lock(&self.shared.switch);
-            switch.power = Power::Released;
-            std::mem::take(&mut switch.parked)
-        };
-        // Dropping a reply never sent answers it with EIO.
-        drop(parked);
+        release(&self.shared);
+    }
+
+    /// A guard that releases the cut when dropped. Made after the processes
+    /// on the disk, it is dropped before them: a test failing mid-cut then
+    /// cannot wait for ever on a killed process whose request nobody
+    /// answers (their own drop kills and reaps them).
+    pub fn release_on_drop(&self) -> ReleaseOnDrop {
+        ReleaseOnDrop(Arc::clone(&self.shared))
     }
 
     /// Unmounts, waiting up to 10 s for the last files on it to close
