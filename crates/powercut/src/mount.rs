@@ -706,8 +706,14 @@ impl Mounted {
                     return Err(io::Error::last_os_error());
                 }
                 // The disk is in memory and whole; the session ends with
-                // the abort's error, which says nothing of it.
-                let _ = session.join();
+                // the abort's error, which says nothing of it. Should the
+                // abort not have taken, the session ends with the last file
+                // open on it: not waited for past another 10 s.
+                let (ended, end) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = ended.send(session.join());
+                });
+                let _ = end.recv_timeout(Duration::from_secs(10));
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
