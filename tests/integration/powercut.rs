@@ -233,6 +233,16 @@ const STEPS: [Step; 9] = [
     Step::Sync,
 ];
 
+/// The terms of the first credential every workload's wallet holds.
+const TERMS: [&str; 6] = [
+    "--limit",
+    "500",
+    "--per-payment",
+    "300",
+    "--valid-hours",
+    "24",
+];
+
 /// The limit of the credential `AddCredential` installs.
 const SECOND_LIMIT: u64 = 800;
 
@@ -259,15 +269,7 @@ fn site() -> Site {
     s.ok(&["hub", "init", "--data", "hub"]);
     fs::create_dir(s.path("seed")).expect("mkdir");
     s.ok(&["wallet", "new", "--dir", "seed/w"]);
-    let terms = [
-        "--limit",
-        "500",
-        "--per-payment",
-        "300",
-        "--valid-hours",
-        "24",
-    ];
-    issue(&s, &terms, "cred");
+    issue(&s, &TERMS, "cred");
     let second = SECOND_LIMIT.to_string();
     issue(
         &s,
@@ -675,21 +677,18 @@ fn init_commands() -> Vec<Command> {
         ),
         command(
             &[
-                "hub",
-                "issue",
-                "--data",
-                "hub",
-                "--wallet-key",
-                "w/wallet.pub",
-                "--limit",
-                "500",
-                "--per-payment",
-                "300",
-                "--valid-hours",
-                "24",
-                "--out",
-                "cred",
-            ],
+                &[
+                    "hub",
+                    "issue",
+                    "--data",
+                    "hub",
+                    "--wallet-key",
+                    "w/wallet.pub",
+                ][..],
+                &TERMS,
+                &["--out", "cred"],
+            ]
+            .concat(),
             &[],
         ),
         command(&["wallet", "add-credential", "--dir", "w", "cred"], &[]),
@@ -856,21 +855,18 @@ fn hub_site() -> HubSite {
     s.ok(&["hub", "init", "--data", "seed/hub"]);
     s.ok(&["wallet", "new", "--dir", "w"]);
     s.ok(&[
-        "hub",
-        "issue",
-        "--data",
-        "seed/hub",
-        "--wallet-key",
-        "w/wallet.pub",
-        "--limit",
-        "500",
-        "--per-payment",
-        "300",
-        "--valid-hours",
-        "24",
-        "--out",
-        "cred",
-    ]);
+        &[
+            "hub",
+            "issue",
+            "--data",
+            "seed/hub",
+            "--wallet-key",
+            "w/wallet.pub",
+        ][..],
+        &TERMS,
+        &["--out", "cred"],
+    ]
+    .concat());
     s.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
     s.ok(&[
         "reader",
