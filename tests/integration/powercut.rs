@@ -23,20 +23,11 @@ use sonotap_powercut::{Disk, Mounted, Trigger, When};
 use sonotap_protocol::token::Token;
 
 use crate::daemon::{Relay, RelayBoard};
-use crate::util::{HubProcess, Scratch, reader_totals, sonotap, succeeded};
+use crate::util::{HubProcess, Scratch, reader_totals, records, sonotap, succeeded};
 
 /// `disk` mounted at `at`, or `None` where FUSE cannot be used here.
 fn mount(disk: Disk, at: &Path) -> Option<Mounted> {
-    match Mounted::mount(disk, at) {
-        Ok(m) => Some(m),
-        Err(e) if std::env::var_os("SONOTAP_REQUIRE_FUSE").is_none() => {
-            eprintln!(
-                "skipped: FUSE cannot mount here ({e}); SONOTAP_REQUIRE_FUSE=1 fails instead"
-            );
-            None
-        }
-        Err(e) => panic!("SONOTAP_REQUIRE_FUSE is set and FUSE cannot mount: {e}"),
-    }
+    Mounted::mount_or_skip(disk, at)
 }
 
 /// How a command on the powered disk ended.
@@ -269,58 +260,22 @@ fn site() -> Site {
     s.ok(&["hub", "init", "--data", "hub"]);
     fs::create_dir(s.path("seed")).expect("mkdir");
     s.ok(&["wallet", "new", "--dir", "seed/w"]);
-    issue(&s, &TERMS, "cred");
+    s.hub_issue("hub", "seed/w", &TERMS, "cred");
     let second = SECOND_LIMIT.to_string();
-    issue(
-        &s,
-        &[
-            "--limit",
-            &second,
-            "--per-payment",
-            "300",
-            "--valid-hours",
-            "48",
-        ],
-        "cred2",
-    );
+    let terms = [
+        "--limit",
+        &second,
+        "--per-payment",
+        "300",
+        "--valid-hours",
+        "48",
+    ];
+    s.hub_issue("hub", "seed/w", &terms, "cred2");
     s.ok(&["wallet", "add-credential", "--dir", "seed/w", "cred"]);
-    s.ok(&[
-        "reader",
-        "init",
-        "--data",
-        "seed/r",
-        "--id",
-        "gate-1",
-        "--trust",
-        "hub/issuer.pub",
-    ]);
-    s.ok(&[
-        "hub",
-        "reader",
-        "add",
-        "--data",
-        "hub",
-        "--id",
-        "gate-1",
-        "--key",
-        "seed/r/reader.pub",
-    ]);
+    s.reader_init("seed/r", "gate-1", &[]);
+    s.register_reader("seed/r", "gate-1");
     let seed = Disk::import(&s.path("seed")).expect("seed disk");
     Site { s, seed }
-}
-
-fn issue(s: &Scratch, terms: &[&str], out: &str) {
-    let mut args = vec![
-        "hub",
-        "issue",
-        "--data",
-        "hub",
-        "--wallet-key",
-        "seed/w/wallet.pub",
-    ];
-    args.extend_from_slice(terms);
-    args.extend(["--out", out]);
-    s.ok(&args);
 }
 
 /// One trial's own hub and token directory, fresh from the site's.
@@ -648,19 +603,7 @@ fn init_commands() -> Vec<Command> {
     vec![
         command(&["hub", "init", "--data", "hub"], done),
         command(&["wallet", "new", "--dir", "w"], done),
-        command(
-            &[
-                "reader",
-                "init",
-                "--data",
-                "r",
-                "--id",
-                "gate-1",
-                "--trust",
-                "hub/issuer.pub",
-            ],
-            done,
-        ),
+        command(&crate::util::reader_init_args("r", "gate-1", &[]), done),
         command(
             &[
                 "hub",
@@ -854,19 +797,7 @@ fn hub_site() -> HubSite {
     fs::create_dir(s.path("seed")).expect("mkdir");
     s.ok(&["hub", "init", "--data", "seed/hub"]);
     s.ok(&["wallet", "new", "--dir", "w"]);
-    s.ok(&[
-        &[
-            "hub",
-            "issue",
-            "--data",
-            "seed/hub",
-            "--wallet-key",
-            "w/wallet.pub",
-        ][..],
-        &TERMS,
-        &["--out", "cred"],
-    ]
-    .concat());
+    s.hub_issue("seed/hub", "w", &TERMS, "cred");
     s.ok(&["wallet", "add-credential", "--dir", "w", "cred"]);
     s.ok(&[
         "reader",
@@ -890,16 +821,7 @@ fn hub_site() -> HubSite {
         "r/reader.pub",
     ]);
     for i in 0..RECORDS + 1 {
-        s.ok(&[
-            "wallet",
-            "pay",
-            "--dir",
-            "w",
-            "--amount",
-            "10",
-            "--out",
-            &format!("t{i}"),
-        ]);
+        s.wallet_pay(10, &format!("t{i}"), &[]);
     }
     for i in 0..RECORDS {
         s.ok(&["reader", "accept", "--data", "r", &format!("t{i}")]);
@@ -909,17 +831,6 @@ fn hub_site() -> HubSite {
     // `hub serve --data hubdata` keeps its log beside it, off the disk.
     std::os::unix::fs::symlink("m/hub", s.path("hubdata")).expect("symlink");
     HubSite { s, seed }
-}
-
-/// Reader `dir`'s records (counter, synced), read from its database.
-fn reader_records(dir: &Path) -> Vec<(u32, bool)> {
-    sonotap_reader::store::ReaderDb::open(&dir.join("reader.db"))
-        .expect("reader db")
-        .records(false)
-        .expect("records")
-        .iter()
-        .map(|r| (r.counter, r.synced_at.is_some()))
-        .collect()
 }
 
 fn hub_trial(site: &HubSite, n: usize, at: CutAt) -> Option<(u64, Duration)> {
@@ -1005,8 +916,11 @@ fn hub_trial(site: &HubSite, n: usize, at: CutAt) -> Option<(u64, Duration)> {
     drop(hub);
 
     // What the reader holds as acknowledged, the hub has.
-    let records = reader_records(&reader);
-    let acknowledged = records.iter().filter(|r| r.1).count() as u64;
+    let reader_name = format!("r{n}");
+    let acknowledged = records(s, &reader_name)
+        .iter()
+        .filter(|r| r.synced_at.is_some())
+        .count() as u64;
     let m = mount(disk, &s.path("m")).expect("mounts again");
     let report: serde_json::Value =
         serde_json::from_str(&s.ok(&["hub", "report", "--data", "m/hub", "--json"]))
@@ -1018,20 +932,16 @@ fn hub_trial(site: &HubSite, n: usize, at: CutAt) -> Option<(u64, Duration)> {
     );
     // Retried: the reader uploads again, and the hub counts each once.
     let hub = HubProcess::serve(s, "hubdata", "127.0.0.1:0", &[]);
-    let out = s.run(&[
-        "reader",
-        "sync",
-        "--data",
-        &reader_arg,
-        "--hub",
-        &hub.url,
-        "--timeout",
-        "5s",
-    ]);
-    succeeded(&["reader sync (retried)"], out);
+    succeeded(
+        &["reader sync (retried)"],
+        s.reader_sync(&reader_name, &hub.url, &[]),
+    );
     drop(hub);
-    let records = reader_records(&reader);
-    assert!(records.iter().all(|r| r.1), "{label}: {records:?}");
+    let records = records(s, &reader_name);
+    assert!(
+        records.iter().all(|r| r.synced_at.is_some()),
+        "{label}: {records:?}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&s.ok(&["hub", "report", "--data", "m/hub", "--json"]))
             .expect("report");
@@ -1070,16 +980,7 @@ fn gate_site() -> GateSite {
     let s = Scratch::new();
     s.ok(&["hub", "init", "--data", "hub"]);
     fs::create_dir(s.path("seed")).expect("mkdir");
-    s.ok(&[
-        "reader",
-        "init",
-        "--data",
-        "seed/r",
-        "--id",
-        "gate-1",
-        "--trust",
-        "hub/issuer.pub",
-    ]);
+    s.reader_init("seed/r", "gate-1", &[]);
     let seed = Disk::import(&s.path("seed")).expect("seed disk");
     fs::remove_dir_all(s.path("seed")).expect("rm");
     let wallet = crate::util::issued_wallet(
@@ -1171,10 +1072,7 @@ fn gate_trial(site: &mut GateSite, disk: Disk, n: usize, at: GateCut) -> (Disk, 
     let m = mount(disk, &s.path("m")).expect("mounts again");
     // The daemon takes the taps in order: the gate's openings are the
     // first taps', and each must have its record.
-    let counters: BTreeSet<u32> = reader_db_records(&s.path("m/r"))
-        .iter()
-        .map(|r| r.1)
-        .collect();
+    let counters: BTreeSet<u32> = records(s, "m/r").iter().map(|r| r.counter).collect();
     let lost: Vec<&u32> = shown[..opened.min(TAPS)]
         .iter()
         .filter(|c| !counters.contains(c))
@@ -1188,7 +1086,7 @@ fn gate_trial(site: &mut GateSite, disk: Disk, n: usize, at: GateCut) -> (Disk, 
     daemon.wait_log("ready", Duration::from_secs(30));
     daemon.stop();
     let db = sonotap_reader::store::ReaderDb::open(&s.path("m/r/reader.db")).expect("db");
-    for (seq, _) in reader_db_records(&s.path("m/r")) {
+    for seq in records(s, "m/r").iter().map(|r| r.seq) {
         assert!(
             !db.actuations(seq).expect("actuations").is_empty(),
             "{label}: record {seq} has no gate outcome after the restart"
@@ -1198,17 +1096,6 @@ fn gate_trial(site: &mut GateSite, disk: Disk, n: usize, at: GateCut) -> (Disk, 
     ok(&m, &["reader", "verify", "--data", "r"]);
     site.opened += opened;
     (m.unmount_live().expect("unmounts"), ops, took)
-}
-
-/// Reader `dir`'s records: (sequence number, counter).
-fn reader_db_records(dir: &Path) -> Vec<(u64, u32)> {
-    sonotap_reader::store::ReaderDb::open(&dir.join("reader.db"))
-        .expect("reader db")
-        .records(false)
-        .expect("records")
-        .iter()
-        .map(|r| (r.seq, r.counter))
-        .collect()
 }
 
 #[test]
@@ -1241,7 +1128,7 @@ fn the_daemon_opens_no_gate_without_a_record_across_cuts() {
     }
     let records = mount(disk, &site.s.path("m"))
         .map(|m| {
-            let n = reader_db_records(&site.s.path("m/r")).len();
+            let n = records(&site.s, "m/r").len();
             m.unmount_live().expect("unmounts");
             n
         })

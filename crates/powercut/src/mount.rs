@@ -611,6 +611,22 @@ impl Mounted {
         })
     }
 
+    /// [`Mounted::mount`] for a test: `None`, saying why, where FUSE
+    /// cannot mount here, so that the test skips; with
+    /// `SONOTAP_REQUIRE_FUSE` set (as CI sets it) that is a failure instead.
+    pub fn mount_or_skip(disk: Disk, at: &Path) -> Option<Mounted> {
+        match Mounted::mount(disk, at) {
+            Ok(m) => Some(m),
+            Err(e) if std::env::var_os("SONOTAP_REQUIRE_FUSE").is_none() => {
+                eprintln!(
+                    "skipped: FUSE cannot mount here ({e}); SONOTAP_REQUIRE_FUSE=1 fails instead"
+                );
+                None
+            }
+            Err(e) => panic!("SONOTAP_REQUIRE_FUSE is set and FUSE cannot mount: {e}"),
+        }
+    }
+
     /// Where it is mounted.
     pub fn path(&self) -> &Path {
         &self.at
