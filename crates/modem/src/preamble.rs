@@ -131,6 +131,14 @@ impl Correlator {
         if input.len() < self.size {
             return vec![0.0; hop];
         }
+        // Digital silence (a muted microphone, the padding that flushes a
+        // stream's end) scores exactly zero: skip its three FFTs.
+        if input[..self.size]
+            .iter()
+            .all(|&v| v == 0.0 || !v.is_finite())
+        {
+            return vec![0.0; hop];
+        }
         let mut spec: Vec<Complex32> = input[..self.size]
             .iter()
             .map(|&v| Complex32::new(if v.is_finite() { v } else { 0.0 }, 0.0))
@@ -250,6 +258,22 @@ mod tests {
             assert!(corr.scores(&silent).iter().all(|&v| v == 0.0));
             let short = corr.scores(&[1.0, f32::NAN]);
             assert!(short.iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn a_chirp_in_a_blocks_last_samples_after_silence_is_found() {
+        for profile in Format::ALL {
+            let p = profile.params();
+            let c = chirp(&p);
+            let corr = Correlator::new(&c, p.chirp_band(), 4 * p.chirp_len);
+            // Silence, then the chirp ending on the block's last sample: the
+            // last lag the block yields.
+            let mut x = vec![0f32; corr.block()];
+            let at = corr.hop() - 1;
+            x[at..].copy_from_slice(&c);
+            let s = corr.scores(&x);
+            assert!(s[at] > 0.9, "{profile:?}: {}", s[at]);
         }
     }
 
