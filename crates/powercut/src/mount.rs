@@ -613,17 +613,18 @@ impl Mounted {
 
     /// [`Mounted::mount`] for a test: `None`, saying why, where FUSE
     /// cannot mount here, so that the test skips; with
-    /// `SONOTAP_REQUIRE_FUSE` set (as CI sets it) that is a failure instead.
+    /// `SONOTAP_REQUIRE_FUSE=1` (as CI sets it) that is a failure instead.
     pub fn mount_or_skip(disk: Disk, at: &Path) -> Option<Mounted> {
+        let required = std::env::var_os("SONOTAP_REQUIRE_FUSE").is_some_and(|v| v == "1");
         match Mounted::mount(disk, at) {
             Ok(m) => Some(m),
-            Err(e) if std::env::var_os("SONOTAP_REQUIRE_FUSE").is_none() => {
+            Err(e) if !required => {
                 eprintln!(
                     "skipped: FUSE cannot mount here ({e}); SONOTAP_REQUIRE_FUSE=1 fails instead"
                 );
                 None
             }
-            Err(e) => panic!("SONOTAP_REQUIRE_FUSE is set and FUSE cannot mount: {e}"),
+            Err(e) => panic!("SONOTAP_REQUIRE_FUSE=1 and FUSE cannot mount: {e}"),
         }
     }
 
