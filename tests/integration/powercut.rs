@@ -225,14 +225,7 @@ const STEPS: [Step; 9] = [
 ];
 
 /// The terms of the first credential every workload's wallet holds.
-const TERMS: [&str; 6] = [
-    "--limit",
-    "500",
-    "--per-payment",
-    "300",
-    "--valid-hours",
-    "24",
-];
+const TERMS: [&str; 6] = crate::util::PROVISION_TERMS;
 
 /// The limit of the credential `AddCredential` installs.
 const SECOND_LIMIT: u64 = 800;

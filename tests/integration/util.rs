@@ -62,6 +62,17 @@ pub struct Scratch {
     pub dir: tempfile::TempDir,
 }
 
+/// The terms of the credential [`Scratch::provision`] issues: limit 500,
+/// 300 per payment, valid 24 h.
+pub const PROVISION_TERMS: [&str; 6] = [
+    "--limit",
+    "500",
+    "--per-payment",
+    "300",
+    "--valid-hours",
+    "24",
+];
+
 impl Scratch {
     pub fn new() -> Self {
         Self {
@@ -112,20 +123,13 @@ impl Scratch {
             .expect("sonotap runs")
     }
 
-    /// A hub, a wallet `w` holding a credential (limit 500, 300 per payment,
-    /// 24 h from `valid_from` or now), and reader `r` (gate-1) trusting the hub.
+    /// A hub, a wallet `w` holding a credential ([`PROVISION_TERMS`] from
+    /// `valid_from` or now), and reader `r` (gate-1) trusting the hub.
     pub fn provision(&self, valid_from: Option<u64>) {
         self.ok(&["hub", "init", "--data", "hub"]);
         self.ok(&["wallet", "new", "--dir", "w"]);
         let from = valid_from.map(|t| t.to_string());
-        let mut terms = vec![
-            "--limit",
-            "500",
-            "--per-payment",
-            "300",
-            "--valid-hours",
-            "24",
-        ];
+        let mut terms = PROVISION_TERMS.to_vec();
         if let Some(from) = &from {
             terms.extend(["--valid-from", from.as_str()]);
         }
