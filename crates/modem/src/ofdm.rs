@@ -99,8 +99,13 @@ impl Ofdm {
         let frac = (start - base) as f32;
         let base = base as usize;
         let window = signal.get(base..base.checked_add(self.fft)?)?;
-        let mut input = window.to_vec();
         let mut spectrum = vec![Complex32::new(0.0, 0.0); self.fft / 2 + 1];
+        // Digital silence (the padding past a stream's end) has an all-zero
+        // spectrum: skip its FFT.
+        if window.iter().all(|&v| v == 0.0) {
+            return Some(spectrum);
+        }
+        let mut input = window.to_vec();
         self.forward.process(&mut input, &mut spectrum).ok()?;
         if frac != 0.0 {
             let step = 2.0 * std::f32::consts::PI * frac / self.fft as f32;
@@ -157,6 +162,19 @@ mod tests {
                 assert!(spec[60].norm() < 1e-3);
             }
         }
+    }
+
+    #[test]
+    fn silence_has_a_zero_spectrum_and_one_sample_is_not_silence() {
+        let ofdm = Ofdm::new(64, 16, 4);
+        let mut signal = vec![0f32; 100];
+        let spec = ofdm.analyze(&signal, 10.5).expect("inside");
+        assert_eq!(spec.len(), 33);
+        assert!(spec.iter().all(|v| v.norm() == 0.0));
+        // The window's last sample alone: a flat spectrum of its height.
+        signal[73] = 0.5;
+        let spec = ofdm.analyze(&signal, 10.0).expect("inside");
+        assert!(spec.iter().all(|v| (v.norm() - 0.5).abs() < 1e-5));
     }
 
     #[test]

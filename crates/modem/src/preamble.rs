@@ -145,16 +145,13 @@ impl Correlator {
             .collect();
         self.forward.process(&mut spec);
         let inv_size = 1.0 / self.size as f32;
-        let mut analytic: Vec<Complex32> = spec
-            .iter()
-            .zip(&self.mask)
-            .map(|(v, &m)| v * (m * inv_size))
-            .collect();
-        let mut corr: Vec<Complex32> = analytic
-            .iter()
-            .zip(&self.template)
-            .map(|(v, t)| v * t * self.size as f32)
-            .collect();
+        // The input's spectrum becomes the analytic signal's in place.
+        let mut corr = Vec::with_capacity(self.size);
+        for ((v, &m), t) in spec.iter_mut().zip(&self.mask).zip(&self.template) {
+            *v *= m * inv_size;
+            corr.push(*v * t * self.size as f32);
+        }
+        let mut analytic = spec;
         self.inverse.process(&mut analytic);
         self.inverse.process(&mut corr);
         // Sliding in-band energy under the template, via prefix sums.
@@ -293,6 +290,73 @@ mod tests {
             assert!(max < listen.threshold, "cross-correlation {max}");
         }
     }
+
+    /// The peak picker's rule read score by score, as it was before it
+    /// skipped stretches below the threshold while holding nothing.
+    fn feed_one_by_one(
+        best: &mut Option<Peak>,
+        first: u64,
+        scores: &[f32],
+        threshold: f32,
+        len: u64,
+    ) -> Vec<(f64, f32)> {
+        let mut settled = Vec::new();
+        for (i, &s) in scores.iter().enumerate() {
+            let at = first + i as u64;
+            if let Some(b) = best.as_mut()
+                && b.next.is_none()
+                && at == b.at + 1
+            {
+                b.next = Some(s);
+            }
+            if s >= threshold && best.is_none_or(|b| s > b.score) {
+                let prev = if i > 0 { scores[i - 1] } else { s };
+                *best = Some(Peak {
+                    at,
+                    score: s,
+                    prev,
+                    next: None,
+                });
+            }
+            if let Some(b) = *best
+                && at >= b.at + len
+            {
+                *best = None;
+                let next = b.next.unwrap_or(b.score);
+                let frac = crate::decoder::parabolic_offset(b.prev, b.score, next);
+                settled.push((b.at as f64 + f64::from(frac), b.score));
+            }
+        }
+        settled
+    }
+
+    #[test]
+    fn the_peak_picker_settles_what_a_score_by_score_reading_settles() {
+        use rand::RngExt;
+        let mut rng = Pcg64Mcg::seed_from_u64(21);
+        for round in 0..300 {
+            let scores: Vec<f32> = (0..rng.random_range(1..3_000))
+                .map(|_| match rng.random_range(0..100) {
+                    0..3 => rng.random_range(0.15..1.0),
+                    3 => f32::NAN,
+                    _ => rng.random_range(0.0..0.2),
+                })
+                .collect();
+            let len = rng.random_range(1..400);
+            // Fed in blocks of any size, as the detectors feed it.
+            let (mut picker, mut held) = (PeakPicker::default(), None);
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            let mut at = 0;
+            while at < scores.len() {
+                let block = &scores[at..(at + rng.random_range(1..800)).min(scores.len())];
+                got.extend(picker.feed(at as u64, block, 0.15, len));
+                want.extend(feed_one_by_one(&mut held, at as u64, block, 0.15, len));
+                at += block.len();
+            }
+            assert_eq!(got, want, "round {round}");
+            assert_eq!(picker.held_at(), held.map(|p| p.at), "round {round}");
+        }
+    }
 }
 
 /// The strongest correlation score at or above a threshold within one chirp
@@ -333,7 +397,17 @@ impl PeakPicker {
         len: u64,
     ) -> Vec<(f64, f32)> {
         let mut settled = Vec::new();
-        for (i, &s) in scores.iter().enumerate() {
+        let mut i = 0;
+        while i < scores.len() {
+            if self.best.is_none() {
+                // Nothing held: only a score at or above the threshold
+                // matters (most blocks have none).
+                match scores[i..].iter().position(|&s| s >= threshold) {
+                    Some(skip) => i += skip,
+                    None => break,
+                }
+            }
+            let s = scores[i];
             let at = first + i as u64;
             if let Some(best) = self.best.as_mut()
                 && best.next.is_none()
@@ -358,6 +432,7 @@ impl PeakPicker {
                 let frac = super::decoder::parabolic_offset(best.prev, best.score, next);
                 settled.push((best.at as f64 + f64::from(frac), best.score));
             }
+            i += 1;
         }
         settled
     }

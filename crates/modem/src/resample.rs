@@ -91,6 +91,10 @@ pub struct Resampler {
     history_start: u64,
     /// Index of the next output sample.
     next_out: u64,
+    /// Input index just past the last non-zero sample seen (0: none yet):
+    /// an output whose taps all lie at or past it is exactly zero, so the
+    /// silence that flushes a stream or pads a segment costs no taps.
+    signal_end: u64,
     /// Identity conversion: samples pass straight through.
     passthrough: bool,
 }
@@ -124,6 +128,7 @@ impl Resampler {
             history: Vec::new(),
             history_start: 0,
             next_out: 0,
+            signal_end: 0,
             passthrough,
         }
     }
@@ -133,6 +138,9 @@ impl Resampler {
         if self.passthrough {
             return input.to_vec();
         }
+        if let Some(last) = input.iter().rposition(|&x| x != 0.0) {
+            self.signal_end = self.history_start + (self.history.len() + last + 1) as u64;
+        }
         self.history.extend_from_slice(input);
         let available_end = self.history_start + self.history.len() as u64;
         let mut out = Vec::with_capacity((input.len() as f64 / self.step) as usize + 2);
@@ -140,15 +148,22 @@ impl Resampler {
         let taps = self.kernel.taps;
         let table = &self.kernel.table;
         loop {
+            // Positions are never negative, so truncation is the floor
+            // (and, unlike f64::floor, needs no call on baseline x86-64).
             let pos = self.next_out as f64 * self.step;
-            let base = pos.floor() as u64;
+            let base = pos as u64;
             // Need input samples up to base + half.
             if base + half as u64 >= available_end {
                 break;
             }
+            if (base + 1).saturating_sub(half as u64) >= self.signal_end {
+                out.push(0.0);
+                self.next_out += 1;
+                continue;
+            }
             let frac = pos - base as f64;
             let ph = frac * PHASES as f64;
-            let p0 = (ph.floor() as usize).min(PHASES - 1);
+            let p0 = (ph as usize).min(PHASES - 1);
             let mix = (ph - p0 as f64) as f32;
             let row0 = &table[p0 * taps..(p0 + 1) * taps];
             let row1 = &table[(p0 + 1) * taps..(p0 + 2) * taps];
@@ -192,7 +207,7 @@ impl Resampler {
             self.next_out += 1;
         }
         // Drop input no future output needs.
-        let next_base = (self.next_out as f64 * self.step).floor() as u64;
+        let next_base = (self.next_out as f64 * self.step) as u64;
         let keep_from = next_base.saturating_sub(half as u64);
         if keep_from > self.history_start {
             let drop = ((keep_from - self.history_start) as usize).min(self.history.len());
@@ -281,6 +296,40 @@ mod tests {
         let y = resample(&x, 96_000.0, 48_000.0);
         let rms = (y[100..4_700].iter().map(|v| v * v).sum::<f32>() / 4_600.0).sqrt();
         assert!(rms < 0.01, "alias rms {rms}");
+    }
+
+    #[test]
+    fn silence_after_the_signal_skips_its_taps_and_changes_nothing() {
+        // A tone ending in an impulse, then silence: every output equals the
+        // full sum over its taps, and those whose taps all lie past the
+        // impulse are exactly zero.
+        let mut x = tone(3_000.0, 44_100.0, 300);
+        x.push(1.0);
+        x.extend(vec![0.0; 400]);
+        let mut r = Resampler::new(44_100.0, 48_000.0);
+        let out = r.process(&x);
+        let k = Arc::clone(&r.kernel);
+        let weight = |p0: usize, mix: f32, j: usize| {
+            let a = k.table[p0 * k.taps + j];
+            a + mix * (k.table[(p0 + 1) * k.taps + j] - a)
+        };
+        for (n, &y) in out.iter().enumerate() {
+            let pos = n as f64 * r.step;
+            let base = pos as usize;
+            let ph = (pos - base as f64) * PHASES as f64;
+            let p0 = (ph as usize).min(PHASES - 1);
+            let mix = (ph - p0 as f64) as f32;
+            let want: f32 = (0..k.taps)
+                .filter_map(|j| {
+                    let idx = (base + 1 + j).checked_sub(k.half)?;
+                    x.get(idx).map(|&v| v * weight(p0, mix, j))
+                })
+                .sum();
+            assert!((y - want).abs() < 1e-5, "output {n}: {y} against {want}");
+        }
+        let reach = ((301 + k.half) as f64 / r.step).ceil() as usize;
+        assert!(out.len() > reach + 10, "{} outputs", out.len());
+        assert!(out[reach - 2] != 0.0 && out[reach..].iter().all(|&v| v == 0.0));
     }
 
     #[test]
