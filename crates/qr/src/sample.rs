@@ -232,6 +232,7 @@ fn eliminate<R: AsMut<[f64]>>(rows: &mut [R]) -> bool {
 }
 
 /// Grey level at a sub-pixel position (bilinear), clamped to the frame.
+#[inline]
 pub fn bilinear(frame: GreyFrame<'_>, x: f64, y: f64) -> f32 {
     let (w, h) = (frame.width(), frame.height());
     if w == 0 || h == 0 {
@@ -387,31 +388,39 @@ impl Pattern {
     }
 }
 
-/// Contrast of `pattern` centred at module `(u, v)` under `h`, shifted by
+/// The pixel centres of `pattern`'s modules around module `(u, v)` under
+/// `h`, row by row, each with whether it is dark: mapped once per anchor,
+/// then sampled at every shift the search tries.
+fn pattern_modules(h: &Homography, pattern: Pattern, (u, v): (f64, f64)) -> Vec<([f64; 2], bool)> {
+    let side = pattern.side();
+    let half = f64::from(side) / 2.0;
+    (0..side)
+        .flat_map(|y| (0..side).map(move |x| (x, y)))
+        .map(|(x, y)| {
+            let at = h.map(u - half + f64::from(x) + 0.5, v - half + f64::from(y) + 0.5);
+            (at, pattern.dark(x, y))
+        })
+        .collect()
+}
+
+/// Contrast of a pattern whose modules are at `modules`, shifted by
 /// `(dx, dy)` pixels: mean of its light modules minus mean of its dark
 /// ones (dark-on-light; negated when `inverted`).
 fn pattern_contrast(
     frame: GreyFrame<'_>,
-    h: &Homography,
-    pattern: Pattern,
-    (u, v): (f64, f64),
+    modules: &[([f64; 2], bool)],
     (dx, dy): (f64, f64),
     inverted: bool,
 ) -> f32 {
-    let side = pattern.side();
-    let half = f64::from(side) / 2.0;
     let (mut dark, mut light, mut nd, mut nl) = (0.0, 0.0, 0.0f32, 0.0f32);
-    for y in 0..side {
-        for x in 0..side {
-            let [px, py] = h.map(u - half + f64::from(x) + 0.5, v - half + f64::from(y) + 0.5);
-            let g = bilinear(frame, px + dx, py + dy);
-            if pattern.dark(x, y) {
-                dark += g;
-                nd += 1.0;
-            } else {
-                light += g;
-                nl += 1.0;
-            }
+    for &([px, py], is_dark) in modules {
+        let g = bilinear(frame, px + dx, py + dy);
+        if is_dark {
+            dark += g;
+            nd += 1.0;
+        } else {
+            light += g;
+            nl += 1.0;
         }
     }
     let c = light / nl - dark / nd;
@@ -446,7 +455,8 @@ pub fn refine_anchor(
     if !(module.is_finite() && module > 0.3) {
         return Vec::new();
     }
-    let score = |dx: f64, dy: f64| pattern_contrast(frame, h, pattern, (u, v), (dx, dy), inverted);
+    let modules = pattern_modules(h, pattern, (u, v));
+    let score = |dx: f64, dy: f64| pattern_contrast(frame, &modules, (dx, dy), inverted);
     // Coarse grid: every position's score, then the best separated ones.
     // Half-module steps, but at most 33×33 positions (a wide search for a
     // large version, often a false finder group, stays cheap).
