@@ -43,6 +43,7 @@ mod profile;
 pub mod resample;
 mod robust2;
 mod rs;
+mod silence;
 
 pub use beacon::{BEACON_MAX_PAYLOAD, beacon_air_time, beacon_band_hz, encode_beacon};
 pub use beacon_decoder::{BEACON_BUFFER_SECONDS, BeaconDecoder, BeaconReception};

@@ -102,7 +102,7 @@ impl Ofdm {
         let mut spectrum = vec![Complex32::new(0.0, 0.0); self.fft / 2 + 1];
         // Digital silence (the padding past a stream's end) has an all-zero
         // spectrum: skip its FFT.
-        if window.iter().all(|&v| v == 0.0) {
+        if super::silence::is_silent(window) {
             return Some(spectrum);
         }
         let mut input = window.to_vec();

@@ -133,10 +133,7 @@ impl Correlator {
         }
         // Digital silence (a muted microphone, the padding that flushes a
         // stream's end) scores exactly zero: skip its three FFTs.
-        if input[..self.size]
-            .iter()
-            .all(|&v| v == 0.0 || !v.is_finite())
-        {
+        if super::silence::is_silent(&input[..self.size]) {
             return vec![0.0; hop];
         }
         let mut spec: Vec<Complex32> = input[..self.size]
@@ -402,7 +399,7 @@ impl PeakPicker {
             if self.best.is_none() {
                 // Nothing held: only a score at or above the threshold
                 // matters (most blocks have none).
-                match scores[i..].iter().position(|&s| s >= threshold) {
+                match super::silence::first_at_least(&scores[i..], threshold) {
                     Some(skip) => i += skip,
                     None => break,
                 }

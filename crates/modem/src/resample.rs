@@ -138,8 +138,9 @@ impl Resampler {
         if self.passthrough {
             return input.to_vec();
         }
-        if let Some(last) = input.iter().rposition(|&x| x != 0.0) {
-            self.signal_end = self.history_start + (self.history.len() + last + 1) as u64;
+        let heard = super::silence::signal_end(input);
+        if heard > 0 {
+            self.signal_end = self.history_start + (self.history.len() + heard) as u64;
         }
         self.history.extend_from_slice(input);
         let available_end = self.history_start + self.history.len() as u64;
