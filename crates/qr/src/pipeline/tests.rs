@@ -312,3 +312,19 @@ fn the_stages_run_in_the_order_docs_qr_md_lists_them() {
     let table: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
     assert_eq!(listed, table);
 }
+
+/// Fuzzing found a raw frame (50×58, `fuzz/regressions/qr/`) whose
+/// regions stage hands rqrr a grid with a degenerate perspective: rqrr's
+/// `Perspective::map` asserts the point fits an `i32` and panics. The
+/// decoder catches rqrr's panics, so the frame reads as no code, every
+/// stage run (no budget to end it early).
+#[test]
+fn rqrr_perspective_maps_past_i32() {
+    let input = include_bytes!("../../../../fuzz/regressions/qr/rqrr-perspective-maps-past-i32");
+    let [w, h, pixels @ ..] = &input[..] else {
+        panic!("the regression input holds a frame");
+    };
+    let (w, h) = (usize::from(*w), usize::from(*h));
+    let frame = GreyFrame::new(w, h, &pixels[..w * h]).unwrap();
+    assert!(unhurried(true).decode(frame).is_empty());
+}
