@@ -3,32 +3,18 @@
 //! bytes give: codes or nothing, never a panic, within the gate's budget.
 //!
 //! rqrr asserts on some inputs (a degenerate perspective maps a point past
-//! `i32`); the decoder catches its panics and reads "no code" there. The
-//! fuzzer's panic hook aborts on every panic, caught or not, so here a
-//! panic raised inside rqrr's source is let through to that catch; one
-//! that escapes the decoder still reaches libFuzzer's own catch and aborts.
+//! `i32`); the decoder contains its panics and reads "no code" there. The
+//! fuzzer's panic hook aborts on every panic, caught or not, so the
+//! decoder's quiet hook goes in front of it: a panic inside the decoder's
+//! catch is let through to it, any other still aborts.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sonotap_qr::source::load_image_bytes;
-use sonotap_qr::{DecodeOptions, Decoder, GreyFrame};
-
-/// Whether a panic was raised in rqrr's source (a registry path
-/// `…/rqrr-<version>/src/…`).
-fn raised_in_rqrr(info: &std::panic::PanicHookInfo<'_>) -> bool {
-    info.location()
-        .is_some_and(|at| at.file().contains("/rqrr-"))
-}
+use sonotap_qr::{DecodeOptions, Decoder, GreyFrame, quiet_contained_panics};
 
 fuzz_target!(
-    init: {
-        let aborting = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !raised_in_rqrr(info) {
-                aborting(info);
-            }
-        }));
-    },
+    init: quiet_contained_panics(),
     |data: &[u8]| {
         let decoder = Decoder::new(DecodeOptions::default());
         if let Ok(image) = load_image_bytes(data, "fuzz") {

@@ -400,6 +400,9 @@ enum TokenCommand {
 /// Parses the command line, runs it, and maps errors to exit code 2.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A hostile frame can make the QR library panic inside the decoder's
+    // catch: one line the first time, then only the daemon's metric.
+    sonotap_qr::quiet_contained_panics();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

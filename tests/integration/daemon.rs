@@ -382,6 +382,66 @@ fn hub_down_for_the_whole_test_leaves_records_queued_and_the_gate_working() {
     assert_eq!(unsynced(&s, "r"), 2);
 }
 
+/// The frame fuzzing found on which rqrr asserts (a degenerate perspective
+/// maps a point past `i32`), held up to the camera again and again: the
+/// decoder catches every panic, the log says so once (not a panic message
+/// and backtrace note per frame), the metric counts them, the camera is not
+/// called broken, and the daemon goes on and stops cleanly.
+#[test]
+fn issue21_a_frame_the_qr_library_panics_on_is_logged_once_counted_and_survived() {
+    let (s, _w) = site();
+    let relay = Relay::new();
+    let metrics_port = free_port();
+    let input = fs::read("fuzz/regressions/qr/rqrr-perspective-maps-past-i32").expect("input");
+    let [w, h, pixels @ ..] = &input[..] else {
+        panic!("the regression input holds a frame");
+    };
+    let frame = &pixels[..usize::from(*w) * usize::from(*h)];
+    let cfg = camera_config(&s, &relay, &format!("width = {w}\nheight = {h}\n"));
+    let text = fs::read_to_string(&cfg).expect("cfg").replace(
+        "listen = \"\"",
+        &format!("listen = \"127.0.0.1:{metrics_port}\""),
+    );
+    fs::write(&cfg, text).expect("cfg");
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    let panics = |port| metric(&scrape(port), "sonotap_qr_contained_panics_total");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut frames = 0;
+    while panics(metrics_port) < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{frames} frames, {} panics caught:\n{}",
+            panics(metrics_port),
+            daemon.drain_log()
+        );
+        fifo.write_all(frame).expect("frame");
+        frames += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+    let m = scrape(metrics_port);
+    assert_eq!(
+        metric(&m, "sonotap_device_errors_total{device=\"camera\"}"),
+        0.0
+    );
+    assert_eq!(metric(&m, "sonotap_taps_total{source=\"qr\"}"), 0.0);
+    drop(fifo);
+    daemon.stop();
+    let log = daemon.full_log();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+    assert_eq!(
+        said.len(),
+        1,
+        "one line about it, however many frames:\n{log}"
+    );
+    assert!(
+        said[0].contains("a call into rqrr panicked at") && said[0].contains("caught"),
+        "{log}"
+    );
+    assert!(!log.contains("RUST_BACKTRACE"), "{log}");
+    assert!(records(&s, "r").is_empty());
+}
+
 /// Runs `sonotap run` on `config` (written as bad.toml), expects it refused
 /// at start (exit 2), and returns what it said.
 fn refused_at_start(config: &str) -> String {

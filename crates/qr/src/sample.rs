@@ -35,10 +35,10 @@
 //!    version comes from the version blocks read beside the finders too,
 //!    since a bent code's finder spacing misjudges it.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use super::GreyFrame;
+use crate::contain::contained;
 
 /// A projective map from module coordinates `(u, v)` to frame pixels.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -683,12 +683,11 @@ pub fn decode_modules(size: usize, dark: &[bool]) -> Option<Vec<u8>> {
     if size < 21 || dark.len() != size * size {
         return None;
     }
-    catch_unwind(AssertUnwindSafe(|| {
+    contained(|| {
         let grid = rqrr::Grid::new(rqrr::SimpleGrid::from_func(size, |x, y| dark[y * size + x]));
         let mut payload = Vec::new();
         grid.decode_to(&mut payload).ok().map(|_| payload)
-    }))
-    .ok()
+    })
     .flatten()
 }
 

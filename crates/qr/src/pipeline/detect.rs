@@ -1,11 +1,10 @@
 //! rqrr's detector and decoder on a prepared image, and the attempts that
 //! binarise a working image for it.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use rqrr::PreparedImage;
 
 use crate::GreyImage;
+use crate::contain::contained;
 use crate::prepare::{self, Bitmap};
 
 /// A code as rqrr reports it in a working image's pixels.
@@ -31,26 +30,26 @@ macro_rules! collect_grids {
 }
 
 /// Runs rqrr's grid detection and decoding on a prepared bitmap. A panic
-/// inside rqrr (it asserts on some inputs) is caught and counts as "no code".
+/// inside rqrr (it asserts on some inputs) is contained and counts as "no code".
 pub(super) fn rqrr_bitmap(bits: &Bitmap) -> Vec<Found> {
-    catch_unwind(AssertUnwindSafe(|| {
+    contained(|| {
         let mut img = PreparedImage::prepare_from_bitmap(bits.width(), bits.height(), |x, y| {
             bits.is_dark(x, y)
         });
         collect_grids!(img)
-    }))
+    })
     .unwrap_or_default()
 }
 
 /// Runs rqrr with its own row-average threshold on a grey image.
 fn rqrr_grey(image: &GreyImage) -> Vec<Found> {
-    catch_unwind(AssertUnwindSafe(|| {
+    contained(|| {
         let w = image.width();
         let data = image.data();
         let mut img =
             PreparedImage::prepare_from_greyscale(w, image.height(), |x, y| data[y * w + x]);
         collect_grids!(img)
-    }))
+    })
     .unwrap_or_default()
 }
 

@@ -326,6 +326,16 @@ impl Metrics {
             "Decoded tokens dropped at shutdown before a decision (nothing charged).",
             &self.not_served,
         );
+        counter(
+            &mut out,
+            "sonotap_qr_contained_panics_total",
+            "Panics inside the QR library that the decoder caught (each an attempt on a camera frame read as no code).",
+        );
+        let _ = writeln!(
+            out,
+            "sonotap_qr_contained_panics_total {}",
+            sonotap_qr::contained_panics()
+        );
         if let Some(site) = self.site.lock().ok().and_then(|s| s.clone()) {
             let site = &*site;
             for (name, help, n) in [
