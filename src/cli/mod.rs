@@ -400,15 +400,33 @@ enum TokenCommand {
 /// Parses the command line, runs it, and maps errors to exit code 2.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A hostile frame can make the QR library panic inside the decoder's
-    // catch: one line the first time, then only the daemon's metric.
-    sonotap_qr::quiet_contained_panics();
+    sonotap_qr::quiet_contained_panics(report_contained_panic);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sonotap: error: {}", with_causes(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// Tells of a panic rqrr raised on a frame and the decoder caught (a hostile
+/// or degenerate frame): once for each place, in the daemon's log when it
+/// has one, else on standard error (`qr decode`, `qr scan`); after that the
+/// daemon's metric counts them.
+fn report_contained_panic(caught: &sonotap_qr::ContainedPanic) {
+    let sonotap_qr::ContainedPanic { location, message } = caught;
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!(
+            %location,
+            %message,
+            "the QR library (rqrr) panicked on a camera frame; caught, that attempt read as no code (counted in sonotap_qr_contained_panics_total, not logged again for this place)"
+        );
+    } else {
+        let _ = writeln!(
+            io::stderr(),
+            "sonotap: the QR library (rqrr) panicked at {location}: {message}; caught, that attempt read as no code (not said again for this place)"
+        );
     }
 }
 

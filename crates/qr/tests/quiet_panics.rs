@@ -1,26 +1,31 @@
 //! The quiet panic hook, in a process of its own (a panic hook is global):
-//! a panic inside rqrr that the decoder catches is counted and never
-//! reaches the hook that was there before; any other panic still does.
+//! a panic inside rqrr that the decoder catches is counted, reported once
+//! for its place and never reaches the hook that was there before; any
+//! other panic still does.
 
 use std::panic;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sonotap_qr::{DecodeOptions, Decoder, GreyFrame, contained_panics, quiet_contained_panics};
+use sonotap_qr::{
+    ContainedPanic, DecodeOptions, Decoder, GreyFrame, contained_panics, quiet_contained_panics,
+};
 
 /// The panic messages the hook before ours received.
 static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// What the quiet hook reported.
+static REPORTS: Mutex<Vec<ContainedPanic>> = Mutex::new(Vec::new());
+
 #[test]
-fn caught_rqrr_panics_are_counted_and_kept_from_the_previous_hook_others_are_not() {
+fn issue21_caught_rqrr_panics_are_counted_reported_once_and_kept_from_the_previous_hook() {
     let default = panic::take_hook();
     panic::set_hook(Box::new(move |info| {
         let message = info.payload_as_str().unwrap_or("?").to_string();
         SEEN.lock().unwrap().push(message);
         default(info);
     }));
-    quiet_contained_panics();
-    quiet_contained_panics(); // a second call installs nothing more
+    quiet_contained_panics(|caught| REPORTS.lock().unwrap().push(caught.clone()));
 
     // The frame fuzzing found on which rqrr asserts (`Perspective::map`).
     let input = include_bytes!("../../../fuzz/regressions/qr/rqrr-perspective-maps-past-i32");
@@ -34,15 +39,22 @@ fn caught_rqrr_panics_are_counted_and_kept_from_the_previous_hook_others_are_not
         ..DecodeOptions::default()
     });
     assert_eq!(contained_panics(), 0);
-    for round in 1..=3 {
+    for _ in 0..3 {
+        let before = contained_panics();
         assert!(decoder.decode(frame).is_empty());
         assert!(
-            contained_panics() >= round,
-            "rqrr panics on this frame and the decoder catches it"
+            contained_panics() > before,
+            "rqrr panics on this frame every time and the decoder catches it"
         );
     }
     let seen = SEEN.lock().unwrap().clone();
     assert!(seen.is_empty(), "the previous hook saw {seen:?}");
+    let reports = REPORTS.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1, "one place, reported once: {reports:?}");
+    assert!(
+        reports[0].location.contains("rqrr-") && reports[0].message.contains("i32::MIN"),
+        "{reports:?}"
+    );
 
     // A panic outside the decoder still reaches the previous hook.
     let caught = contained_panics();
@@ -50,4 +62,9 @@ fn caught_rqrr_panics_are_counted_and_kept_from_the_previous_hook_others_are_not
     let seen = SEEN.lock().unwrap().clone();
     assert_eq!(seen, ["outside the decoder"]);
     assert_eq!(contained_panics(), caught, "not counted as contained");
+    assert_eq!(
+        REPORTS.lock().unwrap().len(),
+        1,
+        "not reported as contained"
+    );
 }
