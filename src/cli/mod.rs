@@ -411,15 +411,15 @@ pub fn main() -> ExitCode {
 }
 
 /// Tells of a panic rqrr raised on a frame and the decoder caught (a hostile
-/// or degenerate frame): once for each place, in the daemon's log when it
-/// has one, else on standard error (`qr decode`, `qr scan`); after that the
-/// daemon's metric counts them.
+/// or degenerate frame): once for each place, as a warning in the daemon's
+/// log when one is set up, else on standard error (`qr decode`, `qr scan`);
+/// after that the daemon's metric counts them.
 fn report_contained_panic(caught: &sonotap_qr::ContainedPanic) {
     let sonotap_qr::ContainedPanic { location, message } = caught;
     if tracing::dispatcher::has_been_set() {
         tracing::warn!(
             %location,
-            %message,
+            panic_message = %message,
             "the QR library (rqrr) panicked on a camera frame; caught, that attempt read as no code (counted in sonotap_qr_contained_panics_total, not logged again for this place)"
         );
     } else {

@@ -329,7 +329,7 @@ impl Metrics {
         counter(
             &mut out,
             "sonotap_qr_contained_panics_total",
-            "Panics the QR decoder caught in its calls into rqrr (each an attempt on a camera frame read as no code).",
+            "Panics the QR decoder caught around its calls into rqrr (each an attempt on a camera frame read as no code).",
         );
         let _ = writeln!(
             out,
