@@ -125,6 +125,14 @@ fn use_profile(s: &Scratch, cfg: &std::path::Path, text: &str) {
     fs::write(cfg, config).expect("cfg");
 }
 
+/// Makes the daemon's config `cfg` serve its metrics on 127.0.0.1:`port`.
+fn serve_metrics(cfg: &std::path::Path, port: u16) {
+    let text = fs::read_to_string(cfg)
+        .expect("cfg")
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    fs::write(cfg, text).expect("cfg");
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -355,11 +363,7 @@ fn hub_down_for_the_whole_test_leaves_records_queued_and_the_gate_working() {
             "[hub]\nurl = \"http://127.0.0.1:{closed}\"\ninterval_secs = 1\ntimeout_secs = 1\n"
         ),
     );
-    let text = fs::read_to_string(&cfg).expect("cfg").replace(
-        "listen = \"\"",
-        &format!("listen = \"127.0.0.1:{metrics_port}\""),
-    );
-    fs::write(&cfg, text).expect("cfg");
+    serve_metrics(&cfg, metrics_port);
     let mut daemon = Daemon::start(&s, &cfg, &[]);
     let mut fifo = open_fifo(&s.path("cam.y8"));
     for _ in 0..2 {
@@ -398,11 +402,7 @@ fn issue21_a_frame_the_qr_library_panics_on_is_logged_once_counted_and_survived(
     };
     let frame = &pixels[..usize::from(*w) * usize::from(*h)];
     let cfg = camera_config(&s, &relay, &format!("width = {w}\nheight = {h}\n"));
-    let text = fs::read_to_string(&cfg).expect("cfg").replace(
-        "listen = \"\"",
-        &format!("listen = \"127.0.0.1:{metrics_port}\""),
-    );
-    fs::write(&cfg, text).expect("cfg");
+    serve_metrics(&cfg, metrics_port);
     let mut daemon = Daemon::start(&s, &cfg, &[]);
     let mut fifo = open_fifo(&s.path("cam.y8"));
     let panics = |port| metric(&scrape(port), "sonotap_qr_contained_panics_total");
