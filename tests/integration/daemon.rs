@@ -21,7 +21,7 @@ use sonotap_wallet::Wallet;
 use crate::audio_capture::alsa_test_device;
 use crate::util::{
     Daemon, HubProcess, PtyDevice, Scratch, issued_wallet, mkfifo, open_fifo, pay_token, qr_frame,
-    records, unix_now, unsynced, vend_config,
+    records, rqrr_panic_frame, unix_now, unsynced, vend_config,
 };
 
 const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
@@ -396,11 +396,7 @@ fn issue21_a_frame_the_qr_library_panics_on_is_logged_once_counted_and_survived(
     let (s, _w) = site();
     let relay = Relay::new();
     let metrics_port = free_port();
-    let input = fs::read("fuzz/regressions/qr/rqrr-perspective-maps-past-i32").expect("input");
-    let [w, h, pixels @ ..] = &input[..] else {
-        panic!("the regression input holds a frame");
-    };
-    let frame = &pixels[..usize::from(*w) * usize::from(*h)];
+    let (w, h, frame) = rqrr_panic_frame();
     let cfg = camera_config(&s, &relay, &format!("width = {w}\nheight = {h}\n"));
     serve_metrics(&cfg, metrics_port);
     let mut daemon = Daemon::start(&s, &cfg, &[]);
@@ -417,7 +413,7 @@ fn issue21_a_frame_the_qr_library_panics_on_is_logged_once_counted_and_survived(
             panics(metrics_port),
             daemon.drain_log()
         );
-        fifo.write_all(frame).expect("frame");
+        fifo.write_all(&frame).expect("frame");
         frames += 1;
         thread::sleep(Duration::from_millis(100));
     }

@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::util::{Scratch, last_json};
+use crate::util::{Scratch, last_json, rqrr_panic_frame};
 
 #[test]
 fn encode_then_decode_gives_payload_text_and_corners() {
@@ -143,13 +143,9 @@ fn raw_streams_without_a_code_or_cut_short_say_so() {
 #[test]
 fn issue21_an_image_the_qr_library_panics_on_reads_as_no_code_said_once() {
     let s = Scratch::new();
-    let input = fs::read("fuzz/regressions/qr/rqrr-perspective-maps-past-i32").expect("input");
-    let [w, h, pixels @ ..] = &input[..] else {
-        panic!("the regression input holds a frame");
-    };
-    let (w, h) = (u32::from(*w), u32::from(*h));
-    let image = image::GrayImage::from_raw(w, h, pixels[..(w * h) as usize].to_vec())
-        .expect("a grey image");
+    let (w, h, pixels) = rqrr_panic_frame();
+    let image =
+        image::GrayImage::from_raw(u32::from(w), u32::from(h), pixels).expect("a grey image");
     image.save(s.path("hostile.png")).expect("save");
     let out = s.run(&[
         "qr",

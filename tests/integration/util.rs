@@ -614,6 +614,17 @@ pub fn vend_config(s: &Scratch, vmc: &PtyDevice, profile: &str, top: &str) -> Pa
     path
 }
 
+/// The frame fuzzing found on which rqrr asserts (`fuzz/regressions/qr/`,
+/// stored as width, height, then grey pixels): `(width, height, pixels)`.
+pub fn rqrr_panic_frame() -> (u8, u8, Vec<u8>) {
+    let input = std::fs::read("fuzz/regressions/qr/rqrr-perspective-maps-past-i32").expect("input");
+    let [w, h, pixels @ ..] = &input[..] else {
+        panic!("the regression input holds a frame");
+    };
+    let size = usize::from(*w) * usize::from(*h);
+    (*w, *h, pixels[..size].to_vec())
+}
+
 /// Opens the FIFO for writing (waits for the daemon to open its end).
 pub fn open_fifo(path: &Path) -> File {
     let (tx, rx) = std::sync::mpsc::channel();
