@@ -21,7 +21,7 @@ use sonotap_wallet::Wallet;
 use crate::audio_capture::alsa_test_device;
 use crate::util::{
     Daemon, HubProcess, PtyDevice, Scratch, issued_wallet, mkfifo, open_fifo, pay_token, qr_frame,
-    records, rqrr_panic_frame, unix_now, unsynced, vend_config,
+    qr_regression_frame, records, unix_now, unsynced, vend_config,
 };
 
 const OFF: [u8; 4] = [0xA0, 0x01, 0x00, 0xA1];
@@ -396,7 +396,7 @@ fn issue21_a_frame_the_qr_library_panics_on_is_logged_once_counted_and_survived(
     let (s, _w) = site();
     let relay = Relay::new();
     let metrics_port = free_port();
-    let (w, h, frame) = rqrr_panic_frame();
+    let (w, h, frame) = qr_regression_frame("rqrr-perspective-maps-past-i32");
     let cfg = camera_config(&s, &relay, &format!("width = {w}\nheight = {h}\n"));
     serve_metrics(&cfg, metrics_port);
     let mut daemon = Daemon::start(&s, &cfg, &[]);
@@ -440,6 +440,55 @@ fn issue21_a_frame_the_qr_library_panics_on_is_logged_once_counted_and_survived(
         "{log}"
     );
     assert!(!log.contains("RUST_BACKTRACE"), "{log}");
+    assert!(records(&s, "r").is_empty());
+}
+
+/// The frame fuzzing found on which rqrr's alignment-pattern search spirals
+/// for over a second, held up to a camera with the gate's 25 ms budget:
+/// each frame's attempt is abandoned inside rqrr and counted, nothing is
+/// logged as a panic, the camera is not called broken, and the daemon
+/// stops cleanly.
+#[test]
+fn issue21_a_frame_that_stalls_the_qr_library_is_cut_short_and_counted() {
+    let (s, _w) = site();
+    let relay = Relay::new();
+    let metrics_port = free_port();
+    let (w, h, frame) = qr_regression_frame("rqrr-alignment-search-spirals");
+    mkfifo(&s.path("cam.y8"));
+    let cfg = config(
+        &s,
+        &relay,
+        &format!(
+            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 25\nwidth = {w}\nheight = {h}\n"
+        ),
+    );
+    serve_metrics(&cfg, metrics_port);
+    let mut daemon = Daemon::start(&s, &cfg, &[]);
+    let mut fifo = open_fifo(&s.path("cam.y8"));
+    let cut = |port| metric(&scrape(port), "sonotap_qr_attempts_out_of_time_total");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut frames = 0;
+    while frames < 3 || cut(metrics_port) < 3.0 {
+        assert!(
+            frames < 20 && Instant::now() < deadline,
+            "{frames} frames, {} attempts cut short:\n{}",
+            cut(metrics_port),
+            daemon.drain_log()
+        );
+        fifo.write_all(&frame).expect("frame");
+        frames += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+    let m = scrape(metrics_port);
+    assert_eq!(
+        metric(&m, "sonotap_device_errors_total{device=\"camera\"}"),
+        0.0
+    );
+    assert_eq!(metric(&m, "sonotap_qr_contained_panics_total"), 0.0);
+    drop(fifo);
+    daemon.stop();
+    let log = daemon.full_log();
+    assert!(!log.contains("panicked"), "{log}");
     assert!(records(&s, "r").is_empty());
 }
 

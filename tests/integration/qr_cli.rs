@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::util::{Scratch, last_json, rqrr_panic_frame};
+use crate::util::{Scratch, last_json, qr_regression_frame};
 
 #[test]
 fn encode_then_decode_gives_payload_text_and_corners() {
@@ -143,7 +143,7 @@ fn raw_streams_without_a_code_or_cut_short_say_so() {
 #[test]
 fn issue21_an_image_the_qr_library_panics_on_reads_as_no_code_said_once() {
     let s = Scratch::new();
-    let (w, h, pixels) = rqrr_panic_frame();
+    let (w, h, pixels) = qr_regression_frame("rqrr-perspective-maps-past-i32");
     let image =
         image::GrayImage::from_raw(u32::from(w), u32::from(h), pixels).expect("a grey image");
     image.save(s.path("hostile.png")).expect("save");

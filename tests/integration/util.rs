@@ -614,10 +614,12 @@ pub fn vend_config(s: &Scratch, vmc: &PtyDevice, profile: &str, top: &str) -> Pa
     path
 }
 
-/// The frame fuzzing found on which rqrr asserts (`fuzz/regressions/qr/`,
-/// stored as width, height, then grey pixels): `(width, height, pixels)`.
-pub fn rqrr_panic_frame() -> (u8, u8, Vec<u8>) {
-    let input = std::fs::read("fuzz/regressions/qr/rqrr-perspective-maps-past-i32").expect("input");
+/// A frame fuzzing found (`fuzz/regressions/qr/<name>`, stored as width,
+/// height, then grey pixels): `(width, height, pixels)`.
+/// `rqrr-perspective-maps-past-i32`: rqrr asserts on it;
+/// `rqrr-alignment-search-spirals`: rqrr's search runs for over a second.
+pub fn qr_regression_frame(name: &str) -> (u8, u8, Vec<u8>) {
+    let input = std::fs::read(format!("fuzz/regressions/qr/{name}")).expect("input");
     let [w, h, pixels @ ..] = &input[..] else {
         panic!("the regression input holds a frame");
     };

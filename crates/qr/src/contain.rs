@@ -13,6 +13,13 @@
 //!
 //! The hook itself only notes the panic; the reporter runs after the catch,
 //! outside the hook, where a failing logger cannot abort the process.
+//!
+//! rqrr cannot be stopped from outside either, and one of its loops has no
+//! bound of its own, so the image it reads watches the time
+//! (`pipeline::watched`) and, past the attempt's end, unwinds out of rqrr
+//! with [`OutOfTime`]: [`contained`] catches that too (an attempt cut
+//! short, [`attempts_out_of_time`]), without a hook or a report, since it
+//! is no panic.
 
 use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
@@ -36,6 +43,14 @@ struct Containment {
 /// Panics caught by [`contained`] since the process started.
 static CONTAINED: AtomicU64 = AtomicU64::new(0);
 
+/// Attempts [`contained`] cut short with [`OutOfTime`] since the process
+/// started.
+static OUT_OF_TIME: AtomicU64 = AtomicU64::new(0);
+
+/// What unwinds out of rqrr when an attempt runs past its end (with
+/// `resume_unwind`, which no panic hook sees): caught by [`contained`].
+pub(crate) struct OutOfTime;
+
 /// The reporter given to [`quiet_contained_panics`].
 static REPORTER: OnceLock<fn(&ContainedPanic)> = OnceLock::new();
 
@@ -57,7 +72,8 @@ pub struct ContainedPanic {
 
 /// Runs `f` (a call into rqrr and the pixel accessors it calls back); a
 /// panic inside it is caught, counted and returned as `None`, and one the
-/// quiet hook noted goes to the reporter if its place is new.
+/// quiet hook noted goes to the reporter if its place is new. An
+/// [`OutOfTime`] unwinding out of it is counted apart and returns `None`.
 pub(crate) fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
     let outer = CONTAINMENT.with_borrow_mut(|c| std::mem::replace(&mut c.inside, true));
     let result = panic::catch_unwind(AssertUnwindSafe(f));
@@ -65,8 +81,14 @@ pub(crate) fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
         c.inside = outer;
         c.noted.take()
     });
-    if result.is_err() {
-        CONTAINED.fetch_add(1, Ordering::Relaxed);
+    match &result {
+        Ok(_) => {}
+        Err(payload) if payload.is::<OutOfTime>() => {
+            OUT_OF_TIME.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            CONTAINED.fetch_add(1, Ordering::Relaxed);
+        }
     }
     if let (Some(caught), Some(report)) = (noted, REPORTER.get())
         && REPORTED
@@ -83,6 +105,14 @@ pub(crate) fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
 /// code; one frame can count several).
 pub fn contained_panics() -> u64 {
     CONTAINED.load(Ordering::Relaxed)
+}
+
+/// How many attempts the decoder has cut short inside the QR library since
+/// the process started: still running a budget past the frame's budget
+/// (rqrr's alignment search on a degenerate perspective), each read as no
+/// code. Frames that do this are odd or made to stall a reader.
+pub fn attempts_out_of_time() -> u64 {
+    OUT_OF_TIME.load(Ordering::Relaxed)
 }
 
 /// Installs, once per process, a panic hook in front of the current one:

@@ -39,7 +39,7 @@ pub mod v4l2;
 #[cfg(test)]
 mod tests;
 
-pub use contain::{ContainedPanic, contained_panics, quiet_contained_panics};
+pub use contain::{ContainedPanic, attempts_out_of_time, contained_panics, quiet_contained_panics};
 pub use encode::{encode_png, render_token, write_png};
 pub use pipeline::{
     BUDGET_PER_CODE, DecodeOptions, DecodedCode, Decoder, GATE_BUDGET, STILL_BUDGET_CAP,

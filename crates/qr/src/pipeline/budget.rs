@@ -58,6 +58,20 @@ impl Clock {
         self.start + self.budget.get()
     }
 
+    /// When an attempt starting now is abandoned if still running: one
+    /// budget (at least the gate's) past the later of now and the budget's
+    /// end. So a frame overruns by at most that, yet an attempt always has
+    /// that long (a first attempt on a loaded machine starts late). No
+    /// bounded step comes near it; rqrr's alignment search on a degenerate
+    /// perspective does (`watched`). `None`: never (a budget past what
+    /// the clock can count).
+    pub(super) fn abandon_at(&self) -> Option<Instant> {
+        let budget = self.budget.get();
+        let end = self.start.checked_add(budget)?;
+        end.max(Instant::now())
+            .checked_add(budget.max(super::GATE_BUDGET))
+    }
+
     /// Grows the budget by `more`, to at most `cap` (never shrinks it).
     pub(super) fn extend(&self, more: Duration, cap: Duration) {
         let grown = (self.budget.get() + more).min(cap);
@@ -93,5 +107,21 @@ mod tests {
         assert!(tight.fits(Duration::from_millis(300)) && !tight.fits(Duration::from_millis(400)));
         tight.extend(Duration::from_millis(1), Duration::from_millis(10));
         assert!(tight.may_start());
+    }
+
+    #[test]
+    fn an_attempt_is_abandoned_a_budget_past_the_later_of_now_and_the_end() {
+        let clock = Clock::new(Duration::from_millis(40));
+        let until = clock.abandon_at().unwrap();
+        assert!(until >= clock.start + Duration::from_millis(80));
+        assert!(until <= Instant::now() + Duration::from_millis(80));
+        // One starting late (past the end) still has a budget of its own,
+        // and a short budget leaves it the gate's.
+        let short = Clock::new(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Instant::now();
+        assert!(short.abandon_at().unwrap() >= now + super::super::GATE_BUDGET);
+        // No end when the clock cannot count that far.
+        assert_eq!(Clock::new(Duration::MAX).abandon_at(), None);
     }
 }

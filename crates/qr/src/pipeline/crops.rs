@@ -3,6 +3,8 @@
 //! own polarity, for rqrr's detector, under three thresholds (the first
 //! before the regions of interest, the other two after them).
 
+use std::time::Instant;
+
 use crate::prepare::{self, Rect};
 use crate::{GreyFrame, GreyImage};
 
@@ -121,6 +123,7 @@ fn attempt(
     blur: usize,
     offset: u8,
     threshold: SpotThreshold,
+    until: Option<Instant>,
 ) -> (Vec<Found>, Placement) {
     if spot.prepared.is_none() {
         spot.prepared = Crop::cut(frame, spot.rect, spot.factor, spot.inverted);
@@ -147,7 +150,7 @@ fn attempt(
             prepare::adaptive_threshold(src, radius, offset)
         }
     };
-    (rqrr_bitmap(&bits), crop.at)
+    (rqrr_bitmap(&bits, until), crop.at)
 }
 
 /// Runs `variants` on every located crop still pending; stops when done
@@ -164,7 +167,8 @@ fn run_spots(
                 continue;
             }
             progress.check()?;
-            let (found, at) = attempt(spot, frame, blur, offset, threshold);
+            let until = progress.clock.abandon_at();
+            let (found, at) = attempt(spot, frame, blur, offset, threshold, until);
             if !found.is_empty() {
                 spot.read = true;
                 progress.add(found, at, names[usize::from(spot.inverted)]);

@@ -1,8 +1,11 @@
 //! rqrr's detector and decoder on a prepared image, and the attempts that
 //! binarise a working image for it.
 
+use std::time::Instant;
+
 use rqrr::PreparedImage;
 
+use super::watched::Watched;
 use crate::GreyImage;
 use crate::contain::contained;
 use crate::prepare::{self, Bitmap};
@@ -13,44 +16,43 @@ pub(super) struct Found {
     pub(super) corners: [[f32; 2]; 4],
 }
 
-/// Decodes every grid rqrr detects in a prepared image (a macro because
-/// rqrr's buffer type is not nameable outside the crate).
-macro_rules! collect_grids {
-    ($img:expr) => {{
-        let mut out = Vec::new();
-        for grid in $img.detect_grids() {
-            let mut payload = Vec::new();
-            if grid.decode_to(&mut payload).is_ok() {
-                let corners = grid.bounds.map(|p| [p.x as f32, p.y as f32]);
-                out.push(Found { payload, corners });
-            }
+/// Decodes every grid rqrr detects in a prepared image.
+fn collect_grids(img: &mut PreparedImage<Watched>) -> Vec<Found> {
+    let mut out = Vec::new();
+    for grid in img.detect_grids() {
+        let mut payload = Vec::new();
+        if grid.decode_to(&mut payload).is_ok() {
+            let corners = grid.bounds.map(|p| [p.x as f32, p.y as f32]);
+            out.push(Found { payload, corners });
         }
-        out
-    }};
+    }
+    out
 }
 
-/// Runs rqrr's grid detection and decoding on a prepared bitmap. A panic
-/// inside rqrr (it asserts on some inputs) is contained and counts as "no code".
-pub(super) fn rqrr_bitmap(bits: &Bitmap) -> Vec<Found> {
-    contained(|| {
-        let mut img = PreparedImage::prepare_from_bitmap(bits.width(), bits.height(), |x, y| {
-            bits.is_dark(x, y)
-        });
-        collect_grids!(img)
-    })
-    .unwrap_or_default()
+/// Runs rqrr's grid detection and decoding on a bitmap, abandoned if still
+/// running at `until` ([`Watched`]). A panic inside rqrr (it asserts on
+/// some inputs) is contained and counts as "no code", as does running out
+/// of time.
+pub(super) fn rqrr_bitmap(bits: &Bitmap, until: Option<Instant>) -> Vec<Found> {
+    // rqrr's bitmap colours: 0 light, 1 dark.
+    let pixels = (0..bits.height())
+        .flat_map(|y| bits.row(y))
+        .map(|&dark| u8::from(dark))
+        .collect();
+    let Some(image) = Watched::new(bits.width(), bits.height(), pixels, until) else {
+        return Vec::new();
+    };
+    contained(|| collect_grids(&mut PreparedImage::without_preparation(image))).unwrap_or_default()
 }
 
-/// Runs rqrr with its own row-average threshold on a grey image.
-fn rqrr_grey(image: &GreyImage) -> Vec<Found> {
-    contained(|| {
-        let w = image.width();
-        let data = image.data();
-        let mut img =
-            PreparedImage::prepare_from_greyscale(w, image.height(), |x, y| data[y * w + x]);
-        collect_grids!(img)
-    })
-    .unwrap_or_default()
+/// Runs rqrr with its own row-average threshold on a grey image (abandoned
+/// as [`rqrr_bitmap`] is).
+fn rqrr_grey(image: &GreyImage, until: Option<Instant>) -> Vec<Found> {
+    let pixels = image.data().to_vec();
+    let Some(image) = Watched::new(image.width(), image.height(), pixels, until) else {
+        return Vec::new();
+    };
+    contained(|| collect_grids(&mut PreparedImage::prepare(image))).unwrap_or_default()
 }
 
 /// Window radius for the adaptive threshold: large enough to span a finder
@@ -76,7 +78,9 @@ pub(super) enum Attempt {
 }
 
 impl Attempt {
-    pub(super) fn run(self, image: &GreyImage) -> Vec<Found> {
+    /// Runs the attempt on `image`; rqrr is abandoned if still running at
+    /// `until`.
+    pub(super) fn run(self, image: &GreyImage, until: Option<Instant>) -> Vec<Found> {
         match self {
             Attempt::Adaptive {
                 blur,
@@ -94,15 +98,15 @@ impl Attempt {
                     prepare::invert(&mut src);
                 }
                 let bits = prepare::adaptive_threshold(&src, threshold_radius(&src), offset);
-                rqrr_bitmap(&bits)
+                rqrr_bitmap(&bits, until)
             }
             Attempt::Native { inverted } => {
                 if inverted {
                     let mut inv = image.clone();
                     prepare::invert(&mut inv);
-                    rqrr_grey(&inv)
+                    rqrr_grey(&inv, until)
                 } else {
-                    rqrr_grey(image)
+                    rqrr_grey(image, until)
                 }
             }
         }

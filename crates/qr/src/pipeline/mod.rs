@@ -18,11 +18,13 @@
 //! small frames upscaled twice; then full-resolution tiles of large frames.
 //! An attempt starts only if the time spent plus the longest step so far
 //! fits the budget ([`budget::Clock`]), and every image handed to rqrr is
-//! bounded in size, so a frame ends close to its budget.
+//! bounded in size, so a frame ends close to its budget; an attempt rqrr
+//! keeps past that by a budget more is abandoned ([`watched`]).
 //!
 //! One stage per module, named for what it does; what they share is in
-//! [`detect`] (rqrr and the attempts), [`located`] (the finder search's
-//! codes) and here (the budget and the codes read so far).
+//! [`detect`] (rqrr and the attempts), [`watched`] (the image rqrr reads),
+//! [`located`] (the finder search's codes) and here (the budget and the
+//! codes read so far).
 
 mod budget;
 mod crops;
@@ -35,6 +37,7 @@ mod rescue;
 mod sampled;
 mod tiles;
 mod upscaled;
+mod watched;
 mod whole_frame;
 
 #[cfg(test)]
@@ -311,7 +314,7 @@ impl Progress {
     ) -> Flow {
         for &(name, attempt) in attempts {
             self.check()?;
-            self.add(attempt.run(image), at, name);
+            self.add(attempt.run(image, self.clock.abandon_at()), at, name);
         }
         Flow::Continue(())
     }
@@ -386,8 +389,9 @@ impl Decoder {
     }
 
     /// Reads the codes in one frame: each payload once, with its corners in
-    /// the frame's pixels. Never takes much longer than the budget; an
-    /// empty result means no code was read.
+    /// the frame's pixels. Ends near the budget, and past it by at most a
+    /// budget more (at least 25 ms), whatever the frame holds; an empty
+    /// result means no code was read.
     pub fn decode(&self, frame: GreyFrame<'_>) -> Vec<DecodedCode> {
         let mut work = Work::new(frame, &self.options);
         for stage in &STAGES {

@@ -336,6 +336,16 @@ impl Metrics {
             "sonotap_qr_contained_panics_total {}",
             sonotap_qr::contained_panics()
         );
+        counter(
+            &mut out,
+            "sonotap_qr_attempts_out_of_time_total",
+            "Attempts the QR decoder abandoned inside rqrr, still running a budget past the frame's (each read as no code; odd frames, or ones made to stall a reader).",
+        );
+        let _ = writeln!(
+            out,
+            "sonotap_qr_attempts_out_of_time_total {}",
+            sonotap_qr::attempts_out_of_time()
+        );
         if let Some(site) = self.site.lock().ok().and_then(|s| s.clone()) {
             let site = &*site;
             for (name, help, n) in [
