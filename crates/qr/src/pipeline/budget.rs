@@ -60,11 +60,11 @@ impl Clock {
 
     /// When an attempt starting now is abandoned if still running: one
     /// budget (at least the gate's) past the later of now and the budget's
-    /// end. So a frame overruns by at most that, yet an attempt always has
-    /// that long (a first attempt on a loaded machine starts late). No
-    /// bounded step comes near it; rqrr's alignment search on a degenerate
-    /// perspective does (`watched`). `None`: never (a budget past what
-    /// the clock can count).
+    /// end. So an attempt overruns the budget by at most that, or has that
+    /// long of its own if it starts late (a first attempt on a loaded
+    /// machine). No bounded step comes near it; rqrr's alignment search on
+    /// a degenerate perspective does (`watched`). `None`: never (a budget
+    /// past what the clock can count).
     pub(super) fn abandon_at(&self) -> Option<Instant> {
         let budget = self.budget.get();
         let end = self.start.checked_add(budget)?;

@@ -389,9 +389,9 @@ impl Decoder {
     }
 
     /// Reads the codes in one frame: each payload once, with its corners in
-    /// the frame's pixels. Ends near the budget, and past it by at most a
-    /// budget more (at least 25 ms), whatever the frame holds; an empty
-    /// result means no code was read.
+    /// the frame's pixels. Ends near the budget; an attempt still inside
+    /// rqrr a budget (at least 25 ms) past it is abandoned. An empty result
+    /// means no code was read.
     pub fn decode(&self, frame: GreyFrame<'_>) -> Vec<DecodedCode> {
         let mut work = Work::new(frame, &self.options);
         for stage in &STAGES {
