@@ -386,31 +386,40 @@ fn hub_down_for_the_whole_test_leaves_records_queued_and_the_gate_working() {
     assert_eq!(unsynced(&s, "r"), 2);
 }
 
-/// The frame fuzzing found on which rqrr asserts (a degenerate perspective
-/// maps a point past `i32`), held up to the camera again and again: the
-/// decoder catches every panic, the log says so once (not a panic message
-/// and backtrace note per frame), the metric counts them, the camera is not
-/// called broken, and the daemon goes on and stops cleanly.
-#[test]
-fn issue21_a_frame_the_qr_library_panics_on_is_logged_once_counted_and_survived() {
+/// Holds a frame fuzzing found (`fuzz/regressions/qr/<name>`) up to a
+/// daemon's camera (`budget_ms` a frame) until the metric `series` counts
+/// 3 and 3 frames went: the metrics then, and the daemon's whole log after
+/// it stopped, with its scratch directory.
+fn hold_up_fuzz_frame(
+    name: &str,
+    budget_ms: u64,
+    series: &str,
+) -> (Scratch, Vec<(String, f64)>, String) {
     let (s, _w) = site();
     let relay = Relay::new();
     let metrics_port = free_port();
-    let (w, h, frame) = qr_regression_frame("rqrr-perspective-maps-past-i32");
-    let cfg = camera_config(&s, &relay, &format!("width = {w}\nheight = {h}\n"));
+    let (w, h, frame) = qr_regression_frame(name);
+    mkfifo(&s.path("cam.y8"));
+    let cfg = config(
+        &s,
+        &relay,
+        &format!(
+            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = {budget_ms}\nwidth = {w}\nheight = {h}\n"
+        ),
+    );
     serve_metrics(&cfg, metrics_port);
     let mut daemon = Daemon::start(&s, &cfg, &[]);
     let mut fifo = open_fifo(&s.path("cam.y8"));
-    let panics = |port| metric(&scrape(port), "sonotap_qr_contained_panics_total");
+    let count = || metric(&scrape(metrics_port), series);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut frames = 0;
     // At most 20 frames (58 KB): a stalled daemon cannot fill the pipe's
     // 64 KiB and block the write past the deadline.
-    while frames < 3 || panics(metrics_port) < 3.0 {
+    while frames < 3 || count() < 3.0 {
         assert!(
             frames < 20 && Instant::now() < deadline,
-            "{frames} frames, {} panics caught:\n{}",
-            panics(metrics_port),
+            "{frames} frames, {series} {}:\n{}",
+            count(),
             daemon.drain_log()
         );
         fifo.write_all(&frame).expect("frame");
@@ -418,14 +427,29 @@ fn issue21_a_frame_the_qr_library_panics_on_is_logged_once_counted_and_survived(
         thread::sleep(Duration::from_millis(100));
     }
     let m = scrape(metrics_port);
+    drop(fifo);
+    daemon.stop();
+    let log = daemon.full_log();
+    (s, m, log)
+}
+
+/// The frame fuzzing found on which rqrr asserts (a degenerate perspective
+/// maps a point past `i32`), held up to the camera again and again: the
+/// decoder catches every panic, the log says so once (not a panic message
+/// and backtrace note per frame), the metric counts them, the camera is not
+/// called broken, and the daemon goes on and stops cleanly.
+#[test]
+fn issue21_a_frame_the_qr_library_panics_on_is_logged_once_counted_and_survived() {
+    let (s, m, log) = hold_up_fuzz_frame(
+        "rqrr-perspective-maps-past-i32",
+        1000,
+        "sonotap_qr_contained_panics_total",
+    );
     assert_eq!(
         metric(&m, "sonotap_device_errors_total{device=\"camera\"}"),
         0.0
     );
     assert_eq!(metric(&m, "sonotap_taps_total{source=\"qr\"}"), 0.0);
-    drop(fifo);
-    daemon.stop();
-    let log = daemon.full_log();
     let said: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
     assert_eq!(
         said.len(),
@@ -450,44 +474,16 @@ fn issue21_a_frame_the_qr_library_panics_on_is_logged_once_counted_and_survived(
 /// daemon stops cleanly.
 #[test]
 fn issue21_a_frame_that_stalls_the_qr_library_is_cut_short_and_counted() {
-    let (s, _w) = site();
-    let relay = Relay::new();
-    let metrics_port = free_port();
-    let (w, h, frame) = qr_regression_frame("rqrr-alignment-search-spirals");
-    mkfifo(&s.path("cam.y8"));
-    let cfg = config(
-        &s,
-        &relay,
-        &format!(
-            "[camera]\nsource = \"pipe\"\npath = \"cam.y8\"\nbudget_ms = 100\nwidth = {w}\nheight = {h}\n"
-        ),
+    let (s, m, log) = hold_up_fuzz_frame(
+        "rqrr-alignment-search-spirals",
+        100,
+        "sonotap_qr_attempts_out_of_time_total",
     );
-    serve_metrics(&cfg, metrics_port);
-    let mut daemon = Daemon::start(&s, &cfg, &[]);
-    let mut fifo = open_fifo(&s.path("cam.y8"));
-    let cut = |port| metric(&scrape(port), "sonotap_qr_attempts_out_of_time_total");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut frames = 0;
-    while frames < 3 || cut(metrics_port) < 3.0 {
-        assert!(
-            frames < 20 && Instant::now() < deadline,
-            "{frames} frames, {} attempts cut short:\n{}",
-            cut(metrics_port),
-            daemon.drain_log()
-        );
-        fifo.write_all(&frame).expect("frame");
-        frames += 1;
-        thread::sleep(Duration::from_millis(100));
-    }
-    let m = scrape(metrics_port);
     assert_eq!(
         metric(&m, "sonotap_device_errors_total{device=\"camera\"}"),
         0.0
     );
     assert_eq!(metric(&m, "sonotap_qr_contained_panics_total"), 0.0);
-    drop(fifo);
-    daemon.stop();
-    let log = daemon.full_log();
     assert!(!log.contains("panicked"), "{log}");
     assert!(records(&s, "r").is_empty());
 }
