@@ -86,10 +86,13 @@ try {
       } else {
         if (step === "gate-qr") {
           await page.click("#listen");
+          // 60 s: with the whole test suite running, the page once heard a
+          // fraction of real time (426 chunks in 20 s) and missed the
+          // looped beacon; alone it hears it within seconds.
           await page
             .waitForFunction(
               () => globalThis.sonotapGate || document.getElementById("message").classList.contains("error"),
-              { timeout: 20_000 },
+              { timeout: 60_000 },
             )
             .catch(async (e) => {
               const heard = await page.evaluate(() => ({

@@ -24,8 +24,8 @@ use crate::contain::OutOfTime;
 /// Reads between two looks at the clock: a few microseconds of rqrr's work,
 /// so the looks (tens of nanoseconds each) cost it next to nothing and an
 /// attempt ends within microseconds of its end. (The count on every read,
-/// and the `image` crate's bounds checks, cost more: the gate's median per
-/// frame side by side, within 5 %, `cargo bench --bench qr`.)
+/// and the `image` crate's bounds checks, cost more: up to 9 % on the
+/// gate's median per frame, side by side, `cargo bench --bench qr`.)
 const READS_PER_LOOK: u32 = 4096;
 
 /// A grey image whose reads and writes watch the time.
